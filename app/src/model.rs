@@ -1,0 +1,190 @@
+//! The types that cross the wire between the server, the browser and API clients.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where a task is in its life; the last three are terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Scheduled,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in the order of a task's life.
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Scheduled,
+        Status::Running,
+        Status::Retrying,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    /// The wire name, as in JSON bodies, SSE event names and Redis records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Scheduled => "scheduled",
+            Status::Running => "running",
+            Status::Retrying => "retrying",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a wire name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// True once the task will not change again (unless requeued from the dead-letter queue).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The public view of one task, as served by `GET /api/v1/tasks/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: Uuid,
+    pub kind: String,
+    pub status: Status,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub progress: Option<u8>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub payload_bytes: u64,
+    pub error: Option<String>,
+    pub result_url: Option<String>,
+}
+
+impl TaskView {
+    /// Folds a pushed event into this view, so a list can follow a task without refetching it.
+    pub fn apply(&mut self, event: &TaskEvent) {
+        if event.status != Status::Running || self.status != Status::Running {
+            self.status = event.status;
+        }
+        self.attempts = self.attempts.max(event.attempt);
+        self.progress = event.progress.or(self.progress);
+        if event.error.is_some() {
+            self.error = event.error.clone();
+        }
+        self.updated_at = event.at.clone();
+        if event.status == Status::Succeeded {
+            self.result_url = Some(format!("/api/v1/tasks/{}/result", self.id));
+        }
+    }
+}
+
+/// One change of a task's state, as pushed over server-sent events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub task_id: Uuid,
+    pub kind: String,
+    pub status: Status,
+    pub attempt: u32,
+    pub progress: Option<u8>,
+    pub error: Option<String>,
+    pub at: String,
+}
+
+/// How urgently a task should run relative to others in its queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+/// The JSON body of `POST /api/v1/tasks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// A task kind as listed by `GET /api/v1/kinds`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KindInfo {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the payload when it is sent as JSON.
+    pub schema: serde_json::Value,
+    /// An example payload, shown in the form.
+    pub example: serde_json::Value,
+    /// Whether the kind takes a raw (non-JSON) body, such as an uploaded file.
+    pub accepts_raw: bool,
+}
+
+/// One page of `GET /api/v1/tasks`, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskView>,
+    pub next_cursor: Option<String>,
+}
+
+/// An RFC 9457 problem document, as every API error is reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Every reason a payload failed its schema, when that is the problem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_their_wire_names() {
+        for status in Status::ALL {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+        }
+        assert_eq!(Status::parse("done"), None);
+    }
+
+    #[test]
+    fn submit_request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<SubmitRequest>(r#"{"kind":"echo","payload":1,"colour":"red"}"#);
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! Calls from the browser to Courier's REST API; on the server these are never awaited.
+
+use crate::model::{Problem, SubmitRequest, TaskView};
+use serde::de::DeserializeOwned;
+
+/// Turns an error response into one line a person can read.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn describe(problem: Option<Problem>, status: u16) -> String {
+    match problem {
+        Some(p) => {
+            let mut text = p.detail.unwrap_or(p.title);
+            for error in p.errors {
+                text.push_str("; ");
+                text.push_str(&error);
+            }
+            text
+        }
+        None => format!("the server answered {status}"),
+    }
+}
+
+#[cfg(feature = "hydrate")]
+mod browser {
+    use super::*;
+    use gloo_net::http::{Request, Response};
+
+    async fn read<T: DeserializeOwned>(response: Response) -> Result<T, String> {
+        if response.ok() {
+            response.json().await.map_err(|e| e.to_string())
+        } else {
+            let status = response.status();
+            Err(describe(response.json().await.ok(), status))
+        }
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, String> {
+        let response = Request::get(url).send().await.map_err(|e| e.to_string())?;
+        read(response).await
+    }
+
+    pub async fn get_text(url: &str) -> Result<String, String> {
+        let response = Request::get(url).send().await.map_err(|e| e.to_string())?;
+        if response.ok() {
+            response.text().await.map_err(|e| e.to_string())
+        } else {
+            let status = response.status();
+            Err(describe(response.json().await.ok(), status))
+        }
+    }
+
+    pub async fn submit(request: &SubmitRequest) -> Result<TaskView, String> {
+        let response = Request::post("/api/v1/tasks")
+            .json(request)
+            .map_err(|e| e.to_string())?
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        read(response).await
+    }
+
+    pub async fn submit_file(kind: &str, file: web_sys::File) -> Result<TaskView, String> {
+        let content_type = match file.type_() {
+            t if t.is_empty() => "application/octet-stream".to_string(),
+            t => t,
+        };
+        let url = format!("/api/v1/tasks?kind={}", js_sys_encode(kind));
+        let response = Request::post(&url)
+            .header("content-type", &content_type)
+            .body(wasm_bindgen::JsValue::from(file))
+            .map_err(|e| e.to_string())?
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        read(response).await
+    }
+
+    /// Kind names are plain ASCII words with dots; encode anything else defensively.
+    fn js_sys_encode(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+}
+
+#[cfg(feature = "hydrate")]
+pub use browser::*;
+
+#[cfg(not(feature = "hydrate"))]
+mod server_side {
+    use super::*;
+
+    const BROWSER_ONLY: &str = "only the browser calls the API";
+
+    pub async fn get_json<T: DeserializeOwned>(_url: &str) -> Result<T, String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn get_text(_url: &str) -> Result<String, String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn submit(_request: &SubmitRequest) -> Result<TaskView, String> {
+        Err(BROWSER_ONLY.into())
+    }
+}
+
+#[cfg(not(feature = "hydrate"))]
+pub use server_side::*;

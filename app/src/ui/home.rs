@@ -1,0 +1,218 @@
+//! The home page: submit a task, then watch every task change state live.
+
+use super::{ProgressBar, StatusBadge, api, live};
+use crate::model::{KindInfo, SubmitRequest, TaskEvent, TaskPage, TaskView};
+use crate::schema;
+use leptos::{prelude::*, task::spawn_local};
+
+/// How many recent tasks the live list shows.
+const LIST_LEN: usize = 50;
+
+/// The form and the live list under it.
+#[component]
+pub fn HomePage() -> impl IntoView {
+    let tasks = RwSignal::new(Vec::<TaskView>::new());
+    follow_all_tasks(tasks);
+    view! {
+        <SubmitForm on_submitted=move |task| upsert(tasks, task)/>
+        <section class="task-list">
+            <h2>"Tasks"</h2>
+            <Show
+                when=move || !tasks.read().is_empty()
+                fallback=|| view! { <p class="empty">"No tasks yet: submit one above."</p> }
+            >
+                <ul class="tasks">
+                    <For
+                        each=move || tasks.get()
+                        key=|t| (t.id, t.status, t.progress, t.attempts)
+                        children=|task| view! { <TaskRow task/> }
+                    />
+                </ul>
+            </Show>
+        </section>
+    }
+}
+
+/// Loads the recent tasks, then keeps them current from the event stream.
+fn follow_all_tasks(tasks: RwSignal<Vec<TaskView>>) {
+    spawn_local(async move {
+        if let Ok(page) = api::get_json::<TaskPage>(&format!("/api/v1/tasks?limit={LIST_LEN}")).await {
+            tasks.update(|list| {
+                for task in page.tasks {
+                    if !list.iter().any(|t| t.id == task.id) {
+                        list.push(task);
+                    }
+                }
+                list.sort_by(|a, b| b.id.cmp(&a.id));
+            });
+        }
+    });
+    live::subscribe("/api/v1/events", move |_name, data| {
+        let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
+            return true;
+        };
+        let known = tasks.try_update(|list| match list.iter_mut().find(|t| t.id == event.task_id) {
+            Some(task) => {
+                task.apply(&event);
+                true
+            }
+            None => false,
+        });
+        if known == Some(false) {
+            spawn_local(async move {
+                if let Ok(task) = api::get_json::<TaskView>(&format!("/api/v1/tasks/{}", event.task_id)).await {
+                    upsert(tasks, task);
+                }
+            });
+        }
+        true
+    });
+}
+
+/// Puts `task` in the list, newest first, replacing an older copy of it.
+fn upsert(tasks: RwSignal<Vec<TaskView>>, task: TaskView) {
+    tasks.update(|list| {
+        match list.iter_mut().find(|t| t.id == task.id) {
+            // The list may already be ahead of `task`, from pushed events: keep the later state.
+            Some(existing) if existing.updated_at > task.updated_at => {}
+            Some(existing) => *existing = task,
+            None => list.push(task),
+        }
+        list.sort_by(|a, b| b.id.cmp(&a.id));
+        list.truncate(LIST_LEN);
+    });
+}
+
+/// One task in the list: kind, status badge, progress, attempts, link to its page.
+#[component]
+fn TaskRow(task: TaskView) -> impl IntoView {
+    let href = format!("/tasks/{}", task.id);
+    let short_id = task.id.to_string()[..8].to_string();
+    view! {
+        <li class="task" data-task-id=task.id.to_string()>
+            <a class="task-link" href=href>
+                <span class="kind">{task.kind.clone()}</span>
+                <code class="id">{short_id}</code>
+            </a>
+            <StatusBadge status=task.status/>
+            <ProgressBar progress=task.progress/>
+            <span class="attempts">{format!("attempt {}/{}", task.attempts, task.max_attempts)}</span>
+            {task.error.map(|e| view! { <span class="error">{e}</span> })}
+        </li>
+    }
+}
+
+/// The submit form: kind, payload (checked against the kind's schema first) or a file.
+#[component]
+fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView {
+    let kinds = LocalResource::new(|| api::get_json::<Vec<KindInfo>>("/api/v1/kinds"));
+    let kind = RwSignal::new(String::from("echo"));
+    let payload = RwSignal::new(String::new());
+    let field_errors = RwSignal::new(Vec::<String>::new());
+    let submit_error = RwSignal::new(None::<String>);
+    let busy = RwSignal::new(false);
+    let file_input = NodeRef::<leptos::html::Input>::new();
+
+    let selected = move || -> Option<KindInfo> {
+        let name = kind.get();
+        kinds.get()?.ok()?.into_iter().find(|k| k.name == name)
+    };
+    // Prefill the payload with the chosen kind's example.
+    Effect::new(move |_| {
+        if let Some(info) = selected() {
+            payload.set(serde_json::to_string_pretty(&info.example).unwrap_or_default());
+            field_errors.set(Vec::new());
+        }
+    });
+
+    let on_submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        submit_error.set(None);
+        let Some(info) = selected() else {
+            submit_error.set(Some("the task kinds have not loaded yet".into()));
+            return;
+        };
+        #[cfg(feature = "hydrate")]
+        if let Some(file) = file_input.get().and_then(|input| input.files()).and_then(|files| files.get(0)) {
+            busy.set(true);
+            let file = send_wrapper::SendWrapper::new(file);
+            spawn_local(async move {
+                match api::submit_file(&info.name, file.take()).await {
+                    Ok(task) => on_submitted(task),
+                    Err(e) => submit_error.set(Some(e)),
+                }
+                busy.set(false);
+            });
+            return;
+        }
+        let value = match serde_json::from_str::<serde_json::Value>(&payload.get_untracked()) {
+            Ok(value) => value,
+            Err(e) => {
+                field_errors.set(vec![format!("not valid JSON: {e}")]);
+                return;
+            }
+        };
+        if let Err(errors) = schema::validate(&info.schema, &value) {
+            field_errors.set(errors);
+            return;
+        }
+        field_errors.set(Vec::new());
+        busy.set(true);
+        let request = SubmitRequest {
+            kind: info.name,
+            payload: value,
+            delay_ms: None,
+            priority: None,
+            max_attempts: None,
+            timeout_ms: None,
+            session: None,
+        };
+        spawn_local(async move {
+            match api::submit(&request).await {
+                Ok(task) => on_submitted(task),
+                Err(e) => submit_error.set(Some(e)),
+            }
+            busy.set(false);
+        });
+    };
+
+    view! {
+        <form class="submit" on:submit=on_submit>
+            <h1>"Submit a task"</h1>
+            <label for="kind">"Kind"</label>
+            <select id="kind" name="kind" on:change=move |ev| kind.set(event_target_value(&ev))>
+                {move || match kinds.get() {
+                    None => view! { <option value="">"loading kinds…"</option> }.into_any(),
+                    Some(Err(e)) => view! { <option value="">{format!("kinds unavailable: {e}")}</option> }.into_any(),
+                    Some(Ok(list)) => list
+                        .into_iter()
+                        .map(|k| {
+                            let is_selected = k.name == kind.get_untracked();
+                            view! { <option value=k.name.clone() selected=is_selected>{k.name.clone()}</option> }
+                        })
+                        .collect_view()
+                        .into_any(),
+                }}
+            </select>
+            <p class="kind-description">{move || selected().map(|k| k.description)}</p>
+            <label for="payload">"Payload (JSON)"</label>
+            <textarea
+                id="payload"
+                name="payload"
+                rows="6"
+                spellcheck="false"
+                prop:value=move || payload.get()
+                on:input=move |ev| payload.set(event_target_value(&ev))
+            ></textarea>
+            <ul class="field-errors" role="alert">
+                {move || field_errors.get().into_iter().map(|e| view! { <li>{e}</li> }).collect_view()}
+            </ul>
+            <label for="file">"…or upload a file as the payload"</label>
+            <input id="file" name="file" type="file" node_ref=file_input/>
+            <div class="actions">
+                <button type="submit" disabled=move || busy.get()>"Submit"</button>
+                <span class="submit-error" role="alert">{move || submit_error.get()}</span>
+            </div>
+        </form>
+    }
+}

@@ -1,0 +1,38 @@
+//! Server-sent events in the browser: one `EventSource` per subscription, closed with its owner.
+
+/// Calls `on_event(name, data)` for every event on `url` until it returns `false` or the calling
+/// component is dropped. Does nothing on the server.
+#[cfg(feature = "hydrate")]
+pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
+    use crate::model::Status;
+    use leptos::prelude::on_cleanup;
+    use send_wrapper::SendWrapper;
+    use std::rc::Rc;
+    use wasm_bindgen::{JsCast, closure::Closure};
+    use web_sys::{EventSource, MessageEvent};
+
+    let Ok(source) = EventSource::new(url) else {
+        return;
+    };
+    let on_event = Rc::new(on_event);
+    let mut listeners = Vec::new();
+    let names = Status::ALL.map(Status::as_str).into_iter().chain(["progress"]);
+    for name in names {
+        let on_event = on_event.clone();
+        let handle = source.clone();
+        let listener = Closure::<dyn Fn(MessageEvent)>::new(move |event: MessageEvent| {
+            let data = event.data().as_string().unwrap_or_default();
+            if !on_event(&event.type_(), &data) {
+                handle.close();
+            }
+        });
+        let _ = source.add_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
+        listeners.push(listener);
+    }
+    let held = SendWrapper::new((source, listeners));
+    on_cleanup(move || held.0.close());
+}
+
+/// Calls `on_event(name, data)` for every event on `url`; on the server there are none.
+#[cfg(not(feature = "hydrate"))]
+pub fn subscribe(_url: &str, _on_event: impl Fn(&str, &str) -> bool + 'static) {}

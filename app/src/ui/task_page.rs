@@ -1,0 +1,106 @@
+//! A task's own page: its record, its events as they happen, and its result.
+
+use super::{ProgressBar, StatusBadge, api, live};
+use crate::model::{Status, TaskEvent, TaskView};
+use leptos::{prelude::*, task::spawn_local};
+use leptos_router::hooks::use_params_map;
+
+/// `/tasks/{id}`.
+#[component]
+pub fn TaskPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = params.read_untracked().get("id").unwrap_or_default();
+    let task = RwSignal::new(None::<TaskView>);
+    let events = RwSignal::new(Vec::<(String, TaskEvent)>::new());
+    let result = RwSignal::new(None::<Result<String, String>>);
+    let load_error = RwSignal::new(None::<String>);
+
+    let fetch_result = move |id: String| {
+        spawn_local(async move {
+            result.set(Some(api::get_text(&format!("/api/v1/tasks/{id}/result")).await));
+        })
+    };
+    {
+        let id = id.clone();
+        spawn_local(async move {
+            match api::get_json::<TaskView>(&format!("/api/v1/tasks/{id}")).await {
+                Ok(view) => task.set(Some(view)),
+                Err(e) => load_error.set(Some(e)),
+            }
+        });
+    }
+    {
+        let id = id.clone();
+        live::subscribe(&format!("/api/v1/tasks/{id}/events"), move |name, data| {
+            let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
+                return true;
+            };
+            task.update(|view| {
+                if let Some(view) = view {
+                    view.apply(&event);
+                }
+            });
+            if event.status == Status::Succeeded || event.status == Status::Failed {
+                fetch_result(id.clone());
+            }
+            let terminal = event.status.is_terminal();
+            events.update(|list| list.push((name.to_string(), event)));
+            !terminal
+        });
+    }
+
+    view! {
+        <section class="task-page">
+            <h1>"Task " <code>{id.clone()}</code></h1>
+            {move || load_error.get().map(|e| view! { <p class="submit-error" role="alert">{e}</p> })}
+            {move || task.get().map(|t| view! { <TaskRecord task=t/> })}
+            <h2>"Result"</h2>
+            <div class="result">
+                {move || match result.get() {
+                    None => view! { <p class="pending">"not finished yet"</p> }.into_any(),
+                    Some(Ok(text)) => view! { <pre class="result-body">{text}</pre> }.into_any(),
+                    Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
+                }}
+            </div>
+            <h2>"Events"</h2>
+            <ol class="events">
+                {move || {
+                    events
+                        .get()
+                        .into_iter()
+                        .map(|(name, e)| {
+                            view! {
+                                <li>
+                                    <time>{e.at.clone()}</time>
+                                    " "
+                                    <span class="event-name">{name}</span>
+                                    {e.progress.map(|p| format!(" {p}%"))}
+                                    {e.error.map(|err| format!(" — {err}"))}
+                                </li>
+                            }
+                        })
+                        .collect_view()
+                }}
+            </ol>
+        </section>
+    }
+}
+
+/// The task's record as a definition list.
+#[component]
+fn TaskRecord(task: TaskView) -> impl IntoView {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "—".into());
+    view! {
+        <dl class="record">
+            <dt>"Kind"</dt><dd class="kind">{task.kind}</dd>
+            <dt>"Status"</dt><dd><StatusBadge status=task.status/></dd>
+            <dt>"Progress"</dt><dd><ProgressBar progress=task.progress/></dd>
+            <dt>"Attempts"</dt><dd>{format!("{} of {}", task.attempts, task.max_attempts)}</dd>
+            <dt>"Payload"</dt><dd>{format!("{} bytes", task.payload_bytes)}</dd>
+            <dt>"Created"</dt><dd>{task.created_at}</dd>
+            <dt>"Started"</dt><dd>{or_dash(task.started_at)}</dd>
+            <dt>"Finished"</dt><dd>{or_dash(task.finished_at)}</dd>
+            <dt>"Error"</dt><dd>{or_dash(task.error)}</dd>
+        </dl>
+    }
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs everything Courier needs to build, run and test, skipping whatever is already present.
+# Safe to run again and again: each step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_LEPTOS_VERSION=0.3.11
+# Must equal the `wasm-bindgen = "=X"` pin in Cargo.toml: cargo-leptos refuses a mismatch.
+WASM_BINDGEN_VERSION=$(sed -n 's/^wasm-bindgen = { version = "=\([0-9.]*\)".*/\1/p' Cargo.toml)
+BINARYEN_VERSION=123.0.0
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. Toolchain and wasm target, as pinned in rust-toolchain.toml (RUSTUP_AUTO_INSTALL may be 0).
+rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
+
+# 2. System packages: redis-server for the embedded Redis and tests, chromium for Playwright.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ -n "${COURIER_SETUP_E2E:-}" ]; then
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} with apt-get"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 3. cargo-leptos and the wasm-bindgen CLI it drives (it would otherwise try to download them).
+if ! cargo leptos --version 2>/dev/null | grep -q "$CARGO_LEPTOS_VERSION"; then
+  say "installing cargo-leptos $CARGO_LEPTOS_VERSION (takes about 15 minutes, once)"
+  cargo install cargo-leptos --version "$CARGO_LEPTOS_VERSION" --locked
+fi
+if ! wasm-bindgen --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
+  say "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --locked
+fi
+
+# 4. npm packages: wasm-opt (binaryen) for release builds, Playwright for the end-to-end tests.
+tools=tools/node_modules/.bin
+if [ ! -x "$tools/wasm-opt" ] || ! "$tools/wasm-opt" --version | grep -q "${BINARYEN_VERSION%%.*}"; then
+  say "installing binaryen $BINARYEN_VERSION (wasm-opt) from npm"
+  (cd tools && npm install --no-audit --no-fund --silent)
+fi
+if [ ! -d end2end/node_modules/@playwright/test ]; then
+  say "installing Playwright from npm"
+  (cd end2end && npm ci --no-audit --no-fund --silent)
+fi
+say "ready"

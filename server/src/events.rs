@@ -1,0 +1,332 @@
+//! Task events: every process tails the queue's events stream once (a blocking read) and fans
+//! each event out to its server-sent-event clients; the stream id is the SSE id, so a client
+//! that reconnects with `Last-Event-ID` resumes on any instance without losing an event.
+
+use crate::store::{Keys, TaskRecord, rfc3339};
+use app::model::{Status, TaskEvent};
+use redis::{
+    AsyncConnectionConfig,
+    aio::{ConnectionManager, MultiplexedConnection},
+    streams::{StreamId, StreamRangeReply, StreamReadReply},
+};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use uuid::Uuid;
+
+/// How many events a slow SSE client may fall behind before it catches up from Redis.
+const FANOUT_BUFFER: usize = 4096;
+/// How many events one catch-up read takes.
+const CATCH_UP_BATCH: usize = 1000;
+
+/// An event with its position in the stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// The stream id, e.g. `1700000000000-0`; the SSE `id`.
+    pub id: String,
+    /// The SSE `event` name: the new status, or `progress`.
+    pub name: String,
+    pub event: TaskEvent,
+}
+
+impl StoredEvent {
+    fn position(&self) -> Option<Position> {
+        Position::parse(&self.id)
+    }
+
+    /// Reads an entry of the events stream; `None` if it is not a well-formed event.
+    fn from_entry(entry: &StreamId) -> Option<StoredEvent> {
+        let text = |name: &str| entry.get::<String>(name).filter(|v| !v.is_empty());
+        let task_id: Uuid = text("task")?.parse().ok()?;
+        Some(StoredEvent {
+            id: entry.id.clone(),
+            name: text("event")?,
+            event: TaskEvent {
+                task_id,
+                kind: text("kind").unwrap_or_default(),
+                status: Status::parse(&text("status")?)?,
+                attempt: text("attempt").and_then(|a| a.parse().ok()).unwrap_or(0),
+                progress: text("progress").and_then(|p| p.parse().ok()),
+                error: text("error"),
+                at: rfc3339(text("at")?.parse().ok()?),
+            },
+        })
+    }
+
+    /// The event that stands for a task's current state, at stream position `id`.
+    pub fn snapshot(record: &TaskRecord, id: String) -> StoredEvent {
+        StoredEvent {
+            id,
+            name: record.status.as_str().to_string(),
+            event: TaskEvent {
+                task_id: record.id,
+                kind: record.kind.clone(),
+                status: record.status,
+                attempt: record.attempts,
+                progress: record.progress,
+                error: record.error.clone(),
+                at: rfc3339(record.updated_ms),
+            },
+        }
+    }
+}
+
+/// A stream id as a comparable pair (milliseconds, sequence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position(u64, u64);
+
+impl Position {
+    /// Parses `ms-seq` (or a bare `ms`); `None` for anything else.
+    pub fn parse(id: &str) -> Option<Position> {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        Some(Position(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+/// Which events a subscriber wants, from where, and for how long.
+#[derive(Clone, Debug, Default)]
+pub struct Follow {
+    /// Only this task's events.
+    pub task: Option<Uuid>,
+    /// Replay what came after this stream id first (from `Last-Event-ID`).
+    pub after: Option<String>,
+    /// Send this first (a task's current state).
+    pub first: Option<StoredEvent>,
+    /// End after the first terminal event.
+    pub until_terminal: bool,
+}
+
+/// The process's view of the events stream; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    conn: ConnectionManager,
+    keys: Keys,
+    fanout: broadcast::Sender<Arc<StoredEvent>>,
+    shutdown: CancellationToken,
+}
+
+impl Events {
+    /// Starts tailing the events stream of `keys` until `shutdown`.
+    pub fn start(client: redis::Client, conn: ConnectionManager, keys: Keys, shutdown: CancellationToken) -> Events {
+        let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
+        let events = Events { conn, keys, fanout, shutdown };
+        tokio::spawn(events.clone().tail(client));
+        events
+    }
+
+    async fn tail(self, client: redis::Client) {
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut last: Option<String> = None;
+        let mut failures = 0u32;
+        while !self.shutdown.is_cancelled() {
+            let step = async {
+                let conn = match &mut conn {
+                    Some(conn) => conn,
+                    None => conn.insert(client.get_multiplexed_async_connection_with_config(&config).await?),
+                };
+                // Start at the end of the stream; from then on never skip an id, even across
+                // reconnects, so no subscriber misses an event.
+                let from = match &last {
+                    Some(id) => id.clone(),
+                    None => last_id(conn, &self.keys.events()).await?,
+                };
+                let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(CATCH_UP_BATCH)
+                    .arg("BLOCK")
+                    .arg(1000)
+                    .arg("STREAMS")
+                    .arg(self.keys.events())
+                    .arg(&from)
+                    .query_async(conn)
+                    .await?;
+                let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+                redis::RedisResult::Ok((from, entries))
+            };
+            let step = tokio::select! {
+                step = step => step,
+                () = self.shutdown.cancelled() => break,
+            };
+            match step {
+                Ok((from, entries)) => {
+                    failures = 0;
+                    last = Some(entries.last().map(|e| e.id.clone()).unwrap_or(from));
+                    for entry in &entries {
+                        if let Some(event) = StoredEvent::from_entry(entry) {
+                            // No receivers is fine: nobody is watching right now.
+                            let _ = self.fanout.send(Arc::new(event));
+                        }
+                    }
+                }
+                Err(e) => {
+                    conn = None;
+                    failures = (failures + 1).min(7);
+                    let pause = Duration::from_millis(50 << failures).min(Duration::from_secs(5));
+                    warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "tailing task events failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Events after stream id `after`, oldest first, at most `count`.
+    pub async fn after(&self, after: &str, count: usize) -> redis::RedisResult<Vec<StoredEvent>> {
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.events())
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.ids.iter().filter_map(StoredEvent::from_entry).collect())
+    }
+
+    /// A task's record together with the stream id current when it was read (one MULTI), so that
+    /// following from that id misses nothing and repeats nothing.
+    pub async fn snapshot(&self, task_key: &str, id: Uuid) -> redis::RedisResult<Option<StoredEvent>> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XREVRANGE")
+            .arg(self.keys.events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("HGETALL")
+            .arg(task_key);
+        let (latest, fields): (StreamRangeReply, HashMap<String, String>) = pipe.query_async(&mut self.conn.clone()).await?;
+        let position = latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into());
+        Ok(TaskRecord::from_fields(id, &fields).map(|record| StoredEvent::snapshot(&record, position)))
+    }
+
+    /// Streams events as `follow` asks, until the receiver is dropped or the process stops.
+    pub fn follow(&self, follow: Follow) -> mpsc::Receiver<Arc<StoredEvent>> {
+        let (tx, rx) = mpsc::channel(64);
+        // Subscribe before reading history, so nothing falls between the two.
+        let live = self.fanout.subscribe();
+        tokio::spawn(self.clone().pump(follow, live, tx));
+        rx
+    }
+
+    async fn pump(self, follow: Follow, mut live: broadcast::Receiver<Arc<StoredEvent>>, tx: mpsc::Sender<Arc<StoredEvent>>) {
+        let wanted = |event: &StoredEvent| follow.task.is_none_or(|id| id == event.event.task_id);
+        let mut sent: Option<Position> = None;
+        let mut resume_from = follow.after.clone();
+        if let Some(first) = follow.first.clone() {
+            sent = first.position();
+            let done = first.event.status.is_terminal() && follow.until_terminal;
+            if tx.send(Arc::new(first.clone())).await.is_err() || done {
+                return;
+            }
+            resume_from = Some(first.id);
+        }
+        loop {
+            // Catch up from Redis: after a Last-Event-ID, a snapshot, or falling behind.
+            if let Some(after) = resume_from.take() {
+                let mut cursor = after;
+                loop {
+                    let batch = match self.after(&cursor, CATCH_UP_BATCH).await {
+                        Ok(batch) => batch,
+                        Err(e) => {
+                            warn!(error = %e, "replaying task events failed");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    };
+                    for event in &batch {
+                        sent = event.position();
+                        if wanted(event) {
+                            let done = event.event.status.is_terminal() && follow.until_terminal;
+                            if tx.send(Arc::new(event.clone())).await.is_err() || done {
+                                return;
+                            }
+                        }
+                    }
+                    match batch.last() {
+                        Some(last) if batch.len() == CATCH_UP_BATCH => cursor = last.id.clone(),
+                        _ => break,
+                    }
+                }
+            }
+            let event = tokio::select! {
+                event = live.recv() => event,
+                () = tx.closed() => return,
+                () = self.shutdown.cancelled() => return,
+            };
+            match event {
+                Ok(event) => {
+                    let position = event.position();
+                    if sent.is_some() && position <= sent {
+                        continue;
+                    }
+                    sent = position;
+                    if wanted(&event) {
+                        let done = event.event.status.is_terminal() && follow.until_terminal;
+                        if tx.send(event).await.is_err() || done {
+                            return;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    resume_from = Some(match sent {
+                        Some(Position(ms, seq)) => format!("{ms}-{seq}"),
+                        None => "0-0".into(),
+                    });
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+async fn last_id(conn: &mut MultiplexedConnection, key: &str) -> redis::RedisResult<String> {
+    let latest: StreamRangeReply = redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query_async(conn).await?;
+    Ok(latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn event_from_fields(id: &str, map: HashMap<String, Value>) -> Option<StoredEvent> {
+        StoredEvent::from_entry(&StreamId { id: id.to_string(), map, ..Default::default() })
+    }
+
+    #[test]
+    fn stream_positions_compare_numerically() {
+        assert!(Position::parse("10-0") > Position::parse("9-5"));
+        assert!(Position::parse("10-10") > Position::parse("10-9"));
+        assert_eq!(Position::parse("12"), Some(Position(12, 0)));
+        assert_eq!(Position::parse("x-1"), None);
+    }
+
+    #[test]
+    fn an_entry_becomes_an_event() {
+        let fields: HashMap<String, Value> = [
+            ("event", "progress"),
+            ("task", "01890a5d-ac96-774b-bcce-b302099a8057"),
+            ("kind", "sleep"),
+            ("status", "running"),
+            ("attempt", "2"),
+            ("progress", "40"),
+            ("error", ""),
+            ("at", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+        .collect();
+        let event = event_from_fields("5-1", fields).unwrap();
+        assert_eq!(event.name, "progress");
+        assert_eq!(event.event.progress, Some(40));
+        assert_eq!(event.event.attempt, 2);
+        assert_eq!(event.event.error, None);
+        assert_eq!(event.event.at, "1970-01-01T00:00:00Z");
+    }
+}

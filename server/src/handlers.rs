@@ -1,0 +1,198 @@
+//! Task kinds: the `Handler` trait every kind implements, and the registry of built-in kinds.
+//!
+//! Adding a kind is one file in `handlers/` and one line in [`Registry::builtin`].
+
+mod csv_summary;
+mod echo;
+mod flaky;
+mod sleep;
+mod text_stats;
+
+use app::model::KindInfo;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use std::{collections::BTreeMap, sync::Arc};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A task's payload as the handler receives it.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub bytes: Bytes,
+    pub content_type: String,
+}
+
+impl Input {
+    /// True when the payload was sent as JSON.
+    pub fn is_json(&self) -> bool {
+        self.content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    }
+
+    /// The payload parsed as JSON into `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        serde_json::from_slice(&self.bytes).map_err(|e| HandlerError::fatal(format!("payload does not fit this kind: {e}")))
+    }
+
+    /// The payload as text: a JSON string when sent as JSON, else the raw bytes as UTF-8.
+    pub fn text(&self) -> Result<String, HandlerError> {
+        if self.is_json() {
+            self.json::<String>()
+        } else {
+            String::from_utf8(self.bytes.to_vec()).map_err(|_| HandlerError::fatal("payload is not UTF-8 text"))
+        }
+    }
+}
+
+/// What a handler produced: bytes and their content type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub bytes: Bytes,
+    pub content_type: String,
+}
+
+impl Output {
+    /// A JSON result.
+    pub fn json(value: &impl serde::Serialize) -> Output {
+        Output {
+            bytes: serde_json::to_vec(value).expect("results are plain data and always serialize").into(),
+            content_type: "application/json".into(),
+        }
+    }
+}
+
+/// Why an attempt failed, and whether another attempt could succeed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl HandlerError {
+    /// A failure worth another attempt (a flaky dependency, a timeout).
+    pub fn retryable(message: impl Into<String>) -> HandlerError {
+        HandlerError { message: message.into(), retryable: true }
+    }
+
+    /// A failure no retry can fix (a payload the kind cannot use): straight to the dead letters.
+    pub fn fatal(message: impl Into<String>) -> HandlerError {
+        HandlerError { message: message.into(), retryable: false }
+    }
+}
+
+/// What a running handler may know and do besides its input.
+#[derive(Clone)]
+pub struct Context {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Fires when the task is cancelled or its lease is lost: stop soon.
+    pub cancel: CancellationToken,
+    progress: Arc<watch::Sender<Option<u8>>>,
+}
+
+impl Context {
+    /// A context whose progress reports go to `progress`.
+    pub fn new(attempt: u32, cancel: CancellationToken, progress: watch::Sender<Option<u8>>) -> Context {
+        Context { attempt, cancel, progress: Arc::new(progress) }
+    }
+
+    /// Reports progress (0–100); cheap, and coalesced if reported faster than it is stored.
+    pub fn progress(&self, percent: u8) {
+        self.progress.send_replace(Some(percent.min(100)));
+    }
+}
+
+/// One task kind.
+pub trait Handler: Send + Sync + 'static {
+    /// The kind's name, as in `{"kind": "…"}`.
+    fn name(&self) -> &'static str;
+    /// One sentence for people choosing a kind.
+    fn description(&self) -> &'static str;
+    /// JSON Schema of the payload when sent as JSON.
+    fn schema(&self) -> serde_json::Value;
+    /// A payload to show in the form.
+    fn example(&self) -> serde_json::Value;
+    /// Whether a raw (non-JSON) body is a valid payload.
+    fn accepts_raw(&self) -> bool {
+        false
+    }
+    /// Attempts the task. Must be safe to run twice: delivery is at least once.
+    fn run(&self, input: Input, ctx: Context) -> BoxFuture<'static, Result<Output, HandlerError>>;
+}
+
+/// The kinds this process knows, by name.
+#[derive(Clone)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    /// Every built-in kind.
+    pub fn builtin() -> Registry {
+        let mut registry = Registry { kinds: BTreeMap::new() };
+        registry.add(echo::Echo);
+        registry.add(text_stats::TextStats);
+        registry.add(csv_summary::CsvSummary);
+        registry.add(sleep::Sleep);
+        registry.add(flaky::Flaky);
+        registry
+    }
+
+    fn add(&mut self, handler: impl Handler) {
+        self.kinds.insert(handler.name(), Arc::new(handler));
+    }
+
+    /// The handler of `kind`, if there is one.
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {
+        self.kinds.get(kind)
+    }
+
+    /// Every kind, described for `GET /api/v1/kinds`.
+    pub fn describe(&self) -> Vec<KindInfo> {
+        self.kinds
+            .values()
+            .map(|h| KindInfo {
+                name: h.name().into(),
+                description: h.description().into(),
+                schema: h.schema(),
+                example: h.example(),
+                accepts_raw: h.accepts_raw(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Runs `handler` on a JSON payload with a fresh context.
+    pub async fn run_json(handler: &dyn Handler, payload: serde_json::Value, attempt: u32) -> Result<Output, HandlerError> {
+        let input = Input { bytes: serde_json::to_vec(&payload).unwrap().into(), content_type: "application/json".into() };
+        let (tx, _rx) = watch::channel(None);
+        handler.run(input, Context::new(attempt, CancellationToken::new(), tx)).await
+    }
+
+    pub fn json_of(output: &Output) -> serde_json::Value {
+        serde_json::from_slice(&output.bytes).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_example_passes_its_own_schema() {
+        for kind in Registry::builtin().describe() {
+            assert_eq!(app::schema::validate(&kind.schema, &kind.example), Ok(()), "{}", kind.name);
+        }
+    }
+
+    #[test]
+    fn the_five_builtin_kinds_are_registered() {
+        let names: Vec<String> = Registry::builtin().describe().into_iter().map(|k| k.name).collect();
+        assert_eq!(names, ["csv.summary", "echo", "flaky", "sleep", "text.stats"]);
+    }
+}

@@ -1,0 +1,76 @@
+//! The HTTP edge: the router (UI, REST API, SSE), its shared state, and health checks.
+
+mod api;
+mod problem;
+mod sse;
+
+pub use problem::ApiError;
+
+use crate::{events::Events, store::Keys, tasks::Tasks};
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, FromRef, State},
+    routing::get,
+};
+use leptos::prelude::LeptosOptions;
+use leptos_axum::{LeptosRoutes, generate_route_list};
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub tasks: Tasks,
+    pub events: Events,
+    pub keys: Keys,
+    pub redis: ConnectionManager,
+    pub max_payload: u64,
+    pub retention: Duration,
+    pub leptos_options: LeptosOptions,
+}
+
+/// The whole application: API routes first, then the Leptos pages and static files.
+pub fn router(state: AppState) -> Router {
+    let leptos_options = state.leptos_options.clone();
+    let api = Router::new()
+        .route("/api/v1/tasks", get(api::list).post(api::submit))
+        .route("/api/v1/tasks/{id}", get(api::get).delete(api::cancel))
+        .route("/api/v1/tasks/{id}/status", get(api::status).delete(api::cancel))
+        .route("/api/v1/tasks/{id}/result", get(api::result))
+        .route("/api/v1/tasks/{id}/events", get(sse::task_events))
+        .route("/api/v1/events", get(sse::all_events))
+        .route("/api/v1/kinds", get(api::kinds))
+        .route("/api/{*rest}", axum::routing::any(api::no_such_endpoint))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        // Submissions enforce their own, configurable limit (413 as problem+json).
+        .layer(DefaultBodyLimit::disable());
+    let routes = generate_route_list(app::App);
+    api.leptos_routes(&state, routes, {
+        let options = leptos_options.clone();
+        move || app::shell(options.clone())
+    })
+    .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+    .with_state(state)
+}
+
+/// Parses a task id from a path or query, as a problem if malformed.
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse().map_err(|_| ApiError::not_found(format!("`{id}` is not a task id")))
+}
+
+/// `GET /healthz`: the process is up.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: Redis answers within a second.
+async fn readyz(State(mut redis): State<ConnectionManager>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ping = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut redis)).await;
+    match ping {
+        Ok(Ok(_)) => Ok(Json(serde_json::json!({"status": "ok", "redis": "ok"}))),
+        Ok(Err(e)) => Err(ApiError::unavailable(&e)),
+        Err(_) => Err(ApiError::unavailable(&redis::RedisError::from((redis::ErrorKind::Io, "PING timed out")))),
+    }
+}

@@ -1,0 +1,161 @@
+//! Courier: an async message orchestrator on Redis. This library is the whole server; `main.rs`
+//! only parses the configuration and runs it.
+//!
+//! Arrows point down: `http` → `tasks` → `store`/`queue`/`events`; `worker` → `queue`/`handlers`.
+
+pub mod config;
+pub mod embedded_redis;
+pub mod events;
+pub mod handlers;
+pub mod http;
+pub mod queue;
+pub mod store;
+pub mod tasks;
+pub mod worker;
+
+use anyhow::Context;
+use config::{Command, Config};
+use embedded_redis::EmbeddedRedis;
+use events::Events;
+use handlers::Registry;
+use queue::{Queue, QueueSettings};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use store::{DEFAULT_QUEUE, Keys, Store};
+use tasks::Tasks;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use worker::{RetryPolicy, Runner};
+
+/// The approximate cap of the events stream.
+const EVENTS_MAXLEN: usize = 100_000;
+
+/// A built Courier process: bound to its port (if it serves HTTP), connected to Redis, ready to
+/// run until a shutdown signal.
+pub struct Server {
+    listener: Option<TcpListener>,
+    router: Option<axum::Router>,
+    runner: Option<Arc<Runner>>,
+    config: Config,
+    redis: Option<EmbeddedRedis>,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Connects to Redis (starting one if no URL is given and the role is `serve`), binds the
+    /// HTTP port (for `serve`), and prepares the workers (unless `--concurrency 0`).
+    pub async fn build(config: Config, role: Command) -> anyhow::Result<Server> {
+        let (url, redis) = match &config.redis_url {
+            Some(url) => (url.expose().to_string(), None),
+            None if role == Command::Serve => {
+                let dir = config.data_dir.join("redis");
+                let redis = EmbeddedRedis::start(&dir).await.context("starting the embedded redis-server")?;
+                info!(redis.port = redis.port(), redis.dir = %dir.display(), "started an embedded redis-server (set COURIER_REDIS_URL to use your own)");
+                (redis.url(), Some(redis))
+            }
+            None => anyhow::bail!("`courier worker` needs a Redis: set COURIER_REDIS_URL or --redis-url"),
+        };
+        let client = redis::Client::open(url).context("parsing the Redis URL")?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(2)));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+            .await
+            .with_context(|| format!("connecting to Redis at {}", config.redis_url.as_ref().map(ToString::to_string).unwrap_or_else(|| "the embedded redis-server".into())))?;
+        let keys = Keys::new(&config.prefix, DEFAULT_QUEUE);
+        let settings = QueueSettings { lease: config.lease, retention: config.retention, events_maxlen: EVENTS_MAXLEN };
+        let queue = Queue::new(client.clone(), conn.clone(), keys.clone(), settings);
+        queue.ensure_group().await.context("creating the queue's consumer group")?;
+        let store = Store::new(conn.clone(), keys.clone());
+        let registry = Registry::builtin();
+        let shutdown = CancellationToken::new();
+
+        let runner = (config.concurrency > 0).then(|| {
+            let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
+            Runner::new(queue.clone(), store.clone(), registry.clone(), retry)
+        });
+        let (listener, router) = if role == Command::Serve {
+            let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
+            let events = Events::start(client, conn.clone(), keys.clone(), shutdown.clone());
+            let state = http::AppState {
+                tasks: Tasks::new(queue, store, registry, config.max_attempts),
+                events,
+                keys,
+                redis: conn,
+                max_payload: config.max_payload,
+                retention: config.retention,
+                leptos_options: leptos_options(&config, listener.local_addr()?),
+            };
+            (Some(listener), Some(http::router(state)))
+        } else {
+            (None, None)
+        };
+        Ok(Server { listener, router, runner, config, redis, shutdown })
+    }
+
+    /// The bound HTTP port; `None` for a worker-only process.
+    pub fn port(&self) -> Option<u16> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
+    }
+
+    /// A token that stops the process gracefully when cancelled (as SIGTERM does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves and works until SIGINT, SIGTERM or the shutdown token; then stops taking work,
+    /// lets in-flight tasks finish within the grace period, and stops the embedded Redis.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Server { listener, router, runner, config, redis, shutdown } = self;
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let workers = runner.map(|runner| tokio::spawn(runner.run(config.concurrency, shutdown.clone(), config.grace)));
+        if let (Some(listener), Some(router)) = (listener, router) {
+            info!(addr = %listener.local_addr()?, "serving the UI and the API");
+            let stop = shutdown.clone();
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("serving HTTP")?;
+        } else {
+            info!(concurrency = config.concurrency, "working");
+            shutdown.cancelled().await;
+        }
+        if let Some(workers) = workers {
+            workers.await.context("the worker task panicked")??;
+        }
+        if let Some(redis) = redis {
+            redis.stop().await.context("stopping the embedded redis-server")?;
+            info!("stopped the embedded redis-server");
+        }
+        Ok(())
+    }
+}
+
+fn leptos_options(config: &Config, addr: SocketAddr) -> leptos::prelude::LeptosOptions {
+    leptos::prelude::LeptosOptions::builder()
+        .output_name("courier")
+        .site_root(config.site_root.to_string_lossy().into_owned())
+        .site_pkg_dir("pkg")
+        .site_addr(addr)
+        .build()
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+        () = shutdown.cancelled() => return,
+    }
+    info!("shutdown signal received: finishing in-flight work");
+    shutdown.cancel();
+}

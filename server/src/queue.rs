@@ -1,0 +1,612 @@
+//! Courier's own Redis queue backend, and its adapter to apalis's `Backend` trait.
+//!
+//! Runnable task ids sit on a Redis Stream read through a consumer group: `XREADGROUP BLOCK` hands
+//! an entry to exactly one worker and records it as pending, which is the lease; the worker
+//! renews it (`XCLAIM … JUSTID`) while the handler runs, and any worker takes over entries idle
+//! longer than the lease (`XAUTOCLAIM`). Each claim writes a fresh token into the task record,
+//! and every later write checks it, so a late ack from a dead lease's holder changes nothing.
+//! Delays and retries wait in a sorted set until due. Every transition is one Lua script over
+//! keys of one queue (one hash tag), that also appends the task event.
+
+use crate::store::{Keys, now_ms};
+use apalis_core::{
+    backend::{Backend, BackendConfig, finalize::Ephemeral},
+    layers::Identity,
+    task::{Task, task_id::RandomId},
+    worker::context::WorkerContext,
+};
+use bytes::Bytes;
+use redis::{
+    AsyncConnectionConfig, Script,
+    aio::{ConnectionManager, MultiplexedConnection},
+    streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
+};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+/// The consumer group every worker of a queue reads through.
+const GROUP: &str = "workers";
+/// The most entries one read takes (bounded further by free worker slots).
+const FETCH_BATCH: usize = 64;
+/// How long one blocking read waits before looking again (and noticing shutdown).
+const BLOCK: Duration = Duration::from_secs(1);
+/// How often delayed tasks are checked for being due.
+const PROMOTE_TICK: Duration = Duration::from_millis(20);
+/// How many due tasks one promotion moves.
+const PROMOTE_BATCH: usize = 500;
+
+/// Tunables of a queue, from the configuration.
+#[derive(Clone, Debug)]
+pub struct QueueSettings {
+    /// How long an entry may go unrenewed before another worker takes it over.
+    pub lease: Duration,
+    /// How long finished records, payloads and results are kept.
+    pub retention: Duration,
+    /// The approximate cap of the events stream.
+    pub events_maxlen: usize,
+}
+
+struct Scripts {
+    claim: Script,
+    renew: Script,
+    progress: Script,
+    finish: Script,
+    cancel: Script,
+    promote: Script,
+}
+
+impl Scripts {
+    fn load() -> Scripts {
+        Scripts {
+            claim: Script::new(include_str!("queue/claim.lua")),
+            renew: Script::new(include_str!("queue/renew.lua")),
+            progress: Script::new(include_str!("queue/progress.lua")),
+            finish: Script::new(include_str!("queue/finish.lua")),
+            cancel: Script::new(include_str!("queue/cancel.lua")),
+            promote: Script::new(include_str!("queue/promote.lua")),
+        }
+    }
+}
+
+/// A handle on one queue in Redis; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    client: redis::Client,
+    keys: Keys,
+    settings: Arc<QueueSettings>,
+    scripts: Arc<Scripts>,
+}
+
+/// A task to enqueue: its record's first fields and its payload.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub id: Uuid,
+    pub created_ms: u64,
+    pub kind: String,
+    pub payload: Bytes,
+    pub payload_type: String,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    pub delay_ms: Option<u64>,
+}
+
+/// How an attempt ended, as recorded by [`Queue::finish`].
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Succeeded { bytes: Bytes, content_type: String },
+    Retry { error: String, after: Duration },
+    Failed { error: String },
+    Cancelled,
+}
+
+/// What renewing a lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    Held,
+    Lost,
+    CancelRequested,
+}
+
+/// What a cancel request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Missing,
+    Cancelled,
+    /// The task is running: its handler has been told to stop.
+    Cancelling,
+    /// The task had already ended with this status.
+    AlreadyFinished(app::model::Status),
+}
+
+/// A worker's hold on one attempt of one task: what it needs to run it and to report back.
+#[derive(Debug)]
+pub struct Lease {
+    pub task_id: Uuid,
+    pub kind: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    pub payload_type: String,
+    entry_id: String,
+    token: String,
+    consumer: Arc<str>,
+    // Frees this worker slot when the attempt is over.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Queue {
+    /// Opens the queue whose keys are `keys` on the Redis behind `client`.
+    pub fn new(client: redis::Client, conn: ConnectionManager, keys: Keys, settings: QueueSettings) -> Queue {
+        Queue { conn, client, keys, settings: Arc::new(settings), scripts: Arc::new(Scripts::load()) }
+    }
+
+    /// The key names of this queue.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The queue's settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Creates the ready stream and its consumer group if they do not exist yet.
+    pub async fn ensure_group(&self) -> redis::RedisResult<()> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.ready())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Stores the payload and the record and queues the id, atomically (one MULTI).
+    pub async fn enqueue(&self, task: &NewTask) -> redis::RedisResult<()> {
+        let now = task.created_ms;
+        let retention_ms = self.settings.retention.as_millis() as u64;
+        let id = task.id.to_string();
+        let status = if task.delay_ms.is_some() { "scheduled" } else { "queued" };
+        let task_key = self.keys.task(&task.id);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("SET").arg(self.keys.payload(&task.id)).arg(task.payload.as_ref()).arg("PX").arg(retention_ms).ignore();
+        pipe.cmd("HSET")
+            .arg(&task_key)
+            .arg(&[
+                ("kind", task.kind.as_str()),
+                ("status", status),
+                ("attempts", "0"),
+                ("max_attempts", &task.max_attempts.to_string()),
+                ("created", &now.to_string()),
+                ("updated", &now.to_string()),
+                ("payload_bytes", &task.payload.len().to_string()),
+                ("payload_type", &task.payload_type),
+                ("timeout_ms", &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default()),
+            ])
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();
+        pipe.cmd("ZADD").arg(self.keys.index()).arg(0).arg(&id).ignore();
+        // Drop index entries older than the retention; ids are UUIDv7, so they sort by time.
+        let oldest = now.saturating_sub(retention_ms);
+        pipe.cmd("ZREMRANGEBYLEX")
+            .arg(self.keys.index())
+            .arg("-")
+            .arg(format!("({:08x}-{:04x}", oldest >> 16, oldest & 0xffff))
+            .ignore();
+        match task.delay_ms {
+            Some(delay) => {
+                pipe.cmd("ZADD").arg(self.keys.delayed()).arg(now + delay).arg(&id).ignore();
+            }
+            None => {
+                pipe.cmd("XADD").arg(self.keys.ready()).arg("*").arg("task").arg(&id).ignore();
+            }
+        }
+        pipe.cmd("XADD")
+            .arg(self.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.settings.events_maxlen)
+            .arg("*")
+            .arg(&[
+                ("event", status),
+                ("task", &id),
+                ("kind", &task.kind),
+                ("status", status),
+                ("attempt", "0"),
+                ("progress", ""),
+                ("error", ""),
+                ("at", &now.to_string()),
+            ])
+            .ignore();
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    async fn claim(&self, entry: &StreamId, consumer: &Arc<str>, slot: OwnedSemaphorePermit) -> redis::RedisResult<Option<Lease>> {
+        let Some(task_id) = entry.get::<String>("task").and_then(|s| s.parse::<Uuid>().ok()) else {
+            // Not ours to interpret: drop it so it does not come back forever.
+            warn!(entry.id = %entry.id, "dropping a ready entry without a task id");
+            let mut pipe = redis::pipe();
+            pipe.cmd("XACK").arg(self.keys.ready()).arg(GROUP).arg(&entry.id).ignore();
+            pipe.cmd("XDEL").arg(self.keys.ready()).arg(&entry.id).ignore();
+            return pipe.query_async(&mut self.conn.clone()).await.map(|()| None);
+        };
+        let token = Uuid::now_v7().to_string();
+        let reply: Option<(u32, String, String, String, String)> = self
+            .scripts
+            .claim
+            .key(self.keys.task(&task_id))
+            .key(self.keys.ready())
+            .key(self.keys.events())
+            .arg(&entry.id)
+            .arg(GROUP)
+            .arg(&token)
+            .arg(now_ms())
+            .arg(task_id.to_string())
+            .arg(self.settings.events_maxlen)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.map(|(attempt, kind, max_attempts, timeout_ms, payload_type)| Lease {
+            task_id,
+            kind,
+            attempt,
+            max_attempts: max_attempts.parse().unwrap_or(1),
+            timeout_ms: timeout_ms.parse().ok(),
+            payload_type: if payload_type.is_empty() { "application/json".into() } else { payload_type },
+            entry_id: entry.id.clone(),
+            token,
+            consumer: consumer.clone(),
+            _slot: slot,
+        }))
+    }
+
+    /// Renews `lease`, and tells whether it is still held and whether cancellation was asked.
+    pub async fn renew(&self, lease: &Lease) -> redis::RedisResult<Renewal> {
+        let answer: i64 = self
+            .scripts
+            .renew
+            .key(self.keys.task(&lease.task_id))
+            .key(self.keys.ready())
+            .arg(&lease.token)
+            .arg(GROUP)
+            .arg(lease.consumer.as_ref())
+            .arg(&lease.entry_id)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match answer {
+            0 => Renewal::Lost,
+            2 => Renewal::CancelRequested,
+            _ => Renewal::Held,
+        })
+    }
+
+    /// Records progress (0–100) of a running attempt; `false` if the lease was lost.
+    pub async fn progress(&self, lease: &Lease, percent: u8) -> redis::RedisResult<bool> {
+        let applied: i64 = self
+            .scripts
+            .progress
+            .key(self.keys.task(&lease.task_id))
+            .key(self.keys.events())
+            .arg(&lease.token)
+            .arg(percent.min(100))
+            .arg(now_ms())
+            .arg(lease.task_id.to_string())
+            .arg(self.settings.events_maxlen)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(applied == 1)
+    }
+
+    /// Ends the attempt held by `lease`; `false` (and no change) if the lease was lost.
+    pub async fn finish(&self, lease: &Lease, outcome: Outcome) -> redis::RedisResult<bool> {
+        let now = now_ms();
+        let (status, error, result_type, due, bytes) = match outcome {
+            Outcome::Succeeded { bytes, content_type } => ("succeeded", String::new(), content_type, 0, bytes),
+            Outcome::Retry { error, after } => ("retrying", error, String::new(), now + after.as_millis() as u64, Bytes::new()),
+            Outcome::Failed { error } => ("failed", error, String::new(), 0, Bytes::new()),
+            Outcome::Cancelled => ("cancelled", String::new(), String::new(), 0, Bytes::new()),
+        };
+        let applied: i64 = self
+            .scripts
+            .finish
+            .key(self.keys.task(&lease.task_id))
+            .key(self.keys.ready())
+            .key(self.keys.events())
+            .key(self.keys.result(&lease.task_id))
+            .key(self.keys.payload(&lease.task_id))
+            .key(self.keys.delayed())
+            .key(self.keys.dead())
+            .arg(&lease.token)
+            .arg(GROUP)
+            .arg(&lease.entry_id)
+            .arg(status)
+            .arg(now)
+            .arg(lease.task_id.to_string())
+            .arg(self.settings.events_maxlen)
+            .arg(self.settings.retention.as_millis() as u64)
+            .arg(error)
+            .arg(result_type)
+            .arg(due)
+            .arg(bytes.as_ref())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(applied == 1)
+    }
+
+    /// Cancels a task: a waiting one at once, a running one by telling its handler to stop.
+    pub async fn cancel(&self, id: &Uuid) -> redis::RedisResult<CancelOutcome> {
+        let answer: String = self
+            .scripts
+            .cancel
+            .key(self.keys.task(id))
+            .key(self.keys.delayed())
+            .key(self.keys.events())
+            .key(self.keys.payload(id))
+            .arg(now_ms())
+            .arg(id.to_string())
+            .arg(self.settings.events_maxlen)
+            .arg(self.settings.retention.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match answer.as_str() {
+            "missing" => CancelOutcome::Missing,
+            "cancelled" => CancelOutcome::Cancelled,
+            "cancelling" => CancelOutcome::Cancelling,
+            other => CancelOutcome::AlreadyFinished(app::model::Status::parse(other).unwrap_or(app::model::Status::Succeeded)),
+        })
+    }
+
+    /// Moves delayed tasks that are due onto the ready stream; returns how many moved.
+    pub async fn promote_due(&self) -> redis::RedisResult<usize> {
+        self.scripts
+            .promote
+            .key(self.keys.delayed())
+            .key(self.keys.ready())
+            .arg(now_ms())
+            .arg(PROMOTE_BATCH)
+            .invoke_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// Ready entries not yet handed to any worker, plus delayed ones.
+    pub async fn depth(&self) -> redis::RedisResult<u64> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(self.keys.ready()).cmd("ZCARD").arg(self.keys.delayed());
+        let (ready, delayed): (u64, u64) = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(ready + delayed)
+    }
+
+    /// Starts fetching for up to `concurrency` attempts at once, and returns the apalis backend
+    /// that hands them to the worker. Fetching stops when `shutdown` fires.
+    pub fn backend(&self, concurrency: usize, shutdown: CancellationToken) -> RedisBackend {
+        let (tx, rx) = mpsc::channel(concurrency.max(1));
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let consumer: Arc<str> = format!("worker-{}", Uuid::now_v7()).into();
+        tokio::spawn(self.clone().fetch_loop(consumer, slots, tx, shutdown.clone()));
+        tokio::spawn(self.clone().promote_loop(shutdown));
+        RedisBackend { rx, next: None }
+    }
+
+    async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        // Blocking reads wait longer than any response timeout would allow.
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        self.client.get_multiplexed_async_connection_with_config(&config).await
+    }
+
+    async fn fetch_loop(self, consumer: Arc<str>, slots: Arc<Semaphore>, tx: mpsc::Sender<Lease>, shutdown: CancellationToken) {
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut backoff = Backoff::default();
+        let reclaim_every = (self.settings.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut last_reclaim: Option<Instant> = None;
+        loop {
+            let first = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("the worker slots are never closed"),
+                () = shutdown.cancelled() => break,
+            };
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let mut free = vec![first];
+            while free.len() < FETCH_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => free.push(slot),
+                    Err(_) => break,
+                }
+            }
+            let reclaim = last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every);
+            let entries = self.read(&mut conn, &consumer, free.len(), reclaim).await;
+            if reclaim {
+                last_reclaim = Some(Instant::now());
+            }
+            match entries {
+                Ok(entries) => {
+                    backoff.reset();
+                    for entry in entries {
+                        let slot = free.pop().expect("never more entries than free slots");
+                        match self.claim(&entry, &consumer, slot).await {
+                            Ok(Some(lease)) => {
+                                if tx.send(lease).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {}
+                            // The entry stays pending and is reclaimed after the lease.
+                            Err(e) => warn!(error = %e, entry.id = %entry.id, "claiming a task failed"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    conn = None;
+                    if e.code() == Some("NOGROUP") {
+                        // Redis lost the group (a restart without persistence): make it again.
+                        let _ = self.ensure_group().await;
+                    }
+                    let pause = backoff.next();
+                    warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "reading the queue failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        debug!("fetching stopped");
+    }
+
+    /// Takes over entries whose lease expired (when `reclaim`), else blocks for new ones.
+    async fn read(&self, conn: &mut Option<MultiplexedConnection>, consumer: &str, count: usize, reclaim: bool) -> redis::RedisResult<Vec<StreamId>> {
+        let conn = match conn {
+            Some(conn) => conn,
+            None => conn.insert(self.blocking_connection().await?),
+        };
+        if reclaim {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(self.keys.ready())
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(self.settings.lease.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(conn)
+                .await?;
+            if !reply.claimed.is_empty() {
+                debug!(count = reply.claimed.len(), "took over tasks whose lease expired");
+                return Ok(reply.claimed);
+            }
+        }
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(self.keys.ready())
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+    }
+
+    async fn promote_loop(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        loop {
+            let pause = match self.promote_due().await {
+                Ok(moved) if moved == PROMOTE_BATCH => Duration::ZERO,
+                Ok(_) => {
+                    backoff.reset();
+                    PROMOTE_TICK
+                }
+                Err(e) => {
+                    let pause = backoff.next();
+                    warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "promoting delayed tasks failed");
+                    pause
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+    }
+}
+
+/// Exponential pauses between attempts to reach Redis: 50 ms doubling up to 5 s.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        self.failures = (self.failures + 1).min(8);
+        Duration::from_millis(50 << (self.failures - 1)).min(Duration::from_secs(5))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// The apalis side of the queue: yields leased tasks; never fails, because the fetcher behind it
+/// rides out Redis errors itself (a backend error would end the apalis worker).
+pub struct RedisBackend {
+    rx: mpsc::Receiver<Lease>,
+    next: Option<Lease>,
+}
+
+/// The error type apalis asks of a backend; this one never produces it.
+#[derive(Debug, thiserror::Error)]
+#[error("the Courier queue backend stopped")]
+pub struct BackendStopped;
+
+impl Backend for RedisBackend {
+    type Task = Task<Lease>;
+    type Error = BackendStopped;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        if self.next.is_none() {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(lease) => self.next = lease,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(&mut self, _cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        // `None` only once the fetcher has stopped (shutdown): the worker then drains and ends.
+        Poll::Ready(self.next.take().map(|lease| Ok(Task::new(lease))))
+    }
+
+    fn poll_close(&mut self, _cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for RedisBackend {
+    type Args = Lease;
+    type Id = RandomId;
+    // Leases arrive decoded, so apalis has no codec to wrap around this backend.
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = Identity;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        Identity::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_backoff_doubles_up_to_five_seconds_and_resets() {
+        let mut backoff = Backoff::default();
+        let pauses: Vec<u64> = (0..9).map(|_| backoff.next().as_millis() as u64).collect();
+        assert_eq!(pauses, vec![50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(50));
+    }
+}

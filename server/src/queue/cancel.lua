@@ -1,0 +1,23 @@
+-- Cancels a task: at once when it waits, by flagging it when it runs.
+-- KEYS: task, delayed, events, payload
+-- ARGV: now ms, task id, events maxlen, retention ms
+-- Returns 'missing', 'cancelled', 'cancelling', or the terminal status it already had.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return 'missing'
+end
+if status == 'queued' or status == 'scheduled' or status == 'retrying' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', ARGV[1], 'finished', ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'cancelled', 'task', ARGV[2],
+    'kind', f[1], 'status', 'cancelled', 'attempt', f[2], 'progress', '', 'error', '', 'at', ARGV[1])
+  return 'cancelled'
+end
+if status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  return 'cancelling'
+end
+return status

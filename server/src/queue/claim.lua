@@ -1,0 +1,31 @@
+-- Takes the lease on a task just read from the ready stream (or reclaimed from a dead holder).
+-- KEYS: task, ready, events
+-- ARGV: entry id, group, lease token, now ms, task id, events maxlen
+-- Returns false when the task is gone or finished (its entry is dropped), else
+-- {attempt, kind, max_attempts, timeout_ms, payload_type}.
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('XDEL', KEYS[2], ARGV[1])
+  return false
+end
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  -- Cancelled while its previous holder ran it, and that holder died: it ends here.
+  redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('XDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], 'lease', 'entry', 'cancel')
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', ARGV[4], 'finished', ARGV[4])
+  local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event', 'cancelled', 'task', ARGV[5],
+    'kind', f[1], 'status', 'cancelled', 'attempt', f[2], 'progress', '', 'error', '', 'at', ARGV[4])
+  return false
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'lease', ARGV[3], 'entry', ARGV[1],
+  'updated', ARGV[4], 'progress', '')
+redis.call('HSETNX', KEYS[1], 'started', ARGV[4])
+local kind = redis.call('HGET', KEYS[1], 'kind')
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event', 'running', 'task', ARGV[5],
+  'kind', kind, 'status', 'running', 'attempt', attempt, 'progress', '', 'error', '', 'at', ARGV[4])
+local f = redis.call('HMGET', KEYS[1], 'max_attempts', 'timeout_ms', 'payload_type')
+return {attempt, kind, f[1] or '1', f[2] or '', f[3] or ''}

@@ -1,0 +1,11 @@
+-- Records a running task's progress, if the caller still holds its lease.
+-- KEYS: task, events
+-- ARGV: lease token, progress, now ms, task id, events maxlen
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'updated', ARGV[3])
+local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', 'progress', 'task', ARGV[4],
+  'kind', f[1], 'status', 'running', 'attempt', f[2], 'progress', ARGV[2], 'error', '', 'at', ARGV[3])
+return 1

@@ -1,0 +1,12 @@
+-- Renews a lease: resets the entry's idle time so no one reclaims it.
+-- KEYS: task, ready
+-- ARGV: lease token, group, consumer, entry id
+-- Returns 0 when the lease is no longer ours, 2 when cancellation was asked for, else 1.
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
+  return 0
+end
+redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  return 2
+end
+return 1

@@ -1,0 +1,290 @@
+//! Task records, payloads and results in Redis: the key layout and the reads.
+//!
+//! Every key of a queue shares the hash tag `{queue}`, so one queue lives in one Cluster slot and
+//! its scripts only touch keys they are given:
+//!
+//! | key                              | type   | holds                                   |
+//! |----------------------------------|--------|-----------------------------------------|
+//! | `{prefix}:{queue}:task:{id}`     | hash   | the task record                         |
+//! | `{prefix}:{queue}:payload:{id}`  | string | the payload bytes (claim-check)         |
+//! | `{prefix}:{queue}:result:{id}`   | string | the result bytes                        |
+//! | `{prefix}:{queue}:ready`         | stream | ids of runnable tasks, consumer group   |
+//! | `{prefix}:{queue}:delayed`       | zset   | ids due later (delays, retries), by ms  |
+//! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |
+//! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
+//! | `{prefix}:{queue}:events`        | stream | task events, capped                     |
+
+use app::model::{Status, TaskView};
+use redis::{AsyncCommands, aio::ConnectionManager};
+use std::{collections::HashMap, sync::Arc};
+use uuid::Uuid;
+
+/// The queue every task goes to until topics and named queues arrive.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Builds the Redis key names of one queue.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    base: Arc<str>,
+}
+
+impl Keys {
+    /// Keys of `queue` under `prefix`.
+    pub fn new(prefix: &str, queue: &str) -> Keys {
+        Keys { base: format!("{prefix}:{{{queue}}}").into() }
+    }
+
+    pub fn task(&self, id: &Uuid) -> String {
+        format!("{}:task:{id}", self.base)
+    }
+
+    pub fn payload(&self, id: &Uuid) -> String {
+        format!("{}:payload:{id}", self.base)
+    }
+
+    pub fn result(&self, id: &Uuid) -> String {
+        format!("{}:result:{id}", self.base)
+    }
+
+    pub fn ready(&self) -> String {
+        format!("{}:ready", self.base)
+    }
+
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.base)
+    }
+
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.base)
+    }
+
+    pub fn index(&self) -> String {
+        format!("{}:index", self.base)
+    }
+
+    pub fn events(&self) -> String {
+        format!("{}:events", self.base)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp Courier stores.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Formats stored milliseconds as RFC 3339 (UTC), as the API reports times.
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// One task's hash, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRecord {
+    pub id: Uuid,
+    pub kind: String,
+    pub status: Status,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub progress: Option<u8>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub payload_bytes: u64,
+    pub payload_type: String,
+    pub result_type: Option<String>,
+    pub error: Option<String>,
+}
+
+impl TaskRecord {
+    /// Reads a record from the fields of its hash; `None` if a required field is missing.
+    pub fn from_fields(id: Uuid, fields: &HashMap<String, String>) -> Option<TaskRecord> {
+        let text = |name: &str| fields.get(name).filter(|v| !v.is_empty());
+        let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
+        Some(TaskRecord {
+            id,
+            kind: text("kind")?.clone(),
+            status: Status::parse(text("status")?)?,
+            attempts: number("attempts").unwrap_or(0) as u32,
+            max_attempts: number("max_attempts").unwrap_or(1) as u32,
+            progress: number("progress").map(|p| p.min(100) as u8),
+            created_ms: number("created")?,
+            updated_ms: number("updated").or(number("created"))?,
+            started_ms: number("started"),
+            finished_ms: number("finished"),
+            payload_bytes: number("payload_bytes").unwrap_or(0),
+            payload_type: text("payload_type").cloned().unwrap_or_else(|| "application/json".into()),
+            result_type: text("result_type").cloned(),
+            error: text("error").cloned(),
+        })
+    }
+
+    /// The public view of this record.
+    pub fn view(&self) -> TaskView {
+        TaskView {
+            id: self.id,
+            kind: self.kind.clone(),
+            status: self.status,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            progress: self.progress,
+            created_at: rfc3339(self.created_ms),
+            updated_at: rfc3339(self.updated_ms),
+            started_at: self.started_ms.map(rfc3339),
+            finished_at: self.finished_ms.map(rfc3339),
+            payload_bytes: self.payload_bytes,
+            error: self.error.clone(),
+            result_url: (self.status == Status::Succeeded).then(|| format!("/api/v1/tasks/{}/result", self.id)),
+        }
+    }
+}
+
+/// Reads task records, payloads and results.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+/// A task's result bytes and their content type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredResult {
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+}
+
+impl Store {
+    /// A store over `conn` for the queue whose keys are `keys`.
+    pub fn new(conn: ConnectionManager, keys: Keys) -> Store {
+        Store { conn, keys }
+    }
+
+    /// The keys this store reads.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The task's record, or `None` once it has expired (or never existed).
+    pub async fn get(&self, id: &Uuid) -> redis::RedisResult<Option<TaskRecord>> {
+        let fields: HashMap<String, String> = self.conn.clone().hgetall(self.keys.task(id)).await?;
+        Ok(TaskRecord::from_fields(*id, &fields))
+    }
+
+    /// The payload bytes, or `None` once expired.
+    pub async fn payload(&self, id: &Uuid) -> redis::RedisResult<Option<Vec<u8>>> {
+        self.conn.clone().get(self.keys.payload(id)).await
+    }
+
+    /// The result bytes with their content type, or `None` if there is none (yet, or any more).
+    pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
+        let bytes: Option<Vec<u8>> = self.conn.clone().get(self.keys.result(&record.id)).await?;
+        Ok(bytes.map(|bytes| StoredResult {
+            bytes,
+            content_type: record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+        }))
+    }
+
+    /// Up to `limit` records, newest first, strictly older than `before` when given, that pass
+    /// `keep`. Returns them and the cursor of the next page, if there may be one.
+    pub async fn list(
+        &self,
+        before: Option<Uuid>,
+        limit: usize,
+        keep: impl Fn(&TaskRecord) -> bool,
+    ) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
+        const BATCH: usize = 200;
+        // Filters can skip most of the index; bound the work one request may do.
+        const MAX_SCANNED: usize = 20_000;
+        let mut conn = self.conn.clone();
+        let mut found = Vec::new();
+        let mut upper = before.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
+        let mut scanned = 0;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(self.keys.index())
+                .arg(&upper)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await?;
+            let ids: Vec<Uuid> = ids.iter().filter_map(|s| s.parse().ok()).collect();
+            let Some(last) = ids.last() else {
+                return Ok((found, None));
+            };
+            upper = format!("({last}");
+            scanned += ids.len();
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hgetall(self.keys.task(id));
+            }
+            let records: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+            for (id, fields) in ids.iter().zip(records) {
+                if let Some(record) = TaskRecord::from_fields(*id, &fields).filter(|r| keep(r)) {
+                    found.push(record);
+                    if found.len() == limit {
+                        return Ok((found, Some(*id)));
+                    }
+                }
+            }
+            if ids.len() < BATCH || scanned >= MAX_SCANNED {
+                let cursor = (ids.len() == BATCH).then_some(*last);
+                return Ok((found, cursor));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_queue_shares_its_hash_tag() {
+        let keys = Keys::new("courier", "default");
+        let id = Uuid::now_v7();
+        for key in [keys.task(&id), keys.payload(&id), keys.result(&id), keys.ready(), keys.events()] {
+            assert!(key.starts_with("courier:{default}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn a_record_round_trips_from_its_hash_fields() {
+        let id = Uuid::now_v7();
+        let fields: HashMap<String, String> = [
+            ("kind", "echo"),
+            ("status", "succeeded"),
+            ("attempts", "1"),
+            ("max_attempts", "5"),
+            ("progress", "100"),
+            ("created", "1000"),
+            ("updated", "2000"),
+            ("payload_bytes", "12"),
+            ("error", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let record = TaskRecord::from_fields(id, &fields).unwrap();
+        assert_eq!(record.status, Status::Succeeded);
+        assert_eq!(record.error, None);
+        let view = record.view();
+        assert_eq!(view.result_url, Some(format!("/api/v1/tasks/{id}/result")));
+        assert_eq!(view.progress, Some(100));
+        assert!(TaskRecord::from_fields(id, &HashMap::new()).is_none());
+    }
+}

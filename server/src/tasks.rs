@@ -1,0 +1,233 @@
+//! The task service: submit, look up, list and cancel tasks. The one place these rules live;
+//! the REST API and the UI both go through it.
+
+use crate::{
+    handlers::Registry,
+    queue::{CancelOutcome, NewTask, Queue},
+    store::{Store, StoredResult, TaskRecord},
+};
+use app::model::{KindInfo, Priority, Status};
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// The longest a task may be delayed.
+const MAX_DELAY_MS: u64 = 30 * 24 * 3_600_000;
+/// The longest timeout a task may ask for.
+const MAX_TIMEOUT_MS: u64 = 24 * 3_600_000;
+/// The most attempts a task may ask for.
+const MAX_ATTEMPTS: u32 = 100;
+
+/// A task as submitted, before validation.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub kind: String,
+    pub payload: Payload,
+    pub options: Options,
+}
+
+/// The payload of a submission.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    /// A JSON value, checked against the kind's schema.
+    Json(serde_json::Value),
+    /// Raw bytes with their content type (an upload); JSON bytes are checked like `Json`.
+    Raw { bytes: Bytes, content_type: String },
+}
+
+/// Per-task options, from the JSON body or the query string.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub delay_ms: Option<u64>,
+    pub priority: Option<Priority>,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub session: Option<String>,
+}
+
+/// Why a submission was refused; nothing was stored for it.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("unknown task kind `{0}`")]
+    UnknownKind(String),
+    #[error("the payload does not match the schema of `{kind}`")]
+    InvalidPayload { kind: String, errors: Vec<String> },
+    #[error("{0}")]
+    InvalidOption(String),
+    #[error("the payload is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Why a cancel request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no task with this id (it never existed or has expired)")]
+    NotFound,
+    #[error("the task has already {0}")]
+    Finished(Status),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What a cancel request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was waiting and is cancelled now.
+    Now,
+    /// It is running; its handler has been told to stop.
+    Requested,
+}
+
+/// Filters and paging of a task listing.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub kind: Option<String>,
+    pub limit: usize,
+    pub cursor: Option<Uuid>,
+}
+
+/// The task service; cheap to clone.
+#[derive(Clone)]
+pub struct Tasks {
+    queue: Queue,
+    store: Store,
+    registry: Registry,
+    default_max_attempts: u32,
+}
+
+impl Tasks {
+    /// The service over `queue` and `store`, accepting the kinds in `registry`.
+    pub fn new(queue: Queue, store: Store, registry: Registry, default_max_attempts: u32) -> Tasks {
+        Tasks { queue, store, registry, default_max_attempts }
+    }
+
+    /// Every kind, with its description and payload schema.
+    pub fn kinds(&self) -> Vec<KindInfo> {
+        self.registry.describe()
+    }
+
+    /// Validates and enqueues a task; on any error nothing is stored.
+    pub async fn submit(&self, submission: Submission) -> Result<TaskRecord, SubmitError> {
+        let Submission { kind, payload, options } = submission;
+        let handler = self.registry.get(&kind).ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
+        let max_attempts = options.max_attempts.unwrap_or(self.default_max_attempts);
+        validate_options(&options, max_attempts)?;
+        let (bytes, payload_type) = match payload {
+            Payload::Json(value) => {
+                check_schema(&kind, &handler.schema(), &value)?;
+                (Bytes::from(serde_json::to_vec(&value).expect("a parsed JSON value serializes")), "application/json".to_string())
+            }
+            Payload::Raw { bytes, content_type } if is_json(&content_type) => {
+                let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| SubmitError::MalformedJson(e.to_string()))?;
+                check_schema(&kind, &handler.schema(), &value)?;
+                (bytes, "application/json".to_string())
+            }
+            Payload::Raw { bytes, content_type } => {
+                if !handler.accepts_raw() {
+                    return Err(SubmitError::Unsupported(format!("`{kind}` takes a JSON payload (Content-Type: application/json)")));
+                }
+                (bytes, content_type)
+            }
+        };
+        let task = NewTask {
+            id: Uuid::now_v7(),
+            created_ms: crate::store::now_ms(),
+            kind,
+            payload: bytes,
+            payload_type,
+            max_attempts,
+            timeout_ms: options.timeout_ms,
+            delay_ms: options.delay_ms.filter(|&d| d > 0),
+        };
+        self.queue.enqueue(&task).await?;
+        Ok(record_of(&task))
+    }
+
+    /// The task's record, or `None` if unknown or expired.
+    pub async fn get(&self, id: &Uuid) -> redis::RedisResult<Option<TaskRecord>> {
+        self.store.get(id).await
+    }
+
+    /// The result of a succeeded task.
+    pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
+        self.store.result(record).await
+    }
+
+    /// Tasks newest first, filtered, one page at a time.
+    pub async fn list(&self, query: &ListQuery) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
+        self.store
+            .list(query.cursor, query.limit, |r| {
+                query.status.is_none_or(|s| r.status == s) && query.kind.as_deref().is_none_or(|k| r.kind == k)
+            })
+            .await
+    }
+
+    /// Cancels a waiting task at once, or tells a running one to stop.
+    pub async fn cancel(&self, id: &Uuid) -> Result<Cancelled, CancelError> {
+        match self.queue.cancel(id).await? {
+            CancelOutcome::Missing => Err(CancelError::NotFound),
+            CancelOutcome::Cancelled => Ok(Cancelled::Now),
+            CancelOutcome::Cancelling => Ok(Cancelled::Requested),
+            CancelOutcome::AlreadyFinished(status) => Err(CancelError::Finished(status)),
+        }
+    }
+
+    /// How many tasks wait to run (ready and delayed).
+    pub async fn depth(&self) -> redis::RedisResult<u64> {
+        self.queue.depth().await
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn check_schema(kind: &str, schema: &serde_json::Value, value: &serde_json::Value) -> Result<(), SubmitError> {
+    app::schema::validate(schema, value).map_err(|errors| SubmitError::InvalidPayload { kind: kind.to_string(), errors })
+}
+
+fn validate_options(options: &Options, max_attempts: u32) -> Result<(), SubmitError> {
+    let invalid = |m: String| Err(SubmitError::InvalidOption(m));
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        return invalid(format!("max_attempts must be between 1 and {MAX_ATTEMPTS}"));
+    }
+    if options.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
+        return invalid(format!("delay_ms must be at most {MAX_DELAY_MS} (30 days)"));
+    }
+    if options.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
+        return invalid(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS} (24 hours)"));
+    }
+    // Refused rather than silently ignored until the queue orders by them.
+    if options.priority.is_some_and(|p| p != Priority::Normal) {
+        return Err(SubmitError::Unsupported("priorities other than `normal` are not available yet".into()));
+    }
+    if options.session.is_some() {
+        return Err(SubmitError::Unsupported("ordered sessions are not available yet".into()));
+    }
+    Ok(())
+}
+
+/// The record `enqueue` just stored for `task`, field for field.
+fn record_of(task: &NewTask) -> TaskRecord {
+    let now = task.created_ms;
+    TaskRecord {
+        id: task.id,
+        kind: task.kind.clone(),
+        status: if task.delay_ms.is_some() { Status::Scheduled } else { Status::Queued },
+        attempts: 0,
+        max_attempts: task.max_attempts,
+        progress: None,
+        created_ms: now,
+        updated_ms: now,
+        started_ms: None,
+        finished_ms: None,
+        payload_bytes: task.payload.len() as u64,
+        payload_type: task.payload_type.clone(),
+        result_type: None,
+        error: None,
+    }
+}

@@ -1,0 +1,236 @@
+//! The worker: apalis runs it over Courier's queue backend; around each handler it keeps the
+//! lease alive, stores progress, enforces the timeout and records the outcome.
+
+use crate::{
+    handlers::{Context, HandlerError, Input, Output, Registry},
+    queue::{Lease, Outcome, Queue, Renewal},
+    store::Store,
+};
+use apalis::prelude::{Data, Monitor, WorkerBuilder};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, error, info, info_span, warn};
+
+/// How retries are spaced: `base × 2^(attempt-1)`, at most `cap`, jittered by ±10 %.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl RetryPolicy {
+    /// The pause before the attempt after `attempt` (1-based); `jitter` in [0, 1).
+    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let exponential = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        exponential.min(self.cap).mul_f64(0.9 + 0.2 * jitter)
+    }
+}
+
+/// Runs attempts: everything a worker needs, shared by all of a process's slots.
+pub struct Runner {
+    queue: Queue,
+    store: Store,
+    registry: Registry,
+    retry: RetryPolicy,
+    in_flight: TaskTracker,
+}
+
+impl Runner {
+    /// A runner over `queue`, running the kinds in `registry`.
+    pub fn new(queue: Queue, store: Store, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
+        Arc::new(Runner { queue, store, registry, retry, in_flight: TaskTracker::new() })
+    }
+
+    /// Runs workers with up to `concurrency` attempts at once until `shutdown` fires, then lets
+    /// in-flight attempts finish for up to `grace`.
+    pub async fn run(self: Arc<Self>, concurrency: usize, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+        let runner = self.clone();
+        let stop = shutdown.clone();
+        let monitor = Monitor::new().register(move |_restarts| {
+            WorkerBuilder::new("courier")
+                .backend(runner.queue.backend(concurrency, stop.clone()))
+                .data(runner.clone())
+                .build(run_attempt)
+        });
+        let signal = shutdown.clone();
+        monitor
+            .run_with_signal(async move {
+                signal.cancelled().await;
+                Ok(())
+            })
+            .await?;
+        self.in_flight.close();
+        if tokio::time::timeout(grace, self.in_flight.wait()).await.is_err() {
+            warn!(grace_ms = grace.as_millis() as u64, "attempts still running after the grace period; their leases will expire and other workers will take them over");
+        }
+        Ok(())
+    }
+
+    async fn attempt(self: Arc<Self>, lease: Lease) {
+        let lease = Arc::new(lease);
+        if lease.attempt > lease.max_attempts {
+            // Its holders kept dying (lease expired every time): stop trying.
+            let error = format!("gave up after {} attempts whose workers stopped before finishing", lease.max_attempts);
+            self.record(&lease, Outcome::Failed { error }).await;
+            return;
+        }
+        let Some(handler) = self.registry.get(&lease.kind).cloned() else {
+            let error = format!("no worker here knows the kind `{}`", lease.kind);
+            self.record(&lease, Outcome::Failed { error }).await;
+            return;
+        };
+        let bytes = match self.store.payload(&lease.task_id).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                self.record(&lease, Outcome::Failed { error: "the payload expired before the task ran".into() }).await;
+                return;
+            }
+            Err(e) => {
+                // Leave the lease to expire: the task runs again once Redis answers.
+                warn!(error = %e, "reading the payload failed");
+                return;
+            }
+        };
+        let input = Input { bytes: bytes.into(), content_type: lease.payload_type.clone() };
+        let cancel = CancellationToken::new();
+        let (progress_tx, progress_rx) = watch::channel(None);
+        let ctx = Context::new(lease.attempt, cancel.clone(), progress_tx);
+        let done = CancellationToken::new();
+        let keeper = tokio::spawn(keep_lease(self.queue.clone(), lease.clone(), cancel.clone(), progress_rx, done.clone()));
+
+        let started = std::time::Instant::now();
+        let run = tokio::spawn(async move { handler.run(input, ctx).await });
+        let result = match lease.timeout_ms {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), run).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    cancel.cancel();
+                    Ok(Err(HandlerError::retryable(format!("timed out after {ms} ms"))))
+                }
+            },
+            None => run.await,
+        };
+        let result = result.unwrap_or_else(|e| Err(HandlerError::retryable(format!("the handler crashed: {e}"))));
+        done.cancel();
+        let Ok(state) = keeper.await else {
+            return;
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let outcome = match result {
+            _ if state == Renewal::Lost => {
+                warn!(duration_ms, "lost the lease while running; the new holder decides the outcome");
+                return;
+            }
+            _ if state == Renewal::CancelRequested => Outcome::Cancelled,
+            Ok(Output { bytes, content_type }) => Outcome::Succeeded { bytes, content_type },
+            Err(e) if e.retryable && lease.attempt < lease.max_attempts => {
+                let after = self.retry.delay(lease.attempt, jitter());
+                info!(duration_ms, error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
+                Outcome::Retry { error: e.message, after }
+            }
+            Err(e) => {
+                info!(duration_ms, error = %e, "task failed");
+                let error = if e.retryable { format!("{} (attempt {} of {})", e.message, lease.attempt, lease.max_attempts) } else { e.message };
+                Outcome::Failed { error }
+            }
+        };
+        self.record(&lease, outcome).await;
+    }
+
+    /// Records the outcome, retrying while Redis is away; a lost lease is not an error.
+    async fn record(&self, lease: &Lease, outcome: Outcome) {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..20 {
+            match self.queue.finish(lease, outcome.clone()).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    info!("the lease was taken over; this late result is ignored");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "recording the outcome failed");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        error!("gave up recording the outcome; the lease will expire and the task run again");
+    }
+}
+
+/// The apalis task function: runs one attempt on its own tokio task, so attempts spread over
+/// every core, and tracks it so shutdown can wait for it.
+async fn run_attempt(lease: Lease, runner: Data<Arc<Runner>>) {
+    let runner: Arc<Runner> = (*runner).clone();
+    let span = info_span!("attempt", task.id = %lease.task_id, task.kind = %lease.kind, task.attempt = lease.attempt);
+    let tracker = runner.in_flight.clone();
+    let _ = tracker.spawn(runner.attempt(lease).instrument(span)).await;
+}
+
+/// Renews the lease while the handler runs, stores its progress, and fires `cancel` when the
+/// task is cancelled or the lease lost. Returns what it last saw.
+async fn keep_lease(queue: Queue, lease: Arc<Lease>, cancel: CancellationToken, mut progress: watch::Receiver<Option<u8>>, done: CancellationToken) -> Renewal {
+    let every = (queue.settings().lease / 3).min(Duration::from_secs(1));
+    let mut renew = tokio::time::interval(every);
+    renew.tick().await;
+    let mut state = Renewal::Held;
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return state,
+            _ = renew.tick() => match queue.renew(&lease).await {
+                Ok(Renewal::Held) => {}
+                Ok(other) => {
+                    state = other;
+                    cancel.cancel();
+                    if other == Renewal::Lost {
+                        return state;
+                    }
+                }
+                Err(e) => warn!(error = %e, "renewing the lease failed"),
+            },
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    // The handler is gone; wait for `done`.
+                    done.cancelled().await;
+                    return state;
+                }
+                let percent = *progress.borrow_and_update();
+                if let Some(percent) = percent
+                    && let Err(e) = queue.progress(&lease, percent).await
+                {
+                    warn!(error = %e, "storing progress failed");
+                }
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) from the random bits of a fresh UUIDv7.
+fn jitter() -> f64 {
+    (uuid::Uuid::now_v7().as_u128() & 0xffff_ffff) as f64 / 4_294_967_296.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_within_ten_percent() {
+        let policy = RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(10) };
+        assert_eq!(policy.delay(1, 0.5), Duration::from_secs(1));
+        assert_eq!(policy.delay(3, 0.5), Duration::from_secs(4));
+        assert_eq!(policy.delay(9, 0.5), Duration::from_secs(10));
+        assert_eq!(policy.delay(2, 0.0), Duration::from_millis(1800));
+        assert!(policy.delay(2, 0.999_999) < Duration::from_millis(2201));
+        assert_eq!(policy.delay(200, 0.5), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn jitter_stays_in_the_unit_interval() {
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+}
