@@ -107,18 +107,28 @@ pub struct Events {
 }
 
 impl Events {
-    /// Starts tailing the events stream of `keys` until `shutdown`.
-    pub fn start(client: redis::Client, conn: ConnectionManager, keys: Keys, shutdown: CancellationToken) -> Events {
+    /// Starts tailing the events stream of `keys` from its current end, until `shutdown`.
+    pub async fn start(client: redis::Client, conn: ConnectionManager, keys: Keys, shutdown: CancellationToken) -> redis::RedisResult<Events> {
         let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
         let events = Events { conn, keys, fanout, shutdown };
-        tokio::spawn(events.clone().tail(client));
-        events
+        // Fix the starting point now: an event appended before the tail's first read still
+        // reaches every subscriber that connected after `start` returned.
+        let from = events.latest_id().await?;
+        tokio::spawn(events.clone().tail(client, from));
+        Ok(events)
     }
 
-    async fn tail(self, client: redis::Client) {
+    async fn latest_id(&self) -> redis::RedisResult<String> {
+        let latest: StreamRangeReply =
+            redis::cmd("XREVRANGE").arg(self.keys.events()).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut self.conn.clone()).await?;
+        Ok(latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
+    }
+
+    async fn tail(self, client: redis::Client, from: String) {
         let config = AsyncConnectionConfig::new().set_response_timeout(None);
         let mut conn: Option<MultiplexedConnection> = None;
-        let mut last: Option<String> = None;
+        // Never skip an id, even across reconnects, so no subscriber misses an event.
+        let mut last = from;
         let mut failures = 0u32;
         while !self.shutdown.is_cancelled() {
             let step = async {
@@ -126,12 +136,7 @@ impl Events {
                     Some(conn) => conn,
                     None => conn.insert(client.get_multiplexed_async_connection_with_config(&config).await?),
                 };
-                // Start at the end of the stream; from then on never skip an id, even across
-                // reconnects, so no subscriber misses an event.
-                let from = match &last {
-                    Some(id) => id.clone(),
-                    None => last_id(conn, &self.keys.events()).await?,
-                };
+                let from = last.clone();
                 let reply: Option<StreamReadReply> = redis::cmd("XREAD")
                     .arg("COUNT")
                     .arg(CATCH_UP_BATCH)
@@ -152,7 +157,7 @@ impl Events {
             match step {
                 Ok((from, entries)) => {
                     failures = 0;
-                    last = Some(entries.last().map(|e| e.id.clone()).unwrap_or(from));
+                    last = entries.last().map(|e| e.id.clone()).unwrap_or(from);
                     for entry in &entries {
                         if let Some(event) = StoredEvent::from_entry(entry) {
                             // No receivers is fine: nobody is watching right now.
@@ -283,11 +288,6 @@ impl Events {
             }
         }
     }
-}
-
-async fn last_id(conn: &mut MultiplexedConnection, key: &str) -> redis::RedisResult<String> {
-    let latest: StreamRangeReply = redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query_async(conn).await?;
-    Ok(latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
 }
 
 #[cfg(test)]

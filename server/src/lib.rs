@@ -77,7 +77,7 @@ impl Server {
         });
         let (listener, router) = if role == Command::Serve {
             let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
-            let events = Events::start(client, conn.clone(), keys.clone(), shutdown.clone());
+            let events = Events::start(client, conn.clone(), keys.clone(), shutdown.clone()).await.context("reading the event stream")?;
             let state = http::AppState {
                 tasks: Tasks::new(queue, store, registry, config.max_attempts),
                 events,

@@ -365,7 +365,10 @@ impl Queue {
             "missing" => CancelOutcome::Missing,
             "cancelled" => CancelOutcome::Cancelled,
             "cancelling" => CancelOutcome::Cancelling,
-            other => CancelOutcome::AlreadyFinished(app::model::Status::parse(other).unwrap_or(app::model::Status::Succeeded)),
+            other => {
+                let status = other.strip_prefix("finished:").and_then(app::model::Status::parse);
+                CancelOutcome::AlreadyFinished(status.unwrap_or(app::model::Status::Succeeded))
+            }
         })
     }
 
@@ -448,6 +451,7 @@ impl Queue {
                         }
                     }
                 }
+                Err(_) if shutdown.is_cancelled() => break,
                 Err(e) => {
                     conn = None;
                     if e.code() == Some("NOGROUP") {

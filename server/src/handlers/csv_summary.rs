@@ -189,8 +189,9 @@ mod tests {
     }
 
     #[test]
-    fn broken_quoting_is_a_clear_error() {
-        let err = summarise(b"a,b\n\"1,2\n").unwrap_err();
+    fn bytes_that_are_not_text_are_a_clear_error() {
+        let err = summarise(b"a,b\n\xff\xfe,1\n").unwrap_err();
         assert!(!err.retryable);
+        assert!(err.message.starts_with("not CSV at row 2"), "{}", err.message);
     }
 }

@@ -1,7 +1,7 @@
 -- Cancels a task: at once when it waits, by flagging it when it runs.
 -- KEYS: task, delayed, events, payload
 -- ARGV: now ms, task id, events maxlen, retention ms
--- Returns 'missing', 'cancelled', 'cancelling', or the terminal status it already had.
+-- Returns 'missing', 'cancelled', 'cancelling', or 'finished:' and the status it already had.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return 'missing'
@@ -20,4 +20,4 @@ if status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
   return 'cancelling'
 end
-return status
+return 'finished:' .. status

@@ -1,0 +1,8 @@
+//! Integration tests of the HTTP API: a private redis-server per test binary (a key prefix per
+//! test), the real server on port 0, real workers (in process, or a separate `courier worker`).
+
+mod support;
+
+mod claim_check;
+mod pipeline;
+mod validation;

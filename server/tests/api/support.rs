@@ -1,0 +1,218 @@
+//! Test helpers: a shared private redis-server, `spawn_app`, an SSE reader.
+
+use courier::{
+    Server,
+    config::{Command, Config},
+    embedded_redis::EmbeddedRedis,
+};
+use futures::StreamExt;
+use reqwest::header::HeaderMap;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+use tokio_util::sync::CancellationToken;
+
+/// A private redis-server in a temporary directory, killed when dropped.
+pub struct TestRedis {
+    pub redis: EmbeddedRedis,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRedis {
+    pub async fn start() -> TestRedis {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let redis = EmbeddedRedis::start(dir.path()).await.expect("redis-server starts (is it installed?)");
+        TestRedis { redis, _dir: dir }
+    }
+}
+
+/// A prefix no other test uses.
+pub fn unique_prefix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A running server on a free port.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub redis_url: String,
+    pub prefix: String,
+    shutdown: CancellationToken,
+    // Dropped last: the server stops before its Redis goes away.
+    _redis: Option<TestRedis>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts a server, with its own redis-server, in-process workers and test-friendly settings
+/// changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let redis = TestRedis::start().await;
+    let mut app = spawn_app_on(&redis.redis.url(), tweak).await;
+    app._redis = Some(redis);
+    app
+}
+
+/// Starts a server on an existing Redis, under a fresh key prefix.
+pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let redis_url = redis_url.to_string();
+    let prefix = unique_prefix();
+    let mut config = Config::defaults();
+    config.addr = "127.0.0.1:0".parse().unwrap();
+    config.redis_url = Some(redis_url.parse().unwrap());
+    config.prefix = prefix.clone();
+    config.concurrency = 4;
+    config.retry_base = Duration::from_millis(50);
+    config.lease = Duration::from_secs(5);
+    tweak(&mut config);
+    let server = Server::build(config, Command::Serve).await.expect("the server builds");
+    let port = server.port().expect("serve binds a port");
+    let shutdown = server.shutdown_token();
+    tokio::spawn(server.run());
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    TestApp { base: format!("http://127.0.0.1:{port}"), http, redis_url, prefix, shutdown, _redis: None }
+}
+
+/// Starts a server with the defaults of [`spawn_app_with`].
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Submits a JSON task and returns the whole response.
+    pub async fn submit(&self, body: serde_json::Value) -> reqwest::Response {
+        self.http.post(self.url("/api/v1/tasks")).json(&body).send().await.unwrap()
+    }
+
+    /// Submits a JSON task that must be accepted, and returns its id.
+    pub async fn submit_ok(&self, body: serde_json::Value) -> String {
+        let response = self.submit(body).await;
+        assert_eq!(response.status(), 202);
+        let view: serde_json::Value = response.json().await.unwrap();
+        view["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Waits until the task reaches a terminal status, via its event stream, and returns the view.
+    pub async fn wait_until_done(&self, id: &str) -> serde_json::Value {
+        let mut events = self.sse(&format!("/api/v1/tasks/{id}/events"), None).await;
+        loop {
+            let event = events.next_within(Duration::from_secs(60)).await.expect("the task ends within a minute");
+            if ["succeeded", "failed", "cancelled"].contains(&event.name.as_str()) {
+                return self.get_json(&format!("/api/v1/tasks/{id}")).await;
+            }
+        }
+    }
+
+    /// A direct Redis connection, to look at what the server stored.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// The name of one of this app's queue keys, e.g. `ready`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{{default}}:{name}", self.prefix)
+    }
+
+    /// Opens an SSE stream, optionally resuming after `last_event_id`.
+    pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> SseReader {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", "text/event-stream".parse().unwrap());
+        if let Some(id) = last_event_id {
+            headers.insert("last-event-id", id.parse().unwrap());
+        }
+        let response = self.http.get(self.url(path)).headers(headers).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        SseReader { body: Box::pin(response.bytes_stream()), buffer: String::new() }
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: String,
+    pub name: String,
+    pub data: serde_json::Value,
+}
+
+/// Reads server-sent events off a response body.
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseReader {
+    /// The next event, `None` if the stream ends or nothing comes within `limit`.
+    pub async fn next_within(&mut self, limit: Duration) -> Option<SseEvent> {
+        tokio::time::timeout(limit, self.next()).await.ok().flatten()
+    }
+
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent { id: String::new(), name: "message".into(), data: serde_json::Value::Null };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    event.data = serde_json::from_str(&data).expect("event data is JSON");
+                    return Some(event);
+                }
+            }
+            let chunk = self.body.next().await?.ok()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Events until one of `task` has a terminal status; fails if that takes over `limit`.
+    pub async fn until_task_ends(&mut self, task: &str, limit: Duration) -> Vec<SseEvent> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next_within(left).await.unwrap_or_else(|| panic!("task {task} did not end; saw {seen:?}"));
+            if event.data["task_id"] == task {
+                let done = ["succeeded", "failed", "cancelled"].contains(&event.name.as_str());
+                seen.push(event);
+                if done {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+/// Asserts a problem+json answer with `status` and `type`, and returns the problem.
+pub async fn assert_problem(response: reqwest::Response, status: u16, kind: &str) -> serde_json::Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], kind, "{problem}");
+    assert_eq!(problem["status"], status);
+    assert!(problem["title"].as_str().is_some_and(|t| !t.is_empty()));
+    problem
+}
