@@ -19,14 +19,19 @@ rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
-if [ -n "${COURIER_SETUP_E2E:-}" ]; then
-  command -v node >/dev/null || missing+=(nodejs)
-  command -v npm >/dev/null || missing+=(npm)
-fi
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v cc >/dev/null || missing+=(build-essential)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} with apt-get"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+if [ "$node_major" -lt 20 ]; then
+  say "Node.js $(node --version) is too old: Playwright needs Node 20 or newer (Debian 13, or NodeSource)"
+  exit 1
 fi
 
 # 3. cargo-leptos and the wasm-bindgen CLI it drives (it would otherwise try to download them).
@@ -41,12 +46,13 @@ fi
 
 # 4. npm packages: wasm-opt (binaryen) for release builds, Playwright for the end-to-end tests.
 tools=tools/node_modules/.bin
-if [ ! -x "$tools/wasm-opt" ] || ! "$tools/wasm-opt" --version | grep -q "${BINARYEN_VERSION%%.*}"; then
+if [ ! -x "$tools/wasm-opt" ] || ! "$tools/wasm-opt" --version | grep -q "version ${BINARYEN_VERSION%%.*}"; then
   say "installing binaryen $BINARYEN_VERSION (wasm-opt) from npm"
-  (cd tools && npm install --no-audit --no-fund --silent)
+  (cd tools && npm ci --no-audit --no-fund --silent)
 fi
-if [ ! -d end2end/node_modules/@playwright/test ]; then
-  say "installing Playwright from npm"
+PLAYWRIGHT_VERSION=$(sed -n 's/.*"@playwright\/test": "\([0-9.]*\)".*/\1/p' end2end/package.json)
+if ! end2end/node_modules/.bin/playwright --version 2>/dev/null | grep -q "$PLAYWRIGHT_VERSION"; then
+  say "installing Playwright $PLAYWRIGHT_VERSION from npm (it drives Debian's Chromium)"
   (cd end2end && npm ci --no-audit --no-fund --silent)
 fi
 say "ready"

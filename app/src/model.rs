@@ -184,7 +184,8 @@ mod tests {
 
     #[test]
     fn submit_request_rejects_unknown_fields() {
-        let err = serde_json::from_str::<SubmitRequest>(r#"{"kind":"echo","payload":1,"colour":"red"}"#);
+        let err =
+            serde_json::from_str::<SubmitRequest>(r#"{"kind":"echo","payload":1,"colour":"red"}"#);
         assert!(err.is_err());
     }
 }

@@ -12,7 +12,11 @@ use serde_json::Value;
 pub fn validate(schema: &Value, value: &Value) -> Result<(), Vec<String>> {
     let mut errors = Vec::new();
     check(schema, value, "", &mut errors);
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
@@ -121,12 +125,16 @@ mod tests {
 
     #[test]
     fn a_payload_that_fits_passes() {
-        assert_eq!(validate(&sleep_schema(), &json!({"ms": 100, "steps": 4})), Ok(()));
+        assert_eq!(
+            validate(&sleep_schema(), &json!({"ms": 100, "steps": 4})),
+            Ok(())
+        );
     }
 
     #[test]
     fn every_violation_is_reported_with_its_path() {
-        let mut errors = validate(&sleep_schema(), &json!({"steps": 0, "extra": true})).unwrap_err();
+        let mut errors =
+            validate(&sleep_schema(), &json!({"steps": 0, "extra": true})).unwrap_err();
         errors.sort();
         assert_eq!(
             errors,

@@ -5,7 +5,11 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 /// `courier [serve|worker] [OPTIONS]`.
 #[derive(Debug, Parser)]
-#[command(name = "courier", version, about = "Courier: async tasks on Redis, pushed live to the browser")]
+#[command(
+    name = "courier",
+    version,
+    about = "Courier: async tasks on Redis, pushed live to the browser"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -26,7 +30,12 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address the HTTP server listens on (port 0 picks a free one).
-    #[arg(long, env = "COURIER_ADDR", default_value = "127.0.0.1:3000", global = true)]
+    #[arg(
+        long,
+        env = "COURIER_ADDR",
+        default_value = "127.0.0.1:3000",
+        global = true
+    )]
     pub addr: SocketAddr,
 
     /// Redis URL (redis:// or rediss://). Unset: `serve` starts its own redis-server.
@@ -74,7 +83,12 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// The built site (wasm, JS, CSS) that cargo-leptos writes.
-    #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site", global = true)]
+    #[arg(
+        long,
+        env = "LEPTOS_SITE_ROOT",
+        default_value = "target/site",
+        global = true
+    )]
     pub site_root: PathBuf,
 }
 
@@ -100,7 +114,8 @@ impl FromStr for RedisUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://") {
+        if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://")
+        {
             Ok(RedisUrl(s.to_string()))
         } else {
             Err("must start with redis://, rediss:// or redis+unix://".into())
@@ -127,7 +142,8 @@ impl fmt::Debug for RedisUrl {
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     if ok {
         Ok(s.to_string())
     } else {
@@ -140,16 +156,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 24h"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 24h"))?;
     let ms = match unit.trim() {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
-        other => return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`: use ms, s, m, h or d"
+            ));
+        }
     };
-    ms.map(Duration::from_millis).ok_or_else(|| format!("`{s}` is too long"))
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// Parses `1024`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB, as powers of 1000).
@@ -157,7 +180,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -166,9 +191,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown unit `{other}` in `{s}`: use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`: use B, KiB, MiB or GiB"
+            ));
+        }
     };
-    n.checked_mul(factor).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[cfg(test)]

@@ -26,12 +26,16 @@ pub struct Input {
 impl Input {
     /// True when the payload was sent as JSON.
     pub fn is_json(&self) -> bool {
-        self.content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        self.content_type
+            .split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
     }
 
     /// The payload parsed as JSON into `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
-        serde_json::from_slice(&self.bytes).map_err(|e| HandlerError::fatal(format!("payload does not fit this kind: {e}")))
+        serde_json::from_slice(&self.bytes)
+            .map_err(|e| HandlerError::fatal(format!("payload does not fit this kind: {e}")))
     }
 
     /// The payload as text: a JSON string when sent as JSON, else the raw bytes as UTF-8.
@@ -39,7 +43,8 @@ impl Input {
         if self.is_json() {
             self.json::<String>()
         } else {
-            String::from_utf8(self.bytes.to_vec()).map_err(|_| HandlerError::fatal("payload is not UTF-8 text"))
+            String::from_utf8(self.bytes.to_vec())
+                .map_err(|_| HandlerError::fatal("payload is not UTF-8 text"))
         }
     }
 }
@@ -55,7 +60,9 @@ impl Output {
     /// A JSON result.
     pub fn json(value: &impl serde::Serialize) -> Output {
         Output {
-            bytes: serde_json::to_vec(value).expect("results are plain data and always serialize").into(),
+            bytes: serde_json::to_vec(value)
+                .expect("results are plain data and always serialize")
+                .into(),
             content_type: "application/json".into(),
         }
     }
@@ -72,12 +79,18 @@ pub struct HandlerError {
 impl HandlerError {
     /// A failure worth another attempt (a flaky dependency, a timeout).
     pub fn retryable(message: impl Into<String>) -> HandlerError {
-        HandlerError { message: message.into(), retryable: true }
+        HandlerError {
+            message: message.into(),
+            retryable: true,
+        }
     }
 
     /// A failure no retry can fix (a payload the kind cannot use): straight to the dead letters.
     pub fn fatal(message: impl Into<String>) -> HandlerError {
-        HandlerError { message: message.into(), retryable: false }
+        HandlerError {
+            message: message.into(),
+            retryable: false,
+        }
     }
 }
 
@@ -93,8 +106,16 @@ pub struct Context {
 
 impl Context {
     /// A context whose progress reports go to `progress`.
-    pub fn new(attempt: u32, cancel: CancellationToken, progress: watch::Sender<Option<u8>>) -> Context {
-        Context { attempt, cancel, progress: Arc::new(progress) }
+    pub fn new(
+        attempt: u32,
+        cancel: CancellationToken,
+        progress: watch::Sender<Option<u8>>,
+    ) -> Context {
+        Context {
+            attempt,
+            cancel,
+            progress: Arc::new(progress),
+        }
     }
 
     /// Reports progress (0–100); cheap, and coalesced if reported faster than it is stored.
@@ -130,7 +151,9 @@ pub struct Registry {
 impl Registry {
     /// Every built-in kind.
     pub fn builtin() -> Registry {
-        let mut registry = Registry { kinds: BTreeMap::new() };
+        let mut registry = Registry {
+            kinds: BTreeMap::new(),
+        };
         registry.add(echo::Echo);
         registry.add(text_stats::TextStats);
         registry.add(csv_summary::CsvSummary);
@@ -168,10 +191,19 @@ pub(crate) mod testing {
     use super::*;
 
     /// Runs `handler` on a JSON payload with a fresh context.
-    pub async fn run_json(handler: &dyn Handler, payload: serde_json::Value, attempt: u32) -> Result<Output, HandlerError> {
-        let input = Input { bytes: serde_json::to_vec(&payload).unwrap().into(), content_type: "application/json".into() };
+    pub async fn run_json(
+        handler: &dyn Handler,
+        payload: serde_json::Value,
+        attempt: u32,
+    ) -> Result<Output, HandlerError> {
+        let input = Input {
+            bytes: serde_json::to_vec(&payload).unwrap().into(),
+            content_type: "application/json".into(),
+        };
         let (tx, _rx) = watch::channel(None);
-        handler.run(input, Context::new(attempt, CancellationToken::new(), tx)).await
+        handler
+            .run(input, Context::new(attempt, CancellationToken::new(), tx))
+            .await
     }
 
     pub fn json_of(output: &Output) -> serde_json::Value {
@@ -186,13 +218,25 @@ mod tests {
     #[test]
     fn every_example_passes_its_own_schema() {
         for kind in Registry::builtin().describe() {
-            assert_eq!(app::schema::validate(&kind.schema, &kind.example), Ok(()), "{}", kind.name);
+            assert_eq!(
+                app::schema::validate(&kind.schema, &kind.example),
+                Ok(()),
+                "{}",
+                kind.name
+            );
         }
     }
 
     #[test]
     fn the_five_builtin_kinds_are_registered() {
-        let names: Vec<String> = Registry::builtin().describe().into_iter().map(|k| k.name).collect();
-        assert_eq!(names, ["csv.summary", "echo", "flaky", "sleep", "text.stats"]);
+        let names: Vec<String> = Registry::builtin()
+            .describe()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["csv.summary", "echo", "flaky", "sleep", "text.stats"]
+        );
     }
 }

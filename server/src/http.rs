@@ -36,7 +36,10 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/tasks", get(api::list).post(api::submit))
         .route("/api/v1/tasks/{id}", get(api::get).delete(api::cancel))
-        .route("/api/v1/tasks/{id}/status", get(api::status).delete(api::cancel))
+        .route(
+            "/api/v1/tasks/{id}/status",
+            get(api::status).delete(api::cancel),
+        )
         .route("/api/v1/tasks/{id}/result", get(api::result))
         .route("/api/v1/tasks/{id}/events", get(sse::task_events))
         .route("/api/v1/events", get(sse::all_events))
@@ -51,13 +54,16 @@ pub fn router(state: AppState) -> Router {
         let options = leptos_options.clone();
         move || app::shell(options.clone())
     })
-    .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+    .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
+        app::shell,
+    ))
     .with_state(state)
 }
 
 /// Parses a task id from a path or query, as a problem if malformed.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    id.parse().map_err(|_| ApiError::not_found(format!("`{id}` is not a task id")))
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("`{id}` is not a task id")))
 }
 
 /// `GET /healthz`: the process is up.
@@ -66,11 +72,20 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: Redis answers within a second.
-async fn readyz(State(mut redis): State<ConnectionManager>) -> Result<Json<serde_json::Value>, ApiError> {
-    let ping = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut redis)).await;
+async fn readyz(
+    State(mut redis): State<ConnectionManager>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ping = tokio::time::timeout(
+        Duration::from_secs(1),
+        redis::cmd("PING").query_async::<String>(&mut redis),
+    )
+    .await;
     match ping {
         Ok(Ok(_)) => Ok(Json(serde_json::json!({"status": "ok", "redis": "ok"}))),
         Ok(Err(e)) => Err(ApiError::unavailable(&e)),
-        Err(_) => Err(ApiError::unavailable(&redis::RedisError::from((redis::ErrorKind::Io, "PING timed out")))),
+        Err(_) => Err(ApiError::unavailable(&redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "PING timed out",
+        )))),
     }
 }

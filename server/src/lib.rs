@@ -50,11 +50,15 @@ impl Server {
             Some(url) => (url.expose().to_string(), None),
             None if role == Command::Serve => {
                 let dir = config.data_dir.join("redis");
-                let redis = EmbeddedRedis::start(&dir).await.context("starting the embedded redis-server")?;
+                let redis = EmbeddedRedis::start(&dir)
+                    .await
+                    .context("starting the embedded redis-server")?;
                 info!(redis.port = redis.port(), redis.dir = %dir.display(), "started an embedded redis-server (set COURIER_REDIS_URL to use your own)");
                 (redis.url(), Some(redis))
             }
-            None => anyhow::bail!("`courier worker` needs a Redis: set COURIER_REDIS_URL or --redis-url"),
+            None => anyhow::bail!(
+                "`courier worker` needs a Redis: set COURIER_REDIS_URL or --redis-url"
+            ),
         };
         let client = redis::Client::open(url).context("parsing the Redis URL")?;
         let manager_config = ConnectionManagerConfig::new()
@@ -62,22 +66,45 @@ impl Server {
             .set_connection_timeout(Some(Duration::from_secs(2)));
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
-            .with_context(|| format!("connecting to Redis at {}", config.redis_url.as_ref().map(ToString::to_string).unwrap_or_else(|| "the embedded redis-server".into())))?;
+            .with_context(|| {
+                format!(
+                    "connecting to Redis at {}",
+                    config
+                        .redis_url
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "the embedded redis-server".into())
+                )
+            })?;
         let keys = Keys::new(&config.prefix, DEFAULT_QUEUE);
-        let settings = QueueSettings { lease: config.lease, retention: config.retention, events_maxlen: EVENTS_MAXLEN };
+        let settings = QueueSettings {
+            lease: config.lease,
+            retention: config.retention,
+            events_maxlen: EVENTS_MAXLEN,
+        };
         let queue = Queue::new(client.clone(), conn.clone(), keys.clone(), settings);
-        queue.ensure_group().await.context("creating the queue's consumer group")?;
+        queue
+            .ensure_group()
+            .await
+            .context("creating the queue's consumer group")?;
         let store = Store::new(conn.clone(), keys.clone());
         let registry = Registry::builtin();
         let shutdown = CancellationToken::new();
 
         let runner = (config.concurrency > 0).then(|| {
-            let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
+            let retry = RetryPolicy {
+                base: config.retry_base,
+                cap: config.retry_cap,
+            };
             Runner::new(queue.clone(), store.clone(), registry.clone(), retry)
         });
         let (listener, router) = if role == Command::Serve {
-            let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
-            let events = Events::start(client, conn.clone(), keys.clone(), shutdown.clone()).await.context("reading the event stream")?;
+            let listener = TcpListener::bind(config.addr)
+                .await
+                .with_context(|| format!("binding {}", config.addr))?;
+            let events = Events::start(client, conn.clone(), keys.clone(), shutdown.clone())
+                .await
+                .context("reading the event stream")?;
             let state = http::AppState {
                 tasks: Tasks::new(queue, store, registry, config.max_attempts),
                 events,
@@ -91,12 +118,22 @@ impl Server {
         } else {
             (None, None)
         };
-        Ok(Server { listener, router, runner, config, redis, shutdown })
+        Ok(Server {
+            listener,
+            router,
+            runner,
+            config,
+            redis,
+            shutdown,
+        })
     }
 
     /// The bound HTTP port; `None` for a worker-only process.
     pub fn port(&self) -> Option<u16> {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
+        self.listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     /// A token that stops the process gracefully when cancelled (as SIGTERM does).
@@ -107,9 +144,18 @@ impl Server {
     /// Serves and works until SIGINT, SIGTERM or the shutdown token; then stops taking work,
     /// lets in-flight tasks finish within the grace period, and stops the embedded Redis.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Server { listener, router, runner, config, redis, shutdown } = self;
+        let Server {
+            listener,
+            router,
+            runner,
+            config,
+            redis,
+            shutdown,
+        } = self;
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let workers = runner.map(|runner| tokio::spawn(runner.run(config.concurrency, shutdown.clone(), config.grace)));
+        let workers = runner.map(|runner| {
+            tokio::spawn(runner.run(config.concurrency, shutdown.clone(), config.grace))
+        });
         if let (Some(listener), Some(router)) = (listener, router) {
             info!(addr = %listener.local_addr()?, "serving the UI and the API");
             let stop = shutdown.clone();
@@ -125,7 +171,10 @@ impl Server {
             workers.await.context("the worker task panicked")??;
         }
         if let Some(redis) = redis {
-            redis.stop().await.context("stopping the embedded redis-server")?;
+            redis
+                .stop()
+                .await
+                .context("stopping the embedded redis-server")?;
             info!("stopped the embedded redis-server");
         }
         Ok(())

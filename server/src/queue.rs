@@ -144,8 +144,19 @@ pub struct Lease {
 
 impl Queue {
     /// Opens the queue whose keys are `keys` on the Redis behind `client`.
-    pub fn new(client: redis::Client, conn: ConnectionManager, keys: Keys, settings: QueueSettings) -> Queue {
-        Queue { conn, client, keys, settings: Arc::new(settings), scripts: Arc::new(Scripts::load()) }
+    pub fn new(
+        client: redis::Client,
+        conn: ConnectionManager,
+        keys: Keys,
+        settings: QueueSettings,
+    ) -> Queue {
+        Queue {
+            conn,
+            client,
+            keys,
+            settings: Arc::new(settings),
+            scripts: Arc::new(Scripts::load()),
+        }
     }
 
     /// The key names of this queue.
@@ -179,11 +190,20 @@ impl Queue {
         let now = task.created_ms;
         let retention_ms = self.settings.retention.as_millis() as u64;
         let id = task.id.to_string();
-        let status = if task.delay_ms.is_some() { "scheduled" } else { "queued" };
+        let status = if task.delay_ms.is_some() {
+            "scheduled"
+        } else {
+            "queued"
+        };
         let task_key = self.keys.task(&task.id);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("SET").arg(self.keys.payload(&task.id)).arg(task.payload.as_ref()).arg("PX").arg(retention_ms).ignore();
+        pipe.cmd("SET")
+            .arg(self.keys.payload(&task.id))
+            .arg(task.payload.as_ref())
+            .arg("PX")
+            .arg(retention_ms)
+            .ignore();
         pipe.cmd("HSET")
             .arg(&task_key)
             .arg(&[
@@ -195,11 +215,21 @@ impl Queue {
                 ("updated", &now.to_string()),
                 ("payload_bytes", &task.payload.len().to_string()),
                 ("payload_type", &task.payload_type),
-                ("timeout_ms", &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default()),
+                (
+                    "timeout_ms",
+                    &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
+                ),
             ])
             .ignore();
-        pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();
-        pipe.cmd("ZADD").arg(self.keys.index()).arg(0).arg(&id).ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&task_key)
+            .arg(retention_ms)
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(self.keys.index())
+            .arg(0)
+            .arg(&id)
+            .ignore();
         // Drop index entries older than the retention; ids are UUIDv7, so they sort by time.
         let oldest = now.saturating_sub(retention_ms);
         pipe.cmd("ZREMRANGEBYLEX")
@@ -209,10 +239,19 @@ impl Queue {
             .ignore();
         match task.delay_ms {
             Some(delay) => {
-                pipe.cmd("ZADD").arg(self.keys.delayed()).arg(now + delay).arg(&id).ignore();
+                pipe.cmd("ZADD")
+                    .arg(self.keys.delayed())
+                    .arg(now + delay)
+                    .arg(&id)
+                    .ignore();
             }
             None => {
-                pipe.cmd("XADD").arg(self.keys.ready()).arg("*").arg("task").arg(&id).ignore();
+                pipe.cmd("XADD")
+                    .arg(self.keys.ready())
+                    .arg("*")
+                    .arg("task")
+                    .arg(&id)
+                    .ignore();
             }
         }
         pipe.cmd("XADD")
@@ -235,14 +274,32 @@ impl Queue {
         pipe.query_async(&mut self.conn.clone()).await
     }
 
-    async fn claim(&self, entry: &StreamId, consumer: &Arc<str>, slot: OwnedSemaphorePermit) -> redis::RedisResult<Option<Lease>> {
-        let Some(task_id) = entry.get::<String>("task").and_then(|s| s.parse::<Uuid>().ok()) else {
+    async fn claim(
+        &self,
+        entry: &StreamId,
+        consumer: &Arc<str>,
+        slot: OwnedSemaphorePermit,
+    ) -> redis::RedisResult<Option<Lease>> {
+        let Some(task_id) = entry
+            .get::<String>("task")
+            .and_then(|s| s.parse::<Uuid>().ok())
+        else {
             // Not ours to interpret: drop it so it does not come back forever.
             warn!(entry.id = %entry.id, "dropping a ready entry without a task id");
             let mut pipe = redis::pipe();
-            pipe.cmd("XACK").arg(self.keys.ready()).arg(GROUP).arg(&entry.id).ignore();
-            pipe.cmd("XDEL").arg(self.keys.ready()).arg(&entry.id).ignore();
-            return pipe.query_async(&mut self.conn.clone()).await.map(|()| None);
+            pipe.cmd("XACK")
+                .arg(self.keys.ready())
+                .arg(GROUP)
+                .arg(&entry.id)
+                .ignore();
+            pipe.cmd("XDEL")
+                .arg(self.keys.ready())
+                .arg(&entry.id)
+                .ignore();
+            return pipe
+                .query_async(&mut self.conn.clone())
+                .await
+                .map(|()| None);
         };
         let token = Uuid::now_v7().to_string();
         let reply: Option<(u32, String, String, String, String)> = self
@@ -259,18 +316,24 @@ impl Queue {
             .arg(self.settings.events_maxlen)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(reply.map(|(attempt, kind, max_attempts, timeout_ms, payload_type)| Lease {
-            task_id,
-            kind,
-            attempt,
-            max_attempts: max_attempts.parse().unwrap_or(1),
-            timeout_ms: timeout_ms.parse().ok(),
-            payload_type: if payload_type.is_empty() { "application/json".into() } else { payload_type },
-            entry_id: entry.id.clone(),
-            token,
-            consumer: consumer.clone(),
-            _slot: slot,
-        }))
+        Ok(reply.map(
+            |(attempt, kind, max_attempts, timeout_ms, payload_type)| Lease {
+                task_id,
+                kind,
+                attempt,
+                max_attempts: max_attempts.parse().unwrap_or(1),
+                timeout_ms: timeout_ms.parse().ok(),
+                payload_type: if payload_type.is_empty() {
+                    "application/json".into()
+                } else {
+                    payload_type
+                },
+                entry_id: entry.id.clone(),
+                token,
+                consumer: consumer.clone(),
+                _slot: slot,
+            },
+        ))
     }
 
     /// Renews `lease`, and tells whether it is still held and whether cancellation was asked.
@@ -314,8 +377,17 @@ impl Queue {
     pub async fn finish(&self, lease: &Lease, outcome: Outcome) -> redis::RedisResult<bool> {
         let now = now_ms();
         let (status, error, result_type, due, bytes) = match outcome {
-            Outcome::Succeeded { bytes, content_type } => ("succeeded", String::new(), content_type, 0, bytes),
-            Outcome::Retry { error, after } => ("retrying", error, String::new(), now + after.as_millis() as u64, Bytes::new()),
+            Outcome::Succeeded {
+                bytes,
+                content_type,
+            } => ("succeeded", String::new(), content_type, 0, bytes),
+            Outcome::Retry { error, after } => (
+                "retrying",
+                error,
+                String::new(),
+                now + after.as_millis() as u64,
+                Bytes::new(),
+            ),
             Outcome::Failed { error } => ("failed", error, String::new(), 0, Bytes::new()),
             Outcome::Cancelled => ("cancelled", String::new(), String::new(), 0, Bytes::new()),
         };
@@ -366,7 +438,9 @@ impl Queue {
             "cancelled" => CancelOutcome::Cancelled,
             "cancelling" => CancelOutcome::Cancelling,
             other => {
-                let status = other.strip_prefix("finished:").and_then(app::model::Status::parse);
+                let status = other
+                    .strip_prefix("finished:")
+                    .and_then(app::model::Status::parse);
                 CancelOutcome::AlreadyFinished(status.unwrap_or(app::model::Status::Succeeded))
             }
         })
@@ -387,7 +461,10 @@ impl Queue {
     /// Ready entries not yet handed to any worker, plus delayed ones.
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         let mut pipe = redis::pipe();
-        pipe.cmd("XLEN").arg(self.keys.ready()).cmd("ZCARD").arg(self.keys.delayed());
+        pipe.cmd("XLEN")
+            .arg(self.keys.ready())
+            .cmd("ZCARD")
+            .arg(self.keys.delayed());
         let (ready, delayed): (u64, u64) = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(ready + delayed)
     }
@@ -398,7 +475,10 @@ impl Queue {
         let (tx, rx) = mpsc::channel(concurrency.max(1));
         let slots = Arc::new(Semaphore::new(concurrency));
         let consumer: Arc<str> = format!("worker-{}", Uuid::now_v7()).into();
-        tokio::spawn(self.clone().fetch_loop(consumer, slots, tx, shutdown.clone()));
+        tokio::spawn(
+            self.clone()
+                .fetch_loop(consumer, slots, tx, shutdown.clone()),
+        );
         tokio::spawn(self.clone().promote_loop(shutdown));
         RedisBackend { rx, next: None }
     }
@@ -406,13 +486,22 @@ impl Queue {
     async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
         // Blocking reads wait longer than any response timeout would allow.
         let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        self.client.get_multiplexed_async_connection_with_config(&config).await
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 
-    async fn fetch_loop(self, consumer: Arc<str>, slots: Arc<Semaphore>, tx: mpsc::Sender<Lease>, shutdown: CancellationToken) {
+    async fn fetch_loop(
+        self,
+        consumer: Arc<str>,
+        slots: Arc<Semaphore>,
+        tx: mpsc::Sender<Lease>,
+        shutdown: CancellationToken,
+    ) {
         let mut conn: Option<MultiplexedConnection> = None;
         let mut backoff = Backoff::default();
-        let reclaim_every = (self.settings.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let reclaim_every =
+            (self.settings.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut last_reclaim: Option<Instant> = None;
         loop {
             let first = tokio::select! {
@@ -447,7 +536,9 @@ impl Queue {
                             }
                             Ok(None) => {}
                             // The entry stays pending and is reclaimed after the lease.
-                            Err(e) => warn!(error = %e, entry.id = %entry.id, "claiming a task failed"),
+                            Err(e) => {
+                                warn!(error = %e, entry.id = %entry.id, "claiming a task failed")
+                            }
                         }
                     }
                 }
@@ -471,7 +562,13 @@ impl Queue {
     }
 
     /// Takes over entries whose lease expired (when `reclaim`), else blocks for new ones.
-    async fn read(&self, conn: &mut Option<MultiplexedConnection>, consumer: &str, count: usize, reclaim: bool) -> redis::RedisResult<Vec<StreamId>> {
+    async fn read(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        consumer: &str,
+        count: usize,
+        reclaim: bool,
+    ) -> redis::RedisResult<Vec<StreamId>> {
         let conn = match conn {
             Some(conn) => conn,
             None => conn.insert(self.blocking_connection().await?),
@@ -488,7 +585,10 @@ impl Queue {
                 .query_async(conn)
                 .await?;
             if !reply.claimed.is_empty() {
-                debug!(count = reply.claimed.len(), "took over tasks whose lease expired");
+                debug!(
+                    count = reply.claimed.len(),
+                    "took over tasks whose lease expired"
+                );
                 return Ok(reply.claimed);
             }
         }
@@ -505,7 +605,11 @@ impl Queue {
             .arg(">")
             .query_async(conn)
             .await?;
-        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect())
     }
 
     async fn promote_loop(self, shutdown: CancellationToken) {
@@ -564,7 +668,11 @@ impl Backend for RedisBackend {
     type Task = Task<Lease>;
     type Error = BackendStopped;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         if self.next.is_none() {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(lease) => self.next = lease,
@@ -574,12 +682,20 @@ impl Backend for RedisBackend {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_next(&mut self, _cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+    fn poll_next(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
         // `None` only once the fetcher has stopped (shutdown): the worker then drains and ends.
         Poll::Ready(self.next.take().map(|lease| Ok(Task::new(lease))))
     }
 
-    fn poll_close(&mut self, _cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_close(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 }

@@ -31,7 +31,9 @@ pub struct Keys {
 impl Keys {
     /// Keys of `queue` under `prefix`.
     pub fn new(prefix: &str, queue: &str) -> Keys {
-        Keys { base: format!("{prefix}:{{{queue}}}").into() }
+        Keys {
+            base: format!("{prefix}:{{{queue}}}").into(),
+        }
     }
 
     pub fn task(&self, id: &Uuid) -> String {
@@ -80,7 +82,10 @@ pub fn rfc3339(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -120,7 +125,9 @@ impl TaskRecord {
             started_ms: number("started"),
             finished_ms: number("finished"),
             payload_bytes: number("payload_bytes").unwrap_or(0),
-            payload_type: text("payload_type").cloned().unwrap_or_else(|| "application/json".into()),
+            payload_type: text("payload_type")
+                .cloned()
+                .unwrap_or_else(|| "application/json".into()),
             result_type: text("result_type").cloned(),
             error: text("error").cloned(),
         })
@@ -141,7 +148,8 @@ impl TaskRecord {
             finished_at: self.finished_ms.map(rfc3339),
             payload_bytes: self.payload_bytes,
             error: self.error.clone(),
-            result_url: (self.status == Status::Succeeded).then(|| format!("/api/v1/tasks/{}/result", self.id)),
+            result_url: (self.status == Status::Succeeded)
+                .then(|| format!("/api/v1/tasks/{}/result", self.id)),
         }
     }
 }
@@ -187,7 +195,10 @@ impl Store {
         let bytes: Option<Vec<u8>> = self.conn.clone().get(self.keys.result(&record.id)).await?;
         Ok(bytes.map(|bytes| StoredResult {
             bytes,
-            content_type: record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+            content_type: record
+                .result_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into()),
         }))
     }
 
@@ -204,7 +215,9 @@ impl Store {
         const MAX_SCANNED: usize = 20_000;
         let mut conn = self.conn.clone();
         let mut found = Vec::new();
-        let mut upper = before.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
+        let mut upper = before
+            .map(|id| format!("({id}"))
+            .unwrap_or_else(|| "+".into());
         let mut scanned = 0;
         loop {
             let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
@@ -251,7 +264,13 @@ mod tests {
     fn every_key_of_a_queue_shares_its_hash_tag() {
         let keys = Keys::new("courier", "default");
         let id = Uuid::now_v7();
-        for key in [keys.task(&id), keys.payload(&id), keys.result(&id), keys.ready(), keys.events()] {
+        for key in [
+            keys.task(&id),
+            keys.payload(&id),
+            keys.result(&id),
+            keys.ready(),
+            keys.events(),
+        ] {
             assert!(key.starts_with("courier:{default}:"), "{key}");
         }
     }

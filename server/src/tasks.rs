@@ -102,7 +102,12 @@ pub struct Tasks {
 impl Tasks {
     /// The service over `queue` and `store`, accepting the kinds in `registry`.
     pub fn new(queue: Queue, store: Store, registry: Registry, default_max_attempts: u32) -> Tasks {
-        Tasks { queue, store, registry, default_max_attempts }
+        Tasks {
+            queue,
+            store,
+            registry,
+            default_max_attempts,
+        }
     }
 
     /// Every kind, with its description and payload schema.
@@ -112,23 +117,44 @@ impl Tasks {
 
     /// Validates and enqueues a task; on any error nothing is stored.
     pub async fn submit(&self, submission: Submission) -> Result<TaskRecord, SubmitError> {
-        let Submission { kind, payload, options } = submission;
-        let handler = self.registry.get(&kind).ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
+        let Submission {
+            kind,
+            payload,
+            options,
+        } = submission;
+        let handler = self
+            .registry
+            .get(&kind)
+            .ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
         let max_attempts = options.max_attempts.unwrap_or(self.default_max_attempts);
         validate_options(&options, max_attempts)?;
         let (bytes, payload_type) = match payload {
             Payload::Json(value) => {
                 check_schema(&kind, &handler.schema(), &value)?;
-                (Bytes::from(serde_json::to_vec(&value).expect("a parsed JSON value serializes")), "application/json".to_string())
+                (
+                    Bytes::from(
+                        serde_json::to_vec(&value).expect("a parsed JSON value serializes"),
+                    ),
+                    "application/json".to_string(),
+                )
             }
-            Payload::Raw { bytes, content_type } if is_json(&content_type) => {
-                let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| SubmitError::MalformedJson(e.to_string()))?;
+            Payload::Raw {
+                bytes,
+                content_type,
+            } if is_json(&content_type) => {
+                let value: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| SubmitError::MalformedJson(e.to_string()))?;
                 check_schema(&kind, &handler.schema(), &value)?;
                 (bytes, "application/json".to_string())
             }
-            Payload::Raw { bytes, content_type } => {
+            Payload::Raw {
+                bytes,
+                content_type,
+            } => {
                 if !handler.accepts_raw() {
-                    return Err(SubmitError::Unsupported(format!("`{kind}` takes a JSON payload (Content-Type: application/json)")));
+                    return Err(SubmitError::Unsupported(format!(
+                        "`{kind}` takes a JSON payload (Content-Type: application/json)"
+                    )));
                 }
                 (bytes, content_type)
             }
@@ -158,10 +184,14 @@ impl Tasks {
     }
 
     /// Tasks newest first, filtered, one page at a time.
-    pub async fn list(&self, query: &ListQuery) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
+    pub async fn list(
+        &self,
+        query: &ListQuery,
+    ) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
         self.store
             .list(query.cursor, query.limit, |r| {
-                query.status.is_none_or(|s| r.status == s) && query.kind.as_deref().is_none_or(|k| r.kind == k)
+                query.status.is_none_or(|s| r.status == s)
+                    && query.kind.as_deref().is_none_or(|k| r.kind == k)
             })
             .await
     }
@@ -183,11 +213,21 @@ impl Tasks {
 }
 
 fn is_json(content_type: &str) -> bool {
-    content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn check_schema(kind: &str, schema: &serde_json::Value, value: &serde_json::Value) -> Result<(), SubmitError> {
-    app::schema::validate(schema, value).map_err(|errors| SubmitError::InvalidPayload { kind: kind.to_string(), errors })
+fn check_schema(
+    kind: &str,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+) -> Result<(), SubmitError> {
+    app::schema::validate(schema, value).map_err(|errors| SubmitError::InvalidPayload {
+        kind: kind.to_string(),
+        errors,
+    })
 }
 
 fn validate_options(options: &Options, max_attempts: u32) -> Result<(), SubmitError> {
@@ -198,15 +238,24 @@ fn validate_options(options: &Options, max_attempts: u32) -> Result<(), SubmitEr
     if options.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
         return invalid(format!("delay_ms must be at most {MAX_DELAY_MS} (30 days)"));
     }
-    if options.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
-        return invalid(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS} (24 hours)"));
+    if options
+        .timeout_ms
+        .is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS)
+    {
+        return invalid(format!(
+            "timeout_ms must be between 1 and {MAX_TIMEOUT_MS} (24 hours)"
+        ));
     }
     // Refused rather than silently ignored until the queue orders by them.
     if options.priority.is_some_and(|p| p != Priority::Normal) {
-        return Err(SubmitError::Unsupported("priorities other than `normal` are not available yet".into()));
+        return Err(SubmitError::Unsupported(
+            "priorities other than `normal` are not available yet".into(),
+        ));
     }
     if options.session.is_some() {
-        return Err(SubmitError::Unsupported("ordered sessions are not available yet".into()));
+        return Err(SubmitError::Unsupported(
+            "ordered sessions are not available yet".into(),
+        ));
     }
     Ok(())
 }
@@ -217,7 +266,11 @@ fn record_of(task: &NewTask) -> TaskRecord {
     TaskRecord {
         id: task.id,
         kind: task.kind.clone(),
-        status: if task.delay_ms.is_some() { Status::Scheduled } else { Status::Queued },
+        status: if task.delay_ms.is_some() {
+            Status::Scheduled
+        } else {
+            Status::Queued
+        },
         attempts: 0,
         max_attempts: task.max_attempts,
         progress: None,

@@ -22,7 +22,9 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The pause before the attempt after `attempt` (1-based); `jitter` in [0, 1).
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let exponential = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exponential = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         exponential.min(self.cap).mul_f64(0.9 + 0.2 * jitter)
     }
 }
@@ -39,12 +41,23 @@ pub struct Runner {
 impl Runner {
     /// A runner over `queue`, running the kinds in `registry`.
     pub fn new(queue: Queue, store: Store, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
-        Arc::new(Runner { queue, store, registry, retry, in_flight: TaskTracker::new() })
+        Arc::new(Runner {
+            queue,
+            store,
+            registry,
+            retry,
+            in_flight: TaskTracker::new(),
+        })
     }
 
     /// Runs workers with up to `concurrency` attempts at once until `shutdown` fires, then lets
     /// in-flight attempts finish for up to `grace`.
-    pub async fn run(self: Arc<Self>, concurrency: usize, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        concurrency: usize,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
         let runner = self.clone();
         let stop = shutdown.clone();
         let monitor = Monitor::new().register(move |_restarts| {
@@ -61,8 +74,14 @@ impl Runner {
             })
             .await?;
         self.in_flight.close();
-        if tokio::time::timeout(grace, self.in_flight.wait()).await.is_err() {
-            warn!(grace_ms = grace.as_millis() as u64, "attempts still running after the grace period; their leases will expire and other workers will take them over");
+        if tokio::time::timeout(grace, self.in_flight.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                "attempts still running after the grace period; their leases will expire and other workers will take them over"
+            );
         }
         Ok(())
     }
@@ -71,7 +90,10 @@ impl Runner {
         let lease = Arc::new(lease);
         if lease.attempt > lease.max_attempts {
             // Its holders kept dying (lease expired every time): stop trying.
-            let error = format!("gave up after {} attempts whose workers stopped before finishing", lease.max_attempts);
+            let error = format!(
+                "gave up after {} attempts whose workers stopped before finishing",
+                lease.max_attempts
+            );
             self.record(&lease, Outcome::Failed { error }).await;
             return;
         }
@@ -83,7 +105,13 @@ impl Runner {
         let bytes = match self.store.payload(&lease.task_id).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
-                self.record(&lease, Outcome::Failed { error: "the payload expired before the task ran".into() }).await;
+                self.record(
+                    &lease,
+                    Outcome::Failed {
+                        error: "the payload expired before the task ran".into(),
+                    },
+                )
+                .await;
                 return;
             }
             Err(e) => {
@@ -92,12 +120,21 @@ impl Runner {
                 return;
             }
         };
-        let input = Input { bytes: bytes.into(), content_type: lease.payload_type.clone() };
+        let input = Input {
+            bytes: bytes.into(),
+            content_type: lease.payload_type.clone(),
+        };
         let cancel = CancellationToken::new();
         let (progress_tx, progress_rx) = watch::channel(None);
         let ctx = Context::new(lease.attempt, cancel.clone(), progress_tx);
         let done = CancellationToken::new();
-        let keeper = tokio::spawn(keep_lease(self.queue.clone(), lease.clone(), cancel.clone(), progress_rx, done.clone()));
+        let keeper = tokio::spawn(keep_lease(
+            self.queue.clone(),
+            lease.clone(),
+            cancel.clone(),
+            progress_rx,
+            done.clone(),
+        ));
 
         let started = std::time::Instant::now();
         let run = tokio::spawn(async move { handler.run(input, ctx).await });
@@ -106,12 +143,15 @@ impl Runner {
                 Ok(joined) => joined,
                 Err(_) => {
                     cancel.cancel();
-                    Ok(Err(HandlerError::retryable(format!("timed out after {ms} ms"))))
+                    Ok(Err(HandlerError::retryable(format!(
+                        "timed out after {ms} ms"
+                    ))))
                 }
             },
             None => run.await,
         };
-        let result = result.unwrap_or_else(|e| Err(HandlerError::retryable(format!("the handler crashed: {e}"))));
+        let result = result
+            .unwrap_or_else(|e| Err(HandlerError::retryable(format!("the handler crashed: {e}"))));
         done.cancel();
         let Ok(state) = keeper.await else {
             return;
@@ -119,19 +159,38 @@ impl Runner {
         let duration_ms = started.elapsed().as_millis() as u64;
         let outcome = match result {
             _ if state == Renewal::Lost => {
-                warn!(duration_ms, "lost the lease while running; the new holder decides the outcome");
+                warn!(
+                    duration_ms,
+                    "lost the lease while running; the new holder decides the outcome"
+                );
                 return;
             }
             _ if state == Renewal::CancelRequested => Outcome::Cancelled,
-            Ok(Output { bytes, content_type }) => Outcome::Succeeded { bytes, content_type },
+            Ok(Output {
+                bytes,
+                content_type,
+            }) => Outcome::Succeeded {
+                bytes,
+                content_type,
+            },
             Err(e) if e.retryable && lease.attempt < lease.max_attempts => {
                 let after = self.retry.delay(lease.attempt, jitter());
                 info!(duration_ms, error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
-                Outcome::Retry { error: e.message, after }
+                Outcome::Retry {
+                    error: e.message,
+                    after,
+                }
             }
             Err(e) => {
                 info!(duration_ms, error = %e, "task failed");
-                let error = if e.retryable { format!("{} (attempt {} of {})", e.message, lease.attempt, lease.max_attempts) } else { e.message };
+                let error = if e.retryable {
+                    format!(
+                        "{} (attempt {} of {})",
+                        e.message, lease.attempt, lease.max_attempts
+                    )
+                } else {
+                    e.message
+                };
                 Outcome::Failed { error }
             }
         };
@@ -170,7 +229,13 @@ async fn run_attempt(lease: Lease, runner: Data<Arc<Runner>>) {
 
 /// Renews the lease while the handler runs, stores its progress, and fires `cancel` when the
 /// task is cancelled or the lease lost. Returns what it last saw.
-async fn keep_lease(queue: Queue, lease: Arc<Lease>, cancel: CancellationToken, mut progress: watch::Receiver<Option<u8>>, done: CancellationToken) -> Renewal {
+async fn keep_lease(
+    queue: Queue,
+    lease: Arc<Lease>,
+    cancel: CancellationToken,
+    mut progress: watch::Receiver<Option<u8>>,
+    done: CancellationToken,
+) -> Renewal {
     let every = (queue.settings().lease / 3).min(Duration::from_secs(1));
     let mut renew = tokio::time::interval(every);
     renew.tick().await;
@@ -217,7 +282,10 @@ mod tests {
 
     #[test]
     fn retry_delays_double_up_to_the_cap_within_ten_percent() {
-        let policy = RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(10) };
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(10),
+        };
         assert_eq!(policy.delay(1, 0.5), Duration::from_secs(1));
         assert_eq!(policy.delay(3, 0.5), Duration::from_secs(4));
         assert_eq!(policy.delay(9, 0.5), Duration::from_secs(10));

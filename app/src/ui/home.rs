@@ -12,7 +12,8 @@ const LIST_LEN: usize = 50;
 #[component]
 pub fn HomePage() -> impl IntoView {
     let tasks = RwSignal::new(Vec::<TaskView>::new());
-    follow_all_tasks(tasks);
+    // Effects run only in the browser, after hydration.
+    Effect::new(move |_| follow_all_tasks(tasks));
     view! {
         <SubmitForm on_submitted=move |task| upsert(tasks, task)/>
         <section class="task-list">
@@ -36,14 +37,16 @@ pub fn HomePage() -> impl IntoView {
 /// Loads the recent tasks, then keeps them current from the event stream.
 fn follow_all_tasks(tasks: RwSignal<Vec<TaskView>>) {
     spawn_local(async move {
-        if let Ok(page) = api::get_json::<TaskPage>(&format!("/api/v1/tasks?limit={LIST_LEN}")).await {
+        if let Ok(page) =
+            api::get_json::<TaskPage>(&format!("/api/v1/tasks?limit={LIST_LEN}")).await
+        {
             tasks.update(|list| {
                 for task in page.tasks {
                     if !list.iter().any(|t| t.id == task.id) {
                         list.push(task);
                     }
                 }
-                list.sort_by(|a, b| b.id.cmp(&a.id));
+                list.sort_by_key(|t| std::cmp::Reverse(t.id));
             });
         }
     });
@@ -51,16 +54,21 @@ fn follow_all_tasks(tasks: RwSignal<Vec<TaskView>>) {
         let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
             return true;
         };
-        let known = tasks.try_update(|list| match list.iter_mut().find(|t| t.id == event.task_id) {
-            Some(task) => {
-                task.apply(&event);
-                true
-            }
-            None => false,
-        });
+        let known =
+            tasks.try_update(
+                |list| match list.iter_mut().find(|t| t.id == event.task_id) {
+                    Some(task) => {
+                        task.apply(&event);
+                        true
+                    }
+                    None => false,
+                },
+            );
         if known == Some(false) {
             spawn_local(async move {
-                if let Ok(task) = api::get_json::<TaskView>(&format!("/api/v1/tasks/{}", event.task_id)).await {
+                if let Ok(task) =
+                    api::get_json::<TaskView>(&format!("/api/v1/tasks/{}", event.task_id)).await
+                {
                     upsert(tasks, task);
                 }
             });
@@ -78,7 +86,7 @@ fn upsert(tasks: RwSignal<Vec<TaskView>>, task: TaskView) {
             Some(existing) => *existing = task,
             None => list.push(task),
         }
-        list.sort_by(|a, b| b.id.cmp(&a.id));
+        list.sort_by_key(|t| std::cmp::Reverse(t.id));
         list.truncate(LIST_LEN);
     });
 }
@@ -133,7 +141,11 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             return;
         };
         #[cfg(feature = "hydrate")]
-        if let Some(file) = file_input.get().and_then(|input| input.files()).and_then(|files| files.get(0)) {
+        if let Some(file) = file_input
+            .get()
+            .and_then(|input| input.files())
+            .and_then(|files| files.get(0))
+        {
             busy.set(true);
             let file = send_wrapper::SendWrapper::new(file);
             spawn_local(async move {

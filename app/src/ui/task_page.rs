@@ -17,37 +17,41 @@ pub fn TaskPage() -> impl IntoView {
 
     let fetch_result = move |id: String| {
         spawn_local(async move {
-            result.set(Some(api::get_text(&format!("/api/v1/tasks/{id}/result")).await));
+            result.set(Some(
+                api::get_text(&format!("/api/v1/tasks/{id}/result")).await,
+            ));
         })
     };
-    {
+    // Effects run only in the browser, after hydration.
+    Effect::new({
         let id = id.clone();
-        spawn_local(async move {
-            match api::get_json::<TaskView>(&format!("/api/v1/tasks/{id}")).await {
-                Ok(view) => task.set(Some(view)),
-                Err(e) => load_error.set(Some(e)),
-            }
-        });
-    }
-    {
-        let id = id.clone();
-        live::subscribe(&format!("/api/v1/tasks/{id}/events"), move |name, data| {
-            let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
-                return true;
-            };
-            task.update(|view| {
-                if let Some(view) = view {
-                    view.apply(&event);
+        move |_| {
+            let task_url = format!("/api/v1/tasks/{id}");
+            spawn_local(async move {
+                match api::get_json::<TaskView>(&task_url).await {
+                    Ok(view) => task.set(Some(view)),
+                    Err(e) => load_error.set(Some(e)),
                 }
             });
-            if event.status == Status::Succeeded || event.status == Status::Failed {
-                fetch_result(id.clone());
-            }
-            let terminal = event.status.is_terminal();
-            events.update(|list| list.push((name.to_string(), event)));
-            !terminal
-        });
-    }
+            let id = id.clone();
+            live::subscribe(&format!("/api/v1/tasks/{id}/events"), move |name, data| {
+                let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
+                    return true;
+                };
+                task.update(|view| {
+                    if let Some(view) = view {
+                        view.apply(&event);
+                    }
+                });
+                if event.status == Status::Succeeded || event.status == Status::Failed {
+                    fetch_result(id.clone());
+                }
+                let terminal = event.status.is_terminal();
+                events.update(|list| list.push((name.to_string(), event)));
+                !terminal
+            });
+        }
+    });
 
     view! {
         <section class="task-page">

@@ -38,7 +38,10 @@ impl Handler for Flaky {
         Box::pin(async move {
             let payload: Payload = input.json()?;
             if payload.fail_times < 0 || i64::from(ctx.attempt) <= payload.fail_times {
-                return Err(HandlerError::retryable(format!("flaky: attempt {} failed on purpose", ctx.attempt)));
+                return Err(HandlerError::retryable(format!(
+                    "flaky: attempt {} failed on purpose",
+                    ctx.attempt
+                )));
             }
             Ok(Output::json(&json!({"succeeded_on_attempt": ctx.attempt})))
         })
@@ -53,7 +56,12 @@ mod tests {
     #[tokio::test]
     async fn fails_the_planned_attempts_then_succeeds() {
         let payload = json!({"fail_times": 2});
-        assert!(run_json(&Flaky, payload.clone(), 1).await.unwrap_err().retryable);
+        assert!(
+            run_json(&Flaky, payload.clone(), 1)
+                .await
+                .unwrap_err()
+                .retryable
+        );
         assert!(run_json(&Flaky, payload.clone(), 2).await.is_err());
         let out = run_json(&Flaky, payload, 3).await.unwrap();
         assert_eq!(json_of(&out), json!({"succeeded_on_attempt": 3}));
@@ -61,6 +69,10 @@ mod tests {
 
     #[tokio::test]
     async fn minus_one_always_fails() {
-        assert!(run_json(&Flaky, json!({"fail_times": -1}), 50).await.is_err());
+        assert!(
+            run_json(&Flaky, json!({"fail_times": -1}), 50)
+                .await
+                .is_err()
+        );
     }
 }

@@ -56,7 +56,9 @@ impl Handler for Sleep {
                 }
                 ctx.progress((u64::from(done) * 100 / u64::from(steps)) as u8);
             }
-            Ok(Output::json(&json!({"slept_ms": payload.ms, "steps": steps})))
+            Ok(Output::json(
+                &json!({"slept_ms": payload.ms, "steps": steps}),
+            ))
         })
     }
 }
@@ -68,7 +70,9 @@ mod tests {
 
     #[tokio::test]
     async fn sleeps_and_reports_every_step() {
-        let out = run_json(&Sleep, json!({"ms": 20, "steps": 4}), 1).await.unwrap();
+        let out = run_json(&Sleep, json!({"ms": 20, "steps": 4}), 1)
+            .await
+            .unwrap();
         assert_eq!(json_of(&out), json!({"slept_ms": 20, "steps": 4}));
     }
 
@@ -77,12 +81,21 @@ mod tests {
         let cancel = tokio_util::sync::CancellationToken::new();
         let (tx, rx) = tokio::sync::watch::channel(None);
         let ctx = Context::new(1, cancel.clone(), tx);
-        let input = Input { bytes: br#"{"ms": 60000, "steps": 600}"#.to_vec().into(), content_type: "application/json".into() };
+        let input = Input {
+            bytes: br#"{"ms": 60000, "steps": 600}"#.to_vec().into(),
+            content_type: "application/json".into(),
+        };
         let run = tokio::spawn(Sleep.run(input, ctx));
         tokio::time::sleep(Duration::from_millis(250)).await;
         cancel.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(1), run).await.expect("stopped within a step").unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(1), run)
+            .await
+            .expect("stopped within a step")
+            .unwrap();
         assert_eq!(result, Err(HandlerError::fatal("cancelled")));
-        assert!(rx.borrow().is_some_and(|p| p < 100), "progress was reported before the cancel");
+        assert!(
+            rx.borrow().is_some_and(|p| p < 100),
+            "progress was reported before the cancel"
+        );
     }
 }

@@ -29,23 +29,45 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let submission = match query.get("kind") {
         Some(kind) => {
             let options = options_from_query(&query)?;
             let bytes = read_body(body, &headers, state.max_payload).await?;
-            let content_type = if content_type.is_empty() { "application/octet-stream".to_string() } else { content_type };
-            Submission { kind: kind.clone(), payload: Payload::Raw { bytes, content_type }, options }
+            let content_type = if content_type.is_empty() {
+                "application/octet-stream".to_string()
+            } else {
+                content_type
+            };
+            Submission {
+                kind: kind.clone(),
+                payload: Payload::Raw {
+                    bytes,
+                    content_type,
+                },
+                options,
+            }
         }
         None if is_json(&content_type) => {
             if let Some(name) = query.keys().next() {
-                return Err(ApiError::bad_request(format!("unexpected query parameter `{name}`: options of a JSON submission go in its body")));
+                return Err(ApiError::bad_request(format!(
+                    "unexpected query parameter `{name}`: options of a JSON submission go in its body"
+                )));
             }
             let bytes = read_body(body, &headers, state.max_payload).await?;
-            let request: SubmitRequest = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => ApiError::unprocessable("invalid-request", "Invalid submission", e.to_string()),
-                _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
-            })?;
+            let request: SubmitRequest =
+                serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+                    serde_json::error::Category::Data => ApiError::unprocessable(
+                        "invalid-request",
+                        "Invalid submission",
+                        e.to_string(),
+                    ),
+                    _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
+                })?;
             let options = Options {
                 delay_ms: request.delay_ms,
                 priority: request.priority,
@@ -53,35 +75,59 @@ pub async fn submit(
                 timeout_ms: request.timeout_ms,
                 session: request.session,
             };
-            Submission { kind: request.kind, payload: Payload::Json(request.payload), options }
+            Submission {
+                kind: request.kind,
+                payload: Payload::Json(request.payload),
+                options,
+            }
         }
         None => {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-                .detail("send a JSON body (Content-Type: application/json), or any body with ?kind=…"));
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            )
+            .detail(
+                "send a JSON body (Content-Type: application/json), or any body with ?kind=…",
+            ));
         }
     };
     let record = state.tasks.submit(submission).await?;
     let mut response = (StatusCode::ACCEPTED, Json(record.view())).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::LOCATION, header_value(&format!("/api/v1/tasks/{}/status", record.id)));
-    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
+    headers.insert(
+        header::LOCATION,
+        header_value(&format!("/api/v1/tasks/{}/status", record.id)),
+    );
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after(&state).await),
+    );
     Ok(response)
 }
 
 /// Reads the body up to `limit` bytes; past it, `413` without reading the rest.
 async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
-            .detail(format!("the body exceeds the limit of {limit} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+        )
+        .detail(format!("the body exceeds the limit of {limit} bytes"))
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
         if (buffer.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
@@ -91,15 +137,31 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes,
 }
 
 fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiError> {
-    fn number<T: std::str::FromStr>(query: &HashMap<String, String>, name: &str) -> Result<Option<T>, ApiError> {
+    fn number<T: std::str::FromStr>(
+        query: &HashMap<String, String>,
+        name: &str,
+    ) -> Result<Option<T>, ApiError> {
         query
             .get(name)
-            .map(|v| v.parse().map_err(|_| ApiError::unprocessable("invalid-option", "Invalid task option", format!("`{name}` must be a whole number"))))
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::unprocessable(
+                        "invalid-option",
+                        "Invalid task option",
+                        format!("`{name}` must be a whole number"),
+                    )
+                })
+            })
             .transpose()
     }
     for name in query.keys() {
-        if !matches!(name.as_str(), "kind" | "delay_ms" | "priority" | "max_attempts" | "timeout_ms" | "session") {
-            return Err(ApiError::bad_request(format!("unknown query parameter `{name}`")));
+        if !matches!(
+            name.as_str(),
+            "kind" | "delay_ms" | "priority" | "max_attempts" | "timeout_ms" | "session"
+        ) {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter `{name}`"
+            )));
         }
     }
     let priority = match query.get("priority").map(String::as_str) {
@@ -108,7 +170,11 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
         Some("normal") => Some(Priority::Normal),
         Some("low") => Some(Priority::Low),
         Some(other) => {
-            return Err(ApiError::unprocessable("invalid-option", "Invalid task option", format!("priority `{other}` is not one of high, normal, low")));
+            return Err(ApiError::unprocessable(
+                "invalid-option",
+                "Invalid task option",
+                format!("priority `{other}` is not one of high, normal, low"),
+            ));
         }
     };
     Ok(Options {
@@ -121,7 +187,10 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
 }
 
 fn is_json(content_type: &str) -> bool {
-    content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn header_value(text: &str) -> HeaderValue {
@@ -135,11 +204,16 @@ async fn retry_after(_state: &AppState) -> u64 {
 
 async fn find(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
     let id = parse_id(id)?;
-    state.tasks.get(&id).await?.ok_or_else(|| ApiError::not_found("no task with this id (it never existed or has expired)"))
+    state.tasks.get(&id).await?.ok_or_else(|| {
+        ApiError::not_found("no task with this id (it never existed or has expired)")
+    })
 }
 
 /// `GET /api/v1/tasks/{id}`: the task's view.
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
     Ok(Json(find(&state, &id).await?.view()))
 }
 
@@ -156,12 +230,21 @@ struct StatusBody {
 }
 
 /// `GET /api/v1/tasks/{id}/status`: the status monitor of async request-reply.
-pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
-    let expires = rfc1123(record.finished_ms.unwrap_or(record.created_ms) + state.retention.as_millis() as u64);
+    let expires = rfc1123(
+        record.finished_ms.unwrap_or(record.created_ms) + state.retention.as_millis() as u64,
+    );
     let mut response = if record.status == Status::Succeeded {
         let location = format!("/api/v1/tasks/{}/result", record.id);
-        (StatusCode::SEE_OTHER, [(header::LOCATION, header_value(&location))]).into_response()
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, header_value(&location))],
+        )
+            .into_response()
     } else {
         let error = match record.status {
             Status::Failed => Some(failure_problem(&record)),
@@ -185,11 +268,16 @@ pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Re
         };
         let mut response = Json(body).into_response();
         if !record.status.is_terminal() {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after(&state).await),
+            );
         }
         response
     };
-    response.headers_mut().insert(header::EXPIRES, header_value(&expires));
+    response
+        .headers_mut()
+        .insert(header::EXPIRES, header_value(&expires));
     Ok(response)
 }
 
@@ -204,24 +292,54 @@ fn failure_problem(record: &TaskRecord) -> app::model::Problem {
 }
 
 /// `GET /api/v1/tasks/{id}/result`: the result bytes with their content type.
-pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
     match record.status {
         Status::Succeeded => {
-            let stored = state.tasks.result(&record).await?.ok_or_else(|| ApiError::not_found("the result has expired"))?;
-            Ok(([(header::CONTENT_TYPE, header_value(&stored.content_type))], stored.bytes).into_response())
+            let stored = state
+                .tasks
+                .result(&record)
+                .await?
+                .ok_or_else(|| ApiError::not_found("the result has expired"))?;
+            Ok((
+                [(header::CONTENT_TYPE, header_value(&stored.content_type))],
+                stored.bytes,
+            )
+                .into_response())
         }
-        Status::Failed => Err(ApiError::unprocessable("task-failed", "Task failed", record.error.unwrap_or_default())),
-        Status::Cancelled => Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled").detail("a cancelled task has no result")),
-        status => Err(ApiError::new(StatusCode::CONFLICT, "not-finished", "Task not finished").detail(format!("the task is {status}; poll its status"))),
+        Status::Failed => Err(ApiError::unprocessable(
+            "task-failed",
+            "Task failed",
+            record.error.unwrap_or_default(),
+        )),
+        Status::Cancelled => {
+            Err(
+                ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
+                    .detail("a cancelled task has no result"),
+            )
+        }
+        status => Err(
+            ApiError::new(StatusCode::CONFLICT, "not-finished", "Task not finished")
+                .detail(format!("the task is {status}; poll its status")),
+        ),
     }
 }
 
 /// `DELETE /api/v1/tasks/{id}` (and on its status monitor): cancel.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let cancelled = state.tasks.cancel(&id).await?;
-    let record = state.tasks.get(&id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
+    let record = state
+        .tasks
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the task has expired"))?;
     let status = match cancelled {
         Cancelled::Now => StatusCode::OK,
         Cancelled::Requested => StatusCode::ACCEPTED,
@@ -230,12 +348,24 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
 }
 
 /// `GET /api/v1/tasks?status=&kind=&limit=&cursor=`: newest first.
-pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Result<Json<TaskPage>, ApiError> {
-    let invalid = |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
-    let mut list = ListQuery { limit: DEFAULT_PAGE, ..ListQuery::default() };
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<TaskPage>, ApiError> {
+    let invalid =
+        |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
+    let mut list = ListQuery {
+        limit: DEFAULT_PAGE,
+        ..ListQuery::default()
+    };
     for (name, value) in &query {
         match name.as_str() {
-            "status" => list.status = Some(Status::parse(value).ok_or_else(|| invalid(format!("`{value}` is not a status")))?),
+            "status" => {
+                list.status = Some(
+                    Status::parse(value)
+                        .ok_or_else(|| invalid(format!("`{value}` is not a status")))?,
+                )
+            }
             "kind" => list.kind = Some(value.clone()),
             "limit" => {
                 list.limit = value
@@ -244,12 +374,23 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<Str
                     .filter(|n| (1..=MAX_PAGE).contains(n))
                     .ok_or_else(|| invalid(format!("limit must be between 1 and {MAX_PAGE}")))?
             }
-            "cursor" => list.cursor = Some(value.parse().map_err(|_| invalid(format!("`{value}` is not a cursor from a previous page")))?),
-            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
+            "cursor" => {
+                list.cursor = Some(value.parse().map_err(|_| {
+                    invalid(format!("`{value}` is not a cursor from a previous page"))
+                })?)
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{other}`"
+                )));
+            }
         }
     }
     let (records, next) = state.tasks.list(&list).await?;
-    Ok(Json(TaskPage { tasks: records.iter().map(TaskRecord::view).collect(), next_cursor: next.map(|id| id.to_string()) }))
+    Ok(Json(TaskPage {
+        tasks: records.iter().map(TaskRecord::view).collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
 }
 
 /// `GET /api/v1/kinds`: the kinds with description and payload schema.
@@ -264,8 +405,9 @@ pub async fn no_such_endpoint() -> ApiError {
 
 /// An HTTP date (`Expires`), from milliseconds since the epoch.
 fn rfc1123(ms: u64) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
-        time::macros::format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT");
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
     time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
         .ok()
         .and_then(|t| t.format(FORMAT).ok())

@@ -1,0 +1,77 @@
+import { expect, test, type Page } from '@playwright/test';
+
+/** Opens the home page and waits until it is hydrated and the kinds have loaded. */
+async function openHome(page: Page) {
+  await page.goto('/');
+  await expect(page.locator('#kind option')).toHaveCount(5);
+}
+
+/** Chooses a kind and waits for its example payload, so typing is not overwritten. */
+async function chooseKind(page: Page, kind: string) {
+  await page.selectOption('#kind', kind);
+  await expect(page.locator('.kind-description')).not.toBeEmpty();
+  await expect(page.locator('#payload')).not.toHaveValue('');
+}
+
+test('an echo task submitted from the form shows as succeeded without a reload', async ({ page }) => {
+  await openHome(page);
+  await page.evaluate(() => ((window as any).notReloaded = true));
+  await chooseKind(page, 'echo');
+  await page.fill('#payload', '{"greeting": "hello from the browser"}');
+  await page.click('button[type=submit]');
+
+  const row = page.locator('li.task').first();
+  await expect(row.locator('.kind')).toHaveText('echo');
+  await expect(row.locator('.badge')).toHaveText('succeeded');
+  expect(await page.evaluate(() => (window as any).notReloaded)).toBe(true);
+});
+
+test('a sleep task shows a progress bar that moves to 100', async ({ page }) => {
+  await openHome(page);
+  await chooseKind(page, 'sleep');
+  await page.fill('#payload', '{"ms": 2500, "steps": 5}');
+  await page.click('button[type=submit]');
+
+  const row = page.locator('li.task').first();
+  await expect(row.locator('.kind')).toHaveText('sleep');
+  await expect(row.locator('.badge')).toHaveText('running');
+  await expect(row.locator('.progress-text')).toHaveText(/^(20|40|60|80)%$/);
+  await expect(row.locator('.progress-text')).toHaveText('100%');
+  await expect(row.locator('progress')).toHaveAttribute('value', '100');
+  await expect(row.locator('.badge')).toHaveText('succeeded');
+});
+
+test('an invalid payload shows the schema error and submits nothing', async ({ page }) => {
+  await openHome(page);
+  const submissions: string[] = [];
+  page.on('request', (request) => {
+    if (request.method() === 'POST' && request.url().includes('/api/v1/tasks')) submissions.push(request.url());
+  });
+  await chooseKind(page, 'sleep');
+  await page.fill('#payload', '{"ms": "soon"}');
+  await page.click('button[type=submit]');
+
+  await expect(page.locator('.field-errors li')).toHaveText(['/ms: must be integer']);
+  await page.fill('#payload', '{"ms": 10, ');
+  await page.click('button[type=submit]');
+  await expect(page.locator('.field-errors li')).toHaveText(/not valid JSON/);
+  expect(submissions).toEqual([]);
+});
+
+test('the task page shows the record, the events and the result', async ({ page }) => {
+  await openHome(page);
+  await chooseKind(page, 'text.stats');
+  await page.fill('#payload', '"alpha beta alpha"');
+  await page.click('button[type=submit]');
+
+  const row = page.locator('li.task').first();
+  await expect(row.locator('.badge')).toHaveText('succeeded');
+  await row.locator('a.task-link').click();
+
+  await expect(page).toHaveURL(/\/tasks\/[0-9a-f-]{36}$/);
+  await expect(page.locator('.record .kind')).toHaveText('text.stats');
+  await expect(page.locator('.record .badge')).toHaveText('succeeded');
+  await expect(page.locator('.result-body')).toContainText('"words":3');
+  await expect(page.locator('.result-body')).toContainText('{"word":"alpha","count":2}');
+  await expect(page.locator('.events .event-name').last()).toHaveText('succeeded');
+});

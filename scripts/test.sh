@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, lints (native and wasm), unit and integration tests
+# against private redis-servers, then the release build under Playwright in Chromium.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+source scripts/env.sh
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+step "lints"
+cargo clippy --all-targets -- -D warnings
+cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
+step "unit and integration tests"
+cargo test
+step "release build"
+cargo leptos build --release
+step "end-to-end tests (Playwright, Chromium)"
+(cd end2end && npx playwright test)
