@@ -64,15 +64,17 @@ fn StatusBadge(status: Status) -> impl IntoView {
     view! { <span class=format!("badge status-{status}")>{status.as_str()}</span> }
 }
 
-/// A progress bar with its percentage, or nothing when the task reports none.
+/// A progress bar with its percentage; an empty slot when the task reports none.
 #[component]
 fn ProgressBar(progress: Option<u8>) -> impl IntoView {
-    progress.map(|p| {
-        view! {
-            <span class="progress">
-                <progress max="100" value=p></progress>
-                <span class="progress-text">{format!("{p}%")}</span>
-            </span>
-        }
-    })
+    view! {
+        <span class="progress">
+            {progress.map(|p| {
+                view! {
+                    <progress max="100" value=p></progress>
+                    <span class="progress-text">{format!("{p}%")}</span>
+                }
+            })}
+        </span>
+    }
 }

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! The wasm entry point: hydrates the server-rendered pages in the browser.
 
 /// Called by the generated JS once the wasm module loads.

@@ -95,7 +95,9 @@ fn upsert(tasks: RwSignal<Vec<TaskView>>, task: TaskView) {
 #[component]
 fn TaskRow(task: TaskView) -> impl IntoView {
     let href = format!("/tasks/{}", task.id);
-    let short_id = task.id.to_string()[..8].to_string();
+    // UUIDv7s of one moment share their leading (time) digits; the tail tells them apart.
+    let id = task.id.to_string();
+    let short_id = id[id.len() - 8..].to_string();
     view! {
         <li class="task" data-task-id=task.id.to_string()>
             <a class="task-link" href=href>
