@@ -74,6 +74,9 @@ pub struct TaskView {
     pub payload_bytes: u64,
     pub error: Option<String>,
     pub result_url: Option<String>,
+    /// When a `retrying` or `scheduled` task runs next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_at: Option<String>,
 }
 
 impl TaskView {
@@ -154,6 +157,23 @@ pub struct TaskPage {
     pub next_cursor: Option<String>,
 }
 
+/// A failed task in the dead-letter queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub task: TaskView,
+    /// `attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind` or
+    /// `payload_expired`.
+    pub reason: String,
+    pub failed_at: String,
+}
+
+/// One page of `GET /api/v1/dead-letters`, most recent failure first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterPage {
+    pub dead_letters: Vec<DeadLetter>,
+    pub next_cursor: Option<String>,
+}
+
 /// An RFC 9457 problem document, as every API error is reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
@@ -184,8 +204,7 @@ mod tests {
 
     #[test]
     fn submit_request_rejects_unknown_fields() {
-        let err =
-            serde_json::from_str::<SubmitRequest>(r#"{"kind":"echo","payload":1,"colour":"red"}"#);
+        let err = serde_json::from_str::<SubmitRequest>(r#"{"kind":"echo","payload":1,"colour":"red"}"#);
         assert!(err.is_err());
     }
 }

@@ -12,11 +12,7 @@ use serde_json::Value;
 pub fn validate(schema: &Value, value: &Value) -> Result<(), Vec<String>> {
     let mut errors = Vec::new();
     check(schema, value, "", &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
@@ -125,16 +121,12 @@ mod tests {
 
     #[test]
     fn a_payload_that_fits_passes() {
-        assert_eq!(
-            validate(&sleep_schema(), &json!({"ms": 100, "steps": 4})),
-            Ok(())
-        );
+        assert_eq!(validate(&sleep_schema(), &json!({"ms": 100, "steps": 4})), Ok(()));
     }
 
     #[test]
     fn every_violation_is_reported_with_its_path() {
-        let mut errors =
-            validate(&sleep_schema(), &json!({"steps": 0, "extra": true})).unwrap_err();
+        let mut errors = validate(&sleep_schema(), &json!({"steps": 0, "extra": true})).unwrap_err();
         errors.sort();
         assert_eq!(
             errors,
@@ -157,7 +149,8 @@ mod tests {
 
     #[test]
     fn enums_lengths_and_items_are_checked() {
-        let schema = json!({"type": "array", "items": {"type": "string", "minLength": 2, "enum": ["ab", "x"]}});
+        let schema =
+            json!({"type": "array", "items": {"type": "string", "minLength": 2, "enum": ["ab", "x"]}});
         let errors = validate(&schema, &json!(["ab", "x", "zz"])).unwrap_err();
         assert_eq!(
             errors,

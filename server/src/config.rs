@@ -5,11 +5,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 /// `courier [serve|worker] [OPTIONS]`.
 #[derive(Debug, Parser)]
-#[command(
-    name = "courier",
-    version,
-    about = "Courier: async tasks on Redis, pushed live to the browser"
-)]
+#[command(name = "courier", version, about = "Courier: async tasks on Redis, pushed live to the browser")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -30,12 +26,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address the HTTP server listens on (port 0 picks a free one).
-    #[arg(
-        long,
-        env = "COURIER_ADDR",
-        default_value = "127.0.0.1:3000",
-        global = true
-    )]
+    #[arg(long, env = "COURIER_ADDR", default_value = "127.0.0.1:3000", global = true)]
     pub addr: SocketAddr,
 
     /// Redis URL (redis:// or rediss://). Unset: `serve` starts its own redis-server.
@@ -57,6 +48,10 @@ pub struct Config {
     /// How long finished tasks, their payloads and results are kept.
     #[arg(long, env = "COURIER_RETENTION", default_value = "24h", value_parser = parse_duration, global = true)]
     pub retention: Duration,
+
+    /// How long failed tasks stay in the dead letters.
+    #[arg(long, env = "COURIER_DEAD_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
+    pub dead_retention: Duration,
 
     /// Largest accepted payload, e.g. 64MiB.
     #[arg(long, env = "COURIER_MAX_PAYLOAD", default_value = "64MiB", value_parser = parse_size, global = true)]
@@ -83,12 +78,7 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// The built site (wasm, JS, CSS) that cargo-leptos writes.
-    #[arg(
-        long,
-        env = "LEPTOS_SITE_ROOT",
-        default_value = "target/site",
-        global = true
-    )]
+    #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site", global = true)]
     pub site_root: PathBuf,
 }
 
@@ -114,8 +104,7 @@ impl FromStr for RedisUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://")
-        {
+        if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://") {
             Ok(RedisUrl(s.to_string()))
         } else {
             Err("must start with redis://, rediss:// or redis+unix://".into())
@@ -142,13 +131,8 @@ impl fmt::Debug for RedisUrl {
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err("1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.', ':'".into())
-    }
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok { Ok(s.to_string()) } else { Err("1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.', ':'".into()) }
 }
 
 /// Parses `250ms`, `30s`, `5m`, `24h`, `7d`; a bare number is seconds.
@@ -156,9 +140,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 24h"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 24h"))?;
     let ms = match unit.trim() {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1_000),
@@ -166,13 +148,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
         other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{s}`: use ms, s, m, h or d"
-            ));
+            return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m, h or d"));
         }
     };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}` is too long"))
+    ms.map(Duration::from_millis).ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// Parses `1024`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB, as powers of 1000).
@@ -180,9 +159,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -192,13 +169,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{s}`: use B, KiB, MiB or GiB"
-            ));
+            return Err(format!("unknown unit `{other}` in `{s}`: use B, KiB, MiB or GiB"));
         }
     };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(factor).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[cfg(test)]

@@ -20,9 +20,7 @@ impl EmbeddedRedis {
     /// Starts redis-server from PATH with its data in `dir`, and waits until it answers.
     pub async fn start(dir: &Path) -> anyhow::Result<EmbeddedRedis> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let dir = dir
-            .canonicalize()
-            .context("resolving the Redis data directory")?;
+        let dir = dir.canonicalize().context("resolving the Redis data directory")?;
         // A free port can be taken by someone else before redis binds it: try a few.
         let mut last_error = None;
         for _ in 0..5 {
@@ -54,11 +52,7 @@ impl EmbeddedRedis {
                 ),
                 _ => anyhow::Error::new(e).context("starting redis-server"),
             })?;
-        let mut redis = EmbeddedRedis {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-        };
+        let mut redis = EmbeddedRedis { child, port, dir: dir.to_path_buf() };
         redis.wait_until_ready().await?;
         Ok(redis)
     }
@@ -74,18 +68,12 @@ impl EmbeddedRedis {
                 );
             }
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
+                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "redis-server did not answer within 10 s on port {}",
-                    self.port
-                );
+                bail!("redis-server did not answer within 10 s on port {}", self.port);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -115,12 +115,7 @@ impl Events {
         shutdown: CancellationToken,
     ) -> redis::RedisResult<Events> {
         let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
-        let events = Events {
-            conn,
-            keys,
-            fanout,
-            shutdown,
-        };
+        let events = Events { conn, keys, fanout, shutdown };
         // Fix the starting point now: an event appended before the tail's first read still
         // reaches every subscriber that connected after `start` returned.
         let from = events.latest_id().await?;
@@ -137,11 +132,7 @@ impl Events {
             .arg(1)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(latest
-            .ids
-            .first()
-            .map(|e| e.id.clone())
-            .unwrap_or_else(|| "0-0".into()))
+        Ok(latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
     }
 
     async fn tail(self, client: redis::Client, from: String) {
@@ -154,11 +145,7 @@ impl Events {
             let step = async {
                 let conn = match &mut conn {
                     Some(conn) => conn,
-                    None => conn.insert(
-                        client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await?,
-                    ),
+                    None => conn.insert(client.get_multiplexed_async_connection_with_config(&config).await?),
                 };
                 let from = last.clone();
                 let reply: Option<StreamReadReply> = redis::cmd("XREAD")
@@ -171,11 +158,8 @@ impl Events {
                     .arg(&from)
                     .query_async(conn)
                     .await?;
-                let entries: Vec<StreamId> = reply
-                    .into_iter()
-                    .flat_map(|r| r.keys)
-                    .flat_map(|k| k.ids)
-                    .collect();
+                let entries: Vec<StreamId> =
+                    reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
                 redis::RedisResult::Ok((from, entries))
             };
             let step = tokio::select! {
@@ -217,20 +201,12 @@ impl Events {
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(reply
-            .ids
-            .iter()
-            .filter_map(StoredEvent::from_entry)
-            .collect())
+        Ok(reply.ids.iter().filter_map(StoredEvent::from_entry).collect())
     }
 
     /// A task's record together with the stream id current when it was read (one MULTI), so that
     /// following from that id misses nothing and repeats nothing.
-    pub async fn snapshot(
-        &self,
-        task_key: &str,
-        id: Uuid,
-    ) -> redis::RedisResult<Option<StoredEvent>> {
+    pub async fn snapshot(&self, task_key: &str, id: Uuid) -> redis::RedisResult<Option<StoredEvent>> {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("XREVRANGE")
@@ -243,13 +219,8 @@ impl Events {
             .arg(task_key);
         let (latest, fields): (StreamRangeReply, HashMap<String, String>) =
             pipe.query_async(&mut self.conn.clone()).await?;
-        let position = latest
-            .ids
-            .first()
-            .map(|e| e.id.clone())
-            .unwrap_or_else(|| "0-0".into());
-        Ok(TaskRecord::from_fields(id, &fields)
-            .map(|record| StoredEvent::snapshot(&record, position)))
+        let position = latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into());
+        Ok(TaskRecord::from_fields(id, &fields).map(|record| StoredEvent::snapshot(&record, position)))
     }
 
     /// Streams events as `follow` asks, until the receiver is dropped or the process stops.
@@ -343,11 +314,7 @@ mod tests {
     use redis::Value;
 
     fn event_from_fields(id: &str, map: HashMap<String, Value>) -> Option<StoredEvent> {
-        StoredEvent::from_entry(&StreamId {
-            id: id.to_string(),
-            map,
-            ..Default::default()
-        })
+        StoredEvent::from_entry(&StreamId { id: id.to_string(), map, ..Default::default() })
     }
 
     #[test]

@@ -26,10 +26,7 @@ pub struct Input {
 impl Input {
     /// True when the payload was sent as JSON.
     pub fn is_json(&self) -> bool {
-        self.content_type
-            .split(';')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        self.content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
     }
 
     /// The payload parsed as JSON into `T`.
@@ -60,9 +57,7 @@ impl Output {
     /// A JSON result.
     pub fn json(value: &impl serde::Serialize) -> Output {
         Output {
-            bytes: serde_json::to_vec(value)
-                .expect("results are plain data and always serialize")
-                .into(),
+            bytes: serde_json::to_vec(value).expect("results are plain data and always serialize").into(),
             content_type: "application/json".into(),
         }
     }
@@ -79,18 +74,12 @@ pub struct HandlerError {
 impl HandlerError {
     /// A failure worth another attempt (a flaky dependency, a timeout).
     pub fn retryable(message: impl Into<String>) -> HandlerError {
-        HandlerError {
-            message: message.into(),
-            retryable: true,
-        }
+        HandlerError { message: message.into(), retryable: true }
     }
 
     /// A failure no retry can fix (a payload the kind cannot use): straight to the dead letters.
     pub fn fatal(message: impl Into<String>) -> HandlerError {
-        HandlerError {
-            message: message.into(),
-            retryable: false,
-        }
+        HandlerError { message: message.into(), retryable: false }
     }
 }
 
@@ -106,16 +95,8 @@ pub struct Context {
 
 impl Context {
     /// A context whose progress reports go to `progress`.
-    pub fn new(
-        attempt: u32,
-        cancel: CancellationToken,
-        progress: watch::Sender<Option<u8>>,
-    ) -> Context {
-        Context {
-            attempt,
-            cancel,
-            progress: Arc::new(progress),
-        }
+    pub fn new(attempt: u32, cancel: CancellationToken, progress: watch::Sender<Option<u8>>) -> Context {
+        Context { attempt, cancel, progress: Arc::new(progress) }
     }
 
     /// Reports progress (0–100); cheap, and coalesced if reported faster than it is stored.
@@ -138,6 +119,14 @@ pub trait Handler: Send + Sync + 'static {
     fn accepts_raw(&self) -> bool {
         false
     }
+    /// Attempts a task of this kind gets unless the task says otherwise.
+    fn max_attempts(&self) -> Option<u32> {
+        None
+    }
+    /// How long one attempt may run unless the task says otherwise; `None`: no limit.
+    fn timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Attempts the task. Must be safe to run twice: delivery is at least once.
     fn run(&self, input: Input, ctx: Context) -> BoxFuture<'static, Result<Output, HandlerError>>;
 }
@@ -151,9 +140,7 @@ pub struct Registry {
 impl Registry {
     /// Every built-in kind.
     pub fn builtin() -> Registry {
-        let mut registry = Registry {
-            kinds: BTreeMap::new(),
-        };
+        let mut registry = Registry { kinds: BTreeMap::new() };
         registry.add(echo::Echo);
         registry.add(text_stats::TextStats);
         registry.add(csv_summary::CsvSummary);
@@ -201,9 +188,7 @@ pub(crate) mod testing {
             content_type: "application/json".into(),
         };
         let (tx, _rx) = watch::channel(None);
-        handler
-            .run(input, Context::new(attempt, CancellationToken::new(), tx))
-            .await
+        handler.run(input, Context::new(attempt, CancellationToken::new(), tx)).await
     }
 
     pub fn json_of(output: &Output) -> serde_json::Value {
@@ -218,25 +203,13 @@ mod tests {
     #[test]
     fn every_example_passes_its_own_schema() {
         for kind in Registry::builtin().describe() {
-            assert_eq!(
-                app::schema::validate(&kind.schema, &kind.example),
-                Ok(()),
-                "{}",
-                kind.name
-            );
+            assert_eq!(app::schema::validate(&kind.schema, &kind.example), Ok(()), "{}", kind.name);
         }
     }
 
     #[test]
     fn the_five_builtin_kinds_are_registered() {
-        let names: Vec<String> = Registry::builtin()
-            .describe()
-            .into_iter()
-            .map(|k| k.name)
-            .collect();
-        assert_eq!(
-            names,
-            ["csv.summary", "echo", "flaky", "sleep", "text.stats"]
-        );
+        let names: Vec<String> = Registry::builtin().describe().into_iter().map(|k| k.name).collect();
+        assert_eq!(names, ["csv.summary", "echo", "flaky", "sleep", "text.stats"]);
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP edge: the router (UI, REST API, SSE), its shared state, and health checks.
 
 mod api;
+mod dead_letters;
 mod problem;
 mod sse;
 
@@ -10,7 +11,7 @@ use crate::{events::Events, store::Keys, tasks::Tasks};
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, FromRef, State},
-    routing::get,
+    routing::{delete, get, post},
 };
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
@@ -36,14 +37,15 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/tasks", get(api::list).post(api::submit))
         .route("/api/v1/tasks/{id}", get(api::get).delete(api::cancel))
-        .route(
-            "/api/v1/tasks/{id}/status",
-            get(api::status).delete(api::cancel),
-        )
+        .route("/api/v1/tasks/{id}/status", get(api::status).delete(api::cancel))
         .route("/api/v1/tasks/{id}/result", get(api::result))
         .route("/api/v1/tasks/{id}/events", get(sse::task_events))
         .route("/api/v1/events", get(sse::all_events))
         .route("/api/v1/kinds", get(api::kinds))
+        .route("/api/v1/dead-letters", get(dead_letters::list))
+        .route("/api/v1/dead-letters/requeue", post(dead_letters::requeue_all))
+        .route("/api/v1/dead-letters/{id}", delete(dead_letters::delete))
+        .route("/api/v1/dead-letters/{id}/requeue", post(dead_letters::requeue))
         .route("/api/{*rest}", axum::routing::any(api::no_such_endpoint))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -54,16 +56,13 @@ pub fn router(state: AppState) -> Router {
         let options = leptos_options.clone();
         move || app::shell(options.clone())
     })
-    .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
-        app::shell,
-    ))
+    .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
     .with_state(state)
 }
 
 /// Parses a task id from a path or query, as a problem if malformed.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::not_found(format!("`{id}` is not a task id")))
+    id.parse().map_err(|_| ApiError::not_found(format!("`{id}` is not a task id")))
 }
 
 /// `GET /healthz`: the process is up.
@@ -72,20 +71,15 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: Redis answers within a second.
-async fn readyz(
-    State(mut redis): State<ConnectionManager>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let ping = tokio::time::timeout(
-        Duration::from_secs(1),
-        redis::cmd("PING").query_async::<String>(&mut redis),
-    )
-    .await;
+async fn readyz(State(mut redis): State<ConnectionManager>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ping =
+        tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut redis))
+            .await;
     match ping {
         Ok(Ok(_)) => Ok(Json(serde_json::json!({"status": "ok", "redis": "ok"}))),
         Ok(Err(e)) => Err(ApiError::unavailable(&e)),
-        Err(_) => Err(ApiError::unavailable(&redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "PING timed out",
-        )))),
+        Err(_) => {
+            Err(ApiError::unavailable(&redis::RedisError::from((redis::ErrorKind::Io, "PING timed out"))))
+        }
     }
 }

@@ -50,23 +50,18 @@ impl Server {
             Some(url) => (url.expose().to_string(), None),
             None if role == Command::Serve => {
                 let dir = config.data_dir.join("redis");
-                let redis = EmbeddedRedis::start(&dir)
-                    .await
-                    .context("starting the embedded redis-server")?;
+                let redis = EmbeddedRedis::start(&dir).await.context("starting the embedded redis-server")?;
                 info!(redis.port = redis.port(), redis.dir = %dir.display(), "started an embedded redis-server (set COURIER_REDIS_URL to use your own)");
                 (redis.url(), Some(redis))
             }
-            None => anyhow::bail!(
-                "`courier worker` needs a Redis: set COURIER_REDIS_URL or --redis-url"
-            ),
+            None => anyhow::bail!("`courier worker` needs a Redis: set COURIER_REDIS_URL or --redis-url"),
         };
         let client = redis::Client::open(url).context("parsing the Redis URL")?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_connection_timeout(Some(Duration::from_secs(2)));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .with_context(|| {
+        let conn =
+            ConnectionManager::new_with_config(client.clone(), manager_config).await.with_context(|| {
                 format!(
                     "connecting to Redis at {}",
                     config
@@ -80,28 +75,22 @@ impl Server {
         let settings = QueueSettings {
             lease: config.lease,
             retention: config.retention,
+            dead_retention: config.dead_retention,
             events_maxlen: EVENTS_MAXLEN,
         };
         let queue = Queue::new(client.clone(), conn.clone(), keys.clone(), settings);
-        queue
-            .ensure_group()
-            .await
-            .context("creating the queue's consumer group")?;
+        queue.ensure_group().await.context("creating the queue's consumer group")?;
         let store = Store::new(conn.clone(), keys.clone());
         let registry = Registry::builtin();
         let shutdown = CancellationToken::new();
 
         let runner = (config.concurrency > 0).then(|| {
-            let retry = RetryPolicy {
-                base: config.retry_base,
-                cap: config.retry_cap,
-            };
+            let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
             Runner::new(queue.clone(), store.clone(), registry.clone(), retry)
         });
         let (listener, router) = if role == Command::Serve {
-            let listener = TcpListener::bind(config.addr)
-                .await
-                .with_context(|| format!("binding {}", config.addr))?;
+            let listener =
+                TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
             let events = Events::start(client, conn.clone(), keys.clone(), shutdown.clone())
                 .await
                 .context("reading the event stream")?;
@@ -118,22 +107,12 @@ impl Server {
         } else {
             (None, None)
         };
-        Ok(Server {
-            listener,
-            router,
-            runner,
-            config,
-            redis,
-            shutdown,
-        })
+        Ok(Server { listener, router, runner, config, redis, shutdown })
     }
 
     /// The bound HTTP port; `None` for a worker-only process.
     pub fn port(&self) -> Option<u16> {
-        self.listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.port())
+        self.listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
     }
 
     /// A token that stops the process gracefully when cancelled (as SIGTERM does).
@@ -144,18 +123,10 @@ impl Server {
     /// Serves and works until SIGINT, SIGTERM or the shutdown token; then stops taking work,
     /// lets in-flight tasks finish within the grace period, and stops the embedded Redis.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Server {
-            listener,
-            router,
-            runner,
-            config,
-            redis,
-            shutdown,
-        } = self;
+        let Server { listener, router, runner, config, redis, shutdown } = self;
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let workers = runner.map(|runner| {
-            tokio::spawn(runner.run(config.concurrency, shutdown.clone(), config.grace))
-        });
+        let workers =
+            runner.map(|runner| tokio::spawn(runner.run(config.concurrency, shutdown.clone(), config.grace)));
         if let (Some(listener), Some(router)) = (listener, router) {
             info!(addr = %listener.local_addr()?, "serving the UI and the API");
             let stop = shutdown.clone();
@@ -171,10 +142,7 @@ impl Server {
             workers.await.context("the worker task panicked")??;
         }
         if let Some(redis) = redis {
-            redis
-                .stop()
-                .await
-                .context("stopping the embedded redis-server")?;
+            redis.stop().await.context("stopping the embedded redis-server")?;
             info!("stopped the embedded redis-server");
         }
         Ok(())

@@ -49,6 +49,8 @@ pub struct QueueSettings {
     pub lease: Duration,
     /// How long finished records, payloads and results are kept.
     pub retention: Duration,
+    /// How long dead letters (failed tasks) are kept.
+    pub dead_retention: Duration,
     /// The approximate cap of the events stream.
     pub events_maxlen: usize,
 }
@@ -60,6 +62,8 @@ struct Scripts {
     finish: Script,
     cancel: Script,
     promote: Script,
+    requeue: Script,
+    purge: Script,
 }
 
 impl Scripts {
@@ -71,6 +75,8 @@ impl Scripts {
             finish: Script::new(include_str!("queue/finish.lua")),
             cancel: Script::new(include_str!("queue/cancel.lua")),
             promote: Script::new(include_str!("queue/promote.lua")),
+            requeue: Script::new(include_str!("queue/requeue.lua")),
+            purge: Script::new(include_str!("queue/purge.lua")),
         }
     }
 }
@@ -103,8 +109,39 @@ pub struct NewTask {
 pub enum Outcome {
     Succeeded { bytes: Bytes, content_type: String },
     Retry { error: String, after: Duration },
-    Failed { error: String },
+    Failed { error: String, reason: DeadReason },
     Cancelled,
+}
+
+/// Why a task ended in the dead letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadReason {
+    /// Every attempt failed with a retryable error.
+    AttemptsExhausted,
+    /// The handler said no retry could help.
+    NonRetryable,
+    /// The last attempt ran out of time.
+    Timeout,
+    /// Every attempt's worker stopped before finishing (crash, kill, lost lease).
+    WorkersLost,
+    /// No worker knows the kind.
+    UnknownKind,
+    /// The payload expired before the task ran.
+    PayloadExpired,
+}
+
+impl DeadReason {
+    /// The wire name, as stored and served.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::AttemptsExhausted => "attempts_exhausted",
+            DeadReason::NonRetryable => "non_retryable",
+            DeadReason::Timeout => "timeout",
+            DeadReason::WorkersLost => "workers_lost",
+            DeadReason::UnknownKind => "unknown_kind",
+            DeadReason::PayloadExpired => "payload_expired",
+        }
+    }
 }
 
 /// What renewing a lease found.
@@ -144,19 +181,8 @@ pub struct Lease {
 
 impl Queue {
     /// Opens the queue whose keys are `keys` on the Redis behind `client`.
-    pub fn new(
-        client: redis::Client,
-        conn: ConnectionManager,
-        keys: Keys,
-        settings: QueueSettings,
-    ) -> Queue {
-        Queue {
-            conn,
-            client,
-            keys,
-            settings: Arc::new(settings),
-            scripts: Arc::new(Scripts::load()),
-        }
+    pub fn new(client: redis::Client, conn: ConnectionManager, keys: Keys, settings: QueueSettings) -> Queue {
+        Queue { conn, client, keys, settings: Arc::new(settings), scripts: Arc::new(Scripts::load()) }
     }
 
     /// The key names of this queue.
@@ -190,11 +216,7 @@ impl Queue {
         let now = task.created_ms;
         let retention_ms = self.settings.retention.as_millis() as u64;
         let id = task.id.to_string();
-        let status = if task.delay_ms.is_some() {
-            "scheduled"
-        } else {
-            "queued"
-        };
+        let status = if task.delay_ms.is_some() { "scheduled" } else { "queued" };
         let task_key = self.keys.task(&task.id);
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -215,21 +237,11 @@ impl Queue {
                 ("updated", &now.to_string()),
                 ("payload_bytes", &task.payload.len().to_string()),
                 ("payload_type", &task.payload_type),
-                (
-                    "timeout_ms",
-                    &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
-                ),
+                ("timeout_ms", &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default()),
             ])
             .ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&task_key)
-            .arg(retention_ms)
-            .ignore();
-        pipe.cmd("ZADD")
-            .arg(self.keys.index())
-            .arg(0)
-            .arg(&id)
-            .ignore();
+        pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();
+        pipe.cmd("ZADD").arg(self.keys.index()).arg(0).arg(&id).ignore();
         // Drop index entries older than the retention; ids are UUIDv7, so they sort by time.
         let oldest = now.saturating_sub(retention_ms);
         pipe.cmd("ZREMRANGEBYLEX")
@@ -239,19 +251,10 @@ impl Queue {
             .ignore();
         match task.delay_ms {
             Some(delay) => {
-                pipe.cmd("ZADD")
-                    .arg(self.keys.delayed())
-                    .arg(now + delay)
-                    .arg(&id)
-                    .ignore();
+                pipe.cmd("ZADD").arg(self.keys.delayed()).arg(now + delay).arg(&id).ignore();
             }
             None => {
-                pipe.cmd("XADD")
-                    .arg(self.keys.ready())
-                    .arg("*")
-                    .arg("task")
-                    .arg(&id)
-                    .ignore();
+                pipe.cmd("XADD").arg(self.keys.ready()).arg("*").arg("task").arg(&id).ignore();
             }
         }
         pipe.cmd("XADD")
@@ -280,26 +283,13 @@ impl Queue {
         consumer: &Arc<str>,
         slot: OwnedSemaphorePermit,
     ) -> redis::RedisResult<Option<Lease>> {
-        let Some(task_id) = entry
-            .get::<String>("task")
-            .and_then(|s| s.parse::<Uuid>().ok())
-        else {
+        let Some(task_id) = entry.get::<String>("task").and_then(|s| s.parse::<Uuid>().ok()) else {
             // Not ours to interpret: drop it so it does not come back forever.
             warn!(entry.id = %entry.id, "dropping a ready entry without a task id");
             let mut pipe = redis::pipe();
-            pipe.cmd("XACK")
-                .arg(self.keys.ready())
-                .arg(GROUP)
-                .arg(&entry.id)
-                .ignore();
-            pipe.cmd("XDEL")
-                .arg(self.keys.ready())
-                .arg(&entry.id)
-                .ignore();
-            return pipe
-                .query_async(&mut self.conn.clone())
-                .await
-                .map(|()| None);
+            pipe.cmd("XACK").arg(self.keys.ready()).arg(GROUP).arg(&entry.id).ignore();
+            pipe.cmd("XDEL").arg(self.keys.ready()).arg(&entry.id).ignore();
+            return pipe.query_async(&mut self.conn.clone()).await.map(|()| None);
         };
         let token = Uuid::now_v7().to_string();
         let reply: Option<(u32, String, String, String, String)> = self
@@ -316,24 +306,18 @@ impl Queue {
             .arg(self.settings.events_maxlen)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(reply.map(
-            |(attempt, kind, max_attempts, timeout_ms, payload_type)| Lease {
-                task_id,
-                kind,
-                attempt,
-                max_attempts: max_attempts.parse().unwrap_or(1),
-                timeout_ms: timeout_ms.parse().ok(),
-                payload_type: if payload_type.is_empty() {
-                    "application/json".into()
-                } else {
-                    payload_type
-                },
-                entry_id: entry.id.clone(),
-                token,
-                consumer: consumer.clone(),
-                _slot: slot,
-            },
-        ))
+        Ok(reply.map(|(attempt, kind, max_attempts, timeout_ms, payload_type)| Lease {
+            task_id,
+            kind,
+            attempt,
+            max_attempts: max_attempts.parse().unwrap_or(1),
+            timeout_ms: timeout_ms.parse().ok(),
+            payload_type: if payload_type.is_empty() { "application/json".into() } else { payload_type },
+            entry_id: entry.id.clone(),
+            token,
+            consumer: consumer.clone(),
+            _slot: slot,
+        }))
     }
 
     /// Renews `lease`, and tells whether it is still held and whether cancellation was asked.
@@ -376,19 +360,18 @@ impl Queue {
     /// Ends the attempt held by `lease`; `false` (and no change) if the lease was lost.
     pub async fn finish(&self, lease: &Lease, outcome: Outcome) -> redis::RedisResult<bool> {
         let now = now_ms();
+        let mut reason = "";
         let (status, error, result_type, due, bytes) = match outcome {
-            Outcome::Succeeded {
-                bytes,
-                content_type,
-            } => ("succeeded", String::new(), content_type, 0, bytes),
-            Outcome::Retry { error, after } => (
-                "retrying",
-                error,
-                String::new(),
-                now + after.as_millis() as u64,
-                Bytes::new(),
-            ),
-            Outcome::Failed { error } => ("failed", error, String::new(), 0, Bytes::new()),
+            Outcome::Succeeded { bytes, content_type } => {
+                ("succeeded", String::new(), content_type, 0, bytes)
+            }
+            Outcome::Retry { error, after } => {
+                ("retrying", error, String::new(), now + after.as_millis() as u64, Bytes::new())
+            }
+            Outcome::Failed { error, reason: why } => {
+                reason = why.as_str();
+                ("failed", error, String::new(), 0, Bytes::new())
+            }
             Outcome::Cancelled => ("cancelled", String::new(), String::new(), 0, Bytes::new()),
         };
         let applied: i64 = self
@@ -413,6 +396,8 @@ impl Queue {
             .arg(result_type)
             .arg(due)
             .arg(bytes.as_ref())
+            .arg(reason)
+            .arg(self.settings.dead_retention.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(applied == 1)
@@ -438,12 +423,46 @@ impl Queue {
             "cancelled" => CancelOutcome::Cancelled,
             "cancelling" => CancelOutcome::Cancelling,
             other => {
-                let status = other
-                    .strip_prefix("finished:")
-                    .and_then(app::model::Status::parse);
+                let status = other.strip_prefix("finished:").and_then(app::model::Status::parse);
                 CancelOutcome::AlreadyFinished(status.unwrap_or(app::model::Status::Succeeded))
             }
         })
+    }
+
+    /// Takes a dead letter out of the dead-letter set and queues it again with its attempts
+    /// reset; `false` if it is not a dead letter.
+    pub async fn requeue(&self, id: &Uuid) -> redis::RedisResult<bool> {
+        let requeued: i64 = self
+            .scripts
+            .requeue
+            .key(self.keys.task(id))
+            .key(self.keys.dead())
+            .key(self.keys.ready())
+            .key(self.keys.events())
+            .key(self.keys.payload(id))
+            .arg(now_ms())
+            .arg(id.to_string())
+            .arg(self.settings.events_maxlen)
+            .arg(self.settings.retention.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(requeued == 1)
+    }
+
+    /// Deletes a dead letter with its payload; `false` if it is not a dead letter.
+    pub async fn purge(&self, id: &Uuid) -> redis::RedisResult<bool> {
+        let purged: i64 = self
+            .scripts
+            .purge
+            .key(self.keys.task(id))
+            .key(self.keys.dead())
+            .key(self.keys.payload(id))
+            .key(self.keys.result(id))
+            .key(self.keys.index())
+            .arg(id.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(purged == 1)
     }
 
     /// Moves delayed tasks that are due onto the ready stream; returns how many moved.
@@ -461,10 +480,7 @@ impl Queue {
     /// Ready entries not yet handed to any worker, plus delayed ones.
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         let mut pipe = redis::pipe();
-        pipe.cmd("XLEN")
-            .arg(self.keys.ready())
-            .cmd("ZCARD")
-            .arg(self.keys.delayed());
+        pipe.cmd("XLEN").arg(self.keys.ready()).cmd("ZCARD").arg(self.keys.delayed());
         let (ready, delayed): (u64, u64) = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(ready + delayed)
     }
@@ -475,10 +491,7 @@ impl Queue {
         let (tx, rx) = mpsc::channel(concurrency.max(1));
         let slots = Arc::new(Semaphore::new(concurrency));
         let consumer: Arc<str> = format!("worker-{}", Uuid::now_v7()).into();
-        tokio::spawn(
-            self.clone()
-                .fetch_loop(consumer, slots, tx, shutdown.clone()),
-        );
+        tokio::spawn(self.clone().fetch_loop(consumer, slots, tx, shutdown.clone()));
         tokio::spawn(self.clone().promote_loop(shutdown));
         RedisBackend { rx, next: None }
     }
@@ -486,9 +499,7 @@ impl Queue {
     async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
         // Blocking reads wait longer than any response timeout would allow.
         let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+        self.client.get_multiplexed_async_connection_with_config(&config).await
     }
 
     async fn fetch_loop(
@@ -585,10 +596,7 @@ impl Queue {
                 .query_async(conn)
                 .await?;
             if !reply.claimed.is_empty() {
-                debug!(
-                    count = reply.claimed.len(),
-                    "took over tasks whose lease expired"
-                );
+                debug!(count = reply.claimed.len(), "took over tasks whose lease expired");
                 return Ok(reply.claimed);
             }
         }
@@ -605,11 +613,7 @@ impl Queue {
             .arg(">")
             .query_async(conn)
             .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .collect())
+        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
     }
 
     async fn promote_loop(self, shutdown: CancellationToken) {
@@ -668,11 +672,7 @@ impl Backend for RedisBackend {
     type Task = Task<Lease>;
     type Error = BackendStopped;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut Context<'_>,
-        _worker: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
         if self.next.is_none() {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(lease) => self.next = lease,

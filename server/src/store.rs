@@ -31,9 +31,7 @@ pub struct Keys {
 impl Keys {
     /// Keys of `queue` under `prefix`.
     pub fn new(prefix: &str, queue: &str) -> Keys {
-        Keys {
-            base: format!("{prefix}:{{{queue}}}").into(),
-        }
+        Keys { base: format!("{prefix}:{{{queue}}}").into() }
     }
 
     pub fn task(&self, id: &Uuid) -> String {
@@ -82,10 +80,7 @@ pub fn rfc3339(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
 }
 
@@ -106,6 +101,8 @@ pub struct TaskRecord {
     pub payload_type: String,
     pub result_type: Option<String>,
     pub error: Option<String>,
+    pub next_run_ms: Option<u64>,
+    pub dead_reason: Option<String>,
 }
 
 impl TaskRecord {
@@ -125,11 +122,11 @@ impl TaskRecord {
             started_ms: number("started"),
             finished_ms: number("finished"),
             payload_bytes: number("payload_bytes").unwrap_or(0),
-            payload_type: text("payload_type")
-                .cloned()
-                .unwrap_or_else(|| "application/json".into()),
+            payload_type: text("payload_type").cloned().unwrap_or_else(|| "application/json".into()),
             result_type: text("result_type").cloned(),
             error: text("error").cloned(),
+            next_run_ms: number("next_run"),
+            dead_reason: text("dead_reason").cloned(),
         })
     }
 
@@ -150,6 +147,7 @@ impl TaskRecord {
             error: self.error.clone(),
             result_url: (self.status == Status::Succeeded)
                 .then(|| format!("/api/v1/tasks/{}/result", self.id)),
+            next_run_at: self.next_run_ms.filter(|_| self.status == Status::Retrying).map(rfc3339),
         }
     }
 }
@@ -195,11 +193,71 @@ impl Store {
         let bytes: Option<Vec<u8>> = self.conn.clone().get(self.keys.result(&record.id)).await?;
         Ok(bytes.map(|bytes| StoredResult {
             bytes,
-            content_type: record
-                .result_type
-                .clone()
-                .unwrap_or_else(|| "application/octet-stream".into()),
+            content_type: record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
         }))
+    }
+
+    /// Up to `limit` dead letters with the time they failed, most recent first, after `cursor`
+    /// (the `(failed ms, id)` of the last one of the previous page).
+    pub async fn dead_letters(
+        &self,
+        cursor: Option<(u64, Uuid)>,
+        limit: usize,
+    ) -> redis::RedisResult<(Vec<(TaskRecord, u64)>, Option<(u64, Uuid)>)> {
+        let mut conn = self.conn.clone();
+        let max = cursor.map(|(ms, _)| ms.to_string()).unwrap_or_else(|| "+inf".into());
+        // Equal scores come in descending id order; fetch extra to step past the cursor's ties.
+        let entries: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(self.keys.dead())
+            .arg(&max)
+            .arg("-inf")
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit + 64)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        let entries: Vec<(Uuid, u64)> = entries
+            .into_iter()
+            .filter_map(|(id, ms)| Some((id.parse().ok()?, ms)))
+            .filter(|&(id, ms)| cursor.is_none_or(|(c_ms, c_id)| ms < c_ms || id < c_id))
+            .take(limit + 1)
+            .collect();
+        if entries.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &entries {
+            pipe.hgetall(self.keys.task(id));
+        }
+        let fields: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let mut found: Vec<(TaskRecord, u64)> = entries
+            .iter()
+            .zip(fields)
+            .filter_map(|(&(id, ms), fields)| Some((TaskRecord::from_fields(id, &fields)?, ms)))
+            .collect();
+        let next = (found.len() > limit).then(|| {
+            found.truncate(limit);
+            found.last().map(|(r, ms)| (*ms, r.id))
+        });
+        Ok((found, next.flatten()))
+    }
+
+    /// Ids of every dead letter that failed up to `until_ms`, oldest first, at most `limit`.
+    pub async fn dead_letter_ids(&self, until_ms: u64, limit: usize) -> redis::RedisResult<Vec<Uuid>> {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.dead())
+            .arg("-inf")
+            .arg(until_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
     /// Up to `limit` records, newest first, strictly older than `before` when given, that pass
@@ -215,9 +273,7 @@ impl Store {
         const MAX_SCANNED: usize = 20_000;
         let mut conn = self.conn.clone();
         let mut found = Vec::new();
-        let mut upper = before
-            .map(|id| format!("({id}"))
-            .unwrap_or_else(|| "+".into());
+        let mut upper = before.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
         let mut scanned = 0;
         loop {
             let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
@@ -264,13 +320,7 @@ mod tests {
     fn every_key_of_a_queue_shares_its_hash_tag() {
         let keys = Keys::new("courier", "default");
         let id = Uuid::now_v7();
-        for key in [
-            keys.task(&id),
-            keys.payload(&id),
-            keys.result(&id),
-            keys.ready(),
-            keys.events(),
-        ] {
+        for key in [keys.task(&id), keys.payload(&id), keys.result(&id), keys.ready(), keys.events()] {
             assert!(key.starts_with("courier:{default}:"), "{key}");
         }
     }

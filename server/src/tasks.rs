@@ -102,12 +102,7 @@ pub struct Tasks {
 impl Tasks {
     /// The service over `queue` and `store`, accepting the kinds in `registry`.
     pub fn new(queue: Queue, store: Store, registry: Registry, default_max_attempts: u32) -> Tasks {
-        Tasks {
-            queue,
-            store,
-            registry,
-            default_max_attempts,
-        }
+        Tasks { queue, store, registry, default_max_attempts }
     }
 
     /// Every kind, with its description and payload schema.
@@ -117,40 +112,27 @@ impl Tasks {
 
     /// Validates and enqueues a task; on any error nothing is stored.
     pub async fn submit(&self, submission: Submission) -> Result<TaskRecord, SubmitError> {
-        let Submission {
-            kind,
-            payload,
-            options,
-        } = submission;
-        let handler = self
-            .registry
-            .get(&kind)
-            .ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
-        let max_attempts = options.max_attempts.unwrap_or(self.default_max_attempts);
+        let Submission { kind, payload, options } = submission;
+        let handler = self.registry.get(&kind).ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
+        let max_attempts =
+            options.max_attempts.or(handler.max_attempts()).unwrap_or(self.default_max_attempts);
         validate_options(&options, max_attempts)?;
+        let timeout_ms = options.timeout_ms.or(handler.timeout().map(|t| t.as_millis() as u64));
         let (bytes, payload_type) = match payload {
             Payload::Json(value) => {
                 check_schema(&kind, &handler.schema(), &value)?;
                 (
-                    Bytes::from(
-                        serde_json::to_vec(&value).expect("a parsed JSON value serializes"),
-                    ),
+                    Bytes::from(serde_json::to_vec(&value).expect("a parsed JSON value serializes")),
                     "application/json".to_string(),
                 )
             }
-            Payload::Raw {
-                bytes,
-                content_type,
-            } if is_json(&content_type) => {
-                let value: serde_json::Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| SubmitError::MalformedJson(e.to_string()))?;
+            Payload::Raw { bytes, content_type } if is_json(&content_type) => {
+                let value: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| SubmitError::MalformedJson(e.to_string()))?;
                 check_schema(&kind, &handler.schema(), &value)?;
                 (bytes, "application/json".to_string())
             }
-            Payload::Raw {
-                bytes,
-                content_type,
-            } => {
+            Payload::Raw { bytes, content_type } => {
                 if !handler.accepts_raw() {
                     return Err(SubmitError::Unsupported(format!(
                         "`{kind}` takes a JSON payload (Content-Type: application/json)"
@@ -166,7 +148,7 @@ impl Tasks {
             payload: bytes,
             payload_type,
             max_attempts,
-            timeout_ms: options.timeout_ms,
+            timeout_ms,
             delay_ms: options.delay_ms.filter(|&d| d > 0),
         };
         self.queue.enqueue(&task).await?;
@@ -184,10 +166,7 @@ impl Tasks {
     }
 
     /// Tasks newest first, filtered, one page at a time.
-    pub async fn list(
-        &self,
-        query: &ListQuery,
-    ) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
+    pub async fn list(&self, query: &ListQuery) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
         self.store
             .list(query.cursor, query.limit, |r| {
                 query.status.is_none_or(|s| r.status == s)
@@ -206,6 +185,52 @@ impl Tasks {
         }
     }
 
+    /// Dead letters, most recent failure first, one page at a time.
+    pub async fn dead_letters(
+        &self,
+        cursor: Option<(u64, Uuid)>,
+        limit: usize,
+    ) -> redis::RedisResult<(Vec<(TaskRecord, u64)>, Option<(u64, Uuid)>)> {
+        self.store.dead_letters(cursor, limit).await
+    }
+
+    /// Queues a dead letter again with its attempts reset; `false` if it is not a dead letter.
+    pub async fn requeue(&self, id: &Uuid) -> redis::RedisResult<bool> {
+        self.queue.requeue(id).await
+    }
+
+    /// Queues again every dead letter there is now (optionally of one kind); returns how many.
+    pub async fn requeue_all(&self, kind: Option<&str>) -> redis::RedisResult<usize> {
+        const BATCH: usize = 500;
+        let until = crate::store::now_ms();
+        let mut requeued = 0;
+        let mut skipped = 0;
+        loop {
+            // Skipped ones (another kind) stay in the set, so page past them.
+            let ids = self.store.dead_letter_ids(until, skipped + BATCH).await?;
+            let batch: Vec<Uuid> = ids.into_iter().skip(skipped).collect();
+            if batch.is_empty() {
+                return Ok(requeued);
+            }
+            for id in &batch {
+                let wanted = match kind {
+                    None => true,
+                    Some(kind) => self.store.get(id).await?.is_some_and(|r| r.kind == kind),
+                };
+                if wanted && self.queue.requeue(id).await? {
+                    requeued += 1;
+                } else if !wanted {
+                    skipped += 1;
+                }
+            }
+        }
+    }
+
+    /// Deletes a dead letter with its payload; `false` if it is not a dead letter.
+    pub async fn purge(&self, id: &Uuid) -> redis::RedisResult<bool> {
+        self.queue.purge(id).await
+    }
+
     /// How many tasks wait to run (ready and delayed).
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         self.queue.depth().await
@@ -213,10 +238,7 @@ impl Tasks {
 }
 
 fn is_json(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn check_schema(
@@ -224,10 +246,8 @@ fn check_schema(
     schema: &serde_json::Value,
     value: &serde_json::Value,
 ) -> Result<(), SubmitError> {
-    app::schema::validate(schema, value).map_err(|errors| SubmitError::InvalidPayload {
-        kind: kind.to_string(),
-        errors,
-    })
+    app::schema::validate(schema, value)
+        .map_err(|errors| SubmitError::InvalidPayload { kind: kind.to_string(), errors })
 }
 
 fn validate_options(options: &Options, max_attempts: u32) -> Result<(), SubmitError> {
@@ -238,24 +258,15 @@ fn validate_options(options: &Options, max_attempts: u32) -> Result<(), SubmitEr
     if options.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
         return invalid(format!("delay_ms must be at most {MAX_DELAY_MS} (30 days)"));
     }
-    if options
-        .timeout_ms
-        .is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS)
-    {
-        return invalid(format!(
-            "timeout_ms must be between 1 and {MAX_TIMEOUT_MS} (24 hours)"
-        ));
+    if options.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
+        return invalid(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS} (24 hours)"));
     }
     // Refused rather than silently ignored until the queue orders by them.
     if options.priority.is_some_and(|p| p != Priority::Normal) {
-        return Err(SubmitError::Unsupported(
-            "priorities other than `normal` are not available yet".into(),
-        ));
+        return Err(SubmitError::Unsupported("priorities other than `normal` are not available yet".into()));
     }
     if options.session.is_some() {
-        return Err(SubmitError::Unsupported(
-            "ordered sessions are not available yet".into(),
-        ));
+        return Err(SubmitError::Unsupported("ordered sessions are not available yet".into()));
     }
     Ok(())
 }
@@ -266,11 +277,7 @@ fn record_of(task: &NewTask) -> TaskRecord {
     TaskRecord {
         id: task.id,
         kind: task.kind.clone(),
-        status: if task.delay_ms.is_some() {
-            Status::Scheduled
-        } else {
-            Status::Queued
-        },
+        status: if task.delay_ms.is_some() { Status::Scheduled } else { Status::Queued },
         attempts: 0,
         max_attempts: task.max_attempts,
         progress: None,
@@ -282,5 +289,7 @@ fn record_of(task: &NewTask) -> TaskRecord {
         payload_type: task.payload_type.clone(),
         result_type: None,
         error: None,
+        next_run_ms: None,
+        dead_reason: None,
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::{
     handlers::{Context, HandlerError, Input, Output, Registry},
-    queue::{Lease, Outcome, Queue, Renewal},
+    queue::{DeadReason, Lease, Outcome, Queue, Renewal},
     store::Store,
 };
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
@@ -22,9 +22,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The pause before the attempt after `attempt` (1-based); `jitter` in [0, 1).
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let exponential = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exponential = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         exponential.min(self.cap).mul_f64(0.9 + 0.2 * jitter)
     }
 }
@@ -41,13 +39,7 @@ pub struct Runner {
 impl Runner {
     /// A runner over `queue`, running the kinds in `registry`.
     pub fn new(queue: Queue, store: Store, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
-        Arc::new(Runner {
-            queue,
-            store,
-            registry,
-            retry,
-            in_flight: TaskTracker::new(),
-        })
+        Arc::new(Runner { queue, store, registry, retry, in_flight: TaskTracker::new() })
     }
 
     /// Runs workers with up to `concurrency` attempts at once until `shutdown` fires, then lets
@@ -74,10 +66,7 @@ impl Runner {
             })
             .await?;
         self.in_flight.close();
-        if tokio::time::timeout(grace, self.in_flight.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.in_flight.wait()).await.is_err() {
             warn!(
                 grace_ms = grace.as_millis() as u64,
                 "attempts still running after the grace period; their leases will expire and other workers will take them over"
@@ -94,24 +83,19 @@ impl Runner {
                 "gave up after {} attempts whose workers stopped before finishing",
                 lease.max_attempts
             );
-            self.record(&lease, Outcome::Failed { error }).await;
+            self.record(&lease, Outcome::Failed { error, reason: DeadReason::WorkersLost }).await;
             return;
         }
         let Some(handler) = self.registry.get(&lease.kind).cloned() else {
             let error = format!("no worker here knows the kind `{}`", lease.kind);
-            self.record(&lease, Outcome::Failed { error }).await;
+            self.record(&lease, Outcome::Failed { error, reason: DeadReason::UnknownKind }).await;
             return;
         };
         let bytes = match self.store.payload(&lease.task_id).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
-                self.record(
-                    &lease,
-                    Outcome::Failed {
-                        error: "the payload expired before the task ran".into(),
-                    },
-                )
-                .await;
+                let error = "the payload expired before the task ran".to_string();
+                self.record(&lease, Outcome::Failed { error, reason: DeadReason::PayloadExpired }).await;
                 return;
             }
             Err(e) => {
@@ -120,10 +104,7 @@ impl Runner {
                 return;
             }
         };
-        let input = Input {
-            bytes: bytes.into(),
-            content_type: lease.payload_type.clone(),
-        };
+        let input = Input { bytes: bytes.into(), content_type: lease.payload_type.clone() };
         let cancel = CancellationToken::new();
         let (progress_tx, progress_rx) = watch::channel(None);
         let ctx = Context::new(lease.attempt, cancel.clone(), progress_tx);
@@ -138,20 +119,20 @@ impl Runner {
 
         let started = std::time::Instant::now();
         let run = tokio::spawn(async move { handler.run(input, ctx).await });
+        let mut timed_out = false;
         let result = match lease.timeout_ms {
             Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), run).await {
                 Ok(joined) => joined,
                 Err(_) => {
                     cancel.cancel();
-                    Ok(Err(HandlerError::retryable(format!(
-                        "timed out after {ms} ms"
-                    ))))
+                    timed_out = true;
+                    Ok(Err(HandlerError::retryable(format!("timed out after {ms} ms"))))
                 }
             },
             None => run.await,
         };
-        let result = result
-            .unwrap_or_else(|e| Err(HandlerError::retryable(format!("the handler crashed: {e}"))));
+        let result =
+            result.unwrap_or_else(|e| Err(HandlerError::retryable(format!("the handler crashed: {e}"))));
         done.cancel();
         let Ok(state) = keeper.await else {
             return;
@@ -159,39 +140,29 @@ impl Runner {
         let duration_ms = started.elapsed().as_millis() as u64;
         let outcome = match result {
             _ if state == Renewal::Lost => {
-                warn!(
-                    duration_ms,
-                    "lost the lease while running; the new holder decides the outcome"
-                );
+                warn!(duration_ms, "lost the lease while running; the new holder decides the outcome");
                 return;
             }
             _ if state == Renewal::CancelRequested => Outcome::Cancelled,
-            Ok(Output {
-                bytes,
-                content_type,
-            }) => Outcome::Succeeded {
-                bytes,
-                content_type,
-            },
+            Ok(Output { bytes, content_type }) => Outcome::Succeeded { bytes, content_type },
             Err(e) if e.retryable && lease.attempt < lease.max_attempts => {
                 let after = self.retry.delay(lease.attempt, jitter());
                 info!(duration_ms, error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
-                Outcome::Retry {
-                    error: e.message,
-                    after,
-                }
+                Outcome::Retry { error: e.message, after }
             }
             Err(e) => {
                 info!(duration_ms, error = %e, "task failed");
+                let reason = match () {
+                    _ if timed_out => DeadReason::Timeout,
+                    _ if e.retryable => DeadReason::AttemptsExhausted,
+                    _ => DeadReason::NonRetryable,
+                };
                 let error = if e.retryable {
-                    format!(
-                        "{} (attempt {} of {})",
-                        e.message, lease.attempt, lease.max_attempts
-                    )
+                    format!("{} (attempt {} of {})", e.message, lease.attempt, lease.max_attempts)
                 } else {
                     e.message
                 };
-                Outcome::Failed { error }
+                Outcome::Failed { error, reason }
             }
         };
         self.record(&lease, outcome).await;
@@ -282,10 +253,7 @@ mod tests {
 
     #[test]
     fn retry_delays_double_up_to_the_cap_within_ten_percent() {
-        let policy = RetryPolicy {
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(10),
-        };
+        let policy = RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(10) };
         assert_eq!(policy.delay(1, 0.5), Duration::from_secs(1));
         assert_eq!(policy.delay(3, 0.5), Duration::from_secs(4));
         assert_eq!(policy.delay(9, 0.5), Duration::from_secs(10));

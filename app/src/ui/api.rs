@@ -78,9 +78,7 @@ mod browser {
     fn js_sys_encode(text: &str) -> String {
         text.bytes()
             .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => {
-                    (b as char).to_string()
-                }
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
                 _ => format!("%{b:02X}"),
             })
             .collect()

@@ -37,9 +37,7 @@ pub fn HomePage() -> impl IntoView {
 /// Loads the recent tasks, then keeps them current from the event stream.
 fn follow_all_tasks(tasks: RwSignal<Vec<TaskView>>) {
     spawn_local(async move {
-        if let Ok(page) =
-            api::get_json::<TaskPage>(&format!("/api/v1/tasks?limit={LIST_LEN}")).await
-        {
+        if let Ok(page) = api::get_json::<TaskPage>(&format!("/api/v1/tasks?limit={LIST_LEN}")).await {
             tasks.update(|list| {
                 for task in page.tasks {
                     if !list.iter().any(|t| t.id == task.id) {
@@ -54,20 +52,16 @@ fn follow_all_tasks(tasks: RwSignal<Vec<TaskView>>) {
         let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
             return true;
         };
-        let known =
-            tasks.try_update(
-                |list| match list.iter_mut().find(|t| t.id == event.task_id) {
-                    Some(task) => {
-                        task.apply(&event);
-                        true
-                    }
-                    None => false,
-                },
-            );
+        let known = tasks.try_update(|list| match list.iter_mut().find(|t| t.id == event.task_id) {
+            Some(task) => {
+                task.apply(&event);
+                true
+            }
+            None => false,
+        });
         if known == Some(false) {
             spawn_local(async move {
-                if let Ok(task) =
-                    api::get_json::<TaskView>(&format!("/api/v1/tasks/{}", event.task_id)).await
+                if let Ok(task) = api::get_json::<TaskView>(&format!("/api/v1/tasks/{}", event.task_id)).await
                 {
                     upsert(tasks, task);
                 }
@@ -143,11 +137,7 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             return;
         };
         #[cfg(feature = "hydrate")]
-        if let Some(file) = file_input
-            .get()
-            .and_then(|input| input.files())
-            .and_then(|files| files.get(0))
-        {
+        if let Some(file) = file_input.get().and_then(|input| input.files()).and_then(|files| files.get(0)) {
             busy.set(true);
             let file = send_wrapper::SendWrapper::new(file);
             spawn_local(async move {

@@ -16,10 +16,7 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
     };
     let on_event = Rc::new(on_event);
     let mut listeners = Vec::new();
-    let names = Status::ALL
-        .map(Status::as_str)
-        .into_iter()
-        .chain(["progress"]);
+    let names = Status::ALL.map(Status::as_str).into_iter().chain(["progress"]);
     for name in names {
         let on_event = on_event.clone();
         let handle = source.clone();

@@ -17,9 +17,7 @@ pub fn TaskPage() -> impl IntoView {
 
     let fetch_result = move |id: String| {
         spawn_local(async move {
-            result.set(Some(
-                api::get_text(&format!("/api/v1/tasks/{id}/result")).await,
-            ));
+            result.set(Some(api::get_text(&format!("/api/v1/tasks/{id}/result")).await));
         })
     };
     // Effects run only in the browser, after hydration.

@@ -53,12 +53,7 @@ struct Tally {
 
 impl Tally {
     fn new() -> Tally {
-        Tally {
-            integers: true,
-            numbers: true,
-            booleans: true,
-            ..Tally::default()
-        }
+        Tally { integers: true, numbers: true, booleans: true, ..Tally::default() }
     }
 
     fn add(&mut self, raw: &str) {
@@ -103,24 +98,12 @@ impl Tally {
             _ => "text",
         };
         let number = |n: f64| {
-            if kind == "integer" {
-                json!(n as i64)
-            } else {
-                json!(n)
-            }
+            if kind == "integer" { json!(n as i64) } else { json!(n) }
         };
         let (min, max, mean) = if numeric {
-            (
-                self.min_num.map(number),
-                self.max_num.map(number),
-                Some(self.sum / self.seen as f64),
-            )
+            (self.min_num.map(number), self.max_num.map(number), Some(self.sum / self.seen as f64))
         } else {
-            (
-                self.min_text.map(|t| json!(t)),
-                self.max_text.map(|t| json!(t)),
-                None,
-            )
+            (self.min_text.map(|t| json!(t)), self.max_text.map(|t| json!(t)), None)
         };
         Column {
             name,
@@ -152,10 +135,7 @@ pub fn summarise(data: &[u8]) -> Result<Summary, HandlerError> {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                return Err(HandlerError::fatal(format!(
-                    "not CSV at row {}: {e}",
-                    rows + 2
-                )));
+                return Err(HandlerError::fatal(format!("not CSV at row {}: {e}", rows + 2)));
             }
         }
         rows += 1;
@@ -163,11 +143,7 @@ pub fn summarise(data: &[u8]) -> Result<Summary, HandlerError> {
             tally.add(value);
         }
     }
-    let columns = names
-        .into_iter()
-        .zip(tallies)
-        .map(|(name, tally)| tally.finish(name))
-        .collect();
+    let columns = names.into_iter().zip(tallies).map(|(name, tally)| tally.finish(name)).collect();
     Ok(Summary { rows, columns })
 }
 
@@ -215,20 +191,11 @@ mod tests {
 
     #[test]
     fn infers_types_and_ranges_per_column() {
-        let s = summarise(b"city,temp,n,flag\nOslo,3.5,1,true\nLima,19,2,false\nOslo,,3,true\n")
-            .unwrap();
+        let s = summarise(b"city,temp,n,flag\nOslo,3.5,1,true\nLima,19,2,false\nOslo,,3,true\n").unwrap();
         assert_eq!(s.rows, 3);
-        let [city, temp, n, flag] = &s.columns[..] else {
-            panic!("four columns")
-        };
-        assert_eq!(
-            (city.kind, city.distinct, city.min.clone()),
-            ("text", 2, Some(json!("Lima")))
-        );
-        assert_eq!(
-            (temp.kind, temp.blanks, temp.max.clone()),
-            ("number", 1, Some(json!(19.0)))
-        );
+        let [city, temp, n, flag] = &s.columns[..] else { panic!("four columns") };
+        assert_eq!((city.kind, city.distinct, city.min.clone()), ("text", 2, Some(json!("Lima"))));
+        assert_eq!((temp.kind, temp.blanks, temp.max.clone()), ("number", 1, Some(json!(19.0))));
         assert_eq!(temp.mean, Some(11.25));
         assert_eq!(
             (n.kind, n.min.clone(), n.max.clone(), n.mean),
@@ -241,10 +208,6 @@ mod tests {
     fn bytes_that_are_not_text_are_a_clear_error() {
         let err = summarise(b"a,b\n\xff\xfe,1\n").unwrap_err();
         assert!(!err.retryable);
-        assert!(
-            err.message.starts_with("not CSV at row 2"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("not CSV at row 2"), "{}", err.message);
     }
 }

@@ -28,11 +28,6 @@ impl Handler for Echo {
     }
 
     fn run(&self, input: Input, _ctx: Context) -> BoxFuture<'static, Result<Output, HandlerError>> {
-        Box::pin(async move {
-            Ok(Output {
-                bytes: input.bytes,
-                content_type: input.content_type,
-            })
-        })
+        Box::pin(async move { Ok(Output { bytes: input.bytes, content_type: input.content_type }) })
     }
 }

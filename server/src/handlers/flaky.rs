@@ -56,12 +56,7 @@ mod tests {
     #[tokio::test]
     async fn fails_the_planned_attempts_then_succeeds() {
         let payload = json!({"fail_times": 2});
-        assert!(
-            run_json(&Flaky, payload.clone(), 1)
-                .await
-                .unwrap_err()
-                .retryable
-        );
+        assert!(run_json(&Flaky, payload.clone(), 1).await.unwrap_err().retryable);
         assert!(run_json(&Flaky, payload.clone(), 2).await.is_err());
         let out = run_json(&Flaky, payload, 3).await.unwrap();
         assert_eq!(json_of(&out), json!({"succeeded_on_attempt": 3}));
@@ -69,10 +64,6 @@ mod tests {
 
     #[tokio::test]
     async fn minus_one_always_fails() {
-        assert!(
-            run_json(&Flaky, json!({"fail_times": -1}), 50)
-                .await
-                .is_err()
-        );
+        assert!(run_json(&Flaky, json!({"fail_times": -1}), 50).await.is_err());
     }
 }

@@ -56,9 +56,7 @@ impl Handler for Sleep {
                 }
                 ctx.progress((u64::from(done) * 100 / u64::from(steps)) as u8);
             }
-            Ok(Output::json(
-                &json!({"slept_ms": payload.ms, "steps": steps}),
-            ))
+            Ok(Output::json(&json!({"slept_ms": payload.ms, "steps": steps})))
         })
     }
 }
@@ -70,9 +68,7 @@ mod tests {
 
     #[tokio::test]
     async fn sleeps_and_reports_every_step() {
-        let out = run_json(&Sleep, json!({"ms": 20, "steps": 4}), 1)
-            .await
-            .unwrap();
+        let out = run_json(&Sleep, json!({"ms": 20, "steps": 4}), 1).await.unwrap();
         assert_eq!(json_of(&out), json!({"slept_ms": 20, "steps": 4}));
     }
 
@@ -88,14 +84,9 @@ mod tests {
         let run = tokio::spawn(Sleep.run(input, ctx));
         tokio::time::sleep(Duration::from_millis(250)).await;
         cancel.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(1), run)
-            .await
-            .expect("stopped within a step")
-            .unwrap();
+        let result =
+            tokio::time::timeout(Duration::from_secs(1), run).await.expect("stopped within a step").unwrap();
         assert_eq!(result, Err(HandlerError::fatal("cancelled")));
-        assert!(
-            rx.borrow().is_some_and(|p| p < 100),
-            "progress was reported before the cancel"
-        );
+        assert!(rx.borrow().is_some_and(|p| p < 100), "progress was reported before the cancel");
     }
 }

@@ -31,25 +31,14 @@ pub struct WordCount {
 pub fn stats(text: &str) -> Stats {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut words = 0;
-    for word in text
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .filter(|w| !w.is_empty())
-    {
+    for word in text.split(|c: char| !(c.is_alphanumeric() || c == '\'')).filter(|w| !w.is_empty()) {
         words += 1;
         *counts.entry(word.to_lowercase()).or_default() += 1;
     }
-    let mut top: Vec<WordCount> = counts
-        .into_iter()
-        .map(|(word, count)| WordCount { word, count })
-        .collect();
+    let mut top: Vec<WordCount> = counts.into_iter().map(|(word, count)| WordCount { word, count }).collect();
     top.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.word.cmp(&b.word)));
     top.truncate(TOP);
-    Stats {
-        lines: text.lines().count(),
-        words,
-        chars: text.chars().count(),
-        top_words: top,
-    }
+    Stats { lines: text.lines().count(), words, chars: text.chars().count(), top_words: top }
 }
 
 impl Handler for TextStats {
@@ -97,29 +86,14 @@ mod tests {
     fn counts_lines_words_chars_and_top_words() {
         let s = stats("The cat and the hat.\nThe end");
         assert_eq!((s.lines, s.words, s.chars), (2, 7, 28));
-        assert_eq!(
-            s.top_words[0],
-            WordCount {
-                word: "the".into(),
-                count: 3
-            }
-        );
-        assert_eq!(
-            s.top_words[1],
-            WordCount {
-                word: "and".into(),
-                count: 1
-            }
-        );
+        assert_eq!(s.top_words[0], WordCount { word: "the".into(), count: 3 });
+        assert_eq!(s.top_words[1], WordCount { word: "and".into(), count: 1 });
     }
 
     #[tokio::test]
     async fn a_json_string_payload_is_the_text() {
         let out = run_json(&TextStats, json!("a b a"), 1).await.unwrap();
         assert_eq!(json_of(&out)["words"], 3);
-        assert_eq!(
-            json_of(&out)["top_words"][0],
-            json!({"word": "a", "count": 2})
-        );
+        assert_eq!(json_of(&out)["top_words"][0], json!({"word": "a", "count": 2}));
     }
 }

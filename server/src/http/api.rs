@@ -29,28 +29,15 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let content_type =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let submission = match query.get("kind") {
         Some(kind) => {
             let options = options_from_query(&query)?;
             let bytes = read_body(body, &headers, state.max_payload).await?;
-            let content_type = if content_type.is_empty() {
-                "application/octet-stream".to_string()
-            } else {
-                content_type
-            };
-            Submission {
-                kind: kind.clone(),
-                payload: Payload::Raw {
-                    bytes,
-                    content_type,
-                },
-                options,
-            }
+            let content_type =
+                if content_type.is_empty() { "application/octet-stream".to_string() } else { content_type };
+            Submission { kind: kind.clone(), payload: Payload::Raw { bytes, content_type }, options }
         }
         None if is_json(&content_type) => {
             if let Some(name) = query.keys().next() {
@@ -59,15 +46,12 @@ pub async fn submit(
                 )));
             }
             let bytes = read_body(body, &headers, state.max_payload).await?;
-            let request: SubmitRequest =
-                serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-                    serde_json::error::Category::Data => ApiError::unprocessable(
-                        "invalid-request",
-                        "Invalid submission",
-                        e.to_string(),
-                    ),
-                    _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
-                })?;
+            let request: SubmitRequest = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::unprocessable("invalid-request", "Invalid submission", e.to_string())
+                }
+                _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
+            })?;
             let options = Options {
                 delay_ms: request.delay_ms,
                 priority: request.priority,
@@ -75,11 +59,7 @@ pub async fn submit(
                 timeout_ms: request.timeout_ms,
                 session: request.session,
             };
-            Submission {
-                kind: request.kind,
-                payload: Payload::Json(request.payload),
-                options,
-            }
+            Submission { kind: request.kind, payload: Payload::Json(request.payload), options }
         }
         None => {
             return Err(ApiError::new(
@@ -87,47 +67,32 @@ pub async fn submit(
                 "unsupported-media-type",
                 "Unsupported media type",
             )
-            .detail(
-                "send a JSON body (Content-Type: application/json), or any body with ?kind=…",
-            ));
+            .detail("send a JSON body (Content-Type: application/json), or any body with ?kind=…"));
         }
     };
     let record = state.tasks.submit(submission).await?;
     let mut response = (StatusCode::ACCEPTED, Json(record.view())).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::LOCATION,
-        header_value(&format!("/api/v1/tasks/{}/status", record.id)),
-    );
-    headers.insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(retry_after(&state).await),
-    );
+    headers.insert(header::LOCATION, header_value(&format!("/api/v1/tasks/{}/status", record.id)));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
     Ok(response)
 }
 
 /// Reads the body up to `limit` bytes; past it, `413` without reading the rest.
 async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
     let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            "Payload too large",
-        )
-        .detail(format!("the body exceeds the limit of {limit} bytes"))
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
+            .detail(format!("the body exceeds the limit of {limit} bytes"))
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
         if (buffer.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
@@ -159,9 +124,7 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
             name.as_str(),
             "kind" | "delay_ms" | "priority" | "max_attempts" | "timeout_ms" | "session"
         ) {
-            return Err(ApiError::bad_request(format!(
-                "unknown query parameter `{name}`"
-            )));
+            return Err(ApiError::bad_request(format!("unknown query parameter `{name}`")));
         }
     }
     let priority = match query.get("priority").map(String::as_str) {
@@ -187,10 +150,7 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
 }
 
 fn is_json(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn header_value(text: &str) -> HeaderValue {
@@ -204,16 +164,15 @@ async fn retry_after(_state: &AppState) -> u64 {
 
 async fn find(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
     let id = parse_id(id)?;
-    state.tasks.get(&id).await?.ok_or_else(|| {
-        ApiError::not_found("no task with this id (it never existed or has expired)")
-    })
+    state
+        .tasks
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no task with this id (it never existed or has expired)"))
 }
 
 /// `GET /api/v1/tasks/{id}`: the task's view.
-pub async fn get(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<TaskView>, ApiError> {
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     Ok(Json(find(&state, &id).await?.view()))
 }
 
@@ -230,21 +189,13 @@ struct StatusBody {
 }
 
 /// `GET /api/v1/tasks/{id}/status`: the status monitor of async request-reply.
-pub async fn status(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
-    let expires = rfc1123(
-        record.finished_ms.unwrap_or(record.created_ms) + state.retention.as_millis() as u64,
-    );
+    let expires =
+        rfc1123(record.finished_ms.unwrap_or(record.created_ms) + state.retention.as_millis() as u64);
     let mut response = if record.status == Status::Succeeded {
         let location = format!("/api/v1/tasks/{}/result", record.id);
-        (
-            StatusCode::SEE_OTHER,
-            [(header::LOCATION, header_value(&location))],
-        )
-            .into_response()
+        (StatusCode::SEE_OTHER, [(header::LOCATION, header_value(&location))]).into_response()
     } else {
         let error = match record.status {
             Status::Failed => Some(failure_problem(&record)),
@@ -268,16 +219,11 @@ pub async fn status(
         };
         let mut response = Json(body).into_response();
         if !record.status.is_terminal() {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after(&state).await),
-            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
         }
         response
     };
-    response
-        .headers_mut()
-        .insert(header::EXPIRES, header_value(&expires));
+    response.headers_mut().insert(header::EXPIRES, header_value(&expires));
     Ok(response)
 }
 
@@ -292,10 +238,7 @@ fn failure_problem(record: &TaskRecord) -> app::model::Problem {
 }
 
 /// `GET /api/v1/tasks/{id}/result`: the result bytes with their content type.
-pub async fn result(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
     match record.status {
         Status::Succeeded => {
@@ -304,42 +247,23 @@ pub async fn result(
                 .result(&record)
                 .await?
                 .ok_or_else(|| ApiError::not_found("the result has expired"))?;
-            Ok((
-                [(header::CONTENT_TYPE, header_value(&stored.content_type))],
-                stored.bytes,
-            )
-                .into_response())
+            Ok(([(header::CONTENT_TYPE, header_value(&stored.content_type))], stored.bytes).into_response())
         }
-        Status::Failed => Err(ApiError::unprocessable(
-            "task-failed",
-            "Task failed",
-            record.error.unwrap_or_default(),
-        )),
-        Status::Cancelled => {
-            Err(
-                ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
-                    .detail("a cancelled task has no result"),
-            )
+        Status::Failed => {
+            Err(ApiError::unprocessable("task-failed", "Task failed", record.error.unwrap_or_default()))
         }
-        status => Err(
-            ApiError::new(StatusCode::CONFLICT, "not-finished", "Task not finished")
-                .detail(format!("the task is {status}; poll its status")),
-        ),
+        Status::Cancelled => Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
+            .detail("a cancelled task has no result")),
+        status => Err(ApiError::new(StatusCode::CONFLICT, "not-finished", "Task not finished")
+            .detail(format!("the task is {status}; poll its status"))),
     }
 }
 
 /// `DELETE /api/v1/tasks/{id}` (and on its status monitor): cancel.
-pub async fn cancel(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let cancelled = state.tasks.cancel(&id).await?;
-    let record = state
-        .tasks
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("the task has expired"))?;
+    let record = state.tasks.get(&id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
     let status = match cancelled {
         Cancelled::Now => StatusCode::OK,
         Cancelled::Requested => StatusCode::ACCEPTED,
@@ -352,19 +276,13 @@ pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<TaskPage>, ApiError> {
-    let invalid =
-        |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
-    let mut list = ListQuery {
-        limit: DEFAULT_PAGE,
-        ..ListQuery::default()
-    };
+    let invalid = |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
+    let mut list = ListQuery { limit: DEFAULT_PAGE, ..ListQuery::default() };
     for (name, value) in &query {
         match name.as_str() {
             "status" => {
-                list.status = Some(
-                    Status::parse(value)
-                        .ok_or_else(|| invalid(format!("`{value}` is not a status")))?,
-                )
+                list.status =
+                    Some(Status::parse(value).ok_or_else(|| invalid(format!("`{value}` is not a status")))?)
             }
             "kind" => list.kind = Some(value.clone()),
             "limit" => {
@@ -375,14 +293,14 @@ pub async fn list(
                     .ok_or_else(|| invalid(format!("limit must be between 1 and {MAX_PAGE}")))?
             }
             "cursor" => {
-                list.cursor = Some(value.parse().map_err(|_| {
-                    invalid(format!("`{value}` is not a cursor from a previous page"))
-                })?)
+                list.cursor = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid(format!("`{value}` is not a cursor from a previous page")))?,
+                )
             }
             other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{other}`"
-                )));
+                return Err(ApiError::bad_request(format!("unknown query parameter `{other}`")));
             }
         }
     }

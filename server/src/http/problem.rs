@@ -22,14 +22,7 @@ pub struct ApiError {
 impl ApiError {
     /// A problem with `status`, a type slug (`/problems/{slug}`) and a title.
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str) -> ApiError {
-        ApiError {
-            status,
-            slug,
-            title,
-            detail: None,
-            errors: Vec::new(),
-            retry_after: None,
-        }
+        ApiError { status, slug, title, detail: None, errors: Vec::new(), retry_after: None }
     }
 
     /// Adds the explanation for this occurrence.
@@ -52,23 +45,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request").detail(detail)
     }
 
-    pub fn unprocessable(
-        slug: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> ApiError {
+    pub fn unprocessable(slug: &'static str, title: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, slug, title).detail(detail)
     }
 
     /// Redis could not be reached or failed: the client may retry shortly.
     pub fn unavailable(e: &redis::RedisError) -> ApiError {
         warn!(error = %e, "answering 503: Redis is unavailable");
-        let mut problem = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Service unavailable",
-        )
-        .detail("the task store is unreachable; retry shortly");
+        let mut problem =
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+                .detail("the task store is unreachable; retry shortly");
         problem.retry_after = Some(1);
         problem
     }
@@ -81,19 +67,11 @@ impl ApiError {
 
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> ApiError {
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-        {
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
             return ApiError::unavailable(&e);
         }
         error!(error = %e, "answering 500: unexpected Redis error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal server error",
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
     }
 }
 
@@ -105,12 +83,8 @@ impl From<SubmitError> for ApiError {
             }
             SubmitError::InvalidPayload { ref errors, .. } => {
                 let errors = errors.clone();
-                ApiError::unprocessable(
-                    "invalid-payload",
-                    "Payload does not match the schema",
-                    e.to_string(),
-                )
-                .errors(errors)
+                ApiError::unprocessable("invalid-payload", "Payload does not match the schema", e.to_string())
+                    .errors(errors)
             }
             SubmitError::InvalidOption(detail) => {
                 ApiError::unprocessable("invalid-option", "Invalid task option", detail)
@@ -129,8 +103,7 @@ impl From<CancelError> for ApiError {
         match e {
             CancelError::NotFound => ApiError::not_found(e.to_string()),
             CancelError::Finished(_) => {
-                ApiError::new(StatusCode::CONFLICT, "finished", "Task already finished")
-                    .detail(e.to_string())
+                ApiError::new(StatusCode::CONFLICT, "finished", "Task already finished").detail(e.to_string())
             }
             CancelError::Redis(e) => e.into(),
         }
@@ -149,10 +122,7 @@ impl IntoResponse for ApiError {
         let json = serde_json::to_vec(&body).expect("a problem always serializes");
         let mut response = (self.status, json).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

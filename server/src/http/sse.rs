@@ -24,11 +24,7 @@ pub async fn all_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let task = query.task.as_deref().map(parse_id).transpose()?;
-    let follow = Follow {
-        task,
-        after: last_event_id(&headers),
-        ..Follow::default()
-    };
+    let follow = Follow { task, after: last_event_id(&headers), ..Follow::default() };
     Ok(to_sse(state.events.follow(follow)))
 }
 
@@ -41,23 +37,15 @@ pub async fn task_events(
     let id = parse_id(&id)?;
     let follow = match last_event_id(&headers) {
         // A resuming client has seen the state already: replay what it missed.
-        Some(after) => Follow {
-            task: Some(id),
-            after: Some(after),
-            until_terminal: true,
-            ..Follow::default()
-        },
+        Some(after) => {
+            Follow { task: Some(id), after: Some(after), until_terminal: true, ..Follow::default() }
+        }
         None => {
             let snapshot = state.events.snapshot(&state.keys.task(&id), id).await?;
             let first = snapshot.ok_or_else(|| {
                 ApiError::not_found("no task with this id (it never existed or has expired)")
             })?;
-            Follow {
-                task: Some(id),
-                first: Some(first),
-                until_terminal: true,
-                ..Follow::default()
-            }
+            Follow { task: Some(id), first: Some(first), until_terminal: true, ..Follow::default() }
         }
     };
     Ok(to_sse(state.events.follow(follow)))
@@ -73,10 +61,7 @@ fn to_sse(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = ReceiverStream::new(rx).map(|stored| {
         let data = serde_json::to_string(&stored.event).expect("events always serialize");
-        Ok(Event::default()
-            .id(stored.id.clone())
-            .event(stored.name.clone())
-            .data(data))
+        Ok(Event::default().id(stored.id.clone()).event(stored.name.clone()).data(data))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -1,7 +1,8 @@
 -- Ends an attempt, if the caller still holds the lease (a late holder changes nothing).
 -- KEYS: task, ready, events, result, payload, delayed, dead
 -- ARGV: lease token, group, entry id, outcome (succeeded|retrying|failed|cancelled), now ms,
---       task id, events maxlen, retention ms, error, result type, due ms, result bytes
+--       task id, events maxlen, retention ms, error, result type, due ms, result bytes,
+--       dead-letter reason, dead-letter retention ms
 -- Returns 1 when applied, 0 when the lease was lost.
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
   return 0
@@ -16,15 +17,21 @@ if outcome == 'retrying' then
   redis.call('ZADD', KEYS[6], ARGV[11], ARGV[6])
 else
   redis.call('HSET', KEYS[1], 'finished', ARGV[5])
+  redis.call('HDEL', KEYS[1], 'next_run')
+  -- Retention counts from the end, so a result is kept as long as promised; dead letters
+  -- are kept longer, for someone to look at.
+  local keep = ARGV[8]
   if outcome == 'succeeded' then
     redis.call('HSET', KEYS[1], 'progress', 100, 'result_type', ARGV[10], 'result_bytes', #ARGV[12])
     redis.call('SET', KEYS[4], ARGV[12], 'PX', ARGV[8])
   elseif outcome == 'failed' then
+    keep = ARGV[14]
+    redis.call('HSET', KEYS[1], 'dead_reason', ARGV[13])
     redis.call('ZADD', KEYS[7], ARGV[5], ARGV[6])
+    redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (tonumber(ARGV[5]) - tonumber(ARGV[14])))
   end
-  -- Retention counts from the end, so a result is kept as long as promised.
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  redis.call('PEXPIRE', KEYS[5], ARGV[8])
+  redis.call('PEXPIRE', KEYS[1], keep)
+  redis.call('PEXPIRE', KEYS[5], keep)
 end
 local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'progress')
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', outcome, 'task', ARGV[6],

@@ -19,18 +19,14 @@ async fn a_one_mib_payload_is_stored_once_and_the_queue_holds_only_its_id() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
 
     let mut redis = app.redis().await;
     let stored: Vec<u8> = redis.get(app.key(&format!("payload:{id}"))).await.unwrap();
     assert_eq!(stored, payload.as_bytes());
 
     // The ready stream's only entry is the id.
-    let entries: redis::streams::StreamRangeReply =
-        redis.xrange_all(app.key("ready")).await.unwrap();
+    let entries: redis::streams::StreamRangeReply = redis.xrange_all(app.key("ready")).await.unwrap();
     assert_eq!(entries.ids.len(), 1);
     let fields: HashMap<String, String> = entries.ids[0]
         .map
@@ -45,15 +41,8 @@ async fn a_one_mib_payload_is_stored_once_and_the_queue_holds_only_its_id() {
         if key == app.key(&format!("payload:{id}")) {
             continue;
         }
-        let bytes: Option<u64> = redis::cmd("MEMORY")
-            .arg("USAGE")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert!(
-            bytes.unwrap_or(0) < 64 * 1024,
-            "{key} holds {bytes:?} bytes"
-        );
+        let bytes: Option<u64> =
+            redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(&mut redis).await.unwrap();
+        assert!(bytes.unwrap_or(0) < 64 * 1024, "{key} holds {bytes:?} bytes");
     }
 }

@@ -4,5 +4,6 @@
 mod support;
 
 mod claim_check;
+mod dead_letters;
 mod pipeline;
 mod validation;

@@ -9,16 +9,10 @@ async fn a_submitted_task_is_accepted_runs_and_its_events_arrive_in_order() {
     let app = spawn_app().await;
     let mut events = app.sse("/api/v1/events", None).await;
 
-    let response = app
-        .submit(json!({"kind": "echo", "payload": {"hello": "world"}}))
-        .await;
+    let response = app.submit(json!({"kind": "echo", "payload": {"hello": "world"}})).await;
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_string();
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 1);
     let view: serde_json::Value = response.json().await.unwrap();
     let id = view["id"].as_str().unwrap();
@@ -38,33 +32,19 @@ async fn a_submitted_task_is_accepted_runs_and_its_events_arrive_in_order() {
             (ms.parse().unwrap(), seq.parse().unwrap())
         })
         .collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "ids increase: {positions:?}"
-    );
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "ids increase: {positions:?}");
     assert_eq!(seen[1].data["attempt"], 1);
     assert_eq!(seen[2].data["kind"], "echo");
 
     let status = app.http.get(app.url(&location)).send().await.unwrap();
     assert_eq!(status.status(), 303);
-    assert_eq!(
-        status.headers()["location"],
-        format!("/api/v1/tasks/{id}/result").as_str()
-    );
+    assert_eq!(status.headers()["location"], format!("/api/v1/tasks/{id}/result").as_str());
     assert!(status.headers().contains_key("expires"));
 
-    let result = app
-        .http
-        .get(app.url(&format!("/api/v1/tasks/{id}/result")))
-        .send()
-        .await
-        .unwrap();
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
     assert_eq!(result.status(), 200);
     assert_eq!(result.headers()["content-type"], "application/json");
-    assert_eq!(
-        result.json::<serde_json::Value>().await.unwrap(),
-        json!({"hello": "world"})
-    );
+    assert_eq!(result.json::<serde_json::Value>().await.unwrap(), json!({"hello": "world"}));
 
     let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
     assert_eq!(view["status"], "succeeded");
@@ -77,66 +57,37 @@ async fn a_submitted_task_is_accepted_runs_and_its_events_arrive_in_order() {
 async fn the_status_monitor_answers_200_with_retry_after_while_the_task_waits() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let id = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
-    let status = app
-        .http
-        .get(app.url(&format!("/api/v1/tasks/{id}/status")))
-        .send()
-        .await
-        .unwrap();
+    let status = app.http.get(app.url(&format!("/api/v1/tasks/{id}/status"))).send().await.unwrap();
     assert_eq!(status.status(), 200);
     assert!(status.headers().contains_key("retry-after"));
     assert!(status.headers().contains_key("expires"));
     let body: serde_json::Value = status.json().await.unwrap();
     assert_eq!(body["status"], "queued");
-    let result = app
-        .http
-        .get(app.url(&format!("/api/v1/tasks/{id}/result")))
-        .send()
-        .await
-        .unwrap();
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
     assert_problem(result, 409, "/problems/not-finished").await;
 }
 
 #[tokio::test]
 async fn a_task_event_stream_starts_with_the_current_state_and_ends_after_the_last() {
     let app = spawn_app().await;
-    let id = app
-        .submit_ok(json!({"kind": "sleep", "payload": {"ms": 400, "steps": 4}}))
-        .await;
+    let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 400, "steps": 4}})).await;
     let mut events = app.sse(&format!("/api/v1/tasks/{id}/events"), None).await;
     let mut seen = Vec::new();
     while let Some(event) = events.next_within(Duration::from_secs(10)).await {
         seen.push(event);
     }
-    assert!(
-        ["queued", "running", "progress"].contains(&seen[0].name.as_str()),
-        "{:?}",
-        seen[0]
-    );
+    assert!(["queued", "running", "progress"].contains(&seen[0].name.as_str()), "{:?}", seen[0]);
     let last = seen.last().unwrap();
     assert_eq!(last.name, "succeeded");
     assert_eq!(last.data["progress"], 100);
-    let progress: Vec<u64> = seen
-        .iter()
-        .filter(|e| e.name == "progress")
-        .map(|e| e.data["progress"].as_u64().unwrap())
-        .collect();
-    assert!(
-        progress.windows(2).all(|w| w[0] < w[1]),
-        "progress only grows: {progress:?}"
-    );
+    let progress: Vec<u64> =
+        seen.iter().filter(|e| e.name == "progress").map(|e| e.data["progress"].as_u64().unwrap()).collect();
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "progress only grows: {progress:?}");
     assert_eq!(progress.last(), Some(&100));
 
     // Asked again after the end, it gives the final state and closes.
     let mut again = app.sse(&format!("/api/v1/tasks/{id}/events"), None).await;
-    assert_eq!(
-        again
-            .next_within(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .name,
-        "succeeded"
-    );
+    assert_eq!(again.next_within(Duration::from_secs(5)).await.unwrap().name, "succeeded");
     assert!(again.next_within(Duration::from_secs(5)).await.is_none());
 }
 
@@ -144,9 +95,7 @@ async fn a_task_event_stream_starts_with_the_current_state_and_ends_after_the_la
 async fn last_event_id_replays_exactly_what_was_missed() {
     let app = spawn_app().await;
     let mut first = app.sse("/api/v1/events", None).await;
-    let id = app
-        .submit_ok(json!({"kind": "sleep", "payload": {"ms": 200, "steps": 2}}))
-        .await;
+    let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 200, "steps": 2}})).await;
     let all = first.until_task_ends(&id, Duration::from_secs(10)).await;
     assert!(all.len() >= 4, "{all:?}");
     drop(first);
@@ -164,12 +113,7 @@ async fn a_five_mib_csv_sent_raw_is_summarised() {
     let mut csv = String::from("id,price,label,flag\n");
     let mut rows = 0u64;
     while csv.len() < 5 << 20 {
-        csv.push_str(&format!(
-            "{rows},{}.5,label-{},{}\n",
-            rows % 1000,
-            rows % 100,
-            rows.is_multiple_of(2)
-        ));
+        csv.push_str(&format!("{rows},{}.5,label-{},{}\n", rows % 1000, rows % 100, rows.is_multiple_of(2)));
         rows += 1;
     }
     let response = app
@@ -205,9 +149,7 @@ async fn a_five_mib_csv_sent_raw_is_summarised() {
 #[tokio::test]
 async fn text_stats_counts_a_json_string_payload() {
     let app = spawn_app().await;
-    let id = app
-        .submit_ok(json!({"kind": "text.stats", "payload": "one two two\nthree"}))
-        .await;
+    let id = app.submit_ok(json!({"kind": "text.stats", "payload": "one two two\nthree"})).await;
     assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
     let stats = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
     assert_eq!(stats["lines"], 2);
@@ -218,9 +160,7 @@ async fn text_stats_counts_a_json_string_payload() {
 #[tokio::test]
 async fn a_flaky_task_is_retried_until_it_succeeds() {
     let app = spawn_app().await;
-    let id = app
-        .submit_ok(json!({"kind": "flaky", "payload": {"fail_times": 2}, "max_attempts": 5}))
-        .await;
+    let id = app.submit_ok(json!({"kind": "flaky", "payload": {"fail_times": 2}, "max_attempts": 5})).await;
     let done = app.wait_until_done(&id).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["attempts"], 3);
@@ -231,24 +171,14 @@ async fn a_flaky_task_is_retried_until_it_succeeds() {
 #[tokio::test]
 async fn a_task_that_always_fails_ends_failed_after_max_attempts() {
     let app = spawn_app().await;
-    let id = app
-        .submit_ok(json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 2}))
-        .await;
+    let id = app.submit_ok(json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 2})).await;
     let done = app.wait_until_done(&id).await;
     assert_eq!(done["status"], "failed");
     assert_eq!(done["attempts"], 2);
-    assert!(
-        done["error"].as_str().unwrap().contains("attempt 2 of 2"),
-        "{done}"
-    );
+    assert!(done["error"].as_str().unwrap().contains("attempt 2 of 2"), "{done}");
     let status: serde_json::Value = app.get_json(&format!("/api/v1/tasks/{id}/status")).await;
     assert_eq!(status["error"]["type"], "/problems/task-failed");
-    let result = app
-        .http
-        .get(app.url(&format!("/api/v1/tasks/{id}/result")))
-        .send()
-        .await
-        .unwrap();
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
     assert_problem(result, 422, "/problems/task-failed").await;
 }
 
@@ -256,23 +186,10 @@ async fn a_task_that_always_fails_ends_failed_after_max_attempts() {
 async fn a_queued_task_can_be_cancelled_once() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let id = app.submit_ok(json!({"kind": "echo", "payload": "x"})).await;
-    let response = app
-        .http
-        .delete(app.url(&format!("/api/v1/tasks/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let response = app.http.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.json::<serde_json::Value>().await.unwrap()["status"],
-        "cancelled"
-    );
-    let again = app
-        .http
-        .delete(app.url(&format!("/api/v1/tasks/{id}")))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["status"], "cancelled");
+    let again = app.http.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
     assert_problem(again, 409, "/problems/finished").await;
 }
 
@@ -282,29 +199,16 @@ async fn the_list_is_newest_first_and_filters_by_status_and_kind() {
     let mut ids = Vec::new();
     for n in 0..5 {
         let kind = if n % 2 == 0 { "echo" } else { "text.stats" };
-        ids.push(
-            app.submit_ok(json!({"kind": kind, "payload": format!("n{n}")}))
-                .await,
-        );
+        ids.push(app.submit_ok(json!({"kind": kind, "payload": format!("n{n}")})).await);
     }
     let page = app.get_json("/api/v1/tasks?limit=3").await;
-    let listed: Vec<&str> = page["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let listed: Vec<&str> =
+        page["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(listed, [ids[4].as_str(), ids[3].as_str(), ids[2].as_str()]);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let rest = app
-        .get_json(&format!("/api/v1/tasks?limit=3&cursor={cursor}"))
-        .await;
-    let listed: Vec<&str> = rest["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let rest = app.get_json(&format!("/api/v1/tasks?limit=3&cursor={cursor}")).await;
+    let listed: Vec<&str> =
+        rest["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(listed, [ids[1].as_str(), ids[0].as_str()]);
     assert!(rest["next_cursor"].is_null());
 
@@ -318,32 +222,16 @@ async fn the_list_is_newest_first_and_filters_by_status_and_kind() {
 async fn a_separate_worker_process_runs_the_tasks_a_worker_less_server_accepts() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args([
-            "worker",
-            "--redis-url",
-            &app.redis_url,
-            "--prefix",
-            &app.prefix,
-            "--concurrency",
-            "2",
-        ])
+        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix, "--concurrency", "2"])
         .kill_on_drop(true)
         .spawn()
         .expect("courier worker starts");
     let mut events = app.sse("/api/v1/events", None).await;
-    let id = app
-        .submit_ok(json!({"kind": "text.stats", "payload": "a b c"}))
-        .await;
+    let id = app.submit_ok(json!({"kind": "text.stats", "payload": "a b c"})).await;
     let seen = events.until_task_ends(&id, Duration::from_secs(20)).await;
     assert_eq!(seen.last().unwrap().name, "succeeded");
-    assert_eq!(
-        app.get_json(&format!("/api/v1/tasks/{id}/result")).await["words"],
-        3
-    );
-    assert!(
-        worker.try_wait().unwrap().is_none(),
-        "the worker keeps running"
-    );
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}/result")).await["words"], 3);
+    assert!(worker.try_wait().unwrap().is_none(), "the worker keeps running");
     worker.kill().await.unwrap();
 }
 
@@ -351,22 +239,9 @@ async fn a_separate_worker_process_runs_the_tasks_a_worker_less_server_accepts()
 async fn kinds_health_and_readiness_answer() {
     let app = spawn_app().await;
     let kinds = app.get_json("/api/v1/kinds").await;
-    let names: Vec<&str> = kinds
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        ["csv.summary", "echo", "flaky", "sleep", "text.stats"]
-    );
-    let sleep = kinds
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "sleep")
-        .unwrap();
+    let names: Vec<&str> = kinds.as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["csv.summary", "echo", "flaky", "sleep", "text.stats"]);
+    let sleep = kinds.as_array().unwrap().iter().find(|k| k["name"] == "sleep").unwrap();
     assert_eq!(sleep["schema"]["required"], json!(["ms"]));
     assert!(!sleep["description"].as_str().unwrap().is_empty());
     assert_eq!(app.get_json("/healthz").await["status"], "ok");

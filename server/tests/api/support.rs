@@ -22,9 +22,7 @@ pub struct TestRedis {
 impl TestRedis {
     pub async fn start() -> TestRedis {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let redis = EmbeddedRedis::start(dir.path())
-            .await
-            .expect("redis-server starts (is it installed?)");
+        let redis = EmbeddedRedis::start(dir.path()).await.expect("redis-server starts (is it installed?)");
         TestRedis { redis, _dir: dir }
     }
 }
@@ -32,11 +30,7 @@ impl TestRedis {
 /// A prefix no other test uses.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A running server on a free port.
@@ -77,24 +71,12 @@ pub async fn spawn_app_on(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> T
     config.retry_base = Duration::from_millis(50);
     config.lease = Duration::from_secs(5);
     tweak(&mut config);
-    let server = Server::build(config, Command::Serve)
-        .await
-        .expect("the server builds");
+    let server = Server::build(config, Command::Serve).await.expect("the server builds");
     let port = server.port().expect("serve binds a port");
     let shutdown = server.shutdown_token();
     tokio::spawn(server.run());
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    TestApp {
-        base: format!("http://127.0.0.1:{port}"),
-        http,
-        redis_url,
-        prefix,
-        shutdown,
-        _redis: None,
-    }
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    TestApp { base: format!("http://127.0.0.1:{port}"), http, redis_url, prefix, shutdown, _redis: None }
 }
 
 /// Starts a server with the defaults of [`spawn_app_with`].
@@ -109,12 +91,7 @@ impl TestApp {
 
     /// Submits a JSON task and returns the whole response.
     pub async fn submit(&self, body: serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(self.url("/api/v1/tasks"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(self.url("/api/v1/tasks")).json(&body).send().await.unwrap()
     }
 
     /// Submits a JSON task that must be accepted, and returns its id.
@@ -127,11 +104,7 @@ impl TestApp {
 
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.http.get(self.url(path)).send().await.unwrap();
-        assert!(
-            response.status().is_success(),
-            "GET {path}: {}",
-            response.status()
-        );
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
         response.json().await.unwrap()
     }
 
@@ -139,10 +112,8 @@ impl TestApp {
     pub async fn wait_until_done(&self, id: &str) -> serde_json::Value {
         let mut events = self.sse(&format!("/api/v1/tasks/{id}/events"), None).await;
         loop {
-            let event = events
-                .next_within(Duration::from_secs(60))
-                .await
-                .expect("the task ends within a minute");
+            let event =
+                events.next_within(Duration::from_secs(60)).await.expect("the task ends within a minute");
             if ["succeeded", "failed", "cancelled"].contains(&event.name.as_str()) {
                 return self.get_json(&format!("/api/v1/tasks/{id}")).await;
             }
@@ -170,19 +141,10 @@ impl TestApp {
         if let Some(id) = last_event_id {
             headers.insert("last-event-id", id.parse().unwrap());
         }
-        let response = self
-            .http
-            .get(self.url(path))
-            .headers(headers)
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.get(self.url(path)).headers(headers).send().await.unwrap();
         assert_eq!(response.status(), 200, "GET {path}");
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        SseReader {
-            body: Box::pin(response.bytes_stream()),
-            buffer: String::new(),
-        }
+        SseReader { body: Box::pin(response.bytes_stream()), buffer: String::new() }
     }
 }
 
@@ -203,21 +165,15 @@ pub struct SseReader {
 impl SseReader {
     /// The next event, `None` if the stream ends or nothing comes within `limit`.
     pub async fn next_within(&mut self, limit: Duration) -> Option<SseEvent> {
-        tokio::time::timeout(limit, self.next())
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(limit, self.next()).await.ok().flatten()
     }
 
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
             while let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent {
-                    id: String::new(),
-                    name: "message".into(),
-                    data: serde_json::Value::Null,
-                };
+                let mut event =
+                    SseEvent { id: String::new(), name: "message".into(), data: serde_json::Value::Null };
                 let mut data = String::new();
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
@@ -260,16 +216,9 @@ impl SseReader {
 }
 
 /// Asserts a problem+json answer with `status` and `type`, and returns the problem.
-pub async fn assert_problem(
-    response: reqwest::Response,
-    status: u16,
-    kind: &str,
-) -> serde_json::Value {
+pub async fn assert_problem(response: reqwest::Response, status: u16, kind: &str) -> serde_json::Value {
     assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let problem: serde_json::Value = response.json().await.unwrap();
     assert_eq!(problem["type"], kind, "{problem}");
     assert_eq!(problem["status"], status);

@@ -1,0 +1,108 @@
+//! The dead-letter queue over HTTP: list, requeue (one or all), delete.
+
+use super::{ApiError, AppState, parse_id};
+use crate::store::rfc3339;
+use app::model::{DeadLetter, DeadLetterPage};
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+/// `GET /api/v1/dead-letters?limit=&cursor=`: most recent failure first.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    let invalid = |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
+    let mut limit = DEFAULT_PAGE;
+    let mut cursor = None;
+    for (name, value) in &query {
+        match name.as_str() {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| invalid(format!("limit must be between 1 and {MAX_PAGE}")))?
+            }
+            "cursor" => {
+                cursor = Some(
+                    parse_cursor(value)
+                        .ok_or_else(|| invalid(format!("`{value}` is not a cursor from a previous page")))?,
+                )
+            }
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
+        }
+    }
+    let (letters, next) = state.tasks.dead_letters(cursor, limit).await?;
+    Ok(Json(DeadLetterPage {
+        dead_letters: letters
+            .into_iter()
+            .map(|(record, failed_ms)| DeadLetter {
+                reason: record.dead_reason.clone().unwrap_or_default(),
+                failed_at: rfc3339(failed_ms),
+                task: record.view(),
+            })
+            .collect(),
+        next_cursor: next.map(|(ms, id)| format!("{ms}_{id}")),
+    }))
+}
+
+fn parse_cursor(cursor: &str) -> Option<(u64, Uuid)> {
+    let (ms, id) = cursor.split_once('_')?;
+    Some((ms.parse().ok()?, id.parse().ok()?))
+}
+
+/// `POST /api/v1/dead-letters/{id}/requeue`: runs it again, attempts reset.
+pub async fn requeue(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<app::model::TaskView>), ApiError> {
+    let id = parse_id(&id)?;
+    if !state.tasks.requeue(&id).await? {
+        return Err(not_a_dead_letter());
+    }
+    let record = state.tasks.get(&id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
+    Ok((StatusCode::ACCEPTED, Json(record.view())))
+}
+
+/// `POST /api/v1/dead-letters/requeue[?kind=]`: requeues every dead letter (of that kind).
+pub async fn requeue_all(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if let Some(other) = query.keys().find(|k| k.as_str() != "kind") {
+        return Err(ApiError::bad_request(format!("unknown query parameter `{other}`")));
+    }
+    let requeued = state.tasks.requeue_all(query.get("kind").map(String::as_str)).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "requeued": requeued }))))
+}
+
+/// `DELETE /api/v1/dead-letters/{id}`: deletes the task, its payload and result.
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    if state.tasks.purge(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(not_a_dead_letter()) }
+}
+
+fn not_a_dead_letter() -> ApiError {
+    ApiError::not_found("no dead letter with this id (it was requeued, deleted, or has expired)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let id = Uuid::now_v7();
+        assert_eq!(parse_cursor(&format!("17_{id}")), Some((17, id)));
+        assert_eq!(parse_cursor("17"), None);
+        assert_eq!(parse_cursor("x_y"), None);
+    }
+}

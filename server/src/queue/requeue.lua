@@ -1,0 +1,17 @@
+-- Takes a task out of the dead letters and queues it again, attempts reset.
+-- KEYS: task, dead, ready, events, payload
+-- ARGV: now ms, task id, events maxlen, retention ms
+-- Returns 1 when requeued, 0 when it is not a dead letter (or has expired).
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 or redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated', ARGV[1], 'error', '',
+  'progress', '')
+redis.call('HDEL', KEYS[1], 'finished', 'dead_reason', 'next_run')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[5], ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'task', ARGV[2])
+local kind = redis.call('HGET', KEYS[1], 'kind')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'event', 'queued', 'task', ARGV[2],
+  'kind', kind, 'status', 'queued', 'attempt', 0, 'progress', '', 'error', '', 'at', ARGV[1])
+return 1
