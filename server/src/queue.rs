@@ -64,6 +64,7 @@ struct Scripts {
     promote: Script,
     requeue: Script,
     purge: Script,
+    release: Script,
 }
 
 impl Scripts {
@@ -77,6 +78,7 @@ impl Scripts {
             promote: Script::new(include_str!("queue/promote.lua")),
             requeue: Script::new(include_str!("queue/requeue.lua")),
             purge: Script::new(include_str!("queue/purge.lua")),
+            release: Script::new(include_str!("queue/release.lua")),
         }
     }
 }
@@ -401,6 +403,26 @@ impl Queue {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(applied == 1)
+    }
+
+    /// Hands an unfinished attempt back to the queue (it does not count); `false` if the lease
+    /// was lost meanwhile.
+    pub async fn release(&self, lease: &Lease) -> redis::RedisResult<bool> {
+        let released: i64 = self
+            .scripts
+            .release
+            .key(self.keys.task(&lease.task_id))
+            .key(self.keys.ready())
+            .key(self.keys.events())
+            .arg(&lease.token)
+            .arg(GROUP)
+            .arg(&lease.entry_id)
+            .arg(now_ms())
+            .arg(lease.task_id.to_string())
+            .arg(self.settings.events_maxlen)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(released == 1)
     }
 
     /// Cancels a task: a waiting one at once, a running one by telling its handler to stop.

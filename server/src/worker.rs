@@ -7,7 +7,10 @@ use crate::{
     store::Store,
 };
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, error, info, info_span, warn};
@@ -34,12 +37,21 @@ pub struct Runner {
     registry: Registry,
     retry: RetryPolicy,
     in_flight: TaskTracker,
+    // Fired when the grace period ends: unfinished attempts go back to the queue.
+    hand_back: CancellationToken,
 }
 
 impl Runner {
     /// A runner over `queue`, running the kinds in `registry`.
     pub fn new(queue: Queue, store: Store, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
-        Arc::new(Runner { queue, store, registry, retry, in_flight: TaskTracker::new() })
+        Arc::new(Runner {
+            queue,
+            store,
+            registry,
+            retry,
+            in_flight: TaskTracker::new(),
+            hand_back: CancellationToken::new(),
+        })
     }
 
     /// Runs workers with up to `concurrency` attempts at once until `shutdown` fires, then lets
@@ -59,18 +71,28 @@ impl Runner {
                 .build(run_attempt)
         });
         let signal = shutdown.clone();
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
         monitor
+            .with_terminator(async move { tokio::time::sleep(grace).await })
             .run_with_signal(async move {
                 signal.cancelled().await;
+                let _ = stopped_tx.send(Instant::now());
                 Ok(())
             })
             .await?;
+        // The monitor stops fetching at once; attempts in flight get what is left of the grace.
         self.in_flight.close();
-        if tokio::time::timeout(grace, self.in_flight.wait()).await.is_err() {
+        let stopped = stopped_rx.await.unwrap_or_else(|_| Instant::now());
+        let left = grace.saturating_sub(stopped.elapsed());
+        if tokio::time::timeout(left, self.in_flight.wait()).await.is_err() {
             warn!(
                 grace_ms = grace.as_millis() as u64,
-                "attempts still running after the grace period; their leases will expire and other workers will take them over"
+                "attempts still running after the grace period: handing them back to the queue"
             );
+            self.hand_back.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), self.in_flight.wait()).await.is_err() {
+                warn!("some attempts could not be handed back; their leases will expire and other workers take them over");
+            }
         }
         Ok(())
     }
@@ -120,16 +142,32 @@ impl Runner {
         let started = std::time::Instant::now();
         let run = tokio::spawn(async move { handler.run(input, ctx).await });
         let mut timed_out = false;
-        let result = match lease.timeout_ms {
-            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), run).await {
-                Ok(joined) => joined,
-                Err(_) => {
-                    cancel.cancel();
-                    timed_out = true;
-                    Ok(Err(HandlerError::retryable(format!("timed out after {ms} ms"))))
+        let finished = async {
+            match lease.timeout_ms {
+                Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), run).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        cancel.cancel();
+                        timed_out = true;
+                        Ok(Err(HandlerError::retryable(format!("timed out after {ms} ms"))))
+                    }
+                },
+                None => run.await,
+            }
+        };
+        let result = tokio::select! {
+            result = finished => result,
+            () = self.hand_back.cancelled() => {
+                cancel.cancel();
+                done.cancel();
+                let _ = keeper.await;
+                match self.queue.release(&lease).await {
+                    Ok(true) => info!("handed the unfinished task back to the queue"),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "handing the task back failed; its lease will expire"),
                 }
-            },
-            None => run.await,
+                return;
+            }
         };
         let result =
             result.unwrap_or_else(|e| Err(HandlerError::retryable(format!("the handler crashed: {e}"))));
