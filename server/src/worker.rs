@@ -91,7 +91,9 @@ impl Runner {
             );
             self.hand_back.cancel();
             if tokio::time::timeout(Duration::from_secs(5), self.in_flight.wait()).await.is_err() {
-                warn!("some attempts could not be handed back; their leases will expire and other workers take them over");
+                warn!(
+                    "some attempts could not be handed back; their leases will expire and other workers take them over"
+                );
             }
         }
         Ok(())

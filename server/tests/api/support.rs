@@ -16,14 +16,14 @@ use tokio_util::sync::CancellationToken;
 /// A private redis-server in a temporary directory, killed when dropped.
 pub struct TestRedis {
     pub redis: EmbeddedRedis,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestRedis {
     pub async fn start() -> TestRedis {
         let dir = tempfile::tempdir().expect("a temp dir");
         let redis = EmbeddedRedis::start(dir.path()).await.expect("redis-server starts (is it installed?)");
-        TestRedis { redis, _dir: dir }
+        TestRedis { redis, dir }
     }
 }
 

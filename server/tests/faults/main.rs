@@ -1,0 +1,266 @@
+//! Fault tests with real processes: `courier worker` and `courier serve` children killed,
+//! paused and stopped, and a redis-server restarted under load. Every accepted task must reach
+//! a terminal state, and no surviving process may exit.
+
+#[allow(dead_code)]
+#[path = "../api/support.rs"]
+mod support;
+
+use courier::embedded_redis::{EmbeddedRedis, free_port};
+use serde_json::json;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+use support::*;
+use tokio::process::{Child, Command};
+
+/// Starts `courier worker` on the app's Redis and prefix.
+fn worker(app: &TestApp, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("courier worker starts")
+}
+
+/// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) to a child.
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("the child is running");
+    let status =
+        std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Waits until `count` distinct tasks have a `running` event, and returns their ids.
+async fn until_running(events: &mut SseReader, count: usize) -> HashSet<String> {
+    let mut running = HashSet::new();
+    while running.len() < count {
+        let event = events.next_within(Duration::from_secs(20)).await.expect("tasks start running");
+        if event.name == "running" {
+            running.insert(event.data["task_id"].as_str().unwrap().to_string());
+        }
+    }
+    running
+}
+
+/// Waits until every task in `ids` has a terminal event; returns the final event name of each.
+async fn until_all_end(
+    events: &mut SseReader,
+    ids: &HashSet<String>,
+    limit: Duration,
+) -> HashMap<String, String> {
+    let mut ended = HashMap::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while ended.len() < ids.len() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = events
+            .next_within(left)
+            .await
+            .unwrap_or_else(|| panic!("only {} of {} ended", ended.len(), ids.len()));
+        let id = event.data["task_id"].as_str().unwrap().to_string();
+        if ids.contains(&id) && ["succeeded", "failed", "cancelled"].contains(&event.name.as_str()) {
+            ended.insert(id, event.name);
+        }
+    }
+    ended
+}
+
+#[tokio::test]
+async fn tasks_of_a_killed_worker_are_finished_by_another_after_the_lease() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let mut first = worker(&app, &["--concurrency", "10", "--lease", "2s"]);
+    let mut ids = HashSet::new();
+    for _ in 0..10 {
+        ids.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 3000, "steps": 3}})).await);
+    }
+    assert_eq!(until_running(&mut events, 10).await, ids);
+
+    signal(&first, "KILL");
+    first.wait().await.unwrap();
+    let mut second = worker(&app, &["--concurrency", "10", "--lease", "2s"]);
+    // Lease (2 s) + task (3 s), with room for a slow machine.
+    let ended = until_all_end(&mut events, &ids, Duration::from_secs(30)).await;
+    assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
+    for id in &ids {
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(
+            (view["status"].as_str(), view["attempts"].as_u64()),
+            (Some("succeeded"), Some(2)),
+            "{view}"
+        );
+    }
+    assert!(second.try_wait().unwrap().is_none(), "the second worker keeps running");
+}
+
+#[tokio::test]
+async fn a_paused_workers_late_ack_is_ignored_and_both_workers_live_on() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let mut paused = worker(&app, &["--concurrency", "1", "--lease", "1s"]);
+    let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 3000, "steps": 3}})).await;
+    until_running(&mut events, 1).await;
+
+    signal(&paused, "STOP");
+    let mut other = worker(&app, &["--concurrency", "1", "--lease", "1s"]);
+    let seen = events.until_task_ends(&id, Duration::from_secs(20)).await;
+    assert!(seen.iter().any(|e| e.name == "running" && e.data["attempt"] == 2), "{seen:?}");
+    assert_eq!(seen.last().unwrap().name, "succeeded");
+    let settled = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+
+    // The paused worker wakes up holding a lease that is no longer its own.
+    signal(&paused, "CONT");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(later, settled, "the late holder changed nothing");
+    assert_eq!((later["status"].as_str(), later["attempts"].as_u64()), (Some("succeeded"), Some(2)));
+    while let Some(event) = events.next_within(Duration::from_millis(200)).await {
+        assert_ne!(event.data["task_id"], id.as_str(), "no event after the end: {event:?}");
+    }
+    assert!(paused.try_wait().unwrap().is_none(), "the resumed worker keeps running");
+    assert!(other.try_wait().unwrap().is_none(), "the other worker keeps running");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_tasks_finish_and_leaves_the_rest_queued() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let mut stopping = worker(&app, &["--concurrency", "2", "--grace", "20s"]);
+    let mut ids = HashSet::new();
+    for _ in 0..6 {
+        ids.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 1500, "steps": 3}})).await);
+    }
+    let in_flight = until_running(&mut events, 2).await;
+    signal(&stopping, "TERM");
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), stopping.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "{status}");
+    for id in &ids {
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        let expected = if in_flight.contains(id) { "succeeded" } else { "queued" };
+        assert_eq!(view["status"], expected, "{view}");
+    }
+
+    let _next = worker(&app, &["--concurrency", "4"]);
+    let ended = until_all_end(&mut events, &ids, Duration::from_secs(30)).await;
+    assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
+    for id in &ids {
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["attempts"], 1);
+    }
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_period_hands_running_tasks_back() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let mut stopping = worker(&app, &["--concurrency", "2", "--grace", "300ms", "--lease", "30s"]);
+    let mut ids = HashSet::new();
+    for _ in 0..2 {
+        ids.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 4000, "steps": 4}})).await);
+    }
+    until_running(&mut events, 2).await;
+    signal(&stopping, "TERM");
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), stopping.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "{status}");
+    for id in &ids {
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("queued"), Some(0)), "{view}");
+    }
+    // Handed back, not left to a 30 s lease: the next worker starts them at once.
+    let _next = worker(&app, &["--concurrency", "2"]);
+    let ended = until_all_end(&mut events, &ids, Duration::from_secs(20)).await;
+    assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
+}
+
+#[tokio::test]
+async fn every_accepted_task_ends_across_two_redis_restarts() {
+    let redis = TestRedis::start().await;
+    let (url, port) = (redis.redis.url(), redis.redis.port());
+    let dir = redis.dir.path().to_path_buf();
+    let mut server_redis: Option<EmbeddedRedis> = Some(redis.redis);
+    let prefix = unique_prefix();
+    let http_port = free_port().unwrap();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{http_port}"),
+            "--redis-url",
+            &url,
+            "--prefix",
+            &prefix,
+        ])
+        .args(["--concurrency", "0"])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["worker", "--redis-url", &url, "--prefix", &prefix, "--concurrency", "8"])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    for _ in 0..100 {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let started = std::time::Instant::now();
+    let mut restarts = 0;
+    for round in 0..120 {
+        let body = json!({"kind": "sleep", "payload": {"ms": 50, "steps": 1}});
+        match http.post(format!("{base}/api/v1/tasks")).json(&body).send().await {
+            Ok(r) if r.status() == 202 => accepted
+                .push(r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()),
+            Ok(r) => {
+                assert_eq!(r.status(), 503, "Redis down is a 503");
+                assert!(r.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            Err(e) => panic!("the server must answer while Redis is down: {e}"),
+        }
+        if round == 40 || round == 80 {
+            server_redis.take().unwrap().stop().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server_redis = Some(EmbeddedRedis::start_on(&dir, port).await.unwrap());
+            restarts += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(restarts, 2);
+    assert!(
+        accepted.len() >= 80,
+        "accepted {} (refused {refused}) in {:?}",
+        accepted.len(),
+        started.elapsed()
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for id in &accepted {
+        loop {
+            let view: serde_json::Value = match http.get(format!("{base}/api/v1/tasks/{id}")).send().await {
+                Ok(r) if r.status() == 200 => r.json().await.unwrap(),
+                _ => serde_json::Value::Null,
+            };
+            if view["status"] == "succeeded" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "task {id} did not end: {view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(server.try_wait().unwrap().is_none(), "the server keeps running");
+    assert!(worker.try_wait().unwrap().is_none(), "the worker keeps running");
+    drop(server_redis);
+}
