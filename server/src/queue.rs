@@ -15,6 +15,7 @@ use apalis_core::{
     task::{Task, task_id::RandomId},
     worker::context::WorkerContext,
 };
+use app::model::Priority;
 use bytes::Bytes;
 use redis::{
     AsyncConnectionConfig, Script,
@@ -104,6 +105,16 @@ pub struct NewTask {
     pub max_attempts: u32,
     pub timeout_ms: Option<u64>,
     pub delay_ms: Option<u64>,
+    pub priority: Priority,
+}
+
+/// The one-letter tag of a priority, as delayed-set members carry it (`h:{id}`).
+fn priority_tag(priority: Priority) -> &'static str {
+    match priority {
+        Priority::High => "h",
+        Priority::Normal => "n",
+        Priority::Low => "l",
+    }
 }
 
 /// How an attempt ended, as recorded by [`Queue::finish`].
@@ -175,6 +186,7 @@ pub struct Lease {
     pub timeout_ms: Option<u64>,
     pub payload_type: String,
     entry_id: String,
+    stream: String,
     token: String,
     consumer: Arc<str>,
     // Frees this worker slot when the attempt is over.
@@ -197,20 +209,23 @@ impl Queue {
         &self.settings
     }
 
-    /// Creates the ready stream and its consumer group if they do not exist yet.
+    /// Creates the ready streams and their consumer group if they do not exist yet.
     pub async fn ensure_group(&self) -> redis::RedisResult<()> {
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(self.keys.ready())
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn.clone())
-            .await;
-        match created {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
+        for stream in self.keys.ready_streams() {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut self.conn.clone())
+                .await;
+            match created {
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                other => other?,
+            }
         }
+        Ok(())
     }
 
     /// Stores the payload and the record and queues the id, atomically (one MULTI).
@@ -240,6 +255,7 @@ impl Queue {
                 ("payload_bytes", &task.payload.len().to_string()),
                 ("payload_type", &task.payload_type),
                 ("timeout_ms", &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default()),
+                ("priority", priority_tag(task.priority)),
             ])
             .ignore();
         pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();
@@ -253,10 +269,12 @@ impl Queue {
             .ignore();
         match task.delay_ms {
             Some(delay) => {
-                pipe.cmd("ZADD").arg(self.keys.delayed()).arg(now + delay).arg(&id).ignore();
+                let member = format!("{}:{id}", priority_tag(task.priority));
+                pipe.cmd("ZADD").arg(self.keys.delayed()).arg(now + delay).arg(member).ignore();
             }
             None => {
-                pipe.cmd("XADD").arg(self.keys.ready()).arg("*").arg("task").arg(&id).ignore();
+                let stream = self.keys.ready_for(task.priority);
+                pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(&id).ignore();
             }
         }
         pipe.cmd("XADD")
@@ -281,6 +299,7 @@ impl Queue {
 
     async fn claim(
         &self,
+        stream: &str,
         entry: &StreamId,
         consumer: &Arc<str>,
         slot: OwnedSemaphorePermit,
@@ -289,8 +308,8 @@ impl Queue {
             // Not ours to interpret: drop it so it does not come back forever.
             warn!(entry.id = %entry.id, "dropping a ready entry without a task id");
             let mut pipe = redis::pipe();
-            pipe.cmd("XACK").arg(self.keys.ready()).arg(GROUP).arg(&entry.id).ignore();
-            pipe.cmd("XDEL").arg(self.keys.ready()).arg(&entry.id).ignore();
+            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
+            pipe.cmd("XDEL").arg(stream).arg(&entry.id).ignore();
             return pipe.query_async(&mut self.conn.clone()).await.map(|()| None);
         };
         let token = Uuid::now_v7().to_string();
@@ -298,7 +317,7 @@ impl Queue {
             .scripts
             .claim
             .key(self.keys.task(&task_id))
-            .key(self.keys.ready())
+            .key(stream)
             .key(self.keys.events())
             .arg(&entry.id)
             .arg(GROUP)
@@ -316,6 +335,7 @@ impl Queue {
             timeout_ms: timeout_ms.parse().ok(),
             payload_type: if payload_type.is_empty() { "application/json".into() } else { payload_type },
             entry_id: entry.id.clone(),
+            stream: stream.to_string(),
             token,
             consumer: consumer.clone(),
             _slot: slot,
@@ -328,7 +348,7 @@ impl Queue {
             .scripts
             .renew
             .key(self.keys.task(&lease.task_id))
-            .key(self.keys.ready())
+            .key(&lease.stream)
             .arg(&lease.token)
             .arg(GROUP)
             .arg(lease.consumer.as_ref())
@@ -380,7 +400,7 @@ impl Queue {
             .scripts
             .finish
             .key(self.keys.task(&lease.task_id))
-            .key(self.keys.ready())
+            .key(&lease.stream)
             .key(self.keys.events())
             .key(self.keys.result(&lease.task_id))
             .key(self.keys.payload(&lease.task_id))
@@ -412,7 +432,7 @@ impl Queue {
             .scripts
             .release
             .key(self.keys.task(&lease.task_id))
-            .key(self.keys.ready())
+            .key(&lease.stream)
             .key(self.keys.events())
             .arg(&lease.token)
             .arg(GROUP)
@@ -459,9 +479,9 @@ impl Queue {
             .requeue
             .key(self.keys.task(id))
             .key(self.keys.dead())
-            .key(self.keys.ready())
             .key(self.keys.events())
             .key(self.keys.payload(id))
+            .key(&self.keys.ready_streams())
             .arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)
@@ -492,7 +512,7 @@ impl Queue {
         self.scripts
             .promote
             .key(self.keys.delayed())
-            .key(self.keys.ready())
+            .key(&self.keys.ready_streams())
             .arg(now_ms())
             .arg(PROMOTE_BATCH)
             .invoke_async(&mut self.conn.clone())
@@ -502,9 +522,12 @@ impl Queue {
     /// Ready entries not yet handed to any worker, plus delayed ones.
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         let mut pipe = redis::pipe();
-        pipe.cmd("XLEN").arg(self.keys.ready()).cmd("ZCARD").arg(self.keys.delayed());
-        let (ready, delayed): (u64, u64) = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(ready + delayed)
+        for stream in self.keys.ready_streams() {
+            pipe.cmd("XLEN").arg(stream);
+        }
+        pipe.cmd("ZCARD").arg(self.keys.delayed());
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(counts.iter().sum())
     }
 
     /// Starts fetching for up to `concurrency` attempts at once, and returns the apalis backend
@@ -559,9 +582,9 @@ impl Queue {
             match entries {
                 Ok(entries) => {
                     backoff.reset();
-                    for entry in entries {
+                    for (stream, entry) in entries {
                         let slot = free.pop().expect("never more entries than free slots");
-                        match self.claim(&entry, &consumer, slot).await {
+                        match self.claim(&stream, &entry, &consumer, slot).await {
                             Ok(Some(lease)) => {
                                 if tx.send(lease).await.is_err() {
                                     return;
@@ -594,34 +617,57 @@ impl Queue {
         debug!("fetching stopped");
     }
 
-    /// Takes over entries whose lease expired (when `reclaim`), else blocks for new ones.
+    /// Takes over entries whose lease expired (when `reclaim`); else takes new entries, the most
+    /// urgent stream first; else blocks on all of them. Returns entries with their stream.
     async fn read(
         &self,
         conn: &mut Option<MultiplexedConnection>,
         consumer: &str,
         count: usize,
         reclaim: bool,
-    ) -> redis::RedisResult<Vec<StreamId>> {
+    ) -> redis::RedisResult<Vec<(String, StreamId)>> {
         let conn = match conn {
             Some(conn) => conn,
             None => conn.insert(self.blocking_connection().await?),
         };
+        let streams = self.keys.ready_streams();
         if reclaim {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(self.keys.ready())
-                .arg(GROUP)
-                .arg(consumer)
-                .arg(self.settings.lease.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(count)
-                .query_async(conn)
-                .await?;
-            if !reply.claimed.is_empty() {
-                debug!(count = reply.claimed.len(), "took over tasks whose lease expired");
-                return Ok(reply.claimed);
+            for stream in &streams {
+                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(self.settings.lease.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(conn)
+                    .await?;
+                if !reply.claimed.is_empty() {
+                    debug!(count = reply.claimed.len(), "took over tasks whose lease expired");
+                    return Ok(reply.claimed.into_iter().map(|e| (stream.clone(), e)).collect());
+                }
             }
         }
+        // Without waiting, stream by stream: a high-priority task never waits behind others.
+        for stream in &streams {
+            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
+                .query_async(conn)
+                .await?;
+            let entries = entries_of(reply);
+            if !entries.is_empty() {
+                return Ok(entries);
+            }
+        }
+        // Nothing anywhere: one blocking read over all, woken by whichever gets a task first.
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
@@ -631,11 +677,36 @@ impl Queue {
             .arg("BLOCK")
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
-            .arg(self.keys.ready())
-            .arg(">")
+            .arg(&streams)
+            .arg(&[">", ">", ">"][..])
             .query_async(conn)
             .await?;
-        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+        let mut entries = entries_of(reply);
+        // Several streams may answer at once; take the most urgent, return the rest at once.
+        let first = entries.first().map(|(stream, _)| stream.clone());
+        let (keep, extra): (Vec<_>, Vec<_>) = entries.drain(..).partition(|(s, _)| Some(s) == first.as_ref());
+        if !extra.is_empty() {
+            self.hand_back_unclaimed(conn, &extra).await?;
+        }
+        Ok(keep)
+    }
+
+    /// Returns entries read but not claimed to the stream, as fresh entries, so others take them.
+    async fn hand_back_unclaimed(
+        &self,
+        conn: &mut MultiplexedConnection,
+        entries: &[(String, StreamId)],
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (stream, entry) in entries {
+            if let Some(task) = entry.get::<String>("task") {
+                pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
+            }
+            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
+            pipe.cmd("XDEL").arg(stream).arg(&entry.id).ignore();
+        }
+        pipe.query_async(conn).await
     }
 
     async fn promote_loop(self, shutdown: CancellationToken) {
@@ -659,6 +730,15 @@ impl Queue {
             }
         }
     }
+}
+
+/// The entries of an XREADGROUP reply, with the stream each came from, in stream order.
+fn entries_of(reply: Option<StreamReadReply>) -> Vec<(String, StreamId)> {
+    reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids.into_iter().map(move |e| (k.key.clone(), e)))
+        .collect()
 }
 
 /// Exponential pauses between attempts to reach Redis: 50 ms doubling up to 5 s.

@@ -9,12 +9,13 @@
 //! | `{prefix}:{queue}:payload:{id}`  | string | the payload bytes (claim-check)         |
 //! | `{prefix}:{queue}:result:{id}`   | string | the result bytes                        |
 //! | `{prefix}:{queue}:ready`         | stream | ids of runnable tasks, consumer group   |
-//! | `{prefix}:{queue}:delayed`       | zset   | ids due later (delays, retries), by ms  |
+//! | `{prefix}:{queue}:ready-high`    | stream | the same, for high priority (and `-low`) |
+//! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
 //! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |
 //! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
 //! | `{prefix}:{queue}:events`        | stream | task events, capped                     |
 
-use app::model::{Status, TaskView};
+use app::model::{Priority, Status, TaskView};
 use redis::{AsyncCommands, aio::ConnectionManager};
 use std::{collections::HashMap, sync::Arc};
 use uuid::Uuid;
@@ -46,8 +47,23 @@ impl Keys {
         format!("{}:result:{id}", self.base)
     }
 
+    /// The ready stream of normal-priority tasks.
     pub fn ready(&self) -> String {
         format!("{}:ready", self.base)
+    }
+
+    /// The ready stream of tasks of `priority`.
+    pub fn ready_for(&self, priority: Priority) -> String {
+        match priority {
+            Priority::High => format!("{}:ready-high", self.base),
+            Priority::Normal => self.ready(),
+            Priority::Low => format!("{}:ready-low", self.base),
+        }
+    }
+
+    /// Every ready stream, most urgent first.
+    pub fn ready_streams(&self) -> [String; 3] {
+        [Priority::High, Priority::Normal, Priority::Low].map(|p| self.ready_for(p))
     }
 
     pub fn delayed(&self) -> String {

@@ -150,6 +150,7 @@ impl Tasks {
             max_attempts,
             timeout_ms,
             delay_ms: options.delay_ms.filter(|&d| d > 0),
+            priority: options.priority.unwrap_or_default(),
         };
         self.queue.enqueue(&task).await?;
         Ok(record_of(&task))
@@ -260,10 +261,6 @@ fn validate_options(options: &Options, max_attempts: u32) -> Result<(), SubmitEr
     }
     if options.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
         return invalid(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS} (24 hours)"));
-    }
-    // Refused rather than silently ignored until the queue orders by them.
-    if options.priority.is_some_and(|p| p != Priority::Normal) {
-        return Err(SubmitError::Unsupported("priorities other than `normal` are not available yet".into()));
     }
     if options.session.is_some() {
         return Err(SubmitError::Unsupported("ordered sessions are not available yet".into()));

@@ -8,7 +8,8 @@ if not status then
 end
 if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', ARGV[1], 'finished', ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
+  local priority = redis.call('HGET', KEYS[1], 'priority') or 'n'
+  redis.call('ZREM', KEYS[2], priority .. ':' .. ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
   local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')

@@ -14,7 +14,8 @@ local outcome = ARGV[4]
 redis.call('HSET', KEYS[1], 'status', outcome, 'updated', ARGV[5], 'error', ARGV[9])
 if outcome == 'retrying' then
   redis.call('HSET', KEYS[1], 'next_run', ARGV[11])
-  redis.call('ZADD', KEYS[6], ARGV[11], ARGV[6])
+  local priority = redis.call('HGET', KEYS[1], 'priority') or 'n'
+  redis.call('ZADD', KEYS[6], ARGV[11], priority .. ':' .. ARGV[6])
 else
   redis.call('HSET', KEYS[1], 'finished', ARGV[5])
   redis.call('HDEL', KEYS[1], 'next_run')

@@ -6,4 +6,5 @@ mod support;
 mod claim_check;
 mod dead_letters;
 mod pipeline;
+mod priorities;
 mod validation;

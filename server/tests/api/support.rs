@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 /// A private redis-server in a temporary directory, killed when dropped.
 pub struct TestRedis {
     pub redis: EmbeddedRedis,
+    #[allow(dead_code)] // only the fault tests restart Redis in its directory
     pub dir: tempfile::TempDir,
 }
 
