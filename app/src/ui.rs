@@ -4,6 +4,7 @@
 //! public REST API and server-sent events that any client uses.
 
 mod api;
+mod dead_letters;
 mod home;
 mod live;
 mod task_page;
@@ -46,12 +47,16 @@ pub fn App() -> impl IntoView {
         <Router>
             <header class="top">
                 <A href="/">"Courier"</A>
-                <span class="tagline">"async tasks on Redis, live"</span>
+                <nav>
+                    <A href="/">"Tasks"</A>
+                    <A href="/dead-letters">"Dead letters"</A>
+                </nav>
             </header>
             <main>
                 <Routes fallback=|| view! { <p>"Page not found."</p> }>
                     <Route path=path!("") view=home::HomePage/>
                     <Route path=path!("/tasks/:id") view=task_page::TaskPage/>
+                    <Route path=path!("/dead-letters") view=dead_letters::DeadLettersPage/>
                 </Routes>
             </main>
         </Router>

@@ -48,6 +48,23 @@ mod browser {
         }
     }
 
+    /// POSTs with no body and reads the JSON answer.
+    pub async fn post<T: DeserializeOwned>(url: &str) -> Result<T, String> {
+        let response = Request::post(url).send().await.map_err(|e| e.to_string())?;
+        read(response).await
+    }
+
+    /// DELETEs; any 2xx is success.
+    pub async fn delete(url: &str) -> Result<(), String> {
+        let response = Request::delete(url).send().await.map_err(|e| e.to_string())?;
+        if response.ok() {
+            Ok(())
+        } else {
+            let status = response.status();
+            Err(describe(response.json().await.ok(), status))
+        }
+    }
+
     pub async fn submit(request: &SubmitRequest) -> Result<TaskView, String> {
         let response = Request::post("/api/v1/tasks")
             .json(request)
@@ -103,6 +120,14 @@ mod server_side {
     }
 
     pub async fn submit(_request: &SubmitRequest) -> Result<TaskView, String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn post<T: DeserializeOwned>(_url: &str) -> Result<T, String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn delete(_url: &str) -> Result<(), String> {
         Err(BROWSER_ONLY.into())
     }
 }
