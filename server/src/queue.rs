@@ -20,7 +20,7 @@ use bytes::Bytes;
 use redis::{
     AsyncConnectionConfig, Script,
     aio::{ConnectionManager, MultiplexedConnection},
-    streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
+    streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadReply},
 };
 use std::{
     sync::Arc,
@@ -536,9 +536,31 @@ impl Queue {
         let (tx, rx) = mpsc::channel(concurrency.max(1));
         let slots = Arc::new(Semaphore::new(concurrency));
         let consumer: Arc<str> = format!("worker-{}", Uuid::now_v7()).into();
+        tokio::spawn(self.clone().prune_consumers());
         tokio::spawn(self.clone().fetch_loop(consumer, slots, tx, shutdown.clone()));
         tokio::spawn(self.clone().promote_loop(shutdown));
         RedisBackend { rx, next: None }
+    }
+
+    /// Forgets consumers of stopped workers (nothing pending, idle for an hour), so the group's
+    /// consumer list does not grow with every worker that ever ran.
+    async fn prune_consumers(self) {
+        const IDLE_MS: usize = 3_600_000;
+        for stream in self.keys.ready_streams() {
+            let mut conn = self.conn.clone();
+            let info: redis::RedisResult<StreamInfoConsumersReply> =
+                redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg(GROUP).query_async(&mut conn).await;
+            let Ok(info) = info else { continue };
+            for consumer in info.consumers.iter().filter(|c| c.pending == 0 && c.idle > IDLE_MS) {
+                let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&consumer.name)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        }
     }
 
     async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
