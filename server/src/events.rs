@@ -72,6 +72,48 @@ impl StoredEvent {
     }
 }
 
+/// Counts events in one-second buckets over a sliding window.
+#[derive(Default)]
+pub struct Throughput {
+    buckets: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+}
+
+impl Throughput {
+    /// The window the rate is measured over, in seconds.
+    const WINDOW_S: u64 = 30;
+
+    fn now_s() -> u64 {
+        crate::store::now_ms() / 1000
+    }
+
+    /// Counts `n` events now.
+    pub fn record(&self, n: u64) {
+        self.record_at(Self::now_s(), n);
+    }
+
+    fn record_at(&self, second: u64, n: u64) {
+        let mut buckets = self.buckets.lock().expect("never poisoned: no panics while held");
+        match buckets.back_mut() {
+            Some((at, count)) if *at == second => *count += n,
+            _ => buckets.push_back((second, n)),
+        }
+        while buckets.front().is_some_and(|(at, _)| *at + Self::WINDOW_S < second) {
+            buckets.pop_front();
+        }
+    }
+
+    /// Events per second over the window ending now.
+    pub fn per_second(&self) -> f64 {
+        self.per_second_at(Self::now_s())
+    }
+
+    fn per_second_at(&self, now: u64) -> f64 {
+        let buckets = self.buckets.lock().expect("never poisoned: no panics while held");
+        let count: u64 = buckets.iter().filter(|(at, _)| *at + Self::WINDOW_S >= now).map(|(_, n)| n).sum();
+        count as f64 / Self::WINDOW_S as f64
+    }
+}
+
 /// A stream id as a comparable pair (milliseconds, sequence).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position(u64, u64);
@@ -103,6 +145,7 @@ pub struct Events {
     conn: ConnectionManager,
     keys: Keys,
     fanout: broadcast::Sender<Arc<StoredEvent>>,
+    finished: Arc<Throughput>,
     shutdown: CancellationToken,
 }
 
@@ -115,7 +158,7 @@ impl Events {
         shutdown: CancellationToken,
     ) -> redis::RedisResult<Events> {
         let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
-        let events = Events { conn, keys, fanout, shutdown };
+        let events = Events { conn, keys, fanout, finished: Arc::new(Throughput::default()), shutdown };
         // Fix the starting point now: an event appended before the tail's first read still
         // reaches every subscriber that connected after `start` returned.
         let from = events.latest_id().await?;
@@ -172,6 +215,9 @@ impl Events {
                     last = entries.last().map(|e| e.id.clone()).unwrap_or(from);
                     for entry in &entries {
                         if let Some(event) = StoredEvent::from_entry(entry) {
+                            if event.event.status.is_terminal() && event.name != "progress" {
+                                self.finished.record(1);
+                            }
                             // No receivers is fine: nobody is watching right now.
                             let _ = self.fanout.send(Arc::new(event));
                         }
@@ -189,6 +235,16 @@ impl Events {
                 }
             }
         }
+    }
+
+    /// Tasks finished per second over the last half minute, across every worker.
+    pub fn throughput(&self) -> f64 {
+        self.finished.per_second()
+    }
+
+    /// A receiver of every event from now on, for a caller that waits for one task to end.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.fanout.subscribe()
     }
 
     /// Events after stream id `after`, oldest first, at most `count`.
@@ -315,6 +371,17 @@ mod tests {
 
     fn event_from_fields(id: &str, map: HashMap<String, Value>) -> Option<StoredEvent> {
         StoredEvent::from_entry(&StreamId { id: id.to_string(), map, ..Default::default() })
+    }
+
+    #[test]
+    fn throughput_counts_the_last_thirty_seconds() {
+        let t = Throughput::default();
+        t.record_at(100, 30);
+        t.record_at(100, 30);
+        t.record_at(110, 30);
+        assert_eq!(t.per_second_at(110), 3.0);
+        assert_eq!(t.per_second_at(135), 1.0);
+        assert_eq!(t.per_second_at(200), 0.0);
     }
 
     #[test]

@@ -471,6 +471,36 @@ impl Queue {
         })
     }
 
+    /// Claims an idempotency key for `value` for the retention; returns `None` when claimed, or
+    /// the value it already holds.
+    pub async fn claim_idempotency_key(&self, key: &str, value: &str) -> redis::RedisResult<Option<String>> {
+        let mut conn = self.conn.clone();
+        let retention_ms = self.settings.retention.as_millis() as u64;
+        loop {
+            let claimed: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(retention_ms)
+                .query_async(&mut conn)
+                .await?;
+            if claimed.is_some() {
+                return Ok(None);
+            }
+            let held: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+            // Expired between the two commands: try to claim it again.
+            if let Some(held) = held {
+                return Ok(Some(held));
+            }
+        }
+    }
+
+    /// Forgets an idempotency key whose task could not be enqueued.
+    pub async fn release_idempotency_key(&self, key: &str) -> redis::RedisResult<()> {
+        redis::cmd("DEL").arg(key).query_async(&mut self.conn.clone()).await
+    }
+
     /// Takes a dead letter out of the dead-letter set and queues it again with its attempts
     /// reset; `false` if it is not a dead letter.
     pub async fn requeue(&self, id: &Uuid) -> redis::RedisResult<bool> {

@@ -14,6 +14,7 @@
 //! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |
 //! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
 //! | `{prefix}:{queue}:events`        | stream | task events, capped                     |
+//! | `{prefix}:{queue}:idem:{sha1}`   | string | `{task id} {request digest}` of a key   |
 
 use app::model::{Priority, Status, TaskView};
 use redis::{AsyncCommands, aio::ConnectionManager};
@@ -72,6 +73,11 @@ impl Keys {
 
     pub fn dead(&self) -> String {
         format!("{}:dead", self.base)
+    }
+
+    /// The key that remembers which task an `Idempotency-Key` (by its digest) created.
+    pub fn idempotency(&self, digest: &str) -> String {
+        format!("{}:idem:{digest}", self.base)
     }
 
     pub fn index(&self) -> String {

@@ -23,6 +23,16 @@ pub struct Submission {
     pub kind: String,
     pub payload: Payload,
     pub options: Options,
+    /// The client's `Idempotency-Key`: the same key with the same request gives the same task.
+    pub idempotency_key: Option<String>,
+}
+
+/// An accepted submission.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub record: TaskRecord,
+    /// True when an earlier request with the same idempotency key created the task.
+    pub replayed: bool,
 }
 
 /// The payload of a submission.
@@ -57,6 +67,8 @@ pub enum SubmitError {
     MalformedJson(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -97,12 +109,13 @@ pub struct Tasks {
     store: Store,
     registry: Registry,
     default_max_attempts: u32,
+    depth_cache: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
 
 impl Tasks {
     /// The service over `queue` and `store`, accepting the kinds in `registry`.
     pub fn new(queue: Queue, store: Store, registry: Registry, default_max_attempts: u32) -> Tasks {
-        Tasks { queue, store, registry, default_max_attempts }
+        Tasks { queue, store, registry, default_max_attempts, depth_cache: Default::default() }
     }
 
     /// Every kind, with its description and payload schema.
@@ -111,8 +124,8 @@ impl Tasks {
     }
 
     /// Validates and enqueues a task; on any error nothing is stored.
-    pub async fn submit(&self, submission: Submission) -> Result<TaskRecord, SubmitError> {
-        let Submission { kind, payload, options } = submission;
+    pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        let Submission { kind, payload, options, idempotency_key } = submission;
         let handler = self.registry.get(&kind).ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
         let max_attempts =
             options.max_attempts.or(handler.max_attempts()).unwrap_or(self.default_max_attempts);
@@ -152,8 +165,45 @@ impl Tasks {
             delay_ms: options.delay_ms.filter(|&d| d > 0),
             priority: options.priority.unwrap_or_default(),
         };
-        self.queue.enqueue(&task).await?;
-        Ok(record_of(&task))
+        let Some(key) = idempotency_key else {
+            self.queue.enqueue(&task).await?;
+            return Ok(Submitted { record: record_of(&task), replayed: false });
+        };
+        let key_name =
+            self.store.keys().idempotency(&sha1_smol::Sha1::from(key.as_bytes()).digest().to_string());
+        let digest = fingerprint(&task);
+        match self.queue.claim_idempotency_key(&key_name, &format!("{} {digest}", task.id)).await? {
+            None => match self.queue.enqueue(&task).await {
+                Ok(()) => Ok(Submitted { record: record_of(&task), replayed: false }),
+                Err(e) => {
+                    // Best effort: a key that stays claimed would make retries of this request fail.
+                    let _ = self.queue.release_idempotency_key(&key_name).await;
+                    Err(e.into())
+                }
+            },
+            Some(held) => {
+                let (id, held_digest) = held.split_once(' ').unwrap_or((held.as_str(), ""));
+                if held_digest != digest {
+                    return Err(SubmitError::IdempotencyKeyReused);
+                }
+                let id: Uuid = id.parse().map_err(|_| SubmitError::IdempotencyKeyReused)?;
+                Ok(Submitted { record: self.wait_for_record(&id).await?, replayed: true })
+            }
+        }
+    }
+
+    /// The record of a task whose first request may still be storing it (a few milliseconds).
+    async fn wait_for_record(&self, id: &Uuid) -> Result<TaskRecord, SubmitError> {
+        for _ in 0..50 {
+            if let Some(record) = self.store.get(id).await? {
+                return Ok(record);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Err(SubmitError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the task of this Idempotency-Key was not stored",
+        ))))
     }
 
     /// The task's record, or `None` if unknown or expired.
@@ -236,6 +286,31 @@ impl Tasks {
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         self.queue.depth().await
     }
+
+    /// [`Tasks::depth`], read at most every quarter second: it only feeds estimates.
+    pub async fn depth_cached(&self) -> redis::RedisResult<u64> {
+        const FRESH: std::time::Duration = std::time::Duration::from_millis(250);
+        if let Some((at, depth)) = *self.depth_cache.lock().expect("never poisoned")
+            && at.elapsed() < FRESH
+        {
+            return Ok(depth);
+        }
+        let depth = self.queue.depth().await?;
+        *self.depth_cache.lock().expect("never poisoned") = Some((std::time::Instant::now(), depth));
+        Ok(depth)
+    }
+}
+
+/// A digest of everything that makes two submissions the same request.
+fn fingerprint(task: &NewTask) -> String {
+    let mut hash = sha1_smol::Sha1::new();
+    let options = format!(
+        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0",
+        task.kind, task.payload_type, task.max_attempts, task.timeout_ms, task.delay_ms, task.priority
+    );
+    hash.update(options.as_bytes());
+    hash.update(&task.payload);
+    hash.digest().to_string()
 }
 
 fn is_json(content_type: &str) -> bool {

@@ -3,7 +3,7 @@
 use super::{ApiError, AppState, parse_id};
 use crate::{
     store::{TaskRecord, rfc3339},
-    tasks::{Cancelled, ListQuery, Options, Payload, Submission},
+    tasks::{Cancelled, ListQuery, Options, Payload, Submission, Submitted},
 };
 use app::model::{KindInfo, Priority, Status, SubmitRequest, TaskPage, TaskView};
 use axum::{
@@ -37,7 +37,12 @@ pub async fn submit(
             let bytes = read_body(body, &headers, state.max_payload).await?;
             let content_type =
                 if content_type.is_empty() { "application/octet-stream".to_string() } else { content_type };
-            Submission { kind: kind.clone(), payload: Payload::Raw { bytes, content_type }, options }
+            Submission {
+                kind: kind.clone(),
+                payload: Payload::Raw { bytes, content_type },
+                options,
+                idempotency_key: None,
+            }
         }
         None if is_json(&content_type) => {
             if let Some(name) = query.keys().next() {
@@ -59,7 +64,12 @@ pub async fn submit(
                 timeout_ms: request.timeout_ms,
                 session: request.session,
             };
-            Submission { kind: request.kind, payload: Payload::Json(request.payload), options }
+            Submission {
+                kind: request.kind,
+                payload: Payload::Json(request.payload),
+                options,
+                idempotency_key: None,
+            }
         }
         None => {
             return Err(ApiError::new(
@@ -70,12 +80,94 @@ pub async fn submit(
             .detail("send a JSON body (Content-Type: application/json), or any body with ?kind=…"));
         }
     };
-    let record = state.tasks.submit(submission).await?;
+    let submission = Submission { idempotency_key: idempotency_key(&headers)?, ..submission };
+    let wait = prefer_wait(&headers);
+    // Request-reply: listen before enqueueing, so the reply cannot slip past.
+    let replies = wait.map(|_| state.events.subscribe());
+    let Submitted { record, replayed } = state.tasks.submit(submission).await?;
+    if let (Some(seconds), Some(replies)) = (wait, replies)
+        && let Some(reply) = wait_for_reply(&state, record.clone(), seconds, replies).await?
+    {
+        return Ok(reply);
+    }
     let mut response = (StatusCode::ACCEPTED, Json(record.view())).into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, header_value(&format!("/api/v1/tasks/{}/status", record.id)));
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
     Ok(response)
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255);
+    let key = key
+        .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
+    Ok(Some(key.to_string()))
+}
+
+/// The longest a request may wait for its reply (`Prefer: wait=N`).
+const MAX_WAIT_S: u64 = 60;
+
+/// `Prefer: wait=N` (RFC 7240), capped at a minute; other preferences are ignored.
+fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|pref| pref.trim().strip_prefix("wait=")?.trim().parse::<u64>().ok())
+        .map(|n| n.min(MAX_WAIT_S))
+}
+
+/// Waits up to `seconds` for the task to end; its answer then, or `None` to answer `202`.
+async fn wait_for_reply(
+    state: &AppState,
+    record: TaskRecord,
+    seconds: u64,
+    mut replies: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::events::StoredEvent>>,
+) -> Result<Option<Response>, ApiError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut ended = record.status.is_terminal();
+    while !ended {
+        match tokio::time::timeout_at(deadline, replies.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(event)) => ended = event.event.task_id == record.id && event.event.status.is_terminal(),
+            // Fell behind a burst of events: ask the record instead.
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                ended = state.tasks.get(&record.id).await?.is_some_and(|r| r.status.is_terminal());
+            }
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(None),
+        }
+    }
+    let record =
+        state.tasks.get(&record.id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
+    let mut response = match record.status {
+        Status::Succeeded => {
+            let stored = state
+                .tasks
+                .result(&record)
+                .await?
+                .ok_or_else(|| ApiError::not_found("the result has expired"))?;
+            ([(header::CONTENT_TYPE, header_value(&stored.content_type))], stored.bytes).into_response()
+        }
+        Status::Failed => {
+            ApiError::unprocessable("task-failed", "Task failed", record.error.clone().unwrap_or_default())
+                .into_response()
+        }
+        _ => ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
+            .detail("the task was cancelled before it finished")
+            .into_response(),
+    };
+    let headers = response.headers_mut();
+    headers.insert("preference-applied", header_value(&format!("wait={seconds}")));
+    headers.insert(header::CONTENT_LOCATION, header_value(&format!("/api/v1/tasks/{}", record.id)));
+    Ok(Some(response))
 }
 
 /// Reads the body up to `limit` bytes; past it, `413` without reading the rest.
@@ -157,9 +249,23 @@ fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).expect("paths built from UUIDs are valid header values")
 }
 
-/// Seconds a client should wait before polling the status monitor.
-async fn retry_after(_state: &AppState) -> u64 {
-    1
+/// Seconds a client should wait before polling the status monitor: the tasks waiting ahead,
+/// over how fast tasks have finished lately (at least 1).
+async fn retry_after(state: &AppState) -> u64 {
+    // An estimate is no reason to fail a request: with Redis away, fall back to 1.
+    let depth = state.tasks.depth_cached().await.unwrap_or(0);
+    estimate_wait_s(depth, state.events.throughput())
+}
+
+/// `depth` tasks ahead at `per_second` finished per second, in whole seconds within [1, 3600].
+fn estimate_wait_s(depth: u64, per_second: f64) -> u64 {
+    let seconds = if per_second > 0.0 {
+        (depth as f64 / per_second).ceil() as u64
+    } else {
+        // Nothing finished lately: no rate to go by, so stay modest.
+        1 + depth / 100
+    };
+    seconds.clamp(1, 3600)
 }
 
 async fn find(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
@@ -335,6 +441,30 @@ fn rfc1123(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_estimate_is_depth_over_throughput_and_at_least_a_second() {
+        assert_eq!(estimate_wait_s(0, 50.0), 1);
+        assert_eq!(estimate_wait_s(500, 50.0), 10);
+        assert_eq!(estimate_wait_s(501, 50.0), 11);
+        assert_eq!(estimate_wait_s(10, 0.0), 1);
+        assert_eq!(estimate_wait_s(1000, 0.0), 11);
+        assert_eq!(estimate_wait_s(10_000_000, 1.0), 3600);
+    }
+
+    #[test]
+    fn prefer_wait_is_read_among_other_preferences_and_capped() {
+        let headers = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("prefer", v.parse().unwrap());
+            h
+        };
+        assert_eq!(prefer_wait(&headers("wait=5")), Some(5));
+        assert_eq!(prefer_wait(&headers("respond-async, wait=10")), Some(10));
+        assert_eq!(prefer_wait(&headers("wait=600")), Some(60));
+        assert_eq!(prefer_wait(&headers("return=minimal")), None);
+        assert_eq!(prefer_wait(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn http_dates_follow_rfc_9110() {

@@ -93,6 +93,9 @@ impl From<SubmitError> for ApiError {
             SubmitError::Unsupported(detail) => {
                 ApiError::unprocessable("unsupported", "Not supported", detail)
             }
+            SubmitError::IdempotencyKeyReused => {
+                ApiError::unprocessable("idempotency-key-reused", "Idempotency key reused", e.to_string())
+            }
             SubmitError::Redis(e) => e.into(),
         }
     }

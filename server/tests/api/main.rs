@@ -5,6 +5,7 @@ mod support;
 
 mod claim_check;
 mod dead_letters;
+mod patterns;
 mod pipeline;
 mod priorities;
 mod validation;

@@ -55,7 +55,10 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
         .collect::<Vec<()>>()
         .await;
     let enqueue_s = started.elapsed().as_secs_f64();
-    println!("{{\"metric\": \"backlog_enqueue_jobs_per_s\", \"backlog\": {total}, \"value\": {:.0}}}", total as f64 / enqueue_s);
+    println!(
+        "{{\"metric\": \"backlog_enqueue_jobs_per_s\", \"backlog\": {total}, \"value\": {:.0}}}",
+        total as f64 / enqueue_s
+    );
     assert_eq!(queue.depth().await.unwrap(), total as u64);
 
     let app = spawn_app_on(&redis.redis.url(), |c| {
@@ -81,9 +84,14 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
     let total = total as u64;
     let early = rate_between(total - tenth as u64, total - 2 * tenth as u64);
     let late = rate_between(2 * tenth as u64, tenth as u64);
-    println!("{{\"metric\": \"backlog_drain_jobs_per_s_early\", \"backlog\": {total}, \"value\": {early:.0}}}");
+    println!(
+        "{{\"metric\": \"backlog_drain_jobs_per_s_early\", \"backlog\": {total}, \"value\": {early:.0}}}"
+    );
     println!("{{\"metric\": \"backlog_drain_jobs_per_s_late\", \"backlog\": {total}, \"value\": {late:.0}}}");
-    println!("{{\"metric\": \"backlog_drain_total_s\", \"backlog\": {total}, \"value\": {:.1}}}", drain_started.elapsed().as_secs_f64());
+    println!(
+        "{{\"metric\": \"backlog_drain_total_s\", \"backlog\": {total}, \"value\": {:.1}}}",
+        drain_started.elapsed().as_secs_f64()
+    );
 
     // Drained means done: the newest tasks succeeded, and nothing is pending or running.
     let page = app.get_json("/api/v1/tasks?limit=50").await;
