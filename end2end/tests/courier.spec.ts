@@ -75,3 +75,15 @@ test('the task page shows the record, the events and the result', async ({ page 
   await expect(page.locator('.result-body')).toContainText('{"word":"alpha","count":2}');
   await expect(page.locator('.events .event-name').last()).toHaveText('succeeded');
 });
+
+test('waiting for the result shows it inline under the form', async ({ page }) => {
+  await openHome(page);
+  await chooseKind(page, 'text.stats');
+  await page.fill('#payload', '"wait for me wait"');
+  await page.check('#wait');
+  await page.click('button[type=submit]');
+
+  await expect(page.locator('.inline-result .result-body')).toContainText('"words":4');
+  await expect(page.locator('.inline-result .result-body')).toContainText('{"word":"wait","count":2}');
+  await expect(page.locator('li.task').first().locator('.badge')).toHaveText('succeeded');
+});

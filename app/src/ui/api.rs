@@ -3,6 +3,15 @@
 use crate::model::{Problem, SubmitRequest, TaskView};
 use serde::de::DeserializeOwned;
 
+/// The answer to a submission that waited for its result.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+pub enum Reply {
+    /// The task ended in time: its result.
+    Result(String),
+    /// Still running when the wait ran out.
+    Accepted(TaskView),
+}
+
 /// Turns an error response into one line a person can read.
 #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
 fn describe(problem: Option<Problem>, status: u16) -> String {
@@ -65,6 +74,22 @@ mod browser {
         }
     }
 
+    /// Submits and waits up to `seconds` for the result (`Prefer: wait`).
+    pub async fn submit_and_wait(request: &SubmitRequest, seconds: u32) -> Result<Reply, String> {
+        let response = Request::post("/api/v1/tasks")
+            .header("prefer", &format!("wait={seconds}"))
+            .json(request)
+            .map_err(|e| e.to_string())?
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status() {
+            200 => Ok(Reply::Result(response.text().await.map_err(|e| e.to_string())?)),
+            202 => Ok(Reply::Accepted(read(response).await?)),
+            status => Err(describe(response.json().await.ok(), status)),
+        }
+    }
+
     pub async fn submit(request: &SubmitRequest) -> Result<TaskView, String> {
         let response = Request::post("/api/v1/tasks")
             .json(request)
@@ -120,6 +145,10 @@ mod server_side {
     }
 
     pub async fn submit(_request: &SubmitRequest) -> Result<TaskView, String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn submit_and_wait(_request: &SubmitRequest, _seconds: u32) -> Result<Reply, String> {
         Err(BROWSER_ONLY.into())
     }
 

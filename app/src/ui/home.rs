@@ -7,6 +7,8 @@ use leptos::{prelude::*, task::spawn_local};
 
 /// How many recent tasks the live list shows.
 const LIST_LEN: usize = 50;
+/// How long "wait for the result" waits (`Prefer: wait`).
+const WAIT_S: u32 = 30;
 
 /// The form and the live list under it.
 #[component]
@@ -115,6 +117,8 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
     let field_errors = RwSignal::new(Vec::<String>::new());
     let submit_error = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
+    let wait = RwSignal::new(false);
+    let reply = RwSignal::new(None::<String>);
     let file_input = NodeRef::<leptos::html::Input>::new();
 
     let selected = move || -> Option<KindInfo> {
@@ -132,6 +136,7 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
     let on_submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         submit_error.set(None);
+        reply.set(None);
         let Some(info) = selected() else {
             submit_error.set(Some("the task kinds have not loaded yet".into()));
             return;
@@ -171,9 +176,21 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             timeout_ms: None,
             session: None,
         };
+        let wait = wait.get_untracked();
         spawn_local(async move {
-            match api::submit(&request).await {
-                Ok(task) => on_submitted(task),
+            let outcome = if wait {
+                api::submit_and_wait(&request, WAIT_S).await
+            } else {
+                api::submit(&request).await.map(api::Reply::Accepted)
+            };
+            match outcome {
+                Ok(api::Reply::Accepted(task)) => {
+                    if wait {
+                        reply.set(Some(format!("still running after {WAIT_S} s: follow it in the list below")));
+                    }
+                    on_submitted(task)
+                }
+                Ok(api::Reply::Result(body)) => reply.set(Some(body)),
                 Err(e) => submit_error.set(Some(e)),
             }
             busy.set(false);
@@ -213,10 +230,31 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             </ul>
             <label for="file">"…or upload a file as the payload"</label>
             <input id="file" name="file" type="file" node_ref=file_input/>
+            <label class="inline">
+                <input
+                    id="wait"
+                    type="checkbox"
+                    prop:checked=move || wait.get()
+                    on:change=move |ev| wait.set(event_target_checked(&ev))
+                />
+                {format!(" wait for the result (up to {WAIT_S} s) and show it here")}
+            </label>
             <div class="actions">
                 <button type="submit" disabled=move || busy.get()>"Submit"</button>
                 <span class="submit-error" role="alert">{move || submit_error.get()}</span>
             </div>
+            {move || {
+                reply
+                    .get()
+                    .map(|body| {
+                        view! {
+                            <div class="inline-result">
+                                <h2>"Result"</h2>
+                                <pre class="result-body">{body}</pre>
+                            </div>
+                        }
+                    })
+            }}
         </form>
     }
 }
