@@ -73,6 +73,10 @@ pub struct Config {
     #[arg(long, env = "COURIER_GRACE", default_value = "30s", value_parser = parse_duration, global = true)]
     pub grace: Duration,
 
+    /// A TOML file declaring topic subscriptions (default: `courier.toml`, if present).
+    #[arg(long, env = "COURIER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
     /// Where the embedded redis-server keeps its data (under `redis/`).
     #[arg(long, env = "COURIER_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,

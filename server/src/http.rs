@@ -4,10 +4,11 @@ mod api;
 mod dead_letters;
 mod problem;
 mod sse;
+mod topics;
 
 pub use problem::ApiError;
 
-use crate::{events::Events, store::Keys, tasks::Tasks};
+use crate::{events::Events, store::Keys, tasks::Tasks, topics::Topics};
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, FromRef, State},
@@ -23,6 +24,7 @@ use uuid::Uuid;
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub tasks: Tasks,
+    pub topics: Topics,
     pub events: Events,
     pub keys: Keys,
     pub redis: ConnectionManager,
@@ -42,6 +44,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/events", get(sse::task_events))
         .route("/api/v1/events", get(sse::all_events))
         .route("/api/v1/kinds", get(api::kinds))
+        .route("/api/v1/topics", get(topics::list))
+        .route("/api/v1/topics/{topic}/messages", post(topics::publish))
+        .route("/api/v1/topics/{topic}/subscriptions", get(topics::subscriptions))
+        .route(
+            "/api/v1/topics/{topic}/subscriptions/{name}",
+            get(topics::get).put(topics::put).delete(topics::delete),
+        )
         .route("/api/v1/dead-letters", get(dead_letters::list))
         .route("/api/v1/dead-letters/requeue", post(dead_letters::requeue_all))
         .route("/api/v1/dead-letters/{id}", delete(dead_letters::delete))

@@ -11,6 +11,7 @@ pub mod http;
 pub mod queue;
 pub mod store;
 pub mod tasks;
+pub mod topics;
 pub mod worker;
 
 use anyhow::Context;
@@ -25,6 +26,7 @@ use store::{DEFAULT_QUEUE, Keys, Store};
 use tasks::Tasks;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use topics::{FileConfig, Topics};
 use tracing::info;
 use worker::{RetryPolicy, Runner};
 
@@ -94,8 +96,12 @@ impl Server {
             let events = Events::start(client, conn.clone(), keys.clone(), shutdown.clone())
                 .await
                 .context("reading the event stream")?;
+            let tasks = Tasks::new(queue, store, registry, config.max_attempts);
+            let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
+            declare_subscriptions(&config, &topics).await?;
             let state = http::AppState {
-                tasks: Tasks::new(queue, store, registry, config.max_attempts),
+                tasks,
+                topics,
                 events,
                 keys,
                 redis: conn,
@@ -147,6 +153,25 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Creates or updates the subscriptions the configuration file declares.
+async fn declare_subscriptions(config: &Config, topics: &Topics) -> anyhow::Result<()> {
+    let path = match &config.config {
+        Some(path) => path.clone(),
+        None if std::path::Path::new("courier.toml").exists() => "courier.toml".into(),
+        None => return Ok(()),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let file = FileConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for declared in &file.subscriptions {
+        topics
+            .put(&declared.topic, &declared.name, &declared.subscription)
+            .await
+            .with_context(|| format!("declaring subscription {}/{}", declared.topic, declared.name))?;
+    }
+    info!(count = file.subscriptions.len(), file = %path.display(), "declared subscriptions");
+    Ok(())
 }
 
 fn leptos_options(config: &Config, addr: SocketAddr) -> leptos::prelude::LeptosOptions {

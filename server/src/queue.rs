@@ -230,13 +230,25 @@ impl Queue {
 
     /// Stores the payload and the record and queues the id, atomically (one MULTI).
     pub async fn enqueue(&self, task: &NewTask) -> redis::RedisResult<()> {
+        self.enqueue_many(std::slice::from_ref(task)).await
+    }
+
+    /// Enqueues several tasks in one MULTI: all of them, or (on error) none.
+    pub async fn enqueue_many(&self, tasks: &[NewTask]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for task in tasks {
+            self.add_enqueue(&mut pipe, task);
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    fn add_enqueue(&self, pipe: &mut redis::Pipeline, task: &NewTask) {
         let now = task.created_ms;
         let retention_ms = self.settings.retention.as_millis() as u64;
         let id = task.id.to_string();
         let status = if task.delay_ms.is_some() { "scheduled" } else { "queued" };
         let task_key = self.keys.task(&task.id);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
         pipe.cmd("SET")
             .arg(self.keys.payload(&task.id))
             .arg(task.payload.as_ref())
@@ -294,7 +306,6 @@ impl Queue {
                 ("at", &now.to_string()),
             ])
             .ignore();
-        pipe.query_async(&mut self.conn.clone()).await
     }
 
     async fn claim(

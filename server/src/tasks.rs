@@ -123,13 +123,12 @@ impl Tasks {
         self.registry.describe()
     }
 
-    /// Validates and enqueues a task; on any error nothing is stored.
-    pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
-        let Submission { kind, payload, options, idempotency_key } = submission;
+    /// Validates a submission into the task to enqueue.
+    fn prepare(&self, kind: String, payload: Payload, options: &Options) -> Result<NewTask, SubmitError> {
         let handler = self.registry.get(&kind).ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
         let max_attempts =
             options.max_attempts.or(handler.max_attempts()).unwrap_or(self.default_max_attempts);
-        validate_options(&options, max_attempts)?;
+        validate_options(options, max_attempts)?;
         let timeout_ms = options.timeout_ms.or(handler.timeout().map(|t| t.as_millis() as u64));
         let (bytes, payload_type) = match payload {
             Payload::Json(value) => {
@@ -154,7 +153,7 @@ impl Tasks {
                 (bytes, content_type)
             }
         };
-        let task = NewTask {
+        Ok(NewTask {
             id: Uuid::now_v7(),
             created_ms: crate::store::now_ms(),
             kind,
@@ -164,7 +163,27 @@ impl Tasks {
             timeout_ms,
             delay_ms: options.delay_ms.filter(|&d| d > 0),
             priority: options.priority.unwrap_or_default(),
-        };
+        })
+    }
+
+    /// Validates every submission, then enqueues them all at once (one MULTI), or none: the
+    /// error names the index of the first refused one.
+    pub async fn submit_many(&self, submissions: Vec<Submission>) -> Result<Vec<Uuid>, (usize, SubmitError)> {
+        let tasks = submissions
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| self.prepare(s.kind, s.payload, &s.options).map_err(|e| (i, e)))
+            .collect::<Result<Vec<NewTask>, _>>()?;
+        if !tasks.is_empty() {
+            self.queue.enqueue_many(&tasks).await.map_err(|e| (0, SubmitError::Redis(e)))?;
+        }
+        Ok(tasks.iter().map(|t| t.id).collect())
+    }
+
+    /// Validates and enqueues a task; on any error nothing is stored.
+    pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        let Submission { kind, payload, options, idempotency_key } = submission;
+        let task = self.prepare(kind, payload, &options)?;
         let Some(key) = idempotency_key else {
             self.queue.enqueue(&task).await?;
             return Ok(Submitted { record: record_of(&task), replayed: false });

@@ -186,7 +186,9 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             match outcome {
                 Ok(api::Reply::Accepted(task)) => {
                     if wait {
-                        reply.set(Some(format!("still running after {WAIT_S} s: follow it in the list below")));
+                        reply.set(Some(format!(
+                            "still running after {WAIT_S} s: follow it in the list below"
+                        )));
                     }
                     on_submitted(task)
                 }

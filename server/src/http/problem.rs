@@ -59,6 +59,11 @@ impl ApiError {
         problem
     }
 
+    /// The explanation, or the title when there is none.
+    pub fn detail_text(&self) -> String {
+        self.detail.clone().unwrap_or_else(|| self.title.to_string())
+    }
+
     /// The status this problem answers with.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -8,4 +8,5 @@ mod dead_letters;
 mod patterns;
 mod pipeline;
 mod priorities;
+mod topics;
 mod validation;

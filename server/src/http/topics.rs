@@ -1,0 +1,103 @@
+//! Publish/subscribe over HTTP: topics, subscriptions, publishing.
+
+use super::{ApiError, AppState};
+use crate::topics::{Message, Published, Subscription, TopicError, TopicView};
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use std::collections::BTreeMap;
+
+impl From<TopicError> for ApiError {
+    fn from(e: TopicError) -> ApiError {
+        match e {
+            TopicError::InvalidName(detail) => ApiError::bad_request(detail),
+            TopicError::UnknownKind(_) => {
+                ApiError::unprocessable("unknown-kind", "Unknown task kind", e.to_string())
+            }
+            TopicError::InvalidAttempts => {
+                ApiError::unprocessable("invalid-option", "Invalid subscription option", e.to_string())
+            }
+            TopicError::Rejected { subscription, error } => {
+                let mut problem = ApiError::from(error);
+                let detail = format!("subscription `{subscription}`: {}", problem.detail_text());
+                problem = problem.detail(detail);
+                problem
+            }
+            TopicError::Redis(e) => e.into(),
+        }
+    }
+}
+
+/// Parses a JSON body into `T`, as the submit endpoint does: syntax `400`, shape `422`.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable("invalid-request", "Invalid request", e.to_string())
+        }
+        _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
+    })
+}
+
+/// `GET /api/v1/topics`: every topic with its subscriptions and message counts.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<TopicView>>, ApiError> {
+    Ok(Json(state.topics.list().await?))
+}
+
+/// `GET /api/v1/topics/{topic}/subscriptions`.
+pub async fn subscriptions(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<BTreeMap<String, Subscription>>, ApiError> {
+    Ok(Json(state.topics.subscriptions(&topic).await?))
+}
+
+/// `GET /api/v1/topics/{topic}/subscriptions/{name}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+) -> Result<Json<Subscription>, ApiError> {
+    let mut all = state.topics.subscriptions(&topic).await?;
+    all.remove(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no subscription `{name}` on `{topic}`")))
+}
+
+/// `PUT /api/v1/topics/{topic}/subscriptions/{name}`: `201` created, `200` replaced.
+pub async fn put(
+    State(state): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Subscription>), ApiError> {
+    let subscription: Subscription = parse_json(&body)?;
+    let created = state.topics.put(&topic, &name, &subscription).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(subscription)))
+}
+
+/// `DELETE /api/v1/topics/{topic}/subscriptions/{name}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    if state.topics.delete(&topic, &name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no subscription `{name}` on `{topic}`")))
+    }
+}
+
+/// `POST /api/v1/topics/{topic}/messages`: one task per matching subscription, all or none.
+pub async fn publish(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Published>), ApiError> {
+    if body.len() as u64 > state.max_payload {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
+            .detail(format!("the body exceeds the limit of {} bytes", state.max_payload)));
+    }
+    let message: Message = parse_json(&body)?;
+    Ok((StatusCode::ACCEPTED, Json(state.topics.publish(&topic, message).await?)))
+}

@@ -1,0 +1,322 @@
+//! Publish/subscribe: topics, their subscriptions (each a task kind with a property filter),
+//! and publishing, which creates one task per matching subscription.
+//!
+//! Subscriptions live in Redis (`{prefix}:topic:{topic}`, a hash of name → JSON; the set
+//! `{prefix}:topics` names the topics), declared in `courier.toml` and managed over the API.
+
+use crate::tasks::{Options, Payload, Submission, SubmitError, Tasks};
+use redis::{AsyncCommands, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// What a subscription does with each matching message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// The task kind each message becomes.
+    pub kind: String,
+    /// Conditions on the message's properties; every one must hold. Empty: every message.
+    #[serde(default)]
+    pub filter: BTreeMap<String, Condition>,
+    /// Attempts of each task, else the kind's or the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// One condition on a message property.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Condition {
+    /// The property equals this value.
+    Equals(Value),
+    /// The property equals one of these values.
+    In(Vec<Value>),
+    /// The property is present (`true`) or absent (`false`).
+    Exists(bool),
+}
+
+impl Condition {
+    fn holds(&self, value: Option<&Value>) -> bool {
+        match self {
+            Condition::Equals(expected) => value == Some(expected),
+            Condition::In(allowed) => value.is_some_and(|v| allowed.contains(v)),
+            Condition::Exists(wanted) => value.is_some() == *wanted,
+        }
+    }
+}
+
+impl Subscription {
+    /// Whether a message with `properties` matches this subscription's filter.
+    pub fn matches(&self, properties: &BTreeMap<String, Value>) -> bool {
+        self.filter.iter().all(|(name, condition)| condition.holds(properties.get(name)))
+    }
+}
+
+/// A subscription declared in the configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredSubscription {
+    pub topic: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub subscription: Subscription,
+}
+
+/// The configuration file (`courier.toml`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub subscriptions: Vec<DeclaredSubscription>,
+}
+
+impl FileConfig {
+    /// Parses the TOML text of a configuration file.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// A message as published.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub payload: Value,
+    #[serde(default)]
+    pub properties: BTreeMap<String, Value>,
+}
+
+/// What publishing did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Published {
+    pub message_id: Uuid,
+    pub tasks: Vec<CreatedTask>,
+}
+
+/// One task a publish created.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CreatedTask {
+    pub subscription: String,
+    pub task_id: Uuid,
+}
+
+/// A topic with its subscriptions and counters, for listing.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopicView {
+    pub topic: String,
+    pub subscriptions: BTreeMap<String, Subscription>,
+    pub messages: u64,
+    pub unmatched: u64,
+}
+
+/// Why a topic request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("unknown task kind `{0}`")]
+    UnknownKind(String),
+    #[error("max_attempts must be between 1 and 100")]
+    InvalidAttempts,
+    #[error("subscription `{subscription}`: {error}")]
+    Rejected { subscription: String, error: SubmitError },
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The topics service; cheap to clone.
+#[derive(Clone)]
+pub struct Topics {
+    conn: ConnectionManager,
+    prefix: String,
+    tasks: Tasks,
+}
+
+impl Topics {
+    /// Topics under `prefix`, creating tasks through `tasks`.
+    pub fn new(conn: ConnectionManager, prefix: &str, tasks: Tasks) -> Topics {
+        Topics { conn, prefix: prefix.to_string(), tasks }
+    }
+
+    fn topic_key(&self, topic: &str) -> String {
+        format!("{}:topic:{topic}", self.prefix)
+    }
+
+    fn stats_key(&self, topic: &str) -> String {
+        format!("{}:topic-stats:{topic}", self.prefix)
+    }
+
+    fn topics_key(&self) -> String {
+        format!("{}:topics", self.prefix)
+    }
+
+    /// Every topic with its subscriptions and counters.
+    pub async fn list(&self) -> Result<Vec<TopicView>, TopicError> {
+        let mut conn = self.conn.clone();
+        let mut names: Vec<String> = conn.smembers(self.topics_key()).await?;
+        names.sort();
+        let mut topics = Vec::new();
+        for topic in names {
+            let subscriptions = self.subscriptions(&topic).await?;
+            let stats: BTreeMap<String, u64> = conn.hgetall(self.stats_key(&topic)).await?;
+            topics.push(TopicView {
+                messages: stats.get("messages").copied().unwrap_or(0),
+                unmatched: stats.get("unmatched").copied().unwrap_or(0),
+                topic,
+                subscriptions,
+            });
+        }
+        Ok(topics)
+    }
+
+    /// The subscriptions of `topic`, by name.
+    pub async fn subscriptions(&self, topic: &str) -> Result<BTreeMap<String, Subscription>, TopicError> {
+        validate_name("topic", topic)?;
+        let raw: BTreeMap<String, String> = self.conn.clone().hgetall(self.topic_key(topic)).await?;
+        // A field that no longer parses (written by a newer version) is skipped, not fatal.
+        Ok(raw
+            .into_iter()
+            .filter_map(|(name, json)| Some((name, serde_json::from_str(&json).ok()?)))
+            .collect())
+    }
+
+    /// Creates or replaces a subscription; `true` if it was new.
+    pub async fn put(
+        &self,
+        topic: &str,
+        name: &str,
+        subscription: &Subscription,
+    ) -> Result<bool, TopicError> {
+        validate_name("topic", topic)?;
+        validate_name("subscription", name)?;
+        if !self.tasks.kinds().iter().any(|k| k.name == subscription.kind) {
+            return Err(TopicError::UnknownKind(subscription.kind.clone()));
+        }
+        if subscription.max_attempts.is_some_and(|n| !(1..=100).contains(&n)) {
+            return Err(TopicError::InvalidAttempts);
+        }
+        let json = serde_json::to_string(subscription).expect("subscriptions always serialize");
+        let mut pipe = redis::pipe();
+        pipe.atomic().hset(self.topic_key(topic), name, json).sadd(self.topics_key(), topic).ignore();
+        let (created,): (i64,) = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(created == 1)
+    }
+
+    /// Deletes a subscription; `false` if there was none.
+    pub async fn delete(&self, topic: &str, name: &str) -> Result<bool, TopicError> {
+        validate_name("topic", topic)?;
+        let removed: i64 = self.conn.clone().hdel(self.topic_key(topic), name).await?;
+        Ok(removed == 1)
+    }
+
+    /// Creates one task per subscription whose filter the message matches, all or none.
+    pub async fn publish(&self, topic: &str, message: Message) -> Result<Published, TopicError> {
+        let subscriptions = self.subscriptions(topic).await?;
+        let matching: Vec<(String, Subscription)> =
+            subscriptions.into_iter().filter(|(_, s)| s.matches(&message.properties)).collect();
+        let submissions: Vec<(String, Submission)> = matching
+            .into_iter()
+            .map(|(name, subscription)| {
+                let submission = Submission {
+                    kind: subscription.kind,
+                    payload: Payload::Json(message.payload.clone()),
+                    options: Options { max_attempts: subscription.max_attempts, ..Options::default() },
+                    idempotency_key: None,
+                };
+                (name, submission)
+            })
+            .collect();
+        let names: Vec<String> = submissions.iter().map(|(n, _)| n.clone()).collect();
+        let ids =
+            self.tasks.submit_many(submissions.into_iter().map(|(_, s)| s).collect()).await.map_err(
+                |(index, error)| TopicError::Rejected { subscription: names[index].clone(), error },
+            )?;
+        let mut pipe = redis::pipe();
+        pipe.hincr(self.stats_key(topic), "messages", 1).ignore();
+        if ids.is_empty() {
+            pipe.hincr(self.stats_key(topic), "unmatched", 1).ignore();
+        }
+        pipe.sadd(self.topics_key(), topic).ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(Published {
+            message_id: Uuid::now_v7(),
+            tasks: names
+                .into_iter()
+                .zip(ids)
+                .map(|(subscription, task_id)| CreatedTask { subscription, task_id })
+                .collect(),
+        })
+    }
+}
+
+fn validate_name(what: &str, name: &str) -> Result<(), TopicError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TopicError::InvalidName(format!(
+            "a {what} name is 1 to 100 characters of A-Z, a-z, 0-9, '-', '_', '.'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn subscription(filter: Value) -> Subscription {
+        serde_json::from_value(json!({"kind": "echo", "filter": filter})).unwrap()
+    }
+
+    fn props(value: Value) -> BTreeMap<String, Value> {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn filters_match_equals_in_and_exists_all_together() {
+        let s = subscription(json!({
+            "region": {"equals": "eu"},
+            "tier": {"in": ["gold", "silver"]},
+            "trace": {"exists": true},
+            "test": {"exists": false}
+        }));
+        assert!(s.matches(&props(json!({"region": "eu", "tier": "gold", "trace": 1}))));
+        assert!(!s.matches(&props(json!({"region": "us", "tier": "gold", "trace": 1}))));
+        assert!(!s.matches(&props(json!({"region": "eu", "tier": "bronze", "trace": 1}))));
+        assert!(!s.matches(&props(json!({"region": "eu", "tier": "gold"}))));
+        assert!(!s.matches(&props(json!({"region": "eu", "tier": "gold", "trace": 1, "test": true}))));
+        assert!(subscription(json!({})).matches(&props(json!({}))));
+    }
+
+    #[test]
+    fn unknown_conditions_are_refused() {
+        let bad =
+            serde_json::from_value::<Subscription>(json!({"kind": "echo", "filter": {"a": {"like": "x"}}}));
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn the_config_file_declares_subscriptions() {
+        let config = FileConfig::parse(
+            r#"
+            [[subscriptions]]
+            topic = "orders"
+            name = "audit"
+            kind = "echo"
+            max_attempts = 3
+            filter = { region = { equals = "eu" }, tier = { in = ["gold"] } }
+            "#,
+        )
+        .unwrap();
+        let declared = &config.subscriptions[0];
+        assert_eq!((declared.topic.as_str(), declared.name.as_str()), ("orders", "audit"));
+        assert_eq!(declared.subscription.max_attempts, Some(3));
+        assert_eq!(declared.subscription.filter["region"], Condition::Equals(json!("eu")));
+        assert!(FileConfig::parse("[[subscriptions]]\ntopic = 1").is_err());
+    }
+}

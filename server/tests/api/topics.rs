@@ -1,0 +1,146 @@
+//! Publish/subscribe: subscriptions over the API and from courier.toml, filters, publishing.
+
+use crate::support::*;
+use redis::AsyncCommands;
+use serde_json::json;
+
+async fn put(app: &TestApp, topic: &str, name: &str, body: serde_json::Value) -> reqwest::Response {
+    app.http
+        .put(app.url(&format!("/api/v1/topics/{topic}/subscriptions/{name}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn publish(app: &TestApp, topic: &str, body: serde_json::Value) -> reqwest::Response {
+    app.http.post(app.url(&format!("/api/v1/topics/{topic}/messages"))).json(&body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn subscriptions_are_created_replaced_listed_and_deleted() {
+    let app = spawn_app().await;
+    let audit = json!({"kind": "echo", "filter": {"region": {"equals": "eu"}}, "max_attempts": 2});
+    assert_eq!(put(&app, "orders", "audit", audit.clone()).await.status(), 201);
+    assert_eq!(put(&app, "orders", "audit", audit.clone()).await.status(), 200);
+    assert_eq!(app.get_json("/api/v1/topics/orders/subscriptions/audit").await, audit);
+    let all = app.get_json("/api/v1/topics/orders/subscriptions").await;
+    assert_eq!(all, json!({"audit": audit}));
+    let topics = app.get_json("/api/v1/topics").await;
+    assert_eq!(topics[0]["topic"], "orders");
+    assert_eq!(topics[0]["subscriptions"]["audit"]["kind"], "echo");
+
+    let unknown = put(&app, "orders", "x", json!({"kind": "teleport"})).await;
+    assert_problem(unknown, 422, "/problems/unknown-kind").await;
+    let bad_filter = put(&app, "orders", "x", json!({"kind": "echo", "filter": {"a": {"like": 1}}})).await;
+    assert_problem(bad_filter, 422, "/problems/invalid-request").await;
+    let bad_name = put(&app, "orders", "no spaces", json!({"kind": "echo"})).await;
+    assert_problem(bad_name, 400, "/problems/bad-request").await;
+
+    let url = app.url("/api/v1/topics/orders/subscriptions/audit");
+    assert_eq!(app.http.delete(&url).send().await.unwrap().status(), 204);
+    assert_problem(app.http.delete(&url).send().await.unwrap(), 404, "/problems/not-found").await;
+}
+
+#[tokio::test]
+async fn a_message_becomes_one_task_per_matching_subscription() {
+    let app = spawn_app().await;
+    put(&app, "orders", "audit", json!({"kind": "echo"})).await;
+    put(&app, "orders", "eu", json!({"kind": "echo", "filter": {"region": {"equals": "eu"}}})).await;
+    put(&app, "orders", "gold", json!({"kind": "echo", "filter": {"tier": {"in": ["gold"]}}})).await;
+    put(&app, "orders", "traced", json!({"kind": "echo", "filter": {"trace": {"exists": true}}})).await;
+
+    let response = publish(
+        &app,
+        "orders",
+        json!({"payload": {"order": 7}, "properties": {"region": "eu", "tier": "silver"}}),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let published: serde_json::Value = response.json().await.unwrap();
+    assert!(published["message_id"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
+    let tasks = published["tasks"].as_array().unwrap();
+    let subscriptions: Vec<&str> = tasks.iter().map(|t| t["subscription"].as_str().unwrap()).collect();
+    assert_eq!(subscriptions, ["audit", "eu"]);
+    for task in tasks {
+        let id = task["task_id"].as_str().unwrap();
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}/result")).await, json!({"order": 7}));
+    }
+
+    // Nothing matches: accepted, no task, and counted.
+    let nobody = publish(&app, "nobody-listens", json!({"payload": 1})).await;
+    assert_eq!(nobody.status(), 202);
+    assert_eq!(nobody.json::<serde_json::Value>().await.unwrap()["tasks"], json!([]));
+    let topics = app.get_json("/api/v1/topics").await;
+    let stats = topics.as_array().unwrap().iter().find(|t| t["topic"] == "nobody-listens").unwrap();
+    assert_eq!((stats["messages"].as_u64(), stats["unmatched"].as_u64()), (Some(1), Some(1)));
+}
+
+#[tokio::test]
+async fn each_subscription_has_its_own_retries_and_dead_letters() {
+    let app = spawn_app().await;
+    put(&app, "jobs", "fragile", json!({"kind": "flaky", "max_attempts": 2})).await;
+    put(&app, "jobs", "sturdy", json!({"kind": "flaky", "max_attempts": 5})).await;
+    let published: serde_json::Value =
+        publish(&app, "jobs", json!({"payload": {"fail_times": 2}})).await.json().await.unwrap();
+    let by_name = |name: &str| {
+        published["tasks"].as_array().unwrap().iter().find(|t| t["subscription"] == name).unwrap()["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let fragile = app.wait_until_done(&by_name("fragile")).await;
+    assert_eq!((fragile["status"].as_str(), fragile["attempts"].as_u64()), (Some("failed"), Some(2)));
+    let sturdy = app.wait_until_done(&by_name("sturdy")).await;
+    assert_eq!((sturdy["status"].as_str(), sturdy["attempts"].as_u64()), (Some("succeeded"), Some(3)));
+    let letters = app.get_json("/api/v1/dead-letters").await;
+    let ids: Vec<&str> = letters["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["task"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [by_name("fragile")]);
+}
+
+#[tokio::test]
+async fn a_message_one_subscription_cannot_take_creates_no_task_at_all() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    put(&app, "mixed", "echoer", json!({"kind": "echo"})).await;
+    put(&app, "mixed", "sleeper", json!({"kind": "sleep"})).await;
+    let response = publish(&app, "mixed", json!({"payload": {"not": "a sleep"}})).await;
+    let problem = assert_problem(response, 422, "/problems/invalid-payload").await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("subscription `sleeper`"), "{problem}");
+    let queued: u64 = app.redis().await.xlen(app.key("ready")).await.unwrap();
+    assert_eq!(queued, 0, "all or none");
+    assert_problem(
+        publish(&app, "mixed", json!({"payload": 1, "extra": 2})).await,
+        422,
+        "/problems/invalid-request",
+    )
+    .await;
+    let malformed = app.http.post(app.url("/api/v1/topics/mixed/messages")).body("{").send().await.unwrap();
+    assert_problem(malformed, 400, "/problems/bad-request").await;
+}
+
+#[tokio::test]
+async fn courier_toml_declares_subscriptions_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("courier.toml");
+    std::fs::write(
+        &path,
+        "[[subscriptions]]\ntopic = \"signups\"\nname = \"welcome\"\nkind = \"echo\"\nfilter = { plan = { in = [\"pro\"] } }\n",
+    )
+    .unwrap();
+    let app = spawn_app_with(|c| c.config = Some(path.clone())).await;
+    let welcome = app.get_json("/api/v1/topics/signups/subscriptions/welcome").await;
+    assert_eq!(welcome, json!({"kind": "echo", "filter": {"plan": {"in": ["pro"]}}}));
+    let published: serde_json::Value =
+        publish(&app, "signups", json!({"payload": "hi", "properties": {"plan": "pro"}}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(published["tasks"][0]["subscription"], "welcome");
+}
