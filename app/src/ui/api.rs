@@ -9,7 +9,7 @@ pub enum Reply {
     /// The task ended in time: its result.
     Result(String),
     /// Still running when the wait ran out.
-    Accepted(TaskView),
+    Accepted(Box<TaskView>),
 }
 
 /// Turns an error response into one line a person can read.
@@ -85,7 +85,7 @@ mod browser {
             .map_err(|e| e.to_string())?;
         match response.status() {
             200 => Ok(Reply::Result(response.text().await.map_err(|e| e.to_string())?)),
-            202 => Ok(Reply::Accepted(read(response).await?)),
+            202 => Ok(Reply::Accepted(Box::new(read(response).await?))),
             status => Err(describe(response.json().await.ok(), status)),
         }
     }

@@ -181,7 +181,7 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             let outcome = if wait {
                 api::submit_and_wait(&request, WAIT_S).await
             } else {
-                api::submit(&request).await.map(api::Reply::Accepted)
+                api::submit(&request).await.map(|task| api::Reply::Accepted(Box::new(task)))
             };
             match outcome {
                 Ok(api::Reply::Accepted(task)) => {
@@ -190,7 +190,7 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
                             "still running after {WAIT_S} s: follow it in the list below"
                         )));
                     }
-                    on_submitted(task)
+                    on_submitted(*task)
                 }
                 Ok(api::Reply::Result(body)) => reply.set(Some(body)),
                 Err(e) => submit_error.set(Some(e)),
