@@ -174,6 +174,30 @@ pub struct DeadLetterPage {
     pub next_cursor: Option<String>,
 }
 
+/// A topic with its subscriptions, as listed by `GET /api/v1/topics`. Subscriptions stay JSON
+/// here: the page shows them, the server owns their shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicView {
+    pub topic: String,
+    pub subscriptions: std::collections::BTreeMap<String, serde_json::Value>,
+    pub messages: u64,
+    pub unmatched: u64,
+}
+
+/// The answer to publishing a message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    pub message_id: Uuid,
+    pub tasks: Vec<PublishedTask>,
+}
+
+/// One task a published message created.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublishedTask {
+    pub subscription: String,
+    pub task_id: Uuid,
+}
+
 /// An RFC 9457 problem document, as every API error is reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Problem {

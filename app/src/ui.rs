@@ -8,6 +8,7 @@ mod dead_letters;
 mod home;
 mod live;
 mod task_page;
+mod topics;
 
 use crate::model::Status;
 use leptos::prelude::*;
@@ -49,6 +50,7 @@ pub fn App() -> impl IntoView {
                 <A href="/">"Courier"</A>
                 <nav>
                     <A href="/">"Tasks"</A>
+                    <A href="/topics">"Topics"</A>
                     <A href="/dead-letters">"Dead letters"</A>
                 </nav>
             </header>
@@ -57,6 +59,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=home::HomePage/>
                     <Route path=path!("/tasks/:id") view=task_page::TaskPage/>
                     <Route path=path!("/dead-letters") view=dead_letters::DeadLettersPage/>
+                    <Route path=path!("/topics") view=topics::TopicsPage/>
                 </Routes>
             </main>
         </Router>

@@ -63,6 +63,17 @@ mod browser {
         read(response).await
     }
 
+    /// POSTs a JSON body and reads the JSON answer.
+    pub async fn post_json<T: DeserializeOwned>(url: &str, body: &serde_json::Value) -> Result<T, String> {
+        let response = Request::post(url)
+            .json(body)
+            .map_err(|e| e.to_string())?
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        read(response).await
+    }
+
     /// DELETEs; any 2xx is success.
     pub async fn delete(url: &str) -> Result<(), String> {
         let response = Request::delete(url).send().await.map_err(|e| e.to_string())?;
@@ -157,6 +168,10 @@ mod server_side {
     }
 
     pub async fn delete(_url: &str) -> Result<(), String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn post_json<T: DeserializeOwned>(_url: &str, _body: &serde_json::Value) -> Result<T, String> {
         Err(BROWSER_ONLY.into())
     }
 }
