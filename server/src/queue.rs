@@ -66,6 +66,7 @@ struct Scripts {
     requeue: Script,
     purge: Script,
     release: Script,
+    advance: Script,
 }
 
 impl Scripts {
@@ -80,6 +81,7 @@ impl Scripts {
             requeue: Script::new(include_str!("queue/requeue.lua")),
             purge: Script::new(include_str!("queue/purge.lua")),
             release: Script::new(include_str!("queue/release.lua")),
+            advance: Script::new(include_str!("queue/advance.lua")),
         }
     }
 }
@@ -106,6 +108,8 @@ pub struct NewTask {
     pub timeout_ms: Option<u64>,
     pub delay_ms: Option<u64>,
     pub priority: Priority,
+    /// Tasks of one session run one at a time, in submission order.
+    pub session: Option<String>,
 }
 
 /// The one-letter tag of a priority, as delayed-set members carry it (`h:{id}`).
@@ -185,6 +189,8 @@ pub struct Lease {
     pub max_attempts: u32,
     pub timeout_ms: Option<u64>,
     pub payload_type: String,
+    /// The ordered session the task belongs to.
+    pub session: Option<String>,
     entry_id: String,
     stream: String,
     token: String,
@@ -268,6 +274,7 @@ impl Queue {
                 ("payload_type", &task.payload_type),
                 ("timeout_ms", &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default()),
                 ("priority", priority_tag(task.priority)),
+                ("session", task.session.as_deref().unwrap_or("")),
             ])
             .ignore();
         pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();
@@ -279,12 +286,22 @@ impl Queue {
             .arg("-")
             .arg(format!("({:08x}-{:04x}", oldest >> 16, oldest & 0xffff))
             .ignore();
-        match task.delay_ms {
-            Some(delay) => {
+        match (&task.session, task.delay_ms) {
+            (Some(session), _) => {
+                // EVAL (not EVALSHA) inside MULTI: a missing script cache cannot fail the batch.
+                pipe.cmd("EVAL")
+                    .arg(include_str!("queue/session_enqueue.lua"))
+                    .arg(2)
+                    .arg(self.keys.session(session))
+                    .arg(self.keys.ready())
+                    .arg(&id)
+                    .ignore();
+            }
+            (None, Some(delay)) => {
                 let member = format!("{}:{id}", priority_tag(task.priority));
                 pipe.cmd("ZADD").arg(self.keys.delayed()).arg(now + delay).arg(member).ignore();
             }
-            None => {
+            (None, None) => {
                 let stream = self.keys.ready_for(task.priority);
                 pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(&id).ignore();
             }
@@ -324,7 +341,7 @@ impl Queue {
             return pipe.query_async(&mut self.conn.clone()).await.map(|()| None);
         };
         let token = Uuid::now_v7().to_string();
-        let reply: Option<(u32, String, String, String, String)> = self
+        let reply: Vec<String> = self
             .scripts
             .claim
             .key(self.keys.task(&task_id))
@@ -338,19 +355,54 @@ impl Queue {
             .arg(self.settings.events_maxlen)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(reply.map(|(attempt, kind, max_attempts, timeout_ms, payload_type)| Lease {
-            task_id,
-            kind,
-            attempt,
-            max_attempts: max_attempts.parse().unwrap_or(1),
-            timeout_ms: timeout_ms.parse().ok(),
-            payload_type: if payload_type.is_empty() { "application/json".into() } else { payload_type },
-            entry_id: entry.id.clone(),
-            stream: stream.to_string(),
-            token,
-            consumer: consumer.clone(),
-            _slot: slot,
-        }))
+        match reply.as_slice() {
+            [tag, attempt, kind, max_attempts, timeout_ms, payload_type, session] if tag == "run" => {
+                Ok(Some(Lease {
+                    task_id,
+                    kind: kind.clone(),
+                    attempt: attempt.parse().unwrap_or(1),
+                    max_attempts: max_attempts.parse().unwrap_or(1),
+                    timeout_ms: timeout_ms.parse().ok(),
+                    payload_type: if payload_type.is_empty() {
+                        "application/json".into()
+                    } else {
+                        payload_type.clone()
+                    },
+                    session: Some(session.clone()).filter(|s| !s.is_empty()),
+                    entry_id: entry.id.clone(),
+                    stream: stream.to_string(),
+                    token,
+                    consumer: consumer.clone(),
+                    _slot: slot,
+                }))
+            }
+            [tag, session] if tag == "cancelled" && !session.is_empty() => {
+                self.advance_session(session, &task_id).await?;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Takes an ended task out of its session and queues the session's next task.
+    async fn advance_session(&self, session: &str, id: &Uuid) -> redis::RedisResult<()> {
+        self.scripts
+            .advance
+            .key(self.keys.session(session))
+            .key(self.keys.ready())
+            .arg(id.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// The session a task belongs to, if any.
+    async fn session_of(&self, id: &Uuid) -> redis::RedisResult<Option<String>> {
+        let session: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.task(id))
+            .arg("session")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(session.filter(|s| !s.is_empty()))
     }
 
     /// Renews `lease`, and tells whether it is still held and whether cancellation was asked.
@@ -417,6 +469,7 @@ impl Queue {
             .key(self.keys.payload(&lease.task_id))
             .key(self.keys.delayed())
             .key(self.keys.dead())
+            .key(self.keys.session(lease.session.as_deref().unwrap_or("")))
             .arg(&lease.token)
             .arg(GROUP)
             .arg(&lease.entry_id)
@@ -431,6 +484,7 @@ impl Queue {
             .arg(bytes.as_ref())
             .arg(reason)
             .arg(self.settings.dead_retention.as_millis() as u64)
+            .arg(lease.session.as_deref().unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(applied == 1)
@@ -458,6 +512,7 @@ impl Queue {
 
     /// Cancels a task: a waiting one at once, a running one by telling its handler to stop.
     pub async fn cancel(&self, id: &Uuid) -> redis::RedisResult<CancelOutcome> {
+        let session = self.session_of(id).await?.unwrap_or_default();
         let answer: String = self
             .scripts
             .cancel
@@ -465,10 +520,13 @@ impl Queue {
             .key(self.keys.delayed())
             .key(self.keys.events())
             .key(self.keys.payload(id))
+            .key(self.keys.session(&session))
+            .key(self.keys.ready())
             .arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.settings.retention.as_millis() as u64)
+            .arg(&session)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match answer.as_str() {
@@ -515,6 +573,7 @@ impl Queue {
     /// Takes a dead letter out of the dead-letter set and queues it again with its attempts
     /// reset; `false` if it is not a dead letter.
     pub async fn requeue(&self, id: &Uuid) -> redis::RedisResult<bool> {
+        let session = self.session_of(id).await?.unwrap_or_default();
         let requeued: i64 = self
             .scripts
             .requeue
@@ -523,10 +582,12 @@ impl Queue {
             .key(self.keys.events())
             .key(self.keys.payload(id))
             .key(&self.keys.ready_streams())
+            .key(self.keys.session(&session))
             .arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.settings.retention.as_millis() as u64)
+            .arg(&session)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(requeued == 1)

@@ -15,6 +15,7 @@
 //! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
 //! | `{prefix}:{queue}:events`        | stream | task events, capped                     |
 //! | `{prefix}:{queue}:idem:{sha1}`   | string | `{task id} {request digest}` of a key   |
+//! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 
 use app::model::{Priority, Status, TaskView};
 use redis::{AsyncCommands, aio::ConnectionManager};
@@ -73,6 +74,11 @@ impl Keys {
 
     pub fn dead(&self) -> String {
         format!("{}:dead", self.base)
+    }
+
+    /// The list of an ordered session's unfinished tasks, the running one first.
+    pub fn session(&self, name: &str) -> String {
+        format!("{}:session:{name}", self.base)
     }
 
     /// The key that remembers which task an `Idempotency-Key` (by its digest) created.

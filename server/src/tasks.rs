@@ -163,6 +163,7 @@ impl Tasks {
             timeout_ms,
             delay_ms: options.delay_ms.filter(|&d| d > 0),
             priority: options.priority.unwrap_or_default(),
+            session: options.session.clone(),
         })
     }
 
@@ -324,8 +325,14 @@ impl Tasks {
 fn fingerprint(task: &NewTask) -> String {
     let mut hash = sha1_smol::Sha1::new();
     let options = format!(
-        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0",
-        task.kind, task.payload_type, task.max_attempts, task.timeout_ms, task.delay_ms, task.priority
+        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0",
+        task.kind,
+        task.payload_type,
+        task.max_attempts,
+        task.timeout_ms,
+        task.delay_ms,
+        task.priority,
+        task.session
     );
     hash.update(options.as_bytes());
     hash.update(&task.payload);
@@ -356,8 +363,19 @@ fn validate_options(options: &Options, max_attempts: u32) -> Result<(), SubmitEr
     if options.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
         return invalid(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS} (24 hours)"));
     }
-    if options.session.is_some() {
-        return Err(SubmitError::Unsupported("ordered sessions are not available yet".into()));
+    if let Some(session) = &options.session {
+        if session.is_empty() || session.len() > 200 {
+            return invalid("session must be 1 to 200 characters".into());
+        }
+        // A session's order is its schedule: its tasks neither wait for a time nor jump ahead.
+        if options.delay_ms.is_some_and(|d| d > 0) {
+            return Err(SubmitError::Unsupported("a task of a session cannot be delayed".into()));
+        }
+        if options.priority.is_some_and(|p| p != Priority::Normal) {
+            return Err(SubmitError::Unsupported(
+                "a task of a session runs in its order, not by priority".into(),
+            ));
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 -- Cancels a task: at once when it waits, by flagging it when it runs.
--- KEYS: task, delayed, events, payload
--- ARGV: now ms, task id, events maxlen, retention ms
+-- KEYS: task, delayed, events, payload, session list, ready
+-- ARGV: now ms, task id, events maxlen, retention ms, session ('' for none)
 -- Returns 'missing', 'cancelled', 'cancelling', or 'finished:' and the status it already had.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -12,6 +12,18 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   redis.call('ZREM', KEYS[2], priority .. ':' .. ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  if ARGV[5] ~= '' then
+    -- The session moves on: its next task goes on the ready stream.
+    if redis.call('LINDEX', KEYS[5], 0) == ARGV[2] then
+      redis.call('LPOP', KEYS[5])
+      local next = redis.call('LINDEX', KEYS[5], 0)
+      if next then
+        redis.call('XADD', KEYS[6], '*', 'task', next)
+      end
+    else
+      redis.call('LREM', KEYS[5], 0, ARGV[2])
+    end
+  end
   local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'cancelled', 'task', ARGV[2],
     'kind', f[1], 'status', 'cancelled', 'attempt', f[2], 'progress', '', 'error', '', 'at', ARGV[1])

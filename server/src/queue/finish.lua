@@ -1,8 +1,8 @@
 -- Ends an attempt, if the caller still holds the lease (a late holder changes nothing).
--- KEYS: task, ready, events, result, payload, delayed, dead
+-- KEYS: task, ready, events, result, payload, delayed, dead, session list
 -- ARGV: lease token, group, entry id, outcome (succeeded|retrying|failed|cancelled), now ms,
 --       task id, events maxlen, retention ms, error, result type, due ms, result bytes,
---       dead-letter reason, dead-letter retention ms
+--       dead-letter reason, dead-letter retention ms, session ('' for none)
 -- Returns 1 when applied, 0 when the lease was lost.
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
   return 0
@@ -33,6 +33,18 @@ else
   end
   redis.call('PEXPIRE', KEYS[1], keep)
   redis.call('PEXPIRE', KEYS[5], keep)
+  if ARGV[15] ~= '' then
+    -- The session moves on: its next task goes on the ready stream.
+    if redis.call('LINDEX', KEYS[8], 0) == ARGV[6] then
+      redis.call('LPOP', KEYS[8])
+      local next = redis.call('LINDEX', KEYS[8], 0)
+      if next then
+        redis.call('XADD', KEYS[2], '*', 'task', next)
+      end
+    else
+      redis.call('LREM', KEYS[8], 0, ARGV[6])
+    end
+  end
 end
 local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'progress')
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', outcome, 'task', ARGV[6],

@@ -8,5 +8,6 @@ mod dead_letters;
 mod patterns;
 mod pipeline;
 mod priorities;
+mod sessions;
 mod topics;
 mod validation;

@@ -47,6 +47,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
                     timeout_ms: None,
                     delay_ms: None,
                     priority: Default::default(),
+                    session: None,
                 };
                 queue.enqueue(&task).await.unwrap();
             }
