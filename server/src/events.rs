@@ -28,6 +28,8 @@ pub struct StoredEvent {
     /// The SSE `event` name: the new status, or `progress`.
     pub name: String,
     pub event: TaskEvent,
+    /// `event` as JSON, serialized once however many clients it is sent to.
+    pub data: Arc<str>,
 }
 
 impl StoredEvent {
@@ -35,14 +37,19 @@ impl StoredEvent {
         Position::parse(&self.id)
     }
 
+    fn new(id: String, name: String, event: TaskEvent) -> StoredEvent {
+        let data = serde_json::to_string(&event).expect("events always serialize").into();
+        StoredEvent { id, name, event, data }
+    }
+
     /// Reads an entry of the events stream; `None` if it is not a well-formed event.
     fn from_entry(entry: &StreamId) -> Option<StoredEvent> {
         let text = |name: &str| entry.get::<String>(name).filter(|v| !v.is_empty());
         let task_id: Uuid = text("task")?.parse().ok()?;
-        Some(StoredEvent {
-            id: entry.id.clone(),
-            name: text("event")?,
-            event: TaskEvent {
+        Some(StoredEvent::new(
+            entry.id.clone(),
+            text("event")?,
+            TaskEvent {
                 task_id,
                 kind: text("kind").unwrap_or_default(),
                 status: Status::parse(&text("status")?)?,
@@ -51,15 +58,15 @@ impl StoredEvent {
                 error: text("error"),
                 at: rfc3339(text("at")?.parse().ok()?),
             },
-        })
+        ))
     }
 
     /// The event that stands for a task's current state, at stream position `id`.
     pub fn snapshot(record: &TaskRecord, id: String) -> StoredEvent {
-        StoredEvent {
+        StoredEvent::new(
             id,
-            name: record.status.as_str().to_string(),
-            event: TaskEvent {
+            record.status.as_str().to_string(),
+            TaskEvent {
                 task_id: record.id,
                 kind: record.kind.clone(),
                 status: record.status,
@@ -68,7 +75,7 @@ impl StoredEvent {
                 error: record.error.clone(),
                 at: rfc3339(record.updated_ms),
             },
-        }
+        )
     }
 }
 

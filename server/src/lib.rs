@@ -88,7 +88,7 @@ impl Server {
 
         let runner = (config.concurrency > 0).then(|| {
             let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
-            Runner::new(queue.clone(), store.clone(), registry.clone(), retry)
+            Runner::new(queue.clone(), registry.clone(), retry)
         });
         let (listener, router) = if role == Command::Serve {
             let listener =

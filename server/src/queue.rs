@@ -191,6 +191,8 @@ pub struct Lease {
     pub payload_type: String,
     /// The ordered session the task belongs to.
     pub session: Option<String>,
+    /// The payload, read with the claim; `None` if it expired. Taken by the runner.
+    pub payload: Option<Bytes>,
     entry_id: String,
     stream: String,
     token: String,
@@ -325,63 +327,85 @@ impl Queue {
             .ignore();
     }
 
-    async fn claim(
+    /// Claims a batch of entries in one pipelined round trip; entries that are gone, finished or
+    /// malformed are dropped, and their slots freed.
+    async fn claim_batch(
         &self,
-        stream: &str,
-        entry: &StreamId,
+        batch: Vec<(String, StreamId, OwnedSemaphorePermit)>,
         consumer: &Arc<str>,
-        slot: OwnedSemaphorePermit,
-    ) -> redis::RedisResult<Option<Lease>> {
-        let Some(task_id) = entry.get::<String>("task").and_then(|s| s.parse::<Uuid>().ok()) else {
-            // Not ours to interpret: drop it so it does not come back forever.
-            warn!(entry.id = %entry.id, "dropping a ready entry without a task id");
-            let mut pipe = redis::pipe();
-            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
-            pipe.cmd("XDEL").arg(stream).arg(&entry.id).ignore();
-            return pipe.query_async(&mut self.conn.clone()).await.map(|()| None);
+    ) -> redis::RedisResult<Vec<Lease>> {
+        let mut pipe = redis::pipe();
+        let mut claims = Vec::new();
+        for (stream, entry, slot) in batch {
+            let Some(task_id) = entry.get::<String>("task").and_then(|s| s.parse::<Uuid>().ok()) else {
+                // Not ours to interpret: drop it so it does not come back forever.
+                warn!(entry.id = %entry.id, "dropping a ready entry without a task id");
+                let mut drop = redis::pipe();
+                drop.cmd("XACK").arg(&stream).arg(GROUP).arg(&entry.id).ignore();
+                drop.cmd("XDEL").arg(&stream).arg(&entry.id).ignore();
+                drop.query_async::<()>(&mut self.conn.clone()).await?;
+                continue;
+            };
+            let token = Uuid::now_v7().to_string();
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.claim.get_hash())
+                .arg(4)
+                .arg(self.keys.task(&task_id))
+                .arg(&stream)
+                .arg(self.keys.events())
+                .arg(self.keys.payload(&task_id))
+                .arg(&entry.id)
+                .arg(GROUP)
+                .arg(&token)
+                .arg(now_ms())
+                .arg(task_id.to_string())
+                .arg(self.settings.events_maxlen);
+            claims.push((stream, entry.id, task_id, token, slot));
+        }
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Vec<Vec<u8>>> = match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Redis restarted and forgot the script: load it, then try once more.
+                self.scripts.claim.prepare_invoke().load_async(&mut conn).await?;
+                pipe.query_async(&mut conn).await?
+            }
+            other => other?,
         };
-        let token = Uuid::now_v7().to_string();
-        let reply: Vec<String> = self
-            .scripts
-            .claim
-            .key(self.keys.task(&task_id))
-            .key(stream)
-            .key(self.keys.events())
-            .arg(&entry.id)
-            .arg(GROUP)
-            .arg(&token)
-            .arg(now_ms())
-            .arg(task_id.to_string())
-            .arg(self.settings.events_maxlen)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        match reply.as_slice() {
-            [tag, attempt, kind, max_attempts, timeout_ms, payload_type, session] if tag == "run" => {
-                Ok(Some(Lease {
+        let mut leases = Vec::new();
+        for ((stream, entry_id, task_id, token, slot), reply) in claims.into_iter().zip(replies) {
+            let text =
+                |i: usize| reply.get(i).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            match text(0).as_str() {
+                "run" => leases.push(Lease {
                     task_id,
-                    kind: kind.clone(),
-                    attempt: attempt.parse().unwrap_or(1),
-                    max_attempts: max_attempts.parse().unwrap_or(1),
-                    timeout_ms: timeout_ms.parse().ok(),
-                    payload_type: if payload_type.is_empty() {
-                        "application/json".into()
-                    } else {
-                        payload_type.clone()
-                    },
-                    session: Some(session.clone()).filter(|s| !s.is_empty()),
-                    entry_id: entry.id.clone(),
-                    stream: stream.to_string(),
+                    kind: text(2),
+                    attempt: text(1).parse().unwrap_or(1),
+                    max_attempts: text(3).parse().unwrap_or(1),
+                    timeout_ms: text(4).parse().ok(),
+                    payload_type: Some(text(5))
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "application/json".into()),
+                    session: Some(text(6)).filter(|s| !s.is_empty()),
+                    payload: (text(7) == "1").then(|| Bytes::from(reply.get(8).cloned().unwrap_or_default())),
+                    entry_id,
+                    stream,
                     token,
                     consumer: consumer.clone(),
                     _slot: slot,
-                }))
+                }),
+                "cancelled" => {
+                    let session = text(1);
+                    if !session.is_empty() {
+                        self.advance_session(&session, &task_id).await?;
+                    }
+                }
+                _ => {}
             }
-            [tag, session] if tag == "cancelled" && !session.is_empty() => {
-                self.advance_session(session, &task_id).await?;
-                Ok(None)
-            }
-            _ => Ok(None),
         }
+        Ok(leases)
     }
 
     /// Takes an ended task out of its session and queues the session's next task.
@@ -706,20 +730,22 @@ impl Queue {
             match entries {
                 Ok(entries) => {
                     backoff.reset();
-                    for (stream, entry) in entries {
-                        let slot = free.pop().expect("never more entries than free slots");
-                        match self.claim(&stream, &entry, &consumer, slot).await {
-                            Ok(Some(lease)) => {
+                    let batch = entries
+                        .into_iter()
+                        .map(|(stream, entry)| {
+                            (stream, entry, free.pop().expect("never more entries than free slots"))
+                        })
+                        .collect();
+                    match self.claim_batch(batch, &consumer).await {
+                        Ok(leases) => {
+                            for lease in leases {
                                 if tx.send(lease).await.is_err() {
                                     return;
                                 }
                             }
-                            Ok(None) => {}
-                            // The entry stays pending and is reclaimed after the lease.
-                            Err(e) => {
-                                warn!(error = %e, entry.id = %entry.id, "claiming a task failed")
-                            }
                         }
+                        // The entries stay pending and are taken over after the lease.
+                        Err(e) => warn!(error = %e, "claiming tasks failed"),
                     }
                 }
                 Err(_) if shutdown.is_cancelled() => break,

@@ -211,11 +211,6 @@ impl Store {
         Ok(TaskRecord::from_fields(*id, &fields))
     }
 
-    /// The payload bytes, or `None` once expired.
-    pub async fn payload(&self, id: &Uuid) -> redis::RedisResult<Option<Vec<u8>>> {
-        self.conn.clone().get(self.keys.payload(id)).await
-    }
-
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
         let bytes: Option<Vec<u8>> = self.conn.clone().get(self.keys.result(&record.id)).await?;

@@ -4,7 +4,6 @@
 use crate::{
     handlers::{Context, HandlerError, Input, Output, Registry},
     queue::{DeadReason, Lease, Outcome, Queue, Renewal},
-    store::Store,
 };
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use std::{
@@ -33,7 +32,6 @@ impl RetryPolicy {
 /// Runs attempts: everything a worker needs, shared by all of a process's slots.
 pub struct Runner {
     queue: Queue,
-    store: Store,
     registry: Registry,
     retry: RetryPolicy,
     in_flight: TaskTracker,
@@ -43,10 +41,9 @@ pub struct Runner {
 
 impl Runner {
     /// A runner over `queue`, running the kinds in `registry`.
-    pub fn new(queue: Queue, store: Store, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
+    pub fn new(queue: Queue, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
         Arc::new(Runner {
             queue,
-            store,
             registry,
             retry,
             in_flight: TaskTracker::new(),
@@ -99,7 +96,8 @@ impl Runner {
         Ok(())
     }
 
-    async fn attempt(self: Arc<Self>, lease: Lease) {
+    async fn attempt(self: Arc<Self>, mut lease: Lease) {
+        let payload = lease.payload.take();
         let lease = Arc::new(lease);
         if lease.attempt > lease.max_attempts {
             // Its holders kept dying (lease expired every time): stop trying.
@@ -115,20 +113,12 @@ impl Runner {
             self.record(&lease, Outcome::Failed { error, reason: DeadReason::UnknownKind }).await;
             return;
         };
-        let bytes = match self.store.payload(&lease.task_id).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                let error = "the payload expired before the task ran".to_string();
-                self.record(&lease, Outcome::Failed { error, reason: DeadReason::PayloadExpired }).await;
-                return;
-            }
-            Err(e) => {
-                // Leave the lease to expire: the task runs again once Redis answers.
-                warn!(error = %e, "reading the payload failed");
-                return;
-            }
+        let Some(bytes) = payload else {
+            let error = "the payload expired before the task ran".to_string();
+            self.record(&lease, Outcome::Failed { error, reason: DeadReason::PayloadExpired }).await;
+            return;
         };
-        let input = Input { bytes: bytes.into(), content_type: lease.payload_type.clone() };
+        let input = Input { bytes, content_type: lease.payload_type.clone() };
         let cancel = CancellationToken::new();
         let (progress_tx, progress_rx) = watch::channel(None);
         let ctx = Context::new(lease.attempt, cancel.clone(), progress_tx);

@@ -59,9 +59,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<String> {
 fn to_sse(
     rx: tokio::sync::mpsc::Receiver<Arc<StoredEvent>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = ReceiverStream::new(rx).map(|stored| {
-        let data = serde_json::to_string(&stored.event).expect("events always serialize");
-        Ok(Event::default().id(stored.id.clone()).event(stored.name.clone()).data(data))
-    });
+    let stream = ReceiverStream::new(rx)
+        .map(|stored| Ok(Event::default().id(&stored.id).event(&stored.name).data(&*stored.data)));
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
