@@ -19,3 +19,5 @@ step "release build"
 cargo leptos build --release
 step "end-to-end tests (Playwright, Chromium)"
 (cd end2end && npx playwright test)
+step "benchmark tool smoke run (tiny sizes; checks that it works, asserts no speed)"
+./scripts/bench.sh --smoke

@@ -1,0 +1,440 @@
+//! `courier-bench`: starts real `courier` processes on a given Redis, drives them over the public
+//! HTTP API and server-sent events, and prints one JSON line per figure (the peer benchmark's
+//! form). `courier-bench report` turns both runs' lines into the markdown table of
+//! `docs/benchmarks.md`.
+
+mod report;
+mod sse;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sse::{EventTap, FanoutClient};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use tokio::process::{Child, Command};
+
+#[derive(Parser)]
+#[command(name = "courier-bench", about = "Measures Courier over HTTP and SSE; prints JSON lines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Tool>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Tool {
+    /// Writes the markdown comparison from the JSON lines of a Courier run and a peer run.
+    Report {
+        #[arg(long)]
+        courier: PathBuf,
+        #[arg(long)]
+        peer: Option<PathBuf>,
+    },
+    /// Prints a loopback port nobody listens on (for scripts).
+    FreePort,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// The `courier` binary to start.
+    #[arg(long, default_value = "target/release/courier")]
+    courier: PathBuf,
+    /// The Redis every process uses (each workload under its own key prefix).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Small tasks for the submit, process and end-to-end workloads.
+    #[arg(long, default_value_t = 50_000)]
+    n: usize,
+    /// Tasks each worker process runs at once.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Keep-alive HTTP connections the client submits over.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Tasks per second for the latency workload.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Seconds of the latency workload.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// 1 MiB payloads for the claim-check workload.
+    #[arg(long, default_value_t = 200)]
+    large_n: usize,
+    /// Backlog sizes whose drain rates are compared.
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000")]
+    backlogs: Vec<usize>,
+    /// Concurrent SSE clients of the fan-out workload.
+    #[arg(long, default_value_t = 10_000)]
+    sse_clients: usize,
+    /// Tasks whose every event each SSE client must receive.
+    #[arg(long, default_value_t = 1_000)]
+    sse_tasks: usize,
+    /// Which workloads to run.
+    #[arg(long, value_delimiter = ',', default_value = "submit,e2e,latency,claimcheck,backlog,fanout")]
+    workloads: Vec<String>,
+    /// Tiny sizes: checks that every workload works, measures nothing worth reading.
+    #[arg(long)]
+    smoke: bool,
+}
+
+impl RunArgs {
+    fn shrink_for_smoke(&mut self) {
+        self.n = 300;
+        self.rate = 50;
+        self.duration_s = 2;
+        self.large_n = 5;
+        self.backlogs = vec![100, 300];
+        self.sse_clients = 20;
+        self.sse_tasks = 20;
+    }
+}
+
+/// Prints one figure as a JSON line.
+fn emit(metric: &str, value: f64, extra: Value) {
+    let mut line = json!({"peer": "courier", "metric": metric, "value": (value * 100.0).round() / 100.0});
+    if let (Some(line), Value::Object(extra)) = (line.as_object_mut(), extra) {
+        line.extend(extra);
+    }
+    println!("{line}");
+}
+
+/// A `courier` process this tool started; killed when dropped.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Process {
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far, in MiB (Linux `VmHWM`).
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+struct Bench {
+    args: RunArgs,
+    http: reqwest::Client,
+    run_id: String,
+    next: usize,
+}
+
+impl Bench {
+    fn prefix(&mut self, workload: &str) -> String {
+        self.next += 1;
+        format!("bench-{}-{}-{workload}", self.run_id, self.next)
+    }
+
+    fn command(&self, prefix: &str) -> Command {
+        let mut command = Command::new(&self.args.courier);
+        command
+            .args(["--redis-url", &self.args.redis_url, "--prefix", prefix])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// `courier serve` on a free port, ready when this returns.
+    async fn serve(&self, prefix: &str, concurrency: usize) -> anyhow::Result<Process> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = self
+            .command(prefix)
+            .args([
+                "serve",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--concurrency",
+                &concurrency.to_string(),
+            ])
+            .spawn()
+            .with_context(|| format!("starting {}", self.args.courier.display()))?;
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if self.http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(Process { child, base });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("courier serve did not become ready")
+    }
+
+    /// `courier worker`.
+    fn worker(&self, prefix: &str) -> anyhow::Result<Child> {
+        Ok(self
+            .command(prefix)
+            .args(["worker", "--concurrency", &self.args.concurrency.to_string()])
+            .spawn()?)
+    }
+
+    /// Submits `count` small echo tasks over `connections` keep-alive connections; returns the
+    /// accepted ids and the seconds it took.
+    async fn submit_small(&self, base: &str, count: usize) -> anyhow::Result<(Vec<String>, f64)> {
+        let started = Instant::now();
+        let url = format!("{base}/api/v1/tasks");
+        let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..count)
+            .map(|n| {
+                let request = self
+                    .http
+                    .post(&url)
+                    .json(&json!({"kind": "echo", "payload": {"n": n, "pad": "x".repeat(64)}}));
+                async move { accepted_id(request.send().await?).await }
+            })
+            .buffer_unordered(self.args.connections)
+            .collect()
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        Ok((ids.into_iter().collect::<anyhow::Result<_>>()?, elapsed))
+    }
+
+    /// Submit rate with no workers, then the drain rate of that backlog by one worker process.
+    async fn submit_and_process(&mut self) -> anyhow::Result<()> {
+        let prefix = self.prefix("process");
+        let server = self.serve(&prefix, 0).await?;
+        let (ids, seconds) = self.submit_small(&server.base, self.args.n).await?;
+        emit(
+            "submit_tasks_per_s",
+            ids.len() as f64 / seconds,
+            json!({"n": ids.len(), "connections": self.args.connections}),
+        );
+        let rate = self.drain(&server, &prefix, ids.len()).await?;
+        emit("process_tasks_per_s", rate, json!({"n": ids.len(), "concurrency": self.args.concurrency}));
+        Ok(())
+    }
+
+    /// Starts a worker on a queued backlog of `count` and returns tasks finished per second.
+    async fn drain(&self, server: &Process, prefix: &str, count: usize) -> anyhow::Result<f64> {
+        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let started = Instant::now();
+        let _worker = self.worker(prefix)?;
+        tap.until_finished(count, Duration::from_secs(600)).await?;
+        Ok(count as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Submit and process at once, through HTTP and SSE: tasks per second end to end.
+    async fn end_to_end(&mut self) -> anyhow::Result<()> {
+        let prefix = self.prefix("e2e");
+        let server = self.serve(&prefix, 0).await?;
+        let _worker = self.worker(&prefix)?;
+        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let started = Instant::now();
+        let (ids, _) = self.submit_small(&server.base, self.args.n).await?;
+        tap.until_finished(ids.len(), Duration::from_secs(600)).await?;
+        let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
+        emit(
+            "e2e_tasks_per_s",
+            rate,
+            json!({"n": ids.len(), "concurrency": self.args.concurrency, "note": "HTTP submit + worker process + SSE done events"}),
+        );
+        Ok(())
+    }
+
+    /// Submit → `succeeded` event latency at a steady rate.
+    async fn latency(&mut self) -> anyhow::Result<()> {
+        let prefix = self.prefix("latency");
+        let server = self.serve(&prefix, 0).await?;
+        let _worker = self.worker(&prefix)?;
+        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let total = (self.args.rate * self.args.duration_s) as usize;
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / self.args.rate as f64));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let url = format!("{}/api/v1/tasks", server.base);
+        let mut sent = tokio::task::JoinSet::new();
+        for n in 0..total {
+            ticks.tick().await;
+            let request = self.http.post(&url).json(&json!({"kind": "echo", "payload": {"n": n}}));
+            sent.spawn(async move {
+                let at = Instant::now();
+                accepted_id(request.send().await?).await.map(|id| (id, at))
+            });
+        }
+        let mut sent_at = HashMap::new();
+        while let Some(joined) = sent.join_next().await {
+            let (id, at) = joined??;
+            sent_at.insert(id, at);
+        }
+        let done = tap.until_finished(total, Duration::from_secs(120)).await?;
+        let mut latencies: Vec<f64> = sent_at
+            .iter()
+            .filter_map(|(id, at)| done.get(id).map(|d| d.duration_since(*at).as_secs_f64() * 1000.0))
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let extra = json!({"n": latencies.len(), "rate": self.args.rate, "duration_s": self.args.duration_s});
+        for (name, p) in [("p50", 50.0), ("p95", 95.0), ("p99", 99.0)] {
+            emit(&format!("e2e_latency_{name}_ms"), percentile(&latencies, p), extra.clone());
+        }
+        emit("e2e_latency_max_ms", latencies.last().copied().unwrap_or(0.0), extra);
+        Ok(())
+    }
+
+    /// 1 MiB payloads sent raw (stored under their own key, the queue carrying the id), processed
+    /// by a worker process while they arrive: MB/s sent, and MB/s through to the done event.
+    async fn claim_check(&mut self) -> anyhow::Result<()> {
+        let prefix = self.prefix("claimcheck");
+        let server = self.serve(&prefix, 0).await?;
+        let _worker = self.worker(&prefix)?;
+        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let payload = bytes_of_mib();
+        let url = format!("{}/api/v1/tasks?kind=echo", server.base);
+        let started = Instant::now();
+        let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..self.args.large_n)
+            .map(|_| {
+                let request = self
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/octet-stream")
+                    .body(payload.clone());
+                async move { accepted_id(request.send().await?).await }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let sent_s = started.elapsed().as_secs_f64();
+        let count = ids.into_iter().collect::<anyhow::Result<Vec<_>>>()?.len();
+        tap.until_finished(count, Duration::from_secs(300)).await?;
+        let total_s = started.elapsed().as_secs_f64();
+        let mb = count as f64 * payload.len() as f64 / 1e6;
+        let extra = json!({"n": count, "payload_bytes": payload.len(), "note": "echo: the 1 MiB result is stored too"});
+        emit("claimcheck_enqueue_mb_per_s", mb / sent_s, extra.clone());
+        emit("claimcheck_e2e_mb_per_s", mb / total_s, extra);
+        Ok(())
+    }
+
+    /// The drain rate of backlogs of each size, to see that cost per task does not grow.
+    async fn backlogs(&mut self) -> anyhow::Result<()> {
+        for size in self.args.backlogs.clone() {
+            let prefix = self.prefix("backlog");
+            let server = self.serve(&prefix, 0).await?;
+            let (ids, _) = self.submit_small(&server.base, size).await?;
+            let rate = self.drain(&server, &prefix, ids.len()).await?;
+            emit("drain_tasks_per_s", rate, json!({"backlog": size, "concurrency": self.args.concurrency}));
+        }
+        Ok(())
+    }
+
+    /// Many SSE clients each receiving every event of a run, and the server's peak memory.
+    async fn fanout(&mut self) -> anyhow::Result<()> {
+        let prefix = self.prefix("fanout");
+        let server = self.serve(&prefix, self.args.concurrency).await?;
+        let clients = FanoutClient::connect_many(&server.base, self.args.sse_clients).await?;
+        let rss_idle = server.peak_rss_mb();
+        let started = Instant::now();
+        let (ids, _) = self.submit_small(&server.base, self.args.sse_tasks).await?;
+        // queued, running, succeeded: three events per echo task.
+        let expected = 3 * ids.len() as u64;
+        let (min, total) = clients.until_each_has(expected, Duration::from_secs(300)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let extra =
+            json!({"clients": self.args.sse_clients, "tasks": ids.len(), "expected_per_client": expected});
+        emit("sse_events_delivered_min_per_client", min as f64, extra.clone());
+        emit("sse_events_delivered_total", total as f64, extra.clone());
+        emit("sse_events_per_s", total as f64 / seconds, extra.clone());
+        emit("sse_all_delivered", f64::from(u8::from(min >= expected)), extra.clone());
+        if let Some(rss) = server.peak_rss_mb() {
+            emit(
+                "server_peak_rss_mb",
+                rss,
+                json!({"clients": self.args.sse_clients, "idle_with_clients_mb": rss_idle}),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The id from a `202 Accepted`, or an error with the status.
+async fn accepted_id(response: reqwest::Response) -> anyhow::Result<String> {
+    if response.status() != 202 {
+        bail!("submit answered {}: {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    let view: Value = response.json().await?;
+    view["id"].as_str().map(str::to_string).context("no id in the 202 body")
+}
+
+fn bytes_of_mib() -> Vec<u8> {
+    (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// The `p`th percentile of sorted values (nearest rank).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Tool::Report { courier, peer }) => {
+            print!("{}", report::markdown(&courier, peer.as_deref())?);
+            return Ok(());
+        }
+        Some(Tool::FreePort) => {
+            println!("{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+            return Ok(());
+        }
+        None => {}
+    }
+    let mut args = cli.run;
+    if args.smoke {
+        args.shrink_for_smoke();
+    }
+    let run_id = format!("{}", std::process::id());
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let mut bench = Bench { args: args.clone(), http, run_id, next: 0 };
+    emit(
+        "meta",
+        0.0,
+        json!({"n": args.n, "concurrency": args.concurrency, "connections": args.connections, "smoke": args.smoke, "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)}),
+    );
+    for workload in &args.workloads {
+        let result = match workload.as_str() {
+            "submit" => bench.submit_and_process().await,
+            "e2e" => bench.end_to_end().await,
+            "latency" => bench.latency().await,
+            "claimcheck" => bench.claim_check().await,
+            "backlog" => bench.backlogs().await,
+            "fanout" => bench.fanout().await,
+            other => bail!("unknown workload `{other}`"),
+        };
+        result.with_context(|| format!("workload {workload}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), 50.0);
+        assert_eq!(percentile(&values, 99.0), 99.0);
+        assert_eq!(percentile(&values, 100.0), 100.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}

@@ -1,0 +1,160 @@
+//! The markdown comparison of one Courier run and one peer (BullMQ) run.
+
+use anyhow::Context;
+use serde_json::Value;
+use std::{fmt::Write, path::Path};
+
+/// The figures of one run: JSON lines with `peer`, `metric`, `value` and extras.
+struct Figures(Vec<Value>);
+
+impl Figures {
+    fn load(path: &Path) -> anyhow::Result<Figures> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Figures(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()))
+    }
+
+    /// The value of `metric` from the line that also matches `filter` (key, value).
+    fn get(&self, metric: &str, filter: Option<(&str, &str)>) -> Option<f64> {
+        self.0
+            .iter()
+            .filter(|l| l["metric"] == metric)
+            .find(|l| filter.is_none_or(|(k, v)| l[k].as_str() == Some(v) || l[k].to_string() == v))
+            .and_then(|l| l["value"].as_f64())
+    }
+
+    fn all(&self, metric: &str) -> Vec<&Value> {
+        self.0.iter().filter(|l| l["metric"] == metric).collect()
+    }
+}
+
+fn show(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+        None => "—".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// Renders the comparison.
+pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
+    let c = Figures::load(courier)?;
+    let p = match peer {
+        Some(path) => Figures::load(path)?,
+        None => Figures(Vec::new()),
+    };
+    let fork = Some(("worker_mode", "fork"));
+    let inproc = Some(("worker_mode", "inproc"));
+    let mut out = String::new();
+    let redis =
+        p.0.iter().find(|l| l["metric"] == "loadavg_before").and_then(|l| l["redis"].as_str()).unwrap_or("?");
+    let nproc = c.0.iter().find(|l| l["metric"] == "meta").and_then(|l| l["nproc"].as_u64()).unwrap_or(0);
+    writeln!(out, "# Benchmarks\n")?;
+    writeln!(
+        out,
+        "Written by `scripts/bench.sh`: Courier and the peer harness (BullMQ 6.7.0) in one run, on one \
+         private Redis ({redis}), on a {nproc}-core machine. Absolute figures drift on shared machines; \
+         the ratios compare figures from the same run. BullMQ's reference is its `fork` mode (worker in \
+         a second process), as Courier's worker runs in a `courier worker` process.\n"
+    )?;
+
+    writeln!(out, "## Targets\n")?;
+    writeln!(out, "| target | Courier | BullMQ | ratio | goal | met |")?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    let mut target = |name: &str,
+                      ours: Option<f64>,
+                      theirs: Option<f64>,
+                      r: Option<f64>,
+                      goal: &str,
+                      met: Option<bool>| {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        writeln!(out, "| {name} | {} | {} | {} | {goal} | {met} |", show(ours), show(theirs), show(r))
+    };
+    let e2e = c.get("e2e_tasks_per_s", None);
+    let process = p.get("process_jobs_per_s", fork);
+    let r = ratio(e2e, process);
+    target(
+        "tasks/s end to end (HTTP + SSE) vs BullMQ `process_jobs_per_s`",
+        e2e,
+        process,
+        r,
+        "≥ 1.5",
+        r.map(|r| r >= 1.5),
+    )?;
+    let p99 = c.get("e2e_latency_p99_ms", None);
+    let their_p99 = p.get("e2e_latency_p99_ms", fork);
+    let r = ratio(p99, their_p99);
+    target("latency p99, ms (500 tasks/s, done event)", p99, their_p99, r, "≤ 0.5", r.map(|r| r <= 0.5))?;
+    let cc = c.get("claimcheck_e2e_mb_per_s", None);
+    let their_cc = p.get("claimcheck_e2e_mb_per_s", fork);
+    let r = ratio(cc, their_cc);
+    target("1 MiB claim-check MB/s end to end", cc, their_cc, r, "≥ 1", r.map(|r| r >= 1.0))?;
+    let drains = c.all("drain_tasks_per_s");
+    let smallest = drains.first().and_then(|l| l["value"].as_f64());
+    let largest = drains.last().and_then(|l| l["value"].as_f64());
+    let sizes = format!(
+        "drain rate at {} vs {} tasks",
+        drains.last().map(|l| l["backlog"].to_string()).unwrap_or_default(),
+        drains.first().map(|l| l["backlog"].to_string()).unwrap_or_default()
+    );
+    let r = ratio(largest, smallest);
+    target(&sizes, largest, smallest, r, "≥ 0.9", r.map(|r| r >= 0.9))?;
+    let delivered = c.get("sse_all_delivered", None);
+    let clients = c.all("sse_all_delivered").first().and_then(|l| l["clients"].as_u64()).unwrap_or(0);
+    target(
+        &format!("{clients} SSE clients each got every event"),
+        delivered,
+        None,
+        None,
+        "1 (yes)",
+        delivered.map(|d| d >= 1.0),
+    )?;
+    let rss = c.get("server_peak_rss_mb", None);
+    target("server peak RSS with them, MB", rss, None, None, "≤ 200", rss.map(|r| r <= 200.0))?;
+
+    writeln!(out, "\n## Every figure\n")?;
+    writeln!(out, "| workload | Courier | BullMQ fork | BullMQ inproc |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    let rows = [
+        (
+            "submit tasks/s over HTTP (no worker) · BullMQ `addBulk`",
+            "submit_tasks_per_s",
+            "enqueue_jobs_per_s",
+        ),
+        ("process tasks/s (queued backlog, concurrency 50)", "process_tasks_per_s", "process_jobs_per_s"),
+        ("end to end tasks/s (submit + process + done event)", "e2e_tasks_per_s", ""),
+        ("latency p50, ms", "e2e_latency_p50_ms", "e2e_latency_p50_ms"),
+        ("latency p95, ms", "e2e_latency_p95_ms", "e2e_latency_p95_ms"),
+        ("latency p99, ms", "e2e_latency_p99_ms", "e2e_latency_p99_ms"),
+        ("latency max, ms", "e2e_latency_max_ms", "e2e_latency_max_ms"),
+        ("1 MiB claim-check, enqueue MB/s", "claimcheck_enqueue_mb_per_s", "claimcheck_enqueue_mb_per_s"),
+        ("1 MiB claim-check, end to end MB/s", "claimcheck_e2e_mb_per_s", "claimcheck_e2e_mb_per_s"),
+        ("1 MiB inside the job, end to end MB/s", "", "large_e2e_mb_per_s"),
+        ("SSE events delivered per second (all clients)", "sse_events_per_s", ""),
+    ];
+    for (label, ours, theirs) in rows {
+        let ours = if ours.is_empty() { None } else { c.get(ours, None) };
+        let (f, i) =
+            if theirs.is_empty() { (None, None) } else { (p.get(theirs, fork), p.get(theirs, inproc)) };
+        writeln!(out, "| {label} | {} | {} | {} |", show(ours), show(f), show(i))?;
+    }
+    for line in drains {
+        writeln!(
+            out,
+            "| drain tasks/s, backlog {} | {} | — | — |",
+            line["backlog"],
+            show(line["value"].as_f64())
+        )?;
+    }
+    Ok(out)
+}

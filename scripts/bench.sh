@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Benchmarks Courier side by side with the peer harness (BullMQ, ../shared/bench/peer/run.sh) in
+# one run on one private Redis: prints JSON lines, and writes docs/benchmarks.md.
+# Flags go to courier-bench: `--smoke` (tiny sizes, no peer, no report: CI's check that the tool
+# works), `--workloads e2e,latency`, `--backlogs 1000,100000,1000000`, `--sse-clients 10000`, …
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+source scripts/env.sh
+cargo build --release -p courier -p courier-bench
+bench=target/release/courier-bench
+smoke=false
+for arg in "$@"; do [ "$arg" = --smoke ] && smoke=true; done
+
+# Many SSE clients need many file descriptors, in this shell's children too.
+ulimit -n "$(ulimit -Hn)"
+
+port=$("$bench" free-port)
+work=$(mktemp -d)
+cleanup() {
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --dir "$work" --logfile "$work/redis.log"
+for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+peer=../shared/bench/peer/run.sh
+if ! $smoke && [ -f "$peer" ]; then
+  REDIS_PORT="$port" bash "$peer" | tee "$work/peer.jsonl"
+  redis-cli -p "$port" flushall >/dev/null
+fi
+"$bench" --courier target/release/courier --redis-url "redis://127.0.0.1:$port" "$@" | tee "$work/courier.jsonl"
+
+if ! $smoke; then
+  peer_args=()
+  [ -s "$work/peer.jsonl" ] && peer_args=(--peer "$work/peer.jsonl")
+  {
+    "$bench" report --courier "$work/courier.jsonl" "${peer_args[@]}"
+    [ -f docs/benchmark-notes.md ] && { echo; cat docs/benchmark-notes.md; }
+    echo
+    echo '## Raw figures'
+    echo
+    echo '```'
+    cat "$work"/*.jsonl
+    echo '```'
+  } > docs/benchmarks.md
+  echo "wrote docs/benchmarks.md" >&2
+fi
