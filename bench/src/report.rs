@@ -18,7 +18,7 @@ impl Figures {
         self.0
             .iter()
             .filter(|l| l["metric"] == metric)
-            .find(|l| filter.is_none_or(|(k, v)| l[k].as_str() == Some(v) || l[k].to_string() == v))
+            .find(|l| filter.is_none_or(|(k, v)| l[k].as_str() == Some(v)))
             .and_then(|l| l["value"].as_f64())
     }
 

@@ -87,3 +87,23 @@ test('waiting for the result shows it inline under the form', async ({ page }) =
   await expect(page.locator('.inline-result .result-body')).toContainText('{"word":"wait","count":2}');
   await expect(page.locator('li.task').first().locator('.badge')).toHaveText('succeeded');
 });
+
+test('a file chosen in the form is uploaded as the raw payload', async ({ page }) => {
+  await openHome(page);
+  await chooseKind(page, 'csv.summary');
+  const rows = ['city,temperature'];
+  for (let i = 0; i < 2000; i++) rows.push(`city-${i % 7},${i}`);
+  await page.setInputFiles('#file', {
+    name: 'temperatures.csv',
+    mimeType: 'text/csv',
+    buffer: Buffer.from(rows.join('\n') + '\n'),
+  });
+  await page.click('button[type=submit]');
+
+  const row = page.locator('li.task').first();
+  await expect(row.locator('.kind')).toHaveText('csv.summary');
+  await expect(row.locator('.badge')).toHaveText('succeeded');
+  await row.locator('a.task-link').click();
+  await expect(page.locator('.result-body')).toContainText('"rows":2000');
+  await expect(page.locator('.result-body')).toContainText('"distinct":7');
+});

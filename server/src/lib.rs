@@ -136,6 +136,12 @@ impl Server {
         if let (Some(listener), Some(router)) = (listener, router) {
             info!(addr = %listener.local_addr()?, "serving the UI and the API");
             let stop = shutdown.clone();
+            // Events are small writes that must leave at once: no Nagle delay on any connection.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await

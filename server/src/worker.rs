@@ -241,9 +241,13 @@ async fn keep_lease(
     let mut renew = tokio::time::interval(every);
     renew.tick().await;
     let mut state = Renewal::Held;
+    let mut stored: Option<u8> = None;
     loop {
         tokio::select! {
-            () = done.cancelled() => return state,
+            () = done.cancelled() => {
+                flush_progress(&queue, &lease, &progress, stored, state).await;
+                return state;
+            }
             _ = renew.tick() => match queue.renew(&lease).await {
                 Ok(Renewal::Held) => {}
                 Ok(other) => {
@@ -258,17 +262,38 @@ async fn keep_lease(
             changed = progress.changed() => {
                 if changed.is_err() {
                     // The handler is gone; wait for `done`.
+                    flush_progress(&queue, &lease, &progress, stored, state).await;
                     done.cancelled().await;
                     return state;
                 }
                 let percent = *progress.borrow_and_update();
-                if let Some(percent) = percent
-                    && let Err(e) = queue.progress(&lease, percent).await
-                {
-                    warn!(error = %e, "storing progress failed");
+                if let Some(percent) = percent {
+                    match queue.progress(&lease, percent).await {
+                        Ok(_) => stored = Some(percent),
+                        Err(e) => warn!(error = %e, "storing progress failed"),
+                    }
                 }
             }
         }
+    }
+}
+
+/// Stores the latest progress if it was not stored yet (reported just before the end), so its
+/// event comes before the outcome's.
+async fn flush_progress(
+    queue: &Queue,
+    lease: &Lease,
+    progress: &watch::Receiver<Option<u8>>,
+    stored: Option<u8>,
+    state: Renewal,
+) {
+    let latest = *progress.borrow();
+    if latest.is_some()
+        && latest != stored
+        && state == Renewal::Held
+        && let Err(e) = queue.progress(lease, latest.unwrap_or(0)).await
+    {
+        warn!(error = %e, "storing progress failed");
     }
 }
 

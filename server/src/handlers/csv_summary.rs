@@ -168,6 +168,11 @@ impl Handler for CsvSummary {
         true
     }
 
+    fn timeout(&self) -> Option<std::time::Duration> {
+        // Minutes for the largest accepted file; anything longer is stuck, not busy.
+        Some(std::time::Duration::from_secs(600))
+    }
+
     fn run(&self, input: Input, _ctx: Context) -> BoxFuture<'static, Result<Output, HandlerError>> {
         Box::pin(async move {
             let summary = tokio::task::spawn_blocking(move || {

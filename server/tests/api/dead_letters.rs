@@ -152,3 +152,43 @@ async fn a_running_task_stops_within_a_step_when_cancelled() {
     let finished = app.http.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
     assert_problem(finished, 409, "/problems/finished").await;
 }
+
+#[tokio::test]
+async fn a_kind_default_timeout_applies_unless_the_task_sets_its_own() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut redis = app.redis().await;
+    let default = app.submit_ok(json!({"kind": "csv.summary", "payload": "a\n1"})).await;
+    let own = app.submit_ok(json!({"kind": "csv.summary", "payload": "a\n1", "timeout_ms": 1234})).await;
+    let none = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let timeout = |id: &str| format!("{}:{{default}}:task:{id}", app.prefix);
+    let read = |v: Option<String>| v.unwrap_or_default();
+    let default_ms: Option<String> =
+        redis::AsyncCommands::hget(&mut redis, timeout(&default), "timeout_ms").await.unwrap();
+    let own_ms: Option<String> =
+        redis::AsyncCommands::hget(&mut redis, timeout(&own), "timeout_ms").await.unwrap();
+    let none_ms: Option<String> =
+        redis::AsyncCommands::hget(&mut redis, timeout(&none), "timeout_ms").await.unwrap();
+    assert_eq!(
+        (read(default_ms).as_str(), read(own_ms).as_str(), read(none_ms).as_str()),
+        ("600000", "1234", "")
+    );
+}
+
+#[tokio::test]
+async fn a_task_is_gone_after_its_retention() {
+    let app = spawn_app_with(|c| c.retention = Duration::from_secs(1)).await;
+    let id = app.submit_ok(json!({"kind": "echo", "payload": "short-lived"})).await;
+    assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
+    let status = app.http.get(app.url(&format!("/api/v1/tasks/{id}/status"))).send().await.unwrap();
+    let expires = status.headers()["expires"].to_str().unwrap().to_string();
+    assert!(expires.ends_with(" GMT"), "{expires}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for path in ["", "/status", "/result"] {
+        let gone = app.http.get(app.url(&format!("/api/v1/tasks/{id}{path}"))).send().await.unwrap();
+        assert_problem(gone, 404, "/problems/not-found").await;
+    }
+    let mut redis = app.redis().await;
+    let left: Vec<String> =
+        redis::AsyncCommands::keys(&mut redis, format!("{}:*{id}*", app.prefix)).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -136,7 +136,7 @@ async fn every_instance_streams_every_event_and_resumes_from_either() {
     let id = a.submit_ok(json!({"kind": "sleep", "payload": {"ms": 300, "steps": 3}})).await;
     let seen = on_b.until_task_ends(&id, Duration::from_secs(20)).await;
     let names: Vec<&str> = seen.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["queued", "running", "progress", "progress", "progress", "succeeded"]);
+    assert_eq!(names, ["queued", "running", "progress", "progress", "progress", "succeeded"], "{seen:?}");
 
     // A client that saw two events reconnects to the other instance, and to the first.
     let ids = |events: &[SseEvent]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
