@@ -77,6 +77,9 @@ pub struct TaskView {
     /// When a `retrying` or `scheduled` task runs next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_at: Option<String>,
+    /// The topic subscription (`topic/name`) a published message created this task for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
 }
 
 impl TaskView {

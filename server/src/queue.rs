@@ -110,6 +110,8 @@ pub struct NewTask {
     pub priority: Priority,
     /// Tasks of one session run one at a time, in submission order.
     pub session: Option<String>,
+    /// The topic subscription (`topic/name`) that created the task, if one did.
+    pub subscription: Option<String>,
 }
 
 /// The one-letter tag of a priority, as delayed-set members carry it (`h:{id}`).
@@ -277,6 +279,7 @@ impl Queue {
                 ("timeout_ms", &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default()),
                 ("priority", priority_tag(task.priority)),
                 ("session", task.session.as_deref().unwrap_or("")),
+                ("subscription", task.subscription.as_deref().unwrap_or("")),
             ])
             .ignore();
         pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();

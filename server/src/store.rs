@@ -131,6 +131,7 @@ pub struct TaskRecord {
     pub error: Option<String>,
     pub next_run_ms: Option<u64>,
     pub dead_reason: Option<String>,
+    pub subscription: Option<String>,
 }
 
 impl TaskRecord {
@@ -155,6 +156,7 @@ impl TaskRecord {
             error: text("error").cloned(),
             next_run_ms: number("next_run"),
             dead_reason: text("dead_reason").cloned(),
+            subscription: text("subscription").cloned(),
         })
     }
 
@@ -176,6 +178,7 @@ impl TaskRecord {
             result_url: (self.status == Status::Succeeded)
                 .then(|| format!("/api/v1/tasks/{}/result", self.id)),
             next_run_at: self.next_run_ms.filter(|_| self.status == Status::Retrying).map(rfc3339),
+            subscription: self.subscription.clone(),
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Options {
     pub max_attempts: Option<u32>,
     pub timeout_ms: Option<u64>,
     pub session: Option<String>,
+    /// Set by publishing: the subscription (`topic/name`) the task is for.
+    pub subscription: Option<String>,
 }
 
 /// Why a submission was refused; nothing was stored for it.
@@ -164,6 +166,7 @@ impl Tasks {
             delay_ms: options.delay_ms.filter(|&d| d > 0),
             priority: options.priority.unwrap_or_default(),
             session: options.session.clone(),
+            subscription: options.subscription.clone(),
         })
     }
 
@@ -400,5 +403,6 @@ fn record_of(task: &NewTask) -> TaskRecord {
         error: None,
         next_run_ms: None,
         dead_reason: None,
+        subscription: task.subscription.clone(),
     }
 }

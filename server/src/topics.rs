@@ -222,7 +222,11 @@ impl Topics {
                 let submission = Submission {
                     kind: subscription.kind,
                     payload: Payload::Json(message.payload.clone()),
-                    options: Options { max_attempts: subscription.max_attempts, ..Options::default() },
+                    options: Options {
+                        max_attempts: subscription.max_attempts,
+                        subscription: Some(format!("{topic}/{name}")),
+                        ..Options::default()
+                    },
                     idempotency_key: None,
                 };
                 (name, submission)

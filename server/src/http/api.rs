@@ -63,6 +63,7 @@ pub async fn submit(
                 max_attempts: request.max_attempts,
                 timeout_ms: request.timeout_ms,
                 session: request.session,
+                subscription: None,
             };
             Submission {
                 kind: request.kind,
@@ -238,6 +239,7 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
         max_attempts: number(query, "max_attempts")?,
         timeout_ms: number(query, "timeout_ms")?,
         session: query.get("session").cloned(),
+        subscription: None,
     })
 }
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
-/// `GET /api/v1/dead-letters?limit=&cursor=`: most recent failure first.
+/// `GET /api/v1/dead-letters?limit=&cursor=&subscription=topic/name`: most recent failure first.
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -22,6 +22,7 @@ pub async fn list(
     let invalid = |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
     let mut limit = DEFAULT_PAGE;
     let mut cursor = None;
+    let mut subscription = None;
     for (name, value) in &query {
         match name.as_str() {
             "limit" => {
@@ -37,10 +38,15 @@ pub async fn list(
                         .ok_or_else(|| invalid(format!("`{value}` is not a cursor from a previous page")))?,
                 )
             }
+            "subscription" => subscription = Some(value.clone()),
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
         }
     }
-    let (letters, next) = state.tasks.dead_letters(cursor, limit).await?;
+    let (mut letters, next) = state.tasks.dead_letters(cursor, limit).await?;
+    // One subscription's dead letters: a view over the shared set (filtered per page).
+    if let Some(wanted) = &subscription {
+        letters.retain(|(record, _)| record.subscription.as_ref() == Some(wanted));
+    }
     Ok(Json(DeadLetterPage {
         dead_letters: letters
             .into_iter()

@@ -48,6 +48,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
                     delay_ms: None,
                     priority: Default::default(),
                     session: None,
+                    subscription: None,
                 };
                 queue.enqueue(&task).await.unwrap();
             }
