@@ -288,10 +288,12 @@ impl Events {
 
     /// Streams events as `follow` asks, until the receiver is dropped or the process stops.
     pub fn follow(&self, follow: Follow) -> mpsc::Receiver<Arc<StoredEvent>> {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(16);
         // Subscribe before reading history, so nothing falls between the two.
         let live = self.fanout.subscribe();
-        tokio::spawn(self.clone().pump(follow, live, tx));
+        let pump = self.clone().pump(follow, live, tx);
+        tracing::trace!(future_bytes = std::mem::size_of_val(&pump), "following events");
+        tokio::spawn(pump);
         rx
     }
 
@@ -317,7 +319,9 @@ impl Events {
             if let Some(after) = resume_from.take() {
                 let mut cursor = after;
                 loop {
-                    let batch = match self.after(&cursor, CATCH_UP_BATCH).await {
+                    // Boxed: a Redis call's future is large, and every subscriber's task would
+                    // carry its size even though catching up is rare.
+                    let batch = match Box::pin(self.after(&cursor, CATCH_UP_BATCH)).await {
                         Ok(batch) => batch,
                         Err(e) => {
                             warn!(error = %e, "replaying task events failed");

