@@ -75,15 +75,20 @@ impl Scripts {
             claim: Script::new(include_str!("queue/claim.lua")),
             renew: Script::new(include_str!("queue/renew.lua")),
             progress: Script::new(include_str!("queue/progress.lua")),
-            finish: Script::new(include_str!("queue/finish.lua")),
-            cancel: Script::new(include_str!("queue/cancel.lua")),
+            finish: Script::new(&with_sessions(include_str!("queue/finish.lua"))),
+            cancel: Script::new(&with_sessions(include_str!("queue/cancel.lua"))),
             promote: Script::new(include_str!("queue/promote.lua")),
             requeue: Script::new(include_str!("queue/requeue.lua")),
             purge: Script::new(include_str!("queue/purge.lua")),
             release: Script::new(include_str!("queue/release.lua")),
-            advance: Script::new(include_str!("queue/advance.lua")),
+            advance: Script::new(&with_sessions(include_str!("queue/advance.lua"))),
         }
     }
+}
+
+/// A script's source with the shared session helper in front of it.
+fn with_sessions(script: &str) -> String {
+    format!("{}\n{script}", include_str!("queue/session.lua"))
 }
 
 /// A handle on one queue in Redis; cheap to clone.

@@ -148,23 +148,7 @@ async fn wait_for_reply(
     }
     let record =
         state.tasks.get(&record.id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
-    let mut response = match record.status {
-        Status::Succeeded => {
-            let stored = state
-                .tasks
-                .result(&record)
-                .await?
-                .ok_or_else(|| ApiError::not_found("the result has expired"))?;
-            ([(header::CONTENT_TYPE, header_value(&stored.content_type))], stored.bytes).into_response()
-        }
-        Status::Failed => {
-            ApiError::unprocessable("task-failed", "Task failed", record.error.clone().unwrap_or_default())
-                .into_response()
-        }
-        _ => ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
-            .detail("the task was cancelled before it finished")
-            .into_response(),
-    };
+    let mut response = result_of(state, record.clone()).await.unwrap_or_else(IntoResponse::into_response);
     let headers = response.headers_mut();
     headers.insert("preference-applied", header_value(&format!("wait={seconds}")));
     headers.insert(header::CONTENT_LOCATION, header_value(&format!("/api/v1/tasks/{}", record.id)));
@@ -348,6 +332,11 @@ fn failure_problem(record: &TaskRecord) -> app::model::Problem {
 /// `GET /api/v1/tasks/{id}/result`: the result bytes with their content type.
 pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
+    result_of(&state, record).await
+}
+
+/// The answer about a task's result: the bytes once succeeded, else the problem saying why not.
+async fn result_of(state: &AppState, record: TaskRecord) -> Result<Response, ApiError> {
     match record.status {
         Status::Succeeded => {
             let stored = state
@@ -361,7 +350,7 @@ pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Re
             Err(ApiError::unprocessable("task-failed", "Task failed", record.error.unwrap_or_default()))
         }
         Status::Cancelled => Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
-            .detail("a cancelled task has no result")),
+            .detail("the task was cancelled before it finished")),
         status => Err(ApiError::new(StatusCode::CONFLICT, "not-finished", "Task not finished")
             .detail(format!("the task is {status}; poll its status"))),
     }

@@ -13,16 +13,7 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
   if ARGV[5] ~= '' then
-    -- The session moves on: its next task goes on the ready stream.
-    if redis.call('LINDEX', KEYS[5], 0) == ARGV[2] then
-      redis.call('LPOP', KEYS[5])
-      local next = redis.call('LINDEX', KEYS[5], 0)
-      if next then
-        redis.call('XADD', KEYS[6], '*', 'task', next)
-      end
-    else
-      redis.call('LREM', KEYS[5], 0, ARGV[2])
-    end
+    leave_session(KEYS[5], KEYS[6], ARGV[2])
   end
   local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'cancelled', 'task', ARGV[2],

@@ -34,16 +34,7 @@ else
   redis.call('PEXPIRE', KEYS[1], keep)
   redis.call('PEXPIRE', KEYS[5], keep)
   if ARGV[15] ~= '' then
-    -- The session moves on: its next task goes on the ready stream.
-    if redis.call('LINDEX', KEYS[8], 0) == ARGV[6] then
-      redis.call('LPOP', KEYS[8])
-      local next = redis.call('LINDEX', KEYS[8], 0)
-      if next then
-        redis.call('XADD', KEYS[2], '*', 'task', next)
-      end
-    else
-      redis.call('LREM', KEYS[8], 0, ARGV[6])
-    end
+    leave_session(KEYS[8], KEYS[2], ARGV[6])
   end
 end
 local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'progress')
