@@ -423,6 +423,6 @@ mod tests {
         assert_eq!(event.event.progress, Some(40));
         assert_eq!(event.event.attempt, 2);
         assert_eq!(event.event.error, None);
-        assert_eq!(event.event.at, "1970-01-01T00:00:00Z");
+        assert_eq!(event.event.at, "1970-01-01T00:00:00.000Z");
     }
 }

@@ -103,12 +103,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Formats stored milliseconds as RFC 3339 (UTC), as the API reports times.
+/// Formats stored milliseconds as RFC 3339 (UTC) with exactly three fractional digits, as the
+/// API reports times: fixed width, so the strings sort as the times do.
 pub fn rfc3339(ms: u64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_default()
 }
 
@@ -353,8 +357,11 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(1_700_000_000_670), "2023-11-14T22:13:20.670Z");
+        // Fixed width: the strings order as the times do (a trimmed "20.67Z" sorted after "20.671Z").
+        assert!(rfc3339(1_700_000_000_670) < rfc3339(1_700_000_000_671));
     }
 
     #[test]
