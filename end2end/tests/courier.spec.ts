@@ -58,13 +58,24 @@ test('an invalid payload shows the schema error and submits nothing', async ({ p
   expect(submissions).toEqual([]);
 });
 
+/** How many tasks the live list holds now (it shows the newest 50), asked of the API. */
+async function listedTasks(page: Page): Promise<number> {
+  const response = await page.request.get('/api/v1/tasks?limit=50');
+  const body = await response.json();
+  return body.tasks.length;
+}
+
 test('the task page shows the record, the events and the result', async ({ page }) => {
   await openHome(page);
+  const before = await listedTasks(page);
   await chooseKind(page, 'text.stats');
   await page.fill('#payload', '"alpha beta alpha"');
   await page.click('button[type=submit]');
 
+  // The new task, not an older one that is already done.
+  await expect(page.locator('li.task')).toHaveCount(before + 1);
   const row = page.locator('li.task').first();
+  await expect(row.locator('.kind')).toHaveText('text.stats');
   await expect(row.locator('.badge')).toHaveText('succeeded');
   await row.locator('a.task-link').click();
 
@@ -78,6 +89,7 @@ test('the task page shows the record, the events and the result', async ({ page 
 
 test('waiting for the result shows it inline under the form', async ({ page }) => {
   await openHome(page);
+  const before = await listedTasks(page);
   await chooseKind(page, 'text.stats');
   await page.fill('#payload', '"wait for me wait"');
   await page.check('#wait');
@@ -85,6 +97,7 @@ test('waiting for the result shows it inline under the form', async ({ page }) =
 
   await expect(page.locator('.inline-result .result-body')).toContainText('"words":4');
   await expect(page.locator('.inline-result .result-body')).toContainText('{"word":"wait","count":2}');
+  await expect(page.locator('li.task')).toHaveCount(before + 1);
   await expect(page.locator('li.task').first().locator('.badge')).toHaveText('succeeded');
 });
 
