@@ -117,6 +117,8 @@ pub struct NewTask {
     pub session: Option<String>,
     /// The topic subscription (`topic/name`) that created the task, if one did.
     pub subscription: Option<String>,
+    /// The Redis key of the `Idempotency-Key` that created the task, if one did.
+    pub idempotency_key: Option<String>,
 }
 
 /// The one-letter tag of a priority, as delayed-set members carry it (`h:{id}`).
@@ -200,6 +202,8 @@ pub struct Lease {
     pub session: Option<String>,
     /// The payload, read with the claim; `None` if it expired. Taken by the runner.
     pub payload: Option<Bytes>,
+    /// The Redis key of the task's `Idempotency-Key`, kept as long as the task.
+    idempotency_key: Option<String>,
     entry_id: String,
     stream: String,
     token: String,
@@ -285,6 +289,7 @@ impl Queue {
                 ("priority", priority_tag(task.priority)),
                 ("session", task.session.as_deref().unwrap_or("")),
                 ("subscription", task.subscription.as_deref().unwrap_or("")),
+                ("idem", task.idempotency_key.as_deref().unwrap_or("")),
             ])
             .ignore();
         pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();
@@ -398,6 +403,7 @@ impl Queue {
                         .unwrap_or_else(|| "application/json".into()),
                     session: Some(text(6)).filter(|s| !s.is_empty()),
                     payload: (text(7) == "1").then(|| Bytes::from(reply.get(8).cloned().unwrap_or_default())),
+                    idempotency_key: Some(text(9)).filter(|k| !k.is_empty()),
                     entry_id,
                     stream,
                     token,
@@ -427,14 +433,15 @@ impl Queue {
             .await
     }
 
-    /// The session a task belongs to, if any.
-    async fn session_of(&self, id: &Uuid) -> redis::RedisResult<Option<String>> {
-        let session: Option<String> = redis::cmd("HGET")
+    /// The session a task belongs to (or `""`) and the key of its idempotency key, if any.
+    async fn links_of(&self, id: &Uuid) -> redis::RedisResult<(String, Option<String>)> {
+        let (session, idem): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.task(id))
             .arg("session")
+            .arg("idem")
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(session.filter(|s| !s.is_empty()))
+        Ok((session.unwrap_or_default(), idem.filter(|k| !k.is_empty())))
     }
 
     /// Renews `lease`, and tells whether it is still held and whether cancellation was asked.
@@ -502,6 +509,7 @@ impl Queue {
             .key(self.keys.delayed())
             .key(self.keys.dead())
             .key(self.keys.session(lease.session.as_deref().unwrap_or("")))
+            .key(lease.idempotency_key.clone().unwrap_or_else(|| self.keys.idempotency("")))
             .arg(&lease.token)
             .arg(GROUP)
             .arg(&lease.entry_id)
@@ -517,6 +525,7 @@ impl Queue {
             .arg(reason)
             .arg(self.settings.dead_retention.as_millis() as u64)
             .arg(lease.session.as_deref().unwrap_or(""))
+            .arg(if lease.idempotency_key.is_some() { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(applied == 1)
@@ -544,7 +553,7 @@ impl Queue {
 
     /// Cancels a task: a waiting one at once, a running one by telling its handler to stop.
     pub async fn cancel(&self, id: &Uuid) -> redis::RedisResult<CancelOutcome> {
-        let session = self.session_of(id).await?.unwrap_or_default();
+        let (session, idem) = self.links_of(id).await?;
         let answer: String = self
             .scripts
             .cancel
@@ -554,11 +563,13 @@ impl Queue {
             .key(self.keys.payload(id))
             .key(self.keys.session(&session))
             .key(self.keys.ready())
+            .key(idem.clone().unwrap_or_else(|| self.keys.idempotency("")))
             .arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.settings.retention.as_millis() as u64)
             .arg(&session)
+            .arg(if idem.is_some() { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match answer.as_str() {
@@ -605,7 +616,7 @@ impl Queue {
     /// Takes a dead letter out of the dead-letter set and queues it again with its attempts
     /// reset; `false` if it is not a dead letter.
     pub async fn requeue(&self, id: &Uuid) -> redis::RedisResult<bool> {
-        let session = self.session_of(id).await?.unwrap_or_default();
+        let (session, idem) = self.links_of(id).await?;
         let requeued: i64 = self
             .scripts
             .requeue
@@ -615,11 +626,13 @@ impl Queue {
             .key(self.keys.payload(id))
             .key(&self.keys.ready_streams())
             .key(self.keys.session(&session))
+            .key(idem.clone().unwrap_or_else(|| self.keys.idempotency("")))
             .arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.settings.retention.as_millis() as u64)
             .arg(&session)
+            .arg(if idem.is_some() { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(requeued == 1)
@@ -627,6 +640,7 @@ impl Queue {
 
     /// Deletes a dead letter with its payload; `false` if it is not a dead letter.
     pub async fn purge(&self, id: &Uuid) -> redis::RedisResult<bool> {
+        let (_, idem) = self.links_of(id).await?;
         let purged: i64 = self
             .scripts
             .purge
@@ -635,6 +649,7 @@ impl Queue {
             .key(self.keys.payload(id))
             .key(self.keys.result(id))
             .key(self.keys.index())
+            .key(idem.unwrap_or_else(|| self.keys.idempotency("")))
             .arg(id.to_string())
             .invoke_async(&mut self.conn.clone())
             .await?;

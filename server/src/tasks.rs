@@ -167,6 +167,7 @@ impl Tasks {
             priority: options.priority.unwrap_or_default(),
             session: options.session.clone(),
             subscription: options.subscription.clone(),
+            idempotency_key: None,
         })
     }
 
@@ -187,7 +188,7 @@ impl Tasks {
     /// Validates and enqueues a task; on any error nothing is stored.
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
         let Submission { kind, payload, options, idempotency_key } = submission;
-        let task = self.prepare(kind, payload, &options)?;
+        let mut task = self.prepare(kind, payload, &options)?;
         let Some(key) = idempotency_key else {
             self.queue.enqueue(&task).await?;
             return Ok(Submitted { record: record_of(&task), replayed: false });
@@ -195,6 +196,7 @@ impl Tasks {
         let key_name =
             self.store.keys().idempotency(&sha1_smol::Sha1::from(key.as_bytes()).digest().to_string());
         let digest = fingerprint(&task);
+        task.idempotency_key = Some(key_name.clone());
         match self.queue.claim_idempotency_key(&key_name, &format!("{} {digest}", task.id)).await? {
             None => match self.queue.enqueue(&task).await {
                 Ok(()) => Ok(Submitted { record: record_of(&task), replayed: false }),

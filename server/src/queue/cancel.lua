@@ -1,6 +1,7 @@
 -- Cancels a task: at once when it waits, by flagging it when it runs.
--- KEYS: task, delayed, events, payload, session list, ready
--- ARGV: now ms, task id, events maxlen, retention ms, session ('' for none)
+-- KEYS: task, delayed, events, payload, session list, ready, idempotency key
+-- ARGV: now ms, task id, events maxlen, retention ms, session ('' for none),
+--       has idempotency key (1|0)
 -- Returns 'missing', 'cancelled', 'cancelling', or 'finished:' and the status it already had.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -12,6 +13,9 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   redis.call('ZREM', KEYS[2], priority .. ':' .. ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  if ARGV[6] == '1' then
+    redis.call('PEXPIRE', KEYS[7], ARGV[4])
+  end
   if ARGV[5] ~= '' then
     leave_session(KEYS[5], KEYS[6], ARGV[2])
   end

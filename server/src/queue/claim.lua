@@ -4,7 +4,7 @@
 -- Returns {'drop'} when the task is gone or finished (its entry is dropped), {'cancelled',
 -- session} when it was cancelled while a dead holder ran it, else
 -- {'run', attempt, kind, max_attempts, timeout_ms, payload_type, session, has payload (1|0),
--- payload}: the payload comes with the lease, saving the worker a round trip.
+-- payload, idempotency key}: the payload comes with the lease, saving the worker a round trip.
 local status = redis.call('HGET', KEYS[1], 'status')
 if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
   redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
@@ -29,7 +29,7 @@ redis.call('HSETNX', KEYS[1], 'started', ARGV[4])
 local kind = redis.call('HGET', KEYS[1], 'kind')
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event', 'running', 'task', ARGV[5],
   'kind', kind, 'status', 'running', 'attempt', attempt, 'progress', '', 'error', '', 'at', ARGV[4])
-local f = redis.call('HMGET', KEYS[1], 'max_attempts', 'timeout_ms', 'payload_type', 'session')
+local f = redis.call('HMGET', KEYS[1], 'max_attempts', 'timeout_ms', 'payload_type', 'session', 'idem')
 local payload = redis.call('GET', KEYS[4])
 return {'run', tostring(attempt), kind, f[1] or '1', f[2] or '', f[3] or '', f[4] or '',
-  payload and '1' or '0', payload or ''}
+  payload and '1' or '0', payload or '', f[5] or ''}

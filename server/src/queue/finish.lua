@@ -1,8 +1,9 @@
 -- Ends an attempt, if the caller still holds the lease (a late holder changes nothing).
--- KEYS: task, ready, events, result, payload, delayed, dead, session list
+-- KEYS: task, ready, events, result, payload, delayed, dead, session list, idempotency key
 -- ARGV: lease token, group, entry id, outcome (succeeded|retrying|failed|cancelled), now ms,
 --       task id, events maxlen, retention ms, error, result type, due ms, result bytes,
---       dead-letter reason, dead-letter retention ms, session ('' for none)
+--       dead-letter reason, dead-letter retention ms, session ('' for none),
+--       has idempotency key (1|0)
 -- Returns 1 when applied, 0 when the lease was lost.
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
   return 0
@@ -33,6 +34,10 @@ else
   end
   redis.call('PEXPIRE', KEYS[1], keep)
   redis.call('PEXPIRE', KEYS[5], keep)
+  if ARGV[16] == '1' then
+    -- The idempotency key lives as long as the task it stands for.
+    redis.call('PEXPIRE', KEYS[9], keep)
+  end
   if ARGV[15] ~= '' then
     leave_session(KEYS[8], KEYS[2], ARGV[6])
   end

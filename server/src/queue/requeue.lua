@@ -1,6 +1,7 @@
 -- Takes a task out of the dead letters and queues it again, attempts reset.
--- KEYS: task, dead, events, payload, ready-high, ready, ready-low, session list
--- ARGV: now ms, task id, events maxlen, retention ms, session ('' for none)
+-- KEYS: task, dead, events, payload, ready-high, ready, ready-low, session list, idempotency key
+-- ARGV: now ms, task id, events maxlen, retention ms, session ('' for none),
+--       has idempotency key (1|0)
 -- Returns 1 when requeued, 0 when it is not a dead letter (or has expired).
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 or redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
   return 0
@@ -10,6 +11,9 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated', ARGV[1
 redis.call('HDEL', KEYS[1], 'finished', 'dead_reason', 'next_run')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[4], ARGV[4])
+if ARGV[6] == '1' then
+  redis.call('PEXPIRE', KEYS[9], ARGV[4])
+end
 if ARGV[5] ~= '' then
   -- Back at the end of its session, to run when the session's earlier tasks are done.
   redis.call('RPUSH', KEYS[8], ARGV[2])

@@ -146,3 +146,37 @@ async fn every_instance_streams_every_event_and_resumes_from_either() {
         assert_eq!(ids(&replayed), ids(&seen[2..]));
     }
 }
+
+#[tokio::test]
+async fn an_idempotency_key_lives_and_dies_with_its_task() {
+    let app = spawn_app().await;
+    let body = json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1});
+    let post =
+        || app.http.post(app.url("/api/v1/tasks")).header("idempotency-key", "doomed").json(&body).send();
+    let first = post().await.unwrap();
+    let id = first.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_until_done(&id).await["status"], "failed");
+
+    // A dead letter is kept for the dead-letter retention (7 days), and so is its key.
+    let mut redis = app.redis().await;
+    let keys: Vec<String> = redis.keys(format!("{}:*:idem:*", app.prefix)).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    let task_ttl: i64 =
+        redis::cmd("PTTL").arg(app.key(&format!("task:{id}"))).query_async(&mut redis).await.unwrap();
+    let key_ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut redis).await.unwrap();
+    assert!(
+        key_ttl > 24 * 3_600_000 && (task_ttl - key_ttl).abs() < 60_000,
+        "task {task_ttl} ms, key {key_ttl} ms"
+    );
+    let replay = post().await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+
+    // Deleted with the task: the same key then makes a new task.
+    let deleted = app.http.delete(app.url(&format!("/api/v1/dead-letters/{id}"))).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let left: Vec<String> = redis.keys(format!("{}:*:idem:*", app.prefix)).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let fresh = post().await.unwrap();
+    assert!(fresh.headers().get("idempotent-replayed").is_none());
+    assert_ne!(fresh.json::<serde_json::Value>().await.unwrap()["id"], id.as_str());
+}

@@ -49,6 +49,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
                     priority: Default::default(),
                     session: None,
                     subscription: None,
+                    idempotency_key: None,
                 };
                 queue.enqueue(&task).await.unwrap();
             }
