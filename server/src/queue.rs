@@ -86,6 +86,11 @@ impl Scripts {
     }
 }
 
+/// A boolean as the scripts read it.
+fn flag(on: bool) -> &'static str {
+    if on { "1" } else { "0" }
+}
+
 /// A script's source with the shared session helper in front of it.
 fn with_sessions(script: &str) -> String {
     format!("{}\n{script}", include_str!("queue/session.lua"))
@@ -433,6 +438,11 @@ impl Queue {
             .await
     }
 
+    /// The task's idempotency key, or (for scripts that take one either way) a key never written.
+    fn idempotency_key_or_none(&self, key: Option<&str>) -> String {
+        key.map(str::to_string).unwrap_or_else(|| self.keys.idempotency(""))
+    }
+
     /// The session a task belongs to (or `""`) and the key of its idempotency key, if any.
     async fn links_of(&self, id: &Uuid) -> redis::RedisResult<(String, Option<String>)> {
         let (session, idem): (Option<String>, Option<String>) = redis::cmd("HMGET")
@@ -509,7 +519,7 @@ impl Queue {
             .key(self.keys.delayed())
             .key(self.keys.dead())
             .key(self.keys.session(lease.session.as_deref().unwrap_or("")))
-            .key(lease.idempotency_key.clone().unwrap_or_else(|| self.keys.idempotency("")))
+            .key(self.idempotency_key_or_none(lease.idempotency_key.as_deref()))
             .arg(&lease.token)
             .arg(GROUP)
             .arg(&lease.entry_id)
@@ -525,7 +535,7 @@ impl Queue {
             .arg(reason)
             .arg(self.settings.dead_retention.as_millis() as u64)
             .arg(lease.session.as_deref().unwrap_or(""))
-            .arg(if lease.idempotency_key.is_some() { "1" } else { "0" })
+            .arg(flag(lease.idempotency_key.is_some()))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(applied == 1)
@@ -563,13 +573,13 @@ impl Queue {
             .key(self.keys.payload(id))
             .key(self.keys.session(&session))
             .key(self.keys.ready())
-            .key(idem.clone().unwrap_or_else(|| self.keys.idempotency("")))
+            .key(self.idempotency_key_or_none(idem.as_deref()))
             .arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.settings.retention.as_millis() as u64)
             .arg(&session)
-            .arg(if idem.is_some() { "1" } else { "0" })
+            .arg(flag(idem.is_some()))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match answer.as_str() {
@@ -626,13 +636,13 @@ impl Queue {
             .key(self.keys.payload(id))
             .key(&self.keys.ready_streams())
             .key(self.keys.session(&session))
-            .key(idem.clone().unwrap_or_else(|| self.keys.idempotency("")))
+            .key(self.idempotency_key_or_none(idem.as_deref()))
             .arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.settings.retention.as_millis() as u64)
             .arg(&session)
-            .arg(if idem.is_some() { "1" } else { "0" })
+            .arg(flag(idem.is_some()))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(requeued == 1)
@@ -649,7 +659,7 @@ impl Queue {
             .key(self.keys.payload(id))
             .key(self.keys.result(id))
             .key(self.keys.index())
-            .key(idem.unwrap_or_else(|| self.keys.idempotency("")))
+            .key(self.idempotency_key_or_none(idem.as_deref()))
             .arg(id.to_string())
             .invoke_async(&mut self.conn.clone())
             .await?;
