@@ -9,35 +9,20 @@
 //! keys of one queue (one hash tag), that also appends the task event.
 
 use crate::store::{Keys, now_ms};
-use apalis_core::{
-    backend::{Backend, BackendConfig, finalize::Ephemeral},
-    layers::Identity,
-    task::{Task, task_id::RandomId},
-    worker::context::WorkerContext,
-};
 use app::model::Priority;
 use bytes::Bytes;
-use redis::{
-    AsyncConnectionConfig, Script,
-    aio::{ConnectionManager, MultiplexedConnection},
-    streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadReply},
-};
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::{Duration, Instant},
-};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use redis::{Script, aio::ConnectionManager, streams::StreamInfoConsumersReply};
+use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 use uuid::Uuid;
+
+mod fetch;
+
+pub use fetch::{BackendStopped, Lease, RedisBackend};
 
 /// The consumer group every worker of a queue reads through.
 const GROUP: &str = "workers";
-/// The most entries one read takes (bounded further by free worker slots).
-const FETCH_BATCH: usize = 64;
-/// How long one blocking read waits before looking again (and noticing shutdown).
-const BLOCK: Duration = Duration::from_secs(1);
 /// How often delayed tasks are checked for being due.
 const PROMOTE_TICK: Duration = Duration::from_millis(20);
 /// How many due tasks one promotion moves.
@@ -66,22 +51,20 @@ struct Scripts {
     requeue: Script,
     purge: Script,
     release: Script,
-    advance: Script,
 }
 
 impl Scripts {
     fn load() -> Scripts {
         Scripts {
-            claim: Script::new(include_str!("queue/claim.lua")),
+            claim: Script::new(&with_leases(include_str!("queue/claim.lua"))),
             renew: Script::new(include_str!("queue/renew.lua")),
             progress: Script::new(include_str!("queue/progress.lua")),
-            finish: Script::new(&with_sessions(include_str!("queue/finish.lua"))),
+            finish: Script::new(&with_leases(include_str!("queue/finish.lua"))),
             cancel: Script::new(&with_sessions(include_str!("queue/cancel.lua"))),
             promote: Script::new(include_str!("queue/promote.lua")),
             requeue: Script::new(include_str!("queue/requeue.lua")),
             purge: Script::new(include_str!("queue/purge.lua")),
             release: Script::new(include_str!("queue/release.lua")),
-            advance: Script::new(&with_sessions(include_str!("queue/advance.lua"))),
         }
     }
 }
@@ -94,6 +77,11 @@ fn flag(on: bool) -> &'static str {
 /// A script's source with the shared session helper in front of it.
 fn with_sessions(script: &str) -> String {
     format!("{}\n{script}", include_str!("queue/session.lua"))
+}
+
+/// A script's source with the shared session and lease helpers in front of it.
+fn with_leases(script: &str) -> String {
+    with_sessions(&format!("{}\n{script}", include_str!("queue/lease.lua")))
 }
 
 /// A handle on one queue in Redis; cheap to clone.
@@ -192,29 +180,6 @@ pub enum CancelOutcome {
     Cancelling,
     /// The task had already ended with this status.
     AlreadyFinished(app::model::Status),
-}
-
-/// A worker's hold on one attempt of one task: what it needs to run it and to report back.
-#[derive(Debug)]
-pub struct Lease {
-    pub task_id: Uuid,
-    pub kind: String,
-    pub attempt: u32,
-    pub max_attempts: u32,
-    pub timeout_ms: Option<u64>,
-    pub payload_type: String,
-    /// The ordered session the task belongs to.
-    pub session: Option<String>,
-    /// The payload, read with the claim; `None` if it expired. Taken by the runner.
-    pub payload: Option<Bytes>,
-    /// The Redis key of the task's `Idempotency-Key`, kept as long as the task.
-    idempotency_key: Option<String>,
-    entry_id: String,
-    stream: String,
-    token: String,
-    consumer: Arc<str>,
-    // Frees this worker slot when the attempt is over.
-    _slot: OwnedSemaphorePermit,
 }
 
 impl Queue {
@@ -345,99 +310,6 @@ impl Queue {
             .ignore();
     }
 
-    /// Claims a batch of entries in one pipelined round trip; entries that are gone, finished or
-    /// malformed are dropped, and their slots freed.
-    async fn claim_batch(
-        &self,
-        batch: Vec<(String, StreamId, OwnedSemaphorePermit)>,
-        consumer: &Arc<str>,
-    ) -> redis::RedisResult<Vec<Lease>> {
-        let mut pipe = redis::pipe();
-        let mut claims = Vec::new();
-        for (stream, entry, slot) in batch {
-            let Some(task_id) = entry.get::<String>("task").and_then(|s| s.parse::<Uuid>().ok()) else {
-                // Not ours to interpret: drop it so it does not come back forever.
-                warn!(entry.id = %entry.id, "dropping a ready entry without a task id");
-                let mut drop = redis::pipe();
-                drop.cmd("XACK").arg(&stream).arg(GROUP).arg(&entry.id).ignore();
-                drop.cmd("XDEL").arg(&stream).arg(&entry.id).ignore();
-                drop.query_async::<()>(&mut self.conn.clone()).await?;
-                continue;
-            };
-            let token = Uuid::now_v7().to_string();
-            pipe.cmd("EVALSHA")
-                .arg(self.scripts.claim.get_hash())
-                .arg(4)
-                .arg(self.keys.task(&task_id))
-                .arg(&stream)
-                .arg(self.keys.events())
-                .arg(self.keys.payload(&task_id))
-                .arg(&entry.id)
-                .arg(GROUP)
-                .arg(&token)
-                .arg(now_ms())
-                .arg(task_id.to_string())
-                .arg(self.settings.events_maxlen);
-            claims.push((stream, entry.id, task_id, token, slot));
-        }
-        if claims.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Vec<Vec<u8>>> = match pipe.query_async(&mut conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Redis restarted and forgot the script: load it, then try once more.
-                self.scripts.claim.prepare_invoke().load_async(&mut conn).await?;
-                pipe.query_async(&mut conn).await?
-            }
-            other => other?,
-        };
-        let mut leases = Vec::new();
-        for ((stream, entry_id, task_id, token, slot), reply) in claims.into_iter().zip(replies) {
-            let text =
-                |i: usize| reply.get(i).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-            match text(0).as_str() {
-                "run" => leases.push(Lease {
-                    task_id,
-                    kind: text(2),
-                    attempt: text(1).parse().unwrap_or(1),
-                    max_attempts: text(3).parse().unwrap_or(1),
-                    timeout_ms: text(4).parse().ok(),
-                    payload_type: Some(text(5))
-                        .filter(|t| !t.is_empty())
-                        .unwrap_or_else(|| "application/json".into()),
-                    session: Some(text(6)).filter(|s| !s.is_empty()),
-                    payload: (text(7) == "1").then(|| Bytes::from(reply.get(8).cloned().unwrap_or_default())),
-                    idempotency_key: Some(text(9)).filter(|k| !k.is_empty()),
-                    entry_id,
-                    stream,
-                    token,
-                    consumer: consumer.clone(),
-                    _slot: slot,
-                }),
-                "cancelled" => {
-                    let session = text(1);
-                    if !session.is_empty() {
-                        self.advance_session(&session, &task_id).await?;
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(leases)
-    }
-
-    /// Takes an ended task out of its session and queues the session's next task.
-    async fn advance_session(&self, session: &str, id: &Uuid) -> redis::RedisResult<()> {
-        self.scripts
-            .advance
-            .key(self.keys.session(session))
-            .key(self.keys.ready())
-            .arg(id.to_string())
-            .invoke_async(&mut self.conn.clone())
-            .await
-    }
-
     /// The task's idempotency key, or (for scripts that take one either way) a key never written.
     fn idempotency_key_or_none(&self, key: Option<&str>) -> String {
         key.map(str::to_string).unwrap_or_else(|| self.keys.idempotency(""))
@@ -491,54 +363,10 @@ impl Queue {
         Ok(applied == 1)
     }
 
-    /// Ends the attempt held by `lease`; `false` (and no change) if the lease was lost.
+    /// Ends the attempt held by `lease` (through the worker's finish loop, which records
+    /// attempts in batches); `false` (and no change) if the lease was lost.
     pub async fn finish(&self, lease: &Lease, outcome: Outcome) -> redis::RedisResult<bool> {
-        let now = now_ms();
-        let mut reason = "";
-        let (status, error, result_type, due, bytes) = match outcome {
-            Outcome::Succeeded { bytes, content_type } => {
-                ("succeeded", String::new(), content_type, 0, bytes)
-            }
-            Outcome::Retry { error, after } => {
-                ("retrying", error, String::new(), now + after.as_millis() as u64, Bytes::new())
-            }
-            Outcome::Failed { error, reason: why } => {
-                reason = why.as_str();
-                ("failed", error, String::new(), 0, Bytes::new())
-            }
-            Outcome::Cancelled => ("cancelled", String::new(), String::new(), 0, Bytes::new()),
-        };
-        let applied: i64 = self
-            .scripts
-            .finish
-            .key(self.keys.task(&lease.task_id))
-            .key(&lease.stream)
-            .key(self.keys.events())
-            .key(self.keys.result(&lease.task_id))
-            .key(self.keys.payload(&lease.task_id))
-            .key(self.keys.delayed())
-            .key(self.keys.dead())
-            .key(self.keys.session(lease.session.as_deref().unwrap_or("")))
-            .key(self.idempotency_key_or_none(lease.idempotency_key.as_deref()))
-            .arg(&lease.token)
-            .arg(GROUP)
-            .arg(&lease.entry_id)
-            .arg(status)
-            .arg(now)
-            .arg(lease.task_id.to_string())
-            .arg(self.settings.events_maxlen)
-            .arg(self.settings.retention.as_millis() as u64)
-            .arg(error)
-            .arg(result_type)
-            .arg(due)
-            .arg(bytes.as_ref())
-            .arg(reason)
-            .arg(self.settings.dead_retention.as_millis() as u64)
-            .arg(lease.session.as_deref().unwrap_or(""))
-            .arg(flag(lease.idempotency_key.is_some()))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(applied == 1)
+        lease.end(outcome).await
     }
 
     /// Hands an unfinished attempt back to the queue (it does not count); `false` if the lease
@@ -689,21 +517,9 @@ impl Queue {
         Ok(counts.iter().sum())
     }
 
-    /// Starts fetching for up to `concurrency` attempts at once, and returns the apalis backend
-    /// that hands them to the worker. Fetching stops when `shutdown` fires.
-    pub fn backend(&self, concurrency: usize, shutdown: CancellationToken) -> RedisBackend {
-        let (tx, rx) = mpsc::channel(concurrency.max(1));
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let consumer: Arc<str> = format!("worker-{}", Uuid::now_v7()).into();
-        tokio::spawn(self.clone().prune_consumers());
-        tokio::spawn(self.clone().fetch_loop(consumer, slots, tx, shutdown.clone()));
-        tokio::spawn(self.clone().promote_loop(shutdown));
-        RedisBackend { rx, next: None }
-    }
-
     /// Forgets consumers of stopped workers (nothing pending, idle for an hour), so the group's
     /// consumer list does not grow with every worker that ever ran.
-    async fn prune_consumers(self) {
+    pub(super) async fn prune_consumers(self) {
         const IDLE_MS: usize = 3_600_000;
         for stream in self.keys.ready_streams() {
             let mut conn = self.conn.clone();
@@ -722,177 +538,7 @@ impl Queue {
         }
     }
 
-    async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        // Blocking reads wait longer than any response timeout would allow.
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        self.client.get_multiplexed_async_connection_with_config(&config).await
-    }
-
-    async fn fetch_loop(
-        self,
-        consumer: Arc<str>,
-        slots: Arc<Semaphore>,
-        tx: mpsc::Sender<Lease>,
-        shutdown: CancellationToken,
-    ) {
-        let mut conn: Option<MultiplexedConnection> = None;
-        let mut backoff = Backoff::default();
-        let reclaim_every =
-            (self.settings.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let mut last_reclaim: Option<Instant> = None;
-        loop {
-            let first = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.expect("the worker slots are never closed"),
-                () = shutdown.cancelled() => break,
-            };
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let mut free = vec![first];
-            while free.len() < FETCH_BATCH {
-                match slots.clone().try_acquire_owned() {
-                    Ok(slot) => free.push(slot),
-                    Err(_) => break,
-                }
-            }
-            let reclaim = last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every);
-            let entries = self.read(&mut conn, &consumer, free.len(), reclaim).await;
-            if reclaim {
-                last_reclaim = Some(Instant::now());
-            }
-            match entries {
-                Ok(entries) => {
-                    backoff.reset();
-                    let batch = entries
-                        .into_iter()
-                        .map(|(stream, entry)| {
-                            (stream, entry, free.pop().expect("never more entries than free slots"))
-                        })
-                        .collect();
-                    match self.claim_batch(batch, &consumer).await {
-                        Ok(leases) => {
-                            for lease in leases {
-                                if tx.send(lease).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        // The entries stay pending and are taken over after the lease.
-                        Err(e) => warn!(error = %e, "claiming tasks failed"),
-                    }
-                }
-                Err(_) if shutdown.is_cancelled() => break,
-                Err(e) => {
-                    conn = None;
-                    if e.code() == Some("NOGROUP") {
-                        // Redis lost the group (a restart without persistence): make it again.
-                        let _ = self.ensure_group().await;
-                    }
-                    let pause = backoff.next();
-                    warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "reading the queue failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = shutdown.cancelled() => break,
-                    }
-                }
-            }
-        }
-        debug!("fetching stopped");
-    }
-
-    /// Takes over entries whose lease expired (when `reclaim`); else takes new entries, the most
-    /// urgent stream first; else blocks on all of them. Returns entries with their stream.
-    async fn read(
-        &self,
-        conn: &mut Option<MultiplexedConnection>,
-        consumer: &str,
-        count: usize,
-        reclaim: bool,
-    ) -> redis::RedisResult<Vec<(String, StreamId)>> {
-        let conn = match conn {
-            Some(conn) => conn,
-            None => conn.insert(self.blocking_connection().await?),
-        };
-        let streams = self.keys.ready_streams();
-        if reclaim {
-            for stream in &streams {
-                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                    .arg(stream)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(self.settings.lease.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(conn)
-                    .await?;
-                if !reply.claimed.is_empty() {
-                    debug!(count = reply.claimed.len(), "took over tasks whose lease expired");
-                    return Ok(reply.claimed.into_iter().map(|e| (stream.clone(), e)).collect());
-                }
-            }
-        }
-        // Without waiting, stream by stream: a high-priority task never waits behind others.
-        for stream in &streams {
-            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("STREAMS")
-                .arg(stream)
-                .arg(">")
-                .query_async(conn)
-                .await?;
-            let entries = entries_of(reply);
-            if !entries.is_empty() {
-                return Ok(entries);
-            }
-        }
-        // Nothing anywhere: one blocking read over all, woken by whichever gets a task first.
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&streams)
-            .arg(&[">", ">", ">"][..])
-            .query_async(conn)
-            .await?;
-        let mut entries = entries_of(reply);
-        // Several streams may answer at once; take the most urgent, return the rest at once.
-        let first = entries.first().map(|(stream, _)| stream.clone());
-        let (keep, extra): (Vec<_>, Vec<_>) = entries.drain(..).partition(|(s, _)| Some(s) == first.as_ref());
-        if !extra.is_empty() {
-            self.hand_back_unclaimed(conn, &extra).await?;
-        }
-        Ok(keep)
-    }
-
-    /// Returns entries read but not claimed to the stream, as fresh entries, so others take them.
-    async fn hand_back_unclaimed(
-        &self,
-        conn: &mut MultiplexedConnection,
-        entries: &[(String, StreamId)],
-    ) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (stream, entry) in entries {
-            if let Some(task) = entry.get::<String>("task") {
-                pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
-            }
-            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
-            pipe.cmd("XDEL").arg(stream).arg(&entry.id).ignore();
-        }
-        pipe.query_async(conn).await
-    }
-
-    async fn promote_loop(self, shutdown: CancellationToken) {
+    pub(super) async fn promote_loop(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
             let pause = match self.promote_due().await {
@@ -915,15 +561,6 @@ impl Queue {
     }
 }
 
-/// The entries of an XREADGROUP reply, with the stream each came from, in stream order.
-fn entries_of(reply: Option<StreamReadReply>) -> Vec<(String, StreamId)> {
-    reply
-        .into_iter()
-        .flat_map(|r| r.keys)
-        .flat_map(|k| k.ids.into_iter().map(move |e| (k.key.clone(), e)))
-        .collect()
-}
-
 /// Exponential pauses between attempts to reach Redis: 50 ms doubling up to 5 s.
 #[derive(Default)]
 struct Backoff {
@@ -938,67 +575,6 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.failures = 0;
-    }
-}
-
-/// The apalis side of the queue: yields leased tasks; never fails, because the fetcher behind it
-/// rides out Redis errors itself (a backend error would end the apalis worker).
-pub struct RedisBackend {
-    rx: mpsc::Receiver<Lease>,
-    next: Option<Lease>,
-}
-
-/// The error type apalis asks of a backend; this one never produces it.
-#[derive(Debug, thiserror::Error)]
-#[error("the Courier queue backend stopped")]
-pub struct BackendStopped;
-
-impl Backend for RedisBackend {
-    type Task = Task<Lease>;
-    type Error = BackendStopped;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
-        if self.next.is_none() {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(lease) => self.next = lease,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_next(
-        &mut self,
-        _cx: &mut Context<'_>,
-        _worker: &WorkerContext,
-    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
-        // `None` only once the fetcher has stopped (shutdown): the worker then drains and ends.
-        Poll::Ready(self.next.take().map(|lease| Ok(Task::new(lease))))
-    }
-
-    fn poll_close(
-        &mut self,
-        _cx: &mut Context<'_>,
-        _worker: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl BackendConfig for RedisBackend {
-    type Args = Lease;
-    type Id = RandomId;
-    // Leases arrive decoded, so apalis has no codec to wrap around this backend.
-    type Kind = Ephemeral;
-    type Config = ();
-    type Layer = Identity;
-
-    fn config(&self) -> &Self::Config {
-        &()
-    }
-
-    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
-        Identity::new()
     }
 }
 

@@ -37,6 +37,11 @@ impl Keys {
         Keys { base: format!("{prefix}:{{{queue}}}").into() }
     }
 
+    /// The prefix every key of this queue starts with (scripts build task keys from it).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn task(&self, id: &Uuid) -> String {
         format!("{}:task:{id}", self.base)
     }

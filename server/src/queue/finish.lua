@@ -1,49 +1,64 @@
--- Ends an attempt, if the caller still holds the lease (a late holder changes nothing).
--- KEYS: task, ready, events, result, payload, delayed, dead, session list, idempotency key
--- ARGV: lease token, group, entry id, outcome (succeeded|retrying|failed|cancelled), now ms,
---       task id, events maxlen, retention ms, error, result type, due ms, result bytes,
---       dead-letter reason, dead-letter retention ms, session ('' for none),
---       has idempotency key (1|0)
--- Returns 1 when applied, 0 when the lease was lost.
-if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
-  return 0
+-- Ends attempts whose caller still holds the lease (a late holder changes nothing), then takes
+-- leases on up to `want` new entries for the slots those attempts free: one round trip both ends
+-- a batch of attempts and starts the next.
+-- KEYS: ready-high, ready, ready-low, events, delayed, dead
+-- ARGV: key base, group, consumer, token base, now ms, events maxlen, retention ms, dead-letter
+--       retention ms, want, then 12 for each attempt: task id, stream index (1-3), entry id,
+--       lease token, outcome (succeeded|retrying|failed|cancelled), error, result type,
+--       due ms, result bytes, dead-letter reason, session ('' for none), idempotency key ('')
+-- Returns {applied (1, or 0 when the lease was lost) per attempt, take_lease replies}.
+local base, group, now, maxlen = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
+local streams = {KEYS[1], KEYS[2], KEYS[3]}
+local applied = {}
+for a = 10, #ARGV, 12 do
+  local id, stream, entry, outcome, err = ARGV[a], streams[tonumber(ARGV[a + 1])], ARGV[a + 2],
+    ARGV[a + 4], ARGV[a + 5]
+  local task = base .. ':task:' .. id
+  if redis.call('HGET', task, 'lease') ~= ARGV[a + 3] then
+    applied[#applied + 1] = 0
+  else
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    redis.call('HDEL', task, 'lease', 'entry', 'cancel')
+    redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err)
+    if outcome == 'retrying' then
+      local due = ARGV[a + 7]
+      local priority = redis.call('HGET', task, 'priority') or 'n'
+      redis.call('HSET', task, 'next_run', due)
+      redis.call('ZADD', KEYS[5], due, priority .. ':' .. id)
+    else
+      redis.call('HSET', task, 'finished', now)
+      redis.call('HDEL', task, 'next_run')
+      -- Retention counts from the end, so a result is kept as long as promised; dead letters
+      -- are kept longer, for someone to look at.
+      local keep = ARGV[7]
+      if outcome == 'succeeded' then
+        local result = ARGV[a + 8]
+        redis.call('HSET', task, 'progress', 100, 'result_type', ARGV[a + 6], 'result_bytes', #result)
+        redis.call('SET', base .. ':result:' .. id, result, 'PX', keep)
+      elseif outcome == 'failed' then
+        keep = ARGV[8]
+        redis.call('HSET', task, 'dead_reason', ARGV[a + 9])
+        redis.call('ZADD', KEYS[6], now, id)
+        redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
+      end
+      redis.call('PEXPIRE', task, keep)
+      redis.call('PEXPIRE', base .. ':payload:' .. id, keep)
+      if ARGV[a + 11] ~= '' then
+        -- The idempotency key lives as long as the task it stands for.
+        redis.call('PEXPIRE', ARGV[a + 11], keep)
+      end
+      if ARGV[a + 10] ~= '' then
+        leave_session(base .. ':session:' .. ARGV[a + 10], streams[2], id)
+      end
+    end
+    local f = redis.call('HMGET', task, 'kind', 'attempts', 'progress')
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'event', outcome, 'task', id,
+      'kind', f[1], 'status', outcome, 'attempt', f[2], 'progress', f[3] or '', 'error', err,
+      'at', now)
+    applied[#applied + 1] = 1
+  end
 end
-redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
-redis.call('XDEL', KEYS[2], ARGV[3])
-redis.call('HDEL', KEYS[1], 'lease', 'entry', 'cancel')
-local outcome = ARGV[4]
-redis.call('HSET', KEYS[1], 'status', outcome, 'updated', ARGV[5], 'error', ARGV[9])
-if outcome == 'retrying' then
-  redis.call('HSET', KEYS[1], 'next_run', ARGV[11])
-  local priority = redis.call('HGET', KEYS[1], 'priority') or 'n'
-  redis.call('ZADD', KEYS[6], ARGV[11], priority .. ':' .. ARGV[6])
-else
-  redis.call('HSET', KEYS[1], 'finished', ARGV[5])
-  redis.call('HDEL', KEYS[1], 'next_run')
-  -- Retention counts from the end, so a result is kept as long as promised; dead letters
-  -- are kept longer, for someone to look at.
-  local keep = ARGV[8]
-  if outcome == 'succeeded' then
-    redis.call('HSET', KEYS[1], 'progress', 100, 'result_type', ARGV[10], 'result_bytes', #ARGV[12])
-    redis.call('SET', KEYS[4], ARGV[12], 'PX', ARGV[8])
-  elseif outcome == 'failed' then
-    keep = ARGV[14]
-    redis.call('HSET', KEYS[1], 'dead_reason', ARGV[13])
-    redis.call('ZADD', KEYS[7], ARGV[5], ARGV[6])
-    redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (tonumber(ARGV[5]) - tonumber(ARGV[14])))
-  end
-  redis.call('PEXPIRE', KEYS[1], keep)
-  redis.call('PEXPIRE', KEYS[5], keep)
-  if ARGV[16] == '1' then
-    -- The idempotency key lives as long as the task it stands for.
-    redis.call('PEXPIRE', KEYS[9], keep)
-  end
-  if ARGV[15] ~= '' then
-    leave_session(KEYS[8], KEYS[2], ARGV[6])
-  end
-end
-local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'progress')
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', outcome, 'task', ARGV[6],
-  'kind', f[1], 'status', outcome, 'attempt', f[2], 'progress', f[3] or '', 'error', ARGV[9],
-  'at', ARGV[5])
-return 1
+local leases = {}
+take_new(base, streams, group, ARGV[3], tonumber(ARGV[9]), ARGV[4], now, KEYS[4], maxlen, leases)
+return {applied, leases}

@@ -36,3 +36,55 @@ async fn a_high_priority_task_behind_ten_thousand_normal_ones_starts_next() {
     assert!(!started.contains(&low), "low waits for the normal backlog");
     worker.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_busy_worker_takes_a_new_high_priority_task_before_any_other() {
+    // Under load a worker takes its next tasks in the script that records the last ones; that
+    // path must read the most urgent stream first too.
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let submitted = futures::stream::iter(0..3_000)
+        .map(|n| app.submit(json!({"kind": "echo", "payload": n})))
+        .buffer_unordered(32)
+        .filter(|r| futures::future::ready(r.status() == 202))
+        .count()
+        .await;
+    assert_eq!(submitted, 3_000);
+
+    let mut events = app.sse("/api/v1/events", None).await;
+    let _worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix, "--concurrency", "4"])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut succeeded = 0;
+    while succeeded < 200 {
+        let event = events.next_within(Duration::from_secs(20)).await.expect("tasks run");
+        succeeded += usize::from(event.name == "succeeded");
+    }
+    let high = app.submit_ok(json!({"kind": "echo", "payload": "high", "priority": "high"})).await;
+
+    // The events stream orders every claim: once the high task is queued, the next task to
+    // start is it.
+    let mut queued = false;
+    loop {
+        let event = events.next_within(Duration::from_secs(20)).await.expect("the high task starts");
+        let task = event.data["task_id"].as_str().unwrap_or_default();
+        match event.name.as_str() {
+            "queued" if task == high => queued = true,
+            "running" if queued => {
+                assert_eq!(task, high, "a normal task started after the high one was queued");
+                break;
+            }
+            _ => {}
+        }
+    }
+    // …while the normal backlog was still being drained.
+    loop {
+        let event = events.next_within(Duration::from_secs(20)).await.expect("the backlog goes on");
+        if event.name == "running" {
+            assert_ne!(event.data["task_id"].as_str(), Some(high.as_str()));
+            break;
+        }
+    }
+}

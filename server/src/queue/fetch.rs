@@ -1,0 +1,544 @@
+//! A worker process's side of the queue: how attempts get their leases and how they end.
+//!
+//! Two loops serve a process's worker slots. The *finish loop* records ended attempts in batches
+//! (one script for all that ended meanwhile) and, in the same round trip, takes leases on new
+//! entries for the slots those attempts free, so a busy worker goes from one task to the next
+//! without a read of its own. The *fetch loop* fills the slots that are left: it reads new
+//! entries (one script), blocks on the streams when they are empty, and takes over entries whose
+//! holder stopped renewing them. Both hand leases to apalis through one channel.
+
+use super::{Backoff, GROUP, Outcome, Queue};
+use crate::store::now_ms;
+use apalis_core::{
+    backend::{Backend, BackendConfig, finalize::Ephemeral},
+    layers::Identity,
+    task::{Task, task_id::RandomId},
+    worker::context::WorkerContext,
+};
+use bytes::Bytes;
+use redis::{
+    AsyncConnectionConfig, RedisResult,
+    aio::MultiplexedConnection,
+    streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
+};
+use std::{
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+/// The most entries one read takes (bounded further by free worker slots).
+const FETCH_BATCH: usize = 64;
+/// The most attempts one finish script ends.
+const FINISH_BATCH: usize = 64;
+/// How long one blocking read waits before looking again (and noticing shutdown).
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// A worker's hold on one attempt of one task: what it needs to run it and to report back.
+#[derive(Debug)]
+pub struct Lease {
+    pub task_id: Uuid,
+    pub kind: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    pub payload_type: String,
+    /// The ordered session the task belongs to.
+    pub session: Option<String>,
+    /// The payload, read with the claim; `None` if it expired. Taken by the runner.
+    pub payload: Option<Bytes>,
+    /// The Redis key of the task's `Idempotency-Key`, kept as long as the task.
+    pub(super) idempotency_key: Option<String>,
+    pub(super) entry_id: String,
+    /// The ready stream the entry is on: its key, and its place (0 = most urgent).
+    pub(super) stream: String,
+    pub(super) stream_index: usize,
+    pub(super) token: String,
+    pub(super) consumer: Arc<str>,
+    /// The worker slot the attempt occupies; the finish loop passes it on to the next lease.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    finisher: mpsc::Sender<Ending>,
+}
+
+/// An ended attempt on its way to the finish loop, in the finish script's terms.
+struct Ending {
+    task_id: String,
+    stream_index: usize,
+    entry_id: String,
+    token: String,
+    outcome: &'static str,
+    error: String,
+    result_type: String,
+    due_ms: u64,
+    result: Bytes,
+    reason: &'static str,
+    session: String,
+    idempotency_key: String,
+    slot: Option<OwnedSemaphorePermit>,
+    reply: oneshot::Sender<RedisResult<bool>>,
+}
+
+impl Lease {
+    /// Sends the ended attempt to the finish loop, with the lease's slot the first time, and
+    /// waits until it is recorded: `false` if the lease was lost meanwhile.
+    pub(super) async fn end(&self, outcome: Outcome) -> RedisResult<bool> {
+        let stopped =
+            || redis::RedisError::from((redis::ErrorKind::Client, "the worker's finish loop stopped"));
+        let (reply, answer) = oneshot::channel();
+        let mut ending = Ending {
+            task_id: self.task_id.to_string(),
+            stream_index: self.stream_index,
+            entry_id: self.entry_id.clone(),
+            token: self.token.clone(),
+            outcome: "",
+            error: String::new(),
+            result_type: String::new(),
+            due_ms: 0,
+            result: Bytes::new(),
+            reason: "",
+            session: self.session.clone().unwrap_or_default(),
+            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            slot: self.slot.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            reply,
+        };
+        match outcome {
+            Outcome::Succeeded { bytes, content_type } => {
+                (ending.outcome, ending.result, ending.result_type) = ("succeeded", bytes, content_type);
+            }
+            Outcome::Retry { error, after } => {
+                let due = now_ms() + after.as_millis() as u64;
+                (ending.outcome, ending.error, ending.due_ms) = ("retrying", error, due);
+            }
+            Outcome::Failed { error, reason } => {
+                (ending.outcome, ending.error, ending.reason) = ("failed", error, reason.as_str());
+            }
+            Outcome::Cancelled => ending.outcome = "cancelled",
+        }
+        self.finisher.send(ending).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// What the leases of one worker process share, and where they go.
+#[derive(Clone)]
+struct Leasing {
+    queue: Queue,
+    consumer: Arc<str>,
+    /// Weak, so that the channels close once the fetch loop and every lease are gone.
+    leases: mpsc::WeakSender<Lease>,
+    endings: mpsc::WeakSender<Ending>,
+    shutdown: CancellationToken,
+}
+
+impl Leasing {
+    /// Turns the replies of a claim into leases, each taking a slot from `slots`; replies that
+    /// are not runnable tasks (dropped, cancelled) take none.
+    fn leases_of(&self, replies: Vec<Vec<Vec<u8>>>, slots: &mut Vec<OwnedSemaphorePermit>) -> Vec<Lease> {
+        let Some(finisher) = self.endings.upgrade() else { return Vec::new() };
+        let streams = self.queue.keys.ready_streams();
+        let mut leases = Vec::new();
+        for mut reply in replies {
+            if reply.len() < 14 || reply[0] != b"run" {
+                continue;
+            }
+            let text = |field: &[u8]| String::from_utf8_lossy(field).into_owned();
+            let (Ok(task_id), Some(stream_index)) = (
+                text(&reply[1]).parse::<Uuid>(),
+                text(&reply[2]).parse::<usize>().ok().and_then(|s| s.checked_sub(1)).filter(|&s| s < 3),
+            ) else {
+                warn!("a claim named no task this worker can read; its lease will expire");
+                continue;
+            };
+            let Some(slot) = slots.pop() else {
+                warn!("a claim returned more tasks than there were free slots");
+                break;
+            };
+            let payload = (reply[11] == b"1").then(|| Bytes::from(std::mem::take(&mut reply[12])));
+            leases.push(Lease {
+                task_id,
+                kind: text(&reply[6]),
+                attempt: text(&reply[5]).parse().unwrap_or(1),
+                max_attempts: text(&reply[7]).parse().unwrap_or(1),
+                timeout_ms: text(&reply[8]).parse().ok(),
+                payload_type: Some(text(&reply[9]))
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "application/json".into()),
+                session: Some(text(&reply[10])).filter(|s| !s.is_empty()),
+                payload,
+                idempotency_key: Some(text(&reply[13])).filter(|k| !k.is_empty()),
+                entry_id: text(&reply[3]),
+                stream: streams[stream_index].clone(),
+                stream_index,
+                token: text(&reply[4]),
+                consumer: self.consumer.clone(),
+                slot: Mutex::new(Some(slot)),
+                finisher: finisher.clone(),
+            });
+        }
+        leases
+    }
+
+    /// Hands leases to apalis; once the worker is stopping, hands them back to the queue instead.
+    async fn deliver(&self, leases: Vec<Lease>) {
+        for lease in leases {
+            let undelivered = match self.leases.upgrade() {
+                Some(tx) => tx.send(lease).await.err().map(|e| e.0),
+                None => Some(lease),
+            };
+            if let Some(lease) = undelivered
+                && let Err(e) = self.queue.release(&lease).await
+            {
+                warn!(error = %e, "handing back a task taken while stopping failed; its lease will expire");
+            }
+        }
+    }
+}
+
+impl Queue {
+    /// Starts fetching for up to `concurrency` attempts at once, and returns the apalis backend
+    /// that hands them to the worker. Fetching stops when `shutdown` fires; attempts in flight
+    /// can still end after that.
+    pub fn backend(&self, concurrency: usize, shutdown: CancellationToken) -> RedisBackend {
+        let (leases, rx) = mpsc::channel(concurrency.max(1));
+        let (endings, ending_rx) = mpsc::channel(concurrency.max(1));
+        let leasing = Leasing {
+            queue: self.clone(),
+            consumer: format!("worker-{}", Uuid::now_v7()).into(),
+            leases: leases.downgrade(),
+            endings: endings.downgrade(),
+            shutdown: shutdown.clone(),
+        };
+        let slots = Arc::new(Semaphore::new(concurrency));
+        tokio::spawn(self.clone().prune_consumers());
+        tokio::spawn(leasing.clone().finish_loop(ending_rx));
+        // The fetch loop owns the strong senders: the backend ends once it stops.
+        tokio::spawn(leasing.fetch_loop(slots, leases, endings));
+        tokio::spawn(self.clone().promote_loop(shutdown));
+        RedisBackend { rx, next: None }
+    }
+
+    /// Ends a batch of attempts and takes up to `want` new leases, in one script.
+    async fn end_attempts(
+        &self,
+        endings: &[Ending],
+        want: usize,
+        consumer: &str,
+    ) -> RedisResult<(Vec<i64>, Vec<Vec<Vec<u8>>>)> {
+        let settings = &self.settings;
+        let mut call = self.scripts.finish.prepare_invoke();
+        call.key(&self.keys.ready_streams())
+            .key(self.keys.events())
+            .key(self.keys.delayed())
+            .key(self.keys.dead())
+            .arg(self.keys.base())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(Uuid::now_v7().to_string())
+            .arg(now_ms())
+            .arg(settings.events_maxlen)
+            .arg(settings.retention.as_millis() as u64)
+            .arg(settings.dead_retention.as_millis() as u64)
+            .arg(want);
+        for e in endings {
+            call.arg(&e.task_id)
+                .arg(e.stream_index + 1)
+                .arg(&e.entry_id)
+                .arg(&e.token)
+                .arg(e.outcome)
+                .arg(&e.error)
+                .arg(&e.result_type)
+                .arg(e.due_ms)
+                .arg(e.result.as_ref())
+                .arg(e.reason)
+                .arg(&e.session)
+                .arg(&e.idempotency_key);
+        }
+        call.invoke_async(&mut self.conn.clone()).await
+    }
+
+    /// Takes leases on the `given` entries (stream index, entry), or when there are none on up
+    /// to `count` new entries, most urgent first; returns the script's replies.
+    async fn claim(
+        &self,
+        consumer: &str,
+        count: usize,
+        given: &[(usize, StreamId)],
+    ) -> RedisResult<Vec<Vec<Vec<u8>>>> {
+        let mut call = self.scripts.claim.prepare_invoke();
+        call.key(&self.keys.ready_streams())
+            .key(self.keys.events())
+            .arg(self.keys.base())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(Uuid::now_v7().to_string())
+            .arg(now_ms())
+            .arg(self.settings.events_maxlen)
+            .arg(count);
+        for (stream, entry) in given {
+            // An entry without a task id is not ours to interpret: the script drops it.
+            let task = entry.get::<String>("task").unwrap_or_default();
+            call.arg(stream + 1).arg(&entry.id).arg(task);
+        }
+        call.invoke_async(&mut self.conn.clone()).await
+    }
+
+    async fn blocking_connection(&self) -> RedisResult<MultiplexedConnection> {
+        // Blocking reads wait longer than any response timeout would allow.
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        self.client.get_multiplexed_async_connection_with_config(&config).await
+    }
+}
+
+impl Leasing {
+    /// Records ended attempts in batches, and reuses their slots for new leases taken in the
+    /// same script. Runs until every lease and the fetch loop are gone.
+    async fn finish_loop(self, mut endings: mpsc::Receiver<Ending>) {
+        while let Some(first) = endings.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < FINISH_BATCH {
+                match endings.try_recv() {
+                    Ok(ending) => batch.push(ending),
+                    Err(_) => break,
+                }
+            }
+            let mut slots: Vec<_> = batch.iter_mut().filter_map(|e| e.slot.take()).collect();
+            let want = if self.shutdown.is_cancelled() { 0 } else { slots.len() };
+            match self.queue.end_attempts(&batch, want, &self.consumer).await {
+                Ok((applied, claims)) => {
+                    for (ending, applied) in batch.into_iter().zip(applied) {
+                        let _ = ending.reply.send(Ok(applied == 1));
+                    }
+                    let leases = self.leases_of(claims, &mut slots);
+                    drop(slots);
+                    self.deliver(leases).await;
+                }
+                Err(e) => {
+                    // Nothing was applied: each attempt's runner tries again.
+                    for ending in batch {
+                        let _ = ending.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        debug!("finishing stopped");
+    }
+
+    /// Fills free slots: new entries if there are any, else a blocking read; now and then it
+    /// takes over entries whose lease expired.
+    async fn fetch_loop(
+        self,
+        slots: Arc<Semaphore>,
+        _leases: mpsc::Sender<Lease>,
+        _endings: mpsc::Sender<Ending>,
+    ) {
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut backoff = Backoff::default();
+        let lease = self.queue.settings.lease;
+        let reclaim_every = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut last_reclaim: Option<Instant> = None;
+        loop {
+            let first = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("the worker slots are never closed"),
+                () = self.shutdown.cancelled() => break,
+            };
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let mut free = vec![first];
+            while free.len() < FETCH_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => free.push(slot),
+                    Err(_) => break,
+                }
+            }
+            let reclaim = last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every);
+            if reclaim {
+                last_reclaim = Some(Instant::now());
+            }
+            match self.fetch(&mut conn, &mut free, reclaim).await {
+                Ok(leases) => {
+                    backoff.reset();
+                    // Slots left over (fewer tasks than slots) are freed here.
+                    drop(free);
+                    self.deliver(leases).await;
+                }
+                Err(_) if self.shutdown.is_cancelled() => break,
+                Err(e) => {
+                    conn = None;
+                    if e.code() == Some("NOGROUP") {
+                        // Redis lost the group (a restart without persistence): make it again.
+                        let _ = self.queue.ensure_group().await;
+                    }
+                    let pause = backoff.next();
+                    warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "reading the queue failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        debug!("fetching stopped");
+    }
+
+    /// Leases for the `free` slots: entries whose lease expired (when `reclaim`), else new
+    /// entries, else whatever a blocking read brings. Entries claimed but not runnable are
+    /// dropped by the script.
+    async fn fetch(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        free: &mut Vec<OwnedSemaphorePermit>,
+        reclaim: bool,
+    ) -> RedisResult<Vec<Lease>> {
+        let queue = &self.queue;
+        let conn = match conn {
+            Some(conn) => conn,
+            None => conn.insert(queue.blocking_connection().await?),
+        };
+        let streams = queue.keys.ready_streams();
+        if reclaim {
+            for (index, stream) in streams.iter().enumerate() {
+                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(self.consumer.as_ref())
+                    .arg(queue.settings.lease.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(free.len())
+                    .query_async(conn)
+                    .await?;
+                if !reply.claimed.is_empty() {
+                    debug!(count = reply.claimed.len(), "taking over tasks whose lease expired");
+                    let given: Vec<_> = reply.claimed.into_iter().map(|e| (index, e)).collect();
+                    let replies = queue.claim(&self.consumer, given.len(), &given).await?;
+                    return Ok(self.leases_of(replies, free));
+                }
+            }
+        }
+        let replies = queue.claim(&self.consumer, free.len(), &[]).await?;
+        if !replies.is_empty() {
+            return Ok(self.leases_of(replies, free));
+        }
+        // Nothing anywhere: one blocking read over all, woken by whichever gets a task first.
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(self.consumer.as_ref())
+            .arg("COUNT")
+            .arg(free.len())
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&streams)
+            .arg(&[">", ">", ">"][..])
+            .query_async(conn)
+            .await?;
+        // Several streams may answer at once (up to `free` entries each): claim the most urgent
+        // first, and give back what does not fit.
+        let mut given: Vec<(usize, StreamId)> = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| {
+                let index = streams.iter().position(|s| *s == k.key).unwrap_or(1);
+                k.ids.into_iter().map(move |e| (index, e))
+            })
+            .collect();
+        given.sort_by_key(|(index, _)| *index);
+        let extra = given.split_off(given.len().min(free.len()));
+        if !extra.is_empty() {
+            self.hand_back_unclaimed(conn, &extra).await?;
+        }
+        if given.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replies = queue.claim(&self.consumer, given.len(), &given).await?;
+        Ok(self.leases_of(replies, free))
+    }
+
+    /// Returns entries read but not claimed to their stream, as fresh entries, so others take
+    /// them.
+    async fn hand_back_unclaimed(
+        &self,
+        conn: &mut MultiplexedConnection,
+        entries: &[(usize, StreamId)],
+    ) -> RedisResult<()> {
+        let streams = self.queue.keys.ready_streams();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (index, entry) in entries {
+            let stream = &streams[*index];
+            if let Some(task) = entry.get::<String>("task") {
+                pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
+            }
+            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
+            pipe.cmd("XDEL").arg(stream).arg(&entry.id).ignore();
+        }
+        pipe.query_async(conn).await
+    }
+}
+
+/// The apalis side of the queue: yields leased tasks; never fails, because the loops behind it
+/// ride out Redis errors themselves (a backend error would end the apalis worker).
+pub struct RedisBackend {
+    rx: mpsc::Receiver<Lease>,
+    next: Option<Lease>,
+}
+
+/// The error type apalis asks of a backend; this one never produces it.
+#[derive(Debug, thiserror::Error)]
+#[error("the Courier queue backend stopped")]
+pub struct BackendStopped;
+
+impl Backend for RedisBackend {
+    type Task = Task<Lease>;
+    type Error = BackendStopped;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        if self.next.is_none() {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(lease) => self.next = lease,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        // `None` only once the fetch loop has stopped (shutdown): the worker then drains and ends.
+        Poll::Ready(self.next.take().map(|lease| Ok(Task::new(lease))))
+    }
+
+    fn poll_close(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for RedisBackend {
+    type Args = Lease;
+    type Id = RandomId;
+    // Leases arrive decoded, so apalis has no codec to wrap around this backend.
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = Identity;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        Identity::new()
+    }
+}
