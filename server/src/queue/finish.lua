@@ -14,33 +14,37 @@ for a = 10, #ARGV, 12 do
   local id, stream, entry, outcome, err = ARGV[a], streams[tonumber(ARGV[a + 1])], ARGV[a + 2],
     ARGV[a + 4], ARGV[a + 5]
   local task = base .. ':task:' .. id
-  if redis.call('HGET', task, 'lease') ~= ARGV[a + 3] then
+  local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority')
+  if f[1] ~= ARGV[a + 3] then
     applied[#applied + 1] = 0
   else
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
-    redis.call('HDEL', task, 'lease', 'entry', 'cancel')
-    redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err)
+    local progress = f[4] or ''
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
-      local priority = redis.call('HGET', task, 'priority') or 'n'
-      redis.call('HSET', task, 'next_run', due)
-      redis.call('ZADD', KEYS[5], due, priority .. ':' .. id)
+      redis.call('HDEL', task, 'lease', 'entry', 'cancel')
+      redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due)
+      redis.call('ZADD', KEYS[5], due, (f[5] or 'n') .. ':' .. id)
     else
-      redis.call('HSET', task, 'finished', now)
-      redis.call('HDEL', task, 'next_run')
+      redis.call('HDEL', task, 'lease', 'entry', 'cancel', 'next_run')
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
       -- are kept longer, for someone to look at.
       local keep = ARGV[7]
       if outcome == 'succeeded' then
         local result = ARGV[a + 8]
-        redis.call('HSET', task, 'progress', 100, 'result_type', ARGV[a + 6], 'result_bytes', #result)
+        progress = '100'
+        redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
+          'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', #result)
         redis.call('SET', base .. ':result:' .. id, result, 'PX', keep)
-      elseif outcome == 'failed' then
-        keep = ARGV[8]
-        redis.call('HSET', task, 'dead_reason', ARGV[a + 9])
-        redis.call('ZADD', KEYS[6], now, id)
-        redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
+      else
+        redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now)
+        if outcome == 'failed' then
+          keep = ARGV[8]
+          redis.call('HSET', task, 'dead_reason', ARGV[a + 9])
+          redis.call('ZADD', KEYS[6], now, id)
+          redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
+        end
       end
       redis.call('PEXPIRE', task, keep)
       redis.call('PEXPIRE', base .. ':payload:' .. id, keep)
@@ -52,9 +56,8 @@ for a = 10, #ARGV, 12 do
         leave_session(base .. ':session:' .. ARGV[a + 10], streams[2], id)
       end
     end
-    local f = redis.call('HMGET', task, 'kind', 'attempts', 'progress')
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'event', outcome, 'task', id,
-      'kind', f[1], 'status', outcome, 'attempt', f[2], 'progress', f[3] or '', 'error', err,
+      'kind', f[2], 'status', outcome, 'attempt', f[3], 'progress', progress, 'error', err,
       'at', now)
     applied[#applied + 1] = 1
   end

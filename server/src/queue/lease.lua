@@ -10,37 +10,38 @@
 local function take_lease(base, streams, s, entry, id, group, token, now, events, maxlen)
   local stream = streams[s]
   local task = base .. ':task:' .. id
-  local status = id ~= '' and redis.call('HGET', task, 'status')
+  local f = {}
+  if id ~= '' then
+    f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'kind', 'max_attempts',
+      'timeout_ms', 'payload_type', 'session', 'idem')
+  end
+  local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
     return {'drop'}
   end
-  if redis.call('HGET', task, 'cancel') == '1' then
+  if f[2] == '1' then
     -- Cancelled while its previous holder ran it, and that holder died: it ends here.
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
     redis.call('HDEL', task, 'lease', 'entry', 'cancel')
     redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now)
-    local f = redis.call('HMGET', task, 'kind', 'attempts', 'session')
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'cancelled', 'task', id,
-      'kind', f[1], 'status', 'cancelled', 'attempt', f[2], 'progress', '', 'error', '', 'at', now)
-    if f[3] and f[3] ~= '' then
-      leave_session(base .. ':session:' .. f[3], streams[2], id)
+      'kind', f[5], 'status', 'cancelled', 'attempt', f[3], 'progress', '', 'error', '', 'at', now)
+    if f[9] and f[9] ~= '' then
+      leave_session(base .. ':session:' .. f[9], streams[2], id)
     end
     return {'cancelled'}
   end
-  local attempt = redis.call('HINCRBY', task, 'attempts', 1)
+  local attempt = tostring((tonumber(f[3]) or 0) + 1)
   redis.call('HSET', task, 'status', 'running', 'lease', token, 'entry', entry, 'updated', now,
-    'progress', '')
-  redis.call('HSETNX', task, 'started', now)
-  local f = redis.call('HMGET', task, 'kind', 'max_attempts', 'timeout_ms', 'payload_type', 'session',
-    'idem')
+    'progress', '', 'attempts', attempt, 'started', f[4] or now)
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'running', 'task', id,
-    'kind', f[1], 'status', 'running', 'attempt', attempt, 'progress', '', 'error', '', 'at', now)
+    'kind', f[5], 'status', 'running', 'attempt', attempt, 'progress', '', 'error', '', 'at', now)
   local payload = redis.call('GET', base .. ':payload:' .. id)
-  return {'run', id, tostring(s), entry, token, tostring(attempt), f[1], f[2] or '1', f[3] or '',
-    f[4] or '', f[5] or '', payload and '1' or '0', payload or '', f[6] or ''}
+  return {'run', id, tostring(s), entry, token, attempt, f[5], f[6] or '1', f[7] or '', f[8] or '',
+    f[9] or '', payload and '1' or '0', payload or '', f[10] or ''}
 end
 
 -- Reads up to `count` new entries, the most urgent stream first, takes their leases (tokens
