@@ -6,7 +6,9 @@ use crate::{
     queue::{DeadReason, Lease, Outcome, Queue, Renewal},
 };
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
+use futures::FutureExt;
 use std::{
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -98,7 +100,6 @@ impl Runner {
 
     async fn attempt(self: Arc<Self>, mut lease: Lease) {
         let payload = lease.payload.take();
-        let lease = Arc::new(lease);
         if lease.attempt > lease.max_attempts {
             // Its holders kept dying (lease expired every time): stop trying.
             let error = format!(
@@ -122,49 +123,11 @@ impl Runner {
         let cancel = CancellationToken::new();
         let (progress_tx, progress_rx) = watch::channel(None);
         let ctx = Context::new(lease.attempt, cancel.clone(), progress_tx);
-        let done = CancellationToken::new();
-        let keeper = tokio::spawn(keep_lease(
-            self.queue.clone(),
-            lease.clone(),
-            cancel.clone(),
-            progress_rx,
-            done.clone(),
-        ));
-
-        let started = std::time::Instant::now();
-        let run = tokio::spawn(async move { handler.run(input, ctx).await });
-        let mut timed_out = false;
-        let finished = async {
-            match lease.timeout_ms {
-                Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), run).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        cancel.cancel();
-                        timed_out = true;
-                        Ok(Err(HandlerError::retryable(format!("timed out after {ms} ms"))))
-                    }
-                },
-                None => run.await,
-            }
-        };
-        let result = tokio::select! {
-            result = finished => result,
-            () = self.hand_back.cancelled() => {
-                cancel.cancel();
-                done.cancel();
-                let _ = keeper.await;
-                match self.queue.release(&lease).await {
-                    Ok(true) => info!("handed the unfinished task back to the queue"),
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "handing the task back failed; its lease will expire"),
-                }
-                return;
-            }
-        };
-        let result =
-            result.unwrap_or_else(|e| Err(HandlerError::retryable(format!("the handler crashed: {e}"))));
-        done.cancel();
-        let Ok(state) = keeper.await else {
+        let started = Instant::now();
+        // The handler runs inside this task, beside the lease keeping: no task of its own.
+        let run = AssertUnwindSafe(handler.run(input, ctx)).catch_unwind();
+        let Some(Watched { result, timed_out, state }) = self.watch(&lease, run, &cancel, progress_rx).await
+        else {
             return;
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -198,6 +161,95 @@ impl Runner {
         self.record(&lease, outcome).await;
     }
 
+    /// Runs the handler's future while keeping the lease: renews it, stores progress, enforces
+    /// the timeout and stops the handler when the task is cancelled or the lease lost. Returns
+    /// `None` when the attempt was handed back to the queue (shutdown past the grace period).
+    async fn watch(
+        &self,
+        lease: &Lease,
+        run: impl Future<Output = std::thread::Result<Result<Output, HandlerError>>>,
+        cancel: &CancellationToken,
+        mut progress: watch::Receiver<Option<u8>>,
+    ) -> Option<Watched> {
+        let queue = &self.queue;
+        let every = (queue.settings().lease / 3).min(Duration::from_secs(1));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let deadline = lease.timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let timeout = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut run = std::pin::pin!(run);
+        let mut timeout = std::pin::pin!(timeout);
+        let mut state = Renewal::Held;
+        let mut stored: Option<u8> = None;
+        let mut timed_out = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut run => {
+                    break result.unwrap_or_else(|panic| {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "panicked".into());
+                        Err(HandlerError::retryable(format!("the handler crashed: {message}")))
+                    });
+                }
+                () = &mut timeout => {
+                    cancel.cancel();
+                    timed_out = true;
+                    let ms = lease.timeout_ms.unwrap_or_default();
+                    break Err(HandlerError::retryable(format!("timed out after {ms} ms")));
+                }
+                () = self.hand_back.cancelled() => {
+                    cancel.cancel();
+                    match queue.release(lease).await {
+                        Ok(true) => info!("handed the unfinished task back to the queue"),
+                        Ok(false) => {}
+                        Err(e) => warn!(error = %e, "handing the task back failed; its lease will expire"),
+                    }
+                    return None;
+                }
+                _ = renew.tick() => match queue.renew(lease).await {
+                    Ok(Renewal::Held) => {}
+                    Ok(other) => {
+                        // Cancelled: the handler is told and its answer awaited. Lost: the new
+                        // holder decides, so this one stops at once.
+                        state = other;
+                        cancel.cancel();
+                        if other == Renewal::Lost {
+                            break Err(HandlerError::retryable("the lease was lost".to_string()));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "renewing the lease failed"),
+                },
+                Ok(()) = progress.changed() => {
+                    let latest = *progress.borrow_and_update();
+                    if let Some(percent) = latest {
+                        match queue.progress(lease, percent).await {
+                            Ok(_) => stored = Some(percent),
+                            Err(e) => warn!(error = %e, "storing progress failed"),
+                        }
+                    }
+                }
+            }
+        };
+        // Progress reported just before the end is stored now, so its event comes before the
+        // outcome's.
+        let latest = *progress.borrow();
+        if let Some(percent) = latest
+            && latest != stored
+            && state == Renewal::Held
+            && let Err(e) = queue.progress(lease, percent).await
+        {
+            warn!(error = %e, "storing progress failed");
+        }
+        Some(Watched { result, timed_out, state })
+    }
+
     /// Records the outcome, retrying while Redis is away; a lost lease is not an error.
     async fn record(&self, lease: &Lease, outcome: Outcome) {
         let mut pause = Duration::from_millis(100);
@@ -228,73 +280,12 @@ async fn run_attempt(lease: Lease, runner: Data<Arc<Runner>>) {
     let _ = tracker.spawn(runner.attempt(lease).instrument(span)).await;
 }
 
-/// Renews the lease while the handler runs, stores its progress, and fires `cancel` when the
-/// task is cancelled or the lease lost. Returns what it last saw.
-async fn keep_lease(
-    queue: Queue,
-    lease: Arc<Lease>,
-    cancel: CancellationToken,
-    mut progress: watch::Receiver<Option<u8>>,
-    done: CancellationToken,
-) -> Renewal {
-    let every = (queue.settings().lease / 3).min(Duration::from_secs(1));
-    let mut renew = tokio::time::interval(every);
-    renew.tick().await;
-    let mut state = Renewal::Held;
-    let mut stored: Option<u8> = None;
-    loop {
-        tokio::select! {
-            () = done.cancelled() => {
-                flush_progress(&queue, &lease, &progress, stored, state).await;
-                return state;
-            }
-            _ = renew.tick() => match queue.renew(&lease).await {
-                Ok(Renewal::Held) => {}
-                Ok(other) => {
-                    state = other;
-                    cancel.cancel();
-                    if other == Renewal::Lost {
-                        return state;
-                    }
-                }
-                Err(e) => warn!(error = %e, "renewing the lease failed"),
-            },
-            changed = progress.changed() => {
-                if changed.is_err() {
-                    // The handler is gone; wait for `done`.
-                    flush_progress(&queue, &lease, &progress, stored, state).await;
-                    done.cancelled().await;
-                    return state;
-                }
-                let percent = *progress.borrow_and_update();
-                if let Some(percent) = percent {
-                    match queue.progress(&lease, percent).await {
-                        Ok(_) => stored = Some(percent),
-                        Err(e) => warn!(error = %e, "storing progress failed"),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Stores the latest progress if it was not stored yet (reported just before the end), so its
-/// event comes before the outcome's.
-async fn flush_progress(
-    queue: &Queue,
-    lease: &Lease,
-    progress: &watch::Receiver<Option<u8>>,
-    stored: Option<u8>,
+/// How an attempt's handler ended, as [`Runner::watch`] saw it.
+struct Watched {
+    result: Result<Output, HandlerError>,
+    timed_out: bool,
+    /// What the last renewal found.
     state: Renewal,
-) {
-    let latest = *progress.borrow();
-    if latest.is_some()
-        && latest != stored
-        && state == Renewal::Held
-        && let Err(e) = queue.progress(lease, latest.unwrap_or(0)).await
-    {
-        warn!(error = %e, "storing progress failed");
-    }
 }
 
 /// A number in [0, 1) from the random bits of a fresh UUIDv7.
