@@ -17,7 +17,7 @@ use apalis_core::{
 };
 use bytes::Bytes;
 use redis::{
-    AsyncConnectionConfig, RedisResult,
+    AsyncConnectionConfig, RedisResult, ScriptInvocation,
     aio::MultiplexedConnection,
     streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
 };
@@ -233,13 +233,8 @@ impl Queue {
         call.key(&self.keys.ready_streams())
             .key(self.keys.events())
             .key(self.keys.delayed())
-            .key(self.keys.dead())
-            .arg(self.keys.base())
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(Uuid::now_v7().to_string())
-            .arg(now_ms())
-            .arg(settings.events_maxlen)
+            .key(self.keys.dead());
+        self.leasing_args(&mut call, consumer)
             .arg(settings.retention.as_millis() as u64)
             .arg(settings.dead_retention.as_millis() as u64)
             .arg(want);
@@ -260,6 +255,21 @@ impl Queue {
         call.invoke_async(&mut self.conn.clone()).await
     }
 
+    /// The arguments both lease-taking scripts start with: key base, group, consumer, a fresh
+    /// token base (each lease's token is `base:n`), now, events maxlen.
+    fn leasing_args<'c, 'a>(
+        &self,
+        call: &'c mut ScriptInvocation<'a>,
+        consumer: &str,
+    ) -> &'c mut ScriptInvocation<'a> {
+        call.arg(self.keys.base())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(Uuid::now_v7().to_string())
+            .arg(now_ms())
+            .arg(self.settings.events_maxlen)
+    }
+
     /// Takes leases on the `given` entries (stream index, entry), or when there are none on up
     /// to `count` new entries, most urgent first; returns the script's replies.
     async fn claim(
@@ -269,15 +279,8 @@ impl Queue {
         given: &[(usize, StreamId)],
     ) -> RedisResult<Vec<Vec<Vec<u8>>>> {
         let mut call = self.scripts.claim.prepare_invoke();
-        call.key(&self.keys.ready_streams())
-            .key(self.keys.events())
-            .arg(self.keys.base())
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(Uuid::now_v7().to_string())
-            .arg(now_ms())
-            .arg(self.settings.events_maxlen)
-            .arg(count);
+        call.key(&self.keys.ready_streams()).key(self.keys.events());
+        self.leasing_args(&mut call, consumer).arg(count);
         for (stream, entry) in given {
             // An entry without a task id is not ours to interpret: the script drops it.
             let task = entry.get::<String>("task").unwrap_or_default();
