@@ -392,24 +392,16 @@ impl Queue {
     /// Cancels a task: a waiting one at once, a running one by telling its handler to stop.
     pub async fn cancel(&self, id: &Uuid) -> redis::RedisResult<CancelOutcome> {
         let (session, idem) = self.links_of(id).await?;
-        let answer: String = self
-            .scripts
-            .cancel
-            .key(self.keys.task(id))
+        let mut call = self.scripts.cancel.prepare_invoke();
+        call.key(self.keys.task(id))
             .key(self.keys.delayed())
             .key(self.keys.events())
             .key(self.keys.payload(id))
             .key(self.keys.session(&session))
             .key(self.keys.ready())
-            .key(self.idempotency_key_or_none(idem.as_deref()))
-            .arg(now_ms())
-            .arg(id.to_string())
-            .arg(self.settings.events_maxlen)
-            .arg(self.settings.retention.as_millis() as u64)
-            .arg(&session)
-            .arg(flag(idem.is_some()))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .key(self.idempotency_key_or_none(idem.as_deref()));
+        self.requeue_args(&mut call, id, &session, idem.is_some());
+        let answer: String = call.invoke_async(&mut self.conn.clone()).await?;
         Ok(match answer.as_str() {
             "missing" => CancelOutcome::Missing,
             "cancelled" => CancelOutcome::Cancelled,
@@ -451,28 +443,31 @@ impl Queue {
         redis::cmd("DEL").arg(key).query_async(&mut self.conn.clone()).await
     }
 
+    /// The arguments the cancel and requeue scripts share: now, task id, events maxlen,
+    /// retention, session ('' for none), whether the task has an idempotency key.
+    fn requeue_args(&self, call: &mut redis::ScriptInvocation<'_>, id: &Uuid, session: &str, has_idem: bool) {
+        call.arg(now_ms())
+            .arg(id.to_string())
+            .arg(self.settings.events_maxlen)
+            .arg(self.settings.retention.as_millis() as u64)
+            .arg(session)
+            .arg(flag(has_idem));
+    }
+
     /// Takes a dead letter out of the dead-letter set and queues it again with its attempts
     /// reset; `false` if it is not a dead letter.
     pub async fn requeue(&self, id: &Uuid) -> redis::RedisResult<bool> {
         let (session, idem) = self.links_of(id).await?;
-        let requeued: i64 = self
-            .scripts
-            .requeue
-            .key(self.keys.task(id))
+        let mut call = self.scripts.requeue.prepare_invoke();
+        call.key(self.keys.task(id))
             .key(self.keys.dead())
             .key(self.keys.events())
             .key(self.keys.payload(id))
             .key(&self.keys.ready_streams())
             .key(self.keys.session(&session))
-            .key(self.idempotency_key_or_none(idem.as_deref()))
-            .arg(now_ms())
-            .arg(id.to_string())
-            .arg(self.settings.events_maxlen)
-            .arg(self.settings.retention.as_millis() as u64)
-            .arg(&session)
-            .arg(flag(idem.is_some()))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .key(self.idempotency_key_or_none(idem.as_deref()));
+        self.requeue_args(&mut call, id, &session, idem.is_some());
+        let requeued: i64 = call.invoke_async(&mut self.conn.clone()).await?;
         Ok(requeued == 1)
     }
 
