@@ -11,7 +11,7 @@
 use crate::store::{Keys, now_ms};
 use app::model::Priority;
 use bytes::Bytes;
-use redis::{Script, aio::ConnectionManager, streams::StreamInfoConsumersReply};
+use redis::{AsyncCommands, Script, aio::ConnectionManager, streams::StreamInfoConsumersReply};
 use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 mod fetch;
 
+use fetch::LeasedPayload;
 pub use fetch::{BackendStopped, Lease, RedisBackend};
 
 /// The consumer group every worker of a queue reads through.
@@ -126,10 +127,19 @@ fn priority_tag(priority: Priority) -> &'static str {
 /// How an attempt ended, as recorded by [`Queue::finish`].
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    Succeeded { bytes: Bytes, content_type: String },
+    Succeeded { result: ResultBytes, content_type: String },
     Retry { error: String, after: Duration },
     Failed { error: String, reason: DeadReason },
     Cancelled,
+}
+
+/// The bytes a succeeded attempt leaves as its result.
+#[derive(Clone, Debug)]
+pub enum ResultBytes {
+    New(Bytes),
+    /// The payload, unchanged: the task's payload key serves as its result, so nothing is
+    /// copied or sent back.
+    Payload,
 }
 
 /// Why a task ended in the dead letters.
@@ -324,6 +334,19 @@ impl Queue {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok((session.unwrap_or_default(), idem.filter(|k| !k.is_empty())))
+    }
+
+    /// Takes the lease's payload for its handler, reading it from Redis if it was too large to
+    /// come with the claim: `None` if it expired before the task ran.
+    pub async fn take_payload(&self, lease: &mut Lease) -> redis::RedisResult<Option<Bytes>> {
+        match std::mem::replace(&mut lease.payload, LeasedPayload::Gone) {
+            LeasedPayload::Here(bytes) => Ok(Some(bytes)),
+            LeasedPayload::Gone => Ok(None),
+            LeasedPayload::Stored => {
+                let bytes: Option<Vec<u8>> = self.conn.clone().get(self.keys.payload(&lease.task_id)).await?;
+                Ok(bytes.map(Bytes::from))
+            }
+        }
     }
 
     /// Renews `lease`, and tells whether it is still held and whether cancellation was asked.

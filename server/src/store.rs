@@ -7,7 +7,7 @@
 //! |----------------------------------|--------|-----------------------------------------|
 //! | `{prefix}:{queue}:task:{id}`     | hash   | the task record                         |
 //! | `{prefix}:{queue}:payload:{id}`  | string | the payload bytes (claim-check)         |
-//! | `{prefix}:{queue}:result:{id}`   | string | the result bytes                        |
+//! | `{prefix}:{queue}:result:{id}`   | string | the result bytes (none when they are the payload) |
 //! | `{prefix}:{queue}:ready`         | stream | ids of runnable tasks, consumer group   |
 //! | `{prefix}:{queue}:ready-high`    | stream | the same, for high priority (and `-low`) |
 //! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
@@ -52,6 +52,11 @@ impl Keys {
 
     pub fn result(&self, id: &Uuid) -> String {
         format!("{}:result:{id}", self.base)
+    }
+
+    /// Where a worker stages a large result before the finish script of its lease renames it.
+    pub fn staged(&self, token: &str) -> String {
+        format!("{}:staged:{token}", self.base)
     }
 
     /// The ready stream of normal-priority tasks.
@@ -137,6 +142,8 @@ pub struct TaskRecord {
     pub payload_bytes: u64,
     pub payload_type: String,
     pub result_type: Option<String>,
+    /// The result is the payload, unchanged, kept once under the payload's key.
+    pub result_is_payload: bool,
     pub error: Option<String>,
     pub next_run_ms: Option<u64>,
     pub dead_reason: Option<String>,
@@ -162,6 +169,7 @@ impl TaskRecord {
             payload_bytes: number("payload_bytes").unwrap_or(0),
             payload_type: text("payload_type").cloned().unwrap_or_else(|| "application/json".into()),
             result_type: text("result_type").cloned(),
+            result_is_payload: text("result_is_payload").is_some_and(|v| v == "1"),
             error: text("error").cloned(),
             next_run_ms: number("next_run"),
             dead_reason: text("dead_reason").cloned(),
@@ -225,7 +233,11 @@ impl Store {
 
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(self.keys.result(&record.id)).await?;
+        let key = match record.result_is_payload {
+            true => self.keys.payload(&record.id),
+            false => self.keys.result(&record.id),
+        };
+        let bytes: Option<Vec<u8>> = self.conn.clone().get(key).await?;
         Ok(bytes.map(|bytes| StoredResult {
             bytes,
             content_type: record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into()),

@@ -402,6 +402,7 @@ fn record_of(task: &NewTask) -> TaskRecord {
         payload_bytes: task.payload.len() as u64,
         payload_type: task.payload_type.clone(),
         result_type: None,
+        result_is_payload: false,
         error: None,
         next_run_ms: None,
         dead_reason: None,

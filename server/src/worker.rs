@@ -3,7 +3,7 @@
 
 use crate::{
     handlers::{Context, HandlerError, Input, Output, Registry},
-    queue::{DeadReason, Lease, Outcome, Queue, Renewal},
+    queue::{DeadReason, Lease, Outcome, Queue, Renewal, ResultBytes},
 };
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use futures::FutureExt;
@@ -99,7 +99,14 @@ impl Runner {
     }
 
     async fn attempt(self: Arc<Self>, mut lease: Lease) {
-        let payload = lease.payload.take();
+        let payload = match self.queue.take_payload(&mut lease).await {
+            Ok(payload) => payload,
+            Err(e) => {
+                // Nothing ran: the lease expires and the task is run again, here or elsewhere.
+                warn!(error = %e, "reading the payload failed; the task runs again once its lease expires");
+                return;
+            }
+        };
         if lease.attempt > lease.max_attempts {
             // Its holders kept dying (lease expired every time): stop trying.
             let error = format!(
@@ -119,6 +126,8 @@ impl Runner {
             self.record(&lease, Outcome::Failed { error, reason: DeadReason::PayloadExpired }).await;
             return;
         };
+        // Kept alive, so that output bytes at the same address and length are the payload itself.
+        let payload = bytes.clone();
         let input = Input { bytes, content_type: lease.payload_type.clone() };
         let cancel = CancellationToken::new();
         let (progress_tx, progress_rx) = watch::channel(None);
@@ -137,7 +146,12 @@ impl Runner {
                 return;
             }
             _ if state == Renewal::CancelRequested => Outcome::Cancelled,
-            Ok(Output { bytes, content_type }) => Outcome::Succeeded { bytes, content_type },
+            Ok(Output { bytes, content_type }) => {
+                let unchanged =
+                    !bytes.is_empty() && bytes.as_ptr() == payload.as_ptr() && bytes.len() == payload.len();
+                let result = if unchanged { ResultBytes::Payload } else { ResultBytes::New(bytes) };
+                Outcome::Succeeded { result, content_type }
+            }
             Err(e) if e.retryable && lease.attempt < lease.max_attempts => {
                 let after = self.retry.delay(lease.attempt, jitter());
                 info!(duration_ms, error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");

@@ -7,7 +7,7 @@
 //! entries (one script), blocks on the streams when they are empty, and takes over entries whose
 //! holder stopped renewing them. Both hand leases to apalis through one channel.
 
-use super::{Backoff, GROUP, Outcome, Queue};
+use super::{Backoff, GROUP, Outcome, Queue, ResultBytes};
 use crate::store::now_ms;
 use apalis_core::{
     backend::{Backend, BackendConfig, finalize::Ephemeral},
@@ -37,6 +37,11 @@ const FETCH_BATCH: usize = 64;
 const FINISH_BATCH: usize = 64;
 /// How long one blocking read waits before looking again (and noticing shutdown).
 const BLOCK: Duration = Duration::from_secs(1);
+/// Results larger than this are staged with a plain `SET` before the finish script, which only
+/// renames them: copying large strings through Lua stalls Redis for everyone.
+const INLINE_RESULT_MAX: usize = 16 * 1024;
+/// How long a staged result waits for its finish script (which runs right after it) at most.
+const STAGED_TTL: Duration = Duration::from_secs(300);
 
 /// A worker's hold on one attempt of one task: what it needs to run it and to report back.
 #[derive(Debug)]
@@ -49,8 +54,8 @@ pub struct Lease {
     pub payload_type: String,
     /// The ordered session the task belongs to.
     pub session: Option<String>,
-    /// The payload, read with the claim; `None` if it expired. Taken by the runner.
-    pub payload: Option<Bytes>,
+    /// The payload as the claim left it; [`Queue::take_payload`] hands it to the runner.
+    pub(super) payload: LeasedPayload,
     /// The Redis key of the task's `Idempotency-Key`, kept as long as the task.
     pub(super) idempotency_key: Option<String>,
     pub(super) entry_id: String,
@@ -64,6 +69,16 @@ pub struct Lease {
     finisher: mpsc::Sender<Ending>,
 }
 
+/// A lease's payload: small ones come with the claim, large ones are read on their own.
+#[derive(Debug)]
+pub(super) enum LeasedPayload {
+    Here(Bytes),
+    /// Too large to copy through the claim script: a plain `GET` reads it.
+    Stored,
+    /// Expired before the task ran (or already taken).
+    Gone,
+}
+
 /// An ended attempt on its way to the finish loop, in the finish script's terms.
 struct Ending {
     task_id: String,
@@ -74,7 +89,7 @@ struct Ending {
     error: String,
     result_type: String,
     due_ms: u64,
-    result: Bytes,
+    result: ResultBytes,
     reason: &'static str,
     session: String,
     idempotency_key: String,
@@ -98,7 +113,7 @@ impl Lease {
             error: String::new(),
             result_type: String::new(),
             due_ms: 0,
-            result: Bytes::new(),
+            result: ResultBytes::New(Bytes::new()),
             reason: "",
             session: self.session.clone().unwrap_or_default(),
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
@@ -106,8 +121,8 @@ impl Lease {
             reply,
         };
         match outcome {
-            Outcome::Succeeded { bytes, content_type } => {
-                (ending.outcome, ending.result, ending.result_type) = ("succeeded", bytes, content_type);
+            Outcome::Succeeded { result, content_type } => {
+                (ending.outcome, ending.result, ending.result_type) = ("succeeded", result, content_type);
             }
             Outcome::Retry { error, after } => {
                 let due = now_ms() + after.as_millis() as u64;
@@ -157,7 +172,11 @@ impl Leasing {
                 warn!("a claim returned more tasks than there were free slots");
                 break;
             };
-            let payload = (reply[11] == b"1").then(|| Bytes::from(std::mem::take(&mut reply[12])));
+            let payload = match reply[11].as_slice() {
+                b"1" => LeasedPayload::Here(Bytes::from(std::mem::take(&mut reply[12]))),
+                b"2" => LeasedPayload::Stored,
+                _ => LeasedPayload::Gone,
+            };
             leases.push(Lease {
                 task_id,
                 kind: text(&reply[6]),
@@ -229,6 +248,25 @@ impl Queue {
         consumer: &str,
     ) -> RedisResult<(Vec<i64>, Vec<Vec<Vec<u8>>>)> {
         let settings = &self.settings;
+        let staged: Vec<(&Ending, &Bytes)> = endings
+            .iter()
+            .filter_map(|e| match &e.result {
+                ResultBytes::New(bytes) if bytes.len() > INLINE_RESULT_MAX => Some((e, bytes)),
+                _ => None,
+            })
+            .collect();
+        if !staged.is_empty() {
+            let mut pipe = redis::pipe();
+            for (e, bytes) in &staged {
+                pipe.cmd("SET")
+                    .arg(self.keys.staged(&e.token))
+                    .arg(bytes.as_ref())
+                    .arg("PX")
+                    .arg(STAGED_TTL.as_millis() as u64)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        }
         let mut call = self.scripts.finish.prepare_invoke();
         call.key(&self.keys.ready_streams())
             .key(self.keys.events())
@@ -246,11 +284,13 @@ impl Queue {
                 .arg(e.outcome)
                 .arg(&e.error)
                 .arg(&e.result_type)
-                .arg(e.due_ms)
-                .arg(e.result.as_ref())
-                .arg(e.reason)
-                .arg(&e.session)
-                .arg(&e.idempotency_key);
+                .arg(e.due_ms);
+            let (bytes, source) = match &e.result {
+                ResultBytes::New(bytes) if bytes.len() > INLINE_RESULT_MAX => (&b""[..], "staged"),
+                ResultBytes::New(bytes) => (bytes.as_ref(), ""),
+                ResultBytes::Payload => (&b""[..], "payload"),
+            };
+            call.arg(bytes).arg(e.reason).arg(&e.session).arg(&e.idempotency_key).arg(source);
         }
         call.invoke_async(&mut self.conn.clone()).await
     }
@@ -543,5 +583,135 @@ impl BackendConfig for RedisBackend {
 
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
         Identity::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        embedded_redis::EmbeddedRedis,
+        queue::{NewTask, QueueSettings},
+        store::Keys,
+    };
+    use app::model::Priority;
+    use redis::AsyncCommands;
+
+    async fn queue_on(redis: &EmbeddedRedis) -> Queue {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let conn = client.get_connection_manager().await.unwrap();
+        let settings = QueueSettings {
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(60),
+            dead_retention: Duration::from_secs(120),
+            events_maxlen: 1000,
+        };
+        let queue = Queue::new(client, conn, Keys::new("unit", "default"), settings);
+        queue.ensure_group().await.unwrap();
+        queue
+    }
+
+    async fn staged_keys(queue: &Queue) -> Vec<String> {
+        queue.conn.clone().keys(format!("{}:staged:*", queue.keys.base())).await.unwrap()
+    }
+
+    fn ending(task_id: &str, reply: &[Vec<u8>], token: &str, result: ResultBytes) -> Ending {
+        let text = |n: usize| String::from_utf8_lossy(&reply[n]).into_owned();
+        Ending {
+            task_id: task_id.into(),
+            stream_index: text(2).parse::<usize>().unwrap() - 1,
+            entry_id: text(3),
+            token: token.into(),
+            outcome: "succeeded",
+            error: String::new(),
+            result_type: "application/octet-stream".into(),
+            due_ms: 0,
+            result,
+            reason: "",
+            session: String::new(),
+            idempotency_key: String::new(),
+            slot: None,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// Large payloads and results never pass through Lua: the claim leaves the payload for a
+    /// plain GET, a large result is staged and renamed, and a late holder's staged result goes.
+    #[tokio::test]
+    async fn large_payloads_and_results_travel_outside_the_scripts() {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
+        let queue = queue_on(&redis).await;
+        let mut conn = queue.conn.clone();
+        let id = Uuid::now_v7();
+        let payload = Bytes::from(vec![b'p'; 20_000]);
+        queue
+            .enqueue(&NewTask {
+                id,
+                created_ms: now_ms(),
+                kind: "echo".into(),
+                payload: payload.clone(),
+                payload_type: "application/octet-stream".into(),
+                max_attempts: 1,
+                timeout_ms: None,
+                delay_ms: None,
+                priority: Priority::Normal,
+                session: None,
+                subscription: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+
+        let replies = queue.claim("unit-worker", 1, &[]).await.unwrap();
+        let reply = &replies[0];
+        assert_eq!((reply[0].as_slice(), reply[11].as_slice(), reply[12].len()), (&b"run"[..], &b"2"[..], 0));
+        let token = String::from_utf8(reply[4].clone()).unwrap();
+        let (consumer, permits): (Arc<str>, _) = ("unit-worker".into(), Arc::new(Semaphore::new(1)));
+        let (finisher, _endings) = mpsc::channel(1);
+        let mut lease = Lease {
+            task_id: id,
+            kind: "echo".into(),
+            attempt: 1,
+            max_attempts: 1,
+            timeout_ms: None,
+            payload_type: String::new(),
+            session: None,
+            payload: LeasedPayload::Stored,
+            idempotency_key: None,
+            entry_id: String::new(),
+            stream: String::new(),
+            stream_index: 1,
+            token: token.clone(),
+            consumer,
+            slot: Mutex::new(permits.try_acquire_owned().ok()),
+            finisher,
+        };
+        assert_eq!(queue.take_payload(&mut lease).await.unwrap(), Some(payload));
+
+        let result = Bytes::from(vec![b'r'; 40_000]);
+        let late = ending(&id.to_string(), reply, "a-lost-lease:0", ResultBytes::New(result.clone()));
+        let (applied, _) = queue.end_attempts(&[late], 0, "unit-worker").await.unwrap();
+        assert_eq!(applied, vec![0]);
+        assert_eq!(staged_keys(&queue).await, Vec::<String>::new(), "the late holder's result is gone");
+        let status: String = conn.hget(queue.keys.task(&id), "status").await.unwrap();
+        assert_eq!(status, "running");
+
+        let holder = ending(&id.to_string(), reply, &token, ResultBytes::New(result.clone()));
+        let (applied, _) = queue.end_attempts(&[holder], 0, "unit-worker").await.unwrap();
+        assert_eq!(applied, vec![1]);
+        let stored: Vec<u8> = conn.get(queue.keys.result(&id)).await.unwrap();
+        assert_eq!(stored, result.as_ref());
+        let (status, size): (String, u64) = redis::cmd("HMGET")
+            .arg(queue.keys.task(&id))
+            .arg("status")
+            .arg("result_bytes")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!((status.as_str(), size), ("succeeded", 40_000));
+        let ttl: i64 = conn.pttl(queue.keys.result(&id)).await.unwrap();
+        assert!(ttl > 50_000, "the result is kept for the retention, not the staging time: {ttl}");
+        assert_eq!(staged_keys(&queue).await, Vec::<String>::new());
     }
 }

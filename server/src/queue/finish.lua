@@ -3,19 +3,34 @@
 -- a batch of attempts and starts the next.
 -- KEYS: ready-high, ready, ready-low, events, delayed, dead
 -- ARGV: key base, group, consumer, token base, now ms, events maxlen, retention ms, dead-letter
---       retention ms, want, then 12 for each attempt: task id, stream index (1-3), entry id,
+--       retention ms, want, then 13 for each attempt: task id, stream index (1-3), entry id,
 --       lease token, outcome (succeeded|retrying|failed|cancelled), error, result type,
---       due ms, result bytes, dead-letter reason, session ('' for none), idempotency key ('')
+--       due ms, result bytes, dead-letter reason, session ('' for none), idempotency key (''),
+--       where the result is: '' (its bytes came here), 'staged' (at `base:staged:token`) or
+--       'payload' (the payload, unchanged: kept once, under the payload's key)
+-- A large result is staged with a plain SET before this script runs, which renames it: moving
+-- a large string through Lua would stall Redis for milliseconds.
 -- Returns {applied (1, or 0 when the lease was lost) per attempt, take_lease replies}.
 local base, group, now, maxlen = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
 local streams = {KEYS[1], KEYS[2], KEYS[3]}
 local applied = {}
-for a = 10, #ARGV, 12 do
+for a = 10, #ARGV, 13 do
   local id, stream, entry, outcome, err = ARGV[a], streams[tonumber(ARGV[a + 1])], ARGV[a + 2],
     ARGV[a + 4], ARGV[a + 5]
   local task = base .. ':task:' .. id
+  local source, source_key = ARGV[a + 12], nil
+  if source == 'staged' then
+    source_key = base .. ':staged:' .. ARGV[a + 3]
+  elseif source == 'payload' then
+    source_key = base .. ':payload:' .. id
+  end
   local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority')
-  if f[1] ~= ARGV[a + 3] then
+  if f[1] ~= ARGV[a + 3] or (source_key and redis.call('EXISTS', source_key) == 0) then
+    -- A late holder's staged result goes; a result that is missing (expired) leaves the attempt
+    -- to run again once its lease expires.
+    if source == 'staged' then
+      redis.call('DEL', source_key)
+    end
     applied[#applied + 1] = 0
   else
     redis.call('XACK', stream, group, entry)
@@ -32,11 +47,21 @@ for a = 10, #ARGV, 12 do
       -- are kept longer, for someone to look at.
       local keep = ARGV[7]
       if outcome == 'succeeded' then
-        local result = ARGV[a + 8]
+        local result, result_key = ARGV[a + 8], base .. ':result:' .. id
+        local size = #result
+        if source == 'staged' then
+          redis.call('RENAME', source_key, result_key)
+          redis.call('PEXPIRE', result_key, keep)
+          size = redis.call('STRLEN', result_key)
+        elseif source == 'payload' then
+          size = redis.call('STRLEN', source_key)
+        else
+          redis.call('SET', result_key, result, 'PX', keep)
+        end
         progress = '100'
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
-          'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', #result)
-        redis.call('SET', base .. ':result:' .. id, result, 'PX', keep)
+          'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', size,
+          'result_is_payload', source == 'payload' and '1' or '0')
       else
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now)
         if outcome == 'failed' then

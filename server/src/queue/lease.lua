@@ -2,18 +2,23 @@
 -- are loaded). Task keys are built from `base`, the queue's key prefix: every key of a queue
 -- shares its hash tag, so they live in one slot even on a cluster.
 
+-- Payloads up to this size come with the lease; a larger one the worker reads with a plain GET,
+-- as copying it through Lua costs Redis more than the worker's extra round trip.
+local INLINE_PAYLOAD_MAX = 16384
+
 -- Takes the lease on ready entry `entry` (of `streams[s]`) for task `id`, with `token`.
 -- Returns {'run', id, s, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type,
--- session, has payload (1|0), payload, idempotency key}: the payload comes with the lease,
--- saving the worker a round trip. Returns {'drop'} when the task is gone or finished (its entry
--- is dropped), and {'cancelled'} when it was cancelled while a dead holder ran it.
+-- session, payload (1: here, 2: large, read it yourself, 0: gone), payload, idempotency key}: a
+-- small payload comes with the lease, saving the worker a round trip. Returns {'drop'} when the
+-- task is gone or finished (its entry is dropped), and {'cancelled'} when it was cancelled while
+-- a dead holder ran it.
 local function take_lease(base, streams, s, entry, id, group, token, now, events, maxlen)
   local stream = streams[s]
   local task = base .. ':task:' .. id
   local f = {}
   if id ~= '' then
     f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'kind', 'max_attempts',
-      'timeout_ms', 'payload_type', 'session', 'idem')
+      'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes')
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -39,9 +44,13 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
     'progress', '', 'attempts', attempt, 'started', f[4] or now)
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'running', 'task', id,
     'kind', f[5], 'status', 'running', 'attempt', attempt, 'progress', '', 'error', '', 'at', now)
-  local payload = redis.call('GET', base .. ':payload:' .. id)
+  local payload, has = nil, '2'
+  if (tonumber(f[11]) or 0) <= INLINE_PAYLOAD_MAX then
+    payload = redis.call('GET', base .. ':payload:' .. id)
+    has = payload and '1' or '0'
+  end
   return {'run', id, tostring(s), entry, token, attempt, f[5], f[6] or '1', f[7] or '', f[8] or '',
-    f[9] or '', payload and '1' or '0', payload or '', f[10] or ''}
+    f[9] or '', has, payload or '', f[10] or ''}
 end
 
 -- Reads up to `count` new entries, the most urgent stream first, takes their leases (tokens

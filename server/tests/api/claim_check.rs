@@ -46,3 +46,72 @@ async fn a_one_mib_payload_is_stored_once_and_the_queue_holds_only_its_id() {
         assert!(bytes.unwrap_or(0) < 64 * 1024, "{key} holds {bytes:?} bytes");
     }
 }
+
+#[tokio::test]
+async fn an_echoed_one_mib_payload_is_its_own_result_kept_once() {
+    let app = spawn_app().await;
+    let payload: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let response = app
+        .http
+        .post(app.url("/api/v1/tasks?kind=echo"))
+        .header("content-type", "application/x-test")
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
+
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
+    assert_eq!(result.status(), 200);
+    assert_eq!(result.headers()["content-type"], "application/x-test");
+    assert_eq!(result.bytes().await.unwrap(), payload);
+
+    // The payload serves as the result: one copy in Redis, kept as long as the task.
+    let mut redis = app.redis().await;
+    let exists: bool = redis.exists(app.key(&format!("result:{id}"))).await.unwrap();
+    assert!(!exists, "no second copy under the result key");
+    let task_ttl: i64 = redis.pttl(app.key(&format!("task:{id}"))).await.unwrap();
+    let payload_ttl: i64 = redis.pttl(app.key(&format!("payload:{id}"))).await.unwrap();
+    assert!((task_ttl - payload_ttl).abs() < 1000, "task {task_ttl} ms, payload {payload_ttl} ms");
+}
+
+#[tokio::test]
+async fn a_large_result_of_its_own_is_stored_whole() {
+    let app = spawn_app().await;
+    let columns = 600;
+    let header: Vec<String> = (0..columns).map(|c| format!("column_{c}")).collect();
+    let row = |r: usize| (0..columns).map(|c| (r * c).to_string()).collect::<Vec<_>>().join(",");
+    let csv = format!("{}\n{}\n{}\n", header.join(","), row(1), row(2));
+    let response = app
+        .http
+        .post(app.url("/api/v1/tasks?kind=csv.summary"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
+
+    let bytes = app
+        .http
+        .get(app.url(&format!("/api/v1/tasks/{id}/result")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(bytes.len() > 32 * 1024, "a result larger than any Lua argument Courier sends: {}", bytes.len());
+    let summary: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(summary["columns"].as_array().unwrap().len(), columns);
+    assert_eq!(summary["columns"][599]["max"], 2 * 599);
+    let mut redis = app.redis().await;
+    let staged: Vec<String> = redis.keys(app.key("staged:*")).await.unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
+    let ttl: i64 = redis.pttl(app.key(&format!("result:{id}"))).await.unwrap();
+    assert!(ttl > 0, "the result expires with the task");
+}
