@@ -140,6 +140,19 @@ pub struct SubmitRequest {
     pub session: Option<String>,
 }
 
+/// The JSON body of `POST /api/v1/tasks/batch`: tasks enqueued together, all or none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    pub tasks: Vec<SubmitRequest>,
+}
+
+/// The answer to an accepted batch: each task's view, in the order submitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchAccepted {
+    pub tasks: Vec<TaskView>,
+}
+
 /// A task kind as listed by `GET /api/v1/kinds`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KindInfo {

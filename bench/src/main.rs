@@ -58,6 +58,9 @@ struct RunArgs {
     /// Keep-alive HTTP connections the client submits over.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Tasks per request where the workloads also submit in batches (`POST /api/v1/tasks/batch`).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
     /// Tasks per second for the latency workload.
     #[arg(long, default_value_t = 500)]
     rate: u64,
@@ -207,7 +210,30 @@ impl Bench {
         Ok((ids.into_iter().collect::<anyhow::Result<_>>()?, elapsed))
     }
 
-    /// Submit rate with no workers, then the drain rate of that backlog by one worker process.
+    /// Submits `count` small echo tasks in batches of `--batch`, a few requests at a time;
+    /// returns their ids and the seconds it took.
+    async fn submit_batched(&self, base: &str, count: usize) -> anyhow::Result<(Vec<String>, f64)> {
+        let started = Instant::now();
+        let url = format!("{base}/api/v1/tasks/batch");
+        let size = self.args.batch.max(1);
+        let batches: Vec<anyhow::Result<Vec<String>>> = futures::stream::iter((0..count).step_by(size))
+            .map(|first| {
+                let tasks: Vec<Value> = (first..count.min(first + size))
+                    .map(|n| json!({"kind": "echo", "payload": {"n": n, "pad": "x".repeat(64)}}))
+                    .collect();
+                let request = self.http.post(&url).json(&json!({"tasks": tasks}));
+                async move { accepted_ids(request.send().await?).await }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let ids = batches.into_iter().collect::<anyhow::Result<Vec<_>>>()?.into_iter().flatten().collect();
+        Ok((ids, elapsed))
+    }
+
+    /// Submit rates with no workers (one request per task, then batches), then the drain rate of
+    /// the first backlog by one worker process.
     async fn submit_and_process(&mut self) -> anyhow::Result<()> {
         let prefix = self.prefix("process");
         let server = self.serve(&prefix, 0).await?;
@@ -219,6 +245,15 @@ impl Bench {
         );
         let rate = self.drain(&server, &prefix, ids.len()).await?;
         emit("process_tasks_per_s", rate, json!({"n": ids.len(), "concurrency": self.args.concurrency}));
+
+        let prefix = self.prefix("batch");
+        let server = self.serve(&prefix, 0).await?;
+        let (ids, seconds) = self.submit_batched(&server.base, self.args.n).await?;
+        emit(
+            "submit_batch_tasks_per_s",
+            ids.len() as f64 / seconds,
+            json!({"n": ids.len(), "batch": self.args.batch}),
+        );
         Ok(())
     }
 
@@ -231,21 +266,31 @@ impl Bench {
         Ok(count as f64 / started.elapsed().as_secs_f64())
     }
 
-    /// Submit and process at once, through HTTP and SSE: tasks per second end to end.
+    /// Submit and process at once, through HTTP and SSE: tasks per second end to end, submitted
+    /// one request per task, then in batches.
     async fn end_to_end(&mut self) -> anyhow::Result<()> {
-        let prefix = self.prefix("e2e");
-        let server = self.serve(&prefix, 0).await?;
-        let _worker = self.worker(&prefix)?;
-        let mut tap = EventTap::open(&self.http, &server.base).await?;
-        let started = Instant::now();
-        let (ids, _) = self.submit_small(&server.base, self.args.n).await?;
-        tap.until_finished(ids.len(), Duration::from_secs(600)).await?;
-        let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
-        emit(
-            "e2e_tasks_per_s",
-            rate,
-            json!({"n": ids.len(), "concurrency": self.args.concurrency, "note": "HTTP submit + worker process + SSE done events"}),
-        );
+        for batched in [false, true] {
+            let prefix = self.prefix("e2e");
+            let server = self.serve(&prefix, 0).await?;
+            let _worker = self.worker(&prefix)?;
+            let mut tap = EventTap::open(&self.http, &server.base).await?;
+            let started = Instant::now();
+            let (ids, _) = match batched {
+                false => self.submit_small(&server.base, self.args.n).await?,
+                true => self.submit_batched(&server.base, self.args.n).await?,
+            };
+            tap.until_finished(ids.len(), Duration::from_secs(600)).await?;
+            let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
+            let (metric, batch) = match batched {
+                false => ("e2e_tasks_per_s", 1),
+                true => ("e2e_batch_tasks_per_s", self.args.batch),
+            };
+            emit(
+                metric,
+                rate,
+                json!({"n": ids.len(), "concurrency": self.args.concurrency, "batch": batch, "note": "HTTP submit + worker process + SSE done events"}),
+            );
+        }
         Ok(())
     }
 
@@ -368,6 +413,16 @@ async fn accepted_id(response: reqwest::Response) -> anyhow::Result<String> {
     }
     let view: Value = response.json().await?;
     view["id"].as_str().map(str::to_string).context("no id in the 202 body")
+}
+
+/// The ids from a batch's `202 Accepted`, in order.
+async fn accepted_ids(response: reqwest::Response) -> anyhow::Result<Vec<String>> {
+    if response.status() != 202 {
+        bail!("batch submit answered {}: {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    let accepted: Value = response.json().await?;
+    let views = accepted["tasks"].as_array().context("no tasks in the 202 body")?;
+    views.iter().map(|v| v["id"].as_str().map(str::to_string).context("a task without an id")).collect()
 }
 
 fn bytes_of_mib() -> Vec<u8> {

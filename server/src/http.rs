@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     let leptos_options = state.leptos_options.clone();
     let api = Router::new()
         .route("/api/v1/tasks", get(api::list).post(api::submit))
+        .route("/api/v1/tasks/batch", post(api::submit_batch))
         .route("/api/v1/tasks/{id}", get(api::get).delete(api::cancel))
         .route("/api/v1/tasks/{id}/status", get(api::status).delete(api::cancel))
         .route("/api/v1/tasks/{id}/result", get(api::result))

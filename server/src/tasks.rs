@@ -75,6 +75,16 @@ pub enum SubmitError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Why a batch of submissions was refused; nothing of it was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The submission at `index` (from 0) was refused.
+    #[error("submission {index}: {error}")]
+    Rejected { index: usize, error: SubmitError },
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
 /// Why a cancel request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
@@ -172,17 +182,20 @@ impl Tasks {
     }
 
     /// Validates every submission, then enqueues them all at once (one MULTI), or none: the
-    /// error names the index of the first refused one.
-    pub async fn submit_many(&self, submissions: Vec<Submission>) -> Result<Vec<Uuid>, (usize, SubmitError)> {
+    /// error names the first refused one. Idempotency keys are not taken here.
+    pub async fn submit_many(&self, submissions: Vec<Submission>) -> Result<Vec<TaskRecord>, BatchError> {
         let tasks = submissions
             .into_iter()
             .enumerate()
-            .map(|(i, s)| self.prepare(s.kind, s.payload, &s.options).map_err(|e| (i, e)))
+            .map(|(index, s)| {
+                self.prepare(s.kind, s.payload, &s.options)
+                    .map_err(|error| BatchError::Rejected { index, error })
+            })
             .collect::<Result<Vec<NewTask>, _>>()?;
         if !tasks.is_empty() {
-            self.queue.enqueue_many(&tasks).await.map_err(|e| (0, SubmitError::Redis(e)))?;
+            self.queue.enqueue_many(&tasks).await?;
         }
-        Ok(tasks.iter().map(|t| t.id).collect())
+        Ok(tasks.iter().map(record_of).collect())
     }
 
     /// Validates and enqueues a task; on any error nothing is stored.

@@ -4,7 +4,7 @@
 //! Subscriptions live in Redis (`{prefix}:topic:{topic}`, a hash of name → JSON; the set
 //! `{prefix}:topics` names the topics), declared in `courier.toml` and managed over the API.
 
-use crate::tasks::{Options, Payload, Submission, SubmitError, Tasks};
+use crate::tasks::{BatchError, Options, Payload, Submission, SubmitError, Tasks};
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -233,13 +233,18 @@ impl Topics {
             })
             .collect();
         let names: Vec<String> = submissions.iter().map(|(n, _)| n.clone()).collect();
-        let ids =
-            self.tasks.submit_many(submissions.into_iter().map(|(_, s)| s).collect()).await.map_err(
-                |(index, error)| TopicError::Rejected { subscription: names[index].clone(), error },
-            )?;
+        let records =
+            self.tasks.submit_many(submissions.into_iter().map(|(_, s)| s).collect()).await.map_err(|e| {
+                match e {
+                    BatchError::Rejected { index, error } => {
+                        TopicError::Rejected { subscription: names[index].clone(), error }
+                    }
+                    BatchError::Redis(e) => TopicError::Redis(e),
+                }
+            })?;
         let mut pipe = redis::pipe();
         pipe.hincr(self.stats_key(topic), "messages", 1).ignore();
-        if ids.is_empty() {
+        if records.is_empty() {
             pipe.hincr(self.stats_key(topic), "unmatched", 1).ignore();
         }
         pipe.sadd(self.topics_key(), topic).ignore();
@@ -248,8 +253,8 @@ impl Topics {
             message_id: Uuid::now_v7(),
             tasks: names
                 .into_iter()
-                .zip(ids)
-                .map(|(subscription, task_id)| CreatedTask { subscription, task_id })
+                .zip(records)
+                .map(|(subscription, record)| CreatedTask { subscription, task_id: record.id })
                 .collect(),
         })
     }

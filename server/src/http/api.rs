@@ -3,9 +3,9 @@
 use super::{ApiError, AppState, parse_id};
 use crate::{
     store::{TaskRecord, rfc3339},
-    tasks::{Cancelled, ListQuery, Options, Payload, Submission, Submitted},
+    tasks::{BatchError, Cancelled, ListQuery, Options, Payload, Submission, Submitted},
 };
-use app::model::{KindInfo, Priority, Status, SubmitRequest, TaskPage, TaskView};
+use app::model::{BatchAccepted, KindInfo, Priority, Status, SubmitBatch, SubmitRequest, TaskPage, TaskView};
 use axum::{
     Json,
     body::Body,
@@ -51,34 +51,12 @@ pub async fn submit(
                 )));
             }
             let bytes = read_body(body, &headers, state.max_payload).await?;
-            let request: SubmitRequest = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => {
-                    ApiError::unprocessable("invalid-request", "Invalid submission", e.to_string())
-                }
-                _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
-            })?;
-            let options = Options {
-                delay_ms: request.delay_ms,
-                priority: request.priority,
-                max_attempts: request.max_attempts,
-                timeout_ms: request.timeout_ms,
-                session: request.session,
-                subscription: None,
-            };
-            Submission {
-                kind: request.kind,
-                payload: Payload::Json(request.payload),
-                options,
-                idempotency_key: None,
-            }
+            json_submission(parse_submission(&bytes)?)
         }
         None => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-            )
-            .detail("send a JSON body (Content-Type: application/json), or any body with ?kind=…"));
+            return Err(unsupported_media_type(
+                "send a JSON body (Content-Type: application/json), or any body with ?kind=…",
+            ));
         }
     };
     let submission = Submission { idempotency_key: idempotency_key(&headers)?, ..submission };
@@ -99,6 +77,77 @@ pub async fn submit(
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The most tasks one batch may hold.
+const MAX_BATCH: usize = 1000;
+
+/// `POST /api/v1/tasks/batch`: `{"tasks": [SubmitRequest…]}`, each validated as `POST
+/// /api/v1/tasks` would, then all enqueued together (one MULTI), or on any error none. `202` with
+/// the tasks' views in the order submitted.
+pub async fn submit_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !is_json(content_type) {
+        return Err(unsupported_media_type("send the batch as JSON (Content-Type: application/json)"));
+    }
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key applies to single submissions: send the task to POST /api/v1/tasks",
+        ));
+    }
+    let bytes = read_body(body, &headers, state.max_payload).await?;
+    let batch: SubmitBatch = parse_submission(&bytes)?;
+    if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
+        return Err(ApiError::unprocessable(
+            "invalid-request",
+            "Invalid submission",
+            format!("a batch holds 1 to {MAX_BATCH} tasks, not {}", batch.tasks.len()),
+        ));
+    }
+    let submissions = batch.tasks.into_iter().map(json_submission).collect();
+    let records = state.tasks.submit_many(submissions).await.map_err(|e| match e {
+        BatchError::Rejected { index, error } => {
+            let problem = ApiError::from(error);
+            let detail = format!("tasks[{index}]: {}", problem.detail_text());
+            problem.detail(detail)
+        }
+        BatchError::Redis(e) => e.into(),
+    })?;
+    let accepted = BatchAccepted { tasks: records.iter().map(TaskRecord::view).collect() };
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
+    Ok(response)
+}
+
+/// Parses a JSON submission body: bad syntax is a `400`, a wrong shape a `422`.
+fn parse_submission<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable("invalid-request", "Invalid submission", e.to_string())
+        }
+        _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
+    })
+}
+
+fn json_submission(request: SubmitRequest) -> Submission {
+    let options = Options {
+        delay_ms: request.delay_ms,
+        priority: request.priority,
+        max_attempts: request.max_attempts,
+        timeout_ms: request.timeout_ms,
+        session: request.session,
+        subscription: None,
+    };
+    Submission { kind: request.kind, payload: Payload::Json(request.payload), options, idempotency_key: None }
+}
+
+fn unsupported_media_type(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+        .detail(detail)
 }
 
 /// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.

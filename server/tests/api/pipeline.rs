@@ -247,3 +247,36 @@ async fn kinds_health_and_readiness_answer() {
     assert_eq!(app.get_json("/healthz").await["status"], "ok");
     assert_eq!(app.get_json("/readyz").await["redis"], "ok");
 }
+
+#[tokio::test]
+async fn a_batch_is_accepted_whole_in_order_and_every_task_runs() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .post(app.url("/api/v1/tasks/batch"))
+        .json(&json!({"tasks": [
+            {"kind": "echo", "payload": {"n": 1}},
+            {"kind": "text.stats", "payload": "one two two", "priority": "high"},
+            {"kind": "echo", "payload": [3], "delay_ms": 200, "max_attempts": 2},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert!(response.headers().contains_key("retry-after"));
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    let views = accepted["tasks"].as_array().unwrap();
+    let kinds: Vec<&str> = views.iter().map(|v| v["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["echo", "text.stats", "echo"]);
+    assert_eq!(views[2]["status"], "scheduled");
+    assert_eq!(views[2]["max_attempts"], 2);
+
+    for view in views {
+        let id = view["id"].as_str().unwrap();
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded", "{view}");
+    }
+    let first = app.get_json(&format!("/api/v1/tasks/{}/result", views[0]["id"].as_str().unwrap())).await;
+    assert_eq!(first, json!({"n": 1}));
+    let stats = app.get_json(&format!("/api/v1/tasks/{}/result", views[1]["id"].as_str().unwrap())).await;
+    assert_eq!(stats["words"], 3);
+}

@@ -137,3 +137,46 @@ async fn unknown_tasks_and_endpoints_are_404_problems() {
     let bad_list = app.http.get(app.url("/api/v1/tasks?status=done")).send().await.unwrap();
     assert_problem(bad_list, 422, "/problems/invalid-query").await;
 }
+
+#[tokio::test]
+async fn a_batch_with_one_bad_task_enqueues_none_of_them() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let batch = |tasks: serde_json::Value| {
+        app.http.post(app.url("/api/v1/tasks/batch")).json(&json!({"tasks": tasks})).send()
+    };
+    let good = json!({"kind": "echo", "payload": {"n": 1}});
+
+    let schema = batch(json!([good, good, {"kind": "sleep", "payload": {"ms": "soon"}}])).await.unwrap();
+    let problem = assert_problem(schema, 422, "/problems/invalid-payload").await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("tasks[2]: "), "{problem}");
+    assert_eq!(problem["errors"], json!(["/ms: must be integer"]));
+
+    let kind = batch(json!([good, {"kind": "teleport", "payload": {}}])).await.unwrap();
+    let problem = assert_problem(kind, 422, "/problems/unknown-kind").await;
+    assert!(problem["detail"].as_str().unwrap().contains("tasks[1]"), "{problem}");
+
+    let option = batch(json!([{"kind": "echo", "payload": 1, "max_attempts": 0}, good])).await.unwrap();
+    assert_problem(option, 422, "/problems/invalid-option").await;
+    let unknown_field = batch(json!([{"kind": "echo", "payload": 1, "colour": "red"}])).await.unwrap();
+    assert_problem(unknown_field, 422, "/problems/invalid-request").await;
+    let empty = batch(json!([])).await.unwrap();
+    assert_problem(empty, 422, "/problems/invalid-request").await;
+    let too_many = batch(json!(vec![good.clone(); 1001])).await.unwrap();
+    let problem = assert_problem(too_many, 422, "/problems/invalid-request").await;
+    assert!(problem["detail"].as_str().unwrap().contains("1 to 1000 tasks"), "{problem}");
+
+    let malformed = post_raw(&app, "/api/v1/tasks/batch", "application/json", r#"{"tasks": ["#).await;
+    assert_problem(malformed, 400, "/problems/bad-request").await;
+    let not_json = post_raw(&app, "/api/v1/tasks/batch", "text/plain", "echo").await;
+    assert_problem(not_json, 415, "/problems/unsupported-media-type").await;
+    let keyed = app
+        .http
+        .post(app.url("/api/v1/tasks/batch"))
+        .header("idempotency-key", "k1")
+        .json(&json!({"tasks": [good]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(keyed, 400, "/problems/bad-request").await;
+    assert_nothing_enqueued(&app).await;
+}
