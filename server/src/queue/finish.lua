@@ -25,7 +25,9 @@ for a = 10, #ARGV, 13 do
     source_key = base .. ':payload:' .. id
   end
   local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority')
-  if f[1] ~= ARGV[a + 3] or (source_key and redis.call('EXISTS', source_key) == 0) then
+  -- A staged or payload result is never empty, so a length of 0 means it is missing.
+  local size = source_key and f[1] == ARGV[a + 3] and redis.call('STRLEN', source_key)
+  if f[1] ~= ARGV[a + 3] or size == 0 then
     -- A late holder's staged result goes; a result that is missing (expired) leaves the attempt
     -- to run again once its lease expires.
     if source == 'staged' then
@@ -38,32 +40,31 @@ for a = 10, #ARGV, 13 do
     local progress = f[4] or ''
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
-      redis.call('HDEL', task, 'lease', 'entry', 'cancel')
-      redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due)
+      -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL.
+      redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due,
+        'lease', '', 'cancel', '')
       redis.call('ZADD', KEYS[5], due, (f[5] or 'n') .. ':' .. id)
     else
-      redis.call('HDEL', task, 'lease', 'entry', 'cancel', 'next_run')
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
       -- are kept longer, for someone to look at.
       local keep = ARGV[7]
       if outcome == 'succeeded' then
         local result, result_key = ARGV[a + 8], base .. ':result:' .. id
-        local size = #result
         if source == 'staged' then
           redis.call('RENAME', source_key, result_key)
           redis.call('PEXPIRE', result_key, keep)
-          size = redis.call('STRLEN', result_key)
-        elseif source == 'payload' then
-          size = redis.call('STRLEN', source_key)
-        else
+        elseif source ~= 'payload' then
+          size = #result
           redis.call('SET', result_key, result, 'PX', keep)
         end
         progress = '100'
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
           'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', size,
-          'result_is_payload', source == 'payload' and '1' or '0')
+          'result_is_payload', source == 'payload' and '1' or '0', 'lease', '', 'cancel', '',
+          'next_run', '')
       else
-        redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now)
+        redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
+          'lease', '', 'cancel', '', 'next_run', '')
         if outcome == 'failed' then
           keep = ARGV[8]
           redis.call('HSET', task, 'dead_reason', ARGV[a + 9])

@@ -30,8 +30,8 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
     -- Cancelled while its previous holder ran it, and that holder died: it ends here.
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
-    redis.call('HDEL', task, 'lease', 'entry', 'cancel')
-    redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now)
+    redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
+      'cancel', '')
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'cancelled', 'task', id,
       'kind', f[5], 'status', 'cancelled', 'attempt', f[3], 'progress', '', 'error', '', 'at', now)
     if f[9] and f[9] ~= '' then
@@ -40,7 +40,7 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
     return {'cancelled'}
   end
   local attempt = tostring((tonumber(f[3]) or 0) + 1)
-  redis.call('HSET', task, 'status', 'running', 'lease', token, 'entry', entry, 'updated', now,
+  redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
     'progress', '', 'attempts', attempt, 'started', f[4] or now)
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'running', 'task', id,
     'kind', f[5], 'status', 'running', 'attempt', attempt, 'progress', '', 'error', '', 'at', now)
