@@ -5,9 +5,9 @@
 use crate::store::{Keys, TaskRecord, rfc3339};
 use app::model::{Status, TaskEvent};
 use redis::{
-    AsyncConnectionConfig,
+    AsyncConnectionConfig, Value,
     aio::{ConnectionManager, MultiplexedConnection},
-    streams::{StreamId, StreamRangeReply, StreamReadReply},
+    streams::StreamRangeReply,
 };
 use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::{broadcast, mpsc};
@@ -42,21 +42,41 @@ impl StoredEvent {
         StoredEvent { id, name, event, data }
     }
 
-    /// Reads an entry of the events stream; `None` if it is not a well-formed event.
-    fn from_entry(entry: &StreamId) -> Option<StoredEvent> {
-        let text = |name: &str| entry.get::<String>(name).filter(|v| !v.is_empty());
-        let task_id: Uuid = text("task")?.parse().ok()?;
+    /// Reads an entry of the events stream from its field/value list, as Redis sent it; `None`
+    /// if it is not a well-formed event. Reading the values in place, without a map per entry,
+    /// is most of what tailing the stream costs a busy server.
+    fn from_fields(id: String, fields: &[Value]) -> Option<StoredEvent> {
+        let (mut name, mut task, mut kind, mut status, mut attempt, mut progress, mut error, mut at) =
+            (None, None, "", None, 0, None, None, None);
+        for pair in fields.chunks_exact(2) {
+            let (Value::BulkString(field), Value::BulkString(value)) = (&pair[0], &pair[1]) else {
+                continue;
+            };
+            let Ok(value) = std::str::from_utf8(value) else { continue };
+            let value = Some(value).filter(|v| !v.is_empty());
+            match field.as_slice() {
+                b"event" => name = value,
+                b"task" => task = value,
+                b"kind" => kind = value.unwrap_or_default(),
+                b"status" => status = value,
+                b"attempt" => attempt = value.and_then(|a| a.parse().ok()).unwrap_or(0),
+                b"progress" => progress = value.and_then(|p| p.parse().ok()),
+                b"error" => error = value,
+                b"at" => at = value,
+                _ => {}
+            }
+        }
         Some(StoredEvent::new(
-            entry.id.clone(),
-            text("event")?,
+            id,
+            name?.to_string(),
             TaskEvent {
-                task_id,
-                kind: text("kind").unwrap_or_default(),
-                status: Status::parse(&text("status")?)?,
-                attempt: text("attempt").and_then(|a| a.parse().ok()).unwrap_or(0),
-                progress: text("progress").and_then(|p| p.parse().ok()),
-                error: text("error"),
-                at: rfc3339(text("at")?.parse().ok()?),
+                task_id: task?.parse().ok()?,
+                kind: kind.to_string(),
+                status: Status::parse(status?)?,
+                attempt,
+                progress,
+                error: error.map(str::to_string),
+                at: rfc3339(at?.parse().ok()?),
             },
         ))
     }
@@ -77,6 +97,45 @@ impl StoredEvent {
             },
         )
     }
+}
+
+/// The entries of an `XRANGE` reply (or of one stream of an `XREAD` reply): each entry's id,
+/// with its event when it is a well-formed one.
+fn entries_of(reply: Value) -> Vec<(String, Option<StoredEvent>)> {
+    let Value::Array(entries) = reply else { return Vec::new() };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(mut parts) = entry else { return None };
+            let fields = match parts.pop() {
+                Some(Value::Array(fields)) => fields,
+                _ => Vec::new(),
+            };
+            let id = match parts.pop() {
+                Some(Value::BulkString(id)) => String::from_utf8(id).ok()?,
+                Some(Value::SimpleString(id)) => id,
+                _ => return None,
+            };
+            let event = StoredEvent::from_fields(id.clone(), &fields);
+            Some((id, event))
+        })
+        .collect()
+}
+
+/// The entries of an `XREAD` reply over one stream (RESP2 array or RESP3 map); none on a timeout.
+fn read_entries(reply: Value) -> Vec<(String, Option<StoredEvent>)> {
+    let streams = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|stream| match stream {
+                Value::Array(mut key_and_entries) if key_and_entries.len() == 2 => key_and_entries.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    streams.into_iter().flat_map(entries_of).collect()
 }
 
 /// Counts events in one-second buckets over a sliding window.
@@ -198,7 +257,7 @@ impl Events {
                     None => conn.insert(client.get_multiplexed_async_connection_with_config(&config).await?),
                 };
                 let from = last.clone();
-                let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                let reply: Value = redis::cmd("XREAD")
                     .arg("COUNT")
                     .arg(CATCH_UP_BATCH)
                     .arg("BLOCK")
@@ -208,9 +267,7 @@ impl Events {
                     .arg(&from)
                     .query_async(conn)
                     .await?;
-                let entries: Vec<StreamId> =
-                    reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
-                redis::RedisResult::Ok((from, entries))
+                redis::RedisResult::Ok((from, read_entries(reply)))
             };
             let step = tokio::select! {
                 step = step => step,
@@ -219,9 +276,9 @@ impl Events {
             match step {
                 Ok((from, entries)) => {
                     failures = 0;
-                    last = entries.last().map(|e| e.id.clone()).unwrap_or(from);
-                    for entry in &entries {
-                        if let Some(event) = StoredEvent::from_entry(entry) {
+                    last = entries.last().map(|(id, _)| id.clone()).unwrap_or(from);
+                    for (_, event) in entries {
+                        if let Some(event) = event {
                             if event.event.status.is_terminal() && event.name != "progress" {
                                 self.finished.record(1);
                             }
@@ -256,7 +313,7 @@ impl Events {
 
     /// Events after stream id `after`, oldest first, at most `count`.
     pub async fn after(&self, after: &str, count: usize) -> redis::RedisResult<Vec<StoredEvent>> {
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
+        let reply: Value = redis::cmd("XRANGE")
             .arg(self.keys.events())
             .arg(format!("({after}"))
             .arg("+")
@@ -264,7 +321,7 @@ impl Events {
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(reply.ids.iter().filter_map(StoredEvent::from_entry).collect())
+        Ok(entries_of(reply).into_iter().filter_map(|(_, event)| event).collect())
     }
 
     /// A task's record together with the stream id current when it was read (one MULTI), so that
@@ -378,10 +435,9 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redis::Value;
 
-    fn event_from_fields(id: &str, map: HashMap<String, Value>) -> Option<StoredEvent> {
-        StoredEvent::from_entry(&StreamId { id: id.to_string(), map, ..Default::default() })
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
     }
 
     #[test]
@@ -405,7 +461,7 @@ mod tests {
 
     #[test]
     fn an_entry_becomes_an_event() {
-        let fields: HashMap<String, Value> = [
+        let fields: Vec<Value> = [
             ("event", "progress"),
             ("task", "01890a5d-ac96-774b-bcce-b302099a8057"),
             ("kind", "sleep"),
@@ -416,13 +472,46 @@ mod tests {
             ("at", "0"),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+        .flat_map(|(k, v)| [bulk(k), bulk(v)])
         .collect();
-        let event = event_from_fields("5-1", fields).unwrap();
+        let event = StoredEvent::from_fields("5-1".into(), &fields).unwrap();
         assert_eq!(event.name, "progress");
         assert_eq!(event.event.progress, Some(40));
         assert_eq!(event.event.attempt, 2);
         assert_eq!(event.event.error, None);
         assert_eq!(event.event.at, "1970-01-01T00:00:00.000Z");
+        assert_eq!(event.event.kind, "sleep");
+        assert_eq!(
+            event.data.as_ref(),
+            r#"{"task_id":"01890a5d-ac96-774b-bcce-b302099a8057","kind":"sleep","status":"running","attempt":2,"progress":40,"error":null,"at":"1970-01-01T00:00:00.000Z"}"#
+        );
+    }
+
+    #[test]
+    fn xread_replies_are_read_in_place_and_bad_entries_keep_their_place() {
+        let entry = |id: &str, task: &str| {
+            Value::Array(vec![
+                bulk(id),
+                Value::Array(
+                    [("event", "queued"), ("task", task), ("status", "queued"), ("at", "5")]
+                        .into_iter()
+                        .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                        .collect(),
+                ),
+            ])
+        };
+        let task = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let entries = Value::Array(vec![entry("1-0", task), entry("2-0", "not-a-uuid"), entry("3-0", task)]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("events"), entries.clone()])]);
+        let resp3 = Value::Map(vec![(bulk("events"), entries)]);
+        for reply in [resp2, resp3] {
+            let read = read_entries(reply);
+            let ids: Vec<&str> = read.iter().map(|(id, _)| id.as_str()).collect();
+            assert_eq!(ids, ["1-0", "2-0", "3-0"]);
+            let valid: Vec<bool> = read.iter().map(|(_, e)| e.is_some()).collect();
+            assert_eq!(valid, [true, false, true]);
+            assert_eq!(read[2].1.as_ref().unwrap().event.status, Status::Queued);
+        }
+        assert!(read_entries(Value::Nil).is_empty());
     }
 }
