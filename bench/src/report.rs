@@ -80,17 +80,21 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
         };
         writeln!(out, "| {name} | {} | {} | {} | {goal} | {met} |", show(ours), show(theirs), show(r))
     };
-    let e2e = c.get("e2e_tasks_per_s", None);
     let process = p.get("process_jobs_per_s", fork);
-    let r = ratio(e2e, process);
-    target(
-        "tasks/s end to end (HTTP + SSE) vs BullMQ `process_jobs_per_s`",
-        e2e,
-        process,
-        r,
-        "≥ 1.5",
-        r.map(|r| r >= 1.5),
-    )?;
+    for (metric, how) in
+        [("e2e_batch_tasks_per_s", "batches of 100"), ("e2e_tasks_per_s", "a request per task")]
+    {
+        let e2e = c.get(metric, None);
+        let r = ratio(e2e, process);
+        target(
+            &format!("tasks/s end to end (HTTP + SSE, {how}) vs BullMQ `process_jobs_per_s`"),
+            e2e,
+            process,
+            r,
+            "≥ 1.5",
+            r.map(|r| r >= 1.5),
+        )?;
+    }
     let p99 = c.get("e2e_latency_p99_ms", None);
     let their_p99 = p.get("e2e_latency_p99_ms", fork);
     let r = ratio(p99, their_p99);
@@ -126,13 +130,15 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
     writeln!(out, "| workload | Courier | BullMQ fork | BullMQ inproc |")?;
     writeln!(out, "|---|---|---|---|")?;
     let rows = [
+        ("submit tasks/s over HTTP, a request per task (no worker)", "submit_tasks_per_s", ""),
         (
-            "submit tasks/s over HTTP (no worker) · BullMQ `addBulk`",
-            "submit_tasks_per_s",
+            "submit tasks/s over HTTP, batches of 100 · BullMQ `addBulk`",
+            "submit_batch_tasks_per_s",
             "enqueue_jobs_per_s",
         ),
         ("process tasks/s (queued backlog, concurrency 50)", "process_tasks_per_s", "process_jobs_per_s"),
-        ("end to end tasks/s (submit + process + done event)", "e2e_tasks_per_s", ""),
+        ("end to end tasks/s, a request per task (submit + process + done event)", "e2e_tasks_per_s", ""),
+        ("end to end tasks/s, batches of 100", "e2e_batch_tasks_per_s", ""),
         ("latency p50, ms", "e2e_latency_p50_ms", "e2e_latency_p50_ms"),
         ("latency p95, ms", "e2e_latency_p95_ms", "e2e_latency_p95_ms"),
         ("latency p99, ms", "e2e_latency_p99_ms", "e2e_latency_p99_ms"),
