@@ -10,16 +10,7 @@ async fn a_one_mib_payload_is_stored_once_and_the_queue_holds_only_its_id() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let marker = "claim-check-marker-";
     let payload: String = marker.repeat((1 << 20) / marker.len() + 1)[..1 << 20].to_string();
-    let response = app
-        .http
-        .post(app.url("/api/v1/tasks?kind=echo"))
-        .header("content-type", "application/octet-stream")
-        .body(payload.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = app.submit_raw_ok("echo", "application/octet-stream", payload.clone()).await;
 
     let mut redis = app.redis().await;
     let stored: Vec<u8> = redis.get(app.key(&format!("payload:{id}"))).await.unwrap();
@@ -51,16 +42,7 @@ async fn a_one_mib_payload_is_stored_once_and_the_queue_holds_only_its_id() {
 async fn an_echoed_one_mib_payload_is_its_own_result_kept_once() {
     let app = spawn_app().await;
     let payload: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-    let response = app
-        .http
-        .post(app.url("/api/v1/tasks?kind=echo"))
-        .header("content-type", "application/x-test")
-        .body(payload.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = app.submit_raw_ok("echo", "application/x-test", payload.clone()).await;
     assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
 
     let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
@@ -84,16 +66,7 @@ async fn a_large_result_of_its_own_is_stored_whole() {
     let header: Vec<String> = (0..columns).map(|c| format!("column_{c}")).collect();
     let row = |r: usize| (0..columns).map(|c| (r * c).to_string()).collect::<Vec<_>>().join(",");
     let csv = format!("{}\n{}\n{}\n", header.join(","), row(1), row(2));
-    let response = app
-        .http
-        .post(app.url("/api/v1/tasks?kind=csv.summary"))
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = app.submit_raw_ok("csv.summary", "text/csv", csv).await;
     assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
 
     let bytes = app

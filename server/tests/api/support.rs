@@ -103,6 +103,21 @@ impl TestApp {
         view["id"].as_str().unwrap().to_string()
     }
 
+    /// Submits `body` raw as a task of `kind` that must be accepted, and returns its id.
+    pub async fn submit_raw_ok(
+        &self,
+        kind: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> String {
+        let url = self.url(&format!("/api/v1/tasks?kind={kind}"));
+        let response =
+            self.http.post(url).header("content-type", content_type).body(body).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        let view: serde_json::Value = response.json().await.unwrap();
+        view["id"].as_str().unwrap().to_string()
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.http.get(self.url(path)).send().await.unwrap();
         assert!(response.status().is_success(), "GET {path}: {}", response.status());
