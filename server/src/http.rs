@@ -11,9 +11,13 @@ pub use problem::ApiError;
 use crate::{events::Events, store::Keys, tasks::Tasks, topics::Topics};
 use axum::{
     Json, Router,
+    body::Body,
     extract::{DefaultBodyLimit, FromRef, State},
+    http::{HeaderMap, StatusCode, header},
     routing::{delete, get, post},
 };
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use redis::aio::ConnectionManager;
@@ -68,6 +72,39 @@ pub fn router(state: AppState) -> Router {
     })
     .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
     .with_state(state)
+}
+
+/// Reads a request body up to `limit` bytes; past it, `413` without reading the rest.
+async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
+            .detail(format!("the body exceeds the limit of {limit} bytes"))
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+        if (buffer.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
+}
+
+/// Parses a JSON body into `T`: bad syntax is a `400`, a wrong shape a `422`.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable("invalid-request", "Invalid request", e.to_string())
+        }
+        _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
+    })
 }
 
 /// Parses a task id from a path or query, as a problem if malformed.

@@ -1,6 +1,6 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel, kinds.
 
-use super::{ApiError, AppState, parse_id};
+use super::{ApiError, AppState, parse_id, parse_json, read_body};
 use crate::{
     store::{TaskRecord, rfc3339},
     tasks::{BatchError, Cancelled, ListQuery, Options, Payload, Submission, Submitted},
@@ -13,8 +13,6 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -51,7 +49,7 @@ pub async fn submit(
                 )));
             }
             let bytes = read_body(body, &headers, state.max_payload).await?;
-            json_submission(parse_submission(&bytes)?)
+            json_submission(parse_json(&bytes)?)
         }
         None => {
             return Err(unsupported_media_type(
@@ -100,11 +98,11 @@ pub async fn submit_batch(
         ));
     }
     let bytes = read_body(body, &headers, state.max_payload).await?;
-    let batch: SubmitBatch = parse_submission(&bytes)?;
+    let batch: SubmitBatch = parse_json(&bytes)?;
     if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
         return Err(ApiError::unprocessable(
             "invalid-request",
-            "Invalid submission",
+            "Invalid request",
             format!("a batch holds 1 to {MAX_BATCH} tasks, not {}", batch.tasks.len()),
         ));
     }
@@ -121,16 +119,6 @@ pub async fn submit_batch(
     let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
     Ok(response)
-}
-
-/// Parses a JSON submission body: bad syntax is a `400`, a wrong shape a `422`.
-fn parse_submission<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::unprocessable("invalid-request", "Invalid submission", e.to_string())
-        }
-        _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
-    })
 }
 
 fn json_submission(request: SubmitRequest) -> Submission {
@@ -202,29 +190,6 @@ async fn wait_for_reply(
     headers.insert("preference-applied", header_value(&format!("wait={seconds}")));
     headers.insert(header::CONTENT_LOCATION, header_value(&format!("/api/v1/tasks/{}", record.id)));
     Ok(Some(response))
-}
-
-/// Reads the body up to `limit` bytes; past it, `413` without reading the rest.
-async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
-            .detail(format!("the body exceeds the limit of {limit} bytes"))
-    };
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
-        if (buffer.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        buffer.extend_from_slice(&chunk);
-    }
-    Ok(buffer.freeze())
 }
 
 fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiError> {

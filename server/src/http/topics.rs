@@ -1,12 +1,12 @@
 //! Publish/subscribe over HTTP: topics, subscriptions, publishing.
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, parse_json, read_body};
 use crate::topics::{Message, Published, Subscription, TopicError, TopicView};
 use axum::{
     Json,
-    body::Bytes,
+    body::Body,
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
 };
 use std::collections::BTreeMap;
 
@@ -29,16 +29,6 @@ impl From<TopicError> for ApiError {
             TopicError::Redis(e) => e.into(),
         }
     }
-}
-
-/// Parses a JSON body into `T`, as the submit endpoint does: syntax `400`, shape `422`.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::unprocessable("invalid-request", "Invalid request", e.to_string())
-        }
-        _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
-    })
 }
 
 /// `GET /api/v1/topics`: every topic with its subscriptions and message counts.
@@ -69,9 +59,10 @@ pub async fn get(
 pub async fn put(
     State(state): State<AppState>,
     Path((topic, name)): Path<(String, String)>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<Subscription>), ApiError> {
-    let subscription: Subscription = parse_json(&body)?;
+    let subscription: Subscription = parse_json(&read_body(body, &headers, state.max_payload).await?)?;
     let created = state.topics.put(&topic, &name, &subscription).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(subscription)))
 }
@@ -92,12 +83,9 @@ pub async fn delete(
 pub async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
-    if body.len() as u64 > state.max_payload {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
-            .detail(format!("the body exceeds the limit of {} bytes", state.max_payload)));
-    }
-    let message: Message = parse_json(&body)?;
+    let message: Message = parse_json(&read_body(body, &headers, state.max_payload).await?)?;
     Ok((StatusCode::ACCEPTED, Json(state.topics.publish(&topic, message).await?)))
 }

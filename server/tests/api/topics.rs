@@ -144,3 +144,29 @@ async fn courier_toml_declares_subscriptions_at_start() {
             .unwrap();
     assert_eq!(published["tasks"][0]["subscription"], "welcome");
 }
+
+#[tokio::test]
+async fn a_message_over_the_payload_limit_is_a_413_and_creates_nothing() {
+    let app = spawn_app_with(|c| {
+        c.concurrency = 0;
+        c.max_payload = 1024;
+    })
+    .await;
+    put(&app, "big", "echoer", json!({"kind": "echo"})).await;
+    let sized = publish(&app, "big", json!({"payload": "y".repeat(2000)})).await;
+    assert_problem(sized, 413, "/problems/payload-too-large").await;
+    // Streamed without a length, the limit holds as well.
+    let chunks = futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b' '; 512])));
+    let streamed = app
+        .http
+        .post(app.url("/api/v1/topics/big/messages"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(streamed, 413, "/problems/payload-too-large").await;
+    let queued: u64 = app.redis().await.xlen(app.key("ready")).await.unwrap();
+    assert_eq!(queued, 0);
+    assert_eq!(publish(&app, "big", json!({"payload": 1})).await.status(), 202);
+}
