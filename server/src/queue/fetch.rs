@@ -89,12 +89,41 @@ struct Ending {
     error: String,
     result_type: String,
     due_ms: u64,
-    result: ResultBytes,
+    result: ResultPlace,
     reason: &'static str,
     session: String,
     idempotency_key: String,
     slot: Option<OwnedSemaphorePermit>,
     reply: oneshot::Sender<RedisResult<bool>>,
+}
+
+/// Where the finish script finds an ended attempt's result, decided once per attempt.
+enum ResultPlace {
+    /// Small enough to pass as a script argument.
+    Here(Bytes),
+    /// Too large for Lua: staged under `staged:{token}` before the script, which renames it.
+    Staged(Bytes),
+    /// The payload, unchanged.
+    Payload,
+}
+
+impl ResultPlace {
+    fn of(result: ResultBytes) -> ResultPlace {
+        match result {
+            ResultBytes::New(bytes) if bytes.len() > INLINE_RESULT_MAX => ResultPlace::Staged(bytes),
+            ResultBytes::New(bytes) => ResultPlace::Here(bytes),
+            ResultBytes::Payload => ResultPlace::Payload,
+        }
+    }
+
+    /// The finish script's two result arguments: the bytes, and where the result is.
+    fn script_args(&self) -> (&[u8], &'static str) {
+        match self {
+            ResultPlace::Here(bytes) => (bytes, ""),
+            ResultPlace::Staged(_) => (b"", "staged"),
+            ResultPlace::Payload => (b"", "payload"),
+        }
+    }
 }
 
 impl Lease {
@@ -113,7 +142,7 @@ impl Lease {
             error: String::new(),
             result_type: String::new(),
             due_ms: 0,
-            result: ResultBytes::New(Bytes::new()),
+            result: ResultPlace::Here(Bytes::new()),
             reason: "",
             session: self.session.clone().unwrap_or_default(),
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
@@ -122,7 +151,8 @@ impl Lease {
         };
         match outcome {
             Outcome::Succeeded { result, content_type } => {
-                (ending.outcome, ending.result, ending.result_type) = ("succeeded", result, content_type);
+                (ending.outcome, ending.result, ending.result_type) =
+                    ("succeeded", ResultPlace::of(result), content_type);
             }
             Outcome::Retry { error, after } => {
                 let due = now_ms() + after.as_millis() as u64;
@@ -248,24 +278,20 @@ impl Queue {
         consumer: &str,
     ) -> RedisResult<(Vec<i64>, Vec<Vec<Vec<u8>>>)> {
         let settings = &self.settings;
-        let staged: Vec<(&Ending, &Bytes)> = endings
-            .iter()
-            .filter_map(|e| match &e.result {
-                ResultBytes::New(bytes) if bytes.len() > INLINE_RESULT_MAX => Some((e, bytes)),
-                _ => None,
-            })
-            .collect();
-        if !staged.is_empty() {
-            let mut pipe = redis::pipe();
-            for (e, bytes) in &staged {
-                pipe.cmd("SET")
+        let mut stage = redis::pipe();
+        for e in endings {
+            if let ResultPlace::Staged(bytes) = &e.result {
+                stage
+                    .cmd("SET")
                     .arg(self.keys.staged(&e.token))
                     .arg(bytes.as_ref())
                     .arg("PX")
                     .arg(STAGED_TTL.as_millis() as u64)
                     .ignore();
             }
-            pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        if !stage.is_empty() {
+            stage.query_async::<()>(&mut self.conn.clone()).await?;
         }
         let mut call = self.scripts.finish.prepare_invoke();
         call.key(&self.keys.ready_streams())
@@ -285,11 +311,7 @@ impl Queue {
                 .arg(&e.error)
                 .arg(&e.result_type)
                 .arg(e.due_ms);
-            let (bytes, source) = match &e.result {
-                ResultBytes::New(bytes) if bytes.len() > INLINE_RESULT_MAX => (&b""[..], "staged"),
-                ResultBytes::New(bytes) => (bytes.as_ref(), ""),
-                ResultBytes::Payload => (&b""[..], "payload"),
-            };
+            let (bytes, source) = e.result.script_args();
             call.arg(bytes).arg(e.reason).arg(&e.session).arg(&e.idempotency_key).arg(source);
         }
         call.invoke_async(&mut self.conn.clone()).await
@@ -626,7 +648,7 @@ mod tests {
             error: String::new(),
             result_type: "application/octet-stream".into(),
             due_ms: 0,
-            result,
+            result: ResultPlace::of(result),
             reason: "",
             session: String::new(),
             idempotency_key: String::new(),
