@@ -134,6 +134,13 @@ impl Process {
     }
 }
 
+/// See [`Bench::pipeline`]; its processes are killed when it is dropped.
+struct Pipeline {
+    server: Process,
+    tap: EventTap,
+    _worker: Child,
+}
+
 struct Bench {
     args: RunArgs,
     http: reqwest::Client,
@@ -180,6 +187,16 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("courier serve did not become ready")
+    }
+
+    /// What the workloads that process tasks while they submit them run against: a worker-less
+    /// `courier serve`, one `courier worker` and an SSE tap on every event, under a fresh prefix.
+    async fn pipeline(&mut self, workload: &str) -> anyhow::Result<Pipeline> {
+        let prefix = self.prefix(workload);
+        let server = self.serve(&prefix, 0).await?;
+        let _worker = self.worker(&prefix)?;
+        let tap = EventTap::open(&self.http, &server.base).await?;
+        Ok(Pipeline { server, tap, _worker })
     }
 
     /// `courier worker`.
@@ -270,10 +287,7 @@ impl Bench {
     /// one request per task, then in batches.
     async fn end_to_end(&mut self) -> anyhow::Result<()> {
         for batched in [false, true] {
-            let prefix = self.prefix("e2e");
-            let server = self.serve(&prefix, 0).await?;
-            let _worker = self.worker(&prefix)?;
-            let mut tap = EventTap::open(&self.http, &server.base).await?;
+            let Pipeline { server, mut tap, _worker } = self.pipeline("e2e").await?;
             let started = Instant::now();
             let (ids, _) = match batched {
                 false => self.submit_small(&server.base, self.args.n).await?,
@@ -296,10 +310,7 @@ impl Bench {
 
     /// Submit → `succeeded` event latency at a steady rate.
     async fn latency(&mut self) -> anyhow::Result<()> {
-        let prefix = self.prefix("latency");
-        let server = self.serve(&prefix, 0).await?;
-        let _worker = self.worker(&prefix)?;
-        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let Pipeline { server, mut tap, _worker } = self.pipeline("latency").await?;
         let total = (self.args.rate * self.args.duration_s) as usize;
         let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / self.args.rate as f64));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -335,10 +346,7 @@ impl Bench {
     /// 1 MiB payloads sent raw (stored under their own key, the queue carrying the id), processed
     /// by a worker process while they arrive: MB/s sent, and MB/s through to the done event.
     async fn claim_check(&mut self) -> anyhow::Result<()> {
-        let prefix = self.prefix("claimcheck");
-        let server = self.serve(&prefix, 0).await?;
-        let _worker = self.worker(&prefix)?;
-        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let Pipeline { server, mut tap, _worker } = self.pipeline("claimcheck").await?;
         let payload = bytes_of_mib();
         let url = format!("{}/api/v1/tasks?kind=echo", server.base);
         let started = Instant::now();
