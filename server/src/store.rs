@@ -8,6 +8,7 @@
 //! | `{prefix}:{queue}:task:{id}`     | hash   | the task record                         |
 //! | `{prefix}:{queue}:payload:{id}`  | string | the payload bytes (claim-check)         |
 //! | `{prefix}:{queue}:result:{id}`   | string | the result bytes (none when they are the payload) |
+//! | `{prefix}:{queue}:staged:{token}` | string | a large result, until its finish script renames it |
 //! | `{prefix}:{queue}:ready`         | stream | ids of runnable tasks, consumer group   |
 //! | `{prefix}:{queue}:ready-high`    | stream | the same, for high priority (and `-low`) |
 //! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
