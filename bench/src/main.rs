@@ -3,11 +3,13 @@
 //! form). `courier-bench report` turns both runs' lines into the markdown table of
 //! `docs/benchmarks.md`.
 
+mod cpu;
 mod report;
 mod sse;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use cpu::CpuSeconds;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sse::{EventTap, FanoutClient};
@@ -138,12 +140,13 @@ impl Process {
 struct Pipeline {
     server: Process,
     tap: EventTap,
-    _worker: Child,
+    worker: Child,
 }
 
 struct Bench {
     args: RunArgs,
     http: reqwest::Client,
+    redis: redis::aio::MultiplexedConnection,
     run_id: String,
     next: usize,
 }
@@ -194,9 +197,9 @@ impl Bench {
     async fn pipeline(&mut self, workload: &str) -> anyhow::Result<Pipeline> {
         let prefix = self.prefix(workload);
         let server = self.serve(&prefix, 0).await?;
-        let _worker = self.worker(&prefix)?;
+        let worker = self.worker(&prefix)?;
         let tap = EventTap::open(&self.http, &server.base).await?;
-        Ok(Pipeline { server, tap, _worker })
+        Ok(Pipeline { server, tap, worker })
     }
 
     /// `courier worker`.
@@ -284,33 +287,43 @@ impl Bench {
     }
 
     /// Submit and process at once, through HTTP and SSE: tasks per second end to end, submitted
-    /// one request per task, then in batches.
+    /// one request per task, then in batches; and the CPU time each process spent per task.
     async fn end_to_end(&mut self) -> anyhow::Result<()> {
         for batched in [false, true] {
-            let Pipeline { server, mut tap, _worker } = self.pipeline("e2e").await?;
+            let Pipeline { server, mut tap, worker } = self.pipeline("e2e").await?;
+            let pids = (server.pid().context("serve has no pid")?, worker.id().context("worker has no pid")?);
+            let cpu_before = CpuSeconds::read(&mut self.redis, pids.0, pids.1).await?;
             let started = Instant::now();
             let (ids, _) = match batched {
                 false => self.submit_small(&server.base, self.args.n).await?,
                 true => self.submit_batched(&server.base, self.args.n).await?,
             };
             tap.until_finished(ids.len(), Duration::from_secs(600)).await?;
-            let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
+            let seconds = started.elapsed().as_secs_f64();
+            let cpu = CpuSeconds::read(&mut self.redis, pids.0, pids.1).await?.since(&cpu_before);
             let (metric, batch) = match batched {
                 false => ("e2e_tasks_per_s", 1),
                 true => ("e2e_batch_tasks_per_s", self.args.batch),
             };
             emit(
                 metric,
-                rate,
+                ids.len() as f64 / seconds,
                 json!({"n": ids.len(), "concurrency": self.args.concurrency, "batch": batch, "note": "HTTP submit + worker process + SSE done events"}),
             );
+            for (process, spent) in cpu {
+                emit(
+                    "e2e_cpu_us_per_task",
+                    spent * 1e6 / ids.len() as f64,
+                    json!({"process": process, "batch": batch, "cpu_share": spent / seconds}),
+                );
+            }
         }
         Ok(())
     }
 
     /// Submit → `succeeded` event latency at a steady rate.
     async fn latency(&mut self) -> anyhow::Result<()> {
-        let Pipeline { server, mut tap, _worker } = self.pipeline("latency").await?;
+        let Pipeline { server, mut tap, worker: _worker } = self.pipeline("latency").await?;
         let total = (self.args.rate * self.args.duration_s) as usize;
         let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / self.args.rate as f64));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -346,7 +359,7 @@ impl Bench {
     /// 1 MiB payloads sent raw (stored under their own key, the queue carrying the id), processed
     /// by a worker process while they arrive: MB/s sent, and MB/s through to the done event.
     async fn claim_check(&mut self) -> anyhow::Result<()> {
-        let Pipeline { server, mut tap, _worker } = self.pipeline("claimcheck").await?;
+        let Pipeline { server, mut tap, worker: _worker } = self.pipeline("claimcheck").await?;
         let payload = bytes_of_mib();
         let url = format!("{}/api/v1/tasks?kind=echo", server.base);
         let started = Instant::now();
@@ -466,7 +479,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let run_id = format!("{}", std::process::id());
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
-    let mut bench = Bench { args: args.clone(), http, run_id, next: 0 };
+    let redis = redis::Client::open(args.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to {}", args.redis_url))?;
+    let mut bench = Bench { args: args.clone(), http, redis, run_id, next: 0 };
     emit(
         "meta",
         0.0,

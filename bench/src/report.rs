@@ -162,5 +162,56 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
             show(line["value"].as_f64())
         )?;
     }
+    cpu_table(&mut out, &c, process, nproc)?;
     Ok(out)
+}
+
+/// Where the CPU of the end-to-end runs went, per process, against what the machine could give
+/// each task at the target rate.
+fn cpu_table(out: &mut String, c: &Figures, process: Option<f64>, nproc: u64) -> anyhow::Result<()> {
+    let lines = c.all("e2e_cpu_us_per_task");
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let cell = |process: &str, batch: u64| {
+        lines
+            .iter()
+            .find(|l| l["process"] == process && l["batch"].as_u64() == Some(batch))
+            .map(|l| (l["value"].as_f64().unwrap_or(0.0), l["cpu_share"].as_f64().unwrap_or(0.0)))
+    };
+    let batch = lines.iter().filter_map(|l| l["batch"].as_u64()).max().unwrap_or(1);
+    writeln!(out, "\n## Where the CPU goes, end to end\n")?;
+    writeln!(
+        out,
+        "CPU time (user + system) each process spent per task during the end-to-end runs, and the \
+         share of one core it kept busy.\n"
+    )?;
+    writeln!(
+        out,
+        "| process | µs per task, batches of {batch} | cores | µs per task, a request per task | cores |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    let mut totals = [(0.0, 0.0); 2];
+    for name in ["redis", "serve", "worker", "client"] {
+        let mut row = format!("| {name} |");
+        for (i, b) in [batch, 1].into_iter().enumerate() {
+            let (us, share) = cell(name, b).unwrap_or_default();
+            totals[i].0 += us;
+            totals[i].1 += share;
+            write!(row, " {us:.1} | {share:.2} |")?;
+        }
+        writeln!(out, "{row}")?;
+    }
+    let [(bu, bs), (ru, rs)] = totals;
+    writeln!(out, "| all | {bu:.1} | {bs:.2} | {ru:.1} | {rs:.2} |")?;
+    if let Some(process) = process.filter(|p| *p > 0.0) {
+        let goal = 1.5 * process;
+        writeln!(
+            out,
+            "\nAt the target, 1.5 × BullMQ's {process:.0} = {goal:.0} tasks/s, {nproc} cores give all \
+             processes together {:.1} µs of CPU per task.",
+            nproc as f64 * 1e6 / goal
+        )?;
+    }
+    Ok(())
 }

@@ -1,0 +1,86 @@
+//! Where a workload's CPU time goes: the user + system seconds of Redis, the `courier serve` and
+//! `courier worker` processes and this client, read before and after, so that a throughput figure
+//! comes with what each process spent on it.
+
+use anyhow::Context;
+
+/// CPU seconds used so far by each process of a pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuSeconds {
+    pub redis: f64,
+    pub serve: f64,
+    pub worker: f64,
+    pub client: f64,
+}
+
+impl CpuSeconds {
+    /// Reads them now: Redis from `INFO cpu`, the others from `/proc/{pid}/stat`.
+    pub async fn read(
+        redis: &mut redis::aio::MultiplexedConnection,
+        serve: u32,
+        worker: u32,
+    ) -> anyhow::Result<Self> {
+        let info: String = redis::cmd("INFO").arg("cpu").query_async(redis).await?;
+        Ok(CpuSeconds {
+            redis: redis_cpu_seconds(&info).context("no used_cpu_* in INFO cpu")?,
+            serve: process_cpu_seconds(&format!("/proc/{serve}/stat"))?,
+            worker: process_cpu_seconds(&format!("/proc/{worker}/stat"))?,
+            client: process_cpu_seconds("/proc/self/stat")?,
+        })
+    }
+
+    /// What was spent between `earlier` and `self`, per process, with each one's name.
+    pub fn since(&self, earlier: &CpuSeconds) -> [(&'static str, f64); 4] {
+        [
+            ("redis", self.redis - earlier.redis),
+            ("serve", self.serve - earlier.serve),
+            ("worker", self.worker - earlier.worker),
+            ("client", self.client - earlier.client),
+        ]
+    }
+}
+
+/// `used_cpu_sys` + `used_cpu_user` of the main Redis process.
+fn redis_cpu_seconds(info: &str) -> Option<f64> {
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+    };
+    Some(field("used_cpu_sys")? + field("used_cpu_user")?)
+}
+
+/// utime + stime of every thread of a process, from its `stat` file. Linux reports them in
+/// USER_HZ ticks, which is 100 per second on every architecture Courier runs on.
+fn process_cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    cpu_seconds_of_stat(&stat).with_context(|| format!("no utime/stime in {path}"))
+}
+
+fn cpu_seconds_of_stat(stat: &str) -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    // The command name may hold spaces and parentheses; the fields after it do not. After the
+    // closing parenthesis come state (field 3) … utime (14) and stime (15).
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_user_plus_system_time_even_with_an_odd_command_name() {
+        let stat = "4242 (courier (x) y) S 1 4242 4242 0 -1 4194304 1500 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds_of_stat(stat), Some(3.25));
+        assert_eq!(cpu_seconds_of_stat("4242 (courier) S 1"), None);
+    }
+
+    #[test]
+    fn redis_cpu_is_system_plus_user() {
+        let info =
+            "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:9.0\r\n";
+        assert_eq!(redis_cpu_seconds(info), Some(3.75));
+        assert_eq!(redis_cpu_seconds("# CPU\r\n"), None);
+    }
+}
