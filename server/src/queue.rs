@@ -52,6 +52,7 @@ struct Scripts {
     requeue: Script,
     purge: Script,
     release: Script,
+    depth: Script,
 }
 
 impl Scripts {
@@ -66,6 +67,7 @@ impl Scripts {
             requeue: Script::new(include_str!("queue/requeue.lua")),
             purge: Script::new(include_str!("queue/purge.lua")),
             release: Script::new(include_str!("queue/release.lua")),
+            depth: Script::new(&with_groups(include_str!("queue/depth.lua"))),
         }
     }
 }
@@ -80,9 +82,14 @@ fn with_sessions(script: &str) -> String {
     format!("{}\n{script}", include_str!("queue/session.lua"))
 }
 
-/// A script's source with the shared session and lease helpers in front of it.
+/// A script's source with the shared consumer-group helper in front of it.
+fn with_groups(script: &str) -> String {
+    format!("{}\n{script}", include_str!("queue/group.lua"))
+}
+
+/// A script's source with the shared session, group and lease helpers in front of it.
 fn with_leases(script: &str) -> String {
-    with_sessions(&format!("{}\n{script}", include_str!("queue/lease.lua")))
+    with_sessions(&with_groups(&format!("{}\n{script}", include_str!("queue/lease.lua"))))
 }
 
 /// A handle on one queue in Redis; cheap to clone.
@@ -239,6 +246,15 @@ impl Queue {
         for task in tasks {
             self.add_enqueue(&mut pipe, task);
         }
+        if let Some(newest) = tasks.iter().map(|t| t.created_ms).max() {
+            // Drop index entries older than the retention; ids are UUIDv7, so they sort by time.
+            let oldest = newest.saturating_sub(self.settings.retention.as_millis() as u64);
+            pipe.cmd("ZREMRANGEBYLEX")
+                .arg(self.keys.index())
+                .arg("-")
+                .arg(format!("({:08x}-{:04x}", oldest >> 16, oldest & 0xffff))
+                .ignore();
+        }
         pipe.query_async(&mut self.conn.clone()).await
     }
 
@@ -274,13 +290,6 @@ impl Queue {
             .ignore();
         pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();
         pipe.cmd("ZADD").arg(self.keys.index()).arg(0).arg(&id).ignore();
-        // Drop index entries older than the retention; ids are UUIDv7, so they sort by time.
-        let oldest = now.saturating_sub(retention_ms);
-        pipe.cmd("ZREMRANGEBYLEX")
-            .arg(self.keys.index())
-            .arg("-")
-            .arg(format!("({:08x}-{:04x}", oldest >> 16, oldest & 0xffff))
-            .ignore();
         match (&task.session, task.delay_ms) {
             (Some(session), _) => {
                 // EVAL (not EVALSHA) inside MULTI: a missing script cache cannot fail the batch.
@@ -526,13 +535,13 @@ impl Queue {
 
     /// Ready entries not yet handed to any worker, plus delayed ones.
     pub async fn depth(&self) -> redis::RedisResult<u64> {
-        let mut pipe = redis::pipe();
-        for stream in self.keys.ready_streams() {
-            pipe.cmd("XLEN").arg(stream);
-        }
-        pipe.cmd("ZCARD").arg(self.keys.delayed());
-        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(counts.iter().sum())
+        self.scripts
+            .depth
+            .key(&self.keys.ready_streams())
+            .key(self.keys.delayed())
+            .arg(GROUP)
+            .invoke_async(&mut self.conn.clone())
+            .await
     }
 
     /// Forgets consumers of stopped workers (nothing pending, idle for an hour), so the group's

@@ -9,7 +9,7 @@
 //! | `{prefix}:{queue}:payload:{id}`  | string | the payload bytes (claim-check)         |
 //! | `{prefix}:{queue}:result:{id}`   | string | the result bytes (none when they are the payload) |
 //! | `{prefix}:{queue}:staged:{token}` | string | a large result, until its finish script renames it |
-//! | `{prefix}:{queue}:ready`         | stream | ids of runnable tasks, consumer group   |
+//! | `{prefix}:{queue}:ready`         | stream | ids of runnable tasks, consumer group; trimmed in bulk once acknowledged |
 //! | `{prefix}:{queue}:ready-high`    | stream | the same, for high priority (and `-low`) |
 //! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
 //! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |

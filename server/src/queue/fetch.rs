@@ -540,8 +540,8 @@ impl Leasing {
             if let Some(task) = entry.get::<String>("task") {
                 pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
             }
+            // Acknowledged only: the finish script trims acknowledged entries in bulk.
             pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
-            pipe.cmd("XDEL").arg(stream).arg(&entry.id).ignore();
         }
         pipe.query_async(conn).await
     }
@@ -633,6 +633,50 @@ mod tests {
         queue
     }
 
+    /// Enqueues an `echo` task with `payload`; returns its id.
+    async fn enqueue_echo(queue: &Queue, payload: Bytes) -> Uuid {
+        let id = Uuid::now_v7();
+        queue
+            .enqueue(&NewTask {
+                id,
+                created_ms: now_ms(),
+                kind: "echo".into(),
+                payload,
+                payload_type: "application/octet-stream".into(),
+                max_attempts: 1,
+                timeout_ms: None,
+                delay_ms: None,
+                priority: Priority::Normal,
+                session: None,
+                subscription: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Claims and ends, with their holders' tokens, every ready task; returns how many.
+    async fn run_all(queue: &Queue) -> usize {
+        let mut ran = 0;
+        loop {
+            let replies = queue.claim("unit-worker", 64, &[]).await.unwrap();
+            if replies.is_empty() {
+                return ran;
+            }
+            let endings: Vec<Ending> = replies
+                .iter()
+                .map(|r| {
+                    let (id, token) = (String::from_utf8_lossy(&r[1]), String::from_utf8_lossy(&r[4]));
+                    ending(&id, r, &token, ResultBytes::New(Bytes::from_static(b"ok")))
+                })
+                .collect();
+            let (applied, _) = queue.end_attempts(&endings, 0, "unit-worker").await.unwrap();
+            assert!(applied.iter().all(|&a| a == 1));
+            ran += replies.len();
+        }
+    }
+
     async fn staged_keys(queue: &Queue) -> Vec<String> {
         queue.conn.clone().keys(format!("{}:staged:*", queue.keys.base())).await.unwrap()
     }
@@ -665,25 +709,8 @@ mod tests {
         let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
         let queue = queue_on(&redis).await;
         let mut conn = queue.conn.clone();
-        let id = Uuid::now_v7();
         let payload = Bytes::from(vec![b'p'; 20_000]);
-        queue
-            .enqueue(&NewTask {
-                id,
-                created_ms: now_ms(),
-                kind: "echo".into(),
-                payload: payload.clone(),
-                payload_type: "application/octet-stream".into(),
-                max_attempts: 1,
-                timeout_ms: None,
-                delay_ms: None,
-                priority: Priority::Normal,
-                session: None,
-                subscription: None,
-                idempotency_key: None,
-            })
-            .await
-            .unwrap();
+        let id = enqueue_echo(&queue, payload.clone()).await;
 
         let replies = queue.claim("unit-worker", 1, &[]).await.unwrap();
         let reply = &replies[0];
@@ -735,5 +762,70 @@ mod tests {
         let ttl: i64 = conn.pttl(queue.keys.result(&id)).await.unwrap();
         assert!(ttl > 50_000, "the result is kept for the retention, not the staging time: {ttl}");
         assert_eq!(staged_keys(&queue).await, Vec::<String>::new());
+    }
+
+    /// Ended attempts' entries leave the ready stream in bulk trims, never one still pending: a
+    /// holder's entry survives every trim until it ends, and can be taken over meanwhile.
+    #[tokio::test]
+    async fn acknowledged_entries_are_trimmed_and_pending_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
+        let queue = queue_on(&redis).await;
+        let mut conn = queue.conn.clone();
+        let ready = queue.keys.ready();
+        let small = || Bytes::from_static(b"{}");
+        for _ in 0..300 {
+            enqueue_echo(&queue, small()).await;
+        }
+        assert_eq!(run_all(&queue).await, 300);
+        let held = enqueue_echo(&queue, small()).await;
+        let replies = queue.claim("unit-worker", 1, &[]).await.unwrap();
+        assert_eq!(replies[0][1], held.to_string().into_bytes());
+        let held_entry = String::from_utf8(replies[0][3].clone()).unwrap();
+        for _ in 0..300 {
+            enqueue_echo(&queue, small()).await;
+        }
+        assert_eq!(queue.depth().await.unwrap(), 300, "entries handed out do not count as waiting");
+        assert_eq!(run_all(&queue).await, 300);
+        assert_eq!(queue.depth().await.unwrap(), 0);
+
+        // Everything older than the held entry went, but for a node's worth; it stays.
+        let older: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&ready)
+            .arg("-")
+            .arg(format!("({held_entry}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(older.len() < 100, "{} entries older than the pending one are left", older.len());
+        let taken_over: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&ready)
+            .arg(GROUP)
+            .arg("another-worker")
+            .arg(0)
+            .arg("0-0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ids: Vec<_> = taken_over.claimed.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, vec![held_entry.as_str()], "the pending entry is intact and can be taken over");
+        assert_eq!(taken_over.claimed[0].get::<String>("task"), Some(held.to_string()));
+
+        // Once it ends, nothing is pending and the trim reaches the last entry handed out.
+        let token = String::from_utf8(replies[0][4].clone()).unwrap();
+        let (applied, _) = queue
+            .end_attempts(
+                &[ending(&held.to_string(), &replies[0], &token, ResultBytes::New(small()))],
+                0,
+                "unit-worker",
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied, vec![1]);
+        let left: usize = conn.xlen(&ready).await.unwrap();
+        assert!(left < 100, "{left} of 601 entries left after every task ended");
+        enqueue_echo(&queue, small()).await;
+        assert_eq!(queue.depth().await.unwrap(), 1);
+        assert_eq!(run_all(&queue).await, 1, "a new entry after the trim is handed out");
     }
 }

@@ -14,9 +14,11 @@
 local base, group, now, maxlen = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
 local streams = {KEYS[1], KEYS[2], KEYS[3]}
 local applied = {}
+-- The entries of ended attempts, per stream: acknowledged together at the end.
+local ended = {{}, {}, {}}
 for a = 10, #ARGV, 13 do
-  local id, stream, entry, outcome, err = ARGV[a], streams[tonumber(ARGV[a + 1])], ARGV[a + 2],
-    ARGV[a + 4], ARGV[a + 5]
+  local id, s, entry, outcome, err = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 4],
+    ARGV[a + 5]
   local task = base .. ':task:' .. id
   local source, source_key = ARGV[a + 12], nil
   if source == 'staged' then
@@ -35,8 +37,7 @@ for a = 10, #ARGV, 13 do
     end
     applied[#applied + 1] = 0
   else
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
+    ended[s][#ended[s] + 1] = entry
     local progress = f[4] or ''
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
@@ -86,6 +87,11 @@ for a = 10, #ARGV, 13 do
       'kind', f[2], 'status', outcome, 'attempt', f[3], 'progress', progress, 'error', err,
       'at', now)
     applied[#applied + 1] = 1
+  end
+end
+for s = 1, 3 do
+  if #ended[s] > 0 then
+    settle(streams[s], group, ended[s])
   end
 end
 local leases = {}

@@ -6,8 +6,8 @@
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
   return 0
 end
+-- Acknowledged only: the finish script trims acknowledged entries in bulk.
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
-redis.call('XDEL', KEYS[2], ARGV[3])
 redis.call('HDEL', KEYS[1], 'lease')
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[4], 'progress', '')
