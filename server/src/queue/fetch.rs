@@ -619,7 +619,11 @@ mod tests {
     use app::model::Priority;
     use redis::AsyncCommands;
 
-    async fn queue_on(redis: &EmbeddedRedis) -> Queue {
+    /// A queue on a redis-server of its own, which lives as long as the first half (the
+    /// server stops before its directory goes).
+    async fn private_queue() -> ((EmbeddedRedis, tempfile::TempDir), Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
         let client = redis::Client::open(redis.url()).unwrap();
         let conn = client.get_connection_manager().await.unwrap();
         let settings = QueueSettings {
@@ -630,7 +634,7 @@ mod tests {
         };
         let queue = Queue::new(client, conn, Keys::new("unit", "default"), settings);
         queue.ensure_group().await.unwrap();
-        queue
+        ((redis, dir), queue)
     }
 
     /// Enqueues an `echo` task with `payload`; returns its id.
@@ -705,9 +709,7 @@ mod tests {
     /// plain GET, a large result is staged and renamed, and a late holder's staged result goes.
     #[tokio::test]
     async fn large_payloads_and_results_travel_outside_the_scripts() {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
-        let queue = queue_on(&redis).await;
+        let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();
         let payload = Bytes::from(vec![b'p'; 20_000]);
         let id = enqueue_echo(&queue, payload.clone()).await;
@@ -768,9 +770,7 @@ mod tests {
     /// holder's entry survives every trim until it ends, and can be taken over meanwhile.
     #[tokio::test]
     async fn acknowledged_entries_are_trimmed_and_pending_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
-        let queue = queue_on(&redis).await;
+        let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();
         let ready = queue.keys.ready();
         let small = || Bytes::from_static(b"{}");
