@@ -10,6 +10,20 @@
 -- as copying it through Lua costs Redis more than the worker's extra round trip.
 local INLINE_PAYLOAD_MAX = 16384
 
+-- Acknowledges `entries` of `stream` in one call, then trims every entry the group is done with:
+-- those older than the oldest still pending or, with none pending, than the last handed out.
+-- The trim is approximate: it frees whole nodes, leaving at most a node's worth behind.
+local function settle(stream, group, entries)
+  redis.call('XACK', stream, group, unpack(entries))
+  local pending = redis.pcall('XPENDING', stream, group)
+  if pending.err then
+    -- The group is gone (someone deleted the stream): nothing of it to trim.
+    return
+  end
+  local done_before = pending[2] or group_info(stream, group)['last-delivered-id']
+  redis.call('XTRIM', stream, 'MINID', '~', done_before)
+end
+
 -- Takes the lease on ready entry `entry` (of `streams[s]`) for task `id`, with `token`.
 -- Returns {'run', id, s, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type,
 -- session, payload (1: here, 2: large, read it yourself, 0: gone), payload, idempotency key}: a
@@ -26,12 +40,12 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
-    redis.call('XACK', stream, group, entry)
+    settle(stream, group, {entry})
     return {'drop'}
   end
   if f[2] == '1' then
     -- Cancelled while its previous holder ran it, and that holder died: it ends here.
-    redis.call('XACK', stream, group, entry)
+    settle(stream, group, {entry})
     redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
       'cancel', '')
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'cancelled', 'task', id,
@@ -79,18 +93,4 @@ local function take_new(base, streams, group, consumer, count, token_base, now, 
       end
     end
   end
-end
-
--- Acknowledges `entries` of `stream` in one call, then trims every entry the group is done with:
--- those older than the oldest still pending or, with none pending, than the last handed out.
--- The trim is approximate: it frees whole nodes, leaving at most a node's worth behind.
-local function settle(stream, group, entries)
-  redis.call('XACK', stream, group, unpack(entries))
-  local pending = redis.pcall('XPENDING', stream, group)
-  if pending.err then
-    -- The group is gone (someone deleted the stream): nothing of it to trim.
-    return
-  end
-  local done_before = pending[2] or group_info(stream, group)['last-delivered-id']
-  redis.call('XTRIM', stream, 'MINID', '~', done_before)
 end
