@@ -15,9 +15,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # 1. Toolchain and wasm target, as pinned in rust-toolchain.toml (RUSTUP_AUTO_INSTALL may be 0).
 rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
 
-# 2. System packages: redis-server for the embedded Redis and tests, chromium for Playwright.
+# 2. System packages: redis-server for the embedded Redis and tests, openssl for the TLS tests
+#    (they make their own CA), chromium for Playwright.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)

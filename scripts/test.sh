@@ -21,3 +21,5 @@ step "end-to-end tests (Playwright, Chromium)"
 (cd end2end && npx playwright test)
 step "benchmark tool smoke run (tiny sizes; checks that it works, asserts no speed)"
 ./scripts/bench.sh --smoke
+step "the server binary left behind serves a UI that hydrates (every /pkg/ file it names is there)"
+./scripts/check-site.sh

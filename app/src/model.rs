@@ -80,6 +80,9 @@ pub struct TaskView {
     /// The topic subscription (`topic/name`) a published message created this task for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<String>,
+    /// When the task expires if no attempt has started by then (it then fails as `expired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl TaskView {
@@ -112,6 +115,31 @@ pub struct TaskEvent {
     pub at: String,
 }
 
+/// The name of the server-sent event that says the events a client asked for are gone.
+pub const RESET_EVENT: &str = "reset";
+
+/// The data of a `reset` event: the client has missed events it cannot be sent, so it reloads
+/// its state; the stream goes on after the event's `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReset {
+    pub reason: ResetReason,
+    /// The oldest event the stream still holds, if any.
+    pub oldest: Option<String>,
+}
+
+/// Why a client's place in the event stream cannot be honoured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetReason {
+    /// The events after its `Last-Event-ID` were trimmed from the capped stream.
+    TooOld,
+    /// Its `Last-Event-ID` is later than any event the stream has held (another deployment's
+    /// id, or a stream that was deleted).
+    Unknown,
+    /// It fell further behind than the server buffers before it had a place in the stream.
+    Lagged,
+}
+
 /// How urgently a task should run relative to others in its queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,12 +150,13 @@ pub enum Priority {
     Low,
 }
 
-/// The JSON body of `POST /api/v1/tasks`.
+/// The JSON body of `POST /api/v1/tasks`. The browser builds it with a parsed payload; the
+/// server reads the payload as raw JSON text (`P = Box<RawValue>`), validated without a tree.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
+pub struct SubmitRequest<P = serde_json::Value> {
     pub kind: String,
-    pub payload: serde_json::Value,
+    pub payload: P,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,13 +167,19 @@ pub struct SubmitRequest {
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// Milliseconds from submission after which the task expires if no attempt has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// The same as a time (RFC 3339); give one of `ttl_ms` and `expires_at`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// The JSON body of `POST /api/v1/tasks/batch`: tasks enqueued together, all or none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SubmitBatch {
-    pub tasks: Vec<SubmitRequest>,
+pub struct SubmitBatch<P = serde_json::Value> {
+    pub tasks: Vec<SubmitRequest<P>>,
 }
 
 /// The answer to an accepted batch: each task's view, in the order submitted.

@@ -6,99 +6,309 @@
 //! `additionalProperties` (boolean), `items`, `enum`, `minimum`, `maximum`, `minLength`,
 //! `maxLength`. Unknown keywords are ignored, as JSON Schema prescribes.
 
-use serde_json::Value;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use std::{cell::RefCell, fmt};
+
+/// The most violations one check reports; past it, one line says how many more there were.
+const MAX_ERRORS: usize = 100;
+
+/// Why JSON text failed a check.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Invalid {
+    /// The text is not JSON.
+    Syntax(String),
+    /// The JSON does not match the schema: every violation as "`/path`: reason".
+    Schema(Vec<String>),
+}
 
 /// Checks `value` against `schema`, returning every violation as "`/path`: reason".
 pub fn validate(schema: &Value, value: &Value) -> Result<(), Vec<String>> {
-    let mut errors = Vec::new();
-    check(schema, value, "", &mut errors);
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    let walk = RefCell::new(Walk::default());
+    // Walking a parsed value cannot fail: only text can be malformed.
+    let _ = Node { schema: schema.as_object(), walk: &walk }.deserialize(value);
+    walk.into_inner().finish()
 }
 
-fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
-    let Some(schema) = schema.as_object() else {
-        return;
-    };
-    let here = if path.is_empty() { "/" } else { path };
+/// Checks JSON `text` against `schema` while parsing it, without building a tree: the memory it
+/// takes is bounded by the schema, the deepest path and the errors reported, whatever the size of
+/// the text (a parsed tree of `[0,0,…]` takes over 30 times the text).
+pub fn validate_text(schema: &Value, text: &[u8]) -> Result<(), Invalid> {
+    let walk = RefCell::new(Walk::default());
+    let mut parser = serde_json::Deserializer::from_slice(text);
+    let node = Node { schema: schema.as_object(), walk: &walk };
+    node.deserialize(&mut parser).and_then(|()| parser.end()).map_err(|e| Invalid::Syntax(e.to_string()))?;
+    walk.into_inner().finish().map_err(Invalid::Schema)
+}
 
-    if let Some(expected) = schema.get("type") {
-        let names: Vec<&str> = match expected {
-            Value::String(name) => vec![name.as_str()],
-            Value::Array(names) => names.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
+/// Where the walk is and what it found so far.
+#[derive(Default)]
+struct Walk {
+    path: Vec<Step>,
+    errors: Vec<String>,
+    more: usize,
+}
+
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl Walk {
+    /// The JSON Pointer of the current value, `""` at the root.
+    fn pointer(&self) -> String {
+        self.path
+            .iter()
+            .map(|step| match step {
+                Step::Key(key) => format!("/{key}"),
+                Step::Index(index) => format!("/{index}"),
+            })
+            .collect()
+    }
+
+    /// The current value's place as errors name it: its pointer, `/` at the root.
+    fn here(&self) -> String {
+        if self.path.is_empty() { "/".into() } else { self.pointer() }
+    }
+
+    fn report(&mut self, error: String) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(error);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn finish(mut self) -> Result<(), Vec<String>> {
+        if self.more > 0 {
+            self.errors.push(format!("… and {} more", self.more));
+        }
+        if self.errors.is_empty() { Ok(()) } else { Err(self.errors) }
+    }
+}
+
+/// The JSON type of a value, as `type` names them (an integer is also a number).
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Null,
+    Boolean,
+    Integer,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+fn has_type(kind: Kind, name: &str) -> bool {
+    match name {
+        "object" => kind == Kind::Object,
+        "array" => kind == Kind::Array,
+        "string" => kind == Kind::String,
+        "boolean" => kind == Kind::Boolean,
+        "null" => kind == Kind::Null,
+        "number" => matches!(kind, Kind::Integer | Kind::Number),
+        "integer" => kind == Kind::Integer,
+        _ => true,
+    }
+}
+
+/// One value to check against its schema (`None`: a schema that checks nothing).
+struct Node<'a> {
+    schema: Option<&'a Map<String, Value>>,
+    walk: &'a RefCell<Walk>,
+}
+
+impl Node<'_> {
+    fn report(&self, reason: impl fmt::Display) {
+        let mut walk = self.walk.borrow_mut();
+        let error = format!("{}: {reason}", walk.here());
+        walk.report(error);
+    }
+
+    /// Checks `type`; a value of the wrong type is reported once and checked no further.
+    fn type_ok(&self, schema: &Map<String, Value>, kind: Kind) -> bool {
+        let names: Vec<&str> = match schema.get("type") {
+            Some(Value::String(name)) => vec![name.as_str()],
+            Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
+            _ => return true,
         };
-        if !names.is_empty() && !names.iter().any(|name| has_type(value, name)) {
-            errors.push(format!("{here}: must be {}", names.join(" or ")));
+        if names.is_empty() || names.iter().any(|name| has_type(kind, name)) {
+            return true;
+        }
+        self.report(format_args!("must be {}", names.join(" or ")));
+        false
+    }
+
+    /// Checks `enum` against a value that `make` builds only when there is an `enum`.
+    fn enum_ok(&self, schema: &Map<String, Value>, make: impl FnOnce() -> Option<Value>) {
+        let Some(Value::Array(allowed)) = schema.get("enum") else { return };
+        // Arrays and objects are not built (they may be huge); no enum of Courier's lists them.
+        if make().is_none_or(|value| !allowed.contains(&value)) {
+            let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+            self.report(format_args!("must be one of {}", list.join(", ")));
+        }
+    }
+
+    fn number(self, kind: Kind, value: Value) {
+        let Some(schema) = self.schema else { return };
+        if !self.type_ok(schema, kind) {
             return;
         }
-    }
-    if let Some(Value::Array(allowed)) = schema.get("enum")
-        && !allowed.contains(value)
-    {
-        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-        errors.push(format!("{here}: must be one of {}", list.join(", ")));
-    }
-    if let Some(number) = value.as_f64() {
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
-            && number < min
-        {
-            errors.push(format!("{here}: must be at least {min}"));
-        }
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
-            && number > max
-        {
-            errors.push(format!("{here}: must be at most {max}"));
+        let number = value.as_f64();
+        self.enum_ok(schema, || Some(value));
+        if let Some(number) = number {
+            if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+                && number < min
+            {
+                self.report(format_args!("must be at least {min}"));
+            }
+            if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+                && number > max
+            {
+                self.report(format_args!("must be at most {max}"));
+            }
         }
     }
-    if let Some(text) = value.as_str() {
-        let chars = text.chars().count() as u64;
+
+    fn scalar(self, kind: Kind, value: Value) {
+        let Some(schema) = self.schema else { return };
+        if self.type_ok(schema, kind) {
+            self.enum_ok(schema, || Some(value));
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        match self.schema {
+            Some(_) => deserializer.deserialize_any(self),
+            None => deserializer.deserialize_ignored_any(IgnoredAny).map(|_| ()),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.scalar(Kind::Boolean, Value::Bool(v));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.number(Kind::Integer, Value::from(v));
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.number(Kind::Integer, Value::from(v));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.number(Kind::Number, Value::from(v));
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.scalar(Kind::Null, Value::Null);
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.scalar(Kind::Null, Value::Null);
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        let Some(schema) = self.schema else { return Ok(()) };
+        if !self.type_ok(schema, Kind::String) {
+            return Ok(());
+        }
+        self.enum_ok(schema, || Some(Value::String(v.to_string())));
+        let chars = v.chars().count() as u64;
         if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
             && chars < min
         {
-            errors.push(format!("{here}: must have at least {min} characters"));
+            self.report(format_args!("must have at least {min} characters"));
         }
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
             && chars > max
         {
-            errors.push(format!("{here}: must have at most {max} characters"));
+            self.report(format_args!("must have at most {max} characters"));
         }
+        Ok(())
     }
-    if let Some(object) = value.as_object() {
-        let properties = schema.get("properties").and_then(Value::as_object);
-        if let Some(Value::Array(required)) = schema.get("required") {
-            for name in required.iter().filter_map(Value::as_str) {
-                if !object.contains_key(name) {
-                    errors.push(format!("{path}/{name}: is required"));
-                }
-            }
-        }
-        for (name, field) in object {
-            match properties.and_then(|p| p.get(name)) {
-                Some(field_schema) => check(field_schema, field, &format!("{path}/{name}"), errors),
-                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                    errors.push(format!("{path}/{name}: is not allowed"));
-                }
-                None => {}
-            }
-        }
-    }
-    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
-        for (index, item) in array.iter().enumerate() {
-            check(items, item, &format!("{path}/{index}"), errors);
-        }
-    }
-}
 
-fn has_type(value: &Value, name: &str) -> bool {
-    match name {
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "boolean" => value.is_boolean(),
-        "null" => value.is_null(),
-        "number" => value.is_number(),
-        "integer" => value.as_i64().is_some() || value.as_u64().is_some(),
-        _ => true,
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let schema = self.schema.filter(|schema| self.type_ok(schema, Kind::Array));
+        let Some(schema) = schema else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(());
+        };
+        self.enum_ok(schema, || None);
+        let Some(items) = schema.get("items") else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(());
+        };
+        for index in 0.. {
+            self.walk.borrow_mut().path.push(Step::Index(index));
+            let item = seq.next_element_seed(Node { schema: items.as_object(), walk: self.walk });
+            self.walk.borrow_mut().path.pop();
+            if item?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let schema = self.schema.filter(|schema| self.type_ok(schema, Kind::Object));
+        let Some(schema) = schema else {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(());
+        };
+        self.enum_ok(schema, || None);
+        let properties = schema.get("properties").and_then(Value::as_object);
+        let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
+        let required: Vec<&str> = match schema.get("required") {
+            Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let mut present = vec![false; required.len()];
+        while let Some(name) = map.next_key::<String>()? {
+            if let Some(i) = required.iter().position(|r| *r == name) {
+                present[i] = true;
+            }
+            match properties.and_then(|p| p.get(&name)) {
+                Some(field) => {
+                    self.walk.borrow_mut().path.push(Step::Key(name));
+                    let checked = map.next_value_seed(Node { schema: field.as_object(), walk: self.walk });
+                    self.walk.borrow_mut().path.pop();
+                    checked?;
+                }
+                None => {
+                    if closed {
+                        let mut walk = self.walk.borrow_mut();
+                        let error = format!("{}/{name}: is not allowed", walk.pointer());
+                        walk.report(error);
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let mut walk = self.walk.borrow_mut();
+        let pointer = walk.pointer();
+        for (name, _) in required.iter().zip(present).filter(|(_, present)| !present) {
+            walk.report(format!("{pointer}/{name}: is required"));
+        }
+        Ok(())
     }
 }
 
@@ -164,5 +374,40 @@ mod tests {
     #[test]
     fn an_empty_schema_accepts_anything() {
         assert_eq!(validate(&json!({}), &json!({"any": [1, "thing"]})), Ok(()));
+    }
+
+    #[test]
+    fn text_is_checked_as_its_parsed_value_is() {
+        let cases = [
+            json!({"ms": 100, "steps": 4}),
+            json!({"steps": 0, "extra": true}),
+            json!({"ms": "soon"}),
+            json!([1]),
+            json!({"ms": 1.5, "steps": null}),
+        ];
+        for value in cases {
+            let text = serde_json::to_vec(&value).unwrap();
+            let expected = validate(&sleep_schema(), &value).map_err(Invalid::Schema);
+            assert_eq!(validate_text(&sleep_schema(), &text), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_a_syntax_error() {
+        for text in [&b"{"[..], b"[1,]", b"{} {}", b"\xff", b""] {
+            assert!(matches!(validate_text(&json!({}), text), Err(Invalid::Syntax(_))), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn errors_stop_at_a_hundred_and_say_how_many_more() {
+        let text = format!("[{}0]", "0,".repeat(999));
+        let Err(Invalid::Schema(errors)) = validate_text(&json!({"items": {"type": "string"}}), text.as_bytes())
+        else {
+            panic!("a thousand numbers are not strings");
+        };
+        assert_eq!(errors.len(), MAX_ERRORS + 1);
+        assert_eq!(errors[0], "/0: must be string");
+        assert_eq!(errors[MAX_ERRORS], "… and 900 more");
     }
 }

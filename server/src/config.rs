@@ -33,6 +33,11 @@ pub struct Config {
     #[arg(long, env = "COURIER_REDIS_URL", global = true)]
     pub redis_url: Option<RedisUrl>,
 
+    /// A PEM file with the CA that signed the rediss:// server's certificate (a private CA).
+    /// Unset: the system's trusted roots.
+    #[arg(long, env = "COURIER_REDIS_CA_CERT", global = true)]
+    pub redis_ca_cert: Option<PathBuf>,
+
     /// Prefix of every Redis key, so deployments can share one Redis.
     #[arg(long, env = "COURIER_PREFIX", default_value = "courier", value_parser = parse_prefix, global = true)]
     pub prefix: String,
@@ -53,9 +58,22 @@ pub struct Config {
     #[arg(long, env = "COURIER_DEAD_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
     pub dead_retention: Duration,
 
+    /// About how many task events the event stream keeps (a client resuming from before the
+    /// oldest kept is told to reload with a `reset` event).
+    #[arg(long, env = "COURIER_EVENTS_MAX", default_value_t = 100_000, global = true)]
+    pub events_max: usize,
+
+    /// Server-sent event streams this process serves at once; past it, `503` with Retry-After.
+    #[arg(long, env = "COURIER_MAX_SSE_CLIENTS", default_value_t = 20_000, global = true)]
+    pub max_sse_clients: usize,
+
     /// Largest accepted payload, e.g. 64MiB.
     #[arg(long, env = "COURIER_MAX_PAYLOAD", default_value = "64MiB", value_parser = parse_size, global = true)]
     pub max_payload: u64,
+
+    /// Bytes of request bodies this process holds at once; past it, `503` with Retry-After.
+    #[arg(long, env = "COURIER_MAX_BODY_MEMORY", default_value = "256MiB", value_parser = parse_size, global = true)]
+    pub max_body_memory: u64,
 
     /// Attempts a task gets when neither it nor its kind says otherwise.
     #[arg(long, env = "COURIER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
@@ -84,6 +102,34 @@ pub struct Config {
     /// The built site (wasm, JS, CSS) that cargo-leptos writes.
     #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site", global = true)]
     pub site_root: PathBuf,
+
+    /// The URL clients reach this server by (a name, or behind a proxy): its host is answered
+    /// in `Host`, and its pages may make unsafe requests.
+    #[arg(long, env = "COURIER_PUBLIC_URL", global = true)]
+    pub public_url: Option<Origin>,
+
+    /// Origins of front ends served elsewhere that may call the API (CORS), comma-separated:
+    /// `scheme://host[:port]`.
+    #[arg(long, env = "COURIER_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<Origin>,
+
+    /// Longest a client may take to send a request's headers; then the connection is closed.
+    #[arg(long, env = "COURIER_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout, global = true)]
+    pub header_timeout: Duration,
+
+    /// Longest an API request may take to be answered (`503`); a `Prefer: wait=N` submission
+    /// gets N seconds more.
+    #[arg(long, env = "COURIER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_timeout, global = true)]
+    pub request_timeout: Duration,
+
+    /// Longest a request body may pause between two chunks (`408`).
+    #[arg(long, env = "COURIER_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout, global = true)]
+    pub body_timeout: Duration,
+
+    /// Submissions that may wait for their result (`Prefer: wait`) at once; past it, the usual
+    /// `202` at once.
+    #[arg(long, env = "COURIER_MAX_WAITING", default_value_t = 1000, global = true)]
+    pub max_waiting: usize,
 }
 
 impl Config {
@@ -91,6 +137,64 @@ impl Config {
     pub fn defaults() -> Config {
         Cli::parse_from(["courier"]).config
     }
+
+    /// Checks the settings together, before anything starts: the error names the flag and says
+    /// what it takes. (Each flag's own syntax is checked as it is parsed.)
+    pub fn validate(&self) -> Result<(), String> {
+        const SECOND: Duration = Duration::from_secs(1);
+        const DAY: Duration = Duration::from_secs(86_400);
+        // Redis takes expiry times in ms as 64-bit numbers; ten years stays far from overflow.
+        const TEN_YEARS: Duration = Duration::from_secs(3_650 * 86_400);
+        let within = |flag: &str, value: Duration, min: Duration, max: Duration, min_text: &str, max_text: &str| {
+            if value < min || value > max {
+                Err(format!("--{flag} must be between {min_text} and {max_text}, not {}", show(value)))
+            } else {
+                Ok(())
+            }
+        };
+        within("lease", self.lease, Duration::from_millis(100), DAY, "100ms", "1d")?;
+        within("retention", self.retention, SECOND, TEN_YEARS, "1s", "3650d")?;
+        within("dead-retention", self.dead_retention, SECOND, TEN_YEARS, "1s", "3650d")?;
+        within("retry-base", self.retry_base, Duration::ZERO, DAY, "0s", "1d")?;
+        within("retry-cap", self.retry_cap, Duration::ZERO, DAY, "0s", "1d")?;
+        within("grace", self.grace, Duration::ZERO, DAY, "0s", "1d")?;
+        within("header-timeout", self.header_timeout, Duration::from_millis(1), DAY, "1ms", "1d")?;
+        within("request-timeout", self.request_timeout, Duration::from_millis(1), DAY, "1ms", "1d")?;
+        within("body-timeout", self.body_timeout, Duration::from_millis(1), DAY, "1ms", "1d")?;
+        if self.retry_base > self.retry_cap {
+            return Err(format!(
+                "--retry-base ({}) must not be longer than --retry-cap ({})",
+                show(self.retry_base),
+                show(self.retry_cap)
+            ));
+        }
+        if !(1..=4 << 30).contains(&self.max_payload) {
+            return Err(format!("--max-payload must be between 1B and 4GiB, not {}", self.max_payload));
+        }
+        if self.max_body_memory < self.max_payload {
+            return Err(format!(
+                "--max-body-memory ({} bytes) must be at least --max-payload ({} bytes): a body of the largest size must fit",
+                self.max_body_memory, self.max_payload
+            ));
+        }
+        let count = |flag: &str, value: usize, min: usize, max: usize| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("--{flag} must be between {min} and {max}, not {value}"))
+            }
+        };
+        count("concurrency", self.concurrency, 0, 10_000)?;
+        count("events-max", self.events_max, 100, 100_000_000)?;
+        count("max-sse-clients", self.max_sse_clients, 1, 1_000_000)?;
+        count("max-waiting", self.max_waiting, 0, 1_000_000)?;
+        Ok(())
+    }
+}
+
+/// A duration as the flags take it (`1500ms`, `30s`).
+fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
 }
 
 /// A Redis URL; its `Debug` and `Display` hide any password.
@@ -132,6 +236,81 @@ impl fmt::Debug for RedisUrl {
     }
 }
 
+/// A web origin, `scheme://host[:port]` (http or https), lower case and without its scheme's
+/// default port: the form browsers send in `Origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    /// The host, lower case; an IPv6 address keeps its brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, when it is not the scheme's default.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// The scheme's default port: 443 for https, 80 for http.
+    pub fn default_port(&self) -> u16 {
+        if self.scheme == "https" { 443 } else { 80 }
+    }
+}
+
+impl FromStr for Origin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let shape =
+            || format!("`{s}` is not an origin like https://app.example.com or http://localhost:4200");
+        let (scheme, rest) = s.trim().split_once("://").ok_or_else(shape)?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("`{s}`: only http and https origins"));
+        }
+        // A trailing slash is forgiven; a path, query or user is not part of an origin.
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@', '*', ' ']) {
+            return Err(shape());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => {
+                (host, Some(port.parse::<u16>().map_err(|_| format!("`{s}`: `{port}` is not a port"))?))
+            }
+            _ => (authority, None),
+        };
+        let valid_host = match host.strip_prefix('[') {
+            Some(v6) => v6.strip_suffix(']').is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+            None => {
+                !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+            }
+        };
+        if !valid_host {
+            return Err(shape());
+        }
+        let mut origin = Origin { scheme, host: host.to_ascii_lowercase(), port };
+        if origin.port == Some(origin.default_port()) {
+            origin.port = None;
+        }
+        Ok(origin)
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
@@ -156,6 +335,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     ms.map(Duration::from_millis).ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// Parses a duration as [`parse_duration`] does, refusing zero.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let duration = parse_duration(s)?;
+    if duration.is_zero() { Err("must be longer than zero".into()) } else { Ok(duration) }
 }
 
 /// Parses `1024`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB, as powers of 1000).
@@ -217,6 +402,52 @@ mod tests {
         assert_eq!(config.prefix, "courier");
         assert_eq!(config.lease, Duration::from_secs(30));
         assert_eq!(config.max_payload, 64 << 20);
+    }
+
+    #[test]
+    fn origins_parse_to_the_form_browsers_send() {
+        let origin = |s: &str| s.parse::<Origin>().map(|o| o.to_string());
+        assert_eq!(origin("https://App.Example.com"), Ok("https://app.example.com".into()));
+        assert_eq!(origin("https://app.example.com:443/"), Ok("https://app.example.com".into()));
+        assert_eq!(origin("http://localhost:4200"), Ok("http://localhost:4200".into()));
+        assert_eq!(origin("http://[::1]:8080"), Ok("http://[::1]:8080".into()));
+        for bad in
+            ["app.example.com", "ftp://x", "https://", "https://a/b", "https://a:x", "*", "https://u@a"]
+        {
+            assert!(origin(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_cors_origin_stops_the_process_naming_the_flag() {
+        let error =
+            Cli::try_parse_from(["courier", "--cors-origins", "https://ok.example,nope"]).unwrap_err();
+        assert!(error.to_string().contains("--cors-origins"), "{error}");
+        let cli = Cli::parse_from(["courier", "--cors-origins", "https://a.example,http://localhost:4200"]);
+        assert_eq!(cli.config.cors_origins.len(), 2);
+        assert!(Cli::try_parse_from(["courier", "--request-timeout", "0s"]).is_err());
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_every_bad_setting_names_its_flag() {
+        assert_eq!(Config::defaults().validate(), Ok(()));
+        let cases: [(&str, fn(&mut Config)); 9] = [
+            ("--lease", |c| c.lease = Duration::ZERO),
+            ("--retention", |c| c.retention = Duration::ZERO),
+            ("--retention", |c| c.retention = Duration::from_secs(u64::MAX / 2000)),
+            ("--dead-retention", |c| c.dead_retention = Duration::from_millis(10)),
+            ("--retry-base", |c| c.retry_base = c.retry_cap + Duration::from_secs(1)),
+            ("--max-payload", |c| c.max_payload = 0),
+            ("--max-body-memory", |c| c.max_body_memory = c.max_payload - 1),
+            ("--concurrency", |c| c.concurrency = 1_000_000),
+            ("--events-max", |c| c.events_max = 0),
+        ];
+        for (flag, spoil) in cases {
+            let mut config = Config::defaults();
+            spoil(&mut config);
+            let error = config.validate().expect_err(flag);
+            assert!(error.starts_with(flag), "{flag}: {error}");
+        }
     }
 
     #[test]

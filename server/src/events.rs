@@ -1,24 +1,28 @@
 //! Task events: every process tails the queue's events stream once (a blocking read) and fans
 //! each event out to its server-sent-event clients; the stream id is the SSE id, so a client
-//! that reconnects with `Last-Event-ID` resumes on any instance without losing an event.
+//! that reconnects with `Last-Event-ID` resumes on any instance without losing an event, or is
+//! told with a `reset` that what it missed is no longer kept.
 
 use crate::store::{Keys, TaskRecord, rfc3339};
-use app::model::{Status, TaskEvent};
+use app::model::{RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent};
 use redis::{
     AsyncConnectionConfig, Value,
     aio::{ConnectionManager, MultiplexedConnection},
     streams::StreamRangeReply,
 };
-use std::{collections::HashMap, sync::Arc, time::Duration};
-use tokio::sync::{broadcast, mpsc};
+use std::{borrow::Cow, collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 /// How many events a slow SSE client may fall behind before it catches up from Redis.
 const FANOUT_BUFFER: usize = 4096;
 /// How many events one catch-up read takes.
 const CATCH_UP_BATCH: usize = 1000;
+/// How many times in a row a follower's Redis call may fail before its stream is closed (its
+/// client then reconnects with `Last-Event-ID`); the pauses between them double up to 5 s.
+const FOLLOW_ATTEMPTS: u32 = 8;
 
 /// An event with its position in the stream.
 #[derive(Clone, Debug, PartialEq)]
@@ -185,11 +189,172 @@ impl Throughput {
 pub struct Position(u64, u64);
 
 impl Position {
-    /// Parses `ms-seq` (or a bare `ms`); `None` for anything else.
+    /// The position before every event.
+    pub const ZERO: Position = Position(0, 0);
+
+    /// Parses an id as Redis writes it, `<ms>-<seq>` in decimal digits; `None` for anything else.
     pub fn parse(id: &str) -> Option<Position> {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        Some(Position(ms.parse().ok()?, seq.parse().ok()?))
+        let number = |digits: &str| {
+            let plain = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+            if plain { digits.parse().ok() } else { None }
+        };
+        let (ms, seq) = id.split_once('-')?;
+        Some(Position(number(ms)?, number(seq)?))
     }
+
+    /// The first id after this one; `None` after the last id a stream can hold.
+    pub fn next(self) -> Option<Position> {
+        match self.1.checked_add(1) {
+            Some(seq) => Some(Position(self.0, seq)),
+            None => Some(Position(self.0.checked_add(1)?, 0)),
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// What a follower is sent: an event, or word that events it asked for are gone.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivery {
+    Event(Arc<StoredEvent>),
+    Reset(Reset),
+}
+
+impl Delivery {
+    /// The SSE `id`: the stream position a reconnecting client resumes after.
+    pub fn id(&self) -> &str {
+        match self {
+            Delivery::Event(event) => &event.id,
+            Delivery::Reset(reset) => &reset.id,
+        }
+    }
+
+    /// The SSE `event` name.
+    pub fn name(&self) -> &str {
+        match self {
+            Delivery::Event(event) => &event.name,
+            Delivery::Reset(_) => RESET_EVENT,
+        }
+    }
+
+    /// The SSE `data`, as JSON.
+    pub fn data(&self) -> Cow<'_, str> {
+        match self {
+            Delivery::Event(event) => Cow::Borrowed(&event.data),
+            Delivery::Reset(reset) => {
+                Cow::Owned(serde_json::to_string(&reset.reset).expect("a reset always serializes"))
+            }
+        }
+    }
+}
+
+/// A `reset`: the events after the follower's place are gone; it goes on after `id`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reset {
+    /// The newest id of the stream when the gap was found; the follower continues after it.
+    pub id: String,
+    pub reset: StreamReset,
+}
+
+/// Where a catch-up starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Place {
+    /// After this id.
+    After(Position),
+    /// Nowhere known: the follower fell behind before it was sent anything.
+    Lost,
+}
+
+/// What `XINFO STREAM` says of the events stream: its ends, and whether it ever lost entries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Bounds {
+    /// The oldest entry kept.
+    first: Option<Position>,
+    /// The newest id the stream ever issued, kept or not.
+    last: Position,
+    /// Entries were trimmed (assumed before Redis 7, which does not count what was added).
+    trimmed: bool,
+}
+
+impl Bounds {
+    /// A stream that does not exist: nothing was ever written to it.
+    const NONE: Bounds = Bounds { first: None, last: Position::ZERO, trimmed: false };
+
+    /// Reads an `XINFO STREAM` reply (RESP2 pairs or a RESP3 map).
+    fn from_info(reply: Value) -> Option<Bounds> {
+        let pairs: Vec<(Value, Value)> = match reply {
+            Value::Map(pairs) => pairs,
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+            }
+            _ => return None,
+        };
+        let text = |value: &Value| match value {
+            Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().map(str::to_string),
+            Value::SimpleString(text) => Some(text.clone()),
+            _ => None,
+        };
+        let (mut first, mut last, mut length, mut added) = (None, None, None, None);
+        for (field, value) in pairs {
+            match text(&field).as_deref() {
+                Some("last-generated-id") => last = text(&value).as_deref().and_then(Position::parse),
+                Some("first-entry") => {
+                    first = match &value {
+                        Value::Array(entry) => {
+                            entry.first().and_then(text).as_deref().and_then(Position::parse)
+                        }
+                        _ => None,
+                    }
+                }
+                Some("length") => length = if let Value::Int(n) = value { Some(n) } else { None },
+                Some("entries-added") => added = if let Value::Int(n) = value { Some(n) } else { None },
+                _ => {}
+            }
+        }
+        let trimmed = match (length, added) {
+            (Some(length), Some(added)) => added > length,
+            _ => true,
+        };
+        Some(Bounds { first, last: last?, trimmed })
+    }
+
+    /// Why a follower whose last event was `after` cannot be sent what came after it, if so.
+    fn gap_after(&self, after: Position) -> Option<ResetReason> {
+        if after > self.last {
+            return Some(ResetReason::Unknown);
+        }
+        // Trimming takes the oldest entries: before the first one kept, something may be gone
+        // (a stream trimmed to nothing has lost everything up to its last id).
+        let missed = match self.first {
+            Some(first) => after < first,
+            None => after < self.last,
+        };
+        (self.trimmed && missed).then_some(ResetReason::TooOld)
+    }
+}
+
+/// One step of a catch-up.
+enum Replay {
+    /// The next entries, oldest first: each id, with its event when it is a well-formed one.
+    Entries(Vec<(String, Option<StoredEvent>)>),
+    /// The place is gone; the follower goes on after the reset's id.
+    Gone(Reset, Position),
+}
+
+/// `XINFO STREAM` on a key that does not exist.
+fn no_such_key(e: &redis::RedisError) -> bool {
+    e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("no such key"))
+}
+
+/// A place among the event streams this process serves at once, given back when dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Which events a subscriber wants, from where, and for how long.
@@ -198,7 +363,7 @@ pub struct Follow {
     /// Only this task's events.
     pub task: Option<Uuid>,
     /// Replay what came after this stream id first (from `Last-Event-ID`).
-    pub after: Option<String>,
+    pub after: Option<Position>,
     /// Send this first (a task's current state).
     pub first: Option<StoredEvent>,
     /// End after the first terminal event.
@@ -212,19 +377,25 @@ pub struct Events {
     keys: Keys,
     fanout: broadcast::Sender<Arc<StoredEvent>>,
     finished: Arc<Throughput>,
+    /// One permit per open stream of followers.
+    streams: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
 impl Events {
-    /// Starts tailing the events stream of `keys` from its current end, until `shutdown`.
+    /// Starts tailing the events stream of `keys` from its current end, until `shutdown`; at
+    /// most `max_streams` followers at once.
     pub async fn start(
         client: redis::Client,
         conn: ConnectionManager,
         keys: Keys,
+        max_streams: usize,
         shutdown: CancellationToken,
     ) -> redis::RedisResult<Events> {
         let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
-        let events = Events { conn, keys, fanout, finished: Arc::new(Throughput::default()), shutdown };
+        let streams = Arc::new(Semaphore::new(max_streams.min(Semaphore::MAX_PERMITS)));
+        let finished = Arc::new(Throughput::default());
+        let events = Events { conn, keys, fanout, finished, streams, shutdown };
         // Fix the starting point now: an event appended before the tail's first read still
         // reaches every subscriber that connected after `start` returned.
         let from = events.latest_id().await?;
@@ -311,17 +482,45 @@ impl Events {
         self.fanout.subscribe()
     }
 
-    /// Events after stream id `after`, oldest first, at most `count`.
-    pub async fn after(&self, after: &str, count: usize) -> redis::RedisResult<Vec<StoredEvent>> {
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(self.keys.events())
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(entries_of(reply).into_iter().filter_map(|(_, event)| event).collect())
+    /// The next entries after `place` (oldest first, at most `count`), read in one transaction
+    /// with the stream's bounds, so that a place the stream no longer holds is always told.
+    async fn replay(&self, place: Place, count: usize) -> redis::RedisResult<Replay> {
+        let key = self.keys.events();
+        let after = match place {
+            Place::After(after) => Some(after),
+            Place::Lost => None,
+        };
+        let start = after.and_then(Position::next);
+        let mut pipe = redis::pipe();
+        pipe.atomic().ignore_errors().cmd("XINFO").arg("STREAM").arg(&key);
+        if let Some(start) = start {
+            pipe.cmd("XRANGE").arg(&key).arg(start.to_string()).arg("+").arg("COUNT").arg(count);
+        }
+        let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let entries = match start {
+            Some(_) => replies.pop().unwrap_or(Ok(Value::Nil))?,
+            None => Value::Nil,
+        };
+        let unreadable =
+            || redis::RedisError::from((redis::ErrorKind::Parse, "unreadable XINFO STREAM reply"));
+        let bounds = match replies.pop() {
+            Some(Ok(info)) => Bounds::from_info(info).ok_or_else(unreadable)?,
+            Some(Err(e)) if no_such_key(&e) => Bounds::NONE,
+            Some(Err(e)) => return Err(e),
+            None => return Err(unreadable()),
+        };
+        let gap = match after {
+            Some(after) => bounds.gap_after(after),
+            None => Some(ResetReason::Lagged),
+        };
+        Ok(match gap {
+            Some(reason) => {
+                let oldest = bounds.first.map(|first| first.to_string());
+                let reset = Reset { id: bounds.last.to_string(), reset: StreamReset { reason, oldest } };
+                Replay::Gone(reset, bounds.last)
+            }
+            None => Replay::Entries(entries_of(entries)),
+        })
     }
 
     /// A task's record together with the stream id current when it was read (one MULTI), so that
@@ -343,12 +542,18 @@ impl Events {
         Ok(TaskRecord::from_fields(id, &fields).map(|record| StoredEvent::snapshot(&record, position)))
     }
 
-    /// Streams events as `follow` asks, until the receiver is dropped or the process stops.
-    pub fn follow(&self, follow: Follow) -> mpsc::Receiver<Arc<StoredEvent>> {
+    /// A place for one more stream of events; `None` while the most allowed are open.
+    pub fn admit(&self) -> Option<Admission> {
+        self.streams.clone().try_acquire_owned().ok().map(|permit| Admission { _permit: permit })
+    }
+
+    /// Streams events as `follow` asks, until the receiver is dropped or the process stops;
+    /// `admission` is held until then.
+    pub fn follow(&self, admission: Admission, follow: Follow) -> mpsc::Receiver<Delivery> {
         let (tx, rx) = mpsc::channel(16);
         // Subscribe before reading history, so nothing falls between the two.
         let live = self.fanout.subscribe();
-        let pump = self.clone().pump(follow, live, tx);
+        let pump = self.clone().pump(follow, live, tx, admission);
         tracing::trace!(future_bytes = std::mem::size_of_val(&pump), "following events");
         tokio::spawn(pump);
         rx
@@ -358,48 +563,25 @@ impl Events {
         self,
         follow: Follow,
         mut live: broadcast::Receiver<Arc<StoredEvent>>,
-        tx: mpsc::Sender<Arc<StoredEvent>>,
+        tx: mpsc::Sender<Delivery>,
+        _admission: Admission,
     ) {
-        let wanted = |event: &StoredEvent| follow.task.is_none_or(|id| id == event.event.task_id);
-        let mut sent: Option<Position> = None;
-        let mut resume_from = follow.after.clone();
+        let mut sent = follow.after;
+        let mut resume = follow.after.map(Place::After);
         if let Some(first) = follow.first.clone() {
             sent = first.position();
-            let done = first.event.status.is_terminal() && follow.until_terminal;
-            if tx.send(Arc::new(first.clone())).await.is_err() || done {
+            resume = sent.map(Place::After);
+            if self.deliver(&follow, &tx, Arc::new(first)).await.is_none() {
                 return;
             }
-            resume_from = Some(first.id);
         }
         loop {
-            // Catch up from Redis: after a Last-Event-ID, a snapshot, or falling behind.
-            if let Some(after) = resume_from.take() {
-                let mut cursor = after;
-                loop {
-                    // Boxed: a Redis call's future is large, and every subscriber's task would
-                    // carry its size even though catching up is rare.
-                    let batch = match Box::pin(self.after(&cursor, CATCH_UP_BATCH)).await {
-                        Ok(batch) => batch,
-                        Err(e) => {
-                            warn!(error = %e, "replaying task events failed");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
-                        }
-                    };
-                    for event in &batch {
-                        sent = event.position();
-                        if wanted(event) {
-                            let done = event.event.status.is_terminal() && follow.until_terminal;
-                            if tx.send(Arc::new(event.clone())).await.is_err() || done {
-                                return;
-                            }
-                        }
-                    }
-                    match batch.last() {
-                        Some(last) if batch.len() == CATCH_UP_BATCH => cursor = last.id.clone(),
-                        _ => break,
-                    }
-                }
+            // Catch up from Redis: after a Last-Event-ID, a snapshot, or falling behind. Boxed:
+            // every subscriber's task would carry its size even though catching up is rare.
+            if let Some(place) = resume.take()
+                && Box::pin(self.catch_up(&follow, place, &mut sent, &tx)).await.is_none()
+            {
+                return;
             }
             let event = tokio::select! {
                 event = live.recv() => event,
@@ -413,20 +595,117 @@ impl Events {
                         continue;
                     }
                     sent = position;
-                    if wanted(&event) {
-                        let done = event.event.status.is_terminal() && follow.until_terminal;
-                        if tx.send(event).await.is_err() || done {
-                            return;
-                        }
+                    if self.deliver(&follow, &tx, event).await.is_none() {
+                        return;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    resume_from = Some(match sent {
-                        Some(Position(ms, seq)) => format!("{ms}-{seq}"),
-                        None => "0-0".into(),
-                    });
+                    resume = Some(sent.map_or(Place::Lost, Place::After));
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Sends `event` if `follow` wants it; `None` once the follower is done (gone, or sent the
+    /// terminal event it waited for).
+    async fn deliver(
+        &self,
+        follow: &Follow,
+        tx: &mpsc::Sender<Delivery>,
+        event: Arc<StoredEvent>,
+    ) -> Option<()> {
+        if follow.task.is_some_and(|id| id != event.event.task_id) {
+            return Some(());
+        }
+        let done = event.event.status.is_terminal() && follow.until_terminal;
+        self.send(tx, Delivery::Event(event)).await?;
+        (!done).then_some(())
+    }
+
+    /// Sends `delivery`, waiting while the client's buffer is full; `None` if the client leaves
+    /// or the process stops first.
+    async fn send(&self, tx: &mpsc::Sender<Delivery>, delivery: Delivery) -> Option<()> {
+        tokio::select! {
+            sent = tx.send(delivery) => sent.ok(),
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Sends from Redis what came after `place` as `follow` wants it, or a reset if the stream
+    /// no longer holds it; `None` once the follower is done. Everything newer than what it
+    /// read was published after the follower subscribed, so the live events carry on from there.
+    async fn catch_up(
+        &self,
+        follow: &Follow,
+        mut place: Place,
+        sent: &mut Option<Position>,
+        tx: &mpsc::Sender<Delivery>,
+    ) -> Option<()> {
+        loop {
+            match self.patiently(tx, || self.replay(place, CATCH_UP_BATCH)).await? {
+                Replay::Entries(entries) => {
+                    let full = entries.len() == CATCH_UP_BATCH;
+                    let from = place;
+                    for (id, event) in entries {
+                        if let Some(position) = Position::parse(&id) {
+                            *sent = Some(position);
+                            place = Place::After(position);
+                        }
+                        if let Some(event) = event {
+                            self.deliver(follow, tx, Arc::new(event)).await?;
+                        }
+                    }
+                    if !full || place == from {
+                        return Some(());
+                    }
+                }
+                Replay::Gone(reset, last) => {
+                    *sent = Some(last);
+                    self.send(tx, Delivery::Reset(reset)).await?;
+                    if let (Some(id), true) = (follow.task, follow.until_terminal) {
+                        // A task's own stream promises its current state and to end with its
+                        // last event: after a gap, its state again (and the end if it is gone).
+                        let key = self.keys.task(&id);
+                        let state = self.patiently(tx, || self.snapshot(&key, id)).await??;
+                        *sent = state.position().max(*sent);
+                        self.deliver(follow, tx, Arc::new(state)).await?;
+                    }
+                    return Some(());
+                }
+            }
+        }
+    }
+
+    /// Runs `call` for a follower, retrying a failed Redis call after a pause that doubles each
+    /// time; `None` once the follower leaves, the process stops, or Redis failed
+    /// [`FOLLOW_ATTEMPTS`] times in a row (the stream then ends and its client reconnects).
+    async fn patiently<T, F>(&self, tx: &mpsc::Sender<Delivery>, call: impl Fn() -> F) -> Option<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let mut failures = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                outcome = Box::pin(call()) => outcome,
+                () = tx.closed() => return None,
+                () = self.shutdown.cancelled() => return None,
+            };
+            let e = match outcome {
+                Ok(value) => return Some(value),
+                Err(e) => e,
+            };
+            failures += 1;
+            if failures >= FOLLOW_ATTEMPTS {
+                warn!(error = %e, attempts = failures, "replaying task events failed: closing the stream");
+                return None;
+            }
+            let pause = Duration::from_millis(100 << failures).min(Duration::from_secs(5));
+            debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "replaying task events failed");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = tx.closed() => return None,
+                () = self.shutdown.cancelled() => return None,
             }
         }
     }
@@ -455,8 +734,73 @@ mod tests {
     fn stream_positions_compare_numerically() {
         assert!(Position::parse("10-0") > Position::parse("9-5"));
         assert!(Position::parse("10-10") > Position::parse("10-9"));
-        assert_eq!(Position::parse("12"), Some(Position(12, 0)));
-        assert_eq!(Position::parse("x-1"), None);
+        assert_eq!(Position::parse("12-3"), Some(Position(12, 3)));
+        assert_eq!(Position(12, 3).to_string(), "12-3");
+    }
+
+    #[test]
+    fn only_ids_redis_writes_are_positions() {
+        for id in
+            ["12", "x-1", "1-x", "-1", "1-", "+1-1", "1-+1", " 1-1", "1-1-1", "18446744073709551616-0", ""]
+        {
+            assert_eq!(Position::parse(id), None, "{id:?}");
+        }
+        assert_eq!(
+            Position::parse("18446744073709551615-18446744073709551615"),
+            Some(Position(u64::MAX, u64::MAX))
+        );
+    }
+
+    #[test]
+    fn the_last_possible_id_has_no_successor() {
+        assert_eq!(Position(7, 1).next(), Some(Position(7, 2)));
+        assert_eq!(Position(7, u64::MAX).next(), Some(Position(8, 0)));
+        assert_eq!(Position(u64::MAX, u64::MAX).next(), None);
+    }
+
+    #[test]
+    fn a_place_before_the_oldest_kept_entry_of_a_trimmed_stream_is_too_old() {
+        let trimmed = Bounds { first: Some(Position(10, 0)), last: Position(20, 0), trimmed: true };
+        assert_eq!(trimmed.gap_after(Position(9, 5)), Some(ResetReason::TooOld));
+        assert_eq!(trimmed.gap_after(Position::ZERO), Some(ResetReason::TooOld));
+        assert_eq!(trimmed.gap_after(Position(10, 0)), None);
+        assert_eq!(trimmed.gap_after(Position(15, 0)), None);
+        assert_eq!(trimmed.gap_after(Position(20, 0)), None);
+        assert_eq!(trimmed.gap_after(Position(20, 1)), Some(ResetReason::Unknown));
+
+        let whole = Bounds { trimmed: false, ..trimmed };
+        assert_eq!(whole.gap_after(Position::ZERO), None);
+        assert_eq!(whole.gap_after(Position(9, 5)), None);
+
+        let emptied = Bounds { first: None, last: Position(20, 0), trimmed: true };
+        assert_eq!(emptied.gap_after(Position(19, 0)), Some(ResetReason::TooOld));
+        assert_eq!(emptied.gap_after(Position(20, 0)), None);
+
+        assert_eq!(Bounds::NONE.gap_after(Position::ZERO), None);
+        assert_eq!(Bounds::NONE.gap_after(Position(1, 0)), Some(ResetReason::Unknown));
+    }
+
+    #[test]
+    fn stream_bounds_are_read_from_xinfo_stream() {
+        let entry = Value::Array(vec![bulk("10-0"), Value::Array(vec![bulk("event"), bulk("queued")])]);
+        let reply = |length: i64, added: Option<i64>, first: Value| {
+            let mut fields =
+                vec![bulk("length"), Value::Int(length), bulk("last-generated-id"), bulk("20-3")];
+            if let Some(added) = added {
+                fields.extend([bulk("entries-added"), Value::Int(added)]);
+            }
+            fields.extend([bulk("first-entry"), first]);
+            Value::Array(fields)
+        };
+        let read = |value| Bounds::from_info(value).unwrap();
+        assert_eq!(
+            read(reply(5, Some(5), entry.clone())),
+            Bounds { first: Some(Position(10, 0)), last: Position(20, 3), trimmed: false }
+        );
+        assert!(read(reply(5, Some(9), entry.clone())).trimmed);
+        assert!(read(reply(5, None, entry)).trimmed, "Redis 6 does not say: assume trimmed");
+        assert_eq!(read(reply(0, Some(9), Value::Nil)).first, None);
+        assert_eq!(Bounds::from_info(Value::Nil), None);
     }
 
     #[test]

@@ -1,19 +1,26 @@
 //! The HTTP edge: the router (UI, REST API, SSE), its shared state, and health checks.
 
 mod api;
+mod connections;
 mod dead_letters;
+mod guard;
 mod problem;
 mod sse;
+mod timeouts;
 mod topics;
 
+pub use connections::serve;
+pub use guard::Guard;
 pub use problem::ApiError;
+pub use timeouts::Timeouts;
 
 use crate::{events::Events, store::Keys, tasks::Tasks, topics::Topics};
 use axum::{
     Json, Router,
     body::Body,
     extract::{DefaultBodyLimit, FromRef, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware,
     routing::{delete, get, post},
 };
 use bytes::{Bytes, BytesMut};
@@ -21,7 +28,9 @@ use futures::StreamExt;
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use redis::aio::ConnectionManager;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_http::set_header::SetResponseHeaderLayer;
 use uuid::Uuid;
 
 /// Everything a request handler may need; cheap to clone.
@@ -33,8 +42,19 @@ pub struct AppState {
     pub keys: Keys,
     pub redis: ConnectionManager,
     pub max_payload: u64,
+    /// The bytes of request bodies held at once (--max-body-memory).
+    #[from_ref(skip)]
+    pub body_budget: BodyBudget,
     pub retention: Duration,
     pub leptos_options: LeptosOptions,
+    /// The hosts and origins answered.
+    #[from_ref(skip)]
+    pub guard: Arc<Guard>,
+    #[from_ref(skip)]
+    pub timeouts: Timeouts,
+    /// Permits for submissions waiting for their result (`Prefer: wait`), --max-waiting of them.
+    #[from_ref(skip)]
+    pub waiting: Arc<Semaphore>,
 }
 
 /// The whole application: API routes first, then the Leptos pages and static files.
@@ -64,18 +84,88 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Submissions enforce their own, configurable limit (413 as problem+json).
-        .layer(DefaultBodyLimit::disable());
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(state.timeouts, timeouts::bound))
+        .layer(middleware::from_fn(problem::problems));
+    let api = match state.guard.cors() {
+        Some(cors) => api.layer(cors),
+        None => api,
+    };
     let routes = generate_route_list(app::App);
     api.leptos_routes(&state, routes, {
         let options = leptos_options.clone();
         move || app::shell(options.clone())
     })
     .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+    .layer(middleware::from_fn_with_state(state.guard.clone(), guard::check))
+    // Every answer is taken for the type it says it is, never sniffed for another.
+    .layer(SetResponseHeaderLayer::overriding(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ))
     .with_state(state)
 }
 
-/// Reads a request body up to `limit` bytes; past it, `413` without reading the rest.
-async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
+/// The bytes of request bodies held at once by this process (`--max-body-memory`), shared by
+/// every request that reads one: past it, `503` + Retry-After instead of memory without bound.
+#[derive(Clone, Debug)]
+pub struct BodyBudget {
+    /// One permit per KiB.
+    kib: Arc<Semaphore>,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> BodyBudget {
+        let kib = usize::try_from(bytes / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        BodyBudget { kib: Arc::new(Semaphore::new(kib)) }
+    }
+}
+
+/// A request body read whole; its share of the body budget is held until it is dropped.
+pub struct ReadBody {
+    pub bytes: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// A body's share of the budget, taken as its bytes are announced or arrive.
+struct BodyShare<'a> {
+    budget: &'a BodyBudget,
+    permit: Option<OwnedSemaphorePermit>,
+    kib: usize,
+}
+
+impl BodyShare<'_> {
+    /// Makes the share cover `bytes` in all, or refuses the request.
+    fn cover(&mut self, bytes: usize) -> Result<(), ApiError> {
+        let need = bytes.div_ceil(1024);
+        if need <= self.kib {
+            return Ok(());
+        }
+        let busy = || {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Server busy")
+                .detail("too many request bodies are being received at once; retry shortly")
+                .retry_after(1)
+        };
+        let more = u32::try_from(need - self.kib).map_err(|_| busy())?;
+        let taken = self.budget.kib.clone().try_acquire_many_owned(more).map_err(|_| busy())?;
+        match &mut self.permit {
+            Some(permit) => permit.merge(taken),
+            None => self.permit = Some(taken),
+        }
+        self.kib = need;
+        Ok(())
+    }
+}
+
+/// Reads a request body up to `limit` bytes; past it, `413` without reading the rest. The body's
+/// bytes count against `budget` from the moment they are announced (Content-Length) or arrive.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+    budget: &BodyBudget,
+) -> Result<ReadBody, ApiError> {
     let too_large = || {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
             .detail(format!("the body exceeds the limit of {limit} bytes"))
@@ -85,16 +175,36 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes,
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let declared = declared.unwrap_or(0) as usize;
+    let mut share = BodyShare { budget, permit: None, kib: 0 };
+    share.cover(declared)?;
+    let mut buffer = BytesMut::with_capacity(declared);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
         if (buffer.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
+        share.cover(buffer.len() + chunk.len())?;
         buffer.extend_from_slice(&chunk);
     }
-    Ok(buffer.freeze())
+    Ok(ReadBody { bytes: buffer.freeze(), _budget: share.permit })
+}
+
+/// Bodies up to this size are parsed on the async runtime; larger ones on a blocking thread.
+const PARSE_INLINE_MAX: usize = 64 * 1024;
+
+/// [`parse_json`], on a blocking thread when the body is large, so that parsing megabytes never
+/// stalls the requests and events beside it.
+async fn parse_json_body<T: serde::de::DeserializeOwned + Send + 'static>(bytes: Bytes) -> Result<T, ApiError> {
+    if bytes.len() <= PARSE_INLINE_MAX {
+        return parse_json(&bytes);
+    }
+    tokio::task::spawn_blocking(move || parse_json(&bytes)).await.unwrap_or_else(|_| {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+            .detail("the server is shutting down")
+            .retry_after(1))
+    })
 }
 
 /// Parses a JSON body into `T`: bad syntax is a `400`, a wrong shape a `422`.

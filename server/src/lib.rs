@@ -9,6 +9,7 @@ pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod queue;
+pub mod redis_client;
 pub mod store;
 pub mod tasks;
 pub mod topics;
@@ -30,9 +31,6 @@ use topics::{FileConfig, Topics};
 use tracing::info;
 use worker::{RetryPolicy, Runner};
 
-/// The approximate cap of the events stream.
-const EVENTS_MAXLEN: usize = 100_000;
-
 /// A built Courier process: bound to its port (if it serves HTTP), connected to Redis, ready to
 /// run until a shutdown signal.
 pub struct Server {
@@ -48,6 +46,7 @@ impl Server {
     /// Connects to Redis (starting one if no URL is given and the role is `serve`), binds the
     /// HTTP port (for `serve`), and prepares the workers (unless `--concurrency 0`).
     pub async fn build(config: Config, role: Command) -> anyhow::Result<Server> {
+        config.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
         let (url, redis) = match &config.redis_url {
             Some(url) => (url.expose().to_string(), None),
             None if role == Command::Serve => {
@@ -58,7 +57,7 @@ impl Server {
             }
             None => anyhow::bail!("`courier worker` needs a Redis: set COURIER_REDIS_URL or --redis-url"),
         };
-        let client = redis::Client::open(url).context("parsing the Redis URL")?;
+        let client = redis_client::open(&url, config.redis_ca_cert.as_deref())?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_connection_timeout(Some(Duration::from_secs(2)));
@@ -78,7 +77,7 @@ impl Server {
             lease: config.lease,
             retention: config.retention,
             dead_retention: config.dead_retention,
-            events_maxlen: EVENTS_MAXLEN,
+            events_maxlen: config.events_max,
         };
         let queue = Queue::new(client.clone(), conn.clone(), keys.clone(), settings);
         queue.ensure_group().await.context("creating the queue's consumer group")?;
@@ -93,9 +92,10 @@ impl Server {
         let (listener, router) = if role == Command::Serve {
             let listener =
                 TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
-            let events = Events::start(client, conn.clone(), keys.clone(), shutdown.clone())
-                .await
-                .context("reading the event stream")?;
+            let events =
+                Events::start(client, conn.clone(), keys.clone(), config.max_sse_clients, shutdown.clone())
+                    .await
+                    .context("reading the event stream")?;
             let tasks = Tasks::new(queue, store, registry, config.max_attempts);
             let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
             declare_subscriptions(&config, &topics).await?;
@@ -106,8 +106,14 @@ impl Server {
                 keys,
                 redis: conn,
                 max_payload: config.max_payload,
+                body_budget: http::BodyBudget::new(config.max_body_memory),
                 retention: config.retention,
                 leptos_options: leptos_options(&config, listener.local_addr()?),
+                guard: Arc::new(http::Guard::new(&config, listener.local_addr()?)),
+                timeouts: http::Timeouts { request: config.request_timeout, body: config.body_timeout },
+                waiting: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_waiting.min(tokio::sync::Semaphore::MAX_PERMITS),
+                )),
             };
             (Some(listener), Some(http::router(state)))
         } else {
@@ -135,19 +141,7 @@ impl Server {
             runner.map(|runner| tokio::spawn(runner.run(config.concurrency, shutdown.clone(), config.grace)));
         if let (Some(listener), Some(router)) = (listener, router) {
             info!(addr = %listener.local_addr()?, "serving the UI and the API");
-            let stop = shutdown.clone();
-            // Events are small writes that must leave at once: no Nagle delay on any connection.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            });
-            // `into_make_service` clones the router per connection; serving the router itself
-            // would rebuild its route table for every connection (~70 KB each).
-            axum::serve(listener, router.into_make_service())
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .context("serving HTTP")?;
+            http::serve(listener, router, config.header_timeout, shutdown.clone()).await;
         } else {
             info!(concurrency = config.concurrency, "working");
             shutdown.cancelled().await;

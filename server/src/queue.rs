@@ -53,6 +53,7 @@ struct Scripts {
     purge: Script,
     release: Script,
     depth: Script,
+    prune_index: Script,
 }
 
 impl Scripts {
@@ -62,12 +63,13 @@ impl Scripts {
             renew: Script::new(include_str!("queue/renew.lua")),
             progress: Script::new(include_str!("queue/progress.lua")),
             finish: Script::new(&with_leases(include_str!("queue/finish.lua"))),
-            cancel: Script::new(&with_sessions(include_str!("queue/cancel.lua"))),
-            promote: Script::new(include_str!("queue/promote.lua")),
-            requeue: Script::new(include_str!("queue/requeue.lua")),
+            cancel: Script::new(&with_ends(include_str!("queue/cancel.lua"))),
+            promote: Script::new(&with_ends(include_str!("queue/promote.lua"))),
+            requeue: Script::new(&with_ends(include_str!("queue/requeue.lua"))),
             purge: Script::new(include_str!("queue/purge.lua")),
             release: Script::new(include_str!("queue/release.lua")),
             depth: Script::new(&with_groups(include_str!("queue/depth.lua"))),
+            prune_index: Script::new(include_str!("queue/prune_index.lua")),
         }
     }
 }
@@ -87,9 +89,15 @@ fn with_groups(script: &str) -> String {
     format!("{}\n{script}", include_str!("queue/group.lua"))
 }
 
-/// A script's source with the shared session, group and lease helpers in front of it.
+/// A script's source with the shared session and task-ending helpers in front of it.
+fn with_ends(script: &str) -> String {
+    with_sessions(&format!("{}\n{script}", include_str!("queue/ends.lua")))
+}
+
+/// A script's source with the shared session, group, task-ending and lease helpers in front of it.
 fn with_leases(script: &str) -> String {
-    with_sessions(&with_groups(&format!("{}\n{script}", include_str!("queue/lease.lua"))))
+    let ends_and_leases = format!("{}\n{}", include_str!("queue/ends.lua"), include_str!("queue/lease.lua"));
+    with_sessions(&with_groups(&format!("{ends_and_leases}\n{script}")))
 }
 
 /// A handle on one queue in Redis; cheap to clone.
@@ -100,6 +108,8 @@ pub struct Queue {
     keys: Keys,
     settings: Arc<QueueSettings>,
     scripts: Arc<Scripts>,
+    /// When this process last pruned the listing index (ms since the epoch).
+    last_prune_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A task to enqueue: its record's first fields and its payload.
@@ -120,6 +130,20 @@ pub struct NewTask {
     pub subscription: Option<String>,
     /// The Redis key of the `Idempotency-Key` that created the task, if one did.
     pub idempotency_key: Option<String>,
+    /// When the task expires if it has not started by then (ms since the epoch).
+    pub expires_ms: Option<u64>,
+    /// The payload this task shares with others (a topic message's), stored once.
+    pub shared_payload: Option<SharedPayload>,
+}
+
+/// A payload stored once for several tasks: under the id of the first of them (its owner), with a
+/// count of the tasks still open that the ending scripts decrement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedPayload {
+    /// The task under whose id the payload is stored.
+    pub owner: Uuid,
+    /// How many tasks share it; only the owner's enqueue writes it.
+    pub tasks: usize,
 }
 
 /// The one-letter tag of a priority, as delayed-set members carry it (`h:{id}`).
@@ -164,6 +188,8 @@ pub enum DeadReason {
     UnknownKind,
     /// The payload expired before the task ran.
     PayloadExpired,
+    /// The task's own expiry (`ttl_ms` or `expires_at`) passed before an attempt could start.
+    Expired,
 }
 
 impl DeadReason {
@@ -176,6 +202,7 @@ impl DeadReason {
             DeadReason::WorkersLost => "workers_lost",
             DeadReason::UnknownKind => "unknown_kind",
             DeadReason::PayloadExpired => "payload_expired",
+            DeadReason::Expired => "expired",
         }
     }
 }
@@ -202,7 +229,14 @@ pub enum CancelOutcome {
 impl Queue {
     /// Opens the queue whose keys are `keys` on the Redis behind `client`.
     pub fn new(client: redis::Client, conn: ConnectionManager, keys: Keys, settings: QueueSettings) -> Queue {
-        Queue { conn, client, keys, settings: Arc::new(settings), scripts: Arc::new(Scripts::load()) }
+        Queue {
+            conn,
+            client,
+            keys,
+            settings: Arc::new(settings),
+            scripts: Arc::new(Scripts::load()),
+            last_prune_ms: Default::default(),
+        }
     }
 
     /// The key names of this queue.
@@ -246,30 +280,65 @@ impl Queue {
         for task in tasks {
             self.add_enqueue(&mut pipe, task);
         }
-        if let Some(newest) = tasks.iter().map(|t| t.created_ms).max() {
-            // Drop index entries older than the retention; ids are UUIDv7, so they sort by time.
-            let oldest = newest.saturating_sub(self.settings.retention.as_millis() as u64);
-            pipe.cmd("ZREMRANGEBYLEX")
-                .arg(self.keys.index())
-                .arg("-")
-                .arg(format!("({:08x}-{:04x}", oldest >> 16, oldest & 0xffff))
-                .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        self.prune_index_now_and_then().await;
+        Ok(())
+    }
+
+    /// Drops the listing index's entries of tasks that are gone, at most once a second per
+    /// process and a bounded number at a time; an error only delays it.
+    async fn prune_index_now_and_then(&self) {
+        use std::sync::atomic::Ordering;
+        const EVERY_MS: u64 = 1_000;
+        const MOST: usize = 1_000;
+        let now = now_ms();
+        let last = self.last_prune_ms.load(Ordering::Relaxed);
+        if now < last + EVERY_MS
+            || self.last_prune_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
         }
-        pipe.query_async(&mut self.conn.clone()).await
+        // Tasks created within the retention cannot have ended and expired yet; ids are UUIDv7,
+        // so an id's first 48 bits are its creation time and the index sorts by it.
+        let horizon = now.saturating_sub(self.settings.retention.as_millis() as u64);
+        let pruned: redis::RedisResult<usize> = self
+            .scripts
+            .prune_index
+            .key(self.keys.index())
+            .key(self.keys.index_prune_cursor())
+            .arg(self.keys.base())
+            .arg(format!("{:08x}-{:04x}", horizon >> 16, horizon & 0xffff))
+            .arg(MOST)
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = pruned {
+            warn!(error = %e, "pruning the listing index failed; the next submit tries again");
+        }
     }
 
     fn add_enqueue(&self, pipe: &mut redis::Pipeline, task: &NewTask) {
         let now = task.created_ms;
-        let retention_ms = self.settings.retention.as_millis() as u64;
         let id = task.id.to_string();
         let status = if task.delay_ms.is_some() { "scheduled" } else { "queued" };
         let task_key = self.keys.task(&task.id);
-        pipe.cmd("SET")
-            .arg(self.keys.payload(&task.id))
-            .arg(task.payload.as_ref())
-            .arg("PX")
-            .arg(retention_ms)
-            .ignore();
+        // No TTL while the task waits or runs: retention counts from its end (scripts/ends.lua).
+        match task.shared_payload {
+            None => {
+                pipe.cmd("SET").arg(self.keys.payload(&task.id)).arg(task.payload.as_ref()).ignore();
+            }
+            Some(shared) if shared.owner == task.id => {
+                pipe.cmd("SET").arg(self.keys.payload(&task.id)).arg(task.payload.as_ref()).ignore();
+                pipe.cmd("HSET").arg(self.keys.payload_refs(&task.id)).arg("open").arg(shared.tasks).ignore();
+            }
+            Some(_) => {}
+        }
+        if let Some(expires) = task.expires_ms {
+            pipe.cmd("ZADD").arg(self.keys.expiring()).arg(expires).arg(&id).ignore();
+        }
+        if let Some(key) = &task.idempotency_key {
+            // Claimed with a short TTL in case this MULTI never runs; the task's own from now.
+            pipe.cmd("PERSIST").arg(key).ignore();
+        }
         pipe.cmd("HSET")
             .arg(&task_key)
             .arg(&[
@@ -286,9 +355,10 @@ impl Queue {
                 ("session", task.session.as_deref().unwrap_or("")),
                 ("subscription", task.subscription.as_deref().unwrap_or("")),
                 ("idem", task.idempotency_key.as_deref().unwrap_or("")),
+                ("expires", &task.expires_ms.map(|t| t.to_string()).unwrap_or_default()),
+                ("payload_ref", &task.shared_payload.map(|s| s.owner.to_string()).unwrap_or_default()),
             ])
             .ignore();
-        pipe.cmd("PEXPIRE").arg(&task_key).arg(retention_ms).ignore();
         pipe.cmd("ZADD").arg(self.keys.index()).arg(0).arg(&id).ignore();
         match (&task.session, task.delay_ms) {
             (Some(session), _) => {
@@ -352,7 +422,8 @@ impl Queue {
             LeasedPayload::Here(bytes) => Ok(Some(bytes)),
             LeasedPayload::Gone => Ok(None),
             LeasedPayload::Stored => {
-                let bytes: Option<Vec<u8>> = self.conn.clone().get(self.keys.payload(&lease.task_id)).await?;
+                let owner = lease.payload_ref.unwrap_or(lease.task_id);
+                let bytes: Option<Vec<u8>> = self.conn.clone().get(self.keys.payload(&owner)).await?;
                 Ok(bytes.map(Bytes::from))
             }
         }
@@ -428,7 +499,6 @@ impl Queue {
         call.key(self.keys.task(id))
             .key(self.keys.delayed())
             .key(self.keys.events())
-            .key(self.keys.payload(id))
             .key(self.keys.session(&session))
             .key(self.keys.ready())
             .key(self.idempotency_key_or_none(idem.as_deref()));
@@ -445,18 +515,19 @@ impl Queue {
         })
     }
 
-    /// Claims an idempotency key for `value` for the retention; returns `None` when claimed, or
-    /// the value it already holds.
+    /// Claims an idempotency key for `value`; returns `None` when claimed, or the value it
+    /// already holds. The claim lasts a minute unless the enqueue that follows makes it the
+    /// task's (kept until the task ends, then for its retention).
     pub async fn claim_idempotency_key(&self, key: &str, value: &str) -> redis::RedisResult<Option<String>> {
+        const CLAIM_MS: u64 = 60_000;
         let mut conn = self.conn.clone();
-        let retention_ms = self.settings.retention.as_millis() as u64;
         loop {
             let claimed: Option<String> = redis::cmd("SET")
                 .arg(key)
                 .arg(value)
                 .arg("NX")
                 .arg("PX")
-                .arg(retention_ms)
+                .arg(CLAIM_MS)
                 .query_async(&mut conn)
                 .await?;
             if claimed.is_some() {
@@ -476,14 +547,15 @@ impl Queue {
     }
 
     /// The arguments the cancel and requeue scripts share: now, task id, events maxlen,
-    /// retention, session ('' for none), whether the task has an idempotency key.
+    /// retention, session ('' for none), whether the task has an idempotency key, key base.
     fn requeue_args(&self, call: &mut redis::ScriptInvocation<'_>, id: &Uuid, session: &str, has_idem: bool) {
         call.arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.settings.retention.as_millis() as u64)
             .arg(session)
-            .arg(flag(has_idem));
+            .arg(flag(has_idem))
+            .arg(self.keys.base());
     }
 
     /// Takes a dead letter out of the dead-letter set and queues it again with its attempts
@@ -494,7 +566,6 @@ impl Queue {
         call.key(self.keys.task(id))
             .key(self.keys.dead())
             .key(self.keys.events())
-            .key(self.keys.payload(id))
             .key(&self.keys.ready_streams())
             .key(self.keys.session(&session))
             .key(self.idempotency_key_or_none(idem.as_deref()));
@@ -521,14 +592,20 @@ impl Queue {
         Ok(purged == 1)
     }
 
-    /// Moves delayed tasks that are due onto the ready stream; returns how many moved.
+    /// Ends waiting tasks whose expiry passed, and moves delayed tasks that are due onto the
+    /// ready stream; returns how many moved or expired (the larger of the two).
     pub async fn promote_due(&self) -> redis::RedisResult<usize> {
         self.scripts
             .promote
             .key(self.keys.delayed())
             .key(&self.keys.ready_streams())
+            .key(self.keys.expiring())
+            .key(self.keys.events())
             .arg(now_ms())
             .arg(PROMOTE_BATCH)
+            .arg(self.keys.base())
+            .arg(self.settings.dead_retention.as_millis() as u64)
+            .arg(self.settings.events_maxlen)
             .invoke_async(&mut self.conn.clone())
             .await
     }
@@ -569,7 +646,7 @@ impl Queue {
         let mut backoff = Backoff::default();
         loop {
             let pause = match self.promote_due().await {
-                Ok(moved) if moved == PROMOTE_BATCH => Duration::ZERO,
+                Ok(moved) if moved >= PROMOTE_BATCH => Duration::ZERO,
                 Ok(_) => {
                     backoff.reset();
                     PROMOTE_TICK

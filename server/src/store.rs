@@ -6,7 +6,8 @@
 //! | key                              | type   | holds                                   |
 //! |----------------------------------|--------|-----------------------------------------|
 //! | `{prefix}:{queue}:task:{id}`     | hash   | the task record                         |
-//! | `{prefix}:{queue}:payload:{id}`  | string | the payload bytes (claim-check)         |
+//! | `{prefix}:{queue}:payload:{id}`  | string | the payload bytes (claim-check); a topic message's once, under its first task's id |
+//! | `{prefix}:{queue}:payload-refs:{id}` | hash | a shared payload's count of open tasks (`open`) and latest retention end (`until`) |
 //! | `{prefix}:{queue}:result:{id}`   | string | the result bytes (none when they are the payload) |
 //! | `{prefix}:{queue}:staged:{token}` | string | a large result, until its finish script renames it |
 //! | `{prefix}:{queue}:ready`         | stream | ids of runnable tasks, consumer group; trimmed in bulk once acknowledged |
@@ -14,6 +15,8 @@
 //! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
 //! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |
 //! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
+//! | `{prefix}:{queue}:index-prune`   | string | where the last prune of the index stopped |
+//! | `{prefix}:{queue}:expiring`      | zset   | ids of waiting tasks with an expiry, by it |
 //! | `{prefix}:{queue}:events`        | stream | task events, capped                     |
 //! | `{prefix}:{queue}:idem:{sha1}`   | string | `{task id} {request digest}` of a key   |
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
@@ -101,6 +104,21 @@ impl Keys {
         format!("{}:index", self.base)
     }
 
+    /// Where the last prune of the listing index stopped.
+    pub fn index_prune_cursor(&self) -> String {
+        format!("{}:index-prune", self.base)
+    }
+
+    /// Ids of tasks with an expiry, by when they expire.
+    pub fn expiring(&self) -> String {
+        format!("{}:expiring", self.base)
+    }
+
+    /// The count of open tasks sharing the payload stored under `owner`'s id.
+    pub fn payload_refs(&self, owner: &Uuid) -> String {
+        format!("{}:payload-refs:{owner}", self.base)
+    }
+
     pub fn events(&self) -> String {
         format!("{}:events", self.base)
     }
@@ -149,6 +167,10 @@ pub struct TaskRecord {
     pub next_run_ms: Option<u64>,
     pub dead_reason: Option<String>,
     pub subscription: Option<String>,
+    /// When the task expires if no attempt has started by then.
+    pub expires_ms: Option<u64>,
+    /// The task whose id a shared payload (a topic message's) is stored under.
+    pub payload_ref: Option<Uuid>,
 }
 
 impl TaskRecord {
@@ -175,6 +197,8 @@ impl TaskRecord {
             next_run_ms: number("next_run"),
             dead_reason: text("dead_reason").cloned(),
             subscription: text("subscription").cloned(),
+            expires_ms: number("expires"),
+            payload_ref: text("payload_ref").and_then(|v| v.parse().ok()),
         })
     }
 
@@ -197,6 +221,7 @@ impl TaskRecord {
                 .then(|| format!("/api/v1/tasks/{}/result", self.id)),
             next_run_at: self.next_run_ms.filter(|_| self.status == Status::Retrying).map(rfc3339),
             subscription: self.subscription.clone(),
+            expires_at: self.expires_ms.map(rfc3339),
         }
     }
 }
@@ -235,7 +260,7 @@ impl Store {
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
         let key = match record.result_is_payload {
-            true => self.keys.payload(&record.id),
+            true => self.keys.payload(&record.payload_ref.unwrap_or(record.id)),
             false => self.keys.result(&record.id),
         };
         let bytes: Option<Vec<u8>> = self.conn.clone().get(key).await?;
@@ -293,19 +318,34 @@ impl Store {
         Ok((found, next.flatten()))
     }
 
-    /// Ids of every dead letter that failed up to `until_ms`, oldest first, at most `limit`.
-    pub async fn dead_letter_ids(&self, until_ms: u64, limit: usize) -> redis::RedisResult<Vec<Uuid>> {
-        let ids: Vec<String> = redis::cmd("ZRANGE")
+    /// Up to `count` dead letters from rank `from` (oldest first) that failed up to `until_ms`,
+    /// each with its kind (`None` once its record is gone). A rank is found in logarithmic time,
+    /// so paging by rank costs the same on the last page as on the first.
+    pub async fn dead_letter_page(
+        &self,
+        from: usize,
+        count: usize,
+        until_ms: u64,
+    ) -> redis::RedisResult<Vec<(Uuid, Option<String>)>> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, u64)> = redis::cmd("ZRANGE")
             .arg(self.keys.dead())
-            .arg("-inf")
-            .arg(until_ms)
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut self.conn.clone())
+            .arg(from)
+            .arg(from + count.max(1) - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
             .await?;
-        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+        let ids: Vec<Uuid> =
+            entries.iter().take_while(|(_, ms)| *ms <= until_ms).filter_map(|(id, _)| id.parse().ok()).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hget(self.keys.task(id), "kind");
+        }
+        let kinds: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        Ok(ids.into_iter().zip(kinds).collect())
     }
 
     /// Up to `limit` records, newest first, strictly older than `before` when given, that pass
@@ -317,8 +357,9 @@ impl Store {
         keep: impl Fn(&TaskRecord) -> bool,
     ) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
         const BATCH: usize = 200;
-        // Filters can skip most of the index; bound the work one request may do.
-        const MAX_SCANNED: usize = 20_000;
+        // Filters can skip most of the index: one request reads at most this many records, and
+        // a page cut short by it still carries the cursor to read on from.
+        const MAX_SCANNED: usize = 1_000;
         let mut conn = self.conn.clone();
         let mut found = Vec::new();
         let mut upper = before.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());

@@ -3,7 +3,7 @@
 
 use crate::{
     handlers::Registry,
-    queue::{CancelOutcome, NewTask, Queue},
+    queue::{CancelOutcome, NewTask, Queue, SharedPayload},
     store::{Store, StoredResult, TaskRecord},
 };
 use app::model::{KindInfo, Priority, Status};
@@ -16,6 +16,11 @@ const MAX_DELAY_MS: u64 = 30 * 24 * 3_600_000;
 const MAX_TIMEOUT_MS: u64 = 24 * 3_600_000;
 /// The most attempts a task may ask for.
 const MAX_ATTEMPTS: u32 = 100;
+/// The longest a task may wait before it expires (`ttl_ms`, `expires_at`).
+const MAX_TTL_MS: u64 = 365 * 24 * 3_600_000;
+/// Payloads up to this size are validated on the async runtime; larger ones on a blocking
+/// thread, so that parsing megabytes never stalls the requests and events beside them.
+const VALIDATE_INLINE_MAX: usize = 64 * 1024;
 
 /// A task as submitted, before validation.
 #[derive(Clone, Debug)]
@@ -38,8 +43,8 @@ pub struct Submitted {
 /// The payload of a submission.
 #[derive(Clone, Debug)]
 pub enum Payload {
-    /// A JSON value, checked against the kind's schema.
-    Json(serde_json::Value),
+    /// JSON text (the `payload` of a JSON submission, as sent): checked without a parsed tree.
+    Json(Bytes),
     /// Raw bytes with their content type (an upload); JSON bytes are checked like `Json`.
     Raw { bytes: Bytes, content_type: String },
 }
@@ -52,6 +57,10 @@ pub struct Options {
     pub max_attempts: Option<u32>,
     pub timeout_ms: Option<u64>,
     pub session: Option<String>,
+    /// Expire after this many ms from submission if no attempt has started.
+    pub ttl_ms: Option<u64>,
+    /// Expire at this time (RFC 3339) if no attempt has started.
+    pub expires_at: Option<String>,
     /// Set by publishing: the subscription (`topic/name`) the task is for.
     pub subscription: Option<String>,
 }
@@ -124,6 +133,20 @@ pub struct Tasks {
     depth_cache: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
 
+impl Payload {
+    /// The payload's size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Json(bytes) | Payload::Raw { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// Whether the payload has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Tasks {
     /// The service over `queue` and `store`, accepting the kinds in `registry`.
     pub fn new(queue: Queue, store: Store, registry: Registry, default_max_attempts: u32) -> Tasks {
@@ -135,25 +158,26 @@ impl Tasks {
         self.registry.describe()
     }
 
-    /// Validates a submission into the task to enqueue.
-    fn prepare(&self, kind: String, payload: Payload, options: &Options) -> Result<NewTask, SubmitError> {
+    /// Validates a submission into the task to enqueue. `checked`: the payload has already
+    /// passed this kind's schema (one topic message for several subscriptions of a kind).
+    fn prepare(&self, submission: Submission, checked: bool) -> Result<NewTask, SubmitError> {
+        let Submission { kind, payload, options, idempotency_key: _ } = submission;
         let handler = self.registry.get(&kind).ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
         let max_attempts =
             options.max_attempts.or(handler.max_attempts()).unwrap_or(self.default_max_attempts);
-        validate_options(options, max_attempts)?;
+        validate_options(&options, max_attempts)?;
+        let created_ms = crate::store::now_ms();
+        let expires_ms = expiry(&options, created_ms)?;
         let timeout_ms = options.timeout_ms.or(handler.timeout().map(|t| t.as_millis() as u64));
         let (bytes, payload_type) = match payload {
-            Payload::Json(value) => {
-                check_schema(&kind, &handler.schema(), &value)?;
-                (
-                    Bytes::from(serde_json::to_vec(&value).expect("a parsed JSON value serializes")),
-                    "application/json".to_string(),
-                )
+            Payload::Json(bytes) => {
+                if !checked {
+                    check_schema(&kind, &handler.schema(), &bytes)?;
+                }
+                (bytes, "application/json".to_string())
             }
             Payload::Raw { bytes, content_type } if is_json(&content_type) => {
-                let value: serde_json::Value =
-                    serde_json::from_slice(&bytes).map_err(|e| SubmitError::MalformedJson(e.to_string()))?;
-                check_schema(&kind, &handler.schema(), &value)?;
+                check_schema(&kind, &handler.schema(), &bytes)?;
                 (bytes, "application/json".to_string())
             }
             Payload::Raw { bytes, content_type } => {
@@ -167,7 +191,7 @@ impl Tasks {
         };
         Ok(NewTask {
             id: Uuid::now_v7(),
-            created_ms: crate::store::now_ms(),
+            created_ms,
             kind,
             payload: bytes,
             payload_type,
@@ -175,23 +199,70 @@ impl Tasks {
             timeout_ms,
             delay_ms: options.delay_ms.filter(|&d| d > 0),
             priority: options.priority.unwrap_or_default(),
-            session: options.session.clone(),
-            subscription: options.subscription.clone(),
+            session: options.session,
+            subscription: options.subscription,
             idempotency_key: None,
+            expires_ms,
+            shared_payload: None,
         })
+    }
+
+    /// Validates every submission in order, the first refusal naming its index; on a blocking
+    /// thread when the payloads are large. `shared`: the payloads are one message's, checked
+    /// once per kind.
+    async fn prepare_all(&self, submissions: Vec<Submission>, shared: bool) -> Result<Vec<NewTask>, BatchError> {
+        let size: usize = submissions.iter().map(|s| s.payload.len()).sum();
+        let service = self.clone();
+        let work = move || {
+            let mut passed = std::collections::HashSet::new();
+            let mut tasks = Vec::with_capacity(submissions.len());
+            for (index, submission) in submissions.into_iter().enumerate() {
+                let kind = submission.kind.clone();
+                let checked = shared && passed.contains(&kind);
+                let task =
+                    service.prepare(submission, checked).map_err(|error| BatchError::Rejected { index, error })?;
+                passed.insert(kind);
+                tasks.push(task);
+            }
+            Ok(tasks)
+        };
+        if size <= VALIDATE_INLINE_MAX {
+            return work();
+        }
+        match tokio::task::spawn_blocking(work).await {
+            Ok(prepared) => prepared,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only a runtime shutting down cancels a blocking task.
+                Err(_) => Err(BatchError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the server is shutting down",
+                )))),
+            },
+        }
     }
 
     /// Validates every submission, then enqueues them all at once (one MULTI), or none: the
     /// error names the first refused one. Idempotency keys are not taken here.
     pub async fn submit_many(&self, submissions: Vec<Submission>) -> Result<Vec<TaskRecord>, BatchError> {
-        let tasks = submissions
-            .into_iter()
-            .enumerate()
-            .map(|(index, s)| {
-                self.prepare(s.kind, s.payload, &s.options)
-                    .map_err(|error| BatchError::Rejected { index, error })
-            })
-            .collect::<Result<Vec<NewTask>, _>>()?;
+        let tasks = self.prepare_all(submissions, false).await?;
+        if !tasks.is_empty() {
+            self.queue.enqueue_many(&tasks).await?;
+        }
+        Ok(tasks.iter().map(record_of).collect())
+    }
+
+    /// Like [`Tasks::submit_many`] for submissions that carry one and the same payload (a topic
+    /// message for each matching subscription): the payload is stored once and shared, and freed
+    /// after the last of its tasks has ended.
+    pub async fn submit_shared(&self, submissions: Vec<Submission>) -> Result<Vec<TaskRecord>, BatchError> {
+        let mut tasks = self.prepare_all(submissions, true).await?;
+        if let [first, _, ..] = tasks.as_slice() {
+            let shared = SharedPayload { owner: first.id, tasks: tasks.len() };
+            for task in &mut tasks {
+                task.shared_payload = Some(shared);
+            }
+        }
         if !tasks.is_empty() {
             self.queue.enqueue_many(&tasks).await?;
         }
@@ -200,15 +271,20 @@ impl Tasks {
 
     /// Validates and enqueues a task; on any error nothing is stored.
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
-        let Submission { kind, payload, options, idempotency_key } = submission;
-        let mut task = self.prepare(kind, payload, &options)?;
+        let idempotency_key = submission.idempotency_key.clone();
+        let request = fingerprint_options(&submission.options);
+        let mut task = match self.prepare_all(vec![submission], false).await {
+            Ok(mut tasks) => tasks.pop().expect("one submission makes one task"),
+            Err(BatchError::Rejected { error, .. }) => return Err(error),
+            Err(BatchError::Redis(e)) => return Err(e.into()),
+        };
         let Some(key) = idempotency_key else {
             self.queue.enqueue(&task).await?;
             return Ok(Submitted { record: record_of(&task), replayed: false });
         };
         let key_name =
             self.store.keys().idempotency(&sha1_smol::Sha1::from(key.as_bytes()).digest().to_string());
-        let digest = fingerprint(&task);
+        let digest = fingerprint(&task, &request);
         task.idempotency_key = Some(key_name.clone());
         match self.queue.claim_idempotency_key(&key_name, &format!("{} {digest}", task.id)).await? {
             None => match self.queue.enqueue(&task).await {
@@ -289,27 +365,25 @@ impl Tasks {
     }
 
     /// Queues again every dead letter there is now (optionally of one kind); returns how many.
+    /// Pages through the dead letters by rank, stepping over the ones of other kinds, so the work
+    /// grows with the dead letters there are, once each.
     pub async fn requeue_all(&self, kind: Option<&str>) -> redis::RedisResult<usize> {
         const BATCH: usize = 500;
         let until = crate::store::now_ms();
         let mut requeued = 0;
-        let mut skipped = 0;
+        // Requeued ones leave the set; the ones stepped over stay before the next page.
+        let mut kept = 0;
         loop {
-            // Skipped ones (another kind) stay in the set, so page past them.
-            let ids = self.store.dead_letter_ids(until, skipped + BATCH).await?;
-            let batch: Vec<Uuid> = ids.into_iter().skip(skipped).collect();
-            if batch.is_empty() {
+            let page = self.store.dead_letter_page(kept, BATCH, until).await?;
+            if page.is_empty() {
                 return Ok(requeued);
             }
-            for id in &batch {
-                let wanted = match kind {
-                    None => true,
-                    Some(kind) => self.store.get(id).await?.is_some_and(|r| r.kind == kind),
-                };
-                if wanted && self.queue.requeue(id).await? {
+            for (id, task_kind) in page {
+                if kind.is_some_and(|k| task_kind.as_deref() != Some(k)) {
+                    kept += 1;
+                } else if self.queue.requeue(&id).await? {
+                    // (A requeue that finds no record still takes the stale id out of the set.)
                     requeued += 1;
-                } else if !wanted {
-                    skipped += 1;
                 }
             }
         }
@@ -339,9 +413,16 @@ impl Tasks {
     }
 }
 
+/// The options of a request that its task keeps only in a derived form (an expiry relative to
+/// the submission), as they were asked for.
+fn fingerprint_options(options: &Options) -> String {
+    format!("{:?}\0{:?}\0", options.ttl_ms, options.expires_at)
+}
+
 /// A digest of everything that makes two submissions the same request.
-fn fingerprint(task: &NewTask) -> String {
+fn fingerprint(task: &NewTask, request: &str) -> String {
     let mut hash = sha1_smol::Sha1::new();
+    hash.update(request.as_bytes());
     let options = format!(
         "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0",
         task.kind,
@@ -361,13 +442,45 @@ fn is_json(content_type: &str) -> bool {
     content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn check_schema(
-    kind: &str,
-    schema: &serde_json::Value,
-    value: &serde_json::Value,
-) -> Result<(), SubmitError> {
-    app::schema::validate(schema, value)
-        .map_err(|errors| SubmitError::InvalidPayload { kind: kind.to_string(), errors })
+/// Checks JSON text against a kind's schema, without building a tree of it.
+fn check_schema(kind: &str, schema: &serde_json::Value, text: &[u8]) -> Result<(), SubmitError> {
+    app::schema::validate_text(schema, text).map_err(|invalid| match invalid {
+        app::schema::Invalid::Syntax(e) => SubmitError::MalformedJson(e),
+        app::schema::Invalid::Schema(errors) => SubmitError::InvalidPayload { kind: kind.to_string(), errors },
+    })
+}
+
+/// When a task expires, from its `ttl_ms` or `expires_at` (at most one), submitted at `now`.
+fn expiry(options: &Options, now: u64) -> Result<Option<u64>, SubmitError> {
+    let invalid = |m: String| Err(SubmitError::InvalidOption(m));
+    let expires = match (options.ttl_ms, &options.expires_at) {
+        (Some(_), Some(_)) => return invalid("give ttl_ms or expires_at, not both".into()),
+        (None, None) => return Ok(None),
+        (Some(ttl), None) => {
+            if !(1..=MAX_TTL_MS).contains(&ttl) {
+                return invalid(format!("ttl_ms must be between 1 and {MAX_TTL_MS} (365 days)"));
+            }
+            now + ttl
+        }
+        (None, Some(at)) => {
+            let parsed = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .ok()
+                .map(|t| t.unix_timestamp_nanos() / 1_000_000)
+                .filter(|&ms| ms > i128::from(now) && ms <= i128::from(now + MAX_TTL_MS));
+            match parsed {
+                Some(ms) => ms as u64,
+                None => {
+                    return invalid(format!(
+                        "expires_at must be an RFC 3339 time in the future, within 365 days, not `{at}`"
+                    ));
+                }
+            }
+        }
+    };
+    if options.delay_ms.is_some_and(|delay| now + delay >= expires) {
+        return invalid("the task would expire before it is due: its expiry must come after delay_ms".into());
+    }
+    Ok(Some(expires))
 }
 
 fn validate_options(options: &Options, max_attempts: u32) -> Result<(), SubmitError> {
@@ -420,5 +533,7 @@ fn record_of(task: &NewTask) -> TaskRecord {
         next_run_ms: None,
         dead_reason: None,
         subscription: task.subscription.clone(),
+        expires_ms: task.expires_ms,
+        payload_ref: task.shared_payload.map(|s| s.owner),
     }
 }

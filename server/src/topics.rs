@@ -2,14 +2,19 @@
 //! and publishing, which creates one task per matching subscription.
 //!
 //! Subscriptions live in Redis (`{prefix}:topic:{topic}`, a hash of name → JSON; the set
-//! `{prefix}:topics` names the topics), declared in `courier.toml` and managed over the API.
+//! `{prefix}:topics` names the topics), declared in `courier.toml` and managed over the API. A
+//! topic has at most [`MAX_SUBSCRIPTIONS`]; a message's payload is stored once, whatever the
+//! number of tasks it becomes.
 
 use crate::tasks::{BatchError, Options, Payload, Submission, SubmitError, Tasks};
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use std::collections::BTreeMap;
 use uuid::Uuid;
+
+/// The most subscriptions one topic may have: a message becomes at most this many tasks.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
 
 /// What a subscription does with each matching message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,7 +88,8 @@ impl FileConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
-    pub payload: Value,
+    /// The payload as sent, JSON text never parsed into a tree.
+    pub payload: Box<RawValue>,
     #[serde(default)]
     pub properties: BTreeMap<String, Value>,
 }
@@ -120,6 +126,8 @@ pub enum TopicError {
     UnknownKind(String),
     #[error("max_attempts must be between 1 and 100")]
     InvalidAttempts,
+    #[error("topic `{0}` has {MAX_SUBSCRIPTIONS} subscriptions, the most a topic may have")]
+    TooManySubscriptions(String),
     #[error("subscription `{subscription}`: {error}")]
     Rejected { subscription: String, error: SubmitError },
     #[error(transparent)]
@@ -198,9 +206,28 @@ impl Topics {
             return Err(TopicError::InvalidAttempts);
         }
         let json = serde_json::to_string(subscription).expect("subscriptions always serialize");
-        let mut pipe = redis::pipe();
-        pipe.atomic().hset(self.topic_key(topic), name, json).sadd(self.topics_key(), topic).ignore();
-        let (created,): (i64,) = pipe.query_async(&mut self.conn.clone()).await?;
+        // Checked and written in one script, so that racing creations cannot pass the bound.
+        let created: i64 = redis::Script::new(
+            r"
+            if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+              return -1
+            end
+            local created = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+            redis.call('SADD', KEYS[2], ARGV[4])
+            return created
+            ",
+        )
+        .key(self.topic_key(topic))
+        .key(self.topics_key())
+        .arg(name)
+        .arg(json)
+        .arg(MAX_SUBSCRIPTIONS)
+        .arg(topic)
+        .invoke_async(&mut self.conn.clone())
+        .await?;
+        if created < 0 {
+            return Err(TopicError::TooManySubscriptions(topic.to_string()));
+        }
         Ok(created == 1)
     }
 
@@ -214,6 +241,7 @@ impl Topics {
     /// Creates one task per subscription whose filter the message matches, all or none.
     pub async fn publish(&self, topic: &str, message: Message) -> Result<Published, TopicError> {
         let subscriptions = self.subscriptions(topic).await?;
+        let payload = bytes::Bytes::from(String::from(Box::<str>::from(message.payload)));
         let matching: Vec<(String, Subscription)> =
             subscriptions.into_iter().filter(|(_, s)| s.matches(&message.properties)).collect();
         let submissions: Vec<(String, Submission)> = matching
@@ -221,7 +249,7 @@ impl Topics {
             .map(|(name, subscription)| {
                 let submission = Submission {
                     kind: subscription.kind,
-                    payload: Payload::Json(message.payload.clone()),
+                    payload: Payload::Json(payload.clone()),
                     options: Options {
                         max_attempts: subscription.max_attempts,
                         subscription: Some(format!("{topic}/{name}")),
@@ -234,7 +262,7 @@ impl Topics {
             .collect();
         let names: Vec<String> = submissions.iter().map(|(n, _)| n.clone()).collect();
         let records =
-            self.tasks.submit_many(submissions.into_iter().map(|(_, s)| s).collect()).await.map_err(|e| {
+            self.tasks.submit_shared(submissions.into_iter().map(|(_, s)| s).collect()).await.map_err(|e| {
                 match e {
                     BatchError::Rejected { index, error } => {
                         TopicError::Rejected { subscription: names[index].clone(), error }

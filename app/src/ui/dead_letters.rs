@@ -18,11 +18,12 @@ pub fn DeadLettersPage() -> impl IntoView {
             letters.set(Some(page.map(|p| p.dead_letters)));
         })
     };
-    // Effects run only in the browser: load, then reload whenever a task fails or is requeued.
+    // Effects run only in the browser: load, then reload whenever a task fails or is requeued,
+    // or the stream says events were missed.
     Effect::new(move |_| {
         reload();
         live::subscribe("/api/v1/events", move |name, _data| {
-            if name == "failed" || name == "queued" {
+            if name == "failed" || name == "queued" || name == live::RESET_EVENT {
                 reload();
             }
             true

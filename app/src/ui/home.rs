@@ -36,21 +36,15 @@ pub fn HomePage() -> impl IntoView {
     }
 }
 
-/// Loads the recent tasks, then keeps them current from the event stream.
+/// Loads the recent tasks, then keeps them current from the event stream, and loads them again
+/// when the stream says events were missed.
 fn follow_all_tasks(tasks: RwSignal<Vec<TaskView>>) {
-    spawn_local(async move {
-        if let Ok(page) = api::get_json::<TaskPage>(&format!("/api/v1/tasks?limit={LIST_LEN}")).await {
-            tasks.update(|list| {
-                for task in page.tasks {
-                    if !list.iter().any(|t| t.id == task.id) {
-                        list.push(task);
-                    }
-                }
-                list.sort_by_key(|t| std::cmp::Reverse(t.id));
-            });
+    spawn_local(load_recent(tasks, false));
+    live::subscribe("/api/v1/events", move |name, data| {
+        if name == live::RESET_EVENT {
+            spawn_local(load_recent(tasks, true));
+            return true;
         }
-    });
-    live::subscribe("/api/v1/events", move |_name, data| {
         let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
             return true;
         };
@@ -70,6 +64,34 @@ fn follow_all_tasks(tasks: RwSignal<Vec<TaskView>>) {
             });
         }
         true
+    });
+}
+
+/// Fetches the recent tasks into the list: merged with what events brought first, or, after a
+/// reset, in place of it (a copy pushed since the fetch is kept when it is later).
+async fn load_recent(tasks: RwSignal<Vec<TaskView>>, replace: bool) {
+    let Ok(page) = api::get_json::<TaskPage>(&format!("/api/v1/tasks?limit={LIST_LEN}")).await else {
+        return;
+    };
+    tasks.update(|list| {
+        if replace {
+            let known = std::mem::take(list);
+            *list = page
+                .tasks
+                .into_iter()
+                .map(|task| match known.iter().find(|k| k.id == task.id) {
+                    Some(k) if k.updated_at > task.updated_at => k.clone(),
+                    _ => task,
+                })
+                .collect();
+        } else {
+            for task in page.tasks {
+                if !list.iter().any(|t| t.id == task.id) {
+                    list.push(task);
+                }
+            }
+        }
+        list.sort_by_key(|t| std::cmp::Reverse(t.id));
     });
 }
 
@@ -175,6 +197,8 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             max_attempts: None,
             timeout_ms: None,
             session: None,
+            ttl_ms: None,
+            expires_at: None,
         };
         let wait = wait.get_untracked();
         spawn_local(async move {

@@ -1,7 +1,10 @@
 //! Server-sent events in the browser: one `EventSource` per subscription, closed with its owner.
 
+pub use crate::model::RESET_EVENT;
+
 /// Calls `on_event(name, data)` for every event on `url` until it returns `false` or the calling
-/// component is dropped. Does nothing on the server.
+/// component is dropped; a `reset` ([`RESET_EVENT`]) means events were missed and the caller
+/// reloads what it shows. Does nothing on the server.
 #[cfg(feature = "hydrate")]
 pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
     use crate::model::Status;
@@ -16,7 +19,7 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
     };
     let on_event = Rc::new(on_event);
     let mut listeners = Vec::new();
-    let names = Status::ALL.map(Status::as_str).into_iter().chain(["progress"]);
+    let names = Status::ALL.map(Status::as_str).into_iter().chain(["progress", RESET_EVENT]);
     for name in names {
         let on_event = on_event.clone();
         let handle = source.clone();

@@ -20,19 +20,26 @@ pub fn TaskPage() -> impl IntoView {
             result.set(Some(api::get_text(&format!("/api/v1/tasks/{id}/result")).await));
         })
     };
+    let load_task = move |id: String| {
+        spawn_local(async move {
+            match api::get_json::<TaskView>(&format!("/api/v1/tasks/{id}")).await {
+                Ok(view) => task.set(Some(view)),
+                Err(e) => load_error.set(Some(e)),
+            }
+        })
+    };
     // Effects run only in the browser, after hydration.
     Effect::new({
         let id = id.clone();
         move |_| {
-            let task_url = format!("/api/v1/tasks/{id}");
-            spawn_local(async move {
-                match api::get_json::<TaskView>(&task_url).await {
-                    Ok(view) => task.set(Some(view)),
-                    Err(e) => load_error.set(Some(e)),
-                }
-            });
+            load_task(id.clone());
             let id = id.clone();
             live::subscribe(&format!("/api/v1/tasks/{id}/events"), move |name, data| {
+                // Events were missed: the record again (the task's state follows as an event).
+                if name == live::RESET_EVENT {
+                    load_task(id.clone());
+                    return true;
+                }
                 let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
                     return true;
                 };

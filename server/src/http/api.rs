@@ -1,6 +1,6 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel, kinds.
 
-use super::{ApiError, AppState, parse_id, parse_json, read_body};
+use super::{ApiError, AppState, parse_id, parse_json_body, read_body};
 use crate::{
     store::{TaskRecord, rfc3339},
     tasks::{BatchError, Cancelled, ListQuery, Options, Payload, Submission, Submitted},
@@ -13,7 +13,9 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use bytes::Bytes;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 
 /// The default and largest page of `GET /api/v1/tasks`.
@@ -32,12 +34,12 @@ pub async fn submit(
     let submission = match query.get("kind") {
         Some(kind) => {
             let options = options_from_query(&query)?;
-            let bytes = read_body(body, &headers, state.max_payload).await?;
+            let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
             let content_type =
                 if content_type.is_empty() { "application/octet-stream".to_string() } else { content_type };
             Submission {
                 kind: kind.clone(),
-                payload: Payload::Raw { bytes, content_type },
+                payload: Payload::Raw { bytes: body.bytes.clone(), content_type },
                 options,
                 idempotency_key: None,
             }
@@ -48,8 +50,8 @@ pub async fn submit(
                     "unexpected query parameter `{name}`: options of a JSON submission go in its body"
                 )));
             }
-            let bytes = read_body(body, &headers, state.max_payload).await?;
-            json_submission(parse_json(&bytes)?)
+            let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
+            json_submission(parse_json_body(body.bytes.clone()).await?)
         }
         None => {
             return Err(unsupported_media_type(
@@ -58,11 +60,15 @@ pub async fn submit(
         }
     };
     let submission = Submission { idempotency_key: idempotency_key(&headers)?, ..submission };
-    let wait = prefer_wait(&headers);
+    // A waiting request holds its connection and a subscription: past --max-waiting the
+    // preference is not applied (RFC 7240 lets a server ignore one) and the usual 202 answers
+    // at once. The task is accepted either way; a 503 would invite a second submission.
+    let wait = prefer_wait(&headers)
+        .and_then(|seconds| Some((seconds, state.waiting.clone().try_acquire_owned().ok()?)));
     // Request-reply: listen before enqueueing, so the reply cannot slip past.
-    let replies = wait.map(|_| state.events.subscribe());
+    let replies = wait.as_ref().map(|_| state.events.subscribe());
     let Submitted { record, replayed } = state.tasks.submit(submission).await?;
-    if let (Some(seconds), Some(replies)) = (wait, replies)
+    if let (Some((seconds, _permit)), Some(replies)) = (wait, replies)
         && let Some(reply) = wait_for_reply(&state, record.clone(), seconds, replies).await?
     {
         return Ok(reply);
@@ -97,8 +103,8 @@ pub async fn submit_batch(
             "Idempotency-Key applies to single submissions: send the task to POST /api/v1/tasks",
         ));
     }
-    let bytes = read_body(body, &headers, state.max_payload).await?;
-    let batch: SubmitBatch = parse_json(&bytes)?;
+    let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
+    let batch: SubmitBatch<Box<RawValue>> = parse_json_body(body.bytes.clone()).await?;
     if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
         return Err(ApiError::unprocessable(
             "invalid-request",
@@ -121,16 +127,26 @@ pub async fn submit_batch(
     Ok(response)
 }
 
-fn json_submission(request: SubmitRequest) -> Submission {
+/// A JSON submission; its payload stays the JSON text it was sent as.
+fn json_submission(request: SubmitRequest<Box<RawValue>>) -> Submission {
     let options = Options {
         delay_ms: request.delay_ms,
         priority: request.priority,
         max_attempts: request.max_attempts,
         timeout_ms: request.timeout_ms,
         session: request.session,
+        ttl_ms: request.ttl_ms,
+        expires_at: request.expires_at,
         subscription: None,
     };
-    Submission { kind: request.kind, payload: Payload::Json(request.payload), options, idempotency_key: None }
+    let payload = Payload::Json(raw_json(request.payload));
+    Submission { kind: request.kind, payload, options, idempotency_key: None }
+}
+
+/// The text of a raw JSON value, without copying it.
+pub(super) fn raw_json(raw: Box<RawValue>) -> Bytes {
+    let text: Box<str> = raw.into();
+    Bytes::from(String::from(text))
 }
 
 fn unsupported_media_type(detail: &str) -> ApiError {
@@ -153,7 +169,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 const MAX_WAIT_S: u64 = 60;
 
 /// `Prefer: wait=N` (RFC 7240), capped at a minute; other preferences are ignored.
-fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
     headers
         .get_all("prefer")
         .iter()
@@ -213,7 +229,7 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
     for name in query.keys() {
         if !matches!(
             name.as_str(),
-            "kind" | "delay_ms" | "priority" | "max_attempts" | "timeout_ms" | "session"
+            "kind" | "delay_ms" | "priority" | "max_attempts" | "timeout_ms" | "session" | "ttl_ms" | "expires_at"
         ) {
             return Err(ApiError::bad_request(format!("unknown query parameter `{name}`")));
         }
@@ -237,6 +253,8 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
         max_attempts: number(query, "max_attempts")?,
         timeout_ms: number(query, "timeout_ms")?,
         session: query.get("session").cloned(),
+        ttl_ms: number(query, "ttl_ms")?,
+        expires_at: query.get("expires_at").cloned(),
         subscription: None,
     })
 }
@@ -358,7 +376,15 @@ async fn result_of(state: &AppState, record: TaskRecord) -> Result<Response, Api
                 .result(&record)
                 .await?
                 .ok_or_else(|| ApiError::not_found("the result has expired"))?;
-            Ok(([(header::CONTENT_TYPE, header_value(&stored.content_type))], stored.bytes).into_response())
+            // The bytes are the submitter's: a browser must not run them in Courier's origin.
+            let disposition = if renders_harmlessly(&stored.content_type) { "inline" } else { "attachment" };
+            let headers = [
+                (header::CONTENT_TYPE, header_value(&stored.content_type)),
+                (header::CONTENT_DISPOSITION, HeaderValue::from_static(disposition)),
+                (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'")),
+                (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            ];
+            Ok((headers, stored.bytes).into_response())
         }
         Status::Failed => {
             Err(ApiError::unprocessable("task-failed", "Task failed", record.error.unwrap_or_default()))
@@ -367,6 +393,21 @@ async fn result_of(state: &AppState, record: TaskRecord) -> Result<Response, Api
             .detail("the task was cancelled before it finished")),
         status => Err(ApiError::new(StatusCode::CONFLICT, "not-finished", "Task not finished")
             .detail(format!("the task is {status}; poll its status"))),
+    }
+}
+
+/// Whether a browser shows a result of `content_type` without running anything in it: plain
+/// text, JSON, CSV, raster images, audio and video. Anything else (HTML, SVG, XML, JavaScript,
+/// types it does not know) is served as an attachment, downloaded rather than rendered.
+fn renders_harmlessly(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (kind, subtype) = essence.split_once('/').unwrap_or((&essence, ""));
+    match kind {
+        "text" => matches!(subtype, "plain" | "csv"),
+        "application" => subtype == "json" || subtype.ends_with("+json") || subtype == "octet-stream",
+        "image" => matches!(subtype, "png" | "jpeg" | "gif" | "webp" | "avif"),
+        "audio" | "video" => true,
+        _ => false,
     }
 }
 
@@ -469,6 +510,25 @@ mod tests {
         assert_eq!(prefer_wait(&headers("wait=600")), Some(60));
         assert_eq!(prefer_wait(&headers("return=minimal")), None);
         assert_eq!(prefer_wait(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_results_a_browser_cannot_run_are_shown_inline() {
+        for inline in
+            ["application/json", "text/plain; charset=utf-8", "application/problem+json", "image/png"]
+        {
+            assert!(renders_harmlessly(inline), "{inline}");
+        }
+        for attachment in [
+            "text/html",
+            "TEXT/HTML; charset=utf-8",
+            "image/svg+xml",
+            "application/xml",
+            "text/javascript",
+            "x",
+        ] {
+            assert!(!renders_harmlessly(attachment), "{attachment}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use crate::tasks::{CancelError, SubmitError};
 use app::model::Problem;
 use axum::{
+    extract::Request,
     http::{HeaderValue, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use tracing::{error, warn};
@@ -29,6 +31,40 @@ impl ApiError {
     pub fn detail(mut self, detail: impl Into<String>) -> ApiError {
         self.detail = Some(detail.into());
         self
+    }
+
+    /// Asks the client to retry after `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The problem for a bare error `status` (one that no handler explained).
+    pub fn for_status(status: StatusCode) -> ApiError {
+        let slug = match status.as_u16() {
+            400 => "bad-request",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not-found",
+            405 => "method-not-allowed",
+            406 => "not-acceptable",
+            408 => "request-timeout",
+            409 => "conflict",
+            411 => "length-required",
+            413 => "payload-too-large",
+            414 => "uri-too-long",
+            415 => "unsupported-media-type",
+            421 => "misdirected-request",
+            422 => "unprocessable",
+            429 => "too-many-requests",
+            431 => "header-fields-too-large",
+            500 => "internal",
+            501 => "not-implemented",
+            503 => "unavailable",
+            _ if status.is_client_error() => "client-error",
+            _ => "server-error",
+        };
+        ApiError::new(status, slug, status.canonical_reason().unwrap_or("Error"))
     }
 
     /// Adds itemised reasons (schema violations).
@@ -116,6 +152,39 @@ impl From<CancelError> for ApiError {
             CancelError::Redis(e) => e.into(),
         }
     }
+}
+
+/// Makes every error answer of the routes it wraps a problem: one that is not already (axum's
+/// own `405`, an extractor's rejection) becomes the problem of its status, with the same headers
+/// (`Allow`, `Retry-After`…) and, for a client error, its text as the detail.
+pub async fn problems(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut problem = ApiError::for_status(status);
+    // A server error's text may tell internals; a client error's says what was wrong.
+    if status.is_client_error()
+        && let Ok(text) = axum::body::to_bytes(body, 2048).await
+        && let Ok(text) = std::str::from_utf8(&text)
+        && !text.trim().is_empty()
+    {
+        problem = problem.detail(text.trim());
+    }
+    let (problem_parts, problem_body) = problem.into_response().into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in &problem_parts.headers {
+        if name != header::CONTENT_LENGTH {
+            parts.headers.insert(name, value.clone());
+        }
+    }
+    Response::from_parts(parts, problem_body)
 }
 
 impl IntoResponse for ApiError {

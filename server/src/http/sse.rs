@@ -1,16 +1,19 @@
 //! Server-sent events: every task event, or one task's, resumable with `Last-Event-ID`.
 
 use super::{ApiError, AppState, parse_id};
-use crate::events::{Follow, StoredEvent};
+use crate::events::{Admission, Delivery, Follow, Position};
 use axum::{
     extract::{Path, Query, State},
-    http::HeaderMap,
+    http::{HeaderMap, StatusCode},
     response::sse::{Event, KeepAlive, Sse},
 };
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use std::{convert::Infallible, sync::Arc};
+use std::convert::Infallible;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// How long a client turned away for want of a stream slot is asked to wait.
+const BUSY_RETRY_AFTER_S: u64 = 5;
 
 #[derive(Deserialize)]
 pub struct EventsQuery {
@@ -24,8 +27,10 @@ pub async fn all_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let task = query.task.as_deref().map(parse_id).transpose()?;
-    let follow = Follow { task, after: last_event_id(&headers), ..Follow::default() };
-    Ok(to_sse(state.events.follow(follow)))
+    let after = last_event_id(&headers)?;
+    let admission = admit(&state)?;
+    let follow = Follow { task, after, ..Follow::default() };
+    Ok(to_sse(state.events.follow(admission, follow)))
 }
 
 /// `GET /api/v1/tasks/{id}/events`: the task's current state, then its events until it ends.
@@ -35,7 +40,9 @@ pub async fn task_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = parse_id(&id)?;
-    let follow = match last_event_id(&headers) {
+    let after = last_event_id(&headers)?;
+    let admission = admit(&state)?;
+    let follow = match after {
         // A resuming client has seen the state already: replay what it missed.
         Some(after) => {
             Follow { task: Some(id), after: Some(after), until_terminal: true, ..Follow::default() }
@@ -48,18 +55,42 @@ pub async fn task_events(
             Follow { task: Some(id), first: Some(first), until_terminal: true, ..Follow::default() }
         }
     };
-    Ok(to_sse(state.events.follow(follow)))
+    Ok(to_sse(state.events.follow(admission, follow)))
 }
 
-fn last_event_id(headers: &HeaderMap) -> Option<String> {
-    let id = headers.get("last-event-id")?.to_str().ok()?.trim();
-    crate::events::Position::parse(id).map(|_| id.to_string())
+/// The place a reconnecting client resumes after; none for a missing or empty header, a `400`
+/// for anything but an id the event stream could have sent (`<ms>-<seq>`, with a successor).
+fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else { return Ok(None) };
+    let invalid = |detail: &str| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid-last-event-id", "Invalid Last-Event-ID")
+            .detail(detail)
+    };
+    let id = value.to_str().map_err(|_| invalid("Last-Event-ID is not text"))?.trim();
+    if id.is_empty() {
+        return Ok(None);
+    }
+    let position = Position::parse(id).ok_or_else(|| {
+        invalid("Last-Event-ID is not an event id: expected `<milliseconds>-<sequence>`, as sent in `id:`")
+    })?;
+    match position.next() {
+        Some(_) => Ok(Some(position)),
+        None => Err(invalid("Last-Event-ID is the last id there can be: no event can follow it")),
+    }
 }
 
-fn to_sse(
-    rx: tokio::sync::mpsc::Receiver<Arc<StoredEvent>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// A slot for one more event stream, or `503` with Retry-After while all are taken.
+fn admit(state: &AppState) -> Result<Admission, ApiError> {
+    state.events.admit().ok_or_else(|| {
+        tracing::warn!("answering 503: every event stream slot is taken (--max-sse-clients)");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too-many-streams", "Too many event streams")
+            .detail("this server serves as many event streams as it is allowed to; retry shortly")
+            .retry_after(BUSY_RETRY_AFTER_S)
+    })
+}
+
+fn to_sse(rx: tokio::sync::mpsc::Receiver<Delivery>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = ReceiverStream::new(rx)
-        .map(|stored| Ok(Event::default().id(&stored.id).event(&stored.name).data(&*stored.data)));
+        .map(|delivery| Ok(Event::default().id(delivery.id()).event(delivery.name()).data(delivery.data())));
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

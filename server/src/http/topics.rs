@@ -1,6 +1,6 @@
 //! Publish/subscribe over HTTP: topics, subscriptions, publishing.
 
-use super::{ApiError, AppState, parse_json, read_body};
+use super::{ApiError, AppState, parse_json, parse_json_body, read_body};
 use crate::topics::{Message, Published, Subscription, TopicError, TopicView};
 use axum::{
     Json,
@@ -19,6 +19,10 @@ impl From<TopicError> for ApiError {
             }
             TopicError::InvalidAttempts => {
                 ApiError::unprocessable("invalid-option", "Invalid subscription option", e.to_string())
+            }
+            TopicError::TooManySubscriptions(_) => {
+                ApiError::new(StatusCode::CONFLICT, "too-many-subscriptions", "Too many subscriptions")
+                    .detail(e.to_string())
             }
             TopicError::Rejected { subscription, error } => {
                 let mut problem = ApiError::from(error);
@@ -62,7 +66,8 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Subscription>), ApiError> {
-    let subscription: Subscription = parse_json(&read_body(body, &headers, state.max_payload).await?)?;
+    let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
+    let subscription: Subscription = parse_json(&body.bytes)?;
     let created = state.topics.put(&topic, &name, &subscription).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(subscription)))
 }
@@ -86,6 +91,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
-    let message: Message = parse_json(&read_body(body, &headers, state.max_payload).await?)?;
+    let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
+    let message: Message = parse_json_body(body.bytes.clone()).await?;
     Ok((StatusCode::ACCEPTED, Json(state.topics.publish(&topic, message).await?)))
 }

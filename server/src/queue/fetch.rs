@@ -58,6 +58,8 @@ pub struct Lease {
     pub(super) payload: LeasedPayload,
     /// The Redis key of the task's `Idempotency-Key`, kept as long as the task.
     pub(super) idempotency_key: Option<String>,
+    /// The task whose id the payload is stored under when it is shared (a topic message's).
+    pub(super) payload_ref: Option<Uuid>,
     pub(super) entry_id: String,
     /// The ready stream the entry is on: its key, and its place (0 = most urgent).
     pub(super) stream: String,
@@ -187,7 +189,7 @@ impl Leasing {
         let streams = self.queue.keys.ready_streams();
         let mut leases = Vec::new();
         for mut reply in replies {
-            if reply.len() < 14 || reply[0] != b"run" {
+            if reply.len() < 15 || reply[0] != b"run" {
                 continue;
             }
             let text = |field: &[u8]| String::from_utf8_lossy(field).into_owned();
@@ -219,6 +221,7 @@ impl Leasing {
                 session: Some(text(&reply[10])).filter(|s| !s.is_empty()),
                 payload,
                 idempotency_key: Some(text(&reply[13])).filter(|k| !k.is_empty()),
+                payload_ref: text(&reply[14]).parse().ok(),
                 entry_id: text(&reply[3]),
                 stream: streams[stream_index].clone(),
                 stream_index,
@@ -298,10 +301,7 @@ impl Queue {
             .key(self.keys.events())
             .key(self.keys.delayed())
             .key(self.keys.dead());
-        self.leasing_args(&mut call, consumer)
-            .arg(settings.retention.as_millis() as u64)
-            .arg(settings.dead_retention.as_millis() as u64)
-            .arg(want);
+        self.leasing_args(&mut call, consumer).arg(settings.retention.as_millis() as u64).arg(want);
         for e in endings {
             call.arg(&e.task_id)
                 .arg(e.stream_index + 1)
@@ -318,7 +318,8 @@ impl Queue {
     }
 
     /// The arguments both lease-taking scripts start with: key base, group, consumer, a fresh
-    /// token base (each lease's token is `base:n`), now, events maxlen.
+    /// token base (each lease's token is `base:n`), now, events maxlen, dead-letter retention
+    /// (for tasks a claim finds expired).
     fn leasing_args<'c, 'a>(
         &self,
         call: &'c mut ScriptInvocation<'a>,
@@ -330,6 +331,7 @@ impl Queue {
             .arg(Uuid::now_v7().to_string())
             .arg(now_ms())
             .arg(self.settings.events_maxlen)
+            .arg(self.settings.dead_retention.as_millis() as u64)
     }
 
     /// Takes leases on the `given` entries (stream index, entry), or when there are none on up
@@ -654,6 +656,8 @@ mod tests {
                 session: None,
                 subscription: None,
                 idempotency_key: None,
+                expires_ms: None,
+                shared_payload: None,
             })
             .await
             .unwrap();
@@ -732,6 +736,7 @@ mod tests {
             session: None,
             payload: LeasedPayload::Stored,
             idempotency_key: None,
+            payload_ref: None,
             entry_id: String::new(),
             stream: String::new(),
             stream_index: 1,

@@ -2,7 +2,7 @@
 -- leases on up to `want` new entries for the slots those attempts free: one round trip both ends
 -- a batch of attempts and starts the next.
 -- KEYS: ready-high, ready, ready-low, events, delayed, dead
--- ARGV: key base, group, consumer, token base, now ms, events maxlen, retention ms, dead-letter
+-- ARGV: key base, group, consumer, token base, now ms, events maxlen, dead-letter retention ms,
 --       retention ms, want, then 13 for each attempt: task id, stream index (1-3), entry id,
 --       lease token, outcome (succeeded|retrying|failed|cancelled), error, result type,
 --       due ms, result bytes, dead-letter reason, session ('' for none), idempotency key (''),
@@ -20,13 +20,14 @@ for a = 10, #ARGV, 13 do
   local id, s, entry, outcome, err = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 4],
     ARGV[a + 5]
   local task = base .. ':task:' .. id
+  local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority',
+    'payload_ref')
   local source, source_key = ARGV[a + 12], nil
   if source == 'staged' then
     source_key = base .. ':staged:' .. ARGV[a + 3]
   elseif source == 'payload' then
-    source_key = base .. ':payload:' .. id
+    source_key = payload_key(base, id, f[6])
   end
-  local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority')
   -- A staged or payload result is never empty, so a length of 0 means it is missing.
   local size = source_key and f[1] == ARGV[a + 3] and redis.call('STRLEN', source_key)
   if f[1] ~= ARGV[a + 3] or size == 0 then
@@ -48,7 +49,7 @@ for a = 10, #ARGV, 13 do
     else
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
       -- are kept longer, for someone to look at.
-      local keep = ARGV[7]
+      local keep = ARGV[8]
       if outcome == 'succeeded' then
         local result, result_key = ARGV[a + 8], base .. ':result:' .. id
         if source == 'staged' then
@@ -67,18 +68,14 @@ for a = 10, #ARGV, 13 do
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
           'lease', '', 'cancel', '', 'next_run', '')
         if outcome == 'failed' then
-          keep = ARGV[8]
+          keep = ARGV[7]
           redis.call('HSET', task, 'dead_reason', ARGV[a + 9])
           redis.call('ZADD', KEYS[6], now, id)
           redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
         end
       end
-      redis.call('PEXPIRE', task, keep)
-      redis.call('PEXPIRE', base .. ':payload:' .. id, keep)
-      if ARGV[a + 11] ~= '' then
-        -- The idempotency key lives as long as the task it stands for.
-        redis.call('PEXPIRE', ARGV[a + 11], keep)
-      end
+      -- The idempotency key lives as long as the task it stands for.
+      keep_after_end(base, id, f[6], ARGV[a + 11], keep, now)
       if ARGV[a + 10] ~= '' then
         leave_session(base .. ':session:' .. ARGV[a + 10], streams[2], id)
       end
@@ -95,5 +92,5 @@ for s = 1, 3 do
   end
 end
 local leases = {}
-take_new(base, streams, group, ARGV[3], tonumber(ARGV[9]), ARGV[4], now, KEYS[4], maxlen, leases)
+take_new(base, streams, group, ARGV[3], tonumber(ARGV[9]), ARGV[4], now, KEYS[4], maxlen, ARGV[7], leases)
 return {applied, leases}

@@ -1,5 +1,5 @@
--- Shared by the scripts that hand out leases (prepended to them, after session.lua, when they
--- are loaded). Task keys are built from `base`, the queue's key prefix: every key of a queue
+-- Shared by the scripts that hand out leases (prepended to them, after session.lua and
+-- ends.lua, when they are loaded). Task keys are built from `base`, the queue's key prefix: every key of a queue
 -- shares its hash tag, so they live in one slot even on a cluster.
 
 -- Entries of the ready streams are acknowledged, never deleted one by one: `settle` trims them in
@@ -26,17 +26,18 @@ end
 
 -- Takes the lease on ready entry `entry` (of `streams[s]`) for task `id`, with `token`.
 -- Returns {'run', id, s, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type,
--- session, payload (1: here, 2: large, read it yourself, 0: gone), payload, idempotency key}: a
--- small payload comes with the lease, saving the worker a round trip. Returns {'drop'} when the
--- task is gone or finished (its entry is dropped), and {'cancelled'} when it was cancelled while
--- a dead holder ran it.
-local function take_lease(base, streams, s, entry, id, group, token, now, events, maxlen)
+-- session, payload (1: here, 2: large, read it yourself, 0: gone), payload, idempotency key,
+-- payload ref}: a small payload comes with the lease, saving the worker a round trip. Returns
+-- {'drop'} when the task is gone or finished (its entry is dropped), {'cancelled'} when it was
+-- cancelled while a dead holder ran it, and {'expired'} when its expiry passed before this
+-- attempt could start (it ends as a dead letter kept `dead_keep` ms).
+local function take_lease(base, streams, s, entry, id, group, token, now, events, maxlen, dead_keep)
   local stream = streams[s]
   local task = base .. ':task:' .. id
   local f = {}
   if id ~= '' then
     f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'kind', 'max_attempts',
-      'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes')
+      'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes', 'expires', 'payload_ref')
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -55,6 +56,12 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
     end
     return {'cancelled'}
   end
+  local expires = tonumber(f[12])
+  if expires and expires <= tonumber(now) then
+    settle(stream, group, {entry})
+    expire_task(base, id, now, dead_keep, events, maxlen)
+    return {'expired'}
+  end
   local attempt = tostring((tonumber(f[3]) or 0) + 1)
   redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
     'progress', '', 'attempts', attempt, 'started', f[4] or now)
@@ -62,17 +69,17 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
     'kind', f[5], 'status', 'running', 'attempt', attempt, 'progress', '', 'error', '', 'at', now)
   local payload, has = nil, '2'
   if (tonumber(f[11]) or 0) <= INLINE_PAYLOAD_MAX then
-    payload = redis.call('GET', base .. ':payload:' .. id)
+    payload = redis.call('GET', payload_key(base, id, f[13]))
     has = payload and '1' or '0'
   end
   return {'run', id, tostring(s), entry, token, attempt, f[5], f[6] or '1', f[7] or '', f[8] or '',
-    f[9] or '', has, payload or '', f[10] or ''}
+    f[9] or '', has, payload or '', f[10] or '', f[13] or ''}
 end
 
 -- Reads up to `count` new entries, the most urgent stream first, takes their leases (tokens
 -- `token_base:n`) and appends the replies to `replies`.
 local function take_new(base, streams, group, consumer, count, token_base, now, events, maxlen,
-    replies)
+    dead_keep, replies)
   for s = 1, #streams do
     if count <= 0 then
       break
@@ -88,7 +95,7 @@ local function take_new(base, streams, group, consumer, count, token_base, now, 
           end
         end
         replies[#replies + 1] = take_lease(base, streams, s, e[1], id, group,
-          token_base .. ':' .. #replies, now, events, maxlen)
+          token_base .. ':' .. #replies, now, events, maxlen, dead_keep)
         count = count - 1
       end
     end

@@ -1,7 +1,21 @@
--- Moves due delayed tasks onto the ready stream of their priority.
--- KEYS: delayed, ready-high, ready, ready-low
--- ARGV: now ms, most to move
--- Members are `h:{id}`, `n:{id}` or `l:{id}`. Returns how many moved.
+-- Ends waiting tasks whose expiry has passed, then moves due delayed tasks onto the ready stream
+-- of their priority.
+-- KEYS: delayed, ready-high, ready, ready-low, expiring, events
+-- ARGV: now ms, most to move (and to expire), key base, dead-letter retention ms, events maxlen
+-- Delayed members are `h:{id}`, `n:{id}` or `l:{id}`; `expiring` holds ids by expiry ms (a
+-- running task's id is dropped from it: once started, it runs; should it wait for a retry, the
+-- claim that would start it checks the expiry again).
+-- Returns how many tasks moved or expired.
+local expiring = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(expiring) do
+  local status = redis.call('HGET', ARGV[3] .. ':task:' .. id, 'status')
+  if status == 'queued' or status == 'scheduled' or status == 'retrying' then
+    expire_task(ARGV[3], id, ARGV[1], ARGV[4], KEYS[6], ARGV[5])
+  end
+end
+if #expiring > 0 then
+  redis.call('ZREM', KEYS[5], unpack(expiring))
+end
 local streams = {h = KEYS[2], n = KEYS[3], l = KEYS[4]}
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(members) do
@@ -11,4 +25,4 @@ end
 if #members > 0 then
   redis.call('ZREM', KEYS[1], unpack(members))
 end
-return #members
+return math.max(#members, #expiring)

@@ -1,29 +1,27 @@
--- Takes a task out of the dead letters and queues it again, attempts reset.
--- KEYS: task, dead, events, payload, ready-high, ready, ready-low, session list, idempotency key
--- ARGV: now ms, task id, events maxlen, retention ms, session ('' for none),
---       has idempotency key (1|0)
+-- Takes a task out of the dead letters and queues it again, attempts reset and expiry cleared
+-- (someone asked for it to run): it keeps its record, payload and idempotency key until it ends.
+-- KEYS: task, dead, events, ready-high, ready, ready-low, session list, idempotency key
+-- ARGV: now ms, task id, events maxlen, retention ms (unused), session ('' for none),
+--       has idempotency key (1|0), key base
 -- Returns 1 when requeued, 0 when it is not a dead letter (or has expired).
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 or redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated', ARGV[1], 'error', '',
   'progress', '')
-redis.call('HDEL', KEYS[1], 'finished', 'dead_reason', 'next_run')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
-if ARGV[6] == '1' then
-  redis.call('PEXPIRE', KEYS[9], ARGV[4])
-end
+redis.call('HDEL', KEYS[1], 'finished', 'dead_reason', 'next_run', 'expires')
+local ref = redis.call('HGET', KEYS[1], 'payload_ref')
+keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[8] or '')
 if ARGV[5] ~= '' then
   -- Back at the end of its session, to run when the session's earlier tasks are done.
-  redis.call('RPUSH', KEYS[8], ARGV[2])
-  if redis.call('LLEN', KEYS[8]) == 1 then
-    redis.call('XADD', KEYS[6], '*', 'task', ARGV[2])
+  redis.call('RPUSH', KEYS[7], ARGV[2])
+  if redis.call('LLEN', KEYS[7]) == 1 then
+    redis.call('XADD', KEYS[5], '*', 'task', ARGV[2])
   end
 else
-  local streams = {h = KEYS[5], n = KEYS[6], l = KEYS[7]}
+  local streams = {h = KEYS[4], n = KEYS[5], l = KEYS[6]}
   local priority = redis.call('HGET', KEYS[1], 'priority') or 'n'
-  redis.call('XADD', streams[priority] or KEYS[6], '*', 'task', ARGV[2])
+  redis.call('XADD', streams[priority] or KEYS[5], '*', 'task', ARGV[2])
 end
 local kind = redis.call('HGET', KEYS[1], 'kind')
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'queued', 'task', ARGV[2],

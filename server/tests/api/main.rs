@@ -5,9 +5,12 @@ mod support;
 
 mod claim_check;
 mod dead_letters;
+mod edge;
+mod events;
 mod patterns;
 mod pipeline;
 mod priorities;
+mod retention;
 mod sessions;
 mod topics;
 mod validation;

@@ -170,3 +170,81 @@ async fn a_message_over_the_payload_limit_is_a_413_and_creates_nothing() {
     assert_eq!(queued, 0);
     assert_eq!(publish(&app, "big", json!({"payload": 1})).await.status(), 202);
 }
+
+/// The payload keys under the app's prefix, with the bytes each takes in Redis.
+async fn payload_keys(app: &TestApp) -> Vec<(String, u64)> {
+    let mut redis = app.redis().await;
+    let keys: Vec<String> = redis.keys(app.key("payload:*")).await.unwrap();
+    let mut sized = Vec::new();
+    for key in keys {
+        let bytes: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(&mut redis).await.unwrap();
+        sized.push((key, bytes.unwrap_or(0)));
+    }
+    sized
+}
+
+#[tokio::test]
+async fn a_message_for_twenty_subscriptions_is_stored_once_and_freed_after_the_last_task() {
+    let app = spawn_app_with(|c| {
+        c.concurrency = 0;
+        c.retention = std::time::Duration::from_secs(2);
+    })
+    .await;
+    for n in 0..20 {
+        assert_eq!(put(&app, "big", &format!("s{n}"), json!({"kind": "echo"})).await.status(), 201);
+    }
+    let text = "x".repeat(1 << 20);
+    let response = publish(&app, "big", json!({"payload": {"text": text}})).await;
+    assert_eq!(response.status(), 202);
+    let published: serde_json::Value = response.json().await.unwrap();
+    let ids: Vec<String> =
+        published["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap().into()).collect();
+    assert_eq!(ids.len(), 20);
+
+    let stored = payload_keys(&app).await;
+    assert_eq!(stored.len(), 1, "one payload for twenty tasks: {stored:?}");
+    assert!((1 << 20..2 << 20).contains(&stored[0].1), "{stored:?}");
+    let mut redis = app.redis().await;
+    let ttl: i64 = redis.pttl(&stored[0].0).await.unwrap();
+    assert_eq!(ttl, -1, "kept while its tasks wait");
+
+    // Cancelling some ends them; the payload stays for the others, which still run with it.
+    for id in &ids[..5] {
+        let cancelled = app.http.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
+        assert_eq!(cancelled.status(), 200);
+    }
+    let ttl: i64 = redis.pttl(&stored[0].0).await.unwrap();
+    assert_eq!(ttl, -1, "still kept: 15 tasks wait for it");
+    let _worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix, "--retention", "2s"])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("courier worker starts");
+    for id in &ids[5..] {
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
+        let result = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+        assert_eq!(result["text"].as_str().map(str::len), Some(1 << 20));
+    }
+    // The last one ended: the payload now lives out the retention, then goes.
+    let ttl: i64 = redis.pttl(&stored[0].0).await.unwrap();
+    assert!((1..=2000).contains(&ttl), "TTL after the last task ended: {ttl}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(payload_keys(&app).await.is_empty());
+    let refs: Vec<String> = redis.keys(app.key("payload-refs:*")).await.unwrap();
+    assert!(refs.is_empty(), "{refs:?}");
+}
+
+#[tokio::test]
+async fn a_topic_takes_a_hundred_subscriptions_and_no_more() {
+    let app = spawn_app().await;
+    for n in 0..100 {
+        assert_eq!(put(&app, "wide", &format!("s{n}"), json!({"kind": "echo"})).await.status(), 201);
+    }
+    let refused = put(&app, "wide", "s100", json!({"kind": "echo"})).await;
+    assert_problem(refused, 409, "/problems/too-many-subscriptions").await;
+    // Replacing one that exists is still allowed.
+    assert_eq!(put(&app, "wide", "s7", json!({"kind": "echo", "max_attempts": 2})).await.status(), 200);
+    let all = app.get_json("/api/v1/topics/wide/subscriptions").await;
+    assert_eq!(all.as_object().unwrap().len(), 100);
+}

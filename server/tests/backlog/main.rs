@@ -50,6 +50,8 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
                     session: None,
                     subscription: None,
                     idempotency_key: None,
+                    expires_ms: None,
+                    shared_payload: None,
                 };
                 queue.enqueue(&task).await.unwrap();
             }

@@ -1,0 +1,206 @@
+//! The event stream's edges: a `Last-Event-ID` Redis would refuse, a resume from events that are
+//! no longer kept, catch-ups that must end, and the cap on open streams.
+
+use crate::support::{TestApp, assert_problem, spawn_app, spawn_app_with};
+use serde_json::json;
+use std::time::Duration;
+
+/// Opens `path` as an event stream, with a `Last-Event-ID` if given, and returns the response
+/// whatever its status.
+async fn open(app: &TestApp, path: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    let mut request = app.http.get(app.url(path)).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    request.send().await.unwrap()
+}
+
+/// Makes every read of the events stream fail, as a Redis in trouble does: the key holds a
+/// string (WRONGTYPE).
+async fn break_the_event_stream(app: &TestApp) {
+    let mut redis = app.redis().await;
+    let _: () =
+        redis::cmd("SET").arg(app.key("events")).arg("not a stream").query_async(&mut redis).await.unwrap();
+}
+
+/// Waits until the server admits an event stream again, which it does once a slot is free;
+/// `false` if that takes longer than `limit`.
+async fn admitted_within(app: &TestApp, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if open(app, "/api/v1/events", None).await.status() == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Whether the body of `response` ends within `limit` (keep-alive comments aside).
+async fn ends_within(response: &mut reqwest::Response, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, response.chunk()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None) | Err(_)) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Submits tasks (to a server without workers: one `queued` event each) until the events
+/// stream, capped near 100 entries, has trimmed its first event; returns that event's id and
+/// its task, still queued.
+async fn trim_the_first_event(app: &TestApp) -> (String, String) {
+    let first_task = app.submit_ok(json!({"kind": "echo", "payload": 0})).await;
+    let mut redis = app.redis().await;
+    let first: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(app.key("events"))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let first_id = first[0].0.clone();
+    // Redis trims whole nodes of at most 100 entries, keeping at least the cap.
+    for n in 1..300 {
+        app.submit_ok(json!({"kind": "echo", "payload": n})).await;
+    }
+    let kept: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(app.key("events"))
+        .arg(&first_id)
+        .arg(&first_id)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(kept.is_empty(), "the first event should have been trimmed");
+    (first_id, first_task)
+}
+
+#[tokio::test]
+async fn a_last_event_id_redis_would_refuse_is_a_400_problem() {
+    let app = spawn_app().await;
+    let task = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let hostile = [
+        "18446744073709551615-18446744073709551615",
+        "18446744073709551616-0",
+        "not-an-id",
+        "12",
+        "1-2-3",
+        "-1-0",
+        "+1-0",
+    ];
+    for id in hostile {
+        for path in ["/api/v1/events".to_string(), format!("/api/v1/tasks/{task}/events")] {
+            let response = open(&app, &path, Some(id)).await;
+            let problem = assert_problem(response, 400, "/problems/invalid-last-event-id").await;
+            assert!(problem["detail"].as_str().is_some_and(|d| d.contains("Last-Event-ID")), "{problem}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_last_event_id_of_zero_or_of_a_real_event_still_resumes() {
+    let app = spawn_app().await;
+    let mut live = app.sse("/api/v1/events", None).await;
+    let task = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let seen = live.until_task_ends(&task, Duration::from_secs(10)).await;
+
+    // Nothing was ever trimmed: from `0-0` the whole stream is replayed, with no reset.
+    let mut from_zero = app.sse("/api/v1/events", Some("0-0")).await;
+    let replayed = from_zero.until_task_ends(&task, Duration::from_secs(10)).await;
+    assert_eq!(
+        replayed.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        seen.iter().map(|e| &e.id).collect::<Vec<_>>()
+    );
+
+    let mut from_first = app.sse("/api/v1/events", Some(&seen[0].id)).await;
+    let next = from_first.next_within(Duration::from_secs(10)).await.expect("the rest is replayed");
+    assert_eq!(next.id, seen[1].id);
+}
+
+#[tokio::test]
+async fn resuming_from_a_trimmed_event_gets_a_reset_then_live_events() {
+    let app = spawn_app_with(|config| (config.events_max, config.concurrency) = (100, 0)).await;
+    let (first_id, _) = trim_the_first_event(&app).await;
+
+    let mut resumed = app.sse("/api/v1/events", Some(&first_id)).await;
+    let reset = resumed.next_within(Duration::from_secs(10)).await.expect("a reset comes first");
+    assert_eq!(reset.name, "reset", "{reset:?}");
+    assert_eq!(reset.data["reason"], "too_old");
+    let oldest = reset.data["oldest"].as_str().expect("the oldest kept id");
+    assert!(oldest != first_id && !reset.id.is_empty(), "{reset:?}");
+
+    // Then live, from the end: the next event is a new task's, not a replay of old ones.
+    let task = app.submit_ok(json!({"kind": "echo", "payload": "after"})).await;
+    let next = resumed.next_within(Duration::from_secs(10)).await.expect("live events follow");
+    assert_eq!(next.data["task_id"], task, "{next:?}");
+}
+
+#[tokio::test]
+async fn a_task_stream_resumed_from_a_trimmed_event_resets_then_sends_the_tasks_state() {
+    let app = spawn_app_with(|config| (config.events_max, config.concurrency) = (100, 0)).await;
+    let (first_id, first_task) = trim_the_first_event(&app).await;
+
+    let path = format!("/api/v1/tasks/{first_task}/events");
+    let mut resumed = app.sse(&path, Some(&first_id)).await;
+    let reset = resumed.next_within(Duration::from_secs(10)).await.expect("a reset comes first");
+    assert_eq!(reset.name, "reset", "{reset:?}");
+    let state = resumed.next_within(Duration::from_secs(10)).await.expect("then the task's state");
+    assert_eq!((state.name.as_str(), &state.data["task_id"]), ("queued", &json!(first_task)));
+
+    // Then live, until the task ends.
+    let cancelled = app.http.delete(app.url(&format!("/api/v1/tasks/{first_task}"))).send().await.unwrap();
+    assert!(cancelled.status().is_success(), "{}", cancelled.status());
+    let last = resumed.next_within(Duration::from_secs(10)).await.expect("its end follows live");
+    assert_eq!(last.name, "cancelled", "{last:?}");
+    assert!(resumed.next_within(Duration::from_secs(2)).await.is_none(), "the stream ends with the task");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_catch_up_gives_its_stream_back() {
+    let app = spawn_app_with(|config| config.max_sse_clients = 1).await;
+    break_the_event_stream(&app).await;
+
+    let catching_up = open(&app, "/api/v1/events", Some("0-0")).await;
+    assert_eq!(catching_up.status(), 200);
+    // Its catch-up keeps failing and holds the only slot.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(open(&app, "/api/v1/events", None).await.status(), 503);
+
+    drop(catching_up);
+    // Well before the catch-up would give up on Redis by itself (about 16 s).
+    assert!(admitted_within(&app, Duration::from_secs(3)).await, "the catch-up outlived its client");
+}
+
+#[tokio::test]
+async fn a_catch_up_ends_when_the_server_shuts_down() {
+    let app = spawn_app().await;
+    break_the_event_stream(&app).await;
+    let mut catching_up = open(&app, "/api/v1/events", Some("0-0")).await;
+    assert_eq!(catching_up.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    drop(app);
+    assert!(ends_within(&mut catching_up, Duration::from_secs(3)).await, "the catch-up outlived the server");
+}
+
+#[tokio::test]
+async fn past_max_sse_clients_a_stream_is_refused_with_503_until_one_leaves() {
+    let app = spawn_app_with(|config| config.max_sse_clients = 2).await;
+    let first = app.sse("/api/v1/events", None).await;
+    let _second = app.sse("/api/v1/events", None).await;
+
+    let refused = open(&app, "/api/v1/events", None).await;
+    assert!(refused.headers().contains_key("retry-after"), "{:?}", refused.headers());
+    assert_problem(refused, 503, "/problems/too-many-streams").await;
+    let task = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let refused = open(&app, &format!("/api/v1/tasks/{task}/events"), None).await;
+    assert_problem(refused, 503, "/problems/too-many-streams").await;
+
+    drop(first);
+    assert!(admitted_within(&app, Duration::from_secs(3)).await, "a client left but its slot stayed taken");
+}

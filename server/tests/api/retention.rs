@@ -1,0 +1,155 @@
+//! Retention counts from a task's end: waiting tasks, their payloads and idempotency keys live
+//! until they end; a task that must not wait for ever says so (`ttl_ms`, `expires_at`) and then
+//! ends visibly, as a dead letter with reason `expired`.
+
+use crate::support::*;
+use serde_json::json;
+use std::time::Duration;
+
+/// A `courier worker` process on the app's Redis and prefix.
+fn worker(app: &TestApp) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix])
+        .args(["--concurrency", "4", "--retention", "1s", "--dead-retention", "1s"])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("courier worker starts")
+}
+
+async fn ttl_ms(app: &TestApp, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(&mut app.redis().await).await.unwrap()
+}
+
+#[tokio::test]
+async fn tasks_waiting_longer_than_the_retention_still_run_once_a_worker_comes() {
+    let app = spawn_app_with(|c| {
+        c.concurrency = 0;
+        c.retention = Duration::from_secs(1);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(app.submit_ok(json!({"kind": "echo", "payload": {"n": n}})).await);
+    }
+    ids.push(app.submit_ok(json!({"kind": "echo", "payload": {"n": "late"}, "delay_ms": 2500})).await);
+    let response = app
+        .http
+        .post(app.url("/api/v1/tasks"))
+        .header("idempotency-key", "waits-long")
+        .json(&json!({"kind": "echo", "payload": {"n": "keyed"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let keyed: serde_json::Value = response.json().await.unwrap();
+    ids.push(keyed["id"].as_str().unwrap().to_string());
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for id in &ids {
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert!(["queued", "scheduled"].contains(&view["status"].as_str().unwrap()), "{view}");
+        assert_eq!(ttl_ms(&app, &app.key(&format!("task:{id}"))).await, -1, "a waiting record has no TTL");
+        assert_eq!(ttl_ms(&app, &app.key(&format!("payload:{id}"))).await, -1, "nor its payload");
+    }
+    // The idempotency key still stands for its task: the same request gets the same task.
+    let again = app
+        .http
+        .post(app.url("/api/v1/tasks"))
+        .header("idempotency-key", "waits-long")
+        .json(&json!({"kind": "echo", "payload": {"n": "keyed"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<serde_json::Value>().await.unwrap()["id"], keyed["id"]);
+
+    let _worker = worker(&app);
+    for id in &ids {
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded", "{id}");
+    }
+    // Once ended, the retention runs: the record and payload now expire within a second.
+    let ttl = ttl_ms(&app, &app.key(&format!("task:{}", ids[0]))).await;
+    assert!((1..=1000).contains(&ttl), "ended record TTL {ttl}");
+    assert!((1..=1000).contains(&ttl_ms(&app, &app.key(&format!("payload:{}", ids[0]))).await));
+}
+
+#[tokio::test]
+async fn a_task_that_outlives_its_ttl_becomes_an_expired_dead_letter_with_its_event() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let queued = app.submit_ok(json!({"kind": "echo", "payload": 1, "ttl_ms": 300})).await;
+    let view = app.get_json(&format!("/api/v1/tasks/{queued}")).await;
+    assert!(view["expires_at"].as_str().is_some_and(|at| at.ends_with('Z')), "{view}");
+    let fresh = app.submit_ok(json!({"kind": "echo", "payload": 2, "ttl_ms": 600_000})).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let _worker = worker(&app);
+    let seen = events.until_task_ends(&queued, Duration::from_secs(20)).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.name, "failed");
+    assert!(last.data["error"].as_str().unwrap().contains("expired"), "{:?}", last.data);
+    assert!(seen.iter().all(|e| e.name != "running"), "an expired task never runs: {seen:?}");
+    let view = app.get_json(&format!("/api/v1/tasks/{queued}")).await;
+    assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("failed"), Some(0)));
+    let dead = app.get_json("/api/v1/dead-letters").await;
+    let letter = dead["dead_letters"].as_array().unwrap().iter().find(|d| d["task"]["id"] == queued.as_str());
+    assert_eq!(letter.expect("the expired task is a dead letter")["reason"], "expired");
+    assert_eq!(app.wait_until_done(&fresh).await["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_delayed_task_whose_expiry_comes_first_expires_while_it_waits() {
+    let app = spawn_app().await;
+    let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(700);
+    let expires_at = at.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let id = app
+        .submit_ok(json!({"kind": "echo", "payload": 1, "delay_ms": 600, "expires_at": expires_at}))
+        .await;
+    // Due before it expires: it runs.
+    assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
+    // Expiring while delayed (a retry's wait): the sweep ends it before it is due.
+    let id = app
+        .submit_ok(json!({"kind": "flaky", "payload": {"fail_times": 1}, "ttl_ms": 400, "max_attempts": 3}))
+        .await;
+    let view = app.wait_until_done(&id).await;
+    assert_eq!(view["status"], "succeeded", "a 50 ms retry comes before the expiry: {view}");
+    let slow = spawn_app_with(|c| c.retry_base = Duration::from_secs(5)).await;
+    let id = slow
+        .submit_ok(json!({"kind": "flaky", "payload": {"fail_times": 1}, "ttl_ms": 800, "max_attempts": 3}))
+        .await;
+    let started = std::time::Instant::now();
+    let view = slow.wait_until_done(&id).await;
+    assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("failed"), Some(1)), "{view}");
+    assert!(view["error"].as_str().unwrap().contains("expired"), "{view}");
+    assert!(started.elapsed() < Duration::from_secs(4), "expired before the 5 s retry was due");
+}
+
+#[tokio::test]
+async fn a_session_goes_on_past_a_task_that_expired_in_it() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let first = app.submit_ok(json!({"kind": "echo", "payload": 1, "session": "s", "ttl_ms": 200})).await;
+    let second = app.submit_ok(json!({"kind": "echo", "payload": 2, "session": "s"})).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _worker = worker(&app);
+    assert_eq!(app.wait_until_done(&first).await["status"], "failed");
+    assert_eq!(app.wait_until_done(&second).await["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn expiry_options_that_cannot_hold_are_refused() {
+    let app = spawn_app().await;
+    let cases = [
+        json!({"kind": "echo", "payload": 1, "ttl_ms": 100, "expires_at": "2099-01-01T00:00:00Z"}),
+        json!({"kind": "echo", "payload": 1, "ttl_ms": 0}),
+        json!({"kind": "echo", "payload": 1, "expires_at": "2001-01-01T00:00:00Z"}),
+        json!({"kind": "echo", "payload": 1, "expires_at": "tomorrow"}),
+        json!({"kind": "echo", "payload": 1, "ttl_ms": 1000, "delay_ms": 1000}),
+    ];
+    for body in cases {
+        let problem = assert_problem(app.submit(body.clone()).await, 422, "/problems/invalid-option").await;
+        assert!(problem["detail"].as_str().is_some(), "{body}: {problem}");
+    }
+    let raw = app.http.post(app.url("/api/v1/tasks?kind=echo&ttl_ms=soon")).body("x").send().await.unwrap();
+    assert_problem(raw, 422, "/problems/invalid-option").await;
+}
