@@ -188,6 +188,10 @@ impl Config {
         count("events-max", self.events_max, 100, 100_000_000)?;
         count("max-sse-clients", self.max_sse_clients, 1, 1_000_000)?;
         count("max-waiting", self.max_waiting, 0, 1_000_000)?;
+        let tls = self.redis_url.as_ref().is_some_and(|url| url.expose().starts_with("rediss://"));
+        if self.redis_ca_cert.is_some() && !tls {
+            return Err("--redis-ca-cert needs a rediss:// --redis-url: a CA only applies to TLS".into());
+        }
         Ok(())
     }
 }
@@ -431,7 +435,8 @@ mod tests {
     #[test]
     fn the_defaults_are_valid_and_every_bad_setting_names_its_flag() {
         assert_eq!(Config::defaults().validate(), Ok(()));
-        let cases: [(&str, fn(&mut Config)); 9] = [
+        type Spoil = fn(&mut Config);
+        let cases: [(&str, Spoil); 9] = [
             ("--lease", |c| c.lease = Duration::ZERO),
             ("--retention", |c| c.retention = Duration::ZERO),
             ("--retention", |c| c.retention = Duration::from_secs(u64::MAX / 2000)),

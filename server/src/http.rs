@@ -194,21 +194,29 @@ async fn read_body(
 /// Bodies up to this size are parsed on the async runtime; larger ones on a blocking thread.
 const PARSE_INLINE_MAX: usize = 64 * 1024;
 
-/// [`parse_json`], on a blocking thread when the body is large, so that parsing megabytes never
-/// stalls the requests and events beside it.
-async fn parse_json_body<T: serde::de::DeserializeOwned + Send + 'static>(bytes: Bytes) -> Result<T, ApiError> {
+/// Runs `work` on a body: here when it is small, on a blocking thread when it is large, so that
+/// parsing megabytes never stalls the requests and events beside it.
+async fn off_runtime<R: Send + 'static>(
+    bytes: Bytes,
+    work: impl FnOnce(&Bytes) -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError> {
     if bytes.len() <= PARSE_INLINE_MAX {
-        return parse_json(&bytes);
+        return work(&bytes);
     }
-    tokio::task::spawn_blocking(move || parse_json(&bytes)).await.unwrap_or_else(|_| {
+    tokio::task::spawn_blocking(move || work(&bytes)).await.unwrap_or_else(|_| {
         Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
             .detail("the server is shutting down")
             .retry_after(1))
     })
 }
 
+/// [`parse_json`], on a blocking thread when the body is large.
+async fn parse_json_body<T: serde::de::DeserializeOwned + Send + 'static>(bytes: Bytes) -> Result<T, ApiError> {
+    off_runtime(bytes, |bytes| parse_json(bytes)).await
+}
+
 /// Parses a JSON body into `T`: bad syntax is a `400`, a wrong shape a `422`.
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             ApiError::unprocessable("invalid-request", "Invalid request", e.to_string())

@@ -1,11 +1,11 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel, kinds.
 
-use super::{ApiError, AppState, parse_id, parse_json_body, read_body};
+use super::{ApiError, AppState, off_runtime, parse_id, parse_json, read_body};
 use crate::{
     store::{TaskRecord, rfc3339},
     tasks::{BatchError, Cancelled, ListQuery, Options, Payload, Submission, Submitted},
 };
-use app::model::{BatchAccepted, KindInfo, Priority, Status, SubmitBatch, SubmitRequest, TaskPage, TaskView};
+use app::model::{BatchAccepted, KindInfo, Priority, Status, SubmitRequest, TaskPage, TaskView};
 use axum::{
     Json,
     body::Body,
@@ -51,7 +51,7 @@ pub async fn submit(
                 )));
             }
             let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
-            json_submission(parse_json_body(body.bytes.clone()).await?)
+            off_runtime(body.bytes.clone(), |bytes| Ok(json_submission(bytes, parse_json(bytes)?))).await?
         }
         None => {
             return Err(unsupported_media_type(
@@ -104,15 +104,29 @@ pub async fn submit_batch(
         ));
     }
     let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
-    let batch: SubmitBatch<Box<RawValue>> = parse_json_body(body.bytes.clone()).await?;
-    if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
-        return Err(ApiError::unprocessable(
-            "invalid-request",
-            "Invalid request",
-            format!("a batch holds 1 to {MAX_BATCH} tasks, not {}", batch.tasks.len()),
-        ));
-    }
-    let submissions = batch.tasks.into_iter().map(json_submission).collect();
+    let submissions = off_runtime(body.bytes.clone(), |bytes| {
+        // Counted before any task is parsed: a body of a million tiny tasks costs no more than
+        // a pointer each before it is refused.
+        let batch: RawBatch<'_> = parse_json(bytes)?;
+        if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
+            return Err(ApiError::unprocessable(
+                "invalid-request",
+                "Invalid request",
+                format!("a batch holds 1 to {MAX_BATCH} tasks, not {}", batch.tasks.len()),
+            ));
+        }
+        let mut submissions = Vec::with_capacity(batch.tasks.len());
+        for (index, task) in batch.tasks.into_iter().enumerate() {
+            let request: SubmitRequest<&RawValue> = parse_json(task.get().as_bytes()).map_err(|problem| {
+                let detail = format!("tasks[{index}]: {}", problem.detail_text());
+                problem.detail(detail)
+            })?;
+            submissions.push(json_submission(bytes, request));
+        }
+        Ok(submissions)
+    })
+    .await?;
+
     let records = state.tasks.submit_many(submissions).await.map_err(|e| match e {
         BatchError::Rejected { index, error } => {
             let problem = ApiError::from(error);
@@ -127,8 +141,17 @@ pub async fn submit_batch(
     Ok(response)
 }
 
-/// A JSON submission; its payload stays the JSON text it was sent as.
-fn json_submission(request: SubmitRequest<Box<RawValue>>) -> Submission {
+/// The body of `POST /api/v1/tasks/batch` (`app::model::SubmitBatch`), each task still raw JSON.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch<'a> {
+    #[serde(borrow)]
+    tasks: Vec<&'a RawValue>,
+}
+
+/// A JSON submission read from `body`; its payload stays the JSON text it was sent as, a slice
+/// of the body rather than a copy.
+fn json_submission(body: &Bytes, request: SubmitRequest<&RawValue>) -> Submission {
     let options = Options {
         delay_ms: request.delay_ms,
         priority: request.priority,
@@ -139,15 +162,10 @@ fn json_submission(request: SubmitRequest<Box<RawValue>>) -> Submission {
         expires_at: request.expires_at,
         subscription: None,
     };
-    let payload = Payload::Json(raw_json(request.payload));
+    let payload = Payload::Json(body.slice_ref(request.payload.get().as_bytes()));
     Submission { kind: request.kind, payload, options, idempotency_key: None }
 }
 
-/// The text of a raw JSON value, without copying it.
-pub(super) fn raw_json(raw: Box<RawValue>) -> Bytes {
-    let text: Box<str> = raw.into();
-    Bytes::from(String::from(text))
-}
 
 fn unsupported_media_type(detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")

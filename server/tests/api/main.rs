@@ -8,6 +8,7 @@ mod dead_letters;
 mod edge;
 mod events;
 mod patterns;
+mod listing;
 mod pipeline;
 mod priorities;
 mod retention;

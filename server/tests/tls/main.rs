@@ -214,11 +214,19 @@ async fn a_wrong_password_is_refused() {
 }
 
 #[tokio::test]
-async fn a_ca_certificate_with_a_plain_redis_url_stops_the_start_naming_the_flag() {
+async fn a_ca_certificate_without_a_rediss_url_stops_the_start_naming_the_flag() {
     let certificates = Certificates::make();
     let url = format!("redis://127.0.0.1:{}", free_port().unwrap());
     let error = build(config(&url, Some(certificates.path("ca.crt")))).await.err().expect("the build fails");
     assert!(format!("{error:#}").contains("--redis-ca-cert"), "{error:#}");
+
+    // Without a URL the embedded redis-server would be plain TCP: refused before it starts.
+    let mut embedded = config(&url, Some(certificates.path("ca.crt")));
+    embedded.redis_url = None;
+    embedded.data_dir = certificates.path("data");
+    let error = build(embedded).await.err().expect("the build fails");
+    assert!(format!("{error:#}").contains("--redis-ca-cert"), "{error:#}");
+    assert!(!certificates.path("data").exists(), "no redis-server was started");
 }
 
 #[tokio::test]
