@@ -402,7 +402,8 @@ mod tests {
     #[test]
     fn errors_stop_at_a_hundred_and_say_how_many_more() {
         let text = format!("[{}0]", "0,".repeat(999));
-        let Err(Invalid::Schema(errors)) = validate_text(&json!({"items": {"type": "string"}}), text.as_bytes())
+        let Err(Invalid::Schema(errors)) =
+            validate_text(&json!({"items": {"type": "string"}}), text.as_bytes())
         else {
             panic!("a thousand numbers are not strings");
         };

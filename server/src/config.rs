@@ -145,13 +145,14 @@ impl Config {
         const DAY: Duration = Duration::from_secs(86_400);
         // Redis takes expiry times in ms as 64-bit numbers; ten years stays far from overflow.
         const TEN_YEARS: Duration = Duration::from_secs(3_650 * 86_400);
-        let within = |flag: &str, value: Duration, min: Duration, max: Duration, min_text: &str, max_text: &str| {
-            if value < min || value > max {
-                Err(format!("--{flag} must be between {min_text} and {max_text}, not {}", show(value)))
-            } else {
-                Ok(())
-            }
-        };
+        let within =
+            |flag: &str, value: Duration, min: Duration, max: Duration, min_text: &str, max_text: &str| {
+                if value < min || value > max {
+                    Err(format!("--{flag} must be between {min_text} and {max_text}, not {}", show(value)))
+                } else {
+                    Ok(())
+                }
+            };
         within("lease", self.lease, Duration::from_millis(100), DAY, "100ms", "1d")?;
         within("retention", self.retention, SECOND, TEN_YEARS, "1s", "3650d")?;
         within("dead-retention", self.dead_retention, SECOND, TEN_YEARS, "1s", "3650d")?;

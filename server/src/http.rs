@@ -211,7 +211,9 @@ async fn off_runtime<R: Send + 'static>(
 }
 
 /// [`parse_json`], on a blocking thread when the body is large.
-async fn parse_json_body<T: serde::de::DeserializeOwned + Send + 'static>(bytes: Bytes) -> Result<T, ApiError> {
+async fn parse_json_body<T: serde::de::DeserializeOwned + Send + 'static>(
+    bytes: Bytes,
+) -> Result<T, ApiError> {
     off_runtime(bytes, |bytes| parse_json(bytes)).await
 }
 

@@ -335,8 +335,11 @@ impl Store {
             .arg("WITHSCORES")
             .query_async(&mut conn)
             .await?;
-        let ids: Vec<Uuid> =
-            entries.iter().take_while(|(_, ms)| *ms <= until_ms).filter_map(|(id, _)| id.parse().ok()).collect();
+        let ids: Vec<Uuid> = entries
+            .iter()
+            .take_while(|(_, ms)| *ms <= until_ms)
+            .filter_map(|(id, _)| id.parse().ok())
+            .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -210,7 +210,11 @@ impl Tasks {
     /// Validates every submission in order, the first refusal naming its index; on a blocking
     /// thread when the payloads are large. `shared`: the payloads are one message's, checked
     /// once per kind.
-    async fn prepare_all(&self, submissions: Vec<Submission>, shared: bool) -> Result<Vec<NewTask>, BatchError> {
+    async fn prepare_all(
+        &self,
+        submissions: Vec<Submission>,
+        shared: bool,
+    ) -> Result<Vec<NewTask>, BatchError> {
         let size: usize = submissions.iter().map(|s| s.payload.len()).sum();
         let service = self.clone();
         let work = move || {
@@ -219,8 +223,9 @@ impl Tasks {
             for (index, submission) in submissions.into_iter().enumerate() {
                 let kind = submission.kind.clone();
                 let checked = shared && passed.contains(&kind);
-                let task =
-                    service.prepare(submission, checked).map_err(|error| BatchError::Rejected { index, error })?;
+                let task = service
+                    .prepare(submission, checked)
+                    .map_err(|error| BatchError::Rejected { index, error })?;
                 passed.insert(kind);
                 tasks.push(task);
             }
@@ -446,7 +451,9 @@ fn is_json(content_type: &str) -> bool {
 fn check_schema(kind: &str, schema: &serde_json::Value, text: &[u8]) -> Result<(), SubmitError> {
     app::schema::validate_text(schema, text).map_err(|invalid| match invalid {
         app::schema::Invalid::Syntax(e) => SubmitError::MalformedJson(e),
-        app::schema::Invalid::Schema(errors) => SubmitError::InvalidPayload { kind: kind.to_string(), errors },
+        app::schema::Invalid::Schema(errors) => {
+            SubmitError::InvalidPayload { kind: kind.to_string(), errors }
+        }
     })
 }
 

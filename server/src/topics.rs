@@ -262,14 +262,14 @@ impl Topics {
             .collect();
         let names: Vec<String> = submissions.iter().map(|(n, _)| n.clone()).collect();
         let records =
-            self.tasks.submit_shared(submissions.into_iter().map(|(_, s)| s).collect()).await.map_err(|e| {
-                match e {
+            self.tasks.submit_shared(submissions.into_iter().map(|(_, s)| s).collect()).await.map_err(
+                |e| match e {
                     BatchError::Rejected { index, error } => {
                         TopicError::Rejected { subscription: names[index].clone(), error }
                     }
                     BatchError::Redis(e) => TopicError::Redis(e),
-                }
-            })?;
+                },
+            )?;
         let mut pipe = redis::pipe();
         pipe.hincr(self.stats_key(topic), "messages", 1).ignore();
         if records.is_empty() {

@@ -166,7 +166,6 @@ fn json_submission(body: &Bytes, request: SubmitRequest<&RawValue>) -> Submissio
     Submission { kind: request.kind, payload, options, idempotency_key: None }
 }
 
-
 fn unsupported_media_type(detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
         .detail(detail)
@@ -247,7 +246,14 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
     for name in query.keys() {
         if !matches!(
             name.as_str(),
-            "kind" | "delay_ms" | "priority" | "max_attempts" | "timeout_ms" | "session" | "ttl_ms" | "expires_at"
+            "kind"
+                | "delay_ms"
+                | "priority"
+                | "max_attempts"
+                | "timeout_ms"
+                | "session"
+                | "ttl_ms"
+                | "expires_at"
         ) {
             return Err(ApiError::bad_request(format!("unknown query parameter `{name}`")));
         }

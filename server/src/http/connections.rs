@@ -34,7 +34,9 @@ pub async fn serve(
         }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // A client may shut its side down once its request is sent (`shutdown(SHUT_WR)`) and still
+    // wait for the answer: without half-close support that EOF drops the request unanswered.
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).half_close(true);
     let graceful = GracefulShutdown::new();
     loop {
         // `accept` retries by itself on errors such as running out of file descriptors.

@@ -6,7 +6,8 @@ use serde_json::json;
 
 /// How many times Redis has run `command` so far.
 async fn calls(app: &TestApp, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut app.redis().await).await.unwrap();
+    let info: String =
+        redis::cmd("INFO").arg("commandstats").query_async(&mut app.redis().await).await.unwrap();
     info.lines()
         .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
         .and_then(|rest| rest.split(',').next())
@@ -19,10 +20,18 @@ async fn submit_many(app: &TestApp, count: usize, task: serde_json::Value) -> Ve
     let mut ids = Vec::new();
     for chunk in 0..count.div_ceil(500) {
         let tasks: Vec<_> = (0..500.min(count - chunk * 500)).map(|_| task.clone()).collect();
-        let response = app.http.post(app.url("/api/v1/tasks/batch")).json(&json!({"tasks": tasks})).send().await.unwrap();
+        let response = app
+            .http
+            .post(app.url("/api/v1/tasks/batch"))
+            .json(&json!({"tasks": tasks}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 202);
         let accepted: serde_json::Value = response.json().await.unwrap();
-        ids.extend(accepted["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()));
+        ids.extend(
+            accepted["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()),
+        );
     }
     ids
 }
@@ -39,7 +48,9 @@ async fn a_filter_that_matches_nothing_reads_a_bounded_page_and_hands_back_a_cur
     // The cursor goes on from where the page stopped, and the listing ends.
     let mut cursor = page["next_cursor"].as_str().expect("a cursor to read on from").to_string();
     let mut pages = 1;
-    while let Some(next) = app.get_json(&format!("/api/v1/tasks?kind=nope&cursor={cursor}")).await["next_cursor"].as_str() {
+    while let Some(next) =
+        app.get_json(&format!("/api/v1/tasks?kind=nope&cursor={cursor}")).await["next_cursor"].as_str()
+    {
         cursor = next.to_string();
         pages += 1;
         assert!(pages <= 4, "3000 records take at most 3 bounded pages, and one that finds the end");
@@ -52,14 +63,19 @@ async fn a_filter_that_matches_nothing_reads_a_bounded_page_and_hands_back_a_cur
 /// The bytes Redis has sent to its clients so far.
 async fn bytes_sent(app: &TestApp) -> u64 {
     let info: String = redis::cmd("INFO").arg("stats").query_async(&mut app.redis().await).await.unwrap();
-    info.lines().find_map(|l| l.strip_prefix("total_net_output_bytes:")).and_then(|n| n.trim().parse().ok()).unwrap()
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
 }
 
 #[tokio::test]
 async fn requeueing_one_kind_reads_each_dead_letter_once_and_moves_only_that_kind() {
     const DEAD: usize = 1200;
     let app = spawn_app().await;
-    let ids = submit_many(&app, DEAD, json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1})).await;
+    let ids =
+        submit_many(&app, DEAD, json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1}))
+            .await;
     let mut redis = app.redis().await;
     for _ in 0..400 {
         let dead: usize = redis::AsyncCommands::zcard(&mut redis, app.key("dead")).await.unwrap();

@@ -103,9 +103,8 @@ async fn a_delayed_task_whose_expiry_comes_first_expires_while_it_waits() {
     let app = spawn_app().await;
     let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(700);
     let expires_at = at.format(&time::format_description::well_known::Rfc3339).unwrap();
-    let id = app
-        .submit_ok(json!({"kind": "echo", "payload": 1, "delay_ms": 600, "expires_at": expires_at}))
-        .await;
+    let id =
+        app.submit_ok(json!({"kind": "echo", "payload": 1, "delay_ms": 600, "expires_at": expires_at})).await;
     // Due before it expires: it runs.
     assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
     // Expiring while delayed (a retry's wait): the sweep ends it before it is due.

@@ -177,7 +177,8 @@ async fn payload_keys(app: &TestApp) -> Vec<(String, u64)> {
     let keys: Vec<String> = redis.keys(app.key("payload:*")).await.unwrap();
     let mut sized = Vec::new();
     for key in keys {
-        let bytes: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(&mut redis).await.unwrap();
+        let bytes: Option<u64> =
+            redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(&mut redis).await.unwrap();
         sized.push((key, bytes.unwrap_or(0)));
     }
     sized
@@ -197,8 +198,12 @@ async fn a_message_for_twenty_subscriptions_is_stored_once_and_freed_after_the_l
     let response = publish(&app, "big", json!({"payload": {"text": text}})).await;
     assert_eq!(response.status(), 202);
     let published: serde_json::Value = response.json().await.unwrap();
-    let ids: Vec<String> =
-        published["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap().into()).collect();
+    let ids: Vec<String> = published["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap().into())
+        .collect();
     assert_eq!(ids.len(), 20);
 
     let stored = payload_keys(&app).await;
