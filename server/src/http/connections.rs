@@ -34,9 +34,9 @@ pub async fn serve(
         }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    // A client may shut its side down once its request is sent (`shutdown(SHUT_WR)`) and still
-    // wait for the answer: without half-close support that EOF drops the request unanswered.
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).half_close(true);
+    // No half-close: a read EOF means the client is gone, which is how an idle SSE stream learns
+    // its client left (a client that shuts its sending side down gets no answer).
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         // `accept` retries by itself on errors such as running out of file descriptors.

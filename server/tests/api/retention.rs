@@ -33,14 +33,14 @@ async fn tasks_waiting_longer_than_the_retention_still_run_once_a_worker_comes()
         ids.push(app.submit_ok(json!({"kind": "echo", "payload": {"n": n}})).await);
     }
     ids.push(app.submit_ok(json!({"kind": "echo", "payload": {"n": "late"}, "delay_ms": 2500})).await);
-    let response = app
-        .http
-        .post(app.url("/api/v1/tasks"))
-        .header("idempotency-key", "waits-long")
-        .json(&json!({"kind": "echo", "payload": {"n": "keyed"}}))
-        .send()
-        .await
-        .unwrap();
+    let keyed_submit = || {
+        app.http
+            .post(app.url("/api/v1/tasks"))
+            .header("idempotency-key", "waits-long")
+            .json(&json!({"kind": "echo", "payload": {"n": "keyed"}}))
+            .send()
+    };
+    let response = keyed_submit().await.unwrap();
     assert_eq!(response.status(), 202);
     let keyed: serde_json::Value = response.json().await.unwrap();
     ids.push(keyed["id"].as_str().unwrap().to_string());
@@ -53,14 +53,7 @@ async fn tasks_waiting_longer_than_the_retention_still_run_once_a_worker_comes()
         assert_eq!(ttl_ms(&app, &app.key(&format!("payload:{id}"))).await, -1, "nor its payload");
     }
     // The idempotency key still stands for its task: the same request gets the same task.
-    let again = app
-        .http
-        .post(app.url("/api/v1/tasks"))
-        .header("idempotency-key", "waits-long")
-        .json(&json!({"kind": "echo", "payload": {"n": "keyed"}}))
-        .send()
-        .await
-        .unwrap();
+    let again = keyed_submit().await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<serde_json::Value>().await.unwrap()["id"], keyed["id"]);
 

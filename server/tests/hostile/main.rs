@@ -307,8 +307,9 @@ fn hostile_request(random: &mut Random, port: u16, known_id: &str) -> (String, V
     } else {
         String::new()
     };
-    // Some bodies end early: the announced length is longer than what is sent.
-    let truncated = random.below(8) == 0 && !body.is_empty();
+    // Some bodies end early: the announced length is longer than what is sent, and the rest never
+    // comes (the body timeout answers those).
+    let truncated = random.below(40) == 0 && !body.is_empty();
     let sent = if truncated { &body[..body.len() / 2] } else { &body[..] };
     let mut request =
         format!("{method} {path}{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
@@ -332,9 +333,9 @@ async fn send_raw(port: u16, request: &[u8]) -> Option<(u16, String)> {
     // Written beside the read: a server that answers before the whole body is sent (413, 405)
     // must not have its answer lost to a failed write.
     let request = request.to_vec();
+    // The sending side stays open: to the server, a client that shuts it down has gone.
     let writing = tokio::spawn(async move {
         let _ = writer.write_all(&request).await;
-        let _ = writer.shutdown().await;
         writer
     });
     let mut head = Vec::new();
@@ -360,7 +361,7 @@ async fn send_raw(port: u16, request: &[u8]) -> Option<(u16, String)> {
 
 #[tokio::test]
 async fn two_thousand_hostile_requests_get_problems_never_a_5xx_and_lose_no_task() {
-    let served = Served::start(&["--concurrency", "4", "--body-timeout", "2s"]).await;
+    let served = Served::start(&["--concurrency", "4", "--body-timeout", "300ms"]).await;
     let mut accepted = Vec::new();
     for n in 0..50 {
         let body = json!({"kind": "sleep", "payload": {"ms": 20 + n % 5, "steps": 1}});
@@ -375,9 +376,9 @@ async fn two_thousand_hostile_requests_get_problems_never_a_5xx_and_lose_no_task
     let mut random = Random(seed);
     let mut answered = 0;
     for round in 0..2000 {
-        let (method, request, malformed_head) = if round % 100 == 99 {
-            // Now and then a body built to blow up a parsed tree: a 2 MiB array of zeros.
-            let body = zeros_body("echo", "[", "]", 2 << 20);
+        let (method, request, malformed_head) = if round % 200 == 199 {
+            // Now and then a body built to blow up a parsed tree: a 4 MiB array of zeros.
+            let body = zeros_body("echo", "[", "]", 4 << 20);
             let head = format!(
                 "POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 served.port,
@@ -402,8 +403,8 @@ async fn two_thousand_hostile_requests_get_problems_never_a_5xx_and_lose_no_task
     let (rss, peak) = served.rss_mib();
     println!("{answered} of 2000 answered; RSS {rss} MiB, peak {peak} MiB");
     assert_eq!(answered, 2000);
-    // A 2 MiB array of zeros parsed into a tree took about 70 MiB on its own.
-    assert!(peak < 80, "peak RSS {peak} MiB");
+    // A 4 MiB array of zeros parsed into a tree took over 130 MiB on its own.
+    assert!(peak < 100, "peak RSS {peak} MiB");
     for id in &accepted {
         let mut status = String::new();
         for _ in 0..400 {
