@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+/// The fields of an entry of the events stream, in the order every writer gives them: the Lua
+/// helper `emit_event` (queue/events.lua) and the enqueue transaction.
+pub const EVENT_FIELDS: [&str; 8] = ["event", "task", "kind", "status", "attempt", "progress", "error", "at"];
+
 /// How many events a slow SSE client may fall behind before it catches up from Redis.
 const FANOUT_BUFFER: usize = 4096;
 /// How many events one catch-up read takes.
@@ -714,6 +718,16 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lua_that_writes_events_writes_the_fields_the_server_reads() {
+        let lua = include_str!("queue/events.lua");
+        let xadd = &lua[lua.find("'*'").expect("emit_event appends with an automatic id")..];
+        // Quoted words alternate with the rest: after '*' come the field names, in order.
+        let quoted: Vec<&str> = xadd.split('\'').skip(1).step_by(2).collect();
+        assert_eq!(quoted[0], "*");
+        assert_eq!(quoted[1..], EVENT_FIELDS);
+    }
 
     fn bulk(text: &str) -> Value {
         Value::BulkString(text.as_bytes().to_vec())

@@ -8,7 +8,10 @@
 //! Delays and retries wait in a sorted set until due. Every transition is one Lua script over
 //! keys of one queue (one hash tag), that also appends the task event.
 
-use crate::store::{Keys, now_ms};
+use crate::{
+    events::EVENT_FIELDS,
+    store::{Keys, now_ms},
+};
 use app::model::Priority;
 use bytes::Bytes;
 use redis::{AsyncCommands, Script, aio::ConnectionManager, streams::StreamInfoConsumersReply};
@@ -56,20 +59,38 @@ struct Scripts {
     prune_index: Script,
 }
 
+/// The helpers the scripts share, each prepended to the scripts that use it. A Lua local
+/// function must be defined before its first use, so they go in front in this order.
+const EVENTS: &str = include_str!("queue/events.lua");
+const SESSIONS: &str = include_str!("queue/session.lua");
+const GROUPS: &str = include_str!("queue/group.lua");
+const ENDS: &str = include_str!("queue/ends.lua");
+const LEASES: &str = include_str!("queue/lease.lua");
+
+/// A script with the helpers it uses in front of it.
+fn script(helpers: &[&str], body: &str) -> Script {
+    let mut source = helpers.join("\n");
+    source.push('\n');
+    source.push_str(body);
+    Script::new(&source)
+}
+
 impl Scripts {
     fn load() -> Scripts {
+        let leasing = [EVENTS, SESSIONS, GROUPS, ENDS, LEASES];
+        let ending = [EVENTS, SESSIONS, ENDS];
         Scripts {
-            claim: Script::new(&with_leases(include_str!("queue/claim.lua"))),
-            renew: Script::new(include_str!("queue/renew.lua")),
-            progress: Script::new(include_str!("queue/progress.lua")),
-            finish: Script::new(&with_leases(include_str!("queue/finish.lua"))),
-            cancel: Script::new(&with_ends(include_str!("queue/cancel.lua"))),
-            promote: Script::new(&with_ends(include_str!("queue/promote.lua"))),
-            requeue: Script::new(&with_ends(include_str!("queue/requeue.lua"))),
-            purge: Script::new(include_str!("queue/purge.lua")),
-            release: Script::new(include_str!("queue/release.lua")),
-            depth: Script::new(&with_groups(include_str!("queue/depth.lua"))),
-            prune_index: Script::new(include_str!("queue/prune_index.lua")),
+            claim: script(&leasing, include_str!("queue/claim.lua")),
+            renew: script(&[], include_str!("queue/renew.lua")),
+            progress: script(&[EVENTS], include_str!("queue/progress.lua")),
+            finish: script(&leasing, include_str!("queue/finish.lua")),
+            cancel: script(&ending, include_str!("queue/cancel.lua")),
+            promote: script(&ending, include_str!("queue/promote.lua")),
+            requeue: script(&ending, include_str!("queue/requeue.lua")),
+            purge: script(&[], include_str!("queue/purge.lua")),
+            release: script(&[EVENTS], include_str!("queue/release.lua")),
+            depth: script(&[GROUPS], include_str!("queue/depth.lua")),
+            prune_index: script(&[], include_str!("queue/prune_index.lua")),
         }
     }
 }
@@ -77,27 +98,6 @@ impl Scripts {
 /// A boolean as the scripts read it.
 fn flag(on: bool) -> &'static str {
     if on { "1" } else { "0" }
-}
-
-/// A script's source with the shared session helper in front of it.
-fn with_sessions(script: &str) -> String {
-    format!("{}\n{script}", include_str!("queue/session.lua"))
-}
-
-/// A script's source with the shared consumer-group helper in front of it.
-fn with_groups(script: &str) -> String {
-    format!("{}\n{script}", include_str!("queue/group.lua"))
-}
-
-/// A script's source with the shared session and task-ending helpers in front of it.
-fn with_ends(script: &str) -> String {
-    with_sessions(&format!("{}\n{script}", include_str!("queue/ends.lua")))
-}
-
-/// A script's source with the shared session, group, task-ending and lease helpers in front of it.
-fn with_leases(script: &str) -> String {
-    let ends_and_leases = format!("{}\n{}", include_str!("queue/ends.lua"), include_str!("queue/lease.lua"));
-    with_sessions(&with_groups(&format!("{ends_and_leases}\n{script}")))
 }
 
 /// A handle on one queue in Redis; cheap to clone.
@@ -385,18 +385,13 @@ impl Queue {
             .arg("MAXLEN")
             .arg("~")
             .arg(self.settings.events_maxlen)
-            .arg("*")
-            .arg(&[
-                ("event", status),
-                ("task", &id),
-                ("kind", &task.kind),
-                ("status", status),
-                ("attempt", "0"),
-                ("progress", ""),
-                ("error", ""),
-                ("at", &now.to_string()),
-            ])
-            .ignore();
+            .arg("*");
+        let now = now.to_string();
+        let values = [status, &id, &task.kind, status, "0", "", "", &now];
+        for (field, value) in EVENT_FIELDS.iter().zip(values) {
+            pipe.arg(field).arg(value);
+        }
+        pipe.ignore();
     }
 
     /// The task's idempotency key, or (for scripts that take one either way) a key never written.

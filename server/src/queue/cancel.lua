@@ -17,8 +17,7 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
     leave_session(KEYS[4], KEYS[5], ARGV[2])
   end
   local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'cancelled', 'task', ARGV[2],
-    'kind', f[1], 'status', 'cancelled', 'attempt', f[2], 'progress', '', 'error', '', 'at', ARGV[1])
+  emit_event(KEYS[3], ARGV[3], 'cancelled', ARGV[2], f[1], 'cancelled', f[2], '', '', ARGV[1])
   return 'cancelled'
 end
 if status == 'running' then

@@ -70,7 +70,5 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
   if f[4] and f[4] ~= '' then
     leave_session(base .. ':session:' .. f[4], base .. ':ready', id)
   end
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'failed', 'task', id,
-    'kind', f[1] or '', 'status', 'failed', 'attempt', f[2] or '0', 'progress', '', 'error', err,
-    'at', now)
+  emit_event(events, maxlen, 'failed', id, f[1], 'failed', f[2], '', err, now)
 end

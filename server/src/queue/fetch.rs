@@ -71,6 +71,70 @@ pub struct Lease {
     finisher: mpsc::Sender<Ending>,
 }
 
+/// The fields of a `run` reply of `take_lease` (queue/lease.lua), by their place in it.
+#[derive(Clone, Copy)]
+enum Run {
+    Tag,
+    TaskId,
+    Stream,
+    Entry,
+    Token,
+    Attempt,
+    Kind,
+    MaxAttempts,
+    TimeoutMs,
+    PayloadType,
+    Session,
+    PayloadIs,
+    Payload,
+    IdempotencyKey,
+    PayloadRef,
+}
+
+impl Run {
+    /// Every field in reply order, with the name lease.lua gives it.
+    const FIELDS: [(Run, &'static str); 15] = [
+        (Run::Tag, "run"),
+        (Run::TaskId, "id"),
+        (Run::Stream, "stream"),
+        (Run::Entry, "entry"),
+        (Run::Token, "token"),
+        (Run::Attempt, "attempt"),
+        (Run::Kind, "kind"),
+        (Run::MaxAttempts, "max_attempts"),
+        (Run::TimeoutMs, "timeout_ms"),
+        (Run::PayloadType, "payload_type"),
+        (Run::Session, "session"),
+        (Run::PayloadIs, "payload_is"),
+        (Run::Payload, "payload"),
+        (Run::IdempotencyKey, "idempotency_key"),
+        (Run::PayloadRef, "payload_ref"),
+    ];
+}
+
+/// A claim's reply for one task to run, read by field name.
+struct RunReply(Vec<Vec<u8>>);
+
+impl RunReply {
+    /// The reply, if it is a `run` reply of the expected length.
+    fn of(reply: Vec<Vec<u8>>) -> Option<RunReply> {
+        (reply.len() == Run::FIELDS.len() && reply[Run::Tag as usize] == b"run").then_some(RunReply(reply))
+    }
+
+    fn text(&self, field: Run) -> String {
+        String::from_utf8_lossy(&self.0[field as usize]).into_owned()
+    }
+
+    /// The field as text, `None` when empty.
+    fn optional(&self, field: Run) -> Option<String> {
+        Some(self.text(field)).filter(|t| !t.is_empty())
+    }
+
+    fn take(&mut self, field: Run) -> Vec<u8> {
+        std::mem::take(&mut self.0[field as usize])
+    }
+}
+
 /// A lease's payload: small ones come with the claim, large ones are read on their own.
 #[derive(Debug)]
 pub(super) enum LeasedPayload {
@@ -188,14 +252,16 @@ impl Leasing {
         let Some(finisher) = self.endings.upgrade() else { return Vec::new() };
         let streams = self.queue.keys.ready_streams();
         let mut leases = Vec::new();
-        for mut reply in replies {
-            if reply.len() < 15 || reply[0] != b"run" {
-                continue;
-            }
-            let text = |field: &[u8]| String::from_utf8_lossy(field).into_owned();
+        for reply in replies {
+            let Some(mut reply) = RunReply::of(reply) else { continue };
             let (Ok(task_id), Some(stream_index)) = (
-                text(&reply[1]).parse::<Uuid>(),
-                text(&reply[2]).parse::<usize>().ok().and_then(|s| s.checked_sub(1)).filter(|&s| s < 3),
+                reply.text(Run::TaskId).parse::<Uuid>(),
+                reply
+                    .text(Run::Stream)
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|s| s.checked_sub(1))
+                    .filter(|&s| s < 3),
             ) else {
                 warn!("a claim named no task this worker can read; its lease will expire");
                 continue;
@@ -204,28 +270,26 @@ impl Leasing {
                 warn!("a claim returned more tasks than there were free slots");
                 break;
             };
-            let payload = match reply[11].as_slice() {
-                b"1" => LeasedPayload::Here(Bytes::from(std::mem::take(&mut reply[12]))),
-                b"2" => LeasedPayload::Stored,
+            let payload = match reply.text(Run::PayloadIs).as_str() {
+                "1" => LeasedPayload::Here(Bytes::from(reply.take(Run::Payload))),
+                "2" => LeasedPayload::Stored,
                 _ => LeasedPayload::Gone,
             };
             leases.push(Lease {
                 task_id,
-                kind: text(&reply[6]),
-                attempt: text(&reply[5]).parse().unwrap_or(1),
-                max_attempts: text(&reply[7]).parse().unwrap_or(1),
-                timeout_ms: text(&reply[8]).parse().ok(),
-                payload_type: Some(text(&reply[9]))
-                    .filter(|t| !t.is_empty())
-                    .unwrap_or_else(|| "application/json".into()),
-                session: Some(text(&reply[10])).filter(|s| !s.is_empty()),
+                kind: reply.text(Run::Kind),
+                attempt: reply.text(Run::Attempt).parse().unwrap_or(1),
+                max_attempts: reply.text(Run::MaxAttempts).parse().unwrap_or(1),
+                timeout_ms: reply.text(Run::TimeoutMs).parse().ok(),
+                payload_type: reply.optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
+                session: reply.optional(Run::Session),
                 payload,
-                idempotency_key: Some(text(&reply[13])).filter(|k| !k.is_empty()),
-                payload_ref: text(&reply[14]).parse().ok(),
-                entry_id: text(&reply[3]),
+                idempotency_key: reply.optional(Run::IdempotencyKey),
+                payload_ref: reply.text(Run::PayloadRef).parse().ok(),
+                entry_id: reply.text(Run::Entry),
                 stream: streams[stream_index].clone(),
                 stream_index,
-                token: text(&reply[4]),
+                token: reply.text(Run::Token),
                 consumer: self.consumer.clone(),
                 slot: Mutex::new(Some(slot)),
                 finisher: finisher.clone(),
@@ -692,11 +756,11 @@ mod tests {
     }
 
     fn ending(task_id: &str, reply: &[Vec<u8>], token: &str, result: ResultBytes) -> Ending {
-        let text = |n: usize| String::from_utf8_lossy(&reply[n]).into_owned();
+        let text = |field: Run| String::from_utf8_lossy(&reply[field as usize]).into_owned();
         Ending {
             task_id: task_id.into(),
-            stream_index: text(2).parse::<usize>().unwrap() - 1,
-            entry_id: text(3),
+            stream_index: text(Run::Stream).parse::<usize>().unwrap() - 1,
+            entry_id: text(Run::Entry),
             token: token.into(),
             outcome: "succeeded",
             error: String::new(),
@@ -711,6 +775,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_run_reply_is_read_in_the_order_lease_lua_writes_it() {
+        let lua = include_str!("lease.lua");
+        let line =
+            lua.lines().find_map(|l| l.strip_prefix("-- run reply: ")).expect("lease.lua names its reply");
+        let written: Vec<&str> = line.split(", ").collect();
+        let read: Vec<&str> = Run::FIELDS.iter().map(|(_, name)| *name).collect();
+        assert_eq!(written, read);
+        for (place, (field, _)) in Run::FIELDS.iter().enumerate() {
+            assert_eq!(*field as usize, place);
+        }
+        // And the return statement builds as many fields as the comment names.
+        let ret = &lua[lua.find("return {'run'").expect("take_lease returns a run reply")..];
+        let ret = &ret[..ret.find('}').unwrap()];
+        assert_eq!(ret.matches(',').count() + 1, read.len());
+    }
+
     /// Large payloads and results never pass through Lua: the claim leaves the payload for a
     /// plain GET, a large result is staged and renamed, and a late holder's staged result goes.
     #[tokio::test]
@@ -722,8 +803,12 @@ mod tests {
 
         let replies = queue.claim("unit-worker", 1, &[]).await.unwrap();
         let reply = &replies[0];
-        assert_eq!((reply[0].as_slice(), reply[11].as_slice(), reply[12].len()), (&b"run"[..], &b"2"[..], 0));
-        let token = String::from_utf8(reply[4].clone()).unwrap();
+        let field = |f: Run| reply[f as usize].as_slice();
+        assert_eq!(
+            (field(Run::Tag), field(Run::PayloadIs), field(Run::Payload)),
+            (&b"run"[..], &b"2"[..], &b""[..])
+        );
+        let token = String::from_utf8(field(Run::Token).to_vec()).unwrap();
         let (consumer, permits): (Arc<str>, _) = ("unit-worker".into(), Arc::new(Semaphore::new(1)));
         let (finisher, _endings) = mpsc::channel(1);
         let mut lease = Lease {

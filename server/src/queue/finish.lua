@@ -80,9 +80,7 @@ for a = 10, #ARGV, 13 do
         leave_session(base .. ':session:' .. ARGV[a + 10], streams[2], id)
       end
     end
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'event', outcome, 'task', id,
-      'kind', f[2], 'status', outcome, 'attempt', f[3], 'progress', progress, 'error', err,
-      'at', now)
+    emit_event(KEYS[4], maxlen, outcome, id, f[2], outcome, f[3], progress, err, now)
     applied[#applied + 1] = 1
   end
 end

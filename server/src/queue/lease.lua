@@ -25,9 +25,12 @@ local function settle(stream, group, entries)
 end
 
 -- Takes the lease on ready entry `entry` (of `streams[s]`) for task `id`, with `token`.
--- Returns {'run', id, s, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type,
--- session, payload (1: here, 2: large, read it yourself, 0: gone), payload, idempotency key,
--- payload ref}: a small payload comes with the lease, saving the worker a round trip. Returns
+-- Returns, for a task to run, these fields in this order (`Run` in queue/fetch.rs names them;
+-- a unit test compares the two):
+-- run reply: run, id, stream, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type, session, payload_is, payload, idempotency_key, payload_ref
+-- `run` is the word 'run', `stream` the stream's index (1-3), `payload_is` 1 (here), 2 (large:
+-- read it yourself) or 0 (gone): a small payload comes with the lease, saving the worker a round
+-- trip; `payload_ref` names the task a shared payload is stored under. Returns
 -- {'drop'} when the task is gone or finished (its entry is dropped), {'cancelled'} when it was
 -- cancelled while a dead holder ran it, and {'expired'} when its expiry passed before this
 -- attempt could start (it ends as a dead letter kept `dead_keep` ms).
@@ -49,8 +52,7 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
     settle(stream, group, {entry})
     redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
       'cancel', '')
-    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'cancelled', 'task', id,
-      'kind', f[5], 'status', 'cancelled', 'attempt', f[3], 'progress', '', 'error', '', 'at', now)
+    emit_event(events, maxlen, 'cancelled', id, f[5], 'cancelled', f[3], '', '', now)
     if f[9] and f[9] ~= '' then
       leave_session(base .. ':session:' .. f[9], streams[2], id)
     end
@@ -65,8 +67,7 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
   local attempt = tostring((tonumber(f[3]) or 0) + 1)
   redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
     'progress', '', 'attempts', attempt, 'started', f[4] or now)
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'running', 'task', id,
-    'kind', f[5], 'status', 'running', 'attempt', attempt, 'progress', '', 'error', '', 'at', now)
+  emit_event(events, maxlen, 'running', id, f[5], 'running', attempt, '', '', now)
   local payload, has = nil, '2'
   if (tonumber(f[11]) or 0) <= INLINE_PAYLOAD_MAX then
     payload = redis.call('GET', payload_key(base, id, f[13]))

@@ -6,6 +6,5 @@ if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'updated', ARGV[3])
 local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', 'progress', 'task', ARGV[4],
-  'kind', f[1], 'status', 'running', 'attempt', f[2], 'progress', ARGV[2], 'error', '', 'at', ARGV[3])
+emit_event(KEYS[2], ARGV[5], 'progress', ARGV[4], f[1], 'running', f[2], ARGV[2], '', ARGV[3])
 return 1

@@ -13,6 +13,5 @@ redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[4], 'progress', '')
 redis.call('XADD', KEYS[2], '*', 'task', ARGV[5])
 local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event', 'queued', 'task', ARGV[5],
-  'kind', f[1], 'status', 'queued', 'attempt', f[2], 'progress', '', 'error', '', 'at', ARGV[4])
+emit_event(KEYS[3], ARGV[6], 'queued', ARGV[5], f[1], 'queued', f[2], '', '', ARGV[4])
 return 1

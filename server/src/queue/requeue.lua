@@ -24,6 +24,5 @@ else
   redis.call('XADD', streams[priority] or KEYS[5], '*', 'task', ARGV[2])
 end
 local kind = redis.call('HGET', KEYS[1], 'kind')
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'queued', 'task', ARGV[2],
-  'kind', kind, 'status', 'queued', 'attempt', 0, 'progress', '', 'error', '', 'at', ARGV[1])
+emit_event(KEYS[3], ARGV[3], 'queued', ARGV[2], kind, 'queued', '0', '', '', ARGV[1])
 return 1
