@@ -216,25 +216,11 @@ impl Tasks {
         shared: bool,
     ) -> Result<Vec<NewTask>, BatchError> {
         let size: usize = submissions.iter().map(|s| s.payload.len()).sum();
-        let service = self.clone();
-        let work = move || {
-            let mut passed = std::collections::HashSet::new();
-            let mut tasks = Vec::with_capacity(submissions.len());
-            for (index, submission) in submissions.into_iter().enumerate() {
-                let kind = submission.kind.clone();
-                let checked = shared && passed.contains(&kind);
-                let task = service
-                    .prepare(submission, checked)
-                    .map_err(|error| BatchError::Rejected { index, error })?;
-                passed.insert(kind);
-                tasks.push(task);
-            }
-            Ok(tasks)
-        };
         if size <= VALIDATE_INLINE_MAX {
-            return work();
+            return self.prepare_each(submissions, shared);
         }
-        match tokio::task::spawn_blocking(work).await {
+        let service = self.clone();
+        match tokio::task::spawn_blocking(move || service.prepare_each(submissions, shared)).await {
             Ok(prepared) => prepared,
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
@@ -245,6 +231,21 @@ impl Tasks {
                 )))),
             },
         }
+    }
+
+    /// [`Tasks::prepare`] for each submission, in order, the first refusal naming its index.
+    fn prepare_each(&self, submissions: Vec<Submission>, shared: bool) -> Result<Vec<NewTask>, BatchError> {
+        let mut passed = std::collections::HashSet::new();
+        let mut tasks = Vec::with_capacity(submissions.len());
+        for (index, submission) in submissions.into_iter().enumerate() {
+            let checked = shared && passed.contains(&submission.kind);
+            let kind = shared.then(|| submission.kind.clone());
+            let task =
+                self.prepare(submission, checked).map_err(|error| BatchError::Rejected { index, error })?;
+            passed.extend(kind);
+            tasks.push(task);
+        }
+        Ok(tasks)
     }
 
     /// Validates every submission, then enqueues them all at once (one MULTI), or none: the
