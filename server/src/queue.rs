@@ -21,6 +21,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 mod fetch;
+pub mod record;
 
 use fetch::LeasedPayload;
 pub use fetch::{BackendStopped, Lease, RedisBackend};
@@ -339,24 +340,29 @@ impl Queue {
             // Claimed with a short TTL in case this MULTI never runs; the task's own from now.
             pipe.cmd("PERSIST").arg(key).ignore();
         }
+        let (max_attempts, now_text) = (task.max_attempts.to_string(), now.to_string());
+        let (payload_bytes, timeout_ms) =
+            (task.payload.len().to_string(), task.timeout_ms.map(|t| t.to_string()).unwrap_or_default());
+        let expires = task.expires_ms.map(|t| t.to_string()).unwrap_or_default();
+        let payload_ref = task.shared_payload.map(|s| s.owner.to_string()).unwrap_or_default();
         pipe.cmd("HSET")
             .arg(&task_key)
             .arg(&[
-                ("kind", task.kind.as_str()),
-                ("status", status),
-                ("attempts", "0"),
-                ("max_attempts", &task.max_attempts.to_string()),
-                ("created", &now.to_string()),
-                ("updated", &now.to_string()),
-                ("payload_bytes", &task.payload.len().to_string()),
-                ("payload_type", &task.payload_type),
-                ("timeout_ms", &task.timeout_ms.map(|t| t.to_string()).unwrap_or_default()),
-                ("priority", priority_tag(task.priority)),
-                ("session", task.session.as_deref().unwrap_or("")),
-                ("subscription", task.subscription.as_deref().unwrap_or("")),
-                ("idem", task.idempotency_key.as_deref().unwrap_or("")),
-                ("expires", &task.expires_ms.map(|t| t.to_string()).unwrap_or_default()),
-                ("payload_ref", &task.shared_payload.map(|s| s.owner.to_string()).unwrap_or_default()),
+                (record::KIND, task.kind.as_str()),
+                (record::STATUS, status),
+                (record::ATTEMPTS, "0"),
+                (record::MAX_ATTEMPTS, &max_attempts),
+                (record::CREATED, &now_text),
+                (record::UPDATED, &now_text),
+                (record::PAYLOAD_BYTES, &payload_bytes),
+                (record::PAYLOAD_TYPE, &task.payload_type),
+                (record::TIMEOUT_MS, &timeout_ms),
+                (record::PRIORITY, priority_tag(task.priority)),
+                (record::SESSION, task.session.as_deref().unwrap_or("")),
+                (record::SUBSCRIPTION, task.subscription.as_deref().unwrap_or("")),
+                (record::IDEMPOTENCY_KEY, task.idempotency_key.as_deref().unwrap_or("")),
+                (record::EXPIRES, &expires),
+                (record::PAYLOAD_REF, &payload_ref),
             ])
             .ignore();
         pipe.cmd("ZADD").arg(self.keys.index()).arg(0).arg(&id).ignore();
@@ -403,8 +409,8 @@ impl Queue {
     async fn links_of(&self, id: &Uuid) -> redis::RedisResult<(String, Option<String>)> {
         let (session, idem): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.task(id))
-            .arg("session")
-            .arg("idem")
+            .arg(record::SESSION)
+            .arg(record::IDEMPOTENCY_KEY)
             .query_async(&mut self.conn.clone())
             .await?;
         Ok((session.unwrap_or_default(), idem.filter(|k| !k.is_empty())))

@@ -21,6 +21,7 @@
 //! | `{prefix}:{queue}:idem:{sha1}`   | string | `{task id} {request digest}` of a key   |
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 
+use crate::queue::record as field;
 use app::model::{Priority, Status, TaskView};
 use redis::{AsyncCommands, aio::ConnectionManager};
 use std::{collections::HashMap, sync::Arc};
@@ -180,25 +181,25 @@ impl TaskRecord {
         let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
         Some(TaskRecord {
             id,
-            kind: text("kind")?.clone(),
-            status: Status::parse(text("status")?)?,
-            attempts: number("attempts").unwrap_or(0) as u32,
-            max_attempts: number("max_attempts").unwrap_or(1) as u32,
-            progress: number("progress").map(|p| p.min(100) as u8),
-            created_ms: number("created")?,
-            updated_ms: number("updated").or(number("created"))?,
-            started_ms: number("started"),
-            finished_ms: number("finished"),
-            payload_bytes: number("payload_bytes").unwrap_or(0),
-            payload_type: text("payload_type").cloned().unwrap_or_else(|| "application/json".into()),
-            result_type: text("result_type").cloned(),
-            result_is_payload: text("result_is_payload").is_some_and(|v| v == "1"),
-            error: text("error").cloned(),
-            next_run_ms: number("next_run"),
-            dead_reason: text("dead_reason").cloned(),
-            subscription: text("subscription").cloned(),
-            expires_ms: number("expires"),
-            payload_ref: text("payload_ref").and_then(|v| v.parse().ok()),
+            kind: text(field::KIND)?.clone(),
+            status: Status::parse(text(field::STATUS)?)?,
+            attempts: number(field::ATTEMPTS).unwrap_or(0) as u32,
+            max_attempts: number(field::MAX_ATTEMPTS).unwrap_or(1) as u32,
+            progress: number(field::PROGRESS).map(|p| p.min(100) as u8),
+            created_ms: number(field::CREATED)?,
+            updated_ms: number(field::UPDATED).or(number(field::CREATED))?,
+            started_ms: number(field::STARTED),
+            finished_ms: number(field::FINISHED),
+            payload_bytes: number(field::PAYLOAD_BYTES).unwrap_or(0),
+            payload_type: text(field::PAYLOAD_TYPE).cloned().unwrap_or_else(|| "application/json".into()),
+            result_type: text(field::RESULT_TYPE).cloned(),
+            result_is_payload: text(field::RESULT_IS_PAYLOAD).is_some_and(|v| v == "1"),
+            error: text(field::ERROR).cloned(),
+            next_run_ms: number(field::NEXT_RUN),
+            dead_reason: text(field::DEAD_REASON).cloned(),
+            subscription: text(field::SUBSCRIPTION).cloned(),
+            expires_ms: number(field::EXPIRES),
+            payload_ref: text(field::PAYLOAD_REF).and_then(|v| v.parse().ok()),
         })
     }
 
@@ -345,7 +346,7 @@ impl Store {
         }
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.hget(self.keys.task(id), "kind");
+            pipe.hget(self.keys.task(id), field::KIND);
         }
         let kinds: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
         Ok(ids.into_iter().zip(kinds).collect())

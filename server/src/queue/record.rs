@@ -1,0 +1,168 @@
+//! The task record's field names: one Redis hash per task (`{prefix}:{queue}:task:{id}`),
+//! written by the enqueue transaction and the Lua scripts, read by the store. They are named once
+//! here; a test reads every script and checks that each field it writes or reads is one of them.
+
+/// The task kind.
+pub const KIND: &str = "kind";
+/// `queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed` or `cancelled`.
+pub const STATUS: &str = "status";
+/// Attempts started so far.
+pub const ATTEMPTS: &str = "attempts";
+pub const MAX_ATTEMPTS: &str = "max_attempts";
+/// Submission time, ms since the epoch; `updated`, `started`, `finished` likewise.
+pub const CREATED: &str = "created";
+pub const UPDATED: &str = "updated";
+pub const STARTED: &str = "started";
+pub const FINISHED: &str = "finished";
+/// Progress of the running attempt, 0–100 (empty when none was reported).
+pub const PROGRESS: &str = "progress";
+pub const PAYLOAD_BYTES: &str = "payload_bytes";
+pub const PAYLOAD_TYPE: &str = "payload_type";
+/// The task under whose id a shared payload (a topic message's) is stored; empty: its own.
+pub const PAYLOAD_REF: &str = "payload_ref";
+/// The task's own timeout for an attempt, in ms (empty: the kind's).
+pub const TIMEOUT_MS: &str = "timeout_ms";
+/// `h`, `n` or `l`.
+pub const PRIORITY: &str = "priority";
+/// The ordered session the task belongs to (empty: none).
+pub const SESSION: &str = "session";
+/// The topic subscription (`topic/name`) that created it (empty: none).
+pub const SUBSCRIPTION: &str = "subscription";
+/// The Redis key of its `Idempotency-Key` (empty: none).
+pub const IDEMPOTENCY_KEY: &str = "idem";
+/// When it expires if no attempt has started, ms since the epoch (empty: never).
+pub const EXPIRES: &str = "expires";
+/// The token of the lease held on it (empty: none).
+pub const LEASE: &str = "lease";
+/// `1` once cancellation was asked of its running attempt.
+pub const CANCEL: &str = "cancel";
+/// When a retrying task runs next, ms since the epoch.
+pub const NEXT_RUN: &str = "next_run";
+pub const ERROR: &str = "error";
+/// Why it ended as a dead letter (`DeadReason`).
+pub const DEAD_REASON: &str = "dead_reason";
+pub const RESULT_TYPE: &str = "result_type";
+pub const RESULT_BYTES: &str = "result_bytes";
+/// `1` when the result is the payload, unchanged, kept once under the payload's key.
+pub const RESULT_IS_PAYLOAD: &str = "result_is_payload";
+
+/// Every field a record may have.
+pub const FIELDS: [&str; 26] = [
+    KIND,
+    STATUS,
+    ATTEMPTS,
+    MAX_ATTEMPTS,
+    CREATED,
+    UPDATED,
+    STARTED,
+    FINISHED,
+    PROGRESS,
+    PAYLOAD_BYTES,
+    PAYLOAD_TYPE,
+    PAYLOAD_REF,
+    TIMEOUT_MS,
+    PRIORITY,
+    SESSION,
+    SUBSCRIPTION,
+    IDEMPOTENCY_KEY,
+    EXPIRES,
+    LEASE,
+    CANCEL,
+    NEXT_RUN,
+    ERROR,
+    DEAD_REASON,
+    RESULT_TYPE,
+    RESULT_BYTES,
+    RESULT_IS_PAYLOAD,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::FIELDS;
+
+    /// Every script of the queue, by file name.
+    const SCRIPTS: [(&str, &str); 17] = [
+        ("cancel.lua", include_str!("cancel.lua")),
+        ("claim.lua", include_str!("claim.lua")),
+        ("depth.lua", include_str!("depth.lua")),
+        ("ends.lua", include_str!("ends.lua")),
+        ("events.lua", include_str!("events.lua")),
+        ("finish.lua", include_str!("finish.lua")),
+        ("group.lua", include_str!("group.lua")),
+        ("lease.lua", include_str!("lease.lua")),
+        ("progress.lua", include_str!("progress.lua")),
+        ("promote.lua", include_str!("promote.lua")),
+        ("prune_index.lua", include_str!("prune_index.lua")),
+        ("purge.lua", include_str!("purge.lua")),
+        ("release.lua", include_str!("release.lua")),
+        ("renew.lua", include_str!("renew.lua")),
+        ("requeue.lua", include_str!("requeue.lua")),
+        ("session.lua", include_str!("session.lua")),
+        ("session_enqueue.lua", include_str!("session_enqueue.lua")),
+    ];
+
+    /// The argument lists of the `redis.call`s of `command` in `source`, split at top-level commas.
+    fn calls<'a>(source: &'a str, command: &str) -> Vec<Vec<&'a str>> {
+        let opening = format!("redis.call('{command}',");
+        let mut found = Vec::new();
+        let mut rest = source;
+        while let Some(at) = rest.find(&opening) {
+            let call = &rest[at + "redis.call(".len()..];
+            let (mut depth, mut start, mut args) = (0, 0, Vec::new());
+            for (i, c) in call.char_indices() {
+                match c {
+                    '(' | '{' => depth += 1,
+                    ')' | '}' if depth == 0 => {
+                        args.push(call[start..i].trim());
+                        break;
+                    }
+                    ')' | '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        args.push(call[start..i].trim());
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            found.push(args);
+            rest = &call[1..];
+        }
+        found
+    }
+
+    /// Whether a key argument names a task record in `source`: a variable or expression built
+    /// with `:task:`, or `KEYS[1]` in a script whose first key is the task.
+    fn is_task_key(source: &str, key: &str) -> bool {
+        key == "task" || key.contains("':task:'") || (key == "KEYS[1]" && source.contains("-- KEYS: task"))
+    }
+
+    #[test]
+    fn every_field_a_script_touches_is_a_field_of_the_record() {
+        let mut checked = 0;
+        for (file, source) in SCRIPTS {
+            for command in ["HSET", "HMGET", "HGET", "HDEL", "HINCRBY"] {
+                for args in calls(source, command) {
+                    if !is_task_key(source, args[1]) {
+                        continue;
+                    }
+                    // HSET takes field-value pairs; the others list fields (HINCRBY: one).
+                    let fields: Vec<&str> = match command {
+                        "HSET" => args[2..].iter().step_by(2).copied().collect(),
+                        "HINCRBY" => vec![args[2]],
+                        _ => args[2..].to_vec(),
+                    };
+                    for field in fields {
+                        let name = field.trim_matches('\'');
+                        assert!(
+                            field.starts_with('\'') && FIELDS.contains(&name),
+                            "{file}: {command} touches `{field}`, not a field of record.rs"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        // The scripts name dozens of fields: a parser that found none would pass for nothing.
+        assert!(checked > 60, "only {checked} fields found in the scripts");
+    }
+}
