@@ -7,6 +7,13 @@
 //! and every later write checks it, so a late ack from a dead lease's holder changes nothing.
 //! Delays and retries wait in a sorted set until due. Every transition is one Lua script over
 //! keys of one queue (one hash tag), that also appends the task event.
+//!
+//! Read top to bottom: this file (the queue's handle, enqueue, the operations on one task), then
+//! `record` (the task record's fields), `lease` (a worker's hold on an attempt, and the claim's
+//! reply), `fetch` (how free slots get leases), `finish` (how ended attempts are recorded in
+//! batches, taking the next leases), `backend` (the adapter to apalis). The Lua scripts beside
+//! them share helpers: `events.lua` (the one task event), `ends.lua` (what every end does),
+//! `session.lua`, `group.lua`, `lease.lua`.
 
 use crate::{
     events::EVENT_FIELDS,
@@ -20,11 +27,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
 
+mod backend;
 mod fetch;
+mod finish;
+mod lease;
 pub mod record;
 
-use fetch::LeasedPayload;
-pub use fetch::{BackendStopped, Lease, RedisBackend};
+pub use backend::{BackendStopped, RedisBackend};
+pub use lease::Lease;
+use lease::LeasedPayload;
 
 /// The consumer group every worker of a queue reads through.
 const GROUP: &str = "workers";

@@ -25,7 +25,7 @@ local function settle(stream, group, entries)
 end
 
 -- Takes the lease on ready entry `entry` (of `streams[s]`) for task `id`, with `token`.
--- Returns, for a task to run, these fields in this order (`Run` in queue/fetch.rs names them;
+-- Returns, for a task to run, these fields in this order (`Run` in queue/lease.rs names them;
 -- a unit test compares the two):
 -- run reply: run, id, stream, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type, session, payload_is, payload, idempotency_key, payload_ref
 -- `run` is the word 'run', `stream` the stream's index (1-3), `payload_is` 1 (here), 2 (large:

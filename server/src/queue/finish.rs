@@ -1,0 +1,416 @@
+//! How a worker process's attempts end: the finish loop and the script call it batches them into.
+//!
+//! The *finish loop* records ended attempts in batches (one script for all that ended meanwhile)
+//! and, in the same round trip, takes leases on new entries for the slots those attempts free, so
+//! a busy worker goes from one task to the next without a read of its own.
+
+use super::{
+    Outcome, Queue, ResultBytes,
+    lease::{Lease, Leasing},
+};
+use crate::store::now_ms;
+use bytes::Bytes;
+use redis::RedisResult;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tracing::debug;
+
+/// The most attempts one finish script ends.
+const FINISH_BATCH: usize = 64;
+/// Results larger than this are staged with a plain `SET` before the finish script, which only
+/// renames them: copying large strings through Lua stalls Redis for everyone.
+const INLINE_RESULT_MAX: usize = 16 * 1024;
+/// How long a staged result waits for its finish script (which runs right after it) at most.
+const STAGED_TTL: Duration = Duration::from_secs(300);
+
+/// An ended attempt on its way to the finish loop, in the finish script's terms.
+pub(super) struct Ending {
+    task_id: String,
+    stream_index: usize,
+    entry_id: String,
+    token: String,
+    outcome: &'static str,
+    error: String,
+    result_type: String,
+    due_ms: u64,
+    result: ResultPlace,
+    reason: &'static str,
+    session: String,
+    idempotency_key: String,
+    slot: Option<OwnedSemaphorePermit>,
+    reply: oneshot::Sender<RedisResult<bool>>,
+}
+
+/// Where the finish script finds an ended attempt's result, decided once per attempt.
+enum ResultPlace {
+    /// Small enough to pass as a script argument.
+    Here(Bytes),
+    /// Too large for Lua: staged under `staged:{token}` before the script, which renames it.
+    Staged(Bytes),
+    /// The payload, unchanged.
+    Payload,
+}
+
+impl ResultPlace {
+    fn of(result: ResultBytes) -> ResultPlace {
+        match result {
+            ResultBytes::New(bytes) if bytes.len() > INLINE_RESULT_MAX => ResultPlace::Staged(bytes),
+            ResultBytes::New(bytes) => ResultPlace::Here(bytes),
+            ResultBytes::Payload => ResultPlace::Payload,
+        }
+    }
+
+    /// The finish script's two result arguments: the bytes, and where the result is.
+    fn script_args(&self) -> (&[u8], &'static str) {
+        match self {
+            ResultPlace::Here(bytes) => (bytes, ""),
+            ResultPlace::Staged(_) => (b"", "staged"),
+            ResultPlace::Payload => (b"", "payload"),
+        }
+    }
+}
+
+impl Ending {
+    /// The attempt of `lease` ended with `outcome`, with the slot it frees (if not passed on
+    /// already); `reply` learns whether it was recorded.
+    pub(super) fn of(
+        lease: &Lease,
+        outcome: Outcome,
+        slot: Option<OwnedSemaphorePermit>,
+        reply: oneshot::Sender<RedisResult<bool>>,
+    ) -> Ending {
+        let mut ending = Ending {
+            task_id: lease.task_id.to_string(),
+            stream_index: lease.stream_index,
+            entry_id: lease.entry_id.clone(),
+            token: lease.token.clone(),
+            outcome: "",
+            error: String::new(),
+            result_type: String::new(),
+            due_ms: 0,
+            result: ResultPlace::Here(Bytes::new()),
+            reason: "",
+            session: lease.session.clone().unwrap_or_default(),
+            idempotency_key: lease.idempotency_key.clone().unwrap_or_default(),
+            slot,
+            reply,
+        };
+        match outcome {
+            Outcome::Succeeded { result, content_type } => {
+                (ending.outcome, ending.result, ending.result_type) =
+                    ("succeeded", ResultPlace::of(result), content_type);
+            }
+            Outcome::Retry { error, after } => {
+                let due = now_ms() + after.as_millis() as u64;
+                (ending.outcome, ending.error, ending.due_ms) = ("retrying", error, due);
+            }
+            Outcome::Failed { error, reason } => {
+                (ending.outcome, ending.error, ending.reason) = ("failed", error, reason.as_str());
+            }
+            Outcome::Cancelled => ending.outcome = "cancelled",
+        }
+        ending
+    }
+}
+
+impl Leasing {
+    /// Records ended attempts in batches, and reuses their slots for new leases taken in the
+    /// same script. Runs until every lease and the fetch loop are gone.
+    pub(super) async fn finish_loop(self, mut endings: mpsc::Receiver<Ending>) {
+        while let Some(first) = endings.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < FINISH_BATCH {
+                match endings.try_recv() {
+                    Ok(ending) => batch.push(ending),
+                    Err(_) => break,
+                }
+            }
+            let mut slots: Vec<_> = batch.iter_mut().filter_map(|e| e.slot.take()).collect();
+            let want = if self.shutdown.is_cancelled() { 0 } else { slots.len() };
+            match self.queue.end_attempts(&batch, want, &self.consumer).await {
+                Ok((applied, claims)) => {
+                    for (ending, applied) in batch.into_iter().zip(applied) {
+                        let _ = ending.reply.send(Ok(applied == 1));
+                    }
+                    let leases = self.leases_of(claims, &mut slots);
+                    drop(slots);
+                    self.deliver(leases).await;
+                }
+                Err(e) => {
+                    // Nothing was applied: each attempt's runner tries again.
+                    for ending in batch {
+                        let _ = ending.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        debug!("finishing stopped");
+    }
+}
+
+impl Queue {
+    /// Ends a batch of attempts and takes up to `want` new leases, in one script.
+    async fn end_attempts(
+        &self,
+        endings: &[Ending],
+        want: usize,
+        consumer: &str,
+    ) -> RedisResult<(Vec<i64>, Vec<Vec<Vec<u8>>>)> {
+        let settings = &self.settings;
+        let mut stage = redis::pipe();
+        for e in endings {
+            if let ResultPlace::Staged(bytes) = &e.result {
+                stage
+                    .cmd("SET")
+                    .arg(self.keys.staged(&e.token))
+                    .arg(bytes.as_ref())
+                    .arg("PX")
+                    .arg(STAGED_TTL.as_millis() as u64)
+                    .ignore();
+            }
+        }
+        if !stage.is_empty() {
+            stage.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        let mut call = self.scripts.finish.prepare_invoke();
+        call.key(&self.keys.ready_streams())
+            .key(self.keys.events())
+            .key(self.keys.delayed())
+            .key(self.keys.dead());
+        self.leasing_args(&mut call, consumer).arg(settings.retention.as_millis() as u64).arg(want);
+        for e in endings {
+            call.arg(&e.task_id)
+                .arg(e.stream_index + 1)
+                .arg(&e.entry_id)
+                .arg(&e.token)
+                .arg(e.outcome)
+                .arg(&e.error)
+                .arg(&e.result_type)
+                .arg(e.due_ms);
+            let (bytes, source) = e.result.script_args();
+            call.arg(bytes).arg(e.reason).arg(&e.session).arg(&e.idempotency_key).arg(source);
+        }
+        call.invoke_async(&mut self.conn.clone()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        embedded_redis::EmbeddedRedis,
+        queue::{GROUP, NewTask, QueueSettings, lease::LeasedPayload, lease::Run},
+        store::Keys,
+    };
+    use app::model::Priority;
+    use redis::{AsyncCommands, streams::StreamAutoClaimReply};
+    use uuid::Uuid;
+
+    /// A queue on a redis-server of its own, which lives as long as the first half (the
+    /// server stops before its directory goes).
+    async fn private_queue() -> ((EmbeddedRedis, tempfile::TempDir), Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let conn = client.get_connection_manager().await.unwrap();
+        let settings = QueueSettings {
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(60),
+            dead_retention: Duration::from_secs(120),
+            events_maxlen: 1000,
+        };
+        let queue = Queue::new(client, conn, Keys::new("unit", "default"), settings);
+        queue.ensure_group().await.unwrap();
+        ((redis, dir), queue)
+    }
+
+    /// Enqueues an `echo` task with `payload`; returns its id.
+    async fn enqueue_echo(queue: &Queue, payload: Bytes) -> Uuid {
+        let id = Uuid::now_v7();
+        queue
+            .enqueue(&NewTask {
+                id,
+                created_ms: now_ms(),
+                kind: "echo".into(),
+                payload,
+                payload_type: "application/octet-stream".into(),
+                max_attempts: 1,
+                timeout_ms: None,
+                delay_ms: None,
+                priority: Priority::Normal,
+                session: None,
+                subscription: None,
+                idempotency_key: None,
+                expires_ms: None,
+                shared_payload: None,
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Claims every ready entry and ends, with its holder's token, each task that runs; returns
+    /// how many ran.
+    async fn run_all(queue: &Queue) -> usize {
+        let mut ran = 0;
+        loop {
+            let replies = queue.claim("unit-worker", 64, &[]).await.unwrap();
+            if replies.is_empty() {
+                return ran;
+            }
+            let endings: Vec<Ending> = replies
+                .iter()
+                .filter(|r| r[0] == b"run")
+                .map(|r| {
+                    let (id, token) = (String::from_utf8_lossy(&r[1]), String::from_utf8_lossy(&r[4]));
+                    ending(&id, r, &token, ResultBytes::New(Bytes::from_static(b"ok")))
+                })
+                .collect();
+            let (applied, _) = queue.end_attempts(&endings, 0, "unit-worker").await.unwrap();
+            assert!(applied.iter().all(|&a| a == 1));
+            ran += endings.len();
+        }
+    }
+
+    async fn staged_keys(queue: &Queue) -> Vec<String> {
+        queue.conn.clone().keys(format!("{}:staged:*", queue.keys.base())).await.unwrap()
+    }
+
+    fn ending(task_id: &str, reply: &[Vec<u8>], token: &str, result: ResultBytes) -> Ending {
+        let text = |field: Run| String::from_utf8_lossy(&reply[field as usize]).into_owned();
+        Ending {
+            task_id: task_id.into(),
+            stream_index: text(Run::Stream).parse::<usize>().unwrap() - 1,
+            entry_id: text(Run::Entry),
+            token: token.into(),
+            outcome: "succeeded",
+            error: String::new(),
+            result_type: "application/octet-stream".into(),
+            due_ms: 0,
+            result: ResultPlace::of(result),
+            reason: "",
+            session: String::new(),
+            idempotency_key: String::new(),
+            slot: None,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// Large payloads and results never pass through Lua: the claim leaves the payload for a
+    /// plain GET, a large result is staged and renamed, and a late holder's staged result goes.
+    #[tokio::test]
+    async fn large_payloads_and_results_travel_outside_the_scripts() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let payload = Bytes::from(vec![b'p'; 20_000]);
+        let id = enqueue_echo(&queue, payload.clone()).await;
+
+        let replies = queue.claim("unit-worker", 1, &[]).await.unwrap();
+        let reply = &replies[0];
+        let field = |f: Run| reply[f as usize].as_slice();
+        assert_eq!(
+            (field(Run::Tag), field(Run::PayloadIs), field(Run::Payload)),
+            (&b"run"[..], &b"2"[..], &b""[..])
+        );
+        let token = String::from_utf8(field(Run::Token).to_vec()).unwrap();
+        let mut lease = Lease::for_test(id, LeasedPayload::Stored, token.clone());
+        assert_eq!(queue.take_payload(&mut lease).await.unwrap(), Some(payload));
+
+        let result = Bytes::from(vec![b'r'; 40_000]);
+        let late = ending(&id.to_string(), reply, "a-lost-lease:0", ResultBytes::New(result.clone()));
+        let (applied, _) = queue.end_attempts(&[late], 0, "unit-worker").await.unwrap();
+        assert_eq!(applied, vec![0]);
+        assert_eq!(staged_keys(&queue).await, Vec::<String>::new(), "the late holder's result is gone");
+        let status: String = conn.hget(queue.keys.task(&id), "status").await.unwrap();
+        assert_eq!(status, "running");
+
+        let holder = ending(&id.to_string(), reply, &token, ResultBytes::New(result.clone()));
+        let (applied, _) = queue.end_attempts(&[holder], 0, "unit-worker").await.unwrap();
+        assert_eq!(applied, vec![1]);
+        let stored: Vec<u8> = conn.get(queue.keys.result(&id)).await.unwrap();
+        assert_eq!(stored, result.as_ref());
+        let (status, size): (String, u64) = redis::cmd("HMGET")
+            .arg(queue.keys.task(&id))
+            .arg("status")
+            .arg("result_bytes")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!((status.as_str(), size), ("succeeded", 40_000));
+        let ttl: i64 = conn.pttl(queue.keys.result(&id)).await.unwrap();
+        assert!(ttl > 50_000, "the result is kept for the retention, not the staging time: {ttl}");
+        assert_eq!(staged_keys(&queue).await, Vec::<String>::new());
+    }
+
+    /// Ended attempts' entries leave the ready stream in bulk trims, never one still pending: a
+    /// holder's entry survives every trim until it ends, and can be taken over meanwhile.
+    #[tokio::test]
+    async fn acknowledged_entries_are_trimmed_and_pending_ones_kept() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let ready = queue.keys.ready();
+        let small = || Bytes::from_static(b"{}");
+        for _ in 0..300 {
+            enqueue_echo(&queue, small()).await;
+        }
+        assert_eq!(run_all(&queue).await, 300);
+        let held = enqueue_echo(&queue, small()).await;
+        let replies = queue.claim("unit-worker", 1, &[]).await.unwrap();
+        assert_eq!(replies[0][1], held.to_string().into_bytes());
+        let held_entry = String::from_utf8(replies[0][3].clone()).unwrap();
+        for _ in 0..300 {
+            enqueue_echo(&queue, small()).await;
+        }
+        assert_eq!(queue.depth().await.unwrap(), 300, "entries handed out do not count as waiting");
+        assert_eq!(run_all(&queue).await, 300);
+        assert_eq!(queue.depth().await.unwrap(), 0);
+
+        // Everything older than the held entry went, but for a node's worth; it stays.
+        let older: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&ready)
+            .arg("-")
+            .arg(format!("({held_entry}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(older.len() < 100, "{} entries older than the pending one are left", older.len());
+        let taken_over: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&ready)
+            .arg(GROUP)
+            .arg("another-worker")
+            .arg(0)
+            .arg("0-0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ids: Vec<_> = taken_over.claimed.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, vec![held_entry.as_str()], "the pending entry is intact and can be taken over");
+        assert_eq!(taken_over.claimed[0].get::<String>("task"), Some(held.to_string()));
+
+        // Once it ends, nothing is pending and the trim reaches the last entry handed out.
+        let token = String::from_utf8(replies[0][4].clone()).unwrap();
+        let (applied, _) = queue
+            .end_attempts(
+                &[ending(&held.to_string(), &replies[0], &token, ResultBytes::New(small()))],
+                0,
+                "unit-worker",
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied, vec![1]);
+        let left: usize = conn.xlen(&ready).await.unwrap();
+        assert!(left < 100, "{left} of 601 entries left after every task ended");
+        enqueue_echo(&queue, small()).await;
+        assert_eq!(queue.depth().await.unwrap(), 1);
+        assert_eq!(run_all(&queue).await, 1, "a new entry after the trim is handed out");
+
+        // Entries a claim drops (their tasks were cancelled while queued) are trimmed as well.
+        for _ in 0..300 {
+            let id = enqueue_echo(&queue, small()).await;
+            queue.cancel(&id).await.unwrap();
+        }
+        assert_eq!(run_all(&queue).await, 0, "cancelled tasks do not run");
+        let left: usize = conn.xlen(&ready).await.unwrap();
+        assert!(left < 100, "{left} entries left after 300 dropped ones");
+    }
+}

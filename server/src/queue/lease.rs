@@ -1,0 +1,304 @@
+//! A worker's hold on one attempt (`Lease`), and how the replies of a claim become leases.
+//!
+//! Both scripts that take leases (the claim, and the finish that takes the next ones) end in
+//! `take_lease` of lease.lua: this module names the arguments they start with and reads the `run`
+//! replies they return. `Leasing` is what a worker process's leases share: the consumer they are
+//! taken for, the finish loop they end through and the channel that hands them to apalis.
+
+use super::{GROUP, Outcome, Queue, finish::Ending};
+use crate::store::now_ms;
+use bytes::Bytes;
+use redis::{RedisResult, ScriptInvocation};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use uuid::Uuid;
+
+/// A worker's hold on one attempt of one task: what it needs to run it and to report back.
+#[derive(Debug)]
+pub struct Lease {
+    pub task_id: Uuid,
+    pub kind: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    pub payload_type: String,
+    /// The ordered session the task belongs to.
+    pub session: Option<String>,
+    /// The payload as the claim left it; [`Queue::take_payload`] hands it to the runner.
+    pub(super) payload: LeasedPayload,
+    /// The Redis key of the task's `Idempotency-Key`, kept as long as the task.
+    pub(super) idempotency_key: Option<String>,
+    /// The task whose id the payload is stored under when it is shared (a topic message's).
+    pub(super) payload_ref: Option<Uuid>,
+    pub(super) entry_id: String,
+    /// The ready stream the entry is on: its key, and its place (0 = most urgent).
+    pub(super) stream: String,
+    pub(super) stream_index: usize,
+    pub(super) token: String,
+    pub(super) consumer: Arc<str>,
+    /// The worker slot the attempt occupies; the finish loop passes it on to the next lease.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    finisher: mpsc::Sender<Ending>,
+}
+
+/// The fields of a `run` reply of `take_lease` (queue/lease.lua), by their place in it.
+#[derive(Clone, Copy)]
+pub(super) enum Run {
+    Tag,
+    TaskId,
+    Stream,
+    Entry,
+    Token,
+    Attempt,
+    Kind,
+    MaxAttempts,
+    TimeoutMs,
+    PayloadType,
+    Session,
+    PayloadIs,
+    Payload,
+    IdempotencyKey,
+    PayloadRef,
+}
+
+impl Run {
+    /// Every field in reply order, with the name lease.lua gives it.
+    const FIELDS: [(Run, &'static str); 15] = [
+        (Run::Tag, "run"),
+        (Run::TaskId, "id"),
+        (Run::Stream, "stream"),
+        (Run::Entry, "entry"),
+        (Run::Token, "token"),
+        (Run::Attempt, "attempt"),
+        (Run::Kind, "kind"),
+        (Run::MaxAttempts, "max_attempts"),
+        (Run::TimeoutMs, "timeout_ms"),
+        (Run::PayloadType, "payload_type"),
+        (Run::Session, "session"),
+        (Run::PayloadIs, "payload_is"),
+        (Run::Payload, "payload"),
+        (Run::IdempotencyKey, "idempotency_key"),
+        (Run::PayloadRef, "payload_ref"),
+    ];
+}
+
+/// A claim's reply for one task to run, read by field name.
+struct RunReply(Vec<Vec<u8>>);
+
+impl RunReply {
+    /// The reply, if it is a `run` reply of the expected length.
+    fn of(reply: Vec<Vec<u8>>) -> Option<RunReply> {
+        (reply.len() == Run::FIELDS.len() && reply[Run::Tag as usize] == b"run").then_some(RunReply(reply))
+    }
+
+    fn text(&self, field: Run) -> String {
+        String::from_utf8_lossy(&self.0[field as usize]).into_owned()
+    }
+
+    /// The field as text, `None` when empty.
+    fn optional(&self, field: Run) -> Option<String> {
+        Some(self.text(field)).filter(|t| !t.is_empty())
+    }
+
+    fn take(&mut self, field: Run) -> Vec<u8> {
+        std::mem::take(&mut self.0[field as usize])
+    }
+}
+
+/// A lease's payload: small ones come with the claim, large ones are read on their own.
+#[derive(Debug)]
+pub(super) enum LeasedPayload {
+    Here(Bytes),
+    /// Too large to copy through the claim script: a plain `GET` reads it.
+    Stored,
+    /// Expired before the task ran (or already taken).
+    Gone,
+}
+
+impl Lease {
+    /// Sends the ended attempt to the finish loop, with the lease's slot the first time, and
+    /// waits until it is recorded: `false` if the lease was lost meanwhile.
+    pub(super) async fn end(&self, outcome: Outcome) -> RedisResult<bool> {
+        let stopped =
+            || redis::RedisError::from((redis::ErrorKind::Client, "the worker's finish loop stopped"));
+        let (reply, answer) = oneshot::channel();
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let ending = Ending::of(self, outcome, slot, reply);
+        self.finisher.send(ending).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// What the leases of one worker process share, and where they go.
+#[derive(Clone)]
+pub(super) struct Leasing {
+    pub(super) queue: Queue,
+    pub(super) consumer: Arc<str>,
+    /// Weak, so that the channels close once the fetch loop and every lease are gone.
+    leases: mpsc::WeakSender<Lease>,
+    endings: mpsc::WeakSender<Ending>,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Leasing {
+    /// A new worker process's leasing on `queue`, under a consumer name of its own; leases go to
+    /// `leases` and end through `endings`, neither of which it keeps open.
+    pub(super) fn new(
+        queue: Queue,
+        leases: &mpsc::Sender<Lease>,
+        endings: &mpsc::Sender<Ending>,
+        shutdown: CancellationToken,
+    ) -> Leasing {
+        Leasing {
+            queue,
+            consumer: format!("worker-{}", Uuid::now_v7()).into(),
+            leases: leases.downgrade(),
+            endings: endings.downgrade(),
+            shutdown,
+        }
+    }
+
+    /// Turns the replies of a claim into leases, each taking a slot from `slots`; replies that
+    /// are not runnable tasks (dropped, cancelled) take none.
+    pub(super) fn leases_of(
+        &self,
+        replies: Vec<Vec<Vec<u8>>>,
+        slots: &mut Vec<OwnedSemaphorePermit>,
+    ) -> Vec<Lease> {
+        let Some(finisher) = self.endings.upgrade() else { return Vec::new() };
+        let streams = self.queue.keys.ready_streams();
+        let mut leases = Vec::new();
+        for reply in replies {
+            let Some(mut reply) = RunReply::of(reply) else { continue };
+            let (Ok(task_id), Some(stream_index)) = (
+                reply.text(Run::TaskId).parse::<Uuid>(),
+                reply
+                    .text(Run::Stream)
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|s| s.checked_sub(1))
+                    .filter(|&s| s < 3),
+            ) else {
+                warn!("a claim named no task this worker can read; its lease will expire");
+                continue;
+            };
+            let Some(slot) = slots.pop() else {
+                warn!("a claim returned more tasks than there were free slots");
+                break;
+            };
+            let payload = match reply.text(Run::PayloadIs).as_str() {
+                "1" => LeasedPayload::Here(Bytes::from(reply.take(Run::Payload))),
+                "2" => LeasedPayload::Stored,
+                _ => LeasedPayload::Gone,
+            };
+            leases.push(Lease {
+                task_id,
+                kind: reply.text(Run::Kind),
+                attempt: reply.text(Run::Attempt).parse().unwrap_or(1),
+                max_attempts: reply.text(Run::MaxAttempts).parse().unwrap_or(1),
+                timeout_ms: reply.text(Run::TimeoutMs).parse().ok(),
+                payload_type: reply.optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
+                session: reply.optional(Run::Session),
+                payload,
+                idempotency_key: reply.optional(Run::IdempotencyKey),
+                payload_ref: reply.text(Run::PayloadRef).parse().ok(),
+                entry_id: reply.text(Run::Entry),
+                stream: streams[stream_index].clone(),
+                stream_index,
+                token: reply.text(Run::Token),
+                consumer: self.consumer.clone(),
+                slot: Mutex::new(Some(slot)),
+                finisher: finisher.clone(),
+            });
+        }
+        leases
+    }
+
+    /// Hands leases to apalis; once the worker is stopping, hands them back to the queue instead.
+    pub(super) async fn deliver(&self, leases: Vec<Lease>) {
+        for lease in leases {
+            let undelivered = match self.leases.upgrade() {
+                Some(tx) => tx.send(lease).await.err().map(|e| e.0),
+                None => Some(lease),
+            };
+            if let Some(lease) = undelivered
+                && let Err(e) = self.queue.release(&lease).await
+            {
+                warn!(error = %e, "handing back a task taken while stopping failed; its lease will expire");
+            }
+        }
+    }
+}
+
+impl Queue {
+    /// The arguments both lease-taking scripts start with: key base, group, consumer, a fresh
+    /// token base (each lease's token is `base:n`), now, events maxlen, dead-letter retention
+    /// (for tasks a claim finds expired).
+    pub(super) fn leasing_args<'c, 'a>(
+        &self,
+        call: &'c mut ScriptInvocation<'a>,
+        consumer: &str,
+    ) -> &'c mut ScriptInvocation<'a> {
+        call.arg(self.keys.base())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(Uuid::now_v7().to_string())
+            .arg(now_ms())
+            .arg(self.settings.events_maxlen)
+            .arg(self.settings.dead_retention.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+impl Lease {
+    /// A lease on `task_id` held with `token`, its payload as `payload`, for tests that read it
+    /// without a fetch loop: its slot is its own and its finisher leads nowhere.
+    pub(super) fn for_test(task_id: Uuid, payload: LeasedPayload, token: String) -> Lease {
+        let (consumer, permits): (Arc<str>, _) =
+            ("unit-worker".into(), Arc::new(tokio::sync::Semaphore::new(1)));
+        let (finisher, _endings) = mpsc::channel(1);
+        Lease {
+            task_id,
+            kind: "echo".into(),
+            attempt: 1,
+            max_attempts: 1,
+            timeout_ms: None,
+            payload_type: String::new(),
+            session: None,
+            payload,
+            idempotency_key: None,
+            payload_ref: None,
+            entry_id: String::new(),
+            stream: String::new(),
+            stream_index: 1,
+            token,
+            consumer,
+            slot: Mutex::new(permits.try_acquire_owned().ok()),
+            finisher,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_reply_is_read_in_the_order_lease_lua_writes_it() {
+        let lua = include_str!("lease.lua");
+        let line =
+            lua.lines().find_map(|l| l.strip_prefix("-- run reply: ")).expect("lease.lua names its reply");
+        let written: Vec<&str> = line.split(", ").collect();
+        let read: Vec<&str> = Run::FIELDS.iter().map(|(_, name)| *name).collect();
+        assert_eq!(written, read);
+        for (place, (field, _)) in Run::FIELDS.iter().enumerate() {
+            assert_eq!(*field as usize, place);
+        }
+        // And the return statement builds as many fields as the comment names.
+        let ret = &lua[lua.find("return {'run'").expect("take_lease returns a run reply")..];
+        let ret = &ret[..ret.find('}').unwrap()];
+        assert_eq!(ret.matches(',').count() + 1, read.len());
+    }
+}
