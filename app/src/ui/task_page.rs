@@ -109,6 +109,7 @@ fn TaskRecord(task: TaskView) -> impl IntoView {
             <dt>"Created"</dt><dd>{task.created_at}</dd>
             <dt>"Started"</dt><dd>{or_dash(task.started_at)}</dd>
             <dt>"Finished"</dt><dd>{or_dash(task.finished_at)}</dd>
+            {task.expires_at.map(|at| view! { <dt>"Expires"</dt><dd class="expires">{at}</dd> })}
             <dt>"Error"</dt><dd>{or_dash(task.error)}</dd>
         </dl>
     }
