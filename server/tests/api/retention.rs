@@ -145,3 +145,70 @@ async fn expiry_options_that_cannot_hold_are_refused() {
     let raw = app.http.post(app.url("/api/v1/tasks?kind=echo&ttl_ms=soon")).body("x").send().await.unwrap();
     assert_problem(raw, 422, "/problems/invalid-option").await;
 }
+
+/// Writes a task as dcdf036's enqueue did (record and payload with the retention as TTL, no
+/// expiry or payload-ref fields), queued (`delay_ms` None) or delayed.
+async fn enqueue_as_dcdf036(app: &TestApp, payload: &str, delay_ms: Option<u64>) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = courier::store::now_ms();
+    let status = if delay_ms.is_some() { "scheduled" } else { "queued" };
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("SET")
+        .arg(app.key(&format!("payload:{id}")))
+        .arg(payload)
+        .arg("PX")
+        .arg(86_400_000)
+        .ignore()
+        .cmd("HSET")
+        .arg(app.key(&format!("task:{id}")))
+        .arg(&[
+            ("kind", "echo"),
+            ("status", status),
+            ("attempts", "0"),
+            ("max_attempts", "3"),
+            ("created", &now.to_string()),
+            ("updated", &now.to_string()),
+            ("payload_bytes", &payload.len().to_string()),
+            ("payload_type", "application/json"),
+            ("timeout_ms", ""),
+            ("priority", "n"),
+            ("session", ""),
+            ("subscription", ""),
+            ("idem", ""),
+        ])
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(app.key(&format!("task:{id}")))
+        .arg(86_400_000)
+        .ignore()
+        .cmd("ZADD")
+        .arg(app.key("index"))
+        .arg(0)
+        .arg(&id)
+        .ignore();
+    match delay_ms {
+        Some(delay) => {
+            pipe.cmd("ZADD").arg(app.key("delayed")).arg(now + delay).arg(format!("n:{id}")).ignore()
+        }
+        None => pipe.cmd("XADD").arg(app.key("ready")).arg("*").arg("task").arg(&id).ignore(),
+    };
+    pipe.query_async::<()>(&mut app.redis().await).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn tasks_written_by_the_previous_layout_still_run_after_the_upgrade() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let queued = enqueue_as_dcdf036(&app, r#"{"n":1}"#, None).await;
+    let delayed = enqueue_as_dcdf036(&app, r#"{"n":2}"#, Some(300)).await;
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{queued}")).await["status"], "queued");
+    let _worker = worker(&app);
+    for (id, n) in [(&queued, 1), (&delayed, 2)] {
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}/result")).await, json!({"n": n}));
+    }
+    // Ended, they keep the retention of this version.
+    let ttl = ttl_ms(&app, &app.key(&format!("task:{queued}"))).await;
+    assert!((1..=1000).contains(&ttl), "{ttl}");
+}
