@@ -120,3 +120,28 @@ test('a file chosen in the form is uploaded as the raw payload', async ({ page }
   await expect(page.locator('.result-body')).toContainText('"rows":2000');
   await expect(page.locator('.result-body')).toContainText('"distinct":7');
 });
+
+test('a list that missed events while disconnected reloads when the server says reset', async ({ page, request }) => {
+  let streams = 0;
+  await page.route('**/api/v1/events*', async (route) => {
+    streams += 1;
+    if (streams === 1) {
+      // The page's first stream breaks off at once: the events below pass it by.
+      await route.abort();
+      return;
+    }
+    // It comes back claiming a place the server never issued, so what it missed cannot be
+    // replayed: the server must say `reset`, and the page must load its list again.
+    const headers = { ...route.request().headers(), 'last-event-id': '99999999999999-0' };
+    await route.continue({ headers });
+  });
+  await openHome(page);
+  const response = await request.post('/api/v1/tasks', { data: { kind: 'echo', payload: { missed: true } } });
+  expect(response.status()).toBe(202);
+  const task = await response.json();
+
+  const row = page.locator('li.task').first();
+  await expect(row.locator('a.task-link')).toHaveAttribute('href', new RegExp(task.id), { timeout: 15_000 });
+  await expect(row.locator('.badge')).toHaveText('succeeded');
+  expect(streams).toBeGreaterThanOrEqual(2);
+});
