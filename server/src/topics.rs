@@ -138,6 +138,8 @@ pub enum TopicError {
 #[derive(Clone)]
 pub struct Topics {
     conn: ConnectionManager,
+    /// `topics/put_subscription.lua`, loaded once.
+    put_script: std::sync::Arc<redis::Script>,
     prefix: String,
     tasks: Tasks,
 }
@@ -145,7 +147,8 @@ pub struct Topics {
 impl Topics {
     /// Topics under `prefix`, creating tasks through `tasks`.
     pub fn new(conn: ConnectionManager, prefix: &str, tasks: Tasks) -> Topics {
-        Topics { conn, prefix: prefix.to_string(), tasks }
+        let put_script = std::sync::Arc::new(redis::Script::new(include_str!("topics/put_subscription.lua")));
+        Topics { conn, put_script, prefix: prefix.to_string(), tasks }
     }
 
     fn topic_key(&self, topic: &str) -> String {
@@ -206,25 +209,16 @@ impl Topics {
             return Err(TopicError::InvalidAttempts);
         }
         let json = serde_json::to_string(subscription).expect("subscriptions always serialize");
-        // Checked and written in one script, so that racing creations cannot pass the bound.
-        let created: i64 = redis::Script::new(
-            r"
-            if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
-              return -1
-            end
-            local created = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-            redis.call('SADD', KEYS[2], ARGV[4])
-            return created
-            ",
-        )
-        .key(self.topic_key(topic))
-        .key(self.topics_key())
-        .arg(name)
-        .arg(json)
-        .arg(MAX_SUBSCRIPTIONS)
-        .arg(topic)
-        .invoke_async(&mut self.conn.clone())
-        .await?;
+        let created: i64 = self
+            .put_script
+            .key(self.topic_key(topic))
+            .key(self.topics_key())
+            .arg(name)
+            .arg(json)
+            .arg(MAX_SUBSCRIPTIONS)
+            .arg(topic)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         if created < 0 {
             return Err(TopicError::TooManySubscriptions(topic.to_string()));
         }
