@@ -210,13 +210,6 @@ async fn off_runtime<R: Send + 'static>(
     })
 }
 
-/// [`parse_json`], on a blocking thread when the body is large.
-async fn parse_json_body<T: serde::de::DeserializeOwned + Send + 'static>(
-    bytes: Bytes,
-) -> Result<T, ApiError> {
-    off_runtime(bytes, |bytes| parse_json(bytes)).await
-}
-
 /// Parses a JSON body into `T`: bad syntax is a `400`, a wrong shape a `422`.
 fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {

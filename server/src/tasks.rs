@@ -276,15 +276,16 @@ impl Tasks {
     }
 
     /// Validates and enqueues a task; on any error nothing is stored.
-    pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
-        let idempotency_key = submission.idempotency_key.clone();
-        let request = fingerprint_options(&submission.options);
+    pub async fn submit(&self, mut submission: Submission) -> Result<Submitted, SubmitError> {
+        // What only an idempotent request needs is worked out only for one.
+        let idempotency_key =
+            submission.idempotency_key.take().map(|key| (key, fingerprint_options(&submission.options)));
         let mut task = match self.prepare_all(vec![submission], false).await {
             Ok(mut tasks) => tasks.pop().expect("one submission makes one task"),
             Err(BatchError::Rejected { error, .. }) => return Err(error),
             Err(BatchError::Redis(e)) => return Err(e.into()),
         };
-        let Some(key) = idempotency_key else {
+        let Some((key, request)) = idempotency_key else {
             self.queue.enqueue(&task).await?;
             return Ok(Submitted { record: record_of(&task), replayed: false });
         };

@@ -7,9 +7,10 @@
 //! number of tasks it becomes.
 
 use crate::tasks::{BatchError, Options, Payload, Submission, SubmitError, Tasks};
+use bytes::Bytes;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, value::RawValue};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -84,12 +85,12 @@ impl FileConfig {
     }
 }
 
-/// A message as published.
+/// A message as published. The edge reads the payload as raw JSON (`P = &RawValue`) and hands
+/// publishing its text as sent (`P = Bytes`), never parsed into a tree.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Message {
-    /// The payload as sent, JSON text never parsed into a tree.
-    pub payload: Box<RawValue>,
+pub struct Message<P> {
+    pub payload: P,
     #[serde(default)]
     pub properties: BTreeMap<String, Value>,
 }
@@ -233,9 +234,9 @@ impl Topics {
     }
 
     /// Creates one task per subscription whose filter the message matches, all or none.
-    pub async fn publish(&self, topic: &str, message: Message) -> Result<Published, TopicError> {
+    pub async fn publish(&self, topic: &str, message: Message<Bytes>) -> Result<Published, TopicError> {
         let subscriptions = self.subscriptions(topic).await?;
-        let payload = bytes::Bytes::from(String::from(Box::<str>::from(message.payload)));
+        let payload = message.payload;
         let matching: Vec<(String, Subscription)> =
             subscriptions.into_iter().filter(|(_, s)| s.matches(&message.properties)).collect();
         let submissions: Vec<(String, Submission)> = matching

@@ -53,6 +53,12 @@ impl Served {
         panic!("courier serve did not become ready");
     }
 
+    /// Submits `body` as a JSON task.
+    async fn submit_json(&self, body: Vec<u8>) -> reqwest::Response {
+        let url = format!("{}/api/v1/tasks", self.base);
+        self.http.post(url).header("content-type", "application/json").body(body).send().await.unwrap()
+    }
+
     /// The process's resident memory now and at its peak, in MiB.
     fn rss_mib(&self) -> (u64, u64) {
         let pid = self.child.id().expect("the server runs");
@@ -86,26 +92,10 @@ async fn a_sixty_mib_json_body_costs_a_few_times_its_size_not_thirty() {
     let served = Served::start(&["--concurrency", "0"]).await;
     let (_, before) = served.rss_mib();
     let body = zeros_body("echo", "[", "]", 60 << 20);
-    let response = served
-        .http
-        .post(format!("{}/api/v1/tasks", served.base))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    assert_eq!(served.submit_json(body).await.status(), 202);
     // A payload its schema refuses is refused just as cheaply: no tree is built to find out.
     let refused = zeros_body("sleep", r#"{"ms":1,"junk":["#, "]}", 60 << 20);
-    let response = served
-        .http
-        .post(format!("{}/api/v1/tasks", served.base))
-        .header("content-type", "application/json")
-        .body(refused)
-        .send()
-        .await
-        .unwrap();
-    assert_problem(response, 422, "/problems/invalid-payload").await;
+    assert_problem(served.submit_json(refused).await, 422, "/problems/invalid-payload").await;
     let (_, peak) = served.rss_mib();
     println!("peak RSS {before} MiB before, {peak} MiB after two 60 MiB bodies");
     // Once parsed as a tree, the first body alone took the server past 2 GiB.
