@@ -406,8 +406,8 @@ async fn result_of(state: &AppState, record: TaskRecord) -> Result<Response, Api
                 (header::CONTENT_TYPE, header_value(&stored.content_type)),
                 (header::CONTENT_DISPOSITION, HeaderValue::from_static(disposition)),
                 (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'")),
-                (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
             ];
+            // (`nosniff` comes with every answer, from the router's layer.)
             Ok((headers, stored.bytes).into_response())
         }
         Status::Failed => {
