@@ -83,6 +83,24 @@ pub struct TaskView {
     /// When the task expires if no attempt has started by then (it then fails as `expired`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The queue the task waits and runs in.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+}
+
+/// The queue of tasks that name none, and of the built-in kinds.
+pub const DEFAULT_QUEUE: &str = "default";
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_string()
+}
+
+/// Whether `name` is a valid queue name: `[a-z0-9][a-z0-9._-]{0,63}`.
+pub fn is_queue_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 impl TaskView {
@@ -108,6 +126,9 @@ impl TaskView {
 pub struct TaskEvent {
     pub task_id: Uuid,
     pub kind: String,
+    /// The queue of the task.
+    #[serde(default = "default_queue")]
+    pub queue: String,
     pub status: Status,
     pub attempt: u32,
     pub progress: Option<u8>,
@@ -173,6 +194,9 @@ pub struct SubmitRequest<P = serde_json::Value> {
     /// The same as a time (RFC 3339); give one of `ttl_ms` and `expires_at`, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The queue to run the task in; the kind's default queue when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 /// The JSON body of `POST /api/v1/tasks/batch`: tasks enqueued together, all or none.
@@ -199,6 +223,89 @@ pub struct KindInfo {
     pub example: serde_json::Value,
     /// Whether the kind takes a raw (non-JSON) body, such as an uploaded file.
     pub accepts_raw: bool,
+    /// The queue its tasks go to unless the submission names another.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+}
+
+/// A queue's limits, as set by `PUT /api/v1/queues/{name}` or `[[queues]]` in `courier.toml`;
+/// each absent one is no limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueLimits {
+    /// The most tasks that may wait (queued, scheduled, retrying); a submit past it is a `429`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
+    /// The most of its tasks that run at once, across every worker process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// The most of its tasks started in any window of `period_ms`, across every worker process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateLimit>,
+}
+
+/// At most `limit` starts in any window of `period_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub limit: u32,
+    pub period_ms: u64,
+}
+
+/// Tasks of a queue per state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    /// Waiting to be taken, per priority.
+    pub queued: QueuedCounts,
+    pub scheduled: u64,
+    pub running: u64,
+    pub retrying: u64,
+    /// In the dead letters.
+    pub dead: u64,
+}
+
+/// Queued tasks per priority.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedCounts {
+    pub high: u64,
+    pub normal: u64,
+    pub low: u64,
+}
+
+impl QueuedCounts {
+    pub fn total(&self) -> u64 {
+        self.high + self.normal + self.low
+    }
+}
+
+/// A queue as `GET /api/v1/queues/{name}` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueView {
+    pub name: String,
+    pub paused: bool,
+    pub limits: QueueLimits,
+    pub counts: QueueCounts,
+    /// How long the oldest queued task has waited, in ms (none when nothing is queued).
+    pub oldest_waiting_ms: Option<u64>,
+    /// Tasks of the queue that ended (succeeded, failed or cancelled) in the last minute.
+    pub finished_last_minute: u64,
+}
+
+/// `GET /api/v1/queues`: every queue, by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueList {
+    pub queues: Vec<QueueView>,
+}
+
+/// The name of the server-sent event that says a queue was paused or resumed.
+pub const QUEUE_EVENT: &str = "queue";
+
+/// The data of a `queue` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEvent {
+    pub queue: String,
+    pub paused: bool,
+    pub at: String,
 }
 
 /// One page of `GET /api/v1/tasks`, newest first.
@@ -275,6 +382,16 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", status.as_str()));
         }
         assert_eq!(Status::parse("done"), None);
+    }
+
+    #[test]
+    fn queue_names_are_short_lowercase_words() {
+        for good in ["default", "a", "reports-2", "eu.billing_v2", "0", &"q".repeat(64)] {
+            assert!(is_queue_name(good), "{good}");
+        }
+        for bad in ["", "Reports", "-a", ".a", "_a", "a b", "a/b", "a:b", "é", &"q".repeat(65), "{a}"] {
+            assert!(!is_queue_name(bad), "{bad}");
+        }
     }
 
     #[test]

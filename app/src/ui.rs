@@ -1,4 +1,5 @@
-//! The Leptos pages: the submit form above a live task list, and a page per task.
+//! The Leptos pages: the submit form above a live task list, a page per task, and the queues,
+//! topics and dead letters.
 //!
 //! Pages render on the server; data arrives in the browser after hydration, through the same
 //! public REST API and server-sent events that any client uses.
@@ -7,6 +8,7 @@ mod api;
 mod dead_letters;
 mod home;
 mod live;
+mod queues;
 mod task_page;
 mod topics;
 
@@ -50,6 +52,7 @@ pub fn App() -> impl IntoView {
                 <A href="/">"Courier"</A>
                 <nav>
                     <A href="/">"Tasks"</A>
+                    <A href="/queues">"Queues"</A>
                     <A href="/topics">"Topics"</A>
                     <A href="/dead-letters">"Dead letters"</A>
                 </nav>
@@ -59,6 +62,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=home::HomePage/>
                     <Route path=path!("/tasks/:id") view=task_page::TaskPage/>
                     <Route path=path!("/dead-letters") view=dead_letters::DeadLettersPage/>
+                    <Route path=path!("/queues") view=queues::QueuesPage/>
                     <Route path=path!("/topics") view=topics::TopicsPage/>
                 </Routes>
             </main>

@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "COURIER_CONCURRENCY", default_value_t = 16, global = true)]
     pub concurrency: usize,
 
+    /// The queues this process's workers serve, comma-separated, each with an optional weight
+    /// that shares the slots between busy queues (`reports:3,default:1`). Unset: every queue.
+    #[arg(long, env = "COURIER_QUEUES", value_delimiter = ',', global = true)]
+    pub queues: Vec<String>,
+
     /// How long a worker holds a task without renewing before another may take it over.
     #[arg(long, env = "COURIER_LEASE", default_value = "30s", value_parser = parse_duration, global = true)]
     pub lease: Duration,
@@ -186,6 +191,7 @@ impl Config {
             }
         };
         count("concurrency", self.concurrency, 0, 10_000)?;
+        crate::queue::parse_choice(&self.queues).map_err(|e| format!("--queues: {e}"))?;
         count("events-max", self.events_max, 100, 100_000_000)?;
         count("max-sse-clients", self.max_sse_clients, 1, 1_000_000)?;
         count("max-waiting", self.max_waiting, 0, 1_000_000)?;

@@ -4,7 +4,7 @@
 //! told with a `reset` that what it missed is no longer kept.
 
 use crate::store::{Keys, TaskRecord, rfc3339};
-use app::model::{RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent};
+use app::model::{QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent};
 use redis::{
     AsyncConnectionConfig, Value,
     aio::{ConnectionManager, MultiplexedConnection},
@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-/// The fields of an entry of the events stream, in the order every writer gives them: the Lua
-/// helper `emit_event` (queue/events.lua) and the enqueue transaction.
-pub const EVENT_FIELDS: [&str; 8] = ["event", "task", "kind", "status", "attempt", "progress", "error", "at"];
+/// The fields of a task's entry in the events stream, in the order its one writer gives them: the
+/// Lua helper `emit_event` (queue/events.lua). A queue's entry (`Queue::set_paused`) has `event`
+/// = `queue`, `queue`, `status` (`paused` or `active`) and `at`.
+pub const EVENT_FIELDS: [&str; 9] =
+    ["event", "task", "kind", "queue", "status", "attempt", "progress", "error", "at"];
 
 /// How many events a slow SSE client may fall behind before it catches up from Redis.
 const FANOUT_BUFFER: usize = 4096;
@@ -33,11 +35,19 @@ const FOLLOW_ATTEMPTS: u32 = 8;
 pub struct StoredEvent {
     /// The stream id, e.g. `1700000000000-0`; the SSE `id`.
     pub id: String,
-    /// The SSE `event` name: the new status, or `progress`.
+    /// The SSE `event` name: a task's new status, `progress`, or `queue`.
     pub name: String,
-    pub event: TaskEvent,
+    pub event: Pushed,
     /// `event` as JSON, serialized once however many clients it is sent to.
     pub data: Arc<str>,
+}
+
+/// What an event is about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pushed {
+    Task(TaskEvent),
+    /// A queue was paused or resumed.
+    Queue(QueueEvent),
 }
 
 impl StoredEvent {
@@ -47,15 +57,37 @@ impl StoredEvent {
 
     fn new(id: String, name: String, event: TaskEvent) -> StoredEvent {
         let data = serde_json::to_string(&event).expect("events always serialize").into();
-        StoredEvent { id, name, event, data }
+        StoredEvent { id, name, event: Pushed::Task(event), data }
+    }
+
+    fn of_queue(id: String, event: QueueEvent) -> StoredEvent {
+        let data = serde_json::to_string(&event).expect("events always serialize").into();
+        StoredEvent { id, name: QUEUE_EVENT.to_string(), event: Pushed::Queue(event), data }
+    }
+
+    /// The task event, if this is one.
+    pub fn task(&self) -> Option<&TaskEvent> {
+        match &self.event {
+            Pushed::Task(event) => Some(event),
+            Pushed::Queue(_) => None,
+        }
     }
 
     /// Reads an entry of the events stream from its field/value list, as Redis sent it; `None`
     /// if it is not a well-formed event. Reading the values in place, without a map per entry,
     /// is most of what tailing the stream costs a busy server.
     fn from_fields(id: String, fields: &[Value]) -> Option<StoredEvent> {
-        let (mut name, mut task, mut kind, mut status, mut attempt, mut progress, mut error, mut at) =
-            (None, None, "", None, 0, None, None, None);
+        let (
+            mut name,
+            mut task,
+            mut kind,
+            mut queue,
+            mut status,
+            mut attempt,
+            mut progress,
+            mut error,
+            mut at,
+        ) = (None, None, "", None, None, 0, None, None, None);
         for pair in fields.chunks_exact(2) {
             let (Value::BulkString(field), Value::BulkString(value)) = (&pair[0], &pair[1]) else {
                 continue;
@@ -66,6 +98,7 @@ impl StoredEvent {
                 b"event" => name = value,
                 b"task" => task = value,
                 b"kind" => kind = value.unwrap_or_default(),
+                b"queue" => queue = value,
                 b"status" => status = value,
                 b"attempt" => attempt = value.and_then(|a| a.parse().ok()).unwrap_or(0),
                 b"progress" => progress = value.and_then(|p| p.parse().ok()),
@@ -74,17 +107,24 @@ impl StoredEvent {
                 _ => {}
             }
         }
+        let at = rfc3339(at?.parse().ok()?);
+        if name? == QUEUE_EVENT {
+            let paused = status? == "paused";
+            return Some(StoredEvent::of_queue(id, QueueEvent { queue: queue?.to_string(), paused, at }));
+        }
         Some(StoredEvent::new(
             id,
             name?.to_string(),
             TaskEvent {
                 task_id: task?.parse().ok()?,
                 kind: kind.to_string(),
+                // Written before queues had names: the default queue's.
+                queue: queue.unwrap_or(app::model::DEFAULT_QUEUE).to_string(),
                 status: Status::parse(status?)?,
                 attempt,
                 progress,
                 error: error.map(str::to_string),
-                at: rfc3339(at?.parse().ok()?),
+                at,
             },
         ))
     }
@@ -97,6 +137,7 @@ impl StoredEvent {
             TaskEvent {
                 task_id: record.id,
                 kind: record.kind.clone(),
+                queue: record.queue.clone(),
                 status: record.status,
                 attempt: record.attempts,
                 progress: record.progress,
@@ -366,6 +407,8 @@ pub struct Admission {
 pub struct Follow {
     /// Only this task's events.
     pub task: Option<Uuid>,
+    /// The keys of that task's queue, to read its state again after a gap.
+    pub task_keys: Option<Keys>,
     /// Replay what came after this stream id first (from `Last-Event-ID`).
     pub after: Option<Position>,
     /// Send this first (a task's current state).
@@ -454,7 +497,9 @@ impl Events {
                     last = entries.last().map(|(id, _)| id.clone()).unwrap_or(from);
                     for (_, event) in entries {
                         if let Some(event) = event {
-                            if event.event.status.is_terminal() && event.name != "progress" {
+                            if event.task().is_some_and(|t| t.status.is_terminal())
+                                && event.name != "progress"
+                            {
                                 self.finished.record(1);
                             }
                             // No receivers is fine: nobody is watching right now.
@@ -529,7 +574,7 @@ impl Events {
 
     /// A task's record together with the stream id current when it was read (one MULTI), so that
     /// following from that id misses nothing and repeats nothing.
-    pub async fn snapshot(&self, task_key: &str, id: Uuid) -> redis::RedisResult<Option<StoredEvent>> {
+    pub async fn snapshot(&self, keys: &Keys, id: Uuid) -> redis::RedisResult<Option<StoredEvent>> {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("XREVRANGE")
@@ -539,11 +584,12 @@ impl Events {
             .arg("COUNT")
             .arg(1)
             .cmd("HGETALL")
-            .arg(task_key);
+            .arg(keys.task(&id));
         let (latest, fields): (StreamRangeReply, HashMap<String, String>) =
             pipe.query_async(&mut self.conn.clone()).await?;
         let position = latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into());
-        Ok(TaskRecord::from_fields(id, &fields).map(|record| StoredEvent::snapshot(&record, position)))
+        Ok(TaskRecord::from_fields(id, keys.queue(), &fields)
+            .map(|record| StoredEvent::snapshot(&record, position)))
     }
 
     /// A place for one more stream of events; `None` while the most allowed are open.
@@ -619,10 +665,11 @@ impl Events {
         tx: &mpsc::Sender<Delivery>,
         event: Arc<StoredEvent>,
     ) -> Option<()> {
-        if follow.task.is_some_and(|id| id != event.event.task_id) {
+        let task = event.task();
+        if follow.task.is_some_and(|id| task.is_none_or(|t| t.task_id != id)) {
             return Some(());
         }
-        let done = event.event.status.is_terminal() && follow.until_terminal;
+        let done = task.is_some_and(|t| t.status.is_terminal()) && follow.until_terminal;
         self.send(tx, Delivery::Event(event)).await?;
         (!done).then_some(())
     }
@@ -667,11 +714,12 @@ impl Events {
                 Replay::Gone(reset, last) => {
                     *sent = Some(last);
                     self.send(tx, Delivery::Reset(reset)).await?;
-                    if let (Some(id), true) = (follow.task, follow.until_terminal) {
+                    if let (Some(id), Some(keys), true) =
+                        (follow.task, &follow.task_keys, follow.until_terminal)
+                    {
                         // A task's own stream promises its current state and to end with its
                         // last event: after a gap, its state again (and the end if it is gone).
-                        let key = self.keys.task(&id);
-                        let state = self.patiently(tx, || self.snapshot(&key, id)).await??;
+                        let state = self.patiently(tx, || self.snapshot(keys, id)).await??;
                         *sent = state.position().max(*sent);
                         self.deliver(follow, tx, Arc::new(state)).await?;
                     }
@@ -823,6 +871,7 @@ mod tests {
             ("event", "progress"),
             ("task", "01890a5d-ac96-774b-bcce-b302099a8057"),
             ("kind", "sleep"),
+            ("queue", "reports"),
             ("status", "running"),
             ("attempt", "2"),
             ("progress", "40"),
@@ -834,14 +883,35 @@ mod tests {
         .collect();
         let event = StoredEvent::from_fields("5-1".into(), &fields).unwrap();
         assert_eq!(event.name, "progress");
-        assert_eq!(event.event.progress, Some(40));
-        assert_eq!(event.event.attempt, 2);
-        assert_eq!(event.event.error, None);
-        assert_eq!(event.event.at, "1970-01-01T00:00:00.000Z");
-        assert_eq!(event.event.kind, "sleep");
+        let task = event.task().unwrap();
+        assert_eq!(task.progress, Some(40));
+        assert_eq!(task.attempt, 2);
+        assert_eq!(task.error, None);
+        assert_eq!(task.at, "1970-01-01T00:00:00.000Z");
+        assert_eq!(task.kind, "sleep");
+        assert_eq!(task.queue, "reports");
         assert_eq!(
             event.data.as_ref(),
-            r#"{"task_id":"01890a5d-ac96-774b-bcce-b302099a8057","kind":"sleep","status":"running","attempt":2,"progress":40,"error":null,"at":"1970-01-01T00:00:00.000Z"}"#
+            r#"{"task_id":"01890a5d-ac96-774b-bcce-b302099a8057","kind":"sleep","queue":"reports","status":"running","attempt":2,"progress":40,"error":null,"at":"1970-01-01T00:00:00.000Z"}"#
+        );
+    }
+
+    #[test]
+    fn a_queue_entry_becomes_a_queue_event() {
+        let fields: Vec<Value> =
+            [("event", "queue"), ("queue", "reports"), ("status", "paused"), ("at", "0")]
+                .into_iter()
+                .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                .collect();
+        let event = StoredEvent::from_fields("5-2".into(), &fields).unwrap();
+        assert_eq!(event.name, "queue");
+        assert_eq!(
+            event.event,
+            Pushed::Queue(QueueEvent {
+                queue: "reports".into(),
+                paused: true,
+                at: "1970-01-01T00:00:00.000Z".into()
+            })
         );
     }
 
@@ -868,7 +938,7 @@ mod tests {
             assert_eq!(ids, ["1-0", "2-0", "3-0"]);
             let valid: Vec<bool> = read.iter().map(|(_, e)| e.is_some()).collect();
             assert_eq!(valid, [true, false, true]);
-            assert_eq!(read[2].1.as_ref().unwrap().event.status, Status::Queued);
+            assert_eq!(read[2].1.as_ref().unwrap().task().unwrap().status, Status::Queued);
         }
         assert!(read_entries(Value::Nil).is_empty());
     }

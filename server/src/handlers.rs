@@ -127,6 +127,10 @@ pub trait Handler: Send + Sync + 'static {
     fn timeout(&self) -> Option<std::time::Duration> {
         None
     }
+    /// The queue its tasks go to unless a submission names another.
+    fn queue(&self) -> &str {
+        app::model::DEFAULT_QUEUE
+    }
     /// Attempts the task. Must be safe to run twice: delivery is at least once.
     fn run(&self, input: Input, ctx: Context) -> BoxFuture<'static, Result<Output, HandlerError>>;
 }
@@ -165,6 +169,7 @@ impl Registry {
                 schema: h.schema(),
                 example: h.example(),
                 accepts_raw: h.accepts_raw(),
+                queue: h.queue().into(),
             })
             .collect()
     }

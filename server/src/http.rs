@@ -5,6 +5,7 @@ mod connections;
 mod dead_letters;
 mod guard;
 mod problem;
+mod queues;
 mod sse;
 mod timeouts;
 mod topics;
@@ -12,9 +13,10 @@ mod topics;
 pub use connections::serve;
 pub use guard::Guard;
 pub use problem::ApiError;
+pub use queues::validate as validate_limits;
 pub use timeouts::Timeouts;
 
-use crate::{events::Events, store::Keys, tasks::Tasks, topics::Topics};
+use crate::{events::Events, tasks::Tasks, topics::Topics};
 use axum::{
     Json, Router,
     body::Body,
@@ -39,7 +41,6 @@ pub struct AppState {
     pub tasks: Tasks,
     pub topics: Topics,
     pub events: Events,
-    pub keys: Keys,
     pub redis: ConnectionManager,
     pub max_payload: u64,
     /// The bytes of request bodies held at once (--max-body-memory).
@@ -76,6 +77,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/topics/{topic}/subscriptions/{name}",
             get(topics::get).put(topics::put).delete(topics::delete),
         )
+        .route("/api/v1/queues", get(queues::list))
+        .route("/api/v1/queues/{name}", get(queues::get).put(queues::put))
+        .route("/api/v1/queues/{name}/pause", post(queues::pause))
+        .route("/api/v1/queues/{name}/resume", post(queues::resume))
         .route("/api/v1/dead-letters", get(dead_letters::list))
         .route("/api/v1/dead-letters/requeue", post(dead_letters::requeue_all))
         .route("/api/v1/dead-letters/{id}", delete(dead_letters::delete))

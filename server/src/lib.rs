@@ -9,6 +9,7 @@ pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod queue;
+pub mod queues;
 pub mod redis_client;
 pub mod store;
 pub mod tasks;
@@ -20,10 +21,11 @@ use config::{Command, Config};
 use embedded_redis::EmbeddedRedis;
 use events::Events;
 use handlers::Registry;
-use queue::{Queue, QueueSettings};
+use queue::{Queue, QueueSettings, Serving};
+use queues::Queues;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use store::{DEFAULT_QUEUE, Keys, Store};
+use store::DEFAULT_QUEUE;
 use tasks::Tasks;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -72,22 +74,26 @@ impl Server {
                         .unwrap_or_else(|| "the embedded redis-server".into())
                 )
             })?;
-        let keys = Keys::new(&config.prefix, DEFAULT_QUEUE);
         let settings = QueueSettings {
             lease: config.lease,
             retention: config.retention,
             dead_retention: config.dead_retention,
             events_maxlen: config.events_max,
         };
-        let queue = Queue::new(client.clone(), conn.clone(), keys.clone(), settings);
+        let queue = Queue::new(client.clone(), conn.clone(), &config.prefix, DEFAULT_QUEUE, settings);
         queue.ensure_group().await.context("creating the queue's consumer group")?;
-        let store = Store::new(conn.clone(), keys.clone());
+        let keys = queue.keys().clone();
+        let queues = Queues::new(queue, conn.clone(), &config.prefix);
+        let file = read_file_config(&config)?;
+        declare_queues(&file, &queues).await?;
         let registry = Registry::builtin();
         let shutdown = CancellationToken::new();
 
         let runner = (config.concurrency > 0).then(|| {
             let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
-            Runner::new(queue.clone(), registry.clone(), retry)
+            let choice = queue::parse_choice(&config.queues).unwrap_or(queue::QueueChoice::Every);
+            let serving = Serving::new(queues.clone(), choice, config.concurrency);
+            Runner::new(serving, registry.clone(), retry)
         });
         let (listener, router) = if role == Command::Serve {
             let listener =
@@ -96,14 +102,13 @@ impl Server {
                 Events::start(client, conn.clone(), keys.clone(), config.max_sse_clients, shutdown.clone())
                     .await
                     .context("reading the event stream")?;
-            let tasks = Tasks::new(queue, store, registry, config.max_attempts);
+            let tasks = Tasks::new(queues, registry, config.max_attempts);
             let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
-            declare_subscriptions(&config, &topics).await?;
+            declare_subscriptions(&file, &topics).await?;
             let state = http::AppState {
                 tasks,
                 topics,
                 events,
-                keys,
                 redis: conn,
                 max_payload: config.max_payload,
                 body_budget: http::BodyBudget::new(config.max_body_memory),
@@ -157,15 +162,49 @@ impl Server {
     }
 }
 
-/// Creates or updates the subscriptions the configuration file declares.
-async fn declare_subscriptions(config: &Config, topics: &Topics) -> anyhow::Result<()> {
+/// The configuration file: `--config`, else `courier.toml` if there is one, else nothing.
+fn read_file_config(config: &Config) -> anyhow::Result<Option<(std::path::PathBuf, FileConfig)>> {
     let path = match &config.config {
         Some(path) => path.clone(),
         None if std::path::Path::new("courier.toml").exists() => "courier.toml".into(),
-        None => return Ok(()),
+        None => return Ok(None),
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let file = FileConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Some((path, file)))
+}
+
+/// Sets the limits of the queues the configuration file declares.
+async fn declare_queues(
+    file: &Option<(std::path::PathBuf, FileConfig)>,
+    queues: &Queues,
+) -> anyhow::Result<()> {
+    let Some((path, file)) = file else { return Ok(()) };
+    for declared in &file.queues {
+        let limits = declared.limits();
+        http::validate_limits(&limits)
+            .map_err(|e| anyhow::anyhow!("{}: queue `{}`: {e}", path.display(), declared.name))?;
+        let queue = queues
+            .open(&declared.name)
+            .await
+            .with_context(|| format!("{}: declaring queue `{}`", path.display(), declared.name))?;
+        queue
+            .set_limits(&limits)
+            .await
+            .with_context(|| format!("setting the limits of queue `{}`", declared.name))?;
+    }
+    if !file.queues.is_empty() {
+        info!(count = file.queues.len(), file = %path.display(), "declared queues");
+    }
+    Ok(())
+}
+
+/// Creates or updates the subscriptions the configuration file declares.
+async fn declare_subscriptions(
+    file: &Option<(std::path::PathBuf, FileConfig)>,
+    topics: &Topics,
+) -> anyhow::Result<()> {
+    let Some((path, file)) = file else { return Ok(()) };
     for declared in &file.subscriptions {
         topics
             .put(&declared.topic, &declared.name, &declared.subscription)

@@ -15,15 +15,11 @@
 //! them share helpers: `events.lua` (the one task event), `ends.lua` (what every end does),
 //! `session.lua`, `group.lua`, `lease.lua`.
 
-use crate::{
-    events::EVENT_FIELDS,
-    store::{Keys, now_ms},
-};
-use app::model::Priority;
+use crate::store::{Keys, now_ms};
+use app::model::{Priority, QueueCounts, QueueLimits, QueuedCounts, RateLimit};
 use bytes::Bytes;
 use redis::{AsyncCommands, Script, aio::ConnectionManager, streams::StreamInfoConsumersReply};
 use std::{sync::Arc, time::Duration};
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
 
@@ -32,10 +28,12 @@ mod fetch;
 mod finish;
 mod lease;
 pub mod record;
+mod serving;
 
-pub use backend::{BackendStopped, RedisBackend};
+pub use backend::{BackendStopped, RedisBackend, backend};
 pub use lease::Lease;
 use lease::LeasedPayload;
+pub use serving::{QueueChoice, Serving, parse_choice};
 
 /// The consumer group every worker of a queue reads through.
 const GROUP: &str = "workers";
@@ -58,6 +56,8 @@ pub struct QueueSettings {
 }
 
 struct Scripts {
+    enqueue: Script,
+    view: Script,
     claim: Script,
     renew: Script,
     progress: Script,
@@ -92,6 +92,8 @@ impl Scripts {
         let leasing = [EVENTS, SESSIONS, GROUPS, ENDS, LEASES];
         let ending = [EVENTS, SESSIONS, ENDS];
         Scripts {
+            enqueue: script(&[EVENTS, SESSIONS, GROUPS], include_str!("queue/enqueue.lua")),
+            view: script(&[GROUPS], include_str!("queue/queue_view.lua")),
             claim: script(&leasing, include_str!("queue/claim.lua")),
             renew: script(&[], include_str!("queue/renew.lua")),
             progress: script(&[EVENTS], include_str!("queue/progress.lua")),
@@ -100,7 +102,7 @@ impl Scripts {
             promote: script(&ending, include_str!("queue/promote.lua")),
             requeue: script(&ending, include_str!("queue/requeue.lua")),
             purge: script(&[], include_str!("queue/purge.lua")),
-            release: script(&[EVENTS], include_str!("queue/release.lua")),
+            release: script(&ending, include_str!("queue/release.lua")),
             depth: script(&[GROUPS], include_str!("queue/depth.lua")),
             prune_index: script(&[], include_str!("queue/prune_index.lua")),
         }
@@ -112,9 +114,16 @@ fn flag(on: bool) -> &'static str {
     if on { "1" } else { "0" }
 }
 
+/// Payloads up to this size go to the enqueue script as arguments; larger ones are staged with a
+/// plain `SET` first, which the script renames: copying megabytes through Lua stalls Redis.
+const INLINE_PAYLOAD_MAX: usize = 16 * 1024;
+/// How long a staged payload waits for its enqueue script (which runs right after it) at most.
+const STAGED_TTL: Duration = Duration::from_secs(300);
+
 /// A handle on one queue in Redis; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
+    name: Arc<str>,
     conn: ConnectionManager,
     client: redis::Client,
     keys: Keys,
@@ -124,11 +133,19 @@ pub struct Queue {
     last_prune_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 /// A task to enqueue: its record's first fields and its payload.
 #[derive(Clone, Debug)]
 pub struct NewTask {
     pub id: Uuid,
     pub created_ms: u64,
+    /// The queue it goes to.
+    pub queue: String,
     pub kind: String,
     pub payload: Bytes,
     pub payload_type: String,
@@ -158,6 +175,50 @@ pub struct SharedPayload {
     pub tasks: usize,
 }
 
+impl NewTask {
+    /// Whether this task's enqueue stores its payload (a shared payload is stored by its owner).
+    fn owns_payload(&self) -> bool {
+        self.shared_payload.is_none_or(|shared| shared.owner == self.id)
+    }
+}
+
+/// The 17 arguments of one task in enqueue.lua, in its order.
+fn add_enqueue_args(call: &mut redis::ScriptInvocation<'_>, task: &NewTask) {
+    let text = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
+    let due = task.delay_ms.map(|delay| task.created_ms + delay);
+    let (shared_ref, shared_open) = match task.shared_payload {
+        None => (String::new(), String::new()),
+        Some(shared) if shared.owner == task.id => (shared.owner.to_string(), shared.tasks.to_string()),
+        Some(shared) => (shared.owner.to_string(), String::new()),
+    };
+    let source = match () {
+        _ if !task.owns_payload() => "shared",
+        _ if task.payload.len() > INLINE_PAYLOAD_MAX => "staged",
+        _ => "here",
+    };
+    call.arg(task.id.to_string())
+        .arg(task.created_ms)
+        .arg(&task.kind)
+        .arg(text(due))
+        .arg(priority_tag(task.priority))
+        .arg(task.max_attempts)
+        .arg(text(task.timeout_ms))
+        .arg(&task.payload_type)
+        .arg(task.payload.len())
+        .arg(task.session.as_deref().unwrap_or(""))
+        .arg(task.subscription.as_deref().unwrap_or(""))
+        .arg(task.idempotency_key.as_deref().unwrap_or(""))
+        .arg(text(task.expires_ms))
+        .arg(shared_ref)
+        .arg(shared_open)
+        .arg(source);
+    if source == "here" {
+        call.arg(task.payload.as_ref());
+    } else {
+        call.arg("");
+    }
+}
+
 /// The one-letter tag of a priority, as delayed-set members carry it (`h:{id}`).
 fn priority_tag(priority: Priority) -> &'static str {
     match priority {
@@ -165,6 +226,37 @@ fn priority_tag(priority: Priority) -> &'static str {
         Priority::Normal => "n",
         Priority::Low => "l",
     }
+}
+
+/// What an enqueue did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Stored,
+    /// The queue's `max_depth` would be passed: nothing was stored.
+    Full {
+        waiting: u64,
+        max_depth: u64,
+    },
+}
+
+/// Why a worker may start nothing more from a queue for now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    Paused,
+    /// As many of its tasks run as its `concurrency` allows.
+    Concurrency,
+    /// Its `rate` allows no more starts in the current window.
+    Rate,
+}
+
+/// A queue's counts, limits and pause flag, read at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueState {
+    pub paused: bool,
+    pub limits: QueueLimits,
+    pub counts: QueueCounts,
+    pub oldest_waiting_ms: Option<u64>,
+    pub finished_last_minute: u64,
 }
 
 /// How an attempt ended, as recorded by [`Queue::finish`].
@@ -239,21 +331,61 @@ pub enum CancelOutcome {
 }
 
 impl Queue {
-    /// Opens the queue whose keys are `keys` on the Redis behind `client`.
-    pub fn new(client: redis::Client, conn: ConnectionManager, keys: Keys, settings: QueueSettings) -> Queue {
+    /// Opens queue `name` under key `prefix` on the Redis behind `client`.
+    pub fn new(
+        client: redis::Client,
+        conn: ConnectionManager,
+        prefix: &str,
+        name: &str,
+        settings: QueueSettings,
+    ) -> Queue {
+        Queue::with_scripts(client, conn, prefix, name, Arc::new(settings), Arc::new(Scripts::load()))
+    }
+
+    /// Another queue of the same Redis and settings, sharing the loaded scripts.
+    pub fn sibling(&self, prefix: &str, name: &str) -> Queue {
+        Queue::with_scripts(
+            self.client.clone(),
+            self.conn.clone(),
+            prefix,
+            name,
+            self.settings.clone(),
+            self.scripts.clone(),
+        )
+    }
+
+    fn with_scripts(
+        client: redis::Client,
+        conn: ConnectionManager,
+        prefix: &str,
+        name: &str,
+        settings: Arc<QueueSettings>,
+        scripts: Arc<Scripts>,
+    ) -> Queue {
         Queue {
+            name: name.into(),
             conn,
             client,
-            keys,
-            settings: Arc::new(settings),
-            scripts: Arc::new(Scripts::load()),
+            keys: Keys::new(prefix, name),
+            settings,
+            scripts,
             last_prune_ms: Default::default(),
         }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The key names of this queue.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Reads of this queue's records, payloads and results.
+    pub fn store(&self) -> crate::store::Store {
+        crate::store::Store::new(self.conn.clone(), self.keys.clone())
     }
 
     /// The queue's settings.
@@ -280,21 +412,48 @@ impl Queue {
         Ok(())
     }
 
-    /// Stores the payload and the record and queues the id, atomically (one MULTI).
-    pub async fn enqueue(&self, task: &NewTask) -> redis::RedisResult<()> {
+    /// Stores the payload and the record and queues the id, atomically.
+    pub async fn enqueue(&self, task: &NewTask) -> redis::RedisResult<Enqueued> {
         self.enqueue_many(std::slice::from_ref(task)).await
     }
 
-    /// Enqueues several tasks in one MULTI: all of them, or (on error) none.
-    pub async fn enqueue_many(&self, tasks: &[NewTask]) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for task in tasks {
-            self.add_enqueue(&mut pipe, task);
+    /// Enqueues several tasks in one script: all of them, or (on error, or when the queue's
+    /// `max_depth` would be passed) none.
+    pub async fn enqueue_many(&self, tasks: &[NewTask]) -> redis::RedisResult<Enqueued> {
+        let mut stage = redis::pipe();
+        for task in tasks.iter().filter(|t| t.owns_payload() && t.payload.len() > INLINE_PAYLOAD_MAX) {
+            stage
+                .cmd("SET")
+                .arg(self.keys.staged_payload(&task.id))
+                .arg(task.payload.as_ref())
+                .arg("PX")
+                .arg(STAGED_TTL.as_millis() as u64)
+                .ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        if !stage.is_empty() {
+            stage.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        let mut call = self.scripts.enqueue.prepare_invoke();
+        call.key(&self.keys.ready_streams())
+            .key(self.keys.delayed())
+            .key(self.keys.retrying())
+            .key(self.keys.index())
+            .key(self.keys.expiring())
+            .key(self.keys.events())
+            .key(self.keys.settings())
+            .arg(self.keys.base())
+            .arg(GROUP)
+            .arg(self.settings.events_maxlen);
+        for task in tasks {
+            add_enqueue_args(&mut call, task);
+        }
+        let reply: Vec<redis::Value> = call.invoke_async(&mut self.conn.clone()).await?;
+        let number = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+        if let (Some(waiting), Some(max_depth)) = (number(1), number(2)) {
+            return Ok(Enqueued::Full { waiting, max_depth });
+        }
         self.prune_index_now_and_then().await;
-        Ok(())
+        Ok(Enqueued::Stored)
     }
 
     /// Drops the listing index's entries of tasks that are gone, at most once a second per
@@ -326,89 +485,6 @@ impl Queue {
         if let Err(e) = pruned {
             warn!(error = %e, "pruning the listing index failed; the next submit tries again");
         }
-    }
-
-    fn add_enqueue(&self, pipe: &mut redis::Pipeline, task: &NewTask) {
-        let now = task.created_ms;
-        let id = task.id.to_string();
-        let status = if task.delay_ms.is_some() { "scheduled" } else { "queued" };
-        let task_key = self.keys.task(&task.id);
-        // No TTL while the task waits or runs: retention counts from its end (scripts/ends.lua).
-        match task.shared_payload {
-            None => {
-                pipe.cmd("SET").arg(self.keys.payload(&task.id)).arg(task.payload.as_ref()).ignore();
-            }
-            Some(shared) if shared.owner == task.id => {
-                pipe.cmd("SET").arg(self.keys.payload(&task.id)).arg(task.payload.as_ref()).ignore();
-                pipe.cmd("HSET").arg(self.keys.payload_refs(&task.id)).arg("open").arg(shared.tasks).ignore();
-            }
-            Some(_) => {}
-        }
-        if let Some(expires) = task.expires_ms {
-            pipe.cmd("ZADD").arg(self.keys.expiring()).arg(expires).arg(&id).ignore();
-        }
-        if let Some(key) = &task.idempotency_key {
-            // Claimed with a short TTL in case this MULTI never runs; the task's own from now.
-            pipe.cmd("PERSIST").arg(key).ignore();
-        }
-        let (max_attempts, now_text) = (task.max_attempts.to_string(), now.to_string());
-        let (payload_bytes, timeout_ms) =
-            (task.payload.len().to_string(), task.timeout_ms.map(|t| t.to_string()).unwrap_or_default());
-        let expires = task.expires_ms.map(|t| t.to_string()).unwrap_or_default();
-        let payload_ref = task.shared_payload.map(|s| s.owner.to_string()).unwrap_or_default();
-        pipe.cmd("HSET")
-            .arg(&task_key)
-            .arg(&[
-                (record::KIND, task.kind.as_str()),
-                (record::STATUS, status),
-                (record::ATTEMPTS, "0"),
-                (record::MAX_ATTEMPTS, &max_attempts),
-                (record::CREATED, &now_text),
-                (record::UPDATED, &now_text),
-                (record::PAYLOAD_BYTES, &payload_bytes),
-                (record::PAYLOAD_TYPE, &task.payload_type),
-                (record::TIMEOUT_MS, &timeout_ms),
-                (record::PRIORITY, priority_tag(task.priority)),
-                (record::SESSION, task.session.as_deref().unwrap_or("")),
-                (record::SUBSCRIPTION, task.subscription.as_deref().unwrap_or("")),
-                (record::IDEMPOTENCY_KEY, task.idempotency_key.as_deref().unwrap_or("")),
-                (record::EXPIRES, &expires),
-                (record::PAYLOAD_REF, &payload_ref),
-            ])
-            .ignore();
-        pipe.cmd("ZADD").arg(self.keys.index()).arg(0).arg(&id).ignore();
-        match (&task.session, task.delay_ms) {
-            (Some(session), _) => {
-                // EVAL (not EVALSHA) inside MULTI: a missing script cache cannot fail the batch.
-                pipe.cmd("EVAL")
-                    .arg(include_str!("queue/session_enqueue.lua"))
-                    .arg(2)
-                    .arg(self.keys.session(session))
-                    .arg(self.keys.ready())
-                    .arg(&id)
-                    .ignore();
-            }
-            (None, Some(delay)) => {
-                let member = format!("{}:{id}", priority_tag(task.priority));
-                pipe.cmd("ZADD").arg(self.keys.delayed()).arg(now + delay).arg(member).ignore();
-            }
-            (None, None) => {
-                let stream = self.keys.ready_for(task.priority);
-                pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(&id).ignore();
-            }
-        }
-        pipe.cmd("XADD")
-            .arg(self.keys.events())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.settings.events_maxlen)
-            .arg("*");
-        let now = now.to_string();
-        let values = [status, &id, &task.kind, status, "0", "", "", &now];
-        for (field, value) in EVENT_FIELDS.iter().zip(values) {
-            pipe.arg(field).arg(value);
-        }
-        pipe.ignore();
     }
 
     /// The task's idempotency key, or (for scripts that take one either way) a key never written.
@@ -473,6 +549,7 @@ impl Queue {
             .arg(now_ms())
             .arg(lease.task_id.to_string())
             .arg(self.settings.events_maxlen)
+            .arg(self.keys.base())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(applied == 1)
@@ -499,6 +576,7 @@ impl Queue {
             .arg(now_ms())
             .arg(lease.task_id.to_string())
             .arg(self.settings.events_maxlen)
+            .arg(self.keys.base())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(released == 1)
@@ -513,7 +591,8 @@ impl Queue {
             .key(self.keys.events())
             .key(self.keys.session(&session))
             .key(self.keys.ready())
-            .key(self.idempotency_key_or_none(idem.as_deref()));
+            .key(self.idempotency_key_or_none(idem.as_deref()))
+            .key(self.keys.retrying());
         self.requeue_args(&mut call, id, &session, idem.is_some());
         let answer: String = call.invoke_async(&mut self.conn.clone()).await?;
         Ok(match answer.as_str() {
@@ -613,6 +692,7 @@ impl Queue {
             .key(&self.keys.ready_streams())
             .key(self.keys.expiring())
             .key(self.keys.events())
+            .key(self.keys.retrying())
             .arg(now_ms())
             .arg(PROMOTE_BATCH)
             .arg(self.keys.base())
@@ -622,15 +702,104 @@ impl Queue {
             .await
     }
 
-    /// Ready entries not yet handed to any worker, plus delayed ones.
+    /// How many tasks wait to run: queued, scheduled or waiting for a retry.
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         self.scripts
             .depth
             .key(&self.keys.ready_streams())
             .key(self.keys.delayed())
+            .key(self.keys.retrying())
             .arg(GROUP)
             .invoke_async(&mut self.conn.clone())
             .await
+    }
+
+    /// The queue's counts, limits and pause flag, in one read.
+    pub async fn state(&self) -> redis::RedisResult<QueueState> {
+        let reply: Vec<String> = self
+            .scripts
+            .view
+            .key(&self.keys.ready_streams())
+            .key(self.keys.delayed())
+            .key(self.keys.retrying())
+            .key(self.keys.running())
+            .key(self.keys.dead())
+            .key(self.keys.ended())
+            .key(self.keys.settings())
+            .arg(GROUP)
+            .arg(now_ms())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let number = |i: usize| reply.get(i).and_then(|v| v.parse::<u64>().ok());
+        let count = |i: usize| number(i).unwrap_or(0);
+        Ok(QueueState {
+            paused: reply.get(9).is_some_and(|p| p == "1"),
+            limits: QueueLimits {
+                max_depth: number(10),
+                concurrency: number(11).map(|c| c.min(u64::from(u32::MAX)) as u32),
+                rate: number(12).zip(number(13)).map(|(limit, period_ms)| RateLimit {
+                    limit: limit.min(u64::from(u32::MAX)) as u32,
+                    period_ms,
+                }),
+            },
+            counts: QueueCounts {
+                queued: QueuedCounts { high: count(0), normal: count(1), low: count(2) },
+                scheduled: count(3),
+                retrying: count(4),
+                running: count(5),
+                dead: count(6),
+            },
+            oldest_waiting_ms: number(7),
+            finished_last_minute: count(8),
+        })
+    }
+
+    /// Replaces the queue's limits (an absent one is no limit); every worker's next claim and
+    /// every next submit obey them.
+    pub async fn set_limits(&self, limits: &QueueLimits) -> redis::RedisResult<()> {
+        let key = self.keys.settings();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HDEL")
+            .arg(&key)
+            .arg(&["max_depth", "concurrency", "rate_limit", "rate_period_ms"])
+            .ignore();
+        let mut fields: Vec<(&str, u64)> = Vec::new();
+        fields.extend(limits.max_depth.map(|d| ("max_depth", d)));
+        fields.extend(limits.concurrency.map(|c| ("concurrency", u64::from(c))));
+        if let Some(rate) = limits.rate {
+            fields.push(("rate_limit", u64::from(rate.limit)));
+            fields.push(("rate_period_ms", rate.period_ms));
+        }
+        if !fields.is_empty() {
+            pipe.cmd("HSET").arg(&key).arg(&fields).ignore();
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    /// Pauses (workers take none of its tasks; running ones finish) or resumes the queue, and
+    /// tells every event stream; `false` if it already was so.
+    pub async fn set_paused(&self, paused: bool) -> redis::RedisResult<bool> {
+        let (now, status) = (now_ms().to_string(), if paused { "paused" } else { "active" });
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if paused {
+            pipe.cmd("HSETNX").arg(self.keys.settings()).arg("paused").arg("1");
+        } else {
+            pipe.cmd("HDEL").arg(self.keys.settings()).arg("paused");
+        }
+        let fields =
+            [("event", app::model::QUEUE_EVENT), ("queue", &self.name), ("status", status), ("at", &now)];
+        pipe.cmd("XADD")
+            .arg(self.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.settings.events_maxlen)
+            .arg("*")
+            .arg(&fields)
+            .ignore();
+        let (changed,): (i64,) = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(changed == 1)
     }
 
     /// Forgets consumers of stopped workers (nothing pending, idle for an hour), so the group's
@@ -650,28 +819,6 @@ impl Queue {
                     .arg(&consumer.name)
                     .query_async(&mut conn)
                     .await;
-            }
-        }
-    }
-
-    pub(super) async fn promote_loop(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
-        loop {
-            let pause = match self.promote_due().await {
-                Ok(moved) if moved >= PROMOTE_BATCH => Duration::ZERO,
-                Ok(_) => {
-                    backoff.reset();
-                    PROMOTE_TICK
-                }
-                Err(e) => {
-                    let pause = backoff.next();
-                    warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "promoting delayed tasks failed");
-                    pause
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = shutdown.cancelled() => break,
             }
         }
     }

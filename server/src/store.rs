@@ -17,7 +17,12 @@
 //! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
 //! | `{prefix}:{queue}:index-prune`   | string | where the last prune of the index stopped |
 //! | `{prefix}:{queue}:expiring`      | zset   | ids of waiting tasks with an expiry, by it |
-//! | `{prefix}:{queue}:events`        | stream | task events, capped                     |
+//! | `{prefix}:{queue}:retrying`      | zset   | `h:`/`n:`/`l:` + id waiting for a retry, by due ms |
+//! | `{prefix}:{queue}:running`       | set    | ids of running tasks (what `concurrency` counts) |
+//! | `{prefix}:{queue}:starts`        | zset   | lease tokens by start ms, the last `rate` period's |
+//! | `{prefix}:{queue}:ended`         | hash   | Unix second -> tasks ended then (the last two minutes) |
+//! | `{prefix}:{queue}:settings`      | hash   | `paused`, `max_depth`, `concurrency`, `rate_limit`, `rate_period_ms` |
+//! | `{prefix}:{default}:events`      | stream | task and queue events of every queue, capped (one stream; issue 17 spreads it) |
 //! | `{prefix}:{queue}:idem:{sha1}`   | string | `{task id} {request digest}` of a key   |
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 
@@ -27,24 +32,59 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use std::{collections::HashMap, sync::Arc};
 use uuid::Uuid;
 
-/// The queue every task goes to until topics and named queues arrive.
-pub const DEFAULT_QUEUE: &str = "default";
+pub use app::model::DEFAULT_QUEUE;
 
 /// Builds the Redis key names of one queue.
 #[derive(Clone, Debug)]
 pub struct Keys {
+    queue: Arc<str>,
     base: Arc<str>,
+    events: Arc<str>,
 }
 
 impl Keys {
     /// Keys of `queue` under `prefix`.
     pub fn new(prefix: &str, queue: &str) -> Keys {
-        Keys { base: format!("{prefix}:{{{queue}}}").into() }
+        Keys {
+            queue: queue.into(),
+            base: format!("{prefix}:{{{queue}}}").into(),
+            events: format!("{prefix}:{{{DEFAULT_QUEUE}}}:events").into(),
+        }
+    }
+
+    /// The name of the queue.
+    pub fn queue(&self) -> &str {
+        &self.queue
     }
 
     /// The prefix every key of this queue starts with (scripts build task keys from it).
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Tasks waiting for a retry, by when it is due.
+    pub fn retrying(&self) -> String {
+        format!("{}:retrying", self.base)
+    }
+
+    /// Ids of the queue's running tasks.
+    pub fn running(&self) -> String {
+        format!("{}:running", self.base)
+    }
+
+    /// The tally of ends per second.
+    pub fn ended(&self) -> String {
+        format!("{}:ended", self.base)
+    }
+
+    /// The queue's limits and pause flag.
+    pub fn settings(&self) -> String {
+        format!("{}:settings", self.base)
+    }
+
+    /// Where a large payload waits for the enqueue script, which renames it.
+    pub fn staged_payload(&self, id: &Uuid) -> String {
+        format!("{}:staged:{id}", self.base)
     }
 
     pub fn task(&self, id: &Uuid) -> String {
@@ -120,8 +160,9 @@ impl Keys {
         format!("{}:payload-refs:{owner}", self.base)
     }
 
-    pub fn events(&self) -> String {
-        format!("{}:events", self.base)
+    /// The one events stream of every queue (in the default queue's slot for now).
+    pub fn events(&self) -> &str {
+        &self.events
     }
 }
 
@@ -150,6 +191,8 @@ pub fn rfc3339(ms: u64) -> String {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskRecord {
     pub id: Uuid,
+    /// The queue the task lives in (where its record was found).
+    pub queue: String,
     pub kind: String,
     pub status: Status,
     pub attempts: u32,
@@ -175,12 +218,14 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// Reads a record from the fields of its hash; `None` if a required field is missing.
-    pub fn from_fields(id: Uuid, fields: &HashMap<String, String>) -> Option<TaskRecord> {
+    /// Reads a record of `queue` from the fields of its hash; `None` if a required field is
+    /// missing.
+    pub fn from_fields(id: Uuid, queue: &str, fields: &HashMap<String, String>) -> Option<TaskRecord> {
         let text = |name: &str| fields.get(name).filter(|v| !v.is_empty());
         let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
         Some(TaskRecord {
             id,
+            queue: queue.to_string(),
             kind: text(field::KIND)?.clone(),
             status: Status::parse(text(field::STATUS)?)?,
             attempts: number(field::ATTEMPTS).unwrap_or(0) as u32,
@@ -223,6 +268,7 @@ impl TaskRecord {
             next_run_at: self.next_run_ms.filter(|_| self.status == Status::Retrying).map(rfc3339),
             subscription: self.subscription.clone(),
             expires_at: self.expires_ms.map(rfc3339),
+            queue: self.queue.clone(),
         }
     }
 }
@@ -255,7 +301,7 @@ impl Store {
     /// The task's record, or `None` once it has expired (or never existed).
     pub async fn get(&self, id: &Uuid) -> redis::RedisResult<Option<TaskRecord>> {
         let fields: HashMap<String, String> = self.conn.clone().hgetall(self.keys.task(id)).await?;
-        Ok(TaskRecord::from_fields(*id, &fields))
+        Ok(TaskRecord::from_fields(*id, self.keys.queue(), &fields))
     }
 
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).
@@ -269,54 +315,6 @@ impl Store {
             bytes,
             content_type: record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
         }))
-    }
-
-    /// Up to `limit` dead letters with the time they failed, most recent first, after `cursor`
-    /// (the `(failed ms, id)` of the last one of the previous page).
-    pub async fn dead_letters(
-        &self,
-        cursor: Option<(u64, Uuid)>,
-        limit: usize,
-    ) -> redis::RedisResult<(Vec<(TaskRecord, u64)>, Option<(u64, Uuid)>)> {
-        let mut conn = self.conn.clone();
-        let max = cursor.map(|(ms, _)| ms.to_string()).unwrap_or_else(|| "+inf".into());
-        // Equal scores come in descending id order; fetch extra to step past the cursor's ties.
-        let entries: Vec<(String, u64)> = redis::cmd("ZRANGE")
-            .arg(self.keys.dead())
-            .arg(&max)
-            .arg("-inf")
-            .arg("BYSCORE")
-            .arg("REV")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit + 64)
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await?;
-        let entries: Vec<(Uuid, u64)> = entries
-            .into_iter()
-            .filter_map(|(id, ms)| Some((id.parse().ok()?, ms)))
-            .filter(|&(id, ms)| cursor.is_none_or(|(c_ms, c_id)| ms < c_ms || id < c_id))
-            .take(limit + 1)
-            .collect();
-        if entries.is_empty() {
-            return Ok((Vec::new(), None));
-        }
-        let mut pipe = redis::pipe();
-        for (id, _) in &entries {
-            pipe.hgetall(self.keys.task(id));
-        }
-        let fields: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-        let mut found: Vec<(TaskRecord, u64)> = entries
-            .iter()
-            .zip(fields)
-            .filter_map(|(&(id, ms), fields)| Some((TaskRecord::from_fields(id, &fields)?, ms)))
-            .collect();
-        let next = (found.len() > limit).then(|| {
-            found.truncate(limit);
-            found.last().map(|(r, ms)| (*ms, r.id))
-        });
-        Ok((found, next.flatten()))
     }
 
     /// Up to `count` dead letters from rank `from` (oldest first) that failed up to `until_ms`,
@@ -351,56 +349,127 @@ impl Store {
         let kinds: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
         Ok(ids.into_iter().zip(kinds).collect())
     }
+}
 
-    /// Up to `limit` records, newest first, strictly older than `before` when given, that pass
-    /// `keep`. Returns them and the cursor of the next page, if there may be one.
-    pub async fn list(
-        &self,
-        before: Option<Uuid>,
-        limit: usize,
-        keep: impl Fn(&TaskRecord) -> bool,
-    ) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
-        const BATCH: usize = 200;
-        // Filters can skip most of the index: one request reads at most this many records, and
-        // a page cut short by it still carries the cursor to read on from.
-        const MAX_SCANNED: usize = 1_000;
-        let mut conn = self.conn.clone();
-        let mut found = Vec::new();
-        let mut upper = before.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
-        let mut scanned = 0;
-        loop {
-            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-                .arg(self.keys.index())
+/// Up to `limit` dead letters of the queues of `stores` with the time they failed, most recent
+/// first, after `cursor` (the `(failed ms, id)` of the last one of the previous page).
+pub async fn dead_letters(
+    stores: &[Store],
+    cursor: Option<(u64, Uuid)>,
+    limit: usize,
+) -> redis::RedisResult<(Vec<(TaskRecord, u64)>, Option<(u64, Uuid)>)> {
+    let Some(first) = stores.first() else { return Ok((Vec::new(), None)) };
+    let mut conn = first.conn.clone();
+    let max = cursor.map(|(ms, _)| ms.to_string()).unwrap_or_else(|| "+inf".into());
+    // Each queue's most recent `limit + 1` past the cursor hold the page's; equal scores come in
+    // descending id order, so fetch extra to step past the cursor's ties.
+    let mut pipe = redis::pipe();
+    for store in stores {
+        pipe.cmd("ZRANGE")
+            .arg(store.keys.dead())
+            .arg(&max)
+            .arg("-inf")
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit + 64)
+            .arg("WITHSCORES");
+    }
+    let per_queue: Vec<Vec<(String, u64)>> = pipe.query_async(&mut conn).await?;
+    let mut entries: Vec<(u64, Uuid, &Store)> = stores
+        .iter()
+        .zip(per_queue)
+        .flat_map(|(store, entries)| {
+            entries.into_iter().filter_map(move |(id, ms)| Some((ms, id.parse().ok()?, store)))
+        })
+        .filter(|&(ms, id, _)| cursor.is_none_or(|(c_ms, c_id)| ms < c_ms || (ms == c_ms && id < c_id)))
+        .collect();
+    entries.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    entries.truncate(limit + 1);
+    if entries.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let mut pipe = redis::pipe();
+    for (_, id, store) in &entries {
+        pipe.hgetall(store.keys.task(id));
+    }
+    let fields: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+    let mut found: Vec<(TaskRecord, u64)> = entries
+        .iter()
+        .zip(fields)
+        .filter_map(|(&(ms, id, store), fields)| {
+            Some((TaskRecord::from_fields(id, store.keys.queue(), &fields)?, ms))
+        })
+        .collect();
+    let next = (found.len() > limit).then(|| {
+        found.truncate(limit);
+        found.last().map(|(r, ms)| (*ms, r.id))
+    });
+    Ok((found, next.flatten()))
+}
+
+/// Up to `limit` records of the queues of `stores`, newest first, strictly older than `before`
+/// when given, that pass `keep`. Returns them and the cursor of the next page, if there may be
+/// one. Ids are UUIDv7, so their order is their creation order, across queues too.
+pub async fn list(
+    stores: &[Store],
+    before: Option<Uuid>,
+    limit: usize,
+    keep: impl Fn(&TaskRecord) -> bool,
+) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
+    const BATCH: usize = 200;
+    // Filters can skip most of the index: one request reads at most this many records, and
+    // a page cut short by it still carries the cursor to read on from.
+    const MAX_SCANNED: usize = 1_000;
+    let Some(first) = stores.first() else { return Ok((Vec::new(), None)) };
+    let mut conn = first.conn.clone();
+    let mut found = Vec::new();
+    let mut upper = before.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
+    let mut scanned = 0;
+    loop {
+        // The newest BATCH of each queue below `upper`: the newest BATCH of all are among them.
+        let mut pipe = redis::pipe();
+        for store in stores {
+            pipe.cmd("ZREVRANGEBYLEX")
+                .arg(store.keys.index())
                 .arg(&upper)
                 .arg("-")
                 .arg("LIMIT")
                 .arg(0)
-                .arg(BATCH)
-                .query_async(&mut conn)
-                .await?;
-            let ids: Vec<Uuid> = ids.iter().filter_map(|s| s.parse().ok()).collect();
-            let Some(last) = ids.last() else {
-                return Ok((found, None));
-            };
-            upper = format!("({last}");
-            scanned += ids.len();
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.hgetall(self.keys.task(id));
-            }
-            let records: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-            for (id, fields) in ids.iter().zip(records) {
-                if let Some(record) = TaskRecord::from_fields(*id, &fields).filter(|r| keep(r)) {
-                    found.push(record);
-                    if found.len() == limit {
-                        return Ok((found, Some(*id)));
-                    }
+                .arg(BATCH);
+        }
+        let per_queue: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        let mut ids: Vec<(Uuid, &Store)> = stores
+            .iter()
+            .zip(per_queue)
+            .flat_map(|(store, ids)| ids.into_iter().filter_map(move |id| Some((id.parse().ok()?, store))))
+            .collect();
+        let more = ids.len() >= BATCH;
+        ids.sort_by(|a, b| b.0.cmp(&a.0));
+        ids.truncate(BATCH);
+        let Some(&(last, _)) = ids.last() else {
+            return Ok((found, None));
+        };
+        upper = format!("({last}");
+        scanned += ids.len();
+        let mut pipe = redis::pipe();
+        for (id, store) in &ids {
+            pipe.hgetall(store.keys.task(id));
+        }
+        let records: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        for ((id, store), fields) in ids.iter().zip(records) {
+            if let Some(record) =
+                TaskRecord::from_fields(*id, store.keys.queue(), &fields).filter(|r| keep(r))
+            {
+                found.push(record);
+                if found.len() == limit {
+                    return Ok((found, Some(*id)));
                 }
             }
-            if ids.len() < BATCH || scanned >= MAX_SCANNED {
-                let cursor = (ids.len() == BATCH).then_some(*last);
-                return Ok((found, cursor));
-            }
+        }
+        if !more || scanned >= MAX_SCANNED {
+            return Ok((found, more.then_some(last)));
         }
     }
 }
@@ -413,7 +482,9 @@ mod tests {
     fn every_key_of_a_queue_shares_its_hash_tag() {
         let keys = Keys::new("courier", "default");
         let id = Uuid::now_v7();
-        for key in [keys.task(&id), keys.payload(&id), keys.result(&id), keys.ready(), keys.events()] {
+        for key in
+            [keys.task(&id), keys.payload(&id), keys.result(&id), keys.ready(), keys.events().to_string()]
+        {
             assert!(key.starts_with("courier:{default}:"), "{key}");
         }
     }
@@ -444,12 +515,13 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let record = TaskRecord::from_fields(id, &fields).unwrap();
+        let record = TaskRecord::from_fields(id, "default", &fields).unwrap();
         assert_eq!(record.status, Status::Succeeded);
         assert_eq!(record.error, None);
         let view = record.view();
         assert_eq!(view.result_url, Some(format!("/api/v1/tasks/{id}/result")));
         assert_eq!(view.progress, Some(100));
-        assert!(TaskRecord::from_fields(id, &HashMap::new()).is_none());
+        assert_eq!(view.queue, "default");
+        assert!(TaskRecord::from_fields(id, "default", &HashMap::new()).is_none());
     }
 }

@@ -3,10 +3,11 @@
 
 use crate::{
     handlers::Registry,
-    queue::{CancelOutcome, NewTask, Queue, SharedPayload},
-    store::{Store, StoredResult, TaskRecord},
+    queue::{CancelOutcome, Enqueued, NewTask, Queue, SharedPayload},
+    queues::{QueueError, Queues},
+    store::{self, StoredResult, TaskRecord},
 };
-use app::model::{KindInfo, Priority, Status};
+use app::model::{KindInfo, Priority, Status, is_queue_name};
 use bytes::Bytes;
 use uuid::Uuid;
 
@@ -63,6 +64,8 @@ pub struct Options {
     pub expires_at: Option<String>,
     /// Set by publishing: the subscription (`topic/name`) the task is for.
     pub subscription: Option<String>,
+    /// The queue to run it in; the kind's default when absent.
+    pub queue: Option<String>,
 }
 
 /// Why a submission was refused; nothing was stored for it.
@@ -80,8 +83,22 @@ pub enum SubmitError {
     Unsupported(String),
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
+    #[error("queue `{queue}` holds {waiting} waiting tasks and takes at most {max_depth}")]
+    QueueFull { queue: String, waiting: u64, max_depth: u64 },
+    #[error("{0}")]
+    TooManyQueues(String),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+}
+
+impl From<QueueError> for SubmitError {
+    fn from(e: QueueError) -> SubmitError {
+        match e {
+            QueueError::InvalidName(_) => SubmitError::InvalidOption(e.to_string()),
+            QueueError::TooMany => SubmitError::TooManyQueues(e.to_string()),
+            QueueError::Redis(e) => SubmitError::Redis(e),
+        }
+    }
 }
 
 /// Why a batch of submissions was refused; nothing of it was stored.
@@ -90,8 +107,17 @@ pub enum BatchError {
     /// The submission at `index` (from 0) was refused.
     #[error("submission {index}: {error}")]
     Rejected { index: usize, error: SubmitError },
+    /// The batch as a whole was refused (its queue is full, or cannot be opened).
+    #[error(transparent)]
+    Refused(SubmitError),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+}
+
+impl From<QueueError> for BatchError {
+    fn from(e: QueueError) -> BatchError {
+        BatchError::Refused(e.into())
+    }
 }
 
 /// Why a cancel request was refused.
@@ -119,6 +145,7 @@ pub enum Cancelled {
 pub struct ListQuery {
     pub status: Option<Status>,
     pub kind: Option<String>,
+    pub queue: Option<String>,
     pub limit: usize,
     pub cursor: Option<Uuid>,
 }
@@ -126,8 +153,7 @@ pub struct ListQuery {
 /// The task service; cheap to clone.
 #[derive(Clone)]
 pub struct Tasks {
-    queue: Queue,
-    store: Store,
+    queues: Queues,
     registry: Registry,
     default_max_attempts: u32,
     depth_cache: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
@@ -148,9 +174,14 @@ impl Payload {
 }
 
 impl Tasks {
-    /// The service over `queue` and `store`, accepting the kinds in `registry`.
-    pub fn new(queue: Queue, store: Store, registry: Registry, default_max_attempts: u32) -> Tasks {
-        Tasks { queue, store, registry, default_max_attempts, depth_cache: Default::default() }
+    /// The service over `queues`, accepting the kinds in `registry`.
+    pub fn new(queues: Queues, registry: Registry, default_max_attempts: u32) -> Tasks {
+        Tasks { queues, registry, default_max_attempts, depth_cache: Default::default() }
+    }
+
+    /// The queues the tasks go to.
+    pub fn queues(&self) -> &Queues {
+        &self.queues
     }
 
     /// Every kind, with its description and payload schema.
@@ -163,6 +194,10 @@ impl Tasks {
     fn prepare(&self, submission: Submission, checked: bool) -> Result<NewTask, SubmitError> {
         let Submission { kind, payload, options, idempotency_key: _ } = submission;
         let handler = self.registry.get(&kind).ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
+        let queue = options.queue.clone().unwrap_or_else(|| handler.queue().to_string());
+        if !is_queue_name(&queue) {
+            return Err(QueueError::InvalidName(queue).into());
+        }
         let max_attempts =
             options.max_attempts.or(handler.max_attempts()).unwrap_or(self.default_max_attempts);
         validate_options(&options, max_attempts)?;
@@ -192,6 +227,7 @@ impl Tasks {
         Ok(NewTask {
             id: Uuid::now_v7(),
             created_ms,
+            queue,
             kind,
             payload: bytes,
             payload_type,
@@ -248,31 +284,71 @@ impl Tasks {
         Ok(tasks)
     }
 
-    /// Validates every submission, then enqueues them all at once (one MULTI), or none: the
-    /// error names the first refused one. Idempotency keys are not taken here.
+    /// Enqueues `tasks`, all of one queue, at once; nothing if the queue's `max_depth` would be
+    /// passed.
+    async fn enqueue(&self, tasks: &[NewTask]) -> Result<Queue, SubmitError> {
+        let queue = self.queues.open(&tasks[0].queue).await?;
+        match queue.enqueue_many(tasks).await? {
+            Enqueued::Stored => {
+                for task in tasks {
+                    self.queues.remember(task.id, &queue);
+                }
+                Ok(queue)
+            }
+            Enqueued::Full { waiting, max_depth } => {
+                Err(SubmitError::QueueFull { queue: queue.name().to_string(), waiting, max_depth })
+            }
+        }
+    }
+
+    /// Validates every submission, then enqueues them all at once (one script), or none: the
+    /// error names the first refused one. A batch goes to one queue. Idempotency keys are not
+    /// taken here.
     pub async fn submit_many(&self, submissions: Vec<Submission>) -> Result<Vec<TaskRecord>, BatchError> {
         let tasks = self.prepare_all(submissions, false).await?;
+        if let Some(index) = tasks.iter().position(|t| t.queue != tasks[0].queue) {
+            let error = SubmitError::Unsupported(format!(
+                "a batch goes to one queue: this task names `{}`, the first `{}`",
+                tasks[index].queue, tasks[0].queue
+            ));
+            return Err(BatchError::Rejected { index, error });
+        }
         if !tasks.is_empty() {
-            self.queue.enqueue_many(&tasks).await?;
+            self.enqueue(&tasks).await.map_err(BatchError::Refused)?;
         }
         Ok(tasks.iter().map(record_of).collect())
     }
 
     /// Like [`Tasks::submit_many`] for submissions that carry one and the same payload (a topic
-    /// message for each matching subscription): the payload is stored once and shared, and freed
-    /// after the last of its tasks has ended.
+    /// message for each matching subscription): the payload is stored once per queue and shared,
+    /// and freed after the last of its tasks there has ended. The tasks may go to several queues:
+    /// each queue's are enqueued at once; should a queue refuse them (its `max_depth`), the tasks
+    /// already enqueued in other queues are cancelled, so none runs.
     pub async fn submit_shared(&self, submissions: Vec<Submission>) -> Result<Vec<TaskRecord>, BatchError> {
-        let mut tasks = self.prepare_all(submissions, true).await?;
-        if let [first, _, ..] = tasks.as_slice() {
-            let shared = SharedPayload { owner: first.id, tasks: tasks.len() };
-            for task in &mut tasks {
-                task.shared_payload = Some(shared);
+        let tasks = self.prepare_all(submissions, true).await?;
+        let mut by_queue: std::collections::BTreeMap<String, Vec<NewTask>> = Default::default();
+        for task in &tasks {
+            by_queue.entry(task.queue.clone()).or_default().push(task.clone());
+        }
+        let mut stored: Vec<Uuid> = Vec::new();
+        for group in by_queue.values_mut() {
+            if let [first, _, ..] = group.as_slice() {
+                let shared = SharedPayload { owner: first.id, tasks: group.len() };
+                for task in group.iter_mut() {
+                    task.shared_payload = Some(shared);
+                }
             }
+            if let Err(refused) = self.enqueue(group).await {
+                for id in &stored {
+                    let _ = self.cancel(id).await;
+                }
+                return Err(BatchError::Refused(refused));
+            }
+            stored.extend(group.iter().map(|t| t.id));
         }
-        if !tasks.is_empty() {
-            self.queue.enqueue_many(&tasks).await?;
-        }
-        Ok(tasks.iter().map(record_of).collect())
+        let shared: std::collections::HashMap<Uuid, NewTask> =
+            by_queue.into_values().flatten().map(|t| (t.id, t)).collect();
+        Ok(tasks.iter().map(|t| record_of(shared.get(&t.id).unwrap_or(t))).collect())
     }
 
     /// Validates and enqueues a task; on any error nothing is stored.
@@ -282,24 +358,24 @@ impl Tasks {
             submission.idempotency_key.take().map(|key| (key, fingerprint_options(&submission.options)));
         let mut task = match self.prepare_all(vec![submission], false).await {
             Ok(mut tasks) => tasks.pop().expect("one submission makes one task"),
-            Err(BatchError::Rejected { error, .. }) => return Err(error),
+            Err(BatchError::Rejected { error, .. } | BatchError::Refused(error)) => return Err(error),
             Err(BatchError::Redis(e)) => return Err(e.into()),
         };
         let Some((key, request)) = idempotency_key else {
-            self.queue.enqueue(&task).await?;
+            self.enqueue(std::slice::from_ref(&task)).await?;
             return Ok(Submitted { record: record_of(&task), replayed: false });
         };
-        let key_name =
-            self.store.keys().idempotency(&sha1_smol::Sha1::from(key.as_bytes()).digest().to_string());
+        let queue = self.queues.open(&task.queue).await?;
+        let key_name = queue.keys().idempotency(&sha1_smol::Sha1::from(key.as_bytes()).digest().to_string());
         let digest = fingerprint(&task, &request);
         task.idempotency_key = Some(key_name.clone());
-        match self.queue.claim_idempotency_key(&key_name, &format!("{} {digest}", task.id)).await? {
-            None => match self.queue.enqueue(&task).await {
-                Ok(()) => Ok(Submitted { record: record_of(&task), replayed: false }),
+        match queue.claim_idempotency_key(&key_name, &format!("{} {digest}", task.id)).await? {
+            None => match self.enqueue(std::slice::from_ref(&task)).await {
+                Ok(_) => Ok(Submitted { record: record_of(&task), replayed: false }),
                 Err(e) => {
                     // Best effort: a key that stays claimed would make retries of this request fail.
-                    let _ = self.queue.release_idempotency_key(&key_name).await;
-                    Err(e.into())
+                    let _ = queue.release_idempotency_key(&key_name).await;
+                    Err(e)
                 }
             },
             Some(held) => {
@@ -308,15 +384,15 @@ impl Tasks {
                     return Err(SubmitError::IdempotencyKeyReused);
                 }
                 let id: Uuid = id.parse().map_err(|_| SubmitError::IdempotencyKeyReused)?;
-                Ok(Submitted { record: self.wait_for_record(&id).await?, replayed: true })
+                Ok(Submitted { record: self.wait_for_record(&queue, &id).await?, replayed: true })
             }
         }
     }
 
     /// The record of a task whose first request may still be storing it (a few milliseconds).
-    async fn wait_for_record(&self, id: &Uuid) -> Result<TaskRecord, SubmitError> {
+    async fn wait_for_record(&self, queue: &Queue, id: &Uuid) -> Result<TaskRecord, SubmitError> {
         for _ in 0..50 {
-            if let Some(record) = self.store.get(id).await? {
+            if let Some(record) = queue.store().get(id).await? {
                 return Ok(record);
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -329,27 +405,39 @@ impl Tasks {
 
     /// The task's record, or `None` if unknown or expired.
     pub async fn get(&self, id: &Uuid) -> redis::RedisResult<Option<TaskRecord>> {
-        self.store.get(id).await
+        match self.queues.locate(id).await? {
+            Some(queue) => queue.store().get(id).await,
+            None => Ok(None),
+        }
     }
 
     /// The result of a succeeded task.
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
-        self.store.result(record).await
+        self.queues.handle(&record.queue).store().result(record).await
+    }
+
+    /// The queues a filter names: the one given (none if it does not exist), or all of them.
+    async fn queues_named(&self, name: Option<&str>) -> redis::RedisResult<Vec<Queue>> {
+        match name {
+            Some(name) => Ok(self.queues.existing(name).await?.into_iter().collect()),
+            None => self.queues.all().await,
+        }
     }
 
     /// Tasks newest first, filtered, one page at a time.
     pub async fn list(&self, query: &ListQuery) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
-        self.store
-            .list(query.cursor, query.limit, |r| {
-                query.status.is_none_or(|s| r.status == s)
-                    && query.kind.as_deref().is_none_or(|k| r.kind == k)
-            })
-            .await
+        let stores: Vec<_> =
+            self.queues_named(query.queue.as_deref()).await?.iter().map(Queue::store).collect();
+        store::list(&stores, query.cursor, query.limit, |r| {
+            query.status.is_none_or(|s| r.status == s) && query.kind.as_deref().is_none_or(|k| r.kind == k)
+        })
+        .await
     }
 
     /// Cancels a waiting task at once, or tells a running one to stop.
     pub async fn cancel(&self, id: &Uuid) -> Result<Cancelled, CancelError> {
-        match self.queue.cancel(id).await? {
+        let Some(queue) = self.queues.locate(id).await? else { return Err(CancelError::NotFound) };
+        match queue.cancel(id).await? {
             CancelOutcome::Missing => Err(CancelError::NotFound),
             CancelOutcome::Cancelled => Ok(Cancelled::Now),
             CancelOutcome::Cancelling => Ok(Cancelled::Requested),
@@ -357,56 +445,64 @@ impl Tasks {
         }
     }
 
-    /// Dead letters, most recent failure first, one page at a time.
+    /// Dead letters (of one queue, or all), most recent failure first, one page at a time.
     pub async fn dead_letters(
         &self,
+        queue: Option<&str>,
         cursor: Option<(u64, Uuid)>,
         limit: usize,
     ) -> redis::RedisResult<(Vec<(TaskRecord, u64)>, Option<(u64, Uuid)>)> {
-        self.store.dead_letters(cursor, limit).await
+        let stores: Vec<_> = self.queues_named(queue).await?.iter().map(Queue::store).collect();
+        store::dead_letters(&stores, cursor, limit).await
     }
 
     /// Queues a dead letter again with its attempts reset; `false` if it is not a dead letter.
     pub async fn requeue(&self, id: &Uuid) -> redis::RedisResult<bool> {
-        self.queue.requeue(id).await
+        match self.queues.locate(id).await? {
+            Some(queue) => queue.requeue(id).await,
+            None => Ok(false),
+        }
     }
 
-    /// Queues again every dead letter there is now (optionally of one kind); returns how many.
-    /// Pages through the dead letters by rank, stepping over the ones of other kinds, so the work
-    /// grows with the dead letters there are, once each.
-    pub async fn requeue_all(&self, kind: Option<&str>) -> redis::RedisResult<usize> {
+    /// Queues again every dead letter there is now (of one queue or all, optionally of one
+    /// kind); returns how many. Pages through each queue's dead letters by rank, stepping over
+    /// the ones of other kinds, so the work grows with the dead letters there are, once each.
+    pub async fn requeue_all(&self, queue: Option<&str>, kind: Option<&str>) -> redis::RedisResult<usize> {
         const BATCH: usize = 500;
         let until = crate::store::now_ms();
         let mut requeued = 0;
-        // Requeued ones leave the set; the ones stepped over stay before the next page.
-        let mut kept = 0;
-        loop {
-            let page = self.store.dead_letter_page(kept, BATCH, until).await?;
-            if page.is_empty() {
-                return Ok(requeued);
-            }
-            for (id, task_kind) in page {
-                if kind.is_some_and(|k| task_kind.as_deref() != Some(k)) {
-                    kept += 1;
-                } else if self.queue.requeue(&id).await? {
-                    // (A requeue that finds no record still takes the stale id out of the set.)
-                    requeued += 1;
+        for queue in self.queues_named(queue).await? {
+            let store = queue.store();
+            // Requeued ones leave the set; the ones stepped over stay before the next page.
+            let mut kept = 0;
+            loop {
+                let page = store.dead_letter_page(kept, BATCH, until).await?;
+                if page.is_empty() {
+                    break;
+                }
+                for (id, task_kind) in page {
+                    if kind.is_some_and(|k| task_kind.as_deref() != Some(k)) {
+                        kept += 1;
+                    } else if queue.requeue(&id).await? {
+                        // (A requeue that finds no record still takes the stale id out of the set.)
+                        requeued += 1;
+                    }
                 }
             }
         }
+        Ok(requeued)
     }
 
     /// Deletes a dead letter with its payload; `false` if it is not a dead letter.
     pub async fn purge(&self, id: &Uuid) -> redis::RedisResult<bool> {
-        self.queue.purge(id).await
+        match self.queues.locate(id).await? {
+            Some(queue) => queue.purge(id).await,
+            None => Ok(false),
+        }
     }
 
-    /// How many tasks wait to run (ready and delayed).
-    pub async fn depth(&self) -> redis::RedisResult<u64> {
-        self.queue.depth().await
-    }
-
-    /// [`Tasks::depth`], read at most every quarter second: it only feeds estimates.
+    /// How many tasks wait to run in every queue, read at most every quarter second: it only
+    /// feeds estimates.
     pub async fn depth_cached(&self) -> redis::RedisResult<u64> {
         const FRESH: std::time::Duration = std::time::Duration::from_millis(250);
         if let Some((at, depth)) = *self.depth_cache.lock().expect("never poisoned")
@@ -414,7 +510,10 @@ impl Tasks {
         {
             return Ok(depth);
         }
-        let depth = self.queue.depth().await?;
+        let mut depth = 0;
+        for queue in self.queues.all().await? {
+            depth += queue.depth().await?;
+        }
         *self.depth_cache.lock().expect("never poisoned") = Some((std::time::Instant::now(), depth));
         Ok(depth)
     }
@@ -525,6 +624,7 @@ fn record_of(task: &NewTask) -> TaskRecord {
     let now = task.created_ms;
     TaskRecord {
         id: task.id,
+        queue: task.queue.clone(),
         kind: task.kind.clone(),
         status: if task.delay_ms.is_some() { Status::Scheduled } else { Status::Queued },
         attempts: 0,

@@ -29,6 +29,9 @@ pub struct Subscription {
     /// Attempts of each task, else the kind's or the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// The queue its tasks go to, else the kind's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 /// One condition on a message property.
@@ -76,6 +79,25 @@ pub struct DeclaredSubscription {
 pub struct FileConfig {
     #[serde(default)]
     pub subscriptions: Vec<DeclaredSubscription>,
+    #[serde(default)]
+    pub queues: Vec<DeclaredQueue>,
+}
+
+/// A queue declared in the configuration file, with its limits (`[[queues]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredQueue {
+    pub name: String,
+    pub max_depth: Option<u64>,
+    pub concurrency: Option<u32>,
+    pub rate: Option<app::model::RateLimit>,
+}
+
+impl DeclaredQueue {
+    /// The limits it declares.
+    pub fn limits(&self) -> app::model::QueueLimits {
+        app::model::QueueLimits { max_depth: self.max_depth, concurrency: self.concurrency, rate: self.rate }
+    }
 }
 
 impl FileConfig {
@@ -131,8 +153,17 @@ pub enum TopicError {
     TooManySubscriptions(String),
     #[error("subscription `{subscription}`: {error}")]
     Rejected { subscription: String, error: SubmitError },
+    /// The message as a whole was refused (a queue it goes to is full, or cannot be opened).
+    #[error(transparent)]
+    Refused(SubmitError),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+}
+
+impl From<crate::queues::QueueError> for TopicError {
+    fn from(e: crate::queues::QueueError) -> TopicError {
+        TopicError::Refused(e.into())
+    }
 }
 
 /// The topics service; cheap to clone.
@@ -209,6 +240,9 @@ impl Topics {
         if subscription.max_attempts.is_some_and(|n| !(1..=100).contains(&n)) {
             return Err(TopicError::InvalidAttempts);
         }
+        if let Some(queue) = &subscription.queue {
+            self.tasks.queues().open(queue).await?;
+        }
         let json = serde_json::to_string(subscription).expect("subscriptions always serialize");
         let created: i64 = self
             .put_script
@@ -248,6 +282,7 @@ impl Topics {
                     options: Options {
                         max_attempts: subscription.max_attempts,
                         subscription: Some(format!("{topic}/{name}")),
+                        queue: subscription.queue,
                         ..Options::default()
                     },
                     idempotency_key: None,
@@ -262,6 +297,7 @@ impl Topics {
                     BatchError::Rejected { index, error } => {
                         TopicError::Rejected { subscription: names[index].clone(), error }
                     }
+                    BatchError::Refused(error) => TopicError::Refused(error),
                     BatchError::Redis(e) => TopicError::Redis(e),
                 },
             )?;

@@ -3,7 +3,7 @@
 
 use crate::{
     handlers::{Context, HandlerError, Input, Output, Registry},
-    queue::{DeadReason, Lease, Outcome, Queue, Renewal, ResultBytes},
+    queue::{DeadReason, Lease, Outcome, Renewal, ResultBytes, Serving},
 };
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use futures::FutureExt;
@@ -33,7 +33,7 @@ impl RetryPolicy {
 
 /// Runs attempts: everything a worker needs, shared by all of a process's slots.
 pub struct Runner {
-    queue: Queue,
+    serving: Arc<Serving>,
     registry: Registry,
     retry: RetryPolicy,
     in_flight: TaskTracker,
@@ -42,10 +42,10 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner over `queue`, running the kinds in `registry`.
-    pub fn new(queue: Queue, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
+    /// A runner over the queues of `serving`, running the kinds in `registry`.
+    pub fn new(serving: Arc<Serving>, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
         Arc::new(Runner {
-            queue,
+            serving,
             registry,
             retry,
             in_flight: TaskTracker::new(),
@@ -65,7 +65,7 @@ impl Runner {
         let stop = shutdown.clone();
         let monitor = Monitor::new().register(move |_restarts| {
             WorkerBuilder::new("courier")
-                .backend(runner.queue.backend(concurrency, stop.clone()))
+                .backend(crate::queue::backend(runner.serving.clone(), concurrency, stop.clone()))
                 .data(runner.clone())
                 .build(run_attempt)
         });
@@ -99,7 +99,8 @@ impl Runner {
     }
 
     async fn attempt(self: Arc<Self>, mut lease: Lease) {
-        let payload = match self.queue.take_payload(&mut lease).await {
+        let queue = lease.queue.clone();
+        let payload = match queue.take_payload(&mut lease).await {
             Ok(payload) => payload,
             Err(e) => {
                 // Nothing ran: the lease expires and the task is run again, here or elsewhere.
@@ -185,7 +186,7 @@ impl Runner {
         cancel: &CancellationToken,
         mut progress: watch::Receiver<Option<u8>>,
     ) -> Option<Watched> {
-        let queue = &self.queue;
+        let queue = &lease.queue;
         let every = (queue.settings().lease / 3).min(Duration::from_secs(1));
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let deadline = lease.timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
@@ -268,7 +269,7 @@ impl Runner {
     async fn record(&self, lease: &Lease, outcome: Outcome) {
         let mut pause = Duration::from_millis(100);
         for _ in 0..20 {
-            match self.queue.finish(lease, outcome.clone()).await {
+            match lease.queue.finish(lease, outcome.clone()).await {
                 Ok(true) => return,
                 Ok(false) => {
                     info!("the lease was taken over; this late result is ignored");

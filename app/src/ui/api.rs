@@ -111,12 +111,20 @@ mod browser {
         read(response).await
     }
 
-    pub async fn submit_file(kind: &str, file: web_sys::File) -> Result<TaskView, String> {
+    /// Uploads a file as a task's raw payload, to `queue` or else the kind's own.
+    pub async fn submit_file(
+        kind: &str,
+        queue: Option<&str>,
+        file: web_sys::File,
+    ) -> Result<TaskView, String> {
         let content_type = match file.type_() {
             t if t.is_empty() => "application/octet-stream".to_string(),
             t => t,
         };
-        let url = format!("/api/v1/tasks?kind={}", js_sys_encode(kind));
+        let mut url = format!("/api/v1/tasks?kind={}", js_sys_encode(kind));
+        if let Some(queue) = queue {
+            url.push_str(&format!("&queue={}", js_sys_encode(queue)));
+        }
         let response = Request::post(&url)
             .header("content-type", &content_type)
             .body(wasm_bindgen::JsValue::from(file))
@@ -127,7 +135,7 @@ mod browser {
         read(response).await
     }
 
-    /// Kind names are plain ASCII words with dots; encode anything else defensively.
+    /// Kind and queue names are plain ASCII words with dots; encode anything else defensively.
     fn js_sys_encode(text: &str) -> String {
         text.bytes()
             .map(|b| match b {

@@ -99,6 +99,7 @@ fn DeadLetterRow(
         <li class="task dead-letter" data-task-id=id.clone()>
             <a class="task-link" href=format!("/tasks/{id}")>
                 <span class="kind">{task.kind.clone()}</span>
+                <span class="task-queue" title="queue">{task.queue.clone()}</span>
                 <code class="id">{id[id.len() - 8..].to_string()}</code>
             </a>
             <StatusBadge status=task.status/>

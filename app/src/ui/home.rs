@@ -1,7 +1,7 @@
 //! The home page: submit a task, then watch every task change state live.
 
 use super::{ProgressBar, StatusBadge, api, live};
-use crate::model::{KindInfo, SubmitRequest, TaskEvent, TaskPage, TaskView};
+use crate::model::{KindInfo, QueueList, SubmitRequest, TaskEvent, TaskPage, TaskView, is_queue_name};
 use crate::schema;
 use leptos::{prelude::*, task::spawn_local};
 
@@ -109,7 +109,7 @@ fn upsert(tasks: RwSignal<Vec<TaskView>>, task: TaskView) {
     });
 }
 
-/// One task in the list: kind, status badge, progress, attempts, link to its page.
+/// One task in the list: kind, queue, status badge, progress, attempts, link to its page.
 #[component]
 fn TaskRow(task: TaskView) -> impl IntoView {
     let href = format!("/tasks/{}", task.id);
@@ -120,6 +120,7 @@ fn TaskRow(task: TaskView) -> impl IntoView {
         <li class="task" data-task-id=task.id.to_string()>
             <a class="task-link" href=href>
                 <span class="kind">{task.kind.clone()}</span>
+                <span class="task-queue" title="queue">{task.queue.clone()}</span>
                 <code class="id">{short_id}</code>
             </a>
             <StatusBadge status=task.status/>
@@ -130,11 +131,15 @@ fn TaskRow(task: TaskView) -> impl IntoView {
     }
 }
 
-/// The submit form: kind, payload (checked against the kind's schema first) or a file.
+/// The submit form: kind, queue (the kind's own unless changed), payload (checked against the
+/// kind's schema first) or a file.
 #[component]
 fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView {
     let kinds = LocalResource::new(|| api::get_json::<Vec<KindInfo>>("/api/v1/kinds"));
+    let known_queues = LocalResource::new(|| api::get_json::<QueueList>("/api/v1/queues"));
     let kind = RwSignal::new(String::from("echo"));
+    let queue = RwSignal::new(String::new());
+    let queue_error = RwSignal::new(None::<String>);
     let payload = RwSignal::new(String::new());
     let field_errors = RwSignal::new(Vec::<String>::new());
     let submit_error = RwSignal::new(None::<String>);
@@ -147,11 +152,13 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
         let name = kind.get();
         kinds.get()?.ok()?.into_iter().find(|k| k.name == name)
     };
-    // Prefill the payload with the chosen kind's example.
+    // Prefill the payload with the chosen kind's example, and the queue with its own.
     Effect::new(move |_| {
         if let Some(info) = selected() {
             payload.set(serde_json::to_string_pretty(&info.example).unwrap_or_default());
             field_errors.set(Vec::new());
+            queue.set(info.queue);
+            queue_error.set(None);
         }
     });
 
@@ -163,12 +170,19 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             submit_error.set(Some("the task kinds have not loaded yet".into()));
             return;
         };
+        let queue = match chosen_queue(&queue.get_untracked()) {
+            Ok(queue) => queue,
+            Err(e) => {
+                queue_error.set(Some(e));
+                return;
+            }
+        };
         #[cfg(feature = "hydrate")]
         if let Some(file) = file_input.get().and_then(|input| input.files()).and_then(|files| files.get(0)) {
             busy.set(true);
             let file = send_wrapper::SendWrapper::new(file);
             spawn_local(async move {
-                match api::submit_file(&info.name, file.take()).await {
+                match api::submit_file(&info.name, queue.as_deref(), file.take()).await {
                     Ok(task) => on_submitted(task),
                     Err(e) => submit_error.set(Some(e)),
                 }
@@ -199,6 +213,7 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
             session: None,
             ttl_ms: None,
             expires_at: None,
+            queue,
         };
         let wait = wait.get_untracked();
         spawn_local(async move {
@@ -242,6 +257,35 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
                 }}
             </select>
             <p class="kind-description">{move || selected().map(|k| k.description)}</p>
+            <label for="queue">"Queue"</label>
+            <input
+                id="queue"
+                name="queue"
+                type="text"
+                list="known-queues"
+                spellcheck="false"
+                autocomplete="off"
+                placeholder=move || selected().map(|k| k.queue)
+                aria-invalid=move || queue_error.read().is_some().then_some("true")
+                prop:value=move || queue.get()
+                on:input=move |ev| {
+                    queue.set(event_target_value(&ev));
+                    queue_error.set(None);
+                }
+            />
+            <datalist id="known-queues">
+                {move || {
+                    known_queues
+                        .get()
+                        .and_then(Result::ok)
+                        .map(|list| {
+                            list.queues.into_iter().map(|q| view! { <option value=q.name></option> }).collect_view()
+                        })
+                }}
+            </datalist>
+            <ul class="field-errors" id="queue-errors" role="alert">
+                {move || queue_error.get().map(|e| view! { <li>{e}</li> })}
+            </ul>
             <label for="payload">"Payload (JSON)"</label>
             <textarea
                 id="payload"
@@ -282,5 +326,29 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
                     })
             }}
         </form>
+    }
+}
+
+/// The queue the form sends: none when the field is empty (the kind's own), else a valid name.
+fn chosen_queue(field: &str) -> Result<Option<String>, String> {
+    match field.trim() {
+        "" => Ok(None),
+        name if is_queue_name(name) => Ok(Some(name.to_string())),
+        name => Err(format!(
+            "“{name}” is not a queue name: use lowercase letters, digits, '.', '_' and '-' \
+             (at most 64), starting with a letter or digit"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_queue_field_leaves_the_kind_its_own_queue_and_a_bad_name_is_refused() {
+        assert_eq!(chosen_queue("  "), Ok(None));
+        assert_eq!(chosen_queue(" reports-2 "), Ok(Some("reports-2".to_string())));
+        assert!(chosen_queue("Bad Name").unwrap_err().contains("not a queue name"));
     }
 }

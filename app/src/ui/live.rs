@@ -3,11 +3,12 @@
 pub use crate::model::RESET_EVENT;
 
 /// Calls `on_event(name, data)` for every event on `url` until it returns `false` or the calling
-/// component is dropped; a `reset` ([`RESET_EVENT`]) means events were missed and the caller
-/// reloads what it shows. Does nothing on the server.
+/// component is dropped: task events, `queue` events ([`QUEUE_EVENT`](crate::model::QUEUE_EVENT):
+/// a queue was paused or resumed), and `reset` ([`RESET_EVENT`]): events were missed, so the
+/// caller reloads what it shows. Does nothing on the server.
 #[cfg(feature = "hydrate")]
 pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
-    use crate::model::Status;
+    use crate::model::{QUEUE_EVENT, Status};
     use leptos::prelude::on_cleanup;
     use send_wrapper::SendWrapper;
     use std::rc::Rc;
@@ -19,7 +20,7 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
     };
     let on_event = Rc::new(on_event);
     let mut listeners = Vec::new();
-    let names = Status::ALL.map(Status::as_str).into_iter().chain(["progress", RESET_EVENT]);
+    let names = Status::ALL.map(Status::as_str).into_iter().chain(["progress", QUEUE_EVENT, RESET_EVENT]);
     for name in names {
         let on_event = on_event.clone();
         let handle = source.clone();

@@ -102,6 +102,7 @@ fn TaskRecord(task: TaskView) -> impl IntoView {
     view! {
         <dl class="record">
             <dt>"Kind"</dt><dd class="kind">{task.kind}</dd>
+            <dt>"Queue"</dt><dd class="queue"><a href="/queues">{task.queue}</a></dd>
             <dt>"Status"</dt><dd><StatusBadge status=task.status/></dd>
             <dt>"Progress"</dt><dd><ProgressBar progress=task.progress/></dd>
             <dt>"Attempts"</dt><dd>{format!("{} of {}", task.attempts, task.max_attempts)}</dd>

@@ -133,6 +133,7 @@ pub async fn submit_batch(
             let detail = format!("tasks[{index}]: {}", problem.detail_text());
             problem.detail(detail)
         }
+        BatchError::Refused(error) => error.into(),
         BatchError::Redis(e) => e.into(),
     })?;
     let accepted = BatchAccepted { tasks: records.iter().map(TaskRecord::view).collect() };
@@ -161,6 +162,7 @@ fn json_submission(body: &Bytes, request: SubmitRequest<&RawValue>) -> Submissio
         ttl_ms: request.ttl_ms,
         expires_at: request.expires_at,
         subscription: None,
+        queue: request.queue,
     };
     let payload = Payload::Json(body.slice_ref(request.payload.get().as_bytes()));
     Submission { kind: request.kind, payload, options, idempotency_key: None }
@@ -208,7 +210,9 @@ async fn wait_for_reply(
     while !ended {
         match tokio::time::timeout_at(deadline, replies.recv()).await {
             Err(_) => return Ok(None),
-            Ok(Ok(event)) => ended = event.event.task_id == record.id && event.event.status.is_terminal(),
+            Ok(Ok(event)) => {
+                ended = event.task().is_some_and(|t| t.task_id == record.id && t.status.is_terminal())
+            }
             // Fell behind a burst of events: ask the record instead.
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                 ended = state.tasks.get(&record.id).await?.is_some_and(|r| r.status.is_terminal());
@@ -254,6 +258,7 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
                 | "session"
                 | "ttl_ms"
                 | "expires_at"
+                | "queue"
         ) {
             return Err(ApiError::bad_request(format!("unknown query parameter `{name}`")));
         }
@@ -280,6 +285,7 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
         ttl_ms: number(query, "ttl_ms")?,
         expires_at: query.get("expires_at").cloned(),
         subscription: None,
+        queue: query.get("queue").cloned(),
     })
 }
 
@@ -447,7 +453,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
     Ok((status, Json(record.view())).into_response())
 }
 
-/// `GET /api/v1/tasks?status=&kind=&limit=&cursor=`: newest first.
+/// `GET /api/v1/tasks?status=&kind=&queue=&limit=&cursor=`: newest first.
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -461,6 +467,7 @@ pub async fn list(
                     Some(Status::parse(value).ok_or_else(|| invalid(format!("`{value}` is not a status")))?)
             }
             "kind" => list.kind = Some(value.clone()),
+            "queue" => list.queue = Some(value.clone()),
             "limit" => {
                 list.limit = value
                     .parse()

@@ -23,6 +23,7 @@ pub async fn list(
     let mut limit = DEFAULT_PAGE;
     let mut cursor = None;
     let mut subscription = None;
+    let mut queue = None;
     for (name, value) in &query {
         match name.as_str() {
             "limit" => {
@@ -39,10 +40,11 @@ pub async fn list(
                 )
             }
             "subscription" => subscription = Some(value.clone()),
+            "queue" => queue = Some(value.as_str()),
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
         }
     }
-    let (mut letters, next) = state.tasks.dead_letters(cursor, limit).await?;
+    let (mut letters, next) = state.tasks.dead_letters(queue, cursor, limit).await?;
     // One subscription's dead letters: a view over the shared set (filtered per page).
     if let Some(wanted) = &subscription {
         letters.retain(|(record, _)| record.subscription.as_ref() == Some(wanted));
@@ -78,15 +80,17 @@ pub async fn requeue(
     Ok((StatusCode::ACCEPTED, Json(record.view())))
 }
 
-/// `POST /api/v1/dead-letters/requeue[?kind=]`: requeues every dead letter (of that kind).
+/// `POST /api/v1/dead-letters/requeue[?kind=&queue=]`: requeues every dead letter (of that kind,
+/// in that queue).
 pub async fn requeue_all(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    if let Some(other) = query.keys().find(|k| k.as_str() != "kind") {
+    if let Some(other) = query.keys().find(|k| !matches!(k.as_str(), "kind" | "queue")) {
         return Err(ApiError::bad_request(format!("unknown query parameter `{other}`")));
     }
-    let requeued = state.tasks.requeue_all(query.get("kind").map(String::as_str)).await?;
+    let (queue, kind) = (query.get("queue").map(String::as_str), query.get("kind").map(String::as_str));
+    let requeued = state.tasks.requeue_all(queue, kind).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "requeued": requeued }))))
 }
 

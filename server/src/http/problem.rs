@@ -137,10 +137,22 @@ impl From<SubmitError> for ApiError {
             SubmitError::IdempotencyKeyReused => {
                 ApiError::unprocessable("idempotency-key-reused", "Idempotency key reused", e.to_string())
             }
+            SubmitError::QueueFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue-full", "Queue full")
+                    .detail(e.to_string())
+                    .retry_after(QUEUE_FULL_RETRY_AFTER_S)
+            }
+            SubmitError::TooManyQueues(detail) => {
+                ApiError::new(StatusCode::CONFLICT, "too-many-queues", "Too many queues").detail(detail)
+            }
             SubmitError::Redis(e) => e.into(),
         }
     }
 }
+
+/// How long a submitter turned away by a full queue is asked to wait: workers drain a queue in
+/// seconds, and a short wait spreads retries rather than bunching them.
+const QUEUE_FULL_RETRY_AFTER_S: u64 = 1;
 
 impl From<CancelError> for ApiError {
     fn from(e: CancelError) -> ApiError {

@@ -42,20 +42,35 @@ pub async fn task_events(
     let id = parse_id(&id)?;
     let after = last_event_id(&headers)?;
     let admission = admit(&state)?;
-    let follow = match after {
+    let queue = state.tasks.queues().locate(&id).await?;
+    let follow = match (after, queue) {
         // A resuming client has seen the state already: replay what it missed.
-        Some(after) => {
-            Follow { task: Some(id), after: Some(after), until_terminal: true, ..Follow::default() }
+        (Some(after), queue) => Follow {
+            task: Some(id),
+            task_keys: queue.map(|q| q.keys().clone()),
+            after: Some(after),
+            until_terminal: true,
+            ..Follow::default()
+        },
+        (None, Some(queue)) => {
+            let snapshot = state.events.snapshot(queue.keys(), id).await?;
+            let first = snapshot.ok_or_else(not_found)?;
+            let task_keys = Some(queue.keys().clone());
+            Follow {
+                task: Some(id),
+                task_keys,
+                first: Some(first),
+                until_terminal: true,
+                ..Follow::default()
+            }
         }
-        None => {
-            let snapshot = state.events.snapshot(&state.keys.task(&id), id).await?;
-            let first = snapshot.ok_or_else(|| {
-                ApiError::not_found("no task with this id (it never existed or has expired)")
-            })?;
-            Follow { task: Some(id), first: Some(first), until_terminal: true, ..Follow::default() }
-        }
+        (None, None) => return Err(not_found()),
     };
     Ok(to_sse(state.events.follow(admission, follow)))
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("no task with this id (it never existed or has expired)")
 }
 
 /// The place a reconnecting client resumes after; none for a missing or empty header, a `400`

@@ -31,6 +31,7 @@ impl From<TopicError> for ApiError {
                 problem = problem.detail(detail);
                 problem
             }
+            TopicError::Refused(error) => error.into(),
             TopicError::Redis(e) => e.into(),
         }
     }

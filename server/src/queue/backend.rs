@@ -1,4 +1,4 @@
-//! The apalis side of a worker process: `Queue::backend` starts the loops that take leases, and
+//! The apalis side of a worker process: `backend` starts the loops that take leases, and
 //! `RedisBackend` hands their leases to apalis.
 //!
 //! Two loops serve a process's worker slots. The finish loop (queue/finish.rs) records ended
@@ -7,8 +7,9 @@
 //! one channel, which this backend reads.
 
 use super::{
-    Queue,
+    Backoff, PROMOTE_BATCH, PROMOTE_TICK,
     lease::{Lease, Leasing},
+    serving::Serving,
 };
 use apalis_core::{
     backend::{Backend, BackendConfig, finalize::Ephemeral},
@@ -22,22 +23,48 @@ use std::{
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-impl Queue {
-    /// Starts fetching for up to `concurrency` attempts at once, and returns the apalis backend
-    /// that hands them to the worker. Fetching stops when `shutdown` fires; attempts in flight
-    /// can still end after that.
-    pub fn backend(&self, concurrency: usize, shutdown: CancellationToken) -> RedisBackend {
-        let (leases, rx) = mpsc::channel(concurrency.max(1));
-        let (endings, ending_rx) = mpsc::channel(concurrency.max(1));
-        let leasing = Leasing::new(self.clone(), &leases, &endings, shutdown.clone());
-        let slots = Arc::new(Semaphore::new(concurrency));
-        tokio::spawn(self.clone().prune_consumers());
-        tokio::spawn(leasing.clone().finish_loop(ending_rx));
-        // The fetch loop owns the strong senders: the backend ends once it stops.
-        tokio::spawn(leasing.fetch_loop(slots, leases, endings));
-        tokio::spawn(self.clone().promote_loop(shutdown));
-        RedisBackend { rx, next: None }
+/// Starts fetching from the queues of `serving` for up to `concurrency` attempts at once, and
+/// returns the apalis backend that hands them to the worker. Fetching stops when `shutdown`
+/// fires; attempts in flight can still end after that.
+pub fn backend(serving: Arc<Serving>, concurrency: usize, shutdown: CancellationToken) -> RedisBackend {
+    let (leases, rx) = mpsc::channel(concurrency.max(1));
+    let (endings, ending_rx) = mpsc::channel(concurrency.max(1));
+    let leasing = Leasing::new(serving.clone(), &leases, &endings, shutdown.clone());
+    let slots = Arc::new(Semaphore::new(concurrency));
+    tokio::spawn(leasing.clone().finish_loop(ending_rx));
+    // The fetch loop owns the strong senders: the backend ends once it stops.
+    tokio::spawn(leasing.fetch_loop(slots, leases, endings));
+    tokio::spawn(promote_loop(serving, shutdown));
+    RedisBackend { rx, next: None }
+}
+
+/// Moves due delayed tasks and retries of every queue served onto their ready streams (and ends
+/// expired ones), every tick, or at once again while a queue has more due than one move takes.
+async fn promote_loop(serving: Arc<Serving>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    let mut pruned = std::collections::HashSet::new();
+    loop {
+        let mut pause = PROMOTE_TICK;
+        for served in serving.all() {
+            if pruned.insert(served.queue.name().to_string()) {
+                tokio::spawn(served.queue.clone().prune_consumers());
+            }
+            match served.queue.promote_due().await {
+                Ok(moved) if moved >= PROMOTE_BATCH => pause = std::time::Duration::ZERO,
+                Ok(_) => backoff.reset(),
+                Err(e) => {
+                    pause = backoff.next();
+                    warn!(error = %e, queue = served.queue.name(), retry_in_ms = pause.as_millis() as u64, "promoting delayed tasks failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => break,
+        }
     }
 }
 

@@ -12,10 +12,32 @@ local function payload_key(base, id, ref)
   return base .. ':payload:' .. id
 end
 
+-- Task `id` no longer runs: it leaves the queue's set of running tasks, which a `concurrency`
+-- limit counts (a set, so that a takeover or a repeated end never counts twice).
+local function leave_running(base, id)
+  redis.call('SREM', base .. ':running', id)
+end
+
+-- Counts one end in the queue's tally of ends per second (`ended`: Unix second -> count), from
+-- which the queue's view reads the tasks finished in the last minute. The first end of a second
+-- drops the seconds older than two minutes, so the tally stays small.
+local function count_end(base, now)
+  local tally = base .. ':ended'
+  local second = math.floor(tonumber(now) / 1000)
+  if redis.call('HINCRBY', tally, second, 1) == 1 and redis.call('HLEN', tally) > 120 then
+    for _, field in ipairs(redis.call('HKEYS', tally)) do
+      if (tonumber(field) or 0) < second - 120 then
+        redis.call('HDEL', tally, field)
+      end
+    end
+  end
+end
+
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
 -- ms from `now`. A shared payload (`ref`) counts its open tasks in `payload-refs:{ref}` and gets
 -- its TTL when the last of them ends: the latest end plus retention of any of them.
 local function keep_after_end(base, id, ref, idem, keep, now)
+  count_end(base, now)
   redis.call('PEXPIRE', base .. ':task:' .. id, keep)
   if idem and idem ~= '' then
     redis.call('PEXPIRE', idem, keep)
@@ -65,10 +87,12 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
   redis.call('HSET', task, 'status', 'failed', 'updated', now, 'finished', now, 'error', err,
     'dead_reason', 'expired', 'lease', '', 'cancel', '', 'next_run', '')
   redis.call('ZREM', base .. ':delayed', (f[3] or 'n') .. ':' .. id)
+  redis.call('ZREM', base .. ':retrying', (f[3] or 'n') .. ':' .. id)
+  leave_running(base, id)
   redis.call('ZADD', base .. ':dead', now, id)
   keep_after_end(base, id, f[6], f[5], dead_keep, now)
   if f[4] and f[4] ~= '' then
     leave_session(base .. ':session:' .. f[4], base .. ':ready', id)
   end
-  emit_event(events, maxlen, 'failed', id, f[1], 'failed', f[2], '', err, now)
+  emit_event(events, maxlen, base, 'failed', id, f[1], 'failed', f[2], '', err, now)
 end

@@ -2,9 +2,16 @@
 -- event is written. Its fields, in this order, are `events::EVENT_FIELDS`, which the server
 -- reads back (a unit test compares the two).
 
--- Appends event `name` (the new status, or `progress`) of task `id` to the capped stream `events`.
-local function emit_event(events, maxlen, name, id, kind, status, attempt, progress, err, at)
+-- The queue whose keys start with `base` (`{prefix}:{queue}`): the name inside its hash tag.
+local function queue_of(base)
+  return string.match(base, '{([^}]*)}$') or ''
+end
+
+-- Appends event `name` (the new status, or `progress`) of task `id` of the queue at `base` to the
+-- capped stream `events`.
+local function emit_event(events, maxlen, base, name, id, kind, status, attempt, progress, err, at)
   kind, attempt, progress, err = kind or '', attempt or '0', progress or '', err or ''
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', name, 'task', id, 'kind', kind,
-    'status', status, 'attempt', attempt, 'progress', progress, 'error', err, 'at', at)
+    'queue', queue_of(base), 'status', status, 'attempt', attempt, 'progress', progress, 'error',
+    err, 'at', at)
 end

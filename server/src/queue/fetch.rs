@@ -1,13 +1,16 @@
 //! The fetch loop, which fills a worker process's free slots, and the claims it takes leases with.
 //!
-//! The finish loop (queue/finish.rs) takes the next leases for the slots that ended attempts free;
-//! the *fetch loop* fills the slots that are left: it reads new entries (one script), blocks on
-//! the streams when they are empty, and takes over entries whose holder stopped renewing them.
+//! The finish loop (queue/finish.rs) takes the next leases for the slots that ended attempts free,
+//! up to each queue's share; the *fetch loop* fills the slots that are left: it shares them among
+//! the queues served by weight (queue/serving.rs) and claims new entries from each (one script
+//! per queue), blocks on every open queue's streams when all are empty, and takes over entries
+//! whose holder stopped renewing them.
 
 use super::{
-    Backoff, GROUP, Queue,
+    Backoff, Blocked, GROUP, Queue,
     finish::Ending,
     lease::{Lease, Leasing},
+    serving::{Served, Serving},
 };
 use redis::{
     AsyncConnectionConfig, RedisResult,
@@ -15,6 +18,7 @@ use redis::{
     streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
 };
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -23,8 +27,12 @@ use tracing::{debug, warn};
 
 /// The most entries one read takes (bounded further by free worker slots).
 const FETCH_BATCH: usize = 64;
-/// How long one blocking read waits before looking again (and noticing shutdown).
+/// How long one blocking read waits before looking again (and noticing shutdown, new queues,
+/// queues resumed).
 const BLOCK: Duration = Duration::from_secs(1);
+
+/// A claim's replies, and why the queue may start nothing more now (with when to look again).
+pub(super) type Claimed = (Vec<Vec<Vec<u8>>>, Option<(Blocked, u64)>);
 
 impl Leasing {
     /// Fills free slots: new entries if there are any, else a blocking read; now and then it
@@ -37,7 +45,7 @@ impl Leasing {
     ) {
         let mut conn: Option<MultiplexedConnection> = None;
         let mut backoff = Backoff::default();
-        let lease = self.queue.settings.lease;
+        let lease = self.serving.lease();
         let reclaim_every = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut last_reclaim: Option<Instant> = None;
         loop {
@@ -59,7 +67,14 @@ impl Leasing {
             if reclaim {
                 last_reclaim = Some(Instant::now());
             }
-            match self.fetch(&mut conn, &mut free, reclaim).await {
+            let fetched = match self.serving.refresh().await {
+                Ok(()) => self.fetch(&mut conn, &mut free, reclaim).await,
+                Err(e) => {
+                    Serving::warn_refresh(&e);
+                    Ok(Vec::new())
+                }
+            };
+            match fetched {
                 Ok(leases) => {
                     backoff.reset();
                     // Slots left over (fewer tasks than slots) are freed here.
@@ -70,8 +85,10 @@ impl Leasing {
                 Err(e) => {
                     conn = None;
                     if e.code() == Some("NOGROUP") {
-                        // Redis lost the group (a restart without persistence): make it again.
-                        let _ = self.queue.ensure_group().await;
+                        // Redis lost a group (a restart without persistence): make them again.
+                        for served in self.serving.all() {
+                            let _ = served.queue.ensure_group().await;
+                        }
                     }
                     let pause = backoff.next();
                     warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "reading the queue failed");
@@ -86,22 +103,40 @@ impl Leasing {
     }
 
     /// Leases for the `free` slots: entries whose lease expired (when `reclaim`), else new
-    /// entries, else whatever a blocking read brings. Entries claimed but not runnable are
-    /// dropped by the script.
+    /// entries shared among the queues by weight, else whatever a blocking read brings.
     async fn fetch(
         &self,
         conn: &mut Option<MultiplexedConnection>,
         free: &mut Vec<OwnedSemaphorePermit>,
         reclaim: bool,
     ) -> RedisResult<Vec<Lease>> {
-        let queue = &self.queue;
         let conn = match conn {
             Some(conn) => conn,
-            None => conn.insert(queue.blocking_connection().await?),
+            None => conn.insert(blocking_connection(&self.serving).await?),
         };
-        let streams = queue.keys.ready_streams();
         if reclaim {
-            for (index, stream) in streams.iter().enumerate() {
+            let leases = self.take_over(conn, free).await?;
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+        }
+        let leases = self.claim_new(free).await?;
+        if !leases.is_empty() {
+            return Ok(leases);
+        }
+        self.wait_for_entries(conn, free).await
+    }
+
+    /// Takes over entries whose holder stopped renewing their lease, from the first queue that
+    /// has any.
+    async fn take_over(
+        &self,
+        conn: &mut MultiplexedConnection,
+        free: &mut Vec<OwnedSemaphorePermit>,
+    ) -> RedisResult<Vec<Lease>> {
+        for served in self.serving.all() {
+            let queue = &served.queue;
+            for (index, stream) in queue.keys.ready_streams().iter().enumerate() {
                 let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                     .arg(stream)
                     .arg(GROUP)
@@ -113,18 +148,66 @@ impl Leasing {
                     .query_async(conn)
                     .await?;
                 if !reply.claimed.is_empty() {
-                    debug!(count = reply.claimed.len(), "taking over tasks whose lease expired");
+                    debug!(
+                        count = reply.claimed.len(),
+                        queue = queue.name(),
+                        "taking over tasks whose lease expired"
+                    );
                     let given: Vec<_> = reply.claimed.into_iter().map(|e| (index, e)).collect();
-                    let replies = queue.claim(&self.consumer, given.len(), &given).await?;
-                    return Ok(self.leases_of(replies, free));
+                    let claimed = queue.claim(&self.consumer, given.len(), &given).await?;
+                    return Ok(self.leases_of_claim(&served, claimed, free));
                 }
             }
         }
-        let replies = queue.claim(&self.consumer, free.len(), &[]).await?;
-        if !replies.is_empty() {
-            return Ok(self.leases_of(replies, free));
+        Ok(Vec::new())
+    }
+
+    /// Claims new entries for the free slots, shared among the open queues by weight; a queue
+    /// that gives fewer than its part is out of work, and its part goes to the others.
+    async fn claim_new(&self, free: &mut Vec<OwnedSemaphorePermit>) -> RedisResult<Vec<Lease>> {
+        let mut leases = Vec::new();
+        let mut drained: HashSet<String> = HashSet::new();
+        while !free.is_empty() {
+            let candidates: Vec<Served> =
+                self.serving.open().into_iter().filter(|s| !drained.contains(s.queue.name())).collect();
+            let parts = Serving::allocate(&candidates, free.len());
+            if parts.is_empty() {
+                break;
+            }
+            let claims = parts.iter().map(|(served, n)| served.queue.claim(&self.consumer, *n, &[]));
+            let claimed = futures::future::try_join_all(claims).await?;
+            for ((served, asked), claimed) in parts.into_iter().zip(claimed) {
+                let got = self.leases_of_claim(&served, claimed, free);
+                if got.len() < asked {
+                    drained.insert(served.queue.name().to_string());
+                }
+                leases.extend(got);
+            }
         }
-        // Nothing anywhere: one blocking read over all, woken by whichever gets a task first.
+        Ok(leases)
+    }
+
+    /// Blocks on the streams of every open queue until entries come (or a second passes), and
+    /// takes leases on as many as there are free slots, shared by weight; gives the rest back.
+    async fn wait_for_entries(
+        &self,
+        conn: &mut MultiplexedConnection,
+        free: &mut Vec<OwnedSemaphorePermit>,
+    ) -> RedisResult<Vec<Lease>> {
+        let open = self.serving.open();
+        let wait = match self.serving.next_unblock() {
+            Some(at) => at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), BLOCK),
+            None => BLOCK,
+        };
+        if open.is_empty() {
+            // Every queue is paused or at its limits: look again when the first may start.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+            return Ok(Vec::new());
+        }
+        let streams: Vec<String> = open.iter().flat_map(|s| s.queue.keys.ready_streams()).collect();
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
@@ -132,65 +215,105 @@ impl Leasing {
             .arg("COUNT")
             .arg(free.len())
             .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
+            .arg(wait.as_millis().max(1) as u64)
             .arg("STREAMS")
             .arg(&streams)
-            .arg(&[">", ">", ">"][..])
+            .arg(vec![">"; streams.len()])
             .query_async(conn)
             .await?;
-        // Several streams may answer at once (up to `free` entries each): claim the most urgent
-        // first, and give back what does not fit.
-        let mut given: Vec<(usize, StreamId)> = reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| {
-                let index = streams.iter().position(|s| *s == k.key).unwrap_or(1);
-                k.ids.into_iter().map(move |e| (index, e))
-            })
-            .collect();
-        given.sort_by_key(|(index, _)| *index);
-        let extra = given.split_off(given.len().min(free.len()));
-        if !extra.is_empty() {
-            self.hand_back_unclaimed(conn, &extra).await?;
+        // Entries per queue (by its place in `open`), each with its stream's index there.
+        let mut given: Vec<Vec<(usize, StreamId)>> = vec![Vec::new(); open.len()];
+        for key in reply.into_iter().flat_map(|r| r.keys) {
+            if let Some(at) = streams.iter().position(|s| *s == key.key) {
+                given[at / 3].extend(key.ids.into_iter().map(|e| (at % 3, e)));
+            }
         }
-        if given.is_empty() {
-            return Ok(Vec::new());
+        let with_entries: Vec<Served> =
+            open.iter().zip(&given).filter(|(_, g)| !g.is_empty()).map(|(s, _)| s.clone()).collect();
+        let parts = Serving::allocate(&with_entries, free.len());
+        let mut leases = Vec::new();
+        for (served, entries) in open.iter().zip(given) {
+            if entries.is_empty() {
+                continue;
+            }
+            let part =
+                parts.iter().find(|(p, _)| p.queue.name() == served.queue.name()).map_or(0, |(_, n)| *n);
+            let mut entries = entries;
+            // The most urgent first; what does not fit goes back for others to take.
+            entries.sort_by_key(|(index, _)| *index);
+            let extra = entries.split_off(part.min(entries.len()));
+            if !extra.is_empty() {
+                hand_back_unclaimed(conn, &served.queue, &extra).await?;
+            }
+            if !entries.is_empty() {
+                let claimed = served.queue.claim(&self.consumer, entries.len(), &entries).await?;
+                leases.extend(self.leases_of_claim(served, claimed, free));
+            }
         }
-        let replies = queue.claim(&self.consumer, given.len(), &given).await?;
-        Ok(self.leases_of(replies, free))
+        Ok(leases)
     }
 
-    /// Returns entries read but not claimed to their stream, as fresh entries, so others take
-    /// them.
-    async fn hand_back_unclaimed(
+    /// The leases of a claim on `served`, noting when it said to leave the queue alone.
+    pub(super) fn leases_of_claim(
         &self,
-        conn: &mut MultiplexedConnection,
-        entries: &[(usize, StreamId)],
-    ) -> RedisResult<()> {
-        let streams = self.queue.keys.ready_streams();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (index, entry) in entries {
-            let stream = &streams[*index];
-            if let Some(task) = entry.get::<String>("task") {
-                pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
-            }
-            // Acknowledged only: the finish script trims acknowledged entries in bulk.
-            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
+        served: &Served,
+        (replies, blocked): Claimed,
+        free: &mut Vec<OwnedSemaphorePermit>,
+    ) -> Vec<Lease> {
+        if let Some((_, retry_ms)) = blocked {
+            self.serving.block(served.queue.name(), retry_ms);
         }
-        pipe.query_async(conn).await
+        self.leases_of(&served.queue, &served.running, replies, free)
     }
+}
+
+/// Returns entries read but not claimed to their stream, as fresh entries, so others take them.
+async fn hand_back_unclaimed(
+    conn: &mut MultiplexedConnection,
+    queue: &Queue,
+    entries: &[(usize, StreamId)],
+) -> RedisResult<()> {
+    let streams = queue.keys.ready_streams();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for (index, entry) in entries {
+        let stream = &streams[*index];
+        if let Some(task) = entry.get::<String>("task") {
+            pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
+        }
+        // Acknowledged only: the finish script trims acknowledged entries in bulk.
+        pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
+    }
+    pipe.query_async(conn).await
+}
+
+/// A connection of its own for blocking reads, which wait longer than any response timeout
+/// would allow.
+async fn blocking_connection(serving: &Serving) -> RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new().set_response_timeout(None);
+    serving.client().get_multiplexed_async_connection_with_config(&config).await
+}
+
+/// What a claim's last two reply fields say: why nothing more may start, and when to look again.
+pub(super) fn blocked_of(reason: &[u8], retry_ms: u64) -> Option<(Blocked, u64)> {
+    let blocked = match reason {
+        b"paused" => Blocked::Paused,
+        b"concurrency" => Blocked::Concurrency,
+        b"rate" => Blocked::Rate,
+        _ => return None,
+    };
+    Some((blocked, retry_ms))
 }
 
 impl Queue {
     /// Takes leases on the `given` entries (stream index, entry), or when there are none on up
-    /// to `count` new entries, most urgent first; returns the script's replies.
+    /// to `count` new entries, most urgent first, as far as the queue's limits allow.
     pub(super) async fn claim(
         &self,
         consumer: &str,
         count: usize,
         given: &[(usize, StreamId)],
-    ) -> RedisResult<Vec<Vec<Vec<u8>>>> {
+    ) -> RedisResult<Claimed> {
         let mut call = self.scripts.claim.prepare_invoke();
         call.key(&self.keys.ready_streams()).key(self.keys.events());
         self.leasing_args(&mut call, consumer).arg(count);
@@ -199,12 +322,8 @@ impl Queue {
             let task = entry.get::<String>("task").unwrap_or_default();
             call.arg(stream + 1).arg(&entry.id).arg(task);
         }
-        call.invoke_async(&mut self.conn.clone()).await
-    }
-
-    async fn blocking_connection(&self) -> RedisResult<MultiplexedConnection> {
-        // Blocking reads wait longer than any response timeout would allow.
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        self.client.get_multiplexed_async_connection_with_config(&config).await
+        let (replies, reason, retry_ms): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) =
+            call.invoke_async(&mut self.conn.clone()).await?;
+        Ok((replies, blocked_of(&reason, retry_ms)))
     }
 }

@@ -1,18 +1,20 @@
 -- Ends attempts whose caller still holds the lease (a late holder changes nothing), then takes
 -- leases on up to `want` new entries for the slots those attempts free: one round trip both ends
 -- a batch of attempts and starts the next.
--- KEYS: ready-high, ready, ready-low, events, delayed, dead
--- ARGV: key base, group, consumer, token base, now ms, events maxlen, dead-letter retention ms,
---       retention ms, want, then 13 for each attempt: task id, stream index (1-3), entry id,
---       lease token, outcome (succeeded|retrying|failed|cancelled), error, result type,
---       due ms, result bytes, dead-letter reason, session ('' for none), idempotency key (''),
---       where the result is: '' (its bytes came here), 'staged' (at `base:staged:token`) or
---       'payload' (the payload, unchanged: kept once, under the payload's key)
+-- KEYS: ready-high, ready, ready-low, events, retrying, dead
+-- ARGV: the leasing arguments (lease.lua), want, then 13 for each attempt: task id, stream index
+--       (1-3), entry id, lease token, outcome (succeeded|retrying|failed|cancelled), error,
+--       result type, due ms, result bytes, dead-letter reason, session ('' for none),
+--       idempotency key (''), where the result is: '' (its bytes came here), 'staged' (at
+--       `base:staged:token`) or 'payload' (the payload, unchanged: kept once, under the
+--       payload's key)
 -- A large result is staged with a plain SET before this script runs, which renames it: moving
 -- a large string through Lua would stall Redis for milliseconds.
--- Returns {applied (1, or 0 when the lease was lost) per attempt, take_lease replies}.
-local base, group, now, maxlen = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
-local streams = {KEYS[1], KEYS[2], KEYS[3]}
+-- Returns {applied (1, or 0 when the lease was lost) per attempt, take_lease replies, why no more
+-- may start ('' when nothing stops it), in how many ms to look again}.
+local ctx = leasing_context()
+local base, now, maxlen = ctx.base, ctx.now, ctx.maxlen
+local streams = ctx.streams
 local applied = {}
 -- The entries of ended attempts, per stream: acknowledged together at the end.
 local ended = {{}, {}, {}}
@@ -39,6 +41,7 @@ for a = 10, #ARGV, 13 do
     applied[#applied + 1] = 0
   else
     ended[s][#ended[s] + 1] = entry
+    leave_running(base, id)
     local progress = f[4] or ''
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
@@ -49,7 +52,7 @@ for a = 10, #ARGV, 13 do
     else
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
       -- are kept longer, for someone to look at.
-      local keep = ARGV[8]
+      local keep = ctx.keep
       if outcome == 'succeeded' then
         local result, result_key = ARGV[a + 8], base .. ':result:' .. id
         if source == 'staged' then
@@ -68,7 +71,7 @@ for a = 10, #ARGV, 13 do
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
           'lease', '', 'cancel', '', 'next_run', '')
         if outcome == 'failed' then
-          keep = ARGV[7]
+          keep = ctx.dead_keep
           redis.call('HSET', task, 'dead_reason', ARGV[a + 9])
           redis.call('ZADD', KEYS[6], now, id)
           redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
@@ -80,15 +83,17 @@ for a = 10, #ARGV, 13 do
         leave_session(base .. ':session:' .. ARGV[a + 10], streams[2], id)
       end
     end
-    emit_event(KEYS[4], maxlen, outcome, id, f[2], outcome, f[3], progress, err, now)
+    emit_event(KEYS[4], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now)
     applied[#applied + 1] = 1
   end
 end
 for s = 1, 3 do
   if #ended[s] > 0 then
-    settle(streams[s], group, ended[s])
+    settle(streams[s], ctx.group, ended[s])
   end
 end
+-- The limits are read after the ends: the attempts that ended free their room.
+start_budget(ctx)
 local leases = {}
-take_new(base, streams, group, ARGV[3], tonumber(ARGV[9]), ARGV[4], now, KEYS[4], maxlen, ARGV[7], leases)
-return {applied, leases}
+take_new(ctx, tonumber(ARGV[9]), leases)
+return {applied, leases, ctx.blocked, ctx.retry_ms}

@@ -6,7 +6,9 @@
 
 use super::{
     Outcome, Queue, ResultBytes,
+    fetch::blocked_of,
     lease::{Lease, Leasing},
+    serving::Served,
 };
 use crate::store::now_ms;
 use bytes::Bytes;
@@ -25,6 +27,7 @@ const STAGED_TTL: Duration = Duration::from_secs(300);
 
 /// An ended attempt on its way to the finish loop, in the finish script's terms.
 pub(super) struct Ending {
+    queue: Queue,
     task_id: String,
     stream_index: usize,
     entry_id: String,
@@ -80,6 +83,7 @@ impl Ending {
         reply: oneshot::Sender<RedisResult<bool>>,
     ) -> Ending {
         let mut ending = Ending {
+            queue: lease.queue.clone(),
             task_id: lease.task_id.to_string(),
             stream_index: lease.stream_index,
             entry_id: lease.entry_id.clone(),
@@ -114,8 +118,9 @@ impl Ending {
 }
 
 impl Leasing {
-    /// Records ended attempts in batches, and reuses their slots for new leases taken in the
-    /// same script. Runs until every lease and the fetch loop are gone.
+    /// Records ended attempts in batches (one script per queue), and reuses their slots for new
+    /// leases taken in the same script, up to each queue's share. Runs until every lease and the
+    /// fetch loop are gone.
     pub(super) async fn finish_loop(self, mut endings: mpsc::Receiver<Ending>) {
         while let Some(first) = endings.recv().await {
             let mut batch = vec![first];
@@ -125,26 +130,47 @@ impl Leasing {
                     Err(_) => break,
                 }
             }
-            let mut slots: Vec<_> = batch.iter_mut().filter_map(|e| e.slot.take()).collect();
-            let want = if self.shutdown.is_cancelled() { 0 } else { slots.len() };
-            match self.queue.end_attempts(&batch, want, &self.consumer).await {
-                Ok((applied, claims)) => {
-                    for (ending, applied) in batch.into_iter().zip(applied) {
-                        let _ = ending.reply.send(Ok(applied == 1));
-                    }
-                    let leases = self.leases_of(claims, &mut slots);
-                    drop(slots);
-                    self.deliver(leases).await;
-                }
-                Err(e) => {
-                    // Nothing was applied: each attempt's runner tries again.
-                    for ending in batch {
-                        let _ = ending.reply.send(Err(e.clone()));
+            let mut by_queue: Vec<(Served, Vec<Ending>)> = Vec::new();
+            for ending in batch {
+                match by_queue.iter_mut().find(|(s, _)| s.queue.name() == ending.queue.name()) {
+                    Some((_, group)) => group.push(ending),
+                    None => {
+                        let served = self.serving.served(&ending.queue);
+                        by_queue.push((served, vec![ending]));
                     }
                 }
             }
+            let rounds = by_queue.into_iter().map(|(served, group)| self.finish_group(served, group));
+            futures::future::join_all(rounds).await;
         }
         debug!("finishing stopped");
+    }
+
+    /// Ends the attempts of one queue and takes its next leases.
+    async fn finish_group(&self, served: Served, mut batch: Vec<Ending>) {
+        let mut slots: Vec<_> = batch.iter_mut().filter_map(|e| e.slot.take()).collect();
+        let want = match self.shutdown.is_cancelled() {
+            true => 0,
+            false => self.serving.refill(&served, slots.len(), batch.len()),
+        };
+        match served.queue.end_attempts(&batch, want, &self.consumer).await {
+            Ok((applied, claims, reason, retry_ms)) => {
+                for (ending, applied) in batch.into_iter().zip(applied) {
+                    let _ = ending.reply.send(Ok(applied == 1));
+                }
+                let claimed = (claims, blocked_of(&reason, retry_ms));
+                let leases = self.leases_of_claim(&served, claimed, &mut slots);
+                // Slots not refilled go back to the fetch loop, which shares them by weight.
+                drop(slots);
+                self.deliver(leases).await;
+            }
+            Err(e) => {
+                // Nothing was applied: each attempt's runner tries again.
+                for ending in batch {
+                    let _ = ending.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -155,8 +181,7 @@ impl Queue {
         endings: &[Ending],
         want: usize,
         consumer: &str,
-    ) -> RedisResult<(Vec<i64>, Vec<Vec<Vec<u8>>>)> {
-        let settings = &self.settings;
+    ) -> RedisResult<(Vec<i64>, Vec<Vec<Vec<u8>>>, Vec<u8>, u64)> {
         let mut stage = redis::pipe();
         for e in endings {
             if let ResultPlace::Staged(bytes) = &e.result {
@@ -175,9 +200,9 @@ impl Queue {
         let mut call = self.scripts.finish.prepare_invoke();
         call.key(&self.keys.ready_streams())
             .key(self.keys.events())
-            .key(self.keys.delayed())
+            .key(self.keys.retrying())
             .key(self.keys.dead());
-        self.leasing_args(&mut call, consumer).arg(settings.retention.as_millis() as u64).arg(want);
+        self.leasing_args(&mut call, consumer).arg(want);
         for e in endings {
             call.arg(&e.task_id)
                 .arg(e.stream_index + 1)
@@ -200,7 +225,6 @@ mod tests {
     use crate::{
         embedded_redis::EmbeddedRedis,
         queue::{GROUP, NewTask, QueueSettings, lease::LeasedPayload, lease::Run},
-        store::Keys,
     };
     use app::model::Priority;
     use redis::{AsyncCommands, streams::StreamAutoClaimReply};
@@ -219,7 +243,7 @@ mod tests {
             dead_retention: Duration::from_secs(120),
             events_maxlen: 1000,
         };
-        let queue = Queue::new(client, conn, Keys::new("unit", "default"), settings);
+        let queue = Queue::new(client, conn, "unit", "default", settings);
         queue.ensure_group().await.unwrap();
         ((redis, dir), queue)
     }
@@ -231,6 +255,7 @@ mod tests {
             .enqueue(&NewTask {
                 id,
                 created_ms: now_ms(),
+                queue: "default".into(),
                 kind: "echo".into(),
                 payload,
                 payload_type: "application/octet-stream".into(),
@@ -254,7 +279,7 @@ mod tests {
     async fn run_all(queue: &Queue) -> usize {
         let mut ran = 0;
         loop {
-            let replies = queue.claim("unit-worker", 64, &[]).await.unwrap();
+            let (replies, _) = queue.claim("unit-worker", 64, &[]).await.unwrap();
             if replies.is_empty() {
                 return ran;
             }
@@ -263,10 +288,10 @@ mod tests {
                 .filter(|r| r[0] == b"run")
                 .map(|r| {
                     let (id, token) = (String::from_utf8_lossy(&r[1]), String::from_utf8_lossy(&r[4]));
-                    ending(&id, r, &token, ResultBytes::New(Bytes::from_static(b"ok")))
+                    ending(&queue, &id, r, &token, ResultBytes::New(Bytes::from_static(b"ok")))
                 })
                 .collect();
-            let (applied, _) = queue.end_attempts(&endings, 0, "unit-worker").await.unwrap();
+            let (applied, ..) = queue.end_attempts(&endings, 0, "unit-worker").await.unwrap();
             assert!(applied.iter().all(|&a| a == 1));
             ran += endings.len();
         }
@@ -276,9 +301,10 @@ mod tests {
         queue.conn.clone().keys(format!("{}:staged:*", queue.keys.base())).await.unwrap()
     }
 
-    fn ending(task_id: &str, reply: &[Vec<u8>], token: &str, result: ResultBytes) -> Ending {
+    fn ending(queue: &Queue, task_id: &str, reply: &[Vec<u8>], token: &str, result: ResultBytes) -> Ending {
         let text = |field: Run| String::from_utf8_lossy(&reply[field as usize]).into_owned();
         Ending {
+            queue: queue.clone(),
             task_id: task_id.into(),
             stream_index: text(Run::Stream).parse::<usize>().unwrap() - 1,
             entry_id: text(Run::Entry),
@@ -305,7 +331,7 @@ mod tests {
         let payload = Bytes::from(vec![b'p'; 20_000]);
         let id = enqueue_echo(&queue, payload.clone()).await;
 
-        let replies = queue.claim("unit-worker", 1, &[]).await.unwrap();
+        let (replies, _) = queue.claim("unit-worker", 1, &[]).await.unwrap();
         let reply = &replies[0];
         let field = |f: Run| reply[f as usize].as_slice();
         assert_eq!(
@@ -313,19 +339,19 @@ mod tests {
             (&b"run"[..], &b"2"[..], &b""[..])
         );
         let token = String::from_utf8(field(Run::Token).to_vec()).unwrap();
-        let mut lease = Lease::for_test(id, LeasedPayload::Stored, token.clone());
+        let mut lease = Lease::for_test(&queue, id, LeasedPayload::Stored, token.clone());
         assert_eq!(queue.take_payload(&mut lease).await.unwrap(), Some(payload));
 
         let result = Bytes::from(vec![b'r'; 40_000]);
-        let late = ending(&id.to_string(), reply, "a-lost-lease:0", ResultBytes::New(result.clone()));
-        let (applied, _) = queue.end_attempts(&[late], 0, "unit-worker").await.unwrap();
+        let late = ending(&queue, &id.to_string(), reply, "a-lost-lease:0", ResultBytes::New(result.clone()));
+        let (applied, ..) = queue.end_attempts(&[late], 0, "unit-worker").await.unwrap();
         assert_eq!(applied, vec![0]);
         assert_eq!(staged_keys(&queue).await, Vec::<String>::new(), "the late holder's result is gone");
         let status: String = conn.hget(queue.keys.task(&id), "status").await.unwrap();
         assert_eq!(status, "running");
 
-        let holder = ending(&id.to_string(), reply, &token, ResultBytes::New(result.clone()));
-        let (applied, _) = queue.end_attempts(&[holder], 0, "unit-worker").await.unwrap();
+        let holder = ending(&queue, &id.to_string(), reply, &token, ResultBytes::New(result.clone()));
+        let (applied, ..) = queue.end_attempts(&[holder], 0, "unit-worker").await.unwrap();
         assert_eq!(applied, vec![1]);
         let stored: Vec<u8> = conn.get(queue.keys.result(&id)).await.unwrap();
         assert_eq!(stored, result.as_ref());
@@ -355,7 +381,7 @@ mod tests {
         }
         assert_eq!(run_all(&queue).await, 300);
         let held = enqueue_echo(&queue, small()).await;
-        let replies = queue.claim("unit-worker", 1, &[]).await.unwrap();
+        let (replies, _) = queue.claim("unit-worker", 1, &[]).await.unwrap();
         assert_eq!(replies[0][1], held.to_string().into_bytes());
         let held_entry = String::from_utf8(replies[0][3].clone()).unwrap();
         for _ in 0..300 {
@@ -389,9 +415,9 @@ mod tests {
 
         // Once it ends, nothing is pending and the trim reaches the last entry handed out.
         let token = String::from_utf8(replies[0][4].clone()).unwrap();
-        let (applied, _) = queue
+        let (applied, ..) = queue
             .end_attempts(
-                &[ending(&held.to_string(), &replies[0], &token, ResultBytes::New(small()))],
+                &[ending(&queue, &held.to_string(), &replies[0], &token, ResultBytes::New(small()))],
                 0,
                 "unit-worker",
             )

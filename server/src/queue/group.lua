@@ -14,3 +14,24 @@ local function group_info(stream, group)
   end
   return nil
 end
+
+-- The entries of ready `stream` that `group` has not handed out yet: its lag (the whole stream
+-- while it has no group, or when Redis cannot tell the lag). Acknowledged entries stay on a
+-- stream until a trim, so its length alone would count them too.
+local function unread(stream, group)
+  if redis.call('EXISTS', stream) == 0 then
+    return 0
+  end
+  local info = group_info(stream, group)
+  return (info and info['lag']) or redis.call('XLEN', stream)
+end
+
+-- How many tasks of the queue wait to run: unread on its ready `streams`, plus those due later
+-- (`delayed`) or waiting for a retry (`retrying`).
+local function waiting_tasks(streams, delayed, retrying, group)
+  local waiting = redis.call('ZCARD', delayed) + redis.call('ZCARD', retrying)
+  for _, stream in ipairs(streams) do
+    waiting = waiting + unread(stream, group)
+  end
+  return waiting
+end

@@ -1,6 +1,11 @@
 -- Shared by the scripts that hand out leases (prepended to them, after session.lua and
--- ends.lua, when they are loaded). Task keys are built from `base`, the queue's key prefix: every key of a queue
--- shares its hash tag, so they live in one slot even on a cluster.
+-- ends.lua, when they are loaded). Task keys are built from `base`, the queue's key prefix: every
+-- key of a queue shares its hash tag, so they live in one slot even on a cluster.
+--
+-- Both scripts start with the same arguments, read into one table by `leasing_context`:
+-- ARGV[1..9]: key base, group, consumer, token base, now ms, events maxlen, dead-letter
+-- retention ms, retention ms, then (claim) how many to take or (finish) how many more to take.
+-- KEYS[1..4]: ready-high, ready, ready-low, events.
 
 -- Entries of the ready streams are acknowledged, never deleted one by one: `settle` trims them in
 -- bulk once the group is done with them. (XDEL cost more than anything else the finish did for a
@@ -9,6 +14,14 @@
 -- Payloads up to this size come with the lease; a larger one the worker reads with a plain GET,
 -- as copying it through Lua costs Redis more than the worker's extra round trip.
 local INLINE_PAYLOAD_MAX = 16384
+
+local function leasing_context()
+  return {
+    base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], now = ARGV[5],
+    maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8],
+    streams = {KEYS[1], KEYS[2], KEYS[3]}, events = KEYS[4], leases = 0,
+  }
+end
 
 -- Acknowledges `entries` of `stream` in one call, then trims every entry the group is done with:
 -- those older than the oldest still pending or, with none pending, than the last handed out.
@@ -24,18 +37,74 @@ local function settle(stream, group, entries)
   redis.call('XTRIM', stream, 'MINID', '~', done_before)
 end
 
--- Takes the lease on ready entry `entry` (of `streams[s]`) for task `id`, with `token`.
--- Returns, for a task to run, these fields in this order (`Run` in queue/lease.rs names them;
--- a unit test compares the two):
+-- How many tasks the queue's settings let this script start now (`budget`, a large number when
+-- nothing limits it) and, when none, why (`blocked`: 'paused', 'concurrency' or 'rate') and in
+-- how many ms to look again (`retry_ms`). Read once per script into `ctx`.
+local function start_budget(ctx)
+  local base = ctx.base
+  local s = redis.call('HMGET', base .. ':settings', 'paused', 'concurrency', 'rate_limit',
+    'rate_period_ms')
+  ctx.budget, ctx.blocked, ctx.retry_ms = 1000000, '', 0
+  if s[1] == '1' then
+    ctx.budget, ctx.blocked, ctx.retry_ms = 0, 'paused', 1000
+    return
+  end
+  local concurrency = tonumber(s[2])
+  if concurrency then
+    ctx.budget = math.max(concurrency - redis.call('SCARD', base .. ':running'), 0)
+    if ctx.budget == 0 then
+      ctx.blocked, ctx.retry_ms = 'concurrency', 100
+      return
+    end
+  end
+  local limit, period = tonumber(s[3]), tonumber(s[4])
+  if limit and period then
+    -- A log of the starts in the last period: a sliding window, exact at every instant.
+    local log, now = base .. ':starts', tonumber(ctx.now)
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - period)
+    local left = limit - redis.call('ZCARD', log)
+    if left <= 0 then
+      local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+      ctx.budget, ctx.blocked = 0, 'rate'
+      ctx.retry_ms = math.max((tonumber(oldest[2]) or now) + period - now, 1)
+      return
+    end
+    ctx.budget = math.min(ctx.budget, left)
+    ctx.rate_period = period
+  end
+end
+
+-- Task `id` starts an attempt: it counts against the queue's concurrency and rate.
+local function mark_start(ctx, id, token)
+  redis.call('SADD', ctx.base .. ':running', id)
+  if ctx.rate_period then
+    local log = ctx.base .. ':starts'
+    redis.call('ZADD', log, ctx.now, token)
+    redis.call('PEXPIRE', log, ctx.rate_period)
+  end
+  ctx.budget = ctx.budget - 1
+end
+
+-- Puts ready entry `entry` of `streams[s]` (task `id`) back at the end of its stream, for when the
+-- queue's limits let it start: taken from the group (acknowledged) and added afresh.
+local function hand_back(ctx, s, entry, id)
+  settle(ctx.streams[s], ctx.group, {entry})
+  redis.call('XADD', ctx.streams[s], '*', 'task', id)
+end
+
+-- Takes the lease on ready entry `entry` (of `streams[s]`) for task `id`. Returns, for a task to
+-- run, these fields in this order (`Run` in queue/lease.rs names them; a unit test compares the
+-- two):
 -- run reply: run, id, stream, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type, session, payload_is, payload, idempotency_key, payload_ref
 -- `run` is the word 'run', `stream` the stream's index (1-3), `payload_is` 1 (here), 2 (large:
 -- read it yourself) or 0 (gone): a small payload comes with the lease, saving the worker a round
 -- trip; `payload_ref` names the task a shared payload is stored under. Returns
 -- {'drop'} when the task is gone or finished (its entry is dropped), {'cancelled'} when it was
--- cancelled while a dead holder ran it, and {'expired'} when its expiry passed before this
--- attempt could start (it ends as a dead letter kept `dead_keep` ms).
-local function take_lease(base, streams, s, entry, id, group, token, now, events, maxlen, dead_keep)
-  local stream = streams[s]
+-- cancelled while a dead holder ran it, {'expired'} when its expiry passed before this attempt
+-- could start (it ends as a dead letter), and {'later'} when the queue's limits let nothing
+-- start now (the entry goes back to the end of its stream).
+local function take_lease(ctx, s, entry, id)
+  local stream, base, now = ctx.streams[s], ctx.base, ctx.now
   local task = base .. ':task:' .. id
   local f = {}
   if id ~= '' then
@@ -44,30 +113,40 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
-    settle(stream, group, {entry})
+    settle(stream, ctx.group, {entry})
     return {'drop'}
   end
   if f[2] == '1' then
     -- Cancelled while its previous holder ran it, and that holder died: it ends here.
-    settle(stream, group, {entry})
+    settle(stream, ctx.group, {entry})
     redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
       'cancel', '')
-    emit_event(events, maxlen, 'cancelled', id, f[5], 'cancelled', f[3], '', '', now)
+    leave_running(base, id)
+    keep_after_end(base, id, f[13], f[10], ctx.keep, now)
+    emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, f[5], 'cancelled', f[3], '', '', now)
     if f[9] and f[9] ~= '' then
-      leave_session(base .. ':session:' .. f[9], streams[2], id)
+      leave_session(base .. ':session:' .. f[9], ctx.streams[2], id)
     end
     return {'cancelled'}
   end
   local expires = tonumber(f[12])
   if expires and expires <= tonumber(now) then
-    settle(stream, group, {entry})
-    expire_task(base, id, now, dead_keep, events, maxlen)
+    settle(stream, ctx.group, {entry})
+    expire_task(base, id, now, ctx.dead_keep, ctx.events, ctx.maxlen)
     return {'expired'}
   end
+  -- A takeover (its dead holder's task still counts as running) needs no room of its own.
+  if status ~= 'running' and ctx.budget <= 0 then
+    hand_back(ctx, s, entry, id)
+    return {'later'}
+  end
+  local token = ctx.token_base .. ':' .. ctx.leases
+  ctx.leases = ctx.leases + 1
+  mark_start(ctx, id, token)
   local attempt = tostring((tonumber(f[3]) or 0) + 1)
   redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
     'progress', '', 'attempts', attempt, 'started', f[4] or now)
-  emit_event(events, maxlen, 'running', id, f[5], 'running', attempt, '', '', now)
+  emit_event(ctx.events, ctx.maxlen, base, 'running', id, f[5], 'running', attempt, '', '', now)
   local payload, has = nil, '2'
   if (tonumber(f[11]) or 0) <= INLINE_PAYLOAD_MAX then
     payload = redis.call('GET', payload_key(base, id, f[13]))
@@ -77,16 +156,16 @@ local function take_lease(base, streams, s, entry, id, group, token, now, events
     f[9] or '', has, payload or '', f[10] or '', f[13] or ''}
 end
 
--- Reads up to `count` new entries, the most urgent stream first, takes their leases (tokens
--- `token_base:n`) and appends the replies to `replies`.
-local function take_new(base, streams, group, consumer, count, token_base, now, events, maxlen,
-    dead_keep, replies)
-  for s = 1, #streams do
+-- Reads up to `count` new entries (no more than the queue's limits let start), the most urgent
+-- stream first, takes their leases and appends the replies to `replies`.
+local function take_new(ctx, count, replies)
+  count = math.min(count, ctx.budget)
+  for s = 1, #ctx.streams do
     if count <= 0 then
       break
     end
-    local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS',
-      streams[s], '>')
+    local read = redis.call('XREADGROUP', 'GROUP', ctx.group, ctx.consumer, 'COUNT', count,
+      'STREAMS', ctx.streams[s], '>')
     if read then
       for _, e in ipairs(read[1][2]) do
         local id, fields = '', e[2]
@@ -95,8 +174,7 @@ local function take_new(base, streams, group, consumer, count, token_base, now, 
             id = fields[i + 1]
           end
         end
-        replies[#replies + 1] = take_lease(base, streams, s, e[1], id, group,
-          token_base .. ':' .. #replies, now, events, maxlen, dead_keep)
+        replies[#replies + 1] = take_lease(ctx, s, e[1], id)
         count = count - 1
       end
     end

@@ -2,14 +2,18 @@
 //!
 //! Both scripts that take leases (the claim, and the finish that takes the next ones) end in
 //! `take_lease` of lease.lua: this module names the arguments they start with and reads the `run`
-//! replies they return. `Leasing` is what a worker process's leases share: the consumer they are
-//! taken for, the finish loop they end through and the channel that hands them to apalis.
+//! replies they return. `Leasing` is what a worker process's leases share: the queues they are
+//! taken from, the consumer they are taken for, the finish loop they end through and the channel
+//! that hands them to apalis.
 
-use super::{GROUP, Outcome, Queue, finish::Ending};
+use super::{GROUP, Outcome, Queue, finish::Ending, serving::Serving};
 use crate::store::now_ms;
 use bytes::Bytes;
 use redis::{RedisResult, ScriptInvocation};
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -19,6 +23,8 @@ use uuid::Uuid;
 #[derive(Debug)]
 pub struct Lease {
     pub task_id: Uuid,
+    /// The queue the task is in.
+    pub queue: Queue,
     pub kind: String,
     pub attempt: u32,
     pub max_attempts: u32,
@@ -41,6 +47,25 @@ pub struct Lease {
     /// The worker slot the attempt occupies; the finish loop passes it on to the next lease.
     slot: Mutex<Option<OwnedSemaphorePermit>>,
     finisher: mpsc::Sender<Ending>,
+    /// Counts the lease among its queue's in this process while it lives.
+    _running: Running,
+}
+
+/// One attempt counted among a queue's running ones in this process, until dropped.
+#[derive(Debug)]
+pub(super) struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    pub(super) fn new(count: &Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The fields of a `run` reply of `take_lease` (queue/lease.lua), by their place in it.
@@ -134,7 +159,7 @@ impl Lease {
 /// What the leases of one worker process share, and where they go.
 #[derive(Clone)]
 pub(super) struct Leasing {
-    pub(super) queue: Queue,
+    pub(super) serving: Arc<Serving>,
     pub(super) consumer: Arc<str>,
     /// Weak, so that the channels close once the fetch loop and every lease are gone.
     leases: mpsc::WeakSender<Lease>,
@@ -143,16 +168,16 @@ pub(super) struct Leasing {
 }
 
 impl Leasing {
-    /// A new worker process's leasing on `queue`, under a consumer name of its own; leases go to
-    /// `leases` and end through `endings`, neither of which it keeps open.
+    /// A new worker process's leasing on the queues it serves, under a consumer name of its own;
+    /// leases go to `leases` and end through `endings`, neither of which it keeps open.
     pub(super) fn new(
-        queue: Queue,
+        serving: Arc<Serving>,
         leases: &mpsc::Sender<Lease>,
         endings: &mpsc::Sender<Ending>,
         shutdown: CancellationToken,
     ) -> Leasing {
         Leasing {
-            queue,
+            serving,
             consumer: format!("worker-{}", Uuid::now_v7()).into(),
             leases: leases.downgrade(),
             endings: endings.downgrade(),
@@ -160,15 +185,18 @@ impl Leasing {
         }
     }
 
-    /// Turns the replies of a claim into leases, each taking a slot from `slots`; replies that
-    /// are not runnable tasks (dropped, cancelled) take none.
+    /// Turns the replies of a claim on `queue` into leases, each taking a slot from `slots` and
+    /// counted in `running`; replies that are not runnable tasks (dropped, cancelled, left for
+    /// later) take none.
     pub(super) fn leases_of(
         &self,
+        queue: &Queue,
+        running: &Arc<AtomicUsize>,
         replies: Vec<Vec<Vec<u8>>>,
         slots: &mut Vec<OwnedSemaphorePermit>,
     ) -> Vec<Lease> {
         let Some(finisher) = self.endings.upgrade() else { return Vec::new() };
-        let streams = self.queue.keys.ready_streams();
+        let streams = queue.keys.ready_streams();
         let mut leases = Vec::new();
         for reply in replies {
             let Some(mut reply) = RunReply::of(reply) else { continue };
@@ -195,6 +223,7 @@ impl Leasing {
             };
             leases.push(Lease {
                 task_id,
+                queue: queue.clone(),
                 kind: reply.text(Run::Kind),
                 attempt: reply.text(Run::Attempt).parse().unwrap_or(1),
                 max_attempts: reply.text(Run::MaxAttempts).parse().unwrap_or(1),
@@ -211,6 +240,7 @@ impl Leasing {
                 consumer: self.consumer.clone(),
                 slot: Mutex::new(Some(slot)),
                 finisher: finisher.clone(),
+                _running: Running::new(running),
             });
         }
         leases
@@ -224,7 +254,7 @@ impl Leasing {
                 None => Some(lease),
             };
             if let Some(lease) = undelivered
-                && let Err(e) = self.queue.release(&lease).await
+                && let Err(e) = lease.queue.release(&lease).await
             {
                 warn!(error = %e, "handing back a task taken while stopping failed; its lease will expire");
             }
@@ -233,9 +263,9 @@ impl Leasing {
 }
 
 impl Queue {
-    /// The arguments both lease-taking scripts start with: key base, group, consumer, a fresh
-    /// token base (each lease's token is `base:n`), now, events maxlen, dead-letter retention
-    /// (for tasks a claim finds expired).
+    /// The arguments both lease-taking scripts start with (lease.lua's `leasing_context`): key
+    /// base, group, consumer, a fresh token base (each lease's token is `base:n`), now, events
+    /// maxlen, dead-letter retention (for tasks a claim finds expired), retention.
     pub(super) fn leasing_args<'c, 'a>(
         &self,
         call: &'c mut ScriptInvocation<'a>,
@@ -248,6 +278,7 @@ impl Queue {
             .arg(now_ms())
             .arg(self.settings.events_maxlen)
             .arg(self.settings.dead_retention.as_millis() as u64)
+            .arg(self.settings.retention.as_millis() as u64)
     }
 }
 
@@ -255,12 +286,13 @@ impl Queue {
 impl Lease {
     /// A lease on `task_id` held with `token`, its payload as `payload`, for tests that read it
     /// without a fetch loop: its slot is its own and its finisher leads nowhere.
-    pub(super) fn for_test(task_id: Uuid, payload: LeasedPayload, token: String) -> Lease {
+    pub(super) fn for_test(queue: &Queue, task_id: Uuid, payload: LeasedPayload, token: String) -> Lease {
         let (consumer, permits): (Arc<str>, _) =
             ("unit-worker".into(), Arc::new(tokio::sync::Semaphore::new(1)));
         let (finisher, _endings) = mpsc::channel(1);
         Lease {
             task_id,
+            queue: queue.clone(),
             kind: "echo".into(),
             attempt: 1,
             max_attempts: 1,
@@ -277,6 +309,7 @@ impl Lease {
             consumer,
             slot: Mutex::new(permits.try_acquire_owned().ok()),
             finisher,
+            _running: Running::new(&Arc::default()),
         }
     }
 }

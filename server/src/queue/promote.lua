@@ -1,11 +1,11 @@
--- Ends waiting tasks whose expiry has passed, then moves due delayed tasks onto the ready stream
--- of their priority.
--- KEYS: delayed, ready-high, ready, ready-low, expiring, events
+-- Ends waiting tasks whose expiry has passed, then moves due delayed tasks and due retries onto
+-- the ready stream of their priority.
+-- KEYS: delayed, ready-high, ready, ready-low, expiring, events, retrying
 -- ARGV: now ms, most to move (and to expire), key base, dead-letter retention ms, events maxlen
--- Delayed members are `h:{id}`, `n:{id}` or `l:{id}`; `expiring` holds ids by expiry ms (a
--- running task's id is dropped from it: once started, it runs; should it wait for a retry, the
--- claim that would start it checks the expiry again).
--- Returns how many tasks moved or expired.
+-- Delayed and retrying members are `h:{id}`, `n:{id}` or `l:{id}`; `expiring` holds ids by
+-- expiry ms (a running task's id is dropped from it: once started, it runs; should it wait for a
+-- retry, the claim that would start it checks the expiry again).
+-- Returns how many tasks moved or expired (the most of any one kind).
 local expiring = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(expiring) do
   local status = redis.call('HGET', ARGV[3] .. ':task:' .. id, 'status')
@@ -17,12 +17,16 @@ if #expiring > 0 then
   redis.call('ZREM', KEYS[5], unpack(expiring))
 end
 local streams = {h = KEYS[2], n = KEYS[3], l = KEYS[4]}
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, member in ipairs(members) do
-  local tag, id = string.match(member, '^(%a):(.+)$')
-  redis.call('XADD', streams[tag] or KEYS[3], '*', 'task', id or member)
+local moved = #expiring
+for _, waiting in ipairs({KEYS[1], KEYS[7]}) do
+  local members = redis.call('ZRANGEBYSCORE', waiting, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+  for _, member in ipairs(members) do
+    local tag, id = string.match(member, '^(%a):(.+)$')
+    redis.call('XADD', streams[tag] or KEYS[3], '*', 'task', id or member)
+  end
+  if #members > 0 then
+    redis.call('ZREM', waiting, unpack(members))
+  end
+  moved = math.max(moved, #members)
 end
-if #members > 0 then
-  redis.call('ZREM', KEYS[1], unpack(members))
-end
-return math.max(#members, #expiring)
+return moved

@@ -81,11 +81,12 @@ mod tests {
     use super::FIELDS;
 
     /// Every script of the queue, by file name.
-    const SCRIPTS: [(&str, &str); 17] = [
+    const SCRIPTS: [(&str, &str); 18] = [
         ("cancel.lua", include_str!("cancel.lua")),
         ("claim.lua", include_str!("claim.lua")),
         ("depth.lua", include_str!("depth.lua")),
         ("ends.lua", include_str!("ends.lua")),
+        ("enqueue.lua", include_str!("enqueue.lua")),
         ("events.lua", include_str!("events.lua")),
         ("finish.lua", include_str!("finish.lua")),
         ("group.lua", include_str!("group.lua")),
@@ -94,11 +95,11 @@ mod tests {
         ("promote.lua", include_str!("promote.lua")),
         ("prune_index.lua", include_str!("prune_index.lua")),
         ("purge.lua", include_str!("purge.lua")),
+        ("queue_view.lua", include_str!("queue_view.lua")),
         ("release.lua", include_str!("release.lua")),
         ("renew.lua", include_str!("renew.lua")),
         ("requeue.lua", include_str!("requeue.lua")),
         ("session.lua", include_str!("session.lua")),
-        ("session_enqueue.lua", include_str!("session_enqueue.lua")),
     ];
 
     /// The argument lists of the `redis.call`s of `command` in `source`, split at top-level commas.

@@ -14,15 +14,12 @@ local ref = redis.call('HGET', KEYS[1], 'payload_ref')
 keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[8] or '')
 if ARGV[5] ~= '' then
   -- Back at the end of its session, to run when the session's earlier tasks are done.
-  redis.call('RPUSH', KEYS[7], ARGV[2])
-  if redis.call('LLEN', KEYS[7]) == 1 then
-    redis.call('XADD', KEYS[5], '*', 'task', ARGV[2])
-  end
+  join_session(KEYS[7], KEYS[5], ARGV[2])
 else
   local streams = {h = KEYS[4], n = KEYS[5], l = KEYS[6]}
   local priority = redis.call('HGET', KEYS[1], 'priority') or 'n'
   redis.call('XADD', streams[priority] or KEYS[5], '*', 'task', ARGV[2])
 end
 local kind = redis.call('HGET', KEYS[1], 'kind')
-emit_event(KEYS[3], ARGV[3], 'queued', ARGV[2], kind, 'queued', '0', '', '', ARGV[1])
+emit_event(KEYS[3], ARGV[3], ARGV[7], 'queued', ARGV[2], kind, 'queued', '0', '', '', ARGV[1])
 return 1

@@ -9,7 +9,7 @@ mod support;
 
 use courier::{
     queue::{NewTask, Queue, QueueSettings},
-    store::{DEFAULT_QUEUE, Keys, now_ms},
+    store::{DEFAULT_QUEUE, now_ms},
 };
 use futures::StreamExt;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
         dead_retention: Duration::from_secs(3600),
         events_maxlen: 100_000,
     };
-    let queue = Queue::new(client.clone(), conn, Keys::new(&prefix, DEFAULT_QUEUE), settings);
+    let queue = Queue::new(client.clone(), conn, &prefix, DEFAULT_QUEUE, settings);
     queue.ensure_group().await.unwrap();
 
     let started = Instant::now();
@@ -40,6 +40,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
                 let task = NewTask {
                     id: uuid::Uuid::now_v7(),
                     created_ms: now_ms(),
+                    queue: DEFAULT_QUEUE.into(),
                     kind: "echo".into(),
                     payload: format!("{{\"n\":{n}}}").into_bytes().into(),
                     payload_type: "application/json".into(),

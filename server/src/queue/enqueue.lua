@@ -1,0 +1,66 @@
+-- Queues new tasks, all of them or none: stores each record and payload, queues its id (on its
+-- session, in the delayed set, or on the ready stream of its priority), indexes it and appends
+-- its event. Nothing a waiting task owns has a TTL: retention counts from its end (ends.lua).
+-- A queue with a `max_depth` refuses the whole batch if it would take the waiting tasks past it.
+-- KEYS: ready-high, ready, ready-low, delayed, retrying, index, expiring, events, settings
+-- ARGV: key base, group, events maxlen, then 17 for each task: id, created ms, kind, due ms (''
+--       for now), priority tag (h|n|l), max attempts, timeout ms (''), payload type, payload
+--       size, session (''), subscription (''), idempotency key (''), expires ms (''), payload ref
+--       (the owner of a shared payload, ''), open tasks of a shared payload (its owner only, ''),
+--       where the payload is ('here': the next argument; 'staged': at `base:staged:{id}`, set
+--       before this script, which renames it; 'shared': under the payload ref), payload bytes
+-- Returns {'ok'}, or {'full', tasks waiting now, max_depth} with nothing stored.
+local base, group, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local FIELDS, FIRST = 17, 4
+local max_depth = tonumber(redis.call('HGET', KEYS[9], 'max_depth'))
+if max_depth then
+  local adding = (#ARGV - FIRST + 1) / FIELDS
+  local waiting = waiting_tasks({KEYS[1], KEYS[2], KEYS[3]}, KEYS[4], KEYS[5], group)
+  if waiting + adding > max_depth then
+    for a = FIRST, #ARGV, FIELDS do
+      if ARGV[a + 15] == 'staged' then
+        redis.call('DEL', base .. ':staged:' .. ARGV[a])
+      end
+    end
+    return {'full', waiting, max_depth}
+  end
+end
+local streams = {h = KEYS[1], n = KEYS[2], l = KEYS[3]}
+for a = FIRST, #ARGV, FIELDS do
+  local id, created, kind, due, priority = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local session, idem, expires = ARGV[a + 9], ARGV[a + 11], ARGV[a + 12]
+  local payload = base .. ':payload:' .. id
+  local source = ARGV[a + 15]
+  if source == 'here' then
+    redis.call('SET', payload, ARGV[a + 16])
+  elseif source == 'staged' then
+    redis.call('RENAME', base .. ':staged:' .. id, payload)
+    redis.call('PERSIST', payload)
+  end
+  if ARGV[a + 14] ~= '' then
+    redis.call('HSET', base .. ':payload-refs:' .. id, 'open', ARGV[a + 14])
+  end
+  if expires ~= '' then
+    redis.call('ZADD', KEYS[7], expires, id)
+  end
+  if idem ~= '' then
+    -- Claimed with a short TTL in case this script never runs; the task's own from now.
+    redis.call('PERSIST', idem)
+  end
+  local status = due == '' and 'queued' or 'scheduled'
+  redis.call('HSET', base .. ':task:' .. id, 'kind', kind, 'status', status, 'attempts', '0',
+    'max_attempts', ARGV[a + 5], 'created', created, 'updated', created, 'payload_bytes',
+    ARGV[a + 8], 'payload_type', ARGV[a + 7], 'timeout_ms', ARGV[a + 6], 'priority', priority,
+    'session', session, 'subscription', ARGV[a + 10], 'idem', idem, 'expires', expires,
+    'payload_ref', ARGV[a + 13])
+  redis.call('ZADD', KEYS[6], 0, id)
+  if session ~= '' then
+    join_session(base .. ':session:' .. session, KEYS[2], id)
+  elseif due ~= '' then
+    redis.call('ZADD', KEYS[4], due, priority .. ':' .. id)
+  else
+    redis.call('XADD', streams[priority] or KEYS[2], '*', 'task', id)
+  end
+  emit_event(KEYS[8], maxlen, base, status, id, kind, status, '0', '', '', created)
+end
+return {'ok'}
