@@ -15,6 +15,8 @@ cargo clippy --all-targets -- -D warnings
 cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 step "unit and integration tests"
 cargo test
+step "the API tests again, every task in a named queue (it must behave exactly as default)"
+COURIER_TEST_QUEUE=named cargo test -p courier --test api
 step "release build"
 cargo leptos build --release
 step "end-to-end tests (Playwright, Chromium)"

@@ -541,9 +541,9 @@ impl Events {
         };
         let start = after.and_then(Position::next);
         let mut pipe = redis::pipe();
-        pipe.atomic().ignore_errors().cmd("XINFO").arg("STREAM").arg(&key);
+        pipe.atomic().ignore_errors().cmd("XINFO").arg("STREAM").arg(key);
         if let Some(start) = start {
-            pipe.cmd("XRANGE").arg(&key).arg(start.to_string()).arg("+").arg("COUNT").arg(count);
+            pipe.cmd("XRANGE").arg(key).arg(start.to_string()).arg("+").arg("COUNT").arg(count);
         }
         let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut self.conn.clone()).await?;
         let entries = match start {

@@ -385,7 +385,7 @@ pub async fn dead_letters(
         })
         .filter(|&(ms, id, _)| cursor.is_none_or(|(c_ms, c_id)| ms < c_ms || (ms == c_ms && id < c_id)))
         .collect();
-    entries.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    entries.sort_by_key(|&(ms, id, _)| std::cmp::Reverse((ms, id)));
     entries.truncate(limit + 1);
     if entries.is_empty() {
         return Ok((Vec::new(), None));
@@ -446,7 +446,7 @@ pub async fn list(
             .flat_map(|(store, ids)| ids.into_iter().filter_map(move |id| Some((id.parse().ok()?, store))))
             .collect();
         let more = ids.len() >= BATCH;
-        ids.sort_by(|a, b| b.0.cmp(&a.0));
+        ids.sort_by_key(|&(id, _)| std::cmp::Reverse(id));
         ids.truncate(BATCH);
         let Some(&(last, _)) = ids.last() else {
             return Ok((found, None));

@@ -10,7 +10,7 @@ use super::{
     Backoff, Blocked, GROUP, Queue,
     finish::Ending,
     lease::{Lease, Leasing},
-    serving::{Served, Serving},
+    serving::{DISCOVER_EVERY, Served, Serving},
 };
 use redis::{
     AsyncConnectionConfig, RedisResult,
@@ -195,9 +195,11 @@ impl Leasing {
         free: &mut Vec<OwnedSemaphorePermit>,
     ) -> RedisResult<Vec<Lease>> {
         let open = self.serving.open();
+        // Serving every queue, it looks for new ones between reads.
+        let longest = if self.serving.serves_every_queue() { DISCOVER_EVERY } else { BLOCK };
         let wait = match self.serving.next_unblock() {
-            Some(at) => at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), BLOCK),
-            None => BLOCK,
+            Some(at) => at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), longest),
+            None => longest,
         };
         if open.is_empty() {
             // Every queue is paused or at its limits: look again when the first may start.

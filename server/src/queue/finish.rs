@@ -288,7 +288,7 @@ mod tests {
                 .filter(|r| r[0] == b"run")
                 .map(|r| {
                     let (id, token) = (String::from_utf8_lossy(&r[1]), String::from_utf8_lossy(&r[4]));
-                    ending(&queue, &id, r, &token, ResultBytes::New(Bytes::from_static(b"ok")))
+                    ending(queue, &id, r, &token, ResultBytes::New(Bytes::from_static(b"ok")))
                 })
                 .collect();
             let (applied, ..) = queue.end_attempts(&endings, 0, "unit-worker").await.unwrap();

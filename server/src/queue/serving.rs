@@ -19,8 +19,9 @@ use std::{
 };
 use tracing::warn;
 
-/// How often a worker serving every queue looks for new ones.
-const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+/// How often a worker serving every queue looks for new ones (and so the longest the first task
+/// of a new queue waits for it).
+pub(super) const DISCOVER_EVERY: Duration = Duration::from_millis(250);
 
 /// The queues a worker is told to serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +127,11 @@ impl Serving {
     pub(super) fn open(&self) -> Vec<Served> {
         let now = Instant::now();
         self.all().into_iter().filter(|s| s.blocked_until.is_none_or(|at| at <= now)).collect()
+    }
+
+    /// Whether this worker serves every queue, new ones included.
+    pub(super) fn serves_every_queue(&self) -> bool {
+        self.choice == QueueChoice::Every
     }
 
     /// When the first blocked queue may be looked at again.

@@ -160,7 +160,7 @@ async fn a_kind_default_timeout_applies_unless_the_task_sets_its_own() {
     let default = app.submit_ok(json!({"kind": "csv.summary", "payload": "a\n1"})).await;
     let own = app.submit_ok(json!({"kind": "csv.summary", "payload": "a\n1", "timeout_ms": 1234})).await;
     let none = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
-    let timeout = |id: &str| format!("{}:{{default}}:task:{id}", app.prefix);
+    let timeout = |id: &str| app.key(&format!("task:{id}"));
     let read = |v: Option<String>| v.unwrap_or_default();
     let default_ms: Option<String> =
         redis::AsyncCommands::hget(&mut redis, timeout(&default), "timeout_ms").await.unwrap();

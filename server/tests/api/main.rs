@@ -11,6 +11,7 @@ mod listing;
 mod patterns;
 mod pipeline;
 mod priorities;
+mod queues;
 mod retention;
 mod sessions;
 mod topics;

@@ -49,7 +49,11 @@ async fn the_same_idempotency_key_and_body_give_the_same_task_even_when_fifty_ra
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let body = json!({"kind": "echo", "payload": {"order": 42}});
     let post = |key: &'static str, body: serde_json::Value| {
-        app.http.post(app.url("/api/v1/tasks")).header("idempotency-key", key).json(&body).send()
+        app.http
+            .post(app.url("/api/v1/tasks"))
+            .header("idempotency-key", key)
+            .json(&in_test_queue(body))
+            .send()
     };
     let responses: Vec<reqwest::Response> =
         futures::future::join_all((0..50).map(|_| post("order-42", body.clone())))
@@ -150,7 +154,7 @@ async fn every_instance_streams_every_event_and_resumes_from_either() {
 #[tokio::test]
 async fn an_idempotency_key_lives_and_dies_with_its_task() {
     let app = spawn_app().await;
-    let body = json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1});
+    let body = in_test_queue(json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1}));
     let post =
         || app.http.post(app.url("/api/v1/tasks")).header("idempotency-key", "doomed").json(&body).send();
     let first = post().await.unwrap();

@@ -3,6 +3,7 @@
 //! ends visibly, as a dead letter with reason `expired`.
 
 use crate::support::*;
+use redis::AsyncCommands;
 use serde_json::json;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ async fn tasks_waiting_longer_than_the_retention_still_run_once_a_worker_comes()
         app.http
             .post(app.url("/api/v1/tasks"))
             .header("idempotency-key", "waits-long")
-            .json(&json!({"kind": "echo", "payload": {"n": "keyed"}}))
+            .json(&in_test_queue(json!({"kind": "echo", "payload": {"n": "keyed"}})))
             .send()
     };
     let response = keyed_submit().await.unwrap();
@@ -155,13 +156,13 @@ async fn enqueue_as_dcdf036(app: &TestApp, payload: &str, delay_ms: Option<u64>)
     let mut pipe = redis::pipe();
     pipe.atomic()
         .cmd("SET")
-        .arg(app.key(&format!("payload:{id}")))
+        .arg(app.default_key(&format!("payload:{id}")))
         .arg(payload)
         .arg("PX")
         .arg(86_400_000)
         .ignore()
         .cmd("HSET")
-        .arg(app.key(&format!("task:{id}")))
+        .arg(app.default_key(&format!("task:{id}")))
         .arg(&[
             ("kind", "echo"),
             ("status", status),
@@ -179,19 +180,19 @@ async fn enqueue_as_dcdf036(app: &TestApp, payload: &str, delay_ms: Option<u64>)
         ])
         .ignore()
         .cmd("PEXPIRE")
-        .arg(app.key(&format!("task:{id}")))
+        .arg(app.default_key(&format!("task:{id}")))
         .arg(86_400_000)
         .ignore()
         .cmd("ZADD")
-        .arg(app.key("index"))
+        .arg(app.default_key("index"))
         .arg(0)
         .arg(&id)
         .ignore();
     match delay_ms {
         Some(delay) => {
-            pipe.cmd("ZADD").arg(app.key("delayed")).arg(now + delay).arg(format!("n:{id}")).ignore()
+            pipe.cmd("ZADD").arg(app.default_key("delayed")).arg(now + delay).arg(format!("n:{id}")).ignore()
         }
-        None => pipe.cmd("XADD").arg(app.key("ready")).arg("*").arg("task").arg(&id).ignore(),
+        None => pipe.cmd("XADD").arg(app.default_key("ready")).arg("*").arg("task").arg(&id).ignore(),
     };
     pipe.query_async::<()>(&mut app.redis().await).await.unwrap();
     id
@@ -202,13 +203,47 @@ async fn tasks_written_by_the_previous_layout_still_run_after_the_upgrade() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let queued = enqueue_as_dcdf036(&app, r#"{"n":1}"#, None).await;
     let delayed = enqueue_as_dcdf036(&app, r#"{"n":2}"#, Some(300)).await;
+    // A retry then waited in the delayed set too (now it has a set of its own).
+    let retrying = enqueue_as_dcdf036(&app, r#"{"n":3}"#, Some(200)).await;
+    let mut redis = app.redis().await;
+    let _: () = redis
+        .hset_multiple(
+            app.default_key(&format!("task:{retrying}")),
+            &[("status", "retrying"), ("attempts", "1")],
+        )
+        .await
+        .unwrap();
+    // And its events had no queue: they are the default queue's.
+    let mut events = app.sse("/api/v1/events", None).await;
+    let _: String = redis
+        .xadd(
+            app.default_key("events"),
+            "*",
+            &[
+                ("event", "queued"),
+                ("task", queued.as_str()),
+                ("kind", "echo"),
+                ("status", "queued"),
+                ("attempt", "0"),
+                ("progress", ""),
+                ("error", ""),
+                ("at", "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    let old = events.next_within(Duration::from_secs(5)).await.expect("the old event is sent");
+    assert_eq!(
+        (old.data["task_id"].as_str(), old.data["queue"].as_str()),
+        (Some(queued.as_str()), Some("default"))
+    );
     assert_eq!(app.get_json(&format!("/api/v1/tasks/{queued}")).await["status"], "queued");
     let _worker = worker(&app);
-    for (id, n) in [(&queued, 1), (&delayed, 2)] {
+    for (id, n) in [(&queued, 1), (&delayed, 2), (&retrying, 3)] {
         assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
         assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}/result")).await, json!({"n": n}));
     }
     // Ended, they keep the retention of this version.
-    let ttl = ttl_ms(&app, &app.key(&format!("task:{queued}"))).await;
+    let ttl = ttl_ms(&app, &app.default_key(&format!("task:{queued}"))).await;
     assert!((1..=1000).contains(&ttl), "{ttl}");
 }

@@ -28,6 +28,21 @@ impl TestRedis {
     }
 }
 
+/// The queue the tests' tasks go to when they name none: `COURIER_TEST_QUEUE`, else the default
+/// one. The suite runs twice (scripts/test.sh): on `default`, and on a named queue, which must
+/// behave exactly alike.
+pub fn test_queue() -> Option<String> {
+    std::env::var("COURIER_TEST_QUEUE").ok().filter(|q| !q.is_empty())
+}
+
+/// `body` sent to the test queue, unless it names a queue of its own.
+pub fn in_test_queue(mut body: serde_json::Value) -> serde_json::Value {
+    if let (Some(queue), Some(fields)) = (test_queue(), body.as_object_mut()) {
+        fields.entry("queue").or_insert(queue.into());
+    }
+    body
+}
+
 /// A prefix no other test uses.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -92,7 +107,7 @@ impl TestApp {
 
     /// Submits a JSON task and returns the whole response.
     pub async fn submit(&self, body: serde_json::Value) -> reqwest::Response {
-        self.http.post(self.url("/api/v1/tasks")).json(&body).send().await.unwrap()
+        self.http.post(self.url("/api/v1/tasks")).json(&in_test_queue(body)).send().await.unwrap()
     }
 
     /// Submits a JSON task that must be accepted, and returns its id.
@@ -110,7 +125,8 @@ impl TestApp {
         content_type: &str,
         body: impl Into<reqwest::Body>,
     ) -> String {
-        let url = self.url(&format!("/api/v1/tasks?kind={kind}"));
+        let queue = test_queue().map(|q| format!("&queue={q}")).unwrap_or_default();
+        let url = self.url(&format!("/api/v1/tasks?kind={kind}{queue}"));
         let response =
             self.http.post(url).header("content-type", content_type).body(body).send().await.unwrap();
         assert_eq!(response.status(), 202);
@@ -145,8 +161,15 @@ impl TestApp {
             .unwrap()
     }
 
-    /// The name of one of this app's queue keys, e.g. `ready`.
+    /// The name of one of the test queue's keys, e.g. `ready` (the events stream is every
+    /// queue's, in the default queue's slot).
     pub fn key(&self, name: &str) -> String {
+        let queue = test_queue().filter(|_| name != "events").unwrap_or_else(|| "default".into());
+        format!("{}:{{{queue}}}:{name}", self.prefix)
+    }
+
+    /// The name of one of the default queue's keys (where tasks of earlier versions are).
+    pub fn default_key(&self, name: &str) -> String {
         format!("{}:{{default}}:{name}", self.prefix)
     }
 

@@ -174,7 +174,7 @@ async fn a_message_over_the_payload_limit_is_a_413_and_creates_nothing() {
 /// The payload keys under the app's prefix, with the bytes each takes in Redis.
 async fn payload_keys(app: &TestApp) -> Vec<(String, u64)> {
     let mut redis = app.redis().await;
-    let keys: Vec<String> = redis.keys(app.key("payload:*")).await.unwrap();
+    let keys: Vec<String> = redis.keys(format!("{}:*:payload:*", app.prefix)).await.unwrap();
     let mut sized = Vec::new();
     for key in keys {
         let bytes: Option<u64> =

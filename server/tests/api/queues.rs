@@ -1,0 +1,320 @@
+//! Named queues: isolation between them, workers for some of them, the limits shared by every
+//! worker process (concurrency, rate), pause and resume, a bounded depth, and the queue views.
+
+use crate::support::*;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A `courier worker` process on the app's Redis and prefix, with `args` added.
+fn worker(app: &TestApp, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("courier worker starts")
+}
+
+/// Submits `tasks` as one batch, which must be accepted; returns their ids.
+async fn submit_batch(app: &TestApp, tasks: Vec<Value>) -> Vec<String> {
+    let response =
+        app.http.post(app.url("/api/v1/tasks/batch")).json(&json!({"tasks": tasks})).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    accepted["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect()
+}
+
+async fn queue_view(app: &TestApp, name: &str) -> Value {
+    app.get_json(&format!("/api/v1/queues/{name}")).await
+}
+
+async fn put_limits(app: &TestApp, name: &str, limits: Value) -> Value {
+    let response =
+        app.http.put(app.url(&format!("/api/v1/queues/{name}"))).json(&limits).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn post(app: &TestApp, path: &str) -> reqwest::Response {
+    app.http.post(app.url(path)).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_task_names_its_queue_and_every_view_and_event_carries_it() {
+    let app = spawn_app().await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let id = app.submit_ok(json!({"kind": "echo", "payload": 1, "queue": "reports"})).await;
+    let view = app.wait_until_done(&id).await;
+    assert_eq!((view["queue"].as_str(), view["status"].as_str()), (Some("reports"), Some("succeeded")));
+    let seen = events.until_task_ends(&id, Duration::from_secs(10)).await;
+    assert!(seen.iter().all(|e| e.data["queue"] == "reports"), "{seen:?}");
+    // A raw body names it in the query; the kind's default is `default`.
+    let raw = app.http.post(app.url("/api/v1/tasks?kind=echo&queue=uploads")).body("x").send().await.unwrap();
+    assert_eq!(raw.status(), 202);
+    assert_eq!(raw.json::<Value>().await.unwrap()["queue"], "uploads");
+    let plain = app
+        .http
+        .post(app.url("/api/v1/tasks"))
+        .json(&json!({"kind": "echo", "payload": 2}))
+        .send()
+        .await
+        .unwrap();
+    let plain = plain.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{plain}")).await["queue"], "default");
+    let kinds = app.get_json("/api/v1/kinds").await;
+    assert!(kinds.as_array().unwrap().iter().all(|k| k["queue"] == "default"), "{kinds}");
+    // The list filters by queue, and every queue is listed with its counts.
+    let listed = app.get_json("/api/v1/tasks?queue=reports").await;
+    let ids: Vec<&str> =
+        listed["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [id.as_str()]);
+    let all = app.get_json("/api/v1/tasks").await;
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 3, "{all}");
+    let queues = app.get_json("/api/v1/queues").await;
+    let names: Vec<&str> =
+        queues["queues"].as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "reports", "uploads"]);
+    let reports = queue_view(&app, "reports").await;
+    assert_eq!(reports["finished_last_minute"], 1, "{reports}");
+    assert_eq!(reports["paused"], false);
+    // Unknown queues are a 404; bad names a 422, on submit and on the queue API.
+    assert_problem(
+        app.http.get(app.url("/api/v1/queues/nothing-here")).send().await.unwrap(),
+        404,
+        "/problems/not-found",
+    )
+    .await;
+    for bad in ["Reports", "-x", "a b", &"q".repeat(65)] {
+        let response = app.submit(json!({"kind": "echo", "payload": 1, "queue": bad})).await;
+        assert_problem(response, 422, "/problems/invalid-option").await;
+    }
+    let response = post(&app, "/api/v1/queues/Not%20A%20Name/pause").await;
+    assert_problem(response, 422, "/problems/invalid-option").await;
+    // A batch goes to one queue.
+    let mixed = json!({"tasks": [
+        {"kind": "echo", "payload": 1, "queue": "a"},
+        {"kind": "echo", "payload": 2, "queue": "b"}
+    ]});
+    let response = app.http.post(app.url("/api/v1/tasks/batch")).json(&mixed).send().await.unwrap();
+    let problem = assert_problem(response, 422, "/problems/unsupported").await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("tasks[1]"), "{problem}");
+}
+
+#[tokio::test]
+async fn a_backlog_in_one_queue_does_not_hold_back_another() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    const SLOW: usize = 5_000;
+    for _ in 0..SLOW / 1000 {
+        let tasks =
+            (0..1000).map(|_| json!({"kind": "sleep", "payload": {"ms": 100}, "queue": "slow"})).collect();
+        submit_batch(&app, tasks).await;
+    }
+    let _worker = worker(&app, &["--concurrency", "16"]);
+    // The worker is busy with `slow` before `fast` gets any work.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tasks = (0..200).map(|n| json!({"kind": "echo", "payload": n, "queue": "fast"})).collect();
+    let fast = submit_batch(&app, tasks).await;
+    futures::stream::iter(&fast)
+        .for_each_concurrent(16, |id| async {
+            assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
+        })
+        .await;
+    let slow = queue_view(&app, "slow").await;
+    let left =
+        slow["counts"]["queued"]["normal"].as_u64().unwrap() + slow["counts"]["running"].as_u64().unwrap();
+    let drained = SLOW as u64 - left;
+    assert!(drained < SLOW as u64 / 5, "`slow` drained {drained} of {SLOW} before `fast` was done");
+    assert!(drained > 0, "`slow` ran nothing: {slow}");
+}
+
+#[tokio::test]
+async fn workers_take_only_the_queues_they_serve_and_other_tasks_wait() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    // Both queues exist before the worker starts.
+    let a = app.submit_ok(json!({"kind": "echo", "payload": "a", "queue": "a"})).await;
+    let b = app.submit_ok(json!({"kind": "echo", "payload": "b", "queue": "b"})).await;
+    let _a_worker = worker(&app, &["--queues", "a"]);
+    assert_eq!(app.wait_until_done(&a).await["status"], "succeeded");
+    let more_b = app.submit_ok(json!({"kind": "echo", "payload": "b2", "queue": "b"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in [&b, &more_b] {
+        // Waiting, not dead-lettered, however long no worker serves its queue.
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "queued");
+    }
+    assert_eq!(queue_view(&app, "b").await["counts"]["queued"]["normal"], 2);
+    let _b_worker = worker(&app, &["--queues", "b:2,c"]);
+    for id in [&b, &more_b] {
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
+    }
+}
+
+/// From the events of every task of `queue` in stream order: the most running at once, and the
+/// start times (ms since the epoch).
+fn running_at_once(events: &[SseEvent], queue: &str) -> (usize, Vec<u64>) {
+    let (mut running, mut most, mut starts) = (0usize, 0, Vec::new());
+    for event in events.iter().filter(|e| e.data["queue"] == queue) {
+        match event.name.as_str() {
+            "running" => {
+                running += 1;
+                most = most.max(running);
+                let at = event.data["at"].as_str().unwrap();
+                let at =
+                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).unwrap();
+                starts.push((at.unix_timestamp_nanos() / 1_000_000) as u64);
+            }
+            "succeeded" | "failed" | "cancelled" | "retrying" => running -= 1,
+            _ => {}
+        }
+    }
+    (most, starts)
+}
+
+/// Every event until all of `ids` have ended.
+async fn events_until_all_end(events: &mut SseReader, ids: &[String]) -> Vec<SseEvent> {
+    let mut open: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut seen = Vec::new();
+    while !open.is_empty() {
+        let event = events.next_within(Duration::from_secs(30)).await.expect("the tasks end");
+        if ["succeeded", "failed", "cancelled"].contains(&event.name.as_str()) {
+            open.remove(event.data["task_id"].as_str().unwrap_or_default());
+        }
+        seen.push(event);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn concurrency_holds_across_every_worker_process() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let view = put_limits(&app, "limited", json!({"concurrency": 2})).await;
+    assert_eq!(view["limits"], json!({"concurrency": 2}));
+    let mut events = app.sse("/api/v1/events", None).await;
+    let tasks =
+        (0..16).map(|_| json!({"kind": "sleep", "payload": {"ms": 150}, "queue": "limited"})).collect();
+    let ids = submit_batch(&app, tasks).await;
+    let _workers: Vec<_> = (0..3).map(|_| worker(&app, &["--concurrency", "8"])).collect();
+    let seen = events_until_all_end(&mut events, &ids).await;
+    let (most, starts) = running_at_once(&seen, "limited");
+    assert_eq!(starts.len(), 16);
+    assert_eq!(most, 2, "at most two at once, and the limit was reached");
+    assert_eq!(queue_view(&app, "limited").await["counts"]["running"], 0);
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_in_every_window_across_worker_processes() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    put_limits(&app, "metered", json!({"rate": {"limit": 20, "period_ms": 1000}})).await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let tasks = (0..60).map(|n| json!({"kind": "echo", "payload": n, "queue": "metered"})).collect();
+    let ids = submit_batch(&app, tasks).await;
+    let _workers: Vec<_> = (0..3).map(|_| worker(&app, &["--concurrency", "8"])).collect();
+    let seen = events_until_all_end(&mut events, &ids).await;
+    let (_, mut starts) = running_at_once(&seen, "metered");
+    starts.sort_unstable();
+    assert_eq!(starts.len(), 60);
+    // No window of a second holds more than 20 starts (each start opens one).
+    for (i, &from) in starts.iter().enumerate() {
+        let within = starts[i..].iter().take_while(|&&t| t < from + 1000).count();
+        assert!(within <= 20, "{within} starts within a second from {from}");
+    }
+    // And it throttled: 60 starts at 20 a second take two seconds at least.
+    assert!(starts[59] - starts[0] >= 2000, "{starts:?}");
+}
+
+#[tokio::test]
+async fn a_paused_queue_keeps_its_tasks_until_resumed() {
+    let app = spawn_app().await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let paused = post(&app, "/api/v1/queues/held/pause").await;
+    assert_eq!(paused.status(), 200);
+    assert_eq!(paused.json::<Value>().await.unwrap()["paused"], true);
+    let said = events.next_within(Duration::from_secs(5)).await.expect("a queue event");
+    assert_eq!(
+        (said.name.as_str(), &said.data["queue"], &said.data["paused"]),
+        ("queue", &json!("held"), &json!(true))
+    );
+    let ids: Vec<String> = futures::future::join_all(
+        (0..3).map(|n| app.submit_ok(json!({"kind": "echo", "payload": n, "queue": "held"}))),
+    )
+    .await;
+    // Other queues go on.
+    let other = app.submit_ok(json!({"kind": "echo", "payload": "other"})).await;
+    assert_eq!(app.wait_until_done(&other).await["status"], "succeeded");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in &ids {
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "queued");
+    }
+    let view = queue_view(&app, "held").await;
+    assert_eq!(
+        (view["paused"].as_bool(), view["counts"]["queued"]["normal"].as_u64()),
+        (Some(true), Some(3))
+    );
+    assert!(view["oldest_waiting_ms"].as_u64().unwrap() >= 2000, "{view}");
+    let resumed = post(&app, "/api/v1/queues/held/resume").await;
+    assert_eq!(resumed.json::<Value>().await.unwrap()["paused"], false);
+    for id in &ids {
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_a_submit_whole_and_stores_nothing() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    put_limits(&app, "bounded", json!({"max_depth": 5})).await;
+    for n in 0..5 {
+        app.submit_ok(json!({"kind": "echo", "payload": n, "queue": "bounded"})).await;
+    }
+    let refused = app.submit(json!({"kind": "echo", "payload": 5, "queue": "bounded"})).await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem = assert_problem(refused, 429, "/problems/queue-full").await;
+    assert!(problem["detail"].as_str().unwrap().contains("at most 5"), "{problem}");
+    // A batch that would cross the bound is refused whole, a large payload's staged copy too.
+    let big = "x".repeat(100_000);
+    let batch = json!({"tasks": [{"kind": "echo", "payload": big, "queue": "bounded"}]});
+    let refused = app.http.post(app.url("/api/v1/tasks/batch")).json(&batch).send().await.unwrap();
+    assert_problem(refused, 429, "/problems/queue-full").await;
+    let listed = app.get_json("/api/v1/tasks?queue=bounded").await;
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 5);
+    let mut redis = app.redis().await;
+    let staged: Vec<String> =
+        redis::AsyncCommands::keys(&mut redis, format!("{}:{{bounded}}:staged:*", app.prefix)).await.unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
+    // So is a published message for a subscription in that queue.
+    let subscription = json!({"kind": "echo", "queue": "bounded"});
+    let put = app
+        .http
+        .put(app.url("/api/v1/topics/orders/subscriptions/audit"))
+        .json(&subscription)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let published = app
+        .http
+        .post(app.url("/api/v1/topics/orders/messages"))
+        .json(&json!({"payload": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(published, 429, "/problems/queue-full").await;
+    let view = queue_view(&app, "bounded").await;
+    assert_eq!(
+        (view["counts"]["queued"]["normal"].as_u64(), &view["limits"]),
+        (Some(5), &json!({"max_depth": 5}))
+    );
+    // Limits are replaced whole: without max_depth, the queue takes more.
+    put_limits(&app, "bounded", json!({})).await;
+    app.submit_ok(json!({"kind": "echo", "payload": 6, "queue": "bounded"})).await;
+    // Nonsense limits are refused.
+    for bad in [
+        json!({"max_depth": 0}),
+        json!({"concurrency": 0}),
+        json!({"rate": {"limit": 1}}),
+        json!({"depth": 3}),
+    ] {
+        let response = app.http.put(app.url("/api/v1/queues/bounded")).json(&bad).send().await.unwrap();
+        assert_problem(response, 422, "/problems/invalid-limits").await;
+    }
+}
