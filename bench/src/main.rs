@@ -82,7 +82,11 @@ struct RunArgs {
     #[arg(long, default_value_t = 1_000)]
     sse_tasks: usize,
     /// Which workloads to run.
-    #[arg(long, value_delimiter = ',', default_value = "submit,e2e,latency,claimcheck,backlog,fanout")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout"
+    )]
     workloads: Vec<String>,
     /// Tiny sizes: checks that every workload works, measures nothing worth reading.
     #[arg(long)]
@@ -356,6 +360,59 @@ impl Bench {
         Ok(())
     }
 
+    /// The latency of a light queue while a heavy one drains: a backlog of 100 ms tasks in
+    /// `heavy`, enough to keep every worker slot busy for the whole run, and echo tasks at a
+    /// tenth of `--rate` in `light`; one worker process serves both with equal weights.
+    async fn queues(&mut self) -> anyhow::Result<()> {
+        const HEAVY_TASK_MS: u64 = 100;
+        let prefix = self.prefix("queues");
+        let server = self.serve(&prefix, 0).await?;
+        let heavy = self.args.concurrency * (1000 / HEAVY_TASK_MS as usize) * self.args.duration_s as usize;
+        let url = format!("{}/api/v1/tasks/batch", server.base);
+        for first in (0..heavy).step_by(1000) {
+            let tasks: Vec<Value> = (first..heavy.min(first + 1000))
+                .map(|_| json!({"kind": "sleep", "payload": {"ms": HEAVY_TASK_MS}, "queue": "heavy"}))
+                .collect();
+            accepted_ids(self.http.post(&url).json(&json!({"tasks": tasks})).send().await?).await?;
+        }
+        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let _worker = self.worker(&prefix)?;
+        let rate = (self.args.rate / 10).max(1);
+        let total = (rate * self.args.duration_s) as usize;
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let url = format!("{}/api/v1/tasks", server.base);
+        let mut sent = tokio::task::JoinSet::new();
+        for n in 0..total {
+            ticks.tick().await;
+            let request =
+                self.http.post(&url).json(&json!({"kind": "echo", "payload": {"n": n}, "queue": "light"}));
+            sent.spawn(async move {
+                let at = Instant::now();
+                accepted_id(request.send().await?).await.map(|id| (id, at))
+            });
+        }
+        let mut sent_at = HashMap::new();
+        while let Some(joined) = sent.join_next().await {
+            let (id, at) = joined??;
+            sent_at.insert(id, at);
+        }
+        let ids = sent_at.keys().cloned().collect();
+        let done = tap.until_all(&ids, Duration::from_secs(120)).await?;
+        let mut latencies: Vec<f64> = sent_at
+            .iter()
+            .filter_map(|(id, at)| done.get(id).map(|d| d.duration_since(*at).as_secs_f64() * 1000.0))
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let heavy_done = done.len().saturating_sub(latencies.len());
+        let extra = json!({"n": latencies.len(), "rate": rate, "heavy_backlog": heavy, "heavy_task_ms": HEAVY_TASK_MS, "heavy_done_meanwhile": heavy_done, "concurrency": self.args.concurrency});
+        for (name, p) in [("p50", 50.0), ("p95", 95.0), ("p99", 99.0)] {
+            emit(&format!("light_queue_latency_{name}_ms"), percentile(&latencies, p), extra.clone());
+        }
+        emit("light_queue_latency_max_ms", latencies.last().copied().unwrap_or(0.0), extra);
+        Ok(())
+    }
+
     /// 1 MiB payloads sent raw (stored under their own key, the queue carrying the id), processed
     /// by a worker process while they arrive: MB/s sent, and MB/s through to the done event.
     async fn claim_check(&mut self) -> anyhow::Result<()> {
@@ -494,6 +551,7 @@ async fn main() -> anyhow::Result<()> {
             "submit" => bench.submit_and_process().await,
             "e2e" => bench.end_to_end().await,
             "latency" => bench.latency().await,
+            "queues" => bench.queues().await,
             "claimcheck" => bench.claim_check().await,
             "backlog" => bench.backlogs().await,
             "fanout" => bench.fanout().await,

@@ -50,6 +50,28 @@ impl EventTap {
         Ok(EventTap { finished, seen: HashMap::new(), reader })
     }
 
+    /// Waits until every task of `ids` has finished (others may finish meanwhile); returns when
+    /// each task that finished did.
+    pub async fn until_all(
+        &mut self,
+        ids: &std::collections::HashSet<String>,
+        limit: Duration,
+    ) -> anyhow::Result<HashMap<String, Instant>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut left = ids.iter().filter(|id| !self.seen.contains_key(*id)).count();
+        while left > 0 {
+            let next = tokio::time::timeout_at(deadline, self.finished.recv()).await;
+            let (id, at) = next
+                .with_context(|| format!("{left} of {} tasks did not finish within {limit:?}", ids.len()))?
+                .context("the event stream ended")?;
+            if ids.contains(&id) && !self.seen.contains_key(&id) {
+                left -= 1;
+            }
+            self.seen.entry(id).or_insert(at);
+        }
+        Ok(std::mem::take(&mut self.seen))
+    }
+
     /// Waits until `count` tasks have finished; returns when each did.
     pub async fn until_finished(
         &mut self,
