@@ -24,6 +24,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 mod backend;
+mod enqueue;
 mod fetch;
 mod finish;
 mod lease;
@@ -31,6 +32,7 @@ pub mod record;
 mod serving;
 
 pub use backend::{BackendStopped, RedisBackend, backend};
+pub use enqueue::Enqueued;
 pub use lease::Lease;
 use lease::LeasedPayload;
 pub use serving::{QueueChoice, Serving, parse_choice};
@@ -114,12 +116,6 @@ fn flag(on: bool) -> &'static str {
     if on { "1" } else { "0" }
 }
 
-/// Payloads up to this size go to the enqueue script as arguments; larger ones are staged with a
-/// plain `SET` first, which the script renames: copying megabytes through Lua stalls Redis.
-const INLINE_PAYLOAD_MAX: usize = 16 * 1024;
-/// How long a staged payload waits for its enqueue script (which runs right after it) at most.
-const STAGED_TTL: Duration = Duration::from_secs(300);
-
 /// A handle on one queue in Redis; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -131,6 +127,8 @@ pub struct Queue {
     scripts: Arc<Scripts>,
     /// When this process last pruned the listing index (ms since the epoch).
     last_prune_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Where this handle's submissions wait to be sent together (started on first use).
+    enqueuer: Arc<std::sync::OnceLock<enqueue::Enqueuer>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -175,50 +173,6 @@ pub struct SharedPayload {
     pub tasks: usize,
 }
 
-impl NewTask {
-    /// Whether this task's enqueue stores its payload (a shared payload is stored by its owner).
-    fn owns_payload(&self) -> bool {
-        self.shared_payload.is_none_or(|shared| shared.owner == self.id)
-    }
-}
-
-/// The 17 arguments of one task in enqueue.lua, in its order.
-fn add_enqueue_args(call: &mut redis::ScriptInvocation<'_>, task: &NewTask) {
-    let text = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
-    let due = task.delay_ms.map(|delay| task.created_ms + delay);
-    let (shared_ref, shared_open) = match task.shared_payload {
-        None => (String::new(), String::new()),
-        Some(shared) if shared.owner == task.id => (shared.owner.to_string(), shared.tasks.to_string()),
-        Some(shared) => (shared.owner.to_string(), String::new()),
-    };
-    let source = match () {
-        _ if !task.owns_payload() => "shared",
-        _ if task.payload.len() > INLINE_PAYLOAD_MAX => "staged",
-        _ => "here",
-    };
-    call.arg(task.id.to_string())
-        .arg(task.created_ms)
-        .arg(&task.kind)
-        .arg(text(due))
-        .arg(priority_tag(task.priority))
-        .arg(task.max_attempts)
-        .arg(text(task.timeout_ms))
-        .arg(&task.payload_type)
-        .arg(task.payload.len())
-        .arg(task.session.as_deref().unwrap_or(""))
-        .arg(task.subscription.as_deref().unwrap_or(""))
-        .arg(task.idempotency_key.as_deref().unwrap_or(""))
-        .arg(text(task.expires_ms))
-        .arg(shared_ref)
-        .arg(shared_open)
-        .arg(source);
-    if source == "here" {
-        call.arg(task.payload.as_ref());
-    } else {
-        call.arg("");
-    }
-}
-
 /// The one-letter tag of a priority, as delayed-set members carry it (`h:{id}`).
 fn priority_tag(priority: Priority) -> &'static str {
     match priority {
@@ -226,17 +180,6 @@ fn priority_tag(priority: Priority) -> &'static str {
         Priority::Normal => "n",
         Priority::Low => "l",
     }
-}
-
-/// What an enqueue did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Enqueued {
-    Stored,
-    /// The queue's `max_depth` would be passed: nothing was stored.
-    Full {
-        waiting: u64,
-        max_depth: u64,
-    },
 }
 
 /// Why a worker may start nothing more from a queue for now.
@@ -370,6 +313,7 @@ impl Queue {
             settings,
             scripts,
             last_prune_ms: Default::default(),
+            enqueuer: Default::default(),
         }
     }
 
@@ -412,53 +356,9 @@ impl Queue {
         Ok(())
     }
 
-    /// Stores the payload and the record and queues the id, atomically.
-    pub async fn enqueue(&self, task: &NewTask) -> redis::RedisResult<Enqueued> {
-        self.enqueue_many(std::slice::from_ref(task)).await
-    }
-
-    /// Enqueues several tasks in one script: all of them, or (on error, or when the queue's
-    /// `max_depth` would be passed) none.
-    pub async fn enqueue_many(&self, tasks: &[NewTask]) -> redis::RedisResult<Enqueued> {
-        let mut stage = redis::pipe();
-        for task in tasks.iter().filter(|t| t.owns_payload() && t.payload.len() > INLINE_PAYLOAD_MAX) {
-            stage
-                .cmd("SET")
-                .arg(self.keys.staged_payload(&task.id))
-                .arg(task.payload.as_ref())
-                .arg("PX")
-                .arg(STAGED_TTL.as_millis() as u64)
-                .ignore();
-        }
-        if !stage.is_empty() {
-            stage.query_async::<()>(&mut self.conn.clone()).await?;
-        }
-        let mut call = self.scripts.enqueue.prepare_invoke();
-        call.key(&self.keys.ready_streams())
-            .key(self.keys.delayed())
-            .key(self.keys.retrying())
-            .key(self.keys.index())
-            .key(self.keys.expiring())
-            .key(self.keys.events())
-            .key(self.keys.settings())
-            .arg(self.keys.base())
-            .arg(GROUP)
-            .arg(self.settings.events_maxlen);
-        for task in tasks {
-            add_enqueue_args(&mut call, task);
-        }
-        let reply: Vec<redis::Value> = call.invoke_async(&mut self.conn.clone()).await?;
-        let number = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
-        if let (Some(waiting), Some(max_depth)) = (number(1), number(2)) {
-            return Ok(Enqueued::Full { waiting, max_depth });
-        }
-        self.prune_index_now_and_then().await;
-        Ok(Enqueued::Stored)
-    }
-
     /// Drops the listing index's entries of tasks that are gone, at most once a second per
     /// process and a bounded number at a time; an error only delays it.
-    async fn prune_index_now_and_then(&self) {
+    pub(super) async fn prune_index_now_and_then(&self) {
         use std::sync::atomic::Ordering;
         const EVERY_MS: u64 = 1_000;
         const MOST: usize = 1_000;
@@ -722,7 +622,6 @@ impl Queue {
             .key(&self.keys.ready_streams())
             .key(self.keys.delayed())
             .key(self.keys.retrying())
-            .key(self.keys.running())
             .key(self.keys.dead())
             .key(self.keys.ended())
             .key(self.keys.settings())

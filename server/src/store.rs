@@ -18,7 +18,6 @@
 //! | `{prefix}:{queue}:index-prune`   | string | where the last prune of the index stopped |
 //! | `{prefix}:{queue}:expiring`      | zset   | ids of waiting tasks with an expiry, by it |
 //! | `{prefix}:{queue}:retrying`      | zset   | `h:`/`n:`/`l:` + id waiting for a retry, by due ms |
-//! | `{prefix}:{queue}:running`       | set    | ids of running tasks (what `concurrency` counts) |
 //! | `{prefix}:{queue}:starts`        | zset   | lease tokens by start ms, the last `rate` period's |
 //! | `{prefix}:{queue}:ended`         | hash   | Unix second -> tasks ended then (the last two minutes) |
 //! | `{prefix}:{queue}:settings`      | hash   | `paused`, `max_depth`, `concurrency`, `rate_limit`, `rate_period_ms` |
@@ -65,11 +64,6 @@ impl Keys {
     /// Tasks waiting for a retry, by when it is due.
     pub fn retrying(&self) -> String {
         format!("{}:retrying", self.base)
-    }
-
-    /// Ids of the queue's running tasks.
-    pub fn running(&self) -> String {
-        format!("{}:running", self.base)
     }
 
     /// The tally of ends per second.

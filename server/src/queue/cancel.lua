@@ -14,6 +14,7 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   redis.call('ZREM', KEYS[7], priority .. ':' .. ARGV[2])
   local ref = redis.call('HGET', KEYS[1], 'payload_ref')
   keep_after_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[6] or '', ARGV[4], ARGV[1])
+  count_ends(ARGV[7], ARGV[1], 1)
   if ARGV[5] ~= '' then
     leave_session(KEYS[4], KEYS[5], ARGV[2])
   end

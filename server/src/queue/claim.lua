@@ -6,7 +6,7 @@
 --       entry id, task id ('' when the entry has none)
 -- Returns {replies (one of take_lease per entry), why nothing more may start ('' when nothing
 -- stops it), in how many ms to look again}.
-local ctx = leasing_context()
+local ctx = leasing_context(math.max(#ARGV - 9, 0) / 3)
 start_budget(ctx)
 local replies = {}
 if #ARGV > 9 then

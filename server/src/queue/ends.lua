@@ -12,19 +12,14 @@ local function payload_key(base, id, ref)
   return base .. ':payload:' .. id
 end
 
--- Task `id` no longer runs: it leaves the queue's set of running tasks, which a `concurrency`
--- limit counts (a set, so that a takeover or a repeated end never counts twice).
-local function leave_running(base, id)
-  redis.call('SREM', base .. ':running', id)
-end
-
--- Counts one end in the queue's tally of ends per second (`ended`: Unix second -> count), from
--- which the queue's view reads the tasks finished in the last minute. The first end of a second
--- drops the seconds older than two minutes, so the tally stays small.
-local function count_end(base, now)
+-- Counts `n` ends in the queue's tally of ends per second (`ended`: Unix second -> count), from
+-- which the queue's view reads the tasks finished in the last minute. A script that ends many
+-- tasks counts them once. The first end of a second drops the seconds older than two minutes, so
+-- the tally stays small.
+local function count_ends(base, now, n)
   local tally = base .. ':ended'
   local second = math.floor(tonumber(now) / 1000)
-  if redis.call('HINCRBY', tally, second, 1) == 1 and redis.call('HLEN', tally) > 120 then
+  if redis.call('HINCRBY', tally, second, n) == n and redis.call('HLEN', tally) > 120 then
     for _, field in ipairs(redis.call('HKEYS', tally)) do
       if (tonumber(field) or 0) < second - 120 then
         redis.call('HDEL', tally, field)
@@ -34,10 +29,9 @@ local function count_end(base, now)
 end
 
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
--- ms from `now`. A shared payload (`ref`) counts its open tasks in `payload-refs:{ref}` and gets
+-- ms from `now` (the caller counts the end, `count_ends`). A shared payload (`ref`) counts its open tasks in `payload-refs:{ref}` and gets
 -- its TTL when the last of them ends: the latest end plus retention of any of them.
 local function keep_after_end(base, id, ref, idem, keep, now)
-  count_end(base, now)
   redis.call('PEXPIRE', base .. ':task:' .. id, keep)
   if idem and idem ~= '' then
     redis.call('PEXPIRE', idem, keep)
@@ -88,9 +82,9 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
     'dead_reason', 'expired', 'lease', '', 'cancel', '', 'next_run', '')
   redis.call('ZREM', base .. ':delayed', (f[3] or 'n') .. ':' .. id)
   redis.call('ZREM', base .. ':retrying', (f[3] or 'n') .. ':' .. id)
-  leave_running(base, id)
   redis.call('ZADD', base .. ':dead', now, id)
   keep_after_end(base, id, f[6], f[5], dead_keep, now)
+  count_ends(base, now, 1)
   if f[4] and f[4] ~= '' then
     leave_session(base .. ':session:' .. f[4], base .. ':ready', id)
   end

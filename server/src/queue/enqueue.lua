@@ -1,32 +1,26 @@
--- Queues new tasks, all of them or none: stores each record and payload, queues its id (on its
--- session, in the delayed set, or on the ready stream of its priority), indexes it and appends
--- its event. Nothing a waiting task owns has a TTL: retention counts from its end (ends.lua).
--- A queue with a `max_depth` refuses the whole batch if it would take the waiting tasks past it.
+-- Queues new tasks in groups, each group all or none: stores each record and payload, queues its
+-- id (on its session, in the delayed set, or on the ready stream of its priority), indexes it and
+-- appends its event. Nothing a waiting task owns has a TTL: retention counts from its end
+-- (ends.lua). A queue with a `max_depth` refuses a group that would take the waiting tasks past
+-- it. (The groups are submissions that arrived together, sent in one call: queue/enqueue.rs.)
 -- KEYS: ready-high, ready, ready-low, delayed, retrying, index, expiring, events, settings
--- ARGV: key base, group, events maxlen, then 17 for each task: id, created ms, kind, due ms (''
---       for now), priority tag (h|n|l), max attempts, timeout ms (''), payload type, payload
---       size, session (''), subscription (''), idempotency key (''), expires ms (''), payload ref
---       (the owner of a shared payload, ''), open tasks of a shared payload (its owner only, ''),
---       where the payload is ('here': the next argument; 'staged': at `base:staged:{id}`, set
---       before this script, which renames it; 'shared': under the payload ref), payload bytes
--- Returns {'ok'}, or {'full', tasks waiting now, max_depth} with nothing stored.
+-- ARGV: key base, group, events maxlen, then for each group: its number of tasks, then 17 for
+--       each task: id, created ms, kind, due ms ('' for now), priority tag (h|n|l), max
+--       attempts, timeout ms (''), payload type, payload size, session (''), subscription (''),
+--       idempotency key (''), expires ms (''), payload ref (the owner of a shared payload, ''),
+--       open tasks of a shared payload (its owner only, ''), where the payload is ('here': the
+--       next argument; 'staged': at `base:staged:{id}`, set before this script, which renames
+--       it; 'shared': under the payload ref), payload bytes
+-- Returns, per group, 1 when stored, or {tasks waiting, max_depth} when refused (nothing of it
+-- stored).
 local base, group, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local FIELDS, FIRST = 17, 4
-local max_depth = tonumber(redis.call('HGET', KEYS[9], 'max_depth'))
-if max_depth then
-  local adding = (#ARGV - FIRST + 1) / FIELDS
-  local waiting = waiting_tasks({KEYS[1], KEYS[2], KEYS[3]}, KEYS[4], KEYS[5], group)
-  if waiting + adding > max_depth then
-    for a = FIRST, #ARGV, FIELDS do
-      if ARGV[a + 15] == 'staged' then
-        redis.call('DEL', base .. ':staged:' .. ARGV[a])
-      end
-    end
-    return {'full', waiting, max_depth}
-  end
-end
+local FIELDS = 17
 local streams = {h = KEYS[1], n = KEYS[2], l = KEYS[3]}
-for a = FIRST, #ARGV, FIELDS do
+local max_depth = tonumber(redis.call('HGET', KEYS[9], 'max_depth'))
+local waiting = max_depth and waiting_tasks({KEYS[1], KEYS[2], KEYS[3]}, KEYS[4], KEYS[5], group)
+
+-- Stores the task whose 17 arguments start at ARGV[a].
+local function store(a)
   local id, created, kind, due, priority = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local session, idem, expires = ARGV[a + 9], ARGV[a + 11], ARGV[a + 12]
   local payload = base .. ':payload:' .. id
@@ -63,4 +57,28 @@ for a = FIRST, #ARGV, FIELDS do
   end
   emit_event(KEYS[8], maxlen, base, status, id, kind, status, '0', '', '', created)
 end
-return {'ok'}
+
+local answers = {}
+local a = 4
+while a <= #ARGV do
+  local count = tonumber(ARGV[a])
+  local first, last = a + 1, a + count * FIELDS
+  if max_depth and waiting + count > max_depth then
+    for t = first, last, FIELDS do
+      if ARGV[t + 15] == 'staged' then
+        redis.call('DEL', base .. ':staged:' .. ARGV[t])
+      end
+    end
+    answers[#answers + 1] = {waiting, max_depth}
+  else
+    for t = first, last, FIELDS do
+      store(t)
+    end
+    if waiting then
+      waiting = waiting + count
+    end
+    answers[#answers + 1] = 1
+  end
+  a = last + 1
+end
+return answers

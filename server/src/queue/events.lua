@@ -2,9 +2,16 @@
 -- event is written. Its fields, in this order, are `events::EVENT_FIELDS`, which the server
 -- reads back (a unit test compares the two).
 
--- The queue whose keys start with `base` (`{prefix}:{queue}`): the name inside its hash tag.
+-- The queue whose keys start with `base` (`{prefix}:{queue}`): the name inside its hash tag,
+-- worked out once per script run.
+local queue_names = {}
 local function queue_of(base)
-  return string.match(base, '{([^}]*)}$') or ''
+  local name = queue_names[base]
+  if not name then
+    name = string.match(base, '{([^}]*)}$') or ''
+    queue_names[base] = name
+  end
+  return name
 end
 
 -- Appends event `name` (the new status, or `progress`) of task `id` of the queue at `base` to the

@@ -18,6 +18,8 @@ local streams = ctx.streams
 local applied = {}
 -- The entries of ended attempts, per stream: acknowledged together at the end.
 local ended = {{}, {}, {}}
+-- How many tasks ended (rather than waiting for a retry).
+local ends = 0
 for a = 10, #ARGV, 13 do
   local id, s, entry, outcome, err = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 4],
     ARGV[a + 5]
@@ -41,7 +43,6 @@ for a = 10, #ARGV, 13 do
     applied[#applied + 1] = 0
   else
     ended[s][#ended[s] + 1] = entry
-    leave_running(base, id)
     local progress = f[4] or ''
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
@@ -79,6 +80,7 @@ for a = 10, #ARGV, 13 do
       end
       -- The idempotency key lives as long as the task it stands for.
       keep_after_end(base, id, f[6], ARGV[a + 11], keep, now)
+      ends = ends + 1
       if ARGV[a + 10] ~= '' then
         leave_session(base .. ':session:' .. ARGV[a + 10], streams[2], id)
       end
@@ -91,6 +93,9 @@ for s = 1, 3 do
   if #ended[s] > 0 then
     settle(streams[s], ctx.group, ended[s])
   end
+end
+if ends > 0 then
+  count_ends(base, now, ends)
 end
 -- The limits are read after the ends: the attempts that ended free their room.
 start_budget(ctx)

@@ -2,7 +2,8 @@
 -- ends.lua, when they are loaded). Task keys are built from `base`, the queue's key prefix: every
 -- key of a queue shares its hash tag, so they live in one slot even on a cluster.
 --
--- Both scripts start with the same arguments, read into one table by `leasing_context`:
+-- Both scripts start with the same arguments, read into one table by `leasing_context`; `given`
+-- is how many entries the claim was handed already read (they are pending, but none runs yet):
 -- ARGV[1..9]: key base, group, consumer, token base, now ms, events maxlen, dead-letter
 -- retention ms, retention ms, then (claim) how many to take or (finish) how many more to take.
 -- KEYS[1..4]: ready-high, ready, ready-low, events.
@@ -15,8 +16,9 @@
 -- as copying it through Lua costs Redis more than the worker's extra round trip.
 local INLINE_PAYLOAD_MAX = 16384
 
-local function leasing_context()
+local function leasing_context(given)
   return {
+    given = given or 0,
     base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], now = ARGV[5],
     maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8],
     streams = {KEYS[1], KEYS[2], KEYS[3]}, events = KEYS[4], leases = 0,
@@ -51,7 +53,15 @@ local function start_budget(ctx)
   end
   local concurrency = tonumber(s[2])
   if concurrency then
-    ctx.budget = math.max(concurrency - redis.call('SCARD', base .. ':running'), 0)
+    -- What runs is what the group has handed out and not had back: its pending entries (a
+    -- lease whose holder died counts until it is taken over). Entries given to this script are
+    -- pending already but run only if it starts them.
+    local running = -ctx.given
+    for _, stream in ipairs(ctx.streams) do
+      local info = redis.call('EXISTS', stream) == 1 and group_info(stream, ctx.group)
+      running = running + ((info and info['pending']) or 0)
+    end
+    ctx.budget = math.max(concurrency - running, 0)
     if ctx.budget == 0 then
       ctx.blocked, ctx.retry_ms = 'concurrency', 100
       return
@@ -74,9 +84,9 @@ local function start_budget(ctx)
   end
 end
 
--- Task `id` starts an attempt: it counts against the queue's concurrency and rate.
-local function mark_start(ctx, id, token)
-  redis.call('SADD', ctx.base .. ':running', id)
+-- Task `id` starts an attempt (its entry, pending, counts against the concurrency): it counts
+-- against the queue's rate.
+local function mark_start(ctx, token)
   if ctx.rate_period then
     local log = ctx.base .. ':starts'
     redis.call('ZADD', log, ctx.now, token)
@@ -121,8 +131,8 @@ local function take_lease(ctx, s, entry, id)
     settle(stream, ctx.group, {entry})
     redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
       'cancel', '')
-    leave_running(base, id)
     keep_after_end(base, id, f[13], f[10], ctx.keep, now)
+    count_ends(base, now, 1)
     emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, f[5], 'cancelled', f[3], '', '', now)
     if f[9] and f[9] ~= '' then
       leave_session(base .. ':session:' .. f[9], ctx.streams[2], id)
@@ -142,7 +152,7 @@ local function take_lease(ctx, s, entry, id)
   end
   local token = ctx.token_base .. ':' .. ctx.leases
   ctx.leases = ctx.leases + 1
-  mark_start(ctx, id, token)
+  mark_start(ctx, token)
   local attempt = tostring((tonumber(f[3]) or 0) + 1)
   redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
     'progress', '', 'attempts', attempt, 'started', f[4] or now)

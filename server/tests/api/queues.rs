@@ -318,3 +318,22 @@ async fn a_full_queue_refuses_a_submit_whole_and_stores_nothing() {
         assert_problem(response, 422, "/problems/invalid-limits").await;
     }
 }
+
+#[tokio::test]
+async fn submissions_racing_for_the_last_places_each_get_their_own_answer() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    put_limits(&app, "racy", json!({"max_depth": 10})).await;
+    // Sent at once, they go to Redis together (a group commit) yet each is admitted or refused
+    // on its own: exactly the ten that fit.
+    let answers = futures::future::join_all(
+        (0..30).map(|n| app.submit(json!({"kind": "echo", "payload": n, "queue": "racy"}))),
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|&&s| s == 202).count(), 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 20, "{statuses:?}");
+    let view = queue_view(&app, "racy").await;
+    assert_eq!(view["counts"]["queued"]["normal"], 10, "{view}");
+    let listed = app.get_json("/api/v1/tasks?queue=racy").await;
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 10);
+}
