@@ -42,11 +42,30 @@ local function store(a)
     redis.call('PERSIST', idem)
   end
   local status = due == '' and 'queued' or 'scheduled'
-  redis.call('HSET', base .. ':task:' .. id, 'kind', kind, 'status', status, 'attempts', '0',
-    'max_attempts', ARGV[a + 5], 'created', created, 'updated', created, 'payload_bytes',
-    ARGV[a + 8], 'payload_type', ARGV[a + 7], 'timeout_ms', ARGV[a + 6], 'priority', priority,
-    'session', session, 'subscription', ARGV[a + 10], 'idem', idem, 'expires', expires,
-    'payload_ref', ARGV[a + 13])
+  local task = base .. ':task:' .. id
+  redis.call('HSET', task, 'kind', kind, 'status', status, 'attempts', '0', 'max_attempts',
+    ARGV[a + 5], 'created', created, 'updated', created, 'payload_bytes', ARGV[a + 8],
+    'payload_type', ARGV[a + 7], 'priority', priority)
+  -- The options a task may not have are written only when it has them: most have none, and an
+  -- absent field reads as an empty one everywhere.
+  if ARGV[a + 6] ~= '' then
+    redis.call('HSET', task, 'timeout_ms', ARGV[a + 6])
+  end
+  if session ~= '' then
+    redis.call('HSET', task, 'session', session)
+  end
+  if ARGV[a + 10] ~= '' then
+    redis.call('HSET', task, 'subscription', ARGV[a + 10])
+  end
+  if idem ~= '' then
+    redis.call('HSET', task, 'idem', idem)
+  end
+  if expires ~= '' then
+    redis.call('HSET', task, 'expires', expires)
+  end
+  if ARGV[a + 13] ~= '' then
+    redis.call('HSET', task, 'payload_ref', ARGV[a + 13])
+  end
   redis.call('ZADD', KEYS[6], 0, id)
   if session ~= '' then
     join_session(base .. ':session:' .. session, KEYS[2], id)
