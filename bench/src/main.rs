@@ -329,13 +329,31 @@ impl Bench {
     async fn latency(&mut self) -> anyhow::Result<()> {
         let Pipeline { server, mut tap, worker: _worker } = self.pipeline("latency").await?;
         let total = (self.args.rate * self.args.duration_s) as usize;
-        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / self.args.rate as f64));
+        let sent_at = self
+            .steady(&server.base, self.args.rate, total, |n| json!({"kind": "echo", "payload": {"n": n}}))
+            .await?;
+        let done = tap.until_finished(total, Duration::from_secs(120)).await?;
+        let extra = json!({"n": sent_at.len(), "rate": self.args.rate, "duration_s": self.args.duration_s});
+        emit_latencies("e2e_latency", &sent_at, &done, extra);
+        Ok(())
+    }
+
+    /// Submits `total` tasks (`body(n)`) at `rate` a second, each on its own request; returns when
+    /// each was sent, by task id.
+    async fn steady(
+        &self,
+        base: &str,
+        rate: u64,
+        total: usize,
+        body: impl Fn(usize) -> Value,
+    ) -> anyhow::Result<HashMap<String, Instant>> {
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let url = format!("{}/api/v1/tasks", server.base);
+        let url = format!("{base}/api/v1/tasks");
         let mut sent = tokio::task::JoinSet::new();
         for n in 0..total {
             ticks.tick().await;
-            let request = self.http.post(&url).json(&json!({"kind": "echo", "payload": {"n": n}}));
+            let request = self.http.post(&url).json(&body(n));
             sent.spawn(async move {
                 let at = Instant::now();
                 accepted_id(request.send().await?).await.map(|id| (id, at))
@@ -346,18 +364,7 @@ impl Bench {
             let (id, at) = joined??;
             sent_at.insert(id, at);
         }
-        let done = tap.until_finished(total, Duration::from_secs(120)).await?;
-        let mut latencies: Vec<f64> = sent_at
-            .iter()
-            .filter_map(|(id, at)| done.get(id).map(|d| d.duration_since(*at).as_secs_f64() * 1000.0))
-            .collect();
-        latencies.sort_by(f64::total_cmp);
-        let extra = json!({"n": latencies.len(), "rate": self.args.rate, "duration_s": self.args.duration_s});
-        for (name, p) in [("p50", 50.0), ("p95", 95.0), ("p99", 99.0)] {
-            emit(&format!("e2e_latency_{name}_ms"), percentile(&latencies, p), extra.clone());
-        }
-        emit("e2e_latency_max_ms", latencies.last().copied().unwrap_or(0.0), extra);
-        Ok(())
+        Ok(sent_at)
     }
 
     /// The latency of a light queue while a heavy one drains: a backlog of 100 ms tasks in
@@ -379,37 +386,19 @@ impl Bench {
         let _worker = self.worker(&prefix)?;
         let rate = (self.args.rate / 10).max(1);
         let total = (rate * self.args.duration_s) as usize;
-        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let url = format!("{}/api/v1/tasks", server.base);
-        let mut sent = tokio::task::JoinSet::new();
-        for n in 0..total {
-            ticks.tick().await;
-            let request =
-                self.http.post(&url).json(&json!({"kind": "echo", "payload": {"n": n}, "queue": "light"}));
-            sent.spawn(async move {
-                let at = Instant::now();
-                accepted_id(request.send().await?).await.map(|id| (id, at))
-            });
-        }
-        let mut sent_at = HashMap::new();
-        while let Some(joined) = sent.join_next().await {
-            let (id, at) = joined??;
-            sent_at.insert(id, at);
-        }
+        let sent_at = self
+            .steady(
+                &server.base,
+                rate,
+                total,
+                |n| json!({"kind": "echo", "payload": {"n": n}, "queue": "light"}),
+            )
+            .await?;
         let ids = sent_at.keys().cloned().collect();
         let done = tap.until_all(&ids, Duration::from_secs(120)).await?;
-        let mut latencies: Vec<f64> = sent_at
-            .iter()
-            .filter_map(|(id, at)| done.get(id).map(|d| d.duration_since(*at).as_secs_f64() * 1000.0))
-            .collect();
-        latencies.sort_by(f64::total_cmp);
-        let heavy_done = done.len().saturating_sub(latencies.len());
-        let extra = json!({"n": latencies.len(), "rate": rate, "heavy_backlog": heavy, "heavy_task_ms": HEAVY_TASK_MS, "heavy_done_meanwhile": heavy_done, "concurrency": self.args.concurrency});
-        for (name, p) in [("p50", 50.0), ("p95", 95.0), ("p99", 99.0)] {
-            emit(&format!("light_queue_latency_{name}_ms"), percentile(&latencies, p), extra.clone());
-        }
-        emit("light_queue_latency_max_ms", latencies.last().copied().unwrap_or(0.0), extra);
+        let heavy_done = done.len().saturating_sub(sent_at.len());
+        let extra = json!({"n": sent_at.len(), "rate": rate, "heavy_backlog": heavy, "heavy_task_ms": HEAVY_TASK_MS, "heavy_done_meanwhile": heavy_done, "concurrency": self.args.concurrency});
+        emit_latencies("light_queue_latency", &sent_at, &done, extra);
         Ok(())
     }
 
@@ -485,6 +474,25 @@ impl Bench {
 }
 
 /// The id from a `202 Accepted`, or an error with the status.
+/// Prints the p50, p95, p99 and max of the times from each task's submission (`sent_at`) to its
+/// end (`done`), in ms, as `{metric}_p50_ms` and so on.
+fn emit_latencies(
+    metric: &str,
+    sent_at: &HashMap<String, Instant>,
+    done: &HashMap<String, Instant>,
+    extra: Value,
+) {
+    let mut latencies: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(id, at)| done.get(id).map(|d| d.duration_since(*at).as_secs_f64() * 1000.0))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    for (name, p) in [("p50", 50.0), ("p95", 95.0), ("p99", 99.0)] {
+        emit(&format!("{metric}_{name}_ms"), percentile(&latencies, p), extra.clone());
+    }
+    emit(&format!("{metric}_max_ms"), latencies.last().copied().unwrap_or(0.0), extra);
+}
+
 async fn accepted_id(response: reqwest::Response) -> anyhow::Result<String> {
     if response.status() != 202 {
         bail!("submit answered {}: {}", response.status(), response.text().await.unwrap_or_default());

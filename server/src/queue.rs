@@ -616,7 +616,7 @@ impl Queue {
 
     /// The queue's counts, limits and pause flag, in one read.
     pub async fn state(&self) -> redis::RedisResult<QueueState> {
-        let reply: Vec<String> = self
+        let reply: std::collections::HashMap<String, String> = self
             .scripts
             .view
             .key(&self.keys.ready_streams())
@@ -629,27 +629,31 @@ impl Queue {
             .arg(now_ms())
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let number = |i: usize| reply.get(i).and_then(|v| v.parse::<u64>().ok());
-        let count = |i: usize| number(i).unwrap_or(0);
+        let number = |name: &str| reply.get(name).and_then(|v| v.parse::<u64>().ok());
+        let count = |name: &str| number(name).unwrap_or(0);
+        let small = |n: u64| n.min(u64::from(u32::MAX)) as u32;
         Ok(QueueState {
-            paused: reply.get(9).is_some_and(|p| p == "1"),
+            paused: reply.get("paused").is_some_and(|p| p == "1"),
             limits: QueueLimits {
-                max_depth: number(10),
-                concurrency: number(11).map(|c| c.min(u64::from(u32::MAX)) as u32),
-                rate: number(12).zip(number(13)).map(|(limit, period_ms)| RateLimit {
-                    limit: limit.min(u64::from(u32::MAX)) as u32,
-                    period_ms,
-                }),
+                max_depth: number("max_depth"),
+                concurrency: number("concurrency").map(small),
+                rate: number("rate_limit")
+                    .zip(number("rate_period_ms"))
+                    .map(|(limit, period_ms)| RateLimit { limit: small(limit), period_ms }),
             },
             counts: QueueCounts {
-                queued: QueuedCounts { high: count(0), normal: count(1), low: count(2) },
-                scheduled: count(3),
-                retrying: count(4),
-                running: count(5),
-                dead: count(6),
+                queued: QueuedCounts {
+                    high: count("queued_high"),
+                    normal: count("queued_normal"),
+                    low: count("queued_low"),
+                },
+                scheduled: count("scheduled"),
+                retrying: count("retrying"),
+                running: count("running"),
+                dead: count("dead"),
             },
-            oldest_waiting_ms: number(7),
-            finished_last_minute: count(8),
+            oldest_waiting_ms: number("oldest_waiting_ms"),
+            finished_last_minute: count("finished_last_minute"),
         })
     }
 

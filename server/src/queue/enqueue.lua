@@ -15,6 +15,10 @@
 -- stored).
 local base, group, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local FIELDS = 17
+-- The options a task may not have, with their place among its arguments: written only when it
+-- has them (most have none, and an absent field reads as an empty one everywhere).
+local OPTIONAL_FIELDS = {{'timeout_ms', 6}, {'session', 9}, {'subscription', 10}, {'idem', 11},
+  {'expires', 12}, {'payload_ref', 13}}
 local streams = {h = KEYS[1], n = KEYS[2], l = KEYS[3]}
 local max_depth = tonumber(redis.call('HGET', KEYS[9], 'max_depth'))
 local waiting = max_depth and waiting_tasks({KEYS[1], KEYS[2], KEYS[3]}, KEYS[4], KEYS[5], group)
@@ -46,25 +50,11 @@ local function store(a)
   redis.call('HSET', task, 'kind', kind, 'status', status, 'attempts', '0', 'max_attempts',
     ARGV[a + 5], 'created', created, 'updated', created, 'payload_bytes', ARGV[a + 8],
     'payload_type', ARGV[a + 7], 'priority', priority)
-  -- The options a task may not have are written only when it has them: most have none, and an
-  -- absent field reads as an empty one everywhere.
-  if ARGV[a + 6] ~= '' then
-    redis.call('HSET', task, 'timeout_ms', ARGV[a + 6])
-  end
-  if session ~= '' then
-    redis.call('HSET', task, 'session', session)
-  end
-  if ARGV[a + 10] ~= '' then
-    redis.call('HSET', task, 'subscription', ARGV[a + 10])
-  end
-  if idem ~= '' then
-    redis.call('HSET', task, 'idem', idem)
-  end
-  if expires ~= '' then
-    redis.call('HSET', task, 'expires', expires)
-  end
-  if ARGV[a + 13] ~= '' then
-    redis.call('HSET', task, 'payload_ref', ARGV[a + 13])
+  for _, option in ipairs(OPTIONAL_FIELDS) do
+    local value = ARGV[a + option[2]]
+    if value ~= '' then
+      redis.call('HSET', task, option[1], value)
+    end
   end
   redis.call('ZADD', KEYS[6], 0, id)
   if session ~= '' then

@@ -108,21 +108,9 @@ impl Queue {
         }
     }
 
-    /// Stores `groups` of tasks in one script call, each all or none; the answer of each.
+    /// Stores `groups` of tasks in one script call, each all or none; the answer of each. Large
+    /// payloads are staged in the same round trip, just before the script.
     async fn enqueue_groups(&self, groups: &[&[NewTask]]) -> RedisResult<Vec<Enqueued>> {
-        let mut stage = redis::pipe();
-        for task in groups.iter().flat_map(|g| g.iter()).filter(|t| t.staged()) {
-            stage
-                .cmd("SET")
-                .arg(self.keys.staged_payload(&task.id))
-                .arg(task.payload.as_ref())
-                .arg("PX")
-                .arg(STAGED_TTL.as_millis() as u64)
-                .ignore();
-        }
-        if !stage.is_empty() {
-            stage.query_async::<()>(&mut self.conn.clone()).await?;
-        }
         let mut call = self.scripts.enqueue.prepare_invoke();
         call.key(&self.keys.ready_streams())
             .key(self.keys.delayed())
@@ -140,7 +128,25 @@ impl Queue {
                 add_task_args(&mut call, task);
             }
         }
-        let replies: Vec<Value> = call.invoke_async(&mut self.conn.clone()).await?;
+        let mut pipe = redis::pipe();
+        for task in groups.iter().flat_map(|g| g.iter()).filter(|t| t.staged()) {
+            pipe.cmd("SET")
+                .arg(self.keys.staged_payload(&task.id))
+                .arg(task.payload.as_ref())
+                .arg("PX")
+                .arg(STAGED_TTL.as_millis() as u64)
+                .ignore();
+        }
+        pipe.invoke_script(&call);
+        let mut conn = self.conn.clone();
+        let sent: RedisResult<(Vec<Value>,)> = pipe.query_async(&mut conn).await;
+        drop(pipe);
+        let replies = match sent {
+            // The first call since Redis last lost its scripts (a start, a restart): the payloads
+            // are staged already; the script is loaded, and run.
+            Err(e) if e.code() == Some("NOSCRIPT") => call.invoke_async(&mut conn).await?,
+            other => other?.0,
+        };
         let answers: Vec<Enqueued> = replies.into_iter().map(answer_of).collect();
         if answers.contains(&Enqueued::Stored) {
             self.prune_index_now_and_then().await;

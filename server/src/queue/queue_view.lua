@@ -1,10 +1,11 @@
 -- What a queue holds and how it is set, for its view: one read of every count.
 -- KEYS: ready-high, ready, ready-low, delayed, retrying, dead, ended, settings
 -- ARGV: group, now ms
--- Returns {queued high, queued normal, queued low, scheduled, retrying, running (the group's
--- pending entries: leases held), dead, ms since
--- the oldest queued task was queued ('' when none), ends in the last minute, paused ('1' or ''),
--- max_depth, concurrency, rate_limit, rate_period_ms ('' for each one unset)}.
+-- Returns name, value pairs (`Queue::state` reads them by name): queued_high, queued_normal,
+-- queued_low, scheduled, retrying, running (the group's pending entries: leases held), dead,
+-- oldest_waiting_ms (since the oldest queued task was queued; '' when none), finished_last_minute,
+-- and the settings paused ('1' or ''), max_depth, concurrency, rate_limit, rate_period_ms (''
+-- when unset).
 local now = tonumber(ARGV[2])
 local counts, oldest, running = {}, nil, 0
 for s = 1, 3 do
@@ -30,7 +31,9 @@ for i = 1, #tally, 2 do
 end
 local s = redis.call('HMGET', KEYS[8], 'paused', 'max_depth', 'concurrency', 'rate_limit',
   'rate_period_ms')
-return {counts[1], counts[2], counts[3], redis.call('ZCARD', KEYS[4]), redis.call('ZCARD', KEYS[5]),
-  running, redis.call('ZCARD', KEYS[6]),
-  oldest and tostring(math.max(now - oldest, 0)) or '', ended, s[1] or '', s[2] or '', s[3] or '',
-  s[4] or '', s[5] or ''}
+return {'queued_high', counts[1], 'queued_normal', counts[2], 'queued_low', counts[3],
+  'scheduled', redis.call('ZCARD', KEYS[4]), 'retrying', redis.call('ZCARD', KEYS[5]),
+  'running', running, 'dead', redis.call('ZCARD', KEYS[6]),
+  'oldest_waiting_ms', oldest and tostring(math.max(now - oldest, 0)) or '',
+  'finished_last_minute', ended, 'paused', s[1] or '', 'max_depth', s[2] or '',
+  'concurrency', s[3] or '', 'rate_limit', s[4] or '', 'rate_period_ms', s[5] or ''}

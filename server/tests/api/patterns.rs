@@ -7,15 +7,6 @@ use redis::AsyncCommands;
 use serde_json::json;
 use std::time::Duration;
 
-fn worker_process(app: &TestApp) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix, "--concurrency", "4"])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("courier worker starts")
-}
-
 #[tokio::test]
 async fn retry_after_grows_with_the_queue_ahead() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
@@ -88,7 +79,7 @@ async fn the_same_idempotency_key_and_body_give_the_same_task_even_when_fifty_ra
 #[tokio::test]
 async fn prefer_wait_answers_with_the_result_from_a_worker_in_another_process() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
-    let _worker = worker_process(&app);
+    let _worker = app.worker(&["--concurrency", "4"]);
     let reply = app
         .http
         .post(app.url("/api/v1/tasks"))
@@ -135,7 +126,7 @@ async fn every_instance_streams_every_event_and_resumes_from_either() {
         c.concurrency = 0;
     })
     .await;
-    let _worker = worker_process(&a);
+    let _worker = a.worker(&["--concurrency", "4"]);
     let mut on_b = b.sse("/api/v1/events", None).await;
     let id = a.submit_ok(json!({"kind": "sleep", "payload": {"ms": 300, "steps": 3}})).await;
     let seen = on_b.until_task_ends(&id, Duration::from_secs(20)).await;

@@ -221,11 +221,7 @@ async fn the_list_is_newest_first_and_filters_by_status_and_kind() {
 #[tokio::test]
 async fn a_separate_worker_process_runs_the_tasks_a_worker_less_server_accepts() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix, "--concurrency", "2"])
-        .kill_on_drop(true)
-        .spawn()
-        .expect("courier worker starts");
+    let mut worker = app.worker(&["--concurrency", "2"]);
     let mut events = app.sse("/api/v1/events", None).await;
     let id = app.submit_ok(json!({"kind": "text.stats", "payload": "a b c"})).await;
     let seen = events.until_task_ends(&id, Duration::from_secs(20)).await;

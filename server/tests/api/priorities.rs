@@ -19,12 +19,7 @@ async fn a_high_priority_task_behind_ten_thousand_normal_ones_starts_next() {
     let high = app.submit_ok(json!({"kind": "echo", "payload": "high", "priority": "high"})).await;
 
     let mut events = app.sse("/api/v1/events", None).await;
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix, "--concurrency", "1"])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut worker = app.worker(&["--concurrency", "1"]);
     let mut started = Vec::new();
     while started.len() < 3 {
         let event = events.next_within(Duration::from_secs(20)).await.expect("tasks start");
@@ -52,12 +47,7 @@ async fn a_busy_worker_takes_a_new_high_priority_task_before_any_other() {
     assert_eq!(submitted, 2_000);
 
     let mut events = app.sse("/api/v1/events", None).await;
-    let _worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix, "--concurrency", "4"])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _worker = app.worker(&["--concurrency", "4"]);
     let mut succeeded = 0;
     while succeeded < 40 {
         let event = events.next_within(Duration::from_secs(20)).await.expect("tasks run");

@@ -6,17 +6,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// A `courier worker` process on the app's Redis and prefix, with `args` added.
-fn worker(app: &TestApp, args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("courier worker starts")
-}
-
 /// Submits `tasks` as one batch, which must be accepted; returns their ids.
 async fn submit_batch(app: &TestApp, tasks: Vec<Value>) -> Vec<String> {
     let response =
@@ -111,7 +100,7 @@ async fn a_backlog_in_one_queue_does_not_hold_back_another() {
             (0..1000).map(|_| json!({"kind": "sleep", "payload": {"ms": 100}, "queue": "slow"})).collect();
         submit_batch(&app, tasks).await;
     }
-    let _worker = worker(&app, &["--concurrency", "16"]);
+    let _worker = app.worker(&["--concurrency", "16"]);
     // The worker is busy with `slow` before `fast` gets any work.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let tasks = (0..200).map(|n| json!({"kind": "echo", "payload": n, "queue": "fast"})).collect();
@@ -135,7 +124,7 @@ async fn workers_take_only_the_queues_they_serve_and_other_tasks_wait() {
     // Both queues exist before the worker starts.
     let a = app.submit_ok(json!({"kind": "echo", "payload": "a", "queue": "a"})).await;
     let b = app.submit_ok(json!({"kind": "echo", "payload": "b", "queue": "b"})).await;
-    let _a_worker = worker(&app, &["--queues", "a"]);
+    let _a_worker = app.worker(&["--queues", "a"]);
     assert_eq!(app.wait_until_done(&a).await["status"], "succeeded");
     let more_b = app.submit_ok(json!({"kind": "echo", "payload": "b2", "queue": "b"})).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -144,7 +133,7 @@ async fn workers_take_only_the_queues_they_serve_and_other_tasks_wait() {
         assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "queued");
     }
     assert_eq!(queue_view(&app, "b").await["counts"]["queued"]["normal"], 2);
-    let _b_worker = worker(&app, &["--queues", "b:2,c"]);
+    let _b_worker = app.worker(&["--queues", "b:2,c"]);
     for id in [&b, &more_b] {
         assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
     }
@@ -194,7 +183,7 @@ async fn concurrency_holds_across_every_worker_process() {
     let tasks =
         (0..16).map(|_| json!({"kind": "sleep", "payload": {"ms": 150}, "queue": "limited"})).collect();
     let ids = submit_batch(&app, tasks).await;
-    let _workers: Vec<_> = (0..3).map(|_| worker(&app, &["--concurrency", "8"])).collect();
+    let _workers: Vec<_> = (0..3).map(|_| app.worker(&["--concurrency", "8"])).collect();
     let seen = events_until_all_end(&mut events, &ids).await;
     let (most, starts) = running_at_once(&seen, "limited");
     assert_eq!(starts.len(), 16);
@@ -209,7 +198,7 @@ async fn a_rate_limit_holds_in_every_window_across_worker_processes() {
     let mut events = app.sse("/api/v1/events", None).await;
     let tasks = (0..60).map(|n| json!({"kind": "echo", "payload": n, "queue": "metered"})).collect();
     let ids = submit_batch(&app, tasks).await;
-    let _workers: Vec<_> = (0..3).map(|_| worker(&app, &["--concurrency", "8"])).collect();
+    let _workers: Vec<_> = (0..3).map(|_| app.worker(&["--concurrency", "8"])).collect();
     let seen = events_until_all_end(&mut events, &ids).await;
     let (_, mut starts) = running_at_once(&seen, "metered");
     starts.sort_unstable();
@@ -336,4 +325,101 @@ async fn submissions_racing_for_the_last_places_each_get_their_own_answer() {
     assert_eq!(view["counts"]["queued"]["normal"], 10, "{view}");
     let listed = app.get_json("/api/v1/tasks?queue=racy").await;
     assert_eq!(listed["tasks"].as_array().unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn a_queue_view_counts_its_tasks_in_every_state() {
+    let app = spawn_app_with(|c| {
+        c.concurrency = 0;
+        c.retry_base = Duration::from_secs(60);
+    })
+    .await;
+    let on = |body: Value| {
+        let mut body = body;
+        body["queue"] = json!("counted");
+        body
+    };
+    app.submit_ok(on(json!({"kind": "echo", "payload": 1, "priority": "high"}))).await;
+    app.submit_ok(on(json!({"kind": "echo", "payload": 2, "priority": "low"}))).await;
+    app.submit_ok(on(json!({"kind": "echo", "payload": 3, "delay_ms": 60_000}))).await;
+    let retried =
+        app.submit_ok(on(json!({"kind": "flaky", "payload": {"fail_times": 1}, "max_attempts": 2}))).await;
+    let failed =
+        app.submit_ok(on(json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1}))).await;
+    let slow = app.submit_ok(on(json!({"kind": "sleep", "payload": {"ms": 5_000}}))).await;
+    let view = queue_view(&app, "counted").await;
+    assert_eq!(view["counts"]["queued"], json!({"high": 1, "normal": 3, "low": 1}), "{view}");
+    assert_eq!(view["counts"]["scheduled"], 1);
+    // One worker slot: it takes the high one, then the normal ones in order.
+    let _worker = app.worker(&["--queues", "counted", "--concurrency", "1", "--retry-base", "60s"]);
+    assert_eq!(app.wait_until_done(&failed).await["status"], "failed");
+    let mut events = app.sse(&format!("/api/v1/tasks/{slow}/events"), None).await;
+    while events.next_within(Duration::from_secs(10)).await.expect("the sleep starts").name != "running" {}
+    let view = queue_view(&app, "counted").await;
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{retried}")).await["status"], "retrying");
+    let counts = &view["counts"];
+    assert_eq!(
+        (&counts["queued"], &counts["scheduled"], &counts["running"], &counts["retrying"], &counts["dead"]),
+        (&json!({"high": 0, "normal": 0, "low": 1}), &json!(1), &json!(1), &json!(1), &json!(1)),
+        "{view}"
+    );
+    assert_eq!(view["finished_last_minute"], 2, "the high one and the failed one: {view}");
+}
+
+#[tokio::test]
+async fn weights_share_a_workers_slots_between_busy_queues() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    for queue in ["heavy", "light"] {
+        let tasks =
+            (0..40).map(|_| json!({"kind": "sleep", "payload": {"ms": 100}, "queue": queue})).collect();
+        submit_batch(&app, tasks).await;
+    }
+    let mut events = app.sse("/api/v1/events", None).await;
+    let _worker = app.worker(&["--queues", "heavy:3,light:1", "--concurrency", "4"]);
+    // While both have work, `heavy` runs three at a time and `light` one.
+    let (mut running, mut most) = (std::collections::HashMap::<String, i64>::new(), (0, 0));
+    let mut started = 0;
+    while started < 40 {
+        let event = events.next_within(Duration::from_secs(20)).await.expect("tasks run");
+        let queue = event.data["queue"].as_str().unwrap_or_default().to_string();
+        match event.name.as_str() {
+            "running" => {
+                started += 1;
+                *running.entry(queue).or_default() += 1;
+                most = (
+                    most.0.max(running.get("heavy").copied().unwrap_or(0)),
+                    most.1.max(running.get("light").copied().unwrap_or(0)),
+                );
+            }
+            "succeeded" => *running.entry(queue).or_default() -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(most, (3, 1), "most running at once (heavy, light)");
+}
+
+#[tokio::test]
+async fn queues_declared_in_the_configuration_file_get_their_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("courier.toml");
+    std::fs::write(
+        &path,
+        "[[queues]]\nname = \"reports\"\nmax_depth = 100\nconcurrency = 2\nrate = { limit = 20, period_ms = 1000 }\n",
+    )
+    .unwrap();
+    let app = spawn_app_with(|c| c.config = Some(path.clone())).await;
+    let view = queue_view(&app, "reports").await;
+    assert_eq!(
+        view["limits"],
+        json!({"max_depth": 100, "concurrency": 2, "rate": {"limit": 20, "period_ms": 1000}})
+    );
+    // A limit that cannot be stops the start, naming the queue.
+    std::fs::write(&path, "[[queues]]\nname = \"reports\"\nconcurrency = 0\n").unwrap();
+    let redis = TestRedis::start().await;
+    let mut config = courier::config::Config::defaults();
+    config.redis_url = Some(redis.redis.url().parse().unwrap());
+    config.addr = "127.0.0.1:0".parse().unwrap();
+    config.config = Some(path.clone());
+    let error = courier::Server::build(config, courier::config::Command::Serve).await.err().expect("refused");
+    assert!(format!("{error:#}").contains("queue `reports`"), "{error:#}");
 }

@@ -7,15 +7,9 @@ use redis::AsyncCommands;
 use serde_json::json;
 use std::time::Duration;
 
-/// A `courier worker` process on the app's Redis and prefix.
+/// A `courier worker` process with this file's short retentions.
 fn worker(app: &TestApp) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix])
-        .args(["--concurrency", "4", "--retention", "1s", "--dead-retention", "1s"])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("courier worker starts")
+    app.worker(&["--concurrency", "4", "--retention", "1s", "--dead-retention", "1s"])
 }
 
 async fn ttl_ms(app: &TestApp, key: &str) -> i64 {

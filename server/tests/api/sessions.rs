@@ -5,17 +5,7 @@ use serde_json::json;
 use std::{collections::HashMap, time::Duration};
 
 fn workers(app: &TestApp, count: usize) -> Vec<tokio::process::Child> {
-    (0..count)
-        .map(|_| {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-                .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix])
-                .args(["--concurrency", "4", "--retry-base", "100ms"])
-                .env("RUST_LOG", "warn")
-                .kill_on_drop(true)
-                .spawn()
-                .expect("courier worker starts")
-        })
-        .collect()
+    (0..count).map(|_| app.worker(&["--concurrency", "4", "--retry-base", "100ms"])).collect()
 }
 
 /// Where in the event sequence each task first ran and ended.

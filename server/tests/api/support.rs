@@ -152,6 +152,18 @@ impl TestApp {
         }
     }
 
+    /// A `courier worker` process on this app's Redis and prefix, with `args` added; killed when
+    /// dropped.
+    pub fn worker(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["worker", "--redis-url", &self.redis_url, "--prefix", &self.prefix])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("courier worker starts")
+    }
+
     /// A direct Redis connection, to look at what the server stored.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis_url.as_str())

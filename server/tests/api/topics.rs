@@ -220,12 +220,7 @@ async fn a_message_for_twenty_subscriptions_is_stored_once_and_freed_after_the_l
     }
     let ttl: i64 = redis.pttl(&stored[0].0).await.unwrap();
     assert_eq!(ttl, -1, "still kept: 15 tasks wait for it");
-    let _worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix, "--retention", "2s"])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("courier worker starts");
+    let _worker = app.worker(&["--retention", "2s"]);
     for id in &ids[5..] {
         assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
         let result = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;

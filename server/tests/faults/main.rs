@@ -15,17 +15,6 @@ use std::{
 use support::*;
 use tokio::process::{Child, Command};
 
-/// Starts `courier worker` on the app's Redis and prefix.
-fn worker(app: &TestApp, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &app.redis_url, "--prefix", &app.prefix])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("courier worker starts")
-}
-
 /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) to a child.
 fn signal(child: &Child, name: &str) {
     let pid = child.id().expect("the child is running");
@@ -72,7 +61,7 @@ async fn until_all_end(
 async fn tasks_of_a_killed_worker_are_finished_by_another_after_the_lease() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut events = app.sse("/api/v1/events", None).await;
-    let mut first = worker(&app, &["--concurrency", "10", "--lease", "2s"]);
+    let mut first = app.worker(&["--concurrency", "10", "--lease", "2s"]);
     let mut ids = HashSet::new();
     for _ in 0..10 {
         ids.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 3000, "steps": 3}})).await);
@@ -81,7 +70,7 @@ async fn tasks_of_a_killed_worker_are_finished_by_another_after_the_lease() {
 
     signal(&first, "KILL");
     first.wait().await.unwrap();
-    let mut second = worker(&app, &["--concurrency", "10", "--lease", "2s"]);
+    let mut second = app.worker(&["--concurrency", "10", "--lease", "2s"]);
     // Lease (2 s) + task (3 s), with room for a slow machine.
     let ended = until_all_end(&mut events, &ids, Duration::from_secs(30)).await;
     assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
@@ -100,12 +89,12 @@ async fn tasks_of_a_killed_worker_are_finished_by_another_after_the_lease() {
 async fn a_paused_workers_late_ack_is_ignored_and_both_workers_live_on() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut events = app.sse("/api/v1/events", None).await;
-    let mut paused = worker(&app, &["--concurrency", "1", "--lease", "1s"]);
+    let mut paused = app.worker(&["--concurrency", "1", "--lease", "1s"]);
     let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 3000, "steps": 3}})).await;
     until_running(&mut events, 1).await;
 
     signal(&paused, "STOP");
-    let mut other = worker(&app, &["--concurrency", "1", "--lease", "1s"]);
+    let mut other = app.worker(&["--concurrency", "1", "--lease", "1s"]);
     let seen = events.until_task_ends(&id, Duration::from_secs(20)).await;
     assert!(seen.iter().any(|e| e.name == "running" && e.data["attempt"] == 2), "{seen:?}");
     assert_eq!(seen.last().unwrap().name, "succeeded");
@@ -128,7 +117,7 @@ async fn a_paused_workers_late_ack_is_ignored_and_both_workers_live_on() {
 async fn sigterm_lets_in_flight_tasks_finish_and_leaves_the_rest_queued() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut events = app.sse("/api/v1/events", None).await;
-    let mut stopping = worker(&app, &["--concurrency", "2", "--grace", "20s"]);
+    let mut stopping = app.worker(&["--concurrency", "2", "--grace", "20s"]);
     let mut ids = HashSet::new();
     for _ in 0..6 {
         ids.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 1500, "steps": 3}})).await);
@@ -144,7 +133,7 @@ async fn sigterm_lets_in_flight_tasks_finish_and_leaves_the_rest_queued() {
         assert_eq!(view["status"], expected, "{view}");
     }
 
-    let _next = worker(&app, &["--concurrency", "4"]);
+    let _next = app.worker(&["--concurrency", "4"]);
     let ended = until_all_end(&mut events, &ids, Duration::from_secs(30)).await;
     assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
     for id in &ids {
@@ -156,7 +145,7 @@ async fn sigterm_lets_in_flight_tasks_finish_and_leaves_the_rest_queued() {
 async fn sigterm_past_the_grace_period_hands_running_tasks_back() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut events = app.sse("/api/v1/events", None).await;
-    let mut stopping = worker(&app, &["--concurrency", "2", "--grace", "300ms", "--lease", "30s"]);
+    let mut stopping = app.worker(&["--concurrency", "2", "--grace", "300ms", "--lease", "30s"]);
     let mut ids = HashSet::new();
     for _ in 0..2 {
         ids.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 4000, "steps": 4}})).await);
@@ -171,7 +160,7 @@ async fn sigterm_past_the_grace_period_hands_running_tasks_back() {
         assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("queued"), Some(0)), "{view}");
     }
     // Handed back, not left to a 30 s lease: the next worker starts them at once.
-    let _next = worker(&app, &["--concurrency", "2"]);
+    let _next = app.worker(&["--concurrency", "2"]);
     let ended = until_all_end(&mut events, &ids, Duration::from_secs(20)).await;
     assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
 }
