@@ -467,7 +467,8 @@ pub async fn list(
                     Some(Status::parse(value).ok_or_else(|| invalid(format!("`{value}` is not a status")))?)
             }
             "kind" => list.kind = Some(value.clone()),
-            "queue" => list.queue = Some(value.clone()),
+            "queue" if app::model::is_queue_name(value) => list.queue = Some(value.clone()),
+            "queue" => return Err(invalid(format!("`{value}` is not a queue name"))),
             "limit" => {
                 list.limit = value
                     .parse()

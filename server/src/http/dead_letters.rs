@@ -40,7 +40,8 @@ pub async fn list(
                 )
             }
             "subscription" => subscription = Some(value.clone()),
-            "queue" => queue = Some(value.as_str()),
+            "queue" if app::model::is_queue_name(value) => queue = Some(value.as_str()),
+            "queue" => return Err(invalid(format!("`{value}` is not a queue name"))),
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
         }
     }
@@ -90,6 +91,10 @@ pub async fn requeue_all(
         return Err(ApiError::bad_request(format!("unknown query parameter `{other}`")));
     }
     let (queue, kind) = (query.get("queue").map(String::as_str), query.get("kind").map(String::as_str));
+    if let Some(queue) = queue.filter(|q| !app::model::is_queue_name(q)) {
+        let detail = format!("`{queue}` is not a queue name");
+        return Err(ApiError::unprocessable("invalid-query", "Invalid query", detail));
+    }
     let requeued = state.tasks.requeue_all(queue, kind).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "requeued": requeued }))))
 }

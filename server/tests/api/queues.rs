@@ -59,6 +59,10 @@ async fn a_task_names_its_queue_and_every_view_and_event_carries_it() {
     let ids: Vec<&str> =
         listed["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [id.as_str()]);
+    for path in ["/api/v1/tasks?queue=Not%20one", "/api/v1/dead-letters?queue=-x"] {
+        assert_problem(app.http.get(app.url(path)).send().await.unwrap(), 422, "/problems/invalid-query")
+            .await;
+    }
     let all = app.get_json("/api/v1/tasks").await;
     assert_eq!(all["tasks"].as_array().unwrap().len(), 3, "{all}");
     let queues = app.get_json("/api/v1/queues").await;
