@@ -83,7 +83,9 @@ impl Server {
         let queue = Queue::new(client.clone(), conn.clone(), &config.prefix, DEFAULT_QUEUE, settings);
         queue.ensure_group().await.context("creating the queue's consumer group")?;
         let keys = queue.keys().clone();
-        let queues = Queues::new(queue, conn.clone(), &config.prefix);
+        let queues = Queues::open_registry(queue, conn.clone(), &config.prefix)
+            .await
+            .context("reading the queue registry")?;
         let file = read_file_config(&config)?;
         declare_queues(&file, &queues).await?;
         let registry = Registry::builtin();

@@ -120,6 +120,8 @@ fn flag(on: bool) -> &'static str {
 #[derive(Clone)]
 pub struct Queue {
     name: Arc<str>,
+    /// Its number in the registry (0 for the default queue), which its task ids carry.
+    number: u16,
     conn: ConnectionManager,
     client: redis::Client,
     keys: Keys,
@@ -307,6 +309,7 @@ impl Queue {
     ) -> Queue {
         Queue {
             name: name.into(),
+            number: 0,
             conn,
             client,
             keys: Keys::new(prefix, name),
@@ -320,6 +323,17 @@ impl Queue {
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This handle with the queue's registry number.
+    pub(crate) fn numbered(mut self, number: u16) -> Queue {
+        self.number = number;
+        self
+    }
+
+    /// The queue's registry number (0 for the default queue).
+    pub fn number(&self) -> u16 {
+        self.number
     }
 
     /// The key names of this queue.

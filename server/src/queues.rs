@@ -2,21 +2,23 @@
 //! task lives in from its id alone.
 //!
 //! A queue comes into being when something first names it (a submit, a subscription, a limit, a
-//! pause) and is listed from then on. Its name is the hash tag of its keys, so a task's record
-//! is found only under its queue: an id is looked up in this process's memory of recent ids,
-//! then by asking every queue at once (one pipelined `EXISTS` each), the default queue first.
-//! That keeps the submit one script in one slot, with no index of ids to keep in step.
+//! pause) and is listed from then on, with a number for life (the default queue's is 0). Its
+//! name is the hash tag of its keys, so a task's record is found only under its queue: a task's
+//! id carries its queue's number in the 12 bits UUIDv7 leaves to the implementation (`rand_a`),
+//! so finding a task by its id alone costs one lookup whatever the number of queues, with no
+//! index of ids to keep in step. Ids made before queues had numbers are all the default queue's.
 
 use crate::queue::Queue;
 use app::model::{DEFAULT_QUEUE, is_queue_name};
-use redis::{Script, aio::ConnectionManager};
+use redis::{AsyncCommands, Script, aio::ConnectionManager};
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, RwLock},
 };
 use uuid::Uuid;
 
-/// The most queues there may be: each costs every listing, lookup and worker a little.
+/// The most queues there may be: each costs every listing and worker a little, and their numbers
+/// must fit the 12 bits a task id has for them.
 pub const MAX_QUEUES: usize = 1_000;
 /// How many task ids this process remembers the queue of.
 const REMEMBERED_IDS: usize = 100_000;
@@ -48,29 +50,54 @@ struct Inner {
     register: Script,
     /// Queues known to be registered, by name.
     open: RwLock<BTreeMap<String, Queue>>,
+    /// Queue names by number, as the registry gave them (numbers never change).
+    numbered: RwLock<HashMap<u16, String>>,
+    /// When queues began to have numbers (ms since the epoch): older ids are the default queue's.
+    numbered_since: u64,
     /// The queue of recently seen task ids; emptied when full (ids are found again by asking).
     located: Mutex<HashMap<Uuid, Arc<str>>>,
 }
 
 impl Queues {
-    /// The queues under `prefix`, starting from the default one.
-    pub fn new(default: Queue, conn: ConnectionManager, prefix: &str) -> Queues {
+    /// The queues under `prefix`, starting from the default one; notes when queues began to have
+    /// numbers, the first time.
+    pub async fn open_registry(
+        default: Queue,
+        conn: ConnectionManager,
+        prefix: &str,
+    ) -> redis::RedisResult<Queues> {
+        let since_key = format!("{prefix}:queue-numbers-since");
+        let mut c = conn.clone();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&since_key)
+            .arg(crate::store::now_ms())
+            .arg("NX")
+            .query_async(&mut c)
+            .await?;
+        let since: u64 = c.get(&since_key).await?;
         let open = BTreeMap::from([(DEFAULT_QUEUE.to_string(), default.clone())]);
-        Queues {
+        Ok(Queues {
             inner: Arc::new(Inner {
                 prefix: prefix.to_string(),
                 default,
                 conn,
                 register: Script::new(include_str!("queues/register.lua")),
                 open: RwLock::new(open),
+                numbered: RwLock::new(HashMap::from([(0, DEFAULT_QUEUE.to_string())])),
+                numbered_since: since,
                 located: Mutex::default(),
             }),
-        }
+        })
     }
 
     /// The registry of queue names.
     fn registry_key(&self) -> String {
         format!("{}:queues", self.inner.prefix)
+    }
+
+    /// Queue numbers by name, and names by number.
+    fn number_keys(&self) -> [String; 2] {
+        [format!("{}:queue-numbers", self.inner.prefix), format!("{}:queue-names", self.inner.prefix)]
     }
 
     /// The default queue.
@@ -86,18 +113,20 @@ impl Queues {
         if !is_queue_name(name) {
             return Err(QueueError::InvalidName(name.to_string()));
         }
-        let registered: i64 = self
+        let number: u16 = self
             .inner
             .register
             .key(self.registry_key())
+            .key(&self.number_keys())
             .arg(name)
             .arg(MAX_QUEUES)
             .invoke_async(&mut self.inner.conn.clone())
             .await?;
-        if registered == 0 {
+        if number == 0 {
             return Err(QueueError::TooMany);
         }
-        let queue = self.handle(name);
+        let queue = self.handle(name).numbered(number);
+        self.inner.numbered.write().expect("never poisoned").insert(number, name.to_string());
         queue.ensure_group().await?;
         self.inner.open.write().expect("never poisoned").insert(name.to_string(), queue.clone());
         Ok(queue)
@@ -147,25 +176,84 @@ impl Queues {
         located.insert(id, queue.name().into());
     }
 
-    /// The queue task `id` lives in, or `None` if no queue holds it (never existed, or expired).
+    /// The queue task `id` lives in, or `None` if no queue holds it (never existed, or expired):
+    /// the queue its id names, or for an id from before queues had numbers (or from a server of
+    /// that version still running beside this one), the default queue.
     pub async fn locate(&self, id: &Uuid) -> redis::RedisResult<Option<Queue>> {
         let remembered = self.inner.located.lock().expect("never poisoned").get(id).cloned();
         if let Some(name) = remembered {
             return Ok(Some(self.handle(&name)));
         }
-        let queues = self.all().await?;
-        // The default queue first: most tasks of most deployments live there.
-        let mut order: Vec<&Queue> = queues.iter().filter(|q| q.name() == DEFAULT_QUEUE).collect();
-        order.extend(queues.iter().filter(|q| q.name() != DEFAULT_QUEUE));
+        let mut candidates = vec![self.inner.default.clone()];
+        if created_ms(id) >= self.inner.numbered_since
+            && let Some(name) = self.name_of(queue_number(id)).await?
+            && name != DEFAULT_QUEUE
+        {
+            candidates.insert(0, self.handle(&name));
+        }
         let mut pipe = redis::pipe();
-        for queue in &order {
+        for queue in &candidates {
             pipe.exists(queue.keys().task(id));
         }
         let found: Vec<bool> = pipe.query_async(&mut self.inner.conn.clone()).await?;
-        let queue = order.into_iter().zip(found).find_map(|(queue, found)| found.then(|| queue.clone()));
+        let queue = candidates.into_iter().zip(found).find_map(|(queue, found)| found.then_some(queue));
         if let Some(queue) = &queue {
             self.remember(*id, queue);
         }
         Ok(queue)
+    }
+
+    /// The name of queue number `number`, if a queue has it.
+    async fn name_of(&self, number: u16) -> redis::RedisResult<Option<String>> {
+        if let Some(name) = self.inner.numbered.read().expect("never poisoned").get(&number) {
+            return Ok(Some(name.clone()));
+        }
+        let [_, names] = self.number_keys();
+        let name: Option<String> = self.inner.conn.clone().hget(names, number).await?;
+        if let Some(name) = &name {
+            self.inner.numbered.write().expect("never poisoned").insert(number, name.clone());
+        }
+        Ok(name)
+    }
+}
+
+/// Task id `id` for a task of the queue numbered `number`: the same UUIDv7 with the number in
+/// its `rand_a` bits (RFC 9562 leaves their use to the implementation).
+pub fn stamp(id: Uuid, number: u16) -> Uuid {
+    let mut bytes = *id.as_bytes();
+    bytes[6] = 0x70 | ((number >> 8) as u8 & 0x0f);
+    bytes[7] = number as u8;
+    Uuid::from_bytes(bytes)
+}
+
+/// The queue number a task id carries (see [`stamp`]).
+fn queue_number(id: &Uuid) -> u16 {
+    let bytes = id.as_bytes();
+    (u16::from(bytes[6] & 0x0f) << 8) | u16::from(bytes[7])
+}
+
+/// When a UUIDv7 was made, in ms since the epoch (its first 48 bits).
+fn created_ms(id: &Uuid) -> u64 {
+    let bytes = id.as_bytes();
+    bytes[..6].iter().fold(0, |ms, &b| (ms << 8) | u64::from(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_carries_its_queue_number_and_stays_a_uuid_v7_of_its_time() {
+        let id = Uuid::now_v7();
+        for number in [0, 1, 255, 256, 1000, 4095] {
+            let stamped = stamp(id, number);
+            assert_eq!(queue_number(&stamped), number);
+            assert_eq!(stamped.get_version_num(), 7);
+            assert_eq!(stamped.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(created_ms(&stamped), created_ms(&id));
+            assert_eq!(stamped.as_bytes()[8..], id.as_bytes()[8..]);
+        }
+        let ms = id.get_timestamp().map(|t| t.to_unix()).map(|(s, n)| s * 1000 + u64::from(n) / 1_000_000);
+        assert_eq!(Some(created_ms(&id)), ms);
     }
 }

@@ -284,6 +284,16 @@ impl Tasks {
         Ok(tasks)
     }
 
+    /// Opens the queue of each task (registering it on first use) and gives the task an id that
+    /// names it, so that the task is found by its id alone.
+    async fn place(&self, tasks: &mut [NewTask]) -> Result<(), SubmitError> {
+        for task in tasks {
+            let queue = self.queues.open(&task.queue).await?;
+            task.id = crate::queues::stamp(task.id, queue.number());
+        }
+        Ok(())
+    }
+
     /// Enqueues `tasks`, all of one queue, at once; nothing if the queue's `max_depth` would be
     /// passed.
     async fn enqueue(&self, tasks: &[NewTask]) -> Result<Queue, SubmitError> {
@@ -305,7 +315,7 @@ impl Tasks {
     /// error names the first refused one. A batch goes to one queue. Idempotency keys are not
     /// taken here.
     pub async fn submit_many(&self, submissions: Vec<Submission>) -> Result<Vec<TaskRecord>, BatchError> {
-        let tasks = self.prepare_all(submissions, false).await?;
+        let mut tasks = self.prepare_all(submissions, false).await?;
         if let Some(index) = tasks.iter().position(|t| t.queue != tasks[0].queue) {
             let error = SubmitError::Unsupported(format!(
                 "a batch goes to one queue: this task names `{}`, the first `{}`",
@@ -313,6 +323,7 @@ impl Tasks {
             ));
             return Err(BatchError::Rejected { index, error });
         }
+        self.place(&mut tasks).await.map_err(BatchError::Refused)?;
         if !tasks.is_empty() {
             self.enqueue(&tasks).await.map_err(BatchError::Refused)?;
         }
@@ -325,7 +336,8 @@ impl Tasks {
     /// each queue's are enqueued at once; should a queue refuse them (its `max_depth`), the tasks
     /// already enqueued in other queues are cancelled, so none runs.
     pub async fn submit_shared(&self, submissions: Vec<Submission>) -> Result<Vec<TaskRecord>, BatchError> {
-        let tasks = self.prepare_all(submissions, true).await?;
+        let mut tasks = self.prepare_all(submissions, true).await?;
+        self.place(&mut tasks).await.map_err(BatchError::Refused)?;
         let mut by_queue: std::collections::BTreeMap<String, Vec<NewTask>> = Default::default();
         for task in &tasks {
             by_queue.entry(task.queue.clone()).or_default().push(task.clone());
@@ -361,6 +373,7 @@ impl Tasks {
             Err(BatchError::Rejected { error, .. } | BatchError::Refused(error)) => return Err(error),
             Err(BatchError::Redis(e)) => return Err(e.into()),
         };
+        self.place(std::slice::from_mut(&mut task)).await?;
         let Some((key, request)) = idempotency_key else {
             self.enqueue(std::slice::from_ref(&task)).await?;
             return Ok(Submitted { record: record_of(&task), replayed: false });

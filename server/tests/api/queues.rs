@@ -427,3 +427,38 @@ async fn queues_declared_in_the_configuration_file_get_their_limits() {
     let error = courier::Server::build(config, courier::config::Command::Serve).await.err().expect("refused");
     assert!(format!("{error:#}").contains("queue `reports`"), "{error:#}");
 }
+
+#[tokio::test]
+async fn any_instance_finds_a_task_by_its_id_with_one_lookup_however_many_queues_there_are() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(app.submit_ok(json!({"kind": "echo", "payload": n, "queue": format!("q{n}")})).await);
+    }
+    // Another instance, which has never seen these ids, finds each in its queue.
+    let prefix = app.prefix.clone();
+    let other = spawn_app_on(&app.redis_url, |c| {
+        c.prefix = prefix;
+        c.concurrency = 0;
+    })
+    .await;
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut redis).await.unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let view = other.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(view["queue"], format!("q{n}"));
+    }
+    let unknown = uuid::Uuid::now_v7();
+    let response = other.http.get(other.url(&format!("/api/v1/tasks/{unknown}"))).send().await.unwrap();
+    assert_problem(response, 404, "/problems/not-found").await;
+    // One `EXISTS` per lookup, or two (its queue, then the default queue's for ids of servers
+    // from before queues had numbers), never one per queue.
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis).await.unwrap();
+    let exists = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_exists:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!((21..=42).contains(&exists), "{exists} EXISTS for 21 lookups");
+}
