@@ -22,6 +22,9 @@
 //! | `{prefix}:{queue}:ended`         | hash   | Unix second -> tasks ended then (the last two minutes) |
 //! | `{prefix}:{queue}:settings`      | hash   | `paused`, `max_depth`, `concurrency`, `rate_limit`, `rate_period_ms` |
 //! | `{prefix}:{default}:events`      | stream | task and queue events of every queue, capped (one stream; issue 17 spreads it) |
+//! | `{prefix}:queues`                | set    | the name of every queue                 |
+//! | `{prefix}:queue-numbers`, `queue-names` | hash | each queue's number for life, both ways (task ids carry it) |
+//! | `{prefix}:queue-numbers-since`   | string | when queues began to have numbers (older ids are the default queue's) |
 //! | `{prefix}:{queue}:idem:{sha1}`   | string | `{task id} {request digest}` of a key   |
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 
