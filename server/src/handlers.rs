@@ -154,6 +154,14 @@ impl Registry {
         Registry { kinds: Arc::new(handlers.into_iter().map(|h| (h.name(), h)).collect()) }
     }
 
+    /// This registry with `handler` added: a kind of your own, in a binary of your own
+    /// (`examples/custom_kind.rs`). A kind of the same name is replaced.
+    pub fn with(self, handler: impl Handler) -> Registry {
+        let mut kinds = (*self.kinds).clone();
+        kinds.insert(handler.name(), Arc::new(handler));
+        Registry { kinds: Arc::new(kinds) }
+    }
+
     /// The handler of `kind`, if there is one.
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {
         self.kinds.get(kind)

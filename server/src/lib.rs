@@ -46,8 +46,14 @@ pub struct Server {
 
 impl Server {
     /// Connects to Redis (starting one if no URL is given and the role is `serve`), binds the
-    /// HTTP port (for `serve`), and prepares the workers (unless `--concurrency 0`).
+    /// HTTP port (for `serve`), and prepares the workers (unless `--concurrency 0`), for the
+    /// built-in kinds.
     pub async fn build(config: Config, role: Command) -> anyhow::Result<Server> {
+        Server::build_with(config, role, Registry::builtin()).await
+    }
+
+    /// [`Server::build`] for the kinds of `registry` (the built-in ones and your own).
+    pub async fn build_with(config: Config, role: Command, registry: Registry) -> anyhow::Result<Server> {
         config.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
         let (url, redis) = match &config.redis_url {
             Some(url) => (url.expose().to_string(), None),
@@ -88,7 +94,6 @@ impl Server {
             .context("reading the queue registry")?;
         let file = read_file_config(&config)?;
         declare_queues(&file, &queues).await?;
-        let registry = Registry::builtin();
         let shutdown = CancellationToken::new();
 
         let runner = (config.concurrency > 0).then(|| {
@@ -215,6 +220,23 @@ async fn declare_subscriptions(
     }
     info!(count = file.subscriptions.len(), file = %path.display(), "declared subscriptions");
     Ok(())
+}
+
+/// What the `courier` binary does, for the kinds of `registry`: parses the command line and the
+/// `COURIER_*` variables, starts logging (`RUST_LOG`), then serves or works until a shutdown
+/// signal. A binary of your own with kinds of its own calls this from its `main`
+/// (`examples/custom_kind.rs`).
+pub async fn main_with(registry: Registry) -> anyhow::Result<()> {
+    use clap::Parser;
+    let cli = config::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let role = cli.command.unwrap_or(Command::Serve);
+    Server::build_with(cli.config, role, registry).await?.run().await
 }
 
 fn leptos_options(config: &Config, addr: SocketAddr) -> leptos::prelude::LeptosOptions {
