@@ -338,19 +338,21 @@ impl Tasks {
     pub async fn submit_shared(&self, submissions: Vec<Submission>) -> Result<Vec<TaskRecord>, BatchError> {
         let mut tasks = self.prepare_all(submissions, true).await?;
         self.place(&mut tasks).await.map_err(BatchError::Refused)?;
-        let mut by_queue: std::collections::BTreeMap<String, Vec<NewTask>> = Default::default();
-        for task in &tasks {
-            by_queue.entry(task.queue.clone()).or_default().push(task.clone());
+        // Each queue's tasks share one copy, stored under the first of them.
+        let mut by_queue: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (index, task) in tasks.iter().enumerate() {
+            by_queue.entry(task.queue.clone()).or_default().push(index);
+        }
+        for group in by_queue.values().filter(|g| g.len() > 1) {
+            let shared = SharedPayload { owner: tasks[group[0]].id, tasks: group.len() };
+            for &index in group {
+                tasks[index].shared_payload = Some(shared);
+            }
         }
         let mut stored: Vec<Uuid> = Vec::new();
-        for group in by_queue.values_mut() {
-            if let [first, _, ..] = group.as_slice() {
-                let shared = SharedPayload { owner: first.id, tasks: group.len() };
-                for task in group.iter_mut() {
-                    task.shared_payload = Some(shared);
-                }
-            }
-            if let Err(refused) = self.enqueue(group).await {
+        for group in by_queue.values() {
+            let group: Vec<NewTask> = group.iter().map(|&index| tasks[index].clone()).collect();
+            if let Err(refused) = self.enqueue(&group).await {
                 for id in &stored {
                     let _ = self.cancel(id).await;
                 }
@@ -358,9 +360,7 @@ impl Tasks {
             }
             stored.extend(group.iter().map(|t| t.id));
         }
-        let shared: std::collections::HashMap<Uuid, NewTask> =
-            by_queue.into_values().flatten().map(|t| (t.id, t)).collect();
-        Ok(tasks.iter().map(|t| record_of(shared.get(&t.id).unwrap_or(t))).collect())
+        Ok(tasks.iter().map(record_of).collect())
     }
 
     /// Validates and enqueues a task; on any error nothing is stored.
@@ -523,10 +523,8 @@ impl Tasks {
         {
             return Ok(depth);
         }
-        let mut depth = 0;
-        for queue in self.queues.all().await? {
-            depth += queue.depth().await?;
-        }
+        let queues = self.queues.all().await?;
+        let depth = futures::future::try_join_all(queues.iter().map(Queue::depth)).await?.into_iter().sum();
         *self.depth_cache.lock().expect("never poisoned") = Some((std::time::Instant::now(), depth));
         Ok(depth)
     }

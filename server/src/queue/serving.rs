@@ -174,11 +174,14 @@ impl Serving {
     /// the queue's share of the slots, the rest going back to the fetch loop, which offers them
     /// to every queue by weight.
     pub(super) fn refill(&self, served: &Served, freed: usize, ended: usize) -> usize {
-        let served_all = self.all();
-        if served_all.len() <= 1 {
+        // Read under the lock, not cloned: this runs for every batch of ends.
+        let (queues, total) = {
+            let all = self.served.lock().expect("never poisoned");
+            (all.len(), all.iter().map(|s| u64::from(s.weight)).sum::<u64>())
+        };
+        if queues <= 1 {
             return freed;
         }
-        let total: u64 = served_all.iter().map(|s| u64::from(s.weight)).sum();
         let share = (self.concurrency as u64 * u64::from(served.weight)).div_ceil(total.max(1)) as usize;
         let still_running = served.running.load(Ordering::Relaxed).saturating_sub(ended);
         freed.min(share.saturating_sub(still_running))
