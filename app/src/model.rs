@@ -103,6 +103,12 @@ pub fn is_queue_name(name: &str) -> bool {
         && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
+/// Whether `name` can name a kind: the same form as a queue's name, 1 to 64 of lowercase
+/// letters, digits, `.`, `_` and `-`, starting with a letter or digit (`csv.summary`).
+pub fn is_kind_name(name: &str) -> bool {
+    is_queue_name(name)
+}
+
 impl TaskView {
     /// Folds a pushed event into this view, so a list can follow a task without refetching it.
     pub fn apply(&mut self, event: &TaskEvent) {

@@ -11,11 +11,11 @@ use serde_json::json;
 struct Reverse;
 
 impl Handler for Reverse {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "reverse"
     }
 
-    fn description(&self) -> &'static str {
+    fn description(&self) -> &str {
         "Turns a string around (a kind of this binary's own)."
     }
 

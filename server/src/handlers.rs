@@ -69,25 +69,37 @@ impl Output {
 pub struct HandlerError {
     pub message: String,
     pub retryable: bool,
+    /// When the next attempt may come at the soonest (a `Retry-After`), if the failure said;
+    /// the kind's retry cap still bounds it.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl HandlerError {
     /// A failure worth another attempt (a flaky dependency, a timeout).
     pub fn retryable(message: impl Into<String>) -> HandlerError {
-        HandlerError { message: message.into(), retryable: true }
+        HandlerError { message: message.into(), retryable: true, retry_after: None }
+    }
+
+    /// A failure worth another attempt, no sooner than `after` (a peer's `Retry-After`).
+    pub fn retryable_after(message: impl Into<String>, after: std::time::Duration) -> HandlerError {
+        HandlerError { message: message.into(), retryable: true, retry_after: Some(after) }
     }
 
     /// A failure no retry can fix (a payload the kind cannot use): straight to the dead letters.
     pub fn fatal(message: impl Into<String>) -> HandlerError {
-        HandlerError { message: message.into(), retryable: false }
+        HandlerError { message: message.into(), retryable: false, retry_after: None }
     }
 }
 
 /// What a running handler may know and do besides its input.
 #[derive(Clone)]
 pub struct Context {
+    /// The task's id: the same on every attempt (a key to make the work idempotent).
+    pub task_id: uuid::Uuid,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// When this attempt times out, if its kind or task set a timeout.
+    pub deadline: Option<std::time::SystemTime>,
     /// Fires when the task is cancelled or its lease is lost: stop soon.
     pub cancel: CancellationToken,
     progress: Arc<watch::Sender<Option<u8>>>,
@@ -96,7 +108,14 @@ pub struct Context {
 impl Context {
     /// A context whose progress reports go to `progress`.
     pub fn new(attempt: u32, cancel: CancellationToken, progress: watch::Sender<Option<u8>>) -> Context {
-        Context { attempt, cancel, progress: Arc::new(progress) }
+        Context { task_id: uuid::Uuid::nil(), attempt, deadline: None, cancel, progress: Arc::new(progress) }
+    }
+
+    /// This context for attempt `attempt` of task `task_id`, due to end by `deadline`.
+    pub fn for_task(mut self, task_id: uuid::Uuid, deadline: Option<std::time::SystemTime>) -> Context {
+        self.task_id = task_id;
+        self.deadline = deadline;
+        self
     }
 
     /// Reports progress (0–100); cheap, and coalesced if reported faster than it is stored.
@@ -108,9 +127,9 @@ impl Context {
 /// One task kind.
 pub trait Handler: Send + Sync + 'static {
     /// The kind's name, as in `{"kind": "…"}`.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
     /// One sentence for people choosing a kind.
-    fn description(&self) -> &'static str;
+    fn description(&self) -> &str;
     /// JSON Schema of the payload when sent as JSON.
     fn schema(&self) -> serde_json::Value;
     /// A payload to show in the form.
@@ -127,6 +146,15 @@ pub trait Handler: Send + Sync + 'static {
     fn timeout(&self) -> Option<std::time::Duration> {
         None
     }
+    /// How its retries are spaced, when not as the worker's `--retry-base`/`--retry-cap` say.
+    fn retry_policy(&self) -> Option<crate::worker::RetryPolicy> {
+        None
+    }
+    /// Whether this process runs it. A kind declared without an endpoint is run by workers
+    /// that pull it over HTTP: it is known here (validated, listed) but never leased here.
+    fn runs_here(&self) -> bool {
+        true
+    }
     /// The queue its tasks go to unless a submission names another.
     fn queue(&self) -> &str {
         app::model::DEFAULT_QUEUE
@@ -138,7 +166,7 @@ pub trait Handler: Send + Sync + 'static {
 /// The kinds this process knows, by name; cheap to clone (every request's state holds one).
 #[derive(Clone)]
 pub struct Registry {
-    kinds: Arc<BTreeMap<&'static str, Arc<dyn Handler>>>,
+    kinds: Arc<BTreeMap<String, Arc<dyn Handler>>>,
 }
 
 impl Registry {
@@ -151,20 +179,31 @@ impl Registry {
             Arc::new(sleep::Sleep),
             Arc::new(flaky::Flaky),
         ];
-        Registry { kinds: Arc::new(handlers.into_iter().map(|h| (h.name(), h)).collect()) }
+        Registry { kinds: Arc::new(handlers.into_iter().map(|h| (h.name().to_string(), h)).collect()) }
     }
 
     /// This registry with `handler` added: a kind of your own, in a binary of your own
     /// (`examples/custom_kind.rs`). A kind of the same name is replaced.
+    ///
+    /// # Panics
+    /// When the kind's name is not a valid kind name (`app::model::is_kind_name`): a mistake in
+    /// the binary's code, found the first time it starts.
     pub fn with(self, handler: impl Handler) -> Registry {
+        assert!(app::model::is_kind_name(handler.name()), "`{}` is not a valid kind name", handler.name());
         let mut kinds = (*self.kinds).clone();
-        kinds.insert(handler.name(), Arc::new(handler));
+        kinds.insert(handler.name().to_string(), Arc::new(handler));
         Registry { kinds: Arc::new(kinds) }
     }
 
     /// The handler of `kind`, if there is one.
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {
         self.kinds.get(kind)
+    }
+
+    /// The kinds this process runs (compiled in, or declared with an endpoint), by name: what
+    /// its workers lease.
+    pub fn run_here(&self) -> Vec<String> {
+        self.kinds.iter().filter(|(_, h)| h.runs_here()).map(|(name, _)| name.clone()).collect()
     }
 
     /// Every kind, described for `GET /api/v1/kinds`.

@@ -132,7 +132,9 @@ impl Runner {
         let input = Input { bytes, content_type: lease.payload_type.clone() };
         let cancel = CancellationToken::new();
         let (progress_tx, progress_rx) = watch::channel(None);
-        let ctx = Context::new(lease.attempt, cancel.clone(), progress_tx);
+        let deadline = lease.timeout_ms.map(|ms| std::time::SystemTime::now() + Duration::from_millis(ms));
+        let ctx = Context::new(lease.attempt, cancel.clone(), progress_tx).for_task(lease.task_id, deadline);
+        let retry = handler.retry_policy().unwrap_or(self.retry);
         let started = Instant::now();
         // The handler runs inside this task, beside the lease keeping: no task of its own.
         let run = AssertUnwindSafe(handler.run(input, ctx)).catch_unwind();
@@ -154,7 +156,10 @@ impl Runner {
                 Outcome::Succeeded { result, content_type }
             }
             Err(e) if e.retryable && lease.attempt < lease.max_attempts => {
-                let after = self.retry.delay(lease.attempt, jitter());
+                // A peer's Retry-After is honoured, up to the retry cap.
+                let after = retry
+                    .delay(lease.attempt, jitter())
+                    .max(e.retry_after.unwrap_or_default().min(retry.cap));
                 info!(duration_ms, error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
                 Outcome::Retry { error: e.message, after }
             }

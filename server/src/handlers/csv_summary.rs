@@ -148,11 +148,11 @@ pub fn summarise(data: &[u8]) -> Result<Summary, HandlerError> {
 }
 
 impl Handler for CsvSummary {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "csv.summary"
     }
 
-    fn description(&self) -> &'static str {
+    fn description(&self) -> &str {
         "Summarises a CSV file (header row first): rows, and per column type, min, max, mean and distinct values."
     }
 

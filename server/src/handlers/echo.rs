@@ -7,11 +7,11 @@ use serde_json::json;
 pub struct Echo;
 
 impl Handler for Echo {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "echo"
     }
 
-    fn description(&self) -> &'static str {
+    fn description(&self) -> &str {
         "Returns the payload unchanged: any JSON, or any uploaded file."
     }
 

@@ -13,11 +13,11 @@ struct Payload {
 }
 
 impl Handler for Flaky {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "flaky"
     }
 
-    fn description(&self) -> &'static str {
+    fn description(&self) -> &str {
         "Fails its first `fail_times` attempts, then succeeds (-1: always fails), to see retries and dead letters."
     }
 

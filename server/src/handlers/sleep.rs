@@ -20,11 +20,11 @@ fn default_steps() -> u32 {
 }
 
 impl Handler for Sleep {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "sleep"
     }
 
-    fn description(&self) -> &'static str {
+    fn description(&self) -> &str {
         "Sleeps `ms` milliseconds in `steps` steps, reporting progress after each; honours cancellation."
     }
 

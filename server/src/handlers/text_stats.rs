@@ -42,11 +42,11 @@ pub fn stats(text: &str) -> Stats {
 }
 
 impl Handler for TextStats {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "text.stats"
     }
 
-    fn description(&self) -> &'static str {
+    fn description(&self) -> &str {
         "Counts lines, words and characters of a text and lists its ten most frequent words."
     }
 
