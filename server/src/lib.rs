@@ -8,6 +8,7 @@ pub mod embedded_redis;
 pub mod events;
 pub mod handlers;
 pub mod http;
+pub mod push;
 pub mod queue;
 pub mod queues;
 pub mod redis_client;
