@@ -376,6 +376,79 @@ pub struct Problem {
     pub errors: Vec<String>,
 }
 
+/// `POST /api/v1/queues/{queue}/leases`: a worker pulling tasks over HTTP asks for leases.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// The worker's name for itself (1 to 128 printable characters), for logs and views.
+    pub worker: String,
+    /// The kinds it runs; every kind of the queue when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<String>>,
+    /// The most leases to take (1 to 100; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// How long to wait for tasks when there are none (0 to 30,000 ms; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// How long each lease lasts unrenewed (1,000 ms up to the server's `--lease`, its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+/// One task leased to a pulling worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// Names the lease in heartbeat, complete, fail and release; unguessable.
+    pub token: String,
+    pub task: TaskView,
+    /// The payload, when it is JSON of at most 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// Where to `GET` the payload otherwise (with its content type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_url: Option<String>,
+    /// When the lease runs out unless renewed (RFC 3339).
+    pub expires_at: String,
+}
+
+/// The answer to a lease request: the leases taken (none when the wait ended first).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseList {
+    pub leases: Vec<LeaseGrant>,
+}
+
+/// `POST /api/v1/leases/{token}/heartbeat`: renews a lease, optionally reporting progress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// When the lease now runs out (RFC 3339).
+    pub expires_at: String,
+    /// The task was cancelled: stop, and release the lease.
+    pub cancel_requested: bool,
+}
+
+/// `POST /api/v1/leases/{token}/fail`: the attempt failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseFailure {
+    /// What went wrong, for people (at most 4 KiB are kept).
+    pub error: String,
+    /// Whether another attempt could succeed.
+    pub retryable: bool,
+    /// The soonest the next attempt should come (bounded by the kind's retry cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@ mod api;
 mod connections;
 mod dead_letters;
 mod guard;
+mod leases;
 mod problem;
 mod queues;
 mod sse;
@@ -47,6 +48,9 @@ pub struct AppState {
     #[from_ref(skip)]
     pub body_budget: BodyBudget,
     pub retention: Duration,
+    /// How retries are spaced for kinds without a policy of their own (a pulled task's failure).
+    #[from_ref(skip)]
+    pub retry: crate::worker::RetryPolicy,
     pub leptos_options: LeptosOptions,
     /// The hosts and origins answered.
     #[from_ref(skip)]
@@ -67,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}", get(api::get).delete(api::cancel))
         .route("/api/v1/tasks/{id}/status", get(api::status).delete(api::cancel))
         .route("/api/v1/tasks/{id}/result", get(api::result))
+        .route("/api/v1/tasks/{id}/payload", get(api::payload))
         .route("/api/v1/tasks/{id}/events", get(sse::task_events))
         .route("/api/v1/events", get(sse::all_events))
         .route("/api/v1/kinds", get(api::kinds))
@@ -81,6 +86,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/queues/{name}", get(queues::get).put(queues::put))
         .route("/api/v1/queues/{name}/pause", post(queues::pause))
         .route("/api/v1/queues/{name}/resume", post(queues::resume))
+        .route("/api/v1/queues/{name}/leases", post(leases::take))
+        .route("/api/v1/leases/{token}/heartbeat", post(leases::heartbeat))
+        .route("/api/v1/leases/{token}/complete", post(leases::complete))
+        .route("/api/v1/leases/{token}/fail", post(leases::fail))
+        .route("/api/v1/leases/{token}/release", post(leases::release))
         .route("/api/v1/dead-letters", get(dead_letters::list))
         .route("/api/v1/dead-letters/requeue", post(dead_letters::requeue_all))
         .route("/api/v1/dead-letters/{id}", delete(dead_letters::delete))

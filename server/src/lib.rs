@@ -88,7 +88,7 @@ impl Server {
             events_maxlen: config.events_max,
         };
         let queue = Queue::new(client.clone(), conn.clone(), &config.prefix, DEFAULT_QUEUE, settings);
-        queue.ensure_group().await.context("creating the queue's consumer group")?;
+        queue.open_lanes(&[]).await.context("opening the default queue's lanes")?;
         let keys = queue.keys().clone();
         let queues = Queues::open_registry(queue, conn.clone(), &config.prefix)
             .await
@@ -100,7 +100,9 @@ impl Server {
         let runner = (config.concurrency > 0).then(|| {
             let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
             let choice = queue::parse_choice(&config.queues).unwrap_or(queue::QueueChoice::Every);
-            let serving = Serving::new(queues.clone(), choice, config.concurrency);
+            let kinds = registry.clone();
+            let serving =
+                Serving::new(queues.clone(), choice, config.concurrency, Arc::new(move || kinds.run_here()));
             Runner::new(serving, registry.clone(), retry)
         });
         let (listener, router) = if role == Command::Serve {
@@ -121,6 +123,7 @@ impl Server {
                 max_payload: config.max_payload,
                 body_budget: http::BodyBudget::new(config.max_body_memory),
                 retention: config.retention,
+                retry: RetryPolicy { base: config.retry_base, cap: config.retry_cap },
                 leptos_options: leptos_options(&config, listener.local_addr()?),
                 guard: Arc::new(http::Guard::new(&config, listener.local_addr()?)),
                 timeouts: http::Timeouts { request: config.request_timeout, body: config.body_timeout },

@@ -1,6 +1,7 @@
 //! Courier's own Redis queue backend, and its adapter to apalis's `Backend` trait.
 //!
-//! Runnable task ids sit on a Redis Stream read through a consumer group: `XREADGROUP BLOCK` hands
+//! Runnable task ids sit on Redis Streams read through a consumer group, one set per kind in a
+//! queue (its lane, so a worker reads only the kinds it runs): `XREADGROUP BLOCK` hands
 //! an entry to exactly one worker and records it as pending, which is the lease; the worker
 //! renews it (`XCLAIM … JUSTID`) while the handler runs, and any worker takes over entries idle
 //! longer than the lease (`XAUTOCLAIM`). Each claim writes a fresh token into the task record,
@@ -28,13 +29,16 @@ mod enqueue;
 mod fetch;
 mod finish;
 mod lease;
+mod pull;
 pub mod record;
 mod serving;
 
 pub use backend::{BackendStopped, RedisBackend, backend};
 pub use enqueue::Enqueued;
+use lease::HeldEntry;
 pub use lease::Lease;
 use lease::LeasedPayload;
+pub use pull::{PullToken, Pulled};
 pub use serving::{QueueChoice, Serving, parse_choice};
 
 /// The consumer group every worker of a queue reads through.
@@ -61,6 +65,7 @@ struct Scripts {
     enqueue: Script,
     view: Script,
     claim: Script,
+    pull: Script,
     renew: Script,
     progress: Script,
     finish: Script,
@@ -71,11 +76,13 @@ struct Scripts {
     release: Script,
     depth: Script,
     prune_index: Script,
+    open_lanes: Script,
 }
 
 /// The helpers the scripts share, each prepended to the scripts that use it. A Lua local
 /// function must be defined before its first use, so they go in front in this order.
 const EVENTS: &str = include_str!("queue/events.lua");
+const LANES: &str = include_str!("queue/lanes.lua");
 const SESSIONS: &str = include_str!("queue/session.lua");
 const GROUPS: &str = include_str!("queue/group.lua");
 const ENDS: &str = include_str!("queue/ends.lua");
@@ -91,12 +98,13 @@ fn script(helpers: &[&str], body: &str) -> Script {
 
 impl Scripts {
     fn load() -> Scripts {
-        let leasing = [EVENTS, SESSIONS, GROUPS, ENDS, LEASES];
-        let ending = [EVENTS, SESSIONS, ENDS];
+        let leasing = [EVENTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
+        let ending = [EVENTS, LANES, SESSIONS, ENDS];
         Scripts {
-            enqueue: script(&[EVENTS, SESSIONS, GROUPS], include_str!("queue/enqueue.lua")),
-            view: script(&[GROUPS], include_str!("queue/queue_view.lua")),
+            enqueue: script(&[EVENTS, LANES, SESSIONS, GROUPS], include_str!("queue/enqueue.lua")),
+            view: script(&[LANES, GROUPS], include_str!("queue/queue_view.lua")),
             claim: script(&leasing, include_str!("queue/claim.lua")),
+            pull: script(&leasing, include_str!("queue/pull.lua")),
             renew: script(&[], include_str!("queue/renew.lua")),
             progress: script(&[EVENTS], include_str!("queue/progress.lua")),
             finish: script(&leasing, include_str!("queue/finish.lua")),
@@ -105,8 +113,9 @@ impl Scripts {
             requeue: script(&ending, include_str!("queue/requeue.lua")),
             purge: script(&[], include_str!("queue/purge.lua")),
             release: script(&ending, include_str!("queue/release.lua")),
-            depth: script(&[GROUPS], include_str!("queue/depth.lua")),
+            depth: script(&[LANES, GROUPS], include_str!("queue/depth.lua")),
             prune_index: script(&[], include_str!("queue/prune_index.lua")),
+            open_lanes: script(&[LANES], include_str!("queue/open_lanes.lua")),
         }
     }
 }
@@ -351,23 +360,28 @@ impl Queue {
         &self.settings
     }
 
-    /// Creates the ready streams and their consumer group if they do not exist yet.
-    pub async fn ensure_group(&self) -> redis::RedisResult<()> {
-        for stream in self.keys.ready_streams() {
-            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(stream)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut self.conn.clone())
-                .await;
-            match created {
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                other => other?,
+    /// Opens the lanes of `kinds` (ready streams and consumer group) where the queue has none
+    /// yet, and moves tasks left on the ready streams of a Courier from before lanes onto theirs.
+    pub async fn open_lanes(&self, kinds: &[String]) -> redis::RedisResult<()> {
+        const BATCH: usize = 1_000;
+        loop {
+            let moved: usize = self
+                .scripts
+                .open_lanes
+                .arg(self.keys.base())
+                .arg(BATCH)
+                .arg(kinds)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            if moved < BATCH {
+                return Ok(());
             }
         }
-        Ok(())
+    }
+
+    /// Every kind with a lane in this queue.
+    pub async fn lane_kinds(&self) -> redis::RedisResult<Vec<String>> {
+        self.conn.clone().smembers(self.keys.lanes()).await
     }
 
     /// Drops the listing index's entries of tasks that are gone, at most once a second per
@@ -433,15 +447,21 @@ impl Queue {
 
     /// Renews `lease`, and tells whether it is still held and whether cancellation was asked.
     pub async fn renew(&self, lease: &Lease) -> redis::RedisResult<Renewal> {
+        self.renew_entry(&lease.held(), Duration::ZERO).await
+    }
+
+    /// Renews the lease `held` with its entry left `idle` (zero: a full lease from now).
+    async fn renew_entry(&self, held: &HeldEntry<'_>, idle: Duration) -> redis::RedisResult<Renewal> {
         let answer: i64 = self
             .scripts
             .renew
-            .key(self.keys.task(&lease.task_id))
-            .key(&lease.stream)
-            .arg(&lease.token)
+            .key(self.keys.task(held.task_id))
+            .key(held.stream)
+            .arg(held.token)
             .arg(GROUP)
-            .arg(lease.consumer.as_ref())
-            .arg(&lease.entry_id)
+            .arg(held.consumer)
+            .arg(held.entry_id)
+            .arg(idle.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match answer {
@@ -453,15 +473,20 @@ impl Queue {
 
     /// Records progress (0–100) of a running attempt; `false` if the lease was lost.
     pub async fn progress(&self, lease: &Lease, percent: u8) -> redis::RedisResult<bool> {
+        self.progress_of(&lease.task_id, &lease.token, percent).await
+    }
+
+    /// Records progress of the attempt of task `task_id` held with `token`.
+    async fn progress_of(&self, task_id: &Uuid, token: &str, percent: u8) -> redis::RedisResult<bool> {
         let applied: i64 = self
             .scripts
             .progress
-            .key(self.keys.task(&lease.task_id))
+            .key(self.keys.task(task_id))
             .key(self.keys.events())
-            .arg(&lease.token)
+            .arg(token)
             .arg(percent.min(100))
             .arg(now_ms())
-            .arg(lease.task_id.to_string())
+            .arg(task_id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.keys.base())
             .invoke_async(&mut self.conn.clone())
@@ -478,17 +503,22 @@ impl Queue {
     /// Hands an unfinished attempt back to the queue (it does not count); `false` if the lease
     /// was lost meanwhile.
     pub async fn release(&self, lease: &Lease) -> redis::RedisResult<bool> {
+        self.release_entry(&lease.held()).await
+    }
+
+    /// Hands the attempt `held` back to the queue.
+    async fn release_entry(&self, held: &HeldEntry<'_>) -> redis::RedisResult<bool> {
         let released: i64 = self
             .scripts
             .release
-            .key(self.keys.task(&lease.task_id))
-            .key(&lease.stream)
+            .key(self.keys.task(held.task_id))
+            .key(held.stream)
             .key(self.keys.events())
-            .arg(&lease.token)
+            .arg(held.token)
             .arg(GROUP)
-            .arg(&lease.entry_id)
+            .arg(held.entry_id)
             .arg(now_ms())
-            .arg(lease.task_id.to_string())
+            .arg(held.task_id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.keys.base())
             .invoke_async(&mut self.conn.clone())
@@ -504,7 +534,6 @@ impl Queue {
             .key(self.keys.delayed())
             .key(self.keys.events())
             .key(self.keys.session(&session))
-            .key(self.keys.ready())
             .key(self.idempotency_key_or_none(idem.as_deref()))
             .key(self.keys.retrying());
         self.requeue_args(&mut call, id, &session, idem.is_some());
@@ -571,7 +600,6 @@ impl Queue {
         call.key(self.keys.task(id))
             .key(self.keys.dead())
             .key(self.keys.events())
-            .key(&self.keys.ready_streams())
             .key(self.keys.session(&session))
             .key(self.idempotency_key_or_none(idem.as_deref()));
         self.requeue_args(&mut call, id, &session, idem.is_some());
@@ -603,7 +631,6 @@ impl Queue {
         self.scripts
             .promote
             .key(self.keys.delayed())
-            .key(&self.keys.ready_streams())
             .key(self.keys.expiring())
             .key(self.keys.events())
             .key(self.keys.retrying())
@@ -620,10 +647,10 @@ impl Queue {
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         self.scripts
             .depth
-            .key(&self.keys.ready_streams())
             .key(self.keys.delayed())
             .key(self.keys.retrying())
             .arg(GROUP)
+            .arg(self.keys.base())
             .invoke_async(&mut self.conn.clone())
             .await
     }
@@ -633,7 +660,6 @@ impl Queue {
         let reply: std::collections::HashMap<String, String> = self
             .scripts
             .view
-            .key(&self.keys.ready_streams())
             .key(self.keys.delayed())
             .key(self.keys.retrying())
             .key(self.keys.dead())
@@ -641,6 +667,7 @@ impl Queue {
             .key(self.keys.settings())
             .arg(GROUP)
             .arg(now_ms())
+            .arg(self.keys.base())
             .invoke_async(&mut self.conn.clone())
             .await?;
         let number = |name: &str| reply.get(name).and_then(|v| v.parse::<u64>().ok());
@@ -723,7 +750,8 @@ impl Queue {
     /// consumer list does not grow with every worker that ever ran.
     pub(super) async fn prune_consumers(self) {
         const IDLE_MS: usize = 3_600_000;
-        for stream in self.keys.ready_streams() {
+        let kinds = self.lane_kinds().await.unwrap_or_default();
+        for stream in kinds.iter().flat_map(|kind| self.keys.lane(kind)) {
             let mut conn = self.conn.clone();
             let info: redis::RedisResult<StreamInfoConsumersReply> =
                 redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg(GROUP).query_async(&mut conn).await;
@@ -761,6 +789,11 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lanes_are_read_through_the_group_the_workers_use() {
+        assert!(LANES.contains(&format!("local LANE_GROUP = '{GROUP}'")));
+    }
 
     #[test]
     fn redis_backoff_doubles_up_to_five_seconds_and_resets() {

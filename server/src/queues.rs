@@ -127,7 +127,7 @@ impl Queues {
         }
         let queue = self.handle(name).numbered(number);
         self.inner.numbered.write().expect("never poisoned").insert(number, name.to_string());
-        queue.ensure_group().await?;
+        queue.open_lanes(&[]).await?;
         self.inner.open.write().expect("never poisoned").insert(name.to_string(), queue.clone());
         Ok(queue)
     }

@@ -10,8 +10,9 @@
 //! | `{prefix}:{queue}:payload-refs:{id}` | hash | a shared payload's count of open tasks (`open`) and latest retention end (`until`) |
 //! | `{prefix}:{queue}:result:{id}`   | string | the result bytes (none when they are the payload) |
 //! | `{prefix}:{queue}:staged:{token}` | string | a large result, until its finish script renames it |
-//! | `{prefix}:{queue}:ready`         | stream | ids of runnable tasks, consumer group; trimmed in bulk once acknowledged |
-//! | `{prefix}:{queue}:ready-high`    | stream | the same, for high priority (and `-low`) |
+//! | `{prefix}:{queue}:ready:{kind}`  | stream | ids of runnable tasks of one kind (its lane), consumer group; trimmed in bulk once acknowledged |
+//! | `{prefix}:{queue}:ready-high:{kind}` | stream | the same, for high priority (and `-low`) |
+//! | `{prefix}:{queue}:lanes`         | set    | the kinds with a lane in the queue      |
 //! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
 //! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |
 //! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
@@ -29,7 +30,7 @@
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 
 use crate::queue::record as field;
-use app::model::{Priority, Status, TaskView};
+use app::model::{Status, TaskView};
 use redis::{AsyncCommands, aio::ConnectionManager};
 use std::{collections::HashMap, sync::Arc};
 use uuid::Uuid;
@@ -101,23 +102,14 @@ impl Keys {
         format!("{}:staged:{token}", self.base)
     }
 
-    /// The ready stream of normal-priority tasks.
-    pub fn ready(&self) -> String {
-        format!("{}:ready", self.base)
+    /// The ready streams of `kind`'s lane in this queue, most urgent first (lanes.lua).
+    pub fn lane(&self, kind: &str) -> [String; 3] {
+        ["ready-high", "ready", "ready-low"].map(|stream| format!("{}:{stream}:{kind}", self.base))
     }
 
-    /// The ready stream of tasks of `priority`.
-    pub fn ready_for(&self, priority: Priority) -> String {
-        match priority {
-            Priority::High => format!("{}:ready-high", self.base),
-            Priority::Normal => self.ready(),
-            Priority::Low => format!("{}:ready-low", self.base),
-        }
-    }
-
-    /// Every ready stream, most urgent first.
-    pub fn ready_streams(&self) -> [String; 3] {
-        [Priority::High, Priority::Normal, Priority::Low].map(|p| self.ready_for(p))
+    /// The set of kinds that have a lane in this queue.
+    pub fn lanes(&self) -> String {
+        format!("{}:lanes", self.base)
     }
 
     pub fn delayed(&self) -> String {
@@ -314,6 +306,11 @@ impl Store {
         }))
     }
 
+    /// The task's payload bytes, or `None` once they have expired.
+    pub async fn payload(&self, record: &TaskRecord) -> redis::RedisResult<Option<Vec<u8>>> {
+        self.conn.clone().get(self.keys.payload(&record.payload_ref.unwrap_or(record.id))).await
+    }
+
     /// Up to `count` dead letters from rank `from` (oldest first) that failed up to `until_ms`,
     /// each with its kind (`None` once its record is gone). A rank is found in logarithmic time,
     /// so paging by rank costs the same on the last page as on the first.
@@ -479,9 +476,14 @@ mod tests {
     fn every_key_of_a_queue_shares_its_hash_tag() {
         let keys = Keys::new("courier", "default");
         let id = Uuid::now_v7();
-        for key in
-            [keys.task(&id), keys.payload(&id), keys.result(&id), keys.ready(), keys.events().to_string()]
-        {
+        for key in [
+            keys.task(&id),
+            keys.payload(&id),
+            keys.result(&id),
+            keys.lane("echo")[1].clone(),
+            keys.lanes(),
+            keys.events().to_string(),
+        ] {
             assert!(key.starts_with("courier:{default}:"), "{key}");
         }
     }

@@ -179,7 +179,12 @@ impl Tasks {
         Tasks { queues, registry, default_max_attempts, depth_cache: Default::default() }
     }
 
-    /// The queues the tasks go to.
+    /// The kinds tasks may be of.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The queues tasks go to.
     pub fn queues(&self) -> &Queues {
         &self.queues
     }
@@ -427,6 +432,11 @@ impl Tasks {
     /// The result of a succeeded task.
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
         self.queues.handle(&record.queue).store().result(record).await
+    }
+
+    /// The payload of a task, as submitted.
+    pub async fn payload(&self, record: &TaskRecord) -> redis::RedisResult<Option<Vec<u8>>> {
+        self.queues.handle(&record.queue).store().payload(record).await
     }
 
     /// The queues a filter names: the one given (none if it does not exist), or all of them.

@@ -155,27 +155,21 @@ impl Runner {
                 let result = if unchanged { ResultBytes::Payload } else { ResultBytes::New(bytes) };
                 Outcome::Succeeded { result, content_type }
             }
-            Err(e) if e.retryable && lease.attempt < lease.max_attempts => {
-                // A peer's Retry-After is honoured, up to the retry cap.
-                let after = retry
-                    .delay(lease.attempt, jitter())
-                    .max(e.retry_after.unwrap_or_default().min(retry.cap));
-                info!(duration_ms, error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
-                Outcome::Retry { error: e.message, after }
-            }
             Err(e) => {
-                info!(duration_ms, error = %e, "task failed");
-                let reason = match () {
-                    _ if timed_out => DeadReason::Timeout,
-                    _ if e.retryable => DeadReason::AttemptsExhausted,
-                    _ => DeadReason::NonRetryable,
-                };
-                let error = if e.retryable {
-                    format!("{} (attempt {} of {})", e.message, lease.attempt, lease.max_attempts)
-                } else {
-                    e.message
-                };
-                Outcome::Failed { error, reason }
+                let outcome = failure_outcome(e, lease.attempt, lease.max_attempts, retry, timed_out);
+                match &outcome {
+                    Outcome::Retry { error, after } => {
+                        info!(
+                            duration_ms,
+                            error,
+                            retry_in_ms = after.as_millis() as u64,
+                            "attempt failed; will retry"
+                        )
+                    }
+                    Outcome::Failed { error, .. } => info!(duration_ms, error, "task failed"),
+                    _ => {}
+                }
+                outcome
             }
         };
         self.record(&lease, outcome).await;
@@ -308,6 +302,30 @@ struct Watched {
     state: Renewal,
 }
 
+/// What a failed attempt (`attempt` of `max_attempts`) leads to: while attempts are left and the
+/// failure is retryable, another attempt after the policy's pause (or the failure's own
+/// Retry-After, up to the cap, when longer); else a dead letter saying why.
+pub fn failure_outcome(
+    e: HandlerError,
+    attempt: u32,
+    max_attempts: u32,
+    retry: RetryPolicy,
+    timed_out: bool,
+) -> Outcome {
+    if e.retryable && attempt < max_attempts {
+        let after = retry.delay(attempt, jitter()).max(e.retry_after.unwrap_or_default().min(retry.cap));
+        return Outcome::Retry { error: e.message, after };
+    }
+    let reason = match () {
+        _ if timed_out => DeadReason::Timeout,
+        _ if e.retryable => DeadReason::AttemptsExhausted,
+        _ => DeadReason::NonRetryable,
+    };
+    let error =
+        if e.retryable { format!("{} (attempt {attempt} of {max_attempts})", e.message) } else { e.message };
+    Outcome::Failed { error, reason }
+}
+
 /// A number in [0, 1) from the random bits of a fresh UUIDv7.
 fn jitter() -> f64 {
     (uuid::Uuid::now_v7().as_u128() & 0xffff_ffff) as f64 / 4_294_967_296.0
@@ -326,6 +344,32 @@ mod tests {
         assert_eq!(policy.delay(2, 0.0), Duration::from_millis(1800));
         assert!(policy.delay(2, 0.999_999) < Duration::from_millis(2201));
         assert_eq!(policy.delay(200, 0.5), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_failure_retries_while_attempts_are_left_honouring_retry_after_up_to_the_cap() {
+        let policy = RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(10) };
+        let after = |e: HandlerError| match failure_outcome(e, 1, 3, policy, false) {
+            Outcome::Retry { after, .. } => after,
+            other => panic!("{other:?}"),
+        };
+        assert!(after(HandlerError::retryable("x")) < Duration::from_millis(1101));
+        assert_eq!(after(HandlerError::retryable_after("x", Duration::from_secs(5))), Duration::from_secs(5));
+        assert_eq!(
+            after(HandlerError::retryable_after("x", Duration::from_secs(60))),
+            Duration::from_secs(10)
+        );
+        let dead =
+            |e: HandlerError, attempt, timed_out| match failure_outcome(e, attempt, 3, policy, timed_out) {
+                Outcome::Failed { error, reason } => (error, reason),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            dead(HandlerError::retryable("down"), 3, false),
+            ("down (attempt 3 of 3)".into(), DeadReason::AttemptsExhausted)
+        );
+        assert_eq!(dead(HandlerError::fatal("bad"), 1, false), ("bad".into(), DeadReason::NonRetryable));
+        assert_eq!(dead(HandlerError::retryable("slow"), 3, true).1, DeadReason::Timeout);
     }
 
     #[test]

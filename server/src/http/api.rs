@@ -289,7 +289,7 @@ fn options_from_query(query: &HashMap<String, String>) -> Result<Options, ApiErr
     })
 }
 
-fn is_json(content_type: &str) -> bool {
+pub(super) fn is_json(content_type: &str) -> bool {
     content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
@@ -397,6 +397,31 @@ pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Re
     result_of(&state, record).await
 }
 
+/// `GET /api/v1/tasks/{id}/payload`: the payload as submitted, with its content type (how a
+/// pulling worker reads one too large or not JSON to come with its lease).
+pub async fn payload(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let record = find(&state, &id).await?;
+    let bytes =
+        state.tasks.payload(&record).await?.ok_or_else(|| ApiError::not_found("the payload has expired"))?;
+    Ok(untrusted_bytes(&record.payload_type, bytes))
+}
+
+/// Bytes a client sent, served so that a browser never runs them in Courier's origin.
+fn untrusted_bytes(content_type: &str, bytes: Vec<u8>) -> Response {
+    let disposition = if renders_harmlessly(content_type) { "inline" } else { "attachment" };
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type)
+                .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+        ),
+        (header::CONTENT_DISPOSITION, HeaderValue::from_static(disposition)),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'")),
+    ];
+    // (`nosniff` comes with every answer, from the router's layer.)
+    (headers, bytes).into_response()
+}
+
 /// The answer about a task's result: the bytes once succeeded, else the problem saying why not.
 async fn result_of(state: &AppState, record: TaskRecord) -> Result<Response, ApiError> {
     match record.status {
@@ -406,15 +431,7 @@ async fn result_of(state: &AppState, record: TaskRecord) -> Result<Response, Api
                 .result(&record)
                 .await?
                 .ok_or_else(|| ApiError::not_found("the result has expired"))?;
-            // The bytes are the submitter's: a browser must not run them in Courier's origin.
-            let disposition = if renders_harmlessly(&stored.content_type) { "inline" } else { "attachment" };
-            let headers = [
-                (header::CONTENT_TYPE, header_value(&stored.content_type)),
-                (header::CONTENT_DISPOSITION, HeaderValue::from_static(disposition)),
-                (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'")),
-            ];
-            // (`nosniff` comes with every answer, from the router's layer.)
-            Ok((headers, stored.bytes).into_response())
+            Ok(untrusted_bytes(&stored.content_type, stored.bytes))
         }
         Status::Failed => {
             Err(ApiError::unprocessable("task-failed", "Task failed", record.error.unwrap_or_default()))

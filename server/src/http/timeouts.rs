@@ -34,7 +34,11 @@ pub struct Timeouts {
 /// when the client is the slow one: its body paused longer than the body timeout, or was still
 /// arriving when the request timeout ran out. A streamed answer (SSE) is bounded until its head.
 pub async fn bound(State(timeouts): State<Timeouts>, request: Request, next: Next) -> Response {
-    let limit = timeouts.request + Duration::from_secs(prefer_wait(request.headers()).unwrap_or(0));
+    let mut limit = timeouts.request + Duration::from_secs(prefer_wait(request.headers()).unwrap_or(0));
+    if request.uri().path().ends_with("/leases") {
+        // A lease request may wait for tasks (its `wait_ms`) before it answers.
+        limit += super::leases::MAX_WAIT;
+    }
     let progress = Arc::new(AtomicU8::new(UNREAD));
     let request = request.map(|body| Body::new(Watched::new(body, timeouts.body, progress.clone())));
     let answer = tokio::time::timeout(limit, next.run(request)).await;

@@ -1,4 +1,4 @@
--- How many tasks wait to run: queued, scheduled or waiting for a retry.
--- KEYS: ready-high, ready, ready-low, delayed, retrying
--- ARGV: group
-return waiting_tasks({KEYS[1], KEYS[2], KEYS[3]}, KEYS[4], KEYS[5], ARGV[1])
+-- How many tasks wait to run: queued (on any lane), scheduled or waiting for a retry.
+-- KEYS: delayed, retrying
+-- ARGV: group, key base
+return waiting_tasks(all_ready_streams(ARGV[2]), KEYS[1], KEYS[2], ARGV[1])

@@ -86,7 +86,7 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
   keep_after_end(base, id, f[6], f[5], dead_keep, now)
   count_ends(base, now, 1)
   if f[4] and f[4] ~= '' then
-    leave_session(base .. ':session:' .. f[4], base .. ':ready', id)
+    leave_session(base, base .. ':session:' .. f[4], id)
   end
   emit_event(events, maxlen, base, 'failed', id, f[1], 'failed', f[2], '', err, now)
 end

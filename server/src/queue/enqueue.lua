@@ -1,9 +1,9 @@
 -- Queues new tasks in groups, each group all or none: stores each record and payload, queues its
--- id (on its session, in the delayed set, or on the ready stream of its priority), indexes it and
+-- id (on its session, in the delayed set, or on its kind's lane at its priority), indexes it and
 -- appends its event. Nothing a waiting task owns has a TTL: retention counts from its end
 -- (ends.lua). A queue with a `max_depth` refuses a group that would take the waiting tasks past
 -- it. (The groups are submissions that arrived together, sent in one call: queue/enqueue.rs.)
--- KEYS: ready-high, ready, ready-low, delayed, retrying, index, expiring, events, settings
+-- KEYS: delayed, retrying, index, expiring, events, settings
 -- ARGV: key base, group, events maxlen, then for each group: its number of tasks, then 17 for
 --       each task: id, created ms, kind, due ms ('' for now), priority tag (h|n|l), max
 --       attempts, timeout ms (''), payload type, payload size, session (''), subscription (''),
@@ -19,9 +19,8 @@ local FIELDS = 17
 -- has them (most have none, and an absent field reads as an empty one everywhere).
 local OPTIONAL_FIELDS = {{'timeout_ms', 6}, {'session', 9}, {'subscription', 10}, {'idem', 11},
   {'expires', 12}, {'payload_ref', 13}}
-local streams = {h = KEYS[1], n = KEYS[2], l = KEYS[3]}
-local max_depth = tonumber(redis.call('HGET', KEYS[9], 'max_depth'))
-local waiting = max_depth and waiting_tasks({KEYS[1], KEYS[2], KEYS[3]}, KEYS[4], KEYS[5], group)
+local max_depth = tonumber(redis.call('HGET', KEYS[6], 'max_depth'))
+local waiting = max_depth and waiting_tasks(all_ready_streams(base), KEYS[1], KEYS[2], group)
 
 -- Stores the task whose 17 arguments start at ARGV[a].
 local function store(a)
@@ -39,7 +38,7 @@ local function store(a)
     redis.call('HSET', base .. ':payload-refs:' .. id, 'open', ARGV[a + 14])
   end
   if expires ~= '' then
-    redis.call('ZADD', KEYS[7], expires, id)
+    redis.call('ZADD', KEYS[4], expires, id)
   end
   if idem ~= '' then
     -- Claimed with a short TTL in case this script never runs; the task's own from now.
@@ -56,15 +55,15 @@ local function store(a)
       redis.call('HSET', task, option[1], value)
     end
   end
-  redis.call('ZADD', KEYS[6], 0, id)
+  redis.call('ZADD', KEYS[3], 0, id)
   if session ~= '' then
-    join_session(base .. ':session:' .. session, KEYS[2], id)
+    join_session(base, base .. ':session:' .. session, kind, id)
   elseif due ~= '' then
-    redis.call('ZADD', KEYS[4], due, priority .. ':' .. id)
+    redis.call('ZADD', KEYS[1], due, priority .. ':' .. id)
   else
-    redis.call('XADD', streams[priority] or KEYS[2], '*', 'task', id)
+    queue_on_lane(base, kind, TAG_INDEX[priority] or 2, id)
   end
-  emit_event(KEYS[8], maxlen, base, status, id, kind, status, '0', '', '', created)
+  emit_event(KEYS[5], maxlen, base, status, id, kind, status, '0', '', '', created)
 end
 
 local answers = {}

@@ -112,8 +112,7 @@ impl Queue {
     /// payloads are staged in the same round trip, just before the script.
     async fn enqueue_groups(&self, groups: &[&[NewTask]]) -> RedisResult<Vec<Enqueued>> {
         let mut call = self.scripts.enqueue.prepare_invoke();
-        call.key(&self.keys.ready_streams())
-            .key(self.keys.delayed())
+        call.key(self.keys.delayed())
             .key(self.keys.retrying())
             .key(self.keys.index())
             .key(self.keys.expiring())

@@ -31,6 +31,10 @@ const FETCH_BATCH: usize = 64;
 /// queues resumed).
 const BLOCK: Duration = Duration::from_secs(1);
 
+/// An entry read from a lane, for a claim to take: the lane's kind, the stream's index there (0
+/// most urgent), the entry.
+pub(super) type Given = (String, usize, StreamId);
+
 /// A claim's replies, and why the queue may start nothing more now (with when to look again).
 pub(super) type Claimed = (Vec<Vec<Vec<u8>>>, Option<(Blocked, u64)>);
 
@@ -86,8 +90,9 @@ impl Leasing {
                     conn = None;
                     if e.code() == Some("NOGROUP") {
                         // Redis lost a group (a restart without persistence): make them again.
+                        let kinds = self.serving.kinds();
                         for served in self.serving.all() {
-                            let _ = served.queue.ensure_group().await;
+                            let _ = served.queue.open_lanes(&kinds).await;
                         }
                     }
                     let pause = backoff.next();
@@ -128,36 +133,50 @@ impl Leasing {
     }
 
     /// Takes over entries whose holder stopped renewing their lease, from the first queue that
-    /// has any.
+    /// has any (one round trip looks at every lane this process reads).
     async fn take_over(
         &self,
         conn: &mut MultiplexedConnection,
         free: &mut Vec<OwnedSemaphorePermit>,
     ) -> RedisResult<Vec<Lease>> {
-        for served in self.serving.all() {
-            let queue = &served.queue;
-            for (index, stream) in queue.keys.ready_streams().iter().enumerate() {
-                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                    .arg(stream)
-                    .arg(GROUP)
-                    .arg(self.consumer.as_ref())
-                    .arg(queue.settings.lease.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(free.len())
-                    .query_async(conn)
-                    .await?;
-                if !reply.claimed.is_empty() {
-                    debug!(
-                        count = reply.claimed.len(),
-                        queue = queue.name(),
-                        "taking over tasks whose lease expired"
-                    );
-                    let given: Vec<_> = reply.claimed.into_iter().map(|e| (index, e)).collect();
-                    let claimed = queue.claim(&self.consumer, given.len(), &given).await?;
-                    return Ok(self.leases_of_claim(&served, claimed, free));
+        let kinds = self.serving.kinds();
+        let served = self.serving.all();
+        let mut looked = Vec::new();
+        let mut pipe = redis::pipe();
+        for (at, s) in served.iter().enumerate() {
+            for kind in &kinds {
+                for (index, stream) in s.queue.keys.lane(kind).iter().enumerate() {
+                    pipe.cmd("XAUTOCLAIM")
+                        .arg(stream)
+                        .arg(GROUP)
+                        .arg(self.consumer.as_ref())
+                        .arg(s.queue.settings.lease.as_millis() as u64)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(free.len());
+                    looked.push((at, kind, index));
                 }
             }
+        }
+        if looked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replies: Vec<StreamAutoClaimReply> = pipe.query_async(conn).await?;
+        for ((at, kind, index), reply) in looked.into_iter().zip(replies) {
+            if reply.claimed.is_empty() {
+                continue;
+            }
+            let served = &served[at];
+            debug!(
+                count = reply.claimed.len(),
+                queue = served.queue.name(),
+                kind,
+                "taking over tasks whose lease expired"
+            );
+            let given: Vec<Given> = reply.claimed.into_iter().map(|e| (kind.clone(), index, e)).collect();
+            let kinds = self.serving.kinds_arg();
+            let claimed = served.queue.claim(&self.consumer, &kinds, given.len(), &given).await?;
+            return Ok(self.leases_of_claim(served, claimed, free));
         }
         Ok(Vec::new())
     }
@@ -174,7 +193,8 @@ impl Leasing {
             if parts.is_empty() {
                 break;
             }
-            let claims = parts.iter().map(|(served, n)| served.queue.claim(&self.consumer, *n, &[]));
+            let kinds = self.serving.kinds_arg();
+            let claims = parts.iter().map(|(served, n)| served.queue.claim(&self.consumer, &kinds, *n, &[]));
             let claimed = futures::future::try_join_all(claims).await?;
             for ((served, asked), claimed) in parts.into_iter().zip(claimed) {
                 let got = self.leases_of_claim(&served, claimed, free);
@@ -209,7 +229,26 @@ impl Leasing {
             }
             return Ok(Vec::new());
         }
-        let streams: Vec<String> = open.iter().flat_map(|s| s.queue.keys.ready_streams()).collect();
+        let kinds = self.serving.kinds();
+        if kinds.is_empty() {
+            // This process runs no kind (yet): nothing to wait on.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+            return Ok(Vec::new());
+        }
+        // Every lane stream of every open queue, with what it is: (queue's place, kind, priority).
+        let mut streams: Vec<String> = Vec::new();
+        let mut places: Vec<(usize, &str, usize)> = Vec::new();
+        for (at, s) in open.iter().enumerate() {
+            for kind in &kinds {
+                for (index, stream) in s.queue.keys.lane(kind).into_iter().enumerate() {
+                    streams.push(stream);
+                    places.push((at, kind, index));
+                }
+            }
+        }
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
@@ -223,11 +262,12 @@ impl Leasing {
             .arg(vec![">"; streams.len()])
             .query_async(conn)
             .await?;
-        // Entries per queue (by its place in `open`), each with its stream's index there.
-        let mut given: Vec<Vec<(usize, StreamId)>> = vec![Vec::new(); open.len()];
+        // Entries per queue (by its place in `open`), each with its lane and stream index.
+        let mut given: Vec<Vec<Given>> = vec![Vec::new(); open.len()];
         for key in reply.into_iter().flat_map(|r| r.keys) {
-            if let Some(at) = streams.iter().position(|s| *s == key.key) {
-                given[at / 3].extend(key.ids.into_iter().map(|e| (at % 3, e)));
+            if let Some(place) = streams.iter().position(|s| *s == key.key) {
+                let (at, kind, index) = places[place];
+                given[at].extend(key.ids.into_iter().map(|e| (kind.to_string(), index, e)));
             }
         }
         let with_entries: Vec<Served> =
@@ -242,13 +282,14 @@ impl Leasing {
                 parts.iter().find(|(p, _)| p.queue.name() == served.queue.name()).map_or(0, |(_, n)| *n);
             let mut entries = entries;
             // The most urgent first; what does not fit goes back for others to take.
-            entries.sort_by_key(|(index, _)| *index);
+            entries.sort_by_key(|(_, index, _)| *index);
             let extra = entries.split_off(part.min(entries.len()));
             if !extra.is_empty() {
                 hand_back_unclaimed(conn, &served.queue, &extra).await?;
             }
             if !entries.is_empty() {
-                let claimed = served.queue.claim(&self.consumer, entries.len(), &entries).await?;
+                let kinds = self.serving.kinds_arg();
+                let claimed = served.queue.claim(&self.consumer, &kinds, entries.len(), &entries).await?;
                 leases.extend(self.leases_of_claim(served, claimed, free));
             }
         }
@@ -273,13 +314,12 @@ impl Leasing {
 async fn hand_back_unclaimed(
     conn: &mut MultiplexedConnection,
     queue: &Queue,
-    entries: &[(usize, StreamId)],
+    entries: &[Given],
 ) -> RedisResult<()> {
-    let streams = queue.keys.ready_streams();
     let mut pipe = redis::pipe();
     pipe.atomic();
-    for (index, entry) in entries {
-        let stream = &streams[*index];
+    for (kind, index, entry) in entries {
+        let stream = &queue.keys.lane(kind)[*index];
         if let Some(task) = entry.get::<String>("task") {
             pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
         }
@@ -308,21 +348,23 @@ pub(super) fn blocked_of(reason: &[u8], retry_ms: u64) -> Option<(Blocked, u64)>
 }
 
 impl Queue {
-    /// Takes leases on the `given` entries (stream index, entry), or when there are none on up
-    /// to `count` new entries, most urgent first, as far as the queue's limits allow.
+    /// Takes leases on the `given` entries, or when there are none on up to `count` new entries
+    /// of the lanes of `kinds` (comma-separated, `*` for every lane), most urgent first, as far
+    /// as the queue's limits allow.
     pub(super) async fn claim(
         &self,
         consumer: &str,
+        kinds: &str,
         count: usize,
-        given: &[(usize, StreamId)],
+        given: &[Given],
     ) -> RedisResult<Claimed> {
         let mut call = self.scripts.claim.prepare_invoke();
-        call.key(&self.keys.ready_streams()).key(self.keys.events());
-        self.leasing_args(&mut call, consumer).arg(count);
-        for (stream, entry) in given {
+        call.key(self.keys.events());
+        self.leasing_args(&mut call, consumer, kinds).arg(count);
+        for (kind, stream, entry) in given {
             // An entry without a task id is not ours to interpret: the script drops it.
             let task = entry.get::<String>("task").unwrap_or_default();
-            call.arg(stream + 1).arg(&entry.id).arg(task);
+            call.arg(kind).arg(stream + 1).arg(&entry.id).arg(task);
         }
         let (replies, reason, retry_ms): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) =
             call.invoke_async(&mut self.conn.clone()).await?;

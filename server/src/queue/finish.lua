@@ -1,7 +1,7 @@
 -- Ends attempts whose caller still holds the lease (a late holder changes nothing), then takes
 -- leases on up to `want` new entries for the slots those attempts free: one round trip both ends
 -- a batch of attempts and starts the next.
--- KEYS: ready-high, ready, ready-low, events, retrying, dead
+-- KEYS: events, retrying, dead
 -- ARGV: the leasing arguments (lease.lua), want, then 13 for each attempt: task id, stream index
 --       (1-3), entry id, lease token, outcome (succeeded|retrying|failed|cancelled), error,
 --       result type, due ms, result bytes, dead-letter reason, session ('' for none),
@@ -14,13 +14,12 @@
 -- may start ('' when nothing stops it), in how many ms to look again}.
 local ctx = leasing_context()
 local base, now, maxlen = ctx.base, ctx.now, ctx.maxlen
-local streams = ctx.streams
 local applied = {}
--- The entries of ended attempts, per stream: acknowledged together at the end.
-local ended = {{}, {}, {}}
+-- The entries of ended attempts, per stream (by key): acknowledged together at the end.
+local ended, ended_streams = {}, {}
 -- How many tasks ended (rather than waiting for a retry).
 local ends = 0
-for a = 10, #ARGV, 13 do
+for a = 11, #ARGV, 13 do
   local id, s, entry, outcome, err = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 4],
     ARGV[a + 5]
   local task = base .. ':task:' .. id
@@ -42,14 +41,19 @@ for a = 10, #ARGV, 13 do
     end
     applied[#applied + 1] = 0
   else
-    ended[s][#ended[s] + 1] = entry
+    local stream = lane_stream(base, f[2], s)
+    if not ended[stream] then
+      ended[stream] = {}
+      ended_streams[#ended_streams + 1] = stream
+    end
+    table.insert(ended[stream], entry)
     local progress = f[4] or ''
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
       -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL.
       redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due,
         'lease', '', 'cancel', '')
-      redis.call('ZADD', KEYS[5], due, (f[5] or 'n') .. ':' .. id)
+      redis.call('ZADD', KEYS[2], due, (f[5] or 'n') .. ':' .. id)
     else
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
       -- are kept longer, for someone to look at.
@@ -74,25 +78,23 @@ for a = 10, #ARGV, 13 do
         if outcome == 'failed' then
           keep = ctx.dead_keep
           redis.call('HSET', task, 'dead_reason', ARGV[a + 9])
-          redis.call('ZADD', KEYS[6], now, id)
-          redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
+          redis.call('ZADD', KEYS[3], now, id)
+          redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
         end
       end
       -- The idempotency key lives as long as the task it stands for.
       keep_after_end(base, id, f[6], ARGV[a + 11], keep, now)
       ends = ends + 1
       if ARGV[a + 10] ~= '' then
-        leave_session(base .. ':session:' .. ARGV[a + 10], streams[2], id)
+        leave_session(base, base .. ':session:' .. ARGV[a + 10], id)
       end
     end
-    emit_event(KEYS[4], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now)
+    emit_event(KEYS[1], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now)
     applied[#applied + 1] = 1
   end
 end
-for s = 1, 3 do
-  if #ended[s] > 0 then
-    settle(streams[s], ctx.group, ended[s])
-  end
+for _, stream in ipairs(ended_streams) do
+  settle(stream, ctx.group, ended[stream])
 end
 if ends > 0 then
   count_ends(base, now, ends)
@@ -100,5 +102,5 @@ end
 -- The limits are read after the ends: the attempts that ended free their room.
 start_budget(ctx)
 local leases = {}
-take_new(ctx, tonumber(ARGV[9]), leases)
+take_new(ctx, tonumber(ARGV[10]), leases)
 return {applied, leases, ctx.blocked, ctx.retry_ms}

@@ -73,6 +73,18 @@ impl ResultPlace {
     }
 }
 
+/// What the finish script needs to know of a lease: where its entry is, its token, and the
+/// session and idempotency key its task ends.
+pub(super) struct Held {
+    pub(super) queue: Queue,
+    pub(super) task_id: String,
+    pub(super) stream_index: usize,
+    pub(super) entry_id: String,
+    pub(super) token: String,
+    pub(super) session: String,
+    pub(super) idempotency_key: String,
+}
+
 impl Ending {
     /// The attempt of `lease` ended with `outcome`, with the slot it frees (if not passed on
     /// already); `reply` learns whether it was recorded.
@@ -82,20 +94,39 @@ impl Ending {
         slot: Option<OwnedSemaphorePermit>,
         reply: oneshot::Sender<RedisResult<bool>>,
     ) -> Ending {
-        let mut ending = Ending {
+        let held = Held {
             queue: lease.queue.clone(),
             task_id: lease.task_id.to_string(),
             stream_index: lease.stream_index,
             entry_id: lease.entry_id.clone(),
             token: lease.token.clone(),
+            session: lease.session.clone().unwrap_or_default(),
+            idempotency_key: lease.idempotency_key.clone().unwrap_or_default(),
+        };
+        Ending::held(held, outcome, slot, reply)
+    }
+
+    /// The attempt `held` ended with `outcome`.
+    pub(super) fn held(
+        held: Held,
+        outcome: Outcome,
+        slot: Option<OwnedSemaphorePermit>,
+        reply: oneshot::Sender<RedisResult<bool>>,
+    ) -> Ending {
+        let mut ending = Ending {
+            queue: held.queue,
+            task_id: held.task_id,
+            stream_index: held.stream_index,
+            entry_id: held.entry_id,
+            token: held.token,
             outcome: "",
             error: String::new(),
             result_type: String::new(),
             due_ms: 0,
             result: ResultPlace::Here(Bytes::new()),
             reason: "",
-            session: lease.session.clone().unwrap_or_default(),
-            idempotency_key: lease.idempotency_key.clone().unwrap_or_default(),
+            session: held.session,
+            idempotency_key: held.idempotency_key,
             slot,
             reply,
         };
@@ -153,7 +184,8 @@ impl Leasing {
             true => 0,
             false => self.serving.refill(&served, slots.len(), batch.len()),
         };
-        match served.queue.end_attempts(&batch, want, &self.consumer).await {
+        let kinds = self.serving.kinds_arg();
+        match served.queue.end_attempts(&batch, want, &self.consumer, &kinds).await {
             Ok((applied, claims, reason, retry_ms)) => {
                 for (ending, applied) in batch.into_iter().zip(applied) {
                     let _ = ending.reply.send(Ok(applied == 1));
@@ -176,11 +208,12 @@ impl Leasing {
 
 impl Queue {
     /// Ends a batch of attempts and takes up to `want` new leases, in one script.
-    async fn end_attempts(
+    pub(super) async fn end_attempts(
         &self,
         endings: &[Ending],
         want: usize,
         consumer: &str,
+        kinds: &str,
     ) -> RedisResult<(Vec<i64>, Vec<Vec<Vec<u8>>>, Vec<u8>, u64)> {
         let mut stage = redis::pipe();
         for e in endings {
@@ -198,11 +231,8 @@ impl Queue {
             stage.query_async::<()>(&mut self.conn.clone()).await?;
         }
         let mut call = self.scripts.finish.prepare_invoke();
-        call.key(&self.keys.ready_streams())
-            .key(self.keys.events())
-            .key(self.keys.retrying())
-            .key(self.keys.dead());
-        self.leasing_args(&mut call, consumer).arg(want);
+        call.key(self.keys.events()).key(self.keys.retrying()).key(self.keys.dead());
+        self.leasing_args(&mut call, consumer, kinds).arg(want);
         for e in endings {
             call.arg(&e.task_id)
                 .arg(e.stream_index + 1)
@@ -244,7 +274,7 @@ mod tests {
             events_maxlen: 1000,
         };
         let queue = Queue::new(client, conn, "unit", "default", settings);
-        queue.ensure_group().await.unwrap();
+        queue.open_lanes(&["echo".to_string()]).await.unwrap();
         ((redis, dir), queue)
     }
 
@@ -279,7 +309,7 @@ mod tests {
     async fn run_all(queue: &Queue) -> usize {
         let mut ran = 0;
         loop {
-            let (replies, _) = queue.claim("unit-worker", 64, &[]).await.unwrap();
+            let (replies, _) = queue.claim("unit-worker", "*", 64, &[]).await.unwrap();
             if replies.is_empty() {
                 return ran;
             }
@@ -291,7 +321,7 @@ mod tests {
                     ending(queue, &id, r, &token, ResultBytes::New(Bytes::from_static(b"ok")))
                 })
                 .collect();
-            let (applied, ..) = queue.end_attempts(&endings, 0, "unit-worker").await.unwrap();
+            let (applied, ..) = queue.end_attempts(&endings, 0, "unit-worker", "*").await.unwrap();
             assert!(applied.iter().all(|&a| a == 1));
             ran += endings.len();
         }
@@ -331,7 +361,7 @@ mod tests {
         let payload = Bytes::from(vec![b'p'; 20_000]);
         let id = enqueue_echo(&queue, payload.clone()).await;
 
-        let (replies, _) = queue.claim("unit-worker", 1, &[]).await.unwrap();
+        let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
         let reply = &replies[0];
         let field = |f: Run| reply[f as usize].as_slice();
         assert_eq!(
@@ -344,14 +374,14 @@ mod tests {
 
         let result = Bytes::from(vec![b'r'; 40_000]);
         let late = ending(&queue, &id.to_string(), reply, "a-lost-lease:0", ResultBytes::New(result.clone()));
-        let (applied, ..) = queue.end_attempts(&[late], 0, "unit-worker").await.unwrap();
+        let (applied, ..) = queue.end_attempts(&[late], 0, "unit-worker", "*").await.unwrap();
         assert_eq!(applied, vec![0]);
         assert_eq!(staged_keys(&queue).await, Vec::<String>::new(), "the late holder's result is gone");
         let status: String = conn.hget(queue.keys.task(&id), "status").await.unwrap();
         assert_eq!(status, "running");
 
         let holder = ending(&queue, &id.to_string(), reply, &token, ResultBytes::New(result.clone()));
-        let (applied, ..) = queue.end_attempts(&[holder], 0, "unit-worker").await.unwrap();
+        let (applied, ..) = queue.end_attempts(&[holder], 0, "unit-worker", "*").await.unwrap();
         assert_eq!(applied, vec![1]);
         let stored: Vec<u8> = conn.get(queue.keys.result(&id)).await.unwrap();
         assert_eq!(stored, result.as_ref());
@@ -374,14 +404,14 @@ mod tests {
     async fn acknowledged_entries_are_trimmed_and_pending_ones_kept() {
         let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();
-        let ready = queue.keys.ready();
+        let ready = queue.keys.lane("echo")[1].clone();
         let small = || Bytes::from_static(b"{}");
         for _ in 0..300 {
             enqueue_echo(&queue, small()).await;
         }
         assert_eq!(run_all(&queue).await, 300);
         let held = enqueue_echo(&queue, small()).await;
-        let (replies, _) = queue.claim("unit-worker", 1, &[]).await.unwrap();
+        let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
         assert_eq!(replies[0][1], held.to_string().into_bytes());
         let held_entry = String::from_utf8(replies[0][3].clone()).unwrap();
         for _ in 0..300 {
@@ -420,6 +450,7 @@ mod tests {
                 &[ending(&queue, &held.to_string(), &replies[0], &token, ResultBytes::New(small()))],
                 0,
                 "unit-worker",
+                "*",
             )
             .await
             .unwrap();

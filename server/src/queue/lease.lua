@@ -4,9 +4,10 @@
 --
 -- Both scripts start with the same arguments, read into one table by `leasing_context`; `given`
 -- is how many entries the claim was handed already read (they are pending, but none runs yet):
--- ARGV[1..9]: key base, group, consumer, token base, now ms, events maxlen, dead-letter
--- retention ms, retention ms, then (claim) how many to take or (finish) how many more to take.
--- KEYS[1..4]: ready-high, ready, ready-low, events.
+-- ARGV[1..10]: key base, group, consumer, token base, now ms, events maxlen, dead-letter
+-- retention ms, retention ms, the kinds the worker runs (comma-separated, or '*' for every kind),
+-- then (claim) how many to take or (finish) how many more to take.
+-- KEYS[1]: events.
 
 -- Entries of the ready streams are acknowledged, never deleted one by one: `settle` trims them in
 -- bulk once the group is done with them. (XDEL cost more than anything else the finish did for a
@@ -16,12 +17,34 @@
 -- as copying it through Lua costs Redis more than the worker's extra round trip.
 local INLINE_PAYLOAD_MAX = 16384
 
+-- The lanes to read for a worker running `kinds`: those of them the queue has a lane for.
+local function lanes_for(base, kinds)
+  if kinds == '*' then
+    return lane_kinds(base)
+  end
+  local wanted = {}
+  for kind in string.gmatch(kinds, '[^,]+') do
+    wanted[#wanted + 1] = kind
+  end
+  if #wanted == 0 then
+    return wanted
+  end
+  local has = redis.call('SMISMEMBER', base .. ':lanes', unpack(wanted))
+  local lanes = {}
+  for i, kind in ipairs(wanted) do
+    if has[i] == 1 then
+      lanes[#lanes + 1] = kind
+    end
+  end
+  return lanes
+end
+
 local function leasing_context(given)
   return {
     given = given or 0,
     base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], now = ARGV[5],
-    maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8],
-    streams = {KEYS[1], KEYS[2], KEYS[3]}, events = KEYS[4], leases = 0,
+    maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8], lanes = lanes_for(ARGV[1], ARGV[9]),
+    events = KEYS[1], leases = 0,
   }
 end
 
@@ -57,7 +80,7 @@ local function start_budget(ctx)
     -- lease whose holder died counts until it is taken over). Entries given to this script are
     -- pending already but run only if it starts them.
     local running = -ctx.given
-    for _, stream in ipairs(ctx.streams) do
+    for _, stream in ipairs(all_ready_streams(base)) do
       local info = redis.call('EXISTS', stream) == 1 and group_info(stream, ctx.group)
       running = running + ((info and info['pending']) or 0)
     end
@@ -95,14 +118,14 @@ local function mark_start(ctx, token)
   ctx.budget = ctx.budget - 1
 end
 
--- Puts ready entry `entry` of `streams[s]` (task `id`) back at the end of its stream, for when the
+-- Puts ready entry `entry` of `stream` (task `id`) back at the end of its stream, for when the
 -- queue's limits let it start: taken from the group (acknowledged) and added afresh.
-local function hand_back(ctx, s, entry, id)
-  settle(ctx.streams[s], ctx.group, {entry})
-  redis.call('XADD', ctx.streams[s], '*', 'task', id)
+local function hand_back(ctx, stream, entry, id)
+  settle(stream, ctx.group, {entry})
+  redis.call('XADD', stream, '*', 'task', id)
 end
 
--- Takes the lease on ready entry `entry` (of `streams[s]`) for task `id`. Returns, for a task to
+-- Takes the lease on ready entry `entry` (of stream `s` of `kind`'s lane) for task `id`. Returns, for a task to
 -- run, these fields in this order (`Run` in queue/lease.rs names them; a unit test compares the
 -- two):
 -- run reply: run, id, stream, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type, session, payload_is, payload, idempotency_key, payload_ref
@@ -113,8 +136,9 @@ end
 -- cancelled while a dead holder ran it, {'expired'} when its expiry passed before this attempt
 -- could start (it ends as a dead letter), and {'later'} when the queue's limits let nothing
 -- start now (the entry goes back to the end of its stream).
-local function take_lease(ctx, s, entry, id)
-  local stream, base, now = ctx.streams[s], ctx.base, ctx.now
+local function take_lease(ctx, kind, s, entry, id)
+  local base, now = ctx.base, ctx.now
+  local stream = lane_stream(base, kind, s)
   local task = base .. ':task:' .. id
   local f = {}
   if id ~= '' then
@@ -135,7 +159,7 @@ local function take_lease(ctx, s, entry, id)
     count_ends(base, now, 1)
     emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, f[5], 'cancelled', f[3], '', '', now)
     if f[9] and f[9] ~= '' then
-      leave_session(base .. ':session:' .. f[9], ctx.streams[2], id)
+      leave_session(base, base .. ':session:' .. f[9], id)
     end
     return {'cancelled'}
   end
@@ -147,7 +171,7 @@ local function take_lease(ctx, s, entry, id)
   end
   -- A takeover (its dead holder's task still counts as running) needs no room of its own.
   if status ~= 'running' and ctx.budget <= 0 then
-    hand_back(ctx, s, entry, id)
+    hand_back(ctx, stream, entry, id)
     return {'later'}
   end
   local token = ctx.token_base .. ':' .. ctx.leases
@@ -166,26 +190,33 @@ local function take_lease(ctx, s, entry, id)
     f[9] or '', has, payload or '', f[10] or '', f[13] or ''}
 end
 
--- Reads up to `count` new entries (no more than the queue's limits let start), the most urgent
--- stream first, takes their leases and appends the replies to `replies`.
+-- The task id an entry's fields name ('' when none does).
+local function task_of(fields)
+  for i = 1, #fields, 2 do
+    if fields[i] == 'task' then
+      return fields[i + 1]
+    end
+  end
+  return ''
+end
+
+-- Reads up to `count` new entries of the worker's lanes (no more than the queue's limits let
+-- start), the most urgent priority first, takes their leases and appends the replies to
+-- `replies`.
 local function take_new(ctx, count, replies)
   count = math.min(count, ctx.budget)
-  for s = 1, #ctx.streams do
-    if count <= 0 then
-      break
-    end
-    local read = redis.call('XREADGROUP', 'GROUP', ctx.group, ctx.consumer, 'COUNT', count,
-      'STREAMS', ctx.streams[s], '>')
-    if read then
-      for _, e in ipairs(read[1][2]) do
-        local id, fields = '', e[2]
-        for i = 1, #fields, 2 do
-          if fields[i] == 'task' then
-            id = fields[i + 1]
-          end
+  for s = 1, 3 do
+    for _, kind in ipairs(ctx.lanes) do
+      if count <= 0 then
+        return
+      end
+      local read = redis.call('XREADGROUP', 'GROUP', ctx.group, ctx.consumer, 'COUNT', count,
+        'STREAMS', lane_stream(ctx.base, kind, s), '>')
+      if read then
+        for _, e in ipairs(read[1][2]) do
+          replies[#replies + 1] = take_lease(ctx, kind, s, e[1], task_of(e[2]))
+          count = count - 1
         end
-        replies[#replies + 1] = take_lease(ctx, s, e[1], id)
-        count = count - 1
       end
     end
   end

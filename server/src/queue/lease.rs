@@ -110,24 +110,24 @@ impl Run {
 }
 
 /// A claim's reply for one task to run, read by field name.
-struct RunReply(Vec<Vec<u8>>);
+pub(super) struct RunReply(Vec<Vec<u8>>);
 
 impl RunReply {
     /// The reply, if it is a `run` reply of the expected length.
-    fn of(reply: Vec<Vec<u8>>) -> Option<RunReply> {
+    pub(super) fn of(reply: Vec<Vec<u8>>) -> Option<RunReply> {
         (reply.len() == Run::FIELDS.len() && reply[Run::Tag as usize] == b"run").then_some(RunReply(reply))
     }
 
-    fn text(&self, field: Run) -> String {
+    pub(super) fn text(&self, field: Run) -> String {
         String::from_utf8_lossy(&self.0[field as usize]).into_owned()
     }
 
     /// The field as text, `None` when empty.
-    fn optional(&self, field: Run) -> Option<String> {
+    pub(super) fn optional(&self, field: Run) -> Option<String> {
         Some(self.text(field)).filter(|t| !t.is_empty())
     }
 
-    fn take(&mut self, field: Run) -> Vec<u8> {
+    pub(super) fn take(&mut self, field: Run) -> Vec<u8> {
         std::mem::take(&mut self.0[field as usize])
     }
 }
@@ -142,7 +142,27 @@ pub(super) enum LeasedPayload {
     Gone,
 }
 
+/// Where a lease's entry is and what holds it: what renewing or handing it back needs.
+pub(super) struct HeldEntry<'a> {
+    pub(super) task_id: &'a Uuid,
+    pub(super) stream: &'a str,
+    pub(super) entry_id: &'a str,
+    pub(super) token: &'a str,
+    pub(super) consumer: &'a str,
+}
+
 impl Lease {
+    /// Where this lease's entry is.
+    pub(super) fn held(&self) -> HeldEntry<'_> {
+        HeldEntry {
+            task_id: &self.task_id,
+            stream: &self.stream,
+            entry_id: &self.entry_id,
+            token: &self.token,
+            consumer: &self.consumer,
+        }
+    }
+
     /// Sends the ended attempt to the finish loop, with the lease's slot the first time, and
     /// waits until it is recorded: `false` if the lease was lost meanwhile.
     pub(super) async fn end(&self, outcome: Outcome) -> RedisResult<bool> {
@@ -196,7 +216,6 @@ impl Leasing {
         slots: &mut Vec<OwnedSemaphorePermit>,
     ) -> Vec<Lease> {
         let Some(finisher) = self.endings.upgrade() else { return Vec::new() };
-        let streams = queue.keys.ready_streams();
         let mut leases = Vec::new();
         for reply in replies {
             let Some(mut reply) = RunReply::of(reply) else { continue };
@@ -216,6 +235,8 @@ impl Leasing {
                 warn!("a claim returned more tasks than there were free slots");
                 break;
             };
+            let kind = reply.text(Run::Kind);
+            let stream = queue.keys.lane(&kind)[stream_index].clone();
             let payload = match reply.text(Run::PayloadIs).as_str() {
                 "1" => LeasedPayload::Here(Bytes::from(reply.take(Run::Payload))),
                 "2" => LeasedPayload::Stored,
@@ -224,7 +245,7 @@ impl Leasing {
             leases.push(Lease {
                 task_id,
                 queue: queue.clone(),
-                kind: reply.text(Run::Kind),
+                kind,
                 attempt: reply.text(Run::Attempt).parse().unwrap_or(1),
                 max_attempts: reply.text(Run::MaxAttempts).parse().unwrap_or(1),
                 timeout_ms: reply.text(Run::TimeoutMs).parse().ok(),
@@ -234,7 +255,7 @@ impl Leasing {
                 idempotency_key: reply.optional(Run::IdempotencyKey),
                 payload_ref: reply.text(Run::PayloadRef).parse().ok(),
                 entry_id: reply.text(Run::Entry),
-                stream: streams[stream_index].clone(),
+                stream,
                 stream_index,
                 token: reply.text(Run::Token),
                 consumer: self.consumer.clone(),
@@ -265,11 +286,13 @@ impl Leasing {
 impl Queue {
     /// The arguments both lease-taking scripts start with (lease.lua's `leasing_context`): key
     /// base, group, consumer, a fresh token base (each lease's token is `base:n`), now, events
-    /// maxlen, dead-letter retention (for tasks a claim finds expired), retention.
+    /// maxlen, dead-letter retention (for tasks a claim finds expired), retention, the kinds the
+    /// worker runs (comma-separated, or `*` for all).
     pub(super) fn leasing_args<'c, 'a>(
         &self,
         call: &'c mut ScriptInvocation<'a>,
         consumer: &str,
+        kinds: &str,
     ) -> &'c mut ScriptInvocation<'a> {
         call.arg(self.keys.base())
             .arg(GROUP)
@@ -279,6 +302,7 @@ impl Queue {
             .arg(self.settings.events_maxlen)
             .arg(self.settings.dead_retention.as_millis() as u64)
             .arg(self.settings.retention.as_millis() as u64)
+            .arg(kinds)
     }
 }
 

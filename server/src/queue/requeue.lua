@@ -1,6 +1,6 @@
 -- Takes a task out of the dead letters and queues it again, attempts reset and expiry cleared
 -- (someone asked for it to run): it keeps its record, payload and idempotency key until it ends.
--- KEYS: task, dead, events, ready-high, ready, ready-low, session list, idempotency key
+-- KEYS: task, dead, events, session list, idempotency key
 -- ARGV: now ms, task id, events maxlen, retention ms (unused), session ('' for none),
 --       has idempotency key (1|0), key base
 -- Returns 1 when requeued, 0 when it is not a dead letter (or has expired).
@@ -11,15 +11,14 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated', ARGV[1
   'progress', '')
 redis.call('HDEL', KEYS[1], 'finished', 'dead_reason', 'next_run', 'expires')
 local ref = redis.call('HGET', KEYS[1], 'payload_ref')
-keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[8] or '')
+keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[5] or '')
+local kind = redis.call('HGET', KEYS[1], 'kind')
 if ARGV[5] ~= '' then
   -- Back at the end of its session, to run when the session's earlier tasks are done.
-  join_session(KEYS[7], KEYS[5], ARGV[2])
+  join_session(ARGV[7], KEYS[4], kind, ARGV[2])
 else
-  local streams = {h = KEYS[4], n = KEYS[5], l = KEYS[6]}
   local priority = redis.call('HGET', KEYS[1], 'priority') or 'n'
-  redis.call('XADD', streams[priority] or KEYS[5], '*', 'task', ARGV[2])
+  queue_on_lane(ARGV[7], kind, TAG_INDEX[priority] or 2, ARGV[2])
 end
-local kind = redis.call('HGET', KEYS[1], 'kind')
 emit_event(KEYS[3], ARGV[3], ARGV[7], 'queued', ARGV[2], kind, 'queued', '0', '', '', ARGV[1])
 return 1

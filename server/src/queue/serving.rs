@@ -6,6 +6,9 @@
 //! go to the queue furthest below its share (its running attempts over its weight), so one
 //! queue's backlog never holds another's tasks back beyond the weights. A queue that is paused,
 //! or at its concurrency or rate limit, is left alone until the claim says to look again.
+//!
+//! Of each queue it reads the lanes of the kinds it runs (lanes.lua), which it asks for afresh
+//! at every look, as declared kinds come and go.
 
 use super::Queue;
 use crate::queues::{QueueError, Queues};
@@ -22,6 +25,9 @@ use tracing::warn;
 /// How often a worker serving every queue looks for new ones (and so the longest the first task
 /// of a new queue waits for it).
 pub(super) const DISCOVER_EVERY: Duration = Duration::from_millis(250);
+
+/// The kinds a worker process runs, asked afresh at every look (declared kinds come and go).
+pub type KindsRun = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// The queues a worker is told to serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,18 +56,35 @@ pub struct Serving {
     concurrency: usize,
     served: Mutex<Vec<Served>>,
     discovered: Mutex<Option<Instant>>,
+    kinds_run: KindsRun,
+    /// The kinds whose lanes are open in every queue served, as the scripts take them
+    /// (comma-separated).
+    kinds: Mutex<(Vec<String>, Arc<str>)>,
 }
 
 impl Serving {
-    /// The queues `choice` names, of `queues`, for a process running `concurrency` attempts.
-    pub fn new(queues: Queues, choice: QueueChoice, concurrency: usize) -> Arc<Serving> {
+    /// The queues `choice` names, of `queues`, for a process running `concurrency` attempts of
+    /// the kinds `kinds_run` names.
+    pub fn new(queues: Queues, choice: QueueChoice, concurrency: usize, kinds_run: KindsRun) -> Arc<Serving> {
         Arc::new(Serving {
             queues,
             choice,
             concurrency,
             served: Mutex::default(),
             discovered: Mutex::default(),
+            kinds_run,
+            kinds: Mutex::new((Vec::new(), "".into())),
         })
+    }
+
+    /// The kinds this process runs, whose lanes it reads, as the scripts take them.
+    pub(super) fn kinds_arg(&self) -> Arc<str> {
+        self.kinds.lock().expect("never poisoned").1.clone()
+    }
+
+    /// The kinds this process runs, whose lanes it reads.
+    pub(super) fn kinds(&self) -> Vec<String> {
+        self.kinds.lock().expect("never poisoned").0.clone()
     }
 
     /// How long a lease lasts unrenewed (the same for every queue).
@@ -74,15 +97,24 @@ impl Serving {
         &self.queues.default_queue().client
     }
 
-    /// Opens the queues to serve (and, serving every queue, those made since the last look).
+    /// Opens the queues to serve (and, serving every queue, those made since the last look), with
+    /// the lanes of the kinds this process runs now.
     pub(super) async fn refresh(&self) -> Result<(), QueueError> {
         {
             let mut discovered = self.discovered.lock().expect("never poisoned");
-            let fresh = discovered.is_some_and(|at| at.elapsed() < DISCOVER_EVERY);
-            if fresh || (discovered.is_some() && self.choice != QueueChoice::Every) {
+            if discovered.is_some_and(|at| at.elapsed() < DISCOVER_EVERY) {
                 return Ok(());
             }
             *discovered = Some(Instant::now());
+        }
+        let mut kinds = (self.kinds_run)();
+        kinds.sort();
+        kinds.dedup();
+        if kinds != self.kinds() {
+            for served in self.all() {
+                served.queue.open_lanes(&kinds).await?;
+            }
+            *self.kinds.lock().expect("never poisoned") = (kinds.clone(), kinds.join(",").into());
         }
         let wanted: Vec<(String, u32)> = match &self.choice {
             QueueChoice::Only(named) => named.clone(),
@@ -94,6 +126,7 @@ impl Serving {
             self.served.lock().expect("never poisoned").iter().map(|s| s.queue.name().to_string()).collect();
         for (name, weight) in wanted.into_iter().filter(|(name, _)| !known.contains(name)) {
             let queue = self.queues.open(&name).await?;
+            queue.open_lanes(&kinds).await?;
             let served =
                 Served { queue, weight: weight.max(1), running: Arc::default(), blocked_until: None };
             self.served.lock().expect("never poisoned").push(served);

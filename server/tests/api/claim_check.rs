@@ -17,7 +17,7 @@ async fn a_one_mib_payload_is_stored_once_and_the_queue_holds_only_its_id() {
     assert_eq!(stored, payload.as_bytes());
 
     // The ready stream's only entry is the id.
-    let entries: redis::streams::StreamRangeReply = redis.xrange_all(app.key("ready")).await.unwrap();
+    let entries: redis::streams::StreamRangeReply = redis.xrange_all(app.key("ready:echo")).await.unwrap();
     assert_eq!(entries.ids.len(), 1);
     let fields: HashMap<String, String> = entries.ids[0]
         .map

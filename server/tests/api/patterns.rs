@@ -64,15 +64,14 @@ async fn the_same_idempotency_key_and_body_give_the_same_task_even_when_fifty_ra
         ids.insert(id);
     }
     assert_eq!((ids.len(), fresh), (1, 1), "one task, created once");
-    let mut redis = app.redis().await;
-    let queued: u64 = redis.xlen(app.key("ready")).await.unwrap();
+    let queued = app.ready_len().await;
     assert_eq!(queued, 1, "enqueued once");
 
     let other = post("order-42", json!({"kind": "echo", "payload": {"order": 43}})).await.unwrap();
     assert_problem(other, 422, "/problems/idempotency-key-reused").await;
     let fresh_key = post("order-43", body.clone()).await.unwrap();
     assert!(fresh_key.headers().get("idempotent-replayed").is_none());
-    let queued: u64 = redis.xlen(app.key("ready")).await.unwrap();
+    let queued = app.ready_len().await;
     assert_eq!(queued, 2);
 }
 

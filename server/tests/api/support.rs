@@ -180,6 +180,22 @@ impl TestApp {
         format!("{}:{{{queue}}}:{name}", self.prefix)
     }
 
+    /// How many entries the test queue's ready streams hold, over every kind's lane.
+    pub async fn ready_len(&self) -> u64 {
+        let mut redis = self.redis().await;
+        let kinds: Vec<String> = redis::AsyncCommands::smembers(&mut redis, self.key("lanes")).await.unwrap();
+        let mut entries = 0;
+        for kind in kinds {
+            for stream in ["ready-high", "ready", "ready-low"] {
+                let len: u64 = redis::AsyncCommands::xlen(&mut redis, self.key(&format!("{stream}:{kind}")))
+                    .await
+                    .unwrap();
+                entries += len;
+            }
+        }
+        entries
+    }
+
     /// The name of one of the default queue's keys (where tasks of earlier versions are).
     pub fn default_key(&self, name: &str) -> String {
         format!("{}:{{default}}:{name}", self.prefix)

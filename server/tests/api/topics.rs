@@ -112,7 +112,7 @@ async fn a_message_one_subscription_cannot_take_creates_no_task_at_all() {
     let response = publish(&app, "mixed", json!({"payload": {"not": "a sleep"}})).await;
     let problem = assert_problem(response, 422, "/problems/invalid-payload").await;
     assert!(problem["detail"].as_str().unwrap().starts_with("subscription `sleeper`"), "{problem}");
-    let queued: u64 = app.redis().await.xlen(app.key("ready")).await.unwrap();
+    let queued = app.ready_len().await;
     assert_eq!(queued, 0, "all or none");
     assert_problem(
         publish(&app, "mixed", json!({"payload": 1, "extra": 2})).await,
@@ -166,7 +166,7 @@ async fn a_message_over_the_payload_limit_is_a_413_and_creates_nothing() {
         .await
         .unwrap();
     assert_problem(streamed, 413, "/problems/payload-too-large").await;
-    let queued: u64 = app.redis().await.xlen(app.key("ready")).await.unwrap();
+    let queued = app.ready_len().await;
     assert_eq!(queued, 0);
     assert_eq!(publish(&app, "big", json!({"payload": 1})).await.status(), 202);
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 /// Asserts that the app stored no task at all.
 async fn assert_nothing_enqueued(app: &TestApp) {
     let mut redis = app.redis().await;
-    let ready: u64 = redis.xlen(app.key("ready")).await.unwrap();
+    let ready = app.ready_len().await;
     let indexed: u64 = redis.zcard(app.key("index")).await.unwrap();
     let payloads: Vec<String> = redis.keys(app.key("payload:*")).await.unwrap();
     let records: Vec<String> = redis.keys(app.key("task:*")).await.unwrap();

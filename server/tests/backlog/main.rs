@@ -30,7 +30,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
         events_maxlen: 100_000,
     };
     let queue = Queue::new(client.clone(), conn, &prefix, DEFAULT_QUEUE, settings);
-    queue.ensure_group().await.unwrap();
+    queue.open_lanes(&["echo".to_string()]).await.unwrap();
 
     let started = Instant::now();
     futures::stream::iter(0..total)

@@ -1,0 +1,335 @@
+//! The pull API: workers in any language lease tasks over HTTP, keep them with heartbeats, and
+//! end them with complete, fail or release (queue/pull.rs holds the leases).
+//!
+//! A lease request long-polls: it claims at once, and when nothing is there it waits for an event
+//! that may bring work (a task of the queue queued, the queue resumed) and claims again; it also
+//! looks again every second, for what comes without an event (delayed tasks come due, retries,
+//! leases that ran out).
+
+use super::{ApiError, AppState, read_body};
+use crate::{
+    events::Pushed,
+    handlers::HandlerError,
+    queue::{Outcome, PullToken, Pulled, Queue, Renewal, ResultBytes},
+    store::{now_ms, rfc3339},
+    worker::failure_outcome,
+};
+use app::model::{
+    Heartbeat, HeartbeatReply, LeaseFailure, LeaseGrant, LeaseList, LeaseRequest, Status, is_kind_name,
+};
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The longest a lease request waits for tasks.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// The most leases one request takes.
+const MAX_LEASES: u32 = 100;
+/// The shortest lease.
+const MIN_LEASE_MS: u64 = 1_000;
+/// How often a waiting request looks again without an event.
+const RECHECK: Duration = Duration::from_secs(1);
+/// JSON payloads up to this size come with the lease; others are fetched from `payload_url`.
+const INLINE_PAYLOAD_MAX: u64 = 64 * 1024;
+/// The largest control body (a lease request, heartbeat or failure).
+const CONTROL_BODY_MAX: u64 = 16 * 1024;
+/// The most of a failure's message kept.
+const ERROR_MAX: usize = 4 * 1024;
+
+/// `POST /api/v1/queues/{queue}/leases`: up to `max` leases on the queue's tasks of `kinds`,
+/// waiting up to `wait_ms` for some.
+pub async fn take(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<LeaseList>, ApiError> {
+    let request: LeaseRequest = control_body(&state, &headers, body, "invalid-lease-request").await?;
+    let queue = state.tasks.queues().open(&name).await.map_err(crate::tasks::SubmitError::from)?;
+    let ask = Ask::of(&request, queue.settings().lease).map_err(invalid("invalid-lease-request"))?;
+    let deadline = Instant::now() + ask.wait;
+    // Subscribed before the first claim, so that nothing queued after it goes unnoticed.
+    let mut events = state.events.subscribe();
+    loop {
+        let pulled = queue.pull(&ask.kinds, ask.max, ask.lease).await?;
+        let now = Instant::now();
+        if !pulled.is_empty() || now >= deadline {
+            return Ok(Json(LeaseList { leases: grants(&state, &queue, pulled).await? }));
+        }
+        let look_again = deadline.min(now + RECHECK);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) if ask.woken_by(&event.event, &name) => break,
+                    Ok(_) => {}
+                    // Missed events may have been ours: look now.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep_until(look_again).await;
+                        break;
+                    }
+                },
+                () = tokio::time::sleep_until(look_again) => break,
+            }
+        }
+    }
+}
+
+/// A lease request, checked.
+struct Ask {
+    /// As the scripts take them: comma-separated, or `*`.
+    kinds: String,
+    only: Option<Vec<String>>,
+    max: usize,
+    wait: Duration,
+    lease: Duration,
+}
+
+impl Ask {
+    /// `request` checked against its bounds (`lease` is the queue's, the longest a lease may be).
+    fn of(request: &LeaseRequest, lease: Duration) -> Result<Ask, String> {
+        let worker = &request.worker;
+        if worker.is_empty() || worker.chars().count() > 128 || worker.chars().any(char::is_control) {
+            return Err("worker must be 1 to 128 printable characters".into());
+        }
+        if let Some(kinds) = &request.kinds {
+            if kinds.is_empty() || kinds.len() > 100 {
+                return Err("kinds must list 1 to 100 kinds (or be left out for every kind)".into());
+            }
+            if let Some(bad) = kinds.iter().find(|k| !is_kind_name(k)) {
+                return Err(format!("`{bad}` is not a kind name"));
+            }
+        }
+        let max = request.max.unwrap_or(1);
+        if !(1..=MAX_LEASES).contains(&max) {
+            return Err(format!("max must be 1 to {MAX_LEASES}"));
+        }
+        let wait_ms = request.wait_ms.unwrap_or(0);
+        if wait_ms > MAX_WAIT.as_millis() as u64 {
+            return Err(format!("wait_ms must be 0 to {}", MAX_WAIT.as_millis()));
+        }
+        let longest = lease.as_millis() as u64;
+        let lease_ms = request.lease_ms.unwrap_or(longest);
+        if !(MIN_LEASE_MS.min(longest)..=longest).contains(&lease_ms) {
+            return Err(format!("lease_ms must be {MIN_LEASE_MS} to {longest} (the server's --lease)"));
+        }
+        Ok(Ask {
+            kinds: request.kinds.as_ref().map_or_else(|| "*".to_string(), |k| k.join(",")),
+            only: request.kinds.clone(),
+            max: max as usize,
+            wait: Duration::from_millis(wait_ms),
+            lease: Duration::from_millis(lease_ms),
+        })
+    }
+
+    /// Whether `event` may have brought this request work in queue `queue`.
+    fn woken_by(&self, event: &Pushed, queue: &str) -> bool {
+        match event {
+            Pushed::Task(e) => {
+                e.queue == queue
+                    && e.status == Status::Queued
+                    && self.only.as_ref().is_none_or(|kinds| kinds.contains(&e.kind))
+            }
+            Pushed::Queue(e) => e.queue == queue,
+        }
+    }
+}
+
+/// The grants of `pulled`: each with its task's view and its payload, or where to get it.
+async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<Vec<LeaseGrant>, ApiError> {
+    let store = queue.store();
+    let records = futures::future::try_join_all(pulled.iter().map(|p| store.get(&p.token.task_id))).await?;
+    let mut grants = Vec::with_capacity(pulled.len());
+    for (pulled, record) in pulled.into_iter().zip(records) {
+        // Gone already (erased the moment it was leased): nothing to run.
+        let Some(record) = record else { continue };
+        let json = super::api::is_json(&pulled.payload_type);
+        let bytes = match pulled.payload {
+            Some(bytes) => Some(bytes.to_vec()),
+            None if json && record.payload_bytes <= INLINE_PAYLOAD_MAX => {
+                state.tasks.payload(&record).await?
+            }
+            None => None,
+        };
+        let payload = bytes.filter(|_| json).and_then(|b| serde_json::from_slice(&b).ok());
+        let payload_url = payload.is_none().then(|| format!("/api/v1/tasks/{}/payload", record.id));
+        grants.push(LeaseGrant {
+            token: pulled.token.encode(),
+            task: record.view(),
+            payload,
+            payload_url,
+            expires_at: rfc3339(pulled.expires_ms),
+        });
+    }
+    Ok(grants)
+}
+
+/// `POST /api/v1/leases/{token}/heartbeat`: renews the lease (storing progress, if given).
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let beat: Heartbeat = if headers.contains_key(header::CONTENT_TYPE) {
+        control_body(&state, &headers, body, "invalid-heartbeat").await?
+    } else {
+        Heartbeat::default()
+    };
+    if beat.progress.is_some_and(|p| p > 100) {
+        return Err(invalid("invalid-heartbeat")("progress must be 0 to 100".into()));
+    }
+    let (queue, token) = lease_of(&state, &token)?;
+    let cancel_requested = match queue.heartbeat(&token, beat.progress).await? {
+        Renewal::Lost => return Err(lost()),
+        Renewal::Held => false,
+        Renewal::CancelRequested => true,
+    };
+    Ok(Json(HeartbeatReply { expires_at: rfc3339(now_ms() + token.lease_ms), cancel_requested }))
+}
+
+/// `POST /api/v1/leases/{token}/complete`: the attempt succeeded; the body (any content type,
+/// up to the payload limit) is the result.
+pub async fn complete(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let (queue, token) = lease_of(&state, &token)?;
+    let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let result = ResultBytes::New(body.bytes.clone());
+    end(&queue, &token, Outcome::Succeeded { result, content_type }).await
+}
+
+/// `POST /api/v1/leases/{token}/fail`: the attempt failed; retried while attempts are left and
+/// the failure is retryable, else a dead letter.
+pub async fn fail(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let failure: LeaseFailure = control_body(&state, &headers, body, "invalid-failure").await?;
+    let (queue, token) = lease_of(&state, &token)?;
+    let record = queue.store().get(&token.task_id).await?.ok_or_else(lost)?;
+    let mut message = failure.error;
+    if message.len() > ERROR_MAX {
+        let cut = (0..=ERROR_MAX).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+        message.truncate(cut);
+    }
+    let error = match (failure.retryable, failure.retry_after_ms) {
+        (true, Some(ms)) => HandlerError::retryable_after(message, Duration::from_millis(ms)),
+        (true, None) => HandlerError::retryable(message),
+        (false, _) => HandlerError::fatal(message),
+    };
+    let retry =
+        state.tasks.registry().get(&record.kind).and_then(|h| h.retry_policy()).unwrap_or(state.retry);
+    let outcome = failure_outcome(error, record.attempts, record.max_attempts, retry, false);
+    end(&queue, &token, outcome).await
+}
+
+/// `POST /api/v1/leases/{token}/release`: hands the task back unfinished (a worker shutting
+/// down); the attempt does not count.
+pub async fn release(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (queue, token) = lease_of(&state, &token)?;
+    match queue.release_pulled(&token).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(lost()),
+    }
+}
+
+/// Ends the lease's attempt with `outcome` — or, when its task was cancelled meanwhile, as
+/// cancelled, answering `409` so the worker knows its outcome was not taken.
+async fn end(queue: &Queue, token: &PullToken, outcome: Outcome) -> Result<StatusCode, ApiError> {
+    let (held, cancel) = queue.pulled_state(token).await?;
+    if !held {
+        return Err(lost());
+    }
+    if cancel {
+        queue.end_pulled(token, Outcome::Cancelled).await?;
+        return Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
+            .detail("the task was cancelled while it ran; it ended cancelled"));
+    }
+    match queue.end_pulled(token, outcome).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(lost()),
+    }
+}
+
+/// The queue and lease a token names (no lookup: the token says where its lease is).
+fn lease_of(state: &AppState, token: &str) -> Result<(Queue, PullToken), ApiError> {
+    let token = PullToken::decode(token).ok_or_else(|| ApiError::not_found("no lease has this token"))?;
+    Ok((state.tasks.queues().handle(&token.queue), token))
+}
+
+/// The answer for a lease that was taken over or has ended.
+fn lost() -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "lease-lost", "Lease lost")
+        .detail("this lease was taken over or has ended; nothing was changed")
+}
+
+/// A `422` of type `slug` with the detail it is given.
+fn invalid(slug: &'static str) -> impl Fn(String) -> ApiError {
+    move |detail| ApiError::unprocessable(slug, "Invalid request", detail)
+}
+
+/// A small JSON body (`CONTROL_BODY_MAX` at most), parsed into `T`.
+async fn control_body<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    slug: &'static str,
+) -> Result<T, ApiError> {
+    let body = read_body(body, headers, CONTROL_BODY_MAX, &state.body_budget).await?;
+    serde_json::from_slice(&body.bytes).map_err(|e| invalid(slug)(format!("the body does not fit: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> LeaseRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn lease_requests_are_held_to_their_bounds() {
+        let lease = Duration::from_secs(30);
+        let ask = Ask::of(&request(serde_json::json!({"worker": "w"})), lease).unwrap();
+        assert_eq!((ask.kinds.as_str(), ask.max, ask.wait, ask.lease), ("*", 1, Duration::ZERO, lease));
+        let ask = Ask::of(
+            &request(serde_json::json!({"worker": "w", "kinds": ["a", "b.c"], "max": 100, "wait_ms": 30000, "lease_ms": 3000})),
+            lease,
+        )
+        .unwrap();
+        assert_eq!((ask.kinds.as_str(), ask.max, ask.lease), ("a,b.c", 100, Duration::from_secs(3)));
+        for bad in [
+            serde_json::json!({"worker": ""}),
+            serde_json::json!({"worker": "w\n"}),
+            serde_json::json!({"worker": "w", "kinds": []}),
+            serde_json::json!({"worker": "w", "kinds": ["Bad"]}),
+            serde_json::json!({"worker": "w", "max": 0}),
+            serde_json::json!({"worker": "w", "max": 101}),
+            serde_json::json!({"worker": "w", "wait_ms": 30001}),
+            serde_json::json!({"worker": "w", "lease_ms": 999}),
+            serde_json::json!({"worker": "w", "lease_ms": 30001}),
+        ] {
+            assert!(Ask::of(&request(bad.clone()), lease).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+-- Shared by every script that queues, reads or counts ready tasks (prepended to them, after
+-- events.lua, when they are loaded). Each kind has a lane in its queue: ready streams of its
+-- own, one per priority, so a worker reads only the kinds it runs and a task of a kind nobody
+-- runs waits on its lane, held back by no one and held by no one. A queue's `lanes` set names
+-- its kinds that have one; their streams share the queue's hash tag.
+
+-- The consumer group of every lane (GROUP in queue.rs; a unit test compares them).
+local LANE_GROUP = 'workers'
+-- Stream s (1 high, 2 normal, 3 low) of a lane is `{base}:{suffix}:{kind}`.
+local LANE_SUFFIX = {'ready-high', 'ready', 'ready-low'}
+-- A priority tag (delayed and retrying members, records) to its stream's place.
+local TAG_INDEX = {h = 1, n = 2, l = 3}
+
+local function lane_stream(base, kind, s)
+  return base .. ':' .. LANE_SUFFIX[s] .. ':' .. kind
+end
+
+-- Makes `kind`'s lane in the queue if it has none: its three streams and their group.
+local function ensure_lane(base, kind)
+  if redis.call('SADD', base .. ':lanes', kind) == 1 then
+    for s = 1, 3 do
+      local made = redis.pcall('XGROUP', 'CREATE', lane_stream(base, kind, s), LANE_GROUP, '0',
+        'MKSTREAM')
+      if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP') then
+        return redis.error_reply(made.err)
+      end
+    end
+  end
+end
+
+-- Every kind with a lane in the queue.
+local function lane_kinds(base)
+  return redis.call('SMEMBERS', base .. ':lanes')
+end
+
+-- Every ready stream of the queue, lane by lane.
+local function all_ready_streams(base)
+  local streams = {}
+  for _, kind in ipairs(lane_kinds(base)) do
+    for s = 1, 3 do
+      streams[#streams + 1] = lane_stream(base, kind, s)
+    end
+  end
+  return streams
+end
+
+-- Queues task `id` (of `kind`) on stream `s` of its lane.
+local function queue_on_lane(base, kind, s, id)
+  ensure_lane(base, kind)
+  redis.call('XADD', lane_stream(base, kind, s), '*', 'task', id)
+end

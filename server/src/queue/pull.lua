@@ -1,0 +1,36 @@
+-- Takes leases for a worker pulling over HTTP: first on entries of its lanes whose holder stopped
+-- renewing them (taken over: another attempt), then on new ones, as far as the queue's limits
+-- allow. Each lease runs out `want` ms from now, at most the queue's lease.
+-- KEYS: events
+-- ARGV: the leasing arguments (lease.lua), count, the queue's lease ms (how long an entry goes
+--       unrenewed before it is taken over), this lease's ms
+-- Returns {replies (take_lease's), why nothing more may start ('' when nothing stops it), in how
+-- many ms to look again}.
+local ctx = leasing_context()
+start_budget(ctx)
+local count, lease, want = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local replies = {}
+for s = 1, 3 do
+  for _, kind in ipairs(ctx.lanes) do
+    if count <= 0 then
+      break
+    end
+    local taken = redis.call('XAUTOCLAIM', lane_stream(ctx.base, kind, s), ctx.group,
+      ctx.consumer, lease, '0-0', 'COUNT', count)
+    for _, e in ipairs(taken[2]) do
+      replies[#replies + 1] = take_lease(ctx, kind, s, e[1], task_of(e[2]))
+      count = count - 1
+    end
+  end
+end
+take_new(ctx, count, replies)
+-- A shorter lease starts `lease - want` ms idle, so that it is taken over `want` ms from now.
+if want < lease then
+  for _, r in ipairs(replies) do
+    if r[1] == 'run' then
+      redis.call('XCLAIM', lane_stream(ctx.base, r[7], tonumber(r[3])), ctx.group, ctx.consumer,
+        0, r[4], 'IDLE', lease - want, 'JUSTID')
+    end
+  end
+end
+return {replies, ctx.blocked, ctx.retry_ms}

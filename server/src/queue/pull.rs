@@ -1,0 +1,221 @@
+//! Pull: leases for workers in any language, taken and kept over HTTP (`http/leases.rs`).
+//!
+//! A pulled lease is a built-in worker's lease: a pending entry of its kind's lane and a token in
+//! the task record that every later write checks, so fencing, retries, dead letters, cancel and
+//! the queue's limits hold unchanged. What differs: the claim (pull.lua) takes over expired
+//! entries itself (no fetch loop does it for kinds no built-in worker runs), a lease may be
+//! shorter than the queue's, and the lease travels as a token that says where its entry is.
+
+use super::{
+    Outcome, Queue, Renewal,
+    fetch::blocked_of,
+    finish::{Ending, Held},
+    lease::{HeldEntry, Run, RunReply},
+};
+use crate::store::now_ms;
+use app::model::{is_kind_name, is_queue_name};
+use bytes::Bytes;
+use redis::RedisResult;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The consumer every pulled lease's entry is held by, whichever worker pulled it.
+const CONSUMER: &str = "pull";
+
+/// A pulled lease, as its token carries it: the queue, the task and where its entry is, the
+/// lease's length and the record's token. Written `queue~kind~task~stream~entry~ms~token`; `~`
+/// appears in none of the parts, and a forged token fails the record's check like a stale one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullToken {
+    pub queue: String,
+    pub kind: String,
+    pub task_id: Uuid,
+    stream_index: usize,
+    entry_id: String,
+    pub lease_ms: u64,
+    token: String,
+}
+
+impl PullToken {
+    /// The token as handed to the worker.
+    pub fn encode(&self) -> String {
+        let PullToken { queue, kind, task_id, stream_index, entry_id, lease_ms, token } = self;
+        format!("{queue}~{kind}~{task_id}~{stream_index}~{entry_id}~{lease_ms}~{token}")
+    }
+
+    /// Reads a token a worker sent back; `None` when it cannot be one.
+    pub fn decode(text: &str) -> Option<PullToken> {
+        if text.len() > 512 {
+            return None;
+        }
+        let parts: Vec<&str> = text.split('~').collect();
+        let [queue, kind, task, stream, entry, ms, token] = parts[..] else { return None };
+        let entry_ok = entry.split_once('-').is_some_and(|(ms, seq)| {
+            [ms, seq].iter().all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+        let token_ok =
+            !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit() || b"-:".contains(&b));
+        (is_queue_name(queue) && is_kind_name(kind) && entry_ok && token_ok).then_some(())?;
+        Some(PullToken {
+            queue: queue.to_string(),
+            kind: kind.to_string(),
+            task_id: task.parse().ok()?,
+            stream_index: stream.parse().ok().filter(|&s: &usize| s < 3)?,
+            entry_id: entry.to_string(),
+            lease_ms: ms.parse().ok()?,
+            token: token.to_string(),
+        })
+    }
+}
+
+/// A lease a worker pulled: its token, and the payload when it came with the claim.
+#[derive(Debug)]
+pub struct Pulled {
+    pub token: PullToken,
+    /// The payload, when small enough to come with the claim; else read it from the store.
+    pub payload: Option<Bytes>,
+    pub payload_type: String,
+    /// When the lease runs out unless renewed (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+impl Queue {
+    /// Takes up to `max` leases of `lease` each for a pulling worker, on the lanes of `kinds`
+    /// (comma-separated, `*` for every kind): expired ones taken over first, then new ones.
+    pub async fn pull(&self, kinds: &str, max: usize, lease: Duration) -> RedisResult<Vec<Pulled>> {
+        let lease_ms = lease.min(self.settings.lease).as_millis() as u64;
+        let mut call = self.scripts.pull.prepare_invoke();
+        call.key(self.keys.events());
+        self.leasing_args(&mut call, CONSUMER, kinds)
+            .arg(max)
+            .arg(self.settings.lease.as_millis() as u64)
+            .arg(lease_ms);
+        let (replies, reason, retry_ms): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) =
+            call.invoke_async(&mut self.conn.clone()).await?;
+        // A limit that stops the queue only means fewer leases: the worker asks again.
+        let _ = blocked_of(&reason, retry_ms);
+        let expires_ms = now_ms() + lease_ms;
+        let mut pulled = Vec::new();
+        for reply in replies {
+            let Some(mut reply) = RunReply::of(reply) else { continue };
+            let (Ok(task_id), Some(stream_index)) = (
+                reply.text(Run::TaskId).parse::<Uuid>(),
+                reply
+                    .text(Run::Stream)
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|s| s.checked_sub(1))
+                    .filter(|&s| s < 3),
+            ) else {
+                continue;
+            };
+            let payload = (reply.text(Run::PayloadIs) == "1").then(|| Bytes::from(reply.take(Run::Payload)));
+            pulled.push(Pulled {
+                token: PullToken {
+                    queue: self.name().to_string(),
+                    kind: reply.text(Run::Kind),
+                    task_id,
+                    stream_index,
+                    entry_id: reply.text(Run::Entry),
+                    lease_ms,
+                    token: reply.text(Run::Token),
+                },
+                payload,
+                payload_type: reply.optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
+                expires_ms,
+            });
+        }
+        Ok(pulled)
+    }
+
+    /// Where the pulled lease `token` has its entry.
+    fn pulled_entry<'t>(&self, token: &'t PullToken, stream: &'t str) -> HeldEntry<'t> {
+        HeldEntry {
+            task_id: &token.task_id,
+            stream,
+            entry_id: &token.entry_id,
+            token: &token.token,
+            consumer: CONSUMER,
+        }
+    }
+
+    /// Renews the pulled lease `token` for its length from now, storing `progress` if given.
+    pub async fn heartbeat(&self, token: &PullToken, progress: Option<u8>) -> RedisResult<Renewal> {
+        let stream = self.keys.lane(&token.kind)[token.stream_index].clone();
+        let idle = self.settings.lease.saturating_sub(Duration::from_millis(token.lease_ms));
+        let renewal = self.renew_entry(&self.pulled_entry(token, &stream), idle).await?;
+        if let (Renewal::Held, Some(percent)) = (renewal, progress) {
+            self.progress_of(&token.task_id, &token.token, percent).await?;
+        }
+        Ok(renewal)
+    }
+
+    /// Hands the pulled lease's task back to the queue, its attempt not counted; `false` when
+    /// the lease was no longer held.
+    pub async fn release_pulled(&self, token: &PullToken) -> RedisResult<bool> {
+        let stream = self.keys.lane(&token.kind)[token.stream_index].clone();
+        self.release_entry(&self.pulled_entry(token, &stream)).await
+    }
+
+    /// Whether the pulled lease is still held, and whether its task's cancellation was asked.
+    pub async fn pulled_state(&self, token: &PullToken) -> RedisResult<(bool, bool)> {
+        let (lease, cancel): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.task(&token.task_id))
+            .arg(super::record::LEASE)
+            .arg(super::record::CANCEL)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((lease.as_deref() == Some(token.token.as_str()), cancel.as_deref() == Some("1")))
+    }
+
+    /// Ends the pulled lease's attempt with `outcome`; `false` (and no change) when the lease
+    /// was no longer held.
+    pub async fn end_pulled(&self, token: &PullToken, outcome: Outcome) -> RedisResult<bool> {
+        let (session, idem) = self.links_of(&token.task_id).await?;
+        let held = Held {
+            queue: self.clone(),
+            task_id: token.task_id.to_string(),
+            stream_index: token.stream_index,
+            entry_id: token.entry_id.clone(),
+            token: token.token.clone(),
+            session,
+            idempotency_key: idem.unwrap_or_default(),
+        };
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let ending = Ending::held(held, outcome, None, reply);
+        let (applied, ..) = self.end_attempts(&[ending], 0, CONSUMER, "").await?;
+        Ok(applied.first() == Some(&1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_reads_back_as_written_and_nothing_else_reads_as_one() {
+        let token = PullToken {
+            queue: "reports.v2".into(),
+            kind: "csv.summary".into(),
+            task_id: Uuid::now_v7(),
+            stream_index: 2,
+            entry_id: "1700000000000-12".into(),
+            lease_ms: 3000,
+            token: format!("{}:7", Uuid::now_v7()),
+        };
+        assert_eq!(PullToken::decode(&token.encode()), Some(token.clone()));
+        let good = token.encode();
+        for bad in [
+            String::new(),
+            good.replacen("reports.v2", "Reports", 1),
+            good.replacen("~2~", "~3~", 1),
+            good.replacen("1700000000000-12", "1700000000000", 1),
+            format!("{good}~extra"),
+            good.replacen(&token.task_id.to_string(), "not-a-uuid", 1),
+            good.replace(&token.token, "x y"),
+            "a".repeat(600),
+        ] {
+            assert_eq!(PullToken::decode(&bad), None, "{bad}");
+        }
+    }
+}
