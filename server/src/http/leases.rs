@@ -4,7 +4,8 @@
 //! A lease request long-polls: it claims at once, and when nothing is there it waits for an event
 //! that may bring work (a task of the queue queued, the queue resumed) and claims again; it also
 //! looks again every second, for what comes without an event (delayed tasks come due, retries,
-//! leases that ran out).
+//! leases that ran out). Each look promotes the queue's due tasks itself, so pull workers need no
+//! built-in worker beside them.
 
 use super::{ApiError, AppState, read_body};
 use crate::{
@@ -57,6 +58,9 @@ pub async fn take(
     // Subscribed before the first claim, so that nothing queued after it goes unnoticed.
     let mut events = state.events.subscribe();
     loop {
+        // Due delayed tasks and retries first: where no built-in worker runs, nothing else
+        // moves them.
+        queue.promote_due().await?;
         let pulled = queue.pull(&ask.kinds, ask.max, ask.lease).await?;
         let now = Instant::now();
         if !pulled.is_empty() || now >= deadline {

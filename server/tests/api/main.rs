@@ -11,6 +11,7 @@ mod listing;
 mod patterns;
 mod pipeline;
 mod priorities;
+mod pull;
 mod queues;
 mod retention;
 mod sessions;

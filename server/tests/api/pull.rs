@@ -1,0 +1,256 @@
+//! Pull workers over HTTP: leases taken, kept, ended and fenced exactly as the built-in
+//! workers' are. (The Python worker, as real processes, is in tests/pull.)
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// The queue the test's tasks are in.
+fn queue() -> String {
+    test_queue().unwrap_or_else(|| "default".into())
+}
+
+/// An app without built-in workers: every task waits for a pull worker.
+async fn app_without_workers() -> TestApp {
+    spawn_app_with(|c| c.concurrency = 0).await
+}
+
+impl TestApp {
+    async fn lease(&self, request: Value) -> reqwest::Response {
+        let url = self.url(&format!("/api/v1/queues/{}/leases", queue()));
+        self.http.post(url).json(&request).send().await.unwrap()
+    }
+
+    /// Leases as `request` asks, which must be answered `200`.
+    async fn leases(&self, request: Value) -> Vec<Value> {
+        let response = self.lease(request).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["leases"].as_array().unwrap().clone()
+    }
+
+    async fn on_lease(&self, token: &str, action: &str, body: Option<Value>) -> reqwest::Response {
+        let request = self.http.post(self.url(&format!("/api/v1/leases/{token}/{action}")));
+        let request = match body {
+            Some(body) => request.json(&body),
+            None => request,
+        };
+        request.send().await.unwrap()
+    }
+}
+
+fn token(lease: &Value) -> &str {
+    lease["token"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_pulled_task_ends_once_and_every_later_word_from_its_lease_is_a_409() {
+    let app = app_without_workers().await;
+    let ids: Vec<String> = futures::future::join_all(
+        (0..3).map(|n| app.submit_ok(json!({"kind": "echo", "payload": {"n": n}}))),
+    )
+    .await;
+    let leases = app.leases(json!({"worker": "test", "max": 10})).await;
+    assert_eq!(leases.len(), 3);
+    for lease in &leases {
+        assert!(ids.contains(&lease["task"]["id"].as_str().unwrap().to_string()));
+        assert_eq!(lease["task"]["status"], "running");
+        assert_eq!(lease["task"]["attempts"], 1);
+        assert!(lease["payload"]["n"].is_number(), "a small JSON payload comes with its lease: {lease}");
+        assert!(lease["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+    let [done, dead, released] = [&leases[0], &leases[1], &leases[2]];
+
+    // Complete: the body is the result, with its content type.
+    let response = app
+        .http
+        .post(app.url(&format!("/api/v1/leases/{}/complete", token(done))))
+        .header("content-type", "text/plain")
+        .body("all done")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let id = done["task"]["id"].as_str().unwrap();
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "succeeded");
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
+    assert_eq!(result.headers()["content-type"], "text/plain");
+    assert_eq!(result.text().await.unwrap(), "all done");
+    // Ended: nothing its token says changes anything.
+    for action in ["complete", "heartbeat", "release"] {
+        assert_problem(app.on_lease(token(done), action, None).await, 409, "/problems/lease-lost").await;
+    }
+    let fail = json!({"error": "late", "retryable": false});
+    assert_problem(app.on_lease(token(done), "fail", Some(fail)).await, 409, "/problems/lease-lost").await;
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "succeeded");
+
+    // Fail, not retryable: a dead letter saying so.
+    let fail = json!({"error": "the invoice has no lines", "retryable": false});
+    assert_eq!(app.on_lease(token(dead), "fail", Some(fail)).await.status(), 204);
+    let view = app.get_json(&format!("/api/v1/tasks/{}", dead["task"]["id"].as_str().unwrap())).await;
+    assert_eq!(view["status"], "failed");
+    assert_eq!(view["error"], "the invoice has no lines", "not retryable: no attempt count added");
+
+    // Release: queued again, the attempt not counted, and leased afresh.
+    assert_eq!(app.on_lease(token(released), "release", None).await.status(), 204);
+    let again = app.leases(json!({"worker": "test"})).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["task"]["id"], released["task"]["id"]);
+    assert_eq!(again[0]["task"]["attempts"], 1, "a released attempt does not count");
+    assert_problem(app.on_lease(token(released), "complete", None).await, 409, "/problems/lease-lost").await;
+}
+
+#[tokio::test]
+async fn a_retryable_failure_runs_again_after_its_retry_after() {
+    let app = app_without_workers().await;
+    let id = app.submit_ok(json!({"kind": "echo", "payload": 1, "max_attempts": 2})).await;
+    let first = app.leases(json!({"worker": "test"})).await;
+    let fail = json!({"error": "upstream busy", "retryable": true, "retry_after_ms": 1500});
+    assert_eq!(app.on_lease(token(&first[0]), "fail", Some(fail)).await.status(), 204);
+    let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(view["status"], "retrying");
+    assert!(app.leases(json!({"worker": "test"})).await.is_empty(), "not before its Retry-After");
+    // It waits for its time, then the long poll (looking again each second) gets it.
+    let second = app.leases(json!({"worker": "test", "wait_ms": 10000})).await;
+    assert_eq!(second[0]["task"]["id"], id.as_str());
+    assert_eq!(second[0]["task"]["attempts"], 2);
+    let fail = json!({"error": "still busy", "retryable": true});
+    assert_eq!(app.on_lease(token(&second[0]), "fail", Some(fail)).await.status(), 204);
+    let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(view["status"], "failed");
+    assert_eq!(view["error"], "still busy (attempt 2 of 2)");
+}
+
+#[tokio::test]
+async fn a_waiting_lease_request_is_answered_by_the_next_submit() {
+    let app = app_without_workers().await;
+    let request = {
+        let (http, url) = (app.http.clone(), app.url(&format!("/api/v1/queues/{}/leases", queue())));
+        tokio::spawn(async move {
+            let response =
+                http.post(url).json(&json!({"worker": "w", "wait_ms": 20000})).send().await.unwrap();
+            response.json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!request.is_finished(), "with nothing queued, the request waits");
+    let id = app.submit_ok(json!({"kind": "echo", "payload": "wake"})).await;
+    let answer = tokio::time::timeout(Duration::from_secs(15), request).await.unwrap().unwrap();
+    assert_eq!(answer["leases"][0]["task"]["id"], id.as_str());
+    assert_eq!(answer["leases"][0]["payload"], "wake");
+}
+
+#[tokio::test]
+async fn a_lease_not_renewed_is_taken_over_and_one_renewed_is_not() {
+    let app = app_without_workers().await;
+    let id = app.submit_ok(json!({"kind": "echo", "payload": 1, "max_attempts": 3})).await;
+    let first = app.leases(json!({"worker": "a", "lease_ms": 1000})).await;
+    assert_eq!(first.len(), 1);
+
+    // Renewed every 300 ms for 3 s: no one takes it over.
+    for _ in 0..10 {
+        let beat = app.on_lease(token(&first[0]), "heartbeat", Some(json!({"progress": 40}))).await;
+        assert_eq!(beat.status(), 200);
+        let beat: Value = beat.json().await.unwrap();
+        assert_eq!(beat["cancel_requested"], false);
+        assert!(app.leases(json!({"worker": "b"})).await.is_empty(), "a renewed lease is kept");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["progress"], 40);
+
+    // Not renewed for its 1 s: the next request takes it over, as another attempt.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = app.leases(json!({"worker": "b"})).await;
+    assert_eq!(second.len(), 1, "the lease ran out and was taken over");
+    assert_eq!(second[0]["task"]["id"], id.as_str());
+    assert_eq!(second[0]["task"]["attempts"], 2);
+    // The first holder's late word changes nothing; the second's counts.
+    let late = app.http.post(app.url(&format!("/api/v1/leases/{}/complete", token(&first[0])))).body("late");
+    assert_problem(late.send().await.unwrap(), 409, "/problems/lease-lost").await;
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "running");
+    let done =
+        app.http.post(app.url(&format!("/api/v1/leases/{}/complete", token(&second[0])))).body("on time");
+    assert_eq!(done.send().await.unwrap().status(), 204);
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
+    assert_eq!(result.text().await.unwrap(), "on time");
+}
+
+#[tokio::test]
+async fn a_cancelled_pulled_task_is_told_at_its_next_heartbeat_and_ends_cancelled() {
+    let app = app_without_workers().await;
+    let id = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let lease = app.leases(json!({"worker": "w"})).await.remove(0);
+    let cancel = app.http.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
+    assert!(cancel.status().is_success(), "{}", cancel.status());
+    let beat: Value = app.on_lease(token(&lease), "heartbeat", None).await.json().await.unwrap();
+    assert_eq!(beat["cancel_requested"], true);
+    let complete = app.on_lease(token(&lease), "complete", None).await;
+    assert_problem(complete, 409, "/problems/cancelled").await;
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_worker_gets_only_the_kinds_it_asks_for_and_the_others_wait() {
+    let app = app_without_workers().await;
+    let echo = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let sleep = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 1}})).await;
+    let got = app.leases(json!({"worker": "w", "kinds": ["sleep"], "max": 10})).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["task"]["id"], sleep.as_str());
+    assert!(app.leases(json!({"worker": "w", "kinds": ["sleep", "flaky"]})).await.is_empty());
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{echo}")).await["status"], "queued", "not dead-lettered");
+    let got = app.leases(json!({"worker": "w", "kinds": ["echo"]})).await;
+    assert_eq!(got[0]["task"]["id"], echo.as_str());
+}
+
+#[tokio::test]
+async fn payloads_too_large_or_not_json_are_fetched_from_their_url() {
+    let app = app_without_workers().await;
+    let raw = app.submit_raw_ok("text.stats", "text/plain", "some words to count").await;
+    let large: String = "x".repeat(70 * 1024);
+    let big = app.submit_ok(json!({"kind": "echo", "payload": large})).await;
+    let leases = app.leases(json!({"worker": "w", "max": 2})).await;
+    assert_eq!(leases.len(), 2);
+    for lease in &leases {
+        assert_eq!(lease.get("payload"), None, "{lease}");
+        let url = lease["payload_url"].as_str().unwrap();
+        let response = app.http.get(app.url(url)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let id = lease["task"]["id"].as_str().unwrap();
+        if id == raw {
+            assert_eq!(response.headers()["content-type"], "text/plain");
+            assert_eq!(response.text().await.unwrap(), "some words to count");
+        } else {
+            assert_eq!(id, big);
+            assert_eq!(response.json::<Value>().await.unwrap(), json!(large));
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_lease_requests_and_unknown_tokens_get_clear_problems() {
+    let app = app_without_workers().await;
+    for bad in [
+        json!({}),
+        json!({"worker": ""}),
+        json!({"worker": "w", "max": 0}),
+        json!({"worker": "w", "max": 101}),
+        json!({"worker": "w", "wait_ms": 30001}),
+        json!({"worker": "w", "lease_ms": 10}),
+        json!({"worker": "w", "lease_ms": 600000}),
+        json!({"worker": "w", "kinds": ["Not A Kind"]}),
+        json!({"worker": "w", "colour": "red"}),
+    ] {
+        let response = app.lease(bad.clone()).await;
+        assert_problem(response, 422, "/problems/invalid-lease-request").await;
+    }
+    let response = app.http.post(app.url("/api/v1/queues/Bad%20Name/leases")).json(&json!({"worker": "w"}));
+    assert_eq!(response.send().await.unwrap().status(), 422);
+    for token in ["nonsense", "default~echo~0190b1c2-0000-7000-8000-000000000000~1~1-0~1000~abc:0"] {
+        let response = app.on_lease(token, "heartbeat", None).await;
+        let status = response.status().as_u16();
+        assert!(status == 404 || status == 409, "{token}: {status}");
+    }
+    let beat = app.on_lease("nonsense", "heartbeat", Some(json!({"progress": 101}))).await;
+    assert_eq!(beat.status(), 422);
+}
