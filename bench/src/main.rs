@@ -81,11 +81,14 @@ struct RunArgs {
     /// Tasks whose every event each SSE client must receive.
     #[arg(long, default_value_t = 1_000)]
     sse_tasks: usize,
+    /// Pull workers (HTTP clients taking leases of 100) of the pull workload.
+    #[arg(long, default_value_t = 4)]
+    pullers: usize,
     /// Which workloads to run.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout"
+        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout,pull"
     )]
     workloads: Vec<String>,
     /// Tiny sizes: checks that every workload works, measures nothing worth reading.
@@ -444,6 +447,56 @@ impl Bench {
         Ok(())
     }
 
+    /// A queued backlog drained by workers pulling over HTTP (leases of 100, each completed with
+    /// its own request), beside `process_tasks_per_s` of the built-in worker: tasks per second,
+    /// and the CPU each process spent per task.
+    async fn pull(&mut self) -> anyhow::Result<()> {
+        const LEASES: usize = 100;
+        let prefix = self.prefix("pull");
+        let server = self.serve(&prefix, 0).await?;
+        let (ids, _) = self.submit_batched(&server.base, self.args.n).await?;
+        let pid = server.pid().context("serve has no pid")?;
+        let cpu_before = CpuSeconds::read(&mut self.redis, pid, pid).await?;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let started = Instant::now();
+        let lease_url = format!("{}/api/v1/queues/default/leases", server.base);
+        let (total, http, pullers) = (ids.len(), &self.http, self.args.pullers.max(1));
+        let pullers = (0..pullers).map(|n| {
+            let (done, lease_url, base) = (&done, &lease_url, &server.base);
+            async move {
+                let request = json!({"worker": format!("bench-{n}"), "max": LEASES, "wait_ms": 1000});
+                while done.load(std::sync::atomic::Ordering::Relaxed) < total {
+                    let answer: Value = http.post(lease_url).json(&request).send().await?.json().await?;
+                    let leases = answer["leases"].as_array().cloned().unwrap_or_default();
+                    let completions = leases.iter().map(|lease| {
+                        let token = lease["token"].as_str().unwrap_or_default();
+                        let url = format!("{base}/api/v1/leases/{token}/complete");
+                        let request = http.post(url).header("content-type", "application/json").body("{}");
+                        async move { anyhow::Ok(request.send().await?.error_for_status()?) }
+                    });
+                    let ended = futures::future::try_join_all(completions).await?.len();
+                    done.fetch_add(ended, std::sync::atomic::Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(600), futures::future::try_join_all(pullers))
+            .await
+            .context("the pull workers did not drain the backlog within 10 minutes")??;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = CpuSeconds::read(&mut self.redis, pid, pid).await?.since(&cpu_before);
+        let extra = json!({"n": ids.len(), "leases_per_request": LEASES, "pullers": self.args.pullers, "note": "HTTP lease + complete per task"});
+        emit("pull_tasks_per_s", ids.len() as f64 / seconds, extra);
+        for (process, spent) in cpu.into_iter().filter(|(p, _)| *p != "worker") {
+            emit(
+                "pull_cpu_us_per_task",
+                spent * 1e6 / ids.len() as f64,
+                json!({"process": process, "cpu_share": spent / seconds}),
+            );
+        }
+        Ok(())
+    }
+
     /// Many SSE clients each receiving every event of a run, and the server's peak memory.
     async fn fanout(&mut self) -> anyhow::Result<()> {
         let prefix = self.prefix("fanout");
@@ -563,6 +616,7 @@ async fn main() -> anyhow::Result<()> {
             "claimcheck" => bench.claim_check().await,
             "backlog" => bench.backlogs().await,
             "fanout" => bench.fanout().await,
+            "pull" => bench.pull().await,
             other => bail!("unknown workload `{other}`"),
         };
         result.with_context(|| format!("workload {workload}"))?;

@@ -521,6 +521,7 @@ impl Queue {
             .arg(held.task_id.to_string())
             .arg(self.settings.events_maxlen)
             .arg(self.keys.base())
+            .arg(self.settings.retention.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(released == 1)

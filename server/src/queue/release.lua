@@ -1,17 +1,30 @@
--- Hands a running task back to the queue unfinished (graceful shutdown past the grace period):
--- the attempt does not count, and any worker may take it at once.
+-- Hands a running task back to the queue unfinished (its worker is stopping): the attempt does
+-- not count, and any worker may take it at once. A task whose cancellation was asked for ends
+-- cancelled instead: its worker stopped, as asked.
 -- KEYS: task, ready, events
--- ARGV: lease token, group, entry id, now ms, task id, events maxlen, key base
--- Returns 1 when handed back, 0 when the lease was no longer held.
+-- ARGV: lease token, group, entry id, now ms, task id, events maxlen, key base, retention ms
+-- Returns 1 when handed back (or cancelled), 0 when the lease was no longer held.
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then
   return 0
 end
+local base, now, id = ARGV[7], ARGV[4], ARGV[5]
 -- Acknowledged only: the finish script trims acknowledged entries in bulk.
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'cancel', 'session', 'idem', 'payload_ref')
+if f[3] == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
+    'cancel', '')
+  keep_after_end(base, id, f[6], f[5], ARGV[8], now)
+  count_ends(base, now, 1)
+  if f[4] and f[4] ~= '' then
+    leave_session(base, base .. ':session:' .. f[4], id)
+  end
+  emit_event(KEYS[3], ARGV[6], base, 'cancelled', id, f[1], 'cancelled', f[2], '', '', now)
+  return 1
+end
 redis.call('HDEL', KEYS[1], 'lease')
-redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[4], 'progress', '')
-redis.call('XADD', KEYS[2], '*', 'task', ARGV[5])
-local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
-emit_event(KEYS[3], ARGV[6], ARGV[7], 'queued', ARGV[5], f[1], 'queued', f[2], '', '', ARGV[4])
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', now, 'progress', '')
+redis.call('XADD', KEYS[2], '*', 'task', id)
+emit_event(KEYS[3], ARGV[6], base, 'queued', id, f[1], 'queued', attempts, '', '', now)
 return 1
