@@ -16,8 +16,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
 
 # 2. System packages: redis-server for the embedded Redis and tests, openssl for the TLS tests
-#    (they make their own CA), chromium for Playwright.
+#    (they make their own CA), chromium for Playwright, python3 (with venv) for the push tests'
+#    endpoint and signature checks.
 missing=()
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)
@@ -57,5 +60,14 @@ PLAYWRIGHT_VERSION=$(sed -n 's/.*"@playwright\/test": "\([0-9.]*\)".*/\1/p' end2
 if ! end2end/node_modules/.bin/playwright --version 2>/dev/null | grep -q "$PLAYWRIGHT_VERSION"; then
   say "installing Playwright $PLAYWRIGHT_VERSION from npm (it drives Debian's Chromium)"
   (cd end2end && npm ci --no-audit --no-fund --silent)
+fi
+# 5. The Standard Webhooks reference library (PyPI), in .venv: the push tests check Courier's
+#    signatures with it rather than with Courier's own code.
+STANDARDWEBHOOKS_VERSION=1.1.0
+if ! .venv/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("standardwebhooks") != sys.argv[1])' \
+    "$STANDARDWEBHOOKS_VERSION" 2>/dev/null; then
+  say "installing standardwebhooks $STANDARDWEBHOOKS_VERSION from PyPI into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
 fi
 say "ready"

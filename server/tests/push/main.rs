@@ -1,0 +1,11 @@
+//! Push: declared kinds whose tasks Courier POSTs to an HTTP endpoint, signed the Standard
+//! Webhooks way. The endpoint is a real separate process (`endpoint.py`); signatures are checked
+//! with the Standard Webhooks reference library (installed by scripts/setup.sh).
+
+#[allow(dead_code)]
+#[path = "../api/support.rs"]
+mod support;
+
+mod declared;
+mod delivery;
+mod endpoint;
