@@ -170,7 +170,7 @@ def heartbeat(lease):
         except NETWORK_ERRORS + (ValueError,) as err:
             log("heartbeat-error", **lease.fields, error=err)  # the next beat tries again
             continue
-        if status == 409:
+        if status in (404, 409):  # taken over, ended, or a token the server cannot read
             lease.lost(problem(status, raw))
         elif not 200 <= status < 300:
             log("heartbeat-error", **lease.fields, error=problem(status, raw))
@@ -332,7 +332,7 @@ def parse_args():
     arg("--concurrency", type=int, default=4, help="tasks run at once (default %(default)s)")
     arg("--max", type=int, help="leases asked for at once, 1-100 (default: the free slots)")
     arg("--wait-ms", type=int, default=5000, help="long-poll wait, 0-30000 (default %(default)s)")
-    arg("--lease-ms", type=int, help="lease length to ask for (default: the server's --lease)")
+    arg("--lease-ms", type=int, help="lease length, 1000 up to the server's --lease (its default)")
     arg("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}", help="default: host-pid")
     arg("--function", choices=sorted(FUNCTIONS), default="upper", help="default %(default)s")
     args = p.parse_args()
