@@ -1,0 +1,188 @@
+//! Workers in another language, for real: `examples/python/worker.py` (Python's standard library
+//! alone) run as separate processes against the real server, pulling over HTTP.
+
+#[allow(dead_code)]
+#[path = "../api/support.rs"]
+mod support;
+
+use serde_json::{Value, json};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use support::*;
+
+/// A `worker.py` process, its log (stderr) in a file; killed when dropped.
+struct PyWorker {
+    child: tokio::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PyWorker {
+    /// Starts `worker.py` against `app`'s test queue with `args` added.
+    fn start(app: &TestApp, args: &[&str]) -> PyWorker {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/worker.py");
+        let queue = test_queue().unwrap_or_else(|| "default".into());
+        let child = tokio::process::Command::new("python3")
+            .arg(script)
+            .args(["--url", &app.base, "--queue", &queue, "--wait-ms", "2000"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs worker.py");
+        PyWorker { child, log, _dir: dir }
+    }
+
+    /// The log's lines of `event`, each as its key=value fields.
+    fn events(&self, event: &str) -> Vec<HashMap<String, String>> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|line| line.split_whitespace().nth(1) == Some(event))
+            .map(|line| {
+                line.split_whitespace()
+                    .skip(2)
+                    .filter_map(|field| field.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The ids of the tasks the log says `event` of.
+    fn tasks(&self, event: &str) -> Vec<String> {
+        self.events(event).into_iter().filter_map(|mut fields| fields.remove("task")).collect()
+    }
+
+    /// Waits until the log says `event` of task `id`.
+    async fn until(&self, event: &str, id: &str) {
+        let started = Instant::now();
+        while !self.tasks(event).iter().any(|t| t == id) {
+            assert!(started.elapsed() < Duration::from_secs(30), "no `{event}` of {id} in {}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn terminate(mut self) -> (std::process::ExitStatus, PyWorker) {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.unwrap().unwrap();
+        (status, self)
+    }
+}
+
+/// Waits until task `id` has ended, and returns its view.
+async fn ended(app: &TestApp, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        if ["succeeded", "failed", "cancelled"].contains(&view["status"].as_str().unwrap_or_default()) {
+            return view;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{id} has not ended: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An app with no built-in workers: only the Python workers run tasks.
+async fn app() -> TestApp {
+    spawn_app_with(|c| c.concurrency = 0).await
+}
+
+#[tokio::test]
+async fn two_python_workers_share_200_tasks_and_each_task_succeeds_exactly_once() {
+    let app = app().await;
+    let ids: Vec<String> = futures::future::join_all(
+        (0..200).map(|_| app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 20}}))),
+    )
+    .await;
+    let workers = [
+        PyWorker::start(&app, &["--function", "sleep", "--concurrency", "8"]),
+        PyWorker::start(&app, &["--function", "sleep", "--concurrency", "8"]),
+    ];
+    for id in &ids {
+        let view = ended(&app, id).await;
+        assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{view}");
+        let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
+        assert_eq!(result.json::<Value>().await.unwrap(), json!({"slept_ms": 20}));
+    }
+    let mut succeeded = Vec::new();
+    for worker in workers {
+        let (status, worker) = worker.terminate().await;
+        assert!(status.success(), "a stopped worker exits 0: {}", worker.log_text());
+        let done = worker.tasks("succeeded");
+        assert!(!done.is_empty(), "both workers take part: {}", worker.log_text());
+        succeeded.extend(done);
+    }
+    succeeded.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(succeeded, expected, "every task succeeded once, on one worker");
+}
+
+#[tokio::test]
+async fn a_task_whose_worker_is_killed_completes_on_another_after_its_lease() {
+    let app = app().await;
+    let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 3000}, "max_attempts": 3})).await;
+    let mut doomed = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "1500"]);
+    doomed.until("leased", &id).await;
+    doomed.child.kill().await.unwrap();
+    let survivor = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "1500"]);
+    let view = ended(&app, &id).await;
+    assert_eq!(view["status"], "succeeded");
+    assert_eq!(view["attempts"], 2, "the killed worker's attempt counts");
+    assert_eq!(survivor.tasks("succeeded"), vec![id.clone()]);
+    assert!(doomed.tasks("succeeded").is_empty());
+}
+
+#[tokio::test]
+async fn a_ten_second_task_on_a_three_second_lease_kept_by_heartbeats_is_never_taken_over() {
+    let app = app().await;
+    let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 10000}, "max_attempts": 3})).await;
+    let runner = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "3000"]);
+    runner.until("leased", &id).await;
+    // Another worker asks all along: it would take the task over the moment a lease ran out.
+    let rival = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "3000"]);
+    let view = ended(&app, &id).await;
+    assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{view}");
+    assert!(rival.tasks("leased").is_empty(), "the rival never got it: {}", rival.log_text());
+}
+
+#[tokio::test]
+async fn a_cancelled_task_is_seen_at_the_next_heartbeat_and_its_worker_lets_it_go() {
+    let app = app().await;
+    let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 20000}})).await;
+    let worker = PyWorker::start(&app, &["--function", "sleep"]);
+    worker.until("leased", &id).await;
+    let cancel = app.http.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
+    assert!(cancel.status().is_success());
+    worker.until("released", &id).await;
+    let view = ended(&app, &id).await;
+    assert_eq!(view["status"], "cancelled");
+    assert!(worker.tasks("succeeded").is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_hands_running_tasks_back_without_counting_their_attempt() {
+    let app = app().await;
+    let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 20000}})).await;
+    let worker = PyWorker::start(&app, &["--function", "sleep"]);
+    worker.until("leased", &id).await;
+    let (status, worker) = worker.terminate().await;
+    assert!(status.success(), "{}", worker.log_text());
+    let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("queued"), Some(0)), "{view}");
+}
