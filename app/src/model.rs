@@ -232,6 +232,24 @@ pub struct KindInfo {
     /// The queue its tasks go to unless the submission names another.
     #[serde(default = "default_queue")]
     pub queue: String,
+    /// The content types a raw body may have (`type/subtype` or `type/*`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_types: Vec<String>,
+    /// Declared at run time (`PUT /api/v1/kinds/{name}`, `[[kinds]]`), not compiled in.
+    #[serde(default)]
+    pub declared: bool,
+}
+
+/// The name of the event that says a kind was declared, replaced or deleted.
+pub const KIND_EVENT: &str = "kind";
+
+/// The data of a `kind` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindEvent {
+    pub kind: String,
+    /// False when the declaration was deleted.
+    pub declared: bool,
+    pub at: String,
 }
 
 /// A queue's limits, as set by `PUT /api/v1/queues/{name}` or `[[queues]]` in `courier.toml`;

@@ -4,7 +4,8 @@
 //!
 //! Supported keywords: `type` (a name or a list), `properties`, `required`,
 //! `additionalProperties` (boolean), `items`, `enum`, `minimum`, `maximum`, `minLength`,
-//! `maxLength`. Unknown keywords are ignored, as JSON Schema prescribes.
+//! `maxLength`. Unknown keywords are ignored, as JSON Schema prescribes; a schema declared at
+//! run time is first [`check`]ed to use only these (and annotations), so none is ignored.
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -39,6 +40,114 @@ pub fn validate_text(schema: &Value, text: &[u8]) -> Result<(), Invalid> {
     let node = Node { schema: schema.as_object(), walk: &walk };
     node.deserialize(&mut parser).and_then(|()| parser.end()).map_err(|e| Invalid::Syntax(e.to_string()))?;
     walk.into_inner().finish().map_err(Invalid::Schema)
+}
+
+/// Keywords that only annotate: allowed in a schema, never checked.
+const ANNOTATIONS: [&str; 12] = [
+    "$schema",
+    "$id",
+    "$comment",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "format",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "$defs",
+];
+
+/// The keywords [`validate`] checks.
+const KEYWORDS: [&str; 10] = [
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+];
+
+/// Checks that `schema` is a schema this validator enforces in full: a JSON object whose
+/// keywords are the supported ones (or annotations), each of the right shape. A keyword it would
+/// ignore (`oneOf`, `pattern`…) is refused rather than silently not enforced. Every problem as
+/// "`/pointer` in the schema: reason".
+pub fn check(schema: &Value) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    check_node(schema, "", &mut errors);
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        errors.truncate(MAX_ERRORS);
+        errors.push(format!("… and {more} more"));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn check_node(schema: &Value, at: &str, errors: &mut Vec<String>) {
+    let here = if at.is_empty() { "/" } else { at };
+    let Some(schema) = schema.as_object() else {
+        errors.push(format!("{here}: a schema must be a JSON object"));
+        return;
+    };
+    const TYPES: [&str; 7] = ["object", "array", "string", "boolean", "null", "number", "integer"];
+    for (keyword, value) in schema {
+        let at = format!("{at}/{keyword}");
+        let mut bad = |reason: &str| errors.push(format!("{at}: {reason}"));
+        match keyword.as_str() {
+            "type" => {
+                let names: Vec<&Value> = match value {
+                    Value::Array(names) => names.iter().collect(),
+                    name => vec![name],
+                };
+                if !names.iter().all(|n| n.as_str().is_some_and(|n| TYPES.contains(&n))) {
+                    bad(&format!("must name types among {}", TYPES.join(", ")));
+                }
+            }
+            "properties" => match value.as_object() {
+                Some(properties) => {
+                    for (name, property) in properties {
+                        check_node(property, &format!("{at}/{name}"), errors);
+                    }
+                }
+                None => bad("must be an object of schemas"),
+            },
+            "required" => {
+                if !value.as_array().is_some_and(|names| names.iter().all(Value::is_string)) {
+                    bad("must be a list of property names");
+                }
+            }
+            "additionalProperties" => {
+                if !value.is_boolean() {
+                    bad("must be true or false (a schema here is not supported)");
+                }
+            }
+            "items" => check_node(value, &at, errors),
+            "enum" => {
+                if !value.is_array() {
+                    bad("must be a list of values");
+                }
+            }
+            "minimum" | "maximum" => {
+                if !value.is_number() {
+                    bad("must be a number");
+                }
+            }
+            "minLength" | "maxLength" => {
+                if value.as_u64().is_none() {
+                    bad("must be a whole number, 0 or more");
+                }
+            }
+            keyword if ANNOTATIONS.contains(&keyword) => {}
+            keyword => bad(&format!(
+                "`{keyword}` is not supported: a schema may use {} (and annotations such as title)",
+                KEYWORDS.join(", ")
+            )),
+        }
+    }
 }
 
 /// Where the walk is and what it found so far.
@@ -369,6 +478,25 @@ mod tests {
                 "/2: must be one of \"ab\", \"x\"".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn a_schema_is_checked_for_keywords_the_validator_enforces() {
+        assert_eq!(check(&sleep_schema()), Ok(()));
+        assert_eq!(check(&json!({})), Ok(()));
+        assert_eq!(check(&json!({"title": "any", "type": ["string", "null"], "items": {}})), Ok(()));
+        assert_eq!(check(&json!(true)), Err(vec!["/: a schema must be a JSON object".to_string()]));
+        let errors = check(&json!({
+            "type": "thing",
+            "properties": {"a": {"minimum": "1"}, "b": 2},
+            "required": "a",
+            "oneOf": []
+        }))
+        .unwrap_err();
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("/properties/a/minimum: ")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("/properties/b: ")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("/oneOf: `oneOf` is not supported")), "{errors:?}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! told with a `reset` that what it missed is no longer kept.
 
 use crate::store::{Keys, TaskRecord, rfc3339};
-use app::model::{QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent};
+use app::model::{
+    KIND_EVENT, KindEvent, QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent,
+};
 use redis::{
     AsyncConnectionConfig, Value,
     aio::{ConnectionManager, MultiplexedConnection},
@@ -18,7 +20,8 @@ use uuid::Uuid;
 
 /// The fields of a task's entry in the events stream, in the order its one writer gives them: the
 /// Lua helper `emit_event` (queue/events.lua). A queue's entry (`Queue::set_paused`) has `event`
-/// = `queue`, `queue`, `status` (`paused` or `active`) and `at`.
+/// = `queue`, `queue`, `status` (`paused` or `active`) and `at`; a kind's (`Kinds::put`,
+/// `Kinds::delete`) `event` = `kind`, `kind`, `status` (`declared` or `deleted`) and `at`.
 pub const EVENT_FIELDS: [&str; 9] =
     ["event", "task", "kind", "queue", "status", "attempt", "progress", "error", "at"];
 
@@ -48,6 +51,8 @@ pub enum Pushed {
     Task(TaskEvent),
     /// A queue was paused or resumed.
     Queue(QueueEvent),
+    /// A kind was declared, replaced or deleted.
+    Kind(KindEvent),
 }
 
 impl StoredEvent {
@@ -65,11 +70,16 @@ impl StoredEvent {
         StoredEvent { id, name: QUEUE_EVENT.to_string(), event: Pushed::Queue(event), data }
     }
 
+    fn of_kind(id: String, event: KindEvent) -> StoredEvent {
+        let data = serde_json::to_string(&event).expect("events always serialize").into();
+        StoredEvent { id, name: KIND_EVENT.to_string(), event: Pushed::Kind(event), data }
+    }
+
     /// The task event, if this is one.
     pub fn task(&self) -> Option<&TaskEvent> {
         match &self.event {
             Pushed::Task(event) => Some(event),
-            Pushed::Queue(_) => None,
+            Pushed::Queue(_) | Pushed::Kind(_) => None,
         }
     }
 
@@ -111,6 +121,10 @@ impl StoredEvent {
         if name? == QUEUE_EVENT {
             let paused = status? == "paused";
             return Some(StoredEvent::of_queue(id, QueueEvent { queue: queue?.to_string(), paused, at }));
+        }
+        if name? == KIND_EVENT {
+            let declared = status? == "declared";
+            return Some(StoredEvent::of_kind(id, KindEvent { kind: kind.to_string(), declared, at }));
         }
         Some(StoredEvent::new(
             id,
@@ -913,6 +927,25 @@ mod tests {
                 at: "1970-01-01T00:00:00.000Z".into()
             })
         );
+    }
+
+    #[test]
+    fn a_kind_entry_becomes_a_kind_event() {
+        let fields: Vec<Value> = [("event", "kind"), ("kind", "resize"), ("status", "deleted"), ("at", "0")]
+            .into_iter()
+            .flat_map(|(k, v)| [bulk(k), bulk(v)])
+            .collect();
+        let event = StoredEvent::from_fields("5-3".into(), &fields).unwrap();
+        assert_eq!(event.name, "kind");
+        assert_eq!(
+            event.event,
+            Pushed::Kind(KindEvent {
+                kind: "resize".into(),
+                declared: false,
+                at: "1970-01-01T00:00:00.000Z".into()
+            })
+        );
+        assert_eq!(event.task(), None);
     }
 
     #[test]

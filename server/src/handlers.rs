@@ -1,6 +1,7 @@
-//! Task kinds: the `Handler` trait every kind implements, and the registry of built-in kinds.
+//! Task kinds: the `Handler` trait every kind implements, and the registry of the kinds a process
+//! knows: the built-in ones, and the ones declared at run time (`crate::kinds`).
 //!
-//! Adding a kind is one file in `handlers/` and one line in [`Registry::builtin`].
+//! Adding a built-in kind is one file in `handlers/` and one line in [`Registry::builtin`].
 
 mod csv_summary;
 mod echo;
@@ -8,13 +9,19 @@ mod flaky;
 mod sleep;
 mod text_stats;
 
+use crate::kinds::{self, DeclaredKind, KindKeys};
 use app::model::KindInfo;
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// A task's payload as the handler receives it.
 #[derive(Clone, Debug)]
@@ -138,6 +145,10 @@ pub trait Handler: Send + Sync + 'static {
     fn accepts_raw(&self) -> bool {
         false
     }
+    /// The content types a raw body may have (`type/subtype`, or `type/*`); empty: any.
+    fn content_types(&self) -> &[String] {
+        &[]
+    }
     /// Attempts a task of this kind gets unless the task says otherwise.
     fn max_attempts(&self) -> Option<u32> {
         None
@@ -163,10 +174,35 @@ pub trait Handler: Send + Sync + 'static {
     fn run(&self, input: Input, ctx: Context) -> BoxFuture<'static, Result<Output, HandlerError>>;
 }
 
-/// The kinds this process knows, by name; cheap to clone (every request's state holds one).
+/// Whether a raw body of `content_type` fits `accepted` (`type/subtype` or `type/*`, compared
+/// without parameters and case); an empty list accepts any.
+pub fn content_type_accepted(accepted: &[String], content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    accepted.is_empty()
+        || accepted.iter().any(|allowed| match allowed.strip_suffix("/*") {
+            Some(family) => media
+                .split_once('/')
+                .is_some_and(|(kind, subtype)| !subtype.is_empty() && kind.eq_ignore_ascii_case(family)),
+            None => media.eq_ignore_ascii_case(allowed),
+        })
+}
+
+/// The kinds this process knows, by name: the compiled ones, and the ones declared at run time
+/// as last read by [`Registry::reload`]. Cheap to clone (every request's state and the worker
+/// hold one), and every clone sees a reload at once.
 #[derive(Clone)]
 pub struct Registry {
-    kinds: Arc<BTreeMap<String, Arc<dyn Handler>>>,
+    compiled: Arc<BTreeMap<String, Arc<dyn Handler>>>,
+    declared: Arc<RwLock<Declared>>,
+    /// One reload at a time, so that an older read never replaces a newer one.
+    reloading: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The declared kinds as last read, and the version of the declarations they were read at.
+#[derive(Default)]
+struct Declared {
+    version: Option<u64>,
+    kinds: BTreeMap<String, Arc<DeclaredKind>>,
 }
 
 impl Registry {
@@ -179,7 +215,11 @@ impl Registry {
             Arc::new(sleep::Sleep),
             Arc::new(flaky::Flaky),
         ];
-        Registry { kinds: Arc::new(handlers.into_iter().map(|h| (h.name().to_string(), h)).collect()) }
+        Registry {
+            compiled: Arc::new(handlers.into_iter().map(|h| (h.name().to_string(), h)).collect()),
+            declared: Arc::default(),
+            reloading: Arc::default(),
+        }
     }
 
     /// This registry with `handler` added: a kind of your own, in a binary of your own
@@ -190,35 +230,88 @@ impl Registry {
     /// the binary's code, found the first time it starts.
     pub fn with(self, handler: impl Handler) -> Registry {
         assert!(app::model::is_kind_name(handler.name()), "`{}` is not a valid kind name", handler.name());
-        let mut kinds = (*self.kinds).clone();
-        kinds.insert(handler.name().to_string(), Arc::new(handler));
-        Registry { kinds: Arc::new(kinds) }
+        let mut compiled = (*self.compiled).clone();
+        compiled.insert(handler.name().to_string(), Arc::new(handler));
+        Registry { compiled: Arc::new(compiled), ..self }
     }
 
-    /// The handler of `kind`, if there is one.
-    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {
-        self.kinds.get(kind)
+    /// The handler of `kind`, if there is one: a compiled kind's, else a declared one's.
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        if let Some(handler) = self.compiled.get(kind) {
+            return Some(handler.clone());
+        }
+        let declared = self.declared.read().expect("never poisoned");
+        declared.kinds.get(kind).map(|k| k.clone() as Arc<dyn Handler>)
+    }
+
+    /// Whether `kind` is compiled into this process (built in, or added with [`Registry::with`]):
+    /// such a name cannot be declared.
+    pub fn is_compiled(&self, kind: &str) -> bool {
+        self.compiled.contains_key(kind)
+    }
+
+    /// Every kind, compiled ones first where a name is both, by name.
+    fn all(&self) -> BTreeMap<String, (Arc<dyn Handler>, bool)> {
+        let declared = self.declared.read().expect("never poisoned");
+        let mut all: BTreeMap<String, (Arc<dyn Handler>, bool)> = declared
+            .kinds
+            .iter()
+            .map(|(name, kind)| (name.clone(), (kind.clone() as Arc<dyn Handler>, true)))
+            .collect();
+        all.extend(self.compiled.iter().map(|(name, h)| (name.clone(), (h.clone(), false))));
+        all
     }
 
     /// The kinds this process runs (compiled in, or declared with an endpoint), by name: what
     /// its workers lease.
     pub fn run_here(&self) -> Vec<String> {
-        self.kinds.iter().filter(|(_, h)| h.runs_here()).map(|(name, _)| name.clone()).collect()
+        self.all().into_iter().filter(|(_, (h, _))| h.runs_here()).map(|(name, _)| name).collect()
     }
 
-    /// Every kind, described for `GET /api/v1/kinds`.
+    /// Every kind, described for `GET /api/v1/kinds`, by name.
     pub fn describe(&self) -> Vec<KindInfo> {
-        self.kinds
-            .values()
-            .map(|h| KindInfo {
+        self.all()
+            .into_values()
+            .map(|(h, declared)| KindInfo {
                 name: h.name().into(),
                 description: h.description().into(),
                 schema: h.schema(),
                 example: h.example(),
                 accepts_raw: h.accepts_raw(),
                 queue: h.queue().into(),
+                content_types: h.content_types().to_vec(),
+                declared,
             })
             .collect()
+    }
+
+    /// Reads the declared kinds again if their version changed since the last read (one `GET`
+    /// when it did not); `true` if they were read. A declaration that no longer reads (written by
+    /// a newer version) is left out, and said once per read. An unchanged declaration keeps its
+    /// handler (and its endpoint's connections and in-flight bound).
+    pub async fn reload(&self, conn: &ConnectionManager, keys: &KindKeys) -> redis::RedisResult<bool> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let version = kinds::version(conn, keys).await?;
+        if self.declared.read().expect("never poisoned").version == Some(version) {
+            return Ok(false);
+        }
+        let (version, stored) = kinds::read_all(conn, keys).await?;
+        let current = self.declared.read().expect("never poisoned").kinds.clone();
+        let mut read = BTreeMap::new();
+        for (name, json) in stored {
+            if let Some(kept) = current.get(&name).filter(|k| k.stored() == json) {
+                read.insert(name, kept.clone());
+                continue;
+            }
+            match DeclaredKind::from_stored(&name, &json) {
+                Ok(kind) => {
+                    read.insert(name, Arc::new(kind));
+                }
+                Err(e) => warn!(task.kind = %name, error = %e, "skipping a declared kind that does not read"),
+            }
+        }
+        *self.declared.write().expect("never poisoned") = Declared { version: Some(version), kinds: read };
+        Ok(true)
     }
 }
 
@@ -254,6 +347,18 @@ mod tests {
         for kind in Registry::builtin().describe() {
             assert_eq!(app::schema::validate(&kind.schema, &kind.example), Ok(()), "{}", kind.name);
         }
+    }
+
+    #[test]
+    fn raw_content_types_match_exactly_or_by_family_without_parameters() {
+        let accepted = ["text/csv".to_string(), "image/*".to_string()];
+        assert!(content_type_accepted(&accepted, "text/csv; charset=utf-8"));
+        assert!(content_type_accepted(&accepted, "Text/CSV"));
+        assert!(content_type_accepted(&accepted, "image/png"));
+        assert!(!content_type_accepted(&accepted, "image/"));
+        assert!(!content_type_accepted(&accepted, "text/plain"));
+        assert!(!content_type_accepted(&accepted, "application/octet-stream"));
+        assert!(content_type_accepted(&[], "application/octet-stream"));
     }
 
     #[test]

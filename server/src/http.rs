@@ -4,6 +4,7 @@ mod api;
 mod connections;
 mod dead_letters;
 mod guard;
+mod kinds;
 mod leases;
 mod problem;
 mod queues;
@@ -17,7 +18,7 @@ pub use problem::ApiError;
 pub use queues::validate as validate_limits;
 pub use timeouts::Timeouts;
 
-use crate::{events::Events, tasks::Tasks, topics::Topics};
+use crate::{events::Events, kinds::Kinds, tasks::Tasks, topics::Topics};
 use axum::{
     Json, Router,
     body::Body,
@@ -41,6 +42,7 @@ use uuid::Uuid;
 pub struct AppState {
     pub tasks: Tasks,
     pub topics: Topics,
+    pub kinds: Kinds,
     pub events: Events,
     pub redis: ConnectionManager,
     pub max_payload: u64,
@@ -74,7 +76,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/payload", get(api::payload))
         .route("/api/v1/tasks/{id}/events", get(sse::task_events))
         .route("/api/v1/events", get(sse::all_events))
-        .route("/api/v1/kinds", get(api::kinds))
+        .route("/api/v1/kinds", get(kinds::list))
+        .route("/api/v1/kinds/{name}", get(kinds::get).put(kinds::put).delete(kinds::delete))
         .route("/api/v1/topics", get(topics::list))
         .route("/api/v1/topics/{topic}/messages", post(topics::publish))
         .route("/api/v1/topics/{topic}/subscriptions", get(topics::subscriptions))

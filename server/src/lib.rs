@@ -1,13 +1,15 @@
 //! Courier: an async message orchestrator on Redis. This library is the whole server; `main.rs`
 //! only parses the configuration and runs it.
 //!
-//! Arrows point down: `http` → `tasks` → `store`/`queue`/`events`; `worker` → `queue`/`handlers`.
+//! Arrows point down: `http` → `tasks`/`kinds` → `store`/`queue`/`events`; `worker` →
+//! `queue`/`handlers`.
 
 pub mod config;
 pub mod embedded_redis;
 pub mod events;
 pub mod handlers;
 pub mod http;
+pub mod kinds;
 pub mod push;
 pub mod queue;
 pub mod queues;
@@ -22,6 +24,7 @@ use config::{Command, Config};
 use embedded_redis::EmbeddedRedis;
 use events::Events;
 use handlers::Registry;
+use kinds::{KindKeys, Kinds};
 use queue::{Queue, QueueSettings, Serving};
 use queues::Queues;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -95,6 +98,13 @@ impl Server {
             .context("reading the queue registry")?;
         let file = read_file_config(&config)?;
         declare_queues(&file, &queues).await?;
+        // Every clone of the registry (the API's, the workers') sees what a reload reads.
+        let kinds =
+            Kinds::new(conn.clone(), &config.prefix, registry.clone(), keys.events(), config.events_max);
+        kinds.reload().await.context("reading the declared kinds")?;
+        if let Some((path, file)) = &file {
+            kinds.declare_from_file(path, &file.kinds).await?;
+        }
         let shutdown = CancellationToken::new();
 
         let runner = (config.concurrency > 0).then(|| {
@@ -112,12 +122,14 @@ impl Server {
                 Events::start(client, conn.clone(), keys.clone(), config.max_sse_clients, shutdown.clone())
                     .await
                     .context("reading the event stream")?;
+            tokio::spawn(kinds::follow_events(kinds.clone(), events.subscribe(), shutdown.clone()));
             let tasks = Tasks::new(queues, registry, config.max_attempts);
             let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
             declare_subscriptions(&file, &topics).await?;
             let state = http::AppState {
                 tasks,
                 topics,
+                kinds,
                 events,
                 redis: conn,
                 max_payload: config.max_payload,
@@ -133,6 +145,8 @@ impl Server {
             };
             (Some(listener), Some(http::router(state)))
         } else {
+            let keys = KindKeys::new(&config.prefix);
+            tokio::spawn(kinds::keep_current(registry, conn, keys, shutdown.clone()));
             (None, None)
         };
         Ok(Server { listener, router, runner, config, redis, shutdown })

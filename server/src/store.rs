@@ -26,6 +26,8 @@
 //! | `{prefix}:queues`                | set    | the name of every queue                 |
 //! | `{prefix}:queue-numbers`, `queue-names` | hash | each queue's number for life, both ways (task ids carry it) |
 //! | `{prefix}:queue-numbers-since`   | string | when queues began to have numbers (older ids are the default queue's) |
+//! | `{prefix}:kinds`                 | hash   | declared kind name -> its declaration (JSON), `kinds.rs` |
+//! | `{prefix}:kinds-version`         | string | count of changes to the declared kinds, increased with each |
 //! | `{prefix}:{queue}:idem:{sha1}`   | string | `{task id} {request digest}` of a key   |
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 

@@ -2,7 +2,7 @@
 //! the REST API and the UI both go through it.
 
 use crate::{
-    handlers::Registry,
+    handlers::{Registry, content_type_accepted},
     queue::{CancelOutcome, Enqueued, NewTask, Queue, SharedPayload},
     queues::{QueueError, Queues},
     store::{self, StoredResult, TaskRecord},
@@ -81,6 +81,9 @@ pub enum SubmitError {
     MalformedJson(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A raw body of a content type its kind does not take.
+    #[error("{0}")]
+    UnsupportedContentType(String),
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
     #[error("queue `{queue}` holds {waiting} waiting tasks and takes at most {max_depth}")]
@@ -224,6 +227,12 @@ impl Tasks {
                 if !handler.accepts_raw() {
                     return Err(SubmitError::Unsupported(format!(
                         "`{kind}` takes a JSON payload (Content-Type: application/json)"
+                    )));
+                }
+                if !content_type_accepted(handler.content_types(), &content_type) {
+                    return Err(SubmitError::UnsupportedContentType(format!(
+                        "`{kind}` takes a raw body of {} (or JSON), not `{content_type}`",
+                        handler.content_types().join(", ")
                     )));
                 }
                 (bytes, content_type)

@@ -81,6 +81,10 @@ pub struct FileConfig {
     pub subscriptions: Vec<DeclaredSubscription>,
     #[serde(default)]
     pub queues: Vec<DeclaredQueue>,
+    /// Kinds declared without code (`[[kinds]]`): each a `kinds::Declaration`, with
+    /// `schema_file` allowed for `schema`; read by `kinds::Declaration::from_file_entry`.
+    #[serde(default)]
+    pub kinds: Vec<toml::Table>,
 }
 
 /// A queue declared in the configuration file, with its limits (`[[queues]]`).

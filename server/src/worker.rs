@@ -117,8 +117,13 @@ impl Runner {
             self.record(&lease, Outcome::Failed { error, reason: DeadReason::WorkersLost }).await;
             return;
         }
-        let Some(handler) = self.registry.get(&lease.kind).cloned() else {
-            let error = format!("no worker here knows the kind `{}`", lease.kind);
+        let Some(handler) = self.registry.get(&lease.kind).filter(|h| h.runs_here()) else {
+            // A kind declared without an endpoint is known here but run by pull workers: until
+            // workers lease only the kinds they run, meeting one is meeting an unknown kind.
+            let error = match self.registry.get(&lease.kind) {
+                Some(_) => format!("the kind `{}` is run by workers that pull it, not here", lease.kind),
+                None => format!("no worker here knows the kind `{}`", lease.kind),
+            };
             self.record(&lease, Outcome::Failed { error, reason: DeadReason::UnknownKind }).await;
             return;
         };

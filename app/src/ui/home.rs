@@ -299,7 +299,13 @@ fn SubmitForm(on_submitted: impl Fn(TaskView) + Copy + 'static) -> impl IntoView
                 {move || field_errors.get().into_iter().map(|e| view! { <li>{e}</li> }).collect_view()}
             </ul>
             <label for="file">"…or upload a file as the payload"</label>
-            <input id="file" name="file" type="file" node_ref=file_input/>
+            <input
+                id="file"
+                name="file"
+                type="file"
+                accept=move || selected().map(|k| k.content_types.join(",")).filter(|types| !types.is_empty())
+                node_ref=file_input
+            />
             <label class="inline">
                 <input
                     id="wait"

@@ -1,11 +1,11 @@
-//! The REST API over tasks: submit, status monitor, result, record, list, cancel, kinds.
+//! The REST API over tasks: submit, status monitor, result, record, list, cancel.
 
 use super::{ApiError, AppState, off_runtime, parse_id, parse_json, read_body};
 use crate::{
     store::{TaskRecord, rfc3339},
     tasks::{BatchError, Cancelled, ListQuery, Options, Payload, Submission, Submitted},
 };
-use app::model::{BatchAccepted, KindInfo, Priority, Status, SubmitRequest, TaskPage, TaskView};
+use app::model::{BatchAccepted, Priority, Status, SubmitRequest, TaskPage, TaskView};
 use axum::{
     Json,
     body::Body,
@@ -510,11 +510,6 @@ pub async fn list(
         tasks: records.iter().map(TaskRecord::view).collect(),
         next_cursor: next.map(|id| id.to_string()),
     }))
-}
-
-/// `GET /api/v1/kinds`: the kinds with description and payload schema.
-pub async fn kinds(State(state): State<AppState>) -> Json<Vec<KindInfo>> {
-    Json(state.tasks.kinds())
 }
 
 /// Any other `/api/…` path.

@@ -134,6 +134,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::Unsupported(detail) => {
                 ApiError::unprocessable("unsupported", "Not supported", detail)
             }
+            SubmitError::UnsupportedContentType(detail) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            )
+            .detail(detail),
             SubmitError::IdempotencyKeyReused => {
                 ApiError::unprocessable("idempotency-key-reused", "Idempotency key reused", e.to_string())
             }

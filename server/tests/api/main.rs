@@ -7,6 +7,7 @@ mod claim_check;
 mod dead_letters;
 mod edge;
 mod events;
+mod kinds;
 mod listing;
 mod patterns;
 mod pipeline;

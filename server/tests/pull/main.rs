@@ -65,7 +65,11 @@ impl PyWorker {
     async fn until(&self, event: &str, id: &str) {
         let started = Instant::now();
         while !self.tasks(event).iter().any(|t| t == id) {
-            assert!(started.elapsed() < Duration::from_secs(30), "no `{event}` of {id} in {}", self.log_text());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no `{event}` of {id} in {}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -115,7 +119,11 @@ async fn two_python_workers_share_200_tasks_and_each_task_succeeds_exactly_once(
     ];
     for id in &ids {
         let view = ended(&app, id).await;
-        assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{view}");
+        assert_eq!(
+            (view["status"].as_str(), view["attempts"].as_u64()),
+            (Some("succeeded"), Some(1)),
+            "{view}"
+        );
         let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
         assert_eq!(result.json::<Value>().await.unwrap(), json!({"slept_ms": 20}));
     }

@@ -1,0 +1,100 @@
+//! The kinds API: list every kind; declare, read and delete the kinds declared without code.
+
+use super::{ApiError, AppState, parse_json, read_body};
+use crate::kinds::{Declaration, KindError, Stored};
+use app::model::KindInfo;
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+
+/// The largest declaration body: a schema is a few KiB, never megabytes.
+const MAX_DECLARATION_BYTES: u64 = 1 << 20;
+
+impl From<KindError> for ApiError {
+    fn from(e: KindError) -> ApiError {
+        match e {
+            KindError::Invalid(invalid) => {
+                let errors = invalid.errors.clone();
+                ApiError::unprocessable(
+                    "invalid-declaration",
+                    "Invalid kind declaration",
+                    invalid.to_string(),
+                )
+                .errors(errors)
+            }
+            KindError::Compiled(_) => {
+                ApiError::new(StatusCode::CONFLICT, "built-in-kind", "Built-in kind").detail(e.to_string())
+            }
+            KindError::NotFound(_) => ApiError::not_found(e.to_string()),
+            KindError::TooMany => {
+                ApiError::new(StatusCode::CONFLICT, "too-many-kinds", "Too many kinds").detail(e.to_string())
+            }
+            KindError::Redis(e) => e.into(),
+        }
+    }
+}
+
+/// `GET /api/v1/kinds`: every kind, built-in and declared, with its description and schema.
+pub async fn list(State(state): State<AppState>) -> Json<Vec<KindInfo>> {
+    Json(state.tasks.kinds())
+}
+
+/// `GET /api/v1/kinds/{name}`: a declared kind's declaration (its endpoint's secret redacted),
+/// or a built-in kind as the list shows it.
+pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    if state.kinds.registry().is_compiled(&name)
+        && let Some(info) = state.tasks.kinds().into_iter().find(|k| k.name == name)
+    {
+        return Ok(Json(info).into_response());
+    }
+    match state.kinds.get(&name).await? {
+        Some(declaration) => Ok(Json(declaration.redacted()).into_response()),
+        None => Err(ApiError::not_found(format!("no kind named `{name}`"))),
+    }
+}
+
+/// `PUT /api/v1/kinds/{name}`: declares a kind (`201`) or replaces its declaration (`200`); the
+/// body is the declaration, its `name` left out or the same as the path's.
+pub async fn put(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Declaration>), ApiError> {
+    let limit = state.max_payload.min(MAX_DECLARATION_BYTES);
+    let body = read_body(body, &headers, limit, &state.body_budget).await?;
+    let mut declaration: Declaration = parse_json(&body.bytes).map_err(|problem| {
+        if problem.status() == StatusCode::UNPROCESSABLE_ENTITY {
+            ApiError::unprocessable("invalid-declaration", "Invalid kind declaration", problem.detail_text())
+        } else {
+            problem
+        }
+    })?;
+    if declaration.name.is_empty() {
+        declaration.name = name;
+    } else if declaration.name != name {
+        return Err(KindError::Invalid(crate::kinds::Invalid {
+            field: "name".into(),
+            reason: format!("`{}` is not the name in the path, `{name}`", declaration.name),
+            errors: Vec::new(),
+        })
+        .into());
+    }
+    let shown = declaration.redacted();
+    let status = match state.kinds.put(declaration).await? {
+        Stored::Created => StatusCode::CREATED,
+        Stored::Replaced | Stored::Unchanged => StatusCode::OK,
+    };
+    Ok((status, Json(shown)))
+}
+
+/// `DELETE /api/v1/kinds/{name}`: `204`; tasks of the kind already queued still run wherever a
+/// worker knows it.
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.kinds.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
