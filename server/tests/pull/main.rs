@@ -194,3 +194,38 @@ async fn sigterm_hands_running_tasks_back_without_counting_their_attempt() {
     let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
     assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("queued"), Some(0)), "{view}");
 }
+
+#[tokio::test]
+async fn tasks_of_a_kind_nobody_runs_wait_and_run_once_a_worker_for_it_comes() {
+    // Built-in workers run beside: they must leave the declared kind's tasks alone.
+    let app = spawn_app_with(|c| c.concurrency = 4).await;
+    let declared = app
+        .http
+        .put(app.url("/api/v1/kinds/shout"))
+        .json(&json!({"description": "Upper-cases a text.", "queue": test_queue().unwrap_or_else(|| "default".into())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 201);
+    let ids: Vec<String> = futures::future::join_all(
+        ["a", "b", "c"].map(|text| app.submit_ok(json!({"kind": "shout", "payload": {"text": text}}))),
+    )
+    .await;
+    // A built-in task submitted after them runs at once: the waiting kind holds back nothing.
+    let echo = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    assert_eq!(ended(&app, &echo).await["status"], "succeeded");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for id in &ids {
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("queued"), Some(0)), "{view}");
+    }
+    let dead = app.get_json("/api/v1/dead-letters").await;
+    assert_eq!(dead["dead_letters"].as_array().map(Vec::len), Some(0), "none dead-lettered: {dead}");
+
+    let _worker = PyWorker::start(&app, &["--kinds", "shout", "--function", "upper"]);
+    for (id, text) in ids.iter().zip(["A", "B", "C"]) {
+        assert_eq!(ended(&app, id).await["status"], "succeeded");
+        let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
+        assert_eq!(result.json::<Value>().await.unwrap(), json!({"text": text}));
+    }
+}
