@@ -88,7 +88,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout,pull"
+        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout,pull,push"
     )]
     workloads: Vec<String>,
     /// Tiny sizes: checks that every workload works, measures nothing worth reading.
@@ -240,13 +240,23 @@ impl Bench {
     /// Submits `count` small echo tasks in batches of `--batch`, a few requests at a time;
     /// returns their ids and the seconds it took.
     async fn submit_batched(&self, base: &str, count: usize) -> anyhow::Result<(Vec<String>, f64)> {
+        self.submit_batched_of("echo", base, count).await
+    }
+
+    /// [`Bench::submit_batched`] with tasks of `kind`.
+    async fn submit_batched_of(
+        &self,
+        kind: &str,
+        base: &str,
+        count: usize,
+    ) -> anyhow::Result<(Vec<String>, f64)> {
         let started = Instant::now();
         let url = format!("{base}/api/v1/tasks/batch");
         let size = self.args.batch.max(1);
         let batches: Vec<anyhow::Result<Vec<String>>> = futures::stream::iter((0..count).step_by(size))
             .map(|first| {
                 let tasks: Vec<Value> = (first..count.min(first + size))
-                    .map(|n| json!({"kind": "echo", "payload": {"n": n, "pad": "x".repeat(64)}}))
+                    .map(|n| json!({"kind": kind, "payload": {"n": n, "pad": "x".repeat(64)}}))
                     .collect();
                 let request = self.http.post(&url).json(&json!({"tasks": tasks}));
                 async move { accepted_ids(request.send().await?).await }
@@ -497,6 +507,44 @@ impl Bench {
         Ok(())
     }
 
+    /// A queued backlog of a declared kind drained by one `courier worker` pushing every task to
+    /// an HTTP endpoint (in this process, answering `200 {}` at once, signatures unchecked):
+    /// tasks per second, beside `process_tasks_per_s`, and the CPU each process spent per task.
+    async fn push(&mut self) -> anyhow::Result<()> {
+        let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint_url = format!("http://{}/run", endpoint.local_addr()?);
+        let app = axum::Router::new().route("/run", axum::routing::post(|| async { axum::Json(json!({})) }));
+        let serving = tokio::spawn(async move { axum::serve(endpoint, app).await });
+        let prefix = self.prefix("push");
+        let server = self.serve(&prefix, 0).await?;
+        let declaration = json!({
+            "description": "The benchmark's push kind.",
+            "endpoint": {"url": endpoint_url, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "concurrency": self.args.concurrency},
+        });
+        let url = format!("{}/api/v1/kinds/bench.push", server.base);
+        self.http.put(url).json(&declaration).send().await?.error_for_status()?;
+        let (ids, _) = self.submit_batched_of("bench.push", &server.base, self.args.n).await?;
+        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let worker = self.worker(&prefix)?;
+        let pids = (server.pid().context("serve has no pid")?, worker.id().context("worker has no pid")?);
+        let cpu_before = CpuSeconds::read(&mut self.redis, pids.0, pids.1).await?;
+        let started = Instant::now();
+        tap.until_finished(ids.len(), Duration::from_secs(600)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = CpuSeconds::read(&mut self.redis, pids.0, pids.1).await?.since(&cpu_before);
+        serving.abort();
+        let extra = json!({"n": ids.len(), "concurrency": self.args.concurrency, "note": "one courier worker; the endpoint is in the client process"});
+        emit("push_tasks_per_s", ids.len() as f64 / seconds, extra);
+        for (process, spent) in cpu {
+            emit(
+                "push_cpu_us_per_task",
+                spent * 1e6 / ids.len() as f64,
+                json!({"process": process, "cpu_share": spent / seconds}),
+            );
+        }
+        Ok(())
+    }
+
     /// Many SSE clients each receiving every event of a run, and the server's peak memory.
     async fn fanout(&mut self) -> anyhow::Result<()> {
         let prefix = self.prefix("fanout");
@@ -617,6 +665,7 @@ async fn main() -> anyhow::Result<()> {
             "backlog" => bench.backlogs().await,
             "fanout" => bench.fanout().await,
             "pull" => bench.pull().await,
+            "push" => bench.push().await,
             other => bail!("unknown workload `{other}`"),
         };
         result.with_context(|| format!("workload {workload}"))?;
