@@ -137,6 +137,12 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
             "enqueue_jobs_per_s",
         ),
         ("process tasks/s (queued backlog, concurrency 50)", "process_tasks_per_s", "process_jobs_per_s"),
+        (
+            "process tasks/s by pull workers over HTTP (leases of 100, a complete each)",
+            "pull_tasks_per_s",
+            "",
+        ),
+        ("process tasks/s pushed to an HTTP endpoint (one worker, concurrency 50)", "push_tasks_per_s", ""),
         ("end to end tasks/s, a request per task (submit + process + done event)", "e2e_tasks_per_s", ""),
         ("end to end tasks/s, batches of 100", "e2e_batch_tasks_per_s", ""),
         ("latency p50, ms", "e2e_latency_p50_ms", "e2e_latency_p50_ms"),
@@ -166,7 +172,33 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
         )?;
     }
     cpu_table(&mut out, &c, process, nproc)?;
+    own_kinds_cpu(&mut out, &c)?;
     Ok(out)
+}
+
+/// Where the CPU of the pull and push runs went, per process.
+fn own_kinds_cpu(out: &mut String, c: &Figures) -> anyhow::Result<()> {
+    let pull = c.all("pull_cpu_us_per_task");
+    let push = c.all("push_cpu_us_per_task");
+    if pull.is_empty() && push.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\n## Where the CPU goes, your own kinds\n")?;
+    writeln!(
+        out,
+        "CPU time each process spent per task while pull workers drained a backlog over HTTP (the \
+         client is the pull workers) and while one worker pushed one to an endpoint (the client is \
+         the endpoint).\n"
+    )?;
+    writeln!(out, "| process | pull µs per task | push µs per task |")?;
+    writeln!(out, "|---|---|---|")?;
+    let cell = |lines: &[&Value], process: &str| {
+        lines.iter().find(|l| l["process"] == process).and_then(|l| l["value"].as_f64())
+    };
+    for name in ["redis", "serve", "worker", "client"] {
+        writeln!(out, "| {name} | {} | {} |", show(cell(&pull, name)), show(cell(&push, name)))?;
+    }
+    Ok(())
 }
 
 /// Where the CPU of the end-to-end runs went, per process, against what the machine could give
