@@ -118,6 +118,13 @@ impl RunReply {
         (reply.len() == Run::FIELDS.len() && reply[Run::Tag as usize] == b"run").then_some(RunReply(reply))
     }
 
+    /// The task's id and its entry's stream (0 most urgent), if the reply names them.
+    pub(super) fn task(&self) -> Option<(Uuid, usize)> {
+        let task_id = self.text(Run::TaskId).parse::<Uuid>().ok()?;
+        let stream = self.text(Run::Stream).parse::<usize>().ok()?.checked_sub(1).filter(|&s| s < 3)?;
+        Some((task_id, stream))
+    }
+
     pub(super) fn text(&self, field: Run) -> String {
         String::from_utf8_lossy(&self.0[field as usize]).into_owned()
     }
@@ -219,15 +226,7 @@ impl Leasing {
         let mut leases = Vec::new();
         for reply in replies {
             let Some(mut reply) = RunReply::of(reply) else { continue };
-            let (Ok(task_id), Some(stream_index)) = (
-                reply.text(Run::TaskId).parse::<Uuid>(),
-                reply
-                    .text(Run::Stream)
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|s| s.checked_sub(1))
-                    .filter(|&s| s < 3),
-            ) else {
+            let Some((task_id, stream_index)) = reply.task() else {
                 warn!("a claim named no task this worker can read; its lease will expire");
                 continue;
             };

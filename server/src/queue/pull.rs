@@ -8,7 +8,6 @@
 
 use super::{
     Outcome, Queue, Renewal,
-    fetch::blocked_of,
     finish::{Ending, Held},
     lease::{HeldEntry, Run, RunReply},
 };
@@ -90,25 +89,14 @@ impl Queue {
             .arg(max)
             .arg(self.settings.lease.as_millis() as u64)
             .arg(lease_ms);
-        let (replies, reason, retry_ms): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) =
-            call.invoke_async(&mut self.conn.clone()).await?;
-        // A limit that stops the queue only means fewer leases: the worker asks again.
-        let _ = blocked_of(&reason, retry_ms);
+        // A limit that stops the queue (its reason and retry time, ignored here) only means
+        // fewer leases: the worker asks again.
+        let (replies, _, _): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) = call.invoke_async(&mut self.conn.clone()).await?;
         let expires_ms = now_ms() + lease_ms;
         let mut pulled = Vec::new();
         for reply in replies {
             let Some(mut reply) = RunReply::of(reply) else { continue };
-            let (Ok(task_id), Some(stream_index)) = (
-                reply.text(Run::TaskId).parse::<Uuid>(),
-                reply
-                    .text(Run::Stream)
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|s| s.checked_sub(1))
-                    .filter(|&s| s < 3),
-            ) else {
-                continue;
-            };
+            let Some((task_id, stream_index)) = reply.task() else { continue };
             let payload = (reply.text(Run::PayloadIs) == "1").then(|| Bytes::from(reply.take(Run::Payload)));
             pulled.push(Pulled {
                 token: PullToken {

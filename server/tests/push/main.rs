@@ -8,4 +8,5 @@ mod support;
 
 mod declared;
 mod delivery;
+mod example;
 mod endpoint;
