@@ -13,6 +13,7 @@
 //! | `{prefix}:{queue}:ready:{kind}`  | stream | ids of runnable tasks of one kind (its lane), consumer group; trimmed in bulk once acknowledged |
 //! | `{prefix}:{queue}:ready-high:{kind}` | stream | the same, for high priority (and `-low`) |
 //! | `{prefix}:{queue}:lanes`         | set    | the kinds with a lane in the queue      |
+//! | `{prefix}:{queue}:ready-lanes`   | set    | the kinds whose lane may hold tasks not handed out (what claims read) |
 //! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
 //! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |
 //! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
@@ -112,6 +113,11 @@ impl Keys {
     /// The set of kinds that have a lane in this queue.
     pub fn lanes(&self) -> String {
         format!("{}:lanes", self.base)
+    }
+
+    /// The set of kinds whose lane may hold tasks not handed out yet (lanes.lua).
+    pub fn ready_lanes(&self) -> String {
+        format!("{}:ready-lanes", self.base)
     }
 
     pub fn delayed(&self) -> String {

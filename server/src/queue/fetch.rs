@@ -322,6 +322,8 @@ async fn hand_back_unclaimed(
         let stream = &queue.keys.lane(kind)[*index];
         if let Some(task) = entry.get::<String>("task") {
             pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
+            // Claims read only the lanes marked ready (lanes.lua).
+            pipe.cmd("SADD").arg(queue.keys.ready_lanes()).arg(kind).ignore();
         }
         // Acknowledged only: the finish script trims acknowledged entries in bulk.
         pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();

@@ -17,10 +17,11 @@
 -- as copying it through Lua costs Redis more than the worker's extra round trip.
 local INLINE_PAYLOAD_MAX = 16384
 
--- The lanes to read for a worker running `kinds`: those of them the queue has a lane for.
-local function lanes_for(base, kinds)
+-- The lanes of `kinds` (comma-separated, or '*' for every kind) that the queue's set `set`
+-- names: 'ready-lanes' (lanes that may hold tasks not handed out) or 'lanes' (every lane).
+local function lanes_for(base, kinds, set)
   if kinds == '*' then
-    return lane_kinds(base)
+    return redis.call('SMEMBERS', base .. ':' .. set)
   end
   local wanted = {}
   for kind in string.gmatch(kinds, '[^,]+') do
@@ -29,7 +30,7 @@ local function lanes_for(base, kinds)
   if #wanted == 0 then
     return wanted
   end
-  local has = redis.call('SMISMEMBER', base .. ':lanes', unpack(wanted))
+  local has = redis.call('SMISMEMBER', base .. ':' .. set, unpack(wanted))
   local lanes = {}
   for i, kind in ipairs(wanted) do
     if has[i] == 1 then
@@ -43,8 +44,10 @@ local function leasing_context(given)
   return {
     given = given or 0,
     base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], now = ARGV[5],
-    maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8], lanes = lanes_for(ARGV[1], ARGV[9]),
-    events = KEYS[1], leases = 0,
+    maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8],
+    lanes = lanes_for(ARGV[1], ARGV[9], 'ready-lanes'), events = KEYS[1], leases = 0,
+    -- Lanes handed an entry back by this script: still ready, whatever its reads found.
+    refilled = {},
   }
 end
 
@@ -120,9 +123,11 @@ end
 
 -- Puts ready entry `entry` of `stream` (task `id`) back at the end of its stream, for when the
 -- queue's limits let it start: taken from the group (acknowledged) and added afresh.
-local function hand_back(ctx, stream, entry, id)
+local function hand_back(ctx, kind, stream, entry, id)
   settle(stream, ctx.group, {entry})
   redis.call('XADD', stream, '*', 'task', id)
+  mark_ready(ctx.base, kind)
+  ctx.refilled[kind] = true
 end
 
 -- Takes the lease on ready entry `entry` (of stream `s` of `kind`'s lane) for task `id`. Returns, for a task to
@@ -171,7 +176,7 @@ local function take_lease(ctx, kind, s, entry, id)
   end
   -- A takeover (its dead holder's task still counts as running) needs no room of its own.
   if status ~= 'running' and ctx.budget <= 0 then
-    hand_back(ctx, stream, entry, id)
+    hand_back(ctx, kind, stream, entry, id)
     return {'later'}
   end
   local token = ctx.token_base .. ':' .. ctx.leases
@@ -205,6 +210,8 @@ end
 -- `replies`.
 local function take_new(ctx, count, replies)
   count = math.min(count, ctx.budget)
+  -- Per lane, how many of its streams a read found fewer entries on than it asked for.
+  local short = {}
   for s = 1, 3 do
     for _, kind in ipairs(ctx.lanes) do
       if count <= 0 then
@@ -212,12 +219,20 @@ local function take_new(ctx, count, replies)
       end
       local read = redis.call('XREADGROUP', 'GROUP', ctx.group, ctx.consumer, 'COUNT', count,
         'STREAMS', lane_stream(ctx.base, kind, s), '>')
-      if read then
-        for _, e in ipairs(read[1][2]) do
-          replies[#replies + 1] = take_lease(ctx, kind, s, e[1], task_of(e[2]))
-          count = count - 1
-        end
+      local got = read and read[1][2] or {}
+      if #got < count then
+        short[kind] = (short[kind] or 0) + 1
       end
+      for _, e in ipairs(got) do
+        replies[#replies + 1] = take_lease(ctx, kind, s, e[1], task_of(e[2]))
+        count = count - 1
+      end
+    end
+  end
+  -- A lane read to the end of all three streams holds nothing more to hand out.
+  for kind, streams in pairs(short) do
+    if streams == 3 and not ctx.refilled[kind] then
+      unmark_ready(ctx.base, kind)
     end
   end
 end

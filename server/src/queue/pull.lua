@@ -10,8 +10,10 @@ local ctx = leasing_context()
 start_budget(ctx)
 local count, lease, want = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local replies = {}
+-- Entries handed out and not ended are on lanes that need not be ready: look at every lane.
+local all_lanes = lanes_for(ctx.base, ARGV[9], 'lanes')
 for s = 1, 3 do
-  for _, kind in ipairs(ctx.lanes) do
+  for _, kind in ipairs(all_lanes) do
     if count <= 0 then
       break
     end

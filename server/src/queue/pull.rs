@@ -91,7 +91,8 @@ impl Queue {
             .arg(lease_ms);
         // A limit that stops the queue (its reason and retry time, ignored here) only means
         // fewer leases: the worker asks again.
-        let (replies, _, _): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) = call.invoke_async(&mut self.conn.clone()).await?;
+        let (replies, _, _): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) =
+            call.invoke_async(&mut self.conn.clone()).await?;
         let expires_ms = now_ms() + lease_ms;
         let mut pulled = Vec::new();
         for reply in replies {

@@ -26,5 +26,6 @@ redis.call('HDEL', KEYS[1], 'lease')
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', now, 'progress', '')
 redis.call('XADD', KEYS[2], '*', 'task', id)
+mark_ready(base, f[1])
 emit_event(KEYS[3], ARGV[6], base, 'queued', id, f[1], 'queued', attempts, '', '', now)
 return 1

@@ -8,5 +8,5 @@ mod support;
 
 mod declared;
 mod delivery;
-mod example;
 mod endpoint;
+mod example;
