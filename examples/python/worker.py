@@ -18,7 +18,8 @@ retry_after_ms); any other exception fails the attempt as retryable. Delivery is
 SIGTERM/SIGINT: no new leases; running functions are told to stop, every held lease is released
 (the attempt does not count) and the worker exits 0 when its lease request in flight returns
 (within --wait-ms; what it brings is released too). Logs: stderr, one line per event (leased,
-succeeded, failed, released, lost); never payloads or tokens.
+succeeded, failed, released, lost); never payloads, and lease tokens only with --log-tokens (a
+token lets its holder end the task: for debugging).
 """
 
 import argparse
@@ -266,7 +267,8 @@ class Worker:
             if not stopping:
                 self.held.update((lease.grant["token"], lease) for lease in leases)
         for lease in leases:
-            log("leased", **lease.fields, queue=lease.task.get("queue"))
+            extra = {"token": lease.grant["token"]} if self.args.log_tokens else {}
+            log("leased", **lease.fields, queue=lease.task.get("queue"), **extra)
             if stopping:
                 lease.end("release", reason="shutdown")
             else:
@@ -335,6 +337,8 @@ def parse_args():
     arg("--lease-ms", type=int, help="lease length, 1000 up to the server's --lease (its default)")
     arg("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}", help="default: host-pid")
     arg("--function", choices=sorted(FUNCTIONS), default="upper", help="default %(default)s")
+    arg("--log-tokens", action="store_true",
+        help="log each lease's token (it lets its holder end the task: for debugging only)")
     args = p.parse_args()
     if args.concurrency < 1 or not 1 <= (args.max or 1) <= 100 or not 0 <= args.wait_ms <= 30000:
         p.error("--concurrency must be at least 1, --max 1 to 100, --wait-ms 0 to 30000")

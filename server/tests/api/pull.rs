@@ -144,10 +144,10 @@ async fn a_waiting_lease_request_is_answered_by_the_next_submit() {
 async fn a_lease_not_renewed_is_taken_over_and_one_renewed_is_not() {
     let app = app_without_workers().await;
     let id = app.submit_ok(json!({"kind": "echo", "payload": 1, "max_attempts": 3})).await;
-    let first = app.leases(json!({"worker": "a", "lease_ms": 1000})).await;
+    let first = app.leases(json!({"worker": "a", "lease_ms": 2000})).await;
     assert_eq!(first.len(), 1);
 
-    // Renewed every 300 ms for 3 s: no one takes it over.
+    // Renewed every 300 ms for 3 s, longer than the lease: no one takes it over.
     for _ in 0..10 {
         let beat = app.on_lease(token(&first[0]), "heartbeat", Some(json!({"progress": 40}))).await;
         assert_eq!(beat.status(), 200);
@@ -158,8 +158,8 @@ async fn a_lease_not_renewed_is_taken_over_and_one_renewed_is_not() {
     }
     assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["progress"], 40);
 
-    // Not renewed for its 1 s: the next request takes it over, as another attempt.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Not renewed for its 2 s: the next request takes it over, as another attempt.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let second = app.leases(json!({"worker": "b"})).await;
     assert_eq!(second.len(), 1, "the lease ran out and was taken over");
     assert_eq!(second[0]["task"]["id"], id.as_str());

@@ -110,7 +110,7 @@ async fn app() -> TestApp {
 async fn two_python_workers_share_200_tasks_and_each_task_succeeds_exactly_once() {
     let app = app().await;
     let ids: Vec<String> = futures::future::join_all(
-        (0..200).map(|_| app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 20}}))),
+        (0..200).map(|_| app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 50}}))),
     )
     .await;
     let workers = [
@@ -125,7 +125,7 @@ async fn two_python_workers_share_200_tasks_and_each_task_succeeds_exactly_once(
             "{view}"
         );
         let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
-        assert_eq!(result.json::<Value>().await.unwrap(), json!({"slept_ms": 20}));
+        assert_eq!(result.json::<Value>().await.unwrap(), json!({"slept_ms": 50}));
     }
     let mut succeeded = Vec::new();
     for worker in workers {
@@ -145,8 +145,9 @@ async fn two_python_workers_share_200_tasks_and_each_task_succeeds_exactly_once(
 async fn a_task_whose_worker_is_killed_completes_on_another_after_its_lease() {
     let app = app().await;
     let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 3000}, "max_attempts": 3})).await;
-    let mut doomed = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "1500"]);
+    let mut doomed = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "1500", "--log-tokens"]);
     doomed.until("leased", &id).await;
+    let token = doomed.events("leased").remove(0).remove("token").expect("--log-tokens logs the token");
     doomed.child.kill().await.unwrap();
     let survivor = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "1500"]);
     let view = ended(&app, &id).await;
@@ -154,6 +155,19 @@ async fn a_task_whose_worker_is_killed_completes_on_another_after_its_lease() {
     assert_eq!(view["attempts"], 2, "the killed worker's attempt counts");
     assert_eq!(survivor.tasks("succeeded"), vec![id.clone()]);
     assert!(doomed.tasks("succeeded").is_empty());
+
+    // The dead worker's word, arriving late, changes nothing.
+    let late = app
+        .http
+        .post(app.url(&format!("/api/v1/leases/{token}/complete")))
+        .body("late")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 409);
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await, view, "the record is unchanged");
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
+    assert_eq!(result.json::<Value>().await.unwrap(), json!({"slept_ms": 3000}));
 }
 
 #[tokio::test]
