@@ -153,6 +153,8 @@ async fn a_task_whose_worker_is_killed_completes_on_another_after_its_lease() {
     let view = ended(&app, &id).await;
     assert_eq!(view["status"], "succeeded");
     assert_eq!(view["attempts"], 2, "the killed worker's attempt counts");
+    // (The worker logs its success once its complete is answered: a moment after the record.)
+    survivor.until("succeeded", &id).await;
     assert_eq!(survivor.tasks("succeeded"), vec![id.clone()]);
     assert!(doomed.tasks("succeeded").is_empty());
 
