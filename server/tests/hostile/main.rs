@@ -98,8 +98,10 @@ async fn a_sixty_mib_json_body_costs_a_few_times_its_size_not_thirty() {
     assert_problem(served.submit_json(refused).await, 422, "/problems/invalid-payload").await;
     let (_, peak) = served.rss_mib();
     println!("peak RSS {before} MiB before, {peak} MiB after two 60 MiB bodies");
-    // Once parsed as a tree, the first body alone took the server past 2 GiB.
-    assert!(peak < before + 5 * 60, "peak RSS {peak} MiB (from {before} MiB)");
+    // Once parsed as a tree, the first body alone took the server past 2 GiB. Handled alone it
+    // peaks near 245 MiB above the start; under a loaded machine the two bodies may be handled
+    // on different threads, whose allocator heaps keep their own pages (seen: 305 MiB in CI).
+    assert!(peak < before + 6 * 60, "peak RSS {peak} MiB (from {before} MiB)");
 }
 
 #[tokio::test]
