@@ -155,6 +155,11 @@ impl Invalid {
 impl Declaration {
     /// Checks every field, the first problem naming its field (the endpoint by building it).
     pub fn validate(&self) -> Result<(), Invalid> {
+        self.checked().map(drop)
+    }
+
+    /// [`Declaration::validate`], keeping the endpoint it built to check it.
+    fn checked(&self) -> Result<Option<Push>, Invalid> {
         let invalid = |field: &str, reason: String| Err(Invalid::new(field, reason));
         if !is_kind_name(&self.name) {
             return invalid(
@@ -222,10 +227,7 @@ impl Declaration {
                 }
             }
         }
-        if let Some(endpoint) = &self.endpoint {
-            validate_endpoint(&self.name, endpoint)?;
-        }
-        Ok(())
+        self.endpoint.as_ref().map(|endpoint| endpoint_of(&self.name, endpoint)).transpose()
     }
 
     /// This declaration as it may be shown: the endpoint's secret replaced by
@@ -262,16 +264,16 @@ impl Declaration {
     }
 }
 
-/// Checks an endpoint by building it (push.rs holds its rules); a redacted secret sent back is
-/// named as such.
-fn validate_endpoint(name: &str, endpoint: &EndpointConfig) -> Result<(), Invalid> {
+/// The endpoint, built (push.rs holds its rules), or why it cannot be one; a redacted secret sent
+/// back is named as such.
+fn endpoint_of(name: &str, endpoint: &EndpointConfig) -> Result<Push, Invalid> {
     if endpoint.secret == REDACTED_SECRET {
         return Err(Invalid::new(
             "endpoint.secret",
             "`whsec_…` is how a secret is shown, not a secret: send the secret itself",
         ));
     }
-    Push::new(name, endpoint).map(drop).map_err(|reason| {
+    Push::new(name, endpoint).map_err(|reason| {
         // Push's reasons start with the field they are about (`endpoint.secret must …`).
         let field =
             reason.split_whitespace().next().filter(|f| f.starts_with("endpoint.")).unwrap_or("endpoint");
@@ -300,13 +302,7 @@ pub struct DeclaredKind {
 impl DeclaredKind {
     /// The kind `declaration` declares, or why it cannot be one.
     pub fn new(declaration: Declaration) -> Result<DeclaredKind, Invalid> {
-        declaration.validate()?;
-        let push = match &declaration.endpoint {
-            Some(endpoint) => {
-                Some(Push::new(&declaration.name, endpoint).map_err(|e| Invalid::new("endpoint", e))?)
-            }
-            None => None,
-        };
+        let push = declaration.checked()?;
         let stored = serde_json::to_string(&declaration).expect("declarations always serialize");
         Ok(DeclaredKind { declaration, push, stored })
     }

@@ -38,7 +38,7 @@ pub use enqueue::Enqueued;
 use lease::HeldEntry;
 pub use lease::Lease;
 use lease::LeasedPayload;
-pub use pull::{PullToken, Pulled};
+pub use pull::{PullToken, Pulled, PulledState};
 pub use serving::{QueueChoice, Serving, parse_choice};
 
 /// The consumer group every worker of a queue reads through.

@@ -261,16 +261,13 @@ pub async fn release(
 /// Ends the lease's attempt with `outcome` — or, when its task was cancelled meanwhile, as
 /// cancelled, answering `409` so the worker knows its outcome was not taken.
 async fn end(queue: &Queue, token: &PullToken, outcome: Outcome) -> Result<StatusCode, ApiError> {
-    let (held, cancel) = queue.pulled_state(token).await?;
-    if !held {
-        return Err(lost());
-    }
-    if cancel {
-        queue.end_pulled(token, Outcome::Cancelled).await?;
+    let state = queue.pulled_state(token).await?.ok_or_else(lost)?;
+    if state.cancel_requested {
+        queue.end_pulled(token, state, Outcome::Cancelled).await?;
         return Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
             .detail("the task was cancelled while it ran; it ended cancelled"));
     }
-    match queue.end_pulled(token, outcome).await? {
+    match queue.end_pulled(token, state, outcome).await? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(lost()),
     }

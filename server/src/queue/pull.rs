@@ -10,6 +10,7 @@ use super::{
     Outcome, Queue, Renewal,
     finish::{Ending, Held},
     lease::{HeldEntry, Run, RunReply},
+    record,
 };
 use crate::store::now_ms;
 use app::model::{is_kind_name, is_queue_name};
@@ -65,6 +66,15 @@ impl PullToken {
             token: token.to_string(),
         })
     }
+}
+
+/// What a pulled lease's record says of it, read before its end.
+#[derive(Clone, Debug)]
+pub struct PulledState {
+    /// The task was cancelled while it ran.
+    pub cancel_requested: bool,
+    session: String,
+    idempotency_key: String,
 }
 
 /// A lease a worker pulled: its token, and the payload when it came with the claim.
@@ -146,29 +156,36 @@ impl Queue {
         self.release_entry(&self.pulled_entry(token, &stream)).await
     }
 
-    /// Whether the pulled lease is still held, and whether its task's cancellation was asked.
-    pub async fn pulled_state(&self, token: &PullToken) -> RedisResult<(bool, bool)> {
-        let (lease, cancel): (Option<String>, Option<String>) = redis::cmd("HMGET")
+    /// The pulled lease as its record holds it, or `None` once the lease is no longer held.
+    pub async fn pulled_state(&self, token: &PullToken) -> RedisResult<Option<PulledState>> {
+        let [lease, cancel, session, idem]: [Option<String>; 4] = redis::cmd("HMGET")
             .arg(self.keys.task(&token.task_id))
-            .arg(super::record::LEASE)
-            .arg(super::record::CANCEL)
+            .arg(&[record::LEASE, record::CANCEL, record::SESSION, record::IDEMPOTENCY_KEY])
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok((lease.as_deref() == Some(token.token.as_str()), cancel.as_deref() == Some("1")))
+        Ok((lease.as_deref() == Some(token.token.as_str())).then(|| PulledState {
+            cancel_requested: cancel.as_deref() == Some("1"),
+            session: session.unwrap_or_default(),
+            idempotency_key: idem.unwrap_or_default(),
+        }))
     }
 
-    /// Ends the pulled lease's attempt with `outcome`; `false` (and no change) when the lease
-    /// was no longer held.
-    pub async fn end_pulled(&self, token: &PullToken, outcome: Outcome) -> RedisResult<bool> {
-        let (session, idem) = self.links_of(&token.task_id).await?;
+    /// Ends the pulled lease's attempt with `outcome`, as `state` (read just before) found it;
+    /// `false` (and no change) when the lease was no longer held.
+    pub async fn end_pulled(
+        &self,
+        token: &PullToken,
+        state: PulledState,
+        outcome: Outcome,
+    ) -> RedisResult<bool> {
         let held = Held {
             queue: self.clone(),
             task_id: token.task_id.to_string(),
             stream_index: token.stream_index,
             entry_id: token.entry_id.clone(),
             token: token.token.clone(),
-            session,
-            idempotency_key: idem.unwrap_or_default(),
+            session: state.session,
+            idempotency_key: state.idempotency_key,
         };
         let (reply, _) = tokio::sync::oneshot::channel();
         let ending = Ending::held(held, outcome, None, reply);
