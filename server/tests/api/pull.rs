@@ -254,3 +254,16 @@ async fn bad_lease_requests_and_unknown_tokens_get_clear_problems() {
     let beat = app.on_lease("nonsense", "heartbeat", Some(json!({"progress": 101}))).await;
     assert_eq!(beat.status(), 422);
 }
+
+#[tokio::test]
+async fn a_cancelled_task_handed_back_by_its_worker_ends_cancelled_at_once() {
+    let app = app_without_workers().await;
+    let id = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let lease = app.leases(json!({"worker": "w"})).await.remove(0);
+    let cancel = app.http.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
+    assert!(cancel.status().is_success());
+    // The worker stops as the heartbeat asks and releases: the task ends now, not when some
+    // later claim finds it.
+    assert_eq!(app.on_lease(token(&lease), "release", None).await.status(), 204);
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "cancelled");
+}
