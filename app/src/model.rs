@@ -467,6 +467,50 @@ pub struct LeaseFailure {
     pub retry_after_ms: Option<u64>,
 }
 
+/// `GET /api/v1/auth/me`: who the caller is and what it may do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Me {
+    /// Whether access control is on; when it is off, everyone may do everything.
+    pub auth: bool,
+    /// The token's name (`anonymous` when access control is off).
+    pub name: String,
+    /// Its scopes: submit, read, work, operate, admin.
+    pub scopes: Vec<String>,
+    /// The queues it reaches: names, and prefixes ending in `*`.
+    pub queues: Vec<String>,
+}
+
+impl Me {
+    /// Whether it carries `scope`.
+    pub fn can(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// One operator action, as the audit trail records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its place in the trail (a stream id), to page with `before`.
+    pub id: String,
+    /// When, RFC 3339.
+    pub at: String,
+    /// The token's name (`anonymous` with access control off, `cli` for the command line).
+    pub actor: String,
+    /// What was done: `task.cancel`, `dead-letter.requeue`, `queue.pause`, `token.create`…
+    pub action: String,
+    /// What it was done to: a task id, a queue, a kind, a token's name.
+    pub target: String,
+}
+
+/// `GET /api/v1/audit`: the newest actions first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before` for older entries; none at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

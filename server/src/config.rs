@@ -14,12 +14,43 @@ pub struct Cli {
 }
 
 /// What this process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// UI, REST API, server-sent events and (unless --concurrency 0) workers. The default.
     Serve,
     /// Workers only, no HTTP.
     Worker,
+    /// Access tokens: create, list, revoke (straight in Redis, so the first needs no token).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `courier token …`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum TokenCommand {
+    /// Makes a token and prints it, alone, on standard output: the only time it is shown.
+    Create {
+        /// A unique name (what lists, logs and the audit trail show).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: submit, read, work, operate, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<crate::auth::Scope>,
+        /// Comma-separated queue names or prefixes ending in `*` (`billing,reports-*`); `*` is
+        /// every queue.
+        #[arg(long, value_delimiter = ',', required = true)]
+        queues: Vec<String>,
+        /// How long it works (`90d`, `12h`); forever if unset.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Lists the tokens: name, scopes, queues, created, last used, expiry (never the token).
+    List,
+    /// Revokes a token: every server refuses it within a second.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// Everything a Courier process can be told; each flag has an env var and a sane default.
@@ -135,6 +166,25 @@ pub struct Config {
     /// `202` at once.
     #[arg(long, env = "COURIER_MAX_WAITING", default_value_t = 1000, global = true)]
     pub max_waiting: usize,
+
+    /// When API calls need a token: `auto`, as soon as one exists (`courier token create`);
+    /// `required`, always.
+    #[arg(long, env = "COURIER_AUTH", value_enum, default_value = "auto", global = true)]
+    pub auth: crate::auth::AuthMode,
+
+    /// Serve a non-loopback address although no token exists, so that anyone who reaches the
+    /// port may do anything.
+    #[arg(long, env = "COURIER_INSECURE_NO_AUTH", global = true)]
+    pub insecure_no_auth: bool,
+
+    /// Tasks each token may submit per second, across every server; past it `429` with
+    /// Retry-After. 0: no limit.
+    #[arg(long, env = "COURIER_RATE_LIMIT", default_value_t = 0, global = true)]
+    pub rate_limit: u64,
+
+    /// How long a signed result link works.
+    #[arg(long, env = "COURIER_RESULT_LINK_TTL", default_value = "15m", value_parser = parse_timeout, global = true)]
+    pub result_link_ttl: Duration,
 }
 
 impl Config {
@@ -195,6 +245,10 @@ impl Config {
         count("events-max", self.events_max, 100, 100_000_000)?;
         count("max-sse-clients", self.max_sse_clients, 1, 1_000_000)?;
         count("max-waiting", self.max_waiting, 0, 1_000_000)?;
+        if self.rate_limit > 1_000_000 {
+            return Err(format!("--rate-limit must be between 0 and 1000000, not {}", self.rate_limit));
+        }
+        within("result-link-ttl", self.result_link_ttl, SECOND, Duration::from_secs(7 * 86_400), "1s", "7d")?;
         let tls = self.redis_url.as_ref().is_some_and(|url| url.expose().starts_with("rediss://"));
         if self.redis_ca_cert.is_some() && !tls {
             return Err("--redis-ca-cert needs a rediss:// --redis-url: a CA only applies to TLS".into());

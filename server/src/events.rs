@@ -83,6 +83,15 @@ impl StoredEvent {
         }
     }
 
+    /// The queue the event is about; none for one about no queue (a kind's).
+    pub fn queue(&self) -> Option<&str> {
+        match &self.event {
+            Pushed::Task(event) => Some(&event.queue),
+            Pushed::Queue(event) => Some(&event.queue),
+            Pushed::Kind(_) => None,
+        }
+    }
+
     /// Reads an entry of the events stream from its field/value list, as Redis sent it; `None`
     /// if it is not a well-formed event. Reading the values in place, without a map per entry,
     /// is most of what tailing the stream costs a busy server.
@@ -429,6 +438,8 @@ pub struct Follow {
     pub first: Option<StoredEvent>,
     /// End after the first terminal event.
     pub until_terminal: bool,
+    /// Only the events of these queues (an access token's), and those of no queue.
+    pub within: Option<crate::auth::QueuePatterns>,
 }
 
 /// The process's view of the events stream; cheap to clone.
@@ -681,6 +692,11 @@ impl Events {
     ) -> Option<()> {
         let task = event.task();
         if follow.task.is_some_and(|id| task.is_none_or(|t| t.task_id != id)) {
+            return Some(());
+        }
+        if let (Some(within), Some(queue)) = (&follow.within, event.queue())
+            && !within.allows(queue)
+        {
             return Some(());
         }
         let done = task.is_some_and(|t| t.status.is_terminal()) && follow.until_terminal;

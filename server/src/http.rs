@@ -1,6 +1,8 @@
 //! The HTTP edge: the router (UI, REST API, SSE), its shared state, and health checks.
 
 mod api;
+mod audit;
+mod auth;
 mod connections;
 mod dead_letters;
 mod guard;
@@ -10,6 +12,7 @@ mod problem;
 mod queues;
 mod sse;
 mod timeouts;
+mod tokens;
 mod topics;
 
 pub use connections::serve;
@@ -18,7 +21,7 @@ pub use problem::ApiError;
 pub use queues::validate as validate_limits;
 pub use timeouts::Timeouts;
 
-use crate::{events::Events, kinds::Kinds, tasks::Tasks, topics::Topics};
+use crate::{audit::Audit, auth::Tokens, events::Events, kinds::Kinds, tasks::Tasks, topics::Topics};
 use axum::{
     Json, Router,
     body::Body,
@@ -44,6 +47,10 @@ pub struct AppState {
     pub topics: Topics,
     pub kinds: Kinds,
     pub events: Events,
+    /// The access tokens every API call is checked against.
+    pub tokens: Tokens,
+    /// Where operator actions are recorded.
+    pub audit: Audit,
     pub redis: ConnectionManager,
     pub max_payload: u64,
     /// The bytes of request bodies held at once (--max-body-memory).
@@ -98,7 +105,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dead-letters/requeue", post(dead_letters::requeue_all))
         .route("/api/v1/dead-letters/{id}", delete(dead_letters::delete))
         .route("/api/v1/dead-letters/{id}/requeue", post(dead_letters::requeue))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{name}", delete(tokens::revoke))
+        .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/auth/me", get(tokens::me))
         .route("/api/{*rest}", axum::routing::any(api::no_such_endpoint))
+        // Every API call's token, scope and queue, before its handler (not the health checks).
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::check))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Submissions enforce their own, configurable limit (413 as problem+json).

@@ -4,6 +4,8 @@
 //! Arrows point down: `http` → `tasks`/`kinds` → `store`/`queue`/`events`; `worker` →
 //! `queue`/`handlers`.
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod embedded_redis;
 pub mod events;
@@ -116,6 +118,11 @@ impl Server {
             Runner::new(serving, registry.clone(), retry)
         });
         let (listener, router) = if role == Command::Serve {
+            let tokens = auth::Tokens::new(conn.clone(), &config.prefix, config.auth)
+                .with_rate_limit(config.rate_limit);
+            tokens.reload().await.context("reading the access tokens")?;
+            refuse_open_network(&config, &tokens)?;
+            tokio::spawn(tokens.clone().keep_current(shutdown.clone()));
             let listener =
                 TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
             let events =
@@ -131,6 +138,8 @@ impl Server {
                 topics,
                 kinds,
                 events,
+                tokens,
+                audit: audit::Audit::new(conn.clone(), &config.prefix),
                 redis: conn,
                 max_payload: config.max_payload,
                 body_budget: http::BodyBudget::new(config.max_body_memory),
@@ -185,6 +194,21 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Refuses to serve a non-loopback address while anyone who reaches it could do anything,
+/// unless the operator insists (`--insecure-no-auth`).
+fn refuse_open_network(config: &Config, tokens: &auth::Tokens) -> anyhow::Result<()> {
+    if config.addr.ip().is_loopback() || tokens.enabled() || config.insecure_no_auth {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {} with no access token: anyone who reaches it could read every task \
+         and cancel any. Create an admin token first (`courier token create --name admin --scopes \
+         submit,read,work,operate,admin --queues '*'`, with the same --redis-url and --prefix), or \
+         pass --insecure-no-auth to serve it open",
+        config.addr
+    )
 }
 
 /// The configuration file: `--config`, else `courier.toml` if there is one, else nothing.
@@ -253,8 +277,10 @@ pub async fn main_with(registry: Registry) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let role = cli.command.unwrap_or(Command::Serve);
-    Server::build_with(cli.config, role, registry).await?.run().await
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token(command) => auth::cli::run(&cli.config, command).await,
+        role => Server::build_with(cli.config, role, registry).await?.run().await,
+    }
 }
 
 fn leptos_options(config: &Config, addr: SocketAddr) -> leptos::prelude::LeptosOptions {

@@ -2,6 +2,7 @@
 //! the REST API and the UI both go through it.
 
 use crate::{
+    auth::QueuePatterns,
     handlers::{Registry, content_type_accepted},
     queue::{CancelOutcome, Enqueued, NewTask, Queue, SharedPayload},
     queues::{QueueError, Queues},
@@ -151,6 +152,8 @@ pub struct ListQuery {
     pub queue: Option<String>,
     pub limit: usize,
     pub cursor: Option<Uuid>,
+    /// Only the queues these patterns reach (an access token's); every queue if unset.
+    pub within: Option<QueuePatterns>,
 }
 
 /// The task service; cheap to clone.
@@ -449,17 +452,36 @@ impl Tasks {
     }
 
     /// The queues a filter names: the one given (none if it does not exist), or all of them.
-    async fn queues_named(&self, name: Option<&str>) -> redis::RedisResult<Vec<Queue>> {
-        match name {
-            Some(name) => Ok(self.queues.existing(name).await?.into_iter().collect()),
-            None => self.queues.all().await,
+    async fn queues_named(
+        &self,
+        name: Option<&str>,
+        within: Option<&QueuePatterns>,
+    ) -> redis::RedisResult<Vec<Queue>> {
+        let mut queues = match name {
+            Some(name) => self.queues.existing(name).await?.into_iter().collect(),
+            None => self.queues.all().await?,
+        };
+        queues.retain(|queue| within.is_none_or(|w| w.allows(queue.name())));
+        Ok(queues)
+    }
+
+    /// The queue a task of `kind` goes to: `named`, else its kind's; `None` for a kind nobody
+    /// knows (its submission is refused anyway).
+    pub fn queue_for(&self, kind: &str, named: Option<&str>) -> Option<String> {
+        match named {
+            Some(queue) => Some(queue.to_string()),
+            None => self.registry.get(kind).map(|handler| handler.queue().to_string()),
         }
     }
 
     /// Tasks newest first, filtered, one page at a time.
     pub async fn list(&self, query: &ListQuery) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
-        let stores: Vec<_> =
-            self.queues_named(query.queue.as_deref()).await?.iter().map(Queue::store).collect();
+        let stores: Vec<_> = self
+            .queues_named(query.queue.as_deref(), query.within.as_ref())
+            .await?
+            .iter()
+            .map(Queue::store)
+            .collect();
         store::list(&stores, query.cursor, query.limit, |r| {
             query.status.is_none_or(|s| r.status == s) && query.kind.as_deref().is_none_or(|k| r.kind == k)
         })
@@ -481,10 +503,11 @@ impl Tasks {
     pub async fn dead_letters(
         &self,
         queue: Option<&str>,
+        within: Option<&QueuePatterns>,
         cursor: Option<(u64, Uuid)>,
         limit: usize,
     ) -> redis::RedisResult<(Vec<(TaskRecord, u64)>, Option<(u64, Uuid)>)> {
-        let stores: Vec<_> = self.queues_named(queue).await?.iter().map(Queue::store).collect();
+        let stores: Vec<_> = self.queues_named(queue, within).await?.iter().map(Queue::store).collect();
         store::dead_letters(&stores, cursor, limit).await
     }
 
@@ -499,11 +522,16 @@ impl Tasks {
     /// Queues again every dead letter there is now (of one queue or all, optionally of one
     /// kind); returns how many. Pages through each queue's dead letters by rank, stepping over
     /// the ones of other kinds, so the work grows with the dead letters there are, once each.
-    pub async fn requeue_all(&self, queue: Option<&str>, kind: Option<&str>) -> redis::RedisResult<usize> {
+    pub async fn requeue_all(
+        &self,
+        queue: Option<&str>,
+        kind: Option<&str>,
+        within: Option<&QueuePatterns>,
+    ) -> redis::RedisResult<usize> {
         const BATCH: usize = 500;
         let until = crate::store::now_ms();
         let mut requeued = 0;
-        for queue in self.queues_named(queue).await? {
+        for queue in self.queues_named(queue, within).await? {
             let store = queue.store();
             // Requeued ones leave the set; the ones stepped over stay before the next page.
             let mut kept = 0;

@@ -1,13 +1,14 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel.
 
-use super::{ApiError, AppState, off_runtime, parse_id, parse_json, read_body};
+use super::{ApiError, AppState, auth::no_such_queue, off_runtime, parse_id, parse_json, read_body};
 use crate::{
+    auth::Access,
     store::{TaskRecord, rfc3339},
     tasks::{BatchError, Cancelled, ListQuery, Options, Payload, Submission, Submitted},
 };
 use app::model::{BatchAccepted, Priority, Status, SubmitRequest, TaskPage, TaskView};
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -25,6 +26,7 @@ const MAX_PAGE: usize = 500;
 /// `POST /api/v1/tasks`: a JSON `SubmitRequest`, or a raw body with `?kind=` and options.
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
@@ -60,6 +62,8 @@ pub async fn submit(
         }
     };
     let submission = Submission { idempotency_key: idempotency_key(&headers)?, ..submission };
+    check_reach(&state, &access, std::slice::from_ref(&submission))?;
+    spend(&state, &access, 1).await?;
     // A waiting request holds its connection and a subscription: past --max-waiting the
     // preference is not applied (RFC 7240 lets a server ignore one) and the usual 202 answers
     // at once. The task is accepted either way; a 503 would invite a second submission.
@@ -91,6 +95,7 @@ const MAX_BATCH: usize = 1000;
 /// the tasks' views in the order submitted.
 pub async fn submit_batch(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -126,6 +131,8 @@ pub async fn submit_batch(
         Ok(submissions)
     })
     .await?;
+    check_reach(&state, &access, &submissions)?;
+    spend(&state, &access, submissions.len() as u64).await?;
 
     let records = state.tasks.submit_many(submissions).await.map_err(|e| match e {
         BatchError::Rejected { index, error } => {
@@ -140,6 +147,31 @@ pub async fn submit_batch(
     let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
     Ok(response)
+}
+
+/// Refuses submissions to a queue the token does not reach, as if the queue did not exist.
+fn check_reach(state: &AppState, access: &Access, submissions: &[Submission]) -> Result<(), ApiError> {
+    if access.within().is_none() {
+        return Ok(());
+    }
+    for submission in submissions {
+        if let Some(queue) = state.tasks.queue_for(&submission.kind, submission.options.queue.as_deref())
+            && !access.reaches(&queue)
+        {
+            return Err(no_such_queue(&queue));
+        }
+    }
+    Ok(())
+}
+
+/// Counts `tasks` against the token's submission rate (`--rate-limit`): past it, `429`.
+pub(super) async fn spend(state: &AppState, access: &Access, tasks: u64) -> Result<(), ApiError> {
+    match state.tokens.spend(access, tasks).await? {
+        None => Ok(()),
+        Some(seconds) => Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Rate limited")
+            .detail("this token submits more tasks per second than --rate-limit allows; retry shortly")
+            .retry_after(seconds)),
+    }
 }
 
 /// The body of `POST /api/v1/tasks/batch` (`app::model::SubmitBatch`), each task still raw JSON.
@@ -459,9 +491,14 @@ fn renders_harmlessly(content_type: &str) -> bool {
 }
 
 /// `DELETE /api/v1/tasks/{id}` (and on its status monitor): cancel.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let cancelled = state.tasks.cancel(&id).await?;
+    state.audit.record(access.name(), "task.cancel", &id.to_string()).await;
     let record = state.tasks.get(&id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
     let status = match cancelled {
         Cancelled::Now => StatusCode::OK,
@@ -473,10 +510,12 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
 /// `GET /api/v1/tasks?status=&kind=&queue=&limit=&cursor=`: newest first.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<TaskPage>, ApiError> {
     let invalid = |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
-    let mut list = ListQuery { limit: DEFAULT_PAGE, ..ListQuery::default() };
+    let within = access.within().cloned();
+    let mut list = ListQuery { limit: DEFAULT_PAGE, within, ..ListQuery::default() };
     for (name, value) in &query {
         match name.as_str() {
             "status" => {

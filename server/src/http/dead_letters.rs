@@ -1,10 +1,10 @@
 //! The dead-letter queue over HTTP: list, requeue (one or all), delete.
 
 use super::{ApiError, AppState, parse_id};
-use crate::store::rfc3339;
+use crate::{auth::Access, store::rfc3339};
 use app::model::{DeadLetter, DeadLetterPage};
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, Query, State},
     http::StatusCode,
 };
@@ -17,6 +17,7 @@ const MAX_PAGE: usize = 500;
 /// `GET /api/v1/dead-letters?limit=&cursor=&subscription=topic/name`: most recent failure first.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
     let invalid = |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
@@ -45,7 +46,7 @@ pub async fn list(
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
         }
     }
-    let (mut letters, next) = state.tasks.dead_letters(queue, cursor, limit).await?;
+    let (mut letters, next) = state.tasks.dead_letters(queue, access.within(), cursor, limit).await?;
     // One subscription's dead letters: a view over the shared set (filtered per page).
     if let Some(wanted) = &subscription {
         letters.retain(|(record, _)| record.subscription.as_ref() == Some(wanted));
@@ -71,12 +72,14 @@ fn parse_cursor(cursor: &str) -> Option<(u64, Uuid)> {
 /// `POST /api/v1/dead-letters/{id}/requeue`: runs it again, attempts reset.
 pub async fn requeue(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<app::model::TaskView>), ApiError> {
     let id = parse_id(&id)?;
     if !state.tasks.requeue(&id).await? {
         return Err(not_a_dead_letter());
     }
+    state.audit.record(access.name(), "dead-letter.requeue", &id.to_string()).await;
     let record = state.tasks.get(&id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
     Ok((StatusCode::ACCEPTED, Json(record.view())))
 }
@@ -85,6 +88,7 @@ pub async fn requeue(
 /// in that queue).
 pub async fn requeue_all(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     if let Some(other) = query.keys().find(|k| !matches!(k.as_str(), "kind" | "queue")) {
@@ -95,14 +99,24 @@ pub async fn requeue_all(
         let detail = format!("`{queue}` is not a queue name");
         return Err(ApiError::unprocessable("invalid-query", "Invalid query", detail));
     }
-    let requeued = state.tasks.requeue_all(queue, kind).await?;
+    let requeued = state.tasks.requeue_all(queue, kind, access.within()).await?;
+    let target = format!("queue={} kind={} requeued={requeued}", queue.unwrap_or("*"), kind.unwrap_or("*"));
+    state.audit.record(access.name(), "dead-letter.requeue-all", &target).await;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "requeued": requeued }))))
 }
 
 /// `DELETE /api/v1/dead-letters/{id}`: deletes the task, its payload and result.
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    if state.tasks.purge(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(not_a_dead_letter()) }
+    if !state.tasks.purge(&id).await? {
+        return Err(not_a_dead_letter());
+    }
+    state.audit.record(access.name(), "dead-letter.delete", &id.to_string()).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn not_a_dead_letter() -> ApiError {

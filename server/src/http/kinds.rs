@@ -1,10 +1,13 @@
 //! The kinds API: list every kind; declare, read and delete the kinds declared without code.
 
 use super::{ApiError, AppState, parse_json, read_body};
-use crate::kinds::{Declaration, KindError, Stored};
+use crate::{
+    auth::Access,
+    kinds::{Declaration, KindError, Stored},
+};
 use app::model::KindInfo;
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
@@ -61,6 +64,7 @@ pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Res
 /// body is the declaration, its `name` left out or the same as the path's.
 pub async fn put(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -85,16 +89,22 @@ pub async fn put(
         .into());
     }
     let shown = declaration.redacted();
-    let status = match state.kinds.put(declaration).await? {
-        Stored::Created => StatusCode::CREATED,
-        Stored::Replaced | Stored::Unchanged => StatusCode::OK,
-    };
+    let stored = state.kinds.put(declaration).await?;
+    if stored != Stored::Unchanged {
+        state.audit.record(access.name(), "kind.declare", &shown.name).await;
+    }
+    let status = if stored == Stored::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(shown)))
 }
 
 /// `DELETE /api/v1/kinds/{name}`: `204`; tasks of the kind already queued still run wherever a
 /// worker knows it.
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.kinds.delete(&name).await?;
+    state.audit.record(access.name(), "kind.delete", &name).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,12 +19,22 @@ pub struct ApiError {
     detail: Option<String>,
     errors: Vec<String>,
     retry_after: Option<u64>,
+    /// Ask for a bearer token (`WWW-Authenticate`), as a `401` does.
+    challenge: bool,
 }
 
 impl ApiError {
     /// A problem with `status`, a type slug (`/problems/{slug}`) and a title.
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str) -> ApiError {
-        ApiError { status, slug, title, detail: None, errors: Vec::new(), retry_after: None }
+        ApiError {
+            status,
+            slug,
+            title,
+            detail: None,
+            errors: Vec::new(),
+            retry_after: None,
+            challenge: false,
+        }
     }
 
     /// Adds the explanation for this occurrence.
@@ -71,6 +81,14 @@ impl ApiError {
     pub fn errors(mut self, errors: Vec<String>) -> ApiError {
         self.errors = errors;
         self
+    }
+
+    /// `401` with `WWW-Authenticate: Bearer`: a token is missing, unknown, revoked or expired.
+    pub fn unauthorized(detail: impl Into<String>) -> ApiError {
+        let mut problem =
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail);
+        problem.challenge = true;
+        problem
     }
 
     pub fn not_found(detail: impl Into<String>) -> ApiError {
@@ -220,6 +238,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"courier\""));
         }
         response
     }

@@ -1,10 +1,13 @@
 //! The queues API: list and inspect queues, set their limits, pause and resume them.
 
 use super::{ApiError, AppState};
-use crate::queue::{Queue, QueueState};
+use crate::{
+    auth::Access,
+    queue::{Queue, QueueState},
+};
 use app::model::{QueueLimits, QueueList, QueueView};
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, State},
 };
 use bytes::Bytes;
@@ -13,8 +16,12 @@ use bytes::Bytes;
 const MAX_RATE_PERIOD_MS: u64 = 86_400_000;
 
 /// `GET /api/v1/queues`: every queue, by name.
-pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
-    let queues = state.tasks.queues().all().await?;
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+) -> Result<Json<QueueList>, ApiError> {
+    let mut queues = state.tasks.queues().all().await?;
+    queues.retain(|queue| access.reaches(queue.name()));
     let states = futures::future::try_join_all(queues.iter().map(Queue::state)).await?;
     let queues = queues.iter().zip(states).map(|(queue, state)| view(queue, state)).collect();
     Ok(Json(QueueList { queues }))
@@ -38,6 +45,7 @@ pub async fn get(
 /// absent limit is none.
 pub async fn put(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<QueueView>, ApiError> {
@@ -52,28 +60,38 @@ pub async fn put(
         .map_err(|detail| ApiError::unprocessable("invalid-limits", "Invalid queue limits", detail))?;
     let queue = open(&state, &name).await?;
     queue.set_limits(&limits).await?;
+    state.audit.record(access.name(), "queue.limits", &name).await;
     Ok(Json(view(&queue, queue.state().await?)))
 }
 
 /// `POST /api/v1/queues/{name}/pause`: workers start none of its tasks until it is resumed.
 pub async fn pause(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
 ) -> Result<Json<QueueView>, ApiError> {
-    set_paused(&state, &name, true).await
+    set_paused(&state, &access, &name, true).await
 }
 
 /// `POST /api/v1/queues/{name}/resume`.
 pub async fn resume(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
 ) -> Result<Json<QueueView>, ApiError> {
-    set_paused(&state, &name, false).await
+    set_paused(&state, &access, &name, false).await
 }
 
-async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<QueueView>, ApiError> {
+async fn set_paused(
+    state: &AppState,
+    access: &Access,
+    name: &str,
+    paused: bool,
+) -> Result<Json<QueueView>, ApiError> {
     let queue = open(state, name).await?;
     queue.set_paused(paused).await?;
+    let action = if paused { "queue.pause" } else { "queue.resume" };
+    state.audit.record(access.name(), action, name).await;
     Ok(Json(view(&queue, queue.state().await?)))
 }
 

@@ -1,8 +1,12 @@
 //! Server-sent events: every task event, or one task's, resumable with `Last-Event-ID`.
 
 use super::{ApiError, AppState, parse_id};
-use crate::events::{Admission, Delivery, Follow, Position};
+use crate::{
+    auth::Access,
+    events::{Admission, Delivery, Follow, Position},
+};
 use axum::{
+    Extension,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
     response::sse::{Event, KeepAlive, Sse},
@@ -23,13 +27,14 @@ pub struct EventsQuery {
 /// `GET /api/v1/events[?task=ID]`: every event from now (or after `Last-Event-ID`).
 pub async fn all_events(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let task = query.task.as_deref().map(parse_id).transpose()?;
     let after = last_event_id(&headers)?;
     let admission = admit(&state)?;
-    let follow = Follow { task, after, ..Follow::default() };
+    let follow = Follow { task, after, within: access.within().cloned(), ..Follow::default() };
     Ok(to_sse(state.events.follow(admission, follow)))
 }
 

@@ -1,9 +1,12 @@
 //! Publish/subscribe over HTTP: topics, subscriptions, publishing.
 
-use super::{ApiError, AppState, off_runtime, parse_json, read_body};
-use crate::topics::{Message, Published, Subscription, TopicError, TopicView};
+use super::{ApiError, AppState, auth::no_such_queue, off_runtime, parse_json, read_body};
+use crate::{
+    auth::Access,
+    topics::{Message, Published, Subscription, TopicError, TopicView},
+};
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
@@ -38,25 +41,49 @@ impl From<TopicError> for ApiError {
 }
 
 /// `GET /api/v1/topics`: every topic with its subscriptions and message counts.
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<TopicView>>, ApiError> {
-    Ok(Json(state.topics.list().await?))
+/// The queue a subscription's tasks go to, where the token's patterns are checked.
+fn queue_of(state: &AppState, subscription: &Subscription) -> Option<String> {
+    state.tasks.queue_for(&subscription.kind, subscription.queue.as_deref())
+}
+
+/// Whether the token reaches the queue a subscription delivers to.
+fn reaches(state: &AppState, access: &Access, subscription: &Subscription) -> bool {
+    access.within().is_none() || queue_of(state, subscription).is_some_and(|q| access.reaches(&q))
+}
+
+/// `GET /api/v1/topics`: every topic with its subscriptions (those to queues the token reaches)
+/// and message counts.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+) -> Result<Json<Vec<TopicView>>, ApiError> {
+    let mut topics = state.topics.list().await?;
+    for topic in &mut topics {
+        topic.subscriptions.retain(|_, subscription| reaches(&state, &access, subscription));
+    }
+    Ok(Json(topics))
 }
 
 /// `GET /api/v1/topics/{topic}/subscriptions`.
 pub async fn subscriptions(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(topic): Path<String>,
 ) -> Result<Json<BTreeMap<String, Subscription>>, ApiError> {
-    Ok(Json(state.topics.subscriptions(&topic).await?))
+    let mut all = state.topics.subscriptions(&topic).await?;
+    all.retain(|_, subscription| reaches(&state, &access, subscription));
+    Ok(Json(all))
 }
 
 /// `GET /api/v1/topics/{topic}/subscriptions/{name}`.
 pub async fn get(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path((topic, name)): Path<(String, String)>,
 ) -> Result<Json<Subscription>, ApiError> {
     let mut all = state.topics.subscriptions(&topic).await?;
     all.remove(&name)
+        .filter(|subscription| reaches(&state, &access, subscription))
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no subscription `{name}` on `{topic}`")))
 }
@@ -64,31 +91,47 @@ pub async fn get(
 /// `PUT /api/v1/topics/{topic}/subscriptions/{name}`: `201` created, `200` replaced.
 pub async fn put(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path((topic, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Subscription>), ApiError> {
     let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
     let subscription: Subscription = parse_json(&body.bytes)?;
+    // Neither the new queue nor, when it is replaced, the old one may be out of reach.
+    let current = state.topics.subscriptions(&topic).await?.remove(&name);
+    if let Some(out) =
+        [Some(&subscription), current.as_ref()].into_iter().flatten().find(|s| !reaches(&state, &access, s))
+    {
+        return Err(no_such_queue(&queue_of(&state, out).unwrap_or_default()));
+    }
     let created = state.topics.put(&topic, &name, &subscription).await?;
+    state.audit.record(access.name(), "subscription.put", &format!("{topic}/{name}")).await;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(subscription)))
 }
 
 /// `DELETE /api/v1/topics/{topic}/subscriptions/{name}`.
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path((topic, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    if state.topics.delete(&topic, &name).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("no subscription `{name}` on `{topic}`")))
+    let missing = || ApiError::not_found(format!("no subscription `{name}` on `{topic}`"));
+    let current = state.topics.subscriptions(&topic).await?.remove(&name);
+    if current.is_some_and(|s| !reaches(&state, &access, &s)) {
+        return Err(missing());
     }
+    if !state.topics.delete(&topic, &name).await? {
+        return Err(missing());
+    }
+    state.audit.record(access.name(), "subscription.delete", &format!("{topic}/{name}")).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /api/v1/topics/{topic}/messages`: one task per matching subscription, all or none.
 pub async fn publish(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -100,5 +143,16 @@ pub async fn publish(
         Ok(Message { payload: bytes.slice_ref(payload.get().as_bytes()), properties })
     })
     .await?;
+    // A message goes to every matching subscription or to none: one to a queue the token does
+    // not reach refuses it, without naming that queue.
+    if access.within().is_some()
+        && state.topics.subscriptions(&topic).await?.values().any(|s| !reaches(&state, &access, s))
+    {
+        return Err(super::auth::forbidden(
+            "this topic delivers to a queue this token does not reach: publishing needs a token \
+             that reaches every queue its subscriptions deliver to",
+        ));
+    }
+    super::api::spend(&state, &access, 1).await?;
     Ok((StatusCode::ACCEPTED, Json(state.topics.publish(&topic, message).await?)))
 }

@@ -1,0 +1,82 @@
+//! The tokens API (`admin`): create, list and revoke access tokens; and `GET /auth/me`, who the
+//! caller is.
+
+use super::{ApiError, AppState, parse_json, read_body};
+use crate::auth::{Access, TokenError, TokenInfo, TokenRequest};
+use app::model::Me;
+use axum::{
+    Extension, Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+};
+use serde::Serialize;
+
+/// The largest token request: a name, five scopes and a hundred patterns.
+const MAX_REQUEST_BYTES: u64 = 16 << 10;
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> ApiError {
+        match e {
+            TokenError::Invalid(detail) => {
+                ApiError::unprocessable("invalid-token-request", "Invalid token", detail)
+            }
+            TokenError::Exists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "token-exists", "Token exists").detail(e.to_string())
+            }
+            TokenError::NotFound(_) => ApiError::not_found(e.to_string()),
+            TokenError::TooMany => ApiError::new(StatusCode::CONFLICT, "too-many-tokens", "Too many tokens")
+                .detail(e.to_string()),
+            TokenError::Redis(e) => e.into(),
+        }
+    }
+}
+
+/// A new token, as `POST /api/v1/tokens` answers it: the only time the token is shown.
+#[derive(Serialize)]
+struct Created {
+    token: String,
+    #[serde(flatten)]
+    info: TokenInfo,
+}
+
+/// `GET /api/v1/tokens`: every token, never the secret.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    Ok(Json(state.tokens.list().await?))
+}
+
+/// `POST /api/v1/tokens` `{"name", "scopes", "queues", "expires"?}`: `201` with the token.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let body = read_body(body, &headers, MAX_REQUEST_BYTES, &state.body_budget).await?;
+    let request: TokenRequest = parse_json(&body.bytes)?;
+    let minted = state.tokens.create(request).await?;
+    state.audit.record(access.name(), "token.create", &minted.info.name).await;
+    let created = Created { token: minted.token, info: minted.info };
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(created).expect("a token always serializes"))))
+}
+
+/// `DELETE /api/v1/tokens/{name}`: `204`; every server refuses it within a second.
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.tokens.revoke(&name).await?;
+    state.audit.record(access.name(), "token.revoke", &name).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/auth/me`: the caller's token name, scopes and queues.
+pub async fn me(State(state): State<AppState>, Extension(access): Extension<Access>) -> Json<Me> {
+    Json(Me {
+        auth: state.tokens.enabled(),
+        name: access.name().to_string(),
+        scopes: access.scopes().iter().map(|s| s.to_string()).collect(),
+        queues: access.queues().to_strings(),
+    })
+}
