@@ -1,18 +1,21 @@
-//! The Leptos pages: the submit form above a live task list, a page per task, and the queues,
-//! topics and dead letters.
+//! The Leptos pages: the submit form above a live task list, a page per task, the queues,
+//! topics, dead letters and audit trail, and the sign-in page.
 //!
 //! Pages render on the server; data arrives in the browser after hydration, through the same
-//! public REST API and server-sent events that any client uses.
+//! public REST API and server-sent events that any client uses. What the signed-in token may do
+//! arrives the same way (`/api/v1/auth/me`, once), and a control it may not use is not shown.
 
 mod api;
+mod audit;
 mod dead_letters;
 mod home;
 mod live;
 mod queues;
+mod sign_in;
 mod task_page;
 mod topics;
 
-use crate::model::Status;
+use crate::model::{Me, Status};
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::{
@@ -40,10 +43,41 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
+/// What the browser's token may do: `/api/v1/auth/me`, read once after hydration and shared by
+/// every page through the context.
+#[derive(Clone, Copy)]
+struct Viewer(LocalResource<Result<Me, String>>);
+
+impl Viewer {
+    /// The viewer of the page being rendered (provided by [`App`]).
+    fn get() -> Viewer {
+        expect_context::<Viewer>()
+    }
+
+    /// Who the token is, once known.
+    fn me(self) -> Option<Me> {
+        self.0.get().and_then(Result::ok)
+    }
+
+    /// Whether the token carries `scope`: false until that is known (on the server, before
+    /// hydration, and when the session has ended), so no control flashes up and goes away.
+    fn can(self, scope: &'static str) -> bool {
+        self.0.with(|me| me.as_ref().and_then(|me| me.as_ref().ok()).is_some_and(|me| me.can(scope)))
+    }
+}
+
+/// Its children, only for a token that carries `scope`.
+#[component]
+fn Allowed(scope: &'static str, children: ChildrenFn) -> impl IntoView {
+    let viewer = Viewer::get();
+    view! { <Show when=move || viewer.can(scope)>{children()}</Show> }
+}
+
 /// The root component: header and routes.
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    provide_context(Viewer(LocalResource::new(|| api::get_json::<Me>("/api/v1/auth/me"))));
     view! {
         <Stylesheet id="leptos" href="/pkg/courier.css"/>
         <Title text="Courier"/>
@@ -55,7 +89,11 @@ pub fn App() -> impl IntoView {
                     <A href="/queues">"Queues"</A>
                     <A href="/topics">"Topics"</A>
                     <A href="/dead-letters">"Dead letters"</A>
+                    <Allowed scope="admin">
+                        <A href="/audit">"Audit"</A>
+                    </Allowed>
                 </nav>
+                <SignedIn/>
             </header>
             <main>
                 <Routes fallback=|| view! { <p>"Page not found."</p> }>
@@ -64,9 +102,28 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/dead-letters") view=dead_letters::DeadLettersPage/>
                     <Route path=path!("/queues") view=queues::QueuesPage/>
                     <Route path=path!("/topics") view=topics::TopicsPage/>
+                    <Route path=path!("/audit") view=audit::AuditTrailPage/>
+                    <Route path=path!("/sign-in") view=sign_in::SignInPage/>
                 </Routes>
             </main>
         </Router>
+    }
+}
+
+/// The token's name and a Sign out button, while access control is on. Signing out is a plain
+/// form: the server ends the session and forgets the cookie, which no script can read.
+#[component]
+fn SignedIn() -> impl IntoView {
+    let viewer = Viewer::get();
+    view! {
+        <Show when=move || viewer.me().is_some_and(|me| me.auth)>
+            <form class="signed-in" method="post" action="/auth/sign-out">
+                <span class="token-name" title="signed in with this access token">
+                    {move || viewer.me().map(|me| me.name)}
+                </span>
+                <button type="submit" class="secondary">"Sign out"</button>
+            </form>
+        </Show>
     }
 }
 

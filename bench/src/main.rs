@@ -88,7 +88,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout,pull,push"
+        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout,pull,push,auth"
     )]
     workloads: Vec<String>,
     /// Tiny sizes: checks that every workload works, measures nothing worth reading.
@@ -220,14 +220,27 @@ impl Bench {
     /// Submits `count` small echo tasks over `connections` keep-alive connections; returns the
     /// accepted ids and the seconds it took.
     async fn submit_small(&self, base: &str, count: usize) -> anyhow::Result<(Vec<String>, f64)> {
+        self.submit_small_as(base, count, None).await
+    }
+
+    /// [`Bench::submit_small`], each request with `token` (`Authorization: Bearer`) if given.
+    async fn submit_small_as(
+        &self,
+        base: &str,
+        count: usize,
+        token: Option<&str>,
+    ) -> anyhow::Result<(Vec<String>, f64)> {
         let started = Instant::now();
         let url = format!("{base}/api/v1/tasks");
         let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..count)
             .map(|n| {
-                let request = self
+                let mut request = self
                     .http
                     .post(&url)
                     .json(&json!({"kind": "echo", "payload": {"n": n, "pad": "x".repeat(64)}}));
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
                 async move { accepted_id(request.send().await?).await }
             })
             .buffer_unordered(self.args.connections)
@@ -507,6 +520,49 @@ impl Bench {
         Ok(())
     }
 
+    /// What access control costs a request: small submissions, a request each, to a server
+    /// without a token and to one where a token (scoped to the queue) authenticates every call;
+    /// tasks per second and the server's and Redis's CPU per request, side by side.
+    async fn auth(&mut self) -> anyhow::Result<()> {
+        for mode in ["off", "token"] {
+            let prefix = self.prefix(&format!("auth-{mode}"));
+            let token = if mode == "token" { Some(self.create_token(&prefix).await?) } else { None };
+            let server = self.serve(&prefix, 0).await?;
+            let pid = server.pid().context("serve has no pid")?;
+            // Warm the connections and the server's caches first.
+            self.submit_small_as(&server.base, 200.min(self.args.n), token.as_deref()).await?;
+            let cpu_before = CpuSeconds::read(&mut self.redis, pid, pid).await?;
+            let (ids, seconds) = self.submit_small_as(&server.base, self.args.n, token.as_deref()).await?;
+            let cpu = CpuSeconds::read(&mut self.redis, pid, pid).await?.since(&cpu_before);
+            emit(
+                "auth_submit_tasks_per_s",
+                ids.len() as f64 / seconds,
+                json!({"auth": mode, "n": ids.len()}),
+            );
+            for (process, spent) in cpu.into_iter().filter(|(p, _)| *p == "serve" || *p == "redis") {
+                emit(
+                    "auth_cpu_us_per_request",
+                    spent * 1e6 / ids.len() as f64,
+                    json!({"auth": mode, "process": process}),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A token with every scope on the default queue, made by `courier token create`.
+    async fn create_token(&self, prefix: &str) -> anyhow::Result<String> {
+        let output = self
+            .command(prefix)
+            .args(["token", "create", "--name", "bench", "--scopes", "submit,read", "--queues", "default"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+            .await?;
+        anyhow::ensure!(output.status.success(), "courier token create failed");
+        Ok(String::from_utf8(output.stdout)?.trim().to_string())
+    }
+
     /// A queued backlog of a declared kind drained by one `courier worker` pushing every task to
     /// an HTTP endpoint (in this process, answering `200 {}` at once, signatures unchecked):
     /// tasks per second, beside `process_tasks_per_s`, and the CPU each process spent per task.
@@ -666,6 +722,7 @@ async fn main() -> anyhow::Result<()> {
             "fanout" => bench.fanout().await,
             "pull" => bench.pull().await,
             "push" => bench.push().await,
+            "auth" => bench.auth().await,
             other => bail!("unknown workload `{other}`"),
         };
         result.with_context(|| format!("workload {workload}"))?;

@@ -173,7 +173,39 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
     }
     cpu_table(&mut out, &c, process, nproc)?;
     own_kinds_cpu(&mut out, &c)?;
+    auth_cost(&mut out, &c)?;
     Ok(out)
+}
+
+/// What a token costs a request: submissions with access control off and with a token.
+fn auth_cost(out: &mut String, c: &Figures) -> anyhow::Result<()> {
+    let rates = c.all("auth_submit_tasks_per_s");
+    if rates.is_empty() {
+        return Ok(());
+    }
+    let rate = |mode: &str| rates.iter().find(|l| l["auth"] == mode).and_then(|l| l["value"].as_f64());
+    let cpu = c.all("auth_cpu_us_per_request");
+    let cpu = |mode: &str, process: &str| {
+        cpu.iter().find(|l| l["auth"] == mode && l["process"] == process).and_then(|l| l["value"].as_f64())
+    };
+    writeln!(out, "\n## What access control costs a request\n")?;
+    writeln!(
+        out,
+        "Small submissions, a request each, to a server without tokens and to one where a bearer \
+         token authenticates every call (looked up in memory, its scope and queue checked).\n"
+    )?;
+    writeln!(out, "| | tasks/s | server µs per request | Redis µs per request |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (label, mode) in [("access control off", "off"), ("a bearer token", "token")] {
+        writeln!(
+            out,
+            "| {label} | {} | {} | {} |",
+            show(rate(mode)),
+            show(cpu(mode, "serve")),
+            show(cpu(mode, "redis"))
+        )?;
+    }
+    Ok(())
 }
 
 /// Where the CPU of the pull and push runs went, per process.

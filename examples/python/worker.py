@@ -248,7 +248,9 @@ class Worker:
                 error = problem(status, raw)
             except NETWORK_ERRORS + (ValueError, KeyError, TypeError) as err:
                 status, error = None, f"{type(err).__name__}: {err}"
-            if status in (400, 422):  # our request is wrong: waiting will not fix it
+            # Our request is wrong, or our token is unknown (401), lacks `work` (403) or does not
+            # reach the queue (404): waiting will not fix it.
+            if status in (400, 401, 403, 404, 422):
                 self.fatal = error
                 log("stopping", reason=f"lease request refused: {error}")
                 return self.stop.set()

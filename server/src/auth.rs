@@ -7,13 +7,16 @@
 //! ms) when each was last used, and `{prefix}:tokens-version` counting the changes. Every process
 //! holds the whole table and reads it again when the version moves ([`Tokens::keep_current`],
 //! twice a second): authenticating a request costs no Redis read, and a revocation is refused
-//! everywhere within a second.
+//! everywhere within a second. The first token also sets `{prefix}:auth-enforced`: from then on
+//! access control stays on, even once every token is revoked (delete that key to open the server
+//! again), so that revoking the last token never opens the server to everyone.
 //!
 //! A request's token is found by the digest of what it presents, so no comparison ever runs over
 //! the secret itself: the time a lookup takes tells an attacker about a SHA-256 digest, which
 //! gives nothing about a token it does not have.
 
 pub mod cli;
+pub mod sessions;
 
 use base64::Engine as _;
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
@@ -211,6 +214,20 @@ impl Access {
         }
     }
 
+    /// What a valid signed link grants: reading the one thing it names (the link's signature
+    /// binds its path, which the access layer checked).
+    pub fn signed_link() -> Access {
+        Access {
+            grant: Arc::new(Grant {
+                name: "signed-link".into(),
+                scopes: vec![Scope::Read],
+                queues: QueuePatterns::any(),
+                digest: None,
+                expires_ms: None,
+            }),
+        }
+    }
+
     /// The token's name (what the audit trail records); `anonymous` when access control is off.
     pub fn name(&self) -> &str {
         if self.grant.name.is_empty() { "anonymous" } else { &self.grant.name }
@@ -293,6 +310,8 @@ struct TokenKeys {
     version: String,
     /// The start of each token's per-second submission counters.
     rate: String,
+    /// Set by the first token: access control is on from then on.
+    enforced: String,
 }
 
 impl TokenKeys {
@@ -303,6 +322,7 @@ impl TokenKeys {
             used: format!("{prefix}:token-used"),
             version: format!("{prefix}:tokens-version"),
             rate: format!("{prefix}:rate"),
+            enforced: format!("{prefix}:auth-enforced"),
         }
     }
 }
@@ -311,6 +331,8 @@ impl TokenKeys {
 #[derive(Default)]
 struct Table {
     version: Option<u64>,
+    /// A token was ever made: access control stays on with none left.
+    enforced: bool,
     grants: HashMap<[u8; 32], Arc<Grant>>,
 }
 
@@ -359,9 +381,10 @@ impl Tokens {
         Ok((spent > self.rate_limit).then_some(1))
     }
 
-    /// Whether requests must present a token: `--auth required`, or any token exists.
+    /// Whether requests must present a token: `--auth required`, or a token was ever made
+    /// (revoking the last one leaves every call refused rather than the server open).
     pub fn enabled(&self) -> bool {
-        self.mode == AuthMode::Required || !self.read_table().grants.is_empty()
+        self.mode == AuthMode::Required || self.read_table().enforced
     }
 
     /// The access `token` grants, if it is one this process honours and it has not expired.
@@ -421,9 +444,10 @@ impl Tokens {
             return Ok(false);
         }
         let mut pipe = redis::pipe();
-        pipe.atomic().get(&self.keys.version).hgetall(&self.keys.tokens);
-        let (version, stored): (Option<u64>, HashMap<String, String>) = pipe.query_async(&mut conn).await?;
-        let grants = stored
+        pipe.atomic().get(&self.keys.version).hgetall(&self.keys.tokens).exists(&self.keys.enforced);
+        let (version, stored, enforced): (Option<u64>, HashMap<String, String>, bool) =
+            pipe.query_async(&mut conn).await?;
+        let grants: HashMap<[u8; 32], Arc<Grant>> = stored
             .into_iter()
             .filter_map(|(digest, json)| {
                 let bytes = decode_hex(&digest)?;
@@ -440,7 +464,9 @@ impl Tokens {
                 Some((bytes, Arc::new(grant)))
             })
             .collect();
-        *self.table.write().expect("never poisoned") = Table { version: Some(version.unwrap_or(0)), grants };
+        let enforced = enforced || !grants.is_empty();
+        *self.table.write().expect("never poisoned") =
+            Table { version: Some(version.unwrap_or(0)), enforced, grants };
         Ok(true)
     }
 
@@ -476,6 +502,7 @@ impl Tokens {
             .key(&self.keys.names)
             .key(&self.keys.tokens)
             .key(&self.keys.version)
+            .key(&self.keys.enforced)
             .arg(&info.name)
             .arg(&digest)
             .arg(json)

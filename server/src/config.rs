@@ -23,12 +23,24 @@ pub enum Command {
     /// Access tokens: create, list, revoke (straight in Redis, so the first needs no token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The keys that sign result links.
+    #[command(subcommand)]
+    LinkKey(LinkKeyCommand),
+}
+
+/// `courier link-key …`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum LinkKeyCommand {
+    /// Makes a new key sign result links; links signed before keep working until they expire.
+    Rotate,
 }
 
 /// `courier token …`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum TokenCommand {
-    /// Makes a token and prints it, alone, on standard output: the only time it is shown.
+    /// Makes a token and prints it, alone, on standard output: the only time it is shown. The
+    /// queues it reaches are given with `--queues`: comma-separated names or prefixes ending in
+    /// `*` (`billing,reports-*`); `*` is every queue.
     Create {
         /// A unique name (what lists, logs and the audit trail show).
         #[arg(long)]
@@ -36,10 +48,6 @@ pub enum TokenCommand {
         /// Comma-separated: submit, read, work, operate, admin.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<crate::auth::Scope>,
-        /// Comma-separated queue names or prefixes ending in `*` (`billing,reports-*`); `*` is
-        /// every queue.
-        #[arg(long, value_delimiter = ',', required = true)]
-        queues: Vec<String>,
         /// How long it works (`90d`, `12h`); forever if unset.
         #[arg(long)]
         expires: Option<String>,

@@ -10,18 +10,28 @@ mod kinds;
 mod leases;
 mod problem;
 mod queues;
+mod session;
 mod sse;
 mod timeouts;
 mod tokens;
 mod topics;
 
+pub use auth::{QueueIn, RULES as ACCESS_RULES, Rule};
 pub use connections::serve;
 pub use guard::Guard;
 pub use problem::ApiError;
 pub use queues::validate as validate_limits;
 pub use timeouts::Timeouts;
 
-use crate::{audit::Audit, auth::Tokens, events::Events, kinds::Kinds, tasks::Tasks, topics::Topics};
+use crate::{
+    audit::Audit,
+    auth::{Tokens, sessions::Sessions},
+    events::Events,
+    kinds::Kinds,
+    links::Links,
+    tasks::Tasks,
+    topics::Topics,
+};
 use axum::{
     Json, Router,
     body::Body,
@@ -51,6 +61,10 @@ pub struct AppState {
     pub tokens: Tokens,
     /// Where operator actions are recorded.
     pub audit: Audit,
+    /// The browsers signed in with a token (their session cookies).
+    pub sessions: Sessions,
+    /// Signs result links.
+    pub links: Links,
     pub redis: ConnectionManager,
     pub max_payload: u64,
     /// The bytes of request bodies held at once (--max-body-memory).
@@ -112,6 +126,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/{*rest}", axum::routing::any(api::no_such_endpoint))
         // Every API call's token, scope and queue, before its handler (not the health checks).
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::check))
+        // Signing in and out: a plain form post, before any token; the guard below refuses
+        // other sites' pages.
+        .route(
+            "/auth/sign-in",
+            post(session::sign_in).layer(DefaultBodyLimit::max(session::SIGN_IN_MAX_BYTES)),
+        )
+        .route("/auth/sign-out", post(session::sign_out))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Submissions enforce their own, configurable limit (413 as problem+json).
@@ -128,6 +149,8 @@ pub fn router(state: AppState) -> Router {
         move || app::shell(options.clone())
     })
     .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+    // With access control on, a page without a session leads to the sign-in page.
+    .layer(middleware::from_fn_with_state(state.clone(), session::pages))
     .layer(middleware::from_fn_with_state(state.guard.clone(), guard::check))
     // Every answer is taken for the type it says it is, never sniffed for another.
     .layer(SetResponseHeaderLayer::overriding(

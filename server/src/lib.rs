@@ -12,6 +12,7 @@ pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod kinds;
+pub mod links;
 pub mod push;
 pub mod queue;
 pub mod queues;
@@ -123,6 +124,10 @@ impl Server {
             tokens.reload().await.context("reading the access tokens")?;
             refuse_open_network(&config, &tokens)?;
             tokio::spawn(tokens.clone().keep_current(shutdown.clone()));
+            let links = links::Links::open(conn.clone(), &config.prefix, config.result_link_ttl)
+                .await
+                .context("reading the result link keys")?;
+            tokio::spawn(links.clone().keep_current(shutdown.clone()));
             let listener =
                 TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
             let events =
@@ -138,8 +143,10 @@ impl Server {
                 topics,
                 kinds,
                 events,
+                sessions: auth::sessions::Sessions::new(conn.clone(), &config.prefix, tokens.clone()),
                 tokens,
                 audit: audit::Audit::new(conn.clone(), &config.prefix),
+                links: links.clone(),
                 redis: conn,
                 max_payload: config.max_payload,
                 body_budget: http::BodyBudget::new(config.max_body_memory),
@@ -279,6 +286,7 @@ pub async fn main_with(registry: Registry) -> anyhow::Result<()> {
         .init();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token(command) => auth::cli::run(&cli.config, command).await,
+        Command::LinkKey(command) => auth::cli::run_link_key(&cli.config, command).await,
         role => Server::build_with(cli.config, role, registry).await?.run().await,
     }
 }

@@ -1,6 +1,6 @@
 //! The dead-letter page: failed tasks with their reason, to requeue or delete; kept live.
 
-use super::{StatusBadge, api, live};
+use super::{Allowed, StatusBadge, Viewer, api, live};
 use crate::model::{DeadLetter, DeadLetterPage, TaskView};
 use leptos::{prelude::*, task::spawn_local};
 
@@ -43,7 +43,9 @@ pub fn DeadLettersPage() -> impl IntoView {
         <section class="dead-letters">
             <div class="heading">
                 <h1>"Dead letters"</h1>
-                <button class="secondary" on:click=requeue_all>"Requeue all"</button>
+                <Allowed scope="operate">
+                    <button class="secondary" on:click=requeue_all>"Requeue all"</button>
+                </Allowed>
                 <span class="notice" role="status">{move || notice.get()}</span>
             </div>
             <p class="hint">
@@ -72,7 +74,7 @@ pub fn DeadLettersPage() -> impl IntoView {
     }
 }
 
-/// One dead letter with its buttons.
+/// One dead letter, with its buttons for a token that may operate.
 #[component]
 fn DeadLetterRow(
     letter: DeadLetter,
@@ -94,7 +96,19 @@ fn DeadLetterRow(
             on_change();
         })
     };
-    let (requeue_id, delete_id) = (id.clone(), id.clone());
+    let viewer = Viewer::get();
+    let buttons = {
+        let id = id.clone();
+        move || {
+            let (requeue_id, delete_id) = (id.clone(), id.clone());
+            viewer.can("operate").then(|| {
+                view! {
+                    <button on:click=move |_| act(true, requeue_id.clone())>"Requeue"</button>
+                    <button class="danger" on:click=move |_| act(false, delete_id.clone())>"Delete"</button>
+                }
+            })
+        }
+    };
     view! {
         <li class="task dead-letter" data-task-id=id.clone()>
             <a class="task-link" href=format!("/tasks/{id}")>
@@ -104,10 +118,7 @@ fn DeadLetterRow(
             </a>
             <StatusBadge status=task.status/>
             <span class="reason">{reason.replace('_', " ")}</span>
-            <span class="actions">
-                <button on:click=move |_| act(true, requeue_id.clone())>"Requeue"</button>
-                <button class="danger" on:click=move |_| act(false, delete_id.clone())>"Delete"</button>
-            </span>
+            <span class="actions">{buttons}</span>
             <span class="error">
                 {format!("{} — after {} attempt(s), {}", task.error.unwrap_or_default(), task.attempts, failed_at)}
             </span>

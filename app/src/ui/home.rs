@@ -1,6 +1,6 @@
 //! The home page: submit a task, then watch every task change state live.
 
-use super::{ProgressBar, StatusBadge, api, live};
+use super::{Allowed, ProgressBar, StatusBadge, api, live};
 use crate::model::{KindInfo, QueueList, SubmitRequest, TaskEvent, TaskPage, TaskView, is_queue_name};
 use crate::schema;
 use leptos::{prelude::*, task::spawn_local};
@@ -10,14 +10,16 @@ const LIST_LEN: usize = 50;
 /// How long "wait for the result" waits (`Prefer: wait`).
 const WAIT_S: u32 = 30;
 
-/// The form and the live list under it.
+/// The form (for a token that may submit) and the live list under it.
 #[component]
 pub fn HomePage() -> impl IntoView {
     let tasks = RwSignal::new(Vec::<TaskView>::new());
     // Effects run only in the browser, after hydration.
     Effect::new(move |_| follow_all_tasks(tasks));
     view! {
-        <SubmitForm on_submitted=move |task| upsert(tasks, task)/>
+        <Allowed scope="submit">
+            <SubmitForm on_submitted=move |task| upsert(tasks, task)/>
+        </Allowed>
         <section class="task-list">
             <h2>"Tasks"</h2>
             <Show

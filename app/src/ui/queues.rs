@@ -1,6 +1,6 @@
 //! The queues page: every named queue with its counts, limits and a pause switch; kept live.
 
-use super::{api, live};
+use super::{Viewer, api, live};
 use crate::model::{QUEUE_EVENT, QueueEvent, QueueLimits, QueueList, QueueView};
 use leptos::{prelude::*, task::spawn_local};
 use std::time::Duration;
@@ -191,11 +191,13 @@ fn QueueTable(list: Vec<QueueView>, shown: Shown, notice: RwSignal<Option<String
     }
 }
 
-/// One queue: its counts, its limits and its Pause or Resume button.
+/// One queue: its counts, its limits and, for a token that may operate, its Pause or Resume
+/// button.
 #[component]
 fn QueueRow(queue: QueueView, shown: Shown, notice: RwSignal<Option<String>>) -> impl IntoView {
     let QueueView { name, paused, limits, counts, oldest_waiting_ms, finished_last_minute } = queue;
     let busy = RwSignal::new(false);
+    let viewer = Viewer::get();
     // Queue names are `[a-z0-9][a-z0-9._-]*`: safe in a path as they are.
     let url = format!("/api/v1/queues/{name}/{}", if paused { "resume" } else { "pause" });
     let toggle = move |_| {
@@ -244,9 +246,11 @@ fn QueueRow(queue: QueueView, shown: Shown, notice: RwSignal<Option<String>>) ->
             <td class="num finished">{finished_last_minute}</td>
             <td class="limits">{describe_limits(&limits)}</td>
             <td class="toggle">
-                <button class="secondary" disabled=move || busy.get() on:click=toggle>
-                    {if paused { "Resume" } else { "Pause" }}
-                </button>
+                <Show when=move || viewer.can("operate")>
+                    <button class="secondary" disabled=move || busy.get() on:click=toggle.clone()>
+                        {if paused { "Resume" } else { "Pause" }}
+                    </button>
+                </Show>
             </td>
         </tr>
     }

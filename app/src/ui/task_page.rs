@@ -1,6 +1,7 @@
-//! A task's own page: its record, its events as they happen, and its result.
+//! A task's own page: its record, its events as they happen, its result, and a Cancel button
+//! while it can still be cancelled (for a token that may operate).
 
-use super::{ProgressBar, StatusBadge, api, live};
+use super::{ProgressBar, StatusBadge, Viewer, api, live};
 use crate::model::{Status, TaskEvent, TaskView};
 use leptos::{prelude::*, task::spawn_local};
 use leptos_router::hooks::use_params_map;
@@ -14,6 +15,9 @@ pub fn TaskPage() -> impl IntoView {
     let events = RwSignal::new(Vec::<(String, TaskEvent)>::new());
     let result = RwSignal::new(None::<Result<String, String>>);
     let load_error = RwSignal::new(None::<String>);
+    let cancel_error = RwSignal::new(None::<String>);
+    let cancelling = RwSignal::new(false);
+    let viewer = Viewer::get();
 
     let fetch_result = move |id: String| {
         spawn_local(async move {
@@ -58,9 +62,35 @@ pub fn TaskPage() -> impl IntoView {
         }
     });
 
+    // The task's own event (`cancelled`, or `running` for one told to stop) updates the page.
+    let cancel = {
+        let id = id.clone();
+        move |_| {
+            cancelling.set(true);
+            cancel_error.set(None);
+            let id = id.clone();
+            spawn_local(async move {
+                if let Err(e) = api::delete(&format!("/api/v1/tasks/{id}")).await {
+                    cancel_error.set(Some(e));
+                }
+                cancelling.set(false);
+            });
+        }
+    };
+    let cancellable =
+        move || viewer.can("operate") && task.read().as_ref().is_some_and(|t| !t.status.is_terminal());
+
     view! {
         <section class="task-page">
-            <h1>"Task " <code>{id.clone()}</code></h1>
+            <div class="heading">
+                <h1>"Task " <code>{id.clone()}</code></h1>
+                <Show when=cancellable>
+                    <button class="danger" disabled=move || cancelling.get() on:click=cancel.clone()>
+                        "Cancel task"
+                    </button>
+                </Show>
+                <span class="submit-error" role="alert">{move || cancel_error.get()}</span>
+            </div>
             {move || load_error.get().map(|e| view! { <p class="submit-error" role="alert">{e}</p> })}
             {move || task.get().map(|t| view! { <TaskRecord task=t/> })}
             <h2>"Result"</h2>

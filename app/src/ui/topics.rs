@@ -1,6 +1,6 @@
 //! The topics page: topics with their subscriptions, and a form to publish a message.
 
-use super::api;
+use super::{Allowed, api};
 use crate::model::{Published, TopicView};
 use leptos::{prelude::*, task::spawn_local};
 
@@ -17,7 +17,9 @@ pub fn TopicsPage() -> impl IntoView {
     view! {
         <section class="topics">
             <h1>"Topics"</h1>
-            <PublishForm on_published=reload/>
+            <Allowed scope="submit">
+                <PublishForm on_published=reload/>
+            </Allowed>
             <h2>"Subscriptions"</h2>
             {move || match topics.get() {
                 None => view! { <p class="pending">"loading…"</p> }.into_any(),

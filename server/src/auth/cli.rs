@@ -2,21 +2,30 @@
 //! token needs none.
 
 use super::{TokenInfo, TokenRequest, Tokens};
-use crate::{audit::Audit, config::Config, config::TokenCommand, store::rfc3339};
+use crate::{
+    audit::Audit,
+    config::{Config, LinkKeyCommand, TokenCommand},
+    links::Links,
+    store::rfc3339,
+};
 use anyhow::Context;
 use redis::aio::ConnectionManager;
 use std::io::Write;
 
 /// Runs one token command against the Redis of `config`.
 pub async fn run(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
-    config.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
-    let url = redis_url(config).await?;
-    let client = crate::redis_client::open(&url, config.redis_ca_cert.as_deref())?;
-    let conn = ConnectionManager::new(client).await.context("connecting to Redis")?;
+    let conn = connect(config).await?;
     let tokens = Tokens::new(conn.clone(), &config.prefix, config.auth);
     let audit = Audit::new(conn, &config.prefix);
     match command {
-        TokenCommand::Create { name, scopes, queues, expires } => {
+        TokenCommand::Create { name, scopes, expires } => {
+            // The global `--queues` (which queues a worker serves) names the token's patterns.
+            let queues = config.queues.clone();
+            if queues.is_empty() {
+                anyhow::bail!(
+                    "name the queues the token reaches: --queues 'billing,reports-*' ('*' for all)"
+                );
+            }
             let minted = tokens.create(TokenRequest { name, scopes, queues, expires }).await?;
             audit.record("cli", "token.create", &minted.info.name).await;
             // The token alone on stdout, for a script to capture; the rest for the person.
@@ -37,6 +46,32 @@ pub async fn run(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs one link-key command against the Redis of `config`.
+pub async fn run_link_key(config: &Config, command: LinkKeyCommand) -> anyhow::Result<()> {
+    let conn = connect(config).await?;
+    match command {
+        LinkKeyCommand::Rotate => {
+            let links = Links::open(conn.clone(), &config.prefix, config.result_link_ttl).await?;
+            let id = links.rotate().await?;
+            Audit::new(conn, &config.prefix).record("cli", "link-key.rotate", &id).await;
+            eprintln!(
+                "key `{id}` signs result links from now on; links signed before work until they expire"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A connection to the Redis of `config`.
+async fn connect(config: &Config) -> anyhow::Result<ConnectionManager> {
+    // `--queues` holds a token's patterns here, not the queues a worker serves.
+    let checked = Config { queues: Vec::new(), ..config.clone() };
+    checked.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+    let url = redis_url(config).await?;
+    let client = crate::redis_client::open(&url, config.redis_ca_cert.as_deref())?;
+    ConnectionManager::new(client).await.context("connecting to Redis")
 }
 
 /// The Redis to use: `--redis-url`, else the embedded one `courier serve` runs for the data dir.

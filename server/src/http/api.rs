@@ -359,7 +359,23 @@ async fn find(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
 
 /// `GET /api/v1/tasks/{id}`: the task's view.
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
-    Ok(Json(find(&state, &id).await?.view()))
+    Ok(Json(present(&state, &find(&state, &id).await?)))
+}
+
+/// A task's view as this caller gets it: with access control on, its `result_url` is a signed
+/// link, which can be handed to a browser or another service that has no token.
+fn present(state: &AppState, record: &TaskRecord) -> TaskView {
+    let mut view = record.view();
+    if view.result_url.is_some() {
+        view.result_url = Some(result_link(state, record.id));
+    }
+    view
+}
+
+/// The URL of task `id`'s result: signed while access control is on, plain when it is off.
+fn result_link(state: &AppState, id: uuid::Uuid) -> String {
+    let path = format!("/api/v1/tasks/{id}/result");
+    if state.tokens.enabled() { format!("{path}?{}", state.links.sign("GET", &path)) } else { path }
 }
 
 #[derive(Serialize)]
@@ -380,7 +396,7 @@ pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Re
     let expires =
         rfc1123(record.finished_ms.unwrap_or(record.created_ms) + state.retention.as_millis() as u64);
     let mut response = if record.status == Status::Succeeded {
-        let location = format!("/api/v1/tasks/{}/result", record.id);
+        let location = result_link(&state, record.id);
         (StatusCode::SEE_OTHER, [(header::LOCATION, header_value(&location))]).into_response()
     } else {
         let error = match record.status {
@@ -546,7 +562,7 @@ pub async fn list(
     }
     let (records, next) = state.tasks.list(&list).await?;
     Ok(Json(TaskPage {
-        tasks: records.iter().map(TaskRecord::view).collect(),
+        tasks: records.iter().map(|record| present(&state, record)).collect(),
         next_cursor: next.map(|id| id.to_string()),
     }))
 }

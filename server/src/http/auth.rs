@@ -114,10 +114,13 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
 async fn admit(state: &AppState, request: &Parts) -> Result<Access, ApiError> {
     let matched = request.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
     let rule = matched.and_then(|path| rule_for(&request.method, path));
+    if let Some(granted) = signed_link(state, matched, request).await {
+        return granted;
+    }
     if !state.tokens.enabled() {
         return Ok(Access::everything());
     }
-    let access = authenticate(state, request)?;
+    let access = authenticate(state, request).await?;
     let Some(rule) = rule else {
         // A route without a rule (a path no route serves: the catch-all's 404) needs only a
         // token; a real route missing from the table is refused until it has one.
@@ -142,12 +145,47 @@ async fn admit(state: &AppState, request: &Parts) -> Result<Access, ApiError> {
     Ok(access)
 }
 
-/// The access the request's credentials give, or the `401` that asks for them.
-fn authenticate(state: &AppState, request: &Parts) -> Result<Access, ApiError> {
+/// The routes a signed link may open.
+const LINKABLE: [&str; 2] = ["/api/v1/tasks/{id}/result", "/api/v1/tasks/{id}/payload"];
+
+/// What a signed link grants, if the request is one: reading what it names while it is valid,
+/// a `403` when it is tampered with or expired. Checked before any token: a link needs none.
+async fn signed_link(
+    state: &AppState,
+    matched: Option<&str>,
+    request: &Parts,
+) -> Option<Result<Access, ApiError>> {
+    let linkable = request.method == Method::GET || request.method == Method::HEAD;
+    if !(linkable && matched.is_some_and(|m| LINKABLE.contains(&m))) {
+        return None;
+    }
+    let verdict = state.links.verify("GET", request.uri.path(), request.uri.query()?).await?;
+    Some(verdict.map(|()| Access::signed_link()).map_err(|e| {
+        ApiError::new(StatusCode::FORBIDDEN, "invalid-link", "Invalid link")
+            .detail(format!("{e}: ask for the task again for a fresh link"))
+    }))
+}
+
+/// The access the request's credentials give, or the `401` that asks for them: a bearer token,
+/// else the browser's session cookie (one Redis read). A cookie is sent whatever page makes the
+/// request, so an unsafe call it signs in must show that it comes from this server's own pages.
+async fn authenticate(state: &AppState, request: &Parts) -> Result<Access, ApiError> {
     let Some(value) = request.headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::unauthorized(
-            "this call needs an access token: `Authorization: Bearer <token>`",
-        ));
+        let Some(session) = super::session::session_id(state, &request.headers) else {
+            return Err(ApiError::unauthorized(
+                "this call needs an access token: `Authorization: Bearer <token>`",
+            ));
+        };
+        if !super::session::is_safe(&request.method)
+            && !super::session::same_origin(&request.headers, &request.uri)
+        {
+            return Err(super::session::cross_site());
+        }
+        return state.sessions.access(session).await?.ok_or_else(|| {
+            ApiError::unauthorized(
+                "the browser's session has ended (signed out, expired or its token revoked): sign in again",
+            )
+        });
     };
     let token = value
         .to_str()

@@ -16,5 +16,6 @@ mod pull;
 mod queues;
 mod retention;
 mod sessions;
+mod sessions_auth;
 mod topics;
 mod validation;

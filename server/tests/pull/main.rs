@@ -24,6 +24,11 @@ struct PyWorker {
 impl PyWorker {
     /// Starts `worker.py` against `app`'s test queue with `args` added.
     fn start(app: &TestApp, args: &[&str]) -> PyWorker {
+        PyWorker::start_as(app, args, None)
+    }
+
+    /// [`PyWorker::start`] with `COURIER_TOKEN` set to `token`.
+    fn start_as(app: &TestApp, args: &[&str], token: Option<&str>) -> PyWorker {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/worker.py");
@@ -32,6 +37,7 @@ impl PyWorker {
             .arg(script)
             .args(["--url", &app.base, "--queue", &queue, "--wait-ms", "2000"])
             .args(args)
+            .envs(token.map(|t| ("COURIER_TOKEN", t)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -76,6 +82,15 @@ impl PyWorker {
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status once it stops by itself (within 20 s).
+    async fn terminate_or_wait(mut self) -> (std::process::ExitStatus, PyWorker) {
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the worker stops by itself")
+            .unwrap();
+        (status, self)
     }
 
     /// SIGTERM, then the exit status.
@@ -244,4 +259,50 @@ async fn tasks_of_a_kind_nobody_runs_wait_and_run_once_a_worker_for_it_comes() {
         let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
         assert_eq!(result.json::<Value>().await.unwrap(), json!({"text": text}));
     }
+}
+
+#[tokio::test]
+async fn with_access_control_on_a_python_worker_pulls_with_a_work_token_and_stops_without_one() {
+    let app = app().await;
+    let conn = redis::aio::ConnectionManager::new(redis::Client::open(app.redis_url.as_str()).unwrap()).await.unwrap();
+    let tokens = courier::auth::Tokens::new(conn, &app.prefix, courier::auth::AuthMode::Auto);
+    let mint = |name: &str, scopes: Vec<courier::auth::Scope>| {
+        let request = courier::auth::TokenRequest {
+            name: name.into(),
+            scopes,
+            queues: vec!["*".into()],
+            expires: None,
+        };
+        let tokens = tokens.clone();
+        async move { tokens.create(request).await.unwrap().token }
+    };
+    use courier::auth::Scope::{Read, Submit, Work};
+    let client = mint("client", vec![Submit, Read]).await;
+    let worker = mint("worker", vec![Work, Read]).await;
+    // The server reads the tokens twice a second: wait until it asks for one.
+    let started = Instant::now();
+    while app.http.get(app.url("/api/v1/queues")).send().await.unwrap().status() != 401 {
+        assert!(started.elapsed() < Duration::from_secs(5), "access control never came on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let submitted = app
+        .http
+        .post(app.url("/api/v1/tasks"))
+        .bearer_auth(&client)
+        .json(&in_test_queue(json!({"kind": "upper", "payload": {"text": "locked"}})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 202);
+    let id = submitted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // A token without `work` is refused, and the worker stops rather than retrying for ever.
+    let refused = PyWorker::start_as(&app, &["--function", "upper"], Some(&client));
+    let (status, refused) = refused.terminate_or_wait().await;
+    assert!(!status.success(), "{}", refused.log_text());
+    assert!(refused.log_text().contains("403"), "{}", refused.log_text());
+    let working = PyWorker::start_as(&app, &["--function", "upper"], Some(&worker));
+    working.until("succeeded", &id).await;
+    let view: Value =
+        app.http.get(app.url(&format!("/api/v1/tasks/{id}"))).bearer_auth(&client).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["status"], "succeeded");
 }

@@ -1,0 +1,547 @@
+//! Access control with real processes: `courier serve` children and the `courier token` CLI on a
+//! private redis-server. Every process logs at debug level into files that each test greps, at its
+//! end, for the tokens and secrets it made.
+
+#[allow(dead_code)]
+#[path = "../api/support.rs"]
+mod support;
+
+use courier::{auth::Scope, embedded_redis::free_port, http::ACCESS_RULES};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use support::{TestRedis, unique_prefix};
+use tokio::process::{Child, Command};
+
+/// One test's world: a redis-server, a prefix, the logs of every process it ran, and the secrets
+/// it made (none of which may appear in a log).
+struct World {
+    redis: TestRedis,
+    prefix: String,
+    logs: tempfile::TempDir,
+    secrets: Vec<String>,
+    http: reqwest::Client,
+    next_log: usize,
+}
+
+/// A `courier serve` child.
+struct Courier {
+    base: String,
+    _child: Child,
+}
+
+impl World {
+    async fn new() -> World {
+        let redis = TestRedis::start().await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut world = World {
+            redis,
+            prefix: unique_prefix(),
+            logs: tempfile::tempdir().unwrap(),
+            secrets: Vec::new(),
+            http,
+            next_log: 0,
+        };
+        // The Redis URL's password (if it has one) is a secret too.
+        let url = world.redis.redis.url();
+        if let Some(password) =
+            url.split_once("://").and_then(|(_, rest)| rest.split_once('@')).and_then(|(credentials, _)| {
+                credentials.split_once(':').map(|(_, password)| password.to_string())
+            })
+        {
+            world.secrets.push(password);
+        }
+        world
+    }
+
+    fn log_file(&mut self, what: &str) -> std::fs::File {
+        self.next_log += 1;
+        std::fs::File::create(self.logs.path().join(format!("{}-{what}.log", self.next_log))).unwrap()
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        vec!["--redis-url".into(), self.redis.redis.url(), "--prefix".into(), self.prefix.clone()]
+    }
+
+    /// Starts `courier serve` with `args`, and waits until it is ready.
+    async fn serve(&mut self, args: &[&str]) -> Courier {
+        let port = free_port().unwrap();
+        let log = self.log_file("serve");
+        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .args(self.common_args())
+            .args(if args.contains(&"--concurrency") { &[][..] } else { &["--concurrency", "2"][..] })
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("courier serve starts");
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..400 {
+            if self.http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+                return Courier { base, _child: child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("courier serve did not become ready");
+    }
+
+    /// Runs `courier` with `args` on this world's Redis: (success, stdout, stderr).
+    async fn cli(&mut self, args: &[&str]) -> (bool, String, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(args)
+            .args(self.common_args())
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("courier runs");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        );
+        use std::io::Write;
+        // The CLI's own words count as log lines too (the token aside, on stdout by design).
+        self.log_file("cli").write_all(stderr.as_bytes()).unwrap();
+        (output.status.success(), stdout, stderr)
+    }
+
+    /// A new token from the CLI.
+    async fn token(&mut self, name: &str, scopes: &str, queues: &str) -> String {
+        let (ok, stdout, stderr) =
+            self.cli(&["token", "create", "--name", name, "--scopes", scopes, "--queues", queues]).await;
+        assert!(ok, "token create failed: {stderr}");
+        let token = stdout.trim().to_string();
+        assert_eq!(stdout.lines().count(), 1, "stdout holds the token alone: {stdout:?}");
+        self.secrets.push(token.clone());
+        token
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        url: String,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self.http.request(method, url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Asserts that no log line of any process of this world holds a secret it made.
+    fn assert_logs_hold_no_secret(&self) {
+        let mut lines = 0;
+        for entry in std::fs::read_dir(self.logs.path()).unwrap() {
+            let path: PathBuf = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            lines += text.lines().count();
+            for secret in &self.secrets {
+                assert!(!text.contains(secret.as_str()), "{} holds a secret", path.display());
+                // Nor a recognisable half of one.
+                assert!(
+                    !text.contains(&secret[..secret.len() / 2]),
+                    "{} holds part of a secret",
+                    path.display()
+                );
+            }
+        }
+        assert!(lines > 0, "the processes logged nothing: the check would prove nothing");
+    }
+}
+
+impl Courier {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Waits until task `id` has ended, reading it with `token`.
+async fn ended(world: &World, app: &Courier, token: &str, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let view: Value = world
+            .call(Method::GET, app.url(&format!("/api/v1/tasks/{id}")), Some(token), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if ["succeeded", "failed", "cancelled"].contains(&view["status"].as_str().unwrap_or_default()) {
+            return view;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{id} has not ended: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Submits `body` with `token`; the task's id.
+async fn submit(world: &World, app: &Courier, token: &str, body: Value) -> String {
+    let response = world.call(Method::POST, app.url("/api/v1/tasks"), Some(token), Some(body)).await;
+    assert_eq!(response.status(), 202);
+    response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+}
+
+const ALL: &str = "submit,read,work,operate,admin";
+
+/// A concrete URL for a route pattern.
+fn concrete(path: &str, task: &str) -> String {
+    path.replace("{id}", task)
+        .replace("{name}", "default")
+        .replace("{topic}", "news")
+        .replace("{token}", &format!("default~echo~{task}~0~1-0~1000~ab"))
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_a_missing_token_with_401_and_a_token_lacking_its_scope_with_403() {
+    let mut world = World::new().await;
+    let admin = world.token("admin", ALL, "*").await;
+    let work_only = world.token("worker", "work", "*").await;
+    let read_only = world.token("reader", "read", "*").await;
+    let app = world.serve(&[]).await;
+    let task = submit(&world, &app, &admin, json!({"kind": "echo", "payload": {}})).await;
+    for rule in ACCESS_RULES {
+        let method: Method = rule.method.parse().unwrap();
+        let url = app.url(&concrete(rule.path, &task));
+        let response = world.call(method.clone(), url.clone(), None, None).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {url} without a token");
+        assert!(
+            response.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"),
+            "{method} {url}: the 401 asks for a bearer token"
+        );
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let response = world.call(method.clone(), url.clone(), Some("cour_not-a-token"), None).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {url} with an unknown token");
+        let Some(scope) = rule.scope else { continue };
+        let lacking = if scope == Scope::Work { &read_only } else { &work_only };
+        let response = world.call(method.clone(), url.clone(), Some(lacking), None).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method} {url} lacking `{scope}`");
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains(scope.as_str()), "{problem}");
+    }
+    // The health checks stay open, for load balancers.
+    assert_eq!(world.call(Method::GET, app.url("/healthz"), None, None).await.status(), 200);
+    let me: Value = world
+        .call(Method::GET, app.url("/api/v1/auth/me"), Some(&read_only), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me, json!({"auth": true, "name": "reader", "scopes": ["read"], "queues": ["*"]}));
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn a_token_of_another_queue_finds_nothing_of_this_one_in_lookups_lists_or_events() {
+    let mut world = World::new().await;
+    let admin = world.token("admin", ALL, "*").await;
+    let billing = world.token("billing", "submit,read,operate,work", "billing,reports-*").await;
+    let app = world.serve(&["--concurrency", "0"]).await;
+    let mut events = world.http.get(app.url("/api/v1/events")).bearer_auth(&billing).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    let hidden = submit(&world, &app, &admin, json!({"kind": "echo", "payload": {}})).await;
+    let visible =
+        submit(&world, &app, &billing, json!({"kind": "echo", "payload": {}, "queue": "billing"})).await;
+    let also =
+        submit(&world, &app, &billing, json!({"kind": "echo", "payload": {}, "queue": "reports-eu"})).await;
+    for path in [
+        format!("/api/v1/tasks/{hidden}"),
+        format!("/api/v1/tasks/{hidden}/status"),
+        format!("/api/v1/tasks/{hidden}/events"),
+        "/api/v1/queues/default".to_string(),
+    ] {
+        let response = world.call(Method::GET, app.url(&path), Some(&billing), None).await;
+        assert_eq!(response.status(), 404, "GET {path}");
+    }
+    let cancel =
+        world.call(Method::DELETE, app.url(&format!("/api/v1/tasks/{hidden}")), Some(&billing), None).await;
+    assert_eq!(cancel.status(), 404);
+    let pause = world.call(Method::POST, app.url("/api/v1/queues/default/pause"), Some(&billing), None).await;
+    assert_eq!(pause.status(), 404);
+    let lease = world
+        .call(
+            Method::POST,
+            app.url("/api/v1/queues/default/leases"),
+            Some(&billing),
+            Some(json!({"kinds": ["echo"]})),
+        )
+        .await;
+    assert_eq!(lease.status(), 404);
+    let elsewhere = world
+        .call(
+            Method::POST,
+            app.url("/api/v1/tasks"),
+            Some(&billing),
+            Some(json!({"kind": "echo", "payload": {}})),
+        )
+        .await;
+    assert_eq!(elsewhere.status(), 404, "the default queue is out of reach");
+    let batch = json!({"tasks": [{"kind": "echo", "payload": {}, "queue": "billing"}, {"kind": "echo", "payload": {}}]});
+    let batch = world.call(Method::POST, app.url("/api/v1/tasks/batch"), Some(&billing), Some(batch)).await;
+    assert_eq!(batch.status(), 404, "one task out of reach refuses the whole batch");
+    // Lists carry only what the token reaches.
+    let listed: Value =
+        world.call(Method::GET, app.url("/api/v1/tasks"), Some(&billing), None).await.json().await.unwrap();
+    let ids: Vec<&str> =
+        listed["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&visible.as_str()) && ids.contains(&also.as_str()), "{listed}");
+    assert!(!ids.contains(&hidden.as_str()), "{listed}");
+    let everything: Value =
+        world.call(Method::GET, app.url("/api/v1/tasks"), Some(&admin), None).await.json().await.unwrap();
+    assert_eq!(everything["tasks"].as_array().unwrap().len(), 3);
+    let queues: Value =
+        world.call(Method::GET, app.url("/api/v1/queues"), Some(&billing), None).await.json().await.unwrap();
+    let names: Vec<&str> =
+        queues["queues"].as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["billing", "reports-eu"]);
+    // The event stream carried the two tasks it may see, and not the other.
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(seen.contains(&visible) && seen.contains(&also)) && Instant::now() < deadline {
+        if let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(1), events.chunk()).await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(seen.contains(&visible) && seen.contains(&also), "{seen}");
+    assert!(!seen.contains(&hidden), "an event of the default queue reached a billing token: {seen}");
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_by_a_second_instance_within_a_second() {
+    let mut world = World::new().await;
+    let token = world.token("short-lived", "read", "*").await;
+    let (a, b) = (world.serve(&[]).await, world.serve(&[]).await);
+    for app in [&a, &b] {
+        assert_eq!(
+            world.call(Method::GET, app.url("/api/v1/queues"), Some(&token), None).await.status(),
+            200
+        );
+    }
+    let (ok, _, stderr) = world.cli(&["token", "revoke", "short-lived"]).await;
+    assert!(ok, "{stderr}");
+    let revoked = Instant::now();
+    loop {
+        let status = world.call(Method::GET, b.url("/api/v1/queues"), Some(&token), None).await.status();
+        if status == 401 {
+            break;
+        }
+        // The servers read the tokens again twice a second; a second and a half leaves room for
+        // a loaded machine and still fails if revocation waited on anything slower.
+        assert!(
+            revoked.elapsed() < Duration::from_millis(1_500),
+            "still {status} after {:?}",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("revocation reached the second instance after {:?}", revoked.elapsed());
+    let (ok, _, _) = world.cli(&["token", "revoke", "short-lived"]).await;
+    assert!(!ok, "revoking an unknown name fails");
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn the_cli_shows_a_token_once_and_lists_everything_else_about_it() {
+    let mut world = World::new().await;
+    let token = world.token("ci", "submit,read", "billing,reports-*").await;
+    assert!(token.starts_with("cour_") && token.len() == 48, "{token}");
+    let (ok, _, stderr) =
+        world.cli(&["token", "create", "--name", "ci", "--scopes", "read", "--queues", "*"]).await;
+    assert!(!ok && stderr.contains("exists already"), "{stderr}");
+    let (ok, _, stderr) =
+        world.cli(&["token", "create", "--name", "x", "--scopes", "root", "--queues", "*"]).await;
+    assert!(!ok && stderr.contains("not a scope"), "{stderr}");
+    let (ok, listed, _) = world.cli(&["token", "list"]).await;
+    assert!(ok);
+    assert!(
+        listed.contains("ci") && listed.contains("submit,read") && listed.contains("billing,reports-*"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&token));
+    // The same over the API, for an admin token.
+    let admin = world.token("admin", "admin", "*").await;
+    let app = world.serve(&[]).await;
+    let created = world
+        .call(
+            Method::POST,
+            app.url("/api/v1/tokens"),
+            Some(&admin),
+            Some(json!({"name": "api-made", "scopes": ["read"], "queues": ["billing"], "expires": "1h"})),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let made = created["token"].as_str().unwrap().to_string();
+    world.secrets.push(made.clone());
+    assert!(created["expires_ms"].as_u64().is_some());
+    assert_eq!(world.call(Method::GET, app.url("/api/v1/queues"), Some(&made), None).await.status(), 200);
+    let list =
+        world.call(Method::GET, app.url("/api/v1/tokens"), Some(&admin), None).await.text().await.unwrap();
+    assert!(list.contains("api-made") && list.contains("last_used_ms") && !list.contains(&made), "{list}");
+    let revoked = world.call(Method::DELETE, app.url("/api/v1/tokens/api-made"), Some(&admin), None).await;
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(world.call(Method::GET, app.url("/api/v1/queues"), Some(&made), None).await.status(), 401);
+    let bad = world
+        .call(
+            Method::POST,
+            app.url("/api/v1/tokens"),
+            Some(&admin),
+            Some(json!({"name": "x", "scopes": [], "queues": ["*"]})),
+        )
+        .await;
+    assert_eq!(bad.status(), 422);
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn signed_result_links_work_without_a_token_until_they_expire_and_refuse_tampering() {
+    let mut world = World::new().await;
+    let admin = world.token("admin", ALL, "*").await;
+    let app = world.serve(&["--result-link-ttl", "3s"]).await;
+    let id = submit(&world, &app, &admin, json!({"kind": "echo", "payload": {"hello": "link"}})).await;
+    let view = ended(&world, &app, &admin, &id).await;
+    let link = view["result_url"].as_str().unwrap().to_string();
+    assert!(
+        link.starts_with(&format!("/api/v1/tasks/{id}/result?expires=")) && link.contains("&sig="),
+        "{link}"
+    );
+    // The status monitor's 303 points at a signed link too.
+    let status =
+        world.call(Method::GET, app.url(&format!("/api/v1/tasks/{id}/status")), Some(&admin), None).await;
+    assert_eq!(status.status(), 303);
+    assert!(status.headers()["location"].to_str().unwrap().contains("&sig="));
+    // No token needed.
+    let fetched = world.call(Method::GET, app.url(&link), None, None).await;
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.json::<Value>().await.unwrap(), json!({"hello": "link"}));
+    // Tampered: another signature, another expiry, another task's path.
+    let other = submit(&world, &app, &admin, json!({"kind": "echo", "payload": {}})).await;
+    let flipped = {
+        let (head, sig) = link.rsplit_once("&sig=").unwrap();
+        let mut sig: Vec<char> = sig.chars().collect();
+        sig[0] = if sig[0] == 'A' { 'B' } else { 'A' };
+        format!("{head}&sig={}", sig.into_iter().collect::<String>())
+    };
+    let later = link.replacen("expires=", "expires=9", 1);
+    let elsewhere = link.replace(&id, &other);
+    for forged in [flipped, later, elsewhere, link.replace("/result?", "/payload?")] {
+        let response = world.call(Method::GET, app.url(&forged), None, None).await;
+        assert_eq!(response.status(), 403, "{forged}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+    }
+    // Rotating the key keeps the links it signed working.
+    let (ok, _, stderr) = world.cli(&["link-key", "rotate"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(world.call(Method::GET, app.url(&link), None, None).await.status(), 200);
+    // Expired.
+    // Expiry is in whole seconds, rounded up: past 3 s and the rounding.
+    tokio::time::sleep(Duration::from_millis(4_100)).await;
+    let expired = world.call(Method::GET, app.url(&link), None, None).await;
+    assert_eq!(expired.status(), 403);
+    assert!(expired.text().await.unwrap().contains("expired"));
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn operator_actions_are_recorded_with_the_tokens_name_for_admins_to_read() {
+    let mut world = World::new().await;
+    let admin = world.token("admin", ALL, "*").await;
+    let ops = world.token("ops", "submit,read,operate", "*").await;
+    let app = world.serve(&["--concurrency", "0"]).await;
+    let id = submit(&world, &app, &ops, json!({"kind": "echo", "payload": {}})).await;
+    assert_eq!(
+        world.call(Method::DELETE, app.url(&format!("/api/v1/tasks/{id}")), Some(&ops), None).await.status(),
+        200
+    );
+    assert_eq!(
+        world.call(Method::POST, app.url("/api/v1/queues/default/pause"), Some(&ops), None).await.status(),
+        200
+    );
+    assert_eq!(world.call(Method::GET, app.url("/api/v1/audit"), Some(&ops), None).await.status(), 403);
+    let audit: Value =
+        world.call(Method::GET, app.url("/api/v1/audit"), Some(&admin), None).await.json().await.unwrap();
+    let entries: Vec<(String, String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(entries[0], ("ops".into(), "queue.pause".into(), "default".into()), "{audit}");
+    assert_eq!(entries[1], ("ops".into(), "task.cancel".into(), id), "{audit}");
+    assert!(
+        entries
+            .iter()
+            .any(|(actor, action, target)| actor == "cli" && action == "token.create" && target == "ops")
+    );
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn a_token_past_its_submit_rate_gets_429_and_others_are_unaffected() {
+    let mut world = World::new().await;
+    let noisy = world.token("noisy", "submit", "*").await;
+    let quiet = world.token("quiet", "submit", "*").await;
+    let app = world.serve(&["--rate-limit", "5", "--concurrency", "0"]).await;
+    let batch = |n: usize| json!({"tasks": vec![json!({"kind": "echo", "payload": {}}); n]});
+    let response =
+        world.call(Method::POST, app.url("/api/v1/tasks/batch"), Some(&noisy), Some(batch(6))).await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let response =
+        world.call(Method::POST, app.url("/api/v1/tasks/batch"), Some(&quiet), Some(batch(5))).await;
+    assert_eq!(response.status(), 202);
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn auth_turns_on_with_the_first_token_or_when_required_and_an_open_network_port_is_refused() {
+    let mut world = World::new().await;
+    // No token, loopback: open, as the README's first run.
+    let open = world.serve(&[]).await;
+    assert_eq!(world.call(Method::GET, open.url("/api/v1/queues"), None, None).await.status(), 200);
+    let me: Value =
+        world.call(Method::GET, open.url("/api/v1/auth/me"), None, None).await.json().await.unwrap();
+    assert_eq!(me["auth"], false);
+    let required = world.serve(&["--auth", "required"]).await;
+    assert_eq!(world.call(Method::GET, required.url("/api/v1/queues"), None, None).await.status(), 401);
+    // Every interface, no token: refused, saying how to make one.
+    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["serve", "--addr", "0.0.0.0:0"])
+        .args(world.common_args())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("courier token create") && stderr.contains("--insecure-no-auth"), "{stderr}");
+    // The first token turns access control on, on the server already running, within a second.
+    let token = world.token("first", "read", "*").await;
+    let started = Instant::now();
+    while world.call(Method::GET, open.url("/api/v1/queues"), None, None).await.status() != 401 {
+        assert!(started.elapsed() < Duration::from_millis(1_500));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(world.call(Method::GET, open.url("/api/v1/queues"), Some(&token), None).await.status(), 200);
+    world.assert_logs_hold_no_secret();
+}
