@@ -10,6 +10,7 @@ mod problem;
 mod queues;
 mod sse;
 mod timeouts;
+mod tls;
 mod topics;
 
 pub use connections::serve;
@@ -17,6 +18,7 @@ pub use guard::Guard;
 pub use problem::ApiError;
 pub use queues::validate as validate_limits;
 pub use timeouts::Timeouts;
+pub use tls::{TlsError, tls_acceptor};
 
 use crate::{events::Events, kinds::Kinds, tasks::Tasks, topics::Topics};
 use axum::{
@@ -54,6 +56,9 @@ pub struct AppState {
     #[from_ref(skip)]
     pub retry: crate::worker::RetryPolicy,
     pub leptos_options: LeptosOptions,
+    /// Whether this server serves HTTPS (--tls-cert), e.g. so that its cookies can be `Secure`.
+    #[from_ref(skip)]
+    pub https: bool,
     /// The hosts and origins answered.
     #[from_ref(skip)]
     pub guard: Arc<Guard>,
