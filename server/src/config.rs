@@ -68,6 +68,15 @@ pub struct Config {
     #[arg(long, env = "COURIER_ADDR", default_value = "127.0.0.1:3000", global = true)]
     pub addr: SocketAddr,
 
+    /// A PEM file with the certificate chain to serve HTTPS with (the server's own certificate
+    /// first, then any intermediates); needs --tls-key. Unset: plain HTTP.
+    #[arg(long, env = "COURIER_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// A PEM file with the private key of --tls-cert's certificate.
+    #[arg(long, env = "COURIER_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
     /// Redis URL (redis:// or rediss://). Unset: `serve` starts its own redis-server.
     #[arg(long, env = "COURIER_REDIS_URL", global = true)]
     pub redis_url: Option<RedisUrl>,
@@ -257,6 +266,12 @@ impl Config {
             return Err(format!("--rate-limit must be between 0 and 1000000, not {}", self.rate_limit));
         }
         within("result-link-ttl", self.result_link_ttl, SECOND, Duration::from_secs(7 * 86_400), "1s", "7d")?;
+        let pair = "HTTPS takes a certificate and its private key";
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(format!("--tls-cert needs --tls-key: {pair}")),
+            (None, Some(_)) => return Err(format!("--tls-key needs --tls-cert: {pair}")),
+            _ => {}
+        }
         let tls = self.redis_url.as_ref().is_some_and(|url| url.expose().starts_with("rediss://"));
         if self.redis_ca_cert.is_some() && !tls {
             return Err("--redis-ca-cert needs a rediss:// --redis-url: a CA only applies to TLS".into());
@@ -522,6 +537,19 @@ mod tests {
             let error = config.validate().expect_err(flag);
             assert!(error.starts_with(flag), "{flag}: {error}");
         }
+    }
+
+    #[test]
+    fn a_tls_certificate_without_its_key_or_a_key_alone_is_refused_naming_the_flag() {
+        let cli = Cli::parse_from(["courier", "--tls-cert", "cert.pem"]);
+        let error = cli.config.validate().expect_err("a certificate alone");
+        assert!(error.starts_with("--tls-cert") && error.contains("--tls-key"), "{error}");
+        let cli = Cli::parse_from(["courier", "--tls-key", "key.pem"]);
+        let error = cli.config.validate().expect_err("a key alone");
+        assert!(error.starts_with("--tls-key") && error.contains("--tls-cert"), "{error}");
+        let cli = Cli::parse_from(["courier", "serve", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
+        assert_eq!(cli.config.validate(), Ok(()));
+        assert_eq!(cli.config.tls_cert, Some(PathBuf::from("cert.pem")));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod queues;
 mod session;
 mod sse;
 mod timeouts;
+mod tls;
 mod tokens;
 mod topics;
 
@@ -22,6 +23,7 @@ pub use guard::Guard;
 pub use problem::ApiError;
 pub use queues::validate as validate_limits;
 pub use timeouts::Timeouts;
+pub use tls::{TlsError, tls_acceptor};
 
 use crate::{
     audit::Audit,
@@ -75,6 +77,9 @@ pub struct AppState {
     #[from_ref(skip)]
     pub retry: crate::worker::RetryPolicy,
     pub leptos_options: LeptosOptions,
+    /// Whether this server serves HTTPS (--tls-cert), e.g. so that its cookies can be `Secure`.
+    #[from_ref(skip)]
+    pub https: bool,
     /// The hosts and origins answered.
     #[from_ref(skip)]
     pub guard: Arc<Guard>,

@@ -44,6 +44,8 @@ use worker::{RetryPolicy, Runner};
 /// run until a shutdown signal.
 pub struct Server {
     listener: Option<TcpListener>,
+    /// Set when it serves HTTPS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: Option<axum::Router>,
     runner: Option<Arc<Runner>>,
     config: Config,
@@ -62,6 +64,11 @@ impl Server {
     /// [`Server::build`] for the kinds of `registry` (the built-in ones and your own).
     pub async fn build_with(config: Config, role: Command, registry: Registry) -> anyhow::Result<Server> {
         config.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+        // Read before anything starts: a bad file stops the start, not each connection.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) if role == Command::Serve => Some(http::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let (url, redis) = match &config.redis_url {
             Some(url) => (url.expose().to_string(), None),
             None if role == Command::Serve => {
@@ -153,6 +160,7 @@ impl Server {
                 retention: config.retention,
                 retry: RetryPolicy { base: config.retry_base, cap: config.retry_cap },
                 leptos_options: leptos_options(&config, listener.local_addr()?),
+                https: tls.is_some(),
                 guard: Arc::new(http::Guard::new(&config, listener.local_addr()?)),
                 timeouts: http::Timeouts { request: config.request_timeout, body: config.body_timeout },
                 waiting: Arc::new(tokio::sync::Semaphore::new(
@@ -165,7 +173,7 @@ impl Server {
             tokio::spawn(kinds::keep_current(registry, conn, keys, shutdown.clone()));
             (None, None)
         };
-        Ok(Server { listener, router, runner, config, redis, shutdown })
+        Ok(Server { listener, tls, router, runner, config, redis, shutdown })
     }
 
     /// The bound HTTP port; `None` for a worker-only process.
@@ -181,13 +189,15 @@ impl Server {
     /// Serves and works until SIGINT, SIGTERM or the shutdown token; then stops taking work,
     /// lets in-flight tasks finish within the grace period, and stops the embedded Redis.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Server { listener, router, runner, config, redis, shutdown } = self;
+        let Server { listener, tls, router, runner, config, redis, shutdown } = self;
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let workers =
             runner.map(|runner| tokio::spawn(runner.run(config.concurrency, shutdown.clone(), config.grace)));
         if let (Some(listener), Some(router)) = (listener, router) {
-            info!(addr = %listener.local_addr()?, "serving the UI and the API");
-            http::serve(listener, router, config.header_timeout, shutdown.clone()).await;
+            let addr = listener.local_addr()?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            info!(addr = %addr, url = %format_args!("{scheme}://{addr}"), "serving the UI and the API");
+            http::serve(listener, router, tls, config.header_timeout, shutdown.clone()).await;
         } else {
             info!(concurrency = config.concurrency, "working");
             shutdown.cancelled().await;

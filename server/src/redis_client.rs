@@ -61,8 +61,9 @@ pub fn open(url: &str, ca_cert: Option<&Path>) -> Result<Client, ClientError> {
         .map_err(|source| ClientError::BadCa { path: path.to_owned(), source })
 }
 
-/// Makes ring the process-wide rustls crypto provider, unless the program chose one already.
-fn install_crypto_provider() {
+/// Makes ring the process-wide rustls crypto provider, unless the program chose one already
+/// (for `rediss://` and for serving HTTPS alike).
+pub(crate) fn install_crypto_provider() {
     // An error only says a provider is installed (by an earlier call, or the embedding program).
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -1,10 +1,11 @@
-//! `courier token create|list|revoke`: the tokens, straight in Redis, so that the first admin
-//! token needs none.
+//! `courier token create|list|revoke` and `courier link-key rotate`: straight in Redis, so that
+//! the first admin token needs none.
 
 use super::{TokenInfo, TokenRequest, Tokens};
 use crate::{
     audit::Audit,
     config::{Config, LinkKeyCommand, TokenCommand},
+    embedded_redis::EmbeddedRedis,
     links::Links,
     store::rfc3339,
 };
@@ -14,7 +15,13 @@ use std::io::Write;
 
 /// Runs one token command against the Redis of `config`.
 pub async fn run(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
-    let conn = connect(config).await?;
+    let redis = Redis::reach(config).await?;
+    let outcome = run_token(config, command, redis.conn.clone()).await;
+    redis.stop().await?;
+    outcome
+}
+
+async fn run_token(config: &Config, command: TokenCommand, conn: ConnectionManager) -> anyhow::Result<()> {
     let tokens = Tokens::new(conn.clone(), &config.prefix, config.auth);
     let audit = Audit::new(conn, &config.prefix);
     match command {
@@ -50,36 +57,62 @@ pub async fn run(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
 
 /// Runs one link-key command against the Redis of `config`.
 pub async fn run_link_key(config: &Config, command: LinkKeyCommand) -> anyhow::Result<()> {
-    let conn = connect(config).await?;
-    match command {
-        LinkKeyCommand::Rotate => {
-            let links = Links::open(conn.clone(), &config.prefix, config.result_link_ttl).await?;
-            let id = links.rotate().await?;
-            Audit::new(conn, &config.prefix).record("cli", "link-key.rotate", &id).await;
-            eprintln!(
-                "key `{id}` signs result links from now on; links signed before work until they expire"
-            );
-        }
-    }
+    let redis = Redis::reach(config).await?;
+    let outcome = rotate_link_key(config, command, redis.conn.clone()).await;
+    redis.stop().await?;
+    outcome
+}
+
+async fn rotate_link_key(
+    config: &Config,
+    command: LinkKeyCommand,
+    conn: ConnectionManager,
+) -> anyhow::Result<()> {
+    let LinkKeyCommand::Rotate = command;
+    let links = Links::open(conn.clone(), &config.prefix, config.result_link_ttl).await?;
+    let id = links.rotate().await?;
+    Audit::new(conn, &config.prefix).record("cli", "link-key.rotate", &id).await;
+    eprintln!("key `{id}` signs result links from now on; links signed before work until they expire");
     Ok(())
 }
 
-/// A connection to the Redis of `config`.
-async fn connect(config: &Config) -> anyhow::Result<ConnectionManager> {
-    // `--queues` holds a token's patterns here, not the queues a worker serves.
-    let checked = Config { queues: Vec::new(), ..config.clone() };
-    checked.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
-    let url = redis_url(config).await?;
-    let client = crate::redis_client::open(&url, config.redis_ca_cert.as_deref())?;
-    ConnectionManager::new(client).await.context("connecting to Redis")
+/// The Redis of `config`: `--redis-url`; else the embedded redis-server of a `courier serve`
+/// running on the same data directory; else that one, started for this command alone.
+struct Redis {
+    conn: ConnectionManager,
+    started: Option<EmbeddedRedis>,
 }
 
-/// The Redis to use: `--redis-url`, else the embedded one `courier serve` runs for the data dir.
-async fn redis_url(config: &Config) -> anyhow::Result<String> {
-    if let Some(url) = &config.redis_url {
-        return Ok(url.expose().to_string());
+impl Redis {
+    async fn reach(config: &Config) -> anyhow::Result<Redis> {
+        // `--queues` holds a token's patterns here, not the queues a worker serves.
+        let checked = Config { queues: Vec::new(), ..config.clone() };
+        checked.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+        let dir = config.data_dir.join("redis");
+        let (url, started) = match &config.redis_url {
+            Some(url) => (url.expose().to_string(), None),
+            None => match EmbeddedRedis::running_url(&dir).await {
+                Some(url) => (url, None),
+                None => {
+                    let redis = EmbeddedRedis::start(&dir).await.with_context(|| {
+                        format!("starting the embedded redis-server in {}", dir.display())
+                    })?;
+                    (redis.url(), Some(redis))
+                }
+            },
+        };
+        let client = crate::redis_client::open(&url, config.redis_ca_cert.as_deref())?;
+        let conn = ConnectionManager::new(client).await.context("connecting to Redis")?;
+        Ok(Redis { conn, started })
     }
-    anyhow::bail!("`courier token` needs a Redis: set COURIER_REDIS_URL or --redis-url")
+
+    /// Stops the redis-server this command started, if it did (flushing what it wrote).
+    async fn stop(self) -> anyhow::Result<()> {
+        match self.started {
+            Some(redis) => redis.stop().await.context("stopping the embedded redis-server"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The tokens as a table: name, scopes, queues, created, last used, expires.

@@ -545,3 +545,51 @@ async fn auth_turns_on_with_the_first_token_or_when_required_and_an_open_network
     assert_eq!(world.call(Method::GET, open.url("/api/v1/queues"), Some(&token), None).await.status(), 200);
     world.assert_logs_hold_no_secret();
 }
+
+#[tokio::test]
+async fn the_cli_finds_the_embedded_redis_of_a_running_server_or_starts_it_itself() {
+    let mut world = World::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        command.args(args).args(["--data-dir", &data_dir]).env_remove("COURIER_REDIS_URL");
+        command
+    };
+    // No server: the CLI starts the embedded redis-server, writes, and stops it.
+    let made = cli(&["token", "create", "--name", "first", "--scopes", "read", "--queues", "*"])
+        .output()
+        .await
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let first = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    world.secrets.push(first.clone());
+    // A server on that data directory honours it...
+    let port = free_port().unwrap();
+    let log = world.log_file("embedded-serve");
+    let server = cli(&["serve", "--addr", &format!("127.0.0.1:{port}"), "--concurrency", "0"])
+        .env("RUST_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let app =
+        Courier { base: format!("http://127.0.0.1:{port}"), _child: Command::new("true").spawn().unwrap() };
+    let started = Instant::now();
+    while world.http.get(app.url("/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(world.call(Method::GET, app.url("/api/v1/queues"), None, None).await.status(), 401);
+    assert_eq!(world.call(Method::GET, app.url("/api/v1/queues"), Some(&first), None).await.status(), 200);
+    // ...and the CLI reaches its running redis-server to revoke it.
+    let revoked = cli(&["token", "revoke", "first"]).output().await.unwrap();
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let started = Instant::now();
+    while world.call(Method::GET, app.url("/api/v1/queues"), Some(&first), None).await.status() != 401 {
+        assert!(started.elapsed() < Duration::from_millis(1_500), "the revocation did not reach the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    world.assert_logs_hold_no_secret();
+}

@@ -264,7 +264,9 @@ async fn tasks_of_a_kind_nobody_runs_wait_and_run_once_a_worker_for_it_comes() {
 #[tokio::test]
 async fn with_access_control_on_a_python_worker_pulls_with_a_work_token_and_stops_without_one() {
     let app = app().await;
-    let conn = redis::aio::ConnectionManager::new(redis::Client::open(app.redis_url.as_str()).unwrap()).await.unwrap();
+    let conn = redis::aio::ConnectionManager::new(redis::Client::open(app.redis_url.as_str()).unwrap())
+        .await
+        .unwrap();
     let tokens = courier::auth::Tokens::new(conn, &app.prefix, courier::auth::AuthMode::Auto);
     let mint = |name: &str, scopes: Vec<courier::auth::Scope>| {
         let request = courier::auth::TokenRequest {
@@ -302,7 +304,15 @@ async fn with_access_control_on_a_python_worker_pulls_with_a_work_token_and_stop
     assert!(refused.log_text().contains("403"), "{}", refused.log_text());
     let working = PyWorker::start_as(&app, &["--function", "upper"], Some(&worker));
     working.until("succeeded", &id).await;
-    let view: Value =
-        app.http.get(app.url(&format!("/api/v1/tasks/{id}"))).bearer_auth(&client).send().await.unwrap().json().await.unwrap();
+    let view: Value = app
+        .http
+        .get(app.url(&format!("/api/v1/tasks/{id}")))
+        .bearer_auth(&client)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(view["status"], "succeeded");
 }
