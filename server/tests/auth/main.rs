@@ -574,8 +574,7 @@ async fn the_cli_finds_the_embedded_redis_of_a_running_server_or_starts_it_itsel
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let app =
-        Courier { base: format!("http://127.0.0.1:{port}"), _child: Command::new("true").spawn().unwrap() };
+    let app = Courier { base: format!("http://127.0.0.1:{port}"), _child: server };
     let started = Instant::now();
     while world.http.get(app.url("/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
         assert!(started.elapsed() < Duration::from_secs(20), "the server did not start");
@@ -591,5 +590,13 @@ async fn the_cli_finds_the_embedded_redis_of_a_running_server_or_starts_it_itsel
         assert!(started.elapsed() < Duration::from_millis(1_500), "the revocation did not reach the server");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Stopped gently, so that it stops its redis-server too (a killed one would leave it behind).
+    let mut server = app._child;
+    let pid = server.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stopped = tokio::time::timeout(Duration::from_secs(20), server.wait()).await.unwrap().unwrap();
+    assert!(stopped.success());
+    let left = courier::embedded_redis::EmbeddedRedis::running_url(&data.path().join("redis")).await;
+    assert!(left.is_none(), "the server left its redis-server running");
     world.assert_logs_hold_no_secret();
 }

@@ -291,18 +291,18 @@ async fn with_access_control_on_a_python_worker_pulls_with_a_work_token_and_stop
         .http
         .post(app.url("/api/v1/tasks"))
         .bearer_auth(&client)
-        .json(&in_test_queue(json!({"kind": "upper", "payload": {"text": "locked"}})))
+        .json(&in_test_queue(json!({"kind": "sleep", "payload": {"ms": 10}})))
         .send()
         .await
         .unwrap();
     assert_eq!(submitted.status(), 202);
     let id = submitted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     // A token without `work` is refused, and the worker stops rather than retrying for ever.
-    let refused = PyWorker::start_as(&app, &["--function", "upper"], Some(&client));
+    let refused = PyWorker::start_as(&app, &["--function", "sleep"], Some(&client));
     let (status, refused) = refused.terminate_or_wait().await;
     assert!(!status.success(), "{}", refused.log_text());
     assert!(refused.log_text().contains("403"), "{}", refused.log_text());
-    let working = PyWorker::start_as(&app, &["--function", "upper"], Some(&worker));
+    let working = PyWorker::start_as(&app, &["--function", "sleep"], Some(&worker));
     working.until("succeeded", &id).await;
     let view: Value = app
         .http
