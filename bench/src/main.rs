@@ -177,6 +177,11 @@ impl Bench {
 
     /// `courier serve` on a free port, ready when this returns.
     async fn serve(&self, prefix: &str, concurrency: usize) -> anyhow::Result<Process> {
+        self.serve_with(prefix, concurrency, &[]).await
+    }
+
+    /// [`Bench::serve`] with `extra` flags.
+    async fn serve_with(&self, prefix: &str, concurrency: usize, extra: &[&str]) -> anyhow::Result<Process> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = self
             .command(prefix)
@@ -187,6 +192,7 @@ impl Bench {
                 "--concurrency",
                 &concurrency.to_string(),
             ])
+            .args(extra)
             .spawn()
             .with_context(|| format!("starting {}", self.args.courier.display()))?;
         let base = format!("http://127.0.0.1:{port}");
@@ -524,10 +530,12 @@ impl Bench {
     /// without a token and to one where a token (scoped to the queue) authenticates every call;
     /// tasks per second and the server's and Redis's CPU per request, side by side.
     async fn auth(&mut self) -> anyhow::Result<()> {
-        for mode in ["off", "token"] {
+        for mode in ["off", "token", "token-rate-limit"] {
             let prefix = self.prefix(&format!("auth-{mode}"));
-            let token = if mode == "token" { Some(self.create_token(&prefix).await?) } else { None };
-            let server = self.serve(&prefix, 0).await?;
+            let token = if mode == "off" { None } else { Some(self.create_token(&prefix).await?) };
+            // A limit no run reaches: what counting each submission costs.
+            let extra: &[&str] = if mode == "token-rate-limit" { &["--rate-limit", "1000000"] } else { &[] };
+            let server = self.serve_with(&prefix, 0, extra).await?;
             let pid = server.pid().context("serve has no pid")?;
             // Warm the connections and the server's caches first.
             self.submit_small_as(&server.base, 200.min(self.args.n), token.as_deref()).await?;

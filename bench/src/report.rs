@@ -196,7 +196,11 @@ fn auth_cost(out: &mut String, c: &Figures) -> anyhow::Result<()> {
     )?;
     writeln!(out, "| | tasks/s | server µs per request | Redis µs per request |")?;
     writeln!(out, "|---|---|---|---|")?;
-    for (label, mode) in [("access control off", "off"), ("a bearer token", "token")] {
+    for (label, mode) in [
+        ("access control off", "off"),
+        ("a bearer token", "token"),
+        ("a bearer token and `--rate-limit`", "token-rate-limit"),
+    ] {
         writeln!(
             out,
             "| {label} | {} | {} | {} |",
