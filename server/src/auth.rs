@@ -258,6 +258,11 @@ impl Access {
         self.grant.queues.allows(name)
     }
 
+    /// When its token stops working, in ms since the epoch; never if unset.
+    pub fn expires_ms(&self) -> Option<u64> {
+        self.grant.expires_ms
+    }
+
     /// The stored digest of its token (hex); none when access control is off.
     pub fn digest(&self) -> Option<&str> {
         self.grant.digest.as_deref()

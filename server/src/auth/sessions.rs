@@ -63,8 +63,7 @@ impl Sessions {
     pub async fn open(&self, access: &Access) -> Result<Opened, SessionError> {
         let digest = access.digest().ok_or(SessionError::NoToken)?;
         let mut lifetime = SESSION_TTL;
-        // A child module may read its parent's private fields: the grant's expiry is not public.
-        if let Some(expires_ms) = access.grant.expires_ms {
+        if let Some(expires_ms) = access.expires_ms() {
             let left = expires_ms.saturating_sub(crate::store::now_ms());
             if left == 0 {
                 return Err(SessionError::Expired);

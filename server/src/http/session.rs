@@ -27,12 +27,10 @@ pub const PLAIN_COOKIE: &str = "courier-session";
 /// The largest sign-in form: a token and a path to return to.
 pub const SIGN_IN_MAX_BYTES: usize = 8 << 10;
 
-/// Whether browsers reach this server over HTTPS, so that its cookie can be `Secure`.
-///
-/// Always false until the server terminates TLS itself and says so in [`AppState`]; then this
-/// reads that flag.
-pub fn served_over_https(_state: &AppState) -> bool {
-    false
+/// Whether browsers reach this server over HTTPS (`--tls-cert`), so that its cookie can be
+/// `Secure`. Behind a proxy that terminates TLS it is plain HTTP here, and the cookie says so.
+pub fn served_over_https(state: &AppState) -> bool {
+    state.https
 }
 
 /// The session cookie's name for this server.
@@ -142,6 +140,7 @@ pub async fn sign_in(
             ));
         }
     };
+    state.audit.record(access.name(), "session.sign-in", "browser").await;
     let secure = if served_over_https(&state) { "; Secure" } else { "" };
     let cookie = format!(
         "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",

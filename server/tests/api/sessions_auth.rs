@@ -2,6 +2,9 @@
 //! the event stream, signing out or revoking the token ends it, a change it signs needs
 //! same-origin evidence, and with access control on every page leads to the sign-in page.
 
+#[path = "../tls/certificates.rs"]
+mod certificates;
+
 use crate::support::*;
 use courier::auth::{AuthMode, Scope, TokenRequest, Tokens};
 use futures::StreamExt;
@@ -326,6 +329,78 @@ async fn sign_in_follows_only_a_path_of_this_server() {
     }
     let response = sign_in(&app, &token, Some("/tasks/abc?x=1")).await;
     assert_eq!(location(&response), "/tasks/abc?x=1");
+}
+
+#[tokio::test]
+async fn over_https_the_cookie_is_secure_and_host_prefixed() {
+    let certificates = certificates::Certificates::make();
+    let app = spawn_app_with(|c| {
+        c.tls_cert = Some(certificates.path("server.crt"));
+        c.tls_key = Some(certificates.path("server.key"));
+    })
+    .await;
+    let ca = std::fs::read(certificates.path("ca.crt")).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = app.base.replace("http://", "https://");
+    let client = redis::Client::open(app.redis_url.as_str()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let token = Tokens::new(conn, &app.prefix, AuthMode::Auto)
+        .create(TokenRequest {
+            name: "tls".into(),
+            scopes: vec![Scope::Read],
+            queues: vec!["*".into()],
+            expires: None,
+        })
+        .await
+        .unwrap()
+        .token;
+    let sign_in = || {
+        https
+            .post(format!("{base}/auth/sign-in"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+    };
+    // The server reads the new token within half a second.
+    let mut response = sign_in().await.unwrap();
+    for _ in 0..100 {
+        if location(&response) == "/" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        response = sign_in().await.unwrap();
+    }
+    assert_eq!(location(&response), "/");
+    let set = response.headers()[header::SET_COOKIE].to_str().unwrap().to_string();
+    let attributes: Vec<&str> = set.split(';').map(str::trim).collect();
+    assert!(attributes[0].starts_with("__Host-courier="), "{set}");
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attributes.contains(&flag), "{flag} missing from {set}");
+    }
+    assert!(!set.contains("Domain"), "__Host- cookies carry no Domain: {set}");
+
+    let me =
+        |cookie: String| https.get(format!("{base}/api/v1/auth/me")).header(header::COOKIE, cookie).send();
+    assert_eq!(me(attributes[0].to_string()).await.unwrap().status(), 200);
+    // The plain-HTTP name is not read over HTTPS: a cookie set without Secure cannot stand in.
+    let id = attributes[0].split_once('=').unwrap().1;
+    assert_eq!(me(format!("courier-session={id}")).await.unwrap().status(), 401);
+
+    let out = https
+        .post(format!("{base}/auth/sign-out"))
+        .header(header::COOKIE, attributes[0])
+        .header(header::ORIGIN, base.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let cleared = out.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(cleared.starts_with("__Host-courier=;") && cleared.contains("Secure"), "{cleared}");
+    assert_eq!(me(attributes[0].to_string()).await.unwrap().status(), 401);
 }
 
 impl TestApp {
