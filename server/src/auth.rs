@@ -201,6 +201,15 @@ struct Grant {
 }
 
 impl Access {
+    /// Whether it still holds: its token is still honoured (not revoked, not expired); with no
+    /// token, while access control is still off. An event stream asks this every second.
+    pub fn holds(&self, tokens: &Tokens) -> bool {
+        match &self.grant.digest {
+            Some(digest) => tokens.by_digest(digest).is_some(),
+            None => self.grant.name == "signed-link" || !tokens.enabled(),
+        }
+    }
+
     /// Everything, for everyone: access control is off.
     pub fn everything() -> Access {
         Access {
@@ -469,9 +478,11 @@ impl Tokens {
                 Some((bytes, Arc::new(grant)))
             })
             .collect();
-        let enforced = enforced || !grants.is_empty();
-        *self.table.write().expect("never poisoned") =
-            Table { version: Some(version.unwrap_or(0)), enforced, grants };
+        let mut table = self.table.write().expect("never poisoned");
+        // Once on, on for this process's life: tokens lost with Redis's data (a flush, an
+        // eviction, a restart without persistence) must not open the server to everyone.
+        let enforced = table.enforced || enforced || !grants.is_empty();
+        *table = Table { version: Some(version.unwrap_or(0)), enforced, grants };
         Ok(true)
     }
 

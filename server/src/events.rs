@@ -440,6 +440,32 @@ pub struct Follow {
     pub until_terminal: bool,
     /// Only the events of these queues (an access token's), and those of no queue.
     pub within: Option<crate::auth::QueuePatterns>,
+    /// Asked every second: the stream ends once its reader may no longer read it (its token
+    /// revoked or expired, or access control turned on under an anonymous reader).
+    pub allowed: Option<StillAllowed>,
+}
+
+/// Whether an event stream's reader may still read it.
+#[derive(Clone)]
+pub struct StillAllowed(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for StillAllowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StillAllowed(…)")
+    }
+}
+
+/// How often an open stream asks whether its reader may still read it.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The next tick of `recheck`, or never without one.
+async fn next_check(recheck: &mut Option<tokio::time::Interval>) {
+    match recheck {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The process's view of the events stream; cheap to clone.
@@ -643,6 +669,11 @@ impl Events {
     ) {
         let mut sent = follow.after;
         let mut resume = follow.after.map(Place::After);
+        let mut recheck = follow.allowed.as_ref().map(|_| {
+            let mut interval = tokio::time::interval(RECHECK_EVERY);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         if let Some(first) = follow.first.clone() {
             sent = first.position();
             resume = sent.map(Place::After);
@@ -662,6 +693,12 @@ impl Events {
                 event = live.recv() => event,
                 () = tx.closed() => return,
                 () = self.shutdown.cancelled() => return,
+                () = next_check(&mut recheck) => {
+                    if follow.allowed.as_ref().is_some_and(|allowed| !(allowed.0)()) {
+                        return;
+                    }
+                    continue;
+                }
             };
             match event {
                 Ok(event) => {

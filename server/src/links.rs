@@ -97,7 +97,7 @@ impl Links {
         let expires: u64 = expires.parse().map_err(|_| LinkError::Forged)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| LinkError::Forged)?;
         let mut secret = self.secret(kid);
-        if secret.is_none() && self.may_reload() {
+        if secret.is_none() && self.claim_reload() {
             // Made by a rotation on another process since this one last read the keys.
             if let Err(e) = self.reload().await {
                 tracing::warn!(error = %e, "reading the link keys failed");
@@ -118,9 +118,15 @@ impl Links {
         ring.keys.iter().find(|k| k.id == kid).map(|k| k.secret.clone())
     }
 
-    fn may_reload(&self) -> bool {
-        let ring = self.ring.read().expect("never poisoned");
-        ring.read_at.is_none_or(|at| at.elapsed() >= RELOAD_AT_MOST_EVERY)
+    /// Whether this request may read the keys again for an unknown key id: at most once a second
+    /// for the whole process, claimed before the read so that a burst of forged ids costs one.
+    fn claim_reload(&self) -> bool {
+        let mut ring = self.ring.write().expect("never poisoned");
+        if ring.read_at.is_some_and(|at| at.elapsed() < RELOAD_AT_MOST_EVERY) {
+            return false;
+        }
+        ring.read_at = Some(Instant::now());
+        true
     }
 
     /// Reads the keys again.
@@ -137,7 +143,14 @@ impl Links {
                 })
             })
             .collect();
-        *self.ring.write().expect("never poisoned") = Ring { keys, read_at: Some(Instant::now()) };
+        let keys: Vec<Key> = keys;
+        let mut ring = self.ring.write().expect("never poisoned");
+        // With none in Redis (its data lost), the keys read before keep signing and verifying
+        // here until a rotation writes new ones: signing needs one.
+        if !keys.is_empty() {
+            ring.keys = keys;
+        }
+        ring.read_at = Some(Instant::now());
         Ok(())
     }
 

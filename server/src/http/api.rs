@@ -374,8 +374,16 @@ fn present(state: &AppState, record: &TaskRecord) -> TaskView {
 
 /// The URL of task `id`'s result: signed while access control is on, plain when it is off.
 fn result_link(state: &AppState, id: uuid::Uuid) -> String {
-    let path = format!("/api/v1/tasks/{id}/result");
-    if state.tokens.enabled() { format!("{path}?{}", state.links.sign("GET", &path)) } else { path }
+    signed(state, &format!("/api/v1/tasks/{id}/result"))
+}
+
+/// `path` as a link that works without a token (for `GET`) while access control is on.
+pub(super) fn signed(state: &AppState, path: &str) -> String {
+    if state.tokens.enabled() {
+        format!("{path}?{}", state.links.sign("GET", path))
+    } else {
+        path.to_string()
+    }
 }
 
 #[derive(Serialize)]

@@ -137,6 +137,13 @@ async fn admit(state: &AppState, request: &Parts) -> Result<Access, ApiError> {
     {
         return Err(forbidden(format!("this token lacks the `{scope}` scope this call needs")));
     }
+    // What is not about one queue (tokens, kinds, the audit trail, every subscription of a
+    // topic) is for tokens that reach every queue: a token of some queues could otherwise mint a
+    // broader one, or route another queue's kind or messages to its own.
+    if rule.queue == QueueIn::Handler && matches!(rule.scope, Some(Scope::Admin)) && access.within().is_some()
+    {
+        return Err(forbidden("this call needs a token that reaches every queue (`--queues '*'`)"));
+    }
     if let Some(queue) = queue_of(state, rule, request).await?
         && !access.reaches(&queue)
     {

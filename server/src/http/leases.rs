@@ -163,7 +163,10 @@ async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<
             None => None,
         };
         let payload = bytes.filter(|_| json).and_then(|b| serde_json::from_slice(&b).ok());
-        let payload_url = payload.is_none().then(|| format!("/api/v1/tasks/{}/payload", record.id));
+        // Signed while access control is on: a worker's token needs `work`, not `read`.
+        let payload_url = payload
+            .is_none()
+            .then(|| super::api::signed(state, &format!("/api/v1/tasks/{}/payload", record.id)));
         grants.push(LeaseGrant {
             token: pulled.token.encode(),
             task: record.view(),

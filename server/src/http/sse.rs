@@ -3,7 +3,7 @@
 use super::{ApiError, AppState, parse_id};
 use crate::{
     auth::Access,
-    events::{Admission, Delivery, Follow, Position},
+    events::{Admission, Delivery, Follow, Position, StillAllowed},
 };
 use axum::{
     Extension,
@@ -34,13 +34,20 @@ pub async fn all_events(
     let task = query.task.as_deref().map(parse_id).transpose()?;
     let after = last_event_id(&headers)?;
     let admission = admit(&state)?;
-    let follow = Follow { task, after, within: access.within().cloned(), ..Follow::default() };
+    let follow = Follow {
+        task,
+        after,
+        within: access.within().cloned(),
+        allowed: Some(still_allowed(&state, access)),
+        ..Follow::default()
+    };
     Ok(to_sse(state.events.follow(admission, follow)))
 }
 
 /// `GET /api/v1/tasks/{id}/events`: the task's current state, then its events until it ends.
 pub async fn task_events(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -48,6 +55,9 @@ pub async fn task_events(
     let after = last_event_id(&headers)?;
     let admission = admit(&state)?;
     let queue = state.tasks.queues().locate(&id).await?;
+    // The access layer checked the task's queue; a task gone by now has no queue to check, and
+    // its history in the event stream is still only for tokens that reach the queue it was in.
+    let (within, allowed) = (access.within().cloned(), Some(still_allowed(&state, access)));
     let follow = match (after, queue) {
         // A resuming client has seen the state already: replay what it missed.
         (Some(after), queue) => Follow {
@@ -55,6 +65,8 @@ pub async fn task_events(
             task_keys: queue.map(|q| q.keys().clone()),
             after: Some(after),
             until_terminal: true,
+            within,
+            allowed,
             ..Follow::default()
         },
         (None, Some(queue)) => {
@@ -66,12 +78,20 @@ pub async fn task_events(
                 task_keys,
                 first: Some(first),
                 until_terminal: true,
+                within,
+                allowed,
                 ..Follow::default()
             }
         }
         (None, None) => return Err(not_found()),
     };
     Ok(to_sse(state.events.follow(admission, follow)))
+}
+
+/// Whether `access` still holds, for an open stream to ask every second.
+fn still_allowed(state: &AppState, access: Access) -> StillAllowed {
+    let tokens = state.tokens.clone();
+    StillAllowed(std::sync::Arc::new(move || access.holds(&tokens)))
 }
 
 fn not_found() -> ApiError {

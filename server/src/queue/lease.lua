@@ -4,9 +4,10 @@
 --
 -- Both scripts start with the same arguments, read into one table by `leasing_context`; `given`
 -- is how many entries the claim was handed already read (they are pending, but none runs yet):
--- ARGV[1..10]: key base, group, consumer, token base, now ms, events maxlen, dead-letter
--- retention ms, retention ms, the kinds the worker runs (comma-separated, or '*' for every kind),
--- then (claim) how many to take or (finish) how many more to take.
+-- ARGV[1..10]: key base, group, consumer, token base, the caller's now in ms (unread: these
+-- scripts keep Redis's clock, `redis_now`), events maxlen, dead-letter retention ms, retention
+-- ms, the kinds the worker runs (comma-separated, or '*' for every kind), then (claim) how many
+-- to take or (finish) how many more to take.
 -- KEYS[1]: events.
 
 -- Entries of the ready streams are acknowledged, never deleted one by one: `settle` trims them in
@@ -40,10 +41,18 @@ local function lanes_for(base, kinds, set)
   return lanes
 end
 
+-- Redis's own clock, in ms: what a queue's rate log is kept by. The caller's `now` was read before
+-- its round trip, on its own clock: a worker slowed down, or on another host, would stamp starts
+-- in the past and slip extra starts into a window another worker had already moved past.
+local function redis_now()
+  local clock = redis.call('TIME')
+  return tostring(tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
+end
+
 local function leasing_context(given)
   return {
     given = given or 0,
-    base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], now = ARGV[5],
+    base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], now = redis_now(),
     maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8],
     lanes = lanes_for(ARGV[1], ARGV[9], 'ready-lanes'), events = KEYS[1], leases = 0,
     -- Lanes handed an entry back by this script: still ready, whatever its reads found.

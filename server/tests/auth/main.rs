@@ -600,3 +600,110 @@ async fn the_cli_finds_the_embedded_redis_of_a_running_server_or_starts_it_itsel
     assert!(left.is_none(), "the server left its redis-server running");
     world.assert_logs_hold_no_secret();
 }
+
+#[tokio::test]
+async fn a_token_of_some_queues_cannot_mint_tokens_declare_kinds_or_rewire_topics() {
+    let mut world = World::new().await;
+    let root = world.token("root", ALL, "*").await;
+    let tenant = world.token("tenant", ALL, "billing").await;
+    let app = world.serve(&[]).await;
+    let wider = json!({"name": "wider", "scopes": ["admin"], "queues": ["*"]});
+    let kind = json!({"description": "x"});
+    let subscription = json!({"kind": "echo", "queue": "billing"});
+    let calls = [
+        (Method::POST, "/api/v1/tokens", Some(wider.clone())),
+        (Method::GET, "/api/v1/tokens", None),
+        (Method::DELETE, "/api/v1/tokens/root", None),
+        (Method::PUT, "/api/v1/kinds/mine", Some(kind.clone())),
+        (Method::GET, "/api/v1/audit", None),
+        (Method::PUT, "/api/v1/topics/news/subscriptions/copy", Some(subscription.clone())),
+        (Method::DELETE, "/api/v1/topics/news/subscriptions/copy", None),
+    ];
+    for (method, path, body) in calls {
+        let response = world.call(method.clone(), app.url(path), Some(&tenant), body).await;
+        assert_eq!(response.status(), 403, "{method} {path}");
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains("every queue"), "{problem}");
+    }
+    // Its own queue's limits are its to set; the token of every queue does the rest.
+    let limits =
+        world.call(Method::PUT, app.url("/api/v1/queues/billing"), Some(&tenant), Some(json!({}))).await;
+    assert_eq!(limits.status(), 200);
+    let put = world
+        .call(Method::PUT, app.url("/api/v1/topics/news/subscriptions/copy"), Some(&root), Some(subscription))
+        .await;
+    assert_eq!(put.status(), 201);
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn an_open_event_stream_ends_once_its_token_is_revoked() {
+    let mut world = World::new().await;
+    let _admin = world.token("admin", ALL, "*").await;
+    let watcher = world.token("watcher", "read", "*").await;
+    let app = world.serve(&[]).await;
+    let mut stream = world.http.get(app.url("/api/v1/events")).bearer_auth(&watcher).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let (ok, _, stderr) = world.cli(&["token", "revoke", "watcher"]).await;
+    assert!(ok, "{stderr}");
+    let revoked = Instant::now();
+    // Keep-alive comments may come first; the stream must then end.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+            Err(_) => panic!("the stream of a revoked token is still open after {:?}", revoked.elapsed()),
+        }
+    }
+    println!("the stream ended {:?} after the revocation", revoked.elapsed());
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn a_pull_worker_reads_a_large_payload_through_its_signed_link_with_a_work_token() {
+    let mut world = World::new().await;
+    let client = world.token("client", "submit,read", "*").await;
+    let worker = world.token("worker", "work", "*").await;
+    let app = world.serve(&["--concurrency", "0"]).await;
+    let big = "x".repeat(100_000);
+    submit(&world, &app, &client, json!({"kind": "echo", "payload": {"big": big}})).await;
+    let leases: Value = world
+        .call(
+            Method::POST,
+            app.url("/api/v1/queues/default/leases"),
+            Some(&worker),
+            Some(json!({"worker": "w", "max": 1})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let url = leases["leases"][0]["payload_url"].as_str().unwrap_or_else(|| panic!("{leases}")).to_string();
+    assert!(url.contains("&sig="), "{leases}");
+    let payload = world.call(Method::GET, app.url(&url), Some(&worker), None).await;
+    assert_eq!(payload.status(), 200);
+    assert_eq!(payload.json::<Value>().await.unwrap()["big"].as_str().unwrap().len(), 100_000);
+    world.assert_logs_hold_no_secret();
+}
+
+#[tokio::test]
+async fn access_control_stays_on_when_the_tokens_vanish_from_redis() {
+    let mut world = World::new().await;
+    let token = world.token("only", "read", "*").await;
+    let app = world.serve(&[]).await;
+    assert_eq!(world.call(Method::GET, app.url("/api/v1/queues"), None, None).await.status(), 401);
+    // As a flush or an eviction would: every key of the tokens gone.
+    let mut conn = redis::Client::open(world.redis.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:*", world.prefix)).query_async(&mut conn).await.unwrap();
+    assert!(keys.iter().any(|k| k.ends_with(":auth-enforced")), "{keys:?}");
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(world.call(Method::GET, app.url("/api/v1/queues"), None, None).await.status(), 401);
+    assert_eq!(world.call(Method::GET, app.url("/api/v1/queues"), Some(&token), None).await.status(), 401);
+    world.assert_logs_hold_no_secret();
+}
