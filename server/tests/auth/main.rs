@@ -6,7 +6,11 @@
 #[path = "../api/support.rs"]
 mod support;
 
-use courier::{auth::Scope, embedded_redis::free_port, http::ACCESS_RULES};
+use courier::{
+    auth::Scope,
+    embedded_redis::free_port,
+    http::{ACCESS_RULES, QueueIn},
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::{
@@ -212,6 +216,7 @@ async fn every_endpoint_refuses_a_missing_token_with_401_and_a_token_lacking_its
     let admin = world.token("admin", ALL, "*").await;
     let work_only = world.token("worker", "work", "*").await;
     let read_only = world.token("reader", "read", "*").await;
+    let elsewhere = world.token("elsewhere", ALL, "other-*").await;
     let app = world.serve(&[]).await;
     let task = submit(&world, &app, &admin, json!({"kind": "echo", "payload": {}})).await;
     for rule in ACCESS_RULES {
@@ -226,6 +231,11 @@ async fn every_endpoint_refuses_a_missing_token_with_401_and_a_token_lacking_its
         assert_eq!(response.headers()["content-type"], "application/problem+json");
         let response = world.call(method.clone(), url.clone(), Some("cour_not-a-token"), None).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {url} with an unknown token");
+        // Every scope, but another queue: whatever the path names in the default queue is absent.
+        if rule.queue != QueueIn::Handler {
+            let response = world.call(method.clone(), url.clone(), Some(&elsewhere), None).await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{method} {url} from another queue");
+        }
         let Some(scope) = rule.scope else { continue };
         let lacking = if scope == Scope::Work { &read_only } else { &work_only };
         let response = world.call(method.clone(), url.clone(), Some(lacking), None).await;
