@@ -279,6 +279,17 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiEr
     })
 }
 
+/// A listing's `limit` query parameter: 1 to `max`, else a `422` saying so.
+fn page_limit(value: &str, max: usize) -> Result<usize, ApiError> {
+    value.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+        ApiError::unprocessable(
+            "invalid-query",
+            "Invalid query",
+            format!("limit must be between 1 and {max}"),
+        )
+    })
+}
+
 /// Parses a task id from a path or query, as a problem if malformed.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| ApiError::not_found(format!("`{id}` is not a task id")))

@@ -549,13 +549,7 @@ pub async fn list(
             "kind" => list.kind = Some(value.clone()),
             "queue" if app::model::is_queue_name(value) => list.queue = Some(value.clone()),
             "queue" => return Err(invalid(format!("`{value}` is not a queue name"))),
-            "limit" => {
-                list.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| invalid(format!("limit must be between 1 and {MAX_PAGE}")))?
-            }
+            "limit" => list.limit = super::page_limit(value, MAX_PAGE)?,
             "cursor" => {
                 list.cursor = Some(
                     value

@@ -20,13 +20,7 @@ pub async fn list(
     let mut before = None;
     for (name, value) in &query {
         match name.as_str() {
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")))?
-            }
+            "limit" => limit = super::page_limit(value, MAX_LIMIT)?,
             "before" if crate::events::Position::parse(value).is_some() => before = Some(value.as_str()),
             "before" => return Err(ApiError::bad_request("before must be an entry id from a previous page")),
             other => return Err(ApiError::bad_request(format!("unknown parameter `{other}`"))),

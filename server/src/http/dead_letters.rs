@@ -27,13 +27,7 @@ pub async fn list(
     let mut queue = None;
     for (name, value) in &query {
         match name.as_str() {
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| invalid(format!("limit must be between 1 and {MAX_PAGE}")))?
-            }
+            "limit" => limit = super::page_limit(value, MAX_PAGE)?,
             "cursor" => {
                 cursor = Some(
                     parse_cursor(value)
