@@ -17,7 +17,7 @@ rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
 
 # 2. System packages: redis-server for the embedded Redis and tests, openssl for the TLS tests
 #    (they make their own CA), chromium for Playwright, python3 (with venv) for the push tests'
-#    endpoint and signature checks.
+#    endpoint and signature checks, prometheus for the `promtool` that checks `GET /metrics`.
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
@@ -27,6 +27,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v cc >/dev/null || missing+=(build-essential)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} with apt-get"
   as_root apt-get update -qq

@@ -477,6 +477,8 @@ pub struct Events {
     finished: Arc<Throughput>,
     /// One permit per open stream of followers.
     streams: Arc<Semaphore>,
+    /// The permits `streams` started with: the most streams open at once.
+    max_streams: usize,
     shutdown: CancellationToken,
 }
 
@@ -491,9 +493,10 @@ impl Events {
         shutdown: CancellationToken,
     ) -> redis::RedisResult<Events> {
         let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
-        let streams = Arc::new(Semaphore::new(max_streams.min(Semaphore::MAX_PERMITS)));
+        let max_streams = max_streams.min(Semaphore::MAX_PERMITS);
+        let streams = Arc::new(Semaphore::new(max_streams));
         let finished = Arc::new(Throughput::default());
-        let events = Events { conn, keys, fanout, finished, streams, shutdown };
+        let events = Events { conn, keys, fanout, finished, streams, max_streams, shutdown };
         // Fix the starting point now: an event appended before the tail's first read still
         // reaches every subscriber that connected after `start` returned.
         let from = events.latest_id().await?;
@@ -641,6 +644,12 @@ impl Events {
         let position = latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into());
         Ok(TaskRecord::from_fields(id, keys.queue(), &fields)
             .map(|record| StoredEvent::snapshot(&record, position)))
+    }
+
+    /// How many streams of events are open now (each holds one of the `--max-sse-clients`
+    /// places).
+    pub fn open_streams(&self) -> usize {
+        self.max_streams.saturating_sub(self.streams.available_permits())
     }
 
     /// A place for one more stream of events; `None` while the most allowed are open.

@@ -8,6 +8,7 @@ mod dead_letters;
 mod guard;
 mod kinds;
 mod leases;
+mod metrics;
 mod problem;
 mod queues;
 mod session;
@@ -88,6 +89,10 @@ pub struct AppState {
     /// Permits for submissions waiting for their result (`Prefer: wait`), --max-waiting of them.
     #[from_ref(skip)]
     pub waiting: Arc<Semaphore>,
+    /// Renders the process's metrics (`GET /metrics`); `None` when another recorder was
+    /// installed in the process first.
+    #[from_ref(skip)]
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The whole application: API routes first, then the Leptos pages and static files.
@@ -140,6 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/sign-out", post(session::sign_out))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Outside the API's access layer: it checks its own token (`read` on every queue).
+        .route("/metrics", get(metrics::render))
         // Submissions enforce their own, configurable limit (413 as problem+json).
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.timeouts, timeouts::bound))
@@ -162,6 +169,8 @@ pub fn router(state: AppState) -> Router {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     ))
+    // Outermost, so that every answer is counted as sent, refusals of the layers above included.
+    .layer(middleware::from_fn(metrics::track))
     .with_state(state)
 }
 

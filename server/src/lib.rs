@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod http;
 pub mod kinds;
 pub mod links;
+pub mod metrics;
 pub mod push;
 pub mod queue;
 pub mod queues;
@@ -166,6 +167,7 @@ impl Server {
                 waiting: Arc::new(tokio::sync::Semaphore::new(
                     config.max_waiting.min(tokio::sync::Semaphore::MAX_PERMITS),
                 )),
+                metrics: metrics::recorder(),
             };
             (Some(listener), Some(http::router(state)))
         } else {

@@ -312,13 +312,14 @@ impl Tasks {
     }
 
     /// Enqueues `tasks`, all of one queue, at once; nothing if the queue's `max_depth` would be
-    /// passed.
+    /// passed. Every submission stores its tasks here, so here they are counted, once each.
     async fn enqueue(&self, tasks: &[NewTask]) -> Result<Queue, SubmitError> {
         let queue = self.queues.open(&tasks[0].queue).await?;
         match queue.enqueue_many(tasks).await? {
             Enqueued::Stored => {
                 for task in tasks {
                     self.queues.remember(task.id, &queue);
+                    crate::metrics::task_submitted(&task.queue, &task.kind);
                 }
                 Ok(queue)
             }

@@ -100,6 +100,9 @@ impl Runner {
 
     async fn attempt(self: Arc<Self>, mut lease: Lease) {
         let queue = lease.queue.clone();
+        if let Some(waited) = lease.waited() {
+            crate::metrics::task_waited(queue.name(), waited);
+        }
         let payload = match queue.take_payload(&mut lease).await {
             Ok(payload) => payload,
             Err(e) => {
@@ -147,6 +150,7 @@ impl Runner {
         else {
             return;
         };
+        crate::metrics::attempt_ran(queue.name(), started.elapsed());
         let duration_ms = started.elapsed().as_millis() as u64;
         let outcome = match result {
             _ if state == Renewal::Lost => {
@@ -269,12 +273,16 @@ impl Runner {
         Some(Watched { result, timed_out, state })
     }
 
-    /// Records the outcome, retrying while Redis is away; a lost lease is not an error.
+    /// Records the outcome, retrying while Redis is away, and counts it once stored; a lost
+    /// lease is neither an error nor counted (its new holder's attempt is).
     async fn record(&self, lease: &Lease, outcome: Outcome) {
         let mut pause = Duration::from_millis(100);
         for _ in 0..20 {
             match lease.queue.finish(lease, outcome.clone()).await {
-                Ok(true) => return,
+                Ok(true) => {
+                    crate::metrics::attempt_ended(lease.queue.name(), &lease.kind, &outcome);
+                    return;
+                }
                 Ok(false) => {
                     info!("the lease was taken over; this late result is ignored");
                     return;

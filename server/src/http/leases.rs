@@ -154,6 +154,9 @@ async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<
     for (pulled, record) in pulled.into_iter().zip(records) {
         // Gone already (erased the moment it was leased): nothing to run.
         let Some(record) = record else { continue };
+        if let Some(waited) = pulled.token.waited() {
+            crate::metrics::task_waited(queue.name(), waited);
+        }
         let json = super::api::is_json(&pulled.payload_type);
         let bytes = match pulled.payload {
             Some(bytes) => Some(bytes.to_vec()),
@@ -262,16 +265,22 @@ pub async fn release(
 }
 
 /// Ends the lease's attempt with `outcome` — or, when its task was cancelled meanwhile, as
-/// cancelled, answering `409` so the worker knows its outcome was not taken.
+/// cancelled, answering `409` so the worker knows its outcome was not taken. Counted once the
+/// store took it.
 async fn end(queue: &Queue, token: &PullToken, outcome: Outcome) -> Result<StatusCode, ApiError> {
     let state = queue.pulled_state(token).await?.ok_or_else(lost)?;
     if state.cancel_requested {
-        queue.end_pulled(token, state, Outcome::Cancelled).await?;
+        if queue.end_pulled(token, state, Outcome::Cancelled).await? {
+            crate::metrics::attempt_ended(queue.name(), &token.kind, &Outcome::Cancelled);
+        }
         return Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
             .detail("the task was cancelled while it ran; it ended cancelled"));
     }
-    match queue.end_pulled(token, state, outcome).await? {
-        true => Ok(StatusCode::NO_CONTENT),
+    match queue.end_pulled(token, state, outcome.clone()).await? {
+        true => {
+            crate::metrics::attempt_ended(queue.name(), &token.kind, &outcome);
+            Ok(StatusCode::NO_CONTENT)
+        }
         false => Err(lost()),
     }
 }

@@ -193,7 +193,8 @@ pub async fn pages(State(state): State<AppState>, request: Request, next: Next) 
 
 /// Whether `path` is served without a session.
 fn is_open(path: &str) -> bool {
-    const EXACT: [&str; 6] = ["/sign-in", "/healthz", "/readyz", "/favicon.ico", "/favicon.svg", "/api"];
+    const EXACT: [&str; 7] =
+        ["/sign-in", "/healthz", "/readyz", "/metrics", "/favicon.ico", "/favicon.svg", "/api"];
     const UNDER: [&str; 3] = ["/api/", "/auth/", "/pkg/"];
     EXACT.contains(&path) || UNDER.iter().any(|start| path.starts_with(start)) || is_static_file(path)
 }

@@ -10,9 +10,12 @@ use super::{GROUP, Outcome, Queue, finish::Ending, serving::Serving};
 use crate::store::now_ms;
 use bytes::Bytes;
 use redis::{RedisResult, ScriptInvocation};
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -158,7 +161,22 @@ pub(super) struct HeldEntry<'a> {
     pub(super) consumer: &'a str,
 }
 
+/// How long the task of ready entry `entry_id` had waited at `now_ms`. Redis stamps an entry's id
+/// (`{ms}-{seq}`) with its clock as the task joins its stream: at submission, when its delay or
+/// retry pause ends (promotion), or when it is handed back. The record keeps no due time of a
+/// delayed task (only the delayed set's score does), and the id costs no read.
+pub(super) fn waited_since(entry_id: &str, now_ms: u64) -> Option<Duration> {
+    let (ms, _) = entry_id.split_once('-')?;
+    let ready_ms: u64 = ms.parse().ok()?;
+    Some(Duration::from_millis(now_ms.saturating_sub(ready_ms)))
+}
+
 impl Lease {
+    /// How long its task waited ready before this attempt was taken.
+    pub fn waited(&self) -> Option<Duration> {
+        waited_since(&self.entry_id, now_ms())
+    }
+
     /// Where this lease's entry is.
     pub(super) fn held(&self) -> HeldEntry<'_> {
         HeldEntry {
@@ -356,5 +374,14 @@ mod tests {
         let ret = &lua[lua.find("return {'run'").expect("take_lease returns a run reply")..];
         let ret = &ret[..ret.find('}').unwrap()];
         assert_eq!(ret.matches(',').count() + 1, read.len());
+    }
+
+    #[test]
+    fn a_task_has_waited_since_its_entry_was_stamped_and_never_less_than_nothing() {
+        assert_eq!(waited_since("1700000000000-3", 1_700_000_001_500), Some(Duration::from_millis(1500)));
+        // Redis's clock ahead of ours: no negative wait.
+        assert_eq!(waited_since("1700000000000-0", 1_699_999_999_000), Some(Duration::ZERO));
+        assert_eq!(waited_since("", 1), None);
+        assert_eq!(waited_since("abc-1", 1), None);
     }
 }

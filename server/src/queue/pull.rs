@@ -43,6 +43,11 @@ impl PullToken {
         format!("{queue}~{kind}~{task_id}~{stream_index}~{entry_id}~{lease_ms}~{token}")
     }
 
+    /// How long its task waited ready before the lease was taken (read at its grant).
+    pub fn waited(&self) -> Option<Duration> {
+        super::lease::waited_since(&self.entry_id, now_ms())
+    }
+
     /// Reads a token a worker sent back; `None` when it cannot be one.
     pub fn decode(text: &str) -> Option<PullToken> {
         if text.len() > 512 {

@@ -9,6 +9,7 @@ mod edge;
 mod events;
 mod kinds;
 mod listing;
+mod metrics;
 mod patterns;
 mod pipeline;
 mod priorities;

@@ -1,0 +1,74 @@
+//! `GET /metrics` in the Prometheus text format, who may scrape it, and the one layer that
+//! counts and times every HTTP request by its route template.
+
+use super::{ApiError, AppState, auth::forbidden};
+use crate::{auth::Scope, queue::Queue};
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use std::time::Instant;
+
+/// The content type of the Prometheus text format.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`: this process's counters and histograms, and every queue's gauges read from
+/// Redis now (one script per queue, sent together).
+pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admit(&state, &headers)?;
+    let Some(recorder) = &state.metrics else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+            .detail("another metrics recorder was installed in this process before Courier's"));
+    };
+    let queues = state.tasks.queues().all().await?;
+    let states = futures::future::try_join_all(queues.iter().map(Queue::state)).await?;
+    for (queue, queue_state) in queues.iter().zip(&states) {
+        crate::metrics::queue_state(queue.name(), queue_state);
+    }
+    crate::metrics::sse_clients(state.events.open_streams());
+    let mut response = recorder.render().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+    Ok(response)
+}
+
+/// Who may scrape: anyone while access control is off; else a bearer token with the `read`
+/// scope on every queue, since the metrics name every queue and count its tasks. (The access
+/// layer's rule table covers `/api/v1` only; this route is outside it, where scrapers look.)
+fn admit(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if !state.tokens.enabled() {
+        return Ok(());
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthorized("`/metrics` needs an access token: `Authorization: Bearer <token>`")
+        })?;
+    let access = state
+        .tokens
+        .authenticate(token)
+        .ok_or_else(|| ApiError::unauthorized("the token is unknown, revoked or expired"))?;
+    if !access.has(Scope::Read) {
+        return Err(forbidden("this token lacks the `read` scope `/metrics` needs"));
+    }
+    if access.within().is_some() {
+        return Err(forbidden(
+            "`/metrics` tells of every queue: it needs a token that reaches every queue (`--queues '*'`)",
+        ));
+    }
+    Ok(())
+}
+
+/// Counts and times a request under its route template (`/api/v1/tasks/{id}`, never the path
+/// itself, which would make a series per task id); what no route matched is `unmatched`.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    crate::metrics::http_request(&route, response.status().as_u16(), started);
+    response
+}

@@ -1,0 +1,174 @@
+//! The process's Prometheus metrics: the recorder (one per process), every metric's name, and one
+//! function per thing measured, so that no call site spells a name or a label.
+//!
+//! Counters and histograms count what this process did since it started; the gauges are set from
+//! Redis just before each scrape renders them (`http/metrics.rs`), so every replica reports the
+//! same queue depths.
+
+use crate::queue::{Outcome, QueueState};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// Tasks stored by a submission, by queue and kind.
+pub const TASKS_SUBMITTED: &str = "courier_tasks_submitted_total";
+/// Attempts ended, by queue, kind and outcome (`succeeded`, `failed`, `cancelled`, `retried`).
+pub const TASKS_FINISHED: &str = "courier_tasks_finished_total";
+/// How long an attempt of the built-in worker ran, by queue.
+pub const TASK_RUN: &str = "courier_task_run_seconds";
+/// How long a task was ready before an attempt started, by queue.
+pub const TASK_WAIT: &str = "courier_task_wait_seconds";
+/// A queue's tasks by state, read at scrape time.
+pub const QUEUE_TASKS: &str = "courier_queue_tasks";
+/// How long a queue's oldest queued task has waited, read at scrape time.
+pub const QUEUE_OLDEST_WAITING: &str = "courier_queue_oldest_waiting_seconds";
+/// The event streams (SSE) open on this process.
+pub const SSE_CLIENTS: &str = "courier_sse_clients";
+/// HTTP requests answered, by route template and status.
+pub const HTTP_REQUESTS: &str = "courier_http_requests_total";
+/// How long HTTP requests took until their response's head, by route template.
+pub const HTTP_DURATION: &str = "courier_http_request_duration_seconds";
+
+/// Task attempts and waits run from milliseconds to hours.
+const TASK_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0];
+/// Most API calls answer within milliseconds; a long-polled lease request waits up to 30 s.
+const HTTP_BUCKETS: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0];
+
+/// How often histogram samples are folded into their buckets when no scrape does it.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The process's recorder, installed by the first server built in it; `None` when something
+/// else had installed a global recorder first (an embedding program's own).
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The handle that renders this process's metrics, installing the recorder on the first call.
+/// The recorder is global (the `metrics` macros record into it from anywhere), so every server
+/// built in one process shares it; `None` when another recorder was installed before.
+pub fn recorder() -> Option<PrometheusHandle> {
+    RECORDER.get_or_init(install).clone()
+}
+
+fn install() -> Option<PrometheusHandle> {
+    // Buckets make the histograms Prometheus histograms (summaries cannot be aggregated).
+    let with_buckets = |builder: PrometheusBuilder, name: &str, bounds: &[f64]| {
+        builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), bounds)
+            .expect("the bucket lists are not empty")
+    };
+    let builder = PrometheusBuilder::new();
+    let builder = with_buckets(builder, TASK_RUN, &TASK_BUCKETS);
+    let builder = with_buckets(builder, TASK_WAIT, &TASK_BUCKETS);
+    let builder = with_buckets(builder, HTTP_DURATION, &HTTP_BUCKETS);
+    let handle = match builder.install_recorder() {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::warn!(error = %e, "another metrics recorder is installed: GET /metrics is unavailable");
+            return None;
+        }
+    };
+    describe();
+    // Without our own upkeep, histogram samples would pile up between scrapes (or forever, with
+    // no scraper). A thread, not a task: the runtime that built the first server may end first
+    // (each test has its own).
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the metrics upkeep thread: scrapes alone will fold samples");
+    }
+    Some(handle)
+}
+
+/// The `# HELP` lines (promtool's lint asks for one per metric).
+fn describe() {
+    metrics::describe_counter!(TASKS_SUBMITTED, "Tasks stored by a submission, by queue and kind.");
+    metrics::describe_counter!(
+        TASKS_FINISHED,
+        "Attempts ended by this process (built-in workers and the pull API), by queue, kind and outcome."
+    );
+    metrics::describe_histogram!(TASK_RUN, "Seconds an attempt of a built-in worker ran, by queue.");
+    metrics::describe_histogram!(
+        TASK_WAIT,
+        "Seconds a task was ready (submitted, due or handed back) before an attempt started, by queue."
+    );
+    metrics::describe_gauge!(QUEUE_TASKS, "Tasks in a queue by state, read from Redis at scrape time.");
+    metrics::describe_gauge!(
+        QUEUE_OLDEST_WAITING,
+        "Seconds the oldest queued task of a queue has waited (0 when none), read at scrape time."
+    );
+    metrics::describe_gauge!(SSE_CLIENTS, "Event streams (SSE) open on this process.");
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route template and status.");
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        "Seconds until an HTTP response's head was ready, by route template."
+    );
+}
+
+/// A task of `kind` was stored in `queue`.
+pub fn task_submitted(queue: &str, kind: &str) {
+    metrics::counter!(TASKS_SUBMITTED, "queue" => queue.to_owned(), "kind" => kind.to_owned()).increment(1);
+}
+
+/// An attempt of a task of `kind` in `queue` ended with `outcome`, and the store took it.
+pub fn attempt_ended(queue: &str, kind: &str, outcome: &Outcome) {
+    let outcome = match outcome {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Retry { .. } => "retried",
+    };
+    metrics::counter!(
+        TASKS_FINISHED,
+        "queue" => queue.to_owned(),
+        "kind" => kind.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// An attempt in `queue` ran for `ran` (its handler, start to end).
+pub fn attempt_ran(queue: &str, ran: Duration) {
+    metrics::histogram!(TASK_RUN, "queue" => queue.to_owned()).record(ran.as_secs_f64());
+}
+
+/// A task of `queue` started an attempt after `waited` ready.
+pub fn task_waited(queue: &str, waited: Duration) {
+    metrics::histogram!(TASK_WAIT, "queue" => queue.to_owned()).record(waited.as_secs_f64());
+}
+
+/// Sets `queue`'s gauges from its state, as `GET /api/v1/queues` reads it.
+pub fn queue_state(queue: &str, state: &QueueState) {
+    let counts = &state.counts;
+    for (name, count) in [
+        ("queued", counts.queued.total()),
+        ("scheduled", counts.scheduled),
+        ("retrying", counts.retrying),
+        ("running", counts.running),
+        ("dead", counts.dead),
+    ] {
+        metrics::gauge!(QUEUE_TASKS, "queue" => queue.to_owned(), "state" => name).set(count as f64);
+    }
+    let oldest = state.oldest_waiting_ms.unwrap_or(0) as f64 / 1000.0;
+    metrics::gauge!(QUEUE_OLDEST_WAITING, "queue" => queue.to_owned()).set(oldest);
+}
+
+/// `open` event streams are open on this process.
+pub fn sse_clients(open: usize) {
+    metrics::gauge!(SSE_CLIENTS).set(open as f64);
+}
+
+/// A request to `route` (a route template, or `unmatched`) was answered with `status`, its
+/// response's head ready `started.elapsed()` after it arrived.
+pub fn http_request(route: &str, status: u16, started: Instant) {
+    let route = route.to_owned();
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
+    metrics::histogram!(HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
+}
