@@ -6,7 +6,7 @@
 //! looks only at the series of a queue of its own.
 
 use crate::support::*;
-use courier::auth::{AuthMode, Scope, TokenRequest, Tokens};
+use courier::auth::Scope;
 use serde_json::json;
 use std::{process::Stdio, time::Duration};
 use tokio::io::AsyncWriteExt;
@@ -178,38 +178,13 @@ async fn attempts_ended_over_the_pull_api_are_counted_by_outcome() {
     assert_eq!(sample(&text, "courier_task_run_seconds_count", &[("queue", q)]), None);
 }
 
-/// Makes a token on the app's Redis and prefix, as `courier token create` does, and waits until
-/// the server honours it (it reads the tokens again within half a second).
-async fn make_token(app: &TestApp, name: &str, scopes: &[Scope], queues: &[&str]) -> String {
-    let client = redis::Client::open(app.redis_url.as_str()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let minted = Tokens::new(conn, &app.prefix, AuthMode::Auto)
-        .create(TokenRequest {
-            name: name.into(),
-            scopes: scopes.to_vec(),
-            queues: queues.iter().map(|q| q.to_string()).collect(),
-            expires: None,
-        })
-        .await
-        .unwrap();
-    for _ in 0..100 {
-        let me = app.http.get(app.url("/api/v1/auth/me")).bearer_auth(&minted.token).send().await.unwrap();
-        // With access control still off, any call is `anonymous`: wait for the token's own name.
-        if me.status() == 200 && me.json::<serde_json::Value>().await.unwrap()["name"] == name {
-            return minted.token;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the server never honoured the token `{name}`");
-}
-
 #[tokio::test]
 async fn with_access_control_on_only_a_read_token_of_every_queue_may_scrape() {
     let app = spawn_app().await;
     assert_eq!(scrape(&app, None).await.status(), 200, "open while access control is off");
-    let every = make_token(&app, "scraper", &[Scope::Read], &["*"]).await;
-    let one_queue = make_token(&app, "billing-reader", &[Scope::Read], &["billing"]).await;
-    let no_read = make_token(&app, "submitter", &[Scope::Submit], &["*"]).await;
+    let every = app.make_token("scraper", &[Scope::Read], &["*"], None).await;
+    let one_queue = app.make_token("billing-reader", &[Scope::Read], &["billing"], None).await;
+    let no_read = app.make_token("submitter", &[Scope::Submit], &["*"], None).await;
 
     let anonymous = scrape(&app, None).await;
     assert!(anonymous.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));

@@ -12,31 +12,6 @@ use reqwest::{Response, header};
 use serde_json::json;
 use std::time::Duration;
 
-/// Makes a token on the app's Redis and prefix, as `courier token create` does, and waits until
-/// the server honours it (it reads the tokens again within half a second).
-async fn make_token(app: &TestApp, name: &str, scopes: &[Scope], expires: Option<&str>) -> String {
-    let client = redis::Client::open(app.redis_url.as_str()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let minted = Tokens::new(conn, &app.prefix, AuthMode::Auto)
-        .create(TokenRequest {
-            name: name.into(),
-            scopes: scopes.to_vec(),
-            queues: vec!["*".into()],
-            expires: expires.map(str::to_string),
-        })
-        .await
-        .unwrap();
-    for _ in 0..100 {
-        let me = app.http.get(app.url("/api/v1/auth/me")).bearer_auth(&minted.token).send().await.unwrap();
-        // With access control still off, any call is `anonymous`: wait for the token's own name.
-        if me.status() == 200 && me.json::<serde_json::Value>().await.unwrap()["name"] == name {
-            return minted.token;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the server never honoured the token `{name}`");
-}
-
 /// Posts the sign-in form as the page does.
 async fn sign_in(app: &TestApp, token: &str, next: Option<&str>) -> Response {
     let mut body = format!("token={}", encode(token));
@@ -88,7 +63,7 @@ async fn session_keys(app: &TestApp) -> Vec<String> {
 #[tokio::test]
 async fn signing_in_sets_a_strict_http_only_cookie_that_authenticates_api_calls_and_events() {
     let app = spawn_app().await;
-    let token = make_token(&app, "ops", &[Scope::Read, Scope::Submit], None).await;
+    let token = app.make_token("ops", &[Scope::Read, Scope::Submit], &["*"], None).await;
 
     let response = sign_in(&app, &token, Some("/queues")).await;
     assert_eq!(response.status(), 303);
@@ -158,7 +133,7 @@ async fn signing_in_sets_a_strict_http_only_cookie_that_authenticates_api_calls_
 #[tokio::test]
 async fn a_wrong_token_signs_nobody_in_and_is_never_repeated() {
     let app = spawn_app().await;
-    make_token(&app, "admin", &Scope::ALL, None).await;
+    app.make_token("admin", &Scope::ALL, &["*"], None).await;
     let wrong = "cour_thisIsNotATokenAnyoneWasGivenAtAll0123456789";
 
     let response = sign_in(&app, wrong, Some("/dead-letters")).await;
@@ -181,7 +156,7 @@ async fn a_wrong_token_signs_nobody_in_and_is_never_repeated() {
 #[tokio::test]
 async fn signing_out_ends_the_session_and_clears_the_cookie() {
     let app = spawn_app().await;
-    let token = make_token(&app, "reader", &[Scope::Read], None).await;
+    let token = app.make_token("reader", &[Scope::Read], &["*"], None).await;
     let cookie = session_cookie(&app, &token).await;
     assert_eq!(me_with(&app, &cookie).await.status(), 200);
 
@@ -208,8 +183,8 @@ async fn signing_out_ends_the_session_and_clears_the_cookie() {
 #[tokio::test]
 async fn revoking_the_token_ends_the_sessions_opened_with_it() {
     let app = spawn_app().await;
-    let admin = make_token(&app, "admin", &Scope::ALL, None).await;
-    let viewer = make_token(&app, "viewer", &[Scope::Read], None).await;
+    let admin = app.make_token("admin", &Scope::ALL, &["*"], None).await;
+    let viewer = app.make_token("viewer", &[Scope::Read], &["*"], None).await;
     let cookie = session_cookie(&app, &viewer).await;
     assert_eq!(me_with(&app, &cookie).await.status(), 200);
     let page = app.http.get(app.url("/")).header(header::COOKIE, &cookie).send().await.unwrap();
@@ -227,7 +202,7 @@ async fn revoking_the_token_ends_the_sessions_opened_with_it() {
 #[tokio::test]
 async fn a_session_lasts_no_longer_than_its_token() {
     let app = spawn_app().await;
-    let token = make_token(&app, "brief", &[Scope::Read], Some("1h")).await;
+    let token = app.make_token("brief", &[Scope::Read], &["*"], Some("1h")).await;
     let response = sign_in(&app, &token, None).await;
     let set = response.headers()[header::SET_COOKIE].to_str().unwrap();
     let max_age: u64 =
@@ -242,7 +217,7 @@ async fn a_session_lasts_no_longer_than_its_token() {
 #[tokio::test]
 async fn a_change_signed_by_the_cookie_needs_same_origin_evidence() {
     let app = spawn_app().await;
-    let admin = make_token(&app, "admin", &Scope::ALL, None).await;
+    let admin = app.make_token("admin", &Scope::ALL, &["*"], None).await;
     let cookie = session_cookie(&app, &admin).await;
     let pause = |headers: &[(&str, &str)]| {
         let mut request =
@@ -288,7 +263,7 @@ async fn a_change_signed_by_the_cookie_needs_same_origin_evidence() {
 #[tokio::test]
 async fn with_access_control_on_pages_lead_to_sign_in_and_assets_do_not() {
     let app = spawn_app().await;
-    let token = make_token(&app, "reader", &[Scope::Read], None).await;
+    let token = app.make_token("reader", &[Scope::Read], &["*"], None).await;
 
     for (page, next) in
         [("/", "%2F"), ("/queues?x=1", "%2Fqueues%3Fx%3D1"), ("/dead-letters", "%2Fdead-letters")]
@@ -321,7 +296,7 @@ async fn with_access_control_off_pages_need_no_session() {
 #[tokio::test]
 async fn sign_in_follows_only_a_path_of_this_server() {
     let app = spawn_app().await;
-    let token = make_token(&app, "reader", &[Scope::Read], None).await;
+    let token = app.make_token("reader", &[Scope::Read], &["*"], None).await;
     for foreign in ["//evil.example", "https://evil.example/", "/\\evil.example", "evil"] {
         let response = sign_in(&app, &token, Some(foreign)).await;
         assert_eq!(response.status(), 303);

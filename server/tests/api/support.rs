@@ -292,3 +292,39 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, kind: &str
     assert!(problem["title"].as_str().is_some_and(|t| !t.is_empty()));
     problem
 }
+
+impl TestApp {
+    /// Makes a token on the app's Redis and prefix, as `courier token create` does, and waits
+    /// until the server honours it (it reads the tokens again within half a second).
+    #[allow(dead_code)] // not every test binary that includes this file makes tokens
+    pub async fn make_token(
+        &self,
+        name: &str,
+        scopes: &[courier::auth::Scope],
+        queues: &[&str],
+        expires: Option<&str>,
+    ) -> String {
+        use courier::auth::{AuthMode, TokenRequest, Tokens};
+        let client = redis::Client::open(self.redis_url.as_str()).unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let minted = Tokens::new(conn, &self.prefix, AuthMode::Auto)
+            .create(TokenRequest {
+                name: name.into(),
+                scopes: scopes.to_vec(),
+                queues: queues.iter().map(|q| q.to_string()).collect(),
+                expires: expires.map(str::to_string),
+            })
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            let me =
+                self.http.get(self.url("/api/v1/auth/me")).bearer_auth(&minted.token).send().await.unwrap();
+            // With access control still off, any call is `anonymous`: wait for the token's own name.
+            if me.status() == 200 && me.json::<serde_json::Value>().await.unwrap()["name"] == name {
+                return minted.token;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server never honoured the token `{name}`");
+    }
+}
