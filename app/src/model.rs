@@ -511,6 +511,128 @@ pub struct AuditPage {
     pub next: Option<String>,
 }
 
+/// A worker process as `GET /api/v1/workers` lists it: a built-in one (`courier serve` or
+/// `courier worker`) or one pulling over HTTP, seen within the last two lease periods.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    /// The worker's id: `worker-{uuid}` for a built-in one, the name a pulling worker gives.
+    pub id: String,
+    /// `built-in` or `pull`.
+    pub runs: String,
+    pub host: Option<String>,
+    pub pid: Option<u32>,
+    pub version: Option<String>,
+    /// The queues it serves (`*` for every queue).
+    pub queues: Vec<String>,
+    /// How many tasks it runs at once (for a pulling worker: the most leases it asked for).
+    pub slots: u32,
+    /// The tasks it runs now.
+    pub running: Vec<RunningTask>,
+    pub started_at: String,
+    pub last_seen_at: String,
+}
+
+/// A task a worker runs now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunningTask {
+    pub task_id: Uuid,
+    pub queue: String,
+    pub kind: String,
+}
+
+/// `GET /api/v1/workers`: the live worker processes, most recently started first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerView>,
+}
+
+/// `GET /api/v1/stats`: counts by queue and kind, throughput over three spans, and latency.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub queues: Vec<QueueStats>,
+    pub throughput: Throughput,
+    pub latency_ms: Latency,
+}
+
+/// One queue's tasks by state (`queued`, `scheduled`, `retrying`, `running`, `dead`), and its
+/// kinds'.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub paused: bool,
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// How long the oldest queued task has waited, in ms.
+    pub oldest_waiting_ms: Option<u64>,
+    pub kinds: Vec<KindStats>,
+}
+
+/// One kind's tasks in a queue by state: `queued` and `running` (the kind's lanes know them;
+/// scheduled, retrying and dead tasks are counted per queue only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KindStats {
+    pub kind: String,
+    pub counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// Tasks that ended, per second over the last 15 minutes, per minute over 24 hours and per hour
+/// over 30 days, oldest first, every bucket present (zeros included).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub second: Vec<ThroughputPoint>,
+    pub minute: Vec<ThroughputPoint>,
+    pub hour: Vec<ThroughputPoint>,
+}
+
+/// The tasks that succeeded and failed in the bucket starting `at`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThroughputPoint {
+    pub at: String,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+/// Wait (ready to started) and run (started to ended) times over the last 15 minutes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub wait: Percentiles,
+    pub run: Percentiles,
+}
+
+/// Percentiles in ms (none without samples), each the upper bound of its histogram bucket.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: Option<u64>,
+    pub p95: Option<u64>,
+    pub p99: Option<u64>,
+    /// How many samples they come from.
+    pub count: u64,
+}
+
+/// The name of the server-sent event that carries fresh [`Stats`] (once a second, to streams
+/// that ask for it with `?stats=1`).
+pub const STATS_EVENT: &str = "stats";
+
+/// One attempt of a task, for the task page's timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    /// The worker that ran it (a built-in worker's id, or a pulling worker's name).
+    pub worker: Option<String>,
+    pub started_at: String,
+    /// None while it runs.
+    pub ended_at: Option<String>,
+    /// `running`, `succeeded`, `failed`, `retried`, `cancelled`, or `lost` (its worker stopped
+    /// and another attempt took over).
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/tasks/{id}/attempts`: a task's attempts, first first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptList {
+    pub attempts: Vec<AttemptView>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
