@@ -412,6 +412,15 @@ pub struct LeaseRequest {
     /// How long each lease lasts unrenewed (1,000 ms up to the server's `--lease`, its default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
+    /// The host the worker runs on, for `GET /api/v1/workers` (up to 255 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The worker's process id, for `GET /api/v1/workers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The worker's version, for `GET /api/v1/workers` (up to 64 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// One task leased to a pulling worker.

@@ -68,6 +68,12 @@ pub struct Config {
     #[arg(long, env = "COURIER_ADDR", default_value = "127.0.0.1:3000", global = true)]
     pub addr: SocketAddr,
 
+    /// Where `courier worker` serves `/healthz` and `/metrics` (Prometheus text) for its
+    /// orchestrator and scraper, e.g. 127.0.0.1:9100 (port 0 picks a free one). Unset: nothing is
+    /// served. No access control: bind it where only they reach. (`serve` has both on --addr.)
+    #[arg(long, env = "COURIER_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// A PEM file with the certificate chain to serve HTTPS with (the server's own certificate
     /// first, then any intermediates); needs --tls-key. Unset: plain HTTP.
     #[arg(long, env = "COURIER_TLS_CERT", global = true)]

@@ -652,6 +652,11 @@ impl Events {
         self.max_streams.saturating_sub(self.streams.available_permits())
     }
 
+    /// Fired when the process stops: every stream ends.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// A place for one more stream of events; `None` while the most allowed are open.
     pub fn admit(&self) -> Option<Admission> {
         self.streams.clone().try_acquire_owned().ok().map(|permit| Admission { _permit: permit })

@@ -13,10 +13,12 @@ mod problem;
 mod queues;
 mod session;
 mod sse;
+mod stats;
 mod timeouts;
 mod tls;
 mod tokens;
 mod topics;
+mod workers;
 
 pub use auth::{QueueIn, RULES as ACCESS_RULES, Rule};
 pub use connections::serve;
@@ -52,6 +54,19 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::set_header::SetResponseHeaderLayer;
 use uuid::Uuid;
+
+/// A worker process's own small router (`--metrics-addr`): `/healthz`, `/readyz` (Redis answers)
+/// and `/metrics` (this process's counters and histograms: the queue gauges are `serve`'s).
+pub fn worker_probes(
+    redis: ConnectionManager,
+    recorder: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(move || metrics::render_own(recorder.clone())))
+        .with_state(redis)
+}
 
 /// Everything a request handler may need; cheap to clone.
 #[derive(Clone, FromRef)]
@@ -93,6 +108,8 @@ pub struct AppState {
     /// installed in the process first.
     #[from_ref(skip)]
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The worker registry (`GET /api/v1/workers`, `courier_workers`).
+    pub workers: crate::workers::Workers,
 }
 
 /// The whole application: API routes first, then the Leptos pages and static files.
@@ -105,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/status", get(api::status).delete(api::cancel))
         .route("/api/v1/tasks/{id}/result", get(api::result))
         .route("/api/v1/tasks/{id}/payload", get(api::payload))
+        .route("/api/v1/tasks/{id}/attempts", get(api::attempts))
         .route("/api/v1/tasks/{id}/events", get(sse::task_events))
         .route("/api/v1/events", get(sse::all_events))
         .route("/api/v1/kinds", get(kinds::list))
@@ -129,6 +147,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dead-letters/requeue", post(dead_letters::requeue_all))
         .route("/api/v1/dead-letters/{id}", delete(dead_letters::delete))
         .route("/api/v1/dead-letters/{id}/requeue", post(dead_letters::requeue))
+        .route("/api/v1/workers", get(workers::list))
+        .route("/api/v1/stats", get(stats::get))
+        .route("/api/v1/stats/events", get(stats::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{name}", delete(tokens::revoke))
         .route("/api/v1/audit", get(audit::list))

@@ -18,10 +18,12 @@ pub mod push;
 pub mod queue;
 pub mod queues;
 pub mod redis_client;
+pub mod stats;
 pub mod store;
 pub mod tasks;
 pub mod topics;
 pub mod worker;
+pub mod workers;
 
 use anyhow::Context;
 use config::{Command, Config};
@@ -45,6 +47,8 @@ use worker::{RetryPolicy, Runner};
 /// run until a shutdown signal.
 pub struct Server {
     listener: Option<TcpListener>,
+    /// A worker's `/healthz` and `/metrics` (`--metrics-addr`), with what they read.
+    probes: Option<(TcpListener, axum::Router)>,
     /// Set when it serves HTTPS.
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: Option<axum::Router>,
@@ -117,6 +121,7 @@ impl Server {
             kinds.declare_from_file(path, &file.kinds).await?;
         }
         let shutdown = CancellationToken::new();
+        let workers = workers::Workers::new(conn.clone(), &config.prefix, config.lease);
 
         let runner = (config.concurrency > 0).then(|| {
             let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
@@ -124,7 +129,7 @@ impl Server {
             let kinds = registry.clone();
             let serving =
                 Serving::new(queues.clone(), choice, config.concurrency, Arc::new(move || kinds.run_here()));
-            Runner::new(serving, registry.clone(), retry)
+            Runner::new(serving, registry.clone(), retry, workers.clone())
         });
         let (listener, router) = if role == Command::Serve {
             let tokens = auth::Tokens::new(conn.clone(), &config.prefix, config.auth)
@@ -155,7 +160,7 @@ impl Server {
                 tokens,
                 audit: audit::Audit::new(conn.clone(), &config.prefix),
                 links: links.clone(),
-                redis: conn,
+                redis: conn.clone(),
                 max_payload: config.max_payload,
                 body_budget: http::BodyBudget::new(config.max_body_memory),
                 retention: config.retention,
@@ -168,19 +173,34 @@ impl Server {
                     config.max_waiting.min(tokio::sync::Semaphore::MAX_PERMITS),
                 )),
                 metrics: metrics::recorder(),
+                workers,
             };
             (Some(listener), Some(http::router(state)))
         } else {
             let keys = KindKeys::new(&config.prefix);
-            tokio::spawn(kinds::keep_current(registry, conn, keys, shutdown.clone()));
+            tokio::spawn(kinds::keep_current(registry, conn.clone(), keys, shutdown.clone()));
             (None, None)
         };
-        Ok(Server { listener, tls, router, runner, config, redis, shutdown })
+        let probes = match config.metrics_addr {
+            Some(addr) if role == Command::Worker => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --metrics-addr {addr}"))?;
+                Some((listener, http::worker_probes(conn, metrics::recorder())))
+            }
+            _ => None,
+        };
+        Ok(Server { listener, probes, tls, router, runner, config, redis, shutdown })
     }
 
     /// The bound HTTP port; `None` for a worker-only process.
     pub fn port(&self) -> Option<u16> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
+    }
+
+    /// The port of a worker's `/healthz` and `/metrics` (`--metrics-addr`); `None` without.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.probes.as_ref().and_then(|(l, _)| l.local_addr().ok()).map(|a| a.port())
     }
 
     /// A token that stops the process gracefully when cancelled (as SIGTERM does).
@@ -191,8 +211,19 @@ impl Server {
     /// Serves and works until SIGINT, SIGTERM or the shutdown token; then stops taking work,
     /// lets in-flight tasks finish within the grace period, and stops the embedded Redis.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Server { listener, tls, router, runner, config, redis, shutdown } = self;
+        let Server { listener, probes, tls, router, runner, config, redis, shutdown } = self;
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        if let Some((listener, router)) = probes {
+            info!(addr = %listener.local_addr()?, "serving /healthz and /metrics");
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let served =
+                    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "serving /healthz and /metrics stopped");
+                }
+            });
+        }
         let workers =
             runner.map(|runner| tokio::spawn(runner.run(config.concurrency, shutdown.clone(), config.grace)));
         if let (Some(listener), Some(router)) = (listener, router) {

@@ -24,6 +24,8 @@ pub const TASK_WAIT: &str = "courier_task_wait_seconds";
 pub const QUEUE_TASKS: &str = "courier_queue_tasks";
 /// How long a queue's oldest queued task has waited, read at scrape time.
 pub const QUEUE_OLDEST_WAITING: &str = "courier_queue_oldest_waiting_seconds";
+/// The worker processes serving a queue, from the worker registry at scrape time.
+pub const WORKERS: &str = "courier_workers";
 /// The event streams (SSE) open on this process.
 pub const SSE_CLIENTS: &str = "courier_sse_clients";
 /// HTTP requests answered, by route template and status.
@@ -104,6 +106,10 @@ fn describe() {
         QUEUE_OLDEST_WAITING,
         "Seconds the oldest queued task of a queue has waited (0 when none), read at scrape time."
     );
+    metrics::describe_gauge!(
+        WORKERS,
+        "Worker processes (built-in or pulling over HTTP) serving a queue, seen in the last two lease periods."
+    );
     metrics::describe_gauge!(SSE_CLIENTS, "Event streams (SSE) open on this process.");
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route template and status.");
     metrics::describe_histogram!(
@@ -158,6 +164,11 @@ pub fn queue_state(queue: &str, state: &QueueState) {
     }
     let oldest = state.oldest_waiting_ms.unwrap_or(0) as f64 / 1000.0;
     metrics::gauge!(QUEUE_OLDEST_WAITING, "queue" => queue.to_owned()).set(oldest);
+}
+
+/// `count` worker processes serve `queue`.
+pub fn queue_workers(queue: &str, count: usize) {
+    metrics::gauge!(WORKERS, "queue" => queue.to_owned()).set(count as f64);
 }
 
 /// `open` event streams are open on this process.

@@ -211,6 +211,35 @@ pub struct QueueState {
     pub counts: QueueCounts,
     pub oldest_waiting_ms: Option<u64>,
     pub finished_last_minute: u64,
+    /// Per kind with a lane in the queue: its tasks queued and running, by kind name.
+    pub kinds: std::collections::BTreeMap<String, KindCounts>,
+}
+
+/// One kind's tasks in a queue that its lane counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    pub queued: u64,
+    pub running: u64,
+}
+
+/// The per-kind counts of a queue view's reply (`kind:{kind}:queued`, `kind:{kind}:running`).
+fn kind_counts(
+    reply: &std::collections::HashMap<String, String>,
+) -> std::collections::BTreeMap<String, KindCounts> {
+    let mut kinds = std::collections::BTreeMap::<String, KindCounts>::new();
+    for (name, value) in reply {
+        let Some((kind, state)) = name.strip_prefix("kind:").and_then(|rest| rest.rsplit_once(':')) else {
+            continue;
+        };
+        let value = value.parse().unwrap_or(0);
+        let counts = kinds.entry(kind.to_string()).or_default();
+        match state {
+            "queued" => counts.queued = value,
+            "running" => counts.running = value,
+            _ => {}
+        }
+    }
+    kinds
 }
 
 /// How an attempt ended, as recorded by [`Queue::finish`].
@@ -696,6 +725,7 @@ impl Queue {
             },
             oldest_waiting_ms: number("oldest_waiting_ms"),
             finished_last_minute: count("finished_last_minute"),
+            kinds: kind_counts(&reply),
         })
     }
 

@@ -33,7 +33,7 @@
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 
 use crate::queue::record as field;
-use app::model::{Status, TaskView};
+use app::model::{AttemptView, Status, TaskView};
 use redis::{AsyncCommands, aio::ConnectionManager};
 use std::{collections::HashMap, sync::Arc};
 use uuid::Uuid;
@@ -184,6 +184,45 @@ pub fn rfc3339(ms: u64) -> String {
         .unwrap_or_default()
 }
 
+/// The attempts a task's record tells of: its attempt log (one field per ended attempt), and
+/// its running attempt, first first.
+fn attempts_of(record: &TaskRecord, fields: &HashMap<String, String>) -> Vec<AttemptView> {
+    let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+    let ms = |text: &str| text.parse::<u64>().ok().map(rfc3339);
+    let mut attempts: Vec<AttemptView> = fields
+        .iter()
+        .filter_map(|(name, entry)| {
+            let attempt = name.strip_prefix(field::ATTEMPT_LOG)?.parse().ok()?;
+            let mut parts = entry.splitn(5, field::ATTEMPT_LOG_SEPARATOR);
+            let mut next = || parts.next().unwrap_or_default();
+            let (outcome, started, ended, worker, error) = (next(), next(), next(), next(), next());
+            Some(AttemptView {
+                attempt,
+                outcome: outcome.to_string(),
+                started_at: ms(started).unwrap_or_default(),
+                ended_at: ms(ended),
+                worker: (!worker.is_empty()).then(|| worker.to_string()),
+                error: (!error.is_empty()).then(|| error.to_string()),
+            })
+        })
+        .collect();
+    if record.status == Status::Running
+        && let Some(started) = text(field::ATTEMPT_STARTED).as_deref().and_then(ms)
+    {
+        attempts.retain(|a| a.attempt != record.attempts);
+        attempts.push(AttemptView {
+            attempt: record.attempts,
+            worker: text(field::WORKER),
+            started_at: started,
+            ended_at: None,
+            outcome: "running".into(),
+            error: None,
+        });
+    }
+    attempts.sort_by_key(|a| a.attempt);
+    attempts
+}
+
 /// One task's hash, as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskRecord {
@@ -299,6 +338,14 @@ impl Store {
     pub async fn get(&self, id: &Uuid) -> redis::RedisResult<Option<TaskRecord>> {
         let fields: HashMap<String, String> = self.conn.clone().hgetall(self.keys.task(id)).await?;
         Ok(TaskRecord::from_fields(*id, self.keys.queue(), &fields))
+    }
+
+    /// The task's attempts, first first (`None` if the task is unknown or expired): those ended,
+    /// from its attempt log, and the one running now.
+    pub async fn attempts(&self, id: &Uuid) -> redis::RedisResult<Option<Vec<AttemptView>>> {
+        let fields: HashMap<String, String> = self.conn.clone().hgetall(self.keys.task(id)).await?;
+        Ok(TaskRecord::from_fields(*id, self.keys.queue(), &fields)
+            .map(|record| attempts_of(&record, &fields)))
     }
 
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).

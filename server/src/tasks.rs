@@ -442,6 +442,14 @@ impl Tasks {
         }
     }
 
+    /// The task's attempts, first first, or `None` if the task is unknown or expired.
+    pub async fn attempts(&self, id: &Uuid) -> redis::RedisResult<Option<Vec<app::model::AttemptView>>> {
+        match self.queues.locate(id).await? {
+            Some(queue) => queue.store().attempts(id).await,
+            None => Ok(None),
+        }
+    }
+
     /// The result of a succeeded task.
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
         self.queues.handle(&record.queue).store().result(record).await

@@ -4,6 +4,7 @@
 use crate::{
     handlers::{Context, HandlerError, Input, Output, Registry},
     queue::{DeadReason, Lease, Outcome, Renewal, ResultBytes, Serving},
+    workers::{Announcement, Running, Workers},
 };
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use futures::FutureExt;
@@ -15,6 +16,18 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, error, info, info_span, warn};
+
+/// Takes an attempt off the running tasks when it ends, however it ends.
+struct Ended<'a> {
+    running: &'a Running,
+    task: uuid::Uuid,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.running.ended(&self.task);
+    }
+}
 
 /// How retries are spaced: `base × 2^(attempt-1)`, at most `cap`, jittered by ±10 %.
 #[derive(Clone, Copy, Debug)]
@@ -39,17 +52,28 @@ pub struct Runner {
     in_flight: TaskTracker,
     // Fired when the grace period ends: unfinished attempts go back to the queue.
     hand_back: CancellationToken,
+    /// The tasks running here now, for the worker registry.
+    running: Arc<Running>,
+    workers: Workers,
 }
 
 impl Runner {
-    /// A runner over the queues of `serving`, running the kinds in `registry`.
-    pub fn new(serving: Arc<Serving>, registry: Registry, retry: RetryPolicy) -> Arc<Runner> {
+    /// A runner over the queues of `serving`, running the kinds in `registry`, announced in
+    /// `workers`.
+    pub fn new(
+        serving: Arc<Serving>,
+        registry: Registry,
+        retry: RetryPolicy,
+        workers: Workers,
+    ) -> Arc<Runner> {
         Arc::new(Runner {
             serving,
             registry,
             retry,
             in_flight: TaskTracker::new(),
             hand_back: CancellationToken::new(),
+            running: Arc::default(),
+            workers,
         })
     }
 
@@ -61,6 +85,15 @@ impl Runner {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> anyhow::Result<()> {
+        // Announced until its last attempt has ended (or been handed back).
+        let announced = CancellationToken::new();
+        let announcement = Announcement::built_in(self.serving.queue_names(), concurrency as u32);
+        let announcing = tokio::spawn(self.workers.clone().keep_announcing(
+            self.serving.id(),
+            announcement,
+            self.running.clone(),
+            announced.clone(),
+        ));
         let runner = self.clone();
         let stop = shutdown.clone();
         let monitor = Monitor::new().register(move |_restarts| {
@@ -95,11 +128,15 @@ impl Runner {
                 );
             }
         }
+        announced.cancel();
+        let _ = announcing.await;
         Ok(())
     }
 
     async fn attempt(self: Arc<Self>, mut lease: Lease) {
         let queue = lease.queue.clone();
+        self.running.started(lease.task_id, queue.name().into(), &lease.kind);
+        let _ended = Ended { running: &self.running, task: lease.task_id };
         if let Some(waited) = lease.waited() {
             crate::metrics::task_waited(queue.name(), waited);
         }

@@ -362,6 +362,21 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     Ok(Json(present(&state, &find(&state, &id).await?)))
 }
 
+/// `GET /api/v1/tasks/{id}/attempts`: the task's attempts, first first, each with its worker,
+/// start, end, outcome and error.
+pub async fn attempts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<app::model::AttemptList>, ApiError> {
+    let id = parse_id(&id)?;
+    let attempts = state
+        .tasks
+        .attempts(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no task with this id (it never existed or has expired)"))?;
+    Ok(Json(app::model::AttemptList { attempts }))
+}
+
 /// A task's view as this caller gets it: with access control on, its `result_url` is a signed
 /// link, which can be handed to a browser or another service that has no token.
 fn present(state: &AppState, record: &TaskRecord) -> TaskView {

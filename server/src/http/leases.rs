@@ -14,6 +14,7 @@ use crate::{
     queue::{Outcome, PullToken, Pulled, Queue, Renewal, ResultBytes},
     store::{now_ms, rfc3339},
     worker::failure_outcome,
+    workers::Announcement,
 };
 use app::model::{
     Heartbeat, HeartbeatReply, LeaseFailure, LeaseGrant, LeaseList, LeaseRequest, Status, is_kind_name,
@@ -61,9 +62,14 @@ pub async fn take(
         // Due delayed tasks and retries first: where no built-in worker runs, nothing else
         // moves them.
         queue.promote_due().await?;
-        let pulled = queue.pull(&ask.kinds, ask.max, ask.lease).await?;
+        let pulled = queue.pull(&request.worker, &ask.kinds, ask.max, ask.lease).await?;
         let now = Instant::now();
         if !pulled.is_empty() || now >= deadline {
+            let tasks: Vec<_> = pulled.iter().map(|p| (p.token.task_id, p.token.kind.clone())).collect();
+            let announcement = ask.announcement(&request);
+            if let Err(e) = state.workers.seen_pulling(&request.worker, &announcement, &name, &tasks).await {
+                tracing::warn!(error = %e, worker = %request.worker, "recording a pulling worker in the registry failed");
+            }
             return Ok(Json(LeaseList { leases: grants(&state, &queue, pulled).await? }));
         }
         let look_again = deadline.min(now + RECHECK);
@@ -110,6 +116,13 @@ impl Ask {
                 return Err(format!("`{bad}` is not a kind name"));
             }
         }
+        if request.host.as_ref().is_some_and(|h| h.chars().count() > 255 || h.chars().any(char::is_control)) {
+            return Err("host must be at most 255 printable characters".into());
+        }
+        if request.version.as_ref().is_some_and(|v| v.chars().count() > 64 || v.chars().any(char::is_control))
+        {
+            return Err("version must be at most 64 printable characters".into());
+        }
         let max = request.max.unwrap_or(1);
         if !(1..=MAX_LEASES).contains(&max) {
             return Err(format!("max must be 1 to {MAX_LEASES}"));
@@ -130,6 +143,18 @@ impl Ask {
             wait: Duration::from_millis(wait_ms),
             lease: Duration::from_millis(lease_ms),
         })
+    }
+
+    /// What the worker asking says about itself, for the worker registry.
+    fn announcement(&self, request: &LeaseRequest) -> Announcement {
+        Announcement {
+            runs: "pull",
+            host: request.host.clone(),
+            pid: request.pid,
+            version: request.version.clone(),
+            queues: Vec::new(),
+            slots: self.max as u32,
+        }
     }
 
     /// Whether `event` may have brought this request work in queue `queue`.
@@ -202,6 +227,10 @@ pub async fn heartbeat(
         Renewal::Held => false,
         Renewal::CancelRequested => true,
     };
+    // A worker busy with long tasks asks for no leases: its heartbeats keep it in the registry.
+    if let Err(e) = seen_holding(&state, &queue, &token).await {
+        tracing::warn!(error = %e, "recording a pulling worker in the registry failed");
+    }
     Ok(Json(HeartbeatReply { expires_at: rfc3339(now_ms() + token.lease_ms), cancel_requested }))
 }
 
@@ -221,7 +250,7 @@ pub async fn complete(
         .unwrap_or("application/octet-stream")
         .to_string();
     let result = ResultBytes::New(body.bytes.clone());
-    end(&queue, &token, Outcome::Succeeded { result, content_type }).await
+    end(&state, &queue, &token, Outcome::Succeeded { result, content_type }).await
 }
 
 /// `POST /api/v1/leases/{token}/fail`: the attempt failed; retried while attempts are left and
@@ -248,7 +277,7 @@ pub async fn fail(
     let retry =
         state.tasks.registry().get(&record.kind).and_then(|h| h.retry_policy()).unwrap_or(state.retry);
     let outcome = failure_outcome(error, record.attempts, record.max_attempts, retry, false);
-    end(&queue, &token, outcome).await
+    end(&state, &queue, &token, outcome).await
 }
 
 /// `POST /api/v1/leases/{token}/release`: hands the task back unfinished (a worker shutting
@@ -258,17 +287,46 @@ pub async fn release(
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let (queue, token) = lease_of(&state, &token)?;
+    let worker = queue.pulled_state(&token).await?.map(|held| held.worker);
     match queue.release_pulled(&token).await? {
-        true => Ok(StatusCode::NO_CONTENT),
+        true => {
+            ended_in_registry(&state, worker.as_deref(), &token).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         false => Err(lost()),
+    }
+}
+
+/// Renews, in the worker registry, the worker that holds `token`.
+async fn seen_holding(state: &AppState, queue: &Queue, token: &PullToken) -> redis::RedisResult<()> {
+    match queue.pulled_state(token).await? {
+        Some(held) if !held.worker.is_empty() => {
+            state.workers.pulled_ended_or_running(&held.worker, None).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Takes the task of `token` off the running tasks of `worker` in the registry.
+async fn ended_in_registry(state: &AppState, worker: Option<&str>, token: &PullToken) {
+    let Some(worker) = worker.filter(|w| !w.is_empty()) else { return };
+    if let Err(e) = state.workers.pulled_ended_or_running(worker, Some(&token.task_id)).await {
+        tracing::warn!(error = %e, "updating a pulling worker in the registry failed");
     }
 }
 
 /// Ends the lease's attempt with `outcome` — or, when its task was cancelled meanwhile, as
 /// cancelled, answering `409` so the worker knows its outcome was not taken. Counted once the
 /// store took it.
-async fn end(queue: &Queue, token: &PullToken, outcome: Outcome) -> Result<StatusCode, ApiError> {
+async fn end(
+    app: &AppState,
+    queue: &Queue,
+    token: &PullToken,
+    outcome: Outcome,
+) -> Result<StatusCode, ApiError> {
     let state = queue.pulled_state(token).await?.ok_or_else(lost)?;
+    let worker = state.worker.clone();
+    ended_in_registry(app, Some(&worker), token).await;
     if state.cancel_requested {
         if queue.end_pulled(token, state, Outcome::Cancelled).await? {
             crate::metrics::attempt_ended(queue.name(), &token.kind, &Outcome::Cancelled);

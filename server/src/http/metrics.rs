@@ -15,7 +15,7 @@ use std::time::Instant;
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`: this process's counters and histograms, and every queue's gauges read from
-/// Redis now (one script per queue, sent together).
+/// Redis now (one script per queue, sent together, and the worker registry).
 pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     admit(&state, &headers)?;
     let Some(recorder) = &state.metrics else {
@@ -24,10 +24,27 @@ pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Result
     };
     let queues = state.tasks.queues().all().await?;
     let states = futures::future::try_join_all(queues.iter().map(Queue::state)).await?;
+    let workers = state.workers.list(state.tasks.queues()).await?;
     for (queue, queue_state) in queues.iter().zip(&states) {
         crate::metrics::queue_state(queue.name(), queue_state);
+        let serving =
+            workers.iter().filter(|w| w.queues.iter().any(|q| q == "*" || q == queue.name())).count();
+        crate::metrics::queue_workers(queue.name(), serving);
     }
     crate::metrics::sse_clients(state.events.open_streams());
+    let mut response = recorder.render().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+    Ok(response)
+}
+
+/// A worker's `GET /metrics` (`--metrics-addr`): this process's counters and histograms only.
+pub async fn render_own(
+    recorder: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<Response, ApiError> {
+    let Some(recorder) = recorder else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+            .detail("another metrics recorder was installed in this process before Courier's"));
+    };
     let mut response = recorder.render().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     Ok(response)

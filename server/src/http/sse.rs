@@ -120,7 +120,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
 }
 
 /// A slot for one more event stream, or `503` with Retry-After while all are taken.
-fn admit(state: &AppState) -> Result<Admission, ApiError> {
+pub(super) fn admit(state: &AppState) -> Result<Admission, ApiError> {
     state.events.admit().ok_or_else(|| {
         tracing::warn!("answering 503: every event stream slot is taken (--max-sse-clients)");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too-many-streams", "Too many event streams")

@@ -28,6 +28,52 @@ local function count_ends(base, now, n)
   end
 end
 
+-- Adds attempt `attempt` of `task` (its record's key) to the task's attempt log: one field per
+-- attempt, `a:{attempt}` = outcome, start ms, end ms, worker and error, separated by the unit
+-- separator (the error last, so it may hold anything). `Queue::attempts` reads them.
+local function log_attempt(task, attempt, outcome, started, ended, worker, err)
+  if attempt and attempt ~= '' and attempt ~= '0' then
+    redis.call('HSET', task, 'a:' .. attempt, outcome .. '\31' .. (started or '') .. '\31' .. ended
+      .. '\31' .. (worker or '') .. '\31' .. (err or ''))
+  end
+end
+
+-- The time buckets of a queue's stats (`stats.rs` reads them): per second in one hash per
+-- minute (kept 17 minutes), per minute in one per hour (25 hours), per hour in one per day (31
+-- days): {name, span of a key ms, span of a field ms, how long a key is kept ms}.
+local STATS_SPANS = {{'s', 60000, 1000, 1020000}, {'m', 3600000, 60000, 90000000},
+  {'h', 86400000, 3600000, 2678400000}}
+
+-- The histogram bin of a duration of `ms`: a quarter of a doubling wide (bin b holds durations up
+-- to 2^((b+1)/4) - 1 ms).
+local function latency_bin(ms)
+  return math.floor(4 * math.log(tonumber(ms) + 1) / math.log(2))
+end
+
+-- Counts, at `now`, `succeeded` and `failed` tasks that ended and the wait and run samples
+-- (`bins`: 'w{bin}' or 'r{bin}' -> count) in the queue's stats buckets: a field `{n}s` and
+-- `{n}f` per second, minute and hour; the samples in the second's key only (`stats.rs` reads the
+-- percentiles of the last 15 minutes from them). A script that ends many tasks counts them once.
+local function record_stats(base, now, succeeded, failed, bins)
+  now = tonumber(now)
+  for i, span in ipairs(STATS_SPANS) do
+    local key = base .. ':stats:' .. span[1] .. ':' .. math.floor(now / span[2])
+    local n = math.floor((now % span[2]) / span[3])
+    -- A new field may be a new key: it gets its time to live (at most once a second).
+    if redis.call('HINCRBY', key, n .. 's', succeeded) == succeeded then
+      redis.call('PEXPIRE', key, span[4])
+    end
+    if failed > 0 then
+      redis.call('HINCRBY', key, n .. 'f', failed)
+    end
+    if i == 1 and bins then
+      for bin, count in pairs(bins) do
+        redis.call('HINCRBY', key, bin, count)
+      end
+    end
+  end
+end
+
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
 -- ms from `now` (the caller counts the end, `count_ends`). A shared payload (`ref`) counts its open tasks in `payload-refs:{ref}` and gets
 -- its TTL when the last of them ends: the latest end plus retention of any of them.
@@ -85,6 +131,7 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
   redis.call('ZADD', base .. ':dead', now, id)
   keep_after_end(base, id, f[6], f[5], dead_keep, now)
   count_ends(base, now, 1)
+  record_stats(base, now, 0, 1, nil)
   if f[4] and f[4] ~= '' then
     leave_session(base, base .. ':session:' .. f[4], id)
   end

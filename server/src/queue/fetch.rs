@@ -362,7 +362,7 @@ impl Queue {
     ) -> RedisResult<Claimed> {
         let mut call = self.scripts.claim.prepare_invoke();
         call.key(self.keys.events());
-        self.leasing_args(&mut call, consumer, kinds).arg(count);
+        self.leasing_args(&mut call, consumer, consumer, kinds).arg(count);
         for (kind, stream, entry) in given {
             // An entry without a task id is not ours to interpret: the script drops it.
             let task = entry.get::<String>("task").unwrap_or_default();

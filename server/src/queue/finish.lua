@@ -19,12 +19,20 @@ local applied = {}
 local ended, ended_streams = {}, {}
 -- How many tasks ended (rather than waiting for a retry).
 local ends = 0
+-- What the stats count: tasks succeeded and failed for good, and wait and run samples by bin.
+local succeeded, failed, bins = 0, 0, {}
+local function sample(prefix, ms)
+  if ms then
+    local bin = prefix .. latency_bin(math.max(ms, 0))
+    bins[bin] = (bins[bin] or 0) + 1
+  end
+end
 for a = 11, #ARGV, 13 do
   local id, s, entry, outcome, err = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 4],
     ARGV[a + 5]
   local task = base .. ':task:' .. id
   local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority',
-    'payload_ref')
+    'payload_ref', 'worker', 'attempt_started', 'waited')
   local source, source_key = ARGV[a + 12], nil
   if source == 'staged' then
     source_key = base .. ':staged:' .. ARGV[a + 3]
@@ -90,6 +98,14 @@ for a = 11, #ARGV, 13 do
       end
     end
     emit_event(KEYS[1], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now)
+    log_attempt(task, f[3], outcome == 'retrying' and 'retried' or outcome, f[8], now, f[7], err)
+    if outcome == 'succeeded' then
+      succeeded = succeeded + 1
+    elseif outcome == 'failed' then
+      failed = failed + 1
+    end
+    sample('w', tonumber(f[9]))
+    sample('r', f[8] and tonumber(now) - (tonumber(f[8]) or tonumber(now)))
     applied[#applied + 1] = 1
   end
 end
@@ -98,6 +114,9 @@ for _, stream in ipairs(ended_streams) do
 end
 if ends > 0 then
   count_ends(base, now, ends)
+end
+if succeeded + failed > 0 or next(bins) then
+  record_stats(base, now, succeeded, failed, bins)
 end
 -- The limits are read after the ends: the attempts that ended free their room.
 start_budget(ctx)

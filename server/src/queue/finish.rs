@@ -232,7 +232,7 @@ impl Queue {
         }
         let mut call = self.scripts.finish.prepare_invoke();
         call.key(self.keys.events()).key(self.keys.retrying()).key(self.keys.dead());
-        self.leasing_args(&mut call, consumer, kinds).arg(want);
+        self.leasing_args(&mut call, consumer, consumer, kinds).arg(want);
         for e in endings {
             call.arg(&e.task_id)
                 .arg(e.stream_index + 1)

@@ -4,9 +4,8 @@
 --
 -- Both scripts start with the same arguments, read into one table by `leasing_context`; `given`
 -- is how many entries the claim was handed already read (they are pending, but none runs yet):
--- ARGV[1..10]: key base, group, consumer, token base, the caller's now in ms (unread: these
--- scripts keep Redis's clock, `redis_now`), events maxlen, dead-letter retention ms, retention
--- ms, the kinds the worker runs (comma-separated, or '*' for every kind), then (claim) how many
+-- ARGV[1..10]: key base, group, consumer, token base, the worker's id (recorded with each
+-- attempt it starts), events maxlen, dead-letter retention ms, retention ms, the kinds the worker runs (comma-separated, or '*' for every kind), then (claim) how many
 -- to take or (finish) how many more to take.
 -- KEYS[1]: events.
 
@@ -52,7 +51,8 @@ end
 local function leasing_context(given)
   return {
     given = given or 0,
-    base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], now = redis_now(),
+    base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], worker = ARGV[5],
+    now = redis_now(),
     maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8],
     lanes = lanes_for(ARGV[1], ARGV[9], 'ready-lanes'), events = KEYS[1], leases = 0,
     -- Lanes handed an entry back by this script: still ready, whatever its reads found.
@@ -157,7 +157,8 @@ local function take_lease(ctx, kind, s, entry, id)
   local f = {}
   if id ~= '' then
     f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'kind', 'max_attempts',
-      'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes', 'expires', 'payload_ref')
+      'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes', 'expires', 'payload_ref',
+      'worker', 'attempt_started')
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -192,8 +193,17 @@ local function take_lease(ctx, kind, s, entry, id)
   ctx.leases = ctx.leases + 1
   mark_start(ctx, token)
   local attempt = tostring((tonumber(f[3]) or 0) + 1)
+  -- How long it waited ready: its entry's id is stamped as it joined the stream. A takeover's
+  -- wait was its previous attempt's, whose holder stopped: that attempt is logged as lost.
+  local waited = ''
+  if status == 'running' then
+    log_attempt(task, f[3], 'lost', f[15], now, f[14], '')
+  else
+    waited = math.max(tonumber(now) - (tonumber(string.match(entry, '^(%d+)')) or tonumber(now)), 0)
+  end
   redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
-    'progress', '', 'attempts', attempt, 'started', f[4] or now)
+    'progress', '', 'attempts', attempt, 'started', f[4] or now, 'attempt_started', now,
+    'worker', ctx.worker, 'waited', waited)
   emit_event(ctx.events, ctx.maxlen, base, 'running', id, f[5], 'running', attempt, '', '', now)
   local payload, has = nil, '2'
   if (tonumber(f[11]) or 0) <= INLINE_PAYLOAD_MAX then

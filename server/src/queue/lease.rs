@@ -213,7 +213,7 @@ pub(super) struct Leasing {
 }
 
 impl Leasing {
-    /// A new worker process's leasing on the queues it serves, under a consumer name of its own;
+    /// A worker process's leasing on the queues it serves, under its id as consumer name;
     /// leases go to `leases` and end through `endings`, neither of which it keeps open.
     pub(super) fn new(
         serving: Arc<Serving>,
@@ -222,8 +222,8 @@ impl Leasing {
         shutdown: CancellationToken,
     ) -> Leasing {
         Leasing {
+            consumer: serving.id(),
             serving,
-            consumer: format!("worker-{}", Uuid::now_v7()).into(),
             leases: leases.downgrade(),
             endings: endings.downgrade(),
             shutdown,
@@ -302,20 +302,22 @@ impl Leasing {
 
 impl Queue {
     /// The arguments both lease-taking scripts start with (lease.lua's `leasing_context`): key
-    /// base, group, consumer, a fresh token base (each lease's token is `base:n`), now, events
-    /// maxlen, dead-letter retention (for tasks a claim finds expired), retention, the kinds the
-    /// worker runs (comma-separated, or `*` for all).
+    /// base, group, consumer, a fresh token base (each lease's token is `base:n`), the worker's
+    /// id (each attempt it starts records it), events maxlen, dead-letter retention (for tasks a
+    /// claim finds expired), retention, the kinds the worker runs (comma-separated, or `*` for
+    /// all).
     pub(super) fn leasing_args<'c, 'a>(
         &self,
         call: &'c mut ScriptInvocation<'a>,
         consumer: &str,
+        worker: &str,
         kinds: &str,
     ) -> &'c mut ScriptInvocation<'a> {
         call.arg(self.keys.base())
             .arg(GROUP)
             .arg(consumer)
             .arg(Uuid::now_v7().to_string())
-            .arg(now_ms())
+            .arg(worker)
             .arg(self.settings.events_maxlen)
             .arg(self.settings.dead_retention.as_millis() as u64)
             .arg(self.settings.retention.as_millis() as u64)

@@ -80,6 +80,8 @@ pub struct PulledState {
     pub cancel_requested: bool,
     session: String,
     idempotency_key: String,
+    /// The worker that pulled it (its name for itself).
+    pub worker: String,
 }
 
 /// A lease a worker pulled: its token, and the payload when it came with the claim.
@@ -94,13 +96,20 @@ pub struct Pulled {
 }
 
 impl Queue {
-    /// Takes up to `max` leases of `lease` each for a pulling worker, on the lanes of `kinds`
+    /// Takes up to `max` leases of `lease` each for the pulling worker named `worker`, on the
+    /// lanes of `kinds`
     /// (comma-separated, `*` for every kind): expired ones taken over first, then new ones.
-    pub async fn pull(&self, kinds: &str, max: usize, lease: Duration) -> RedisResult<Vec<Pulled>> {
+    pub async fn pull(
+        &self,
+        worker: &str,
+        kinds: &str,
+        max: usize,
+        lease: Duration,
+    ) -> RedisResult<Vec<Pulled>> {
         let lease_ms = lease.min(self.settings.lease).as_millis() as u64;
         let mut call = self.scripts.pull.prepare_invoke();
         call.key(self.keys.events());
-        self.leasing_args(&mut call, CONSUMER, kinds)
+        self.leasing_args(&mut call, CONSUMER, worker, kinds)
             .arg(max)
             .arg(self.settings.lease.as_millis() as u64)
             .arg(lease_ms);
@@ -163,15 +172,16 @@ impl Queue {
 
     /// The pulled lease as its record holds it, or `None` once the lease is no longer held.
     pub async fn pulled_state(&self, token: &PullToken) -> RedisResult<Option<PulledState>> {
-        let [lease, cancel, session, idem]: [Option<String>; 4] = redis::cmd("HMGET")
+        let [lease, cancel, session, idem, worker]: [Option<String>; 5] = redis::cmd("HMGET")
             .arg(self.keys.task(&token.task_id))
-            .arg(&[record::LEASE, record::CANCEL, record::SESSION, record::IDEMPOTENCY_KEY])
+            .arg(&[record::LEASE, record::CANCEL, record::SESSION, record::IDEMPOTENCY_KEY, record::WORKER])
             .query_async(&mut self.conn.clone())
             .await?;
         Ok((lease.as_deref() == Some(token.token.as_str())).then(|| PulledState {
             cancel_requested: cancel.as_deref() == Some("1"),
             session: session.unwrap_or_default(),
             idempotency_key: idem.unwrap_or_default(),
+            worker: worker.unwrap_or_default(),
         }))
     }
 

@@ -46,8 +46,22 @@ pub const RESULT_BYTES: &str = "result_bytes";
 /// `1` when the result is the payload, unchanged, kept once under the payload's key.
 pub const RESULT_IS_PAYLOAD: &str = "result_is_payload";
 
-/// Every field a record may have.
-pub const FIELDS: [&str; 26] = [
+/// The worker running (or that last ran) an attempt: a built-in worker's id, or a pulling
+/// worker's name.
+pub const WORKER: &str = "worker";
+/// When the current (or last) attempt started, ms since the epoch.
+pub const ATTEMPT_STARTED: &str = "attempt_started";
+/// How long the current (or last) attempt's task waited ready before it started, in ms (empty for
+/// a takeover).
+pub const WAITED: &str = "waited";
+/// The attempt log: field `a:{attempt}` holds that attempt's outcome, start and end (ms), worker
+/// and error, separated by the unit separator (ends.lua's `log_attempt`).
+pub const ATTEMPT_LOG: &str = "a:";
+/// What separates the parts of an attempt log entry.
+pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
+
+/// Every field a record may have (besides the attempt log's).
+pub const FIELDS: [&str; 29] = [
     KIND,
     STATUS,
     ATTEMPTS,
@@ -74,6 +88,9 @@ pub const FIELDS: [&str; 26] = [
     RESULT_TYPE,
     RESULT_BYTES,
     RESULT_IS_PAYLOAD,
+    WORKER,
+    ATTEMPT_STARTED,
+    WAITED,
 ];
 
 #[cfg(test)]
@@ -153,6 +170,10 @@ mod tests {
                         _ => args[2..].to_vec(),
                     };
                     for field in fields {
+                        if field.starts_with("'a:' ..") {
+                            // The attempt log's fields, one per attempt (ATTEMPT_LOG).
+                            continue;
+                        }
                         if field == "option[1]" {
                             // Named through the script's table of optional fields, checked below.
                             continue;

@@ -10,8 +10,10 @@ end
 local base, now, id = ARGV[7], ARGV[4], ARGV[5]
 -- Acknowledged only: the finish script trims acknowledged entries in bulk.
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
-local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'cancel', 'session', 'idem', 'payload_ref')
+local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'cancel', 'session', 'idem', 'payload_ref',
+  'worker', 'attempt_started')
 if f[3] == '1' then
+  log_attempt(KEYS[1], f[2], 'cancelled', f[8], now, f[7], '')
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
     'cancel', '')
   keep_after_end(base, id, f[6], f[5], ARGV[8], now)

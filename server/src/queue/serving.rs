@@ -60,6 +60,9 @@ pub struct Serving {
     /// The kinds whose lanes are open in every queue served, as the scripts take them
     /// (comma-separated).
     kinds: Mutex<(Vec<String>, Arc<str>)>,
+    /// The worker process's id (`worker-{uuid}`): its consumer name in every queue's group, what
+    /// its attempts record, and its entry in the worker registry.
+    id: Arc<str>,
 }
 
 impl Serving {
@@ -74,7 +77,26 @@ impl Serving {
             discovered: Mutex::default(),
             kinds_run,
             kinds: Mutex::new((Vec::new(), "".into())),
+            id: format!("worker-{}", uuid::Uuid::now_v7()).into(),
         })
+    }
+
+    /// The worker process's id.
+    pub fn id(&self) -> Arc<str> {
+        self.id.clone()
+    }
+
+    /// The queues it serves, as the worker registry lists them (`*` for every queue).
+    pub fn queue_names(&self) -> Vec<String> {
+        match &self.choice {
+            QueueChoice::Every => vec!["*".to_string()],
+            QueueChoice::Only(queues) => queues.iter().map(|(name, _)| name.clone()).collect(),
+        }
+    }
+
+    /// How many attempts it runs at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     /// The kinds this process runs, whose lanes it reads, as the scripts take them.

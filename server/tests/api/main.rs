@@ -10,6 +10,7 @@ mod events;
 mod kinds;
 mod listing;
 mod metrics;
+mod operate;
 mod patterns;
 mod pipeline;
 mod priorities;

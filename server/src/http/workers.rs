@@ -1,0 +1,20 @@
+//! `GET /api/v1/workers`: the live worker processes (workers.rs keeps the registry).
+
+use super::{ApiError, AppState};
+use crate::auth::Access;
+use app::model::WorkerList;
+use axum::{Extension, Json, extract::State};
+
+/// `GET /api/v1/workers`: every worker seen in the last two lease periods that serves a queue
+/// this caller reaches, with the tasks it runs in those queues.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+) -> Result<Json<WorkerList>, ApiError> {
+    let mut workers = state.workers.list(state.tasks.queues()).await?;
+    workers.retain(|worker| worker.queues.iter().any(|queue| queue == "*" || access.reaches(queue)));
+    for worker in &mut workers {
+        worker.running.retain(|task| access.reaches(&task.queue));
+    }
+    Ok(Json(WorkerList { workers }))
+}
