@@ -572,6 +572,8 @@ pub struct QueueStats {
     pub counts: std::collections::BTreeMap<String, u64>,
     /// How long the oldest queued task has waited, in ms.
     pub oldest_waiting_ms: Option<u64>,
+    /// Tasks of the queue that ended in the last minute.
+    pub finished_last_minute: u64,
     pub kinds: Vec<KindStats>,
 }
 

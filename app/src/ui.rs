@@ -1,5 +1,5 @@
-//! The Leptos pages: the submit form above a live task list, a page per task, the queues,
-//! topics, dead letters and audit trail, and the sign-in page.
+//! The Leptos pages: the submit form above a live task list, a page per task, the dashboard,
+//! the queues, workers, topics, dead letters and audit trail, and the sign-in page.
 //!
 //! Pages render on the server; data arrives in the browser after hydration, through the same
 //! public REST API and server-sent events that any client uses. What the signed-in token may do
@@ -7,6 +7,7 @@
 
 mod api;
 mod audit;
+mod dashboard;
 mod dead_letters;
 mod home;
 mod live;
@@ -14,6 +15,7 @@ mod queues;
 mod sign_in;
 mod task_page;
 mod topics;
+mod workers;
 
 use crate::model::{Me, Status};
 use leptos::prelude::*;
@@ -86,7 +88,9 @@ pub fn App() -> impl IntoView {
                 <A href="/">"Courier"</A>
                 <nav>
                     <A href="/">"Tasks"</A>
+                    <A href="/dashboard">"Dashboard"</A>
                     <A href="/queues">"Queues"</A>
+                    <A href="/workers">"Workers"</A>
                     <A href="/topics">"Topics"</A>
                     <A href="/dead-letters">"Dead letters"</A>
                     <Allowed scope="admin">
@@ -101,6 +105,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/tasks/:id") view=task_page::TaskPage/>
                     <Route path=path!("/dead-letters") view=dead_letters::DeadLettersPage/>
                     <Route path=path!("/queues") view=queues::QueuesPage/>
+                    <Route path=path!("/dashboard") view=dashboard::DashboardPage/>
+                    <Route path=path!("/workers") view=workers::WorkersPage/>
                     <Route path=path!("/topics") view=topics::TopicsPage/>
                     <Route path=path!("/audit") view=audit::AuditTrailPage/>
                     <Route path=path!("/sign-in") view=sign_in::SignInPage/>

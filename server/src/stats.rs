@@ -175,6 +175,7 @@ fn queue_stats(queue: &Queue, state: &QueueState) -> QueueStats {
         paused: state.paused,
         counts,
         oldest_waiting_ms: state.oldest_waiting_ms,
+        finished_last_minute: state.finished_last_minute,
         kinds: state
             .kinds
             .iter()

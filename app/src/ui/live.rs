@@ -8,7 +8,7 @@ pub use crate::model::RESET_EVENT;
 /// caller reloads what it shows. Does nothing on the server.
 #[cfg(feature = "hydrate")]
 pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
-    use crate::model::{QUEUE_EVENT, Status};
+    use crate::model::{QUEUE_EVENT, STATS_EVENT, Status};
     use leptos::prelude::on_cleanup;
     use send_wrapper::SendWrapper;
     use std::rc::Rc;
@@ -20,7 +20,12 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
     };
     let on_event = Rc::new(on_event);
     let mut listeners = Vec::new();
-    let names = Status::ALL.map(Status::as_str).into_iter().chain(["progress", QUEUE_EVENT, RESET_EVENT]);
+    let names = Status::ALL.map(Status::as_str).into_iter().chain([
+        "progress",
+        QUEUE_EVENT,
+        STATS_EVENT,
+        RESET_EVENT,
+    ]);
     for name in names {
         let on_event = on_event.clone();
         let handle = source.clone();

@@ -257,7 +257,7 @@ fn QueueRow(queue: QueueView, shown: Shown, notice: RwSignal<Option<String>>) ->
 }
 
 /// A duration for a person: "250 ms", "1.2 s", "3 min", "1.5 h", "2 d" (rounded down).
-fn human_duration(ms: u64) -> String {
+pub(super) fn human_duration(ms: u64) -> String {
     const SECOND: u64 = 1_000;
     const MINUTE: u64 = 60 * SECOND;
     const HOUR: u64 = 60 * MINUTE;
