@@ -28,14 +28,18 @@ local function count_ends(base, now, n)
   end
 end
 
--- Adds attempt `attempt` of `task` (its record's key) to the task's attempt log: one field per
--- attempt, `a:{attempt}` = outcome, start ms, end ms, worker and error, separated by the unit
--- separator (the error last, so it may hold anything). `Queue::attempts` reads them.
+-- The attempt log of a task: one field per attempt, `a:{attempt}` = outcome, start ms, end ms,
+-- worker and error, separated by the unit separator (the error last, so it may hold anything);
+-- `Queue::attempts` reads them. Returns the field and its value, for the caller's own HSET.
+local function attempt_log_entry(attempt, outcome, started, ended, worker, err)
+  return 'a:' .. (attempt or '0'), outcome .. '\31' .. (started or '') .. '\31' .. ended .. '\31'
+    .. (worker or '') .. '\31' .. (err or '')
+end
+
+-- Adds attempt `attempt` of `task` (its record's key) to the task's attempt log.
 local function log_attempt(task, attempt, outcome, started, ended, worker, err)
-  if attempt and attempt ~= '' and attempt ~= '0' then
-    redis.call('HSET', task, 'a:' .. attempt, outcome .. '\31' .. (started or '') .. '\31' .. ended
-      .. '\31' .. (worker or '') .. '\31' .. (err or ''))
-  end
+  local field, entry = attempt_log_entry(attempt, outcome, started, ended, worker, err)
+  redis.call('HSET', task, field, entry)
 end
 
 -- The time buckets of a queue's stats (`stats.rs` reads them): per second in one hash per

@@ -56,11 +56,14 @@ for a = 11, #ARGV, 13 do
     end
     table.insert(ended[stream], entry)
     local progress = f[4] or ''
+    -- The attempt's entry in the task's attempt log, written by the record's one HSET below.
+    local logged, log_entry = attempt_log_entry(f[3], outcome == 'retrying' and 'retried' or outcome,
+      f[8], now, f[7], err)
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
       -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL.
       redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due,
-        'lease', '', 'cancel', '')
+        'lease', '', 'cancel', '', logged, log_entry)
       redis.call('ZADD', KEYS[2], due, (f[5] or 'n') .. ':' .. id)
     else
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
@@ -79,13 +82,14 @@ for a = 11, #ARGV, 13 do
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
           'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', size,
           'result_is_payload', source == 'payload' and '1' or '0', 'lease', '', 'cancel', '',
-          'next_run', '')
+          'next_run', '', logged, log_entry)
       else
+        -- A failure's reason rides along (a cancelled task's is empty, as it was).
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
-          'lease', '', 'cancel', '', 'next_run', '')
+          'lease', '', 'cancel', '', 'next_run', '', logged, log_entry, 'dead_reason',
+          outcome == 'failed' and ARGV[a + 9] or '')
         if outcome == 'failed' then
           keep = ctx.dead_keep
-          redis.call('HSET', task, 'dead_reason', ARGV[a + 9])
           redis.call('ZADD', KEYS[3], now, id)
           redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
         end
@@ -98,7 +102,6 @@ for a = 11, #ARGV, 13 do
       end
     end
     emit_event(KEYS[1], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now)
-    log_attempt(task, f[3], outcome == 'retrying' and 'retried' or outcome, f[8], now, f[7], err)
     if outcome == 'succeeded' then
       succeeded = succeeded + 1
     elseif outcome == 'failed' then
