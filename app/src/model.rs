@@ -343,10 +343,42 @@ pub struct TaskPage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub task: TaskView,
-    /// `attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind` or
-    /// `payload_expired`.
+    /// One of [`DEAD_REASONS`].
     pub reason: String,
     pub failed_at: String,
+}
+
+/// Why a task can be a dead letter (`DeadLetter::reason`), as the `reason` filter takes them.
+pub const DEAD_REASONS: [&str; 7] = [
+    "attempts_exhausted",
+    "non_retryable",
+    "timeout",
+    "workers_lost",
+    "unknown_kind",
+    "payload_expired",
+    "expired",
+];
+
+/// `GET /api/v1/dead-letters/count`: how many dead letters a filter takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterCount {
+    pub count: u64,
+    /// The count is of those that failed before this time (RFC 3339): the filter's
+    /// `failed_before`, or the moment of counting. Pass it as `failed_before` to a bulk action to
+    /// act on exactly the dead letters counted (less any that left meanwhile).
+    pub as_of: String,
+}
+
+/// The answer to `POST /api/v1/dead-letters/requeue`: how many were queued again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLettersRequeued {
+    pub requeued: u64,
+}
+
+/// The answer to `DELETE /api/v1/dead-letters`: how many were deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLettersDeleted {
+    pub deleted: u64,
 }
 
 /// One page of `GET /api/v1/dead-letters`, most recent failure first.
@@ -622,6 +654,52 @@ pub struct Percentiles {
 /// The name of the server-sent event that carries fresh [`Stats`] (once a second, to streams
 /// that ask for it with `?stats=1`).
 pub const STATS_EVENT: &str = "stats";
+
+/// The result of a `csv.summary` task, as the task page reads it (the handler writes it; a test
+/// there reads its output back into this).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSummary {
+    pub rows: u64,
+    pub columns: Vec<CsvColumn>,
+}
+
+/// One column of a [`CsvSummary`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvColumn {
+    pub name: String,
+    /// `integer`, `number`, `boolean`, `text`, or `empty` when every value is blank.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Numeric for numbers, lexicographic for text.
+    pub min: Option<serde_json::Value>,
+    pub max: Option<serde_json::Value>,
+    /// Only for numeric columns.
+    pub mean: Option<f64>,
+    pub distinct: u64,
+    /// The distinct values stopped being counted at a cap: `distinct` is a lower bound.
+    pub distinct_capped: bool,
+    pub blanks: u64,
+}
+
+/// The result of a `text.stats` task, as the task page reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextStats {
+    pub lines: u64,
+    pub words: u64,
+    pub chars: u64,
+    pub top_words: Vec<WordCount>,
+}
+
+/// A word of [`TextStats`] and how often it occurs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WordCount {
+    pub word: String,
+    pub count: u64,
+}
 
 /// One attempt of a task, for the task page's timeline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

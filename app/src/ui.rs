@@ -1,17 +1,21 @@
-//! The Leptos pages: the submit form above a live task list, a page per task, the dashboard,
-//! the queues, workers, topics, dead letters and audit trail, and the sign-in page.
+//! The Leptos pages: the submit form above a live task list, task search, a page per task, the
+//! dashboard, the queues, workers, topics, dead letters and audit trail, and the sign-in page.
 //!
 //! Pages render on the server; data arrives in the browser after hydration, through the same
 //! public REST API and server-sent events that any client uses. What the signed-in token may do
 //! arrives the same way (`/api/v1/auth/me`, once), and a control it may not use is not shown.
 
 mod api;
+mod attempts;
 mod audit;
+mod body_view;
 mod dashboard;
 mod dead_letters;
 mod home;
+mod json_tree;
 mod live;
 mod queues;
+mod search;
 mod sign_in;
 mod task_page;
 mod topics;
@@ -88,6 +92,7 @@ pub fn App() -> impl IntoView {
                 <A href="/">"Courier"</A>
                 <nav>
                     <A href="/">"Tasks"</A>
+                    <A href="/search">"Search"</A>
                     <A href="/dashboard">"Dashboard"</A>
                     <A href="/queues">"Queues"</A>
                     <A href="/workers">"Workers"</A>
@@ -103,6 +108,7 @@ pub fn App() -> impl IntoView {
                 <Routes fallback=|| view! { <p>"Page not found."</p> }>
                     <Route path=path!("") view=home::HomePage/>
                     <Route path=path!("/tasks/:id") view=task_page::TaskPage/>
+                    <Route path=path!("/search") view=search::SearchPage/>
                     <Route path=path!("/dead-letters") view=dead_letters::DeadLettersPage/>
                     <Route path=path!("/queues") view=queues::QueuesPage/>
                     <Route path=path!("/dashboard") view=dashboard::DashboardPage/>
@@ -151,5 +157,33 @@ fn ProgressBar(progress: Option<u8>) -> impl IntoView {
                 }
             })}
         </span>
+    }
+}
+
+/// A time from a `datetime-local` field, read as UTC (the times the pages show are UTC), as
+/// RFC 3339: `2025-01-31T17:00` is `2025-01-31T17:00:00Z`. Anything else is passed on as it is,
+/// for the API to say what is wrong with it.
+fn utc_time(field: &str) -> String {
+    let field = field.trim();
+    let shape: String = field.chars().map(|c| if c.is_ascii_digit() { '0' } else { c }).collect();
+    match shape.as_str() {
+        "0000-00-00T00:00" => format!("{field}:00Z"),
+        "0000-00-00T00:00:00" => format!("{field}Z"),
+        _ if shape.starts_with("0000-00-00T00:00:00.") && !field.ends_with('Z') => format!("{field}Z"),
+        _ => field.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_time_field_is_read_as_utc() {
+        assert_eq!(utc_time("2025-01-31T17:00"), "2025-01-31T17:00:00Z");
+        assert_eq!(utc_time(" 2025-01-31T17:00:05 "), "2025-01-31T17:00:05Z");
+        assert_eq!(utc_time("2025-01-31T17:00:05.250"), "2025-01-31T17:00:05.250Z");
+        assert_eq!(utc_time("2025-01-31T17:00:00+01:00"), "2025-01-31T17:00:00+01:00");
+        assert_eq!(utc_time("noon"), "noon");
     }
 }

@@ -178,7 +178,8 @@ test('a read-only token sees tasks but no cancel, requeue, pause or submit form'
   await expect(letter.locator('.badge')).toHaveText('failed');
   await expect(page.locator('.token-name')).toHaveText('reader');
   await expect(letter.getByRole('button')).toHaveCount(0);
-  await expect(page.getByRole('button', { name: 'Requeue all' })).toHaveCount(0);
+  await expect(page.locator('.bulk-count')).toHaveText(/dead letters? match/);
+  await expect(page.locator('.bulk').getByRole('button')).toHaveCount(0);
 
   await page.goto('/queues');
   const queue = page.locator('tr.queue[data-queue="default"]');
@@ -210,7 +211,8 @@ test('an admin token sees every control, and the audit page lists the cancel it 
   const letter = page.locator(`li.dead-letter[data-task-id="${dead.id}"]`);
   await expect(letter.getByRole('button', { name: 'Requeue' })).toBeVisible();
   await expect(letter.getByRole('button', { name: 'Delete' })).toBeVisible();
-  await expect(page.getByRole('button', { name: 'Requeue all' })).toBeVisible();
+  await expect(page.locator('.bulk').getByRole('button', { name: /^Requeue \d+ dead letters?$/ })).toBeVisible();
+  await expect(page.locator('.bulk').getByRole('button', { name: /^Delete \d+ dead letters?$/ })).toBeVisible();
 
   await page.goto('/queues');
   await expect(page.locator('tr.queue[data-queue="default"]').getByRole('button', { name: 'Pause' })).toBeVisible();

@@ -143,7 +143,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/leases/{token}/complete", post(leases::complete))
         .route("/api/v1/leases/{token}/fail", post(leases::fail))
         .route("/api/v1/leases/{token}/release", post(leases::release))
-        .route("/api/v1/dead-letters", get(dead_letters::list))
+        .route("/api/v1/dead-letters", get(dead_letters::list).delete(dead_letters::delete_all))
+        .route("/api/v1/dead-letters/count", get(dead_letters::count))
         .route("/api/v1/dead-letters/requeue", post(dead_letters::requeue_all))
         .route("/api/v1/dead-letters/{id}", delete(dead_letters::delete))
         .route("/api/v1/dead-letters/{id}/requeue", post(dead_letters::requeue))
@@ -320,6 +321,34 @@ fn page_limit(value: &str, max: usize) -> Result<usize, ApiError> {
     })
 }
 
+/// The `422` for query parameter `name`, saying what is wrong with it.
+fn invalid_parameter(name: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::unprocessable("invalid-query", "Invalid query", format!("`{name}`: {detail}"))
+}
+
+/// A time in query parameter `name` (RFC 3339, with its offset), in ms since the epoch; a time
+/// between two milliseconds counts as the later one.
+fn query_time(name: &str, value: &str) -> Result<u64, ApiError> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos())
+        .filter(|nanos| *nanos >= 0)
+        .and_then(|nanos| u64::try_from((nanos + 999_999) / 1_000_000).ok())
+        .ok_or_else(|| {
+            invalid_parameter(name, format!("`{value}` is not an RFC 3339 time, e.g. 2025-01-31T17:00:00Z"))
+        })
+}
+
+/// Checks that a time range's beginning (inclusive) comes before its end (exclusive).
+fn check_range(from: (&str, Option<u64>), before: (&str, Option<u64>)) -> Result<(), ApiError> {
+    match (from.1, before.1) {
+        (Some(a), Some(b)) if a >= b => {
+            Err(invalid_parameter(before.0, format!("must come after `{}`: the range is empty", from.0)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Parses a task id from a path or query, as a problem if malformed.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| ApiError::not_found(format!("`{id}` is not a task id")))
@@ -341,5 +370,24 @@ async fn readyz(State(mut redis): State<ConnectionManager>) -> Result<Json<serde
         Err(_) => {
             Err(ApiError::unavailable(&redis::RedisError::from((redis::ErrorKind::Io, "PING timed out"))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_times_are_rfc3339_with_an_offset_rounded_up_to_the_millisecond() {
+        assert_eq!(query_time("t", "2023-11-14T22:13:20.123Z").unwrap(), 1_700_000_000_123);
+        assert_eq!(query_time("t", "2023-11-14T23:13:20.123+01:00").unwrap(), 1_700_000_000_123);
+        assert_eq!(query_time("t", "2023-11-14T22:13:20.1230001Z").unwrap(), 1_700_000_000_124);
+        for bad in ["2023-11-14", "2023-11-14T22:13:20", "yesterday", "1969-12-31T23:59:59Z"] {
+            let problem = query_time("failed_after", bad).unwrap_err();
+            assert!(problem.detail_text().starts_with("`failed_after`"), "{bad}");
+        }
+        assert!(check_range(("a", Some(1)), ("b", Some(1))).is_err());
+        assert!(check_range(("a", Some(1)), ("b", Some(2))).is_ok());
+        assert!(check_range(("a", None), ("b", Some(0))).is_ok());
     }
 }

@@ -280,6 +280,17 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
+    /// Every reason, as [`app::model::DEAD_REASONS`] names them.
+    pub const ALL: [DeadReason; 7] = [
+        DeadReason::AttemptsExhausted,
+        DeadReason::NonRetryable,
+        DeadReason::Timeout,
+        DeadReason::WorkersLost,
+        DeadReason::UnknownKind,
+        DeadReason::PayloadExpired,
+        DeadReason::Expired,
+    ];
+
     /// The wire name, as stored and served.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -820,6 +831,13 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dead_letter_reasons_are_the_ones_the_model_names() {
+        let names: Vec<&str> = DeadReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, app::model::DEAD_REASONS);
+        assert!(include_str!("queue/ends.lua").contains("'dead_reason', 'expired'"));
+    }
 
     #[test]
     fn the_lanes_are_read_through_the_group_the_workers_use() {

@@ -366,15 +366,16 @@ impl Store {
         self.conn.clone().get(self.keys.payload(&record.payload_ref.unwrap_or(record.id))).await
     }
 
-    /// Up to `count` dead letters from rank `from` (oldest first) that failed up to `until_ms`,
-    /// each with its kind (`None` once its record is gone). A rank is found in logarithmic time,
-    /// so paging by rank costs the same on the last page as on the first.
+    /// Up to `count` dead letters from rank `from` (oldest first) that failed before
+    /// `before_ms`, each with its kind and reason (`None` once its record is gone). A rank is
+    /// found in logarithmic time, so paging by rank costs the same on the last page as on the
+    /// first.
     pub async fn dead_letter_page(
         &self,
         from: usize,
         count: usize,
-        until_ms: u64,
-    ) -> redis::RedisResult<Vec<(Uuid, Option<String>)>> {
+        before_ms: u64,
+    ) -> redis::RedisResult<Vec<DeadEntry>> {
         let mut conn = self.conn.clone();
         let entries: Vec<(String, u64)> = redis::cmd("ZRANGE")
             .arg(self.keys.dead())
@@ -383,87 +384,209 @@ impl Store {
             .arg("WITHSCORES")
             .query_async(&mut conn)
             .await?;
-        let ids: Vec<Uuid> = entries
-            .iter()
-            .take_while(|(_, ms)| *ms <= until_ms)
-            .filter_map(|(id, _)| id.parse().ok())
+        let entries: Vec<(Uuid, u64)> = entries
+            .into_iter()
+            .take_while(|(_, ms)| *ms < before_ms)
+            .filter_map(|(id, ms)| Some((id.parse().ok()?, ms)))
             .collect();
-        if ids.is_empty() {
+        if entries.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hget(self.keys.task(id), field::KIND);
+        for (id, _) in &entries {
+            pipe.cmd("HMGET").arg(self.keys.task(id)).arg(field::KIND).arg(field::DEAD_REASON);
         }
-        let kinds: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-        Ok(ids.into_iter().zip(kinds).collect())
+        let fields: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        Ok(entries
+            .into_iter()
+            .zip(fields)
+            .map(|((id, failed_ms), (kind, reason))| DeadEntry { id, failed_ms, kind, reason })
+            .collect())
+    }
+
+    /// How many entries of the dead-letter set failed before `ms` (the rank of the first one
+    /// that failed at or after it).
+    pub async fn dead_before(&self, ms: u64) -> redis::RedisResult<usize> {
+        redis::cmd("ZCOUNT")
+            .arg(self.keys.dead())
+            .arg("-inf")
+            .arg(format!("({ms}"))
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// How many entries of the dead-letter set failed from `from_ms` (inclusive; any time if
+    /// unset) to `before_ms` (exclusive).
+    pub async fn dead_between(&self, from_ms: Option<u64>, before_ms: u64) -> redis::RedisResult<usize> {
+        redis::cmd("ZCOUNT")
+            .arg(self.keys.dead())
+            .arg(from_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-inf".into()))
+            .arg(format!("({before_ms}"))
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// The rank of dead letter `id` in the dead-letter set (oldest first), if it is there.
+    pub async fn dead_rank(&self, id: &Uuid) -> redis::RedisResult<Option<usize>> {
+        redis::cmd("ZRANK")
+            .arg(self.keys.dead())
+            .arg(id.to_string())
+            .query_async(&mut self.conn.clone())
+            .await
     }
 }
 
-/// Up to `limit` dead letters of the queues of `stores` with the time they failed, most recent
-/// first, after `cursor` (the `(failed ms, id)` of the last one of the previous page).
+/// One entry of a queue's dead-letter set, with what a filter needs to know of its record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadEntry {
+    pub id: Uuid,
+    /// When it failed (its score), in ms since the epoch.
+    pub failed_ms: u64,
+    /// Its kind; `None` when its record is gone (expired): no longer a dead letter.
+    pub kind: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A stretch of failure times, in ms since the epoch: from `from_ms` (inclusive) to `before_ms`
+/// (exclusive), each open when unset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailedBetween {
+    pub from_ms: Option<u64>,
+    pub before_ms: Option<u64>,
+}
+
+/// Up to `limit` dead letters of the queues of `stores` that failed in `between` and pass
+/// `keep`, with the time they failed, most recent first, after `cursor` (the `(failed ms, id)`
+/// of the last one of the previous page). A filter may skip many: one request reads at most a
+/// bounded number of records, and a page cut short by it still carries the cursor to read on
+/// from.
 pub async fn dead_letters(
     stores: &[Store],
-    cursor: Option<(u64, Uuid)>,
+    between: FailedBetween,
+    mut cursor: Option<(u64, Uuid)>,
     limit: usize,
+    keep: impl Fn(&TaskRecord) -> bool,
 ) -> redis::RedisResult<(Vec<(TaskRecord, u64)>, Option<(u64, Uuid)>)> {
+    const BATCH: usize = 200;
+    const MAX_SCANNED: usize = 1_000;
     let Some(first) = stores.first() else { return Ok((Vec::new(), None)) };
     let mut conn = first.conn.clone();
-    let max = cursor.map(|(ms, _)| ms.to_string()).unwrap_or_else(|| "+inf".into());
-    // Each queue's most recent `limit + 1` past the cursor hold the page's; equal scores come in
-    // descending id order, so fetch extra to step past the cursor's ties.
-    let mut pipe = redis::pipe();
-    for store in stores {
-        pipe.cmd("ZRANGE")
-            .arg(store.keys.dead())
-            .arg(&max)
-            .arg("-inf")
-            .arg("BYSCORE")
-            .arg("REV")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit + 64)
-            .arg("WITHSCORES");
+    let min = between.from_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-inf".into());
+    let mut found: Vec<(TaskRecord, u64)> = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let max = match (cursor, between.before_ms) {
+            (Some((ms, _)), Some(before)) if ms < before => ms.to_string(),
+            (Some((ms, _)), None) => ms.to_string(),
+            (_, Some(before)) => format!("({before}"),
+            (None, None) => "+inf".into(),
+        };
+        // Each queue's most recent BATCH past the cursor hold the next BATCH of all; equal
+        // scores come in descending id order, so fetch extra to step past the cursor's ties.
+        let mut pipe = redis::pipe();
+        for store in stores {
+            pipe.cmd("ZRANGE")
+                .arg(store.keys.dead())
+                .arg(&max)
+                .arg(&min)
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(BATCH + 64)
+                .arg("WITHSCORES");
+        }
+        let per_queue: Vec<Vec<(String, u64)>> = pipe.query_async(&mut conn).await?;
+        let mut entries: Vec<(u64, Uuid, &Store)> = stores
+            .iter()
+            .zip(per_queue)
+            .flat_map(|(store, entries)| {
+                entries.into_iter().filter_map(move |(id, ms)| Some((ms, id.parse().ok()?, store)))
+            })
+            .filter(|&(ms, id, _)| cursor.is_none_or(|(c_ms, c_id)| ms < c_ms || (ms == c_ms && id < c_id)))
+            .collect();
+        entries.sort_by_key(|&(ms, id, _)| std::cmp::Reverse((ms, id)));
+        let more = entries.len() > BATCH;
+        entries.truncate(BATCH);
+        if entries.is_empty() {
+            return Ok((found, None));
+        }
+        let mut pipe = redis::pipe();
+        for (_, id, store) in &entries {
+            pipe.hgetall(store.keys.task(id));
+        }
+        let fields: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        for (index, (&(ms, id, store), fields)) in entries.iter().zip(fields).enumerate() {
+            cursor = Some((ms, id));
+            let Some(record) = TaskRecord::from_fields(id, store.keys.queue(), &fields) else { continue };
+            if keep(&record) {
+                found.push((record, ms));
+                if found.len() == limit {
+                    let rest = more || index + 1 < entries.len();
+                    return Ok((found, cursor.filter(|_| rest)));
+                }
+            }
+        }
+        scanned += entries.len();
+        if !more {
+            return Ok((found, None));
+        }
+        if scanned >= MAX_SCANNED {
+            return Ok((found, cursor));
+        }
     }
-    let per_queue: Vec<Vec<(String, u64)>> = pipe.query_async(&mut conn).await?;
-    let mut entries: Vec<(u64, Uuid, &Store)> = stores
-        .iter()
-        .zip(per_queue)
-        .flat_map(|(store, entries)| {
-            entries.into_iter().filter_map(move |(id, ms)| Some((ms, id.parse().ok()?, store)))
-        })
-        .filter(|&(ms, id, _)| cursor.is_none_or(|(c_ms, c_id)| ms < c_ms || (ms == c_ms && id < c_id)))
-        .collect();
-    entries.sort_by_key(|&(ms, id, _)| std::cmp::Reverse((ms, id)));
-    entries.truncate(limit + 1);
-    if entries.is_empty() {
-        return Ok((Vec::new(), None));
-    }
-    let mut pipe = redis::pipe();
-    for (_, id, store) in &entries {
-        pipe.hgetall(store.keys.task(id));
-    }
-    let fields: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-    let mut found: Vec<(TaskRecord, u64)> = entries
-        .iter()
-        .zip(fields)
-        .filter_map(|(&(ms, id, store), fields)| {
-            Some((TaskRecord::from_fields(id, store.keys.queue(), &fields)?, ms))
-        })
-        .collect();
-    let next = (found.len() > limit).then(|| {
-        found.truncate(limit);
-        found.last().map(|(r, ms)| (*ms, r.id))
-    });
-    Ok((found, next.flatten()))
 }
 
-/// Up to `limit` records of the queues of `stores`, newest first, strictly older than `before`
-/// when given, that pass `keep`. Returns them and the cursor of the next page, if there may be
-/// one. Ids are UUIDv7, so their order is their creation order, across queues too.
+/// A range of task ids in their (lexical, creation) order: from `at_least` on, below `below`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdRange {
+    /// The least id (or beginning of one) in the range, inclusive.
+    pub at_least: Option<String>,
+    /// Ids from this one (or beginning of one) on are out of the range.
+    pub below: Option<String>,
+}
+
+impl IdRange {
+    /// Ids that begin with `prefix`.
+    pub fn prefixed(prefix: &str) -> IdRange {
+        // Ids are lowercase hex and hyphens: the next string past every one beginning with
+        // `prefix` is `prefix` followed by a character above them all.
+        IdRange { at_least: Some(prefix.to_string()), below: Some(format!("{prefix}~")) }
+    }
+
+    /// Ids made from `from_ms` (inclusive) to `before_ms` (exclusive), as far as their first 48
+    /// bits (UUIDv7's time) say.
+    pub fn created(from_ms: Option<u64>, before_ms: Option<u64>) -> IdRange {
+        IdRange { at_least: from_ms.map(time_prefix), below: before_ms.map(time_prefix) }
+    }
+
+    /// The ids in both ranges.
+    pub fn and(self, other: IdRange) -> IdRange {
+        IdRange {
+            at_least: self.at_least.into_iter().chain(other.at_least).max(),
+            below: self.below.into_iter().chain(other.below).min(),
+        }
+    }
+
+    /// Whether no id can be in it.
+    pub fn is_empty(&self) -> bool {
+        matches!((&self.at_least, &self.below), (Some(low), Some(high)) if low >= high)
+    }
+}
+
+/// The beginning of the text of every UUIDv7 made at `ms`: its 48-bit time in hex, hyphenated.
+fn time_prefix(ms: u64) -> String {
+    let ms = ms.min((1 << 48) - 1);
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
+}
+
+/// Up to `limit` records of the queues of `stores` whose ids lie in `range`, newest first, that
+/// pass `keep`. Returns them and the cursor of the next page (an id: pass it as the range's
+/// `below`), if there may be one. Ids are UUIDv7, so their order is their creation order, across
+/// queues too.
 pub async fn list(
     stores: &[Store],
-    before: Option<Uuid>,
+    range: IdRange,
     limit: usize,
     keep: impl Fn(&TaskRecord) -> bool,
 ) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
@@ -472,9 +595,13 @@ pub async fn list(
     // a page cut short by it still carries the cursor to read on from.
     const MAX_SCANNED: usize = 1_000;
     let Some(first) = stores.first() else { return Ok((Vec::new(), None)) };
+    if range.is_empty() {
+        return Ok((Vec::new(), None));
+    }
     let mut conn = first.conn.clone();
     let mut found = Vec::new();
-    let mut upper = before.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
+    let mut upper = range.below.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
+    let lower = range.at_least.map(|id| format!("[{id}")).unwrap_or_else(|| "-".into());
     let mut scanned = 0;
     loop {
         // The newest BATCH of each queue below `upper`: the newest BATCH of all are among them.
@@ -483,7 +610,7 @@ pub async fn list(
             pipe.cmd("ZREVRANGEBYLEX")
                 .arg(store.keys.index())
                 .arg(&upper)
-                .arg("-")
+                .arg(&lower)
                 .arg("LIMIT")
                 .arg(0)
                 .arg(BATCH);
@@ -541,6 +668,33 @@ mod tests {
         ] {
             assert!(key.starts_with("courier:{default}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn an_id_range_of_times_holds_the_ids_made_then() {
+        let made = |ms: u64| {
+            Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                ms / 1000,
+                (ms % 1000) as u32 * 1_000_000,
+            ))
+            .to_string()
+        };
+        let range = IdRange::created(Some(1_700_000_000_000), Some(1_700_000_000_500));
+        let (low, high) = (range.at_least.clone().unwrap(), range.below.clone().unwrap());
+        for (ms, inside) in [(1_699_999_999_999, false), (1_700_000_000_000, true), (1_700_000_000_499, true)]
+        {
+            let id = made(ms);
+            assert_eq!(id >= low && id < high, inside, "{ms}");
+        }
+        assert!(made(1_700_000_000_500) >= high);
+        let prefixed = IdRange::prefixed("0193a");
+        assert!(prefixed.below.as_deref().unwrap() > "0193afff-ffff");
+        let narrowed = range.clone().and(IdRange::prefixed(&low));
+        assert_eq!(narrowed.at_least, Some(low.clone()));
+        assert_eq!(narrowed.below, Some(format!("{low}~")));
+        assert!(IdRange::created(Some(2), Some(1)).is_empty());
+        assert!(!IdRange::default().is_empty());
     }
 
     #[test]

@@ -12,6 +12,10 @@ use app::model::{KindInfo, Priority, Status, is_queue_name};
 use bytes::Bytes;
 use uuid::Uuid;
 
+mod dead_letters;
+
+pub use dead_letters::{BulkAction, BulkError, DeadLetterFilter};
+
 /// The longest a task may be delayed.
 const MAX_DELAY_MS: u64 = 30 * 24 * 3_600_000;
 /// The longest timeout a task may ask for.
@@ -150,10 +154,46 @@ pub struct ListQuery {
     pub status: Option<Status>,
     pub kind: Option<String>,
     pub queue: Option<String>,
+    /// The task's id, or the beginning of it (lowercase).
+    pub id: Option<String>,
+    /// Created at or after (ms since the epoch).
+    pub created_from_ms: Option<u64>,
+    /// Created before (ms since the epoch).
+    pub created_before_ms: Option<u64>,
     pub limit: usize,
     pub cursor: Option<Uuid>,
     /// Only the queues these patterns reach (an access token's); every queue if unset.
     pub within: Option<QueuePatterns>,
+}
+
+impl ListQuery {
+    /// Whether `record` passes every filter but the queue's.
+    fn keeps(&self, record: &TaskRecord) -> bool {
+        self.status.is_none_or(|s| record.status == s)
+            && self.kind.as_deref().is_none_or(|k| record.kind == k)
+            && self.created_from_ms.is_none_or(|ms| record.created_ms >= ms)
+            && self.created_before_ms.is_none_or(|ms| record.created_ms < ms)
+    }
+
+    /// The ids the listing reads: those of the id's beginning, created within a second of the
+    /// asked-for times (a record's time and its id's are two readings of the clock; [`keeps`]
+    /// decides exactly), before the cursor.
+    ///
+    /// [`keeps`]: ListQuery::keeps
+    fn ids(&self) -> store::IdRange {
+        const MARGIN_MS: u64 = 1_000;
+        let mut range = store::IdRange::created(
+            self.created_from_ms.map(|ms| ms.saturating_sub(MARGIN_MS)),
+            self.created_before_ms.map(|ms| ms.saturating_add(MARGIN_MS)),
+        );
+        if let Some(prefix) = &self.id {
+            range = range.and(store::IdRange::prefixed(prefix));
+        }
+        if let Some(cursor) = self.cursor {
+            range = range.and(store::IdRange { at_least: None, below: Some(cursor.to_string()) });
+        }
+        range
+    }
 }
 
 /// The task service; cheap to clone.
@@ -485,16 +525,23 @@ impl Tasks {
 
     /// Tasks newest first, filtered, one page at a time.
     pub async fn list(&self, query: &ListQuery) -> redis::RedisResult<(Vec<TaskRecord>, Option<Uuid>)> {
+        // A whole id: one lookup, not a walk of the index.
+        if let Some(id) = query.id.as_deref().and_then(|id| Uuid::try_parse(id).ok()) {
+            let found = self.get(&id).await?.filter(|record| {
+                query.within.as_ref().is_none_or(|w| w.allows(&record.queue))
+                    && query.queue.as_deref().is_none_or(|q| record.queue == q)
+                    && query.cursor.is_none_or(|cursor| id < cursor)
+                    && query.keeps(record)
+            });
+            return Ok((found.into_iter().collect(), None));
+        }
         let stores: Vec<_> = self
             .queues_named(query.queue.as_deref(), query.within.as_ref())
             .await?
             .iter()
             .map(Queue::store)
             .collect();
-        store::list(&stores, query.cursor, query.limit, |r| {
-            query.status.is_none_or(|s| r.status == s) && query.kind.as_deref().is_none_or(|k| r.kind == k)
-        })
-        .await
+        store::list(&stores, query.ids(), query.limit, |r| query.keeps(r)).await
     }
 
     /// Cancels a waiting task at once, or tells a running one to stop.
@@ -508,58 +555,12 @@ impl Tasks {
         }
     }
 
-    /// Dead letters (of one queue, or all), most recent failure first, one page at a time.
-    pub async fn dead_letters(
-        &self,
-        queue: Option<&str>,
-        within: Option<&QueuePatterns>,
-        cursor: Option<(u64, Uuid)>,
-        limit: usize,
-    ) -> redis::RedisResult<(Vec<(TaskRecord, u64)>, Option<(u64, Uuid)>)> {
-        let stores: Vec<_> = self.queues_named(queue, within).await?.iter().map(Queue::store).collect();
-        store::dead_letters(&stores, cursor, limit).await
-    }
-
     /// Queues a dead letter again with its attempts reset; `false` if it is not a dead letter.
     pub async fn requeue(&self, id: &Uuid) -> redis::RedisResult<bool> {
         match self.queues.locate(id).await? {
             Some(queue) => queue.requeue(id).await,
             None => Ok(false),
         }
-    }
-
-    /// Queues again every dead letter there is now (of one queue or all, optionally of one
-    /// kind); returns how many. Pages through each queue's dead letters by rank, stepping over
-    /// the ones of other kinds, so the work grows with the dead letters there are, once each.
-    pub async fn requeue_all(
-        &self,
-        queue: Option<&str>,
-        kind: Option<&str>,
-        within: Option<&QueuePatterns>,
-    ) -> redis::RedisResult<usize> {
-        const BATCH: usize = 500;
-        let until = crate::store::now_ms();
-        let mut requeued = 0;
-        for queue in self.queues_named(queue, within).await? {
-            let store = queue.store();
-            // Requeued ones leave the set; the ones stepped over stay before the next page.
-            let mut kept = 0;
-            loop {
-                let page = store.dead_letter_page(kept, BATCH, until).await?;
-                if page.is_empty() {
-                    break;
-                }
-                for (id, task_kind) in page {
-                    if kind.is_some_and(|k| task_kind.as_deref() != Some(k)) {
-                        kept += 1;
-                    } else if queue.requeue(&id).await? {
-                        // (A requeue that finds no record still takes the stale id out of the set.)
-                        requeued += 1;
-                    }
-                }
-            }
-        }
-        Ok(requeued)
     }
 
     /// Deletes a dead letter with its payload; `false` if it is not a dead letter.

@@ -28,6 +28,30 @@ fn describe(problem: Option<Problem>, status: u16) -> String {
     }
 }
 
+/// A body fetched with the type the server says it has.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Typed {
+    pub content_type: String,
+    pub text: String,
+}
+
+/// `pairs` as a query string (`?a=1&b=2`, empty without pairs), each value percent-encoded.
+pub fn query(pairs: &[(&str, String)]) -> String {
+    let encoded: Vec<String> =
+        pairs.iter().map(|(name, value)| format!("{name}={}", encode(value))).collect();
+    if encoded.is_empty() { String::new() } else { format!("?{}", encoded.join("&")) }
+}
+
+/// Percent-encodes everything but the unreserved characters of RFC 3986.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(feature = "hydrate")]
 mod browser {
     use super::*;
@@ -47,14 +71,44 @@ mod browser {
         read(response).await
     }
 
-    pub async fn get_text(url: &str) -> Result<String, String> {
+    /// GETs JSON; `None` when the server answers `404` (what it does not have, or not yet).
+    pub async fn get_optional<T: DeserializeOwned>(url: &str) -> Result<Option<T>, String> {
         let response = Request::get(url).send().await.map_err(|e| e.to_string())?;
-        if response.ok() {
-            response.text().await.map_err(|e| e.to_string())
-        } else {
-            let status = response.status();
-            Err(describe(response.json().await.ok(), status))
+        if response.status() == 404 {
+            return Ok(None);
         }
+        read(response).await.map(Some)
+    }
+
+    /// GETs a body as text, with its content type.
+    pub async fn get_typed(url: &str) -> Result<Typed, String> {
+        let response = Request::get(url).send().await.map_err(|e| e.to_string())?;
+        if !response.ok() {
+            let status = response.status();
+            return Err(describe(response.json().await.ok(), status));
+        }
+        let content_type = response.headers().get("content-type").unwrap_or_default();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        Ok(Typed { content_type, text })
+    }
+
+    /// The size of what `url` serves (its `Content-Length`, asked with `HEAD`), if it says.
+    pub async fn content_length(url: &str) -> Result<Option<u64>, String> {
+        let response = gloo_net::http::RequestBuilder::new(url)
+            .method(gloo_net::http::Method::HEAD)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.ok() {
+            return Err(describe(None, response.status()));
+        }
+        Ok(response.headers().get("content-length").and_then(|v| v.parse().ok()))
+    }
+
+    /// DELETEs and reads the JSON answer.
+    pub async fn delete_json<T: DeserializeOwned>(url: &str) -> Result<T, String> {
+        let response = Request::delete(url).send().await.map_err(|e| e.to_string())?;
+        read(response).await
     }
 
     /// POSTs with no body and reads the JSON answer.
@@ -121,9 +175,9 @@ mod browser {
             t if t.is_empty() => "application/octet-stream".to_string(),
             t => t,
         };
-        let mut url = format!("/api/v1/tasks?kind={}", js_sys_encode(kind));
+        let mut url = format!("/api/v1/tasks?kind={}", encode(kind));
         if let Some(queue) = queue {
-            url.push_str(&format!("&queue={}", js_sys_encode(queue)));
+            url.push_str(&format!("&queue={}", encode(queue)));
         }
         let response = Request::post(&url)
             .header("content-type", &content_type)
@@ -133,16 +187,6 @@ mod browser {
             .await
             .map_err(|e| e.to_string())?;
         read(response).await
-    }
-
-    /// Kind and queue names are plain ASCII words with dots; encode anything else defensively.
-    fn js_sys_encode(text: &str) -> String {
-        text.bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
     }
 }
 
@@ -159,7 +203,19 @@ mod server_side {
         Err(BROWSER_ONLY.into())
     }
 
-    pub async fn get_text(_url: &str) -> Result<String, String> {
+    pub async fn get_optional<T: DeserializeOwned>(_url: &str) -> Result<Option<T>, String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn get_typed(_url: &str) -> Result<Typed, String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn delete_json<T: DeserializeOwned>(_url: &str) -> Result<T, String> {
+        Err(BROWSER_ONLY.into())
+    }
+
+    pub async fn content_length(_url: &str) -> Result<Option<u64>, String> {
         Err(BROWSER_ONLY.into())
     }
 
@@ -186,3 +242,17 @@ mod server_side {
 
 #[cfg(not(feature = "hydrate"))]
 pub use server_side::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query(&[]), "");
+        assert_eq!(
+            query(&[("kind", "csv.summary".into()), ("failed_before", "2025-01-31T17:00:00+01:00".into())]),
+            "?kind=csv.summary&failed_before=2025-01-31T17%3A00%3A00%2B01%3A00"
+        );
+    }
+}

@@ -113,7 +113,7 @@ fn upsert(tasks: RwSignal<Vec<TaskView>>, task: TaskView) {
 
 /// One task in the list: kind, queue, status badge, progress, attempts, link to its page.
 #[component]
-fn TaskRow(task: TaskView) -> impl IntoView {
+pub(super) fn TaskRow(task: TaskView) -> impl IntoView {
     let href = format!("/tasks/{}", task.id);
     // UUIDv7s of one moment share their leading (time) digits; the tail tells them apart.
     let id = task.id.to_string();

@@ -1,10 +1,29 @@
-//! A task's own page: its record, its events as they happen, its result, and a Cancel button
-//! while it can still be cancelled (for a token that may operate).
+//! A task's own page, as a person reads it: its record, its payload, its result (tables for the
+//! kinds whose result is one, JSON as a foldable tree), its attempts as a timeline, its events as
+//! they happen, and a Cancel button while it can still be cancelled (for a token that may
+//! operate).
 
-use super::{ProgressBar, StatusBadge, Viewer, api, live};
-use crate::model::{Status, TaskEvent, TaskView};
+use super::{
+    ProgressBar, StatusBadge, Viewer, api,
+    api::Typed,
+    attempts::AttemptTimeline,
+    body_view::{Download, PayloadView, ResultView, SHOW_MAX, size},
+    live,
+};
+use crate::model::{AttemptList, Status, TaskEvent, TaskView};
 use leptos::{prelude::*, task::spawn_local};
 use leptos_router::hooks::use_params_map;
+
+/// What the page knows of a body it shows (the payload, the result).
+#[derive(Clone, Debug, PartialEq)]
+enum Shown {
+    /// Fetched, to show.
+    Body(Typed),
+    /// Too large to show here: a download link.
+    TooLarge(u64),
+    /// Could not be fetched (or, for a result, there is none: the task failed).
+    Missing(String),
+}
 
 /// `/tasks/{id}`.
 #[component]
@@ -13,7 +32,10 @@ pub fn TaskPage() -> impl IntoView {
     let id = params.read_untracked().get("id").unwrap_or_default();
     let task = RwSignal::new(None::<TaskView>);
     let events = RwSignal::new(Vec::<(String, TaskEvent)>::new());
-    let result = RwSignal::new(None::<Result<String, String>>);
+    let result = RwSignal::new(None::<Shown>);
+    let payload = RwSignal::new(None::<Shown>);
+    // `Some(None)`: the server keeps no attempt history (an older server: it answers 404).
+    let attempts = RwSignal::new(None::<Result<Option<AttemptList>, String>>);
     let load_error = RwSignal::new(None::<String>);
     let cancel_error = RwSignal::new(None::<String>);
     let cancelling = RwSignal::new(false);
@@ -21,13 +43,45 @@ pub fn TaskPage() -> impl IntoView {
 
     let fetch_result = move |id: String| {
         spawn_local(async move {
-            result.set(Some(api::get_text(&format!("/api/v1/tasks/{id}/result")).await));
+            let url = format!("/api/v1/tasks/{id}/result");
+            let shown = match api::content_length(&url).await {
+                Ok(Some(bytes)) if bytes > SHOW_MAX => Shown::TooLarge(bytes),
+                _ => match api::get_typed(&url).await {
+                    Ok(body) => Shown::Body(body),
+                    Err(e) => Shown::Missing(e),
+                },
+            };
+            result.set(Some(shown));
+        })
+    };
+    let fetch_payload = move |view: TaskView| {
+        if view.payload_bytes > SHOW_MAX {
+            payload.set(Some(Shown::TooLarge(view.payload_bytes)));
+            return;
+        }
+        spawn_local(async move {
+            let shown = match api::get_typed(&format!("/api/v1/tasks/{}/payload", view.id)).await {
+                Ok(body) => Shown::Body(body),
+                Err(e) => Shown::Missing(e),
+            };
+            payload.set(Some(shown));
+        })
+    };
+    let load_attempts = move |id: String| {
+        spawn_local(async move {
+            attempts
+                .set(Some(api::get_optional::<AttemptList>(&format!("/api/v1/tasks/{id}/attempts")).await));
         })
     };
     let load_task = move |id: String| {
         spawn_local(async move {
             match api::get_json::<TaskView>(&format!("/api/v1/tasks/{id}")).await {
-                Ok(view) => task.set(Some(view)),
+                Ok(view) => {
+                    if payload.read_untracked().is_none() {
+                        fetch_payload(view.clone());
+                    }
+                    task.set(Some(view));
+                }
                 Err(e) => load_error.set(Some(e)),
             }
         })
@@ -37,11 +91,13 @@ pub fn TaskPage() -> impl IntoView {
         let id = id.clone();
         move |_| {
             load_task(id.clone());
+            load_attempts(id.clone());
             let id = id.clone();
             live::subscribe(&format!("/api/v1/tasks/{id}/events"), move |name, data| {
                 // Events were missed: the record again (the task's state follows as an event).
                 if name == live::RESET_EVENT {
                     load_task(id.clone());
+                    load_attempts(id.clone());
                     return true;
                 }
                 let Ok(event) = serde_json::from_str::<TaskEvent>(data) else {
@@ -54,6 +110,10 @@ pub fn TaskPage() -> impl IntoView {
                 });
                 if event.status == Status::Succeeded || event.status == Status::Failed {
                     fetch_result(id.clone());
+                }
+                // Each change of status begins or ends an attempt; progress changes none.
+                if name != "progress" {
+                    load_attempts(id.clone());
                 }
                 let terminal = event.status.is_terminal();
                 events.update(|list| list.push((name.to_string(), event)));
@@ -79,6 +139,15 @@ pub fn TaskPage() -> impl IntoView {
     };
     let cancellable =
         move || viewer.can("operate") && task.read().as_ref().is_some_and(|t| !t.status.is_terminal());
+    let kind = move || task.read().as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+    let payload_href = format!("/api/v1/tasks/{id}/payload");
+    let result_href = {
+        let id = id.clone();
+        move || {
+            let signed = task.read().as_ref().and_then(|t| t.result_url.clone());
+            signed.unwrap_or_else(|| format!("/api/v1/tasks/{id}/result"))
+        }
+    };
 
     view! {
         <section class="task-page">
@@ -97,7 +166,43 @@ pub fn TaskPage() -> impl IntoView {
             <div class="result">
                 {move || match result.get() {
                     None => view! { <p class="pending">"not finished yet"</p> }.into_any(),
-                    Some(Ok(text)) => view! { <pre class="result-body">{text}</pre> }.into_any(),
+                    Some(Shown::Body(body)) => view! { <ResultView kind=kind() body/> }.into_any(),
+                    Some(Shown::TooLarge(bytes)) => view! {
+                        <p class="hint">"Too large to show here. " <Download href=result_href() bytes/></p>
+                    }
+                    .into_any(),
+                    Some(Shown::Missing(e)) => view! { <p class="error">{e}</p> }.into_any(),
+                }}
+            </div>
+            <h2>"Payload"</h2>
+            <div class="payload">
+                {
+                    let href = payload_href.clone();
+                    move || {
+                        let href = href.clone();
+                        match payload.get() {
+                            None => view! { <p class="pending">"loading…"</p> }.into_any(),
+                            Some(Shown::Body(body)) => view! { <PayloadView body href/> }.into_any(),
+                            Some(Shown::TooLarge(bytes)) => view! {
+                                <p class="hint">
+                                    {format!("{} — too large to show here. ", size(bytes))}
+                                    <Download href bytes/>
+                                </p>
+                            }
+                            .into_any(),
+                            Some(Shown::Missing(e)) => view! { <p class="error">{e}</p> }.into_any(),
+                        }
+                    }
+                }
+            </div>
+            <h2>"Attempts"</h2>
+            <div class="attempts-timeline">
+                {move || match attempts.get() {
+                    None => view! { <p class="pending">"loading…"</p> }.into_any(),
+                    Some(Ok(Some(list))) => view! { <AttemptTimeline attempts=list.attempts/> }.into_any(),
+                    Some(Ok(None)) => {
+                        view! { <p class="empty">"This server keeps no history of attempts."</p> }.into_any()
+                    }
                     Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
                 }}
             </div>
@@ -136,7 +241,7 @@ fn TaskRecord(task: TaskView) -> impl IntoView {
             <dt>"Status"</dt><dd><StatusBadge status=task.status/></dd>
             <dt>"Progress"</dt><dd><ProgressBar progress=task.progress/></dd>
             <dt>"Attempts"</dt><dd>{format!("{} of {}", task.attempts, task.max_attempts)}</dd>
-            <dt>"Payload"</dt><dd>{format!("{} bytes", task.payload_bytes)}</dd>
+            <dt>"Payload"</dt><dd>{size(task.payload_bytes)}</dd>
             <dt>"Created"</dt><dd>{task.created_at}</dd>
             <dt>"Started"</dt><dd>{or_dash(task.started_at)}</dd>
             <dt>"Finished"</dt><dd>{or_dash(task.finished_at)}</dd>

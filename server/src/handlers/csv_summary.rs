@@ -210,6 +210,14 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_is_what_the_task_page_reads() {
+        let s = summarise(b"city,temp\nOslo,3.5\nLima,\n").unwrap();
+        let read: app::model::CsvSummary = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!((read.rows, read.columns.len()), (2, 2));
+        assert_eq!((read.columns[1].kind.as_str(), read.columns[1].blanks), ("number", 1));
+    }
+
+    #[test]
     fn bytes_that_are_not_text_are_a_clear_error() {
         let err = summarise(b"a,b\n\xff\xfe,1\n").unwrap_err();
         assert!(!err.retryable);

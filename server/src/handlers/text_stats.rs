@@ -90,6 +90,13 @@ mod tests {
         assert_eq!(s.top_words[1], WordCount { word: "and".into(), count: 1 });
     }
 
+    #[test]
+    fn the_stats_are_what_the_task_page_reads() {
+        let read: app::model::TextStats =
+            serde_json::from_value(serde_json::to_value(stats("a b a")).unwrap()).unwrap();
+        assert_eq!((read.words, read.top_words[0].word.as_str(), read.top_words[0].count), (3, "a", 2));
+    }
+
     #[tokio::test]
     async fn a_json_string_payload_is_the_text() {
         let out = run_json(&TextStats, json!("a b a"), 1).await.unwrap();

@@ -1,6 +1,9 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel.
 
-use super::{ApiError, AppState, auth::no_such_queue, off_runtime, parse_id, parse_json, read_body};
+use super::{
+    ApiError, AppState, auth::no_such_queue, check_range, invalid_parameter, off_runtime, parse_id,
+    parse_json, query_time, read_body,
+};
 use crate::{
     auth::Access,
     store::{TaskRecord, rfc3339},
@@ -546,7 +549,9 @@ pub async fn cancel(
     Ok((status, Json(record.view())).into_response())
 }
 
-/// `GET /api/v1/tasks?status=&kind=&queue=&limit=&cursor=`: newest first.
+/// `GET /api/v1/tasks?id=&status=&kind=&queue=&created_after=&created_before=&limit=&cursor=`:
+/// newest first. `id` is a whole task id or the beginning of one; the times are RFC 3339,
+/// `created_after` inclusive and `created_before` exclusive.
 pub async fn list(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -562,6 +567,9 @@ pub async fn list(
                     Some(Status::parse(value).ok_or_else(|| invalid(format!("`{value}` is not a status")))?)
             }
             "kind" => list.kind = Some(value.clone()),
+            "id" => list.id = Some(id_or_prefix(value)?),
+            "created_after" => list.created_from_ms = Some(query_time(name, value)?),
+            "created_before" => list.created_before_ms = Some(query_time(name, value)?),
             "queue" if app::model::is_queue_name(value) => list.queue = Some(value.clone()),
             "queue" => return Err(invalid(format!("`{value}` is not a queue name"))),
             "limit" => list.limit = super::page_limit(value, MAX_PAGE)?,
@@ -577,11 +585,31 @@ pub async fn list(
             }
         }
     }
+    check_range(("created_after", list.created_from_ms), ("created_before", list.created_before_ms))?;
     let (records, next) = state.tasks.list(&list).await?;
     Ok(Json(TaskPage {
         tasks: records.iter().map(|record| present(&state, record)).collect(),
         next_cursor: next.map(|id| id.to_string()),
     }))
+}
+
+/// The `id` of a task search: a whole task id, or the beginning of one (in lowercase).
+fn id_or_prefix(value: &str) -> Result<String, ApiError> {
+    let id = value.trim().to_ascii_lowercase();
+    let well_formed = (1..=36).contains(&id.len())
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if !well_formed {
+        return Err(invalid_parameter(
+            "id",
+            format!(
+                "`{value}` is neither a task id nor the beginning of one (hex digits and hyphens, as in 0193a1b2-…)"
+            ),
+        ));
+    }
+    Ok(id)
 }
 
 /// Any other `/api/…` path.
@@ -644,6 +672,18 @@ mod tests {
             "x",
         ] {
             assert!(!renders_harmlessly(attachment), "{attachment}");
+        }
+    }
+
+    #[test]
+    fn a_task_search_takes_a_whole_id_or_its_beginning() {
+        assert_eq!(id_or_prefix("0193A1B2").unwrap(), "0193a1b2");
+        assert_eq!(id_or_prefix("0193a1b2-").unwrap(), "0193a1b2-");
+        let whole = uuid::Uuid::now_v7().to_string();
+        assert_eq!(id_or_prefix(&whole).unwrap(), whole);
+        assert_eq!(id_or_prefix("0193a1b2-1c3d-7").unwrap(), "0193a1b2-1c3d-7");
+        for bad in ["", "xyz", "0193a1b2c", "0193a1b2-1c3d7", &format!("{whole}0")] {
+            assert!(id_or_prefix(bad).is_err(), "{bad}");
         }
     }
 

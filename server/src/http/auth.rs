@@ -82,6 +82,8 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/api/v1/leases/{token}/fail", Work, Lease),
     rule("POST", "/api/v1/leases/{token}/release", Work, Lease),
     rule("GET", "/api/v1/dead-letters", Read, Handler),
+    rule("DELETE", "/api/v1/dead-letters", Operate, Handler),
+    rule("GET", "/api/v1/dead-letters/count", Read, Handler),
     rule("POST", "/api/v1/dead-letters/requeue", Operate, Handler),
     rule("DELETE", "/api/v1/dead-letters/{id}", Operate, Task),
     rule("POST", "/api/v1/dead-letters/{id}/requeue", Operate, Task),

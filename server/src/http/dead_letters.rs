@@ -1,8 +1,15 @@
-//! The dead-letter queue over HTTP: list, requeue (one or all), delete.
+//! The dead-letter queue over HTTP: list, count, requeue and delete, one at a time or every one
+//! a filter takes (queue, kind, reason, when they failed).
 
-use super::{ApiError, AppState, parse_id};
-use crate::{auth::Access, store::rfc3339};
-use app::model::{DeadLetter, DeadLetterPage};
+use super::{ApiError, AppState, check_range, invalid_parameter, parse_id, query_time};
+use crate::{
+    auth::Access,
+    store::rfc3339,
+    tasks::{BulkAction, BulkError, DeadLetterFilter},
+};
+use app::model::{
+    DEAD_REASONS, DeadLetter, DeadLetterCount, DeadLetterPage, DeadLettersDeleted, DeadLettersRequeued,
+};
 use axum::{
     Extension, Json,
     extract::{Path, Query, State},
@@ -14,37 +21,69 @@ use uuid::Uuid;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
-/// `GET /api/v1/dead-letters?limit=&cursor=&subscription=topic/name`: most recent failure first.
+/// The filter parameters every dead-letter listing, count and bulk action takes.
+const FILTERS: [&str; 5] = ["queue", "kind", "reason", "failed_after", "failed_before"];
+
+/// Reads the filter out of `query` (the parameters of [`FILTERS`]), limited to the queues
+/// `access` reaches; any other parameter is left to the caller.
+fn filter_of(query: &HashMap<String, String>, access: &Access) -> Result<DeadLetterFilter, ApiError> {
+    let mut filter = DeadLetterFilter { within: access.within().cloned(), ..DeadLetterFilter::default() };
+    for (name, value) in query {
+        match name.as_str() {
+            "queue" if app::model::is_queue_name(value) => filter.queue = Some(value.clone()),
+            "queue" => return Err(invalid_parameter(name, format!("`{value}` is not a queue name"))),
+            "kind" if app::model::is_kind_name(value) => filter.kind = Some(value.clone()),
+            "kind" => return Err(invalid_parameter(name, format!("`{value}` is not a kind name"))),
+            "reason" if DEAD_REASONS.contains(&value.as_str()) => filter.reason = Some(value.clone()),
+            "reason" => {
+                return Err(invalid_parameter(
+                    name,
+                    format!("`{value}` is not one of {}", DEAD_REASONS.join(", ")),
+                ));
+            }
+            "failed_after" => filter.failed.from_ms = Some(query_time(name, value)?),
+            "failed_before" => filter.failed.before_ms = Some(query_time(name, value)?),
+            _ => {}
+        }
+    }
+    check_range(("failed_after", filter.failed.from_ms), ("failed_before", filter.failed.before_ms))?;
+    Ok(filter)
+}
+
+/// Refuses any parameter but the filter's (and `also`).
+fn only_filters(query: &HashMap<String, String>, also: &[&str]) -> Result<(), ApiError> {
+    match query.keys().find(|k| !FILTERS.contains(&k.as_str()) && !also.contains(&k.as_str())) {
+        Some(other) => Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
+        None => Ok(()),
+    }
+}
+
+/// `GET /api/v1/dead-letters?queue=&kind=&reason=&failed_after=&failed_before=&subscription=
+/// topic/name&limit=&cursor=`: most recent failure first.
 pub async fn list(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let invalid = |detail: String| ApiError::unprocessable("invalid-query", "Invalid query", detail);
-    let mut limit = DEFAULT_PAGE;
-    let mut cursor = None;
-    let mut subscription = None;
-    let mut queue = None;
-    for (name, value) in &query {
-        match name.as_str() {
-            "limit" => limit = super::page_limit(value, MAX_PAGE)?,
-            "cursor" => {
-                cursor = Some(
-                    parse_cursor(value)
-                        .ok_or_else(|| invalid(format!("`{value}` is not a cursor from a previous page")))?,
-                )
-            }
-            "subscription" => subscription = Some(value.clone()),
-            "queue" if app::model::is_queue_name(value) => queue = Some(value.as_str()),
-            "queue" => return Err(invalid(format!("`{value}` is not a queue name"))),
-            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
-        }
-    }
-    let (mut letters, next) = state.tasks.dead_letters(queue, access.within(), cursor, limit).await?;
-    // One subscription's dead letters: a view over the shared set (filtered per page).
-    if let Some(wanted) = &subscription {
-        letters.retain(|(record, _)| record.subscription.as_ref() == Some(wanted));
-    }
+    only_filters(&query, &["limit", "cursor", "subscription"])?;
+    let filter = filter_of(&query, &access)?;
+    let limit =
+        query.get("limit").map(|v| super::page_limit(v, MAX_PAGE)).transpose()?.unwrap_or(DEFAULT_PAGE);
+    let cursor = query
+        .get("cursor")
+        .map(|value| {
+            parse_cursor(value).ok_or_else(|| {
+                invalid_parameter("cursor", format!("`{value}` is not a cursor from a previous page"))
+            })
+        })
+        .transpose()?;
+    let subscription = query.get("subscription");
+    let (letters, next) = state
+        .tasks
+        .dead_letters(&filter, cursor, limit, |record| {
+            subscription.is_none_or(|wanted| record.subscription.as_ref() == Some(wanted))
+        })
+        .await?;
     Ok(Json(DeadLetterPage {
         dead_letters: letters
             .into_iter()
@@ -58,9 +97,19 @@ pub async fn list(
     }))
 }
 
-fn parse_cursor(cursor: &str) -> Option<(u64, Uuid)> {
-    let (ms, id) = cursor.split_once('_')?;
-    Some((ms.parse().ok()?, id.parse().ok()?))
+/// `GET /api/v1/dead-letters/count?queue=&kind=&reason=&failed_after=&failed_before=`: how many
+/// dead letters a bulk action with the same filter would take now, and the time they failed
+/// before (`as_of`), to pass on as `failed_before` so that the action takes no later ones.
+pub async fn count(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<DeadLetterCount>, ApiError> {
+    only_filters(&query, &[])?;
+    let filter = filter_of(&query, &access)?.failed_before(crate::store::now_ms());
+    let count = state.tasks.count_dead_letters(&filter).await?;
+    let as_of = filter.failed.before_ms.expect("failed_before() sets it");
+    Ok(Json(DeadLetterCount { count, as_of: rfc3339(as_of) }))
 }
 
 /// `POST /api/v1/dead-letters/{id}/requeue`: runs it again, attempts reset.
@@ -78,25 +127,80 @@ pub async fn requeue(
     Ok((StatusCode::ACCEPTED, Json(record.view())))
 }
 
-/// `POST /api/v1/dead-letters/requeue[?kind=&queue=]`: requeues every dead letter (of that kind,
-/// in that queue).
+/// `POST /api/v1/dead-letters/requeue?queue=&kind=&reason=&failed_after=&failed_before=`:
+/// requeues every dead letter the filter takes (every one without a filter) that failed before
+/// the call; `202` with how many.
 pub async fn requeue_all(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    if let Some(other) = query.keys().find(|k| !matches!(k.as_str(), "kind" | "queue")) {
-        return Err(ApiError::bad_request(format!("unknown query parameter `{other}`")));
+) -> Result<(StatusCode, Json<DeadLettersRequeued>), ApiError> {
+    only_filters(&query, &[])?;
+    let filter = filter_of(&query, &access)?;
+    let requeued = act(&state, &access, &filter, BulkAction::Requeue).await?;
+    Ok((StatusCode::ACCEPTED, Json(DeadLettersRequeued { requeued })))
+}
+
+/// `DELETE /api/v1/dead-letters?queue=&kind=&reason=&failed_after=&failed_before=`: deletes
+/// every dead letter the filter takes that failed before the call; `200` with how many. A
+/// filter is required (`failed_before` alone will do): deleting every dead letter there is must
+/// be asked for.
+pub async fn delete_all(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<DeadLettersDeleted>, ApiError> {
+    only_filters(&query, &[])?;
+    if query.is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid-query",
+            "Invalid query",
+            format!(
+                "name the dead letters to delete with at least one of {}; to delete every one, \
+                 say failed_before=<now>",
+                FILTERS.join(", ")
+            ),
+        ));
     }
-    let (queue, kind) = (query.get("queue").map(String::as_str), query.get("kind").map(String::as_str));
-    if let Some(queue) = queue.filter(|q| !app::model::is_queue_name(q)) {
-        let detail = format!("`{queue}` is not a queue name");
-        return Err(ApiError::unprocessable("invalid-query", "Invalid query", detail));
-    }
-    let requeued = state.tasks.requeue_all(queue, kind, access.within()).await?;
-    let target = format!("queue={} kind={} requeued={requeued}", queue.unwrap_or("*"), kind.unwrap_or("*"));
-    state.audit.record(access.name(), "dead-letter.requeue-all", &target).await;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "requeued": requeued }))))
+    let filter = filter_of(&query, &access)?;
+    let deleted = act(&state, &access, &filter, BulkAction::Delete).await?;
+    Ok(Json(DeadLettersDeleted { deleted }))
+}
+
+/// Does `action` to every dead letter `filter` takes, and records it in the audit trail with
+/// how many, also when a Redis error stopped it part way (each dead letter is acted on whole).
+async fn act(
+    state: &AppState,
+    access: &Access,
+    filter: &DeadLetterFilter,
+    action: BulkAction,
+) -> Result<u64, ApiError> {
+    let outcome = state.tasks.act_on_dead_letters(filter, action).await;
+    let (name, done) = match action {
+        BulkAction::Requeue => ("dead-letter.requeue-all", "requeued"),
+        BulkAction::Delete => ("dead-letter.delete-all", "deleted"),
+    };
+    let count = match &outcome {
+        Ok(n) => n.to_string(),
+        Err(BulkError { done, .. }) => format!("{done} (stopped by an error)"),
+    };
+    let target = format!("{} {done}={count}", describe(filter));
+    state.audit.record(access.name(), name, &target).await;
+    outcome.map_err(|e| e.error.into())
+}
+
+/// A filter as the audit trail records it: `queue=* kind=flaky reason=* failed=[…, …)`.
+fn describe(filter: &DeadLetterFilter) -> String {
+    let or_any = |v: &Option<String>| v.clone().unwrap_or_else(|| "*".into());
+    let time = |ms: Option<u64>| ms.map(rfc3339).unwrap_or_else(|| "…".into());
+    format!(
+        "queue={} kind={} reason={} failed=[{}, {})",
+        or_any(&filter.queue),
+        or_any(&filter.kind),
+        or_any(&filter.reason),
+        time(filter.failed.from_ms),
+        time(filter.failed.before_ms),
+    )
 }
 
 /// `DELETE /api/v1/dead-letters/{id}`: deletes the task, its payload and result.
@@ -115,6 +219,11 @@ pub async fn delete(
 
 fn not_a_dead_letter() -> ApiError {
     ApiError::not_found("no dead letter with this id (it was requeued, deleted, or has expired)")
+}
+
+fn parse_cursor(cursor: &str) -> Option<(u64, Uuid)> {
+    let (ms, id) = cursor.split_once('_')?;
+    Some((ms.parse().ok()?, id.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Cheap requests stay cheap: a filtered listing reads a bounded number of records per page, and
-//! requeueing dead letters of one kind reads each dead letter once.
+//! counting or requeueing dead letters of one kind reads each dead letter once.
 
 use crate::support::*;
 use serde_json::json;
@@ -93,6 +93,12 @@ async fn requeueing_one_kind_reads_each_dead_letter_once_and_moves_only_that_kin
     assert_eq!(none.json::<serde_json::Value>().await.unwrap()["requeued"], 0);
     let per_letter = (bytes_sent(&app).await - sent) / DEAD as u64;
     assert!(per_letter <= 150, "Redis sent {per_letter} bytes per dead letter");
+    // Counting what a filter takes reads each one once too.
+    let sent = bytes_sent(&app).await;
+    assert_eq!(app.get_json("/api/v1/dead-letters/count?kind=echo").await["count"], 0);
+    assert_eq!(app.get_json("/api/v1/dead-letters/count?reason=attempts_exhausted").await["count"], DEAD);
+    let per_letter = (bytes_sent(&app).await - sent) / (2 * DEAD as u64);
+    assert!(per_letter <= 150, "Redis sent {per_letter} bytes per dead letter counted");
 
     let all = app.http.post(app.url("/api/v1/dead-letters/requeue?kind=flaky")).send().await.unwrap();
     assert_eq!(all.json::<serde_json::Value>().await.unwrap()["requeued"], DEAD);

@@ -4,6 +4,7 @@
 mod support;
 
 mod claim_check;
+mod dead_letter_filters;
 mod dead_letters;
 mod edge;
 mod events;
@@ -17,6 +18,7 @@ mod priorities;
 mod pull;
 mod queues;
 mod retention;
+mod search;
 mod sessions;
 mod sessions_auth;
 mod topics;
