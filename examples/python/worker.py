@@ -235,8 +235,10 @@ class Worker:
                 free = args.concurrency - len(self.held)
             if self.stop.is_set():
                 return
+            # host, pid and version are what GET /api/v1/workers and the Workers page show.
             body = {"worker": args.worker_id, "max": min(free, args.max or free),
-                    "wait_ms": args.wait_ms, "kinds": args.kinds, "lease_ms": args.lease_ms}
+                    "wait_ms": args.wait_ms, "kinds": args.kinds, "lease_ms": args.lease_ms,
+                    "host": socket.gethostname(), "pid": os.getpid(), "version": "python-example"}
             body = {k: v for k, v in body.items() if v is not None}
             headers, timeout = {}, args.wait_ms / 1000 + 10
             try:

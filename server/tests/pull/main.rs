@@ -193,6 +193,17 @@ async fn a_ten_second_task_on_a_three_second_lease_kept_by_heartbeats_is_never_t
     let id = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 10000}, "max_attempts": 3})).await;
     let runner = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "3000"]);
     runner.until("leased", &id).await;
+    // The registry shows the Python worker as it describes itself, running the task; its
+    // heartbeats keep it there while it asks for nothing else.
+    let pid = u64::from(runner.child.id().unwrap());
+    for _ in 0..5 {
+        let workers = app.get_json("/api/v1/workers").await;
+        let mine = workers["workers"].as_array().unwrap().iter().find(|w| w["pid"] == pid).cloned();
+        let mine = mine.unwrap_or_else(|| panic!("no worker with pid {pid}: {workers:#}"));
+        assert_eq!((mine["runs"].as_str(), mine["version"].as_str()), (Some("pull"), Some("python-example")));
+        assert_eq!(mine["running"][0]["task_id"], id.as_str(), "{mine}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
     // Another worker asks all along: it would take the task over the moment a lease ran out.
     let rival = PyWorker::start(&app, &["--function", "sleep", "--lease-ms", "3000"]);
     let view = ended(&app, &id).await;
