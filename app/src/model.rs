@@ -86,6 +86,10 @@ pub struct TaskView {
     /// The queue the task waits and runs in.
     #[serde(default = "default_queue")]
     pub queue: String,
+    /// The W3C trace id its submission and attempts share (32 hex digits): the submitter's
+    /// `traceparent`'s, or a new trace's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// The queue of tasks that name none, and of the built-in kinds.
@@ -469,6 +473,10 @@ pub struct LeaseGrant {
     pub payload_url: Option<String>,
     /// When the lease runs out unless renewed (RFC 3339).
     pub expires_at: String,
+    /// The W3C trace context (`traceparent`) of this attempt, in the task's trace: the worker's
+    /// spans for it continue it as their parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The answer to a lease request: the leases taken (none when the wait ended first).

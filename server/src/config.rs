@@ -208,6 +208,28 @@ pub struct Config {
     /// How long a signed result link works.
     #[arg(long, env = "COURIER_RESULT_LINK_TTL", default_value = "15m", value_parser = parse_timeout, global = true)]
     pub result_link_ttl: Duration,
+
+    /// How log lines are written (to standard output, filtered by `RUST_LOG`): `text` for people,
+    /// `json` one object a line, each with the fields of the spans it is in (an attempt's lines
+    /// carry `task_id` and `trace_id`).
+    #[arg(long, env = "COURIER_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    /// Where spans are exported over OTLP/HTTP (protobuf), e.g. http://127.0.0.1:4318 (`/v1/traces`
+    /// is added unless the URL ends with it). Unset: no spans are exported. The `OTEL_*`
+    /// variables of the OTLP exporter (headers, timeout, service name) apply.
+    #[arg(long, env = "COURIER_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint, global = true)]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people, with the fields of the spans they are in.
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, `span`, `message`, and the
+    /// fields of the line and of every span it is in.
+    Json,
 }
 
 impl Config {
@@ -405,6 +427,19 @@ impl fmt::Display for Origin {
     }
 }
 
+/// An OTLP/HTTP traces URL: an http(s) base URL gets `/v1/traces`; one ending in it is kept.
+fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("`{s}` is not an http:// or https:// URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{s}`: an OTLP endpoint takes no query or fragment"));
+    }
+    let base = url.as_str().trim_end_matches('/');
+    Ok(if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") })
+}
+
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
@@ -556,6 +591,28 @@ mod tests {
         let cli = Cli::parse_from(["courier", "serve", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
         assert_eq!(cli.config.validate(), Ok(()));
         assert_eq!(cli.config.tls_cert, Some(PathBuf::from("cert.pem")));
+    }
+
+    #[test]
+    fn logs_are_text_unless_json_is_asked_for_and_an_otlp_endpoint_is_a_traces_url() {
+        let config = Config::defaults();
+        assert_eq!((config.log_format, config.otlp_endpoint), (LogFormat::Text, None));
+        let cli =
+            Cli::parse_from(["courier", "--log-format", "json", "--otlp-endpoint", "http://127.0.0.1:4318"]);
+        assert_eq!(cli.config.log_format, LogFormat::Json);
+        assert_eq!(cli.config.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
+        for (given, used) in [
+            ("https://otel.example/", "https://otel.example/v1/traces"),
+            ("https://otel.example/v1/traces", "https://otel.example/v1/traces"),
+            ("http://otel.example:4318/tenant-a", "http://otel.example:4318/tenant-a/v1/traces"),
+        ] {
+            assert_eq!(parse_otlp_endpoint(given).as_deref(), Ok(used), "{given}");
+        }
+        for bad in ["127.0.0.1:4318", "ftp://otel.example", "http://otel.example/?a=1", "logs"] {
+            assert!(parse_otlp_endpoint(bad).is_err(), "{bad}");
+        }
+        let error = Cli::try_parse_from(["courier", "--log-format", "yaml"]).unwrap_err();
+        assert!(error.to_string().contains("--log-format"), "{error}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP edge: the router (UI, REST API, SSE), its shared state, and health checks.
 
+mod access;
 mod api;
 mod audit;
 mod auth;
@@ -20,6 +21,7 @@ mod tokens;
 mod topics;
 mod workers;
 
+pub use access::REQUEST_ID;
 pub use auth::{QueueIn, RULES as ACCESS_RULES, Rule};
 pub use connections::serve;
 pub use guard::Guard;
@@ -65,6 +67,7 @@ pub fn worker_probes(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(move || metrics::render_own(recorder.clone())))
+        .layer(middleware::from_fn(access::log))
         .with_state(redis)
 }
 
@@ -193,6 +196,8 @@ pub fn router(state: AppState) -> Router {
     ))
     // Outermost, so that every answer is counted as sent, refusals of the layers above included.
     .layer(middleware::from_fn(metrics::track))
+    // And logged once, with the id it is answered with.
+    .layer(middleware::from_fn(access::log))
     .with_state(state)
 }
 

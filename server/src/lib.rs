@@ -21,7 +21,9 @@ pub mod redis_client;
 pub mod stats;
 pub mod store;
 pub mod tasks;
+pub mod telemetry;
 pub mod topics;
+pub mod trace_context;
 pub mod worker;
 pub mod workers;
 
@@ -315,23 +317,24 @@ async fn declare_subscriptions(
 }
 
 /// What the `courier` binary does, for the kinds of `registry`: parses the command line and the
-/// `COURIER_*` variables, starts logging (`RUST_LOG`), then serves or works until a shutdown
-/// signal. A binary of your own with kinds of its own calls this from its `main`
-/// (`examples/custom_kind.rs`).
+/// `COURIER_*` variables, starts logging (`RUST_LOG`, `--log-format`) and span export
+/// (`--otlp-endpoint`), then serves or works until a shutdown signal. A binary of your own with
+/// kinds of its own calls this from its `main` (`examples/custom_kind.rs`).
 pub async fn main_with(registry: Registry) -> anyhow::Result<()> {
     use clap::Parser;
     let cli = config::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match cli.command.unwrap_or(Command::Serve) {
+    let telemetry = telemetry::init(cli.config.log_format, cli.config.otlp_endpoint.as_deref())?;
+    let ran = match cli.command.unwrap_or(Command::Serve) {
         Command::Token(command) => auth::cli::run(&cli.config, command).await,
         Command::LinkKey(command) => auth::cli::run_link_key(&cli.config, command).await,
-        role => Server::build_with(cli.config, role, registry).await?.run().await,
-    }
+        role => match Server::build_with(cli.config, role, registry).await {
+            Ok(server) => server.run().await,
+            Err(e) => Err(e),
+        },
+    };
+    // The spans of a run that failed are the ones most worth sending.
+    telemetry.shutdown().await;
+    ran
 }
 
 fn leptos_options(config: &Config, addr: SocketAddr) -> leptos::prelude::LeptosOptions {

@@ -146,7 +146,24 @@ impl Push {
 }
 
 impl Endpoint {
+    /// Delivers one attempt in a span of its own, whose trace context (a child of the attempt's)
+    /// goes with the request as `traceparent`.
     async fn deliver(&self, input: Input, ctx: &Context) -> Result<Output, HandlerError> {
+        let span = tracing::info_span!(
+            "push",
+            otel.name = "POST",
+            otel.kind = "client",
+            http.request.method = "POST",
+            server.address = self.url.host_str().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let context = crate::trace_context::start(&span, None);
+        let traceparent = crate::trace_context::format(&context);
+        crate::trace_context::within(self.send(input, ctx, traceparent), span, &context).await
+    }
+
+    async fn send(&self, input: Input, ctx: &Context, traceparent: String) -> Result<Output, HandlerError> {
         let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
         let timeout = request_timeout(self.timeout, ctx.deadline, SystemTime::now());
         let id = ctx.task_id.to_string();
@@ -161,13 +178,15 @@ impl Endpoint {
             .header(ATTEMPT_HEADER, ctx.attempt)
             .header(WEBHOOK_TIMESTAMP_HEADER, timestamp)
             .header(WEBHOOK_SIGNATURE_HEADER, signature(&self.key, &id, timestamp, &input.bytes))
-            .header(WEBHOOK_ID_HEADER, id);
+            .header(WEBHOOK_ID_HEADER, id)
+            .header(crate::trace_context::TRACEPARENT, traceparent);
         if let Some(deadline) = ctx.deadline {
             let ms = deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             request = request.header(DEADLINE_HEADER, crate::store::rfc3339(ms));
         }
         let started = Instant::now();
         let response = request.body(input.bytes).send().await.map_err(|e| failed_request(e, timeout))?;
+        tracing::Span::current().record("http.response.status_code", response.status().as_u16());
         tracing::debug!(
             http.status = response.status().as_u16(),
             duration_ms = started.elapsed().as_millis() as u64,

@@ -172,6 +172,8 @@ pub struct NewTask {
     pub expires_ms: Option<u64>,
     /// The payload this task shares with others (a topic message's), stored once.
     pub shared_payload: Option<SharedPayload>,
+    /// The W3C trace context its attempts continue (`traceparent`).
+    pub traceparent: Option<String>,
 }
 
 /// A payload stored once for several tasks: under the id of the first of them (its owner), with a

@@ -251,6 +251,8 @@ pub struct TaskRecord {
     pub expires_ms: Option<u64>,
     /// The task whose id a shared payload (a topic message's) is stored under.
     pub payload_ref: Option<Uuid>,
+    /// The W3C trace context its attempts continue (`traceparent`).
+    pub traceparent: Option<String>,
 }
 
 impl TaskRecord {
@@ -281,6 +283,7 @@ impl TaskRecord {
             subscription: text(field::SUBSCRIPTION).cloned(),
             expires_ms: number(field::EXPIRES),
             payload_ref: text(field::PAYLOAD_REF).and_then(|v| v.parse().ok()),
+            traceparent: text(field::TRACEPARENT).cloned(),
         })
     }
 
@@ -305,6 +308,7 @@ impl TaskRecord {
             subscription: self.subscription.clone(),
             expires_at: self.expires_ms.map(rfc3339),
             queue: self.queue.clone(),
+            trace_id: self.traceparent.as_deref().and_then(crate::trace_context::trace_id_of),
         }
     }
 }

@@ -242,7 +242,13 @@ impl Tasks {
 
     /// Validates a submission into the task to enqueue. `checked`: the payload has already
     /// passed this kind's schema (one topic message for several subscriptions of a kind).
-    fn prepare(&self, submission: Submission, checked: bool) -> Result<NewTask, SubmitError> {
+    /// `traceparent`: the trace context its attempts continue.
+    fn prepare(
+        &self,
+        submission: Submission,
+        checked: bool,
+        traceparent: &str,
+    ) -> Result<NewTask, SubmitError> {
         let Submission { kind, payload, options, idempotency_key: _ } = submission;
         let handler = self.registry.get(&kind).ok_or_else(|| SubmitError::UnknownKind(kind.clone()))?;
         let queue = options.queue.clone().unwrap_or_else(|| handler.queue().to_string());
@@ -297,23 +303,28 @@ impl Tasks {
             idempotency_key: None,
             expires_ms,
             shared_payload: None,
+            traceparent: Some(traceparent.to_string()),
         })
     }
 
     /// Validates every submission in order, the first refusal naming its index; on a blocking
     /// thread when the payloads are large. `shared`: the payloads are one message's, checked
-    /// once per kind.
+    /// once per kind. Each task keeps the trace context of the request that submits it (its
+    /// `traceparent`, continued by the request's span), or a new trace's.
     async fn prepare_all(
         &self,
         submissions: Vec<Submission>,
         shared: bool,
     ) -> Result<Vec<NewTask>, BatchError> {
+        let traceparent = crate::trace_context::format(&crate::trace_context::current());
         let size: usize = submissions.iter().map(|s| s.payload.len()).sum();
         if size <= VALIDATE_INLINE_MAX {
-            return self.prepare_each(submissions, shared);
+            return self.prepare_each(submissions, shared, &traceparent);
         }
         let service = self.clone();
-        match tokio::task::spawn_blocking(move || service.prepare_each(submissions, shared)).await {
+        let prepared =
+            tokio::task::spawn_blocking(move || service.prepare_each(submissions, shared, &traceparent));
+        match prepared.await {
             Ok(prepared) => prepared,
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
@@ -327,14 +338,20 @@ impl Tasks {
     }
 
     /// [`Tasks::prepare`] for each submission, in order, the first refusal naming its index.
-    fn prepare_each(&self, submissions: Vec<Submission>, shared: bool) -> Result<Vec<NewTask>, BatchError> {
+    fn prepare_each(
+        &self,
+        submissions: Vec<Submission>,
+        shared: bool,
+        traceparent: &str,
+    ) -> Result<Vec<NewTask>, BatchError> {
         let mut passed = std::collections::HashSet::new();
         let mut tasks = Vec::with_capacity(submissions.len());
         for (index, submission) in submissions.into_iter().enumerate() {
             let checked = shared && passed.contains(&submission.kind);
             let kind = shared.then(|| submission.kind.clone());
-            let task =
-                self.prepare(submission, checked).map_err(|error| BatchError::Rejected { index, error })?;
+            let task = self
+                .prepare(submission, checked, traceparent)
+                .map_err(|error| BatchError::Rejected { index, error })?;
             passed.extend(kind);
             tasks.push(task);
         }
@@ -712,5 +729,6 @@ fn record_of(task: &NewTask) -> TaskRecord {
         subscription: task.subscription.clone(),
         expires_ms: task.expires_ms,
         payload_ref: task.shared_payload.map(|s| s.owner),
+        traceparent: task.traceparent.clone(),
     }
 }

@@ -4,6 +4,7 @@
 use crate::{
     handlers::{Context, HandlerError, Input, Output, Registry},
     queue::{DeadReason, Lease, Outcome, Renewal, ResultBytes, Serving},
+    trace_context,
     workers::{Announcement, Running, Workers},
 };
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
@@ -15,7 +16,7 @@ use std::{
 };
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info, info_span, warn};
 
 /// Takes an attempt off the running tasks when it ends, however it ends.
 struct Ended<'a> {
@@ -336,12 +337,23 @@ impl Runner {
 }
 
 /// The apalis task function: runs one attempt on its own tokio task, so attempts spread over
-/// every core, and tracks it so shutdown can wait for it.
+/// every core, and tracks it so shutdown can wait for it. The attempt's span continues the trace
+/// its task keeps: every line logged in it carries `task_id` and `trace_id`.
 async fn run_attempt(lease: Lease, runner: Data<Arc<Runner>>) {
     let runner: Arc<Runner> = (*runner).clone();
-    let span = info_span!("attempt", task.id = %lease.task_id, task.kind = %lease.kind, task.attempt = lease.attempt);
+    let span = info_span!(
+        "attempt",
+        otel.kind = "consumer",
+        task_id = %lease.task_id,
+        trace_id = tracing::field::Empty,
+        task.kind = %lease.kind,
+        task.queue = %lease.queue.name(),
+        task.attempt = lease.attempt,
+    );
+    let parent = lease.traceparent.as_deref().and_then(trace_context::parse);
+    let context = trace_context::start(&span, parent.as_ref());
     let tracker = runner.in_flight.clone();
-    let _ = tracker.spawn(runner.attempt(lease).instrument(span)).await;
+    let _ = tracker.spawn(trace_context::within(runner.attempt(lease), span, &context)).await;
 }
 
 /// How an attempt's handler ended, as [`Runner::watch`] saw it.

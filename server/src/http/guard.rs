@@ -75,6 +75,9 @@ impl Guard {
                     HeaderName::from_static("idempotency-key"),
                     HeaderName::from_static("prefer"),
                     HeaderName::from_static("last-event-id"),
+                    super::REQUEST_ID,
+                    HeaderName::from_static(crate::trace_context::TRACEPARENT),
+                    HeaderName::from_static("tracestate"),
                 ])
                 .expose_headers([
                     header::LOCATION,
@@ -82,6 +85,7 @@ impl Guard {
                     header::CONTENT_LOCATION,
                     HeaderName::from_static("preference-applied"),
                     HeaderName::from_static("idempotent-replayed"),
+                    super::REQUEST_ID,
                 ])
                 .max_age(Duration::from_secs(3600)),
         )

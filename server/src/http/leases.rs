@@ -197,6 +197,7 @@ async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<
             .then(|| super::api::signed(state, &format!("/api/v1/tasks/{}/payload", record.id)));
         grants.push(LeaseGrant {
             token: pulled.token.encode(),
+            traceparent: Some(lease_traceparent(&record)),
             task: record.view(),
             payload,
             payload_url,
@@ -204,6 +205,22 @@ async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<
         });
     }
     Ok(grants)
+}
+
+/// The trace context a pulling worker continues for the attempt leased on `record`: a `lease`
+/// span's, in the task's trace (or, for a task stored without one, in the lease request's).
+fn lease_traceparent(record: &crate::store::TaskRecord) -> String {
+    let span = tracing::info_span!(
+        "lease",
+        otel.kind = "producer",
+        task_id = %record.id,
+        trace_id = tracing::field::Empty,
+        task.kind = %record.kind,
+        task.queue = %record.queue,
+        task.attempt = record.attempts,
+    );
+    let parent = record.traceparent.as_deref().and_then(crate::trace_context::parse);
+    crate::trace_context::format(&crate::trace_context::start(&span, parent.as_ref()))
 }
 
 /// `POST /api/v1/leases/{token}/heartbeat`: renews the lease (storing progress, if given).

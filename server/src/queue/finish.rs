@@ -298,6 +298,7 @@ mod tests {
                 idempotency_key: None,
                 expires_ms: None,
                 shared_payload: None,
+                traceparent: None,
             })
             .await
             .unwrap();

@@ -142,10 +142,11 @@ end
 -- Takes the lease on ready entry `entry` (of stream `s` of `kind`'s lane) for task `id`. Returns, for a task to
 -- run, these fields in this order (`Run` in queue/lease.rs names them; a unit test compares the
 -- two):
--- run reply: run, id, stream, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type, session, payload_is, payload, idempotency_key, payload_ref
+-- run reply: run, id, stream, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type, session, payload_is, payload, idempotency_key, payload_ref, traceparent
 -- `run` is the word 'run', `stream` the stream's index (1-3), `payload_is` 1 (here), 2 (large:
 -- read it yourself) or 0 (gone): a small payload comes with the lease, saving the worker a round
--- trip; `payload_ref` names the task a shared payload is stored under. Returns
+-- trip; `payload_ref` names the task a shared payload is stored under; `traceparent` is the
+-- trace context the attempt continues ('' for a task stored without one). Returns
 -- {'drop'} when the task is gone or finished (its entry is dropped), {'cancelled'} when it was
 -- cancelled while a dead holder ran it, {'expired'} when its expiry passed before this attempt
 -- could start (it ends as a dead letter), and {'later'} when the queue's limits let nothing
@@ -158,7 +159,7 @@ local function take_lease(ctx, kind, s, entry, id)
   if id ~= '' then
     f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'kind', 'max_attempts',
       'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes', 'expires', 'payload_ref',
-      'worker', 'attempt_started')
+      'worker', 'attempt_started', 'traceparent')
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -211,7 +212,7 @@ local function take_lease(ctx, kind, s, entry, id)
     has = payload and '1' or '0'
   end
   return {'run', id, tostring(s), entry, token, attempt, f[5], f[6] or '1', f[7] or '', f[8] or '',
-    f[9] or '', has, payload or '', f[10] or '', f[13] or ''}
+    f[9] or '', has, payload or '', f[10] or '', f[13] or '', f[16] or ''}
 end
 
 -- The task id an entry's fields name ('' when none does).

@@ -35,6 +35,8 @@ pub struct Lease {
     pub payload_type: String,
     /// The ordered session the task belongs to.
     pub session: Option<String>,
+    /// The W3C trace context the attempt continues (`traceparent`), if the task keeps one.
+    pub traceparent: Option<String>,
     /// The payload as the claim left it; [`Queue::take_payload`] hands it to the runner.
     pub(super) payload: LeasedPayload,
     /// The Redis key of the task's `Idempotency-Key`, kept as long as the task.
@@ -89,11 +91,12 @@ pub(super) enum Run {
     Payload,
     IdempotencyKey,
     PayloadRef,
+    Traceparent,
 }
 
 impl Run {
     /// Every field in reply order, with the name lease.lua gives it.
-    const FIELDS: [(Run, &'static str); 15] = [
+    const FIELDS: [(Run, &'static str); 16] = [
         (Run::Tag, "run"),
         (Run::TaskId, "id"),
         (Run::Stream, "stream"),
@@ -109,6 +112,7 @@ impl Run {
         (Run::Payload, "payload"),
         (Run::IdempotencyKey, "idempotency_key"),
         (Run::PayloadRef, "payload_ref"),
+        (Run::Traceparent, "traceparent"),
     ];
 }
 
@@ -268,6 +272,7 @@ impl Leasing {
                 timeout_ms: reply.text(Run::TimeoutMs).parse().ok(),
                 payload_type: reply.optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
                 session: reply.optional(Run::Session),
+                traceparent: reply.optional(Run::Traceparent),
                 payload,
                 idempotency_key: reply.optional(Run::IdempotencyKey),
                 payload_ref: reply.text(Run::PayloadRef).parse().ok(),
@@ -342,6 +347,7 @@ impl Lease {
             timeout_ms: None,
             payload_type: String::new(),
             session: None,
+            traceparent: None,
             payload,
             idempotency_key: None,
             payload_ref: None,

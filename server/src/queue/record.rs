@@ -32,6 +32,9 @@ pub const SUBSCRIPTION: &str = "subscription";
 pub const IDEMPOTENCY_KEY: &str = "idem";
 /// When it expires if no attempt has started, ms since the epoch (empty: never).
 pub const EXPIRES: &str = "expires";
+/// The W3C trace context its attempts continue (`traceparent`): its submission's (empty for a
+/// task stored before Courier kept one).
+pub const TRACEPARENT: &str = "traceparent";
 /// The token of the lease held on it (empty: none).
 pub const LEASE: &str = "lease";
 /// `1` once cancellation was asked of its running attempt.
@@ -61,7 +64,7 @@ pub const ATTEMPT_LOG: &str = "a:";
 pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
 
 /// Every field a record may have (besides the attempt log's).
-pub const FIELDS: [&str; 29] = [
+pub const FIELDS: [&str; 30] = [
     KIND,
     STATUS,
     ATTEMPTS,
@@ -80,6 +83,7 @@ pub const FIELDS: [&str; 29] = [
     SUBSCRIPTION,
     IDEMPOTENCY_KEY,
     EXPIRES,
+    TRACEPARENT,
     LEASE,
     CANCEL,
     NEXT_RUN,

@@ -53,6 +53,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
                     idempotency_key: None,
                     expires_ms: None,
                     shared_payload: None,
+                    traceparent: None,
                 };
                 queue.enqueue(&task).await.unwrap();
             }

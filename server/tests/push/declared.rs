@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 /// A server without workers of its own (a `courier worker` process pushes the tasks) and an
 /// endpoint.
-async fn start() -> (TestApp, TestEndpoint) {
+pub(crate) async fn start() -> (TestApp, TestEndpoint) {
     (spawn_app_with(|c| c.concurrency = 0).await, TestEndpoint::start().await)
 }
 
 /// Declares kind `name`, pushed to `url`, retried after 100 ms at first; `extra` adds to (or
 /// overrides) the declaration's fields, and its `endpoint` object to the endpoint's.
-async fn declare(app: &TestApp, name: &str, url: &str, extra: Value) {
+pub(crate) async fn declare(app: &TestApp, name: &str, url: &str, extra: Value) {
     let mut declaration = json!({
         "description": "Pushed to the test endpoint.",
         "retry_base_ms": 100,

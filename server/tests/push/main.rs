@@ -10,3 +10,7 @@ mod declared;
 mod delivery;
 mod endpoint;
 mod example;
+#[allow(dead_code)]
+#[path = "../api/otlp.rs"]
+mod otlp;
+mod traces;

@@ -1,0 +1,178 @@
+//! The W3C trace context (`traceparent`) a task keeps from its submission: read from a request,
+//! stored with the task, continued by its attempts and handed on to push endpoints and pulling
+//! workers.
+//!
+//! Spans are `tracing` spans. When they are exported (`--otlp-endpoint`), the OpenTelemetry layer
+//! gives them their ids and links them to their parents; otherwise Courier makes the ids itself,
+//! so that a trace id is kept, logged and propagated all the same, with no exporter to pay for.
+
+use opentelemetry::{
+    Context,
+    context::FutureExt as _,
+    propagation::TextMapPropagator,
+    trace::{SpanContext, TraceContextExt, TraceFlags, TraceState},
+};
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{IdGenerator, RandomIdGenerator},
+};
+use std::collections::HashMap;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The header (and task record field) that carries a trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The trace context of a `traceparent` value; `None` when it is not a valid one.
+pub fn parse(traceparent: &str) -> Option<SpanContext> {
+    let traceparent = traceparent.trim();
+    // The propagator takes ids of fewer digits than the 32 and 16 the W3C format has.
+    let bytes = traceparent.as_bytes();
+    let shaped = bytes.len() >= 55
+        && [2, 35, 52].iter().all(|&at| bytes[at] == b'-')
+        && (bytes.len() == 55 || bytes[55] == b'-');
+    if !shaped {
+        return None;
+    }
+    let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    let span = context.span().span_context().clone();
+    span.is_valid().then_some(span)
+}
+
+/// The trace context of a request's `traceparent` header; `None` when it has none, or not a
+/// valid one (a new trace is started then: a bad header never fails a request).
+pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<SpanContext> {
+    headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()).and_then(parse)
+}
+
+/// `span` as a `traceparent` value (`00-{trace id}-{span id}-{flags}`).
+pub fn format(span: &SpanContext) -> String {
+    let mut carrier = HashMap::new();
+    let context = Context::new().with_remote_span_context(span.clone());
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove(TRACEPARENT).unwrap_or_default()
+}
+
+/// The trace id of a `traceparent` value, 32 lower-case hex digits; `None` when it is not valid.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    parse(traceparent).map(|span| span.trace_id().to_string())
+}
+
+/// The trace context of the code running now (the request or attempt it serves), or a new trace
+/// when there is none.
+pub fn current() -> SpanContext {
+    current_span().unwrap_or_else(|| new_span(None))
+}
+
+/// The span context in force now, if any: the current `tracing` span's when spans are
+/// exported, else the one [`within`] attached.
+fn current_span() -> Option<SpanContext> {
+    let span = tracing::Span::current().context().span().span_context().clone();
+    if span.is_valid() {
+        return Some(span);
+    }
+    let attached = Context::current().span().span_context().clone();
+    attached.is_valid().then_some(attached)
+}
+
+/// A new span id in `parent`'s trace (sampled as it is), or in a new sampled trace.
+fn new_span(parent: Option<&SpanContext>) -> SpanContext {
+    let ids = RandomIdGenerator::default();
+    let (trace_id, flags, state) = match parent {
+        Some(parent) => (parent.trace_id(), parent.trace_flags(), parent.trace_state().clone()),
+        None => (ids.new_trace_id(), TraceFlags::SAMPLED, TraceState::default()),
+    };
+    SpanContext::new(trace_id, ids.new_span_id(), flags, false, state)
+}
+
+/// Starts `span` as a child of `parent` (a remote context: a request's header, a task's stored
+/// one), or else of the span in force now; records its `trace_id` field; and returns its
+/// context, which [`within`] keeps current while the span's work runs.
+pub fn start(span: &tracing::Span, parent: Option<&SpanContext>) -> SpanContext {
+    if let Some(parent) = parent {
+        // Fails only where no span is exported (no OpenTelemetry layer): ids are made below.
+        let _ = span.set_parent(Context::new().with_remote_span_context(parent.clone()));
+    }
+    let exported = span.context().span().span_context().clone();
+    let context =
+        if exported.is_valid() { exported } else { new_span(parent.cloned().or_else(current_span).as_ref()) };
+    span.record("trace_id", tracing::field::display(context.trace_id()));
+    context
+}
+
+/// `work` inside `span` whose context is `context` (from [`start`]): its log lines carry the
+/// span's fields, and [`current`] answers `context` inside it.
+pub fn within<F: Future>(
+    work: F,
+    span: tracing::Span,
+    context: &SpanContext,
+) -> impl Future<Output = F::Output> + use<F> {
+    use tracing::Instrument as _;
+    work.instrument(span).with_context(Context::new().with_remote_span_context(context.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIVEN: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_traceparent_reads_back_as_written() {
+        let span = parse(GIVEN).expect("the W3C example is valid");
+        assert_eq!(span.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(span.is_sampled());
+        assert_eq!(format(&span), GIVEN);
+        assert_eq!(trace_id_of(GIVEN).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[test]
+    fn what_is_not_a_traceparent_is_none() {
+        for bad in [
+            "",
+            "hello",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
+        let mut headers = axum::http::HeaderMap::new();
+        assert!(from_headers(&headers).is_none());
+        headers.insert(TRACEPARENT, "nonsense".parse().unwrap());
+        assert!(from_headers(&headers).is_none());
+        headers.insert(TRACEPARENT, GIVEN.parse().unwrap());
+        assert_eq!(from_headers(&headers).map(|s| s.trace_id().to_string()), trace_id_of(GIVEN));
+    }
+
+    #[test]
+    fn a_span_started_without_an_exporter_continues_its_parent_s_trace_with_an_id_of_its_own() {
+        let parent = parse(GIVEN).unwrap();
+        let child = start(&tracing::Span::none(), Some(&parent));
+        assert_eq!(child.trace_id(), parent.trace_id());
+        assert_ne!(child.span_id(), parent.span_id());
+        assert!(child.is_valid() && child.is_sampled());
+        // Without a parent nor a context in force: a new trace.
+        let root = start(&tracing::Span::none(), None);
+        assert!(root.is_valid());
+        assert_ne!(root.trace_id(), parent.trace_id());
+    }
+
+    #[tokio::test]
+    async fn within_a_span_s_work_the_current_context_is_the_span_s() {
+        let parent = parse(GIVEN).unwrap();
+        let context = start(&tracing::Span::none(), Some(&parent));
+        let inside = within(async { current() }, tracing::Span::none(), &context).await;
+        assert_eq!(inside, context);
+        // A span started inside continues the trace.
+        let nested =
+            within(async { start(&tracing::Span::none(), None) }, tracing::Span::none(), &context).await;
+        assert_eq!(nested.trace_id(), parent.trace_id());
+        assert_ne!(nested.span_id(), context.span_id());
+        // Outside, a new trace each time.
+        assert_ne!(current().trace_id(), parent.trace_id());
+    }
+}
