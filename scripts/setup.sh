@@ -62,13 +62,23 @@ if ! end2end/node_modules/.bin/playwright --version 2>/dev/null | grep -q "$PLAY
   say "installing Playwright $PLAYWRIGHT_VERSION from npm (it drives Debian's Chromium)"
   (cd end2end && npm ci --no-audit --no-fund --silent)
 fi
-# 5. The Standard Webhooks reference library (PyPI), in .venv: the push tests check Courier's
-#    signatures with it rather than with Courier's own code.
+# 5. Python packages from PyPI, in .venv: the Standard Webhooks reference library (the push
+#    tests check Courier's signatures with it rather than with Courier's own code) and
+#    schemathesis (the OpenAPI test fuzzes the real server against its own document).
 STANDARDWEBHOOKS_VERSION=1.1.0
-if ! .venv/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("standardwebhooks") != sys.argv[1])' \
-    "$STANDARDWEBHOOKS_VERSION" 2>/dev/null; then
+SCHEMATHESIS_VERSION='4.32.*'
+has_package() { # name, version pattern (fnmatch)
+  .venv/bin/python -c 'import fnmatch, importlib.metadata as m, sys; sys.exit(not fnmatch.fnmatch(m.version(sys.argv[1]), sys.argv[2]))' \
+    "$1" "$2" 2>/dev/null
+}
+if ! has_package standardwebhooks "$STANDARDWEBHOOKS_VERSION"; then
   say "installing standardwebhooks $STANDARDWEBHOOKS_VERSION from PyPI into .venv"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+fi
+if ! has_package schemathesis "$SCHEMATHESIS_VERSION" || [ ! -x .venv/bin/st ]; then
+  say "installing schemathesis $SCHEMATHESIS_VERSION from PyPI into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 say "ready"

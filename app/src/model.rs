@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 /// Where a task is in its life; the last three are terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Queued,
@@ -60,6 +61,7 @@ impl std::fmt::Display for Status {
 
 /// The public view of one task, as served by `GET /api/v1/tasks/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct TaskView {
     pub id: Uuid,
     pub kind: String,
@@ -92,12 +94,86 @@ pub struct TaskView {
     pub trace_id: Option<String>,
 }
 
+/// Integers as JSON Schema counts them: `60`, `60.0` and `6e1` are the same integer, and a
+/// request may spell a count or a duration any of these ways. For `deserialize_with` on the
+/// integer fields of request bodies (serde alone takes only the first spelling).
+pub mod whole {
+    use serde::de::{Deserializer, Error, Unexpected, Visitor};
+    use std::{fmt, marker::PhantomData};
+
+    /// An integer field.
+    pub fn number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(deserializer: D) -> Result<T, D::Error> {
+        deserializer.deserialize_any(Whole(PhantomData))
+    }
+
+    /// An optional integer field: `null` (or absent, with `#[serde(default)]`) is none.
+    pub fn option<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        deserializer.deserialize_option(Optional(PhantomData))
+    }
+
+    struct Whole<T>(PhantomData<T>);
+
+    impl<'de, T: TryFrom<u64>> Visitor<'de> for Whole<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number in range")
+        }
+
+        fn visit_u64<E: Error>(self, value: u64) -> Result<T, E> {
+            T::try_from(value).map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+        }
+
+        fn visit_i64<E: Error>(self, value: i64) -> Result<T, E> {
+            let unsigned =
+                u64::try_from(value).map_err(|_| E::invalid_value(Unexpected::Signed(value), &self))?;
+            self.visit_u64(unsigned)
+        }
+
+        fn visit_f64<E: Error>(self, value: f64) -> Result<T, E> {
+            // 2^64 is the first float past u64::MAX; every whole float below it converts exactly.
+            if value.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&value) {
+                self.visit_u64(value as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(value), &self))
+            }
+        }
+    }
+
+    struct Optional<T>(PhantomData<T>);
+
+    impl<'de, T: TryFrom<u64>> Visitor<'de> for Optional<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number or null")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<T>, D::Error> {
+            number(deserializer).map(Some)
+        }
+    }
+}
+
 /// The queue of tasks that name none, and of the built-in kinds.
 pub const DEFAULT_QUEUE: &str = "default";
 
 fn default_queue() -> String {
     DEFAULT_QUEUE.to_string()
 }
+
+/// [`is_queue_name`] (and [`is_kind_name`]) as a regular expression, for the API's document.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,63}$";
 
 /// Whether `name` is a valid queue name: `[a-z0-9][a-z0-9._-]{0,63}`.
 pub fn is_queue_name(name: &str) -> bool {
@@ -133,6 +209,7 @@ impl TaskView {
 
 /// One change of a task's state, as pushed over server-sent events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct TaskEvent {
     pub task_id: Uuid,
     pub kind: String,
@@ -152,6 +229,7 @@ pub const RESET_EVENT: &str = "reset";
 /// The data of a `reset` event: the client has missed events it cannot be sent, so it reloads
 /// its state; the stream goes on after the event's `id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct StreamReset {
     pub reason: ResetReason,
     /// The oldest event the stream still holds, if any.
@@ -160,6 +238,7 @@ pub struct StreamReset {
 
 /// Why a client's place in the event stream cannot be honoured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ResetReason {
     /// The events after its `Last-Event-ID` were trimmed from the capped stream.
@@ -173,6 +252,7 @@ pub enum ResetReason {
 
 /// How urgently a task should run relative to others in its queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     High,
@@ -184,33 +264,50 @@ pub enum Priority {
 /// The JSON body of `POST /api/v1/tasks`. The browser builds it with a parsed payload; the
 /// server reads the payload as raw JSON text (`P = Box<RawValue>`), validated without a tree.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "ssr", schema(example = json!({"kind": "echo", "payload": {"hello": "world"}, "max_attempts": 3})))]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest<P = serde_json::Value> {
+    /// The task's kind (`GET /api/v1/kinds`).
     pub kind: String,
+    /// The payload, checked against the kind's schema (any JSON).
+    #[cfg_attr(feature = "ssr", schema(value_type = serde_json::Value))]
     pub payload: P,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Run no sooner than this many ms from now (at most 30 days).
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(maximum = 2_592_000_000_u64))]
     pub delay_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Attempts before the task becomes a dead letter (default: the kind's, else the server's).
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 100))]
     pub max_attempts: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How long one attempt may run (at most 24 hours).
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 86_400_000_u64))]
     pub timeout_ms: Option<u64>,
+    /// Tasks of one session run one at a time, in submission order (1 to 200 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(min_length = 1, max_length = 200))]
     pub session: Option<String>,
     /// Milliseconds from submission after which the task expires if no attempt has started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 31_536_000_000_u64))]
     pub ttl_ms: Option<u64>,
     /// The same as a time (RFC 3339); give one of `ttl_ms` and `expires_at`, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
     /// The queue to run the task in; the kind's default queue when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"))]
     pub queue: Option<String>,
 }
 
 /// The JSON body of `POST /api/v1/tasks/batch`: tasks enqueued together, all or none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "ssr", schema(example = json!({"tasks": [{"kind": "echo", "payload": 1}, {"kind": "text.stats", "payload": "a b a"}]})))]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBatch<P = serde_json::Value> {
     pub tasks: Vec<SubmitRequest<P>>,
@@ -218,12 +315,14 @@ pub struct SubmitBatch<P = serde_json::Value> {
 
 /// The answer to an accepted batch: each task's view, in the order submitted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct BatchAccepted {
     pub tasks: Vec<TaskView>,
 }
 
 /// A task kind as listed by `GET /api/v1/kinds`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct KindInfo {
     pub name: String,
     pub description: String,
@@ -249,6 +348,7 @@ pub const KIND_EVENT: &str = "kind";
 
 /// The data of a `kind` event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct KindEvent {
     pub kind: String,
     /// False when the declaration was deleted.
@@ -259,13 +359,17 @@ pub struct KindEvent {
 /// A queue's limits, as set by `PUT /api/v1/queues/{name}` or `[[queues]]` in `courier.toml`;
 /// each absent one is no limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "ssr", schema(example = json!({"max_depth": 10000, "concurrency": 4, "rate": {"limit": 20, "period_ms": 1000}})))]
 #[serde(deny_unknown_fields)]
 pub struct QueueLimits {
     /// The most tasks that may wait (queued, scheduled, retrying); a submit past it is a `429`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1))]
     pub max_depth: Option<u64>,
     /// The most of its tasks that run at once, across every worker process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1))]
     pub concurrency: Option<u32>,
     /// The most of its tasks started in any window of `period_ms`, across every worker process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,14 +378,21 @@ pub struct QueueLimits {
 
 /// At most `limit` starts in any window of `period_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
+    #[serde(deserialize_with = "whole::number")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1))]
     pub limit: u32,
+    /// At most a day.
+    #[serde(deserialize_with = "whole::number")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 86_400_000_u64))]
     pub period_ms: u64,
 }
 
 /// Tasks of a queue per state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct QueueCounts {
     /// Waiting to be taken, per priority.
     pub queued: QueuedCounts,
@@ -294,6 +405,7 @@ pub struct QueueCounts {
 
 /// Queued tasks per priority.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct QueuedCounts {
     pub high: u64,
     pub normal: u64,
@@ -308,6 +420,7 @@ impl QueuedCounts {
 
 /// A queue as `GET /api/v1/queues/{name}` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct QueueView {
     pub name: String,
     pub paused: bool,
@@ -321,6 +434,7 @@ pub struct QueueView {
 
 /// `GET /api/v1/queues`: every queue, by name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct QueueList {
     pub queues: Vec<QueueView>,
 }
@@ -330,6 +444,7 @@ pub const QUEUE_EVENT: &str = "queue";
 
 /// The data of a `queue` event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct QueueEvent {
     pub queue: String,
     pub paused: bool,
@@ -338,6 +453,7 @@ pub struct QueueEvent {
 
 /// One page of `GET /api/v1/tasks`, newest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct TaskPage {
     pub tasks: Vec<TaskView>,
     pub next_cursor: Option<String>,
@@ -345,6 +461,7 @@ pub struct TaskPage {
 
 /// A failed task in the dead-letter queue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
     pub task: TaskView,
     /// One of [`DEAD_REASONS`].
@@ -365,6 +482,7 @@ pub const DEAD_REASONS: [&str; 7] = [
 
 /// `GET /api/v1/dead-letters/count`: how many dead letters a filter takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DeadLetterCount {
     pub count: u64,
     /// The count is of those that failed before this time (RFC 3339): the filter's
@@ -375,18 +493,21 @@ pub struct DeadLetterCount {
 
 /// The answer to `POST /api/v1/dead-letters/requeue`: how many were queued again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DeadLettersRequeued {
     pub requeued: u64,
 }
 
 /// The answer to `DELETE /api/v1/dead-letters`: how many were deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DeadLettersDeleted {
     pub deleted: u64,
 }
 
 /// One page of `GET /api/v1/dead-letters`, most recent failure first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DeadLetterPage {
     pub dead_letters: Vec<DeadLetter>,
     pub next_cursor: Option<String>,
@@ -404,6 +525,7 @@ pub struct TopicView {
 
 /// The answer to publishing a message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Published {
     pub message_id: Uuid,
     pub tasks: Vec<PublishedTask>,
@@ -411,6 +533,7 @@ pub struct Published {
 
 /// One task a published message created.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct PublishedTask {
     pub subscription: String,
     pub task_id: Uuid,
@@ -418,6 +541,7 @@ pub struct PublishedTask {
 
 /// An RFC 9457 problem document, as every API error is reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -432,21 +556,28 @@ pub struct Problem {
 
 /// `POST /api/v1/queues/{queue}/leases`: a worker pulling tasks over HTTP asks for leases.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "ssr", schema(example = json!({"worker": "worker-1", "kinds": ["echo"], "max": 1, "wait_ms": 0})))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// The worker's name for itself (1 to 128 printable characters), for logs and views.
+    #[cfg_attr(feature = "ssr", schema(pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]{1,128}$"))]
     pub worker: String,
     /// The kinds it runs; every kind of the queue when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(schema_with = kind_names))]
     pub kinds: Option<Vec<String>>,
     /// The most leases to take (1 to 100; default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 100))]
     pub max: Option<u32>,
     /// How long to wait for tasks when there are none (0 to 30,000 ms; default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(maximum = 30_000))]
     pub wait_ms: Option<u64>,
     /// How long each lease lasts unrenewed (1,000 ms up to the server's `--lease`, its default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1_000))]
     pub lease_ms: Option<u64>,
     /// The host the worker runs on, for `GET /api/v1/workers` (up to 255 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,8 +590,22 @@ pub struct LeaseRequest {
     pub version: Option<String>,
 }
 
+/// The schema of [`LeaseRequest::kinds`]: 1 to 100 kind names.
+#[cfg(feature = "ssr")]
+fn kind_names() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type, schema::SchemaType};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(ObjectBuilder::new().schema_type(Type::String).pattern(Some(NAME_PATTERN)))
+        .min_items(Some(1))
+        .max_items(Some(100))
+        .description(Some("The kinds it runs; every kind of the queue when absent."))
+        .build()
+}
+
 /// One task leased to a pulling worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct LeaseGrant {
     /// Names the lease in heartbeat, complete, fail and release; unguessable.
     pub token: String,
@@ -481,21 +626,25 @@ pub struct LeaseGrant {
 
 /// The answer to a lease request: the leases taken (none when the wait ended first).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct LeaseList {
     pub leases: Vec<LeaseGrant>,
 }
 
 /// `POST /api/v1/leases/{token}/heartbeat`: renews a lease, optionally reporting progress.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// 0 to 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(maximum = 100))]
     pub progress: Option<u8>,
 }
 
 /// The answer to a heartbeat.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct HeartbeatReply {
     /// When the lease now runs out (RFC 3339).
     pub expires_at: String,
@@ -505,6 +654,7 @@ pub struct HeartbeatReply {
 
 /// `POST /api/v1/leases/{token}/fail`: the attempt failed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseFailure {
     /// What went wrong, for people (at most 4 KiB are kept).
@@ -512,12 +662,13 @@ pub struct LeaseFailure {
     /// Whether another attempt could succeed.
     pub retryable: bool,
     /// The soonest the next attempt should come (bounded by the kind's retry cap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "whole::option", skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
 }
 
 /// `GET /api/v1/auth/me`: who the caller is and what it may do.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Me {
     /// Whether access control is on; when it is off, everyone may do everything.
     pub auth: bool,
@@ -538,6 +689,7 @@ impl Me {
 
 /// One operator action, as the audit trail records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Its place in the trail (a stream id), to page with `before`.
     pub id: String,
@@ -553,6 +705,7 @@ pub struct AuditEntry {
 
 /// `GET /api/v1/audit`: the newest actions first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     /// Pass as `before` for older entries; none at the end.
@@ -563,6 +716,7 @@ pub struct AuditPage {
 /// A worker process as `GET /api/v1/workers` lists it: a built-in one (`courier serve` or
 /// `courier worker`) or one pulling over HTTP, seen within the last two lease periods.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct WorkerView {
     /// The worker's id: `worker-{uuid}` for a built-in one, the name a pulling worker gives.
     pub id: String,
@@ -583,6 +737,7 @@ pub struct WorkerView {
 
 /// A task a worker runs now.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct RunningTask {
     pub task_id: Uuid,
     pub queue: String,
@@ -591,12 +746,14 @@ pub struct RunningTask {
 
 /// `GET /api/v1/workers`: the live worker processes, most recently started first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct WorkerList {
     pub workers: Vec<WorkerView>,
 }
 
 /// `GET /api/v1/stats`: counts by queue and kind, throughput over three spans, and latency.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Stats {
     pub queues: Vec<QueueStats>,
     pub throughput: Throughput,
@@ -606,6 +763,7 @@ pub struct Stats {
 /// One queue's tasks by state (`queued`, `scheduled`, `retrying`, `running`, `dead`), and its
 /// kinds'.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct QueueStats {
     pub queue: String,
     pub paused: bool,
@@ -620,6 +778,7 @@ pub struct QueueStats {
 /// One kind's tasks in a queue by state: `queued` and `running` (the kind's lanes know them;
 /// scheduled, retrying and dead tasks are counted per queue only).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct KindStats {
     pub kind: String,
     pub counts: std::collections::BTreeMap<String, u64>,
@@ -628,6 +787,7 @@ pub struct KindStats {
 /// Tasks that ended, per second over the last 15 minutes, per minute over 24 hours and per hour
 /// over 30 days, oldest first, every bucket present (zeros included).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Throughput {
     pub second: Vec<ThroughputPoint>,
     pub minute: Vec<ThroughputPoint>,
@@ -636,6 +796,7 @@ pub struct Throughput {
 
 /// The tasks that succeeded and failed in the bucket starting `at`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct ThroughputPoint {
     pub at: String,
     pub succeeded: u64,
@@ -644,6 +805,7 @@ pub struct ThroughputPoint {
 
 /// Wait (ready to started) and run (started to ended) times over the last 15 minutes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Latency {
     pub wait: Percentiles,
     pub run: Percentiles,
@@ -651,6 +813,7 @@ pub struct Latency {
 
 /// Percentiles in ms (none without samples), each the upper bound of its histogram bucket.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Percentiles {
     pub p50: Option<u64>,
     pub p95: Option<u64>,
@@ -711,6 +874,7 @@ pub struct WordCount {
 
 /// One attempt of a task, for the task page's timeline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct AttemptView {
     pub attempt: u32,
     /// The worker that ran it (a built-in worker's id, or a pulling worker's name).
@@ -726,6 +890,7 @@ pub struct AttemptView {
 
 /// `GET /api/v1/tasks/{id}/attempts`: a task's attempts, first first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct AttemptList {
     pub attempts: Vec<AttemptView>,
 }
@@ -752,6 +917,25 @@ mod tests {
         for bad in ["", "Reports", "-a", ".a", "_a", "a b", "a/b", "a:b", "é", &"q".repeat(65), "{a}"] {
             assert!(!is_queue_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn integers_are_read_in_any_whole_spelling_and_refused_out_of_range() {
+        let limits: QueueLimits = serde_json::from_str(r#"{"max_depth": 60.0, "concurrency": 6e1}"#).unwrap();
+        assert_eq!((limits.max_depth, limits.concurrency), (Some(60), Some(60)));
+        let none: QueueLimits = serde_json::from_str(r#"{"max_depth": null}"#).unwrap();
+        assert_eq!(none, QueueLimits::default());
+        for bad in [
+            r#"{"max_depth": 1.5}"#,
+            r#"{"max_depth": -1}"#,
+            r#"{"concurrency": 4294967296}"#,
+            r#"{"max_depth": "1"}"#,
+        ] {
+            assert!(serde_json::from_str::<QueueLimits>(bad).is_err(), "{bad}");
+        }
+        let rate: RateLimit = serde_json::from_str(r#"{"limit": 2.0, "period_ms": 1000}"#).unwrap();
+        assert_eq!(rate, RateLimit { limit: 2, period_ms: 1000 });
+        assert!(serde_json::from_str::<Heartbeat>(r#"{"progress": 256.0}"#).is_err());
     }
 
     #[test]

@@ -41,6 +41,10 @@ impl Audit {
 
     /// Up to `limit` actions, newest first, older than `before` (a stream id) if given.
     pub async fn recent(&self, limit: usize, before: Option<&str>) -> redis::RedisResult<AuditPage> {
+        // Nothing comes before the first id there can be, and Redis refuses the range `(0-0`.
+        if before.and_then(crate::events::Position::parse) == Some(crate::events::Position::ZERO) {
+            return Ok(AuditPage { entries: Vec::new(), next: None });
+        }
         let end = before.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
         let reply: Value = redis::cmd("XREVRANGE")
             .arg(&self.key)

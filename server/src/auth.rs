@@ -44,7 +44,9 @@ pub const MAX_TOKENS: usize = 10_000;
 const MAX_PATTERNS: usize = 100;
 
 /// One right a token may carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Submit tasks and publish messages.
@@ -154,7 +156,7 @@ fn is_name_prefix(prefix: &str) -> bool {
 }
 
 /// A stored token, as listed: everything but the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub name: String,
     pub scopes: Vec<Scope>,
@@ -171,10 +173,13 @@ pub struct TokenInfo {
 }
 
 /// What a new token is asked for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    /// 1 to 64 of `A-Za-z0-9._-`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
     pub queues: Vec<String>,
     /// How long it works, `90d`, `12h`; forever if unset.

@@ -10,6 +10,7 @@ mod guard;
 mod kinds;
 mod leases;
 mod metrics;
+mod openapi;
 mod problem;
 mod queues;
 mod session;
@@ -25,6 +26,7 @@ pub use access::REQUEST_ID;
 pub use auth::{QueueIn, RULES as ACCESS_RULES, Rule};
 pub use connections::serve;
 pub use guard::Guard;
+pub use openapi::document as openapi_document;
 pub use problem::ApiError;
 pub use queues::validate as validate_limits;
 pub use timeouts::Timeouts;
@@ -122,7 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks", get(api::list).post(api::submit))
         .route("/api/v1/tasks/batch", post(api::submit_batch))
         .route("/api/v1/tasks/{id}", get(api::get).delete(api::cancel))
-        .route("/api/v1/tasks/{id}/status", get(api::status).delete(api::cancel))
+        .route("/api/v1/tasks/{id}/status", get(api::status).delete(api::cancel_on_status_monitor))
         .route("/api/v1/tasks/{id}/result", get(api::result))
         .route("/api/v1/tasks/{id}/payload", get(api::payload))
         .route("/api/v1/tasks/{id}/attempts", get(api::attempts))
@@ -168,6 +170,9 @@ pub fn router(state: AppState) -> Router {
             post(session::sign_in).layer(DefaultBodyLimit::max(session::SIGN_IN_MAX_BYTES)),
         )
         .route("/auth/sign-out", post(session::sign_out))
+        // The API's own description, public: it holds nothing the README does not.
+        .route("/api/v1/openapi.json", get(openapi::json))
+        .route("/api/docs", get(openapi::reference))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Outside the API's access layer: it checks its own token (`read` on every queue).
@@ -307,12 +312,29 @@ async fn off_runtime<R: Send + 'static>(
 
 /// Parses a JSON body into `T`: bad syntax is a `400`, a wrong shape a `422`.
 fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    refuse_array(bytes)
+        .map_err(|detail| ApiError::unprocessable("invalid-request", "Invalid request", detail))?;
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             ApiError::unprocessable("invalid-request", "Invalid request", e.to_string())
         }
+        // serde_json reports some shapes it cannot read as syntax (an enum given as a map of two
+        // keys): JSON that parses is well-formed, and what is wrong with it is its shape.
+        _ if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+            ApiError::unprocessable("invalid-request", "Invalid request", e.to_string())
+        }
         _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
     })
+}
+
+/// Refuses a JSON array where an object is expected: serde reads a struct from an array of its
+/// fields in order too (`["echo", 1]` as `{"kind": "echo", "payload": 1}`), which no client means
+/// and the API's document does not allow.
+fn refuse_array(bytes: &[u8]) -> Result<(), String> {
+    match bytes.trim_ascii_start().first() {
+        Some(b'[') => Err("the body must be a JSON object, not an array".into()),
+        _ => Ok(()),
+    }
 }
 
 /// A listing's `limit` query parameter: 1 to `max`, else a `422` saying so.
@@ -360,17 +382,48 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `GET /healthz`: the process is up.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    summary = "Liveness: the process is up",
+    security(()),
+    responses((status = 200, description = "Up", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok", redis: None })
+}
+
+/// The answer of the health checks.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`.
+    status: &'static str,
+    /// `ok` (`GET /readyz` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<&'static str>,
 }
 
 /// `GET /readyz`: Redis answers within a second.
-async fn readyz(State(mut redis): State<ConnectionManager>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    summary = "Readiness: Redis answers within a second",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Redis is unreachable", body = app::model::Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn readyz(State(mut redis): State<ConnectionManager>) -> Result<Json<Health>, ApiError> {
     let ping =
         tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut redis))
             .await;
     match ping {
-        Ok(Ok(_)) => Ok(Json(serde_json::json!({"status": "ok", "redis": "ok"}))),
+        Ok(Ok(_)) => Ok(Json(Health { status: "ok", redis: Some("ok") })),
         Ok(Err(e)) => Err(ApiError::unavailable(&e)),
         Err(_) => {
             Err(ApiError::unavailable(&redis::RedisError::from((redis::ErrorKind::Io, "PING timed out"))))

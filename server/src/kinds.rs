@@ -92,7 +92,7 @@ fn any_json() -> Value {
 }
 
 /// A kind as declared: what its payload is, how its tasks are retried, and how they run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Declaration {
     /// The kind's name; in a `PUT` body it may be left out (the path names it).
@@ -118,17 +118,33 @@ pub struct Declaration {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content_types: Vec<String>,
     /// Attempts its tasks get unless a task says otherwise; default: the server's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "app::model::whole::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_attempts: Option<u32>,
     /// How long one attempt may run unless a task says otherwise; default: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "app::model::whole::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_ms: Option<u64>,
     /// The pause before its first retry, doubling after each (given with `retry_cap_ms`);
     /// default: the worker's `--retry-base`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "app::model::whole::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_base_ms: Option<u64>,
     /// The longest pause between its retries; default: the worker's `--retry-cap`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "app::model::whole::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_cap_ms: Option<u64>,
     /// Where Courier's workers push its tasks; none: workers elsewhere pull them over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]

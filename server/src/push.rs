@@ -48,7 +48,7 @@ const MAX_ANSWER_BYTES: usize = 64 << 20;
 const QUOTED_BYTES: usize = 1024;
 
 /// Where and how a declared kind's tasks are pushed (`endpoint = {…}` in a kind declaration).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `http://` or `https://` URL the tasks are POSTed to.
@@ -56,10 +56,18 @@ pub struct EndpointConfig {
     /// The signing secret, `whsec_` and base64 (Standard Webhooks).
     pub secret: String,
     /// How long one request may take (default: the attempt's timeout, else 30 s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "app::model::whole::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_ms: Option<u64>,
     /// The most requests in flight to this endpoint from one process (default 16).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "app::model::whole::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub concurrency: Option<usize>,
 }
 

@@ -18,8 +18,9 @@ use uuid::Uuid;
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 
 /// What a subscription does with each matching message.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "echo", "filter": {"region": {"equals": "eu"}}, "max_attempts": 3}))]
 pub struct Subscription {
     /// The task kind each message becomes.
     pub kind: String,
@@ -27,15 +28,21 @@ pub struct Subscription {
     #[serde(default)]
     pub filter: BTreeMap<String, Condition>,
     /// Attempts of each task, else the kind's or the server's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "app::model::whole::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
     /// The queue its tasks go to, else the kind's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub queue: Option<String>,
 }
 
 /// One condition on a message property.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Condition {
     /// The property equals this value.
@@ -113,30 +120,34 @@ impl FileConfig {
 
 /// A message as published. The edge reads the payload as raw JSON (`P = &RawValue`) and hands
 /// publishing its text as sent (`P = Bytes`), never parsed into a tree.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(bound = "", example = json!({"payload": {"order": 7}, "properties": {"region": "eu"}}))]
 pub struct Message<P> {
+    /// The payload of every task the message becomes (any JSON).
+    #[schema(value_type = serde_json::Value)]
     pub payload: P,
+    /// What subscriptions' filters look at.
     #[serde(default)]
     pub properties: BTreeMap<String, Value>,
 }
 
 /// What publishing did.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Published {
     pub message_id: Uuid,
     pub tasks: Vec<CreatedTask>,
 }
 
 /// One task a publish created.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CreatedTask {
     pub subscription: String,
     pub task_id: Uuid,
 }
 
 /// A topic with its subscriptions and counters, for listing.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TopicView {
     pub topic: String,
     pub subscriptions: BTreeMap<String, Subscription>,

@@ -1,15 +1,18 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel.
 
 use super::{
-    ApiError, AppState, auth::no_such_queue, check_range, invalid_parameter, off_runtime, parse_id,
-    parse_json, query_time, read_body,
+    ApiError, AppState,
+    auth::no_such_queue,
+    check_range, invalid_parameter, off_runtime,
+    openapi::{Binary, QueueName},
+    parse_id, parse_json, query_time, read_body,
 };
 use crate::{
     auth::Access,
     store::{TaskRecord, rfc3339},
     tasks::{BatchError, Cancelled, ListQuery, Options, Payload, Submission, Submitted},
 };
-use app::model::{BatchAccepted, Priority, Status, SubmitRequest, TaskPage, TaskView};
+use app::model::{BatchAccepted, Priority, Problem, Status, SubmitBatch, SubmitRequest, TaskPage, TaskView};
 use axum::{
     Extension, Json,
     body::Body,
@@ -22,11 +25,69 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 
+/// The query parameters of a signed link (`result_url`, the status monitor's `303`, a lease's
+/// `payload_url`): with them a `GET` needs no token while the link is valid.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the query string; `auth::signed_link` reads it
+struct SignedLink {
+    /// When the link stops working, in seconds since the epoch.
+    expires: Option<u64>,
+    /// The id of the key that signed it.
+    kid: Option<String>,
+    /// The signature (base64url).
+    sig: Option<String>,
+}
+
 /// The default and largest page of `GET /api/v1/tasks`.
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
 /// `POST /api/v1/tasks`: a JSON `SubmitRequest`, or a raw body with `?kind=` and options.
+///
+/// A JSON body carries the options itself and takes no query parameter; any other body is the
+/// payload as it is, with the kind and options in the query string.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks",
+    operation_id = "submit_task",
+    tag = "tasks",
+    summary = "Submit a task",
+    params(
+        ("kind" = Option<String>, Query, description = "The kind of a raw submission (any body but JSON); its presence makes the body the raw payload"),
+        ("queue" = inline(Option<QueueName>), Query, description = "Raw submissions: the queue to run in"),
+        ("delay_ms" = Option<u64>, Query, maximum = 2_592_000_000_u64, description = "Raw submissions: run no sooner than this many ms from now"),
+        ("priority" = Option<Priority>, Query, description = "Raw submissions: `high`, `normal` or `low`"),
+        ("max_attempts" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Raw submissions: attempts before it becomes a dead letter (1 to 100)"),
+        ("timeout_ms" = Option<u64>, Query, minimum = 1, maximum = 86_400_000_u64, description = "Raw submissions: how long one attempt may run"),
+        ("session" = Option<String>, Query, min_length = 1, max_length = 200, description = "Raw submissions: tasks of one session run one at a time, in order"),
+        ("ttl_ms" = Option<u64>, Query, minimum = 1, maximum = 31_536_000_000_u64, description = "Raw submissions: expire if no attempt has started this many ms after submission"),
+        ("expires_at" = Option<String>, Query, description = "Raw submissions: the same as an RFC 3339 time"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,253}[!-~])?$", description = "The same key again returns the same task and enqueues nothing (1 to 255 visible ASCII characters)"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): wait up to N s for the task to end and answer with its result"),
+    ),
+    request_body(
+        description = "A JSON `SubmitRequest`, or the raw payload (with `?kind=`)",
+        content(
+            (SubmitRequest = "application/json"),
+            (Binary = "application/octet-stream"),
+            (String = "text/plain"),
+            (String = "text/csv"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "`Prefer: wait=N` and the task ended in time: its result, with `Preference-Applied`", content((serde_json::Value = "application/json"), (Binary = "*/*"))),
+        (status = 202, description = "Accepted: the task, `Location` of its status monitor, `Retry-After`", body = TaskView,
+            headers(("Location" = String, description = "The status monitor"), ("Retry-After" = u64, description = "Seconds before polling the status"))),
+        (status = 400, description = "Malformed JSON, a bad header, or query options beside a JSON body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The queue is outside the token's reach", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Too many queues", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than `--max-payload`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON, and no `?kind=`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown kind, a payload its schema refuses, a bad option, or an idempotency key reused with another body; or (`Prefer: wait`) the task failed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The queue is full, or the token past `--rate-limit`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -96,6 +157,25 @@ const MAX_BATCH: usize = 1000;
 /// `POST /api/v1/tasks/batch`: `{"tasks": [SubmitRequest…]}`, each validated as `POST
 /// /api/v1/tasks` would, then all enqueued together (one MULTI), or on any error none. `202` with
 /// the tasks' views in the order submitted.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/batch",
+    operation_id = "submit_batch",
+    tag = "tasks",
+    summary = "Submit up to 1,000 tasks at once, all or none",
+    request_body(content = SubmitBatch, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Every task accepted: their views, in order", body = BatchAccepted,
+            headers(("Retry-After" = u64, description = "Seconds before polling a status"))),
+        (status = 400, description = "Malformed JSON, or an `Idempotency-Key` (single submissions only)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A queue is outside the token's reach", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Too many queues", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than `--max-payload`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No task or over 1,000, or one refused (the detail names it: `tasks[2]: …`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A queue is full, or the token past `--rate-limit`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn submit_batch(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -361,12 +441,36 @@ async fn find(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
 }
 
 /// `GET /api/v1/tasks/{id}`: the task's view.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    summary = "A task",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 404, description = "No such task (or it is past its retention)", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     Ok(Json(present(&state, &find(&state, &id).await?)))
 }
 
 /// `GET /api/v1/tasks/{id}/attempts`: the task's attempts, first first, each with its worker,
 /// start, end, outcome and error.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/attempts",
+    operation_id = "list_attempts",
+    tag = "tasks",
+    summary = "A task's attempts: worker, start, end, outcome and error of each",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Its attempts, first first (a running one has no end)", body = app::model::AttemptList),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn attempts(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -404,7 +508,9 @@ pub(super) fn signed(state: &AppState, path: &str) -> String {
     }
 }
 
-#[derive(Serialize)]
+/// The status monitor's body while a task is pending, or once it failed or was cancelled.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TaskStatus)]
 struct StatusBody {
     id: uuid::Uuid,
     status: Status,
@@ -417,6 +523,21 @@ struct StatusBody {
 }
 
 /// `GET /api/v1/tasks/{id}/status`: the status monitor of async request-reply.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/status",
+    operation_id = "get_task_status",
+    tag = "tasks",
+    summary = "The status monitor",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Pending (with `Retry-After`), or failed or cancelled (with the `error` problem)", body = StatusBody,
+            headers(("Expires" = String, description = "When the task's retention ends"), ("Retry-After" = u64, description = "While pending: seconds before polling again"))),
+        (status = 303, description = "Succeeded: `Location` is the result",
+            headers(("Location" = String, description = "The result (a signed link while access control is on)"), ("Expires" = String, description = "When the task's retention ends"))),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
     let expires =
@@ -466,6 +587,20 @@ fn failure_problem(record: &TaskRecord) -> app::model::Problem {
 }
 
 /// `GET /api/v1/tasks/{id}/result`: the result bytes with their content type.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/result",
+    operation_id = "get_task_result",
+    tag = "tasks",
+    summary = "A task's result",
+    params(("id" = Uuid, Path, description = "The task's id"), SignedLink),
+    responses(
+        (status = 200, description = "The result's bytes, with their content type", content((serde_json::Value = "application/json"), (Binary = "*/*"))),
+        (status = 404, description = "No such task, or its result has expired", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not finished yet, or cancelled", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The task failed: its error", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
     result_of(&state, record).await
@@ -473,6 +608,18 @@ pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Re
 
 /// `GET /api/v1/tasks/{id}/payload`: the payload as submitted, with its content type (how a
 /// pulling worker reads one too large or not JSON to come with its lease).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/payload",
+    operation_id = "get_task_payload",
+    tag = "tasks",
+    summary = "A task's payload",
+    params(("id" = Uuid, Path, description = "The task's id"), SignedLink),
+    responses(
+        (status = 200, description = "The payload as submitted, with its content type", content((serde_json::Value = "application/json"), (Binary = "*/*"))),
+        (status = 404, description = "No such task, or its payload has expired", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn payload(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
     let bytes =
@@ -532,7 +679,21 @@ fn renders_harmlessly(content_type: &str) -> bool {
     }
 }
 
-/// `DELETE /api/v1/tasks/{id}` (and on its status monitor): cancel.
+/// `DELETE /api/v1/tasks/{id}`: cancel.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tasks/{id}",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    summary = "Cancel a task",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Cancelled at once (it was waiting)", body = TaskView),
+        (status = 202, description = "Running: its handler is told to stop", body = TaskView),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -549,9 +710,55 @@ pub async fn cancel(
     Ok((status, Json(record.view())).into_response())
 }
 
+/// `DELETE /api/v1/tasks/{id}/status`: cancel, on the status monitor (as `DELETE
+/// /api/v1/tasks/{id}`).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tasks/{id}/status",
+    operation_id = "cancel_task_on_status_monitor",
+    tag = "tasks",
+    summary = "Cancel a task (on its status monitor)",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Cancelled at once (it was waiting)", body = TaskView),
+        (status = 202, description = "Running: its handler is told to stop", body = TaskView),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn cancel_on_status_monitor(
+    state: State<AppState>,
+    access: Extension<Access>,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    cancel(state, access, id).await
+}
+
 /// `GET /api/v1/tasks?id=&status=&kind=&queue=&created_after=&created_before=&limit=&cursor=`:
 /// newest first. `id` is a whole task id or the beginning of one; the times are RFC 3339,
 /// `created_after` inclusive and `created_before` exclusive.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    summary = "List tasks, newest first",
+    params(
+        ("id" = Option<String>, Query, description = "A whole task id, or the beginning of one (hex digits and dashes)"),
+        ("status" = Option<Status>, Query, description = "Only tasks in this status"),
+        ("kind" = Option<String>, Query, description = "Only tasks of this kind"),
+        ("queue" = inline(Option<QueueName>), Query, description = "Only tasks of this queue"),
+        ("created_after" = Option<String>, Query, format = DateTime, description = "Only tasks created at or after this time (RFC 3339)"),
+        ("created_before" = Option<String>, Query, format = DateTime, description = "Only tasks created before this time (RFC 3339)"),
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 500, description = "Tasks per page (default 50)"),
+        ("cursor" = Option<Uuid>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of tasks; a filtered page may be short, even empty, with a `next_cursor`", body = TaskPage),
+        (status = 400, description = "An unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad id, status, queue name, time, limit or cursor (the detail names the parameter)", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,

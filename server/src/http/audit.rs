@@ -1,7 +1,7 @@
 //! The audit trail over HTTP (`admin`): who did what, newest first.
 
 use super::{ApiError, AppState};
-use app::model::AuditPage;
+use app::model::{AuditPage, Problem};
 use axum::{
     Json,
     extract::{Query, State},
@@ -12,6 +12,22 @@ use std::collections::HashMap;
 const MAX_LIMIT: usize = 500;
 
 /// `GET /api/v1/audit?limit=&before=`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    operation_id = "list_audit",
+    tag = "access",
+    summary = "The audit trail, newest first",
+    params(
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 500, description = "Entries per page (default 50)"),
+        ("before" = Option<String>, Query, pattern = "^[0-9]{1,19}-[0-9]{1,19}$", description = "`next` of the previous page: entries older than this id"),
+    ),
+    responses(
+        (status = 200, description = "A page of the trail", body = AuditPage),
+        (status = 400, description = "An unknown query parameter, or a bad `before`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad limit", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,

@@ -37,10 +37,12 @@ pub struct Rule {
     /// None: any valid token (who am I).
     pub scope: Option<Scope>,
     pub queue: QueueIn,
+    /// Needs no token at all: served outside the access layer (the API's own description).
+    pub public: bool,
 }
 
 const fn rule(method: &'static str, path: &'static str, scope: Scope, queue: QueueIn) -> Rule {
-    Rule { method, path, scope: Some(scope), queue }
+    Rule { method, path, scope: Some(scope), queue, public: false }
 }
 
 use QueueIn::{Handler, Lease, Name, Task};
@@ -94,7 +96,8 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/api/v1/tokens", Admin, Handler),
     rule("DELETE", "/api/v1/tokens/{name}", Admin, Handler),
     rule("GET", "/api/v1/audit", Admin, Handler),
-    Rule { method: "GET", path: "/api/v1/auth/me", scope: None, queue: Handler },
+    Rule { method: "GET", path: "/api/v1/auth/me", scope: None, queue: Handler, public: false },
+    Rule { method: "GET", path: "/api/v1/openapi.json", scope: None, queue: Handler, public: true },
 ];
 
 /// The rule for `method` on the route `path` (as the router matched it); `HEAD` is `GET`.
@@ -106,6 +109,11 @@ pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {
 /// Authenticates and authorizes an API call, leaving its [`Access`] in the request's
 /// extensions for the handler.
 pub async fn check(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if serves_other_methods(&request) {
+        // The router answers `405` with `Allow`, telling nothing the public API document does
+        // not; refused here, it would be a `403` for a rule that no method of it needs.
+        return next.run(request).await;
+    }
     // The parts alone: a body cannot be shared across the awaits that find a task's queue.
     let (mut parts, body) = request.into_parts();
     match admit(&state, &parts).await {
@@ -115,6 +123,14 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
         }
         Err(refusal) => refusal.into_response(),
     }
+}
+
+/// Whether the request's route has rules, but for other methods than the request's.
+fn serves_other_methods(request: &Request) -> bool {
+    let Some(path) = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str) else {
+        return false;
+    };
+    rule_for(request.method(), path).is_none() && RULES.iter().any(|rule| rule.path == path)
 }
 
 async fn admit(state: &AppState, request: &Parts) -> Result<Access, ApiError> {
@@ -286,11 +302,11 @@ pub fn no_such_queue(name: &str) -> ApiError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Every `.route(…)` of the router, as (method, path) pairs, read from its source.
-    fn routes_in_router() -> Vec<(String, String)> {
+    pub(in crate::http) fn routes_in_router() -> Vec<(String, String)> {
         let source = include_str!("../http.rs");
         let mut routes = Vec::new();
         for call in source.split(".route(").skip(1) {

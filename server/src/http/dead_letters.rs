@@ -1,7 +1,7 @@
 //! The dead-letter queue over HTTP: list, count, requeue and delete, one at a time or every one
 //! a filter takes (queue, kind, reason, when they failed).
 
-use super::{ApiError, AppState, check_range, invalid_parameter, parse_id, query_time};
+use super::{ApiError, AppState, check_range, invalid_parameter, openapi::QueueName, parse_id, query_time};
 use crate::{
     auth::Access,
     store::rfc3339,
@@ -9,6 +9,7 @@ use crate::{
 };
 use app::model::{
     DEAD_REASONS, DeadLetter, DeadLetterCount, DeadLetterPage, DeadLettersDeleted, DeadLettersRequeued,
+    Problem, TaskView,
 };
 use axum::{
     Extension, Json,
@@ -60,6 +61,28 @@ fn only_filters(query: &HashMap<String, String>, also: &[&str]) -> Result<(), Ap
 
 /// `GET /api/v1/dead-letters?queue=&kind=&reason=&failed_after=&failed_before=&subscription=
 /// topic/name&limit=&cursor=`: most recent failure first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dead-letters",
+    operation_id = "list_dead_letters",
+    tag = "dead letters",
+    summary = "List dead letters, most recent failure first",
+    params(
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 500, description = "Dead letters per page (default 50)"),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,19}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "`next_cursor` of the previous page"),
+        ("subscription" = Option<String>, Query, description = "Only those of this topic subscription (`topic/name`)"),
+        ("queue" = inline(Option<QueueName>), Query, description = "Only those of this queue"),
+        ("kind" = Option<String>, Query, description = "Only those of this kind"),
+        ("reason" = Option<String>, Query, description = "Only those that failed for this reason (`attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)"),
+        ("failed_after" = Option<String>, Query, format = DateTime, description = "Only those that failed at or after this time (RFC 3339)"),
+        ("failed_before" = Option<String>, Query, format = DateTime, description = "Only those that failed before this time (RFC 3339)"),
+    ),
+    responses(
+        (status = 200, description = "A page of dead letters", body = DeadLetterPage),
+        (status = 400, description = "An unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad limit, cursor or filter value (the detail names the parameter)", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -100,6 +123,25 @@ pub async fn list(
 /// `GET /api/v1/dead-letters/count?queue=&kind=&reason=&failed_after=&failed_before=`: how many
 /// dead letters a bulk action with the same filter would take now, and the time they failed
 /// before (`as_of`), to pass on as `failed_before` so that the action takes no later ones.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dead-letters/count",
+    operation_id = "count_dead_letters",
+    tag = "dead letters",
+    summary = "How many dead letters a filter takes now (a bulk action's preview)",
+    params(
+        ("queue" = inline(Option<QueueName>), Query, description = "Only those of this queue"),
+        ("kind" = Option<String>, Query, description = "Only those of this kind"),
+        ("reason" = Option<String>, Query, description = "Only those that failed for this reason (`attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)"),
+        ("failed_after" = Option<String>, Query, format = DateTime, description = "Only those that failed at or after this time (RFC 3339)"),
+        ("failed_before" = Option<String>, Query, format = DateTime, description = "Only those that failed before this time (RFC 3339)"),
+    ),
+    responses(
+        (status = 200, description = "The count, and the time to pass as `failed_before` so that an action takes no later ones", body = DeadLetterCount),
+        (status = 400, description = "An unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad filter value (the detail names the parameter)", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn count(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -113,11 +155,23 @@ pub async fn count(
 }
 
 /// `POST /api/v1/dead-letters/{id}/requeue`: runs it again, attempts reset.
+#[utoipa::path(
+    post,
+    path = "/api/v1/dead-letters/{id}/requeue",
+    operation_id = "requeue_dead_letter",
+    tag = "dead letters",
+    summary = "Run a dead letter again, attempts reset",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 202, description = "Requeued: the task", body = TaskView),
+        (status = 404, description = "No dead letter with this id", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn requeue(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<app::model::TaskView>), ApiError> {
+) -> Result<(StatusCode, Json<TaskView>), ApiError> {
     let id = parse_id(&id)?;
     if !state.tasks.requeue(&id).await? {
         return Err(not_a_dead_letter());
@@ -130,6 +184,25 @@ pub async fn requeue(
 /// `POST /api/v1/dead-letters/requeue?queue=&kind=&reason=&failed_after=&failed_before=`:
 /// requeues every dead letter the filter takes (every one without a filter) that failed before
 /// the call; `202` with how many.
+#[utoipa::path(
+    post,
+    path = "/api/v1/dead-letters/requeue",
+    operation_id = "requeue_dead_letters",
+    tag = "dead letters",
+    summary = "Run again every dead letter a filter takes (all without one)",
+    params(
+        ("queue" = inline(Option<QueueName>), Query, description = "Only those of this queue"),
+        ("kind" = Option<String>, Query, description = "Only those of this kind"),
+        ("reason" = Option<String>, Query, description = "Only those that failed for this reason (`attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)"),
+        ("failed_after" = Option<String>, Query, format = DateTime, description = "Only those that failed at or after this time (RFC 3339)"),
+        ("failed_before" = Option<String>, Query, format = DateTime, description = "Only those that failed before this time (RFC 3339)"),
+    ),
+    responses(
+        (status = 202, description = "How many were requeued", body = DeadLettersRequeued),
+        (status = 400, description = "An unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad filter value (the detail names the parameter)", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn requeue_all(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -145,6 +218,25 @@ pub async fn requeue_all(
 /// every dead letter the filter takes that failed before the call; `200` with how many. A
 /// filter is required (`failed_before` alone will do): deleting every dead letter there is must
 /// be asked for.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/dead-letters",
+    operation_id = "delete_dead_letters",
+    tag = "dead letters",
+    summary = "Delete every dead letter a filter takes (a filter is required)",
+    params(
+        ("queue" = inline(Option<QueueName>), Query, description = "Only those of this queue"),
+        ("kind" = Option<String>, Query, description = "Only those of this kind"),
+        ("reason" = Option<String>, Query, description = "Only those that failed for this reason (`attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)"),
+        ("failed_after" = Option<String>, Query, format = DateTime, description = "Only those that failed at or after this time (RFC 3339)"),
+        ("failed_before" = Option<String>, Query, format = DateTime, description = "Only those that failed before this time (RFC 3339)"),
+    ),
+    responses(
+        (status = 200, description = "How many were deleted", body = DeadLettersDeleted),
+        (status = 400, description = "An unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No filter, or a bad filter value (the detail names the parameter)", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn delete_all(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -204,6 +296,18 @@ fn describe(filter: &DeadLetterFilter) -> String {
 }
 
 /// `DELETE /api/v1/dead-letters/{id}`: deletes the task, its payload and result.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/dead-letters/{id}",
+    operation_id = "delete_dead_letter",
+    tag = "dead letters",
+    summary = "Delete a dead letter: the task, its payload and result",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No dead letter with this id", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,

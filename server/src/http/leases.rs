@@ -7,7 +7,11 @@
 //! leases that ran out). Each look promotes the queue's due tasks itself, so pull workers need no
 //! built-in worker beside them.
 
-use super::{ApiError, AppState, read_body};
+use super::{
+    ApiError, AppState,
+    openapi::{Binary, QueueName},
+    read_body,
+};
 use crate::{
     events::Pushed,
     handlers::HandlerError,
@@ -17,7 +21,8 @@ use crate::{
     workers::Announcement,
 };
 use app::model::{
-    Heartbeat, HeartbeatReply, LeaseFailure, LeaseGrant, LeaseList, LeaseRequest, Status, is_kind_name,
+    Heartbeat, HeartbeatReply, LeaseFailure, LeaseGrant, LeaseList, LeaseRequest, Problem, Status,
+    is_kind_name,
 };
 use axum::{
     Json,
@@ -46,6 +51,21 @@ const ERROR_MAX: usize = 4 * 1024;
 
 /// `POST /api/v1/queues/{queue}/leases`: up to `max` leases on the queue's tasks of `kinds`,
 /// waiting up to `wait_ms` for some.
+#[utoipa::path(
+    post,
+    path = "/api/v1/queues/{name}/leases",
+    operation_id = "take_leases",
+    tag = "pull workers",
+    summary = "Lease tasks of a queue (long-polls up to `wait_ms`)",
+    params(("name" = inline(QueueName), Path, description = "The queue's name")),
+    request_body(content = LeaseRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The leases taken; none when the wait ended first", body = LeaseList),
+        (status = 409, description = "Too many queues", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a lease request, or one outside its bounds; or not a queue name", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn take(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -224,14 +244,33 @@ fn lease_traceparent(record: &crate::store::TaskRecord) -> String {
 }
 
 /// `POST /api/v1/leases/{token}/heartbeat`: renews the lease (storing progress, if given).
+#[utoipa::path(
+    post,
+    path = "/api/v1/leases/{token}/heartbeat",
+    operation_id = "heartbeat_lease",
+    tag = "pull workers",
+    summary = "Renew a lease, optionally reporting progress",
+    params(("token" = String, Path, description = "The lease's token")),
+    request_body(content = Option<Heartbeat>, content_type = "application/json", description = "Optional: without a `Content-Type`, no body is read"),
+    responses(
+        (status = 200, description = "Renewed", body = HeartbeatReply),
+        (status = 404, description = "No lease has this token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The lease was taken over or has ended", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a heartbeat, or progress over 100", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path(token): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
+    // No body, or `null`: a renewal that reports nothing.
     let beat: Heartbeat = if headers.contains_key(header::CONTENT_TYPE) {
-        control_body(&state, &headers, body, "invalid-heartbeat").await?
+        control_body::<Option<Heartbeat>>(&state, &headers, body, "invalid-heartbeat")
+            .await?
+            .unwrap_or_default()
     } else {
         Heartbeat::default()
     };
@@ -253,6 +292,24 @@ pub async fn heartbeat(
 
 /// `POST /api/v1/leases/{token}/complete`: the attempt succeeded; the body (any content type,
 /// up to the payload limit) is the result.
+#[utoipa::path(
+    post,
+    path = "/api/v1/leases/{token}/complete",
+    operation_id = "complete_lease",
+    tag = "pull workers",
+    summary = "End a lease's attempt: succeeded, with the result",
+    params(("token" = String, Path, description = "The lease's token")),
+    request_body(
+        description = "The result, with its content type (any)",
+        content((Binary = "application/octet-stream"), (serde_json::Value = "application/json"), (String = "text/plain")),
+    ),
+    responses(
+        (status = 204, description = "The task succeeded"),
+        (status = 404, description = "No lease has this token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The lease was taken over or has ended, or the task was cancelled meanwhile (it ended cancelled)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The result is larger than `--max-payload`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn complete(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -272,6 +329,22 @@ pub async fn complete(
 
 /// `POST /api/v1/leases/{token}/fail`: the attempt failed; retried while attempts are left and
 /// the failure is retryable, else a dead letter.
+#[utoipa::path(
+    post,
+    path = "/api/v1/leases/{token}/fail",
+    operation_id = "fail_lease",
+    tag = "pull workers",
+    summary = "End a lease's attempt: failed",
+    params(("token" = String, Path, description = "The lease's token")),
+    request_body(content = LeaseFailure, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Retried, or a dead letter"),
+        (status = 404, description = "No lease has this token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The lease was taken over or has ended, or the task was cancelled meanwhile (it ended cancelled)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a failure report", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn fail(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -299,6 +372,19 @@ pub async fn fail(
 
 /// `POST /api/v1/leases/{token}/release`: hands the task back unfinished (a worker shutting
 /// down); the attempt does not count.
+#[utoipa::path(
+    post,
+    path = "/api/v1/leases/{token}/release",
+    operation_id = "release_lease",
+    tag = "pull workers",
+    summary = "Hand a lease's task back unfinished",
+    params(("token" = String, Path, description = "The lease's token")),
+    responses(
+        (status = 204, description = "Handed back"),
+        (status = 404, description = "No lease has this token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The lease was taken over or has ended", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn release(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -385,6 +471,7 @@ async fn control_body<T: DeserializeOwned>(
     slug: &'static str,
 ) -> Result<T, ApiError> {
     let body = read_body(body, headers, CONTROL_BODY_MAX, &state.body_budget).await?;
+    super::refuse_array(&body.bytes).map_err(invalid(slug))?;
     serde_json::from_slice(&body.bytes).map_err(|e| invalid(slug)(format!("the body does not fit: {e}")))
 }
 

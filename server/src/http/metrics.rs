@@ -3,6 +3,7 @@
 
 use super::{ApiError, AppState, auth::forbidden};
 use crate::{auth::Scope, queue::Queue};
+use app::model::Problem;
 use axum::{
     extract::{MatchedPath, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -16,6 +17,21 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`: this process's counters and histograms, and every queue's gauges read from
 /// Redis now (one script per queue, sent together, and the worker registry).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "With access control on: a bearer token with `read` on every queue.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The Prometheus text format", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, description = "No token, or an unknown, revoked or expired one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `read`, or does not reach every queue", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unreachable, or another recorder was installed first", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     admit(&state, &headers)?;
     let Some(recorder) = &state.metrics else {

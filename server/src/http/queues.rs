@@ -1,11 +1,11 @@
 //! The queues API: list and inspect queues, set their limits, pause and resume them.
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, openapi::QueueName};
 use crate::{
     auth::Access,
     queue::{Queue, QueueState},
 };
-use app::model::{QueueLimits, QueueList, QueueView};
+use app::model::{Problem, QueueLimits, QueueList, QueueView};
 use axum::{
     Extension, Json,
     extract::{Path, State},
@@ -16,6 +16,14 @@ use bytes::Bytes;
 const MAX_RATE_PERIOD_MS: u64 = 86_400_000;
 
 /// `GET /api/v1/queues`: every queue, by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/queues",
+    operation_id = "list_queues",
+    tag = "queues",
+    summary = "Every queue (the token reaches), by name",
+    responses((status = 200, description = "The queues", body = QueueList)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -28,6 +36,18 @@ pub async fn list(
 }
 
 /// `GET /api/v1/queues/{name}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/queues/{name}",
+    operation_id = "get_queue",
+    tag = "queues",
+    summary = "A queue: counts, oldest wait, limits",
+    params(("name" = String, Path, description = "The queue's name")),
+    responses(
+        (status = 200, description = "The queue", body = QueueView),
+        (status = 404, description = "No queue by this name", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -43,12 +63,28 @@ pub async fn get(
 
 /// `PUT /api/v1/queues/{name}`: replaces the queue's limits (creating the queue if need be); an
 /// absent limit is none.
+#[utoipa::path(
+    put,
+    path = "/api/v1/queues/{name}",
+    operation_id = "set_queue_limits",
+    tag = "queues",
+    summary = "Set a queue's limits",
+    params(("name" = inline(QueueName), Path, description = "The queue's name")),
+    request_body(content = QueueLimits, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The queue with its new limits", body = QueueView),
+        (status = 409, description = "Too many queues", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not queue limits, or a limit of zero", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn put(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<QueueView>, ApiError> {
+    super::refuse_array(&body)
+        .map_err(|detail| ApiError::unprocessable("invalid-limits", "Invalid queue limits", detail))?;
     let limits: QueueLimits = serde_json::from_slice(&body).map_err(|e| {
         ApiError::unprocessable(
             "invalid-limits",
@@ -65,6 +101,19 @@ pub async fn put(
 }
 
 /// `POST /api/v1/queues/{name}/pause`: workers start none of its tasks until it is resumed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/queues/{name}/pause",
+    operation_id = "pause_queue",
+    tag = "queues",
+    summary = "Pause a queue",
+    params(("name" = inline(QueueName), Path, description = "The queue's name")),
+    responses(
+        (status = 200, description = "The paused queue", body = QueueView),
+        (status = 409, description = "Too many queues", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a queue name", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn pause(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -74,6 +123,19 @@ pub async fn pause(
 }
 
 /// `POST /api/v1/queues/{name}/resume`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/queues/{name}/resume",
+    operation_id = "resume_queue",
+    tag = "queues",
+    summary = "Resume a queue",
+    params(("name" = inline(QueueName), Path, description = "The queue's name")),
+    responses(
+        (status = 200, description = "The resumed queue", body = QueueView),
+        (status = 409, description = "Too many queues", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a queue name", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn resume(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,

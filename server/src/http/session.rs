@@ -10,6 +10,7 @@
 
 use super::{ApiError, AppState};
 use crate::{auth::sessions::SessionError, config::Origin};
+use app::model::Problem;
 use axum::{
     Form,
     extract::{Request, State, rejection::FormRejection},
@@ -101,8 +102,9 @@ pub fn is_safe(method: &Method) -> bool {
 }
 
 /// The sign-in form, as the page posts it.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SignIn {
+    /// An access token.
     #[serde(default)]
     token: String,
     /// Where to go once signed in: a path of this server.
@@ -112,6 +114,21 @@ pub struct SignIn {
 
 /// `POST /auth/sign-in` (form `token`, `next`): `303` to `next` with the session cookie, or back
 /// to the sign-in page saying the token is unknown (never repeating it).
+#[utoipa::path(
+    post,
+    path = "/auth/sign-in",
+    operation_id = "sign_in",
+    tag = "access",
+    summary = "Sign a browser in with a token (a form post)",
+    request_body(content = SignIn, content_type = "application/x-www-form-urlencoded"),
+    security(()),
+    responses(
+        (status = 303, description = "Signed in: to `next`, with the session cookie; or back to `/sign-in?error=unknown-token`",
+            headers(("Location" = String, description = "Where to go next"), ("Set-Cookie" = String, description = "The session cookie, when signed in"))),
+        (status = 400, description = "Not a sign-in form", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The form is larger than 8 KiB", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn sign_in(
     State(state): State<AppState>,
     form: Result<Form<SignIn>, FormRejection>,
@@ -153,6 +170,19 @@ pub async fn sign_in(
 
 /// `POST /auth/sign-out`: ends the browser's session and forgets its cookie; `303` to the
 /// sign-in page.
+#[utoipa::path(
+    post,
+    path = "/auth/sign-out",
+    operation_id = "sign_out",
+    tag = "access",
+    summary = "Sign a browser out",
+    security(()),
+    responses(
+        (status = 303, description = "Signed out (the cookie cleared): to `/sign-in`",
+            headers(("Location" = String, description = "The sign-in page"), ("Set-Cookie" = String, description = "Clears the session cookie"))),
+        (status = 403, description = "A session cookie, but not from this server's own pages", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn sign_out(
     State(state): State<AppState>,
     uri: Uri,

@@ -1,10 +1,11 @@
 //! Server-sent events: every task event, or one task's, resumable with `Last-Event-ID`.
 
-use super::{ApiError, AppState, parse_id};
+use super::{ApiError, AppState, openapi::ServerSentEvent, parse_id};
 use crate::{
     auth::Access,
     events::{Admission, Delivery, Follow, Position, StillAllowed},
 };
+use app::model::Problem;
 use axum::{
     Extension,
     extract::{Path, Query, State},
@@ -25,6 +26,23 @@ pub struct EventsQuery {
 }
 
 /// `GET /api/v1/events[?task=ID]`: every event from now (or after `Last-Event-ID`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    operation_id = "stream_events",
+    tag = "events",
+    summary = "Server-sent events of every task (of the token's queues)",
+    description = "`id:` the event's place in the stream, `event:` a status, `progress`, `queue`, `kind` or `reset`, `data:` JSON (`TaskEvent`, `QueueEvent`, `KindEvent`, `StreamReset`). Never ends by itself.",
+    params(
+        ("task" = Option<Uuid>, Query, description = "Only this task's events"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", description = "Resume after this event id (`<ms>-<seq>`; empty: from now)"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = ServerSentEvent),
+        (status = 400, description = "A `Last-Event-ID` the stream could not have sent", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`task` is not a task id", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn all_events(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -45,6 +63,22 @@ pub async fn all_events(
 }
 
 /// `GET /api/v1/tasks/{id}/events`: the task's current state, then its events until it ends.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/events",
+    operation_id = "stream_task_events",
+    tag = "events",
+    summary = "Server-sent events of one task, until it ends",
+    params(
+        ("id" = Uuid, Path, description = "The task's id"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", description = "Resume after this event id (`<ms>-<seq>`; empty: from now)"),
+    ),
+    responses(
+        (status = 200, description = "The task's current state, then its events; closes after the terminal one", content_type = "text/event-stream", body = ServerSentEvent),
+        (status = 400, description = "A `Last-Event-ID` the stream could not have sent", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn task_events(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,

@@ -1,13 +1,14 @@
 //! The operator's numbers over HTTP: `GET /api/v1/stats` once, and `GET /api/v1/stats/events`, a
 //! server-sent `stats` event every second for the dashboard (stats.rs reads them).
 
+use super::openapi::ServerSentEvent;
 use super::{ApiError, AppState};
 use crate::{
     auth::Access,
     queue::Queue,
     stats::{self, Spans},
 };
-use app::model::{STATS_EVENT, Stats};
+use app::model::{Problem, STATS_EVENT, Stats};
 use axum::{
     Extension, Json,
     extract::{Query, State},
@@ -22,6 +23,19 @@ const EVERY: Duration = Duration::from_secs(1);
 
 /// `GET /api/v1/stats[?spans=second,minute,hour]`: the queues this caller reaches, with
 /// throughput and latency over them.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    operation_id = "get_stats",
+    tag = "operations",
+    summary = "Counts by queue and kind, throughput per second, minute and hour, latency percentiles",
+    params(("spans" = Option<String>, Query, pattern = "^(second|minute|hour)(,(second|minute|hour))*$", description = "The throughput series to include, comma-separated (default: all three)")),
+    responses(
+        (status = 200, description = "The stats of the queues the token reaches", body = Stats),
+        (status = 400, description = "An unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A span that is not `second`, `minute` or `hour`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -42,6 +56,15 @@ pub async fn get(
 
 /// `GET /api/v1/stats/events`: a `stats` event at once and then every second (the seconds'
 /// series only), until the client leaves, its token stops working or the server stops.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/events",
+    operation_id = "stream_stats",
+    tag = "events",
+    summary = "A `stats` server-sent event every second (the seconds' series), for dashboards",
+    description = "`event: stats`, `data:` JSON `Stats` with only the `second` series. Never ends by itself.",
+    responses((status = 200, description = "The stats stream", content_type = "text/event-stream", body = ServerSentEvent)),
+)]
 pub async fn events(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,

@@ -1,10 +1,11 @@
 //! Publish/subscribe over HTTP: topics, subscriptions, publishing.
 
-use super::{ApiError, AppState, off_runtime, parse_json, read_body};
+use super::{ApiError, AppState, off_runtime, openapi::TopicName, parse_json, read_body};
 use crate::{
     auth::Access,
     topics::{Message, Published, Subscription, TopicError, TopicView},
 };
+use app::model::Problem;
 use axum::{
     Extension, Json,
     body::Body,
@@ -64,6 +65,14 @@ fn reaches(state: &AppState, access: &Access, subscription: &Subscription) -> bo
 
 /// `GET /api/v1/topics`: every topic with its subscriptions (those to queues the token reaches)
 /// and message counts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics",
+    operation_id = "list_topics",
+    tag = "topics",
+    summary = "Every topic, with its subscriptions and message counts",
+    responses((status = 200, description = "The topics", body = Vec<TopicView>)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -76,6 +85,18 @@ pub async fn list(
 }
 
 /// `GET /api/v1/topics/{topic}/subscriptions`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics/{topic}/subscriptions",
+    operation_id = "list_subscriptions",
+    tag = "topics",
+    summary = "A topic's subscriptions, by name",
+    params(("topic" = inline(TopicName), Path, description = "The topic's name")),
+    responses(
+        (status = 200, description = "The subscriptions (into the queues the token reaches)", body = BTreeMap<String, Subscription>),
+        (status = 400, description = "Not a topic name", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn subscriptions(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -87,6 +108,19 @@ pub async fn subscriptions(
 }
 
 /// `GET /api/v1/topics/{topic}/subscriptions/{name}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/topics/{topic}/subscriptions/{name}",
+    operation_id = "get_subscription",
+    tag = "topics",
+    summary = "A subscription",
+    params(("topic" = inline(TopicName), Path, description = "The topic's name"), ("name" = inline(TopicName), Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "The subscription", body = Subscription),
+        (status = 400, description = "Not a topic name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -100,6 +134,23 @@ pub async fn get(
 }
 
 /// `PUT /api/v1/topics/{topic}/subscriptions/{name}`: `201` created, `200` replaced.
+#[utoipa::path(
+    put,
+    path = "/api/v1/topics/{topic}/subscriptions/{name}",
+    operation_id = "put_subscription",
+    tag = "topics",
+    summary = "Subscribe to a topic, or replace a subscription",
+    params(("topic" = inline(TopicName), Path, description = "The topic's name"), ("name" = inline(TopicName), Path, description = "The subscription's name")),
+    request_body(content = Subscription, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = Subscription),
+        (status = 201, description = "Created", body = Subscription),
+        (status = 400, description = "Malformed JSON, or not a topic or subscription name", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The topic has 100 subscriptions", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than `--max-payload`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a subscription, an unknown kind or bad max_attempts", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn put(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -116,6 +167,19 @@ pub async fn put(
 }
 
 /// `DELETE /api/v1/topics/{topic}/subscriptions/{name}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/topics/{topic}/subscriptions/{name}",
+    operation_id = "delete_subscription",
+    tag = "topics",
+    summary = "Delete a subscription",
+    params(("topic" = inline(TopicName), Path, description = "The topic's name"), ("name" = inline(TopicName), Path, description = "The subscription's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a topic or subscription name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -130,6 +194,23 @@ pub async fn delete(
 }
 
 /// `POST /api/v1/topics/{topic}/messages`: one task per matching subscription, all or none.
+#[utoipa::path(
+    post,
+    path = "/api/v1/topics/{topic}/messages",
+    operation_id = "publish_message",
+    tag = "topics",
+    summary = "Publish a message: one task per matching subscription, all or none",
+    params(("topic" = inline(TopicName), Path, description = "The topic's name")),
+    request_body(content = Message<serde_json::Value>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The tasks it became (none when no subscription matched)", body = Published),
+        (status = 400, description = "Malformed JSON, or not a topic name", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Too many queues", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than `--max-payload`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a message, or a payload a subscription's kind refuses (the detail names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A queue is full, or the token past `--rate-limit`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn publish(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
