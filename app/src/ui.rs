@@ -139,6 +139,25 @@ fn SignedIn() -> impl IntoView {
     }
 }
 
+/// The `<option>`s of every kind there is (built-in and declared), `chosen` selected: for the
+/// kind filters of the search and dead-letter pages.
+#[component]
+fn KindOptions(chosen: RwSignal<String>) -> impl IntoView {
+    let kinds = LocalResource::new(|| api::get_json::<Vec<crate::model::KindInfo>>("/api/v1/kinds"));
+    move || {
+        kinds
+            .get()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| {
+                let selected = k.name == chosen.get_untracked();
+                view! { <option value=k.name.clone() selected=selected>{k.name.clone()}</option> }
+            })
+            .collect_view()
+    }
+}
+
 /// A status badge, coloured by status.
 #[component]
 fn StatusBadge(status: Status) -> impl IntoView {

@@ -140,6 +140,7 @@ impl Workers {
         shutdown: CancellationToken,
     ) {
         let renew_every = self.ttl / 4;
+        let started_ms = now_ms();
         let mut written: Option<(u64, tokio::time::Instant)> = None;
         let mut tick = tokio::time::interval(BEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,7 +157,7 @@ impl Workers {
             if !due {
                 continue;
             }
-            match self.announce(&id, &announcement, &tasks).await {
+            match self.announce(&id, &announcement, started_ms, &tasks).await {
                 Ok(()) => written = Some((changes, tokio::time::Instant::now())),
                 Err(e) => warn!(error = %e, "announcing this worker in the registry failed; retrying"),
             }
@@ -166,24 +167,24 @@ impl Workers {
         }
     }
 
-    /// Writes built-in worker `id`'s whole entry: what it is and the tasks it runs now.
+    /// Writes built-in worker `id`'s whole entry, in one transaction: what it is, when it
+    /// started and the tasks it runs now.
     async fn announce(
         &self,
         id: &str,
         announcement: &Announcement,
+        started_ms: u64,
         tasks: &[(Uuid, Arc<str>, String)],
     ) -> redis::RedisResult<()> {
         let key = self.key(id);
-        let now = now_ms();
-        let mut fields = describe(announcement);
+        let mut fields = identity(announcement);
+        fields.push(("started".into(), started_ms.to_string()));
+        fields.push(("slots".into(), announcement.slots.to_string()));
+        fields.extend(announcement.queues.iter().map(|queue| (format!("q:{queue}"), "1".to_string())));
         fields
             .extend(tasks.iter().map(|(task, queue, kind)| (format!("t:{task}"), format!("{queue} {kind}"))));
         let mut pipe = redis::pipe();
-        // Started is kept across rewrites: the first announcement sets it.
         pipe.atomic()
-            .cmd("HGET")
-            .arg(&key)
-            .arg("started")
             .cmd("DEL")
             .arg(&key)
             .ignore()
@@ -197,17 +198,10 @@ impl Workers {
             .ignore()
             .cmd("ZADD")
             .arg(self.index())
-            .arg(now)
+            .arg(now_ms())
             .arg(id)
             .ignore();
-        let (started,): (Option<String>,) = pipe.query_async(&mut self.conn.clone()).await?;
-        let started = started.unwrap_or_else(|| now.to_string());
-        redis::cmd("HSET")
-            .arg(&key)
-            .arg("started")
-            .arg(started)
-            .query_async::<()>(&mut self.conn.clone())
-            .await
+        pipe.query_async(&mut self.conn.clone()).await
     }
 
     /// Pulling worker `id` was seen asking `queue` for up to `slots` leases (and was handed the
@@ -220,8 +214,7 @@ impl Workers {
         pulled: &[(Uuid, String)],
     ) -> redis::RedisResult<()> {
         let key = self.key(id);
-        let mut fields = describe(announcement);
-        fields.retain(|(name, _)| !name.starts_with("q:") && name != "slots");
+        let mut fields = identity(announcement);
         fields.push((format!("q:{queue}"), "1".into()));
         fields.extend(pulled.iter().map(|(task, kind)| (format!("t:{task}"), format!("{queue} {kind}"))));
         let mut pipe = redis::pipe();
@@ -362,14 +355,12 @@ impl Workers {
     }
 }
 
-/// The fields that say what a worker is (the queues as `q:{queue}` fields).
-fn describe(announcement: &Announcement) -> Vec<(String, String)> {
+/// The fields that say what a worker is: how it runs, where, and which build.
+fn identity(announcement: &Announcement) -> Vec<(String, String)> {
     let mut fields = vec![("runs".to_string(), announcement.runs.to_string())];
     fields.extend(announcement.host.clone().map(|host| ("host".to_string(), host)));
     fields.extend(announcement.pid.map(|pid| ("pid".to_string(), pid.to_string())));
     fields.extend(announcement.version.clone().map(|version| ("version".to_string(), version)));
-    fields.push(("slots".into(), announcement.slots.to_string()));
-    fields.extend(announcement.queues.iter().map(|queue| (format!("q:{queue}"), "1".to_string())));
     fields
 }
 

@@ -2,10 +2,10 @@
 //! every one a filter takes (queue, kind, reason, when they failed) after its count is shown and
 //! confirmed; kept live.
 
-use super::{Allowed, StatusBadge, Viewer, api, utc_time};
+use super::{Allowed, KindOptions, StatusBadge, Viewer, api, utc_time};
 use crate::model::{
     DEAD_REASONS, DeadLetter, DeadLetterCount, DeadLetterPage, DeadLettersDeleted, DeadLettersRequeued,
-    KindInfo, QueueList, TaskView, is_queue_name,
+    QueueList, TaskView, is_queue_name,
 };
 use leptos::{prelude::*, task::spawn_local};
 use std::time::Duration;
@@ -39,7 +39,6 @@ fn dead_letters(n: u64) -> String {
 /// `/dead-letters`.
 #[component]
 pub fn DeadLettersPage() -> impl IntoView {
-    let kinds = LocalResource::new(|| api::get_json::<Vec<KindInfo>>("/api/v1/kinds"));
     let known_queues = LocalResource::new(|| api::get_json::<QueueList>("/api/v1/queues"));
     let queue = RwSignal::new(String::new());
     let kind = RwSignal::new(String::new());
@@ -224,13 +223,7 @@ pub fn DeadLettersPage() -> impl IntoView {
                     <label for="dl-kind">"Kind"</label>
                     <select id="dl-kind" on:change=move |ev| kind.set(event_target_value(&ev))>
                         <option value="">"any kind"</option>
-                        {move || {
-                            kinds.get().and_then(Result::ok).unwrap_or_default().into_iter().map(|k| {
-                                let selected = k.name == kind.get_untracked();
-                                view! { <option value=k.name.clone() selected=selected>{k.name.clone()}</option> }
-                            })
-                            .collect_view()
-                        }}
+                        <KindOptions chosen=kind/>
                     </select>
                 </div>
                 <div class="field">

@@ -1,8 +1,8 @@
 //! The search page: tasks by id (whole, or its beginning), kind, status, queue and when they
 //! were created. The search lives in the page's address, so it can be linked and reloaded.
 
-use super::{api, home::TaskRow, utc_time};
-use crate::model::{KindInfo, Status, TaskPage, TaskView};
+use super::{KindOptions, api, home::TaskRow, utc_time};
+use crate::model::{Status, TaskPage, TaskView};
 use leptos::{prelude::*, task::spawn_local};
 use leptos_router::{
     NavigateOptions,
@@ -22,7 +22,6 @@ const FIELDS: [&str; 6] = ["id", "kind", "status", "queue", "created_after", "cr
 pub fn SearchPage() -> impl IntoView {
     let query = use_query_map();
     let navigate = use_navigate();
-    let kinds = LocalResource::new(|| api::get_json::<Vec<KindInfo>>("/api/v1/kinds"));
     let initial = |name: &str| query.read_untracked().get(name).unwrap_or_default();
     let fields: [RwSignal<String>; 6] = FIELDS.map(|name| RwSignal::new(initial(name)));
     let [id, kind, status, queue, after, before] = fields;
@@ -109,18 +108,7 @@ pub fn SearchPage() -> impl IntoView {
                     <label for="search-kind">"Kind"</label>
                     <select id="search-kind" name="kind" on:change=move |ev| kind.set(event_target_value(&ev))>
                         <option value="" selected=move || kind.read().is_empty()>"any kind"</option>
-                        {move || {
-                            kinds
-                                .get()
-                                .and_then(Result::ok)
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|k| {
-                                    let selected = k.name == kind.get_untracked();
-                                    view! { <option value=k.name.clone() selected=selected>{k.name.clone()}</option> }
-                                })
-                                .collect_view()
-                        }}
+                        <KindOptions chosen=kind/>
                     </select>
                 </div>
                 <div class="field">

@@ -22,6 +22,32 @@ use uuid::Uuid;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
+/// The filter of the dead-letter listing, count and bulk actions as the API document states it
+/// (`filter_of` reads it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // a description for the document, never built
+struct FilterParams {
+    /// Only those of this queue
+    #[param(value_type = Option<QueueName>, inline)]
+    queue: Option<String>,
+    /// Only those of this kind (a kind's name has a queue name's form)
+    #[param(value_type = Option<QueueName>, inline)]
+    kind: Option<String>,
+    /// Only those that failed for this reason (`attempts_exhausted`, `non_retryable`,
+    /// `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)
+    #[param(
+        pattern = "^(attempts_exhausted|non_retryable|timeout|workers_lost|unknown_kind|payload_expired|expired)$"
+    )]
+    reason: Option<String>,
+    /// Only those that failed at or after this time (RFC 3339)
+    #[param(format = DateTime)]
+    failed_after: Option<String>,
+    /// Only those that failed before this time (RFC 3339)
+    #[param(format = DateTime)]
+    failed_before: Option<String>,
+}
+
 /// The filter parameters every dead-letter listing, count and bulk action takes.
 const FILTERS: [&str; 5] = ["queue", "kind", "reason", "failed_after", "failed_before"];
 
@@ -71,11 +97,7 @@ fn only_filters(query: &HashMap<String, String>, also: &[&str]) -> Result<(), Ap
         ("limit" = Option<u16>, Query, minimum = 1, maximum = 500, description = "Dead letters per page (default 50)"),
         ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,19}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "`next_cursor` of the previous page"),
         ("subscription" = Option<String>, Query, description = "Only those of this topic subscription (`topic/name`)"),
-        ("queue" = inline(Option<QueueName>), Query, description = "Only those of this queue"),
-        ("kind" = inline(Option<QueueName>), Query, description = "Only those of this kind (a kind's name has a queue name's form)"),
-        ("reason" = Option<String>, Query, pattern = "^(attempts_exhausted|non_retryable|timeout|workers_lost|unknown_kind|payload_expired|expired)$", description = "Only those that failed for this reason (`attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)"),
-        ("failed_after" = Option<String>, Query, format = DateTime, description = "Only those that failed at or after this time (RFC 3339)"),
-        ("failed_before" = Option<String>, Query, format = DateTime, description = "Only those that failed before this time (RFC 3339)"),
+        FilterParams,
     ),
     responses(
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
@@ -130,11 +152,7 @@ pub async fn list(
     tag = "dead letters",
     summary = "How many dead letters a filter takes now (a bulk action's preview)",
     params(
-        ("queue" = inline(Option<QueueName>), Query, description = "Only those of this queue"),
-        ("kind" = inline(Option<QueueName>), Query, description = "Only those of this kind (a kind's name has a queue name's form)"),
-        ("reason" = Option<String>, Query, pattern = "^(attempts_exhausted|non_retryable|timeout|workers_lost|unknown_kind|payload_expired|expired)$", description = "Only those that failed for this reason (`attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)"),
-        ("failed_after" = Option<String>, Query, format = DateTime, description = "Only those that failed at or after this time (RFC 3339)"),
-        ("failed_before" = Option<String>, Query, format = DateTime, description = "Only those that failed before this time (RFC 3339)"),
+        FilterParams,
     ),
     responses(
         (status = 200, description = "The count, and the time to pass as `failed_before` so that an action takes no later ones", body = DeadLetterCount),
@@ -191,11 +209,7 @@ pub async fn requeue(
     tag = "dead letters",
     summary = "Run again every dead letter a filter takes (all without one)",
     params(
-        ("queue" = inline(Option<QueueName>), Query, description = "Only those of this queue"),
-        ("kind" = inline(Option<QueueName>), Query, description = "Only those of this kind (a kind's name has a queue name's form)"),
-        ("reason" = Option<String>, Query, pattern = "^(attempts_exhausted|non_retryable|timeout|workers_lost|unknown_kind|payload_expired|expired)$", description = "Only those that failed for this reason (`attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)"),
-        ("failed_after" = Option<String>, Query, format = DateTime, description = "Only those that failed at or after this time (RFC 3339)"),
-        ("failed_before" = Option<String>, Query, format = DateTime, description = "Only those that failed before this time (RFC 3339)"),
+        FilterParams,
     ),
     responses(
         (status = 202, description = "How many were requeued", body = DeadLettersRequeued),
@@ -225,11 +239,7 @@ pub async fn requeue_all(
     tag = "dead letters",
     summary = "Delete every dead letter a filter takes (a filter is required)",
     params(
-        ("queue" = inline(Option<QueueName>), Query, description = "Only those of this queue"),
-        ("kind" = inline(Option<QueueName>), Query, description = "Only those of this kind (a kind's name has a queue name's form)"),
-        ("reason" = Option<String>, Query, pattern = "^(attempts_exhausted|non_retryable|timeout|workers_lost|unknown_kind|payload_expired|expired)$", description = "Only those that failed for this reason (`attempts_exhausted`, `non_retryable`, `timeout`, `workers_lost`, `unknown_kind`, `payload_expired`, `expired`)"),
-        ("failed_after" = Option<String>, Query, format = DateTime, description = "Only those that failed at or after this time (RFC 3339)"),
-        ("failed_before" = Option<String>, Query, format = DateTime, description = "Only those that failed before this time (RFC 3339)"),
+        FilterParams,
     ),
     responses(
         (status = 200, description = "How many were deleted", body = DeadLettersDeleted),
