@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod workflow;
+
 /// Where a task is in its life; the last three are terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
@@ -92,6 +94,12 @@ pub struct TaskView {
     /// `traceparent`'s, or a new trace's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The workflow the task is a step of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<Uuid>,
+    /// Its step in that workflow (`id`, or `id[n]` for the n-th task of a map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_step: Option<String>,
 }
 
 /// Integers as JSON Schema counts them: `60`, `60.0` and `6e1` are the same integer, and a
@@ -221,6 +229,9 @@ pub struct TaskEvent {
     pub progress: Option<u8>,
     pub error: Option<String>,
     pub at: String,
+    /// The workflow the task is a step of (on the events of its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<Uuid>,
 }
 
 /// The name of the server-sent event that says the events a client asked for are gone.

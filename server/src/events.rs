@@ -6,6 +6,7 @@
 use crate::store::{Keys, TaskRecord, rfc3339};
 use app::model::{
     KIND_EVENT, KindEvent, QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent,
+    workflow::{WORKFLOW_EVENT, WorkflowEvent},
 };
 use redis::{
     AsyncConnectionConfig, Value,
@@ -21,7 +22,10 @@ use uuid::Uuid;
 /// The fields of a task's entry in the events stream, in the order its one writer gives them: the
 /// Lua helper `emit_event` (queue/events.lua). A queue's entry (`Queue::set_paused`) has `event`
 /// = `queue`, `queue`, `status` (`paused` or `active`) and `at`; a kind's (`Kinds::put`,
-/// `Kinds::delete`) `event` = `kind`, `kind`, `status` (`declared` or `deleted`) and `at`.
+/// `Kinds::delete`) `event` = `kind`, `kind`, `status` (`declared` or `deleted`) and `at`; a
+/// workflow's (`workflows.rs`) `event` = `workflow`, `workflow`, `step`, `status`, `error`, `at`
+/// and `queue` (the queues of its steps, comma-separated). A task's end adds `workflow` when the
+/// task is a workflow's step.
 pub const EVENT_FIELDS: [&str; 9] =
     ["event", "task", "kind", "queue", "status", "attempt", "progress", "error", "at"];
 
@@ -53,10 +57,14 @@ pub enum Pushed {
     Queue(QueueEvent),
     /// A kind was declared, replaced or deleted.
     Kind(KindEvent),
+    /// A workflow or one of its steps changed; with the queues of its steps, which a follower
+    /// must all reach to see it.
+    Workflow(WorkflowEvent, Vec<String>),
 }
 
 impl StoredEvent {
-    fn position(&self) -> Option<Position> {
+    /// Its place in the stream.
+    pub fn position(&self) -> Option<Position> {
         Position::parse(&self.id)
     }
 
@@ -75,20 +83,34 @@ impl StoredEvent {
         StoredEvent { id, name: KIND_EVENT.to_string(), event: Pushed::Kind(event), data }
     }
 
+    fn of_workflow(id: String, event: WorkflowEvent, queues: Vec<String>) -> StoredEvent {
+        let data = serde_json::to_string(&event).expect("events always serialize").into();
+        StoredEvent { id, name: WORKFLOW_EVENT.to_string(), event: Pushed::Workflow(event, queues), data }
+    }
+
     /// The task event, if this is one.
     pub fn task(&self) -> Option<&TaskEvent> {
         match &self.event {
             Pushed::Task(event) => Some(event),
-            Pushed::Queue(_) | Pushed::Kind(_) => None,
+            Pushed::Queue(_) | Pushed::Kind(_) | Pushed::Workflow(..) => None,
         }
     }
 
-    /// The queue the event is about; none for one about no queue (a kind's).
-    pub fn queue(&self) -> Option<&str> {
+    /// The workflow event, if this is one.
+    pub fn workflow(&self) -> Option<&WorkflowEvent> {
         match &self.event {
-            Pushed::Task(event) => Some(&event.queue),
-            Pushed::Queue(event) => Some(&event.queue),
-            Pushed::Kind(_) => None,
+            Pushed::Workflow(event, _) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// The queues the event is about; none for one about no queue (a kind's).
+    pub fn queues(&self) -> &[String] {
+        match &self.event {
+            Pushed::Task(event) => std::slice::from_ref(&event.queue),
+            Pushed::Queue(event) => std::slice::from_ref(&event.queue),
+            Pushed::Kind(_) => &[],
+            Pushed::Workflow(_, queues) => queues,
         }
     }
 
@@ -106,7 +128,9 @@ impl StoredEvent {
             mut progress,
             mut error,
             mut at,
-        ) = (None, None, "", None, None, 0, None, None, None);
+            mut workflow,
+            mut step,
+        ) = (None, None, "", None, None, 0, None, None, None, None, None);
         for pair in fields.chunks_exact(2) {
             let (Value::BulkString(field), Value::BulkString(value)) = (&pair[0], &pair[1]) else {
                 continue;
@@ -123,6 +147,8 @@ impl StoredEvent {
                 b"progress" => progress = value.and_then(|p| p.parse().ok()),
                 b"error" => error = value,
                 b"at" => at = value,
+                b"workflow" => workflow = value,
+                b"step" => step = value,
                 _ => {}
             }
         }
@@ -130,6 +156,17 @@ impl StoredEvent {
         if name? == QUEUE_EVENT {
             let paused = status? == "paused";
             return Some(StoredEvent::of_queue(id, QueueEvent { queue: queue?.to_string(), paused, at }));
+        }
+        if name? == WORKFLOW_EVENT {
+            let queues = queue.unwrap_or_default().split(',').map(str::to_string).collect();
+            let event = WorkflowEvent {
+                workflow_id: workflow?.parse().ok()?,
+                step: step.map(str::to_string),
+                status: status?.to_string(),
+                error: error.map(str::to_string),
+                at,
+            };
+            return Some(StoredEvent::of_workflow(id, event, queues));
         }
         if name? == KIND_EVENT {
             let declared = status? == "declared";
@@ -148,6 +185,7 @@ impl StoredEvent {
                 progress,
                 error: error.map(str::to_string),
                 at,
+                workflow_id: workflow.and_then(|w| w.parse().ok()),
             },
         ))
     }
@@ -166,6 +204,7 @@ impl StoredEvent {
                 progress: record.progress,
                 error: record.error.clone(),
                 at: rfc3339(record.updated_ms),
+                workflow_id: None,
             },
         )
     }
@@ -479,6 +518,8 @@ pub struct Events {
     streams: Arc<Semaphore>,
     /// The permits `streams` started with: the most streams open at once.
     max_streams: usize,
+    /// The last entry the tail has read (and, after it, handed to the subscribers).
+    read_up_to: Arc<std::sync::Mutex<Option<Position>>>,
     shutdown: CancellationToken,
 }
 
@@ -496,7 +537,8 @@ impl Events {
         let max_streams = max_streams.min(Semaphore::MAX_PERMITS);
         let streams = Arc::new(Semaphore::new(max_streams));
         let finished = Arc::new(Throughput::default());
-        let events = Events { conn, keys, fanout, finished, streams, max_streams, shutdown };
+        let read_up_to = Default::default();
+        let events = Events { conn, keys, fanout, finished, streams, max_streams, read_up_to, shutdown };
         // Fix the starting point now: an event appended before the tail's first read still
         // reaches every subscriber that connected after `start` returned.
         let from = events.latest_id().await?;
@@ -549,6 +591,7 @@ impl Events {
                 Ok((from, entries)) => {
                     failures = 0;
                     last = entries.last().map(|(id, _)| id.clone()).unwrap_or(from);
+                    *self.read_up_to.lock().expect("never poisoned") = Position::parse(&last);
                     for (_, event) in entries {
                         if let Some(event) = event {
                             if event.task().is_some_and(|t| t.status.is_terminal())
@@ -573,6 +616,11 @@ impl Events {
                 }
             }
         }
+    }
+
+    /// The last event the tail read: every event up to it has been handed to the subscribers.
+    pub fn position(&self) -> Option<Position> {
+        *self.read_up_to.lock().expect("never poisoned")
     }
 
     /// Tasks finished per second over the last half minute, across every worker.
@@ -745,8 +793,8 @@ impl Events {
         if follow.task.is_some_and(|id| task.is_none_or(|t| t.task_id != id)) {
             return Some(());
         }
-        if let (Some(within), Some(queue)) = (&follow.within, event.queue())
-            && !within.allows(queue)
+        if let Some(within) = &follow.within
+            && !event.queues().iter().all(|queue| within.allows(queue))
         {
             return Some(());
         }
@@ -851,11 +899,15 @@ mod tests {
     #[test]
     fn the_lua_that_writes_events_writes_the_fields_the_server_reads() {
         let lua = include_str!("queue/events.lua");
-        let xadd = &lua[lua.find("'*'").expect("emit_event appends with an automatic id")..];
-        // Quoted words alternate with the rest: after '*' come the field names, in order.
-        let quoted: Vec<&str> = xadd.split('\'').skip(1).step_by(2).collect();
-        assert_eq!(quoted[0], "*");
-        assert_eq!(quoted[1..], EVENT_FIELDS);
+        // Each of its two appends (with and without the workflow) names the fields in order.
+        let appends: Vec<&str> = lua.split("'*'").skip(1).map(|rest| &rest[..rest.find("return").or(rest.find("\nend")).unwrap()])
+            .collect();
+        assert_eq!(appends.len(), 2);
+        for (append, extra) in appends.into_iter().zip([&["workflow"][..], &[]]) {
+            // Quoted words alternate with the rest: the field names, in order.
+            let quoted: Vec<&str> = append.split('\'').skip(1).step_by(2).collect();
+            assert_eq!(quoted, [&EVENT_FIELDS[..], extra].concat());
+        }
     }
 
     fn bulk(text: &str) -> Value {

@@ -21,6 +21,7 @@ mod tls;
 mod tokens;
 mod topics;
 mod workers;
+mod workflows;
 
 pub use access::REQUEST_ID;
 pub use auth::{QueueIn, RULES as ACCESS_RULES, Rule};
@@ -78,6 +79,7 @@ pub fn worker_probes(
 pub struct AppState {
     pub tasks: Tasks,
     pub topics: Topics,
+    pub workflows: crate::workflows::Workflows,
     pub kinds: Kinds,
     pub events: Events,
     /// The access tokens every API call is checked against.
@@ -154,6 +156,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dead-letters/{id}", delete(dead_letters::delete))
         .route("/api/v1/dead-letters/{id}/requeue", post(dead_letters::requeue))
         .route("/api/v1/workers", get(workers::list))
+        .route("/api/v1/workflows", get(workflows::list).post(workflows::create))
+        .route("/api/v1/workflows/{id}", get(workflows::get).delete(workflows::cancel))
+        .route("/api/v1/workflows/{id}/status", get(workflows::status))
+        .route("/api/v1/workflows/{id}/result", get(workflows::result))
         .route("/api/v1/stats", get(stats::get))
         .route("/api/v1/stats/events", get(stats::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))

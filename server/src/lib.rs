@@ -26,6 +26,7 @@ pub mod topics;
 pub mod trace_context;
 pub mod worker;
 pub mod workers;
+pub mod workflows;
 
 use anyhow::Context;
 use config::{Command, Config};
@@ -152,10 +153,20 @@ impl Server {
             tokio::spawn(kinds::follow_events(kinds.clone(), events.subscribe(), shutdown.clone()));
             let tasks = Tasks::new(queues, registry, config.max_attempts);
             let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
+            let workflows = workflows::Workflows::new(
+                tasks.clone(),
+                conn.clone(),
+                &config.prefix,
+                keys.events(),
+                config.events_max,
+                config.retention,
+            );
+            workflows.start(&events, shutdown.clone());
             declare_subscriptions(&file, &topics).await?;
             let state = http::AppState {
                 tasks,
                 topics,
+                workflows,
                 kinds,
                 events,
                 sessions: auth::sessions::Sessions::new(conn.clone(), &config.prefix, tokens.clone()),

@@ -174,6 +174,16 @@ pub struct NewTask {
     pub shared_payload: Option<SharedPayload>,
     /// The W3C trace context its attempts continue (`traceparent`).
     pub traceparent: Option<String>,
+    /// The workflow step it runs, if it is one.
+    pub workflow: Option<WorkflowStep>,
+}
+
+/// A task's place in a workflow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkflowStep {
+    pub workflow: Uuid,
+    /// The step's id, or `id[n]` for the n-th task of a map.
+    pub step: String,
 }
 
 /// A payload stored once for several tasks: under the id of the first of them (its owner), with a

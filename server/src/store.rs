@@ -253,6 +253,9 @@ pub struct TaskRecord {
     pub payload_ref: Option<Uuid>,
     /// The W3C trace context its attempts continue (`traceparent`).
     pub traceparent: Option<String>,
+    /// The workflow the task is a step of, and which step.
+    pub workflow: Option<Uuid>,
+    pub workflow_step: Option<String>,
 }
 
 impl TaskRecord {
@@ -284,6 +287,8 @@ impl TaskRecord {
             expires_ms: number(field::EXPIRES),
             payload_ref: text(field::PAYLOAD_REF).and_then(|v| v.parse().ok()),
             traceparent: text(field::TRACEPARENT).cloned(),
+            workflow: text(field::WORKFLOW).and_then(|v| v.parse().ok()),
+            workflow_step: text(field::WORKFLOW_STEP).cloned(),
         })
     }
 
@@ -309,6 +314,8 @@ impl TaskRecord {
             expires_at: self.expires_ms.map(rfc3339),
             queue: self.queue.clone(),
             trace_id: self.traceparent.as_deref().and_then(crate::trace_context::trace_id_of),
+            workflow_id: self.workflow,
+            workflow_step: self.workflow_step.clone(),
         }
     }
 }

@@ -304,6 +304,7 @@ impl Tasks {
             expires_ms,
             shared_payload: None,
             traceparent: Some(traceparent.to_string()),
+            workflow: None,
         })
     }
 
@@ -438,6 +439,50 @@ impl Tasks {
         Ok(tasks.iter().map(record_of).collect())
     }
 
+    /// Checks what a workflow step will submit, before the workflow is stored: its kind, its
+    /// options, and its payload when it is known already.
+    pub fn check_step(
+        &self,
+        kind: &str,
+        options: &Options,
+        payload: Option<&serde_json::Value>,
+    ) -> Result<(), SubmitError> {
+        let handler = self.registry.get(kind).ok_or_else(|| SubmitError::UnknownKind(kind.to_string()))?;
+        if let Some(queue) = &options.queue
+            && !is_queue_name(queue)
+        {
+            return Err(QueueError::InvalidName(queue.clone()).into());
+        }
+        let max_attempts =
+            options.max_attempts.or(handler.max_attempts()).unwrap_or(self.default_max_attempts);
+        validate_options(options, max_attempts)?;
+        if let Some(payload) = payload {
+            check_schema(kind, &handler.schema(), payload.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Submits the task of a workflow step (or of one element of a map step), once: the same
+    /// `step` submitted again, by any server, gives the task the first submission created. The
+    /// claim is an idempotency key of the step's own (`wf-…`), which no client's key can be.
+    pub async fn submit_step(
+        &self,
+        submission: Submission,
+        step: crate::queue::WorkflowStep,
+    ) -> Result<TaskRecord, SubmitError> {
+        let request = fingerprint_options(&submission.options);
+        let mut task = match self.prepare_all(vec![submission], false).await {
+            Ok(mut tasks) => tasks.pop().expect("one submission makes one task"),
+            Err(BatchError::Rejected { error, .. } | BatchError::Refused(error)) => return Err(error),
+            Err(BatchError::Redis(e)) => return Err(e.into()),
+        };
+        self.place(std::slice::from_mut(&mut task)).await?;
+        let queue = self.queues.open(&task.queue).await?;
+        let key_name = queue.keys().idempotency(&format!("wf-{}-{}", step.workflow, step.step));
+        task.workflow = Some(step);
+        Ok(self.submit_once(task, queue, key_name, &request).await?.record)
+    }
+
     /// Validates and enqueues a task; on any error nothing is stored.
     pub async fn submit(&self, mut submission: Submission) -> Result<Submitted, SubmitError> {
         // What only an idempotent request needs is worked out only for one.
@@ -455,7 +500,19 @@ impl Tasks {
         };
         let queue = self.queues.open(&task.queue).await?;
         let key_name = queue.keys().idempotency(&sha1_smol::Sha1::from(key.as_bytes()).digest().to_string());
-        let digest = fingerprint(&task, &request);
+        self.submit_once(task, queue, key_name, &request).await
+    }
+
+    /// Enqueues `task` under the idempotency key `key_name`, or gives the task an earlier
+    /// request with the same key and the same `request` (its options and `task`) created.
+    async fn submit_once(
+        &self,
+        mut task: NewTask,
+        queue: Queue,
+        key_name: String,
+        request: &str,
+    ) -> Result<Submitted, SubmitError> {
+        let digest = fingerprint(&task, request);
         task.idempotency_key = Some(key_name.clone());
         match queue.claim_idempotency_key(&key_name, &format!("{} {digest}", task.id)).await? {
             None => match self.enqueue(std::slice::from_ref(&task)).await {
@@ -629,7 +686,8 @@ fn fingerprint(task: &NewTask, request: &str) -> String {
     hash.digest().to_string()
 }
 
-fn is_json(content_type: &str) -> bool {
+/// Whether a content type is JSON's.
+pub(crate) fn is_json(content_type: &str) -> bool {
     content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
@@ -730,5 +788,7 @@ fn record_of(task: &NewTask) -> TaskRecord {
         expires_ms: task.expires_ms,
         payload_ref: task.shared_payload.map(|s| s.owner),
         traceparent: task.traceparent.clone(),
+        workflow: task.workflow.as_ref().map(|step| step.workflow),
+        workflow_step: task.workflow.as_ref().map(|step| step.step.clone()),
     }
 }

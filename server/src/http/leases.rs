@@ -186,7 +186,7 @@ impl Ask {
                     && self.only.as_ref().is_none_or(|kinds| kinds.contains(&e.kind))
             }
             Pushed::Queue(e) => e.queue == queue,
-            Pushed::Kind(_) => false,
+            Pushed::Kind(_) | Pushed::Workflow(..) => false,
         }
     }
 }

@@ -10,8 +10,9 @@
 
 use super::{
     api, audit, dead_letters, kinds, leases, metrics, queues, session, sse, stats, tokens, topics, workers,
+    workflows,
 };
-use app::model::{KindEvent, Problem, QueueEvent, Stats, StreamReset, TaskEvent};
+use app::model::{KindEvent, Problem, QueueEvent, Stats, StreamReset, TaskEvent, workflow::WorkflowEvent};
 use axum::{
     http::{HeaderValue, header},
     response::{Html, IntoResponse, Response},
@@ -76,6 +77,12 @@ use utoipa::{
         dead_letters::delete_all,
         dead_letters::count,
         workers::list,
+        workflows::list,
+        workflows::create,
+        workflows::get,
+        workflows::cancel,
+        workflows::status,
+        workflows::result,
         stats::get,
         stats::events,
         dead_letters::delete,
@@ -92,7 +99,7 @@ use utoipa::{
         super::readyz,
         metrics::render,
     ),
-    components(schemas(Problem, ServerSentEvent, TaskEvent, QueueEvent, KindEvent, StreamReset, Stats)),
+    components(schemas(Problem, ServerSentEvent, TaskEvent, QueueEvent, KindEvent, WorkflowEvent, StreamReset, Stats)),
     modifiers(&Security, &CommonProblems),
     security(("bearer" = []), ("session" = [])),
     tags(
@@ -103,6 +110,7 @@ use utoipa::{
         (name = "queues", description = "Named queues: counts, limits, pause and resume"),
         (name = "pull workers", description = "Workers in any language lease tasks over HTTP"),
         (name = "dead letters", description = "Tasks that failed for good: list, requeue, delete"),
+        (name = "workflows", description = "Steps that run as tasks when the steps they come after end: chains, fan-out and fan-in, maps"),
         (name = "access", description = "Tokens, browser sessions, the audit trail"),
         (name = "operations", description = "Health checks, metrics, this document"),
     ),
@@ -116,7 +124,7 @@ pub fn document() -> Value {
     bound_unsigned(&mut document);
     headers_are_never_null(&mut document);
     // utoipa has no builder for `contentSchema`: what an event's `data` holds, once parsed.
-    let events = ["TaskEvent", "QueueEvent", "KindEvent", "StreamReset", "Stats"]
+    let events = ["TaskEvent", "QueueEvent", "KindEvent", "WorkflowEvent", "StreamReset", "Stats"]
         .map(|name| serde_json::json!({"$ref": format!("#/components/schemas/{name}")}));
     document["components"]["schemas"]["ServerSentEvent"]["properties"]["data"]["contentSchema"] =
         serde_json::json!({ "anyOf": events });
@@ -228,11 +236,11 @@ impl PartialSchema for ServerSentEvent {
         ObjectBuilder::new()
             .description(Some(
                 "One event of the stream: `id:` its place (resume after it with `Last-Event-ID`), `event:` a \
-                 status, `progress`, `queue`, `kind` or `reset`, `data:` JSON: a `TaskEvent`, `QueueEvent`, \
-                 `KindEvent` or `StreamReset`",
+                 status, `progress`, `queue`, `kind`, `workflow` or `reset`, `data:` JSON: a `TaskEvent`, \
+                 `QueueEvent`, `KindEvent`, `WorkflowEvent` or `StreamReset`",
             ))
             .property("id", string("The event's place in the stream: `<ms>-<seq>`"))
-            .property("event", string("A task status, `progress`, `queue`, `kind` or `reset`"))
+            .property("event", string("A task status, `progress`, `queue`, `kind`, `workflow` or `reset`"))
             .property("data", string("The event, as JSON").content_media_type("application/json"))
             .required("data")
             .into()

@@ -223,15 +223,22 @@ pub async fn problems(request: Request, next: Next) -> Response {
     Response::from_parts(parts, problem_body)
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Problem {
+impl ApiError {
+    /// The problem document, for a body that carries one inside it (a status monitor's).
+    pub fn problem(&self) -> Problem {
+        Problem {
             kind: format!("/problems/{}", self.slug),
             title: self.title.to_string(),
             status: self.status.as_u16(),
-            detail: self.detail,
-            errors: self.errors,
-        };
+            detail: self.detail.clone(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.problem();
         let json = serde_json::to_vec(&body).expect("a problem always serializes");
         let mut response = (self.status, json).into_response();
         let headers = response.headers_mut();

@@ -4,32 +4,33 @@
 -- (ends.lua). A queue with a `max_depth` refuses a group that would take the waiting tasks past
 -- it. (The groups are submissions that arrived together, sent in one call: queue/enqueue.rs.)
 -- KEYS: delayed, retrying, index, expiring, events, settings
--- ARGV: key base, group, events maxlen, then for each group: its number of tasks, then 18 for
+-- ARGV: key base, group, events maxlen, then for each group: its number of tasks, then 20 for
 --       each task: id, created ms, kind, due ms ('' for now), priority tag (h|n|l), max
 --       attempts, timeout ms (''), payload type, payload size, session (''), subscription (''),
 --       idempotency key (''), expires ms (''), payload ref (the owner of a shared payload, ''),
 --       open tasks of a shared payload (its owner only, ''), where the payload is ('here': the
 --       payload bytes argument; 'staged': at `base:staged:{id}`, set before this script, which
---       renames it; 'shared': under the payload ref), traceparent (''), payload bytes
+--       renames it; 'shared': under the payload ref), traceparent (''), workflow id (''),
+--       workflow step (''), payload bytes
 -- Returns, per group, 1 when stored, or {tasks waiting, max_depth} when refused (nothing of it
 -- stored).
 local base, group, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local FIELDS = 18
+local FIELDS = 20
 -- The options a task may not have, with their place among its arguments: written only when it
 -- has them (most have none, and an absent field reads as an empty one everywhere).
 local OPTIONAL_FIELDS = {{'timeout_ms', 6}, {'session', 9}, {'subscription', 10}, {'idem', 11},
-  {'expires', 12}, {'payload_ref', 13}, {'traceparent', 16}}
+  {'expires', 12}, {'payload_ref', 13}, {'traceparent', 16}, {'wf', 17}, {'wf_step', 18}}
 local max_depth = tonumber(redis.call('HGET', KEYS[6], 'max_depth'))
 local waiting = max_depth and waiting_tasks(all_ready_streams(base), KEYS[1], KEYS[2], group)
 
--- Stores the task whose 18 arguments start at ARGV[a].
+-- Stores the task whose 20 arguments start at ARGV[a].
 local function store(a)
   local id, created, kind, due, priority = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local session, idem, expires = ARGV[a + 9], ARGV[a + 11], ARGV[a + 12]
   local payload = base .. ':payload:' .. id
   local source = ARGV[a + 15]
   if source == 'here' then
-    redis.call('SET', payload, ARGV[a + 17])
+    redis.call('SET', payload, ARGV[a + 19])
   elseif source == 'staged' then
     redis.call('RENAME', base .. ':staged:' .. id, payload)
     redis.call('PERSIST', payload)

@@ -162,7 +162,7 @@ fn answer_of(reply: Value) -> Enqueued {
     }
 }
 
-/// The 18 arguments of one task in enqueue.lua, in its order.
+/// The 20 arguments of one task in enqueue.lua, in its order.
 fn add_task_args(call: &mut redis::ScriptInvocation<'_>, task: &NewTask) {
     let text = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
     let due = task.delay_ms.map(|delay| task.created_ms + delay);
@@ -192,7 +192,9 @@ fn add_task_args(call: &mut redis::ScriptInvocation<'_>, task: &NewTask) {
         .arg(shared_ref)
         .arg(shared_open)
         .arg(source)
-        .arg(task.traceparent.as_deref().unwrap_or(""));
+        .arg(task.traceparent.as_deref().unwrap_or(""))
+        .arg(task.workflow.as_ref().map(|w| w.workflow.to_string()).unwrap_or_default())
+        .arg(task.workflow.as_ref().map(|w| w.step.as_str()).unwrap_or(""));
     if source == "here" {
         call.arg(task.payload.as_ref());
     } else {

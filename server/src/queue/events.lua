@@ -14,10 +14,23 @@ local function queue_of(base)
   return name
 end
 
+-- The events after which a workflow whose step the task is moves on: its ends.
+local WORKFLOW_MOVES = {succeeded = true, failed = true, cancelled = true}
+
 -- Appends event `name` (the new status, or `progress`) of task `id` of the queue at `base` to the
--- capped stream `events`.
-local function emit_event(events, maxlen, base, name, id, kind, status, attempt, progress, err, at)
+-- capped stream `events`. An end of a workflow's task (or `requeued`, a dead one queued again)
+-- names the workflow in a last field, `workflow`, which the servers' workflow loops follow.
+local function emit_event(events, maxlen, base, name, id, kind, status, attempt, progress, err, at,
+    requeued)
   kind, attempt, progress, err = kind or '', attempt or '0', progress or '', err or ''
+  local workflow = (WORKFLOW_MOVES[name] or requeued)
+    and redis.call('HGET', base .. ':task:' .. id, 'wf')
+  if workflow and workflow ~= '' then
+    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', name, 'task', id, 'kind', kind,
+      'queue', queue_of(base), 'status', status, 'attempt', attempt, 'progress', progress, 'error',
+      err, 'at', at, 'workflow', workflow)
+    return
+  end
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', name, 'task', id, 'kind', kind,
     'queue', queue_of(base), 'status', status, 'attempt', attempt, 'progress', progress, 'error',
     err, 'at', at)

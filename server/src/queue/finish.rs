@@ -299,6 +299,7 @@ mod tests {
                 expires_ms: None,
                 shared_payload: None,
                 traceparent: None,
+                workflow: None,
             })
             .await
             .unwrap();

@@ -35,6 +35,11 @@ pub const EXPIRES: &str = "expires";
 /// The W3C trace context its attempts continue (`traceparent`): its submission's (empty for a
 /// task stored before Courier kept one).
 pub const TRACEPARENT: &str = "traceparent";
+/// The workflow the task is a step of (empty: none): its events of ending carry it, so that the
+/// workflow moves on (`workflows.rs`).
+pub const WORKFLOW: &str = "wf";
+/// Its step in that workflow: `id`, or `id[n]` for the n-th task of a map.
+pub const WORKFLOW_STEP: &str = "wf_step";
 /// The token of the lease held on it (empty: none).
 pub const LEASE: &str = "lease";
 /// `1` once cancellation was asked of its running attempt.

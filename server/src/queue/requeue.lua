@@ -20,5 +20,5 @@ else
   local priority = redis.call('HGET', KEYS[1], 'priority') or 'n'
   queue_on_lane(ARGV[7], kind, TAG_INDEX[priority] or 2, ARGV[2])
 end
-emit_event(KEYS[3], ARGV[3], ARGV[7], 'queued', ARGV[2], kind, 'queued', '0', '', '', ARGV[1])
+emit_event(KEYS[3], ARGV[3], ARGV[7], 'queued', ARGV[2], kind, 'queued', '0', '', '', ARGV[1], true)
 return 1
