@@ -900,7 +900,10 @@ mod tests {
     fn the_lua_that_writes_events_writes_the_fields_the_server_reads() {
         let lua = include_str!("queue/events.lua");
         // Each of its two appends (with and without the workflow) names the fields in order.
-        let appends: Vec<&str> = lua.split("'*'").skip(1).map(|rest| &rest[..rest.find("return").or(rest.find("\nend")).unwrap()])
+        let appends: Vec<&str> = lua
+            .split("'*'")
+            .skip(1)
+            .map(|rest| &rest[..rest.find("return").or(rest.find("\nend")).unwrap()])
             .collect();
         assert_eq!(appends.len(), 2);
         for (append, extra) in appends.into_iter().zip([&["workflow"][..], &[]]) {

@@ -30,7 +30,7 @@ use crate::{
     events::{Events, Position},
     queue::WorkflowStep,
     store::{TaskRecord, now_ms, rfc3339},
-    tasks::{Options, Payload, SubmitError, Submission, Tasks},
+    tasks::{Options, Payload, Submission, SubmitError, Tasks},
 };
 use app::model::{
     Status,
@@ -184,7 +184,10 @@ impl Workflows {
         let mut conn = self.inner.conn.clone();
         let idem = idempotency_key.map(|key| {
             let digest = sha1_smol::Sha1::from(key.as_bytes()).digest().to_string();
-            (format!("{}:wf-idem:{digest}", self.inner.prefix), sha1_smol::Sha1::from(&spec_json).digest().to_string())
+            (
+                format!("{}:wf-idem:{digest}", self.inner.prefix),
+                sha1_smol::Sha1::from(&spec_json).digest().to_string(),
+            )
         });
         if let Some((idem_key, digest)) = &idem {
             let claimed: bool = redis::cmd("SET")
@@ -208,7 +211,11 @@ impl Workflows {
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                return Err(redis::RedisError::from((redis::ErrorKind::Io, "the workflow of this key was not stored")).into());
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the workflow of this key was not stored",
+                ))
+                .into());
             }
         }
         let now = now_ms();
@@ -236,9 +243,10 @@ impl Workflows {
         if let Err(e) = self.look(id, None).await {
             warn!(workflow = %id, error = %e, "starting a workflow's first steps failed; the sweep retries");
         }
-        let view = self.view(&id).await?.ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Io, "the workflow was not stored"))
-        })?;
+        let view = self
+            .view(&id)
+            .await?
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "the workflow was not stored")))?;
         Ok((view, false))
     }
 
@@ -261,7 +269,11 @@ impl Workflows {
     }
 
     /// The newest workflows, at most `limit`, those the `reaches` predicate allows.
-    pub async fn list(&self, limit: usize, reaches: impl Fn(&str) -> bool) -> redis::RedisResult<Vec<WorkflowView>> {
+    pub async fn list(
+        &self,
+        limit: usize,
+        reaches: impl Fn(&str) -> bool,
+    ) -> redis::RedisResult<Vec<WorkflowView>> {
         let ids: Vec<String> =
             self.inner.conn.clone().zrevrange(self.list_key(), 0, (limit * 2) as isize - 1).await?;
         let mut views = Vec::new();
@@ -290,7 +302,8 @@ impl Workflows {
             return Ok(None);
         }
         let mut result = serde_json::Map::new();
-        let has_children: HashSet<&str> = view.steps.iter().flat_map(|s| s.after.iter().map(String::as_str)).collect();
+        let has_children: HashSet<&str> =
+            view.steps.iter().flat_map(|s| s.after.iter().map(String::as_str)).collect();
         for step in view.steps.iter().filter(|s| !has_children.contains(s.id.as_str())) {
             let value = match step.state {
                 StepState::Succeeded => self.value_of(&step.tasks, step.map).await?,
@@ -517,7 +530,8 @@ return due";
             let fact = if let Some(error) = stored.refused.get(&step.id) {
                 Fact::Refused(error.clone())
             } else if let Some(tasks) = stored.tasks.get(&step.id) {
-                let (state, error) = stored.states.get(&step.id).cloned().unwrap_or((StepState::Queued, None));
+                let (state, error) =
+                    stored.states.get(&step.id).cloned().unwrap_or((StepState::Queued, None));
                 if state == StepState::Succeeded {
                     Fact::Tasks(vec![(Status::Succeeded, None); tasks.len()])
                 } else {
@@ -530,7 +544,10 @@ return due";
                                 Some(r) => (r.status, r.error),
                                 // Gone (past its retention, or deleted): as it was last seen.
                                 None if state == StepState::Failed => (Status::Failed, error.clone()),
-                                None => (Status::Failed, Some("the step's task is gone (expired or deleted)".into())),
+                                None => (
+                                    Status::Failed,
+                                    Some("the step's task is gone (expired or deleted)".into()),
+                                ),
                             })
                             .collect(),
                     )
@@ -545,7 +562,13 @@ return due";
 
     /// Starts step `i`: builds its payloads from its parents' results and submits its tasks,
     /// then records them (or records why its payloads were refused).
-    async fn start_step(&self, id: Uuid, stored: &mut Stored, plan: &Plan, i: usize) -> redis::RedisResult<()> {
+    async fn start_step(
+        &self,
+        id: Uuid,
+        stored: &mut Stored,
+        plan: &Plan,
+        i: usize,
+    ) -> redis::RedisResult<()> {
         let step = stored.spec.steps()[i].clone();
         let started = match self.payloads(stored, plan, i).await? {
             Err(refusal) => Err(refusal),
@@ -568,7 +591,12 @@ return due";
 
     /// The payloads of step `i`, from what its parents gave (a result, or a failure as an
     /// object), each checked against its kind's schema; or why they were refused.
-    async fn payloads(&self, stored: &Stored, plan: &Plan, i: usize) -> redis::RedisResult<Result<Vec<Value>, String>> {
+    async fn payloads(
+        &self,
+        stored: &Stored,
+        plan: &Plan,
+        i: usize,
+    ) -> redis::RedisResult<Result<Vec<Value>, String>> {
         let spec = &stored.spec;
         let step = &spec.steps()[i];
         let mut given: HashMap<&str, Value> = HashMap::new();
@@ -590,7 +618,8 @@ return due";
             Err(refusal) => return Ok(Err(refusal)),
         };
         let options = options_of(step);
-        let refused = payloads.iter().find_map(|p| self.inner.tasks.check_step(&step.kind, &options, Some(p)).err());
+        let refused =
+            payloads.iter().find_map(|p| self.inner.tasks.check_step(&step.kind, &options, Some(p)).err());
         Ok(match refused {
             Some(e) => Err(e.to_string()),
             None => Ok(payloads),
@@ -599,7 +628,12 @@ return due";
 
     /// Submits a task per payload of `step` (each once, however often this runs); their ids,
     /// or why one was refused.
-    async fn submit(&self, id: Uuid, step: &StepRequest, payloads: Vec<Value>) -> redis::RedisResult<Result<Vec<Uuid>, String>> {
+    async fn submit(
+        &self,
+        id: Uuid,
+        step: &StepRequest,
+        payloads: Vec<Value>,
+    ) -> redis::RedisResult<Result<Vec<Uuid>, String>> {
         let options = options_of(step);
         let map = step.map.is_some();
         let submissions = payloads.into_iter().enumerate().map(|(n, payload)| {
@@ -648,7 +682,13 @@ return due";
 
     /// Records what changed since the last look, each change with its event, in one transaction;
     /// an ended workflow gets its retention, a running one its next look.
-    async fn record(&self, id: Uuid, stored: &Stored, plan: &Plan, seen: Option<Position>) -> redis::RedisResult<()> {
+    async fn record(
+        &self,
+        id: Uuid,
+        stored: &Stored,
+        plan: &Plan,
+        seen: Option<Position>,
+    ) -> redis::RedisResult<()> {
         let key = self.key(&id);
         let now = now_ms();
         let mut pipe = redis::pipe();
@@ -687,7 +727,10 @@ return due";
                 pipe.pexpire(idem, keep as i64).ignore();
             }
         } else {
-            pipe.persist(&key).ignore().zadd(self.running_key(), id.to_string(), now + RECHECK.as_millis() as u64).ignore();
+            pipe.persist(&key)
+                .ignore()
+                .zadd(self.running_key(), id.to_string(), now + RECHECK.as_millis() as u64)
+                .ignore();
             if let Some(idem) = &stored.idem {
                 pipe.persist(idem).ignore();
             }
@@ -760,7 +803,10 @@ impl Stored {
         let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
         let mut stored = Stored {
             spec,
-            status: fields.get("status").and_then(|s| WorkflowStatus::parse(s)).unwrap_or(WorkflowStatus::Running),
+            status: fields
+                .get("status")
+                .and_then(|s| WorkflowStatus::parse(s))
+                .unwrap_or(WorkflowStatus::Running),
             cancelled: fields.get("cancelled").is_some_and(|c| c == "1"),
             created_ms: number("created").unwrap_or(0),
             updated_ms: number("updated").unwrap_or(0),

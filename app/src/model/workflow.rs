@@ -107,7 +107,9 @@ impl WorkflowStatus {
     }
 
     pub fn parse(name: &str) -> Option<WorkflowStatus> {
-        [Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled].into_iter().find(|s| s.as_str() == name)
+        [Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled]
+            .into_iter()
+            .find(|s| s.as_str() == name)
     }
 
     /// True once it ends (a failed one runs again if its failed step's task is requeued).
@@ -237,7 +239,8 @@ pub fn layout(after: &[Vec<usize>]) -> Vec<(usize, usize)> {
     for _ in 0..n {
         let mut changed = false;
         for step in 0..n {
-            let parents: Option<Vec<usize>> = after[step].iter().map(|&p| column.get(p).copied().flatten()).collect();
+            let parents: Option<Vec<usize>> =
+                after[step].iter().map(|&p| column.get(p).copied().flatten()).collect();
             let value = parents.map(|p| p.into_iter().map(|c| c + 1).max().unwrap_or(0));
             if value.is_some() && value != column[step] {
                 column[step] = value;

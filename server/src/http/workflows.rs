@@ -35,7 +35,9 @@ impl From<CreateError> for ApiError {
             CreateError::Step { step, error } => {
                 let inner = ApiError::from(error);
                 let detail = format!("step `{step}`: {}", inner.detail_text());
-                if inner.status() == StatusCode::UNPROCESSABLE_ENTITY || inner.status() == StatusCode::BAD_REQUEST {
+                if inner.status() == StatusCode::UNPROCESSABLE_ENTITY
+                    || inner.status() == StatusCode::BAD_REQUEST
+                {
                     ApiError::unprocessable("invalid-workflow", "Invalid workflow", detail)
                 } else {
                     inner
@@ -85,8 +87,12 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !is_json(content_type) {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-            .detail("send the workflow as JSON (Content-Type: application/json)"));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
+        .detail("send the workflow as JSON (Content-Type: application/json)"));
     }
     let idempotency_key = super::api::idempotency_key(&headers)?;
     let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
@@ -266,7 +272,8 @@ pub async fn status(
         return Ok((StatusCode::SEE_OTHER, [(header::LOCATION, header_text(&location))]).into_response());
     }
     let error = view.status.is_terminal().then(|| failure(&view).problem());
-    let body = WorkflowStatusBody { id: view.id, status: view.status, failed_step: view.failed_step.clone(), error };
+    let body =
+        WorkflowStatusBody { id: view.id, status: view.status, failed_step: view.failed_step.clone(), error };
     let mut response = Json(body).into_response();
     if !view.status.is_terminal() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(POLL_AFTER_S));

@@ -35,7 +35,8 @@ pub struct Plan {
 /// The state of a started step, from its tasks: failed as soon as one of them failed (a map
 /// fails fast), succeeded once all did (a map over nothing at once).
 fn started(tasks: &[(Status, Option<String>)]) -> (StepState, Option<String>) {
-    if let Some((status, error)) = tasks.iter().find(|(s, _)| matches!(s, Status::Failed | Status::Cancelled)) {
+    if let Some((status, error)) = tasks.iter().find(|(s, _)| matches!(s, Status::Failed | Status::Cancelled))
+    {
         let error = error.clone().unwrap_or_else(|| format!("its task was {}", status.as_str()));
         return (StepState::Failed, Some(error));
     }
@@ -137,7 +138,8 @@ mod tests {
     #[test]
     fn a_new_workflow_starts_its_roots_and_waits_for_the_rest() {
         let spec = diamond("fail");
-        let plan = plan(&spec, &[Fact::NotStarted, Fact::NotStarted, Fact::NotStarted, Fact::NotStarted], false);
+        let plan =
+            plan(&spec, &[Fact::NotStarted, Fact::NotStarted, Fact::NotStarted, Fact::NotStarted], false);
         assert_eq!(plan.start, vec![0]);
         assert_eq!(state_names(&plan), ["queued", "waiting", "waiting", "waiting"]);
         assert_eq!(plan.status, WorkflowStatus::Running);

@@ -240,7 +240,10 @@ pub fn payloads(spec: &Spec, i: usize, given: &HashMap<&str, Value>) -> Result<V
     Ok(vec![payload])
 }
 
-fn substitute(template: &Value, resolve: &dyn Fn(&Reference) -> Result<Value, String>) -> Result<Value, String> {
+fn substitute(
+    template: &Value,
+    resolve: &dyn Fn(&Reference) -> Result<Value, String>,
+) -> Result<Value, String> {
     if let Some(r) = reference(template)? {
         return resolve(&r);
     }
@@ -349,10 +352,7 @@ mod tests {
         let given: HashMap<&str, Value> =
             [("a", json!({"rows": [1, 2]})), ("b", json!("B"))].into_iter().collect();
         assert_eq!(payloads(&spec, 1, &given).unwrap(), vec![json!({"rows": [1, 2]})]);
-        assert_eq!(
-            payloads(&spec, 2, &given).unwrap(),
-            vec![json!({"rows": [1, 2], "all": "B", "n": 3})]
-        );
+        assert_eq!(payloads(&spec, 2, &given).unwrap(), vec![json!({"rows": [1, 2], "all": "B", "n": 3})]);
         assert_eq!(payloads(&spec, 3, &given).unwrap(), vec![json!(1), json!(2)]);
         assert_eq!(payloads(&spec, 0, &given).unwrap(), vec![Value::Null]);
         let missing: HashMap<&str, Value> = [("a", json!({"other": 1}))].into_iter().collect();
@@ -368,7 +368,8 @@ mod tests {
             {"id": "m", "kind": "echo", "after": ["a"], "map": {"$from": "a"}},
         ]))
         .unwrap();
-        let big: HashMap<&str, Value> = [("a", Value::Array(vec![json!(0); MAX_MAP + 1]))].into_iter().collect();
+        let big: HashMap<&str, Value> =
+            [("a", Value::Array(vec![json!(0); MAX_MAP + 1]))].into_iter().collect();
         assert!(payloads(&spec, 1, &big).unwrap_err().contains("at most"));
     }
 

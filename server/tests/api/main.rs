@@ -25,3 +25,4 @@ mod sessions_auth;
 mod topics;
 mod traces;
 mod validation;
+mod workflows;

@@ -267,3 +267,123 @@ async fn a_cancelled_task_handed_back_by_its_worker_ends_cancelled_at_once() {
     assert_eq!(app.on_lease(token(&lease), "release", None).await.status(), 204);
     assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "cancelled");
 }
+
+/// Creates a two-step workflow (`a`, then `b` with `a`'s result) in the test queue; its id.
+async fn chain(app: &TestApp) -> String {
+    let body = json!({"steps": [
+        {"id": "a", "kind": "echo", "payload": {"n": 1}, "queue": queue()},
+        {"id": "b", "kind": "echo", "after": ["a"], "queue": queue()},
+    ]});
+    let response = app.http.post(app.url("/api/v1/workflows")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+}
+
+/// Polls workflow `id` until `check` holds of its view (20 s at most).
+async fn until_workflow(app: &TestApp, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..400 {
+        let view = app.get_json(&format!("/api/v1/workflows/{id}")).await;
+        if check(&view) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("workflow {id} never got there: {}", app.get_json(&format!("/api/v1/workflows/{id}")).await);
+}
+
+#[tokio::test]
+async fn a_steps_success_reported_twice_moves_its_workflow_on_once() {
+    let app = app_without_workers().await;
+    let id = chain(&app).await;
+    // Two holders of step a's task: the first lets its lease run out, the second takes it over;
+    // both report success, as in a takeover race.
+    let first = app.leases(json!({"worker": "slow", "lease_ms": 1000})).await;
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = app.leases(json!({"worker": "quick"})).await;
+    assert_eq!(second.len(), 1, "the lease ran out and was taken over");
+    let task = second[0]["task"]["id"].as_str().unwrap().to_string();
+    let complete = |lease: &Value| {
+        app.http
+            .post(app.url(&format!("/api/v1/leases/{}/complete", token(lease))))
+            .json(&json!({"n": 1}))
+            .send()
+    };
+    assert_eq!(complete(&second[0]).await.unwrap().status(), 204);
+    assert_problem(complete(&first[0]).await.unwrap(), 409, "/problems/lease-lost").await;
+    // And the end's event arrives twice, as a second report would send it.
+    let mut redis = app.redis().await;
+    let events: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(app.key("events"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(50)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let ended = events
+        .into_iter()
+        .map(|(_, fields)| fields)
+        .find(|fields| {
+            fields.contains(&("task".into(), task.clone()))
+                && fields.contains(&("event".into(), "succeeded".into()))
+        })
+        .expect("the end's event");
+    let mut again = redis::cmd("XADD");
+    again.arg(app.key("events")).arg("*");
+    for (field, value) in &ended {
+        again.arg(field).arg(value);
+    }
+    let _: String = again.query_async(&mut redis).await.unwrap();
+
+    let view =
+        until_workflow(&app, &id, |v| v["steps"][1]["tasks"].as_array().is_some_and(|t| !t.is_empty())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = app.leases(json!({"worker": "quick", "max": 10})).await;
+    assert_eq!(b.len(), 1, "one task for step b: {b:?}");
+    assert_eq!(b[0]["task"]["id"], view["steps"][1]["tasks"][0]);
+    assert_eq!(b[0]["payload"], json!({"n": 1}), "b takes a's result");
+    assert_eq!(complete(&b[0]).await.unwrap().status(), 204);
+    let done = until_workflow(&app, &id, |v| v["status"] != "running").await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["steps"][1]["tasks"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn requeueing_a_dead_steps_task_resumes_its_failed_workflow() {
+    let app = app_without_workers().await;
+    let id = chain(&app).await;
+    let first = app.leases(json!({"worker": "w"})).await;
+    let task = first[0]["task"]["id"].as_str().unwrap().to_string();
+    let fail =
+        app.on_lease(token(&first[0]), "fail", Some(json!({"error": "disk full", "retryable": false}))).await;
+    assert_eq!(fail.status(), 204);
+    let failed = until_workflow(&app, &id, |v| v["status"] != "running").await;
+    assert_eq!((&failed["status"], &failed["failed_step"]), (&json!("failed"), &json!("a")));
+    assert_eq!(failed["steps"][1]["state"], "cancelled");
+
+    let requeued =
+        app.http.post(app.url(&format!("/api/v1/dead-letters/{task}/requeue"))).send().await.unwrap();
+    assert!(requeued.status().is_success(), "{}", requeued.status());
+    let resumed = until_workflow(&app, &id, |v| v["status"] == "running").await;
+    assert_eq!(resumed["steps"][1]["state"], "waiting");
+    let again = app.leases(json!({"worker": "w"})).await;
+    assert_eq!(again[0]["task"]["id"], task.as_str());
+    let done =
+        app.http.post(app.url(&format!("/api/v1/leases/{}/complete", token(&again[0])))).json(&json!(5));
+    assert_eq!(done.send().await.unwrap().status(), 204);
+    let b = loop {
+        let leases = app.leases(json!({"worker": "w", "wait_ms": 5000})).await;
+        if let Some(lease) = leases.into_iter().next() {
+            break lease;
+        }
+    };
+    assert_eq!(b["payload"], 5);
+    let complete =
+        app.http.post(app.url(&format!("/api/v1/leases/{}/complete", token(&b)))).json(&json!("ok"));
+    assert_eq!(complete.send().await.unwrap().status(), 204);
+    let ended = until_workflow(&app, &id, |v| v["status"] != "running").await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert!(ended.get("error").is_none() && ended.get("failed_step").is_none(), "{ended}");
+}

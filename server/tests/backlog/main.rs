@@ -54,6 +54,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
                     expires_ms: None,
                     shared_payload: None,
                     traceparent: None,
+                    workflow: None,
                 };
                 queue.enqueue(&task).await.unwrap();
             }

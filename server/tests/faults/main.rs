@@ -253,3 +253,88 @@ async fn every_accepted_task_ends_across_two_redis_restarts() {
     assert!(worker.try_wait().unwrap().is_none(), "the worker keeps running");
     drop(server_redis);
 }
+
+/// A `courier` process (`serve` on `port`, or `worker` with `port` = None) on `url` and `prefix`.
+fn courier(url: &str, prefix: &str, port: Option<u16>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+    match port {
+        Some(port) => command.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--concurrency", "0"]),
+        None => command.args(["worker", "--concurrency", "4", "--lease", "1s"]),
+    };
+    command
+        .args(["--redis-url", url, "--prefix", prefix])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `GET path` on `base` until `check` holds of the JSON (a minute at most); retries while
+/// the server is starting.
+async fn until_json(
+    http: &reqwest::Client,
+    url: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = http.get(url).send().await
+            && let Ok(value) = response.json::<serde_json::Value>().await
+            && check(&value)
+        {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} never got there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_workflow_completes_after_its_worker_and_then_every_process_is_killed() {
+    let redis = TestRedis::start().await;
+    let url = redis.redis.url();
+    let prefix = unique_prefix();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let port = free_port().unwrap();
+    let mut server = courier(&url, &prefix, Some(port));
+    let mut worker = courier(&url, &prefix, None);
+    let base = format!("http://127.0.0.1:{port}");
+    until_json(&http, &format!("{base}/readyz"), |_| true).await;
+    let nap = json!({"ms": 2000, "steps": 4});
+    let body = json!({"steps": [
+        {"id": "a", "kind": "sleep", "payload": nap},
+        {"id": "b", "kind": "echo", "after": ["a"], "payload": {"x": 1}},
+        {"id": "c", "kind": "sleep", "after": ["b"], "payload": nap},
+        {"id": "d", "kind": "echo", "after": ["b", "c"], "payload": {"got": {"$from": "b", "pointer": "/x"}}},
+    ]});
+    let created = http.post(format!("{base}/api/v1/workflows")).json(&body).send().await.unwrap();
+    assert_eq!(created.status(), 202);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let view = format!("/api/v1/workflows/{id}");
+    let step_is =
+        |step: usize, state: &'static str| move |v: &serde_json::Value| v["steps"][step]["state"] == state;
+
+    // The worker dies mid-step: another takes the step over once its lease runs out.
+    until_json(&http, &format!("{base}{view}"), step_is(0, "running")).await;
+    signal(&worker, "KILL");
+    worker.wait().await.unwrap();
+    worker = courier(&url, &prefix, None);
+
+    // Every process dies mid-step, and comes back.
+    until_json(&http, &format!("{base}{view}"), step_is(2, "running")).await;
+    for child in [&server, &worker] {
+        signal(child, "KILL");
+    }
+    server.wait().await.unwrap();
+    worker.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let port = free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let _server = courier(&url, &prefix, Some(port));
+    let _worker = courier(&url, &prefix, None);
+    let ended = until_json(&http, &format!("{base}{view}"), |v| v["status"] != "running").await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let result: serde_json::Value =
+        http.get(format!("{base}{view}/result")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(result, json!({"d": {"got": 1}}));
+}
