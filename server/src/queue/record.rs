@@ -69,7 +69,7 @@ pub const ATTEMPT_LOG: &str = "a:";
 pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
 
 /// Every field a record may have (besides the attempt log's).
-pub const FIELDS: [&str; 30] = [
+pub const FIELDS: [&str; 32] = [
     KIND,
     STATUS,
     ATTEMPTS,
@@ -89,6 +89,8 @@ pub const FIELDS: [&str; 30] = [
     IDEMPOTENCY_KEY,
     EXPIRES,
     TRACEPARENT,
+    WORKFLOW,
+    WORKFLOW_STEP,
     LEASE,
     CANCEL,
     NEXT_RUN,
