@@ -1,5 +1,5 @@
-//! The Leptos pages: the submit form above a live task list, task search, a page per task, the
-//! dashboard, the queues, workers, topics, dead letters and audit trail, and the sign-in page.
+//! The Leptos pages: the submit forms (a task, a workflow) above a live task list, task search, a
+//! page per task, workflows with their graphs, the dashboard, the queues, workers, topics, dead letters and audit trail, and the sign-in page.
 //!
 //! Pages render on the server; data arrives in the browser after hydration, through the same
 //! public REST API and server-sent events that any client uses. What the signed-in token may do
@@ -20,6 +20,7 @@ mod sign_in;
 mod task_page;
 mod topics;
 mod workers;
+mod workflows;
 
 use crate::model::{Me, Status};
 use leptos::prelude::*;
@@ -93,6 +94,7 @@ pub fn App() -> impl IntoView {
                 <nav>
                     <A href="/">"Tasks"</A>
                     <A href="/search">"Search"</A>
+                    <A href="/workflows">"Workflows"</A>
                     <A href="/dashboard">"Dashboard"</A>
                     <A href="/queues">"Queues"</A>
                     <A href="/workers">"Workers"</A>
@@ -109,6 +111,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=home::HomePage/>
                     <Route path=path!("/tasks/:id") view=task_page::TaskPage/>
                     <Route path=path!("/search") view=search::SearchPage/>
+                    <Route path=path!("/workflows") view=workflows::WorkflowsPage/>
+                    <Route path=path!("/workflows/:id") view=workflows::WorkflowPage/>
                     <Route path=path!("/dead-letters") view=dead_letters::DeadLettersPage/>
                     <Route path=path!("/queues") view=queues::QueuesPage/>
                     <Route path=path!("/dashboard") view=dashboard::DashboardPage/>

@@ -19,6 +19,7 @@ pub fn HomePage() -> impl IntoView {
     view! {
         <Allowed scope="submit">
             <SubmitForm on_submitted=move |task| upsert(tasks, task)/>
+            <super::workflows::WorkflowForm/>
         </Allowed>
         <section class="task-list">
             <h2>"Tasks"</h2>

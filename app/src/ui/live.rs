@@ -8,7 +8,7 @@ pub use crate::model::RESET_EVENT;
 /// caller reloads what it shows. Does nothing on the server.
 #[cfg(feature = "hydrate")]
 pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
-    use crate::model::{QUEUE_EVENT, STATS_EVENT, Status};
+    use crate::model::{QUEUE_EVENT, STATS_EVENT, Status, workflow::WORKFLOW_EVENT};
     use leptos::prelude::on_cleanup;
     use send_wrapper::SendWrapper;
     use std::rc::Rc;
@@ -24,6 +24,7 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
         "progress",
         QUEUE_EVENT,
         STATS_EVENT,
+        WORKFLOW_EVENT,
         RESET_EVENT,
     ]);
     for name in names {
