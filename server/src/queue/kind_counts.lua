@@ -3,7 +3,8 @@
 -- kinds, so each kind's share of them is kept beside them, in keys built from `base`, the
 -- queue's key prefix (one hash tag):
 -- - `kind-counts` (hash): `{kind}:scheduled` and `{kind}:retrying`, each kind's members of the
---   delayed and retrying sets (a count back at 0 leaves the hash), and `since`, when the counts
+--   delayed and retrying sets (a count back at 0 stays, as a kind's lane does: deleting it would
+--   cost a command each time a kind's last waiting task leaves), and `since`, when the counts
 --   were last rebuilt from the sets (`rebuild_kind_counts`; none yet: they are not trusted);
 -- - `dead:kind:{kind}` (zset): the kind's dead letters, scored like the dead set (failure ms);
 -- - `dead-kinds` (set): the kinds with such a set.
@@ -23,10 +24,7 @@ local function count_waiting(base, kind, state, n)
   if not kind or n == 0 then
     return
   end
-  local counts, field = base .. ':kind-counts', kind .. ':' .. state
-  if redis.call('HINCRBY', counts, field, n) <= 0 then
-    redis.call('HDEL', counts, field)
-  end
+  redis.call('HINCRBY', base .. ':kind-counts', kind .. ':' .. state, n)
 end
 
 -- Adds `member` (a task of `kind`) to waiting `set` (delayed or retrying) at `score`.
