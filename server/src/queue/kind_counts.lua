@@ -41,6 +41,7 @@ local function leave_waiting(base, set, member, kind)
   end
 end
 
+-- The key of `kind`'s dead letters in the queue.
 local function dead_kind_key(base, kind)
   return base .. ':dead:kind:' .. kind
 end
