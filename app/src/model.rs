@@ -786,8 +786,8 @@ pub struct QueueStats {
     pub kinds: Vec<KindStats>,
 }
 
-/// One kind's tasks in a queue by state: `queued` and `running` (the kind's lanes know them;
-/// scheduled, retrying and dead tasks are counted per queue only).
+/// One kind's tasks in a queue by state, the same states as its queue's (`queued`, `scheduled`,
+/// `retrying`, `running`, `dead`), which they add up to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct KindStats {

@@ -13,8 +13,9 @@
 //! `record` (the task record's fields), `lease` (a worker's hold on an attempt, and the claim's
 //! reply), `fetch` (how free slots get leases), `finish` (how ended attempts are recorded in
 //! batches, taking the next leases), `backend` (the adapter to apalis). The Lua scripts beside
-//! them share helpers: `events.lua` (the one task event), `ends.lua` (what every end does),
-//! `session.lua`, `group.lua`, `lease.lua`.
+//! them share helpers: `events.lua` (the one task event), `kind_counts.lua` (each kind's share of
+//! the delayed, retrying and dead sets), `ends.lua` (what every end does), `session.lua`,
+//! `group.lua`, `lease.lua`.
 
 use crate::store::{Keys, now_ms};
 use app::model::{Priority, QueueCounts, QueueLimits, QueuedCounts, RateLimit};
@@ -82,6 +83,7 @@ struct Scripts {
 /// The helpers the scripts share, each prepended to the scripts that use it. A Lua local
 /// function must be defined before its first use, so they go in front in this order.
 const EVENTS: &str = include_str!("queue/events.lua");
+const KIND_COUNTS: &str = include_str!("queue/kind_counts.lua");
 const LANES: &str = include_str!("queue/lanes.lua");
 const SESSIONS: &str = include_str!("queue/session.lua");
 const GROUPS: &str = include_str!("queue/group.lua");
@@ -98,11 +100,14 @@ fn script(helpers: &[&str], body: &str) -> Script {
 
 impl Scripts {
     fn load() -> Scripts {
-        let leasing = [EVENTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
-        let ending = [EVENTS, LANES, SESSIONS, ENDS];
+        let leasing = [EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
+        let ending = [EVENTS, KIND_COUNTS, LANES, SESSIONS, ENDS];
         Scripts {
-            enqueue: script(&[EVENTS, LANES, SESSIONS, GROUPS], include_str!("queue/enqueue.lua")),
-            view: script(&[LANES, GROUPS], include_str!("queue/queue_view.lua")),
+            enqueue: script(
+                &[EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS],
+                include_str!("queue/enqueue.lua"),
+            ),
+            view: script(&[KIND_COUNTS, LANES, GROUPS], include_str!("queue/queue_view.lua")),
             claim: script(&leasing, include_str!("queue/claim.lua")),
             pull: script(&leasing, include_str!("queue/pull.lua")),
             renew: script(&[], include_str!("queue/renew.lua")),
@@ -111,7 +116,7 @@ impl Scripts {
             cancel: script(&ending, include_str!("queue/cancel.lua")),
             promote: script(&ending, include_str!("queue/promote.lua")),
             requeue: script(&ending, include_str!("queue/requeue.lua")),
-            purge: script(&[], include_str!("queue/purge.lua")),
+            purge: script(&[KIND_COUNTS], include_str!("queue/purge.lua")),
             release: script(&ending, include_str!("queue/release.lua")),
             depth: script(&[LANES, GROUPS], include_str!("queue/depth.lua")),
             prune_index: script(&[], include_str!("queue/prune_index.lua")),
@@ -223,18 +228,23 @@ pub struct QueueState {
     pub counts: QueueCounts,
     pub oldest_waiting_ms: Option<u64>,
     pub finished_last_minute: u64,
-    /// Per kind with a lane in the queue: its tasks queued and running, by kind name.
+    /// Per kind with a lane in the queue or tasks waiting for a time or in the dead letters: its
+    /// tasks by state, by kind name.
     pub kinds: std::collections::BTreeMap<String, KindCounts>,
 }
 
-/// One kind's tasks in a queue that its lane counts.
+/// One kind's tasks in a queue, by state: its lane counts those queued and running,
+/// kind_counts.lua those scheduled, retrying and dead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KindCounts {
     pub queued: u64,
     pub running: u64,
+    pub scheduled: u64,
+    pub retrying: u64,
+    pub dead: u64,
 }
 
-/// The per-kind counts of a queue view's reply (`kind:{kind}:queued`, `kind:{kind}:running`).
+/// The per-kind counts of a queue view's reply (`kind:{kind}:{state}`).
 fn kind_counts(
     reply: &std::collections::HashMap<String, String>,
 ) -> std::collections::BTreeMap<String, KindCounts> {
@@ -248,6 +258,9 @@ fn kind_counts(
         match state {
             "queued" => counts.queued = value,
             "running" => counts.running = value,
+            "scheduled" => counts.scheduled = value,
+            "retrying" => counts.retrying = value,
+            "dead" => counts.dead = value,
             _ => {}
         }
     }
@@ -673,6 +686,7 @@ impl Queue {
             .key(self.keys.index())
             .key(self.idempotency_key_or_none(idem.as_deref()))
             .arg(id.to_string())
+            .arg(self.keys.base())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(purged == 1)
@@ -721,6 +735,7 @@ impl Queue {
             .arg(GROUP)
             .arg(now_ms())
             .arg(self.keys.base())
+            .arg(self.settings.dead_retention.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let number = |name: &str| reply.get(name).and_then(|v| v.parse::<u64>().ok());

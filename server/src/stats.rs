@@ -157,19 +157,24 @@ fn key_starts(span: &Span, now: u64) -> Vec<u64> {
     (first..=last).step_by(span.key_ms as usize).collect()
 }
 
-/// A queue's counts by state, and its kinds' (queued and running: what their lanes know).
-fn queue_stats(queue: &Queue, state: &QueueState) -> QueueStats {
-    let c = &state.counts;
-    let counts = [
-        ("queued", c.queued.total()),
-        ("scheduled", c.scheduled),
-        ("retrying", c.retrying),
-        ("running", c.running),
-        ("dead", c.dead),
+/// Counts by state, every state named (zeros included), as the wire carries them.
+fn by_state(queued: u64, scheduled: u64, retrying: u64, running: u64, dead: u64) -> BTreeMap<String, u64> {
+    [
+        ("queued", queued),
+        ("scheduled", scheduled),
+        ("retrying", retrying),
+        ("running", running),
+        ("dead", dead),
     ]
     .into_iter()
     .map(|(name, n)| (name.to_string(), n))
-    .collect();
+    .collect()
+}
+
+/// A queue's counts by state, and each of its kinds'.
+fn queue_stats(queue: &Queue, state: &QueueState) -> QueueStats {
+    let c = &state.counts;
+    let counts = by_state(c.queued.total(), c.scheduled, c.retrying, c.running, c.dead);
     QueueStats {
         queue: queue.name().to_string(),
         paused: state.paused,
@@ -181,7 +186,7 @@ fn queue_stats(queue: &Queue, state: &QueueState) -> QueueStats {
             .iter()
             .map(|(kind, k)| KindStats {
                 kind: kind.clone(),
-                counts: [("queued".to_string(), k.queued), ("running".to_string(), k.running)].into(),
+                counts: by_state(k.queued, k.scheduled, k.retrying, k.running, k.dead),
             })
             .collect(),
     }

@@ -16,6 +16,9 @@
 //! | `{prefix}:{queue}:ready-lanes`   | set    | the kinds whose lane may hold tasks not handed out (what claims read) |
 //! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
 //! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |
+//! | `{prefix}:{queue}:dead:kind:{kind}` | zset | the same, of one kind (kind_counts.lua)  |
+//! | `{prefix}:{queue}:dead-kinds`    | set    | the kinds with such a set               |
+//! | `{prefix}:{queue}:kind-counts`   | hash   | `{kind}:scheduled`, `{kind}:retrying`: each kind's tasks in the delayed and retrying sets; `since`, when counted from the sets |
 //! | `{prefix}:{queue}:index`         | zset   | every retained id, for listing (by lex) |
 //! | `{prefix}:{queue}:index-prune`   | string | where the last prune of the index stopped |
 //! | `{prefix}:{queue}:expiring`      | zset   | ids of waiting tasks with an expiry, by it |

@@ -9,16 +9,15 @@ if not status then
 end
 if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', ARGV[1], 'finished', ARGV[1])
-  local priority = redis.call('HGET', KEYS[1], 'priority') or 'n'
-  redis.call('ZREM', KEYS[2], priority .. ':' .. ARGV[2])
-  redis.call('ZREM', KEYS[6], priority .. ':' .. ARGV[2])
-  local ref = redis.call('HGET', KEYS[1], 'payload_ref')
-  keep_after_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[5] or '', ARGV[4], ARGV[1])
+  local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'priority', 'payload_ref')
+  local member = (f[3] or 'n') .. ':' .. ARGV[2]
+  leave_waiting(ARGV[7], KEYS[2], member, f[1])
+  leave_waiting(ARGV[7], KEYS[6], member, f[1])
+  keep_after_end(ARGV[7], ARGV[2], f[4], ARGV[6] == '1' and KEYS[5] or '', ARGV[4], ARGV[1])
   count_ends(ARGV[7], ARGV[1], 1)
   if ARGV[5] ~= '' then
     leave_session(ARGV[7], KEYS[4], ARGV[2])
   end
-  local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts')
   emit_event(KEYS[3], ARGV[3], ARGV[7], 'cancelled', ARGV[2], f[1], 'cancelled', f[2], '', '', ARGV[1])
   return 'cancelled'
 end

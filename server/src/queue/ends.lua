@@ -130,9 +130,9 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
   local err = 'the task expired before an attempt could start'
   redis.call('HSET', task, 'status', 'failed', 'updated', now, 'finished', now, 'error', err,
     'dead_reason', 'expired', 'lease', '', 'cancel', '', 'next_run', '')
-  redis.call('ZREM', base .. ':delayed', (f[3] or 'n') .. ':' .. id)
-  redis.call('ZREM', base .. ':retrying', (f[3] or 'n') .. ':' .. id)
-  redis.call('ZADD', base .. ':dead', now, id)
+  leave_waiting(base, base .. ':delayed', (f[3] or 'n') .. ':' .. id, f[1])
+  leave_waiting(base, base .. ':retrying', (f[3] or 'n') .. ':' .. id, f[1])
+  add_dead(base, base .. ':dead', id, f[1], now, dead_keep)
   keep_after_end(base, id, f[6], f[5], dead_keep, now)
   count_ends(base, now, 1)
   record_stats(base, now, 0, 1, nil)

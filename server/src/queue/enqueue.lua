@@ -60,7 +60,7 @@ local function store(a)
   if session ~= '' then
     join_session(base, base .. ':session:' .. session, kind, id)
   elseif due ~= '' then
-    redis.call('ZADD', KEYS[1], due, priority .. ':' .. id)
+    enter_waiting(base, KEYS[1], due, priority .. ':' .. id, kind)
   else
     queue_on_lane(base, kind, TAG_INDEX[priority] or 2, id)
   end

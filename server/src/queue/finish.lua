@@ -64,7 +64,7 @@ for a = 11, #ARGV, 13 do
       -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL.
       redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due,
         'lease', '', 'cancel', '', logged, log_entry)
-      redis.call('ZADD', KEYS[2], due, (f[5] or 'n') .. ':' .. id)
+      enter_waiting(base, KEYS[2], due, (f[5] or 'n') .. ':' .. id, f[2])
     else
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
       -- are kept longer, for someone to look at.
@@ -90,8 +90,7 @@ for a = 11, #ARGV, 13 do
           outcome == 'failed' and ARGV[a + 9] or '')
         if outcome == 'failed' then
           keep = ctx.dead_keep
-          redis.call('ZADD', KEYS[3], now, id)
-          redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(now) - tonumber(keep)))
+          add_dead(base, KEYS[3], id, f[2], now, keep)
         end
       end
       -- The idempotency key lives as long as the task it stands for.

@@ -19,6 +19,8 @@ end
 local moved = #expiring
 for _, waiting in ipairs({KEYS[1], KEYS[4]}) do
   local members = redis.call('ZRANGEBYSCORE', waiting, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+  -- Each kind's tasks that leave the set, counted out of it once per kind.
+  local left = {}
   for _, member in ipairs(members) do
     local tag, id = string.match(member, '^(%a):(.+)$')
     id = id or member
@@ -26,10 +28,15 @@ for _, waiting in ipairs({KEYS[1], KEYS[4]}) do
     local kind = redis.call('HGET', ARGV[3] .. ':task:' .. id, 'kind')
     if kind then
       queue_on_lane(ARGV[3], kind, TAG_INDEX[tag] or 2, id)
+      left[kind] = (left[kind] or 0) + 1
     end
   end
   if #members > 0 then
+    -- Read in this script, so every one of them is there to remove.
     redis.call('ZREM', waiting, unpack(members))
+    for kind, n in pairs(left) do
+      count_waiting(ARGV[3], kind, waiting_state(waiting), -n)
+    end
   end
   moved = math.max(moved, #members)
 end

@@ -1,12 +1,13 @@
 -- Deletes a dead letter: its record, payload and result. A payload shared with other tasks (a
 -- topic message's) stays, to expire when the last of them does.
 -- KEYS: task, dead, payload, result, index, idempotency key
--- ARGV: task id
+-- ARGV: task id, key base
 -- Returns 1 when deleted, 0 when it is not a dead letter.
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then
+local f = redis.call('HMGET', KEYS[1], 'kind', 'payload_ref')
+if not remove_dead(ARGV[2], KEYS[2], ARGV[1], f[1]) then
   return 0
 end
-local ref = redis.call('HGET', KEYS[1], 'payload_ref')
+local ref = f[2]
 if ref and ref ~= '' then
   redis.call('DEL', KEYS[1], KEYS[4], KEYS[6])
 else

@@ -109,7 +109,7 @@ mod tests {
     use super::FIELDS;
 
     /// Every script of the queue, by file name.
-    const SCRIPTS: [(&str, &str); 18] = [
+    const SCRIPTS: [(&str, &str); 19] = [
         ("cancel.lua", include_str!("cancel.lua")),
         ("claim.lua", include_str!("claim.lua")),
         ("depth.lua", include_str!("depth.lua")),
@@ -118,6 +118,7 @@ mod tests {
         ("events.lua", include_str!("events.lua")),
         ("finish.lua", include_str!("finish.lua")),
         ("group.lua", include_str!("group.lua")),
+        ("kind_counts.lua", include_str!("kind_counts.lua")),
         ("lease.lua", include_str!("lease.lua")),
         ("progress.lua", include_str!("progress.lua")),
         ("promote.lua", include_str!("promote.lua")),

@@ -4,7 +4,8 @@
 -- ARGV: now ms, task id, events maxlen, retention ms (unused), session ('' for none),
 --       has idempotency key (1|0), key base
 -- Returns 1 when requeued, 0 when it is not a dead letter (or has expired).
-if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 or redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
+local kind = redis.call('HGET', KEYS[1], 'kind')
+if not remove_dead(ARGV[7], KEYS[2], ARGV[2], kind) or redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated', ARGV[1], 'error', '',
@@ -12,7 +13,6 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated', ARGV[1
 redis.call('HDEL', KEYS[1], 'finished', 'dead_reason', 'next_run', 'expires')
 local ref = redis.call('HGET', KEYS[1], 'payload_ref')
 keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[5] or '')
-local kind = redis.call('HGET', KEYS[1], 'kind')
 if ARGV[5] ~= '' then
   -- Back at the end of its session, to run when the session's earlier tasks are done.
   join_session(ARGV[7], KEYS[4], kind, ARGV[2])

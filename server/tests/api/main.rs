@@ -8,6 +8,7 @@ mod dead_letter_filters;
 mod dead_letters;
 mod edge;
 mod events;
+mod kind_counts;
 mod kinds;
 mod listing;
 mod metrics;
