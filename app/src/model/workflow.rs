@@ -23,8 +23,10 @@ pub const WORKFLOW_EVENT: &str = "workflow";
 pub struct WorkflowRequest {
     /// A name to recognise it by (at most 200 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(min_length = 1, max_length = 200))]
     pub name: Option<String>,
     /// The steps, 1 to 500 of them, in any order.
+    #[cfg_attr(feature = "ssr", schema(min_items = 1, max_items = 500))]
     pub steps: Vec<StepRequest>,
 }
 
@@ -34,6 +36,7 @@ pub struct WorkflowRequest {
 #[serde(deny_unknown_fields)]
 pub struct StepRequest {
     /// Unique within the workflow: 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    #[cfg_attr(feature = "ssr", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub id: String,
     pub kind: String,
     /// The task's payload. Any value in it may be `{"$from": "<parent>", "pointer": "/a/b"}`: the

@@ -64,7 +64,7 @@ const POLL_AFTER_S: u64 = 1;
     summary = "Create a workflow",
     request_body = WorkflowRequest,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same definition gives the same workflow"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,253}[!-~])?$", description = "The same key with the same definition gives the same workflow (1 to 255 visible ASCII characters)"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): wait up to N s for the workflow to end and answer with its result"),
     ),
     responses(
