@@ -283,7 +283,7 @@ fn json_submission(body: &Bytes, request: SubmitRequest<&RawValue>) -> Submissio
     Submission { kind: request.kind, payload, options, idempotency_key: None }
 }
 
-fn unsupported_media_type(detail: &str) -> ApiError {
+pub(super) fn unsupported_media_type(detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
         .detail(detail)
 }

@@ -4,7 +4,7 @@
 
 use super::{
     ApiError, AppState,
-    api::{is_json, prefer_wait, spend},
+    api::{is_json, prefer_wait, spend, unsupported_media_type},
     auth::no_such_queue,
     off_runtime, parse_json, read_body,
 };
@@ -87,12 +87,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !is_json(content_type) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-        )
-        .detail("send the workflow as JSON (Content-Type: application/json)"));
+        return Err(unsupported_media_type("send the workflow as JSON (Content-Type: application/json)"));
     }
     let idempotency_key = super::api::idempotency_key(&headers)?;
     let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
