@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 use spec::Spec;
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex},
     time::Duration,
 };
 use tokio::sync::Notify;
@@ -61,6 +61,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 const SWEEP_BATCH: usize = 200;
 /// How many workflows one server looks at at once.
 const LOOKERS: usize = 8;
+/// The largest workflow definition: it is read again at every look, so large payloads belong in
+/// tasks of their own (a step's result passes on by reference), not in the definition.
+pub const MAX_DEFINITION_BYTES: u64 = 1024 * 1024;
 /// How many tasks of a map step are submitted at once.
 const SUBMIT_AT_ONCE: usize = 16;
 
@@ -432,33 +435,60 @@ impl Workflows {
 
     /// Takes the running workflows due a look (`all`: every one) and asks for each: claimed by
     /// pushing their next look back, so that one server takes each.
+    /// Also drops from the listing a batch of the workflows created before the retention that are
+    /// gone (those that ended and expired), so that it does not grow for ever.
     async fn sweep(&self, all: bool) -> redis::RedisResult<()> {
-        const CLAIM: &str = r"
+        static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+            redis::Script::new(
+                r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(due) do
   redis.call('ZADD', KEYS[1], ARGV[2], id)
 end
-return due";
+return due",
+            )
+        });
+        static PRUNE: LazyLock<redis::Script> = LazyLock::new(|| {
+            redis::Script::new(
+                r"
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(old) do
+  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+  end
+end",
+            )
+        });
         let now = now_ms();
         let until = if all { u64::MAX / 2 } else { now };
-        let ids: Vec<String> = redis::Script::new(CLAIM)
+        let mut conn = self.inner.conn.clone();
+        let ids: Vec<String> = CLAIM
             .key(self.running_key())
             .arg(until)
             .arg(now + RECHECK.as_millis() as u64)
             .arg(SWEEP_BATCH)
-            .invoke_async(&mut self.inner.conn.clone())
+            .invoke_async(&mut conn)
             .await?;
         for id in ids.iter().filter_map(|id| id.parse().ok()) {
             self.ask(id, None);
         }
-        Ok(())
+        let created_before = now.saturating_sub(self.inner.retention.as_millis() as u64);
+        PRUNE
+            .key(self.list_key())
+            .arg(created_before)
+            .arg(format!("{}:wf:", self.inner.prefix))
+            .arg(SWEEP_BATCH)
+            .invoke_async(&mut conn)
+            .await
     }
 
     /// Looks at workflow `id` under its lock: starts the steps that are ready, cancels what a
     /// cancellation asks, and records the new states with their events. `after`: the event that
     /// asked; nothing to do if a look that began after it has been made.
     async fn look(&self, id: Uuid, after: Option<Position>) -> redis::RedisResult<()> {
-        const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end";
+        static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+            redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
+        });
         let lock = format!("{}:lock", self.key(&id));
         let token = Uuid::now_v7().to_string();
         let mut conn = self.inner.conn.clone();
@@ -482,8 +512,7 @@ return due";
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let looked = self.look_locked(id, after).await;
-        let _: redis::RedisResult<()> =
-            redis::Script::new(RELEASE).key(&lock).arg(&token).invoke_async(&mut conn).await;
+        let _: redis::RedisResult<()> = RELEASE.key(&lock).arg(&token).invoke_async(&mut conn).await;
         looked
     }
 

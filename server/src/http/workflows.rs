@@ -73,7 +73,7 @@ const POLL_AFTER_S: u64 = 1;
             headers(("Location" = String, description = "The status monitor"), ("Retry-After" = u64, description = "Seconds before polling the status"))),
         (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "A step's queue is outside the token's", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The definition is over 1 MiB (or `--max-payload`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A cycle, an unknown step or kind, a payload its kind refuses (the step named); or (`Prefer: wait`) the workflow failed", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The token is past `--rate-limit`", body = Problem, content_type = "application/problem+json"),
@@ -90,7 +90,8 @@ pub async fn create(
         return Err(unsupported_media_type("send the workflow as JSON (Content-Type: application/json)"));
     }
     let idempotency_key = super::api::idempotency_key(&headers)?;
-    let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
+    let limit = state.max_payload.min(crate::workflows::MAX_DEFINITION_BYTES);
+    let body = read_body(body, &headers, limit, &state.body_budget).await?;
     let request: WorkflowRequest = off_runtime(body.bytes.clone(), |bytes| parse_json(bytes)).await?;
     let service = state.workflows.clone();
     let checked: Checked = tokio::task::spawn_blocking(move || service.check(request))

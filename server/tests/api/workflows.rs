@@ -402,3 +402,32 @@ async fn a_thousand_workflows_at_once_all_end() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_definition_over_a_mebibyte_is_refused_with_413() {
+    let app = spawn_app().await;
+    let big = "x".repeat(1024 * 1024);
+    let response = create(&app, json!({"steps": [{"id": "a", "kind": "echo", "payload": big}]})).await;
+    assert_problem(response, 413, "/problems/payload-too-large").await;
+}
+
+#[tokio::test]
+async fn an_ended_workflow_goes_after_its_retention_and_leaves_the_listing() {
+    let app = spawn_app_with(|c| c.retention = Duration::from_secs(1)).await;
+    let view = create_ok(&app, json!({"steps": [{"id": "a", "kind": "echo", "payload": 1}]})).await;
+    let id = id_of(&view);
+    assert_eq!(until_ended(&app, &id).await["status"], "succeeded");
+    let listing = format!("{}:workflows", app.prefix);
+    let mut redis = app.redis().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed: u64 = redis::AsyncCommands::zcard(&mut redis, &listing).await.unwrap();
+        let gone =
+            app.http.get(app.url(&format!("/api/v1/workflows/{id}"))).send().await.unwrap().status() == 404;
+        if listed == 0 && gone {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still listed: {listed}, gone: {gone}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
