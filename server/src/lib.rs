@@ -18,6 +18,7 @@ pub mod push;
 pub mod queue;
 pub mod queues;
 pub mod redis_client;
+pub mod schedules;
 pub mod stats;
 pub mod store;
 pub mod tasks;
@@ -125,6 +126,13 @@ impl Server {
         let shutdown = CancellationToken::new();
         let workers = workers::Workers::new(conn.clone(), &config.prefix, config.lease);
 
+        // Every process ticks the schedules, `serve` and `worker` alike: no leader.
+        let tasks = Tasks::new(queues.clone(), registry.clone(), config.max_attempts);
+        let schedules = schedules::Schedules::new(conn.clone(), &config.prefix, tasks.clone());
+        if let Some((path, file)) = &file {
+            schedules.declare_from_file(path, &file.schedules).await?;
+        }
+        tokio::spawn(schedules.clone().tick(shutdown.clone()));
         let runner = (config.concurrency > 0).then(|| {
             let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
             let choice = queue::parse_choice(&config.queues).unwrap_or(queue::QueueChoice::Every);
@@ -150,12 +158,12 @@ impl Server {
                     .await
                     .context("reading the event stream")?;
             tokio::spawn(kinds::follow_events(kinds.clone(), events.subscribe(), shutdown.clone()));
-            let tasks = Tasks::new(queues, registry, config.max_attempts);
             let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
             declare_subscriptions(&file, &topics).await?;
             let state = http::AppState {
                 tasks,
                 topics,
+                schedules,
                 kinds,
                 events,
                 sessions: auth::sessions::Sessions::new(conn.clone(), &config.prefix, tokens.clone()),

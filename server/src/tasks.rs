@@ -438,6 +438,12 @@ impl Tasks {
         Ok(tasks.iter().map(record_of).collect())
     }
 
+    /// Checks a submission as [`Tasks::submit`] would, storing nothing: a schedule's task is
+    /// checked when the schedule is put, long before a tick submits it.
+    pub fn check(&self, submission: Submission) -> Result<(), SubmitError> {
+        self.prepare(submission, false, "").map(|_| ())
+    }
+
     /// Validates and enqueues a task; on any error nothing is stored.
     pub async fn submit(&self, mut submission: Submission) -> Result<Submitted, SubmitError> {
         // What only an idempotent request needs is worked out only for one.
