@@ -340,3 +340,45 @@ async fn the_configuration_file_declares_schedules_at_start() {
         .expect("a bad schedule stops the start");
     assert!(format!("{refused:#}").contains("`cron`"), "{refused:#}");
 }
+
+#[tokio::test]
+async fn putting_a_schedule_needs_admin_and_a_token_of_some_queues_sees_only_their_schedules() {
+    use courier::auth::Scope::{Admin, Operate, Read};
+    let app = spawn_app().await;
+    let admin = app.make_token("admin", &[Admin, Read, Operate], &["*"], None).await;
+    for (name, queue) in [("in-a", "a"), ("in-b", "b")] {
+        let body = json!({"every": "1h", "task": {"kind": "echo", "queue": queue}});
+        let put = app.http.put(app.url(&format!("/api/v1/schedules/{name}"))).bearer_auth(&admin).json(&body);
+        assert_eq!(put.send().await.unwrap().status(), 201);
+    }
+    let of_a = app.make_token("of-a", &[Read, Operate], &["a"], None).await;
+    let listed: Value = app
+        .http
+        .get(app.url("/api/v1/schedules"))
+        .bearer_auth(&of_a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> =
+        listed["schedules"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["in-a"]);
+    let call =
+        |method: reqwest::Method, path: &str| app.http.request(method, app.url(path)).bearer_auth(&of_a);
+    assert_eq!(call(reqwest::Method::GET, "/api/v1/schedules/in-b").send().await.unwrap().status(), 404);
+    assert_eq!(
+        call(reqwest::Method::POST, "/api/v1/schedules/in-b/pause").send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        call(reqwest::Method::POST, "/api/v1/schedules/in-a/pause").send().await.unwrap().status(),
+        200
+    );
+    let body = json!({"every": "1h", "task": {"kind": "echo", "queue": "a"}});
+    let refused = call(reqwest::Method::PUT, "/api/v1/schedules/mine").json(&body).send().await.unwrap();
+    assert_problem(refused, 403, "/problems/forbidden").await;
+    let anonymous = app.http.get(app.url("/api/v1/schedules")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
