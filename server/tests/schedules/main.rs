@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 /// A `courier serve` child on a free port.
 struct Serve {
     base: String,
-    _child: Child,
+    child: Child,
 }
 
 /// Starts `count` `courier serve` processes on one Redis and prefix, and waits until each answers.
@@ -30,7 +30,7 @@ async fn serve(count: usize, redis_url: &str, prefix: &str) -> Vec<Serve> {
             .kill_on_drop(true)
             .spawn()
             .expect("courier serve starts");
-        servers.push(Serve { base: format!("http://127.0.0.1:{port}"), _child: child });
+        servers.push(Serve { base: format!("http://127.0.0.1:{port}"), child });
     }
     let http = reqwest::Client::new();
     for server in &servers {
@@ -84,13 +84,17 @@ async fn tasks_per_second(base: &str, queue: &str) -> BTreeMap<u64, usize> {
 }
 
 #[tokio::test]
-async fn three_processes_make_exactly_one_task_per_tick() {
+async fn three_processes_make_exactly_one_task_per_tick_and_lose_none_when_a_fourth_dies() {
     let redis = TestRedis::start().await;
-    let servers = serve(3, &redis.redis.url(), &unique_prefix()).await;
+    let mut servers = serve(4, &redis.redis.url(), &unique_prefix()).await;
     let schedule =
         json!({"every": "1s", "task": {"kind": "echo", "payload": {"tick": true}, "queue": "ticks"}});
     assert_eq!(put(&servers[0].base, "each-second", schedule).await.status(), 201);
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Three processes tick for 10 s; a fourth is killed (-9) half way, whatever it was doing.
+    tokio::time::sleep(Duration::from_millis(5_300)).await;
+    servers[3].child.start_kill().unwrap();
+    servers[3].child.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_700)).await;
     let deleted =
         client().delete(format!("{}/api/v1/schedules/each-second", servers[1].base)).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
