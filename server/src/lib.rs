@@ -56,6 +56,8 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: Option<axum::Router>,
     runner: Option<Arc<Runner>>,
+    /// Ticked from `run` on, in every process.
+    schedules: schedules::Schedules,
     config: Config,
     redis: Option<EmbeddedRedis>,
     shutdown: CancellationToken,
@@ -132,7 +134,6 @@ impl Server {
         if let Some((path, file)) = &file {
             schedules.declare_from_file(path, &file.schedules).await?;
         }
-        tokio::spawn(schedules.clone().tick(shutdown.clone()));
         let runner = (config.concurrency > 0).then(|| {
             let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
             let choice = queue::parse_choice(&config.queues).unwrap_or(queue::QueueChoice::Every);
@@ -163,7 +164,7 @@ impl Server {
             let state = http::AppState {
                 tasks,
                 topics,
-                schedules,
+                schedules: schedules.clone(),
                 kinds,
                 events,
                 sessions: auth::sessions::Sessions::new(conn.clone(), &config.prefix, tokens.clone()),
@@ -200,7 +201,7 @@ impl Server {
             }
             _ => None,
         };
-        Ok(Server { listener, probes, tls, router, runner, config, redis, shutdown })
+        Ok(Server { listener, probes, tls, router, runner, schedules, config, redis, shutdown })
     }
 
     /// The bound HTTP port; `None` for a worker-only process.
@@ -221,8 +222,9 @@ impl Server {
     /// Serves and works until SIGINT, SIGTERM or the shutdown token; then stops taking work,
     /// lets in-flight tasks finish within the grace period, and stops the embedded Redis.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Server { listener, probes, tls, router, runner, config, redis, shutdown } = self;
+        let Server { listener, probes, tls, router, runner, schedules, config, redis, shutdown } = self;
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(schedules.tick(shutdown.clone()));
         if let Some((listener, router)) = probes {
             info!(addr = %listener.local_addr()?, "serving /healthz and /metrics");
             let stop = shutdown.clone();
