@@ -393,3 +393,37 @@ async fn putting_a_schedule_needs_admin_and_a_token_of_some_queues_sees_only_the
     let anonymous = app.http.get(app.url("/api/v1/schedules")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+#[tokio::test]
+async fn a_courier_worker_process_ticks_the_schedules_too() {
+    let redis = TestRedis::start().await;
+    let (url, prefix) = (redis.redis.url(), unique_prefix());
+    let servers = serve(1, &url, &prefix).await;
+    let schedule = json!({"every": "1s", "task": {"kind": "echo", "queue": "by-worker"}});
+    assert_eq!(put(&servers[0].base, "each-second", schedule).await.status(), 201);
+    drop(servers);
+    let stopped_at = courier::store::now_ms();
+
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["worker", "--redis-url", &url, "--prefix", &prefix, "--concurrency", "2"])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("courier worker starts");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    let worked_until = courier::store::now_ms();
+
+    let servers = serve(1, &url, &prefix).await;
+    let by_worker: Vec<Value> = tasks_of(&servers[0].base, "by-worker")
+        .await
+        .into_iter()
+        .filter(|t| (stopped_at..worked_until).contains(&ms(&t["created_at"])))
+        .collect();
+    assert!(by_worker.len() >= 2, "the worker alone made {} ticks in 4 s", by_worker.len());
+    // It ran them too (those it had time for before it was killed).
+    let settled: Vec<&Value> =
+        by_worker.iter().filter(|t| ms(&t["created_at"]) + 1_000 < worked_until).collect();
+    assert!(!settled.is_empty() && settled.iter().all(|t| t["status"] == "succeeded"), "{by_worker:?}");
+}
