@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod schedules;
 pub mod workflow;
 
 /// Where a task is in its life; the last three are terminal.

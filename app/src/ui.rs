@@ -1,5 +1,6 @@
 //! The Leptos pages: the submit forms (a task, a workflow) above a live task list, task search, a
-//! page per task, workflows with their graphs, the dashboard, the queues, workers, topics, dead letters and audit trail, and the sign-in page.
+//! page per task, workflows with their graphs, the dashboard, the queues, workers, schedules,
+//! topics, dead letters and audit trail, and the sign-in page.
 //!
 //! Pages render on the server; data arrives in the browser after hydration, through the same
 //! public REST API and server-sent events that any client uses. What the signed-in token may do
@@ -15,6 +16,7 @@ mod home;
 mod json_tree;
 mod live;
 mod queues;
+mod schedules;
 mod search;
 mod sign_in;
 mod task_page;
@@ -98,6 +100,7 @@ pub fn App() -> impl IntoView {
                     <A href="/dashboard">"Dashboard"</A>
                     <A href="/queues">"Queues"</A>
                     <A href="/workers">"Workers"</A>
+                    <A href="/schedules">"Schedules"</A>
                     <A href="/topics">"Topics"</A>
                     <A href="/dead-letters">"Dead letters"</A>
                     <Allowed scope="admin">
@@ -117,6 +120,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/queues") view=queues::QueuesPage/>
                     <Route path=path!("/dashboard") view=dashboard::DashboardPage/>
                     <Route path=path!("/workers") view=workers::WorkersPage/>
+                    <Route path=path!("/schedules") view=schedules::SchedulesPage/>
                     <Route path=path!("/topics") view=topics::TopicsPage/>
                     <Route path=path!("/audit") view=audit::AuditTrailPage/>
                     <Route path=path!("/sign-in") view=sign_in::SignInPage/>

@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod problem;
 mod queues;
+mod schedules;
 mod session;
 mod sse;
 mod stats;
@@ -80,6 +81,7 @@ pub struct AppState {
     pub tasks: Tasks,
     pub topics: Topics,
     pub workflows: crate::workflows::Workflows,
+    pub schedules: crate::schedules::Schedules,
     pub kinds: Kinds,
     pub events: Events,
     /// The access tokens every API call is checked against.
@@ -146,6 +148,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/queues/{name}/pause", post(queues::pause))
         .route("/api/v1/queues/{name}/resume", post(queues::resume))
         .route("/api/v1/queues/{name}/leases", post(leases::take))
+        .route("/api/v1/schedules", get(schedules::list))
+        .route("/api/v1/schedules/{name}", get(schedules::get).put(schedules::put).delete(schedules::delete))
+        .route("/api/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/api/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/api/v1/schedules/{name}/run", post(schedules::run))
         .route("/api/v1/leases/{token}/heartbeat", post(leases::heartbeat))
         .route("/api/v1/leases/{token}/complete", post(leases::complete))
         .route("/api/v1/leases/{token}/fail", post(leases::fail))

@@ -18,6 +18,7 @@ pub mod push;
 pub mod queue;
 pub mod queues;
 pub mod redis_client;
+pub mod schedules;
 pub mod stats;
 pub mod store;
 pub mod tasks;
@@ -56,6 +57,8 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: Option<axum::Router>,
     runner: Option<Arc<Runner>>,
+    /// Ticked from `run` on, in every process.
+    schedules: schedules::Schedules,
     config: Config,
     redis: Option<EmbeddedRedis>,
     shutdown: CancellationToken,
@@ -126,6 +129,22 @@ impl Server {
         let shutdown = CancellationToken::new();
         let workers = workers::Workers::new(conn.clone(), &config.prefix, config.lease);
 
+        // Every process ticks the schedules, `serve` and `worker` alike: no leader.
+        let tasks = Tasks::new(queues.clone(), registry.clone(), config.max_attempts);
+        // A schedule may start a workflow in any process; only `serve` moves workflows on.
+        let workflows = workflows::Workflows::new(
+            tasks.clone(),
+            conn.clone(),
+            &config.prefix,
+            keys.events(),
+            config.events_max,
+            config.retention,
+        );
+        let schedules =
+            schedules::Schedules::new(conn.clone(), &config.prefix, tasks.clone(), workflows.clone());
+        if let Some((path, file)) = &file {
+            schedules.declare_from_file(path, &file.schedules).await?;
+        }
         let runner = (config.concurrency > 0).then(|| {
             let retry = RetryPolicy { base: config.retry_base, cap: config.retry_cap };
             let choice = queue::parse_choice(&config.queues).unwrap_or(queue::QueueChoice::Every);
@@ -151,22 +170,14 @@ impl Server {
                     .await
                     .context("reading the event stream")?;
             tokio::spawn(kinds::follow_events(kinds.clone(), events.subscribe(), shutdown.clone()));
-            let tasks = Tasks::new(queues, registry, config.max_attempts);
             let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
-            let workflows = workflows::Workflows::new(
-                tasks.clone(),
-                conn.clone(),
-                &config.prefix,
-                keys.events(),
-                config.events_max,
-                config.retention,
-            );
             workflows.start(&events, shutdown.clone());
             declare_subscriptions(&file, &topics).await?;
             let state = http::AppState {
                 tasks,
                 topics,
                 workflows,
+                schedules: schedules.clone(),
                 kinds,
                 events,
                 sessions: auth::sessions::Sessions::new(conn.clone(), &config.prefix, tokens.clone()),
@@ -203,7 +214,7 @@ impl Server {
             }
             _ => None,
         };
-        Ok(Server { listener, probes, tls, router, runner, config, redis, shutdown })
+        Ok(Server { listener, probes, tls, router, runner, schedules, config, redis, shutdown })
     }
 
     /// The bound HTTP port; `None` for a worker-only process.
@@ -224,8 +235,9 @@ impl Server {
     /// Serves and works until SIGINT, SIGTERM or the shutdown token; then stops taking work,
     /// lets in-flight tasks finish within the grace period, and stops the embedded Redis.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Server { listener, probes, tls, router, runner, config, redis, shutdown } = self;
+        let Server { listener, probes, tls, router, runner, schedules, config, redis, shutdown } = self;
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(schedules.tick(shutdown.clone()));
         if let Some((listener, router)) = probes {
             info!(addr = %listener.local_addr()?, "serving /healthz and /metrics");
             let stop = shutdown.clone();

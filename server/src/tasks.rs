@@ -483,6 +483,12 @@ impl Tasks {
         Ok(self.submit_once(task, queue, key_name, &request).await?.record)
     }
 
+    /// Checks a submission as [`Tasks::submit`] would, storing nothing: a schedule's task is
+    /// checked when the schedule is put, long before a tick submits it.
+    pub fn check(&self, submission: Submission) -> Result<(), SubmitError> {
+        self.prepare(submission, false, "").map(|_| ())
+    }
+
     /// Validates and enqueues a task; on any error nothing is stored.
     pub async fn submit(&self, mut submission: Submission) -> Result<Submitted, SubmitError> {
         // What only an idempotent request needs is worked out only for one.

@@ -92,6 +92,10 @@ pub struct FileConfig {
     /// `schema_file` allowed for `schema`; read by `kinds::Declaration::from_file_entry`.
     #[serde(default)]
     pub kinds: Vec<toml::Table>,
+    /// Schedules (`[[schedules]]`): each a `name` and the fields of
+    /// `app::model::schedules::ScheduleSpec`; read by `schedules::Schedules::declare_from_file`.
+    #[serde(default)]
+    pub schedules: Vec<toml::Table>,
 }
 
 /// A queue declared in the configuration file, with its limits (`[[queues]]`).

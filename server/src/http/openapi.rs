@@ -9,8 +9,8 @@
 //! arriving) is added to each operation by [`CommonProblems`] rather than repeated on each.
 
 use super::{
-    api, audit, dead_letters, kinds, leases, metrics, queues, session, sse, stats, tokens, topics, workers,
-    workflows,
+    api, audit, dead_letters, kinds, leases, metrics, queues, schedules, session, sse, stats, tokens, topics,
+    workers, workflows,
 };
 use app::model::{KindEvent, Problem, QueueEvent, Stats, StreamReset, TaskEvent, workflow::WorkflowEvent};
 use axum::{
@@ -68,6 +68,13 @@ use utoipa::{
         queues::pause,
         queues::resume,
         leases::take,
+        schedules::list,
+        schedules::get,
+        schedules::put,
+        schedules::delete,
+        schedules::pause,
+        schedules::resume,
+        schedules::run,
         leases::heartbeat,
         leases::complete,
         leases::fail,
@@ -108,6 +115,7 @@ use utoipa::{
         (name = "kinds", description = "Built-in kinds, and kinds declared without code"),
         (name = "topics", description = "Publish/subscribe: a message becomes a task per matching subscription"),
         (name = "queues", description = "Named queues: counts, limits, pause and resume"),
+        (name = "schedules", description = "Recurring schedules: a task per tick of a cron pattern or an interval, once however many processes run"),
         (name = "pull workers", description = "Workers in any language lease tasks over HTTP"),
         (name = "dead letters", description = "Tasks that failed for good: list, requeue, delete"),
         (name = "workflows", description = "Steps that run as tasks when the steps they come after end: chains, fan-out and fan-in, maps"),
