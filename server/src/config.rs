@@ -87,6 +87,19 @@ pub struct Config {
     #[arg(long, env = "COURIER_REDIS_URL", global = true)]
     pub redis_url: Option<RedisUrl>,
 
+    /// Answer a submission only once a replica of Redis holds it too (`WAIT 1` before the 202),
+    /// so that a primary that fails right after the answer loses no accepted task. Redis
+    /// replicates asynchronously: without this, the writes of the last moments before a
+    /// failover may be lost. Costs a round trip to a replica per group of submissions.
+    #[arg(long, env = "COURIER_DURABLE_SUBMIT", global = true)]
+    pub durable_submit: bool,
+
+    /// How long a durable submission waits for a replica; past it the answer is `503` with
+    /// Retry-After (the task is on the primary, not yet confirmed: retry with the same
+    /// Idempotency-Key).
+    #[arg(long, env = "COURIER_DURABLE_SUBMIT_TIMEOUT", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub durable_submit_timeout: Duration,
+
     /// A PEM file with the CA that signed the rediss:// server's certificate (a private CA).
     /// Unset: the system's trusted roots.
     #[arg(long, env = "COURIER_REDIS_CA_CERT", global = true)]
@@ -299,6 +312,20 @@ impl Config {
             (Some(_), None) => return Err(format!("--tls-cert needs --tls-key: {pair}")),
             (None, Some(_)) => return Err(format!("--tls-key needs --tls-cert: {pair}")),
             _ => {}
+        }
+        within(
+            "durable-submit-timeout",
+            self.durable_submit_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            "1ms",
+            "60s",
+        )?;
+        if self.durable_submit && self.redis_url.is_none() {
+            return Err(
+                "--durable-submit needs a --redis-url with a replica: the embedded redis-server has none"
+                    .into(),
+            );
         }
         let tls = self.redis_url.as_ref().is_some_and(|url| url.expose().starts_with("rediss://"));
         if self.redis_ca_cert.is_some() && !tls {
@@ -561,7 +588,7 @@ mod tests {
     fn the_defaults_are_valid_and_every_bad_setting_names_its_flag() {
         assert_eq!(Config::defaults().validate(), Ok(()));
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 9] = [
+        let cases: [(&str, Spoil); 10] = [
             ("--lease", |c| c.lease = Duration::ZERO),
             ("--retention", |c| c.retention = Duration::ZERO),
             ("--retention", |c| c.retention = Duration::from_secs(u64::MAX / 2000)),
@@ -571,6 +598,7 @@ mod tests {
             ("--max-body-memory", |c| c.max_body_memory = c.max_payload - 1),
             ("--concurrency", |c| c.concurrency = 1_000_000),
             ("--events-max", |c| c.events_max = 0),
+            ("--durable-submit-timeout", |c| c.durable_submit_timeout = Duration::ZERO),
         ];
         for (flag, spoil) in cases {
             let mut config = Config::defaults();
@@ -613,6 +641,25 @@ mod tests {
         }
         let error = Cli::try_parse_from(["courier", "--log-format", "yaml"]).unwrap_err();
         assert!(error.to_string().contains("--log-format"), "{error}");
+    }
+
+    #[test]
+    fn a_durable_submit_needs_a_redis_of_its_own() {
+        let cli = Cli::parse_from(["courier", "serve", "--durable-submit"]);
+        let error = cli.config.validate().expect_err("the embedded redis-server has no replica");
+        assert!(error.starts_with("--durable-submit") && error.contains("--redis-url"), "{error}");
+        let cli = Cli::parse_from([
+            "courier",
+            "--durable-submit",
+            "--durable-submit-timeout",
+            "250ms",
+            "--redis-url",
+            "redis://127.0.0.1:7000",
+        ]);
+        assert_eq!(cli.config.validate(), Ok(()));
+        assert!(cli.config.durable_submit);
+        assert_eq!(cli.config.durable_submit_timeout, Duration::from_millis(250));
+        assert!(!Config::defaults().durable_submit);
     }
 
     #[test]

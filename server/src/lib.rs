@@ -94,8 +94,9 @@ impl Server {
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_connection_timeout(Some(Duration::from_secs(2)));
-        let conn =
-            ConnectionManager::new_with_config(client.clone(), manager_config).await.with_context(|| {
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+            .await
+            .with_context(|| {
                 format!(
                     "connecting to Redis at {}",
                     config
@@ -105,11 +106,27 @@ impl Server {
                         .unwrap_or_else(|| "the embedded redis-server".into())
                 )
             })?;
+        let durable = match config.durable_submit {
+            // WAIT answers within its timeout; the connection waits a little longer for it.
+            true => Some(queue::Durable {
+                conn: ConnectionManager::new_with_config(
+                    client.clone(),
+                    manager_config
+                        .clone()
+                        .set_response_timeout(Some(config.durable_submit_timeout + Duration::from_secs(10))),
+                )
+                .await
+                .context("connecting to Redis for durable submissions")?,
+                timeout: config.durable_submit_timeout,
+            }),
+            false => None,
+        };
         let settings = QueueSettings {
             lease: config.lease,
             retention: config.retention,
             dead_retention: config.dead_retention,
             events_maxlen: config.events_max,
+            durable,
         };
         let queue = Queue::new(client.clone(), conn.clone(), &config.prefix, DEFAULT_QUEUE, settings);
         queue.open_lanes(&[]).await.context("opening the default queue's lanes")?;

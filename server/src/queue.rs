@@ -60,6 +60,38 @@ pub struct QueueSettings {
     pub dead_retention: Duration,
     /// The approximate cap of the events stream.
     pub events_maxlen: usize,
+    /// Set: submissions are confirmed by a replica before they are answered.
+    pub durable: Option<Durable>,
+}
+
+/// How submissions are made durable (`--durable-submit`): each enqueue is followed, in the same
+/// round trip, by `WAIT 1`, so it is answered only once a replica holds it.
+#[derive(Clone)]
+pub struct Durable {
+    /// A connection of its own: `WAIT` holds up every command behind it on its connection, and
+    /// covers the writes made on it.
+    pub conn: ConnectionManager,
+    /// How long to wait for the replica.
+    pub timeout: Duration,
+}
+
+impl Durable {
+    /// Confirms that a replica holds every write Redis took before `touch`, a write that changes
+    /// nothing (the same value again) sent on this connection: what another connection wrote,
+    /// this one can then wait for.
+    pub async fn confirm(&self, touch: redis::Cmd) -> redis::RedisResult<bool> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(touch).ignore();
+        pipe.add_command(enqueue::wait_for_replica(self));
+        let (replicas,): (u64,) = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(replicas >= enqueue::REPLICAS)
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
 }
 
 struct Scripts {

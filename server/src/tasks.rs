@@ -95,8 +95,23 @@ pub enum SubmitError {
     QueueFull { queue: String, waiting: u64, max_depth: u64 },
     #[error("{0}")]
     TooManyQueues(String),
+    /// `--durable-submit`: the tasks are stored on the primary, but no replica confirmed them in
+    /// time.
+    #[error("{0}")]
+    Unconfirmed(String),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+}
+
+/// What a durable submission tells when no replica confirmed its tasks in time.
+fn unconfirmed(ids: impl Iterator<Item = Uuid>) -> String {
+    let ids: Vec<String> = ids.map(|id| id.to_string()).collect();
+    format!(
+        "no replica of Redis confirmed the submission in time: task {} is stored on the primary, \
+         not yet on a replica, so a failover now could lose it; retry with the same Idempotency-Key \
+         to have it confirmed",
+        ids.join(", ")
+    )
 }
 
 impl From<QueueError> for SubmitError {
@@ -374,10 +389,13 @@ impl Tasks {
     async fn enqueue(&self, tasks: &[NewTask]) -> Result<Queue, SubmitError> {
         let queue = self.queues.open(&tasks[0].queue).await?;
         match queue.enqueue_many(tasks).await? {
-            Enqueued::Stored => {
+            stored @ (Enqueued::Stored | Enqueued::Unconfirmed) => {
                 for task in tasks {
                     self.queues.remember(task.id, &queue);
                     crate::metrics::task_submitted(&task.queue, &task.kind);
+                }
+                if stored == Enqueued::Unconfirmed {
+                    return Err(SubmitError::Unconfirmed(unconfirmed(tasks.iter().map(|t| t.id))));
                 }
                 Ok(queue)
             }
@@ -426,17 +444,26 @@ impl Tasks {
             }
         }
         let mut stored: Vec<Uuid> = Vec::new();
+        let mut unconfirmed = None;
         for group in by_queue.values() {
             let group: Vec<NewTask> = group.iter().map(|&index| tasks[index].clone()).collect();
-            if let Err(refused) = self.enqueue(&group).await {
-                for id in &stored {
-                    let _ = self.cancel(id).await;
+            match self.enqueue(&group).await {
+                Ok(_) => {}
+                // Stored all the same: the others go on, and the answer says it.
+                Err(e @ SubmitError::Unconfirmed(_)) => unconfirmed = Some(e),
+                Err(refused) => {
+                    for id in &stored {
+                        let _ = self.cancel(id).await;
+                    }
+                    return Err(BatchError::Refused(refused));
                 }
-                return Err(BatchError::Refused(refused));
             }
             stored.extend(group.iter().map(|t| t.id));
         }
-        Ok(tasks.iter().map(record_of).collect())
+        match unconfirmed {
+            Some(e) => Err(BatchError::Refused(e)),
+            None => Ok(tasks.iter().map(record_of).collect()),
+        }
     }
 
     /// Checks what a workflow step will submit, before the workflow is stored: its kind, its
@@ -523,6 +550,8 @@ impl Tasks {
         match queue.claim_idempotency_key(&key_name, &format!("{} {digest}", task.id)).await? {
             None => match self.enqueue(std::slice::from_ref(&task)).await {
                 Ok(_) => Ok(Submitted { record: record_of(&task), replayed: false }),
+                // Stored: the key stays with the task, so that a retry confirms this one.
+                Err(e @ SubmitError::Unconfirmed(_)) => Err(e),
                 Err(e) => {
                     // Best effort: a key that stays claimed would make retries of this request fail.
                     let _ = queue.release_idempotency_key(&key_name).await;
@@ -535,7 +564,13 @@ impl Tasks {
                     return Err(SubmitError::IdempotencyKeyReused);
                 }
                 let id: Uuid = id.parse().map_err(|_| SubmitError::IdempotencyKeyReused)?;
-                Ok(Submitted { record: self.wait_for_record(&queue, &id).await?, replayed: true })
+                let record = self.wait_for_record(&queue, &id).await?;
+                // The first request's answer may have been lost, or unconfirmed: this one is
+                // confirmed afresh.
+                if !queue.confirm_durable(&key_name, &held).await? {
+                    return Err(SubmitError::Unconfirmed(unconfirmed(std::iter::once(id))));
+                }
+                Ok(Submitted { record, replayed: true })
             }
         }
     }

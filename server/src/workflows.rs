@@ -77,6 +77,13 @@ pub enum CreateError {
     Step { step: String, error: SubmitError },
     #[error("this Idempotency-Key was used for a different workflow")]
     IdempotencyKeyReused,
+    /// `--durable-submit`: stored on the primary, not confirmed by a replica in time.
+    #[error(
+        "no replica of Redis confirmed workflow {0} in time: it is stored on the primary, not yet \
+         on a replica, so a failover now could lose it; retry with the same Idempotency-Key to have \
+         it confirmed"
+    )]
+    Unconfirmed(Uuid),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -210,6 +217,9 @@ impl Workflows {
                 // The first request may be storing it still.
                 for _ in 0..50 {
                     if let Some(view) = self.view(&held_id).await? {
+                        let mut touch = redis::cmd("SET");
+                        touch.arg(idem_key).arg(&held).arg("XX").arg("KEEPTTL");
+                        self.confirm(held_id, touch).await?;
                         return Ok((view, true));
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -242,6 +252,9 @@ impl Workflows {
             .ignore()
             .exec_async(&mut conn)
             .await?;
+        let mut touch = redis::cmd("HSET");
+        touch.arg(self.key(&id)).arg("created").arg(now);
+        self.confirm(id, touch).await?;
         // Its first steps start now; should that fail, the sweep starts them.
         if let Err(e) = self.look(id, None).await {
             warn!(workflow = %id, error = %e, "starting a workflow's first steps failed; the sweep retries");
@@ -251,6 +264,16 @@ impl Workflows {
             .await?
             .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "the workflow was not stored")))?;
         Ok((view, false))
+    }
+
+    /// With `--durable-submit`, waits until a replica holds the workflow (`touch` rewrites a part
+    /// of it unchanged); an error if none does in time.
+    async fn confirm(&self, id: Uuid, touch: redis::Cmd) -> Result<(), CreateError> {
+        let queues = self.inner.tasks.queues();
+        match &queues.default_queue().settings().durable {
+            Some(durable) if !durable.confirm(touch).await? => Err(CreateError::Unconfirmed(id)),
+            _ => Ok(()),
+        }
     }
 
     /// Asks for the workflow to be cancelled: its running tasks are cancelled, nothing more
@@ -681,9 +704,14 @@ end",
         for outcome in submitted {
             match outcome {
                 Ok(record) => ids.push(record.id),
-                // Worth another try later (the sweep): Redis is away, the queue is full.
+                // Worth another try later (the sweep): Redis is away, the queue is full, no
+                // replica confirmed the task yet (the next try, under the step's key, does).
                 Err(SubmitError::Redis(e)) => return Err(e),
-                Err(e @ (SubmitError::QueueFull { .. } | SubmitError::TooManyQueues(_))) => {
+                Err(
+                    e @ (SubmitError::QueueFull { .. }
+                    | SubmitError::TooManyQueues(_)
+                    | SubmitError::Unconfirmed(_)),
+                ) => {
                     return Err(redis::RedisError::from((
                         redis::ErrorKind::Io,
                         "a step could not be queued",

@@ -169,6 +169,11 @@ impl From<SubmitError> for ApiError {
             SubmitError::TooManyQueues(detail) => {
                 ApiError::new(StatusCode::CONFLICT, "too-many-queues", "Too many queues").detail(detail)
             }
+            SubmitError::Unconfirmed(detail) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-replicated", "Not confirmed by a replica")
+                    .detail(detail)
+                    .retry_after(QUEUE_FULL_RETRY_AFTER_S)
+            }
             SubmitError::Redis(e) => e.into(),
         }
     }

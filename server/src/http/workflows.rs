@@ -10,6 +10,7 @@ use super::{
 };
 use crate::{
     auth::Access,
+    tasks::SubmitError,
     workflows::{Checked, CreateError},
 };
 use app::model::{
@@ -46,6 +47,7 @@ impl From<CreateError> for ApiError {
             CreateError::IdempotencyKeyReused => {
                 ApiError::unprocessable("idempotency-key-reused", "Idempotency key reused", e.to_string())
             }
+            CreateError::Unconfirmed(_) => SubmitError::Unconfirmed(e.to_string()).into(),
             CreateError::Redis(e) => e.into(),
         }
     }

@@ -23,6 +23,9 @@ const GROUP_COMMIT_MAX: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueued {
     Stored,
+    /// Stored, but no replica confirmed it in time (`--durable-submit`): a failover now could
+    /// lose it.
+    Unconfirmed,
     /// The queue's `max_depth` would be passed: nothing was stored.
     Full {
         waiting: u64,
@@ -108,6 +111,17 @@ impl Queue {
         }
     }
 
+    /// Confirms that a replica holds every write this queue's durable connection made before,
+    /// and what `key` (an idempotency key, holding `value`) says, which an earlier request may
+    /// have stored through another connection: it is written again, unchanged, and waited for.
+    /// Always `true` without `--durable-submit`.
+    pub async fn confirm_durable(&self, key: &str, value: &str) -> RedisResult<bool> {
+        let Some(durable) = self.settings.durable.as_ref() else { return Ok(true) };
+        let mut touch = redis::cmd("SET");
+        touch.arg(key).arg(value).arg("XX").arg("KEEPTTL");
+        durable.confirm(touch).await
+    }
+
     /// Stores `groups` of tasks in one script call, each all or none; the answer of each. Large
     /// payloads are staged in the same round trip, just before the script.
     async fn enqueue_groups(&self, groups: &[&[NewTask]]) -> RedisResult<Vec<Enqueued>> {
@@ -137,21 +151,54 @@ impl Queue {
                 .ignore();
         }
         pipe.invoke_script(&call);
-        let mut conn = self.conn.clone();
-        let sent: RedisResult<(Vec<Value>,)> = pipe.query_async(&mut conn).await;
+        let durable = self.settings.durable.as_ref();
+        if let Some(durable) = durable {
+            pipe.add_command(wait_for_replica(durable));
+        }
+        let mut conn = durable.map_or_else(|| self.conn.clone(), |durable| durable.conn.clone());
+        let sent: RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
         drop(pipe);
-        let replies = match sent {
+        let (replies, replicas): (Vec<Value>, Option<u64>) = match sent {
             // The first call since Redis last lost its scripts (a start, a restart): the payloads
             // are staged already; the script is loaded, and run.
-            Err(e) if e.code() == Some("NOSCRIPT") => call.invoke_async(&mut conn).await?,
-            other => other?.0,
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                let replies: Vec<Value> = call.invoke_async(&mut conn).await?;
+                let replicas = match durable {
+                    Some(durable) => Some(wait_for_replica(durable).query_async(&mut conn).await?),
+                    None => None,
+                };
+                (replies, replicas)
+            }
+            other => {
+                let mut replies = other?.into_iter();
+                let script = replies.next().map(redis::from_redis_value).transpose()?.unwrap_or_default();
+                (script, replies.next().map(redis::from_redis_value).transpose()?)
+            }
         };
-        let answers: Vec<Enqueued> = replies.into_iter().map(answer_of).collect();
+        let confirmed = replicas.is_none_or(|replicas| replicas >= REPLICAS);
+        let answers: Vec<Enqueued> = replies
+            .into_iter()
+            .map(answer_of)
+            .map(|answer| match answer {
+                Enqueued::Stored if !confirmed => Enqueued::Unconfirmed,
+                answer => answer,
+            })
+            .collect();
         if answers.contains(&Enqueued::Stored) {
             self.prune_index_now_and_then().await;
         }
         Ok(answers)
     }
+}
+
+/// The replicas a durable submission waits for.
+pub(super) const REPLICAS: u64 = 1;
+
+/// `WAIT`: until a replica holds every write made before on the connection, or the timeout.
+pub(super) fn wait_for_replica(durable: &super::Durable) -> redis::Cmd {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(REPLICAS).arg(durable.timeout.as_millis().max(1) as u64);
+    wait
 }
 
 /// One group's answer from the script: `1`, or `{waiting, max_depth}`.

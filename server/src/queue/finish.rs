@@ -272,6 +272,7 @@ mod tests {
             retention: Duration::from_secs(60),
             dead_retention: Duration::from_secs(120),
             events_maxlen: 1000,
+            durable: None,
         };
         let queue = Queue::new(client, conn, "unit", "default", settings);
         queue.open_lanes(&["echo".to_string()]).await.unwrap();

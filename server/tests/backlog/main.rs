@@ -28,6 +28,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
         retention: Duration::from_secs(3600),
         dead_retention: Duration::from_secs(3600),
         events_maxlen: 100_000,
+        durable: None,
     };
     let queue = Queue::new(client.clone(), conn, &prefix, DEFAULT_QUEUE, settings);
     queue.open_lanes(&["echo".to_string()]).await.unwrap();

@@ -338,3 +338,132 @@ async fn a_workflow_completes_after_its_worker_and_then_every_process_is_killed(
         http.get(format!("{base}{view}/result")).send().await.unwrap().json().await.unwrap();
     assert_eq!(result, json!({"d": {"got": 1}}));
 }
+
+/// A plain redis-server on `port` (no password, nothing saved), a replica of `primary` if given.
+fn redis_server(port: u16, dir: &std::path::Path, primary: Option<u16>) -> Child {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut command = Command::new("redis-server");
+    command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    command.arg("--dir").arg(dir);
+    if let Some(primary) = primary {
+        command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+    }
+    command.stdout(std::process::Stdio::null()).kill_on_drop(true).spawn().expect("redis-server starts")
+}
+
+/// Waits until `INFO replication` of the server at `url` holds `line`.
+async fn until_replication(url: &str, line: &str) {
+    let client = redis::Client::open(url).unwrap();
+    for _ in 0..200 {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && let Ok(info) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut conn).await
+            && info.lines().any(|l| l.trim() == line)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never said `{line}`");
+}
+
+/// Redis replicates asynchronously: a primary that fails right after a write may take it with
+/// it. A 202 from `--durable-submit` is only given once a replica holds the task; without it, a
+/// task can be accepted and then lost in a failover.
+#[tokio::test]
+async fn a_durable_submit_is_confirmed_by_a_replica_and_a_plain_one_can_be_lost_in_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary_port, replica_port) = (free_port().unwrap(), free_port().unwrap());
+    let mut primary = redis_server(primary_port, &dir.path().join("p"), None);
+    let _replica = redis_server(replica_port, &dir.path().join("r"), Some(primary_port));
+    let (primary_url, replica_url) =
+        (format!("redis://127.0.0.1:{primary_port}"), format!("redis://127.0.0.1:{replica_port}"));
+    until_replication(&replica_url, "master_link_status:up").await;
+    let prefix = unique_prefix();
+    let shared = |durable: bool| {
+        let prefix = prefix.clone();
+        move |c: &mut courier::config::Config| {
+            c.prefix = prefix;
+            c.concurrency = 0;
+            c.durable_submit = durable;
+            c.durable_submit_timeout = Duration::from_millis(300);
+        }
+    };
+    let plain = spawn_app_on(&primary_url, shared(false)).await;
+    let durable = spawn_app_on(&primary_url, shared(true)).await;
+    let task = json!({"kind": "echo", "payload": {"message": "kept?"}});
+
+    // With the replica in step, every durable submission is confirmed, one by one and in a batch.
+    let mut confirmed = Vec::new();
+    for _ in 0..5 {
+        confirmed.push(durable.submit_ok(task.clone()).await);
+    }
+    let batch = durable
+        .http
+        .post(durable.url("/api/v1/tasks/batch"))
+        .json(&json!({"tasks": [task.clone(), task.clone(), task.clone()]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 202);
+    let batch: serde_json::Value = batch.json().await.unwrap();
+    confirmed
+        .extend(batch["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()));
+    assert_eq!(confirmed.len(), 8);
+    let workflow = json!({"steps": [{"id": "a", "kind": "echo", "payload": {"n": 1}}]});
+    let created = durable.http.post(durable.url("/api/v1/workflows")).json(&workflow).send().await.unwrap();
+    assert_eq!(created.status(), 202);
+    let workflow_id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+
+    // The replica falls out of step (it is cut off, as a partition would): writes from now on
+    // are on the primary alone.
+    let replica_client = redis::Client::open(replica_url.as_str()).unwrap();
+    let mut replica_conn = replica_client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async(&mut replica_conn).await.unwrap();
+    until_replication(&primary_url, "connected_slaves:0").await;
+    let accepted_then_lost = plain.submit_ok(task.clone()).await;
+    let refused = durable
+        .http
+        .post(durable.url("/api/v1/tasks"))
+        .header("idempotency-key", "durable-1")
+        .json(&task)
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem = assert_problem(refused, 503, "/problems/not-replicated").await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("replica") && detail.contains("Idempotency-Key"), "{detail}");
+    // Its retry is no better while no replica has it: the same task, still unconfirmed.
+    let retried = durable
+        .http
+        .post(durable.url("/api/v1/tasks"))
+        .header("idempotency-key", "durable-1")
+        .json(&task)
+        .send()
+        .await
+        .unwrap();
+    let again = assert_problem(retried, 503, "/problems/not-replicated").await;
+    let task_of = |detail: &str| {
+        detail.split_whitespace().find_map(|w| w.trim_end_matches(',').parse::<uuid::Uuid>().ok())
+    };
+    assert_eq!(task_of(again["detail"].as_str().unwrap()), task_of(detail), "{again}");
+    assert!(task_of(detail).is_some(), "{detail}");
+    let unconfirmed =
+        durable.http.post(durable.url("/api/v1/workflows")).json(&workflow).send().await.unwrap();
+    assert_problem(unconfirmed, 503, "/problems/not-replicated").await;
+
+    // The primary dies; the replica, now the primary, is all that is left.
+    signal(&primary, "KILL");
+    primary.wait().await.unwrap();
+    let survivor = spawn_app_on(&replica_url, shared(false)).await;
+    for id in &confirmed {
+        let response = survivor.http.get(survivor.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200, "a confirmed task {id} survives the failover");
+    }
+    let kept =
+        survivor.http.get(survivor.url(&format!("/api/v1/workflows/{workflow_id}"))).send().await.unwrap();
+    assert_eq!(kept.status(), 200, "a confirmed workflow survives the failover");
+    let lost =
+        survivor.http.get(survivor.url(&format!("/api/v1/tasks/{accepted_then_lost}"))).send().await.unwrap();
+    assert_eq!(lost.status(), 404, "a plain submission was accepted, and lost with the primary");
+}
