@@ -354,8 +354,9 @@ impl Modify for CommonProblems {
                     add(
                         operation,
                         503,
-                        "Redis is unreachable, the request took longer than `--request-timeout`, or too many bodies \
-                         are being received (`Retry-After`)",
+                        "Redis is unreachable, the request took longer than `--request-timeout`, too many bodies \
+                         are being received, or (`--durable-submit`) no replica confirmed a submission in time \
+                         (`Retry-After`)",
                     );
                 }
             }
