@@ -1,9 +1,17 @@
-//! Task events: every process tails the queue's events stream once (a blocking read) and fans
-//! each event out to its server-sent-event clients; the stream id is the SSE id, so a client
-//! that reconnects with `Last-Event-ID` resumes on any instance without losing an event, or is
-//! told with a `reset` that what it missed is no longer kept.
+//! Task events: each queue has a stream of events (and kinds and workflows one each); every
+//! process tails them all (one blocking read) and fans each event out to its server-sent-event
+//! clients. A follower's SSE id is its [`Cursor`], a place in each stream, so a client that
+//! reconnects with `Last-Event-ID` resumes on any instance without losing an event, or is told
+//! with a `reset` that what it missed is no longer kept.
 
-use crate::store::{Keys, TaskRecord, rfc3339};
+mod cursor;
+
+pub use cursor::{Cursor, KINDS_CHANNEL, Position, WORKFLOWS_CHANNEL, is_channel};
+
+use crate::{
+    queues::Queues,
+    store::{Keys, TaskRecord, rfc3339, stream_key},
+};
 use app::model::{
     KIND_EVENT, KindEvent, QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent,
     workflow::{WORKFLOW_EVENT, WorkflowEvent},
@@ -13,7 +21,16 @@ use redis::{
     aio::{ConnectionManager, MultiplexedConnection},
     streams::StreamRangeReply,
 };
-use std::{borrow::Cow, collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -37,11 +54,13 @@ const CATCH_UP_BATCH: usize = 1000;
 /// client then reconnects with `Last-Event-ID`); the pauses between them double up to 5 s.
 const FOLLOW_ATTEMPTS: u32 = 8;
 
-/// An event with its position in the stream.
+/// An event with its place: its stream and its position there.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEvent {
-    /// The stream id, e.g. `1700000000000-0`; the SSE `id`.
-    pub id: String,
+    /// The stream it is in: its queue's (a task's, a queue's event), `_kinds` or `_workflows`.
+    pub channel: Arc<str>,
+    /// Its entry id in that stream.
+    pub position: Position,
     /// The SSE `event` name: a task's new status, `progress`, or `queue`.
     pub name: String,
     pub event: Pushed,
@@ -63,29 +82,15 @@ pub enum Pushed {
 }
 
 impl StoredEvent {
-    /// Its place in the stream.
-    pub fn position(&self) -> Option<Position> {
-        Position::parse(&self.id)
-    }
-
-    fn new(id: String, name: String, event: TaskEvent) -> StoredEvent {
-        let data = serde_json::to_string(&event).expect("events always serialize").into();
-        StoredEvent { id, name, event: Pushed::Task(event), data }
-    }
-
-    fn of_queue(id: String, event: QueueEvent) -> StoredEvent {
-        let data = serde_json::to_string(&event).expect("events always serialize").into();
-        StoredEvent { id, name: QUEUE_EVENT.to_string(), event: Pushed::Queue(event), data }
-    }
-
-    fn of_kind(id: String, event: KindEvent) -> StoredEvent {
-        let data = serde_json::to_string(&event).expect("events always serialize").into();
-        StoredEvent { id, name: KIND_EVENT.to_string(), event: Pushed::Kind(event), data }
-    }
-
-    fn of_workflow(id: String, event: WorkflowEvent, queues: Vec<String>) -> StoredEvent {
-        let data = serde_json::to_string(&event).expect("events always serialize").into();
-        StoredEvent { id, name: WORKFLOW_EVENT.to_string(), event: Pushed::Workflow(event, queues), data }
+    fn new(channel: Arc<str>, position: Position, name: String, event: Pushed) -> StoredEvent {
+        let data = match &event {
+            Pushed::Task(event) => serde_json::to_string(event),
+            Pushed::Queue(event) => serde_json::to_string(event),
+            Pushed::Kind(event) => serde_json::to_string(event),
+            Pushed::Workflow(event, _) => serde_json::to_string(event),
+        };
+        let data = data.expect("events always serialize").into();
+        StoredEvent { channel, position, name, event, data }
     }
 
     /// The task event, if this is one.
@@ -117,7 +122,7 @@ impl StoredEvent {
     /// Reads an entry of the events stream from its field/value list, as Redis sent it; `None`
     /// if it is not a well-formed event. Reading the values in place, without a map per entry,
     /// is most of what tailing the stream costs a busy server.
-    fn from_fields(id: String, fields: &[Value]) -> Option<StoredEvent> {
+    fn from_fields(channel: &Arc<str>, position: Position, fields: &[Value]) -> Option<StoredEvent> {
         let (
             mut name,
             mut task,
@@ -155,7 +160,8 @@ impl StoredEvent {
         let at = rfc3339(at?.parse().ok()?);
         if name? == QUEUE_EVENT {
             let paused = status? == "paused";
-            return Some(StoredEvent::of_queue(id, QueueEvent { queue: queue?.to_string(), paused, at }));
+            let event = Pushed::Queue(QueueEvent { queue: queue?.to_string(), paused, at });
+            return Some(StoredEvent::new(channel.clone(), position, QUEUE_EVENT.into(), event));
         }
         if name? == WORKFLOW_EVENT {
             let queues = queue.unwrap_or_default().split(',').map(str::to_string).collect();
@@ -166,16 +172,19 @@ impl StoredEvent {
                 error: error.map(str::to_string),
                 at,
             };
-            return Some(StoredEvent::of_workflow(id, event, queues));
+            let event = Pushed::Workflow(event, queues);
+            return Some(StoredEvent::new(channel.clone(), position, WORKFLOW_EVENT.into(), event));
         }
         if name? == KIND_EVENT {
             let declared = status? == "declared";
-            return Some(StoredEvent::of_kind(id, KindEvent { kind: kind.to_string(), declared, at }));
+            let event = Pushed::Kind(KindEvent { kind: kind.to_string(), declared, at });
+            return Some(StoredEvent::new(channel.clone(), position, KIND_EVENT.into(), event));
         }
         Some(StoredEvent::new(
-            id,
+            channel.clone(),
+            position,
             name?.to_string(),
-            TaskEvent {
+            Pushed::Task(TaskEvent {
                 task_id: task?.parse().ok()?,
                 kind: kind.to_string(),
                 // Written before queues had names: the default queue's.
@@ -186,16 +195,17 @@ impl StoredEvent {
                 error: error.map(str::to_string),
                 at,
                 workflow_id: workflow.and_then(|w| w.parse().ok()),
-            },
+            }),
         ))
     }
 
-    /// The event that stands for a task's current state, at stream position `id`.
-    pub fn snapshot(record: &TaskRecord, id: String) -> StoredEvent {
+    /// The event that stands for a task's current state, at `position` in its queue's stream.
+    pub fn snapshot(record: &TaskRecord, position: Position) -> StoredEvent {
         StoredEvent::new(
-            id,
+            record.queue.as_str().into(),
+            position,
             record.status.as_str().to_string(),
-            TaskEvent {
+            Pushed::Task(TaskEvent {
                 task_id: record.id,
                 kind: record.kind.clone(),
                 queue: record.queue.clone(),
@@ -205,14 +215,14 @@ impl StoredEvent {
                 error: record.error.clone(),
                 at: rfc3339(record.updated_ms),
                 workflow_id: None,
-            },
+            }),
         )
     }
 }
 
-/// The entries of an `XRANGE` reply (or of one stream of an `XREAD` reply): each entry's id,
-/// with its event when it is a well-formed one.
-fn entries_of(reply: Value) -> Vec<(String, Option<StoredEvent>)> {
+/// The entries of an `XRANGE` reply (or of one stream of an `XREAD` reply) of `channel`'s
+/// stream: each entry's position, with its event when it is a well-formed one.
+fn entries_of(channel: &Arc<str>, reply: Value) -> Vec<(Position, Option<StoredEvent>)> {
     let Value::Array(entries) = reply else { return Vec::new() };
     entries
         .into_iter()
@@ -222,31 +232,40 @@ fn entries_of(reply: Value) -> Vec<(String, Option<StoredEvent>)> {
                 Some(Value::Array(fields)) => fields,
                 _ => Vec::new(),
             };
-            let id = match parts.pop() {
-                Some(Value::BulkString(id)) => String::from_utf8(id).ok()?,
-                Some(Value::SimpleString(id)) => id,
+            let position = match parts.pop() {
+                Some(Value::BulkString(id)) => Position::parse(std::str::from_utf8(&id).ok()?)?,
+                Some(Value::SimpleString(id)) => Position::parse(&id)?,
                 _ => return None,
             };
-            let event = StoredEvent::from_fields(id.clone(), &fields);
-            Some((id, event))
+            Some((position, StoredEvent::from_fields(channel, position, &fields)))
         })
         .collect()
 }
 
-/// The entries of an `XREAD` reply over one stream (RESP2 array or RESP3 map); none on a timeout.
-fn read_entries(reply: Value) -> Vec<(String, Option<StoredEvent>)> {
-    let streams = match reply {
+/// The streams of an `XREAD` reply (RESP2 array or RESP3 map), each by its key, with its
+/// entries; none on a timeout.
+fn read_streams(reply: Value) -> Vec<(Vec<u8>, Value)> {
+    let key = |value: Value| match value {
+        Value::BulkString(key) => Some(key),
+        Value::SimpleString(key) => Some(key.into_bytes()),
+        _ => None,
+    };
+    match reply {
         Value::Array(streams) => streams
             .into_iter()
             .filter_map(|stream| match stream {
-                Value::Array(mut key_and_entries) if key_and_entries.len() == 2 => key_and_entries.pop(),
+                Value::Array(key_and_entries) if key_and_entries.len() == 2 => {
+                    let mut parts = key_and_entries.into_iter();
+                    Some((key(parts.next()?)?, parts.next()?))
+                }
                 _ => None,
             })
             .collect(),
-        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        Value::Map(streams) => {
+            streams.into_iter().filter_map(|(name, entries)| Some((key(name)?, entries))).collect()
+        }
         _ => Vec::new(),
-    };
-    streams.into_iter().flat_map(entries_of).collect()
+    }
 }
 
 /// Counts events in one-second buckets over a sliding window.
@@ -291,89 +310,39 @@ impl Throughput {
     }
 }
 
-/// A stream id as a comparable pair (milliseconds, sequence).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position(u64, u64);
-
-impl Position {
-    /// The position before every event.
-    pub const ZERO: Position = Position(0, 0);
-
-    /// Parses an id as Redis writes it, `<ms>-<seq>` in decimal digits; `None` for anything else.
-    pub fn parse(id: &str) -> Option<Position> {
-        let number = |digits: &str| {
-            let plain = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-            if plain { digits.parse().ok() } else { None }
-        };
-        let (ms, seq) = id.split_once('-')?;
-        Some(Position(number(ms)?, number(seq)?))
-    }
-
-    /// The first id after this one; `None` after the last id a stream can hold.
-    pub fn next(self) -> Option<Position> {
-        match self.1.checked_add(1) {
-            Some(seq) => Some(Position(self.0, seq)),
-            None => Some(Position(self.0.checked_add(1)?, 0)),
-        }
-    }
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
-
-/// What a follower is sent: an event, or word that events it asked for are gone.
+/// What a follower is sent: an event, or word that events it asked for are gone; with the
+/// follower's cursor after it, the SSE id.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Delivery {
-    Event(Arc<StoredEvent>),
-    Reset(Reset),
+    Event(Arc<StoredEvent>, String),
+    Reset(StreamReset, String),
 }
 
 impl Delivery {
-    /// The SSE `id`: the stream position a reconnecting client resumes after.
+    /// The SSE `id`: the place a reconnecting client resumes after.
     pub fn id(&self) -> &str {
         match self {
-            Delivery::Event(event) => &event.id,
-            Delivery::Reset(reset) => &reset.id,
+            Delivery::Event(_, id) | Delivery::Reset(_, id) => id,
         }
     }
 
     /// The SSE `event` name.
     pub fn name(&self) -> &str {
         match self {
-            Delivery::Event(event) => &event.name,
-            Delivery::Reset(_) => RESET_EVENT,
+            Delivery::Event(event, _) => &event.name,
+            Delivery::Reset(..) => RESET_EVENT,
         }
     }
 
     /// The SSE `data`, as JSON.
     pub fn data(&self) -> Cow<'_, str> {
         match self {
-            Delivery::Event(event) => Cow::Borrowed(&event.data),
-            Delivery::Reset(reset) => {
-                Cow::Owned(serde_json::to_string(&reset.reset).expect("a reset always serializes"))
+            Delivery::Event(event, _) => Cow::Borrowed(&event.data),
+            Delivery::Reset(reset, _) => {
+                Cow::Owned(serde_json::to_string(reset).expect("a reset always serializes"))
             }
         }
     }
-}
-
-/// A `reset`: the events after the follower's place are gone; it goes on after `id`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Reset {
-    /// The newest id of the stream when the gap was found; the follower continues after it.
-    pub id: String,
-    pub reset: StreamReset,
-}
-
-/// Where a catch-up starts.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Place {
-    /// After this id.
-    After(Position),
-    /// Nowhere known: the follower fell behind before it was sent anything.
-    Lost,
 }
 
 /// What `XINFO STREAM` says of the events stream: its ends, and whether it ever lost entries.
@@ -445,12 +414,12 @@ impl Bounds {
     }
 }
 
-/// One step of a catch-up.
+/// One step of a catch-up in one stream.
 enum Replay {
-    /// The next entries, oldest first: each id, with its event when it is a well-formed one.
-    Entries(Vec<(String, Option<StoredEvent>)>),
-    /// The place is gone; the follower goes on after the reset's id.
-    Gone(Reset, Position),
+    /// The next entries, oldest first: each position, with its event when it is a well-formed one.
+    Entries(Vec<(Position, Option<StoredEvent>)>),
+    /// The place is gone; the follower goes on after the stream's last id, given.
+    Gone(StreamReset, Position),
 }
 
 /// `XINFO STREAM` on a key that does not exist.
@@ -469,10 +438,11 @@ pub struct Admission {
 pub struct Follow {
     /// Only this task's events.
     pub task: Option<Uuid>,
-    /// The keys of that task's queue, to read its state again after a gap.
+    /// The keys of that task's queue, whose stream alone it reads, and where its state is read
+    /// again after a gap.
     pub task_keys: Option<Keys>,
-    /// Replay what came after this stream id first (from `Last-Event-ID`).
-    pub after: Option<Position>,
+    /// Replay what came after this place first (from `Last-Event-ID`).
+    pub after: Option<Cursor>,
     /// Send this first (a task's current state).
     pub first: Option<StoredEvent>,
     /// End after the first terminal event.
@@ -482,6 +452,18 @@ pub struct Follow {
     /// Asked every second: the stream ends once its reader may no longer read it (its token
     /// revoked or expired, or access control turned on under an anonymous reader).
     pub allowed: Option<StillAllowed>,
+}
+
+impl Follow {
+    /// Whether the follower reads `channel`'s stream: its task's queue's alone, or those of the
+    /// queues it reaches and Courier's own (whose events it is sent if it reaches all their
+    /// queues).
+    fn reads(&self, channel: &str) -> bool {
+        if let Some(keys) = &self.task_keys {
+            return keys.queue() == channel;
+        }
+        channel.starts_with('_') || self.within.as_ref().is_none_or(|within| within.allows(channel))
+    }
 }
 
 /// Whether an event stream's reader may still read it.
@@ -507,105 +489,193 @@ async fn next_check(recheck: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// The process's view of the events stream; cheap to clone.
+/// The process's view of the event streams; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
     conn: ConnectionManager,
-    keys: Keys,
+    prefix: Arc<str>,
+    queues: Queues,
     fanout: broadcast::Sender<Arc<StoredEvent>>,
     finished: Arc<Throughput>,
     /// One permit per open stream of followers.
     streams: Arc<Semaphore>,
     /// The permits `streams` started with: the most streams open at once.
     max_streams: usize,
-    /// The last entry the tail has read (and, after it, handed to the subscribers).
-    read_up_to: Arc<std::sync::Mutex<Option<Position>>>,
+    /// The last entry the tail has read of each stream (and, after it, handed to the
+    /// subscribers); every stream it reads is named, those still empty at zero.
+    read_up_to: Arc<std::sync::Mutex<Cursor>>,
+    /// Set when a queue may have been made: the tail reads the registry again.
+    stale: Arc<AtomicBool>,
+    /// The Redis client id of the tail's blocking connection, to wake it (`CLIENT UNBLOCK`).
+    tail_client: Arc<AtomicI64>,
     shutdown: CancellationToken,
 }
 
+/// How often the tail reads the queue registry for queues another process made.
+const CHANNELS_EVERY: Duration = Duration::from_secs(1);
+
 impl Events {
-    /// Starts tailing the events stream of `keys` from its current end, until `shutdown`; at
-    /// most `max_streams` followers at once.
+    /// Starts tailing the event streams of every queue under `queues` (and those of kinds and
+    /// workflows) from their current ends, until `shutdown`; at most `max_streams` followers at
+    /// once. Queues made later are tailed from their first event.
     pub async fn start(
         client: redis::Client,
         conn: ConnectionManager,
-        keys: Keys,
+        queues: Queues,
         max_streams: usize,
         shutdown: CancellationToken,
     ) -> redis::RedisResult<Events> {
         let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
         let max_streams = max_streams.min(Semaphore::MAX_PERMITS);
-        let streams = Arc::new(Semaphore::new(max_streams));
-        let finished = Arc::new(Throughput::default());
-        let read_up_to = Default::default();
-        let events = Events { conn, keys, fanout, finished, streams, max_streams, read_up_to, shutdown };
+        let events = Events {
+            conn,
+            prefix: queues.prefix().into(),
+            queues,
+            fanout,
+            finished: Default::default(),
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+            read_up_to: Default::default(),
+            stale: Default::default(),
+            tail_client: Default::default(),
+            shutdown,
+        };
         // Fix the starting point now: an event appended before the tail's first read still
         // reaches every subscriber that connected after `start` returned.
-        let from = events.latest_id().await?;
+        let channels = events.channels().await?;
+        let from = events.latest(&channels).await?;
+        *events.read_up_to.lock().expect("never poisoned") = from.clone();
         tokio::spawn(events.clone().tail(client, from));
+        tokio::spawn(events.clone().wake_on_new_queues());
         Ok(events)
     }
 
-    async fn latest_id(&self) -> redis::RedisResult<String> {
-        let latest: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(self.keys.events())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
+    /// Every stream there is: each queue's, and Courier's own.
+    async fn channels(&self) -> redis::RedisResult<Vec<Arc<str>>> {
+        let mut channels: Vec<Arc<str>> = vec![KINDS_CHANNEL.into(), WORKFLOWS_CHANNEL.into()];
+        channels.extend(self.queues.all().await?.iter().map(|queue| Arc::from(queue.name())));
+        Ok(channels)
     }
 
-    async fn tail(self, client: redis::Client, from: String) {
+    /// The newest entry of each of `channels`' streams.
+    async fn latest(&self, channels: &[Arc<str>]) -> redis::RedisResult<Cursor> {
+        let mut pipe = redis::pipe();
+        for channel in channels {
+            pipe.cmd("XREVRANGE").arg(self.key(channel)).arg("+").arg("-").arg("COUNT").arg(1);
+        }
+        let latest: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut cursor = Cursor::default();
+        for (channel, latest) in channels.iter().zip(latest) {
+            let position = latest.ids.first().and_then(|entry| Position::parse(&entry.id));
+            cursor.set(channel, position.unwrap_or(Position::ZERO));
+        }
+        Ok(cursor)
+    }
+
+    /// The key of `channel`'s stream.
+    fn key(&self, channel: &str) -> String {
+        stream_key(&self.prefix, channel)
+    }
+
+    /// Wakes the tail whenever this process makes a queue, so that its first events are read at
+    /// once rather than at the next look at the registry.
+    async fn wake_on_new_queues(self) {
+        let opened = self.queues.opened();
+        loop {
+            tokio::select! {
+                () = opened.notified() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            self.stale.store(true, Ordering::Release);
+            let client = self.tail_client.load(Ordering::Acquire);
+            if client > 0 {
+                let woken: redis::RedisResult<i64> =
+                    redis::cmd("CLIENT").arg("UNBLOCK").arg(client).query_async(&mut self.conn.clone()).await;
+                if let Err(e) = woken {
+                    debug!(error = %e, "waking the events tail failed; it looks again within a second");
+                }
+            }
+        }
+    }
+
+    async fn tail(self, client: redis::Client, from: Cursor) {
         let config = AsyncConnectionConfig::new().set_response_timeout(None);
         let mut conn: Option<MultiplexedConnection> = None;
         // Never skip an id, even across reconnects, so no subscriber misses an event.
-        let mut last = from;
+        let mut at = from;
+        let mut channels: Vec<Arc<str>> = at.channels().cloned().collect();
+        let mut keys: Vec<String> = channels.iter().map(|channel| self.key(channel)).collect();
+        let mut looked = tokio::time::Instant::now();
         let mut failures = 0u32;
         while !self.shutdown.is_cancelled() {
+            if self.stale.swap(false, Ordering::AcqRel) || looked.elapsed() >= CHANNELS_EVERY {
+                looked = tokio::time::Instant::now();
+                match self.channels().await {
+                    // A stream new to the tail is read from its beginning: every entry in it
+                    // was written after the tail started.
+                    Ok(found) => {
+                        let new: Vec<Arc<str>> =
+                            found.into_iter().filter(|c| !channels.contains(c)).collect();
+                        for channel in new {
+                            at.set(&channel, Position::ZERO);
+                            keys.push(self.key(&channel));
+                            channels.push(channel);
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "reading the queue registry failed; the tail tries again"),
+                }
+            }
             let step = async {
                 let conn = match &mut conn {
                     Some(conn) => conn,
-                    None => conn.insert(client.get_multiplexed_async_connection_with_config(&config).await?),
+                    None => {
+                        let mut fresh = client.get_multiplexed_async_connection_with_config(&config).await?;
+                        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut fresh).await?;
+                        self.tail_client.store(id, Ordering::Release);
+                        conn.insert(fresh)
+                    }
                 };
-                let from = last.clone();
-                let reply: Value = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(CATCH_UP_BATCH)
-                    .arg("BLOCK")
-                    .arg(1000)
-                    .arg("STREAMS")
-                    .arg(self.keys.events())
-                    .arg(&from)
-                    .query_async(conn)
-                    .await?;
-                redis::RedisResult::Ok((from, read_entries(reply)))
+                let mut read = redis::cmd("XREAD");
+                read.arg("COUNT").arg(CATCH_UP_BATCH).arg("BLOCK").arg(CHANNELS_EVERY.as_millis() as u64);
+                read.arg("STREAMS").arg(&keys);
+                for channel in &channels {
+                    read.arg(at.get(channel).to_string());
+                }
+                let reply: Value = read.query_async(conn).await?;
+                redis::RedisResult::Ok(read_streams(reply))
             };
             let step = tokio::select! {
                 step = step => step,
                 () = self.shutdown.cancelled() => break,
             };
             match step {
-                Ok((from, entries)) => {
+                Ok(streams) => {
                     failures = 0;
-                    last = entries.last().map(|(id, _)| id.clone()).unwrap_or(from);
-                    *self.read_up_to.lock().expect("never poisoned") = Position::parse(&last);
-                    for (_, event) in entries {
-                        if let Some(event) = event {
-                            if event.task().is_some_and(|t| t.status.is_terminal())
-                                && event.name != "progress"
-                            {
-                                self.finished.record(1);
-                            }
-                            // No receivers is fine: nobody is watching right now.
-                            let _ = self.fanout.send(Arc::new(event));
+                    let mut read = Vec::new();
+                    for (key, entries) in streams {
+                        let Some(index) = keys.iter().position(|k| k.as_bytes() == key) else { continue };
+                        let channel = &channels[index];
+                        for (position, event) in entries_of(channel, entries) {
+                            at.set(channel, position);
+                            read.extend(event);
                         }
+                    }
+                    let mut read_up_to = self.read_up_to.lock().expect("never poisoned");
+                    if *read_up_to != at {
+                        *read_up_to = at.clone();
+                    }
+                    drop(read_up_to);
+                    for event in read {
+                        if event.task().is_some_and(|t| t.status.is_terminal()) && event.name != "progress" {
+                            self.finished.record(1);
+                        }
+                        // No receivers is fine: nobody is watching right now.
+                        let _ = self.fanout.send(Arc::new(event));
                     }
                 }
                 Err(e) => {
                     conn = None;
+                    self.tail_client.store(0, Ordering::Release);
                     failures = (failures + 1).min(7);
                     let pause = Duration::from_millis(50 << failures).min(Duration::from_secs(5));
                     warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "tailing task events failed");
@@ -618,9 +688,10 @@ impl Events {
         }
     }
 
-    /// The last event the tail read: every event up to it has been handed to the subscribers.
-    pub fn position(&self) -> Option<Position> {
-        *self.read_up_to.lock().expect("never poisoned")
+    /// The last event the tail read of each stream: every event up to it has been handed to the
+    /// subscribers.
+    pub fn cursor(&self) -> Cursor {
+        self.read_up_to.lock().expect("never poisoned").clone()
     }
 
     /// Tasks finished per second over the last half minute, across every worker.
@@ -633,19 +704,23 @@ impl Events {
         self.fanout.subscribe()
     }
 
-    /// The next entries after `place` (oldest first, at most `count`), read in one transaction
-    /// with the stream's bounds, so that a place the stream no longer holds is always told.
-    async fn replay(&self, place: Place, count: usize) -> redis::RedisResult<Replay> {
-        let key = self.keys.events();
-        let after = match place {
-            Place::After(after) => Some(after),
-            Place::Lost => None,
-        };
-        let start = after.and_then(Position::next);
+    /// The next entries of `channel`'s stream after `after` (oldest first, at most `count`),
+    /// read in one transaction with the stream's bounds, so that a place the stream no longer
+    /// holds is always told. `named`: the place was this stream's own; a place in time (from a
+    /// cursor's base) may be past the stream's last entry.
+    async fn replay(
+        &self,
+        channel: &Arc<str>,
+        after: Position,
+        named: bool,
+        count: usize,
+    ) -> redis::RedisResult<Replay> {
+        let key = self.key(channel);
+        let start = after.next();
         let mut pipe = redis::pipe();
-        pipe.atomic().ignore_errors().cmd("XINFO").arg("STREAM").arg(key);
+        pipe.atomic().ignore_errors().cmd("XINFO").arg("STREAM").arg(&key);
         if let Some(start) = start {
-            pipe.cmd("XRANGE").arg(key).arg(start.to_string()).arg("+").arg("COUNT").arg(count);
+            pipe.cmd("XRANGE").arg(&key).arg(start.to_string()).arg("+").arg("COUNT").arg(count);
         }
         let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut self.conn.clone()).await?;
         let entries = match start {
@@ -660,27 +735,23 @@ impl Events {
             Some(Err(e)) => return Err(e),
             None => return Err(unreadable()),
         };
-        let gap = match after {
-            Some(after) => bounds.gap_after(after),
-            None => Some(ResetReason::Lagged),
-        };
-        Ok(match gap {
+        Ok(match bounds.gap_after(after) {
+            Some(ResetReason::Unknown) if !named => Replay::Entries(Vec::new()),
             Some(reason) => {
                 let oldest = bounds.first.map(|first| first.to_string());
-                let reset = Reset { id: bounds.last.to_string(), reset: StreamReset { reason, oldest } };
-                Replay::Gone(reset, bounds.last)
+                Replay::Gone(StreamReset { reason, oldest }, bounds.last)
             }
-            None => Replay::Entries(entries_of(entries)),
+            None => Replay::Entries(entries_of(channel, entries)),
         })
     }
 
-    /// A task's record together with the stream id current when it was read (one MULTI), so that
-    /// following from that id misses nothing and repeats nothing.
+    /// A task's record together with the position of its queue's stream when it was read (one
+    /// MULTI), so that following from there misses nothing and repeats nothing.
     pub async fn snapshot(&self, keys: &Keys, id: Uuid) -> redis::RedisResult<Option<StoredEvent>> {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("XREVRANGE")
-            .arg(self.keys.events())
+            .arg(keys.events())
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -689,7 +760,7 @@ impl Events {
             .arg(keys.task(&id));
         let (latest, fields): (StreamRangeReply, HashMap<String, String>) =
             pipe.query_async(&mut self.conn.clone()).await?;
-        let position = latest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into());
+        let position = latest.ids.first().and_then(|e| Position::parse(&e.id)).unwrap_or(Position::ZERO);
         Ok(TaskRecord::from_fields(id, keys.queue(), &fields)
             .map(|record| StoredEvent::snapshot(&record, position)))
     }
@@ -729,25 +800,28 @@ impl Events {
         tx: mpsc::Sender<Delivery>,
         _admission: Admission,
     ) {
-        let mut sent = follow.after;
-        let mut resume = follow.after.map(Place::After);
+        // A new follower starts where the tail is: what it read is history, what it reads next
+        // reaches the follower live.
+        let mut sent = follow.after.clone().unwrap_or_else(|| self.cursor());
+        sent.retain(|channel| follow.reads(channel));
+        let mut resume = follow.after.is_some();
         let mut recheck = follow.allowed.as_ref().map(|_| {
             let mut interval = tokio::time::interval(RECHECK_EVERY);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval
         });
         if let Some(first) = follow.first.clone() {
-            sent = first.position();
-            resume = sent.map(Place::After);
-            if self.deliver(&follow, &tx, Arc::new(first)).await.is_none() {
+            // What happened between the snapshot and the subscription is read from Redis.
+            sent.set(&first.channel, first.position);
+            resume = true;
+            if self.deliver(&follow, &tx, Arc::new(first), &sent).await.is_none() {
                 return;
             }
         }
         loop {
             // Catch up from Redis: after a Last-Event-ID, a snapshot, or falling behind. Boxed:
             // every subscriber's task would carry its size even though catching up is rare.
-            if let Some(place) = resume.take()
-                && Box::pin(self.catch_up(&follow, place, &mut sent, &tx)).await.is_none()
+            if std::mem::take(&mut resume) && Box::pin(self.catch_up(&follow, &mut sent, &tx)).await.is_none()
             {
                 return;
             }
@@ -764,30 +838,28 @@ impl Events {
             };
             match event {
                 Ok(event) => {
-                    let position = event.position();
-                    if sent.is_some() && position <= sent {
+                    if !follow.reads(&event.channel) || event.position <= sent.get(&event.channel) {
                         continue;
                     }
-                    sent = position;
-                    if self.deliver(&follow, &tx, event).await.is_none() {
+                    sent.set(&event.channel, event.position);
+                    if self.deliver(&follow, &tx, event, &sent).await.is_none() {
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    resume = Some(sent.map_or(Place::Lost, Place::After));
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => resume = true,
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }
 
-    /// Sends `event` if `follow` wants it; `None` once the follower is done (gone, or sent the
-    /// terminal event it waited for).
+    /// Sends `event` (the follower now at `sent`) if `follow` wants it; `None` once the follower
+    /// is done (gone, or sent the terminal event it waited for).
     async fn deliver(
         &self,
         follow: &Follow,
         tx: &mpsc::Sender<Delivery>,
         event: Arc<StoredEvent>,
+        sent: &Cursor,
     ) -> Option<()> {
         let task = event.task();
         if follow.task.is_some_and(|id| task.is_none_or(|t| t.task_id != id)) {
@@ -799,7 +871,7 @@ impl Events {
             return Some(());
         }
         let done = task.is_some_and(|t| t.status.is_terminal()) && follow.until_terminal;
-        self.send(tx, Delivery::Event(event)).await?;
+        self.send(tx, Delivery::Event(event, sent.to_string())).await?;
         (!done).then_some(())
     }
 
@@ -812,50 +884,49 @@ impl Events {
         }
     }
 
-    /// Sends from Redis what came after `place` as `follow` wants it, or a reset if the stream
-    /// no longer holds it; `None` once the follower is done. Everything newer than what it
-    /// read was published after the follower subscribed, so the live events carry on from there.
-    async fn catch_up(
-        &self,
-        follow: &Follow,
-        mut place: Place,
-        sent: &mut Option<Position>,
-        tx: &mpsc::Sender<Delivery>,
-    ) -> Option<()> {
-        loop {
-            match self.patiently(tx, || self.replay(place, CATCH_UP_BATCH)).await? {
-                Replay::Entries(entries) => {
-                    let full = entries.len() == CATCH_UP_BATCH;
-                    let from = place;
-                    for (id, event) in entries {
-                        if let Some(position) = Position::parse(&id) {
-                            *sent = Some(position);
-                            place = Place::After(position);
+    /// Sends from Redis what came after `sent` in each stream the follower reads, stream by
+    /// stream, or a reset for a stream that no longer holds it; `None` once the follower is
+    /// done. Everything newer than what it read was published after the follower subscribed,
+    /// so the live events carry on from there.
+    async fn catch_up(&self, follow: &Follow, sent: &mut Cursor, tx: &mpsc::Sender<Delivery>) -> Option<()> {
+        let channels: BTreeSet<Arc<str>> = match &follow.task_keys {
+            Some(keys) => BTreeSet::from([Arc::from(keys.queue())]),
+            None => self.cursor().channels().chain(sent.channels()).cloned().collect(),
+        };
+        for channel in channels.into_iter().filter(|channel| follow.reads(channel)) {
+            loop {
+                let (after, named) = (sent.get(&channel), sent.names(&channel));
+                match self.patiently(tx, || self.replay(&channel, after, named, CATCH_UP_BATCH)).await? {
+                    Replay::Entries(entries) => {
+                        let full = entries.len() == CATCH_UP_BATCH;
+                        for (position, event) in entries {
+                            sent.set(&channel, position);
+                            if let Some(event) = event {
+                                self.deliver(follow, tx, Arc::new(event), sent).await?;
+                            }
                         }
-                        if let Some(event) = event {
-                            self.deliver(follow, tx, Arc::new(event)).await?;
+                        if !full {
+                            break;
                         }
                     }
-                    if !full || place == from {
-                        return Some(());
+                    Replay::Gone(reset, last) => {
+                        sent.set(&channel, last);
+                        self.send(tx, Delivery::Reset(reset, sent.to_string())).await?;
+                        if let (Some(id), Some(keys), true) =
+                            (follow.task, &follow.task_keys, follow.until_terminal)
+                        {
+                            // A task's own stream promises its current state and to end with its
+                            // last event: after a gap, its state again (and the end if it is gone).
+                            let state = self.patiently(tx, || self.snapshot(keys, id)).await??;
+                            sent.advance(&channel, state.position);
+                            self.deliver(follow, tx, Arc::new(state), sent).await?;
+                        }
+                        break;
                     }
-                }
-                Replay::Gone(reset, last) => {
-                    *sent = Some(last);
-                    self.send(tx, Delivery::Reset(reset)).await?;
-                    if let (Some(id), Some(keys), true) =
-                        (follow.task, &follow.task_keys, follow.until_terminal)
-                    {
-                        // A task's own stream promises its current state and to end with its
-                        // last event: after a gap, its state again (and the end if it is gone).
-                        let state = self.patiently(tx, || self.snapshot(keys, id)).await??;
-                        *sent = state.position().max(*sent);
-                        self.deliver(follow, tx, Arc::new(state)).await?;
-                    }
-                    return Some(());
                 }
             }
         }
+        Some(())
     }
 
     /// Runs `call` for a follower, retrying a failed Redis call after a pause that doubles each
@@ -929,34 +1000,6 @@ mod tests {
     }
 
     #[test]
-    fn stream_positions_compare_numerically() {
-        assert!(Position::parse("10-0") > Position::parse("9-5"));
-        assert!(Position::parse("10-10") > Position::parse("10-9"));
-        assert_eq!(Position::parse("12-3"), Some(Position(12, 3)));
-        assert_eq!(Position(12, 3).to_string(), "12-3");
-    }
-
-    #[test]
-    fn only_ids_redis_writes_are_positions() {
-        for id in
-            ["12", "x-1", "1-x", "-1", "1-", "+1-1", "1-+1", " 1-1", "1-1-1", "18446744073709551616-0", ""]
-        {
-            assert_eq!(Position::parse(id), None, "{id:?}");
-        }
-        assert_eq!(
-            Position::parse("18446744073709551615-18446744073709551615"),
-            Some(Position(u64::MAX, u64::MAX))
-        );
-    }
-
-    #[test]
-    fn the_last_possible_id_has_no_successor() {
-        assert_eq!(Position(7, 1).next(), Some(Position(7, 2)));
-        assert_eq!(Position(7, u64::MAX).next(), Some(Position(8, 0)));
-        assert_eq!(Position(u64::MAX, u64::MAX).next(), None);
-    }
-
-    #[test]
     fn a_place_before_the_oldest_kept_entry_of_a_trimmed_stream_is_too_old() {
         let trimmed = Bounds { first: Some(Position(10, 0)), last: Position(20, 0), trimmed: true };
         assert_eq!(trimmed.gap_after(Position(9, 5)), Some(ResetReason::TooOld));
@@ -1017,7 +1060,7 @@ mod tests {
         .into_iter()
         .flat_map(|(k, v)| [bulk(k), bulk(v)])
         .collect();
-        let event = StoredEvent::from_fields("5-1".into(), &fields).unwrap();
+        let event = StoredEvent::from_fields(&"reports".into(), Position(5, 1), &fields).unwrap();
         assert_eq!(event.name, "progress");
         let task = event.task().unwrap();
         assert_eq!(task.progress, Some(40));
@@ -1039,7 +1082,7 @@ mod tests {
                 .into_iter()
                 .flat_map(|(k, v)| [bulk(k), bulk(v)])
                 .collect();
-        let event = StoredEvent::from_fields("5-2".into(), &fields).unwrap();
+        let event = StoredEvent::from_fields(&"reports".into(), Position(5, 2), &fields).unwrap();
         assert_eq!(event.name, "queue");
         assert_eq!(
             event.event,
@@ -1057,7 +1100,7 @@ mod tests {
             .into_iter()
             .flat_map(|(k, v)| [bulk(k), bulk(v)])
             .collect();
-        let event = StoredEvent::from_fields("5-3".into(), &fields).unwrap();
+        let event = StoredEvent::from_fields(&KINDS_CHANNEL.into(), Position(5, 3), &fields).unwrap();
         assert_eq!(event.name, "kind");
         assert_eq!(
             event.event,
@@ -1087,14 +1130,20 @@ mod tests {
         let entries = Value::Array(vec![entry("1-0", task), entry("2-0", "not-a-uuid"), entry("3-0", task)]);
         let resp2 = Value::Array(vec![Value::Array(vec![bulk("events"), entries.clone()])]);
         let resp3 = Value::Map(vec![(bulk("events"), entries)]);
+        let channel: Arc<str> = "default".into();
         for reply in [resp2, resp3] {
-            let read = read_entries(reply);
-            let ids: Vec<&str> = read.iter().map(|(id, _)| id.as_str()).collect();
-            assert_eq!(ids, ["1-0", "2-0", "3-0"]);
+            let mut streams = read_streams(reply);
+            assert_eq!(streams.len(), 1);
+            let (key, entries) = streams.pop().unwrap();
+            assert_eq!(key, b"events");
+            let read = entries_of(&channel, entries);
+            let positions: Vec<Position> = read.iter().map(|(position, _)| *position).collect();
+            assert_eq!(positions, [Position(1, 0), Position(2, 0), Position(3, 0)]);
             let valid: Vec<bool> = read.iter().map(|(_, e)| e.is_some()).collect();
             assert_eq!(valid, [true, false, true]);
-            assert_eq!(read[2].1.as_ref().unwrap().task().unwrap().status, Status::Queued);
+            let event = read[2].1.as_ref().unwrap();
+            assert_eq!((event.task().unwrap().status, &*event.channel), (Status::Queued, "default"));
         }
-        assert!(read_entries(Value::Nil).is_empty());
+        assert!(read_streams(Value::Nil).is_empty());
     }
 }

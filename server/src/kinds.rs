@@ -440,15 +440,10 @@ pub struct Kinds {
 
 impl Kinds {
     /// The declared kinds under `prefix`, kept in `registry`; changes are announced on the
-    /// events stream `events` (capped at `events_maxlen`).
-    pub fn new(
-        conn: ConnectionManager,
-        prefix: &str,
-        registry: Registry,
-        events: &str,
-        events_maxlen: usize,
-    ) -> Kinds {
-        Kinds { conn, keys: Arc::new(KindKeys::new(prefix)), registry, events: events.into(), events_maxlen }
+    /// kinds' events stream (capped at `events_maxlen`).
+    pub fn new(conn: ConnectionManager, prefix: &str, registry: Registry, events_maxlen: usize) -> Kinds {
+        let events = crate::store::stream_key(prefix, crate::events::KINDS_CHANNEL).into();
+        Kinds { conn, keys: Arc::new(KindKeys::new(prefix)), registry, events, events_maxlen }
     }
 
     /// The registry it keeps current.

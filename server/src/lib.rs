@@ -130,15 +130,13 @@ impl Server {
         };
         let queue = Queue::new(client.clone(), conn.clone(), &config.prefix, DEFAULT_QUEUE, settings);
         queue.open_lanes(&[]).await.context("opening the default queue's lanes")?;
-        let keys = queue.keys().clone();
         let queues = Queues::open_registry(queue, conn.clone(), &config.prefix)
             .await
             .context("reading the queue registry")?;
         let file = read_file_config(&config)?;
         declare_queues(&file, &queues).await?;
         // Every clone of the registry (the API's, the workers') sees what a reload reads.
-        let kinds =
-            Kinds::new(conn.clone(), &config.prefix, registry.clone(), keys.events(), config.events_max);
+        let kinds = Kinds::new(conn.clone(), &config.prefix, registry.clone(), config.events_max);
         kinds.reload().await.context("reading the declared kinds")?;
         if let Some((path, file)) = &file {
             kinds.declare_from_file(path, &file.kinds).await?;
@@ -153,7 +151,6 @@ impl Server {
             tasks.clone(),
             conn.clone(),
             &config.prefix,
-            keys.events(),
             config.events_max,
             config.retention,
         );
@@ -183,7 +180,7 @@ impl Server {
             let listener =
                 TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
             let events =
-                Events::start(client, conn.clone(), keys.clone(), config.max_sse_clients, shutdown.clone())
+                Events::start(client, conn.clone(), queues.clone(), config.max_sse_clients, shutdown.clone())
                     .await
                     .context("reading the event stream")?;
             tokio::spawn(kinds::follow_events(kinds.clone(), events.subscribe(), shutdown.clone()));

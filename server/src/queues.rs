@@ -54,6 +54,8 @@ struct Inner {
     numbered: RwLock<HashMap<u16, String>>,
     /// When queues began to have numbers (ms since the epoch): older ids are the default queue's.
     numbered_since: u64,
+    /// Told whenever this process registers a queue (the events tail then reads its stream).
+    opened: Arc<tokio::sync::Notify>,
     /// The queue of recently seen task ids; emptied when full (ids are found again by asking).
     located: Mutex<HashMap<Uuid, Arc<str>>>,
 }
@@ -85,6 +87,7 @@ impl Queues {
                 open: RwLock::new(open),
                 numbered: RwLock::new(HashMap::from([(0, DEFAULT_QUEUE.to_string())])),
                 numbered_since: since,
+                opened: Default::default(),
                 located: Mutex::default(),
             }),
         })
@@ -129,7 +132,18 @@ impl Queues {
         self.inner.numbered.write().expect("never poisoned").insert(number, name.to_string());
         queue.open_lanes(&[]).await?;
         self.inner.open.write().expect("never poisoned").insert(name.to_string(), queue.clone());
+        self.inner.opened.notify_one();
         Ok(queue)
+    }
+
+    /// Told whenever this process registers a queue (or first uses one another registered).
+    pub fn opened(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.opened.clone()
+    }
+
+    /// The prefix of every key.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
     }
 
     /// A handle on queue `name` if it exists (registered, here or by another process).

@@ -43,6 +43,12 @@ use uuid::Uuid;
 
 pub use app::model::DEFAULT_QUEUE;
 
+/// The key of an events stream: a queue's (in its hash slot, with the rest of its keys), or one
+/// of Courier's own (`_kinds`, `_workflows`: tags no queue's name can be).
+pub fn stream_key(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:{{{channel}}}:events")
+}
+
 /// Builds the Redis key names of one queue.
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -57,7 +63,7 @@ impl Keys {
         Keys {
             queue: queue.into(),
             base: format!("{prefix}:{{{queue}}}").into(),
-            events: format!("{prefix}:{{{DEFAULT_QUEUE}}}:events").into(),
+            events: stream_key(prefix, queue).into(),
         }
     }
 

@@ -27,7 +27,7 @@ mod spec;
 pub use spec::Refusal;
 
 use crate::{
-    events::{Events, Position},
+    events::{Cursor, Events},
     queue::WorkflowStep,
     store::{TaskRecord, now_ms, rfc3339},
     tasks::{Options, Payload, Submission, SubmitError, Tasks},
@@ -122,7 +122,7 @@ struct Inner {
 
 #[derive(Default)]
 struct Pending {
-    asked: HashMap<Uuid, Option<Position>>,
+    asked: HashMap<Uuid, Option<Cursor>>,
     /// Being looked at by this server now.
     busy: HashSet<Uuid>,
 }
@@ -132,7 +132,6 @@ impl Workflows {
         tasks: Tasks,
         conn: ConnectionManager,
         prefix: &str,
-        events_key: &str,
         events_maxlen: usize,
         retention: Duration,
     ) -> Workflows {
@@ -141,7 +140,7 @@ impl Workflows {
                 tasks,
                 conn,
                 prefix: prefix.to_string(),
-                events_key: events_key.to_string(),
+                events_key: crate::store::stream_key(prefix, crate::events::WORKFLOWS_CHANNEL),
                 events_maxlen,
                 retention,
                 events: Default::default(),
@@ -380,7 +379,9 @@ impl Workflows {
                 match event {
                     Ok(event) => {
                         if let Some(workflow) = event.task().and_then(|t| t.workflow_id) {
-                            follower.ask(workflow, event.position());
+                            let mut asked = Cursor::default();
+                            asked.set(&event.channel, event.position);
+                            follower.ask(workflow, Some(asked));
                         }
                     }
                     // Fell behind: the sweep looks at every running workflow instead.
@@ -432,18 +433,21 @@ impl Workflows {
     }
 
     /// Asks for workflow `id` to be looked at, for the event at `after` (`None`: regardless).
-    fn ask(&self, id: Uuid, after: Option<Position>) {
+    fn ask(&self, id: Uuid, after: Option<Cursor>) {
         let mut pending = self.inner.pending.lock().expect("never poisoned");
-        let asked = pending.asked.entry(id).or_insert(after);
-        *asked = match (*asked, after) {
-            (Some(a), Some(b)) => Some(a.max(b)),
+        let asked = pending.asked.entry(id).or_insert_with(|| after.clone());
+        *asked = match (asked.take(), after) {
+            (Some(mut a), Some(b)) => {
+                a.merge(&b);
+                Some(a)
+            }
             _ => None,
         };
         drop(pending);
         self.inner.wake.notify_one();
     }
 
-    fn next(&self) -> Option<(Uuid, Option<Position>)> {
+    fn next(&self) -> Option<(Uuid, Option<Cursor>)> {
         let mut pending = self.inner.pending.lock().expect("never poisoned");
         let id = *pending.asked.keys().find(|id| !pending.busy.contains(id))?;
         let after = pending.asked.remove(&id).flatten();
@@ -508,7 +512,7 @@ end",
     /// Looks at workflow `id` under its lock: starts the steps that are ready, cancels what a
     /// cancellation asks, and records the new states with their events. `after`: the event that
     /// asked; nothing to do if a look that began after it has been made.
-    async fn look(&self, id: Uuid, after: Option<Position>) -> redis::RedisResult<()> {
+    async fn look(&self, id: Uuid, after: Option<Cursor>) -> redis::RedisResult<()> {
         static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
             redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
         });
@@ -539,7 +543,7 @@ end",
         looked
     }
 
-    async fn look_locked(&self, id: Uuid, after: Option<Position>) -> redis::RedisResult<()> {
+    async fn look_locked(&self, id: Uuid, after: Option<Cursor>) -> redis::RedisResult<()> {
         let key = self.key(&id);
         let mut conn = self.inner.conn.clone();
         let fields: HashMap<String, String> = conn.hgetall(&key).await?;
@@ -547,14 +551,20 @@ end",
             let _: () = conn.zrem(self.running_key(), id.to_string()).await?;
             return Ok(());
         };
-        let seen = fields.get("seen").and_then(|s| Position::parse(s));
-        if let (Some(after), Some(seen)) = (after, seen)
-            && seen >= after
+        let seen = fields.get("seen").and_then(|s| Cursor::parse(s).ok());
+        if let (Some(after), Some(seen)) = (&after, seen)
+            && seen.covers(after)
         {
             return Ok(());
         }
-        // Every event before this point is one this look sees the effect of.
-        let seen_now = self.inner.events.get().and_then(Events::position);
+        // Every event before this point is one this look sees the effect of (in the streams of
+        // its steps' queues, where the events that ask for a look are).
+        let seen_now = self.inner.events.get().map(|events| {
+            let queues = queues_of(&stored.spec);
+            let mut cursor = events.cursor();
+            cursor.retain(|channel| queues.iter().any(|queue| queue == channel));
+            cursor
+        });
         let mut plan;
         // Each round starts at least one step, whose refusal may make others ready: at most one
         // round per step, and one more to see that nothing is left.
@@ -744,7 +754,7 @@ end",
         id: Uuid,
         stored: &Stored,
         plan: &Plan,
-        seen: Option<Position>,
+        seen: Option<Cursor>,
     ) -> redis::RedisResult<()> {
         let key = self.key(&id);
         let now = now_ms();

@@ -3,7 +3,7 @@
 use super::{ApiError, AppState, openapi::ServerSentEvent, parse_id};
 use crate::{
     auth::Access,
-    events::{Admission, Delivery, Follow, Position, StillAllowed},
+    events::{Admission, Cursor, Delivery, Follow, StillAllowed},
 };
 use app::model::Problem;
 use axum::{
@@ -32,10 +32,10 @@ pub struct EventsQuery {
     operation_id = "stream_events",
     tag = "events",
     summary = "Server-sent events of every task (of the token's queues)",
-    description = "`id:` the event's place in the stream, `event:` a status, `progress`, `queue`, `kind` or `reset`, `data:` JSON (`TaskEvent`, `QueueEvent`, `KindEvent`, `StreamReset`). Never ends by itself.",
+    description = "`id:` the reader's place in the event streams (one per queue, and one each for kinds and workflows): `<stream>=<ms>-<seq>` for each, comma-separated (`default=1764561234567-0,reports=1764561234570-3`), `event:` a status, `progress`, `queue`, `kind`, `workflow` or `reset`, `data:` JSON (`TaskEvent`, `QueueEvent`, `KindEvent`, `WorkflowEvent`, `StreamReset`). Never ends by itself.",
     params(
         ("task" = Option<Uuid>, Query, description = "Only this task's events"),
-        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", description = "Resume after this event id (`<ms>-<seq>`; empty: from now)"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^(([0-9]{1,19}-[0-9]{1,19}|(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19})(,(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19})*)?$", description = "Resume after this place (an `id:` the stream sent; empty: from now)"),
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = ServerSentEvent),
@@ -71,7 +71,7 @@ pub async fn all_events(
     summary = "Server-sent events of one task, until it ends",
     params(
         ("id" = Uuid, Path, description = "The task's id"),
-        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", description = "Resume after this event id (`<ms>-<seq>`; empty: from now)"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^(([0-9]{1,19}-[0-9]{1,19}|(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19})(,(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19})*)?$", description = "Resume after this place (an `id:` the stream sent; empty: from now)"),
     ),
     responses(
         (status = 200, description = "The task's current state, then its events; closes after the terminal one", content_type = "text/event-stream", body = ServerSentEvent),
@@ -93,7 +93,8 @@ pub async fn task_events(
     // its history in the event stream is still only for tokens that reach the queue it was in.
     let (within, allowed) = (access.within().cloned(), Some(still_allowed(&state, access)));
     let follow = match (after, queue) {
-        // A resuming client has seen the state already: replay what it missed.
+        // A resuming client has seen the state already: replay what it missed (from every
+        // stream its id names when the task's queue is gone).
         (Some(after), queue) => Follow {
             task: Some(id),
             task_keys: queue.map(|q| q.keys().clone()),
@@ -133,8 +134,8 @@ fn not_found() -> ApiError {
 }
 
 /// The place a reconnecting client resumes after; none for a missing or empty header, a `400`
-/// for anything but an id the event stream could have sent (`<ms>-<seq>`, with a successor).
-fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
+/// for anything but an id the event streams could have sent.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<Cursor>, ApiError> {
     let Some(value) = headers.get("last-event-id") else { return Ok(None) };
     let invalid = |detail: &str| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid-last-event-id", "Invalid Last-Event-ID")
@@ -144,13 +145,9 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
     if id.is_empty() {
         return Ok(None);
     }
-    let position = Position::parse(id).ok_or_else(|| {
-        invalid("Last-Event-ID is not an event id: expected `<milliseconds>-<sequence>`, as sent in `id:`")
-    })?;
-    match position.next() {
-        Some(_) => Ok(Some(position)),
-        None => Err(invalid("Last-Event-ID is the last id there can be: no event can follow it")),
-    }
+    Cursor::parse(id)
+        .map(Some)
+        .map_err(|why| invalid(&format!("Last-Event-ID is not a place an event stream sent as `id:`: {why}")))
 }
 
 /// A slot for one more event stream, or `503` with Retry-After while all are taken.

@@ -25,10 +25,13 @@ async fn a_submitted_task_is_accepted_runs_and_its_events_arrive_in_order() {
     let seen = events.until_task_ends(id, Duration::from_secs(10)).await;
     let names: Vec<&str> = seen.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["queued", "running", "succeeded"]);
+    // Each id is the reader's place in every stream: the task's queue's moves on.
+    let queue = view["queue"].as_str().unwrap();
     let positions: Vec<(u64, u64)> = seen
         .iter()
         .map(|e| {
-            let (ms, seq) = e.id.split_once('-').unwrap();
+            let place = e.id.split(',').find_map(|part| part.strip_prefix(&format!("{queue}="))).unwrap();
+            let (ms, seq) = place.split_once('-').unwrap();
             (ms.parse().unwrap(), seq.parse().unwrap())
         })
         .collect();

@@ -173,10 +173,9 @@ impl TestApp {
             .unwrap()
     }
 
-    /// The name of one of the test queue's keys, e.g. `ready` (the events stream is every
-    /// queue's, in the default queue's slot).
+    /// The name of one of the test queue's keys, e.g. `ready` or `events` (its stream of events).
     pub fn key(&self, name: &str) -> String {
-        let queue = test_queue().filter(|_| name != "events").unwrap_or_else(|| "default".into());
+        let queue = test_queue().unwrap_or_else(|| "default".into());
         format!("{}:{{{queue}}}:{name}", self.prefix)
     }
 

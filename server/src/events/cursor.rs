@@ -1,0 +1,281 @@
+//! Places in the event streams. Each queue has a stream of its own, in the queue's hash slot, so
+//! that the script that changes a task appends its event in the same call (on Redis Cluster as
+//! on one node); kinds and workflows have one each. A [`Position`] is a place in one stream (its
+//! entry id); a [`Cursor`] is a place in each, and is what a follower is sent as the SSE `id`.
+//!
+//! A cursor is written `<stream>=<ms>-<seq>` for each stream, comma-separated, streams named by
+//! their queue (or `_kinds`, `_workflows`), for example
+//! `default=1764561234567-0,reports=1764561234570-3`. A stream it does not name is at its
+//! beginning, or at the bare `<ms>-<seq>` it may start with: an id from before the streams were
+//! split (one stream for everything) names a place in time, which each stream resumes after.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+/// The stream of kind declarations.
+pub const KINDS_CHANNEL: &str = "_kinds";
+/// The stream of workflow and step changes.
+pub const WORKFLOWS_CHANNEL: &str = "_workflows";
+
+/// The most streams one cursor names: every queue there may be, and the two of Courier's own.
+const MAX_CHANNELS: usize = crate::queues::MAX_QUEUES + 2;
+
+/// Whether `name` names an event stream: a queue's, or one of Courier's own.
+pub fn is_channel(name: &str) -> bool {
+    app::model::is_queue_name(name) || name == KINDS_CHANNEL || name == WORKFLOWS_CHANNEL
+}
+
+/// A stream id as a comparable pair (milliseconds, sequence).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position(pub(super) u64, pub(super) u64);
+
+impl Position {
+    /// The position before every event.
+    pub const ZERO: Position = Position(0, 0);
+
+    /// Parses an id as Redis writes it, `<ms>-<seq>` in decimal digits; `None` for anything else.
+    pub fn parse(id: &str) -> Option<Position> {
+        let number = |digits: &str| {
+            let plain = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+            if plain { digits.parse().ok() } else { None }
+        };
+        let (ms, seq) = id.split_once('-')?;
+        Some(Position(number(ms)?, number(seq)?))
+    }
+
+    /// The first id after this one; `None` after the last id a stream can hold.
+    pub fn next(self) -> Option<Position> {
+        match self.1.checked_add(1) {
+            Some(seq) => Some(Position(self.0, seq)),
+            None => Some(Position(self.0.checked_add(1)?, 0)),
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// A place in every event stream: the last position taken from each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Where a stream the cursor does not name is.
+    base: Position,
+    at: BTreeMap<Arc<str>, Position>,
+}
+
+impl Cursor {
+    /// The place in `channel`'s stream.
+    pub fn get(&self, channel: &str) -> Position {
+        self.at.get(channel).copied().unwrap_or(self.base)
+    }
+
+    /// Moves to `position` in `channel`'s stream.
+    pub fn set(&mut self, channel: &Arc<str>, position: Position) {
+        match self.at.get_mut(channel) {
+            Some(at) => *at = position,
+            None => {
+                self.at.insert(channel.clone(), position);
+            }
+        }
+    }
+
+    /// Moves to `position` in `channel`'s stream unless the cursor is past it already.
+    pub fn advance(&mut self, channel: &Arc<str>, position: Position) {
+        if position > self.get(channel) {
+            self.set(channel, position);
+        }
+    }
+
+    /// Moves to each place `other` names that is past this cursor's.
+    pub fn merge(&mut self, other: &Cursor) {
+        for (channel, position) in self.at.iter_mut() {
+            *position = (*position).max(other.get(channel));
+        }
+        self.base = self.base.max(other.base);
+        for (channel, &position) in &other.at {
+            self.advance(channel, position);
+        }
+    }
+
+    /// Whether the cursor is at or past every place `other` names.
+    pub fn covers(&self, other: &Cursor) -> bool {
+        other.base <= self.base && other.at.iter().all(|(channel, &position)| self.get(channel) >= position)
+    }
+
+    /// Whether the cursor names `channel`'s stream (rather than placing it at its base).
+    pub fn names(&self, channel: &str) -> bool {
+        self.at.contains_key(channel)
+    }
+
+    /// The streams the cursor names.
+    pub fn channels(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.at.keys()
+    }
+
+    /// Forgets the streams `keep` refuses (a follower is told only of the streams it reads).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.at.retain(|channel, _| keep(channel));
+    }
+
+    /// Reads a cursor as [`Cursor`]'s `Display` writes it; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Cursor, String> {
+        let mut cursor = Cursor::default();
+        let mut base = None;
+        for part in text.split(',') {
+            if cursor.at.len() == MAX_CHANNELS {
+                return Err(format!("it names more than {MAX_CHANNELS} streams"));
+            }
+            let (channel, position) = match part.split_once('=') {
+                Some((channel, position)) => (Some(channel), position),
+                None => (None, part),
+            };
+            let position = Position::parse(position)
+                .ok_or_else(|| format!("`{part}` is not `<stream>=<milliseconds>-<sequence>`"))?;
+            if position.next().is_none() {
+                return Err(format!("`{part}` is the last id there can be: no event can follow it"));
+            }
+            match channel {
+                None if base.is_none() => base = Some(position),
+                None => return Err("it has two places without a stream".into()),
+                Some(channel) if !is_channel(channel) => {
+                    return Err(format!(
+                        "`{channel}` names no stream: a queue's name, `_kinds` or `_workflows`"
+                    ));
+                }
+                // Named twice: the later of its places.
+                Some(channel) => {
+                    let at = cursor.at.entry(channel.into()).or_insert(position);
+                    *at = (*at).max(position);
+                }
+            }
+        }
+        cursor.base = base.unwrap_or_default();
+        Ok(cursor)
+    }
+}
+
+impl From<Position> for Cursor {
+    /// Every stream at `position`.
+    fn from(base: Position) -> Cursor {
+        Cursor { base, at: BTreeMap::new() }
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut named = self.at.iter().filter(|&(_, &position)| position != self.base).peekable();
+        let mut first = true;
+        if self.base != Position::ZERO || named.peek().is_none() {
+            write!(f, "{}", self.base)?;
+            first = false;
+        }
+        for (channel, position) in named {
+            if !std::mem::take(&mut first) {
+                f.write_str(",")?;
+            }
+            write!(f, "{channel}={position}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(name: &str) -> Arc<str> {
+        name.into()
+    }
+
+    #[test]
+    fn stream_positions_compare_numerically() {
+        assert!(Position::parse("10-0") > Position::parse("9-5"));
+        assert!(Position::parse("10-10") > Position::parse("10-9"));
+        assert_eq!(Position::parse("12-3"), Some(Position(12, 3)));
+        assert_eq!(Position(12, 3).to_string(), "12-3");
+    }
+
+    #[test]
+    fn only_ids_redis_writes_are_positions() {
+        for id in
+            ["12", "x-1", "1-x", "-1", "1-", "+1-1", "1-+1", " 1-1", "1-1-1", "18446744073709551616-0", ""]
+        {
+            assert_eq!(Position::parse(id), None, "{id:?}");
+        }
+        assert_eq!(
+            Position::parse("18446744073709551615-18446744073709551615"),
+            Some(Position(u64::MAX, u64::MAX))
+        );
+    }
+
+    #[test]
+    fn the_last_possible_id_has_no_successor() {
+        assert_eq!(Position(7, 1).next(), Some(Position(7, 2)));
+        assert_eq!(Position(7, u64::MAX).next(), Some(Position(8, 0)));
+        assert_eq!(Position(u64::MAX, u64::MAX).next(), None);
+    }
+
+    #[test]
+    fn a_cursor_names_each_stream_it_moved_in_and_reads_back_the_same() {
+        let mut cursor = Cursor::default();
+        assert_eq!(cursor.to_string(), "0-0");
+        cursor.set(&channel("reports"), Position(17, 2));
+        cursor.set(&channel("default"), Position(15, 0));
+        cursor.set(&channel(WORKFLOWS_CHANNEL), Position(16, 1));
+        cursor.set(&channel("idle"), Position::ZERO);
+        let text = cursor.to_string();
+        assert_eq!(text, "_workflows=16-1,default=15-0,reports=17-2");
+        let read = Cursor::parse(&text).unwrap();
+        assert_eq!(read.to_string(), text);
+        assert_eq!(read.get("reports"), Position(17, 2));
+        assert_eq!(read.get("idle"), Position::ZERO, "a stream it does not name is at its beginning");
+    }
+
+    #[test]
+    fn an_id_from_one_stream_for_everything_places_every_stream_at_its_time() {
+        let old = Cursor::parse("1764561234567-3").unwrap();
+        assert_eq!(old.get("default"), Position(1_764_561_234_567, 3));
+        assert_eq!(old.get("reports"), Position(1_764_561_234_567, 3));
+        let mut moved = old.clone();
+        moved.set(&channel("reports"), Position(1_764_561_234_600, 0));
+        assert_eq!(moved.to_string(), "1764561234567-3,reports=1764561234600-0");
+        assert_eq!(Cursor::parse(&moved.to_string()).unwrap(), moved);
+    }
+
+    #[test]
+    fn a_cursor_that_could_not_have_been_sent_is_refused_saying_why() {
+        for (text, why) in [
+            ("", "not `<stream>"),
+            ("reports", "not `<stream>"),
+            ("reports=12", "not `<stream>"),
+            ("Reports=1-0", "names no stream"),
+            ("_other=1-0", "names no stream"),
+            ("1-0,2-0", "two places"),
+            ("a=18446744073709551615-18446744073709551615", "last id"),
+            ("a=1-0,", "not `<stream>"),
+        ] {
+            let error = Cursor::parse(text).expect_err(text);
+            assert!(error.contains(why), "{text}: {error}");
+        }
+        assert_eq!(Cursor::parse("a=2-0,a=1-0").unwrap().to_string(), "a=2-0", "named twice: the later");
+        let many: Vec<String> = (0..MAX_CHANNELS + 1).map(|n| format!("q{n}=1-0")).collect();
+        assert!(Cursor::parse(&many.join(",")).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn a_cursor_covers_another_at_or_before_it_in_every_stream() {
+        let mut seen = Cursor::default();
+        seen.set(&channel("a"), Position(10, 0));
+        seen.set(&channel("b"), Position(5, 0));
+        let mut asked = Cursor::default();
+        asked.advance(&channel("a"), Position(9, 0));
+        assert!(seen.covers(&asked));
+        asked.advance(&channel("b"), Position(6, 0));
+        assert!(!seen.covers(&asked));
+        asked.advance(&channel("b"), Position(4, 0));
+        assert_eq!(asked.get("b"), Position(6, 0), "advance never goes back");
+        assert!(!seen.covers(&Cursor::from(Position(1, 0))), "a base covers the streams it names not");
+    }
+}
