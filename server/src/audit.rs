@@ -12,6 +12,7 @@ const KEEP: usize = 10_000;
 #[derive(Clone)]
 pub struct Audit {
     conn: ConnectionManager,
+    /// `{prefix}:audit`, used alone, so with no hash tag (`layout.rs`).
     key: String,
 }
 

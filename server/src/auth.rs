@@ -2,14 +2,16 @@
 //! process keeps in memory.
 //!
 //! A token is `cour_` and 43 base64url characters (256 bits from the OS). Only its SHA-256 is
-//! stored: the hash `{prefix}:tokens` (hex digest → JSON [`TokenInfo`]), with
-//! `{prefix}:token-names` (name → digest) keeping names unique, `{prefix}:token-used` (digest →
-//! ms) when each was last used, and `{prefix}:tokens-version` counting the changes. Every process
-//! holds the whole table and reads it again when the version moves ([`Tokens::keep_current`],
-//! twice a second): authenticating a request costs no Redis read, and a revocation is refused
-//! everywhere within a second. The first token also sets `{prefix}:auth-enforced`: from then on
-//! access control stays on, even once every token is revoked (delete that key to open the server
-//! again), so that revoking the last token never opens the server to everyone.
+//! stored: the hash `{prefix}:{_auth}:tokens` (hex digest → JSON [`TokenInfo`]), with
+//! `{prefix}:{_auth}:token-names` (name → digest) keeping names unique,
+//! `{prefix}:{_auth}:token-used` (digest → ms) when each was last used, and
+//! `{prefix}:{_auth}:tokens-version` counting the changes (one hash tag: they are changed
+//! together). Every process holds the whole table and reads it again when the version moves
+//! ([`Tokens::keep_current`], twice a second): authenticating a request costs no Redis read, and
+//! a revocation is refused everywhere within a second. The first token also sets
+//! `{prefix}:{_auth}:auth-enforced`: from then on access control stays on, even once every token
+//! is revoked (delete that key to open the server again), so that revoking the last token never
+//! opens the server to everyone.
 //!
 //! A request's token is found by the digest of what it presents, so no comparison ever runs over
 //! the secret itself: the time a lookup takes tells an attacker about a SHA-256 digest, which
@@ -320,29 +322,39 @@ pub enum TokenError {
     Redis(#[from] redis::RedisError),
 }
 
-/// The Redis keys of the tokens.
+/// The Redis keys of the tokens, all tagged `{_auth}` (`layout.rs`): their scripts, the reload's
+/// MULTI and the listing's pipeline touch them together.
 #[derive(Debug, Clone)]
-struct TokenKeys {
+pub(crate) struct TokenKeys {
     tokens: String,
     names: String,
     used: String,
     version: String,
-    /// The start of each token's per-second submission counters.
-    rate: String,
     /// Set by the first token: access control is on from then on.
     enforced: String,
 }
 
 impl TokenKeys {
-    fn new(prefix: &str) -> TokenKeys {
+    /// The keys under `prefix`.
+    pub(crate) fn new(prefix: &str) -> TokenKeys {
+        TokenKeys::under(&crate::layout::AUTH.base(prefix))
+    }
+
+    /// The keys under `base`: the family's tagged base, or the bare prefix of the layout before
+    /// tags.
+    pub(crate) fn under(base: &str) -> TokenKeys {
         TokenKeys {
-            tokens: format!("{prefix}:tokens"),
-            names: format!("{prefix}:token-names"),
-            used: format!("{prefix}:token-used"),
-            version: format!("{prefix}:tokens-version"),
-            rate: format!("{prefix}:rate"),
-            enforced: format!("{prefix}:auth-enforced"),
+            tokens: format!("{base}:tokens"),
+            names: format!("{base}:token-names"),
+            used: format!("{base}:token-used"),
+            version: format!("{base}:tokens-version"),
+            enforced: format!("{base}:auth-enforced"),
         }
+    }
+
+    /// Every key of the tokens.
+    pub(crate) fn all(&self) -> [&str; 5] {
+        [&self.tokens, &self.names, &self.used, &self.version, &self.enforced]
     }
 }
 
@@ -360,6 +372,9 @@ struct Table {
 pub struct Tokens {
     conn: ConnectionManager,
     keys: Arc<TokenKeys>,
+    /// `{prefix}:rate`, the start of each token's per-second submission counters: each is used
+    /// alone, so it needs no tag.
+    rate: Arc<str>,
     mode: AuthMode,
     /// Tasks a token may submit per second (0: no limit).
     rate_limit: u64,
@@ -374,6 +389,7 @@ impl Tokens {
         Tokens {
             conn,
             keys: Arc::new(TokenKeys::new(prefix)),
+            rate: format!("{prefix}:rate").into(),
             mode,
             rate_limit: 0,
             table: Arc::default(),
@@ -393,7 +409,7 @@ impl Tokens {
         let Some(digest) = access.digest().filter(|_| self.rate_limit > 0) else { return Ok(None) };
         let second = crate::store::now_ms() / 1000;
         // The digest's first half names the counter: unique enough, and no secret.
-        let key = format!("{}:{}:{second}", self.keys.rate, &digest[..32]);
+        let key = format!("{}:{}:{second}", self.rate, &digest[..32]);
         let mut pipe = redis::pipe();
         pipe.incr(&key, tasks).expire(&key, 2).ignore();
         let (spent,): (u64,) = pipe.query_async(&mut self.conn.clone()).await?;

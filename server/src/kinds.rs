@@ -2,9 +2,9 @@
 //! `courier.toml`), how one is validated and stored, and the handler it becomes, run by pushing
 //! each task to its endpoint or, without one, by workers that pull it over HTTP.
 //!
-//! Declarations live in the hash `{prefix}:kinds` (name → JSON); `{prefix}:kinds-version` counts
-//! the changes, increased in the same MULTI as each, which also appends a `kind` event to the
-//! events stream. API servers reload on the event ([`follow_events`]); worker processes ask for
+//! Declarations live in the hash `{prefix}:{_kinds}:kinds` (name → JSON);
+//! `{prefix}:{_kinds}:kinds-version` counts the changes, increased in the same MULTI as each,
+//! which also appends a `kind` event to the events stream. API servers reload on the event ([`follow_events`]); worker processes ask for
 //! the version every second ([`keep_current`]): every process sees a change at once, and a
 //! reload that finds the version unchanged costs one `GET`.
 
@@ -40,7 +40,8 @@ pub const MAX_KINDS: usize = 1_000;
 /// How often a worker process asks whether the declarations changed.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
-/// The Redis keys of the declared kinds.
+/// The Redis keys of the declared kinds, both tagged `{_kinds}` (`layout.rs`): they are read and
+/// changed together.
 #[derive(Clone, Debug)]
 pub struct KindKeys {
     declared: String,
@@ -50,7 +51,18 @@ pub struct KindKeys {
 impl KindKeys {
     /// The keys under `prefix`.
     pub fn new(prefix: &str) -> KindKeys {
-        KindKeys { declared: format!("{prefix}:kinds"), version: format!("{prefix}:kinds-version") }
+        KindKeys::under(&crate::layout::KINDS.base(prefix))
+    }
+
+    /// The keys under `base`: the family's tagged base, or the bare prefix of the layout before
+    /// tags.
+    pub(crate) fn under(base: &str) -> KindKeys {
+        KindKeys { declared: format!("{base}:kinds"), version: format!("{base}:kinds-version") }
+    }
+
+    /// Both keys.
+    pub(crate) fn all(&self) -> [&str; 2] {
+        [&self.declared, &self.version]
     }
 
     /// The hash of declarations, name → JSON.

@@ -12,6 +12,7 @@ pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod kinds;
+pub mod layout;
 pub mod links;
 pub mod metrics;
 pub mod push;
@@ -106,6 +107,8 @@ impl Server {
                         .unwrap_or_else(|| "the embedded redis-server".into())
                 )
             })?;
+        // Before anything reads them: keys of the layout before hash tags move once.
+        layout::upgrade(&conn, &config.prefix).await.context("moving the keys to the tagged layout")?;
         let durable = match config.durable_submit {
             // WAIT answers within its timeout; the connection waits a little longer for it.
             true => Some(queue::Durable {

@@ -55,6 +55,7 @@ struct Ring {
 #[derive(Clone)]
 pub struct Links {
     conn: ConnectionManager,
+    /// `{prefix}:link-keys`, used alone, so with no hash tag (`layout.rs`).
     key: Arc<str>,
     ttl: Duration,
     ring: Arc<RwLock<Ring>>,

@@ -462,9 +462,14 @@ impl Queue {
     pub async fn open_lanes(&self, kinds: &[String]) -> redis::RedisResult<()> {
         const BATCH: usize = 1_000;
         loop {
+            // Its keys are given although the script builds them too, so that a Cluster client
+            // sends it to the queue's node.
             let moved: usize = self
                 .scripts
                 .open_lanes
+                .key(self.keys.lanes())
+                .key(self.keys.ready_lanes())
+                .key(&self.keys.ready_before_lanes())
                 .arg(self.keys.base())
                 .arg(BATCH)
                 .arg(kinds)

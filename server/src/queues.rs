@@ -36,6 +36,43 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
 }
 
+/// The Redis keys of the queue registry, all tagged `{_queues}` (`layout.rs`): its script
+/// touches them together.
+#[derive(Clone, Debug)]
+pub(crate) struct RegistryKeys {
+    /// The set of queue names.
+    names: String,
+    /// Queue numbers by name.
+    numbers: String,
+    /// Queue names by number.
+    by_number: String,
+    /// When queues began to have numbers (ms since the epoch).
+    since: String,
+}
+
+impl RegistryKeys {
+    /// The registry's keys under `prefix`.
+    pub(crate) fn new(prefix: &str) -> RegistryKeys {
+        RegistryKeys::under(&crate::layout::QUEUES.base(prefix))
+    }
+
+    /// The keys under `base`: the family's tagged base, or the bare prefix of the layout before
+    /// tags.
+    pub(crate) fn under(base: &str) -> RegistryKeys {
+        RegistryKeys {
+            names: format!("{base}:queues"),
+            numbers: format!("{base}:queue-numbers"),
+            by_number: format!("{base}:queue-names"),
+            since: format!("{base}:queue-numbers-since"),
+        }
+    }
+
+    /// Every key of the registry.
+    pub(crate) fn all(&self) -> [&str; 4] {
+        [&self.names, &self.numbers, &self.by_number, &self.since]
+    }
+}
+
 /// Every named queue; cheap to clone.
 #[derive(Clone)]
 pub struct Queues {
@@ -44,6 +81,7 @@ pub struct Queues {
 
 struct Inner {
     prefix: String,
+    keys: RegistryKeys,
     /// The default queue: the others are its siblings, sharing its connection and scripts.
     default: Queue,
     conn: ConnectionManager,
@@ -68,19 +106,20 @@ impl Queues {
         conn: ConnectionManager,
         prefix: &str,
     ) -> redis::RedisResult<Queues> {
-        let since_key = format!("{prefix}:queue-numbers-since");
+        let keys = RegistryKeys::new(prefix);
         let mut c = conn.clone();
         let _: Option<String> = redis::cmd("SET")
-            .arg(&since_key)
+            .arg(&keys.since)
             .arg(crate::store::now_ms())
             .arg("NX")
             .query_async(&mut c)
             .await?;
-        let since: u64 = c.get(&since_key).await?;
+        let since: u64 = c.get(&keys.since).await?;
         let open = BTreeMap::from([(DEFAULT_QUEUE.to_string(), default.clone())]);
         Ok(Queues {
             inner: Arc::new(Inner {
                 prefix: prefix.to_string(),
+                keys,
                 default,
                 conn,
                 register: Script::new(include_str!("queues/register.lua")),
@@ -91,16 +130,6 @@ impl Queues {
                 located: Mutex::default(),
             }),
         })
-    }
-
-    /// The registry of queue names.
-    fn registry_key(&self) -> String {
-        format!("{}:queues", self.inner.prefix)
-    }
-
-    /// Queue numbers by name, and names by number.
-    fn number_keys(&self) -> [String; 2] {
-        [format!("{}:queue-numbers", self.inner.prefix), format!("{}:queue-names", self.inner.prefix)]
     }
 
     /// The default queue.
@@ -119,8 +148,9 @@ impl Queues {
         let number: u16 = self
             .inner
             .register
-            .key(self.registry_key())
-            .key(&self.number_keys())
+            .key(&self.inner.keys.names)
+            .key(&self.inner.keys.numbers)
+            .key(&self.inner.keys.by_number)
             .arg(name)
             .arg(MAX_QUEUES)
             .invoke_async(&mut self.inner.conn.clone())
@@ -155,7 +185,7 @@ impl Queues {
             return Ok(None);
         }
         let known: bool = redis::cmd("SISMEMBER")
-            .arg(self.registry_key())
+            .arg(&self.inner.keys.names)
             .arg(name)
             .query_async(&mut self.inner.conn.clone())
             .await?;
@@ -172,8 +202,10 @@ impl Queues {
 
     /// Every queue there is, by name, the default one included.
     pub async fn all(&self) -> redis::RedisResult<Vec<Queue>> {
-        let mut names: Vec<String> =
-            redis::cmd("SMEMBERS").arg(self.registry_key()).query_async(&mut self.inner.conn.clone()).await?;
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&self.inner.keys.names)
+            .query_async(&mut self.inner.conn.clone())
+            .await?;
         names.push(DEFAULT_QUEUE.to_string());
         names.retain(|n| is_queue_name(n));
         names.sort();
@@ -222,8 +254,7 @@ impl Queues {
         if let Some(name) = self.inner.numbered.read().expect("never poisoned").get(&number) {
             return Ok(Some(name.clone()));
         }
-        let [_, names] = self.number_keys();
-        let name: Option<String> = self.inner.conn.clone().hget(names, number).await?;
+        let name: Option<String> = self.inner.conn.clone().hget(&self.inner.keys.by_number, number).await?;
         if let Some(name) = &name {
             self.inner.numbered.write().expect("never poisoned").insert(number, name.clone());
         }

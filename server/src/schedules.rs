@@ -197,6 +197,8 @@ impl Schedules {
         }
     }
 
+    // A schedule's keys are used one at a time (no script, MULTI or pipeline touches two), so
+    // they need no hash tag to stay in one Cluster slot (`layout.rs`).
     fn key(&self, name: &str) -> String {
         format!("{}:schedule:{name}", self.inner.prefix)
     }

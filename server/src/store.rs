@@ -1,7 +1,8 @@
 //! Task records, payloads and results in Redis: the key layout and the reads.
 //!
 //! Every key of a queue shares the hash tag `{queue}`, so one queue lives in one Cluster slot and
-//! its scripts only touch keys they are given:
+//! its scripts only touch keys they are given (keys of no queue carry tags of their own, starting
+//! with `_`, which no queue name can: `layout.rs`):
 //!
 //! | key                              | type   | holds                                   |
 //! |----------------------------------|--------|-----------------------------------------|
@@ -27,11 +28,11 @@
 //! | `{prefix}:{queue}:ended`         | hash   | Unix second -> tasks ended then (the last two minutes) |
 //! | `{prefix}:{queue}:settings`      | hash   | `paused`, `max_depth`, `concurrency`, `rate_limit`, `rate_period_ms` |
 //! | `{prefix}:{default}:events`      | stream | task and queue events of every queue, capped (one stream; issue 17 spreads it) |
-//! | `{prefix}:queues`                | set    | the name of every queue                 |
-//! | `{prefix}:queue-numbers`, `queue-names` | hash | each queue's number for life, both ways (task ids carry it) |
-//! | `{prefix}:queue-numbers-since`   | string | when queues began to have numbers (older ids are the default queue's) |
-//! | `{prefix}:kinds`                 | hash   | declared kind name -> its declaration (JSON), `kinds.rs` |
-//! | `{prefix}:kinds-version`         | string | count of changes to the declared kinds, increased with each |
+//! | `{prefix}:{_queues}:queues`      | set    | the name of every queue                 |
+//! | `{prefix}:{_queues}:queue-numbers`, `queue-names` | hash | each queue's number for life, both ways (task ids carry it) |
+//! | `{prefix}:{_queues}:queue-numbers-since` | string | when queues began to have numbers (older ids are the default queue's) |
+//! | `{prefix}:{_kinds}:kinds`        | hash   | declared kind name -> its declaration (JSON), `kinds.rs` |
+//! | `{prefix}:{_kinds}:kinds-version` | string | count of changes to the declared kinds, increased with each |
 //! | `{prefix}:{queue}:idem:{sha1}`   | string | `{task id} {request digest}` of a key   |
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 
@@ -127,6 +128,12 @@ impl Keys {
     /// The set of kinds whose lane may hold tasks not handed out yet (lanes.lua).
     pub fn ready_lanes(&self) -> String {
         format!("{}:ready-lanes", self.base)
+    }
+
+    /// The ready streams of a Courier from before lanes, most urgent first: `open_lanes.lua`
+    /// moves what they hold onto the lanes.
+    pub fn ready_before_lanes(&self) -> [String; 3] {
+        ["ready-high", "ready", "ready-low"].map(|stream| format!("{}:{stream}", self.base))
     }
 
     pub fn delayed(&self) -> String {

@@ -1,10 +1,11 @@
 //! Publish/subscribe: topics, their subscriptions (each a task kind with a property filter),
 //! and publishing, which creates one task per matching subscription.
 //!
-//! Subscriptions live in Redis (`{prefix}:topic:{topic}`, a hash of name → JSON; the set
-//! `{prefix}:topics` names the topics), declared in `courier.toml` and managed over the API. A
-//! topic has at most [`MAX_SUBSCRIPTIONS`]; a message's payload is stored once, whatever the
-//! number of tasks it becomes.
+//! Subscriptions live in Redis (`{prefix}:{_topics}:topic:{topic}`, a hash of name → JSON; the
+//! set `{prefix}:{_topics}:topics` names the topics, and `{prefix}:{_topics}:topic-stats:{topic}`
+//! counts a topic's messages), declared in `courier.toml` and managed over the API. A topic has
+//! at most [`MAX_SUBSCRIPTIONS`]; a message's payload is stored once, whatever the number of
+//! tasks it becomes.
 
 use crate::tasks::{BatchError, Options, Payload, Submission, SubmitError, Tasks};
 use bytes::Bytes;
@@ -191,38 +192,61 @@ pub struct Topics {
     conn: ConnectionManager,
     /// `topics/put_subscription.lua`, loaded once.
     put_script: std::sync::Arc<redis::Script>,
-    prefix: String,
+    keys: std::sync::Arc<TopicKeys>,
     tasks: Tasks,
+}
+
+/// The Redis keys of the topics, all tagged `{_topics}` (`layout.rs`): a subscription is put
+/// together with the set of topics, a message counted together with it.
+#[derive(Clone, Debug)]
+pub(crate) struct TopicKeys {
+    base: String,
+}
+
+impl TopicKeys {
+    /// The keys under `prefix`.
+    pub(crate) fn new(prefix: &str) -> TopicKeys {
+        TopicKeys::under(&crate::layout::TOPICS.base(prefix))
+    }
+
+    /// The keys under `base`: the family's tagged base, or the bare prefix of the layout before
+    /// tags.
+    pub(crate) fn under(base: &str) -> TopicKeys {
+        TopicKeys { base: base.to_string() }
+    }
+
+    /// The set of topic names.
+    pub(crate) fn topics(&self) -> String {
+        format!("{}:topics", self.base)
+    }
+
+    /// `topic`'s subscriptions, name → JSON.
+    pub(crate) fn topic(&self, topic: &str) -> String {
+        format!("{}:topic:{topic}", self.base)
+    }
+
+    /// `topic`'s counters: `messages`, `unmatched`.
+    pub(crate) fn stats(&self, topic: &str) -> String {
+        format!("{}:topic-stats:{topic}", self.base)
+    }
 }
 
 impl Topics {
     /// Topics under `prefix`, creating tasks through `tasks`.
     pub fn new(conn: ConnectionManager, prefix: &str, tasks: Tasks) -> Topics {
         let put_script = std::sync::Arc::new(redis::Script::new(include_str!("topics/put_subscription.lua")));
-        Topics { conn, put_script, prefix: prefix.to_string(), tasks }
-    }
-
-    fn topic_key(&self, topic: &str) -> String {
-        format!("{}:topic:{topic}", self.prefix)
-    }
-
-    fn stats_key(&self, topic: &str) -> String {
-        format!("{}:topic-stats:{topic}", self.prefix)
-    }
-
-    fn topics_key(&self) -> String {
-        format!("{}:topics", self.prefix)
+        Topics { conn, put_script, keys: std::sync::Arc::new(TopicKeys::new(prefix)), tasks }
     }
 
     /// Every topic with its subscriptions and counters.
     pub async fn list(&self) -> Result<Vec<TopicView>, TopicError> {
         let mut conn = self.conn.clone();
-        let mut names: Vec<String> = conn.smembers(self.topics_key()).await?;
+        let mut names: Vec<String> = conn.smembers(self.keys.topics()).await?;
         names.sort();
         let mut topics = Vec::new();
         for topic in names {
             let subscriptions = self.subscriptions(&topic).await?;
-            let stats: BTreeMap<String, u64> = conn.hgetall(self.stats_key(&topic)).await?;
+            let stats: BTreeMap<String, u64> = conn.hgetall(self.keys.stats(&topic)).await?;
             topics.push(TopicView {
                 messages: stats.get("messages").copied().unwrap_or(0),
                 unmatched: stats.get("unmatched").copied().unwrap_or(0),
@@ -236,7 +260,7 @@ impl Topics {
     /// The subscriptions of `topic`, by name.
     pub async fn subscriptions(&self, topic: &str) -> Result<BTreeMap<String, Subscription>, TopicError> {
         validate_name("topic", topic)?;
-        let raw: BTreeMap<String, String> = self.conn.clone().hgetall(self.topic_key(topic)).await?;
+        let raw: BTreeMap<String, String> = self.conn.clone().hgetall(self.keys.topic(topic)).await?;
         // A field that no longer parses (written by a newer version) is skipped, not fatal.
         Ok(raw
             .into_iter()
@@ -265,8 +289,8 @@ impl Topics {
         let json = serde_json::to_string(subscription).expect("subscriptions always serialize");
         let created: i64 = self
             .put_script
-            .key(self.topic_key(topic))
-            .key(self.topics_key())
+            .key(self.keys.topic(topic))
+            .key(self.keys.topics())
             .arg(name)
             .arg(json)
             .arg(MAX_SUBSCRIPTIONS)
@@ -282,7 +306,7 @@ impl Topics {
     /// Deletes a subscription; `false` if there was none.
     pub async fn delete(&self, topic: &str, name: &str) -> Result<bool, TopicError> {
         validate_name("topic", topic)?;
-        let removed: i64 = self.conn.clone().hdel(self.topic_key(topic), name).await?;
+        let removed: i64 = self.conn.clone().hdel(self.keys.topic(topic), name).await?;
         Ok(removed == 1)
     }
 
@@ -321,11 +345,11 @@ impl Topics {
                 },
             )?;
         let mut pipe = redis::pipe();
-        pipe.hincr(self.stats_key(topic), "messages", 1).ignore();
+        pipe.hincr(self.keys.stats(topic), "messages", 1).ignore();
         if records.is_empty() {
-            pipe.hincr(self.stats_key(topic), "unmatched", 1).ignore();
+            pipe.hincr(self.keys.stats(topic), "unmatched", 1).ignore();
         }
-        pipe.sadd(self.topics_key(), topic).ignore();
+        pipe.sadd(self.keys.topics(), topic).ignore();
         pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(Published {
             message_id: Uuid::now_v7(),

@@ -2,10 +2,11 @@
 //! Redis, so that `GET /api/v1/workers` and the `courier_workers` gauge see the whole fleet from
 //! any instance.
 //!
-//! A worker is a hash, `{prefix}:worker:{id}`: what it is (`runs`, `host`, `pid`, `version`,
-//! `slots`, `started`), the queues it serves (`q:{queue}` fields) and the tasks it runs now
-//! (`t:{task id}` = `{queue} {kind}`). It expires two lease periods after the worker was last
-//! seen, and `{prefix}:workers` (id → last seen, ms) lists the ids. A built-in worker rewrites its
+//! A worker is a hash, `{prefix}:{_workers}:worker:{id}`: what it is (`runs`, `host`, `pid`,
+//! `version`, `slots`, `started`), the queues it serves (`q:{queue}` fields) and the tasks it
+//! runs now (`t:{task id}` = `{queue} {kind}`). It expires two lease periods after the worker was
+//! last seen, and `{prefix}:{_workers}:workers` (id → last seen, ms) lists the ids (one hash tag:
+//! an entry and the list are written together). A built-in worker rewrites its
 //! hash when its running tasks change (at most once a second) and otherwise renews it a few times
 //! per lease period; a pulling worker is seen whenever it asks for leases, renews or ends one.
 //! Listing checks each running task against its record, so a lease that was lost or taken over
@@ -40,9 +41,38 @@ const BEAT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Workers {
     conn: ConnectionManager,
-    prefix: Arc<str>,
+    keys: Arc<WorkerKeys>,
     /// How long an entry outlives the last time its worker was seen: two lease periods.
     ttl: Duration,
+}
+
+/// The Redis keys of the worker registry, all tagged `{_workers}` (`layout.rs`).
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerKeys {
+    base: String,
+}
+
+impl WorkerKeys {
+    /// The keys under `prefix`.
+    pub(crate) fn new(prefix: &str) -> WorkerKeys {
+        WorkerKeys::under(&crate::layout::WORKERS.base(prefix))
+    }
+
+    /// The keys under `base`: the family's tagged base, or the bare prefix of the layout before
+    /// tags.
+    pub(crate) fn under(base: &str) -> WorkerKeys {
+        WorkerKeys { base: base.to_string() }
+    }
+
+    /// Worker ids by when each was last seen.
+    pub(crate) fn index(&self) -> String {
+        format!("{}:workers", self.base)
+    }
+
+    /// Worker `id`'s entry.
+    pub(crate) fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{id}", self.base)
+    }
 }
 
 /// What a worker process says about itself.
@@ -119,15 +149,11 @@ impl Workers {
     /// The registry under `prefix`, whose entries expire two `lease` periods after their
     /// worker was last seen.
     pub fn new(conn: ConnectionManager, prefix: &str, lease: Duration) -> Workers {
-        Workers { conn, prefix: prefix.into(), ttl: lease.saturating_mul(2).max(Duration::from_secs(1)) }
-    }
-
-    fn index(&self) -> String {
-        format!("{}:workers", self.prefix)
-    }
-
-    fn key(&self, id: &str) -> String {
-        format!("{}:worker:{id}", self.prefix)
+        Workers {
+            conn,
+            keys: Arc::new(WorkerKeys::new(prefix)),
+            ttl: lease.saturating_mul(2).max(Duration::from_secs(1)),
+        }
     }
 
     /// Keeps built-in worker `id`'s entry current until `shutdown`, then removes it: rewritten
@@ -176,7 +202,7 @@ impl Workers {
         started_ms: u64,
         tasks: &[(Uuid, Arc<str>, String)],
     ) -> redis::RedisResult<()> {
-        let key = self.key(id);
+        let key = self.keys.worker(id);
         let mut fields = identity(announcement);
         fields.push(("started".into(), started_ms.to_string()));
         fields.push(("slots".into(), announcement.slots.to_string()));
@@ -197,7 +223,7 @@ impl Workers {
             .arg(self.ttl.as_millis() as u64)
             .ignore()
             .cmd("ZADD")
-            .arg(self.index())
+            .arg(self.keys.index())
             .arg(now_ms())
             .arg(id)
             .ignore();
@@ -213,7 +239,7 @@ impl Workers {
         queue: &str,
         pulled: &[(Uuid, String)],
     ) -> redis::RedisResult<()> {
-        let key = self.key(id);
+        let key = self.keys.worker(id);
         let mut fields = identity(announcement);
         fields.push((format!("q:{queue}"), "1".into()));
         fields.extend(pulled.iter().map(|(task, kind)| (format!("t:{task}"), format!("{queue} {kind}"))));
@@ -239,7 +265,7 @@ impl Workers {
 
     /// Pulling worker `id` was seen: it ended its lease on `ended`, or renewed one.
     pub async fn pulled_ended_or_running(&self, id: &str, ended: Option<&Uuid>) -> redis::RedisResult<()> {
-        let key = self.key(id);
+        let key = self.keys.worker(id);
         let mut pipe = redis::pipe();
         if let Some(task) = ended {
             pipe.cmd("HDEL").arg(&key).arg(format!("t:{task}")).ignore();
@@ -255,7 +281,7 @@ impl Workers {
             .arg(self.ttl.as_millis() as u64)
             .ignore()
             .cmd("ZADD")
-            .arg(self.index())
+            .arg(self.keys.index())
             .arg(now_ms())
             .arg(id)
             .ignore();
@@ -265,10 +291,10 @@ impl Workers {
     pub async fn gone(&self, id: &str) -> redis::RedisResult<()> {
         redis::pipe()
             .cmd("DEL")
-            .arg(self.key(id))
+            .arg(self.keys.worker(id))
             .ignore()
             .cmd("ZREM")
-            .arg(self.index())
+            .arg(self.keys.index())
             .arg(id)
             .ignore()
             .query_async(&mut self.conn.clone())
@@ -283,12 +309,12 @@ impl Workers {
         let mut conn = self.conn.clone();
         let (seen,): (Vec<(String, u64)>,) = redis::pipe()
             .cmd("ZREMRANGEBYSCORE")
-            .arg(self.index())
+            .arg(self.keys.index())
             .arg("-inf")
             .arg(format!("({since}"))
             .ignore()
             .cmd("ZRANGE")
-            .arg(self.index())
+            .arg(self.keys.index())
             .arg(0)
             .arg(-1)
             .arg("WITHSCORES")
@@ -299,7 +325,7 @@ impl Workers {
         }
         let mut pipe = redis::pipe();
         for (id, _) in &seen {
-            pipe.cmd("HGETALL").arg(self.key(id));
+            pipe.cmd("HGETALL").arg(self.keys.worker(id));
         }
         let entries: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         let mut workers = Vec::new();
@@ -342,7 +368,7 @@ impl Workers {
                 let runs_here =
                     status.as_deref() == Some("running") && holder.as_deref() == Some(id.as_str());
                 if !runs_here {
-                    stale.cmd("HDEL").arg(self.key(&id)).arg(format!("t:{}", task.task_id)).ignore();
+                    stale.cmd("HDEL").arg(self.keys.worker(&id)).arg(format!("t:{}", task.task_id)).ignore();
                     forgotten += 1;
                 }
                 runs_here

@@ -12,14 +12,15 @@
 //! Events missed while no server ran are caught by a sweep of the running workflows, which
 //! every server makes every few seconds over those not looked at for a while.
 //!
-//! Keys (see `store.rs` for the queues'):
+//! Keys (see `store.rs` for the queues'), all tagged `{_workflows}` (`layout.rs`), as a workflow
+//! is stored, listed and claimed together with the listings and its `Idempotency-Key`:
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:wf:{id}` | hash | the definition (`spec`), `status`, times, `t:`/`r:`/`s:` per step |
-//! | `{prefix}:wf:{id}:lock` | string | who is looking at the workflow now (15 s at most) |
-//! | `{prefix}:workflows` | zset | every workflow by creation time (the listing) |
-//! | `{prefix}:workflows:running` | zset | running workflows by when to look at them again |
-//! | `{prefix}:wf-idem:{sha1}` | string | `{id} {digest}` of a creation's `Idempotency-Key` |
+//! | `{prefix}:{_workflows}:wf:{id}` | hash | the definition (`spec`), `status`, times, `t:`/`r:`/`s:` per step, `idem` (the name of its idempotency key) |
+//! | `{prefix}:{_workflows}:wf:{id}:lock` | string | who is looking at the workflow now (15 s at most) |
+//! | `{prefix}:{_workflows}:workflows` | zset | every workflow by creation time (the listing) |
+//! | `{prefix}:{_workflows}:workflows:running` | zset | running workflows by when to look at them again |
+//! | `{prefix}:{_workflows}:wf-idem:{sha1}` | string | `{id} {digest}` of a creation's `Idempotency-Key` |
 
 mod plan;
 mod spec;
@@ -100,6 +101,50 @@ impl Checked {
     }
 }
 
+/// The Redis keys of the workflows, all tagged `{_workflows}` (`layout.rs`).
+#[derive(Clone, Debug)]
+pub struct WorkflowKeys {
+    base: String,
+}
+
+impl WorkflowKeys {
+    /// The keys under `prefix`.
+    pub fn new(prefix: &str) -> WorkflowKeys {
+        WorkflowKeys::under(&crate::layout::WORKFLOWS.base(prefix))
+    }
+
+    /// The keys under `base`: the family's tagged base, or the bare prefix of the layout before
+    /// tags.
+    pub(crate) fn under(base: &str) -> WorkflowKeys {
+        WorkflowKeys { base: base.to_string() }
+    }
+
+    /// Workflow `id`'s hash.
+    pub fn workflow(&self, id: &impl std::fmt::Display) -> String {
+        format!("{}:wf:{id}", self.base)
+    }
+
+    /// Who is looking at workflow `id` now.
+    pub fn lock(&self, id: &impl std::fmt::Display) -> String {
+        format!("{}:wf:{id}:lock", self.base)
+    }
+
+    /// Every workflow by creation time.
+    pub fn list(&self) -> String {
+        format!("{}:workflows", self.base)
+    }
+
+    /// Running workflows by when to look at them again.
+    pub fn running(&self) -> String {
+        format!("{}:workflows:running", self.base)
+    }
+
+    /// The workflow an `Idempotency-Key` (by its SHA-1, hex) created.
+    pub fn idempotency(&self, digest: &str) -> String {
+        format!("{}:wf-idem:{digest}", self.base)
+    }
+}
+
 /// The workflow service; cheap to clone.
 #[derive(Clone)]
 pub struct Workflows {
@@ -109,7 +154,7 @@ pub struct Workflows {
 struct Inner {
     tasks: Tasks,
     conn: ConnectionManager,
-    prefix: String,
+    keys: WorkflowKeys,
     events_key: String,
     events_maxlen: usize,
     retention: Duration,
@@ -139,7 +184,7 @@ impl Workflows {
             inner: Arc::new(Inner {
                 tasks,
                 conn,
-                prefix: prefix.to_string(),
+                keys: WorkflowKeys::new(prefix),
                 events_key: crate::store::stream_key(prefix, crate::events::WORKFLOWS_CHANNEL),
                 events_maxlen,
                 retention,
@@ -151,15 +196,15 @@ impl Workflows {
     }
 
     fn key(&self, id: &Uuid) -> String {
-        format!("{}:wf:{id}", self.inner.prefix)
+        self.inner.keys.workflow(id)
     }
 
     fn list_key(&self) -> String {
-        format!("{}:workflows", self.inner.prefix)
+        self.inner.keys.list()
     }
 
     fn running_key(&self) -> String {
-        format!("{}:workflows:running", self.inner.prefix)
+        self.inner.keys.running()
     }
 
     /// Checks a definition whole: its shape (`Spec::check`), then each step's kind, options and,
@@ -193,10 +238,7 @@ impl Workflows {
         let mut conn = self.inner.conn.clone();
         let idem = idempotency_key.map(|key| {
             let digest = sha1_smol::Sha1::from(key.as_bytes()).digest().to_string();
-            (
-                format!("{}:wf-idem:{digest}", self.inner.prefix),
-                sha1_smol::Sha1::from(&spec_json).digest().to_string(),
-            )
+            (self.inner.keys.idempotency(&digest), sha1_smol::Sha1::from(&spec_json).digest().to_string())
         });
         if let Some((idem_key, digest)) = &idem {
             let claimed: bool = redis::cmd("SET")
@@ -475,17 +517,6 @@ end
 return due",
             )
         });
-        static PRUNE: LazyLock<redis::Script> = LazyLock::new(|| {
-            redis::Script::new(
-                r"
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, id in ipairs(old) do
-  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
-    redis.call('ZREM', KEYS[1], id)
-  end
-end",
-            )
-        });
         let now = now_ms();
         let until = if all { u64::MAX / 2 } else { now };
         let mut conn = self.inner.conn.clone();
@@ -499,14 +530,26 @@ end",
         for id in ids.iter().filter_map(|id| id.parse().ok()) {
             self.ask(id, None);
         }
+        // A workflow created before the retention that is gone never comes back: those found gone
+        // are dropped, whatever happens between the look and the drop.
         let created_before = now.saturating_sub(self.inner.retention.as_millis() as u64);
-        PRUNE
-            .key(self.list_key())
-            .arg(created_before)
-            .arg(format!("{}:wf:", self.inner.prefix))
-            .arg(SWEEP_BATCH)
-            .invoke_async(&mut conn)
-            .await
+        let old: Vec<String> = conn
+            .zrangebyscore_limit(self.list_key(), "-inf", created_before, 0, SWEEP_BATCH as isize)
+            .await?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let mut exists = redis::pipe();
+        for id in &old {
+            exists.exists(self.inner.keys.workflow(id));
+        }
+        let found: Vec<bool> = exists.query_async(&mut conn).await?;
+        let gone: Vec<&String> =
+            old.iter().zip(found).filter(|(_, found)| !found).map(|(id, _)| id).collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        conn.zrem(self.list_key(), gone).await
     }
 
     /// Looks at workflow `id` under its lock: starts the steps that are ready, cancels what a
@@ -516,7 +559,7 @@ end",
         static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
             redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
         });
-        let lock = format!("{}:lock", self.key(&id));
+        let lock = self.inner.keys.lock(&id);
         let token = Uuid::now_v7().to_string();
         let mut conn = self.inner.conn.clone();
         let deadline = tokio::time::Instant::now() + LOCK_TTL;

@@ -22,6 +22,9 @@ pub async fn run(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
 }
 
 async fn run_token(config: &Config, command: TokenCommand, conn: ConnectionManager) -> anyhow::Result<()> {
+    // The tokens of the layout before hash tags move first: a token made beside them would be
+    // lost when they do.
+    crate::layout::upgrade(&conn, &config.prefix).await.context("moving the keys to the tagged layout")?;
     let tokens = Tokens::new(conn.clone(), &config.prefix, config.auth);
     let audit = Audit::new(conn, &config.prefix);
     match command {

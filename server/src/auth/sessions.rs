@@ -47,7 +47,8 @@ pub enum SessionError {
 #[derive(Clone)]
 pub struct Sessions {
     conn: ConnectionManager,
-    /// `{prefix}:web-session:`, to which a session id's digest is appended.
+    /// `{prefix}:web-session:`, to which a session id's digest is appended. Each session's key is
+    /// used alone, so it needs no hash tag (`layout.rs`).
     key_start: String,
     tokens: Tokens,
 }

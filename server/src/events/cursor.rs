@@ -11,10 +11,10 @@
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
-/// The stream of kind declarations.
-pub const KINDS_CHANNEL: &str = "_kinds";
-/// The stream of workflow and step changes.
-pub const WORKFLOWS_CHANNEL: &str = "_workflows";
+/// The stream of kind declarations, in the kinds' slot.
+pub const KINDS_CHANNEL: &str = crate::layout::KINDS.name();
+/// The stream of workflow and step changes, in the workflows' slot.
+pub const WORKFLOWS_CHANNEL: &str = crate::layout::WORKFLOWS.name();
 
 /// The most streams one cursor names: every queue there may be, and the two of Courier's own.
 const MAX_CHANNELS: usize = crate::queues::MAX_QUEUES + 2;

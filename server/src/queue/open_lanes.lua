@@ -2,6 +2,8 @@
 -- the tasks on a queue's ready streams from before lanes (one set of streams for every kind,
 -- `{base}:ready`…) onto their kinds' lanes, a batch at a time. A task that was running there
 -- (its holder an older worker) is taken over as if its holder had died.
+-- KEYS: the queue's lanes set, its ready-lanes set, then its ready streams from before lanes
+--   (high, normal, low)
 -- ARGV: key base, batch size, then the kinds to open lanes for
 -- Returns how many old entries it moved; the caller calls again while that is the batch size.
 local base, batch = ARGV[1], tonumber(ARGV[2])
@@ -10,7 +12,7 @@ for i = 3, #ARGV do
 end
 local moved = 0
 for s = 1, 3 do
-  local old = base .. ':' .. LANE_SUFFIX[s]
+  local old = KEYS[2 + s]
   if moved < batch and redis.call('EXISTS', old) == 1 then
     local entries = redis.call('XRANGE', old, '-', '+', 'COUNT', batch - moved)
     for _, e in ipairs(entries) do

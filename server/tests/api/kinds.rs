@@ -175,10 +175,9 @@ async fn invalid_declarations_are_refused_naming_the_field_and_nothing_is_stored
 
     assert!(listed(&app).await.iter().all(|(_, declared)| !declared));
     let mut redis = app.redis().await;
-    let stored: usize =
-        redis::cmd("HLEN").arg(format!("{}:kinds", app.prefix)).query_async(&mut redis).await.unwrap();
-    let version: Option<u64> =
-        redis::cmd("GET").arg(format!("{}:kinds-version", app.prefix)).query_async(&mut redis).await.unwrap();
+    let keys = courier::kinds::KindKeys::new(&app.prefix);
+    let stored: usize = redis::cmd("HLEN").arg(keys.declared()).query_async(&mut redis).await.unwrap();
+    let version: Option<u64> = redis::cmd("GET").arg(keys.version()).query_async(&mut redis).await.unwrap();
     assert_eq!((stored, version), (0, None));
 }
 

@@ -10,6 +10,7 @@ mod edge;
 mod events;
 mod kind_counts;
 mod kinds;
+mod layout;
 mod listing;
 mod metrics;
 mod operate;

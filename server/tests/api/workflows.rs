@@ -417,7 +417,7 @@ async fn an_ended_workflow_goes_after_its_retention_and_leaves_the_listing() {
     let view = create_ok(&app, json!({"steps": [{"id": "a", "kind": "echo", "payload": 1}]})).await;
     let id = id_of(&view);
     assert_eq!(until_ended(&app, &id).await["status"], "succeeded");
-    let listing = format!("{}:workflows", app.prefix);
+    let listing = courier::workflows::WorkflowKeys::new(&app.prefix).list();
     let mut redis = app.redis().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -277,14 +277,17 @@ async fn until_json(
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = serde_json::Value::Null;
     loop {
         if let Ok(response) = http.get(url).send().await
             && let Ok(value) = response.json::<serde_json::Value>().await
-            && check(&value)
         {
-            return value;
+            if check(&value) {
+                return value;
+            }
+            last = value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{url} never got there");
+        assert!(tokio::time::Instant::now() < deadline, "{url} never got there: {last}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -311,17 +314,26 @@ async fn a_workflow_completes_after_its_worker_and_then_every_process_is_killed(
     assert_eq!(created.status(), 202);
     let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let view = format!("/api/v1/workflows/{id}");
-    let step_is =
-        |step: usize, state: &'static str| move |v: &serde_json::Value| v["steps"][step]["state"] == state;
+    // A step runs once its task does (the workflow records the state it finds at its looks).
+    let until_step_runs = |base: String, step: usize| {
+        let (http, view) = (http.clone(), view.clone());
+        async move {
+            let started =
+                until_json(&http, &format!("{base}{view}"), |v| v["steps"][step]["tasks"][0].is_string())
+                    .await;
+            let task = started["steps"][step]["tasks"][0].as_str().unwrap().to_string();
+            until_json(&http, &format!("{base}/api/v1/tasks/{task}"), |t| t["status"] == "running").await;
+        }
+    };
 
     // The worker dies mid-step: another takes the step over once its lease runs out.
-    until_json(&http, &format!("{base}{view}"), step_is(0, "running")).await;
+    until_step_runs(base.clone(), 0).await;
     signal(&worker, "KILL");
     worker.wait().await.unwrap();
     worker = courier(&url, &prefix, None);
 
     // Every process dies mid-step, and comes back.
-    until_json(&http, &format!("{base}{view}"), step_is(2, "running")).await;
+    until_step_runs(base.clone(), 2).await;
     for child in [&server, &worker] {
         signal(child, "KILL");
     }
