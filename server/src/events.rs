@@ -511,6 +511,10 @@ pub struct Events {
     shutdown: CancellationToken,
 }
 
+/// How far the clocks of Redis and of this process may differ: a place in time further ahead
+/// than that was never issued.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 /// How often the tail reads the queue registry for queues another process made.
 const CHANNELS_EVERY: Duration = Duration::from_secs(1);
 
@@ -735,8 +739,10 @@ impl Events {
             Some(Err(e)) => return Err(e),
             None => return Err(unreadable()),
         };
+        // A place in time past the stream's end is no gap, unless that time has not come yet.
+        let issued = named || after.0 <= crate::store::now_ms() + CLOCK_SKEW.as_millis() as u64;
         Ok(match bounds.gap_after(after) {
-            Some(ResetReason::Unknown) if !named => Replay::Entries(Vec::new()),
+            Some(ResetReason::Unknown) if !named && issued => Replay::Entries(Vec::new()),
             Some(reason) => {
                 let oldest = bounds.first.map(|first| first.to_string());
                 Replay::Gone(StreamReset { reason, oldest }, bounds.last)

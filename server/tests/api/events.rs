@@ -204,3 +204,65 @@ async fn past_max_sse_clients_a_stream_is_refused_with_503_until_one_leaves() {
     drop(first);
     assert!(admitted_within(&app, Duration::from_secs(3)).await, "a client left but its slot stayed taken");
 }
+
+#[tokio::test]
+async fn a_reader_resumes_exactly_where_it_was_in_every_queues_stream() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut live = app.sse("/api/v1/events", None).await;
+    for queue in ["left", "right", "left", "right", "right", "left"] {
+        app.submit_ok(json!({"kind": "echo", "payload": 1, "queue": queue})).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let event = live.next_within(Duration::from_secs(10)).await.expect("every task's event");
+        seen.push(event);
+    }
+    // Each id is the reader's place in each queue's stream.
+    let last = &seen[5].id;
+    assert!(last.contains("left=") && last.contains("right="), "{last}");
+
+    // From the second event's place: exactly the four after it, whichever stream each is in.
+    let mut resumed = app.sse("/api/v1/events", Some(&seen[1].id)).await;
+    let mut replayed = Vec::new();
+    while replayed.len() < 4 {
+        let event = resumed.next_within(Duration::from_secs(10)).await.expect("what came after");
+        replayed.push((event.data["task_id"].to_string(), event.name));
+    }
+    let mut expected: Vec<(String, String)> =
+        seen[2..].iter().map(|e| (e.data["task_id"].to_string(), e.name.clone())).collect();
+    replayed.sort();
+    expected.sort();
+    assert_eq!(replayed, expected);
+    assert!(resumed.next_within(Duration::from_secs(1)).await.is_none(), "and nothing twice");
+
+    // An id from before the streams were split, a bare place in time, resumes every stream
+    // after it: exactly the events of a later millisecond than the fourth, in any stream.
+    let place_of = |event: &crate::support::SseEvent| -> (u64, u64) {
+        let queue = event.data["queue"].as_str().unwrap();
+        let at = event.id.split(',').find_map(|p| p.strip_prefix(&format!("{queue}="))).unwrap();
+        let (ms, seq) = at.split_once('-').unwrap();
+        (ms.parse().unwrap(), seq.parse().unwrap())
+    };
+    let time = place_of(&seen[3]).0;
+    let later: Vec<String> =
+        seen.iter().filter(|e| place_of(e).0 > time).map(|e| e.data["task_id"].to_string()).collect();
+    let mut from_time = app.sse("/api/v1/events", Some(&format!("{time}-{}", u64::MAX - 1))).await;
+    let mut replayed = Vec::new();
+    while let Some(event) = from_time.next_within(Duration::from_secs(1)).await {
+        replayed.push(event.data["task_id"].to_string());
+    }
+    replayed.sort();
+    let mut later = later;
+    later.sort();
+    assert_eq!(replayed, later);
+}
+
+#[tokio::test]
+async fn a_place_no_stream_issued_yet_gets_a_reset_saying_so() {
+    let app = spawn_app().await;
+    for id in ["99999999999999-0", "default=99999999999999-0"] {
+        let mut resumed = app.sse("/api/v1/events", Some(id)).await;
+        let reset = resumed.next_within(Duration::from_secs(10)).await.expect("a reset");
+        assert_eq!((reset.name.as_str(), &reset.data["reason"]), ("reset", &json!("unknown")), "{id}");
+    }
+}
