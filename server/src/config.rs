@@ -130,7 +130,7 @@ pub struct Config {
     #[arg(long, env = "COURIER_DEAD_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
     pub dead_retention: Duration,
 
-    /// About how many task events the event stream keeps (a client resuming from before the
+    /// About how many events each queue's event stream keeps (a client resuming from before the
     /// oldest kept is told to reload with a `reset` event).
     #[arg(long, env = "COURIER_EVENTS_MAX", default_value_t = 100_000, global = true)]
     pub events_max: usize,
