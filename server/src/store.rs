@@ -179,6 +179,25 @@ impl Keys {
     }
 }
 
+/// Takes the lock `key` for `ttl` under `token` (`SET NX PX`), unless someone holds it; whether
+/// it was taken.
+pub async fn take_lock(
+    conn: &mut ConnectionManager,
+    key: &str,
+    token: &str,
+    ttl: std::time::Duration,
+) -> redis::RedisResult<bool> {
+    let taken: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(token)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl.as_millis() as u64)
+        .query_async(conn)
+        .await?;
+    Ok(taken.is_some())
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp Courier stores.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -564,15 +564,7 @@ return due",
         let mut conn = self.inner.conn.clone();
         let deadline = tokio::time::Instant::now() + LOCK_TTL;
         loop {
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(&lock)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(LOCK_TTL.as_millis() as u64)
-                .query_async(&mut conn)
-                .await?;
-            if taken.is_some() {
+            if crate::store::take_lock(&mut conn, &lock, &token, LOCK_TTL).await? {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {

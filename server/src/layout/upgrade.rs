@@ -47,15 +47,7 @@ pub async fn upgrade(conn: &ConnectionManager, prefix: &str) -> redis::RedisResu
         if current(&mut conn, &marker).await? {
             return Ok(());
         }
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&lock)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(LOCK_TTL.as_millis() as u64)
-            .query_async(&mut conn)
-            .await?;
-        if taken.is_some() {
+        if crate::store::take_lock(&mut conn, &lock, &token, LOCK_TTL).await? {
             // Another process may have finished between the look and the lock.
             let moved = match current(&mut conn, &marker).await {
                 Ok(true) => Ok(()),

@@ -433,27 +433,21 @@ async fn a_durable_submit_is_confirmed_by_a_replica_and_a_plain_one_can_be_lost_
     let _: () = redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async(&mut replica_conn).await.unwrap();
     until_replication(&primary_url, "connected_slaves:0").await;
     let accepted_then_lost = plain.submit_ok(task.clone()).await;
-    let refused = durable
-        .http
-        .post(durable.url("/api/v1/tasks"))
-        .header("idempotency-key", "durable-1")
-        .json(&task)
-        .send()
-        .await
-        .unwrap();
+    let submit_once = || {
+        durable
+            .http
+            .post(durable.url("/api/v1/tasks"))
+            .header("idempotency-key", "durable-1")
+            .json(&task)
+            .send()
+    };
+    let refused = submit_once().await.unwrap();
     assert!(refused.headers().contains_key("retry-after"));
     let problem = assert_problem(refused, 503, "/problems/not-replicated").await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("replica") && detail.contains("Idempotency-Key"), "{detail}");
     // Its retry is no better while no replica has it: the same task, still unconfirmed.
-    let retried = durable
-        .http
-        .post(durable.url("/api/v1/tasks"))
-        .header("idempotency-key", "durable-1")
-        .json(&task)
-        .send()
-        .await
-        .unwrap();
+    let retried = submit_once().await.unwrap();
     let again = assert_problem(retried, 503, "/problems/not-replicated").await;
     let task_of = |detail: &str| {
         detail.split_whitespace().find_map(|w| w.trim_end_matches(',').parse::<uuid::Uuid>().ok())
