@@ -634,8 +634,10 @@ impl Events {
                     Some(conn) => conn,
                     None => {
                         let mut fresh = client.get_multiplexed_async_connection_with_config(&config).await?;
-                        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut fresh).await?;
-                        self.tail_client.store(id, Ordering::Release);
+                        // An ACL user without `CLIENT` is woken by the read's timeout instead.
+                        let id: redis::RedisResult<i64> =
+                            redis::cmd("CLIENT").arg("ID").query_async(&mut fresh).await;
+                        self.tail_client.store(id.unwrap_or(0), Ordering::Release);
                         conn.insert(fresh)
                     }
                 };
