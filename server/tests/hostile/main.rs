@@ -363,8 +363,9 @@ async fn two_thousand_hostile_requests_get_problems_never_a_5xx_and_lose_no_task
         accepted
             .push(response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string());
     }
+    let (before, _) = served.rss_mib();
     let seed = 0x00C0_FFEE_u64 ^ u64::from(served.port);
-    println!("barrage seed {seed:#x}");
+    println!("barrage seed {seed:#x}; RSS before it {before} MiB");
     let mut random = Random(seed);
     let mut answered = 0;
     for round in 0..2000 {
@@ -395,8 +396,9 @@ async fn two_thousand_hostile_requests_get_problems_never_a_5xx_and_lose_no_task
     let (rss, peak) = served.rss_mib();
     println!("{answered} of 2000 answered; RSS {rss} MiB, peak {peak} MiB");
     assert_eq!(answered, 2000);
-    // A 4 MiB array of zeros parsed into a tree took over 130 MiB on its own.
-    assert!(peak < 100, "peak RSS {peak} MiB");
+    // A 4 MiB array of zeros parsed into a tree took over 130 MiB on its own; held as bytes, the
+    // barrage grows the server by 40 to 55 MiB (its allocator's per-thread heaps vary).
+    assert!(peak < before + 80, "peak RSS {peak} MiB, from {before} MiB before the barrage");
     for id in &accepted {
         let mut status = String::new();
         for _ in 0..400 {
