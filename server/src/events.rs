@@ -557,7 +557,7 @@ impl Events {
     /// Every stream there is: each queue's, and Courier's own.
     async fn channels(&self) -> redis::RedisResult<Vec<Arc<str>>> {
         let mut channels: Vec<Arc<str>> = vec![KINDS_CHANNEL.into(), WORKFLOWS_CHANNEL.into()];
-        channels.extend(self.queues.all().await?.iter().map(|queue| Arc::from(queue.name())));
+        channels.extend(self.queues.names().await?.into_iter().map(Arc::from));
         Ok(channels)
     }
 

@@ -202,6 +202,11 @@ impl Queues {
 
     /// Every queue there is, by name, the default one included.
     pub async fn all(&self) -> redis::RedisResult<Vec<Queue>> {
+        Ok(self.names().await?.iter().map(|n| self.handle(n)).collect())
+    }
+
+    /// The name of every queue there is, the default one included, sorted.
+    pub async fn names(&self) -> redis::RedisResult<Vec<String>> {
         let mut names: Vec<String> = redis::cmd("SMEMBERS")
             .arg(&self.inner.keys.names)
             .query_async(&mut self.inner.conn.clone())
@@ -210,7 +215,7 @@ impl Queues {
         names.retain(|n| is_queue_name(n));
         names.sort();
         names.dedup();
-        Ok(names.iter().map(|n| self.handle(n)).collect())
+        Ok(names)
     }
 
     /// Remembers that task `id` lives in `queue`.

@@ -182,10 +182,7 @@ pub async fn submit_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !is_json(content_type) {
-        return Err(unsupported_media_type("send the batch as JSON (Content-Type: application/json)"));
-    }
+    require_json(&headers, "the batch")?;
     if headers.contains_key("idempotency-key") {
         return Err(ApiError::bad_request(
             "Idempotency-Key applies to single submissions: send the task to POST /api/v1/tasks",
@@ -281,6 +278,17 @@ fn json_submission(body: &Bytes, request: SubmitRequest<&RawValue>) -> Submissio
     };
     let payload = Payload::Json(body.slice_ref(request.payload.get().as_bytes()));
     Submission { kind: request.kind, payload, options, idempotency_key: None }
+}
+
+/// `415` unless the body is JSON: `what` is what the client should send as JSON.
+pub(super) fn require_json(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match is_json(content_type) {
+        true => Ok(()),
+        false => {
+            Err(unsupported_media_type(&format!("send {what} as JSON (Content-Type: application/json)")))
+        }
+    }
 }
 
 pub(super) fn unsupported_media_type(detail: &str) -> ApiError {

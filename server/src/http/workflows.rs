@@ -4,7 +4,7 @@
 
 use super::{
     ApiError, AppState,
-    api::{is_json, prefer_wait, spend, unsupported_media_type},
+    api::{prefer_wait, spend},
     auth::no_such_queue,
     off_runtime, parse_json, read_body,
 };
@@ -87,10 +87,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !is_json(content_type) {
-        return Err(unsupported_media_type("send the workflow as JSON (Content-Type: application/json)"));
-    }
+    super::api::require_json(&headers, "the workflow")?;
     let idempotency_key = super::api::idempotency_key(&headers)?;
     let limit = state.max_payload.min(crate::workflows::MAX_DEFINITION_BYTES);
     let body = read_body(body, &headers, limit, &state.body_budget).await?;
