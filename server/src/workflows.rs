@@ -145,6 +145,10 @@ impl WorkflowKeys {
     }
 }
 
+/// How many of a queued step's tasks a view reads to see whether the step has started (a map
+/// step's first tasks start first).
+const STARTED_PROBE: usize = 8;
+
 /// The workflow service; cheap to clone.
 #[derive(Clone)]
 pub struct Workflows {
@@ -330,9 +334,27 @@ impl Workflows {
     }
 
     /// The workflow's view, `None` if unknown or past its retention.
+    ///
+    /// Looks follow the ends of tasks, not their starts, so a step recorded `queued` is shown
+    /// `running` once one of its first [`STARTED_PROBE`] tasks has started (read now).
     pub async fn view(&self, id: &Uuid) -> redis::RedisResult<Option<WorkflowView>> {
         let fields: HashMap<String, String> = self.inner.conn.clone().hgetall(self.key(id)).await?;
-        Ok(Stored::read(&fields).map(|stored| stored.view(*id)))
+        let Some(mut view) = Stored::read(&fields).map(|stored| stored.view(*id)) else {
+            return Ok(None);
+        };
+        if view.status.is_terminal() {
+            return Ok(Some(view));
+        }
+        for step in view.steps.iter_mut().filter(|s| s.state == StepState::Queued) {
+            let probed = step.tasks.iter().take(STARTED_PROBE).map(|t| self.inner.tasks.get(t));
+            let records = futures::future::try_join_all(probed).await?;
+            if records.iter().flatten().any(|r| {
+                matches!(r.status, Status::Running | Status::Retrying | Status::Succeeded | Status::Failed)
+            }) {
+                step.state = StepState::Running;
+            }
+        }
+        Ok(Some(view))
     }
 
     /// The newest workflows, at most `limit`, those the `reaches` predicate allows.

@@ -6,6 +6,7 @@ use super::{api, dashboard::short_time, live};
 use crate::model::workflow::{
     StepState, StepView, WORKFLOW_EVENT, WorkflowEvent, WorkflowList, WorkflowStatus, WorkflowView, layout,
 };
+use crate::model::{Status, TaskEvent};
 use leptos::{prelude::*, task::spawn_local};
 use leptos_router::hooks::use_params_map;
 use std::time::Duration;
@@ -87,18 +88,16 @@ pub fn WorkflowForm() -> impl IntoView {
     }
 }
 
-/// Calls `reload` now, and again (at most every [`RELOAD_EVERY`]) whenever a workflow event that
-/// `concerns` arrives, or events were missed.
+/// Calls `reload` now, and again (at most every [`RELOAD_EVERY`]) whenever an event that
+/// `concerns` (given its name and data) arrives, or events were missed.
 fn reload_on_events(
     reload: impl Fn() + Copy + Send + Sync + 'static,
-    concerns: impl Fn(&WorkflowEvent) -> bool + 'static,
+    concerns: impl Fn(&str, &str) -> bool + 'static,
 ) {
     let due = StoredValue::new(false);
     reload();
     live::subscribe("/api/v1/events", move |name, data| {
-        let wanted = name == live::RESET_EVENT
-            || (name == WORKFLOW_EVENT
-                && serde_json::from_str(data).is_ok_and(|e: WorkflowEvent| concerns(&e)));
+        let wanted = name == live::RESET_EVENT || concerns(name, data);
         if wanted && due.try_get_value() == Some(false) {
             due.set_value(true);
             set_timeout(
@@ -114,6 +113,11 @@ fn reload_on_events(
     });
 }
 
+/// The workflow event `name` and `data` make, if they make one.
+fn workflow_event(name: &str, data: &str) -> Option<WorkflowEvent> {
+    (name == WORKFLOW_EVENT).then(|| serde_json::from_str(data).ok()).flatten()
+}
+
 /// `/workflows`: the newest workflows with their status.
 #[component]
 pub fn WorkflowsPage() -> impl IntoView {
@@ -124,7 +128,9 @@ pub fn WorkflowsPage() -> impl IntoView {
             let _ = list.try_set(Some(answer));
         });
     };
-    Effect::new(move |_| reload_on_events(reload, |e| e.step.is_none()));
+    Effect::new(move |_| {
+        reload_on_events(reload, |name, data| workflow_event(name, data).is_some_and(|e| e.step.is_none()))
+    });
     view! {
         <section class="workflows">
             <div class="heading">
@@ -204,7 +210,19 @@ pub fn WorkflowPage() -> impl IntoView {
     let mine = id.clone();
     Effect::new(move |_| {
         let mine = mine.clone();
-        reload_on_events(reload, move |e| e.workflow_id.to_string() == mine);
+        reload_on_events(reload, move |name, data| {
+            if let Some(event) = workflow_event(name, data) {
+                return event.workflow_id.to_string() == mine;
+            }
+            // A step's task started: the step is running now (looks follow task ends only).
+            name == Status::Running.as_str()
+                && serde_json::from_str::<TaskEvent>(data).is_ok_and(|event| {
+                    workflow.with_untracked(|w| {
+                        matches!(w, Some(Ok(Some(view)))
+                            if view.steps.iter().any(|s| s.tasks.contains(&event.task_id)))
+                    })
+                })
+        });
     });
     view! {
         <section class="workflow-page">

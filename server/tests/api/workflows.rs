@@ -261,6 +261,41 @@ async fn a_definition_with_a_fault_is_refused_whole_naming_the_step() {
 }
 
 #[tokio::test]
+async fn a_step_shows_running_once_its_task_starts_though_no_look_followed() {
+    let app = spawn_app().await;
+    let pause = app.http.post(app.url("/api/v1/queues/wf-held/pause")).send().await.unwrap();
+    assert_eq!(pause.status(), 200);
+    let view = create_ok(
+        &app,
+        json!({"steps": [
+            {"id": "nap", "kind": "sleep", "queue": "wf-held", "payload": {"ms": 3000, "steps": 30}},
+            {"id": "next", "kind": "echo", "after": ["nap"], "payload": 1},
+        ]}),
+    )
+    .await;
+    let id = id_of(&view);
+    // The workflow's looks are over while its queue holds the task: `queued` is recorded.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = app.get_json(&format!("/api/v1/workflows/{id}")).await;
+    assert_eq!(step(&held, "nap")["state"], "queued", "{held}");
+    let task = step(&held, "nap")["tasks"][0].as_str().unwrap().to_string();
+    let mut events = app.sse("/api/v1/events", None).await;
+    let resume = app.http.post(app.url("/api/v1/queues/wf-held/resume")).send().await.unwrap();
+    assert_eq!(resume.status(), 200);
+    loop {
+        let event = events.next_within(Duration::from_secs(20)).await.expect("the step's task runs");
+        if event.name == "running" && event.data["task_id"] == task.as_str() {
+            break;
+        }
+    }
+    // Looks follow task ends, none came: the view reads that the task started.
+    let seen = app.get_json(&format!("/api/v1/workflows/{id}")).await;
+    assert_eq!(step(&seen, "nap")["state"], "running", "{seen}");
+    assert_eq!(step(&seen, "next")["state"], "waiting");
+    assert_eq!(until_ended(&app, &id).await["status"], "succeeded");
+}
+
+#[tokio::test]
 async fn cancelling_stops_the_running_step_and_starts_nothing_else() {
     let app = spawn_app().await;
     let mut events = app.sse("/api/v1/events", None).await;
