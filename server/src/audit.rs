@@ -1,8 +1,9 @@
 //! The audit trail: who cancelled, requeued, deleted, paused, resumed, and who changed tokens and
 //! kinds, and when, in a capped stream `{prefix}:audit` that every instance writes and reads.
 
+use crate::redis_client::Conn;
 use app::model::{AuditEntry, AuditPage};
-use redis::{Value, aio::ConnectionManager};
+use redis::Value;
 use tracing::warn;
 
 /// About how many actions the trail keeps (older ones are trimmed).
@@ -11,14 +12,14 @@ const KEEP: usize = 10_000;
 /// The audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
-    conn: ConnectionManager,
+    conn: Conn,
     /// `{prefix}:audit`, used alone, so with no hash tag (`layout.rs`).
     key: String,
 }
 
 impl Audit {
     /// The trail under `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Audit {
+    pub fn new(conn: Conn, prefix: &str) -> Audit {
         Audit { conn, key: format!("{prefix}:audit") }
     }
 

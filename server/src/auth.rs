@@ -20,8 +20,9 @@
 pub mod cli;
 pub mod sessions;
 
+use crate::redis_client::Conn;
 use base64::Engine as _;
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::{
@@ -370,7 +371,7 @@ struct Table {
 /// The tokens: stored in Redis, held in memory; cheap to clone.
 #[derive(Clone)]
 pub struct Tokens {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Arc<TokenKeys>,
     /// `{prefix}:rate`, the start of each token's per-second submission counters: each is used
     /// alone, so it needs no tag.
@@ -385,7 +386,7 @@ pub struct Tokens {
 
 impl Tokens {
     /// The tokens under `prefix`, none loaded yet ([`Tokens::reload`]).
-    pub fn new(conn: ConnectionManager, prefix: &str, mode: AuthMode) -> Tokens {
+    pub fn new(conn: Conn, prefix: &str, mode: AuthMode) -> Tokens {
         Tokens {
             conn,
             keys: Arc::new(TokenKeys::new(prefix)),

@@ -83,9 +83,15 @@ pub struct Config {
     #[arg(long, env = "COURIER_TLS_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
 
-    /// Redis URL (redis:// or rediss://). Unset: `serve` starts its own redis-server.
+    /// Redis URL (redis:// or rediss://), or several separated by commas: the seed nodes of a
+    /// Redis Cluster. Unset: `serve` starts its own redis-server.
     #[arg(long, env = "COURIER_REDIS_URL", global = true)]
     pub redis_url: Option<RedisUrl>,
+
+    /// The Redis URL is a Redis Cluster's node (implied when the URL lists several): queues are
+    /// spread over the cluster's masters, one slot each.
+    #[arg(long, env = "COURIER_REDIS_CLUSTER", global = true)]
+    pub redis_cluster: bool,
 
     /// Answer a submission only once a replica of Redis holds it too (`WAIT 1` before the 202),
     /// so that a primary that fails right after the answer loses no accepted task. Redis
@@ -321,6 +327,9 @@ impl Config {
             "1ms",
             "60s",
         )?;
+        if self.redis_cluster && self.redis_url.is_none() {
+            return Err("--redis-cluster needs a --redis-url: the embedded redis-server is one node".into());
+        }
         if self.durable_submit && self.redis_url.is_none() {
             return Err(
                 "--durable-submit needs a --redis-url with a replica: the embedded redis-server has none"
@@ -351,14 +360,26 @@ impl RedisUrl {
     }
 }
 
+impl RedisUrl {
+    /// Whether the URL lists several nodes (those of a Redis Cluster).
+    pub fn lists_several(&self) -> bool {
+        self.0.contains(',')
+    }
+}
+
 impl FromStr for RedisUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://") {
+        let scheme_ok = |url: &str| {
+            let url = url.trim();
+            url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")
+        };
+        if s.split(',').all(scheme_ok) {
             Ok(RedisUrl(s.to_string()))
         } else {
-            Err("must start with redis://, rediss:// or redis+unix://".into())
+            Err("must start with redis://, rediss:// or redis+unix:// (each of a comma-separated list)"
+                .into())
         }
     }
 }
@@ -366,10 +387,16 @@ impl FromStr for RedisUrl {
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Keep scheme and host, drop credentials: `redis://user:pw@host` prints `redis://…@host`.
-        match (self.0.split_once("://"), self.0.rsplit_once('@')) {
-            (Some((scheme, _)), Some((_, host))) => write!(f, "{scheme}://…@{host}"),
-            _ => f.write_str(&self.0),
+        for (i, url) in self.0.split(',').enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match (url.split_once("://"), url.rsplit_once('@')) {
+                (Some((scheme, _)), Some((_, host))) => write!(f, "{}://…@{host}", scheme.trim())?,
+                _ => f.write_str(url)?,
+            }
         }
+        Ok(())
     }
 }
 
@@ -549,6 +576,10 @@ mod tests {
         assert_eq!(url.to_string(), "redis://…@cache:6379/0");
         assert!(!format!("{url:?}").contains("hunter2"));
         assert!("http://x".parse::<RedisUrl>().is_err());
+        let list: RedisUrl = "redis://a:pw1@n1:7000,redis://:pw2@n2:7001".parse().unwrap();
+        assert_eq!(list.to_string(), "redis://…@n1:7000,redis://…@n2:7001");
+        assert!(list.lists_several());
+        assert!("redis://n1:7000,http://n2".parse::<RedisUrl>().is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod cursor;
 
 pub use cursor::{Cursor, KINDS_CHANNEL, Position, WORKFLOWS_CHANNEL, is_channel};
 
+use crate::redis_client::{Conn, RedisClient};
 use crate::{
     queues::Queues,
     store::{Keys, TaskRecord, rfc3339, stream_key},
@@ -16,11 +17,7 @@ use app::model::{
     KIND_EVENT, KindEvent, QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent,
     workflow::{WORKFLOW_EVENT, WorkflowEvent},
 };
-use redis::{
-    AsyncConnectionConfig, Value,
-    aio::{ConnectionManager, MultiplexedConnection},
-    streams::StreamRangeReply,
-};
+use redis::{Value, streams::StreamRangeReply};
 use std::{
     borrow::Cow,
     collections::{BTreeSet, HashMap},
@@ -492,7 +489,7 @@ async fn next_check(recheck: &mut Option<tokio::time::Interval>) {
 /// The process's view of the event streams; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: Arc<str>,
     queues: Queues,
     fanout: broadcast::Sender<Arc<StoredEvent>>,
@@ -523,8 +520,8 @@ impl Events {
     /// workflows) from their current ends, until `shutdown`; at most `max_streams` followers at
     /// once. Queues made later are tailed from their first event.
     pub async fn start(
-        client: redis::Client,
-        conn: ConnectionManager,
+        client: RedisClient,
+        conn: Conn,
         queues: Queues,
         max_streams: usize,
         shutdown: CancellationToken,
@@ -549,9 +546,42 @@ impl Events {
         let channels = events.channels().await?;
         let from = events.latest(&channels).await?;
         *events.read_up_to.lock().expect("never poisoned") = from.clone();
-        tokio::spawn(events.clone().tail(client, from));
-        tokio::spawn(events.clone().wake_on_new_queues());
+        if client.is_cluster() {
+            tokio::spawn(events.clone().tail_each(client, from));
+        } else {
+            tokio::spawn(events.clone().tail(client, from, None));
+            tokio::spawn(events.clone().wake_on_new_queues());
+        }
         Ok(events)
+    }
+
+    /// On a cluster, where one read keeps to one slot: a tail per stream, each from `from` (or,
+    /// for a queue made later, from its stream's first event), started as the queues appear.
+    async fn tail_each(self, client: RedisClient, from: Cursor) {
+        let opened = self.queues.opened();
+        let mut tailed: Vec<Arc<str>> = Vec::new();
+        loop {
+            match self.channels().await {
+                Ok(found) => {
+                    let new: Vec<Arc<str>> = found.into_iter().filter(|c| !tailed.contains(c)).collect();
+                    for channel in new {
+                        // A stream new to the tail is read from its beginning: every entry in
+                        // it was written after the tail started.
+                        let mut at = Cursor::default();
+                        at.set(&channel, from.get(&channel));
+                        self.read_up_to.lock().expect("never poisoned").set(&channel, at.get(&channel));
+                        tokio::spawn(self.clone().tail(client.clone(), at, Some(channel.clone())));
+                        tailed.push(channel);
+                    }
+                }
+                Err(e) => debug!(error = %e, "reading the queue registry failed; the tail tries again"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CHANNELS_EVERY) => {}
+                () = opened.notified() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Every stream there is: each queue's, and Courier's own.
@@ -567,7 +597,7 @@ impl Events {
         for channel in channels {
             pipe.cmd("XREVRANGE").arg(self.key(channel)).arg("+").arg("-").arg("COUNT").arg(1);
         }
-        let latest: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn.clone()).await?;
+        let latest: Vec<StreamRangeReply> = self.conn.query_spread(&pipe).await?;
         let mut cursor = Cursor::default();
         for (channel, latest) in channels.iter().zip(latest) {
             let position = latest.ids.first().and_then(|entry| Position::parse(&entry.id));
@@ -602,9 +632,10 @@ impl Events {
         }
     }
 
-    async fn tail(self, client: redis::Client, from: Cursor) {
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        let mut conn: Option<MultiplexedConnection> = None;
+    /// Reads the streams of `from` (`only` that one, or every one and those of the queues made
+    /// later) from where `from` places them, and hands their events to the subscribers.
+    async fn tail(self, client: RedisClient, from: Cursor, only: Option<Arc<str>>) {
+        let mut conn: Option<Conn> = None;
         // Never skip an id, even across reconnects, so no subscriber misses an event.
         let mut at = from;
         let mut channels: Vec<Arc<str>> = at.channels().cloned().collect();
@@ -612,7 +643,9 @@ impl Events {
         let mut looked = tokio::time::Instant::now();
         let mut failures = 0u32;
         while !self.shutdown.is_cancelled() {
-            if self.stale.swap(false, Ordering::AcqRel) || looked.elapsed() >= CHANNELS_EVERY {
+            if only.is_none()
+                && (self.stale.swap(false, Ordering::AcqRel) || looked.elapsed() >= CHANNELS_EVERY)
+            {
                 looked = tokio::time::Instant::now();
                 match self.channels().await {
                     // A stream new to the tail is read from its beginning: every entry in it
@@ -633,11 +666,13 @@ impl Events {
                 let conn = match &mut conn {
                     Some(conn) => conn,
                     None => {
-                        let mut fresh = client.get_multiplexed_async_connection_with_config(&config).await?;
-                        // An ACL user without `CLIENT` is woken by the read's timeout instead.
-                        let id: redis::RedisResult<i64> =
-                            redis::cmd("CLIENT").arg("ID").query_async(&mut fresh).await;
-                        self.tail_client.store(id.unwrap_or(0), Ordering::Release);
+                        let mut fresh = client.connect_blocking().await?;
+                        if only.is_none() {
+                            // An ACL user without `CLIENT` is woken by the read's timeout instead.
+                            let id: redis::RedisResult<i64> =
+                                redis::cmd("CLIENT").arg("ID").query_async(&mut fresh).await;
+                            self.tail_client.store(id.unwrap_or(0), Ordering::Release);
+                        }
                         conn.insert(fresh)
                     }
                 };
@@ -667,8 +702,8 @@ impl Events {
                         }
                     }
                     let mut read_up_to = self.read_up_to.lock().expect("never poisoned");
-                    if *read_up_to != at {
-                        *read_up_to = at.clone();
+                    for channel in &channels {
+                        read_up_to.set(channel, at.get(channel));
                     }
                     drop(read_up_to);
                     for event in read {

@@ -10,10 +10,10 @@ mod sleep;
 mod text_stats;
 
 use crate::kinds::{self, DeclaredKind, KindKeys};
+use crate::redis_client::Conn;
 use app::model::KindInfo;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
 use std::{
     collections::BTreeMap,
@@ -289,7 +289,7 @@ impl Registry {
     /// when it did not); `true` if they were read. A declaration that no longer reads (written by
     /// a newer version) is left out, and said once per read. An unchanged declaration keeps its
     /// handler (and its endpoint's connections and in-flight bound).
-    pub async fn reload(&self, conn: &ConnectionManager, keys: &KindKeys) -> redis::RedisResult<bool> {
+    pub async fn reload(&self, conn: &Conn, keys: &KindKeys) -> redis::RedisResult<bool> {
         let _one_at_a_time = self.reloading.lock().await;
         let version = kinds::version(conn, keys).await?;
         if self.declared.read().expect("never poisoned").version == Some(version) {

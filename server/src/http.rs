@@ -34,6 +34,7 @@ pub use queues::validate as validate_limits;
 pub use timeouts::Timeouts;
 pub use tls::{TlsError, tls_acceptor};
 
+use crate::redis_client::Conn;
 use crate::{
     audit::Audit,
     auth::{Tokens, sessions::Sessions},
@@ -55,7 +56,6 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
-use redis::aio::ConnectionManager;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -63,10 +63,7 @@ use uuid::Uuid;
 
 /// A worker process's own small router (`--metrics-addr`): `/healthz`, `/readyz` (Redis answers)
 /// and `/metrics` (this process's counters and histograms: the queue gauges are `serve`'s).
-pub fn worker_probes(
-    redis: ConnectionManager,
-    recorder: Option<metrics_exporter_prometheus::PrometheusHandle>,
-) -> Router {
+pub fn worker_probes(redis: Conn, recorder: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -92,7 +89,7 @@ pub struct AppState {
     pub sessions: Sessions,
     /// Signs result links.
     pub links: Links,
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     pub max_payload: u64,
     /// The bytes of request bodies held at once (--max-body-memory).
     #[from_ref(skip)]
@@ -431,7 +428,7 @@ struct Health {
         (status = 503, description = "Redis is unreachable", body = app::model::Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn readyz(State(mut redis): State<ConnectionManager>) -> Result<Json<Health>, ApiError> {
+async fn readyz(State(mut redis): State<Conn>) -> Result<Json<Health>, ApiError> {
     let ping =
         tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut redis))
             .await;

@@ -8,6 +8,7 @@
 //! the version every second ([`keep_current`]): every process sees a change at once, and a
 //! reload that finds the version unchanged costs one `GET`.
 
+use crate::redis_client::Conn;
 use crate::{
     events::{Pushed, StoredEvent},
     handlers::{Context, Handler, HandlerError, Input, Output, Registry},
@@ -16,7 +17,7 @@ use crate::{
 };
 use app::model::{DEFAULT_QUEUE, KIND_EVENT, is_kind_name, is_queue_name};
 use futures::future::BoxFuture;
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
@@ -77,16 +78,13 @@ impl KindKeys {
 }
 
 /// The version of the declarations (0 before the first).
-pub async fn version(conn: &ConnectionManager, keys: &KindKeys) -> redis::RedisResult<u64> {
+pub async fn version(conn: &Conn, keys: &KindKeys) -> redis::RedisResult<u64> {
     let version: Option<u64> = conn.clone().get(keys.version()).await?;
     Ok(version.unwrap_or(0))
 }
 
 /// Every stored declaration (name → JSON) with the version they are at, read at once.
-pub async fn read_all(
-    conn: &ConnectionManager,
-    keys: &KindKeys,
-) -> redis::RedisResult<(u64, BTreeMap<String, String>)> {
+pub async fn read_all(conn: &Conn, keys: &KindKeys) -> redis::RedisResult<(u64, BTreeMap<String, String>)> {
     let mut pipe = redis::pipe();
     pipe.atomic().get(keys.version()).hgetall(keys.declared());
     let (version, declared): (Option<u64>, BTreeMap<String, String>) =
@@ -442,7 +440,7 @@ pub enum Stored {
 /// registry current; cheap to clone.
 #[derive(Clone)]
 pub struct Kinds {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Arc<KindKeys>,
     registry: Registry,
     /// The events stream a change is announced on, and its cap.
@@ -453,7 +451,7 @@ pub struct Kinds {
 impl Kinds {
     /// The declared kinds under `prefix`, kept in `registry`; changes are announced on the
     /// kinds' events stream (capped at `events_maxlen`).
-    pub fn new(conn: ConnectionManager, prefix: &str, registry: Registry, events_maxlen: usize) -> Kinds {
+    pub fn new(conn: Conn, prefix: &str, registry: Registry, events_maxlen: usize) -> Kinds {
         let events = crate::store::stream_key(prefix, crate::events::KINDS_CHANNEL).into();
         Kinds { conn, keys: Arc::new(KindKeys::new(prefix)), registry, events, events_maxlen }
     }
@@ -604,12 +602,7 @@ pub async fn follow_events(
 
 /// Keeps the registry of a worker process current until `shutdown`: asks every second whether
 /// the declarations changed (one `GET`), and reads them when they did.
-pub async fn keep_current(
-    registry: Registry,
-    conn: ConnectionManager,
-    keys: KindKeys,
-    shutdown: CancellationToken,
-) {
+pub async fn keep_current(registry: Registry, conn: Conn, keys: KindKeys, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(POLL_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;

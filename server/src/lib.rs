@@ -38,7 +38,6 @@ use handlers::Registry;
 use kinds::{KindKeys, Kinds};
 use queue::{Queue, QueueSettings, Serving};
 use queues::Queues;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use store::DEFAULT_QUEUE;
 use tasks::Tasks;
@@ -91,35 +90,26 @@ impl Server {
             }
             None => anyhow::bail!("`courier worker` needs a Redis: set COURIER_REDIS_URL or --redis-url"),
         };
-        let client = redis_client::open(&url, config.redis_ca_cert.as_deref())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(2)));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to Redis at {}",
-                    config
-                        .redis_url
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| "the embedded redis-server".into())
-                )
-            })?;
+        let client = redis_client::open(&url, config.redis_cluster, config.redis_ca_cert.as_deref())?;
+        let conn = client.connect(Duration::from_secs(10)).await.with_context(|| {
+            format!(
+                "connecting to Redis at {}",
+                config
+                    .redis_url
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "the embedded redis-server".into())
+            )
+        })?;
         // Before anything reads them: keys of the layout before hash tags move once.
         layout::upgrade(&conn, &config.prefix).await.context("moving the keys to the tagged layout")?;
         let durable = match config.durable_submit {
             // WAIT answers within its timeout; the connection waits a little longer for it.
             true => Some(queue::Durable {
-                conn: ConnectionManager::new_with_config(
-                    client.clone(),
-                    manager_config
-                        .clone()
-                        .set_response_timeout(Some(config.durable_submit_timeout + Duration::from_secs(10))),
-                )
-                .await
-                .context("connecting to Redis for durable submissions")?,
+                conn: client
+                    .connect(config.durable_submit_timeout + Duration::from_secs(10))
+                    .await
+                    .context("connecting to Redis for durable submissions")?,
                 timeout: config.durable_submit_timeout,
             }),
             false => None,

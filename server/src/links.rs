@@ -8,9 +8,10 @@
 //! expire. A key stops being kept [`KEEP_RETIRED`] after a newer one took over: longer than any
 //! link it signed can live.
 
+use crate::redis_client::Conn;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 use sha2::Sha256;
 use std::{
     collections::HashMap,
@@ -54,7 +55,7 @@ struct Ring {
 /// Signs and verifies result links; cheap to clone.
 #[derive(Clone)]
 pub struct Links {
-    conn: ConnectionManager,
+    conn: Conn,
     /// `{prefix}:link-keys`, used alone, so with no hash tag (`layout.rs`).
     key: Arc<str>,
     ttl: Duration,
@@ -63,7 +64,7 @@ pub struct Links {
 
 impl Links {
     /// The links under `prefix`, valid for `ttl`; makes the first key if there is none.
-    pub async fn open(conn: ConnectionManager, prefix: &str, ttl: Duration) -> redis::RedisResult<Links> {
+    pub async fn open(conn: Conn, prefix: &str, ttl: Duration) -> redis::RedisResult<Links> {
         let links = Links { conn, key: format!("{prefix}:link-keys").into(), ttl, ring: Arc::default() };
         links.reload().await?;
         if links.ring.read().expect("never poisoned").keys.is_empty() {

@@ -17,10 +17,11 @@
 //! the delayed, retrying and dead sets), `ends.lua` (what every end does), `session.lua`,
 //! `group.lua`, `lease.lua`.
 
+use crate::redis_client::Conn;
 use crate::store::{Keys, now_ms};
 use app::model::{Priority, QueueCounts, QueueLimits, QueuedCounts, RateLimit};
 use bytes::Bytes;
-use redis::{AsyncCommands, Script, aio::ConnectionManager, streams::StreamInfoConsumersReply};
+use redis::{AsyncCommands, Script, streams::StreamInfoConsumersReply};
 use std::{sync::Arc, time::Duration};
 use tracing::warn;
 use uuid::Uuid;
@@ -70,7 +71,7 @@ pub struct QueueSettings {
 pub struct Durable {
     /// A connection of its own: `WAIT` holds up every command behind it on its connection, and
     /// covers the writes made on it.
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     /// How long to wait for the replica.
     pub timeout: Duration,
 }
@@ -168,8 +169,8 @@ pub struct Queue {
     name: Arc<str>,
     /// Its number in the registry (0 for the default queue), which its task ids carry.
     number: u16,
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: Conn,
+    client: crate::redis_client::RedisClient,
     keys: Keys,
     settings: Arc<QueueSettings>,
     scripts: Arc<Scripts>,
@@ -384,8 +385,8 @@ pub enum CancelOutcome {
 impl Queue {
     /// Opens queue `name` under key `prefix` on the Redis behind `client`.
     pub fn new(
-        client: redis::Client,
-        conn: ConnectionManager,
+        client: crate::redis_client::RedisClient,
+        conn: Conn,
         prefix: &str,
         name: &str,
         settings: QueueSettings,
@@ -406,8 +407,8 @@ impl Queue {
     }
 
     fn with_scripts(
-        client: redis::Client,
-        conn: ConnectionManager,
+        client: crate::redis_client::RedisClient,
+        conn: Conn,
         prefix: &str,
         name: &str,
         settings: Arc<QueueSettings>,

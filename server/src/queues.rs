@@ -9,8 +9,9 @@
 //! index of ids to keep in step. Ids made before queues had numbers are all the default queue's.
 
 use crate::queue::Queue;
+use crate::redis_client::Conn;
 use app::model::{DEFAULT_QUEUE, is_queue_name};
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{AsyncCommands, Script};
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, RwLock},
@@ -84,7 +85,7 @@ struct Inner {
     keys: RegistryKeys,
     /// The default queue: the others are its siblings, sharing its connection and scripts.
     default: Queue,
-    conn: ConnectionManager,
+    conn: Conn,
     register: Script,
     /// Queues known to be registered, by name.
     open: RwLock<BTreeMap<String, Queue>>,
@@ -101,11 +102,7 @@ struct Inner {
 impl Queues {
     /// The queues under `prefix`, starting from the default one; notes when queues began to have
     /// numbers, the first time.
-    pub async fn open_registry(
-        default: Queue,
-        conn: ConnectionManager,
-        prefix: &str,
-    ) -> redis::RedisResult<Queues> {
+    pub async fn open_registry(default: Queue, conn: Conn, prefix: &str) -> redis::RedisResult<Queues> {
         let keys = RegistryKeys::new(prefix);
         let mut c = conn.clone();
         let _: Option<String> = redis::cmd("SET")
@@ -246,7 +243,7 @@ impl Queues {
         for queue in &candidates {
             pipe.exists(queue.keys().task(id));
         }
-        let found: Vec<bool> = pipe.query_async(&mut self.inner.conn.clone()).await?;
+        let found: Vec<bool> = self.inner.conn.query_spread(&pipe).await?;
         let queue = candidates.into_iter().zip(found).find_map(|(queue, found)| found.then_some(queue));
         if let Some(queue) = &queue {
             self.remember(*id, queue);

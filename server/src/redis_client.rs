@@ -1,11 +1,25 @@
-//! The one Redis client of a process: plain or TLS (`rediss://`), trusting a private CA when
-//! `--redis-ca-cert` names one.
+//! The one Redis client of a process: one server or a cluster, plain or TLS (`rediss://`),
+//! trusting a private CA when `--redis-ca-cert` names one; and [`Conn`], the connection every
+//! part of Courier talks through, whichever of the two it is.
 
-use redis::{Client, ConnectionAddr, IntoConnectionInfo, TlsCertificates};
-use std::path::{Path, PathBuf};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    Pipeline, RedisFuture, RedisResult, TlsCertificates, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig},
+    cluster_async::ClusterConnection,
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
+};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 /// The line every PEM certificate starts with.
 const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
+/// How long a connection attempt to one Redis server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why no Redis client could be made from the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -33,32 +47,216 @@ pub enum ClientError {
         #[source]
         source: redis::RedisError,
     },
+    /// A cluster's nodes are reached over TCP, not over a Unix socket.
+    #[error("a Redis Cluster is reached over TCP: redis+unix:// cannot name one of its nodes")]
+    ClusterOverUnix,
+    /// Some of a cluster's URLs use TLS and some do not.
+    #[error("the Redis Cluster's URLs mix redis:// and rediss://: use one scheme for every node")]
+    MixedTls,
+    /// The cluster client refused its settings (the URL list is never repeated).
+    #[error("the Redis Cluster settings are not valid")]
+    Cluster(#[source] redis::RedisError),
+}
+
+/// Where a process's Redis connections come from: one server, or a Redis Cluster (whose client
+/// follows its slots, redirections and failovers). Cheap to clone.
+#[derive(Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a few per process: boxing saves nothing worth the indirection"
+)]
+pub enum RedisClient {
+    Node(Client),
+    Cluster(ClusterClient),
 }
 
 /// Makes the client all of this process's Redis connections come from.
 ///
-/// With `ca_cert` (a PEM file), a `rediss://` server must present a certificate signed by that CA
-/// and the system's roots are not consulted; without it, `rediss://` trusts the system's roots.
-/// Nothing connects yet: a refused certificate or password shows on the first connection.
-pub fn open(url: &str, ca_cert: Option<&Path>) -> Result<Client, ClientError> {
-    let info = url.into_connection_info().map_err(ClientError::Url)?;
-    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-    if tls {
+/// `urls` is one URL, or several separated by commas (the seed nodes of a cluster); `cluster`
+/// makes a single URL a cluster's seed. With `ca_cert` (a PEM file), a `rediss://` server must
+/// present a certificate signed by that CA and the system's roots are not consulted; without it,
+/// `rediss://` trusts the system's roots. Nothing connects yet: a refused certificate or password
+/// shows on the first connection.
+pub fn open(urls: &str, cluster: bool, ca_cert: Option<&Path>) -> Result<RedisClient, ClientError> {
+    let infos = urls
+        .split(',')
+        .map(|url| url.trim().into_connection_info().map_err(ClientError::Url))
+        .collect::<Result<Vec<ConnectionInfo>, _>>()?;
+    let tls = infos.iter().filter(|info| matches!(info.addr(), ConnectionAddr::TcpTls { .. })).count();
+    if tls > 0 {
         install_crypto_provider();
     }
-    let Some(path) = ca_cert else {
-        return Client::open(info).map_err(ClientError::Url);
+    let root_cert = match ca_cert {
+        None => None,
+        Some(_) if tls == 0 => return Err(ClientError::CaWithoutTls),
+        Some(path) => Some(read_ca(path)?),
     };
-    if !tls {
-        return Err(ClientError::CaWithoutTls);
+    let certificates = |root_cert| TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+    if !cluster && infos.len() == 1 {
+        let info = infos.into_iter().next().expect("one URL");
+        return match (root_cert, ca_cert) {
+            (Some(pem), Some(path)) => Client::build_with_tls(info, certificates(pem))
+                .map_err(|source| ClientError::BadCa { path: path.to_owned(), source })
+                .map(RedisClient::Node),
+            _ => Client::open(info).map_err(ClientError::Url).map(RedisClient::Node),
+        };
     }
+    if infos.iter().any(|info| matches!(info.addr(), ConnectionAddr::Unix(_))) {
+        return Err(ClientError::ClusterOverUnix);
+    }
+    if tls != 0 && tls != infos.len() {
+        return Err(ClientError::MixedTls);
+    }
+    let mut builder = ClusterClientBuilder::new(infos);
+    if let Some(pem) = root_cert {
+        builder = builder.certs(certificates(pem));
+    }
+    builder.build().map(RedisClient::Cluster).map_err(|source| match ca_cert {
+        Some(path) => ClientError::BadCa { path: path.to_owned(), source },
+        None => ClientError::Cluster(source),
+    })
+}
+
+/// The PEM file `path`, once it holds a certificate.
+fn read_ca(path: &Path) -> Result<Vec<u8>, ClientError> {
     let pem = std::fs::read(path).map_err(|source| ClientError::ReadCa { path: path.to_owned(), source })?;
     // redis-rs skips anything that is not PEM, which would leave it trusting no CA at all.
     if !pem.windows(PEM_CERTIFICATE.len()).any(|window| window == PEM_CERTIFICATE) {
         return Err(ClientError::NoCertificate { path: path.to_owned() });
     }
-    Client::build_with_tls(info, TlsCertificates { client_tls: None, root_cert: Some(pem) })
-        .map_err(|source| ClientError::BadCa { path: path.to_owned(), source })
+    Ok(pem)
+}
+
+impl std::fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URLs: they may hold a password.
+        f.write_str(if self.is_cluster() { "RedisClient::Cluster" } else { "RedisClient::Node" })
+    }
+}
+
+impl RedisClient {
+    /// Whether this is a Redis Cluster's client.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisClient::Cluster(_))
+    }
+
+    /// A connection shared by every clone of it, which gives up on an answer after
+    /// `response_timeout` and reconnects by itself (one server) or follows the cluster's slots
+    /// and failovers (a cluster).
+    pub async fn connect(&self, response_timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            RedisClient::Node(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(response_timeout))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                ConnectionManager::new_with_config(client.clone(), config).await.map(Conn::Node)
+            }
+            RedisClient::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout);
+                client.get_async_connection_with_config(config).await.map(Conn::Cluster)
+            }
+        }
+    }
+
+    /// A connection of its own for blocking reads, which wait longer than any response timeout
+    /// would allow, and would hold up the commands of a shared connection behind them. Nothing
+    /// reconnects it: on an error, drop it and ask for another.
+    pub async fn connect_blocking(&self) -> RedisResult<Conn> {
+        match self {
+            RedisClient::Node(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(None)
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                client.get_multiplexed_async_connection_with_config(&config).await.map(Conn::Blocking)
+            }
+            RedisClient::Cluster(client) => {
+                let config = ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
+                client.get_async_connection_with_config(config).await.map(Conn::Cluster)
+            }
+        }
+    }
+}
+
+/// A connection to Redis: to one server (reconnecting by itself, or one of its own for blocking
+/// reads), or to a cluster, whose commands go to the node that serves their keys' slot. Cheap to
+/// clone: clones share the connection. A pipeline or script on a cluster must keep to one slot
+/// (see `docs/named-queues.md`).
+#[derive(Clone)]
+pub enum Conn {
+    Node(ConnectionManager),
+    Blocking(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Whether commands go to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
+    /// The replies of `pipe`'s commands, in order, where the commands may touch keys of many
+    /// slots and need not run together: one pipeline on one server; on a cluster, where a
+    /// pipeline keeps to one slot, each command on its own, all sent at once. `pipe` ignores no
+    /// reply and is not atomic.
+    pub async fn query_spread<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<Vec<T>> {
+        match self {
+            Conn::Cluster(conn) => {
+                let each = pipe.cmd_iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.query_async::<T>(&mut conn).await }
+                });
+                futures::future::try_join_all(each).await
+            }
+            _ => pipe.query_async(&mut self.clone()).await,
+        }
+    }
+
+    /// `cmd`, which names no key (`CLIENT ID`, `CLIENT UNBLOCK`), sent to the server that holds
+    /// `key`: on a cluster, the master of its slot.
+    pub async fn query_beside<T: FromRedisValue>(&self, key: &str, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Cluster(conn) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let value = conn.clone().route_command(cmd.clone(), routing).await?;
+                T::from_redis_value(value).map_err(Into::into)
+            }
+            _ => cmd.query_async(&mut self.clone()).await,
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Node(conn) => conn.req_packed_command(cmd),
+            Conn::Blocking(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Blocking(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(conn) => conn.get_db(),
+            Conn::Blocking(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
 }
 
 /// Makes ring the process-wide rustls crypto provider, unless the program chose one already
@@ -80,20 +278,22 @@ mod tests {
 
     #[test]
     fn plain_and_tls_urls_make_a_client_without_a_ca() {
-        assert!(open("redis://127.0.0.1:6379", None).is_ok());
-        assert!(open("rediss://user:pw@127.0.0.1:6380", None).is_ok());
+        assert!(open("redis://127.0.0.1:6379", false, None).is_ok());
+        assert!(open("rediss://user:pw@127.0.0.1:6380", false, None).is_ok());
     }
 
     #[test]
     fn a_ca_certificate_with_a_plain_url_is_refused_naming_the_flag() {
-        let error = open("redis://127.0.0.1:6379", Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        let error =
+            open("redis://127.0.0.1:6379", false, Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
         assert!(matches!(error, ClientError::CaWithoutTls));
         assert!(error.to_string().contains("--redis-ca-cert"));
     }
 
     #[test]
     fn an_unreadable_ca_certificate_is_refused_naming_the_flag() {
-        let error = open("rediss://127.0.0.1:6380", Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        let error =
+            open("rediss://127.0.0.1:6380", false, Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
         assert!(matches!(error, ClientError::ReadCa { .. }));
         assert!(error.to_string().starts_with("--redis-ca-cert /nonexistent/ca.pem"));
     }
@@ -101,7 +301,7 @@ mod tests {
     #[test]
     fn a_file_without_a_pem_certificate_is_refused_naming_the_flag() {
         let file = ca_file("just some text\n");
-        let error = open("rediss://127.0.0.1:6380", Some(file.path())).unwrap_err();
+        let error = open("rediss://127.0.0.1:6380", false, Some(file.path())).unwrap_err();
         assert!(matches!(error, ClientError::NoCertificate { .. }));
         assert!(error.to_string().contains("--redis-ca-cert"));
     }
@@ -110,14 +310,35 @@ mod tests {
     fn a_pem_block_that_is_no_certificate_is_refused_naming_the_flag() {
         // Valid PEM and base64 ("hello"), but no X.509 certificate inside.
         let file = ca_file("-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n");
-        let error = open("rediss://127.0.0.1:6380", Some(file.path())).unwrap_err();
+        let error = open("rediss://127.0.0.1:6380", false, Some(file.path())).unwrap_err();
         assert!(matches!(error, ClientError::BadCa { .. }), "{error:?}");
         assert!(error.to_string().contains("--redis-ca-cert"));
     }
 
     #[test]
     fn an_invalid_url_is_refused_without_repeating_it() {
-        let error = open("rediss://user:hunter2@", None).unwrap_err();
+        let error = open("rediss://user:hunter2@", false, None).unwrap_err();
+        assert!(!format!("{error:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn several_urls_or_the_cluster_flag_make_a_cluster_client() {
+        assert!(open("redis://127.0.0.1:7000,redis://127.0.0.1:7001", false, None).unwrap().is_cluster());
+        assert!(open("redis://127.0.0.1:7000", true, None).unwrap().is_cluster());
+        assert!(!open("redis://127.0.0.1:7000", false, None).unwrap().is_cluster());
+    }
+
+    #[test]
+    fn a_cluster_refuses_unix_sockets_and_mixed_schemes() {
+        let unix = open("redis+unix:///tmp/redis.sock", true, None).unwrap_err();
+        assert!(matches!(unix, ClientError::ClusterOverUnix), "{unix:?}");
+        let mixed = open("redis://127.0.0.1:7000,rediss://127.0.0.1:7001", false, None).unwrap_err();
+        assert!(matches!(mixed, ClientError::MixedTls), "{mixed:?}");
+    }
+
+    #[test]
+    fn an_invalid_url_in_a_list_is_refused_without_repeating_the_list() {
+        let error = open("redis://127.0.0.1:7000,rediss://user:hunter2@", false, None).unwrap_err();
         assert!(!format!("{error:?}").contains("hunter2"));
     }
 }

@@ -15,6 +15,7 @@ mod timing;
 pub use ticker::GRACE_MS;
 pub use timing::{Ticks, Timing};
 
+use crate::redis_client::Conn;
 use crate::workflows::{CreateError, Workflows};
 use crate::{
     store::{TaskRecord, now_ms, rfc3339},
@@ -24,7 +25,7 @@ use app::model::schedules::{
     CatchUp, Overlap, ScheduleRun, ScheduleSpec, ScheduleView, ScheduledTask, is_schedule_name,
 };
 use app::model::workflow::{WorkflowRequest, WorkflowView};
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{AsyncCommands, Script};
 use std::{collections::HashMap, sync::Arc};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -169,7 +170,7 @@ pub struct Schedules {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     tasks: Tasks,
     workflows: Workflows,
@@ -182,7 +183,7 @@ struct Inner {
 
 impl Schedules {
     /// The schedules under `prefix`, submitting through `tasks` (and `workflows`).
-    pub fn new(conn: ConnectionManager, prefix: &str, tasks: Tasks, workflows: Workflows) -> Schedules {
+    pub fn new(conn: Conn, prefix: &str, tasks: Tasks, workflows: Workflows) -> Schedules {
         Schedules {
             inner: Arc::new(Inner {
                 conn,
@@ -211,7 +212,7 @@ impl Schedules {
         format!("{}:schedules-version", self.inner.prefix)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 

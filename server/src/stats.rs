@@ -8,12 +8,12 @@
 //! hours, kept 31 days. Memory is bounded by those lifetimes, every instance reads the same
 //! buckets, and counting costs no round trip of its own.
 
+use crate::redis_client::Conn;
 use crate::{
     queue::{Queue, QueueState},
     store::{now_ms, rfc3339},
 };
 use app::model::{KindStats, Latency, Percentiles, QueueStats, Stats, Throughput, ThroughputPoint};
-use redis::aio::ConnectionManager;
 use std::collections::{BTreeMap, HashMap};
 
 /// One span of the throughput series: its key name, how much time one key holds, one bucket
@@ -60,11 +60,7 @@ impl Spans {
 }
 
 /// The stats of `queues` (each with its state, read just before), the series of `spans`.
-pub async fn read(
-    conn: &ConnectionManager,
-    queues: &[(Queue, QueueState)],
-    spans: Spans,
-) -> redis::RedisResult<Stats> {
+pub async fn read(conn: &Conn, queues: &[(Queue, QueueState)], spans: Spans) -> redis::RedisResult<Stats> {
     let now = now_ms();
     let wanted: Vec<&Span> = [(spans.second, &SECONDS), (spans.minute, &MINUTES), (spans.hour, &HOURS)]
         .into_iter()
@@ -91,7 +87,7 @@ pub async fn read(
         }
     }
     let replies: Vec<HashMap<String, u64>> =
-        if asked.is_empty() { Vec::new() } else { pipe.query_async(&mut conn.clone()).await? };
+        if asked.is_empty() { Vec::new() } else { conn.query_spread(&pipe).await? };
     // Bucket start (ms) -> (succeeded, failed), per span; histogram bin -> count, per measure.
     let mut buckets: HashMap<&str, BTreeMap<u64, (u64, u64)>> = HashMap::new();
     let (mut waits, mut runs) = (BTreeMap::<u32, u64>::new(), BTreeMap::<u32, u64>::new());

@@ -37,8 +37,9 @@
 //! | `{prefix}:{queue}:session:{name}` | list  | a session's unfinished task ids, in order |
 
 use crate::queue::record as field;
+use crate::redis_client::Conn;
 use app::model::{AttemptView, Status, TaskView};
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 use std::{collections::HashMap, sync::Arc};
 use uuid::Uuid;
 
@@ -182,7 +183,7 @@ impl Keys {
 /// Takes the lock `key` for `ttl` under `token` (`SET NX PX`), unless someone holds it; whether
 /// it was taken.
 pub async fn take_lock(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     key: &str,
     token: &str,
     ttl: std::time::Duration,
@@ -358,7 +359,7 @@ impl TaskRecord {
 /// Reads task records, payloads and results.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
 }
 
@@ -371,7 +372,7 @@ pub struct StoredResult {
 
 impl Store {
     /// A store over `conn` for the queue whose keys are `keys`.
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Store {
+    pub fn new(conn: Conn, keys: Keys) -> Store {
         Store { conn, keys }
     }
 
@@ -516,7 +517,7 @@ pub async fn dead_letters(
     const BATCH: usize = 200;
     const MAX_SCANNED: usize = 1_000;
     let Some(first) = stores.first() else { return Ok((Vec::new(), None)) };
-    let mut conn = first.conn.clone();
+    let conn = first.conn.clone();
     let min = between.from_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-inf".into());
     let mut found: Vec<(TaskRecord, u64)> = Vec::new();
     let mut scanned = 0;
@@ -542,7 +543,7 @@ pub async fn dead_letters(
                 .arg(BATCH + 64)
                 .arg("WITHSCORES");
         }
-        let per_queue: Vec<Vec<(String, u64)>> = pipe.query_async(&mut conn).await?;
+        let per_queue: Vec<Vec<(String, u64)>> = conn.query_spread(&pipe).await?;
         let mut entries: Vec<(u64, Uuid, &Store)> = stores
             .iter()
             .zip(per_queue)
@@ -561,7 +562,7 @@ pub async fn dead_letters(
         for (_, id, store) in &entries {
             pipe.hgetall(store.keys.task(id));
         }
-        let fields: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let fields: Vec<HashMap<String, String>> = conn.query_spread(&pipe).await?;
         for (index, (&(ms, id, store), fields)) in entries.iter().zip(fields).enumerate() {
             cursor = Some((ms, id));
             let Some(record) = TaskRecord::from_fields(id, store.keys.queue(), &fields) else { continue };
@@ -644,7 +645,7 @@ pub async fn list(
     if range.is_empty() {
         return Ok((Vec::new(), None));
     }
-    let mut conn = first.conn.clone();
+    let conn = first.conn.clone();
     let mut found = Vec::new();
     let mut upper = range.below.map(|id| format!("({id}")).unwrap_or_else(|| "+".into());
     let lower = range.at_least.map(|id| format!("[{id}")).unwrap_or_else(|| "-".into());
@@ -661,7 +662,7 @@ pub async fn list(
                 .arg(0)
                 .arg(BATCH);
         }
-        let per_queue: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        let per_queue: Vec<Vec<String>> = conn.query_spread(&pipe).await?;
         let mut ids: Vec<(Uuid, &Store)> = stores
             .iter()
             .zip(per_queue)
@@ -679,7 +680,7 @@ pub async fn list(
         for (id, store) in &ids {
             pipe.hgetall(store.keys.task(id));
         }
-        let records: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let records: Vec<HashMap<String, String>> = conn.query_spread(&pipe).await?;
         for ((id, store), fields) in ids.iter().zip(records) {
             if let Some(record) =
                 TaskRecord::from_fields(*id, store.keys.queue(), &fields).filter(|r| keep(r))

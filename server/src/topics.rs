@@ -7,9 +7,10 @@
 //! at most [`MAX_SUBSCRIPTIONS`]; a message's payload is stored once, whatever the number of
 //! tasks it becomes.
 
+use crate::redis_client::Conn;
 use crate::tasks::{BatchError, Options, Payload, Submission, SubmitError, Tasks};
 use bytes::Bytes;
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -189,7 +190,7 @@ impl From<crate::queues::QueueError> for TopicError {
 /// The topics service; cheap to clone.
 #[derive(Clone)]
 pub struct Topics {
-    conn: ConnectionManager,
+    conn: Conn,
     /// `topics/put_subscription.lua`, loaded once.
     put_script: std::sync::Arc<redis::Script>,
     keys: std::sync::Arc<TopicKeys>,
@@ -233,7 +234,7 @@ impl TopicKeys {
 
 impl Topics {
     /// Topics under `prefix`, creating tasks through `tasks`.
-    pub fn new(conn: ConnectionManager, prefix: &str, tasks: Tasks) -> Topics {
+    pub fn new(conn: Conn, prefix: &str, tasks: Tasks) -> Topics {
         let put_script = std::sync::Arc::new(redis::Script::new(include_str!("topics/put_subscription.lua")));
         Topics { conn, put_script, keys: std::sync::Arc::new(TopicKeys::new(prefix)), tasks }
     }

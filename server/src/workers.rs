@@ -12,12 +12,12 @@
 //! Listing checks each running task against its record, so a lease that was lost or taken over
 //! is not shown as running where it no longer runs.
 
+use crate::redis_client::Conn;
 use crate::{
     queues::Queues,
     store::{now_ms, rfc3339},
 };
 use app::model::{RunningTask, WorkerView};
-use redis::aio::ConnectionManager;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
@@ -40,7 +40,7 @@ const BEAT: Duration = Duration::from_secs(1);
 /// The registry of worker processes under one prefix; cheap to clone.
 #[derive(Clone)]
 pub struct Workers {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Arc<WorkerKeys>,
     /// How long an entry outlives the last time its worker was seen: two lease periods.
     ttl: Duration,
@@ -148,7 +148,7 @@ fn this_host() -> Option<String> {
 impl Workers {
     /// The registry under `prefix`, whose entries expire two `lease` periods after their
     /// worker was last seen.
-    pub fn new(conn: ConnectionManager, prefix: &str, lease: Duration) -> Workers {
+    pub fn new(conn: Conn, prefix: &str, lease: Duration) -> Workers {
         Workers {
             conn,
             keys: Arc::new(WorkerKeys::new(prefix)),
@@ -358,7 +358,7 @@ impl Workers {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let records: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        let records: Vec<(Option<String>, Option<String>)> = conn.query_spread(&pipe).await?;
         let mut records = records.into_iter();
         let (mut stale, mut forgotten) = (redis::pipe(), 0);
         for worker in workers.iter_mut() {

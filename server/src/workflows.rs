@@ -27,6 +27,7 @@ mod spec;
 
 pub use spec::Refusal;
 
+use crate::redis_client::Conn;
 use crate::{
     events::{Cursor, Events},
     queue::WorkflowStep,
@@ -39,7 +40,7 @@ use app::model::{
 };
 use futures::{StreamExt, TryStreamExt};
 use plan::{Fact, Plan};
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 use serde_json::{Value, json};
 use spec::Spec;
 use std::{
@@ -157,7 +158,7 @@ pub struct Workflows {
 
 struct Inner {
     tasks: Tasks,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: WorkflowKeys,
     events_key: String,
     events_maxlen: usize,
@@ -179,7 +180,7 @@ struct Pending {
 impl Workflows {
     pub fn new(
         tasks: Tasks,
-        conn: ConnectionManager,
+        conn: Conn,
         prefix: &str,
         events_maxlen: usize,
         retention: Duration,

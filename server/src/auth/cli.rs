@@ -2,6 +2,7 @@
 //! the first admin token needs none.
 
 use super::{TokenInfo, TokenRequest, Tokens};
+use crate::redis_client::Conn;
 use crate::{
     audit::Audit,
     config::{Config, LinkKeyCommand, TokenCommand},
@@ -10,8 +11,8 @@ use crate::{
     store::rfc3339,
 };
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use std::io::Write;
+use std::time::Duration;
 
 /// Runs one token command against the Redis of `config`.
 pub async fn run(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
@@ -21,7 +22,7 @@ pub async fn run(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
     outcome
 }
 
-async fn run_token(config: &Config, command: TokenCommand, conn: ConnectionManager) -> anyhow::Result<()> {
+async fn run_token(config: &Config, command: TokenCommand, conn: Conn) -> anyhow::Result<()> {
     // The tokens of the layout before hash tags move first: a token made beside them would be
     // lost when they do.
     crate::layout::upgrade(&conn, &config.prefix).await.context("moving the keys to the tagged layout")?;
@@ -66,11 +67,7 @@ pub async fn run_link_key(config: &Config, command: LinkKeyCommand) -> anyhow::R
     outcome
 }
 
-async fn rotate_link_key(
-    config: &Config,
-    command: LinkKeyCommand,
-    conn: ConnectionManager,
-) -> anyhow::Result<()> {
+async fn rotate_link_key(config: &Config, command: LinkKeyCommand, conn: Conn) -> anyhow::Result<()> {
     let LinkKeyCommand::Rotate = command;
     let links = Links::open(conn.clone(), &config.prefix, config.result_link_ttl).await?;
     let id = links.rotate().await?;
@@ -82,7 +79,7 @@ async fn rotate_link_key(
 /// The Redis of `config`: `--redis-url`; else the embedded redis-server of a `courier serve`
 /// running on the same data directory; else that one, started for this command alone.
 struct Redis {
-    conn: ConnectionManager,
+    conn: Conn,
     started: Option<EmbeddedRedis>,
 }
 
@@ -104,8 +101,8 @@ impl Redis {
                 }
             },
         };
-        let client = crate::redis_client::open(&url, config.redis_ca_cert.as_deref())?;
-        let conn = ConnectionManager::new(client).await.context("connecting to Redis")?;
+        let client = crate::redis_client::open(&url, config.redis_cluster, config.redis_ca_cert.as_deref())?;
+        let conn = client.connect(Duration::from_secs(10)).await.context("connecting to Redis")?;
         Ok(Redis { conn, started })
     }
 

@@ -7,8 +7,9 @@
 //! stored only as its digest: a copy of Redis opens no browser's session.
 
 use super::{Access, Tokens, hex};
+use crate::redis_client::Conn;
 use base64::Engine as _;
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 use sha2::{Digest as _, Sha256};
 use std::{fmt, time::Duration};
 
@@ -46,7 +47,7 @@ pub enum SessionError {
 /// The browser sessions under one prefix; cheap to clone.
 #[derive(Clone)]
 pub struct Sessions {
-    conn: ConnectionManager,
+    conn: Conn,
     /// `{prefix}:web-session:`, to which a session id's digest is appended. Each session's key is
     /// used alone, so it needs no hash tag (`layout.rs`).
     key_start: String,
@@ -55,7 +56,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// The sessions under `prefix`, honoured while `tokens` holds their token.
-    pub fn new(conn: ConnectionManager, prefix: &str, tokens: Tokens) -> Sessions {
+    pub fn new(conn: Conn, prefix: &str, tokens: Tokens) -> Sessions {
         Sessions { conn, key_start: format!("{prefix}:web-session:"), tokens }
     }
 

@@ -12,11 +12,12 @@
 //! set once every key has moved, so a Redis in the tagged layout costs each start one `GET`.
 
 use super::marker;
+use crate::redis_client::Conn;
 use crate::{
     auth::TokenKeys, kinds::KindKeys, queues::RegistryKeys, topics::TopicKeys, workers::WorkerKeys,
     workflows::WorkflowKeys,
 };
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{AsyncCommands, Script};
 use std::{sync::LazyLock, time::Duration};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -34,7 +35,7 @@ static RENAME: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ren
 
 /// Moves the keys under `prefix` to the tagged layout unless they are there already; waits
 /// while another process moves them.
-pub async fn upgrade(conn: &ConnectionManager, prefix: &str) -> redis::RedisResult<()> {
+pub async fn upgrade(conn: &Conn, prefix: &str) -> redis::RedisResult<()> {
     static RELEASE: LazyLock<Script> = LazyLock::new(|| {
         Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
     });
@@ -70,13 +71,13 @@ pub async fn upgrade(conn: &ConnectionManager, prefix: &str) -> redis::RedisResu
 }
 
 /// Whether the keys under the prefix of `marker` are in this layout (or a later one).
-async fn current(conn: &mut ConnectionManager, marker: &str) -> redis::RedisResult<bool> {
+async fn current(conn: &mut Conn, marker: &str) -> redis::RedisResult<bool> {
     let layout: Option<u64> = conn.get(marker).await?;
     Ok(layout.is_some_and(|layout| layout >= LAYOUT))
 }
 
 /// Moves every family's keys under `prefix`, and drops the old worker entries.
-async fn move_keys(conn: &ConnectionManager, prefix: &str) -> redis::RedisResult<()> {
+async fn move_keys(conn: &Conn, prefix: &str) -> redis::RedisResult<()> {
     let mut mover = Mover { conn: conn.clone(), moved: 0 };
     mover.rename_all(&RegistryKeys::under(prefix).all(), &RegistryKeys::new(prefix).all()).await?;
     mover.rename_all(&TokenKeys::under(prefix).all(), &TokenKeys::new(prefix).all()).await?;
@@ -97,7 +98,7 @@ async fn move_keys(conn: &ConnectionManager, prefix: &str) -> redis::RedisResult
 
 /// Renames keys, counting them.
 struct Mover {
-    conn: ConnectionManager,
+    conn: Conn,
     moved: usize,
 }
 

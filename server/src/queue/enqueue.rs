@@ -164,7 +164,10 @@ impl Queue {
             Err(e) if e.code() == Some("NOSCRIPT") => {
                 let replies: Vec<Value> = call.invoke_async(&mut conn).await?;
                 let replicas = match durable {
-                    Some(durable) => Some(wait_for_replica(durable).query_async(&mut conn).await?),
+                    // On a cluster, to the node the script ran on.
+                    Some(durable) => {
+                        Some(conn.query_beside(&self.keys.settings(), &wait_for_replica(durable)).await?)
+                    }
                     None => None,
                 };
                 (replies, replicas)

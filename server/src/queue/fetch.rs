@@ -4,7 +4,9 @@
 //! up to each queue's share; the *fetch loop* fills the slots that are left: it shares them among
 //! the queues served by weight (queue/serving.rs) and claims new entries from each (one script
 //! per queue), blocks on every open queue's streams when all are empty, and takes over entries
-//! whose holder stopped renewing them.
+//! whose holder stopped renewing them. On a Redis Cluster a read keeps to one slot, so it blocks
+//! on each queue's streams on a connection of that queue's own, and wakes the others
+//! (`CLIENT UNBLOCK`) as soon as one read brings entries.
 
 use super::{
     Backoff, Blocked, GROUP, Queue,
@@ -12,13 +14,14 @@ use super::{
     lease::{Lease, Leasing},
     serving::{DISCOVER_EVERY, Served, Serving},
 };
+use crate::redis_client::Conn;
+use futures::StreamExt;
 use redis::{
-    AsyncConnectionConfig, RedisResult,
-    aio::MultiplexedConnection,
+    RedisResult,
     streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
 };
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -47,7 +50,7 @@ impl Leasing {
         _leases: mpsc::Sender<Lease>,
         _endings: mpsc::Sender<Ending>,
     ) {
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut readers = Readers::default();
         let mut backoff = Backoff::default();
         let lease = self.serving.lease();
         let reclaim_every = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
@@ -72,7 +75,7 @@ impl Leasing {
                 last_reclaim = Some(Instant::now());
             }
             let fetched = match self.serving.refresh().await {
-                Ok(()) => self.fetch(&mut conn, &mut free, reclaim).await,
+                Ok(()) => self.fetch(&mut readers, &mut free, reclaim).await,
                 Err(e) => {
                     Serving::warn_refresh(&e);
                     Ok(Vec::new())
@@ -87,7 +90,7 @@ impl Leasing {
                 }
                 Err(_) if self.shutdown.is_cancelled() => break,
                 Err(e) => {
-                    conn = None;
+                    readers = Readers::default();
                     if e.code() == Some("NOGROUP") {
                         // Redis lost a group (a restart without persistence): make them again.
                         let kinds = self.serving.kinds();
@@ -111,16 +114,12 @@ impl Leasing {
     /// entries shared among the queues by weight, else whatever a blocking read brings.
     async fn fetch(
         &self,
-        conn: &mut Option<MultiplexedConnection>,
+        readers: &mut Readers,
         free: &mut Vec<OwnedSemaphorePermit>,
         reclaim: bool,
     ) -> RedisResult<Vec<Lease>> {
-        let conn = match conn {
-            Some(conn) => conn,
-            None => conn.insert(blocking_connection(&self.serving).await?),
-        };
         if reclaim {
-            let leases = self.take_over(conn, free).await?;
+            let leases = self.take_over(free).await?;
             if !leases.is_empty() {
                 return Ok(leases);
             }
@@ -129,21 +128,18 @@ impl Leasing {
         if !leases.is_empty() {
             return Ok(leases);
         }
-        self.wait_for_entries(conn, free).await
+        self.wait_for_entries(readers, free).await
     }
 
     /// Takes over entries whose holder stopped renewing their lease, from the first queue that
-    /// has any (one round trip looks at every lane this process reads).
-    async fn take_over(
-        &self,
-        conn: &mut MultiplexedConnection,
-        free: &mut Vec<OwnedSemaphorePermit>,
-    ) -> RedisResult<Vec<Lease>> {
+    /// has any (every lane this process reads is looked at in one go: a pipeline per queue).
+    async fn take_over(&self, free: &mut Vec<OwnedSemaphorePermit>) -> RedisResult<Vec<Lease>> {
         let kinds = self.serving.kinds();
         let served = self.serving.all();
         let mut looked = Vec::new();
-        let mut pipe = redis::pipe();
+        let mut pipes = Vec::new();
         for (at, s) in served.iter().enumerate() {
+            let mut pipe = redis::pipe();
             for kind in &kinds {
                 for (index, stream) in s.queue.keys.lane(kind).iter().enumerate() {
                     pipe.cmd("XAUTOCLAIM")
@@ -157,11 +153,14 @@ impl Leasing {
                     looked.push((at, kind, index));
                 }
             }
+            pipes.push(async move {
+                pipe.query_async::<Vec<StreamAutoClaimReply>>(&mut s.queue.conn.clone()).await
+            });
         }
         if looked.is_empty() {
             return Ok(Vec::new());
         }
-        let replies: Vec<StreamAutoClaimReply> = pipe.query_async(conn).await?;
+        let replies = futures::future::try_join_all(pipes).await?.into_iter().flatten();
         for ((at, kind, index), reply) in looked.into_iter().zip(replies) {
             if reply.claimed.is_empty() {
                 continue;
@@ -211,7 +210,7 @@ impl Leasing {
     /// takes leases on as many as there are free slots, shared by weight; gives the rest back.
     async fn wait_for_entries(
         &self,
-        conn: &mut MultiplexedConnection,
+        readers: &mut Readers,
         free: &mut Vec<OwnedSemaphorePermit>,
     ) -> RedisResult<Vec<Lease>> {
         let open = self.serving.open();
@@ -249,22 +248,33 @@ impl Leasing {
                 }
             }
         }
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(self.consumer.as_ref())
-            .arg("COUNT")
-            .arg(free.len())
-            .arg("BLOCK")
-            .arg(wait.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(&streams)
-            .arg(vec![">"; streams.len()])
-            .query_async(conn)
-            .await?;
+        let read = |streams: &[String]| {
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(GROUP)
+                .arg(self.consumer.as_ref())
+                .arg("COUNT")
+                .arg(free.len())
+                .arg("BLOCK")
+                .arg(wait.as_millis().max(1) as u64)
+                .arg("STREAMS")
+                .arg(streams)
+                .arg(vec![">"; streams.len()]);
+            read
+        };
+        let replies: Vec<StreamReadReply> = if self.serving.client().is_cluster() {
+            // Each queue's streams share its slot: a read per queue, woken when one brings some.
+            let per_queue = streams.len() / open.len();
+            let groups: Vec<(&Served, &[String])> = open.iter().zip(streams.chunks(per_queue)).collect();
+            readers.read_each(&self.serving, &groups, read).await?
+        } else {
+            let reply: Option<StreamReadReply> =
+                read(&streams).query_async(readers.one(&self.serving).await?).await?;
+            reply.into_iter().collect()
+        };
         // Entries per queue (by its place in `open`), each with its lane and stream index.
         let mut given: Vec<Vec<Given>> = vec![Vec::new(); open.len()];
-        for key in reply.into_iter().flat_map(|r| r.keys) {
+        for key in replies.into_iter().flat_map(|r| r.keys) {
             if let Some(place) = streams.iter().position(|s| *s == key.key) {
                 let (at, kind, index) = places[place];
                 given[at].extend(key.ids.into_iter().map(|e| (kind.to_string(), index, e)));
@@ -285,7 +295,7 @@ impl Leasing {
             entries.sort_by_key(|(_, index, _)| *index);
             let extra = entries.split_off(part.min(entries.len()));
             if !extra.is_empty() {
-                hand_back_unclaimed(conn, &served.queue, &extra).await?;
+                hand_back_unclaimed(&served.queue, &extra).await?;
             }
             if !entries.is_empty() {
                 let kinds = self.serving.kinds_arg();
@@ -311,11 +321,7 @@ impl Leasing {
 }
 
 /// Returns entries read but not claimed to their stream, as fresh entries, so others take them.
-async fn hand_back_unclaimed(
-    conn: &mut MultiplexedConnection,
-    queue: &Queue,
-    entries: &[Given],
-) -> RedisResult<()> {
+async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for (kind, index, entry) in entries {
@@ -328,14 +334,69 @@ async fn hand_back_unclaimed(
         // Acknowledged only: the finish script trims acknowledged entries in bulk.
         pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
     }
-    pipe.query_async(conn).await
+    pipe.query_async(&mut queue.conn.clone()).await
 }
 
-/// A connection of its own for blocking reads, which wait longer than any response timeout
-/// would allow.
-async fn blocking_connection(serving: &Serving) -> RedisResult<MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new().set_response_timeout(None);
-    serving.client().get_multiplexed_async_connection_with_config(&config).await
+/// A fetch loop's connections for blocking reads (of their own: a blocked read would hold up
+/// the commands behind it): one for every queue on one server; on a cluster, one per queue,
+/// with the Redis client id that wakes it.
+#[derive(Default)]
+struct Readers {
+    one: Option<Conn>,
+    per_queue: HashMap<String, (Conn, Option<i64>)>,
+}
+
+impl Readers {
+    /// The connection that reads every queue (one server).
+    async fn one(&mut self, serving: &Serving) -> RedisResult<&mut Conn> {
+        if self.one.is_none() {
+            self.one = Some(serving.client().connect_blocking().await?);
+        }
+        Ok(self.one.as_mut().expect("just made"))
+    }
+
+    /// Blocks on each group of streams (a queue's, in one slot) at once, each on its queue's own
+    /// connection; as soon as one read answers with entries, wakes the others, so that no
+    /// queue's entries wait for another queue's read to time out.
+    async fn read_each(
+        &mut self,
+        serving: &Serving,
+        groups: &[(&Served, &[String])],
+        read: impl Fn(&[String]) -> redis::Cmd,
+    ) -> RedisResult<Vec<StreamReadReply>> {
+        for (served, streams) in groups {
+            if !self.per_queue.contains_key(served.queue.name()) {
+                let conn = serving.client().connect_blocking().await?;
+                // The id of its link to the queue's node. Without `CLIENT` (an ACL user), a read
+                // is woken by its own timeout only.
+                let id = conn.query_beside::<i64>(&streams[0], &client_command("ID")).await.ok();
+                self.per_queue.insert(served.queue.name().to_string(), (conn, id));
+            }
+        }
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for (at, (served, streams)) in groups.iter().enumerate() {
+            let mut conn = self.per_queue[served.queue.name()].0.clone();
+            let read = read(streams);
+            pending.push(async move { (at, read.query_async::<Option<StreamReadReply>>(&mut conn).await) });
+        }
+        let mut replies = Vec::new();
+        let mut woken = false;
+        while let Some((_, reply)) = pending.next().await {
+            let reply = reply?;
+            if !woken && reply.as_ref().is_some_and(|r| !r.keys.is_empty()) && !pending.is_empty() {
+                woken = true;
+                for (served, streams) in groups {
+                    if let Some(id) = self.per_queue[served.queue.name()].1 {
+                        let mut unblock = client_command("UNBLOCK");
+                        unblock.arg(id);
+                        let _ = served.queue.conn.query_beside::<i64>(&streams[0], &unblock).await;
+                    }
+                }
+            }
+            replies.extend(reply);
+        }
+        Ok(replies)
+    }
 }
 
 /// What a claim's last two reply fields say: why nothing more may start, and when to look again.
@@ -372,4 +433,11 @@ impl Queue {
             call.invoke_async(&mut self.conn.clone()).await?;
         Ok((replies, blocked_of(&reason, retry_ms)))
     }
+}
+
+/// `CLIENT <subcommand>`.
+fn client_command(subcommand: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg(subcommand);
+    cmd
 }

@@ -265,8 +265,8 @@ mod tests {
     async fn private_queue() -> ((EmbeddedRedis, tempfile::TempDir), Queue) {
         let dir = tempfile::tempdir().unwrap();
         let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
-        let client = redis::Client::open(redis.url()).unwrap();
-        let conn = client.get_connection_manager().await.unwrap();
+        let client = crate::redis_client::open(&redis.url(), false, None).unwrap();
+        let conn = client.connect(Duration::from_secs(10)).await.unwrap();
         let settings = QueueSettings {
             lease: Duration::from_secs(30),
             retention: Duration::from_secs(60),

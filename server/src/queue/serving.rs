@@ -115,7 +115,7 @@ impl Serving {
     }
 
     /// The Redis client, for connections of a worker's own.
-    pub(super) fn client(&self) -> &redis::Client {
+    pub(super) fn client(&self) -> &crate::redis_client::RedisClient {
         &self.queues.default_queue().client
     }
 

@@ -232,7 +232,7 @@ async fn a_body_that_stalls_midway_is_answered_408_after_the_body_timeout() {
 
 #[tokio::test]
 async fn an_answer_slower_than_the_request_timeout_is_a_503_with_retry_after() {
-    let app = spawn_app_with(|c| {
+    let app = spawn_app_alone(|c| {
         c.concurrency = 0;
         c.request_timeout = Duration::from_secs(1);
     })

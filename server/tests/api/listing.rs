@@ -38,7 +38,7 @@ async fn submit_many(app: &TestApp, count: usize, task: serde_json::Value) -> Ve
 
 #[tokio::test]
 async fn a_filter_that_matches_nothing_reads_a_bounded_page_and_hands_back_a_cursor() {
-    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let app = spawn_app_alone(|c| c.concurrency = 0).await;
     submit_many(&app, 3000, json!({"kind": "echo", "payload": 1})).await;
     let before = calls(&app, "hgetall").await;
     let page = app.get_json("/api/v1/tasks?kind=nope").await;
@@ -72,7 +72,7 @@ async fn bytes_sent(app: &TestApp) -> u64 {
 #[tokio::test]
 async fn requeueing_one_kind_reads_each_dead_letter_once_and_moves_only_that_kind() {
     const DEAD: usize = 1200;
-    let app = spawn_app().await;
+    let app = spawn_app_alone(|_| {}).await;
     let ids =
         submit_many(&app, DEAD, json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1}))
             .await;

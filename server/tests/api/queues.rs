@@ -430,7 +430,7 @@ async fn queues_declared_in_the_configuration_file_get_their_limits() {
 
 #[tokio::test]
 async fn any_instance_finds_a_task_by_its_id_with_one_lookup_however_many_queues_there_are() {
-    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let app = spawn_app_alone(|c| c.concurrency = 0).await;
     let mut ids = Vec::new();
     for n in 0..20 {
         ids.push(app.submit_ok(json!({"kind": "echo", "payload": n, "queue": format!("q{n}")})).await);

@@ -321,9 +321,7 @@ async fn over_https_the_cookie_is_secure_and_host_prefixed() {
         .build()
         .unwrap();
     let base = app.base.replace("http://", "https://");
-    let client = redis::Client::open(app.redis_url.as_str()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let token = Tokens::new(conn, &app.prefix, AuthMode::Auto)
+    let token = Tokens::new(app.redis().await, &app.prefix, AuthMode::Auto)
         .create(TokenRequest {
             name: "tls".into(),
             scopes: vec![Scope::Read],

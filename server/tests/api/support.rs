@@ -66,9 +66,29 @@ impl Drop for TestApp {
     }
 }
 
-/// Starts a server, with its own redis-server, in-process workers and test-friendly settings
-/// changed by `tweak`.
+/// The Redis every test shares when `COURIER_TEST_REDIS_URL` names one (scripts/test.sh runs
+/// the API tests once more on a Redis Cluster, naming its masters), else `None`: each test
+/// starts its own redis-server.
+pub fn shared_redis() -> Option<String> {
+    std::env::var("COURIER_TEST_REDIS_URL").ok().filter(|url| !url.is_empty())
+}
+
+/// Starts a server, with its own redis-server (or on the shared one, see [`shared_redis`]),
+/// in-process workers and test-friendly settings changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    if let Some(url) = shared_redis() {
+        return spawn_app_on(&url, tweak).await;
+    }
+    let redis = TestRedis::start().await;
+    let mut app = spawn_app_on(&redis.redis.url(), tweak).await;
+    app._redis = Some(redis);
+    app
+}
+
+/// Starts a server with a redis-server of its own even when the tests share one: for a test that
+/// counts what Redis did (`INFO`), or stops it, which other tests' work would blur.
+#[allow(dead_code)] // not every test binary that includes this file needs it
+pub async fn spawn_app_alone(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let redis = TestRedis::start().await;
     let mut app = spawn_app_on(&redis.redis.url(), tweak).await;
     app._redis = Some(redis);
@@ -164,11 +184,12 @@ impl TestApp {
             .expect("courier worker starts")
     }
 
-    /// A direct Redis connection, to look at what the server stored.
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
+    /// A direct Redis connection, to look at what the server stored (on a cluster, `KEYS`
+    /// asks every master).
+    pub async fn redis(&self) -> courier::redis_client::Conn {
+        courier::redis_client::open(&self.redis_url, false, None)
             .unwrap()
-            .get_multiplexed_async_connection()
+            .connect(Duration::from_secs(10))
             .await
             .unwrap()
     }
@@ -304,9 +325,7 @@ impl TestApp {
         expires: Option<&str>,
     ) -> String {
         use courier::auth::{AuthMode, TokenRequest, Tokens};
-        let client = redis::Client::open(self.redis_url.as_str()).unwrap();
-        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-        let minted = Tokens::new(conn, &self.prefix, AuthMode::Auto)
+        let minted = Tokens::new(self.redis().await, &self.prefix, AuthMode::Auto)
             .create(TokenRequest {
                 name: name.into(),
                 scopes: scopes.to_vec(),

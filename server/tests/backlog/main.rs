@@ -21,8 +21,8 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
     let total: usize = std::env::var("BACKLOG").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let redis = TestRedis::start().await;
     let prefix = unique_prefix();
-    let client = redis::Client::open(redis.redis.url()).unwrap();
-    let conn = client.get_connection_manager().await.unwrap();
+    let client = courier::redis_client::open(&redis.redis.url(), false, None).unwrap();
+    let conn = client.connect(Duration::from_secs(10)).await.unwrap();
     let settings = QueueSettings {
         lease: Duration::from_secs(30),
         retention: Duration::from_secs(3600),

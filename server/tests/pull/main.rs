@@ -275,10 +275,7 @@ async fn tasks_of_a_kind_nobody_runs_wait_and_run_once_a_worker_for_it_comes() {
 #[tokio::test]
 async fn with_access_control_on_a_python_worker_pulls_with_a_work_token_and_stops_without_one() {
     let app = app().await;
-    let conn = redis::aio::ConnectionManager::new(redis::Client::open(app.redis_url.as_str()).unwrap())
-        .await
-        .unwrap();
-    let tokens = courier::auth::Tokens::new(conn, &app.prefix, courier::auth::AuthMode::Auto);
+    let tokens = courier::auth::Tokens::new(app.redis().await, &app.prefix, courier::auth::AuthMode::Auto);
     let mint = |name: &str, scopes: Vec<courier::auth::Scope>| {
         let request = courier::auth::TokenRequest {
             name: name.into(),
