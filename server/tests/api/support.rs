@@ -28,6 +28,24 @@ impl TestRedis {
     }
 }
 
+/// A Redis for a test's own processes: the shared one (see [`shared_redis`]), else a private
+/// redis-server that lives as long as this.
+pub struct RedisForTest {
+    pub url: String,
+    _private: Option<TestRedis>,
+}
+
+impl RedisForTest {
+    #[allow(dead_code)] // not every test binary that includes this file starts processes
+    pub async fn start() -> RedisForTest {
+        if let Some(url) = shared_redis() {
+            return RedisForTest { url, _private: None };
+        }
+        let private = TestRedis::start().await;
+        RedisForTest { url: private.redis.url(), _private: Some(private) }
+    }
+}
+
 /// The queue the tests' tasks go to when they name none: `COURIER_TEST_QUEUE`, else the default
 /// one. The suite runs twice (scripts/test.sh): on `default`, and on a named queue, which must
 /// behave exactly alike.

@@ -85,8 +85,8 @@ async fn tasks_per_second(base: &str, queue: &str) -> BTreeMap<u64, usize> {
 
 #[tokio::test]
 async fn three_processes_make_exactly_one_task_per_tick_and_lose_none_when_a_fourth_dies() {
-    let redis = TestRedis::start().await;
-    let mut servers = serve(4, &redis.redis.url(), &unique_prefix()).await;
+    let redis = RedisForTest::start().await;
+    let mut servers = serve(4, &redis.url.clone(), &unique_prefix()).await;
     let schedule =
         json!({"every": "1s", "task": {"kind": "echo", "payload": {"tick": true}, "queue": "ticks"}});
     assert_eq!(put(&servers[0].base, "each-second", schedule).await.status(), 201);
@@ -113,8 +113,8 @@ async fn three_processes_make_exactly_one_task_per_tick_and_lose_none_when_a_fou
 
 #[tokio::test]
 async fn changing_a_schedule_stops_its_old_ticks_in_every_process() {
-    let redis = TestRedis::start().await;
-    let servers = serve(2, &redis.redis.url(), &unique_prefix()).await;
+    let redis = RedisForTest::start().await;
+    let servers = serve(2, &redis.url.clone(), &unique_prefix()).await;
     let old = json!({"every": "1s", "task": {"kind": "echo", "payload": "old", "queue": "old-ticks"}});
     assert_eq!(put(&servers[0].base, "report", old).await.status(), 201);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -149,8 +149,8 @@ async fn changing_a_schedule_stops_its_old_ticks_in_every_process() {
 
 #[tokio::test]
 async fn overlap_skip_skips_ticks_while_the_previous_run_has_not_ended() {
-    let redis = TestRedis::start().await;
-    let servers = serve(2, &redis.redis.url(), &unique_prefix()).await;
+    let redis = RedisForTest::start().await;
+    let servers = serve(2, &redis.url.clone(), &unique_prefix()).await;
     let slow = json!({
         "every": "1s",
         "overlap": "skip",
@@ -189,8 +189,8 @@ async fn next_run(base: &str, name: &str, after: u64) -> u64 {
 
 #[tokio::test]
 async fn after_every_process_stopped_catch_up_none_skips_and_latest_runs_the_latest_missed_tick_once() {
-    let redis = TestRedis::start().await;
-    let (url, prefix) = (redis.redis.url(), unique_prefix());
+    let redis = RedisForTest::start().await;
+    let (url, prefix) = (redis.url.clone(), unique_prefix());
     let servers = serve(2, &url, &prefix).await;
     for catch_up in ["none", "latest"] {
         let schedule =
@@ -396,8 +396,8 @@ async fn putting_a_schedule_needs_admin_and_a_token_of_some_queues_sees_only_the
 
 #[tokio::test]
 async fn a_courier_worker_process_ticks_the_schedules_too() {
-    let redis = TestRedis::start().await;
-    let (url, prefix) = (redis.redis.url(), unique_prefix());
+    let redis = RedisForTest::start().await;
+    let (url, prefix) = (redis.url.clone(), unique_prefix());
     let servers = serve(1, &url, &prefix).await;
     let schedule = json!({"every": "1s", "task": {"kind": "echo", "queue": "by-worker"}});
     assert_eq!(put(&servers[0].base, "each-second", schedule).await.status(), 201);
@@ -430,8 +430,8 @@ async fn a_courier_worker_process_ticks_the_schedules_too() {
 
 #[tokio::test]
 async fn a_schedule_of_a_workflow_starts_one_workflow_per_tick_across_three_processes() {
-    let redis = TestRedis::start().await;
-    let servers = serve(3, &redis.redis.url(), &unique_prefix()).await;
+    let redis = RedisForTest::start().await;
+    let servers = serve(3, &redis.url.clone(), &unique_prefix()).await;
     let workflow = json!({"name": "ticked", "steps": [
         {"id": "a", "kind": "echo", "payload": {"n": 1}, "queue": "wf-ticks"},
         {"id": "b", "kind": "echo", "after": ["a"], "payload": {"got": {"$from": "a", "pointer": "/n"}}, "queue": "wf-ticks"},
