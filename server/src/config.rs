@@ -694,6 +694,17 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_needs_a_redis_url_and_may_be_named_by_several() {
+        let cli = Cli::parse_from(["courier", "serve", "--redis-cluster"]);
+        let error = cli.config.validate().expect_err("the embedded redis-server is one node");
+        assert!(error.starts_with("--redis-cluster") && error.contains("--redis-url"), "{error}");
+        let cli = Cli::parse_from(["courier", "--redis-url", "redis://10.0.0.1:7000,redis://10.0.0.2:7000"]);
+        assert_eq!(cli.config.validate(), Ok(()));
+        assert!(cli.config.redis_url.as_ref().is_some_and(RedisUrl::lists_several));
+        assert!(!Config::defaults().redis_cluster);
+    }
+
+    #[test]
     fn subcommands_and_flags_parse_in_either_order() {
         let cli = Cli::parse_from(["courier", "worker", "--concurrency", "3"]);
         assert_eq!(cli.command, Some(Command::Worker));

@@ -666,7 +666,7 @@ impl Events {
                 let conn = match &mut conn {
                     Some(conn) => conn,
                     None => {
-                        let mut fresh = client.connect_blocking().await?;
+                        let mut fresh = client.connect_blocking(CHANNELS_EVERY).await?;
                         if only.is_none() {
                             // An ACL user without `CLIENT` is woken by the read's timeout instead.
                             let id: redis::RedisResult<i64> =

@@ -160,24 +160,32 @@ impl RedisClient {
         }
     }
 
-    /// A connection of its own for blocking reads, which wait longer than any response timeout
-    /// would allow, and would hold up the commands of a shared connection behind them. Nothing
-    /// reconnects it: on an error, drop it and ask for another.
-    pub async fn connect_blocking(&self) -> RedisResult<Conn> {
+    /// A connection of its own for blocking reads that block at most `longest_block`, which
+    /// would hold up the commands of a shared connection behind them. It gives up on an answer
+    /// [`BLOCKING_GRACE`] after that (a peer gone without a word). Nothing reconnects it: on an
+    /// error, drop it and ask for another.
+    pub async fn connect_blocking(&self, longest_block: Duration) -> RedisResult<Conn> {
+        let response_timeout = longest_block + BLOCKING_GRACE;
         match self {
             RedisClient::Node(client) => {
                 let config = AsyncConnectionConfig::new()
-                    .set_response_timeout(None)
+                    .set_response_timeout(Some(response_timeout))
                     .set_connection_timeout(Some(CONNECT_TIMEOUT));
                 client.get_multiplexed_async_connection_with_config(&config).await.map(Conn::Blocking)
             }
             RedisClient::Cluster(client) => {
-                let config = ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout);
                 client.get_async_connection_with_config(config).await.map(Conn::Cluster)
             }
         }
     }
 }
+
+/// How much longer than its longest block a blocking read may take to answer before its
+/// connection is given up on.
+pub const BLOCKING_GRACE: Duration = Duration::from_secs(10);
 
 /// A connection to Redis: to one server (reconnecting by itself, or one of its own for blocking
 /// reads), or to a cluster, whose commands go to the node that serves their keys' slot. Cheap to

@@ -350,7 +350,7 @@ impl Readers {
     /// The connection that reads every queue (one server).
     async fn one(&mut self, serving: &Serving) -> RedisResult<&mut Conn> {
         if self.one.is_none() {
-            self.one = Some(serving.client().connect_blocking().await?);
+            self.one = Some(serving.client().connect_blocking(BLOCK.max(DISCOVER_EVERY)).await?);
         }
         Ok(self.one.as_mut().expect("just made"))
     }
@@ -366,7 +366,7 @@ impl Readers {
     ) -> RedisResult<Vec<StreamReadReply>> {
         for (served, streams) in groups {
             if !self.per_queue.contains_key(served.queue.name()) {
-                let conn = serving.client().connect_blocking().await?;
+                let conn = serving.client().connect_blocking(BLOCK.max(DISCOVER_EVERY)).await?;
                 // The id of its link to the queue's node. Without `CLIENT` (an ACL user), a read
                 // is woken by its own timeout only.
                 let id = conn.query_beside::<i64>(&streams[0], &client_command("ID")).await.ok();

@@ -30,13 +30,14 @@ impl TestRedis {
 
 /// A Redis for a test's own processes: the shared one (see [`shared_redis`]), else a private
 /// redis-server that lives as long as this.
+#[allow(dead_code)] // not every test binary that includes this file starts processes
 pub struct RedisForTest {
     pub url: String,
     _private: Option<TestRedis>,
 }
 
+#[allow(dead_code)]
 impl RedisForTest {
-    #[allow(dead_code)] // not every test binary that includes this file starts processes
     pub async fn start() -> RedisForTest {
         if let Some(url) = shared_redis() {
             return RedisForTest { url, _private: None };
