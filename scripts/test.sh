@@ -17,6 +17,12 @@ step "unit and integration tests"
 cargo test
 step "the API tests again, every task in a named queue (it must behave exactly as default)"
 COURIER_TEST_QUEUE=named cargo test -p courier --test api
+step "the API, pull-worker and schedule tests again, on a Redis Cluster of three masters with a replica each"
+cluster=$(mktemp -d)
+trap './scripts/redis-cluster.sh stop "$cluster"; rm -rf "$cluster"' EXIT
+COURIER_TEST_REDIS_URL=$(./scripts/redis-cluster.sh start "$cluster") \
+  cargo test -p courier --test api --test pull --test schedules
+./scripts/redis-cluster.sh stop "$cluster"
 step "release build"
 cargo leptos build --release
 step "end-to-end tests (Playwright, Chromium)"
