@@ -20,6 +20,8 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 /// One `redis-server` of the cluster.
 struct Node {
     port: u16,
+    /// Its cluster bus's port.
+    bus: u16,
     /// The running process; `None` once killed.
     process: Option<Child>,
 }
@@ -106,6 +108,7 @@ impl TestCluster {
             let (port, bus) = (free(), free());
             nodes.push(Node {
                 port,
+                bus,
                 process: Some(redis_server(port, bus, &dir.path().join(port.to_string()))),
             });
         }
@@ -195,6 +198,23 @@ impl TestCluster {
         // tokio's `start_kill` is SIGKILL on Unix.
         process.start_kill().expect("the node can be killed");
         process.wait().await.expect("the killed node is reaped");
+    }
+
+    /// Starts the node on `port` again, killed before, as an operator brings a failed server
+    /// back: with its own `nodes.conf`, it rejoins as a replica of the master that replaced it.
+    /// Returns once that master sees it as a replica in sync.
+    pub async fn restart_node(&mut self, port: u16, master: u16) {
+        let node =
+            self.nodes.iter_mut().find(|n| n.port == port).unwrap_or_else(|| panic!("no node on {port}"));
+        assert!(node.process.is_none(), "the node on {port} is running");
+        node.process = Some(redis_server(port, node.bus, &self._dir.path().join(port.to_string())));
+        let in_sync = until(SETTLE_LIMIT, || async move {
+            let info: String = query(master, &["INFO", "replication"]).await.ok()?;
+            let line = format!("port={port},state=online");
+            info.contains(&line).then_some(())
+        })
+        .await;
+        assert!(in_sync.is_some(), "the node on {port} did not come back as a replica of {master}");
     }
 
     /// After its master was killed: waits until a live node is master of `slot` in every live
