@@ -45,8 +45,14 @@ pub use serving::{QueueChoice, Serving, parse_choice};
 
 /// The consumer group every worker of a queue reads through.
 const GROUP: &str = "workers";
-/// How often delayed tasks are checked for being due.
-const PROMOTE_TICK: Duration = Duration::from_millis(20);
+/// How often the process that moves a queue's due tasks looks for them: a delayed task starts
+/// within this of its due time (and a blocking read's wake-up after it).
+const PROMOTE_TICK: Duration = Duration::from_millis(50);
+/// How long a process stays the one that moves a queue's due tasks after its last look: another
+/// takes over within about this much longer once it stops.
+const PROMOTER_TERM: Duration = Duration::from_secs(3);
+/// How often a process that does not move a queue's due tasks asks whether it should.
+const PROMOTER_STANDBY: Duration = Duration::from_secs(1);
 /// How many due tasks one promotion moves.
 const PROMOTE_BATCH: usize = 500;
 
@@ -158,6 +164,12 @@ impl Scripts {
     }
 }
 
+/// This process's name where processes take turns (the queue's promoter): random, for its life.
+fn process_id() -> &'static str {
+    static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| Uuid::now_v7().to_string());
+    &ID
+}
+
 /// A boolean as the scripts read it.
 fn flag(on: bool) -> &'static str {
     if on { "1" } else { "0" }
@@ -176,6 +188,8 @@ pub struct Queue {
     scripts: Arc<Scripts>,
     /// When this process last pruned the listing index (ms since the epoch).
     last_prune_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// When this process last renewed its term as the queue's promoter (ms since the epoch).
+    promoter_renewed_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where this handle's submissions wait to be sent together (started on first use).
     enqueuer: Arc<std::sync::OnceLock<enqueue::Enqueuer>>,
 }
@@ -423,6 +437,7 @@ impl Queue {
             settings,
             scripts,
             last_prune_ms: Default::default(),
+            promoter_renewed_ms: Default::default(),
             enqueuer: Default::default(),
         }
     }
@@ -731,21 +746,62 @@ impl Queue {
     }
 
     /// Ends waiting tasks whose expiry passed, and moves delayed tasks that are due onto the
-    /// ready stream; returns how many moved or expired (the larger of the two).
-    pub async fn promote_due(&self) -> redis::RedisResult<usize> {
+    /// ready stream, if no other process does that for this queue now (one at a time, so that
+    /// idle workers cost Redis next to nothing); returns how many moved or expired (the larger of
+    /// the two), `None` when another process is the queue's promoter.
+    ///
+    /// A look is one round trip of plain commands (a script call costs Redis ~50 µs here when
+    /// it idles, measured: docs/benchmark-notes.md); the promotion's script runs only when
+    /// something is due.
+    pub async fn promote_due(&self) -> redis::RedisResult<Option<usize>> {
+        let now = now_ms();
+        let term = PROMOTER_TERM.as_millis() as u64;
+        let promoter = self.keys.promoter();
+        let mut look = redis::pipe();
+        // Nobody's (or the last one's term ran out): this process's now.
+        look.cmd("SET").arg(&promoter).arg(process_id()).arg("NX").arg("PX").arg(term).ignore();
+        look.cmd("GET").arg(&promoter);
+        for waiting in [self.keys.delayed(), self.keys.retrying(), self.keys.expiring()] {
+            look.cmd("ZRANGEBYSCORE").arg(waiting).arg("-inf").arg(now).arg("LIMIT").arg(0).arg(1);
+        }
+        let mut conn = self.conn.clone();
+        let (holder, delayed, retrying, expiring): (Option<String>, Vec<String>, Vec<String>, Vec<String>) =
+            look.query_async(&mut conn).await?;
+        if holder.as_deref() != Some(process_id()) {
+            return Ok(None);
+        }
+        // The term is renewed a few times per term, not at every look. Should the renewal come
+        // after the term ran out and another took over, both promote for a moment: harmless, a
+        // promotion moves each due task once.
+        let renewed = self.promoter_renewed_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(renewed) >= term / 3 {
+            redis::cmd("SET")
+                .arg(&promoter)
+                .arg(process_id())
+                .arg("XX")
+                .arg("PX")
+                .arg(term)
+                .query_async::<()>(&mut conn)
+                .await?;
+            self.promoter_renewed_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        if delayed.is_empty() && retrying.is_empty() && expiring.is_empty() {
+            return Ok(Some(0));
+        }
         self.scripts
             .promote
             .key(self.keys.delayed())
             .key(self.keys.expiring())
             .key(self.keys.events())
             .key(self.keys.retrying())
-            .arg(now_ms())
+            .arg(now)
             .arg(PROMOTE_BATCH)
             .arg(self.keys.base())
             .arg(self.settings.dead_retention.as_millis() as u64)
             .arg(self.settings.events_maxlen)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut conn)
             .await
+            .map(Some)
     }
 
     /// How many tasks wait to run: queued, scheduled or waiting for a retry.

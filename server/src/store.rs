@@ -27,7 +27,8 @@
 //! | `{prefix}:{queue}:starts`        | zset   | lease tokens by start ms, the last `rate` period's |
 //! | `{prefix}:{queue}:ended`         | hash   | Unix second -> tasks ended then (the last two minutes) |
 //! | `{prefix}:{queue}:settings`      | hash   | `paused`, `max_depth`, `concurrency`, `rate_limit`, `rate_period_ms` |
-//! | `{prefix}:{default}:events`      | stream | task and queue events of every queue, capped (one stream; issue 17 spreads it) |
+//! | `{prefix}:{queue}:events`        | stream | the queue's task and queue events, capped (`{_kinds}` and `{_workflows}` have their own) |
+//! | `{prefix}:{queue}:promoter`      | string | the process that moves due tasks of the queue now, for a few seconds (promote.lua) |
 //! | `{prefix}:{_queues}:queues`      | set    | the name of every queue                 |
 //! | `{prefix}:{_queues}:queue-numbers`, `queue-names` | hash | each queue's number for life, both ways (task ids carry it) |
 //! | `{prefix}:{_queues}:queue-numbers-since` | string | when queues began to have numbers (older ids are the default queue's) |
@@ -167,6 +168,11 @@ impl Keys {
     /// Ids of tasks with an expiry, by when they expire.
     pub fn expiring(&self) -> String {
         format!("{}:expiring", self.base)
+    }
+
+    /// Which process moves the queue's due tasks now (promote.lua).
+    pub fn promoter(&self) -> String {
+        format!("{}:promoter", self.base)
     }
 
     /// The count of open tasks sharing the payload stored under `owner`'s id.

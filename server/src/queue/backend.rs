@@ -7,7 +7,7 @@
 //! one channel, which this backend reads.
 
 use super::{
-    Backoff, PROMOTE_BATCH, PROMOTE_TICK,
+    Backoff, PROMOTE_BATCH, PROMOTE_TICK, PROMOTER_STANDBY,
     lease::{Lease, Leasing},
     serving::Serving,
 };
@@ -41,19 +41,29 @@ pub fn backend(serving: Arc<Serving>, concurrency: usize, shutdown: Cancellation
 }
 
 /// Moves due delayed tasks and retries of every queue served onto their ready streams (and ends
-/// expired ones), every tick, or at once again while a queue has more due than one move takes.
+/// expired ones), every tick, or at once again while a queue has more due than one move takes;
+/// of a queue whose due tasks another process moves, it only asks now and then whether it should
+/// take over.
 async fn promote_loop(serving: Arc<Serving>, shutdown: CancellationToken) {
     let mut backoff = Backoff::default();
     let mut pruned = std::collections::HashSet::new();
+    let mut standby: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     loop {
         let mut pause = PROMOTE_TICK;
         for served in serving.all() {
-            if pruned.insert(served.queue.name().to_string()) {
+            let name = served.queue.name();
+            if pruned.insert(name.to_string()) {
                 tokio::spawn(served.queue.clone().prune_consumers());
             }
+            if standby.get(name).is_some_and(|until| tokio::time::Instant::now() < *until) {
+                continue;
+            }
             match served.queue.promote_due().await {
-                Ok(moved) if moved >= PROMOTE_BATCH => pause = std::time::Duration::ZERO,
-                Ok(_) => backoff.reset(),
+                Ok(None) => {
+                    standby.insert(name.to_string(), tokio::time::Instant::now() + PROMOTER_STANDBY);
+                }
+                Ok(Some(moved)) if moved >= PROMOTE_BATCH => pause = std::time::Duration::ZERO,
+                Ok(Some(_)) => backoff.reset(),
                 Err(e) => {
                     pause = backoff.next();
                     warn!(error = %e, queue = served.queue.name(), retry_in_ms = pause.as_millis() as u64, "promoting delayed tasks failed");

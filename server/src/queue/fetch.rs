@@ -51,6 +51,8 @@ impl Leasing {
         _endings: mpsc::Sender<Ending>,
     ) {
         let mut readers = Readers::default();
+        // The open queues when the last blocking read found nothing in them.
+        let mut idle: Option<Vec<String>> = None;
         let mut backoff = Backoff::default();
         let lease = self.serving.lease();
         let reclaim_every = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
@@ -75,7 +77,7 @@ impl Leasing {
                 last_reclaim = Some(Instant::now());
             }
             let fetched = match self.serving.refresh().await {
-                Ok(()) => self.fetch(&mut readers, &mut free, reclaim).await,
+                Ok(()) => self.fetch(&mut readers, &mut free, reclaim, &mut idle).await,
                 Err(e) => {
                     Serving::warn_refresh(&e);
                     Ok(Vec::new())
@@ -111,24 +113,36 @@ impl Leasing {
     }
 
     /// Leases for the `free` slots: entries whose lease expired (when `reclaim`), else new
-    /// entries shared among the queues by weight, else whatever a blocking read brings.
+    /// entries shared among the queues by weight, else whatever a blocking read brings. `idle`:
+    /// the open queues when the last blocking read brought nothing from them. While they are the
+    /// same, claims would find nothing either (every new entry, handed back or promoted, is one
+    /// the next read gets): it blocks again at once, and an idle worker runs no claim script. A
+    /// queue newly open is claimed from first, which tells whether it is paused or at a limit.
     async fn fetch(
         &self,
         readers: &mut Readers,
         free: &mut Vec<OwnedSemaphorePermit>,
         reclaim: bool,
+        idle: &mut Option<Vec<String>>,
     ) -> RedisResult<Vec<Lease>> {
         if reclaim {
             let leases = self.take_over(free).await?;
             if !leases.is_empty() {
+                *idle = None;
                 return Ok(leases);
             }
         }
-        let leases = self.claim_new(free).await?;
-        if !leases.is_empty() {
-            return Ok(leases);
+        let open: Vec<String> = self.serving.open().iter().map(|s| s.queue.name().to_string()).collect();
+        if idle.as_ref() != Some(&open) {
+            let leases = self.claim_new(free).await?;
+            if !leases.is_empty() {
+                *idle = None;
+                return Ok(leases);
+            }
         }
-        self.wait_for_entries(readers, free).await
+        let leases = self.wait_for_entries(readers, free).await?;
+        *idle = leases.is_empty().then_some(open);
+        Ok(leases)
     }
 
     /// Takes over entries whose holder stopped renewing their lease, from the first queue that

@@ -462,3 +462,36 @@ async fn any_instance_finds_a_task_by_its_id_with_one_lookup_however_many_queues
         .unwrap_or(0);
     assert!((21..=42).contains(&exists), "{exists} EXISTS for 21 lookups");
 }
+
+/// The holder of the queue's promoter key, once one holds it.
+async fn promoter(app: &TestApp) -> String {
+    let mut redis = app.redis().await;
+    for _ in 0..100 {
+        let holder: Option<String> =
+            redis::AsyncCommands::get(&mut redis, app.key("promoter")).await.unwrap();
+        if let Some(holder) = holder {
+            return holder;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no process became the queue's promoter");
+}
+
+#[tokio::test]
+async fn one_worker_process_at_a_time_moves_due_tasks_and_another_takes_over_when_it_stops() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut first = app.worker(&["--concurrency", "4"]);
+    let first_id = promoter(&app).await;
+    let _second = app.worker(&["--concurrency", "4"]);
+    let delayed = app.submit_ok(json!({"kind": "echo", "payload": 1, "delay_ms": 300})).await;
+    assert_eq!(app.wait_until_done(&delayed).await["status"], "succeeded");
+    // The second process stood by: the first is still the promoter.
+    assert_eq!(promoter(&app).await, first_id);
+
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let delayed = app.submit_ok(json!({"kind": "echo", "payload": 2, "delay_ms": 200})).await;
+    // The first one's term (3 s) runs out, and the second takes over within a second.
+    assert_eq!(app.wait_until_done(&delayed).await["status"], "succeeded");
+    assert_ne!(promoter(&app).await, first_id, "the second process took over");
+}
