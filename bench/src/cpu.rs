@@ -40,6 +40,34 @@ impl CpuSeconds {
     }
 }
 
+/// CPU seconds used so far by named processes that run on this machine, Redis included, each
+/// read from its `/proc/{pid}/stat`.
+#[derive(Debug)]
+pub struct ProcessSeconds(Vec<(String, f64)>);
+
+impl ProcessSeconds {
+    /// Reads them now, for each `(name, pid)`.
+    pub fn read(processes: &[(String, u32)]) -> anyhow::Result<Self> {
+        let seconds = processes
+            .iter()
+            .map(|(name, pid)| Ok((name.clone(), process_cpu_seconds(&format!("/proc/{pid}/stat"))?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(ProcessSeconds(seconds))
+    }
+
+    /// What each process spent between `earlier` and `self`, in `self`'s order; one that
+    /// `earlier` does not name started since, from zero.
+    pub fn since(&self, earlier: &ProcessSeconds) -> Vec<(String, f64)> {
+        self.0
+            .iter()
+            .map(|(name, now)| {
+                let then = earlier.0.iter().find(|(n, _)| n == name).map_or(0.0, |(_, s)| *s);
+                (name.clone(), now - then)
+            })
+            .collect()
+    }
+}
+
 /// `used_cpu_sys` + `used_cpu_user` of the main Redis process.
 fn redis_cpu_seconds(info: &str) -> Option<f64> {
     let field = |name: &str| {
@@ -74,6 +102,13 @@ mod tests {
         let stat = "4242 (courier (x) y) S 1 4242 4242 0 -1 4194304 1500 0 0 0 250 75 0 0 20 0 9 0";
         assert_eq!(cpu_seconds_of_stat(stat), Some(3.25));
         assert_eq!(cpu_seconds_of_stat("4242 (courier) S 1"), None);
+    }
+
+    #[test]
+    fn a_process_absent_from_the_earlier_reading_counts_from_zero() {
+        let earlier = ProcessSeconds(vec![("serve".into(), 1.0)]);
+        let now = ProcessSeconds(vec![("serve".into(), 1.5), ("worker-1".into(), 2.0)]);
+        assert_eq!(now.since(&earlier), [("serve".to_string(), 0.5), ("worker-1".to_string(), 2.0)]);
     }
 
     #[test]

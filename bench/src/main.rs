@@ -4,13 +4,15 @@
 //! `docs/benchmarks.md`.
 
 mod cpu;
+mod redis_servers;
 mod report;
 mod sse;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use cpu::CpuSeconds;
+use cpu::{CpuSeconds, ProcessSeconds};
 use futures::StreamExt;
+use redis_servers::RedisServers;
 use serde_json::{Value, json};
 use sse::{EventTap, FanoutClient};
 use std::{
@@ -84,11 +86,14 @@ struct RunArgs {
     /// Pull workers (HTTP clients taking leases of 100) of the pull workload.
     #[arg(long, default_value_t = 4)]
     pullers: usize,
+    /// `courier worker` processes that drain the scale workload's backlog (on each Redis).
+    #[arg(long, default_value_t = 2)]
+    scale_workers: usize,
     /// Which workloads to run.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout,pull,push,auth"
+        default_value = "submit,e2e,latency,queues,claimcheck,backlog,fanout,pull,push,auth,scale"
     )]
     workloads: Vec<String>,
     /// Tiny sizes: checks that every workload works, measures nothing worth reading.
@@ -259,13 +264,14 @@ impl Bench {
     /// Submits `count` small echo tasks in batches of `--batch`, a few requests at a time;
     /// returns their ids and the seconds it took.
     async fn submit_batched(&self, base: &str, count: usize) -> anyhow::Result<(Vec<String>, f64)> {
-        self.submit_batched_of("echo", base, count).await
+        self.submit_batched_of("echo", None, base, count).await
     }
 
-    /// [`Bench::submit_batched`] with tasks of `kind`.
+    /// [`Bench::submit_batched`] with tasks of `kind`, in `queue` if given (else the default).
     async fn submit_batched_of(
         &self,
         kind: &str,
+        queue: Option<&str>,
         base: &str,
         count: usize,
     ) -> anyhow::Result<(Vec<String>, f64)> {
@@ -275,7 +281,13 @@ impl Bench {
         let batches: Vec<anyhow::Result<Vec<String>>> = futures::stream::iter((0..count).step_by(size))
             .map(|first| {
                 let tasks: Vec<Value> = (first..count.min(first + size))
-                    .map(|n| json!({"kind": kind, "payload": {"n": n, "pad": "x".repeat(64)}}))
+                    .map(|n| {
+                        let mut task = json!({"kind": kind, "payload": {"n": n, "pad": "x".repeat(64)}});
+                        if let Some(queue) = queue {
+                            task["queue"] = queue.into();
+                        }
+                        task
+                    })
                     .collect();
                 let request = self.http.post(&url).json(&json!({"tasks": tasks}));
                 async move { accepted_ids(request.send().await?).await }
@@ -587,7 +599,7 @@ impl Bench {
         });
         let url = format!("{}/api/v1/kinds/bench.push", server.base);
         self.http.put(url).json(&declaration).send().await?.error_for_status()?;
-        let (ids, _) = self.submit_batched_of("bench.push", &server.base, self.args.n).await?;
+        let (ids, _) = self.submit_batched_of("bench.push", None, &server.base, self.args.n).await?;
         let mut tap = EventTap::open(&self.http, &server.base).await?;
         let worker = self.worker(&prefix)?;
         let pids = (server.pid().context("serve has no pid")?, worker.id().context("worker has no pid")?);
@@ -606,6 +618,102 @@ impl Bench {
                 json!({"process": process, "cpu_share": spent / seconds}),
             );
         }
+        Ok(())
+    }
+
+    /// The same backlog through one redis-server and through a Redis Cluster of three masters
+    /// without replicas (both started here, fresh): three queues whose slots sit on three
+    /// different masters, `--n` echo tasks split over them and submitted in batches with no worker
+    /// running, then drained by `--scale-workers` `courier worker` processes started together.
+    /// Tasks per second of the submit and of the drain, and the CPU each process spent per task in
+    /// each phase.
+    async fn scale(&mut self) -> anyhow::Result<()> {
+        const MASTERS: usize = 3;
+        let queues = redis_servers::queues_on_distinct_masters(MASTERS);
+        for mode in ["node", "cluster-3"] {
+            let servers = match mode {
+                "node" => RedisServers::node().await?,
+                _ => RedisServers::cluster(MASTERS).await?,
+            };
+            // The processes this bench starts use `servers`; their CPU, Redis's included, is read
+            // from /proc, so `redis` is only a connection to the first of them.
+            let bench = Bench {
+                args: RunArgs { redis_url: servers.url(), ..self.args.clone() },
+                http: self.http.clone(),
+                redis: servers.connection(0).await?,
+                run_id: self.run_id.clone(),
+                next: self.next,
+            };
+            bench.scale_on(mode, &servers, &queues).await.with_context(|| format!("on the {mode}"))?;
+        }
+        Ok(())
+    }
+
+    /// One run of [`Bench::scale`], on `servers` (this bench's `--redis-url`). The CPU figures
+    /// name each process: `serve` (which takes the submissions and serves the SSE client that
+    /// sees the drain end), `serve-idle` (a second one that takes no request), `worker-{k}`,
+    /// `redis` for the one node or `redis-{i}` for the master that holds the `i`th queue, and
+    /// `client`; `worker` and (on a cluster) `redis` are their sums.
+    async fn scale_on(&self, mode: &str, servers: &RedisServers, queues: &[String]) -> anyhow::Result<()> {
+        let prefix = format!("bench-{}-scale", self.run_id);
+        let holders = servers.holders(&prefix, queues).await?;
+        let on_cluster = mode != "node";
+        if on_cluster {
+            let distinct: std::collections::HashSet<_> = holders.iter().collect();
+            anyhow::ensure!(
+                distinct.len() == queues.len(),
+                "the queues {queues:?} do not sit one on each master: {holders:?}"
+            );
+        }
+        let mut processes = Vec::new();
+        for (index, pid) in servers.pids()?.into_iter().enumerate() {
+            let name = match holders.iter().position(|h| *h == index) {
+                Some(queue) if on_cluster => format!("redis-{}", queue + 1),
+                _ => "redis".to_string(),
+            };
+            processes.push((name, pid));
+        }
+        let server = self.serve(&prefix, 0).await?;
+        // Every `courier serve` tails every queue's events; one that gets no request shows what
+        // that alone costs each of them.
+        let idle = self.serve(&prefix, 0).await?;
+        processes.push(("serve".to_string(), server.pid().context("serve has no pid")?));
+        processes.push(("serve-idle".to_string(), idle.pid().context("serve has no pid")?));
+        processes.push(("client".to_string(), std::process::id()));
+        let mut extra = json!({"redis": mode, "queues": queues, "workers": self.args.scale_workers, "concurrency": self.args.concurrency, "batch": self.args.batch});
+
+        let network = servers.network_bytes().await?;
+        let before = ProcessSeconds::read(&processes)?;
+        let started = Instant::now();
+        let shares = queues.iter().enumerate().map(|(i, queue)| {
+            let count = self.args.n / queues.len() + usize::from(i < self.args.n % queues.len());
+            self.submit_batched_of("echo", Some(queue), &server.base, count)
+        });
+        let submitted = futures::future::try_join_all(shares).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let spent = ProcessSeconds::read(&processes)?.since(&before);
+        let count: usize = submitted.iter().map(|(ids, _)| ids.len()).sum();
+        let network = emit_network(mode, "submit", servers, network, count).await?;
+        extra["n"] = count.into();
+        emit("scale_submit_tasks_per_s", count as f64 / seconds, extra.clone());
+        emit_scale_cpu(mode, "submit", &spent, count, seconds, queues);
+
+        let mut tap = EventTap::open(&self.http, &server.base).await?;
+        let before = ProcessSeconds::read(&processes)?;
+        let started = Instant::now();
+        // Held until the drain ends: a worker is killed when dropped.
+        let mut workers = Vec::with_capacity(self.args.scale_workers);
+        for k in 1..=self.args.scale_workers.max(1) {
+            let worker = self.worker(&prefix)?;
+            processes.push((format!("worker-{k}"), worker.id().context("a worker has no pid")?));
+            workers.push(worker);
+        }
+        tap.until_finished(count, Duration::from_secs(600)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let spent = ProcessSeconds::read(&processes)?.since(&before);
+        emit_network(mode, "drain", servers, network, count).await?;
+        emit("scale_drain_tasks_per_s", count as f64 / seconds, extra);
+        emit_scale_cpu(mode, "drain", &spent, count, seconds, queues);
         Ok(())
     }
 
@@ -638,7 +746,57 @@ impl Bench {
     }
 }
 
-/// The id from a `202 Accepted`, or an error with the status.
+/// Prints `scale_redis_bytes_per_task`, read from and written to clients by every Redis together
+/// since `before` (as [`RedisServers::network_bytes`] gave it), for `count` tasks; returns the
+/// bytes now, the start of the next phase.
+async fn emit_network(
+    mode: &str,
+    phase: &str,
+    servers: &RedisServers,
+    before: (u64, u64),
+    count: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let now = servers.network_bytes().await?;
+    for (direction, bytes) in [("in", now.0 - before.0), ("out", now.1 - before.1)] {
+        emit(
+            "scale_redis_bytes_per_task",
+            bytes as f64 / count as f64,
+            json!({"redis": mode, "phase": phase, "direction": direction, "n": count}),
+        );
+    }
+    Ok(now)
+}
+
+/// Prints `scale_cpu_us_per_task` for each process of one phase of the scale workload (`spent`:
+/// CPU seconds by name, over `seconds`, for `count` tasks), then the sum of the workers and, when
+/// there are several, of the Redis masters.
+fn emit_scale_cpu(
+    mode: &str,
+    phase: &str,
+    spent: &[(String, f64)],
+    count: usize,
+    seconds: f64,
+    queues: &[String],
+) {
+    let line = |process: &str, cpu: f64, queue: Option<&str>| {
+        let mut extra = json!({"redis": mode, "phase": phase, "process": process, "n": count, "cpu_share": cpu / seconds});
+        if let Some(queue) = queue {
+            extra["queue"] = queue.into();
+        }
+        emit("scale_cpu_us_per_task", cpu * 1e6 / count as f64, extra);
+    };
+    for (process, cpu) in spent {
+        let queue = process.strip_prefix("redis-").and_then(|i| queues.get(i.parse::<usize>().ok()? - 1));
+        line(process, *cpu, queue.map(String::as_str));
+    }
+    for (sum, members) in [("worker", "worker-"), ("redis", "redis-")] {
+        let of: Vec<f64> = spent.iter().filter(|(p, _)| p.starts_with(members)).map(|(_, s)| *s).collect();
+        if !of.is_empty() {
+            line(sum, of.iter().sum(), None);
+        }
+    }
+}
+
 /// Prints the p50, p95, p99 and max of the times from each task's submission (`sent_at`) to its
 /// end (`done`), in ms, as `{metric}_p50_ms` and so on.
 fn emit_latencies(
@@ -658,6 +816,7 @@ fn emit_latencies(
     emit(&format!("{metric}_max_ms"), latencies.last().copied().unwrap_or(0.0), extra);
 }
 
+/// The id from a `202 Accepted`, or an error with the status.
 async fn accepted_id(response: reqwest::Response) -> anyhow::Result<String> {
     if response.status() != 202 {
         bail!("submit answered {}: {}", response.status(), response.text().await.unwrap_or_default());
@@ -731,6 +890,7 @@ async fn main() -> anyhow::Result<()> {
             "pull" => bench.pull().await,
             "push" => bench.push().await,
             "auth" => bench.auth().await,
+            "scale" => bench.scale().await,
             other => bail!("unknown workload `{other}`"),
         };
         result.with_context(|| format!("workload {workload}"))?;

@@ -174,7 +174,87 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
     cpu_table(&mut out, &c, process, nproc)?;
     own_kinds_cpu(&mut out, &c)?;
     auth_cost(&mut out, &c)?;
+    scale(&mut out, &c)?;
     Ok(out)
+}
+
+/// The same backlog through one Redis node and through a cluster of three masters: tasks per
+/// second, and the CPU each process spent per task, submitting and draining.
+fn scale(out: &mut String, c: &Figures) -> anyhow::Result<()> {
+    let cpu = c.all("scale_cpu_us_per_task");
+    if cpu.is_empty() {
+        return Ok(());
+    }
+    const MODES: [&str; 2] = ["node", "cluster-3"];
+    let first = c.all("scale_drain_tasks_per_s").first().copied().cloned().unwrap_or_default();
+    let queues: Vec<String> = first["queues"]
+        .as_array()
+        .map(|q| q.iter().map(|q| format!("`{}`", q.as_str().unwrap_or("?"))).collect())
+        .unwrap_or_default();
+    writeln!(out, "\n## One Redis node against a cluster of three masters\n")?;
+    writeln!(
+        out,
+        "`--workloads scale`: {} echo tasks split over three queues ({}) whose slots sit on three \
+         different masters, submitted in batches of {} with no worker running, then drained by {} \
+         `courier worker` processes (concurrency {} each) started together; once on one \
+         redis-server, once on a Redis Cluster of three masters without replicas, all on this \
+         machine. CPU time (user + system) each process spent per task: `redis-{{i}}` is the \
+         master holding the `i`th queue, `redis` and `worker` are sums; `serve` takes the \
+         submissions, then serves the SSE client that sees the drain end; `serve-idle` is a \
+         second `courier serve` that takes no request (every one tails every queue's events).\n",
+        first["n"],
+        queues.join(", "),
+        first["batch"],
+        first["workers"],
+        first["concurrency"],
+    )?;
+    writeln!(out, "| | one node | three masters |")?;
+    writeln!(out, "|---|---|---|")?;
+    for (label, metric) in
+        [("submit tasks/s", "scale_submit_tasks_per_s"), ("drain tasks/s", "scale_drain_tasks_per_s")]
+    {
+        let [node, cluster] = MODES.map(|mode| c.get(metric, Some(("redis", mode))));
+        writeln!(out, "| {label} | {} | {} |", show(node), show(cluster))?;
+    }
+    let network = c.all("scale_redis_bytes_per_task");
+    for (label, direction) in [("Redis bytes read per task", "in"), ("Redis bytes written per task", "out")] {
+        let [node, cluster] = MODES.map(|mode| {
+            let lines = network.iter().filter(|l| l["redis"] == mode && l["direction"] == direction);
+            lines.filter_map(|l| l["value"].as_f64()).reduce(|a, b| a + b)
+        });
+        writeln!(out, "| {label} (submit + drain, all servers) | {} | {} |", show(node), show(cluster))?;
+    }
+    writeln!(
+        out,
+        "\n| process | submit µs per task, one node | three masters | drain µs per task, one node | three masters |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    let mut processes: Vec<&str> = cpu.iter().filter_map(|l| l["process"].as_str()).collect();
+    // Each worker, then their sum; each master, then their sum; the benchmark client last.
+    let rank = |p: &str| match p {
+        "serve" | "serve-idle" => 0,
+        "worker" => 2,
+        "redis" => 4,
+        "client" => 5,
+        p if p.starts_with("worker-") => 1,
+        _ => 3,
+    };
+    processes.sort_by_key(|p| (rank(p), *p));
+    processes.dedup();
+    for process in processes {
+        let mut row = format!("| {process} |");
+        for phase in ["submit", "drain"] {
+            for mode in MODES {
+                let value = cpu
+                    .iter()
+                    .find(|l| l["process"] == process && l["phase"] == phase && l["redis"] == mode)
+                    .and_then(|l| l["value"].as_f64());
+                write!(row, " {} |", show(value))?;
+            }
+        }
+        writeln!(out, "{row}")?;
+    }
+    Ok(())
 }
 
 /// What a token costs a request: submissions with access control off and with a token.
