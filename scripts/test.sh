@@ -20,8 +20,10 @@ COURIER_TEST_QUEUE=named cargo test -p courier --test api
 step "the API, pull-worker and schedule tests again, on a Redis Cluster of three masters with a replica each"
 cluster=$(mktemp -d)
 trap './scripts/redis-cluster.sh stop "$cluster"; rm -rf "$cluster"' EXIT
-COURIER_TEST_REDIS_URL=$(./scripts/redis-cluster.sh start "$cluster") \
-  cargo test -p courier --test api --test pull --test schedules
+# On its own line, so that a cluster that does not start stops the run (set -e).
+cluster_url=$(./scripts/redis-cluster.sh start "$cluster")
+[ -n "$cluster_url" ] || { echo "the test cluster named no masters" >&2; exit 1; }
+COURIER_TEST_REDIS_URL=$cluster_url cargo test -p courier --test api --test pull --test schedules
 ./scripts/redis-cluster.sh stop "$cluster"
 step "release build"
 cargo leptos build --release

@@ -745,6 +745,14 @@ impl Queue {
         Ok(purged == 1)
     }
 
+    /// Gives up this process's term as the queue's promoter, if it has one (it stops).
+    pub async fn resign_promoter(&self) -> redis::RedisResult<()> {
+        static RESIGN: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
+        });
+        RESIGN.key(self.keys.promoter()).arg(process_id()).invoke_async(&mut self.conn.clone()).await
+    }
+
     /// Ends waiting tasks whose expiry passed, and moves delayed tasks that are due onto the
     /// ready stream, if no other process does that for this queue now (one at a time, so that
     /// idle workers cost Redis next to nothing); returns how many moved or expired (the larger of

@@ -23,7 +23,7 @@ use std::{
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Starts fetching from the queues of `serving` for up to `concurrency` attempts at once, and
 /// returns the apalis backend that hands them to the worker. Fetching stops when `shutdown`
@@ -65,15 +65,22 @@ async fn promote_loop(serving: Arc<Serving>, shutdown: CancellationToken) {
                 Ok(Some(moved)) if moved >= PROMOTE_BATCH => pause = std::time::Duration::ZERO,
                 Ok(Some(_)) => backoff.reset(),
                 Err(e) => {
-                    pause = backoff.next();
-                    warn!(error = %e, queue = served.queue.name(), retry_in_ms = pause.as_millis() as u64, "promoting delayed tasks failed");
-                    break;
+                    // Left alone for a while; the other queues (on other masters) go on.
+                    let retry_in = backoff.next();
+                    standby.insert(name.to_string(), tokio::time::Instant::now() + retry_in);
+                    warn!(error = %e, queue = name, retry_in_ms = retry_in.as_millis() as u64, "promoting delayed tasks failed");
                 }
             }
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => break,
+        }
+    }
+    // Stopping: another process takes over now rather than when the term runs out.
+    for served in serving.all() {
+        if let Err(e) = served.queue.resign_promoter().await {
+            debug!(error = %e, queue = served.queue.name(), "giving up the promoter's term failed; it runs out");
         }
     }
 }

@@ -51,8 +51,8 @@ impl Leasing {
         _endings: mpsc::Sender<Ending>,
     ) {
         let mut readers = Readers::default();
-        // The open queues when the last blocking read found nothing in them.
-        let mut idle: Option<Vec<String>> = None;
+        // What the last blocking read that found nothing read: see `fetch`.
+        let mut idle: Option<Idle> = None;
         let mut backoff = Backoff::default();
         let lease = self.serving.lease();
         let reclaim_every = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
@@ -114,17 +114,23 @@ impl Leasing {
 
     /// Leases for the `free` slots: entries whose lease expired (when `reclaim`), else new
     /// entries shared among the queues by weight, else whatever a blocking read brings. `idle`:
-    /// the open queues when the last blocking read brought nothing from them. While they are the
-    /// same, claims would find nothing either (every new entry, handed back or promoted, is one
-    /// the next read gets): it blocks again at once, and an idle worker runs no claim script. A
-    /// queue newly open is claimed from first, which tells whether it is paused or at a limit.
+    /// the last blocking read brought nothing from every queue served, none of them blocked. While
+    /// that still holds, claims would find nothing either (every new entry, handed back or
+    /// promoted, is one the next read gets): it blocks again at once, and an idle worker runs no
+    /// claim script. Once a queue was blocked (paused, at a limit) claims come first again, since
+    /// they tell whether it still is: a read alone would take its entries only to hand them back.
     async fn fetch(
         &self,
         readers: &mut Readers,
         free: &mut Vec<OwnedSemaphorePermit>,
         reclaim: bool,
-        idle: &mut Option<Vec<String>>,
+        idle: &mut Option<Idle>,
     ) -> RedisResult<Vec<Lease>> {
+        let now = Idle {
+            open: self.serving.open().iter().map(|s| s.queue.name().to_string()).collect(),
+            blocks: self.serving.blocks(),
+        };
+        let everything_open = now.open.len() == self.serving.all().len();
         if reclaim {
             let leases = self.take_over(free).await?;
             if !leases.is_empty() {
@@ -132,8 +138,7 @@ impl Leasing {
                 return Ok(leases);
             }
         }
-        let open: Vec<String> = self.serving.open().iter().map(|s| s.queue.name().to_string()).collect();
-        if idle.as_ref() != Some(&open) {
+        if !everything_open || idle.as_ref() != Some(&now) {
             let leases = self.claim_new(free).await?;
             if !leases.is_empty() {
                 *idle = None;
@@ -141,7 +146,7 @@ impl Leasing {
             }
         }
         let leases = self.wait_for_entries(readers, free).await?;
-        *idle = leases.is_empty().then_some(open);
+        *idle = (leases.is_empty() && everything_open).then_some(now);
         Ok(leases)
     }
 
@@ -174,11 +179,19 @@ impl Leasing {
         if looked.is_empty() {
             return Ok(Vec::new());
         }
-        let replies = futures::future::try_join_all(pipes).await?.into_iter().flatten();
-        for ((at, kind, index), reply) in looked.into_iter().zip(replies) {
-            if reply.claimed.is_empty() {
-                continue;
+        // A queue whose master is away does not hold up the others' takeovers.
+        let mut replies = Vec::new();
+        for (s, answer) in served.iter().zip(futures::future::join_all(pipes).await) {
+            match answer {
+                Ok(answer) => replies.extend(answer.into_iter().map(Some)),
+                Err(e) => {
+                    warn!(error = %e, queue = s.queue.name(), "looking for expired leases failed");
+                    replies.extend(std::iter::repeat_with(|| None).take(kinds.len() * 3));
+                }
             }
+        }
+        for ((at, kind, index), reply) in looked.into_iter().zip(replies) {
+            let Some(reply) = reply.filter(|r| !r.claimed.is_empty()) else { continue };
             let served = &served[at];
             debug!(
                 count = reply.claimed.len(),
@@ -208,8 +221,24 @@ impl Leasing {
             }
             let kinds = self.serving.kinds_arg();
             let claims = parts.iter().map(|(served, n)| served.queue.claim(&self.consumer, &kinds, *n, &[]));
-            let claimed = futures::future::try_join_all(claims).await?;
+            let claimed = futures::future::join_all(claims).await;
+            if claimed.iter().all(Result::is_err) {
+                return match claimed.into_iter().next() {
+                    Some(Err(e)) => Err(e),
+                    _ => Ok(leases),
+                };
+            }
             for ((served, asked), claimed) in parts.into_iter().zip(claimed) {
+                // A queue whose master is away is left alone for a second; the others go on.
+                let claimed = match claimed {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        warn!(error = %e, queue = served.queue.name(), "claiming failed; trying again in a second");
+                        self.serving.block(served.queue.name(), 1000);
+                        drained.insert(served.queue.name().to_string());
+                        continue;
+                    }
+                };
                 let got = self.leases_of_claim(&served, claimed, free);
                 if got.len() < asked {
                     drained.insert(served.queue.name().to_string());
@@ -351,6 +380,14 @@ async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> RedisResult<()
     pipe.query_async(&mut queue.conn.clone()).await
 }
 
+/// What a fetch loop saw when a blocking read brought nothing: the queues open, and how many
+/// times the process had blocked a queue by then.
+#[derive(PartialEq)]
+struct Idle {
+    open: Vec<String>,
+    blocks: u64,
+}
+
 /// A fetch loop's connections for blocking reads (of their own: a blocked read would hold up
 /// the commands behind it): one for every queue on one server; on a cluster, one per queue,
 /// with the Redis client id that wakes it.
@@ -394,22 +431,45 @@ impl Readers {
             pending.push(async move { (at, read.query_async::<Option<StreamReadReply>>(&mut conn).await) });
         }
         let mut replies = Vec::new();
+        let mut answered = vec![false; groups.len()];
+        let mut failed = None;
         let mut woken = false;
-        while let Some((_, reply)) = pending.next().await {
-            let reply = reply?;
-            if !woken && reply.as_ref().is_some_and(|r| !r.keys.is_empty()) && !pending.is_empty() {
+        while let Some((at, reply)) = pending.next().await {
+            answered[at] = true;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // Its connection is made again next time; what the others read is claimed.
+                    let name = groups[at].0.queue.name();
+                    warn!(error = %e, queue = name, "a blocking read failed");
+                    self.per_queue.remove(name);
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            if !woken && reply.as_ref().is_some_and(|r| !r.keys.is_empty()) {
                 woken = true;
-                for (served, streams) in groups {
-                    if let Some(id) = self.per_queue[served.queue.name()].1 {
+                for (at, (served, streams)) in groups.iter().enumerate().filter(|(at, _)| !answered[*at]) {
+                    let Some(id) = self.per_queue.get(served.queue.name()).and_then(|(_, id)| *id) else {
+                        continue;
+                    };
+                    // Not waited for: a master that is away must not hold up these entries.
+                    let (conn, key) = (served.queue.conn.clone(), streams[0].clone());
+                    tokio::spawn(async move {
                         let mut unblock = client_command("UNBLOCK");
                         unblock.arg(id);
-                        let _ = served.queue.conn.query_beside::<i64>(&streams[0], &unblock).await;
-                    }
+                        if let Err(e) = conn.query_beside::<i64>(&key, &unblock).await {
+                            debug!(error = %e, read = at, "waking a blocking read failed; it wakes by its timeout");
+                        }
+                    });
                 }
             }
             replies.extend(reply);
         }
-        Ok(replies)
+        match failed {
+            Some(e) if replies.is_empty() => Err(e),
+            _ => Ok(replies),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 -- Ends waiting tasks whose expiry has passed, then moves due delayed tasks and due retries onto
--- their kind's lane, at their priority (called once promote_check.lua found some due).
+-- their kind's lane, at their priority (called by the queue's promoter once its look found
+-- some due: `Queue::promote_due`).
 -- KEYS: delayed, expiring, events, retrying
 -- ARGV: now ms, most to move (and to expire), key base, dead-letter retention ms, events maxlen
 -- Delayed and retrying members are `h:{id}`, `n:{id}` or `l:{id}`; `expiring` holds ids by

@@ -63,6 +63,8 @@ pub struct Serving {
     /// The worker process's id (`worker-{uuid}`): its consumer name in every queue's group, what
     /// its attempts record, and its entry in the worker registry.
     id: Arc<str>,
+    /// How many times a queue was left alone for a while ([`Serving::block`]).
+    blocks: std::sync::atomic::AtomicU64,
 }
 
 impl Serving {
@@ -75,6 +77,7 @@ impl Serving {
             concurrency,
             served: Mutex::default(),
             discovered: Mutex::default(),
+            blocks: Default::default(),
             kinds_run,
             kinds: Mutex::new((Vec::new(), "".into())),
             id: format!("worker-{}", uuid::Uuid::now_v7()).into(),
@@ -196,12 +199,18 @@ impl Serving {
 
     /// Leaves queue `name` alone for `retry_ms`, as its claim asked.
     pub(super) fn block(&self, name: &str, retry_ms: u64) {
+        self.blocks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let until = Instant::now() + Duration::from_millis(retry_ms.clamp(1, 5_000));
         if let Some(served) =
             self.served.lock().expect("never poisoned").iter_mut().find(|s| s.queue.name() == name)
         {
             served.blocked_until = Some(until);
         }
+    }
+
+    /// How many times this process has left a queue alone for a while ([`Serving::block`]).
+    pub(super) fn blocks(&self) -> u64 {
+        self.blocks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many of `free` slots each of `candidates` gets (those with none left out): each slot

@@ -481,8 +481,13 @@ async fn promoter(app: &TestApp) -> String {
 async fn one_worker_process_at_a_time_moves_due_tasks_and_another_takes_over_when_it_stops() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut first = app.worker(&["--concurrency", "4"]);
+    // A queue is served (and promoted) once it exists: made by its first task.
+    let delayed = app.submit_ok(json!({"kind": "echo", "payload": 0, "delay_ms": 300})).await;
+    assert_eq!(app.wait_until_done(&delayed).await["status"], "succeeded");
     let first_id = promoter(&app).await;
     let _second = app.worker(&["--concurrency", "4"]);
+    // Long enough for the second to ask at least once whether it should take over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let delayed = app.submit_ok(json!({"kind": "echo", "payload": 1, "delay_ms": 300})).await;
     assert_eq!(app.wait_until_done(&delayed).await["status"], "succeeded");
     // The second process stood by: the first is still the promoter.
