@@ -8,7 +8,7 @@ mod cursor;
 
 pub use cursor::{Cursor, KINDS_CHANNEL, Position, WORKFLOWS_CHANNEL, is_channel};
 
-use crate::redis_client::{Conn, RedisClient};
+use crate::redis_client::{Conn, RedisClient, client_command};
 use crate::{
     queues::Queues,
     store::{Keys, TaskRecord, rfc3339, stream_key},
@@ -624,7 +624,7 @@ impl Events {
             let client = self.tail_client.load(Ordering::Acquire);
             if client > 0 {
                 let woken: redis::RedisResult<i64> =
-                    redis::cmd("CLIENT").arg("UNBLOCK").arg(client).query_async(&mut self.conn.clone()).await;
+                    client_command("UNBLOCK").arg(client).query_async(&mut self.conn.clone()).await;
                 if let Err(e) = woken {
                     debug!(error = %e, "waking the events tail failed; it looks again within a second");
                 }
@@ -670,7 +670,7 @@ impl Events {
                         if only.is_none() {
                             // An ACL user without `CLIENT` is woken by the read's timeout instead.
                             let id: redis::RedisResult<i64> =
-                                redis::cmd("CLIENT").arg("ID").query_async(&mut fresh).await;
+                                client_command("ID").query_async(&mut fresh).await;
                             self.tail_client.store(id.unwrap_or(0), Ordering::Release);
                         }
                         conn.insert(fresh)

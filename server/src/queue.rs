@@ -747,10 +747,7 @@ impl Queue {
 
     /// Gives up this process's term as the queue's promoter, if it has one (it stops).
     pub async fn resign_promoter(&self) -> redis::RedisResult<()> {
-        static RESIGN: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-            Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
-        });
-        RESIGN.key(self.keys.promoter()).arg(process_id()).invoke_async(&mut self.conn.clone()).await
+        crate::store::release_lock(&mut self.conn.clone(), &self.keys.promoter(), process_id()).await
     }
 
     /// Ends waiting tasks whose expiry passed, and moves delayed tasks that are due onto the

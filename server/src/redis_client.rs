@@ -183,6 +183,13 @@ impl RedisClient {
     }
 }
 
+/// `CLIENT <subcommand>` (`ID`, `UNBLOCK`: how a blocking read is woken).
+pub fn client_command(subcommand: &str) -> Cmd {
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg(subcommand);
+    cmd
+}
+
 /// How much longer than its longest block a blocking read may take to answer before its
 /// connection is given up on.
 pub const BLOCKING_GRACE: Duration = Duration::from_secs(10);

@@ -180,7 +180,7 @@ impl Keys {
         format!("{}:payload-refs:{owner}", self.base)
     }
 
-    /// The one events stream of every queue (in the default queue's slot for now).
+    /// The queue's events stream (in its slot).
     pub fn events(&self) -> &str {
         &self.events
     }
@@ -203,6 +203,14 @@ pub async fn take_lock(
         .query_async(conn)
         .await?;
     Ok(taken.is_some())
+}
+
+/// Gives the lock `key` up if `token` still holds it (taken with [`take_lock`]).
+pub async fn release_lock(conn: &mut Conn, key: &str, token: &str) -> redis::RedisResult<()> {
+    static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
+    });
+    RELEASE.key(key).arg(token).invoke_async(conn).await
 }
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp Courier stores.

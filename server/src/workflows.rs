@@ -579,9 +579,6 @@ return due",
     /// cancellation asks, and records the new states with their events. `after`: the event that
     /// asked; nothing to do if a look that began after it has been made.
     async fn look(&self, id: Uuid, after: Option<Cursor>) -> redis::RedisResult<()> {
-        static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-            redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
-        });
         let lock = self.inner.keys.lock(&id);
         let token = Uuid::now_v7().to_string();
         let mut conn = self.inner.conn.clone();
@@ -597,7 +594,7 @@ return due",
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let looked = self.look_locked(id, after).await;
-        let _: redis::RedisResult<()> = RELEASE.key(&lock).arg(&token).invoke_async(&mut conn).await;
+        let _ = crate::store::release_lock(&mut conn, &lock, &token).await;
         looked
     }
 

@@ -36,9 +36,6 @@ static RENAME: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ren
 /// Moves the keys under `prefix` to the tagged layout unless they are there already; waits
 /// while another process moves them.
 pub async fn upgrade(conn: &Conn, prefix: &str) -> redis::RedisResult<()> {
-    static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-        Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end")
-    });
     let mut conn = conn.clone();
     let marker = marker(prefix);
     let lock = format!("{marker}:upgrading");
@@ -59,7 +56,7 @@ pub async fn upgrade(conn: &Conn, prefix: &str) -> redis::RedisResult<()> {
                 Ok(()) => conn.set::<_, _, ()>(&marker, LAYOUT).await,
                 Err(e) => Err(e),
             };
-            let _: redis::RedisResult<()> = RELEASE.key(&lock).arg(&token).invoke_async(&mut conn).await;
+            let _ = crate::store::release_lock(&mut conn, &lock, &token).await;
             return marked;
         }
         if !waited {

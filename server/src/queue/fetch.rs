@@ -14,7 +14,7 @@ use super::{
     lease::{Lease, Leasing},
     serving::{DISCOVER_EVERY, Served, Serving},
 };
-use crate::redis_client::Conn;
+use crate::redis_client::{Conn, client_command};
 use futures::StreamExt;
 use redis::{
     RedisResult,
@@ -183,17 +183,18 @@ impl Leasing {
         }
         // A queue whose master is away does not hold up the others' takeovers.
         let mut replies = Vec::new();
-        for (s, answer) in served.iter().zip(futures::future::join_all(pipes).await) {
+        for ((at, s), answer) in served.iter().enumerate().zip(futures::future::join_all(pipes).await) {
             match answer {
-                Ok(answer) => replies.extend(answer.into_iter().map(Some)),
-                Err(e) => {
-                    warn!(error = %e, queue = s.queue.name(), "looking for expired leases failed");
-                    replies.extend(std::iter::repeat_with(|| None).take(kinds.len() * 3));
+                Ok(answer) => {
+                    replies.extend(looked.iter().filter(|(looked_at, ..)| *looked_at == at).zip(answer))
                 }
+                Err(e) => warn!(error = %e, queue = s.queue.name(), "looking for expired leases failed"),
             }
         }
-        for ((at, kind, index), reply) in looked.into_iter().zip(replies) {
-            let Some(reply) = reply.filter(|r| !r.claimed.is_empty()) else { continue };
+        for (&(at, kind, index), reply) in replies {
+            if reply.claimed.is_empty() {
+                continue;
+            }
             let served = &served[at];
             debug!(
                 count = reply.claimed.len(),
@@ -402,10 +403,11 @@ struct Readers {
 impl Readers {
     /// The connection that reads every queue (one server).
     async fn one(&mut self, serving: &Serving) -> RedisResult<&mut Conn> {
-        if self.one.is_none() {
-            self.one = Some(serving.client().connect_blocking(BLOCK.max(DISCOVER_EVERY)).await?);
-        }
-        Ok(self.one.as_mut().expect("just made"))
+        let conn = match self.one.take() {
+            Some(conn) => conn,
+            None => serving.client().connect_blocking(BLOCK.max(DISCOVER_EVERY)).await?,
+        };
+        Ok(self.one.insert(conn))
     }
 
     /// Blocks on each group of streams (a queue's, in one slot) at once, each on its queue's own
@@ -509,11 +511,4 @@ impl Queue {
             call.invoke_async(&mut self.conn.clone()).await?;
         Ok((replies, blocked_of(&reason, retry_ms)))
     }
-}
-
-/// `CLIENT <subcommand>`.
-fn client_command(subcommand: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("CLIENT");
-    cmd.arg(subcommand);
-    cmd
 }

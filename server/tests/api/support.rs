@@ -95,18 +95,14 @@ pub fn shared_redis() -> Option<String> {
 /// Starts a server, with its own redis-server (or on the shared one, see [`shared_redis`]),
 /// in-process workers and test-friendly settings changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    if let Some(url) = shared_redis() {
-        return spawn_app_on(&url, tweak).await;
+    match shared_redis() {
+        Some(url) => spawn_app_on(&url, tweak).await,
+        None => spawn_app_alone(tweak).await,
     }
-    let redis = TestRedis::start().await;
-    let mut app = spawn_app_on(&redis.redis.url(), tweak).await;
-    app._redis = Some(redis);
-    app
 }
 
 /// Starts a server with a redis-server of its own even when the tests share one: for a test that
 /// counts what Redis did (`INFO`), or stops it, which other tests' work would blur.
-#[allow(dead_code)] // not every test binary that includes this file needs it
 pub async fn spawn_app_alone(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let redis = TestRedis::start().await;
     let mut app = spawn_app_on(&redis.redis.url(), tweak).await;
