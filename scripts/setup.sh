@@ -15,13 +15,15 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # 1. Toolchain and wasm target, as pinned in rust-toolchain.toml (RUSTUP_AUTO_INSTALL may be 0).
 rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
 
-# 2. System packages: redis-server for the embedded Redis and tests, openssl for the TLS tests
+# 2. System packages: redis-server for the embedded Redis and tests (redis-cli, of redis-tools,
+#    makes the test clusters), openssl for the TLS tests
 #    (they make their own CA), chromium for Playwright, python3 (with venv) for the push tests'
 #    endpoint and signature checks, prometheus for the `promtool` that checks `GET /metrics`.
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
