@@ -6,8 +6,8 @@
 //!
 //! | key                              | type   | holds                                   |
 //! |----------------------------------|--------|-----------------------------------------|
-//! | `{prefix}:{queue}:task:{id}`     | hash   | the task record                         |
-//! | `{prefix}:{queue}:payload:{id}`  | string | the payload bytes (claim-check); a topic message's once, under its first task's id |
+//! | `{prefix}:{queue}:task:{id}`     | hash   | the task record; a text payload up to 4 KiB too (`payload`) |
+//! | `{prefix}:{queue}:payload:{id}`  | string | a larger payload's bytes (claim-check); a topic message's once, under its first task's id |
 //! | `{prefix}:{queue}:payload-refs:{id}` | hash | a shared payload's count of open tasks (`open`) and latest retention end (`until`) |
 //! | `{prefix}:{queue}:result:{id}`   | string | the result bytes (none when they are the payload) |
 //! | `{prefix}:{queue}:staged:{token}` | string | a large result, until its finish script renames it |
@@ -293,6 +293,8 @@ pub struct TaskRecord {
     pub result_type: Option<String>,
     /// The result is the payload, unchanged, kept once under the payload's key.
     pub result_is_payload: bool,
+    /// A small text payload, kept in the record itself (`None`: under a key of its own).
+    pub inline_payload: Option<String>,
     pub error: Option<String>,
     pub next_run_ms: Option<u64>,
     pub dead_reason: Option<String>,
@@ -330,6 +332,7 @@ impl TaskRecord {
             payload_type: text(field::PAYLOAD_TYPE).cloned().unwrap_or_else(|| "application/json".into()),
             result_type: text(field::RESULT_TYPE).cloned(),
             result_is_payload: text(field::RESULT_IS_PAYLOAD).is_some_and(|v| v == "1"),
+            inline_payload: fields.get(field::PAYLOAD).cloned(),
             error: text(field::ERROR).cloned(),
             next_run_ms: number(field::NEXT_RUN),
             dead_reason: text(field::DEAD_REASON).cloned(),
@@ -411,19 +414,23 @@ impl Store {
 
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
+        let content_type = || record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+        if let (true, Some(payload)) = (record.result_is_payload, &record.inline_payload) {
+            return Ok(Some(StoredResult { bytes: payload.clone().into_bytes(), content_type: content_type() }));
+        }
         let key = match record.result_is_payload {
             true => self.keys.payload(&record.payload_ref.unwrap_or(record.id)),
             false => self.keys.result(&record.id),
         };
         let bytes: Option<Vec<u8>> = self.conn.clone().get(key).await?;
-        Ok(bytes.map(|bytes| StoredResult {
-            bytes,
-            content_type: record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
-        }))
+        Ok(bytes.map(|bytes| StoredResult { bytes, content_type: content_type() }))
     }
 
     /// The task's payload bytes, or `None` once they have expired.
     pub async fn payload(&self, record: &TaskRecord) -> redis::RedisResult<Option<Vec<u8>>> {
+        if let Some(payload) = &record.inline_payload {
+            return Ok(Some(payload.clone().into_bytes()));
+        }
         self.conn.clone().get(self.keys.payload(&record.payload_ref.unwrap_or(record.id))).await
     }
 

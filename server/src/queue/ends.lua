@@ -79,15 +79,19 @@ local function record_stats(base, now, succeeded, failed, bins)
 end
 
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
--- ms from `now` (the caller counts the end, `count_ends`). A shared payload (`ref`) counts its open tasks in `payload-refs:{ref}` and gets
--- its TTL when the last of them ends: the latest end plus retention of any of them.
-local function keep_after_end(base, id, ref, idem, keep, now)
+-- ms from `now` (the caller counts the end, `count_ends`). A payload `in_record` (a small one,
+-- enqueue.lua) goes with the record. A shared payload (`ref`) counts its open tasks in
+-- `payload-refs:{ref}` and gets its TTL when the last of them ends: the latest end plus
+-- retention of any of them.
+local function keep_after_end(base, id, ref, idem, keep, now, in_record)
   redis.call('PEXPIRE', base .. ':task:' .. id, keep)
   if idem and idem ~= '' then
     redis.call('PEXPIRE', idem, keep)
   end
   if not ref or ref == '' then
-    redis.call('PEXPIRE', base .. ':payload:' .. id, keep)
+    if not in_record then
+      redis.call('PEXPIRE', base .. ':payload:' .. id, keep)
+    end
     return
   end
   local refs = base .. ':payload-refs:' .. ref
@@ -126,14 +130,14 @@ end
 local function expire_task(base, id, now, dead_keep, events, maxlen)
   local task = base .. ':task:' .. id
   local f = redis.call('HMGET', task, 'kind', 'attempts', 'priority', 'session', 'idem',
-    'payload_ref')
+    'payload_ref', 'payload_inline')
   local err = 'the task expired before an attempt could start'
   redis.call('HSET', task, 'status', 'failed', 'updated', now, 'finished', now, 'error', err,
     'dead_reason', 'expired', 'lease', '', 'cancel', '', 'next_run', '')
   leave_waiting(base, base .. ':delayed', (f[3] or 'n') .. ':' .. id, f[1])
   leave_waiting(base, base .. ':retrying', (f[3] or 'n') .. ':' .. id, f[1])
   add_dead(base, base .. ':dead', id, f[1], now, dead_keep)
-  keep_after_end(base, id, f[6], f[5], dead_keep, now)
+  keep_after_end(base, id, f[6], f[5], dead_keep, now, f[7] == '1')
   count_ends(base, now, 1)
   record_stats(base, now, 0, 1, nil)
   if f[4] and f[4] ~= '' then

@@ -8,8 +8,9 @@
 --       each task: id, created ms, kind, due ms ('' for now), priority tag (h|n|l), max
 --       attempts, timeout ms (''), payload type, payload size, session (''), subscription (''),
 --       idempotency key (''), expires ms (''), payload ref (the owner of a shared payload, ''),
---       open tasks of a shared payload (its owner only, ''), where the payload is ('here': the
---       payload bytes argument; 'staged': at `base:staged:{id}`, set before this script, which
+--       open tasks of a shared payload (its owner only, ''), where the payload goes ('record': a
+--       small one, into the task's record, field `payload`; 'here': the payload bytes argument,
+--       under a key of its own; 'staged': at `base:staged:{id}`, set before this script, which
 --       renames it; 'shared': under the payload ref), traceparent (''), workflow id (''),
 --       workflow step (''), payload bytes
 -- Returns, per group, 1 when stored, or {tasks waiting, max_depth} when refused (nothing of it
@@ -47,15 +48,25 @@ local function store(a)
   end
   local status = due == '' and 'queued' or 'scheduled'
   local task = base .. ':task:' .. id
-  redis.call('HSET', task, 'kind', kind, 'status', status, 'attempts', '0', 'max_attempts',
-    ARGV[a + 5], 'created', created, 'updated', created, 'payload_bytes', ARGV[a + 8],
-    'payload_type', ARGV[a + 7], 'priority', priority)
+  -- The fields beyond the ones every task has, for the record's one HSET: the options it has,
+  -- and a small payload with the flag that tells the end (finish.lua) it has no key to expire.
+  local extra = {}
   for _, option in ipairs(OPTIONAL_FIELDS) do
     local value = ARGV[a + option[2]]
     if value ~= '' then
-      redis.call('HSET', task, option[1], value)
+      extra[#extra + 1] = option[1]
+      extra[#extra + 1] = value
     end
   end
+  if source == 'record' then
+    extra[#extra + 1] = 'payload'
+    extra[#extra + 1] = ARGV[a + 19]
+    extra[#extra + 1] = 'payload_inline'
+    extra[#extra + 1] = '1'
+  end
+  redis.call('HSET', task, 'kind', kind, 'status', status, 'attempts', '0', 'max_attempts',
+    ARGV[a + 5], 'created', created, 'updated', created, 'payload_bytes', ARGV[a + 8],
+    'payload_type', ARGV[a + 7], 'priority', priority, unpack(extra))
   redis.call('ZADD', KEYS[3], 0, id)
   if session ~= '' then
     join_session(base, base .. ':session:' .. session, kind, id)

@@ -14,6 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Payloads up to this size go to the enqueue script as arguments; larger ones are staged.
 const INLINE_PAYLOAD_MAX: usize = 16 * 1024;
+/// Text payloads up to this size live in the task's record rather than under a key of their own:
+/// a task then costs Redis three commands fewer (the payload's SET, GET and PEXPIRE), ~3 µs, and
+/// ~550 bytes more memory once the payload passes 64 bytes (the record is then a hash table, not
+/// a listpack) — docs/benchmark-notes.md. Text only, as the record is read as text.
+const RECORD_PAYLOAD_MAX: usize = 4 * 1024;
 /// How long a staged payload waits for its enqueue script (which runs right after it) at most.
 const STAGED_TTL: Duration = Duration::from_secs(300);
 /// The most tasks one group commit carries; a batch this large goes on its own.
@@ -48,6 +53,13 @@ impl NewTask {
     /// Whether this task's enqueue stores its payload (a shared payload is stored by its owner).
     fn owns_payload(&self) -> bool {
         self.shared_payload.is_none_or(|shared| shared.owner == self.id)
+    }
+
+    /// Whether its enqueue keeps its payload in its record (a small text payload of its own).
+    pub fn payload_in_record(&self) -> bool {
+        self.shared_payload.is_none()
+            && self.payload.len() <= RECORD_PAYLOAD_MAX
+            && std::str::from_utf8(&self.payload).is_ok()
     }
 
     /// Whether its payload is staged before the script rather than passed to it.
@@ -224,6 +236,7 @@ fn add_task_args(call: &mut redis::ScriptInvocation<'_>, task: &NewTask) {
     let source = match () {
         _ if !task.owns_payload() => "shared",
         _ if task.staged() => "staged",
+        _ if task.payload_in_record() => "record",
         _ => "here",
     };
     call.arg(task.id.to_string())
@@ -245,7 +258,7 @@ fn add_task_args(call: &mut redis::ScriptInvocation<'_>, task: &NewTask) {
         .arg(task.traceparent.as_deref().unwrap_or(""))
         .arg(task.workflow.as_ref().map(|w| w.workflow.to_string()).unwrap_or_default())
         .arg(task.workflow.as_ref().map(|w| w.step.as_str()).unwrap_or(""));
-    if source == "here" {
+    if source == "here" || source == "record" {
         call.arg(task.payload.as_ref());
     } else {
         call.arg("");

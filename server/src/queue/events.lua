@@ -19,12 +19,13 @@ local WORKFLOW_MOVES = {succeeded = true, failed = true, cancelled = true}
 
 -- Appends event `name` (the new status, or `progress`) of task `id` of the queue at `base` to the
 -- capped stream `events`. An end of a workflow's task (or `requeued`, a dead one queued again)
--- names the workflow in a last field, `workflow`, which the servers' workflow loops follow.
+-- names the workflow in a last field, `workflow`, which the servers' workflow loops follow: the
+-- caller's `workflow` when it read the record's (`''` for none), else read here.
 local function emit_event(events, maxlen, base, name, id, kind, status, attempt, progress, err, at,
-    requeued)
+    requeued, workflow)
   kind, attempt, progress, err = kind or '', attempt or '0', progress or '', err or ''
-  local workflow = (WORKFLOW_MOVES[name] or requeued)
-    and redis.call('HGET', base .. ':task:' .. id, 'wf')
+  workflow = (WORKFLOW_MOVES[name] or requeued)
+    and (workflow or redis.call('HGET', base .. ':task:' .. id, 'wf'))
   if workflow and workflow ~= '' then
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', name, 'task', id, 'kind', kind,
       'queue', queue_of(base), 'status', status, 'attempt', attempt, 'progress', progress, 'error',

@@ -32,11 +32,13 @@ for a = 11, #ARGV, 13 do
     ARGV[a + 5]
   local task = base .. ':task:' .. id
   local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority',
-    'payload_ref', 'worker', 'attempt_started', 'waited')
+    'payload_ref', 'worker', 'attempt_started', 'waited', 'payload_inline', 'payload_bytes', 'wf')
+  -- A small payload lives in the record (enqueue.lua): no key to check, none to expire.
+  local in_record = f[10] == '1'
   local source, source_key = ARGV[a + 12], nil
   if source == 'staged' then
     source_key = base .. ':staged:' .. ARGV[a + 3]
-  elseif source == 'payload' then
+  elseif source == 'payload' and not in_record then
     source_key = payload_key(base, id, f[6])
   end
   -- A staged or payload result is never empty, so a length of 0 means it is missing.
@@ -77,6 +79,8 @@ for a = 11, #ARGV, 13 do
         elseif source ~= 'payload' then
           size = #result
           redis.call('SET', result_key, result, 'PX', keep)
+        elseif in_record then
+          size = f[11] or 0
         end
         progress = '100'
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
@@ -94,13 +98,14 @@ for a = 11, #ARGV, 13 do
         end
       end
       -- The idempotency key lives as long as the task it stands for.
-      keep_after_end(base, id, f[6], ARGV[a + 11], keep, now)
+      keep_after_end(base, id, f[6], ARGV[a + 11], keep, now, in_record)
       ends = ends + 1
       if ARGV[a + 10] ~= '' then
         leave_session(base, base .. ':session:' .. ARGV[a + 10], id)
       end
     end
-    emit_event(KEYS[1], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now)
+    emit_event(KEYS[1], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now, nil,
+      f[12] or '')
     if outcome == 'succeeded' then
       succeeded = succeeded + 1
     elseif outcome == 'failed' then

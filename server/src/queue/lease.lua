@@ -159,7 +159,7 @@ local function take_lease(ctx, kind, s, entry, id)
   if id ~= '' then
     f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'kind', 'max_attempts',
       'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes', 'expires', 'payload_ref',
-      'worker', 'attempt_started', 'traceparent')
+      'worker', 'attempt_started', 'traceparent', 'payload')
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -171,7 +171,7 @@ local function take_lease(ctx, kind, s, entry, id)
     settle(stream, ctx.group, {entry})
     redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
       'cancel', '')
-    keep_after_end(base, id, f[13], f[10], ctx.keep, now)
+    keep_after_end(base, id, f[13], f[10], ctx.keep, now, f[17] and true)
     count_ends(base, now, 1)
     emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, f[5], 'cancelled', f[3], '', '', now)
     if f[9] and f[9] ~= '' then
@@ -206,8 +206,11 @@ local function take_lease(ctx, kind, s, entry, id)
     'progress', '', 'attempts', attempt, 'started', f[4] or now, 'attempt_started', now,
     'worker', ctx.worker, 'waited', waited)
   emit_event(ctx.events, ctx.maxlen, base, 'running', id, f[5], 'running', attempt, '', '', now)
-  local payload, has = nil, '2'
-  if (tonumber(f[11]) or 0) <= INLINE_PAYLOAD_MAX then
+  local payload, has = f[17], '2'
+  if payload then
+    -- A small payload lives in the record (enqueue.lua).
+    has = '1'
+  elseif (tonumber(f[11]) or 0) <= INLINE_PAYLOAD_MAX then
     payload = redis.call('GET', payload_key(base, id, f[13]))
     has = payload and '1' or '0'
   end

@@ -51,7 +51,12 @@ pub const ERROR: &str = "error";
 pub const DEAD_REASON: &str = "dead_reason";
 pub const RESULT_TYPE: &str = "result_type";
 pub const RESULT_BYTES: &str = "result_bytes";
-/// `1` when the result is the payload, unchanged, kept once under the payload's key.
+/// A small payload, kept in the record rather than under a key of its own (enqueue.lua).
+pub const PAYLOAD: &str = "payload";
+/// `1` when the record holds the payload (`PAYLOAD`).
+pub const PAYLOAD_INLINE: &str = "payload_inline";
+/// `1` when the result is the payload, unchanged, kept once (under the payload's key, or in the
+/// record with it).
 pub const RESULT_IS_PAYLOAD: &str = "result_is_payload";
 
 /// The worker running (or that last ran) an attempt: a built-in worker's id, or a pulling
@@ -69,7 +74,7 @@ pub const ATTEMPT_LOG: &str = "a:";
 pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
 
 /// Every field a record may have (besides the attempt log's).
-pub const FIELDS: [&str; 32] = [
+pub const FIELDS: [&str; 34] = [
     KIND,
     STATUS,
     ATTEMPTS,
@@ -82,6 +87,8 @@ pub const FIELDS: [&str; 32] = [
     PAYLOAD_BYTES,
     PAYLOAD_TYPE,
     PAYLOAD_REF,
+    PAYLOAD,
+    PAYLOAD_INLINE,
     TIMEOUT_MS,
     PRIORITY,
     SESSION,
@@ -185,6 +192,11 @@ mod tests {
                         if ["logged", "field"].contains(&field) {
                             // The attempt log's field, one per attempt (ATTEMPT_LOG), as
                             // ends.lua's `attempt_log_entry` names it.
+                            continue;
+                        }
+                        if field == "unpack(extra)" {
+                            // enqueue.lua's options and small payload: the options are checked
+                            // below, through its table of them.
                             continue;
                         }
                         if field == "option[1]" {

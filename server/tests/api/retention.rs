@@ -28,6 +28,9 @@ async fn tasks_waiting_longer_than_the_retention_still_run_once_a_worker_comes()
         ids.push(app.submit_ok(json!({"kind": "echo", "payload": {"n": n}})).await);
     }
     ids.push(app.submit_ok(json!({"kind": "echo", "payload": {"n": "late"}, "delay_ms": 2500})).await);
+    // A payload over 4 KiB has a key of its own; smaller ones live in their task's record.
+    let large = app.submit_ok(json!({"kind": "echo", "payload": {"pad": "x".repeat(5000)}})).await;
+    ids.push(large.clone());
     let keyed_submit = || {
         app.http
             .post(app.url("/api/v1/tasks"))
@@ -45,7 +48,9 @@ async fn tasks_waiting_longer_than_the_retention_still_run_once_a_worker_comes()
         let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
         assert!(["queued", "scheduled"].contains(&view["status"].as_str().unwrap()), "{view}");
         assert_eq!(ttl_ms(&app, &app.key(&format!("task:{id}"))).await, -1, "a waiting record has no TTL");
-        assert_eq!(ttl_ms(&app, &app.key(&format!("payload:{id}"))).await, -1, "nor its payload");
+        let payload_ttl = ttl_ms(&app, &app.key(&format!("payload:{id}"))).await;
+        let expected = if *id == large { -1 } else { -2 };
+        assert_eq!(payload_ttl, expected, "nor its payload's key (-2: none, the record holds it)");
     }
     // The idempotency key still stands for its task: the same request gets the same task.
     let again = keyed_submit().await.unwrap();
@@ -59,7 +64,10 @@ async fn tasks_waiting_longer_than_the_retention_still_run_once_a_worker_comes()
     // Once ended, the retention runs: the record and payload now expire within a second.
     let ttl = ttl_ms(&app, &app.key(&format!("task:{}", ids[0]))).await;
     assert!((1..=1000).contains(&ttl), "ended record TTL {ttl}");
-    assert!((1..=1000).contains(&ttl_ms(&app, &app.key(&format!("payload:{}", ids[0]))).await));
+    assert!((1..=1000).contains(&ttl_ms(&app, &app.key(&format!("payload:{large}"))).await));
+    let payload = app.http.get(app.url(&format!("/api/v1/tasks/{}/payload", ids[0]))).send().await.unwrap();
+    assert_eq!(payload.status(), 200, "a payload in its record is read back from it");
+    assert_eq!(payload.json::<serde_json::Value>().await.unwrap(), json!({"n": 0}));
 }
 
 #[tokio::test]
