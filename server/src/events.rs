@@ -33,15 +33,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-/// The fields of a task's entry in the events stream, in the order its one writer gives them: the
-/// Lua helper `emit_event` (queue/events.lua). A queue's entry (`Queue::set_paused`) has `event`
-/// = `queue`, `queue`, `status` (`paused` or `active`) and `at`; a kind's (`Kinds::put`,
-/// `Kinds::delete`) `event` = `kind`, `kind`, `status` (`declared` or `deleted`) and `at`; a
-/// workflow's (`workflows.rs`) `event` = `workflow`, `workflow`, `step`, `status`, `error`, `at`
-/// and `queue` (the queues of its steps, comma-separated). A task's end adds `workflow` when the
-/// task is a workflow's step.
-pub const EVENT_FIELDS: [&str; 9] =
-    ["event", "task", "kind", "queue", "status", "attempt", "progress", "error", "at"];
+/// The parts of a task's entry in its queue's events stream, in the order its one writer gives
+/// them (the Lua helper `emit_event`, queue/events.lua): one field, `t`, whose value is these
+/// separated by the unit separator, the error last (it may hold anything). `workflow` is the
+/// workflow whose step the task is, on the events after which it moves on (empty otherwise).
+pub const TASK_EVENT_PARTS: [&str; 9] =
+    ["event", "task", "kind", "status", "attempt", "progress", "at", "workflow", "error"];
+/// The one field of a task's entry.
+const TASK_EVENT_FIELD: &[u8] = b"t";
 
 /// How many events a slow SSE client may fall behind before it catches up from Redis.
 const FANOUT_BUFFER: usize = 4096;
@@ -117,9 +116,21 @@ impl StoredEvent {
     }
 
     /// Reads an entry of the events stream from its field/value list, as Redis sent it; `None`
-    /// if it is not a well-formed event. Reading the values in place, without a map per entry,
+    /// if it is not a well-formed event. A task's entry is one field (`TASK_EVENT_PARTS`), or,
+    /// as Courier wrote them before (a stream keeps its entries across an upgrade), the fields
+    /// `event`, `task`, `kind`, `queue`, `status`, `attempt`, `progress`, `error`, `at` and
+    /// `workflow`. A queue's entry (`Queue::set_paused`) has `event` = `queue`, `queue`, `status`
+    /// (`paused` or `active`) and `at`; a kind's (`Kinds::put`, `Kinds::delete`) `event` =
+    /// `kind`, `kind`, `status` (`declared` or `deleted`) and `at`; a workflow's (`workflows.rs`)
+    /// `event` = `workflow`, `workflow`, `step`, `status`, `error`, `at` and `queue` (the queues
+    /// of its steps, comma-separated). Reading the values in place, without a map per entry,
     /// is most of what tailing the stream costs a busy server.
     fn from_fields(channel: &Arc<str>, position: Position, fields: &[Value]) -> Option<StoredEvent> {
+        if let [Value::BulkString(field), Value::BulkString(value)] = fields
+            && field.as_slice() == TASK_EVENT_FIELD
+        {
+            return StoredEvent::from_task_entry(channel, position, value);
+        }
         let (
             mut name,
             mut task,
@@ -194,6 +205,28 @@ impl StoredEvent {
                 workflow_id: workflow.and_then(|w| w.parse().ok()),
             }),
         ))
+    }
+
+    /// Reads a task's entry of `channel`'s stream (its queue's) from its one field's value
+    /// (`TASK_EVENT_PARTS`); `None` if it is not well formed.
+    fn from_task_entry(channel: &Arc<str>, position: Position, value: &[u8]) -> Option<StoredEvent> {
+        let mut parts = std::str::from_utf8(value).ok()?.splitn(TASK_EVENT_PARTS.len(), '\u{1f}');
+        let mut part = || parts.next().filter(|part| !part.is_empty());
+        let (name, task, kind, status) = (part()?, part()?, part(), part()?);
+        let (attempt, progress, at) = (part(), part(), part()?);
+        let (workflow, error) = (part(), part());
+        let event = TaskEvent {
+            task_id: task.parse().ok()?,
+            kind: kind.unwrap_or_default().to_string(),
+            queue: channel.to_string(),
+            status: Status::parse(status)?,
+            attempt: attempt.and_then(|a| a.parse().ok()).unwrap_or(0),
+            progress: progress.and_then(|p| p.parse().ok()),
+            error: error.map(str::to_string),
+            at: rfc3339(at.parse().ok()?),
+            workflow_id: workflow.and_then(|w| w.parse().ok()),
+        };
+        Some(StoredEvent::new(channel.clone(), position, name.to_string(), Pushed::Task(event)))
     }
 
     /// The event that stands for a task's current state, at `position` in its queue's stream.
@@ -1011,19 +1044,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_lua_that_writes_events_writes_the_fields_the_server_reads() {
+    fn the_lua_that_writes_events_writes_the_parts_the_server_reads() {
         let lua = include_str!("queue/events.lua");
-        // Each of its two appends (with and without the workflow) names the fields in order.
-        let appends: Vec<&str> = lua
-            .split("'*'")
-            .skip(1)
-            .map(|rest| &rest[..rest.find("return").or(rest.find("\nend")).unwrap()])
+        // The one append: field `t`, then its parts joined by the unit separator, in order.
+        let value = &lua[lua.find("'*', 't', ").unwrap() + "'*', 't', ".len()..];
+        let value = &value[..value.find(")\nend").unwrap()];
+        let parts: Vec<String> = value
+            .split("'\\31'")
+            .map(|part| part.replace("..", "").replace(['(', ')', '\n'], ""))
+            .map(|part| part.split(" or ").next().unwrap().trim().to_string())
             .collect();
-        assert_eq!(appends.len(), 2);
-        for (append, extra) in appends.into_iter().zip([&["workflow"][..], &[]]) {
-            // Quoted words alternate with the rest: the field names, in order.
-            let quoted: Vec<&str> = append.split('\'').skip(1).step_by(2).collect();
-            assert_eq!(quoted, [&EVENT_FIELDS[..], extra].concat());
+        // The Lua names of TASK_EVENT_PARTS.
+        let lua_names = ["name", "id", "kind", "status", "attempt", "progress", "at", "workflow", "err"];
+        assert_eq!(parts, lua_names, "events.lua's parts in TASK_EVENT_PARTS's order");
+        assert_eq!(lua_names.len(), TASK_EVENT_PARTS.len());
+    }
+
+    #[test]
+    fn a_task_entry_of_one_field_becomes_its_event() {
+        let value = "failed\u{1f}01890a5d-ac96-774b-bcce-b302099a8057\u{1f}sleep\u{1f}failed\u{1f}3\u{1f}\u{1f}0\u{1f}01890a5d-ac96-774b-bcce-b302099a8058\u{1f}boom\u{1f}with a separator";
+        let event =
+            StoredEvent::from_fields(&"reports".into(), Position(5, 1), &[bulk("t"), bulk(value)]).unwrap();
+        assert_eq!(event.name, "failed");
+        let task = event.task().unwrap();
+        assert_eq!(
+            (task.kind.as_str(), task.queue.as_str(), task.status),
+            ("sleep", "reports", Status::Failed)
+        );
+        assert_eq!((task.attempt, task.progress), (3, None));
+        assert_eq!(task.error.as_deref(), Some("boom\u{1f}with a separator"));
+        assert_eq!(task.workflow_id, "01890a5d-ac96-774b-bcce-b302099a8058".parse().ok());
+        assert_eq!(task.at, "1970-01-01T00:00:00.000Z");
+        // A part missing, or a task that is no id: no event.
+        for broken in [
+            "failed\u{1f}01890a5d-ac96-774b-bcce-b302099a8057",
+            "failed\u{1f}nope\u{1f}k\u{1f}failed\u{1f}1\u{1f}\u{1f}0\u{1f}\u{1f}",
+        ] {
+            assert!(
+                StoredEvent::from_fields(&"reports".into(), Position(5, 1), &[bulk("t"), bulk(broken)])
+                    .is_none()
+            );
         }
     }
 

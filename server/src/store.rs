@@ -416,7 +416,10 @@ impl Store {
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
         let content_type = || record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into());
         if let (true, Some(payload)) = (record.result_is_payload, &record.inline_payload) {
-            return Ok(Some(StoredResult { bytes: payload.clone().into_bytes(), content_type: content_type() }));
+            return Ok(Some(StoredResult {
+                bytes: payload.clone().into_bytes(),
+                content_type: content_type(),
+            }));
         }
         let key = match record.result_is_payload {
             true => self.keys.payload(&record.payload_ref.unwrap_or(record.id)),

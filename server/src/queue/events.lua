@@ -1,38 +1,23 @@
 -- Shared by every script that changes a task (prepended first when loaded): the one place a task
--- event is written. Its fields, in this order, are `events::EVENT_FIELDS`, which the server
+-- event is written. Its parts, in this order, are `events::TASK_EVENT_PARTS`, which the server
 -- reads back (a unit test compares the two).
-
--- The queue whose keys start with `base` (`{prefix}:{queue}`): the name inside its hash tag,
--- worked out once per script run.
-local queue_names = {}
-local function queue_of(base)
-  local name = queue_names[base]
-  if not name then
-    name = string.match(base, '{([^}]*)}$') or ''
-    queue_names[base] = name
-  end
-  return name
-end
 
 -- The events after which a workflow whose step the task is moves on: its ends.
 local WORKFLOW_MOVES = {succeeded = true, failed = true, cancelled = true}
 
--- Appends event `name` (the new status, or `progress`) of task `id` of the queue at `base` to the
--- capped stream `events`. An end of a workflow's task (or `requeued`, a dead one queued again)
--- names the workflow in a last field, `workflow`, which the servers' workflow loops follow: the
--- caller's `workflow` when it read the record's (`''` for none), else read here.
+-- Appends event `name` (the new status, or `progress`) of task `id` to the capped stream `events`
+-- (its queue's). The entry is one field, `t`, whose parts are separated by the unit separator in
+-- the order of `events::TASK_EVENT_PARTS`: name, task, kind, status, attempt, progress, time,
+-- workflow and error (last, so it may hold anything). One field rather than nine costs Redis less
+-- to append and to read back (docs/benchmark-notes.md). The workflow (the task's, where it is a
+-- step; the servers' workflow loops follow it) is given only to the ends of a workflow's task and
+-- to `requeued` (a dead one queued again): the caller's `workflow` when it read the record's
+-- (`''` for none), else read here.
 local function emit_event(events, maxlen, base, name, id, kind, status, attempt, progress, err, at,
     requeued, workflow)
-  kind, attempt, progress, err = kind or '', attempt or '0', progress or '', err or ''
   workflow = (WORKFLOW_MOVES[name] or requeued)
     and (workflow or redis.call('HGET', base .. ':task:' .. id, 'wf'))
-  if workflow and workflow ~= '' then
-    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', name, 'task', id, 'kind', kind,
-      'queue', queue_of(base), 'status', status, 'attempt', attempt, 'progress', progress, 'error',
-      err, 'at', at, 'workflow', workflow)
-    return
-  end
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', name, 'task', id, 'kind', kind,
-    'queue', queue_of(base), 'status', status, 'attempt', attempt, 'progress', progress, 'error',
-    err, 'at', at)
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 't', name .. '\31' .. id .. '\31'
+    .. (kind or '') .. '\31' .. status .. '\31' .. (attempt or '0') .. '\31' .. (progress or '')
+    .. '\31' .. at .. '\31' .. (workflow or '') .. '\31' .. (err or ''))
 end
