@@ -24,6 +24,10 @@ local OPTIONAL_FIELDS = {{'timeout_ms', 6}, {'session', 9}, {'subscription', 10}
 local max_depth = tonumber(redis.call('HGET', KEYS[6], 'max_depth'))
 local waiting = max_depth and waiting_tasks(all_ready_streams(base), KEYS[1], KEYS[2], group)
 
+-- The ids stored, as ZADD's score-member pairs: indexed by one ZADD at the end (a command per
+-- call rather than per task).
+local indexed = {}
+
 -- Stores the task whose 20 arguments start at ARGV[a].
 local function store(a)
   local id, created, kind, due, priority = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -67,7 +71,8 @@ local function store(a)
   redis.call('HSET', task, 'kind', kind, 'status', status, 'attempts', '0', 'max_attempts',
     ARGV[a + 5], 'created', created, 'updated', created, 'payload_bytes', ARGV[a + 8],
     'payload_type', ARGV[a + 7], 'priority', priority, unpack(extra))
-  redis.call('ZADD', KEYS[3], 0, id)
+  indexed[#indexed + 1] = 0
+  indexed[#indexed + 1] = id
   if session ~= '' then
     join_session(base, base .. ':session:' .. session, kind, id)
   elseif due ~= '' then
@@ -100,5 +105,9 @@ while a <= #ARGV do
     answers[#answers + 1] = 1
   end
   a = last + 1
+end
+-- Lua's unpack takes a few thousand values at most: a page of ids at a time.
+for first = 1, #indexed, 1000 do
+  redis.call('ZADD', KEYS[3], unpack(indexed, first, math.min(first + 999, #indexed)))
 end
 return answers
