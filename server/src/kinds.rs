@@ -603,12 +603,11 @@ pub async fn follow_events(
 /// Keeps the registry of a worker process current until `shutdown`: asks every second whether
 /// the declarations changed (one `GET`), and reads them when they did.
 pub async fn keep_current(registry: Registry, conn: Conn, keys: KindKeys, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(POLL_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
+        // On a tick of the wall clock, with the process's other looks.
         tokio::select! {
-            _ = every.tick() => {}
+            () = tokio::time::sleep(crate::store::until_next_tick(POLL_EVERY)) => {}
             () = shutdown.cancelled() => return,
         }
         match registry.reload(&conn, &keys).await {

@@ -221,6 +221,21 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long until the wall clock next reaches a whole multiple of `period` (at least a
+/// millisecond). The periodic looks of idle processes wait for these ticks, so that every
+/// process's looks of one period reach Redis together and it wakes once for them, not once for
+/// each: an idle Redis pays more for a wake-up than for the commands it brings
+/// (docs/benchmark-notes.md, "Idle workers").
+pub fn until_next_tick(period: std::time::Duration) -> std::time::Duration {
+    let period = (period.as_millis() as u64).max(1);
+    std::time::Duration::from_millis(period - now_ms() % period)
+}
+
+/// Which tick of `period` (as `until_next_tick` counts them) the wall clock is in.
+pub fn tick_number(period: std::time::Duration) -> u64 {
+    now_ms() / (period.as_millis() as u64).max(1)
+}
+
 /// Formats stored milliseconds as RFC 3339 (UTC) with exactly three fractional digits, as the
 /// API reports times: fixed width, so the strings sort as the times do.
 pub fn rfc3339(ms: u64) -> String {

@@ -49,7 +49,8 @@ async fn promote_loop(serving: Arc<Serving>, shutdown: CancellationToken) {
     let mut pruned = std::collections::HashSet::new();
     let mut standby: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     loop {
-        let mut pause = PROMOTE_TICK;
+        // Looks on ticks of the wall clock, with the process's (and every process's) others.
+        let mut pause = crate::store::until_next_tick(PROMOTE_TICK);
         for served in serving.all() {
             let name = served.queue.name();
             if pruned.insert(name.to_string()) {
@@ -60,7 +61,8 @@ async fn promote_loop(serving: Arc<Serving>, shutdown: CancellationToken) {
             }
             match served.queue.promote_due().await {
                 Ok(None) => {
-                    standby.insert(name.to_string(), tokio::time::Instant::now() + PROMOTER_STANDBY);
+                    let next = crate::store::until_next_tick(PROMOTER_STANDBY);
+                    standby.insert(name.to_string(), tokio::time::Instant::now() + next);
                 }
                 Ok(Some(moved)) if moved >= PROMOTE_BATCH => pause = std::time::Duration::ZERO,
                 Ok(Some(_)) => backoff.reset(),

@@ -261,7 +261,12 @@ impl Leasing {
     ) -> RedisResult<Vec<Lease>> {
         let open = self.serving.open();
         // Serving every queue, it looks for new ones between reads.
-        let longest = if self.serving.serves_every_queue() { DISCOVER_EVERY } else { BLOCK };
+        // It times out on a tick of the wall clock, with the process's other looks.
+        let longest = crate::store::until_next_tick(if self.serving.serves_every_queue() {
+            DISCOVER_EVERY
+        } else {
+            BLOCK
+        });
         let wait = match self.serving.next_unblock() {
             Some(at) => at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), longest),
             None => longest,

@@ -23,8 +23,9 @@ use std::{
 use tracing::warn;
 
 /// How often a worker serving every queue looks for new ones (and so the longest the first task
-/// of a new queue waits for it).
-pub(super) const DISCOVER_EVERY: Duration = Duration::from_millis(250);
+/// of a new queue waits for it). Each look ends the blocking read to start another: at 250 ms an
+/// idle worker cost Redis 8 round trips a second, at 1 s 2 (docs/benchmark-notes.md).
+pub(super) const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 
 /// The kinds a worker process runs, asked afresh at every look (declared kinds come and go).
 pub type KindsRun = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
@@ -55,7 +56,7 @@ pub struct Serving {
     choice: QueueChoice,
     concurrency: usize,
     served: Mutex<Vec<Served>>,
-    discovered: Mutex<Option<Instant>>,
+    discovered: Mutex<Option<u64>>,
     kinds_run: KindsRun,
     /// The kinds whose lanes are open in every queue served, as the scripts take them
     /// (comma-separated).
@@ -126,11 +127,14 @@ impl Serving {
     /// the lanes of the kinds this process runs now.
     pub(super) async fn refresh(&self) -> Result<(), QueueError> {
         {
+            // Once per tick of the wall clock (`store::tick_number`), with the process's other
+            // looks.
+            let tick = crate::store::tick_number(DISCOVER_EVERY);
             let mut discovered = self.discovered.lock().expect("never poisoned");
-            if discovered.is_some_and(|at| at.elapsed() < DISCOVER_EVERY) {
+            if *discovered == Some(tick) {
                 return Ok(());
             }
-            *discovered = Some(Instant::now());
+            *discovered = Some(tick);
         }
         let mut kinds = (self.kinds_run)();
         kinds.sort();

@@ -104,7 +104,9 @@ impl Ticker {
             .filter_map(|e| e.plan.ticks.next_after(e.cursor))
             .min()
             .unwrap_or(u64::MAX);
-        Ok(next.min(now_ms() + CHANGES_EVERY_MS))
+        // The next look for changes is on a tick of the wall clock, with the process's others.
+        let changes_every = Duration::from_millis(CHANGES_EVERY_MS);
+        Ok(next.min(now_ms() + crate::store::until_next_tick(changes_every).as_millis() as u64))
     }
 
     /// Reads every schedule again, keeping how far this process got with those unchanged.
