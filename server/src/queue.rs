@@ -192,6 +192,9 @@ pub struct Queue {
     promoter_renewed_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where this handle's submissions wait to be sent together (started on first use).
     enqueuer: Arc<std::sync::OnceLock<enqueue::Enqueuer>>,
+    /// Where the ends of this handle's pulled leases wait to be sent together (started on first
+    /// use).
+    pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<finish::Ending>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -439,6 +442,7 @@ impl Queue {
             last_prune_ms: Default::default(),
             promoter_renewed_ms: Default::default(),
             enqueuer: Default::default(),
+            pulled_ends: Default::default(),
         }
     }
 

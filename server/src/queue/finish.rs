@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::debug;
 
 /// The most attempts one finish script ends.
-const FINISH_BATCH: usize = 64;
+pub(super) const FINISH_BATCH: usize = 64;
 /// Results larger than this are staged with a plain `SET` before the finish script, which only
 /// renames them: copying large strings through Lua stalls Redis for everyone.
 const INLINE_RESULT_MAX: usize = 16 * 1024;
@@ -104,6 +104,11 @@ impl Ending {
             idempotency_key: lease.idempotency_key.clone().unwrap_or_default(),
         };
         Ending::held(held, outcome, slot, reply)
+    }
+
+    /// Tells whoever waits for this ending what became of it (`true`: applied).
+    pub(super) fn answer(self, answer: RedisResult<bool>) {
+        let _ = self.reply.send(answer);
     }
 
     /// The attempt `held` ended with `outcome`.

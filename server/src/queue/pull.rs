@@ -8,7 +8,7 @@
 
 use super::{
     Outcome, Queue, Renewal,
-    finish::{Ending, Held},
+    finish::{Ending, FINISH_BATCH, Held},
     lease::{HeldEntry, Run, RunReply},
     record,
 };
@@ -202,10 +202,44 @@ impl Queue {
             session: state.session,
             idempotency_key: state.idempotency_key,
         };
-        let (reply, _) = tokio::sync::oneshot::channel();
-        let ending = Ending::held(held, outcome, None, reply);
-        let (applied, ..) = self.end_attempts(&[ending], 0, CONSUMER, "").await?;
-        Ok(applied.first() == Some(&1))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone =
+            || redis::RedisError::from((redis::ErrorKind::Io, "the loop that ends pulled leases stopped"));
+        let ends = self.pulled_ends.get_or_init(|| {
+            let (ends, endings) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(self.clone().end_pulled_together(endings));
+            ends
+        });
+        ends.send(Ending::held(held, outcome, None, reply)).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Ends the pulled attempts waiting, together, one script call at a time: those that arrive
+    /// during a call go in the next (a group commit, as submissions have: many workers
+    /// completing at once cost Redis one script call per group, not one per task). Each gets its
+    /// own answer. Runs as long as the runtime (the handle it serves holds its sender).
+    async fn end_pulled_together(self, mut endings: tokio::sync::mpsc::UnboundedReceiver<Ending>) {
+        while let Some(first) = endings.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < FINISH_BATCH {
+                match endings.try_recv() {
+                    Ok(ending) => batch.push(ending),
+                    Err(_) => break,
+                }
+            }
+            match self.end_attempts(&batch, 0, CONSUMER, "").await {
+                Ok((applied, ..)) => {
+                    for (ending, applied) in batch.into_iter().zip(applied) {
+                        ending.answer(Ok(applied == 1));
+                    }
+                }
+                Err(e) => {
+                    for ending in batch {
+                        ending.answer(Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 }
 
