@@ -180,7 +180,7 @@ impl Server {
             let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
             workflows.start(&events, shutdown.clone());
             declare_subscriptions(&file, &topics).await?;
-            let state = http::AppState {
+            let state = http::AppState::new(http::Shared {
                 tasks,
                 topics,
                 workflows,
@@ -205,7 +205,7 @@ impl Server {
                 )),
                 metrics: metrics::recorder(),
                 workers,
-            };
+            });
             (Some(listener), Some(http::router(state)))
         } else {
             let keys = KindKeys::new(&config.prefix);
