@@ -741,6 +741,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tick_is_a_whole_multiple_of_its_period_on_the_wall_clock() {
+        let period = std::time::Duration::from_millis(500);
+        let (before, wait) = (now_ms(), until_next_tick(period).as_millis() as u64);
+        assert!((1..=500).contains(&wait), "{wait}");
+        // The tick it waits for is the next multiple of 500 ms (give or take the read's ms).
+        assert!(((before + wait) % 500 <= 1) || ((before + wait) % 500 >= 499), "{before} + {wait}");
+        assert_eq!(tick_number(period), now_ms() / 500);
+        assert!((1..=1).contains(&until_next_tick(std::time::Duration::ZERO).as_millis()));
+    }
+
+    #[test]
     fn every_key_of_a_queue_shares_its_hash_tag() {
         let keys = Keys::new("courier", "default");
         let id = Uuid::now_v7();

@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::debug;
 
 /// The most attempts one finish script ends.
-pub(super) const FINISH_BATCH: usize = 64;
+const FINISH_BATCH: usize = 64;
 /// Results larger than this are staged with a plain `SET` before the finish script, which only
 /// renames them: copying large strings through Lua stalls Redis for everyone.
 const INLINE_RESULT_MAX: usize = 16 * 1024;
@@ -153,19 +153,26 @@ impl Ending {
     }
 }
 
+/// `first` and the endings `ready` gives at once after it, up to `FINISH_BATCH` in all: what one
+/// finish script call ends.
+pub(super) fn batch_of(first: Ending, mut ready: impl FnMut() -> Option<Ending>) -> Vec<Ending> {
+    let mut batch = vec![first];
+    while batch.len() < FINISH_BATCH {
+        match ready() {
+            Some(ending) => batch.push(ending),
+            None => break,
+        }
+    }
+    batch
+}
+
 impl Leasing {
     /// Records ended attempts in batches (one script per queue), and reuses their slots for new
     /// leases taken in the same script, up to each queue's share. Runs until every lease and the
     /// fetch loop are gone.
     pub(super) async fn finish_loop(self, mut endings: mpsc::Receiver<Ending>) {
         while let Some(first) = endings.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < FINISH_BATCH {
-                match endings.try_recv() {
-                    Ok(ending) => batch.push(ending),
-                    Err(_) => break,
-                }
-            }
+            let batch = batch_of(first, || endings.try_recv().ok());
             let mut by_queue: Vec<(Served, Vec<Ending>)> = Vec::new();
             for ending in batch {
                 match by_queue.iter_mut().find(|(s, _)| s.queue.name() == ending.queue.name()) {

@@ -8,7 +8,7 @@
 
 use super::{
     Outcome, Queue, Renewal,
-    finish::{Ending, FINISH_BATCH, Held},
+    finish::{Ending, Held, batch_of},
     lease::{HeldEntry, Run, RunReply},
     record,
 };
@@ -220,13 +220,7 @@ impl Queue {
     /// own answer. Runs as long as the runtime (the handle it serves holds its sender).
     async fn end_pulled_together(self, mut endings: tokio::sync::mpsc::UnboundedReceiver<Ending>) {
         while let Some(first) = endings.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < FINISH_BATCH {
-                match endings.try_recv() {
-                    Ok(ending) => batch.push(ending),
-                    Err(_) => break,
-                }
-            }
+            let batch = batch_of(first, || endings.try_recv().ok());
             match self.end_attempts(&batch, 0, CONSUMER, "").await {
                 Ok((applied, ..)) => {
                     for (ending, applied) in batch.into_iter().zip(applied) {
