@@ -115,22 +115,17 @@ impl StoredEvent {
         }
     }
 
-    /// Reads an entry of the events stream from its field/value list, as Redis sent it; `None`
-    /// if it is not a well-formed event. A task's entry is one field (`TASK_EVENT_PARTS`), or,
-    /// as Courier wrote them before (a stream keeps its entries across an upgrade), the fields
-    /// `event`, `task`, `kind`, `queue`, `status`, `attempt`, `progress`, `error`, `at` and
-    /// `workflow`. A queue's entry (`Queue::set_paused`) has `event` = `queue`, `queue`, `status`
-    /// (`paused` or `active`) and `at`; a kind's (`Kinds::put`, `Kinds::delete`) `event` =
-    /// `kind`, `kind`, `status` (`declared` or `deleted`) and `at`; a workflow's (`workflows.rs`)
-    /// `event` = `workflow`, `workflow`, `step`, `status`, `error`, `at` and `queue` (the queues
-    /// of its steps, comma-separated). Reading the values in place, without a map per entry,
-    /// is most of what tailing the stream costs a busy server.
+    /// Reads an entry of the events stream in the form Courier wrote before task events were
+    /// one field (a stream keeps its entries across an upgrade), or a queue's, kind's or
+    /// workflow's entry, from its field/value list as Redis sent it; `None` if it is not a
+    /// well-formed event. An old task entry has the fields `event`, `task`, `kind`, `queue`,
+    /// `status`, `attempt`, `progress`, `error`, `at` and `workflow`. A queue's entry
+    /// (`Queue::set_paused`) has `event` = `queue`, `queue`, `status` (`paused` or `active`) and
+    /// `at`; a kind's (`Kinds::put`, `Kinds::delete`) `event` = `kind`, `kind`, `status`
+    /// (`declared` or `deleted`) and `at`; a workflow's (`workflows.rs`) `event` = `workflow`,
+    /// `workflow`, `step`, `status`, `error`, `at` and `queue` (the queues of its steps,
+    /// comma-separated).
     fn from_fields(channel: &Arc<str>, position: Position, fields: &[Value]) -> Option<StoredEvent> {
-        if let [Value::BulkString(field), Value::BulkString(value)] = fields
-            && field.as_slice() == TASK_EVENT_FIELD
-        {
-            return StoredEvent::from_task_entry(channel, position, value);
-        }
         let (
             mut name,
             mut task,
@@ -250,26 +245,58 @@ impl StoredEvent {
     }
 }
 
-/// The entries of an `XRANGE` reply (or of one stream of an `XREAD` reply) of `channel`'s
-/// stream: each entry's position, with its event when it is a well-formed one.
+/// The events of an `XRANGE` reply (or of one stream of an `XREAD` reply) of `channel`'s stream,
+/// oldest first: each event's position, with the event when it is a well-formed one. An entry
+/// that holds no well-formed event still has its place (as a whole), so a reader moves past it.
 fn entries_of(channel: &Arc<str>, reply: Value) -> Vec<(Position, Option<StoredEvent>)> {
     let Value::Array(entries) = reply else { return Vec::new() };
-    entries
-        .into_iter()
-        .filter_map(|entry| {
-            let Value::Array(mut parts) = entry else { return None };
-            let fields = match parts.pop() {
-                Some(Value::Array(fields)) => fields,
-                _ => Vec::new(),
-            };
-            let position = match parts.pop() {
-                Some(Value::BulkString(id)) => Position::parse(std::str::from_utf8(&id).ok()?)?,
-                Some(Value::SimpleString(id)) => Position::parse(&id)?,
-                _ => return None,
-            };
-            Some((position, StoredEvent::from_fields(channel, position, &fields)))
-        })
-        .collect()
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(mut parts) = entry else { continue };
+        let fields = match parts.pop() {
+            Some(Value::Array(fields)) => fields,
+            _ => Vec::new(),
+        };
+        let position = match parts.pop() {
+            Some(Value::BulkString(id)) => std::str::from_utf8(&id).ok().and_then(Position::parse),
+            Some(Value::SimpleString(id)) => Position::parse(&id),
+            _ => None,
+        };
+        let Some(position) = position else { continue };
+        events_of_entry(channel, position, &fields, &mut events);
+    }
+    events
+}
+
+/// Appends the events of entry `entry` of `channel`'s stream to `events`. A task entry holds the
+/// events one script call wrote (queue/events.lua), each a field `t` (`TASK_EVENT_PARTS`), in
+/// order: each is placed at its index in the entry, the last at the entry as a whole. Any other
+/// entry is one event (`StoredEvent::from_fields`).
+fn events_of_entry(
+    channel: &Arc<str>,
+    entry: Position,
+    fields: &[Value],
+    events: &mut Vec<(Position, Option<StoredEvent>)>,
+) {
+    let is_task_event = matches!(fields.first(), Some(Value::BulkString(field)) if field.as_slice() == TASK_EVENT_FIELD);
+    if !is_task_event {
+        events.push((entry, StoredEvent::from_fields(channel, entry, fields)));
+        return;
+    }
+    let count = fields.len() / 2;
+    for (index, pair) in fields.chunks_exact(2).enumerate() {
+        let position = match u32::try_from(index) {
+            Ok(index) if index as usize + 1 < count => entry.event(index),
+            _ => entry,
+        };
+        let event = match (&pair[0], &pair[1]) {
+            (Value::BulkString(field), Value::BulkString(value)) if field.as_slice() == TASK_EVENT_FIELD => {
+                StoredEvent::from_task_entry(channel, position, value)
+            }
+            _ => None,
+        };
+        events.push((position, event));
+    }
 }
 
 /// The streams of an `XREAD` reply (RESP2 array or RESP3 map), each by its key, with its
@@ -435,9 +462,10 @@ impl Bounds {
             return Some(ResetReason::Unknown);
         }
         // Trimming takes the oldest entries: before the first one kept, something may be gone
-        // (a stream trimmed to nothing has lost everything up to its last id).
+        // (a stream trimmed to nothing has lost everything up to its last id). A place inside an
+        // entry needs the rest of that entry.
         let missed = match self.first {
-            Some(first) => after < first,
+            Some(first) => after.whole() < first,
             None => after < self.last,
         };
         (self.trimmed && missed).then_some(ResetReason::TooOld)
@@ -446,8 +474,9 @@ impl Bounds {
 
 /// One step of a catch-up in one stream.
 enum Replay {
-    /// The next entries, oldest first: each position, with its event when it is a well-formed one.
-    Entries(Vec<(Position, Option<StoredEvent>)>),
+    /// The next events, oldest first: each position, with its event when it is a well-formed
+    /// one; and whether as many entries as asked were read (more may follow).
+    Entries(Vec<(Position, Option<StoredEvent>)>, bool),
     /// The place is gone; the follower goes on after the stream's last id, given.
     Gone(StreamReset, Position),
 }
@@ -713,7 +742,7 @@ impl Events {
                 read.arg("COUNT").arg(CATCH_UP_BATCH).arg("BLOCK").arg(CHANNELS_EVERY.as_millis() as u64);
                 read.arg("STREAMS").arg(&keys);
                 for channel in &channels {
-                    read.arg(at.get(channel).to_string());
+                    read.arg(at.get(channel).id());
                 }
                 let reply: Value = read.query_async(conn).await?;
                 redis::RedisResult::Ok(read_streams(reply))
@@ -790,11 +819,11 @@ impl Events {
         count: usize,
     ) -> redis::RedisResult<Replay> {
         let key = self.key(channel);
-        let start = after.next();
+        let start = after.read_from();
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors().cmd("XINFO").arg("STREAM").arg(&key);
         if let Some(start) = start {
-            pipe.cmd("XRANGE").arg(&key).arg(start.to_string()).arg("+").arg("COUNT").arg(count);
+            pipe.cmd("XRANGE").arg(&key).arg(start.id()).arg("+").arg("COUNT").arg(count);
         }
         let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut self.conn.clone()).await?;
         let entries = match start {
@@ -812,12 +841,19 @@ impl Events {
         // A place in time past the stream's end is no gap, unless that time has not come yet.
         let issued = named || after.0 <= crate::store::now_ms() + CLOCK_SKEW.as_millis() as u64;
         Ok(match bounds.gap_after(after) {
-            Some(ResetReason::Unknown) if !named && issued => Replay::Entries(Vec::new()),
+            Some(ResetReason::Unknown) if !named && issued => Replay::Entries(Vec::new(), false),
             Some(reason) => {
                 let oldest = bounds.first.map(|first| first.to_string());
                 Replay::Gone(StreamReset { reason, oldest }, bounds.last)
             }
-            None => Replay::Entries(entries_of(channel, entries)),
+            None => {
+                let mut events = entries_of(channel, entries);
+                // Each entry ends with one place as a whole: so many entries were read.
+                let full = events.iter().filter(|(position, _)| position.is_whole()).count() == count;
+                // An entry read again for the rest of its events: those before go.
+                events.retain(|(position, _)| *position > after);
+                Replay::Entries(events, full)
+            }
         })
     }
 
@@ -973,8 +1009,7 @@ impl Events {
             loop {
                 let (after, named) = (sent.get(&channel), sent.names(&channel));
                 match self.patiently(tx, || self.replay(&channel, after, named, CATCH_UP_BATCH)).await? {
-                    Replay::Entries(entries) => {
-                        let full = entries.len() == CATCH_UP_BATCH;
+                    Replay::Entries(entries, full) => {
                         for (position, event) in entries {
                             sent.set(&channel, position);
                             if let Some(event) = event {
@@ -1046,9 +1081,10 @@ mod tests {
     #[test]
     fn the_lua_that_writes_events_writes_the_parts_the_server_reads() {
         let lua = include_str!("queue/events.lua");
-        // The one append: field `t`, then its parts joined by the unit separator, in order.
-        let value = &lua[lua.find("'*', 't', ").unwrap() + "'*', 't', ".len()..];
-        let value = &value[..value.find(")\nend").unwrap()];
+        // The one event: field `t`, then its parts joined by the unit separator, in order.
+        let start = "fields[#fields + 1] = ";
+        let value = &lua[lua.find(&format!("{start}name")).unwrap() + start.len()..];
+        let value = &value[..value.find("\nend").unwrap()];
         let parts: Vec<String> = value
             .split("'\\31'")
             .map(|part| part.replace("..", "").replace(['(', ')', '\n'], ""))
@@ -1063,8 +1099,7 @@ mod tests {
     #[test]
     fn a_task_entry_of_one_field_becomes_its_event() {
         let value = "failed\u{1f}01890a5d-ac96-774b-bcce-b302099a8057\u{1f}sleep\u{1f}failed\u{1f}3\u{1f}\u{1f}0\u{1f}01890a5d-ac96-774b-bcce-b302099a8058\u{1f}boom\u{1f}with a separator";
-        let event =
-            StoredEvent::from_fields(&"reports".into(), Position(5, 1), &[bulk("t"), bulk(value)]).unwrap();
+        let event = only_event(&[bulk("t"), bulk(value)]).unwrap();
         assert_eq!(event.name, "failed");
         let task = event.task().unwrap();
         assert_eq!(
@@ -1080,11 +1115,51 @@ mod tests {
             "failed\u{1f}01890a5d-ac96-774b-bcce-b302099a8057",
             "failed\u{1f}nope\u{1f}k\u{1f}failed\u{1f}1\u{1f}\u{1f}0\u{1f}\u{1f}",
         ] {
-            assert!(
-                StoredEvent::from_fields(&"reports".into(), Position(5, 1), &[bulk("t"), bulk(broken)])
-                    .is_none()
-            );
+            assert!(only_event(&[bulk("t"), bulk(broken)]).is_none());
         }
+    }
+
+    /// The one event of an entry at 5-1 of the `reports` stream.
+    fn only_event(fields: &[Value]) -> Option<StoredEvent> {
+        let mut events = Vec::new();
+        events_of_entry(&"reports".into(), Position::entry(5, 1), fields, &mut events);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (position, event) = events.pop().unwrap();
+        assert_eq!(position, Position::entry(5, 1), "the only event of an entry is at the entry");
+        event
+    }
+
+    #[test]
+    fn an_entry_of_a_scripts_events_places_each_at_its_index_and_the_last_at_the_entry() {
+        let task = |n: u8| format!("queued\u{1f}01890a5d-ac96-774b-bcce-b302099a805{n}\u{1f}echo\u{1f}queued\u{1f}0\u{1f}\u{1f}5\u{1f}\u{1f}");
+        let fields = [bulk("t"), bulk(&task(1)), bulk("t"), bulk("broken"), bulk("t"), bulk(&task(3))];
+        let mut events = Vec::new();
+        let entry = Position::entry(9, 2);
+        events_of_entry(&"default".into(), entry, &fields, &mut events);
+        let positions: Vec<Position> = events.iter().map(|(position, _)| *position).collect();
+        assert_eq!(positions, [entry.event(0), entry.event(1), entry]);
+        let ids: Vec<Option<String>> =
+            events.iter().map(|(_, e)| e.as_ref().map(|e| e.task().unwrap().task_id.to_string())).collect();
+        assert_eq!(
+            ids,
+            [
+                Some("01890a5d-ac96-774b-bcce-b302099a8051".to_string()),
+                None,
+                Some("01890a5d-ac96-774b-bcce-b302099a8053".to_string())
+            ],
+            "a broken event keeps its place and spoils none of the others"
+        );
+        assert_eq!(events[2].1.as_ref().unwrap().position, entry);
+    }
+
+    #[test]
+    fn a_place_inside_the_oldest_kept_entry_lost_nothing() {
+        let trimmed = Bounds { first: Some(Position::entry(10, 0)), last: Position::entry(20, 0), trimmed: true };
+        assert_eq!(trimmed.gap_after(Position::entry(10, 0).event(2)), None);
+        assert_eq!(trimmed.gap_after(Position::entry(9, 5).event(0)), Some(ResetReason::TooOld));
+        assert_eq!(trimmed.gap_after(Position::entry(20, 0).event(0)), None);
+        let emptied = Bounds { first: None, last: Position::entry(20, 0), trimmed: true };
+        assert_eq!(emptied.gap_after(Position::entry(20, 0).event(0)), Some(ResetReason::TooOld));
     }
 
     fn bulk(text: &str) -> Value {
@@ -1104,24 +1179,24 @@ mod tests {
 
     #[test]
     fn a_place_before_the_oldest_kept_entry_of_a_trimmed_stream_is_too_old() {
-        let trimmed = Bounds { first: Some(Position(10, 0)), last: Position(20, 0), trimmed: true };
-        assert_eq!(trimmed.gap_after(Position(9, 5)), Some(ResetReason::TooOld));
+        let trimmed = Bounds { first: Some(Position::entry(10, 0)), last: Position::entry(20, 0), trimmed: true };
+        assert_eq!(trimmed.gap_after(Position::entry(9, 5)), Some(ResetReason::TooOld));
         assert_eq!(trimmed.gap_after(Position::ZERO), Some(ResetReason::TooOld));
-        assert_eq!(trimmed.gap_after(Position(10, 0)), None);
-        assert_eq!(trimmed.gap_after(Position(15, 0)), None);
-        assert_eq!(trimmed.gap_after(Position(20, 0)), None);
-        assert_eq!(trimmed.gap_after(Position(20, 1)), Some(ResetReason::Unknown));
+        assert_eq!(trimmed.gap_after(Position::entry(10, 0)), None);
+        assert_eq!(trimmed.gap_after(Position::entry(15, 0)), None);
+        assert_eq!(trimmed.gap_after(Position::entry(20, 0)), None);
+        assert_eq!(trimmed.gap_after(Position::entry(20, 1)), Some(ResetReason::Unknown));
 
         let whole = Bounds { trimmed: false, ..trimmed };
         assert_eq!(whole.gap_after(Position::ZERO), None);
-        assert_eq!(whole.gap_after(Position(9, 5)), None);
+        assert_eq!(whole.gap_after(Position::entry(9, 5)), None);
 
-        let emptied = Bounds { first: None, last: Position(20, 0), trimmed: true };
-        assert_eq!(emptied.gap_after(Position(19, 0)), Some(ResetReason::TooOld));
-        assert_eq!(emptied.gap_after(Position(20, 0)), None);
+        let emptied = Bounds { first: None, last: Position::entry(20, 0), trimmed: true };
+        assert_eq!(emptied.gap_after(Position::entry(19, 0)), Some(ResetReason::TooOld));
+        assert_eq!(emptied.gap_after(Position::entry(20, 0)), None);
 
         assert_eq!(Bounds::NONE.gap_after(Position::ZERO), None);
-        assert_eq!(Bounds::NONE.gap_after(Position(1, 0)), Some(ResetReason::Unknown));
+        assert_eq!(Bounds::NONE.gap_after(Position::entry(1, 0)), Some(ResetReason::Unknown));
     }
 
     #[test]
@@ -1139,7 +1214,7 @@ mod tests {
         let read = |value| Bounds::from_info(value).unwrap();
         assert_eq!(
             read(reply(5, Some(5), entry.clone())),
-            Bounds { first: Some(Position(10, 0)), last: Position(20, 3), trimmed: false }
+            Bounds { first: Some(Position::entry(10, 0)), last: Position::entry(20, 3), trimmed: false }
         );
         assert!(read(reply(5, Some(9), entry.clone())).trimmed);
         assert!(read(reply(5, None, entry)).trimmed, "Redis 6 does not say: assume trimmed");
@@ -1163,7 +1238,7 @@ mod tests {
         .into_iter()
         .flat_map(|(k, v)| [bulk(k), bulk(v)])
         .collect();
-        let event = StoredEvent::from_fields(&"reports".into(), Position(5, 1), &fields).unwrap();
+        let event = StoredEvent::from_fields(&"reports".into(), Position::entry(5, 1), &fields).unwrap();
         assert_eq!(event.name, "progress");
         let task = event.task().unwrap();
         assert_eq!(task.progress, Some(40));
@@ -1185,7 +1260,7 @@ mod tests {
                 .into_iter()
                 .flat_map(|(k, v)| [bulk(k), bulk(v)])
                 .collect();
-        let event = StoredEvent::from_fields(&"reports".into(), Position(5, 2), &fields).unwrap();
+        let event = StoredEvent::from_fields(&"reports".into(), Position::entry(5, 2), &fields).unwrap();
         assert_eq!(event.name, "queue");
         assert_eq!(
             event.event,
@@ -1203,7 +1278,7 @@ mod tests {
             .into_iter()
             .flat_map(|(k, v)| [bulk(k), bulk(v)])
             .collect();
-        let event = StoredEvent::from_fields(&KINDS_CHANNEL.into(), Position(5, 3), &fields).unwrap();
+        let event = StoredEvent::from_fields(&KINDS_CHANNEL.into(), Position::entry(5, 3), &fields).unwrap();
         assert_eq!(event.name, "kind");
         assert_eq!(
             event.event,
@@ -1241,7 +1316,7 @@ mod tests {
             assert_eq!(key, b"events");
             let read = entries_of(&channel, entries);
             let positions: Vec<Position> = read.iter().map(|(position, _)| *position).collect();
-            assert_eq!(positions, [Position(1, 0), Position(2, 0), Position(3, 0)]);
+            assert_eq!(positions, [Position::entry(1, 0), Position::entry(2, 0), Position::entry(3, 0)]);
             let valid: Vec<bool> = read.iter().map(|(_, e)| e.is_some()).collect();
             assert_eq!(valid, [true, false, true]);
             let event = read[2].1.as_ref().unwrap();

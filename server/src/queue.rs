@@ -129,11 +129,18 @@ const GROUPS: &str = include_str!("queue/group.lua");
 const ENDS: &str = include_str!("queue/ends.lua");
 const LEASES: &str = include_str!("queue/lease.lua");
 
-/// A script with the helpers it uses in front of it.
+/// A script with the helpers it uses in front of it. A script that may write task events
+/// (`events.lua`) runs as a function, whatever it returns, and then appends them.
 fn script(helpers: &[&str], body: &str) -> Script {
     let mut source = helpers.join("\n");
     source.push('\n');
-    source.push_str(body);
+    if helpers.contains(&EVENTS) {
+        source.push_str("local function run()\n");
+        source.push_str(body);
+        source.push_str("\nend\nlocal reply = run()\nflush_events()\nreturn reply\n");
+    } else {
+        source.push_str(body);
+    }
     Script::new(&source)
 }
 

@@ -24,36 +24,96 @@ pub fn is_channel(name: &str) -> bool {
     app::model::is_queue_name(name) || name == KINDS_CHANNEL || name == WORKFLOWS_CHANNEL
 }
 
-/// A stream id as a comparable pair (milliseconds, sequence).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Position(pub(super) u64, pub(super) u64);
+/// A place in one stream: an entry's id (milliseconds, sequence) and how far into the entry.
+/// One script call writes the events of all the tasks it changed as one entry (events.lua), so
+/// an event's place is its entry and its index there; the last event of an entry (and an entry
+/// as a whole) is at [`Position::WHOLE`], so that most places are written as the plain entry id
+/// `<ms>-<seq>`, and an event before the last of its entry as `<ms>-<seq>.<index>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position(pub(super) u64, pub(super) u64, pub(super) u32);
+
+impl Default for Position {
+    fn default() -> Position {
+        Position::ZERO
+    }
+}
 
 impl Position {
+    /// The index that stands for an entry's last event, and for the entry as a whole.
+    pub const WHOLE: u32 = u32::MAX;
     /// The position before every event.
-    pub const ZERO: Position = Position(0, 0);
+    pub const ZERO: Position = Position::entry(0, 0);
 
-    /// Parses an id as Redis writes it, `<ms>-<seq>` in decimal digits; `None` for anything else.
-    pub fn parse(id: &str) -> Option<Position> {
-        let number = |digits: &str| {
-            let plain = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-            if plain { digits.parse().ok() } else { None }
-        };
-        let (ms, seq) = id.split_once('-')?;
-        Some(Position(number(ms)?, number(seq)?))
+    /// Entry `<ms>-<seq>` as a whole (or its last event).
+    pub const fn entry(ms: u64, seq: u64) -> Position {
+        Position(ms, seq, Position::WHOLE)
     }
 
-    /// The first id after this one; `None` after the last id a stream can hold.
-    pub fn next(self) -> Option<Position> {
+    /// Event `index` of this position's entry.
+    pub fn event(self, index: u32) -> Position {
+        Position(self.0, self.1, index)
+    }
+
+    /// Parses an entry id as Redis writes it, `<ms>-<seq>` in decimal digits; `None` for
+    /// anything else.
+    pub fn parse(id: &str) -> Option<Position> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Position::entry(digits(ms)?, digits(seq)?))
+    }
+
+    /// Parses a place as [`Position`]'s `Display` writes it: an entry id, or an entry id, a dot
+    /// and the index of an event before the entry's last.
+    pub fn parse_place(text: &str) -> Option<Position> {
+        match text.split_once('.') {
+            None => Position::parse(text),
+            Some((id, index)) => {
+                let index = digits(index)?.try_into().ok().filter(|&index| index != Position::WHOLE)?;
+                Some(Position::parse(id)?.event(index))
+            }
+        }
+    }
+
+    /// Whether this is an entry as a whole (or its last event).
+    pub fn is_whole(self) -> bool {
+        self.2 == Position::WHOLE
+    }
+
+    /// The entry this place is in, as a whole.
+    pub fn whole(self) -> Position {
+        Position::entry(self.0, self.1)
+    }
+
+    /// The entry id, as Redis reads it.
+    pub fn id(self) -> String {
+        format!("{}-{}", self.0, self.1)
+    }
+
+    /// The first entry that may hold an event after this place: its own entry when events of it
+    /// follow, else the next id; `None` after the last id a stream can hold.
+    pub fn read_from(self) -> Option<Position> {
+        if !self.is_whole() {
+            return Some(self.whole());
+        }
         match self.1.checked_add(1) {
-            Some(seq) => Some(Position(self.0, seq)),
-            None => Some(Position(self.0.checked_add(1)?, 0)),
+            Some(seq) => Some(Position::entry(self.0, seq)),
+            None => Some(Position::entry(self.0.checked_add(1)?, 0)),
         }
     }
 }
 
+/// A number in plain decimal digits.
+fn digits(text: &str) -> Option<u64> {
+    let plain = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if plain { text.parse().ok() } else { None }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
+        write!(f, "{}-{}", self.0, self.1)?;
+        if !self.is_whole() {
+            write!(f, ".{}", self.2)?;
+        }
+        Ok(())
     }
 }
 
@@ -131,9 +191,9 @@ impl Cursor {
                 Some((channel, position)) => (Some(channel), position),
                 None => (None, part),
             };
-            let position = Position::parse(position)
+            let position = Position::parse_place(position)
                 .ok_or_else(|| format!("`{part}` is not `<stream>=<milliseconds>-<sequence>`"))?;
-            if position.next().is_none() {
+            if position.read_from().is_none() {
                 return Err(format!("`{part}` is the last id there can be: no event can follow it"));
             }
             match channel {
@@ -193,8 +253,8 @@ mod tests {
     fn stream_positions_compare_numerically() {
         assert!(Position::parse("10-0") > Position::parse("9-5"));
         assert!(Position::parse("10-10") > Position::parse("10-9"));
-        assert_eq!(Position::parse("12-3"), Some(Position(12, 3)));
-        assert_eq!(Position(12, 3).to_string(), "12-3");
+        assert_eq!(Position::parse("12-3"), Some(Position::entry(12, 3)));
+        assert_eq!(Position::entry(12, 3).to_string(), "12-3");
     }
 
     #[test]
@@ -206,40 +266,63 @@ mod tests {
         }
         assert_eq!(
             Position::parse("18446744073709551615-18446744073709551615"),
-            Some(Position(u64::MAX, u64::MAX))
+            Some(Position::entry(u64::MAX, u64::MAX))
         );
     }
 
     #[test]
     fn the_last_possible_id_has_no_successor() {
-        assert_eq!(Position(7, 1).next(), Some(Position(7, 2)));
-        assert_eq!(Position(7, u64::MAX).next(), Some(Position(8, 0)));
-        assert_eq!(Position(u64::MAX, u64::MAX).next(), None);
+        assert_eq!(Position::entry(7, 1).read_from(), Some(Position::entry(7, 2)));
+        assert_eq!(Position::entry(7, u64::MAX).read_from(), Some(Position::entry(8, 0)));
+        assert_eq!(Position::entry(u64::MAX, u64::MAX).read_from(), None);
+        // Within an entry, what follows is the rest of that entry.
+        assert_eq!(Position::entry(u64::MAX, u64::MAX).event(3).read_from(), Some(Position::entry(u64::MAX, u64::MAX)));
+    }
+
+    #[test]
+    fn an_event_before_the_last_of_its_entry_is_placed_by_its_index() {
+        let entry = Position::entry(12, 3);
+        let (first, second) = (entry.event(0), entry.event(1));
+        assert!(first < second && second < entry && entry < Position::entry(12, 4));
+        assert!(Position::entry(12, 2) < first);
+        assert_eq!((first.to_string(), entry.to_string()), ("12-3.0".to_string(), "12-3".to_string()));
+        assert_eq!(second.id(), "12-3", "Redis is given the entry's id");
+        for text in ["12-3.1", "12-3", "0-0.0"] {
+            assert_eq!(Position::parse_place(text).unwrap().to_string(), text);
+        }
+        // The last event's index is the entry itself: it is never written as an index.
+        for text in ["12-3.", "12-3.x", "12-3.-1", "12-3.4294967295", "12-3.4294967296", "12-3.1.1", ".1"] {
+            assert_eq!(Position::parse_place(text), None, "{text:?}");
+        }
+        assert_eq!(Position::parse("12-3.1"), None, "an entry id is never an event's place");
+        let cursor = Cursor::parse("default=12-3.1").unwrap();
+        assert_eq!(cursor.get("default"), second);
+        assert_eq!(cursor.to_string(), "default=12-3.1");
     }
 
     #[test]
     fn a_cursor_names_each_stream_it_moved_in_and_reads_back_the_same() {
         let mut cursor = Cursor::default();
         assert_eq!(cursor.to_string(), "0-0");
-        cursor.set(&channel("reports"), Position(17, 2));
-        cursor.set(&channel("default"), Position(15, 0));
-        cursor.set(&channel(WORKFLOWS_CHANNEL), Position(16, 1));
+        cursor.set(&channel("reports"), Position::entry(17, 2));
+        cursor.set(&channel("default"), Position::entry(15, 0));
+        cursor.set(&channel(WORKFLOWS_CHANNEL), Position::entry(16, 1));
         cursor.set(&channel("idle"), Position::ZERO);
         let text = cursor.to_string();
         assert_eq!(text, "_workflows=16-1,default=15-0,reports=17-2");
         let read = Cursor::parse(&text).unwrap();
         assert_eq!(read.to_string(), text);
-        assert_eq!(read.get("reports"), Position(17, 2));
+        assert_eq!(read.get("reports"), Position::entry(17, 2));
         assert_eq!(read.get("idle"), Position::ZERO, "a stream it does not name is at its beginning");
     }
 
     #[test]
     fn an_id_from_one_stream_for_everything_places_every_stream_at_its_time() {
         let old = Cursor::parse("1764561234567-3").unwrap();
-        assert_eq!(old.get("default"), Position(1_764_561_234_567, 3));
-        assert_eq!(old.get("reports"), Position(1_764_561_234_567, 3));
+        assert_eq!(old.get("default"), Position::entry(1_764_561_234_567, 3));
+        assert_eq!(old.get("reports"), Position::entry(1_764_561_234_567, 3));
         let mut moved = old.clone();
-        moved.set(&channel("reports"), Position(1_764_561_234_600, 0));
+        moved.set(&channel("reports"), Position::entry(1_764_561_234_600, 0));
         assert_eq!(moved.to_string(), "1764561234567-3,reports=1764561234600-0");
         assert_eq!(Cursor::parse(&moved.to_string()).unwrap(), moved);
     }
@@ -267,15 +350,15 @@ mod tests {
     #[test]
     fn a_cursor_covers_another_at_or_before_it_in_every_stream() {
         let mut seen = Cursor::default();
-        seen.set(&channel("a"), Position(10, 0));
-        seen.set(&channel("b"), Position(5, 0));
+        seen.set(&channel("a"), Position::entry(10, 0));
+        seen.set(&channel("b"), Position::entry(5, 0));
         let mut asked = Cursor::default();
-        asked.advance(&channel("a"), Position(9, 0));
+        asked.advance(&channel("a"), Position::entry(9, 0));
         assert!(seen.covers(&asked));
-        asked.advance(&channel("b"), Position(6, 0));
+        asked.advance(&channel("b"), Position::entry(6, 0));
         assert!(!seen.covers(&asked));
-        asked.advance(&channel("b"), Position(4, 0));
-        assert_eq!(asked.get("b"), Position(6, 0), "advance never goes back");
-        assert!(!seen.covers(&Cursor::from(Position(1, 0))), "a base covers the streams it names not");
+        asked.advance(&channel("b"), Position::entry(4, 0));
+        assert_eq!(asked.get("b"), Position::entry(6, 0), "advance never goes back");
+        assert!(!seen.covers(&Cursor::from(Position::entry(1, 0))), "a base covers the streams it names not");
     }
 }

@@ -5,19 +5,52 @@
 -- The events after which a workflow whose step the task is moves on: its ends.
 local WORKFLOW_MOVES = {succeeded = true, failed = true, cancelled = true}
 
--- Appends event `name` (the new status, or `progress`) of task `id` to the capped stream `events`
--- (its queue's). The entry is one field, `t`, whose parts are separated by the unit separator in
--- the order of `events::TASK_EVENT_PARTS`: name, task, kind, status, attempt, progress, time,
--- workflow and error (last, so it may hold anything). One field rather than nine costs Redis less
--- to append and to read back (docs/benchmark-notes.md). The workflow (the task's, where it is a
--- step; the servers' workflow loops follow it) is given only to the ends of a workflow's task and
--- to `requeued` (a dead one queued again): the caller's `workflow` when it read the record's
--- (`''` for none), else read here.
+-- The events this script call wrote, per stream: `flush_events` appends them at its end, as few
+-- entries as it can (one `XADD` for many tasks costs Redis a fraction of one per task:
+-- docs/benchmark-notes.md). `events::TASK_EVENT_PARTS` reads them back.
+local written_events, written_streams = {}, {}
+-- The most events one entry holds: what a stream's trimming counts in entries stays near its
+-- count in events, whatever the mix of sizes.
+local EVENTS_PER_ENTRY = 32
+
+-- Writes event `name` (the new status, or `progress`) of task `id` to the capped stream `events`
+-- (its queue's), capped near `maxlen` events. An event is a field `t` whose value is its parts
+-- separated by the unit separator, in the order of `events::TASK_EVENT_PARTS`: name, task,
+-- kind, status, attempt, progress, time, workflow and error (last, so it may hold anything). An
+-- entry holds the events of one script call, in the order they happened. The workflow (the
+-- task's, where it is a step; the servers' workflow loops follow it) is given only to the ends
+-- of a workflow's task and to `requeued` (a dead one queued again): the caller's `workflow` when
+-- it read the record's (`''` for none), else read here.
 local function emit_event(events, maxlen, base, name, id, kind, status, attempt, progress, err, at,
     requeued, workflow)
   workflow = (WORKFLOW_MOVES[name] or requeued)
     and (workflow or redis.call('HGET', base .. ':task:' .. id, 'wf'))
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 't', name .. '\31' .. id .. '\31'
-    .. (kind or '') .. '\31' .. status .. '\31' .. (attempt or '0') .. '\31' .. (progress or '')
-    .. '\31' .. at .. '\31' .. (workflow or '') .. '\31' .. (err or ''))
+  local fields = written_events[events]
+  if not fields then
+    fields = {}
+    written_events[events] = fields
+    written_streams[#written_streams + 1] = {events, tonumber(maxlen)}
+  end
+  fields[#fields + 1] = 't'
+  fields[#fields + 1] = name .. '\31' .. id .. '\31' .. (kind or '') .. '\31' .. status .. '\31'
+    .. (attempt or '0') .. '\31' .. (progress or '') .. '\31' .. at .. '\31' .. (workflow or '')
+    .. '\31' .. (err or '')
+end
+
+-- Appends the events this script call wrote (the scripts that write events end with it: see
+-- `script` in queue.rs). Each stream's events are split evenly over as few entries as hold them,
+-- and each append trims the stream to about `maxlen` events' worth of entries that size.
+local function flush_events()
+  for _, stream in ipairs(written_streams) do
+    local key, maxlen = stream[1], stream[2]
+    local fields = written_events[key]
+    local count = #fields / 2
+    local entries = math.ceil(count / EVENTS_PER_ENTRY)
+    local per_entry = math.ceil(count / entries)
+    for first = 1, count, per_entry do
+      local last = math.min(first + per_entry - 1, count)
+      redis.call('XADD', key, 'MAXLEN', '~', math.ceil(maxlen / (last - first + 1)), '*',
+        unpack(fields, 2 * first - 1, 2 * last))
+    end
+  end
 end

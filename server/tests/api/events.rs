@@ -1,7 +1,7 @@
 //! The event stream's edges: a `Last-Event-ID` Redis would refuse, a resume from events that are
 //! no longer kept, catch-ups that must end, and the cap on open streams.
 
-use crate::support::{TestApp, assert_problem, spawn_app, spawn_app_with};
+use crate::support::{TestApp, assert_problem, in_test_queue, spawn_app, spawn_app_with};
 use serde_json::json;
 use std::time::Duration;
 
@@ -123,6 +123,39 @@ async fn a_last_event_id_of_zero_or_of_a_real_event_still_resumes() {
 }
 
 #[tokio::test]
+async fn a_batch_writes_its_events_in_one_entry_and_a_reader_resumes_between_them() {
+    let app = spawn_app_with(|config| config.concurrency = 0).await;
+    let mut live = app.sse("/api/v1/events", None).await;
+    let tasks: Vec<_> = (0..3).map(|n| in_test_queue(json!({"kind": "echo", "payload": n}))).collect();
+    let response =
+        app.http.post(app.url("/api/v1/tasks/batch")).json(&json!({"tasks": tasks})).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.push(live.next_within(Duration::from_secs(10)).await.expect("each task's queued event"));
+    }
+    let mut redis = app.redis().await;
+    let entries: u64 = redis::cmd("XLEN").arg(app.key("events")).query_async(&mut redis).await.unwrap();
+    assert_eq!(entries, 1, "one script call, one entry");
+    // Each id places its event in that entry: the first two by their index, the last as the
+    // entry itself.
+    let ids: Vec<&str> = seen.iter().map(|e| e.id.as_str()).collect();
+    let entry = ids[2].rsplit('=').next().unwrap();
+    assert!(ids[0].ends_with(&format!("{entry}.0")) && ids[1].ends_with(&format!("{entry}.1")), "{ids:?}");
+
+    for (from, expected) in [(0, &seen[1..]), (1, &seen[2..])] {
+        let mut resumed = app.sse("/api/v1/events", Some(ids[from])).await;
+        for event in expected {
+            let next = resumed.next_within(Duration::from_secs(10)).await.expect("the rest of the entry");
+            assert_eq!((&next.id, &next.data), (&event.id, &event.data));
+        }
+        assert!(resumed.next_within(Duration::from_secs(1)).await.is_none(), "and nothing twice");
+    }
+    let mut resumed = app.sse("/api/v1/events", Some(ids[2])).await;
+    assert!(resumed.next_within(Duration::from_secs(1)).await.is_none(), "nothing after the last");
+}
+
+#[tokio::test]
 async fn resuming_from_a_trimmed_event_gets_a_reset_then_live_events() {
     let app = spawn_app_with(|config| (config.events_max, config.concurrency) = (100, 0)).await;
     let (first_id, _) = trim_the_first_event(&app).await;
@@ -240,7 +273,8 @@ async fn a_reader_resumes_exactly_where_it_was_in_every_queues_stream() {
     let place_of = |event: &crate::support::SseEvent| -> (u64, u64) {
         let queue = event.data["queue"].as_str().unwrap();
         let at = event.id.split(',').find_map(|p| p.strip_prefix(&format!("{queue}="))).unwrap();
-        let (ms, seq) = at.split_once('-').unwrap();
+        let entry = at.split('.').next().unwrap();
+        let (ms, seq) = entry.split_once('-').unwrap();
         (ms.parse().unwrap(), seq.parse().unwrap())
     };
     let time = place_of(&seen[3]).0;
