@@ -278,7 +278,8 @@ fn events_of_entry(
     fields: &[Value],
     events: &mut Vec<(Position, Option<StoredEvent>)>,
 ) {
-    let is_task_event = matches!(fields.first(), Some(Value::BulkString(field)) if field.as_slice() == TASK_EVENT_FIELD);
+    let is_task_event =
+        matches!(fields.first(), Some(Value::BulkString(field)) if field.as_slice() == TASK_EVENT_FIELD);
     if !is_task_event {
         events.push((entry, StoredEvent::from_fields(channel, entry, fields)));
         return;
@@ -1131,7 +1132,11 @@ mod tests {
 
     #[test]
     fn an_entry_of_a_scripts_events_places_each_at_its_index_and_the_last_at_the_entry() {
-        let task = |n: u8| format!("queued\u{1f}01890a5d-ac96-774b-bcce-b302099a805{n}\u{1f}echo\u{1f}queued\u{1f}0\u{1f}\u{1f}5\u{1f}\u{1f}");
+        let task = |n: u8| {
+            format!(
+                "queued\u{1f}01890a5d-ac96-774b-bcce-b302099a805{n}\u{1f}echo\u{1f}queued\u{1f}0\u{1f}\u{1f}5\u{1f}\u{1f}"
+            )
+        };
         let fields = [bulk("t"), bulk(&task(1)), bulk("t"), bulk("broken"), bulk("t"), bulk(&task(3))];
         let mut events = Vec::new();
         let entry = Position::entry(9, 2);
@@ -1154,7 +1159,8 @@ mod tests {
 
     #[test]
     fn a_place_inside_the_oldest_kept_entry_lost_nothing() {
-        let trimmed = Bounds { first: Some(Position::entry(10, 0)), last: Position::entry(20, 0), trimmed: true };
+        let trimmed =
+            Bounds { first: Some(Position::entry(10, 0)), last: Position::entry(20, 0), trimmed: true };
         assert_eq!(trimmed.gap_after(Position::entry(10, 0).event(2)), None);
         assert_eq!(trimmed.gap_after(Position::entry(9, 5).event(0)), Some(ResetReason::TooOld));
         assert_eq!(trimmed.gap_after(Position::entry(20, 0).event(0)), None);
@@ -1179,7 +1185,8 @@ mod tests {
 
     #[test]
     fn a_place_before_the_oldest_kept_entry_of_a_trimmed_stream_is_too_old() {
-        let trimmed = Bounds { first: Some(Position::entry(10, 0)), last: Position::entry(20, 0), trimmed: true };
+        let trimmed =
+            Bounds { first: Some(Position::entry(10, 0)), last: Position::entry(20, 0), trimmed: true };
         assert_eq!(trimmed.gap_after(Position::entry(9, 5)), Some(ResetReason::TooOld));
         assert_eq!(trimmed.gap_after(Position::ZERO), Some(ResetReason::TooOld));
         assert_eq!(trimmed.gap_after(Position::entry(10, 0)), None);

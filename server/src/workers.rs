@@ -26,6 +26,7 @@ use std::{
     },
     time::Duration,
 };
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
@@ -44,7 +45,19 @@ pub struct Workers {
     keys: Arc<WorkerKeys>,
     /// How long an entry outlives the last time its worker was seen: two lease periods.
     ttl: Duration,
+    /// Where the ends of pulled leases wait to be written together (started on first use).
+    pulled_ends: Arc<std::sync::OnceLock<mpsc::UnboundedSender<PulledEnd>>>,
 }
+
+/// A pulling worker ended its lease on a task: the registry is to forget that it runs it.
+struct PulledEnd {
+    worker: String,
+    task: Uuid,
+    written: oneshot::Sender<redis::RedisResult<()>>,
+}
+
+/// The most ends of pulled leases written in one round trip.
+const PULLED_ENDS_BATCH: usize = 256;
 
 /// The Redis keys of the worker registry, all tagged `{_workers}` (`layout.rs`).
 #[derive(Clone, Debug)]
@@ -153,6 +166,7 @@ impl Workers {
             conn,
             keys: Arc::new(WorkerKeys::new(prefix)),
             ttl: lease.saturating_mul(2).max(Duration::from_secs(1)),
+            pulled_ends: Default::default(),
         }
     }
 
@@ -263,15 +277,56 @@ impl Workers {
         pipe.query_async(&mut self.conn.clone()).await
     }
 
-    /// Pulling worker `id` was seen: it ended its lease on `ended`, or renewed one.
-    pub async fn pulled_ended_or_running(&self, id: &str, ended: Option<&Uuid>) -> redis::RedisResult<()> {
-        let key = self.keys.worker(id);
+    /// Pulling worker `id` was seen: it renewed a lease.
+    pub async fn pulled_running(&self, id: &str) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
-        if let Some(task) = ended {
-            pipe.cmd("HDEL").arg(&key).arg(format!("t:{task}")).ignore();
-        }
-        self.renew_in(&mut pipe, id, &key);
+        self.renew_in(&mut pipe, id, &self.keys.worker(id));
         pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    /// Pulling worker `id` ended its lease on `task`. The ends that arrive together are written
+    /// in one round trip (a group commit, as the ends themselves are: `Queue::end_pulled`), each
+    /// worker seen once however many of its leases ended.
+    pub async fn pulled_ended(&self, id: &str, task: Uuid) -> redis::RedisResult<()> {
+        let stopped = || redis::RedisError::from((redis::ErrorKind::Io, "the registry's writer stopped"));
+        let ends = self.pulled_ends.get_or_init(|| {
+            let (ends, arrived) = mpsc::unbounded_channel();
+            tokio::spawn(self.clone().write_pulled_ends(arrived));
+            ends
+        });
+        let (written, answer) = oneshot::channel();
+        ends.send(PulledEnd { worker: id.to_string(), task, written }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Writes the ends of pulled leases waiting, together: those that arrive during a write go
+    /// in the next. Runs as long as the runtime (the registry it serves holds its sender).
+    async fn write_pulled_ends(self, mut arrived: mpsc::UnboundedReceiver<PulledEnd>) {
+        while let Some(first) = arrived.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < PULLED_ENDS_BATCH {
+                match arrived.try_recv() {
+                    Ok(end) => batch.push(end),
+                    Err(_) => break,
+                }
+            }
+            let mut tasks_by_worker: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for end in &batch {
+                tasks_by_worker.entry(&end.worker).or_default().push(format!("t:{}", end.task));
+            }
+            let mut pipe = redis::pipe();
+            for (worker, tasks) in &tasks_by_worker {
+                let key = self.keys.worker(worker);
+                pipe.cmd("HDEL").arg(&key).arg(tasks).ignore();
+                self.renew_in(&mut pipe, worker, &key);
+            }
+            let written: redis::RedisResult<()> = pipe.query_async(&mut self.conn.clone()).await;
+            drop(tasks_by_worker);
+            for end in batch {
+                // The caller may have gone meanwhile (its request was dropped): nothing to tell.
+                let _ = end.written.send(written.clone());
+            }
+        }
     }
 
     /// Adds to `pipe` what marks worker `id` (entry `key`) as seen now.

@@ -276,7 +276,10 @@ mod tests {
         assert_eq!(Position::entry(7, u64::MAX).read_from(), Some(Position::entry(8, 0)));
         assert_eq!(Position::entry(u64::MAX, u64::MAX).read_from(), None);
         // Within an entry, what follows is the rest of that entry.
-        assert_eq!(Position::entry(u64::MAX, u64::MAX).event(3).read_from(), Some(Position::entry(u64::MAX, u64::MAX)));
+        assert_eq!(
+            Position::entry(u64::MAX, u64::MAX).event(3).read_from(),
+            Some(Position::entry(u64::MAX, u64::MAX))
+        );
     }
 
     #[test]

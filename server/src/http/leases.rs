@@ -403,9 +403,7 @@ pub async fn release(
 /// Renews, in the worker registry, the worker that holds `token`.
 async fn seen_holding(state: &AppState, queue: &Queue, token: &PullToken) -> redis::RedisResult<()> {
     match queue.pulled_state(token).await? {
-        Some(held) if !held.worker.is_empty() => {
-            state.workers.pulled_ended_or_running(&held.worker, None).await
-        }
+        Some(held) if !held.worker.is_empty() => state.workers.pulled_running(&held.worker).await,
         _ => Ok(()),
     }
 }
@@ -413,7 +411,7 @@ async fn seen_holding(state: &AppState, queue: &Queue, token: &PullToken) -> red
 /// Takes the task of `token` off the running tasks of `worker` in the registry.
 async fn ended_in_registry(state: &AppState, worker: Option<&str>, token: &PullToken) {
     let Some(worker) = worker.filter(|w| !w.is_empty()) else { return };
-    if let Err(e) = state.workers.pulled_ended_or_running(worker, Some(&token.task_id)).await {
+    if let Err(e) = state.workers.pulled_ended(worker, token.task_id).await {
         tracing::warn!(error = %e, "updating a pulling worker in the registry failed");
     }
 }
@@ -429,19 +427,23 @@ async fn end(
 ) -> Result<StatusCode, ApiError> {
     let state = queue.pulled_state(token).await?.ok_or_else(lost)?;
     let worker = state.worker.clone();
-    ended_in_registry(app, Some(&worker), token).await;
-    if state.cancel_requested {
-        if queue.end_pulled(token, state, Outcome::Cancelled).await? {
-            crate::metrics::attempt_ended(queue.name(), &token.kind, &Outcome::Cancelled);
-        }
+    let cancelled = state.cancel_requested;
+    let ending = if cancelled { Outcome::Cancelled } else { outcome };
+    // The registry forgets the task while the attempt ends: two writes, one wait.
+    let (_, applied) = tokio::join!(
+        ended_in_registry(app, Some(&worker), token),
+        queue.end_pulled(token, state, ending.clone())
+    );
+    let applied = applied?;
+    if applied {
+        crate::metrics::attempt_ended(queue.name(), &token.kind, &ending);
+    }
+    if cancelled {
         return Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
             .detail("the task was cancelled while it ran; it ended cancelled"));
     }
-    match queue.end_pulled(token, state, outcome.clone()).await? {
-        true => {
-            crate::metrics::attempt_ended(queue.name(), &token.kind, &outcome);
-            Ok(StatusCode::NO_CONTENT)
-        }
+    match applied {
+        true => Ok(StatusCode::NO_CONTENT),
         false => Err(lost()),
     }
 }
