@@ -217,7 +217,7 @@ pub struct Tasks {
     queues: Queues,
     registry: Registry,
     default_max_attempts: u32,
-    depth_cache: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
+    depth_cache: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
 
 impl Payload {
@@ -687,17 +687,19 @@ impl Tasks {
     }
 
     /// How many tasks wait to run in every queue, read at most every quarter second: it only
-    /// feeds estimates.
+    /// feeds estimates. One caller reads it while the others wait for its answer (every
+    /// submission asks, and a busy server's would all read it at once when it goes stale).
     pub async fn depth_cached(&self) -> redis::RedisResult<u64> {
         const FRESH: std::time::Duration = std::time::Duration::from_millis(250);
-        if let Some((at, depth)) = *self.depth_cache.lock().expect("never poisoned")
+        let mut cache = self.depth_cache.lock().await;
+        if let Some((at, depth)) = *cache
             && at.elapsed() < FRESH
         {
             return Ok(depth);
         }
         let queues = self.queues.all().await?;
         let depth = futures::future::try_join_all(queues.iter().map(Queue::depth)).await?.into_iter().sum();
-        *self.depth_cache.lock().expect("never poisoned") = Some((std::time::Instant::now(), depth));
+        *cache = Some((std::time::Instant::now(), depth));
         Ok(depth)
     }
 }

@@ -192,7 +192,7 @@ impl Cursor {
                 None => (None, part),
             };
             let position = Position::parse_place(position)
-                .ok_or_else(|| format!("`{part}` is not `<stream>=<milliseconds>-<sequence>`"))?;
+                .ok_or_else(|| format!("`{part}` is not `<stream>=<milliseconds>-<sequence>[.<index>]`"))?;
             if position.read_from().is_none() {
                 return Err(format!("`{part}` is the last id there can be: no event can follow it"));
             }

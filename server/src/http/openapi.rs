@@ -247,7 +247,7 @@ impl PartialSchema for ServerSentEvent {
                  status, `progress`, `queue`, `kind`, `workflow` or `reset`, `data:` JSON: a `TaskEvent`, \
                  `QueueEvent`, `KindEvent`, `WorkflowEvent` or `StreamReset`",
             ))
-            .property("id", string("The event's place in the stream: `<ms>-<seq>`"))
+            .property("id", string("The reader's place in the event streams: `<stream>=<ms>-<seq>` for each, comma-separated, with `.<index>` for an event before the last of its entry"))
             .property("event", string("A task status, `progress`, `queue`, `kind`, `workflow` or `reset`"))
             .property("data", string("The event, as JSON").content_media_type("application/json"))
             .required("data")

@@ -32,10 +32,10 @@ pub struct EventsQuery {
     operation_id = "stream_events",
     tag = "events",
     summary = "Server-sent events of every task (of the token's queues)",
-    description = "`id:` the reader's place in the event streams (one per queue, and one each for kinds and workflows): `<stream>=<ms>-<seq>` for each, comma-separated (`default=1764561234567-0,reports=1764561234570-3`), `event:` a status, `progress`, `queue`, `kind`, `workflow` or `reset`, `data:` JSON (`TaskEvent`, `QueueEvent`, `KindEvent`, `WorkflowEvent`, `StreamReset`). Never ends by itself.",
+    description = "`id:` the reader's place in the event streams (one per queue, and one each for kinds and workflows): `<stream>=<ms>-<seq>` for each, comma-separated (`default=1764561234567-0,reports=1764561234570-3`), with `.<index>` after it for an event before the last of the entry it was written in (`default=1764561234567-0.2`), `event:` a status, `progress`, `queue`, `kind`, `workflow` or `reset`, `data:` JSON (`TaskEvent`, `QueueEvent`, `KindEvent`, `WorkflowEvent`, `StreamReset`). Never ends by itself.",
     params(
         ("task" = Option<Uuid>, Query, description = "Only this task's events"),
-        ("Last-Event-ID" = Option<String>, Header, pattern = "^(([0-9]{1,19}-[0-9]{1,19}|(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19})(,(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19})*)?$", description = "Resume after this place (an `id:` the stream sent; empty: from now)"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^(([0-9]{1,19}-[0-9]{1,19}(\\.[0-9]{1,9})?|(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19}(\\.[0-9]{1,9})?)(,(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19}(\\.[0-9]{1,9})?)*)?$", description = "Resume after this place (an `id:` the stream sent; empty: from now)"),
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = ServerSentEvent),
@@ -71,7 +71,7 @@ pub async fn all_events(
     summary = "Server-sent events of one task, until it ends",
     params(
         ("id" = Uuid, Path, description = "The task's id"),
-        ("Last-Event-ID" = Option<String>, Header, pattern = "^(([0-9]{1,19}-[0-9]{1,19}|(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19})(,(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19})*)?$", description = "Resume after this place (an `id:` the stream sent; empty: from now)"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^(([0-9]{1,19}-[0-9]{1,19}(\\.[0-9]{1,9})?|(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19}(\\.[0-9]{1,9})?)(,(_kinds|_workflows|[a-z0-9][a-z0-9._-]{0,63})=[0-9]{1,19}-[0-9]{1,19}(\\.[0-9]{1,9})?)*)?$", description = "Resume after this place (an `id:` the stream sent; empty: from now)"),
     ),
     responses(
         (status = 200, description = "The task's current state, then its events; closes after the terminal one", content_type = "text/event-stream", body = ServerSentEvent),
