@@ -17,10 +17,11 @@ use app::model::{
     KIND_EVENT, KindEvent, QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent,
     workflow::{WORKFLOW_EVENT, WorkflowEvent},
 };
+use futures::Stream;
 use redis::{Value, streams::StreamRangeReply};
 use std::{
     borrow::Cow,
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     future::Future,
     sync::{
         Arc,
@@ -28,7 +29,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -894,157 +895,199 @@ impl Events {
         self.streams.clone().try_acquire_owned().ok().map(|permit| Admission { _permit: permit })
     }
 
-    /// Streams events as `follow` asks, until the receiver is dropped or the process stops;
-    /// `admission` is held until then.
-    pub fn follow(&self, admission: Admission, follow: Follow) -> mpsc::Receiver<Delivery> {
-        let (tx, rx) = mpsc::channel(16);
+    /// The events `follow` asks for, as a stream that ends when the process stops (or, for a
+    /// follower `until_terminal`, after its task's end); `admission` is held until it is
+    /// dropped. The stream does its work when it is polled, in its client's connection: a
+    /// follower costs no task and no queue of its own, and holds no event its client has not
+    /// taken yet but those of one catch-up read.
+    pub fn follow(
+        &self,
+        admission: Admission,
+        follow: Follow,
+    ) -> impl Stream<Item = Delivery> + Send + use<> {
         // Subscribe before reading history, so nothing falls between the two.
         let live = self.fanout.subscribe();
-        let pump = self.clone().pump(follow, live, tx, admission);
-        tracing::trace!(future_bytes = std::mem::size_of_val(&pump), "following events");
-        tokio::spawn(pump);
-        rx
-    }
-
-    async fn pump(
-        self,
-        follow: Follow,
-        mut live: broadcast::Receiver<Arc<StoredEvent>>,
-        tx: mpsc::Sender<Delivery>,
-        _admission: Admission,
-    ) {
         // A new follower starts where the tail is: what it read is history, what it reads next
         // reaches the follower live.
         let mut sent = follow.after.clone().unwrap_or_else(|| self.cursor());
         sent.retain(|channel| follow.reads(channel));
-        let mut resume = follow.after.is_some();
-        let mut recheck = follow.allowed.as_ref().map(|_| {
+        let recheck = follow.allowed.as_ref().map(|_| {
             let mut interval = tokio::time::interval(RECHECK_EVERY);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval
         });
-        if let Some(first) = follow.first.clone() {
+        let mut follower = Follower {
+            events: self.clone(),
+            catching_up: None,
+            resume: follow.after.is_some(),
+            follow,
+            live,
+            sent,
+            recheck,
+            ready: VecDeque::new(),
+            done: false,
+            _admission: admission,
+        };
+        if let Some(first) = follower.follow.first.take() {
             // What happened between the snapshot and the subscription is read from Redis.
-            sent.set(&first.channel, first.position);
-            resume = true;
-            if self.deliver(&follow, &tx, Arc::new(first), &sent).await.is_none() {
-                return;
-            }
+            follower.sent.set(&first.channel, first.position);
+            follower.resume = true;
+            follower.deliver(Arc::new(first));
         }
-        loop {
-            // Catch up from Redis: after a Last-Event-ID, a snapshot, or falling behind. Boxed:
-            // every subscriber's task would carry its size even though catching up is rare.
-            if std::mem::take(&mut resume) && Box::pin(self.catch_up(&follow, &mut sent, &tx)).await.is_none()
-            {
-                return;
-            }
-            let event = tokio::select! {
-                event = live.recv() => event,
-                () = tx.closed() => return,
-                () = self.shutdown.cancelled() => return,
-                () = next_check(&mut recheck) => {
-                    if follow.allowed.as_ref().is_some_and(|allowed| !(allowed.0)()) {
-                        return;
-                    }
-                    continue;
+        tracing::trace!(follower_bytes = std::mem::size_of_val(&follower), "following events");
+        futures::stream::unfold(follower, |mut follower| async move {
+            loop {
+                if follower.events.shutdown.is_cancelled() {
+                    return None;
                 }
+                if let Some(delivery) = follower.ready.pop_front() {
+                    return Some((delivery, follower));
+                }
+                if follower.done || !follower.step().await {
+                    return None;
+                }
+            }
+        })
+    }
+}
+
+/// One follower of the event streams: where it is, and the events ready for it.
+struct Follower {
+    events: Events,
+    follow: Follow,
+    live: broadcast::Receiver<Arc<StoredEvent>>,
+    /// Its place in each stream: what it was sent (or passed over).
+    sent: Cursor,
+    /// It is to catch up from Redis: after a `Last-Event-ID`, a snapshot, or falling behind.
+    resume: bool,
+    /// The streams of a catch-up under way, the first one being read.
+    catching_up: Option<VecDeque<Arc<str>>>,
+    recheck: Option<tokio::time::Interval>,
+    /// What is ready to send, in order.
+    ready: VecDeque<Delivery>,
+    /// Nothing more is to be sent once `ready` is.
+    done: bool,
+    _admission: Admission,
+}
+
+impl Follower {
+    /// Makes ready what comes next: a live event, or a catch-up's next read. `false` once the
+    /// stream is to end (the process stops, the reader may read no longer, or Redis failed a
+    /// catch-up read too many times in a row).
+    async fn step(&mut self) -> bool {
+        if std::mem::take(&mut self.resume) {
+            let channels: BTreeSet<Arc<str>> = match &self.follow.task_keys {
+                Some(keys) => BTreeSet::from([Arc::from(keys.queue())]),
+                None => self.events.cursor().channels().chain(self.sent.channels()).cloned().collect(),
             };
-            match event {
-                Ok(event) => {
-                    if !follow.reads(&event.channel) || event.position <= sent.get(&event.channel) {
-                        continue;
-                    }
-                    sent.set(&event.channel, event.position);
-                    if self.deliver(&follow, &tx, event, &sent).await.is_none() {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => resume = true,
-                Err(broadcast::error::RecvError::Closed) => return,
+            let channels = channels.into_iter().filter(|channel| self.follow.reads(channel)).collect();
+            self.catching_up = Some(channels);
+        }
+        if self.catching_up.is_some() {
+            // Boxed: every follower would carry its size even though catching up is rare.
+            return Box::pin(self.catch_up()).await;
+        }
+        let event = tokio::select! {
+            event = self.live.recv() => event,
+            () = self.events.shutdown.cancelled() => return false,
+            () = next_check(&mut self.recheck) => {
+                return self.follow.allowed.as_ref().is_none_or(|allowed| (allowed.0)());
             }
+        };
+        match event {
+            Ok(event) => {
+                if self.follow.reads(&event.channel) && event.position > self.sent.get(&event.channel) {
+                    self.sent.set(&event.channel, event.position);
+                    self.deliver(event);
+                }
+                true
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.resume = true;
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
         }
     }
 
-    /// Sends `event` (the follower now at `sent`) if `follow` wants it; `None` once the follower
-    /// is done (gone, or sent the terminal event it waited for).
-    async fn deliver(
-        &self,
-        follow: &Follow,
-        tx: &mpsc::Sender<Delivery>,
-        event: Arc<StoredEvent>,
-        sent: &Cursor,
-    ) -> Option<()> {
+    /// Makes `event` ready (the follower now at `sent`) if the follower wants it; after the
+    /// terminal event a follower waited for, nothing more.
+    fn deliver(&mut self, event: Arc<StoredEvent>) {
         let task = event.task();
-        if follow.task.is_some_and(|id| task.is_none_or(|t| t.task_id != id)) {
-            return Some(());
+        if self.follow.task.is_some_and(|id| task.is_none_or(|t| t.task_id != id)) {
+            return;
         }
-        if let Some(within) = &follow.within
+        if let Some(within) = &self.follow.within
             && !event.queues().iter().all(|queue| within.allows(queue))
         {
-            return Some(());
+            return;
         }
-        let done = task.is_some_and(|t| t.status.is_terminal()) && follow.until_terminal;
-        self.send(tx, Delivery::Event(event, sent.to_string())).await?;
-        (!done).then_some(())
+        self.done = task.is_some_and(|t| t.status.is_terminal()) && self.follow.until_terminal;
+        self.ready.push_back(Delivery::Event(event, self.sent.to_string()));
     }
 
-    /// Sends `delivery`, waiting while the client's buffer is full; `None` if the client leaves
-    /// or the process stops first.
-    async fn send(&self, tx: &mpsc::Sender<Delivery>, delivery: Delivery) -> Option<()> {
-        tokio::select! {
-            sent = tx.send(delivery) => sent.ok(),
-            () = self.shutdown.cancelled() => None,
-        }
-    }
-
-    /// Sends from Redis what came after `sent` in each stream the follower reads, stream by
-    /// stream, or a reset for a stream that no longer holds it; `None` once the follower is
-    /// done. Everything newer than what it read was published after the follower subscribed,
-    /// so the live events carry on from there.
-    async fn catch_up(&self, follow: &Follow, sent: &mut Cursor, tx: &mpsc::Sender<Delivery>) -> Option<()> {
-        let channels: BTreeSet<Arc<str>> = match &follow.task_keys {
-            Some(keys) => BTreeSet::from([Arc::from(keys.queue())]),
-            None => self.cursor().channels().chain(sent.channels()).cloned().collect(),
+    /// One read of a catch-up: what came after `sent` in the first stream left to read, or a
+    /// reset for a stream that no longer holds it. Everything newer than what the catch-up
+    /// reads was published after the follower subscribed, so the live events carry on from
+    /// there.
+    async fn catch_up(&mut self) -> bool {
+        let Some(channel) = self.catching_up.as_ref().and_then(|channels| channels.front().cloned()) else {
+            self.catching_up = None;
+            return true;
         };
-        for channel in channels.into_iter().filter(|channel| follow.reads(channel)) {
-            loop {
-                let (after, named) = (sent.get(&channel), sent.names(&channel));
-                match self.patiently(tx, || self.replay(&channel, after, named, CATCH_UP_BATCH)).await? {
-                    Replay::Entries(entries, full) => {
-                        for (position, event) in entries {
-                            sent.set(&channel, position);
-                            if let Some(event) = event {
-                                self.deliver(follow, tx, Arc::new(event), sent).await?;
-                            }
-                        }
-                        if !full {
-                            break;
+        let (after, named) = (self.sent.get(&channel), self.sent.names(&channel));
+        let events = self.events.clone();
+        let Some(replay) = events.patiently(|| events.replay(&channel, after, named, CATCH_UP_BATCH)).await
+        else {
+            return false;
+        };
+        let mut more = false;
+        match replay {
+            Replay::Entries(entries, full) => {
+                for (position, event) in entries {
+                    self.sent.set(&channel, position);
+                    if let Some(event) = event {
+                        self.deliver(Arc::new(event));
+                        if self.done {
+                            return true;
                         }
                     }
-                    Replay::Gone(reset, last) => {
-                        sent.set(&channel, last);
-                        self.send(tx, Delivery::Reset(reset, sent.to_string())).await?;
-                        if let (Some(id), Some(keys), true) =
-                            (follow.task, &follow.task_keys, follow.until_terminal)
-                        {
-                            // A task's own stream promises its current state and to end with its
-                            // last event: after a gap, its state again (and the end if it is gone).
-                            let state = self.patiently(tx, || self.snapshot(keys, id)).await??;
-                            sent.advance(&channel, state.position);
-                            self.deliver(follow, tx, Arc::new(state), sent).await?;
-                        }
-                        break;
-                    }
+                }
+                more = full;
+            }
+            Replay::Gone(reset, last) => {
+                self.sent.set(&channel, last);
+                self.ready.push_back(Delivery::Reset(reset, self.sent.to_string()));
+                if let (Some(id), Some(keys), true) =
+                    (self.follow.task, &self.follow.task_keys, self.follow.until_terminal)
+                {
+                    // A task's own stream promises its current state and to end with its last
+                    // event: after a gap, its state again (and the end if it is gone).
+                    let Some(state) = events.patiently(|| events.snapshot(keys, id)).await else {
+                        return false;
+                    };
+                    let Some(state) = state else {
+                        self.done = true;
+                        return true;
+                    };
+                    self.sent.advance(&channel, state.position);
+                    self.deliver(Arc::new(state));
                 }
             }
         }
-        Some(())
+        if !more && let Some(channels) = &mut self.catching_up {
+            channels.pop_front();
+        }
+        true
     }
+}
 
+impl Events {
     /// Runs `call` for a follower, retrying a failed Redis call after a pause that doubles each
-    /// time; `None` once the follower leaves, the process stops, or Redis failed
-    /// [`FOLLOW_ATTEMPTS`] times in a row (the stream then ends and its client reconnects).
-    async fn patiently<T, F>(&self, tx: &mpsc::Sender<Delivery>, call: impl Fn() -> F) -> Option<T>
+    /// time; `None` once the process stops, or Redis failed [`FOLLOW_ATTEMPTS`] times in a row
+    /// (the stream then ends and its client reconnects). A follower whose client leaves is
+    /// dropped, and its call with it.
+    async fn patiently<T, F>(&self, call: impl Fn() -> F) -> Option<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -1052,7 +1095,6 @@ impl Events {
         loop {
             let outcome = tokio::select! {
                 outcome = Box::pin(call()) => outcome,
-                () = tx.closed() => return None,
                 () = self.shutdown.cancelled() => return None,
             };
             let e = match outcome {
@@ -1068,7 +1110,6 @@ impl Events {
             debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "replaying task events failed");
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = tx.closed() => return None,
                 () = self.shutdown.cancelled() => return None,
             }
         }

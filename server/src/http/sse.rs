@@ -15,7 +15,6 @@ use axum::{
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use std::convert::Infallible;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// How long a client turned away for want of a stream slot is asked to wait.
 const BUSY_RETRY_AFTER_S: u64 = 5;
@@ -160,8 +159,10 @@ pub(super) fn admit(state: &AppState) -> Result<Admission, ApiError> {
     })
 }
 
-fn to_sse(rx: tokio::sync::mpsc::Receiver<Delivery>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = ReceiverStream::new(rx)
+fn to_sse(
+    deliveries: impl Stream<Item = Delivery> + Send + 'static,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = deliveries
         .map(|delivery| Ok(Event::default().id(delivery.id()).event(delivery.name()).data(delivery.data())));
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
