@@ -1,6 +1,9 @@
 //! The connections: accepting them, serving HTTP/1 on each (over TLS when configured) within a
 //! bound on how long a client may take to send its headers, and closing them gracefully on
-//! shutdown.
+//! shutdown. A connection whose first request asks for an event stream is answered without
+//! hyper (`event_streams`).
+
+mod event_streams;
 
 use axum::{
     Router,
@@ -55,8 +58,12 @@ pub async fn serve(
         };
         // A clone of the router shares its route table. The watcher is taken here, before the
         // task runs, so that a shutdown cannot slip between accepting and watching.
-        let connection =
-            Connection { http: http.clone(), router: router.clone(), watcher: graceful.watcher() };
+        let connection = Connection {
+            http: http.clone(),
+            router: router.clone(),
+            watcher: graceful.watcher(),
+            header_timeout,
+        };
         match &tls {
             None => tokio::spawn(connection.serve(tcp)),
             // The handshake runs in the connection's own task: a slow client stalls only itself.
@@ -79,16 +86,32 @@ struct Connection {
     http: Arc<http1::Builder>,
     router: Router,
     watcher: Watcher,
+    header_timeout: Duration,
 }
 
 impl Connection {
-    /// Serves HTTP/1 on `io` until the client leaves or a graceful shutdown closes it.
-    async fn serve<I>(self, io: I)
+    /// Serves HTTP/1 on `io` until the client leaves or a graceful shutdown closes it: an event
+    /// stream asked for first here, anything else with hyper.
+    async fn serve<I>(self, mut io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let first = tokio::time::timeout(self.header_timeout, event_streams::first_request(&mut io)).await;
+        let read = match first {
+            Ok(Some(event_streams::FirstRequest::EventStream(request))) => {
+                // Held until the stream ends (it ends on shutdown), so a graceful shutdown
+                // waits for it as for hyper's connections.
+                let _watcher = self.watcher;
+                return event_streams::answer(io, self.router, *request).await;
+            }
+            Ok(Some(event_streams::FirstRequest::Other(read))) => read,
+            // Closed before a request, or too slow to send its headers.
+            Ok(None) | Err(_) => return,
+        };
+        let io = event_streams::Replayed::new(read, io);
         let connection = self.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(self.router));
-        if let Err(e) = self.watcher.watch(connection).await {
+        // Boxed: an event stream's connection, far more numerous, does not carry its size.
+        if let Err(e) = Box::pin(self.watcher.watch(connection)).await {
             debug!(error = %e, "connection ended with an error");
         }
     }

@@ -300,3 +300,101 @@ async fn a_place_no_stream_issued_yet_gets_a_reset_saying_so() {
         assert_eq!((reset.name.as_str(), &reset.data["reason"]), ("reset", &json!("unknown")), "{id}");
     }
 }
+
+/// Opens a connection whose first request is `GET path` asking for an event stream, with a
+/// `Last-Event-ID` if given: answered without hyper (`http/connections/event_streams.rs`).
+async fn raw_event_stream(app: &TestApp, path: &str, last_event_id: Option<&str>) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n{resume}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// What `stream` sends until `done` holds of all of it, or `limit` passes.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        let mut buffer = [0u8; 4096];
+        while !done(&String::from_utf8_lossy(&received)) {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn an_event_stream_asked_for_first_on_a_connection_is_sent_in_chunks() {
+    let app = spawn_app_with(|config| config.concurrency = 0).await;
+    let mut stream = raw_event_stream(&app, "/api/v1/events", None).await;
+    let head = read_until(&mut stream, Duration::from_secs(10), |r| r.contains("\r\n\r\n")).await;
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream") && head.contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert!(head.contains("date: ") && head.contains("cache-control: no-cache"), "{head}");
+
+    let task = app.submit_ok(json!({"kind": "echo", "payload": "chunked"})).await;
+    let sent = read_until(&mut stream, Duration::from_secs(10), |r| r.contains(&task)).await;
+    assert!(sent.contains("event: queued") && sent.contains(&task), "{sent}");
+    // Chunked framing: a size line in hex before the event.
+    let event_at = sent.find("id: ").expect("an event");
+    let size_line = sent[..event_at].trim_end().rsplit("\r\n").next().unwrap();
+    assert!(u64::from_str_radix(size_line, 16).is_ok_and(|n| n > 0), "{size_line:?} in {sent:?}");
+}
+
+#[tokio::test]
+async fn a_refused_event_stream_asked_for_first_gets_its_problem_and_the_connection_closes() {
+    let app = spawn_app().await;
+    let mut stream = raw_event_stream(&app, "/api/v1/events", Some("not-an-id")).await;
+    let answer = read_until(&mut stream, Duration::from_secs(10), |_| false).await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json") && lower.contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.contains("/problems/invalid-last-event-id") && answer.ends_with("0\r\n\r\n"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_a_stream_asked_for_first_gives_its_slot_back() {
+    let app = spawn_app_with(|config| config.max_sse_clients = 1).await;
+    let mut stream = raw_event_stream(&app, "/api/v1/events", None).await;
+    let head = read_until(&mut stream, Duration::from_secs(10), |r| r.contains("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert_eq!(open(&app, "/api/v1/events", None).await.status(), 503, "the only slot is taken");
+    drop(stream);
+    assert!(admitted_within(&app, Duration::from_secs(3)).await, "a client left but its slot stayed taken");
+}
+
+#[tokio::test]
+async fn a_connection_whose_first_request_is_not_an_event_stream_is_served_as_before() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Two requests in one write, the first one asking for an event stream but with a body: both
+    // are hyper's, answered in order on the one connection.
+    let requests = format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\nContent-Length: 0\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let answers = read_until(&mut stream, Duration::from_secs(10), |_| false).await;
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
+}

@@ -1,0 +1,233 @@
+//! Event streams served without hyper's connection buffers.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for every HTTP/1 connection, for
+//! its life, and its builder cannot make them smaller. An event stream holds its connection
+//! open for hours and, but for its first request, neither reads nor writes much: 10,000
+//! followers cost ~70 MB in those buffers alone (docs/benchmark-notes.md). So the first request
+//! of every connection is read here: a well-formed `GET` asking for `text/event-stream` is
+//! answered by the router directly and its stream written to the connection as chunks, with no
+//! buffer between the two; anything else (and everything after it) is hyper's, given the bytes
+//! read so far first. A connection whose first request is an event stream serves only it.
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderName, HeaderValue, Method, Request, StatusCode, Version, header},
+};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tower::ServiceExt;
+
+/// The largest head read here: a larger one is hyper's to judge.
+const MAX_HEAD: usize = 8 * 1024;
+/// The most headers an event stream's request may have to be answered here.
+const MAX_HEADERS: usize = 48;
+
+/// The first request of a connection, as far as this module cares.
+pub(super) enum FirstRequest {
+    /// A request for an event stream, to be answered here.
+    EventStream(Box<Request<Body>>),
+    /// Anything else: the bytes read so far, for hyper to read first.
+    Other(Bytes),
+}
+
+/// Reads the head of the first request of `io`; `None` if the client closed the connection
+/// before sending a byte or an error ended it.
+pub(super) async fn first_request<I: AsyncRead + Unpin>(io: &mut I) -> Option<FirstRequest> {
+    let mut read = BytesMut::with_capacity(1024);
+    loop {
+        if read.len() >= MAX_HEAD {
+            return Some(FirstRequest::Other(read.freeze()));
+        }
+        let n = match io.read_buf(&mut read).await {
+            Ok(n) => n,
+            Err(_) if read.is_empty() => return None,
+            Err(_) => return Some(FirstRequest::Other(read.freeze())),
+        };
+        if n == 0 {
+            return (!read.is_empty()).then(|| FirstRequest::Other(read.freeze()));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&read) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(length)) => {
+                // Bytes past the head (a body, a pipelined request) are hyper's business.
+                let request = (length == read.len()).then(|| event_stream_request(&parsed)).flatten();
+                return Some(match request {
+                    Some(request) => FirstRequest::EventStream(Box::new(request)),
+                    None => FirstRequest::Other(read.freeze()),
+                });
+            }
+            // Malformed, or too many headers: hyper answers it.
+            Err(_) => return Some(FirstRequest::Other(read.freeze())),
+        }
+    }
+}
+
+/// `parsed` as a request to answer here: an HTTP/1.1 `GET` that accepts `text/event-stream`,
+/// with no body and nothing that changes the connection.
+fn event_stream_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return None;
+    }
+    let mut request = Request::builder().method(Method::GET).version(Version::HTTP_11).uri(parsed.path?);
+    let mut wants_events = false;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        if [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::UPGRADE, header::EXPECT]
+            .contains(&name)
+            || (name == header::CONNECTION && !value.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+        {
+            return None;
+        }
+        wants_events |=
+            name == header::ACCEPT && value.to_str().is_ok_and(|v| v.contains("text/event-stream"));
+        request = request.header(name, value);
+    }
+    if !wants_events {
+        return None;
+    }
+    request.body(Body::empty()).ok()
+}
+
+/// Answers `request` on `io` with `router`, then closes the connection: an event stream as
+/// chunks until it ends or the client leaves; any other answer (a problem) likewise, whole.
+pub(super) async fn answer<I>(mut io: I, router: Router, request: Request<Body>)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let Ok(response) = router.oneshot(request).await;
+    let (parts, body) = response.into_parts();
+    let bodiless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let framing: &[(&str, &str)] = match bodiless {
+        true => &[("connection", "close")],
+        false => &[("transfer-encoding", "chunked"), ("connection", "close")],
+    };
+    if write(&mut io, &head(&parts, framing)).await.is_err() || bodiless {
+        let _ = io.shutdown().await;
+        return;
+    }
+    let mut frames = body.into_data_stream();
+    // A client sends nothing more: a read that returns tells that it left.
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            frame = frames.next() => match frame {
+                Some(Ok(data)) if data.is_empty() => {}
+                Some(Ok(data)) => {
+                    let mut chunk = Vec::with_capacity(data.len() + 12);
+                    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    chunk.extend_from_slice(&data);
+                    chunk.extend_from_slice(b"\r\n");
+                    if write(&mut io, &chunk).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(_)) | None => {
+                    let _ = write(&mut io, b"0\r\n\r\n").await;
+                    break;
+                }
+            },
+            read = io.read(&mut probe) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
+    let _ = io.shutdown().await;
+}
+
+/// The status line and headers of `parts`, with `extra` ones (the framing), as HTTP/1.1 writes
+/// them.
+fn head(parts: &axum::http::response::Parts, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).as_bytes());
+    let framing = [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONNECTION];
+    for (name, value) in parts.headers.iter().filter(|(name, _)| !framing.contains(name)) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(
+            format!("date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now())).as_bytes(),
+        );
+    }
+    for (name, value) in extra {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Writes all of `bytes` and flushes them (a TLS stream holds writes until flushed).
+async fn write<I: AsyncWrite + Unpin>(io: &mut I, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+/// A connection whose first bytes were read already: they are read again first.
+pub(super) struct Replayed<I> {
+    read: Bytes,
+    io: I,
+}
+
+impl<I> Replayed<I> {
+    pub(super) fn new(read: Bytes, io: I) -> Replayed<I> {
+        Replayed { read, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Replayed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            let first = self.read.split_to(n);
+            buf.put_slice(&first);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
