@@ -15,7 +15,7 @@ use axum::{
     http::{HeaderName, HeaderValue, Method, Request, StatusCode, Version, header},
 };
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::{
     io,
     pin::Pin,
@@ -26,6 +26,8 @@ use tower::ServiceExt;
 
 /// The largest head read here: a larger one is hyper's to judge.
 const MAX_HEAD: usize = 8 * 1024;
+/// How many bytes of ready frames one write gathers, at most (one frame more may follow).
+const WRITE_BATCH: usize = 4 * 1024;
 /// The most headers an event stream's request may have to be answered here.
 const MAX_HEADERS: usize = 48;
 
@@ -71,14 +73,16 @@ pub(super) async fn first_request<I: AsyncRead + Unpin>(io: &mut I) -> Option<Fi
     }
 }
 
-/// `parsed` as a request to answer here: an HTTP/1.1 `GET` that accepts `text/event-stream`,
-/// with no body and nothing that changes the connection.
+/// `parsed` as a request to answer here: an HTTP/1.1 `GET` of an event stream (one of the
+/// API's, or anything that accepts `text/event-stream`), with no body and nothing that changes
+/// the connection.
 fn event_stream_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
     if parsed.method != Some("GET") || parsed.version != Some(1) {
         return None;
     }
-    let mut request = Request::builder().method(Method::GET).version(Version::HTTP_11).uri(parsed.path?);
-    let mut wants_events = false;
+    let target = parsed.path?;
+    let mut request = Request::builder().method(Method::GET).version(Version::HTTP_11).uri(target);
+    let mut wants_events = is_event_stream_path(target.split('?').next().unwrap_or_default());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(h.value).ok()?;
@@ -96,6 +100,16 @@ fn event_stream_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Bo
         return None;
     }
     request.body(Body::empty()).ok()
+}
+
+/// Whether `path` is one of the API's event streams: `/api/v1/events`, or a task's,
+/// `/api/v1/tasks/{id}/events`.
+fn is_event_stream_path(path: &str) -> bool {
+    path == "/api/v1/events"
+        || path
+            .strip_prefix("/api/v1/tasks/")
+            .and_then(|rest| rest.strip_suffix("/events"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Answers `request` on `io` with `router`, then closes the connection: an event stream as
@@ -120,28 +134,39 @@ where
     let mut frames = body.into_data_stream();
     // A client sends nothing more: a read that returns tells that it left.
     let mut probe = [0u8; 64];
-    loop {
-        tokio::select! {
-            frame = frames.next() => match frame {
-                Some(Ok(data)) if data.is_empty() => {}
+    let mut ended = false;
+    while !ended {
+        let first = tokio::select! {
+            frame = frames.next() => frame,
+            read = io.read(&mut probe) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+        };
+        // Every frame ready now goes in one write (a burst of events costs one system call,
+        // not one each); the buffer lives only while it is written.
+        let mut out = Vec::new();
+        let mut frame = Some(first);
+        while let Some(next) = frame.take() {
+            match next {
                 Some(Ok(data)) => {
-                    let mut chunk = Vec::with_capacity(data.len() + 12);
-                    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    chunk.extend_from_slice(&data);
-                    chunk.extend_from_slice(b"\r\n");
-                    if write(&mut io, &chunk).await.is_err() {
-                        return;
+                    if !data.is_empty() {
+                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    if out.len() < WRITE_BATCH {
+                        frame = frames.next().now_or_never();
                     }
                 }
                 Some(Err(_)) | None => {
-                    let _ = write(&mut io, b"0\r\n\r\n").await;
-                    break;
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    ended = true;
                 }
-            },
-            read = io.read(&mut probe) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
+            }
+        }
+        if !out.is_empty() && write(&mut io, &out).await.is_err() {
+            return;
         }
     }
     let _ = io.shutdown().await;
@@ -200,6 +225,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Replayed<I> {
             let n = self.read.len().min(buf.remaining());
             let first = self.read.split_to(n);
             buf.put_slice(&first);
+            if self.read.is_empty() {
+                // Let go of the buffer they were read into.
+                self.read = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -229,5 +258,37 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apis_event_streams_are_known_by_their_path() {
+        for path in ["/api/v1/events", "/api/v1/tasks/01890a5d-ac96-774b-bcce-b302099a8057/events"] {
+            assert!(is_event_stream_path(path), "{path}");
+        }
+        for path in [
+            "/api/v1/tasks",
+            "/api/v1/tasks//events",
+            "/api/v1/tasks/a/b/events",
+            "/api/v1/events/x",
+            "/events",
+        ] {
+            assert!(!is_event_stream_path(path), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bytes_read_first_are_read_again_then_the_rest() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut replayed = Replayed::new(Bytes::from_static(b"hello"), server);
+        let mut all = String::new();
+        replayed.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
     }
 }
