@@ -736,6 +736,19 @@ pub async fn list(
     }
 }
 
+/// `first` and what `ready` gives at once after it, up to `most` in all: what a group commit
+/// (many callers' writes sent together) takes in one round trip.
+pub fn gather<T>(first: T, most: usize, mut ready: impl FnMut() -> Option<T>) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < most {
+        match ready() {
+            Some(next) => batch.push(next),
+            None => break,
+        }
+    }
+    batch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

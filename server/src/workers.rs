@@ -303,13 +303,7 @@ impl Workers {
     /// in the next. Runs as long as the runtime (the registry it serves holds its sender).
     async fn write_pulled_ends(self, mut arrived: mpsc::UnboundedReceiver<PulledEnd>) {
         while let Some(first) = arrived.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < PULLED_ENDS_BATCH {
-                match arrived.try_recv() {
-                    Ok(end) => batch.push(end),
-                    Err(_) => break,
-                }
-            }
+            let batch = crate::store::gather(first, PULLED_ENDS_BATCH, || arrived.try_recv().ok());
             let mut tasks_by_worker: BTreeMap<&str, Vec<String>> = BTreeMap::new();
             for end in &batch {
                 tasks_by_worker.entry(&end.worker).or_default().push(format!("t:{}", end.task));

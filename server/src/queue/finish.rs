@@ -155,15 +155,8 @@ impl Ending {
 
 /// `first` and the endings `ready` gives at once after it, up to `FINISH_BATCH` in all: what one
 /// finish script call ends.
-pub(super) fn batch_of(first: Ending, mut ready: impl FnMut() -> Option<Ending>) -> Vec<Ending> {
-    let mut batch = vec![first];
-    while batch.len() < FINISH_BATCH {
-        match ready() {
-            Some(ending) => batch.push(ending),
-            None => break,
-        }
-    }
-    batch
+pub(super) fn batch_of(first: Ending, ready: impl FnMut() -> Option<Ending>) -> Vec<Ending> {
+    crate::store::gather(first, FINISH_BATCH, ready)
 }
 
 impl Leasing {
