@@ -33,7 +33,11 @@ use leptos_router::{
 };
 
 /// The HTML document around the app, rendered by the server.
-pub fn shell(options: LeptosOptions) -> impl IntoView {
+///
+/// Its view type is erased (`AnyView`), as is [`App`]'s: the server's generic rendering code is
+/// then compiled for one small type rather than the whole page's, whose names alone made each
+/// test binary's debug info 700 MB.
+pub fn shell(options: LeptosOptions) -> AnyView {
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -50,6 +54,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             </body>
         </html>
     }
+    .into_any()
 }
 
 /// What the browser's token may do: `/api/v1/auth/me`, read once after hydration and shared by
@@ -84,7 +89,7 @@ fn Allowed(scope: &'static str, children: ChildrenFn) -> impl IntoView {
 
 /// The root component: header and routes.
 #[component]
-pub fn App() -> impl IntoView {
+pub fn App() -> AnyView {
     provide_meta_context();
     provide_context(Viewer(LocalResource::new(|| api::get_json::<Me>("/api/v1/auth/me"))));
     view! {
@@ -128,6 +133,7 @@ pub fn App() -> impl IntoView {
             </main>
         </Router>
     }
+    .into_any()
 }
 
 /// The token's name and a Sign out button, while access control is on. Signing out is a plain
