@@ -678,6 +678,57 @@ pub struct LeaseFailure {
     pub retry_after_ms: Option<u64>,
 }
 
+/// `POST /api/v1/leases/ends`: the ends of many leases' attempts in one request (1 to 100, each
+/// token once). Each end applies or fails on its own; the answer says which, in the same order.
+/// The server reads each result as raw JSON text (`R = Box<RawValue>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "ssr", schema(example = json!({"ends": [
+    {"token": "default~echo~…", "result": {"rows": 120}},
+    {"token": "default~echo~…", "failed": {"error": "upstream timed out", "retryable": true}},
+]})))]
+#[serde(deny_unknown_fields)]
+pub struct LeaseEnds<R = serde_json::Value> {
+    #[cfg_attr(feature = "ssr", schema(min_items = 1, max_items = 100))]
+    pub ends: Vec<LeaseEnd<R>>,
+}
+
+/// One lease's end: succeeded with `result`, or `failed` (as `POST /api/v1/leases/{token}/fail`
+/// would have it). Never both.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LeaseEnd<R = serde_json::Value> {
+    /// The lease's token, as its grant gave it.
+    pub token: String,
+    /// The attempt succeeded: its result, stored as `application/json` (`null` when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<serde_json::Value>))]
+    pub result: Option<R>,
+    /// The attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<LeaseFailure>,
+}
+
+/// The answer to `POST /api/v1/leases/ends`: one reply per end, in the order they were sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct LeaseEndsReply {
+    pub ends: Vec<LeaseEndReply>,
+}
+
+/// How one end went: `status` is what its own request would have answered (`204` ended; `404`
+/// no lease has this token; `409` the lease was lost, or the task was cancelled meanwhile and
+/// ended cancelled), with the problem when it is not `204`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct LeaseEndReply {
+    pub token: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
 /// `GET /api/v1/auth/me`: who the caller is and what it may do.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]

@@ -114,6 +114,28 @@ impl RunArgs {
 }
 
 /// Prints one figure as a JSON line.
+/// Ends the leases of `tokens` as succeeded with one `POST /api/v1/leases/ends`, checking that
+/// every end applied; how many there were.
+async fn end_together<'t>(
+    http: &reqwest::Client,
+    base: &str,
+    tokens: impl Iterator<Item = &'t str>,
+) -> anyhow::Result<usize> {
+    let ends: Vec<Value> = tokens.map(|token| json!({"token": token, "result": {}})).collect();
+    if ends.is_empty() {
+        return Ok(0);
+    }
+    let url = format!("{base}/api/v1/leases/ends");
+    let answer: Value =
+        http.post(url).json(&json!({"ends": ends})).send().await?.error_for_status()?.json().await?;
+    let replies = answer["ends"].as_array().context("the ends' answer has no list")?;
+    anyhow::ensure!(
+        replies.len() == ends.len() && replies.iter().all(|r| r["status"] == 204),
+        "not every end applied: {answer}"
+    );
+    Ok(ends.len())
+}
+
 fn emit(metric: &str, value: f64, extra: Value) {
     let mut line = json!({"peer": "courier", "metric": metric, "value": (value * 100.0).round() / 100.0});
     if let (Some(line), Value::Object(extra)) = (line.as_object_mut(), extra) {
@@ -488,12 +510,21 @@ impl Bench {
         Ok(())
     }
 
-    /// A queued backlog drained by workers pulling over HTTP (leases of 100, each completed with
-    /// its own request), beside `process_tasks_per_s` of the built-in worker: tasks per second,
-    /// and the CPU each process spent per task.
+    /// A queued backlog drained by workers pulling over HTTP (leases of 100), twice: each task
+    /// completed with its own request, then a lease's tasks ended with one request
+    /// (`POST /api/v1/leases/ends`); beside `process_tasks_per_s` of the built-in worker: tasks
+    /// per second, and the CPU each process spent per task.
     async fn pull(&mut self) -> anyhow::Result<()> {
+        for together in [false, true] {
+            self.pull_drain(together).await?;
+        }
+        Ok(())
+    }
+
+    /// One drain of `pull`: `together`, each lease request's tasks are ended in one request.
+    async fn pull_drain(&mut self, together: bool) -> anyhow::Result<()> {
         const LEASES: usize = 100;
-        let prefix = self.prefix("pull");
+        let prefix = self.prefix(if together { "pull-ends" } else { "pull" });
         let server = self.serve(&prefix, 0).await?;
         let (ids, _) = self.submit_batched(&server.base, self.args.n).await?;
         let pid = server.pid().context("serve has no pid")?;
@@ -509,13 +540,18 @@ impl Bench {
                 while done.load(std::sync::atomic::Ordering::Relaxed) < total {
                     let answer: Value = http.post(lease_url).json(&request).send().await?.json().await?;
                     let leases = answer["leases"].as_array().cloned().unwrap_or_default();
-                    let completions = leases.iter().map(|lease| {
-                        let token = lease["token"].as_str().unwrap_or_default();
-                        let url = format!("{base}/api/v1/leases/{token}/complete");
-                        let request = http.post(url).header("content-type", "application/json").body("{}");
-                        async move { anyhow::Ok(request.send().await?.error_for_status()?) }
-                    });
-                    let ended = futures::future::try_join_all(completions).await?.len();
+                    let tokens = leases.iter().map(|lease| lease["token"].as_str().unwrap_or_default());
+                    let ended = if together {
+                        end_together(http, base, tokens).await?
+                    } else {
+                        let completions = tokens.map(|token| {
+                            let url = format!("{base}/api/v1/leases/{token}/complete");
+                            let request =
+                                http.post(url).header("content-type", "application/json").body("{}");
+                            async move { anyhow::Ok(request.send().await?.error_for_status()?) }
+                        });
+                        futures::future::try_join_all(completions).await?.len()
+                    };
                     done.fetch_add(ended, std::sync::atomic::Ordering::Relaxed);
                 }
                 anyhow::Ok(())
@@ -526,11 +562,20 @@ impl Bench {
             .context("the pull workers did not drain the backlog within 10 minutes")??;
         let seconds = started.elapsed().as_secs_f64();
         let cpu = CpuSeconds::read(&mut self.redis, pid, pid).await?.since(&cpu_before);
-        let extra = json!({"n": ids.len(), "leases_per_request": LEASES, "pullers": self.args.pullers, "note": "HTTP lease + complete per task"});
-        emit("pull_tasks_per_s", ids.len() as f64 / seconds, extra);
+        let (rate, cpu_name, note) = match together {
+            false => ("pull_tasks_per_s", "pull_cpu_us_per_task", "HTTP lease + complete per task"),
+            true => (
+                "pull_ends_tasks_per_s",
+                "pull_ends_cpu_us_per_task",
+                "HTTP lease + one ends request per lease",
+            ),
+        };
+        let extra =
+            json!({"n": ids.len(), "leases_per_request": LEASES, "pullers": self.args.pullers, "note": note});
+        emit(rate, ids.len() as f64 / seconds, extra);
         for (process, spent) in cpu.into_iter().filter(|(p, _)| *p != "worker") {
             emit(
-                "pull_cpu_us_per_task",
+                cpu_name,
                 spent * 1e6 / ids.len() as f64,
                 json!({"process": process, "cpu_share": spent / seconds}),
             );

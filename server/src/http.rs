@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/schedules/{name}/pause", post(schedules::pause))
         .route("/api/v1/schedules/{name}/resume", post(schedules::resume))
         .route("/api/v1/schedules/{name}/run", post(schedules::run))
+        .route("/api/v1/leases/ends", post(leases::end_many))
         .route("/api/v1/leases/{token}/heartbeat", post(leases::heartbeat))
         .route("/api/v1/leases/{token}/complete", post(leases::complete))
         .route("/api/v1/leases/{token}/fail", post(leases::fail))

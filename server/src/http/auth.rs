@@ -87,6 +87,8 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/api/v1/schedules/{name}/pause", Operate, Handler),
     rule("POST", "/api/v1/schedules/{name}/resume", Operate, Handler),
     rule("POST", "/api/v1/schedules/{name}/run", Operate, Handler),
+    // Each end's queue is its token's: the handler checks every one.
+    rule("POST", "/api/v1/leases/ends", Work, Handler),
     rule("POST", "/api/v1/leases/{token}/heartbeat", Work, Lease),
     rule("POST", "/api/v1/leases/{token}/complete", Work, Lease),
     rule("POST", "/api/v1/leases/{token}/fail", Work, Lease),

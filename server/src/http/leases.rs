@@ -13,6 +13,7 @@ use super::{
     read_body,
 };
 use crate::{
+    auth::Access,
     events::Pushed,
     handlers::HandlerError,
     queue::{Outcome, PullToken, Pulled, Queue, Renewal, ResultBytes},
@@ -21,16 +22,18 @@ use crate::{
     workers::Announcement,
 };
 use app::model::{
-    Heartbeat, HeartbeatReply, LeaseFailure, LeaseGrant, LeaseList, LeaseRequest, Problem, Status,
-    is_kind_name,
+    Heartbeat, HeartbeatReply, LeaseEnd, LeaseEndReply, LeaseEnds, LeaseEndsReply, LeaseFailure, LeaseGrant,
+    LeaseList, LeaseRequest, Problem, Status, is_kind_name,
 };
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
 };
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -353,6 +356,18 @@ pub async fn fail(
 ) -> Result<StatusCode, ApiError> {
     let failure: LeaseFailure = control_body(&state, &headers, body, "invalid-failure").await?;
     let (queue, token) = lease_of(&state, &token)?;
+    let outcome = failed(&state, &queue, &token, failure).await?;
+    end(&state, &queue, &token, outcome).await
+}
+
+/// The outcome of a failed attempt on `token`: a retry while attempts are left and the failure
+/// is retryable (after the kind's backoff, or the worker's `retry_after_ms`), else a dead letter.
+async fn failed(
+    state: &AppState,
+    queue: &Queue,
+    token: &PullToken,
+    failure: LeaseFailure,
+) -> Result<Outcome, ApiError> {
     let record = queue.store().get(&token.task_id).await?.ok_or_else(lost)?;
     let mut message = failure.error;
     if message.len() > ERROR_MAX {
@@ -366,8 +381,75 @@ pub async fn fail(
     };
     let retry =
         state.tasks.registry().get(&record.kind).and_then(|h| h.retry_policy()).unwrap_or(state.retry);
-    let outcome = failure_outcome(error, record.attempts, record.max_attempts, retry, false);
-    end(&state, &queue, &token, outcome).await
+    Ok(failure_outcome(error, record.attempts, record.max_attempts, retry, false))
+}
+
+/// `POST /api/v1/leases/ends`: ends many leases' attempts in one request, each on its own (one
+/// lost lease does not stop the others); the answer has a reply per end, in order. The ends that
+/// arrive together reach Redis together (one script call), as single ends from many requests do.
+#[utoipa::path(
+    post,
+    path = "/api/v1/leases/ends",
+    operation_id = "end_leases",
+    tag = "pull workers",
+    summary = "End many leases' attempts at once: each succeeded with a JSON result, or failed",
+    request_body(content = LeaseEnds, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Each end's own answer, in the order sent", body = LeaseEndsReply),
+        (status = 413, description = "The body is larger than `--max-payload`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a list of 1 to 100 ends, each token once, each with a result or a failure (nothing was ended)", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn end_many(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<LeaseEndsReply>, ApiError> {
+    let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
+    let refused = invalid("invalid-lease-ends");
+    super::refuse_array(&body.bytes).map_err(&refused)?;
+    let request: LeaseEnds<Box<RawValue>> =
+        serde_json::from_slice(&body.bytes).map_err(|e| refused(format!("the body does not fit: {e}")))?;
+    if !(1..=MAX_LEASES as usize).contains(&request.ends.len()) {
+        return Err(refused(format!("ends must list 1 to {MAX_LEASES} ends")));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    if let Some(twice) = request.ends.iter().position(|end| !tokens.insert(end.token.as_str())) {
+        return Err(refused(format!("ends[{twice}] names a token an earlier end named")));
+    }
+    if let Some(both) = request.ends.iter().position(|end| end.result.is_some() && end.failed.is_some()) {
+        return Err(refused(format!("ends[{both}] has both a result and a failure")));
+    }
+    let ends = request.ends.into_iter().map(|end| end_one(&state, &access, end));
+    Ok(Json(LeaseEndsReply { ends: futures::future::join_all(ends).await }))
+}
+
+/// One end of `POST /api/v1/leases/ends`, answered as its own request would have been.
+async fn end_one(state: &AppState, access: &Access, request: LeaseEnd<Box<RawValue>>) -> LeaseEndReply {
+    let ended = async {
+        let (queue, token) = lease_of(state, &request.token)?;
+        if !access.reaches(&token.queue) {
+            return Err(ApiError::not_found("no lease has this token"));
+        }
+        let outcome = match request.failed {
+            Some(failure) => failed(state, &queue, &token, failure).await?,
+            None => Outcome::Succeeded {
+                result: ResultBytes::New(match &request.result {
+                    Some(result) => Bytes::copy_from_slice(result.get().as_bytes()),
+                    None => Bytes::from_static(b"null"),
+                }),
+                content_type: "application/json".to_string(),
+            },
+        };
+        end(state, &queue, &token, outcome).await
+    };
+    match ended.await {
+        Ok(status) => LeaseEndReply { token: request.token, status: status.as_u16(), problem: None },
+        Err(e) => {
+            LeaseEndReply { token: request.token, status: e.status().as_u16(), problem: Some(e.problem()) }
+        }
+    }
 }
 
 /// `POST /api/v1/leases/{token}/release`: hands the task back unfinished (a worker shutting

@@ -77,6 +77,7 @@ use utoipa::{
         schedules::run,
         leases::heartbeat,
         leases::complete,
+        leases::end_many,
         leases::fail,
         leases::release,
         dead_letters::list,

@@ -101,6 +101,93 @@ async fn a_pulled_task_ends_once_and_every_later_word_from_its_lease_is_a_409() 
 }
 
 #[tokio::test]
+async fn many_leases_end_in_one_request_each_on_its_own() {
+    let app = app_without_workers().await;
+    futures::future::join_all(
+        (0..5).map(|n| app.submit_ok(json!({"kind": "echo", "payload": {"n": n}, "max_attempts": 3}))),
+    )
+    .await;
+    let leases = app.leases(json!({"worker": "test", "max": 10})).await;
+    assert_eq!(leases.len(), 5);
+    let [done, empty, retried, lost, cancelled] =
+        [&leases[0], &leases[1], &leases[2], &leases[3], &leases[4]];
+    let id = |lease: &Value| lease["task"]["id"].as_str().unwrap().to_string();
+    // One lease lost before the batch (ended on its own), one task cancelled while it ran.
+    assert_eq!(app.on_lease(token(lost), "complete", None).await.status(), 204);
+    let cancel = app.http.delete(app.url(&format!("/api/v1/tasks/{}", id(cancelled)))).send().await.unwrap();
+    assert!(cancel.status().is_success(), "{}", cancel.status());
+
+    let ends = json!({"ends": [
+        {"token": token(done), "result": {"rows": [1, 2, 3], "text": "é"}},
+        {"token": token(empty)},
+        {"token": token(retried), "failed": {"error": "upstream busy", "retryable": true}},
+        {"token": token(lost), "result": 1},
+        {"token": token(cancelled), "result": 2},
+        {"token": "nonsense", "result": 3},
+    ]});
+    // The result is stored as its own text, spaces and all.
+    let compact = r#""result":{"rows":[1,2,3],"text":"é"}"#;
+    let body = ends.to_string().replace(compact, r#""result": {"rows": [1, 2, 3], "text": "é"}"#);
+    assert!(!body.contains(compact));
+    let request = app.http.post(app.url("/api/v1/leases/ends")).header("content-type", "application/json");
+    let response = request.body(body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let replies: Value = response.json().await.unwrap();
+    let replies = replies["ends"].as_array().unwrap();
+    let statuses: Vec<_> = replies.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [204, 204, 204, 409, 409, 404], "{replies:?}");
+    let problems: Vec<_> = replies.iter().map(|r| r["problem"]["type"].as_str().unwrap_or("")).collect();
+    assert_eq!(problems, ["", "", "", "/problems/lease-lost", "/problems/cancelled", "/problems/not-found"]);
+    assert_eq!(replies[0]["token"], token(done), "each reply names its token, in the order sent");
+
+    // Each end is what its own request would have made it.
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{}/result", id(done)))).send().await.unwrap();
+    assert_eq!(result.headers()["content-type"], "application/json");
+    assert_eq!(result.text().await.unwrap(), r#"{"rows": [1, 2, 3], "text": "é"}"#, "the result's own text");
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{}/result", id(empty)))).send().await.unwrap();
+    assert_eq!(result.text().await.unwrap(), "null");
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{}", id(retried))).await["status"], "retrying");
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{}", id(cancelled))).await["status"], "cancelled");
+    let lost_result =
+        app.http.get(app.url(&format!("/api/v1/tasks/{}/result", id(lost)))).send().await.unwrap();
+    assert_eq!(lost_result.text().await.unwrap(), "", "the lost lease's second word changed nothing");
+}
+
+#[tokio::test]
+async fn a_bad_list_of_ends_is_refused_whole_and_ends_nothing() {
+    let app = app_without_workers().await;
+    let id = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let lease = app.leases(json!({"worker": "test"})).await.remove(0);
+    let good = json!({"token": token(&lease), "result": 1});
+    let many: Vec<Value> = (0..101).map(|n| json!({"token": format!("t{n}")})).collect();
+    for bad in [
+        json!({}),
+        json!([good]),
+        json!({"ends": []}),
+        json!({"ends": many}),
+        json!({"ends": [good, good]}),
+        json!({"ends": [good, {"token": "x", "result": 1, "failed": {"error": "e", "retryable": false}}]}),
+        json!({"ends": [good, {"token": "x", "outcome": "done"}]}),
+        json!({"ends": [good, {"token": "x", "failed": {"error": "e"}}]}),
+        json!({"ends": [good, {"result": 1}]}),
+    ] {
+        let response = app.http.post(app.url("/api/v1/leases/ends")).json(&bad).send().await.unwrap();
+        assert_problem(response, 422, "/problems/invalid-lease-ends").await;
+    }
+    let response = app
+        .http
+        .post(app.url("/api/v1/leases/ends"))
+        .header("content-type", "application/json")
+        .body("{\"ends\": [");
+    assert_problem(response.send().await.unwrap(), 422, "/problems/invalid-lease-ends").await;
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "running", "nothing was ended");
+    let ends = json!({"ends": [good]});
+    let response = app.http.post(app.url("/api/v1/leases/ends")).json(&ends).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "succeeded");
+}
+
+#[tokio::test]
 async fn a_retryable_failure_runs_again_after_its_retry_after() {
     let app = app_without_workers().await;
     let id = app.submit_ok(json!({"kind": "echo", "payload": 1, "max_attempts": 2})).await;

@@ -295,6 +295,27 @@ async fn a_token_of_another_queue_finds_nothing_of_this_one_in_lookups_lists_or_
         )
         .await;
     assert_eq!(lease.status(), 404);
+    // A lease of the default queue (taken by a token that reaches it) cannot be ended in a list
+    // of ends by one that does not: that end is a 404, as its own request would be.
+    let admins: Value = world
+        .call(
+            Method::POST,
+            app.url("/api/v1/queues/default/leases"),
+            Some(&admin),
+            Some(json!({"worker": "w"})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = admins["leases"][0]["token"].as_str().unwrap_or_else(|| panic!("{admins}"));
+    let ends = json!({"ends": [{"token": token, "result": 1}]});
+    let ended = world.call(Method::POST, app.url("/api/v1/leases/ends"), Some(&billing), Some(ends)).await;
+    assert_eq!(ended.status(), 200);
+    let ended: Value = ended.json().await.unwrap();
+    assert_eq!(ended["ends"][0]["status"], 404, "{ended}");
+    let view = world.call(Method::GET, app.url(&format!("/api/v1/tasks/{hidden}")), Some(&admin), None).await;
+    assert_eq!(view.json::<Value>().await.unwrap()["status"], "running");
     let elsewhere = world
         .call(
             Method::POST,
