@@ -82,7 +82,7 @@ pub enum Target {
 
 /// What a run of a schedule started.
 pub enum Started {
-    Task(TaskRecord),
+    Task(Box<TaskRecord>),
     Workflow(WorkflowView),
 }
 
@@ -389,9 +389,9 @@ impl Schedules {
     /// that every process starting the same tick starts one thing.
     async fn start(&self, target: &Target, key: Option<String>) -> Result<Started, ScheduleError> {
         Ok(match target {
-            Target::Task(task) => Started::Task(
+            Target::Task(task) => Started::Task(Box::new(
                 self.inner.tasks.submit(submission(task, key)).await.map_err(ScheduleError::Task)?.record,
-            ),
+            )),
             Target::Workflow(workflow) => {
                 let workflows = &self.inner.workflows;
                 let refused = |e: CreateError| match e {

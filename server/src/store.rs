@@ -6,15 +6,16 @@
 //!
 //! | key                              | type   | holds                                   |
 //! |----------------------------------|--------|-----------------------------------------|
-//! | `{prefix}:{queue}:task:{id}`     | hash   | the task record; a text payload up to 4 KiB too (`payload`) |
+//! | `{prefix}:{queue}:task:{id}`     | hash   | the task record; a text payload up to 4 KiB too (`payload`), and a text result up to 4 KiB (`result`) |
 //! | `{prefix}:{queue}:payload:{id}`  | string | a larger payload's bytes (claim-check); a topic message's once, under its first task's id |
 //! | `{prefix}:{queue}:payload-refs:{id}` | hash | a shared payload's count of open tasks (`open`) and latest retention end (`until`) |
-//! | `{prefix}:{queue}:result:{id}`   | string | the result bytes (none when they are the payload) |
+//! | `{prefix}:{queue}:result:{id}`   | string | the result bytes (none when they are the payload or in the record) |
 //! | `{prefix}:{queue}:staged:{token}` | string | a large result, until its finish script renames it |
 //! | `{prefix}:{queue}:ready:{kind}`  | stream | ids of runnable tasks of one kind (its lane), consumer group; trimmed in bulk once acknowledged |
 //! | `{prefix}:{queue}:ready-high:{kind}` | stream | the same, for high priority (and `-low`) |
 //! | `{prefix}:{queue}:lanes`         | set    | the kinds with a lane in the queue      |
 //! | `{prefix}:{queue}:ready-lanes`   | set    | the kinds whose lane may hold tasks not handed out (what claims read) |
+//! | `{prefix}:{queue}:reclaimed:{kind}` | string | set for a quarter second when a pull request looked for the lane's expired leases (pull.lua) |
 //! | `{prefix}:{queue}:delayed`       | zset   | `h:`/`n:`/`l:` + id due later, by ms    |
 //! | `{prefix}:{queue}:dead`          | zset   | ids of failed tasks, by failure time    |
 //! | `{prefix}:{queue}:dead:kind:{kind}` | zset | the same, of one kind (kind_counts.lua)  |
@@ -310,6 +311,8 @@ pub struct TaskRecord {
     pub result_is_payload: bool,
     /// A small text payload, kept in the record itself (`None`: under a key of its own).
     pub inline_payload: Option<String>,
+    /// A small text result, kept in the record itself (`None`: under a key of its own, or none).
+    pub inline_result: Option<String>,
     pub error: Option<String>,
     pub next_run_ms: Option<u64>,
     pub dead_reason: Option<String>,
@@ -348,6 +351,7 @@ impl TaskRecord {
             result_type: text(field::RESULT_TYPE).cloned(),
             result_is_payload: text(field::RESULT_IS_PAYLOAD).is_some_and(|v| v == "1"),
             inline_payload: fields.get(field::PAYLOAD).cloned(),
+            inline_result: fields.get(field::RESULT).cloned(),
             error: text(field::ERROR).cloned(),
             next_run_ms: number(field::NEXT_RUN),
             dead_reason: text(field::DEAD_REASON).cloned(),
@@ -430,6 +434,12 @@ impl Store {
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
         let content_type = || record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+        if let Some(result) = &record.inline_result {
+            return Ok(Some(StoredResult {
+                bytes: result.clone().into_bytes(),
+                content_type: content_type(),
+            }));
+        }
         if let (true, Some(payload)) = (record.result_is_payload, &record.inline_payload) {
             return Ok(Some(StoredResult {
                 bytes: payload.clone().into_bytes(),

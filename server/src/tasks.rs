@@ -825,6 +825,7 @@ fn record_of(task: &NewTask) -> TaskRecord {
         result_type: None,
         result_is_payload: false,
         inline_payload: task.payload_in_record().then(|| String::from_utf8_lossy(&task.payload).into_owned()),
+        inline_result: None,
         error: None,
         next_run_ms: None,
         dead_reason: None,

@@ -5,9 +5,10 @@
 -- ARGV: the leasing arguments (lease.lua), want, then 13 for each attempt: task id, stream index
 --       (1-3), entry id, lease token, outcome (succeeded|retrying|failed|cancelled), error,
 --       result type, due ms, result bytes, dead-letter reason, session ('' for none),
---       idempotency key (''), where the result is: '' (its bytes came here), 'staged' (at
---       `base:staged:token`) or 'payload' (the payload, unchanged: kept once, under the
---       payload's key)
+--       idempotency key (''), where the result is: '' (its bytes came here, for a key of its
+--       own), 'record' (its bytes came here, small text kept in the record's `result` field),
+--       'staged' (at `base:staged:token`) or 'payload' (the payload, unchanged: kept once, under
+--       the payload's key)
 -- A large result is staged with a plain SET before this script runs, which renames it: moving
 -- a large string through Lua would stall Redis for milliseconds.
 -- Returns {applied (1, or 0 when the lease was lost) per attempt, take_lease replies, why no more
@@ -76,6 +77,8 @@ for a = 11, #ARGV, 13 do
         if source == 'staged' then
           redis.call('RENAME', source_key, result_key)
           redis.call('PEXPIRE', result_key, keep)
+        elseif source == 'record' then
+          size = #result
         elseif source ~= 'payload' then
           size = #result
           redis.call('SET', result_key, result, 'PX', keep)
@@ -83,10 +86,11 @@ for a = 11, #ARGV, 13 do
           size = f[11] or 0
         end
         progress = '100'
+        local extra = source == 'record' and {'result', result} or {}
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
           'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', size,
           'result_is_payload', source == 'payload' and '1' or '0', 'lease', '', 'cancel', '',
-          'next_run', '', logged, log_entry)
+          'next_run', '', logged, log_entry, unpack(extra))
       else
         -- A failure's reason rides along (a cancelled task's is empty, as it was).
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,

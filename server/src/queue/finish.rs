@@ -22,6 +22,9 @@ const FINISH_BATCH: usize = 64;
 /// Results larger than this are staged with a plain `SET` before the finish script, which only
 /// renames them: copying large strings through Lua stalls Redis for everyone.
 const INLINE_RESULT_MAX: usize = 16 * 1024;
+/// Text results up to this size live in the task's record (the record is read as text); the
+/// threshold a payload in the record has, for the same reasons (docs/benchmark-notes.md).
+const RECORD_RESULT_MAX: usize = 4 * 1024;
 /// How long a staged result waits for its finish script (which runs right after it) at most.
 const STAGED_TTL: Duration = Duration::from_secs(300);
 
@@ -46,7 +49,10 @@ pub(super) struct Ending {
 
 /// Where the finish script finds an ended attempt's result, decided once per attempt.
 enum ResultPlace {
-    /// Small enough to pass as a script argument.
+    /// Small text: passed as a script argument and kept in the task's record (no key of its
+    /// own to write, expire and delete), as a small payload is.
+    Record(Bytes),
+    /// Small enough to pass as a script argument, kept under a key of its own.
     Here(Bytes),
     /// Too large for Lua: staged under `staged:{token}` before the script, which renames it.
     Staged(Bytes),
@@ -58,6 +64,11 @@ impl ResultPlace {
     fn of(result: ResultBytes) -> ResultPlace {
         match result {
             ResultBytes::New(bytes) if bytes.len() > INLINE_RESULT_MAX => ResultPlace::Staged(bytes),
+            ResultBytes::New(bytes)
+                if bytes.len() <= RECORD_RESULT_MAX && std::str::from_utf8(&bytes).is_ok() =>
+            {
+                ResultPlace::Record(bytes)
+            }
             ResultBytes::New(bytes) => ResultPlace::Here(bytes),
             ResultBytes::Payload => ResultPlace::Payload,
         }
@@ -66,6 +77,7 @@ impl ResultPlace {
     /// The finish script's two result arguments: the bytes, and where the result is.
     fn script_args(&self) -> (&[u8], &'static str) {
         match self {
+            ResultPlace::Record(bytes) => (bytes, "record"),
             ResultPlace::Here(bytes) => (bytes, ""),
             ResultPlace::Staged(_) => (b"", "staged"),
             ResultPlace::Payload => (b"", "payload"),
@@ -357,6 +369,41 @@ mod tests {
             idempotency_key: String::new(),
             slot: None,
             reply: oneshot::channel().0,
+        }
+    }
+
+    /// A small text result lives in the task's record; one that is not text, or larger, under a
+    /// key of its own (kept for the retention); each reads back as it was given.
+    #[tokio::test]
+    async fn a_small_text_result_lives_in_the_record_and_any_other_under_its_own_key() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let results: [(&[u8], bool); 5] = [
+            (br#"{"rows": 3, "text": "\u00e9t\u00e9"}"#, true),
+            ("été".as_bytes(), true),
+            (b"", true),
+            (&[0xff, 0xfe, 0x00], false),
+            (&[b'r'; RECORD_RESULT_MAX + 1], false),
+        ];
+        for (result, in_record) in results {
+            let id = enqueue_echo(&queue, Bytes::from_static(b"p")).await;
+            let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+            let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
+            let holder = ending(
+                &queue,
+                &id.to_string(),
+                &replies[0],
+                &token,
+                ResultBytes::New(Bytes::copy_from_slice(result)),
+            );
+            assert_eq!(queue.end_attempts(&[holder], 0, "unit-worker", "*").await.unwrap().0, vec![1]);
+            let own_key: bool = conn.exists(queue.keys.result(&id)).await.unwrap();
+            assert_eq!(own_key, !in_record, "{result:?}");
+            let record = queue.store().get(&id).await.unwrap().unwrap();
+            assert_eq!(record.inline_result.is_some(), in_record);
+            let stored = queue.store().result(&record).await.unwrap().unwrap();
+            assert_eq!(stored.bytes, result);
+            assert_eq!(stored.content_type, "application/octet-stream");
         }
     }
 

@@ -58,6 +58,8 @@ pub const PAYLOAD_INLINE: &str = "payload_inline";
 /// `1` when the result is the payload, unchanged, kept once (under the payload's key, or in the
 /// record with it).
 pub const RESULT_IS_PAYLOAD: &str = "result_is_payload";
+/// A small text result, kept in the record rather than under a key of its own (finish.lua).
+pub const RESULT: &str = "result";
 
 /// The worker running (or that last ran) an attempt: a built-in worker's id, or a pulling
 /// worker's name.
@@ -74,7 +76,7 @@ pub const ATTEMPT_LOG: &str = "a:";
 pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
 
 /// Every field a record may have (besides the attempt log's).
-pub const FIELDS: [&str; 34] = [
+pub const FIELDS: [&str; 35] = [
     KIND,
     STATUS,
     ATTEMPTS,
@@ -106,6 +108,7 @@ pub const FIELDS: [&str; 34] = [
     RESULT_TYPE,
     RESULT_BYTES,
     RESULT_IS_PAYLOAD,
+    RESULT,
     WORKER,
     ATTEMPT_STARTED,
     WAITED,
@@ -195,8 +198,8 @@ mod tests {
                             continue;
                         }
                         if field == "unpack(extra)" {
-                            // enqueue.lua's options and small payload: the options are checked
-                            // below, through its table of them.
+                            // enqueue.lua's options and small payload (the options are checked
+                            // below, through its table of them); finish.lua's small result.
                             continue;
                         }
                         if field == "option[1]" {
