@@ -114,6 +114,14 @@ impl RunArgs {
 }
 
 /// Prints one figure as a JSON line.
+fn emit(metric: &str, value: f64, extra: Value) {
+    let mut line = json!({"peer": "courier", "metric": metric, "value": (value * 100.0).round() / 100.0});
+    if let (Some(line), Value::Object(extra)) = (line.as_object_mut(), extra) {
+        line.extend(extra);
+    }
+    println!("{line}");
+}
+
 /// Ends the leases of `tokens` as succeeded with one `POST /api/v1/leases/ends`, checking that
 /// every end applied; how many there were.
 async fn end_together<'t>(
@@ -134,14 +142,6 @@ async fn end_together<'t>(
         "not every end applied: {answer}"
     );
     Ok(ends.len())
-}
-
-fn emit(metric: &str, value: f64, extra: Value) {
-    let mut line = json!({"peer": "courier", "metric": metric, "value": (value * 100.0).round() / 100.0});
-    if let (Some(line), Value::Object(extra)) = (line.as_object_mut(), extra) {
-        line.extend(extra);
-    }
-    println!("{line}");
 }
 
 /// A `courier` process this tool started; killed when dropped.
