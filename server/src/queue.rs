@@ -37,10 +37,11 @@ mod serving;
 
 pub use backend::{BackendStopped, RedisBackend, backend};
 pub use enqueue::Enqueued;
+pub use finish::{Applied, Ended};
 use lease::HeldEntry;
 pub use lease::Lease;
 use lease::LeasedPayload;
-pub use pull::{PullToken, Pulled, PulledState};
+pub use pull::{PullToken, Pulled};
 pub use serving::{QueueChoice, Serving, parse_choice};
 
 /// The consumer group every worker of a queue reads through.

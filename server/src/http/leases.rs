@@ -16,7 +16,7 @@ use crate::{
     auth::Access,
     events::Pushed,
     handlers::HandlerError,
-    queue::{Outcome, PullToken, Pulled, Queue, Renewal, ResultBytes},
+    queue::{Applied, Outcome, PullToken, Pulled, Queue, Renewal, ResultBytes},
     store::{now_ms, rfc3339},
     worker::failure_outcome,
     workers::Announcement,
@@ -196,12 +196,9 @@ impl Ask {
 
 /// The grants of `pulled`: each with its task's view and its payload, or where to get it.
 async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<Vec<LeaseGrant>, ApiError> {
-    let store = queue.store();
-    let records = futures::future::try_join_all(pulled.iter().map(|p| store.get(&p.token.task_id))).await?;
     let mut grants = Vec::with_capacity(pulled.len());
-    for (pulled, record) in pulled.into_iter().zip(records) {
-        // Gone already (erased the moment it was leased): nothing to run.
-        let Some(record) = record else { continue };
+    for pulled in pulled {
+        let record = pulled.record;
         if let Some(waited) = pulled.token.waited() {
             crate::metrics::task_waited(queue.name(), waited);
         }
@@ -472,7 +469,7 @@ pub async fn release(
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let (queue, token) = lease_of(&state, &token)?;
-    let worker = queue.pulled_state(&token).await?.map(|held| held.worker);
+    let worker = queue.pulled_worker(&token).await?;
     match queue.release_pulled(&token).await? {
         true => {
             ended_in_registry(&state, worker.as_deref(), &token).await;
@@ -484,8 +481,8 @@ pub async fn release(
 
 /// Renews, in the worker registry, the worker that holds `token`.
 async fn seen_holding(state: &AppState, queue: &Queue, token: &PullToken) -> redis::RedisResult<()> {
-    match queue.pulled_state(token).await? {
-        Some(held) if !held.worker.is_empty() => state.workers.pulled_running(&held.worker).await,
+    match queue.pulled_worker(token).await? {
+        Some(worker) if !worker.is_empty() => state.workers.pulled_running(&worker).await,
         _ => Ok(()),
     }
 }
@@ -500,33 +497,25 @@ async fn ended_in_registry(state: &AppState, worker: Option<&str>, token: &PullT
 
 /// Ends the lease's attempt with `outcome` — or, when its task was cancelled meanwhile, as
 /// cancelled, answering `409` so the worker knows its outcome was not taken. Counted once the
-/// store took it.
+/// store took it; the worker's entry in the registry forgets the task then.
 async fn end(
     app: &AppState,
     queue: &Queue,
     token: &PullToken,
     outcome: Outcome,
 ) -> Result<StatusCode, ApiError> {
-    let state = queue.pulled_state(token).await?.ok_or_else(lost)?;
-    let worker = state.worker.clone();
-    let cancelled = state.cancel_requested;
-    let ending = if cancelled { Outcome::Cancelled } else { outcome };
-    // The registry forgets the task while the attempt ends: two writes, one wait.
-    let (_, applied) = tokio::join!(
-        ended_in_registry(app, Some(&worker), token),
-        queue.end_pulled(token, state, ending.clone())
-    );
-    let applied = applied?;
-    if applied {
-        crate::metrics::attempt_ended(queue.name(), &token.kind, &ending);
-    }
-    if cancelled {
-        return Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
-            .detail("the task was cancelled while it ran; it ended cancelled"));
-    }
-    match applied {
-        true => Ok(StatusCode::NO_CONTENT),
-        false => Err(lost()),
+    let ended = queue.end_pulled(token, outcome.clone()).await?;
+    let recorded = match ended.applied {
+        Applied::Lost => return Err(lost()),
+        Applied::AsReported => outcome,
+        Applied::Cancelled => Outcome::Cancelled,
+    };
+    ended_in_registry(app, Some(&ended.worker), token).await;
+    crate::metrics::attempt_ended(queue.name(), &token.kind, &recorded);
+    match ended.applied {
+        Applied::Cancelled => Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
+            .detail("the task was cancelled while it ran; it ended cancelled")),
+        _ => Ok(StatusCode::NO_CONTENT),
     }
 }
 

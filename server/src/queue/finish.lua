@@ -2,7 +2,8 @@
 -- leases on up to `want` new entries for the slots those attempts free: one round trip both ends
 -- a batch of attempts and starts the next.
 -- KEYS: events, retrying, dead
--- ARGV: the leasing arguments (lease.lua), want, then 13 for each attempt: task id, stream index
+-- ARGV: the leasing arguments (lease.lua), want, whose leases these are ('pulled': pulled over
+--       HTTP, see below; '' a worker process's), then 13 for each attempt: task id, stream index
 --       (1-3), entry id, lease token, outcome (succeeded|retrying|failed|cancelled), error,
 --       result type, due ms, result bytes, dead-letter reason, session ('' for none),
 --       idempotency key (''), where the result is: '' (its bytes came here, for a key of its
@@ -11,11 +12,18 @@
 --       the payload's key)
 -- A large result is staged with a plain SET before this script runs, which renames it: moving
 -- a large string through Lua would stall Redis for milliseconds.
--- Returns {applied (1, or 0 when the lease was lost) per attempt, take_lease replies, why no more
--- may start ('' when nothing stops it), in how many ms to look again}.
+-- A pulled lease's holder knows neither its task's session nor its idempotency key (their
+-- arguments are ignored: the record's are read), and a task whose cancel was asked for while it
+-- ran ends cancelled, whatever its holder reports.
+-- Returns {applied (1, 2 when it ended cancelled instead, or 0 when the lease was lost) per
+-- attempt, take_lease replies, why no more may start ('' when nothing stops it), in how many ms
+-- to look again, the worker each attempt's record names (pulled leases; else empty)}.
 local ctx = leasing_context()
 local base, now, maxlen = ctx.base, ctx.now, ctx.maxlen
-local applied = {}
+local applied, workers = {}, {}
+local pulled = ARGV[11] == 'pulled'
+-- What a pulled lease's end reads beyond a worker process's.
+local PULLED_FIELDS = pulled and {'cancel', 'session', 'idem'} or {}
 -- The entries of ended attempts, per stream (by key): acknowledged together at the end.
 local ended, ended_streams = {}, {}
 -- How many tasks ended (rather than waiting for a retry).
@@ -28,12 +36,18 @@ local function sample(prefix, ms)
     bins[bin] = (bins[bin] or 0) + 1
   end
 end
-for a = 11, #ARGV, 13 do
+for a = 12, #ARGV, 13 do
   local id, s, entry, outcome, err = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 4],
     ARGV[a + 5]
+  local session, idem = ARGV[a + 10], ARGV[a + 11]
   local task = base .. ':task:' .. id
   local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority',
-    'payload_ref', 'worker', 'attempt_started', 'waited', 'payload_inline', 'payload_bytes', 'wf')
+    'payload_ref', 'worker', 'attempt_started', 'waited', 'payload_inline', 'payload_bytes', 'wf',
+    unpack(PULLED_FIELDS))
+  if pulled then
+    session, idem = f[14] or '', f[15] or ''
+    workers[#workers + 1] = f[1] == ARGV[a + 3] and f[7] or ''
+  end
   -- A small payload lives in the record (enqueue.lua): no key to check, none to expire.
   local in_record = f[10] == '1'
   local source, source_key = ARGV[a + 12], nil
@@ -52,6 +66,13 @@ for a = 11, #ARGV, 13 do
     end
     applied[#applied + 1] = 0
   else
+    local ends_as = 1
+    if pulled and f[13] == '1' and outcome ~= 'cancelled' then
+      outcome, err, ends_as = 'cancelled', '', 2
+      if source == 'staged' then
+        redis.call('DEL', source_key)
+      end
+    end
     local stream = lane_stream(base, f[2], s)
     if not ended[stream] then
       ended[stream] = {}
@@ -102,10 +123,10 @@ for a = 11, #ARGV, 13 do
         end
       end
       -- The idempotency key lives as long as the task it stands for.
-      keep_after_end(base, id, f[6], ARGV[a + 11], keep, now, in_record)
+      keep_after_end(base, id, f[6], idem, keep, now, in_record)
       ends = ends + 1
-      if ARGV[a + 10] ~= '' then
-        leave_session(base, base .. ':session:' .. ARGV[a + 10], id)
+      if session ~= '' then
+        leave_session(base, base .. ':session:' .. session, id)
       end
     end
     emit_event(KEYS[1], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now, nil,
@@ -117,7 +138,7 @@ for a = 11, #ARGV, 13 do
     end
     sample('w', tonumber(f[9]))
     sample('r', f[8] and tonumber(now) - (tonumber(f[8]) or tonumber(now)))
-    applied[#applied + 1] = 1
+    applied[#applied + 1] = ends_as
   end
 end
 for _, stream in ipairs(ended_streams) do
@@ -133,4 +154,4 @@ end
 start_budget(ctx)
 local leases = {}
 take_new(ctx, tonumber(ARGV[10]), leases)
-return {applied, leases, ctx.blocked, ctx.retry_ms}
+return {applied, leases, ctx.blocked, ctx.retry_ms, workers}

@@ -28,6 +28,48 @@ const RECORD_RESULT_MAX: usize = 4 * 1024;
 /// How long a staged result waits for its finish script (which runs right after it) at most.
 const STAGED_TTL: Duration = Duration::from_secs(300);
 
+/// Whose leases a finish script call ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Holders {
+    /// A worker process's, which knows each task's session and idempotency key from its lease.
+    Process,
+    /// Leases pulled over HTTP: the script reads the session and idempotency key, ends a task
+    /// whose cancel was asked for as cancelled, and names the worker each record holds.
+    Pulled,
+}
+
+/// What the finish script made of an ended attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The lease was no longer held: nothing changed.
+    Lost,
+    /// Recorded as its holder reported it.
+    AsReported,
+    /// Its task's cancel was asked for while it ran, so it ended cancelled (pulled leases).
+    Cancelled,
+}
+
+/// What became of an ended attempt: how it was applied, and (pulled leases) the worker the record
+/// named as its holder (empty when lost).
+#[derive(Clone, Debug)]
+pub struct Ended {
+    pub applied: Applied,
+    pub worker: String,
+}
+
+impl Ended {
+    /// The finish script's answer for one attempt: its code (0 lost, 1 as reported, 2
+    /// cancelled) and worker.
+    fn of(code: i64, worker: Option<String>) -> Ended {
+        let applied = match code {
+            1 => Applied::AsReported,
+            2 => Applied::Cancelled,
+            _ => Applied::Lost,
+        };
+        Ended { applied, worker: worker.unwrap_or_default() }
+    }
+}
+
 /// An ended attempt on its way to the finish loop, in the finish script's terms.
 pub(super) struct Ending {
     queue: Queue,
@@ -44,7 +86,7 @@ pub(super) struct Ending {
     session: String,
     idempotency_key: String,
     slot: Option<OwnedSemaphorePermit>,
-    reply: oneshot::Sender<RedisResult<bool>>,
+    reply: oneshot::Sender<RedisResult<Ended>>,
 }
 
 /// Where the finish script finds an ended attempt's result, decided once per attempt.
@@ -104,7 +146,7 @@ impl Ending {
         lease: &Lease,
         outcome: Outcome,
         slot: Option<OwnedSemaphorePermit>,
-        reply: oneshot::Sender<RedisResult<bool>>,
+        reply: oneshot::Sender<RedisResult<Ended>>,
     ) -> Ending {
         let held = Held {
             queue: lease.queue.clone(),
@@ -118,8 +160,8 @@ impl Ending {
         Ending::held(held, outcome, slot, reply)
     }
 
-    /// Tells whoever waits for this ending what became of it (`true`: applied).
-    pub(super) fn answer(self, answer: RedisResult<bool>) {
+    /// Tells whoever waits for this ending what became of it.
+    pub(super) fn answer(self, answer: RedisResult<Ended>) {
         let _ = self.reply.send(answer);
     }
 
@@ -128,7 +170,7 @@ impl Ending {
         held: Held,
         outcome: Outcome,
         slot: Option<OwnedSemaphorePermit>,
-        reply: oneshot::Sender<RedisResult<bool>>,
+        reply: oneshot::Sender<RedisResult<Ended>>,
     ) -> Ending {
         let mut ending = Ending {
             queue: held.queue,
@@ -202,10 +244,10 @@ impl Leasing {
             false => self.serving.refill(&served, slots.len(), batch.len()),
         };
         let kinds = self.serving.kinds_arg();
-        match served.queue.end_attempts(&batch, want, &self.consumer, &kinds).await {
-            Ok((applied, claims, reason, retry_ms)) => {
-                for (ending, applied) in batch.into_iter().zip(applied) {
-                    let _ = ending.reply.send(Ok(applied == 1));
+        match served.queue.end_attempts(&batch, Holders::Process, want, &self.consumer, &kinds).await {
+            Ok(Finished { ended, claims, reason, retry_ms }) => {
+                for (ending, ended) in batch.into_iter().zip(ended) {
+                    ending.answer(Ok(ended));
                 }
                 let claimed = (claims, blocked_of(&reason, retry_ms));
                 let leases = self.leases_of_claim(&served, claimed, &mut slots);
@@ -216,22 +258,33 @@ impl Leasing {
             Err(e) => {
                 // Nothing was applied: each attempt's runner tries again.
                 for ending in batch {
-                    let _ = ending.reply.send(Err(e.clone()));
+                    ending.answer(Err(e.clone()));
                 }
             }
         }
     }
 }
 
+/// What one finish script call did: each attempt's end, in order, the claim's replies for the
+/// new leases, and why no more may start (with when to look again).
+pub(super) struct Finished {
+    pub(super) ended: Vec<Ended>,
+    pub(super) claims: Vec<Vec<Vec<u8>>>,
+    pub(super) reason: Vec<u8>,
+    pub(super) retry_ms: u64,
+}
+
 impl Queue {
-    /// Ends a batch of attempts and takes up to `want` new leases, in one script.
+    /// Ends a batch of attempts of `holders`' leases and takes up to `want` new leases, in one
+    /// script.
     pub(super) async fn end_attempts(
         &self,
         endings: &[Ending],
+        holders: Holders,
         want: usize,
         consumer: &str,
         kinds: &str,
-    ) -> RedisResult<(Vec<i64>, Vec<Vec<Vec<u8>>>, Vec<u8>, u64)> {
+    ) -> RedisResult<Finished> {
         let mut stage = redis::pipe();
         for e in endings {
             if let ResultPlace::Staged(bytes) = &e.result {
@@ -249,7 +302,9 @@ impl Queue {
         }
         let mut call = self.scripts.finish.prepare_invoke();
         call.key(self.keys.events()).key(self.keys.retrying()).key(self.keys.dead());
-        self.leasing_args(&mut call, consumer, consumer, kinds).arg(want);
+        self.leasing_args(&mut call, consumer, consumer, kinds)
+            .arg(want)
+            .arg(if holders == Holders::Pulled { "pulled" } else { "" });
         for e in endings {
             call.arg(&e.task_id)
                 .arg(e.stream_index + 1)
@@ -262,7 +317,11 @@ impl Queue {
             let (bytes, source) = e.result.script_args();
             call.arg(bytes).arg(e.reason).arg(&e.session).arg(&e.idempotency_key).arg(source);
         }
-        call.invoke_async(&mut self.conn.clone()).await
+        let (applied, claims, reason, retry_ms, workers): (Vec<i64>, _, _, _, Vec<String>) =
+            call.invoke_async(&mut self.conn.clone()).await?;
+        let mut workers = workers.into_iter();
+        let ended = applied.into_iter().map(|code| Ended::of(code, workers.next())).collect();
+        Ok(Finished { ended, claims, reason, retry_ms })
     }
 }
 
@@ -341,10 +400,15 @@ mod tests {
                     ending(queue, &id, r, &token, ResultBytes::New(Bytes::from_static(b"ok")))
                 })
                 .collect();
-            let (applied, ..) = queue.end_attempts(&endings, 0, "unit-worker", "*").await.unwrap();
-            assert!(applied.iter().all(|&a| a == 1));
+            assert!(end(queue, &endings).await.iter().all(|&a| a == Applied::AsReported));
             ran += endings.len();
         }
+    }
+
+    /// Ends `endings` as a worker process does, taking no new leases: how each was applied.
+    async fn end(queue: &Queue, endings: &[Ending]) -> Vec<Applied> {
+        let finished = queue.end_attempts(endings, Holders::Process, 0, "unit-worker", "*").await.unwrap();
+        finished.ended.iter().map(|e| e.applied).collect()
     }
 
     async fn staged_keys(queue: &Queue) -> Vec<String> {
@@ -396,7 +460,7 @@ mod tests {
                 &token,
                 ResultBytes::New(Bytes::copy_from_slice(result)),
             );
-            assert_eq!(queue.end_attempts(&[holder], 0, "unit-worker", "*").await.unwrap().0, vec![1]);
+            assert_eq!(end(&queue, &[holder]).await, vec![Applied::AsReported]);
             let own_key: bool = conn.exists(queue.keys.result(&id)).await.unwrap();
             assert_eq!(own_key, !in_record, "{result:?}");
             let record = queue.store().get(&id).await.unwrap().unwrap();
@@ -429,15 +493,13 @@ mod tests {
 
         let result = Bytes::from(vec![b'r'; 40_000]);
         let late = ending(&queue, &id.to_string(), reply, "a-lost-lease:0", ResultBytes::New(result.clone()));
-        let (applied, ..) = queue.end_attempts(&[late], 0, "unit-worker", "*").await.unwrap();
-        assert_eq!(applied, vec![0]);
+        assert_eq!(end(&queue, &[late]).await, vec![Applied::Lost]);
         assert_eq!(staged_keys(&queue).await, Vec::<String>::new(), "the late holder's result is gone");
         let status: String = conn.hget(queue.keys.task(&id), "status").await.unwrap();
         assert_eq!(status, "running");
 
         let holder = ending(&queue, &id.to_string(), reply, &token, ResultBytes::New(result.clone()));
-        let (applied, ..) = queue.end_attempts(&[holder], 0, "unit-worker", "*").await.unwrap();
-        assert_eq!(applied, vec![1]);
+        assert_eq!(end(&queue, &[holder]).await, vec![Applied::AsReported]);
         let stored: Vec<u8> = conn.get(queue.keys.result(&id)).await.unwrap();
         assert_eq!(stored, result.as_ref());
         let (status, size): (String, u64) = redis::cmd("HMGET")
@@ -500,16 +562,8 @@ mod tests {
 
         // Once it ends, nothing is pending and the trim reaches the last entry handed out.
         let token = String::from_utf8(replies[0][4].clone()).unwrap();
-        let (applied, ..) = queue
-            .end_attempts(
-                &[ending(&queue, &held.to_string(), &replies[0], &token, ResultBytes::New(small()))],
-                0,
-                "unit-worker",
-                "*",
-            )
-            .await
-            .unwrap();
-        assert_eq!(applied, vec![1]);
+        let holder = ending(&queue, &held.to_string(), &replies[0], &token, ResultBytes::New(small()));
+        assert_eq!(end(&queue, &[holder]).await, vec![Applied::AsReported]);
         let left: usize = conn.xlen(&ready).await.unwrap();
         assert!(left < 100, "{left} of 601 entries left after every task ended");
         enqueue_echo(&queue, small()).await;

@@ -48,6 +48,10 @@ local function redis_now()
   return tostring(tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
 end
 
+-- What a grant's view shows of a record beyond the run reply (pull.lua asks for them: `views`).
+local VIEW_FIELDS = {'created', 'finished', 'error', 'next_run', 'subscription', 'wf', 'wf_step'}
+local NO_FIELDS = {}
+
 local function leasing_context(given)
   return {
     given = given or 0,
@@ -150,7 +154,9 @@ end
 -- {'drop'} when the task is gone or finished (its entry is dropped), {'cancelled'} when it was
 -- cancelled while a dead holder ran it, {'expired'} when its expiry passed before this attempt
 -- could start (it ends as a dead letter), and {'later'} when the queue's limits let nothing
--- start now (the entry goes back to the end of its stream).
+-- start now (the entry goes back to the end of its stream). With `ctx.views` (pull.lua), a run
+-- reply goes on with field-value pairs: the record fields a task's view shows that the run
+-- reply does not (its status is `running`).
 local function take_lease(ctx, kind, s, entry, id)
   local base, now = ctx.base, ctx.now
   local stream = lane_stream(base, kind, s)
@@ -159,7 +165,7 @@ local function take_lease(ctx, kind, s, entry, id)
   if id ~= '' then
     f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'kind', 'max_attempts',
       'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes', 'expires', 'payload_ref',
-      'worker', 'attempt_started', 'traceparent', 'payload')
+      'worker', 'attempt_started', 'traceparent', 'payload', unpack(ctx.views and VIEW_FIELDS or NO_FIELDS))
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -202,8 +208,9 @@ local function take_lease(ctx, kind, s, entry, id)
   else
     waited = math.max(tonumber(now) - (tonumber(string.match(entry, '^(%d+)')) or tonumber(now)), 0)
   end
+  local started = f[4] or now
   redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
-    'progress', '', 'attempts', attempt, 'started', f[4] or now, 'attempt_started', now,
+    'progress', '', 'attempts', attempt, 'started', started, 'attempt_started', now,
     'worker', ctx.worker, 'waited', waited)
   emit_event(ctx.events, ctx.maxlen, base, 'running', id, f[5], 'running', attempt, '', '', now)
   local payload, has = f[17], '2'
@@ -214,8 +221,21 @@ local function take_lease(ctx, kind, s, entry, id)
     payload = redis.call('GET', payload_key(base, id, f[13]))
     has = payload and '1' or '0'
   end
-  return {'run', id, tostring(s), entry, token, attempt, f[5], f[6] or '1', f[7] or '', f[8] or '',
+  local run = {'run', id, tostring(s), entry, token, attempt, f[5], f[6] or '1', f[7] or '', f[8] or '',
     f[9] or '', has, payload or '', f[10] or '', f[13] or '', f[16] or ''}
+  if ctx.views then
+    -- The rest of the task's view as this lease leaves its record: a grant shows it without a
+    -- read of the whole record.
+    for _, field in ipairs({'updated', now, 'started', started, 'payload_bytes', f[11] or '',
+        'expires', f[12] or ''}) do
+      run[#run + 1] = field
+    end
+    for i, field in ipairs(VIEW_FIELDS) do
+      run[#run + 1] = field
+      run[#run + 1] = f[17 + i] or ''
+    end
+  end
+  return run
 end
 
 -- The task id an entry's fields name ('' when none does).

@@ -6,11 +6,17 @@
 //! taken from, the consumer they are taken for, the finish loop they end through and the channel
 //! that hands them to apalis.
 
-use super::{GROUP, Outcome, Queue, finish::Ending, serving::Serving};
-use crate::store::now_ms;
+use super::{
+    GROUP, Outcome, Queue,
+    finish::{Applied, Ending},
+    record,
+    serving::Serving,
+};
+use crate::store::{TaskRecord, now_ms};
 use bytes::Bytes;
 use redis::{RedisResult, ScriptInvocation};
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -125,6 +131,13 @@ impl RunReply {
         (reply.len() == Run::FIELDS.len() && reply[Run::Tag as usize] == b"run").then_some(RunReply(reply))
     }
 
+    /// A `run` reply and the field-value pairs of its task's view that follow it (when the
+    /// claim asked for them: pull.lua), apart.
+    pub(super) fn with_view(mut reply: Vec<Vec<u8>>) -> Option<(RunReply, Vec<Vec<u8>>)> {
+        let view = reply.split_off(reply.len().min(Run::FIELDS.len()));
+        Some((RunReply::of(reply)?, view))
+    }
+
     /// The task's id and its entry's stream (0 most urgent), if the reply names them.
     pub(super) fn task(&self) -> Option<(Uuid, usize)> {
         let task_id = self.text(Run::TaskId).parse::<Uuid>().ok()?;
@@ -143,6 +156,30 @@ impl RunReply {
 
     pub(super) fn take(&mut self, field: Run) -> Vec<u8> {
         std::mem::take(&mut self.0[field as usize])
+    }
+
+    /// The record of task `task_id` (in `queue`) as this lease left it, from the run reply and
+    /// `view`, the field-value pairs that follow it when the claim was asked for them (pull.lua):
+    /// what a view of the task shows. `None` when they do not make one.
+    pub(super) fn record(&self, task_id: Uuid, queue: &str, view: Vec<Vec<u8>>) -> Option<TaskRecord> {
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).ok();
+        let mut fields: HashMap<String, String> = HashMap::with_capacity(view.len() / 2 + 7);
+        let mut view = view.into_iter();
+        while let (Some(field), Some(value)) = (view.next(), view.next()) {
+            fields.insert(text(field)?, text(value)?);
+        }
+        for (field, from) in [
+            (record::KIND, Run::Kind),
+            (record::ATTEMPTS, Run::Attempt),
+            (record::MAX_ATTEMPTS, Run::MaxAttempts),
+            (record::PAYLOAD_TYPE, Run::PayloadType),
+            (record::PAYLOAD_REF, Run::PayloadRef),
+            (record::TRACEPARENT, Run::Traceparent),
+        ] {
+            fields.insert(field.to_string(), self.text(from));
+        }
+        fields.insert(record::STATUS.to_string(), "running".to_string());
+        TaskRecord::from_fields(task_id, queue, &fields)
     }
 }
 
@@ -201,7 +238,7 @@ impl Lease {
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         let ending = Ending::of(self, outcome, slot, reply);
         self.finisher.send(ending).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(answer.await.map_err(|_| stopped())??.applied != Applied::Lost)
     }
 }
 
@@ -379,7 +416,7 @@ mod tests {
             assert_eq!(*field as usize, place);
         }
         // And the return statement builds as many fields as the comment names.
-        let ret = &lua[lua.find("return {'run'").expect("take_lease returns a run reply")..];
+        let ret = &lua[lua.find("{'run',").expect("take_lease builds a run reply")..];
         let ret = &ret[..ret.find('}').unwrap()];
         assert_eq!(ret.matches(',').count() + 1, read.len());
     }

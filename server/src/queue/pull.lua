@@ -4,9 +4,10 @@
 -- KEYS: events
 -- ARGV: the leasing arguments (lease.lua), count, the queue's lease ms (how long an entry goes
 --       unrenewed before it is taken over), this lease's ms
--- Returns {replies (take_lease's), why nothing more may start ('' when nothing stops it), in how
--- many ms to look again}.
+-- Returns {replies (take_lease's, a run reply with its view's fields: `views`), why nothing more
+-- may start ('' when nothing stops it), in how many ms to look again}.
 local ctx = leasing_context()
+ctx.views = true
 start_budget(ctx)
 local count, lease, want = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local replies = {}

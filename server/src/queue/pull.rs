@@ -8,11 +8,11 @@
 
 use super::{
     Outcome, Queue, Renewal,
-    finish::{Ending, Held, batch_of},
+    finish::{Ended, Ending, Held, Holders, batch_of},
     lease::{HeldEntry, Run, RunReply},
     record,
 };
-use crate::store::now_ms;
+use crate::store::{TaskRecord, now_ms};
 use app::model::{is_kind_name, is_queue_name};
 use bytes::Bytes;
 use redis::RedisResult;
@@ -73,21 +73,12 @@ impl PullToken {
     }
 }
 
-/// What a pulled lease's record says of it, read before its end.
-#[derive(Clone, Debug)]
-pub struct PulledState {
-    /// The task was cancelled while it ran.
-    pub cancel_requested: bool,
-    session: String,
-    idempotency_key: String,
-    /// The worker that pulled it (its name for itself).
-    pub worker: String,
-}
-
-/// A lease a worker pulled: its token, and the payload when it came with the claim.
+/// A lease a worker pulled: its token, its task's record as the lease left it (the fields a
+/// view shows), and the payload when it came with the claim.
 #[derive(Debug)]
 pub struct Pulled {
     pub token: PullToken,
+    pub record: TaskRecord,
     /// The payload, when small enough to come with the claim; else read it from the store.
     pub payload: Option<Bytes>,
     pub payload_type: String,
@@ -120,10 +111,12 @@ impl Queue {
         let expires_ms = now_ms() + lease_ms;
         let mut pulled = Vec::new();
         for reply in replies {
-            let Some(mut reply) = RunReply::of(reply) else { continue };
+            let Some((mut reply, view)) = RunReply::with_view(reply) else { continue };
             let Some((task_id, stream_index)) = reply.task() else { continue };
+            let Some(record) = reply.record(task_id, self.name(), view) else { continue };
             let payload = (reply.text(Run::PayloadIs) == "1").then(|| Bytes::from(reply.take(Run::Payload)));
             pulled.push(Pulled {
+                record,
                 token: PullToken {
                     queue: self.name().to_string(),
                     kind: reply.text(Run::Kind),
@@ -170,37 +163,29 @@ impl Queue {
         self.release_entry(&self.pulled_entry(token, &stream)).await
     }
 
-    /// The pulled lease as its record holds it, or `None` once the lease is no longer held.
-    pub async fn pulled_state(&self, token: &PullToken) -> RedisResult<Option<PulledState>> {
-        let [lease, cancel, session, idem, worker]: [Option<String>; 5] = redis::cmd("HMGET")
+    /// The worker that holds the pulled lease `token` (its name for itself), or `None` once the
+    /// lease is no longer held.
+    pub async fn pulled_worker(&self, token: &PullToken) -> RedisResult<Option<String>> {
+        let [lease, worker]: [Option<String>; 2] = redis::cmd("HMGET")
             .arg(self.keys.task(&token.task_id))
-            .arg(&[record::LEASE, record::CANCEL, record::SESSION, record::IDEMPOTENCY_KEY, record::WORKER])
+            .arg(&[record::LEASE, record::WORKER])
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok((lease.as_deref() == Some(token.token.as_str())).then(|| PulledState {
-            cancel_requested: cancel.as_deref() == Some("1"),
-            session: session.unwrap_or_default(),
-            idempotency_key: idem.unwrap_or_default(),
-            worker: worker.unwrap_or_default(),
-        }))
+        Ok((lease.as_deref() == Some(token.token.as_str())).then(|| worker.unwrap_or_default()))
     }
 
-    /// Ends the pulled lease's attempt with `outcome`, as `state` (read just before) found it;
-    /// `false` (and no change) when the lease was no longer held.
-    pub async fn end_pulled(
-        &self,
-        token: &PullToken,
-        state: PulledState,
-        outcome: Outcome,
-    ) -> RedisResult<bool> {
+    /// Ends the pulled lease's attempt with `outcome` — or as cancelled, when its task's cancel
+    /// was asked for while it ran. Nothing changes when the lease is no longer held.
+    pub async fn end_pulled(&self, token: &PullToken, outcome: Outcome) -> RedisResult<Ended> {
+        // The finish script reads the session and idempotency key of a pulled lease's task.
         let held = Held {
             queue: self.clone(),
             task_id: token.task_id.to_string(),
             stream_index: token.stream_index,
             entry_id: token.entry_id.clone(),
             token: token.token.clone(),
-            session: state.session,
-            idempotency_key: state.idempotency_key,
+            session: String::new(),
+            idempotency_key: String::new(),
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let gone =
@@ -221,10 +206,10 @@ impl Queue {
     async fn end_pulled_together(self, mut endings: tokio::sync::mpsc::UnboundedReceiver<Ending>) {
         while let Some(first) = endings.recv().await {
             let batch = batch_of(first, || endings.try_recv().ok());
-            match self.end_attempts(&batch, 0, CONSUMER, "").await {
-                Ok((applied, ..)) => {
-                    for (ending, applied) in batch.into_iter().zip(applied) {
-                        ending.answer(Ok(applied == 1));
+            match self.end_attempts(&batch, Holders::Pulled, 0, CONSUMER, "").await {
+                Ok(finished) => {
+                    for (ending, ended) in batch.into_iter().zip(finished.ended) {
+                        ending.answer(Ok(ended));
                     }
                 }
                 Err(e) => {

@@ -187,6 +187,43 @@ async fn a_bad_list_of_ends_is_refused_whole_and_ends_nothing() {
     assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "succeeded");
 }
 
+/// A grant shows its task as the task's own view does once leased, whatever options it has.
+#[tokio::test]
+async fn a_grant_shows_its_task_as_its_view_does() {
+    let app = app_without_workers().await;
+    let options = json!({
+        "kind": "echo",
+        "payload": {"text": "x".repeat(20_000)},
+        "max_attempts": 4,
+        "timeout_ms": 60000,
+        "session": "grant-view",
+        "ttl_ms": 600_000,
+    });
+    let ids = [app.submit_ok(json!({"kind": "echo", "payload": 1})).await, app.submit_ok(options).await];
+    let leases = app.leases(json!({"worker": "test", "max": 10})).await;
+    assert_eq!(leases.len(), 2);
+    for lease in &leases {
+        let id = lease["task"]["id"].as_str().unwrap();
+        assert!(ids.iter().any(|i| i == id), "{lease}");
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(lease["task"], view, "{lease}");
+        assert_eq!(view["status"], "running");
+    }
+    let optioned = leases.iter().find(|l| l["task"]["id"] == ids[1].as_str()).unwrap();
+    assert!(
+        optioned["task"]["expires_at"].is_string()
+            && optioned["task"]["payload_bytes"].as_u64() > Some(20_000)
+    );
+
+    // The session's next task waits for this one, which its end lets go (the end reads the
+    // session from the record: a pulled lease's token does not carry it).
+    let next = app.submit_ok(json!({"kind": "echo", "payload": 2, "session": "grant-view"})).await;
+    assert!(app.leases(json!({"worker": "test"})).await.is_empty(), "the session's next task waits");
+    assert_eq!(app.on_lease(token(optioned), "complete", None).await.status(), 204);
+    let after = app.leases(json!({"worker": "test", "wait_ms": 5000})).await;
+    assert_eq!(after[0]["task"]["id"], next.as_str());
+}
+
 #[tokio::test]
 async fn a_retryable_failure_runs_again_after_its_retry_after() {
     let app = app_without_workers().await;
@@ -201,6 +238,8 @@ async fn a_retryable_failure_runs_again_after_its_retry_after() {
     let second = app.leases(json!({"worker": "test", "wait_ms": 10000})).await;
     assert_eq!(second[0]["task"]["id"], id.as_str());
     assert_eq!(second[0]["task"]["attempts"], 2);
+    let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(second[0]["task"], view, "the grant shows the task as its view does, the last error too");
     let fail = json!({"error": "still busy", "retryable": true});
     assert_eq!(app.on_lease(token(&second[0]), "fail", Some(fail)).await.status(), 204);
     let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
