@@ -12,6 +12,7 @@ use super::{
 };
 use crate::store::now_ms;
 use bytes::Bytes;
+use futures::StreamExt;
 use redis::RedisResult;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -19,6 +20,10 @@ use tracing::debug;
 
 /// The most attempts one finish script ends.
 const FINISH_BATCH: usize = 64;
+/// How many finish rounds (scripts) a worker process has in flight at most: while Redis runs one,
+/// the attempts that end meanwhile go out in the next rather than waiting for its reply, so that
+/// Redis and the worker work at once rather than by turns (docs/benchmark-notes.md).
+const FINISH_ROUNDS: usize = 2;
 /// Results larger than this are staged with a plain `SET` before the finish script, which only
 /// renames them: copying large strings through Lua stalls Redis for everyone.
 const INLINE_RESULT_MAX: usize = 16 * 1024;
@@ -218,7 +223,16 @@ impl Leasing {
     /// leases taken in the same script, up to each queue's share. Runs until every lease and the
     /// fetch loop are gone.
     pub(super) async fn finish_loop(self, mut endings: mpsc::Receiver<Ending>) {
-        while let Some(first) = endings.recv().await {
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        loop {
+            let first = tokio::select! {
+                // With the most rounds in flight, the next waits for one of them.
+                ending = endings.recv(), if in_flight.len() < FINISH_ROUNDS => match ending {
+                    Some(ending) => ending,
+                    None => break,
+                },
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            };
             let batch = batch_of(first, || endings.try_recv().ok());
             let mut by_queue: Vec<(Served, Vec<Ending>)> = Vec::new();
             for ending in batch {
@@ -231,8 +245,11 @@ impl Leasing {
                 }
             }
             let rounds = by_queue.into_iter().map(|(served, group)| self.finish_group(served, group));
-            futures::future::join_all(rounds).await;
+            in_flight.push(async move {
+                futures::future::join_all(rounds).await;
+            });
         }
+        while in_flight.next().await.is_some() {}
         debug!("finishing stopped");
     }
 
