@@ -163,9 +163,9 @@ local function take_lease(ctx, kind, s, entry, id)
   local task = base .. ':task:' .. id
   local f = {}
   if id ~= '' then
-    f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'kind', 'max_attempts',
+    f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'max_attempts',
       'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes', 'expires', 'payload_ref',
-      'worker', 'attempt_started', 'traceparent', 'payload', unpack(ctx.views and VIEW_FIELDS or NO_FIELDS))
+      'traceparent', 'payload', unpack(ctx.views and VIEW_FIELDS or NO_FIELDS))
   end
   local status = f[1]
   if (not status) or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -177,15 +177,15 @@ local function take_lease(ctx, kind, s, entry, id)
     settle(stream, ctx.group, {entry})
     redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now, 'lease', '',
       'cancel', '')
-    keep_after_end(base, id, f[13], f[10], ctx.keep, now, f[17] and true)
+    keep_after_end(base, id, f[12], f[9], ctx.keep, now, f[14] and true)
     count_ends(base, now, 1)
-    emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, f[5], 'cancelled', f[3], '', '', now)
-    if f[9] and f[9] ~= '' then
-      leave_session(base, base .. ':session:' .. f[9], id)
+    emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, kind, 'cancelled', f[3], '', '', now)
+    if f[8] and f[8] ~= '' then
+      leave_session(base, base .. ':session:' .. f[8], id)
     end
     return {'cancelled'}
   end
-  local expires = tonumber(f[12])
+  local expires = tonumber(f[11])
   if expires and expires <= tonumber(now) then
     settle(stream, ctx.group, {entry})
     expire_task(base, id, now, ctx.dead_keep, ctx.events, ctx.maxlen)
@@ -204,7 +204,9 @@ local function take_lease(ctx, kind, s, entry, id)
   -- wait was its previous attempt's, whose holder stopped: that attempt is logged as lost.
   local waited = ''
   if status == 'running' then
-    log_attempt(task, f[3], 'lost', f[15], now, f[14], '')
+    -- The attempt that stopped: its start and worker are read only here, for its log entry.
+    local stopped = redis.call('HMGET', task, 'attempt_started', 'worker')
+    log_attempt(task, f[3], 'lost', stopped[1], now, stopped[2], '')
   else
     waited = math.max(tonumber(now) - (tonumber(string.match(entry, '^(%d+)')) or tonumber(now)), 0)
   end
@@ -212,27 +214,27 @@ local function take_lease(ctx, kind, s, entry, id)
   redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
     'progress', '', 'attempts', attempt, 'started', started, 'attempt_started', now,
     'worker', ctx.worker, 'waited', waited)
-  emit_event(ctx.events, ctx.maxlen, base, 'running', id, f[5], 'running', attempt, '', '', now)
-  local payload, has = f[17], '2'
+  emit_event(ctx.events, ctx.maxlen, base, 'running', id, kind, 'running', attempt, '', '', now)
+  local payload, has = f[14], '2'
   if payload then
     -- A small payload lives in the record (enqueue.lua).
     has = '1'
-  elseif (tonumber(f[11]) or 0) <= INLINE_PAYLOAD_MAX then
-    payload = redis.call('GET', payload_key(base, id, f[13]))
+  elseif (tonumber(f[10]) or 0) <= INLINE_PAYLOAD_MAX then
+    payload = redis.call('GET', payload_key(base, id, f[12]))
     has = payload and '1' or '0'
   end
-  local run = {'run', id, tostring(s), entry, token, attempt, f[5], f[6] or '1', f[7] or '', f[8] or '',
-    f[9] or '', has, payload or '', f[10] or '', f[13] or '', f[16] or ''}
+  local run = {'run', id, tostring(s), entry, token, attempt, kind, f[5] or '1', f[6] or '',
+    f[7] or '', f[8] or '', has, payload or '', f[9] or '', f[12] or '', f[13] or ''}
   if ctx.views then
     -- The rest of the task's view as this lease leaves its record: a grant shows it without a
     -- read of the whole record.
-    for _, field in ipairs({'updated', now, 'started', started, 'payload_bytes', f[11] or '',
-        'expires', f[12] or ''}) do
+    for _, field in ipairs({'updated', now, 'started', started, 'payload_bytes', f[10] or '',
+        'expires', f[11] or ''}) do
       run[#run + 1] = field
     end
     for i, field in ipairs(VIEW_FIELDS) do
       run[#run + 1] = field
-      run[#run + 1] = f[17 + i] or ''
+      run[#run + 1] = f[14 + i] or ''
     end
   end
   return run

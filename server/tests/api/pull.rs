@@ -299,6 +299,15 @@ async fn a_lease_not_renewed_is_taken_over_and_one_renewed_is_not() {
     assert_eq!(done.send().await.unwrap().status(), 204);
     let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
     assert_eq!(result.text().await.unwrap(), "on time");
+    // Its history: the first attempt lost by the worker that held it, the second done by the other.
+    let history = app.get_json(&format!("/api/v1/tasks/{id}/attempts")).await;
+    let attempts: Vec<_> = history["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["outcome"].as_str().unwrap(), a["worker"].as_str().unwrap(), a["started_at"].is_string()))
+        .collect();
+    assert_eq!(attempts, [("lost", "a", true), ("succeeded", "b", true)], "{history}");
 }
 
 #[tokio::test]
