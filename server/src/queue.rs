@@ -202,7 +202,7 @@ pub struct Queue {
     enqueuer: Arc<std::sync::OnceLock<enqueue::Enqueuer>>,
     /// Where the ends of this handle's pulled leases wait to be sent together (started on first
     /// use).
-    pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<finish::Ending>>>,
+    pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<finish::Ending>>>,
 }
 
 impl std::fmt::Debug for Queue {

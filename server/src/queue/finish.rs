@@ -212,45 +212,52 @@ impl Ending {
     }
 }
 
-/// `first` and the endings `ready` gives at once after it, up to `FINISH_BATCH` in all: what one
-/// finish script call ends.
-pub(super) fn batch_of(first: Ending, ready: impl FnMut() -> Option<Ending>) -> Vec<Ending> {
-    crate::store::gather(first, FINISH_BATCH, ready)
+/// Hands the endings `endings` brings to `round` in batches (a group commit: each the first to
+/// arrive and those ready at once after it, up to `FINISH_BATCH`), with up to `FINISH_ROUNDS`
+/// rounds in flight. Returns once `endings` is closed and every round is done.
+pub(super) async fn in_rounds<Round: Future<Output = ()>>(
+    mut endings: mpsc::Receiver<Ending>,
+    mut round: impl FnMut(Vec<Ending>) -> Round,
+) {
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        let first = tokio::select! {
+            // With the most rounds in flight, the next waits for one of them.
+            ending = endings.recv(), if in_flight.len() < FINISH_ROUNDS => match ending {
+                Some(ending) => ending,
+                None => break,
+            },
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+        };
+        let batch = crate::store::gather(first, FINISH_BATCH, || endings.try_recv().ok());
+        in_flight.push(round(batch));
+    }
+    while in_flight.next().await.is_some() {}
 }
 
 impl Leasing {
     /// Records ended attempts in batches (one script per queue), and reuses their slots for new
     /// leases taken in the same script, up to each queue's share. Runs until every lease and the
     /// fetch loop are gone.
-    pub(super) async fn finish_loop(self, mut endings: mpsc::Receiver<Ending>) {
-        let mut in_flight = futures::stream::FuturesUnordered::new();
-        loop {
-            let first = tokio::select! {
-                // With the most rounds in flight, the next waits for one of them.
-                ending = endings.recv(), if in_flight.len() < FINISH_ROUNDS => match ending {
-                    Some(ending) => ending,
-                    None => break,
-                },
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
-            };
-            let batch = batch_of(first, || endings.try_recv().ok());
-            let mut by_queue: Vec<(Served, Vec<Ending>)> = Vec::new();
-            for ending in batch {
-                match by_queue.iter_mut().find(|(s, _)| s.queue.name() == ending.queue.name()) {
-                    Some((_, group)) => group.push(ending),
-                    None => {
-                        let served = self.serving.served(&ending.queue);
-                        by_queue.push((served, vec![ending]));
-                    }
+    pub(super) async fn finish_loop(self, endings: mpsc::Receiver<Ending>) {
+        in_rounds(endings, |batch| self.finish_batch(batch)).await;
+        debug!("finishing stopped");
+    }
+
+    /// Ends a batch of attempts: one script per queue, at once.
+    async fn finish_batch(&self, batch: Vec<Ending>) {
+        let mut by_queue: Vec<(Served, Vec<Ending>)> = Vec::new();
+        for ending in batch {
+            match by_queue.iter_mut().find(|(s, _)| s.queue.name() == ending.queue.name()) {
+                Some((_, group)) => group.push(ending),
+                None => {
+                    let served = self.serving.served(&ending.queue);
+                    by_queue.push((served, vec![ending]));
                 }
             }
-            let rounds = by_queue.into_iter().map(|(served, group)| self.finish_group(served, group));
-            in_flight.push(async move {
-                futures::future::join_all(rounds).await;
-            });
         }
-        while in_flight.next().await.is_some() {}
-        debug!("finishing stopped");
+        let rounds = by_queue.into_iter().map(|(served, group)| self.finish_group(served, group));
+        futures::future::join_all(rounds).await;
     }
 
     /// Ends the attempts of one queue and takes its next leases.

@@ -8,7 +8,7 @@
 
 use super::{
     Outcome, Queue, Renewal,
-    finish::{Ended, Ending, Held, Holders, batch_of},
+    finish::{Ended, Ending, Held, Holders, in_rounds},
     lease::{HeldEntry, Run, RunReply},
     record,
 };
@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 /// The consumer every pulled lease's entry is held by, whichever worker pulled it.
 const CONSUMER: &str = "pull";
+/// How many ends of pulled leases may wait for a round at most; more wait to join them.
+const PULLED_ENDS_WAITING: usize = 4096;
 
 /// A pulled lease, as its token carries it: the queue, the task and where its entry is, the
 /// lease's length and the record's token. Written `queue~kind~task~stream~entry~ms~token`; `~`
@@ -191,31 +193,33 @@ impl Queue {
         let gone =
             || redis::RedisError::from((redis::ErrorKind::Io, "the loop that ends pulled leases stopped"));
         let ends = self.pulled_ends.get_or_init(|| {
-            let (ends, endings) = tokio::sync::mpsc::unbounded_channel();
+            let (ends, endings) = tokio::sync::mpsc::channel(PULLED_ENDS_WAITING);
             tokio::spawn(self.clone().end_pulled_together(endings));
             ends
         });
-        ends.send(Ending::held(held, outcome, None, reply)).map_err(|_| gone())?;
+        ends.send(Ending::held(held, outcome, None, reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 
-    /// Ends the pulled attempts waiting, together, one script call at a time: those that arrive
-    /// during a call go in the next (a group commit, as submissions have: many workers
-    /// completing at once cost Redis one script call per group, not one per task). Each gets its
-    /// own answer. Runs as long as the runtime (the handle it serves holds its sender).
-    async fn end_pulled_together(self, mut endings: tokio::sync::mpsc::UnboundedReceiver<Ending>) {
-        while let Some(first) = endings.recv().await {
-            let batch = batch_of(first, || endings.try_recv().ok());
-            match self.end_attempts(&batch, Holders::Pulled, 0, CONSUMER, "").await {
-                Ok(finished) => {
-                    for (ending, ended) in batch.into_iter().zip(finished.ended) {
-                        ending.answer(Ok(ended));
-                    }
+    /// Ends the pulled attempts waiting, together, in rounds of one script call (a group commit,
+    /// as submissions have: many workers completing at once cost Redis one script call per
+    /// group, not one per task). Each gets its own answer. Runs as long as the runtime (the
+    /// handle it serves holds its sender).
+    async fn end_pulled_together(self, endings: tokio::sync::mpsc::Receiver<Ending>) {
+        in_rounds(endings, |batch| self.end_pulled_batch(batch)).await;
+    }
+
+    /// Ends one batch of pulled attempts, answering each.
+    async fn end_pulled_batch(&self, batch: Vec<Ending>) {
+        match self.end_attempts(&batch, Holders::Pulled, 0, CONSUMER, "").await {
+            Ok(finished) => {
+                for (ending, ended) in batch.into_iter().zip(finished.ended) {
+                    ending.answer(Ok(ended));
                 }
-                Err(e) => {
-                    for ending in batch {
-                        ending.answer(Err(e.clone()));
-                    }
+            }
+            Err(e) => {
+                for ending in batch {
+                    ending.answer(Err(e.clone()));
                 }
             }
         }
