@@ -20,10 +20,12 @@ use tracing::debug;
 
 /// The most attempts one finish script ends.
 const FINISH_BATCH: usize = 64;
-/// How many finish rounds (scripts) a worker process has in flight at most: while Redis runs one,
-/// the attempts that end meanwhile go out in the next rather than waiting for its reply, so that
-/// Redis and the worker work at once rather than by turns (docs/benchmark-notes.md).
-const FINISH_ROUNDS: usize = 2;
+/// How many finish rounds (scripts) a loop has in flight at most. One: the attempts that end
+/// while Redis runs a round wait for its reply and go out together in the next. Two in flight
+/// (Redis and the worker busy at once rather than by turns) measured no faster over six paired
+/// backlog drains on this 2-core machine, at a little more Redis CPU per task (smaller rounds):
+/// docs/benchmark-notes.md.
+const FINISH_ROUNDS: usize = 1;
 /// Results larger than this are staged with a plain `SET` before the finish script, which only
 /// renames them: copying large strings through Lua stalls Redis for everyone.
 const INLINE_RESULT_MAX: usize = 16 * 1024;
