@@ -205,6 +205,16 @@ pub struct Queue {
     pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<finish::Ending>>>,
 }
 
+impl Queue {
+    /// A clone for a loop this handle starts (its submissions' group commits, its pulled ends'):
+    /// everything but the senders of its loops, so that a loop ends once every handle that feeds
+    /// it is gone. (A loop holding its own sender would run for ever: one per handle made for a
+    /// single request.)
+    fn for_loop(&self) -> Queue {
+        Queue { enqueuer: Default::default(), pulled_ends: Default::default(), ..self.clone() }
+    }
+}
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()

@@ -189,10 +189,12 @@ impl Queues {
         Ok(known.then(|| self.handle(name)))
     }
 
-    /// A handle on queue `name`, registered or not (for reading what is stored under it).
+    /// A handle on queue `name`, registered or not (for reading what is stored under it): this
+    /// process's own when it has the queue open, so that what its handles share (the group
+    /// commits of submissions and of pulled ends) is shared with it.
     pub fn handle(&self, name: &str) -> Queue {
-        if name == DEFAULT_QUEUE {
-            return self.inner.default.clone();
+        if let Some(queue) = self.inner.open.read().expect("never poisoned").get(name) {
+            return queue.clone();
         }
         self.inner.default.sibling(&self.inner.prefix, name)
     }

@@ -85,7 +85,7 @@ impl Queue {
         let gone = || redis::RedisError::from((redis::ErrorKind::Io, "the enqueue loop stopped"));
         let enqueuer = self.enqueuer.get_or_init(|| {
             let (jobs, queued) = mpsc::unbounded_channel();
-            tokio::spawn(self.clone().group_commits(queued));
+            tokio::spawn(self.for_loop().group_commits(queued));
             Enqueuer { jobs }
         });
         enqueuer.jobs.send(Job { tasks: tasks.to_vec(), reply }).map_err(|_| gone())?;
@@ -93,7 +93,7 @@ impl Queue {
     }
 
     /// Sends the jobs waiting, together, one call at a time: those that arrive during a call go
-    /// in the next. Runs as long as the runtime (the handle it serves holds its sender).
+    /// in the next. Runs as long as a handle that sends it jobs (`for_loop`).
     async fn group_commits(self, mut jobs: mpsc::UnboundedReceiver<Job>) {
         while let Some(first) = jobs.recv().await {
             let mut count = first.tasks.len();

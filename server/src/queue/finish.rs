@@ -1,4 +1,5 @@
-//! How a worker process's attempts end: the finish loop and the script call it batches them into.
+//! How attempts end: the finish loop of a worker process, the script call it batches them into,
+//! and the rounds both it and the pulled leases' ends (queue/pull.rs) go out in.
 //!
 //! The *finish loop* records ended attempts in batches (one script for all that ended meanwhile)
 //! and, in the same round trip, takes leases on new entries for the slots those attempts free, so
@@ -57,7 +58,7 @@ pub enum Applied {
 }
 
 /// What became of an ended attempt: how it was applied, and (pulled leases) the worker the record
-/// named as its holder (empty when lost).
+/// named as its holder (empty when the lease was no longer held).
 #[derive(Clone, Debug)]
 pub struct Ended {
     pub applied: Applied,
@@ -360,6 +361,7 @@ mod tests {
     };
     use app::model::Priority;
     use redis::{AsyncCommands, streams::StreamAutoClaimReply};
+    use std::sync::Arc;
     use uuid::Uuid;
 
     /// A queue on a redis-server of its own, which lives as long as the first half (the
@@ -460,6 +462,26 @@ mod tests {
             slot: None,
             reply: oneshot::channel().0,
         }
+    }
+
+    /// The loops a handle starts (its submissions' group commits, its pulled ends') do not keep
+    /// the handle's senders alive: a handle made for one request leaves nothing running behind
+    /// once dropped, and the loops it fed end.
+    #[tokio::test]
+    async fn a_dropped_handle_leaves_no_loop_behind() {
+        let (_redis, queue) = private_queue().await;
+        let handle = queue.sibling("unit", "default");
+        enqueue_echo(&handle, Bytes::from_static(b"p")).await;
+        let token = format!("default~echo~{}~1~1700000000000-0~3000~{}:0", Uuid::now_v7(), Uuid::now_v7());
+        let token = crate::queue::PullToken::decode(&token).unwrap();
+        let ended = handle.end_pulled(&token, Outcome::Cancelled).await.unwrap();
+        assert_eq!(ended.applied, Applied::Lost);
+        let (submissions, ends) = (Arc::downgrade(&handle.enqueuer), Arc::downgrade(&handle.pulled_ends));
+        assert!(submissions.upgrade().is_some_and(|e| e.get().is_some()), "the handle started its loops");
+        assert!(ends.upgrade().is_some_and(|e| e.get().is_some()));
+        drop(handle);
+        assert!(submissions.upgrade().is_none(), "no loop holds the submissions' sender");
+        assert!(ends.upgrade().is_none(), "no loop holds the pulled ends' sender");
     }
 
     /// A small text result lives in the task's record; one that is not text, or larger, under a

@@ -115,7 +115,10 @@ impl Queue {
         for reply in replies {
             let Some((mut reply, view)) = RunReply::with_view(reply) else { continue };
             let Some((task_id, stream_index)) = reply.task() else { continue };
-            let Some(record) = reply.record(task_id, self.name(), view) else { continue };
+            let Some(record) = reply.record(task_id, self.name(), view) else {
+                tracing::warn!(%task_id, "a leased task's record does not read as one; its lease will expire");
+                continue;
+            };
             let payload = (reply.text(Run::PayloadIs) == "1").then(|| Bytes::from(reply.take(Run::Payload)));
             pulled.push(Pulled {
                 record,
@@ -194,7 +197,7 @@ impl Queue {
             || redis::RedisError::from((redis::ErrorKind::Io, "the loop that ends pulled leases stopped"));
         let ends = self.pulled_ends.get_or_init(|| {
             let (ends, endings) = tokio::sync::mpsc::channel(PULLED_ENDS_WAITING);
-            tokio::spawn(self.clone().end_pulled_together(endings));
+            tokio::spawn(self.for_loop().end_pulled_together(endings));
             ends
         });
         ends.send(Ending::held(held, outcome, None, reply)).await.map_err(|_| gone())?;
@@ -203,8 +206,8 @@ impl Queue {
 
     /// Ends the pulled attempts waiting, together, in rounds of one script call (a group commit,
     /// as submissions have: many workers completing at once cost Redis one script call per
-    /// group, not one per task). Each gets its own answer. Runs as long as the runtime (the
-    /// handle it serves holds its sender).
+    /// group, not one per task). Each gets its own answer. Runs as long as a handle that sends it
+    /// ends (`for_loop`).
     async fn end_pulled_together(self, endings: tokio::sync::mpsc::Receiver<Ending>) {
         in_rounds(endings, |batch| self.end_pulled_batch(batch)).await;
     }
