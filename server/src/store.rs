@@ -434,17 +434,13 @@ impl Store {
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
         let content_type = || record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into());
-        if let Some(result) = &record.inline_result {
-            return Ok(Some(StoredResult {
-                bytes: result.clone().into_bytes(),
-                content_type: content_type(),
-            }));
-        }
-        if let (true, Some(payload)) = (record.result_is_payload, &record.inline_payload) {
-            return Ok(Some(StoredResult {
-                bytes: payload.clone().into_bytes(),
-                content_type: content_type(),
-            }));
+        // Text kept in the record: the result's own, or the payload it is.
+        let in_record = match record.result_is_payload {
+            false => record.inline_result.as_ref(),
+            true => record.inline_payload.as_ref(),
+        };
+        if let Some(text) = in_record {
+            return Ok(Some(StoredResult { bytes: text.clone().into_bytes(), content_type: content_type() }));
         }
         let key = match record.result_is_payload {
             true => self.keys.payload(&record.payload_ref.unwrap_or(record.id)),

@@ -424,16 +424,18 @@ pub async fn end_many(
 
 /// One end of `POST /api/v1/leases/ends`, answered as its own request would have been.
 async fn end_one(state: &AppState, access: &Access, request: LeaseEnd<Box<RawValue>>) -> LeaseEndReply {
+    let LeaseEnd { token: text, result, failed: failure } = request;
     let ended = async {
-        let (queue, token) = lease_of(state, &request.token)?;
+        let (queue, token) = lease_of(state, &text)?;
         if !access.reaches(&token.queue) {
             return Err(ApiError::not_found("no lease has this token"));
         }
-        let outcome = match request.failed {
+        let outcome = match failure {
             Some(failure) => failed(state, &queue, &token, failure).await?,
             None => Outcome::Succeeded {
-                result: ResultBytes::New(match &request.result {
-                    Some(result) => Bytes::copy_from_slice(result.get().as_bytes()),
+                // The result's own text, as the body had it (no copy of it made here).
+                result: ResultBytes::New(match result {
+                    Some(result) => Bytes::from(Box::<str>::from(result).into_boxed_bytes()),
                     None => Bytes::from_static(b"null"),
                 }),
                 content_type: "application/json".to_string(),
@@ -442,10 +444,8 @@ async fn end_one(state: &AppState, access: &Access, request: LeaseEnd<Box<RawVal
         end(state, &queue, &token, outcome).await
     };
     match ended.await {
-        Ok(status) => LeaseEndReply { token: request.token, status: status.as_u16(), problem: None },
-        Err(e) => {
-            LeaseEndReply { token: request.token, status: e.status().as_u16(), problem: Some(e.problem()) }
-        }
+        Ok(status) => LeaseEndReply { token: text, status: status.as_u16(), problem: None },
+        Err(e) => LeaseEndReply { token: text, status: e.status().as_u16(), problem: Some(e.problem()) },
     }
 }
 

@@ -13,7 +13,6 @@ use super::{
 };
 use crate::store::now_ms;
 use bytes::Bytes;
-use futures::StreamExt;
 use redis::RedisResult;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -21,12 +20,6 @@ use tracing::debug;
 
 /// The most attempts one finish script ends.
 const FINISH_BATCH: usize = 64;
-/// How many finish rounds (scripts) a loop has in flight at most. One: the attempts that end
-/// while Redis runs a round wait for its reply and go out together in the next. Two in flight
-/// (Redis and the worker busy at once rather than by turns) measured no faster over six paired
-/// backlog drains on this 2-core machine, at a little more Redis CPU per task (smaller rounds):
-/// docs/benchmark-notes.md.
-const FINISH_ROUNDS: usize = 1;
 /// Results larger than this are staged with a plain `SET` before the finish script, which only
 /// renames them: copying large strings through Lua stalls Redis for everyone.
 const INLINE_RESULT_MAX: usize = 16 * 1024;
@@ -215,27 +208,17 @@ impl Ending {
     }
 }
 
-/// Hands the endings `endings` brings to `round` in batches (a group commit: each the first to
-/// arrive and those ready at once after it, up to `FINISH_BATCH`), with up to `FINISH_ROUNDS`
-/// rounds in flight. Returns once `endings` is closed and every round is done.
+/// Hands the endings `endings` brings to `round` in batches, one round at a time (a group
+/// commit: each the first to arrive and those ready at once after it, up to `FINISH_BATCH`; the
+/// ones that end while a round runs go together in the next). Returns once `endings` is closed.
+/// (Two rounds in flight measured no faster: docs/benchmark-notes.md.)
 pub(super) async fn in_rounds<Round: Future<Output = ()>>(
     mut endings: mpsc::Receiver<Ending>,
     mut round: impl FnMut(Vec<Ending>) -> Round,
 ) {
-    let mut in_flight = futures::stream::FuturesUnordered::new();
-    loop {
-        let first = tokio::select! {
-            // With the most rounds in flight, the next waits for one of them.
-            ending = endings.recv(), if in_flight.len() < FINISH_ROUNDS => match ending {
-                Some(ending) => ending,
-                None => break,
-            },
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
-        };
-        let batch = crate::store::gather(first, FINISH_BATCH, || endings.try_recv().ok());
-        in_flight.push(round(batch));
+    while let Some(first) = endings.recv().await {
+        round(crate::store::gather(first, FINISH_BATCH, || endings.try_recv().ok())).await;
     }
-    while in_flight.next().await.is_some() {}
 }
 
 impl Leasing {
