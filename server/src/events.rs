@@ -41,7 +41,26 @@ use uuid::Uuid;
 pub const TASK_EVENT_PARTS: [&str; 9] =
     ["event", "task", "kind", "status", "attempt", "progress", "at", "workflow", "error"];
 /// The one field of a task's entry.
-const TASK_EVENT_FIELD: &[u8] = b"t";
+pub(crate) const TASK_EVENT_FIELD: &str = "t";
+/// The most events one entry holds (`EVENTS_PER_ENTRY` of queue/events.lua; a unit test compares
+/// them).
+pub(crate) const EVENTS_PER_ENTRY: usize = 32;
+
+/// A task event's value as the scripts write it (`emit_event`, queue/events.lua): its parts, in
+/// the order of `TASK_EVENT_PARTS`, joined by the unit separator. For the one writer outside Lua:
+/// a plain enqueue's `queued` events (queue/enqueue.rs).
+pub(crate) fn task_event_value(parts: [&str; TASK_EVENT_PARTS.len()]) -> String {
+    parts.join("\u{1f}")
+}
+
+/// How `count` events written together are split into entries (`flush_events`, queue/events.lua):
+/// evenly, over as few entries of at most `EVENTS_PER_ENTRY` as hold them. The ranges of events
+/// each entry holds, in order.
+pub(crate) fn event_entries(count: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let entries = count.div_ceil(EVENTS_PER_ENTRY).max(1);
+    let per_entry = count.div_ceil(entries).max(1);
+    (0..count).step_by(per_entry).map(move |first| first..(first + per_entry).min(count))
+}
 
 /// How many events a slow SSE client may fall behind before it catches up from Redis.
 const FANOUT_BUFFER: usize = 4096;
@@ -279,8 +298,7 @@ fn events_of_entry(
     fields: &[Value],
     events: &mut Vec<(Position, Option<StoredEvent>)>,
 ) {
-    let is_task_event =
-        matches!(fields.first(), Some(Value::BulkString(field)) if field.as_slice() == TASK_EVENT_FIELD);
+    let is_task_event = matches!(fields.first(), Some(Value::BulkString(field)) if field.as_slice() == TASK_EVENT_FIELD.as_bytes());
     if !is_task_event {
         events.push((entry, StoredEvent::from_fields(channel, entry, fields)));
         return;
@@ -292,7 +310,9 @@ fn events_of_entry(
             _ => entry,
         };
         let event = match (&pair[0], &pair[1]) {
-            (Value::BulkString(field), Value::BulkString(value)) if field.as_slice() == TASK_EVENT_FIELD => {
+            (Value::BulkString(field), Value::BulkString(value))
+                if field.as_slice() == TASK_EVENT_FIELD.as_bytes() =>
+            {
                 StoredEvent::from_task_entry(channel, position, value)
             }
             _ => None,
@@ -1136,6 +1156,32 @@ mod tests {
         let lua_names = ["name", "id", "kind", "status", "attempt", "progress", "at", "workflow", "err"];
         assert_eq!(parts, lua_names, "events.lua's parts in TASK_EVENT_PARTS's order");
         assert_eq!(lua_names.len(), TASK_EVENT_PARTS.len());
+    }
+
+    #[test]
+    fn events_are_split_into_entries_as_the_lua_splits_them() {
+        let lua = include_str!("queue/events.lua");
+        assert!(lua.contains(&format!("local EVENTS_PER_ENTRY = {EVENTS_PER_ENTRY}\n")));
+        // Each entry's first event and its count.
+        let split = |count| event_entries(count).map(|e| (e.start, e.len())).collect::<Vec<_>>();
+        assert_eq!(split(1), [(0, 1)]);
+        assert_eq!(split(32), [(0, 32)]);
+        // 33 events: two entries of 17 and 16, as math.ceil splits them.
+        assert_eq!(split(33), [(0, 17), (17, 16)]);
+        assert_eq!(split(100), [(0, 25), (25, 25), (50, 25), (75, 25)]);
+        assert!(split(0).is_empty());
+    }
+
+    #[test]
+    fn a_task_event_written_in_rust_reads_back_as_the_lua_one() {
+        let id = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let value = task_event_value(["queued", id, "echo", "queued", "0", "", "1700000000000", "", ""]);
+        let event = only_event(&[bulk(TASK_EVENT_FIELD), bulk(&value)]).unwrap();
+        assert_eq!(event.name, "queued");
+        let Pushed::Task(task) = event.event else { panic!("a task event") };
+        assert_eq!(task.task_id.to_string(), id);
+        assert_eq!((task.kind.as_str(), task.status, task.attempt), ("echo", Status::Queued, 0));
+        assert_eq!((task.progress, task.error, task.workflow_id), (None, None, None));
     }
 
     #[test]

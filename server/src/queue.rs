@@ -200,6 +200,9 @@ pub struct Queue {
     promoter_renewed_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where this handle's submissions wait to be sent together (started on first use).
     enqueuer: Arc<std::sync::OnceLock<enqueue::Enqueuer>>,
+    /// When an enqueue last found the queue without a `max_depth`: what lets the next
+    /// submissions go as plain commands.
+    unlimited_seen: Arc<enqueue::UnlimitedSeen>,
     /// Where the ends of this handle's pulled leases wait to be sent together (started on first
     /// use).
     pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<finish::Ending>>>,
@@ -460,6 +463,7 @@ impl Queue {
             last_prune_ms: Default::default(),
             promoter_renewed_ms: Default::default(),
             enqueuer: Default::default(),
+            unlimited_seen: Default::default(),
             pulled_ends: Default::default(),
         }
     }
@@ -908,7 +912,11 @@ impl Queue {
         if !fields.is_empty() {
             pipe.cmd("HSET").arg(&key).arg(&fields).ignore();
         }
-        pipe.query_async(&mut self.conn.clone()).await
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        // This process's next submissions look at the limits afresh (another process's do from
+        // its next round trip: enqueue.rs).
+        self.forget_unlimited();
+        Ok(())
     }
 
     /// Pauses (workers take none of its tasks; running ones finish) or resumes the queue, and
@@ -973,6 +981,59 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.failures = 0;
+    }
+}
+
+/// What the queue modules' tests share: a queue on a Redis of its own, and a plain task for it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{NewTask, Queue, QueueSettings};
+    use crate::{embedded_redis::EmbeddedRedis, store::now_ms};
+    use app::model::Priority;
+    use bytes::Bytes;
+    use std::time::Duration;
+    use uuid::Uuid;
+
+    /// A queue on a redis-server of its own, with an `echo` lane, which lives as long as the
+    /// first half (the server stops before its directory goes).
+    pub(crate) async fn private_queue() -> ((EmbeddedRedis, tempfile::TempDir), Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
+        let client = crate::redis_client::open(&redis.url(), false, None).unwrap();
+        let conn = client.connect(Duration::from_secs(10)).await.unwrap();
+        let settings = QueueSettings {
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(60),
+            dead_retention: Duration::from_secs(120),
+            events_maxlen: 1000,
+            durable: None,
+        };
+        let queue = Queue::new(client, conn, "unit", "default", settings);
+        queue.open_lanes(&["echo".to_string()]).await.unwrap();
+        ((redis, dir), queue)
+    }
+
+    /// An `echo` task with `payload` and no options.
+    pub(crate) fn echo_task(payload: Bytes) -> NewTask {
+        NewTask {
+            id: Uuid::now_v7(),
+            created_ms: now_ms(),
+            queue: "default".into(),
+            kind: "echo".into(),
+            payload,
+            payload_type: "application/octet-stream".into(),
+            max_attempts: 1,
+            timeout_ms: None,
+            delay_ms: None,
+            priority: Priority::Normal,
+            session: None,
+            subscription: None,
+            idempotency_key: None,
+            expires_ms: None,
+            shared_payload: None,
+            traceparent: None,
+            workflow: None,
+        }
     }
 }
 

@@ -6,11 +6,23 @@
 //! pays one script call, and one round trip, per group rather than per request, and an idle one
 //! sends each at once. Large payloads and large batches go on their own, their payloads staged
 //! with a plain `SET` first (the script renames them), so no large string passes through Lua.
+//!
+//! Most tasks need no decision in Redis: no session to join, no due time, a payload of their own,
+//! and a queue without a `max_depth`. A group of only such tasks goes as a transaction of plain
+//! commands (`MULTI`…`EXEC`) that writes what the script would, at about half its Redis CPU: Lua
+//! costs more turning each argument into a Lua string and back into a Redis one than the commands
+//! cost themselves (docs/benchmark-notes.md). Whether the queue has a `max_depth` is read by
+//! every round trip, for the next to decide with: a limit set on another server applies from the
+//! next group commit after it, one set through this process's handle at once.
 
-use super::{GROUP, NewTask, Queue, priority_tag};
+use super::{GROUP, NewTask, Queue, priority_tag, record};
+use crate::events::{TASK_EVENT_FIELD, event_entries, task_event_value};
+use crate::store::now_ms;
+use app::model::Priority;
 use redis::{RedisResult, Value};
-use std::time::Duration;
+use std::{collections::HashSet, sync::Mutex, time::Duration};
 use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
 
 /// Payloads up to this size go to the enqueue script as arguments; larger ones are staged.
 const INLINE_PAYLOAD_MAX: usize = 16 * 1024;
@@ -23,6 +35,12 @@ const RECORD_PAYLOAD_MAX: usize = 4 * 1024;
 const STAGED_TTL: Duration = Duration::from_secs(300);
 /// The most tasks one group commit carries; a batch this large goes on its own.
 const GROUP_COMMIT_MAX: usize = 256;
+/// How long a look that found the queue without a `max_depth` lets submissions go as plain
+/// commands: a busy queue looks with every round trip, an idle one's next submission goes through
+/// the script (which looks as it stores).
+const UNLIMITED_SEEN_FOR_MS: u64 = 1_000;
+/// The field of a queue's settings that limits its waiting tasks (enqueue.lua reads it).
+const MAX_DEPTH: &str = "max_depth";
 
 /// What an enqueue did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +54,19 @@ pub enum Enqueued {
         waiting: u64,
         max_depth: u64,
     },
+}
+
+/// When an enqueue last found the queue without a `max_depth`, which lets the next submissions
+/// go as plain commands.
+#[derive(Debug, Default)]
+pub(super) struct UnlimitedSeen(Mutex<Look>);
+
+/// An enqueue's look at whether the queue has a `max_depth`: when it started (ms since the epoch;
+/// 0 for a look that found one, or none), after how many of this process's changes to the limits.
+#[derive(Clone, Copy, Debug, Default)]
+struct Look {
+    at_ms: u64,
+    changes: u64,
 }
 
 /// Submissions waiting to be sent together; one per queue handle, started on first use.
@@ -66,6 +97,12 @@ impl NewTask {
     fn staged(&self) -> bool {
         self.owns_payload() && self.payload.len() > INLINE_PAYLOAD_MAX
     }
+
+    /// Whether its enqueue needs no decision in Redis (no session to join, no due time, a
+    /// payload of its own passed as an argument): it may go as plain commands.
+    fn plain(&self) -> bool {
+        self.session.is_none() && self.delay_ms.is_none() && self.shared_payload.is_none() && !self.staged()
+    }
 }
 
 impl Queue {
@@ -95,6 +132,9 @@ impl Queue {
     /// Sends the jobs waiting, together, one call at a time: those that arrive during a call go
     /// in the next. Runs as long as a handle that sends it jobs (`for_loop`).
     async fn group_commits(self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        // The kinds whose lanes this loop has seen stored: a task of another goes through the
+        // script, which makes its lane.
+        let mut lanes: HashSet<String> = HashSet::new();
         while let Some(first) = jobs.recv().await {
             let mut count = first.tasks.len();
             let mut batch = vec![first];
@@ -108,7 +148,16 @@ impl Queue {
                 }
             }
             let groups: Vec<&[NewTask]> = batch.iter().map(|job| job.tasks.as_slice()).collect();
-            match self.enqueue_groups(&groups).await {
+            let tasks = || groups.iter().flat_map(|group| group.iter());
+            let plain = self.settings.durable.is_none()
+                && self.seen_unlimited()
+                && tasks().all(|task| task.plain() && lanes.contains(&task.kind));
+            let sent =
+                if plain { self.enqueue_plain(&groups).await } else { self.enqueue_groups(&groups).await };
+            if sent.is_ok() {
+                lanes.extend(tasks().map(|task| task.kind.clone()));
+            }
+            match sent {
                 Ok(answers) => {
                     for (job, answer) in batch.into_iter().zip(answers) {
                         let _ = job.reply.send(Ok(answer));
@@ -137,6 +186,7 @@ impl Queue {
     /// Stores `groups` of tasks in one script call, each all or none; the answer of each. Large
     /// payloads are staged in the same round trip, just before the script.
     async fn enqueue_groups(&self, groups: &[&[NewTask]]) -> RedisResult<Vec<Enqueued>> {
+        let look = self.look();
         let mut call = self.scripts.enqueue.prepare_invoke();
         call.key(self.keys.delayed())
             .key(self.keys.retrying())
@@ -154,6 +204,8 @@ impl Queue {
             }
         }
         let mut pipe = redis::pipe();
+        // Whether the queue has a max_depth, for the next submissions (the script reads it too).
+        pipe.hexists(self.keys.settings(), MAX_DEPTH);
         for task in groups.iter().flat_map(|g| g.iter()).filter(|t| t.staged()) {
             pipe.cmd("SET")
                 .arg(self.keys.staged_payload(&task.id))
@@ -175,6 +227,12 @@ impl Queue {
             // are staged already; the script is loaded, and run.
             Err(e) if e.code() == Some("NOSCRIPT") => {
                 let replies: Vec<Value> = call.invoke_async(&mut conn).await?;
+                let limited: bool = redis::cmd("HEXISTS")
+                    .arg(self.keys.settings())
+                    .arg(MAX_DEPTH)
+                    .query_async(&mut conn)
+                    .await?;
+                self.saw_limits(limited, look);
                 let replicas = match durable {
                     // On a cluster, to the node the script ran on.
                     Some(durable) => {
@@ -186,6 +244,8 @@ impl Queue {
             }
             other => {
                 let mut replies = other?.into_iter();
+                let limited: Option<bool> = replies.next().map(redis::from_redis_value).transpose()?;
+                self.saw_limits(limited.unwrap_or(true), look);
                 let script = replies.next().map(redis::from_redis_value).transpose()?.unwrap_or_default();
                 (script, replies.next().map(redis::from_redis_value).transpose()?)
             }
@@ -203,6 +263,167 @@ impl Queue {
             self.prune_index_now_and_then().await;
         }
         Ok(answers)
+    }
+}
+
+impl Queue {
+    /// Stores `groups` of plain tasks (`NewTask::plain`) on a queue without a `max_depth` as one
+    /// transaction of plain commands that writes what enqueue.lua writes for them: each payload
+    /// and record, its lane entry, the listing index and the `queued` events. The transaction
+    /// reads whether the queue has a `max_depth` now, for the next submissions. Every group is
+    /// stored.
+    async fn enqueue_plain(&self, groups: &[&[NewTask]]) -> RedisResult<Vec<Enqueued>> {
+        let look = self.look();
+        let tasks: Vec<&NewTask> = groups.iter().flat_map(|group| group.iter()).collect();
+        let mut kinds: Vec<&str> = tasks.iter().map(|task| task.kind.as_str()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let mut pipe = redis::pipe();
+        pipe.atomic().hexists(self.keys.settings(), MAX_DEPTH);
+        // Each kind's lane is in the set of lanes (this loop saw it stored): a kind added here
+        // means Redis lost it, and its streams' group is made again below.
+        for kind in &kinds {
+            pipe.sadd(self.keys.lanes(), *kind);
+        }
+        let mut events = Vec::with_capacity(tasks.len());
+        let mut index = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            let id = task.id.to_string();
+            let created = task.created_ms.to_string();
+            let in_record = task.payload_in_record();
+            if !in_record {
+                pipe.set(self.keys.payload(&task.id), task.payload.as_ref()).ignore();
+            }
+            if let Some(expires) = task.expires_ms {
+                pipe.zadd(self.keys.expiring(), &id, expires).ignore();
+            }
+            if let Some(key) = &task.idempotency_key {
+                // Claimed with a short TTL in case this never runs; the task's own from now.
+                pipe.persist(key).ignore();
+            }
+            let hset = pipe.cmd("HSET").arg(self.keys.task(&task.id));
+            hset.arg(record::KIND)
+                .arg(&task.kind)
+                .arg(record::STATUS)
+                .arg("queued")
+                .arg(record::ATTEMPTS)
+                .arg(0)
+                .arg(record::MAX_ATTEMPTS)
+                .arg(task.max_attempts)
+                .arg(record::CREATED)
+                .arg(&created)
+                .arg(record::UPDATED)
+                .arg(&created)
+                .arg(record::PAYLOAD_BYTES)
+                .arg(task.payload.len())
+                .arg(record::PAYLOAD_TYPE)
+                .arg(&task.payload_type)
+                .arg(record::PRIORITY)
+                .arg(priority_tag(task.priority));
+            // The options it has (enqueue.lua's OPTIONAL_FIELDS, but for the session and shared
+            // payload a plain task has not).
+            let workflow = task.workflow.as_ref();
+            let options = [
+                (record::TIMEOUT_MS, task.timeout_ms.map(|ms| ms.to_string())),
+                (record::SUBSCRIPTION, task.subscription.clone()),
+                (record::IDEMPOTENCY_KEY, task.idempotency_key.clone()),
+                (record::EXPIRES, task.expires_ms.map(|ms| ms.to_string())),
+                (record::TRACEPARENT, task.traceparent.clone()),
+                (record::WORKFLOW, workflow.map(|w| w.workflow.to_string())),
+                (record::WORKFLOW_STEP, workflow.map(|w| w.step.clone())),
+            ];
+            for (field, value) in options {
+                if let Some(value) = value.filter(|value| !value.is_empty()) {
+                    hset.arg(field).arg(value);
+                }
+            }
+            if in_record {
+                hset.arg(record::PAYLOAD).arg(task.payload.as_ref()).arg(record::PAYLOAD_INLINE).arg(1);
+            }
+            hset.ignore();
+            let [high, normal, low] = self.keys.lane(&task.kind);
+            let stream = match task.priority {
+                Priority::High => high,
+                Priority::Normal => normal,
+                Priority::Low => low,
+            };
+            pipe.xadd(stream, "*", &[("task", &id)]).ignore();
+            events.push(task_event_value(["queued", &id, &task.kind, "queued", "0", "", &created, "", ""]));
+            index.push((0, id));
+        }
+        pipe.sadd(self.keys.ready_lanes(), &kinds).ignore();
+        pipe.zadd_multiple(self.keys.index(), &index).ignore();
+        for entry in event_entries(events.len()) {
+            let xadd = pipe.cmd("XADD").arg(self.keys.events()).arg("MAXLEN").arg("~");
+            xadd.arg(self.settings.events_maxlen.div_ceil(entry.len())).arg("*");
+            for event in &events[entry] {
+                xadd.arg(TASK_EVENT_FIELD).arg(event);
+            }
+            xadd.ignore();
+        }
+        let mut conn = self.conn.clone();
+        let (limited, added): (bool, Vec<bool>) = match pipe.query_async::<Vec<Value>>(&mut conn).await? {
+            replies if replies.len() == kinds.len() + 1 => {
+                let mut replies = replies.into_iter().map(redis::from_redis_value::<bool>);
+                (replies.next().transpose()?.unwrap_or(true), replies.collect::<Result<_, _>>()?)
+            }
+            replies => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "a plain enqueue's transaction",
+                    format!("{} replies for {} lanes", replies.len(), kinds.len()),
+                )));
+            }
+        };
+        self.saw_limits(limited, look);
+        for (kind, _) in kinds.iter().zip(added).filter(|(_, added)| *added) {
+            warn!(queue = %self.name, kind, "a lane was missing from Redis: its streams' group is made again");
+            self.make_lane_groups(kind).await?;
+        }
+        self.prune_index_now_and_then().await;
+        Ok(vec![Enqueued::Stored; groups.len()])
+    }
+
+    /// Makes the consumer group of `kind`'s lane streams where it is missing, from their first
+    /// entry (as lanes.lua's `ensure_lane` does).
+    async fn make_lane_groups(&self, kind: &str) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for stream in self.keys.lane(kind) {
+            pipe.cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM").ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await
+    }
+
+    /// An enqueue's look at the queue's limits, starting now.
+    fn look(&self) -> Look {
+        Look { at_ms: now_ms(), changes: self.seen().changes }
+    }
+
+    /// Whether submissions may go as plain commands now: a look found the queue without a
+    /// `max_depth` less than `UNLIMITED_SEEN_FOR_MS` ago.
+    fn seen_unlimited(&self) -> bool {
+        now_ms() < self.seen().at_ms + UNLIMITED_SEEN_FOR_MS
+    }
+
+    /// Records what `look` found: whether a `max_depth` limits the queue. A look that started
+    /// before this process last changed the limits is stale, and changes nothing.
+    fn saw_limits(&self, limited: bool, look: Look) {
+        let mut seen = self.seen();
+        if seen.changes == look.changes {
+            seen.at_ms = if limited { 0 } else { look.at_ms };
+        }
+    }
+
+    /// Forgets what enqueues found of the queue's limits, and any look under way: the next
+    /// submissions go through the script, which reads them.
+    pub(super) fn forget_unlimited(&self) {
+        let mut seen = self.seen();
+        *seen = Look { at_ms: 0, changes: seen.changes + 1 };
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Look> {
+        self.unlimited_seen.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -262,5 +483,195 @@ fn add_task_args(call: &mut redis::ScriptInvocation<'_>, task: &NewTask) {
         call.arg(task.payload.as_ref());
     } else {
         call.arg("");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{
+        WorkflowStep,
+        testing::{echo_task, private_queue},
+    };
+    use bytes::Bytes;
+    use redis::AsyncCommands;
+    use std::collections::HashMap;
+    use uuid::Uuid;
+
+    /// How many times Redis ran `EXEC` and `EVALSHA` so far (a first `EVALSHA` that finds its
+    /// script not loaded yet counts too).
+    async fn calls(conn: &mut impl redis::aio::ConnectionLike) -> (u64, u64) {
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+        let count = |command: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+                .and_then(|rest| rest.split(',').next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (count("exec"), count("evalsha"))
+    }
+
+    /// Everything a queue's keys say of task `id`, with its id written `ID`: its record, its
+    /// payload key, the lane stream its entry is on, its index and expiry scores and its events.
+    async fn written(queue: &Queue, id: Uuid) -> Vec<String> {
+        let mut conn = queue.conn.clone();
+        let anonymous = |text: String| text.replace(&id.to_string(), "ID");
+        let record: HashMap<String, String> = conn.hgetall(queue.keys.task(&id)).await.unwrap();
+        let mut record: Vec<String> =
+            record.into_iter().map(|(f, v)| anonymous(format!("{f}={v}"))).collect();
+        record.sort();
+        let payload: Option<Vec<u8>> = conn.get(queue.keys.payload(&id)).await.unwrap();
+        record.push(format!("payload key: {payload:?}"));
+        for stream in queue.keys.lane("echo") {
+            let entries: redis::streams::StreamRangeReply = conn.xrange_all(&stream).await.unwrap();
+            let ids = entries.ids.iter().filter(|e| e.get::<String>("task") == Some(id.to_string()));
+            record.push(format!("{stream}: {}", ids.count()));
+        }
+        let index: Option<f64> = conn.zscore(queue.keys.index(), id.to_string()).await.unwrap();
+        let expiring: Option<f64> = conn.zscore(queue.keys.expiring(), id.to_string()).await.unwrap();
+        record.push(format!("index {index:?}, expiring {expiring:?}"));
+        let events: redis::streams::StreamRangeReply = conn.xrange_all(queue.keys.events()).await.unwrap();
+        for entry in &events.ids {
+            for value in entry.map.values() {
+                let value: String = redis::from_redis_value(value.clone()).unwrap();
+                if value.contains(&id.to_string()) {
+                    record.push(anonymous(value));
+                }
+            }
+        }
+        record
+    }
+
+    #[tokio::test]
+    async fn a_plain_enqueue_writes_what_the_script_writes() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let with_options = |payload: &'static [u8]| {
+            let mut task = echo_task(Bytes::from_static(payload));
+            task.created_ms = 1_700_000_000_000;
+            task.max_attempts = 3;
+            task.timeout_ms = Some(5_000);
+            task.priority = Priority::High;
+            task.subscription = Some("orders/audit".into());
+            task.expires_ms = Some(1_800_000_000_000);
+            task.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+            task.workflow = Some(WorkflowStep { workflow: Uuid::now_v7(), step: "fetch".into() });
+            task
+        };
+        let variants = [
+            // A small text payload, kept in the record.
+            echo_task(Bytes::from_static(b"{\"text\": \"hello\"}")),
+            // Bytes that are not text: under a key of their own.
+            echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])),
+            with_options(b"\"with every option a plain task may have\""),
+            {
+                let mut task = echo_task(Bytes::new());
+                task.priority = Priority::Low;
+                task
+            },
+        ];
+        for variant in variants {
+            let (mut by_script, mut plain) = (variant.clone(), variant.clone());
+            by_script.id = Uuid::now_v7();
+            plain.id = Uuid::now_v7();
+            for task in [&mut by_script, &mut plain] {
+                // An idempotency key, claimed with a short TTL before the enqueue.
+                let key = queue.keys.idempotency(&task.id.to_string());
+                let _: () = conn.set_ex(&key, task.id.to_string(), 60).await.unwrap();
+                task.idempotency_key = Some(key);
+            }
+            assert!(plain.plain());
+            let before = calls(&mut conn).await;
+            assert_eq!(
+                queue.enqueue_groups(&[std::slice::from_ref(&by_script)]).await.unwrap(),
+                [Enqueued::Stored]
+            );
+            let between = calls(&mut conn).await;
+            assert_eq!(
+                queue.enqueue_plain(&[std::slice::from_ref(&plain)]).await.unwrap(),
+                [Enqueued::Stored]
+            );
+            let after = calls(&mut conn).await;
+            assert!(between.0 == before.0 && between.1 > before.1, "the script's way runs the script");
+            assert_eq!(
+                (after.0 - between.0, after.1 - between.1),
+                (1, 0),
+                "the plain way is one transaction"
+            );
+            let (script_wrote, plain_wrote) =
+                (written(&queue, by_script.id).await, written(&queue, plain.id).await);
+            assert!(script_wrote.iter().any(|line| line.starts_with("queued\u{1f}ID")), "{script_wrote:?}");
+            assert_eq!(plain_wrote, script_wrote);
+            for task in [&by_script, &plain] {
+                let ttl: i64 = conn.ttl(task.idempotency_key.as_ref().unwrap()).await.unwrap();
+                assert_eq!(ttl, -1, "an idempotency key lives as long as its task");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn submissions_go_plain_only_where_the_queue_was_seen_without_a_max_depth() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let echo = || echo_task(Bytes::from_static(b"1"));
+        // Which way an enqueue through the group-commit loop went, and its answer.
+        let way = async |task: NewTask| {
+            let mut conn = queue.conn.clone();
+            let before = calls(&mut conn).await;
+            let answer = queue.enqueue(&task).await.unwrap();
+            let after = calls(&mut conn).await;
+            // (The script's way may also prune the listing index, a script of its own.)
+            match (after.0 - before.0, after.1 - before.1) {
+                (1, 0) => ("plain", answer),
+                (0, 1..) => ("script", answer),
+                other => panic!("{other:?}"),
+            }
+        };
+        // The first looks at the queue's limits as the script stores it; the next go plain.
+        assert_eq!(way(echo()).await, ("script", Enqueued::Stored));
+        assert_eq!(way(echo()).await, ("plain", Enqueued::Stored));
+        // A session, a due time or a kind whose lane this loop has not stored go by the script.
+        let mut session = echo();
+        session.session = Some("s".into());
+        assert_eq!(way(session).await, ("script", Enqueued::Stored));
+        let mut later = echo();
+        later.delay_ms = Some(60_000);
+        assert_eq!(way(later).await, ("script", Enqueued::Stored));
+        let mut other = echo();
+        other.kind = "other".into();
+        assert_eq!(way(other.clone()).await, ("script", Enqueued::Stored));
+        other.id = Uuid::now_v7();
+        assert_eq!(way(other).await, ("plain", Enqueued::Stored));
+        // A max_depth set through this handle applies to the next submission at once.
+        let limits = app::model::QueueLimits { max_depth: Some(1), ..Default::default() };
+        queue.set_limits(&limits).await.unwrap();
+        let ("script", Enqueued::Full { waiting, max_depth: 1 }) = way(echo()).await else {
+            panic!("a full queue refuses")
+        };
+        // One set by another server applies from the round trip after it.
+        queue.set_limits(&Default::default()).await.unwrap();
+        assert_eq!(way(echo()).await, ("script", Enqueued::Stored));
+        let _: () = conn.hset(queue.keys.settings(), MAX_DEPTH, waiting + 2).await.unwrap();
+        assert_eq!(way(echo()).await, ("plain", Enqueued::Stored));
+        let full = Enqueued::Full { waiting: waiting + 2, max_depth: waiting + 2 };
+        assert_eq!(way(echo()).await, ("script", full));
+    }
+
+    #[tokio::test]
+    async fn a_lane_redis_lost_is_made_again_by_the_next_plain_enqueue() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        queue.enqueue(&echo_task(Bytes::from_static(b"1"))).await.unwrap();
+        // Redis loses the queue's data (a restart without persistence) while this loop runs.
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        let task = echo_task(Bytes::from_static(b"2"));
+        queue.enqueue(&task).await.unwrap();
+        let lanes: Vec<String> = conn.smembers(queue.keys.lanes()).await.unwrap();
+        assert_eq!(lanes, ["echo"]);
+        // Its group reads the lane from its start: the task is handed out.
+        let (replies, _) = queue.claim("unit-worker", "*", 10, &[]).await.unwrap();
+        let ids: Vec<String> =
+            replies.iter().map(|reply| String::from_utf8_lossy(&reply[1]).into_owned()).collect();
+        assert_eq!(ids, [task.id.to_string()]);
     }
 }

@@ -338,60 +338,20 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        embedded_redis::EmbeddedRedis,
-        queue::{GROUP, NewTask, QueueSettings, lease::LeasedPayload, lease::Run},
+    use crate::queue::{
+        GROUP,
+        lease::{LeasedPayload, Run},
+        testing::{echo_task, private_queue},
     };
-    use app::model::Priority;
     use redis::{AsyncCommands, streams::StreamAutoClaimReply};
     use std::sync::Arc;
     use uuid::Uuid;
 
-    /// A queue on a redis-server of its own, which lives as long as the first half (the
-    /// server stops before its directory goes).
-    async fn private_queue() -> ((EmbeddedRedis, tempfile::TempDir), Queue) {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = EmbeddedRedis::start(dir.path()).await.unwrap();
-        let client = crate::redis_client::open(&redis.url(), false, None).unwrap();
-        let conn = client.connect(Duration::from_secs(10)).await.unwrap();
-        let settings = QueueSettings {
-            lease: Duration::from_secs(30),
-            retention: Duration::from_secs(60),
-            dead_retention: Duration::from_secs(120),
-            events_maxlen: 1000,
-            durable: None,
-        };
-        let queue = Queue::new(client, conn, "unit", "default", settings);
-        queue.open_lanes(&["echo".to_string()]).await.unwrap();
-        ((redis, dir), queue)
-    }
-
     /// Enqueues an `echo` task with `payload`; returns its id.
     async fn enqueue_echo(queue: &Queue, payload: Bytes) -> Uuid {
-        let id = Uuid::now_v7();
-        queue
-            .enqueue(&NewTask {
-                id,
-                created_ms: now_ms(),
-                queue: "default".into(),
-                kind: "echo".into(),
-                payload,
-                payload_type: "application/octet-stream".into(),
-                max_attempts: 1,
-                timeout_ms: None,
-                delay_ms: None,
-                priority: Priority::Normal,
-                session: None,
-                subscription: None,
-                idempotency_key: None,
-                expires_ms: None,
-                shared_payload: None,
-                traceparent: None,
-                workflow: None,
-            })
-            .await
-            .unwrap();
-        id
+        let task = echo_task(payload);
+        queue.enqueue(&task).await.unwrap();
+        task.id
     }
 
     /// Claims every ready entry and ends, with its holder's token, each task that runs; returns
