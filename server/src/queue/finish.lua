@@ -28,16 +28,23 @@ local PULLED_FIELDS = pulled and {'cancel', 'session', 'idem'} or {}
 local ended, ended_streams = {}, {}
 -- How many tasks ended (rather than waiting for a retry).
 local ends = 0
--- What the stats count: tasks succeeded and failed for good, and wait and run samples by bin.
-local succeeded, failed, bins = 0, 0, {}
-local function sample(prefix, ms)
-  if ms then
-    local bin = prefix .. latency_bin(math.max(ms, 0))
-    bins[bin] = (bins[bin] or 0) + 1
-  end
+-- What the stats count: tasks succeeded and failed for good, and wait and run samples by bin
+-- (named once per bin and call, not per sample: a number turned into text goes through printf).
+local succeeded, failed, samples = 0, 0, {w = {}, r = {}}
+local function sample(kind, ms)
+  local bins = samples[kind]
+  local bin = latency_bin(math.max(ms, 0))
+  bins[bin] = (bins[bin] or 0) + 1
 end
+-- Adds field `name` = `value` to `into`, the optional pairs of a record's HSET.
+local function also(into, name, value)
+  into[#into + 1] = name
+  into[#into + 1] = value
+end
+-- A stream's place as its argument gives it.
+local STREAM_OF = {['1'] = 1, ['2'] = 2, ['3'] = 3}
 for a = 12, #ARGV, 13 do
-  local id, s, entry, outcome, err = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 4],
+  local id, s, entry, outcome, err = ARGV[a], STREAM_OF[ARGV[a + 1]], ARGV[a + 2], ARGV[a + 4],
     ARGV[a + 5]
   local session, idem = ARGV[a + 10], ARGV[a + 11]
   local task = base .. ':task:' .. id
@@ -83,6 +90,13 @@ for a = 12, #ARGV, 13 do
     -- The attempt's entry in the task's attempt log, written by the record's one HSET below.
     local logged, log_entry = attempt_log_entry(f[3], outcome == 'retrying' and 'retried' or outcome,
       f[8], now, f[7], err)
+    -- A later attempt's record may hold an earlier one's error and next run, which an end
+    -- clears; a first attempt's has neither, and its end writes only what it has.
+    local extra = {}
+    if err ~= '' or f[3] ~= '1' then
+      also(extra, 'error', err)
+      also(extra, 'next_run', '')
+    end
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
       -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL.
@@ -107,16 +121,23 @@ for a = 12, #ARGV, 13 do
           size = f[11] or 0
         end
         progress = '100'
-        local extra = source == 'record' and {'result', result} or {}
-        redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
-          'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', size,
-          'result_is_payload', source == 'payload' and '1' or '0', 'lease', '', 'cancel', '',
-          'next_run', '', logged, log_entry, unpack(extra))
+        if source == 'record' then
+          also(extra, 'result', result)
+        elseif source == 'payload' then
+          also(extra, 'result_is_payload', '1')
+        end
+        -- (A cancel asked for as it ran stays asked: nothing reads it of an ended task, and a
+        -- dead letter queued again drops it, requeue.lua.)
+        redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now,
+          'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', size, 'lease', '',
+          logged, log_entry, unpack(extra))
       else
-        -- A failure's reason rides along (a cancelled task's is empty, as it was).
-        redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'finished', now,
-          'lease', '', 'cancel', '', 'next_run', '', logged, log_entry, 'dead_reason',
-          outcome == 'failed' and ARGV[a + 9] or '')
+        -- A failure's reason rides along.
+        if outcome == 'failed' then
+          also(extra, 'dead_reason', ARGV[a + 9])
+        end
+        redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now, 'lease', '',
+          logged, log_entry, unpack(extra))
         if outcome == 'failed' then
           keep = ctx.dead_keep
           add_dead(base, KEYS[3], id, f[2], now, keep)
@@ -136,8 +157,14 @@ for a = 12, #ARGV, 13 do
     elseif outcome == 'failed' then
       failed = failed + 1
     end
-    sample('w', tonumber(f[9]))
-    sample('r', f[8] and tonumber(now) - (tonumber(f[8]) or tonumber(now)))
+    local started = tonumber(f[8])
+    if started then
+      if f[9] ~= NOT_SAMPLED then
+        -- How long it waited ready: Redis stamped its entry's id as it joined the stream.
+        sample('w', started - (tonumber(string.match(entry, '^(%d+)')) or started))
+      end
+      sample('r', ctx.now_ms - started)
+    end
     applied[#applied + 1] = ends_as
   end
 end
@@ -146,6 +173,12 @@ for _, stream in ipairs(ended_streams) do
 end
 if ends > 0 then
   count_ends(base, now, ends)
+end
+local bins = {}
+for kind, counts in pairs(samples) do
+  for bin, count in pairs(counts) do
+    bins[kind .. bin] = count
+  end
 end
 if succeeded + failed > 0 or next(bins) then
   record_stats(base, now, succeeded, failed, bins)

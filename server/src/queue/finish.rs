@@ -427,6 +427,33 @@ mod tests {
         assert!(ends.upgrade().is_none(), "no loop holds the pulled ends' sender");
     }
 
+    /// A cancel asked for as an attempt ran stays on its record when the attempt fails anyway
+    /// (nothing reads it of an ended task); the dead letter, queued again, runs rather than ending
+    /// cancelled, with the failure's error and reason gone.
+    #[tokio::test]
+    async fn a_dead_letter_whose_cancel_was_asked_runs_when_queued_again() {
+        let (_redis, queue) = private_queue().await;
+        let id = enqueue_echo(&queue, Bytes::from_static(b"p")).await;
+        let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+        let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
+        assert_eq!(queue.cancel(&id).await.unwrap(), crate::queue::CancelOutcome::Cancelling);
+        let mut failed = ending(&queue, &id.to_string(), &replies[0], &token, ResultBytes::Payload);
+        (failed.outcome, failed.error, failed.reason) = ("failed", "boom".into(), "non_retryable");
+        assert_eq!(end(&queue, &[failed]).await, vec![Applied::AsReported]);
+        let dead = queue.store().get(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (dead.error.as_deref(), dead.dead_reason.as_deref()),
+            (Some("boom"), Some("non_retryable"))
+        );
+        assert!(queue.requeue(&id).await.unwrap());
+        let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0][0], b"run", "the requeued task runs");
+        let running = queue.store().get(&id).await.unwrap().unwrap();
+        assert_eq!((running.status, running.attempts), (app::model::Status::Running, 1));
+        assert_eq!((running.error, running.dead_reason), (None, None));
+    }
+
     /// A small text result lives in the task's record; one that is not text, or larger, under a
     /// key of its own (kept for the retention); each reads back as it was given.
     #[tokio::test]

@@ -40,23 +40,34 @@ local function lanes_for(base, kinds, set)
   return lanes
 end
 
--- Redis's own clock, in ms: what a queue's rate log is kept by. The caller's `now` was read before
--- its round trip, on its own clock: a worker slowed down, or on another host, would stamp starts
--- in the past and slip extra starts into a window another worker had already moved past.
+-- Redis's own clock, in ms, as a number and as text: what a queue's rate log is kept by. The
+-- caller's `now` was read before its round trip, on its own clock: a worker slowed down, or on
+-- another host, would stamp starts in the past and slip extra starts into a window another worker
+-- had already moved past.
 local function redis_now()
   local clock = redis.call('TIME')
-  return tostring(tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
+  local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  return ms, tostring(ms)
 end
+
+-- A lane stream's place (1-3) as a run reply gives it. (A number turned into text goes through
+-- printf, which costs Redis more than most of what a lease does: docs/benchmark-notes.md.)
+local STREAM_TEXT = {'1', '2', '3'}
+-- The record's `waited` when its attempt was taken over from a holder that stopped: the finish
+-- takes no wait sample (the wait was the stopped attempt's). Otherwise empty or absent: the
+-- finish samples the wait from the ready entry's id, which Redis stamps as the task joins it.
+local NOT_SAMPLED = '-'
 
 -- What a grant's view shows of a record beyond the run reply (pull.lua asks for them: `views`).
 local VIEW_FIELDS = {'created', 'finished', 'error', 'next_run', 'subscription', 'wf', 'wf_step'}
 local NO_FIELDS = {}
 
 local function leasing_context(given)
+  local now_ms, now = redis_now()
   return {
     given = given or 0,
     base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], worker = ARGV[5],
-    now = redis_now(),
+    now = now, now_ms = now_ms,
     maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8],
     lanes = lanes_for(ARGV[1], ARGV[9], 'ready-lanes'), events = KEYS[1], leases = 0,
     -- Lanes handed an entry back by this script: still ready, whatever its reads found.
@@ -109,7 +120,7 @@ local function start_budget(ctx)
   local limit, period = tonumber(s[3]), tonumber(s[4])
   if limit and period then
     -- A log of the starts in the last period: a sliding window, exact at every instant.
-    local log, now = base .. ':starts', tonumber(ctx.now)
+    local log, now = base .. ':starts', ctx.now_ms
     redis.call('ZREMRANGEBYSCORE', log, '-inf', now - period)
     local left = limit - redis.call('ZCARD', log)
     if left <= 0 then
@@ -200,20 +211,24 @@ local function take_lease(ctx, kind, s, entry, id)
   ctx.leases = ctx.leases + 1
   mark_start(ctx, token)
   local attempt = tostring((tonumber(f[3]) or 0) + 1)
-  -- How long it waited ready: its entry's id is stamped as it joined the stream. A takeover's
-  -- wait was its previous attempt's, whose holder stopped: that attempt is logged as lost.
-  local waited = ''
-  if status == 'running' then
-    -- The attempt that stopped: its start and worker are read only here, for its log entry.
-    local stopped = redis.call('HMGET', task, 'attempt_started', 'worker')
-    log_attempt(task, f[3], 'lost', stopped[1], now, stopped[2], '')
-  else
-    waited = math.max(tonumber(now) - (tonumber(string.match(entry, '^(%d+)')) or tonumber(now)), 0)
-  end
   local started = f[4] or now
-  redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
-    'progress', '', 'attempts', attempt, 'started', started, 'attempt_started', now,
-    'worker', ctx.worker, 'waited', waited)
+  if not f[4] then
+    -- A first start: no earlier attempt left progress or a wait mark.
+    redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
+      'attempts', attempt, 'started', now, 'attempt_started', now, 'worker', ctx.worker)
+  else
+    local waited = ''
+    if status == 'running' then
+      -- A takeover: the attempt that stopped is logged as lost (its start and worker are read
+      -- only here), and its wait was that attempt's.
+      local stopped = redis.call('HMGET', task, 'attempt_started', 'worker')
+      log_attempt(task, f[3], 'lost', stopped[1], now, stopped[2], '')
+      waited = NOT_SAMPLED
+    end
+    redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
+      'progress', '', 'attempts', attempt, 'attempt_started', now, 'worker', ctx.worker,
+      'waited', waited)
+  end
   emit_event(ctx.events, ctx.maxlen, base, 'running', id, kind, 'running', attempt, '', '', now)
   local payload, has = f[14], '2'
   if payload then
@@ -223,7 +238,7 @@ local function take_lease(ctx, kind, s, entry, id)
     payload = redis.call('GET', payload_key(base, id, f[12]))
     has = payload and '1' or '0'
   end
-  local run = {'run', id, tostring(s), entry, token, attempt, kind, f[5] or '1', f[6] or '',
+  local run = {'run', id, STREAM_TEXT[s], entry, token, attempt, kind, f[5] or '1', f[6] or '',
     f[7] or '', f[8] or '', has, payload or '', f[9] or '', f[12] or '', f[13] or ''}
   if ctx.views then
     -- The rest of the task's view as this lease leaves its record: a grant shows it without a

@@ -199,7 +199,8 @@ mod tests {
                         }
                         if field == "unpack(extra)" {
                             // enqueue.lua's options and small payload (the options are checked
-                            // below, through its table of them); finish.lua's small result.
+                            // below, through its table of them); finish.lua's optional pairs
+                            // (checked below, through `also`).
                             continue;
                         }
                         if field.starts_with("unpack(") && field.contains("_FIELDS") {
@@ -218,6 +219,18 @@ mod tests {
                         checked += 1;
                     }
                 }
+            }
+        }
+        // finish.lua adds a record's optional pairs to its HSET with `also(extra, 'field', value)`.
+        for (file, source) in SCRIPTS {
+            for (at, _) in source.match_indices("also(extra, ") {
+                let field = source[at + "also(extra, ".len()..].split(',').next().unwrap();
+                let name = field.trim_matches('\'');
+                assert!(
+                    field.starts_with('\'') && FIELDS.contains(&name),
+                    "{file}: `also` adds `{field}`, not a field of record.rs"
+                );
+                checked += 1;
             }
         }
         // A table of field names (`local NAME_FIELDS = ...`, a statement of its own at the top
