@@ -22,8 +22,9 @@ local ctx = leasing_context()
 local base, now, maxlen = ctx.base, ctx.now, ctx.maxlen
 local applied, workers = {}, {}
 local pulled = ARGV[11] == 'pulled'
--- What a pulled lease's end reads beyond a worker process's.
-local PULLED_FIELDS = pulled and {'cancel', 'session', 'idem'} or {}
+-- What a pulled lease's end reads beyond a worker process's (whose records name the worker
+-- ending them, this call's: the lease wrote it).
+local PULLED_FIELDS = pulled and {'worker', 'cancel', 'session', 'idem'} or {}
 -- The entries of ended attempts, per stream (by key): acknowledged together at the end.
 local ended, ended_streams = {}, {}
 -- How many tasks ended (rather than waiting for a retry).
@@ -48,20 +49,21 @@ for a = 12, #ARGV, 13 do
     ARGV[a + 5]
   local session, idem = ARGV[a + 10], ARGV[a + 11]
   local task = base .. ':task:' .. id
-  local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'priority',
-    'payload_ref', 'worker', 'attempt_started', 'waited', 'payload_inline', 'payload_bytes', 'wf',
-    unpack(PULLED_FIELDS))
+  -- What the end needs of the record (a retry's priority is read only for it).
+  local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'payload_ref',
+    'attempt_started', 'waited', 'payload_inline', 'wf', unpack(PULLED_FIELDS))
+  local worker = ctx.worker
   if pulled then
-    session, idem = f[14] or '', f[15] or ''
-    workers[#workers + 1] = f[1] == ARGV[a + 3] and f[7] or ''
+    worker, session, idem = f[10], f[12] or '', f[13] or ''
+    workers[#workers + 1] = f[1] == ARGV[a + 3] and worker or ''
   end
   -- A small payload lives in the record (enqueue.lua): no key to check, none to expire.
-  local in_record = f[10] == '1'
+  local in_record = f[8] == '1'
   local source, source_key = ARGV[a + 12], nil
   if source == 'staged' then
     source_key = base .. ':staged:' .. ARGV[a + 3]
   elseif source == 'payload' and not in_record then
-    source_key = payload_key(base, id, f[6])
+    source_key = payload_key(base, id, f[5])
   end
   -- A staged or payload result is never empty, so a length of 0 means it is missing.
   local size = source_key and f[1] == ARGV[a + 3] and redis.call('STRLEN', source_key)
@@ -74,7 +76,7 @@ for a = 12, #ARGV, 13 do
     applied[#applied + 1] = 0
   else
     local ends_as = 1
-    if pulled and f[13] == '1' and outcome ~= 'cancelled' then
+    if pulled and f[11] == '1' and outcome ~= 'cancelled' then
       outcome, err, ends_as = 'cancelled', '', 2
       if source == 'staged' then
         redis.call('DEL', source_key)
@@ -89,7 +91,7 @@ for a = 12, #ARGV, 13 do
     local progress = f[4] or ''
     -- The attempt's entry in the task's attempt log, written by the record's one HSET below.
     local logged, log_entry = attempt_log_entry(f[3], outcome == 'retrying' and 'retried' or outcome,
-      f[8], now, f[7], err)
+      f[6], now, worker, err)
     -- A later attempt's record may hold an earlier one's error and next run, which an end
     -- clears; a first attempt's has neither, and its end writes only what it has.
     local extra = {}
@@ -102,7 +104,8 @@ for a = 12, #ARGV, 13 do
       -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL.
       redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due,
         'lease', '', 'cancel', '', logged, log_entry)
-      enter_waiting(base, KEYS[2], due, (f[5] or 'n') .. ':' .. id, f[2])
+      local priority = redis.call('HGET', task, 'priority') or 'n'
+      enter_waiting(base, KEYS[2], due, priority .. ':' .. id, f[2])
     else
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
       -- are kept longer, for someone to look at.
@@ -113,23 +116,17 @@ for a = 12, #ARGV, 13 do
           redis.call('RENAME', source_key, result_key)
           redis.call('PEXPIRE', result_key, keep)
         elseif source == 'record' then
-          size = #result
-        elseif source ~= 'payload' then
-          size = #result
-          redis.call('SET', result_key, result, 'PX', keep)
-        elseif in_record then
-          size = f[11] or 0
-        end
-        progress = '100'
-        if source == 'record' then
           also(extra, 'result', result)
         elseif source == 'payload' then
           also(extra, 'result_is_payload', '1')
+        else
+          redis.call('SET', result_key, result, 'PX', keep)
         end
+        progress = '100'
         -- (A cancel asked for as it ran stays asked: nothing reads it of an ended task, and a
         -- dead letter queued again drops it, requeue.lua.)
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now,
-          'progress', progress, 'result_type', ARGV[a + 6], 'result_bytes', size, 'lease', '',
+          'progress', progress, 'result_type', ARGV[a + 6], 'lease', '',
           logged, log_entry, unpack(extra))
       else
         -- A failure's reason rides along.
@@ -144,22 +141,22 @@ for a = 12, #ARGV, 13 do
         end
       end
       -- The idempotency key lives as long as the task it stands for.
-      keep_after_end(base, id, f[6], idem, keep, now, in_record)
+      keep_after_end(base, id, f[5], idem, keep, now, in_record)
       ends = ends + 1
       if session ~= '' then
         leave_session(base, base .. ':session:' .. session, id)
       end
     end
     emit_event(KEYS[1], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now, nil,
-      f[12] or '')
+      f[9] or '')
     if outcome == 'succeeded' then
       succeeded = succeeded + 1
     elseif outcome == 'failed' then
       failed = failed + 1
     end
-    local started = tonumber(f[8])
+    local started = tonumber(f[6])
     if started then
-      if f[9] ~= NOT_SAMPLED then
+      if f[7] ~= NOT_SAMPLED then
         -- How long it waited ready: Redis stamped its entry's id as it joined the stream.
         sample('w', started - (tonumber(string.match(entry, '^(%d+)')) or started))
       end

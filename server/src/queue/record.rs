@@ -50,7 +50,6 @@ pub const ERROR: &str = "error";
 /// Why it ended as a dead letter (`DeadReason`).
 pub const DEAD_REASON: &str = "dead_reason";
 pub const RESULT_TYPE: &str = "result_type";
-pub const RESULT_BYTES: &str = "result_bytes";
 /// A small payload, kept in the record rather than under a key of its own (enqueue.lua).
 pub const PAYLOAD: &str = "payload";
 /// `1` when the record holds the payload (`PAYLOAD`).
@@ -76,7 +75,7 @@ pub const ATTEMPT_LOG: &str = "a:";
 pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
 
 /// Every field a record may have (besides the attempt log's).
-pub const FIELDS: [&str; 35] = [
+pub const FIELDS: [&str; 34] = [
     KIND,
     STATUS,
     ATTEMPTS,
@@ -106,7 +105,6 @@ pub const FIELDS: [&str; 35] = [
     ERROR,
     DEAD_REASON,
     RESULT_TYPE,
-    RESULT_BYTES,
     RESULT_IS_PAYLOAD,
     RESULT,
     WORKER,
