@@ -154,12 +154,12 @@ impl Queue {
                 && tasks().all(|task| task.plain() && lanes.contains(&task.kind));
             let sent =
                 if plain { self.enqueue_plain(&groups).await } else { self.enqueue_groups(&groups).await };
-            if sent.is_ok() {
-                lanes.extend(tasks().map(|task| task.kind.clone()));
-            }
             match sent {
                 Ok(answers) => {
                     for (job, answer) in batch.into_iter().zip(answers) {
+                        if !matches!(answer, Enqueued::Full { .. }) {
+                            lanes.extend(job.tasks.iter().map(|task| task.kind.clone()));
+                        }
                         let _ = job.reply.send(Ok(answer));
                     }
                 }
@@ -301,46 +301,7 @@ impl Queue {
                 // Claimed with a short TTL in case this never runs; the task's own from now.
                 pipe.persist(key).ignore();
             }
-            let hset = pipe.cmd("HSET").arg(self.keys.task(&task.id));
-            hset.arg(record::KIND)
-                .arg(&task.kind)
-                .arg(record::STATUS)
-                .arg("queued")
-                .arg(record::ATTEMPTS)
-                .arg(0)
-                .arg(record::MAX_ATTEMPTS)
-                .arg(task.max_attempts)
-                .arg(record::CREATED)
-                .arg(&created)
-                .arg(record::UPDATED)
-                .arg(&created)
-                .arg(record::PAYLOAD_BYTES)
-                .arg(task.payload.len())
-                .arg(record::PAYLOAD_TYPE)
-                .arg(&task.payload_type)
-                .arg(record::PRIORITY)
-                .arg(priority_tag(task.priority));
-            // The options it has (enqueue.lua's OPTIONAL_FIELDS, but for the session and shared
-            // payload a plain task has not).
-            let workflow = task.workflow.as_ref();
-            let options = [
-                (record::TIMEOUT_MS, task.timeout_ms.map(|ms| ms.to_string())),
-                (record::SUBSCRIPTION, task.subscription.clone()),
-                (record::IDEMPOTENCY_KEY, task.idempotency_key.clone()),
-                (record::EXPIRES, task.expires_ms.map(|ms| ms.to_string())),
-                (record::TRACEPARENT, task.traceparent.clone()),
-                (record::WORKFLOW, workflow.map(|w| w.workflow.to_string())),
-                (record::WORKFLOW_STEP, workflow.map(|w| w.step.clone())),
-            ];
-            for (field, value) in options {
-                if let Some(value) = value.filter(|value| !value.is_empty()) {
-                    hset.arg(field).arg(value);
-                }
-            }
-            if in_record {
-                hset.arg(record::PAYLOAD).arg(task.payload.as_ref()).arg(record::PAYLOAD_INLINE).arg(1);
-            }
-            hset.ignore();
+            pipe.add_command(self.new_record(task, &created, in_record)).ignore();
             let [high, normal, low] = self.keys.lane(&task.kind);
             let stream = match task.priority {
                 Priority::High => high,
@@ -382,6 +343,51 @@ impl Queue {
         }
         self.prune_index_now_and_then().await;
         Ok(vec![Enqueued::Stored; groups.len()])
+    }
+
+    /// The `HSET` that makes a plain task's record, as enqueue.lua's makes it: the fields every
+    /// task has, the options it has (enqueue.lua's OPTIONAL_FIELDS but the session and shared
+    /// payload, which a plain task has not) and, `in_record`, its payload.
+    fn new_record(&self, task: &NewTask, created: &str, in_record: bool) -> redis::Cmd {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(self.keys.task(&task.id))
+            .arg(record::KIND)
+            .arg(&task.kind)
+            .arg(record::STATUS)
+            .arg("queued")
+            .arg(record::ATTEMPTS)
+            .arg(0)
+            .arg(record::MAX_ATTEMPTS)
+            .arg(task.max_attempts)
+            .arg(record::CREATED)
+            .arg(created)
+            .arg(record::UPDATED)
+            .arg(created)
+            .arg(record::PAYLOAD_BYTES)
+            .arg(task.payload.len())
+            .arg(record::PAYLOAD_TYPE)
+            .arg(&task.payload_type)
+            .arg(record::PRIORITY)
+            .arg(priority_tag(task.priority));
+        let workflow = task.workflow.as_ref();
+        let options = [
+            (record::TIMEOUT_MS, task.timeout_ms.map(|ms| ms.to_string())),
+            (record::SUBSCRIPTION, task.subscription.clone()),
+            (record::IDEMPOTENCY_KEY, task.idempotency_key.clone()),
+            (record::EXPIRES, task.expires_ms.map(|ms| ms.to_string())),
+            (record::TRACEPARENT, task.traceparent.clone()),
+            (record::WORKFLOW, workflow.map(|w| w.workflow.to_string())),
+            (record::WORKFLOW_STEP, workflow.map(|w| w.step.clone())),
+        ];
+        for (field, value) in options {
+            if let Some(value) = value.filter(|value| !value.is_empty()) {
+                hset.arg(field).arg(value);
+            }
+        }
+        if in_record {
+            hset.arg(record::PAYLOAD).arg(task.payload.as_ref()).arg(record::PAYLOAD_INLINE).arg(1);
+        }
+        hset
     }
 
     /// Makes the consumer group of `kind`'s lane streams where it is missing, from their first
