@@ -200,9 +200,9 @@ pub struct Queue {
     promoter_renewed_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where this handle's submissions wait to be sent together (started on first use).
     enqueuer: Arc<std::sync::OnceLock<enqueue::Enqueuer>>,
-    /// When an enqueue last found the queue without a `max_depth`: what lets the next
-    /// submissions go as plain commands.
-    unlimited_seen: Arc<enqueue::UnlimitedSeen>,
+    /// What this process's enqueues found of the queue's limits: what lets the next submissions
+    /// go as plain commands.
+    limits_seen: Arc<enqueue::LimitsSeen>,
     /// Where the ends of this handle's pulled leases wait to be sent together (started on first
     /// use).
     pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<finish::Ending>>>,
@@ -463,7 +463,7 @@ impl Queue {
             last_prune_ms: Default::default(),
             promoter_renewed_ms: Default::default(),
             enqueuer: Default::default(),
-            unlimited_seen: Default::default(),
+            limits_seen: Default::default(),
             pulled_ends: Default::default(),
         }
     }
@@ -892,8 +892,9 @@ impl Queue {
         })
     }
 
-    /// Replaces the queue's limits (an absent one is no limit); every worker's next claim and
-    /// every next submit obey them.
+    /// Replaces the queue's limits (an absent one is no limit); every worker's next claim and this
+    /// process's next submit obey them (another server's within a group commit or two:
+    /// queue/enqueue.rs).
     pub async fn set_limits(&self, limits: &QueueLimits) -> redis::RedisResult<()> {
         let key = self.keys.settings();
         let mut pipe = redis::pipe();

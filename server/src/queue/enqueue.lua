@@ -15,6 +15,9 @@
 --       workflow step (''), payload bytes
 -- Returns, per group, 1 when stored, or {tasks waiting, max_depth} when refused (nothing of it
 -- stored).
+-- Most tasks are not stored by this script but by plain commands that write the same
+-- (`Queue::enqueue_plain` and `Queue::new_record`, queue/enqueue.rs): a change to what a task's
+-- enqueue writes is made in both, and a unit test compares them.
 local base, group, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local FIELDS = 20
 -- The options a task may not have, with their place among its arguments: written only when it

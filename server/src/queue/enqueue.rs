@@ -12,8 +12,9 @@
 //! commands (`MULTI`…`EXEC`) that writes what the script would, at about half its Redis CPU: Lua
 //! costs more turning each argument into a Lua string and back into a Redis one than the commands
 //! cost themselves (docs/benchmark-notes.md). Whether the queue has a `max_depth` is read by
-//! every round trip, for the next to decide with: a limit set on another server applies from the
-//! next group commit after it, one set through this process's handle at once.
+//! every round trip, for the next to decide with: a limit set through this process's handle
+//! applies to its next submission, while one set on another server lets the group commit under
+//! way here, and at most one more, pass unchecked.
 
 use super::{GROUP, NewTask, Queue, priority_tag, record};
 use crate::events::{TASK_EVENT_FIELD, event_entries, task_event_value};
@@ -56,14 +57,26 @@ pub enum Enqueued {
     },
 }
 
-/// When an enqueue last found the queue without a `max_depth`, which lets the next submissions
-/// go as plain commands.
+/// What this process's enqueues found of the queue's limits: whether the next submissions may go
+/// as plain commands.
 #[derive(Debug, Default)]
-pub(super) struct UnlimitedSeen(Mutex<Look>);
+pub(super) struct LimitsSeen(Mutex<Seen>);
 
-/// An enqueue's look at whether the queue has a `max_depth`: when it started (ms since the epoch;
-/// 0 for a look that found one, or none), after how many of this process's changes to the limits.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug, Default)]
+struct Seen {
+    /// When the newest look that found no `max_depth` started (ms since the epoch; 0 when the
+    /// newest found one, or none looked).
+    unlimited_at_ms: u64,
+    /// When the newest look applied started: an older one's answer, arriving later, is stale.
+    newest_look_ms: u64,
+    /// How many times this process changed the queue's limits: a look started before the last
+    /// change is stale too.
+    changes: u64,
+}
+
+/// An enqueue's look at whether the queue has a `max_depth`: when it started, after how many of
+/// this process's changes to the limits.
+#[derive(Clone, Copy)]
 struct Look {
     at_ms: u64,
     changes: u64,
@@ -132,7 +145,7 @@ impl Queue {
     /// Sends the jobs waiting, together, one call at a time: those that arrive during a call go
     /// in the next. Runs as long as a handle that sends it jobs (`for_loop`).
     async fn group_commits(self, mut jobs: mpsc::UnboundedReceiver<Job>) {
-        // The kinds whose lanes this loop has seen stored: a task of another goes through the
+        // The kinds whose lanes this loop has seen made: a task of another goes through the
         // script, which makes its lane.
         let mut lanes: HashSet<String> = HashSet::new();
         while let Some(first) = jobs.recv().await {
@@ -158,7 +171,10 @@ impl Queue {
                 Ok(answers) => {
                     for (job, answer) in batch.into_iter().zip(answers) {
                         if !matches!(answer, Enqueued::Full { .. }) {
-                            lanes.extend(job.tasks.iter().map(|task| task.kind.clone()));
+                            // (A delayed task, or one behind others of its session, is on no
+                            // lane yet: the script made none for it.)
+                            let queued = job.tasks.iter().filter(|task| task.plain());
+                            lanes.extend(queued.map(|task| task.kind.clone()));
                         }
                         let _ = job.reply.send(Ok(answer));
                     }
@@ -280,10 +296,10 @@ impl Queue {
         kinds.dedup();
         let mut pipe = redis::pipe();
         pipe.atomic().hexists(self.keys.settings(), MAX_DEPTH);
-        // Each kind's lane is in the set of lanes (this loop saw it stored): a kind added here
-        // means Redis lost it, and its streams' group is made again below.
+        // Each kind's lane is in the set of lanes (this loop saw it made): one missing means
+        // Redis lost it, and it is made again below.
         for kind in &kinds {
-            pipe.sadd(self.keys.lanes(), *kind);
+            pipe.sismember(self.keys.lanes(), *kind);
         }
         let mut events = Vec::with_capacity(tasks.len());
         let mut index = Vec::with_capacity(tasks.len());
@@ -322,24 +338,26 @@ impl Queue {
             }
             xadd.ignore();
         }
-        let mut conn = self.conn.clone();
-        let (limited, added): (bool, Vec<bool>) = match pipe.query_async::<Vec<Value>>(&mut conn).await? {
-            replies if replies.len() == kinds.len() + 1 => {
-                let mut replies = replies.into_iter().map(redis::from_redis_value::<bool>);
-                (replies.next().transpose()?.unwrap_or(true), replies.collect::<Result<_, _>>()?)
-            }
-            replies => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "a plain enqueue's transaction",
-                    format!("{} replies for {} lanes", replies.len(), kinds.len()),
-                )));
-            }
-        };
+        let replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        // From here on every task is stored: nothing below may answer otherwise.
+        let mut replies = replies.into_iter().map(redis::from_redis_value::<bool>);
+        let limited = !matches!(replies.next(), Some(Ok(false)));
         self.saw_limits(limited, look);
-        for (kind, _) in kinds.iter().zip(added).filter(|(_, added)| *added) {
-            warn!(queue = %self.name, kind, "a lane was missing from Redis: its streams' group is made again");
-            self.make_lane_groups(kind).await?;
+        let lost: Vec<String> = kinds
+            .iter()
+            .zip(replies)
+            .filter(|(_, has)| !matches!(has, Ok(true)))
+            .map(|(kind, _)| kind.to_string())
+            .collect();
+        if !lost.is_empty() {
+            // Its stream holds the entries just added, without a consumer group: the group is
+            // made from the stream's start, so they are handed out. Should this fail, the next
+            // enqueue of the kind finds the lane missing again and tries again, as does a
+            // worker whose read finds no group (fetch.rs).
+            warn!(queue = %self.name, kinds = ?lost, "a lane was missing from Redis: it is made again");
+            if let Err(e) = self.open_lanes(&lost).await {
+                warn!(queue = %self.name, error = %e, "could not make the missing lanes again");
+            }
         }
         self.prune_index_now_and_then().await;
         Ok(vec![Enqueued::Stored; groups.len()])
@@ -390,34 +408,27 @@ impl Queue {
         hset
     }
 
-    /// Makes the consumer group of `kind`'s lane streams where it is missing, from their first
-    /// entry (as lanes.lua's `ensure_lane` does).
-    async fn make_lane_groups(&self, kind: &str) -> RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for stream in self.keys.lane(kind) {
-            pipe.cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM").ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn.clone()).await
-    }
-
     /// An enqueue's look at the queue's limits, starting now.
     fn look(&self) -> Look {
         Look { at_ms: now_ms(), changes: self.seen().changes }
     }
 
-    /// Whether submissions may go as plain commands now: a look found the queue without a
-    /// `max_depth` less than `UNLIMITED_SEEN_FOR_MS` ago.
+    /// Whether submissions may go as plain commands now: the newest look found the queue without
+    /// a `max_depth`, less than `UNLIMITED_SEEN_FOR_MS` ago.
     fn seen_unlimited(&self) -> bool {
-        now_ms() < self.seen().at_ms + UNLIMITED_SEEN_FOR_MS
+        now_ms() < self.seen().unlimited_at_ms + UNLIMITED_SEEN_FOR_MS
     }
 
     /// Records what `look` found: whether a `max_depth` limits the queue. A look that started
-    /// before this process last changed the limits is stale, and changes nothing.
+    /// before this process last changed the limits, or before the newest look recorded, is stale
+    /// (enqueues outside the loop, large ones, run beside it); of two that started in the same
+    /// millisecond, a limit found wins.
     fn saw_limits(&self, limited: bool, look: Look) {
         let mut seen = self.seen();
-        if seen.changes == look.changes {
-            seen.at_ms = if limited { 0 } else { look.at_ms };
+        let newer = look.at_ms > seen.newest_look_ms || (limited && look.at_ms == seen.newest_look_ms);
+        if look.changes == seen.changes && newer {
+            seen.newest_look_ms = look.at_ms;
+            seen.unlimited_at_ms = if limited { 0 } else { look.at_ms };
         }
     }
 
@@ -425,11 +436,12 @@ impl Queue {
     /// submissions go through the script, which reads them.
     pub(super) fn forget_unlimited(&self) {
         let mut seen = self.seen();
-        *seen = Look { at_ms: 0, changes: seen.changes + 1 };
+        seen.changes += 1;
+        seen.unlimited_at_ms = 0;
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, Look> {
-        self.unlimited_seen.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.limits_seen.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -654,7 +666,8 @@ mod tests {
         let ("script", Enqueued::Full { waiting, max_depth: 1 }) = way(echo()).await else {
             panic!("a full queue refuses")
         };
-        // One set by another server applies from the round trip after it.
+        // One set on another server lets one group more pass (this loop looked before it was
+        // set), then applies.
         queue.set_limits(&Default::default()).await.unwrap();
         assert_eq!(way(echo()).await, ("script", Enqueued::Stored));
         let _: () = conn.hset(queue.keys.settings(), MAX_DEPTH, waiting + 2).await.unwrap();
@@ -664,20 +677,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_older_look_answering_later_changes_nothing() {
+        let (_redis, queue) = private_queue().await;
+        let pause = || std::thread::sleep(Duration::from_millis(2));
+        let older = queue.look();
+        pause();
+        let newer = queue.look();
+        queue.saw_limits(true, newer);
+        queue.saw_limits(false, older);
+        assert!(!queue.seen_unlimited(), "the newer look found a limit");
+        pause();
+        queue.saw_limits(false, queue.look());
+        assert!(queue.seen_unlimited());
+        // A change to the limits through this process makes the looks under way stale.
+        let under_way = queue.look();
+        queue.forget_unlimited();
+        queue.saw_limits(false, under_way);
+        assert!(!queue.seen_unlimited());
+    }
+
+    #[tokio::test]
     async fn a_lane_redis_lost_is_made_again_by_the_next_plain_enqueue() {
         let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();
         queue.enqueue(&echo_task(Bytes::from_static(b"1"))).await.unwrap();
-        // Redis loses the queue's data (a restart without persistence) while this loop runs.
+        // Redis loses the queue's data (a restart without persistence) while this loop runs, and
+        // a lane stream comes back without its group.
         let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        let early = echo_task(Bytes::from_static(b"1"));
+        let lane = &queue.keys.lane("echo")[1];
+        let _: String = conn.xadd(lane, "*", &[("task", early.id.to_string())]).await.unwrap();
+        let _: () = conn.sadd(queue.keys.ready_lanes(), "echo").await.unwrap();
+        // A claim reads nothing there, and fails nothing.
+        let (replies, _) = queue.claim("unit-worker", "*", 10, &[]).await.unwrap();
+        assert!(replies.is_empty());
         let task = echo_task(Bytes::from_static(b"2"));
         queue.enqueue(&task).await.unwrap();
         let lanes: Vec<String> = conn.smembers(queue.keys.lanes()).await.unwrap();
         assert_eq!(lanes, ["echo"]);
-        // Its group reads the lane from its start: the task is handed out.
+        // Its group reads the lane from its start: the task is handed out (the entry whose record
+        // Redis lost is dropped).
         let (replies, _) = queue.claim("unit-worker", "*", 10, &[]).await.unwrap();
-        let ids: Vec<String> =
-            replies.iter().map(|reply| String::from_utf8_lossy(&reply[1]).into_owned()).collect();
-        assert_eq!(ids, [task.id.to_string()]);
+        let tags: Vec<String> =
+            replies.iter().map(|reply| String::from_utf8_lossy(&reply[0]).into_owned()).collect();
+        assert_eq!(tags, ["drop", "run"]);
+        assert_eq!(replies[1][1], task.id.to_string().into_bytes());
     }
 }

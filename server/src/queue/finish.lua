@@ -92,13 +92,6 @@ for a = 12, #ARGV, 13 do
     -- The attempt's entry in the task's attempt log, written by the record's one HSET below.
     local logged, log_entry = attempt_log_entry(f[3], outcome == 'retrying' and 'retried' or outcome,
       f[6], now, worker, err)
-    -- A later attempt's record may hold an earlier one's error and next run, which an end
-    -- clears; a first attempt's has neither, and its end writes only what it has.
-    local extra = {}
-    if err ~= '' or f[3] ~= '1' then
-      also(extra, 'error', err)
-      also(extra, 'next_run', '')
-    end
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
       -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL.
@@ -110,6 +103,13 @@ for a = 12, #ARGV, 13 do
       -- Retention counts from the end, so a result is kept as long as promised; dead letters
       -- are kept longer, for someone to look at.
       local keep = ctx.keep
+      -- A later attempt's record may hold an earlier one's error and next run, which the end
+      -- clears; a first attempt's has neither, and its end writes only what it has.
+      local extra = {}
+      if err ~= '' or f[3] ~= '1' then
+        also(extra, 'error', err)
+        also(extra, 'next_run', '')
+      end
       if outcome == 'succeeded' then
         local result, result_key = ARGV[a + 8], base .. ':result:' .. id
         if source == 'staged' then

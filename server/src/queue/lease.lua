@@ -270,16 +270,25 @@ end
 -- `replies`.
 local function take_new(ctx, count, replies)
   count = math.min(count, ctx.budget)
-  -- Per lane, how many of its streams a read found fewer entries on than it asked for.
-  local short = {}
+  -- Per lane, how many of its streams a read found fewer entries on than it asked for, and the
+  -- lanes a stream of which has no group.
+  local short, groupless = {}, {}
   for s = 1, 3 do
     for _, kind in ipairs(ctx.lanes) do
       if count <= 0 then
         return
       end
-      local read = redis.call('XREADGROUP', 'GROUP', ctx.group, ctx.consumer, 'COUNT', count,
+      local read = redis.pcall('XREADGROUP', 'GROUP', ctx.group, ctx.consumer, 'COUNT', count,
         'STREAMS', lane_stream(ctx.base, kind, s), '>')
-      local got = read and read[1][2] or {}
+      local got = {}
+      if type(read) == 'table' and read.err then
+        -- The stream has no group: Redis lost the lane, and the enqueue that found it so makes
+        -- it again (queue/enqueue.rs). Nothing to read yet, the lane stays ready, and the ends
+        -- this call applied stand.
+        groupless[kind] = true
+      elseif read then
+        got = read[1][2]
+      end
       if #got < count then
         short[kind] = (short[kind] or 0) + 1
       end
@@ -291,7 +300,7 @@ local function take_new(ctx, count, replies)
   end
   -- A lane read to the end of all three streams holds nothing more to hand out.
   for kind, streams in pairs(short) do
-    if streams == 3 and not ctx.refilled[kind] then
+    if streams == 3 and not ctx.refilled[kind] and not groupless[kind] then
       unmark_ready(ctx.base, kind)
     end
   end

@@ -65,8 +65,8 @@ pub const RESULT: &str = "result";
 pub const WORKER: &str = "worker";
 /// When the current (or last) attempt started, ms since the epoch.
 pub const ATTEMPT_STARTED: &str = "attempt_started";
-/// How long the current (or last) attempt's task waited ready before it started, in ms (empty for
-/// a takeover).
+/// `-` when the current (or last) attempt took over from a holder that stopped: its end takes no
+/// wait sample (empty or absent otherwise: the end samples the wait from the ready entry's id).
 pub const WAITED: &str = "waited";
 /// The attempt log: field `a:{attempt}` holds that attempt's outcome, start and end (ms), worker
 /// and error, separated by the unit separator (ends.lua's `log_attempt`).
