@@ -161,10 +161,12 @@ impl Queue {
                 }
             }
             let groups: Vec<&[NewTask]> = batch.iter().map(|job| job.tasks.as_slice()).collect();
-            let tasks = || groups.iter().flat_map(|group| group.iter());
             let plain = self.settings.durable.is_none()
                 && self.seen_unlimited()
-                && tasks().all(|task| task.plain() && lanes.contains(&task.kind));
+                && groups
+                    .iter()
+                    .flat_map(|group| group.iter())
+                    .all(|task| task.plain() && lanes.contains(&task.kind));
             let sent =
                 if plain { self.enqueue_plain(&groups).await } else { self.enqueue_groups(&groups).await };
             match sent {
@@ -243,12 +245,16 @@ impl Queue {
             // are staged already; the script is loaded, and run.
             Err(e) if e.code() == Some("NOSCRIPT") => {
                 let replies: Vec<Value> = call.invoke_async(&mut conn).await?;
-                let limited: bool = redis::cmd("HEXISTS")
+                // The look the failed pipeline carried, again; the tasks are stored whatever it
+                // answers (without one, the next group goes through the script and looks).
+                let limited: RedisResult<bool> = redis::cmd("HEXISTS")
                     .arg(self.keys.settings())
                     .arg(MAX_DEPTH)
                     .query_async(&mut conn)
-                    .await?;
-                self.saw_limits(limited, look);
+                    .await;
+                if let Ok(limited) = limited {
+                    self.saw_limits(limited, look);
+                }
                 let replicas = match durable {
                     // On a cluster, to the node the script ran on.
                     Some(durable) => {
@@ -436,8 +442,8 @@ impl Queue {
     /// submissions go through the script, which reads them.
     pub(super) fn forget_unlimited(&self) {
         let mut seen = self.seen();
-        seen.changes += 1;
-        seen.unlimited_at_ms = 0;
+        // (The looks before it are stale by their count of changes, so the newest is no one's.)
+        *seen = Seen { changes: seen.changes + 1, ..Seen::default() };
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
