@@ -134,18 +134,41 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
             r.map(|r| r >= 1.0),
         )?;
     }
-    for (metric, how) in
-        [("e2e_batch_tasks_per_s", "batches of 100"), ("e2e_tasks_per_s", "a request per task")]
+    // Issue 18 also counts the end-to-end target met where the machine's cores are the limit and
+    // each process's CPU per task shows it would keep up on a core of its own: the busiest one
+    // spends no more than a core gives each task at 1.5 × BullMQ's rate.
+    let core_budget = process.filter(|p| *p > 0.0).map(|p| 1e6 / (1.5 * p));
+    for (metric, batch, how) in
+        [("e2e_batch_tasks_per_s", 100, "batches of 100"), ("e2e_tasks_per_s", 1, "a request per task")]
     {
         let e2e = c.get(metric, None);
         let r = ratio(e2e, process);
+        let busiest = c
+            .all("e2e_cpu_us_per_task")
+            .into_iter()
+            .filter(|l| l["batch"].as_u64() == Some(batch))
+            .filter_map(|l| Some((l["process"].as_str()?, l["value"].as_f64()?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let fits = ratio(busiest.map(|(_, us)| us), core_budget);
         target(
             &format!("tasks/s end to end (HTTP + SSE, {how}) vs BullMQ `process_jobs_per_s`"),
             e2e,
             process,
             r,
-            "≥ 1.5",
-            r.map(|r| r >= 1.5),
+            "≥ 1.5, or the next row",
+            r.map(|r| r >= 1.5 || fits.is_some_and(|f| f <= 1.0)),
+        )?;
+        target(
+            &format!(
+                "… or on a core per process: the busiest ({}) µs per task vs a core's µs per task at 1.5 × \
+                 BullMQ `process_jobs_per_s`",
+                busiest.map_or("—", |(name, _)| name)
+            ),
+            busiest.map(|(_, us)| us),
+            core_budget,
+            fits,
+            "≤ 1",
+            fits.map(|f| f <= 1.0),
         )?;
     }
     let p99 = c.get("e2e_latency_p99_ms", None);
@@ -425,4 +448,56 @@ fn cpu_table(out: &mut String, c: &Figures, process: Option<f64>, nproc: u64) ->
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report of a Courier run whose end-to-end batches reached `e2e` tasks/s with `redis`
+    /// µs of Redis CPU per task, against a BullMQ that processed 10,000 jobs/s.
+    fn report(e2e: f64, redis: f64) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = |lines: &[Value]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+        let courier = dir.path().join("courier.jsonl");
+        let peer = dir.path().join("peer.jsonl");
+        std::fs::write(
+            &courier,
+            lines(&[
+                serde_json::json!({"metric": "e2e_batch_tasks_per_s", "value": e2e}),
+                serde_json::json!({"metric": "e2e_cpu_us_per_task", "batch": 100, "process": "redis", "value": redis}),
+                serde_json::json!({"metric": "e2e_cpu_us_per_task", "batch": 100, "process": "serve", "value": 30.0}),
+            ]),
+        )
+        .unwrap();
+        std::fs::write(
+            &peer,
+            lines(&[
+                serde_json::json!({"metric": "process_jobs_per_s", "worker_mode": "fork", "value": 10000.0}),
+            ]),
+        )
+        .unwrap();
+        markdown(&courier, Some(&peer)).unwrap()
+    }
+
+    /// The "met" cell of the target row whose name starts with `name`.
+    fn met(report: &str, name: &str) -> String {
+        let row = report.lines().find(|l| l.starts_with(&format!("| {name}"))).unwrap();
+        row.trim_end_matches(" |").rsplit(" | ").next().unwrap().to_string()
+    }
+
+    #[test]
+    fn end_to_end_counts_as_met_when_every_process_would_keep_up_on_a_core_of_its_own() {
+        // 1.5 × 10,000 jobs/s leaves a core 66.7 µs per task.
+        let throughput = "tasks/s end to end (HTTP + SSE, batches of 100)";
+        let per_core = "… or on a core per process: the busiest (redis)";
+        let fits = report(9000.0, 60.0);
+        assert_eq!(met(&fits, throughput), "yes");
+        assert_eq!(met(&fits, per_core), "yes");
+        let too_busy = report(9000.0, 70.0);
+        assert_eq!(met(&too_busy, throughput), "**no**");
+        assert_eq!(met(&too_busy, per_core), "**no**");
+        let fast = report(16000.0, 70.0);
+        assert_eq!(met(&fast, throughput), "yes");
+    }
 }
