@@ -34,7 +34,7 @@ local ends = 0
 local succeeded, failed, samples = 0, 0, {w = {}, r = {}}
 local function sample(kind, ms)
   local bins = samples[kind]
-  local bin = latency_bin(math.max(ms, 0))
+  local bin = latency_bin(ms > 0 and ms or 0)
   bins[bin] = (bins[bin] or 0) + 1
 end
 -- Adds field `name` = `value` to `into`, the optional pairs of a record's HSET.
@@ -87,7 +87,8 @@ for a = 12, #ARGV, 13 do
       ended[stream] = {}
       ended_streams[#ended_streams + 1] = stream
     end
-    table.insert(ended[stream], entry)
+    local entries = ended[stream]
+    entries[#entries + 1] = entry
     local progress = f[4] or ''
     -- The attempt's entry in the task's attempt log, written by the record's one HSET below.
     local logged, log_entry = attempt_log_entry(f[3], outcome == 'retrying' and 'retried' or outcome,
