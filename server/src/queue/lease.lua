@@ -69,17 +69,27 @@ local function leasing_context(given)
     base = ARGV[1], group = ARGV[2], consumer = ARGV[3], token_base = ARGV[4], worker = ARGV[5],
     now = now, now_ms = now_ms,
     maxlen = ARGV[6], dead_keep = ARGV[7], keep = ARGV[8],
-    lanes = lanes_for(ARGV[1], ARGV[9], 'ready-lanes'), events = KEYS[1], leases = 0,
+    kinds = ARGV[9], events = KEYS[1], leases = 0,
     -- Lanes handed an entry back by this script: still ready, whatever its reads found.
     refilled = {},
   }
 end
 
--- Acknowledges `entries` of `stream` in one call, then trims every entry the group is done with:
--- those older than the oldest still pending or, with none pending, than the last handed out.
--- The trim is approximate: it frees whole nodes, leaving at most a node's worth behind.
+-- A ready stream is trimmed once it holds more entries than this (a unit test reads it). A trim
+-- frees whole nodes of about a hundred entries, so a shorter stream has little to free, and the
+-- look at what is pending cost a finish more than anything else it does once per call
+-- (docs/benchmark-notes.md, "Seventh step").
+local TRIM_ABOVE = 256
+
+-- Acknowledges `entries` of `stream` in one call, then, once the stream holds more than
+-- TRIM_ABOVE entries, trims every entry the group is done with: those older than the oldest
+-- still pending or, with none pending, than the last handed out. The trim is approximate: it
+-- frees whole nodes, leaving at most a node's worth behind.
 local function settle(stream, group, entries)
   redis.call('XACK', stream, group, unpack(entries))
+  if redis.call('XLEN', stream) <= TRIM_ABOVE then
+    return
+  end
   local pending = redis.pcall('XPENDING', stream, group)
   if pending.err then
     -- The group is gone (someone deleted the stream): nothing of it to trim.
@@ -270,11 +280,16 @@ end
 -- `replies`.
 local function take_new(ctx, count, replies)
   count = math.min(count, ctx.budget)
+  if count <= 0 then
+    return
+  end
   -- Per lane, how many of its streams a read found fewer entries on than it asked for, and the
   -- lanes a stream of which has no group.
   local short, groupless = {}, {}
+  -- Read here, not with the context: a claim on entries it was given reads no lane.
+  local lanes = lanes_for(ctx.base, ctx.kinds, 'ready-lanes')
   for s = 1, 3 do
-    for _, kind in ipairs(ctx.lanes) do
+    for _, kind in ipairs(lanes) do
       if count <= 0 then
         return
       end

@@ -400,9 +400,19 @@ impl Lease {
     }
 }
 
+/// A ready stream is trimmed once it holds more entries than this (`TRIM_ABOVE` of lease.lua,
+/// which a unit test compares).
+#[cfg(test)]
+pub(super) const TRIM_ABOVE: usize = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trim_threshold_is_lease_luas() {
+        assert!(include_str!("lease.lua").contains(&format!("\nlocal TRIM_ABOVE = {TRIM_ABOVE}\n")));
+    }
 
     #[test]
     fn the_run_reply_is_read_in_the_order_lease_lua_writes_it() {
