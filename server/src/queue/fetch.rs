@@ -22,7 +22,10 @@ use redis::{
 };
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -116,11 +119,14 @@ impl Leasing {
 
     /// Leases for the `free` slots: entries whose lease expired (when `reclaim`), else new
     /// entries shared among the queues by weight, else whatever a blocking read brings. `idle`:
-    /// the last blocking read brought nothing from every queue served, none of them blocked. While
-    /// that still holds, claims would find nothing either (every new entry, handed back or
-    /// promoted, is one the next read gets): it blocks again at once, and an idle worker runs no
-    /// claim script. Once a queue was blocked (paused, at a limit) claims come first again, since
-    /// they tell whether it still is: a read alone would take its entries only to hand them back.
+    /// the last blocking read, on every queue served, none of them blocked, brought nothing or
+    /// every new entry there was (fewer than it asked for on each stream). While that still
+    /// holds, claims would find nothing (every new entry, handed back or promoted, is one the
+    /// next read gets): it blocks again at once, and neither an idle worker nor one woken by a
+    /// few tasks at a time runs a claim script that finds nothing (docs/benchmark-notes.md,
+    /// "Seventh step"). Once a queue was blocked (paused, at a limit) claims come first again,
+    /// since they tell whether it still is: a read alone would take its entries only to hand
+    /// them back.
     async fn fetch(
         &self,
         readers: &mut Readers,
@@ -147,8 +153,8 @@ impl Leasing {
                 return Ok(leases);
             }
         }
-        let leases = self.wait_for_entries(readers, free).await?;
-        *idle = (leases.is_empty() && everything_open).then_some(now);
+        let (leases, drained) = self.wait_for_entries(readers, free).await?;
+        *idle = ((leases.is_empty() || drained) && everything_open).then_some(now);
         Ok(leases)
     }
 
@@ -254,11 +260,13 @@ impl Leasing {
 
     /// Blocks on the streams of every open queue until entries come (or a second passes), and
     /// takes leases on as many as there are free slots, shared by weight; gives the rest back.
+    /// Returns the leases, and whether the read drained what it read: fewer entries than it
+    /// asked for came from each stream.
     async fn wait_for_entries(
         &self,
         readers: &mut Readers,
         free: &mut Vec<OwnedSemaphorePermit>,
-    ) -> RedisResult<Vec<Lease>> {
+    ) -> RedisResult<(Vec<Lease>, bool)> {
         let open = self.serving.open();
         // Serving every queue, it looks for new ones between reads.
         // It times out on a tick of the wall clock, with the process's other looks.
@@ -277,7 +285,7 @@ impl Leasing {
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => {}
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let kinds = self.serving.kinds();
         if kinds.is_empty() {
@@ -286,7 +294,7 @@ impl Leasing {
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => {}
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         // Every lane stream of every open queue, with what it is: (queue's place, kind, priority).
         let mut streams: Vec<String> = Vec::new();
@@ -313,6 +321,7 @@ impl Leasing {
                 .arg(vec![">"; streams.len()]);
             read
         };
+        let reading = Reading::start(&self.reading);
         let replies: Vec<StreamReadReply> = if self.serving.client().is_cluster() {
             // Each queue's streams share its slot: a read per queue, woken when one brings some.
             let per_queue = streams.len() / open.len();
@@ -323,9 +332,13 @@ impl Leasing {
                 read(&streams).query_async(readers.one(&self.serving).await?).await?;
             reply.into_iter().collect()
         };
+        drop(reading);
         // Entries per queue (by its place in `open`), each with its lane and stream index.
         let mut given: Vec<Vec<Given>> = vec![Vec::new(); open.len()];
+        let asked = free.len();
+        let mut drained = true;
         for key in replies.into_iter().flat_map(|r| r.keys) {
+            drained &= key.ids.len() < asked;
             if let Some(place) = streams.iter().position(|s| *s == key.key) {
                 let (at, kind, index) = places[place];
                 given[at].extend(key.ids.into_iter().map(|e| (kind.to_string(), index, e)));
@@ -354,7 +367,7 @@ impl Leasing {
                 leases.extend(self.leases_of_claim(served, claimed, free));
             }
         }
-        Ok(leases)
+        Ok((leases, drained))
     }
 
     /// The leases of a claim on `served`, noting when it said to leave the queue alone.
@@ -368,6 +381,23 @@ impl Leasing {
             self.serving.block(served.queue.name(), retry_ms);
         }
         self.leases_of(&served.queue, &served.running, replies, free)
+    }
+}
+
+/// Marks the fetch loop as waiting in a blocking read (`Leasing::reading`) until dropped, however
+/// the read ends.
+struct Reading<'a>(&'a AtomicBool);
+
+impl<'a> Reading<'a> {
+    fn start(flag: &'a AtomicBool) -> Reading<'a> {
+        flag.store(true, Ordering::Relaxed);
+        Reading(flag)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

@@ -181,8 +181,10 @@ end
 if succeeded + failed > 0 or next(bins) then
   record_stats(base, now, succeeded, failed, bins)
 end
--- The limits are read after the ends: the attempts that ended free their room.
-start_budget(ctx)
-local leases = {}
-take_new(ctx, tonumber(ARGV[10]), leases)
-return {applied, leases, ctx.blocked, ctx.retry_ms, workers}
+local leases, want = {}, tonumber(ARGV[10])
+if want > 0 then
+  -- The limits are read after the ends: the attempts that ended free their room.
+  start_budget(ctx)
+  take_new(ctx, want, leases)
+end
+return {applied, leases, ctx.blocked or '', ctx.retry_ms or 0, workers}

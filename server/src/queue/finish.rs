@@ -14,7 +14,7 @@ use super::{
 use crate::store::now_ms;
 use bytes::Bytes;
 use redis::RedisResult;
-use std::time::Duration;
+use std::{sync::atomic::Ordering, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::debug;
 
@@ -249,7 +249,8 @@ impl Leasing {
     /// Ends the attempts of one queue and takes its next leases.
     async fn finish_group(&self, served: Served, mut batch: Vec<Ending>) {
         let mut slots: Vec<_> = batch.iter_mut().filter_map(|e| e.slot.take()).collect();
-        let want = match self.shutdown.is_cancelled() {
+        // None while stopping, nor while the fetch loop waits on empty lanes for any new entry.
+        let want = match self.shutdown.is_cancelled() || self.reading.load(Ordering::Relaxed) {
             true => 0,
             false => self.serving.refill(&served, slots.len(), batch.len()),
         };

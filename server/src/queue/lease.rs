@@ -19,7 +19,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -251,6 +251,10 @@ pub(super) struct Leasing {
     leases: mpsc::WeakSender<Lease>,
     endings: mpsc::WeakSender<Ending>,
     pub(super) shutdown: CancellationToken,
+    /// Whether the fetch loop waits in a blocking read on every open queue's lanes. Any new
+    /// entry wakes that read, so a finish meanwhile takes no leases: it would find none, and
+    /// the slots it frees go to the read's next round (docs/benchmark-notes.md, "Seventh step").
+    pub(super) reading: Arc<AtomicBool>,
 }
 
 impl Leasing {
@@ -268,6 +272,7 @@ impl Leasing {
             leases: leases.downgrade(),
             endings: endings.downgrade(),
             shutdown,
+            reading: Arc::default(),
         }
     }
 
