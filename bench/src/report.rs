@@ -134,41 +134,51 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
             r.map(|r| r >= 1.0),
         )?;
     }
-    // Issue 18 also counts the end-to-end target met where the machine's cores are the limit and
-    // each process's CPU per task shows it would keep up on a core of its own: the busiest one
-    // spends no more than a core gives each task at 1.5 × BullMQ's rate.
+    // Issue 18 also counts the end-to-end target met "where this 2-core machine is the limit, the
+    // CPU per task of every process showing that it would be on a free core": the processes
+    // together kept at least three quarters of the cores busy, and the busiest of them (the load
+    // generator included) spends no more than a core gives each task at 1.5 × BullMQ's rate.
     let core_budget = process.filter(|p| *p > 0.0).map(|p| 1e6 / (1.5 * p));
-    for (metric, batch, how) in
-        [("e2e_batch_tasks_per_s", 100, "batches of 100"), ("e2e_tasks_per_s", 1, "a request per task")]
-    {
+    for (metric, how) in [("e2e_batch_tasks_per_s", "batches"), ("e2e_tasks_per_s", "a request per task")] {
         let e2e = c.get(metric, None);
         let r = ratio(e2e, process);
-        let busiest = c
-            .all("e2e_cpu_us_per_task")
-            .into_iter()
-            .filter(|l| l["batch"].as_u64() == Some(batch))
-            .filter_map(|l| Some((l["process"].as_str()?, l["value"].as_f64()?)))
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        let fits = ratio(busiest.map(|(_, us)| us), core_budget);
+        let batch = c.all(metric).first().and_then(|l| l["batch"].as_u64()).unwrap_or(1);
+        let mut processes: Vec<(&str, f64, f64)> = Vec::new();
+        for l in c.all("e2e_cpu_us_per_task").into_iter().filter(|l| l["batch"].as_u64() == Some(batch)) {
+            let (Some(name), Some(us), Some(share)) =
+                (l["process"].as_str(), l["value"].as_f64(), l["cpu_share"].as_f64())
+            else {
+                continue;
+            };
+            // The first run of that size only (both runs are of one task a request with `--batch 1`).
+            if !processes.iter().any(|p| p.0 == name) {
+                processes.push((name, us, share));
+            }
+        }
+        let busiest = processes.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+        let cores_busy: f64 = processes.iter().map(|p| p.2).sum();
+        let machine_bound = nproc > 0 && cores_busy >= 0.75 * nproc as f64;
+        let fits = ratio(busiest.map(|p| p.1), core_budget);
+        let how = if batch > 1 { format!("{how} of {batch}") } else { how.to_string() };
         target(
             &format!("tasks/s end to end (HTTP + SSE, {how}) vs BullMQ `process_jobs_per_s`"),
             e2e,
             process,
             r,
             "≥ 1.5, or the next row",
-            r.map(|r| r >= 1.5 || fits.is_some_and(|f| f <= 1.0)),
+            r.map(|r| r >= 1.5 || (machine_bound && fits.is_some_and(|f| f <= 1.0))),
         )?;
         target(
             &format!(
-                "… or on a core per process: the busiest ({}) µs per task vs a core's µs per task at 1.5 × \
-                 BullMQ `process_jobs_per_s`",
-                busiest.map_or("—", |(name, _)| name)
+                "… or, the cores the limit ({cores_busy:.2} of {nproc} busy), on a core per process: the \
+                 busiest ({}) µs per task vs a core's µs per task at 1.5 × BullMQ `process_jobs_per_s`",
+                busiest.map_or("—", |p| p.0)
             ),
-            busiest.map(|(_, us)| us),
+            busiest.map(|p| p.1),
             core_budget,
             fits,
-            "≤ 1",
-            fits.map(|f| f <= 1.0),
+            "≤ 1, ≥ 3/4 of the cores busy",
+            fits.map(|f| f <= 1.0 && machine_bound),
         )?;
     }
     let p99 = c.get("e2e_latency_p99_ms", None);
@@ -455,8 +465,9 @@ mod tests {
     use super::*;
 
     /// The report of a Courier run whose end-to-end batches reached `e2e` tasks/s with `redis`
-    /// µs of Redis CPU per task, against a BullMQ that processed 10,000 jobs/s.
-    fn report(e2e: f64, redis: f64) -> String {
+    /// µs of Redis CPU per task and `busy` cores busy, against a BullMQ that processed 10,000
+    /// jobs/s.
+    fn report(e2e: f64, redis: f64, busy: f64) -> String {
         let dir = tempfile::tempdir().unwrap();
         let lines = |lines: &[Value]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
         let courier = dir.path().join("courier.jsonl");
@@ -464,9 +475,10 @@ mod tests {
         std::fs::write(
             &courier,
             lines(&[
-                serde_json::json!({"metric": "e2e_batch_tasks_per_s", "value": e2e}),
-                serde_json::json!({"metric": "e2e_cpu_us_per_task", "batch": 100, "process": "redis", "value": redis}),
-                serde_json::json!({"metric": "e2e_cpu_us_per_task", "batch": 100, "process": "serve", "value": 30.0}),
+                serde_json::json!({"metric": "meta", "nproc": 2}),
+                serde_json::json!({"metric": "e2e_batch_tasks_per_s", "batch": 100, "value": e2e}),
+                serde_json::json!({"metric": "e2e_cpu_us_per_task", "batch": 100, "process": "redis", "value": redis, "cpu_share": busy / 2.0}),
+                serde_json::json!({"metric": "e2e_cpu_us_per_task", "batch": 100, "process": "serve", "value": 30.0, "cpu_share": busy / 2.0}),
             ]),
         )
         .unwrap();
@@ -490,14 +502,19 @@ mod tests {
     fn end_to_end_counts_as_met_when_every_process_would_keep_up_on_a_core_of_its_own() {
         // 1.5 × 10,000 jobs/s leaves a core 66.7 µs per task.
         let throughput = "tasks/s end to end (HTTP + SSE, batches of 100)";
-        let per_core = "… or on a core per process: the busiest (redis)";
-        let fits = report(9000.0, 60.0);
+        let per_core = "… or, the cores the limit";
+        let fits = report(9000.0, 60.0, 1.9);
         assert_eq!(met(&fits, throughput), "yes");
         assert_eq!(met(&fits, per_core), "yes");
-        let too_busy = report(9000.0, 70.0);
+        assert!(fits.contains("(1.90 of 2 busy), on a core per process: the busiest (redis)"), "{fits}");
+        let too_busy = report(9000.0, 70.0, 1.9);
         assert_eq!(met(&too_busy, throughput), "**no**");
         assert_eq!(met(&too_busy, per_core), "**no**");
-        let fast = report(16000.0, 70.0);
+        // Cores left idle: something else held it back, so the CPU per task says nothing.
+        let idle_cores = report(9000.0, 60.0, 1.2);
+        assert_eq!(met(&idle_cores, throughput), "**no**");
+        assert_eq!(met(&idle_cores, per_core), "**no**");
+        let fast = report(16000.0, 70.0, 1.2);
         assert_eq!(met(&fast, throughput), "yes");
     }
 }

@@ -1,7 +1,8 @@
 //! The fetch loop, which fills a worker process's free slots, and the claims it takes leases with.
 //!
 //! The finish loop (queue/finish.rs) takes the next leases for the slots that ended attempts free,
-//! up to each queue's share; the *fetch loop* fills the slots that are left: it shares them among
+//! up to each queue's share (unless the fetch loop waits on every queue's empty lanes: then the
+//! next entry wakes that wait); the *fetch loop* fills the slots that are left: it shares them among
 //! the queues served by weight (queue/serving.rs) and claims new entries from each (one script
 //! per queue), blocks on every open queue's streams when all are empty, and takes over entries
 //! whose holder stopped renewing them. On a Redis Cluster a read keeps to one slot, so it blocks
@@ -54,7 +55,7 @@ impl Leasing {
         _endings: mpsc::Sender<Ending>,
     ) {
         let mut readers = Readers::default();
-        // What the last blocking read that found nothing read: see `fetch`.
+        // What the last blocking read that found nothing more read: see `fetch`.
         let mut idle: Option<Idle> = None;
         let mut backoff = Backoff::default();
         let lease = self.serving.lease();
@@ -321,7 +322,10 @@ impl Leasing {
                 .arg(vec![">"; streams.len()]);
             read
         };
-        let reading = Reading::start(&self.reading);
+        // A finish meanwhile takes no leases (`Leasing::reading`) only where this read covers every
+        // queue served, none of them blocked by its limits, and ends when the one read does.
+        let covers_all = open.len() == self.serving.all().len() && !self.serving.client().is_cluster();
+        let reading = covers_all.then(|| Reading::start(&self.reading));
         let replies: Vec<StreamReadReply> = if self.serving.client().is_cluster() {
             // Each queue's streams share its slot: a read per queue, woken when one brings some.
             let per_queue = streams.len() / open.len();
@@ -418,8 +422,8 @@ async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> RedisResult<()
     pipe.query_async(&mut queue.conn.clone()).await
 }
 
-/// What a fetch loop saw when a blocking read brought nothing: the queues open, and how many
-/// times the process had blocked a queue by then.
+/// What a fetch loop saw when a blocking read brought nothing, or drained what it read: the
+/// queues open, and how many times the process had blocked a queue by then.
 #[derive(PartialEq)]
 struct Idle {
     open: Vec<String>,

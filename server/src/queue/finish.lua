@@ -1,6 +1,7 @@
 -- Ends attempts whose caller still holds the lease (a late holder changes nothing), then takes
 -- leases on up to `want` new entries for the slots those attempts free: one round trip both ends
--- a batch of attempts and starts the next.
+-- a batch of attempts and starts the next. With `want` 0 it reads neither the limits nor the
+-- lanes (and says nothing stops it: it did not look).
 -- KEYS: events, retrying, dead
 -- ARGV: the leasing arguments (lease.lua), want, whose leases these are ('pulled': pulled over
 --       HTTP, see below; '' a worker process's), then 13 for each attempt: task id, stream index

@@ -251,9 +251,11 @@ pub(super) struct Leasing {
     leases: mpsc::WeakSender<Lease>,
     endings: mpsc::WeakSender<Ending>,
     pub(super) shutdown: CancellationToken,
-    /// Whether the fetch loop waits in a blocking read on every open queue's lanes. Any new
-    /// entry wakes that read, so a finish meanwhile takes no leases: it would find none, and
-    /// the slots it frees go to the read's next round (docs/benchmark-notes.md, "Seventh step").
+    /// Whether the fetch loop waits in a blocking read on the lanes of every queue it serves
+    /// (none of them blocked by its limits; one server). Any new entry wakes that read, so a
+    /// finish meanwhile takes no leases: it would find none, and the slots it frees go to the
+    /// read's next round (docs/benchmark-notes.md, "Seventh step"). A queue left out of the read
+    /// (at its concurrency limit, say) would have no one to refill it, so then it stays unset.
     pub(super) reading: Arc<AtomicBool>,
 }
 
