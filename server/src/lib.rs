@@ -59,6 +59,8 @@ pub struct Server {
     runner: Option<Arc<Runner>>,
     /// Ticked from `run` on, in every process.
     schedules: schedules::Schedules,
+    /// The stats counts of every queue's finishes in this process, written last as it stops.
+    tallies: Arc<stats::Tallies>,
     config: Config,
     redis: Option<EmbeddedRedis>,
     shutdown: CancellationToken,
@@ -122,6 +124,7 @@ impl Server {
             durable,
         };
         let queue = Queue::new(client.clone(), conn.clone(), &config.prefix, DEFAULT_QUEUE, settings);
+        let tallies = queue.tallies();
         queue.open_lanes(&[]).await.context("opening the default queue's lanes")?;
         let queues = Queues::open_registry(queue, conn.clone(), &config.prefix)
             .await
@@ -221,7 +224,7 @@ impl Server {
             }
             _ => None,
         };
-        Ok(Server { listener, probes, tls, router, runner, schedules, config, redis, shutdown })
+        Ok(Server { listener, probes, tls, router, runner, schedules, tallies, config, redis, shutdown })
     }
 
     /// The bound HTTP port; `None` for a worker-only process.
@@ -242,7 +245,8 @@ impl Server {
     /// Serves and works until SIGINT, SIGTERM or the shutdown token; then stops taking work,
     /// lets in-flight tasks finish within the grace period, and stops the embedded Redis.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Server { listener, probes, tls, router, runner, schedules, config, redis, shutdown } = self;
+        let Server { listener, probes, tls, router, runner, schedules, tallies, config, redis, shutdown } =
+            self;
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         tokio::spawn(schedules.tick(shutdown.clone()));
         if let Some((listener, router)) = probes {
@@ -270,6 +274,8 @@ impl Server {
         if let Some(workers) = workers {
             workers.await.context("the worker task panicked")??;
         }
+        // Every attempt has ended and every request been answered: their counts, before Redis may go.
+        tallies.flush_all().await;
         if let Some(redis) = redis {
             redis.stop().await.context("stopping the embedded redis-server")?;
             info!("stopped the embedded redis-server");

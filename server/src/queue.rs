@@ -206,6 +206,10 @@ pub struct Queue {
     /// Where the ends of this handle's pulled leases wait to be sent together (started on first
     /// use).
     pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<finish::Ending>>>,
+    /// What the finishes of this queue's handles in this process counted for the stats, until
+    /// written together; and every queue's, for the last write as the process stops.
+    tally: Arc<crate::stats::Tally>,
+    tallies: Arc<crate::stats::Tallies>,
 }
 
 impl Queue {
@@ -429,7 +433,16 @@ impl Queue {
         name: &str,
         settings: QueueSettings,
     ) -> Queue {
-        Queue::with_scripts(client, conn, prefix, name, Arc::new(settings), Arc::new(Scripts::load()))
+        let tallies = Arc::new(crate::stats::Tallies::new(conn.clone()));
+        Queue::with_scripts(
+            client,
+            conn,
+            prefix,
+            name,
+            Arc::new(settings),
+            Arc::new(Scripts::load()),
+            tallies,
+        )
     }
 
     /// Another queue of the same Redis and settings, sharing the loaded scripts.
@@ -441,6 +454,7 @@ impl Queue {
             name,
             self.settings.clone(),
             self.scripts.clone(),
+            self.tallies.clone(),
         )
     }
 
@@ -451,13 +465,17 @@ impl Queue {
         name: &str,
         settings: Arc<QueueSettings>,
         scripts: Arc<Scripts>,
+        tallies: Arc<crate::stats::Tallies>,
     ) -> Queue {
+        let keys = Keys::new(prefix, name);
         Queue {
+            tally: tallies.of(keys.base()),
+            tallies,
             name: name.into(),
             number: 0,
             conn,
             client,
-            keys: Keys::new(prefix, name),
+            keys,
             settings,
             scripts,
             last_prune_ms: Default::default(),
@@ -466,6 +484,11 @@ impl Queue {
             limits_seen: Default::default(),
             pulled_ends: Default::default(),
         }
+    }
+
+    /// The stats counts of every queue this handle's Redis has in this process (`stats::Tally`).
+    pub fn tallies(&self) -> Arc<crate::stats::Tallies> {
+        self.tallies.clone()
     }
 
     /// The queue's name.

@@ -1,12 +1,15 @@
 //! The numbers behind `GET /api/v1/stats` and the dashboard: every queue's tasks by state and
 //! kind, tasks ended per second, minute and hour, and wait and run time percentiles.
 //!
-//! The scripts that end tasks count them in time buckets as they go (ends.lua's
-//! `record_stats`), in the queue's own keys: `stats:s:{minute}` holds that minute's seconds
-//! (`{second}s` succeeded, `{second}f` failed) and the wait and run time histograms (`w{bin}`,
-//! `r{bin}`), kept 17 minutes; `stats:m:{hour}` its minutes, kept 25 hours; `stats:h:{day}` its
-//! hours, kept 31 days. Memory is bounded by those lifetimes, every instance reads the same
-//! buckets, and counting costs no round trip of its own.
+//! Ended tasks are counted in time buckets, in the queue's own keys: `stats:s:{minute}` holds
+//! that minute's seconds (`{second}s` succeeded, `{second}f` failed) and the wait and run time
+//! histograms (`w{bin}`, `r{bin}`), kept 17 minutes; `stats:m:{hour}` its minutes, kept 25 hours;
+//! `stats:h:{day}` its hours, kept 31 days. Memory is bounded by those lifetimes, and every
+//! instance reads the same buckets. The finish script, which ends nearly every task, returns what
+//! it counted, and the process adds the counts of its finishes up and writes them together a
+//! quarter second later ([`Tally`]: no round trip per task, nor a bucket's writes per call); the
+//! rarer ends (a task that expired waiting) write their counts as they go (ends.lua's
+//! `record_stats`).
 
 use crate::redis_client::Conn;
 use crate::{
@@ -14,23 +17,158 @@ use crate::{
     store::{now_ms, rfc3339},
 };
 use app::model::{KindStats, Latency, Percentiles, QueueStats, Stats, Throughput, ThroughputPoint};
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 /// One span of the throughput series: its key name, how much time one key holds, one bucket
-/// (field) holds, and how many buckets the series shows.
+/// (field) holds, how many buckets the series shows, and how long a key is kept (ends.lua's
+/// `STATS_SPANS`, which writes the same keys).
 struct Span {
     name: &'static str,
     key_ms: u64,
     bucket_ms: u64,
     buckets: u64,
+    keep_ms: u64,
 }
 
 /// Per second over the last 15 minutes.
-const SECONDS: Span = Span { name: "s", key_ms: 60_000, bucket_ms: 1_000, buckets: 900 };
+const SECONDS: Span = Span { name: "s", key_ms: 60_000, bucket_ms: 1_000, buckets: 900, keep_ms: 1_020_000 };
 /// Per minute over the last 24 hours.
-const MINUTES: Span = Span { name: "m", key_ms: 3_600_000, bucket_ms: 60_000, buckets: 1_440 };
+const MINUTES: Span =
+    Span { name: "m", key_ms: 3_600_000, bucket_ms: 60_000, buckets: 1_440, keep_ms: 90_000_000 };
 /// Per hour over the last 30 days.
-const HOURS: Span = Span { name: "h", key_ms: 86_400_000, bucket_ms: 3_600_000, buckets: 720 };
+const HOURS: Span =
+    Span { name: "h", key_ms: 86_400_000, bucket_ms: 3_600_000, buckets: 720, keep_ms: 2_678_400_000 };
+
+/// How long a process holds the counts of its finishes before it writes them.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(250);
+
+/// What one finish script counted as it ended attempts (finish.lua): at Redis's time `at_ms`, the
+/// tasks that succeeded and that failed for good, and the wait and run samples per histogram bin
+/// (`w{bin}`, `r{bin}`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counted {
+    pub at_ms: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub bins: Vec<(String, u64)>,
+}
+
+/// One queue's counts that this process has not written yet. Each `HINCRBY` a script makes is a
+/// call from Lua into Redis, and a finish made several (a second's, a minute's and an hour's
+/// count, a field per histogram bin): more than anything else it did once per call
+/// (docs/benchmark-notes.md, "Eighth step"). So a finish returns its counts, the process adds
+/// them up here, and [`FLUSH_AFTER`] later writes them in one transaction (a queue's keys share
+/// a slot). A process that stops writes what is left ([`Tallies::flush_all`]); one killed loses
+/// at most that quarter second's counts, and so does a write that fails (it is not tried again:
+/// a transaction whose answer was lost may have been applied, and counting twice is worse).
+#[derive(Debug, Default)]
+pub struct Tally {
+    pending: Mutex<Pending>,
+}
+
+/// Every queue's [`Tally`] in a process, one per queue however many handles on it there are
+/// (the handles of one Redis share this).
+pub struct Tallies {
+    conn: Conn,
+    by_queue: Mutex<HashMap<String, Arc<Tally>>>,
+}
+
+impl Tallies {
+    pub fn new(conn: Conn) -> Tallies {
+        Tallies { conn, by_queue: Mutex::default() }
+    }
+
+    /// The tally of the queue whose keys start with `base`.
+    pub fn of(&self, base: &str) -> Arc<Tally> {
+        let mut by_queue = self.by_queue.lock().unwrap_or_else(PoisonError::into_inner);
+        by_queue.entry(base.to_string()).or_default().clone()
+    }
+
+    /// Writes what every queue's finishes counted and no flusher wrote yet: as the process stops.
+    pub async fn flush_all(&self) {
+        let tallies: Vec<(String, Arc<Tally>)> = {
+            let by_queue = self.by_queue.lock().unwrap_or_else(PoisonError::into_inner);
+            by_queue.iter().map(|(base, tally)| (base.clone(), tally.clone())).collect()
+        };
+        for (base, tally) in tallies {
+            if let Err(e) = tally.flush(&self.conn).await {
+                tracing::warn!(queue = %base, error = %e, "writing the last stats failed; their counts are lost");
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Bucket key -> its span's keep (ms), and field -> count.
+    buckets: BTreeMap<String, (u64, BTreeMap<String, u64>)>,
+    /// Whether a flusher is on its way (`Tally::add` said so, `Tally::done` ends it).
+    flushing: bool,
+}
+
+impl Tally {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds `counted`, of the queue whose keys start with `base`. True when the counts were the
+    /// first since the last flush and no flusher is on its way: the caller starts one.
+    pub fn add(&self, base: &str, counted: &Counted) -> bool {
+        if counted.succeeded == 0 && counted.failed == 0 && counted.bins.is_empty() {
+            return false;
+        }
+        let mut pending = self.pending();
+        for span in [&SECONDS, &MINUTES, &HOURS] {
+            let key = format!("{base}:stats:{}:{}", span.name, counted.at_ms / span.key_ms);
+            let bucket = (counted.at_ms % span.key_ms) / span.bucket_ms;
+            let (_, fields) = pending.buckets.entry(key).or_insert_with(|| (span.keep_ms, BTreeMap::new()));
+            for (outcome, n) in [("s", counted.succeeded), ("f", counted.failed)] {
+                if n > 0 {
+                    *fields.entry(format!("{bucket}{outcome}")).or_default() += n;
+                }
+            }
+            // The histograms live in the seconds' keys only.
+            if span.name == SECONDS.name {
+                for (bin, n) in &counted.bins {
+                    *fields.entry(bin.clone()).or_default() += n;
+                }
+            }
+        }
+        !std::mem::replace(&mut pending.flushing, true)
+    }
+
+    /// Writes what was added since the last flush: each field's count and each key's time to live
+    /// (from now), in one transaction. What it could not write is dropped (see [`Tally`]).
+    pub async fn flush(&self, conn: &Conn) -> redis::RedisResult<()> {
+        let buckets = std::mem::take(&mut self.pending().buckets);
+        if buckets.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, (keep_ms, fields)) in &buckets {
+            for (field, n) in fields {
+                pipe.hincr(key, field, *n).ignore();
+            }
+            pipe.pexpire(key, *keep_ms as i64).ignore();
+        }
+        pipe.query_async::<()>(&mut conn.clone()).await
+    }
+
+    /// Ends the flusher's turn when nothing waits to be written (under the lock `add` takes, so
+    /// counts added meanwhile start a new one); false when something does.
+    pub fn done(&self) -> bool {
+        let mut pending = self.pending();
+        if pending.buckets.is_empty() {
+            pending.flushing = false;
+        }
+        !pending.flushing
+    }
+}
 
 /// Which throughput series to read (the dashboard's live feed needs only the seconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +387,57 @@ mod tests {
         assert!(starts[0] <= now - 899_000 && *starts.last().unwrap() <= now);
         assert_eq!(key_starts(&MINUTES, now).len(), 25);
         assert!((30..=31).contains(&key_starts(&HOURS, now).len()));
+    }
+
+    #[test]
+    fn the_spans_are_the_ones_the_scripts_write() {
+        let lua = format!(
+            "local STATS_SPANS = {{{{'s', {}, {}, {}}}, {{'m', {}, {}, {}}},\n  {{'h', {}, {}, {}}}}}",
+            SECONDS.key_ms,
+            SECONDS.bucket_ms,
+            SECONDS.keep_ms,
+            MINUTES.key_ms,
+            MINUTES.bucket_ms,
+            MINUTES.keep_ms,
+            HOURS.key_ms,
+            HOURS.bucket_ms,
+            HOURS.keep_ms
+        );
+        assert!(include_str!("queue/ends.lua").contains(&lua), "{lua}");
+    }
+
+    #[test]
+    fn a_tally_adds_counts_up_per_bucket_and_the_histograms_per_minute_key() {
+        let tally = Tally::default();
+        // 12:00:01.5 and 12:00:01.9 of one day share every bucket; 12:01:00 has a second and a
+        // minute of its own, in the same hour.
+        let noon = 1_700_000_000_000 / 86_400_000 * 86_400_000 + 12 * 3_600_000;
+        let bins = |pairs: &[(&str, u64)]| pairs.iter().map(|(b, n)| (b.to_string(), *n)).collect();
+        let first =
+            Counted { at_ms: noon + 1_500, succeeded: 2, failed: 1, bins: bins(&[("w3", 2), ("r5", 3)]) };
+        assert!(tally.add("q", &first), "the first counts start a flusher");
+        let second = Counted { at_ms: noon + 1_900, succeeded: 1, failed: 0, bins: bins(&[("w3", 1)]) };
+        assert!(!tally.add("q", &second), "one flusher at a time");
+        assert!(!tally.add("q", &Counted { at_ms: noon + 60_000, ..Counted::default() }), "nothing counted");
+        tally.add("q", &Counted { at_ms: noon + 60_000, succeeded: 4, failed: 0, bins: Vec::new() });
+
+        let pending = tally.pending();
+        let fields = |key: String| -> Vec<(String, u64)> {
+            let (_, fields) = &pending.buckets[&key];
+            fields.iter().map(|(f, n)| (f.clone(), *n)).collect()
+        };
+        let pairs =
+            |pairs: &[(&str, u64)]| pairs.iter().map(|(f, n)| (f.to_string(), *n)).collect::<Vec<_>>();
+        let (minute, hour, day) = (noon / 60_000, noon / 3_600_000, noon / 86_400_000);
+        assert_eq!(
+            fields(format!("q:stats:s:{minute}")),
+            pairs(&[("1f", 1), ("1s", 3), ("r5", 3), ("w3", 3)])
+        );
+        assert_eq!(fields(format!("q:stats:s:{}", minute + 1)), pairs(&[("0s", 4)]));
+        assert_eq!(fields(format!("q:stats:m:{hour}")), pairs(&[("0f", 1), ("0s", 3), ("1s", 4)]));
+        assert_eq!(fields(format!("q:stats:h:{day}")), pairs(&[("12f", 1), ("12s", 7)]));
+        assert_eq!(pending.buckets.len(), 4);
+        assert_eq!(pending.buckets[&format!("q:stats:h:{day}")].0, HOURS.keep_ms);
     }
 
     #[test]

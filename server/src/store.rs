@@ -27,6 +27,7 @@
 //! | `{prefix}:{queue}:retrying`      | zset   | `h:`/`n:`/`l:` + id waiting for a retry, by due ms |
 //! | `{prefix}:{queue}:starts`        | zset   | lease tokens by start ms, the last `rate` period's |
 //! | `{prefix}:{queue}:ended`         | hash   | Unix second -> tasks ended then (the last two minutes) |
+//! | `{prefix}:{queue}:stats:s:{minute}`, `stats:m:{hour}`, `stats:h:{day}` | hash | tasks ended per second, minute and hour, and the wait and run histograms (`stats.rs`) |
 //! | `{prefix}:{queue}:settings`      | hash   | `paused`, `max_depth`, `concurrency`, `rate_limit`, `rate_period_ms` |
 //! | `{prefix}:{queue}:events`        | stream | the queue's task and queue events, capped (`{_kinds}` and `{_workflows}` have their own) |
 //! | `{prefix}:{queue}:promoter`      | string | the process that moves due tasks of the queue now, for a few seconds (`Queue::promote_due`) |

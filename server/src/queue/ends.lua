@@ -42,9 +42,10 @@ local function log_attempt(task, attempt, outcome, started, ended, worker, err)
   redis.call('HSET', task, field, entry)
 end
 
--- The time buckets of a queue's stats (`stats.rs` reads them): per second in one hash per
--- minute (kept 17 minutes), per minute in one per hour (25 hours), per hour in one per day (31
--- days): {name, span of a key ms, span of a field ms, how long a key is kept ms}.
+-- The time buckets of a queue's stats (`stats.rs` reads them, and writes the counts finish.lua
+-- returns): per second in one hash per minute (kept 17 minutes), per minute in one per hour (25
+-- hours), per hour in one per day (31 days): {name, span of a key ms, span of a field ms, how
+-- long a key is kept ms}.
 local STATS_SPANS = {{'s', 60000, 1000, 1020000}, {'m', 3600000, 60000, 90000000},
   {'h', 86400000, 3600000, 2678400000}}
 
@@ -61,6 +62,7 @@ end
 -- (`bins`: 'w{bin}' or 'r{bin}' -> count) in the queue's stats buckets: a field `{n}s` and
 -- `{n}f` per second, minute and hour; the samples in the second's key only (`stats.rs` reads the
 -- percentiles of the last 15 minutes from them). A script that ends many tasks counts them once.
+-- (The finish, which ends nearly every task, returns its counts instead: `stats::Tally`.)
 local function record_stats(base, now, succeeded, failed, bins)
   now = tonumber(now)
   for i, span in ipairs(STATS_SPANS) do

@@ -18,7 +18,9 @@
 -- ran ends cancelled, whatever its holder reports.
 -- Returns {applied (1, 2 when it ended cancelled instead, or 0 when the lease was lost) per
 -- attempt, take_lease replies, why no more may start ('' when nothing stops it), in how many ms
--- to look again, the worker each attempt's record names (pulled leases; else empty)}.
+-- to look again, the worker each attempt's record names (pulled leases; else empty), what the
+-- stats count: {Redis's time ms, tasks succeeded, tasks failed for good}, the wait and run
+-- samples' bins ('w{bin}', 'r{bin}') and each bin's count}.
 local ctx = leasing_context()
 local base, now, maxlen = ctx.base, ctx.now, ctx.maxlen
 local applied, workers = {}, {}
@@ -31,7 +33,8 @@ local ended, ended_streams = {}, {}
 -- How many tasks ended (rather than waiting for a retry).
 local ends = 0
 -- What the stats count: tasks succeeded and failed for good, and wait and run samples by bin
--- (named once per bin and call, not per sample: a number turned into text goes through printf).
+-- (named once per bin and call, not per sample: a number turned into text goes through printf);
+-- the script returns them rather than writing them.
 local succeeded, failed, samples = 0, 0, {w = {}, r = {}}
 local function sample(kind, ms)
   local bins = samples[kind]
@@ -173,14 +176,15 @@ end
 if ends > 0 then
   count_ends(base, now, ends)
 end
-local bins = {}
-for kind, counts in pairs(samples) do
-  for bin, count in pairs(counts) do
-    bins[kind .. bin] = count
+-- What the stats count, for the caller to add into the time buckets with its other calls' counts
+-- (stats.rs: a bucket's writes, several per call, cost more than anything else a finish does
+-- once per call, docs/benchmark-notes.md "Eighth step").
+local bins, counts = {}, {}
+for kind, by_bin in pairs(samples) do
+  for bin, count in pairs(by_bin) do
+    bins[#bins + 1] = kind .. bin
+    counts[#counts + 1] = count
   end
-end
-if succeeded + failed > 0 or next(bins) then
-  record_stats(base, now, succeeded, failed, bins)
 end
 local leases, want = {}, tonumber(ARGV[10])
 if want > 0 then
@@ -188,4 +192,5 @@ if want > 0 then
   start_budget(ctx)
   take_new(ctx, want, leases)
 end
-return {applied, leases, ctx.blocked or '', ctx.retry_ms or 0, workers}
+return {applied, leases, ctx.blocked or '', ctx.retry_ms or 0, workers,
+  {ctx.now_ms, succeeded, failed}, bins, counts}

@@ -12,12 +12,15 @@ use super::{
     lease::{Lease, Leasing},
     serving::Served,
 };
-use crate::store::now_ms;
+use crate::{
+    stats::{Counted, FLUSH_AFTER},
+    store::now_ms,
+};
 use bytes::Bytes;
 use redis::RedisResult;
 use std::{sync::atomic::Ordering, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// The most attempts one finish script ends.
 const FINISH_BATCH: usize = 64;
@@ -330,11 +333,40 @@ impl Queue {
             let (bytes, source) = e.result.script_args();
             call.arg(bytes).arg(e.reason).arg(&e.session).arg(&e.idempotency_key).arg(source);
         }
-        let (applied, claims, reason, retry_ms, workers): (Vec<i64>, _, _, _, Vec<String>) =
+        type Reply =
+            (Vec<i64>, Vec<Vec<Vec<u8>>>, Vec<u8>, u64, Vec<String>, (u64, u64, u64), Vec<String>, Vec<u64>);
+        let (applied, claims, reason, retry_ms, workers, (at_ms, succeeded, failed), bins, counts): Reply =
             call.invoke_async(&mut self.conn.clone()).await?;
+        self.count(&Counted { at_ms, succeeded, failed, bins: bins.into_iter().zip(counts).collect() });
         let mut workers = workers.into_iter();
         let ended = applied.into_iter().map(|code| Ended::of(code, workers.next())).collect();
         Ok(Finished { ended, claims, reason, retry_ms })
+    }
+
+    /// Adds what a finish counted to this handle's stats not written yet, and starts the flusher
+    /// that writes them a moment later when none is on its way (`stats::Tally`).
+    fn count(&self, counted: &Counted) {
+        if !self.tally.add(self.keys.base(), counted) {
+            return;
+        }
+        let (tally, conn, queue) = (self.tally.clone(), self.conn.clone(), self.name.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FLUSH_AFTER).await;
+                if let Err(e) = tally.flush(&conn).await {
+                    warn!(%queue, error = %e, "writing the stats failed; their counts are lost");
+                }
+                if tally.done() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Writes what this queue's finishes in this process counted and no flusher wrote yet, now.
+    #[cfg(test)]
+    pub(super) async fn flush_counts(&self) -> RedisResult<()> {
+        self.tally.flush(&self.conn).await
     }
 }
 
@@ -528,6 +560,51 @@ mod tests {
         let ttl: i64 = conn.pttl(queue.keys.result(&id)).await.unwrap();
         assert!(ttl > 50_000, "the result is kept for the retention, not the staging time: {ttl}");
         assert_eq!(staged_keys(&queue).await, Vec::<String>::new());
+    }
+
+    /// A finish returns what it counted, and the process writes its finishes' counts together:
+    /// each end counted once in every span's bucket, its wait and run sampled in the seconds' key,
+    /// each key given its time to live.
+    #[tokio::test]
+    async fn the_counts_of_finishes_reach_the_stats_buckets_once() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        for _ in 0..5 {
+            enqueue_echo(&queue, Bytes::from_static(b"{}")).await;
+        }
+        for _ in 0..5 {
+            // One end per finish call.
+            let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+            let (id, token) =
+                (String::from_utf8_lossy(&replies[0][1]), String::from_utf8_lossy(&replies[0][4]));
+            let one = ending(&queue, &id, &replies[0], &token, ResultBytes::New(Bytes::from_static(b"ok")));
+            assert_eq!(end(&queue, &[one]).await, vec![Applied::AsReported]);
+        }
+        // However the flusher and these flushes take turns, each count is written once.
+        queue.flush_counts().await.unwrap();
+        queue.flush_counts().await.unwrap();
+
+        let keys: Vec<String> = conn.keys(format!("{}:stats:*", queue.keys.base())).await.unwrap();
+        // Per span: tasks succeeded, wait samples, run samples.
+        let mut spans: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+        for key in keys {
+            let span = key.rsplit(':').nth(1).unwrap().to_string();
+            let fields: std::collections::HashMap<String, u64> = conn.hgetall(&key).await.unwrap();
+            let counted = spans.entry(span).or_default();
+            for (field, n) in fields {
+                match field.split_at(1) {
+                    ("w", _) => counted.1 += n,
+                    ("r", _) => counted.2 += n,
+                    _ if field.ends_with('s') => counted.0 += n,
+                    _ => panic!("{key}: no end failed, yet {field} = {n}"),
+                }
+            }
+            let ttl: i64 = conn.pttl(&key).await.unwrap();
+            assert!(ttl > 0, "{key} is kept for its span's time, not for ever: {ttl}");
+        }
+        let expected: std::collections::BTreeMap<String, (u64, u64, u64)> =
+            [("h".into(), (5, 0, 0)), ("m".into(), (5, 0, 0)), ("s".into(), (5, 5, 5))].into();
+        assert_eq!(spans, expected);
     }
 
     /// Ended attempts' entries leave the ready stream in bulk trims, once it holds more than

@@ -18,8 +18,8 @@ fn totals(series: &Value) -> (u64, u64) {
     })
 }
 
-/// `GET /api/v1/stats` until `ready` holds of it (a task's end is counted as it is stored, but the
-/// test learns of the end from its event, which may come first).
+/// `GET /api/v1/stats` until `ready` holds of it (a process writes its ends' counts together, a
+/// moment after it stores them: `stats::Tally`).
 async fn stats_until(app: &TestApp, ready: impl Fn(&Value) -> bool) -> Value {
     let mut stats = Value::Null;
     for _ in 0..100 {
@@ -317,4 +317,31 @@ async fn stats_and_workers_show_a_token_only_the_queues_it_reaches() {
     assert_eq!(running[0]["queue"], "billing");
     let anonymous = app.http.get(app.url("/api/v1/workers")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
+}
+
+/// A worker process writes its finishes' stats a moment after they end (`stats::Tally`); one
+/// told to stop writes what it has left before it exits.
+#[tokio::test]
+async fn a_worker_that_stops_writes_the_stats_of_its_last_tasks_first() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut worker = app.worker(&["--concurrency", "4"]);
+    workers_until(&app, Duration::from_secs(20), |w| w.len() == 1).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(app.submit_ok(json!({"kind": "echo", "payload": {"n": i}})).await);
+    }
+    for id in &ids {
+        app.wait_until_done(id).await;
+    }
+    let pid = worker.id().expect("still running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(20), worker.wait())
+        .await
+        .expect("the worker stops within 20 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // Nothing is left to write them later: they are there, once.
+    let stats = app.get_json("/api/v1/stats?spans=second").await;
+    assert_eq!(totals(&stats["throughput"]["second"]), (3, 0), "{stats:#}");
+    assert_eq!(stats["latency_ms"]["run"]["count"], 3, "{stats:#}");
 }
