@@ -15,16 +15,7 @@ for arg in "$@"; do [ "$arg" = --smoke ] && smoke=true; done
 # Many SSE clients need many file descriptors, in this shell's children too.
 ulimit -n "$(ulimit -Hn)"
 
-port=$("$bench" free-port)
-work=$(mktemp -d)
-cleanup() {
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-  --dir "$work" --logfile "$work/redis.log"
-for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+source scripts/private-redis.sh
 
 peer=../shared/bench/peer/run.sh
 if ! $smoke && [ -f "$peer" ]; then

@@ -12,16 +12,7 @@ cd "$(dirname "$0")/.."
 bench=target/release/courier-bench
 courier=${COURIER_BIN:-target/release/courier}
 
-port=$("$bench" free-port)
-work=$(mktemp -d)
-cleanup() {
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-  --dir "$work" --logfile "$work/redis.log"
-for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+source scripts/private-redis.sh
 if [ "${SLOWLOG:-0}" = 1 ]; then
   redis-cli -p "$port" config set slowlog-log-slower-than 0 >/dev/null
   redis-cli -p "$port" config set slowlog-max-len 10000000 >/dev/null
