@@ -206,9 +206,9 @@ pub struct Queue {
     /// Where the ends of this handle's pulled leases wait to be sent together (started on first
     /// use).
     pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<finish::Ending>>>,
-    /// What the finishes of this queue's handles in this process counted for the stats, until
-    /// written together; and every queue's, for the last write as the process stops.
-    tally: Arc<crate::stats::Tally>,
+    /// What the finishes of every queue's handles in this process counted for the stats, until
+    /// written together (a queue's tally is made by its first finish: a handle made to read
+    /// what some name holds costs nothing there).
     tallies: Arc<crate::stats::Tallies>,
 }
 
@@ -467,15 +467,13 @@ impl Queue {
         scripts: Arc<Scripts>,
         tallies: Arc<crate::stats::Tallies>,
     ) -> Queue {
-        let keys = Keys::new(prefix, name);
         Queue {
-            tally: tallies.of(keys.base()),
             tallies,
             name: name.into(),
             number: 0,
             conn,
             client,
-            keys,
+            keys: Keys::new(prefix, name),
             settings,
             scripts,
             last_prune_ms: Default::default(),

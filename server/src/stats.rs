@@ -71,7 +71,7 @@ pub struct Tally {
 }
 
 /// Every queue's [`Tally`] in a process, one per queue however many handles on it there are
-/// (the handles of one Redis share this).
+/// (the handles of one Redis share this), made by the queue's first finish.
 pub struct Tallies {
     conn: Conn,
     by_queue: Mutex<HashMap<String, Arc<Tally>>>,

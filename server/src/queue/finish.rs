@@ -346,10 +346,11 @@ impl Queue {
     /// Adds what a finish counted to this handle's stats not written yet, and starts the flusher
     /// that writes them a moment later when none is on its way (`stats::Tally`).
     fn count(&self, counted: &Counted) {
-        if !self.tally.add(self.keys.base(), counted) {
+        let tally = self.tallies.of(self.keys.base());
+        if !tally.add(self.keys.base(), counted) {
             return;
         }
-        let (tally, conn, queue) = (self.tally.clone(), self.conn.clone(), self.name.clone());
+        let (conn, queue) = (self.conn.clone(), self.name.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(FLUSH_AFTER).await;
@@ -366,7 +367,7 @@ impl Queue {
     /// Writes what this queue's finishes in this process counted and no flusher wrote yet, now.
     #[cfg(test)]
     pub(super) async fn flush_counts(&self) -> RedisResult<()> {
-        self.tally.flush(&self.conn).await
+        self.tallies.of(self.keys.base()).flush(&self.conn).await
     }
 }
 
