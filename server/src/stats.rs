@@ -65,8 +65,10 @@ pub struct Counted {
 /// a slot). A process that stops writes what is left ([`Tallies::flush_all`]); one killed loses
 /// at most that quarter second's counts, and so does a write that fails (it is not tried again:
 /// a transaction whose answer was lost may have been applied, and counting twice is worse).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tally {
+    /// What the queue's keys start with.
+    base: String,
     pending: Mutex<Pending>,
 }
 
@@ -82,21 +84,22 @@ impl Tallies {
         Tallies { conn, by_queue: Mutex::default() }
     }
 
-    /// The tally of the queue whose keys start with `base`.
+    /// The tally of the queue whose keys start with `base` (looked up on every finish).
     pub fn of(&self, base: &str) -> Arc<Tally> {
         let mut by_queue = self.by_queue.lock().unwrap_or_else(PoisonError::into_inner);
-        by_queue.entry(base.to_string()).or_default().clone()
+        if let Some(tally) = by_queue.get(base) {
+            return tally.clone();
+        }
+        by_queue.entry(base.to_string()).or_insert_with(|| Arc::new(Tally::new(base))).clone()
     }
 
     /// Writes what every queue's finishes counted and no flusher wrote yet: as the process stops.
     pub async fn flush_all(&self) {
-        let tallies: Vec<(String, Arc<Tally>)> = {
-            let by_queue = self.by_queue.lock().unwrap_or_else(PoisonError::into_inner);
-            by_queue.iter().map(|(base, tally)| (base.clone(), tally.clone())).collect()
-        };
-        for (base, tally) in tallies {
+        let tallies: Vec<Arc<Tally>> =
+            self.by_queue.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        for tally in tallies {
             if let Err(e) = tally.flush(&self.conn).await {
-                tracing::warn!(queue = %base, error = %e, "writing the last stats failed; their counts are lost");
+                tracing::warn!(queue = %tally.base, error = %e, "writing the last stats failed; their counts are lost");
             }
         }
     }
@@ -111,19 +114,24 @@ struct Pending {
 }
 
 impl Tally {
+    /// The tally of the queue whose keys start with `base`, with nothing counted.
+    pub fn new(base: &str) -> Tally {
+        Tally { base: base.to_string(), pending: Mutex::default() }
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds `counted`, of the queue whose keys start with `base`. True when the counts were the
-    /// first since the last flush and no flusher is on its way: the caller starts one.
-    pub fn add(&self, base: &str, counted: &Counted) -> bool {
+    /// Adds `counted`. True when the counts were the first since the last flush and no flusher is
+    /// on its way: the caller starts one.
+    pub fn add(&self, counted: &Counted) -> bool {
         if counted.succeeded == 0 && counted.failed == 0 && counted.bins.is_empty() {
             return false;
         }
         let mut pending = self.pending();
         for span in [&SECONDS, &MINUTES, &HOURS] {
-            let key = format!("{base}:stats:{}:{}", span.name, counted.at_ms / span.key_ms);
+            let key = format!("{}:stats:{}:{}", self.base, span.name, counted.at_ms / span.key_ms);
             let bucket = (counted.at_ms % span.key_ms) / span.bucket_ms;
             let (_, fields) = pending.buckets.entry(key).or_insert_with(|| (span.keep_ms, BTreeMap::new()));
             for (outcome, n) in [("s", counted.succeeded), ("f", counted.failed)] {
@@ -408,18 +416,18 @@ mod tests {
 
     #[test]
     fn a_tally_adds_counts_up_per_bucket_and_the_histograms_per_minute_key() {
-        let tally = Tally::default();
+        let tally = Tally::new("q");
         // 12:00:01.5 and 12:00:01.9 of one day share every bucket; 12:01:00 has a second and a
         // minute of its own, in the same hour.
         let noon = 1_700_000_000_000 / 86_400_000 * 86_400_000 + 12 * 3_600_000;
         let bins = |pairs: &[(&str, u64)]| pairs.iter().map(|(b, n)| (b.to_string(), *n)).collect();
         let first =
             Counted { at_ms: noon + 1_500, succeeded: 2, failed: 1, bins: bins(&[("w3", 2), ("r5", 3)]) };
-        assert!(tally.add("q", &first), "the first counts start a flusher");
+        assert!(tally.add(&first), "the first counts start a flusher");
         let second = Counted { at_ms: noon + 1_900, succeeded: 1, failed: 0, bins: bins(&[("w3", 1)]) };
-        assert!(!tally.add("q", &second), "one flusher at a time");
-        assert!(!tally.add("q", &Counted { at_ms: noon + 60_000, ..Counted::default() }), "nothing counted");
-        tally.add("q", &Counted { at_ms: noon + 60_000, succeeded: 4, failed: 0, bins: Vec::new() });
+        assert!(!tally.add(&second), "one flusher at a time");
+        assert!(!tally.add(&Counted { at_ms: noon + 60_000, ..Counted::default() }), "nothing counted");
+        tally.add(&Counted { at_ms: noon + 60_000, succeeded: 4, failed: 0, bins: Vec::new() });
 
         let pending = tally.pending();
         let fields = |key: String| -> Vec<(String, u64)> {

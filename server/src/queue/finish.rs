@@ -343,11 +343,11 @@ impl Queue {
         Ok(Finished { ended, claims, reason, retry_ms })
     }
 
-    /// Adds what a finish counted to this handle's stats not written yet, and starts the flusher
+    /// Adds what a finish counted to this queue's stats not written yet, and starts the flusher
     /// that writes them a moment later when none is on its way (`stats::Tally`).
     fn count(&self, counted: &Counted) {
         let tally = self.tallies.of(self.keys.base());
-        if !tally.add(self.keys.base(), counted) {
+        if !tally.add(counted) {
             return;
         }
         let (conn, queue) = (self.conn.clone(), self.name.clone());
