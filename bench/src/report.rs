@@ -143,18 +143,7 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
         let e2e = c.get(metric, None);
         let r = ratio(e2e, process);
         let batch = c.all(metric).first().and_then(|l| l["batch"].as_u64()).unwrap_or(1);
-        let mut processes: Vec<(&str, f64, f64)> = Vec::new();
-        for l in c.all("e2e_cpu_us_per_task").into_iter().filter(|l| l["batch"].as_u64() == Some(batch)) {
-            let (Some(name), Some(us), Some(share)) =
-                (l["process"].as_str(), l["value"].as_f64(), l["cpu_share"].as_f64())
-            else {
-                continue;
-            };
-            // The first run of that size only (both runs are of one task a request with `--batch 1`).
-            if !processes.iter().any(|p| p.0 == name) {
-                processes.push((name, us, share));
-            }
-        }
+        let processes = e2e_cpu(&c, batch);
         let busiest = processes.iter().max_by(|a, b| a.1.total_cmp(&b.1));
         let cores_busy: f64 = processes.iter().map(|p| p.2).sum();
         let machine_bound = nproc > 0 && cores_busy >= 0.75 * nproc as f64;
@@ -412,18 +401,31 @@ fn own_kinds_cpu(out: &mut String, c: &Figures) -> anyhow::Result<()> {
 
 /// Where the CPU of the end-to-end runs went, per process, against what the machine could give
 /// each task at the target rate.
+/// Each process's CPU µs per task and share of a core in the end-to-end run of `batch` tasks a
+/// request, in the order the run wrote them: the first run of that size only (both runs are of
+/// one task a request with `--batch 1`).
+fn e2e_cpu(c: &Figures, batch: u64) -> Vec<(&str, f64, f64)> {
+    let mut processes: Vec<(&str, f64, f64)> = Vec::new();
+    for l in c.all("e2e_cpu_us_per_task").into_iter().filter(|l| l["batch"].as_u64() == Some(batch)) {
+        let Some(name) = l["process"].as_str() else { continue };
+        if !processes.iter().any(|p| p.0 == name) {
+            processes.push((
+                name,
+                l["value"].as_f64().unwrap_or(0.0),
+                l["cpu_share"].as_f64().unwrap_or(0.0),
+            ));
+        }
+    }
+    processes
+}
+
 fn cpu_table(out: &mut String, c: &Figures, process: Option<f64>, nproc: u64) -> anyhow::Result<()> {
     let lines = c.all("e2e_cpu_us_per_task");
     if lines.is_empty() {
         return Ok(());
     }
-    let cell = |process: &str, batch: u64| {
-        lines
-            .iter()
-            .find(|l| l["process"] == process && l["batch"].as_u64() == Some(batch))
-            .map(|l| (l["value"].as_f64().unwrap_or(0.0), l["cpu_share"].as_f64().unwrap_or(0.0)))
-    };
     let batch = lines.iter().filter_map(|l| l["batch"].as_u64()).max().unwrap_or(1);
+    let runs = [e2e_cpu(c, batch), e2e_cpu(c, 1)];
     writeln!(out, "\n## Where the CPU goes, end to end\n")?;
     writeln!(
         out,
@@ -438,10 +440,11 @@ fn cpu_table(out: &mut String, c: &Figures, process: Option<f64>, nproc: u64) ->
     let mut totals = [(0.0, 0.0); 2];
     for name in ["redis", "serve", "worker", "client"] {
         let mut row = format!("| {name} |");
-        for (i, b) in [batch, 1].into_iter().enumerate() {
-            let (us, share) = cell(name, b).unwrap_or_default();
-            totals[i].0 += us;
-            totals[i].1 += share;
+        for (run, total) in runs.iter().zip(&mut totals) {
+            let (us, share) =
+                run.iter().find(|p| p.0 == name).map_or((0.0, 0.0), |&(_, us, share)| (us, share));
+            total.0 += us;
+            total.1 += share;
             write!(row, " {us:.1} | {share:.2} |")?;
         }
         writeln!(out, "{row}")?;
