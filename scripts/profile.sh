@@ -33,10 +33,10 @@ redis-cli -p "$port" info commandstats | tr -d '\r' |
 
 if [ "${SLOWLOG:-0}" = 1 ]; then
   echo
-  echo "Scripts (by their first line of arguments: the SHA), calls and mean µs:"
+  echo "Scripts (by their first argument: the function's name, or a script's SHA), calls and mean µs:"
   # A slow log entry: id, time, µs, then the command's arguments, one per line.
   redis-cli -p "$port" slowlog get 10000000 |
-    awk 'prev ~ /^[0-9]+$/ && /^(evalsha|EVALSHA)$/ { getline sha; n[sha]++; t[sha] += us }
+    awk 'prev ~ /^[0-9]+$/ && /^(evalsha|EVALSHA|fcall|FCALL)$/ { getline sha; n[sha]++; t[sha] += us }
          { if (/^[0-9]+$/) us = $0; prev = $0 }
          END { for (s in n) printf "%-42s %10d %10.2f\n", s, n[s], t[s] / n[s] }' | sort -k2 -n -r
 fi

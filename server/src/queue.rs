@@ -21,7 +21,8 @@ use crate::redis_client::Conn;
 use crate::store::{Keys, now_ms};
 use app::model::{Priority, QueueCounts, QueueLimits, QueuedCounts, RateLimit};
 use bytes::Bytes;
-use redis::{AsyncCommands, Script, streams::StreamInfoConsumersReply};
+use library::{Function, Library};
+use redis::{AsyncCommands, streams::StreamInfoConsumersReply};
 use std::{sync::Arc, time::Duration};
 use tracing::warn;
 use uuid::Uuid;
@@ -31,6 +32,7 @@ mod enqueue;
 mod fetch;
 mod finish;
 mod lease;
+mod library;
 mod pull;
 pub mod record;
 mod serving;
@@ -102,26 +104,27 @@ impl std::fmt::Debug for Durable {
     }
 }
 
+/// The queue's scripts: the functions of one library (`library.rs`).
 struct Scripts {
-    enqueue: Script,
-    view: Script,
-    claim: Script,
-    pull: Script,
-    renew: Script,
-    progress: Script,
-    finish: Script,
-    cancel: Script,
-    promote: Script,
-    requeue: Script,
-    purge: Script,
-    release: Script,
-    depth: Script,
-    prune_index: Script,
-    open_lanes: Script,
+    enqueue: Function,
+    view: Function,
+    claim: Function,
+    pull: Function,
+    renew: Function,
+    progress: Function,
+    finish: Function,
+    cancel: Function,
+    promote: Function,
+    requeue: Function,
+    purge: Function,
+    release: Function,
+    depth: Function,
+    prune_index: Function,
+    open_lanes: Function,
 }
 
-/// The helpers the scripts share, each prepended to the scripts that use it. A Lua local
-/// function must be defined before its first use, so they go in front in this order.
+/// The helpers the scripts share, in the library in this order: a Lua local must be defined
+/// before its first use.
 const EVENTS: &str = include_str!("queue/events.lua");
 const KIND_COUNTS: &str = include_str!("queue/kind_counts.lua");
 const LANES: &str = include_str!("queue/lanes.lua");
@@ -129,45 +132,46 @@ const SESSIONS: &str = include_str!("queue/session.lua");
 const GROUPS: &str = include_str!("queue/group.lua");
 const ENDS: &str = include_str!("queue/ends.lua");
 const LEASES: &str = include_str!("queue/lease.lua");
-
-/// A script with the helpers it uses in front of it. A script that may write task events
-/// (`events.lua`) runs as a function, whatever it returns, and then appends them.
-fn script(helpers: &[&str], body: &str) -> Script {
-    let mut source = helpers.join("\n");
-    source.push('\n');
-    if helpers.contains(&EVENTS) {
-        source.push_str("local function run()\n");
-        source.push_str(body);
-        source.push_str("\nend\nlocal reply = run()\nflush_events()\nreturn reply\n");
-    } else {
-        source.push_str(body);
-    }
-    Script::new(&source)
-}
+const HELPERS: [&str; 7] = [EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
 
 impl Scripts {
     fn load() -> Scripts {
-        let leasing = [EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
-        let ending = [EVENTS, KIND_COUNTS, LANES, SESSIONS, ENDS];
+        let library = Library::new(
+            &HELPERS,
+            &[
+                ("enqueue", include_str!("queue/enqueue.lua")),
+                ("view", include_str!("queue/queue_view.lua")),
+                ("claim", include_str!("queue/claim.lua")),
+                ("pull", include_str!("queue/pull.lua")),
+                ("renew", include_str!("queue/renew.lua")),
+                ("progress", include_str!("queue/progress.lua")),
+                ("finish", include_str!("queue/finish.lua")),
+                ("cancel", include_str!("queue/cancel.lua")),
+                ("promote", include_str!("queue/promote.lua")),
+                ("requeue", include_str!("queue/requeue.lua")),
+                ("purge", include_str!("queue/purge.lua")),
+                ("release", include_str!("queue/release.lua")),
+                ("depth", include_str!("queue/depth.lua")),
+                ("prune_index", include_str!("queue/prune_index.lua")),
+                ("open_lanes", include_str!("queue/open_lanes.lua")),
+            ],
+        );
         Scripts {
-            enqueue: script(
-                &[EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS],
-                include_str!("queue/enqueue.lua"),
-            ),
-            view: script(&[KIND_COUNTS, LANES, GROUPS], include_str!("queue/queue_view.lua")),
-            claim: script(&leasing, include_str!("queue/claim.lua")),
-            pull: script(&leasing, include_str!("queue/pull.lua")),
-            renew: script(&[], include_str!("queue/renew.lua")),
-            progress: script(&[EVENTS], include_str!("queue/progress.lua")),
-            finish: script(&leasing, include_str!("queue/finish.lua")),
-            cancel: script(&ending, include_str!("queue/cancel.lua")),
-            promote: script(&ending, include_str!("queue/promote.lua")),
-            requeue: script(&ending, include_str!("queue/requeue.lua")),
-            purge: script(&[KIND_COUNTS], include_str!("queue/purge.lua")),
-            release: script(&ending, include_str!("queue/release.lua")),
-            depth: script(&[LANES, GROUPS], include_str!("queue/depth.lua")),
-            prune_index: script(&[], include_str!("queue/prune_index.lua")),
-            open_lanes: script(&[LANES], include_str!("queue/open_lanes.lua")),
+            enqueue: library.function("enqueue"),
+            view: library.function("view"),
+            claim: library.function("claim"),
+            pull: library.function("pull"),
+            renew: library.function("renew"),
+            progress: library.function("progress"),
+            finish: library.function("finish"),
+            cancel: library.function("cancel"),
+            promote: library.function("promote"),
+            requeue: library.function("requeue"),
+            purge: library.function("purge"),
+            release: library.function("release"),
+            depth: library.function("depth"),
+            prune_index: library.function("prune_index"),
+            open_lanes: library.function("open_lanes"),
         }
     }
 }
@@ -748,7 +752,7 @@ impl Queue {
 
     /// The arguments the cancel and requeue scripts share: now, task id, events maxlen,
     /// retention, session ('' for none), whether the task has an idempotency key, key base.
-    fn requeue_args(&self, call: &mut redis::ScriptInvocation<'_>, id: &Uuid, session: &str, has_idem: bool) {
+    fn requeue_args(&self, call: &mut library::Call<'_>, id: &Uuid, session: &str, has_idem: bool) {
         call.arg(now_ms())
             .arg(id.to_string())
             .arg(self.settings.events_maxlen)

@@ -51,9 +51,10 @@ local STATS_SPANS = {{'s', 60000, 1000, 1020000}, {'m', 3600000, 60000, 90000000
 
 -- The histogram bin of a duration of `ms` (a number, not negative): a quarter of a doubling wide
 -- (bin b holds durations up to 2^((b+1)/4) - 1 ms). Every end takes two samples, so the math it
--- needs is looked up once per call (docs/benchmark-notes.md, "Seventh step").
-local floor, log = math.floor, math.log
-local LN2 = log(2)
+-- needs is looked up once per call (call.lua; docs/benchmark-notes.md, "Seventh step"): while
+-- Redis loads the library, `math` is not there to look up.
+local floor, log
+local LN2 = 0.6931471805599453 -- math.log(2)
 local function latency_bin(ms)
   return floor(4 * log(ms + 1) / LN2)
 end

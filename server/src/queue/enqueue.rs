@@ -232,7 +232,7 @@ impl Queue {
                 .arg(STAGED_TTL.as_millis() as u64)
                 .ignore();
         }
-        pipe.invoke_script(&call);
+        pipe.add_command(call.command());
         let durable = self.settings.durable.as_ref();
         if let Some(durable) = durable {
             pipe.add_command(wait_for_replica(durable));
@@ -241,9 +241,10 @@ impl Queue {
         let sent: RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
         drop(pipe);
         let (replies, replicas): (Vec<Value>, Option<u64>) = match sent {
-            // The first call since Redis last lost its scripts (a start, a restart): the payloads
-            // are staged already; the script is loaded, and run.
-            Err(e) if e.code() == Some("NOSCRIPT") => {
+            // The first call since Redis last lost the library (a start, a restart): the payloads
+            // are staged already; the library is loaded, and the script run.
+            Err(e) if super::library::is_missing(&e) => {
+                call.load(&mut conn).await?;
                 let replies: Vec<Value> = call.invoke_async(&mut conn).await?;
                 // The look the failed pipeline carried, again; the tasks are stored whatever it
                 // answers (without one, the next group goes through the script and looks).
@@ -470,7 +471,7 @@ fn answer_of(reply: Value) -> Enqueued {
 }
 
 /// The 20 arguments of one task in enqueue.lua, in its order.
-fn add_task_args(call: &mut redis::ScriptInvocation<'_>, task: &NewTask) {
+fn add_task_args(call: &mut super::library::Call<'_>, task: &NewTask) {
     let text = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
     let due = task.delay_ms.map(|delay| task.created_ms + delay);
     let (shared_ref, shared_open) = match task.shared_payload {
@@ -522,8 +523,8 @@ mod tests {
     use std::collections::HashMap;
     use uuid::Uuid;
 
-    /// How many times Redis ran `EXEC` and `EVALSHA` so far (a first `EVALSHA` that finds its
-    /// script not loaded yet counts too).
+    /// How many times Redis ran `EXEC` and `FCALL` so far (a first `FCALL` that finds the library
+    /// not loaded yet counts too).
     async fn calls(conn: &mut impl redis::aio::ConnectionLike) -> (u64, u64) {
         let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
         let count = |command: &str| {
@@ -532,7 +533,7 @@ mod tests {
                 .and_then(|rest| rest.split(',').next()?.parse().ok())
                 .unwrap_or(0)
         };
-        (count("exec"), count("evalsha"))
+        (count("exec"), count("fcall"))
     }
 
     /// Everything a queue's keys say of task `id`, with its id written `ID`: its record, its

@@ -7,8 +7,9 @@ local WORKFLOW_MOVES = {succeeded = true, failed = true, cancelled = true}
 
 -- The events this script call wrote, per stream: `flush_events` appends them at its end, as few
 -- entries as it can (one `XADD` for many tasks costs Redis a fraction of one per task:
--- docs/benchmark-notes.md). `events::TASK_EVENT_PARTS` reads them back.
-local written_events, written_streams = {}, {}
+-- docs/benchmark-notes.md). `events::TASK_EVENT_PARTS` reads them back. Set afresh for each
+-- call (call.lua).
+local written_events, written_streams
 -- The most events one entry holds: what a stream's trimming counts in entries stays near its
 -- count in events, whatever the mix of sizes.
 local EVENTS_PER_ENTRY = 32

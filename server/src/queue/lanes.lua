@@ -17,8 +17,9 @@ local function lane_stream(base, kind, s)
   return base .. ':' .. LANE_SUFFIX[s] .. ':' .. kind
 end
 
--- The lanes this script has made sure of, and marked ready: each is done once per script.
-local ensured, marked = {}, {}
+-- The lanes this call has made sure of, and marked ready: each is done once per call (set afresh
+-- for each, call.lua).
+local ensured, marked
 
 -- Makes `kind`'s lane in the queue if it has none: its three streams and their group.
 local function ensure_lane(base, kind)

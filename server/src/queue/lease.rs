@@ -6,6 +6,7 @@
 //! taken from, the consumer they are taken for, the finish loop they end through and the channel
 //! that hands them to apalis.
 
+use super::library::Call;
 use super::{
     GROUP, Outcome, Queue,
     finish::{Applied, Ending},
@@ -14,7 +15,7 @@ use super::{
 };
 use crate::store::{TaskRecord, now_ms};
 use bytes::Bytes;
-use redis::{RedisResult, ScriptInvocation};
+use redis::RedisResult;
 use std::{
     collections::HashMap,
     sync::{
@@ -355,13 +356,13 @@ impl Queue {
     /// id (each attempt it starts records it), events maxlen, dead-letter retention (for tasks a
     /// claim finds expired), retention, the kinds the worker runs (comma-separated, or `*` for
     /// all).
-    pub(super) fn leasing_args<'c, 'a>(
+    pub(super) fn leasing_args<'c, 'f>(
         &self,
-        call: &'c mut ScriptInvocation<'a>,
+        call: &'c mut Call<'f>,
         consumer: &str,
         worker: &str,
         kinds: &str,
-    ) -> &'c mut ScriptInvocation<'a> {
+    ) -> &'c mut Call<'f> {
         call.arg(self.keys.base())
             .arg(GROUP)
             .arg(consumer)
