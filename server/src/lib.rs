@@ -125,6 +125,10 @@ impl Server {
         };
         let queue = Queue::new(client.clone(), conn.clone(), &config.prefix, DEFAULT_QUEUE, settings);
         let tallies = queue.tallies();
+        queue.load_scripts().await.context(
+            "loading Courier's scripts into Redis (a library of Redis Functions: Redis 7.0 or later, \
+             and an ACL user allowed FUNCTION LOAD and FCALL)",
+        )?;
         queue.open_lanes(&[]).await.context("opening the default queue's lanes")?;
         let queues = Queues::open_registry(queue, conn.clone(), &config.prefix)
             .await

@@ -13,15 +13,16 @@
 //! `record` (the task record's fields), `lease` (a worker's hold on an attempt, and the claim's
 //! reply), `fetch` (how free slots get leases), `finish` (how ended attempts are recorded in
 //! batches, taking the next leases), `backend` (the adapter to apalis). The Lua scripts beside
-//! them share helpers: `events.lua` (the one task event), `kind_counts.lua` (each kind's share of
-//! the delayed, retrying and dead sets), `ends.lua` (what every end does), `session.lua`,
-//! `group.lua`, `lease.lua`.
+//! them are the functions of one Redis Functions library (`library`, with `call.lua`, what each
+//! call does first) and share its helpers: `events.lua` (the one task event), `kind_counts.lua`
+//! (each kind's share of the delayed, retrying and dead sets), `ends.lua` (what every end does),
+//! `session.lua`, `group.lua`, `lease.lua`.
 
 use crate::redis_client::Conn;
 use crate::store::{Keys, now_ms};
 use app::model::{Priority, QueueCounts, QueueLimits, QueuedCounts, RateLimit};
 use bytes::Bytes;
-use library::{Function, Library};
+use library::{Access, Function, Library};
 use redis::{AsyncCommands, streams::StreamInfoConsumersReply};
 use std::{sync::Arc, time::Duration};
 use tracing::warn;
@@ -106,6 +107,7 @@ impl std::fmt::Debug for Durable {
 
 /// The queue's scripts: the functions of one library (`library.rs`).
 struct Scripts {
+    library: Arc<Library>,
     enqueue: Function,
     view: Function,
     claim: Function,
@@ -139,21 +141,21 @@ impl Scripts {
         let library = Library::new(
             &HELPERS,
             &[
-                ("enqueue", include_str!("queue/enqueue.lua")),
-                ("view", include_str!("queue/queue_view.lua")),
-                ("claim", include_str!("queue/claim.lua")),
-                ("pull", include_str!("queue/pull.lua")),
-                ("renew", include_str!("queue/renew.lua")),
-                ("progress", include_str!("queue/progress.lua")),
-                ("finish", include_str!("queue/finish.lua")),
-                ("cancel", include_str!("queue/cancel.lua")),
-                ("promote", include_str!("queue/promote.lua")),
-                ("requeue", include_str!("queue/requeue.lua")),
-                ("purge", include_str!("queue/purge.lua")),
-                ("release", include_str!("queue/release.lua")),
-                ("depth", include_str!("queue/depth.lua")),
-                ("prune_index", include_str!("queue/prune_index.lua")),
-                ("open_lanes", include_str!("queue/open_lanes.lua")),
+                ("enqueue", include_str!("queue/enqueue.lua"), Access::Writes),
+                ("view", include_str!("queue/queue_view.lua"), Access::WritesEvenOom),
+                ("claim", include_str!("queue/claim.lua"), Access::Writes),
+                ("pull", include_str!("queue/pull.lua"), Access::Writes),
+                ("renew", include_str!("queue/renew.lua"), Access::WritesEvenOom),
+                ("progress", include_str!("queue/progress.lua"), Access::Writes),
+                ("finish", include_str!("queue/finish.lua"), Access::Writes),
+                ("cancel", include_str!("queue/cancel.lua"), Access::Writes),
+                ("promote", include_str!("queue/promote.lua"), Access::Writes),
+                ("requeue", include_str!("queue/requeue.lua"), Access::Writes),
+                ("purge", include_str!("queue/purge.lua"), Access::WritesEvenOom),
+                ("release", include_str!("queue/release.lua"), Access::WritesEvenOom),
+                ("depth", include_str!("queue/depth.lua"), Access::Reads),
+                ("prune_index", include_str!("queue/prune_index.lua"), Access::WritesEvenOom),
+                ("open_lanes", include_str!("queue/open_lanes.lua"), Access::Writes),
             ],
         );
         Scripts {
@@ -172,6 +174,7 @@ impl Scripts {
             depth: library.function("depth"),
             prune_index: library.function("prune_index"),
             open_lanes: library.function("open_lanes"),
+            library,
         }
     }
 }
@@ -860,6 +863,13 @@ impl Queue {
             .map(Some)
     }
 
+    /// Loads the queue's scripts into Redis (every queue's: they are one library) unless it has
+    /// them: a process does as it starts, so that a Redis that cannot run them (before 7.0, or an
+    /// ACL user without `FUNCTION LOAD`) says so at once.
+    pub async fn load_scripts(&self) -> redis::RedisResult<()> {
+        self.scripts.library.load(&mut self.conn.clone()).await
+    }
+
     /// How many tasks wait to run: queued, scheduled or waiting for a retry.
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         self.scripts
@@ -1037,6 +1047,12 @@ pub(crate) mod testing {
         let queue = Queue::new(client, conn, "unit", "default", settings);
         queue.open_lanes(&["echo".to_string()]).await.unwrap();
         ((redis, dir), queue)
+    }
+
+    /// A claim's replies with each run reply's fields unpacked, in `lease::Run`'s order (other
+    /// replies as they came): what a test reads a lease from.
+    pub(crate) fn unpacked(replies: Vec<Vec<Vec<u8>>>) -> Vec<Vec<Vec<u8>>> {
+        replies.into_iter().map(super::lease::RunReply::unpacked).collect()
     }
 
     /// An `echo` task with `payload` and no options.

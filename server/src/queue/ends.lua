@@ -1,5 +1,5 @@
--- Shared by the scripts that end a task (prepended to them, after session.lua, when they are
--- loaded). Retention counts from a task's end, never from its submission: a waiting or running
+-- Shared by the scripts that end a task (a helper of the library, after session.lua:
+-- library.rs). Retention counts from a task's end, never from its submission: a waiting or running
 -- task keeps its record, payload and idempotency key without a TTL, and these helpers give them
 -- one when it ends. Keys are built from `base`, the queue's key prefix (one hash tag).
 

@@ -244,8 +244,7 @@ impl Queue {
             // The first call since Redis last lost the library (a start, a restart): the payloads
             // are staged already; the library is loaded, and the script run.
             Err(e) if super::library::is_missing(&e) => {
-                call.load(&mut conn).await?;
-                let replies: Vec<Value> = call.invoke_async(&mut conn).await?;
+                let replies: Vec<Value> = call.load_and_send(&call.command(), &mut conn).await?;
                 // The look the failed pipeline carried, again; the tasks are stored whatever it
                 // answers (without one, the next group goes through the script and looks).
                 let limited: RedisResult<bool> = redis::cmd("HEXISTS")
@@ -516,7 +515,7 @@ mod tests {
     use super::*;
     use crate::queue::{
         WorkflowStep,
-        testing::{echo_task, private_queue},
+        testing::{echo_task, private_queue, unpacked},
     };
     use bytes::Bytes;
     use redis::AsyncCommands;
@@ -716,7 +715,7 @@ mod tests {
         let _: String = conn.xadd(lane, "*", &[("task", early.id.to_string())]).await.unwrap();
         let _: () = conn.sadd(queue.keys.ready_lanes(), "echo").await.unwrap();
         // A claim reads nothing there, and fails nothing.
-        let (replies, _) = queue.claim("unit-worker", "*", 10, &[]).await.unwrap();
+        let replies = unpacked(queue.claim("unit-worker", "*", 10, &[]).await.unwrap().0);
         assert!(replies.is_empty());
         let task = echo_task(Bytes::from_static(b"2"));
         queue.enqueue(&task).await.unwrap();
@@ -724,7 +723,7 @@ mod tests {
         assert_eq!(lanes, ["echo"]);
         // Its group reads the lane from its start: the task is handed out (the entry whose record
         // Redis lost is dropped).
-        let (replies, _) = queue.claim("unit-worker", "*", 10, &[]).await.unwrap();
+        let replies = unpacked(queue.claim("unit-worker", "*", 10, &[]).await.unwrap().0);
         let tags: Vec<String> =
             replies.iter().map(|reply| String::from_utf8_lossy(&reply[0]).into_owned()).collect();
         assert_eq!(tags, ["drop", "run"]);

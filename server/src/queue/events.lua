@@ -1,5 +1,5 @@
--- Shared by every script that changes a task (prepended first when loaded): the one place a task
--- event is written. Its parts, in this order, are `events::TASK_EVENT_PARTS`, which the server
+-- Shared by every script that changes a task (first of the library's helpers: library.rs): the
+-- one place a task event is written. Its parts, in this order, are `events::TASK_EVENT_PARTS`, which the server
 -- reads back (a unit test compares the two).
 
 -- The events after which a workflow whose step the task is moves on: its ends.
@@ -38,8 +38,8 @@ local function emit_event(events, maxlen, base, name, id, kind, status, attempt,
     .. '\31' .. (err or '')
 end
 
--- Appends the events this script call wrote (the scripts that write events end with it: see
--- `script` in queue.rs). Each stream's events are split evenly over as few entries as hold them,
+-- Appends the events this script call wrote (every function of the library ends with it:
+-- library.rs). Each stream's events are split evenly over as few entries as hold them,
 -- and each append trims the stream to about `maxlen` events' worth of entries that size.
 local function flush_events()
   for _, stream in ipairs(written_streams) do

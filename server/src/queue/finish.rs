@@ -377,7 +377,7 @@ mod tests {
     use crate::queue::{
         GROUP,
         lease::{LeasedPayload, Run, TRIM_ABOVE},
-        testing::{echo_task, private_queue},
+        testing::{echo_task, private_queue, unpacked},
     };
     use redis::{AsyncCommands, streams::StreamAutoClaimReply};
     use std::sync::Arc;
@@ -395,7 +395,7 @@ mod tests {
     async fn run_all(queue: &Queue) -> usize {
         let mut ran = 0;
         loop {
-            let (replies, _) = queue.claim("unit-worker", "*", 64, &[]).await.unwrap();
+            let replies = unpacked(queue.claim("unit-worker", "*", 64, &[]).await.unwrap().0);
             if replies.is_empty() {
                 return ran;
             }
@@ -470,7 +470,7 @@ mod tests {
     async fn a_dead_letter_whose_cancel_was_asked_runs_when_queued_again() {
         let (_redis, queue) = private_queue().await;
         let id = enqueue_echo(&queue, Bytes::from_static(b"p")).await;
-        let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+        let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
         let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
         assert_eq!(queue.cancel(&id).await.unwrap(), crate::queue::CancelOutcome::Cancelling);
         let mut failed = ending(&queue, &id.to_string(), &replies[0], &token, ResultBytes::Payload);
@@ -482,7 +482,7 @@ mod tests {
             (Some("boom"), Some("non_retryable"))
         );
         assert!(queue.requeue(&id).await.unwrap());
-        let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+        let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
         assert_eq!(replies.len(), 1);
         assert_eq!(replies[0][0], b"run", "the requeued task runs");
         let running = queue.store().get(&id).await.unwrap().unwrap();
@@ -505,7 +505,7 @@ mod tests {
         ];
         for (result, in_record) in results {
             let id = enqueue_echo(&queue, Bytes::from_static(b"p")).await;
-            let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+            let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
             let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
             let holder = ending(
                 &queue,
@@ -534,7 +534,7 @@ mod tests {
         let payload = Bytes::from(vec![b'p'; 20_000]);
         let id = enqueue_echo(&queue, payload.clone()).await;
 
-        let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+        let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
         let reply = &replies[0];
         let field = |f: Run| reply[f as usize].as_slice();
         assert_eq!(
@@ -575,7 +575,7 @@ mod tests {
         }
         for _ in 0..5 {
             // One end per finish call.
-            let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+            let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
             let (id, token) =
                 (String::from_utf8_lossy(&replies[0][1]), String::from_utf8_lossy(&replies[0][4]));
             let one = ending(&queue, &id, &replies[0], &token, ResultBytes::New(Bytes::from_static(b"ok")));
@@ -622,7 +622,7 @@ mod tests {
         }
         assert_eq!(run_all(&queue).await, 300);
         let held = enqueue_echo(&queue, small()).await;
-        let (replies, _) = queue.claim("unit-worker", "*", 1, &[]).await.unwrap();
+        let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
         assert_eq!(replies[0][1], held.to_string().into_bytes());
         let held_entry = String::from_utf8(replies[0][3].clone()).unwrap();
         for _ in 0..300 {

@@ -1,4 +1,4 @@
--- Shared by the scripts that look into the consumer group (prepended to them when loaded).
+-- Shared by the scripts that look into the consumer group (a helper of the library: library.rs).
 
 -- The fields of `group` on `stream` as XINFO GROUPS tells them (name, pending,
 -- last-delivered-id, lag…), or nil when the stream has no such group.

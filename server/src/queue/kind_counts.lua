@@ -1,5 +1,5 @@
 -- Shared by every script that puts a task into, or takes one out of, the delayed, retrying or
--- dead set (prepended to them, after events.lua, when they are loaded). Those sets hold ids, not
+-- dead set (a helper of the library, after events.lua: library.rs). Those sets hold ids, not
 -- kinds, so each kind's share of them is kept beside them, in keys built from `base`, the
 -- queue's key prefix (one hash tag):
 -- - `kind-counts` (hash): `{kind}:scheduled` and `{kind}:retrying`, each kind's members of the

@@ -1,5 +1,5 @@
--- Shared by every script that queues, reads or counts ready tasks (prepended to them, after
--- events.lua, when they are loaded). Each kind has a lane in its queue: ready streams of its
+-- Shared by every script that queues, reads or counts ready tasks (a helper of the library,
+-- after events.lua: library.rs). Each kind has a lane in its queue: ready streams of its
 -- own, one per priority, so a worker reads only the kinds it runs and a task of a kind nobody
 -- runs waits on its lane, held back by no one and held by no one. A queue's `lanes` set names
 -- its kinds that have one; its `ready-lanes` set those whose lane may hold tasks not handed out

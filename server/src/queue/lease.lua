@@ -1,5 +1,5 @@
--- Shared by the scripts that hand out leases (prepended to them, after session.lua and
--- ends.lua, when they are loaded). Task keys are built from `base`, the queue's key prefix: every
+-- Shared by the scripts that hand out leases (a helper of the library, after session.lua and
+-- ends.lua: library.rs). Task keys are built from `base`, the queue's key prefix: every
 -- key of a queue shares its hash tag, so they live in one slot even on a cluster.
 --
 -- Both scripts start with the same arguments, read into one table by `leasing_context`; `given`
@@ -166,8 +166,11 @@ end
 
 -- Takes the lease on ready entry `entry` (of stream `s` of `kind`'s lane) for task `id`. Returns, for a task to
 -- run, these fields in this order (`Run` in queue/lease.rs names them; a unit test compares the
--- two):
--- run reply: run, id, stream, entry, token, attempt, kind, max_attempts, timeout_ms, payload_type, session, payload_is, payload, idempotency_key, payload_ref, traceparent
+-- two): those before the `|` in one string, separated by the unit separator (each is Courier's
+-- own text: ids, numbers, a kind, a trace context), and each after it a string of its own (they
+-- may hold anything). Redis turns each string of a reply into a reply of its own, so one for
+-- twelve costs it less (docs/benchmark-notes.md, "Ninth step").
+-- run reply: run, id, stream, entry, token, attempt, kind, max_attempts, timeout_ms, payload_is, payload_ref, traceparent | payload_type, session, idempotency_key, payload
 -- `run` is the word 'run', `stream` the stream's index (1-3), `payload_is` 1 (here), 2 (large:
 -- read it yourself) or 0 (gone): a small payload comes with the lease, saving the worker a round
 -- trip; `payload_ref` names the task a shared payload is stored under; `traceparent` is the
@@ -248,9 +251,12 @@ local function take_lease(ctx, kind, s, entry, id)
     payload = redis.call('GET', payload_key(base, id, f[12]))
     has = payload and '1' or '0'
   end
-  local run = {'run', id, STREAM_TEXT[s], entry, token, attempt, kind, f[5] or '1', f[6] or '',
-    f[7] or '', f[8] or '', has, payload or '', f[9] or '', f[12] or '', f[13] or ''}
+  local run = {'run\31' .. id .. '\31' .. STREAM_TEXT[s] .. '\31' .. entry .. '\31' .. token .. '\31'
+    .. attempt .. '\31' .. kind .. '\31' .. (f[5] or '1') .. '\31' .. (f[6] or '') .. '\31' .. has
+    .. '\31' .. (f[12] or '') .. '\31' .. (f[13] or ''), f[7] or '', f[8] or '', f[9] or '', payload or ''}
   if ctx.views then
+    -- Where the entry is, for pull.lua to shorten the lease.
+    ctx.taken[#ctx.taken + 1] = {kind, s, entry}
     -- The rest of the task's view as this lease leaves its record: a grant shows it without a
     -- read of the whole record.
     for _, field in ipairs({'updated', now, 'started', started, 'payload_bytes', f[10] or '',

@@ -80,7 +80,9 @@ impl Drop for Running {
     }
 }
 
-/// The fields of a `run` reply of `take_lease` (queue/lease.lua), by their place in it.
+/// The fields of a `run` reply of `take_lease` (queue/lease.lua), by their place in it: the
+/// first `JOINED` in its first string, separated by the unit separator, each of the others a
+/// string of its own.
 #[derive(Clone, Copy)]
 pub(super) enum Run {
     Tag,
@@ -92,13 +94,13 @@ pub(super) enum Run {
     Kind,
     MaxAttempts,
     TimeoutMs,
-    PayloadType,
-    Session,
     PayloadIs,
-    Payload,
-    IdempotencyKey,
     PayloadRef,
     Traceparent,
+    PayloadType,
+    Session,
+    IdempotencyKey,
+    Payload,
 }
 
 impl Run {
@@ -113,30 +115,52 @@ impl Run {
         (Run::Kind, "kind"),
         (Run::MaxAttempts, "max_attempts"),
         (Run::TimeoutMs, "timeout_ms"),
-        (Run::PayloadType, "payload_type"),
-        (Run::Session, "session"),
         (Run::PayloadIs, "payload_is"),
-        (Run::Payload, "payload"),
-        (Run::IdempotencyKey, "idempotency_key"),
         (Run::PayloadRef, "payload_ref"),
         (Run::Traceparent, "traceparent"),
+        (Run::PayloadType, "payload_type"),
+        (Run::Session, "session"),
+        (Run::IdempotencyKey, "idempotency_key"),
+        (Run::Payload, "payload"),
     ];
+    /// How many fields the reply's first string joins.
+    const JOINED: usize = Run::PayloadType as usize;
+    /// How many strings a run reply is.
+    const STRINGS: usize = 1 + Run::FIELDS.len() - Run::JOINED;
 }
 
 /// A claim's reply for one task to run, read by field name.
 pub(super) struct RunReply(Vec<Vec<u8>>);
 
 impl RunReply {
-    /// The reply, if it is a `run` reply of the expected length.
-    pub(super) fn of(reply: Vec<Vec<u8>>) -> Option<RunReply> {
-        (reply.len() == Run::FIELDS.len() && reply[Run::Tag as usize] == b"run").then_some(RunReply(reply))
+    /// The reply, if it is a `run` reply of the expected shape.
+    pub(super) fn of(mut reply: Vec<Vec<u8>>) -> Option<RunReply> {
+        if reply.len() != Run::STRINGS {
+            return None;
+        }
+        let mut fields: Vec<Vec<u8>> = Vec::with_capacity(Run::FIELDS.len());
+        fields.extend(reply[0].split(|&b| b == 0x1f).map(<[u8]>::to_vec));
+        if fields.len() != Run::JOINED || fields[Run::Tag as usize] != b"run" {
+            return None;
+        }
+        fields.extend(reply.drain(1..));
+        Some(RunReply(fields))
     }
 
     /// A `run` reply and the field-value pairs of its task's view that follow it (when the
     /// claim asked for them: pull.lua), apart.
     pub(super) fn with_view(mut reply: Vec<Vec<u8>>) -> Option<(RunReply, Vec<Vec<u8>>)> {
-        let view = reply.split_off(reply.len().min(Run::FIELDS.len()));
+        let view = reply.split_off(reply.len().min(Run::STRINGS));
         Some((RunReply::of(reply)?, view))
+    }
+
+    /// A reply with its fields unpacked when it is a run reply, else as it came (for tests).
+    #[cfg(test)]
+    pub(super) fn unpacked(reply: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        match RunReply::of(reply.clone()) {
+            Some(run) => run.0,
+            None => reply,
+        }
     }
 
     /// The task's id and its entry's stream (0 most urgent), if the reply names them.
@@ -427,16 +451,50 @@ mod tests {
         let lua = include_str!("lease.lua");
         let line =
             lua.lines().find_map(|l| l.strip_prefix("-- run reply: ")).expect("lease.lua names its reply");
-        let written: Vec<&str> = line.split(", ").collect();
+        let (joined, apart) = line.split_once(" | ").expect("the joined fields, then the others");
+        let written: Vec<&str> = joined.split(", ").chain(apart.split(", ")).collect();
         let read: Vec<&str> = Run::FIELDS.iter().map(|(_, name)| *name).collect();
         assert_eq!(written, read);
+        assert_eq!(joined.split(", ").count(), Run::JOINED);
         for (place, (field, _)) in Run::FIELDS.iter().enumerate() {
             assert_eq!(*field as usize, place);
         }
-        // And the return statement builds as many fields as the comment names.
-        let ret = &lua[lua.find("{'run',").expect("take_lease builds a run reply")..];
+        // And the return statement joins and lists as many fields as the comment names.
+        let ret = &lua[lua.find("local run = {'run").expect("take_lease builds a run reply")..];
         let ret = &ret[..ret.find('}').unwrap()];
-        assert_eq!(ret.matches(',').count() + 1, read.len());
+        let (joins, rest) = ret.split_once(", ").unwrap();
+        assert_eq!(joins.matches("\\31").count() + 1, Run::JOINED, "{joins}");
+        assert_eq!(rest.matches(", ").count() + 2, Run::STRINGS, "{rest}");
+    }
+
+    #[test]
+    fn a_run_reply_is_read_back_by_field_and_a_malformed_one_is_none() {
+        let strings = |joined: &str| {
+            let mut reply = vec![joined.as_bytes().to_vec()];
+            reply.extend([b"text/plain".to_vec(), b"s\x1f1".to_vec(), b"".to_vec(), b"a\x1fb".to_vec()]);
+            reply
+        };
+        let joined = "run\x1fID\x1f2\x1f1-0\x1ft:0\x1f3\x1fecho\x1f5\x1f\x1f1\x1f\x1f00-ab";
+        let reply = RunReply::of(strings(joined)).expect("a run reply");
+        assert_eq!(reply.text(Run::TaskId), "ID");
+        assert_eq!(reply.text(Run::Stream), "2");
+        assert_eq!(reply.text(Run::Attempt), "3");
+        assert_eq!(reply.optional(Run::TimeoutMs), None);
+        assert_eq!(reply.text(Run::PayloadIs), "1");
+        assert_eq!(reply.text(Run::Traceparent), "00-ab");
+        assert_eq!(reply.text(Run::PayloadType), "text/plain");
+        // The fields apart may hold the separator.
+        assert_eq!(reply.text(Run::Session), "s\u{1f}1");
+        assert_eq!(reply.text(Run::Payload), "a\u{1f}b");
+        assert!(RunReply::of(strings("drop")).is_none());
+        assert!(RunReply::of(strings(&joined.replacen("run", "ran", 1))).is_none());
+        assert!(RunReply::of(strings(&format!("{joined}\x1fmore"))).is_none());
+        assert!(RunReply::of(vec![b"drop".to_vec()]).is_none());
+        let mut with_view = strings(joined);
+        with_view.extend([b"created".to_vec(), b"1".to_vec()]);
+        let (reply, view) = RunReply::with_view(with_view).expect("a run reply and its view");
+        assert_eq!(reply.text(Run::Payload), "a\u{1f}b");
+        assert_eq!(view, [b"created".to_vec(), b"1".to_vec()]);
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The queue's Lua scripts as one Redis Functions library (`FUNCTION LOAD`): Redis defines the
-//! helpers the scripts share once, as it loads the library, where an `EVALSHA` defined all of
-//! them again on every call (64,000 instructions a call: docs/benchmark-notes.md, "Ninth step").
+//! The queue's Lua scripts as one Redis Functions library (`FUNCTION LOAD`, Redis 7.0 or later):
+//! Redis defines the helpers the scripts share once, as it loads the library, where an `EVALSHA`
+//! defined all of them again on every call (64,000 instructions a call: docs/benchmark-notes.md,
+//! "Ninth step").
 //!
-//! The library's name and its functions' carry a hash of its source, so that processes of two
-//! versions of Courier on one Redis each call their own. A Redis without the library (the first
-//! call, a restart without persistence, `FUNCTION FLUSH`, a new cluster master) answers
-//! "Function not found": the call loads it (on every master of a cluster) and is sent again.
+//! The library's name and its functions' carry a hash of its whole source, so that processes of
+//! two versions of Courier on one Redis each call their own (each version leaves its library in
+//! Redis: README, "Redis"). A process loads it as it starts; a Redis that lost it since (a
+//! restart without persistence, `FUNCTION FLUSH`, a new cluster master) answers "Function not
+//! found", and the call loads it (on every master of a cluster) and is sent again.
 //!
 //! A function's body is the script's file as it was written for `EVAL`: `KEYS` and `ARGV` are
 //! the call's (library locals that `call.lua`'s `begin_call` sets), and each call starts with
@@ -18,9 +20,34 @@ use std::sync::Arc;
 /// What every call of the library's functions does first.
 const BEGIN_CALL: &str = include_str!("call.lua");
 
-/// The flags of every function: its keys may be of several slots of one node, as `EVAL`'s could
-/// (every key of a queue shares its hash tag; a script's keys are the queue's).
-const FLAGS: &str = "{'allow-cross-slot-keys'}";
+/// Stands for the library's name in its source until the source's hash names it.
+const NAME: &str = "{library}";
+
+/// What a function may do, which Redis checks before it runs (function flags). Every function's
+/// keys may be of several slots of one node, as `EVAL`'s could (`allow-cross-slot-keys`: the
+/// keys of a queue share its hash tag, and a script's keys are its queue's).
+#[derive(Clone, Copy)]
+pub(super) enum Access {
+    /// Writes, and is refused whole while Redis is over its `maxmemory` (or cannot persist):
+    /// never applied in part.
+    Writes,
+    /// Writes, even over `maxmemory`: what it writes frees memory, or keeps what runs running
+    /// (a lease renewed, an entry handed back, a queue looked at), as a script could whose first
+    /// write was not one that grows memory.
+    WritesEvenOom,
+    /// Only reads (`no-writes`).
+    Reads,
+}
+
+impl Access {
+    fn flags(self) -> &'static str {
+        match self {
+            Access::Writes => "{'allow-cross-slot-keys'}",
+            Access::WritesEvenOom => "{'allow-cross-slot-keys', 'allow-oom'}",
+            Access::Reads => "{'allow-cross-slot-keys', 'no-writes'}",
+        }
+    }
+}
 
 /// The library's source and name, shared by its functions.
 pub(super) struct Library {
@@ -30,8 +57,8 @@ pub(super) struct Library {
 
 impl Library {
     /// A library of `helpers` (in the order given: a Lua local must be defined before its first
-    /// use) and `scripts` (each a function name and the body of its script).
-    pub(super) fn new(helpers: &[&str], scripts: &[(&str, &str)]) -> Arc<Library> {
+    /// use) and `scripts`: each a function's name, the body of its script and what it may do.
+    pub(super) fn new(helpers: &[&str], scripts: &[(&str, &str, Access)]) -> Arc<Library> {
         let mut code = String::from(
             "-- The keys and arguments of the call running now (begin_call sets them).\nlocal KEYS, ARGV\n",
         );
@@ -39,19 +66,20 @@ impl Library {
             code.push_str(helper);
             code.push('\n');
         }
-        for (name, body) in scripts {
+        for (name, body, _) in scripts {
             code.push_str(&format!("local function script_{name}()\n{body}\nend\n"));
+        }
+        for (function, _, access) in scripts {
+            code.push_str(&format!(
+                "redis.register_function{{function_name = '{NAME}_{function}', flags = {},\n  \
+                 callback = function(keys, args)\n    begin_call(keys, args)\n    \
+                 local reply = script_{function}()\n    flush_events()\n    return reply\n  end}}\n",
+                access.flags()
+            ));
         }
         let hash = sha1_smol::Sha1::from(code.as_bytes()).digest().to_string();
         let name = format!("courier_{}", &hash[..12]);
-        let mut source = format!("#!lua name={name}\n{code}");
-        for (function, _) in scripts {
-            source.push_str(&format!(
-                "redis.register_function{{function_name = '{name}_{function}', flags = {FLAGS},\n  \
-                 callback = function(keys, args)\n    begin_call(keys, args)\n    \
-                 local reply = script_{function}()\n    flush_events()\n    return reply\n  end}}\n"
-            ));
-        }
+        let source = format!("#!lua name={name}\n{}", code.replace(NAME, &name));
         Arc::new(Library { name, source })
     }
 
@@ -61,27 +89,31 @@ impl Library {
         Function { name: format!("{}_{name}", self.name), library: self.clone() }
     }
 
-    /// Loads the library into Redis (on a cluster, into every master), replacing any of its name:
-    /// the same source, as the name says.
-    async fn load(&self, conn: &mut impl redis::aio::ConnectionLike) -> RedisResult<()> {
-        redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg("REPLACE")
-            .arg(&self.source)
-            .query_async::<String>(conn)
-            .await?;
-        Ok(())
+    /// Loads the library into Redis (on a cluster, into every master) unless it has it already:
+    /// one of the same name is the same source. A load Redis refuses says why (a Redis before
+    /// 7.0 has no Functions; an ACL user needs `FUNCTION LOAD` and `FCALL`).
+    pub(super) async fn load(&self, conn: &mut impl redis::aio::ConnectionLike) -> RedisResult<()> {
+        let loaded: RedisResult<String> =
+            redis::cmd("FUNCTION").arg("LOAD").arg(&self.source).query_async(conn).await;
+        match loaded {
+            Err(error) if !has_detail(&error, |detail| detail.contains("already exists")) => Err(error),
+            _ => Ok(()),
+        }
     }
 }
 
+/// Whether `error` is (or, of a pipeline, holds) a server error whose detail passes `test`.
+fn has_detail(error: &RedisError, test: impl Fn(&str) -> bool) -> bool {
+    error
+        .clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, e)| e.details().is_some_and(&test)))
+}
+
 /// Whether `error` is (or, of a pipeline, holds) Redis's answer to a call of a function it does not
-/// have.
+/// have: nothing of the call ran.
 pub(super) fn is_missing(error: &RedisError) -> bool {
-    error.clone().into_server_errors().is_some_and(|errors| {
-        errors
-            .iter()
-            .any(|(_, error)| error.details().is_some_and(|detail| detail.starts_with("Function not found")))
-    })
+    has_detail(error, |detail| detail.starts_with("Function not found"))
 }
 
 /// One of the library's functions.
@@ -139,17 +171,24 @@ impl Call<'_> {
     ) -> RedisResult<T> {
         let fcall = self.command();
         match fcall.query_async(conn).await {
-            Err(error) if is_missing(&error) => {
-                self.load(conn).await?;
-                fcall.query_async(conn).await
-            }
+            Err(error) if is_missing(&error) => self.load_and_send(&fcall, conn).await,
             answer => answer,
         }
     }
 
-    /// Loads the library of the function called.
-    pub(super) async fn load(&self, conn: &mut impl redis::aio::ConnectionLike) -> RedisResult<()> {
-        self.function.library.load(conn).await
+    /// Loads the library and sends `command` again. On a cluster the load goes to every master,
+    /// and one that fails (another master down) need not stop a call on this one: the load's
+    /// error is the answer only where the function is still missing.
+    pub(super) async fn load_and_send<T: FromRedisValue>(
+        &self,
+        command: &Cmd,
+        conn: &mut impl redis::aio::ConnectionLike,
+    ) -> RedisResult<T> {
+        let loaded = self.function.library.load(conn).await;
+        match command.query_async(conn).await {
+            Err(error) if is_missing(&error) => Err(loaded.err().unwrap_or(error)),
+            answer => answer,
+        }
     }
 }
 
@@ -200,13 +239,18 @@ mod tests {
     }
 
     #[test]
-    fn a_library_is_named_by_its_source() {
-        let one = Library::new(&HELPERS, &[("depth", "return 1")]);
-        let same = Library::new(&HELPERS, &[("depth", "return 1")]);
-        let other = Library::new(&HELPERS, &[("depth", "return 2")]);
-        assert_eq!(one.name, same.name);
-        assert_ne!(one.name, other.name);
+    fn a_library_is_named_by_its_whole_source() {
+        let library = |body: &str, access: Access| Library::new(&HELPERS, &[("depth", body, access)]);
+        let one = library("return 1", Access::Reads);
+        assert_eq!(one.name, library("return 1", Access::Reads).name);
+        // Its scripts, and what they may do, name it.
+        assert_ne!(one.name, library("return 2", Access::Reads).name);
+        assert_ne!(one.name, library("return 1", Access::Writes).name);
         assert!(one.source.starts_with(&format!("#!lua name={}\n", one.name)));
+        assert!(!one.source.contains(NAME));
+        let registered =
+            format!("function_name = '{}_depth', flags = {{'allow-cross-slot-keys', 'no-writes'}}", one.name);
+        assert!(one.source.contains(&registered));
         assert_eq!(one.function("depth").name, format!("{}_depth", one.name));
     }
 
@@ -236,9 +280,37 @@ mod tests {
             assert_eq!(queue.enqueue(&task).await.unwrap(), Enqueued::Stored);
         }
         assert_eq!(queue.depth().await.unwrap(), 2);
+        // Loading it where Redis has it changes nothing, and says nothing is wrong.
+        queue.load_scripts().await.unwrap();
+        queue.load_scripts().await.unwrap();
         let libraries: Vec<redis::Value> =
             redis::cmd("FUNCTION").arg("LIST").query_async(&mut conn).await.unwrap();
         assert_eq!(libraries.len(), 1, "{libraries:?}");
+    }
+
+    #[tokio::test]
+    async fn over_its_maxmemory_redis_refuses_a_write_whole_and_still_answers_reads() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let stored = echo_task(Bytes::from_static(b"stored"));
+        assert_eq!(queue.enqueue(&stored).await.unwrap(), Enqueued::Stored);
+        let before = events(&queue).await;
+        let () =
+            redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut conn).await.unwrap();
+        let mut later = echo_task(Bytes::from_static(b"later"));
+        later.delay_ms = Some(60_000);
+        let refused = queue.enqueue(&later).await.unwrap_err();
+        assert!(refused.to_string().contains("OOM"), "{refused}");
+        // Reads still answer, and the queue's view (it may write, and frees nothing) too.
+        assert_eq!(queue.depth().await.unwrap(), 1);
+        assert_eq!(queue.state().await.unwrap().counts.queued.normal, 1);
+        let () =
+            redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut conn).await.unwrap();
+        // Nothing of the refused enqueue was applied.
+        assert_eq!(events(&queue).await, before);
+        let exists: bool =
+            redis::cmd("EXISTS").arg(queue.keys.task(&later.id)).query_async(&mut conn).await.unwrap();
+        assert!(!exists);
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@
 -- Returns {replies (take_lease's, a run reply with its view's fields: `views`), why nothing more
 -- may start ('' when nothing stops it), in how many ms to look again}.
 local ctx = leasing_context()
-ctx.views = true
+-- Each run reply comes with its task's view, and each lease taken says where its entry is.
+ctx.views, ctx.taken = true, {}
 start_budget(ctx)
 local count, lease, want = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local replies = {}
@@ -37,11 +38,9 @@ end
 take_new(ctx, count, replies)
 -- A shorter lease starts `lease - want` ms idle, so that it is taken over `want` ms from now.
 if want < lease then
-  for _, r in ipairs(replies) do
-    if r[1] == 'run' then
-      redis.call('XCLAIM', lane_stream(ctx.base, r[7], tonumber(r[3])), ctx.group, ctx.consumer,
-        0, r[4], 'IDLE', lease - want, 'JUSTID')
-    end
+  for _, taken in ipairs(ctx.taken) do
+    redis.call('XCLAIM', lane_stream(ctx.base, taken[1], taken[2]), ctx.group, ctx.consumer, 0,
+      taken[3], 'IDLE', lease - want, 'JUSTID')
   end
 end
 return {replies, ctx.blocked, ctx.retry_ms}

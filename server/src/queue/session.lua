@@ -1,5 +1,5 @@
--- Shared by the scripts that queue or end a session task (prepended to them, after lanes.lua,
--- when they are loaded). A session's tasks wait in its list, and only the list's head is on a
+-- Shared by the scripts that queue or end a session task (a helper of the library, after
+-- lanes.lua: library.rs). A session's tasks wait in its list, and only the list's head is on a
 -- ready stream (its kind's normal one), so a session runs one task at a time, in order.
 
 -- Queues task `id` of `kind` at the end of session `list`; on its lane at once if it heads the
