@@ -34,23 +34,40 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-/// The parts of a task's entry in its queue's events stream, in the order its one writer gives
-/// them (the Lua helper `emit_event`, queue/events.lua): one field, `t`, whose value is these
-/// separated by the unit separator, the error last (it may hold anything). `workflow` is the
-/// workflow whose step the task is, on the events after which it moves on (empty otherwise).
+/// The parts of a task event in its queue's events stream, in the order its one writer gives
+/// them (the Lua helper `emit_event`, queue/events.lua): separated by the unit separator, the
+/// error last (it may hold anything but the record separator). `workflow` is the workflow whose
+/// step the task is, on the events after which it moves on (empty otherwise).
 pub const TASK_EVENT_PARTS: [&str; 9] =
     ["event", "task", "kind", "status", "attempt", "progress", "at", "workflow", "error"];
-/// The one field of a task's entry.
-pub(crate) const TASK_EVENT_FIELD: &str = "t";
+/// The one field of an entry of task events: the events of one script call, in order, separated
+/// by the record separator.
+pub(crate) const TASK_EVENTS_FIELD: &str = "e";
+/// What separates the events of a `TASK_EVENTS_FIELD`.
+const EVENT_SEPARATOR: u8 = 0x1e;
+/// The field of an entry that is one task event, as versions before the field of many wrote them
+/// (one such field per event): read still, so a stream they wrote reads on after an upgrade.
+const TASK_EVENT_FIELD: &str = "t";
 /// The most events one entry holds (`EVENTS_PER_ENTRY` of queue/events.lua; a unit test compares
 /// them).
 pub(crate) const EVENTS_PER_ENTRY: usize = 32;
 
-/// A task event's value as the scripts write it (`emit_event`, queue/events.lua): its parts, in
-/// the order of `TASK_EVENT_PARTS`, joined by the unit separator. For the one writer outside Lua:
-/// a plain enqueue's `queued` events (queue/enqueue.rs).
+/// A task event as the scripts write it (`emit_event`, queue/events.lua): its parts, in the order
+/// of `TASK_EVENT_PARTS`, joined by the unit separator (a record separator in the error becomes a
+/// space). For the one writer outside Lua: a plain enqueue's `queued` events (queue/enqueue.rs).
 pub(crate) fn task_event_value(parts: [&str; TASK_EVENT_PARTS.len()]) -> String {
-    parts.join("\u{1f}")
+    let mut value = parts.join("\u{1f}");
+    if parts[TASK_EVENT_PARTS.len() - 1].contains('\u{1e}') {
+        let error_at = value.len() - parts[TASK_EVENT_PARTS.len() - 1].len();
+        let error = value.split_off(error_at).replace('\u{1e}', " ");
+        value.push_str(&error);
+    }
+    value
+}
+
+/// The value of an entry's `TASK_EVENTS_FIELD`: `events` (`task_event_value`s), in order.
+pub(crate) fn task_events_value(events: &[String]) -> String {
+    events.join("\u{1e}")
 }
 
 /// How `count` events written together are split into entries (`flush_events`, queue/events.lua):
@@ -289,35 +306,45 @@ fn entries_of(channel: &Arc<str>, reply: Value) -> Vec<(Position, Option<StoredE
 }
 
 /// Appends the events of entry `entry` of `channel`'s stream to `events`. A task entry holds the
-/// events one script call wrote (queue/events.lua), each a field `t` (`TASK_EVENT_PARTS`), in
-/// order: each is placed at its index in the entry, the last at the entry as a whole. Any other
-/// entry is one event (`StoredEvent::from_fields`).
+/// events one script call wrote (queue/events.lua), in order, in one field `e` (or, as older
+/// versions wrote them, each in a field `t`): each is placed at its index in the entry, the last
+/// at the entry as a whole. Any other entry is one event (`StoredEvent::from_fields`).
 fn events_of_entry(
     channel: &Arc<str>,
     entry: Position,
     fields: &[Value],
     events: &mut Vec<(Position, Option<StoredEvent>)>,
 ) {
-    let is_task_event = matches!(fields.first(), Some(Value::BulkString(field)) if field.as_slice() == TASK_EVENT_FIELD.as_bytes());
-    if !is_task_event {
-        events.push((entry, StoredEvent::from_fields(channel, entry, fields)));
-        return;
-    }
-    let count = fields.len() / 2;
-    for (index, pair) in fields.chunks_exact(2).enumerate() {
-        let position = match u32::try_from(index) {
-            Ok(index) if index as usize + 1 < count => entry.event(index),
-            _ => entry,
-        };
-        let event = match (&pair[0], &pair[1]) {
-            (Value::BulkString(field), Value::BulkString(value))
-                if field.as_slice() == TASK_EVENT_FIELD.as_bytes() =>
-            {
-                StoredEvent::from_task_entry(channel, position, value)
+    let place = |index: usize, count: usize| match u32::try_from(index) {
+        Ok(index) if index as usize + 1 < count => entry.event(index),
+        _ => entry,
+    };
+    match fields {
+        [Value::BulkString(field), Value::BulkString(value)]
+            if field.as_slice() == TASK_EVENTS_FIELD.as_bytes() =>
+        {
+            let count = value.split(|&b| b == EVENT_SEPARATOR).count();
+            for (index, event) in value.split(|&b| b == EVENT_SEPARATOR).enumerate() {
+                let position = place(index, count);
+                events.push((position, StoredEvent::from_task_entry(channel, position, event)));
             }
-            _ => None,
-        };
-        events.push((position, event));
+        }
+        [Value::BulkString(field), ..] if field.as_slice() == TASK_EVENT_FIELD.as_bytes() => {
+            let count = fields.len() / 2;
+            for (index, pair) in fields.chunks_exact(2).enumerate() {
+                let position = place(index, count);
+                let event = match (&pair[0], &pair[1]) {
+                    (Value::BulkString(field), Value::BulkString(value))
+                        if field.as_slice() == TASK_EVENT_FIELD.as_bytes() =>
+                    {
+                        StoredEvent::from_task_entry(channel, position, value)
+                    }
+                    _ => None,
+                };
+                events.push((position, event));
+            }
+        }
+        _ => events.push((entry, StoredEvent::from_fields(channel, entry, fields))),
     }
 }
 
@@ -1143,8 +1170,8 @@ mod tests {
     #[test]
     fn the_lua_that_writes_events_writes_the_parts_the_server_reads() {
         let lua = include_str!("queue/events.lua");
-        // The one event: field `t`, then its parts joined by the unit separator, in order.
-        let start = "fields[#fields + 1] = ";
+        // The one event: its parts joined by the unit separator, in order.
+        let start = "written[#written + 1] = ";
         let value = &lua[lua.find(&format!("{start}name")).unwrap() + start.len()..];
         let value = &value[..value.find("\nend").unwrap()];
         let parts: Vec<String> = value
@@ -1156,6 +1183,11 @@ mod tests {
         let lua_names = ["name", "id", "kind", "status", "attempt", "progress", "at", "workflow", "err"];
         assert_eq!(parts, lua_names, "events.lua's parts in TASK_EVENT_PARTS's order");
         assert_eq!(lua_names.len(), TASK_EVENT_PARTS.len());
+        // An entry's events: one field, separated by the record separator.
+        assert!(lua.contains(&format!(
+            "'*', '{TASK_EVENTS_FIELD}',\n        table.concat(written, '\\30', first, last))"
+        )));
+        assert_eq!(EVENT_SEPARATOR, 30);
     }
 
     #[test]
@@ -1176,16 +1208,20 @@ mod tests {
     fn a_task_event_written_in_rust_reads_back_as_the_lua_one() {
         let id = "01890a5d-ac96-774b-bcce-b302099a8057";
         let value = task_event_value(["queued", id, "echo", "queued", "0", "", "1700000000000", "", ""]);
-        let event = only_event(&[bulk(TASK_EVENT_FIELD), bulk(&value)]).unwrap();
+        let event = only_event(&[bulk(TASK_EVENTS_FIELD), bulk(&task_events_value(&[value]))]).unwrap();
         assert_eq!(event.name, "queued");
         let Pushed::Task(task) = event.event else { panic!("a task event") };
         assert_eq!(task.task_id.to_string(), id);
         assert_eq!((task.kind.as_str(), task.status, task.attempt), ("echo", Status::Queued, 0));
         assert_eq!((task.progress, task.error, task.workflow_id), (None, None, None));
+        // An error holding the record separator keeps to its event, a space there.
+        let value = task_event_value(["failed", id, "echo", "failed", "1", "", "5", "", "a\u{1e}b\u{1f}c"]);
+        let event = only_event(&[bulk(TASK_EVENTS_FIELD), bulk(&task_events_value(&[value]))]).unwrap();
+        assert_eq!(event.task().unwrap().error.as_deref(), Some("a b\u{1f}c"));
     }
 
     #[test]
-    fn a_task_entry_of_one_field_becomes_its_event() {
+    fn a_task_entry_of_one_event_field_as_older_versions_wrote_it_becomes_its_event() {
         let value = "failed\u{1f}01890a5d-ac96-774b-bcce-b302099a8057\u{1f}sleep\u{1f}failed\u{1f}3\u{1f}\u{1f}0\u{1f}01890a5d-ac96-774b-bcce-b302099a8058\u{1f}boom\u{1f}with a separator";
         let event = only_event(&[bulk("t"), bulk(value)]).unwrap();
         assert_eq!(event.name, "failed");
@@ -1224,10 +1260,20 @@ mod tests {
                 "queued\u{1f}01890a5d-ac96-774b-bcce-b302099a805{n}\u{1f}echo\u{1f}queued\u{1f}0\u{1f}\u{1f}5\u{1f}\u{1f}"
             )
         };
-        let fields = [bulk("t"), bulk(&task(1)), bulk("t"), bulk("broken"), bulk("t"), bulk(&task(3))];
+        // As written now (one field), and as older versions wrote it (a field per event).
+        let joined = [bulk(TASK_EVENTS_FIELD), bulk(&format!("{}\u{1e}broken\u{1e}{}", task(1), task(3)))];
+        let older = [bulk("t"), bulk(&task(1)), bulk("t"), bulk("broken"), bulk("t"), bulk(&task(3))];
+        for fields in [&joined[..], &older[..]] {
+            read_an_entry_of_three(fields, task(1), task(3));
+        }
+    }
+
+    /// Reads `fields`, an entry of three events (`first`, a broken one, `third`).
+    fn read_an_entry_of_three(fields: &[Value], first: String, third: String) {
+        assert!(first.contains("8051") && third.contains("8053"));
         let mut events = Vec::new();
         let entry = Position::entry(9, 2);
-        events_of_entry(&"default".into(), entry, &fields, &mut events);
+        events_of_entry(&"default".into(), entry, fields, &mut events);
         let positions: Vec<Position> = events.iter().map(|(position, _)| *position).collect();
         assert_eq!(positions, [entry.event(0), entry.event(1), entry]);
         let ids: Vec<Option<String>> =

@@ -127,6 +127,7 @@ struct Scripts {
 
 /// The helpers the scripts share, in the library in this order: a Lua local must be defined
 /// before its first use.
+const NUMBERS: &str = include_str!("queue/numbers.lua");
 const EVENTS: &str = include_str!("queue/events.lua");
 const KIND_COUNTS: &str = include_str!("queue/kind_counts.lua");
 const LANES: &str = include_str!("queue/lanes.lua");
@@ -134,7 +135,7 @@ const SESSIONS: &str = include_str!("queue/session.lua");
 const GROUPS: &str = include_str!("queue/group.lua");
 const ENDS: &str = include_str!("queue/ends.lua");
 const LEASES: &str = include_str!("queue/lease.lua");
-const HELPERS: [&str; 7] = [EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
+const HELPERS: [&str; 8] = [NUMBERS, EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
 
 impl Scripts {
     fn load() -> Scripts {

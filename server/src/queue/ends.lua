@@ -18,8 +18,10 @@ end
 -- the tally stays small.
 local function count_ends(base, now, n)
   local tally = base .. ':ended'
-  local second = math.floor(tonumber(now) / 1000)
-  if redis.call('HINCRBY', tally, second, n) == n and redis.call('HLEN', tally) > 120 then
+  -- (`now` is ms as text: its second is all of it but the last three digits.)
+  if redis.call('HINCRBY', tally, string.sub(now, 1, -4), count_text(n)) == n
+      and redis.call('HLEN', tally) > 120 then
+    local second = math.floor(tonumber(now) / 1000)
     for _, field in ipairs(redis.call('HKEYS', tally)) do
       if (tonumber(field) or 0) < second - 120 then
         redis.call('HDEL', tally, field)

@@ -17,7 +17,7 @@
 //! way here, and at most one more, pass unchecked.
 
 use super::{GROUP, NewTask, Queue, priority_tag, record};
-use crate::events::{TASK_EVENT_FIELD, event_entries, task_event_value};
+use crate::events::{TASK_EVENTS_FIELD, event_entries, task_event_value, task_events_value};
 use crate::store::now_ms;
 use app::model::Priority;
 use redis::{RedisResult, Value};
@@ -339,10 +339,7 @@ impl Queue {
         for entry in event_entries(events.len()) {
             let xadd = pipe.cmd("XADD").arg(self.keys.events()).arg("MAXLEN").arg("~");
             xadd.arg(self.settings.events_maxlen.div_ceil(entry.len())).arg("*");
-            for event in &events[entry] {
-                xadd.arg(TASK_EVENT_FIELD).arg(event);
-            }
-            xadd.ignore();
+            xadd.arg(TASK_EVENTS_FIELD).arg(task_events_value(&events[entry])).ignore();
         }
         let replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
         // From here on every task is stored: nothing below may answer otherwise.

@@ -163,7 +163,8 @@ for a = 12, #ARGV, 13 do
     if started then
       if f[7] ~= NOT_SAMPLED then
         -- How long it waited ready: Redis stamped its entry's id as it joined the stream.
-        sample('w', started - (tonumber(string.match(entry, '^(%d+)')) or started))
+        sample('w', started - (tonumber(string.sub(entry, 1, (string.find(entry, '-', 1, true) or 0) - 1))
+          or started))
       end
       sample('r', ctx.now_ms - started)
     end

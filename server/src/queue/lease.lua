@@ -220,10 +220,10 @@ local function take_lease(ctx, kind, s, entry, id)
     hand_back(ctx, kind, stream, entry, id)
     return {'later'}
   end
-  local token = ctx.token_base .. ':' .. ctx.leases
+  local token = ctx.token_base .. ':' .. count_text(ctx.leases)
   ctx.leases = ctx.leases + 1
   mark_start(ctx, token)
-  local attempt = tostring((tonumber(f[3]) or 0) + 1)
+  local attempt = next_attempt(f[3])
   local started = f[4] or now
   if not f[4] then
     -- A first start: no earlier attempt left progress or a wait mark.

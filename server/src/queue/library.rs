@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(one.function("depth").name, format!("{}_depth", one.name));
     }
 
-    /// The events of the queue's stream, each its parts joined by the unit separator.
+    /// The events of the queue's stream, in order, each its parts joined by the unit separator.
     async fn events(queue: &crate::queue::Queue) -> Vec<String> {
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(queue.keys.events())
@@ -263,7 +263,9 @@ mod tests {
             .query_async(&mut queue.conn.clone())
             .await
             .unwrap();
-        entries.into_iter().flat_map(|(_, fields)| fields.into_iter().map(|(_, event)| event)).collect()
+        let split =
+            |(_, events): (String, String)| events.split('\u{1e}').map(str::to_string).collect::<Vec<_>>();
+        entries.into_iter().flat_map(|(_, fields)| fields.into_iter().flat_map(split)).collect()
     }
 
     #[tokio::test]

@@ -460,10 +460,12 @@ async fn a_steps_success_reported_twice_moves_its_workflow_on_once() {
     let ended = events
         .into_iter()
         .map(|(_, fields)| fields)
-        // A task's entry is one field, `t`: its event, task, … separated by the unit separator.
+        // A task entry is one field, `e`: its events separated by the record separator, each its
+        // event, task, … separated by the unit separator.
         .find(|fields| {
             fields.iter().any(|(field, value)| {
-                field == "t" && value.starts_with(&format!("succeeded\u{1f}{task}\u{1f}"))
+                field == "e"
+                    && value.split('\u{1e}').any(|e| e.starts_with(&format!("succeeded\u{1f}{task}\u{1f}")))
             })
         })
         .expect("the end's event");
