@@ -553,10 +553,10 @@ mod tests {
         record.push(format!("index {index:?}, expiring {expiring:?}"));
         let events: redis::streams::StreamRangeReply = conn.xrange_all(queue.keys.events()).await.unwrap();
         for entry in &events.ids {
-            for value in entry.map.values() {
+            for (field, value) in &entry.map {
                 let value: String = redis::from_redis_value(value.clone()).unwrap();
                 if value.contains(&id.to_string()) {
-                    record.push(anonymous(value));
+                    record.push(anonymous(format!("{field}: {value}")));
                 }
             }
         }
@@ -621,7 +621,10 @@ mod tests {
             );
             let (script_wrote, plain_wrote) =
                 (written(&queue, by_script.id).await, written(&queue, plain.id).await);
-            assert!(script_wrote.iter().any(|line| line.starts_with("queued\u{1f}ID")), "{script_wrote:?}");
+            assert!(
+                script_wrote.iter().any(|line| line.starts_with("e: queued\u{1f}ID")),
+                "{script_wrote:?}"
+            );
             assert_eq!(plain_wrote, script_wrote);
             for task in [&by_script, &plain] {
                 let ttl: i64 = conn.ttl(task.idempotency_key.as_ref().unwrap()).await.unwrap();

@@ -493,6 +493,37 @@ mod tests {
     /// A small text result lives in the task's record; one that is not text, or larger, under a
     /// key of its own (kept for the retention); each reads back as it was given.
     #[tokio::test]
+    async fn an_error_with_the_record_separator_keeps_to_its_own_event() {
+        let (_redis, queue) = private_queue().await;
+        let id = enqueue_echo(&queue, Bytes::from_static(b"p")).await;
+        let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
+        let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
+        let mut failing = ending(&queue, &id.to_string(), &replies[0], &token, ResultBytes::Payload);
+        (failing.outcome, failing.reason) = ("failed", "non_retryable");
+        failing.error = "one\u{1e}two\u{1f}three".into();
+        assert_eq!(end(&queue, &[failing]).await, vec![Applied::AsReported]);
+        // The end's entry holds its one event, whose error has a space for the separator; the
+        // record keeps the error as it came.
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(queue.keys.events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut queue.conn.clone())
+            .await
+            .unwrap();
+        let (field, events) = &entries[0].1[0];
+        assert_eq!(field, "e");
+        let events: Vec<&str> = events.split('\u{1e}').collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].starts_with(&format!("failed\u{1f}{id}\u{1f}")), "{events:?}");
+        assert!(events[0].ends_with("\u{1f}one two\u{1f}three"), "{events:?}");
+        let record = queue.store().get(&id).await.unwrap().unwrap();
+        assert_eq!(record.error.as_deref(), Some("one\u{1e}two\u{1f}three"));
+    }
+
+    #[tokio::test]
     async fn a_small_text_result_lives_in_the_record_and_any_other_under_its_own_key() {
         let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();

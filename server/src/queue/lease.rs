@@ -133,14 +133,19 @@ impl Run {
 pub(super) struct RunReply(Vec<Vec<u8>>);
 
 impl RunReply {
-    /// The reply, if it is a `run` reply of the expected shape.
+    /// The reply, if it is a `run` reply of the expected shape. (Any other reply, `drop` or
+    /// `later`, is one string; one that says `run` but is not of that shape is a fault, logged:
+    /// its task's lease runs out unreported.)
     pub(super) fn of(mut reply: Vec<Vec<u8>>) -> Option<RunReply> {
-        if reply.len() != Run::STRINGS {
-            return None;
-        }
+        let says_run = reply.first().is_some_and(|first| first.starts_with(b"run\x1f"));
         let mut fields: Vec<Vec<u8>> = Vec::with_capacity(Run::FIELDS.len());
-        fields.extend(reply[0].split(|&b| b == 0x1f).map(<[u8]>::to_vec));
+        if reply.len() == Run::STRINGS {
+            fields.extend(reply[0].split(|&b| b == 0x1f).map(<[u8]>::to_vec));
+        }
         if fields.len() != Run::JOINED || fields[Run::Tag as usize] != b"run" {
+            if says_run {
+                warn!(strings = reply.len(), fields = fields.len(), "a claim's run reply could not be read");
+            }
             return None;
         }
         fields.extend(reply.drain(1..));
