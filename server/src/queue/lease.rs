@@ -464,12 +464,42 @@ mod tests {
         for (place, (field, _)) in Run::FIELDS.iter().enumerate() {
             assert_eq!(*field as usize, place);
         }
-        // And the return statement joins and lists as many fields as the comment names.
-        let ret = &lua[lua.find("local run = {'run").expect("take_lease builds a run reply")..];
-        let ret = &ret[..ret.find('}').unwrap()];
-        let (joins, rest) = ret.split_once(", ").unwrap();
-        assert_eq!(joins.matches("\\31").count() + 1, Run::JOINED, "{joins}");
-        assert_eq!(rest.matches(", ").count() + 2, Run::STRINGS, "{rest}");
+        // And the reply take_lease builds holds those fields in that order: a record field
+        // (`f[i]`, the i-th its HMGET reads) by its name, a local by what it holds.
+        let start = "f = redis.call('HMGET', task, ";
+        let hmget = &lua[lua.find(start).expect("take_lease reads the record") + start.len()..];
+        let record: Vec<&str> = hmget[..hmget.find(", unpack(").unwrap()]
+            .split(',')
+            .map(|f| f.trim().trim_matches('\''))
+            .collect();
+        let start = "local run = {";
+        let built = &lua[lua.find(start).expect("take_lease builds a run reply") + start.len()..];
+        let built = &built[..built.find('}').unwrap()];
+        let (joined, apart) = built.split_once(", ").unwrap();
+        let expressions: Vec<&str> = joined.split("\\31'").chain(apart.split(", ")).collect();
+        assert_eq!(expressions.len(), Run::FIELDS.len(), "{expressions:?}");
+        let field_of = |expression: &str| {
+            let cleaned = expression.replace("..", "").replace(['(', ')', '\'', '\n'], "");
+            let value = cleaned.split(" or ").next().unwrap().trim().to_string();
+            match value.strip_prefix("f[").and_then(|i| i.strip_suffix(']')) {
+                Some(i) => match record[i.parse::<usize>().unwrap() - 1] {
+                    "idem" => "idempotency_key".to_string(),
+                    field => field.to_string(),
+                },
+                None => match value.as_str() {
+                    "STREAM_TEXT[s]" => "stream".to_string(),
+                    "has" => "payload_is".to_string(),
+                    local => local.to_string(),
+                },
+            }
+        };
+        let built: Vec<String> = expressions.iter().map(|e| field_of(e)).collect();
+        assert_eq!(built, read_names(), "{expressions:?}");
+    }
+
+    /// The names of the run reply's fields, in `Run`'s order.
+    fn read_names() -> Vec<String> {
+        Run::FIELDS.iter().map(|(_, name)| name.to_string()).collect()
     }
 
     #[test]
