@@ -56,12 +56,10 @@ pub(crate) const EVENTS_PER_ENTRY: usize = 32;
 /// of `TASK_EVENT_PARTS`, joined by the unit separator (a record separator in the error becomes a
 /// space). For the one writer outside Lua: a plain enqueue's `queued` events (queue/enqueue.rs).
 pub(crate) fn task_event_value(parts: [&str; TASK_EVENT_PARTS.len()]) -> String {
-    let mut value = parts.join("\u{1f}");
-    if parts[TASK_EVENT_PARTS.len() - 1].contains('\u{1e}') {
-        let error_at = value.len() - parts[TASK_EVENT_PARTS.len() - 1].len();
-        let error = value.split_off(error_at).replace('\u{1e}', " ");
-        value.push_str(&error);
-    }
+    let (error, rest) = parts.split_last().expect("an event has parts");
+    let mut value = rest.join("\u{1f}");
+    value.push('\u{1f}');
+    value.push_str(&error.replace('\u{1e}', " "));
     value
 }
 
@@ -323,9 +321,9 @@ fn events_of_entry(
         [Value::BulkString(field), Value::BulkString(value)]
             if field.as_slice() == TASK_EVENTS_FIELD.as_bytes() =>
         {
-            let count = value.split(|&b| b == EVENT_SEPARATOR).count();
-            for (index, event) in value.split(|&b| b == EVENT_SEPARATOR).enumerate() {
-                let position = place(index, count);
+            let written: Vec<&[u8]> = value.split(|&b| b == EVENT_SEPARATOR).collect();
+            for (index, event) in written.iter().enumerate() {
+                let position = place(index, written.len());
                 events.push((position, StoredEvent::from_task_entry(channel, position, event)));
             }
         }

@@ -412,6 +412,15 @@ mod tests {
         }
     }
 
+    /// Enqueues an echo task and takes its lease: its id, the claim's replies (unpacked) and the
+    /// lease's token.
+    async fn lease_one_echo(queue: &Queue) -> (uuid::Uuid, Vec<Vec<Vec<u8>>>, String) {
+        let id = enqueue_echo(queue, Bytes::from_static(b"p")).await;
+        let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
+        let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
+        (id, replies, token)
+    }
+
     /// Ends `endings` as a worker process does, taking no new leases: how each was applied.
     async fn end(queue: &Queue, endings: &[Ending]) -> Vec<Applied> {
         let finished = queue.end_attempts(endings, Holders::Process, 0, "unit-worker", "*").await.unwrap();
@@ -469,9 +478,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_letter_whose_cancel_was_asked_runs_when_queued_again() {
         let (_redis, queue) = private_queue().await;
-        let id = enqueue_echo(&queue, Bytes::from_static(b"p")).await;
-        let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
-        let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
+        let (id, replies, token) = lease_one_echo(&queue).await;
         assert_eq!(queue.cancel(&id).await.unwrap(), crate::queue::CancelOutcome::Cancelling);
         let mut failed = ending(&queue, &id.to_string(), &replies[0], &token, ResultBytes::Payload);
         (failed.outcome, failed.error, failed.reason) = ("failed", "boom".into(), "non_retryable");
@@ -490,14 +497,11 @@ mod tests {
         assert_eq!((running.error, running.dead_reason), (None, None));
     }
 
-    /// A small text result lives in the task's record; one that is not text, or larger, under a
-    /// key of its own (kept for the retention); each reads back as it was given.
+    /// An error reported with the record separator in it: the end's event stays one event.
     #[tokio::test]
     async fn an_error_with_the_record_separator_keeps_to_its_own_event() {
         let (_redis, queue) = private_queue().await;
-        let id = enqueue_echo(&queue, Bytes::from_static(b"p")).await;
-        let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
-        let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
+        let (id, replies, token) = lease_one_echo(&queue).await;
         let mut failing = ending(&queue, &id.to_string(), &replies[0], &token, ResultBytes::Payload);
         (failing.outcome, failing.reason) = ("failed", "non_retryable");
         failing.error = "one\u{1e}two\u{1f}three".into();
@@ -523,6 +527,8 @@ mod tests {
         assert_eq!(record.error.as_deref(), Some("one\u{1e}two\u{1f}three"));
     }
 
+    /// A small text result lives in the task's record; one that is not text, or larger, under a
+    /// key of its own (kept for the retention); each reads back as it was given.
     #[tokio::test]
     async fn a_small_text_result_lives_in_the_record_and_any_other_under_its_own_key() {
         let (_redis, queue) = private_queue().await;
@@ -535,9 +541,7 @@ mod tests {
             (&[b'r'; RECORD_RESULT_MAX + 1], false),
         ];
         for (result, in_record) in results {
-            let id = enqueue_echo(&queue, Bytes::from_static(b"p")).await;
-            let replies = unpacked(queue.claim("unit-worker", "*", 1, &[]).await.unwrap().0);
-            let token = String::from_utf8_lossy(&replies[0][Run::Token as usize]).into_owned();
+            let (id, replies, token) = lease_one_echo(&queue).await;
             let holder = ending(
                 &queue,
                 &id.to_string(),
