@@ -77,6 +77,24 @@ pub(crate) fn event_entries(count: usize) -> impl Iterator<Item = std::ops::Rang
     (0..count).step_by(per_entry).map(move |first| first..(first + per_entry).min(count))
 }
 
+/// Appends `events` (`task_event_value`s, in order) to the task events stream `stream` as
+/// `flush_events` (queue/events.lua) does: split by `event_entries`, each entry capping the stream
+/// near `maxlen` events' worth of entries its size. For the writers outside Lua (queue/enqueue.rs,
+/// queue/finish/plain.rs); the replies are ignored.
+pub(crate) fn append_task_events(pipe: &mut redis::Pipeline, stream: &str, maxlen: usize, events: &[String]) {
+    for entry in event_entries(events.len()) {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(maxlen.div_ceil(entry.len()))
+            .arg("*")
+            .arg(TASK_EVENTS_FIELD)
+            .arg(task_events_value(&events[entry]))
+            .ignore();
+    }
+}
+
 /// How many events a slow SSE client may fall behind before it catches up from Redis.
 const FANOUT_BUFFER: usize = 4096;
 /// How many events one catch-up read takes.

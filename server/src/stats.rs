@@ -334,6 +334,13 @@ fn queue_stats(queue: &Queue, state: &QueueState) -> QueueStats {
     }
 }
 
+/// The histogram bin of a duration of `ms`, as ends.lua's `latency_bin` computes it (the same
+/// operations on the same doubles: a unit test runs both): for the ends written without Lua
+/// (queue/finish/plain.rs).
+pub(crate) fn latency_bin(ms: u64) -> u32 {
+    (4.0 * ((ms + 1) as f64).ln() / std::f64::consts::LN_2).floor() as u32
+}
+
 /// The upper bound, in ms, of histogram bin `bin` (ends.lua's `latency_bin`: a quarter of a
 /// doubling wide).
 fn bin_upper_ms(bin: u32) -> u64 {
@@ -361,15 +368,10 @@ fn percentiles(bins: &BTreeMap<u32, u64>) -> Percentiles {
 mod tests {
     use super::*;
 
-    /// ends.lua's `latency_bin`, as Lua computes it.
-    fn lua_bin(ms: u64) -> u32 {
-        (4.0 * ((ms + 1) as f64).ln() / 2f64.ln()).floor() as u32
-    }
-
     #[test]
     fn every_duration_is_at_most_its_bins_upper_bound_and_within_a_fifth_of_it() {
         for ms in [0, 1, 2, 3, 7, 10, 99, 100, 1_000, 12_345, 3_600_000] {
-            let upper = bin_upper_ms(lua_bin(ms));
+            let upper = bin_upper_ms(latency_bin(ms));
             assert!(upper >= ms, "{ms} ms: bin bound {upper}");
             assert!(upper as f64 <= (ms as f64 + 1.0) * 1.19 + 1.0, "{ms} ms: bin bound {upper}");
         }
@@ -378,12 +380,13 @@ mod tests {
     #[test]
     fn percentiles_come_from_the_cumulative_counts() {
         // 90 samples of 10 ms, 9 of 100 ms, 1 of 1000 ms.
-        let bins: BTreeMap<u32, u64> = [(lua_bin(10), 90), (lua_bin(100), 9), (lua_bin(1000), 1)].into();
+        let bins: BTreeMap<u32, u64> =
+            [(latency_bin(10), 90), (latency_bin(100), 9), (latency_bin(1000), 1)].into();
         let p = percentiles(&bins);
         assert_eq!(p.count, 100);
-        assert_eq!(p.p50, Some(bin_upper_ms(lua_bin(10))));
-        assert_eq!(p.p95, Some(bin_upper_ms(lua_bin(100))));
-        assert_eq!(p.p99, Some(bin_upper_ms(lua_bin(100))));
+        assert_eq!(p.p50, Some(bin_upper_ms(latency_bin(10))));
+        assert_eq!(p.p95, Some(bin_upper_ms(latency_bin(100))));
+        assert_eq!(p.p99, Some(bin_upper_ms(latency_bin(100))));
         assert_eq!(percentiles(&BTreeMap::new()), Percentiles::default());
     }
 

@@ -17,7 +17,7 @@
 //! way here, and at most one more, pass unchecked.
 
 use super::{GROUP, NewTask, Queue, priority_tag, record};
-use crate::events::{TASK_EVENTS_FIELD, event_entries, task_event_value, task_events_value};
+use crate::events::{append_task_events, task_event_value};
 use crate::store::now_ms;
 use app::model::Priority;
 use redis::{RedisResult, Value};
@@ -336,11 +336,7 @@ impl Queue {
         }
         pipe.sadd(self.keys.ready_lanes(), &kinds).ignore();
         pipe.zadd_multiple(self.keys.index(), &index).ignore();
-        for entry in event_entries(events.len()) {
-            let xadd = pipe.cmd("XADD").arg(self.keys.events()).arg("MAXLEN").arg("~");
-            xadd.arg(self.settings.events_maxlen.div_ceil(entry.len())).arg("*");
-            xadd.arg(TASK_EVENTS_FIELD).arg(task_events_value(&events[entry])).ignore();
-        }
+        append_task_events(&mut pipe, self.keys.events(), self.settings.events_maxlen, &events);
         let replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
         // From here on every task is stored: nothing below may answer otherwise.
         let mut replies = replies.into_iter().map(redis::from_redis_value::<bool>);

@@ -4,7 +4,8 @@
 //! The *finish loop* records ended attempts in batches (one script for all that ended meanwhile)
 //! and, in the same round trip, takes leases on new entries for the slots those attempts free, so
 //! a busy worker goes from one task to the next without a read of its own. (Not while the fetch
-//! loop waits on every queue's empty lanes: the next entry wakes that wait.)
+//! loop waits on every queue's empty lanes: the next entry wakes that wait; such a round ends its
+//! attempts without Lua where none needs a decision, `plain`.)
 
 use super::{
     Outcome, Queue, ResultBytes,
@@ -21,6 +22,9 @@ use redis::RedisResult;
 use std::{sync::atomic::Ordering, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::{debug, warn};
+
+mod plain;
+pub(super) use plain::PlainEnds;
 
 /// The most attempts one finish script ends.
 const FINISH_BATCH: usize = 64;
@@ -90,6 +94,11 @@ pub(super) struct Ending {
     reason: &'static str,
     session: String,
     idempotency_key: String,
+    /// The key of the ready stream the entry is on, where the holder knows it (a worker
+    /// process's lease); else empty.
+    stream: String,
+    /// Whether the task's payload is shared with other tasks (a topic message's).
+    shared_payload: bool,
     slot: Option<OwnedSemaphorePermit>,
     reply: oneshot::Sender<RedisResult<Ended>>,
 }
@@ -162,7 +171,10 @@ impl Ending {
             session: lease.session.clone().unwrap_or_default(),
             idempotency_key: lease.idempotency_key.clone().unwrap_or_default(),
         };
-        Ending::held(held, outcome, slot, reply)
+        let mut ending = Ending::held(held, outcome, slot, reply);
+        ending.stream.clone_from(&lease.stream);
+        ending.shared_payload = lease.payload_ref.is_some();
+        ending
     }
 
     /// Tells whoever waits for this ending what became of it.
@@ -191,6 +203,8 @@ impl Ending {
             reason: "",
             session: held.session,
             idempotency_key: held.idempotency_key,
+            stream: String::new(),
+            shared_payload: false,
             slot,
             reply,
         };
@@ -226,7 +240,7 @@ pub(super) async fn in_rounds<Round: Future<Output = ()>>(
 }
 
 impl Leasing {
-    /// Records ended attempts in batches (one script per queue), and reuses their slots for new
+    /// Records ended attempts in batches (a round per queue), and reuses their slots for new
     /// leases taken in the same script, up to each queue's share, unless the fetch loop waits on
     /// every queue's empty lanes (`Leasing::reading`). Runs until every lease and the fetch loop
     /// are gone.
@@ -235,7 +249,7 @@ impl Leasing {
         debug!("finishing stopped");
     }
 
-    /// Ends a batch of attempts: one script per queue, at once.
+    /// Ends a batch of attempts: a round per queue, at once.
     async fn finish_batch(&self, batch: Vec<Ending>) {
         let mut by_queue: Vec<(Served, Vec<Ending>)> = Vec::new();
         for ending in batch {
@@ -251,7 +265,8 @@ impl Leasing {
         futures::future::join_all(rounds).await;
     }
 
-    /// Ends the attempts of one queue and takes its next leases.
+    /// Ends the attempts of one queue and takes its next leases: without Lua where no end needs
+    /// a decision in Redis (plain.rs), else by the script.
     async fn finish_group(&self, served: Served, mut batch: Vec<Ending>) {
         let mut slots: Vec<_> = batch.iter_mut().filter_map(|e| e.slot.take()).collect();
         // None while stopping, nor while the fetch loop waits on empty lanes for any new entry.
@@ -259,9 +274,21 @@ impl Leasing {
             true => 0,
             false => self.serving.refill(&served, slots.len(), batch.len()),
         };
+        let queue = &served.queue;
+        // A round that takes no leases may go without Lua (plain.rs says why only then); its
+        // slots go back to the fetch loop.
+        if want == 0
+            && let Some(ended) = self.plain_ends.end(queue, &batch, &self.consumer).await
+        {
+            for (ending, ended) in batch.into_iter().zip(ended) {
+                ending.answer(Ok(ended));
+            }
+            return;
+        }
         let kinds = self.serving.kinds_arg();
-        match served.queue.end_attempts(&batch, Holders::Process, want, &self.consumer, &kinds).await {
+        match queue.end_attempts(&batch, Holders::Process, want, &self.consumer, &kinds).await {
             Ok(Finished { ended, claims, reason, retry_ms }) => {
+                self.plain_ends.settled(&batch);
                 for (ending, ended) in batch.into_iter().zip(ended) {
                     ending.answer(Ok(ended));
                 }
@@ -431,7 +458,13 @@ mod tests {
         queue.conn.clone().keys(format!("{}:staged:*", queue.keys.base())).await.unwrap()
     }
 
-    fn ending(queue: &Queue, task_id: &str, reply: &[Vec<u8>], token: &str, result: ResultBytes) -> Ending {
+    pub(super) fn ending(
+        queue: &Queue,
+        task_id: &str,
+        reply: &[Vec<u8>],
+        token: &str,
+        result: ResultBytes,
+    ) -> Ending {
         let text = |field: Run| String::from_utf8_lossy(&reply[field as usize]).into_owned();
         Ending {
             queue: queue.clone(),
@@ -447,6 +480,8 @@ mod tests {
             reason: "",
             session: String::new(),
             idempotency_key: String::new(),
+            stream: queue.keys.lane("echo")[text(Run::Stream).parse::<usize>().unwrap() - 1].clone(),
+            shared_payload: false,
             slot: None,
             reply: oneshot::channel().0,
         }

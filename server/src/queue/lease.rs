@@ -9,7 +9,7 @@
 use super::library::Call;
 use super::{
     GROUP, Outcome, Queue,
-    finish::{Applied, Ending},
+    finish::{Applied, Ending, PlainEnds},
     record,
     serving::Serving,
 };
@@ -287,6 +287,8 @@ pub(super) struct Leasing {
     /// read's next round (docs/benchmark-notes.md, "Seventh step"). A queue left out of the read
     /// (at its concurrency limit, say) would have no one to refill it, so then it stays unset.
     pub(super) reading: Arc<AtomicBool>,
+    /// How the finish loop ends attempts without Lua.
+    pub(super) plain_ends: Arc<PlainEnds>,
 }
 
 impl Leasing {
@@ -305,6 +307,7 @@ impl Leasing {
             endings: endings.downgrade(),
             shutdown,
             reading: Arc::default(),
+            plain_ends: Arc::default(),
         }
     }
 
@@ -437,9 +440,12 @@ impl Lease {
     }
 }
 
+/// A record's `waited` when its attempt was taken over from a holder that stopped: its end takes
+/// no wait sample (`NOT_SAMPLED` of lease.lua, which a unit test compares).
+pub(super) const NOT_SAMPLED: &str = "-";
+
 /// A ready stream is trimmed once it holds more entries than this (`TRIM_ABOVE` of lease.lua,
 /// which a unit test compares).
-#[cfg(test)]
 pub(super) const TRIM_ABOVE: usize = 256;
 
 #[cfg(test)]
@@ -449,6 +455,11 @@ mod tests {
     #[test]
     fn the_trim_threshold_is_lease_luas() {
         assert!(include_str!("lease.lua").contains(&format!("\nlocal TRIM_ABOVE = {TRIM_ABOVE}\n")));
+    }
+
+    #[test]
+    fn the_mark_of_an_unsampled_wait_is_lease_luas() {
+        assert!(include_str!("lease.lua").contains(&format!("\nlocal NOT_SAMPLED = '{NOT_SAMPLED}'\n")));
     }
 
     #[test]

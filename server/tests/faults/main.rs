@@ -35,6 +35,20 @@ async fn until_running(events: &mut SseReader, count: usize) -> HashSet<String> 
     running
 }
 
+/// Waits until every task of `ids` has reported progress: its handler runs. (A `running` event is
+/// written as the lease is taken, before the worker hands the lease to a handler.)
+async fn until_progress(events: &mut SseReader, ids: &HashSet<String>) {
+    let mut reported = HashSet::new();
+    while reported.len() < ids.len() {
+        let event = events.next_within(Duration::from_secs(20)).await.expect("the handlers report progress");
+        if let Some(id) =
+            event.data["task_id"].as_str().filter(|id| event.name == "progress" && ids.contains(*id))
+        {
+            reported.insert(id.to_string());
+        }
+    }
+}
+
 /// Waits until every task in `ids` has a terminal event; returns the final event name of each.
 async fn until_all_end(
     events: &mut SseReader,
@@ -123,6 +137,9 @@ async fn sigterm_lets_in_flight_tasks_finish_and_leaves_the_rest_queued() {
         ids.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 1500, "steps": 3}})).await);
     }
     let in_flight = until_running(&mut events, 2).await;
+    // A lease taken but not yet handed to a handler when the signal comes goes back to the queue,
+    // as it should: the signal waits until both handlers run.
+    until_progress(&mut events, &in_flight).await;
     signal(&stopping, "TERM");
     let status =
         tokio::time::timeout(Duration::from_secs(20), stopping.wait()).await.expect("exits").unwrap();
