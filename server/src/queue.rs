@@ -37,6 +37,7 @@ mod library;
 mod pull;
 pub mod record;
 mod serving;
+mod transaction;
 
 pub use backend::{BackendStopped, RedisBackend, backend};
 pub use enqueue::Enqueued;
@@ -1054,6 +1055,35 @@ pub(crate) mod testing {
     /// replies as they came): what a test reads a lease from.
     pub(crate) fn unpacked(replies: Vec<Vec<Vec<u8>>>) -> Vec<Vec<Vec<u8>>> {
         replies.into_iter().map(super::lease::RunReply::unpacked).collect()
+    }
+
+    /// How many times Redis ran `FCALL` so far.
+    pub(crate) async fn fcalls(queue: &Queue) -> u64 {
+        let info: String =
+            redis::cmd("INFO").arg("commandstats").query_async(&mut queue.conn.clone()).await.unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Text with task `id` written `ID` and every time in ms (13 digits) written `T`.
+    pub(crate) fn anonymous(text: &str, id: Uuid) -> String {
+        let text = text.replace(&id.to_string(), "ID");
+        let mut out = String::with_capacity(text.len());
+        let mut digits = String::new();
+        for c in text.chars().chain(std::iter::once('\0')) {
+            if c.is_ascii_digit() {
+                digits.push(c);
+                continue;
+            }
+            out.push_str(if digits.len() == 13 { "T" } else { &digits });
+            digits.clear();
+            if c != '\0' {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// An `echo` task with `payload` and no options.

@@ -12,7 +12,7 @@
 use super::{
     Backoff, Blocked, GROUP, Queue,
     finish::Ending,
-    lease::{Lease, Leasing},
+    lease::{Lease, Leasing, PlainLeases, RunReply},
     serving::{DISCOVER_EVERY, Served, Serving},
 };
 use crate::redis_client::{Conn, client_command};
@@ -358,20 +358,50 @@ impl Leasing {
             }
             let part =
                 parts.iter().find(|(p, _)| p.queue.name() == served.queue.name()).map_or(0, |(_, n)| *n);
-            let mut entries = entries;
-            // The most urgent first; what does not fit goes back for others to take.
-            entries.sort_by_key(|(_, index, _)| *index);
-            let extra = entries.split_off(part.min(entries.len()));
-            if !extra.is_empty() {
-                hand_back_unclaimed(&served.queue, &extra).await?;
-            }
-            if !entries.is_empty() {
-                let kinds = self.serving.kinds_arg();
-                let claimed = served.queue.claim(&self.consumer, &kinds, entries.len(), &entries).await?;
-                leases.extend(self.leases_of_claim(served, claimed, free));
+            if let Err(e) = self.take_read(readers, served, entries, part, free, &mut leases).await {
+                if leases.is_empty() {
+                    return Err(e);
+                }
+                // The leases taken are handed out; the entries left stay pending for this
+                // worker, and are taken over once their lease runs out.
+                warn!(error = %e, queue = served.queue.name(), "taking leases on the entries read failed");
+                return Ok((leases, false));
             }
         }
         Ok((leases, drained))
+    }
+
+    /// Takes leases on the most urgent `part` of `entries` (read from `served`'s lanes) into
+    /// `leases`, without Lua where their tasks need no decision, the rest through the claim
+    /// script; gives the entries beyond `part` back.
+    async fn take_read(
+        &self,
+        readers: &mut Readers,
+        served: &Served,
+        mut entries: Vec<Given>,
+        part: usize,
+        free: &mut Vec<OwnedSemaphorePermit>,
+        leases: &mut Vec<Lease>,
+    ) -> RedisResult<()> {
+        // The most urgent first; what does not fit goes back for others to take.
+        entries.sort_by_key(|(_, index, _)| *index);
+        let extra = entries.split_off(part.min(entries.len()));
+        if !extra.is_empty() {
+            hand_back_unclaimed(&served.queue, &extra).await?;
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if let Some((runs, rest)) = readers.lease_plain(&served.queue, &self.consumer, &entries).await {
+            leases.extend(self.leases_of_runs(&served.queue, &served.running, runs, free));
+            entries = rest;
+        }
+        if !entries.is_empty() {
+            let kinds = self.serving.kinds_arg();
+            let claimed = served.queue.claim(&self.consumer, &kinds, entries.len(), &entries).await?;
+            leases.extend(self.leases_of_claim(served, claimed, free));
+        }
+        Ok(())
     }
 
     /// The leases of a claim on `served`, noting when it said to leave the queue alone.
@@ -437,6 +467,8 @@ struct Idle {
 struct Readers {
     one: Option<Conn>,
     per_queue: HashMap<String, (Conn, Option<i64>)>,
+    /// Leases taken without Lua on `one`, between its reads.
+    plain: PlainLeases,
 }
 
 impl Readers {
@@ -447,6 +479,25 @@ impl Readers {
             None => serving.client().connect_blocking(BLOCK.max(DISCOVER_EVERY)).await?,
         };
         Ok(self.one.insert(conn))
+    }
+
+    /// Takes leases on `given` (entries of `queue` the last read on `one` brought) without Lua
+    /// where their tasks need no decision: the run replies and the entries left for the claim
+    /// script, or None when every entry is left to it (reading per queue, on a cluster, always).
+    async fn lease_plain(
+        &mut self,
+        queue: &Queue,
+        consumer: &str,
+        given: &[Given],
+    ) -> Option<(Vec<RunReply>, Vec<Given>)> {
+        let conn = self.one.as_mut()?;
+        match self.plain.take(conn, queue, consumer, given).await {
+            Ok(taken) => taken,
+            Err(_) => {
+                self.one = None;
+                None
+            }
+        }
     }
 
     /// Blocks on each group of streams (a queue's, in one slot) at once, each on its queue's own

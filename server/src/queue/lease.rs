@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
 
+mod plain;
+pub(super) use plain::PlainLeases;
+
 /// A worker's hold on one attempt of one task: what it needs to run it and to report back.
 #[derive(Debug)]
 pub struct Lease {
@@ -150,6 +153,13 @@ impl RunReply {
         }
         fields.extend(reply.drain(1..));
         Some(RunReply(fields))
+    }
+
+    /// A run reply from its fields, each named, in `Run`'s order (the leases taken without Lua:
+    /// lease/plain.rs).
+    fn from_fields(fields: [(Run, Vec<u8>); Run::FIELDS.len()]) -> RunReply {
+        debug_assert!(fields.iter().enumerate().all(|(at, (field, _))| *field as usize == at));
+        RunReply(fields.into_iter().map(|(_, value)| value).collect())
     }
 
     /// A `run` reply and the field-value pairs of its task's view that follow it (when the
@@ -321,10 +331,21 @@ impl Leasing {
         replies: Vec<Vec<Vec<u8>>>,
         slots: &mut Vec<OwnedSemaphorePermit>,
     ) -> Vec<Lease> {
+        self.leases_of_runs(queue, running, replies.into_iter().filter_map(RunReply::of), slots)
+    }
+
+    /// Turns run replies on `queue` into leases, each taking a slot from `slots` and counted in
+    /// `running`.
+    pub(super) fn leases_of_runs(
+        &self,
+        queue: &Queue,
+        running: &Arc<AtomicUsize>,
+        runs: impl IntoIterator<Item = RunReply>,
+        slots: &mut Vec<OwnedSemaphorePermit>,
+    ) -> Vec<Lease> {
         let Some(finisher) = self.endings.upgrade() else { return Vec::new() };
         let mut leases = Vec::new();
-        for reply in replies {
-            let Some(mut reply) = RunReply::of(reply) else { continue };
+        for mut reply in runs {
             let Some((task_id, stream_index)) = reply.task() else {
                 warn!("a claim named no task this worker can read; its lease will expire");
                 continue;

@@ -25,6 +25,7 @@ use crate::{
         finish::{Applied, Ended},
         lease::{NOT_SAMPLED, TRIM_ABOVE},
         record,
+        transaction::{allows_transactions, applied},
     },
     redis_client::Conn,
     stats::{Counted, latency_bin},
@@ -198,23 +199,8 @@ impl PlainEnds {
     ) -> RedisResult<Option<Vec<Ended>>> {
         let (sent, counted) = transaction(queue, batch, &read, streams, worker);
         let replies: Vec<Value> = sent.query_async(conn).await?;
-        let mut replies = replies.into_iter();
-        let (multi, exec) = (replies.next(), replies.next().unwrap_or(Value::Nil));
-        let applied = match (multi, exec) {
-            (Some(Value::Okay), Value::Array(applied)) => applied,
-            // A record changed after the read: nothing of it was applied.
-            (Some(Value::Okay), Value::Nil) => return Ok(None),
-            // Refused: `MULTI` (its commands then ran one by one), or the whole transaction
-            // (EXECABORT: a command refused as it was queued).
-            (multi, exec) => {
-                let answers = format!("MULTI answered {multi:?}; EXEC answered {exec:?}");
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "a plain end was refused",
-                    answers,
-                )));
-            }
-        };
+        // A record changed after the read: nothing of it was applied.
+        let Some(applied) = applied(replies)? else { return Ok(None) };
         // From here on every attempt is ended: nothing below may answer otherwise.
         let mut tail = applied.into_iter().rev().map(|v| redis::from_redis_value::<u64>(v).unwrap_or(0));
         let (tally_len, tallied) = (tail.next().unwrap_or(0), tail.next().unwrap_or(0));
@@ -239,13 +225,11 @@ impl PlainEnds {
 }
 
 /// A connection for plain ends: one that nothing reconnects, on which Redis has just let this
-/// user watch and run a transaction (a user refused `MULTI` would see the commands run one by one).
+/// user watch and run a transaction.
 async fn connect(queue: &Queue) -> RedisResult<Conn> {
     // A reply may take as long as on the shared connection.
     let mut conn = queue.client.connect_blocking(Duration::ZERO).await?;
-    let mut probe = redis::pipe();
-    probe.cmd("WATCH").arg(queue.keys.settings()).cmd("UNWATCH").cmd("MULTI").cmd("EXEC").cmd("TIME");
-    let _: (String, String, String, Vec<Value>, Vec<String>) = probe.query_async(&mut conn).await?;
+    allows_transactions(&mut conn, queue).await?;
     Ok(conn)
 }
 
@@ -447,7 +431,7 @@ mod tests {
         NewTask, ResultBytes, WorkflowStep,
         finish::{Holders, tests::ending},
         lease::Run,
-        testing::{echo_task, private_queue, unpacked},
+        testing::{anonymous, echo_task, fcalls, private_queue, unpacked},
     };
     use bytes::Bytes;
     use redis::AsyncCommands;
@@ -474,35 +458,6 @@ mod tests {
             ending(queue, &text(r, Run::TaskId), r, &text(r, Run::Token), ResultBytes::Payload)
         };
         replies.iter().map(ending_of).collect()
-    }
-
-    /// How many times Redis ran `FCALL` so far.
-    async fn fcalls(queue: &Queue) -> u64 {
-        let info: String =
-            redis::cmd("INFO").arg("commandstats").query_async(&mut queue.conn.clone()).await.unwrap();
-        info.lines()
-            .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Text with task `id` written `ID` and every time in ms (13 digits) written `T`.
-    fn anonymous(text: &str, id: Uuid) -> String {
-        let text = text.replace(&id.to_string(), "ID");
-        let mut out = String::with_capacity(text.len());
-        let mut digits = String::new();
-        for c in text.chars().chain(std::iter::once('\0')) {
-            if c.is_ascii_digit() {
-                digits.push(c);
-                continue;
-            }
-            out.push_str(if digits.len() == 13 { "T" } else { &digits });
-            digits.clear();
-            if c != '\0' {
-                out.push(c);
-            }
-        }
-        out
     }
 
     /// Everything the end of `ending`'s attempt leaves in Redis: its record, how long its keys

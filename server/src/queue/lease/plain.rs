@@ -1,0 +1,762 @@
+//! Leases without Lua (docs/benchmark-notes.md, "Eleventh step"). The entries a fetch loop's
+//! blocking read brought are pending for this worker already, and on a queue without limits (not
+//! paused, no concurrency or rate limit) a task that waits (not ended, not left running by a
+//! holder that stopped, no cancel asked for, not expired) needs no decision in Redis to start:
+//! its record and the queue's settings are watched and read, then one transaction of plain
+//! commands writes what `take_lease` (lease.lua) writes for it (the record's running fields and
+//! the `running` event) and reads a payload kept under a key of its own. The run replies are
+//! built here, field for field as lease.lua builds them.
+//!
+//! Whatever needs a decision goes to the claim script as before, which takes these entries just
+//! as it took them before: a task that does (the rest of the batch still starts here), a queue
+//! with limits, a transaction voided by a change in between (the whole batch), or an error.
+//!
+//! The transactions go on the fetch loop's blocking-read connection, between two reads: nothing
+//! else sends on it and nothing reconnects it, so a watch holds from the read to the transaction.
+
+use super::{Run, RunReply};
+use crate::{
+    events::{append_task_events, task_event_value},
+    queue::{
+        Queue,
+        fetch::Given,
+        record,
+        transaction::{allows_transactions, applied},
+    },
+    redis_client::Conn,
+};
+use redis::{RedisResult, Value};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+use tracing::warn;
+use uuid::Uuid;
+
+/// What a plain lease reads of each record, in this order (`Record`).
+const READ: [&str; 14] = [
+    record::STATUS,
+    record::CANCEL,
+    record::ATTEMPTS,
+    record::STARTED,
+    record::MAX_ATTEMPTS,
+    record::TIMEOUT_MS,
+    record::PAYLOAD_TYPE,
+    record::SESSION,
+    record::IDEMPOTENCY_KEY,
+    record::PAYLOAD_BYTES,
+    record::EXPIRES,
+    record::PAYLOAD_REF,
+    record::TRACEPARENT,
+    record::PAYLOAD,
+];
+
+/// The queue settings that limit starts (`start_budget` of lease.lua): with any of them set, the
+/// script decides.
+const LIMITS: [&str; 4] = ["paused", "concurrency", "rate_limit", "rate_period_ms"];
+
+/// Payloads under a key of their own up to this size come with the lease (`INLINE_PAYLOAD_MAX`
+/// of lease.lua, which a unit test compares); a larger one the worker reads itself.
+pub(in crate::queue) const LEASED_PAYLOAD_MAX: u64 = 16384;
+
+/// How long leases go through the script after the plain way failed (an ACL user without the
+/// transaction commands, a connection lost) before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// How long a queue found with limits leaves its leases to the script before it is looked at
+/// again (each look reads the records of a read's entries for nothing).
+const LIMITED_FOR: Duration = Duration::from_secs(1);
+
+/// A fetch loop's way of taking leases without Lua on the connection of its blocking reads.
+#[derive(Default)]
+pub(in crate::queue) struct PlainLeases {
+    /// Whether Redis let this user watch and run a transaction (asked again after a failure).
+    probed: bool,
+    /// When the plain way last failed: it rests `RETRY_AFTER`.
+    failed_at: Option<Instant>,
+    /// The queues last found with limits, and when.
+    limited: HashMap<String, Instant>,
+}
+
+/// What a plain lease reads of one record (`READ`): each field's bytes, `None` when absent.
+struct Record([Option<Vec<u8>>; READ.len()]);
+
+impl Record {
+    fn field(&self, field: &str) -> Option<&[u8]> {
+        let at = READ.iter().position(|f| *f == field).expect("a field the lease reads");
+        self.0[at].as_deref()
+    }
+
+    fn text(&self, field: &str) -> Vec<u8> {
+        self.field(field).unwrap_or_default().to_vec()
+    }
+
+    fn take(&mut self, field: &str) -> Option<Vec<u8>> {
+        let at = READ.iter().position(|f| *f == field).expect("a field the lease reads");
+        self.0[at].take()
+    }
+
+    /// A number field as Lua's `tonumber` reads the values Courier writes: `Err` for one that is
+    /// set but not a whole number (the script decides what it means).
+    fn number(&self, field: &str) -> Result<Option<u64>, ()> {
+        match self.field(field).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => std::str::from_utf8(v).ok().and_then(|t| t.parse().ok()).map(Some).ok_or(()),
+        }
+    }
+
+    /// The attempt this lease starts (lease.lua's `next_attempt`), when its task needs no decision
+    /// in Redis at `now_ms`: it waits (neither ended nor running: a running one's holder stopped,
+    /// and the script takes it over), no cancel was asked for and its expiry has not passed.
+    fn plain_start(&self, now_ms: u64) -> Option<u64> {
+        let waits = self
+            .field(record::STATUS)
+            .is_some_and(|status| !matches!(status, b"running" | b"succeeded" | b"failed" | b"cancelled"));
+        let expired = self.number(record::EXPIRES).ok()?.is_some_and(|at| at <= now_ms);
+        let cancel = self.field(record::CANCEL) == Some(b"1");
+        let attempt = self.number(record::ATTEMPTS).ok()?.unwrap_or(0) + 1;
+        (waits && !cancel && !expired).then_some(attempt)
+    }
+
+    /// The task a payload kept under a key of its own is stored under: the one it refers to, or
+    /// its own. None for a reference not written as Courier writes ids (the script reads it).
+    fn payload_owner(&self, id: Uuid) -> Option<Uuid> {
+        match self.field(record::PAYLOAD_REF).filter(|r| !r.is_empty()) {
+            None => Some(id),
+            Some(owner) => std::str::from_utf8(owner).ok().and_then(task_id),
+        }
+    }
+
+    /// Whether this lease can be taken here: its task needs no decision, and the record's values
+    /// read as the script reads them.
+    fn plain(&self, id: Uuid, now_ms: u64) -> Option<u64> {
+        self.number(record::PAYLOAD_BYTES).ok()?;
+        self.payload_owner(id)?;
+        self.plain_start(now_ms)
+    }
+}
+
+/// The task `text` names, if it is written as Courier writes ids (hyphenated, lower case): the
+/// keys built from the id are then the ones the script builds from the text.
+fn task_id(text: &str) -> Option<Uuid> {
+    text.parse().ok().filter(|id: &Uuid| id.to_string() == text)
+}
+
+/// One entry a plain lease starts: where it is, its task and what the read found of it.
+struct Start<'g> {
+    given: &'g Given,
+    id: Uuid,
+    record: Record,
+    attempt: u64,
+}
+
+/// What the read before a plain lease found: the entries that start here, the rest (for the
+/// script), and Redis's time (ms).
+struct Read<'g> {
+    starts: Vec<Start<'g>>,
+    rest: Vec<Given>,
+    now_ms: u64,
+}
+
+impl PlainLeases {
+    /// Takes leases on `given` (entries of `queue` a blocking read brought for `consumer`) without
+    /// Lua where their tasks need no decision, on `conn` (the fetch loop's, which nothing else
+    /// uses and nothing reconnects): the run replies and the entries left for the claim script,
+    /// or None when every entry is left to it. After an error the caller drops `conn`, whose
+    /// state is then unknown, and the script takes the entries.
+    pub(in crate::queue) async fn take(
+        &mut self,
+        conn: &mut Conn,
+        queue: &Queue,
+        consumer: &str,
+        given: &[Given],
+    ) -> RedisResult<Option<(Vec<RunReply>, Vec<Given>)>> {
+        let limited = self.limited.get(queue.name()).is_some_and(|at| at.elapsed() < LIMITED_FOR);
+        if conn.is_cluster() || limited || self.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+            return Ok(None);
+        }
+        if !self.probed {
+            if let Err(e) = allows_transactions(conn, queue).await {
+                // Refused (an ACL user without them), the connection is left as it was.
+                warn!(queue = queue.name(), error = %e, "no transactions for leases: the script takes them");
+                self.failed_at = Some(Instant::now());
+                return Ok(None);
+            }
+            self.probed = true;
+        }
+        let taken = async {
+            let Some(mut read) = read(conn, queue, given).await? else {
+                self.limited.insert(queue.name().to_string(), Instant::now());
+                return Ok(None);
+            };
+            if read.starts.is_empty() {
+                return Ok(None);
+            }
+            let rest = std::mem::take(&mut read.rest);
+            Ok(commit(conn, queue, consumer, read).await?.map(|runs| (runs, rest)))
+        };
+        taken.await.inspect_err(|e| {
+            // A transaction whose answer was lost may have been applied: the script then finds
+            // those tasks running and takes them over (their first leases were never handed
+            // out), logging those attempts as lost.
+            warn!(queue = queue.name(), error = %e, "leasing without Lua failed: the script takes the leases");
+            (self.probed, self.failed_at) = (false, Some(Instant::now()));
+        })
+    }
+}
+
+/// Watches the records of `given`'s tasks and `queue`'s settings on `conn` and reads what their
+/// leases need. None (the watch let go) when the queue has limits, for the script to apply.
+async fn read<'g>(conn: &mut Conn, queue: &Queue, given: &'g [Given]) -> RedisResult<Option<Read<'g>>> {
+    // An entry of a task met before in this batch is left to the script (which takes over the
+    // lease the first one takes here), as is one not naming a task as Courier writes ids.
+    let mut seen = std::collections::HashSet::new();
+    let ids: Vec<Option<Uuid>> = given
+        .iter()
+        .map(|(_, _, entry)| {
+            entry.get::<String>("task").and_then(|t| task_id(&t)).filter(|id| seen.insert(*id))
+        })
+        .collect();
+    let tasks: Vec<String> = ids.iter().flatten().map(|id| queue.keys.task(id)).collect();
+    let mut pipe = redis::pipe();
+    pipe.cmd("WATCH").arg(queue.keys.settings()).arg(&tasks).ignore();
+    pipe.cmd("HMGET").arg(queue.keys.settings()).arg(&LIMITS[..]);
+    for task in &tasks {
+        pipe.cmd("HMGET").arg(task).arg(&READ[..]);
+    }
+    pipe.cmd("TIME");
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    let mut replies = replies.into_iter();
+    let mut next = || replies.next().unwrap_or(Value::Nil);
+    let limits: Vec<Option<String>> = redis::from_redis_value(next())?;
+    let mut records = Vec::with_capacity(tasks.len());
+    for _ in &tasks {
+        let fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(next())?;
+        let fields: [Option<Vec<u8>>; READ.len()] = fields
+            .try_into()
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Parse, "HMGET's reply")))?;
+        records.push(Record(fields));
+    }
+    let (seconds, micros): (u64, u64) = redis::from_redis_value(next())?;
+    let now_ms = seconds * 1000 + micros / 1000;
+    if limits.iter().flatten().any(|value| !value.is_empty()) {
+        redis::cmd("UNWATCH").exec_async(conn).await?;
+        return Ok(None);
+    }
+    let (mut starts, mut rest) = (Vec::new(), Vec::new());
+    let mut records = records.into_iter();
+    for (given, id) in given.iter().zip(ids) {
+        let Some(id) = id else {
+            rest.push(given.clone());
+            continue;
+        };
+        let record = records.next().expect("a record read for each task");
+        match record.plain(id, now_ms) {
+            Some(attempt) => starts.push(Start { given, id, record, attempt }),
+            None => rest.push(given.clone()),
+        }
+    }
+    if starts.is_empty() {
+        redis::cmd("UNWATCH").exec_async(conn).await?;
+    }
+    Ok(Some(Read { starts, rest, now_ms }))
+}
+
+/// Sends the transaction that starts `read`'s tasks for `consumer`, as `take_lease` would, on the
+/// connection that read them: their run replies, or None when a change to a record or to the
+/// queue's settings voided it.
+async fn commit(
+    conn: &mut Conn,
+    queue: &Queue,
+    consumer: &str,
+    read: Read<'_>,
+) -> RedisResult<Option<Vec<RunReply>>> {
+    let Read { starts, now_ms, .. } = read;
+    let now = now_ms.to_string();
+    let token_base = Uuid::now_v7();
+    let tokens: Vec<String> = (0..starts.len()).map(|n| format!("{token_base}:{n}")).collect();
+    let mut pipe = redis::pipe();
+    // By hand rather than `atomic()`, as for plain ends: `MULTI`'s own answer is read.
+    pipe.ignore_errors().cmd("MULTI");
+    let mut events = Vec::with_capacity(starts.len());
+    // Where in `EXEC`'s answer each payload read here is.
+    let mut reads: Vec<Option<usize>> = Vec::with_capacity(starts.len());
+    let mut queued = 0;
+    for (start, token) in starts.iter().zip(&tokens) {
+        let Start { given: (kind, _, _), id, record, attempt } = start;
+        let attempt = attempt.to_string();
+        let mut hset = redis::cmd("HSET");
+        hset.arg(queue.keys.task(id))
+            .arg(record::STATUS)
+            .arg("running")
+            .arg(record::LEASE)
+            .arg(token)
+            .arg(record::UPDATED)
+            .arg(&now)
+            .arg(record::ATTEMPTS)
+            .arg(&attempt)
+            .arg(record::ATTEMPT_STARTED)
+            .arg(&now)
+            .arg(record::WORKER)
+            .arg(consumer);
+        if record.field(record::STARTED).is_none() {
+            // A first start.
+            hset.arg(record::STARTED).arg(&now);
+        } else {
+            // A later one: the earlier attempt's progress and wait mark go.
+            hset.arg(record::PROGRESS).arg("").arg(record::WAITED).arg("");
+        }
+        pipe.add_command(hset).ignore();
+        queued += 1;
+        // (`plain` found the size a number, or absent: 0, as the script reads it.)
+        let small = record.number(record::PAYLOAD_BYTES).ok().flatten().unwrap_or(0) <= LEASED_PAYLOAD_MAX;
+        if record.field(record::PAYLOAD).is_none() && small {
+            let owner = record.payload_owner(*id).expect("read checked it");
+            pipe.cmd("GET").arg(queue.keys.payload(&owner)).ignore();
+            reads.push(Some(queued));
+            queued += 1;
+        } else {
+            reads.push(None);
+        }
+        let id = id.to_string();
+        events.push(task_event_value(["running", &id, kind, "running", &attempt, "", &now, "", ""]));
+    }
+    append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
+    pipe.cmd("EXEC");
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    let Some(mut applied) = applied(replies)? else { return Ok(None) };
+    let runs = starts
+        .into_iter()
+        .zip(tokens)
+        .zip(reads)
+        .map(|((start, token), read)| {
+            let read = read.map(|at| std::mem::replace(&mut applied[at], Value::Nil));
+            run_reply(start, token, read)
+        })
+        .collect();
+    Ok(Some(runs))
+}
+
+/// The run reply of `start`'s lease (`take_lease`'s, field for field), held by `token`; `read`:
+/// the answer to the `GET` of its payload, if the transaction read it.
+fn run_reply(start: Start<'_>, token: String, read: Option<Value>) -> RunReply {
+    let Start { given: (kind, stream, entry), id, mut record, attempt } = start;
+    let (payload_is, payload): (&[u8], Vec<u8>) = match (record.take(record::PAYLOAD), read) {
+        // A small payload lives in the record.
+        (Some(payload), _) => (b"1", payload),
+        (None, Some(read)) => match redis::from_redis_value::<Option<Vec<u8>>>(read).ok().flatten() {
+            Some(payload) => (b"1", payload),
+            None => (b"0", Vec::new()),
+        },
+        (None, None) => (b"2", Vec::new()),
+    };
+    let fields: [(Run, Vec<u8>); Run::FIELDS.len()] = [
+        (Run::Tag, b"run".to_vec()),
+        (Run::TaskId, id.to_string().into_bytes()),
+        (Run::Stream, (stream + 1).to_string().into_bytes()),
+        (Run::Entry, entry.id.clone().into_bytes()),
+        (Run::Token, token.into_bytes()),
+        (Run::Attempt, attempt.to_string().into_bytes()),
+        (Run::Kind, kind.clone().into_bytes()),
+        (Run::MaxAttempts, record.field(record::MAX_ATTEMPTS).unwrap_or(b"1").to_vec()),
+        (Run::TimeoutMs, record.text(record::TIMEOUT_MS)),
+        (Run::PayloadIs, payload_is.to_vec()),
+        (Run::PayloadRef, record.text(record::PAYLOAD_REF)),
+        (Run::Traceparent, record.text(record::TRACEPARENT)),
+        (Run::PayloadType, record.text(record::PAYLOAD_TYPE)),
+        (Run::Session, record.text(record::SESSION)),
+        (Run::IdempotencyKey, record.text(record::IDEMPOTENCY_KEY)),
+        (Run::Payload, payload),
+    ];
+    RunReply::from_fields(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{
+        GROUP, NewTask, SharedPayload,
+        testing::{anonymous, echo_task, fcalls, private_queue, unpacked},
+    };
+    use bytes::Bytes;
+    use redis::{
+        AsyncCommands,
+        streams::{StreamPendingCountReply, StreamRangeReply, StreamReadReply},
+    };
+    use std::collections::HashMap;
+
+    /// The consumer the tests' leases are taken for.
+    const WORKER: &str = "unit-worker";
+
+    /// Reads up to `count` new entries of each stream of the `echo` lane for `WORKER`, as a
+    /// blocking read gives them to the fetch loop: pending, each with its stream's place.
+    async fn read_entries(queue: &Queue, count: usize) -> Vec<Given> {
+        let streams = queue.keys.lane("echo");
+        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(WORKER)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&streams[..])
+            .arg(&[">"; 3][..])
+            .query_async(&mut queue.conn.clone())
+            .await
+            .unwrap();
+        let place = |key: &str| streams.iter().position(|s| s == key).unwrap();
+        let mut given = Vec::new();
+        for key in reply.keys {
+            let at = place(&key.key);
+            given.extend(key.ids.into_iter().map(|entry| ("echo".to_string(), at, entry)));
+        }
+        given
+    }
+
+    /// The task an entry names.
+    fn task_of((_, _, entry): &Given) -> Uuid {
+        entry.get::<String>("task").unwrap().parse().unwrap()
+    }
+
+    /// A connection for plain leases, as the fetch loop's blocking reads have.
+    async fn own_connection(queue: &Queue) -> Conn {
+        queue.client.connect_blocking(Duration::ZERO).await.unwrap()
+    }
+
+    /// Everything a lease on `given` left: its run reply, the task's record and whether it is
+    /// kept for good, who holds the entry, and the task's events; its id, its entry, the id of
+    /// the task whose payload it shares (`owner`) and its token's base written `ID`, `ENTRY`,
+    /// `OWNER` and `BASE`, times `T`.
+    async fn started(queue: &Queue, given: &Given, owner: Option<Uuid>, reply: Vec<Vec<u8>>) -> Vec<String> {
+        let (_, stream, entry) = given;
+        let id = task_of(given);
+        let token = String::from_utf8_lossy(&reply[Run::Token as usize]).into_owned();
+        let (base, n) = token.split_once(':').expect("a token is base:n");
+        assert!(base.parse::<Uuid>().is_ok() && n.parse::<u32>().is_ok(), "{token}");
+        let owner = owner.map(|o| o.to_string()).unwrap_or_else(|| "no owner".into());
+        let clean = |text: &str| {
+            let text = text.replace(base, "BASE").replace(&entry.id, "ENTRY").replace(&owner, "OWNER");
+            anonymous(&text, id)
+        };
+        let mut lines: Vec<String> = reply
+            .iter()
+            .enumerate()
+            .map(|(at, field)| clean(&format!("reply {at}: {}", String::from_utf8_lossy(field))))
+            .collect();
+        let mut conn = queue.conn.clone();
+        let record: HashMap<String, String> = conn.hgetall(queue.keys.task(&id)).await.unwrap();
+        let mut fields: Vec<String> = record.iter().map(|(f, v)| clean(&format!("{f}={v}"))).collect();
+        fields.sort();
+        lines.extend(fields);
+        let ttl: i64 = conn.pttl(queue.keys.task(&id)).await.unwrap();
+        lines.push(format!("record kept for good: {}", ttl == -1));
+        let stream = &queue.keys.lane("echo")[*stream];
+        let pending: StreamPendingCountReply =
+            conn.xpending_count(stream, GROUP, "-", "+", 100).await.unwrap();
+        let holder = pending.ids.iter().find(|p| p.id == entry.id).map(|p| p.consumer.clone());
+        lines.push(format!("entry held by {holder:?}"));
+        let events: StreamRangeReply = conn.xrange_all(queue.keys.events()).await.unwrap();
+        for entry in &events.ids {
+            for (field, value) in &entry.map {
+                let value: String = redis::from_redis_value(value.clone()).unwrap();
+                for event in value.split('\u{1e}').filter(|e| e.contains(&id.to_string())) {
+                    lines.push(clean(&format!("{field}: {event}")));
+                }
+            }
+        }
+        lines
+    }
+
+    /// A run reply's fields, in `Run`'s order (as a claim's unpacked are).
+    fn fields(run: RunReply) -> Vec<Vec<u8>> {
+        run.0
+    }
+
+    #[test]
+    fn the_leased_payload_threshold_is_lease_luas() {
+        let lua = include_str!("../lease.lua");
+        assert!(lua.contains(&format!("\nlocal INLINE_PAYLOAD_MAX = {LEASED_PAYLOAD_MAX}\n")));
+    }
+
+    #[test]
+    fn the_limits_are_the_ones_the_script_reads() {
+        let lua = include_str!("../lease.lua");
+        let start = "redis.call('HMGET', base .. ':settings', ";
+        let read = &lua[lua.find(start).expect("start_budget reads the settings") + start.len()..];
+        let read: Vec<String> = read[..read.find(')').unwrap()]
+            .split(',')
+            .map(|f| f.trim().trim_matches('\'').to_string())
+            .collect();
+        assert_eq!(read, LIMITS);
+    }
+
+    /// Tasks of every kind a plain lease starts, started by the script and plain, each way in one
+    /// batch (so that tokens count up and payload reads sit among the other answers), leave the
+    /// same record, holder and events and get the same run reply.
+    #[tokio::test]
+    async fn a_plain_lease_writes_and_replies_what_the_script_does() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let with_options = || {
+            let mut task = echo_task(Bytes::from_static(b"{\"text\": \"options\"}"));
+            task.payload_type = "application/json".into();
+            task.max_attempts = 3;
+            task.timeout_ms = Some(2500);
+            task.priority = app::model::Priority::High;
+            task.session = Some("account".into());
+            task.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+            task
+        };
+        /// What sets a variant apart beyond its task.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Then {
+            Nothing,
+            /// An earlier attempt ran (its retry came due).
+            Again,
+            /// Its payload, under a key of its own, expired.
+            PayloadGone,
+            /// Its payload is another task's.
+            Shared,
+        }
+        let variants = [
+            // A small text payload, kept in the record.
+            (echo_task(Bytes::from_static(b"{\"text\": \"hello\"}")), Then::Nothing),
+            // A small payload under a key of its own, read by the transaction.
+            (echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])), Then::Nothing),
+            (echo_task(Bytes::from_static(&[0xff, 0x01])), Then::PayloadGone),
+            // A large payload: the worker reads it itself.
+            (echo_task(Bytes::from(vec![0xfe; LEASED_PAYLOAD_MAX as usize + 1])), Then::Nothing),
+            // Every option a lease hands on, and an idempotency key.
+            (with_options(), Then::Nothing),
+            (with_options(), Then::Again),
+            // A topic message's payload, stored under the first message's id.
+            (echo_task(Bytes::from_static(&[0xff, 0x02])), Then::Shared),
+        ];
+        // Each variant twice: the first of each pair for the script, the second to start plain.
+        let mut twins: Vec<(NewTask, Option<Uuid>)> = Vec::new();
+        for _way in 0..2 {
+            for (variant, then) in &variants {
+                let mut task = variant.clone();
+                task.id = Uuid::now_v7();
+                let mut owner = None;
+                if then == &Then::Shared {
+                    let mut first = echo_task(task.payload.clone());
+                    first.shared_payload = Some(SharedPayload { owner: first.id, tasks: 2 });
+                    queue.enqueue(&first).await.unwrap();
+                    task.shared_payload = Some(SharedPayload { owner: first.id, tasks: 2 });
+                    owner = Some(first.id);
+                }
+                if task.session.is_some() {
+                    task.session = Some(format!("account-{}", task.id));
+                    let key = queue.keys.idempotency(&task.id.to_string());
+                    let _: () = conn.set_ex(&key, task.id.to_string(), 600).await.unwrap();
+                    task.idempotency_key = Some(key);
+                }
+                queue.enqueue(&task).await.unwrap();
+                let record = queue.keys.task(&task.id);
+                match then {
+                    Then::Again => {
+                        let fields =
+                            [("started", "1"), ("attempts", "1"), ("progress", "40"), ("waited", "-")];
+                        let _: () = conn.hset_multiple(&record, &fields).await.unwrap();
+                    }
+                    Then::PayloadGone => {
+                        let _: () = conn.del(queue.keys.payload(&task.id)).await.unwrap();
+                    }
+                    _ => {}
+                }
+                twins.push((task, owner));
+            }
+        }
+        let (by_script, by_plain) = twins.split_at(variants.len());
+        let entries = read_entries(&queue, 100).await;
+        let of = |tasks: &[(NewTask, Option<Uuid>)]| -> Vec<Given> {
+            let ids: Vec<Uuid> = tasks.iter().map(|(t, _)| t.id).collect();
+            entries.iter().filter(|e| ids.contains(&task_of(e))).cloned().collect()
+        };
+        let (script_entries, plain_entries) = (of(by_script), of(by_plain));
+        assert_eq!((script_entries.len(), plain_entries.len()), (variants.len(), variants.len()));
+        let claimed = queue.claim(WORKER, "*", script_entries.len(), &script_entries).await.unwrap();
+        let script_replies = unpacked(claimed.0);
+        let before = fcalls(&queue).await;
+        let mut plain = PlainLeases::default();
+        let mut own = own_connection(&queue).await;
+        let (runs, rest) = plain
+            .take(&mut own, &queue, WORKER, &plain_entries)
+            .await
+            .unwrap()
+            .expect("the tasks need no decision: they start plain");
+        assert!(rest.is_empty());
+        assert_eq!(fcalls(&queue).await, before, "no function ran");
+        let plain_replies: Vec<Vec<Vec<u8>>> = runs.into_iter().map(fields).collect();
+        assert_eq!(plain_replies.len(), variants.len());
+        let mut payloads_read = 0;
+        for (at, (script_task, owner)) in by_script.iter().enumerate() {
+            let (plain_task, plain_owner) = &by_plain[at];
+            let script_at = script_entries.iter().position(|e| task_of(e) == script_task.id).unwrap();
+            let plain_at = plain_entries.iter().position(|e| task_of(e) == plain_task.id).unwrap();
+            assert_eq!(script_at, plain_at, "the same place in each batch");
+            let script_wrote =
+                started(&queue, &script_entries[script_at], *owner, script_replies[script_at].clone()).await;
+            let plain_wrote =
+                started(&queue, &plain_entries[plain_at], *plain_owner, plain_replies[plain_at].clone())
+                    .await;
+            assert!(script_wrote.contains(&"status=running".to_string()), "{script_wrote:?}");
+            assert!(
+                script_wrote.iter().any(|l| l.starts_with("e: running\u{1f}ID\u{1f}echo")),
+                "{script_wrote:?}"
+            );
+            assert_eq!(plain_wrote, script_wrote);
+            let payload = &plain_replies[plain_at][Run::Payload as usize];
+            payloads_read +=
+                usize::from(payload.as_slice() == [0xff, 0x00, 0xfe] || payload.as_slice() == [0xff, 0x02]);
+        }
+        assert_eq!(payloads_read, 2, "the transaction read the payloads under keys of their own");
+    }
+
+    /// Tasks that need a decision are left to the script (the others in the batch still start
+    /// plain), and a queue with limits leaves the whole batch to it; nothing of theirs is written.
+    #[tokio::test]
+    async fn what_needs_a_decision_is_left_to_the_script_untouched() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let tasks: Vec<NewTask> = (0..5).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
+        for task in &tasks {
+            queue.enqueue(task).await.unwrap();
+        }
+        let record = |i: usize| queue.keys.task(&tasks[i].id);
+        // Left running by a holder that stopped, cancelled, expired, and ended.
+        let stopped = [
+            ("status", "running"),
+            ("attempts", "1"),
+            ("started", "1"),
+            ("attempt_started", "1"),
+            ("worker", "gone"),
+        ];
+        let _: () = conn.hset_multiple(record(0), &stopped).await.unwrap();
+        let _: () = conn.hset(record(1), "cancel", "1").await.unwrap();
+        let _: () = conn.hset(record(2), "expires", "1").await.unwrap();
+        let _: () = conn.hset(record(3), "status", "succeeded").await.unwrap();
+        let mut entries = read_entries(&queue, 5).await;
+        // The last task's entry twice (a task met twice in one read): its second goes to the script.
+        entries.push(entries[4].clone());
+        let mut records = Vec::new();
+        for i in 0..5 {
+            let fields: HashMap<String, String> = conn.hgetall(record(i)).await.unwrap();
+            records.push(fields);
+        }
+        let mut plain = PlainLeases::default();
+        let mut own = own_connection(&queue).await;
+        // Those needing a decision alone: none starts, and their watch is let go (a change to one
+        // of them does not void the next transaction).
+        assert!(plain.take(&mut own, &queue, WORKER, &entries[..4]).await.unwrap().is_none());
+        let _: () = conn.hset(record(0), "progress", "10").await.unwrap();
+        records[0].insert("progress".into(), "10".into());
+        let (runs, rest) =
+            plain.take(&mut own, &queue, WORKER, &entries).await.unwrap().expect("one starts plain");
+        let started: Vec<Vec<u8>> =
+            runs.into_iter().map(|r| fields(r).swap_remove(Run::TaskId as usize)).collect();
+        assert_eq!(started, [tasks[4].id.to_string().into_bytes()]);
+        let entry_ids = |entries: &[Given]| entries.iter().map(|(_, _, e)| e.id.clone()).collect::<Vec<_>>();
+        let left = [&entries[..4], &entries[5..]].concat();
+        assert_eq!(entry_ids(&rest), entry_ids(&left));
+        for (i, before) in records.iter().enumerate().take(4) {
+            let now: HashMap<String, String> = conn.hgetall(record(i)).await.unwrap();
+            assert_eq!(&now, before, "task {i} untouched");
+        }
+        // The script decides for the rest: a takeover, a cancel, an expiry, a drop, and a
+        // takeover of the lease just taken.
+        let claimed = unpacked(queue.claim(WORKER, "*", rest.len(), &rest).await.unwrap().0);
+        let answers: Vec<String> =
+            claimed.iter().map(|r| String::from_utf8_lossy(&r[0]).into_owned()).collect();
+        assert_eq!(answers, ["run", "cancelled", "expired", "drop", "run"]);
+
+        // A queue with a limit: every entry to the script, and the queue is looked at again only
+        // after a while.
+        for (field, value) in [("paused", "1"), ("concurrency", "10"), ("rate_limit", "100")] {
+            let task = echo_task(Bytes::from_static(b"p"));
+            queue.enqueue(&task).await.unwrap();
+            let _: () = conn.hset(queue.keys.settings(), field, value).await.unwrap();
+            let entries = read_entries(&queue, 1).await;
+            let mut limited = PlainLeases::default();
+            assert!(limited.take(&mut own, &queue, WORKER, &entries).await.unwrap().is_none(), "{field}");
+            let _: () = conn.hdel(queue.keys.settings(), field).await.unwrap();
+            assert!(
+                limited.take(&mut own, &queue, WORKER, &entries).await.unwrap().is_none(),
+                "{field}: later"
+            );
+            let status: String = conn.hget(queue.keys.task(&task.id), "status").await.unwrap();
+            assert_eq!(status, "queued", "{field}");
+            let claimed = queue.claim(WORKER, "*", 1, &entries).await.unwrap();
+            assert_eq!(unpacked(claimed.0)[0][0], b"run");
+        }
+        // The watches were let go (the settings changed since): a transaction now is applied.
+        let task = echo_task(Bytes::from_static(b"p"));
+        queue.enqueue(&task).await.unwrap();
+        let entries = read_entries(&queue, 1).await;
+        assert!(plain.take(&mut own, &queue, WORKER, &entries).await.unwrap().is_some());
+    }
+
+    /// A record or the queue's settings changed between the read and the transaction voids it:
+    /// nothing is written, and the script takes the entries.
+    #[tokio::test]
+    async fn a_change_after_the_read_voids_the_transaction() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let mut own = own_connection(&queue).await;
+        for change in ["record", "settings"] {
+            let task = echo_task(Bytes::from_static(b"p"));
+            queue.enqueue(&task).await.unwrap();
+            let entries = read_entries(&queue, 1).await;
+            let read = read(&mut own, &queue, &entries).await.unwrap().expect("no limits");
+            assert_eq!(read.starts.len(), 1);
+            match change {
+                "record" => {
+                    let _: () = conn.hset(queue.keys.task(&task.id), "cancel", "1").await.unwrap();
+                }
+                _ => {
+                    let _: () = conn.hset(queue.keys.settings(), "paused", "1").await.unwrap();
+                }
+            }
+            assert!(commit(&mut own, &queue, WORKER, read).await.unwrap().is_none(), "{change}");
+            let status: String = conn.hget(queue.keys.task(&task.id), "status").await.unwrap();
+            assert_eq!(status, "queued", "{change}: nothing written");
+            let claimed = unpacked(queue.claim(WORKER, "*", 1, &entries).await.unwrap().0);
+            let answer = String::from_utf8_lossy(&claimed[0][0]).into_owned();
+            assert_eq!(answer, if change == "record" { "cancelled" } else { "later" }, "{change}");
+            let _: () = conn.hdel(queue.keys.settings(), "paused").await.unwrap();
+        }
+    }
+
+    /// A Redis user that may not run a transaction never gets a lease's commands: the first use
+    /// of the connection finds out, and the plain way rests while the script takes the leases.
+    #[tokio::test]
+    async fn a_user_refused_transactions_leaves_the_leases_to_the_script() {
+        let ((redis, _dir), queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "no-multi", "on", ">pw", "~*", "&*", "+@all", "-multi"][..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let url = redis.url();
+        let at = url.find('@').expect("the URL names a user");
+        let client =
+            crate::redis_client::open(&format!("redis://no-multi:pw{}", &url[at..]), false, None).unwrap();
+        let limited_conn = client.connect(Duration::from_secs(10)).await.unwrap();
+        let limited = Queue::new(client, limited_conn, "unit", "default", (*queue.settings).clone());
+        let mut own = limited.client.connect_blocking(Duration::ZERO).await.unwrap();
+        let task = echo_task(Bytes::from_static(b"p"));
+        queue.enqueue(&task).await.unwrap();
+        let entries = read_entries(&queue, 1).await;
+        let mut plain = PlainLeases::default();
+        assert!(plain.take(&mut own, &limited, WORKER, &entries).await.unwrap().is_none());
+        assert!(plain.failed_at.is_some(), "it rests");
+        let status: String = conn.hget(queue.keys.task(&task.id), "status").await.unwrap();
+        assert_eq!(status, "queued", "nothing of the lease ran");
+        // The connection is as it was: the script's claim on it starts the task.
+        let claimed = unpacked(limited.claim(WORKER, "*", 1, &entries).await.unwrap().0);
+        assert_eq!(claimed[0][0], b"run");
+        let _: String = redis::cmd("PING").query_async(&mut own).await.unwrap();
+    }
+}
