@@ -98,7 +98,7 @@ impl Leasing {
                 }
                 Err(_) if self.shutdown.is_cancelled() => break,
                 Err(e) => {
-                    readers = Readers::default();
+                    readers.reset();
                     if e.code() == Some("NOGROUP") {
                         // Redis lost a group (a restart without persistence): make them again.
                         let kinds = self.serving.kinds();
@@ -362,9 +362,14 @@ impl Leasing {
                 if leases.is_empty() {
                     return Err(e);
                 }
-                // The leases taken are handed out; the entries left stay pending for this
-                // worker, and are taken over once their lease runs out.
+                // The leases taken are handed out. The entries left stay pending for this
+                // worker, to be taken over once idle a lease's length, and the queue is left
+                // alone for a second (its lanes made again if Redis lost them).
                 warn!(error = %e, queue = served.queue.name(), "taking leases on the entries read failed");
+                self.serving.block(served.queue.name(), 1000);
+                if e.code() == Some("NOGROUP") {
+                    let _ = served.queue.open_lanes(&self.serving.kinds()).await;
+                }
                 return Ok((leases, false));
             }
         }
@@ -479,6 +484,13 @@ impl Readers {
             None => serving.client().connect_blocking(BLOCK.max(DISCOVER_EVERY)).await?,
         };
         Ok(self.one.insert(conn))
+    }
+
+    /// Drops the connections (after an error: they are made again as needed). What the plain
+    /// leases learnt (a rest after a failure, the queues seen with limits) stays.
+    fn reset(&mut self) {
+        self.one = None;
+        self.per_queue.clear();
     }
 
     /// Takes leases on `given` (entries of `queue` the last read on `one` brought) without Lua

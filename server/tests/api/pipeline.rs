@@ -279,3 +279,57 @@ async fn a_batch_is_accepted_whole_in_order_and_every_task_runs() {
     let stats = app.get_json(&format!("/api/v1/tasks/{}/result", views[1]["id"].as_str().unwrap())).await;
     assert_eq!(stats["words"], 3);
 }
+
+/// Under a light load (a task at a time) a worker starts its tasks without the claim function:
+/// its blocking read brings each task's entry, and the fetch loop takes the lease with plain
+/// commands (docs/benchmark-notes.md, "Eleventh step"). Counted by Redis's slow log, which logs
+/// every command at a threshold of 0 (a function call with its name).
+#[tokio::test]
+async fn a_task_at_a_time_starts_without_the_claim_function() {
+    let app = spawn_app_alone(|_| {}).await;
+    let mut redis = app.redis().await;
+    // The first task lets the workers settle: their first looks claim, and find nothing.
+    let first = app.submit_ok(json!({"kind": "echo", "payload": 0})).await;
+    assert_eq!(app.wait_until_done(&first).await["status"], "succeeded");
+    for (setting, value) in [("slowlog-max-len", "1000000"), ("slowlog-log-slower-than", "0")] {
+        let _: () =
+            redis::cmd("CONFIG").arg("SET").arg(setting).arg(value).query_async(&mut redis).await.unwrap();
+    }
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query_async(&mut redis).await.unwrap();
+    const TASKS: usize = 20;
+    for n in 1..=TASKS {
+        let id = app.submit_ok(json!({"kind": "echo", "payload": n})).await;
+        assert_eq!(app.wait_until_done(&id).await["status"], "succeeded");
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg("-1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Each entry: id, time, µs, the command's arguments, client address and name.
+    type Logged = (i64, i64, i64, Vec<Vec<u8>>, Vec<u8>, Vec<u8>);
+    let log: Vec<Logged> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query_async(&mut redis).await.unwrap();
+    let named = |args: &Vec<Vec<u8>>, command: &str| {
+        args.first().is_some_and(|c| c.eq_ignore_ascii_case(command.as_bytes()))
+    };
+    let claims = log
+        .iter()
+        .filter(|(.., args, _, _)| {
+            named(args, "fcall") && args.get(1).is_some_and(|f| f.ends_with(b"_claim"))
+        })
+        .count();
+    // A plain start watches the queue's settings and its tasks' records (a connection's probe
+    // watches the settings alone).
+    let plain_starts = log
+        .iter()
+        .filter(|(.., args, _, _)| named(args, "watch") && args.len() > 2 && args[1].ends_with(b":settings"))
+        .count();
+    // A claim now and then (a queue discovered, a takeover looked for) but not one a task.
+    assert!(claims <= 3, "{claims} claim calls for {TASKS} tasks");
+    assert!(
+        plain_starts + claims >= TASKS,
+        "{plain_starts} plain starts and {claims} claims for {TASKS} tasks"
+    );
+}

@@ -1,6 +1,6 @@
 //! Leases without Lua (docs/benchmark-notes.md, "Eleventh step"). The entries a fetch loop's
-//! blocking read brought are pending for this worker already, and on a queue without limits (not
-//! paused, no concurrency or rate limit) a task that waits (not ended, not left running by a
+//! blocking read brought are pending for this worker already, and on a queue without limits (no
+//! limit field set in its settings: pause, concurrency, rate) a task that waits (not ended, not left running by a
 //! holder that stopped, no cancel asked for, not expired) needs no decision in Redis to start:
 //! its record and the queue's settings are watched and read, then one transaction of plain
 //! commands writes what `take_lease` (lease.lua) writes for it (the record's running fields and
@@ -13,6 +13,9 @@
 //!
 //! The transactions go on the fetch loop's blocking-read connection, between two reads: nothing
 //! else sends on it and nothing reconnects it, so a watch holds from the read to the transaction.
+//! Times (the expiry's check, the record's stamps) are Redis's at the read, a round trip before
+//! the transaction applies: a task whose expiry falls in between starts, where the script would
+//! have let it expire.
 
 use super::{Run, RunReply};
 use crate::{
@@ -175,16 +178,11 @@ impl PlainLeases {
         if conn.is_cluster() || limited || self.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
             return Ok(None);
         }
-        if !self.probed {
-            if let Err(e) = allows_transactions(conn, queue).await {
-                // Refused (an ACL user without them), the connection is left as it was.
-                warn!(queue = queue.name(), error = %e, "no transactions for leases: the script takes them");
-                self.failed_at = Some(Instant::now());
-                return Ok(None);
-            }
-            self.probed = true;
-        }
         let taken = async {
+            if !self.probed {
+                allows_transactions(conn, queue).await?;
+                self.probed = true;
+            }
             let Some(mut read) = read(conn, queue, given).await? else {
                 self.limited.insert(queue.name().to_string(), Instant::now());
                 return Ok(None);
@@ -196,9 +194,10 @@ impl PlainLeases {
             Ok(commit(conn, queue, consumer, read).await?.map(|runs| (runs, rest)))
         };
         taken.await.inspect_err(|e| {
-            // A transaction whose answer was lost may have been applied: the script then finds
-            // those tasks running and takes them over (their first leases were never handed
-            // out), logging those attempts as lost.
+            // The connection is dropped: a probe refused part way may have left it inside a
+            // transaction. A transaction whose answer was lost may have been applied: the script
+            // then finds those tasks running and takes them over (their first leases were never
+            // handed out), logging those attempts as lost.
             warn!(queue = queue.name(), error = %e, "leasing without Lua failed: the script takes the leases");
             (self.probed, self.failed_at) = (false, Some(Instant::now()));
         })
@@ -507,6 +506,8 @@ mod tests {
             task.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
             task
         };
+        let mut expiring = echo_task(Bytes::from_static(b"{\"text\": \"soon\"}"));
+        expiring.expires_ms = Some(crate::store::now_ms() + 600_000);
         /// What sets a variant apart beyond its task.
         #[derive(Clone, Copy, PartialEq)]
         enum Then {
@@ -524,8 +525,11 @@ mod tests {
             // A small payload under a key of its own, read by the transaction.
             (echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])), Then::Nothing),
             (echo_task(Bytes::from_static(&[0xff, 0x01])), Then::PayloadGone),
-            // A large payload: the worker reads it itself.
+            // A payload as large as comes with a lease, and one larger: the worker reads it.
+            (echo_task(Bytes::from(vec![0xfd; LEASED_PAYLOAD_MAX as usize])), Then::Nothing),
             (echo_task(Bytes::from(vec![0xfe; LEASED_PAYLOAD_MAX as usize + 1])), Then::Nothing),
+            // A task that expires later.
+            (expiring, Then::Nothing),
             // Every option a lease hands on, and an idempotency key.
             (with_options(), Then::Nothing),
             (with_options(), Then::Again),
@@ -610,8 +614,9 @@ mod tests {
             let payload = &plain_replies[plain_at][Run::Payload as usize];
             payloads_read +=
                 usize::from(payload.as_slice() == [0xff, 0x00, 0xfe] || payload.as_slice() == [0xff, 0x02]);
+            payloads_read += usize::from(payload.len() == LEASED_PAYLOAD_MAX as usize);
         }
-        assert_eq!(payloads_read, 2, "the transaction read the payloads under keys of their own");
+        assert_eq!(payloads_read, 3, "the transaction read the payloads under keys of their own");
     }
 
     /// Tasks that need a decision are left to the script (the others in the batch still start
@@ -620,7 +625,7 @@ mod tests {
     async fn what_needs_a_decision_is_left_to_the_script_untouched() {
         let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();
-        let tasks: Vec<NewTask> = (0..5).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
+        let tasks: Vec<NewTask> = (0..8).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
         for task in &tasks {
             queue.enqueue(task).await.unwrap();
         }
@@ -637,11 +642,14 @@ mod tests {
         let _: () = conn.hset(record(1), "cancel", "1").await.unwrap();
         let _: () = conn.hset(record(2), "expires", "1").await.unwrap();
         let _: () = conn.hset(record(3), "status", "succeeded").await.unwrap();
-        let mut entries = read_entries(&queue, 5).await;
+        let _: () = conn.hset(record(4), "status", "failed").await.unwrap();
+        let _: () = conn.hset(record(5), "status", "cancelled").await.unwrap();
+        let _: () = conn.del(record(6)).await.unwrap();
+        let mut entries = read_entries(&queue, 8).await;
         // The last task's entry twice (a task met twice in one read): its second goes to the script.
-        entries.push(entries[4].clone());
+        entries.push(entries[7].clone());
         let mut records = Vec::new();
-        for i in 0..5 {
+        for i in 0..8 {
             let fields: HashMap<String, String> = conn.hgetall(record(i)).await.unwrap();
             records.push(fields);
         }
@@ -649,27 +657,27 @@ mod tests {
         let mut own = own_connection(&queue).await;
         // Those needing a decision alone: none starts, and their watch is let go (a change to one
         // of them does not void the next transaction).
-        assert!(plain.take(&mut own, &queue, WORKER, &entries[..4]).await.unwrap().is_none());
+        assert!(plain.take(&mut own, &queue, WORKER, &entries[..7]).await.unwrap().is_none());
         let _: () = conn.hset(record(0), "progress", "10").await.unwrap();
         records[0].insert("progress".into(), "10".into());
         let (runs, rest) =
             plain.take(&mut own, &queue, WORKER, &entries).await.unwrap().expect("one starts plain");
         let started: Vec<Vec<u8>> =
             runs.into_iter().map(|r| fields(r).swap_remove(Run::TaskId as usize)).collect();
-        assert_eq!(started, [tasks[4].id.to_string().into_bytes()]);
+        assert_eq!(started, [tasks[7].id.to_string().into_bytes()]);
         let entry_ids = |entries: &[Given]| entries.iter().map(|(_, _, e)| e.id.clone()).collect::<Vec<_>>();
-        let left = [&entries[..4], &entries[5..]].concat();
+        let left = [&entries[..7], &entries[8..]].concat();
         assert_eq!(entry_ids(&rest), entry_ids(&left));
-        for (i, before) in records.iter().enumerate().take(4) {
+        for (i, before) in records.iter().enumerate().take(7) {
             let now: HashMap<String, String> = conn.hgetall(record(i)).await.unwrap();
             assert_eq!(&now, before, "task {i} untouched");
         }
-        // The script decides for the rest: a takeover, a cancel, an expiry, a drop, and a
-        // takeover of the lease just taken.
+        // The script decides for the rest: a takeover, a cancel, an expiry, three ended tasks and
+        // an erased one dropped, and a takeover of the lease just taken.
         let claimed = unpacked(queue.claim(WORKER, "*", rest.len(), &rest).await.unwrap().0);
         let answers: Vec<String> =
             claimed.iter().map(|r| String::from_utf8_lossy(&r[0]).into_owned()).collect();
-        assert_eq!(answers, ["run", "cancelled", "expired", "drop", "run"]);
+        assert_eq!(answers, ["run", "cancelled", "expired", "drop", "drop", "drop", "drop", "run"]);
 
         // A queue with a limit: every entry to the script, and the queue is looked at again only
         // after a while.
@@ -681,6 +689,9 @@ mod tests {
             let mut limited = PlainLeases::default();
             assert!(limited.take(&mut own, &queue, WORKER, &entries).await.unwrap().is_none(), "{field}");
             let _: () = conn.hdel(queue.keys.settings(), field).await.unwrap();
+            // Looked at again only after a while (held here for an hour: no timing in the test).
+            let seen = limited.limited.get_mut(queue.name()).expect("the queue is noted as limited");
+            *seen = Instant::now() + Duration::from_secs(3600);
             assert!(
                 limited.take(&mut own, &queue, WORKER, &entries).await.unwrap().is_none(),
                 "{field}: later"
@@ -729,7 +740,8 @@ mod tests {
     }
 
     /// A Redis user that may not run a transaction never gets a lease's commands: the first use
-    /// of the connection finds out, and the plain way rests while the script takes the leases.
+    /// of the connection finds out (an error: its caller drops it), and the plain way rests while
+    /// the script takes the leases.
     #[tokio::test]
     async fn a_user_refused_transactions_leaves_the_leases_to_the_script() {
         let ((redis, _dir), queue) = private_queue().await;
@@ -750,13 +762,12 @@ mod tests {
         queue.enqueue(&task).await.unwrap();
         let entries = read_entries(&queue, 1).await;
         let mut plain = PlainLeases::default();
-        assert!(plain.take(&mut own, &limited, WORKER, &entries).await.unwrap().is_none());
-        assert!(plain.failed_at.is_some(), "it rests");
+        // Refused: an error (the caller drops the connection), then a rest.
+        assert!(plain.take(&mut own, &limited, WORKER, &entries).await.is_err());
+        assert!(plain.take(&mut own, &limited, WORKER, &entries).await.unwrap().is_none(), "it rests");
         let status: String = conn.hget(queue.keys.task(&task.id), "status").await.unwrap();
         assert_eq!(status, "queued", "nothing of the lease ran");
-        // The connection is as it was: the script's claim on it starts the task.
         let claimed = unpacked(limited.claim(WORKER, "*", 1, &entries).await.unwrap().0);
         assert_eq!(claimed[0][0], b"run");
-        let _: String = redis::cmd("PING").query_async(&mut own).await.unwrap();
     }
 }
