@@ -1086,6 +1086,22 @@ pub(crate) mod testing {
         out
     }
 
+    /// `queue` as seen by a Redis user of `redis` that may run every command but `MULTI` (made
+    /// here): what a transaction's probe must find out.
+    pub(crate) async fn without_multi(redis: &EmbeddedRedis, queue: &Queue) -> Queue {
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "no-multi", "on", ">pw", "~*", "&*", "+@all", "-multi"][..])
+            .query_async(&mut queue.conn.clone())
+            .await
+            .unwrap();
+        let url = redis.url();
+        let at = url.find('@').expect("the URL names a user");
+        let client =
+            crate::redis_client::open(&format!("redis://no-multi:pw{}", &url[at..]), false, None).unwrap();
+        let conn = client.connect(Duration::from_secs(10)).await.unwrap();
+        Queue::new(client, conn, "unit", "default", (*queue.settings).clone())
+    }
+
     /// An `echo` task with `payload` and no options.
     pub(crate) fn echo_task(payload: Bytes) -> NewTask {
         NewTask {

@@ -431,7 +431,7 @@ mod tests {
         NewTask, ResultBytes, WorkflowStep,
         finish::{Holders, tests::ending},
         lease::Run,
-        testing::{anonymous, echo_task, fcalls, private_queue, unpacked},
+        testing::{anonymous, echo_task, fcalls, private_queue, unpacked, without_multi},
     };
     use bytes::Bytes;
     use redis::AsyncCommands;
@@ -644,18 +644,7 @@ mod tests {
     #[tokio::test]
     async fn a_user_refused_transactions_leaves_the_ends_to_the_script() {
         let ((redis, _dir), queue) = private_queue().await;
-        let mut conn = queue.conn.clone();
-        let _: () = redis::cmd("ACL")
-            .arg(&["SETUSER", "no-multi", "on", ">pw", "~*", "&*", "+@all", "-multi"][..])
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let url = redis.url();
-        let at = url.find('@').expect("the URL names a user");
-        let client =
-            crate::redis_client::open(&format!("redis://no-multi:pw{}", &url[at..]), false, None).unwrap();
-        let limited_conn = client.connect(Duration::from_secs(10)).await.unwrap();
-        let limited = Queue::new(client, limited_conn, "unit", "default", (*queue.settings).clone());
+        let limited = without_multi(&redis, &queue).await;
         let task = echo_task(Bytes::from_static(b"p"));
         let attempt = leased(&queue, &task, ResultBytes::Payload).await;
         let plain = PlainEnds::default();

@@ -375,7 +375,7 @@ mod tests {
     use super::*;
     use crate::queue::{
         GROUP, NewTask, SharedPayload,
-        testing::{anonymous, echo_task, fcalls, private_queue, unpacked},
+        testing::{anonymous, echo_task, fcalls, private_queue, unpacked, without_multi},
     };
     use bytes::Bytes;
     use redis::{
@@ -746,17 +746,7 @@ mod tests {
     async fn a_user_refused_transactions_leaves_the_leases_to_the_script() {
         let ((redis, _dir), queue) = private_queue().await;
         let mut conn = queue.conn.clone();
-        let _: () = redis::cmd("ACL")
-            .arg(&["SETUSER", "no-multi", "on", ">pw", "~*", "&*", "+@all", "-multi"][..])
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let url = redis.url();
-        let at = url.find('@').expect("the URL names a user");
-        let client =
-            crate::redis_client::open(&format!("redis://no-multi:pw{}", &url[at..]), false, None).unwrap();
-        let limited_conn = client.connect(Duration::from_secs(10)).await.unwrap();
-        let limited = Queue::new(client, limited_conn, "unit", "default", (*queue.settings).clone());
+        let limited = without_multi(&redis, &queue).await;
         let mut own = limited.client.connect_blocking(Duration::ZERO).await.unwrap();
         let task = echo_task(Bytes::from_static(b"p"));
         queue.enqueue(&task).await.unwrap();
