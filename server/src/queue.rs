@@ -1102,6 +1102,16 @@ pub(crate) mod testing {
         Queue::new(client, conn, "unit", "default", (*queue.settings).clone())
     }
 
+    /// Gives `task` an idempotency key, claimed for it as a submission claims one before its
+    /// enqueue, kept `ttl_s` seconds.
+    pub(crate) async fn claim_idempotency_key(queue: &Queue, task: &mut NewTask, ttl_s: u64) {
+        let key = queue.keys.idempotency(&task.id.to_string());
+        let _: () = redis::AsyncCommands::set_ex(&mut queue.conn.clone(), &key, task.id.to_string(), ttl_s)
+            .await
+            .unwrap();
+        task.idempotency_key = Some(key);
+    }
+
     /// An `echo` task with `payload` and no options.
     pub(crate) fn echo_task(payload: Bytes) -> NewTask {
         NewTask {

@@ -508,7 +508,7 @@ mod tests {
     use super::*;
     use crate::queue::{
         WorkflowStep,
-        testing::{echo_task, private_queue, unpacked},
+        testing::{claim_idempotency_key, echo_task, private_queue, unpacked},
     };
     use bytes::Bytes;
     use redis::AsyncCommands;
@@ -593,9 +593,7 @@ mod tests {
             plain.id = Uuid::now_v7();
             for task in [&mut by_script, &mut plain] {
                 // An idempotency key, claimed with a short TTL before the enqueue.
-                let key = queue.keys.idempotency(&task.id.to_string());
-                let _: () = conn.set_ex(&key, task.id.to_string(), 60).await.unwrap();
-                task.idempotency_key = Some(key);
+                claim_idempotency_key(&queue, task, 60).await;
             }
             assert!(plain.plain());
             let before = calls(&mut conn).await;

@@ -364,12 +364,10 @@ impl Leasing {
                 }
                 // The leases taken are handed out. The entries left stay pending for this
                 // worker, to be taken over once idle a lease's length, and the queue is left
-                // alone for a second (its lanes made again if Redis lost them).
+                // alone for a second (a read that then finds its lanes lost makes them again,
+                // as after any failed read).
                 warn!(error = %e, queue = served.queue.name(), "taking leases on the entries read failed");
                 self.serving.block(served.queue.name(), 1000);
-                if e.code() == Some("NOGROUP") {
-                    let _ = served.queue.open_lanes(&self.serving.kinds()).await;
-                }
                 return Ok((leases, false));
             }
         }

@@ -431,7 +431,9 @@ mod tests {
         NewTask, ResultBytes, WorkflowStep,
         finish::{Holders, tests::ending},
         lease::Run,
-        testing::{anonymous, echo_task, fcalls, private_queue, unpacked, without_multi},
+        testing::{
+            anonymous, claim_idempotency_key, echo_task, fcalls, private_queue, unpacked, without_multi,
+        },
     };
     use bytes::Bytes;
     use redis::AsyncCommands;
@@ -536,9 +538,7 @@ mod tests {
             by_script.id = Uuid::now_v7();
             by_plain.id = Uuid::now_v7();
             for task in [&mut by_script, &mut by_plain] {
-                let key = queue.keys.idempotency(&task.id.to_string());
-                let _: () = conn.set_ex(&key, task.id.to_string(), 600).await.unwrap();
-                task.idempotency_key = Some(key);
+                claim_idempotency_key(&queue, task, 600).await;
             }
             let script_end = leased(&queue, &by_script, result.clone()).await;
             let plain_end = leased(&queue, &by_plain, result).await;

@@ -1,7 +1,8 @@
 //! Leases without Lua (docs/benchmark-notes.md, "Eleventh step"). The entries a fetch loop's
 //! blocking read brought are pending for this worker already, and on a queue without limits (no
-//! limit field set in its settings: pause, concurrency, rate) a task that waits (not ended, not left running by a
-//! holder that stopped, no cancel asked for, not expired) needs no decision in Redis to start:
+//! limit field set in its settings: pause, concurrency, rate) a task that waits (not ended, not
+//! left running by a holder that stopped, no cancel asked for, not expired) needs no decision in
+//! Redis to start:
 //! its record and the queue's settings are watched and read, then one transaction of plain
 //! commands writes what `take_lease` (lease.lua) writes for it (the record's running fields and
 //! the `running` event) and reads a payload kept under a key of its own. The run replies are
@@ -85,9 +86,13 @@ pub(in crate::queue) struct PlainLeases {
 struct Record([Option<Vec<u8>>; READ.len()]);
 
 impl Record {
+    /// Where `field` is among those read.
+    fn at(field: &str) -> usize {
+        READ.iter().position(|f| *f == field).expect("a field the lease reads")
+    }
+
     fn field(&self, field: &str) -> Option<&[u8]> {
-        let at = READ.iter().position(|f| *f == field).expect("a field the lease reads");
-        self.0[at].as_deref()
+        self.0[Record::at(field)].as_deref()
     }
 
     fn text(&self, field: &str) -> Vec<u8> {
@@ -95,8 +100,7 @@ impl Record {
     }
 
     fn take(&mut self, field: &str) -> Option<Vec<u8>> {
-        let at = READ.iter().position(|f| *f == field).expect("a field the lease reads");
-        self.0[at].take()
+        self.0[Record::at(field)].take()
     }
 
     /// A number field as Lua's `tonumber` reads the values Courier writes: `Err` for one that is
@@ -130,12 +134,15 @@ impl Record {
         }
     }
 
-    /// Whether this lease can be taken here: its task needs no decision, and the record's values
-    /// read as the script reads them.
-    fn plain(&self, id: Uuid, now_ms: u64) -> Option<u64> {
-        self.number(record::PAYLOAD_BYTES).ok()?;
-        self.payload_owner(id)?;
-        self.plain_start(now_ms)
+    /// The attempt this lease starts here, and the task whose payload key the transaction reads
+    /// (a payload neither in the record nor too large to come with the lease): None when the task
+    /// needs a decision, or the record's values do not read as the script reads them.
+    fn plain(&self, id: Uuid, now_ms: u64) -> Option<(u64, Option<Uuid>)> {
+        // Absent, the size is 0, as the script reads it.
+        let size = self.number(record::PAYLOAD_BYTES).ok()?.unwrap_or(0);
+        let owner = self.payload_owner(id)?;
+        let read_payload = self.field(record::PAYLOAD).is_none() && size <= LEASED_PAYLOAD_MAX;
+        Some((self.plain_start(now_ms)?, read_payload.then_some(owner)))
     }
 }
 
@@ -145,12 +152,14 @@ fn task_id(text: &str) -> Option<Uuid> {
     text.parse().ok().filter(|id: &Uuid| id.to_string() == text)
 }
 
-/// One entry a plain lease starts: where it is, its task and what the read found of it.
+/// One entry a plain lease starts: where it is, its task, what the read found of it, and the
+/// task whose payload key the transaction reads, if it reads one.
 struct Start<'g> {
     given: &'g Given,
     id: Uuid,
     record: Record,
     attempt: u64,
+    read_payload: Option<Uuid>,
 }
 
 /// What the read before a plain lease found: the entries that start here, the rest (for the
@@ -251,7 +260,7 @@ async fn read<'g>(conn: &mut Conn, queue: &Queue, given: &'g [Given]) -> RedisRe
         };
         let record = records.next().expect("a record read for each task");
         match record.plain(id, now_ms) {
-            Some(attempt) => starts.push(Start { given, id, record, attempt }),
+            Some((attempt, read_payload)) => starts.push(Start { given, id, record, attempt, read_payload }),
             None => rest.push(given.clone()),
         }
     }
@@ -282,7 +291,7 @@ async fn commit(
     let mut reads: Vec<Option<usize>> = Vec::with_capacity(starts.len());
     let mut queued = 0;
     for (start, token) in starts.iter().zip(&tokens) {
-        let Start { given: (kind, _, _), id, record, attempt } = start;
+        let Start { given: (kind, _, _), id, record, attempt, read_payload } = start;
         let attempt = attempt.to_string();
         let mut hset = redis::cmd("HSET");
         hset.arg(queue.keys.task(id))
@@ -307,11 +316,8 @@ async fn commit(
         }
         pipe.add_command(hset).ignore();
         queued += 1;
-        // (`plain` found the size a number, or absent: 0, as the script reads it.)
-        let small = record.number(record::PAYLOAD_BYTES).ok().flatten().unwrap_or(0) <= LEASED_PAYLOAD_MAX;
-        if record.field(record::PAYLOAD).is_none() && small {
-            let owner = record.payload_owner(*id).expect("read checked it");
-            pipe.cmd("GET").arg(queue.keys.payload(&owner)).ignore();
+        if let Some(owner) = read_payload {
+            pipe.cmd("GET").arg(queue.keys.payload(owner)).ignore();
             reads.push(Some(queued));
             queued += 1;
         } else {
@@ -339,7 +345,7 @@ async fn commit(
 /// The run reply of `start`'s lease (`take_lease`'s, field for field), held by `token`; `read`:
 /// the answer to the `GET` of its payload, if the transaction read it.
 fn run_reply(start: Start<'_>, token: String, read: Option<Value>) -> RunReply {
-    let Start { given: (kind, stream, entry), id, mut record, attempt } = start;
+    let Start { given: (kind, stream, entry), id, mut record, attempt, .. } = start;
     let (payload_is, payload): (&[u8], Vec<u8>) = match (record.take(record::PAYLOAD), read) {
         // A small payload lives in the record.
         (Some(payload), _) => (b"1", payload),
@@ -375,7 +381,9 @@ mod tests {
     use super::*;
     use crate::queue::{
         GROUP, NewTask, SharedPayload,
-        testing::{anonymous, echo_task, fcalls, private_queue, unpacked, without_multi},
+        testing::{
+            anonymous, claim_idempotency_key, echo_task, fcalls, private_queue, unpacked, without_multi,
+        },
     };
     use bytes::Bytes;
     use redis::{
@@ -552,9 +560,7 @@ mod tests {
                 }
                 if task.session.is_some() {
                     task.session = Some(format!("account-{}", task.id));
-                    let key = queue.keys.idempotency(&task.id.to_string());
-                    let _: () = conn.set_ex(&key, task.id.to_string(), 600).await.unwrap();
-                    task.idempotency_key = Some(key);
+                    claim_idempotency_key(&queue, &mut task, 600).await;
                 }
                 queue.enqueue(&task).await.unwrap();
                 let record = queue.keys.task(&task.id);
