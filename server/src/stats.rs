@@ -9,12 +9,14 @@
 //! it counted, and the process adds the counts of its finishes up and writes them together a
 //! quarter second later ([`Tally`]: no round trip per task, nor a bucket's writes per call); the
 //! rarer ends (a task that expired waiting) write their counts as they go (ends.lua's
-//! `record_stats`).
+//! `record_stats`). The queue view's tasks finished in the last minute come from the queue's tally
+//! of ends per second (`ended`: Unix second -> tasks that ended then), which the finishes'
+//! [`Tally`] writes the same way and the rarer ends as they go (ends.lua's `count_ends`).
 
 use crate::redis_client::Conn;
 use crate::{
     queue::{Queue, QueueState},
-    store::{now_ms, rfc3339},
+    store::{Keys, now_ms, rfc3339},
 };
 use app::model::{KindStats, Latency, Percentiles, QueueStats, Stats, Throughput, ThroughputPoint};
 use std::{
@@ -46,14 +48,20 @@ const HOURS: Span =
 /// How long a process holds the counts of its finishes before it writes them.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(250);
 
+/// How many seconds a queue's tally of ends per second keeps (ends.lua's `count_ends` keeps as
+/// many): the queue view reads the last minute of it.
+pub const TALLY_SECONDS: u64 = 120;
+
 /// What one finish script counted as it ended attempts (finish.lua): at Redis's time `at_ms`, the
-/// tasks that succeeded and that failed for good, and the wait and run samples per histogram bin
+/// tasks that succeeded and that failed for good, the tasks that ended (those and the cancelled:
+/// not the ones that wait for a retry), and the wait and run samples per histogram bin
 /// (`w{bin}`, `r{bin}`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Counted {
     pub at_ms: u64,
     pub succeeded: u64,
     pub failed: u64,
+    pub ended: u64,
     pub bins: Vec<(String, u64)>,
 }
 
@@ -62,13 +70,15 @@ pub struct Counted {
 /// count, a field per histogram bin): more than anything else it did once per call
 /// (docs/benchmark-notes.md, "Eighth step"). So a finish returns its counts, the process adds
 /// them up here, and [`FLUSH_AFTER`] later writes them in one transaction (a queue's keys share
-/// a slot). A process that stops writes what is left ([`Tallies::flush_all`]); one killed loses
-/// at most that quarter second's counts, and so does a write that fails (it is not tried again:
-/// a transaction whose answer was lost may have been applied, and counting twice is worse).
+/// a slot), with the tasks that ended in each second, for the queue's tally of ends (its
+/// `HINCRBY` was likewise one a call: docs/benchmark-notes.md, "Twelfth step"). A process that
+/// stops writes what is left ([`Tallies::flush_all`]); one killed loses at most that quarter
+/// second's counts, and so does a write that fails (it is not tried again: a transaction whose
+/// answer was lost may have been applied, and counting twice is worse).
 #[derive(Debug)]
 pub struct Tally {
-    /// What the queue's keys start with.
-    base: String,
+    /// The queue's keys.
+    keys: Keys,
     pending: Mutex<Pending>,
 }
 
@@ -84,13 +94,13 @@ impl Tallies {
         Tallies { conn, by_queue: Mutex::default() }
     }
 
-    /// The tally of the queue whose keys start with `base` (looked up on every finish).
-    pub fn of(&self, base: &str) -> Arc<Tally> {
+    /// The tally of the queue whose keys are `keys` (looked up on every finish).
+    pub fn of(&self, keys: &Keys) -> Arc<Tally> {
         let mut by_queue = self.by_queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tally) = by_queue.get(base) {
+        if let Some(tally) = by_queue.get(keys.base()) {
             return tally.clone();
         }
-        by_queue.entry(base.to_string()).or_insert_with(|| Arc::new(Tally::new(base))).clone()
+        by_queue.entry(keys.base().to_string()).or_insert_with(|| Arc::new(Tally::new(keys.clone()))).clone()
     }
 
     /// Writes what every queue's finishes counted and no flusher wrote yet: as the process stops.
@@ -99,7 +109,7 @@ impl Tallies {
             self.by_queue.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for tally in tallies {
             if let Err(e) = tally.flush(&self.conn).await {
-                tracing::warn!(queue = %tally.base, error = %e, "writing the last stats failed; their counts are lost");
+                tracing::warn!(queue = %tally.keys.queue(), error = %e, "writing the last stats failed; their counts are lost");
             }
         }
     }
@@ -109,14 +119,16 @@ impl Tallies {
 struct Pending {
     /// Bucket key -> its span's keep (ms), and field -> count.
     buckets: BTreeMap<String, (u64, BTreeMap<String, u64>)>,
+    /// Unix second (Redis's clock) -> tasks that ended then.
+    ends: BTreeMap<u64, u64>,
     /// Whether a flusher is on its way (`Tally::add` said so, `Tally::done` ends it).
     flushing: bool,
 }
 
 impl Tally {
-    /// The tally of the queue whose keys start with `base`, with nothing counted.
-    pub fn new(base: &str) -> Tally {
-        Tally { base: base.to_string(), pending: Mutex::default() }
+    /// The tally of the queue whose keys are `keys`, with nothing counted.
+    pub fn new(keys: Keys) -> Tally {
+        Tally { keys, pending: Mutex::default() }
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -126,12 +138,15 @@ impl Tally {
     /// Adds `counted`. True when the counts were the first since the last flush and no flusher is
     /// on its way: the caller starts one.
     pub fn add(&self, counted: &Counted) -> bool {
-        if counted.succeeded == 0 && counted.failed == 0 && counted.bins.is_empty() {
+        if counted.succeeded == 0 && counted.failed == 0 && counted.ended == 0 && counted.bins.is_empty() {
             return false;
         }
         let mut pending = self.pending();
+        if counted.ended > 0 {
+            *pending.ends.entry(counted.at_ms / 1000).or_default() += counted.ended;
+        }
         for span in [&SECONDS, &MINUTES, &HOURS] {
-            let key = format!("{}:stats:{}:{}", self.base, span.name, counted.at_ms / span.key_ms);
+            let key = format!("{}:stats:{}:{}", self.keys.base(), span.name, counted.at_ms / span.key_ms);
             let bucket = (counted.at_ms % span.key_ms) / span.bucket_ms;
             let (_, fields) = pending.buckets.entry(key).or_insert_with(|| (span.keep_ms, BTreeMap::new()));
             for (outcome, n) in [("s", counted.succeeded), ("f", counted.failed)] {
@@ -150,10 +165,15 @@ impl Tally {
     }
 
     /// Writes what was added since the last flush: each field's count and each key's time to live
-    /// (from now), in one transaction. What it could not write is dropped (see [`Tally`]).
+    /// (from now), and each second's ends in the tally of ends, in one transaction; then, when the
+    /// tally holds more than [`TALLY_SECONDS`] seconds, drops the older ones. What it could not
+    /// write is dropped (see [`Tally`]).
     pub async fn flush(&self, conn: &Conn) -> redis::RedisResult<()> {
-        let buckets = std::mem::take(&mut self.pending().buckets);
-        if buckets.is_empty() {
+        let (buckets, ends) = {
+            let mut pending = self.pending();
+            (std::mem::take(&mut pending.buckets), std::mem::take(&mut pending.ends))
+        };
+        if buckets.is_empty() && ends.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
@@ -164,7 +184,23 @@ impl Tally {
             }
             pipe.pexpire(key, *keep_ms as i64).ignore();
         }
-        pipe.query_async::<()>(&mut conn.clone()).await
+        let tally = self.keys.ended();
+        for (second, n) in &ends {
+            pipe.hincr(&tally, second, *n).ignore();
+        }
+        let Some(&newest) = ends.keys().next_back() else {
+            return pipe.query_async::<()>(&mut conn.clone()).await;
+        };
+        pipe.hlen(&tally);
+        let (seconds,): (u64,) = pipe.query_async(&mut conn.clone()).await?;
+        // A prune keeps the seconds from `newest - TALLY_SECONDS` to `newest`.
+        if seconds > TALLY_SECONDS + 1
+            && let Err(e) = prune_tally(conn, &tally, newest).await
+        {
+            // The counts are written; the next flush of a new second tries again.
+            tracing::debug!(queue = %self.keys.queue(), error = %e, "pruning the tally of ends failed");
+        }
+        Ok(())
     }
 
     /// Ends the flusher's turn when nothing waits to be written (under the lock `add` takes, so
@@ -176,6 +212,20 @@ impl Tally {
         }
         !pending.flushing
     }
+}
+
+/// Drops the seconds of the tally of ends `tally` older than [`TALLY_SECONDS`] before `second`.
+async fn prune_tally(conn: &Conn, tally: &str, second: u64) -> redis::RedisResult<()> {
+    let mut conn = conn.clone();
+    let seconds: Vec<String> = redis::cmd("HKEYS").arg(tally).query_async(&mut conn).await?;
+    let old: Vec<String> = seconds
+        .into_iter()
+        .filter(|field| field.parse::<u64>().unwrap_or(0) < second.saturating_sub(TALLY_SECONDS))
+        .collect();
+    if old.is_empty() {
+        return Ok(());
+    }
+    redis::cmd("HDEL").arg(tally).arg(&old).exec_async(&mut conn).await
 }
 
 /// Which throughput series to read (the dashboard's live feed needs only the seconds).
@@ -419,18 +469,26 @@ mod tests {
 
     #[test]
     fn a_tally_adds_counts_up_per_bucket_and_the_histograms_per_minute_key() {
-        let tally = Tally::new("q");
+        let keys = Keys::new("p", "q");
+        let tally = Tally::new(keys.clone());
         // 12:00:01.5 and 12:00:01.9 of one day share every bucket; 12:01:00 has a second and a
         // minute of its own, in the same hour.
         let noon = 1_700_000_000_000 / 86_400_000 * 86_400_000 + 12 * 3_600_000;
         let bins = |pairs: &[(&str, u64)]| pairs.iter().map(|(b, n)| (b.to_string(), *n)).collect();
-        let first =
-            Counted { at_ms: noon + 1_500, succeeded: 2, failed: 1, bins: bins(&[("w3", 2), ("r5", 3)]) };
+        let first = Counted {
+            at_ms: noon + 1_500,
+            succeeded: 2,
+            failed: 1,
+            ended: 3,
+            bins: bins(&[("w3", 2), ("r5", 3)]),
+        };
         assert!(tally.add(&first), "the first counts start a flusher");
-        let second = Counted { at_ms: noon + 1_900, succeeded: 1, failed: 0, bins: bins(&[("w3", 1)]) };
+        // One succeeded and one cancelled.
+        let second =
+            Counted { at_ms: noon + 1_900, succeeded: 1, failed: 0, ended: 2, bins: bins(&[("w3", 1)]) };
         assert!(!tally.add(&second), "one flusher at a time");
         assert!(!tally.add(&Counted { at_ms: noon + 60_000, ..Counted::default() }), "nothing counted");
-        tally.add(&Counted { at_ms: noon + 60_000, succeeded: 4, failed: 0, bins: Vec::new() });
+        tally.add(&Counted { at_ms: noon + 60_000, succeeded: 4, failed: 0, ended: 4, bins: Vec::new() });
 
         let pending = tally.pending();
         let fields = |key: String| -> Vec<(String, u64)> {
@@ -441,14 +499,19 @@ mod tests {
             |pairs: &[(&str, u64)]| pairs.iter().map(|(f, n)| (f.to_string(), *n)).collect::<Vec<_>>();
         let (minute, hour, day) = (noon / 60_000, noon / 3_600_000, noon / 86_400_000);
         assert_eq!(
-            fields(format!("q:stats:s:{minute}")),
+            fields(format!("{}:stats:s:{minute}", keys.base())),
             pairs(&[("1f", 1), ("1s", 3), ("r5", 3), ("w3", 3)])
         );
-        assert_eq!(fields(format!("q:stats:s:{}", minute + 1)), pairs(&[("0s", 4)]));
-        assert_eq!(fields(format!("q:stats:m:{hour}")), pairs(&[("0f", 1), ("0s", 3), ("1s", 4)]));
-        assert_eq!(fields(format!("q:stats:h:{day}")), pairs(&[("12f", 1), ("12s", 7)]));
+        assert_eq!(fields(format!("{}:stats:s:{}", keys.base(), minute + 1)), pairs(&[("0s", 4)]));
+        assert_eq!(
+            fields(format!("{}:stats:m:{hour}", keys.base())),
+            pairs(&[("0f", 1), ("0s", 3), ("1s", 4)])
+        );
+        assert_eq!(fields(format!("{}:stats:h:{day}", keys.base())), pairs(&[("12f", 1), ("12s", 7)]));
         assert_eq!(pending.buckets.len(), 4);
-        assert_eq!(pending.buckets[&format!("q:stats:h:{day}")].0, HOURS.keep_ms);
+        assert_eq!(pending.buckets[&format!("{}:stats:h:{day}", keys.base())].0, HOURS.keep_ms);
+        let second = noon / 1000;
+        assert_eq!(pending.ends, [(second + 1, 5), (second + 60, 4)].into(), "ends per second");
     }
 
     #[test]

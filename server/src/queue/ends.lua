@@ -14,8 +14,9 @@ end
 
 -- Counts `n` ends in the queue's tally of ends per second (`ended`: Unix second -> count), from
 -- which the queue's view reads the tasks finished in the last minute. A script that ends many
--- tasks counts them once. The first end of a second drops the seconds older than two minutes, so
--- the tally stays small.
+-- tasks counts them once; the finish, which ends nearly every task, returns its count instead,
+-- and the process writes it with its stats (`stats::Tally`). The first end of a second drops the
+-- seconds older than two minutes, so the tally stays small.
 local function count_ends(base, now, n)
   local tally = base .. ':ended'
   -- (`now` is ms as text: its second is all of it but the last three digits.)
@@ -87,7 +88,7 @@ local function record_stats(base, now, succeeded, failed, bins)
 end
 
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
--- ms from `now` (the caller counts the end, `count_ends`). A payload `in_record` (a small one,
+-- ms from `now` (the caller counts the end in the tally of ends). A payload `in_record` (a small one,
 -- enqueue.lua) goes with the record. A shared payload (`ref`) counts its open tasks in
 -- `payload-refs:{ref}` and gets its TTL when the last of them ends: the latest end plus
 -- retention of any of them.

@@ -19,8 +19,9 @@
 -- Returns {applied (1, 2 when it ended cancelled instead, or 0 when the lease was lost) per
 -- attempt, take_lease replies, why no more may start ('' when nothing stops it), in how many ms
 -- to look again, the worker each attempt's record names (pulled leases; else empty), what the
--- stats count: {Redis's time ms, tasks succeeded, tasks failed for good}, the wait and run
--- samples' bins ('w{bin}', 'r{bin}') and each bin's count}.
+-- stats count: {Redis's time ms, tasks succeeded, tasks failed for good, tasks ended (those and
+-- the cancelled, for the tally of ends: the caller writes it with the stats, `stats::Tally`)},
+-- the wait and run samples' bins ('w{bin}', 'r{bin}') and each bin's count}.
 local ctx = leasing_context()
 local base, now, maxlen = ctx.base, ctx.now, ctx.maxlen
 local applied, workers = {}, {}
@@ -174,12 +175,10 @@ end
 for _, stream in ipairs(ended_streams) do
   settle(stream, ctx.group, ended[stream])
 end
-if ends > 0 then
-  count_ends(base, now, ends)
-end
--- What the stats count, for the caller to add into the time buckets with its other calls' counts
--- (stats.rs: a bucket's writes, several per call, cost more than anything else a finish does
--- once per call, docs/benchmark-notes.md "Eighth step").
+-- What the stats count, for the caller to add into the time buckets and the tally of ends with its
+-- other calls' counts (stats.rs: a bucket's writes, several per call, cost more than anything
+-- else a finish does once per call, docs/benchmark-notes.md "Eighth step"; the tally's, one a
+-- call, "Twelfth step").
 local bins, counts = {}, {}
 for kind, by_bin in pairs(samples) do
   for bin, count in pairs(by_bin) do
@@ -194,4 +193,4 @@ if want > 0 then
   take_new(ctx, want, leases)
 end
 return {applied, leases, ctx.blocked or '', ctx.retry_ms or 0, workers,
-  {ctx.now_ms, succeeded, failed}, bins, counts}
+  {ctx.now_ms, succeeded, failed, ends}, bins, counts}

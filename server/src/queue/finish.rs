@@ -360,11 +360,26 @@ impl Queue {
             let (bytes, source) = e.result.script_args();
             call.arg(bytes).arg(e.reason).arg(&e.session).arg(&e.idempotency_key).arg(source);
         }
-        type Reply =
-            (Vec<i64>, Vec<Vec<Vec<u8>>>, Vec<u8>, u64, Vec<String>, (u64, u64, u64), Vec<String>, Vec<u64>);
-        let (applied, claims, reason, retry_ms, workers, (at_ms, succeeded, failed), bins, counts): Reply =
-            call.invoke_async(&mut self.conn.clone()).await?;
-        self.count(&Counted { at_ms, succeeded, failed, bins: bins.into_iter().zip(counts).collect() });
+        type Reply = (
+            Vec<i64>,
+            Vec<Vec<Vec<u8>>>,
+            Vec<u8>,
+            u64,
+            Vec<String>,
+            (u64, u64, u64, u64),
+            Vec<String>,
+            Vec<u64>,
+        );
+        let reply: Reply = call.invoke_async(&mut self.conn.clone()).await?;
+        let (applied, claims, reason, retry_ms, workers, (at_ms, succeeded, failed, ended), bins, counts) =
+            reply;
+        self.count(&Counted {
+            at_ms,
+            succeeded,
+            failed,
+            ended,
+            bins: bins.into_iter().zip(counts).collect(),
+        });
         let mut workers = workers.into_iter();
         let ended = applied.into_iter().map(|code| Ended::of(code, workers.next())).collect();
         Ok(Finished { ended, claims, reason, retry_ms })
@@ -373,7 +388,7 @@ impl Queue {
     /// Adds what a finish counted to this queue's stats not written yet, and starts the flusher
     /// that writes them a moment later when none is on its way (`stats::Tally`).
     fn count(&self, counted: &Counted) {
-        let tally = self.tallies.of(self.keys.base());
+        let tally = self.tallies.of(&self.keys);
         if !tally.add(counted) {
             return;
         }
@@ -394,17 +409,20 @@ impl Queue {
     /// Writes what this queue's finishes in this process counted and no flusher wrote yet, now.
     #[cfg(test)]
     pub(super) async fn flush_counts(&self) -> RedisResult<()> {
-        self.tallies.of(self.keys.base()).flush(&self.conn).await
+        self.tallies.of(&self.keys).flush(&self.conn).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{
-        GROUP,
-        lease::{LeasedPayload, Run, TRIM_ABOVE},
-        testing::{echo_task, private_queue, unpacked},
+    use crate::{
+        queue::{
+            GROUP,
+            lease::{LeasedPayload, Run, TRIM_ABOVE},
+            testing::{echo_task, private_queue, unpacked},
+        },
+        stats::TALLY_SECONDS,
     };
     use redis::{AsyncCommands, streams::StreamAutoClaimReply};
     use std::sync::Arc;
@@ -676,6 +694,30 @@ mod tests {
         let expected: std::collections::BTreeMap<String, (u64, u64, u64)> =
             [("h".into(), (5, 0, 0)), ("m".into(), (5, 0, 0)), ("s".into(), (5, 5, 5))].into();
         assert_eq!(spans, expected);
+        // And in the tally of ends per second, which the queue's view reads.
+        let tally: std::collections::HashMap<u64, u64> = conn.hgetall(queue.keys.ended()).await.unwrap();
+        assert_eq!(tally.values().sum::<u64>(), 5, "{tally:?}");
+        assert_eq!(queue.state().await.unwrap().finished_last_minute, 5);
+    }
+
+    /// The tally of ends per second gets a process's counts per second of Redis's clock, and a
+    /// flush that leaves it holding more than `TALLY_SECONDS` drops the older seconds; the queue's
+    /// view counts the last minute of it.
+    #[tokio::test]
+    async fn the_tally_of_ends_keeps_two_minutes_and_the_view_reads_one() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let now = now_ms() / 1000;
+        let mut written: Vec<(u64, u64)> = (0..TALLY_SECONDS).map(|s| (now - 1_000 - s, 1)).collect();
+        written.push((now - 100, 2));
+        written.push((now - 30, 7));
+        let _: () = conn.hset_multiple(queue.keys.ended(), &written).await.unwrap();
+        queue.count(&Counted { at_ms: now * 1000, succeeded: 2, failed: 0, ended: 3, bins: Vec::new() });
+        queue.count(&Counted { at_ms: now * 1000 + 999, ended: 1, ..Counted::default() });
+        queue.flush_counts().await.unwrap();
+        let tally: std::collections::HashMap<u64, u64> = conn.hgetall(queue.keys.ended()).await.unwrap();
+        assert_eq!(tally, [(now - 100, 2), (now - 30, 7), (now, 4)].into());
+        assert_eq!(queue.state().await.unwrap().finished_last_minute, 11);
     }
 
     /// Ended attempts' entries leave the ready stream in bulk trims, once it holds more than

@@ -36,7 +36,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tracing::{debug, warn};
+use tracing::warn;
 use uuid::Uuid;
 
 /// What the end reads of each record, in this order (`Record`).
@@ -50,9 +50,6 @@ const READ: [&str; 8] = [
     record::PAYLOAD_REF,
     record::WORKFLOW,
 ];
-
-/// How many seconds the tally of ends per second keeps (`count_ends` of ends.lua).
-const TALLY_SECONDS: u64 = 120;
 
 /// How long a queue's ends go through the script after the plain way failed (a connection refused,
 /// an ACL user without the transaction commands) before it is tried again.
@@ -202,8 +199,7 @@ impl PlainEnds {
         // A record changed after the read: nothing of it was applied.
         let Some(applied) = applied(replies)? else { return Ok(None) };
         // From here on every attempt is ended: nothing below may answer otherwise.
-        let mut tail = applied.into_iter().rev().map(|v| redis::from_redis_value::<u64>(v).unwrap_or(0));
-        let (tally_len, tallied) = (tail.next().unwrap_or(0), tail.next().unwrap_or(0));
+        let tail = applied.into_iter().rev().map(|v| redis::from_redis_value::<u64>(v).unwrap_or(0));
         {
             let mut due = self.trims_due();
             for (stream, length) in streams.iter().rev().zip(tail) {
@@ -213,11 +209,6 @@ impl PlainEnds {
             }
         }
         queue.count(&counted);
-        if tallied == batch.len() as u64 && tally_len > TALLY_SECONDS {
-            // The first ends of a second, with old seconds in the tally: they go (as count_ends
-            // does; harmless twice).
-            tokio::spawn(prune_tally(queue.clone(), read.now_ms / 1000));
-        }
         let ended =
             batch.iter().map(|_| Ended { applied: Applied::AsReported, worker: String::new() }).collect();
         Ok(Some(ended))
@@ -287,7 +278,7 @@ async fn read(conn: &mut Conn, queue: &Queue, batch: &[Ending]) -> RedisResult<O
 
 /// The transaction that ends `batch` as `read` found it, as finish.lua would, in a pipeline that
 /// sends it (its one reply: `EXEC`'s), and what the stats count. Its last replies are each
-/// stream's length, the tally's count for the second and the tally's size.
+/// stream's length.
 fn transaction(
     queue: &Queue,
     batch: &[Ending],
@@ -388,11 +379,9 @@ fn transaction(
     for stream in streams {
         pipe.cmd("XLEN").arg(stream).ignore();
     }
-    let tally = queue.keys.ended();
-    pipe.cmd("HINCRBY").arg(&tally).arg(now_ms / 1000).arg(batch.len()).ignore();
-    pipe.cmd("HLEN").arg(&tally).ignore();
     pipe.cmd("EXEC");
-    let counted = Counted { at_ms: now_ms, succeeded: batch.len() as u64, failed: 0, bins };
+    let ends = batch.len() as u64;
+    let counted = Counted { at_ms: now_ms, succeeded: ends, failed: 0, ended: ends, bins };
     (pipe, counted)
 }
 
@@ -405,23 +394,6 @@ fn streams_of(batch: &[Ending]) -> Vec<String> {
         }
     }
     streams
-}
-
-/// Drops the seconds of `queue`'s tally of ends older than `TALLY_SECONDS` before `second`.
-async fn prune_tally(queue: Queue, second: u64) {
-    let mut conn = queue.conn.clone();
-    let tally = queue.keys.ended();
-    let seconds: RedisResult<Vec<String>> = redis::cmd("HKEYS").arg(&tally).query_async(&mut conn).await;
-    let old: Vec<String> = seconds
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|field| field.parse::<u64>().unwrap_or(0) < second.saturating_sub(TALLY_SECONDS))
-        .collect();
-    if !old.is_empty()
-        && let Err(e) = redis::cmd("HDEL").arg(&tally).arg(&old).exec_async(&mut conn).await
-    {
-        debug!(error = %e, "pruning the tally of ends failed; the next second tries again");
-    }
 }
 
 #[cfg(test)]
