@@ -207,7 +207,7 @@ impl Tally {
     /// counts added meanwhile start a new one); false when something does.
     pub fn done(&self) -> bool {
         let mut pending = self.pending();
-        if pending.buckets.is_empty() {
+        if pending.buckets.is_empty() && pending.ends.is_empty() {
             pending.flushing = false;
         }
         !pending.flushing
