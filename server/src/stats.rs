@@ -188,13 +188,15 @@ impl Tally {
         for (second, n) in &ends {
             pipe.hincr(&tally, second, *n).ignore();
         }
-        let Some(&newest) = ends.keys().next_back() else {
-            return pipe.query_async::<()>(&mut conn.clone()).await;
-        };
-        pipe.hlen(&tally);
-        let (seconds,): (u64,) = pipe.query_async(&mut conn.clone()).await?;
+        let newest = ends.keys().next_back().copied();
+        if newest.is_some() {
+            pipe.hlen(&tally);
+        }
+        // The tally's size, when this flush wrote to it.
+        let size: Vec<u64> = pipe.query_async(&mut conn.clone()).await?;
         // A prune keeps the seconds from `newest - TALLY_SECONDS` to `newest`.
-        if seconds > TALLY_SECONDS + 1
+        if let (Some(newest), Some(&seconds)) = (newest, size.first())
+            && seconds > TALLY_SECONDS + 1
             && let Err(e) = prune_tally(conn, &tally, newest).await
         {
             // The counts are written; the next flush of a new second tries again.

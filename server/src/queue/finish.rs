@@ -712,6 +712,10 @@ mod tests {
         written.push((now - 100, 2));
         written.push((now - 30, 7));
         let _: () = conn.hset_multiple(queue.keys.ended(), &written).await.unwrap();
+        // A retry's run sample alone: a flush that writes no ends.
+        let retried = Counted { at_ms: now * 1000, bins: vec![("r3".into(), 1)], ..Counted::default() };
+        queue.count(&retried);
+        queue.flush_counts().await.unwrap();
         queue.count(&Counted { at_ms: now * 1000, succeeded: 2, failed: 0, ended: 3, bins: Vec::new() });
         queue.count(&Counted { at_ms: now * 1000 + 999, ended: 1, ..Counted::default() });
         queue.flush_counts().await.unwrap();
