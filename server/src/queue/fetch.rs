@@ -439,7 +439,7 @@ impl Drop for Reading<'_> {
 }
 
 /// Returns entries read but not claimed to their stream, as fresh entries, so others take them.
-async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> RedisResult<()> {
+pub(super) async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for (kind, index, entry) in entries {

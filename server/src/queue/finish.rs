@@ -9,7 +9,7 @@
 
 use super::{
     Outcome, Queue, ResultBytes,
-    fetch::blocked_of,
+    fetch::{Given, blocked_of},
     lease::{Lease, Leasing},
     serving::Served,
 };
@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 mod plain;
 pub(super) use plain::PlainEnds;
+use plain::Round;
 
 /// The most attempts one finish script ends.
 const FINISH_BATCH: usize = 64;
@@ -286,6 +287,43 @@ impl Leasing {
             return;
         }
         let kinds = self.serving.kinds_arg();
+        if want > 0 {
+            let lanes: Vec<(String, [String; 3])> =
+                self.serving.kinds().into_iter().map(|kind| (kind.clone(), queue.keys.lane(&kind))).collect();
+            match self.plain_ends.round(queue, &batch, &self.consumer, &lanes, want).await {
+                Some(Ok(Round { ended, runs, rest })) => {
+                    for (ending, ended) in batch.into_iter().zip(ended) {
+                        ending.answer(Ok(ended));
+                    }
+                    let mut leases = self.leases_of_runs(queue, &served.running, runs, &mut slots);
+                    leases.extend(self.claim_read(&served, &kinds, &rest, &mut slots).await);
+                    drop(slots);
+                    self.deliver(leases).await;
+                    return;
+                }
+                Some(Err(given)) => {
+                    // The entries were read: the script ends the batch, then claims them.
+                    match queue.end_attempts(&batch, Holders::Process, 0, &self.consumer, &kinds).await {
+                        Ok(Finished { ended, .. }) => {
+                            self.plain_ends.settled(&batch);
+                            for (ending, ended) in batch.into_iter().zip(ended) {
+                                ending.answer(Ok(ended));
+                            }
+                        }
+                        Err(e) => {
+                            for ending in batch {
+                                ending.answer(Err(e.clone()));
+                            }
+                        }
+                    }
+                    let leases = self.claim_read(&served, &kinds, &given, &mut slots).await;
+                    drop(slots);
+                    self.deliver(leases).await;
+                    return;
+                }
+                None => {}
+            }
+        }
         match queue.end_attempts(&batch, Holders::Process, want, &self.consumer, &kinds).await {
             Ok(Finished { ended, claims, reason, retry_ms }) => {
                 self.plain_ends.settled(&batch);
@@ -303,6 +341,30 @@ impl Leasing {
                 for ending in batch {
                     ending.answer(Err(e.clone()));
                 }
+            }
+        }
+    }
+}
+
+impl Leasing {
+    /// Leases on `given` (entries of `served`'s lanes read for this worker) through the claim
+    /// script. On an error they stay pending for this worker, taken over once idle a lease's
+    /// length.
+    async fn claim_read(
+        &self,
+        served: &Served,
+        kinds: &str,
+        given: &[Given],
+        slots: &mut Vec<OwnedSemaphorePermit>,
+    ) -> Vec<Lease> {
+        if given.is_empty() {
+            return Vec::new();
+        }
+        match served.queue.claim(&self.consumer, kinds, given.len(), given).await {
+            Ok(claimed) => self.leases_of_claim(served, claimed, slots),
+            Err(e) => {
+                warn!(queue = served.queue.name(), error = %e, "claiming the entries read failed");
+                Vec::new()
             }
         }
     }

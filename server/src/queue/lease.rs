@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
 
-mod plain;
+pub(super) mod plain;
 pub(super) use plain::PlainLeases;
 
 /// A worker's hold on one attempt of one task: what it needs to run it and to report back.
@@ -136,6 +136,12 @@ impl Run {
 pub(super) struct RunReply(Vec<Vec<u8>>);
 
 impl RunReply {
+    /// Its fields, in `Run`'s order.
+    #[cfg(test)]
+    pub(super) fn into_fields(self) -> Vec<Vec<u8>> {
+        self.0
+    }
+
     /// The reply, if it is a `run` reply of the expected shape. (Any other reply, `drop` or
     /// `later`, is one string; one that says `run` but is not of that shape is a fault, logged:
     /// its task's lease runs out unreported.)

@@ -22,15 +22,22 @@ use crate::{
     events::{append_task_events, task_event_value},
     queue::{
         GROUP, Queue,
+        fetch::{Given, hand_back_unclaimed},
         finish::{Applied, Ended},
-        lease::{NOT_SAMPLED, TRIM_ABOVE},
+        lease::{
+            NOT_SAMPLED, RunReply, TRIM_ABOVE,
+            plain::{self as lease, time_of},
+        },
         record,
         transaction::{allows_transactions, applied},
     },
     redis_client::Conn,
     stats::{Counted, latency_bin},
 };
-use redis::{RedisResult, Value};
+use redis::{
+    RedisResult, Value,
+    streams::{StreamPendingReply, StreamReadReply},
+};
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
@@ -64,7 +71,24 @@ pub(in crate::queue) struct PlainEnds {
     /// Ready streams found holding more than `TRIM_ABOVE` entries: only the script trims, so the
     /// next ends on them go through it.
     trim_due: Mutex<HashSet<String>>,
+    /// The queues whose rounds take leases through the script for a while (`SCRIPTED_FOR`), and
+    /// since when: found with limits, or with entries waiting on several of a worker's streams at
+    /// once (the script reads them in order, where a plain round reads each and hands back what
+    /// it cannot start, to the end of its stream).
+    scripted: Mutex<HashMap<String, Instant>>,
 }
+
+/// What a plain round did: each attempt's end, the run replies of the leases it took, and the
+/// entries it read that need the script to decide (for the caller to have it claim them).
+pub(in crate::queue) struct Round {
+    pub(in crate::queue) ended: Vec<Ended>,
+    pub(in crate::queue) runs: Vec<RunReply>,
+    pub(in crate::queue) rest: Vec<Given>,
+}
+
+/// How long a queue's rounds leave their leases to the script once it decided they should
+/// (`PlainEnds::scripted`) before a plain round is tried again.
+const SCRIPTED_FOR: Duration = Duration::from_secs(1);
 
 /// A queue's connection for plain ends.
 #[derive(Default)]
@@ -135,6 +159,179 @@ impl PlainEnds {
         }
         let own = self.own_of(queue);
         let mut own = own.lock().await;
+        let conn = self.connected(&mut own, queue).await?;
+        let ended = match read(conn, queue, batch).await {
+            Ok(Some(read)) => self.commit(conn, queue, batch, read, &streams, worker).await,
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        ended.unwrap_or_else(|e| {
+            // A transaction whose answer was lost may have been applied: the script then finds
+            // the leases gone and says so.
+            self.failed(&mut own, queue, &e);
+            None
+        })
+    }
+
+    /// Ends `batch` and starts up to `want` new entries of `lanes` (each a kind and its streams,
+    /// the most urgent first) for `worker`, without Lua, in three round trips on the queue's own
+    /// connection: a read of new entries; the watched read of the ended attempts' records, of the
+    /// new entries' records and of the queue's limits; one transaction that ends the first and
+    /// starts the second. None when it was not tried, or read nothing new and the ends need the
+    /// script (nothing changed: the caller ends the batch, and takes leases, with the script);
+    /// `Err` with the entries read, when the round needs the script after reading them (nothing
+    /// ended or started: the caller ends the batch with the script and has it claim them).
+    pub(in crate::queue) async fn round(
+        &self,
+        queue: &Queue,
+        batch: &[Ending],
+        worker: &str,
+        lanes: &[(String, [String; 3])],
+        want: usize,
+    ) -> Option<Result<Round, Vec<Given>>> {
+        if queue.conn.is_cluster()
+            || lanes.is_empty()
+            || !batch.iter().all(Ending::may_go_plain)
+            || self.is_scripted(queue)
+        {
+            return None;
+        }
+        let streams = streams_of(batch);
+        let trims: Vec<String> = {
+            let due = self.trims_due();
+            streams.iter().filter(|stream| due.contains(*stream)).cloned().collect()
+        };
+        let own = self.own_of(queue);
+        let mut own = own.lock().await;
+        let conn = self.connected(&mut own, queue).await?;
+        let mut given = match read_new(conn, worker, lanes, want).await {
+            Ok(given) => given,
+            Err(e) => {
+                self.failed(&mut own, queue, &e);
+                return None;
+            }
+        };
+        // Each stream may bring `want`: what does not fit goes back for others to take, and the
+        // next rounds leave the reading to the script for a while.
+        let extra = given.split_off(want.min(given.len()));
+        if !extra.is_empty() {
+            self.script_for_a_while(queue);
+            if let Err(e) = hand_back_unclaimed(queue, &extra).await {
+                // Left pending for this worker, they are taken over once idle a lease's length.
+                warn!(queue = queue.name(), error = %e, "handing back the entries a round read failed");
+            }
+        }
+        if given.is_empty() {
+            if !trims.is_empty() {
+                return None;
+            }
+            // Nothing new: the round only ends.
+            drop(own);
+            let ended = self.end(queue, batch, worker).await?;
+            return Some(Ok(Round { ended, runs: Vec::new(), rest: Vec::new() }));
+        }
+        match self.end_and_start(conn, queue, batch, &trims, worker, &given).await {
+            Ok(Some(round)) => Some(Ok(round)),
+            Ok(None) => Some(Err(given)),
+            Err(e) => {
+                // A transaction whose answer was lost may have been applied: the script then finds
+                // the ended leases gone, and the started tasks running, which it takes over.
+                self.failed(&mut own, queue, &e);
+                Some(Err(given))
+            }
+        }
+    }
+
+    /// The round trips of `round` after the read of new entries (`given`, read for `worker`):
+    /// the round, or None when it needs the script (the watch let go, nothing changed).
+    async fn end_and_start(
+        &self,
+        conn: &mut Conn,
+        queue: &Queue,
+        batch: &[Ending],
+        trims: &[String],
+        worker: &str,
+        given: &[Given],
+    ) -> RedisResult<Option<Round>> {
+        let Some(ends) = ReadPlan::of(queue, batch) else { return Ok(None) };
+        let streams = &streams_of(batch)[..];
+        let mut pipe = redis::pipe();
+        ends.queue(&mut pipe, queue);
+        let starts = lease::queue_read(&mut pipe, queue, given);
+        pipe.cmd("TIME");
+        // Where the group's oldest pending entry is on each stream to trim (settle of lease.lua).
+        for stream in trims {
+            pipe.cmd("XPENDING").arg(stream).arg(GROUP);
+        }
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        let mut replies = replies.into_iter();
+        let ended = ends.found(&mut replies, batch)?;
+        let found = lease::Found::of(&mut replies, &starts)?;
+        let now_ms = time_of(replies.next())?;
+        let mut trim_to = Vec::with_capacity(trims.len());
+        for stream in trims {
+            let pending: StreamPendingReply = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?;
+            if let StreamPendingReply::Data(data) = pending {
+                trim_to.push((stream, data.start_id));
+            }
+        }
+        let limited = found.limited();
+        let (Some((ids, tasks, records)), Some(mut starting)) = (ended, found.read(given, starts, now_ms))
+        else {
+            if limited {
+                self.script_for_a_while(queue);
+            }
+            redis::cmd("UNWATCH").exec_async(conn).await?;
+            return Ok(None);
+        };
+        let read = Read { ids, tasks, records, now_ms };
+        let rest = std::mem::take(&mut starting.rest);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().cmd("MULTI");
+        // The starts first: their answers are the first in `EXEC`'s (`Starting::runs`); the
+        // events in the order the script writes them, the ends' first.
+        let mut started = Vec::with_capacity(starting.starts.len());
+        let starting = lease::queue_starts(&mut pipe, queue, worker, starting, &mut started);
+        let mut events = Vec::with_capacity(batch.len() + started.len());
+        let counted = queue_ends(&mut pipe, queue, batch, &read, streams, worker, &mut events);
+        events.append(&mut started);
+        append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
+        // Every entry older than the oldest pending when read is done with (acknowledged since,
+        // the oldest may be newer now: the trim keeps more, never less). A stream with none
+        // pending waits for a round that finds some.
+        for (stream, oldest) in &trim_to {
+            pipe.cmd("XTRIM").arg(*stream).arg("MINID").arg("~").arg(oldest).ignore();
+        }
+        queue_lengths(&mut pipe, streams);
+        pipe.cmd("EXEC");
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        let Some(mut applied) = applied(replies)? else { return Ok(None) };
+        {
+            let mut due = self.trims_due();
+            for (stream, _) in &trim_to {
+                due.remove(*stream);
+            }
+        }
+        self.note_lengths(streams, &applied);
+        queue.count(&counted);
+        let runs = starting.runs(&mut applied);
+        Ok(Some(Round { ended: as_reported(batch), runs, rest }))
+    }
+
+    /// Whether `queue`'s rounds take leases through the script now (`scripted`).
+    fn is_scripted(&self, queue: &Queue) -> bool {
+        let scripted = self.scripted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        scripted.get(queue.name()).is_some_and(|since| since.elapsed() < SCRIPTED_FOR)
+    }
+
+    /// `queue`'s rounds take leases through the script for `SCRIPTED_FOR`.
+    fn script_for_a_while(&self, queue: &Queue) {
+        let mut scripted = self.scripted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        scripted.insert(queue.name().to_string(), Instant::now());
+    }
+
+    /// `own`'s connection, made if needed; None while the plain way rests after a failure.
+    async fn connected<'o>(&self, own: &'o mut Own, queue: &Queue) -> Option<&'o mut Conn> {
         if own.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
             return None;
         }
@@ -148,19 +345,13 @@ impl PlainEnds {
                 }
             }
         }
-        let conn = own.conn.as_mut().expect("connected above");
-        let ended = match read(conn, queue, batch).await {
-            Ok(Some(read)) => self.commit(conn, queue, batch, read, &streams, worker).await,
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
-        ended.unwrap_or_else(|e| {
-            // A transaction whose answer was lost may have been applied: the script then finds
-            // the leases gone and says so.
-            warn!(queue = queue.name(), error = %e, "ending without Lua failed: the script ends them");
-            (own.conn, own.failed_at) = (None, Some(Instant::now()));
-            None
-        })
+        own.conn.as_mut()
+    }
+
+    /// The plain way failed on `own`'s connection: it is dropped, and the way rests.
+    fn failed(&self, own: &mut Own, queue: &Queue, error: &redis::RedisError) {
+        warn!(queue = queue.name(), error = %error, "ending without Lua failed: the script ends them");
+        (own.conn, own.failed_at) = (None, Some(Instant::now()));
     }
 
     /// The script ended `batch` on `queue`: the streams it settled are trimmed.
@@ -199,20 +390,61 @@ impl PlainEnds {
         // A record changed after the read: nothing of it was applied.
         let Some(applied) = applied(replies)? else { return Ok(None) };
         // From here on every attempt is ended: nothing below may answer otherwise.
-        let tail = applied.into_iter().rev().map(|v| redis::from_redis_value::<u64>(v).unwrap_or(0));
-        {
-            let mut due = self.trims_due();
-            for (stream, length) in streams.iter().rev().zip(tail) {
-                if length > TRIM_ABOVE as u64 {
-                    due.insert(stream.clone());
-                }
+        self.note_lengths(streams, &applied);
+        queue.count(&counted);
+        Ok(Some(as_reported(batch)))
+    }
+
+    /// Notes the streams a transaction found past the trim threshold, from its last answers
+    /// (`queue_lengths`): the next ends on them go through the script, which trims.
+    fn note_lengths(&self, streams: &[String], applied: &[Value]) {
+        let tail = applied.iter().rev().map(|v| redis::from_redis_value_ref::<u64>(v).unwrap_or(0));
+        let mut due = self.trims_due();
+        for (stream, length) in streams.iter().rev().zip(tail) {
+            if length > TRIM_ABOVE as u64 {
+                due.insert(stream.clone());
             }
         }
-        queue.count(&counted);
-        let ended =
-            batch.iter().map(|_| Ended { applied: Applied::AsReported, worker: String::new() }).collect();
-        Ok(Some(ended))
     }
+}
+
+/// Reads up to `want` new entries of `lanes` (each a kind and its streams, the most urgent
+/// first) for `consumer`, the most urgent first; hands back any beyond `want` (each stream may
+/// bring as many).
+async fn read_new(
+    conn: &mut Conn,
+    consumer: &str,
+    lanes: &[(String, [String; 3])],
+    want: usize,
+) -> RedisResult<Vec<Given>> {
+    let streams: Vec<&String> = lanes.iter().flat_map(|(_, streams)| streams).collect();
+    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(want)
+        .arg("STREAMS")
+        .arg(&streams)
+        .arg(vec![">"; streams.len()])
+        .query_async(conn)
+        .await?;
+    let mut given: Vec<Given> = Vec::new();
+    for key in reply.into_iter().flat_map(|r| r.keys) {
+        let place = lanes.iter().find_map(|(kind, streams)| {
+            streams.iter().position(|s| *s == key.key).map(|index| (kind, index))
+        });
+        if let Some((kind, index)) = place {
+            given.extend(key.ids.into_iter().map(|e| (kind.clone(), index, e)));
+        }
+    }
+    given.sort_by_key(|(_, index, _)| *index);
+    Ok(given)
+}
+
+/// Each attempt of `batch` ended as its holder reported it.
+fn as_reported(batch: &[Ending]) -> Vec<Ended> {
+    batch.iter().map(|_| Ended { applied: Applied::AsReported, worker: String::new() }).collect()
 }
 
 /// A connection for plain ends: one that nothing reconnects, on which Redis has just let this
@@ -236,44 +468,74 @@ struct Read {
 /// Watches `batch`'s records on `conn` and reads what their ends need: None (the watch let go)
 /// where one needs the script to decide (its lease lost, its payload shared or expired).
 async fn read(conn: &mut Conn, queue: &Queue, batch: &[Ending]) -> RedisResult<Option<Read>> {
-    let Ok(ids) = batch.iter().map(|e| Uuid::parse_str(&e.task_id)).collect::<Result<Vec<_>, _>>() else {
-        return Ok(None);
-    };
-    let tasks: Vec<String> = ids.iter().map(|id| queue.keys.task(id)).collect();
-    // Each record (watched), Redis's time, and the length of each payload the result is (an
-    // expired one leaves the attempt to the script, which runs it again).
+    let Some(plan) = ReadPlan::of(queue, batch) else { return Ok(None) };
     let mut pipe = redis::pipe();
-    pipe.cmd("WATCH").arg(&tasks).ignore();
-    for task in &tasks {
-        pipe.cmd("HMGET").arg(task).arg(&READ[..]);
-    }
+    plan.queue(&mut pipe, queue);
     pipe.cmd("TIME");
-    let echoes: Vec<usize> =
-        (0..batch.len()).filter(|&i| matches!(batch[i].result, ResultPlace::Payload)).collect();
-    for &i in &echoes {
-        pipe.cmd("STRLEN").arg(queue.keys.payload(&ids[i]));
-    }
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     let mut replies = replies.into_iter();
-    let mut records = Vec::with_capacity(batch.len());
-    for _ in batch {
-        records.push(Record::of(redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?));
-    }
-    let (seconds, micros): (u64, u64) = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?;
-    let mut payload_lengths = vec![None; batch.len()];
-    for &i in &echoes {
-        payload_lengths[i] = Some(redis::from_redis_value::<u64>(replies.next().unwrap_or(Value::Nil))?);
-    }
-    let decides = batch.iter().zip(&records).zip(&payload_lengths).any(|((ending, record), length)| {
-        record.lease != ending.token
-            || !record.payload_ref.is_empty()
-            || (!record.payload_inline && *length == Some(0))
-    });
-    if decides {
+    let found = plan.found(&mut replies, batch)?;
+    let now_ms = time_of(replies.next())?;
+    let read = found.map(|(ids, tasks, records)| Read { ids, tasks, records, now_ms });
+    if read.is_none() {
         redis::cmd("UNWATCH").exec_async(conn).await?;
-        return Ok(None);
     }
-    Ok(Some(Read { ids, tasks, records, now_ms: seconds * 1000 + micros / 1000 }))
+    Ok(read)
+}
+
+/// What the read before plain ends asks for: the records of a batch's tasks (ids and keys), and
+/// the lengths of the payloads results are (which of the batch).
+struct ReadPlan {
+    ids: Vec<Uuid>,
+    tasks: Vec<String>,
+    echoes: Vec<usize>,
+}
+
+impl ReadPlan {
+    /// The read of `batch`'s records on `queue`: None when an id is not one (the script decides).
+    fn of(queue: &Queue, batch: &[Ending]) -> Option<ReadPlan> {
+        let ids = batch.iter().map(|e| Uuid::parse_str(&e.task_id)).collect::<Result<Vec<_>, _>>().ok()?;
+        let tasks = ids.iter().map(|id| queue.keys.task(id)).collect();
+        let echoes = (0..batch.len()).filter(|&i| matches!(batch[i].result, ResultPlace::Payload)).collect();
+        Some(ReadPlan { ids, tasks, echoes })
+    }
+
+    /// Adds to `pipe` the watch on the records and the reads: each record, and the length of
+    /// each payload the result is (an expired one leaves the attempt to the script, which runs
+    /// it again).
+    fn queue(&self, pipe: &mut redis::Pipeline, queue: &Queue) {
+        pipe.cmd("WATCH").arg(&self.tasks).ignore();
+        for task in &self.tasks {
+            pipe.cmd("HMGET").arg(task).arg(&READ[..]);
+        }
+        for &i in &self.echoes {
+            pipe.cmd("STRLEN").arg(queue.keys.payload(&self.ids[i]));
+        }
+    }
+
+    /// Reads back from `replies` what `queue` asked for: the ids, keys and records, or None
+    /// where an end needs the script to decide (its lease lost, its payload shared or expired).
+    #[allow(clippy::type_complexity)]
+    fn found(
+        self,
+        replies: &mut impl Iterator<Item = Value>,
+        batch: &[Ending],
+    ) -> RedisResult<Option<(Vec<Uuid>, Vec<String>, Vec<Record>)>> {
+        let mut records = Vec::with_capacity(batch.len());
+        for _ in batch {
+            records.push(Record::of(redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?));
+        }
+        let mut payload_lengths = vec![None; batch.len()];
+        for &i in &self.echoes {
+            payload_lengths[i] = Some(redis::from_redis_value::<u64>(replies.next().unwrap_or(Value::Nil))?);
+        }
+        let decides = batch.iter().zip(&records).zip(&payload_lengths).any(|((ending, record), length)| {
+            record.lease != ending.token
+                || !record.payload_ref.is_empty()
+                || (!record.payload_inline && *length == Some(0))
+        });
+        Ok((!decides).then_some((self.ids, self.tasks, records)))
+    }
 }
 
 /// The transaction that ends `batch` as `read` found it, as finish.lua would, in a pipeline that
@@ -286,16 +548,43 @@ fn transaction(
     streams: &[String],
     worker: &str,
 ) -> (redis::Pipeline, Counted) {
-    let Read { ids, tasks, records, now_ms } = read;
-    let now_ms = *now_ms;
-    let now = now_ms.to_string();
-    let keep = queue.settings.retention.as_millis() as u64;
     let mut pipe = redis::pipe();
     // Built by hand rather than `atomic()`: `MULTI`'s own answer is read (a refused `MULTI` would
     // leave the commands to run one by one), and an error inside the transaction, which Redis
     // applies all the same, is a reply like the others rather than the pipeline's error.
     pipe.ignore_errors().cmd("MULTI");
     let mut events = Vec::with_capacity(batch.len());
+    let counted = queue_ends(&mut pipe, queue, batch, read, streams, worker, &mut events);
+    append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
+    queue_lengths(&mut pipe, streams);
+    pipe.cmd("EXEC");
+    (pipe, counted)
+}
+
+/// Asks, at the end of a transaction, each of `streams`' length (the transaction's last answers:
+/// `note_lengths` reads them).
+fn queue_lengths(pipe: &mut redis::Pipeline, streams: &[String]) {
+    for stream in streams {
+        pipe.cmd("XLEN").arg(stream).ignore();
+    }
+}
+
+/// Adds to a transaction on `pipe` the commands that end `batch` as `read` found it, as
+/// finish.lua would (their `succeeded` events go to `events`, for the caller to append with the
+/// transaction's others), and returns what the stats count.
+fn queue_ends(
+    pipe: &mut redis::Pipeline,
+    queue: &Queue,
+    batch: &[Ending],
+    read: &Read,
+    streams: &[String],
+    worker: &str,
+    events: &mut Vec<String>,
+) -> Counted {
+    let Read { ids, tasks, records, now_ms } = read;
+    let now_ms = *now_ms;
+    let now = now_ms.to_string();
+    let keep = queue.settings.retention.as_millis() as u64;
     let mut bins: Vec<(String, u64)> = Vec::new();
     let mut sample = |bin: String| match bins.iter_mut().find(|(b, _)| *b == bin) {
         Some((_, n)) => *n += 1,
@@ -375,14 +664,8 @@ fn transaction(
     for (stream, entries) in streams.iter().zip(&acked) {
         pipe.cmd("XACK").arg(stream).arg(GROUP).arg(entries).ignore();
     }
-    append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
-    for stream in streams {
-        pipe.cmd("XLEN").arg(stream).ignore();
-    }
-    pipe.cmd("EXEC");
     let ends = batch.len() as u64;
-    let counted = Counted { at_ms: now_ms, succeeded: ends, failed: 0, ended: ends, bins };
-    (pipe, counted)
+    Counted { at_ms: now_ms, succeeded: ends, failed: 0, ended: ends, bins }
 }
 
 /// The ready streams of `batch`'s entries, each once, in the order first met.
@@ -632,6 +915,198 @@ mod tests {
 
     /// A record changed between the read and the transaction (here, its cancel asked for) voids
     /// the transaction: nothing of the end is written, and the script decides.
+    /// The `echo` lane of `queue`, as a round reads it.
+    fn echo_lane(queue: &Queue) -> Vec<(String, [String; 3])> {
+        vec![("echo".to_string(), queue.keys.lane("echo"))]
+    }
+
+    /// The status of task `id`'s record.
+    async fn status_of(queue: &Queue, id: &str) -> String {
+        let id = Uuid::parse_str(id).unwrap();
+        queue.conn.clone().hget(queue.keys.task(&id), "status").await.unwrap()
+    }
+
+    /// What the group has handed out of `queue`'s normal `echo` stream and not had back.
+    async fn pending_summary(queue: &Queue) -> redis::streams::StreamPendingReply {
+        queue.conn.clone().xpending(&queue.keys.lane("echo")[1], GROUP).await.unwrap()
+    }
+
+    /// How many entries of `queue`'s normal `echo` stream the group has handed out and not had
+    /// back.
+    async fn pending(queue: &Queue) -> usize {
+        pending_summary(queue).await.count()
+    }
+
+    #[tokio::test]
+    async fn a_round_ends_and_starts_without_lua() {
+        let (_redis, queue) = private_queue().await;
+        let tasks: Vec<NewTask> = (0..6).map(|i| echo_task(Bytes::from(format!("{{\"n\": {i}}}")))).collect();
+        for task in &tasks {
+            queue.enqueue(task).await.unwrap();
+        }
+        let replies = unpacked(queue.claim(WORKER, "*", 3, &[]).await.unwrap().0);
+        let endings = endings_of(&queue, &replies);
+        let plain = PlainEnds::default();
+        let before = fcalls(&queue).await;
+        let round = plain.round(&queue, &endings, WORKER, &echo_lane(&queue), 3).await;
+        let Some(Ok(Round { ended, runs, rest })) = round else { panic!("the round goes plain") };
+        assert_eq!(fcalls(&queue).await, before, "no function ran");
+        assert!(ended.iter().all(|e| e.applied == Applied::AsReported));
+        assert!(rest.is_empty());
+        for ending in &endings {
+            assert_eq!(status_of(&queue, &ending.task_id).await, "succeeded");
+        }
+        // The next three tasks, in the order they joined, each started for this worker with the
+        // lease its run reply holds, its payload with it.
+        assert_eq!(runs.len(), 3);
+        let mut conn = queue.conn.clone();
+        for (run, task) in runs.into_iter().zip(&tasks[3..]) {
+            let run = run.into_fields();
+            let text = |f: Run| String::from_utf8_lossy(&run[f as usize]).into_owned();
+            assert_eq!(text(Run::TaskId), task.id.to_string());
+            assert_eq!(text(Run::Attempt), "1");
+            assert_eq!(run[Run::Payload as usize], task.payload.to_vec());
+            let record: HashMap<String, String> = conn.hgetall(queue.keys.task(&task.id)).await.unwrap();
+            assert_eq!(record["status"], "running");
+            assert_eq!(record["lease"], text(Run::Token));
+            assert_eq!(record["worker"], WORKER);
+        }
+        // The ended entries acknowledged, the started ones pending; the events of both, the ends'
+        // first.
+        assert_eq!(pending(&queue).await, 3);
+        let events: redis::streams::StreamRangeReply = conn.xrange_all(queue.keys.events()).await.unwrap();
+        let last: String = events.ids.last().unwrap().get("e").unwrap();
+        let names: Vec<&str> = last.split('\u{1e}').map(|e| e.split('\u{1f}').next().unwrap()).collect();
+        assert_eq!(names, ["succeeded", "succeeded", "succeeded", "running", "running", "running"]);
+    }
+
+    #[tokio::test]
+    async fn a_round_on_a_limited_queue_leaves_everything_to_the_script() {
+        let (_redis, queue) = private_queue().await;
+        let tasks: Vec<NewTask> = (0..4).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
+        for task in &tasks {
+            queue.enqueue(task).await.unwrap();
+        }
+        let replies = unpacked(queue.claim(WORKER, "*", 2, &[]).await.unwrap().0);
+        let endings = endings_of(&queue, &replies);
+        let _: () = queue.conn.clone().hset(queue.keys.settings(), "concurrency", 100).await.unwrap();
+        let plain = PlainEnds::default();
+        let lane = echo_lane(&queue);
+        let Some(Err(given)) = plain.round(&queue, &endings, WORKER, &lane, 2).await else {
+            panic!("a queue with limits is the script's")
+        };
+        // Read, so pending, but nothing ended or started.
+        assert_eq!(given.len(), 2);
+        assert_eq!(pending(&queue).await, 4);
+        for ending in &endings {
+            assert_eq!(status_of(&queue, &ending.task_id).await, "running");
+        }
+        for task in &tasks[2..] {
+            assert_eq!(status_of(&queue, &task.id.to_string()).await, "queued");
+        }
+        // For a while the queue's rounds are not tried plain.
+        assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none());
+        // The script ends the batch and starts what the round read.
+        let finished = queue.end_attempts(&endings, Holders::Process, 0, WORKER, "*").await.unwrap();
+        assert!(finished.ended.iter().all(|e| e.applied == Applied::AsReported));
+        let (claimed, _) = queue.claim(WORKER, "*", given.len(), &given).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        for task in &tasks[2..] {
+            assert_eq!(status_of(&queue, &task.id.to_string()).await, "running");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_hands_back_what_it_cannot_start_and_leaves_the_next_to_the_script() {
+        let (_redis, queue) = private_queue().await;
+        // Two normal tasks, then two urgent ones: a round of two starts the urgent ones.
+        let mut tasks: Vec<NewTask> = (0..5).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
+        for task in &mut tasks[3..] {
+            task.priority = app::model::Priority::High;
+        }
+        queue.enqueue(&tasks[0]).await.unwrap();
+        let replies = unpacked(queue.claim(WORKER, "*", 1, &[]).await.unwrap().0);
+        let endings = endings_of(&queue, &replies);
+        for task in &tasks[1..] {
+            queue.enqueue(task).await.unwrap();
+        }
+        let plain = PlainEnds::default();
+        let lane = echo_lane(&queue);
+        let Some(Ok(round)) = plain.round(&queue, &endings, WORKER, &lane, 2).await else {
+            panic!("the round goes plain")
+        };
+        let started: Vec<String> = round.runs.iter().map(|run| run.text(Run::TaskId)).collect();
+        assert_eq!(started, [tasks[3].id.to_string(), tasks[4].id.to_string()]);
+        // The normal ones went back to their stream, to be read again.
+        assert_eq!(pending(&queue).await, 0);
+        let length: usize = queue.conn.clone().xlen(&queue.keys.lane("echo")[1]).await.unwrap();
+        assert_eq!(length, 5, "the first entry, two handed out and back, and the two again");
+        for task in &tasks[1..3] {
+            assert_eq!(status_of(&queue, &task.id.to_string()).await, "queued");
+        }
+        // Entries waited on two streams at once: the next rounds leave the reading to the script.
+        let next = endings_of(&queue, &round.runs.into_iter().map(RunReply::into_fields).collect::<Vec<_>>());
+        assert!(plain.round(&queue, &next, WORKER, &lane, 2).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn rounds_trim_their_streams_without_the_script() {
+        let (_redis, queue) = private_queue().await;
+        let tasks: Vec<NewTask> = (0..600).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
+        queue.enqueue_many(&tasks).await.unwrap();
+        let plain = PlainEnds::default();
+        let lane = echo_lane(&queue);
+        let stream = &queue.keys.lane("echo")[1];
+        let mut replies = unpacked(queue.claim(WORKER, "*", 50, &[]).await.unwrap().0);
+        let before = fcalls(&queue).await;
+        let (mut rounds, mut by_script, mut longest_after_trim) = (0, 0, 0);
+        let mut trimmed = false;
+        while !replies.is_empty() {
+            let endings = endings_of(&queue, &replies);
+            let due = plain.trims_due().contains(stream);
+            match plain.round(&queue, &endings, WORKER, &lane, 50).await {
+                Some(Ok(round)) => {
+                    rounds += 1;
+                    if due {
+                        // What the group is done with that the stream still holds: the entries
+                        // before the oldest pending.
+                        trimmed = true;
+                        let oldest = match pending_summary(&queue).await {
+                            redis::streams::StreamPendingReply::Data(data) => data.start_id,
+                            _ => "+".to_string(),
+                        };
+                        let done: redis::streams::StreamRangeReply =
+                            queue.conn.clone().xrange(stream, "-", &oldest).await.unwrap();
+                        longest_after_trim = longest_after_trim.max(done.ids.len());
+                    }
+                    replies = round.runs.into_iter().map(RunReply::into_fields).collect();
+                }
+                None => {
+                    // Only where nothing new was read and the stream waits for a trim, which
+                    // only a round that reads entries or the script does.
+                    assert!(due, "a round that was not tried");
+                    let finished =
+                        queue.end_attempts(&endings, Holders::Process, 0, WORKER, "*").await.unwrap();
+                    assert!(finished.ended.iter().all(|e| e.applied == Applied::AsReported));
+                    plain.settled(&endings);
+                    by_script += 1;
+                    replies.clear();
+                }
+                Some(Err(_)) => panic!("a round needed the script"),
+            }
+        }
+        assert_eq!(fcalls(&queue).await, before + by_script, "no function ran but the last end's");
+        assert!(rounds >= 11, "{rounds} rounds went plain");
+        assert!(trimmed, "a round found its stream due for a trim");
+        // A trim frees whole nodes (of up to a hundred entries) before the oldest pending, so a
+        // stream trimmed holds fewer of the entries the group is done with than the threshold
+        // (untrimmed, they would be all the round's ends before it: 550 by the last).
+        assert!(longest_after_trim < TRIM_ABOVE, "{longest_after_trim} entries done with after a trim");
+        for task in &tasks {
+            assert_eq!(status_of(&queue, &task.id.to_string()).await, "succeeded");
+        }
+    }
+
     #[tokio::test]
     async fn a_record_changed_after_the_read_voids_the_transaction() {
         let (_redis, queue) = private_queue().await;

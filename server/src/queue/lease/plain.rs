@@ -83,7 +83,7 @@ pub(in crate::queue) struct PlainLeases {
 }
 
 /// What a plain lease reads of one record (`READ`): each field's bytes, `None` when absent.
-struct Record([Option<Vec<u8>>; READ.len()]);
+pub(in crate::queue) struct Record([Option<Vec<u8>>; READ.len()]);
 
 impl Record {
     /// Where `field` is among those read.
@@ -154,7 +154,7 @@ fn task_id(text: &str) -> Option<Uuid> {
 
 /// One entry a plain lease starts: where it is, its task, what the read found of it, and the
 /// task whose payload key the transaction reads, if it reads one.
-struct Start<'g> {
+pub(in crate::queue) struct Start<'g> {
     given: &'g Given,
     id: Uuid,
     record: Record,
@@ -164,9 +164,9 @@ struct Start<'g> {
 
 /// What the read before a plain lease found: the entries that start here, the rest (for the
 /// script), and Redis's time (ms).
-struct Read<'g> {
-    starts: Vec<Start<'g>>,
-    rest: Vec<Given>,
+pub(in crate::queue) struct Read<'g> {
+    pub(in crate::queue) starts: Vec<Start<'g>>,
+    pub(in crate::queue) rest: Vec<Given>,
     now_ms: u64,
 }
 
@@ -216,8 +216,34 @@ impl PlainLeases {
 /// Watches the records of `given`'s tasks and `queue`'s settings on `conn` and reads what their
 /// leases need. None (the watch let go) when the queue has limits, for the script to apply.
 async fn read<'g>(conn: &mut Conn, queue: &Queue, given: &'g [Given]) -> RedisResult<Option<Read<'g>>> {
-    // An entry of a task met before in this batch is left to the script (which takes over the
-    // lease the first one takes here), as is one not naming a task as Courier writes ids.
+    let mut pipe = redis::pipe();
+    let plan = queue_read(&mut pipe, queue, given);
+    pipe.cmd("TIME");
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    let mut replies = replies.into_iter();
+    let found = Found::of(&mut replies, &plan)?;
+    let now_ms = time_of(replies.next())?;
+    let read = found.read(given, plan, now_ms);
+    if read.as_ref().is_none_or(|read| read.starts.is_empty()) {
+        redis::cmd("UNWATCH").exec_async(conn).await?;
+    }
+    Ok(read)
+}
+
+/// Redis's time in ms, from `TIME`'s reply.
+pub(in crate::queue) fn time_of(reply: Option<Value>) -> RedisResult<u64> {
+    let (seconds, micros): (u64, u64) = redis::from_redis_value(reply.unwrap_or(Value::Nil))?;
+    Ok(seconds * 1000 + micros / 1000)
+}
+
+/// The tasks a plain lease on some entries reads: each entry's, where it names one this batch
+/// has not met before (an entry of a task met before is left to the script, which takes over the
+/// lease the first one takes here, as is one not naming a task as Courier writes ids).
+pub(in crate::queue) struct ReadPlan(Vec<Option<Uuid>>);
+
+/// Adds to `pipe` the watch on `queue`'s settings and `given`'s records and the reads of what
+/// their leases need (their replies: the limits, then each record): what `Found::of` reads back.
+pub(in crate::queue) fn queue_read(pipe: &mut redis::Pipeline, queue: &Queue, given: &[Given]) -> ReadPlan {
     let mut seen = std::collections::HashSet::new();
     let ids: Vec<Option<Uuid>> = given
         .iter()
@@ -226,48 +252,62 @@ async fn read<'g>(conn: &mut Conn, queue: &Queue, given: &'g [Given]) -> RedisRe
         })
         .collect();
     let tasks: Vec<String> = ids.iter().flatten().map(|id| queue.keys.task(id)).collect();
-    let mut pipe = redis::pipe();
     pipe.cmd("WATCH").arg(queue.keys.settings()).arg(&tasks).ignore();
     pipe.cmd("HMGET").arg(queue.keys.settings()).arg(&LIMITS[..]);
     for task in &tasks {
         pipe.cmd("HMGET").arg(task).arg(&READ[..]);
     }
-    pipe.cmd("TIME");
-    let replies: Vec<Value> = pipe.query_async(conn).await?;
-    let mut replies = replies.into_iter();
-    let mut next = || replies.next().unwrap_or(Value::Nil);
-    let limits: Vec<Option<String>> = redis::from_redis_value(next())?;
-    let mut records = Vec::with_capacity(tasks.len());
-    for _ in &tasks {
-        let fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(next())?;
-        let fields: [Option<Vec<u8>>; READ.len()] = fields
-            .try_into()
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Parse, "HMGET's reply")))?;
-        records.push(Record(fields));
-    }
-    let (seconds, micros): (u64, u64) = redis::from_redis_value(next())?;
-    let now_ms = seconds * 1000 + micros / 1000;
-    if limits.iter().flatten().any(|value| !value.is_empty()) {
-        redis::cmd("UNWATCH").exec_async(conn).await?;
-        return Ok(None);
-    }
-    let (mut starts, mut rest) = (Vec::new(), Vec::new());
-    let mut records = records.into_iter();
-    for (given, id) in given.iter().zip(ids) {
-        let Some(id) = id else {
-            rest.push(given.clone());
-            continue;
-        };
-        let record = records.next().expect("a record read for each task");
-        match record.plain(id, now_ms) {
-            Some((attempt, read_payload)) => starts.push(Start { given, id, record, attempt, read_payload }),
-            None => rest.push(given.clone()),
+    ReadPlan(ids)
+}
+
+/// What `queue_read`'s reads found: the records, unless the queue has limits.
+pub(in crate::queue) struct Found(Option<Vec<Record>>);
+
+impl Found {
+    /// Reads back, from `replies`, what `queue_read` asked for.
+    pub(in crate::queue) fn of(
+        replies: &mut impl Iterator<Item = Value>,
+        plan: &ReadPlan,
+    ) -> RedisResult<Found> {
+        let mut next = || replies.next().unwrap_or(Value::Nil);
+        let limits: Vec<Option<String>> = redis::from_redis_value(next())?;
+        let mut records = Vec::new();
+        for _ in plan.0.iter().flatten() {
+            let fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(next())?;
+            let fields: [Option<Vec<u8>>; READ.len()] = fields
+                .try_into()
+                .map_err(|_| redis::RedisError::from((redis::ErrorKind::Parse, "HMGET's reply")))?;
+            records.push(Record(fields));
         }
+        let limited = limits.iter().flatten().any(|value| !value.is_empty());
+        Ok(Found((!limited).then_some(records)))
     }
-    if starts.is_empty() {
-        redis::cmd("UNWATCH").exec_async(conn).await?;
+
+    /// Whether the queue has limits (the script applies them).
+    pub(in crate::queue) fn limited(&self) -> bool {
+        self.0.is_none()
     }
-    Ok(Some(Read { starts, rest, now_ms }))
+
+    /// The entries of `given` that start without Lua at `now_ms` and the rest; None when the
+    /// queue has limits (every entry is the script's).
+    pub(in crate::queue) fn read(self, given: &[Given], plan: ReadPlan, now_ms: u64) -> Option<Read<'_>> {
+        let (mut starts, mut rest) = (Vec::new(), Vec::new());
+        let mut records = self.0?.into_iter();
+        for (given, id) in given.iter().zip(plan.0) {
+            let Some(id) = id else {
+                rest.push(given.clone());
+                continue;
+            };
+            let record = records.next().expect("a record read for each task");
+            match record.plain(id, now_ms) {
+                Some((attempt, read_payload)) => {
+                    starts.push(Start { given, id, record, attempt, read_payload })
+                }
+                None => rest.push(given.clone()),
+            }
+        }
+        Some(Read { starts, rest, now_ms })
+    }
 }
 
 /// Sends the transaction that starts `read`'s tasks for `consumer`, as `take_lease` would, on the
@@ -279,15 +319,40 @@ async fn commit(
     consumer: &str,
     read: Read<'_>,
 ) -> RedisResult<Option<Vec<RunReply>>> {
+    let mut pipe = redis::pipe();
+    // By hand rather than `atomic()`, as for plain ends: `MULTI`'s own answer is read.
+    pipe.ignore_errors().cmd("MULTI");
+    let mut events = Vec::with_capacity(read.starts.len());
+    let starting = queue_starts(&mut pipe, queue, consumer, read, &mut events);
+    append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
+    pipe.cmd("EXEC");
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    let Some(mut applied) = applied(replies)? else { return Ok(None) };
+    Ok(Some(starting.runs(&mut applied)))
+}
+
+/// Starts queued in a transaction: what their run replies are made of once it is applied.
+pub(in crate::queue) struct Starting<'g> {
+    starts: Vec<Start<'g>>,
+    tokens: Vec<String>,
+    /// Where in `EXEC`'s answer each payload read is.
+    reads: Vec<Option<usize>>,
+}
+
+/// Adds to a transaction on `pipe` (its first commands: `EXEC`'s answers from 0) the commands
+/// that start `read`'s tasks for `consumer`, as `take_lease` would; their `running` events go to
+/// `events`, for the caller to append with the transaction's others.
+pub(in crate::queue) fn queue_starts<'g>(
+    pipe: &mut redis::Pipeline,
+    queue: &Queue,
+    consumer: &str,
+    read: Read<'g>,
+    events: &mut Vec<String>,
+) -> Starting<'g> {
     let Read { starts, now_ms, .. } = read;
     let now = now_ms.to_string();
     let token_base = Uuid::now_v7();
     let tokens: Vec<String> = (0..starts.len()).map(|n| format!("{token_base}:{n}")).collect();
-    let mut pipe = redis::pipe();
-    // By hand rather than `atomic()`, as for plain ends: `MULTI`'s own answer is read.
-    pipe.ignore_errors().cmd("MULTI");
-    let mut events = Vec::with_capacity(starts.len());
-    // Where in `EXEC`'s answer each payload read here is.
     let mut reads: Vec<Option<usize>> = Vec::with_capacity(starts.len());
     let mut queued = 0;
     for (start, token) in starts.iter().zip(&tokens) {
@@ -326,20 +391,23 @@ async fn commit(
         let id = id.to_string();
         events.push(task_event_value(["running", &id, kind, "running", &attempt, "", &now, "", ""]));
     }
-    append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
-    pipe.cmd("EXEC");
-    let replies: Vec<Value> = pipe.query_async(conn).await?;
-    let Some(mut applied) = applied(replies)? else { return Ok(None) };
-    let runs = starts
-        .into_iter()
-        .zip(tokens)
-        .zip(reads)
-        .map(|((start, token), read)| {
-            let read = read.map(|at| std::mem::replace(&mut applied[at], Value::Nil));
-            run_reply(start, token, read)
-        })
-        .collect();
-    Ok(Some(runs))
+    Starting { starts, tokens, reads }
+}
+
+impl Starting<'_> {
+    /// The run replies, from `applied` (`EXEC`'s answer).
+    pub(in crate::queue) fn runs(self, applied: &mut [Value]) -> Vec<RunReply> {
+        let Starting { starts, tokens, reads } = self;
+        starts
+            .into_iter()
+            .zip(tokens)
+            .zip(reads)
+            .map(|((start, token), read)| {
+                let read = read.map(|at| std::mem::replace(&mut applied[at], Value::Nil));
+                run_reply(start, token, read)
+            })
+            .collect()
+    }
 }
 
 /// The run reply of `start`'s lease (`take_lease`'s, field for field), held by `token`; `read`:
