@@ -1,11 +1,12 @@
 //! How attempts end: the finish loop of a worker process, the script call it batches them into,
 //! and the rounds both it and the pulled leases' ends (queue/pull.rs) go out in.
 //!
-//! The *finish loop* records ended attempts in batches (one script for all that ended meanwhile)
-//! and, in the same round trip, takes leases on new entries for the slots those attempts free, so
-//! a busy worker goes from one task to the next without a read of its own. (Not while the fetch
-//! loop waits on every queue's empty lanes: the next entry wakes that wait; such a round ends its
-//! attempts without Lua where none needs a decision, `plain`.)
+//! The *finish loop* records ended attempts in batches (a round for all that ended meanwhile)
+//! and, in the same round, takes leases on new entries for the slots those attempts free, so a
+//! busy worker goes from one task to the next without a read of its own (not while the fetch loop
+//! waits on every queue's empty lanes: the next entry wakes that wait). A round goes without Lua
+//! where nothing in it needs a decision in Redis (`plain`), else through the finish script, which
+//! ends the batch and takes the next leases in one call.
 
 use super::{
     Outcome, Queue, ResultBytes,
@@ -266,8 +267,8 @@ impl Leasing {
         futures::future::join_all(rounds).await;
     }
 
-    /// Ends the attempts of one queue and takes its next leases: without Lua where no end needs
-    /// a decision in Redis (plain.rs), else by the script.
+    /// Ends the attempts of one queue and takes its next leases: without Lua where nothing needs
+    /// a decision in Redis (plain.rs), else by the scripts.
     async fn finish_group(&self, served: Served, mut batch: Vec<Ending>) {
         let mut slots: Vec<_> = batch.iter_mut().filter_map(|e| e.slot.take()).collect();
         // None while stopping, nor while the fetch loop waits on empty lanes for any new entry.
@@ -276,8 +277,7 @@ impl Leasing {
             false => self.serving.refill(&served, slots.len(), batch.len()),
         };
         let queue = &served.queue;
-        // A round that takes no leases may go without Lua (plain.rs says why only then); its
-        // slots go back to the fetch loop.
+        // A round that takes no leases may go without Lua; its slots go back to the fetch loop.
         if want == 0
             && let Some(ended) = self.plain_ends.end(queue, &batch, &self.consumer).await
         {

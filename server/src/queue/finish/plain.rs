@@ -6,12 +6,17 @@
 //! between (its lease taken over, a cancel asked for) voids the transaction, and the batch goes
 //! through the script, which decides.
 //!
-//! Only a round that takes no leases goes this way (the finish loop's caller decides): Redis
-//! spends about 55,000 instructions on an end without Lua against about 95,000 in the script, but
-//! a plain round takes two round trips where the script takes one, and its leases would need a
-//! script call all the same. Measured in every round, a backlog drained slower and at no less
-//! Redis CPU; in the rounds that take no leases (the fetch loop waits on every lane: a light load,
-//! a request per task), a task costs Redis 13 % fewer instructions.
+//! A round that takes no leases (the fetch loop waits on every lane: a light load) takes two
+//! round trips this way (`PlainEnds::end`). A round that takes leases (`PlainEnds::round`,
+//! "Thirteenth step") takes three: it reads its next entries, then watches and reads the ended
+//! attempts' records, the new entries' (as a plain lease reads them: queue/lease/plain.rs) and
+//! the queue's limits, then one transaction ends the first and starts the second, and trims a
+//! stream that is due for it. Where the script took one round trip with about 270,000 Redis
+//! instructions a task end to end, this takes three with about 190,000: Redis's CPU a task falls,
+//! the worker's rises (it builds what the script built), and a lone worker's round waits longer.
+//! Whatever needs a decision goes to the scripts as before: an end that needs one (the whole
+//! batch), an entry that needs one (the claim script takes it), a queue with limits, a voided
+//! transaction, an error.
 //!
 //! `WATCH` belongs to a connection, so the finish loop keeps one per queue that nothing reconnects
 //! (a reconnect between the read and the transaction would drop the watch): on any error it is

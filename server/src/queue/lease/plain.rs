@@ -14,6 +14,9 @@
 //!
 //! The transactions go on the fetch loop's blocking-read connection, between two reads: nothing
 //! else sends on it and nothing reconnects it, so a watch holds from the read to the transaction.
+//! A finish round that takes leases reads and starts its entries the same way, with its ends, on
+//! the connection of its own it ends attempts on (queue/finish/plain.rs): the read and the
+//! transaction are built here in halves that both share.
 //! Times (the expiry's check, the record's stamps) are Redis's at the read, a round trip before
 //! the transaction applies: a task whose expiry falls in between starts, where the script would
 //! have let it expire.
