@@ -34,7 +34,7 @@ async fn a_high_priority_task_behind_ten_thousand_normal_ones_starts_next() {
 
 #[tokio::test]
 async fn a_busy_worker_takes_a_new_high_priority_task_before_any_other() {
-    // Under load a worker takes its next tasks in the script that records the last ones; that
+    // Under load a worker takes its next tasks in the round that records the last ones; that
     // path must read the most urgent stream first too.
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     // 2,000 tasks of 10 ms on 4 slots: the backlog lasts about five seconds.
@@ -55,17 +55,24 @@ async fn a_busy_worker_takes_a_new_high_priority_task_before_any_other() {
     }
     let high = app.submit_ok(json!({"kind": "echo", "payload": "high", "priority": "high"})).await;
 
-    // The events stream orders every claim: once the high task is queued, the next task to
-    // start is it.
+    // The events stream orders every start: once the high task is queued, it starts in the
+    // worker's next round. A round reads its entries a round trip before it starts them
+    // (docs/benchmark-notes.md, "Thirteenth step"), so the one in flight may still start the
+    // normal tasks it read before the high one was queued: at most a slot's worth each.
     let mut queued = false;
+    let mut normal_after = 0;
     loop {
         let event = events.next_within(Duration::from_secs(20)).await.expect("the high task starts");
         let task = event.data["task_id"].as_str().unwrap_or_default();
         match event.name.as_str() {
             "queued" if task == high => queued = true,
+            "running" if queued && task == high => break,
             "running" if queued => {
-                assert_eq!(task, high, "a normal task started after the high one was queued");
-                break;
+                normal_after += 1;
+                assert!(
+                    normal_after <= 4,
+                    "{normal_after} normal tasks started after the high one was queued"
+                );
             }
             _ => {}
         }
