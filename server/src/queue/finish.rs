@@ -243,9 +243,9 @@ pub(super) async fn in_rounds<Round: Future<Output = ()>>(
 
 impl Leasing {
     /// Records ended attempts in batches (a round per queue), and reuses their slots for new
-    /// leases taken in the same script, up to each queue's share, unless the fetch loop waits on
-    /// every queue's empty lanes (`Leasing::reading`). Runs until every lease and the fetch loop
-    /// are gone.
+    /// leases taken in the same round (plain, or the script's), up to each queue's share, unless
+    /// the fetch loop waits on every queue's empty lanes (`Leasing::reading`). Runs until every
+    /// lease and the fetch loop are gone.
     pub(super) async fn finish_loop(self, endings: mpsc::Receiver<Ending>) {
         in_rounds(endings, |batch| self.finish_batch(batch)).await;
         debug!("finishing stopped");

@@ -73,14 +73,52 @@ pub(in crate::queue) struct PlainEnds {
     /// Each queue's connection of its own: one round at a time on it (a round holds it from the
     /// read to the transaction), two queues' rounds side by side.
     own: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Own>>>>,
-    /// Ready streams found holding more than `TRIM_ABOVE` entries: only the script trims, so the
-    /// next ends on them go through it.
+    /// Ready streams found holding more than `TRIM_ABOVE` entries: the next ends on them go
+    /// through the script, and the next round that takes leases on them trims them.
     trim_due: Mutex<HashSet<String>>,
-    /// The queues whose rounds take leases through the script for a while (`SCRIPTED_FOR`), and
-    /// since when: found with limits, or with entries waiting on several of a worker's streams at
-    /// once (the script reads them in order, where a plain round reads each and hands back what
-    /// it cannot start, to the end of its stream).
-    scripted: Mutex<HashMap<String, Instant>>,
+    /// What each queue's rounds found of it (`Mode`); a queue not in it has not been looked at.
+    modes: Mutex<HashMap<String, Mode>>,
+}
+
+/// How a queue's rounds that take leases go, from what they found of it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Plain: no limits when looked at (limits set since are found by a round's watched read).
+    Plain,
+    /// Through the script since then, for `SCRIPTED_FOR`: entries waited on several of a worker's
+    /// streams at once (the script reads them in order, where a plain round reads each and hands
+    /// back what it cannot start, to the end of its stream).
+    ScriptedSince(Instant),
+    /// Through the script since then, found with limits: after `SCRIPTED_FOR` the next round looks
+    /// at them again before it reads anything. A round reads its entries before its watched read
+    /// sees the limits, and the claim script hands back, to the end of its stream, each entry over
+    /// the limits' budget: rounds that read on a paused or limited queue would keep moving its
+    /// oldest entries behind the rest.
+    LimitedSince(Instant),
+}
+
+/// What a round does first, from its queue's `Mode`.
+#[derive(Debug, PartialEq)]
+enum Turn {
+    /// Reads its entries.
+    Plain,
+    /// Leaves the leases to the script.
+    Script,
+    /// Looks at the queue's limits first (a round trip): plain without, else the script's.
+    Look,
+}
+
+impl Mode {
+    fn turn(mode: Option<Mode>) -> Turn {
+        match mode {
+            None => Turn::Look,
+            Some(Mode::Plain) => Turn::Plain,
+            Some(Mode::ScriptedSince(at)) if at.elapsed() < SCRIPTED_FOR => Turn::Script,
+            Some(Mode::ScriptedSince(_)) => Turn::Plain,
+            Some(Mode::LimitedSince(at)) if at.elapsed() < SCRIPTED_FOR => Turn::Script,
+            Some(Mode::LimitedSince(_)) => Turn::Look,
+        }
+    }
 }
 
 /// What a plain round did: each attempt's end, the run replies of the leases it took, and the
@@ -91,8 +129,8 @@ pub(in crate::queue) struct Round {
     pub(in crate::queue) rest: Vec<Given>,
 }
 
-/// How long a queue's rounds leave their leases to the script once it decided they should
-/// (`PlainEnds::scripted`) before a plain round is tried again.
+/// How long a queue's rounds leave their leases to the script once they found they should
+/// (`Mode`) before a plain round is tried again, or its limits looked at.
 const SCRIPTED_FOR: Duration = Duration::from_secs(1);
 
 /// A queue's connection for plain ends.
@@ -194,11 +232,11 @@ impl PlainEnds {
         lanes: &[(String, [String; 3])],
         want: usize,
     ) -> Option<Result<Round, Vec<Given>>> {
-        if queue.conn.is_cluster()
-            || lanes.is_empty()
-            || !batch.iter().all(Ending::may_go_plain)
-            || self.is_scripted(queue)
-        {
+        if queue.conn.is_cluster() || lanes.is_empty() || !batch.iter().all(Ending::may_go_plain) {
+            return None;
+        }
+        let turn = Mode::turn(self.mode_of(queue));
+        if turn == Turn::Script {
             return None;
         }
         let streams = streams_of(batch);
@@ -209,6 +247,19 @@ impl PlainEnds {
         let own = self.own_of(queue);
         let mut own = own.lock().await;
         let conn = self.connected(&mut own, queue).await?;
+        if turn == Turn::Look {
+            match lease::has_limits(conn, queue).await {
+                Ok(true) => {
+                    self.set_mode(queue, Mode::LimitedSince(Instant::now()));
+                    return None;
+                }
+                Ok(false) => self.set_mode(queue, Mode::Plain),
+                Err(e) => {
+                    self.failed(&mut own, queue, &e);
+                    return None;
+                }
+            }
+        }
         let mut given = match read_new(conn, worker, lanes, want).await {
             Ok(given) => given,
             Err(e) => {
@@ -220,7 +271,7 @@ impl PlainEnds {
         // next rounds leave the reading to the script for a while.
         let extra = given.split_off(want.min(given.len()));
         if !extra.is_empty() {
-            self.script_for_a_while(queue);
+            self.set_mode(queue, Mode::ScriptedSince(Instant::now()));
             if let Err(e) = hand_back_unclaimed(queue, &extra).await {
                 // Left pending for this worker, they are taken over once idle a lease's length.
                 warn!(queue = queue.name(), error = %e, "handing back the entries a round read failed");
@@ -284,7 +335,7 @@ impl PlainEnds {
         let (Some((ids, tasks, records)), Some(mut starting)) = (ended, found.read(given, starts, now_ms))
         else {
             if limited {
-                self.script_for_a_while(queue);
+                self.set_mode(queue, Mode::LimitedSince(Instant::now()));
             }
             redis::cmd("UNWATCH").exec_async(conn).await?;
             return Ok(None);
@@ -323,16 +374,14 @@ impl PlainEnds {
         Ok(Some(Round { ended: as_reported(batch), runs, rest }))
     }
 
-    /// Whether `queue`'s rounds take leases through the script now (`scripted`).
-    fn is_scripted(&self, queue: &Queue) -> bool {
-        let scripted = self.scripted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        scripted.get(queue.name()).is_some_and(|since| since.elapsed() < SCRIPTED_FOR)
+    /// What `queue`'s rounds last found of it, if they looked.
+    fn mode_of(&self, queue: &Queue) -> Option<Mode> {
+        self.modes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(queue.name()).copied()
     }
 
-    /// `queue`'s rounds take leases through the script for `SCRIPTED_FOR`.
-    fn script_for_a_while(&self, queue: &Queue) {
-        let mut scripted = self.scripted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        scripted.insert(queue.name().to_string(), Instant::now());
+    fn set_mode(&self, queue: &Queue, mode: Mode) {
+        let mut modes = self.modes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        modes.insert(queue.name().to_string(), mode);
     }
 
     /// `own`'s connection, made if needed; None while the plain way rests after a failure.
@@ -401,7 +450,8 @@ impl PlainEnds {
     }
 
     /// Notes the streams a transaction found past the trim threshold, from its last answers
-    /// (`queue_lengths`): the next ends on them go through the script, which trims.
+    /// (`queue_lengths`): the next ends on them go through the script, which trims them, unless a
+    /// round that takes leases on them trims them first.
     fn note_lengths(&self, streams: &[String], applied: &[Value]) {
         let tail = applied.iter().rev().map(|v| redis::from_redis_value_ref::<u64>(v).unwrap_or(0));
         let mut due = self.trims_due();
@@ -918,8 +968,6 @@ mod tests {
         assert_eq!(finished.unwrap().ended[0].applied, Applied::AsReported);
     }
 
-    /// A record changed between the read and the transaction (here, its cancel asked for) voids
-    /// the transaction: nothing of the end is written, and the script decides.
     /// The `echo` lane of `queue`, as a round reads it.
     fn echo_lane(queue: &Queue) -> Vec<(String, [String; 3])> {
         vec![("echo".to_string(), queue.keys.lane("echo"))]
@@ -985,11 +1033,15 @@ mod tests {
         assert_eq!(names, ["succeeded", "succeeded", "succeeded", "running", "running", "running"]);
     }
 
+    /// A queue's rounds look at its limits before they read entries (the first round, and once a
+    /// second while it has them): a paused or limited queue's entries are not read to be handed
+    /// back to the end of their streams. Limits set after the look are found by the round's
+    /// watched read, which then leaves the entries it read to the script.
     #[tokio::test]
     async fn a_round_on_a_limited_queue_leaves_everything_to_the_script() {
         let (_redis, queue) = private_queue().await;
-        let tasks: Vec<NewTask> = (0..4).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
-        for task in &tasks {
+        let tasks: Vec<NewTask> = (0..6).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
+        for task in &tasks[..4] {
             queue.enqueue(task).await.unwrap();
         }
         let replies = unpacked(queue.claim(WORKER, "*", 2, &[]).await.unwrap().0);
@@ -997,28 +1049,58 @@ mod tests {
         let _: () = queue.conn.clone().hset(queue.keys.settings(), "concurrency", 100).await.unwrap();
         let plain = PlainEnds::default();
         let lane = echo_lane(&queue);
+        let stream_before = entries(&queue).await;
+        // Looked at first, and again once the while is over: nothing read, nothing moved.
+        assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none());
+        assert!(matches!(plain.mode_of(&queue), Some(Mode::LimitedSince(_))));
+        assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none());
+        plain.set_mode(&queue, Mode::LimitedSince(Instant::now() - SCRIPTED_FOR));
+        assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none());
+        assert_eq!(pending(&queue).await, 2, "only the two running");
+        assert_eq!(entries(&queue).await, stream_before, "no entry read and handed back");
+        // Limits set after a look: the round reads, its watched read finds them, and nothing is
+        // ended or started.
+        plain.set_mode(&queue, Mode::Plain);
         let Some(Err(given)) = plain.round(&queue, &endings, WORKER, &lane, 2).await else {
             panic!("a queue with limits is the script's")
         };
-        // Read, so pending, but nothing ended or started.
         assert_eq!(given.len(), 2);
         assert_eq!(pending(&queue).await, 4);
         for ending in &endings {
             assert_eq!(status_of(&queue, &ending.task_id).await, "running");
         }
-        for task in &tasks[2..] {
+        for task in &tasks[2..4] {
             assert_eq!(status_of(&queue, &task.id.to_string()).await, "queued");
         }
-        // For a while the queue's rounds are not tried plain.
-        assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none());
+        assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none(), "for a while");
         // The script ends the batch and starts what the round read.
         let finished = queue.end_attempts(&endings, Holders::Process, 0, WORKER, "*").await.unwrap();
         assert!(finished.ended.iter().all(|e| e.applied == Applied::AsReported));
         let (claimed, _) = queue.claim(WORKER, "*", given.len(), &given).await.unwrap();
+        let claimed = unpacked(claimed);
         assert_eq!(claimed.len(), 2);
-        for task in &tasks[2..] {
+        for task in &tasks[2..4] {
             assert_eq!(status_of(&queue, &task.id.to_string()).await, "running");
         }
+        // The limits gone, the next look finds none and the round goes plain.
+        let _: () = queue.conn.clone().hdel(queue.keys.settings(), "concurrency").await.unwrap();
+        for task in &tasks[4..] {
+            queue.enqueue(task).await.unwrap();
+        }
+        plain.set_mode(&queue, Mode::LimitedSince(Instant::now() - SCRIPTED_FOR));
+        let endings = endings_of(&queue, &claimed);
+        let Some(Ok(round)) = plain.round(&queue, &endings, WORKER, &lane, 2).await else {
+            panic!("without limits the round goes plain")
+        };
+        assert_eq!(round.runs.len(), 2);
+        assert_eq!(plain.mode_of(&queue), Some(Mode::Plain));
+    }
+
+    /// The ids of the entries in `queue`'s normal `echo` stream, oldest first.
+    async fn entries(queue: &Queue) -> Vec<String> {
+        let range: redis::streams::StreamRangeReply =
+            queue.conn.clone().xrange_all(&queue.keys.lane("echo")[1]).await.unwrap();
+        range.ids.into_iter().map(|entry| entry.id).collect()
     }
 
     #[tokio::test]
@@ -1112,6 +1194,8 @@ mod tests {
         }
     }
 
+    /// A record changed between the read and the transaction (here, its cancel asked for) voids
+    /// the transaction: nothing of the end is written, and the script decides.
     #[tokio::test]
     async fn a_record_changed_after_the_read_voids_the_transaction() {
         let (_redis, queue) = private_queue().await;

@@ -233,6 +233,18 @@ async fn read<'g>(conn: &mut Conn, queue: &Queue, given: &'g [Given]) -> RedisRe
     Ok(read)
 }
 
+/// Whether `queue` has limits now (a look without a watch, before a round reads entries).
+pub(in crate::queue) async fn has_limits(conn: &mut Conn, queue: &Queue) -> RedisResult<bool> {
+    let limits: Vec<Option<String>> =
+        redis::cmd("HMGET").arg(queue.keys.settings()).arg(&LIMITS[..]).query_async(conn).await?;
+    Ok(any_set(&limits))
+}
+
+/// Whether any of the `LIMITS` read is set.
+fn any_set(limits: &[Option<String>]) -> bool {
+    limits.iter().flatten().any(|value| !value.is_empty())
+}
+
 /// Redis's time in ms, from `TIME`'s reply.
 pub(in crate::queue) fn time_of(reply: Option<Value>) -> RedisResult<u64> {
     let (seconds, micros): (u64, u64) = redis::from_redis_value(reply.unwrap_or(Value::Nil))?;
@@ -282,8 +294,7 @@ impl Found {
                 .map_err(|_| redis::RedisError::from((redis::ErrorKind::Parse, "HMGET's reply")))?;
             records.push(Record(fields));
         }
-        let limited = limits.iter().flatten().any(|value| !value.is_empty());
-        Ok(Found((!limited).then_some(records)))
+        Ok(Found((!any_set(&limits)).then_some(records)))
     }
 
     /// Whether the queue has limits (the script applies them).
