@@ -9,14 +9,13 @@
 use opentelemetry::{
     Context,
     context::FutureExt as _,
-    propagation::TextMapPropagator,
+    propagation::{Extractor, Injector, TextMapPropagator},
     trace::{SpanContext, TraceContextExt, TraceFlags, TraceState},
 };
 use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{IdGenerator, RandomIdGenerator},
 };
-use std::collections::HashMap;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The header (and task record field) that carries a trace context.
@@ -33,8 +32,7 @@ pub fn parse(traceparent: &str) -> Option<SpanContext> {
     if !shaped {
         return None;
     }
-    let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);
-    let context = TraceContextPropagator::new().extract(&carrier);
+    let context = TraceContextPropagator::new().extract(&Carrier(traceparent));
     let span = context.span().span_context().clone();
     span.is_valid().then_some(span)
 }
@@ -47,10 +45,33 @@ pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<SpanContext> {
 
 /// `span` as a `traceparent` value (`00-{trace id}-{span id}-{flags}`).
 pub fn format(span: &SpanContext) -> String {
-    let mut carrier = HashMap::new();
     let context = Context::new().with_remote_span_context(span.clone());
+    let mut carrier = Carrier(String::new());
     TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.remove(TRACEPARENT).unwrap_or_default()
+    carrier.0
+}
+
+/// The one header a trace context is read from or written to here, `traceparent`: the
+/// propagator's carrier without a map to fill and search (a task's events and views read a
+/// stored one, every submission writes one).
+struct Carrier<T>(T);
+
+impl Extractor for Carrier<&str> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == TRACEPARENT).then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
+    }
+}
+
+impl Injector for Carrier<String> {
+    fn set(&mut self, key: &str, value: String) {
+        if key == TRACEPARENT {
+            self.0 = value;
+        }
+    }
 }
 
 /// The trace id of a `traceparent` value, 32 lower-case hex digits; `None` when it is not valid.
