@@ -835,9 +835,10 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(rfc3339(1_700_000_000_670), "2023-11-14T22:13:20.670Z");
+        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
         // Fixed width: the strings order as the times do (a trimmed "20.67Z" sorted after "20.671Z").
         assert!(rfc3339(1_700_000_000_670) < rfc3339(1_700_000_000_671));
-        // As `time`'s own RFC 3339 says it, across four centuries and every millisecond's digits.
+        // As `time`'s own RFC 3339 says it, at times spread over eight millennia.
         let mut ms = 1u64;
         while ms < 253_402_300_800_000 {
             let told = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();

@@ -11,7 +11,8 @@
 //! "Thirteenth step") takes three: it reads its next entries, then watches and reads the ended
 //! attempts' records, the new entries' (as a plain lease reads them: queue/lease/plain.rs) and
 //! the queue's limits, then one transaction ends the first and starts the second, and trims a
-//! stream that is due for it. Where the script took one round trip with about 270,000 Redis
+//! stream that is due for it (a queue's first round, and one on a queue last found with limits,
+//! looks at its limits before it reads: `Mode`). Where the script took one round trip with about 270,000 Redis
 //! instructions a task end to end, this takes three with about 190,000: Redis's CPU a task falls,
 //! the worker's rises (it builds what the script built), and a lone worker's round waits longer.
 //! Whatever needs a decision goes to the scripts as before: an end that needs one (the whole
@@ -218,7 +219,8 @@ impl PlainEnds {
 
     /// Ends `batch` and starts up to `want` new entries of `lanes` (each a kind and its streams,
     /// the most urgent first) for `worker`, without Lua, in three round trips on the queue's own
-    /// connection: a read of new entries; the watched read of the ended attempts' records, of the
+    /// connection (four when it looks at the queue's limits first: `Mode`): a read of new entries;
+    /// the watched read of the ended attempts' records, of the
     /// new entries' records and of the queue's limits; one transaction that ends the first and
     /// starts the second. None when it was not tried, or read nothing new and the ends need the
     /// script (nothing changed: the caller ends the batch, and takes leases, with the script);
@@ -1050,12 +1052,18 @@ mod tests {
         let plain = PlainEnds::default();
         let lane = echo_lane(&queue);
         let stream_before = entries(&queue).await;
-        // Looked at first, and again once the while is over: nothing read, nothing moved.
+        // Looked at first, and again once the while is over: nothing read, nothing moved. Within
+        // the while the round does not look (the mark stays as it was); after it, the look marks
+        // the queue anew.
         assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none());
-        assert!(matches!(plain.mode_of(&queue), Some(Mode::LimitedSince(_))));
+        let Some(Mode::LimitedSince(looked)) = plain.mode_of(&queue) else { panic!("marked as limited") };
         assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none());
-        plain.set_mode(&queue, Mode::LimitedSince(Instant::now() - SCRIPTED_FOR));
+        assert_eq!(plain.mode_of(&queue), Some(Mode::LimitedSince(looked)), "no look within the while");
+        let long_ago = Instant::now() - SCRIPTED_FOR;
+        plain.set_mode(&queue, Mode::LimitedSince(long_ago));
         assert!(plain.round(&queue, &endings, WORKER, &lane, 2).await.is_none());
+        let Some(Mode::LimitedSince(looked)) = plain.mode_of(&queue) else { panic!("still limited") };
+        assert!(looked > long_ago, "looked at again");
         assert_eq!(pending(&queue).await, 2, "only the two running");
         assert_eq!(entries(&queue).await, stream_before, "no entry read and handed back");
         // Limits set after a look: the round reads, its watched read finds them, and nothing is
