@@ -12,9 +12,10 @@
 //! attempts' records, the new entries' (as a plain lease reads them: queue/lease/plain.rs) and
 //! the queue's limits, then one transaction ends the first and starts the second, and trims a
 //! stream that is due for it (a queue's first round, and one on a queue last found with limits,
-//! looks at its limits before it reads: `Mode`). Where the script took one round trip with about 270,000 Redis
-//! instructions a task end to end, this takes three with about 190,000: Redis's CPU a task falls,
-//! the worker's rises (it builds what the script built), and a lone worker's round waits longer.
+//! looks at its limits before it reads: `Mode`). Where the script took one round trip with about
+//! 270,000 Redis instructions a task end to end, this takes three with about 190,000: Redis's CPU
+//! a task falls, the worker's rises (it builds what the script built), and a lone worker's round
+//! waits longer.
 //! Whatever needs a decision goes to the scripts as before: an end that needs one (the whole
 //! batch), an entry that needs one (the claim script takes it), a queue with limits, a voided
 //! transaction, an error.
@@ -110,14 +111,14 @@ enum Turn {
 }
 
 impl Mode {
+    /// What a round does first on a queue in `mode` (None: never looked at).
     fn turn(mode: Option<Mode>) -> Turn {
         match mode {
-            None => Turn::Look,
-            Some(Mode::Plain) => Turn::Plain,
-            Some(Mode::ScriptedSince(at)) if at.elapsed() < SCRIPTED_FOR => Turn::Script,
-            Some(Mode::ScriptedSince(_)) => Turn::Plain,
-            Some(Mode::LimitedSince(at)) if at.elapsed() < SCRIPTED_FOR => Turn::Script,
-            Some(Mode::LimitedSince(_)) => Turn::Look,
+            Some(Mode::ScriptedSince(at) | Mode::LimitedSince(at)) if at.elapsed() < SCRIPTED_FOR => {
+                Turn::Script
+            }
+            Some(Mode::Plain | Mode::ScriptedSince(_)) => Turn::Plain,
+            None | Some(Mode::LimitedSince(_)) => Turn::Look,
         }
     }
 }
@@ -220,9 +221,8 @@ impl PlainEnds {
     /// Ends `batch` and starts up to `want` new entries of `lanes` (each a kind and its streams,
     /// the most urgent first) for `worker`, without Lua, in three round trips on the queue's own
     /// connection (four when it looks at the queue's limits first: `Mode`): a read of new entries;
-    /// the watched read of the ended attempts' records, of the
-    /// new entries' records and of the queue's limits; one transaction that ends the first and
-    /// starts the second. None when it was not tried, or read nothing new and the ends need the
+    /// the watched read of the ended attempts' records, of the new entries' records and of the
+    /// queue's limits; one transaction that ends the first and starts the second. None when it was not tried, or read nothing new and the ends need the
     /// script (nothing changed: the caller ends the batch, and takes leases, with the script);
     /// `Err` with the entries read, when the round needs the script after reading them (nothing
     /// ended or started: the caller ends the batch with the script and has it claim them).
