@@ -24,7 +24,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::{debug, warn};
 
-mod plain;
+pub(super) mod plain;
 pub(super) use plain::PlainEnds;
 use plain::Round;
 
@@ -179,6 +179,12 @@ impl Ending {
         ending
     }
 
+    /// This ending, its entry on `stream` (the ready stream's key, where the holder knows it).
+    pub(super) fn on_stream(mut self, stream: String) -> Ending {
+        self.stream = stream;
+        self
+    }
+
     /// Tells whoever waits for this ending what became of it.
     pub(super) fn answer(self, answer: RedisResult<Ended>) {
         let _ = self.reply.send(answer);
@@ -279,7 +285,7 @@ impl Leasing {
         let queue = &served.queue;
         // A round that takes no leases may go without Lua; its slots go back to the fetch loop.
         if want == 0
-            && let Some(ended) = self.plain_ends.end(queue, &batch, &self.consumer).await
+            && let Some(ended) = self.plain_ends.end(queue, &batch, Holders::Process, &self.consumer).await
         {
             for (ending, ended) in batch.into_iter().zip(ended) {
                 ending.answer(Ok(ended));

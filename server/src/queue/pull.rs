@@ -8,7 +8,7 @@
 
 use super::{
     Outcome, Queue, Renewal,
-    finish::{Ended, Ending, Held, Holders, in_rounds},
+    finish::{Ended, Ending, Held, Holders, in_rounds, plain::PlainEnds},
     lease::{HeldEntry, Run, RunReply},
     record,
 };
@@ -182,7 +182,26 @@ impl Queue {
     /// Ends the pulled lease's attempt with `outcome` — or as cancelled, when its task's cancel
     /// was asked for while it ran. Nothing changes when the lease is no longer held.
     pub async fn end_pulled(&self, token: &PullToken, outcome: Outcome) -> RedisResult<Ended> {
-        // The finish script reads the session and idempotency key of a pulled lease's task.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone =
+            || redis::RedisError::from((redis::ErrorKind::Io, "the loop that ends pulled leases stopped"));
+        let ends = self.pulled_ends.get_or_init(|| {
+            let (ends, endings) = tokio::sync::mpsc::channel(PULLED_ENDS_WAITING);
+            tokio::spawn(self.for_loop().end_pulled_together(endings));
+            ends
+        });
+        ends.send(self.pulled_ending(token, outcome, reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// The ending of the pulled lease `token`'s attempt with `outcome`, answered on `reply`.
+    pub(super) fn pulled_ending(
+        &self,
+        token: &PullToken,
+        outcome: Outcome,
+        reply: tokio::sync::oneshot::Sender<RedisResult<Ended>>,
+    ) -> Ending {
+        // Its end reads the session and idempotency key of the task from its record.
         let held = Held {
             queue: self.clone(),
             task_id: token.task_id.to_string(),
@@ -192,30 +211,30 @@ impl Queue {
             session: String::new(),
             idempotency_key: String::new(),
         };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let gone =
-            || redis::RedisError::from((redis::ErrorKind::Io, "the loop that ends pulled leases stopped"));
-        let ends = self.pulled_ends.get_or_init(|| {
-            let (ends, endings) = tokio::sync::mpsc::channel(PULLED_ENDS_WAITING);
-            tokio::spawn(self.for_loop().end_pulled_together(endings));
-            ends
-        });
-        ends.send(Ending::held(held, outcome, None, reply)).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let stream = self.keys.lane(&token.kind)[token.stream_index].clone();
+        Ending::held(held, outcome, None, reply).on_stream(stream)
     }
 
-    /// Ends the pulled attempts waiting, together, in rounds of one script call (a group commit,
-    /// as submissions have: many workers completing at once cost Redis one script call per
-    /// group, not one per task). Each gets its own answer. Runs as long as a handle that sends it
-    /// ends (`for_loop`).
+    /// Ends the pulled attempts waiting, together, in rounds (a group commit, as submissions
+    /// have: many workers completing at once cost Redis one round per group, not one per task).
+    /// Each gets its own answer. Runs as long as a handle that sends it ends (`for_loop`).
     async fn end_pulled_together(self, endings: tokio::sync::mpsc::Receiver<Ending>) {
-        in_rounds(endings, |batch| self.end_pulled_batch(batch)).await;
+        let plain = PlainEnds::default();
+        in_rounds(endings, |batch| self.end_pulled_batch(&plain, batch)).await;
     }
 
-    /// Ends one batch of pulled attempts, answering each.
-    async fn end_pulled_batch(&self, batch: Vec<Ending>) {
+    /// Ends one batch of pulled attempts, answering each: without Lua where none needs a decision
+    /// in Redis (queue/finish/plain.rs), else by the finish script.
+    async fn end_pulled_batch(&self, plain: &PlainEnds, batch: Vec<Ending>) {
+        if let Some(ended) = plain.end(self, &batch, Holders::Pulled, "").await {
+            for (ending, ended) in batch.into_iter().zip(ended) {
+                ending.answer(Ok(ended));
+            }
+            return;
+        }
         match self.end_attempts(&batch, Holders::Pulled, 0, CONSUMER, "").await {
             Ok(finished) => {
+                plain.settled(&batch);
                 for (ending, ended) in batch.into_iter().zip(finished.ended) {
                     ending.answer(Ok(ended));
                 }

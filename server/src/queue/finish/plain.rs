@@ -30,7 +30,7 @@ use crate::{
     queue::{
         GROUP, Queue,
         fetch::{Given, hand_back_unclaimed},
-        finish::{Applied, Ended},
+        finish::{Applied, Ended, Holders},
         lease::{
             NOT_SAMPLED, RunReply, TRIM_ABOVE,
             plain::{self as lease, time_of},
@@ -64,6 +64,11 @@ const READ: [&str; 8] = [
     record::PAYLOAD_REF,
     record::WORKFLOW,
 ];
+
+/// What the end of a pulled lease reads beyond `READ`, in this order (`Holder`): a pulled lease's
+/// holder knows neither its task's session nor its idempotency key, and the record names the
+/// worker that pulled it (finish.lua's `PULLED_FIELDS`).
+const READ_PULLED: [&str; 4] = [record::WORKER, record::CANCEL, record::SESSION, record::IDEMPOTENCY_KEY];
 
 /// How long a queue's ends go through the script after the plain way failed (a connection refused,
 /// an ACL user without the transaction commands) before it is tried again.
@@ -144,7 +149,7 @@ struct Own {
     failed_at: Option<Instant>,
 }
 
-/// What the end reads of one record (`READ`).
+/// What the end reads of one record (`READ`, and `READ_PULLED` for a pulled lease).
 struct Record {
     lease: String,
     kind: String,
@@ -154,10 +159,23 @@ struct Record {
     payload_inline: bool,
     payload_ref: String,
     workflow: String,
+    /// A pulled lease's: what the record says of its holder and task.
+    pulled: Option<Holder>,
+}
+
+/// What the end of a pulled lease reads of its record beyond a worker process's (`READ_PULLED`).
+struct Holder {
+    /// The worker that pulled the lease (its name for itself).
+    worker: String,
+    /// Whether a cancel was asked for while it ran (the script ends it cancelled).
+    cancel: bool,
+    session: String,
+    idempotency_key: String,
 }
 
 impl Record {
-    fn of(fields: Vec<Option<String>>) -> Record {
+    /// The record of `fields` (`READ`'s values, then `READ_PULLED`'s for `holders` `Pulled`).
+    fn of(fields: Vec<Option<String>>, holders: Holders) -> Record {
         let mut fields = fields.into_iter().map(Option::unwrap_or_default);
         let mut next = || fields.next().unwrap_or_default();
         Record {
@@ -169,15 +187,43 @@ impl Record {
             payload_inline: next() == "1",
             payload_ref: next(),
             workflow: next(),
+            pulled: (holders == Holders::Pulled).then(|| Holder {
+                worker: next(),
+                cancel: next() == "1",
+                session: next(),
+                idempotency_key: next(),
+            }),
         }
+    }
+
+    /// Whether the end needs the script to decide, for the attempt `ending` reports: its lease
+    /// lost, its payload shared with other tasks or gone (`payload_length` 0: the result is the
+    /// payload, which expired), or, pulled, a cancel asked for or a session to leave.
+    fn decides(&self, ending: &Ending, payload_length: Option<u64>) -> bool {
+        self.lease != ending.token
+            || !self.payload_ref.is_empty()
+            || (!self.payload_inline && payload_length == Some(0))
+            || self.pulled.as_ref().is_some_and(|holder| holder.cancel || !holder.session.is_empty())
+    }
+
+    /// The worker the attempt log names: a pulled lease's holder, else `worker` (whose process
+    /// ends it).
+    fn worker<'r>(&'r self, worker: &'r str) -> &'r str {
+        self.pulled.as_ref().map_or(worker, |holder| &holder.worker)
+    }
+
+    /// The idempotency key whose life follows the task's: a pulled lease's record's, else the
+    /// one `ending`'s holder had from its lease.
+    fn idempotency_key<'r>(&'r self, ending: &'r Ending) -> &'r str {
+        self.pulled.as_ref().map_or(&ending.idempotency_key, |holder| &holder.idempotency_key)
     }
 }
 
 impl Ending {
     /// Whether this attempt's end needs no decision in Redis, as far as its holder knows: it
-    /// succeeded, on a worker process's lease (which knows the entry's stream), with no session
-    /// to leave and no payload shared with other tasks. (The read then checks the lease and the
-    /// payload.)
+    /// succeeded, on a lease whose entry's stream is known, with no session to leave and no
+    /// payload shared with other tasks. (The read then checks the lease and the payload, and a
+    /// pulled lease's cancel and session.)
     fn may_go_plain(&self) -> bool {
         self.outcome == "succeeded"
             && !self.stream.is_empty()
@@ -187,12 +233,14 @@ impl Ending {
 }
 
 impl PlainEnds {
-    /// Ends `batch` (a worker process's ended attempts on `queue`) without Lua where it can: each
-    /// attempt's end, or None when the batch needs the script (nothing was changed).
+    /// Ends `batch` (ended attempts on `queue`: `worker`'s, or `holders` `Pulled`, leases pulled
+    /// over HTTP, whose records name their workers) without Lua where it can: each attempt's end,
+    /// or None when the batch needs the script (nothing was changed).
     pub(in crate::queue) async fn end(
         &self,
         queue: &Queue,
         batch: &[Ending],
+        holders: Holders,
         worker: &str,
     ) -> Option<Vec<Ended>> {
         if queue.conn.is_cluster() || !batch.iter().all(Ending::may_go_plain) {
@@ -205,7 +253,7 @@ impl PlainEnds {
         let own = self.own_of(queue);
         let mut own = own.lock().await;
         let conn = self.connected(&mut own, queue).await?;
-        let ended = match read(conn, queue, batch).await {
+        let ended = match read(conn, queue, batch, holders).await {
             Ok(Some(read)) => self.commit(conn, queue, batch, read, &streams, worker).await,
             Ok(None) => Ok(None),
             Err(e) => Err(e),
@@ -285,7 +333,7 @@ impl PlainEnds {
             }
             // Nothing new: the round only ends.
             drop(own);
-            let ended = self.end(queue, batch, worker).await?;
+            let ended = self.end(queue, batch, Holders::Process, worker).await?;
             return Some(Ok(Round { ended, runs: Vec::new(), rest: Vec::new() }));
         }
         match self.end_and_start(conn, queue, batch, &trims, worker, &given).await {
@@ -311,7 +359,7 @@ impl PlainEnds {
         worker: &str,
         given: &[Given],
     ) -> RedisResult<Option<Round>> {
-        let Some(ends) = ReadPlan::of(queue, batch) else { return Ok(None) };
+        let Some(ends) = ReadPlan::of(queue, batch, Holders::Process) else { return Ok(None) };
         let streams = &streams_of(batch)[..];
         let mut pipe = redis::pipe();
         ends.queue(&mut pipe, queue);
@@ -448,7 +496,7 @@ impl PlainEnds {
         // From here on every attempt is ended: nothing below may answer otherwise.
         self.note_lengths(streams, &applied);
         queue.count(&counted);
-        Ok(Some(as_reported(batch)))
+        Ok(Some(read.records.iter().map(|record| Ended::as_reported(record.worker(""))).collect()))
     }
 
     /// Notes the streams a transaction found past the trim threshold, from its last answers
@@ -499,9 +547,17 @@ async fn read_new(
     Ok(given)
 }
 
-/// Each attempt of `batch` ended as its holder reported it.
+/// Each attempt of `batch` (a worker process's) ended as its holder reported it.
 fn as_reported(batch: &[Ending]) -> Vec<Ended> {
-    batch.iter().map(|_| Ended { applied: Applied::AsReported, worker: String::new() }).collect()
+    batch.iter().map(|_| Ended::as_reported("")).collect()
+}
+
+impl Ended {
+    /// An attempt ended as its holder reported it; `worker`: the one its record named (pulled
+    /// leases; else empty).
+    fn as_reported(worker: &str) -> Ended {
+        Ended { applied: Applied::AsReported, worker: worker.to_string() }
+    }
 }
 
 /// A connection for plain ends: one that nothing reconnects, on which Redis has just let this
@@ -524,8 +580,13 @@ struct Read {
 
 /// Watches `batch`'s records on `conn` and reads what their ends need: None (the watch let go)
 /// where one needs the script to decide (its lease lost, its payload shared or expired).
-async fn read(conn: &mut Conn, queue: &Queue, batch: &[Ending]) -> RedisResult<Option<Read>> {
-    let Some(plan) = ReadPlan::of(queue, batch) else { return Ok(None) };
+async fn read(
+    conn: &mut Conn,
+    queue: &Queue,
+    batch: &[Ending],
+    holders: Holders,
+) -> RedisResult<Option<Read>> {
+    let Some(plan) = ReadPlan::of(queue, batch, holders) else { return Ok(None) };
     let mut pipe = redis::pipe();
     plan.queue(&mut pipe, queue);
     pipe.cmd("TIME");
@@ -546,15 +607,17 @@ struct ReadPlan {
     ids: Vec<Uuid>,
     tasks: Vec<String>,
     echoes: Vec<usize>,
+    holders: Holders,
 }
 
 impl ReadPlan {
-    /// The read of `batch`'s records on `queue`: None when an id is not one (the script decides).
-    fn of(queue: &Queue, batch: &[Ending]) -> Option<ReadPlan> {
+    /// The read of `batch`'s records on `queue` (leases of `holders`): None when an id is not one
+    /// (the script decides).
+    fn of(queue: &Queue, batch: &[Ending], holders: Holders) -> Option<ReadPlan> {
         let ids = batch.iter().map(|e| Uuid::parse_str(&e.task_id)).collect::<Result<Vec<_>, _>>().ok()?;
         let tasks = ids.iter().map(|id| queue.keys.task(id)).collect();
         let echoes = (0..batch.len()).filter(|&i| matches!(batch[i].result, ResultPlace::Payload)).collect();
-        Some(ReadPlan { ids, tasks, echoes })
+        Some(ReadPlan { ids, tasks, echoes, holders })
     }
 
     /// Adds to `pipe` the watch on the records and the reads: each record, and the length of
@@ -563,7 +626,10 @@ impl ReadPlan {
     fn queue(&self, pipe: &mut redis::Pipeline, queue: &Queue) {
         pipe.cmd("WATCH").arg(&self.tasks).ignore();
         for task in &self.tasks {
-            pipe.cmd("HMGET").arg(task).arg(&READ[..]);
+            let hmget = pipe.cmd("HMGET").arg(task).arg(&READ[..]);
+            if self.holders == Holders::Pulled {
+                hmget.arg(&READ_PULLED[..]);
+            }
         }
         for &i in &self.echoes {
             pipe.cmd("STRLEN").arg(queue.keys.payload(&self.ids[i]));
@@ -571,7 +637,7 @@ impl ReadPlan {
     }
 
     /// Reads back from `replies` what `queue` asked for: the ids, keys and records, or None
-    /// where an end needs the script to decide (its lease lost, its payload shared or expired).
+    /// where an end needs the script to decide (`Record::decides`).
     #[allow(clippy::type_complexity)]
     fn found(
         self,
@@ -580,17 +646,18 @@ impl ReadPlan {
     ) -> RedisResult<Option<(Vec<Uuid>, Vec<String>, Vec<Record>)>> {
         let mut records = Vec::with_capacity(batch.len());
         for _ in batch {
-            records.push(Record::of(redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?));
+            let fields = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?;
+            records.push(Record::of(fields, self.holders));
         }
         let mut payload_lengths = vec![None; batch.len()];
         for &i in &self.echoes {
             payload_lengths[i] = Some(redis::from_redis_value::<u64>(replies.next().unwrap_or(Value::Nil))?);
         }
-        let decides = batch.iter().zip(&records).zip(&payload_lengths).any(|((ending, record), length)| {
-            record.lease != ending.token
-                || !record.payload_ref.is_empty()
-                || (!record.payload_inline && *length == Some(0))
-        });
+        let decides = batch
+            .iter()
+            .zip(&records)
+            .zip(&payload_lengths)
+            .any(|((ending, record), &length)| record.decides(ending, length));
         Ok((!decides).then_some((self.ids, self.tasks, records)))
     }
 }
@@ -667,8 +734,9 @@ fn queue_ends(
         let attempt = if record.attempts.is_empty() { "0" } else { &record.attempts };
         let separator = record::ATTEMPT_LOG_SEPARATOR;
         hset.arg(format!("{}{attempt}", record::ATTEMPT_LOG)).arg(format!(
-            "succeeded{separator}{}{separator}{now}{separator}{worker}{separator}",
-            record.attempt_started
+            "succeeded{separator}{}{separator}{now}{separator}{}{separator}",
+            record.attempt_started,
+            record.worker(worker)
         ));
         // A later attempt's record may hold an earlier one's error and next run.
         if record.attempts != "1" {
@@ -690,8 +758,9 @@ fn queue_ends(
         pipe.add_command(hset).ignore();
         // What keep_after_end keeps: the record, the idempotency key, a payload of its own.
         pipe.cmd("PEXPIRE").arg(task).arg(keep).ignore();
-        if !ending.idempotency_key.is_empty() {
-            pipe.cmd("PEXPIRE").arg(&ending.idempotency_key).arg(keep).ignore();
+        let idempotency_key = record.idempotency_key(ending);
+        if !idempotency_key.is_empty() {
+            pipe.cmd("PEXPIRE").arg(idempotency_key).arg(keep).ignore();
         }
         if !record.payload_inline {
             pipe.cmd("PEXPIRE").arg(queue.keys.payload(id)).arg(keep).ignore();
@@ -740,9 +809,10 @@ fn streams_of(batch: &[Ending]) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::queue::{
-        NewTask, ResultBytes, WorkflowStep,
+        NewTask, Outcome, ResultBytes, WorkflowStep,
         finish::{Holders, tests::ending},
         lease::Run,
+        pull::PullToken,
         testing::{
             anonymous, claim_idempotency_key, echo_task, fcalls, private_queue, unpacked, without_multi,
         },
@@ -878,7 +948,7 @@ mod tests {
                 queue.end_attempts(std::slice::from_ref(&script_end), Holders::Process, 0, WORKER, "*").await;
             assert_eq!(finished.unwrap().ended[0].applied, Applied::AsReported);
             let before = fcalls(&queue).await;
-            let ended = plain.end(&queue, std::slice::from_ref(&plain_end), WORKER).await;
+            let ended = plain.end(&queue, std::slice::from_ref(&plain_end), Holders::Process, WORKER).await;
             let ended = ended.expect("the end needs no decision: it goes plain");
             assert_eq!(ended[0].applied, Applied::AsReported);
             assert_eq!(fcalls(&queue).await, before, "no function ran");
@@ -929,13 +999,13 @@ mod tests {
         let mut attempt = leased(&queue, &task, ResultBytes::Payload).await;
         let token = std::mem::replace(&mut attempt.token, "a-lost-lease:0".into());
         let before = written(&queue, &attempt).await;
-        let declined = plain.end(&queue, std::slice::from_ref(&attempt), WORKER).await;
+        let declined = plain.end(&queue, std::slice::from_ref(&attempt), Holders::Process, WORKER).await;
         assert!(declined.is_none());
         assert_eq!(written(&queue, &attempt).await, before);
         assert!(before.contains(&"status=running".to_string()), "{before:?}");
         let _: () = conn.hset(queue.keys.task(&task.id), "progress", "50").await.unwrap();
         attempt.token = token;
-        let ended = plain.end(&queue, std::slice::from_ref(&attempt), WORKER).await;
+        let ended = plain.end(&queue, std::slice::from_ref(&attempt), Holders::Process, WORKER).await;
         assert!(ended.is_some(), "the watch was let go");
         let status: String = conn.hget(queue.keys.task(&task.id), "status").await.unwrap();
         assert_eq!(status, "succeeded");
@@ -944,10 +1014,118 @@ mod tests {
         let task = echo_task(Bytes::from_static(&[0xff, 0x00]));
         let attempt = leased(&queue, &task, ResultBytes::Payload).await;
         let _: () = conn.del(queue.keys.payload(&task.id)).await.unwrap();
-        let declined = plain.end(&queue, std::slice::from_ref(&attempt), WORKER).await;
+        let declined = plain.end(&queue, std::slice::from_ref(&attempt), Holders::Process, WORKER).await;
         assert!(declined.is_none());
         let status: String = conn.hget(queue.keys.task(&task.id), "status").await.unwrap();
         assert_eq!(status, "running");
+    }
+
+    /// The pulling worker the tests' pulled leases name.
+    const PULLER: &str = "puller-7";
+
+    /// Enqueues `task` and pulls its lease (as a worker over HTTP takes it) as `PULLER`.
+    async fn pulled(queue: &Queue, task: &NewTask) -> PullToken {
+        queue.enqueue(task).await.unwrap();
+        let mut pulled = queue.pull(PULLER, "*", 1, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(pulled.len(), 1);
+        pulled.remove(0).token
+    }
+
+    /// The ending of the pulled lease `token`'s attempt, succeeded with `result`.
+    fn pulled_ending(queue: &Queue, token: &PullToken, result: ResultBytes) -> Ending {
+        let outcome = Outcome::Succeeded { result, content_type: "application/json".into() };
+        queue.pulled_ending(token, outcome, tokio::sync::oneshot::channel().0)
+    }
+
+    /// A pulled lease's end, which knows neither its task's session nor its idempotency key, goes
+    /// without Lua as a worker process's does, and leaves what the script leaves: the record (its
+    /// attempt log naming the worker that pulled it), the kept keys, the idempotency key the
+    /// record names kept as long, the entry acknowledged, the events; and it names that worker
+    /// for the registry, as the script does. `Queue::end_pulled` takes the plain way.
+    #[tokio::test]
+    async fn a_pulled_lease_ends_without_lua_as_the_script_ends_it() {
+        let (_redis, queue) = private_queue().await;
+        let plain = PlainEnds::default();
+        let variants = [
+            // A small text payload, kept in the record, and the result is the payload.
+            (echo_task(Bytes::from_static(b"{\"text\": \"hello\"}")), ResultBytes::Payload),
+            // A payload under a key of its own, a small text result kept in the record.
+            (
+                echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])),
+                ResultBytes::New(Bytes::from_static(b"{\"rows\": 3}")),
+            ),
+        ];
+        for (variant, result) in variants {
+            let (mut by_script, mut by_plain) = (variant.clone(), variant);
+            by_script.id = Uuid::now_v7();
+            by_plain.id = Uuid::now_v7();
+            for task in [&mut by_script, &mut by_plain] {
+                claim_idempotency_key(&queue, task, 600).await;
+            }
+            let (script_token, plain_token) =
+                (pulled(&queue, &by_script).await, pulled(&queue, &by_plain).await);
+            let mut script_end = pulled_ending(&queue, &script_token, result.clone());
+            let mut plain_end = pulled_ending(&queue, &plain_token, result);
+            assert!(plain_end.may_go_plain());
+            let finished =
+                queue.end_attempts(std::slice::from_ref(&script_end), Holders::Pulled, 0, "pull", "").await;
+            let finished = finished.unwrap();
+            assert_eq!(
+                (finished.ended[0].applied, finished.ended[0].worker.as_str()),
+                (Applied::AsReported, PULLER)
+            );
+            let before = fcalls(&queue).await;
+            let ended = plain.end(&queue, std::slice::from_ref(&plain_end), Holders::Pulled, "").await;
+            let ended = ended.expect("the end needs no decision: it goes plain");
+            assert_eq!((ended[0].applied, ended[0].worker.as_str()), (Applied::AsReported, PULLER));
+            assert_eq!(fcalls(&queue).await, before, "no function ran");
+            // The endings knew no idempotency key; `written` looks at the ones the records name.
+            script_end.idempotency_key = by_script.idempotency_key.clone().unwrap();
+            plain_end.idempotency_key = by_plain.idempotency_key.clone().unwrap();
+            let (script_wrote, plain_wrote) =
+                (written(&queue, &script_end).await, written(&queue, &plain_end).await);
+            assert!(script_wrote.contains(&"status=succeeded".to_string()), "{script_wrote:?}");
+            assert!(script_wrote.iter().any(|l| l.contains(&format!("{PULLER}\u{1f}"))), "{script_wrote:?}");
+            assert!(
+                script_wrote.iter().any(|l| l.starts_with("idempotency key: kept 60 s")),
+                "{script_wrote:?}"
+            );
+            assert_eq!(plain_wrote, script_wrote);
+        }
+        let token = pulled(&queue, &echo_task(Bytes::from_static(b"p"))).await;
+        let before = fcalls(&queue).await;
+        let outcome = Outcome::Succeeded { result: ResultBytes::Payload, content_type: "text/plain".into() };
+        let ended = queue.end_pulled(&token, outcome).await.unwrap();
+        assert_eq!((ended.applied, ended.worker.as_str()), (Applied::AsReported, PULLER));
+        assert_eq!(fcalls(&queue).await, before, "end_pulled went without Lua");
+    }
+
+    /// A pulled lease's end needs the script when its task's cancel was asked for while it ran (it
+    /// ends cancelled, whatever its holder reports) or the task has a session to leave: the plain
+    /// way declines, having written nothing, and `Queue::end_pulled` has the script decide.
+    #[tokio::test]
+    async fn a_pulled_end_with_a_cancel_asked_or_a_session_declines() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let plain = PlainEnds::default();
+        for (field, value) in [(record::CANCEL, "1"), (record::SESSION, "s-1")] {
+            let task = echo_task(Bytes::from_static(b"p"));
+            let token = pulled(&queue, &task).await;
+            let _: () = conn.hset(queue.keys.task(&task.id), field, value).await.unwrap();
+            let ending = pulled_ending(&queue, &token, ResultBytes::Payload);
+            let before = written(&queue, &ending).await;
+            assert!(before.contains(&"status=running".to_string()), "{before:?}");
+            let declined = plain.end(&queue, std::slice::from_ref(&ending), Holders::Pulled, "").await;
+            assert!(declined.is_none(), "{field}");
+            assert_eq!(written(&queue, &ending).await, before, "{field}");
+            if field == record::CANCEL {
+                let outcome =
+                    Outcome::Succeeded { result: ResultBytes::Payload, content_type: "text/plain".into() };
+                let ended = queue.end_pulled(&token, outcome).await.unwrap();
+                assert_eq!(ended.applied, Applied::Cancelled);
+                assert!(written(&queue, &ending).await.contains(&"status=cancelled".to_string()));
+            }
+        }
     }
 
     /// A Redis user that may not run a transaction (here, no `MULTI`) never gets the end's
@@ -962,7 +1140,9 @@ mod tests {
         let plain = PlainEnds::default();
         let before = written(&queue, &attempt).await;
         for _ in 0..2 {
-            assert!(plain.end(&limited, std::slice::from_ref(&attempt), WORKER).await.is_none());
+            assert!(
+                plain.end(&limited, std::slice::from_ref(&attempt), Holders::Process, WORKER).await.is_none()
+            );
         }
         assert_eq!(written(&queue, &attempt).await, before, "nothing of the end ran");
         let finished =
@@ -1212,7 +1392,10 @@ mod tests {
         let plain = PlainEnds::default();
         let mut own = queue.client.connect_blocking(Duration::ZERO).await.unwrap();
         let batch = std::slice::from_ref(&attempt);
-        let read = read(&mut own, &queue, batch).await.unwrap().expect("the end needs no decision");
+        let read = read(&mut own, &queue, batch, Holders::Process)
+            .await
+            .unwrap()
+            .expect("the end needs no decision");
         assert_eq!(queue.cancel(&task.id).await.unwrap(), crate::queue::CancelOutcome::Cancelling);
         let before = written(&queue, &attempt).await;
         let streams = streams_of(batch);
@@ -1247,7 +1430,7 @@ mod tests {
         let (mut by_plain, mut by_script) = (0, 0);
         while !replies.is_empty() {
             let endings = endings_of(&queue, &replies);
-            if plain.end(&queue, &endings, WORKER).await.is_some() {
+            if plain.end(&queue, &endings, Holders::Process, WORKER).await.is_some() {
                 by_plain += endings.len();
             } else {
                 let finished = queue.end_attempts(&endings, Holders::Process, 0, WORKER, "*").await.unwrap();
@@ -1285,7 +1468,7 @@ mod tests {
         let batch = endings_of(&queue, &replies);
         let plain = PlainEnds::default();
         assert_eq!(streams_of(&batch).len(), 2);
-        assert!(plain.end(&queue, &batch, WORKER).await.is_some());
+        assert!(plain.end(&queue, &batch, Holders::Process, WORKER).await.is_some());
         let [high, normal, _] = queue.keys.lane("echo");
         assert_eq!(*plain.trims_due(), HashSet::from([normal.clone()]), "not {high}");
     }
