@@ -215,6 +215,8 @@ pub struct Queue {
     /// Where the ends of this handle's pulled leases wait to be sent together (started on first
     /// use).
     pulled_ends: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<finish::Ending>>>,
+    /// Where this handle's lease requests take leases without Lua (one at a time).
+    plain_pulls: Arc<pull::PlainPulls>,
     /// What the finishes of every queue's handles in this process counted for the stats, until
     /// written together (a queue's tally is made by its first finish: a handle made to read
     /// what some name holds costs nothing there).
@@ -490,6 +492,7 @@ impl Queue {
             enqueuer: Default::default(),
             limits_seen: Default::default(),
             pulled_ends: Default::default(),
+            plain_pulls: Default::default(),
         }
     }
 

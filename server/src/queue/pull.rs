@@ -6,8 +6,11 @@
 //! entries itself (no fetch loop does it for kinds no built-in worker runs), a lease may be
 //! shorter than the queue's, and the lease travels as a token that says where its entry is.
 
+mod plain;
+
 use super::{
     Outcome, Queue, Renewal,
+    fetch::Given,
     finish::{Ended, Ending, Held, Holders, in_rounds, plain::PlainEnds},
     lease::{HeldEntry, Run, RunReply},
     record,
@@ -15,6 +18,8 @@ use super::{
 use crate::store::{TaskRecord, now_ms};
 use app::model::{is_kind_name, is_queue_name};
 use bytes::Bytes;
+pub(super) use plain::PlainPulls;
+use plain::Pulls;
 use redis::RedisResult;
 use std::time::Duration;
 use uuid::Uuid;
@@ -90,8 +95,8 @@ pub struct Pulled {
 
 impl Queue {
     /// Takes up to `max` leases of `lease` each for the pulling worker named `worker`, on the
-    /// lanes of `kinds`
-    /// (comma-separated, `*` for every kind): expired ones taken over first, then new ones.
+    /// lanes of `kinds` (comma-separated, `*` for every kind): expired ones taken over first, then
+    /// new ones. Without Lua where the tasks need no decision (plain.rs), else by pull.lua.
     pub async fn pull(
         &self,
         worker: &str,
@@ -100,43 +105,83 @@ impl Queue {
         lease: Duration,
     ) -> RedisResult<Vec<Pulled>> {
         let lease_ms = lease.min(self.settings.lease).as_millis() as u64;
+        let (mut pulled, given) = match self.plain_pulls.pull(self, worker, kinds, max, lease_ms).await {
+            Pulls::Declined => return self.pull_by_script(worker, kinds, max, lease_ms, &[]).await,
+            Pulls::Taken(pulled, given) if given.is_empty() => return Ok(pulled),
+            Pulls::Taken(pulled, given) => (pulled, given),
+        };
+        match self.pull_by_script(worker, kinds, max, lease_ms, &given).await {
+            Ok(more) => pulled.extend(more),
+            // The leases taken stand; the entries given stay pending until taken over.
+            Err(e) if !pulled.is_empty() => {
+                tracing::warn!(queue = self.name(), error = %e, "leasing the entries read failed; they are taken over once their lease runs out");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(pulled)
+    }
+
+    /// Takes leases by pull.lua: on `given` (entries read for the pulling consumer) alone, or,
+    /// given none, as `pull` tells.
+    async fn pull_by_script(
+        &self,
+        worker: &str,
+        kinds: &str,
+        max: usize,
+        lease_ms: u64,
+        given: &[Given],
+    ) -> RedisResult<Vec<Pulled>> {
         let mut call = self.scripts.pull.prepare_invoke();
         call.key(self.keys.events());
         self.leasing_args(&mut call, CONSUMER, worker, kinds)
             .arg(max)
             .arg(self.settings.lease.as_millis() as u64)
             .arg(lease_ms);
+        for (kind, index, entry) in given {
+            call.arg(kind).arg(index + 1).arg(&entry.id).arg(entry.get::<String>("task").unwrap_or_default());
+        }
         // A limit that stops the queue (its reason and retry time, ignored here) only means
         // fewer leases: the worker asks again.
         let (replies, _, _): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) =
             call.invoke_async(&mut self.conn.clone()).await?;
         let expires_ms = now_ms() + lease_ms;
-        let mut pulled = Vec::new();
-        for reply in replies {
-            let Some((mut reply, view)) = RunReply::with_view(reply) else { continue };
-            let Some((task_id, stream_index)) = reply.task() else { continue };
-            let Some(record) = reply.record(task_id, self.name(), view) else {
-                tracing::warn!(%task_id, "a leased task's record does not read as one; its lease will expire");
-                continue;
-            };
-            let payload = (reply.text(Run::PayloadIs) == "1").then(|| Bytes::from(reply.take(Run::Payload)));
-            pulled.push(Pulled {
-                record,
-                token: PullToken {
-                    queue: self.name().to_string(),
-                    kind: reply.text(Run::Kind),
-                    task_id,
-                    stream_index,
-                    entry_id: reply.text(Run::Entry),
-                    lease_ms,
-                    token: reply.text(Run::Token),
-                },
-                payload,
-                payload_type: reply.optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
-                expires_ms,
-            });
-        }
-        Ok(pulled)
+        let pulled = replies.into_iter().filter_map(|reply| {
+            let (reply, view) = RunReply::with_view(reply)?;
+            self.pulled_of(reply, view, lease_ms, expires_ms)
+        });
+        Ok(pulled.collect())
+    }
+
+    /// The pulled lease a run reply and its task's view (`field, value, …`) tell of, running out
+    /// at `expires_ms`; None for a reply that names no task or a record that does not read as one.
+    fn pulled_of(
+        &self,
+        mut reply: RunReply,
+        view: Vec<Vec<u8>>,
+        lease_ms: u64,
+        expires_ms: u64,
+    ) -> Option<Pulled> {
+        let (task_id, stream_index) = reply.task()?;
+        let Some(record) = reply.record(task_id, self.name(), view) else {
+            tracing::warn!(%task_id, "a leased task's record does not read as one; its lease will expire");
+            return None;
+        };
+        let payload = (reply.text(Run::PayloadIs) == "1").then(|| Bytes::from(reply.take(Run::Payload)));
+        Some(Pulled {
+            record,
+            token: PullToken {
+                queue: self.name().to_string(),
+                kind: reply.text(Run::Kind),
+                task_id,
+                stream_index,
+                entry_id: reply.text(Run::Entry),
+                lease_ms,
+                token: reply.text(Run::Token),
+            },
+            payload,
+            payload_type: reply.optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
+            expires_ms,
+        })
     }
 
     /// Where the pulled lease `token` has its entry.

@@ -4,7 +4,9 @@
 //! watched and read (is the lease still this holder's? what does the end write?), then one
 //! transaction of plain commands writes what finish.lua writes for them. A record changed in
 //! between (its lease taken over, a cancel asked for) voids the transaction, and the batch goes
-//! through the script, which decides.
+//! through the script, which decides. A ready stream that a transaction found past `TRIM_ABOVE`
+//! is trimmed by the next (the read before it finds the group's oldest pending entry: every entry
+//! older is done with).
 //!
 //! A round that takes no leases (the fetch loop waits on every lane: a light load) takes two
 //! round trips this way (`PlainEnds::end`). A round that takes leases (`PlainEnds::round`,
@@ -80,8 +82,8 @@ pub(in crate::queue) struct PlainEnds {
     /// Each queue's connection of its own: one round at a time on it (a round holds it from the
     /// read to the transaction), two queues' rounds side by side.
     own: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Own>>>>,
-    /// Ready streams found holding more than `TRIM_ABOVE` entries: the next ends on them go
-    /// through the script, and the next round that takes leases on them trims them.
+    /// Ready streams found holding more than `TRIM_ABOVE` entries: the next transaction that ends
+    /// attempts on them (or the script) trims them.
     trim_due: Mutex<HashSet<String>>,
     /// What each queue's rounds found of it (`Mode`); a queue not in it has not been looked at.
     modes: Mutex<HashMap<String, Mode>>,
@@ -247,13 +249,11 @@ impl PlainEnds {
             return None;
         }
         let streams = streams_of(batch);
-        if self.trims_due().iter().any(|due| streams.contains(due)) {
-            return None;
-        }
+        let trims = self.trims_of(&streams);
         let own = self.own_of(queue);
         let mut own = own.lock().await;
         let conn = self.connected(&mut own, queue).await?;
-        let ended = match read(conn, queue, batch, holders).await {
+        let ended = match read(conn, queue, batch, holders, &trims).await {
             Ok(Some(read)) => self.commit(conn, queue, batch, read, &streams, worker).await,
             Ok(None) => Ok(None),
             Err(e) => Err(e),
@@ -290,10 +290,7 @@ impl PlainEnds {
             return None;
         }
         let streams = streams_of(batch);
-        let trims: Vec<String> = {
-            let due = self.trims_due();
-            streams.iter().filter(|stream| due.contains(*stream)).cloned().collect()
-        };
+        let trims = self.trims_of(&streams);
         let own = self.own_of(queue);
         let mut own = own.lock().await;
         let conn = self.connected(&mut own, queue).await?;
@@ -328,10 +325,7 @@ impl PlainEnds {
             }
         }
         if given.is_empty() {
-            if !trims.is_empty() {
-                return None;
-            }
-            // Nothing new: the round only ends.
+            // Nothing new: the round only ends (and trims what is due).
             drop(own);
             let ended = self.end(queue, batch, Holders::Process, worker).await?;
             return Some(Ok(Round { ended, runs: Vec::new(), rest: Vec::new() }));
@@ -365,22 +359,13 @@ impl PlainEnds {
         ends.queue(&mut pipe, queue);
         let starts = lease::queue_read(&mut pipe, queue, given);
         pipe.cmd("TIME");
-        // Where the group's oldest pending entry is on each stream to trim (settle of lease.lua).
-        for stream in trims {
-            pipe.cmd("XPENDING").arg(stream).arg(GROUP);
-        }
+        queue_oldest_pending(&mut pipe, trims);
         let replies: Vec<Value> = pipe.query_async(conn).await?;
         let mut replies = replies.into_iter();
         let ended = ends.found(&mut replies, batch)?;
         let found = lease::Found::of(&mut replies, &starts)?;
         let now_ms = time_of(replies.next())?;
-        let mut trim_to = Vec::with_capacity(trims.len());
-        for stream in trims {
-            let pending: StreamPendingReply = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?;
-            if let StreamPendingReply::Data(data) = pending {
-                trim_to.push((stream, data.start_id));
-            }
-        }
+        let trim_to = oldest_pending(&mut replies, trims)?;
         let limited = found.limited();
         let (Some((ids, tasks, records)), Some(mut starting)) = (ended, found.read(given, starts, now_ms))
         else {
@@ -390,7 +375,7 @@ impl PlainEnds {
             redis::cmd("UNWATCH").exec_async(conn).await?;
             return Ok(None);
         };
-        let read = Read { ids, tasks, records, now_ms };
+        let read = Read { ids, tasks, records, now_ms, trim_to };
         let rest = std::mem::take(&mut starting.rest);
         let mut pipe = redis::pipe();
         pipe.ignore_errors().cmd("MULTI");
@@ -402,22 +387,12 @@ impl PlainEnds {
         let counted = queue_ends(&mut pipe, queue, batch, &read, streams, worker, &mut events);
         events.append(&mut started);
         append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
-        // Every entry older than the oldest pending when read is done with (acknowledged since,
-        // the oldest may be newer now: the trim keeps more, never less). A stream with none
-        // pending waits for a round that finds some.
-        for (stream, oldest) in &trim_to {
-            pipe.cmd("XTRIM").arg(*stream).arg("MINID").arg("~").arg(oldest).ignore();
-        }
+        queue_trims(&mut pipe, &read.trim_to);
         queue_lengths(&mut pipe, streams);
         pipe.cmd("EXEC");
         let replies: Vec<Value> = pipe.query_async(conn).await?;
         let Some(mut applied) = applied(replies)? else { return Ok(None) };
-        {
-            let mut due = self.trims_due();
-            for (stream, _) in &trim_to {
-                due.remove(*stream);
-            }
-        }
+        self.trimmed(&read.trim_to);
         self.note_lengths(streams, &applied);
         queue.count(&counted);
         let runs = starting.runs(&mut applied);
@@ -468,6 +443,12 @@ impl PlainEnds {
         }
     }
 
+    /// Those of `streams` due for a trim.
+    fn trims_of(&self, streams: &[String]) -> Vec<String> {
+        let due = self.trims_due();
+        streams.iter().filter(|stream| due.contains(*stream)).cloned().collect()
+    }
+
     fn trims_due(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.trim_due.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -494,14 +475,24 @@ impl PlainEnds {
         // A record changed after the read: nothing of it was applied.
         let Some(applied) = applied(replies)? else { return Ok(None) };
         // From here on every attempt is ended: nothing below may answer otherwise.
+        self.trimmed(&read.trim_to);
         self.note_lengths(streams, &applied);
         queue.count(&counted);
         Ok(Some(read.records.iter().map(|record| Ended::as_reported(record.worker(""))).collect()))
     }
 
+    /// The streams of `trim_to` were trimmed.
+    fn trimmed(&self, trim_to: &[(String, String)]) {
+        if !trim_to.is_empty() {
+            let mut due = self.trims_due();
+            for (stream, _) in trim_to {
+                due.remove(stream);
+            }
+        }
+    }
+
     /// Notes the streams a transaction found past the trim threshold, from its last answers
-    /// (`queue_lengths`): the next ends on them go through the script, which trims them, unless a
-    /// round that takes leases on them trims them first.
+    /// (`queue_lengths`): the next ends on them trim them.
     fn note_lengths(&self, streams: &[String], applied: &[Value]) {
         let tail = applied.iter().rev().map(|v| redis::from_redis_value_ref::<u64>(v).unwrap_or(0));
         let mut due = self.trims_due();
@@ -513,10 +504,10 @@ impl PlainEnds {
     }
 }
 
-/// Reads up to `want` new entries of `lanes` (each a kind and its streams, the most urgent
-/// first) for `consumer`, the most urgent first; hands back any beyond `want` (each stream may
-/// bring as many).
-async fn read_new(
+/// Reads new entries of `lanes` (each a kind and its streams, the most urgent first) for
+/// `consumer`, up to `want` of each stream, the most urgent first: the caller hands back any
+/// beyond `want`.
+pub(in crate::queue) async fn read_new(
     conn: &mut Conn,
     consumer: &str,
     lanes: &[(String, [String; 3])],
@@ -576,6 +567,9 @@ struct Read {
     tasks: Vec<String>,
     records: Vec<Record>,
     now_ms: u64,
+    /// The streams due for a trim that have entries pending, and the oldest pending's id: every
+    /// entry older is done with (`trim_to` of a round).
+    trim_to: Vec<(String, String)>,
 }
 
 /// Watches `batch`'s records on `conn` and reads what their ends need: None (the watch let go)
@@ -585,16 +579,19 @@ async fn read(
     queue: &Queue,
     batch: &[Ending],
     holders: Holders,
+    trims: &[String],
 ) -> RedisResult<Option<Read>> {
     let Some(plan) = ReadPlan::of(queue, batch, holders) else { return Ok(None) };
     let mut pipe = redis::pipe();
     plan.queue(&mut pipe, queue);
     pipe.cmd("TIME");
+    queue_oldest_pending(&mut pipe, trims);
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     let mut replies = replies.into_iter();
     let found = plan.found(&mut replies, batch)?;
     let now_ms = time_of(replies.next())?;
-    let read = found.map(|(ids, tasks, records)| Read { ids, tasks, records, now_ms });
+    let trim_to = oldest_pending(&mut replies, trims)?;
+    let read = found.map(|(ids, tasks, records)| Read { ids, tasks, records, now_ms, trim_to });
     if read.is_none() {
         redis::cmd("UNWATCH").exec_async(conn).await?;
     }
@@ -680,9 +677,43 @@ fn transaction(
     let mut events = Vec::with_capacity(batch.len());
     let counted = queue_ends(&mut pipe, queue, batch, read, streams, worker, &mut events);
     append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
+    queue_trims(&mut pipe, &read.trim_to);
     queue_lengths(&mut pipe, streams);
     pipe.cmd("EXEC");
     (pipe, counted)
+}
+
+/// Asks, in a read before a transaction, where the group's oldest pending entry is on each of
+/// `trims` (the streams due for a trim; settle of lease.lua): `oldest_pending` reads it back.
+fn queue_oldest_pending(pipe: &mut redis::Pipeline, trims: &[String]) {
+    for stream in trims {
+        pipe.cmd("XPENDING").arg(stream).arg(GROUP);
+    }
+}
+
+/// Each of `trims` that has entries pending, with the oldest one's id, from `replies`
+/// (`queue_oldest_pending`'s).
+fn oldest_pending(
+    replies: &mut impl Iterator<Item = Value>,
+    trims: &[String],
+) -> RedisResult<Vec<(String, String)>> {
+    let mut trim_to = Vec::with_capacity(trims.len());
+    for stream in trims {
+        let pending: StreamPendingReply = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?;
+        if let StreamPendingReply::Data(data) = pending {
+            trim_to.push((stream.clone(), data.start_id));
+        }
+    }
+    Ok(trim_to)
+}
+
+/// Adds to a transaction the trims of `trim_to`'s streams. Every entry older than the oldest
+/// pending when read is done with (acknowledged since, the oldest may be newer now: the trim keeps
+/// more, never less). A stream with none pending waits for a transaction that finds some.
+fn queue_trims(pipe: &mut redis::Pipeline, trim_to: &[(String, String)]) {
+    for (stream, oldest) in trim_to {
+        pipe.cmd("XTRIM").arg(stream).arg("MINID").arg("~").arg(oldest).ignore();
+    }
 }
 
 /// Asks, at the end of a transaction, each of `streams`' length (the transaction's last answers:
@@ -705,7 +736,7 @@ fn queue_ends(
     worker: &str,
     events: &mut Vec<String>,
 ) -> Counted {
-    let Read { ids, tasks, records, now_ms } = read;
+    let Read { ids, tasks, records, now_ms, .. } = read;
     let now_ms = *now_ms;
     let now = now_ms.to_string();
     let keep = queue.settings.retention.as_millis() as u64;
@@ -1357,8 +1388,6 @@ mod tests {
                     replies = round.runs.into_iter().map(RunReply::into_fields).collect();
                 }
                 None => {
-                    // Only where nothing new was read and the stream waits for a trim, which
-                    // only a round that reads entries or the script does.
                     assert!(due, "a round that was not tried");
                     let finished =
                         queue.end_attempts(&endings, Holders::Process, 0, WORKER, "*").await.unwrap();
@@ -1392,7 +1421,7 @@ mod tests {
         let plain = PlainEnds::default();
         let mut own = queue.client.connect_blocking(Duration::ZERO).await.unwrap();
         let batch = std::slice::from_ref(&attempt);
-        let read = read(&mut own, &queue, batch, Holders::Process)
+        let read = read(&mut own, &queue, batch, Holders::Process, &[])
             .await
             .unwrap()
             .expect("the end needs no decision");
@@ -1407,10 +1436,10 @@ mod tests {
         assert_eq!(finished.ended[0].applied, Applied::AsReported);
     }
 
-    /// Only the script trims a ready stream: once plain ends find one past `TRIM_ABOVE`, the next
-    /// end on it goes through the script, and the stream is trimmed.
+    /// Plain ends trim their streams: once one finds a stream past `TRIM_ABOVE`, the next trims it
+    /// to the oldest entry pending; no end needs the script, and every task ends.
     #[tokio::test]
-    async fn plain_ends_leave_the_trim_to_the_script() {
+    async fn plain_ends_trim_their_streams() {
         let (_redis, queue) = private_queue().await;
         // Two streams: the normal one grows past the threshold, the urgent one does not.
         let tasks: Vec<NewTask> = (0..400)
@@ -1426,22 +1455,23 @@ mod tests {
             queue.enqueue(task).await.unwrap();
         }
         let plain = PlainEnds::default();
+        let normal = &queue.keys.lane("echo")[1];
         let mut replies = unpacked(queue.claim(WORKER, "*", 50, &[]).await.unwrap().0);
-        let (mut by_plain, mut by_script) = (0, 0);
+        let (mut ended, mut trims) = (0, 0);
         while !replies.is_empty() {
             let endings = endings_of(&queue, &replies);
-            if plain.end(&queue, &endings, Holders::Process, WORKER).await.is_some() {
-                by_plain += endings.len();
-            } else {
-                let finished = queue.end_attempts(&endings, Holders::Process, 0, WORKER, "*").await.unwrap();
-                assert!(finished.ended.iter().all(|e| e.applied == Applied::AsReported));
-                plain.settled(&endings);
-                by_script += endings.len();
+            let due = plain.trims_due().contains(normal);
+            let before: usize = queue.conn.clone().xlen(normal).await.unwrap();
+            assert!(plain.end(&queue, &endings, Holders::Process, WORKER).await.is_some(), "a plain end");
+            ended += endings.len();
+            let after: usize = queue.conn.clone().xlen(normal).await.unwrap();
+            if due && after < before {
+                trims += 1;
             }
             replies = unpacked(queue.claim(WORKER, "*", 50, &[]).await.unwrap().0);
         }
-        assert_eq!(by_plain + by_script, tasks.len());
-        assert!(by_script > 0 && by_plain > by_script, "{by_plain} plain, {by_script} by the script");
+        assert_eq!(ended, tasks.len());
+        assert!(trims > 0, "a stream due for a trim was trimmed by a plain end");
         for stream in &queue.keys.lane("echo")[..2] {
             let length: usize = queue.conn.clone().xlen(stream).await.unwrap();
             assert!(length <= TRIM_ABOVE, "{stream}: {length} entries left");
@@ -1452,10 +1482,10 @@ mod tests {
         }
     }
 
-    /// Of a batch's streams, the one past `TRIM_ABOVE` is the one the next end leaves to the
-    /// script (each stream's length read from the transaction's replies, in its order).
+    /// Of a batch's streams, the one past `TRIM_ABOVE` is the one due for a trim (each stream's
+    /// length read from the transaction's replies, in its order).
     #[tokio::test]
-    async fn the_stream_past_the_threshold_is_the_one_left_to_the_script() {
+    async fn the_stream_past_the_threshold_is_the_one_due_for_a_trim() {
         let (_redis, queue) = private_queue().await;
         for _ in 0..=TRIM_ABOVE {
             queue.enqueue(&echo_task(Bytes::from_static(b"p"))).await.unwrap();

@@ -165,6 +165,14 @@ pub(in crate::queue) struct Start<'g> {
     read_payload: Option<Uuid>,
 }
 
+impl Start<'_> {
+    /// Its entry: the ready stream's key and the entry's id.
+    pub(in crate::queue) fn entry(&self, queue: &Queue) -> (String, String) {
+        let (kind, stream, entry) = self.given;
+        (queue.keys.lane(kind)[*stream].clone(), entry.id.clone())
+    }
+}
+
 /// What the read before a plain lease found: the entries that start here, the rest (for the
 /// script), and Redis's time (ms).
 pub(in crate::queue) struct Read<'g> {
@@ -255,6 +263,13 @@ pub(in crate::queue) fn time_of(reply: Option<Value>) -> RedisResult<u64> {
 /// has not met before (an entry of a task met before is left to the script, which takes over the
 /// lease the first one takes here, as is one not naming a task as Courier writes ids).
 pub(in crate::queue) struct ReadPlan(Vec<Option<Uuid>>);
+
+impl ReadPlan {
+    /// The tasks whose records the read asks for, in its order.
+    pub(in crate::queue) fn tasks(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.0.iter().flatten().copied()
+    }
+}
 
 /// Adds to `pipe` the watch on `queue`'s settings and `given`'s records and the reads of what
 /// their leases need (their replies: the limits, then each record): what `Found::of` reads back.
