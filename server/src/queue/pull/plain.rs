@@ -3,8 +3,8 @@
 //! (queue/finish/plain.rs): it reads them for the pulling consumer, then watches and reads their
 //! records (and the views a grant shows), then one transaction starts them (the record's running
 //! fields, the `running` event, a payload kept under a key of its own read, a shorter lease's
-//! idle time set). Four round trips on a connection of the queue's own, where pull.lua took one:
-//! Redis does less, the server more.
+//! idle time set). Three round trips (and a read of the queue's lanes every `RECLAIM_EVERY`) on a
+//! connection of the plain way's own, where pull.lua took one: Redis does less, the server more.
 //!
 //! What needs a decision goes to pull.lua, which takes given entries as the claim script does: the
 //! entries whose tasks need one (ended, running, cancelled, expired; the rest start here), all of
@@ -29,6 +29,7 @@ use crate::{
 use redis::{RedisResult, Value};
 use std::{
     collections::HashMap,
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 use tracing::warn;
@@ -63,15 +64,23 @@ const VIEW: [&str; 10] = [
     record::WORKFLOW_STEP,
 ];
 
-/// A queue handle's way of taking pulled leases without Lua: one lease request at a time on a
-/// connection of its own (a watch holds from the read to the transaction on it).
+/// How many lease requests of a queue may go the plain way at once in this process, each on a
+/// connection of its own (a watch holds from the read to the transaction on its connection); more
+/// at once go through the script.
+const CONNECTIONS: usize = 4;
+
+/// A queue handle's way of taking pulled leases without Lua.
 #[derive(Default)]
-pub(in crate::queue) struct PlainPulls(tokio::sync::Mutex<State>);
+pub(in crate::queue) struct PlainPulls {
+    state: std::sync::Mutex<State>,
+    /// The connections not in use (made as needed, dropped after an error).
+    idle: std::sync::Mutex<Vec<Conn>>,
+    /// The connections in use.
+    busy: std::sync::atomic::AtomicUsize,
+}
 
 #[derive(Default)]
 struct State {
-    /// None until first used, or after an error.
-    conn: Option<Conn>,
     /// When the plain way last failed: it rests `RETRY_AFTER`.
     failed_at: Option<Instant>,
     /// When a lease request last went through the script (which takes over expired entries).
@@ -104,23 +113,31 @@ impl PlainPulls {
         max: usize,
         lease_ms: u64,
     ) -> Pulls {
-        let mut state = self.0.lock().await;
-        let now = Instant::now();
-        let resting = state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER)
-            || state.scripted_since.is_some_and(|at| at.elapsed() < SCRIPTED_FOR);
-        let reclaim_due = state.scripted_at.is_none_or(|at| at.elapsed() >= RECLAIM_EVERY);
-        if queue.conn.is_cluster() || max == 0 || resting || reclaim_due {
-            state.scripted_at = Some(now);
-            return Pulls::Declined;
-        }
-        match state.take(queue, worker, kinds, max, lease_ms).await {
-            Ok(pulls) => pulls,
+        let looked = {
+            let mut state = self.state();
+            let resting = state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER)
+                || state.scripted_since.is_some_and(|at| at.elapsed() < SCRIPTED_FOR);
+            let reclaim_due = state.scripted_at.is_none_or(|at| at.elapsed() >= RECLAIM_EVERY);
+            if queue.conn.is_cluster() || max == 0 || resting || reclaim_due {
+                state.scripted_at = Some(Instant::now());
+                return Pulls::Declined;
+            }
+            state.looked
+        };
+        let Some(mut conn) = self.checkout(queue).await else { return Pulls::Declined };
+        let taken = self.take(&mut conn, queue, looked, worker, kinds, max, lease_ms).await;
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        match taken {
+            Ok(pulls) => {
+                self.idle().push(conn);
+                pulls
+            }
             Err((e, given)) => {
-                // A transaction whose answer was lost may have been applied: the script then finds
-                // those tasks running and takes them over (their leases were never handed out),
-                // logging those attempts as lost.
+                // The connection goes: its state is unknown. A transaction whose answer was lost
+                // may have been applied: the script then finds those tasks running and takes them
+                // over (their leases were never handed out), logging those attempts as lost.
                 warn!(queue = queue.name(), error = %e, "pulling without Lua failed: the script takes the leases");
-                (state.conn, state.failed_at) = (None, Some(Instant::now()));
+                self.state().failed_at = Some(Instant::now());
                 match given.is_empty() {
                     true => Pulls::Declined,
                     false => Pulls::Taken(Vec::new(), given),
@@ -128,36 +145,63 @@ impl PlainPulls {
             }
         }
     }
-}
 
-impl State {
-    /// The plain lease request's round trips; on an error, the entries it read (for the script).
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A connection of the plain way's, counted busy: an idle one, or a new one while fewer than
+    /// `CONNECTIONS` are; None when that many are busy or none could be made.
+    async fn checkout(&self, queue: &Queue) -> Option<Conn> {
+        if self.busy.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let idle = self.idle().pop();
+        let conn = match idle {
+            Some(conn) => Ok(conn),
+            None => connect(queue).await,
+        };
+        conn.inspect_err(|e| {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            warn!(queue = queue.name(), error = %e, "no connection for plain pulls: the script takes the leases");
+            self.state().failed_at = Some(Instant::now());
+        })
+        .ok()
+    }
+
+    /// The plain lease request's round trips on `conn` (`looked`: the queue's limits were looked
+    /// at already); on an error, the entries it read (for the script).
+    #[allow(clippy::too_many_arguments)]
     async fn take(
-        &mut self,
+        &self,
+        conn: &mut Conn,
         queue: &Queue,
+        looked: bool,
         worker: &str,
         kinds: &str,
         max: usize,
         lease_ms: u64,
     ) -> Result<Pulls, (redis::RedisError, Vec<Given>)> {
         let none = |e| (e, Vec::new());
-        if self.conn.is_none() {
-            self.conn = Some(connect(queue).await.map_err(none)?);
-        }
-        let conn = self.conn.as_mut().expect("connected");
-        if !self.looked {
+        if !looked {
             if has_limits(conn, queue).await.map_err(none)? {
-                self.scripted_since = Some(Instant::now());
+                self.state().scripted_since = Some(Instant::now());
                 return Ok(Pulls::Declined);
             }
-            self.looked = true;
+            self.state().looked = true;
         }
-        let lanes = match &self.lanes {
-            Some((at, lanes)) if at.elapsed() < RECLAIM_EVERY => lanes.clone(),
-            _ => {
+        let known = self.state().lanes.clone().filter(|(at, _)| at.elapsed() < RECLAIM_EVERY);
+        let lanes = match known {
+            Some((_, lanes)) => lanes,
+            None => {
                 let lanes: Vec<String> =
                     redis::cmd("SMEMBERS").arg(queue.keys.lanes()).query_async(conn).await.map_err(none)?;
-                self.lanes = Some((Instant::now(), lanes.clone()));
+                self.state().lanes = Some((Instant::now(), lanes.clone()));
                 lanes
             }
         };
@@ -177,7 +221,7 @@ impl State {
         // next requests leave the reading to the script for a while.
         let extra = given.split_off(max.min(given.len()));
         if !extra.is_empty() {
-            (self.scripted_since, self.looked) = (Some(Instant::now()), false);
+            self.script_for_a_while();
             if let Err(e) = hand_back_unclaimed(queue, &extra).await {
                 // Left pending for the pulling consumer, they are taken over once idle a lease's length.
                 warn!(queue = queue.name(), error = %e, "handing back the entries a lease request read failed");
@@ -189,12 +233,18 @@ impl State {
         match start(conn, queue, worker, &given, lease_ms).await {
             Ok(Started::Pulled(pulled, rest)) => Ok(Pulls::Taken(pulled, rest)),
             Ok(Started::Limited) => {
-                (self.scripted_since, self.looked) = (Some(Instant::now()), false);
+                self.script_for_a_while();
                 Ok(Pulls::Taken(Vec::new(), given))
             }
             Ok(Started::Voided) => Ok(Pulls::Taken(Vec::new(), given)),
             Err(e) => Err((e, given)),
         }
+    }
+
+    /// The next requests go through the script for `SCRIPTED_FOR`, then look at the limits.
+    fn script_for_a_while(&self) {
+        let mut state = self.state();
+        (state.scripted_since, state.looked) = (Some(Instant::now()), false);
     }
 }
 
@@ -310,7 +360,7 @@ mod tests {
     use super::*;
     use crate::queue::{
         NewTask, WorkflowStep,
-        testing::{anonymous, echo_task, fcalls, private_queue},
+        testing::{anonymous, echo_task, fcalls, private_queue, without_multi},
     };
     use app::model::Priority;
     use bytes::Bytes;
@@ -321,8 +371,8 @@ mod tests {
 
     /// Makes `queue`'s next lease request go through the script (`due`), or none go through it for
     /// the takeovers (an hour from now: the plain way whenever it can).
-    async fn takeover_due(queue: &Queue, due: bool) {
-        let mut state = queue.plain_pulls.0.lock().await;
+    fn takeover_due(queue: &Queue, due: bool) {
+        let mut state = queue.plain_pulls.state();
         state.scripted_at = (!due).then(|| Instant::now() + Duration::from_secs(3600));
     }
 
@@ -400,7 +450,7 @@ mod tests {
             by_plain.id = Uuid::now_v7();
             queue.enqueue(&by_script).await.unwrap();
             queue.enqueue(&by_plain).await.unwrap();
-            takeover_due(&queue, true).await;
+            takeover_due(&queue, true);
             let (script_pulled, functions) = pull(&queue, 1, lease_s).await;
             assert_eq!((script_pulled.len(), functions), (1, 1), "the script took the first");
             let (plain_pulled, functions) = pull(&queue, 1, lease_s).await;
@@ -426,7 +476,7 @@ mod tests {
         queue.enqueue(&waiting).await.unwrap();
         let mut conn = queue.conn.clone();
         let _: () = conn.hset(queue.keys.task(&ended.id), record::STATUS, "cancelled").await.unwrap();
-        takeover_due(&queue, false).await;
+        takeover_due(&queue, false);
         let (pulled, functions) = pull(&queue, 10, 30).await;
         assert_eq!(pulled.iter().map(|p| p.token.task_id).collect::<Vec<_>>(), [waiting.id]);
         assert_eq!(functions, 1, "the script decided the ended task's entry");
@@ -442,7 +492,7 @@ mod tests {
     async fn limits_found_after_the_read_leave_the_entries_to_the_script() {
         let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();
-        takeover_due(&queue, false).await;
+        takeover_due(&queue, false);
         let first = echo_task(Bytes::from_static(b"1"));
         queue.enqueue(&first).await.unwrap();
         assert_eq!(pull(&queue, 10, 30).await.1, 0, "looked, found no limits, went plain");
@@ -465,7 +515,7 @@ mod tests {
     #[tokio::test]
     async fn entries_read_beyond_the_request_go_back() {
         let (_redis, queue) = private_queue().await;
-        takeover_due(&queue, false).await;
+        takeover_due(&queue, false);
         let normal = echo_task(Bytes::from_static(b"normal"));
         let mut high = echo_task(Bytes::from_static(b"high"));
         high.priority = Priority::High;
@@ -477,5 +527,19 @@ mod tests {
         let (pulled, functions) = pull(&queue, 1, 30).await;
         assert_eq!((pulled.len(), functions), (1, 1), "the script reads for a while");
         assert_eq!(pulled[0].token.task_id, normal.id);
+    }
+
+    /// A Redis user that may not run a transaction gets its leases from the script: the plain
+    /// way's first connection finds it out, and the way rests.
+    #[tokio::test]
+    async fn a_user_refused_transactions_gets_its_leases_from_the_script() {
+        let (redis, queue) = private_queue().await;
+        let refused = without_multi(&redis.0, &queue).await;
+        takeover_due(&refused, false);
+        queue.enqueue(&echo_task(Bytes::from_static(b"p"))).await.unwrap();
+        let (pulled, functions) = pull(&refused, 10, 30).await;
+        assert_eq!((pulled.len(), functions), (1, 1));
+        assert!(refused.plain_pulls.state().failed_at.is_some(), "the plain way rests");
+        assert_eq!(refused.plain_pulls.busy.load(Ordering::Acquire), 0, "no connection left counted busy");
     }
 }
