@@ -616,15 +616,17 @@ fn kind_names() -> utoipa::openapi::Array {
 }
 
 /// One task leased to a pulling worker.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct LeaseGrant {
     /// Names the lease in heartbeat, complete, fail and release; unguessable.
     pub token: String,
     pub task: TaskView,
-    /// The payload, when it is JSON of at most 64 KiB.
+    /// The payload, when it is JSON of at most 64 KiB: as it was submitted, checked but not
+    /// parsed into values and written out again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<serde_json::Value>,
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<serde_json::Value>))]
+    pub payload: Option<Box<serde_json::value::RawValue>>,
     /// Where to `GET` the payload otherwise (with its content type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_url: Option<String>,
@@ -637,7 +639,7 @@ pub struct LeaseGrant {
 }
 
 /// The answer to a lease request: the leases taken (none when the wait ended first).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct LeaseList {
     pub leases: Vec<LeaseGrant>,

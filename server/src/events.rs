@@ -24,7 +24,7 @@ use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     future::Future,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
@@ -104,7 +104,7 @@ const CATCH_UP_BATCH: usize = 1000;
 const FOLLOW_ATTEMPTS: u32 = 8;
 
 /// An event with its place: its stream and its position there.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct StoredEvent {
     /// The stream it is in: its queue's (a task's, a queue's event), `_kinds` or `_workflows`.
     pub channel: Arc<str>,
@@ -113,8 +113,18 @@ pub struct StoredEvent {
     /// The SSE `event` name: a task's new status, `progress`, or `queue`.
     pub name: String,
     pub event: Pushed,
-    /// `event` as JSON, serialized once however many clients it is sent to.
-    pub data: Arc<str>,
+    /// `event` as JSON, serialized when first sent, once however many clients it is sent to: a
+    /// process whose events nobody follows (a pull workers' server, most of the time) never
+    /// serializes them.
+    data: OnceLock<Box<str>>,
+}
+
+/// Two events are the same event whether or not either was serialized yet.
+impl PartialEq for StoredEvent {
+    fn eq(&self, other: &StoredEvent) -> bool {
+        (&self.channel, self.position, &self.name, &self.event)
+            == (&other.channel, other.position, &other.name, &other.event)
+    }
 }
 
 /// What an event is about.
@@ -132,14 +142,20 @@ pub enum Pushed {
 
 impl StoredEvent {
     fn new(channel: Arc<str>, position: Position, name: String, event: Pushed) -> StoredEvent {
-        let data = match &event {
-            Pushed::Task(event) => serde_json::to_string(event),
-            Pushed::Queue(event) => serde_json::to_string(event),
-            Pushed::Kind(event) => serde_json::to_string(event),
-            Pushed::Workflow(event, _) => serde_json::to_string(event),
-        };
-        let data = data.expect("events always serialize").into();
-        StoredEvent { channel, position, name, event, data }
+        StoredEvent { channel, position, name, event, data: OnceLock::new() }
+    }
+
+    /// The event as JSON, the SSE `data`.
+    pub fn data(&self) -> &str {
+        self.data.get_or_init(|| {
+            let data = match &self.event {
+                Pushed::Task(event) => serde_json::to_string(event),
+                Pushed::Queue(event) => serde_json::to_string(event),
+                Pushed::Kind(event) => serde_json::to_string(event),
+                Pushed::Workflow(event, _) => serde_json::to_string(event),
+            };
+            data.expect("events always serialize").into()
+        })
     }
 
     /// The task event, if this is one.
@@ -459,7 +475,7 @@ impl Delivery {
     /// The SSE `data`, as JSON.
     pub fn data(&self) -> Cow<'_, str> {
         match self {
-            Delivery::Event(event, _) => Cow::Borrowed(&event.data),
+            Delivery::Event(event, _) => Cow::Borrowed(event.data()),
             Delivery::Reset(reset, _) => {
                 Cow::Owned(serde_json::to_string(reset).expect("a reset always serializes"))
             }
@@ -1404,7 +1420,7 @@ mod tests {
         assert_eq!(task.kind, "sleep");
         assert_eq!(task.queue, "reports");
         assert_eq!(
-            event.data.as_ref(),
+            event.data(),
             r#"{"task_id":"01890a5d-ac96-774b-bcce-b302099a8057","kind":"sleep","queue":"reports","status":"running","attempt":2,"progress":40,"error":null,"at":"1970-01-01T00:00:00.000Z"}"#
         );
     }

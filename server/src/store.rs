@@ -241,30 +241,32 @@ pub fn tick_number(period: std::time::Duration) -> u64 {
 /// Formats stored milliseconds as RFC 3339 (UTC) with exactly three fractional digits, as the
 /// API reports times: fixed width, so the strings sort as the times do.
 pub fn rfc3339(ms: u64) -> String {
-    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+    // Whole seconds through `time` (an i64, where nanoseconds would take i128 arithmetic).
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64) else {
         return String::new();
     };
     // The shape is fixed, so its digits are written in place: every task event and view formats
     // one or more, and a format description costs some 2,000 instructions each (callgrind).
     // Years past 9999 are not dates `time` makes (the error above).
     let (year, month, day) = t.to_calendar_date();
-    let parts = [
-        (year.unsigned_abs(), 4, '-'),
-        (u32::from(u8::from(month)), 2, '-'),
-        (u32::from(day), 2, 'T'),
-        (u32::from(t.hour()), 2, ':'),
-        (u32::from(t.minute()), 2, ':'),
-        (u32::from(t.second()), 2, '.'),
-        (u32::from(t.millisecond()), 3, 'Z'),
-    ];
-    let mut text = String::with_capacity(24);
-    for (value, digits, then) in parts {
-        for place in (0..digits).rev() {
-            text.push(char::from(b'0' + (value / 10u32.pow(place) % 10) as u8));
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    for (value, end) in [
+        (year.unsigned_abs(), 4),
+        (u32::from(u8::from(month)), 7),
+        (u32::from(day), 10),
+        (u32::from(t.hour()), 13),
+        (u32::from(t.minute()), 16),
+        (u32::from(t.second()), 19),
+        ((ms % 1000) as u32, 23),
+    ] {
+        // Right to left from `end`, over the zeros the template holds.
+        let mut value = value;
+        for place in text[..end].iter_mut().rev().take_while(|b| b.is_ascii_digit()) {
+            *place = b'0' + (value % 10) as u8;
+            value /= 10;
         }
-        text.push(then);
     }
-    text
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// The attempts a task's record tells of: its attempt log (one field per ended attempt), and
@@ -345,16 +347,37 @@ pub struct TaskRecord {
     pub workflow_step: Option<String>,
 }
 
+/// A record's fields by name, as [`TaskRecord::from_fields`] reads them.
+pub trait Fields {
+    fn field(&self, name: &str) -> Option<&str>;
+}
+
+/// A record's hash as `HGETALL` reads it.
+impl Fields for HashMap<String, String> {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.get(name).map(String::as_str)
+    }
+}
+
+/// Field-value pairs, the first of a name the one read: a lease's few dozen, which a linear
+/// look-up reads with no hashing and no copy.
+impl Fields for [(&str, &str)] {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(field, _)| *field == name).map(|(_, value)| *value)
+    }
+}
+
 impl TaskRecord {
     /// Reads a record of `queue` from the fields of its hash; `None` if a required field is
     /// missing.
-    pub fn from_fields(id: Uuid, queue: &str, fields: &HashMap<String, String>) -> Option<TaskRecord> {
-        let text = |name: &str| fields.get(name).filter(|v| !v.is_empty());
+    pub fn from_fields(id: Uuid, queue: &str, fields: &(impl Fields + ?Sized)) -> Option<TaskRecord> {
+        let text = |name: &str| fields.field(name).filter(|v| !v.is_empty());
+        let owned = |name: &str| text(name).map(str::to_string);
         let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
         Some(TaskRecord {
             id,
             queue: queue.to_string(),
-            kind: text(field::KIND)?.clone(),
+            kind: owned(field::KIND)?,
             status: Status::parse(text(field::STATUS)?)?,
             attempts: number(field::ATTEMPTS).unwrap_or(0) as u32,
             max_attempts: number(field::MAX_ATTEMPTS).unwrap_or(1) as u32,
@@ -364,20 +387,20 @@ impl TaskRecord {
             started_ms: number(field::STARTED),
             finished_ms: number(field::FINISHED),
             payload_bytes: number(field::PAYLOAD_BYTES).unwrap_or(0),
-            payload_type: text(field::PAYLOAD_TYPE).cloned().unwrap_or_else(|| "application/json".into()),
-            result_type: text(field::RESULT_TYPE).cloned(),
+            payload_type: owned(field::PAYLOAD_TYPE).unwrap_or_else(|| "application/json".into()),
+            result_type: owned(field::RESULT_TYPE),
             result_is_payload: text(field::RESULT_IS_PAYLOAD).is_some_and(|v| v == "1"),
-            inline_payload: fields.get(field::PAYLOAD).cloned(),
-            inline_result: fields.get(field::RESULT).cloned(),
-            error: text(field::ERROR).cloned(),
+            inline_payload: fields.field(field::PAYLOAD).map(str::to_string),
+            inline_result: fields.field(field::RESULT).map(str::to_string),
+            error: owned(field::ERROR),
             next_run_ms: number(field::NEXT_RUN),
-            dead_reason: text(field::DEAD_REASON).cloned(),
-            subscription: text(field::SUBSCRIPTION).cloned(),
+            dead_reason: owned(field::DEAD_REASON),
+            subscription: owned(field::SUBSCRIPTION),
             expires_ms: number(field::EXPIRES),
             payload_ref: text(field::PAYLOAD_REF).and_then(|v| v.parse().ok()),
-            traceparent: text(field::TRACEPARENT).cloned(),
+            traceparent: owned(field::TRACEPARENT),
             workflow: text(field::WORKFLOW).and_then(|v| v.parse().ok()),
-            workflow_step: text(field::WORKFLOW_STEP).cloned(),
+            workflow_step: owned(field::WORKFLOW_STEP),
         })
     }
 

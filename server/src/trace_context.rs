@@ -76,7 +76,13 @@ impl Injector for Carrier<String> {
 
 /// The trace id of a `traceparent` value, 32 lower-case hex digits; `None` when it is not valid.
 pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    parse(traceparent).map(|span| span.trace_id().to_string())
+    let span = parse(traceparent)?;
+    // The 32 digits `parse` read the id from: as they stand when they are lower-case hex (what
+    // W3C allows, and what Courier writes), with no number to format again.
+    match traceparent.trim().get(3..35) {
+        Some(digits) if digits.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Some(digits.into()),
+        _ => Some(span.trace_id().to_string()),
+    }
 }
 
 /// The trace context of the code running now (the request or attempt it serves), or a new trace
@@ -167,6 +173,27 @@ mod tests {
         assert!(from_headers(&headers).is_none());
         headers.insert(TRACEPARENT, GIVEN.parse().unwrap());
         assert_eq!(from_headers(&headers).map(|s| s.trace_id().to_string()), trace_id_of(GIVEN));
+    }
+
+    #[test]
+    fn a_trace_id_is_the_one_the_propagator_reads() {
+        for traceparent in [
+            GIVEN,
+            "  00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+            "00-0000000000000000000000000000000a-00f067aa0ba902b7-00",
+            // Digits the propagator parses but W3C does not write: read as a number, written back.
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "nonsense",
+        ] {
+            let expected = parse(traceparent).map(|span| span.trace_id().to_string());
+            assert_eq!(trace_id_of(traceparent), expected, "{traceparent:?}");
+        }
+        let plus = parse("00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            plus.map(|span| span.trace_id().to_string()).as_deref(),
+            Some("0bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 
     #[test]

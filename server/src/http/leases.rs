@@ -210,7 +210,10 @@ async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<
             }
             None => None,
         };
-        let payload = bytes.filter(|_| json).and_then(|b| serde_json::from_slice(&b).ok());
+        let payload = bytes
+            .filter(|_| json)
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|text| RawValue::from_string(text).ok());
         // Signed while access control is on: a worker's token needs `work`, not `read`.
         let payload_url = payload
             .is_none()

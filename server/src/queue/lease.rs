@@ -17,7 +17,6 @@ use crate::store::{TaskRecord, now_ms};
 use bytes::Bytes;
 use redis::RedisResult;
 use std::{
-    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -207,13 +206,13 @@ impl RunReply {
     /// The record of task `task_id` (in `queue`) as this lease left it, from the run reply and
     /// `view`, the field-value pairs that follow it when the claim was asked for them (pull.lua):
     /// what a view of the task shows. `None` when they do not make one.
-    pub(super) fn record(&self, task_id: Uuid, queue: &str, view: Vec<Vec<u8>>) -> Option<TaskRecord> {
-        let text = |bytes: Vec<u8>| String::from_utf8(bytes).ok();
-        let mut fields: HashMap<String, String> = HashMap::with_capacity(view.len() / 2 + 7);
-        let mut view = view.into_iter();
-        while let (Some(field), Some(value)) = (view.next(), view.next()) {
-            fields.insert(text(field)?, text(value)?);
+    pub(super) fn record(&self, task_id: Uuid, queue: &str, view: &[Vec<u8>]) -> Option<TaskRecord> {
+        fn text(bytes: &[u8]) -> Option<&str> {
+            std::str::from_utf8(bytes).ok()
         }
+        // The claim's own fields first: they are the record as the lease left it, and a look-up
+        // takes the first of a name.
+        let mut fields: Vec<(&str, &str)> = Vec::with_capacity(view.len() / 2 + 7);
         for (field, from) in [
             (record::KIND, Run::Kind),
             (record::ATTEMPTS, Run::Attempt),
@@ -222,10 +221,13 @@ impl RunReply {
             (record::PAYLOAD_REF, Run::PayloadRef),
             (record::TRACEPARENT, Run::Traceparent),
         ] {
-            fields.insert(field.to_string(), self.text(from));
+            fields.push((field, text(&self.0[from as usize])?));
         }
-        fields.insert(record::STATUS.to_string(), "running".to_string());
-        TaskRecord::from_fields(task_id, queue, &fields)
+        fields.push((record::STATUS, "running"));
+        for pair in view.chunks_exact(2) {
+            fields.push((text(&pair[0])?, text(&pair[1])?));
+        }
+        TaskRecord::from_fields(task_id, queue, fields.as_slice())
     }
 }
 

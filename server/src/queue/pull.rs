@@ -162,7 +162,7 @@ impl Queue {
         expires_ms: u64,
     ) -> Option<Pulled> {
         let (task_id, stream_index) = reply.task()?;
-        let Some(record) = reply.record(task_id, self.name(), view) else {
+        let Some(record) = reply.record(task_id, self.name(), &view) else {
             tracing::warn!(%task_id, "a leased task's record does not read as one; its lease will expire");
             return None;
         };

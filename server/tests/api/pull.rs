@@ -101,6 +101,22 @@ async fn a_pulled_task_ends_once_and_every_later_word_from_its_lease_is_a_409() 
 }
 
 #[tokio::test]
+async fn a_leased_json_payload_is_the_json_submitted_digit_for_digit() {
+    let app = app_without_workers().await;
+    // Wider than a double holds, and spaced: parsed into values and written out again, it
+    // would come back as 1.2345678901234568e22, without its spaces.
+    let payload = r#"{"n": 12345678901234567890123, "text": "caf\u00e9"}"#;
+    let id = app.submit_raw_ok("echo", "application/json", payload).await;
+    let response = app.lease(json!({"worker": "test"})).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.contains(payload), "the payload as it came: {body}");
+    let leases: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(leases["leases"][0]["task"]["id"], id.as_str());
+    assert_eq!(leases["leases"][0]["payload"]["text"], "café");
+}
+
+#[tokio::test]
 async fn many_leases_end_in_one_request_each_on_its_own() {
     let app = app_without_workers().await;
     futures::future::join_all(
