@@ -357,7 +357,7 @@ impl PlainEnds {
         let streams = &streams_of(batch)[..];
         let mut pipe = redis::pipe();
         ends.queue(&mut pipe, queue);
-        let starts = lease::queue_read(&mut pipe, queue, given);
+        let starts = lease::queue_read(&mut pipe, queue, given, &[]);
         pipe.cmd("TIME");
         queue_oldest_pending(&mut pipe, trims);
         let replies: Vec<Value> = pipe.query_async(conn).await?;

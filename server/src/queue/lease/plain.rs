@@ -228,7 +228,7 @@ impl PlainLeases {
 /// leases need. None (the watch let go) when the queue has limits, for the script to apply.
 async fn read<'g>(conn: &mut Conn, queue: &Queue, given: &'g [Given]) -> RedisResult<Option<Read<'g>>> {
     let mut pipe = redis::pipe();
-    let plan = queue_read(&mut pipe, queue, given);
+    let plan = queue_read(&mut pipe, queue, given, &[]);
     pipe.cmd("TIME");
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     let mut replies = replies.into_iter();
@@ -261,19 +261,34 @@ pub(in crate::queue) fn time_of(reply: Option<Value>) -> RedisResult<u64> {
 
 /// The tasks a plain lease on some entries reads: each entry's, where it names one this batch
 /// has not met before (an entry of a task met before is left to the script, which takes over the
-/// lease the first one takes here, as is one not naming a task as Courier writes ids).
-pub(in crate::queue) struct ReadPlan(Vec<Option<Uuid>>);
+/// lease the first one takes here, as is one not naming a task as Courier writes ids); and the
+/// fields the caller asked for beyond those the lease reads.
+pub(in crate::queue) struct ReadPlan {
+    ids: Vec<Option<Uuid>>,
+    also: &'static [&'static str],
+}
 
 impl ReadPlan {
     /// The tasks whose records the read asks for, in its order.
     pub(in crate::queue) fn tasks(&self) -> impl Iterator<Item = Uuid> + '_ {
-        self.0.iter().flatten().copied()
+        self.ids.iter().flatten().copied()
+    }
+
+    /// The fields of `also` that `READ` does not read already, in their order.
+    fn beyond_read(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.also.iter().copied().filter(|field| !READ.contains(field))
     }
 }
 
 /// Adds to `pipe` the watch on `queue`'s settings and `given`'s records and the reads of what
-/// their leases need (their replies: the limits, then each record): what `Found::of` reads back.
-pub(in crate::queue) fn queue_read(pipe: &mut redis::Pipeline, queue: &Queue, given: &[Given]) -> ReadPlan {
+/// their leases need (their replies: the limits, then each record), with the fields `also` of
+/// each record in the same command: what `Found::of` reads back.
+pub(in crate::queue) fn queue_read(
+    pipe: &mut redis::Pipeline,
+    queue: &Queue,
+    given: &[Given],
+    also: &'static [&'static str],
+) -> ReadPlan {
     let mut seen = std::collections::HashSet::new();
     let ids: Vec<Option<Uuid>> = given
         .iter()
@@ -281,17 +296,23 @@ pub(in crate::queue) fn queue_read(pipe: &mut redis::Pipeline, queue: &Queue, gi
             entry.get::<String>("task").and_then(|t| task_id(&t)).filter(|id| seen.insert(*id))
         })
         .collect();
-    let tasks: Vec<String> = ids.iter().flatten().map(|id| queue.keys.task(id)).collect();
+    let plan = ReadPlan { ids, also };
+    let tasks: Vec<String> = plan.tasks().map(|id| queue.keys.task(&id)).collect();
     pipe.cmd("WATCH").arg(queue.keys.settings()).arg(&tasks).ignore();
     pipe.cmd("HMGET").arg(queue.keys.settings()).arg(&LIMITS[..]);
+    let fields: Vec<&str> = READ.iter().copied().chain(plan.beyond_read()).collect();
     for task in &tasks {
-        pipe.cmd("HMGET").arg(task).arg(&READ[..]);
+        pipe.cmd("HMGET").arg(task).arg(&fields);
     }
-    ReadPlan(ids)
+    plan
 }
 
-/// What `queue_read`'s reads found: the records, unless the queue has limits.
-pub(in crate::queue) struct Found(Option<Vec<Record>>);
+/// What `queue_read`'s reads found: the records, unless the queue has limits; and each record's
+/// fields asked for beyond them.
+pub(in crate::queue) struct Found {
+    records: Option<Vec<Record>>,
+    also: Vec<Vec<Option<Vec<u8>>>>,
+}
 
 impl Found {
     /// Reads back, from `replies`, what `queue_read` asked for.
@@ -301,28 +322,47 @@ impl Found {
     ) -> RedisResult<Found> {
         let mut next = || replies.next().unwrap_or(Value::Nil);
         let limits: Vec<Option<String>> = redis::from_redis_value(next())?;
-        let mut records = Vec::new();
-        for _ in plan.0.iter().flatten() {
-            let fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(next())?;
-            let fields: [Option<Vec<u8>>; READ.len()] = fields
-                .try_into()
-                .map_err(|_| redis::RedisError::from((redis::ErrorKind::Parse, "HMGET's reply")))?;
-            records.push(Record(fields));
+        let beyond: Vec<&str> = plan.beyond_read().collect();
+        let (mut records, mut also) = (Vec::new(), Vec::new());
+        for _ in plan.tasks() {
+            let mut fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(next())?;
+            if fields.len() != READ.len() + beyond.len() {
+                return Err((redis::ErrorKind::Parse, "HMGET's reply").into());
+            }
+            let mut beyond_read = fields.split_off(READ.len());
+            let fields: [Option<Vec<u8>>; READ.len()] = fields.try_into().expect("READ's length, checked");
+            let record = Record(fields);
+            also.push(
+                plan.also
+                    .iter()
+                    .map(|field| match beyond.iter().position(|f| f == field) {
+                        Some(at) => beyond_read[at].take(),
+                        None => record.field(field).map(<[u8]>::to_vec),
+                    })
+                    .collect(),
+            );
+            records.push(record);
         }
-        Ok(Found((!any_set(&limits)).then_some(records)))
+        Ok(Found { records: (!any_set(&limits)).then_some(records), also })
     }
 
     /// Whether the queue has limits (the script applies them).
     pub(in crate::queue) fn limited(&self) -> bool {
-        self.0.is_none()
+        self.records.is_none()
+    }
+
+    /// Each record's fields asked for as `also` (in that order), a record's in the plan's order
+    /// of tasks; read once (after, none).
+    pub(in crate::queue) fn take_also(&mut self) -> Vec<Vec<Option<Vec<u8>>>> {
+        std::mem::take(&mut self.also)
     }
 
     /// The entries of `given` that start without Lua at `now_ms` and the rest; None when the
     /// queue has limits (every entry is the script's).
     pub(in crate::queue) fn read(self, given: &[Given], plan: ReadPlan, now_ms: u64) -> Option<Read<'_>> {
         let (mut starts, mut rest) = (Vec::new(), Vec::new());
-        let mut records = self.0?.into_iter();
-        for (given, id) in given.iter().zip(plan.0) {
+        let mut records = self.records?.into_iter();
+        for (given, id) in given.iter().zip(plan.ids) {
             let Some(id) = id else {
                 rest.push(given.clone());
                 continue;

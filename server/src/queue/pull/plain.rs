@@ -276,19 +276,13 @@ async fn start(
     lease_ms: u64,
 ) -> RedisResult<Started> {
     let mut pipe = redis::pipe();
-    let plan = queue_read(&mut pipe, queue, given);
-    let tasks: Vec<Uuid> = plan.tasks().collect();
-    for id in &tasks {
-        pipe.cmd("HMGET").arg(queue.keys.task(id)).arg(&VIEW[..]);
-    }
+    // The view a grant shows is read with the record, in the same command.
+    let plan = queue_read(&mut pipe, queue, given, &VIEW);
     pipe.cmd("TIME");
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     let mut replies = replies.into_iter();
-    let found = Found::of(&mut replies, &plan)?;
-    let mut views: HashMap<Uuid, Vec<Option<Vec<u8>>>> = HashMap::with_capacity(tasks.len());
-    for id in tasks {
-        views.insert(id, redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?);
-    }
+    let mut found = Found::of(&mut replies, &plan)?;
+    let mut views: HashMap<Uuid, Vec<Option<Vec<u8>>>> = plan.tasks().zip(found.take_also()).collect();
     let at_ms = time_of(replies.next())?;
     let limited = found.limited();
     let read = found.read(given, plan, at_ms).filter(|read| !read.starts.is_empty());
