@@ -322,25 +322,22 @@ impl Found {
     ) -> RedisResult<Found> {
         let mut next = || replies.next().unwrap_or(Value::Nil);
         let limits: Vec<Option<String>> = redis::from_redis_value(next())?;
-        let beyond: Vec<&str> = plan.beyond_read().collect();
+        let beyond = plan.beyond_read().count();
         let (mut records, mut also) = (Vec::new(), Vec::new());
         for _ in plan.tasks() {
             let mut fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(next())?;
-            if fields.len() != READ.len() + beyond.len() {
+            if fields.len() != READ.len() + beyond {
                 return Err((redis::ErrorKind::Parse, "HMGET's reply").into());
             }
-            let mut beyond_read = fields.split_off(READ.len());
+            // Read after `READ`, in `also`'s order.
+            let mut beyond_read = fields.split_off(READ.len()).into_iter();
             let fields: [Option<Vec<u8>>; READ.len()] = fields.try_into().expect("READ's length, checked");
             let record = Record(fields);
-            also.push(
-                plan.also
-                    .iter()
-                    .map(|field| match beyond.iter().position(|f| f == field) {
-                        Some(at) => beyond_read[at].take(),
-                        None => record.field(field).map(<[u8]>::to_vec),
-                    })
-                    .collect(),
-            );
+            let asked = plan.also.iter().map(|field| match READ.contains(field) {
+                true => record.field(field).map(<[u8]>::to_vec),
+                false => beyond_read.next().flatten(),
+            });
+            also.push(asked.collect());
             records.push(record);
         }
         Ok(Found { records: (!any_set(&limits)).then_some(records), also })
