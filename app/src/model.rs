@@ -566,12 +566,14 @@ pub struct Problem {
     pub errors: Vec<String>,
 }
 
-/// `POST /api/v1/queues/{queue}/leases`: a worker pulling tasks over HTTP asks for leases.
+/// `POST /api/v1/queues/{queue}/leases`: a worker pulling tasks over HTTP asks for leases,
+/// ending the attempts it has finished in the same request if it likes (`ends`, applied before
+/// any lease is taken). The server reads each end's result as raw JSON text (`R = Box<RawValue>`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "ssr", schema(example = json!({"worker": "worker-1", "kinds": ["echo"], "max": 1, "wait_ms": 0})))]
 #[serde(deny_unknown_fields)]
-pub struct LeaseRequest {
+pub struct LeaseRequest<R = serde_json::Value> {
     /// The worker's name for itself (1 to 128 printable characters), for logs and views.
     #[cfg_attr(feature = "ssr", schema(pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]{1,128}$"))]
     pub worker: String,
@@ -600,6 +602,13 @@ pub struct LeaseRequest {
     /// The worker's version, for `GET /api/v1/workers` (up to 64 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Up to 100 ends of attempts leased earlier, each token once, as `POST /api/v1/leases/ends`
+    /// takes them: applied before the leases are taken, each on its own, and answered in the
+    /// reply's `ends`. A worker that ends a lease's tasks and asks for the next in one request
+    /// saves a round trip per lease.
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "ssr", schema(max_items = 100))]
+    pub ends: Vec<LeaseEnd<R>>,
 }
 
 /// The schema of [`LeaseRequest::kinds`]: 1 to 100 kind names.
@@ -638,11 +647,14 @@ pub struct LeaseGrant {
     pub traceparent: Option<String>,
 }
 
-/// The answer to a lease request: the leases taken (none when the wait ended first).
+/// The answer to a lease request: the leases taken (none when the wait ended first), and, when
+/// the request carried ends, a reply for each, in the order sent.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct LeaseList {
     pub leases: Vec<LeaseGrant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends: Option<Vec<LeaseEndReply>>,
 }
 
 /// `POST /api/v1/leases/{token}/heartbeat`: renews a lease, optionally reporting progress.

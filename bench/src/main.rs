@@ -122,6 +122,60 @@ fn emit(metric: &str, value: f64, extra: Value) {
     println!("{line}");
 }
 
+/// How the `pull` workload's workers end their leases' tasks.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// A `complete` request per task.
+    Each,
+    /// One `POST /api/v1/leases/ends` per lease request.
+    Together,
+    /// In the next lease request (its `ends`).
+    Carried,
+}
+
+impl Ending {
+    fn prefix(self) -> &'static str {
+        match self {
+            Ending::Each => "pull",
+            Ending::Together => "pull-ends",
+            Ending::Carried => "pull-carried",
+        }
+    }
+
+    /// The names of its rate and CPU figures, and its note.
+    fn metrics(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Ending::Each => ("pull_tasks_per_s", "pull_cpu_us_per_task", "HTTP lease + complete per task"),
+            Ending::Together => (
+                "pull_ends_tasks_per_s",
+                "pull_ends_cpu_us_per_task",
+                "HTTP lease + one ends request per lease",
+            ),
+            Ending::Carried => (
+                "pull_carried_tasks_per_s",
+                "pull_carried_cpu_us_per_task",
+                "HTTP lease requests, each ending the last lease's tasks",
+            ),
+        }
+    }
+}
+
+/// The `ends` of a request that ends the leases of `tokens` as succeeded with `{}`.
+fn ends_of(tokens: &[String]) -> Vec<Value> {
+    tokens.iter().map(|token| json!({"token": token, "result": {}})).collect()
+}
+
+/// How many of an answer's `ends` there were, checking that there were `sent` and that each
+/// applied.
+fn all_applied(answer: &Value, sent: usize) -> anyhow::Result<usize> {
+    let replies = answer["ends"].as_array().map_or(&[][..], Vec::as_slice);
+    anyhow::ensure!(
+        replies.len() == sent && replies.iter().all(|r| r["status"] == 204),
+        "not every end applied: {answer}"
+    );
+    Ok(sent)
+}
+
 /// Ends the leases of `tokens` as succeeded with one `POST /api/v1/leases/ends`, checking that
 /// every end applied; how many there were.
 async fn end_together<'t>(
@@ -129,19 +183,20 @@ async fn end_together<'t>(
     base: &str,
     tokens: impl Iterator<Item = &'t str>,
 ) -> anyhow::Result<usize> {
-    let ends: Vec<Value> = tokens.map(|token| json!({"token": token, "result": {}})).collect();
-    if ends.is_empty() {
+    let tokens: Vec<String> = tokens.map(str::to_string).collect();
+    if tokens.is_empty() {
         return Ok(0);
     }
     let url = format!("{base}/api/v1/leases/ends");
-    let answer: Value =
-        http.post(url).json(&json!({"ends": ends})).send().await?.error_for_status()?.json().await?;
-    let replies = answer["ends"].as_array().context("the ends' answer has no list")?;
-    anyhow::ensure!(
-        replies.len() == ends.len() && replies.iter().all(|r| r["status"] == 204),
-        "not every end applied: {answer}"
-    );
-    Ok(ends.len())
+    let answer: Value = http
+        .post(url)
+        .json(&json!({"ends": ends_of(&tokens)}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    all_applied(&answer, tokens.len())
 }
 
 /// A `courier` process this tool started; killed when dropped.
@@ -510,66 +565,83 @@ impl Bench {
         Ok(())
     }
 
-    /// A queued backlog drained by workers pulling over HTTP (leases of 100), twice: each task
-    /// completed with its own request, then a lease's tasks ended with one request
-    /// (`POST /api/v1/leases/ends`); beside `process_tasks_per_s` of the built-in worker: tasks
-    /// per second, and the CPU each process spent per task.
+    /// A queued backlog drained by workers pulling over HTTP (leases of 100), three times: each
+    /// task completed with its own request; a lease's tasks ended with one request
+    /// (`POST /api/v1/leases/ends`); a lease's tasks ended by the next lease request (its
+    /// `ends`). Beside `process_tasks_per_s` of the built-in worker: tasks per second, and the
+    /// CPU each process spent per task.
     async fn pull(&mut self) -> anyhow::Result<()> {
-        for together in [false, true] {
-            self.pull_drain(together).await?;
+        for ending in [Ending::Each, Ending::Together, Ending::Carried] {
+            self.pull_drain(ending).await?;
         }
         Ok(())
     }
 
-    /// One drain of `pull`: `together`, each lease request's tasks are ended in one request.
-    async fn pull_drain(&mut self, together: bool) -> anyhow::Result<()> {
+    /// One drain of `pull`, its tasks ended as `ending` says; timed until its last task ended
+    /// (pullers that find the queue empty before then wait out their last request).
+    async fn pull_drain(&mut self, ending: Ending) -> anyhow::Result<()> {
         const LEASES: usize = 100;
-        let prefix = self.prefix(if together { "pull-ends" } else { "pull" });
+        let prefix = self.prefix(ending.prefix());
         let server = self.serve(&prefix, 0).await?;
         let (ids, _) = self.submit_batched(&server.base, self.args.n).await?;
         let pid = server.pid().context("serve has no pid")?;
         let cpu_before = CpuSeconds::read(&mut self.redis, pid, pid).await?;
         let done = std::sync::atomic::AtomicUsize::new(0);
+        let finished = std::sync::OnceLock::new();
         let started = Instant::now();
         let lease_url = format!("{}/api/v1/queues/default/leases", server.base);
         let (total, http, pullers) = (ids.len(), &self.http, self.args.pullers.max(1));
         let pullers = (0..pullers).map(|n| {
-            let (done, lease_url, base) = (&done, &lease_url, &server.base);
+            let (done, finished, lease_url, base) = (&done, &finished, &lease_url, &server.base);
             async move {
-                let request = json!({"worker": format!("bench-{n}"), "max": LEASES, "wait_ms": 1000});
+                let worker = format!("bench-{n}");
+                // Carried: the tokens of the last lease, ended by the next request.
+                let mut held: Vec<String> = Vec::new();
                 while done.load(std::sync::atomic::Ordering::Relaxed) < total {
-                    let answer: Value = http.post(lease_url).json(&request).send().await?.json().await?;
+                    let carried = std::mem::take(&mut held);
+                    let request = match carried.is_empty() {
+                        true => json!({"worker": worker, "max": LEASES, "wait_ms": 1000}),
+                        // Tasks are still queued while a puller holds some: no wait needed.
+                        false => {
+                            json!({"worker": worker, "max": LEASES, "wait_ms": 0, "ends": ends_of(&carried)})
+                        }
+                    };
+                    let answer: Value =
+                        http.post(lease_url).json(&request).send().await?.error_for_status()?.json().await?;
+                    let mut ended = all_applied(&answer, carried.len())?;
                     let leases = answer["leases"].as_array().cloned().unwrap_or_default();
                     let tokens = leases.iter().map(|lease| lease["token"].as_str().unwrap_or_default());
-                    let ended = if together {
-                        end_together(http, base, tokens).await?
-                    } else {
-                        let completions = tokens.map(|token| {
-                            let url = format!("{base}/api/v1/leases/{token}/complete");
-                            let request =
-                                http.post(url).header("content-type", "application/json").body("{}");
-                            async move { anyhow::Ok(request.send().await?.error_for_status()?) }
-                        });
-                        futures::future::try_join_all(completions).await?.len()
+                    ended += match ending {
+                        Ending::Carried => {
+                            held = tokens.map(str::to_string).collect();
+                            0
+                        }
+                        Ending::Together => end_together(http, base, tokens).await?,
+                        Ending::Each => {
+                            let completions = tokens.map(|token| {
+                                let url = format!("{base}/api/v1/leases/{token}/complete");
+                                let request =
+                                    http.post(url).header("content-type", "application/json").body("{}");
+                                async move { anyhow::Ok(request.send().await?.error_for_status()?) }
+                            });
+                            futures::future::try_join_all(completions).await?.len()
+                        }
                     };
-                    done.fetch_add(ended, std::sync::atomic::Ordering::Relaxed);
+                    if done.fetch_add(ended, std::sync::atomic::Ordering::Relaxed) + ended >= total {
+                        finished.get_or_init(Instant::now);
+                    }
                 }
+                anyhow::ensure!(held.is_empty(), "a puller stopped holding leases");
                 anyhow::Ok(())
             }
         });
         tokio::time::timeout(Duration::from_secs(600), futures::future::try_join_all(pullers))
             .await
             .context("the pull workers did not drain the backlog within 10 minutes")??;
-        let seconds = started.elapsed().as_secs_f64();
+        let last_end = finished.get().context("the drain never ended its last task")?;
+        let seconds = last_end.duration_since(started).as_secs_f64();
         let cpu = CpuSeconds::read(&mut self.redis, pid, pid).await?.since(&cpu_before);
-        let (rate, cpu_name, note) = match together {
-            false => ("pull_tasks_per_s", "pull_cpu_us_per_task", "HTTP lease + complete per task"),
-            true => (
-                "pull_ends_tasks_per_s",
-                "pull_ends_cpu_us_per_task",
-                "HTTP lease + one ends request per lease",
-            ),
-        };
+        let (rate, cpu_name, note) = ending.metrics();
         let extra =
             json!({"n": ids.len(), "leases_per_request": LEASES, "pullers": self.args.pullers, "note": note});
         emit(rate, ids.len() as f64 / seconds, extra);

@@ -53,31 +53,59 @@ const CONTROL_BODY_MAX: u64 = 16 * 1024;
 const ERROR_MAX: usize = 4 * 1024;
 
 /// `POST /api/v1/queues/{queue}/leases`: up to `max` leases on the queue's tasks of `kinds`,
-/// waiting up to `wait_ms` for some.
+/// waiting up to `wait_ms` for some; the request's `ends` (attempts the worker finished) are
+/// applied first, so their slots are free before the leases are counted.
 #[utoipa::path(
     post,
     path = "/api/v1/queues/{name}/leases",
     operation_id = "take_leases",
     tag = "pull workers",
-    summary = "Lease tasks of a queue (long-polls up to `wait_ms`)",
+    summary = "Lease tasks of a queue (long-polls up to `wait_ms`), ending finished ones first",
     params(("name" = inline(QueueName), Path, description = "The queue's name")),
     request_body(content = LeaseRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "The leases taken; none when the wait ended first", body = LeaseList),
+        (status = 200, description = "The leases taken (none when the wait ended first), and each end's own answer in the order sent", body = LeaseList),
         (status = 409, description = "Too many queues", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not a lease request, or one outside its bounds; or not a queue name", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than `--max-payload`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a lease request, or one outside its bounds (nothing was ended); or not a queue name", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn take(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<LeaseList>, ApiError> {
-    let request: LeaseRequest = control_body(&state, &headers, body, "invalid-lease-request").await?;
+    let refused = invalid("invalid-lease-request");
+    let mut request: LeaseRequest<Box<RawValue>> = with_ends(&state, &headers, body, refused.clone()).await?;
+    check_ends(&request.ends, 0).map_err(&refused)?;
     let queue = state.tasks.queues().open(&name).await.map_err(crate::tasks::SubmitError::from)?;
-    let ask = Ask::of(&request, queue.settings().lease).map_err(invalid("invalid-lease-request"))?;
+    let ask = Ask::of(&request, queue.settings().lease).map_err(&refused)?;
+    let ends = match std::mem::take(&mut request.ends) {
+        ends if ends.is_empty() => None,
+        ends => Some(end_all(&state, &access, ends).await),
+    };
+    match (lease(&state, &queue, &request, &ask).await, ends) {
+        (Ok(leases), ends) => Ok(Json(LeaseList { leases, ends })),
+        (Err(e), None) => Err(e),
+        // The ends applied: their answers are not lost to a failure after them.
+        (Err(e), Some(ends)) => {
+            let problem = e.problem();
+            tracing::warn!(status = problem.status, detail = ?problem.detail, queue = %name, "taking leases after a request's ends failed; answering the ends alone");
+            Ok(Json(LeaseList { leases: Vec::new(), ends: Some(ends) }))
+        }
+    }
+}
+
+/// The leases of `ask` on `queue`: at once when there are tasks, else as soon as some come, or
+/// none once the wait is over.
+async fn lease(
+    state: &AppState,
+    queue: &Queue,
+    request: &LeaseRequest<Box<RawValue>>,
+    ask: &Ask,
+) -> Result<Vec<LeaseGrant>, ApiError> {
     let deadline = Instant::now() + ask.wait;
     // Subscribed before the first claim, so that nothing queued after it goes unnoticed.
     let mut events = state.events.subscribe();
@@ -89,17 +117,19 @@ pub async fn take(
         let now = Instant::now();
         if !pulled.is_empty() || now >= deadline {
             let tasks: Vec<_> = pulled.iter().map(|p| (p.token.task_id, p.token.kind.clone())).collect();
-            let announcement = ask.announcement(&request);
-            if let Err(e) = state.workers.seen_pulling(&request.worker, &announcement, &name, &tasks).await {
+            let announcement = ask.announcement(request);
+            if let Err(e) =
+                state.workers.seen_pulling(&request.worker, &announcement, queue.name(), &tasks).await
+            {
                 tracing::warn!(error = %e, worker = %request.worker, "recording a pulling worker in the registry failed");
             }
-            return Ok(Json(LeaseList { leases: grants(&state, &queue, pulled).await? }));
+            return grants(state, queue, pulled).await;
         }
         let look_again = deadline.min(now + RECHECK);
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Ok(event) if ask.woken_by(&event.event, &name) => break,
+                    Ok(event) if ask.woken_by(&event.event, queue.name()) => break,
                     Ok(_) => {}
                     // Missed events may have been ours: look now.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
@@ -126,7 +156,7 @@ struct Ask {
 
 impl Ask {
     /// `request` checked against its bounds (`lease` is the queue's, the longest a lease may be).
-    fn of(request: &LeaseRequest, lease: Duration) -> Result<Ask, String> {
+    fn of<R>(request: &LeaseRequest<R>, lease: Duration) -> Result<Ask, String> {
         let worker = &request.worker;
         if worker.is_empty() || worker.chars().count() > 128 || worker.chars().any(char::is_control) {
             return Err("worker must be 1 to 128 printable characters".into());
@@ -169,7 +199,7 @@ impl Ask {
     }
 
     /// What the worker asking says about itself, for the worker registry.
-    fn announcement(&self, request: &LeaseRequest) -> Announcement {
+    fn announcement<R>(&self, request: &LeaseRequest<R>) -> Announcement {
         Announcement {
             runs: "pull",
             host: request.host.clone(),
@@ -406,23 +436,52 @@ pub async fn end_many(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<LeaseEndsReply>, ApiError> {
-    let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
     let refused = invalid("invalid-lease-ends");
-    super::refuse_array(&body.bytes).map_err(&refused)?;
-    let request: LeaseEnds<Box<RawValue>> =
-        serde_json::from_slice(&body.bytes).map_err(|e| refused(format!("the body does not fit: {e}")))?;
-    if !(1..=MAX_LEASES as usize).contains(&request.ends.len()) {
-        return Err(refused(format!("ends must list 1 to {MAX_LEASES} ends")));
+    let request: LeaseEnds<Box<RawValue>> = with_ends(&state, &headers, body, refused.clone()).await?;
+    check_ends(&request.ends, 1).map_err(&refused)?;
+    Ok(Json(LeaseEndsReply { ends: end_all(&state, &access, request.ends).await }))
+}
+
+/// A body that may carry ends (up to `--max-payload`, results included), parsed into `T`; its
+/// bytes are let go once parsed. Past `PARSE_INLINE_MAX` it is parsed off the runtime.
+async fn with_ends<T: DeserializeOwned + Send + 'static>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    refused: impl Fn(String) -> ApiError + Send + 'static,
+) -> Result<T, ApiError> {
+    let body = read_body(body, headers, state.max_payload, &state.body_budget).await?;
+    super::off_runtime(body.bytes.clone(), move |bytes| {
+        super::refuse_array(bytes).map_err(&refused)?;
+        serde_json::from_slice(bytes).map_err(|e| refused(format!("the body does not fit: {e}")))
+    })
+    .await
+}
+
+/// Refuses a list of ends that is not `fewest` to 100 long, each token once, none with both a
+/// result and a failure; nothing is ended then.
+fn check_ends(ends: &[LeaseEnd<Box<RawValue>>], fewest: usize) -> Result<(), String> {
+    if !(fewest..=MAX_LEASES as usize).contains(&ends.len()) {
+        return Err(format!("ends must list {fewest} to {MAX_LEASES} ends"));
     }
-    let mut tokens = std::collections::HashSet::new();
-    if let Some(twice) = request.ends.iter().position(|end| !tokens.insert(end.token.as_str())) {
-        return Err(refused(format!("ends[{twice}] names a token an earlier end named")));
+    let mut tokens = std::collections::HashSet::with_capacity(ends.len());
+    if let Some(twice) = ends.iter().position(|end| !tokens.insert(end.token.as_str())) {
+        return Err(format!("ends[{twice}] names a token an earlier end named"));
     }
-    if let Some(both) = request.ends.iter().position(|end| end.result.is_some() && end.failed.is_some()) {
-        return Err(refused(format!("ends[{both}] has both a result and a failure")));
+    if let Some(both) = ends.iter().position(|end| end.result.is_some() && end.failed.is_some()) {
+        return Err(format!("ends[{both}] has both a result and a failure"));
     }
-    let ends = request.ends.into_iter().map(|end| end_one(&state, &access, end));
-    Ok(Json(LeaseEndsReply { ends: futures::future::join_all(ends).await }))
+    Ok(())
+}
+
+/// Applies `ends`, each on its own; a reply per end, in order. The ends reach Redis together
+/// (one transaction or script call), as single ends from many requests do.
+async fn end_all(
+    state: &AppState,
+    access: &Access,
+    ends: Vec<LeaseEnd<Box<RawValue>>>,
+) -> Vec<LeaseEndReply> {
+    futures::future::join_all(ends.into_iter().map(|end| end_one(state, access, end))).await
 }
 
 /// One end of `POST /api/v1/leases/ends`, answered as its own request would have been.
@@ -535,7 +594,7 @@ fn lost() -> ApiError {
 }
 
 /// A `422` of type `slug` with the detail it is given.
-fn invalid(slug: &'static str) -> impl Fn(String) -> ApiError {
+fn invalid(slug: &'static str) -> impl Fn(String) -> ApiError + Clone + Send + 'static {
     move |detail| ApiError::unprocessable(slug, "Invalid request", detail)
 }
 

@@ -169,6 +169,67 @@ async fn many_leases_end_in_one_request_each_on_its_own() {
     assert_eq!(lost_result.text().await.unwrap(), "", "the lost lease's second word changed nothing");
 }
 
+/// A lease request that carries the worker's ends applies them first, each on its own, answers
+/// each in `ends`, then takes the next leases: with the queue at its concurrency limit, the ends
+/// free the slots the new leases take. A bad request ends nothing and takes nothing.
+#[tokio::test]
+async fn a_lease_request_ends_the_last_leases_first_and_takes_the_next() {
+    let app = app_without_workers().await;
+    let limits = json!({"concurrency": 2});
+    let response = app.http.put(app.url(&format!("/api/v1/queues/{}", queue()))).json(&limits).send().await;
+    assert_eq!(response.unwrap().status(), 200);
+    let ids =
+        futures::future::join_all((0..4).map(|n| app.submit_ok(json!({"kind": "echo", "payload": n})))).await;
+    let first = app.leases(json!({"worker": "test", "max": 10})).await;
+    assert_eq!(first.len(), 2, "the limit lets two run");
+    assert!(app.leases(json!({"worker": "test", "max": 10})).await.is_empty(), "and no more");
+    let id = |lease: &Value| lease["task"]["id"].as_str().unwrap().to_string();
+
+    let request = json!({"worker": "test", "max": 10, "ends": [
+        {"token": token(&first[0]), "result": {"rows": 3}},
+        {"token": token(&first[1]), "failed": {"error": "bad input", "retryable": false}},
+        {"token": "nonsense"},
+    ]});
+    let response = app.lease(request).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let statuses: Vec<_> = answer["ends"].as_array().unwrap().iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, [204, 204, 404], "{answer}");
+    assert_eq!(answer["ends"][1]["token"], token(&first[1]), "each reply names its token, in order");
+    let next = answer["leases"].as_array().unwrap();
+    assert_eq!(next.len(), 2, "the ends freed both slots before the leases were counted: {answer}");
+    let mut leased: Vec<String> = first.iter().chain(next).map(id).collect();
+    leased.sort();
+    let mut submitted = ids.clone();
+    submitted.sort();
+    assert_eq!(leased, submitted, "the next leases are the two tasks not yet run");
+    let result =
+        app.http.get(app.url(&format!("/api/v1/tasks/{}/result", id(&first[0])))).send().await.unwrap();
+    assert_eq!(result.text().await.unwrap(), r#"{"rows":3}"#);
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{}", id(&first[1]))).await["status"], "failed");
+
+    // Refused whole: a bad end, or a bad lease with good ends, ends nothing and leases nothing.
+    let good = json!({"token": token(&next[0]), "result": 1});
+    let many: Vec<Value> = (0..101).map(|n| json!({"token": format!("t{n}")})).collect();
+    for bad in [
+        json!({"worker": "test", "ends": [good, good]}),
+        json!({"worker": "test", "ends": many}),
+        json!({"worker": "test", "ends": [good, {"token": "x", "result": 1, "failed": {"error": "e", "retryable": false}}]}),
+        json!({"worker": "test", "ends": {"token": "x"}}),
+        json!({"worker": "test", "max": 0, "ends": [good]}),
+        json!({"worker": "", "ends": [good]}),
+    ] {
+        assert_problem(app.lease(bad).await, 422, "/problems/invalid-lease-request").await;
+    }
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{}", id(&next[0]))).await["status"], "running");
+    let answer: Value = app.lease(json!({"worker": "test", "ends": [good]})).await.json().await.unwrap();
+    assert_eq!(answer["ends"][0]["status"], 204, "{answer}");
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{}", id(&next[0]))).await["status"], "succeeded");
+    // Without ends, the answer has none.
+    let answer: Value = app.lease(json!({"worker": "test"})).await.json().await.unwrap();
+    assert_eq!(answer, json!({"leases": []}));
+}
+
 #[tokio::test]
 async fn a_bad_list_of_ends_is_refused_whole_and_ends_nothing() {
     let app = app_without_workers().await;

@@ -314,6 +314,14 @@ async fn a_token_of_another_queue_finds_nothing_of_this_one_in_lookups_lists_or_
     assert_eq!(ended.status(), 200);
     let ended: Value = ended.json().await.unwrap();
     assert_eq!(ended["ends"][0]["status"], 404, "{ended}");
+    // Nor in a lease request of a queue the token does reach.
+    let request = json!({"worker": "w", "kinds": ["nothing"], "ends": [{"token": token, "result": 1}]});
+    let leased = world
+        .call(Method::POST, app.url("/api/v1/queues/billing/leases"), Some(&billing), Some(request))
+        .await;
+    assert_eq!(leased.status(), 200);
+    let leased: Value = leased.json().await.unwrap();
+    assert_eq!(leased["ends"][0]["status"], 404, "{leased}");
     let view = world.call(Method::GET, app.url(&format!("/api/v1/tasks/{hidden}")), Some(&admin), None).await;
     assert_eq!(view.json::<Value>().await.unwrap()["status"], "running");
     let elsewhere = world
