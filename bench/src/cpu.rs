@@ -68,6 +68,40 @@ impl ProcessSeconds {
     }
 }
 
+/// The machine's CPU time so far, all of it and the part a hypervisor gave to other guests
+/// (`steal`), in ticks from the first line of `/proc/stat`: on a shared virtual machine, stolen
+/// time stalls every process at once, and a latency tail follows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HostTicks {
+    total: u64,
+    steal: u64,
+}
+
+impl HostTicks {
+    pub fn read() -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        host_ticks_of_stat(&stat).context("no cpu line in /proc/stat")
+    }
+
+    /// The share of the machine's CPU time stolen between `earlier` and `self` (0 to 1).
+    pub fn stolen_since(&self, earlier: &HostTicks) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        match total {
+            0 => 0.0,
+            total => self.steal.saturating_sub(earlier.steal) as f64 / total as f64,
+        }
+    }
+}
+
+/// The summed `cpu` line: user nice system idle iowait irq softirq steal (guest time is counted
+/// in user already).
+fn host_ticks_of_stat(stat: &str) -> Option<HostTicks> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> =
+        line.split_whitespace().skip(1).take(8).map(|t| t.parse().ok()).collect::<Option<_>>()?;
+    (ticks.len() == 8).then(|| HostTicks { total: ticks.iter().sum(), steal: ticks[7] })
+}
+
 /// `used_cpu_sys` + `used_cpu_user` of the main Redis process.
 fn redis_cpu_seconds(info: &str) -> Option<f64> {
     let field = |name: &str| {
@@ -109,6 +143,17 @@ mod tests {
         let earlier = ProcessSeconds(vec![("serve".into(), 1.0)]);
         let now = ProcessSeconds(vec![("serve".into(), 1.5), ("worker-1".into(), 2.0)]);
         assert_eq!(now.since(&earlier), [("serve".to_string(), 0.5), ("worker-1".to_string(), 2.0)]);
+    }
+
+    #[test]
+    fn stolen_time_is_a_share_of_all_the_machines_time() {
+        let before = host_ticks_of_stat("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n");
+        let after = host_ticks_of_stat("cpu  150 0 70 900 10 0 5 65 0 0\n").unwrap();
+        assert_eq!(before, Some(HostTicks { total: 1000, steal: 35 }));
+        assert_eq!(after.stolen_since(&before.unwrap()), 30.0 / 200.0);
+        assert_eq!(after.stolen_since(&after), 0.0);
+        assert_eq!(host_ticks_of_stat("cpu  1 2 3\n"), None);
+        assert_eq!(host_ticks_of_stat("intr 5\n"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod sse;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use cpu::{CpuSeconds, ProcessSeconds};
+use cpu::{CpuSeconds, HostTicks, ProcessSeconds};
 use futures::StreamExt;
 use redis_servers::RedisServers;
 use serde_json::{Value, json};
@@ -450,12 +450,15 @@ impl Bench {
     async fn latency(&mut self) -> anyhow::Result<()> {
         let Pipeline { server, mut tap, worker: _worker } = self.pipeline("latency").await?;
         let total = (self.args.rate * self.args.duration_s) as usize;
+        let host = HostTicks::read()?;
         let sent_at = self
             .steady(&server.base, self.args.rate, total, |n| json!({"kind": "echo", "payload": {"n": n}}))
             .await?;
         let done = tap.until_finished(total, Duration::from_secs(120)).await?;
+        let stolen = HostTicks::read()?.stolen_since(&host);
         let extra = json!({"n": sent_at.len(), "rate": self.args.rate, "duration_s": self.args.duration_s});
-        emit_latencies("e2e_latency", &sent_at, &done, extra);
+        emit_latencies("e2e_latency", &sent_at, &done, extra.clone());
+        emit("e2e_latency_host_steal_pct", stolen * 100.0, extra);
         Ok(())
     }
 

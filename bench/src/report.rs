@@ -236,6 +236,11 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
         ("latency p95, ms", "e2e_latency_p95_ms", "e2e_latency_p95_ms"),
         ("latency p99, ms", "e2e_latency_p99_ms", "e2e_latency_p99_ms"),
         ("latency max, ms", "e2e_latency_max_ms", "e2e_latency_max_ms"),
+        (
+            "the machine's CPU time stolen by its hypervisor during the latency run, %",
+            "e2e_latency_host_steal_pct",
+            "",
+        ),
         ("light queue latency p50, ms, while a heavy queue drains", "light_queue_latency_p50_ms", ""),
         ("light queue latency p99, ms, while a heavy queue drains", "light_queue_latency_p99_ms", ""),
         ("light queue latency max, ms, while a heavy queue drains", "light_queue_latency_max_ms", ""),
