@@ -56,10 +56,17 @@ pub(crate) const EVENTS_PER_ENTRY: usize = 32;
 /// of `TASK_EVENT_PARTS`, joined by the unit separator (a record separator in the error becomes a
 /// space). For the one writer outside Lua: a plain enqueue's `queued` events (queue/enqueue.rs).
 pub(crate) fn task_event_value(parts: [&str; TASK_EVENT_PARTS.len()]) -> String {
-    let (error, rest) = parts.split_last().expect("an event has parts");
-    let mut value = rest.join("\u{1f}");
-    value.push('\u{1f}');
-    value.push_str(&error.replace('\u{1e}', " "));
+    let mut value = String::with_capacity(parts.iter().map(|part| part.len() + 1).sum());
+    for (n, part) in parts.iter().enumerate() {
+        if n > 0 {
+            value.push('\u{1f}');
+        }
+        match n == parts.len() - 1 && part.contains('\u{1e}') {
+            // The error may not hold the separator of events.
+            true => value.push_str(&part.replace('\u{1e}', " ")),
+            false => value.push_str(part),
+        }
+    }
     value
 }
 

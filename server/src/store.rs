@@ -62,6 +62,9 @@ pub struct Keys {
     events: Arc<str>,
 }
 
+/// The ready streams of a lane, most urgent first (`Keys::lane`).
+const LANE_STREAMS: [&str; 3] = ["ready-high", "ready", "ready-low"];
+
 impl Keys {
     /// Keys of `queue` under `prefix`.
     pub fn new(prefix: &str, queue: &str) -> Keys {
@@ -103,15 +106,31 @@ impl Keys {
     }
 
     pub fn task(&self, id: &Uuid) -> String {
-        format!("{}:task:{id}", self.base)
+        self.of_id("task", id)
     }
 
     pub fn payload(&self, id: &Uuid) -> String {
-        format!("{}:payload:{id}", self.base)
+        self.of_id("payload", id)
     }
 
     pub fn result(&self, id: &Uuid) -> String {
-        format!("{}:result:{id}", self.base)
+        self.of_id("result", id)
+    }
+
+    /// `{base}:{part}:{tail}`, the shape of the keys made for each task, written straight into a
+    /// string of its size (`format!` costs several times as much, and these are made a few
+    /// times a task).
+    fn join(&self, part: &str, tail: &str) -> String {
+        let mut key = String::with_capacity(self.base.len() + part.len() + tail.len() + 2);
+        for piece in [&self.base, ":", part, ":", tail] {
+            key.push_str(piece);
+        }
+        key
+    }
+
+    /// `{base}:{part}:{id}`.
+    fn of_id(&self, part: &str, id: &Uuid) -> String {
+        self.join(part, id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
     }
 
     /// Where a worker stages a large result before the finish script of its lease renames it.
@@ -121,7 +140,12 @@ impl Keys {
 
     /// The ready streams of `kind`'s lane in this queue, most urgent first (lanes.lua).
     pub fn lane(&self, kind: &str) -> [String; 3] {
-        ["ready-high", "ready", "ready-low"].map(|stream| format!("{}:{stream}:{kind}", self.base))
+        LANE_STREAMS.map(|stream| self.join(stream, kind))
+    }
+
+    /// The ready stream `index` (0 to 2) of `kind`'s lane: `lane(kind)[index]`, made alone.
+    pub fn lane_stream(&self, kind: &str, index: usize) -> String {
+        self.join(LANE_STREAMS[index], kind)
     }
 
     /// The set of kinds that have a lane in this queue.
@@ -823,6 +847,21 @@ mod tests {
             keys.events().to_string(),
         ] {
             assert!(key.starts_with("courier:{default}:"), "{key}");
+        }
+    }
+
+    /// The scripts build the same keys from the base: the text must not change.
+    #[test]
+    fn a_tasks_keys_and_a_lanes_streams_are_spelt_as_the_scripts_spell_them() {
+        let keys = Keys::new("courier", "default");
+        let id = Uuid::parse_str("0192f3c1-7d2e-7a40-8b1c-3d4e5f60718A").unwrap();
+        assert_eq!(keys.task(&id), "courier:{default}:task:0192f3c1-7d2e-7a40-8b1c-3d4e5f60718a");
+        assert_eq!(keys.payload(&id), "courier:{default}:payload:0192f3c1-7d2e-7a40-8b1c-3d4e5f60718a");
+        assert_eq!(keys.result(&id), "courier:{default}:result:0192f3c1-7d2e-7a40-8b1c-3d4e5f60718a");
+        let lane = ["ready-high", "ready", "ready-low"].map(|s| format!("courier:{{default}}:{s}:resize.v2"));
+        assert_eq!(keys.lane("resize.v2"), lane);
+        for (index, stream) in lane.iter().enumerate() {
+            assert_eq!(&keys.lane_stream("resize.v2", index), stream);
         }
     }
 

@@ -353,7 +353,10 @@ async fn run_attempt(lease: Lease, runner: Data<Arc<Runner>>) {
     let parent = lease.traceparent.as_deref().and_then(trace_context::parse);
     let context = trace_context::start(&span, parent.as_ref());
     let tracker = runner.in_flight.clone();
-    let _ = tracker.spawn(trace_context::within(runner.attempt(lease), span, &context)).await;
+    // Boxed: the attempt's future is large, and a task spawned holds it by value (moved, copied
+    // whole, several times over on its way into the runtime).
+    let attempt = Box::pin(trace_context::within(runner.attempt(lease), span, &context));
+    let _ = tracker.spawn(attempt).await;
 }
 
 /// How an attempt's handler ended, as [`Runner::watch`] saw it.

@@ -363,7 +363,7 @@ impl Leasing {
                 break;
             };
             let kind = reply.text(Run::Kind);
-            let stream = queue.keys.lane(&kind)[stream_index].clone();
+            let stream = queue.keys.lane_stream(&kind, stream_index);
             let payload = match reply.text(Run::PayloadIs).as_str() {
                 "1" => LeasedPayload::Here(Bytes::from(reply.take(Run::Payload))),
                 "2" => LeasedPayload::Stored,

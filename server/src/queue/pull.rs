@@ -197,7 +197,7 @@ impl Queue {
 
     /// Renews the pulled lease `token` for its length from now, storing `progress` if given.
     pub async fn heartbeat(&self, token: &PullToken, progress: Option<u8>) -> RedisResult<Renewal> {
-        let stream = self.keys.lane(&token.kind)[token.stream_index].clone();
+        let stream = self.keys.lane_stream(&token.kind, token.stream_index);
         let idle = self.settings.lease.saturating_sub(Duration::from_millis(token.lease_ms));
         let renewal = self.renew_entry(&self.pulled_entry(token, &stream), idle).await?;
         if let (Renewal::Held, Some(percent)) = (renewal, progress) {
@@ -209,7 +209,7 @@ impl Queue {
     /// Hands the pulled lease's task back to the queue, its attempt not counted; `false` when
     /// the lease was no longer held.
     pub async fn release_pulled(&self, token: &PullToken) -> RedisResult<bool> {
-        let stream = self.keys.lane(&token.kind)[token.stream_index].clone();
+        let stream = self.keys.lane_stream(&token.kind, token.stream_index);
         self.release_entry(&self.pulled_entry(token, &stream)).await
     }
 
@@ -256,7 +256,7 @@ impl Queue {
             session: String::new(),
             idempotency_key: String::new(),
         };
-        let stream = self.keys.lane(&token.kind)[token.stream_index].clone();
+        let stream = self.keys.lane_stream(&token.kind, token.stream_index);
         Ending::held(held, outcome, None, reply).on_stream(stream)
     }
 

@@ -740,15 +740,25 @@ fn queue_ends(
     let now_ms = *now_ms;
     let now = now_ms.to_string();
     let keep = queue.settings.retention.as_millis() as u64;
-    let mut bins: Vec<(String, u64)> = Vec::new();
-    let mut sample = |bin: String| match bins.iter_mut().find(|(b, _)| *b == bin) {
-        Some((_, n)) => *n += 1,
-        None => bins.push((bin, 1)),
-    };
+    // Samples by stage (`w` waited, `r` ran) and bin: a few distinct ones a batch.
+    let mut samples: Vec<(char, u32, u64)> = Vec::new();
+    let mut sample =
+        |stage: char, bin: u32| match samples.iter_mut().find(|(s, b, _)| (*s, *b) == (stage, bin)) {
+            Some((_, _, n)) => *n += 1,
+            None => samples.push((stage, bin, 1)),
+        };
     let mut acked: Vec<Vec<&str>> = vec![Vec::new(); streams.len()];
+    let mut separator = [0; 4];
+    let separator: &str = record::ATTEMPT_LOG_SEPARATOR.encode_utf8(&mut separator);
     for (((ending, record), id), task) in batch.iter().zip(records).zip(ids).zip(tasks) {
-        let mut hset = redis::cmd("HSET");
-        hset.arg(task)
+        let result_len = match &ending.result {
+            ResultPlace::Record(bytes) => bytes.len(),
+            _ => 0,
+        };
+        // Sized for what it holds, so that its buffers are not grown argument by argument.
+        let mut hset = redis::Cmd::with_capacity(24, 512 + result_len);
+        hset.arg("HSET")
+            .arg(task)
             .arg(record::STATUS)
             .arg("succeeded")
             .arg(record::UPDATED)
@@ -763,12 +773,20 @@ fn queue_ends(
             .arg("");
         // The attempt's entry in the attempt log (ends.lua's attempt_log_entry).
         let attempt = if record.attempts.is_empty() { "0" } else { &record.attempts };
-        let separator = record::ATTEMPT_LOG_SEPARATOR;
-        hset.arg(format!("{}{attempt}", record::ATTEMPT_LOG)).arg(format!(
-            "succeeded{separator}{}{separator}{now}{separator}{}{separator}",
-            record.attempt_started,
-            record.worker(worker)
-        ));
+        let mut log_entry = String::with_capacity(64);
+        for piece in [
+            "succeeded",
+            separator,
+            &record.attempt_started,
+            separator,
+            &now,
+            separator,
+            record.worker(worker),
+            separator,
+        ] {
+            log_entry.push_str(piece);
+        }
+        hset.arg([record::ATTEMPT_LOG.as_bytes(), attempt.as_bytes()].concat()).arg(log_entry);
         // A later attempt's record may hold an earlier one's error and next run.
         if record.attempts != "1" {
             hset.arg(record::ERROR).arg("").arg(record::NEXT_RUN).arg("");
@@ -813,11 +831,12 @@ fn queue_ends(
             if record.waited != NOT_SAMPLED {
                 // How long it waited ready: Redis stamped its entry's id as it joined.
                 let joined = ending.entry_id.split('-').next().and_then(|ms| ms.parse().ok());
-                sample(format!("w{}", latency_bin(started.saturating_sub(joined.unwrap_or(started)))));
+                sample('w', latency_bin(started.saturating_sub(joined.unwrap_or(started))));
             }
-            sample(format!("r{}", latency_bin(now_ms.saturating_sub(started))));
+            sample('r', latency_bin(now_ms.saturating_sub(started)));
         }
     }
+    let bins = samples.into_iter().map(|(stage, bin, n)| (format!("{stage}{bin}"), n)).collect();
     for (stream, entries) in streams.iter().zip(&acked) {
         pipe.cmd("XACK").arg(stream).arg(GROUP).arg(entries).ignore();
     }

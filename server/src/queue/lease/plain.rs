@@ -169,7 +169,7 @@ impl Start<'_> {
     /// Its entry: the ready stream's key and the entry's id.
     pub(in crate::queue) fn entry(&self, queue: &Queue) -> (String, String) {
         let (kind, stream, entry) = self.given;
-        (queue.keys.lane(kind)[*stream].clone(), entry.id.clone())
+        (queue.keys.lane_stream(kind, *stream), entry.id.clone())
     }
 }
 
@@ -424,8 +424,10 @@ pub(in crate::queue) fn queue_starts<'g>(
     for (start, token) in starts.iter().zip(&tokens) {
         let Start { given: (kind, _, _), id, record, attempt, read_payload } = start;
         let attempt = attempt.to_string();
-        let mut hset = redis::cmd("HSET");
-        hset.arg(queue.keys.task(id))
+        // Sized for what it holds, so that its buffers are not grown argument by argument.
+        let mut hset = redis::Cmd::with_capacity(20, 384);
+        hset.arg("HSET")
+            .arg(queue.keys.task(id))
             .arg(record::STATUS)
             .arg("running")
             .arg(record::LEASE)

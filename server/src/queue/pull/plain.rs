@@ -403,7 +403,7 @@ mod tests {
             .collect();
         fields.sort();
         lines.extend(fields);
-        let stream = &queue.keys.lane(&token.kind)[token.stream_index];
+        let stream = &queue.keys.lane_stream(&token.kind, token.stream_index);
         let pending: redis::streams::StreamPendingCountReply =
             conn.xpending_count(stream, GROUP, "-", "+", 100).await.unwrap();
         for entry in pending.ids.iter().filter(|p| p.id == token.entry_id) {
