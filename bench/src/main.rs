@@ -643,6 +643,8 @@ impl Bench {
             .context("the pull workers did not drain the backlog within 10 minutes")??;
         let last_end = finished.get().context("the drain never ended its last task")?;
         let seconds = last_end.duration_since(started).as_secs_f64();
+        // The CPU is read over the whole run, the pullers' last waits included.
+        let window = started.elapsed().as_secs_f64();
         let cpu = CpuSeconds::read(&mut self.redis, pid, pid).await?.since(&cpu_before);
         let (rate, cpu_name, note) = ending.metrics();
         let extra =
@@ -652,7 +654,7 @@ impl Bench {
             emit(
                 cpu_name,
                 spent * 1e6 / ids.len() as f64,
-                json!({"process": process, "cpu_share": spent / seconds}),
+                json!({"process": process, "cpu_share": spent / window}),
             );
         }
         Ok(())
