@@ -58,6 +58,7 @@ use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
 use uuid::Uuid;
 
@@ -214,10 +215,15 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         // Outside the API's access layer: it checks its own token (`read` on every queue).
         .route("/metrics", get(metrics::render))
-        // Submissions enforce their own, configurable limit (413 as problem+json).
-        .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(state.timeouts, timeouts::bound))
-        .layer(middleware::from_fn(problem::problems));
+        // One layer of layers, outermost first: `Router::layer` wraps every route in a boxed
+        // service, so layers added one by one would box (and clone, on every request) each.
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(problem::problems))
+                .layer(middleware::from_fn_with_state(state.timeouts, timeouts::bound))
+                // Submissions enforce their own, configurable limit (413 as problem+json).
+                .layer(DefaultBodyLimit::disable()),
+        );
     let api = match state.guard.cors() {
         Some(cors) => api.layer(cors),
         None => api,
@@ -228,18 +234,22 @@ pub fn router(state: AppState) -> Router {
         move || app::shell(options.clone())
     })
     .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
-    // With access control on, a page without a session leads to the sign-in page.
-    .layer(middleware::from_fn_with_state(state.clone(), session::pages))
-    .layer(middleware::from_fn_with_state(state.guard.clone(), guard::check))
-    // Every answer is taken for the type it says it is, never sniffed for another.
-    .layer(SetResponseHeaderLayer::overriding(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    ))
-    // Outermost, so that every answer is counted as sent, refusals of the layers above included.
-    .layer(middleware::from_fn(metrics::track))
-    // And logged once, with the id it is answered with.
-    .layer(middleware::from_fn(access::log))
+    // Outermost first, in one layer (as the API's above).
+    .layer(
+        ServiceBuilder::new()
+            // Every answer logged once, with the id it is answered with.
+            .layer(middleware::from_fn(access::log))
+            // And counted as sent, refusals of the layers below included.
+            .layer(middleware::from_fn(metrics::track))
+            // Every answer is taken for the type it says it is, never sniffed for another.
+            .layer(SetResponseHeaderLayer::overriding(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(middleware::from_fn_with_state(state.guard.clone(), guard::check))
+            // With access control on, a page without a session leads to the sign-in page.
+            .layer(middleware::from_fn_with_state(state.clone(), session::pages)),
+    )
     .with_state(state)
 }
 
