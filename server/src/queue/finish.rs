@@ -11,7 +11,7 @@
 use super::{
     Outcome, Queue, ResultBytes,
     fetch::{Given, blocked_of},
-    lease::{Lease, Leasing},
+    lease::{Known, Lease, Leasing},
     serving::Served,
 };
 use crate::{
@@ -101,6 +101,9 @@ pub(super) struct Ending {
     stream: String,
     /// Whether the task's payload is shared with other tasks (a topic message's).
     shared_payload: bool,
+    /// What the lease's start knows of the record (a start without Lua's): a plain end then reads
+    /// only the lease.
+    known: Option<Known>,
     slot: Option<OwnedSemaphorePermit>,
     reply: oneshot::Sender<RedisResult<Ended>>,
 }
@@ -176,6 +179,7 @@ impl Ending {
         let mut ending = Ending::held(held, outcome, slot, reply);
         ending.stream.clone_from(&lease.stream);
         ending.shared_payload = lease.payload_ref.is_some();
+        ending.known.clone_from(&lease.known);
         ending
     }
 
@@ -213,6 +217,7 @@ impl Ending {
             idempotency_key: held.idempotency_key,
             stream: String::new(),
             shared_payload: false,
+            known: None,
             slot,
             reply,
         };
@@ -568,6 +573,7 @@ mod tests {
             idempotency_key: String::new(),
             stream: queue.keys.lane("echo")[text(Run::Stream).parse::<usize>().unwrap() - 1].clone(),
             shared_payload: false,
+            known: None,
             slot: None,
             reply: oneshot::channel().0,
         }

@@ -52,6 +52,8 @@ pub struct Lease {
     pub(super) idempotency_key: Option<String>,
     /// The task whose id the payload is stored under when it is shared (a topic message's).
     pub(super) payload_ref: Option<Uuid>,
+    /// What a start without Lua knows of the record for the end.
+    pub(super) known: Option<Known>,
     pub(super) entry_id: String,
     /// The ready stream the entry is on: its key, and its place (0 = most urgent).
     pub(super) stream: String,
@@ -131,8 +133,24 @@ impl Run {
     const STRINGS: usize = 1 + Run::FIELDS.len() - Run::JOINED;
 }
 
-/// A claim's reply for one task to run, read by field name.
-pub(super) struct RunReply(Vec<Vec<u8>>);
+/// A claim's reply for one task to run, read by field name, and what its start knows of the
+/// record for the end (a start without Lua's: lease/plain.rs).
+pub(super) struct RunReply(Vec<Vec<u8>>, Option<Known>);
+
+/// What a start without Lua wrote, or read, of its task's record that the attempt's end reads
+/// (finish/plain.rs): while the record's lease is still this one, the record holds them as the
+/// start left them, so that end reads the lease alone. A start by the script leaves the end to
+/// read them all.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Known {
+    pub(super) kind: String,
+    pub(super) attempts: String,
+    /// When the attempt started (ms): the start's `TIME`.
+    pub(super) attempt_started: String,
+    pub(super) payload_inline: bool,
+    pub(super) payload_ref: String,
+    pub(super) workflow: String,
+}
 
 impl RunReply {
     /// Its fields, in `Run`'s order.
@@ -157,14 +175,20 @@ impl RunReply {
             return None;
         }
         fields.extend(reply.drain(1..));
-        Some(RunReply(fields))
+        Some(RunReply(fields, None))
     }
 
     /// A run reply from its fields, each named, in `Run`'s order (the leases taken without Lua:
     /// lease/plain.rs).
-    fn from_fields(fields: [(Run, Vec<u8>); Run::FIELDS.len()]) -> RunReply {
+    fn from_fields(fields: [(Run, Vec<u8>); Run::FIELDS.len()], known: Known) -> RunReply {
         debug_assert!(fields.iter().enumerate().all(|(at, (field, _))| *field as usize == at));
-        RunReply(fields.into_iter().map(|(_, value)| value).collect())
+        RunReply(fields.into_iter().map(|(_, value)| value).collect(), Some(known))
+    }
+
+    /// What the start knows of the record for the end, if it was a start without Lua.
+    #[cfg(test)]
+    pub(super) fn known(&self) -> Option<&Known> {
+        self.1.as_ref()
     }
 
     /// A `run` reply and the field-value pairs of its task's view that follow it (when the
@@ -382,6 +406,7 @@ impl Leasing {
                 payload,
                 idempotency_key: reply.optional(Run::IdempotencyKey),
                 payload_ref: reply.text(Run::PayloadRef).parse().ok(),
+                known: reply.1.take(),
                 entry_id: reply.text(Run::Entry),
                 stream,
                 stream_index,
@@ -457,6 +482,7 @@ impl Lease {
             payload,
             idempotency_key: None,
             payload_ref: None,
+            known: None,
             entry_id: String::new(),
             stream: String::new(),
             stream_index: 1,

@@ -34,7 +34,7 @@ use crate::{
         fetch::{Given, hand_back_unclaimed},
         finish::{Applied, Ended, Holders},
         lease::{
-            NOT_SAMPLED, RunReply, TRIM_ABOVE,
+            Known, NOT_SAMPLED, RunReply, TRIM_ABOVE,
             plain::{self as lease, time_of},
         },
         record,
@@ -152,6 +152,7 @@ struct Own {
 }
 
 /// What the end reads of one record (`READ`, and `READ_PULLED` for a pulled lease).
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Record {
     lease: String,
     kind: String,
@@ -166,6 +167,7 @@ struct Record {
 }
 
 /// What the end of a pulled lease reads of its record beyond a worker process's (`READ_PULLED`).
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Holder {
     /// The worker that pulled the lease (its name for itself).
     worker: String,
@@ -195,6 +197,22 @@ impl Record {
                 session: next(),
                 idempotency_key: next(),
             }),
+        }
+    }
+
+    /// The record whose lease field holds `lease`, as the start that knew `known` left it (a
+    /// worker process's, whose start took no wait mark: lease.lua sets one only on a takeover).
+    fn known(lease: String, known: &Known) -> Record {
+        Record {
+            lease,
+            kind: known.kind.clone(),
+            attempts: known.attempts.clone(),
+            attempt_started: known.attempt_started.clone(),
+            waited: String::new(),
+            payload_inline: known.payload_inline,
+            payload_ref: known.payload_ref.clone(),
+            workflow: known.workflow.clone(),
+            pulled: None,
         }
     }
 
@@ -605,6 +623,8 @@ struct ReadPlan {
     tasks: Vec<String>,
     echoes: Vec<usize>,
     holders: Holders,
+    /// Which ends read only the record's lease: their start knew the rest (`Known`).
+    lease_only: Vec<bool>,
 }
 
 impl ReadPlan {
@@ -613,16 +633,25 @@ impl ReadPlan {
     fn of(queue: &Queue, batch: &[Ending], holders: Holders) -> Option<ReadPlan> {
         let ids = batch.iter().map(|e| Uuid::parse_str(&e.task_id)).collect::<Result<Vec<_>, _>>().ok()?;
         let tasks = ids.iter().map(|id| queue.keys.task(id)).collect();
-        let echoes = (0..batch.len()).filter(|&i| matches!(batch[i].result, ResultPlace::Payload)).collect();
-        Some(ReadPlan { ids, tasks, echoes, holders })
+        let lease_only = batch.iter().map(|e| holders == Holders::Process && e.known.is_some()).collect();
+        // A payload in the record cannot expire apart from it.
+        let echoes = (0..batch.len())
+            .filter(|&i| matches!(batch[i].result, ResultPlace::Payload))
+            .filter(|&i| !batch[i].known.as_ref().is_some_and(|known| known.payload_inline))
+            .collect();
+        Some(ReadPlan { ids, tasks, echoes, holders, lease_only })
     }
 
-    /// Adds to `pipe` the watch on the records and the reads: each record, and the length of
-    /// each payload the result is (an expired one leaves the attempt to the script, which runs
-    /// it again).
+    /// Adds to `pipe` the watch on the records and the reads: each record (only its lease where
+    /// the start knew the rest), and the length of each payload the result is, unless it is in
+    /// the record (an expired one leaves the attempt to the script, which runs it again).
     fn queue(&self, pipe: &mut redis::Pipeline, queue: &Queue) {
         pipe.cmd("WATCH").arg(&self.tasks).ignore();
-        for task in &self.tasks {
+        for (task, &lease_only) in self.tasks.iter().zip(&self.lease_only) {
+            if lease_only {
+                pipe.cmd("HGET").arg(task).arg(record::LEASE);
+                continue;
+            }
             let hmget = pipe.cmd("HMGET").arg(task).arg(&READ[..]);
             if self.holders == Holders::Pulled {
                 hmget.arg(&READ_PULLED[..]);
@@ -642,9 +671,15 @@ impl ReadPlan {
         batch: &[Ending],
     ) -> RedisResult<Option<(Vec<Uuid>, Vec<String>, Vec<Record>)>> {
         let mut records = Vec::with_capacity(batch.len());
-        for _ in batch {
-            let fields = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?;
-            records.push(Record::of(fields, self.holders));
+        for (ending, &lease_only) in batch.iter().zip(&self.lease_only) {
+            let reply = replies.next().unwrap_or(Value::Nil);
+            records.push(match (lease_only, &ending.known) {
+                (true, Some(known)) => Record::known(
+                    redis::from_redis_value::<Option<String>>(reply)?.unwrap_or_default(),
+                    known,
+                ),
+                _ => Record::of(redis::from_redis_value(reply)?, self.holders),
+            });
         }
         let mut payload_lengths = vec![None; batch.len()];
         for &i in &self.echoes {
@@ -884,6 +919,42 @@ mod tests {
         ending
     }
 
+    /// Enqueues `tasks` and starts them without Lua, as the fetch loop starts the entries a
+    /// blocking read brings: their endings, succeeded with `result`, each with what its start knew
+    /// of the record.
+    async fn started_plain(queue: &Queue, tasks: &[NewTask], result: ResultBytes) -> Vec<Ending> {
+        for task in tasks {
+            queue.enqueue(task).await.unwrap();
+        }
+        let mut own = queue.client.connect_blocking(Duration::ZERO).await.unwrap();
+        let given = read_new(&mut own, WORKER, &echo_lane(queue), tasks.len()).await.unwrap();
+        let mut leases = crate::queue::lease::PlainLeases::default();
+        let started = leases.take(&mut own, queue, WORKER, &given).await.unwrap();
+        let (runs, rest) = started.expect("they start without Lua");
+        assert!(rest.is_empty());
+        let ending_of = |run: RunReply| {
+            let known = run.known().cloned();
+            assert!(known.is_some(), "a start without Lua knows the record");
+            let fields = run.into_fields();
+            let text = |f: Run| String::from_utf8_lossy(&fields[f as usize]).into_owned();
+            let mut ending = ending(queue, &text(Run::TaskId), &fields, &text(Run::Token), result.clone());
+            ending.known = known;
+            ending
+        };
+        runs.into_iter().map(ending_of).collect()
+    }
+
+    /// How many times Redis ran `command` (by `INFO commandstats`).
+    async fn calls(queue: &Queue, command: &str) -> u64 {
+        let info: String =
+            redis::cmd("INFO").arg("commandstats").query_async(&mut queue.conn.clone()).await.unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The endings, succeeded with the payload as result, of the attempts `replies` (a claim's,
     /// unpacked) started.
     fn endings_of(queue: &Queue, replies: &[Vec<Vec<u8>>]) -> Vec<Ending> {
@@ -1035,6 +1106,70 @@ mod tests {
         assert_eq!(samples, bins);
         let tally: HashMap<String, u64> = conn.hgetall(queue.keys.ended()).await.unwrap();
         assert_eq!(tally.values().sum::<u64>(), ends, "the tally of ends per second");
+    }
+
+    /// An end whose lease a start without Lua took reads only the record's lease: the start knew
+    /// the rest (`Known`), and what it knew is what a read of the whole record finds. It writes
+    /// what an end that reads the whole record writes, and a lease lost meanwhile still declines.
+    #[tokio::test]
+    async fn an_end_after_a_start_without_lua_reads_only_its_lease() {
+        let (_redis, queue) = private_queue().await;
+        let text = |bytes: &'static [u8]| ResultBytes::New(Bytes::from_static(bytes));
+        let step = || {
+            let mut task = echo_task(Bytes::from_static(b"\"a step\""));
+            task.workflow = Some(WorkflowStep { workflow: Uuid::now_v7(), step: "fetch".into() });
+            task
+        };
+        let variants = [
+            // A small text payload, in the record, and the result is the payload.
+            (echo_task(Bytes::from_static(b"{\"text\": \"hello\"}")), ResultBytes::Payload),
+            // A payload under a key of its own (whose length the end still reads), the result
+            // the payload.
+            (echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])), ResultBytes::Payload),
+            // A workflow's step, with a result of its own.
+            (step(), text(b"done")),
+        ];
+        let plain = PlainEnds::default();
+        let mut conn = queue.conn.clone();
+        for (variant, result) in variants {
+            let twins = [variant.clone(), NewTask { id: Uuid::now_v7(), ..variant }];
+            let mut endings = started_plain(&queue, &twins, result).await;
+            let (knowing, mut reading) = (endings.remove(0), endings.remove(0));
+            let known = knowing.known.clone().unwrap();
+            let id = Uuid::parse_str(&knowing.task_id).unwrap();
+            let fields: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(queue.keys.task(&id))
+                .arg(&READ[..])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(Record::known(knowing.token.clone(), &known), Record::of(fields, Holders::Process));
+            reading.known = None;
+
+            let before = (calls(&queue, "hmget").await, calls(&queue, "strlen").await);
+            let ended = plain.end(&queue, std::slice::from_ref(&knowing), Holders::Process, WORKER).await;
+            assert_eq!(ended.expect("the end goes plain")[0].applied, Applied::AsReported);
+            let strlen = u64::from(matches!(knowing.result, ResultPlace::Payload) && !known.payload_inline);
+            let after = (calls(&queue, "hmget").await, calls(&queue, "strlen").await);
+            assert_eq!(after, (before.0, before.1 + strlen), "the record's lease, and no other field, read");
+            let ended = plain.end(&queue, std::slice::from_ref(&reading), Holders::Process, WORKER).await;
+            assert_eq!(ended.expect("the end goes plain")[0].applied, Applied::AsReported);
+            assert!(calls(&queue, "hmget").await > after.0, "the whole record read");
+            let (knowing_wrote, reading_wrote) =
+                (written(&queue, &knowing).await, written(&queue, &reading).await);
+            assert!(knowing_wrote.contains(&"status=succeeded".to_string()), "{knowing_wrote:?}");
+            assert_eq!(knowing_wrote, reading_wrote);
+        }
+
+        let mut lost =
+            started_plain(&queue, &[echo_task(Bytes::from_static(b"p"))], ResultBytes::Payload).await;
+        let mut lost = lost.remove(0);
+        lost.token = "a-lost-lease:0".into();
+        let before = written(&queue, &lost).await;
+        let declined = plain.end(&queue, std::slice::from_ref(&lost), Holders::Process, WORKER).await;
+        assert!(declined.is_none());
+        assert_eq!(written(&queue, &lost).await, before);
+        assert!(before.contains(&"status=running".to_string()), "{before:?}");
     }
 
     /// An attempt whose lease is no longer its holder's, or whose result is a payload that

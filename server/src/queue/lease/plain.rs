@@ -21,7 +21,7 @@
 //! the transaction applies: a task whose expiry falls in between starts, where the script would
 //! have let it expire.
 
-use super::{Run, RunReply};
+use super::{Known, Run, RunReply};
 use crate::{
     events::{append_task_events, task_event_value},
     queue::{
@@ -41,7 +41,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 /// What a plain lease reads of each record, in this order (`Record`).
-const READ: [&str; 14] = [
+const READ: [&str; 15] = [
     record::STATUS,
     record::CANCEL,
     record::ATTEMPTS,
@@ -56,6 +56,8 @@ const READ: [&str; 14] = [
     record::PAYLOAD_REF,
     record::TRACEPARENT,
     record::PAYLOAD,
+    // Not for the start: for the end, which then need not read it (`Known`).
+    record::WORKFLOW,
 ];
 
 /// The queue settings that limit starts (`start_budget` of lease.lua): with any of them set, the
@@ -401,6 +403,8 @@ async fn commit(
 pub(in crate::queue) struct Starting<'g> {
     starts: Vec<Start<'g>>,
     tokens: Vec<String>,
+    /// When they start (Redis's `TIME`, ms), as the transaction writes it.
+    now: String,
     /// Where in `EXEC`'s answer each payload read is.
     reads: Vec<Option<usize>>,
 }
@@ -459,29 +463,38 @@ pub(in crate::queue) fn queue_starts<'g>(
         let id = id.to_string();
         events.push(task_event_value(["running", &id, kind, "running", &attempt, "", &now, "", ""]));
     }
-    Starting { starts, tokens, reads }
+    Starting { starts, tokens, now, reads }
 }
 
 impl Starting<'_> {
     /// The run replies, from `applied` (`EXEC`'s answer).
     pub(in crate::queue) fn runs(self, applied: &mut [Value]) -> Vec<RunReply> {
-        let Starting { starts, tokens, reads } = self;
+        let Starting { starts, tokens, now, reads } = self;
         starts
             .into_iter()
             .zip(tokens)
             .zip(reads)
             .map(|((start, token), read)| {
                 let read = read.map(|at| std::mem::replace(&mut applied[at], Value::Nil));
-                run_reply(start, token, read)
+                run_reply(start, token, &now, read)
             })
             .collect()
     }
 }
 
-/// The run reply of `start`'s lease (`take_lease`'s, field for field), held by `token`; `read`:
-/// the answer to the `GET` of its payload, if the transaction read it.
-fn run_reply(start: Start<'_>, token: String, read: Option<Value>) -> RunReply {
+/// The run reply of `start`'s lease (`take_lease`'s, field for field), held by `token`, started
+/// at `now` (ms); `read`: the answer to the `GET` of its payload, if the transaction read it.
+fn run_reply(start: Start<'_>, token: String, now: &str, read: Option<Value>) -> RunReply {
     let Start { given: (kind, stream, entry), id, mut record, attempt, .. } = start;
+    // A small payload lives in the record, which then says so (enqueue.rs).
+    let known = Known {
+        kind: kind.clone(),
+        attempts: attempt.to_string(),
+        attempt_started: now.to_string(),
+        payload_inline: record.field(record::PAYLOAD).is_some(),
+        payload_ref: String::from_utf8_lossy(&record.text(record::PAYLOAD_REF)).into_owned(),
+        workflow: String::from_utf8_lossy(&record.text(record::WORKFLOW)).into_owned(),
+    };
     let (payload_is, payload): (&[u8], Vec<u8>) = match (record.take(record::PAYLOAD), read) {
         // A small payload lives in the record.
         (Some(payload), _) => (b"1", payload),
@@ -509,7 +522,7 @@ fn run_reply(start: Start<'_>, token: String, read: Option<Value>) -> RunReply {
         (Run::IdempotencyKey, record.text(record::IDEMPOTENCY_KEY)),
         (Run::Payload, payload),
     ];
-    RunReply::from_fields(fields)
+    RunReply::from_fields(fields, known)
 }
 
 #[cfg(test)]
