@@ -55,7 +55,8 @@ use std::{
 use tracing::warn;
 use uuid::Uuid;
 
-/// What the end reads of each record, in this order (`Record`).
+/// What the end reads of each record, in this order (`Record`); an end whose start took no Lua
+/// reads only the lease, the start having known the rest (`Known`).
 const READ: [&str; 8] = [
     record::LEASE,
     record::KIND,
