@@ -1062,10 +1062,16 @@ pub(crate) mod testing {
 
     /// How many times Redis ran `FCALL` so far.
     pub(crate) async fn fcalls(queue: &Queue) -> u64 {
+        calls(queue, "fcall").await
+    }
+
+    /// How many times Redis ran `command` (lower case) so far, by `INFO commandstats`.
+    pub(crate) async fn calls(queue: &Queue, command: &str) -> u64 {
         let info: String =
             redis::cmd("INFO").arg("commandstats").query_async(&mut queue.conn.clone()).await.unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
         info.lines()
-            .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
             .and_then(|rest| rest.split(',').next()?.parse().ok())
             .unwrap_or(0)
     }

@@ -443,9 +443,9 @@ pub(super) async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> Red
     let mut pipe = redis::pipe();
     pipe.atomic();
     for (kind, index, entry) in entries {
-        let stream = &queue.keys.lane_stream(kind, *index);
+        let stream = queue.keys.lane_stream(kind, *index);
         if let Some(task) = entry.get::<String>("task") {
-            pipe.cmd("XADD").arg(stream).arg("*").arg("task").arg(task).ignore();
+            pipe.cmd("XADD").arg(&stream).arg("*").arg("task").arg(task).ignore();
             // Claims read only the lanes marked ready (lanes.lua).
             pipe.cmd("SADD").arg(queue.keys.ready_lanes()).arg(kind).ignore();
         }

@@ -156,13 +156,9 @@ struct Own {
 #[cfg_attr(test, derive(Debug, PartialEq))]
 struct Record {
     lease: String,
-    kind: String,
-    attempts: String,
-    attempt_started: String,
+    /// What the attempt's start left in the record (read, or known from the start).
+    started: Known,
     waited: String,
-    payload_inline: bool,
-    payload_ref: String,
-    workflow: String,
     /// A pulled lease's: what the record says of its holder and task.
     pulled: Option<Holder>,
 }
@@ -183,15 +179,20 @@ impl Record {
     fn of(fields: Vec<Option<String>>, holders: Holders) -> Record {
         let mut fields = fields.into_iter().map(Option::unwrap_or_default);
         let mut next = || fields.next().unwrap_or_default();
-        Record {
-            lease: next(),
-            kind: next(),
-            attempts: next(),
-            attempt_started: next(),
-            waited: next(),
+        // In `READ`'s order.
+        let (lease, kind, attempts, attempt_started, waited) = (next(), next(), next(), next(), next());
+        let started = Known {
+            kind,
+            attempts,
+            attempt_started,
             payload_inline: next() == "1",
             payload_ref: next(),
             workflow: next(),
+        };
+        Record {
+            lease,
+            started,
+            waited,
             pulled: (holders == Holders::Pulled).then(|| Holder {
                 worker: next(),
                 cancel: next() == "1",
@@ -204,17 +205,7 @@ impl Record {
     /// The record whose lease field holds `lease`, as the start that knew `known` left it (a
     /// worker process's, whose start took no wait mark: lease.lua sets one only on a takeover).
     fn known(lease: String, known: &Known) -> Record {
-        Record {
-            lease,
-            kind: known.kind.clone(),
-            attempts: known.attempts.clone(),
-            attempt_started: known.attempt_started.clone(),
-            waited: String::new(),
-            payload_inline: known.payload_inline,
-            payload_ref: known.payload_ref.clone(),
-            workflow: known.workflow.clone(),
-            pulled: None,
-        }
+        Record { lease, started: known.clone(), waited: String::new(), pulled: None }
     }
 
     /// Whether the end needs the script to decide, for the attempt `ending` reports: its lease
@@ -222,8 +213,8 @@ impl Record {
     /// payload, which expired), or, pulled, a cancel asked for or a session to leave.
     fn decides(&self, ending: &Ending, payload_length: Option<u64>) -> bool {
         self.lease != ending.token
-            || !self.payload_ref.is_empty()
-            || (!self.payload_inline && payload_length == Some(0))
+            || !self.started.payload_ref.is_empty()
+            || (!self.started.payload_inline && payload_length == Some(0))
             || self.pulled.as_ref().is_some_and(|holder| holder.cancel || !holder.session.is_empty())
     }
 
@@ -808,12 +799,12 @@ fn queue_ends(
             .arg(record::LEASE)
             .arg("");
         // The attempt's entry in the attempt log (ends.lua's attempt_log_entry).
-        let attempt = if record.attempts.is_empty() { "0" } else { &record.attempts };
+        let attempt = if record.started.attempts.is_empty() { "0" } else { &record.started.attempts };
         let mut log_entry = String::with_capacity(64);
         for piece in [
             "succeeded",
             separator,
-            &record.attempt_started,
+            &record.started.attempt_started,
             separator,
             &now,
             separator,
@@ -824,7 +815,7 @@ fn queue_ends(
         }
         hset.arg([record::ATTEMPT_LOG.as_bytes(), attempt.as_bytes()].concat()).arg(log_entry);
         // A later attempt's record may hold an earlier one's error and next run.
-        if record.attempts != "1" {
+        if record.started.attempts != "1" {
             hset.arg(record::ERROR).arg("").arg(record::NEXT_RUN).arg("");
         }
         match &ending.result {
@@ -847,7 +838,7 @@ fn queue_ends(
         if !idempotency_key.is_empty() {
             pipe.cmd("PEXPIRE").arg(idempotency_key).arg(keep).ignore();
         }
-        if !record.payload_inline {
+        if !record.started.payload_inline {
             pipe.cmd("PEXPIRE").arg(queue.keys.payload(id)).arg(keep).ignore();
         }
         let at = streams.iter().position(|s| *s == ending.stream).expect("streams_of lists every ending's");
@@ -855,15 +846,15 @@ fn queue_ends(
         events.push(task_event_value([
             "succeeded",
             &ending.task_id,
-            &record.kind,
+            &record.started.kind,
             "succeeded",
             attempt,
             "100",
             &now,
-            &record.workflow,
+            &record.started.workflow,
             "",
         ]));
-        if let Ok(started) = record.attempt_started.parse::<u64>() {
+        if let Ok(started) = record.started.attempt_started.parse::<u64>() {
             if record.waited != NOT_SAMPLED {
                 // How long it waited ready: Redis stamped its entry's id as it joined.
                 let joined = ending.entry_id.split('-').next().and_then(|ms| ms.parse().ok());
@@ -900,7 +891,8 @@ mod tests {
         lease::Run,
         pull::PullToken,
         testing::{
-            anonymous, claim_idempotency_key, echo_task, fcalls, private_queue, unpacked, without_multi,
+            anonymous, calls, claim_idempotency_key, echo_task, fcalls, private_queue, unpacked,
+            without_multi,
         },
     };
     use bytes::Bytes;
@@ -943,17 +935,6 @@ mod tests {
             ending
         };
         runs.into_iter().map(ending_of).collect()
-    }
-
-    /// How many times Redis ran `command` (by `INFO commandstats`).
-    async fn calls(queue: &Queue, command: &str) -> u64 {
-        let info: String =
-            redis::cmd("INFO").arg("commandstats").query_async(&mut queue.conn.clone()).await.unwrap();
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|line| line.strip_prefix(prefix.as_str()))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
     }
 
     /// The endings, succeeded with the payload as result, of the attempts `replies` (a claim's,
