@@ -45,7 +45,6 @@ impl Handler for Reverse {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    courier::main_with(Registry::builtin().with(Reverse)).await
+fn main() -> anyhow::Result<()> {
+    courier::run(Registry::builtin().with(Reverse))
 }

@@ -3,6 +3,9 @@
 use clap::{Args, Parser, Subcommand};
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+/// The most threads `--threads` takes.
+const MAX_THREADS: usize = 1024;
+
 /// `courier [serve|worker] [OPTIONS]`.
 #[derive(Debug, Parser)]
 #[command(name = "courier", version, about = "Courier: async tasks on Redis, pushed live to the browser")]
@@ -11,6 +14,18 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
+}
+
+impl Cli {
+    /// The threads this process's runtime runs on: `--threads`, else one for `worker` (a single
+    /// thread spends a third less CPU a task than one a core where the worker shares the cores
+    /// with Redis: docs/benchmark-notes.md, "Nineteenth step"), else one per core.
+    pub fn threads(&self) -> usize {
+        self.config.threads.unwrap_or_else(|| match self.command {
+            Some(Command::Worker) => 1,
+            _ => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        })
+    }
 }
 
 /// What this process runs.
@@ -118,6 +133,12 @@ pub struct Config {
     /// Tasks this process runs at once; 0 runs no workers here.
     #[arg(long, env = "COURIER_CONCURRENCY", default_value_t = 16, global = true)]
     pub concurrency: usize,
+
+    /// Threads this process's async runtime runs on. Unset: one for `worker` (it waits on Redis
+    /// and on endpoints, and its handlers run CPU-heavy work on threads of their own; run more
+    /// worker processes, or raise this, for more), one per core for the rest.
+    #[arg(long, env = "COURIER_THREADS", global = true)]
+    pub threads: Option<usize>,
 
     /// The queues this process's workers serve, comma-separated, each with an optional weight
     /// that shares the slots between busy queues (`reports:3,default:1`). Unset: every queue.
@@ -305,6 +326,9 @@ impl Config {
             }
         };
         count("concurrency", self.concurrency, 0, 10_000)?;
+        if let Some(threads) = self.threads {
+            count("threads", threads, 1, MAX_THREADS)?;
+        }
         crate::queue::parse_choice(&self.queues).map_err(|e| format!("--queues: {e}"))?;
         count("events-max", self.events_max, 100, 100_000_000)?;
         count("max-sse-clients", self.max_sse_clients, 1, 1_000_000)?;
@@ -619,7 +643,7 @@ mod tests {
     fn the_defaults_are_valid_and_every_bad_setting_names_its_flag() {
         assert_eq!(Config::defaults().validate(), Ok(()));
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 10] = [
+        let cases: [(&str, Spoil); 12] = [
             ("--lease", |c| c.lease = Duration::ZERO),
             ("--retention", |c| c.retention = Duration::ZERO),
             ("--retention", |c| c.retention = Duration::from_secs(u64::MAX / 2000)),
@@ -628,6 +652,8 @@ mod tests {
             ("--max-payload", |c| c.max_payload = 0),
             ("--max-body-memory", |c| c.max_body_memory = c.max_payload - 1),
             ("--concurrency", |c| c.concurrency = 1_000_000),
+            ("--threads", |c| c.threads = Some(0)),
+            ("--threads", |c| c.threads = Some(MAX_THREADS + 1)),
             ("--events-max", |c| c.events_max = 0),
             ("--durable-submit-timeout", |c| c.durable_submit_timeout = Duration::ZERO),
         ];
@@ -712,5 +738,17 @@ mod tests {
         let cli = Cli::parse_from(["courier", "--prefix", "t1", "serve"]);
         assert_eq!(cli.command, Some(Command::Serve));
         assert_eq!(cli.config.prefix, "t1");
+    }
+
+    #[test]
+    fn a_worker_runs_on_one_thread_and_the_rest_on_one_a_core_unless_told() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(Cli::parse_from(["courier", "worker"]).threads(), 1);
+        assert_eq!(Cli::parse_from(["courier", "serve"]).threads(), cores);
+        assert_eq!(Cli::parse_from(["courier"]).threads(), cores);
+        assert_eq!(Cli::parse_from(["courier", "worker", "--threads", "4"]).threads(), 4);
+        assert_eq!(Cli::parse_from(["courier", "--threads", "1", "serve"]).threads(), 1);
+        let error = Cli::try_parse_from(["courier", "worker", "--threads", "many"]).unwrap_err();
+        assert!(error.to_string().contains("--threads"), "{error}");
     }
 }

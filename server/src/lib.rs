@@ -357,12 +357,33 @@ async fn declare_subscriptions(
 }
 
 /// What the `courier` binary does, for the kinds of `registry`: parses the command line and the
-/// `COURIER_*` variables, starts logging (`RUST_LOG`, `--log-format`) and span export
-/// (`--otlp-endpoint`), then serves or works until a shutdown signal. A binary of your own with
-/// kinds of its own calls this from its `main` (`examples/custom_kind.rs`).
-pub async fn main_with(registry: Registry) -> anyhow::Result<()> {
+/// `COURIER_*` variables, starts a runtime of `--threads` threads (one for `worker`, one per core
+/// for the rest: `Cli::threads`), starts logging (`RUST_LOG`, `--log-format`) and span export
+/// (`--otlp-endpoint`), then serves or works on it until a shutdown signal. A
+/// binary of your own with kinds of its own makes this its `main` (`examples/custom_kind.rs`).
+pub fn run(registry: Registry) -> anyhow::Result<()> {
     use clap::Parser;
     let cli = config::Cli::parse();
+    cli.config.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+    let mut runtime = match cli.threads() {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+    };
+    runtime.enable_all().build().context("starting the runtime")?.block_on(main_with_cli(cli, registry))
+}
+
+/// [`run`] on a runtime of the caller's (which `--threads` then does not change).
+pub async fn main_with(registry: Registry) -> anyhow::Result<()> {
+    use clap::Parser;
+    main_with_cli(config::Cli::parse(), registry).await
+}
+
+/// What [`run`] and [`main_with`] run once `cli` is parsed.
+async fn main_with_cli(cli: config::Cli, registry: Registry) -> anyhow::Result<()> {
     let telemetry = telemetry::init(cli.config.log_format, cli.config.otlp_endpoint.as_deref())?;
     let ran = match cli.command.unwrap_or(Command::Serve) {
         Command::Token(command) => auth::cli::run(&cli.config, command).await,

@@ -1,4 +1,4 @@
-//! The `courier` binary: the built-in kinds, run by the library's [`courier::main_with`].
+//! The `courier` binary: the built-in kinds, run by the library's [`courier::run`].
 
 use courier::handlers::Registry;
 
@@ -8,7 +8,6 @@ use courier::handlers::Registry;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    courier::main_with(Registry::builtin()).await
+fn main() -> anyhow::Result<()> {
+    courier::run(Registry::builtin())
 }

@@ -206,8 +206,9 @@ async fn every_accepted_task_ends_across_two_redis_restarts() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // On a runtime of several threads (a worker's default is one, which the other tests run).
     let mut worker = Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["worker", "--redis-url", &url, "--prefix", &prefix, "--concurrency", "8"])
+        .args(["worker", "--redis-url", &url, "--prefix", &prefix, "--concurrency", "8", "--threads", "2"])
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
