@@ -806,10 +806,16 @@ pub async fn list(
     }
 }
 
+/// How many items `gather` makes room for before the first growth.
+const GATHER_ROOM: usize = 64;
+
 /// `first` and what `ready` gives at once after it, up to `most` in all: what a group commit
 /// (many callers' writes sent together) takes in one round trip.
 pub fn gather<T>(first: T, most: usize, mut ready: impl FnMut() -> Option<T>) -> Vec<T> {
-    let mut batch = vec![first];
+    // Room for a round's worth at once: grown a push at a time, large items are copied again at
+    // each growth.
+    let mut batch = Vec::with_capacity(most.clamp(1, GATHER_ROOM));
+    batch.push(first);
     while batch.len() < most {
         match ready() {
             Some(next) => batch.push(next),

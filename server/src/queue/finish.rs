@@ -265,14 +265,19 @@ impl Leasing {
     /// Ends a batch of attempts: a round per queue, at once.
     async fn finish_batch(&self, batch: Vec<Ending>) {
         let mut by_queue: Vec<(Served, Vec<Ending>)> = Vec::new();
+        let mut left = batch.len();
         for ending in batch {
             match by_queue.iter_mut().find(|(s, _)| s.queue.name() == ending.queue.name()) {
                 Some((_, group)) => group.push(ending),
                 None => {
                     let served = self.serving.served(&ending.queue);
-                    by_queue.push((served, vec![ending]));
+                    // Room for every ending left (an `Ending` is large: each growth copies them).
+                    let mut group = Vec::with_capacity(left);
+                    group.push(ending);
+                    by_queue.push((served, group));
                 }
             }
+            left -= 1;
         }
         let rounds = by_queue.into_iter().map(|(served, group)| self.finish_group(served, group));
         futures::future::join_all(rounds).await;

@@ -376,7 +376,8 @@ impl Leasing {
         slots: &mut Vec<OwnedSemaphorePermit>,
     ) -> Vec<Lease> {
         let Some(finisher) = self.endings.upgrade() else { return Vec::new() };
-        let mut leases = Vec::new();
+        // A lease is large: grown a push at a time, the vector copied each one again.
+        let mut leases = Vec::with_capacity(slots.len());
         for mut reply in runs {
             let Some((task_id, stream_index)) = reply.task() else {
                 warn!("a claim named no task this worker can read; its lease will expire");
