@@ -19,12 +19,24 @@ pub struct Cli {
 impl Cli {
     /// The threads this process's runtime runs on: `--threads`, else one for `worker` (a single
     /// thread spends a third less CPU a task than one a core where the worker shares the cores
-    /// with Redis: docs/benchmark-notes.md, "Nineteenth step"), else one per core.
-    pub fn threads(&self) -> usize {
-        self.config.threads.unwrap_or_else(|| match self.command {
+    /// with Redis: docs/benchmark-notes.md, "Nineteenth step"), else one per core. `Err` names
+    /// the flag when it is out of range (checked before the runtime starts, so before the rest).
+    pub fn threads(&self) -> Result<usize, String> {
+        check_threads(self.config.threads)?;
+        Ok(self.config.threads.unwrap_or_else(|| match self.command {
             Some(Command::Worker) => 1,
             _ => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        })
+        }))
+    }
+}
+
+/// `--threads`, when given, within 1 and `MAX_THREADS`.
+fn check_threads(threads: Option<usize>) -> Result<(), String> {
+    match threads {
+        Some(threads) if !(1..=MAX_THREADS).contains(&threads) => {
+            Err(format!("--threads must be between 1 and {MAX_THREADS}, not {threads}"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -326,9 +338,7 @@ impl Config {
             }
         };
         count("concurrency", self.concurrency, 0, 10_000)?;
-        if let Some(threads) = self.threads {
-            count("threads", threads, 1, MAX_THREADS)?;
-        }
+        check_threads(self.threads)?;
         crate::queue::parse_choice(&self.queues).map_err(|e| format!("--queues: {e}"))?;
         count("events-max", self.events_max, 100, 100_000_000)?;
         count("max-sse-clients", self.max_sse_clients, 1, 1_000_000)?;
@@ -743,11 +753,15 @@ mod tests {
     #[test]
     fn a_worker_runs_on_one_thread_and_the_rest_on_one_a_core_unless_told() {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        assert_eq!(Cli::parse_from(["courier", "worker"]).threads(), 1);
-        assert_eq!(Cli::parse_from(["courier", "serve"]).threads(), cores);
-        assert_eq!(Cli::parse_from(["courier"]).threads(), cores);
-        assert_eq!(Cli::parse_from(["courier", "worker", "--threads", "4"]).threads(), 4);
-        assert_eq!(Cli::parse_from(["courier", "--threads", "1", "serve"]).threads(), 1);
+        assert_eq!(Cli::parse_from(["courier", "worker"]).threads(), Ok(1));
+        assert_eq!(Cli::parse_from(["courier", "serve"]).threads(), Ok(cores));
+        assert_eq!(Cli::parse_from(["courier"]).threads(), Ok(cores));
+        assert_eq!(Cli::parse_from(["courier", "worker", "--threads", "4"]).threads(), Ok(4));
+        assert_eq!(Cli::parse_from(["courier", "--threads", "1", "serve"]).threads(), Ok(1));
+        for bad in ["0", "1025"] {
+            let error = Cli::parse_from(["courier", "worker", "--threads", bad]).threads().unwrap_err();
+            assert!(error.starts_with("--threads") && error.ends_with(bad), "{error}");
+        }
         let error = Cli::try_parse_from(["courier", "worker", "--threads", "many"]).unwrap_err();
         assert!(error.to_string().contains("--threads"), "{error}");
     }

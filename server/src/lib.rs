@@ -364,8 +364,8 @@ async fn declare_subscriptions(
 pub fn run(registry: Registry) -> anyhow::Result<()> {
     use clap::Parser;
     let cli = config::Cli::parse();
-    cli.config.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
-    let mut runtime = match cli.threads() {
+    let threads = cli.threads().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+    let mut runtime = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         threads => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
