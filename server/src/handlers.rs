@@ -170,7 +170,9 @@ pub trait Handler: Send + Sync + 'static {
     fn queue(&self) -> &str {
         app::model::DEFAULT_QUEUE
     }
-    /// Attempts the task. Must be safe to run twice: delivery is at least once.
+    /// Attempts the task. Must be safe to run twice: delivery is at least once. A `courier
+    /// worker` runs on one thread unless `--threads` says otherwise: push CPU-heavy or blocking
+    /// work to `tokio::task::spawn_blocking`, or it holds up every other task's lease renewal.
     fn run(&self, input: Input, ctx: Context) -> BoxFuture<'static, Result<Output, HandlerError>>;
 }
 

@@ -64,13 +64,14 @@ impl Handler for TextStats {
 
     fn run(&self, input: Input, _ctx: Context) -> BoxFuture<'static, Result<Output, HandlerError>> {
         Box::pin(async move {
-            let text = input.text()?;
-            let result = if text.len() <= INLINE_LIMIT {
-                stats(&text)
+            // Reading the text copies and checks all of it: a large one is read off the worker's
+            // thread too, with its counting.
+            let result = if input.bytes.len() <= INLINE_LIMIT {
+                stats(&input.text()?)
             } else {
-                tokio::task::spawn_blocking(move || stats(&text))
+                tokio::task::spawn_blocking(move || input.text().map(|text| stats(&text)))
                     .await
-                    .map_err(|_| HandlerError::retryable("counting the text was interrupted"))?
+                    .map_err(|_| HandlerError::retryable("counting the text was interrupted"))??
             };
             Ok(Output::json(&result))
         })
@@ -95,6 +96,22 @@ mod tests {
         let read: app::model::TextStats =
             serde_json::from_value(serde_json::to_value(stats("a b a")).unwrap()).unwrap();
         assert_eq!((read.words, read.top_words[0].word.as_str(), read.top_words[0].count), (3, "a", 2));
+    }
+
+    #[tokio::test]
+    async fn a_text_too_large_to_count_on_the_workers_thread_is_read_and_counted_off_it() {
+        let words = INLINE_LIMIT / 4 + 1;
+        let out = run_json(&TextStats, json!("abc ".repeat(words)), 1).await.unwrap();
+        assert_eq!(json_of(&out)["words"], words);
+        let raw = |bytes: Vec<u8>| Input { bytes: bytes.into(), content_type: "text/plain".into() };
+        let context = || {
+            let (progress, _) = tokio::sync::watch::channel(None);
+            Context::new(1, tokio_util::sync::CancellationToken::new(), progress)
+        };
+        let mut not_text = "abc ".repeat(words).into_bytes();
+        not_text.push(0xff);
+        let error = TextStats.run(raw(not_text), context()).await.unwrap_err();
+        assert_eq!(error.message, "payload is not UTF-8 text");
     }
 
     #[tokio::test]

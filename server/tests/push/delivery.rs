@@ -76,6 +76,22 @@ async fn a_2xx_answer_is_the_result_and_the_request_is_labelled_and_signed() {
 }
 
 #[tokio::test]
+async fn a_body_too_large_to_sign_on_the_workers_thread_is_signed_all_the_same() {
+    let endpoint = TestEndpoint::start().await;
+    let push = push_to(&endpoint.url, |_| {});
+    // Past the 256 KiB signed inline: this one is signed on a blocking thread.
+    let payload = json!({"answer": 200, "reply": {"ok": true}, "pad": "x".repeat(300 * 1024)});
+    let (task, outcome) = call(&push, payload.clone()).await;
+    assert_eq!(outcome.unwrap(), json!({"ok": true}));
+    let requests = endpoint.requests_for(&task);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["body"], payload.to_string());
+    verify_with_reference_library(SECRET, &requests[0]).await.expect("the reference library accepts it");
+    let refused = verify_with_reference_library(OTHER_SECRET, &requests[0]).await.unwrap_err();
+    assert!(refused.contains("No matching signature"), "{refused}");
+}
+
+#[tokio::test]
 async fn every_attempt_carries_the_same_webhook_id_and_its_own_attempt_number() {
     let endpoint = TestEndpoint::start().await;
     let push = push_to(&endpoint.url, |_| {});
