@@ -47,9 +47,10 @@ use crate::{
 use axum::{
     Json, Router,
     body::Body,
-    extract::{DefaultBodyLimit, FromRef, State},
+    extract::{DefaultBodyLimit, FromRef, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
 use bytes::{Bytes, BytesMut};
@@ -219,8 +220,7 @@ pub fn router(state: AppState) -> Router {
         // service, so layers added one by one would box (and clone, on every request) each.
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(problem::problems))
-                .layer(middleware::from_fn_with_state(state.timeouts, timeouts::bound))
+                .layer(middleware::from_fn_with_state(state.timeouts, api_answers))
                 // Submissions enforce their own, configurable limit (413 as problem+json).
                 .layer(DefaultBodyLimit::disable()),
         );
@@ -237,20 +237,35 @@ pub fn router(state: AppState) -> Router {
     // Outermost first, in one layer (as the API's above).
     .layer(
         ServiceBuilder::new()
-            // Every answer logged once, with the id it is answered with.
-            .layer(middleware::from_fn(access::log))
-            // And counted as sent, refusals of the layers below included.
-            .layer(middleware::from_fn(metrics::track))
+            // Every answer logged once, with the id it is answered with, and counted as sent,
+            // refusals of the layers below included.
+            .layer(middleware::from_fn(access::log_and_count))
             // Every answer is taken for the type it says it is, never sniffed for another.
             .layer(SetResponseHeaderLayer::overriding(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ))
-            .layer(middleware::from_fn_with_state(state.guard.clone(), guard::check))
-            // With access control on, a page without a session leads to the sign-in page.
-            .layer(middleware::from_fn_with_state(state.clone(), session::pages)),
+            .layer(middleware::from_fn_with_state(state.clone(), admit)),
     )
     .with_state(state)
+}
+
+/// Who may come in: a request for a host this server does not answer for (`421`) or an unsafe
+/// one from another site's page (`403`) is refused, as problem+json (`guard`); then, with access
+/// control on, a page without a session leads to the sign-in page (`session::pages`). One layer
+/// for both: each level of layers boxes the request's future again (docs/benchmark-notes.md,
+/// "Nineteenth step").
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.guard.admit(request.method(), request.uri(), request.headers()) {
+        Ok(()) => session::pages(State(state), request, next).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// Every API answer bounded in time (`timeouts::bound`), then made a problem+json if it is an
+/// error that is not one yet (`problem::as_problem`): one layer for both, as [`admit`].
+async fn api_answers(State(timeouts): State<Timeouts>, request: Request, next: Next) -> Response {
+    problem::as_problem(timeouts::bound(State(timeouts), request, next).await).await
 }
 
 /// The bytes of request bodies held at once by this process (`--max-body-memory`), shared by

@@ -19,7 +19,19 @@ const REQUEST_ID_MAX: usize = 128;
 
 /// Logs the request once (target `courier::http::access`), inside a span that carries its id,
 /// route and trace; answers with its `x-request-id`.
-pub async fn log(mut request: Request, next: Next) -> Response {
+pub async fn log(request: Request, next: Next) -> Response {
+    answer(request, next, false).await
+}
+
+/// [`log`], and counts and times the request by its route template (`crate::metrics`), the
+/// refusals of the layers below included: one layer where two would each box the request's
+/// future again (docs/benchmark-notes.md, "Nineteenth step").
+pub async fn log_and_count(request: Request, next: Next) -> Response {
+    answer(request, next, true).await
+}
+
+/// What [`log`] and [`log_and_count`] do; `count`: whether the request is counted too.
+async fn answer(mut request: Request, next: Next, count: bool) -> Response {
     let started = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     let method = request.method().clone();
@@ -48,6 +60,11 @@ pub async fn log(mut request: Request, next: Next) -> Response {
     let context = trace_context::start(&span, trace_context::from_headers(request.headers()).as_ref());
     let mut response = trace_context::within(next.run(request), span.clone(), &context).await;
     let status = response.status().as_u16();
+    if count {
+        // Counted by its route template (`/api/v1/tasks/{id}`, never the path itself, which would
+        // make a series per task id); what no route matched is `unmatched`.
+        crate::metrics::http_request(&route, status, started);
+    }
     span.record("http.response.status_code", status);
     if response.status().is_server_error() {
         span.record("otel.status_code", "ERROR");

@@ -4,15 +4,9 @@
 
 use super::ApiError;
 use crate::config::{Config, Origin};
-use axum::{
-    extract::{Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
     time::Duration,
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -92,7 +86,7 @@ impl Guard {
     }
 
     /// Admits a request, or says with which problem it is refused.
-    fn admit(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(super) fn admit(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
         let host = uri.authority().map(|a| a.as_str()).or_else(|| headers.get(header::HOST)?.to_str().ok());
         let host = host.map(HostPort::parse);
         if let Some(host) = &host
@@ -144,15 +138,6 @@ impl Guard {
         // A page that rebinds a DNS name to this server names that name in `Host`; a request
         // naming an address is from a page whose origin is that address, this server itself.
         self.any_host || host.is_ip() || self.names.contains(&host.host)
-    }
-}
-
-/// Refuses requests for hosts this server does not answer for (`421`) and unsafe requests
-/// from other sites' pages (`403`), as problem+json.
-pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    match guard.admit(request.method(), request.uri(), request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(problem) => problem.into_response(),
     }
 }
 

@@ -1,16 +1,14 @@
-//! `GET /metrics` in the Prometheus text format, who may scrape it, and the one layer that
-//! counts and times every HTTP request by its route template.
+//! `GET /metrics` in the Prometheus text format, and who may scrape it (every HTTP request is
+//! counted and timed by the access log's layer, `access::log_and_count`).
 
 use super::{ApiError, AppState, auth::forbidden};
 use crate::{auth::Scope, queue::Queue};
 use app::model::Problem;
 use axum::{
-    extract::{MatchedPath, Request, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
-use std::time::Instant;
 
 /// The content type of the Prometheus text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -94,14 +92,4 @@ fn admit(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// Counts and times a request under its route template (`/api/v1/tasks/{id}`, never the path
-/// itself, which would make a series per task id); what no route matched is `unmatched`.
-pub async fn track(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    crate::metrics::http_request(&route, response.status().as_u16(), started);
-    response
 }

@@ -3,9 +3,7 @@
 use crate::tasks::{CancelError, SubmitError};
 use app::model::Problem;
 use axum::{
-    extract::Request,
     http::{HeaderValue, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use tracing::{error, warn};
@@ -195,11 +193,10 @@ impl From<CancelError> for ApiError {
     }
 }
 
-/// Makes every error answer of the routes it wraps a problem: one that is not already (axum's
-/// own `405`, an extractor's rejection) becomes the problem of its status, with the same headers
-/// (`Allow`, `Retry-After`…) and, for a client error, its text as the detail.
-pub async fn problems(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// Makes an error answer a problem: one that is not already (axum's own `405`, an extractor's
+/// rejection) becomes the problem of its status, with the same headers (`Allow`,
+/// `Retry-After`…) and, for a client error, its text as the detail.
+pub async fn as_problem(response: Response) -> Response {
     let status = response.status();
     let is_problem = response
         .headers()
