@@ -75,6 +75,7 @@ impl ProcessSeconds {
 pub struct HostTicks {
     total: u64,
     steal: u64,
+    idle: u64,
 }
 
 impl HostTicks {
@@ -85,10 +86,19 @@ impl HostTicks {
 
     /// The share of the machine's CPU time stolen between `earlier` and `self` (0 to 1).
     pub fn stolen_since(&self, earlier: &HostTicks) -> f64 {
-        let total = self.total.saturating_sub(earlier.total);
-        match total {
+        self.share_since(earlier, |t| t.steal)
+    }
+
+    /// The share of the machine's CPU time left idle (or waiting on I/O) between `earlier` and
+    /// `self` (0 to 1).
+    pub fn idle_since(&self, earlier: &HostTicks) -> f64 {
+        self.share_since(earlier, |t| t.idle)
+    }
+
+    fn share_since(&self, earlier: &HostTicks, part: impl Fn(&HostTicks) -> u64) -> f64 {
+        match self.total.saturating_sub(earlier.total) {
             0 => 0.0,
-            total => self.steal.saturating_sub(earlier.steal) as f64 / total as f64,
+            total => part(self).saturating_sub(part(earlier)) as f64 / total as f64,
         }
     }
 }
@@ -99,7 +109,11 @@ fn host_ticks_of_stat(stat: &str) -> Option<HostTicks> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let ticks: Vec<u64> =
         line.split_whitespace().skip(1).take(8).map(|t| t.parse().ok()).collect::<Option<_>>()?;
-    (ticks.len() == 8).then(|| HostTicks { total: ticks.iter().sum(), steal: ticks[7] })
+    (ticks.len() == 8).then(|| HostTicks {
+        total: ticks.iter().sum(),
+        steal: ticks[7],
+        idle: ticks[3] + ticks[4],
+    })
 }
 
 /// `used_cpu_sys` + `used_cpu_user` of the main Redis process.
@@ -146,12 +160,16 @@ mod tests {
     }
 
     #[test]
-    fn stolen_time_is_a_share_of_all_the_machines_time() {
+    fn stolen_and_idle_time_are_shares_of_all_the_machines_time() {
         let before = host_ticks_of_stat("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n");
-        let after = host_ticks_of_stat("cpu  150 0 70 900 10 0 5 65 0 0\n").unwrap();
-        assert_eq!(before, Some(HostTicks { total: 1000, steal: 35 }));
-        assert_eq!(after.stolen_since(&before.unwrap()), 30.0 / 200.0);
+        let after = host_ticks_of_stat("cpu  150 0 70 900 20 0 5 65 0 0\n").unwrap();
+        assert_eq!(before, Some(HostTicks { total: 1000, steal: 35, idle: 810 }));
+        let before = before.unwrap();
+        // 210 ticks passed: 30 stolen, 100 idle and 10 waiting on I/O.
+        assert_eq!(after.stolen_since(&before), 30.0 / 210.0);
+        assert_eq!(after.idle_since(&before), 110.0 / 210.0);
         assert_eq!(after.stolen_since(&after), 0.0);
+        assert_eq!(after.idle_since(&after), 0.0);
         assert_eq!(host_ticks_of_stat("cpu  1 2 3\n"), None);
         assert_eq!(host_ticks_of_stat("intr 5\n"), None);
     }

@@ -225,6 +225,16 @@ impl Process {
     }
 }
 
+/// A backlog drained by a worker process: tasks finished per second, the seconds it took (from
+/// the worker's start to the last task's event), the CPU seconds each process spent meanwhile and
+/// the share of the machine's CPU time left idle.
+struct Drained {
+    rate: f64,
+    seconds: f64,
+    cpu: [(&'static str, f64); 4],
+    idle: f64,
+}
+
 /// See [`Bench::pipeline`]; its processes are killed when it is dropped.
 struct Pipeline {
     server: Process,
@@ -388,8 +398,20 @@ impl Bench {
             ids.len() as f64 / seconds,
             json!({"n": ids.len(), "connections": self.args.connections}),
         );
-        let rate = self.drain(&server, &prefix, ids.len()).await?;
-        emit("process_tasks_per_s", rate, json!({"n": ids.len(), "concurrency": self.args.concurrency}));
+        let drained = self.drain(&server, &prefix, ids.len()).await?;
+        emit(
+            "process_tasks_per_s",
+            drained.rate,
+            json!({"n": ids.len(), "concurrency": self.args.concurrency}),
+        );
+        for (process, spent) in drained.cpu {
+            emit(
+                "process_cpu_us_per_task",
+                spent * 1e6 / ids.len() as f64,
+                json!({"process": process, "cpu_share": spent / drained.seconds}),
+            );
+        }
+        emit("process_idle_share", drained.idle, json!({"n": ids.len()}));
 
         let prefix = self.prefix("batch");
         let server = self.serve(&prefix, 0).await?;
@@ -402,13 +424,19 @@ impl Bench {
         Ok(())
     }
 
-    /// Starts a worker on a queued backlog of `count` and returns tasks finished per second.
-    async fn drain(&self, server: &Process, prefix: &str, count: usize) -> anyhow::Result<f64> {
+    /// Starts a worker on a queued backlog of `count` and times it until the last task's event.
+    async fn drain(&mut self, server: &Process, prefix: &str, count: usize) -> anyhow::Result<Drained> {
         let mut tap = EventTap::open(&self.http, &server.base).await?;
         let started = Instant::now();
-        let _worker = self.worker(prefix)?;
+        let worker = self.worker(prefix)?;
+        let pids = (server.pid().context("serve has no pid")?, worker.id().context("worker has no pid")?);
+        let (cpu_before, host) =
+            (CpuSeconds::read(&mut self.redis, pids.0, pids.1).await?, HostTicks::read()?);
         tap.until_finished(count, Duration::from_secs(600)).await?;
-        Ok(count as f64 / started.elapsed().as_secs_f64())
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = CpuSeconds::read(&mut self.redis, pids.0, pids.1).await?.since(&cpu_before);
+        let idle = HostTicks::read()?.idle_since(&host);
+        Ok(Drained { rate: count as f64 / seconds, seconds, cpu, idle })
     }
 
     /// Submit and process at once, through HTTP and SSE: tasks per second end to end, submitted
@@ -562,7 +590,7 @@ impl Bench {
             let prefix = self.prefix("backlog");
             let server = self.serve(&prefix, 0).await?;
             let (ids, _) = self.submit_small(&server.base, size).await?;
-            let rate = self.drain(&server, &prefix, ids.len()).await?;
+            let rate = self.drain(&server, &prefix, ids.len()).await?.rate;
             emit("drain_tasks_per_s", rate, json!({"backlog": size, "concurrency": self.args.concurrency}));
         }
         Ok(())

@@ -264,6 +264,7 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
         )?;
     }
     cpu_table(&mut out, &c, process, nproc)?;
+    drain_cpu(&mut out, &c, nproc)?;
     own_kinds_cpu(&mut out, &c)?;
     auth_cost(&mut out, &c)?;
     scale(&mut out, &c)?;
@@ -380,6 +381,36 @@ fn auth_cost(out: &mut String, c: &Figures) -> anyhow::Result<()> {
             show(cpu(mode, "serve")),
             show(cpu(mode, "redis"))
         )?;
+    }
+    Ok(())
+}
+
+/// Where the CPU of the backlog's drain went, per process, and how much of the machine was left
+/// idle: a worker and a Redis that take turns on each round leave idle what neither is short of.
+fn drain_cpu(out: &mut String, c: &Figures, nproc: u64) -> anyhow::Result<()> {
+    let lines = c.all("process_cpu_us_per_task");
+    if lines.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\n## Where the CPU goes, draining a backlog\n")?;
+    writeln!(
+        out,
+        "CPU time each process spent per task while one worker process drained the queued backlog \
+         (the server and the client carry the SSE stream that times it), and the share of one core \
+         it kept busy.\n"
+    )?;
+    writeln!(out, "| process | µs per task | cores |")?;
+    writeln!(out, "|---|---|---|")?;
+    let (mut total, mut busy) = (0.0, 0.0);
+    for name in ["redis", "serve", "worker", "client"] {
+        let Some(line) = lines.iter().find(|l| l["process"] == name) else { continue };
+        let (us, share) = (line["value"].as_f64().unwrap_or(0.0), line["cpu_share"].as_f64().unwrap_or(0.0));
+        (total, busy) = (total + us, busy + share);
+        writeln!(out, "| {name} | {us:.1} | {share:.2} |")?;
+    }
+    writeln!(out, "| all | {total:.1} | {busy:.2} |")?;
+    if let Some(idle) = c.get("process_idle_share", None) {
+        writeln!(out, "\nThe machine's {nproc} cores were idle {:.0} % of the drain's time.", idle * 100.0)?;
     }
     Ok(())
 }
@@ -517,6 +548,30 @@ mod tests {
     fn met(report: &str, name: &str) -> String {
         let row = report.lines().find(|l| l.starts_with(&format!("| {name}"))).unwrap();
         row.trim_end_matches(" |").rsplit(" | ").next().unwrap().to_string()
+    }
+
+    #[test]
+    fn the_drain_shows_each_process_cpu_and_the_idle_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let courier = dir.path().join("courier.jsonl");
+        let lines = [
+            serde_json::json!({"metric": "meta", "nproc": 2}),
+            serde_json::json!({"metric": "process_tasks_per_s", "value": 20000.0}),
+            serde_json::json!({"metric": "process_cpu_us_per_task", "process": "redis", "value": 25.0, "cpu_share": 0.5}),
+            serde_json::json!({"metric": "process_cpu_us_per_task", "process": "worker", "value": 20.0, "cpu_share": 0.4}),
+            serde_json::json!({"metric": "process_idle_share", "value": 0.27}),
+        ];
+        std::fs::write(&courier, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let report = markdown(&courier, None).unwrap();
+        assert!(report.contains("## Where the CPU goes, draining a backlog"), "{report}");
+        assert!(
+            report.contains("| redis | 25.0 | 0.50 |\n| worker | 20.0 | 0.40 |\n| all | 45.0 | 0.90 |"),
+            "{report}"
+        );
+        assert!(report.contains("The machine's 2 cores were idle 27 % of the drain's time."), "{report}");
+        // Without the figures (an older run, or the workload not run), no section.
+        std::fs::write(&courier, format!("{}\n", lines[1])).unwrap();
+        assert!(!markdown(&courier, None).unwrap().contains("draining a backlog"));
     }
 
     #[test]
