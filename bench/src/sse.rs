@@ -34,17 +34,21 @@ impl EventTap {
             bail!("GET /api/v1/events answered {}", response.status());
         }
         let (tx, finished) = mpsc::unbounded_channel();
+        // The tap shares the machine with what it measures: each chunk's blocks are read in
+        // place, and only a terminal event's task id is parsed out of its data.
         let reader = tokio::spawn(async move {
             let mut body = response.bytes_stream();
-            let mut buffer = String::new();
+            let mut buffer: Vec<u8> = Vec::new();
             while let Some(Ok(chunk)) = body.next().await {
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    if let Some(id) = finished_task(&block) {
+                buffer.extend_from_slice(&chunk);
+                let mut start = 0;
+                while let Some(end) = buffer[start..].windows(2).position(|pair| pair == b"\n\n") {
+                    if let Some(id) = finished_task(&buffer[start..start + end]) {
                         let _ = tx.send((id, Instant::now()));
                     }
+                    start += end + 2;
                 }
+                buffer.drain(..start);
             }
         });
         Ok(EventTap { finished, seen: HashMap::new(), reader })
@@ -93,21 +97,24 @@ impl EventTap {
 }
 
 /// The task id of a `succeeded` or `failed` event block, else `None`.
-fn finished_task(block: &str) -> Option<String> {
-    let mut name = "";
-    let mut data = "";
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data = v.trim();
+fn finished_task(block: &[u8]) -> Option<String> {
+    /// What the tap reads of a terminal event's data (serde skips the rest).
+    #[derive(serde::Deserialize)]
+    struct Terminal {
+        task_id: String,
+    }
+    let (mut name, mut data): (&[u8], &[u8]) = (b"", b"");
+    for line in block.split(|&b| b == b'\n') {
+        if let Some(v) = line.strip_prefix(b"event:") {
+            name = v.trim_ascii();
+        } else if let Some(v) = line.strip_prefix(b"data:") {
+            data = v.trim_ascii();
         }
     }
-    if name != "succeeded" && name != "failed" {
+    if name != b"succeeded" && name != b"failed" {
         return None;
     }
-    let event: serde_json::Value = serde_json::from_str(data).ok()?;
-    event["task_id"].as_str().map(str::to_string)
+    serde_json::from_slice::<Terminal>(data).ok().map(|event| event.task_id)
 }
 
 /// Many SSE clients that count the events they receive.
@@ -195,10 +202,13 @@ mod tests {
 
     #[test]
     fn terminal_events_name_their_task() {
-        let block = "id: 1-0\nevent: succeeded\ndata: {\"task_id\":\"abc\",\"status\":\"succeeded\"}\n\n";
+        let block =
+            b"id: 1-0\nevent: succeeded\ndata: {\"status\":\"succeeded\",\"task_id\":\"abc\",\"n\":[1]}";
         assert_eq!(finished_task(block), Some("abc".to_string()));
-        assert_eq!(finished_task("id: 1-0\nevent: running\ndata: {\"task_id\":\"abc\"}\n\n"), None);
-        assert_eq!(finished_task(":\n\n"), None);
+        assert_eq!(finished_task(b"id: 1-0\nevent:failed\ndata:{\"task_id\":\"d\"}"), Some("d".to_string()));
+        assert_eq!(finished_task(b"id: 1-0\nevent: running\ndata: {\"task_id\":\"abc\"}"), None);
+        assert_eq!(finished_task(b"event: succeeded\ndata: {\"status\":\"succeeded\"}"), None);
+        assert_eq!(finished_task(b":"), None);
     }
 
     #[test]
