@@ -225,9 +225,9 @@ impl Process {
     }
 }
 
-/// A backlog drained by a worker process: tasks finished per second, the seconds it took (from
-/// the worker's start to the last task's event), the CPU seconds each process spent meanwhile and
-/// the share of the machine's CPU time left idle.
+/// A backlog drained by a worker process: tasks finished per second (from the worker's start to
+/// the last task's event), and over the seconds from just after that start to then, the CPU
+/// seconds each process spent and the share of the machine's CPU time left idle.
 struct Drained {
     rate: f64,
     seconds: f64,
@@ -430,13 +430,15 @@ impl Bench {
         let started = Instant::now();
         let worker = self.worker(prefix)?;
         let pids = (server.pid().context("serve has no pid")?, worker.id().context("worker has no pid")?);
+        // The CPU from here: the worker's start is timed, its first millisecond not counted.
         let (cpu_before, host) =
             (CpuSeconds::read(&mut self.redis, pids.0, pids.1).await?, HostTicks::read()?);
+        let counted = Instant::now();
         tap.until_finished(count, Duration::from_secs(600)).await?;
-        let seconds = started.elapsed().as_secs_f64();
+        let rate = count as f64 / started.elapsed().as_secs_f64();
         let cpu = CpuSeconds::read(&mut self.redis, pids.0, pids.1).await?.since(&cpu_before);
         let idle = HostTicks::read()?.idle_since(&host);
-        Ok(Drained { rate: count as f64 / seconds, seconds, cpu, idle })
+        Ok(Drained { rate, seconds: counted.elapsed().as_secs_f64(), cpu, idle })
     }
 
     /// Submit and process at once, through HTTP and SSE: tasks per second end to end, submitted

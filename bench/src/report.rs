@@ -410,7 +410,11 @@ fn drain_cpu(out: &mut String, c: &Figures, nproc: u64) -> anyhow::Result<()> {
     }
     writeln!(out, "| all | {total:.1} | {busy:.2} |")?;
     if let Some(idle) = c.get("process_idle_share", None) {
-        writeln!(out, "\nThe machine's {nproc} cores were idle {:.0} % of the drain's time.", idle * 100.0)?;
+        writeln!(
+            out,
+            "\nOf the {nproc} cores' time over the drain, {:.0} % was idle (or waiting on I/O).",
+            idle * 100.0
+        )?;
     }
     Ok(())
 }
@@ -568,7 +572,15 @@ mod tests {
             report.contains("| redis | 25.0 | 0.50 |\n| worker | 20.0 | 0.40 |\n| all | 45.0 | 0.90 |"),
             "{report}"
         );
-        assert!(report.contains("The machine's 2 cores were idle 27 % of the drain's time."), "{report}");
+        assert!(
+            report.contains("Of the 2 cores' time over the drain, 27 % was idle (or waiting on I/O)."),
+            "{report}"
+        );
+        // Without the idle share, the table alone.
+        let without_idle: String = lines[..4].iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&courier, without_idle).unwrap();
+        let report = markdown(&courier, None).unwrap();
+        assert!(report.contains("| all | 45.0 | 0.90 |") && !report.contains("was idle"), "{report}");
         // Without the figures (an older run, or the workload not run), no section.
         std::fs::write(&courier, format!("{}\n", lines[1])).unwrap();
         assert!(!markdown(&courier, None).unwrap().contains("draining a backlog"));

@@ -41,14 +41,11 @@ impl EventTap {
             let mut buffer: Vec<u8> = Vec::new();
             while let Some(Ok(chunk)) = body.next().await {
                 buffer.extend_from_slice(&chunk);
-                let mut start = 0;
-                while let Some(end) = buffer[start..].windows(2).position(|pair| pair == b"\n\n") {
-                    if let Some(id) = finished_task(&buffer[start..start + end]) {
+                take_blocks(&mut buffer, |block| {
+                    if let Some(id) = finished_task(block) {
                         let _ = tx.send((id, Instant::now()));
                     }
-                    start += end + 2;
-                }
-                buffer.drain(..start);
+                });
             }
         });
         Ok(EventTap { finished, seen: HashMap::new(), reader })
@@ -94,6 +91,18 @@ impl EventTap {
         }
         Ok(std::mem::take(&mut self.seen))
     }
+}
+
+/// Hands each whole event block of `buffer` (its lines, without the blank line that ends it) to
+/// `block`, in order, and keeps only what follows the last one: the start of a block still to
+/// come.
+fn take_blocks(buffer: &mut Vec<u8>, mut block: impl FnMut(&[u8])) {
+    let mut start = 0;
+    while let Some(end) = buffer[start..].windows(2).position(|pair| pair == b"\n\n") {
+        block(&buffer[start..start + end]);
+        start += end + 2;
+    }
+    buffer.drain(..start);
 }
 
 /// The task id of a `succeeded` or `failed` event block, else `None`.
@@ -209,6 +218,26 @@ mod tests {
         assert_eq!(finished_task(b"id: 1-0\nevent: running\ndata: {\"task_id\":\"abc\"}"), None);
         assert_eq!(finished_task(b"event: succeeded\ndata: {\"status\":\"succeeded\"}"), None);
         assert_eq!(finished_task(b":"), None);
+    }
+
+    #[test]
+    fn blocks_are_taken_whole_however_the_chunks_cut_them() {
+        let mut buffer = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        let feed = |buffer: &mut Vec<u8>, chunk: &[u8], seen: &mut Vec<String>| {
+            buffer.extend_from_slice(chunk);
+            take_blocks(buffer, |block| seen.push(String::from_utf8(block.to_vec()).unwrap()));
+        };
+        // Two blocks in one chunk, and the start of a third.
+        feed(&mut buffer, b"id: 1\nevent: a\n\nid: 2\nevent: b\n\nid: 3\nev", &mut seen);
+        assert_eq!(seen, ["id: 1\nevent: a", "id: 2\nevent: b"]);
+        assert_eq!(buffer, b"id: 3\nev");
+        // The third, cut between the two newlines that end it.
+        feed(&mut buffer, b"ent: c\n", &mut seen);
+        assert_eq!(seen.len(), 2);
+        feed(&mut buffer, b"\n", &mut seen);
+        assert_eq!(seen, ["id: 1\nevent: a", "id: 2\nevent: b", "id: 3\nevent: c"]);
+        assert!(buffer.is_empty());
     }
 
     #[test]
