@@ -87,7 +87,8 @@ pub(crate) fn event_entries(count: usize) -> impl Iterator<Item = std::ops::Rang
 /// Appends `events` (`task_event_value`s, in order) to the task events stream `stream` as
 /// `flush_events` (queue/events.lua) does: split by `event_entries`, each entry capping the stream
 /// near `maxlen` events' worth of entries its size. For the writers outside Lua (queue/enqueue.rs,
-/// queue/finish/plain.rs); the replies are ignored.
+/// queue/finish/plain.rs). Their replies (each entry's id) are not marked `ignore()`: the callers
+/// read the replies before them, or a transaction's answers by place.
 pub(crate) fn append_task_events(pipe: &mut redis::Pipeline, stream: &str, maxlen: usize, events: &[String]) {
     for entry in event_entries(events.len()) {
         pipe.cmd("XADD")
@@ -97,8 +98,7 @@ pub(crate) fn append_task_events(pipe: &mut redis::Pipeline, stream: &str, maxle
             .arg(maxlen.div_ceil(entry.len()))
             .arg("*")
             .arg(TASK_EVENTS_FIELD)
-            .arg(task_events_value(&events[entry]))
-            .ignore();
+            .arg(task_events_value(&events[entry]));
     }
 }
 

@@ -314,28 +314,28 @@ impl Queue {
             let created = task.created_ms.to_string();
             let in_record = task.payload_in_record();
             if !in_record {
-                pipe.set(self.keys.payload(&task.id), task.payload.as_ref()).ignore();
+                pipe.set(self.keys.payload(&task.id), task.payload.as_ref());
             }
             if let Some(expires) = task.expires_ms {
-                pipe.zadd(self.keys.expiring(), &id, expires).ignore();
+                pipe.zadd(self.keys.expiring(), &id, expires);
             }
             if let Some(key) = &task.idempotency_key {
                 // Claimed with a short TTL in case this never runs; the task's own from now.
-                pipe.persist(key).ignore();
+                pipe.persist(key);
             }
-            pipe.add_command(self.new_record(task, &created, in_record)).ignore();
+            pipe.add_command(self.new_record(task, &created, in_record));
             let [high, normal, low] = self.keys.lane(&task.kind);
             let stream = match task.priority {
                 Priority::High => high,
                 Priority::Normal => normal,
                 Priority::Low => low,
             };
-            pipe.xadd(stream, "*", &[("task", &id)]).ignore();
+            pipe.xadd(stream, "*", &[("task", &id)]);
             events.push(task_event_value(["queued", &id, &task.kind, "queued", "0", "", &created, "", ""]));
             index.push((0, id));
         }
-        pipe.sadd(self.keys.ready_lanes(), &kinds).ignore();
-        pipe.zadd_multiple(self.keys.index(), &index).ignore();
+        pipe.sadd(self.keys.ready_lanes(), &kinds);
+        pipe.zadd_multiple(self.keys.index(), &index);
         append_task_events(&mut pipe, self.keys.events(), self.settings.events_maxlen, &events);
         let replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
         // From here on every task is stored: nothing below may answer otherwise.

@@ -17,6 +17,7 @@ use crate::store::{TaskRecord, now_ms};
 use bytes::Bytes;
 use redis::RedisResult;
 use std::{
+    borrow::Cow,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -214,13 +215,20 @@ impl RunReply {
         Some((task_id, stream))
     }
 
-    pub(super) fn text(&self, field: Run) -> String {
-        String::from_utf8_lossy(&self.0[field as usize]).into_owned()
+    /// The field as text, borrowed (copied only where it is not UTF-8).
+    pub(super) fn text(&self, field: Run) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.0[field as usize])
     }
 
-    /// The field as text, `None` when empty.
-    pub(super) fn optional(&self, field: Run) -> Option<String> {
-        Some(self.text(field)).filter(|t| !t.is_empty())
+    /// The field as text, taken out of the reply: its bytes become the string, uncopied.
+    pub(super) fn take_text(&mut self, field: Run) -> String {
+        String::from_utf8(self.take(field))
+            .unwrap_or_else(|not_utf8| String::from_utf8_lossy(not_utf8.as_bytes()).into_owned())
+    }
+
+    /// The field as text, taken out of the reply; `None` when empty.
+    pub(super) fn take_optional(&mut self, field: Run) -> Option<String> {
+        Some(self.take_text(field)).filter(|t| !t.is_empty())
     }
 
     pub(super) fn take(&mut self, field: Run) -> Vec<u8> {
@@ -387,11 +395,11 @@ impl Leasing {
                 warn!("a claim returned more tasks than there were free slots");
                 break;
             };
-            let kind = reply.text(Run::Kind);
+            let kind = reply.take_text(Run::Kind);
             let stream = queue.keys.lane_stream(&kind, stream_index);
-            let payload = match reply.text(Run::PayloadIs).as_str() {
-                "1" => LeasedPayload::Here(Bytes::from(reply.take(Run::Payload))),
-                "2" => LeasedPayload::Stored,
+            let payload = match reply.take(Run::PayloadIs).as_slice() {
+                b"1" => LeasedPayload::Here(Bytes::from(reply.take(Run::Payload))),
+                b"2" => LeasedPayload::Stored,
                 _ => LeasedPayload::Gone,
             };
             leases.push(Lease {
@@ -401,17 +409,19 @@ impl Leasing {
                 attempt: reply.text(Run::Attempt).parse().unwrap_or(1),
                 max_attempts: reply.text(Run::MaxAttempts).parse().unwrap_or(1),
                 timeout_ms: reply.text(Run::TimeoutMs).parse().ok(),
-                payload_type: reply.optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
-                session: reply.optional(Run::Session),
-                traceparent: reply.optional(Run::Traceparent),
+                payload_type: reply
+                    .take_optional(Run::PayloadType)
+                    .unwrap_or_else(|| "application/json".into()),
+                session: reply.take_optional(Run::Session),
+                traceparent: reply.take_optional(Run::Traceparent),
                 payload,
-                idempotency_key: reply.optional(Run::IdempotencyKey),
+                idempotency_key: reply.take_optional(Run::IdempotencyKey),
                 payload_ref: reply.text(Run::PayloadRef).parse().ok(),
                 known: reply.1.take(),
-                entry_id: reply.text(Run::Entry),
+                entry_id: reply.take_text(Run::Entry),
                 stream,
                 stream_index,
-                token: reply.text(Run::Token),
+                token: reply.take_text(Run::Token),
                 consumer: self.consumer.clone(),
                 slot: Mutex::new(Some(slot)),
                 finisher: finisher.clone(),
@@ -577,17 +587,26 @@ mod tests {
             reply
         };
         let joined = "run\x1fID\x1f2\x1f1-0\x1ft:0\x1f3\x1fecho\x1f5\x1f\x1f1\x1f\x1f00-ab";
-        let reply = RunReply::of(strings(joined)).expect("a run reply");
+        let mut reply = RunReply::of(strings(joined)).expect("a run reply");
         assert_eq!(reply.text(Run::TaskId), "ID");
         assert_eq!(reply.text(Run::Stream), "2");
         assert_eq!(reply.text(Run::Attempt), "3");
-        assert_eq!(reply.optional(Run::TimeoutMs), None);
+        assert_eq!(reply.take_optional(Run::TimeoutMs), None);
         assert_eq!(reply.text(Run::PayloadIs), "1");
         assert_eq!(reply.text(Run::Traceparent), "00-ab");
         assert_eq!(reply.text(Run::PayloadType), "text/plain");
         // The fields apart may hold the separator.
         assert_eq!(reply.text(Run::Session), "s\u{1f}1");
         assert_eq!(reply.text(Run::Payload), "a\u{1f}b");
+        // A field taken as text is gone from the reply; one not UTF-8 is read as `text` reads it.
+        assert_eq!(reply.take_text(Run::Session), "s\u{1f}1");
+        assert_eq!(reply.text(Run::Session), "");
+        assert_eq!(reply.take_optional(Run::Session), None);
+        let mut odd = strings(joined);
+        odd[1] = b"text/\xffplain".to_vec();
+        let mut odd = RunReply::of(odd).expect("a run reply");
+        assert_eq!(odd.text(Run::PayloadType), "text/\u{fffd}plain");
+        assert_eq!(odd.take_text(Run::PayloadType), "text/\u{fffd}plain");
         assert!(RunReply::of(strings("drop")).is_none());
         assert!(RunReply::of(strings(&joined.replacen("run", "ran", 1))).is_none());
         assert!(RunReply::of(strings(&format!("{joined}\x1fmore"))).is_none());

@@ -171,15 +171,15 @@ impl Queue {
             record,
             token: PullToken {
                 queue: self.name().to_string(),
-                kind: reply.text(Run::Kind),
+                kind: reply.take_text(Run::Kind),
                 task_id,
                 stream_index,
-                entry_id: reply.text(Run::Entry),
+                entry_id: reply.take_text(Run::Entry),
                 lease_ms,
-                token: reply.text(Run::Token),
+                token: reply.take_text(Run::Token),
             },
             payload,
-            payload_type: reply.optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
+            payload_type: reply.take_optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
             expires_ms,
         })
     }

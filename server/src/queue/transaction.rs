@@ -18,17 +18,32 @@ pub(super) async fn allows_transactions(conn: &mut Conn, queue: &Queue) -> Redis
 }
 
 /// The answers of a transaction's commands, from the replies of a pipeline built by hand as
-/// `MULTI`, the commands (their `QUEUED` ignored), `EXEC`: None when a watched key changed and
-/// nothing was applied, an error when Redis refused `MULTI` (the commands then ran one by one) or
-/// the whole transaction (EXECABORT: a command refused as it was queued).
+/// `MULTI`, the commands, `EXEC`: None when a watched key changed and nothing was applied, an
+/// error when Redis refused `MULTI` (the commands then ran one by one) or the whole transaction
+/// (EXECABORT: a command refused as it was queued). The replies between the first and the last,
+/// each command's `QUEUED`, are passed over here rather than marked `ignore()` as the commands
+/// are added: redis-rs hashes the index of each command ignored, and of each reply then.
 pub(super) fn applied(replies: Vec<Value>) -> RedisResult<Option<Vec<Value>>> {
     let mut replies = replies.into_iter();
-    match (replies.next(), replies.next().unwrap_or(Value::Nil)) {
+    match (replies.next(), replies.next_back().unwrap_or(Value::Nil)) {
         (Some(Value::Okay), Value::Array(applied)) => Ok(Some(applied)),
         (Some(Value::Okay), Value::Nil) => Ok(None),
         (multi, exec) => {
             let answers = format!("MULTI answered {multi:?}; EXEC answered {exec:?}");
             Err(redis::RedisError::from((redis::ErrorKind::Client, "a transaction was refused", answers)))
         }
+    }
+}
+
+/// Takes `WATCH`'s answer, the first of a watched read's replies (not marked `ignore()`, for the
+/// reason `applied` gives), from `replies`.
+pub(super) fn watched(replies: &mut impl Iterator<Item = Value>) -> RedisResult<()> {
+    match replies.next() {
+        Some(Value::Okay) => Ok(()),
+        other => Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "a watch was refused",
+            format!("{other:?}"),
+        ))),
     }
 }

@@ -38,7 +38,7 @@ use crate::{
             plain::{self as lease, time_of},
         },
         record,
-        transaction::{allows_transactions, applied},
+        transaction::{allows_transactions, applied, watched},
     },
     redis_client::Conn,
     stats::{Counted, latency_bin},
@@ -638,7 +638,7 @@ impl ReadPlan {
     /// the start knew the rest), and the length of each payload the result is, unless it is in
     /// the record (an expired one leaves the attempt to the script, which runs it again).
     fn queue(&self, pipe: &mut redis::Pipeline, queue: &Queue) {
-        pipe.cmd("WATCH").arg(&self.tasks).ignore();
+        pipe.cmd("WATCH").arg(&self.tasks);
         for (task, &lease_only) in self.tasks.iter().zip(&self.lease_only) {
             if lease_only {
                 pipe.cmd("HGET").arg(task).arg(record::LEASE);
@@ -662,6 +662,7 @@ impl ReadPlan {
         replies: &mut impl Iterator<Item = Value>,
         batch: &[Ending],
     ) -> RedisResult<Option<(Vec<Uuid>, Vec<String>, Vec<Record>)>> {
+        watched(replies)?;
         let mut records = Vec::with_capacity(batch.len());
         for (ending, &lease_only) in batch.iter().zip(&self.lease_only) {
             let reply = replies.next().unwrap_or(Value::Nil);
@@ -739,7 +740,7 @@ fn oldest_pending(
 /// more, never less). A stream with none pending waits for a transaction that finds some.
 fn queue_trims(pipe: &mut redis::Pipeline, trim_to: &[(String, String)]) {
     for (stream, oldest) in trim_to {
-        pipe.cmd("XTRIM").arg(stream).arg("MINID").arg("~").arg(oldest).ignore();
+        pipe.cmd("XTRIM").arg(stream).arg("MINID").arg("~").arg(oldest);
     }
 }
 
@@ -747,7 +748,7 @@ fn queue_trims(pipe: &mut redis::Pipeline, trim_to: &[(String, String)]) {
 /// `note_lengths` reads them).
 fn queue_lengths(pipe: &mut redis::Pipeline, streams: &[String]) {
     for stream in streams {
-        pipe.cmd("XLEN").arg(stream).ignore();
+        pipe.cmd("XLEN").arg(stream);
     }
 }
 
@@ -828,18 +829,18 @@ fn queue_ends(
             // A large result is staged for the script, which would otherwise copy it through Lua;
             // a transaction sets it as it is.
             ResultPlace::Here(bytes) | ResultPlace::Staged(bytes) => {
-                pipe.cmd("SET").arg(queue.keys.result(id)).arg(bytes.as_ref()).arg("PX").arg(keep).ignore();
+                pipe.cmd("SET").arg(queue.keys.result(id)).arg(bytes.as_ref()).arg("PX").arg(keep);
             }
         }
-        pipe.add_command(hset).ignore();
+        pipe.add_command(hset);
         // What keep_after_end keeps: the record, the idempotency key, a payload of its own.
-        pipe.cmd("PEXPIRE").arg(task).arg(keep).ignore();
+        pipe.cmd("PEXPIRE").arg(task).arg(keep);
         let idempotency_key = record.idempotency_key(ending);
         if !idempotency_key.is_empty() {
-            pipe.cmd("PEXPIRE").arg(idempotency_key).arg(keep).ignore();
+            pipe.cmd("PEXPIRE").arg(idempotency_key).arg(keep);
         }
         if !record.started.payload_inline {
-            pipe.cmd("PEXPIRE").arg(queue.keys.payload(id)).arg(keep).ignore();
+            pipe.cmd("PEXPIRE").arg(queue.keys.payload(id)).arg(keep);
         }
         let at = streams.iter().position(|s| *s == ending.stream).expect("streams_of lists every ending's");
         acked[at].push(&ending.entry_id);
@@ -865,7 +866,7 @@ fn queue_ends(
     }
     let bins = samples.into_iter().map(|(stage, bin, n)| (format!("{stage}{bin}"), n)).collect();
     for (stream, entries) in streams.iter().zip(&acked) {
-        pipe.cmd("XACK").arg(stream).arg(GROUP).arg(entries).ignore();
+        pipe.cmd("XACK").arg(stream).arg(GROUP).arg(entries);
     }
     let ends = batch.len() as u64;
     Counted { at_ms: now_ms, succeeded: ends, failed: 0, ended: ends, bins }
@@ -1477,7 +1478,7 @@ mod tests {
         let Some(Ok(round)) = plain.round(&queue, &endings, WORKER, &lane, 2).await else {
             panic!("the round goes plain")
         };
-        let started: Vec<String> = round.runs.iter().map(|run| run.text(Run::TaskId)).collect();
+        let started: Vec<String> = round.runs.iter().map(|run| run.text(Run::TaskId).into_owned()).collect();
         assert_eq!(started, [tasks[3].id.to_string(), tasks[4].id.to_string()]);
         // The normal ones went back to their stream, to be read again.
         assert_eq!(pending(&queue).await, 0);

@@ -28,7 +28,7 @@ use crate::{
         Queue,
         fetch::Given,
         record,
-        transaction::{allows_transactions, applied},
+        transaction::{allows_transactions, applied, watched},
     },
     redis_client::Conn,
 };
@@ -100,8 +100,9 @@ impl Record {
         self.0[Record::at(field)].as_deref()
     }
 
-    fn text(&self, field: &str) -> Vec<u8> {
-        self.field(field).unwrap_or_default().to_vec()
+    /// The field taken out of the record, empty when absent.
+    fn take_text(&mut self, field: &str) -> Vec<u8> {
+        self.take(field).unwrap_or_default()
     }
 
     fn take(&mut self, field: &str) -> Option<Vec<u8>> {
@@ -283,7 +284,7 @@ impl ReadPlan {
 }
 
 /// Adds to `pipe` the watch on `queue`'s settings and `given`'s records and the reads of what
-/// their leases need (their replies: the limits, then each record), with the fields `also` of
+/// their leases need (their replies: the watch's, the limits, then each record), with the fields `also` of
 /// each record in the same command: what `Found::of` reads back.
 pub(in crate::queue) fn queue_read(
     pipe: &mut redis::Pipeline,
@@ -300,7 +301,7 @@ pub(in crate::queue) fn queue_read(
         .collect();
     let plan = ReadPlan { ids, also };
     let tasks: Vec<String> = plan.tasks().map(|id| queue.keys.task(&id)).collect();
-    pipe.cmd("WATCH").arg(queue.keys.settings()).arg(&tasks).ignore();
+    pipe.cmd("WATCH").arg(queue.keys.settings()).arg(&tasks);
     pipe.cmd("HMGET").arg(queue.keys.settings()).arg(&LIMITS[..]);
     let fields: Vec<&str> = READ.iter().copied().chain(plan.beyond_read()).collect();
     for task in &tasks {
@@ -322,6 +323,7 @@ impl Found {
         replies: &mut impl Iterator<Item = Value>,
         plan: &ReadPlan,
     ) -> RedisResult<Found> {
+        watched(replies)?;
         let mut next = || replies.next().unwrap_or(Value::Nil);
         let limits: Vec<Option<String>> = redis::from_redis_value(next())?;
         let beyond = plan.beyond_read().count();
@@ -451,10 +453,10 @@ pub(in crate::queue) fn queue_starts<'g>(
             // A later one: the earlier attempt's progress and wait mark go.
             hset.arg(record::PROGRESS).arg("").arg(record::WAITED).arg("");
         }
-        pipe.add_command(hset).ignore();
+        pipe.add_command(hset);
         queued += 1;
         if let Some(owner) = read_payload {
-            pipe.cmd("GET").arg(queue.keys.payload(owner)).ignore();
+            pipe.cmd("GET").arg(queue.keys.payload(owner));
             reads.push(Some(queued));
             queued += 1;
         } else {
@@ -486,14 +488,15 @@ impl Starting<'_> {
 /// at `now` (ms); `read`: the answer to the `GET` of its payload, if the transaction read it.
 fn run_reply(start: Start<'_>, token: String, now: &str, read: Option<Value>) -> RunReply {
     let Start { given: (kind, stream, entry), id, mut record, attempt, .. } = start;
+    let payload_ref = record.take(record::PAYLOAD_REF).unwrap_or_default();
     // A small payload lives in the record, which then says so (enqueue.rs).
     let known = Known {
         kind: kind.clone(),
         attempts: attempt.to_string(),
         attempt_started: now.to_string(),
         payload_inline: record.field(record::PAYLOAD).is_some(),
-        payload_ref: String::from_utf8_lossy(&record.text(record::PAYLOAD_REF)).into_owned(),
-        workflow: String::from_utf8_lossy(&record.text(record::WORKFLOW)).into_owned(),
+        payload_ref: String::from_utf8_lossy(&payload_ref).into_owned(),
+        workflow: String::from_utf8_lossy(record.field(record::WORKFLOW).unwrap_or_default()).into_owned(),
     };
     let (payload_is, payload): (&[u8], Vec<u8>) = match (record.take(record::PAYLOAD), read) {
         // A small payload lives in the record.
@@ -512,14 +515,14 @@ fn run_reply(start: Start<'_>, token: String, now: &str, read: Option<Value>) ->
         (Run::Token, token.into_bytes()),
         (Run::Attempt, attempt.to_string().into_bytes()),
         (Run::Kind, kind.clone().into_bytes()),
-        (Run::MaxAttempts, record.field(record::MAX_ATTEMPTS).unwrap_or(b"1").to_vec()),
-        (Run::TimeoutMs, record.text(record::TIMEOUT_MS)),
+        (Run::MaxAttempts, record.take(record::MAX_ATTEMPTS).unwrap_or_else(|| b"1".to_vec())),
+        (Run::TimeoutMs, record.take_text(record::TIMEOUT_MS)),
         (Run::PayloadIs, payload_is.to_vec()),
-        (Run::PayloadRef, record.text(record::PAYLOAD_REF)),
-        (Run::Traceparent, record.text(record::TRACEPARENT)),
-        (Run::PayloadType, record.text(record::PAYLOAD_TYPE)),
-        (Run::Session, record.text(record::SESSION)),
-        (Run::IdempotencyKey, record.text(record::IDEMPOTENCY_KEY)),
+        (Run::PayloadRef, payload_ref),
+        (Run::Traceparent, record.take_text(record::TRACEPARENT)),
+        (Run::PayloadType, record.take_text(record::PAYLOAD_TYPE)),
+        (Run::Session, record.take_text(record::SESSION)),
+        (Run::IdempotencyKey, record.take_text(record::IDEMPOTENCY_KEY)),
         (Run::Payload, payload),
     ];
     RunReply::from_fields(fields, known)

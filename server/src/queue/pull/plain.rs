@@ -312,8 +312,7 @@ async fn start(
             .arg(entry)
             .arg("IDLE")
             .arg(idle)
-            .arg("JUSTID")
-            .ignore();
+            .arg("JUSTID");
     }
     append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
     pipe.cmd("EXEC");
