@@ -353,9 +353,9 @@ async fn run_attempt(lease: Lease, runner: Data<Arc<Runner>>) {
     let parent = lease.traceparent.as_deref().and_then(trace_context::parse);
     let context = trace_context::start(&span, parent.as_ref());
     let tracker = runner.in_flight.clone();
-    // Boxed: the attempt's future is large, and a task spawned holds it by value (moved, copied
-    // whole, several times over on its way into the runtime).
-    let attempt = Box::pin(trace_context::within(runner.attempt(lease), span, &context));
+    // Boxed before it is wrapped: the attempt's future is large, and each wrapper (the span, the
+    // context) and the task spawned would otherwise hold it by value, copied whole at each.
+    let attempt = trace_context::within(Box::pin(runner.attempt(lease)), span, &context);
     let _ = tracker.spawn(attempt).await;
 }
 
