@@ -134,7 +134,7 @@ impl Runner {
         Ok(())
     }
 
-    async fn attempt(self: Arc<Self>, mut lease: Lease) {
+    async fn attempt(self: Arc<Self>, mut lease: Box<Lease>) {
         let queue = lease.queue.clone();
         self.running.started(lease.task_id, queue.name().into(), &lease.kind);
         let _ended = Ended { running: &self.running, task: lease.task_id };
@@ -339,7 +339,7 @@ impl Runner {
 /// The apalis task function: runs one attempt on its own tokio task, so attempts spread over
 /// every core, and tracks it so shutdown can wait for it. The attempt's span continues the trace
 /// its task keeps: every line logged in it carries `task_id` and `trace_id`.
-async fn run_attempt(lease: Lease, runner: Data<Arc<Runner>>) {
+async fn run_attempt(lease: Box<Lease>, runner: Data<Arc<Runner>>) {
     let runner: Arc<Runner> = (*runner).clone();
     let span = info_span!(
         "attempt",

@@ -90,8 +90,8 @@ async fn promote_loop(serving: Arc<Serving>, shutdown: CancellationToken) {
 /// The apalis side of the queue: yields leased tasks; never fails, because the loops behind it
 /// ride out Redis errors themselves (a backend error would end the apalis worker).
 pub struct RedisBackend {
-    rx: mpsc::Receiver<Lease>,
-    next: Option<Lease>,
+    rx: mpsc::Receiver<Box<Lease>>,
+    next: Option<Box<Lease>>,
 }
 
 /// The error type apalis asks of a backend; this one never produces it.
@@ -100,7 +100,7 @@ pub struct RedisBackend {
 pub struct BackendStopped;
 
 impl Backend for RedisBackend {
-    type Task = Task<Lease>;
+    type Task = Task<Box<Lease>>;
     type Error = BackendStopped;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
@@ -132,7 +132,7 @@ impl Backend for RedisBackend {
 }
 
 impl BackendConfig for RedisBackend {
-    type Args = Lease;
+    type Args = Box<Lease>;
     type Id = RandomId;
     // Leases arrive decoded, so apalis has no codec to wrap around this backend.
     type Kind = Ephemeral;

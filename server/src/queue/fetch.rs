@@ -51,7 +51,7 @@ impl Leasing {
     pub(super) async fn fetch_loop(
         self,
         slots: Arc<Semaphore>,
-        _leases: mpsc::Sender<Lease>,
+        _leases: mpsc::Sender<Box<Lease>>,
         _endings: mpsc::Sender<Ending>,
     ) {
         let mut readers = Readers::default();

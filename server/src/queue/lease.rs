@@ -328,7 +328,7 @@ pub(super) struct Leasing {
     pub(super) serving: Arc<Serving>,
     pub(super) consumer: Arc<str>,
     /// Weak, so that the channels close once the fetch loop and every lease are gone.
-    leases: mpsc::WeakSender<Lease>,
+    leases: mpsc::WeakSender<Box<Lease>>,
     endings: mpsc::WeakSender<Ending>,
     pub(super) shutdown: CancellationToken,
     /// Whether the fetch loop waits in a blocking read on the lanes of every queue it serves
@@ -346,7 +346,7 @@ impl Leasing {
     /// leases go to `leases` and end through `endings`, neither of which it keeps open.
     pub(super) fn new(
         serving: Arc<Serving>,
-        leases: &mpsc::Sender<Lease>,
+        leases: &mpsc::Sender<Box<Lease>>,
         endings: &mpsc::Sender<Ending>,
         shutdown: CancellationToken,
     ) -> Leasing {
@@ -434,6 +434,8 @@ impl Leasing {
     /// Hands leases to apalis; once the worker is stopping, hands them back to the queue instead.
     pub(super) async fn deliver(&self, leases: Vec<Lease>) {
         for lease in leases {
+            // Boxed for the way through apalis, which moves each task several times over.
+            let lease = Box::new(lease);
             let undelivered = match self.leases.upgrade() {
                 Some(tx) => tx.send(lease).await.err().map(|e| e.0),
                 None => Some(lease),
