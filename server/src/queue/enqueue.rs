@@ -339,6 +339,8 @@ impl Queue {
         append_task_events(&mut pipe, self.keys.events(), self.settings.events_maxlen, &events);
         let replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
         // From here on every task is stored: nothing below may answer otherwise.
+        // Only the first replies are read (the depth setting's, then each kind's lane's); the
+        // rest are not marked `ignore()`, for the reason transaction.rs's `applied` gives.
         let mut replies = replies.into_iter().map(redis::from_redis_value::<bool>);
         let limited = !matches!(replies.next(), Some(Ok(false)));
         self.saw_limits(limited, look);

@@ -101,7 +101,7 @@ impl Record {
     }
 
     /// The field taken out of the record, empty when absent.
-    fn take_text(&mut self, field: &str) -> Vec<u8> {
+    fn take_or_empty(&mut self, field: &str) -> Vec<u8> {
         self.take(field).unwrap_or_default()
     }
 
@@ -284,8 +284,8 @@ impl ReadPlan {
 }
 
 /// Adds to `pipe` the watch on `queue`'s settings and `given`'s records and the reads of what
-/// their leases need (their replies: the watch's, the limits, then each record), with the fields `also` of
-/// each record in the same command: what `Found::of` reads back.
+/// their leases need (their replies: the watch's, the limits, then each record), with the fields
+/// `also` of each record in the same command: what `Found::of` reads back.
 pub(in crate::queue) fn queue_read(
     pipe: &mut redis::Pipeline,
     queue: &Queue,
@@ -488,7 +488,7 @@ impl Starting<'_> {
 /// at `now` (ms); `read`: the answer to the `GET` of its payload, if the transaction read it.
 fn run_reply(start: Start<'_>, token: String, now: &str, read: Option<Value>) -> RunReply {
     let Start { given: (kind, stream, entry), id, mut record, attempt, .. } = start;
-    let payload_ref = record.take(record::PAYLOAD_REF).unwrap_or_default();
+    let payload_ref = record.take_or_empty(record::PAYLOAD_REF);
     // A small payload lives in the record, which then says so (enqueue.rs).
     let known = Known {
         kind: kind.clone(),
@@ -516,13 +516,13 @@ fn run_reply(start: Start<'_>, token: String, now: &str, read: Option<Value>) ->
         (Run::Attempt, attempt.to_string().into_bytes()),
         (Run::Kind, kind.clone().into_bytes()),
         (Run::MaxAttempts, record.take(record::MAX_ATTEMPTS).unwrap_or_else(|| b"1".to_vec())),
-        (Run::TimeoutMs, record.take_text(record::TIMEOUT_MS)),
+        (Run::TimeoutMs, record.take_or_empty(record::TIMEOUT_MS)),
         (Run::PayloadIs, payload_is.to_vec()),
         (Run::PayloadRef, payload_ref),
-        (Run::Traceparent, record.take_text(record::TRACEPARENT)),
-        (Run::PayloadType, record.take_text(record::PAYLOAD_TYPE)),
-        (Run::Session, record.take_text(record::SESSION)),
-        (Run::IdempotencyKey, record.take_text(record::IDEMPOTENCY_KEY)),
+        (Run::Traceparent, record.take_or_empty(record::TRACEPARENT)),
+        (Run::PayloadType, record.take_or_empty(record::PAYLOAD_TYPE)),
+        (Run::Session, record.take_or_empty(record::SESSION)),
+        (Run::IdempotencyKey, record.take_or_empty(record::IDEMPOTENCY_KEY)),
         (Run::Payload, payload),
     ];
     RunReply::from_fields(fields, known)
