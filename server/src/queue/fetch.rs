@@ -2,18 +2,22 @@
 //!
 //! The finish loop (queue/finish.rs) takes the next leases for the slots that ended attempts free,
 //! up to each queue's share (unless the fetch loop waits on every queue's empty lanes: then the
-//! next entry wakes that wait); the *fetch loop* fills the slots that are left: it shares them among
-//! the queues served by weight (queue/serving.rs) and claims new entries from each (one script
-//! per queue), blocks on every open queue's streams when all are empty, and takes over entries
-//! whose holder stopped renewing them. On a Redis Cluster a read keeps to one slot, so it blocks
-//! on each queue's streams on a connection of that queue's own, and wakes the others
-//! (`CLIENT UNBLOCK`) as soon as one read brings entries.
+//! next entry wakes that wait); the *fetch loop* fills the slots that are left: it reads every
+//! open queue's streams (a blocking read, which answers at once when entries wait), shares the
+//! slots among the queues by weight (queue/serving.rs), and takes leases on what it read, without
+//! Lua where it can (queue/lease/plain.rs). It claims through the script instead (one per queue)
+//! while a queue is or was just left alone (paused, at a limit), or for a while after a read
+//! brought more than fitted; and it takes over entries whose holder stopped renewing them. On a
+//! Redis Cluster a read keeps to one slot, so it blocks on each queue's streams on a connection
+//! of that queue's own, and wakes the others (`CLIENT UNBLOCK`) as soon as one read brings
+//! entries.
 
 use super::{
     Backoff, Blocked, GROUP, Queue,
     finish::Ending,
     lease::{Lease, Leasing, PlainLeases, RunReply},
     serving::{DISCOVER_EVERY, Served, Serving},
+    transaction::SCRIPTED_FOR,
 };
 use crate::redis_client::{Conn, client_command};
 use futures::StreamExt;
@@ -55,8 +59,8 @@ impl Leasing {
         _endings: mpsc::Sender<Ending>,
     ) {
         let mut readers = Readers::default();
-        // What the last blocking read that found nothing more read: see `fetch`.
-        let mut idle: Option<Idle> = None;
+        // What the last read saw (none yet): see `fetch`.
+        let mut last = LastRead::default();
         let mut backoff = Backoff::default();
         let lease = self.serving.lease();
         // Every quarter lease: an entry is taken over within 1.25 leases of its holder's last
@@ -83,7 +87,7 @@ impl Leasing {
                 last_reclaim = Some(Instant::now());
             }
             let fetched = match self.serving.refresh().await {
-                Ok(()) => self.fetch(&mut readers, &mut free, reclaim, &mut idle).await,
+                Ok(()) => self.fetch(&mut readers, &mut free, reclaim, &mut last).await,
                 Err(e) => {
                     Serving::warn_refresh(&e);
                     Ok(Vec::new())
@@ -119,43 +123,47 @@ impl Leasing {
     }
 
     /// Leases for the `free` slots: entries whose lease expired (when `reclaim`), else new
-    /// entries shared among the queues by weight, else whatever a blocking read brings. `idle`:
-    /// the last blocking read, on every queue served, none of them blocked, brought nothing or
-    /// every new entry there was (fewer than it asked for on each stream). While that still
-    /// holds, claims would find nothing (every new entry, handed back or promoted, is one the
-    /// next read gets): it blocks again at once, and neither an idle worker nor one woken by a
-    /// few tasks at a time runs a claim script that finds nothing (docs/benchmark-notes.md,
-    /// "Seventh step"). Once a queue was blocked (paused, at a limit) claims come first again,
-    /// since they tell whether it still is: a read alone would take its entries only to hand
-    /// them back.
+    /// entries, shared among the queues by weight. A read takes them: it answers at once when
+    /// entries wait and blocks when none do, and its entries are leased without Lua where they
+    /// can be (the claim script's call costs Redis more than the read: docs/benchmark-notes.md,
+    /// "Twenty-third step"). Claims through the script come first while a queue is left alone,
+    /// or once one was or came back (or was found) since the `last` read: they tell whether a
+    /// queue is paused or at a limit, where a read would take its entries only to hand them back,
+    /// to the end of their streams. They come first too for `SCRIPTED_FOR` after a read brought
+    /// more than fitted (entries on several streams at once): the script reads the most urgent
+    /// first, where a read hands back what does not fit. A claim that finds nothing leaves the
+    /// slots to a read, and so does every look when nothing changed: neither an idle worker nor
+    /// one woken by a few tasks at a time runs a claim script that finds nothing
+    /// (docs/benchmark-notes.md, "Seventh step").
     async fn fetch(
         &self,
         readers: &mut Readers,
         free: &mut Vec<OwnedSemaphorePermit>,
         reclaim: bool,
-        idle: &mut Option<Idle>,
+        last: &mut LastRead,
     ) -> RedisResult<Vec<Lease>> {
-        let now = Idle {
-            open: self.serving.open().iter().map(|s| s.queue.name().to_string()).collect(),
-            blocks: self.serving.blocks(),
-        };
-        let everything_open = now.open.len() == self.serving.all().len();
         if reclaim {
             let leases = self.take_over(free).await?;
             if !leases.is_empty() {
-                *idle = None;
                 return Ok(leases);
             }
         }
-        if !everything_open || idle.as_ref() != Some(&now) {
+        let open: Vec<String> = self.serving.open().iter().map(|s| s.queue.name().to_string()).collect();
+        let blocks = self.serving.blocks();
+        let everything_open = open.len() == self.serving.all().len();
+        let crowded = last.handed_back.is_some_and(|at| at.elapsed() < SCRIPTED_FOR);
+        if !everything_open || open != last.open || blocks != last.blocks || crowded {
             let leases = self.claim_new(free).await?;
             if !leases.is_empty() {
-                *idle = None;
                 return Ok(leases);
             }
         }
-        let (leases, drained) = self.wait_for_entries(readers, free).await?;
-        *idle = ((leases.is_empty() || drained) && everything_open).then_some(now);
+        let (leases, handed_back) = self.wait_for_entries(readers, free).await?;
+        last.open = open;
+        last.blocks = blocks;
+        if handed_back {
+            last.handed_back = Some(Instant::now());
+        }
         Ok(leases)
     }
 
@@ -261,8 +269,7 @@ impl Leasing {
 
     /// Blocks on the streams of every open queue until entries come (or a second passes), and
     /// takes leases on as many as there are free slots, shared by weight; gives the rest back.
-    /// Returns the leases, and whether the read drained what it read: fewer entries than it
-    /// asked for came from each stream.
+    /// Returns the leases, and whether any were given back.
     async fn wait_for_entries(
         &self,
         readers: &mut Readers,
@@ -339,10 +346,7 @@ impl Leasing {
         drop(reading);
         // Entries per queue (by its place in `open`), each with its lane and stream index.
         let mut given: Vec<Vec<Given>> = vec![Vec::new(); open.len()];
-        let asked = free.len();
-        let mut drained = true;
         for key in replies.into_iter().flat_map(|r| r.keys) {
-            drained &= key.ids.len() < asked;
             if let Some(place) = streams.iter().position(|s| *s == key.key) {
                 let (at, kind, index) = places[place];
                 given[at].extend(key.ids.into_iter().map(|e| (kind.to_string(), index, e)));
@@ -352,31 +356,33 @@ impl Leasing {
             open.iter().zip(&given).filter(|(_, g)| !g.is_empty()).map(|(s, _)| s.clone()).collect();
         let parts = Serving::allocate(&with_entries, free.len());
         let mut leases = Vec::new();
+        let mut handed_back = false;
         for (served, entries) in open.iter().zip(given) {
             if entries.is_empty() {
                 continue;
             }
             let part =
                 parts.iter().find(|(p, _)| p.queue.name() == served.queue.name()).map_or(0, |(_, n)| *n);
-            if let Err(e) = self.take_read(readers, served, entries, part, free, &mut leases).await {
-                if leases.is_empty() {
-                    return Err(e);
+            match self.take_read(readers, served, entries, part, free, &mut leases).await {
+                Ok(extra) => handed_back |= extra,
+                Err(e) if leases.is_empty() => return Err(e),
+                Err(e) => {
+                    // The leases taken are handed out. The entries left stay pending for this
+                    // worker, to be taken over once idle a lease's length, and the queue is left
+                    // alone for a second (a read that then finds its lanes lost makes them
+                    // again, as after any failed read).
+                    warn!(error = %e, queue = served.queue.name(), "taking leases on the entries read failed");
+                    self.serving.block(served.queue.name(), 1000);
+                    return Ok((leases, handed_back));
                 }
-                // The leases taken are handed out. The entries left stay pending for this
-                // worker, to be taken over once idle a lease's length, and the queue is left
-                // alone for a second (a read that then finds its lanes lost makes them again,
-                // as after any failed read).
-                warn!(error = %e, queue = served.queue.name(), "taking leases on the entries read failed");
-                self.serving.block(served.queue.name(), 1000);
-                return Ok((leases, false));
             }
         }
-        Ok((leases, drained))
+        Ok((leases, handed_back))
     }
 
     /// Takes leases on the most urgent `part` of `entries` (read from `served`'s lanes) into
     /// `leases`, without Lua where their tasks need no decision, the rest through the claim
-    /// script; gives the entries beyond `part` back.
+    /// script; gives the entries beyond `part` back, and says whether there were any.
     async fn take_read(
         &self,
         readers: &mut Readers,
@@ -385,15 +391,16 @@ impl Leasing {
         part: usize,
         free: &mut Vec<OwnedSemaphorePermit>,
         leases: &mut Vec<Lease>,
-    ) -> RedisResult<()> {
+    ) -> RedisResult<bool> {
         // The most urgent first; what does not fit goes back for others to take.
         entries.sort_by_key(|(_, index, _)| *index);
         let extra = entries.split_off(part.min(entries.len()));
-        if !extra.is_empty() {
+        let handed_back = !extra.is_empty();
+        if handed_back {
             hand_back_unclaimed(&served.queue, &extra).await?;
         }
         if entries.is_empty() {
-            return Ok(());
+            return Ok(handed_back);
         }
         if let Some((runs, rest)) = readers.lease_plain(&served.queue, &self.consumer, &entries).await {
             leases.extend(self.leases_of_runs(&served.queue, &served.running, runs, free));
@@ -404,7 +411,7 @@ impl Leasing {
             let claimed = served.queue.claim(&self.consumer, &kinds, entries.len(), &entries).await?;
             leases.extend(self.leases_of_claim(served, claimed, free));
         }
-        Ok(())
+        Ok(handed_back)
     }
 
     /// The leases of a claim on `served`, noting when it said to leave the queue alone.
@@ -455,12 +462,16 @@ pub(super) async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> Red
     pipe.query_async(&mut queue.conn.clone()).await
 }
 
-/// What a fetch loop saw when a blocking read brought nothing, or drained what it read: the
-/// queues open, and how many times the process had blocked a queue by then.
-#[derive(PartialEq)]
-struct Idle {
+/// What a fetch loop's last read saw, for the next look to choose between a read and claims
+/// (`fetch`).
+#[derive(Default)]
+struct LastRead {
+    /// The queues open when it began (by name).
     open: Vec<String>,
+    /// How many times the process had left a queue alone ([`Serving::block`]) by then.
     blocks: u64,
+    /// When a read last brought more than fitted, and gave the rest back.
+    handed_back: Option<Instant>,
 }
 
 /// A fetch loop's connections for blocking reads (of their own: a blocked read would hold up

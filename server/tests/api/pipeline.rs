@@ -286,7 +286,19 @@ async fn a_batch_is_accepted_whole_in_order_and_every_task_runs() {
 /// every command at a threshold of 0 (a function call with its name).
 #[tokio::test]
 async fn a_task_at_a_time_starts_without_the_claim_function() {
-    let app = spawn_app_alone(|_| {}).await;
+    starts_a_task_at_a_time_without_the_claim_function(4).await;
+}
+
+/// So does a worker with one slot, whose every read brings as many entries as it asked for: the
+/// next look for work is a read again, not a claim (docs/benchmark-notes.md, "Twenty-third
+/// step").
+#[tokio::test]
+async fn a_worker_with_one_slot_starts_a_task_at_a_time_without_the_claim_function() {
+    starts_a_task_at_a_time_without_the_claim_function(1).await;
+}
+
+async fn starts_a_task_at_a_time_without_the_claim_function(concurrency: usize) {
+    let app = spawn_app_alone(|c| c.concurrency = concurrency).await;
     let mut redis = app.redis().await;
     // The first task lets the workers settle: their first looks claim, and find nothing.
     let first = app.submit_ok(json!({"kind": "echo", "payload": 0})).await;

@@ -38,7 +38,7 @@ use crate::{
             plain::{self as lease, time_of},
         },
         record,
-        transaction::{allows_transactions, applied, watched},
+        transaction::{SCRIPTED_FOR, allows_transactions, applied, watched},
     },
     redis_client::Conn,
     stats::{Counted, latency_bin},
@@ -138,10 +138,6 @@ pub(in crate::queue) struct Round {
     pub(in crate::queue) runs: Vec<RunReply>,
     pub(in crate::queue) rest: Vec<Given>,
 }
-
-/// How long a queue's rounds leave their leases to the script once they found they should
-/// (`Mode`) before a plain round is tried again, or its limits looked at.
-const SCRIPTED_FOR: Duration = Duration::from_secs(1);
 
 /// A queue's connection for plain ends.
 #[derive(Default)]

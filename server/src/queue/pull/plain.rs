@@ -21,7 +21,7 @@ use crate::{
         finish::plain::read_new,
         lease::plain::{Found, has_limits, queue_read, queue_starts, time_of},
         record,
-        transaction::{allows_transactions, applied},
+        transaction::{SCRIPTED_FOR, allows_transactions, applied},
     },
     redis_client::Conn,
     store::now_ms,
@@ -39,11 +39,6 @@ use uuid::Uuid;
 /// over the entries whose holders stopped renewing them (and looks at each lane at most this
 /// often); also how long the queue's lanes, as read, are used.
 const RECLAIM_EVERY: Duration = Duration::from_millis(250);
-
-/// How long a queue's lease requests go through the script once the plain way found it should
-/// (limits, or new entries on several streams at once: read beyond `max`, those go back to the
-/// end of their streams) before it looks again.
-const SCRIPTED_FOR: Duration = Duration::from_secs(1);
 
 /// How long the plain way rests after a failure (a connection refused, an ACL user without the
 /// transaction commands, a lane without its group).
