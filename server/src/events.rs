@@ -8,7 +8,7 @@ mod cursor;
 
 pub use cursor::{Cursor, KINDS_CHANNEL, Position, WORKFLOWS_CHANNEL, is_channel};
 
-use crate::redis_client::{Conn, RedisClient, client_command};
+use crate::redis_client::{Conn, RedisClient, client_command, read_streams};
 use crate::{
     queues::Queues,
     store::{Keys, TaskRecord, rfc3339, stream_key},
@@ -384,32 +384,6 @@ fn events_of_entry(
             }
         }
         _ => events.push((entry, StoredEvent::from_fields(channel, entry, fields))),
-    }
-}
-
-/// The streams of an `XREAD` reply (RESP2 array or RESP3 map), each by its key, with its
-/// entries; none on a timeout.
-fn read_streams(reply: Value) -> Vec<(Vec<u8>, Value)> {
-    let key = |value: Value| match value {
-        Value::BulkString(key) => Some(key),
-        Value::SimpleString(key) => Some(key.into_bytes()),
-        _ => None,
-    };
-    match reply {
-        Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|stream| match stream {
-                Value::Array(key_and_entries) if key_and_entries.len() == 2 => {
-                    let mut parts = key_and_entries.into_iter();
-                    Some((key(parts.next()?)?, parts.next()?))
-                }
-                _ => None,
-            })
-            .collect(),
-        Value::Map(streams) => {
-            streams.into_iter().filter_map(|(name, entries)| Some((key(name)?, entries))).collect()
-        }
-        _ => Vec::new(),
     }
 }
 

@@ -15,6 +15,32 @@ use std::{
     time::Duration,
 };
 
+/// The streams of an `XREAD` or `XREADGROUP` reply (RESP2 array or RESP3 map), each by its key,
+/// with its entries; none on a timeout.
+pub fn read_streams(reply: Value) -> Vec<(Vec<u8>, Value)> {
+    let key = |value: Value| match value {
+        Value::BulkString(key) => Some(key),
+        Value::SimpleString(key) => Some(key.into_bytes()),
+        _ => None,
+    };
+    match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|stream| match stream {
+                Value::Array(key_and_entries) if key_and_entries.len() == 2 => {
+                    let mut parts = key_and_entries.into_iter();
+                    Some((key(parts.next()?)?, parts.next()?))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => {
+            streams.into_iter().filter_map(|(name, entries)| Some((key(name)?, entries))).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The line every PEM certificate starts with.
 const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
 

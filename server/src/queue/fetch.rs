@@ -19,11 +19,11 @@ use super::{
     serving::{DISCOVER_EVERY, Served, Serving},
     transaction::SCRIPTED_FOR,
 };
-use crate::redis_client::{Conn, client_command};
+use crate::redis_client::{Conn, client_command, read_streams};
 use futures::StreamExt;
 use redis::{
-    RedisResult,
-    streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
+    RedisResult, Value,
+    streams::{StreamAutoClaimReply, StreamId},
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -44,7 +44,56 @@ const BLOCK: Duration = Duration::from_secs(1);
 
 /// An entry read from a lane, for a claim to take: the lane's kind, the stream's index there (0
 /// most urgent), the entry.
-pub(super) type Given = (String, usize, StreamId);
+pub(super) type Given = (String, usize, Entry);
+
+/// An entry of a lane stream: its id, and the task it names (its `task` field, the one field
+/// Courier writes there; `None` in an entry without one, or one deleted since it was read).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Entry {
+    pub(super) id: String,
+    pub(super) task: Option<String>,
+}
+
+impl Entry {
+    /// An entry of an `XAUTOCLAIM` reply.
+    fn claimed(entry: StreamId) -> Entry {
+        let task = entry.get("task");
+        Entry { id: entry.id, task }
+    }
+}
+
+/// The entries of an `XREADGROUP` reply, by their stream's key (none on a timeout). Read from
+/// the reply as it came, where redis-rs's `StreamReadReply` copies the whole reply before it
+/// reads it and keeps each entry's fields in a map of their own (3 % of a worker's instructions in
+/// a drain: docs/benchmark-notes.md, "Twenty-third step"). An entry that is not an array of its
+/// id and its fields is left out: it stays pending, and is taken over as any other.
+pub(super) fn entries_read(reply: Value) -> Vec<(Vec<u8>, Vec<Entry>)> {
+    read_streams(reply)
+        .into_iter()
+        .map(|(key, entries)| {
+            let Value::Array(entries) = entries else { return (key, Vec::new()) };
+            (key, entries.into_iter().filter_map(entry_of).collect())
+        })
+        .collect()
+}
+
+/// One entry of a stream read: `[id, [field, value, …]]` (the fields nil once deleted).
+fn entry_of(entry: Value) -> Option<Entry> {
+    let Value::Array(parts) = entry else { return None };
+    let mut parts = parts.into_iter();
+    let id = redis::from_redis_value(parts.next()?).ok()?;
+    let mut task = None;
+    if let Some(Value::Array(fields)) = parts.next() {
+        let mut fields = fields.into_iter();
+        while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
+            if matches!(&field, Value::BulkString(name) if name == b"task") {
+                task = redis::from_redis_value(value).ok();
+                break;
+            }
+        }
+    }
+    Some(Entry { id, task })
+}
 
 /// A claim's replies, and why the queue may start nothing more now (with when to look again).
 pub(super) type Claimed = (Vec<Vec<Vec<u8>>>, Option<(Blocked, u64)>);
@@ -217,7 +266,8 @@ impl Leasing {
                 kind,
                 "taking over tasks whose lease expired"
             );
-            let given: Vec<Given> = reply.claimed.into_iter().map(|e| (kind.clone(), index, e)).collect();
+            let given: Vec<Given> =
+                reply.claimed.into_iter().map(|e| (kind.clone(), index, Entry::claimed(e))).collect();
             let kinds = self.serving.kinds_arg();
             let claimed = served.queue.claim(&self.consumer, &kinds, given.len(), &given).await?;
             return Ok(self.leases_of_claim(served, claimed, free));
@@ -333,23 +383,21 @@ impl Leasing {
         // queue served, none of them blocked by its limits, and ends when the one read does.
         let covers_all = open.len() == self.serving.all().len() && !self.serving.client().is_cluster();
         let reading = covers_all.then(|| Reading::start(&self.reading));
-        let replies: Vec<StreamReadReply> = if self.serving.client().is_cluster() {
+        let read_streams = if self.serving.client().is_cluster() {
             // Each queue's streams share its slot: a read per queue, woken when one brings some.
             let per_queue = streams.len() / open.len();
             let groups: Vec<(&Served, &[String])> = open.iter().zip(streams.chunks(per_queue)).collect();
             readers.read_each(&self.serving, &groups, read).await?
         } else {
-            let reply: Option<StreamReadReply> =
-                read(&streams).query_async(readers.one(&self.serving).await?).await?;
-            reply.into_iter().collect()
+            entries_read(read(&streams).query_async(readers.one(&self.serving).await?).await?)
         };
         drop(reading);
         // Entries per queue (by its place in `open`), each with its lane and stream index.
         let mut given: Vec<Vec<Given>> = vec![Vec::new(); open.len()];
-        for key in replies.into_iter().flat_map(|r| r.keys) {
-            if let Some(place) = streams.iter().position(|s| *s == key.key) {
+        for (key, entries) in read_streams {
+            if let Some(place) = streams.iter().position(|s| s.as_bytes() == key) {
                 let (at, kind, index) = places[place];
-                given[at].extend(key.ids.into_iter().map(|e| (kind.to_string(), index, e)));
+                given[at].extend(entries.into_iter().map(|e| (kind.to_string(), index, e)));
             }
         }
         let with_entries: Vec<Served> =
@@ -451,7 +499,7 @@ pub(super) async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> Red
     pipe.atomic();
     for (kind, index, entry) in entries {
         let stream = queue.keys.lane_stream(kind, *index);
-        if let Some(task) = entry.get::<String>("task") {
+        if let Some(task) = &entry.task {
             pipe.cmd("XADD").arg(&stream).arg("*").arg("task").arg(task).ignore();
             // Claims read only the lanes marked ready (lanes.lua).
             pipe.cmd("SADD").arg(queue.keys.ready_lanes()).arg(kind).ignore();
@@ -529,7 +577,7 @@ impl Readers {
         serving: &Serving,
         groups: &[(&Served, &[String])],
         read: impl Fn(&[String]) -> redis::Cmd,
-    ) -> RedisResult<Vec<StreamReadReply>> {
+    ) -> RedisResult<Vec<(Vec<u8>, Vec<Entry>)>> {
         for (served, streams) in groups {
             if !self.per_queue.contains_key(served.queue.name()) {
                 let conn = serving.client().connect_blocking(BLOCK.max(DISCOVER_EVERY)).await?;
@@ -543,7 +591,7 @@ impl Readers {
         for (at, (served, streams)) in groups.iter().enumerate() {
             let mut conn = self.per_queue[served.queue.name()].0.clone();
             let read = read(streams);
-            pending.push(async move { (at, read.query_async::<Option<StreamReadReply>>(&mut conn).await) });
+            pending.push(async move { (at, read.query_async::<Value>(&mut conn).await.map(entries_read)) });
         }
         let mut replies = Vec::new();
         let mut answered = vec![false; groups.len()];
@@ -562,7 +610,7 @@ impl Readers {
                     continue;
                 }
             };
-            if !woken && reply.as_ref().is_some_and(|r| !r.keys.is_empty()) {
+            if !woken && !reply.is_empty() {
                 woken = true;
                 for (at, (served, streams)) in groups.iter().enumerate().filter(|(at, _)| !answered[*at]) {
                     let Some(id) = self.per_queue.get(served.queue.name()).and_then(|(_, id)| *id) else {
@@ -615,11 +663,87 @@ impl Queue {
         self.leasing_args(&mut call, consumer, consumer, kinds).arg(count);
         for (kind, stream, entry) in given {
             // An entry without a task id is not ours to interpret: the script drops it.
-            let task = entry.get::<String>("task").unwrap_or_default();
+            let task = entry.task.as_deref().unwrap_or_default();
             call.arg(kind).arg(stream + 1).arg(&entry.id).arg(task);
         }
         let (replies, reason, retry_ms): (Vec<Vec<Vec<u8>>>, Vec<u8>, u64) =
             call.invoke_async(&mut self.conn.clone()).await?;
         Ok((replies, blocked_of(&reason, retry_ms)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::testing::private_queue;
+    use redis::{AsyncCommands, streams::StreamReadReply};
+
+    /// `entries_read` reads what redis-rs's `StreamReadReply` reads of the lanes' entries, from a
+    /// real `XREADGROUP` over two streams: new entries (the task field alone, beside others, or
+    /// missing) and a pending entry deleted since it was read, whose fields come back nil.
+    #[tokio::test]
+    async fn entries_read_reads_ids_and_tasks_as_redis_rs_does() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let [high, normal, _] = queue.keys.lane("echo");
+        let add = |stream: &str, fields: &[(&str, &str)]| {
+            let mut add = redis::cmd("XADD");
+            add.arg(stream).arg("*");
+            for (field, value) in fields {
+                add.arg(field).arg(value);
+            }
+            add
+        };
+        let task = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let gone: String = add(&high, &[("task", "deleted-later")]).query_async(&mut conn).await.unwrap();
+        let read = |id: &str| {
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP").arg(GROUP).arg("unit-worker").arg("COUNT").arg(10);
+            read.arg("STREAMS").arg(&high).arg(&normal).arg(id).arg(id);
+            read
+        };
+        let _: Value = read(">").query_async(&mut conn).await.unwrap();
+        let _: i64 = conn.xdel(&high, &[&gone]).await.unwrap();
+        for fields in
+            [&[("task", task)][..], &[("other", "x"), ("task", task), ("more", "y")], &[("other", "x")]]
+        {
+            let _: String = add(&high, fields).query_async(&mut conn).await.unwrap();
+        }
+        let _: String = add(&normal, &[("task", "not-an-id")]).query_async(&mut conn).await.unwrap();
+        let new: Value = read(">").query_async(&mut conn).await.unwrap();
+        let pending: Value = read("0").query_async(&mut conn).await.unwrap();
+
+        let ours = |reply: Value| -> Vec<(String, String, Option<String>)> {
+            entries_read(reply)
+                .into_iter()
+                .flat_map(|(key, entries)| {
+                    let key = String::from_utf8(key).unwrap();
+                    entries.into_iter().map(move |e| (key.clone(), e.id, e.task))
+                })
+                .collect()
+        };
+        let theirs = |reply: Value| -> Vec<(String, String, Option<String>)> {
+            let reply: StreamReadReply = redis::from_redis_value(reply).unwrap();
+            reply
+                .keys
+                .into_iter()
+                .flat_map(|key| {
+                    let name = key.key;
+                    key.ids.into_iter().map(move |e| (name.clone(), e.id.clone(), e.get("task")))
+                })
+                .collect()
+        };
+        let tasks = |read: &[(String, String, Option<String>)]| -> Vec<Option<String>> {
+            read.iter().map(|(.., task)| task.clone()).collect()
+        };
+        let new_read = ours(new.clone());
+        assert_eq!(new_read, theirs(new));
+        let named = |t: &str| Some(t.to_string());
+        assert_eq!(tasks(&new_read), [named(task), named(task), None, named("not-an-id")]);
+        let pending_read = ours(pending.clone());
+        assert_eq!(pending_read, theirs(pending));
+        assert_eq!(pending_read[0].1, gone, "the deleted entry is still pending");
+        assert_eq!(pending_read[0].2, None, "its fields are gone");
+        assert!(entries_read(Value::Nil).is_empty(), "a read that timed out");
     }
 }

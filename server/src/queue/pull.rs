@@ -138,7 +138,7 @@ impl Queue {
             .arg(self.settings.lease.as_millis() as u64)
             .arg(lease_ms);
         for (kind, index, entry) in given {
-            call.arg(kind).arg(index + 1).arg(&entry.id).arg(entry.get::<String>("task").unwrap_or_default());
+            call.arg(kind).arg(index + 1).arg(&entry.id).arg(entry.task.as_deref().unwrap_or_default());
         }
         // A limit that stops the queue (its reason and retry time, ignored here) only means
         // fewer leases: the worker asks again.

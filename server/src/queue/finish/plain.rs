@@ -31,7 +31,7 @@ use crate::{
     events::{append_task_events, task_event_value},
     queue::{
         GROUP, Queue,
-        fetch::{Given, hand_back_unclaimed},
+        fetch::{Given, entries_read, hand_back_unclaimed},
         finish::{Applied, Ended, Holders},
         lease::{
             Known, NOT_SAMPLED, RunReply, TRIM_ABOVE,
@@ -43,10 +43,7 @@ use crate::{
     redis_client::Conn,
     stats::{Counted, latency_bin},
 };
-use redis::{
-    RedisResult, Value,
-    streams::{StreamPendingReply, StreamReadReply},
-};
+use redis::{RedisResult, Value, streams::StreamPendingReply};
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
@@ -520,7 +517,7 @@ pub(in crate::queue) async fn read_new(
     want: usize,
 ) -> RedisResult<Vec<Given>> {
     let streams: Vec<&String> = lanes.iter().flat_map(|(_, streams)| streams).collect();
-    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+    let reply: Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(GROUP)
         .arg(consumer)
@@ -532,12 +529,12 @@ pub(in crate::queue) async fn read_new(
         .query_async(conn)
         .await?;
     let mut given: Vec<Given> = Vec::new();
-    for key in reply.into_iter().flat_map(|r| r.keys) {
+    for (key, entries) in entries_read(reply) {
         let place = lanes.iter().find_map(|(kind, streams)| {
-            streams.iter().position(|s| *s == key.key).map(|index| (kind, index))
+            streams.iter().position(|s| s.as_bytes() == key).map(|index| (kind, index))
         });
         if let Some((kind, index)) = place {
-            given.extend(key.ids.into_iter().map(|e| (kind.clone(), index, e)));
+            given.extend(entries.into_iter().map(|e| (kind.clone(), index, e)));
         }
     }
     given.sort_by_key(|(_, index, _)| *index);

@@ -155,7 +155,8 @@ impl Record {
 /// The task `text` names, if it is written as Courier writes ids (hyphenated, lower case): the
 /// keys built from the id are then the ones the script builds from the text.
 fn task_id(text: &str) -> Option<Uuid> {
-    text.parse().ok().filter(|id: &Uuid| id.to_string() == text)
+    let id: Uuid = text.parse().ok()?;
+    (id.hyphenated().encode_lower(&mut Uuid::encode_buffer()) == text).then_some(id)
 }
 
 /// One entry a plain lease starts: where it is, its task, what the read found of it, and the
@@ -295,9 +296,7 @@ pub(in crate::queue) fn queue_read(
     let mut seen = std::collections::HashSet::new();
     let ids: Vec<Option<Uuid>> = given
         .iter()
-        .map(|(_, _, entry)| {
-            entry.get::<String>("task").and_then(|t| task_id(&t)).filter(|id| seen.insert(*id))
-        })
+        .map(|(_, _, entry)| entry.task.as_deref().and_then(task_id).filter(|id| seen.insert(*id)))
         .collect();
     let plan = ReadPlan { ids, also };
     let tasks: Vec<String> = plan.tasks().map(|id| queue.keys.task(&id)).collect();
@@ -533,6 +532,7 @@ mod tests {
     use super::*;
     use crate::queue::{
         GROUP, NewTask, SharedPayload,
+        fetch::entries_read,
         testing::{
             anonymous, claim_idempotency_key, echo_task, fcalls, private_queue, unpacked, without_multi,
         },
@@ -540,7 +540,7 @@ mod tests {
     use bytes::Bytes;
     use redis::{
         AsyncCommands,
-        streams::{StreamPendingCountReply, StreamRangeReply, StreamReadReply},
+        streams::{StreamPendingCountReply, StreamRangeReply},
     };
     use std::collections::HashMap;
 
@@ -551,7 +551,7 @@ mod tests {
     /// blocking read gives them to the fetch loop: pending, each with its stream's place.
     async fn read_entries(queue: &Queue, count: usize) -> Vec<Given> {
         let streams = queue.keys.lane("echo");
-        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+        let reply: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
             .arg(WORKER)
@@ -563,18 +563,18 @@ mod tests {
             .query_async(&mut queue.conn.clone())
             .await
             .unwrap();
-        let place = |key: &str| streams.iter().position(|s| s == key).unwrap();
+        let place = |key: &[u8]| streams.iter().position(|s| s.as_bytes() == key).unwrap();
         let mut given = Vec::new();
-        for key in reply.keys {
-            let at = place(&key.key);
-            given.extend(key.ids.into_iter().map(|entry| ("echo".to_string(), at, entry)));
+        for (key, entries) in entries_read(reply) {
+            let at = place(&key);
+            given.extend(entries.into_iter().map(|entry| ("echo".to_string(), at, entry)));
         }
         given
     }
 
     /// The task an entry names.
     fn task_of((_, _, entry): &Given) -> Uuid {
-        entry.get::<String>("task").unwrap().parse().unwrap()
+        entry.task.as_deref().unwrap().parse().unwrap()
     }
 
     /// A connection for plain leases, as the fetch loop's blocking reads have.
