@@ -5,19 +5,17 @@
 //! next entry wakes that wait); the *fetch loop* fills the slots that are left: it reads every
 //! open queue's streams (a blocking read, which answers at once when entries wait), shares the
 //! slots among the queues by weight (queue/serving.rs), and takes leases on what it read, without
-//! Lua where it can (queue/lease/plain.rs). It claims through the script instead (one per queue)
-//! while a queue is or was just left alone (paused, at a limit), or for a while after a read
-//! brought more than fitted; and it takes over entries whose holder stopped renewing them. On a
-//! Redis Cluster a read keeps to one slot, so it blocks on each queue's streams on a connection
-//! of that queue's own, and wakes the others (`CLIENT UNBLOCK`) as soon as one read brings
-//! entries.
+//! Lua where it can (queue/lease/plain.rs). Where a read would not do as well, it claims through
+//! the script instead (one per queue; `fetch` says when); and it takes over entries whose holder
+//! stopped renewing them. On a Redis Cluster a read keeps to one slot, so it blocks on each
+//! queue's streams on a connection of that queue's own, and wakes the others (`CLIENT UNBLOCK`)
+//! as soon as one read brings entries.
 
 use super::{
     Backoff, Blocked, GROUP, Queue,
     finish::Ending,
     lease::{Lease, Leasing, PlainLeases, RunReply},
     serving::{DISCOVER_EVERY, Served, Serving},
-    transaction::SCRIPTED_FOR,
 };
 use crate::redis_client::{Conn, client_command, read_streams};
 use futures::StreamExt;
@@ -99,8 +97,8 @@ fn entry_of(entry: Value) -> Option<Entry> {
 pub(super) type Claimed = (Vec<Vec<Vec<u8>>>, Option<(Blocked, u64)>);
 
 impl Leasing {
-    /// Fills free slots: new entries if there are any, else a blocking read; now and then it
-    /// takes over entries whose lease expired.
+    /// Fills free slots with new entries as they come (`fetch`); now and then it takes over
+    /// entries whose lease expired.
     pub(super) async fn fetch_loop(
         self,
         slots: Arc<Semaphore>,
@@ -174,16 +172,21 @@ impl Leasing {
     /// Leases for the `free` slots: entries whose lease expired (when `reclaim`), else new
     /// entries, shared among the queues by weight. A read takes them: it answers at once when
     /// entries wait and blocks when none do, and its entries are leased without Lua where they
-    /// can be (the claim script's call costs Redis more than the read: docs/benchmark-notes.md,
-    /// "Twenty-third step"). Claims through the script come first while a queue is left alone,
-    /// or once one was or came back (or was found) since the `last` read: they tell whether a
-    /// queue is paused or at a limit, where a read would take its entries only to hand them back,
-    /// to the end of their streams. They come first too for `SCRIPTED_FOR` after a read brought
-    /// more than fitted (entries on several streams at once): the script reads the most urgent
-    /// first, where a read hands back what does not fit. A claim that finds nothing leaves the
-    /// slots to a read, and so does every look when nothing changed: neither an idle worker nor
-    /// one woken by a few tasks at a time runs a claim script that finds nothing
-    /// (docs/benchmark-notes.md, "Seventh step").
+    /// can be, which costs Redis less than the claim script's call (docs/benchmark-notes.md,
+    /// "Twenty-third step"). Claims through the script come first, and the read only when they
+    /// leave slots free, where the script does better than a read:
+    /// - while a queue is left alone, or when the queues open or the count of queues left alone
+    ///   changed since the `last` read: a claim tells whether a queue is paused or at a limit,
+    ///   where a read would take its entries only to hand them back, to the end of their streams;
+    /// - after a read handed entries back (more waited on several streams than fitted), until a
+    ///   claim leaves slots free: the script reads the most urgent first, where each read takes
+    ///   up to the free slots of every stream and gives back what does not fit;
+    /// - after a read that brought all it asked of a stream (more may wait), where the read's
+    ///   entries would go to the script anyway (on a cluster, or a queue found with limits): one
+    ///   call then, not a read and a call.
+    ///
+    /// Otherwise neither an idle worker nor one woken by a few tasks at a time runs a claim that
+    /// finds nothing (docs/benchmark-notes.md, "Seventh step").
     async fn fetch(
         &self,
         readers: &mut Readers,
@@ -200,19 +203,25 @@ impl Leasing {
         let open: Vec<String> = self.serving.open().iter().map(|s| s.queue.name().to_string()).collect();
         let blocks = self.serving.blocks();
         let everything_open = open.len() == self.serving.all().len();
-        let crowded = last.handed_back.is_some_and(|at| at.elapsed() < SCRIPTED_FOR);
-        if !everything_open || open != last.open || blocks != last.blocks || crowded {
+        let on_cluster = self.serving.client().is_cluster();
+        let read_plain = open.iter().all(|name| readers.plain.takes(on_cluster, name));
+        let claims_first = !everything_open
+            || open != last.open
+            || blocks != last.blocks
+            || last.crowded
+            || (last.full && !read_plain);
+        if claims_first {
             let leases = self.claim_new(free).await?;
+            if !free.is_empty() {
+                // The claims found fewer entries than slots: none waits that a read would not get.
+                last.crowded = false;
+            }
             if !leases.is_empty() {
                 return Ok(leases);
             }
         }
-        let (leases, handed_back) = self.wait_for_entries(readers, free).await?;
-        last.open = open;
-        last.blocks = blocks;
-        if handed_back {
-            last.handed_back = Some(Instant::now());
-        }
+        let (leases, read) = self.wait_for_entries(readers, free).await?;
+        *last = LastRead { open, blocks, full: read.full, crowded: last.crowded || read.handed_back };
         Ok(leases)
     }
 
@@ -319,12 +328,12 @@ impl Leasing {
 
     /// Blocks on the streams of every open queue until entries come (or a second passes), and
     /// takes leases on as many as there are free slots, shared by weight; gives the rest back.
-    /// Returns the leases, and whether any were given back.
+    /// Returns the leases, and what the read brought.
     async fn wait_for_entries(
         &self,
         readers: &mut Readers,
         free: &mut Vec<OwnedSemaphorePermit>,
-    ) -> RedisResult<(Vec<Lease>, bool)> {
+    ) -> RedisResult<(Vec<Lease>, Brought)> {
         let open = self.serving.open();
         // Serving every queue, it looks for new ones between reads.
         // It times out on a tick of the wall clock, with the process's other looks.
@@ -343,7 +352,7 @@ impl Leasing {
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => {}
             }
-            return Ok((Vec::new(), false));
+            return Ok((Vec::new(), Brought::default()));
         }
         let kinds = self.serving.kinds();
         if kinds.is_empty() {
@@ -352,7 +361,7 @@ impl Leasing {
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => {}
             }
-            return Ok((Vec::new(), false));
+            return Ok((Vec::new(), Brought::default()));
         }
         // Every lane stream of every open queue, with what it is: (queue's place, kind, priority).
         let mut streams: Vec<String> = Vec::new();
@@ -394,17 +403,18 @@ impl Leasing {
         drop(reading);
         // Entries per queue (by its place in `open`), each with its lane and stream index.
         let mut given: Vec<Vec<Given>> = vec![Vec::new(); open.len()];
+        let mut brought = Brought::default();
         for (key, entries) in read_streams {
+            brought.full |= entries.len() >= free.len();
             if let Some(place) = streams.iter().position(|s| s.as_bytes() == key) {
                 let (at, kind, index) = places[place];
                 given[at].extend(entries.into_iter().map(|e| (kind.to_string(), index, e)));
             }
         }
-        let with_entries: Vec<Served> =
-            open.iter().zip(&given).filter(|(_, g)| !g.is_empty()).map(|(s, _)| s.clone()).collect();
-        let parts = Serving::allocate(&with_entries, free.len());
+        let (with_entries, read): (Vec<Served>, Vec<usize>) =
+            open.iter().zip(&given).filter(|(_, g)| !g.is_empty()).map(|(s, g)| (s.clone(), g.len())).unzip();
+        let parts = Serving::allocate_up_to(&with_entries, &read, free.len());
         let mut leases = Vec::new();
-        let mut handed_back = false;
         for (served, entries) in open.iter().zip(given) {
             if entries.is_empty() {
                 continue;
@@ -412,7 +422,7 @@ impl Leasing {
             let part =
                 parts.iter().find(|(p, _)| p.queue.name() == served.queue.name()).map_or(0, |(_, n)| *n);
             match self.take_read(readers, served, entries, part, free, &mut leases).await {
-                Ok(extra) => handed_back |= extra,
+                Ok(extra) => brought.handed_back |= extra,
                 Err(e) if leases.is_empty() => return Err(e),
                 Err(e) => {
                     // The leases taken are handed out. The entries left stay pending for this
@@ -421,11 +431,11 @@ impl Leasing {
                     // again, as after any failed read).
                     warn!(error = %e, queue = served.queue.name(), "taking leases on the entries read failed");
                     self.serving.block(served.queue.name(), 1000);
-                    return Ok((leases, handed_back));
+                    return Ok((leases, brought));
                 }
             }
         }
-        Ok((leases, handed_back))
+        Ok((leases, brought))
     }
 
     /// Takes leases on the most urgent `part` of `entries` (read from `served`'s lanes) into
@@ -514,12 +524,23 @@ pub(super) async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> Red
 /// (`fetch`).
 #[derive(Default)]
 struct LastRead {
-    /// The queues open when it began (by name).
+    /// The queues open when the look that read began (by name).
     open: Vec<String>,
     /// How many times the process had left a queue alone ([`Serving::block`]) by then.
     blocks: u64,
-    /// When a read last brought more than fitted, and gave the rest back.
-    handed_back: Option<Instant>,
+    /// It brought all it asked of some stream: more may wait there.
+    full: bool,
+    /// A read handed entries back, and no claim has left slots free since.
+    crowded: bool,
+}
+
+/// What one read brought (`Leasing::wait_for_entries`).
+#[derive(Default)]
+struct Brought {
+    /// It brought all it asked of some stream.
+    full: bool,
+    /// It brought more than fitted, and gave the rest back.
+    handed_back: bool,
 }
 
 /// A fetch loop's connections for blocking reads (of their own: a blocked read would hold up

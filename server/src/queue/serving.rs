@@ -224,9 +224,15 @@ impl Serving {
     /// How many of `free` slots each of `candidates` gets (those with none left out): each slot
     /// to the queue with the fewest running per unit of weight, counting the slots it got.
     pub(super) fn allocate(candidates: &[Served], free: usize) -> Vec<(Served, usize)> {
+        Serving::allocate_up_to(candidates, &vec![usize::MAX; candidates.len()], free)
+    }
+
+    /// As `allocate`, each of `candidates` getting at most its `most` (what a read brought of
+    /// it): a slot its part cannot use goes to the others.
+    pub(super) fn allocate_up_to(candidates: &[Served], most: &[usize], free: usize) -> Vec<(Served, usize)> {
         let mut given = vec![0usize; candidates.len()];
         for _ in 0..free {
-            let pick = (0..candidates.len()).min_by(|&a, &b| {
+            let pick = (0..candidates.len()).filter(|&i| given[i] < most[i]).min_by(|&a, &b| {
                 let load = |i: usize| {
                     (candidates[i].running.load(Ordering::Relaxed) + given[i] + 1) as f64
                         / f64::from(candidates[i].weight)
@@ -312,5 +318,30 @@ mod tests {
             let list: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
             assert!(parse_choice(&list).is_err(), "{bad:?}");
         }
+    }
+
+    /// Slots go by weight and by what each queue runs, and a queue's part stops at what it may
+    /// take: the slots it cannot use go to the others.
+    #[tokio::test]
+    async fn slots_go_by_weight_up_to_what_each_queue_may_take() {
+        let (_redis, queue) = crate::queue::testing::private_queue().await;
+        let served = |weight: u32, running: usize| Served {
+            queue: queue.clone(),
+            weight,
+            running: Arc::new(AtomicUsize::new(running)),
+            blocked_until: None,
+        };
+        let parts = |candidates: &[Served], most: Option<&[usize]>, free: usize| -> Vec<usize> {
+            let given = match most {
+                Some(most) => Serving::allocate_up_to(candidates, most, free),
+                None => Serving::allocate(candidates, free),
+            };
+            given.iter().map(|(_, n)| *n).collect()
+        };
+        let pair = [served(1, 0), served(3, 0)];
+        assert_eq!(parts(&pair, None, 8), [2, 6]);
+        assert_eq!(parts(&pair, Some(&[8, 1]), 8), [7, 1]);
+        assert_eq!(parts(&pair, Some(&[2, 3]), 8), [2, 3], "more slots than both may take");
+        assert_eq!(parts(&[served(1, 4), served(1, 0)], None, 4), [4], "the busy one waits");
     }
 }

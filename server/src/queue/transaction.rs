@@ -11,7 +11,8 @@ use std::time::Duration;
 /// How long a queue's starts go through the claim script once the plain way found it should
 /// (limits, or new entries on several streams at once: those read beyond what fits go back to
 /// the end of their streams, where the script reads the most urgent first) before the plain way
-/// is tried again. Finish rounds, pulled lease requests and the fetch loop each keep their own.
+/// is tried again: by a worker's finish rounds, and by pulled lease requests, each keeping its
+/// own time.
 pub(super) const SCRIPTED_FOR: Duration = Duration::from_secs(1);
 
 /// Whether Redis lets this user watch and run a transaction on `conn` (an error if not): asked

@@ -186,6 +186,14 @@ pub(in crate::queue) struct Read<'g> {
 }
 
 impl PlainLeases {
+    /// Whether entries read of `queue` are leased here now, rather than all left to the script:
+    /// not on a cluster (`on_cluster`), nor on a queue found with limits lately, nor while the
+    /// plain way rests after a failure.
+    pub(in crate::queue) fn takes(&self, on_cluster: bool, queue: &str) -> bool {
+        let limited = self.limited.get(queue).is_some_and(|at| at.elapsed() < LIMITED_FOR);
+        !on_cluster && !limited && self.failed_at.is_none_or(|at| at.elapsed() >= RETRY_AFTER)
+    }
+
     /// Takes leases on `given` (entries of `queue` a blocking read brought for `consumer`) without
     /// Lua where their tasks need no decision, on `conn` (the fetch loop's, which nothing else
     /// uses and nothing reconnects): the run replies and the entries left for the claim script,
@@ -198,8 +206,7 @@ impl PlainLeases {
         consumer: &str,
         given: &[Given],
     ) -> RedisResult<Option<(Vec<RunReply>, Vec<Given>)>> {
-        let limited = self.limited.get(queue.name()).is_some_and(|at| at.elapsed() < LIMITED_FOR);
-        if conn.is_cluster() || limited || self.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+        if !self.takes(conn.is_cluster(), queue.name()) {
             return Ok(None);
         }
         let taken = async {
