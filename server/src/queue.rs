@@ -192,9 +192,14 @@ fn flag(on: bool) -> &'static str {
     if on { "1" } else { "0" }
 }
 
-/// A handle on one queue in Redis; cheap to clone.
+/// A handle on one queue in Redis; cheap to clone: its parts are shared, behind one reference
+/// count (a worker clones a handle for each lease and each end).
 #[derive(Clone)]
-pub struct Queue {
+pub struct Queue(Arc<QueueParts>);
+
+/// What the handles on one queue share (read through [`Queue`]).
+#[derive(Clone)]
+pub struct QueueParts {
     name: Arc<str>,
     /// Its number in the registry (0 for the default queue), which its task ids carry.
     number: u16,
@@ -223,13 +228,23 @@ pub struct Queue {
     tallies: Arc<crate::stats::Tallies>,
 }
 
+impl std::ops::Deref for Queue {
+    type Target = QueueParts;
+
+    fn deref(&self) -> &QueueParts {
+        &self.0
+    }
+}
+
 impl Queue {
-    /// A clone for a loop this handle starts (its submissions' group commits, its pulled ends'):
-    /// everything but the senders of its loops, so that a loop ends once every handle that feeds
-    /// it is gone. (A loop holding its own sender would run for ever: one per handle made for a
-    /// single request.)
+    /// A handle for a loop this handle starts (its submissions' group commits, its pulled
+    /// ends'): everything shared but the senders of its loops, so that a loop ends once every
+    /// handle that feeds it is gone. (A loop holding its own sender would run for ever: one per
+    /// handle made for a single request.)
     fn for_loop(&self) -> Queue {
-        Queue { enqueuer: Default::default(), pulled_ends: Default::default(), ..self.clone() }
+        let parts =
+            QueueParts { enqueuer: Default::default(), pulled_ends: Default::default(), ..(*self.0).clone() };
+        Queue(Arc::new(parts))
     }
 }
 
@@ -478,7 +493,7 @@ impl Queue {
         scripts: Arc<Scripts>,
         tallies: Arc<crate::stats::Tallies>,
     ) -> Queue {
-        Queue {
+        Queue(Arc::new(QueueParts {
             tallies,
             name: name.into(),
             number: 0,
@@ -493,7 +508,7 @@ impl Queue {
             limits_seen: Default::default(),
             pulled_ends: Default::default(),
             plain_pulls: Default::default(),
-        }
+        }))
     }
 
     /// The stats counts of every queue this handle's Redis has in this process (`stats::Tally`).
@@ -508,7 +523,7 @@ impl Queue {
 
     /// This handle with the queue's registry number.
     pub(crate) fn numbered(mut self, number: u16) -> Queue {
-        self.number = number;
+        Arc::make_mut(&mut self.0).number = number;
         self
     }
 
