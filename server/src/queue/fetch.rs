@@ -173,8 +173,8 @@ impl Leasing {
     /// entries, shared among the queues by weight. A read takes them: it answers at once when
     /// entries wait and blocks when none do, and its entries are leased without Lua where they
     /// can be, which costs Redis less than the claim script's call (docs/benchmark-notes.md,
-    /// "Twenty-third step"). Claims through the script come first, and the read only when they
-    /// leave slots free, where the script does better than a read:
+    /// "Twenty-third step"). Where the script does better than a read, claims come first, and a
+    /// read follows only when they leave slots free:
     /// - while a queue is left alone, or when the queues open or the count of queues left alone
     ///   changed since the `last` read: a claim tells whether a queue is paused or at a limit,
     ///   where a read would take its entries only to hand them back, to the end of their streams;
@@ -392,7 +392,7 @@ impl Leasing {
         // queue served, none of them blocked by its limits, and ends when the one read does.
         let covers_all = open.len() == self.serving.all().len() && !self.serving.client().is_cluster();
         let reading = covers_all.then(|| Reading::start(&self.reading));
-        let read_streams = if self.serving.client().is_cluster() {
+        let replies = if self.serving.client().is_cluster() {
             // Each queue's streams share its slot: a read per queue, woken when one brings some.
             let per_queue = streams.len() / open.len();
             let groups: Vec<(&Served, &[String])> = open.iter().zip(streams.chunks(per_queue)).collect();
@@ -404,16 +404,16 @@ impl Leasing {
         // Entries per queue (by its place in `open`), each with its lane and stream index.
         let mut given: Vec<Vec<Given>> = vec![Vec::new(); open.len()];
         let mut brought = Brought::default();
-        for (key, entries) in read_streams {
+        for (key, entries) in replies {
             brought.full |= entries.len() >= free.len();
             if let Some(place) = streams.iter().position(|s| s.as_bytes() == key) {
                 let (at, kind, index) = places[place];
                 given[at].extend(entries.into_iter().map(|e| (kind.to_string(), index, e)));
             }
         }
-        let (with_entries, read): (Vec<Served>, Vec<usize>) =
+        let (with_entries, counts): (Vec<Served>, Vec<usize>) =
             open.iter().zip(&given).filter(|(_, g)| !g.is_empty()).map(|(s, g)| (s.clone(), g.len())).unzip();
-        let parts = Serving::allocate_up_to(&with_entries, &read, free.len());
+        let parts = Serving::allocate_up_to(&with_entries, &counts, free.len());
         let mut leases = Vec::new();
         for (served, entries) in open.iter().zip(given) {
             if entries.is_empty() {
