@@ -46,6 +46,11 @@ fn by_propagator(traceparent: &str) -> SpanContext {
     context.span().span_context().clone()
 }
 
+/// Whether `digits` are hex digits in lower case, as W3C writes them.
+fn lower_hex(digits: &[u8]) -> bool {
+    digits.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// A `traceparent` in the shape `format` writes (version 00, its ids and flags in lower-case hex,
 /// nothing after), read straight into a span context: the propagator would read it the same (a
 /// test compares the two), through a `Context` made and dropped for it, which a worker paid once
@@ -53,14 +58,13 @@ fn by_propagator(traceparent: &str) -> SpanContext {
 /// any other shape, which the propagator reads.
 fn as_written(traceparent: &str) -> Option<SpanContext> {
     let bytes = traceparent.as_bytes();
-    let hex = |from: usize, to: usize| bytes[from..to].iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let written = bytes.len() == 55
         && bytes.starts_with(b"00-")
         && bytes[35] == b'-'
         && bytes[52] == b'-'
-        && hex(3, 35)
-        && hex(36, 52)
-        && hex(53, 55);
+        && lower_hex(&bytes[3..35])
+        && lower_hex(&bytes[36..52])
+        && lower_hex(&bytes[53..55]);
     if !written {
         return None;
     }
@@ -120,7 +124,7 @@ pub fn trace_id_of(traceparent: &str) -> Option<String> {
     // The 32 digits `parse` read the id from: as they stand when they are lower-case hex (what
     // W3C allows, and what Courier writes), with no number to format again.
     match traceparent.trim().get(3..35) {
-        Some(digits) if digits.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Some(digits.into()),
+        Some(digits) if lower_hex(digits.as_bytes()) => Some(digits.into()),
         _ => Some(span.trace_id().to_string()),
     }
 }
