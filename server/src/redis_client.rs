@@ -9,6 +9,7 @@ use redis::{
     cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig},
     cluster_async::ClusterConnection,
     cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
+    io::tcp::TcpSettings,
 };
 use std::{
     path::{Path, PathBuf},
@@ -107,6 +108,7 @@ pub fn open(urls: &str, cluster: bool, ca_cert: Option<&Path>) -> Result<RedisCl
     let infos = urls
         .split(',')
         .map(|url| url.trim().into_connection_info().map_err(ClientError::Url))
+        .map(|info| info.map(|info| info.set_tcp_settings(tcp_settings())))
         .collect::<Result<Vec<ConnectionInfo>, _>>()?;
     let tls = infos.iter().filter(|info| matches!(info.addr(), ConnectionAddr::TcpTls { .. })).count();
     if tls > 0 {
@@ -133,7 +135,7 @@ pub fn open(urls: &str, cluster: bool, ca_cert: Option<&Path>) -> Result<RedisCl
     if tls != 0 && tls != infos.len() {
         return Err(ClientError::MixedTls);
     }
-    let mut builder = ClusterClientBuilder::new(infos);
+    let mut builder = ClusterClientBuilder::new(infos).tcp_settings(tcp_settings());
     if let Some(pem) = root_cert {
         builder = builder.certs(certificates(pem));
     }
@@ -141,6 +143,14 @@ pub fn open(urls: &str, cluster: bool, ca_cert: Option<&Path>) -> Result<RedisCl
         Some(path) => ClientError::BadCa { path: path.to_owned(), source },
         None => ClientError::Cluster(source),
     })
+}
+
+/// How Courier's connections to Redis are set up: `TCP_NODELAY`, as Redis sets on its side.
+/// redis-rs leaves Nagle's algorithm on, which holds a command back while an earlier one on the
+/// connection is unacknowledged: a multiplexed connection's requests queue behind each other's
+/// round trips.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 /// The PEM file `path`, once it holds a certificate.
@@ -321,6 +331,16 @@ mod tests {
     fn plain_and_tls_urls_make_a_client_without_a_ca() {
         assert!(open("redis://127.0.0.1:6379", false, None).is_ok());
         assert!(open("rediss://user:pw@127.0.0.1:6380", false, None).is_ok());
+    }
+
+    #[test]
+    fn connections_to_one_server_are_set_up_without_nagle() {
+        for url in ["redis://127.0.0.1:6379", "rediss://user:pw@127.0.0.1:6380"] {
+            let RedisClient::Node(client) = open(url, false, None).unwrap() else {
+                panic!("{url}: not one server")
+            };
+            assert!(client.get_connection_info().tcp_settings().nodelay(), "{url}");
+        }
     }
 
     #[test]
