@@ -225,8 +225,9 @@ impl Leasing {
         Ok(leases)
     }
 
-    /// Takes over entries whose holder stopped renewing their lease, from the first queue that
-    /// has any (every lane this process reads is looked at in one go: a pipeline per queue).
+    /// Takes over entries whose holder stopped renewing their lease (every lane this process
+    /// reads is looked at in one go: a pipeline per queue), as many as there are free slots, the
+    /// first streams looked at first.
     async fn take_over(&self, free: &mut Vec<OwnedSemaphorePermit>) -> RedisResult<Vec<Lease>> {
         let kinds = self.serving.kinds();
         let served = self.serving.all();
@@ -264,24 +265,72 @@ impl Leasing {
                 Err(e) => warn!(error = %e, queue = s.queue.name(), "looking for expired leases failed"),
             }
         }
+        // Each stream's expired entries are this consumer's now, their idle time reset: those the
+        // free slots take go to the claim script, which starts them; the others are marked
+        // expired again, for the next look (this process's or another's) to take over rather
+        // than wait a lease more.
+        let mut leases = Vec::new();
+        let mut failed = None;
         for (&(at, kind, index), reply) in replies {
             if reply.claimed.is_empty() {
                 continue;
             }
             let served = &served[at];
-            debug!(
-                count = reply.claimed.len(),
-                queue = served.queue.name(),
-                kind,
-                "taking over tasks whose lease expired"
-            );
-            let given: Vec<Given> =
+            let mut given: Vec<Given> =
                 reply.claimed.into_iter().map(|e| (kind.clone(), index, Entry::claimed(e))).collect();
-            let kinds = self.serving.kinds_arg();
-            let claimed = served.queue.claim(&self.consumer, &kinds, given.len(), &given).await?;
-            return Ok(self.leases_of_claim(served, claimed, free));
+            let beyond = given.split_off(free.len().min(given.len()));
+            if !given.is_empty() {
+                debug!(
+                    count = given.len(),
+                    queue = served.queue.name(),
+                    kind,
+                    "taking over tasks whose lease expired"
+                );
+                let kinds = self.serving.kinds_arg();
+                match served.queue.claim(&self.consumer, &kinds, given.len(), &given).await {
+                    Ok(claimed) => leases.extend(self.leases_of_claim(served, claimed, free)),
+                    Err(e) => {
+                        self.leave_expired(&served.queue, &given).await;
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            self.leave_expired(&served.queue, &beyond).await;
         }
-        Ok(Vec::new())
+        match failed {
+            Some(e) if leases.is_empty() => Err(e),
+            Some(e) => {
+                warn!(error = %e, "taking over some expired leases failed: they are looked at again");
+                Ok(leases)
+            }
+            None => Ok(leases),
+        }
+    }
+
+    /// Marks `entries` (of `queue`, pending for this consumer) idle for a lease again, as they were
+    /// before this process's look moved them to it: the next look takes them over.
+    async fn leave_expired(&self, queue: &Queue, entries: &[Given]) {
+        if entries.is_empty() {
+            return;
+        }
+        let lease_ms = queue.settings.lease.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        for (kind, index, entry) in entries {
+            pipe.cmd("XCLAIM")
+                .arg(queue.keys.lane_stream(kind, *index))
+                .arg(GROUP)
+                .arg(self.consumer.as_ref())
+                .arg(0)
+                .arg(&entry.id)
+                .arg("IDLE")
+                .arg(lease_ms)
+                .arg("JUSTID")
+                .ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut queue.conn.clone()).await {
+            // Then they are taken over a lease from now.
+            warn!(error = %e, queue = queue.name(), "marking entries expired again failed");
+        }
     }
 
     /// Claims new entries for the free slots, shared among the open queues by weight; a queue
@@ -300,8 +349,13 @@ impl Leasing {
             let claims = parts.iter().map(|(served, n)| served.queue.claim(&self.consumer, &kinds, *n, &[]));
             let claimed = futures::future::join_all(claims).await;
             if claimed.iter().all(Result::is_err) {
+                // Leases taken in an earlier pass are started already: they run.
                 return match claimed.into_iter().next() {
-                    Some(Err(e)) => Err(e),
+                    Some(Err(e)) if leases.is_empty() => Err(e),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "claiming failed after some leases were taken");
+                        Ok(leases)
+                    }
                     _ => Ok(leases),
                 };
             }
@@ -564,11 +618,13 @@ impl Readers {
         Ok(self.one.insert(conn))
     }
 
-    /// Drops the connections (after an error: they are made again as needed). What the plain
-    /// leases learnt (a rest after a failure, the queues seen with limits) stays.
+    /// Drops the connections (after an error: they are made again as needed; the next one is
+    /// asked again whether Redis lets this user run transactions). What the plain leases learnt
+    /// (a rest after a failure, the queues seen with limits) stays.
     fn reset(&mut self) {
         self.one = None;
         self.per_queue.clear();
+        self.plain.connection_dropped();
     }
 
     /// Takes leases on `given` (entries of `queue` the last read on `one` brought) without Lua

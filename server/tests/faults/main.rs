@@ -99,6 +99,42 @@ async fn tasks_of_a_killed_worker_are_finished_by_another_after_the_lease() {
     assert!(second.try_wait().unwrap().is_none(), "the second worker keeps running");
 }
 
+/// A worker killed while its tasks sat on three streams (a priority each): the next look for
+/// expired leases takes over all of them, not one stream's now and the others' a lease later.
+#[tokio::test]
+async fn a_killed_workers_tasks_on_several_streams_are_taken_over_by_one_look() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let mut first = app.worker(&["--concurrency", "6", "--lease", "2s"]);
+    let mut ids = HashSet::new();
+    for priority in ["high", "normal", "low"] {
+        for _ in 0..2 {
+            let task = json!({"kind": "sleep", "payload": {"ms": 3000, "steps": 3}, "priority": priority});
+            ids.insert(app.submit_ok(task).await);
+        }
+    }
+    assert_eq!(until_running(&mut events, 6).await, ids);
+
+    signal(&first, "KILL");
+    first.wait().await.unwrap();
+    let mut second = app.worker(&["--concurrency", "6", "--lease", "2s"]);
+    let mut restarted: HashMap<String, chrono::DateTime<chrono::FixedOffset>> = HashMap::new();
+    while restarted.len() < ids.len() {
+        let event = events.next_within(Duration::from_secs(30)).await.expect("the tasks start again");
+        if event.name == "running" && event.data["attempt"] == 2 {
+            let at = chrono::DateTime::parse_from_rfc3339(event.data["at"].as_str().unwrap()).unwrap();
+            restarted.insert(event.data["task_id"].as_str().unwrap().to_string(), at);
+        }
+    }
+    // One look starts them within moments of each other; a stream left for the next takeover
+    // would start a lease (2 s) after the first.
+    let (earliest, latest) = (restarted.values().min().unwrap(), restarted.values().max().unwrap());
+    assert!(*latest - *earliest < chrono::Duration::seconds(1), "second attempts started at {restarted:?}");
+    let ended = until_all_end(&mut events, &ids, Duration::from_secs(30)).await;
+    assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
+    assert!(second.try_wait().unwrap().is_none(), "the second worker keeps running");
+}
+
 #[tokio::test]
 async fn a_paused_workers_late_ack_is_ignored_and_both_workers_live_on() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;

@@ -194,6 +194,12 @@ impl PlainLeases {
         !on_cluster && !limited && self.failed_at.is_none_or(|at| at.elapsed() >= RETRY_AFTER)
     }
 
+    /// The connection it took leases on was dropped: the next one is probed before its first
+    /// transaction, as every connection is (transaction.rs).
+    pub(in crate::queue) fn connection_dropped(&mut self) {
+        self.probed = false;
+    }
+
     /// Takes leases on `given` (entries of `queue` a blocking read brought for `consumer`) without
     /// Lua where their tasks need no decision, on `conn` (the fetch loop's, which nothing else
     /// uses and nothing reconnects): the run replies and the entries left for the claim script,
@@ -483,7 +489,7 @@ impl Starting<'_> {
             .zip(tokens)
             .zip(reads)
             .map(|((start, token), read)| {
-                let read = read.map(|at| std::mem::replace(&mut applied[at], Value::Nil));
+                let read = read.and_then(|at| applied.get_mut(at)).map(std::mem::take);
                 run_reply(start, token, &now, read)
             })
             .collect()
