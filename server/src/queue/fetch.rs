@@ -290,12 +290,12 @@ impl Leasing {
                 match served.queue.claim(&self.consumer, &kinds, given.len(), &given).await {
                     Ok(claimed) => leases.extend(self.leases_of_claim(served, claimed, free)),
                     Err(e) => {
-                        self.leave_expired(&served.queue, &given).await;
+                        leave_expired(&served.queue, &self.consumer, &given).await;
                         failed.get_or_insert(e);
                     }
                 }
             }
-            self.leave_expired(&served.queue, &beyond).await;
+            leave_expired(&served.queue, &self.consumer, &beyond).await;
         }
         match failed {
             Some(e) if leases.is_empty() => Err(e),
@@ -304,32 +304,6 @@ impl Leasing {
                 Ok(leases)
             }
             None => Ok(leases),
-        }
-    }
-
-    /// Marks `entries` (of `queue`, pending for this consumer) idle for a lease again, as they were
-    /// before this process's look moved them to it: the next look takes them over.
-    async fn leave_expired(&self, queue: &Queue, entries: &[Given]) {
-        if entries.is_empty() {
-            return;
-        }
-        let lease_ms = queue.settings.lease.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        for (kind, index, entry) in entries {
-            pipe.cmd("XCLAIM")
-                .arg(queue.keys.lane_stream(kind, *index))
-                .arg(GROUP)
-                .arg(self.consumer.as_ref())
-                .arg(0)
-                .arg(&entry.id)
-                .arg("IDLE")
-                .arg(lease_ms)
-                .arg("JUSTID")
-                .ignore();
-        }
-        if let Err(e) = pipe.query_async::<()>(&mut queue.conn.clone()).await {
-            // Then they are taken over a lease from now.
-            warn!(error = %e, queue = queue.name(), "marking entries expired again failed");
         }
     }
 
@@ -572,6 +546,32 @@ pub(super) async fn hand_back_unclaimed(queue: &Queue, entries: &[Given]) -> Red
         pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&entry.id).ignore();
     }
     pipe.query_async(&mut queue.conn.clone()).await
+}
+
+/// Marks `entries` (of `queue`, pending for `consumer`) idle for a lease again, as they were before
+/// a look for expired leases moved them to it: the next look takes them over.
+async fn leave_expired(queue: &Queue, consumer: &str, entries: &[Given]) {
+    if entries.is_empty() {
+        return;
+    }
+    let lease_ms = queue.settings.lease.as_millis() as u64;
+    let mut pipe = redis::pipe();
+    for (kind, index, entry) in entries {
+        pipe.cmd("XCLAIM")
+            .arg(queue.keys.lane_stream(kind, *index))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(0)
+            .arg(&entry.id)
+            .arg("IDLE")
+            .arg(lease_ms)
+            .arg("JUSTID")
+            .ignore();
+    }
+    if let Err(e) = pipe.query_async::<()>(&mut queue.conn.clone()).await {
+        // Then they are taken over a lease from now.
+        warn!(error = %e, queue = queue.name(), "marking entries expired again failed");
+    }
 }
 
 /// What a fetch loop's last read saw, for the next look to choose between a read and claims
@@ -822,5 +822,34 @@ mod tests {
         assert_eq!(pending_read[0].1, gone, "the deleted entry is still pending");
         assert_eq!(pending_read[0].2, None, "its fields are gone");
         assert!(entries_read(Value::Nil).is_empty(), "a read that timed out");
+    }
+
+    /// An entry a look for expired leases moved to this process but did not start is marked
+    /// expired again: another process's next look takes it over at once, not a lease later.
+    #[tokio::test]
+    async fn an_entry_left_expired_is_taken_over_by_the_next_look() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let [_, normal, _] = queue.keys.lane("echo");
+        let task = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let id: String = conn.xadd(&normal, "*", &[("task", task)]).await.unwrap();
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP").arg(GROUP).arg("this").arg("STREAMS").arg(&normal).arg(">");
+        let _: Value = read.query_async(&mut conn).await.unwrap();
+        let lease_ms = queue.settings.lease.as_millis() as u64;
+        let mut look = redis::cmd("XAUTOCLAIM");
+        look.arg(&normal).arg(GROUP).arg("other").arg(lease_ms).arg("0-0");
+        let early: StreamAutoClaimReply = look.query_async(&mut conn).await.unwrap();
+        assert!(early.claimed.is_empty(), "just read: its lease has not run out");
+
+        let entry = Entry { id: id.clone(), task: Some(task.to_string()) };
+        leave_expired(&queue, "this", &[("echo".to_string(), 1, entry)]).await;
+        let taken: StreamAutoClaimReply = look.query_async(&mut conn).await.unwrap();
+        let ids: Vec<&str> = taken.claimed.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, [id.as_str()]);
+        let pending: redis::streams::StreamPendingCountReply =
+            conn.xpending_count(&normal, GROUP, "-", "+", 10).await.unwrap();
+        let owners: Vec<&str> = pending.ids.iter().map(|p| p.consumer.as_str()).collect();
+        assert_eq!(owners, ["other"], "taken over once, by the other look");
     }
 }
