@@ -145,10 +145,9 @@ pub fn open(urls: &str, cluster: bool, ca_cert: Option<&Path>) -> Result<RedisCl
     })
 }
 
-/// How Courier's connections to Redis are set up: `TCP_NODELAY`, as Redis sets on its side.
-/// redis-rs leaves Nagle's algorithm on, which holds a command back while an earlier one on the
-/// connection is unacknowledged: a multiplexed connection's requests queue behind each other's
-/// round trips.
+/// How Courier's connections to Redis are set up: `TCP_NODELAY`, as Redis sets on its side (and
+/// ioredis by default). redis-rs leaves Nagle's algorithm on, which holds a small write back
+/// while data sent before it is unacknowledged (docs/benchmark-notes.md, "Twenty-fourth step").
 fn tcp_settings() -> TcpSettings {
     TcpSettings::default().set_nodelay(true)
 }
