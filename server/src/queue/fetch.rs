@@ -14,7 +14,7 @@
 use super::{
     Backoff, Blocked, GROUP, Queue,
     finish::Ending,
-    lease::{Lease, Leasing, PlainLeases, RunReply},
+    lease::{Lease, Leasing, PlainLeases, RunReply, idle_for},
     serving::{DISCOVER_EVERY, Served, Serving},
 };
 use crate::redis_client::{Conn, client_command, read_streams};
@@ -557,16 +557,7 @@ async fn leave_expired(queue: &Queue, consumer: &str, entries: &[Given]) {
     let lease_ms = queue.settings.lease.as_millis() as u64;
     let mut pipe = redis::pipe();
     for (kind, index, entry) in entries {
-        pipe.cmd("XCLAIM")
-            .arg(queue.keys.lane_stream(kind, *index))
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(0)
-            .arg(&entry.id)
-            .arg("IDLE")
-            .arg(lease_ms)
-            .arg("JUSTID")
-            .ignore();
+        idle_for(&mut pipe, &queue.keys.lane_stream(kind, *index), consumer, &entry.id, lease_ms).ignore();
     }
     if let Err(e) = pipe.query_async::<()>(&mut queue.conn.clone()).await {
         // Then they are taken over a lease from now.

@@ -292,6 +292,27 @@ pub(super) fn waited_since(entry_id: &str, now_ms: u64) -> Option<Duration> {
     Some(Duration::from_millis(now_ms.saturating_sub(ready_ms)))
 }
 
+/// Queues an `XCLAIM` that leaves pending entry `entry_id` of `stream` with `consumer` but idle for
+/// `idle_ms` already, so that a look for expired leases takes it over a lease less `idle_ms` from
+/// now: a shorter pulled lease, or a takeover's entry left for the next look.
+pub(super) fn idle_for<'p>(
+    pipe: &'p mut redis::Pipeline,
+    stream: &str,
+    consumer: &str,
+    entry_id: &str,
+    idle_ms: u64,
+) -> &'p mut redis::Pipeline {
+    pipe.cmd("XCLAIM")
+        .arg(stream)
+        .arg(super::GROUP)
+        .arg(consumer)
+        .arg(0)
+        .arg(entry_id)
+        .arg("IDLE")
+        .arg(idle_ms)
+        .arg("JUSTID")
+}
+
 impl Lease {
     /// How long its task waited ready before this attempt was taken.
     pub fn waited(&self) -> Option<Duration> {

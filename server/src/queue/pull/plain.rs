@@ -16,10 +16,13 @@ use super::{CONSUMER, Pulled};
 use crate::{
     events::append_task_events,
     queue::{
-        GROUP, Queue,
+        Queue,
         fetch::{Given, hand_back_unclaimed},
         finish::plain::read_new,
-        lease::plain::{Found, has_limits, queue_read, queue_starts, time_of},
+        lease::{
+            idle_for,
+            plain::{Found, has_limits, queue_read, queue_starts, time_of},
+        },
         record,
         transaction::{SCRIPTED_FOR, allows_transactions, applied},
     },
@@ -299,15 +302,7 @@ async fn start(
     // A shorter lease starts idle the rest of the queue's, so that it is taken over `lease_ms`
     // from now (pull.lua's `XCLAIM … IDLE`).
     for (stream, entry) in &shortened {
-        pipe.cmd("XCLAIM")
-            .arg(stream)
-            .arg(GROUP)
-            .arg(CONSUMER)
-            .arg(0)
-            .arg(entry)
-            .arg("IDLE")
-            .arg(idle)
-            .arg("JUSTID");
+        idle_for(&mut pipe, stream, CONSUMER, entry, idle);
     }
     append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
     pipe.cmd("EXEC");
@@ -347,7 +342,7 @@ fn view_of(read: Vec<Option<Vec<u8>>>, now: &str) -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::queue::{
-        NewTask, WorkflowStep,
+        GROUP, NewTask, WorkflowStep,
         testing::{anonymous, echo_task, fcalls, private_queue, without_multi},
     };
     use app::model::Priority;
