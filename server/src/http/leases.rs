@@ -17,7 +17,7 @@ use crate::{
     events::Pushed,
     handlers::HandlerError,
     queue::{Applied, Outcome, PullToken, Pulled, Queue, Renewal, ResultBytes},
-    store::{now_ms, rfc3339},
+    store::rfc3339,
     worker::failure_outcome,
     workers::Announcement,
 };
@@ -320,7 +320,7 @@ pub async fn heartbeat(
     if let Err(e) = seen_holding(&state, &queue, &token).await {
         tracing::warn!(error = %e, "recording a pulling worker in the registry failed");
     }
-    Ok(Json(HeartbeatReply { expires_at: rfc3339(now_ms() + token.lease_ms), cancel_requested }))
+    Ok(Json(HeartbeatReply { expires_at: rfc3339(queue.renewed_until(&token)), cancel_requested }))
 }
 
 /// `POST /api/v1/leases/{token}/complete`: the attempt succeeded; the body (any content type,

@@ -55,28 +55,32 @@ impl PullToken {
         super::lease::waited_since(&self.entry_id, now_ms())
     }
 
-    /// Reads a token a worker sent back; `None` when it cannot be one.
+    /// Reads a token a worker sent back; `None` when it cannot be one. Only a token written
+    /// exactly as `encode` writes it reads: two spellings of one lease (`030000` for `30000`)
+    /// would pass as two leases, and an entry id Redis refuses (a number past 64 bits) would
+    /// fail a script halfway through the ends batched with it.
     pub fn decode(text: &str) -> Option<PullToken> {
         if text.len() > 512 {
             return None;
         }
         let parts: Vec<&str> = text.split('~').collect();
         let [queue, kind, task, stream, entry, ms, token] = parts[..] else { return None };
-        let entry_ok = entry.split_once('-').is_some_and(|(ms, seq)| {
-            [ms, seq].iter().all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        });
+        let (entry_ms, entry_seq) = entry.split_once('-')?;
+        let number = |n: &str| n.bytes().all(|b| b.is_ascii_digit()).then(|| n.parse::<u64>().ok()).flatten();
+        let entry_id = format!("{}-{}", number(entry_ms)?, number(entry_seq)?);
         let token_ok =
             !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit() || b"-:".contains(&b));
-        (is_queue_name(queue) && is_kind_name(kind) && entry_ok && token_ok).then_some(())?;
-        Some(PullToken {
+        (is_queue_name(queue) && is_kind_name(kind) && token_ok).then_some(())?;
+        let read = PullToken {
             queue: queue.to_string(),
             kind: kind.to_string(),
             task_id: task.parse().ok()?,
             stream_index: stream.parse().ok().filter(|&s: &usize| s < 3)?,
-            entry_id: entry.to_string(),
-            lease_ms: ms.parse().ok()?,
+            entry_id,
+            lease_ms: number(ms)?,
             token: token.to_string(),
-        })
+        };
+        (read.encode() == text).then_some(read)
     }
 }
 
@@ -206,6 +210,12 @@ impl Queue {
         Ok(renewal)
     }
 
+    /// When the pulled lease `token`, renewed now, runs out (ms since the epoch): a lease runs
+    /// its length, at most the queue's, whatever length a token claims.
+    pub fn renewed_until(&self, token: &PullToken) -> u64 {
+        now_ms().saturating_add(token.lease_ms.min(self.settings.lease.as_millis() as u64))
+    }
+
     /// Hands the pulled lease's task back to the queue, its attempt not counted; `false` when
     /// the lease was no longer held.
     pub async fn release_pulled(&self, token: &PullToken) -> RedisResult<bool> {
@@ -319,6 +329,13 @@ mod tests {
             good.replacen(&token.task_id.to_string(), "not-a-uuid", 1),
             good.replace(&token.token, "x y"),
             "a".repeat(600),
+            // Past what Redis takes as an entry id, and spellings other than the token's own.
+            good.replacen("1700000000000-12", "18446744073709551616-0", 1),
+            good.replacen("1700000000000-12", "01700000000000-12", 1),
+            good.replacen("~3000~", "~03000~", 1),
+            good.replacen("~2~", "~+2~", 1),
+            good.replacen("~3000~", "~+3000~", 1),
+            good.replacen(&token.task_id.to_string(), &token.task_id.to_string().to_uppercase(), 1),
         ] {
             assert_eq!(PullToken::decode(&bad), None, "{bad}");
         }

@@ -237,6 +237,14 @@ impl Ending {
     }
 }
 
+/// Whether `batch` ends each task once. Two ends of one task (a pulled lease's `complete` sent
+/// again while the first was on its way) would both read the lease as held; the script ends the
+/// first and refuses the second.
+fn each_task_once(batch: &[Ending]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    batch.iter().all(|ending| seen.insert(ending.task_id.as_str()))
+}
+
 impl PlainEnds {
     /// Ends `batch` (ended attempts on `queue`: `worker`'s, or `holders` `Pulled`, leases pulled
     /// over HTTP, whose records name their workers) without Lua where it can: each attempt's end,
@@ -248,7 +256,7 @@ impl PlainEnds {
         holders: Holders,
         worker: &str,
     ) -> Option<Vec<Ended>> {
-        if queue.conn.is_cluster() || !batch.iter().all(Ending::may_go_plain) {
+        if queue.conn.is_cluster() || !batch.iter().all(Ending::may_go_plain) || !each_task_once(batch) {
             return None;
         }
         let streams = streams_of(batch);
@@ -1259,6 +1267,26 @@ mod tests {
         let ended = queue.end_pulled(&token, outcome).await.unwrap();
         assert_eq!((ended.applied, ended.worker.as_str()), (Applied::AsReported, PULLER));
         assert_eq!(fcalls(&queue).await, before, "end_pulled went without Lua");
+    }
+
+    /// Two ends of one pulled lease in one batch (a `complete` sent again while the first was on
+    /// its way): both would read the lease as held, so the plain way declines, having written
+    /// nothing, and the script ends the first and refuses the second.
+    #[tokio::test]
+    async fn a_batch_that_ends_a_task_twice_declines() {
+        let (_redis, queue) = private_queue().await;
+        let plain = PlainEnds::default();
+        let token = pulled(&queue, &echo_task(Bytes::from_static(b"p"))).await;
+        let twice = [
+            pulled_ending(&queue, &token, ResultBytes::Payload),
+            pulled_ending(&queue, &token, ResultBytes::New(Bytes::from_static(b"{\"again\": 1}"))),
+        ];
+        let before = written(&queue, &twice[0]).await;
+        assert!(plain.end(&queue, &twice, Holders::Pulled, "").await.is_none());
+        assert_eq!(written(&queue, &twice[0]).await, before, "nothing written");
+        let finished = queue.end_attempts(&twice, Holders::Pulled, 0, "pull", "").await.unwrap();
+        let applied: Vec<Applied> = finished.ended.iter().map(|ended| ended.applied).collect();
+        assert_eq!(applied, [Applied::AsReported, Applied::Lost]);
     }
 
     /// A pulled lease's end needs the script when its task's cancel was asked for while it ran (it

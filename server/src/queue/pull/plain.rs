@@ -32,7 +32,7 @@ use crate::{
 use redis::{RedisResult, Value};
 use std::{
     collections::HashMap,
-    sync::atomic::Ordering,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 use tracing::warn;
@@ -74,7 +74,7 @@ pub(in crate::queue) struct PlainPulls {
     /// The connections not in use (made as needed, dropped after an error).
     idle: std::sync::Mutex<Vec<Conn>>,
     /// The connections in use.
-    busy: std::sync::atomic::AtomicUsize,
+    busy: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -100,6 +100,23 @@ pub(super) enum Pulls {
     Taken(Vec<Pulled>, Vec<Given>),
 }
 
+/// A plain lease request counted busy, until dropped.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    /// Counts one more busy; with how many were busy before it.
+    fn count(busy: &'a AtomicUsize) -> (Busy<'a>, usize) {
+        let before = busy.fetch_add(1, Ordering::AcqRel);
+        (Busy(busy), before)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl PlainPulls {
     /// Takes up to `max` leases of `lease_ms` on `queue`'s new entries of `kinds` for `worker`
     /// without Lua, where the queue has no limits and their tasks need no decision.
@@ -122,9 +139,9 @@ impl PlainPulls {
             }
             state.looked
         };
-        let Some(mut conn) = self.checkout(queue).await else { return Pulls::Declined };
+        let Some((mut conn, busy)) = self.checkout(queue).await else { return Pulls::Declined };
         let taken = self.take(&mut conn, queue, looked, worker, kinds, max, lease_ms).await;
-        self.busy.fetch_sub(1, Ordering::AcqRel);
+        drop(busy);
         match taken {
             Ok(pulls) => {
                 self.idle().push(conn);
@@ -152,11 +169,12 @@ impl PlainPulls {
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A connection of the plain way's, counted busy: an idle one, or a new one while fewer than
+    /// A connection of the plain way's, counted busy until its guard drops (also when the
+    /// request that holds it is dropped mid-way): an idle one, or a new one while fewer than
     /// `CONNECTIONS` are; None when that many are busy or none could be made.
-    async fn checkout(&self, queue: &Queue) -> Option<Conn> {
-        if self.busy.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS {
-            self.busy.fetch_sub(1, Ordering::AcqRel);
+    async fn checkout(&self, queue: &Queue) -> Option<(Conn, Busy<'_>)> {
+        let (busy, before) = Busy::count(&self.busy);
+        if before >= CONNECTIONS {
             return None;
         }
         let idle = self.idle().pop();
@@ -164,8 +182,7 @@ impl PlainPulls {
             Some(conn) => Ok(conn),
             None => connect(queue).await,
         };
-        conn.inspect_err(|e| {
-            self.busy.fetch_sub(1, Ordering::AcqRel);
+        conn.map(|conn| (conn, busy)).inspect_err(|e| {
             warn!(queue = queue.name(), error = %e, "no connection for plain pulls: the script takes the leases");
             self.state().failed_at = Some(Instant::now());
         })
@@ -524,5 +541,19 @@ mod tests {
         assert_eq!((pulled.len(), functions), (1, 1));
         assert!(refused.plain_pulls.state().failed_at.is_some(), "the plain way rests");
         assert_eq!(refused.plain_pulls.busy.load(Ordering::Acquire), 0, "no connection left counted busy");
+    }
+
+    /// A lease request dropped on its way (a timeout, a client gone) leaves no connection counted
+    /// busy: else, after `CONNECTIONS` such drops, every request would decline the plain way.
+    #[tokio::test]
+    async fn a_dropped_request_leaves_no_connection_counted_busy() {
+        let (_redis, queue) = private_queue().await;
+        takeover_due(&queue, false);
+        for _ in 0..=CONNECTIONS {
+            // Polled once, to its first wait on Redis, then dropped.
+            let pulling = queue.plain_pulls.pull(&queue, PULLER, "*", 10, 30_000);
+            assert!(tokio::time::timeout(Duration::ZERO, pulling).await.is_err(), "it waited on Redis");
+        }
+        assert_eq!(queue.plain_pulls.busy.load(Ordering::Acquire), 0, "no connection left counted busy");
     }
 }
