@@ -126,7 +126,7 @@ pub fn DeadLettersPage() -> impl IntoView {
         if first.is_none() {
             reload();
             super::live::subscribe("/api/v1/events", move |name, _data| {
-                if name == "failed" || name == "queued" || name == super::live::RESET_EVENT {
+                if ["failed", "queued", super::live::RESET_EVENT, super::live::OPEN_EVENT].contains(&name) {
                     reload_soon();
                 }
                 true

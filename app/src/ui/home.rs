@@ -40,11 +40,12 @@ pub fn HomePage() -> impl IntoView {
 }
 
 /// Loads the recent tasks, then keeps them current from the event stream, and loads them again
-/// when the stream says events were missed.
+/// once the stream is open and whenever it says events were missed.
 fn follow_all_tasks(tasks: RwSignal<Vec<TaskView>>) {
     spawn_local(load_recent(tasks, false));
     live::subscribe("/api/v1/events", move |name, data| {
-        if name == live::RESET_EVENT {
+        // Missed events, or ones that came between the first load and the stream's opening.
+        if name == live::RESET_EVENT || name == live::OPEN_EVENT {
             spawn_local(load_recent(tasks, true));
             return true;
         }

@@ -2,10 +2,15 @@
 
 pub use crate::model::RESET_EVENT;
 
+/// The name [`subscribe`] gives the stream's (re)opening, with no data. The server follows
+/// events from the moment it opens a stream, so what a page loaded before it may already be
+/// out of date: a page that shows what it loaded loads it again.
+pub const OPEN_EVENT: &str = "open";
+
 /// Calls `on_event(name, data)` for every event on `url` until it returns `false` or the calling
 /// component is dropped: task events, `queue` events ([`QUEUE_EVENT`](crate::model::QUEUE_EVENT):
-/// a queue was paused or resumed), and `reset` ([`RESET_EVENT`]): events were missed, so the
-/// caller reloads what it shows. Does nothing on the server.
+/// a queue was paused or resumed), `reset` ([`RESET_EVENT`]): events were missed, so the
+/// caller reloads what it shows, and `open` ([`OPEN_EVENT`]). Does nothing on the server.
 #[cfg(feature = "hydrate")]
 pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
     use crate::model::{QUEUE_EVENT, STATS_EVENT, Status, workflow::WORKFLOW_EVENT};
@@ -13,7 +18,7 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
     use send_wrapper::SendWrapper;
     use std::rc::Rc;
     use wasm_bindgen::{JsCast, closure::Closure};
-    use web_sys::{EventSource, MessageEvent};
+    use web_sys::{Event, EventSource, MessageEvent};
 
     let Ok(source) = EventSource::new(url) else {
         return;
@@ -39,7 +44,17 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
         let _ = source.add_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
         listeners.push(listener);
     }
-    let held = SendWrapper::new((source, listeners));
+    let opened = {
+        let on_event = on_event.clone();
+        let handle = source.clone();
+        Closure::<dyn Fn(Event)>::new(move |_: Event| {
+            if !on_event(OPEN_EVENT, "") {
+                handle.close();
+            }
+        })
+    };
+    let _ = source.add_event_listener_with_callback(OPEN_EVENT, opened.as_ref().unchecked_ref());
+    let held = SendWrapper::new((source, listeners, opened));
     on_cleanup(move || held.0.close());
 }
 

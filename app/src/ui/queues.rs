@@ -150,7 +150,8 @@ impl Shown {
 }
 
 /// Keeps the list current from the event stream: a `queue` event flips its row at once; task
-/// events change counts, so the list is reloaded (throttled); so does a `reset`.
+/// events change counts, so the list is reloaded (throttled); so do a `reset` and the stream's
+/// opening.
 fn follow_queues(shown: Shown) {
     live::subscribe("/api/v1/events", move |name, data| {
         if name == QUEUE_EVENT

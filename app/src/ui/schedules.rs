@@ -28,7 +28,8 @@ pub fn SchedulesPage() -> impl IntoView {
     };
     Effect::new(move |_| {
         reload();
-        // A run that starts or ends changes a schedule's latest run: reload, at most twice a second.
+        // A run that starts or ends changes a schedule's latest run (and one may have before the stream opened):
+        // reload, at most twice a second.
         live::subscribe("/api/v1/events", move |name, _| {
             if name != "progress" && reload_due.try_get_value() == Some(false) {
                 reload_due.set_value(true);

@@ -22,7 +22,8 @@ pub fn WorkersPage() -> impl IntoView {
     };
     Effect::new(move |_| {
         reload();
-        // A task that starts or ends changes what some worker runs: reload, at most twice a second.
+        // A task that starts or ends changes what some worker runs (and one may have before the stream opened): reload, at most
+        // twice a second.
         live::subscribe("/api/v1/events", move |_, _| {
             if reload_due.try_get_value() == Some(false) {
                 reload_due.set_value(true);

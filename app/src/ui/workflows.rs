@@ -88,8 +88,9 @@ pub fn WorkflowForm() -> impl IntoView {
     }
 }
 
-/// Calls `reload` now, and again (at most every [`RELOAD_EVERY`]) whenever an event that
-/// `concerns` (given its name and data) arrives, or events were missed.
+/// Calls `reload` now, and again (at most every [`RELOAD_EVERY`]) once the event stream is open
+/// (an event may have come between the first load and the stream), whenever an event that
+/// `concerns` (given its name and data) arrives, or when events were missed.
 fn reload_on_events(
     reload: impl Fn() + Copy + Send + Sync + 'static,
     concerns: impl Fn(&str, &str) -> bool + 'static,
@@ -97,7 +98,7 @@ fn reload_on_events(
     let due = StoredValue::new(false);
     reload();
     live::subscribe("/api/v1/events", move |name, data| {
-        let wanted = name == live::RESET_EVENT || concerns(name, data);
+        let wanted = name == live::OPEN_EVENT || name == live::RESET_EVENT || concerns(name, data);
         if wanted && due.try_get_value() == Some(false) {
             due.set_value(true);
             set_timeout(
