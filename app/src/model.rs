@@ -628,7 +628,8 @@ fn kind_names() -> utoipa::openapi::Array {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct LeaseGrant {
-    /// Names the lease in heartbeat, complete, fail and release; unguessable.
+    /// Names the lease in heartbeat, complete, fail and release; unguessable, and sealed: a token
+    /// changed in any part names no lease (`404`).
     pub token: String,
     pub task: TaskView,
     /// The payload, when it is JSON of at most 64 KiB: as it was submitted, checked but not

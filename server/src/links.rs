@@ -1,5 +1,7 @@
 //! Signed result links: a task's result (or payload) handed to a browser or another service as a
-//! URL that works without a token until it expires.
+//! URL that works without a token until it expires. The same keys seal the tokens of pulled
+//! leases (`queue/pull.rs`), which name where their lease is: sealed, no part of one can be
+//! changed to name another task's entry or lane.
 //!
 //! A link carries `?expires=<unix s>&kid=<key id>&sig=<base64url HMAC-SHA256>` over
 //! `"{method}\n{path}\n{expires}"`. The keys live in the hash `{prefix}:link-keys` (key id →
@@ -19,7 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How long a retired key keeps verifying: the longest `--result-link-ttl` and a day more.
+/// How long a retired key keeps verifying: the longest `--result-link-ttl` and a day more (the
+/// longest lease whose token it sealed).
 const KEEP_RETIRED: Duration = Duration::from_secs(8 * 86_400);
 /// How often every process reads the keys again.
 const RELOAD_EVERY: Duration = Duration::from_secs(10);
@@ -100,21 +103,45 @@ impl Links {
         };
         let expires: u64 = expires.parse().map_err(|_| LinkError::Forged)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| LinkError::Forged)?;
-        let mut secret = self.secret(kid);
-        if secret.is_none() && self.claim_reload() {
-            // Made by a rotation on another process since this one last read the keys.
-            if let Err(e) = self.reload().await {
-                tracing::warn!(error = %e, "reading the link keys failed");
-            }
-            secret = self.secret(kid);
-        }
-        let secret = secret.ok_or(LinkError::Forged)?;
+        let secret = self.secret_for(kid).await.ok_or(LinkError::Forged)?;
         // Checked before the expiry, so that a forged link never learns whether its time is up.
         mac(&secret, method, path, expires).verify_slice(&sig).map_err(|_| LinkError::Forged)?;
         if expires.saturating_mul(1000) <= crate::store::now_ms() {
             return Err(LinkError::Expired);
         }
         Ok(())
+    }
+
+    /// `text` sealed for a token: `{text}~{kid}~{sig}`, `sig` the MAC of `text` by the newest
+    /// key. `text` is to have no `~` of its own at its end, and is signed as no link can be.
+    pub fn seal(&self, text: &str) -> String {
+        let ring = self.ring.read().expect("never poisoned");
+        let key = ring.keys.iter().max_by_key(|k| k.created_ms).expect("a key is made at open");
+        let sig = URL_SAFE_NO_PAD.encode(mac(&key.secret, SEAL, text, 0).finalize().into_bytes());
+        format!("{text}~{}~{sig}", key.id)
+    }
+
+    /// The text `sealed` carries, when a key still kept sealed it ([`Links::seal`]).
+    pub async fn unseal<'a>(&self, sealed: &'a str) -> Option<&'a str> {
+        let mut parts = sealed.rsplitn(3, '~');
+        let (sig, kid, text) = (parts.next()?, parts.next()?, parts.next()?);
+        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+        let secret = self.secret_for(kid).await?;
+        mac(&secret, SEAL, text, 0).verify_slice(&sig).ok()?;
+        Some(text)
+    }
+
+    /// The secret of the key `kid`, read again from Redis when this process does not know it
+    /// (made by a rotation on another process since this one last read the keys).
+    async fn secret_for(&self, kid: &str) -> Option<Vec<u8>> {
+        let secret = self.secret(kid);
+        if secret.is_some() || !self.claim_reload() {
+            return secret;
+        }
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "reading the link keys failed");
+        }
+        self.secret(kid)
     }
 
     fn secret(&self, kid: &str) -> Option<Vec<u8>> {
@@ -204,6 +231,10 @@ impl Links {
         Ok(id)
     }
 }
+
+/// What stands for the method in a sealed token's MAC: no request has it, so no link's signature
+/// seals a token, nor a token's seal signs a link.
+const SEAL: &str = "SEAL";
 
 /// The MAC of a link: method, path and expiry, each on its own line.
 fn mac(secret: &[u8], method: &str, path: &str, expires: u64) -> Hmac<Sha256> {

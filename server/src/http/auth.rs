@@ -251,9 +251,10 @@ async fn queue_of(state: &AppState, rule: &Rule, request: &Parts) -> Result<Opti
     Ok(match rule.queue {
         QueueIn::Handler => None,
         QueueIn::Name => segment("name"),
-        QueueIn::Lease => segment("token")
-            .and_then(|token| crate::queue::PullToken::decode(&token))
-            .map(|token| token.queue),
+        QueueIn::Lease => match segment("token") {
+            Some(token) => crate::queue::PullToken::open(&token, &state.links).await.map(|token| token.queue),
+            None => None,
+        },
         QueueIn::Task => {
             let Some(Ok(id)) = segment("id").map(|id| parse_id(&id)) else { return Ok(None) };
             let queue = state.tasks.queues().locate(&id).await?;

@@ -249,7 +249,7 @@ async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<
             .is_none()
             .then(|| super::api::signed(state, &format!("/api/v1/tasks/{}/payload", record.id)));
         grants.push(LeaseGrant {
-            token: pulled.token.encode(),
+            token: pulled.token.seal(&state.links),
             traceparent: Some(lease_traceparent(&record)),
             task: record.view(),
             payload,
@@ -310,7 +310,7 @@ pub async fn heartbeat(
     if beat.progress.is_some_and(|p| p > 100) {
         return Err(invalid("invalid-heartbeat")("progress must be 0 to 100".into()));
     }
-    let (queue, token) = lease_of(&state, &token)?;
+    let (queue, token) = lease_of(&state, &token).await?;
     let cancel_requested = match queue.heartbeat(&token, beat.progress).await? {
         Renewal::Lost => return Err(lost()),
         Renewal::Held => false,
@@ -349,7 +349,7 @@ pub async fn complete(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let (queue, token) = lease_of(&state, &token)?;
+    let (queue, token) = lease_of(&state, &token).await?;
     let body = read_body(body, &headers, state.max_payload, &state.body_budget).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -385,7 +385,7 @@ pub async fn fail(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let failure: LeaseFailure = control_body(&state, &headers, body, "invalid-failure").await?;
-    let (queue, token) = lease_of(&state, &token)?;
+    let (queue, token) = lease_of(&state, &token).await?;
     let outcome = failed(&state, &queue, &token, failure).await?;
     end(&state, &queue, &token, outcome).await
 }
@@ -488,7 +488,7 @@ async fn end_all(
 async fn end_one(state: &AppState, access: &Access, request: LeaseEnd<Box<RawValue>>) -> LeaseEndReply {
     let LeaseEnd { token: text, result, failed: failure } = request;
     let ended = async {
-        let (queue, token) = lease_of(state, &text)?;
+        let (queue, token) = lease_of(state, &text).await?;
         if !access.reaches(&token.queue) {
             return Err(ApiError::not_found("no lease has this token"));
         }
@@ -530,7 +530,7 @@ pub async fn release(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (queue, token) = lease_of(&state, &token)?;
+    let (queue, token) = lease_of(&state, &token).await?;
     let worker = queue.pulled_worker(&token).await?;
     match queue.release_pulled(&token).await? {
         true => {
@@ -581,9 +581,12 @@ async fn end(
     }
 }
 
-/// The queue and lease a token names (no lookup: the token says where its lease is).
-fn lease_of(state: &AppState, token: &str) -> Result<(Queue, PullToken), ApiError> {
-    let token = PullToken::decode(token).ok_or_else(|| ApiError::not_found("no lease has this token"))?;
+/// The queue and lease a token names (no lookup: the token says where its lease is, and its
+/// seal that it says so as Courier wrote it).
+async fn lease_of(state: &AppState, token: &str) -> Result<(Queue, PullToken), ApiError> {
+    let token = PullToken::open(token, &state.links)
+        .await
+        .ok_or_else(|| ApiError::not_found("no lease has this token"))?;
     Ok((state.tasks.queues().handle(&token.queue), token))
 }
 

@@ -15,7 +15,10 @@ use super::{
     lease::{HeldEntry, Run, RunReply},
     record,
 };
-use crate::store::{TaskRecord, now_ms};
+use crate::{
+    links::Links,
+    store::{TaskRecord, now_ms},
+};
 use app::model::{is_kind_name, is_queue_name};
 use bytes::Bytes;
 pub(super) use plain::PlainPulls;
@@ -24,14 +27,18 @@ use redis::RedisResult;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// The longest token a worker may send back: longer ones are refused unread.
+const MAX_TOKEN_LEN: usize = 512;
 /// The consumer every pulled lease's entry is held by, whichever worker pulled it.
 const CONSUMER: &str = "pull";
 /// How many ends of pulled leases may wait for a round at most; more wait to join them.
 const PULLED_ENDS_WAITING: usize = 4096;
 
 /// A pulled lease, as its token carries it: the queue, the task and where its entry is, the
-/// lease's length and the record's token. Written `queue~kind~task~stream~entry~ms~token`; `~`
-/// appears in none of the parts, and a forged token fails the record's check like a stale one.
+/// lease's length and the record's token. Written `queue~kind~task~stream~entry~ms~token`, then
+/// sealed (`~kid~sig`, [`Links::seal`]): the scripts check the record's token alone, so a worker
+/// that could change the rest could end another task's entry with its own lease, or hand its
+/// task back onto another kind's lane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullToken {
     pub queue: String,
@@ -44,8 +51,21 @@ pub struct PullToken {
 }
 
 impl PullToken {
-    /// The token as handed to the worker.
-    pub fn encode(&self) -> String {
+    /// The token as handed to the worker: sealed by `links`.
+    pub fn seal(&self, links: &Links) -> String {
+        links.seal(&self.encode())
+    }
+
+    /// The lease a token a worker sent back names; `None` when it is not one `seal` made.
+    pub async fn open(text: &str, links: &Links) -> Option<PullToken> {
+        if text.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        PullToken::decode(links.unseal(text).await?)
+    }
+
+    /// The token's text before it is sealed.
+    fn encode(&self) -> String {
         let PullToken { queue, kind, task_id, stream_index, entry_id, lease_ms, token } = self;
         format!("{queue}~{kind}~{task_id}~{stream_index}~{entry_id}~{lease_ms}~{token}")
     }
@@ -59,14 +79,12 @@ impl PullToken {
     /// exactly as `encode` writes it reads: two spellings of one lease (`030000` for `30000`)
     /// would pass as two leases, and an entry id Redis refuses (a number past 64 bits) would
     /// fail a script halfway through the ends batched with it.
-    pub fn decode(text: &str) -> Option<PullToken> {
-        if text.len() > 512 {
-            return None;
-        }
+    pub(super) fn decode(text: &str) -> Option<PullToken> {
         let parts: Vec<&str> = text.split('~').collect();
         let [queue, kind, task, stream, entry, ms, token] = parts[..] else { return None };
         let (entry_ms, entry_seq) = entry.split_once('-')?;
-        let number = |n: &str| n.bytes().all(|b| b.is_ascii_digit()).then(|| n.parse::<u64>().ok()).flatten();
+        // `+2` parses too, and is refused below: it is not how `encode` writes 2.
+        let number = |n: &str| n.parse::<u64>().ok();
         let entry_id = format!("{}-{}", number(entry_ms)?, number(entry_seq)?);
         let token_ok =
             !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit() || b"-:".contains(&b));
@@ -307,9 +325,8 @@ impl Queue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_token_reads_back_as_written_and_nothing_else_reads_as_one() {
-        let token = PullToken {
+    fn example() -> PullToken {
+        PullToken {
             queue: "reports.v2".into(),
             kind: "csv.summary".into(),
             task_id: Uuid::now_v7(),
@@ -317,7 +334,12 @@ mod tests {
             entry_id: "1700000000000-12".into(),
             lease_ms: 3000,
             token: format!("{}:7", Uuid::now_v7()),
-        };
+        }
+    }
+
+    #[test]
+    fn a_token_reads_back_as_written_and_nothing_else_reads_as_one() {
+        let token = example();
         assert_eq!(PullToken::decode(&token.encode()), Some(token.clone()));
         let good = token.encode();
         for bad in [
@@ -339,5 +361,41 @@ mod tests {
         ] {
             assert_eq!(PullToken::decode(&bad), None, "{bad}");
         }
+    }
+
+    /// A worker holds its lease's token whole: changed to name another task's entry, another
+    /// kind's lane or stream, or a longer lease, it no longer opens, and the scripts (which check
+    /// the record's token alone) never see it.
+    #[tokio::test]
+    async fn only_a_token_sealed_here_opens_and_none_of_its_parts_can_change() {
+        let (_redis, queue) = super::super::testing::private_queue().await;
+        let links = Links::open(queue.conn.clone(), "unit", Duration::from_secs(60)).await.unwrap();
+        let token = example();
+        let sealed = token.seal(&links);
+        assert_eq!(PullToken::open(&sealed, &links).await, Some(token.clone()));
+        let (text, seal) = sealed.split_at(token.encode().len());
+        let other = PullToken { entry_id: "1700000000000-13".into(), ..example() }.seal(&links);
+        for forged in [
+            text.replacen("1700000000000-12", "1700000000000-13", 1) + seal,
+            text.replacen("csv.summary", "echo", 1) + seal,
+            text.replacen("~2~", "~0~", 1) + seal,
+            text.replacen("~3000~", "~30000~", 1) + seal,
+            text.replacen("reports.v2", "default", 1) + seal,
+            // Unsealed, sealed with another token's seal, or with a key no one made.
+            text.to_string(),
+            format!("{text}{}", &other[other.len() - seal.len()..]),
+            format!("{text}~00000000{}", &seal[9..]),
+            format!("{sealed}x"),
+            "a~b~c".repeat(200),
+        ] {
+            assert_eq!(PullToken::open(&forged, &links).await, None, "{forged}");
+        }
+        // After a rotation the new key seals (made a later millisecond than the first, so that
+        // it is the newer), and the one before still opens what it sealed.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        links.rotate().await.unwrap();
+        assert_ne!(token.seal(&links), sealed);
+        assert_eq!(PullToken::open(&token.seal(&links), &links).await, Some(token.clone()));
+        assert_eq!(PullToken::open(&sealed, &links).await, Some(token));
     }
 }

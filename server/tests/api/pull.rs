@@ -467,6 +467,63 @@ async fn bad_lease_requests_and_unknown_tokens_get_clear_problems() {
     assert_eq!(beat.status(), 422);
 }
 
+/// `token` with its `n`th part (`queue~kind~task~stream~entry~ms~token~kid~sig`) made `part`.
+fn with_part(token: &str, n: usize, part: &str) -> String {
+    let mut parts: Vec<&str> = token.split('~').collect();
+    assert_eq!(parts.len(), 9, "{token}");
+    parts[n] = part;
+    parts.join("~")
+}
+
+/// A worker holds each lease's token whole: one changed to name another task's entry, another
+/// kind's lane or stream, or a longer lease is no lease (`404`), and changes nothing. (Before
+/// tokens were sealed, the first acknowledged the other task's entry while ending its own task,
+/// so that a crash of the other task's worker left it running for good.)
+#[tokio::test]
+async fn a_token_changed_to_name_another_entry_lane_or_lease_ends_nothing() {
+    let app = app_without_workers().await;
+    let a = app.submit_ok(json!({"kind": "echo", "payload": "a"})).await;
+    let b = app.submit_ok(json!({"kind": "echo", "payload": "b"})).await;
+    let leases = app.leases(json!({"worker": "test", "max": 2})).await;
+    assert_eq!(leases.len(), 2);
+    let of = |id: &str| token(leases.iter().find(|l| l["task"]["id"] == id).unwrap()).to_string();
+    let (token_a, token_b) = (of(&a), of(&b));
+    let entry_b = token_b.split('~').nth(4).unwrap();
+    let forged = [
+        with_part(&token_a, 4, entry_b),
+        with_part(&token_a, 1, "sleep"),
+        with_part(&token_a, 3, "0"),
+        with_part(&token_a, 5, "3600000"),
+    ];
+    for forged in &forged {
+        for action in ["complete", "heartbeat", "release"] {
+            let body = (action == "complete").then(|| json!("forged"));
+            let response = app.on_lease(forged, action, body).await;
+            assert_problem(response, 404, "/problems/not-found").await;
+        }
+    }
+    let ends: Vec<Value> = forged.iter().map(|t| json!({"token": t, "result": "forged"})).collect();
+    let response = app.http.post(app.url("/api/v1/leases/ends")).json(&json!({"ends": ends})).send();
+    let replies: Value = response.await.unwrap().json().await.unwrap();
+    let statuses: Vec<_> = replies["ends"].as_array().unwrap().iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, [404, 404, 404, 404], "{replies}");
+
+    // Both tasks are still their holders' own, each entry still pending.
+    for id in [&a, &b] {
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "running");
+    }
+    let mut redis = app.redis().await;
+    let pending: redis::streams::StreamPendingReply =
+        redis::AsyncCommands::xpending(&mut redis, app.key("ready:echo"), "workers").await.unwrap();
+    assert_eq!(pending.count(), 2, "both entries are still pending");
+    for (token, id, result) in [(&token_a, &a, "\"a\""), (&token_b, &b, "\"b\"")] {
+        let response = app.on_lease(token, "complete", Some(serde_json::from_str(result).unwrap())).await;
+        assert_eq!(response.status(), 204);
+        let stored = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
+        assert_eq!(stored.text().await.unwrap(), result);
+    }
+}
+
 #[tokio::test]
 async fn a_cancelled_task_handed_back_by_its_worker_ends_cancelled_at_once() {
     let app = app_without_workers().await;

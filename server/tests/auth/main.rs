@@ -202,12 +202,12 @@ async fn submit(world: &World, app: &Courier, token: &str, body: Value) -> Strin
 
 const ALL: &str = "submit,read,work,operate,admin";
 
-/// A concrete URL for a route pattern.
-fn concrete(path: &str, task: &str) -> String {
+/// A concrete URL for a route pattern: `task`'s, and the lease `lease` names.
+fn concrete(path: &str, task: &str, lease: &str) -> String {
     path.replace("{id}", task)
         .replace("{name}", "default")
         .replace("{topic}", "news")
-        .replace("{token}", &format!("default~echo~{task}~0~1-0~1000~ab"))
+        .replace("{token}", lease)
 }
 
 #[tokio::test]
@@ -217,11 +217,17 @@ async fn every_endpoint_refuses_a_missing_token_with_401_and_a_token_lacking_its
     let work_only = world.token("worker", "work", "*").await;
     let read_only = world.token("reader", "read", "*").await;
     let elsewhere = world.token("elsewhere", ALL, "other-*").await;
-    let app = world.serve(&[]).await;
+    // No built-in worker: the task is pulled, so that the lease routes name a real lease (a
+    // token Courier did not seal names no queue).
+    let app = world.serve(&["--concurrency", "0"]).await;
     let task = submit(&world, &app, &admin, json!({"kind": "echo", "payload": {}})).await;
+    let leases = app.url("/api/v1/queues/default/leases");
+    let leased = world.call(Method::POST, leases, Some(&admin), Some(json!({"worker": "w"}))).await;
+    let leased: Value = leased.json().await.unwrap();
+    let lease = leased["leases"][0]["token"].as_str().unwrap_or_else(|| panic!("{leased}")).to_string();
     for rule in ACCESS_RULES {
         let method: Method = rule.method.parse().unwrap();
-        let url = app.url(&concrete(rule.path, &task));
+        let url = app.url(&concrete(rule.path, &task, &lease));
         let response = world.call(method.clone(), url.clone(), None, None).await;
         if rule.public {
             assert_eq!(response.status(), StatusCode::OK, "{method} {url} is public");
