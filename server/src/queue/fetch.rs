@@ -40,6 +40,40 @@ const FETCH_BATCH: usize = 64;
 /// queues resumed).
 const BLOCK: Duration = Duration::from_secs(1);
 
+/// Where each lane stream's next look for expired leases starts: where the last one stopped.
+/// A look (`XAUTOCLAIM`) scans at most ten pending entries for each it may take, so from the
+/// start each time it would see only the oldest, and an entry expired behind ten live leases
+/// would wait for them all to end. The fetch loop alone looks; the lock is never contended.
+#[derive(Debug, Default)]
+pub(super) struct ReclaimFrom(std::sync::Mutex<HashMap<String, String>>);
+
+impl ReclaimFrom {
+    /// Adds to `pipe` a look at `stream` for entries idle longer than `lease`, as many as `count`,
+    /// taken over by `consumer`.
+    fn look(&self, pipe: &mut redis::Pipeline, stream: &str, consumer: &str, lease: Duration, count: usize) {
+        let from = self.0.lock().expect("never poisoned").get(stream).cloned();
+        pipe.cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(lease.as_millis() as u64)
+            .arg(from.as_deref().unwrap_or("0-0"))
+            .arg("COUNT")
+            .arg(count);
+    }
+
+    /// Notes where the look at `stream` that answered `reply` stopped (`0-0`: it reached the end,
+    /// and the next starts again).
+    fn looked(&self, stream: &str, reply: &StreamAutoClaimReply) {
+        let mut from = self.0.lock().expect("never poisoned");
+        if reply.next_stream_id == "0-0" {
+            from.remove(stream);
+        } else {
+            from.insert(stream.to_string(), reply.next_stream_id.clone());
+        }
+    }
+}
+
 /// An entry read from a lane, for a claim to take: the lane's kind, the stream's index there (0
 /// most urgent), the entry.
 pub(super) type Given = (String, usize, Entry);
@@ -236,16 +270,10 @@ impl Leasing {
         for (at, s) in served.iter().enumerate() {
             let mut pipe = redis::pipe();
             for kind in &kinds {
-                for (index, stream) in s.queue.keys.lane(kind).iter().enumerate() {
-                    pipe.cmd("XAUTOCLAIM")
-                        .arg(stream)
-                        .arg(GROUP)
-                        .arg(self.consumer.as_ref())
-                        .arg(s.queue.settings.lease.as_millis() as u64)
-                        .arg("0-0")
-                        .arg("COUNT")
-                        .arg(free.len());
-                    looked.push((at, kind, index));
+                for (index, stream) in s.queue.keys.lane(kind).into_iter().enumerate() {
+                    let lease = s.queue.settings.lease;
+                    self.reclaim_from.look(&mut pipe, &stream, &self.consumer, lease, free.len());
+                    looked.push((at, kind, index, stream));
                 }
             }
             pipes.push(async move {
@@ -260,7 +288,11 @@ impl Leasing {
         for ((at, s), answer) in served.iter().enumerate().zip(futures::future::join_all(pipes).await) {
             match answer {
                 Ok(answer) => {
-                    replies.extend(looked.iter().filter(|(looked_at, ..)| *looked_at == at).zip(answer))
+                    let mine = looked.iter().filter(|(looked_at, ..)| *looked_at == at);
+                    replies.extend(mine.zip(answer).map(|(looked, reply)| {
+                        self.reclaim_from.looked(&looked.3, &reply);
+                        (looked, reply)
+                    }))
                 }
                 Err(e) => warn!(error = %e, queue = s.queue.name(), "looking for expired leases failed"),
             }
@@ -271,7 +303,7 @@ impl Leasing {
         // than wait a lease more.
         let mut leases = Vec::new();
         let mut failed = None;
-        for (&(at, kind, index), reply) in replies {
+        for (&(at, kind, index, _), reply) in replies {
             if reply.claimed.is_empty() {
                 continue;
             }
@@ -842,5 +874,55 @@ mod tests {
             conn.xpending_count(&normal, GROUP, "-", "+", 10).await.unwrap();
         let owners: Vec<&str> = pending.ids.iter().map(|p| p.consumer.as_str()).collect();
         assert_eq!(owners, ["other"], "taken over once, by the other look");
+    }
+
+    /// An entry expired behind more live leases than one look scans is still taken over: each
+    /// look at a stream goes on where the one before stopped. (From the start each time, as
+    /// before, it was never found while the leases before it lived.)
+    #[tokio::test]
+    async fn an_entry_expired_behind_live_leases_is_found_by_a_later_look() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let [_, normal, _] = queue.keys.lane("echo");
+        let mut ids: Vec<String> = Vec::new();
+        for _ in 0..25 {
+            ids.push(
+                conn.xadd(&normal, "*", &[("task", "01890a5d-ac96-774b-bcce-b302099a8057")]).await.unwrap(),
+            );
+        }
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP").arg(GROUP).arg("this").arg("STREAMS").arg(&normal).arg(">");
+        let _: Value = read.query_async(&mut conn).await.unwrap();
+        // The newest alone ran out: its holder stopped renewing it.
+        let lease = queue.settings.lease;
+        let expired = ids.last().unwrap().clone();
+        let mut pipe = redis::pipe();
+        idle_for(&mut pipe, &normal, "this", &expired, 2 * lease.as_millis() as u64);
+        let _: Value = pipe.query_async(&mut conn).await.unwrap();
+        let mut from_start = redis::cmd("XAUTOCLAIM");
+        from_start
+            .arg(&normal)
+            .arg(GROUP)
+            .arg("other")
+            .arg(lease.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(1);
+        let first: StreamAutoClaimReply = from_start.query_async(&mut conn).await.unwrap();
+        assert!(first.claimed.is_empty(), "a look from the start sees only the oldest entries");
+
+        let from = ReclaimFrom::default();
+        let mut found = Vec::new();
+        let mut looks = 0;
+        while found.is_empty() && looks < 5 {
+            let mut pipe = redis::pipe();
+            from.look(&mut pipe, &normal, "other", lease, 1);
+            let (reply,): (StreamAutoClaimReply,) = pipe.query_async(&mut conn).await.unwrap();
+            from.looked(&normal, &reply);
+            found.extend(reply.claimed.into_iter().map(|e| e.id));
+            looks += 1;
+        }
+        assert_eq!(found, [expired], "found within {looks} looks");
+        assert!(from.0.lock().unwrap().is_empty(), "that look reached the end: the next starts again");
     }
 }

@@ -25,7 +25,10 @@ else
   -- Entries handed out and not ended are on lanes that need not be ready: look at every lane.
   -- Finding the expired ones scans the lane's pending entries (every lease it holds), so a lane
   -- is scanned at most once a quarter second, however many workers ask: a lease that ran out is
-  -- taken over by a request at most that much later than it could have been.
+  -- taken over by a request at most that much later than it could have been. A look scans at
+  -- most ten entries for each it may take (`XAUTOCLAIM`), so each goes on where the one before
+  -- stopped (`reclaim-from:{kind}`, a field per stream, kept a minute): from the start each
+  -- time, one expired behind ten live leases would wait for them all to end.
   local due = {}
   for _, kind in ipairs(lanes_for(ctx.base, ARGV[9], 'lanes')) do
     if redis.call('SET', ctx.base .. ':reclaimed:' .. kind, '1', 'NX', 'PX', 250) then
@@ -37,8 +40,11 @@ else
       if count <= 0 then
         break
       end
+      local from = ctx.base .. ':reclaim-from:' .. kind
       local taken = redis.call('XAUTOCLAIM', lane_stream(ctx.base, kind, s), ctx.group,
-        ctx.consumer, lease, '0-0', 'COUNT', count)
+        ctx.consumer, lease, redis.call('HGET', from, s) or '0-0', 'COUNT', count)
+      redis.call('HSET', from, s, taken[1])
+      redis.call('PEXPIRE', from, 60000)
       for _, e in ipairs(taken[2]) do
         replies[#replies + 1] = take_lease(ctx, kind, s, e[1], task_of(e[2]))
         count = count - 1

@@ -387,6 +387,40 @@ async fn a_lease_not_renewed_is_taken_over_and_one_renewed_is_not() {
     assert_eq!(attempts, [("lost", "a", true), ("succeeded", "b", true)], "{history}");
 }
 
+/// A lease that runs out behind more live leases than one look scans (ten per lease asked
+/// for) is still taken over: each look goes on where the one before stopped. (Looking from the
+/// start each time, a worker asking for one lease never found it while the others lived.)
+#[tokio::test]
+async fn a_lease_that_runs_out_behind_many_live_ones_is_taken_over() {
+    let app = app_without_workers().await;
+    let mut ids = Vec::new();
+    for n in 0..25 {
+        ids.push(app.submit_ok(json!({"kind": "echo", "payload": n})).await);
+    }
+    let held = app.leases(json!({"worker": "a", "max": 25, "lease_ms": 1000})).await;
+    assert_eq!(held.len(), 25);
+    // The newest task's holder goes quiet; the others keep their leases.
+    let newest = ids.last().unwrap().clone();
+    let live: Vec<&Value> = held.iter().filter(|l| l["task"]["id"] != newest.as_str()).collect();
+    let mut taken = Vec::new();
+    for round in 0..16 {
+        let beats = live.iter().map(|l| app.on_lease(token(l), "heartbeat", None));
+        for beat in futures::future::join_all(beats).await {
+            assert_eq!(beat.status(), 200, "round {round}: a renewed lease is kept");
+        }
+        if round >= 5 {
+            taken.extend(app.leases(json!({"worker": "b", "max": 1})).await);
+        }
+        if !taken.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let taken: Vec<_> =
+        taken.iter().map(|l| (l["task"]["id"].as_str().unwrap(), l["task"]["attempts"].clone())).collect();
+    assert_eq!(taken, [(newest.as_str(), json!(2))], "the lease that ran out, taken over");
+}
+
 #[tokio::test]
 async fn a_cancelled_pulled_task_is_told_at_its_next_heartbeat_and_ends_cancelled() {
     let app = app_without_workers().await;
