@@ -31,12 +31,14 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
         STATS_EVENT,
         WORKFLOW_EVENT,
         RESET_EVENT,
+        OPEN_EVENT,
     ]);
     for name in names {
         let on_event = on_event.clone();
         let handle = source.clone();
-        let listener = Closure::<dyn Fn(MessageEvent)>::new(move |event: MessageEvent| {
-            let data = event.data().as_string().unwrap_or_default();
+        // `open` is a plain event, with no data.
+        let listener = Closure::<dyn Fn(Event)>::new(move |event: Event| {
+            let data = event.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()).unwrap_or_default();
             if !on_event(&event.type_(), &data) {
                 handle.close();
             }
@@ -44,17 +46,7 @@ pub fn subscribe(url: &str, on_event: impl Fn(&str, &str) -> bool + 'static) {
         let _ = source.add_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
         listeners.push(listener);
     }
-    let opened = {
-        let on_event = on_event.clone();
-        let handle = source.clone();
-        Closure::<dyn Fn(Event)>::new(move |_: Event| {
-            if !on_event(OPEN_EVENT, "") {
-                handle.close();
-            }
-        })
-    };
-    let _ = source.add_event_listener_with_callback(OPEN_EVENT, opened.as_ref().unchecked_ref());
-    let held = SendWrapper::new((source, listeners, opened));
+    let held = SendWrapper::new((source, listeners));
     on_cleanup(move || held.0.close());
 }
 
