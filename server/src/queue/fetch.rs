@@ -43,33 +43,32 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// Where each lane stream's next look for expired leases starts: where the last one stopped.
 /// A look (`XAUTOCLAIM`) scans at most ten pending entries for each it may take, so from the
 /// start each time it would see only the oldest, and an entry expired behind ten live leases
-/// would wait for them all to end. The fetch loop alone looks; the lock is never contended.
+/// would wait for them all to end. The fetch loop keeps it, as it keeps its readers.
 #[derive(Debug, Default)]
-pub(super) struct ReclaimFrom(std::sync::Mutex<HashMap<String, String>>);
+struct ReclaimFrom(HashMap<String, String>);
 
 impl ReclaimFrom {
     /// Adds to `pipe` a look at `stream` for entries idle longer than `lease`, as many as `count`,
     /// taken over by `consumer`.
     fn look(&self, pipe: &mut redis::Pipeline, stream: &str, consumer: &str, lease: Duration, count: usize) {
-        let from = self.0.lock().expect("never poisoned").get(stream).cloned();
+        let from = self.0.get(stream).map_or("0-0", String::as_str);
         pipe.cmd("XAUTOCLAIM")
             .arg(stream)
             .arg(GROUP)
             .arg(consumer)
             .arg(lease.as_millis() as u64)
-            .arg(from.as_deref().unwrap_or("0-0"))
+            .arg(from)
             .arg("COUNT")
             .arg(count);
     }
 
     /// Notes where the look at `stream` that answered `reply` stopped (`0-0`: it reached the end,
     /// and the next starts again).
-    fn looked(&self, stream: &str, reply: &StreamAutoClaimReply) {
-        let mut from = self.0.lock().expect("never poisoned");
+    fn looked(&mut self, stream: &str, reply: &StreamAutoClaimReply) {
         if reply.next_stream_id == "0-0" {
-            from.remove(stream);
+            self.0.remove(stream);
         } else {
-            from.insert(stream.to_string(), reply.next_stream_id.clone());
+            self.0.insert(stream.to_string(), reply.next_stream_id.clone());
         }
     }
 }
@@ -148,6 +147,7 @@ impl Leasing {
         // renewal. Each look costs Redis a command per lane stream, idle or not.
         let reclaim_every = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
         let mut last_reclaim: Option<Instant> = None;
+        let mut reclaim_from = ReclaimFrom::default();
         loop {
             let first = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot.expect("the worker slots are never closed"),
@@ -168,7 +168,10 @@ impl Leasing {
                 last_reclaim = Some(Instant::now());
             }
             let fetched = match self.serving.refresh().await {
-                Ok(()) => self.fetch(&mut readers, &mut free, reclaim, &mut last).await,
+                Ok(()) => {
+                    let reclaim = reclaim.then_some(&mut reclaim_from);
+                    self.fetch(&mut readers, &mut free, reclaim, &mut last).await
+                }
                 Err(e) => {
                     Serving::warn_refresh(&e);
                     Ok(Vec::new())
@@ -203,7 +206,8 @@ impl Leasing {
         debug!("fetching stopped");
     }
 
-    /// Leases for the `free` slots: entries whose lease expired (when `reclaim`), else new
+    /// Leases for the `free` slots: entries whose lease expired (when `reclaim` says where each
+    /// stream's look starts), else new
     /// entries, shared among the queues by weight. A read takes them: it answers at once when
     /// entries wait and blocks when none do, and its entries are leased without Lua where they
     /// can be, which costs Redis less than the claim script's call (docs/benchmark-notes.md,
@@ -225,11 +229,11 @@ impl Leasing {
         &self,
         readers: &mut Readers,
         free: &mut Vec<OwnedSemaphorePermit>,
-        reclaim: bool,
+        reclaim: Option<&mut ReclaimFrom>,
         last: &mut LastRead,
     ) -> RedisResult<Vec<Lease>> {
-        if reclaim {
-            let leases = self.take_over(free).await?;
+        if let Some(from) = reclaim {
+            let leases = self.take_over(free, from).await?;
             if !leases.is_empty() {
                 return Ok(leases);
             }
@@ -262,7 +266,11 @@ impl Leasing {
     /// Takes over entries whose holder stopped renewing their lease (every lane this process
     /// reads is looked at in one go: a pipeline per queue), as many as there are free slots, the
     /// first streams looked at first.
-    async fn take_over(&self, free: &mut Vec<OwnedSemaphorePermit>) -> RedisResult<Vec<Lease>> {
+    async fn take_over(
+        &self,
+        free: &mut Vec<OwnedSemaphorePermit>,
+        from: &mut ReclaimFrom,
+    ) -> RedisResult<Vec<Lease>> {
         let kinds = self.serving.kinds();
         let served = self.serving.all();
         let mut looked = Vec::new();
@@ -272,7 +280,7 @@ impl Leasing {
             for kind in &kinds {
                 for (index, stream) in s.queue.keys.lane(kind).into_iter().enumerate() {
                     let lease = s.queue.settings.lease;
-                    self.reclaim_from.look(&mut pipe, &stream, &self.consumer, lease, free.len());
+                    from.look(&mut pipe, &stream, &self.consumer, lease, free.len());
                     looked.push((at, kind, index, stream));
                 }
             }
@@ -288,11 +296,7 @@ impl Leasing {
         for ((at, s), answer) in served.iter().enumerate().zip(futures::future::join_all(pipes).await) {
             match answer {
                 Ok(answer) => {
-                    let mine = looked.iter().filter(|(looked_at, ..)| *looked_at == at);
-                    replies.extend(mine.zip(answer).map(|(looked, reply)| {
-                        self.reclaim_from.looked(&looked.3, &reply);
-                        (looked, reply)
-                    }))
+                    replies.extend(looked.iter().filter(|(looked_at, ..)| *looked_at == at).zip(answer))
                 }
                 Err(e) => warn!(error = %e, queue = s.queue.name(), "looking for expired leases failed"),
             }
@@ -303,7 +307,8 @@ impl Leasing {
         // than wait a lease more.
         let mut leases = Vec::new();
         let mut failed = None;
-        for (&(at, kind, index, _), reply) in replies {
+        for (&(at, kind, index, ref stream), reply) in replies {
+            from.looked(stream, &reply);
             if reply.claimed.is_empty() {
                 continue;
             }
@@ -911,7 +916,7 @@ mod tests {
         let first: StreamAutoClaimReply = from_start.query_async(&mut conn).await.unwrap();
         assert!(first.claimed.is_empty(), "a look from the start sees only the oldest entries");
 
-        let from = ReclaimFrom::default();
+        let mut from = ReclaimFrom::default();
         let mut found = Vec::new();
         let mut looks = 0;
         while found.is_empty() && looks < 5 {
@@ -923,6 +928,6 @@ mod tests {
             looks += 1;
         }
         assert_eq!(found, [expired], "found within {looks} looks");
-        assert!(from.0.lock().unwrap().is_empty(), "that look reached the end: the next starts again");
+        assert!(from.0.is_empty(), "that look reached the end: the next starts again");
     }
 }

@@ -360,8 +360,6 @@ pub(super) struct Leasing {
     pub(super) reading: Arc<AtomicBool>,
     /// How the finish loop ends attempts without Lua.
     pub(super) plain_ends: Arc<PlainEnds>,
-    /// Where each lane stream's next look for expired leases starts (`fetch.rs`).
-    pub(super) reclaim_from: Arc<super::fetch::ReclaimFrom>,
 }
 
 impl Leasing {
@@ -381,7 +379,6 @@ impl Leasing {
             shutdown,
             reading: Arc::default(),
             plain_ends: Arc::default(),
-            reclaim_from: Arc::default(),
         }
     }
 
