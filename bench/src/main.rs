@@ -1019,7 +1019,11 @@ async fn main() -> anyhow::Result<()> {
         args.shrink_for_smoke();
     }
     let run_id = format!("{}", std::process::id());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    // The pool keeps every connection it opens (reqwest's default): the pull workers send a
+    // lease's completes at once, 400 in flight with four, and a pool capped below that closed
+    // the rest after each burst and opened them again for the next (a handshake, an accept and a
+    // connection task each: docs/benchmark-notes.md, "Twenty-seventh step").
+    let http = reqwest::Client::builder().build()?;
     let redis = redis::Client::open(args.redis_url.as_str())?
         .get_multiplexed_async_connection()
         .await
