@@ -103,6 +103,22 @@ impl HostTicks {
     }
 }
 
+/// How long an idle vCPU of this guest polls for work before it halts, in µs, when its idle
+/// driver is `haltpoll` (KVM guests): at 0 it halts at once, and every hand-off between processes
+/// on different vCPUs then waits for a halted one to wake. `None` under any other idle driver.
+pub fn halt_poll_us() -> Option<f64> {
+    let driver = std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver").ok()?;
+    let poll_ns = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns").ok()?;
+    halt_poll_us_of(&driver, &poll_ns)
+}
+
+fn halt_poll_us_of(driver: &str, poll_ns: &str) -> Option<f64> {
+    if driver.trim() != "haltpoll" {
+        return None;
+    }
+    poll_ns.trim().parse::<u64>().ok().map(|ns| ns as f64 / 1000.0)
+}
+
 /// The summed `cpu` line: user nice system idle iowait irq softirq steal (guest time is counted
 /// in user already).
 fn host_ticks_of_stat(stat: &str) -> Option<HostTicks> {
@@ -157,6 +173,14 @@ mod tests {
         let earlier = ProcessSeconds(vec![("serve".into(), 1.0)]);
         let now = ProcessSeconds(vec![("serve".into(), 1.5), ("worker-1".into(), 2.0)]);
         assert_eq!(now.since(&earlier), [("serve".to_string(), 0.5), ("worker-1".to_string(), 2.0)]);
+    }
+
+    #[test]
+    fn halt_polling_is_read_only_under_the_haltpoll_driver() {
+        assert_eq!(halt_poll_us_of("haltpoll\n", "0\n"), Some(0.0));
+        assert_eq!(halt_poll_us_of("haltpoll\n", "200000\n"), Some(200.0));
+        assert_eq!(halt_poll_us_of("intel_idle\n", "200000\n"), None);
+        assert_eq!(halt_poll_us_of("haltpoll\n", "many\n"), None);
     }
 
     #[test]

@@ -488,7 +488,10 @@ impl Bench {
         let stolen = HostTicks::read()?.stolen_since(&host);
         let extra = json!({"n": sent_at.len(), "rate": self.args.rate, "duration_s": self.args.duration_s});
         emit_latencies("e2e_latency", &sent_at, &done, extra.clone());
-        emit("e2e_latency_host_steal_pct", stolen * 100.0, extra);
+        emit("e2e_latency_host_steal_pct", stolen * 100.0, extra.clone());
+        if let Some(us) = cpu::halt_poll_us() {
+            emit("e2e_latency_host_halt_poll_us", us, extra);
+        }
         Ok(())
     }
 

@@ -241,6 +241,11 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
             "e2e_latency_host_steal_pct",
             "",
         ),
+        (
+            "how long an idle vCPU polls before it halts (cpuidle-haltpoll), µs; at 0 each hand-off between processes wakes a halted one",
+            "e2e_latency_host_halt_poll_us",
+            "",
+        ),
         ("light queue latency p50, ms, while a heavy queue drains", "light_queue_latency_p50_ms", ""),
         ("light queue latency p99, ms, while a heavy queue drains", "light_queue_latency_p99_ms", ""),
         ("light queue latency max, ms, while a heavy queue drains", "light_queue_latency_max_ms", ""),
