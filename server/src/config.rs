@@ -165,6 +165,13 @@ pub struct Config {
     #[arg(long, env = "COURIER_RETENTION", default_value = "24h", value_parser = parse_duration, global = true)]
     pub retention: Duration,
 
+    /// How long a succeeded task's payload is kept after it ends, when that should be shorter than
+    /// `--retention` (`0s`: released as the task succeeds, so Redis reuses its memory). A payload
+    /// that is the task's result, or small enough to live in its record, stays with them; a
+    /// failed or cancelled task keeps its payload. Unset: `--retention`.
+    #[arg(long, env = "COURIER_PAYLOAD_RETENTION", value_parser = parse_duration, global = true)]
+    pub payload_retention: Option<Duration>,
+
     /// How long failed tasks stay in the dead letters.
     #[arg(long, env = "COURIER_DEAD_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
     pub dead_retention: Duration,
@@ -308,6 +315,13 @@ impl Config {
         within("lease", self.lease, Duration::from_millis(100), DAY, "100ms", "1d")?;
         within("retention", self.retention, SECOND, TEN_YEARS, "1s", "3650d")?;
         within("dead-retention", self.dead_retention, SECOND, TEN_YEARS, "1s", "3650d")?;
+        if let Some(payloads) = self.payload_retention.filter(|&p| p > self.retention) {
+            return Err(format!(
+                "--payload-retention ({}) must not be longer than --retention ({})",
+                show(payloads),
+                show(self.retention)
+            ));
+        }
         within("retry-base", self.retry_base, Duration::ZERO, DAY, "0s", "1d")?;
         within("retry-cap", self.retry_cap, Duration::ZERO, DAY, "0s", "1d")?;
         within("grace", self.grace, Duration::ZERO, DAY, "0s", "1d")?;
@@ -653,11 +667,12 @@ mod tests {
     fn the_defaults_are_valid_and_every_bad_setting_names_its_flag() {
         assert_eq!(Config::defaults().validate(), Ok(()));
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 12] = [
+        let cases: [(&str, Spoil); 13] = [
             ("--lease", |c| c.lease = Duration::ZERO),
             ("--retention", |c| c.retention = Duration::ZERO),
             ("--retention", |c| c.retention = Duration::from_secs(u64::MAX / 2000)),
             ("--dead-retention", |c| c.dead_retention = Duration::from_millis(10)),
+            ("--payload-retention", |c| c.payload_retention = Some(c.retention + Duration::from_secs(1))),
             ("--retry-base", |c| c.retry_base = c.retry_cap + Duration::from_secs(1)),
             ("--max-payload", |c| c.max_payload = 0),
             ("--max-body-memory", |c| c.max_body_memory = c.max_payload - 1),

@@ -120,6 +120,7 @@ impl Server {
             lease: config.lease,
             retention: config.retention,
             dead_retention: config.dead_retention,
+            payload_retention: config.payload_retention.unwrap_or(config.retention),
             events_maxlen: config.events_max,
             durable,
         };

@@ -70,6 +70,9 @@ pub struct QueueSettings {
     pub retention: Duration,
     /// How long dead letters (failed tasks) are kept.
     pub dead_retention: Duration,
+    /// How long a succeeded task's payload is kept (at most `retention`; zero: released as the
+    /// task succeeds), unless the payload is its result or lives in its record.
+    pub payload_retention: Duration,
     /// The approximate cap of the events stream.
     pub events_maxlen: usize,
     /// Set: submissions are confirmed by a replica before they are answered.
@@ -1061,6 +1064,8 @@ pub(crate) mod testing {
             lease: Duration::from_secs(30),
             retention: Duration::from_secs(60),
             dead_retention: Duration::from_secs(120),
+            // Shorter than the retention, so that a test tells the two apart.
+            payload_retention: Duration::from_secs(30),
             events_maxlen: 1000,
             durable: None,
         };

@@ -625,13 +625,19 @@ pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Re
     params(("id" = Uuid, Path, description = "The task's id"), SignedLink),
     responses(
         (status = 200, description = "The payload as submitted, with its content type", content((serde_json::Value = "application/json"), (Binary = "*/*"))),
-        (status = 404, description = "No such task, or its payload has expired", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task, or its payload has expired (a succeeded task's after `--payload-retention`)", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn payload(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
-    let bytes =
-        state.tasks.payload(&record).await?.ok_or_else(|| ApiError::not_found("the payload has expired"))?;
+    let bytes = state.tasks.payload(&record).await?.ok_or_else(|| {
+        ApiError::not_found(match record.status {
+            Status::Succeeded => {
+                "the payload is no longer kept: a succeeded task keeps it for --payload-retention"
+            }
+            _ => "the payload has expired",
+        })
+    })?;
     Ok(untrusted_bytes(&record.payload_type, bytes))
 }
 

@@ -88,23 +88,25 @@ local function record_stats(base, now, succeeded, failed, bins)
 end
 
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
--- ms from `now` (the caller counts the end in the tally of ends). A payload `in_record` (a small one,
--- enqueue.lua) goes with the record. A shared payload (`ref`) counts its open tasks in
--- `payload-refs:{ref}` and gets its TTL when the last of them ends: the latest end plus
+-- ms from `now` (the caller counts the end in the tally of ends), its payload `payload_keep` ms
+-- when given (a succeeded task's, `--payload-retention`: 0 deletes it now). A payload `in_record`
+-- (a small one, enqueue.lua) goes with the record. A shared payload (`ref`) counts its open tasks
+-- in `payload-refs:{ref}` and gets its TTL when the last of them ends: the latest end plus
 -- retention of any of them.
-local function keep_after_end(base, id, ref, idem, keep, now, in_record)
+local function keep_after_end(base, id, ref, idem, keep, now, in_record, payload_keep)
   redis.call('PEXPIRE', base .. ':task:' .. id, keep)
   if idem and idem ~= '' then
     redis.call('PEXPIRE', idem, keep)
   end
+  payload_keep = payload_keep or keep
   if not ref or ref == '' then
     if not in_record then
-      redis.call('PEXPIRE', base .. ':payload:' .. id, keep)
+      redis.call('PEXPIRE', base .. ':payload:' .. id, payload_keep)
     end
     return
   end
   local refs = base .. ':payload-refs:' .. ref
-  local keep_until = tonumber(now) + tonumber(keep)
+  local keep_until = tonumber(now) + tonumber(payload_keep)
   local open = redis.call('HINCRBY', refs, 'open', -1)
   local latest = tonumber(redis.call('HGET', refs, 'until') or '0') or 0
   if keep_until > latest then

@@ -4,7 +4,8 @@
 -- lanes (and says nothing stops it: it did not look).
 -- KEYS: events, retrying, dead
 -- ARGV: the leasing arguments (lease.lua), want, whose leases these are ('pulled': pulled over
---       HTTP, see below; '' a worker process's), then 13 for each attempt: task id, stream index
+--       HTTP, see below; '' a worker process's), how long a succeeded task's payload is kept
+--       (ms, at most the retention), then 13 for each attempt: task id, stream index
 --       (1-3), entry id, lease token, outcome (succeeded|retrying|failed|cancelled), error,
 --       result type, due ms, result bytes, dead-letter reason, session ('' for none),
 --       idempotency key (''), where the result is: '' (its bytes came here, for a key of its
@@ -26,6 +27,7 @@ local ctx = leasing_context()
 local base, now, maxlen = ctx.base, ctx.now, ctx.maxlen
 local applied, workers = {}, {}
 local pulled = ARGV[11] == 'pulled'
+local payload_keep = ARGV[12]
 -- What a pulled lease's end reads beyond a worker process's (whose records name the worker
 -- ending them, this call's: the lease wrote it).
 local PULLED_FIELDS = pulled and {'worker', 'cancel', 'session', 'idem'} or {}
@@ -49,7 +51,7 @@ local function also(into, name, value)
 end
 -- A stream's place as its argument gives it.
 local STREAM_OF = {['1'] = 1, ['2'] = 2, ['3'] = 3}
-for a = 12, #ARGV, 13 do
+for a = 13, #ARGV, 13 do
   local id, s, entry, outcome, err = ARGV[a], STREAM_OF[ARGV[a + 1]], ARGV[a + 2], ARGV[a + 4],
     ARGV[a + 5]
   local session, idem = ARGV[a + 10], ARGV[a + 11]
@@ -146,8 +148,10 @@ for a = 12, #ARGV, 13 do
           add_dead(base, KEYS[3], id, f[2], now, keep)
         end
       end
-      -- The idempotency key lives as long as the task it stands for.
-      keep_after_end(base, id, f[5], idem, keep, now, in_record)
+      -- The idempotency key lives as long as the task it stands for; a succeeded task's payload
+      -- as long as `--payload-retention` says, unless it is the result.
+      local kept_payload = outcome == 'succeeded' and source ~= 'payload' and payload_keep or nil
+      keep_after_end(base, id, f[5], idem, keep, now, in_record, kept_payload)
       ends = ends + 1
       if session ~= '' then
         leave_session(base, base .. ':session:' .. session, id)

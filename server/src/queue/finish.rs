@@ -425,7 +425,8 @@ impl Queue {
         call.key(self.keys.events()).key(self.keys.retrying()).key(self.keys.dead());
         self.leasing_args(&mut call, consumer, consumer, kinds)
             .arg(want)
-            .arg(if holders == Holders::Pulled { "pulled" } else { "" });
+            .arg(if holders == Holders::Pulled { "pulled" } else { "" })
+            .arg(self.settings.payload_retention.as_millis() as u64);
         for e in endings {
             call.arg(&e.task_id)
                 .arg(e.stream_index + 1)

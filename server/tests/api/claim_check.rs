@@ -88,3 +88,39 @@ async fn a_large_result_of_its_own_is_stored_whole() {
     let ttl: i64 = redis.pttl(app.key(&format!("result:{id}"))).await.unwrap();
     assert!(ttl > 0, "the result expires with the task");
 }
+
+#[tokio::test]
+async fn a_worker_with_payload_retention_zero_releases_a_succeeded_tasks_payload_and_keeps_its_result() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let _worker = app.worker(&["--payload-retention", "0s"]);
+    // A 1 MiB text whose result is its counts, and a 1 MiB payload echoed: its own result.
+    let text = "claim check ".repeat((1 << 20) / 12);
+    let counted = app.submit_raw_ok("text.stats", "text/plain", text.clone()).await;
+    let payload: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let echoed = app.submit_raw_ok("echo", "application/x-test", payload.clone()).await;
+    assert_eq!(app.wait_until_done(&counted).await["status"], "succeeded");
+    assert_eq!(app.wait_until_done(&echoed).await["status"], "succeeded");
+
+    // The counted text's payload is gone from Redis and says why; its task and result stay.
+    let mut redis = app.redis().await;
+    let kept: bool = redis.exists(app.key(&format!("payload:{counted}"))).await.unwrap();
+    assert!(!kept, "the payload was released as the task succeeded");
+    let answer = app.http.get(app.url(&format!("/api/v1/tasks/{counted}/payload"))).send().await.unwrap();
+    let problem = assert_problem(answer, 404, "/problems/not-found").await;
+    assert!(problem["detail"].as_str().unwrap().contains("--payload-retention"), "{problem}");
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{counted}/result"))).send().await.unwrap();
+    assert_eq!(result.status(), 200);
+    let stats: serde_json::Value = result.json().await.unwrap();
+    assert_eq!(stats["words"], 2 * ((1 << 20) / 12));
+    let task = app.http.get(app.url(&format!("/api/v1/tasks/{counted}"))).send().await.unwrap();
+    assert_eq!(task.status(), 200);
+    let task_ttl: i64 = redis.pttl(app.key(&format!("task:{counted}"))).await.unwrap();
+    assert!(task_ttl > 3_600_000, "the record keeps the retention: {task_ttl} ms");
+
+    // The echoed payload is the result: kept with it.
+    let result = app.http.get(app.url(&format!("/api/v1/tasks/{echoed}/result"))).send().await.unwrap();
+    assert_eq!(result.status(), 200);
+    assert_eq!(result.bytes().await.unwrap(), payload);
+    let answer = app.http.get(app.url(&format!("/api/v1/tasks/{echoed}/payload"))).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+}

@@ -27,6 +27,7 @@ async fn a_million_task_backlog_is_accepted_and_drained_at_a_steady_rate() {
         lease: Duration::from_secs(30),
         retention: Duration::from_secs(3600),
         dead_retention: Duration::from_secs(3600),
+        payload_retention: Duration::from_secs(3600),
         events_maxlen: 100_000,
         durable: None,
     };

@@ -840,8 +840,14 @@ fn queue_ends(
         if !idempotency_key.is_empty() {
             pipe.cmd("PEXPIRE").arg(idempotency_key).arg(keep);
         }
+        // A payload that is the result is kept as the result; any other, as long as
+        // `--payload-retention` says (0 deletes it now).
         if !record.started.payload_inline {
-            pipe.cmd("PEXPIRE").arg(queue.keys.payload(id)).arg(keep);
+            let payload_keep = match ending.result {
+                ResultPlace::Payload => keep,
+                _ => queue.settings.payload_retention.as_millis() as u64,
+            };
+            pipe.cmd("PEXPIRE").arg(queue.keys.payload(id)).arg(payload_keep);
         }
         let at = streams.iter().position(|s| *s == ending.stream).expect("streams_of lists every ending's");
         acked[at].push(&ending.entry_id);
@@ -888,7 +894,7 @@ fn streams_of(batch: &[Ending]) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::queue::{
-        NewTask, Outcome, ResultBytes, WorkflowStep,
+        NewTask, Outcome, QueueParts, ResultBytes, WorkflowStep,
         finish::{Holders, tests::ending},
         lease::Run,
         pull::PullToken,
@@ -988,6 +994,59 @@ mod tests {
         lines
     }
 
+    /// A succeeded task's payload under a key of its own is kept `--payload-retention` (30 s in
+    /// the tests' queue), or deleted as the task ends when that is zero, the same on both ways.
+    /// A payload that is the result is kept as the result, and a failed task's as a dead letter.
+    #[tokio::test]
+    async fn a_succeeded_tasks_payload_is_kept_the_payload_retention_on_both_ways() {
+        let (_redis, queue) = private_queue().await;
+        let mut settings = (*queue.settings).clone();
+        settings.payload_retention = Duration::ZERO;
+        // The same queue, ended by a process with `--payload-retention 0s`.
+        let releasing = Queue(Arc::new(QueueParts { settings: Arc::new(settings), ..(*queue.0).clone() }));
+        let mut conn = queue.conn.clone();
+        let small = || ResultBytes::New(Bytes::from_static(b"{\"n\": 3}"));
+        // (the queue, the result, the seconds the payload is kept: None when it is gone)
+        let cases = [
+            (&queue, small(), Some(30)),
+            (&releasing, small(), None),
+            (&releasing, ResultBytes::Payload, Some(60)),
+        ];
+        let plain = PlainEnds::default();
+        for (q, result, kept) in cases {
+            // Not text, so under a key of its own however small.
+            let (by_script, by_plain) = (
+                echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])),
+                echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])),
+            );
+            let script_end = leased(q, &by_script, result.clone()).await;
+            let finished =
+                q.end_attempts(std::slice::from_ref(&script_end), Holders::Process, 0, WORKER, "*");
+            assert_eq!(finished.await.unwrap().ended[0].applied, Applied::AsReported);
+            let plain_end = leased(q, &by_plain, result).await;
+            let ended = plain.end(q, std::slice::from_ref(&plain_end), Holders::Process, WORKER).await;
+            assert_eq!(ended.expect("the end goes plain")[0].applied, Applied::AsReported);
+            for task in [&by_script, &by_plain] {
+                let payload_ms: i64 = conn.pttl(queue.keys.payload(&task.id)).await.unwrap();
+                let payload_s = (payload_ms > 0).then(|| (payload_ms + 999) / 1000);
+                assert_eq!(payload_s, kept, "{kept:?}: {payload_ms} ms");
+                let record_ms: i64 = conn.pttl(queue.keys.task(&task.id)).await.unwrap();
+                assert_eq!((record_ms + 999) / 1000, 60, "the record is kept the retention");
+            }
+        }
+        // A failed task keeps its payload with its dead letter, whatever the payload retention.
+        let failing = echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe]));
+        let mut failed = leased(&releasing, &failing, ResultBytes::Payload).await;
+        failed.outcome = "failed";
+        failed.error = "it broke".into();
+        failed.reason = crate::queue::DeadReason::NonRetryable.as_str();
+        let finished =
+            releasing.end_attempts(std::slice::from_ref(&failed), Holders::Process, 0, WORKER, "*");
+        assert_eq!(finished.await.unwrap().ended[0].applied, Applied::AsReported);
+        let payload_ms: i64 = conn.pttl(queue.keys.payload(&failing.id)).await.unwrap();
+        assert_eq!((payload_ms + 999) / 1000, 120, "kept the dead-letter retention");
+    }
+
     #[tokio::test]
     async fn a_plain_end_writes_what_the_script_writes() {
         let (_redis, queue) = private_queue().await;
@@ -1009,6 +1068,9 @@ mod tests {
             (echo_task(Bytes::from_static(b"p")), text(b"{\"rows\": 3}"), false),
             // A result that is not text: under a key of its own.
             (echo_task(Bytes::from_static(b"p")), text(&[0xff, 0xfe]), false),
+            // A payload under a key of its own and a result of its own: the payload is kept the
+            // payload retention.
+            (echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])), text(b"{\"n\": 3}"), false),
             // A large result: staged for the script, set by the transaction.
             (
                 echo_task(Bytes::from_static(b"p")),
