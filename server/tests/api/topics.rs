@@ -248,3 +248,46 @@ async fn a_topic_takes_a_hundred_subscriptions_and_no_more() {
     let all = app.get_json("/api/v1/topics/wide/subscriptions").await;
     assert_eq!(all.as_object().unwrap().len(), 100);
 }
+
+#[tokio::test]
+async fn a_released_message_goes_when_its_last_task_succeeds_and_stays_for_a_cancelled_one() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    for n in 0..3 {
+        assert_eq!(put(&app, "texts", &format!("s{n}"), json!({"kind": "text.stats"})).await.status(), 201);
+    }
+    let text = "a shared text ".repeat(80_000);
+    let mut messages = Vec::new();
+    for _ in 0..2 {
+        let response = publish(&app, "texts", json!({"payload": text})).await;
+        assert_eq!(response.status(), 202);
+        let published: serde_json::Value = response.json().await.unwrap();
+        let ids: Vec<String> = published["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["task_id"].as_str().unwrap().into())
+            .collect();
+        assert_eq!(ids.len(), 3);
+        messages.push(ids);
+    }
+    assert_eq!(payload_keys(&app).await.len(), 2, "each message stored once");
+    // One task of the second message is cancelled before it runs: it keeps the message.
+    let cancelled =
+        app.http.delete(app.url(&format!("/api/v1/tasks/{}", messages[1][0]))).send().await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+
+    let _worker = app.worker(&["--payload-retention", "0s"]);
+    for id in messages[0].iter().chain(&messages[1][1..]) {
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
+    }
+    // The first message went with its last task; the second stays the retention, for the
+    // cancelled task.
+    let stored = payload_keys(&app).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].0.ends_with(&messages[1][0]), "{stored:?}");
+    let mut redis = app.redis().await;
+    let ttl: i64 = redis.pttl(&stored[0].0).await.unwrap();
+    assert!(ttl > 3_600_000, "kept the retention: {ttl} ms");
+    let refs: Vec<String> = redis.keys(app.key("payload-refs:*")).await.unwrap();
+    assert_eq!(refs.len(), 1, "{refs:?}");
+}
