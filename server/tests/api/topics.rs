@@ -231,7 +231,7 @@ async fn a_message_for_twenty_subscriptions_is_stored_once_and_freed_after_the_l
     assert!((1..=2000).contains(&ttl), "TTL after the last task ended: {ttl}");
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert!(payload_keys(&app).await.is_empty());
-    let refs: Vec<String> = redis.keys(app.key("payload-refs:*")).await.unwrap();
+    let refs: Vec<String> = redis.keys(format!("{}:*:payload-refs:*", app.prefix)).await.unwrap();
     assert!(refs.is_empty(), "{refs:?}");
 }
 
@@ -288,6 +288,7 @@ async fn a_released_message_goes_when_its_last_task_succeeds_and_stays_for_a_can
     let mut redis = app.redis().await;
     let ttl: i64 = redis.pttl(&stored[0].0).await.unwrap();
     assert!(ttl > 3_600_000, "kept the retention: {ttl} ms");
-    let refs: Vec<String> = redis.keys(app.key("payload-refs:*")).await.unwrap();
+    // (Under the kind's queue, whichever queue the tests name.)
+    let refs: Vec<String> = redis.keys(format!("{}:*:payload-refs:*", app.prefix)).await.unwrap();
     assert_eq!(refs.len(), 1, "{refs:?}");
 }
