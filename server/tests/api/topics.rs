@@ -17,6 +17,14 @@ async fn publish(app: &TestApp, topic: &str, body: serde_json::Value) -> reqwest
     app.http.post(app.url(&format!("/api/v1/topics/{topic}/messages"))).json(&body).send().await.unwrap()
 }
 
+/// Publishes `body` to `topic` (accepted): the ids of the tasks it made.
+async fn published_ids(app: &TestApp, topic: &str, body: serde_json::Value) -> Vec<String> {
+    let response = publish(app, topic, body).await;
+    assert_eq!(response.status(), 202);
+    let published: serde_json::Value = response.json().await.unwrap();
+    published["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap().into()).collect()
+}
+
 #[tokio::test]
 async fn subscriptions_are_created_replaced_listed_and_deleted() {
     let app = spawn_app().await;
@@ -195,15 +203,7 @@ async fn a_message_for_twenty_subscriptions_is_stored_once_and_freed_after_the_l
         assert_eq!(put(&app, "big", &format!("s{n}"), json!({"kind": "echo"})).await.status(), 201);
     }
     let text = "x".repeat(1 << 20);
-    let response = publish(&app, "big", json!({"payload": {"text": text}})).await;
-    assert_eq!(response.status(), 202);
-    let published: serde_json::Value = response.json().await.unwrap();
-    let ids: Vec<String> = published["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["task_id"].as_str().unwrap().into())
-        .collect();
+    let ids = published_ids(&app, "big", json!({"payload": {"text": text}})).await;
     assert_eq!(ids.len(), 20);
 
     let stored = payload_keys(&app).await;
@@ -258,15 +258,7 @@ async fn a_released_message_goes_when_its_last_task_succeeds_and_stays_for_a_can
     let text = "a shared text ".repeat(80_000);
     let mut messages = Vec::new();
     for _ in 0..2 {
-        let response = publish(&app, "texts", json!({"payload": text})).await;
-        assert_eq!(response.status(), 202);
-        let published: serde_json::Value = response.json().await.unwrap();
-        let ids: Vec<String> = published["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["task_id"].as_str().unwrap().into())
-            .collect();
+        let ids = published_ids(&app, "texts", json!({"payload": text})).await;
         assert_eq!(ids.len(), 3);
         messages.push(ids);
     }
