@@ -971,7 +971,7 @@ mod tests {
         for (name, key) in keys {
             let ms: i64 = conn.pttl(&key).await.unwrap();
             // Kept the retention from the end (what is left of it, to the second), or for good.
-            let kept = if ms > 0 { format!("{} s", (ms + 999) / 1000) } else { ms.to_string() };
+            let kept = if ms > 0 { format!("{} s", seconds_left(ms)) } else { ms.to_string() };
             let value: Option<Vec<u8>> = match name {
                 "result" => conn.get(&key).await.unwrap(),
                 _ => None,
@@ -994,6 +994,11 @@ mod tests {
         lines
     }
 
+    /// A TTL in ms (`PTTL`) as the whole seconds it began as: the retention a key was given.
+    fn seconds_left(ms: i64) -> i64 {
+        (ms + 999) / 1000
+    }
+
     /// A succeeded task's payload under a key of its own is kept `--payload-retention` (30 s in
     /// the tests' queue), or deleted as the task ends when that is zero, the same on both ways.
     /// A payload that is the result is kept as the result, and a failed task's as a dead letter.
@@ -1006,6 +1011,8 @@ mod tests {
         let releasing = Queue(Arc::new(QueueParts { settings: Arc::new(settings), ..(*queue.0).clone() }));
         let mut conn = queue.conn.clone();
         let small = || ResultBytes::New(Bytes::from_static(b"{\"n\": 3}"));
+        // Not text, so under a key of its own however small.
+        let stored = || echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe]));
         // (the queue, the result, the seconds the payload is kept: None when it is gone)
         let cases = [
             (&queue, small(), Some(30)),
@@ -1014,11 +1021,7 @@ mod tests {
         ];
         let plain = PlainEnds::default();
         for (q, result, kept) in cases {
-            // Not text, so under a key of its own however small.
-            let (by_script, by_plain) = (
-                echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])),
-                echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])),
-            );
+            let (by_script, by_plain) = (stored(), stored());
             let script_end = leased(q, &by_script, result.clone()).await;
             let finished =
                 q.end_attempts(std::slice::from_ref(&script_end), Holders::Process, 0, WORKER, "*");
@@ -1028,14 +1031,14 @@ mod tests {
             assert_eq!(ended.expect("the end goes plain")[0].applied, Applied::AsReported);
             for task in [&by_script, &by_plain] {
                 let payload_ms: i64 = conn.pttl(queue.keys.payload(&task.id)).await.unwrap();
-                let payload_s = (payload_ms > 0).then(|| (payload_ms + 999) / 1000);
+                let payload_s = (payload_ms > 0).then(|| seconds_left(payload_ms));
                 assert_eq!(payload_s, kept, "{kept:?}: {payload_ms} ms");
                 let record_ms: i64 = conn.pttl(queue.keys.task(&task.id)).await.unwrap();
-                assert_eq!((record_ms + 999) / 1000, 60, "the record is kept the retention");
+                assert_eq!(seconds_left(record_ms), 60, "the record is kept the retention");
             }
         }
         // A failed task keeps its payload with its dead letter, whatever the payload retention.
-        let failing = echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe]));
+        let failing = stored();
         let mut failed = leased(&releasing, &failing, ResultBytes::Payload).await;
         failed.outcome = "failed";
         failed.error = "it broke".into();
@@ -1044,7 +1047,7 @@ mod tests {
             releasing.end_attempts(std::slice::from_ref(&failed), Holders::Process, 0, WORKER, "*");
         assert_eq!(finished.await.unwrap().ended[0].applied, Applied::AsReported);
         let payload_ms: i64 = conn.pttl(queue.keys.payload(&failing.id)).await.unwrap();
-        assert_eq!((payload_ms + 999) / 1000, 120, "kept the dead-letter retention");
+        assert_eq!(seconds_left(payload_ms), 120, "kept the dead-letter retention");
     }
 
     #[tokio::test]
