@@ -1,4 +1,14 @@
 import { expect, test } from '@playwright/test';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** Runs `redis-cli` against the server's own redis-server (its data directory says where). */
+function redisCli(...args: string[]): string {
+  const running = JSON.parse(readFileSync(join(process.env.COURIER_E2E_DATA!, 'redis', 'courier-redis.json'), 'utf8'));
+  const login = ['--user', 'courier', '--pass', running.password, '--no-auth-warning'];
+  return execFileSync('redis-cli', ['-p', String(running.port), ...login, ...args]).toString().trim();
+}
 
 test('the task page shows a JSON result pretty-printed, folding each object and array', async ({ page, request }) => {
   const response = await request.post('/api/v1/tasks', {
@@ -84,4 +94,32 @@ test('the attempts are a timeline with their outcomes, errors and workers', asyn
     await expect(attempt.locator('time.started')).toHaveText(/Z$/);
     await expect(attempt.locator('time.ended')).toHaveText(/Z$/);
   }
+});
+
+test('a payload too large to show is a download link, and once released the page says why', async ({ page, request }) => {
+  const text = 'too large to show '.repeat(20_000);
+  const response = await request.post('/api/v1/tasks?kind=text.stats', {
+    headers: { 'content-type': 'text/plain' },
+    data: text,
+  });
+  expect(response.status()).toBe(202);
+  const task = await response.json();
+  await page.goto(`/tasks/${task.id}`);
+  await expect(page.locator('.record .badge')).toHaveText('succeeded');
+  const payload = page.locator('.payload');
+  await expect(payload.locator('.hint')).toContainText('351.6 KiB — too large to show here.');
+  const link = payload.locator('a.download');
+  await expect(link).toHaveText('Download (351.6 KiB)');
+  const download = await request.get((await link.getAttribute('href'))!);
+  expect((await download.body()).length).toBe(text.length);
+
+  // Released as `--payload-retention` releases a succeeded task's payload: the page says so
+  // rather than offering a link to nothing.
+  const key = redisCli('--scan', '--pattern', `courier:*:payload:${task.id}`);
+  expect(key).toContain(task.id);
+  expect(redisCli('DEL', key)).toBe('1');
+  await page.reload();
+  await expect(payload.locator('.error')).toHaveText(/no longer kept.*--payload-retention/);
+  await expect(payload.locator('a.download')).toHaveCount(0);
+  await expect(page.locator('table.text-stats tbody tr').first()).toHaveText(/Lines\s*1/);
 });

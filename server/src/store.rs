@@ -470,6 +470,19 @@ pub struct StoredResult {
     pub content_type: String,
 }
 
+/// Where a task keeps bytes of its own (its payload, its result).
+enum Kept<'r> {
+    /// Text in the record itself.
+    InRecord(&'r str),
+    /// Under a key of their own.
+    Key(String),
+}
+
+/// The content type a result is served with.
+fn result_type(record: &TaskRecord) -> String {
+    record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into())
+}
+
 impl Store {
     /// A store over `conn` for the queue whose keys are `keys`.
     pub fn new(conn: Conn, keys: Keys) -> Store {
@@ -497,29 +510,68 @@ impl Store {
 
     /// The result bytes with their content type, or `None` if there is none (yet, or any more).
     pub async fn result(&self, record: &TaskRecord) -> redis::RedisResult<Option<StoredResult>> {
-        let content_type = || record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into());
-        // Text kept in the record: the result's own, or the payload it is.
-        let in_record = match record.result_is_payload {
-            false => record.inline_result.as_ref(),
-            true => record.inline_payload.as_ref(),
-        };
-        if let Some(text) = in_record {
-            return Ok(Some(StoredResult { bytes: text.clone().into_bytes(), content_type: content_type() }));
-        }
-        let key = match record.result_is_payload {
-            true => self.keys.payload(&record.payload_ref.unwrap_or(record.id)),
-            false => self.keys.result(&record.id),
-        };
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(key).await?;
-        Ok(bytes.map(|bytes| StoredResult { bytes, content_type: content_type() }))
+        let bytes = self.read(self.result_place(record)).await?;
+        Ok(bytes.map(|bytes| StoredResult { bytes, content_type: result_type(record) }))
+    }
+
+    /// The result's size and content type, for `HEAD`: what `result` would answer, without
+    /// reading the bytes.
+    pub async fn result_size(&self, record: &TaskRecord) -> redis::RedisResult<Option<(u64, String)>> {
+        let size = self.measure(self.result_place(record)).await?;
+        Ok(size.map(|size| (size, result_type(record))))
     }
 
     /// The task's payload bytes, or `None` once they have expired.
     pub async fn payload(&self, record: &TaskRecord) -> redis::RedisResult<Option<Vec<u8>>> {
-        if let Some(payload) = &record.inline_payload {
-            return Ok(Some(payload.clone().into_bytes()));
+        self.read(self.payload_place(record)).await
+    }
+
+    /// The payload's size, for `HEAD`: what `payload` would answer, without reading the bytes.
+    pub async fn payload_size(&self, record: &TaskRecord) -> redis::RedisResult<Option<u64>> {
+        self.measure(self.payload_place(record)).await
+    }
+
+    /// Where the result is: text in the record (the result's own, or the payload it is), or a
+    /// key of its own (again the payload's, when it is the payload).
+    fn result_place<'r>(&self, record: &'r TaskRecord) -> Kept<'r> {
+        if !record.result_is_payload {
+            return match &record.inline_result {
+                Some(text) => Kept::InRecord(text),
+                None => Kept::Key(self.keys.result(&record.id)),
+            };
         }
-        self.conn.clone().get(self.keys.payload(&record.payload_ref.unwrap_or(record.id))).await
+        self.payload_place(record)
+    }
+
+    fn payload_place<'r>(&self, record: &'r TaskRecord) -> Kept<'r> {
+        match &record.inline_payload {
+            Some(text) => Kept::InRecord(text),
+            None => Kept::Key(self.keys.payload(&record.payload_ref.unwrap_or(record.id))),
+        }
+    }
+
+    async fn read(&self, kept: Kept<'_>) -> redis::RedisResult<Option<Vec<u8>>> {
+        match kept {
+            Kept::InRecord(text) => Ok(Some(text.as_bytes().to_vec())),
+            Kept::Key(key) => self.conn.clone().get(key).await,
+        }
+    }
+
+    /// The size of what `read` would bring, `None` where it would bring nothing (`STRLEN`
+    /// answers 0 for a missing key too, so `EXISTS` tells the two apart).
+    async fn measure(&self, kept: Kept<'_>) -> redis::RedisResult<Option<u64>> {
+        match kept {
+            Kept::InRecord(text) => Ok(Some(text.len() as u64)),
+            Kept::Key(key) => {
+                let (exists, size): (bool, u64) = redis::pipe()
+                    .atomic()
+                    .exists(&key)
+                    .strlen(&key)
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                Ok(exists.then_some(size))
+            }
+        }
     }
 
     /// Up to `count` dead letters from rank `from` (oldest first) that failed before

@@ -610,9 +610,19 @@ impl Tasks {
         self.queues.handle(&record.queue).store().result(record).await
     }
 
+    /// The result's size and content type, without its bytes (`HEAD`).
+    pub async fn result_size(&self, record: &TaskRecord) -> redis::RedisResult<Option<(u64, String)>> {
+        self.queues.handle(&record.queue).store().result_size(record).await
+    }
+
     /// The payload of a task, as submitted.
     pub async fn payload(&self, record: &TaskRecord) -> redis::RedisResult<Option<Vec<u8>>> {
         self.queues.handle(&record.queue).store().payload(record).await
+    }
+
+    /// The payload's size, without its bytes (`HEAD`).
+    pub async fn payload_size(&self, record: &TaskRecord) -> redis::RedisResult<Option<u64>> {
+        self.queues.handle(&record.queue).store().payload_size(record).await
     }
 
     /// The queues a filter names: the one given (none if it does not exist), or all of them.

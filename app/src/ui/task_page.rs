@@ -25,6 +25,25 @@ enum Shown {
     Missing(String),
 }
 
+impl Shown {
+    /// `url`'s bytes, to show, or the server's reason they are missing.
+    async fn of(url: &str) -> Shown {
+        match api::get_typed(url).await {
+            Ok(body) => Shown::Body(body),
+            Err(e) => Shown::Missing(e),
+        }
+    }
+
+    /// Their size when they are too large to show (asked with `HEAD`, which reads none of
+    /// them), else as [`Shown::of`].
+    async fn sized(url: &str) -> Shown {
+        match api::content_length(url).await {
+            Ok(Some(bytes)) if bytes > SHOW_MAX => Shown::TooLarge(bytes),
+            _ => Shown::of(url).await,
+        }
+    }
+}
+
 /// `/tasks/{id}`.
 #[component]
 pub fn TaskPage() -> impl IntoView {
@@ -42,28 +61,17 @@ pub fn TaskPage() -> impl IntoView {
     let viewer = Viewer::get();
 
     let fetch_result = move |id: String| {
-        spawn_local(async move {
-            let url = format!("/api/v1/tasks/{id}/result");
-            let shown = match api::content_length(&url).await {
-                Ok(Some(bytes)) if bytes > SHOW_MAX => Shown::TooLarge(bytes),
-                _ => match api::get_typed(&url).await {
-                    Ok(body) => Shown::Body(body),
-                    Err(e) => Shown::Missing(e),
-                },
-            };
-            result.set(Some(shown));
-        })
+        spawn_local(
+            async move { result.set(Some(Shown::sized(&format!("/api/v1/tasks/{id}/result")).await)) },
+        )
     };
     let fetch_payload = move |view: TaskView| {
-        if view.payload_bytes > SHOW_MAX {
-            payload.set(Some(Shown::TooLarge(view.payload_bytes)));
-            return;
-        }
         spawn_local(async move {
-            let shown = match api::get_typed(&format!("/api/v1/tasks/{}/payload", view.id)).await {
-                Ok(body) => Shown::Body(body),
-                Err(e) => Shown::Missing(e),
-            };
+            let url = format!("/api/v1/tasks/{}/payload", view.id);
+            // A large one is asked for with `HEAD` first: it may be gone (a succeeded task's
+            // payload is kept only for `--payload-retention`), and a link would lead nowhere.
+            let shown =
+                if view.payload_bytes > SHOW_MAX { Shown::sized(&url).await } else { Shown::of(&url).await };
             payload.set(Some(shown));
         })
     };

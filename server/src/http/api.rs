@@ -17,7 +17,7 @@ use axum::{
     Extension, Json,
     body::Body,
     extract::{Path, Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -345,7 +345,8 @@ async fn wait_for_reply(
     }
     let record =
         state.tasks.get(&record.id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
-    let mut response = result_of(state, record.clone()).await.unwrap_or_else(IntoResponse::into_response);
+    let mut response =
+        result_of(state, record.clone(), Asked::Bytes).await.unwrap_or_else(IntoResponse::into_response);
     let headers = response.headers_mut();
     headers.insert("preference-applied", header_value(&format!("wait={seconds}")));
     headers.insert(header::CONTENT_LOCATION, header_value(&format!("/api/v1/tasks/{}", record.id)));
@@ -609,9 +610,13 @@ fn failure_problem(record: &TaskRecord) -> app::model::Problem {
         (status = 422, description = "The task failed: its error", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn result(
+    State(state): State<AppState>,
+    method: Method,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
-    result_of(&state, record).await
+    result_of(&state, record, Asked::by(&method)).await
 }
 
 /// `GET /api/v1/tasks/{id}/payload`: the payload as submitted, with its content type (how a
@@ -628,9 +633,17 @@ pub async fn result(State(state): State<AppState>, Path(id): Path<String>) -> Re
         (status = 404, description = "No such task, or its payload has expired (a succeeded task's after `--payload-retention`)", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn payload(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn payload(
+    State(state): State<AppState>,
+    method: Method,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = find(&state, &id).await?;
-    let bytes = state.tasks.payload(&record).await?.ok_or_else(|| {
+    let served = match Asked::by(&method) {
+        Asked::Size => state.tasks.payload_size(&record).await?.map(Served::Size),
+        Asked::Bytes => state.tasks.payload(&record).await?.map(Served::Bytes),
+    };
+    let served = served.ok_or_else(|| {
         ApiError::not_found(match record.status {
             Status::Succeeded => {
                 "the payload is no longer kept: a succeeded task keeps it for --payload-retention"
@@ -638,11 +651,31 @@ pub async fn payload(State(state): State<AppState>, Path(id): Path<String>) -> R
             _ => "the payload has expired",
         })
     })?;
-    Ok(untrusted_bytes(&record.payload_type, bytes))
+    Ok(untrusted_bytes(&record.payload_type, served))
+}
+
+/// What a request for a task's payload or result asks for: the bytes (`GET`), or only their
+/// size (`HEAD`, measured in Redis, so that a `HEAD` of a large one reads nothing).
+#[derive(Clone, Copy)]
+enum Asked {
+    Bytes,
+    Size,
+}
+
+impl Asked {
+    fn by(method: &Method) -> Asked {
+        if method == Method::HEAD { Asked::Size } else { Asked::Bytes }
+    }
+}
+
+/// The answer to an [`Asked`].
+enum Served {
+    Bytes(Vec<u8>),
+    Size(u64),
 }
 
 /// Bytes a client sent, served so that a browser never runs them in Courier's origin.
-fn untrusted_bytes(content_type: &str, bytes: Vec<u8>) -> Response {
+fn untrusted_bytes(content_type: &str, served: Served) -> Response {
     let disposition = if renders_harmlessly(content_type) { "inline" } else { "attachment" };
     let headers = [
         (
@@ -654,19 +687,29 @@ fn untrusted_bytes(content_type: &str, bytes: Vec<u8>) -> Response {
         (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'")),
     ];
     // (`nosniff` comes with every answer, from the router's layer.)
-    (headers, bytes).into_response()
+    match served {
+        Served::Bytes(bytes) => (headers, bytes).into_response(),
+        Served::Size(size) => (headers, [(header::CONTENT_LENGTH, HeaderValue::from(size))]).into_response(),
+    }
 }
 
 /// The answer about a task's result: the bytes once succeeded, else the problem saying why not.
-async fn result_of(state: &AppState, record: TaskRecord) -> Result<Response, ApiError> {
+async fn result_of(state: &AppState, record: TaskRecord, asked: Asked) -> Result<Response, ApiError> {
     match record.status {
         Status::Succeeded => {
-            let stored = state
-                .tasks
-                .result(&record)
-                .await?
-                .ok_or_else(|| ApiError::not_found("the result has expired"))?;
-            Ok(untrusted_bytes(&stored.content_type, stored.bytes))
+            let served = match asked {
+                Asked::Size => {
+                    state.tasks.result_size(&record).await?.map(|(size, kind)| (kind, Served::Size(size)))
+                }
+                Asked::Bytes => state
+                    .tasks
+                    .result(&record)
+                    .await?
+                    .map(|stored| (stored.content_type, Served::Bytes(stored.bytes))),
+            };
+            let (content_type, served) =
+                served.ok_or_else(|| ApiError::not_found("the result has expired"))?;
+            Ok(untrusted_bytes(&content_type, served))
         }
         Status::Failed => {
             Err(ApiError::unprocessable("task-failed", "Task failed", record.error.unwrap_or_default()))

@@ -108,6 +108,8 @@ async fn a_worker_with_payload_retention_zero_releases_a_succeeded_tasks_payload
     let answer = app.http.get(app.url(&format!("/api/v1/tasks/{counted}/payload"))).send().await.unwrap();
     let problem = assert_problem(answer, 404, "/problems/not-found").await;
     assert!(problem["detail"].as_str().unwrap().contains("--payload-retention"), "{problem}");
+    let head = app.http.head(app.url(&format!("/api/v1/tasks/{counted}/payload"))).send().await.unwrap();
+    assert_eq!(head.status(), 404, "a HEAD finds it gone too");
     let result = app.http.get(app.url(&format!("/api/v1/tasks/{counted}/result"))).send().await.unwrap();
     assert_eq!(result.status(), 200);
     let stats: serde_json::Value = result.json().await.unwrap();
@@ -123,4 +125,54 @@ async fn a_worker_with_payload_retention_zero_releases_a_succeeded_tasks_payload
     assert_eq!(result.bytes().await.unwrap(), payload);
     let answer = app.http.get(app.url(&format!("/api/v1/tasks/{echoed}/payload"))).send().await.unwrap();
     assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn a_head_of_a_payload_or_a_result_answers_its_size_and_type_without_reading_its_bytes() {
+    // A Redis of its own: the bytes it sends are counted.
+    let app = spawn_app_alone(|_| {}).await;
+    let payload: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let echoed = app.submit_raw_ok("echo", "application/x-test", payload).await;
+    let text = "a few words ".repeat(100);
+    let counted = app.submit_raw_ok("text.stats", "text/plain", text.clone()).await;
+    assert_eq!(app.wait_until_done(&echoed).await["status"], "succeeded");
+    assert_eq!(app.wait_until_done(&counted).await["status"], "succeeded");
+
+    // Each HEAD answers what its GET would: the status, the type and the length, with no body.
+    for (id, what) in [(&echoed, "payload"), (&echoed, "result"), (&counted, "payload"), (&counted, "result")]
+    {
+        let url = app.url(&format!("/api/v1/tasks/{id}/{what}"));
+        let sent = bytes_sent(&app).await;
+        let head = app.http.head(&url).send().await.unwrap();
+        let read = bytes_sent(&app).await - sent;
+        let get = app.http.get(&url).send().await.unwrap();
+        assert_eq!((head.status().as_u16(), get.status().as_u16()), (200, 200), "{what} of {id}");
+        for header in ["content-type", "content-length", "content-disposition"] {
+            assert_eq!(
+                head.headers().get(header),
+                get.headers().get(header),
+                "{header} of the {what} of {id}"
+            );
+        }
+        let length: usize = head.headers()["content-length"].to_str().unwrap().parse().unwrap();
+        assert_eq!(length, get.bytes().await.unwrap().len(), "the {what} of {id}");
+        assert!(head.bytes().await.unwrap().is_empty());
+        // Redis sent the record and a size, not the bytes (1 MiB for the echoed task's).
+        assert!(read < 16 * 1024, "a HEAD of the {what} of {id} had Redis send {read} bytes");
+    }
+    // The 1 MiB payload under its own key, and the text kept in the record.
+    let mut redis = app.redis().await;
+    let own_key: (bool, bool) = redis::pipe()
+        .exists(app.key(&format!("payload:{echoed}")))
+        .exists(app.key(&format!("payload:{counted}")))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(own_key, (true, false));
+    let length =
+        |response: &reqwest::Response| response.headers()["content-length"].to_str().unwrap().to_string();
+    let head = app.http.head(app.url(&format!("/api/v1/tasks/{echoed}/payload"))).send().await.unwrap();
+    assert_eq!(length(&head), (1 << 20).to_string());
+    let head = app.http.head(app.url(&format!("/api/v1/tasks/{counted}/payload"))).send().await.unwrap();
+    assert_eq!(length(&head), text.len().to_string());
 }

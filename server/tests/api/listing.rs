@@ -60,15 +60,6 @@ async fn a_filter_that_matches_nothing_reads_a_bounded_page_and_hands_back_a_cur
     assert_eq!(echoes["tasks"].as_array().unwrap().len(), 20);
 }
 
-/// The bytes Redis has sent to its clients so far.
-async fn bytes_sent(app: &TestApp) -> u64 {
-    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut app.redis().await).await.unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn requeueing_one_kind_reads_each_dead_letter_once_and_moves_only_that_kind() {
     const DEAD: usize = 1200;

@@ -101,6 +101,16 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     }
 }
 
+/// The bytes Redis has sent to its clients so far (for a test on a Redis of its own,
+/// [`spawn_app_alone`]).
+pub async fn bytes_sent(app: &TestApp) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut app.redis().await).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
 /// Starts a server with a redis-server of its own even when the tests share one: for a test that
 /// counts what Redis did (`INFO`), or stops it, which other tests' work would blur.
 pub async fn spawn_app_alone(tweak: impl FnOnce(&mut Config)) -> TestApp {
