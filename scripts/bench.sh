@@ -20,6 +20,8 @@ source scripts/private-redis.sh
 peer=../shared/bench/peer/run.sh
 if ! $smoke && [ -f "$peer" ]; then
   REDIS_PORT="$port" bash "$peer" | tee "$work/peer.jsonl"
+  # The Redis memory a BullMQ job holds, with the BullMQ the harness installed.
+  REDIS_PORT="$port" node scripts/peer-memory.mjs | tee -a "$work/peer.jsonl"
   redis-cli -p "$port" flushall >/dev/null
 fi
 "$bench" --courier target/release/courier --redis-url "redis://127.0.0.1:$port" "$@" | tee "$work/courier.jsonl"

@@ -134,10 +134,12 @@ fn host_ticks_of_stat(stat: &str) -> Option<HostTicks> {
 
 /// `used_cpu_sys` + `used_cpu_user` of the main Redis process.
 fn redis_cpu_seconds(info: &str) -> Option<f64> {
-    let field = |name: &str| {
-        info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
-    };
-    Some(field("used_cpu_sys")? + field("used_cpu_user")?)
+    Some(info_field::<f64>(info, "used_cpu_sys")? + info_field::<f64>(info, "used_cpu_user")?)
+}
+
+/// The value of `name` in a reply of Redis's `INFO` (`name:value` lines).
+pub fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> Option<T> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
 }
 
 /// utime + stime of every thread of a process, from its `stat` file. Linux reports them in

@@ -10,7 +10,7 @@ mod sse;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use cpu::{CpuSeconds, HostTicks, ProcessSeconds};
+use cpu::{CpuSeconds, HostTicks, ProcessSeconds, info_field};
 use futures::StreamExt;
 use redis_servers::RedisServers;
 use serde_json::{Value, json};
@@ -589,14 +589,22 @@ impl Bench {
         Ok(())
     }
 
-    /// The drain rate of backlogs of each size, to see that cost per task does not grow.
+    /// The drain rate of backlogs of each size, to see that cost per task does not grow; and the
+    /// Redis memory each task holds, queued and then kept for the retention once it succeeded.
     async fn backlogs(&mut self) -> anyhow::Result<()> {
         for size in self.args.backlogs.clone() {
             let prefix = self.prefix("backlog");
             let server = self.serve(&prefix, 0).await?;
+            let before = used_memory(&mut self.redis).await?;
             let (ids, _) = self.submit_small(&server.base, size).await?;
+            let queued = used_memory(&mut self.redis).await?;
             let rate = self.drain(&server, &prefix, ids.len()).await?.rate;
+            let succeeded = used_memory(&mut self.redis).await?;
             emit("drain_tasks_per_s", rate, json!({"backlog": size, "concurrency": self.args.concurrency}));
+            for (state, used) in [("queued", queued), ("succeeded", succeeded)] {
+                let bytes = used.saturating_sub(before) as f64 / ids.len().max(1) as f64;
+                emit("redis_bytes_per_task", bytes, json!({"backlog": size, "state": state}));
+            }
         }
         Ok(())
     }
@@ -969,6 +977,12 @@ fn emit_latencies(
         emit(&format!("{metric}_{name}_ms"), percentile(&latencies, p), extra.clone());
     }
     emit(&format!("{metric}_max_ms"), latencies.last().copied().unwrap_or(0.0), extra);
+}
+
+/// Redis's `used_memory`: the bytes its allocator holds, for its data and its buffers.
+async fn used_memory(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await?;
+    info_field(&info, "used_memory").context("no used_memory in INFO memory")
 }
 
 /// The id from a `202 Accepted`, or an error with the status.

@@ -268,12 +268,31 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
             show(line["value"].as_f64())
         )?;
     }
+    redis_memory(&mut out, &c, &p)?;
     cpu_table(&mut out, &c, process, nproc)?;
     drain_cpu(&mut out, &c, nproc)?;
     own_kinds_cpu(&mut out, &c)?;
     auth_cost(&mut out, &c)?;
     scale(&mut out, &c)?;
     Ok(out)
+}
+
+/// Rows of the figures' table: the Redis memory a task holds after each backlog's submission and
+/// after its drain (kept for the retention), beside a BullMQ job's of the same payload (queued,
+/// and completed: BullMQ keeps completed jobs unless told otherwise) where its count matches.
+fn redis_memory(out: &mut String, c: &Figures, p: &Figures) -> anyhow::Result<()> {
+    for line in c.all("redis_bytes_per_task") {
+        let (backlog, state) = (&line["backlog"], line["state"].as_str().unwrap_or("?"));
+        let theirs_state = if state == "succeeded" { "completed" } else { state };
+        let theirs = p.get_where("redis_bytes_per_job", &[("n", backlog.clone()), ("state", theirs_state.into())]);
+        writeln!(
+            out,
+            "| Redis memory a task, bytes, {state} (backlog {backlog}) · BullMQ a job, {theirs_state} | {} | {} | — |",
+            show(line["value"].as_f64()),
+            show(theirs)
+        )?;
+    }
+    Ok(())
 }
 
 /// The same backlog through one Redis node and through a cluster of three masters: tasks per
@@ -589,6 +608,38 @@ mod tests {
         // Without the figures (an older run, or the workload not run), no section.
         std::fs::write(&courier, format!("{}\n", lines[1])).unwrap();
         assert!(!markdown(&courier, None).unwrap().contains("draining a backlog"));
+    }
+
+    #[test]
+    fn the_memory_a_task_holds_stands_beside_bullmqs_for_the_same_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let (courier, peer) = (dir.path().join("courier.jsonl"), dir.path().join("peer.jsonl"));
+        let lines = |lines: &[Value]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+        std::fs::write(
+            &courier,
+            lines(&[
+                serde_json::json!({"metric": "redis_bytes_per_task", "backlog": 1000, "state": "queued", "value": 1700.4}),
+                serde_json::json!({"metric": "redis_bytes_per_task", "backlog": 100000, "state": "queued", "value": 1583.0}),
+                serde_json::json!({"metric": "redis_bytes_per_task", "backlog": 100000, "state": "succeeded", "value": 2584.0}),
+            ]),
+        )
+        .unwrap();
+        std::fs::write(
+            &peer,
+            lines(&[
+                serde_json::json!({"metric": "redis_bytes_per_job", "n": 100000, "state": "queued", "value": 670.0}),
+                serde_json::json!({"metric": "redis_bytes_per_job", "n": 100000, "state": "completed", "value": 1151.0}),
+            ]),
+        )
+        .unwrap();
+        let report = markdown(&courier, Some(&peer)).unwrap();
+        for row in [
+            "| Redis memory a task, bytes, queued (backlog 1000) · BullMQ a job, queued | 1700 | — | — |",
+            "| Redis memory a task, bytes, queued (backlog 100000) · BullMQ a job, queued | 1583 | 670 | — |",
+            "| Redis memory a task, bytes, succeeded (backlog 100000) · BullMQ a job, completed | 2584 | 1151 | — |",
+        ] {
+            assert!(report.contains(row), "{row} in {report}");
+        }
     }
 
     #[test]
