@@ -478,6 +478,12 @@ async fn signed_result_links_work_without_a_token_until_they_expire_and_refuse_t
     let fetched = world.call(Method::GET, app.url(&link), None, None).await;
     assert_eq!(fetched.status(), 200);
     assert_eq!(fetched.json::<Value>().await.unwrap(), json!({"hello": "link"}));
+    // A HEAD of it too (as the task page asks a large one's size); not of the bare path.
+    let head = world.call(Method::HEAD, app.url(&link), None, None).await;
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], r#"{"hello":"link"}"#.len().to_string().as_str());
+    let bare = format!("/api/v1/tasks/{id}/result");
+    assert_eq!(world.call(Method::HEAD, app.url(&bare), None, None).await.status(), 401);
     // Tampered: another signature, another expiry, another task's path.
     let other = submit(&world, &app, &admin, json!({"kind": "echo", "payload": {}})).await;
     let flipped = {
