@@ -284,7 +284,8 @@ fn redis_memory(out: &mut String, c: &Figures, p: &Figures) -> anyhow::Result<()
     for line in c.all("redis_bytes_per_task") {
         let (backlog, state) = (&line["backlog"], line["state"].as_str().unwrap_or("?"));
         let theirs_state = if state == "succeeded" { "completed" } else { state };
-        let theirs = p.get_where("redis_bytes_per_job", &[("n", backlog.clone()), ("state", theirs_state.into())]);
+        let theirs =
+            p.get_where("redis_bytes_per_job", &[("n", backlog.clone()), ("state", theirs_state.into())]);
         writeln!(
             out,
             "| Redis memory a task, bytes, {state} (backlog {backlog}) · BullMQ a job, {theirs_state} | {} | {} | — |",

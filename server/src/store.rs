@@ -398,14 +398,19 @@ impl TaskRecord {
         let text = |name: &str| fields.field(name).filter(|v| !v.is_empty());
         let owned = |name: &str| text(name).map(str::to_string);
         let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
+        let status = Status::parse(text(field::STATUS)?)?;
         Some(TaskRecord {
             id,
             queue: queue.to_string(),
             kind: owned(field::KIND)?,
-            status: Status::parse(text(field::STATUS)?)?,
+            status,
             attempts: number(field::ATTEMPTS).unwrap_or(0) as u32,
             max_attempts: number(field::MAX_ATTEMPTS).unwrap_or(1) as u32,
-            progress: number(field::PROGRESS).map(|p| p.min(100) as u8),
+            // A success is all of it: the end does not write it (older versions wrote `100`).
+            progress: match status {
+                Status::Succeeded => Some(100),
+                _ => number(field::PROGRESS).map(|p| p.min(100) as u8),
+            },
             created_ms: number(field::CREATED)?,
             updated_ms: number(field::UPDATED).or(number(field::CREATED))?,
             started_ms: number(field::STARTED),

@@ -71,9 +71,15 @@ local function store(a)
     extra[#extra + 1] = 'payload_inline'
     extra[#extra + 1] = '1'
   end
+  -- What readers take for granted stays out, a field being some 80 bytes of memory for as long
+  -- as the task is kept: `updated` (until a change, `created`) and a normal priority.
+  if priority ~= 'n' then
+    extra[#extra + 1] = 'priority'
+    extra[#extra + 1] = priority
+  end
   redis.call('HSET', task, 'kind', kind, 'status', status, 'attempts', '0', 'max_attempts',
-    ARGV[a + 5], 'created', created, 'updated', created, 'payload_bytes', ARGV[a + 8],
-    'payload_type', ARGV[a + 7], 'priority', priority, unpack(extra))
+    ARGV[a + 5], 'created', created, 'payload_bytes', ARGV[a + 8], 'payload_type', ARGV[a + 7],
+    unpack(extra))
   indexed[#indexed + 1] = 0
   indexed[#indexed + 1] = id
   if session ~= '' then

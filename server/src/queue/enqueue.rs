@@ -366,7 +366,9 @@ impl Queue {
 
     /// The `HSET` that makes a plain task's record, as enqueue.lua's makes it: the fields every
     /// task has, the options it has (enqueue.lua's OPTIONAL_FIELDS but the session and shared
-    /// payload, which a plain task has not) and, `in_record`, its payload.
+    /// payload, which a plain task has not) and, `in_record`, its payload. What readers take for
+    /// granted is left out, each field being some 80 bytes of Redis's memory for as long as the
+    /// task is kept: `updated` (until a change, `created`) and a normal priority (`n`).
     fn new_record(&self, task: &NewTask, created: &str, in_record: bool) -> redis::Cmd {
         let mut hset = redis::cmd("HSET");
         hset.arg(self.keys.task(&task.id))
@@ -380,16 +382,16 @@ impl Queue {
             .arg(task.max_attempts)
             .arg(record::CREATED)
             .arg(created)
-            .arg(record::UPDATED)
-            .arg(created)
             .arg(record::PAYLOAD_BYTES)
             .arg(task.payload.len())
             .arg(record::PAYLOAD_TYPE)
-            .arg(&task.payload_type)
-            .arg(record::PRIORITY)
-            .arg(priority_tag(task.priority));
+            .arg(&task.payload_type);
         let workflow = task.workflow.as_ref();
         let options = [
+            (
+                record::PRIORITY,
+                (task.priority != Priority::Normal).then(|| priority_tag(task.priority).to_string()),
+            ),
             (record::TIMEOUT_MS, task.timeout_ms.map(|ms| ms.to_string())),
             (record::SUBSCRIPTION, task.subscription.clone()),
             (record::IDEMPOTENCY_KEY, task.idempotency_key.clone()),

@@ -133,9 +133,9 @@ for a = 13, #ARGV, 13 do
         progress = '100'
         -- (A cancel asked for as it ran stays asked: nothing reads it of an ended task, and a
         -- dead letter queued again drops it, requeue.lua.)
+        -- (Its progress is not written: a success is all of it, as the store reads it.)
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now,
-          'progress', progress, 'result_type', ARGV[a + 6], 'lease', '',
-          logged, log_entry, unpack(extra))
+          'result_type', ARGV[a + 6], 'lease', '', logged, log_entry, unpack(extra))
       else
         -- A failure's reason rides along.
         if outcome == 'failed' then

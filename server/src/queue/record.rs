@@ -15,12 +15,14 @@ pub const STATUS: &str = "status";
 /// Attempts started so far.
 pub const ATTEMPTS: &str = "attempts";
 pub const MAX_ATTEMPTS: &str = "max_attempts";
-/// Submission time, ms since the epoch; `updated`, `started`, `finished` likewise.
+/// Submission time, ms since the epoch; `updated`, `started`, `finished` likewise (`updated` is
+/// absent until the first change: it reads as `created`).
 pub const CREATED: &str = "created";
 pub const UPDATED: &str = "updated";
 pub const STARTED: &str = "started";
 pub const FINISHED: &str = "finished";
-/// Progress of the running attempt, 0–100 (empty when none was reported).
+/// Progress of the running attempt, 0–100 (empty when none was reported). A success does not
+/// write it: a succeeded task's reads as 100.
 pub const PROGRESS: &str = "progress";
 pub const PAYLOAD_BYTES: &str = "payload_bytes";
 pub const PAYLOAD_TYPE: &str = "payload_type";
@@ -28,7 +30,7 @@ pub const PAYLOAD_TYPE: &str = "payload_type";
 pub const PAYLOAD_REF: &str = "payload_ref";
 /// The task's own timeout for an attempt, in ms (empty: the kind's).
 pub const TIMEOUT_MS: &str = "timeout_ms";
-/// `h`, `n` or `l`.
+/// `h` or `l`; absent for `n` (normal), as every reader takes it.
 pub const PRIORITY: &str = "priority";
 /// The ordered session the task belongs to (empty: none).
 pub const SESSION: &str = "session";

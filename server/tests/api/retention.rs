@@ -1,6 +1,7 @@
 //! Retention counts from a task's end: waiting tasks, their payloads and idempotency keys live
 //! until they end; a task that must not wait for ever says so (`ttl_ms`, `expires_at`) and then
-//! ends visibly, as a dead letter with reason `expired`.
+//! ends visibly, as a dead letter with reason `expired`. A record holds no field its readers take
+//! for granted: it is kept that long.
 
 use crate::support::*;
 use redis::AsyncCommands;
@@ -248,4 +249,42 @@ async fn tasks_written_by_the_previous_layout_still_run_after_the_upgrade() {
     // Ended, they keep the retention of this version.
     let ttl = ttl_ms(&app, &app.default_key(&format!("task:{queued}"))).await;
     assert!((1..=1000).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says_it_all_the_same() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let app = &app;
+    let record = |id: &str| {
+        let key = app.key(&format!("task:{id}"));
+        async move {
+            let fields: std::collections::HashMap<String, String> =
+                app.redis().await.hgetall(key).await.unwrap();
+            fields
+        }
+    };
+    // Plain submissions (queue/enqueue.rs) and the script's (a session's: enqueue.lua).
+    let normal = app.submit_ok(json!({"kind": "echo", "payload": {"n": 1}})).await;
+    let high = app.submit_ok(json!({"kind": "echo", "payload": {"n": 2}, "priority": "high"})).await;
+    let in_session = app.submit_ok(json!({"kind": "echo", "payload": {"n": 3}, "session": "s"})).await;
+    let stepped = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 300, "steps": 3}})).await;
+    for id in [&normal, &in_session, &stepped] {
+        let fields = record(id).await;
+        assert_eq!(fields.get("status").map(String::as_str), Some("queued"), "{fields:?}");
+        assert!(!fields.contains_key("priority") && !fields.contains_key("updated"), "{fields:?}");
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(view["updated_at"], view["created_at"], "{view}");
+    }
+    assert_eq!(record(&high).await.get("priority").map(String::as_str), Some("h"));
+
+    // Run by a worker process: a success writes no progress, and reads as all of it (`sleep`
+    // reports its own on its way).
+    let _worker = app.worker(&["--concurrency", "4"]);
+    for id in [&normal, &high, &in_session, &stepped] {
+        assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["progress"], 100, "{id}");
+    }
+    for id in [&normal, &high, &in_session] {
+        assert!(!record(id).await.contains_key("progress"), "{id}");
+    }
 }

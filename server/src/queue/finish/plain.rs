@@ -794,8 +794,6 @@ fn queue_ends(
             .arg(&now)
             .arg(record::FINISHED)
             .arg(&now)
-            .arg(record::PROGRESS)
-            .arg("100")
             .arg(record::RESULT_TYPE)
             .arg(&ending.result_type)
             .arg(record::LEASE)
