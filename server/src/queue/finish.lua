@@ -102,7 +102,8 @@ for a = 13, #ARGV, 13 do
       f[6], now, worker, err)
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
-      -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL.
+      -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL (the
+      -- next start writes the lease again, so the record is no smaller for deleting it).
       redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due,
         'lease', '', 'cancel', '', logged, log_entry)
       local priority = redis.call('HGET', task, 'priority') or 'n'
@@ -134,15 +135,17 @@ for a = 13, #ARGV, 13 do
         -- (A cancel asked for as it ran stays asked: nothing reads it of an ended task, and a
         -- dead letter queued again drops it, requeue.lua.)
         -- (Its progress is not written: a success is all of it, as the store reads it.)
+        end_running(task)
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now,
-          'result_type', ARGV[a + 6], 'lease', '', logged, log_entry, unpack(extra))
+          'result_type', ARGV[a + 6], logged, log_entry, unpack(extra))
       else
         -- A failure's reason rides along.
         if outcome == 'failed' then
           also(extra, 'dead_reason', ARGV[a + 9])
         end
-        redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now, 'lease', '',
-          logged, log_entry, unpack(extra))
+        end_running(task)
+        redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now, logged,
+          log_entry, unpack(extra))
         if outcome == 'failed' then
           keep = ctx.dead_keep
           add_dead(base, KEYS[3], id, f[2], now, keep)

@@ -48,7 +48,8 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const WORKFLOW: &str = "wf";
 /// Its step in that workflow: `id`, or `id[n]` for the n-th task of a map.
 pub const WORKFLOW_STEP: &str = "wf_step";
-/// The token of the lease held on it (empty: none).
+/// The token of the lease held on it (absent or empty: none; an end deletes it, ends.lua's
+/// `end_running`).
 pub const LEASE: &str = "lease";
 /// `1` once cancellation was asked of its running attempt.
 pub const CANCEL: &str = "cancel";
@@ -68,10 +69,11 @@ pub const RESULT_IS_PAYLOAD: &str = "result_is_payload";
 /// A small text result, kept in the record rather than under a key of its own (finish.lua).
 pub const RESULT: &str = "result";
 
-/// The worker running (or that last ran) an attempt: a built-in worker's id, or a pulling
-/// worker's name.
+/// The worker running (or, until a retry starts, that last ran) an attempt: a built-in worker's
+/// id, or a pulling worker's name. Deleted as the task ends: its attempt log names it.
 pub const WORKER: &str = "worker";
-/// When the current (or last) attempt started, ms since the epoch.
+/// When the current (or, until a retry starts, last) attempt started, ms since the epoch.
+/// Deleted as the task ends, like `worker`.
 pub const ATTEMPT_STARTED: &str = "attempt_started";
 /// `-` when the current (or last) attempt took over from a holder that stopped: its end takes no
 /// wait sample (empty or absent otherwise: the end samples the wait from the ready entry's id).

@@ -287,4 +287,18 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
     for id in [&normal, &high, &in_session] {
         assert!(!record(id).await.contains_key("progress"), "{id}");
     }
+    // What only the running attempt had is gone (its log line names the worker and its start),
+    // and the record stays within the 16 fields of the hash table Redis made for it.
+    let fields = record(&normal).await;
+    for running in ["lease", "worker", "attempt_started"] {
+        assert!(!fields.contains_key(running), "{running} in {fields:?}");
+    }
+    assert!(fields.len() <= 16, "{} fields: {fields:?}", fields.len());
+    let attempts = app.get_json(&format!("/api/v1/tasks/{normal}/attempts")).await;
+    let attempt = &attempts["attempts"][0];
+    assert!(attempt["worker"].as_str().is_some_and(|w| w.starts_with("worker-")), "{attempts}");
+    assert_eq!(
+        (attempt["outcome"].as_str(), attempts["attempts"].as_array().map(Vec::len)),
+        (Some("succeeded"), Some(1))
+    );
 }

@@ -65,6 +65,9 @@ const READ: [&str; 8] = [
     record::WORKFLOW,
 ];
 
+/// What only a running attempt has, deleted as it ends (ends.lua's `end_running`).
+const RUNNING: [&str; 3] = [record::LEASE, record::ATTEMPT_STARTED, record::WORKER];
+
 /// What the end of a pulled lease reads beyond `READ`, in this order (`Holder`): a pulled lease's
 /// holder knows neither its task's session nor its idempotency key, and the record names the
 /// worker that pulled it (finish.lua's `PULLED_FIELDS`).
@@ -795,9 +798,7 @@ fn queue_ends(
             .arg(record::FINISHED)
             .arg(&now)
             .arg(record::RESULT_TYPE)
-            .arg(&ending.result_type)
-            .arg(record::LEASE)
-            .arg("");
+            .arg(&ending.result_type);
         // The attempt's entry in the attempt log (ends.lua's attempt_log_entry).
         let attempt = if record.started.attempts.is_empty() { "0" } else { &record.started.attempts };
         let mut log_entry = String::with_capacity(64);
@@ -831,6 +832,9 @@ fn queue_ends(
                 pipe.cmd("SET").arg(queue.keys.result(id)).arg(bytes.as_ref()).arg("PX").arg(keep);
             }
         }
+        // What only a running attempt has goes first (ends.lua's `end_running`), so that the
+        // record grows no further than it must.
+        pipe.cmd("HDEL").arg(task).arg(&RUNNING[..]);
         pipe.add_command(hset);
         // What keep_after_end keeps: the record, the idempotency key, a payload of its own.
         pipe.cmd("PEXPIRE").arg(task).arg(keep);
