@@ -71,7 +71,7 @@ local function store(a)
     extra[#extra + 1] = 'payload_inline'
     extra[#extra + 1] = '1'
   end
-  -- What readers take for granted stays out, a field being some 80 bytes of memory for as long
+  -- What readers take for granted stays out, a field being some 64 bytes of memory for as long
   -- as the task is kept: `updated` (until a change, `created`) and a normal priority.
   if priority ~= 'n' then
     extra[#extra + 1] = 'priority'

@@ -367,7 +367,7 @@ impl Queue {
     /// The `HSET` that makes a plain task's record, as enqueue.lua's makes it: the fields every
     /// task has, the options it has (enqueue.lua's OPTIONAL_FIELDS but the session and shared
     /// payload, which a plain task has not) and, `in_record`, its payload. What readers take for
-    /// granted is left out, each field being some 80 bytes of Redis's memory for as long as the
+    /// granted is left out, each field being some 64 bytes of Redis's memory for as long as the
     /// task is kept: `updated` (until a change, `created`) and a normal priority (`n`).
     fn new_record(&self, task: &NewTask, created: &str, in_record: bool) -> redis::Cmd {
         let mut hset = redis::cmd("HSET");
