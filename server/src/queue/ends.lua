@@ -150,14 +150,14 @@ end
 local function expire_task(base, id, now, dead_keep, events, maxlen)
   local task = base .. ':task:' .. id
   local f = redis.call('HMGET', task, 'kind', 'attempts', 'priority', 'session', 'idem',
-    'payload_ref', 'payload_inline')
+    'payload_ref', 'payload')
   local err = 'the task expired before an attempt could start'
   redis.call('HSET', task, 'status', 'failed', 'updated', now, 'finished', now, 'error', err,
     'dead_reason', 'expired', 'lease', '', 'cancel', '', 'next_run', '')
   leave_waiting(base, base .. ':delayed', (f[3] or 'n') .. ':' .. id, f[1])
   leave_waiting(base, base .. ':retrying', (f[3] or 'n') .. ':' .. id, f[1])
   add_dead(base, base .. ':dead', id, f[1], now, dead_keep)
-  keep_after_end(base, id, f[6], f[5], dead_keep, now, f[7] == '1')
+  keep_after_end(base, id, f[6], f[5], dead_keep, now, f[7] ~= false)
   count_ends(base, now, 1)
   record_stats(base, now, 0, 1, nil)
   if f[4] and f[4] ~= '' then

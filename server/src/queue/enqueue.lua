@@ -56,7 +56,7 @@ local function store(a)
   local status = due == '' and 'queued' or 'scheduled'
   local task = base .. ':task:' .. id
   -- The fields beyond the ones every task has, for the record's one HSET: the options it has,
-  -- and a small payload with the flag that tells the end (finish.lua) it has no key to expire.
+  -- and a small payload (whose presence tells the end, finish.lua, it has no key to expire).
   local extra = {}
   for _, option in ipairs(OPTIONAL_FIELDS) do
     local value = ARGV[a + option[2]]
@@ -68,6 +68,8 @@ local function store(a)
   if source == 'record' then
     extra[#extra + 1] = 'payload'
     extra[#extra + 1] = ARGV[a + 19]
+    -- For the workers of earlier versions, which read it; this version reads the payload's
+    -- presence (record.rs, `PAYLOAD_INLINE`).
     extra[#extra + 1] = 'payload_inline'
     extra[#extra + 1] = '1'
   end

@@ -406,6 +406,7 @@ impl Queue {
             }
         }
         if in_record {
+            // With the flag earlier versions' workers read (record.rs, `PAYLOAD_INLINE`).
             hset.arg(record::PAYLOAD).arg(task.payload.as_ref()).arg(record::PAYLOAD_INLINE).arg(1);
         }
         hset

@@ -58,14 +58,15 @@ for a = 13, #ARGV, 13 do
   local task = base .. ':task:' .. id
   -- What the end needs of the record (a retry's priority is read only for it).
   local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'payload_ref',
-    'attempt_started', 'waited', 'payload_inline', 'wf', unpack(PULLED_FIELDS))
+    'attempt_started', 'waited', 'payload', 'wf', unpack(PULLED_FIELDS))
   local worker = ctx.worker
   if pulled then
     worker, session, idem = f[10], f[12] or '', f[13] or ''
     workers[#workers + 1] = f[1] == ARGV[a + 3] and worker or ''
   end
-  -- A small payload lives in the record (enqueue.lua): no key to check, none to expire.
-  local in_record = f[8] == '1'
+  -- A small payload lives in the record (enqueue.lua): no key to check, none to expire. Its
+  -- presence says so (the `payload_inline` flag is written for earlier versions' workers).
+  local in_record = f[8] ~= false
   local source, source_key = ARGV[a + 12], nil
   if source == 'staged' then
     source_key = base .. ':staged:' .. ARGV[a + 3]

@@ -3,10 +3,10 @@
 //! here; a test reads every script and checks that each field it writes or reads is one of them.
 //!
 //! While a worker process holds a task's lease, only a new start (which writes a new `lease`)
-//! may change `kind`, `attempts`, `attempt_started`, `waited`, `payload`, `payload_inline`,
-//! `payload_ref` and `wf`: the end of a lease a start without Lua took reads the `lease` field
-//! alone and trusts the start for the rest (`Known`, queue/lease.rs). A writer that changes them
-//! under a held lease must change the lease too.
+//! may change `kind`, `attempts`, `attempt_started`, `waited`, `payload`, `payload_ref` and `wf`:
+//! the end of a lease a start without Lua took reads the `lease` field alone and trusts the start
+//! for the rest (`Known`, queue/lease.rs). A writer that changes them under a held lease must
+//! change the lease too.
 
 /// The task kind.
 pub const KIND: &str = "kind";
@@ -59,9 +59,13 @@ pub const ERROR: &str = "error";
 /// Why it ended as a dead letter (`DeadReason`).
 pub const DEAD_REASON: &str = "dead_reason";
 pub const RESULT_TYPE: &str = "result_type";
-/// A small payload, kept in the record rather than under a key of its own (enqueue.lua).
+/// A small payload, kept in the record rather than under a key of its own (enqueue.lua): its
+/// presence says so.
 pub const PAYLOAD: &str = "payload";
-/// `1` when the record holds the payload (`PAYLOAD`).
+/// `1` beside `PAYLOAD`, which this version no longer reads, and still writes for the workers of
+/// earlier versions, which do (an end of theirs that missed it would take the payload for
+/// expired and leave an `echo` to run again). A version after this one can stop writing it,
+/// and save its 64 bytes a task (docs/benchmark-notes.md, twenty-ninth step).
 pub const PAYLOAD_INLINE: &str = "payload_inline";
 /// `1` when the result is the payload, unchanged, kept once (under the payload's key, or in the
 /// record with it).

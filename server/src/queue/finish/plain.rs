@@ -60,10 +60,14 @@ const READ: [&str; 8] = [
     record::ATTEMPTS,
     record::ATTEMPT_STARTED,
     record::WAITED,
-    record::PAYLOAD_INLINE,
+    // Read for its presence: a payload kept in the record has no key of its own.
+    record::PAYLOAD,
     record::PAYLOAD_REF,
     record::WORKFLOW,
 ];
+
+/// Where `READ` has the payload.
+const PAYLOAD_AT: usize = 5;
 
 /// What only a running attempt has, deleted as it ends (ends.lua's `end_running`).
 const RUNNING: [&str; 3] = [record::LEASE, record::ATTEMPT_STARTED, record::WORKER];
@@ -173,18 +177,15 @@ struct Holder {
 impl Record {
     /// The record of `fields` (`READ`'s values, then `READ_PULLED`'s for `holders` `Pulled`).
     fn of(fields: Vec<Option<String>>, holders: Holders) -> Record {
+        // The payload is read for its presence alone.
+        let payload_inline = fields.get(PAYLOAD_AT).is_some_and(Option::is_some);
         let mut fields = fields.into_iter().map(Option::unwrap_or_default);
         let mut next = || fields.next().unwrap_or_default();
         // In `READ`'s order.
-        let (lease, kind, attempts, attempt_started, waited) = (next(), next(), next(), next(), next());
-        let started = Known {
-            kind,
-            attempts,
-            attempt_started,
-            payload_inline: next() == "1",
-            payload_ref: next(),
-            workflow: next(),
-        };
+        let (lease, kind, attempts, attempt_started, waited, _payload) =
+            (next(), next(), next(), next(), next(), next());
+        let started =
+            Known { kind, attempts, attempt_started, payload_inline, payload_ref: next(), workflow: next() };
         Record {
             lease,
             started,
@@ -1001,6 +1002,20 @@ mod tests {
         (ms + 999) / 1000
     }
 
+    #[test]
+    fn the_read_finds_the_payload_where_it_looks_for_it() {
+        assert_eq!(READ[PAYLOAD_AT], record::PAYLOAD);
+        let mut fields: Vec<Option<String>> = READ.iter().map(|f| Some(f.to_string())).collect();
+        assert!(Record::of(fields.clone(), Holders::Process).started.payload_inline);
+        fields[PAYLOAD_AT] = None;
+        let record = Record::of(fields, Holders::Process);
+        assert!(!record.started.payload_inline);
+        assert_eq!(
+            (record.started.payload_ref.as_str(), record.started.workflow.as_str()),
+            ("payload_ref", "wf")
+        );
+    }
+
     /// A succeeded task's payload under a key of its own is kept `--payload-retention` (30 s in
     /// the tests' queue), or deleted as the task ends when that is zero, the same on both ways.
     /// A payload that is the result is kept as the result, and a failed task's as a dead letter.
@@ -1050,6 +1065,37 @@ mod tests {
         assert_eq!(finished.await.unwrap().ended[0].applied, Applied::AsReported);
         let payload_ms: i64 = conn.pttl(queue.keys.payload(&failing.id)).await.unwrap();
         assert_eq!(seconds_left(payload_ms), 120, "kept the dead-letter retention");
+    }
+
+    /// An end finds a small payload kept in the record by its presence, not by the
+    /// `payload_inline` flag, which a later version will stop writing: without the flag, an
+    /// `echo` still ends as reported on both ways, its result the payload.
+    #[tokio::test]
+    async fn a_payload_in_the_record_is_found_without_the_flag_earlier_versions_read() {
+        let (_redis, queue) = private_queue().await;
+        let mut conn = queue.conn.clone();
+        let plain = PlainEnds::default();
+        let payload: &'static [u8] = b"{\"text\": \"kept in the record\"}";
+        for by_script in [true, false] {
+            let task = echo_task(Bytes::from_static(payload));
+            let end = leased(&queue, &task, ResultBytes::Payload).await;
+            let removed: i64 = conn.hdel(queue.keys.task(&task.id), record::PAYLOAD_INLINE).await.unwrap();
+            assert_eq!(removed, 1, "the enqueue still writes the flag");
+            let ended = std::slice::from_ref(&end);
+            let applied = match by_script {
+                true => {
+                    queue.end_attempts(ended, Holders::Process, 0, WORKER, "*").await.unwrap().ended[0]
+                        .applied
+                }
+                false => {
+                    plain.end(&queue, ended, Holders::Process, WORKER).await.expect("the end goes plain")[0]
+                        .applied
+                }
+            };
+            assert_eq!(applied, Applied::AsReported, "by the script: {by_script}");
+            let record = queue.store().get(&task.id).await.unwrap().expect("the record");
+            assert_eq!(queue.store().result(&record).await.unwrap().expect("its result").bytes, payload);
+        }
     }
 
     #[tokio::test]
