@@ -698,9 +698,11 @@ async fn result_of(state: &AppState, record: TaskRecord, asked: Asked) -> Result
     match record.status {
         Status::Succeeded => {
             let served = match asked {
-                Asked::Size => {
-                    state.tasks.result_size(&record).await?.map(|(size, kind)| (kind, Served::Size(size)))
-                }
+                Asked::Size => state
+                    .tasks
+                    .result_size(&record)
+                    .await?
+                    .map(|(size, content_type)| (content_type, Served::Size(size))),
                 Asked::Bytes => state
                     .tasks
                     .result(&record)
