@@ -91,9 +91,10 @@ end
 -- keeps the last two) as the task ends, before the end's fields are written. A record of up to
 -- 16 fields keeps the hash table Redis made for 16; a 17th doubles it, and the table a record
 -- was moving from stays beside the new one while nothing touches the record, for the whole
--- retention (docs/benchmark-notes.md, twenty-ninth step).
-local function end_running(task)
-  redis.call('HDEL', task, 'lease', 'attempt_started', 'worker')
+-- retention (docs/benchmark-notes.md, twenty-ninth step). The caller's `...` names more fields
+-- the end drops in the same command (an earlier attempt's error and next run).
+local function end_running(task, ...)
+  redis.call('HDEL', task, 'lease', 'attempt_started', 'worker', ...)
 end
 
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
@@ -152,8 +153,10 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
   local f = redis.call('HMGET', task, 'kind', 'attempts', 'priority', 'session', 'idem',
     'payload_ref', 'payload')
   local err = 'the task expired before an attempt could start'
+  -- A task given back by its holder (release.lua) may still hold what its attempts left.
+  redis.call('HDEL', task, 'lease', 'cancel', 'next_run')
   redis.call('HSET', task, 'status', 'failed', 'updated', now, 'finished', now, 'error', err,
-    'dead_reason', 'expired', 'lease', '', 'cancel', '', 'next_run', '')
+    'dead_reason', 'expired')
   leave_waiting(base, base .. ':delayed', (f[3] or 'n') .. ':' .. id, f[1])
   leave_waiting(base, base .. ':retrying', (f[3] or 'n') .. ':' .. id, f[1])
   add_dead(base, base .. ':dead', id, f[1], now, dead_keep)

@@ -103,10 +103,11 @@ for a = 13, #ARGV, 13 do
       f[6], now, worker, err)
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
-      -- An empty lease is no one's, and an empty cancel asks nothing: cheaper than HDEL (the
-      -- next start writes the lease again, so the record is no smaller for deleting it).
+      -- Its lease is no one's now, and a cancel asked of the attempt that failed asks nothing
+      -- of the next (a retry is rare enough for the command more).
+      redis.call('HDEL', task, 'lease', 'cancel')
       redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due,
-        'lease', '', 'cancel', '', logged, log_entry)
+        logged, log_entry)
       local priority = redis.call('HGET', task, 'priority') or 'n'
       enter_waiting(base, KEYS[2], due, priority .. ':' .. id, f[2])
     else
@@ -114,11 +115,16 @@ for a = 13, #ARGV, 13 do
       -- are kept longer, for someone to look at.
       local keep = ctx.keep
       -- A later attempt's record may hold an earlier one's error and next run, which the end
-      -- clears; a first attempt's has neither, and its end writes only what it has.
-      local extra = {}
-      if err ~= '' or f[3] ~= '1' then
+      -- drops (an error of its own replaces the earlier one); a first attempt's has neither.
+      local extra, dropped = {}, {}
+      if err ~= '' then
         also(extra, 'error', err)
-        also(extra, 'next_run', '')
+      end
+      if f[3] ~= '1' then
+        dropped[#dropped + 1] = 'next_run'
+        if err == '' then
+          dropped[#dropped + 1] = 'error'
+        end
       end
       if outcome == 'succeeded' then
         local result, result_key = ARGV[a + 8], base .. ':result:' .. id
@@ -135,8 +141,9 @@ for a = 13, #ARGV, 13 do
         progress = '100'
         -- (A cancel asked for as it ran stays asked: nothing reads it of an ended task, and a
         -- dead letter queued again drops it, requeue.lua.)
-        -- (Its progress is not written: a success is all of it, as the store reads it.)
-        end_running(task)
+        -- (Its progress is dropped: a success is all of it, as the store reads it.)
+        dropped[#dropped + 1] = 'progress'
+        end_running(task, unpack(dropped))
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now,
           'result_type', ARGV[a + 6], logged, log_entry, unpack(extra))
       else
@@ -144,7 +151,7 @@ for a = 13, #ARGV, 13 do
         if outcome == 'failed' then
           also(extra, 'dead_reason', ARGV[a + 9])
         end
-        end_running(task)
+        end_running(task, unpack(dropped))
         redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now, logged,
           log_entry, unpack(extra))
         if outcome == 'failed' then

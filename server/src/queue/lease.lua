@@ -199,8 +199,8 @@ local function take_lease(ctx, kind, s, entry, id)
   if f[2] == '1' then
     -- Cancelled while its previous holder ran it, and that holder died: it ends here.
     settle(stream, ctx.group, {entry})
-    end_running(task)
-    redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now, 'cancel', '')
+    end_running(task, 'cancel')
+    redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now)
     keep_after_end(base, id, f[12], f[9], ctx.keep, now, f[14] and true)
     count_ends(base, now, 1)
     emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, kind, 'cancelled', f[3], '', '', now)
@@ -230,17 +230,21 @@ local function take_lease(ctx, kind, s, entry, id)
     redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
       'attempts', attempt, 'started', now, 'attempt_started', now, 'worker', ctx.worker)
   else
-    local waited = ''
-    if status == 'running' then
+    local takeover = status == 'running'
+    if takeover then
       -- A takeover: the attempt that stopped is logged as lost (its start and worker are read
-      -- only here), and its wait was that attempt's.
+      -- only here).
       local stopped = redis.call('HMGET', task, 'attempt_started', 'worker')
       log_attempt(task, f[3], 'lost', stopped[1], now, stopped[2], '')
-      waited = NOT_SAMPLED
     end
+    -- The earlier attempt's progress and wait mark go.
+    redis.call('HDEL', task, 'progress', 'waited')
     redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
-      'progress', '', 'attempts', attempt, 'attempt_started', now, 'worker', ctx.worker,
-      'waited', waited)
+      'attempts', attempt, 'attempt_started', now, 'worker', ctx.worker)
+    if takeover then
+      -- Its wait was the attempt's that stopped.
+      redis.call('HSET', task, 'waited', NOT_SAMPLED)
+    end
   end
   emit_event(ctx.events, ctx.maxlen, base, 'running', id, kind, 'running', attempt, '', '', now)
   local payload, has = f[14], '2'

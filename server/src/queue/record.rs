@@ -53,7 +53,8 @@ pub const WORKFLOW_STEP: &str = "wf_step";
 pub const LEASE: &str = "lease";
 /// `1` once cancellation was asked of its running attempt.
 pub const CANCEL: &str = "cancel";
-/// When a retrying task runs next, ms since the epoch.
+/// When a retrying task runs next, ms since the epoch. Its attempt's end drops it, and a success
+/// drops an earlier attempt's `error` with it (ends.lua's `end_running`).
 pub const NEXT_RUN: &str = "next_run";
 pub const ERROR: &str = "error";
 /// Why it ended as a dead letter (`DeadReason`).
@@ -219,6 +220,11 @@ mod tests {
                             // A table of field names, checked below.
                             continue;
                         }
+                        if field == "..." {
+                            // ends.lua's `end_running`: the fields its callers name, checked
+                            // below.
+                            continue;
+                        }
                         if field == "option[1]" {
                             // Named through the script's table of optional fields, checked below.
                             continue;
@@ -243,6 +249,23 @@ mod tests {
                     "{file}: `also` adds `{field}`, not a field of record.rs"
                 );
                 checked += 1;
+            }
+        }
+        // `end_running(task, 'field', ...)` drops the fields its callers name beside the running
+        // ones: literally, or gathered as `dropped[#dropped + 1] = 'field'` (finish.lua).
+        for (file, source) in SCRIPTS {
+            let named =
+                source.match_indices("end_running(").filter(|(at, _)| !source[..*at].ends_with("function "));
+            let gathered = source.match_indices("dropped[#dropped + 1] = ");
+            for (at, opening) in named.chain(gathered) {
+                let line = source[at + opening.len()..].lines().next().unwrap();
+                for name in line.split('\'').skip(1).step_by(2) {
+                    assert!(
+                        FIELDS.contains(&name),
+                        "{file}: `{line}` drops `{name}`, not a field of record.rs"
+                    );
+                    checked += 1;
+                }
             }
         }
         // A table of field names (`local NAME_FIELDS = ...`, a statement of its own at the top

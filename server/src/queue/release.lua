@@ -14,8 +14,8 @@ local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'cancel', 'session', 
   'worker', 'attempt_started')
 if f[3] == '1' then
   log_attempt(KEYS[1], f[2], 'cancelled', f[8], now, f[7], '')
-  end_running(KEYS[1])
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', now, 'finished', now, 'cancel', '')
+  end_running(KEYS[1], 'cancel')
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', now, 'finished', now)
   keep_after_end(base, id, f[6], f[5], ARGV[8], now)
   count_ends(base, now, 1)
   if f[4] and f[4] ~= '' then
@@ -24,9 +24,9 @@ if f[3] == '1' then
   emit_event(KEYS[3], ARGV[6], base, 'cancelled', id, f[1], 'cancelled', f[2], '', '', now)
   return 1
 end
-redis.call('HDEL', KEYS[1], 'lease')
+redis.call('HDEL', KEYS[1], 'lease', 'progress')
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', now, 'progress', '')
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', now)
 redis.call('XADD', KEYS[2], '*', 'task', id)
 mark_ready(base, f[1])
 emit_event(KEYS[3], ARGV[6], base, 'queued', id, f[1], 'queued', attempts, '', '', now)

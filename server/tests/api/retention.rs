@@ -110,6 +110,12 @@ async fn a_delayed_task_whose_expiry_comes_first_expires_while_it_waits() {
         .await;
     let view = app.wait_until_done(&id).await;
     assert_eq!(view["status"], "succeeded", "a 50 ms retry comes before the expiry: {view}");
+    // Its success dropped what the failed attempt left: the record keeps no empty error.
+    assert_eq!((view["attempts"].as_u64(), &view["error"]), (Some(2), &serde_json::Value::Null), "{view}");
+    let fields = record_fields(&app, &id).await;
+    for left in ["error", "next_run", "lease", "worker", "attempt_started", "progress", "waited"] {
+        assert!(!fields.contains_key(left), "{left} in {fields:?}");
+    }
     let slow = spawn_app_with(|c| c.retry_base = Duration::from_secs(5)).await;
     let id = slow
         .submit_ok(json!({"kind": "flaky", "payload": {"fail_times": 1}, "ttl_ms": 800, "max_attempts": 3}))
@@ -119,6 +125,17 @@ async fn a_delayed_task_whose_expiry_comes_first_expires_while_it_waits() {
     assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("failed"), Some(1)), "{view}");
     assert!(view["error"].as_str().unwrap().contains("expired"), "{view}");
     assert!(started.elapsed() < Duration::from_secs(4), "expired before the 5 s retry was due");
+    // The expiry dropped the retry's next run, and wrote no empty lease or cancel.
+    let fields = record_fields(&slow, &id).await;
+    assert_eq!(fields.get("dead_reason").map(String::as_str), Some("expired"), "{fields:?}");
+    for left in ["next_run", "lease", "cancel"] {
+        assert!(!fields.contains_key(left), "{left} in {fields:?}");
+    }
+}
+
+/// Every field of task `id`'s record, as Redis holds it.
+async fn record_fields(app: &TestApp, id: &str) -> std::collections::HashMap<String, String> {
+    app.redis().await.hgetall(app.key(&format!("task:{id}"))).await.unwrap()
 }
 
 #[tokio::test]

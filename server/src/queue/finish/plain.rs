@@ -816,10 +816,6 @@ fn queue_ends(
             log_entry.push_str(piece);
         }
         hset.arg([record::ATTEMPT_LOG.as_bytes(), attempt.as_bytes()].concat()).arg(log_entry);
-        // A later attempt's record may hold an earlier one's error and next run.
-        if record.started.attempts != "1" {
-            hset.arg(record::ERROR).arg("").arg(record::NEXT_RUN).arg("");
-        }
         match &ending.result {
             ResultPlace::Record(bytes) => {
                 hset.arg(record::RESULT).arg(bytes.as_ref());
@@ -834,8 +830,12 @@ fn queue_ends(
             }
         }
         // What only a running attempt has goes first (ends.lua's `end_running`), so that the
-        // record grows no further than it must.
-        pipe.cmd("HDEL").arg(task).arg(&RUNNING[..]);
+        // record grows no further than it must; with it the progress (a success's reads as 100)
+        // and what a later attempt's record may hold of an earlier one's failure.
+        let running = pipe.cmd("HDEL").arg(task).arg(&RUNNING[..]).arg(record::PROGRESS);
+        if record.started.attempts != "1" {
+            running.arg(record::ERROR).arg(record::NEXT_RUN);
+        }
         pipe.add_command(hset);
         // What keep_after_end keeps: the record, the idempotency key, a payload of its own.
         pipe.cmd("PEXPIRE").arg(task).arg(keep);
@@ -1179,6 +1179,10 @@ mod tests {
                 "{script_wrote:?}"
             );
             assert_eq!(plain_wrote, script_wrote);
+            // Nothing empty is left behind: a second attempt's end drops the first's failure.
+            let left = |field: &str| script_wrote.iter().any(|l| l.starts_with(&format!("{field}=")));
+            assert!(!left("error") && !left("next_run") && !left("lease"), "{script_wrote:?}");
+            assert!(script_wrote.iter().all(|l| !l.ends_with('=')), "{script_wrote:?}");
         }
         // Both ways counted every end in the stats, each with its run sample and, but the two
         // taken over, its wait sample, in their bins.
@@ -1373,6 +1377,10 @@ mod tests {
                 "{script_wrote:?}"
             );
             assert_eq!(plain_wrote, script_wrote);
+            // Nothing empty is left behind: a second attempt's end drops the first's failure.
+            let left = |field: &str| script_wrote.iter().any(|l| l.starts_with(&format!("{field}=")));
+            assert!(!left("error") && !left("next_run") && !left("lease"), "{script_wrote:?}");
+            assert!(script_wrote.iter().all(|l| !l.ends_with('=')), "{script_wrote:?}");
         }
         let token = pulled(&queue, &echo_task(Bytes::from_static(b"p"))).await;
         let before = fcalls(&queue).await;

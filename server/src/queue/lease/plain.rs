@@ -463,7 +463,8 @@ pub(in crate::queue) fn queue_starts<'g>(
             hset.arg(record::STARTED).arg(&now);
         } else {
             // A later one: the earlier attempt's progress and wait mark go.
-            hset.arg(record::PROGRESS).arg("").arg(record::WAITED).arg("");
+            pipe.cmd("HDEL").arg(queue.keys.task(id)).arg(record::PROGRESS).arg(record::WAITED);
+            queued += 1;
         }
         pipe.add_command(hset);
         queued += 1;
