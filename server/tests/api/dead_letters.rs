@@ -39,11 +39,7 @@ async fn attempts_back_off_exponentially_then_the_task_is_a_dead_letter_that_can
     assert_eq!(letters[0]["reason"], "attempts_exhausted");
     assert!(letters[0]["task"]["error"].as_str().unwrap().contains("attempt 3 of 3"));
     // Its last end dropped the retry's next run, and nothing it ran left an empty field.
-    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(app.key(&format!("task:{id}")))
-        .query_async(&mut app.redis().await)
-        .await
-        .unwrap();
+    let fields = app.record_fields(&id).await;
     assert!(!fields.contains_key("next_run") && !fields.contains_key("lease"), "{fields:?}");
     assert!(fields.values().all(|v| !v.is_empty()), "{fields:?}");
 

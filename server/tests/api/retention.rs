@@ -112,7 +112,7 @@ async fn a_delayed_task_whose_expiry_comes_first_expires_while_it_waits() {
     assert_eq!(view["status"], "succeeded", "a 50 ms retry comes before the expiry: {view}");
     // Its success dropped what the failed attempt left: the record keeps no empty error.
     assert_eq!((view["attempts"].as_u64(), &view["error"]), (Some(2), &serde_json::Value::Null), "{view}");
-    let fields = record_fields(&app, &id).await;
+    let fields = app.record_fields(&id).await;
     for left in ["error", "next_run", "lease", "worker", "attempt_started", "progress", "waited"] {
         assert!(!fields.contains_key(left), "{left} in {fields:?}");
     }
@@ -126,16 +126,11 @@ async fn a_delayed_task_whose_expiry_comes_first_expires_while_it_waits() {
     assert!(view["error"].as_str().unwrap().contains("expired"), "{view}");
     assert!(started.elapsed() < Duration::from_secs(4), "expired before the 5 s retry was due");
     // The expiry dropped the retry's next run, and wrote no empty lease or cancel.
-    let fields = record_fields(&slow, &id).await;
+    let fields = slow.record_fields(&id).await;
     assert_eq!(fields.get("dead_reason").map(String::as_str), Some("expired"), "{fields:?}");
     for left in ["next_run", "lease", "cancel"] {
         assert!(!fields.contains_key(left), "{left} in {fields:?}");
     }
-}
-
-/// Every field of task `id`'s record, as Redis holds it.
-async fn record_fields(app: &TestApp, id: &str) -> std::collections::HashMap<String, String> {
-    app.redis().await.hgetall(app.key(&format!("task:{id}"))).await.unwrap()
 }
 
 #[tokio::test]
@@ -271,22 +266,13 @@ async fn tasks_written_by_the_previous_layout_still_run_after_the_upgrade() {
 #[tokio::test]
 async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says_it_all_the_same() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
-    let app = &app;
-    let record = |id: &str| {
-        let key = app.key(&format!("task:{id}"));
-        async move {
-            let fields: std::collections::HashMap<String, String> =
-                app.redis().await.hgetall(key).await.unwrap();
-            fields
-        }
-    };
     // Plain submissions (queue/enqueue.rs) and the script's (a session's: enqueue.lua).
     let normal = app.submit_ok(json!({"kind": "echo", "payload": {"n": 1}})).await;
     let high = app.submit_ok(json!({"kind": "echo", "payload": {"n": 2}, "priority": "high"})).await;
     let in_session = app.submit_ok(json!({"kind": "echo", "payload": {"n": 3}, "session": "s"})).await;
     let stepped = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 300, "steps": 3}})).await;
     for id in [&normal, &in_session, &stepped] {
-        let fields = record(id).await;
+        let fields = app.record_fields(id).await;
         assert_eq!(fields.get("status").map(String::as_str), Some("queued"), "{fields:?}");
         for granted in ["priority", "updated"] {
             assert!(!fields.contains_key(granted), "{granted} in {fields:?}");
@@ -295,7 +281,7 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
         let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
         assert_eq!(view["updated_at"], view["created_at"], "{view}");
     }
-    assert_eq!(record(&high).await.get("priority").map(String::as_str), Some("h"));
+    assert_eq!(app.record_fields(&high).await.get("priority").map(String::as_str), Some("h"));
 
     // Run by a worker process: a success writes no progress, and reads as all of it (`sleep`
     // reports its own on its way).
@@ -305,11 +291,11 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
         assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["progress"], 100, "{id}");
     }
     for id in [&normal, &high, &in_session] {
-        assert!(!record(id).await.contains_key("progress"), "{id}");
+        assert!(!app.record_fields(id).await.contains_key("progress"), "{id}");
     }
     // What only the running attempt had is gone (its log line names the worker and its start),
     // and the record stays within the 16 fields of the hash table Redis made for it.
-    let fields = record(&normal).await;
+    let fields = app.record_fields(&normal).await;
     for running in ["lease", "worker", "attempt_started"] {
         assert!(!fields.contains_key(running), "{running} in {fields:?}");
     }

@@ -225,6 +225,11 @@ impl TestApp {
         format!("{}:{{{queue}}}:{name}", self.prefix)
     }
 
+    /// Every field of task `id`'s record (in the test queue), as Redis holds it.
+    pub async fn record_fields(&self, id: &str) -> std::collections::HashMap<String, String> {
+        redis::AsyncCommands::hgetall(&mut self.redis().await, self.key(&format!("task:{id}"))).await.unwrap()
+    }
+
     /// How many entries the test queue's ready streams hold, over every kind's lane.
     pub async fn ready_len(&self) -> u64 {
         let mut redis = self.redis().await;
