@@ -416,7 +416,7 @@ impl TaskRecord {
             started_ms: number(field::STARTED),
             finished_ms: number(field::FINISHED),
             payload_bytes: number(field::PAYLOAD_BYTES).unwrap_or(0),
-            payload_type: owned(field::PAYLOAD_TYPE).unwrap_or_else(|| "application/json".into()),
+            payload_type: owned(field::PAYLOAD_TYPE).unwrap_or_else(|| field::DEFAULT_PAYLOAD_TYPE.into()),
             result_type: owned(field::RESULT_TYPE),
             result_is_payload: text(field::RESULT_IS_PAYLOAD).is_some_and(|v| v == "1"),
             inline_payload: fields.field(field::PAYLOAD).map(str::to_string),

@@ -68,20 +68,25 @@ local function store(a)
   if source == 'record' then
     extra[#extra + 1] = 'payload'
     extra[#extra + 1] = ARGV[a + 19]
-    -- For the workers of earlier versions, which read it; this version reads the payload's
-    -- presence (record.rs, `PAYLOAD_INLINE`).
-    extra[#extra + 1] = 'payload_inline'
-    extra[#extra + 1] = '1'
   end
   -- What readers take for granted stays out, a field being some 64 bytes of memory for as long
-  -- as the task is kept: `updated` (until a change, `created`) and a normal priority.
+  -- as the task is kept: `updated` (until a change, `created`), a normal priority, `attempts` (0
+  -- until a start writes it), a `max_attempts` of 1 and a JSON payload's type (record.rs,
+  -- `DEFAULT_PAYLOAD_TYPE`).
   if priority ~= 'n' then
     extra[#extra + 1] = 'priority'
     extra[#extra + 1] = priority
   end
-  redis.call('HSET', task, 'kind', kind, 'status', status, 'attempts', '0', 'max_attempts',
-    ARGV[a + 5], 'created', created, 'payload_bytes', ARGV[a + 8], 'payload_type', ARGV[a + 7],
-    unpack(extra))
+  if ARGV[a + 5] ~= '1' then
+    extra[#extra + 1] = 'max_attempts'
+    extra[#extra + 1] = ARGV[a + 5]
+  end
+  if ARGV[a + 7] ~= 'application/json' then
+    extra[#extra + 1] = 'payload_type'
+    extra[#extra + 1] = ARGV[a + 7]
+  end
+  redis.call('HSET', task, 'kind', kind, 'status', status, 'created', created, 'payload_bytes',
+    ARGV[a + 8], unpack(extra))
   indexed[#indexed + 1] = 0
   indexed[#indexed + 1] = id
   if session ~= '' then

@@ -368,7 +368,9 @@ impl Queue {
     /// task has, the options it has (enqueue.lua's OPTIONAL_FIELDS but the session and shared
     /// payload, which a plain task has not) and, `in_record`, its payload. What readers take for
     /// granted is left out, each field being some 64 bytes of Redis's memory for as long as the
-    /// task is kept: `updated` (until a change, `created`) and a normal priority (`n`).
+    /// task is kept: `updated` (until a change, `created`), a normal priority (`n`), `attempts`
+    /// (0 until a start writes it), a `max_attempts` of 1 and a JSON payload's type
+    /// (`record::DEFAULT_PAYLOAD_TYPE`).
     fn new_record(&self, task: &NewTask, created: &str, in_record: bool) -> redis::Cmd {
         let mut hset = redis::cmd("HSET");
         hset.arg(self.keys.task(&task.id))
@@ -376,21 +378,20 @@ impl Queue {
             .arg(&task.kind)
             .arg(record::STATUS)
             .arg("queued")
-            .arg(record::ATTEMPTS)
-            .arg(0)
-            .arg(record::MAX_ATTEMPTS)
-            .arg(task.max_attempts)
             .arg(record::CREATED)
             .arg(created)
             .arg(record::PAYLOAD_BYTES)
-            .arg(task.payload.len())
-            .arg(record::PAYLOAD_TYPE)
-            .arg(&task.payload_type);
+            .arg(task.payload.len());
         let workflow = task.workflow.as_ref();
         let options = [
             (
                 record::PRIORITY,
                 (task.priority != Priority::Normal).then(|| priority_tag(task.priority).to_string()),
+            ),
+            (record::MAX_ATTEMPTS, (task.max_attempts != 1).then(|| task.max_attempts.to_string())),
+            (
+                record::PAYLOAD_TYPE,
+                (task.payload_type != record::DEFAULT_PAYLOAD_TYPE).then(|| task.payload_type.clone()),
             ),
             (record::TIMEOUT_MS, task.timeout_ms.map(|ms| ms.to_string())),
             (record::SUBSCRIPTION, task.subscription.clone()),
@@ -406,8 +407,7 @@ impl Queue {
             }
         }
         if in_record {
-            // With the flag earlier versions' workers read (record.rs, `PAYLOAD_INLINE`).
-            hset.arg(record::PAYLOAD).arg(task.payload.as_ref()).arg(record::PAYLOAD_INLINE).arg(1);
+            hset.arg(record::PAYLOAD).arg(task.payload.as_ref());
         }
         hset
     }
@@ -581,8 +581,12 @@ mod tests {
             task
         };
         let variants = [
-            // A small text payload, kept in the record.
-            echo_task(Bytes::from_static(b"{\"text\": \"hello\"}")),
+            // A small JSON payload, kept in the record.
+            {
+                let mut task = echo_task(Bytes::from_static(b"{\"text\": \"hello\"}"));
+                task.payload_type = record::DEFAULT_PAYLOAD_TYPE.into();
+                task
+            },
             // Bytes that are not text: under a key of their own.
             echo_task(Bytes::from_static(&[0xff, 0x00, 0xfe])),
             with_options(b"\"with every option a plain task may have\""),
@@ -592,6 +596,7 @@ mod tests {
                 task
             },
         ];
+        let mut in_record = false;
         for variant in variants {
             let (mut by_script, mut plain) = (variant.clone(), variant.clone());
             by_script.id = Uuid::now_v7();
@@ -625,11 +630,32 @@ mod tests {
                 "{script_wrote:?}"
             );
             assert_eq!(plain_wrote, script_wrote);
+            // A small payload in the record is told by its presence alone: neither way writes the
+            // `payload_inline` flag versions before the twenty-ninth step read (record.rs).
+            in_record |= script_wrote.iter().any(|line| line.starts_with("payload="));
+            assert!(!script_wrote.iter().any(|line| line.starts_with("payload_inline=")), "{script_wrote:?}");
+            // Nor `attempts` (0), a `max_attempts` of 1 or a JSON payload's type: the record reads
+            // them so.
+            assert!(!script_wrote.iter().any(|line| line.starts_with("attempts=")), "{script_wrote:?}");
+            let written =
+                |field: &str| script_wrote.iter().any(|line| line.starts_with(&format!("{field}=")));
+            assert_eq!(written("max_attempts"), variant.max_attempts != 1, "{script_wrote:?}");
+            assert_eq!(
+                written("payload_type"),
+                variant.payload_type != record::DEFAULT_PAYLOAD_TYPE,
+                "{script_wrote:?}"
+            );
+            for task in [&by_script, &plain] {
+                let view = queue.store().get(&task.id).await.unwrap().expect("the record");
+                assert_eq!((view.attempts, view.max_attempts), (0, variant.max_attempts));
+                assert_eq!(view.payload_type, variant.payload_type);
+            }
             for task in [&by_script, &plain] {
                 let ttl: i64 = conn.ttl(task.idempotency_key.as_ref().unwrap()).await.unwrap();
                 assert_eq!(ttl, -1, "an idempotency key lives as long as its task");
             }
         }
+        assert!(in_record, "a variant keeps its payload in the record");
     }
 
     #[tokio::test]

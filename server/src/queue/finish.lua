@@ -65,7 +65,7 @@ for a = 13, #ARGV, 13 do
     workers[#workers + 1] = f[1] == ARGV[a + 3] and worker or ''
   end
   -- A small payload lives in the record (enqueue.lua): no key to check, none to expire. Its
-  -- presence says so (the `payload_inline` flag is written for earlier versions' workers).
+  -- presence says so (record.rs, `PAYLOAD`).
   local in_record = f[8] ~= false
   local source, source_key = ARGV[a + 12], nil
   if source == 'staged' then

@@ -148,7 +148,7 @@ pub(super) struct Known {
     pub(super) attempts: String,
     /// When the attempt started (ms): the start's `TIME`.
     pub(super) attempt_started: String,
-    pub(super) payload_inline: bool,
+    pub(super) payload_in_record: bool,
     pub(super) payload_ref: String,
     pub(super) workflow: String,
 }
@@ -432,7 +432,7 @@ impl Leasing {
                 timeout_ms: reply.text(Run::TimeoutMs).parse().ok(),
                 payload_type: reply
                     .take_optional(Run::PayloadType)
-                    .unwrap_or_else(|| "application/json".into()),
+                    .unwrap_or_else(|| record::DEFAULT_PAYLOAD_TYPE.into()),
                 session: reply.take_optional(Run::Session),
                 traceparent: reply.take_optional(Run::Traceparent),
                 payload,

@@ -201,7 +201,9 @@ impl Queue {
                 token: reply.take_text(Run::Token),
             },
             payload,
-            payload_type: reply.take_optional(Run::PayloadType).unwrap_or_else(|| "application/json".into()),
+            payload_type: reply
+                .take_optional(Run::PayloadType)
+                .unwrap_or_else(|| record::DEFAULT_PAYLOAD_TYPE.into()),
             expires_ms,
         })
     }

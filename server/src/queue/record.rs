@@ -12,8 +12,9 @@
 pub const KIND: &str = "kind";
 /// `queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed` or `cancelled`.
 pub const STATUS: &str = "status";
-/// Attempts started so far.
+/// Attempts started so far (absent until the first start: 0).
 pub const ATTEMPTS: &str = "attempts";
+/// Attempts allowed (absent: 1).
 pub const MAX_ATTEMPTS: &str = "max_attempts";
 /// Submission time, ms since the epoch; `updated`, `started`, `finished` likewise (`updated` is
 /// absent until the first change: it reads as `created`).
@@ -25,7 +26,11 @@ pub const FINISHED: &str = "finished";
 /// write it: a succeeded task's reads as 100.
 pub const PROGRESS: &str = "progress";
 pub const PAYLOAD_BYTES: &str = "payload_bytes";
+/// The payload's content type (absent: `DEFAULT_PAYLOAD_TYPE`).
 pub const PAYLOAD_TYPE: &str = "payload_type";
+/// What an absent `PAYLOAD_TYPE` reads as (every version since the twenty-ninth step reads it
+/// so): a JSON submission's type, which the enqueue leaves out.
+pub const DEFAULT_PAYLOAD_TYPE: &str = "application/json";
 /// The task under whose id a shared payload (a topic message's) is stored; empty: its own.
 pub const PAYLOAD_REF: &str = "payload_ref";
 /// The task's own timeout for an attempt, in ms (empty: the kind's).
@@ -61,13 +66,10 @@ pub const ERROR: &str = "error";
 pub const DEAD_REASON: &str = "dead_reason";
 pub const RESULT_TYPE: &str = "result_type";
 /// A small payload, kept in the record rather than under a key of its own (enqueue.lua): its
-/// presence says so.
+/// presence says so. Versions before the twenty-ninth step of docs/benchmark-notes.md read a
+/// `payload_inline` flag beside it instead, which versions before the thirty-first step still
+/// wrote: records of theirs carry it, and nothing reads it now (README, "Running it").
 pub const PAYLOAD: &str = "payload";
-/// `1` beside `PAYLOAD`, which this version no longer reads, and still writes for the workers of
-/// earlier versions, which do (an end of theirs that missed it would take the payload for
-/// expired and leave an `echo` to run again). A version after this one can stop writing it,
-/// and save its 64 bytes a task (docs/benchmark-notes.md, twenty-ninth step).
-pub const PAYLOAD_INLINE: &str = "payload_inline";
 /// `1` when the result is the payload, unchanged, kept once (under the payload's key, or in the
 /// record with it).
 pub const RESULT_IS_PAYLOAD: &str = "result_is_payload";
@@ -90,7 +92,7 @@ pub const ATTEMPT_LOG: &str = "a:";
 pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
 
 /// Every field a record may have (besides the attempt log's).
-pub const FIELDS: [&str; 34] = [
+pub const FIELDS: [&str; 33] = [
     KIND,
     STATUS,
     ATTEMPTS,
@@ -104,7 +106,6 @@ pub const FIELDS: [&str; 34] = [
     PAYLOAD_TYPE,
     PAYLOAD_REF,
     PAYLOAD,
-    PAYLOAD_INLINE,
     TIMEOUT_MS,
     PRIORITY,
     SESSION,

@@ -271,24 +271,44 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
     let high = app.submit_ok(json!({"kind": "echo", "payload": {"n": 2}, "priority": "high"})).await;
     let in_session = app.submit_ok(json!({"kind": "echo", "payload": {"n": 3}, "session": "s"})).await;
     let stepped = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 300, "steps": 3}})).await;
-    for id in [&normal, &in_session, &stepped] {
+    let once = app.submit_ok(json!({"kind": "echo", "payload": {"n": 4}, "max_attempts": 1})).await;
+    let once_in_session =
+        app.submit_ok(json!({"kind": "echo", "payload": {"n": 5}, "max_attempts": 1, "session": "t"})).await;
+    for id in [&normal, &in_session, &stepped, &once, &once_in_session] {
         let fields = app.record_fields(id).await;
         assert_eq!(fields.get("status").map(String::as_str), Some("queued"), "{fields:?}");
-        for granted in ["priority", "updated"] {
+        // Nor the flag that versions before the twenty-ninth step read beside a small payload.
+        for granted in ["priority", "updated", "attempts", "payload_type", "payload_inline"] {
             assert!(!fields.contains_key(granted), "{granted} in {fields:?}");
         }
         assert!(fields.contains_key("payload"), "a small payload lives in the record: {fields:?}");
         let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
         assert_eq!(view["updated_at"], view["created_at"], "{view}");
+        assert_eq!(view["attempts"], 0, "{view}");
+    }
+    // A `max_attempts` of 1 is taken for granted too; the default (5) is written.
+    for (id, written, allowed) in [(&normal, Some("5"), 5), (&once, None, 1), (&once_in_session, None, 1)] {
+        let fields = app.record_fields(id).await;
+        assert_eq!(fields.get("max_attempts").map(String::as_str), written, "{fields:?}");
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["max_attempts"], allowed);
     }
     assert_eq!(app.record_fields(&high).await.get("priority").map(String::as_str), Some("h"));
+    // A JSON payload's type is taken for granted (`application/json`); any other is written.
+    let text = app.submit_raw_ok("echo", "text/plain", "plain words").await;
+    let text_type = app.record_fields(&text).await.get("payload_type").cloned();
+    assert_eq!(text_type.as_deref(), Some("text/plain"));
+    for (id, content_type) in [(&normal, "application/json"), (&text, "text/plain")] {
+        let payload = app.http.get(app.url(&format!("/api/v1/tasks/{id}/payload"))).send().await.unwrap();
+        assert_eq!(payload.headers()["content-type"], content_type, "{id}");
+    }
 
     // Run by a worker process: a success writes no progress, and reads as all of it (`sleep`
     // reports its own on its way).
     let _worker = app.worker(&["--concurrency", "4"]);
-    for id in [&normal, &high, &in_session, &stepped] {
+    for id in [&normal, &high, &in_session, &stepped, &once, &once_in_session] {
         assert_eq!(app.wait_until_done(id).await["status"], "succeeded");
-        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["progress"], 100, "{id}");
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!((&view["progress"], &view["attempts"]), (&json!(100), &json!(1)), "{view}");
     }
     for id in [&normal, &high, &in_session] {
         assert!(!app.record_fields(id).await.contains_key("progress"), "{id}");

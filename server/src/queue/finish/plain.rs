@@ -178,14 +178,20 @@ impl Record {
     /// The record of `fields` (`READ`'s values, then `READ_PULLED`'s for `holders` `Pulled`).
     fn of(fields: Vec<Option<String>>, holders: Holders) -> Record {
         // The payload is read for its presence alone.
-        let payload_inline = fields.get(PAYLOAD_AT).is_some_and(Option::is_some);
+        let payload_in_record = fields.get(PAYLOAD_AT).is_some_and(Option::is_some);
         let mut fields = fields.into_iter().map(Option::unwrap_or_default);
         let mut next = || fields.next().unwrap_or_default();
         // In `READ`'s order.
         let (lease, kind, attempts, attempt_started, waited, _payload) =
             (next(), next(), next(), next(), next(), next());
-        let started =
-            Known { kind, attempts, attempt_started, payload_inline, payload_ref: next(), workflow: next() };
+        let started = Known {
+            kind,
+            attempts,
+            attempt_started,
+            payload_in_record,
+            payload_ref: next(),
+            workflow: next(),
+        };
         Record {
             lease,
             started,
@@ -211,7 +217,7 @@ impl Record {
     fn decides(&self, ending: &Ending, payload_length: Option<u64>) -> bool {
         self.lease != ending.token
             || !self.started.payload_ref.is_empty()
-            || (!self.started.payload_inline && payload_length == Some(0))
+            || (!self.started.payload_in_record && payload_length == Some(0))
             || self.pulled.as_ref().is_some_and(|holder| holder.cancel || !holder.session.is_empty())
     }
 
@@ -634,7 +640,7 @@ impl ReadPlan {
         // A payload in the record cannot expire apart from it.
         let echoes = (0..batch.len())
             .filter(|&i| matches!(batch[i].result, ResultPlace::Payload))
-            .filter(|&i| !batch[i].known.as_ref().is_some_and(|known| known.payload_inline))
+            .filter(|&i| !batch[i].known.as_ref().is_some_and(|known| known.payload_in_record))
             .collect();
         Some(ReadPlan { ids, tasks, echoes, holders, lease_only })
     }
@@ -845,7 +851,7 @@ fn queue_ends(
         }
         // A payload that is the result is kept as the result; any other, as long as
         // `--payload-retention` says (0 deletes it now).
-        if !record.started.payload_inline {
+        if !record.started.payload_in_record {
             let payload_keep = match ending.result {
                 ResultPlace::Payload => keep,
                 _ => queue.settings.payload_retention.as_millis() as u64,
@@ -1006,10 +1012,10 @@ mod tests {
     fn the_read_finds_the_payload_where_it_looks_for_it() {
         assert_eq!(READ[PAYLOAD_AT], record::PAYLOAD);
         let mut fields: Vec<Option<String>> = READ.iter().map(|f| Some(f.to_string())).collect();
-        assert!(Record::of(fields.clone(), Holders::Process).started.payload_inline);
+        assert!(Record::of(fields.clone(), Holders::Process).started.payload_in_record);
         fields[PAYLOAD_AT] = None;
         let record = Record::of(fields, Holders::Process);
-        assert!(!record.started.payload_inline);
+        assert!(!record.started.payload_in_record);
         assert_eq!(
             (record.started.payload_ref.as_str(), record.started.workflow.as_str()),
             ("payload_ref", "wf")
@@ -1067,9 +1073,9 @@ mod tests {
         assert_eq!(seconds_left(payload_ms), 120, "kept the dead-letter retention");
     }
 
-    /// An end finds a small payload kept in the record by its presence, not by the
-    /// `payload_inline` flag, which a later version will stop writing: without the flag, an
-    /// `echo` still ends as reported on both ways, its result the payload.
+    /// An end finds a small payload kept in the record by its presence: the enqueue writes no
+    /// `payload_inline` flag beside it (the one versions before the twenty-ninth step read), and
+    /// an `echo` ends as reported on both ways, its result the payload.
     #[tokio::test]
     async fn a_payload_in_the_record_is_found_without_the_flag_earlier_versions_read() {
         let (_redis, queue) = private_queue().await;
@@ -1079,8 +1085,9 @@ mod tests {
         for by_script in [true, false] {
             let task = echo_task(Bytes::from_static(payload));
             let end = leased(&queue, &task, ResultBytes::Payload).await;
-            let removed: i64 = conn.hdel(queue.keys.task(&task.id), record::PAYLOAD_INLINE).await.unwrap();
-            assert_eq!(removed, 1, "the enqueue still writes the flag");
+            let fields: Vec<String> = conn.hkeys(queue.keys.task(&task.id)).await.unwrap();
+            assert!(fields.iter().any(|f| f == record::PAYLOAD), "kept in the record: {fields:?}");
+            assert!(!fields.iter().any(|f| f == "payload_inline"), "no flag beside it: {fields:?}");
             let ended = std::slice::from_ref(&end);
             let applied = match by_script {
                 true => {
@@ -1250,7 +1257,8 @@ mod tests {
             let before = (calls(&queue, "hmget").await, calls(&queue, "strlen").await);
             let ended = plain.end(&queue, std::slice::from_ref(&knowing), Holders::Process, WORKER).await;
             assert_eq!(ended.expect("the end goes plain")[0].applied, Applied::AsReported);
-            let strlen = u64::from(matches!(knowing.result, ResultPlace::Payload) && !known.payload_inline);
+            let strlen =
+                u64::from(matches!(knowing.result, ResultPlace::Payload) && !known.payload_in_record);
             let after = (calls(&queue, "hmget").await, calls(&queue, "strlen").await);
             assert_eq!(after, (before.0, before.1 + strlen), "the record's lease, and no other field, read");
             let ended = plain.end(&queue, std::slice::from_ref(&reading), Holders::Process, WORKER).await;
