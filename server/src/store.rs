@@ -412,7 +412,9 @@ impl TaskRecord {
                 _ => number(field::PROGRESS).map(|p| p.min(100) as u8),
             },
             created_ms: number(field::CREATED)?,
-            updated_ms: number(field::UPDATED).or(number(field::CREATED))?,
+            // Absent until the first change; an end's change is its `finished` (a later version
+            // may leave `updated` out of ended records: record.rs, `CREATED`).
+            updated_ms: number(field::UPDATED).or(number(field::FINISHED)).or(number(field::CREATED))?,
             started_ms: number(field::STARTED),
             finished_ms: number(field::FINISHED),
             payload_bytes: number(field::PAYLOAD_BYTES).unwrap_or(0),
@@ -1002,5 +1004,22 @@ mod tests {
         assert_eq!(view.progress, Some(100));
         assert_eq!(view.queue, "default");
         assert!(TaskRecord::from_fields(id, "default", &HashMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_record_without_updated_reads_its_last_change_from_its_end_or_its_creation() {
+        let id = Uuid::now_v7();
+        let read = |pairs: &[(&str, &str)]| {
+            let mut fields: HashMap<String, String> =
+                [("kind", "echo"), ("status", "queued"), ("created", "1000")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+            fields.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            TaskRecord::from_fields(id, "default", &fields).unwrap().updated_ms
+        };
+        assert_eq!(read(&[]), 1000);
+        assert_eq!(read(&[("status", "succeeded"), ("finished", "3000")]), 3000);
+        assert_eq!(read(&[("status", "succeeded"), ("finished", "3000"), ("updated", "2500")]), 2500);
     }
 }

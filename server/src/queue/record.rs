@@ -17,7 +17,9 @@ pub const ATTEMPTS: &str = "attempts";
 /// Attempts allowed (absent: 1).
 pub const MAX_ATTEMPTS: &str = "max_attempts";
 /// Submission time, ms since the epoch; `updated`, `started`, `finished` likewise (`updated` is
-/// absent until the first change: it reads as `created`).
+/// absent until the first change: it reads as `created`). Every end writes `updated` and
+/// `finished` alike; this version reads an ended record without `updated` as changed when it
+/// `finished`, so that a later one can leave it out there and save a field a kept task.
 pub const CREATED: &str = "created";
 pub const UPDATED: &str = "updated";
 pub const STARTED: &str = "started";
