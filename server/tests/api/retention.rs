@@ -277,7 +277,8 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
     for id in [&normal, &in_session, &stepped, &once, &once_in_session] {
         let fields = app.record_fields(id).await;
         assert_eq!(fields.get("status").map(String::as_str), Some("queued"), "{fields:?}");
-        // Nor the flag that versions before the twenty-ninth step read beside a small payload.
+        // What every reader takes for granted, and the flag that versions before the
+        // twenty-ninth step read beside a small payload.
         for granted in ["priority", "updated", "attempts", "payload_type", "payload_inline"] {
             assert!(!fields.contains_key(granted), "{granted} in {fields:?}");
         }
