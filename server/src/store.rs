@@ -412,9 +412,11 @@ impl TaskRecord {
                 _ => number(field::PROGRESS).map(|p| p.min(100) as u8),
             },
             created_ms: number(field::CREATED)?,
-            // Absent until the first change; an end's change is its `finished` (a later version
-            // may leave `updated` out of ended records: record.rs, `CREATED`).
-            updated_ms: number(field::UPDATED).or(number(field::FINISHED)).or(number(field::CREATED))?,
+            // The latest of the stamps a change writes (record.rs, `UPDATED`).
+            updated_ms: [field::UPDATED, field::FINISHED, field::ATTEMPT_STARTED]
+                .into_iter()
+                .filter_map(number)
+                .fold(number(field::CREATED)?, u64::max),
             started_ms: number(field::STARTED),
             finished_ms: number(field::FINISHED),
             payload_bytes: number(field::PAYLOAD_BYTES).unwrap_or(0),
@@ -487,7 +489,7 @@ enum Kept<'r> {
 
 /// The content type a result is served with.
 fn result_type(record: &TaskRecord) -> String {
-    record.result_type.clone().unwrap_or_else(|| "application/octet-stream".into())
+    record.result_type.clone().unwrap_or_else(|| field::DEFAULT_RESULT_TYPE.into())
 }
 
 impl Store {
@@ -1007,7 +1009,23 @@ mod tests {
     }
 
     #[test]
-    fn a_record_without_updated_reads_its_last_change_from_its_end_or_its_creation() {
+    fn a_result_without_its_type_is_served_as_json() {
+        let id = Uuid::now_v7();
+        let record = |pairs: &[(&str, &str)]| {
+            let fields: HashMap<String, String> =
+                [("kind", "echo"), ("status", "succeeded"), ("created", "1000"), ("result", "{}")]
+                    .iter()
+                    .chain(pairs)
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+            TaskRecord::from_fields(id, "default", &fields).unwrap()
+        };
+        assert_eq!(result_type(&record(&[])), "application/json");
+        assert_eq!(result_type(&record(&[("result_type", "text/csv")])), "text/csv");
+    }
+
+    #[test]
+    fn a_record_reads_its_last_change_as_the_latest_of_its_stamps() {
         let id = Uuid::now_v7();
         let read = |pairs: &[(&str, &str)]| {
             let mut fields: HashMap<String, String> =
@@ -1019,7 +1037,15 @@ mod tests {
             TaskRecord::from_fields(id, "default", &fields).unwrap().updated_ms
         };
         assert_eq!(read(&[]), 1000);
+        // Ended: its end (this version's ends leave `updated` out), or an older end's `updated`.
         assert_eq!(read(&[("status", "succeeded"), ("finished", "3000")]), 3000);
-        assert_eq!(read(&[("status", "succeeded"), ("finished", "3000"), ("updated", "2500")]), 2500);
+        assert_eq!(read(&[("status", "succeeded"), ("finished", "3000"), ("updated", "3000")]), 3000);
+        // Running: its attempt's start, or a later change (a progress report).
+        assert_eq!(read(&[("status", "running"), ("attempt_started", "2000")]), 2000);
+        assert_eq!(read(&[("status", "running"), ("attempt_started", "2000"), ("updated", "2400")]), 2400);
+        // Waiting again after an attempt (its start stays until the next): the retry's change.
+        assert_eq!(read(&[("status", "retrying"), ("attempt_started", "2000"), ("updated", "2600")]), 2600);
+        // An empty or broken stamp is not one.
+        assert_eq!(read(&[("updated", ""), ("finished", "x")]), 1000);
     }
 }

@@ -8,7 +8,9 @@ if not status then
   return 'missing'
 end
 if status == 'queued' or status == 'scheduled' or status == 'retrying' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', ARGV[1], 'finished', ARGV[1])
+  -- An ended record's last change is its `finished` (record.rs, `UPDATED`).
+  redis.call('HDEL', KEYS[1], 'updated')
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[1])
   local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'priority', 'payload_ref')
   local member = (f[3] or 'n') .. ':' .. ARGV[2]
   leave_waiting(ARGV[7], KEYS[2], member, f[1])

@@ -88,14 +88,15 @@ local function record_stats(base, now, succeeded, failed, bins)
 end
 
 -- Deletes what only a running attempt has (its lease, its start, its worker: the attempt log
--- keeps the last two) as the task ends, before the end's fields are written. A record of up to
+-- keeps the last two) as the task ends, before the end's fields are written, and `updated`: an
+-- ended record's last change is its `finished` (record.rs, `UPDATED`). A record of up to
 -- 16 fields keeps the hash table Redis made for 16; a 17th doubles it, and the table a record
 -- was moving from stays beside the new one while nothing touches the record, for the whole
 -- retention (docs/benchmark-notes.md, twenty-ninth step). The caller's `...` names more fields
 -- the end drops in the same command: a success's progress, an earlier attempt's error and next
 -- run, a cancel (a field kept empty costs what a full one does, thirtieth step).
 local function end_running(task, ...)
-  redis.call('HDEL', task, 'lease', 'attempt_started', 'worker', ...)
+  redis.call('HDEL', task, 'lease', 'attempt_started', 'worker', 'updated', ...)
 end
 
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
@@ -155,8 +156,8 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
     'payload_ref', 'payload')
   local err = 'the task expired before an attempt could start'
   -- A task given back by its holder (release.lua) may still hold what its attempts left.
-  redis.call('HDEL', task, 'lease', 'cancel', 'next_run')
-  redis.call('HSET', task, 'status', 'failed', 'updated', now, 'finished', now, 'error', err,
+  redis.call('HDEL', task, 'lease', 'cancel', 'next_run', 'updated')
+  redis.call('HSET', task, 'status', 'failed', 'finished', now, 'error', err,
     'dead_reason', 'expired')
   leave_waiting(base, base .. ':delayed', (f[3] or 'n') .. ':' .. id, f[1])
   leave_waiting(base, base .. ':retrying', (f[3] or 'n') .. ':' .. id, f[1])

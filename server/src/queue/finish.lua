@@ -144,16 +144,16 @@ for a = 13, #ARGV, 13 do
         -- (Its progress is dropped: a success is all of it, as the store reads it.)
         dropped[#dropped + 1] = 'progress'
         end_running(task, unpack(dropped))
-        redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now,
-          'result_type', ARGV[a + 6], logged, log_entry, unpack(extra))
+        redis.call('HSET', task, 'status', outcome, 'finished', now, 'result_type', ARGV[a + 6],
+          logged, log_entry, unpack(extra))
       else
         -- A failure's reason rides along.
         if outcome == 'failed' then
           also(extra, 'dead_reason', ARGV[a + 9])
         end
         end_running(task, unpack(dropped))
-        redis.call('HSET', task, 'status', outcome, 'updated', now, 'finished', now, logged,
-          log_entry, unpack(extra))
+        redis.call('HSET', task, 'status', outcome, 'finished', now, logged, log_entry,
+          unpack(extra))
         if outcome == 'failed' then
           keep = ctx.dead_keep
           add_dead(base, KEYS[3], id, f[2], now, keep)

@@ -200,7 +200,7 @@ local function take_lease(ctx, kind, s, entry, id)
     -- Cancelled while its previous holder ran it, and that holder died: it ends here.
     settle(stream, ctx.group, {entry})
     end_running(task, 'cancel')
-    redis.call('HSET', task, 'status', 'cancelled', 'updated', now, 'finished', now)
+    redis.call('HSET', task, 'status', 'cancelled', 'finished', now)
     keep_after_end(base, id, f[12], f[9], ctx.keep, now, f[14] and true)
     count_ends(base, now, 1)
     emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, kind, 'cancelled', f[3], '', '', now)

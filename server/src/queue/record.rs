@@ -16,11 +16,14 @@ pub const STATUS: &str = "status";
 pub const ATTEMPTS: &str = "attempts";
 /// Attempts allowed (absent: 1).
 pub const MAX_ATTEMPTS: &str = "max_attempts";
-/// Submission time, ms since the epoch; `updated`, `started`, `finished` likewise (`updated` is
-/// absent until the first change: it reads as `created`). Every end writes `updated` and
-/// `finished` alike; this version reads an ended record without `updated` as changed when it
-/// `finished`, so that a later one can leave it out there and save a field a kept task.
+/// Submission time, ms since the epoch; `updated`, `started`, `finished` likewise.
 pub const CREATED: &str = "created";
+/// The record's last change, where no other stamp says it: absent until the first change, and
+/// deleted as the task ends (ends.lua's `end_running`), where `finished` says it. Readers take
+/// the latest of `updated`, `finished`, `attempt_started` and `created` (the store's
+/// `updated_ms`), so that a later version may leave it out of a start too. Versions since the
+/// thirty-first step read an ended record without it as changed when it finished; earlier ones,
+/// as changed when it was created (README, "Running it").
 pub const UPDATED: &str = "updated";
 pub const STARTED: &str = "started";
 pub const FINISHED: &str = "finished";
@@ -66,7 +69,12 @@ pub const NEXT_RUN: &str = "next_run";
 pub const ERROR: &str = "error";
 /// Why it ended as a dead letter (`DeadReason`).
 pub const DEAD_REASON: &str = "dead_reason";
+/// The result's content type. Every success writes it; readers take an absent one as
+/// `DEFAULT_RESULT_TYPE`, so that a later version may leave a JSON result's out (versions before
+/// the thirty-second step read an absent one as `application/octet-stream`).
 pub const RESULT_TYPE: &str = "result_type";
+/// What an absent `RESULT_TYPE` reads as.
+pub const DEFAULT_RESULT_TYPE: &str = "application/json";
 /// A small payload, kept in the record rather than under a key of its own (enqueue.lua): its
 /// presence says so. Versions before the twenty-ninth step of docs/benchmark-notes.md read a
 /// `payload_inline` flag beside it instead, which versions before the thirty-first step still

@@ -15,7 +15,7 @@ local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'cancel', 'session', 
 if f[3] == '1' then
   log_attempt(KEYS[1], f[2], 'cancelled', f[8], now, f[7], '')
   end_running(KEYS[1], 'cancel')
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', now, 'finished', now)
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', now)
   keep_after_end(base, id, f[6], f[5], ARGV[8], now)
   count_ends(base, now, 1)
   if f[4] and f[4] ~= '' then

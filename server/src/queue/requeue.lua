@@ -8,9 +8,10 @@ local kind = redis.call('HGET', KEYS[1], 'kind')
 if not remove_dead(ARGV[7], KEYS[2], ARGV[2], kind) or redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
   return 0
 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated', ARGV[1])
-redis.call('HDEL', KEYS[1], 'finished', 'dead_reason', 'next_run', 'expires', 'cancel', 'error',
-  'progress')
+-- (No attempt yet: an absent `attempts` reads as 0.)
+redis.call('HDEL', KEYS[1], 'attempts', 'finished', 'dead_reason', 'next_run', 'expires', 'cancel',
+  'error', 'progress')
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1])
 local ref = redis.call('HGET', KEYS[1], 'payload_ref')
 keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[5] or '')
 if ARGV[5] ~= '' then

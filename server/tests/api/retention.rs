@@ -329,3 +329,69 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
         (Some("succeeded"), Some(1))
     );
 }
+
+#[tokio::test]
+async fn an_ended_record_keeps_no_updated_field_and_its_view_changed_as_it_ended() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    // Each way a task ends: a success (the plain end), a failure (finish.lua), an expiry
+    // (ends.lua's `expire_task`), a cancel while it waits (cancel.lua) and one while it runs.
+    let succeeded = app.submit_ok(json!({"kind": "echo", "payload": {"n": 1}})).await;
+    let retried =
+        app.submit_ok(json!({"kind": "flaky", "payload": {"fail_times": 1}, "max_attempts": 2})).await;
+    let dead =
+        app.submit_ok(json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1})).await;
+    let expired = app.submit_ok(json!({"kind": "echo", "payload": 2, "ttl_ms": 200})).await;
+    let waiting = app.submit_ok(json!({"kind": "echo", "payload": 3, "delay_ms": 600_000})).await;
+    let running = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 20_000, "steps": 200}})).await;
+    let cancelled = app.http.delete(app.url(&format!("/api/v1/tasks/{waiting}"))).send().await.unwrap();
+    assert!(cancelled.status().is_success(), "{}", cancelled.status());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let mut events = app.sse(&format!("/api/v1/tasks/{running}/events"), None).await;
+    // (Default retentions: the records are read after their ends.)
+    let mut first_worker = app.worker(&["--concurrency", "4"]);
+    loop {
+        let event = events.next_within(Duration::from_secs(20)).await.expect("the sleep starts");
+        if event.name == "running" {
+            break;
+        }
+    }
+    // Running, its record says when it changed.
+    assert!(app.record_fields(&running).await.contains_key("updated"));
+    let cancelling = app.http.delete(app.url(&format!("/api/v1/tasks/{running}"))).send().await.unwrap();
+    assert!(cancelling.status().is_success(), "{}", cancelling.status());
+
+    for (id, status) in [
+        (&succeeded, "succeeded"),
+        (&retried, "succeeded"),
+        (&dead, "failed"),
+        (&expired, "failed"),
+        (&waiting, "cancelled"),
+        (&running, "cancelled"),
+    ] {
+        let view = app.wait_until_done(id).await;
+        assert_eq!(view["status"], status, "{view}");
+        let fields = app.record_fields(id).await;
+        assert!(!fields.contains_key("updated"), "{status} {id}: {fields:?}");
+        assert!(view["finished_at"].is_string(), "{view}");
+        assert_eq!(view["updated_at"], view["finished_at"], "{view}");
+    }
+
+    // A dead letter queued again has had no attempt yet (no `attempts` field), and changed as it
+    // was queued; then it runs, a first attempt again.
+    first_worker.kill().await.unwrap();
+    let requeued =
+        app.http.post(app.url(&format!("/api/v1/dead-letters/{dead}/requeue"))).send().await.unwrap();
+    assert!(requeued.status().is_success(), "{}", requeued.status());
+    let fields = app.record_fields(&dead).await;
+    assert_eq!(fields.get("status").map(String::as_str), Some("queued"), "{fields:?}");
+    for gone in ["attempts", "finished", "error", "dead_reason"] {
+        assert!(!fields.contains_key(gone), "{gone} in {fields:?}");
+    }
+    let view = app.get_json(&format!("/api/v1/tasks/{dead}")).await;
+    assert_eq!((view["attempts"].as_u64(), &view["finished_at"]), (Some(0), &json!(null)), "{view}");
+    assert!(view["updated_at"].as_str() > view["created_at"].as_str(), "{view}");
+    let _worker = app.worker(&["--concurrency", "4"]);
+    let view = app.wait_until_done(&dead).await;
+    assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("failed"), Some(1)), "{view}");
+}

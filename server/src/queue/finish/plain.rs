@@ -69,8 +69,9 @@ const READ: [&str; 8] = [
 /// Where `READ` has the payload.
 const PAYLOAD_AT: usize = 5;
 
-/// What only a running attempt has, deleted as it ends (ends.lua's `end_running`).
-const RUNNING: [&str; 3] = [record::LEASE, record::ATTEMPT_STARTED, record::WORKER];
+/// What only a running attempt has, deleted as it ends, and `updated`: an ended record's last
+/// change is its `finished` (ends.lua's `end_running`).
+const RUNNING: [&str; 4] = [record::LEASE, record::ATTEMPT_STARTED, record::WORKER, record::UPDATED];
 
 /// What the end of a pulled lease reads beyond `READ`, in this order (`Holder`): a pulled lease's
 /// holder knows neither its task's session nor its idempotency key, and the record names the
@@ -800,8 +801,6 @@ fn queue_ends(
             .arg(task)
             .arg(record::STATUS)
             .arg("succeeded")
-            .arg(record::UPDATED)
-            .arg(&now)
             .arg(record::FINISHED)
             .arg(&now)
             .arg(record::RESULT_TYPE)
