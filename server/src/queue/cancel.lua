@@ -8,8 +8,8 @@ if not status then
   return 'missing'
 end
 if status == 'queued' or status == 'scheduled' or status == 'retrying' then
-  -- An ended record's last change is its `finished` (record.rs, `UPDATED`).
-  redis.call('HDEL', KEYS[1], 'updated')
+  -- A retrying task still holds what its failed attempt left, and its next run.
+  end_running(KEYS[1], 'next_run')
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[1])
   local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'priority', 'payload_ref')
   local member = (f[3] or 'n') .. ':' .. ARGV[2]

@@ -155,8 +155,9 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
   local f = redis.call('HMGET', task, 'kind', 'attempts', 'priority', 'session', 'idem',
     'payload_ref', 'payload')
   local err = 'the task expired before an attempt could start'
-  -- A task given back by its holder (release.lua) may still hold what its attempts left.
-  redis.call('HDEL', task, 'lease', 'cancel', 'next_run', 'updated')
+  -- A task given back by its holder (release.lua) or retrying may still hold what its attempts
+  -- left.
+  end_running(task, 'cancel', 'next_run')
   redis.call('HSET', task, 'status', 'failed', 'finished', now, 'error', err,
     'dead_reason', 'expired')
   leave_waiting(base, base .. ':delayed', (f[3] or 'n') .. ':' .. id, f[1])

@@ -125,10 +125,11 @@ async fn a_delayed_task_whose_expiry_comes_first_expires_while_it_waits() {
     assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("failed"), Some(1)), "{view}");
     assert!(view["error"].as_str().unwrap().contains("expired"), "{view}");
     assert!(started.elapsed() < Duration::from_secs(4), "expired before the 5 s retry was due");
-    // The expiry dropped the retry's next run, and wrote no empty lease or cancel.
+    // The expiry dropped the retry's next run and what its failed attempt left, and wrote no
+    // empty lease or cancel.
     let fields = slow.record_fields(&id).await;
     assert_eq!(fields.get("dead_reason").map(String::as_str), Some("expired"), "{fields:?}");
-    for left in ["next_run", "lease", "cancel"] {
+    for left in ["next_run", "lease", "cancel", "worker", "attempt_started", "updated"] {
         assert!(!fields.contains_key(left), "{left} in {fields:?}");
     }
 }
