@@ -216,9 +216,10 @@ mod tests {
                         _ => args[2..].to_vec(),
                     };
                     for field in fields {
-                        if ["logged", "field"].contains(&field) {
+                        if ["logged", "field", "unpack(log)"].contains(&field) {
                             // The attempt log's field, one per attempt (ATTEMPT_LOG), as
-                            // ends.lua's `attempt_log_entry` names it.
+                            // ends.lua's `attempt_log_entry` names it; requeue.lua's list of
+                            // them.
                             continue;
                         }
                         if field == "unpack(extra)" {

@@ -1,4 +1,4 @@
--- Takes a task out of the dead letters and queues it again, attempts reset and expiry cleared
+-- Takes a task out of the dead letters and queues it again, its earlier run and expiry cleared
 -- (someone asked for it to run): it keeps its record, payload and idempotency key until it ends.
 -- KEYS: task, dead, events, session list, idempotency key
 -- ARGV: now ms, task id, events maxlen, retention ms (unused), session ('' for none),
@@ -8,9 +8,17 @@ local kind = redis.call('HGET', KEYS[1], 'kind')
 if not remove_dead(ARGV[7], KEYS[2], ARGV[2], kind) or redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
   return 0
 end
--- (No attempt yet: an absent `attempts` reads as 0.)
+-- It starts over, as a task never run (an absent `attempts` reads as 0): its earlier run's end,
+-- first start, wait mark and attempt log (`a:{attempt}`, ends.lua) go, so that what it shows
+-- tells of this run only. Its events told of the earlier one, and the audit log of the requeue.
+local log = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 2) == 'a:' then
+    log[#log + 1] = field
+  end
+end
 redis.call('HDEL', KEYS[1], 'attempts', 'finished', 'dead_reason', 'next_run', 'expires', 'cancel',
-  'error', 'progress')
+  'error', 'progress', 'started', 'waited', unpack(log))
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1])
 local ref = redis.call('HGET', KEYS[1], 'payload_ref')
 keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[5] or '')
