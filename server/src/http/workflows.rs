@@ -21,7 +21,7 @@ use axum::{
     Extension, Json,
     body::Body,
     extract::{Path, Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -288,7 +288,9 @@ pub struct WorkflowStatusBody {
 }
 
 /// `GET /api/v1/workflows/{id}/result`: the result of a succeeded workflow: each step that
-/// nothing comes after, by id, with its result.
+/// nothing comes after, by id, with its result. A `HEAD` answers the status and type a `GET`
+/// would, without reading the steps' results (nor the length, which only they tell: RFC 9110
+/// lets a `HEAD` leave out a header only the content determines).
 #[utoipa::path(
     get,
     path = "/api/v1/workflows/{id}/result",
@@ -306,6 +308,7 @@ pub struct WorkflowStatusBody {
 pub async fn result(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
+    method: Method,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let view = find(&state, &id, Some(&access)).await?;
@@ -313,6 +316,15 @@ pub async fn result(
         WorkflowStatus::Running => Err(ApiError::new(StatusCode::CONFLICT, "not-finished", "Not finished")
             .detail("the workflow is still running")
             .retry_after(POLL_AFTER_S)),
+        WorkflowStatus::Succeeded if method == Method::HEAD => {
+            // A body of no known length, which hyper leaves without a `Content-Length: 0`.
+            let unknown = futures::stream::empty::<Result<axum::body::Bytes, std::convert::Infallible>>();
+            Ok((
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                Body::from_stream(unknown),
+            )
+                .into_response())
+        }
         WorkflowStatus::Succeeded => {
             let result = state.workflows.result(&view).await?.unwrap_or_default();
             Ok(Json(result).into_response())

@@ -211,6 +211,47 @@ async fn a_hundred_way_map_runs_a_task_per_element_and_the_gather_gets_them_in_o
 }
 
 #[tokio::test]
+async fn a_head_of_a_workflows_result_answers_as_its_get_without_reading_the_results() {
+    // A Redis of its own: the bytes it sends are counted.
+    let app = spawn_app_alone(|_| {}).await;
+    // A delayed step keeps the workflow running while the first HEAD asks.
+    let slow = create_ok(&app, json!({"steps": [{"id": "a", "kind": "echo", "delay_ms": 60_000}]})).await;
+    let url = app.url(&format!("/api/v1/workflows/{}/result", id_of(&slow)));
+    let (head, get) = (app.http.head(&url).send().await.unwrap(), app.http.get(&url).send().await.unwrap());
+    assert_eq!((head.status().as_u16(), get.status().as_u16()), (409, 409));
+    assert_eq!(head.headers().get("retry-after"), get.headers().get("retry-after"));
+
+    // Its result is a map's hundred results, each in a record of its own.
+    let words: Vec<String> = (0..100).map(|i| "word ".repeat(i % 7 + 1)).collect();
+    let view = create_ok(
+        &app,
+        json!({"steps": [
+            {"id": "split", "kind": "echo", "payload": words},
+            {"id": "count", "kind": "text.stats", "after": ["split"], "map": {"$from": "split"}},
+        ]}),
+    )
+    .await;
+    let ended = until_ended(&app, &id_of(&view)).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let url = app.url(&format!("/api/v1/workflows/{}/result", id_of(&view)));
+    let sent = bytes_sent(&app).await;
+    let head = app.http.head(&url).send().await.unwrap();
+    let head_read = bytes_sent(&app).await - sent;
+    let sent = bytes_sent(&app).await;
+    let get = app.http.get(&url).send().await.unwrap();
+    let get_read = bytes_sent(&app).await - sent;
+    assert_eq!((head.status().as_u16(), get.status().as_u16()), (200, 200));
+    assert_eq!(head.headers().get("content-type"), get.headers().get("content-type"));
+    assert_eq!(head.headers()["content-type"], "application/json");
+    // No length it would have to build the result to know, and certainly not a wrong one.
+    assert_eq!(head.headers().get("content-length"), None, "{:?}", head.headers());
+    assert!(head.bytes().await.unwrap().is_empty());
+    assert_eq!(get.json::<Value>().await.unwrap()["count"].as_array().map(Vec::len), Some(100));
+    // The GET read the hundred records and results; the HEAD, the workflow alone.
+    assert!(head_read * 4 < get_read, "Redis sent {head_read} bytes for the HEAD, {get_read} for the GET");
+}
+
+#[tokio::test]
 async fn a_payload_refused_when_its_step_becomes_ready_fails_that_step() {
     let app = spawn_app().await;
     let view = create_ok(
