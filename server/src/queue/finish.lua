@@ -7,7 +7,7 @@
 --       HTTP, see below; '' a worker process's), how long a succeeded task's payload is kept
 --       (ms, at most the retention), then 13 for each attempt: task id, stream index
 --       (1-3), entry id, lease token, outcome (succeeded|retrying|failed|cancelled), error,
---       result type, due ms, result bytes, dead-letter reason, session ('' for none),
+--       result type ('' for JSON: record.rs, `stored_result_type`), due ms, result bytes, dead-letter reason, session ('' for none),
 --       idempotency key (''), where the result is: '' (its bytes came here, for a key of its
 --       own), 'record' (its bytes came here, small text kept in the record's `result` field),
 --       'staged' (at `base:staged:token`) or 'payload' (the payload, unchanged: kept once, under
@@ -139,13 +139,18 @@ for a = 13, #ARGV, 13 do
           redis.call('SET', result_key, result, 'PX', keep)
         end
         progress = '100'
+        -- A JSON result's type goes unwritten: an absent one reads as JSON (record.rs).
+        local result_type = ARGV[a + 6]
+        if result_type ~= '' then
+          also(extra, 'result_type', result_type)
+        end
         -- (A cancel asked for as it ran stays asked: nothing reads it of an ended task, and a
         -- dead letter queued again drops it, requeue.lua.)
         -- (Its progress is dropped: a success is all of it, as the store reads it.)
         dropped[#dropped + 1] = 'progress'
         end_running(task, unpack(dropped))
-        redis.call('HSET', task, 'status', outcome, 'finished', now, 'result_type', ARGV[a + 6],
-          logged, log_entry, unpack(extra))
+        redis.call('HSET', task, 'status', outcome, 'finished', now, logged, log_entry,
+          unpack(extra))
       else
         -- A failure's reason rides along.
         if outcome == 'failed' then

@@ -434,7 +434,7 @@ impl Queue {
                 .arg(&e.token)
                 .arg(e.outcome)
                 .arg(&e.error)
-                .arg(&e.result_type)
+                .arg(super::record::stored_result_type(&e.result_type))
                 .arg(e.due_ms);
             let (bytes, source) = e.result.script_args();
             call.arg(bytes).arg(e.reason).arg(&e.session).arg(&e.idempotency_key).arg(source);

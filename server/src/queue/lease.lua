@@ -225,10 +225,11 @@ local function take_lease(ctx, kind, s, entry, id)
   mark_start(ctx, token)
   local attempt = next_attempt(f[3])
   local started = f[4] or now
+  -- (A start writes no `updated`: its `attempt_started` says when the record changed, record.rs.)
   if not f[4] then
     -- A first start: no earlier attempt left progress or a wait mark.
-    redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
-      'attempts', attempt, 'started', now, 'attempt_started', now, 'worker', ctx.worker)
+    redis.call('HSET', task, 'status', 'running', 'lease', token, 'attempts', attempt,
+      'started', now, 'attempt_started', now, 'worker', ctx.worker)
   else
     local takeover = status == 'running'
     if takeover then
@@ -239,8 +240,8 @@ local function take_lease(ctx, kind, s, entry, id)
     end
     -- The earlier attempt's progress and wait mark go.
     redis.call('HDEL', task, 'progress', 'waited')
-    redis.call('HSET', task, 'status', 'running', 'lease', token, 'updated', now,
-      'attempts', attempt, 'attempt_started', now, 'worker', ctx.worker)
+    redis.call('HSET', task, 'status', 'running', 'lease', token, 'attempts', attempt,
+      'attempt_started', now, 'worker', ctx.worker)
     if takeover then
       -- Its wait was the attempt's that stopped.
       redis.call('HSET', task, 'waited', NOT_SAMPLED)

@@ -18,12 +18,13 @@ pub const ATTEMPTS: &str = "attempts";
 pub const MAX_ATTEMPTS: &str = "max_attempts";
 /// Submission time, ms since the epoch; `updated`, `started`, `finished` likewise.
 pub const CREATED: &str = "created";
-/// The record's last change, where no other stamp says it: absent until the first change, and
-/// deleted as the task ends (ends.lua's `end_running`), where `finished` says it. Readers take
-/// the latest of `updated`, `finished`, `attempt_started` and `created` (the store's
-/// `updated_ms`), so that a later version may leave it out of a start too. Versions since the
-/// thirty-first step read an ended record without it as changed when it finished; earlier ones,
-/// as changed when it was created (README, "Running it").
+/// The record's last change, where no other stamp says it: absent until the first change that
+/// is not a start (whose `attempt_started` says it) or an end (whose `finished` does: ends.lua's
+/// `end_running` deletes it). Readers take the latest of `updated`, `finished`,
+/// `attempt_started` and `created` (the store's `updated_ms`): versions since the thirty-second
+/// step of docs/benchmark-notes.md. The thirty-first step's read an ended record without it as
+/// changed when it finished, but a running one as changed when it was created; earlier ones read
+/// both so (README, "Running it").
 pub const UPDATED: &str = "updated";
 pub const STARTED: &str = "started";
 pub const FINISHED: &str = "finished";
@@ -69,12 +70,20 @@ pub const NEXT_RUN: &str = "next_run";
 pub const ERROR: &str = "error";
 /// Why it ended as a dead letter (`DeadReason`).
 pub const DEAD_REASON: &str = "dead_reason";
-/// The result's content type. Every success writes it; readers take an absent one as
-/// `DEFAULT_RESULT_TYPE`, so that a later version may leave a JSON result's out (versions before
-/// the thirty-second step read an absent one as `application/octet-stream`).
+/// The result's content type, written by a success unless it is `DEFAULT_RESULT_TYPE` (see
+/// `stored_result_type`). Readers take an absent one as that: versions since the thirty-second
+/// step of docs/benchmark-notes.md; earlier ones read an absent one as
+/// `application/octet-stream` (README, "Running it").
 pub const RESULT_TYPE: &str = "result_type";
 /// What an absent `RESULT_TYPE` reads as.
 pub const DEFAULT_RESULT_TYPE: &str = "application/json";
+
+/// What a success writes as its `RESULT_TYPE`: nothing (empty) for `DEFAULT_RESULT_TYPE`, the
+/// type of most results, which an absent field reads as. A field less is about 30 bytes less a
+/// kept task (docs/benchmark-notes.md, thirty-third step).
+pub fn stored_result_type(content_type: &str) -> &str {
+    if content_type == DEFAULT_RESULT_TYPE { "" } else { content_type }
+}
 /// A small payload, kept in the record rather than under a key of its own (enqueue.lua): its
 /// presence says so. Versions before the twenty-ninth step of docs/benchmark-notes.md read a
 /// `payload_inline` flag beside it instead, which versions before the thirty-first step still
@@ -140,7 +149,16 @@ pub const FIELDS: [&str; 33] = [
 
 #[cfg(test)]
 mod tests {
-    use super::FIELDS;
+    use super::{DEFAULT_RESULT_TYPE, FIELDS, stored_result_type};
+
+    #[test]
+    fn a_json_result_type_goes_unwritten_and_any_other_is_written_as_it_is() {
+        assert_eq!(stored_result_type(DEFAULT_RESULT_TYPE), "");
+        // Only the exact default: a type with parameters says more than an absent one would.
+        for kept in ["application/json; charset=utf-8", "text/csv", "application/octet-stream"] {
+            assert_eq!(stored_result_type(kept), kept);
+        }
+    }
 
     /// Every script of the queue, by file name.
     const SCRIPTS: [(&str, &str); 19] = [

@@ -332,18 +332,20 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
 }
 
 #[tokio::test]
-async fn an_ended_record_keeps_no_updated_field_and_its_view_changed_as_it_ended() {
+async fn a_started_or_ended_record_keeps_no_updated_field_and_its_view_changed_as_it_did() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     // Each way a task ends: a success (the plain end), a failure (finish.lua), an expiry
     // (ends.lua's `expire_task`), a cancel while it waits (cancel.lua) and one while it runs.
     let succeeded = app.submit_ok(json!({"kind": "echo", "payload": {"n": 1}})).await;
+    let text = app.submit_raw_ok("echo", "text/plain", b"plain words".to_vec()).await;
     let retried =
         app.submit_ok(json!({"kind": "flaky", "payload": {"fail_times": 1}, "max_attempts": 2})).await;
     let dead =
         app.submit_ok(json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1})).await;
     let expired = app.submit_ok(json!({"kind": "echo", "payload": 2, "ttl_ms": 200})).await;
     let waiting = app.submit_ok(json!({"kind": "echo", "payload": 3, "delay_ms": 600_000})).await;
-    let running = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 20_000, "steps": 200}})).await;
+    // (One step: no progress report changes its record while it runs.)
+    let running = app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 20_000, "steps": 1}})).await;
     let cancelled = app.http.delete(app.url(&format!("/api/v1/tasks/{waiting}"))).send().await.unwrap();
     assert!(cancelled.status().is_success(), "{}", cancelled.status());
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -357,13 +359,19 @@ async fn an_ended_record_keeps_no_updated_field_and_its_view_changed_as_it_ended
             break;
         }
     }
-    // Running, its record says when it changed.
-    assert!(app.record_fields(&running).await.contains_key("updated"));
+    // Running, its record keeps no `updated` either: its attempt's start says when it changed.
+    let fields = app.record_fields(&running).await;
+    assert!(!fields.contains_key("updated") && fields.contains_key("attempt_started"), "{fields:?}");
+    let view = app.get_json(&format!("/api/v1/tasks/{running}")).await;
+    let attempts = app.get_json(&format!("/api/v1/tasks/{running}/attempts")).await;
+    assert_eq!(attempts["attempts"][0]["outcome"], "running", "{attempts}");
+    assert_eq!(view["updated_at"], attempts["attempts"][0]["started_at"], "{view} {attempts}");
     let cancelling = app.http.delete(app.url(&format!("/api/v1/tasks/{running}"))).send().await.unwrap();
     assert!(cancelling.status().is_success(), "{}", cancelling.status());
 
     for (id, status) in [
         (&succeeded, "succeeded"),
+        (&text, "succeeded"),
         (&retried, "succeeded"),
         (&dead, "failed"),
         (&expired, "failed"),
@@ -376,6 +384,16 @@ async fn an_ended_record_keeps_no_updated_field_and_its_view_changed_as_it_ended
         assert!(!fields.contains_key("updated"), "{status} {id}: {fields:?}");
         assert!(view["finished_at"].is_string(), "{view}");
         assert_eq!(view["updated_at"], view["finished_at"], "{view}");
+    }
+    // A JSON result's type is not written (an absent one reads as JSON); any other type is.
+    for (id, stored, served) in
+        [(&succeeded, None, "application/json"), (&text, Some("text/plain"), "text/plain")]
+    {
+        let fields = app.record_fields(id).await;
+        assert_eq!(fields.get("result_type").map(String::as_str), stored, "{fields:?}");
+        let result = app.http.get(app.url(&format!("/api/v1/tasks/{id}/result"))).send().await.unwrap();
+        assert_eq!(result.status(), 200);
+        assert_eq!(result.headers()["content-type"], served);
     }
 
     // A dead letter queued again has had no attempt yet (no `attempts` field), and changed as it

@@ -797,14 +797,11 @@ fn queue_ends(
         };
         // Sized for what it holds, so that its buffers are not grown argument by argument.
         let mut hset = redis::Cmd::with_capacity(24, 512 + result_len);
-        hset.arg("HSET")
-            .arg(task)
-            .arg(record::STATUS)
-            .arg("succeeded")
-            .arg(record::FINISHED)
-            .arg(&now)
-            .arg(record::RESULT_TYPE)
-            .arg(&ending.result_type);
+        hset.arg("HSET").arg(task).arg(record::STATUS).arg("succeeded").arg(record::FINISHED).arg(&now);
+        let result_type = record::stored_result_type(&ending.result_type);
+        if !result_type.is_empty() {
+            hset.arg(record::RESULT_TYPE).arg(result_type);
+        }
         // The attempt's entry in the attempt log (ends.lua's attempt_log_entry).
         let attempt = if record.started.attempts.is_empty() { "0" } else { &record.started.attempts };
         let mut log_entry = String::with_capacity(64);

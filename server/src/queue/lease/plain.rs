@@ -450,8 +450,6 @@ pub(in crate::queue) fn queue_starts<'g>(
             .arg("running")
             .arg(record::LEASE)
             .arg(token)
-            .arg(record::UPDATED)
-            .arg(&now)
             .arg(record::ATTEMPTS)
             .arg(&attempt)
             .arg(record::ATTEMPT_STARTED)
