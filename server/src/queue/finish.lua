@@ -7,11 +7,11 @@
 --       HTTP, see below; '' a worker process's), how long a succeeded task's payload is kept
 --       (ms, at most the retention), then 13 for each attempt: task id, stream index
 --       (1-3), entry id, lease token, outcome (succeeded|retrying|failed|cancelled), error,
---       result type ('' for JSON: record.rs, `stored_result_type`), due ms, result bytes, dead-letter reason, session ('' for none),
---       idempotency key (''), where the result is: '' (its bytes came here, for a key of its
---       own), 'record' (its bytes came here, small text kept in the record's `result` field),
---       'staged' (at `base:staged:token`) or 'payload' (the payload, unchanged: kept once, under
---       the payload's key)
+--       result type ('' for JSON: record.rs, `stored_result_type`), due ms, result bytes,
+--       dead-letter reason, session ('' for none), idempotency key (''), where the result is:
+--       '' (its bytes came here, for a key of its own), 'record' (its bytes came here, small
+--       text kept in the record's `result` field), 'staged' (at `base:staged:token`) or
+--       'payload' (the payload, unchanged: kept once, under the payload's key)
 -- A large result is staged with a plain SET before this script runs, which renames it: moving
 -- a large string through Lua would stall Redis for milliseconds.
 -- A pulled lease's holder knows neither its task's session nor its idempotency key (their

@@ -79,11 +79,12 @@ pub const RESULT_TYPE: &str = "result_type";
 pub const DEFAULT_RESULT_TYPE: &str = "application/json";
 
 /// What a success writes as its `RESULT_TYPE`: nothing (empty) for `DEFAULT_RESULT_TYPE`, the
-/// type of most results, which an absent field reads as. A field less is about 30 bytes less a
-/// kept task (docs/benchmark-notes.md, thirty-third step).
+/// type of most results, which an absent field reads as: some 80 bytes less a kept task
+/// (docs/benchmark-notes.md, thirty-third step).
 pub fn stored_result_type(content_type: &str) -> &str {
     if content_type == DEFAULT_RESULT_TYPE { "" } else { content_type }
 }
+
 /// A small payload, kept in the record rather than under a key of its own (enqueue.lua): its
 /// presence says so. Versions before the twenty-ninth step of docs/benchmark-notes.md read a
 /// `payload_inline` flag beside it instead, which versions before the thirty-first step still
