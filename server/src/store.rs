@@ -376,6 +376,13 @@ pub trait Fields {
     fn field(&self, name: &str) -> Option<&str>;
 }
 
+/// When attempt 1 started, as the attempt log says (ends.lua's `attempt_log_entry`: the outcome,
+/// then the start).
+fn first_attempt_start(fields: &(impl Fields + ?Sized)) -> Option<u64> {
+    let entry = fields.field(&[field::ATTEMPT_LOG, "1"].concat())?;
+    entry.split(field::ATTEMPT_LOG_SEPARATOR).nth(1)?.parse().ok()
+}
+
 /// A record's hash as `HGETALL` reads it.
 impl Fields for HashMap<String, String> {
     fn field(&self, name: &str) -> Option<&str> {
@@ -417,9 +424,13 @@ impl TaskRecord {
                 .into_iter()
                 .filter_map(number)
                 .fold(number(field::CREATED)?, u64::max),
-            started_ms: number(field::STARTED),
+            // Its first attempt's start, which the attempt log says too (record.rs, `STARTED`).
+            started_ms: number(field::STARTED).or_else(|| first_attempt_start(fields)),
             finished_ms: number(field::FINISHED),
-            payload_bytes: number(field::PAYLOAD_BYTES).unwrap_or(0),
+            // A payload in the record is its own size (record.rs, `PAYLOAD_BYTES`).
+            payload_bytes: number(field::PAYLOAD_BYTES)
+                .or_else(|| fields.field(field::PAYLOAD).map(|payload| payload.len() as u64))
+                .unwrap_or(0),
             payload_type: owned(field::PAYLOAD_TYPE).unwrap_or_else(|| field::DEFAULT_PAYLOAD_TYPE.into()),
             result_type: owned(field::RESULT_TYPE),
             result_is_payload: text(field::RESULT_IS_PAYLOAD).is_some_and(|v| v == "1"),
@@ -1022,6 +1033,35 @@ mod tests {
         };
         assert_eq!(result_type(&record(&[])), "application/json");
         assert_eq!(result_type(&record(&[("result_type", "text/csv")])), "text/csv");
+    }
+
+    #[test]
+    fn a_record_without_its_start_or_its_payloads_size_reads_them_from_its_log_and_payload() {
+        let id = Uuid::now_v7();
+        let read = |pairs: &[(&str, &str)]| {
+            let fields: HashMap<String, String> =
+                [("kind", "echo"), ("status", "succeeded"), ("created", "1000")]
+                    .iter()
+                    .chain(pairs)
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+            let record = TaskRecord::from_fields(id, "default", &fields).unwrap();
+            (record.started_ms, record.payload_bytes)
+        };
+        // As written today, and as a later version may write them.
+        assert_eq!(
+            read(&[("started", "2000"), ("payload_bytes", "7"), ("payload", "{\"n\":1}")]),
+            (Some(2000), 7)
+        );
+        let log = |start: &str| ["retried", start, "2500", "worker-1", "boom"].join("\u{1f}");
+        assert_eq!(
+            read(&[("a:1", &log("2000")), ("a:2", &log("2600")), ("payload", "{\"n\":1}")]),
+            (Some(2000), 7)
+        );
+        // Neither said: never started, no payload in the record (nor a broken log entry).
+        assert_eq!(read(&[]), (None, 0));
+        assert_eq!(read(&[("a:1", "retried")]), (None, 0));
+        assert_eq!(read(&[("a:2", &log("2600"))]), (None, 0));
     }
 
     #[test]

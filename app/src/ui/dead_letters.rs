@@ -208,7 +208,7 @@ pub fn DeadLettersPage() -> impl IntoView {
             </div>
             <p class="hint">
                 "Tasks that failed for good: every attempt failed, the error was not retryable, or time ran out. "
-                "Requeue runs one again with its attempts reset. Times are UTC."
+                "Requeue runs one again from the start: its attempts and their timeline start over. Times are UTC."
             </p>
             <form class="filters" on:submit=|ev| ev.prevent_default()>
                 {field("Queue", "dl-queue", queue, "text")}

@@ -184,11 +184,18 @@ impl Queue {
         expires_ms: u64,
     ) -> Option<Pulled> {
         let (task_id, stream_index) = reply.task()?;
-        let Some(record) = reply.record(task_id, self.name(), &view) else {
+        let Some(mut record) = reply.record(task_id, self.name(), &view) else {
             tracing::warn!(%task_id, "a leased task's record does not read as one; its lease will expire");
             return None;
         };
         let payload = (reply.text(Run::PayloadIs) == "1").then(|| Bytes::from(reply.take(Run::Payload)));
+        if let Some(payload) = &payload
+            && record.payload_bytes == 0
+        {
+            // A payload kept in the record may go without its size (record.rs, `PAYLOAD_BYTES`),
+            // which reads as 0; one written as 0 is empty.
+            record.payload_bytes = payload.len() as u64;
+        }
         Some(Pulled {
             record,
             token: PullToken {

@@ -26,11 +26,18 @@ pub const CREATED: &str = "created";
 /// changed when it finished, but a running one as changed when it was created; earlier ones read
 /// both so (README, "Running it").
 pub const UPDATED: &str = "updated";
+/// The first attempt's start, which attempt 1 of the attempt log says too once it has ended:
+/// readers take that when the field is absent (versions since the thirty-third step of
+/// docs/benchmark-notes.md), so that a later version may leave it out of an ended record.
 pub const STARTED: &str = "started";
 pub const FINISHED: &str = "finished";
 /// Progress of the running attempt, 0–100 (empty when none was reported). A success does not
 /// write it: a succeeded task's reads as 100.
 pub const PROGRESS: &str = "progress";
+/// The payload's size in bytes. Readers take a payload kept in the record (`PAYLOAD`) as its own
+/// size when the field is absent (versions since the thirty-third step of
+/// docs/benchmark-notes.md), so that a later version may leave it out of such a record; lease.lua
+/// reads it only of a payload under its own key.
 pub const PAYLOAD_BYTES: &str = "payload_bytes";
 /// The payload's content type (absent: `DEFAULT_PAYLOAD_TYPE`).
 pub const PAYLOAD_TYPE: &str = "payload_type";

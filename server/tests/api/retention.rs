@@ -385,6 +385,17 @@ async fn a_started_or_ended_record_keeps_no_updated_field_and_its_view_changed_a
         assert!(view["finished_at"].is_string(), "{view}");
         assert_eq!(view["updated_at"], view["finished_at"], "{view}");
     }
+    // Without its `started`, as a later version may write an ended record (record.rs,
+    // `STARTED`), a task's view still says when it first started: its attempt log does.
+    for id in [&succeeded, &retried] {
+        let before = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert!(before["started_at"].is_string(), "{before}");
+        let _: () =
+            redis::AsyncCommands::hdel(&mut app.redis().await, app.key(&format!("task:{id}")), "started")
+                .await
+                .unwrap();
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await, before);
+    }
     // A JSON result's type is not written (an absent one reads as JSON); any other type is.
     for (id, stored, served) in
         [(&succeeded, None, "application/json"), (&text, Some("text/plain"), "text/plain")]
