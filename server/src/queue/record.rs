@@ -24,7 +24,7 @@ pub const CREATED: &str = "created";
 /// `attempt_started` and `created` (the store's `updated_ms`): versions since the thirty-second
 /// step of docs/benchmark-notes.md. The thirty-first step's read an ended record without it as
 /// changed when it finished, but a running one as changed when it was created; earlier ones read
-/// both so (README, "Running it").
+/// both so (README, "Upgrading").
 pub const UPDATED: &str = "updated";
 /// The first attempt's start, which attempt 1 of the attempt log says too once it has ended:
 /// readers take that when the field is absent (versions since the thirty-third step of
@@ -80,7 +80,7 @@ pub const DEAD_REASON: &str = "dead_reason";
 /// The result's content type, written by a success unless it is `DEFAULT_RESULT_TYPE` (see
 /// `stored_result_type`). Readers take an absent one as that: versions since the thirty-second
 /// step of docs/benchmark-notes.md; earlier ones read an absent one as
-/// `application/octet-stream` (README, "Running it").
+/// `application/octet-stream` (README, "Upgrading").
 pub const RESULT_TYPE: &str = "result_type";
 /// What an absent `RESULT_TYPE` reads as.
 pub const DEFAULT_RESULT_TYPE: &str = "application/json";
@@ -95,7 +95,7 @@ pub fn stored_result_type(content_type: &str) -> &str {
 /// A small payload, kept in the record rather than under a key of its own (enqueue.lua): its
 /// presence says so. Versions before the twenty-ninth step of docs/benchmark-notes.md read a
 /// `payload_inline` flag beside it instead, which versions before the thirty-first step still
-/// wrote: records of theirs carry it, and nothing reads it now (README, "Running it").
+/// wrote: records of theirs carry it, and nothing reads it now (README, "Upgrading").
 pub const PAYLOAD: &str = "payload";
 /// `1` when the result is the payload, unchanged, kept once (under the payload's key, or in the
 /// record with it).
