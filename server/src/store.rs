@@ -302,9 +302,7 @@ fn attempts_of(record: &TaskRecord, fields: &HashMap<String, String>) -> Vec<Att
         .iter()
         .filter_map(|(name, entry)| {
             let attempt = name.strip_prefix(field::ATTEMPT_LOG)?.parse().ok()?;
-            let mut parts = entry.splitn(5, field::ATTEMPT_LOG_SEPARATOR);
-            let mut next = || parts.next().unwrap_or_default();
-            let (outcome, started, ended, worker, error) = (next(), next(), next(), next(), next());
+            let [outcome, started, ended, worker, error] = log_entry(entry);
             Some(AttemptView {
                 attempt,
                 outcome: outcome.to_string(),
@@ -376,11 +374,17 @@ pub trait Fields {
     fn field(&self, name: &str) -> Option<&str>;
 }
 
-/// When attempt 1 started, as the attempt log says (ends.lua's `attempt_log_entry`: the outcome,
-/// then the start).
+/// An attempt log entry's parts (ends.lua's `attempt_log_entry`): outcome, start ms, end ms,
+/// worker and error (the error last, so it may hold anything); empty where it says none.
+fn log_entry(entry: &str) -> [&str; 5] {
+    let mut parts = entry.splitn(5, field::ATTEMPT_LOG_SEPARATOR);
+    std::array::from_fn(|_| parts.next().unwrap_or_default())
+}
+
+/// When attempt 1 started, as the attempt log says.
 fn first_attempt_start(fields: &(impl Fields + ?Sized)) -> Option<u64> {
-    let entry = fields.field(&[field::ATTEMPT_LOG, "1"].concat())?;
-    entry.split(field::ATTEMPT_LOG_SEPARATOR).nth(1)?.parse().ok()
+    let [_, started, ..] = log_entry(fields.field(&[field::ATTEMPT_LOG, "1"].concat())?);
+    started.parse().ok()
 }
 
 /// A record's hash as `HGETALL` reads it.
@@ -1019,16 +1023,20 @@ mod tests {
         assert!(TaskRecord::from_fields(id, "default", &HashMap::new()).is_none());
     }
 
+    /// A record's hash as `HGETALL` reads it: `base`'s fields, then `pairs`' (a later one of a
+    /// name wins).
+    fn hash(base: &[(&str, &str)], pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        base.iter().chain(pairs).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
     #[test]
     fn a_result_without_its_type_is_served_as_json() {
         let id = Uuid::now_v7();
         let record = |pairs: &[(&str, &str)]| {
-            let fields: HashMap<String, String> =
-                [("kind", "echo"), ("status", "succeeded"), ("created", "1000"), ("result", "{}")]
-                    .iter()
-                    .chain(pairs)
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
+            let fields = hash(
+                &[("kind", "echo"), ("status", "succeeded"), ("created", "1000"), ("result", "{}")],
+                pairs,
+            );
             TaskRecord::from_fields(id, "default", &fields).unwrap()
         };
         assert_eq!(result_type(&record(&[])), "application/json");
@@ -1039,12 +1047,7 @@ mod tests {
     fn a_record_without_its_start_or_its_payloads_size_reads_them_from_its_log_and_payload() {
         let id = Uuid::now_v7();
         let read = |pairs: &[(&str, &str)]| {
-            let fields: HashMap<String, String> =
-                [("kind", "echo"), ("status", "succeeded"), ("created", "1000")]
-                    .iter()
-                    .chain(pairs)
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
+            let fields = hash(&[("kind", "echo"), ("status", "succeeded"), ("created", "1000")], pairs);
             let record = TaskRecord::from_fields(id, "default", &fields).unwrap();
             (record.started_ms, record.payload_bytes)
         };
@@ -1068,12 +1071,7 @@ mod tests {
     fn a_record_reads_its_last_change_as_the_latest_of_its_stamps() {
         let id = Uuid::now_v7();
         let read = |pairs: &[(&str, &str)]| {
-            let mut fields: HashMap<String, String> =
-                [("kind", "echo"), ("status", "queued"), ("created", "1000")]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-            fields.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let fields = hash(&[("kind", "echo"), ("status", "queued"), ("created", "1000")], pairs);
             TaskRecord::from_fields(id, "default", &fields).unwrap().updated_ms
         };
         assert_eq!(read(&[]), 1000);

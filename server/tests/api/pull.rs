@@ -285,13 +285,7 @@ async fn a_grant_shows_its_task_as_its_view_does() {
     // (record.rs, `PAYLOAD_BYTES`): its grant and its view read the size from the payload.
     let fields = app.record_fields(&ids[2]).await;
     assert!(fields.contains_key("payload"), "{fields:?}");
-    let _: () = redis::AsyncCommands::hdel(
-        &mut app.redis().await,
-        app.key(&format!("task:{}", ids[2])),
-        "payload_bytes",
-    )
-    .await
-    .unwrap();
+    app.drop_record_field(&ids[2], "payload_bytes").await;
     let leases = app.leases(json!({"worker": "test", "max": 10})).await;
     assert_eq!(leases.len(), 3);
     for lease in &leases {

@@ -390,10 +390,7 @@ async fn a_started_or_ended_record_keeps_no_updated_field_and_its_view_changed_a
     for id in [&succeeded, &retried] {
         let before = app.get_json(&format!("/api/v1/tasks/{id}")).await;
         assert!(before["started_at"].is_string(), "{before}");
-        let _: () =
-            redis::AsyncCommands::hdel(&mut app.redis().await, app.key(&format!("task:{id}")), "started")
-                .await
-                .unwrap();
+        app.drop_record_field(id, "started").await;
         assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await, before);
     }
     // A JSON result's type is not written (an absent one reads as JSON); any other type is.

@@ -230,6 +230,14 @@ impl TestApp {
         redis::AsyncCommands::hgetall(&mut self.redis().await, self.key(&format!("task:{id}"))).await.unwrap()
     }
 
+    /// Deletes `field` from task `id`'s record: a record as another version may write it.
+    pub async fn drop_record_field(&self, id: &str, field: &str) {
+        let _: () =
+            redis::AsyncCommands::hdel(&mut self.redis().await, self.key(&format!("task:{id}")), field)
+                .await
+                .unwrap();
+    }
+
     /// How many entries the test queue's ready streams hold, over every kind's lane.
     pub async fn ready_len(&self) -> u64 {
         let mut redis = self.redis().await;
