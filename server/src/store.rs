@@ -293,8 +293,9 @@ pub fn rfc3339(ms: u64) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
-/// The attempts a task's record tells of: its attempt log (one field per ended attempt), and
-/// its running attempt, first first.
+/// The attempts a task's record tells of: its attempt log (one field per ended attempt), its
+/// running attempt, and a first attempt that ended unlogged (record.rs, `ATTEMPT_LOG`), first
+/// first.
 fn attempts_of(record: &TaskRecord, fields: &HashMap<String, String>) -> Vec<AttemptView> {
     let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
     let ms = |text: &str| text.parse::<u64>().ok().map(rfc3339);
@@ -324,6 +325,20 @@ fn attempts_of(record: &TaskRecord, fields: &HashMap<String, String>) -> Vec<Att
             ended_at: None,
             outcome: "running".into(),
             error: None,
+        });
+    }
+    if record.status.is_terminal()
+        && record.attempts == 1
+        && attempts.is_empty()
+        && let Some(started) = text(field::STARTED).as_deref().and_then(ms)
+    {
+        attempts.push(AttemptView {
+            attempt: 1,
+            worker: text(field::WORKER),
+            started_at: started,
+            ended_at: record.finished_ms.map(rfc3339),
+            outcome: record.status.as_str().into(),
+            error: record.error.clone(),
         });
     }
     attempts.sort_by_key(|a| a.attempt);
@@ -1030,6 +1045,40 @@ mod tests {
     }
 
     #[test]
+    fn an_ended_first_attempt_without_a_log_entry_is_read_from_its_record() {
+        let id = Uuid::now_v7();
+        let attempts = |pairs: &[(&str, &str)]| {
+            let base = [("kind", "echo"), ("created", "1000"), ("started", "2000"), ("finished", "2500")];
+            let fields = hash(&base, pairs);
+            let record = TaskRecord::from_fields(id, "default", &fields).unwrap();
+            attempts_of(&record, &fields)
+        };
+        let told = |status: &'static str, error: Option<&str>| AttemptView {
+            attempt: 1,
+            outcome: status.into(),
+            started_at: rfc3339(2000),
+            ended_at: Some(rfc3339(2500)),
+            worker: Some("worker-1".into()),
+            error: error.map(str::to_string),
+        };
+        let ended = |status: &'static str| [("status", status), ("attempts", "1"), ("worker", "worker-1")];
+        assert_eq!(attempts(&ended("succeeded")), [told("succeeded", None)]);
+        assert_eq!(
+            attempts(&[&ended("failed")[..], &[("error", "boom")]].concat()),
+            [told("failed", Some("boom"))]
+        );
+        assert_eq!(attempts(&ended("cancelled")), [told("cancelled", None)]);
+        // A logged attempt 1 is the log's; a task not ended, or ended after more attempts or none,
+        // tells no attempt of its own.
+        let logged = ["succeeded", "2100", "2500", "worker-2", ""].join("\u{1f}");
+        let from_log = attempts(&[&ended("succeeded")[..], &[("a:1", &logged)]].concat());
+        assert_eq!((from_log.len(), from_log[0].started_at.as_str()), (1, rfc3339(2100).as_str()));
+        assert_eq!(attempts(&[("status", "retrying"), ("attempts", "1")]), []);
+        assert_eq!(attempts(&[("status", "failed"), ("attempts", "2")]), []);
+        assert_eq!(attempts(&[("status", "cancelled")]), []);
+    }
+
+    #[test]
     fn a_result_without_its_type_is_served_as_json() {
         let id = Uuid::now_v7();
         let record = |pairs: &[(&str, &str)]| {
@@ -1051,7 +1100,7 @@ mod tests {
             let record = TaskRecord::from_fields(id, "default", &fields).unwrap();
             (record.started_ms, record.payload_bytes)
         };
-        // As written today, and as a later version may write them.
+        // As versions before the thirty-fourth step wrote them, and as it writes them.
         assert_eq!(
             read(&[("started", "2000"), ("payload_bytes", "7"), ("payload", "{\"n\":1}")]),
             (Some(2000), 7)

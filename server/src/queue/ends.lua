@@ -99,6 +99,12 @@ local function end_running(task, ...)
   redis.call('HDEL', task, 'lease', 'attempt_started', 'worker', 'updated', ...)
 end
 
+-- As `end_running`, for an end whose record is to tell its attempt rather than the attempt log
+-- (finish.lua's `told`): the attempt's worker stays.
+local function end_told(task, ...)
+  redis.call('HDEL', task, 'lease', 'attempt_started', 'updated', ...)
+end
+
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`
 -- ms from `now` (the caller counts the end in the tally of ends), its payload `payload_keep` ms
 -- when given (a succeeded task's, `--payload-retention`: 0 deletes it now). A payload `in_record`

@@ -65,9 +65,14 @@ local function store(a)
       extra[#extra + 1] = value
     end
   end
+  -- A payload in the record is its own size; one elsewhere has its size written (record.rs,
+  -- `PAYLOAD_BYTES`).
   if source == 'record' then
     extra[#extra + 1] = 'payload'
     extra[#extra + 1] = ARGV[a + 19]
+  else
+    extra[#extra + 1] = 'payload_bytes'
+    extra[#extra + 1] = ARGV[a + 8]
   end
   -- What readers take for granted stays out, a field being some 64 bytes of memory for as long
   -- as the task is kept: `updated` (until a change, `created`), a normal priority, `attempts` (0
@@ -85,8 +90,7 @@ local function store(a)
     extra[#extra + 1] = 'payload_type'
     extra[#extra + 1] = ARGV[a + 7]
   end
-  redis.call('HSET', task, 'kind', kind, 'status', status, 'created', created, 'payload_bytes',
-    ARGV[a + 8], unpack(extra))
+  redis.call('HSET', task, 'kind', kind, 'status', status, 'created', created, unpack(extra))
   indexed[#indexed + 1] = 0
   indexed[#indexed + 1] = id
   if session ~= '' then

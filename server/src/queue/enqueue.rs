@@ -366,11 +366,12 @@ impl Queue {
 
     /// The `HSET` that makes a plain task's record, as enqueue.lua's makes it: the fields every
     /// task has, the options it has (enqueue.lua's OPTIONAL_FIELDS but the session and shared
-    /// payload, which a plain task has not) and, `in_record`, its payload. What readers take for
-    /// granted is left out, each field being some 64 bytes of Redis's memory for as long as the
-    /// task is kept: `updated` (until a change, `created`), a normal priority (`n`), `attempts`
-    /// (0 until a start writes it), a `max_attempts` of 1 and a JSON payload's type
-    /// (`record::DEFAULT_PAYLOAD_TYPE`).
+    /// payload, which a plain task has not) and, `in_record`, its payload, else its size. What
+    /// readers take for granted is left out, each field being some 64 bytes of Redis's memory for
+    /// as long as the task is kept: `updated` (until a change, `created`), a normal priority
+    /// (`n`), `attempts` (0 until a start writes it), a `max_attempts` of 1, a JSON payload's type
+    /// (`record::DEFAULT_PAYLOAD_TYPE`) and the size of a payload in the record (its own length,
+    /// `record::PAYLOAD_BYTES`).
     fn new_record(&self, task: &NewTask, created: &str, in_record: bool) -> redis::Cmd {
         let mut hset = redis::cmd("HSET");
         hset.arg(self.keys.task(&task.id))
@@ -379,9 +380,7 @@ impl Queue {
             .arg(record::STATUS)
             .arg("queued")
             .arg(record::CREATED)
-            .arg(created)
-            .arg(record::PAYLOAD_BYTES)
-            .arg(task.payload.len());
+            .arg(created);
         if task.max_attempts != 1 {
             hset.arg(record::MAX_ATTEMPTS).arg(task.max_attempts);
         }
@@ -409,6 +408,8 @@ impl Queue {
         }
         if in_record {
             hset.arg(record::PAYLOAD).arg(task.payload.as_ref());
+        } else {
+            hset.arg(record::PAYLOAD_BYTES).arg(task.payload.len());
         }
         hset
     }
@@ -637,6 +638,8 @@ mod tests {
             // `payload_inline` flag versions before the twenty-ninth step read (record.rs).
             in_record |= written("payload");
             assert!(!written("payload_inline"), "{script_wrote:?}");
+            // Such a payload is its own size; any other has its size written (record.rs).
+            assert_ne!(written("payload"), written("payload_bytes"), "{script_wrote:?}");
             // Nor `attempts` (0), a `max_attempts` of 1 or a JSON payload's type: the record reads
             // them so.
             assert!(!written("attempts"), "{script_wrote:?}");

@@ -44,6 +44,15 @@ local function sample(kind, ms)
   local bin = latency_bin(ms > 0 and ms or 0)
   bins[bin] = (bins[bin] or 0) + 1
 end
+-- Deletes what only the running attempt of `task` has as it ends, and the fields `dropped` names;
+-- the attempt's worker stays when the record is to `tell` the attempt (ends.lua).
+local function end_attempt(task, tell, dropped)
+  if tell then
+    end_told(task, unpack(dropped))
+  else
+    end_running(task, unpack(dropped))
+  end
+end
 -- Adds field `name` = `value` to `into`, the optional pairs of a record's HSET.
 local function also(into, name, value)
   into[#into + 1] = name
@@ -58,10 +67,10 @@ for a = 13, #ARGV, 13 do
   local task = base .. ':task:' .. id
   -- What the end needs of the record (a retry's priority is read only for it).
   local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'payload_ref',
-    'attempt_started', 'waited', 'payload', 'wf', unpack(PULLED_FIELDS))
+    'attempt_started', 'waited', 'payload', 'wf', 'started', unpack(PULLED_FIELDS))
   local worker = ctx.worker
   if pulled then
-    worker, session, idem = f[10], f[12] or '', f[13] or ''
+    worker, session, idem = f[11], f[13] or '', f[14] or ''
     workers[#workers + 1] = f[1] == ARGV[a + 3] and worker or ''
   end
   -- A small payload lives in the record (enqueue.lua): no key to check, none to expire. Its
@@ -84,7 +93,7 @@ for a = 13, #ARGV, 13 do
     applied[#applied + 1] = 0
   else
     local ends_as = 1
-    if pulled and f[11] == '1' and outcome ~= 'cancelled' then
+    if pulled and f[12] == '1' and outcome ~= 'cancelled' then
       outcome, err, ends_as = 'cancelled', '', 2
       if source == 'staged' then
         redis.call('DEL', source_key)
@@ -126,6 +135,12 @@ for a = 13, #ARGV, 13 do
           dropped[#dropped + 1] = 'error'
         end
       end
+      -- A first attempt begun at the task's first start (none handed back before it) goes
+      -- unlogged: the record keeps its worker, and says the rest (record.rs, `ATTEMPT_LOG`).
+      local told = f[3] == '1' and f[6] and f[10] == f[6]
+      if not told then
+        also(extra, logged, log_entry)
+      end
       if outcome == 'succeeded' then
         local result, result_key = ARGV[a + 8], base .. ':result:' .. id
         if source == 'staged' then
@@ -148,17 +163,15 @@ for a = 13, #ARGV, 13 do
         -- dead letter queued again drops it, requeue.lua.)
         -- (Its progress is dropped: a success is all of it, as the store reads it.)
         dropped[#dropped + 1] = 'progress'
-        end_running(task, unpack(dropped))
-        redis.call('HSET', task, 'status', outcome, 'finished', now, logged, log_entry,
-          unpack(extra))
+        end_attempt(task, told, dropped)
+        redis.call('HSET', task, 'status', outcome, 'finished', now, unpack(extra))
       else
         -- A failure's reason rides along.
         if outcome == 'failed' then
           also(extra, 'dead_reason', ARGV[a + 9])
         end
-        end_running(task, unpack(dropped))
-        redis.call('HSET', task, 'status', outcome, 'finished', now, logged, log_entry,
-          unpack(extra))
+        end_attempt(task, told, dropped)
+        redis.call('HSET', task, 'status', outcome, 'finished', now, unpack(extra))
         if outcome == 'failed' then
           keep = ctx.dead_keep
           add_dead(base, KEYS[3], id, f[2], now, keep)

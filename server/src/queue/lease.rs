@@ -148,6 +148,9 @@ pub(super) struct Known {
     pub(super) attempts: String,
     /// When the attempt started (ms): the start's `TIME`.
     pub(super) attempt_started: String,
+    /// Whether the record's `started` is this attempt's start: the task's first start (a first
+    /// attempt's end then leaves the attempt to its record to tell, finish.lua's `told`).
+    pub(super) first_start: bool,
     pub(super) payload_in_record: bool,
     pub(super) payload_ref: String,
     pub(super) workflow: String,

@@ -192,8 +192,8 @@ impl Queue {
         if let Some(payload) = &payload
             && record.payload_bytes == 0
         {
-            // A payload kept in the record may go without its size (record.rs, `PAYLOAD_BYTES`),
-            // which reads as 0; one written as 0 is empty.
+            // A payload kept in the record goes without its size (record.rs, `PAYLOAD_BYTES`),
+            // which reads as 0 here; one written as 0 is empty.
             record.payload_bytes = payload.len() as u64;
         }
         Some(Pulled {

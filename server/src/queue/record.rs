@@ -28,16 +28,16 @@ pub const CREATED: &str = "created";
 pub const UPDATED: &str = "updated";
 /// The first attempt's start, which attempt 1 of the attempt log says too once it has ended:
 /// readers take that when the field is absent (versions since the thirty-third step of
-/// docs/benchmark-notes.md), so that a later version may leave it out of an ended record.
+/// docs/benchmark-notes.md). An attempt 1 the record tells (`ATTEMPT_LOG`) started here.
 pub const STARTED: &str = "started";
 pub const FINISHED: &str = "finished";
 /// Progress of the running attempt, 0–100 (empty when none was reported). A success does not
 /// write it: a succeeded task's reads as 100.
 pub const PROGRESS: &str = "progress";
-/// The payload's size in bytes. Readers take a payload kept in the record (`PAYLOAD`) as its own
-/// size when the field is absent (versions since the thirty-third step of
-/// docs/benchmark-notes.md), so that a later version may leave it out of such a record; lease.lua
-/// reads it only of a payload under its own key.
+/// The size in bytes of a payload under a key of its own. A payload kept in the record
+/// (`PAYLOAD`) is its own size: since the thirty-fourth step of docs/benchmark-notes.md such a
+/// record goes without this field (readers since the thirty-third take the payload's length), and
+/// lease.lua reads it only of a payload under its own key.
 pub const PAYLOAD_BYTES: &str = "payload_bytes";
 /// The payload's content type (absent: `DEFAULT_PAYLOAD_TYPE`).
 pub const PAYLOAD_TYPE: &str = "payload_type";
@@ -104,16 +104,22 @@ pub const RESULT_IS_PAYLOAD: &str = "result_is_payload";
 pub const RESULT: &str = "result";
 
 /// The worker running (or, until a retry starts, that last ran) an attempt: a built-in worker's
-/// id, or a pulling worker's name. Deleted as the task ends: its attempt log names it.
+/// id, or a pulling worker's name. Deleted as the task ends, its attempt log naming it, unless
+/// the record tells that attempt (`ATTEMPT_LOG`).
 pub const WORKER: &str = "worker";
 /// When the current (or, until a retry starts, last) attempt started, ms since the epoch.
-/// Deleted as the task ends, like `worker`.
+/// Deleted as the task ends.
 pub const ATTEMPT_STARTED: &str = "attempt_started";
 /// `-` when the current (or last) attempt took over from a holder that stopped: its end takes no
 /// wait sample (empty or absent otherwise: the end samples the wait from the ready entry's id).
 pub const WAITED: &str = "waited";
 /// The attempt log: field `a:{attempt}` holds that attempt's outcome, start and end (ms), worker
-/// and error, separated by the unit separator (ends.lua's `log_attempt`).
+/// and error, separated by the unit separator (ends.lua's `log_attempt`). Since the thirty-fourth
+/// step of docs/benchmark-notes.md, a task that ends on a first attempt begun at its first start
+/// (no earlier start handed back) logs nothing: its record tells that attempt, by its status,
+/// `started`, `finished`, `worker` and `error` (finish.lua's `told`). Its longest value, the
+/// entry, was the one that kept a small task's record from staying a listpack, Redis's compact
+/// encoding of a hash whose values are all 64 bytes or shorter.
 pub const ATTEMPT_LOG: &str = "a:";
 /// What separates the parts of an attempt log entry.
 pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
@@ -259,8 +265,8 @@ mod tests {
                             continue;
                         }
                         if field == "..." {
-                            // ends.lua's `end_running`: the fields its callers name, checked
-                            // below.
+                            // ends.lua's `end_running` and `end_told`: the fields their callers
+                            // name, checked below.
                             continue;
                         }
                         if field == "option[1]" {
@@ -277,10 +283,14 @@ mod tests {
                 }
             }
         }
-        // finish.lua adds a record's optional pairs to its HSET with `also(extra, 'field', value)`.
+        // finish.lua adds a record's optional pairs to its HSET with `also(extra, 'field', value)`
+        // (and the attempt log's entry as `logged`, its field, as above).
         for (file, source) in SCRIPTS {
             for (at, _) in source.match_indices("also(extra, ") {
                 let field = source[at + "also(extra, ".len()..].split(',').next().unwrap();
+                if field == "logged" {
+                    continue;
+                }
                 let name = field.trim_matches('\'');
                 assert!(
                     field.starts_with('\'') && FIELDS.contains(&name),

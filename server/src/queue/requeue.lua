@@ -9,8 +9,8 @@ if not remove_dead(ARGV[7], KEYS[2], ARGV[2], kind) or redis.call('HGET', KEYS[1
   return 0
 end
 -- It starts over, as a task never run (an absent `attempts` reads as 0): its earlier run's end,
--- first start, wait mark and attempt log (`a:{attempt}`, ends.lua) go, so that what it shows
--- tells of this run only. Its events told of the earlier one, and the audit log of the requeue.
+-- first start, wait mark, attempt log (`a:{attempt}`, ends.lua) and the worker of an attempt its
+-- record told (finish.lua) go, so that what it shows tells of this run only. Its events told of the earlier one, and the audit log of the requeue.
 local log = {}
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, 2) == 'a:' then
@@ -18,7 +18,7 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   end
 end
 redis.call('HDEL', KEYS[1], 'attempts', 'finished', 'dead_reason', 'next_run', 'expires', 'cancel',
-  'error', 'progress', 'started', 'waited', unpack(log))
+  'error', 'progress', 'started', 'waited', 'worker', unpack(log))
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1])
 local ref = redis.call('HGET', KEYS[1], 'payload_ref')
 keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[5] or '')

@@ -278,13 +278,15 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
     for id in [&normal, &in_session, &stepped, &once, &once_in_session] {
         let fields = app.record_fields(id).await;
         assert_eq!(fields.get("status").map(String::as_str), Some("queued"), "{fields:?}");
-        // What every reader takes for granted, and the flag that versions before the
-        // twenty-ninth step read beside a small payload.
-        for granted in ["priority", "updated", "attempts", "payload_type", "payload_inline"] {
+        // What every reader takes for granted (a payload in the record is its own size), and the
+        // flag that versions before the twenty-ninth step read beside a small payload.
+        for granted in ["priority", "updated", "attempts", "payload_type", "payload_bytes", "payload_inline"]
+        {
             assert!(!fields.contains_key(granted), "{granted} in {fields:?}");
         }
-        assert!(fields.contains_key("payload"), "a small payload lives in the record: {fields:?}");
+        let payload = fields.get("payload").expect("a small payload lives in the record");
         let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(view["payload_bytes"], payload.len(), "{view}");
         assert_eq!(view["updated_at"], view["created_at"], "{view}");
         assert_eq!(view["attempts"], 0, "{view}");
     }
@@ -315,13 +317,20 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
     for id in [&normal, &high, &in_session] {
         assert!(!app.record_fields(id).await.contains_key("progress"), "{id}");
     }
-    // What only the running attempt had is gone (its log line names the worker and its start),
-    // and the record stays within the 16 fields of the hash table Redis made for it.
+    // What only the running attempt had is gone but its worker: the record tells its one attempt
+    // without a log entry (record.rs, `ATTEMPT_LOG`). With no value over 64 bytes, Redis keeps it
+    // as a listpack, its compact encoding of a small hash.
     let fields = app.record_fields(&normal).await;
-    for running in ["lease", "worker", "attempt_started"] {
+    for running in ["lease", "attempt_started", "a:1"] {
         assert!(!fields.contains_key(running), "{running} in {fields:?}");
     }
-    assert!(fields.len() <= 16, "{} fields: {fields:?}", fields.len());
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(app.key(&format!("task:{normal}")))
+        .query_async(&mut app.redis().await)
+        .await
+        .unwrap();
+    assert_eq!(encoding, "listpack", "{fields:?}");
     let attempts = app.get_json(&format!("/api/v1/tasks/{normal}/attempts")).await;
     let attempt = &attempts["attempts"][0];
     assert!(attempt["worker"].as_str().is_some_and(|w| w.starts_with("worker-")), "{attempts}");
@@ -385,14 +394,34 @@ async fn a_started_or_ended_record_keeps_no_updated_field_and_its_view_changed_a
         assert!(view["finished_at"].is_string(), "{view}");
         assert_eq!(view["updated_at"], view["finished_at"], "{view}");
     }
-    // Without its `started`, as a later version may write an ended record (record.rs,
-    // `STARTED`), a task's view still says when it first started: its attempt log does.
-    for id in [&succeeded, &retried] {
-        let before = app.get_json(&format!("/api/v1/tasks/{id}")).await;
-        assert!(before["started_at"].is_string(), "{before}");
-        app.drop_record_field(id, "started").await;
-        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await, before);
+    // A task that ended on its first attempt (the plain end, finish.lua's success, failure and
+    // cancel) logs no attempt: its record keeps the attempt's worker and tells it (record.rs,
+    // `ATTEMPT_LOG`). One that ran again logs each attempt.
+    for (id, tells_it) in
+        [(&succeeded, true), (&text, true), (&dead, true), (&running, true), (&retried, false)]
+    {
+        let fields = app.record_fields(id).await;
+        let logged = fields.keys().filter(|field| field.starts_with("a:")).count();
+        assert_eq!((logged == 0, fields.contains_key("worker")), (tells_it, tells_it), "{id}: {fields:?}");
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        let attempts = app.get_json(&format!("/api/v1/tasks/{id}/attempts")).await;
+        let first = &attempts["attempts"][0];
+        assert!(view["started_at"].is_string() && first["worker"].is_string(), "{view} {attempts}");
+        assert_eq!(view["started_at"], first["started_at"], "{view} {attempts}");
+        let last = attempts["attempts"].as_array().unwrap().last().unwrap();
+        assert_eq!(
+            (&last["ended_at"], &last["outcome"]),
+            (&view["finished_at"], &view["status"]),
+            "{attempts}"
+        );
     }
+    let attempts = app.get_json(&format!("/api/v1/tasks/{dead}/attempts")).await;
+    assert!(attempts["attempts"][0]["error"].is_string(), "{attempts}");
+    // Without its `started`, a record whose attempts are logged says its first start all the same
+    // (versions since the thirty-third step read it from `a:1`).
+    let before = app.get_json(&format!("/api/v1/tasks/{retried}")).await;
+    app.drop_record_field(&retried, "started").await;
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{retried}")).await, before);
     // A JSON result's type is not written (an absent one reads as JSON); any other type is.
     for (id, stored, served) in
         [(&succeeded, None, "application/json"), (&text, Some("text/plain"), "text/plain")]
@@ -412,7 +441,7 @@ async fn a_started_or_ended_record_keeps_no_updated_field_and_its_view_changed_a
     assert!(requeued.status().is_success(), "{}", requeued.status());
     let fields = app.record_fields(&dead).await;
     assert_eq!(fields.get("status").map(String::as_str), Some("queued"), "{fields:?}");
-    for gone in ["attempts", "finished", "error", "dead_reason"] {
+    for gone in ["attempts", "finished", "error", "dead_reason", "started", "worker"] {
         assert!(!fields.contains_key(gone), "{gone} in {fields:?}");
     }
     let view = app.get_json(&format!("/api/v1/tasks/{dead}")).await;

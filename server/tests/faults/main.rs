@@ -210,14 +210,26 @@ async fn sigterm_past_the_grace_period_hands_running_tasks_back() {
     let status =
         tokio::time::timeout(Duration::from_secs(10), stopping.wait()).await.expect("exits").unwrap();
     assert!(status.success(), "{status}");
+    let mut first_starts = HashMap::new();
     for id in &ids {
         let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
         assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("queued"), Some(0)), "{view}");
+        assert!(view["started_at"].is_string(), "{view}");
+        first_starts.insert(id.clone(), view["started_at"].clone());
     }
     // Handed back, not left to a 30 s lease: the next worker starts them at once.
     let _next = app.worker(&["--concurrency", "2"]);
     let ended = until_all_end(&mut events, &ids, Duration::from_secs(20)).await;
     assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
+    // Each ended on attempt 1, begun after the start it was handed back from: its record keeps
+    // that first start, which its attempt log does not say.
+    for id in &ids {
+        let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        let attempts = app.get_json(&format!("/api/v1/tasks/{id}/attempts")).await;
+        assert_eq!(view["started_at"], first_starts[id], "{view}");
+        assert!(attempts["attempts"][0]["started_at"].as_str() > view["started_at"].as_str(), "{attempts}");
+        assert!(app.record_fields(id).await.contains_key("started"));
+    }
 }
 
 #[tokio::test]

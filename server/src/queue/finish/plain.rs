@@ -54,11 +54,12 @@ use uuid::Uuid;
 
 /// What the end reads of each record, in this order (`Record`); an end whose start took no Lua
 /// reads only the lease, the start having known the rest (`Known`).
-const READ: [&str; 8] = [
+const READ: [&str; 9] = [
     record::LEASE,
     record::KIND,
     record::ATTEMPTS,
     record::ATTEMPT_STARTED,
+    record::STARTED,
     record::WAITED,
     // Read for its presence: a payload kept in the record has no key of its own.
     record::PAYLOAD,
@@ -67,10 +68,11 @@ const READ: [&str; 8] = [
 ];
 
 /// Where `READ` has the payload.
-const PAYLOAD_AT: usize = 5;
+const PAYLOAD_AT: usize = 6;
 
-/// What only a running attempt has, deleted as it ends, and `updated`: an ended record's last
-/// change is its `finished` (ends.lua's `end_running`).
+/// What only a running attempt has, deleted as it ends (but the worker of an attempt its record
+/// tells, finish.lua's `told`), and `updated`: an ended record's last change is its `finished`
+/// (ends.lua's `end_running`).
 const RUNNING: [&str; 4] = [record::LEASE, record::ATTEMPT_STARTED, record::WORKER, record::UPDATED];
 
 /// What the end of a pulled lease reads beyond `READ`, in this order (`Holder`): a pulled lease's
@@ -183,10 +185,11 @@ impl Record {
         let mut fields = fields.into_iter().map(Option::unwrap_or_default);
         let mut next = || fields.next().unwrap_or_default();
         // In `READ`'s order.
-        let (lease, kind, attempts, attempt_started, waited, _payload) =
-            (next(), next(), next(), next(), next(), next());
+        let (lease, kind, attempts, attempt_started, first_started, waited, _payload) =
+            (next(), next(), next(), next(), next(), next(), next());
         let started = Known {
             kind,
+            first_start: !attempt_started.is_empty() && first_started == attempt_started,
             attempts,
             attempt_started,
             payload_in_record,
@@ -802,22 +805,27 @@ fn queue_ends(
         if !result_type.is_empty() {
             hset.arg(record::RESULT_TYPE).arg(result_type);
         }
-        // The attempt's entry in the attempt log (ends.lua's attempt_log_entry).
         let attempt = if record.started.attempts.is_empty() { "0" } else { &record.started.attempts };
-        let mut log_entry = String::with_capacity(64);
-        for piece in [
-            "succeeded",
-            separator,
-            &record.started.attempt_started,
-            separator,
-            &now,
-            separator,
-            record.worker(worker),
-            separator,
-        ] {
-            log_entry.push_str(piece);
+        // A first attempt begun at the task's first start goes unlogged: the record keeps its
+        // worker, and says the rest (record.rs, `ATTEMPT_LOG`; finish.lua's `told`).
+        let told = attempt == "1" && record.started.first_start;
+        if !told {
+            // The attempt's entry in the attempt log (ends.lua's attempt_log_entry).
+            let mut log_entry = String::with_capacity(64);
+            for piece in [
+                "succeeded",
+                separator,
+                &record.started.attempt_started,
+                separator,
+                &now,
+                separator,
+                record.worker(worker),
+                separator,
+            ] {
+                log_entry.push_str(piece);
+            }
+            hset.arg([record::ATTEMPT_LOG.as_bytes(), attempt.as_bytes()].concat()).arg(log_entry);
         }
-        hset.arg([record::ATTEMPT_LOG.as_bytes(), attempt.as_bytes()].concat()).arg(log_entry);
         match &ending.result {
             ResultPlace::Record(bytes) => {
                 hset.arg(record::RESULT).arg(bytes.as_ref());
@@ -834,7 +842,12 @@ fn queue_ends(
         // What only a running attempt has goes first (ends.lua's `end_running`), so that the
         // record grows no further than it must; with it the progress (a success's reads as 100)
         // and what a later attempt's record may hold of an earlier one's failure.
-        let running = pipe.cmd("HDEL").arg(task).arg(&RUNNING[..]).arg(record::PROGRESS);
+        let running = pipe.cmd("HDEL").arg(task).arg(record::PROGRESS);
+        for field in RUNNING {
+            if !(told && field == record::WORKER) {
+                running.arg(field);
+            }
+        }
         if record.started.attempts != "1" {
             running.arg(record::ERROR).arg(record::NEXT_RUN);
         }
@@ -1328,8 +1341,8 @@ mod tests {
     }
 
     /// A pulled lease's end, which knows neither its task's session nor its idempotency key, goes
-    /// without Lua as a worker process's does, and leaves what the script leaves: the record (its
-    /// attempt log naming the worker that pulled it), the kept keys, the idempotency key the
+    /// without Lua as a worker process's does, and leaves what the script leaves: the record (which
+    /// tells its first attempt, naming the worker that pulled it), the kept keys, the idempotency key the
     /// record names kept as long, the entry acknowledged, the events; and it names that worker
     /// for the registry, as the script does. `Queue::end_pulled` takes the plain way.
     #[tokio::test]
@@ -1375,7 +1388,7 @@ mod tests {
             let (script_wrote, plain_wrote) =
                 (written(&queue, &script_end).await, written(&queue, &plain_end).await);
             assert!(script_wrote.contains(&"status=succeeded".to_string()), "{script_wrote:?}");
-            assert!(script_wrote.iter().any(|l| l.contains(&format!("{PULLER}\u{1f}"))), "{script_wrote:?}");
+            assert!(script_wrote.contains(&format!("worker={PULLER}")), "{script_wrote:?}");
             assert!(
                 script_wrote.iter().any(|l| l.starts_with("idempotency key: kept 60 s")),
                 "{script_wrote:?}"

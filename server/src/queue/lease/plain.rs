@@ -505,6 +505,7 @@ fn run_reply(start: Start<'_>, token: String, now: &str, read: Option<Value>) ->
         kind: kind.clone(),
         attempts: attempt.to_string(),
         attempt_started: now.to_string(),
+        first_start: record.field(record::STARTED).is_none(),
         payload_in_record: record.field(record::PAYLOAD).is_some(),
         payload_ref: String::from_utf8_lossy(&payload_ref).into_owned(),
         workflow: String::from_utf8_lossy(record.field(record::WORKFLOW).unwrap_or_default()).into_owned(),
