@@ -1341,10 +1341,11 @@ mod tests {
     }
 
     /// A pulled lease's end, which knows neither its task's session nor its idempotency key, goes
-    /// without Lua as a worker process's does, and leaves what the script leaves: the record (which
-    /// tells its first attempt, naming the worker that pulled it), the kept keys, the idempotency key the
-    /// record names kept as long, the entry acknowledged, the events; and it names that worker
-    /// for the registry, as the script does. `Queue::end_pulled` takes the plain way.
+    /// without Lua as a worker process's does, and leaves what the script leaves: the record
+    /// (which tells its first attempt, naming the worker that pulled it), the kept keys, the
+    /// idempotency key the record names kept as long, the entry acknowledged, the events; and it
+    /// names that worker for the registry, as the script does. `Queue::end_pulled` takes the
+    /// plain way.
     #[tokio::test]
     async fn a_pulled_lease_ends_without_lua_as_the_script_ends_it() {
         let (_redis, queue) = private_queue().await;
