@@ -107,14 +107,13 @@ for a = 13, #ARGV, 13 do
     local entries = ended[stream]
     entries[#entries + 1] = entry
     local progress = f[4] or ''
-    -- The attempt's entry in the task's attempt log, written by the record's one HSET below.
-    local logged, log_entry = attempt_log_entry(f[3], outcome == 'retrying' and 'retried' or outcome,
-      f[6], now, worker, err)
     if outcome == 'retrying' then
       local due = ARGV[a + 7]
       -- Its lease is no one's now, and a cancel asked of the attempt that failed asks nothing
       -- of the next (a retry is rare enough for the command more).
       redis.call('HDEL', task, 'lease', 'cancel')
+      -- The attempt's entry in the task's attempt log, written by the record's one HSET.
+      local logged, log_entry = attempt_log_entry(f[3], 'retried', f[6], now, worker, err)
       redis.call('HSET', task, 'status', outcome, 'updated', now, 'error', err, 'next_run', due,
         logged, log_entry)
       local priority = redis.call('HGET', task, 'priority') or 'n'
@@ -139,6 +138,8 @@ for a = 13, #ARGV, 13 do
       -- unlogged: the record keeps its worker, and says the rest (record.rs, `ATTEMPT_LOG`).
       local told = f[3] == '1' and f[6] and f[10] == f[6]
       if not told then
+        -- The attempt's entry in the task's attempt log, written by the record's one HSET.
+        local logged, log_entry = attempt_log_entry(f[3], outcome, f[6], now, worker, err)
         also(extra, logged, log_entry)
       end
       if outcome == 'succeeded' then
