@@ -197,10 +197,13 @@ local function take_lease(ctx, kind, s, entry, id)
     return {'drop'}
   end
   if f[2] == '1' then
-    -- Cancelled while its previous holder ran it, and that holder died: it ends here.
+    -- Cancelled while its previous holder ran it, and that holder died: it ends here, the
+    -- attempt logged as cancelled (as release.lua logs one its stopping worker hands back).
     settle(stream, ctx.group, {entry})
+    local stopped = redis.call('HMGET', task, 'attempt_started', 'worker')
+    local logged, log_entry = attempt_log_entry(f[3], 'cancelled', stopped[1], now, stopped[2], '')
     end_running(task, 'cancel')
-    redis.call('HSET', task, 'status', 'cancelled', 'finished', now)
+    redis.call('HSET', task, 'status', 'cancelled', 'finished', now, logged, log_entry)
     keep_after_end(base, id, f[12], f[9], ctx.keep, now, f[14] and true)
     count_ends(base, now, 1)
     emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, kind, 'cancelled', f[3], '', '', now)

@@ -448,6 +448,32 @@ async fn a_cancelled_pulled_task_is_told_at_its_next_heartbeat_and_ends_cancelle
     assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "cancelled");
 }
 
+/// A task whose cancel was asked for while its holder ran it, and whose holder then went silent,
+/// ends cancelled when its lease runs out and the next lease request finds it: its attempt is
+/// logged as cancelled, naming that holder.
+#[tokio::test]
+async fn a_cancelled_task_whose_holder_went_silent_ends_cancelled_with_its_attempt_logged() {
+    let app = app_without_workers().await;
+    let id = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
+    let held = app.leases(json!({"worker": "silent", "lease_ms": 1000})).await;
+    assert_eq!(held.len(), 1);
+    let cancel = app.http.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.unwrap();
+    assert!(cancel.status().is_success(), "{}", cancel.status());
+    assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "running");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(app.leases(json!({"worker": "next"})).await.is_empty(), "nothing to run");
+    let view = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(view["status"], "cancelled", "{view}");
+    let history = app.get_json(&format!("/api/v1/tasks/{id}/attempts")).await;
+    let attempt = &history["attempts"][0];
+    assert_eq!(
+        (history["attempts"].as_array().map(Vec::len), &attempt["outcome"]),
+        (Some(1), &json!("cancelled"))
+    );
+    assert_eq!(attempt["worker"], "silent", "{history}");
+    assert_eq!((&attempt["started_at"], &attempt["ended_at"]), (&view["started_at"], &view["finished_at"]));
+}
+
 #[tokio::test]
 async fn a_worker_gets_only_the_kinds_it_asks_for_and_the_others_wait() {
     let app = app_without_workers().await;
