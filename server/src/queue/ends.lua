@@ -94,15 +94,21 @@ end
 -- was moving from stays beside the new one while nothing touches the record, for the whole
 -- retention (docs/benchmark-notes.md, twenty-ninth step). The caller's `...` names more fields
 -- the end drops in the same command: a success's progress, an earlier attempt's error and next
--- run, a cancel (a field kept empty costs what a full one does, thirtieth step).
-local function end_running(task, ...)
-  redis.call('HDEL', task, 'lease', 'attempt_started', 'worker', 'updated', ...)
-end
-
--- As `end_running`, for an end whose record is to tell its attempt rather than the attempt log
--- (finish.lua's `told`): the attempt's worker stays.
+-- run, a cancel (a field kept empty costs what a full one does, thirtieth step). `end_told`
+-- keeps the worker, for an end whose record tells its attempt rather than the attempt log
+-- (finish.lua's `told`).
 local function end_told(task, ...)
   redis.call('HDEL', task, 'lease', 'attempt_started', 'updated', ...)
+end
+local function end_running(task, ...)
+  end_told(task, 'worker', ...)
+end
+
+-- Logs attempt `attempt` of `task`, which stopped running with `outcome` at `now`: its start and
+-- worker are read from the record, before the end deletes them.
+local function log_stopped(task, attempt, outcome, now)
+  local stopped = redis.call('HMGET', task, 'attempt_started', 'worker')
+  log_attempt(task, attempt, outcome, stopped[1], now, stopped[2], '')
 end
 
 -- Task `id` ended: its record, payload and idempotency key (`idem`, '' for none) are kept `keep`

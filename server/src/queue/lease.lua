@@ -200,10 +200,9 @@ local function take_lease(ctx, kind, s, entry, id)
     -- Cancelled while its previous holder ran it, and that holder died: it ends here, the
     -- attempt logged as cancelled (as release.lua logs one its stopping worker hands back).
     settle(stream, ctx.group, {entry})
-    local stopped = redis.call('HMGET', task, 'attempt_started', 'worker')
-    local logged, log_entry = attempt_log_entry(f[3], 'cancelled', stopped[1], now, stopped[2], '')
+    log_stopped(task, f[3], 'cancelled', now)
     end_running(task, 'cancel')
-    redis.call('HSET', task, 'status', 'cancelled', 'finished', now, logged, log_entry)
+    redis.call('HSET', task, 'status', 'cancelled', 'finished', now)
     keep_after_end(base, id, f[12], f[9], ctx.keep, now, f[14] and true)
     count_ends(base, now, 1)
     emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, kind, 'cancelled', f[3], '', '', now)
@@ -236,10 +235,8 @@ local function take_lease(ctx, kind, s, entry, id)
   else
     local takeover = status == 'running'
     if takeover then
-      -- A takeover: the attempt that stopped is logged as lost (its start and worker are read
-      -- only here).
-      local stopped = redis.call('HMGET', task, 'attempt_started', 'worker')
-      log_attempt(task, f[3], 'lost', stopped[1], now, stopped[2], '')
+      -- A takeover: the attempt that stopped is logged as lost.
+      log_stopped(task, f[3], 'lost', now)
     end
     -- The earlier attempt's progress and wait mark go.
     redis.call('HDEL', task, 'progress', 'waited')

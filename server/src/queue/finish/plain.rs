@@ -70,10 +70,10 @@ const READ: [&str; 9] = [
 /// Where `READ` has the payload.
 const PAYLOAD_AT: usize = 6;
 
-/// What only a running attempt has, deleted as it ends (but the worker of an attempt its record
-/// tells, finish.lua's `told`), and `updated`: an ended record's last change is its `finished`
-/// (ends.lua's `end_running`).
-const RUNNING: [&str; 4] = [record::LEASE, record::ATTEMPT_STARTED, record::WORKER, record::UPDATED];
+/// What only a running attempt has, deleted as it ends, and `updated`: an ended record's last
+/// change is its `finished` (ends.lua's `end_told`). The worker goes too, unless the record tells
+/// the attempt (`end_running`; finish.lua's `told`).
+const RUNNING: [&str; 3] = [record::LEASE, record::ATTEMPT_STARTED, record::UPDATED];
 
 /// What the end of a pulled lease reads beyond `READ`, in this order (`Holder`): a pulled lease's
 /// holder knows neither its task's session nor its idempotency key, and the record names the
@@ -842,11 +842,9 @@ fn queue_ends(
         // What only a running attempt has goes first (ends.lua's `end_running`), so that the
         // record grows no further than it must; with it the progress (a success's reads as 100)
         // and what a later attempt's record may hold of an earlier one's failure.
-        let running = pipe.cmd("HDEL").arg(task).arg(record::PROGRESS);
-        for field in RUNNING {
-            if !(told && field == record::WORKER) {
-                running.arg(field);
-            }
+        let running = pipe.cmd("HDEL").arg(task).arg(&RUNNING[..]).arg(record::PROGRESS);
+        if !told {
+            running.arg(record::WORKER);
         }
         if record.started.attempts != "1" {
             running.arg(record::ERROR).arg(record::NEXT_RUN);
