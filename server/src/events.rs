@@ -29,7 +29,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -145,6 +145,15 @@ pub enum Pushed {
     /// A workflow or one of its steps changed; with the queues of its steps, which a follower
     /// must all reach to see it.
     Workflow(WorkflowEvent, Vec<String>),
+}
+
+/// A task event that names the workflow whose step the task is, and its place.
+#[derive(Clone, Debug)]
+pub struct StepEvent {
+    pub workflow: Uuid,
+    /// The stream it is in (its task's queue's).
+    pub channel: Arc<str>,
+    pub position: Position,
 }
 
 impl StoredEvent {
@@ -281,23 +290,19 @@ impl StoredEvent {
     /// Reads a task's entry of `channel`'s stream (its queue's) from its one field's value
     /// (`TASK_EVENT_PARTS`); `None` if it is not well formed.
     fn from_task_entry(channel: &Arc<str>, position: Position, value: &[u8]) -> Option<StoredEvent> {
-        let mut parts = std::str::from_utf8(value).ok()?.splitn(TASK_EVENT_PARTS.len(), '\u{1f}');
-        let mut part = || parts.next().filter(|part| !part.is_empty());
-        let (name, task, kind, status) = (part()?, part()?, part(), part()?);
-        let (attempt, progress, at) = (part(), part(), part()?);
-        let (workflow, error) = (part(), part());
+        let parts = TaskParts::read(value)?;
         let event = TaskEvent {
-            task_id: task.parse().ok()?,
-            kind: kind.unwrap_or_default().to_string(),
+            task_id: parts.task_id,
+            kind: parts.kind.to_string(),
             queue: channel.to_string(),
-            status: Status::parse(status)?,
-            attempt: attempt.and_then(|a| a.parse().ok()).unwrap_or(0),
-            progress: progress.and_then(|p| p.parse().ok()),
-            error: error.map(str::to_string),
-            at: rfc3339(at.parse().ok()?),
-            workflow_id: workflow.and_then(|w| w.parse().ok()),
+            status: parts.status,
+            attempt: parts.attempt,
+            progress: parts.progress,
+            error: parts.error.map(str::to_string),
+            at: rfc3339(parts.at_ms),
+            workflow_id: parts.workflow_id,
         };
-        Some(StoredEvent::new(channel.clone(), position, name.to_string(), Pushed::Task(event)))
+        Some(StoredEvent::new(channel.clone(), position, parts.name.to_string(), Pushed::Task(event)))
     }
 
     /// The event that stands for a task's current state, at `position` in its queue's stream.
@@ -321,69 +326,164 @@ impl StoredEvent {
     }
 }
 
+/// A task event's parts as its entry holds them (`TASK_EVENT_PARTS`), read and checked but not
+/// yet copied into a `TaskEvent`.
+struct TaskParts<'a> {
+    name: &'a str,
+    task_id: Uuid,
+    kind: &'a str,
+    status: Status,
+    attempt: u32,
+    progress: Option<u8>,
+    at_ms: u64,
+    workflow_id: Option<Uuid>,
+    error: Option<&'a str>,
+}
+
+impl<'a> TaskParts<'a> {
+    /// `None` if `value` is not a well-formed task event.
+    fn read(value: &'a [u8]) -> Option<TaskParts<'a>> {
+        let mut parts = std::str::from_utf8(value).ok()?.splitn(TASK_EVENT_PARTS.len(), '\u{1f}');
+        let mut part = || parts.next().filter(|part| !part.is_empty());
+        let (name, task, kind, status) = (part()?, part()?, part(), part()?);
+        let (attempt, progress, at) = (part(), part(), part()?);
+        let (workflow, error) = (part(), part());
+        Some(TaskParts {
+            name,
+            task_id: task.parse().ok()?,
+            kind: kind.unwrap_or_default(),
+            status: Status::parse(status)?,
+            attempt: attempt.and_then(|a| a.parse().ok()).unwrap_or(0),
+            progress: progress.and_then(|p| p.parse().ok()),
+            at_ms: at.parse().ok()?,
+            workflow_id: workflow.and_then(|w| w.parse().ok()),
+            error,
+        })
+    }
+}
+
+/// An event as its stream's entry holds it.
+#[derive(Clone, Copy)]
+enum Written<'a> {
+    /// One of the events of a task entry (`TASK_EVENT_PARTS`, joined).
+    Task(&'a [u8]),
+    /// A whole entry's fields and values (`StoredEvent::from_fields`).
+    Fields(&'a [Value]),
+    /// A field of an older task entry that is not a string: no event.
+    Unreadable,
+}
+
+impl Written<'_> {
+    /// The event, at `position` of `channel`'s stream; `None` if it is not well formed.
+    fn event(self, channel: &Arc<str>, position: Position) -> Option<StoredEvent> {
+        match self {
+            Written::Task(value) => StoredEvent::from_task_entry(channel, position, value),
+            Written::Fields(fields) => StoredEvent::from_fields(channel, position, fields),
+            Written::Unreadable => None,
+        }
+    }
+
+    /// What the tail makes of the event without a `StoredEvent`: a task event's parts are read,
+    /// none copied (the rare other entries are read whole).
+    fn seen(self, channel: &Arc<str>, position: Position) -> Seen {
+        match self {
+            Written::Task(value) => {
+                TaskParts::read(value).map(|parts| Seen::of_task(&parts)).unwrap_or_default()
+            }
+            other => other.event(channel, position).map(|event| Seen::of(&event)).unwrap_or_default(),
+        }
+    }
+}
+
+/// What the tail itself needs of an event, whether or not anyone follows the streams: the
+/// tasks that end (`Events::throughput`), the workflows to move on and the kinds to read again.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Seen {
+    /// A task ended (a terminal status; not a `progress` event).
+    ended: bool,
+    /// The workflow a task's event names (the process's workflow follower moves it on).
+    workflow: Option<Uuid>,
+    /// A kind was declared, replaced or deleted.
+    kind: bool,
+}
+
+impl Seen {
+    fn of(event: &StoredEvent) -> Seen {
+        let task = event.task();
+        Seen {
+            ended: task.is_some_and(|t| t.status.is_terminal()) && event.name != "progress",
+            workflow: task.and_then(|t| t.workflow_id),
+            kind: matches!(event.event, Pushed::Kind(_)),
+        }
+    }
+
+    fn of_task(parts: &TaskParts<'_>) -> Seen {
+        Seen {
+            ended: parts.status.is_terminal() && parts.name != "progress",
+            workflow: parts.workflow_id,
+            kind: false,
+        }
+    }
+}
+
 /// The events of an `XRANGE` reply (or of one stream of an `XREAD` reply) of `channel`'s stream,
 /// oldest first: each event's position, with the event when it is a well-formed one. An entry
 /// that holds no well-formed event still has its place (as a whole), so a reader moves past it.
-fn entries_of(channel: &Arc<str>, reply: Value) -> Vec<(Position, Option<StoredEvent>)> {
-    let Value::Array(entries) = reply else { return Vec::new() };
-    let mut events = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let Value::Array(mut parts) = entry else { continue };
-        let fields = match parts.pop() {
-            Some(Value::Array(fields)) => fields,
-            _ => Vec::new(),
-        };
-        let position = match parts.pop() {
-            Some(Value::BulkString(id)) => std::str::from_utf8(&id).ok().and_then(Position::parse),
-            Some(Value::SimpleString(id)) => Position::parse(&id),
-            _ => None,
-        };
-        let Some(position) = position else { continue };
-        events_of_entry(channel, position, &fields, &mut events);
-    }
+fn entries_of(channel: &Arc<str>, reply: &Value) -> Vec<(Position, Option<StoredEvent>)> {
+    let mut events = Vec::new();
+    each_written(reply, |position, written| events.push((position, written.event(channel, position))));
     events
 }
 
-/// Appends the events of entry `entry` of `channel`'s stream to `events`. A task entry holds the
-/// events one script call wrote (queue/events.lua), in order, in one field `e` (or, as older
-/// versions wrote them, each in a field `t`): each is placed at its index in the entry, the last
-/// at the entry as a whole. Any other entry is one event (`StoredEvent::from_fields`).
-fn events_of_entry(
-    channel: &Arc<str>,
-    entry: Position,
-    fields: &[Value],
-    events: &mut Vec<(Position, Option<StoredEvent>)>,
-) {
-    let place = |index: usize, count: usize| match u32::try_from(index) {
-        Ok(index) if index as usize + 1 < count => entry.event(index),
-        _ => entry,
-    };
-    match fields {
-        [Value::BulkString(field), Value::BulkString(value)]
-            if field.as_slice() == TASK_EVENTS_FIELD.as_bytes() =>
-        {
-            let written: Vec<&[u8]> = value.split(|&b| b == EVENT_SEPARATOR).collect();
-            for (index, event) in written.iter().enumerate() {
-                let position = place(index, written.len());
-                events.push((position, StoredEvent::from_task_entry(channel, position, event)));
+/// Calls `each` with every event of an `XRANGE` reply (or of one stream of an `XREAD` reply), in
+/// order, and its position. A task entry holds the events one script call wrote
+/// (queue/events.lua), in order, in one field `e` (or, as older versions wrote them, each in a
+/// field `t`): each is placed at its index in the entry, the last at the entry as a whole. Any
+/// other entry is one event. An entry without a readable id is passed over.
+fn each_written<'a>(reply: &'a Value, mut each: impl FnMut(Position, Written<'a>)) {
+    let Value::Array(entries) = reply else { return };
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let (id, fields) = match parts.as_slice() {
+            [.., id, Value::Array(fields)] => (id, fields.as_slice()),
+            [.., id, _] => (id, &[][..]),
+            _ => continue,
+        };
+        let entry = match id {
+            Value::BulkString(id) => std::str::from_utf8(id).ok().and_then(Position::parse),
+            Value::SimpleString(id) => Position::parse(id),
+            _ => None,
+        };
+        let Some(entry) = entry else { continue };
+        let place = |index: usize, count: usize| match u32::try_from(index) {
+            Ok(index) if index as usize + 1 < count => entry.event(index),
+            _ => entry,
+        };
+        match fields {
+            [Value::BulkString(field), Value::BulkString(value)]
+                if field.as_slice() == TASK_EVENTS_FIELD.as_bytes() =>
+            {
+                let count = value.split(|&b| b == EVENT_SEPARATOR).count();
+                for (index, event) in value.split(|&b| b == EVENT_SEPARATOR).enumerate() {
+                    each(place(index, count), Written::Task(event));
+                }
             }
-        }
-        [Value::BulkString(field), ..] if field.as_slice() == TASK_EVENT_FIELD.as_bytes() => {
-            let count = fields.len() / 2;
-            for (index, pair) in fields.chunks_exact(2).enumerate() {
-                let position = place(index, count);
-                let event = match (&pair[0], &pair[1]) {
-                    (Value::BulkString(field), Value::BulkString(value))
-                        if field.as_slice() == TASK_EVENT_FIELD.as_bytes() =>
-                    {
-                        StoredEvent::from_task_entry(channel, position, value)
-                    }
-                    _ => None,
-                };
-                events.push((position, event));
+            [Value::BulkString(field), ..] if field.as_slice() == TASK_EVENT_FIELD.as_bytes() => {
+                let count = fields.len() / 2;
+                for (index, pair) in fields.chunks_exact(2).enumerate() {
+                    let written = match (&pair[0], &pair[1]) {
+                        (Value::BulkString(field), Value::BulkString(value))
+                            if field.as_slice() == TASK_EVENT_FIELD.as_bytes() =>
+                        {
+                            Written::Task(value)
+                        }
+                        _ => Written::Unreadable,
+                    };
+                    each(place(index, count), written);
+                }
             }
+            _ => each(entry, Written::Fields(fields)),
         }
-        _ => events.push((entry, StoredEvent::from_fields(channel, entry, fields))),
     }
 }
 
@@ -616,7 +716,13 @@ pub struct Events {
     conn: Conn,
     prefix: Arc<str>,
     queues: Queues,
+    /// Every event, to the process's followers (SSE streams, requests that wait): sent, and made,
+    /// only while there are any.
     fanout: broadcast::Sender<Arc<StoredEvent>>,
+    /// The task events that name a workflow (`step_events`).
+    steps: broadcast::Sender<StepEvent>,
+    /// Told of the kinds' events (`kind_changes`).
+    kinds_changed: Arc<Notify>,
     finished: Arc<Throughput>,
     /// One permit per open stream of followers.
     streams: Arc<Semaphore>,
@@ -651,12 +757,15 @@ impl Events {
         shutdown: CancellationToken,
     ) -> redis::RedisResult<Events> {
         let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
+        let (steps, _) = broadcast::channel(FANOUT_BUFFER);
         let max_streams = max_streams.min(Semaphore::MAX_PERMITS);
         let events = Events {
             conn,
             prefix: queues.prefix().into(),
             queues,
             fanout,
+            steps,
+            kinds_changed: Default::default(),
             finished: Default::default(),
             streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
@@ -816,26 +925,40 @@ impl Events {
             match step {
                 Ok(streams) => {
                     failures = 0;
+                    let streams: Vec<(&Arc<str>, Value)> = streams
+                        .into_iter()
+                        .filter_map(|(key, entries)| {
+                            let index = keys.iter().position(|k| k.as_bytes() == key)?;
+                            Some((&channels[index], entries))
+                        })
+                        .collect();
                     let mut read = Vec::new();
-                    for (key, entries) in streams {
-                        let Some(index) = keys.iter().position(|k| k.as_bytes() == key) else { continue };
-                        let channel = &channels[index];
-                        for (position, event) in entries_of(channel, entries) {
+                    for (channel, entries) in &streams {
+                        each_written(entries, |position, written| {
                             at.set(channel, position);
-                            read.extend(event);
-                        }
+                            read.push((*channel, position, written));
+                        });
                     }
                     let mut read_up_to = self.read_up_to.lock().expect("never poisoned");
                     for channel in &channels {
                         read_up_to.set(channel, at.get(channel));
                     }
                     drop(read_up_to);
-                    for event in read {
-                        if event.task().is_some_and(|t| t.status.is_terminal()) && event.name != "progress" {
-                            self.finished.record(1);
-                        }
-                        // No receivers is fine: nobody is watching right now.
-                        let _ = self.fanout.send(Arc::new(event));
+                    // Taken after the cursor moved: a follower that subscribes later finds
+                    // these events behind the cursor it starts from, so it is sent none of them
+                    // live. Without subscribers no event is made at all.
+                    let followed = self.fanout.receiver_count() > 0;
+                    for (channel, position, written) in read {
+                        let seen = match followed.then(|| written.event(channel, position)).flatten() {
+                            Some(event) => {
+                                let seen = Seen::of(&event);
+                                // None may be left by now: nobody is watching then.
+                                let _ = self.fanout.send(Arc::new(event));
+                                seen
+                            }
+                            None => written.seen(channel, position),
+                        };
+                        self.act_on(channel, position, seen);
                     }
                 }
                 Err(e) => {
@@ -867,6 +990,32 @@ impl Events {
     /// A receiver of every event from now on, for a caller that waits for one task to end.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
         self.fanout.subscribe()
+    }
+
+    /// A receiver of the task events that name a workflow, from now on: for the process's
+    /// workflow follower (`Workflows::start`), which is not woken by the others.
+    pub fn step_events(&self) -> broadcast::Receiver<StepEvent> {
+        self.steps.subscribe()
+    }
+
+    /// Notified each time the tail reads a kind's event (at least once after any number of them):
+    /// for the process's kinds follower (`kinds::follow_events`).
+    pub fn kind_changes(&self) -> Arc<Notify> {
+        self.kinds_changed.clone()
+    }
+
+    /// What the tail does with each event it reads, followed or not.
+    fn act_on(&self, channel: &Arc<str>, position: Position, seen: Seen) {
+        if seen.ended {
+            self.finished.record(1);
+        }
+        if let Some(workflow) = seen.workflow {
+            // No receivers is fine: the process follows no workflows.
+            let _ = self.steps.send(StepEvent { workflow, channel: channel.clone(), position });
+        }
+        if seen.kind {
+            self.kinds_changed.notify_one();
+        }
     }
 
     /// The next entries of `channel`'s stream after `after` (oldest first, at most `count`),
@@ -909,7 +1058,7 @@ impl Events {
                 Replay::Gone(StreamReset { reason, oldest }, bounds.last)
             }
             None => {
-                let mut events = entries_of(channel, entries);
+                let mut events = entries_of(channel, &entries);
                 // Each entry ends with one place as a whole: so many entries were read.
                 let full = events.iter().filter(|(position, _)| position.is_whole()).count() == count;
                 // An entry read again for the rest of its events: those before go.
@@ -1318,6 +1467,97 @@ mod tests {
         Value::BulkString(text.as_bytes().to_vec())
     }
 
+    /// Appends the events of one entry at `entry` of `channel`'s stream, holding `fields`, to
+    /// `events`, as a reply of that one entry reads.
+    fn events_of_entry(
+        channel: &Arc<str>,
+        entry: Position,
+        fields: &[Value],
+        events: &mut Vec<(Position, Option<StoredEvent>)>,
+    ) {
+        let reply = Value::Array(vec![Value::Array(vec![bulk(&entry.id()), Value::Array(fields.to_vec())])]);
+        events.extend(entries_of(channel, &reply));
+    }
+
+    #[test]
+    fn what_the_tail_sees_of_an_event_unmade_is_what_it_sees_of_the_event() {
+        let task = |name: &str, status: &str, workflow: &str| {
+            task_event_value([
+                name,
+                "01890a5d-ac96-774b-bcce-b302099a8057",
+                "echo",
+                status,
+                "1",
+                "",
+                "5",
+                workflow,
+                "",
+            ])
+        };
+        let workflow = "01890a5d-ac96-774b-bcce-b302099a8058";
+        let events = [
+            task("queued", "queued", ""),
+            task("running", "running", workflow),
+            task("progress", "succeeded", ""),
+            task("succeeded", "succeeded", workflow),
+            task("cancelled", "cancelled", ""),
+            "broken".to_string(),
+        ];
+        let entries = [
+            vec![bulk(TASK_EVENTS_FIELD), bulk(&task_events_value(&events))],
+            vec![bulk("t"), bulk(&events[3]), bulk("t"), Value::Int(1)],
+            [("event", "kind"), ("kind", "echo"), ("status", "declared"), ("at", "5")]
+                .into_iter()
+                .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                .collect(),
+            [
+                ("event", "failed"),
+                ("task", workflow),
+                ("status", "failed"),
+                ("at", "5"),
+                ("workflow", workflow),
+            ]
+            .into_iter()
+            .flat_map(|(k, v)| [bulk(k), bulk(v)])
+            .collect(),
+        ];
+        let reply = Value::Array(
+            entries
+                .iter()
+                .enumerate()
+                .map(|(n, fields)| {
+                    Value::Array(vec![bulk(&format!("{}-0", n + 1)), Value::Array(fields.clone())])
+                })
+                .collect(),
+        );
+        let channel: Arc<str> = "default".into();
+        let mut seen = Vec::new();
+        each_written(&reply, |position, written| {
+            let made = written.event(&channel, position).map(|event| Seen::of(&event)).unwrap_or_default();
+            assert_eq!(written.seen(&channel, position), made, "at {position:?}");
+            seen.push(made);
+        });
+        let workflow = workflow.parse().ok();
+        let (none, ended) = (Seen::default(), Seen { ended: true, ..Seen::default() });
+        let of_workflow = Seen { workflow, ..Seen::default() };
+        assert_eq!(
+            seen,
+            [
+                none,
+                of_workflow,
+                none,
+                Seen { ended: true, workflow, kind: false },
+                ended,
+                none,
+                Seen { ended: true, workflow, kind: false },
+                none,
+                Seen { kind: true, ..Seen::default() },
+                Seen { ended: true, workflow, kind: false },
+            ],
+            "a progress event ends nothing; broken ones are nothing"
+        );
+    }
+
     #[test]
     fn throughput_counts_the_last_thirty_seconds() {
         let t = Throughput::default();
@@ -1467,7 +1707,7 @@ mod tests {
             assert_eq!(streams.len(), 1);
             let (key, entries) = streams.pop().unwrap();
             assert_eq!(key, b"events");
-            let read = entries_of(&channel, entries);
+            let read = entries_of(&channel, &entries);
             let positions: Vec<Position> = read.iter().map(|(position, _)| *position).collect();
             assert_eq!(positions, [Position::entry(1, 0), Position::entry(2, 0), Position::entry(3, 0)]);
             let valid: Vec<bool> = read.iter().map(|(_, e)| e.is_some()).collect();

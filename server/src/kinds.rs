@@ -10,7 +10,6 @@
 
 use crate::redis_client::Conn;
 use crate::{
-    events::{Pushed, StoredEvent},
     handlers::{Context, Handler, HandlerError, Input, Output, Registry},
     push::{EndpointConfig, Push},
     worker::RetryPolicy,
@@ -21,7 +20,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -572,30 +571,18 @@ impl Kinds {
     }
 }
 
-/// Keeps the registry of an API server current until `shutdown`: reloads on every `kind` event
-/// of the events stream, and after falling behind it (an event may have been missed).
-pub async fn follow_events(
-    kinds: Kinds,
-    mut events: broadcast::Receiver<Arc<StoredEvent>>,
-    shutdown: CancellationToken,
-) {
-    // A change made between the server's first read and its subscription has no event left to
-    // come: read once more now that it listens.
-    if let Err(e) = kinds.reload().await {
-        warn!(error = %e, "reloading the declared kinds failed; retrying at the next change");
-    }
+/// Keeps the registry of an API server current until `shutdown`: reloads as it starts and after
+/// the events tail reads `kind` events (once for any number read meanwhile).
+pub async fn follow_events(kinds: Kinds, changes: Arc<Notify>, shutdown: CancellationToken) {
     loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
-            () = shutdown.cancelled() => return,
-        };
-        let changed = match event {
-            Ok(event) => matches!(event.event, Pushed::Kind(_)),
-            Err(broadcast::error::RecvError::Lagged(_)) => true,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        if changed && let Err(e) = kinds.reload().await {
+        // Read once as it starts: a change made between the server's first read and now has no
+        // event left to come.
+        if let Err(e) = kinds.reload().await {
             warn!(error = %e, "reloading the declared kinds failed; retrying at the next change");
+        }
+        tokio::select! {
+            () = changes.notified() => {}
+            () = shutdown.cancelled() => return,
         }
     }
 }

@@ -184,7 +184,7 @@ impl Server {
                 Events::start(client, conn.clone(), queues.clone(), config.max_sse_clients, shutdown.clone())
                     .await
                     .context("reading the event stream")?;
-            tokio::spawn(kinds::follow_events(kinds.clone(), events.subscribe(), shutdown.clone()));
+            tokio::spawn(kinds::follow_events(kinds.clone(), events.kind_changes(), shutdown.clone()));
             let topics = Topics::new(conn.clone(), &config.prefix, tasks.clone());
             workflows.start(&events, shutdown.clone());
             declare_subscriptions(&file, &topics).await?;

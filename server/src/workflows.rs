@@ -29,7 +29,7 @@ pub use spec::Refusal;
 
 use crate::redis_client::Conn;
 use crate::{
-    events::{Cursor, Events},
+    events::{Cursor, Events, StepEvent},
     queue::WorkflowStep,
     store::{TaskRecord, now_ms, rfc3339},
     tasks::{Options, Payload, Submission, SubmitError, Tasks},
@@ -432,7 +432,7 @@ impl Workflows {
     /// sweeping the running workflows; until `shutdown`.
     pub fn start(&self, events: &Events, shutdown: CancellationToken) {
         let _ = self.inner.events.set(events.clone());
-        let mut ends = events.subscribe();
+        let mut ends = events.step_events();
         let follower = self.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -442,12 +442,10 @@ impl Workflows {
                     () = stop.cancelled() => return,
                 };
                 match event {
-                    Ok(event) => {
-                        if let Some(workflow) = event.task().and_then(|t| t.workflow_id) {
-                            let mut asked = Cursor::default();
-                            asked.set(&event.channel, event.position);
-                            follower.ask(workflow, Some(asked));
-                        }
+                    Ok(StepEvent { workflow, channel, position }) => {
+                        let mut asked = Cursor::default();
+                        asked.set(&channel, position);
+                        follower.ask(workflow, Some(asked));
                     }
                     // Fell behind: the sweep looks at every running workflow instead.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {

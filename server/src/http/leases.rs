@@ -107,8 +107,10 @@ async fn lease(
     ask: &Ask,
 ) -> Result<Vec<LeaseGrant>, ApiError> {
     let deadline = Instant::now() + ask.wait;
-    // Subscribed before the first claim, so that nothing queued after it goes unnoticed.
-    let mut events = state.events.subscribe();
+    // Subscribed only once a claim found nothing and there is time to wait: the claim that
+    // follows at once finds what was queued before the subscription, the events what comes after
+    // it. A process nobody else follows then makes no events (`Events::tail`).
+    let mut events = None;
     loop {
         // Due delayed tasks and retries first: where no built-in worker runs, nothing else
         // moves them.
@@ -125,6 +127,10 @@ async fn lease(
             }
             return grants(state, queue, pulled).await;
         }
+        let Some(events) = &mut events else {
+            events = Some(state.events.subscribe());
+            continue;
+        };
         let look_again = deadline.min(now + RECHECK);
         loop {
             tokio::select! {
