@@ -120,9 +120,9 @@ pub struct StoredEvent {
     /// The SSE `event` name: a task's new status, `progress`, or `queue`.
     pub name: String,
     pub event: Pushed,
-    /// `event` as JSON, serialized when first sent, once however many clients it is sent to: a
-    /// process whose events nobody follows (a pull workers' server, most of the time) never
-    /// serializes them.
+    /// `event` as JSON, serialized when first sent, once however many clients it is sent to. (A
+    /// process whose events nobody follows, a pull workers' server most of the time, makes no
+    /// `StoredEvent` at all: `Events::tail`.)
     data: OnceLock<Box<str>>,
 }
 
@@ -987,7 +987,8 @@ impl Events {
         self.finished.per_second()
     }
 
-    /// A receiver of every event from now on, for a caller that waits for one task to end.
+    /// A receiver of every event from now on, for a caller that follows or waits (a task's end,
+    /// work for a lease): the tail makes events only while there are such receivers.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
         self.fanout.subscribe()
     }

@@ -109,7 +109,8 @@ async fn lease(
     let deadline = Instant::now() + ask.wait;
     // Subscribed only once a claim found nothing and there is time to wait: the claim that
     // follows at once finds what was queued before the subscription, the events what comes after
-    // it. A process nobody else follows then makes no events (`Events::tail`).
+    // it. A pull workers' server whose requests find work then has no subscriber and makes no
+    // events (`Events::tail`).
     let mut events = None;
     loop {
         // Due delayed tasks and retries first: where no built-in worker runs, nothing else

@@ -398,3 +398,50 @@ async fn a_connection_whose_first_request_is_not_an_event_stream_is_served_as_be
     let answers = read_until(&mut stream, Duration::from_secs(10), |_| false).await;
     assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
 }
+
+/// Every event of `stream` until one that ends `task`, that one included.
+async fn events_until_end_of(
+    stream: &mut crate::support::SseReader,
+    task: &str,
+) -> Vec<crate::support::SseEvent> {
+    let mut seen = Vec::new();
+    loop {
+        let event = stream
+            .next_within(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("task {task} did not end; saw {seen:?}"));
+        let done = event.data["task_id"] == task
+            && ["succeeded", "failed", "cancelled"].contains(&event.name.as_str());
+        seen.push(event);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// A server that no client follows makes no events of what it reads (`Events::tail`). A client
+/// that connects to it while tasks run is still sent every event from its first one on: a
+/// replay from that one, read from Redis, tells the same events.
+#[tokio::test]
+async fn a_client_that_connects_to_an_unfollowed_server_as_tasks_run_misses_no_event() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let _worker = app.worker(&["--concurrency", "2"]);
+    let task = || in_test_queue(json!({"kind": "sleep", "payload": {"ms": 40, "steps": 2}}));
+    for _ in 0..10 {
+        app.submit_ok(task()).await;
+    }
+    // Some have run unfollowed; the rest run as the client connects, and after.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut live = app.sse("/api/v1/events", None).await;
+    let mut last = String::new();
+    for _ in 0..10 {
+        last = app.submit_ok(task()).await;
+    }
+    let seen = events_until_end_of(&mut live, &last).await;
+    // The ten submitted while it was connected: queued, running, progress twice, succeeded.
+    assert!(seen.len() >= 50, "{} events: {seen:?}", seen.len());
+    let mut replay = app.sse("/api/v1/events", Some(&seen[0].id)).await;
+    let replayed = events_until_end_of(&mut replay, &last).await;
+    let ids = |events: &[crate::support::SseEvent]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&replayed), ids(&seen[1..]));
+}
