@@ -411,18 +411,20 @@ impl Seen {
     fn of(event: &StoredEvent) -> Seen {
         let task = event.task();
         Seen {
-            ended: task.is_some_and(|t| t.status.is_terminal()) && event.name != "progress",
+            ended: task.is_some_and(|t| Seen::ends(&event.name, t.status)),
             workflow: task.and_then(|t| t.workflow_id),
             kind: matches!(event.event, Pushed::Kind(_)),
         }
     }
 
     fn of_task(parts: &TaskParts<'_>) -> Seen {
-        Seen {
-            ended: parts.status.is_terminal() && parts.name != "progress",
-            workflow: parts.workflow_id,
-            kind: false,
-        }
+        Seen { ended: Seen::ends(parts.name, parts.status), workflow: parts.workflow_id, kind: false }
+    }
+
+    /// Whether a task event named `name` with `status` tells its task's end: a `progress` event
+    /// of a task that has ended does not.
+    fn ends(name: &str, status: Status) -> bool {
+        status.is_terminal() && name != "progress"
     }
 }
 
@@ -455,35 +457,43 @@ fn each_written<'a>(reply: &'a Value, mut each: impl FnMut(Position, Written<'a>
             _ => None,
         };
         let Some(entry) = entry else { continue };
-        let place = |index: usize, count: usize| match u32::try_from(index) {
-            Ok(index) if index as usize + 1 < count => entry.event(index),
-            _ => entry,
-        };
         match fields {
             [Value::BulkString(field), Value::BulkString(value)]
                 if field.as_slice() == TASK_EVENTS_FIELD.as_bytes() =>
             {
-                let count = value.split(|&b| b == EVENT_SEPARATOR).count();
-                for (index, event) in value.split(|&b| b == EVENT_SEPARATOR).enumerate() {
-                    each(place(index, count), Written::Task(event));
-                }
+                let events = value.split(|&b| b == EVENT_SEPARATOR).map(Written::Task);
+                each_placed(entry, events, &mut each);
             }
             [Value::BulkString(field), ..] if field.as_slice() == TASK_EVENT_FIELD.as_bytes() => {
-                let count = fields.len() / 2;
-                for (index, pair) in fields.chunks_exact(2).enumerate() {
-                    let written = match (&pair[0], &pair[1]) {
-                        (Value::BulkString(field), Value::BulkString(value))
-                            if field.as_slice() == TASK_EVENT_FIELD.as_bytes() =>
-                        {
-                            Written::Task(value)
-                        }
-                        _ => Written::Unreadable,
-                    };
-                    each(place(index, count), written);
-                }
+                let events = fields.chunks_exact(2).map(|pair| match (&pair[0], &pair[1]) {
+                    (Value::BulkString(field), Value::BulkString(value))
+                        if field.as_slice() == TASK_EVENT_FIELD.as_bytes() =>
+                    {
+                        Written::Task(value)
+                    }
+                    _ => Written::Unreadable,
+                });
+                each_placed(entry, events, &mut each);
             }
             _ => each(entry, Written::Fields(fields)),
         }
+    }
+}
+
+/// Calls `each` with the events of entry `entry`, in order: each placed at its index in the
+/// entry, the last at the entry as a whole.
+fn each_placed<'a>(
+    entry: Position,
+    events: impl Iterator<Item = Written<'a>>,
+    each: &mut impl FnMut(Position, Written<'a>),
+) {
+    let mut events = events.enumerate().peekable();
+    while let Some((index, written)) = events.next() {
+        let place = match u32::try_from(index) {
+            Ok(index) if events.peek().is_some() => entry.event(index),
+            _ => entry,
+        };
+        each(place, written);
     }
 }
 
