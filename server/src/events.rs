@@ -45,6 +45,8 @@ pub const TASK_EVENT_PARTS: [&str; 9] =
 pub(crate) const TASK_EVENTS_FIELD: &str = "e";
 /// What separates the events of a `TASK_EVENTS_FIELD`.
 const EVENT_SEPARATOR: u8 = 0x1e;
+/// What separates the parts of a task event (`TASK_EVENT_PARTS`).
+const PART_SEPARATOR: u8 = 0x1f;
 /// The field of an entry that is one task event, as versions before the field of many wrote them
 /// (one such field per event): read still, so a stream they wrote reads on after an upgrade.
 const TASK_EVENT_FIELD: &str = "t";
@@ -59,7 +61,7 @@ pub(crate) fn task_event_value(parts: [&str; TASK_EVENT_PARTS.len()]) -> String 
     let mut value = String::with_capacity(parts.iter().map(|part| part.len() + 1).sum());
     for (n, part) in parts.iter().enumerate() {
         if n > 0 {
-            value.push('\u{1f}');
+            value.push(char::from(PART_SEPARATOR));
         }
         match n == parts.len() - 1 && part.contains('\u{1e}') {
             // The error may not hold the separator of events.
@@ -343,7 +345,7 @@ struct TaskParts<'a> {
 impl<'a> TaskParts<'a> {
     /// `None` if `value` is not a well-formed task event.
     fn read(value: &'a [u8]) -> Option<TaskParts<'a>> {
-        let mut parts = std::str::from_utf8(value).ok()?.splitn(TASK_EVENT_PARTS.len(), '\u{1f}');
+        let mut parts = Parts { rest: Some(std::str::from_utf8(value).ok()?), left: TASK_EVENT_PARTS.len() };
         let mut part = || parts.next().filter(|part| !part.is_empty());
         let (name, task, kind, status) = (part()?, part()?, part(), part()?);
         let (attempt, progress, at) = (part(), part(), part()?);
@@ -359,6 +361,38 @@ impl<'a> TaskParts<'a> {
             workflow_id: workflow.and_then(|w| w.parse().ok()),
             error,
         })
+    }
+}
+
+/// The parts of a task event, as `str::splitn` would split them at `PART_SEPARATOR` (the last
+/// takes the rest), found byte by byte: the parts are short, and `splitn`'s search for a char
+/// took two-thirds of a read (docs/benchmark-notes.md, "Thirty-sixth step").
+struct Parts<'a> {
+    rest: Option<&'a str>,
+    /// The parts left to give, the last one included.
+    left: usize,
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.left == 0 {
+            return None;
+        }
+        let here = self.rest.take()?;
+        self.left -= 1;
+        if self.left == 0 {
+            return Some(here);
+        }
+        match here.bytes().position(|b| b == PART_SEPARATOR) {
+            // The separator is ASCII: both sides of it are whole characters.
+            Some(at) => {
+                self.rest = Some(&here[at + 1..]);
+                Some(&here[..at])
+            }
+            None => Some(here),
+        }
     }
 }
 
@@ -1488,6 +1522,34 @@ mod tests {
     ) {
         let reply = Value::Array(vec![Value::Array(vec![bulk(&entry.id()), Value::Array(fields.to_vec())])]);
         events.extend(entries_of(channel, &reply));
+    }
+
+    #[test]
+    fn a_task_events_parts_are_split_as_splitn_splits_them() {
+        let id = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let whole =
+            format!("failed\u{1f}{id}\u{1f}échec\u{1f}failed\u{1f}3\u{1f}\u{1f}0\u{1f}\u{1f}boom\u{1f}with…");
+        let samples = [
+            "",
+            "a",
+            "\u{1f}",
+            "\u{1f}\u{1f}",
+            "a\u{1f}",
+            "\u{1f}a",
+            "a\u{1f}\u{1f}b",
+            "ü\u{1f}…\u{1f}",
+            &whole,
+        ];
+        for sample in samples {
+            for n in 0..=TASK_EVENT_PARTS.len() + 1 {
+                let ours: Vec<&str> = Parts { rest: Some(sample), left: n }.collect();
+                let theirs: Vec<&str> = sample.splitn(n, '\u{1f}').collect();
+                assert_eq!(ours, theirs, "{sample:?} in {n} parts");
+            }
+        }
+        // The error, the last part, keeps the separator it holds.
+        let parts = TaskParts::read(whole.as_bytes()).expect("a well-formed task event");
+        assert_eq!((parts.kind, parts.attempt, parts.error), ("échec", 3, Some("boom\u{1f}with…")));
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! same queue depths.
 
 use crate::queue::{Outcome, QueueState};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::{
-    sync::OnceLock,
+    collections::HashMap,
+    sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
@@ -120,34 +122,51 @@ fn describe() {
 
 /// A task of `kind` was stored in `queue`.
 pub fn task_submitted(queue: &str, kind: &str) {
-    metrics::counter!(TASKS_SUBMITTED, "queue" => queue.to_owned(), "kind" => kind.to_owned()).increment(1);
+    let make = || metrics::counter!(TASKS_SUBMITTED, "queue" => queue.to_owned(), "kind" => kind.to_owned());
+    match handles_kept() {
+        true => QUEUES.of(queue).kinds.of(kind).submitted.get_or_init(make).increment(1),
+        false => make().increment(1),
+    }
 }
 
 /// An attempt of a task of `kind` in `queue` ended with `outcome`, and the store took it.
 pub fn attempt_ended(queue: &str, kind: &str, outcome: &Outcome) {
-    let outcome = match outcome {
-        Outcome::Succeeded { .. } => "succeeded",
-        Outcome::Failed { .. } => "failed",
-        Outcome::Cancelled => "cancelled",
-        Outcome::Retry { .. } => "retried",
+    let (index, outcome) = match outcome {
+        Outcome::Succeeded { .. } => (0, "succeeded"),
+        Outcome::Failed { .. } => (1, "failed"),
+        Outcome::Cancelled => (2, "cancelled"),
+        Outcome::Retry { .. } => (3, "retried"),
     };
-    metrics::counter!(
-        TASKS_FINISHED,
-        "queue" => queue.to_owned(),
-        "kind" => kind.to_owned(),
-        "outcome" => outcome
-    )
-    .increment(1);
+    let make = || {
+        metrics::counter!(
+            TASKS_FINISHED,
+            "queue" => queue.to_owned(),
+            "kind" => kind.to_owned(),
+            "outcome" => outcome
+        )
+    };
+    match handles_kept() {
+        true => QUEUES.of(queue).kinds.of(kind).finished[index].get_or_init(make).increment(1),
+        false => make().increment(1),
+    }
 }
 
 /// An attempt in `queue` ran for `ran` (its handler, start to end).
 pub fn attempt_ran(queue: &str, ran: Duration) {
-    metrics::histogram!(TASK_RUN, "queue" => queue.to_owned()).record(ran.as_secs_f64());
+    let make = || metrics::histogram!(TASK_RUN, "queue" => queue.to_owned());
+    match handles_kept() {
+        true => QUEUES.of(queue).ran.get_or_init(make).record(ran.as_secs_f64()),
+        false => make().record(ran.as_secs_f64()),
+    }
 }
 
 /// A task of `queue` started an attempt after `waited` ready.
 pub fn task_waited(queue: &str, waited: Duration) {
-    metrics::histogram!(TASK_WAIT, "queue" => queue.to_owned()).record(waited.as_secs_f64());
+    let make = || metrics::histogram!(TASK_WAIT, "queue" => queue.to_owned());
+    match handles_kept() {
+        true => QUEUES.of(queue).waited.get_or_init(make).record(waited.as_secs_f64()),
+        false => make().record(waited.as_secs_f64()),
+    }
 }
 
 /// Sets `queue`'s gauges from its state, as `GET /api/v1/queues` reads it.
@@ -179,7 +198,92 @@ pub fn sse_clients(open: usize) {
 /// A request to `route` (a route template, or `unmatched`) was answered with `status`, its
 /// response's head ready `started.elapsed()` after it arrived.
 pub fn http_request(route: &str, status: u16, started: Instant) {
-    let route = route.to_owned();
-    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
-    metrics::histogram!(HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    let requests =
+        || metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string());
+    let duration = || metrics::histogram!(HTTP_DURATION, "route" => route.to_owned());
+    if !handles_kept() {
+        requests().increment(1);
+        duration().record(seconds);
+        return;
+    }
+    let route = ROUTES.of(route);
+    route.requests.of(status, requests).increment(1);
+    route.duration.get_or_init(duration).record(seconds);
+}
+
+/// Whether the handles of the metrics recorded per task and per request are kept: once the
+/// process's recorder is in place (ours, or one installed before it). A handle made earlier
+/// would record into no recorder for good. The exporter forgets no metric (no idle timeout is
+/// set), so a kept handle always records into what a scrape renders.
+fn handles_kept() -> bool {
+    RECORDER.get().is_some()
+}
+
+/// The handles of each queue's metrics, made on first use. Each `metrics::counter!` copies its
+/// labels, hashes them and finds them in the registry: some 1,700 instructions, twice that for a
+/// request's counter and histogram (docs/benchmark-notes.md, "Thirty-sixth step"), where a kept
+/// handle records with an atomic add. They grow with the registry's own series, queue by kind.
+static QUEUES: LazyLock<ByName<QueueHandles>> = LazyLock::new(ByName::default);
+
+/// The handles of each route's metrics (by route template: a bounded set).
+static ROUTES: LazyLock<ByName<RouteHandles>> = LazyLock::new(ByName::default);
+
+#[derive(Default)]
+struct QueueHandles {
+    waited: OnceLock<Histogram>,
+    ran: OnceLock<Histogram>,
+    kinds: ByName<KindHandles>,
+}
+
+#[derive(Default)]
+struct KindHandles {
+    submitted: OnceLock<Counter>,
+    /// By outcome: succeeded, failed, cancelled, retried (`attempt_ended`).
+    finished: [OnceLock<Counter>; 4],
+}
+
+#[derive(Default)]
+struct RouteHandles {
+    duration: OnceLock<Histogram>,
+    requests: ByStatus,
+}
+
+/// Values kept by a label's value, each made on first use.
+struct ByName<T>(RwLock<HashMap<Box<str>, Arc<T>>>);
+
+impl<T> Default for ByName<T> {
+    fn default() -> Self {
+        ByName(RwLock::default())
+    }
+}
+
+impl<T: Default> ByName<T> {
+    fn of(&self, name: &str) -> Arc<T> {
+        if let Some(found) = self.0.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return Arc::clone(found);
+        }
+        let mut all = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(all.entry(name.into()).or_default())
+    }
+}
+
+/// Counters kept by status, each made on first use: a route answers with a few.
+#[derive(Default)]
+struct ByStatus(RwLock<Vec<(u16, Counter)>>);
+
+impl ByStatus {
+    fn of(&self, status: u16, make: impl FnOnce() -> Counter) -> Counter {
+        let found = |all: &[(u16, Counter)]| all.iter().find(|(s, _)| *s == status).map(|(_, c)| c.clone());
+        if let Some(counter) = found(&self.0.read().unwrap_or_else(PoisonError::into_inner)) {
+            return counter;
+        }
+        let mut all = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counter) = found(&all) {
+            return counter;
+        }
+        let counter = make();
+        all.push((status, counter.clone()));
+        counter
+    }
 }

@@ -100,6 +100,10 @@ async fn a_queues_tasks_show_in_its_counters_histograms_and_gauges_and_promtool_
     for id in &ids {
         app.wait_until_done(id).await;
     }
+    // Refused: counted under the same route, by its own status.
+    let refused = app.http.post(app.url("/api/v1/tasks")).json(&json!({"kind": ""})).send().await.unwrap();
+    let refused = refused.status().as_u16().to_string();
+    assert!(refused.starts_with('4'), "{refused}");
     let q = queue.as_str();
     let finished = |text: &str, kind: &str, outcome: &str| {
         sample(text, "courier_tasks_finished_total", &[("queue", q), ("kind", kind), ("outcome", outcome)])
@@ -129,6 +133,8 @@ async fn a_queues_tasks_show_in_its_counters_histograms_and_gauges_and_promtool_
     // Requests by route template: the four submissions at least (other tests share the recorder).
     let submissions = &[("route", "/api/v1/tasks"), ("status", "202")];
     assert!(sample(&text, "courier_http_requests_total", submissions).is_some_and(|n| n >= 4.0), "{text}");
+    let refusals = &[("route", "/api/v1/tasks"), ("status", refused.as_str())];
+    assert!(sample(&text, "courier_http_requests_total", refusals).is_some_and(|n| n >= 1.0), "{text}");
     assert!(
         sample(&text, "courier_http_request_duration_seconds_count", &[("route", "/api/v1/tasks")]).is_some()
     );
