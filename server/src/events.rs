@@ -1277,7 +1277,7 @@ impl Follower {
             return;
         }
         self.done = task.is_some_and(|t| t.status.is_terminal()) && self.follow.until_terminal;
-        self.ready.push_back(Delivery::Event(event, self.sent.to_string()));
+        self.ready.push_back(Delivery::Event(event, self.sent.id()));
     }
 
     /// One read of a catch-up: what came after `sent` in the first stream left to read, or a
@@ -1311,7 +1311,7 @@ impl Follower {
             }
             Replay::Gone(reset, last) => {
                 self.sent.set(&channel, last);
-                self.ready.push_back(Delivery::Reset(reset, self.sent.to_string()));
+                self.ready.push_back(Delivery::Reset(reset, self.sent.id()));
                 if let (Some(id), Some(keys), true) =
                     (self.follow.task, &self.follow.task_keys, self.follow.until_terminal)
                 {
