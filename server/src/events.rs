@@ -63,9 +63,9 @@ pub(crate) fn task_event_value(parts: [&str; TASK_EVENT_PARTS.len()]) -> String 
         if n > 0 {
             value.push(char::from(PART_SEPARATOR));
         }
-        match n == parts.len() - 1 && part.contains('\u{1e}') {
+        match n == parts.len() - 1 && part.contains(char::from(EVENT_SEPARATOR)) {
             // The error may not hold the separator of events.
-            true => value.push_str(&part.replace('\u{1e}', " ")),
+            true => value.push_str(&part.replace(char::from(EVENT_SEPARATOR), " ")),
             false => value.push_str(part),
         }
     }

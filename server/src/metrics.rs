@@ -9,7 +9,9 @@ use crate::queue::{Outcome, QueueState};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::{
+    borrow::Borrow,
     collections::HashMap,
+    hash::Hash,
     sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock},
     time::{Duration, Instant},
 };
@@ -124,7 +126,7 @@ fn describe() {
 pub fn task_submitted(queue: &str, kind: &str) {
     let make = || metrics::counter!(TASKS_SUBMITTED, "queue" => queue.to_owned(), "kind" => kind.to_owned());
     match handles_kept() {
-        true => QUEUES.of(queue).kinds.of(kind).submitted.get_or_init(make).increment(1),
+        true => of_kind(queue, kind).submitted.get_or_init(make).increment(1),
         false => make().increment(1),
     }
 }
@@ -146,7 +148,7 @@ pub fn attempt_ended(queue: &str, kind: &str, outcome: &Outcome) {
         )
     };
     match handles_kept() {
-        true => QUEUES.of(queue).kinds.of(kind).finished[index].get_or_init(make).increment(1),
+        true => of_kind(queue, kind).finished[index].get_or_init(make).increment(1),
         false => make().increment(1),
     }
 }
@@ -155,7 +157,7 @@ pub fn attempt_ended(queue: &str, kind: &str, outcome: &Outcome) {
 pub fn attempt_ran(queue: &str, ran: Duration) {
     let make = || metrics::histogram!(TASK_RUN, "queue" => queue.to_owned());
     match handles_kept() {
-        true => QUEUES.of(queue).ran.get_or_init(make).record(ran.as_secs_f64()),
+        true => of_queue(queue).ran.get_or_init(make).record(ran.as_secs_f64()),
         false => make().record(ran.as_secs_f64()),
     }
 }
@@ -164,7 +166,7 @@ pub fn attempt_ran(queue: &str, ran: Duration) {
 pub fn task_waited(queue: &str, waited: Duration) {
     let make = || metrics::histogram!(TASK_WAIT, "queue" => queue.to_owned());
     match handles_kept() {
-        true => QUEUES.of(queue).waited.get_or_init(make).record(waited.as_secs_f64()),
+        true => of_queue(queue).waited.get_or_init(make).record(waited.as_secs_f64()),
         false => make().record(waited.as_secs_f64()),
     }
 }
@@ -207,8 +209,8 @@ pub fn http_request(route: &str, status: u16, started: Instant) {
         duration().record(seconds);
         return;
     }
-    let route = ROUTES.of(route);
-    route.requests.of(status, requests).increment(1);
+    let route = ROUTES.of(route, Arc::default);
+    route.requests.of(&status, requests).increment(1);
     route.duration.get_or_init(duration).record(seconds);
 }
 
@@ -224,16 +226,26 @@ fn handles_kept() -> bool {
 /// labels, hashes them and finds them in the registry: some 1,700 instructions, twice that for a
 /// request's counter and histogram (docs/benchmark-notes.md, "Thirty-sixth step"), where a kept
 /// handle records with an atomic add. They grow with the registry's own series, queue by kind.
-static QUEUES: LazyLock<ByName<QueueHandles>> = LazyLock::new(ByName::default);
+static QUEUES: LazyLock<Kept<String, Arc<QueueHandles>>> = LazyLock::new(Kept::default);
 
 /// The handles of each route's metrics (by route template: a bounded set).
-static ROUTES: LazyLock<ByName<RouteHandles>> = LazyLock::new(ByName::default);
+static ROUTES: LazyLock<Kept<String, Arc<RouteHandles>>> = LazyLock::new(Kept::default);
+
+/// The kept handles of `queue`'s metrics.
+fn of_queue(queue: &str) -> Arc<QueueHandles> {
+    QUEUES.of(queue, Arc::default)
+}
+
+/// The kept handles of the metrics of `kind` in `queue`.
+fn of_kind(queue: &str, kind: &str) -> Arc<KindHandles> {
+    of_queue(queue).kinds.of(kind, Arc::default)
+}
 
 #[derive(Default)]
 struct QueueHandles {
     waited: OnceLock<Histogram>,
     ran: OnceLock<Histogram>,
-    kinds: ByName<KindHandles>,
+    kinds: Kept<String, Arc<KindHandles>>,
 }
 
 #[derive(Default)]
@@ -246,44 +258,30 @@ struct KindHandles {
 #[derive(Default)]
 struct RouteHandles {
     duration: OnceLock<Histogram>,
-    requests: ByStatus,
+    /// By status: a route answers with a few.
+    requests: Kept<u16, Counter>,
 }
 
 /// Values kept by a label's value, each made on first use.
-struct ByName<T>(RwLock<HashMap<Box<str>, Arc<T>>>);
+struct Kept<K, V>(RwLock<HashMap<K, V>>);
 
-impl<T> Default for ByName<T> {
+impl<K, V> Default for Kept<K, V> {
     fn default() -> Self {
-        ByName(RwLock::default())
+        Kept(RwLock::new(HashMap::new()))
     }
 }
 
-impl<T: Default> ByName<T> {
-    fn of(&self, name: &str) -> Arc<T> {
-        if let Some(found) = self.0.read().unwrap_or_else(PoisonError::into_inner).get(name) {
-            return Arc::clone(found);
+impl<K: Eq + Hash, V: Clone> Kept<K, V> {
+    /// The value kept for `key`, made by `make` if there is none yet.
+    fn of<Q>(&self, key: &Q, make: impl FnOnce() -> V) -> V
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(found) = self.0.read().unwrap_or_else(PoisonError::into_inner).get(key) {
+            return found.clone();
         }
         let mut all = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(all.entry(name.into()).or_default())
-    }
-}
-
-/// Counters kept by status, each made on first use: a route answers with a few.
-#[derive(Default)]
-struct ByStatus(RwLock<Vec<(u16, Counter)>>);
-
-impl ByStatus {
-    fn of(&self, status: u16, make: impl FnOnce() -> Counter) -> Counter {
-        let found = |all: &[(u16, Counter)]| all.iter().find(|(s, _)| *s == status).map(|(_, c)| c.clone());
-        if let Some(counter) = found(&self.0.read().unwrap_or_else(PoisonError::into_inner)) {
-            return counter;
-        }
-        let mut all = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(counter) = found(&all) {
-            return counter;
-        }
-        let counter = make();
-        all.push((status, counter.clone()));
-        counter
+        all.entry(key.to_owned()).or_insert_with(make).clone()
     }
 }

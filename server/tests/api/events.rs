@@ -399,26 +399,6 @@ async fn a_connection_whose_first_request_is_not_an_event_stream_is_served_as_be
     assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
 }
 
-/// Every event of `stream` until one that ends `task`, that one included.
-async fn events_until_end_of(
-    stream: &mut crate::support::SseReader,
-    task: &str,
-) -> Vec<crate::support::SseEvent> {
-    let mut seen = Vec::new();
-    loop {
-        let event = stream
-            .next_within(Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|| panic!("task {task} did not end; saw {seen:?}"));
-        let done = event.data["task_id"] == task
-            && ["succeeded", "failed", "cancelled"].contains(&event.name.as_str());
-        seen.push(event);
-        if done {
-            return seen;
-        }
-    }
-}
-
 /// A server that no client follows makes no events of what it reads (`Events::tail`). A client
 /// that connects to it while tasks run is still sent every event from its first one on: a
 /// replay from that one, read from Redis, tells the same events.
@@ -437,11 +417,11 @@ async fn a_client_that_connects_to_an_unfollowed_server_as_tasks_run_misses_no_e
     for _ in 0..10 {
         last = app.submit_ok(task()).await;
     }
-    let seen = events_until_end_of(&mut live, &last).await;
+    let seen = live.all_until_task_ends(&last, Duration::from_secs(60)).await;
     // The ten submitted while it was connected: queued, running, progress twice, succeeded.
     assert!(seen.len() >= 50, "{} events: {seen:?}", seen.len());
     let mut replay = app.sse("/api/v1/events", Some(&seen[0].id)).await;
-    let replayed = events_until_end_of(&mut replay, &last).await;
+    let replayed = replay.all_until_task_ends(&last, Duration::from_secs(60)).await;
     let ids = |events: &[crate::support::SseEvent]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&replayed), ids(&seen[1..]));
 }

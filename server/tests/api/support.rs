@@ -319,8 +319,15 @@ impl SseReader {
         }
     }
 
-    /// Events until one of `task` has a terminal status; fails if that takes over `limit`.
+    /// Events of `task` until one has a terminal status; fails if that takes over `limit`.
     pub async fn until_task_ends(&mut self, task: &str, limit: Duration) -> Vec<SseEvent> {
+        let every = self.all_until_task_ends(task, limit).await;
+        every.into_iter().filter(|event| event.data["task_id"] == task).collect()
+    }
+
+    /// Every event, of any task, until one of `task` has a terminal status (that one included);
+    /// fails if that takes over `limit`.
+    pub async fn all_until_task_ends(&mut self, task: &str, limit: Duration) -> Vec<SseEvent> {
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -329,12 +336,11 @@ impl SseReader {
                 .next_within(left)
                 .await
                 .unwrap_or_else(|| panic!("task {task} did not end; saw {seen:?}"));
-            if event.data["task_id"] == task {
-                let done = ["succeeded", "failed", "cancelled"].contains(&event.name.as_str());
-                seen.push(event);
-                if done {
-                    return seen;
-                }
+            let done = event.data["task_id"] == task
+                && ["succeeded", "failed", "cancelled"].contains(&event.name.as_str());
+            seen.push(event);
+            if done {
+                return seen;
             }
         }
     }
