@@ -86,6 +86,10 @@ struct RunArgs {
     /// Pull workers (HTTP clients taking leases of 100) of the pull workload.
     #[arg(long, default_value_t = 4)]
     pullers: usize,
+    /// Threads of the `courier worker` the workloads start (its `--threads`: a worker on each,
+    /// sharing `--concurrency`). The scale workload's workers keep one each.
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
     /// `courier worker` processes that drain the scale workload's backlog (on each Redis).
     #[arg(long, default_value_t = 2)]
     scale_workers: usize,
@@ -307,11 +311,17 @@ impl Bench {
         Ok(Pipeline { server, tap, worker })
     }
 
-    /// `courier worker`.
+    /// `courier worker` on `--worker-threads` threads.
     fn worker(&self, prefix: &str) -> anyhow::Result<Child> {
+        self.worker_on(prefix, self.args.worker_threads)
+    }
+
+    /// `courier worker` on `threads` threads.
+    fn worker_on(&self, prefix: &str, threads: usize) -> anyhow::Result<Child> {
         Ok(self
             .command(prefix)
             .args(["worker", "--concurrency", &self.args.concurrency.to_string()])
+            .args(["--threads", &threads.to_string()])
             .spawn()?)
     }
 
@@ -867,7 +877,7 @@ impl Bench {
         // Held until the drain ends: a worker is killed when dropped.
         let mut workers = Vec::with_capacity(self.args.scale_workers);
         for k in 1..=self.args.scale_workers.max(1) {
-            let worker = self.worker(&prefix)?;
+            let worker = self.worker_on(&prefix, 1)?;
             processes.push((format!("worker-{k}"), worker.id().context("a worker has no pid")?));
             workers.push(worker);
         }
@@ -1049,7 +1059,7 @@ async fn main() -> anyhow::Result<()> {
     emit(
         "meta",
         0.0,
-        json!({"n": args.n, "concurrency": args.concurrency, "connections": args.connections, "smoke": args.smoke, "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)}),
+        json!({"n": args.n, "concurrency": args.concurrency, "worker_threads": args.worker_threads, "connections": args.connections, "smoke": args.smoke, "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)}),
     );
     for workload in &args.workloads {
         let result = match workload.as_str() {

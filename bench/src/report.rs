@@ -63,14 +63,19 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
     let mut out = String::new();
     let redis =
         p.0.iter().find(|l| l["metric"] == "loadavg_before").and_then(|l| l["redis"].as_str()).unwrap_or("?");
-    let nproc = c.0.iter().find(|l| l["metric"] == "meta").and_then(|l| l["nproc"].as_u64()).unwrap_or(0);
+    let meta = c.0.iter().find(|l| l["metric"] == "meta");
+    let nproc = meta.and_then(|l| l["nproc"].as_u64()).unwrap_or(0);
+    // Runs before the worker's threads were a setting had one.
+    let threads = meta.and_then(|l| l["worker_threads"].as_u64()).unwrap_or(1);
     writeln!(out, "# Benchmarks\n")?;
     writeln!(
         out,
         "Written by `scripts/bench.sh`: Courier and the peer harness (BullMQ 6.7.0) in one run, on one \
          private Redis ({redis}), on a {nproc}-core machine. Absolute figures drift on shared machines; \
          the ratios compare figures from the same run. BullMQ's reference is its `fork` mode (worker in \
-         a second process), as Courier's worker runs in a `courier worker` process.\n"
+         a second process), as Courier's worker runs in a `courier worker` process: one, on \
+         `--threads {threads}` (as many workers side by side, each on a thread of its own, sharing the \
+         process's slots; the scale workload's workers run on one each).\n"
     )?;
 
     writeln!(out, "## Targets\n")?;

@@ -17,7 +17,8 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The threads this process's runtime runs on: `--threads`, else one for `worker` (a single
+    /// The threads this process runs on (`serve`: its runtime's; `worker`: its workers', each on
+    /// a runtime of one thread): `--threads`, else one for `worker` (a single
     /// thread spends a third less CPU a task than one a core where the worker shares the cores
     /// with Redis: docs/benchmark-notes.md, "Nineteenth step"), else one per core. `Err` names
     /// the flag when it is out of range (checked before the runtime starts, so before the rest).
@@ -146,9 +147,10 @@ pub struct Config {
     #[arg(long, env = "COURIER_CONCURRENCY", default_value_t = 16, global = true)]
     pub concurrency: usize,
 
-    /// Threads this process's async runtime runs on. Unset: one for `worker` (it waits on Redis
-    /// and on endpoints, and its handlers run CPU-heavy work on threads of their own; run more
-    /// worker processes, or raise this, for more), one per core for the rest.
+    /// Threads this process runs on. `serve`: its async runtime's, one per core unless set.
+    /// `worker`: one unless set (it waits on Redis and on endpoints, and its handlers run
+    /// CPU-heavy work on threads of their own); with more, as many workers side by side, each on
+    /// a thread of its own with its own Redis connections and its share of `--concurrency`.
     #[arg(long, env = "COURIER_THREADS", global = true)]
     pub threads: Option<usize>,
 
@@ -295,6 +297,21 @@ impl Config {
     /// A configuration with every default, for tests and embedding.
     pub fn defaults() -> Config {
         Cli::parse_from(["courier"]).config
+    }
+
+    /// This worker configuration shared among `threads` workers of one process: the slots
+    /// (`concurrency`) split as evenly as they go, never a worker without one (so fewer workers
+    /// than threads when there are fewer slots), and `/healthz` and `/metrics` served by the
+    /// first alone (the metrics are the process's, whichever worker records them).
+    pub fn shared_among(&self, threads: usize) -> Vec<Config> {
+        let workers = threads.clamp(1, self.concurrency.max(1));
+        (0..workers)
+            .map(|n| Config {
+                concurrency: self.concurrency / workers + usize::from(n < self.concurrency % workers),
+                metrics_addr: self.metrics_addr.filter(|_| n == 0),
+                ..self.clone()
+            })
+            .collect()
     }
 
     /// Checks the settings together, before anything starts: the error names the flag and says
@@ -779,5 +796,25 @@ mod tests {
         }
         let error = Cli::try_parse_from(["courier", "worker", "--threads", "many"]).unwrap_err();
         assert!(error.to_string().contains("--threads"), "{error}");
+    }
+
+    #[test]
+    fn a_workers_slots_are_shared_among_its_threads_none_without_one() {
+        let slots = |args: &[&str], threads: usize| {
+            let config = Cli::parse_from([&["courier", "worker"], args].concat()).config;
+            config.shared_among(threads).iter().map(|c| c.concurrency).collect::<Vec<_>>()
+        };
+        assert_eq!(slots(&["--concurrency", "50"], 2), [25, 25]);
+        assert_eq!(slots(&["--concurrency", "51"], 2), [26, 25]);
+        assert_eq!(slots(&["--concurrency", "10"], 4), [3, 3, 2, 2]);
+        assert_eq!(slots(&["--concurrency", "3"], 8), [1, 1, 1]);
+        assert_eq!(slots(&["--concurrency", "0"], 2), [0]);
+        assert_eq!(slots(&[], 1), [16]);
+        let config =
+            Cli::parse_from(["courier", "worker", "--metrics-addr", "127.0.0.1:0", "--prefix", "p"]).config;
+        let shares = config.shared_among(2);
+        assert_eq!(shares[0].metrics_addr, config.metrics_addr);
+        assert_eq!(shares[1].metrics_addr, None, "one process, one /metrics");
+        assert!(shares.iter().all(|c| c.prefix == "p"), "the rest is the process's");
     }
 }

@@ -76,6 +76,17 @@ impl Server {
 
     /// [`Server::build`] for the kinds of `registry` (the built-in ones and your own).
     pub async fn build_with(config: Config, role: Command, registry: Registry) -> anyhow::Result<Server> {
+        Server::build_stopped_by(config, role, registry, CancellationToken::new()).await
+    }
+
+    /// [`Server::build_with`], stopped when `shutdown` is cancelled (as its own signal handler
+    /// cancels it): the workers of one process, each on a thread of its own, share one.
+    async fn build_stopped_by(
+        config: Config,
+        role: Command,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Server> {
         config.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
         // Read before anything starts: a bad file stops the start, not each connection.
         let tls = match (&config.tls_cert, &config.tls_key) {
@@ -142,7 +153,6 @@ impl Server {
         if let Some((path, file)) = &file {
             kinds.declare_from_file(path, &file.kinds).await?;
         }
-        let shutdown = CancellationToken::new();
         let workers = workers::Workers::new(conn.clone(), &config.prefix, config.lease);
 
         // Every process ticks the schedules, `serve` and `worker` alike: no leader.
@@ -358,14 +368,18 @@ async fn declare_subscriptions(
 }
 
 /// What the `courier` binary does, for the kinds of `registry`: parses the command line and the
-/// `COURIER_*` variables, starts a runtime of `--threads` threads (one for `worker`, one per core
-/// for the rest: `Cli::threads`), starts logging (`RUST_LOG`, `--log-format`) and span export
+/// `COURIER_*` variables, starts a runtime of `--threads` threads (one per core unless set;
+/// `worker`: one, or a worker on each of `--threads` threads: `Cli::threads`,
+/// `run_worker_threads`), starts logging (`RUST_LOG`, `--log-format`) and span export
 /// (`--otlp-endpoint`), then serves or works on it until a shutdown signal. A
 /// binary of your own with kinds of its own makes this its `main` (`examples/custom_kind.rs`).
 pub fn run(registry: Registry) -> anyhow::Result<()> {
     use clap::Parser;
     let cli = config::Cli::parse();
     let threads = cli.threads().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+    if threads > 1 && cli.command == Some(Command::Worker) {
+        return run_worker_threads(cli, registry, threads);
+    }
     let mut runtime = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         threads => {
@@ -375,6 +389,87 @@ pub fn run(registry: Registry) -> anyhow::Result<()> {
         }
     };
     runtime.enable_all().build().context("starting the runtime")?.block_on(main_with_cli(cli, registry))
+}
+
+/// `courier worker --threads N`, N > 1: N workers side by side in this process, each on a thread
+/// of its own with a single-threaded runtime and Redis connections of its own, the slots
+/// (`--concurrency`) shared between them. A runtime of N threads instead woke a parked thread for
+/// nearly every reply (docs/benchmark-notes.md, "Nineteenth step"); workers that share nothing
+/// but the process wake only themselves, so a worker process goes past one core at the CPU a
+/// task of one thread ("Thirty-seventh step").
+fn run_worker_threads(cli: config::Cli, registry: Registry, threads: usize) -> anyhow::Result<()> {
+    one_thread_runtime()?.block_on(async move {
+        let telemetry = telemetry::init(cli.config.log_format, cli.config.otlp_endpoint.as_deref())?;
+        let ran = run_workers(cli.config.shared_among(threads), registry).await;
+        telemetry.shutdown().await;
+        ran
+    })
+}
+
+fn one_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")
+}
+
+/// Runs a worker for each of `shares` (this thread's the first), until a shutdown signal or
+/// until one of them fails, which stops the rest.
+async fn run_workers(shares: Vec<Config>, registry: Registry) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut shares = shares.into_iter();
+    let first = shares.next().context("no worker to run")?;
+    // Built before the others start: it moves the keys' layout and loads the scripts, once.
+    let first = Server::build_stopped_by(first, Command::Worker, registry.clone(), shutdown.clone()).await?;
+    let mut others = Vec::new();
+    let mut built = Ok(());
+    for (n, config) in shares.enumerate() {
+        let (ready, started) = tokio::sync::oneshot::channel();
+        let (registry, shutdown) = (registry.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new().name(format!("courier-worker-{}", n + 1)).spawn(move || {
+            let run = async move {
+                let server =
+                    Server::build_stopped_by(config, Command::Worker, registry, shutdown.clone()).await;
+                let server = match server {
+                    Ok(server) => server,
+                    // Told through `ready`: this thread has nothing more to say.
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                let ran = server.run().await;
+                if ran.is_err() {
+                    shutdown.cancel();
+                }
+                ran
+            };
+            one_thread_runtime()?.block_on(run)
+        });
+        match thread.context("starting a worker thread") {
+            Ok(thread) => others.push(thread),
+            Err(e) => {
+                built = Err(e);
+                break;
+            }
+        }
+        if let Err(e) = started.await.unwrap_or_else(|_| Err(anyhow::anyhow!("a worker thread stopped"))) {
+            built = Err(e);
+            break;
+        }
+    }
+    let ran = match built {
+        Ok(()) => first.run().await,
+        Err(e) => Err(e),
+    };
+    // However the first ended, the others stop with it (a signal has stopped them already).
+    shutdown.cancel();
+    let joined =
+        tokio::task::spawn_blocking(move || others.into_iter().map(|t| t.join()).collect::<Vec<_>>())
+            .await
+            .context("waiting for the worker threads")?;
+    for result in joined {
+        result.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+    }
+    ran
 }
 
 /// [`run`] on a runtime of the caller's (which `--threads` then does not change).

@@ -197,6 +197,53 @@ async fn sigterm_lets_in_flight_tasks_finish_and_leaves_the_rest_queued() {
 }
 
 #[tokio::test]
+async fn a_worker_on_three_threads_runs_three_workers_that_share_its_slots_and_stop_as_one() {
+    let app = spawn_app_with(|c| c.concurrency = 0).await;
+    let mut events = app.sse("/api/v1/events", None).await;
+    let mut process = app.worker(&["--concurrency", "7", "--threads", "3", "--grace", "20s"]);
+    let pid = process.id().unwrap();
+    // Three workers in the registry, all of this process, its seven slots shared among them.
+    let started = std::time::Instant::now();
+    let workers = loop {
+        let workers = app.get_json("/api/v1/workers").await["workers"].as_array().unwrap().clone();
+        if workers.len() == 3 {
+            break workers;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "three workers never announced: {workers:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(workers.iter().all(|w| w["pid"] == pid && w["runs"] == "built-in"), "{workers:#?}");
+    let mut slots: Vec<u64> = workers.iter().map(|w| w["slots"].as_u64().unwrap()).collect();
+    slots.sort_unstable();
+    assert_eq!(slots, [2, 2, 3], "{workers:#?}");
+    let ids: HashSet<String> = workers.iter().map(|w| w["id"].as_str().unwrap().to_string()).collect();
+
+    // Seven long tasks run at once: every worker takes its share.
+    let mut tasks = HashSet::new();
+    for _ in 0..7 {
+        tasks.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 1500, "steps": 3}})).await);
+    }
+    assert_eq!(until_running(&mut events, 7).await, tasks);
+    let mut ran_by = HashSet::new();
+    for id in &tasks {
+        let attempts = app.get_json(&format!("/api/v1/tasks/{id}/attempts")).await;
+        ran_by.insert(attempts["attempts"][0]["worker"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ran_by, ids, "each of the three workers runs some");
+
+    // One signal stops them all, each letting its tasks finish.
+    until_progress(&mut events, &tasks).await;
+    signal(&process, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), process.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "{status}");
+    for id in &tasks {
+        assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "succeeded");
+    }
+    let workers = app.get_json("/api/v1/workers").await;
+    assert_eq!(workers["workers"], json!([]), "each left the registry as it stopped: {workers}");
+}
+
+#[tokio::test]
 async fn sigterm_past_the_grace_period_hands_running_tasks_back() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut events = app.sse("/api/v1/events", None).await;
