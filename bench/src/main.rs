@@ -86,8 +86,9 @@ struct RunArgs {
     /// Pull workers (HTTP clients taking leases of 100) of the pull workload.
     #[arg(long, default_value_t = 4)]
     pullers: usize,
-    /// Threads of the `courier worker` the workloads start (its `--threads`: a worker on each,
-    /// sharing `--concurrency`). The scale workload's workers keep one each.
+    /// Threads of the `courier worker` (its `--threads`: a worker on each, sharing
+    /// `--concurrency`) that drains the `submit` workload's backlog a second time, after the drain
+    /// on one thread; 1 drains it once. Every other workload's worker runs on one thread.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
     /// `courier worker` processes that drain the scale workload's backlog (on each Redis).
@@ -311,9 +312,9 @@ impl Bench {
         Ok(Pipeline { server, tap, worker })
     }
 
-    /// `courier worker` on `--worker-threads` threads.
+    /// `courier worker` on one thread.
     fn worker(&self, prefix: &str) -> anyhow::Result<Child> {
-        self.worker_on(prefix, self.args.worker_threads)
+        self.worker_on(prefix, 1)
     }
 
     /// `courier worker` on `threads` threads.
@@ -398,7 +399,8 @@ impl Bench {
     }
 
     /// Submit rates with no workers (one request per task, then batches), then the drain rate of
-    /// the first backlog by one worker process.
+    /// the first backlog by one worker process on one thread, and of the same backlog again (in
+    /// batches) by one on `--worker-threads`.
     async fn submit_and_process(&mut self) -> anyhow::Result<()> {
         let prefix = self.prefix("process");
         let server = self.serve(&prefix, 0).await?;
@@ -408,20 +410,13 @@ impl Bench {
             ids.len() as f64 / seconds,
             json!({"n": ids.len(), "connections": self.args.connections}),
         );
-        let drained = self.drain(&server, &prefix, ids.len()).await?;
-        emit(
-            "process_tasks_per_s",
-            drained.rate,
-            json!({"n": ids.len(), "concurrency": self.args.concurrency}),
-        );
-        for (process, spent) in drained.cpu {
-            emit(
-                "process_cpu_us_per_task",
-                spent * 1e6 / ids.len() as f64,
-                json!({"process": process, "cpu_share": spent / drained.seconds}),
-            );
+        self.process(&server, &prefix, ids.len(), 1).await?;
+        if self.args.worker_threads > 1 {
+            let prefix = self.prefix("process-threads");
+            let server = self.serve(&prefix, 0).await?;
+            let (ids, _) = self.submit_batched(&server.base, self.args.n).await?;
+            self.process(&server, &prefix, ids.len(), self.args.worker_threads).await?;
         }
-        emit("process_idle_share", drained.idle, json!({"n": ids.len()}));
 
         let prefix = self.prefix("batch");
         let server = self.serve(&prefix, 0).await?;
@@ -434,11 +429,45 @@ impl Bench {
         Ok(())
     }
 
+    /// Drains the queued backlog of `count` with a worker on `threads` threads: its rate, each
+    /// process's CPU a task and the machine's idle share, each figure naming the threads.
+    async fn process(
+        &mut self,
+        server: &Process,
+        prefix: &str,
+        count: usize,
+        threads: usize,
+    ) -> anyhow::Result<()> {
+        let drained = self.drain_on(server, prefix, count, threads).await?;
+        let extra = json!({"n": count, "concurrency": self.args.concurrency, "worker_threads": threads});
+        emit("process_tasks_per_s", drained.rate, extra);
+        for (process, spent) in drained.cpu {
+            emit(
+                "process_cpu_us_per_task",
+                spent * 1e6 / count as f64,
+                json!({"process": process, "cpu_share": spent / drained.seconds, "worker_threads": threads}),
+            );
+        }
+        emit("process_idle_share", drained.idle, json!({"n": count, "worker_threads": threads}));
+        Ok(())
+    }
+
     /// Starts a worker on a queued backlog of `count` and times it until the last task's event.
     async fn drain(&mut self, server: &Process, prefix: &str, count: usize) -> anyhow::Result<Drained> {
+        self.drain_on(server, prefix, count, 1).await
+    }
+
+    /// [`Bench::drain`] with the worker on `threads` threads.
+    async fn drain_on(
+        &mut self,
+        server: &Process,
+        prefix: &str,
+        count: usize,
+        threads: usize,
+    ) -> anyhow::Result<Drained> {
         let mut tap = EventTap::open(&self.http, &server.base).await?;
         let started = Instant::now();
-        let worker = self.worker(prefix)?;
+        let worker = self.worker_on(prefix, threads)?;
         let pids = (server.pid().context("serve has no pid")?, worker.id().context("worker has no pid")?);
         // The CPU from here: the worker's start is timed, its first millisecond not counted.
         let (cpu_before, host) =
@@ -877,7 +906,7 @@ impl Bench {
         // Held until the drain ends: a worker is killed when dropped.
         let mut workers = Vec::with_capacity(self.args.scale_workers);
         for k in 1..=self.args.scale_workers.max(1) {
-            let worker = self.worker_on(&prefix, 1)?;
+            let worker = self.worker(&prefix)?;
             processes.push((format!("worker-{k}"), worker.id().context("a worker has no pid")?));
             workers.push(worker);
         }

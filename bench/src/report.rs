@@ -36,6 +36,19 @@ impl Figures {
     }
 }
 
+/// The threads of the `courier worker` a figure was measured with (one where it does not say).
+fn threads_of(line: &Value) -> u64 {
+    line["worker_threads"].as_u64().unwrap_or(1)
+}
+
+/// How a row names a worker process's threads: nothing for one.
+fn on_threads(threads: u64) -> String {
+    match threads {
+        1 => String::new(),
+        n => format!(" (one worker process, `--threads {n}`)"),
+    }
+}
+
 fn show(value: Option<f64>) -> String {
     match value {
         Some(v) if v >= 100.0 => format!("{v:.0}"),
@@ -63,19 +76,16 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
     let mut out = String::new();
     let redis =
         p.0.iter().find(|l| l["metric"] == "loadavg_before").and_then(|l| l["redis"].as_str()).unwrap_or("?");
-    let meta = c.0.iter().find(|l| l["metric"] == "meta");
-    let nproc = meta.and_then(|l| l["nproc"].as_u64()).unwrap_or(0);
-    // Runs before the worker's threads were a setting had one.
-    let threads = meta.and_then(|l| l["worker_threads"].as_u64()).unwrap_or(1);
+    let nproc = c.0.iter().find(|l| l["metric"] == "meta").and_then(|l| l["nproc"].as_u64()).unwrap_or(0);
     writeln!(out, "# Benchmarks\n")?;
     writeln!(
         out,
         "Written by `scripts/bench.sh`: Courier and the peer harness (BullMQ 6.7.0) in one run, on one \
          private Redis ({redis}), on a {nproc}-core machine. Absolute figures drift on shared machines; \
          the ratios compare figures from the same run. BullMQ's reference is its `fork` mode (worker in \
-         a second process), as Courier's worker runs in a `courier worker` process: one, on \
-         `--threads {threads}` (as many workers side by side, each on a thread of its own, sharing the \
-         process's slots; the scale workload's workers run on one each).\n"
+         a second process), as Courier's worker runs in a `courier worker` process, on one thread \
+         unless a row says `--threads` (as many workers side by side, each on a thread of its own, \
+         sharing the process's slots).\n"
     )?;
 
     writeln!(out, "## Targets\n")?;
@@ -113,10 +123,12 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
             r.map(|r| r <= goal),
         )?;
     }
-    let backlog = c.get("process_tasks_per_s", None);
+    // The worker process on the most threads the run tried (one in runs before `--threads`).
+    let backlog = c.all("process_tasks_per_s").into_iter().max_by_key(|l| threads_of(l));
+    let (threads, backlog) = (backlog.map_or(1, threads_of), backlog.and_then(|l| l["value"].as_f64()));
     let r = ratio(backlog, process);
     target(
-        "process a queued backlog, tasks/s, vs BullMQ `process_jobs_per_s`",
+        &format!("process a queued backlog, tasks/s, vs BullMQ `process_jobs_per_s`{}", on_threads(threads)),
         backlog,
         process,
         r,
@@ -218,7 +230,11 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
             "submit_batch_tasks_per_s",
             "enqueue_jobs_per_s",
         ),
-        ("process tasks/s (queued backlog, concurrency 50)", "process_tasks_per_s", "process_jobs_per_s"),
+        (
+            "process tasks/s (queued backlog, concurrency 50, one worker process on one thread)",
+            "process_tasks_per_s",
+            "process_jobs_per_s",
+        ),
         (
             "process tasks/s by pull workers over HTTP (leases of 100, a complete each)",
             "pull_tasks_per_s",
@@ -264,6 +280,14 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
         let (f, i) =
             if theirs.is_empty() { (None, None) } else { (p.get(theirs, fork), p.get(theirs, inproc)) };
         writeln!(out, "| {label} | {} | {} | {} |", show(ours), show(f), show(i))?;
+    }
+    for line in c.all("process_tasks_per_s").into_iter().filter(|l| threads_of(l) > 1) {
+        writeln!(
+            out,
+            "| process tasks/s (queued backlog, concurrency 50, one worker process on `--threads {}`) | {} | — | — |",
+            threads_of(line),
+            show(line["value"].as_f64())
+        )?;
     }
     for line in drains {
         writeln!(
@@ -429,22 +453,32 @@ fn drain_cpu(out: &mut String, c: &Figures, nproc: u64) -> anyhow::Result<()> {
          (the server and the client carry the SSE stream that times it), and the share of one core \
          it kept busy.\n"
     )?;
-    writeln!(out, "| process | µs per task | cores |")?;
-    writeln!(out, "|---|---|---|")?;
-    let (mut total, mut busy) = (0.0, 0.0);
-    for name in ["redis", "serve", "worker", "client"] {
-        let Some(line) = lines.iter().find(|l| l["process"] == name) else { continue };
-        let (us, share) = (line["value"].as_f64().unwrap_or(0.0), line["cpu_share"].as_f64().unwrap_or(0.0));
-        (total, busy) = (total + us, busy + share);
-        writeln!(out, "| {name} | {us:.1} | {share:.2} |")?;
-    }
-    writeln!(out, "| all | {total:.1} | {busy:.2} |")?;
-    if let Some(idle) = c.get("process_idle_share", None) {
-        writeln!(
-            out,
-            "\nOf the {nproc} cores' time over the drain, {:.0} % was idle (or waiting on I/O).",
-            idle * 100.0
-        )?;
+    let mut runs: Vec<u64> = lines.iter().map(|l| threads_of(l)).collect();
+    runs.dedup();
+    for threads in runs {
+        if threads > 1 {
+            writeln!(out, "\nThe worker process on `--threads {threads}`:\n")?;
+        }
+        writeln!(out, "| process | µs per task | cores |")?;
+        writeln!(out, "|---|---|---|")?;
+        let (mut total, mut busy) = (0.0, 0.0);
+        for name in ["redis", "serve", "worker", "client"] {
+            let found = lines.iter().find(|l| l["process"] == name && threads_of(l) == threads);
+            let Some(line) = found else { continue };
+            let (us, share) =
+                (line["value"].as_f64().unwrap_or(0.0), line["cpu_share"].as_f64().unwrap_or(0.0));
+            (total, busy) = (total + us, busy + share);
+            writeln!(out, "| {name} | {us:.1} | {share:.2} |")?;
+        }
+        writeln!(out, "| all | {total:.1} | {busy:.2} |")?;
+        let idle = c.all("process_idle_share").into_iter().find(|l| threads_of(l) == threads);
+        if let Some(idle) = idle.and_then(|l| l["value"].as_f64()) {
+            writeln!(
+                out,
+                "\nOf the {nproc} cores' time over the drain, {:.0} % was idle (or waiting on I/O).",
+                idle * 100.0
+            )?;
+        }
     }
     Ok(())
 }
@@ -614,6 +648,61 @@ mod tests {
         // Without the figures (an older run, or the workload not run), no section.
         std::fs::write(&courier, format!("{}\n", lines[1])).unwrap();
         assert!(!markdown(&courier, None).unwrap().contains("draining a backlog"));
+    }
+
+    #[test]
+    fn a_drain_on_more_threads_is_the_backlogs_target_and_shows_beside_the_one_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (courier, peer) = (dir.path().join("courier.jsonl"), dir.path().join("peer.jsonl"));
+        let lines = [
+            serde_json::json!({"metric": "meta", "nproc": 2}),
+            serde_json::json!({"metric": "process_tasks_per_s", "value": 20000.0, "worker_threads": 1}),
+            serde_json::json!({"metric": "process_cpu_us_per_task", "process": "worker", "value": 20.0, "cpu_share": 0.4, "worker_threads": 1}),
+            serde_json::json!({"metric": "process_idle_share", "value": 0.3, "worker_threads": 1}),
+            serde_json::json!({"metric": "process_tasks_per_s", "value": 30000.0, "worker_threads": 2}),
+            serde_json::json!({"metric": "process_cpu_us_per_task", "process": "worker", "value": 22.0, "cpu_share": 0.66, "worker_threads": 2}),
+            serde_json::json!({"metric": "process_idle_share", "value": 0.1, "worker_threads": 2}),
+        ];
+        std::fs::write(&courier, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let bullmq =
+            serde_json::json!({"metric": "process_jobs_per_s", "worker_mode": "fork", "value": 10000.0});
+        std::fs::write(&peer, format!("{bullmq}\n")).unwrap();
+        let report = markdown(&courier, Some(&peer)).unwrap();
+        assert!(
+            report.contains(
+                "| process a queued backlog, tasks/s, vs BullMQ `process_jobs_per_s` (one worker process, \
+                 `--threads 2`) | 30000 | 10000 | 3.00 | ≥ 2 | yes |"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains("| process tasks/s (queued backlog, concurrency 50, one worker process on one thread) | 20000 |"),
+            "{report}"
+        );
+        assert!(
+            report.contains(
+                "| process tasks/s (queued backlog, concurrency 50, one worker process on `--threads 2`) | 30000 |"
+            ),
+            "{report}"
+        );
+        let on_one =
+            "| worker | 20.0 | 0.40 |\n| all | 20.0 | 0.40 |\n\nOf the 2 cores' time over the drain, 30 %";
+        let on_two = "The worker process on `--threads 2`:\n\n| process | µs per task | cores |\n|---|---|---|\n\
+                      | worker | 22.0 | 0.66 |\n| all | 22.0 | 0.66 |\n\nOf the 2 cores' time over the drain, 10 %";
+        assert!(report.contains(on_one) && report.contains(on_two), "{report}");
+        // A run from before the setting: one drain, its figures unnamed, the target on it.
+        std::fs::write(
+            &courier,
+            format!("{}\n", serde_json::json!({"metric": "process_tasks_per_s", "value": 25000.0})),
+        )
+        .unwrap();
+        let report = markdown(&courier, Some(&peer)).unwrap();
+        assert!(
+            report.contains(
+                "| process a queued backlog, tasks/s, vs BullMQ `process_jobs_per_s` | 25000 | 10000 | 2.50 |"
+            ),
+            "{report}"
+        );
     }
 
     #[test]
