@@ -184,12 +184,6 @@ impl Scripts {
     }
 }
 
-/// This process's name where processes take turns (the queue's promoter): random, for its life.
-fn process_id() -> &'static str {
-    static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| Uuid::now_v7().to_string());
-    &ID
-}
-
 /// A boolean as the scripts read it.
 fn flag(on: bool) -> &'static str {
     if on { "1" } else { "0" }
@@ -213,6 +207,10 @@ pub struct QueueParts {
     scripts: Arc<Scripts>,
     /// When this process last pruned the listing index (ms since the epoch).
     last_prune_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// The name this handle holds the queue's promoter term under: random, made by
+    /// `Queue::new` and kept by every sibling and clone, so one per process, or per worker of a
+    /// process on several threads (each has its own `Queue::new`), and never two promoting.
+    promoter_id: Arc<str>,
     /// When this process last renewed its term as the queue's promoter (ms since the epoch).
     promoter_renewed_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where this handle's submissions wait to be sent together (started on first use).
@@ -485,6 +483,13 @@ impl Queue {
             self.scripts.clone(),
             self.tallies.clone(),
         )
+        .promoting_as(self.promoter_id.clone())
+    }
+
+    /// This handle, holding the promoter's term under `id` (its root's, for a sibling).
+    fn promoting_as(mut self, id: Arc<str>) -> Queue {
+        Arc::make_mut(&mut self.0).promoter_id = id;
+        self
     }
 
     fn with_scripts(
@@ -498,6 +503,7 @@ impl Queue {
     ) -> Queue {
         Queue(Arc::new(QueueParts {
             tallies,
+            promoter_id: Uuid::now_v7().to_string().into(),
             name: name.into(),
             number: 0,
             conn,
@@ -822,9 +828,9 @@ impl Queue {
         Ok(purged == 1)
     }
 
-    /// Gives up this process's term as the queue's promoter, if it has one (it stops).
+    /// Gives up this handle's term as the queue's promoter, if it has one (its worker stops).
     pub async fn resign_promoter(&self) -> redis::RedisResult<()> {
-        crate::store::release_lock(&mut self.conn.clone(), &self.keys.promoter(), process_id()).await
+        crate::store::release_lock(&mut self.conn.clone(), &self.keys.promoter(), &self.promoter_id).await
     }
 
     /// Ends waiting tasks whose expiry passed, and moves delayed tasks that are due onto the
@@ -841,7 +847,7 @@ impl Queue {
         let promoter = self.keys.promoter();
         let mut look = redis::pipe();
         // Nobody's (or the last one's term ran out): this process's now.
-        look.cmd("SET").arg(&promoter).arg(process_id()).arg("NX").arg("PX").arg(term).ignore();
+        look.cmd("SET").arg(&promoter).arg(&*self.promoter_id).arg("NX").arg("PX").arg(term).ignore();
         look.cmd("GET").arg(&promoter);
         for waiting in [self.keys.delayed(), self.keys.retrying(), self.keys.expiring()] {
             look.cmd("ZRANGEBYSCORE").arg(waiting).arg("-inf").arg(now).arg("LIMIT").arg(0).arg(1);
@@ -849,7 +855,7 @@ impl Queue {
         let mut conn = self.conn.clone();
         let (holder, delayed, retrying, expiring): (Option<String>, Vec<String>, Vec<String>, Vec<String>) =
             look.query_async(&mut conn).await?;
-        if holder.as_deref() != Some(process_id()) {
+        if holder.as_deref() != Some(&*self.promoter_id) {
             return Ok(None);
         }
         // The term is renewed a few times per term, not at every look. Should the renewal come
@@ -859,7 +865,7 @@ impl Queue {
         if now.saturating_sub(renewed) >= term / 3 {
             redis::cmd("SET")
                 .arg(&promoter)
-                .arg(process_id())
+                .arg(&*self.promoter_id)
                 .arg("XX")
                 .arg("PX")
                 .arg(term)
@@ -1188,5 +1194,28 @@ mod tests {
         assert_eq!(pauses, vec![50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         backoff.reset();
         assert_eq!(backoff.next(), Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn one_worker_promotes_with_every_handle_of_its_own_and_another_waits_its_turn() {
+        let ((_redis, _dir), queue) = testing::private_queue().await;
+        // Another worker of the same process (`--threads`) or of another: a `Queue::new` of its own.
+        let other = Queue::new(
+            queue.client.clone(),
+            queue.conn.clone(),
+            "unit",
+            "default",
+            (*queue.settings).clone(),
+        );
+        assert_eq!(queue.promote_due().await.unwrap(), Some(0), "the first to look takes the term");
+        assert_eq!(other.promote_due().await.unwrap(), None, "the other waits");
+        // The holder's handles promote as it: a sibling (what `Queues::handle` makes for a queue
+        // this process has not opened, for each pull request) and a loop's.
+        assert_eq!(queue.sibling("unit", "default").promote_due().await.unwrap(), Some(0));
+        assert_eq!(queue.for_loop().promote_due().await.unwrap(), Some(0));
+        // Resigned (its worker stops): the other takes over at its next look.
+        queue.resign_promoter().await.unwrap();
+        assert_eq!(other.promote_due().await.unwrap(), Some(0));
+        assert_eq!(queue.promote_due().await.unwrap(), None);
     }
 }
