@@ -30,7 +30,7 @@
 //! | `{prefix}:{queue}:stats:s:{minute}`, `stats:m:{hour}`, `stats:h:{day}` | hash | tasks ended per second, minute and hour, and the wait and run histograms (`stats.rs`) |
 //! | `{prefix}:{queue}:settings`      | hash   | `paused`, `max_depth`, `concurrency`, `rate_limit`, `rate_period_ms` |
 //! | `{prefix}:{queue}:events`        | stream | the queue's task and queue events, capped (`{_kinds}` and `{_workflows}` have their own) |
-//! | `{prefix}:{queue}:promoter`      | string | the process (or, under `--threads`, the one worker of a process) that moves due tasks of the queue now, for a few seconds (`Queue::promote_due`) |
+//! | `{prefix}:{queue}:promoter`      | string | the process (or the worker, of a process running several) that moves due tasks of the queue now, for a few seconds (`Queue::promote_due`) |
 //! | `{prefix}:{_queues}:queues`      | set    | the name of every queue                 |
 //! | `{prefix}:{_queues}:queue-numbers`, `queue-names` | hash | each queue's number for life, both ways (task ids carry it) |
 //! | `{prefix}:{_queues}:queue-numbers-since` | string | when queues began to have numbers (older ids are the default queue's) |
