@@ -454,6 +454,7 @@ fn drain_cpu(out: &mut String, c: &Figures, nproc: u64) -> anyhow::Result<()> {
          it kept busy.\n"
     )?;
     let mut runs: Vec<u64> = lines.iter().map(|l| threads_of(l)).collect();
+    runs.sort_unstable();
     runs.dedup();
     for threads in runs {
         if threads > 1 {

@@ -368,8 +368,8 @@ async fn declare_subscriptions(
 }
 
 /// What the `courier` binary does, for the kinds of `registry`: parses the command line and the
-/// `COURIER_*` variables, starts a runtime of `--threads` threads (one per core unless set;
-/// `worker`: one, or a worker on each of `--threads` threads: `Cli::threads`,
+/// `COURIER_*` variables, starts the threads `--threads` asks for (`Cli::threads`: for `serve` a
+/// runtime of that many, one per core unless set; for `worker` a worker on each, one unless set:
 /// `run_worker_threads`), starts logging (`RUST_LOG`, `--log-format`) and span export
 /// (`--otlp-endpoint`), then serves or works on it until a shutdown signal. A
 /// binary of your own with kinds of its own makes this its `main` (`examples/custom_kind.rs`).

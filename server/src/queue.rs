@@ -211,7 +211,8 @@ pub struct QueueParts {
     /// `Queue::new` and kept by every sibling and clone, so one per process, or per worker of a
     /// process on several threads (each has its own `Queue::new`), and never two promoting.
     promoter_id: Arc<str>,
-    /// When this process last renewed its term as the queue's promoter (ms since the epoch).
+    /// When this handle (or a clone) last renewed its term as the queue's promoter (ms since the
+    /// epoch).
     promoter_renewed_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where this handle's submissions wait to be sent together (started on first use).
     enqueuer: Arc<std::sync::OnceLock<enqueue::Enqueuer>>,
@@ -834,9 +835,10 @@ impl Queue {
     }
 
     /// Ends waiting tasks whose expiry passed, and moves delayed tasks that are due onto the
-    /// ready stream, if no other process does that for this queue now (one at a time, so that
-    /// idle workers cost Redis next to nothing); returns how many moved or expired (the larger of
-    /// the two), `None` when another process is the queue's promoter.
+    /// ready stream, if nobody else (another process, or another worker of this one) does that
+    /// for this queue now (one at a time, so that idle workers cost Redis next to nothing);
+    /// returns how many moved or expired (the larger of the two), `None` when another holds the
+    /// queue's promoter term.
     ///
     /// A look is one round trip of plain commands (a script call costs Redis ~50 µs here when
     /// it idles, measured: docs/benchmark-notes.md); the promotion's script runs only when
@@ -846,7 +848,7 @@ impl Queue {
         let term = PROMOTER_TERM.as_millis() as u64;
         let promoter = self.keys.promoter();
         let mut look = redis::pipe();
-        // Nobody's (or the last one's term ran out): this process's now.
+        // Nobody's (or the last one's term ran out): this worker's now.
         look.cmd("SET").arg(&promoter).arg(&*self.promoter_id).arg("NX").arg("PX").arg(term).ignore();
         look.cmd("GET").arg(&promoter);
         for waiting in [self.keys.delayed(), self.keys.retrying(), self.keys.expiring()] {

@@ -200,7 +200,9 @@ async fn sigterm_lets_in_flight_tasks_finish_and_leaves_the_rest_queued() {
 async fn a_worker_on_three_threads_runs_three_workers_that_share_its_slots_and_stop_as_one() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut events = app.sse("/api/v1/events", None).await;
-    let mut process = app.worker(&["--concurrency", "7", "--threads", "3", "--grace", "20s"]);
+    let metrics = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut process =
+        app.worker(&["--concurrency", "7", "--threads", "3", "--grace", "20s", "--metrics-addr", &metrics]);
     let pid = process.id().unwrap();
     // Three workers in the registry, all of this process, its seven slots shared among them.
     let started = std::time::Instant::now();
@@ -230,13 +232,30 @@ async fn a_worker_on_three_threads_runs_three_workers_that_share_its_slots_and_s
         ran_by.insert(attempts["attempts"][0]["worker"].as_str().unwrap().to_string());
     }
     assert_eq!(ran_by, ids, "each of the three workers runs some");
+    let ended = until_all_end(&mut events, &tasks, Duration::from_secs(20)).await;
+    assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
+    // The process's one `/metrics` counts what all three ran.
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    let succeeded = text
+        .lines()
+        .find(|line| {
+            line.starts_with("courier_tasks_finished_total{")
+                && line.contains(r#"kind="sleep""#)
+                && line.contains(r#"outcome="succeeded""#)
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(succeeded, Some(7.0), "{text}");
 
     // One signal stops them all, each letting its tasks finish.
-    until_progress(&mut events, &tasks).await;
+    let mut last = HashSet::new();
+    for _ in 0..3 {
+        last.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 1500, "steps": 3}})).await);
+    }
+    until_progress(&mut events, &last).await;
     signal(&process, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), process.wait()).await.expect("exits").unwrap();
     assert!(status.success(), "{status}");
-    for id in &tasks {
+    for id in &last {
         assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["status"], "succeeded");
     }
     let workers = app.get_json("/api/v1/workers").await;
