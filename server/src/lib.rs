@@ -419,47 +419,19 @@ async fn run_workers(shares: Vec<Config>, registry: Registry) -> anyhow::Result<
     // Built before the others start: it moves the keys' layout and loads the scripts, once.
     let first = Server::build_stopped_by(first, Command::Worker, registry.clone(), shutdown.clone()).await?;
     let mut others = Vec::new();
-    let mut built = Ok(());
+    let mut ran = Ok(());
     for (n, config) in shares.enumerate() {
-        let (ready, started) = tokio::sync::oneshot::channel();
-        let (registry, shutdown) = (registry.clone(), shutdown.clone());
-        let thread = std::thread::Builder::new().name(format!("courier-worker-{}", n + 1)).spawn(move || {
-            let run = async move {
-                let server =
-                    Server::build_stopped_by(config, Command::Worker, registry, shutdown.clone()).await;
-                let server = match server {
-                    Ok(server) => server,
-                    // Told through `ready`: this thread has nothing more to say.
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                let ran = server.run().await;
-                if ran.is_err() {
-                    shutdown.cancel();
-                }
-                ran
-            };
-            one_thread_runtime()?.block_on(run)
-        });
-        match thread.context("starting a worker thread") {
+        match start_worker_thread(n + 1, config, registry.clone(), shutdown.clone()).await {
             Ok(thread) => others.push(thread),
             Err(e) => {
-                built = Err(e);
+                ran = Err(e);
                 break;
             }
         }
-        if let Err(e) = started.await.unwrap_or_else(|_| Err(anyhow::anyhow!("a worker thread stopped"))) {
-            built = Err(e);
-            break;
-        }
     }
-    let ran = match built {
-        Ok(()) => first.run().await,
-        Err(e) => Err(e),
-    };
+    if ran.is_ok() {
+        ran = first.run().await;
+    }
     // However the first ended, the others stop with it (a signal has stopped them already).
     shutdown.cancel();
     let joined =
@@ -470,6 +442,46 @@ async fn run_workers(shares: Vec<Config>, registry: Registry) -> anyhow::Result<
         result.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
     }
     ran
+}
+
+/// Starts worker `n` of a process on a thread of its own, and returns once it is built (or with
+/// why it could not be). Should it fail later, it stops the others through `shutdown`.
+async fn start_worker_thread(
+    n: usize,
+    config: Config,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+    let (ready, built) = tokio::sync::oneshot::channel();
+    let run = async move {
+        let server = Server::build_stopped_by(config, Command::Worker, registry, shutdown.clone()).await;
+        let server = match server {
+            Ok(server) => server,
+            // Told through `ready`: this thread has nothing more to say.
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return Ok(());
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let ran = server.run().await;
+        if ran.is_err() {
+            shutdown.cancel();
+        }
+        ran
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("courier-worker-{n}"))
+        .spawn(move || one_thread_runtime()?.block_on(run))
+        .context("starting a worker thread")?;
+    match built.await {
+        Ok(built) => built.map(|()| thread),
+        // It ended before it could say (its runtime did not start): its own error says why.
+        Err(_) => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(anyhow::anyhow!("a worker thread stopped before it was built")),
+        },
+    }
 }
 
 /// [`run`] on a runtime of the caller's (which `--threads` then does not change).

@@ -465,11 +465,11 @@ impl Queue {
         Queue::with_scripts(
             client,
             conn,
-            prefix,
-            name,
+            Keys::new(prefix, name),
             Arc::new(settings),
             Arc::new(Scripts::load()),
             tallies,
+            Uuid::now_v7().to_string().into(),
         )
     }
 
@@ -478,38 +478,31 @@ impl Queue {
         Queue::with_scripts(
             self.client.clone(),
             self.conn.clone(),
-            prefix,
-            name,
+            Keys::new(prefix, name),
             self.settings.clone(),
             self.scripts.clone(),
             self.tallies.clone(),
+            self.promoter_id.clone(),
         )
-        .promoting_as(self.promoter_id.clone())
-    }
-
-    /// This handle, holding the promoter's term under `id` (its root's, for a sibling).
-    fn promoting_as(mut self, id: Arc<str>) -> Queue {
-        Arc::make_mut(&mut self.0).promoter_id = id;
-        self
     }
 
     fn with_scripts(
         client: crate::redis_client::RedisClient,
         conn: Conn,
-        prefix: &str,
-        name: &str,
+        keys: Keys,
         settings: Arc<QueueSettings>,
         scripts: Arc<Scripts>,
         tallies: Arc<crate::stats::Tallies>,
+        promoter_id: Arc<str>,
     ) -> Queue {
         Queue(Arc::new(QueueParts {
             tallies,
-            promoter_id: Uuid::now_v7().to_string().into(),
-            name: name.into(),
+            promoter_id,
+            name: keys.queue().into(),
             number: 0,
             conn,
             client,
-            keys: Keys::new(prefix, name),
+            keys,
             settings,
             scripts,
             last_prune_ms: Default::default(),

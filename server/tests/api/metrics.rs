@@ -47,23 +47,6 @@ async fn scrape_until(app: &TestApp, ready: impl Fn(&str) -> bool) -> String {
     panic!("the metrics never showed what was expected:\n{text}");
 }
 
-/// The value of the series `name` whose labels include every one of `labels`.
-pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-        let pairs: Vec<(&str, &str)> = rest
-            .strip_suffix('}')?
-            .split(',')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(key, value)| (key, value.trim_matches('"')))
-            .collect();
-        (metric == name && labels.iter().all(|label| pairs.contains(label)))
-            .then(|| value.parse().ok())
-            .flatten()
-    })
-}
-
 /// Runs `promtool check metrics` on `text` and returns whether it passed, with what it said.
 async fn promtool_check(text: &str) -> (bool, String) {
     let mut promtool = tokio::process::Command::new("promtool")

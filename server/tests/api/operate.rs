@@ -247,7 +247,7 @@ async fn a_worker_process_serves_its_probes_and_leaves_the_registry_when_it_stop
     let metrics = response.text().await.unwrap();
     let q = queue();
     let labels = [("queue", q.as_str()), ("kind", "echo"), ("outcome", "succeeded")];
-    let finished = crate::metrics::sample(&metrics, "courier_tasks_finished_total", &labels);
+    let finished = sample(&metrics, "courier_tasks_finished_total", &labels);
     assert_eq!(finished, Some(1.0), "{metrics}");
     // Stopped gracefully: it takes itself off at once.
     let pid = stopping.id().unwrap();

@@ -390,3 +390,20 @@ impl TestApp {
         panic!("the server never honoured the token `{name}`");
     }
 }
+
+/// The value of the series `name` whose labels include every one of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let pairs: Vec<(&str, &str)> = rest
+            .strip_suffix('}')?
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(key, value)| (key, value.trim_matches('"')))
+            .collect();
+        (metric == name && labels.iter().all(|label| pairs.contains(label)))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}

@@ -236,14 +236,8 @@ async fn a_worker_on_three_threads_runs_three_workers_that_share_its_slots_and_s
     assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
     // The process's one `/metrics` counts what all three ran.
     let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
-    let succeeded = text
-        .lines()
-        .find(|line| {
-            line.starts_with("courier_tasks_finished_total{")
-                && line.contains(r#"kind="sleep""#)
-                && line.contains(r#"outcome="succeeded""#)
-        })
-        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok());
+    let succeeded =
+        sample(&text, "courier_tasks_finished_total", &[("kind", "sleep"), ("outcome", "succeeded")]);
     assert_eq!(succeeded, Some(7.0), "{text}");
 
     // One signal stops them all, each letting its tasks finish.
