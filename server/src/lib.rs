@@ -36,7 +36,7 @@ use embedded_redis::EmbeddedRedis;
 use events::Events;
 use handlers::Registry;
 use kinds::{KindKeys, Kinds};
-use queue::{Queue, QueueSettings, Serving};
+use queue::{Queue, QueueSettings, Relay, Serving};
 use queues::Queues;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use store::DEFAULT_QUEUE;
@@ -76,16 +76,18 @@ impl Server {
 
     /// [`Server::build`] for the kinds of `registry` (the built-in ones and your own).
     pub async fn build_with(config: Config, role: Command, registry: Registry) -> anyhow::Result<Server> {
-        Server::build_stopped_by(config, role, registry, CancellationToken::new()).await
+        Server::build_stopped_by(config, role, registry, CancellationToken::new(), Relay::alone()).await
     }
 
     /// [`Server::build_with`], stopped when `shutdown` is cancelled (as its own signal handler
-    /// cancels it): the workers of one process, each on a thread of its own, share one.
+    /// cancels it), its workers reading when `relay` says: the workers of one process, each on a
+    /// thread of its own, share one token, and take their places in one chain.
     async fn build_stopped_by(
         config: Config,
         role: Command,
         registry: Registry,
         shutdown: CancellationToken,
+        relay: Relay,
     ) -> anyhow::Result<Server> {
         config.validate().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
         // Read before anything starts: a bad file stops the start, not each connection.
@@ -176,7 +178,7 @@ impl Server {
             let kinds = registry.clone();
             let serving =
                 Serving::new(queues.clone(), choice, config.concurrency, Arc::new(move || kinds.run_here()));
-            Runner::new(serving, registry.clone(), retry, workers.clone())
+            Runner::new(serving, registry.clone(), retry, workers.clone(), relay)
         });
         let (listener, router) = if role == Command::Serve {
             let tokens = auth::Tokens::new(conn.clone(), &config.prefix, config.auth)
@@ -396,7 +398,9 @@ pub fn run(registry: Registry) -> anyhow::Result<()> {
 /// (`--concurrency`) shared between them. A runtime of N threads instead woke a parked thread for
 /// nearly every reply (docs/benchmark-notes.md, "Nineteenth step"); workers that share nothing
 /// but the process wake only themselves, so a worker process goes past one core at the CPU a
-/// task of one thread ("Thirty-seventh step").
+/// task of one thread ("Thirty-seventh step"). Each but the first stands by until the one before
+/// it fills up (queue/relay.rs), so tasks that trickle in keep to one worker's rounds
+/// ("Thirty-eighth step").
 fn run_worker_threads(cli: config::Cli, registry: Registry, threads: usize) -> anyhow::Result<()> {
     one_thread_runtime()?.block_on(async move {
         let telemetry = telemetry::init(cli.config.log_format, cli.config.otlp_endpoint.as_deref())?;
@@ -411,17 +415,20 @@ fn one_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs a worker for each of `shares` (this thread's the first), until a shutdown signal or
-/// until one of them fails, which stops the rest.
+/// until one of them fails, which stops the rest. Each but the first stands by until the one
+/// before it is full (queue/relay.rs).
 async fn run_workers(shares: Vec<Config>, registry: Registry) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let mut shares = shares.into_iter();
-    let first = shares.next().context("no worker to run")?;
+    let mut places = Relay::chain(shares.len()).into_iter();
+    let mut shares = shares.into_iter().zip(&mut places);
+    let (first, place) = shares.next().context("no worker to run")?;
     // Built before the others start: it moves the keys' layout and loads the scripts, once.
-    let first = Server::build_stopped_by(first, Command::Worker, registry.clone(), shutdown.clone()).await?;
+    let first =
+        Server::build_stopped_by(first, Command::Worker, registry.clone(), shutdown.clone(), place).await?;
     let mut others = Vec::new();
     let mut ran = Ok(());
-    for (n, config) in shares.enumerate() {
-        match start_worker_thread(n + 1, config, registry.clone(), shutdown.clone()).await {
+    for (n, (config, place)) in shares.enumerate() {
+        match start_worker_thread(n + 1, config, place, registry.clone(), shutdown.clone()).await {
             Ok(thread) => others.push(thread),
             Err(e) => {
                 ran = Err(e);
@@ -444,17 +451,19 @@ async fn run_workers(shares: Vec<Config>, registry: Registry) -> anyhow::Result<
     ran
 }
 
-/// Starts worker `n` of a process on a thread of its own, and returns once it is built (or with
-/// why it could not be). Should it fail later, it stops the others through `shutdown`.
+/// Starts worker `n` of a process, in its `place`, on a thread of its own, and returns once it is
+/// built (or with why it could not be). Should it fail later, it stops the others through `shutdown`.
 async fn start_worker_thread(
     n: usize,
     config: Config,
+    place: Relay,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
     let (ready, built) = tokio::sync::oneshot::channel();
     let run = async move {
-        let server = Server::build_stopped_by(config, Command::Worker, registry, shutdown.clone()).await;
+        let server =
+            Server::build_stopped_by(config, Command::Worker, registry, shutdown.clone(), place).await;
         let server = match server {
             Ok(server) => server,
             // Told through `ready`: this thread has nothing more to say.

@@ -36,6 +36,7 @@ mod lease;
 mod library;
 mod pull;
 pub mod record;
+mod relay;
 mod serving;
 mod transaction;
 
@@ -46,6 +47,7 @@ use lease::HeldEntry;
 pub use lease::Lease;
 use lease::LeasedPayload;
 pub use pull::{PullToken, Pulled};
+pub use relay::Relay;
 pub use serving::{QueueChoice, Serving, parse_choice};
 
 /// The consumer group every worker of a queue reads through.

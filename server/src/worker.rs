@@ -3,7 +3,7 @@
 
 use crate::{
     handlers::{Context, HandlerError, Input, Output, Registry},
-    queue::{DeadReason, Lease, Outcome, Renewal, ResultBytes, Serving},
+    queue::{DeadReason, Lease, Outcome, Relay, Renewal, ResultBytes, Serving},
     trace_context,
     workers::{Announcement, Running, Workers},
 };
@@ -56,16 +56,19 @@ pub struct Runner {
     /// The tasks running here now, for the worker registry.
     running: Arc<Running>,
     workers: Workers,
+    /// Its place among its process's workers: when it reads.
+    relay: Relay,
 }
 
 impl Runner {
     /// A runner over the queues of `serving`, running the kinds in `registry`, announced in
-    /// `workers`.
+    /// `workers`, reading when `relay` says.
     pub fn new(
         serving: Arc<Serving>,
         registry: Registry,
         retry: RetryPolicy,
         workers: Workers,
+        relay: Relay,
     ) -> Arc<Runner> {
         Arc::new(Runner {
             serving,
@@ -75,6 +78,7 @@ impl Runner {
             hand_back: CancellationToken::new(),
             running: Arc::default(),
             workers,
+            relay,
         })
     }
 
@@ -99,7 +103,12 @@ impl Runner {
         let stop = shutdown.clone();
         let monitor = Monitor::new().register(move |_restarts| {
             WorkerBuilder::new("courier")
-                .backend(crate::queue::backend(runner.serving.clone(), concurrency, stop.clone()))
+                .backend(crate::queue::backend(
+                    runner.serving.clone(),
+                    concurrency,
+                    stop.clone(),
+                    runner.relay.clone(),
+                ))
                 .data(runner.clone())
                 .build(run_attempt)
         });

@@ -9,6 +9,7 @@
 use super::{
     Backoff, PROMOTE_BATCH, PROMOTE_TICK, PROMOTER_STANDBY,
     lease::{Lease, Leasing},
+    relay::Relay,
     serving::Serving,
 };
 use apalis_core::{
@@ -26,12 +27,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Starts fetching from the queues of `serving` for up to `concurrency` attempts at once, and
-/// returns the apalis backend that hands them to the worker. Fetching stops when `shutdown`
-/// fires; attempts in flight can still end after that.
-pub fn backend(serving: Arc<Serving>, concurrency: usize, shutdown: CancellationToken) -> RedisBackend {
+/// returns the apalis backend that hands them to the worker, which reads when its place among
+/// its process's workers (`relay`) says. Fetching stops when `shutdown` fires; attempts in flight
+/// can still end after that.
+pub fn backend(
+    serving: Arc<Serving>,
+    concurrency: usize,
+    shutdown: CancellationToken,
+    relay: Relay,
+) -> RedisBackend {
     let (leases, rx) = mpsc::channel(concurrency.max(1));
     let (endings, ending_rx) = mpsc::channel(concurrency.max(1));
-    let leasing = Leasing::new(serving.clone(), &leases, &endings, shutdown.clone());
+    let leasing = Leasing::new(serving.clone(), &leases, &endings, shutdown.clone(), relay);
     let slots = Arc::new(Semaphore::new(concurrency));
     tokio::spawn(leasing.clone().finish_loop(ending_rx));
     // The fetch loop owns the strong senders: the backend ends once it stops.

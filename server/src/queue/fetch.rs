@@ -149,6 +149,15 @@ impl Leasing {
         let mut last_reclaim: Option<Instant> = None;
         let mut reclaim_from = ReclaimFrom::default();
         loop {
+            if !self.relay.on_duty() {
+                // The worker before has room for what comes: this one stands by, and its finishes
+                // meanwhile take no leases either (as while it reads), until that one stays full.
+                let _standing_by = Reading::start(&self.reading);
+                tokio::select! {
+                    () = self.relay.turn() => {}
+                    () = self.shutdown.cancelled() => break,
+                }
+            }
             let first = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot.expect("the worker slots are never closed"),
                 () = self.shutdown.cancelled() => break,
@@ -180,6 +189,8 @@ impl Leasing {
             match fetched {
                 Ok(leases) => {
                     backoff.reset();
+                    // Every slot taken: more may wait, for the next worker.
+                    self.relay.took(self.serving.full(0));
                     // Slots left over (fewer tasks than slots) are freed here.
                     drop(free);
                     self.deliver(leases).await;

@@ -286,6 +286,7 @@ impl Leasing {
     /// Ends the attempts of one queue and takes its next leases: without Lua where nothing needs
     /// a decision in Redis (plain.rs), else by the scripts.
     async fn finish_group(&self, served: Served, mut batch: Vec<Ending>) {
+        let ending = batch.len();
         let mut slots: Vec<_> = batch.iter_mut().filter_map(|e| e.slot.take()).collect();
         // None while stopping, nor while the fetch loop waits on empty lanes for any new entry.
         let want = match self.shutdown.is_cancelled() || self.reading.load(Ordering::Relaxed) {
@@ -314,7 +315,7 @@ impl Leasing {
                     let mut leases = self.leases_of_runs(queue, &served.running, runs, &mut slots);
                     leases.extend(self.claim_read(&served, &kinds, &rest, &mut slots).await);
                     drop(slots);
-                    self.deliver(leases).await;
+                    self.deliver_refill(leases, ending).await;
                     return;
                 }
                 Some(Err(given)) => {
@@ -334,7 +335,7 @@ impl Leasing {
                     }
                     let leases = self.claim_read(&served, &kinds, &given, &mut slots).await;
                     drop(slots);
-                    self.deliver(leases).await;
+                    self.deliver_refill(leases, ending).await;
                     return;
                 }
                 None => {}
@@ -350,7 +351,7 @@ impl Leasing {
                 let leases = self.leases_of_claim(&served, claimed, &mut slots);
                 // Slots not refilled go back to the fetch loop, which shares them by weight.
                 drop(slots);
-                self.deliver(leases).await;
+                self.deliver_refill(leases, ending).await;
             }
             Err(e) => {
                 // Nothing was applied: each attempt's runner tries again.
@@ -363,6 +364,13 @@ impl Leasing {
 }
 
 impl Leasing {
+    /// Hands out the leases a round took for the slots of the `ending` attempts it ended, and
+    /// tells the next worker (queue/relay.rs) whether every slot is taken now.
+    async fn deliver_refill(&self, leases: Vec<Lease>, ending: usize) {
+        self.relay.took(self.serving.full(ending));
+        self.deliver(leases).await;
+    }
+
     /// Leases on `given` (entries of `served`'s lanes read for this worker) through the claim
     /// script. On an error they stay pending for this worker, taken over once idle a lease's
     /// length.

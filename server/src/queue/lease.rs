@@ -11,6 +11,7 @@ use super::{
     GROUP, Outcome, Queue,
     finish::{Applied, Ending, PlainEnds},
     record,
+    relay::Relay,
     serving::Serving,
 };
 use crate::store::{TaskRecord, now_ms};
@@ -360,9 +361,12 @@ pub(super) struct Leasing {
     /// finish meanwhile takes no leases: it would find none, and the slots it frees go to the
     /// read's next round (docs/benchmark-notes.md, "Seventh step"). A queue left out of the read
     /// (at its concurrency limit, say) would have no one to refill it, so then it stays unset.
+    /// It is set too while the worker stands by (`relay`): the worker before it has room.
     pub(super) reading: Arc<AtomicBool>,
     /// How the finish loop ends attempts without Lua.
     pub(super) plain_ends: Arc<PlainEnds>,
+    /// This worker's place among its process's workers: when it reads, and whom it calls.
+    pub(super) relay: Relay,
 }
 
 impl Leasing {
@@ -373,6 +377,7 @@ impl Leasing {
         leases: &mpsc::Sender<Box<Lease>>,
         endings: &mpsc::Sender<Ending>,
         shutdown: CancellationToken,
+        relay: Relay,
     ) -> Leasing {
         Leasing {
             consumer: serving.id(),
@@ -382,6 +387,7 @@ impl Leasing {
             shutdown,
             reading: Arc::default(),
             plain_ends: Arc::default(),
+            relay,
         }
     }
 

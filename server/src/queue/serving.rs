@@ -247,6 +247,14 @@ impl Serving {
         candidates.iter().cloned().zip(given).filter(|(_, n)| *n > 0).collect()
     }
 
+    /// Whether an attempt runs in every slot of this worker, not counting `ending` of them that a
+    /// finish round ends now (queue/relay.rs).
+    pub(super) fn full(&self, ending: usize) -> bool {
+        let all = self.served.lock().expect("never poisoned");
+        let running: usize = all.iter().map(|s| s.running.load(Ordering::Relaxed)).sum();
+        running.saturating_sub(ending) >= self.concurrency
+    }
+
     /// How many more attempts of `served` the finish loop may start for the slots `freed` by its
     /// ended ones (`ended` of them): with one queue served, all of them; with several, only up to
     /// the queue's share of the slots, the rest going back to the fetch loop, which offers them

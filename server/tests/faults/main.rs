@@ -196,8 +196,15 @@ async fn sigterm_lets_in_flight_tasks_finish_and_leaves_the_rest_queued() {
     }
 }
 
+/// The worker that ran a task's first attempt.
+async fn ran_by(app: &TestApp, task: &str) -> String {
+    let attempts = app.get_json(&format!("/api/v1/tasks/{task}/attempts")).await;
+    attempts["attempts"][0]["worker"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
-async fn a_worker_on_three_threads_runs_three_workers_that_share_its_slots_and_stop_as_one() {
+async fn a_worker_on_three_threads_runs_three_workers_that_share_its_slots_join_in_as_it_fills_and_stop_as_one()
+ {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut events = app.sse("/api/v1/events", None).await;
     let metrics = format!("127.0.0.1:{}", free_port().unwrap());
@@ -220,18 +227,29 @@ async fn a_worker_on_three_threads_runs_three_workers_that_share_its_slots_and_s
     assert_eq!(slots, [2, 2, 3], "{workers:#?}");
     let ids: HashSet<String> = workers.iter().map(|w| w["id"].as_str().unwrap().to_string()).collect();
 
-    // Seven long tasks run at once: every worker takes its share.
+    // Tasks one at a time: the first worker has room for each, and the others stand by.
+    let mut trickled = HashSet::new();
+    for n in 0..10 {
+        let task = app.submit_ok(json!({"kind": "echo", "payload": {"n": n}})).await;
+        let one = HashSet::from([task.clone()]);
+        assert_eq!(until_all_end(&mut events, &one, Duration::from_secs(20)).await[&task], "succeeded");
+        trickled.insert(ran_by(&app, &task).await);
+    }
+    assert_eq!(trickled.len(), 1, "one worker ran them all: {trickled:?}");
+    let first = workers.iter().find(|w| trickled.contains(w["id"].as_str().unwrap())).unwrap();
+    assert_eq!(first["slots"], 3, "the first, which has the most slots: {workers:#?}");
+
+    // Seven long tasks run at once: as each worker fills up, the next joins in.
     let mut tasks = HashSet::new();
     for _ in 0..7 {
         tasks.insert(app.submit_ok(json!({"kind": "sleep", "payload": {"ms": 1500, "steps": 3}})).await);
     }
     assert_eq!(until_running(&mut events, 7).await, tasks);
-    let mut ran_by = HashSet::new();
-    for id in &tasks {
-        let attempts = app.get_json(&format!("/api/v1/tasks/{id}/attempts")).await;
-        ran_by.insert(attempts["attempts"][0]["worker"].as_str().unwrap().to_string());
+    let mut running_on = HashSet::new();
+    for task in &tasks {
+        running_on.insert(ran_by(&app, task).await);
     }
-    assert_eq!(ran_by, ids, "each of the three workers runs some");
+    assert_eq!(running_on, ids, "each of the three workers runs some");
     let ended = until_all_end(&mut events, &tasks, Duration::from_secs(20)).await;
     assert!(ended.values().all(|status| status == "succeeded"), "{ended:?}");
     // The process's one `/metrics` counts what all three ran.
