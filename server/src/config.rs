@@ -151,7 +151,7 @@ pub struct Config {
     /// `worker`: one unless set (it waits on Redis and on endpoints, and its handlers run
     /// CPU-heavy work on threads of their own); with more, as many workers side by side, each on
     /// a thread of its own with its own Redis connections and its share of `--concurrency`, each
-    /// but the first standing by until the one before it fills up.
+    /// but the first standing by until the one before it stays full.
     #[arg(long, env = "COURIER_THREADS", global = true)]
     pub threads: Option<usize>,
 

@@ -399,7 +399,7 @@ pub fn run(registry: Registry) -> anyhow::Result<()> {
 /// nearly every reply (docs/benchmark-notes.md, "Nineteenth step"); workers that share nothing
 /// but the process wake only themselves, so a worker process goes past one core at the CPU a
 /// task of one thread ("Thirty-seventh step"). Each but the first stands by until the one before
-/// it fills up (queue/relay.rs), so tasks that trickle in keep to one worker's rounds
+/// it stays full (queue/relay.rs), so tasks that trickle in keep to one worker's rounds
 /// ("Thirty-eighth step").
 fn run_worker_threads(cli: config::Cli, registry: Registry, threads: usize) -> anyhow::Result<()> {
     one_thread_runtime()?.block_on(async move {
@@ -416,7 +416,7 @@ fn one_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs a worker for each of `shares` (this thread's the first), until a shutdown signal or
 /// until one of them fails, which stops the rest. Each but the first stands by until the one
-/// before it is full (queue/relay.rs).
+/// before it stays full (queue/relay.rs).
 async fn run_workers(shares: Vec<Config>, registry: Registry) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut places = Relay::chain(shares.len()).into_iter();

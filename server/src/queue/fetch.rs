@@ -189,7 +189,7 @@ impl Leasing {
             match fetched {
                 Ok(leases) => {
                     backoff.reset();
-                    // Every slot taken: more may wait, for the next worker.
+                    // With every slot taken, more may wait: the next worker is told.
                     self.relay.took(self.serving.full(0));
                     // Slots left over (fewer tasks than slots) are freed here.
                     drop(free);

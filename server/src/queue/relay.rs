@@ -1,5 +1,5 @@
 //! How the workers of one process (`courier worker --threads N`) share the work: the first reads
-//! the queues all the time, and each of the others stands by until the one before it is full.
+//! the queues all the time, and each of the others stands by until the one before it stays full.
 //!
 //! Workers that all read split a trickle of tasks between them: each round then holds fewer
 //! tasks, and every round pays its fixed part in Redis and in the worker. So a worker joins in
@@ -67,8 +67,9 @@ impl Relay {
         self.epoch.elapsed().as_micros() as u64 + 1
     }
 
-    /// Notes whether a take of leases left a task in every slot, and if it did where the last
-    /// one left a slot free, calls the next worker.
+    /// Notes whether a take of leases left a task in every slot. The first such take after one
+    /// that left a slot free starts the time the next worker waits for (`JOIN_AFTER`), and calls
+    /// it.
     pub(super) fn took(&self, full: bool) {
         match (full, self.own.full_since.load(Ordering::Relaxed)) {
             (false, _) => self.own.full_since.store(0, Ordering::Relaxed),

@@ -203,8 +203,7 @@ async fn ran_by(app: &TestApp, task: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_worker_on_three_threads_runs_three_workers_that_share_its_slots_join_in_as_it_fills_and_stop_as_one()
- {
+async fn three_worker_threads_share_the_slots_join_in_as_each_fills_and_stop_as_one() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
     let mut events = app.sse("/api/v1/events", None).await;
     let metrics = format!("127.0.0.1:{}", free_port().unwrap());
