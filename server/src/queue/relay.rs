@@ -40,6 +40,8 @@ pub struct Relay {
     own: Arc<Post>,
     /// What the chain's times count from.
     epoch: Instant,
+    /// How long the worker before must stay full (`JOIN_AFTER`).
+    join_after: Duration,
 }
 
 impl Relay {
@@ -50,6 +52,12 @@ impl Relay {
 
     /// The places of `workers` workers of one process, in order (at least one).
     pub fn chain(workers: usize) -> Vec<Relay> {
+        Relay::chain_joining_after(workers, JOIN_AFTER)
+    }
+
+    /// [`Relay::chain`], each worker joining in once the one before has stayed full for
+    /// `join_after`.
+    fn chain_joining_after(workers: usize, join_after: Duration) -> Vec<Relay> {
         let epoch = Instant::now();
         let posts: Vec<Arc<Post>> = (0..workers.max(1)).map(|_| Arc::default()).collect();
         posts
@@ -59,6 +67,7 @@ impl Relay {
                 before: n.checked_sub(1).map(|b| posts[b].clone()),
                 own: own.clone(),
                 epoch,
+                join_after,
             })
             .collect()
     }
@@ -68,7 +77,7 @@ impl Relay {
     }
 
     /// Notes whether a take of leases left a task in every slot. The first such take after one
-    /// that left a slot free starts the time the next worker waits for (`JOIN_AFTER`), and calls
+    /// that left a slot free starts the time the next worker waits for (`join_after`), and calls
     /// it.
     pub(super) fn took(&self, full: bool) {
         match (full, self.own.full_since.load(Ordering::Relaxed)) {
@@ -82,7 +91,7 @@ impl Relay {
     }
 
     /// How long until this worker reads: zero for the first, and for the others while their own
-    /// last take left them full or once the worker before has been full for `JOIN_AFTER`; the
+    /// last take left them full or once the worker before has been full for `join_after`; the
     /// rest of that time while it is full; none (until called) while it has a slot free.
     fn until_duty(&self) -> Option<Duration> {
         let Some(before) = &self.before else { return Some(Duration::ZERO) };
@@ -93,7 +102,7 @@ impl Relay {
             0 => None,
             since => {
                 let full_for = Duration::from_micros(self.now().saturating_sub(since));
-                Some(JOIN_AFTER.saturating_sub(full_for))
+                Some(self.join_after.saturating_sub(full_for))
             }
         }
     }
@@ -134,15 +143,11 @@ mod tests {
 
         first.took(false);
         assert!(!turns_within(second, JOIN_AFTER * 4).await, "a take with a slot left calls no one");
-        first.took(true);
-        assert!(!second.on_duty(), "full for a moment: not yet");
-        first.took(false);
-        assert!(!turns_within(second, JOIN_AFTER * 4).await, "a slot free again before it joined in");
-
-        first.took(true);
         let called = std::time::Instant::now();
+        first.took(true);
         assert!(turns_within(second, Duration::from_secs(5)).await, "called, and it stayed full");
-        assert!(called.elapsed() >= JOIN_AFTER);
+        // Counted in whole microseconds.
+        assert!(called.elapsed() + Duration::from_micros(2) >= JOIN_AFTER, "it waited for that");
         assert!(second.on_duty() && !third.on_duty(), "the third waits on the second, not the first");
 
         second.took(true);
@@ -152,6 +157,18 @@ mod tests {
         second.took(false);
         assert!(!second.on_duty(), "both have room: it stands by again");
         assert!(!third.on_duty());
+    }
+
+    #[tokio::test]
+    async fn a_worker_full_for_a_moment_calls_no_one_in() {
+        let chain = Relay::chain_joining_after(2, Duration::from_secs(3600));
+        let [first, second] = [&chain[0], &chain[1]];
+        first.took(true);
+        assert!(!second.on_duty(), "full, but not yet for long");
+        first.took(true);
+        first.took(false);
+        assert!(!turns_within(second, Duration::from_millis(20)).await, "a slot free again: it stands by");
+        assert!(!second.on_duty());
     }
 
     #[tokio::test]
