@@ -419,8 +419,8 @@ fn one_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// before it stays full (queue/relay.rs).
 async fn run_workers(shares: Vec<Config>, registry: Registry) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let mut places = Relay::chain(shares.len()).into_iter();
-    let mut shares = shares.into_iter().zip(&mut places);
+    let places = Relay::chain(shares.len());
+    let mut shares = shares.into_iter().zip(places);
     let (first, place) = shares.next().context("no worker to run")?;
     // Built before the others start: it moves the keys' layout and loads the scripts, once.
     let first =

@@ -190,7 +190,7 @@ impl Leasing {
                 Ok(leases) => {
                     backoff.reset();
                     // With every slot taken, more may wait: the next worker is told.
-                    self.relay.took(self.serving.full(0));
+                    self.relay.took(|| self.serving.full(0));
                     // Slots left over (fewer tasks than slots) are freed here.
                     drop(free);
                     self.deliver(leases).await;

@@ -367,7 +367,7 @@ impl Leasing {
     /// Hands out the leases a round took for the slots of the `ending` attempts it ended, and
     /// tells the next worker (queue/relay.rs) whether every slot is taken now.
     async fn deliver_refill(&self, leases: Vec<Lease>, ending: usize) {
-        self.relay.took(self.serving.full(ending));
+        self.relay.took(|| self.serving.full(ending));
         self.deliver(leases).await;
     }
 

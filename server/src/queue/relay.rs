@@ -42,6 +42,9 @@ pub struct Relay {
     epoch: Instant,
     /// How long the worker before must stay full (`JOIN_AFTER`).
     join_after: Duration,
+    /// Whether anyone reads `own`: a worker alone in its process need not tell whether it is
+    /// full, nor work it out.
+    heeded: bool,
 }
 
 impl Relay {
@@ -59,7 +62,8 @@ impl Relay {
     /// `join_after`.
     fn chain_joining_after(workers: usize, join_after: Duration) -> Vec<Relay> {
         let epoch = Instant::now();
-        let posts: Vec<Arc<Post>> = (0..workers.max(1)).map(|_| Arc::default()).collect();
+        let workers = workers.max(1);
+        let posts: Vec<Arc<Post>> = (0..workers).map(|_| Arc::default()).collect();
         posts
             .iter()
             .enumerate()
@@ -68,6 +72,7 @@ impl Relay {
                 own: own.clone(),
                 epoch,
                 join_after,
+                heeded: workers > 1,
             })
             .collect()
     }
@@ -76,11 +81,14 @@ impl Relay {
         self.epoch.elapsed().as_micros() as u64 + 1
     }
 
-    /// Notes whether a take of leases left a task in every slot. The first such take after one
-    /// that left a slot free starts the time the next worker waits for (`join_after`), and calls
-    /// it.
-    pub(super) fn took(&self, full: bool) {
-        match (full, self.own.full_since.load(Ordering::Relaxed)) {
+    /// Notes whether a take of leases left a task in every slot (`full` works it out, where
+    /// anyone heeds it). The first such take after one that left a slot free starts the time the
+    /// next worker waits for (`join_after`), and calls it.
+    pub(super) fn took(&self, full: impl FnOnce() -> bool) {
+        if !self.heeded {
+            return;
+        }
+        match (full(), self.own.full_since.load(Ordering::Relaxed)) {
             (false, _) => self.own.full_since.store(0, Ordering::Relaxed),
             (true, 0) => {
                 self.own.full_since.store(self.now(), Ordering::Relaxed);
@@ -115,11 +123,12 @@ impl Relay {
     /// Waits until this worker reads. A call made since the last wait counts (a call is kept
     /// until it is waited for), so none is missed between a look and the wait for the next.
     pub(super) async fn turn(&self) {
+        let Some(before) = &self.before else { return };
         loop {
-            match (self.until_duty(), &self.before) {
-                (Some(Duration::ZERO), _) | (_, None) => return,
-                (Some(left), _) => tokio::time::sleep(left).await,
-                (None, Some(before)) => before.call.notified().await,
+            match self.until_duty() {
+                Some(Duration::ZERO) => return,
+                Some(left) => tokio::time::sleep(left).await,
+                None => before.call.notified().await,
             }
         }
     }
@@ -141,20 +150,20 @@ mod tests {
         assert!(!second.on_duty() && !third.on_duty(), "the others stand by at the start");
         assert!(!turns_within(second, JOIN_AFTER * 4).await);
 
-        first.took(false);
+        first.took(|| false);
         assert!(!turns_within(second, JOIN_AFTER * 4).await, "a take with a slot left calls no one");
         let called = std::time::Instant::now();
-        first.took(true);
+        first.took(|| true);
         assert!(turns_within(second, Duration::from_secs(5)).await, "called, and it stayed full");
         // Counted in whole microseconds.
         assert!(called.elapsed() + Duration::from_micros(2) >= JOIN_AFTER, "it waited for that");
         assert!(second.on_duty() && !third.on_duty(), "the third waits on the second, not the first");
 
-        second.took(true);
-        first.took(false);
+        second.took(|| true);
+        first.took(|| false);
         assert!(second.on_duty(), "its own last take left it full: it goes on reading");
         assert!(turns_within(third, Duration::from_secs(5)).await && third.on_duty());
-        second.took(false);
+        second.took(|| false);
         assert!(!second.on_duty(), "both have room: it stands by again");
         assert!(!third.on_duty());
     }
@@ -163,10 +172,10 @@ mod tests {
     async fn a_worker_full_for_a_moment_calls_no_one_in() {
         let chain = Relay::chain_joining_after(2, Duration::from_secs(3600));
         let [first, second] = [&chain[0], &chain[1]];
-        first.took(true);
+        first.took(|| true);
         assert!(!second.on_duty(), "full, but not yet for long");
-        first.took(true);
-        first.took(false);
+        first.took(|| true);
+        first.took(|| false);
         assert!(!turns_within(second, Duration::from_millis(20)).await, "a slot free again: it stands by");
         assert!(!second.on_duty());
     }
@@ -174,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn a_worker_alone_reads_all_the_time() {
         let alone = Relay::alone();
-        alone.took(false);
+        alone.took(|| panic!("nobody heeds a worker alone: whether it is full is not worked out"));
         assert!(alone.on_duty() && turns_within(&alone, Duration::from_millis(1)).await);
     }
 }
