@@ -17,10 +17,10 @@ use app::model::{
     KIND_EVENT, KindEvent, QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent,
     workflow::{WORKFLOW_EVENT, WorkflowEvent},
 };
+use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use redis::{Value, streams::StreamRangeReply};
 use std::{
-    borrow::Cow,
     collections::{BTreeSet, HashMap, VecDeque},
     future::Future,
     sync::{
@@ -122,10 +122,11 @@ pub struct StoredEvent {
     /// The SSE `event` name: a task's new status, `progress`, or `queue`.
     pub name: String,
     pub event: Pushed,
-    /// `event` as JSON, serialized when first sent, once however many clients it is sent to. (A
-    /// process whose events nobody follows, a pull workers' server most of the time, makes no
-    /// `StoredEvent` at all: `Events::tail`.)
-    data: OnceLock<Box<str>>,
+    /// The SSE lines every follower is sent the same: `event: {name}` and `data: {event as
+    /// JSON}`, made when first sent, once however many clients it is sent to. (A process whose
+    /// events nobody follows, a pull workers' server most of the time, makes no `StoredEvent` at
+    /// all: `Events::tail`.)
+    lines: OnceLock<Bytes>,
 }
 
 /// Two events are the same event whether or not either was serialized yet.
@@ -160,19 +161,26 @@ pub struct StepEvent {
 
 impl StoredEvent {
     fn new(channel: Arc<str>, position: Position, name: String, event: Pushed) -> StoredEvent {
-        StoredEvent { channel, position, name, event, data: OnceLock::new() }
+        StoredEvent { channel, position, name, event, lines: OnceLock::new() }
     }
 
     /// The event as JSON, the SSE `data`.
     pub fn data(&self) -> &str {
-        self.data.get_or_init(|| {
-            let data = match &self.event {
-                Pushed::Task(event) => serde_json::to_string(event),
-                Pushed::Queue(event) => serde_json::to_string(event),
-                Pushed::Kind(event) => serde_json::to_string(event),
-                Pushed::Workflow(event, _) => serde_json::to_string(event),
-            };
-            data.expect("events always serialize").into()
+        let lines = self.lines();
+        let data = &lines[sse_lines_before_data(&self.name)..lines.len() - 1];
+        std::str::from_utf8(data).expect("serde_json writes UTF-8")
+    }
+
+    /// Its SSE `event` and `data` lines, each ended by a newline; what a follower's frame holds
+    /// beside its own `id` ([`Delivery::frame`]).
+    fn lines(&self) -> &Bytes {
+        self.lines.get_or_init(|| {
+            sse_lines(&self.name, |data| match &self.event {
+                Pushed::Task(event) => serde_json::to_writer(data, event),
+                Pushed::Queue(event) => serde_json::to_writer(data, event),
+                Pushed::Kind(event) => serde_json::to_writer(data, event),
+                Pushed::Workflow(event, _) => serde_json::to_writer(data, event),
+            })
         })
     }
 
@@ -296,7 +304,7 @@ impl StoredEvent {
         let event = TaskEvent {
             task_id: parts.task_id,
             kind: parts.kind.to_string(),
-            queue: channel.to_string(),
+            queue: String::from(&**channel),
             status: parts.status,
             attempt: parts.attempt,
             progress: parts.progress,
@@ -589,23 +597,48 @@ impl Delivery {
         }
     }
 
-    /// The SSE `event` name.
-    pub fn name(&self) -> &str {
-        match self {
-            Delivery::Event(event, _) => &event.name,
-            Delivery::Reset(..) => RESET_EVENT,
-        }
-    }
-
-    /// The SSE `data`, as JSON.
-    pub fn data(&self) -> Cow<'_, str> {
-        match self {
-            Delivery::Event(event, _) => Cow::Borrowed(event.data()),
-            Delivery::Reset(reset, _) => {
-                Cow::Owned(serde_json::to_string(reset).expect("a reset always serializes"))
+    /// The whole SSE event, as the follower's stream writes it: `id`, then the `event` and `data`
+    /// lines every follower of the event is sent, then the blank line that ends it. One copy
+    /// of the shared lines; their JSON was made once, for the first follower.
+    pub fn frame(&self) -> Bytes {
+        let reset;
+        let lines = match self {
+            Delivery::Event(event, _) => event.lines(),
+            Delivery::Reset(stream_reset, _) => {
+                reset = sse_lines(RESET_EVENT, |data| serde_json::to_writer(data, stream_reset));
+                &reset
             }
-        }
+        };
+        let id = self.id();
+        let mut frame = BytesMut::with_capacity(b"id: \n".len() + id.len() + lines.len() + 1);
+        frame.extend_from_slice(b"id: ");
+        frame.extend_from_slice(id.as_bytes());
+        frame.extend_from_slice(b"\n");
+        frame.extend_from_slice(lines);
+        frame.extend_from_slice(b"\n");
+        frame.freeze()
     }
+}
+
+/// Room for a task event's SSE lines (some 220 bytes): one allocation for most.
+const SSE_LINES_CAPACITY: usize = 320;
+
+/// The SSE lines `event: {name}` and `data: {JSON}`, the JSON written by `write`. One `data`
+/// line holds it all: serde_json writes no line breaks (it escapes those in strings), and an
+/// event name or id never has one.
+fn sse_lines(name: &str, write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Bytes {
+    let mut lines = Vec::with_capacity(SSE_LINES_CAPACITY);
+    lines.extend_from_slice(b"event: ");
+    lines.extend_from_slice(name.as_bytes());
+    lines.extend_from_slice(b"\ndata: ");
+    write(&mut lines).expect("events always serialize");
+    lines.push(b'\n');
+    Bytes::from(lines)
+}
+
+/// Where the JSON starts in [`sse_lines`] of an event named `name`.
+fn sse_lines_before_data(name: &str) -> usize {
+    b"event: ".len() + name.len() + b"\ndata: ".len()
 }
 
 /// What `XINFO STREAM` says of the events stream: its ends, and whether it ever lost entries.
@@ -1717,6 +1750,52 @@ mod tests {
             event.data(),
             r#"{"task_id":"01890a5d-ac96-774b-bcce-b302099a8057","kind":"sleep","queue":"reports","status":"running","attempt":2,"progress":40,"error":null,"at":"1970-01-01T00:00:00.000Z"}"#
         );
+    }
+
+    #[test]
+    fn a_delivery_is_one_sse_event_its_json_on_one_data_line() {
+        // An error with line breaks of both kinds: the JSON escapes them, so one `data` line
+        // carries it and the blank line after it is the event's end, not the error's.
+        let fields: Vec<Value> = [
+            ("event", "failed"),
+            ("task", "01890a5d-ac96-774b-bcce-b302099a8057"),
+            ("kind", "sleep"),
+            ("queue", "reports"),
+            ("status", "failed"),
+            ("attempt", "3"),
+            ("error", "first line\n\nthird\r\nfourth"),
+            ("at", "0"),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [bulk(k), bulk(v)])
+        .collect();
+        let event =
+            Arc::new(StoredEvent::from_fields(&"reports".into(), Position::entry(5, 1), &fields).unwrap());
+        let frame = Delivery::Event(event.clone(), "reports=5-1".into()).frame();
+        let text = std::str::from_utf8(&frame).unwrap();
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(lines.len(), 5, "{text:?}");
+        assert_eq!(&lines[..2], ["id: reports=5-1", "event: failed"]);
+        let data = lines[2].strip_prefix("data: ").unwrap();
+        assert_eq!(data, event.data());
+        let json: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(json["error"], "first line\n\nthird\r\nfourth");
+        assert_eq!(json["attempt"], 3);
+        assert_eq!(&lines[3..], ["", ""], "a blank line ends the event");
+        assert!(!text.contains('\r'));
+        // Another follower at another place shares the event's lines, with its own id.
+        let other = Delivery::Event(event.clone(), "reports=5-1,_kinds=4-0".into()).frame();
+        assert_eq!(
+            &other[..],
+            format!("id: reports=5-1,_kinds=4-0\n{}", &text["id: reports=5-1\n".len()..]).as_bytes()
+        );
+
+        let reset = StreamReset { reason: ResetReason::TooOld, oldest: Some("reports=7-0".into()) };
+        let frame = Delivery::Reset(reset.clone(), "reports=7-0".into()).frame();
+        let text = std::str::from_utf8(&frame).unwrap();
+        let data =
+            text.strip_prefix("id: reports=7-0\nevent: reset\ndata: ").unwrap().strip_suffix("\n\n").unwrap();
+        assert_eq!(serde_json::from_str::<StreamReset>(data).unwrap(), reset);
     }
 
     #[test]

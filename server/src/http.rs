@@ -7,6 +7,7 @@ mod auth;
 mod connections;
 mod dead_letters;
 mod guard;
+mod json;
 mod kinds;
 mod leases;
 mod metrics;
@@ -28,6 +29,7 @@ pub use access::REQUEST_ID;
 pub use auth::{QueueIn, RULES as ACCESS_RULES, Rule};
 pub use connections::serve;
 pub use guard::Guard;
+use json::Json;
 pub use openapi::document as openapi_document;
 pub use problem::ApiError;
 pub use queues::validate as validate_limits;
@@ -45,7 +47,7 @@ use crate::{
     topics::Topics,
 };
 use axum::{
-    Json, Router,
+    Router,
     body::Body,
     extract::{DefaultBodyLimit, FromRef, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},

@@ -290,7 +290,7 @@ pub fn rfc3339(ms: u64) -> String {
             value /= 10;
         }
     }
-    String::from_utf8_lossy(&text).into_owned()
+    std::str::from_utf8(&text).expect("digits and ASCII marks").to_owned()
 }
 
 /// The attempts a task's record tells of: its attempt log (one field per ended attempt), its

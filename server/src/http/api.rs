@@ -1,5 +1,6 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel.
 
+use super::Json;
 use super::{
     ApiError, AppState,
     auth::no_such_queue,
@@ -14,7 +15,7 @@ use crate::{
 };
 use app::model::{BatchAccepted, Priority, Problem, Status, SubmitBatch, SubmitRequest, TaskPage, TaskView};
 use axum::{
-    Extension, Json,
+    Extension,
     body::Body,
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},

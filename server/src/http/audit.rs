@@ -1,11 +1,9 @@
 //! The audit trail over HTTP (`admin`): who did what, newest first.
 
+use super::Json;
 use super::{ApiError, AppState};
 use app::model::{AuditPage, Problem};
-use axum::{
-    Json,
-    extract::{Query, State},
-};
+use axum::extract::{Query, State};
 use std::collections::HashMap;
 
 /// The most entries one page holds.

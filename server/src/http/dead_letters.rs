@@ -1,6 +1,7 @@
 //! The dead-letter queue over HTTP: list, count, requeue and delete, one at a time or every one
 //! a filter takes (queue, kind, reason, when they failed).
 
+use super::Json;
 use super::{ApiError, AppState, check_range, invalid_parameter, openapi::QueueName, parse_id, query_time};
 use crate::{
     auth::Access,
@@ -12,7 +13,7 @@ use app::model::{
     Problem, TaskView,
 };
 use axum::{
-    Extension, Json,
+    Extension,
     extract::{Path, Query, State},
     http::StatusCode,
 };

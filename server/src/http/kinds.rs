@@ -1,5 +1,6 @@
 //! The kinds API: list every kind; declare, read and delete the kinds declared without code.
 
+use super::Json;
 use super::{ApiError, AppState, parse_json, read_body};
 use crate::{
     auth::Access,
@@ -7,7 +8,7 @@ use crate::{
 };
 use app::model::{KindInfo, Problem};
 use axum::{
-    Extension, Json,
+    Extension,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, StatusCode},

@@ -7,6 +7,7 @@
 //! leases that ran out). Each look promotes the queue's due tasks itself, so pull workers need no
 //! built-in worker beside them.
 
+use super::Json;
 use super::{
     ApiError, AppState,
     openapi::{Binary, QueueName},
@@ -26,7 +27,7 @@ use app::model::{
     LeaseList, LeaseRequest, Problem, Status, is_kind_name,
 };
 use axum::{
-    Extension, Json,
+    Extension,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},

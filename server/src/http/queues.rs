@@ -1,5 +1,6 @@
 //! The queues API: list and inspect queues, set their limits, pause and resume them.
 
+use super::Json;
 use super::{ApiError, AppState, openapi::QueueName};
 use crate::{
     auth::Access,
@@ -7,7 +8,7 @@ use crate::{
 };
 use app::model::{Problem, QueueLimits, QueueList, QueueView};
 use axum::{
-    Extension, Json,
+    Extension,
     extract::{Path, State},
 };
 use bytes::Bytes;

@@ -1,5 +1,6 @@
 //! Recurring schedules over HTTP: put, read, delete, pause, resume, run now.
 
+use super::Json;
 use super::{ApiError, AppState, parse_json, read_body};
 use crate::{auth::Access, schedules::ScheduleError};
 use app::model::{
@@ -8,7 +9,7 @@ use app::model::{
     workflow::WorkflowView,
 };
 use axum::{
-    Extension, Json,
+    Extension,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},

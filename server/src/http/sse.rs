@@ -8,13 +8,21 @@ use crate::{
 use app::model::Problem;
 use axum::{
     Extension,
+    body::Body,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
-    response::sse::{Event, KeepAlive, Sse},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
 };
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+use tokio::time::{Instant, Sleep};
 
 /// How long a client turned away for want of a stream slot is asked to wait.
 const BUSY_RETRY_AFTER_S: u64 = 5;
@@ -47,7 +55,7 @@ pub async fn all_events(
     Extension(access): Extension<Access>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let task = query.task.as_deref().map(parse_id).transpose()?;
     let after = last_event_id(&headers)?;
     let admission = admit(&state)?;
@@ -83,7 +91,7 @@ pub async fn task_events(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let after = last_event_id(&headers)?;
     let admission = admit(&state)?;
@@ -159,10 +167,97 @@ pub(super) fn admit(state: &AppState) -> Result<Admission, ApiError> {
     })
 }
 
-fn to_sse(
-    deliveries: impl Stream<Item = Delivery> + Send + 'static,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = deliveries
-        .map(|delivery| Ok(Event::default().id(delivery.id()).event(delivery.name()).data(delivery.data())));
-    Sse::new(stream).keep_alive(KeepAlive::default())
+/// The event stream's answer: each delivery as its SSE frame ([`Delivery::frame`]), and a
+/// comment after 15 s without one, so that proxies keep the connection open. axum's `Sse` would
+/// build each frame again, for each follower, field by field.
+fn to_sse(deliveries: impl Stream<Item = Delivery> + Send + 'static) -> Response {
+    let frames = KeptAlive {
+        frames: Box::pin(deliveries.map(|delivery| delivery.frame())),
+        timer: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
+        sent: false,
+    };
+    let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")];
+    (headers, Body::from_stream(frames)).into_response()
+}
+
+/// How long an event stream stays silent before a comment keeps it open (axum's `KeepAlive`'s).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// What is sent after [`KEEP_ALIVE`] without a frame: an empty comment.
+const KEEP_ALIVE_COMMENT: &[u8] = b":\n\n";
+
+/// Frames, with a keep-alive comment when none came for [`KEEP_ALIVE`]. The timer is set again
+/// when the stream runs out of frames for the moment, not at each frame.
+struct KeptAlive<S> {
+    frames: Pin<Box<S>>,
+    timer: Pin<Box<Sleep>>,
+    /// Frames were sent since the timer was last set.
+    sent: bool,
+}
+
+impl<S: Stream<Item = Bytes>> Stream for KeptAlive<S> {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.frames.as_mut().poll_next(cx) {
+            Poll::Ready(Some(frame)) => {
+                this.sent = true;
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if std::mem::take(&mut this.sent) {
+            this.timer.as_mut().reset(Instant::now() + KEEP_ALIVE);
+        }
+        ready!(this.timer.as_mut().poll(cx));
+        this.timer.as_mut().reset(Instant::now() + KEEP_ALIVE);
+        Poll::Ready(Some(Ok(Bytes::from_static(KEEP_ALIVE_COMMENT))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{FutureExt, channel::mpsc};
+
+    fn kept_alive(frames: mpsc::UnboundedReceiver<Bytes>) -> KeptAlive<mpsc::UnboundedReceiver<Bytes>> {
+        KeptAlive { frames: Box::pin(frames), timer: Box::pin(tokio::time::sleep(KEEP_ALIVE)), sent: false }
+    }
+
+    /// What the stream has ready now, without waiting.
+    fn ready(stream: &mut KeptAlive<mpsc::UnboundedReceiver<Bytes>>) -> Option<Option<Bytes>> {
+        stream.next().now_or_never().map(|item| item.map(|frame| frame.unwrap()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_gets_a_comment_every_fifteen_seconds_counted_from_its_last_frame() {
+        let (send, frames) = mpsc::unbounded();
+        let mut stream = kept_alive(frames);
+        assert_eq!(ready(&mut stream), None, "nothing yet");
+        tokio::time::advance(KEEP_ALIVE - Duration::from_millis(1)).await;
+        assert_eq!(ready(&mut stream), None, "not before the interval");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(ready(&mut stream), Some(Some(Bytes::from_static(b":\n\n"))));
+        assert_eq!(ready(&mut stream), None, "one comment an interval");
+
+        // A frame passes at once, and the next comment waits a whole interval after it.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        send.unbounded_send(Bytes::from_static(b"id: a\nevent: queued\ndata: {}\n\n")).unwrap();
+        assert_eq!(ready(&mut stream), Some(Some(Bytes::from_static(b"id: a\nevent: queued\ndata: {}\n\n"))));
+        assert_eq!(ready(&mut stream), None);
+        tokio::time::advance(Duration::from_secs(14)).await;
+        assert_eq!(
+            ready(&mut stream),
+            None,
+            "past when the first comment's timer would fire, 14 s after the frame"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(ready(&mut stream), Some(Some(Bytes::from_static(b":\n\n"))));
+
+        // The stream ends when its frames do.
+        drop(send);
+        assert_eq!(ready(&mut stream), Some(None));
+    }
 }

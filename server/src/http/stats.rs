@@ -1,6 +1,7 @@
 //! The operator's numbers over HTTP: `GET /api/v1/stats` once, and `GET /api/v1/stats/events`, a
 //! server-sent `stats` event every second for the dashboard (stats.rs reads them).
 
+use super::Json;
 use super::openapi::ServerSentEvent;
 use super::{ApiError, AppState};
 use crate::{
@@ -10,7 +11,7 @@ use crate::{
 };
 use app::model::{Problem, STATS_EVENT, Stats};
 use axum::{
-    Extension, Json,
+    Extension,
     extract::{Query, State},
     response::sse::{Event, KeepAlive, Sse},
 };

@@ -1,5 +1,6 @@
 //! Publish/subscribe over HTTP: topics, subscriptions, publishing.
 
+use super::Json;
 use super::{ApiError, AppState, off_runtime, openapi::TopicName, parse_json, read_body};
 use crate::{
     auth::Access,
@@ -7,7 +8,7 @@ use crate::{
 };
 use app::model::Problem;
 use axum::{
-    Extension, Json,
+    Extension,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, StatusCode},

@@ -1,9 +1,10 @@
 //! `GET /api/v1/workers`: the live worker processes (workers.rs keeps the registry).
 
+use super::Json;
 use super::{ApiError, AppState};
 use crate::auth::Access;
 use app::model::WorkerList;
-use axum::{Extension, Json, extract::State};
+use axum::{Extension, extract::State};
 
 /// `GET /api/v1/workers`: every worker seen in the last two lease periods that serves a queue
 /// this caller reaches, with the tasks it runs in those queues.

@@ -2,6 +2,7 @@
 //! `Prefer: wait`), read it, follow it, cancel it. Its steps' queues must all be within the
 //! caller's token, or the workflow is, for the caller, not there.
 
+use super::Json;
 use super::{
     ApiError, AppState,
     api::{prefer_wait, spend},
@@ -18,7 +19,7 @@ use app::model::{
     workflow::{WorkflowList, WorkflowRequest, WorkflowStatus, WorkflowView},
 };
 use axum::{
-    Extension, Json,
+    Extension,
     body::Body,
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
