@@ -164,13 +164,6 @@ impl StoredEvent {
         StoredEvent { channel, position, name, event, lines: OnceLock::new() }
     }
 
-    /// The event as JSON, the SSE `data`.
-    pub fn data(&self) -> &str {
-        let lines = self.lines();
-        let data = &lines[sse_lines_before_data(&self.name)..lines.len() - 1];
-        std::str::from_utf8(data).expect("serde_json writes UTF-8")
-    }
-
     /// Its SSE `event` and `data` lines, each ended by a newline; what a follower's frame holds
     /// beside its own `id` ([`Delivery::frame`]).
     fn lines(&self) -> &Bytes {
@@ -634,11 +627,6 @@ fn sse_lines(name: &str, write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<
     write(&mut lines).expect("events always serialize");
     lines.push(b'\n');
     Bytes::from(lines)
-}
-
-/// Where the JSON starts in [`sse_lines`] of an event named `name`.
-fn sse_lines_before_data(name: &str) -> usize {
-    b"event: ".len() + name.len() + b"\ndata: ".len()
 }
 
 /// What `XINFO STREAM` says of the events stream: its ends, and whether it ever lost entries.
@@ -1747,9 +1735,16 @@ mod tests {
         assert_eq!(task.kind, "sleep");
         assert_eq!(task.queue, "reports");
         assert_eq!(
-            event.data(),
+            data_of(&event),
             r#"{"task_id":"01890a5d-ac96-774b-bcce-b302099a8057","kind":"sleep","queue":"reports","status":"running","attempt":2,"progress":40,"error":null,"at":"1970-01-01T00:00:00.000Z"}"#
         );
+    }
+
+    /// The event's JSON, as its SSE `data` line holds it.
+    fn data_of(event: &StoredEvent) -> &str {
+        let lines = std::str::from_utf8(event.lines()).unwrap();
+        let data = lines.strip_prefix(&format!("event: {}\ndata: ", event.name)).unwrap();
+        data.strip_suffix('\n').unwrap()
     }
 
     #[test]
@@ -1777,13 +1772,13 @@ mod tests {
         assert_eq!(lines.len(), 5, "{text:?}");
         assert_eq!(&lines[..2], ["id: reports=5-1", "event: failed"]);
         let data = lines[2].strip_prefix("data: ").unwrap();
-        assert_eq!(data, event.data());
+        assert_eq!(data, data_of(&event));
         let json: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(json["error"], "first line\n\nthird\r\nfourth");
         assert_eq!(json["attempt"], 3);
         assert_eq!(&lines[3..], ["", ""], "a blank line ends the event");
         assert!(!text.contains('\r'));
-        // Another follower at another place shares the event's lines, with its own id.
+        // Another follower's frame: the same lines, with its own id.
         let other = Delivery::Event(event.clone(), "reports=5-1,_kinds=4-0".into()).frame();
         assert_eq!(
             &other[..],

@@ -13,8 +13,8 @@ const FIRST_CAPACITY: usize = 512;
 
 /// A JSON answer, as `axum::Json` makes it, but serialized into a `Vec` with room for it.
 /// axum's writes into a `BytesMut` of 128 bytes through `io::Write`: a task's view grew it
-/// twice, and each of the hundred pieces serde writes was a call of its own (docs/benchmark-notes.md,
-/// "Thirty-ninth step").
+/// twice, and each of the hundred pieces serde writes was a call of its own
+/// (docs/benchmark-notes.md, "Thirty-ninth step").
 pub struct Json<T>(pub T);
 
 impl<T: Serialize> IntoResponse for Json<T> {
