@@ -7,8 +7,9 @@ use axum::{
 };
 use serde::Serialize;
 
-/// Room for a task's view (some 350 bytes with its trace id), a lease grant or an error: the
-/// answers of the busiest routes fit without growing the buffer.
+/// Room for a task's view (some 350 bytes with its trace id), the answer of the busiest route:
+/// it fits without growing the buffer, and larger answers (a page, a grant of many leases) grow
+/// it as they go. (Errors are problem+json, `ApiError`'s.)
 const FIRST_CAPACITY: usize = 512;
 
 /// A JSON answer, as `axum::Json` makes it, but serialized into a `Vec` with room for it.
