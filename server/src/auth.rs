@@ -218,17 +218,19 @@ impl Access {
         }
     }
 
-    /// Everything, for everyone: access control is off.
+    /// Everything, for everyone: access control is off. One grant, made once and shared: every
+    /// API request takes it while access control is off.
     pub fn everything() -> Access {
-        Access {
-            grant: Arc::new(Grant {
+        static EVERYTHING: std::sync::LazyLock<Arc<Grant>> = std::sync::LazyLock::new(|| {
+            Arc::new(Grant {
                 name: String::new(),
                 scopes: Scope::ALL.to_vec(),
                 queues: QueuePatterns::any(),
                 digest: None,
                 expires_ms: None,
-            }),
-        }
+            })
+        });
+        Access { grant: Arc::clone(&EVERYTHING) }
     }
 
     /// What a valid signed link grants: reading the one thing it names (the link's signature

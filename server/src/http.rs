@@ -62,7 +62,6 @@ use leptos_axum::{LeptosRoutes, generate_route_list};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
-use tower_http::set_header::SetResponseHeaderLayer;
 use uuid::Uuid;
 
 /// A worker process's own small router (`--metrics-addr`): `/healthz`, `/readyz` (Redis answers)
@@ -236,32 +235,29 @@ pub fn router(state: AppState) -> Router {
         move || app::shell(options.clone())
     })
     .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
-    // Outermost first, in one layer (as the API's above).
-    .layer(
-        ServiceBuilder::new()
-            // Every answer logged once, with the id it is answered with, and counted as sent,
-            // refusals of the layers below included.
-            .layer(middleware::from_fn(access::log_and_count))
-            // Every answer is taken for the type it says it is, never sniffed for another.
-            .layer(SetResponseHeaderLayer::overriding(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ))
-            .layer(middleware::from_fn_with_state(state.clone(), admit)),
-    )
+    .layer(middleware::from_fn_with_state(state.clone(), front_door))
     .with_state(state)
 }
 
-/// Who may come in: a request for a host this server does not answer for (`421`) or an unsafe
-/// one from another site's page (`403`) is refused, as problem+json (`guard`); then, with access
-/// control on, a page without a session leads to the sign-in page (`session::pages`). One layer
-/// for both: each level of layers boxes the request's future again (docs/benchmark-notes.md,
-/// "Nineteenth step").
-async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.guard.admit(request.method(), request.uri(), request.headers()) {
-        Ok(()) => session::pages(State(state), request, next).await,
-        Err(problem) => problem.into_response(),
-    }
+/// Every request's way in, as one layer: each level of layers clones the boxed services below
+/// it and boxes the request's future again, some five allocations a level on every request
+/// (docs/benchmark-notes.md, "Fortieth step").
+/// - Every answer is logged once, with the id it is answered with, and counted as sent, the
+///   refusals below included (`access`).
+/// - A request for a host this server does not answer for (`421`) or an unsafe one from another
+///   site's page (`403`) is refused, as problem+json (`guard`); then, with access control on, a
+///   page without a session leads to the sign-in page (`session::pages`).
+/// - Every answer is taken for the type it says it is, never sniffed for another.
+async fn front_door(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let admit = |request: Request| async move {
+        match state.guard.admit(request.method(), request.uri(), request.headers()) {
+            Ok(()) => session::pages(State(state), request, next).await,
+            Err(problem) => problem.into_response(),
+        }
+    };
+    let mut response = access::log_and_count(request, admit).await;
+    response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// Every API answer bounded in time (`timeouts::bound`), then made a problem+json if it is an

@@ -20,18 +20,25 @@ const REQUEST_ID_MAX: usize = 128;
 /// Logs the request once (target `courier::http::access`), inside a span that carries its id,
 /// route and trace; answers with its `x-request-id`.
 pub async fn log(request: Request, next: Next) -> Response {
-    answer(request, next, false).await
+    answer(request, |request| next.run(request), false).await
 }
 
-/// [`log`], and counts and times the request by its route template (`crate::metrics`), the
-/// refusals of the layers below included: one layer where two would each box the request's
-/// future again (docs/benchmark-notes.md, "Nineteenth step").
-pub async fn log_and_count(request: Request, next: Next) -> Response {
-    answer(request, next, true).await
+/// [`log`] around `inner` (what the same layer does next), and counts and times the request by
+/// its route template (`crate::metrics`), the refusals of `inner` included: one layer where two
+/// would each box the request's future again (docs/benchmark-notes.md, "Nineteenth step").
+pub async fn log_and_count<F: Future<Output = Response>>(
+    request: Request,
+    inner: impl FnOnce(Request) -> F,
+) -> Response {
+    answer(request, inner, true).await
 }
 
 /// What [`log`] and [`log_and_count`] do; `count`: whether the request is counted too.
-async fn answer(mut request: Request, next: Next, count: bool) -> Response {
+async fn answer<F: Future<Output = Response>>(
+    mut request: Request,
+    inner: impl FnOnce(Request) -> F,
+    count: bool,
+) -> Response {
     let started = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     let method = request.method().clone();
@@ -58,7 +65,7 @@ async fn answer(mut request: Request, next: Next, count: bool) -> Response {
         trace_id = tracing::field::Empty,
     );
     let context = trace_context::start(&span, trace_context::from_headers(request.headers()).as_ref());
-    let mut response = trace_context::within(next.run(request), span.clone(), &context).await;
+    let mut response = trace_context::within(inner(request), span.clone(), &context).await;
     let status = response.status().as_u16();
     if count {
         // Counted by its route template (`/api/v1/tasks/{id}`, never the path itself, which would

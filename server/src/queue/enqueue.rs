@@ -373,7 +373,10 @@ impl Queue {
     /// (`record::DEFAULT_PAYLOAD_TYPE`) and the size of a payload in the record (its own length,
     /// `record::PAYLOAD_BYTES`).
     fn new_record(&self, task: &NewTask, created: &str, in_record: bool) -> redis::Cmd {
-        let mut hset = redis::cmd("HSET");
+        // Room for every field (a command's arguments grew from empty: six copies a task).
+        let payload = if in_record { task.payload.len() } else { 0 };
+        let mut hset = redis::Cmd::with_capacity(NEW_RECORD_ARGS, NEW_RECORD_BYTES + payload);
+        hset.arg("HSET");
         hset.arg(self.keys.task(&task.id))
             .arg(record::KIND)
             .arg(&task.kind)
@@ -450,6 +453,13 @@ impl Queue {
         self.limits_seen.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// The most arguments of a new record's `HSET`: the command, the key, and a name and a value for
+/// each of the 14 fields it may write.
+const NEW_RECORD_ARGS: usize = 30;
+/// Room for a new record's arguments but its payload: the key, the field names and the values
+/// of a task with a trace context and no other option come to some 200 bytes.
+const NEW_RECORD_BYTES: usize = 256;
 
 /// The replicas a durable submission waits for.
 pub(super) const REPLICAS: u64 = 1;

@@ -80,6 +80,8 @@ async fn unsafe_requests_from_another_sites_page_are_refused_and_nothing_is_enqu
     let raw_submit =
         || app.http.post(app.url("/api/v1/tasks?kind=echo")).header("content-type", "text/plain").body("hi");
     let refused = raw_submit().header("sec-fetch-site", "cross-site").send().await.unwrap();
+    assert_eq!(refused.headers()["x-content-type-options"], "nosniff");
+    assert!(!refused.headers()["x-request-id"].is_empty());
     assert_problem(refused, 403, "/problems/cross-site").await;
     let refused = raw_submit().header("origin", "http://evil.example").send().await.unwrap();
     assert_problem(refused, 403, "/problems/cross-site").await;
@@ -178,6 +180,9 @@ async fn a_dns_rebinding_host_is_refused_and_the_bound_one_answered() {
     let page =
         app.http.get(app.url("/")).header("host", format!("evil.example:{port}")).send().await.unwrap();
     assert_eq!(page.status(), 421);
+    // Refused at the door, and still logged with an id and marked not to be sniffed.
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    assert!(!page.headers()["x-request-id"].is_empty());
     assert_eq!(get(format!("127.0.0.1:{port}")).await.unwrap().status(), 200);
     assert_eq!(get(format!("localhost:{port}")).await.unwrap().status(), 200);
 
