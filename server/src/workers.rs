@@ -26,7 +26,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
@@ -46,18 +46,21 @@ pub struct Workers {
     /// How long an entry outlives the last time its worker was seen: two lease periods.
     ttl: Duration,
     /// Where the ends of pulled leases wait to be written together (started on first use).
-    pulled_ends: Arc<std::sync::OnceLock<mpsc::UnboundedSender<PulledEnd>>>,
+    pulled_ends: Arc<std::sync::OnceLock<mpsc::Sender<PulledEnd>>>,
 }
 
 /// A pulling worker ended its lease on a task: the registry is to forget that it runs it.
 struct PulledEnd {
     worker: String,
     task: Uuid,
-    written: oneshot::Sender<redis::RedisResult<()>>,
 }
 
 /// The most ends of pulled leases written in one round trip.
 const PULLED_ENDS_BATCH: usize = 256;
+/// The most ends of pulled leases waiting to be written: some 100 bytes each. Past it (Redis
+/// slower than the ends for a long while), an end is not written, and its task stays listed
+/// under its worker until the worker's entry expires.
+const PULLED_ENDS_WAITING: usize = 65_536;
 
 /// The Redis keys of the worker registry, all tagged `{_workers}` (`layout.rs`).
 #[derive(Clone, Debug)]
@@ -284,24 +287,26 @@ impl Workers {
         pipe.query_async(&mut self.conn.clone()).await
     }
 
-    /// Pulling worker `id` ended its lease on `task`. The ends that arrive together are written
-    /// in one round trip (a group commit, as the ends themselves are: `Queue::end_pulled`), each
-    /// worker seen once however many of its leases ended.
-    pub async fn pulled_ended(&self, id: &str, task: Uuid) -> redis::RedisResult<()> {
-        let stopped = || redis::RedisError::from((redis::ErrorKind::Io, "the registry's writer stopped"));
+    /// Pulling worker `id` ended its lease on `task`: its entry forgets the task a moment later.
+    /// The ends that arrive together are written in one round trip (a group commit, as the ends
+    /// themselves are: `Queue::end_pulled`), each worker seen once however many of its leases
+    /// ended. Nobody waits for it: the end's answer is the task's, which the store has taken,
+    /// and a wait was a second round trip to Redis, and a wake-up, before every answer
+    /// (docs/benchmark-notes.md, "Fortieth step").
+    pub fn pulled_ended(&self, id: &str, task: Uuid) {
         let ends = self.pulled_ends.get_or_init(|| {
-            let (ends, arrived) = mpsc::unbounded_channel();
+            let (ends, arrived) = mpsc::channel(PULLED_ENDS_WAITING);
             tokio::spawn(self.clone().write_pulled_ends(arrived));
             ends
         });
-        let (written, answer) = oneshot::channel();
-        ends.send(PulledEnd { worker: id.to_string(), task, written }).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        if let Err(e) = ends.try_send(PulledEnd { worker: id.to_string(), task }) {
+            warn!(worker = id, %task, error = %e, "a pulled lease's end was not written to the worker registry");
+        }
     }
 
     /// Writes the ends of pulled leases waiting, together: those that arrive during a write go
     /// in the next. Runs as long as the runtime (the registry it serves holds its sender).
-    async fn write_pulled_ends(self, mut arrived: mpsc::UnboundedReceiver<PulledEnd>) {
+    async fn write_pulled_ends(self, mut arrived: mpsc::Receiver<PulledEnd>) {
         while let Some(first) = arrived.recv().await {
             let batch = crate::store::gather(first, PULLED_ENDS_BATCH, || arrived.try_recv().ok());
             let mut tasks_by_worker: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -315,10 +320,8 @@ impl Workers {
                 self.renew_in(&mut pipe, worker, &key);
             }
             let written: redis::RedisResult<()> = pipe.query_async(&mut self.conn.clone()).await;
-            drop(tasks_by_worker);
-            for end in batch {
-                // The caller may have gone meanwhile (its request was dropped): nothing to tell.
-                let _ = end.written.send(written.clone());
+            if let Err(e) = written {
+                warn!(ends = batch.len(), error = %e, "updating pulling workers in the registry failed");
             }
         }
     }

@@ -542,7 +542,7 @@ pub async fn release(
     let worker = queue.pulled_worker(&token).await?;
     match queue.release_pulled(&token).await? {
         true => {
-            ended_in_registry(&state, worker.as_deref(), &token).await;
+            ended_in_registry(&state, worker.as_deref(), &token);
             Ok(StatusCode::NO_CONTENT)
         }
         false => Err(lost()),
@@ -557,17 +557,15 @@ async fn seen_holding(state: &AppState, queue: &Queue, token: &PullToken) -> red
     }
 }
 
-/// Takes the task of `token` off the running tasks of `worker` in the registry.
-async fn ended_in_registry(state: &AppState, worker: Option<&str>, token: &PullToken) {
+/// Takes the task of `token` off the running tasks of `worker` in the registry (a moment later).
+fn ended_in_registry(state: &AppState, worker: Option<&str>, token: &PullToken) {
     let Some(worker) = worker.filter(|w| !w.is_empty()) else { return };
-    if let Err(e) = state.workers.pulled_ended(worker, token.task_id).await {
-        tracing::warn!(error = %e, "updating a pulling worker in the registry failed");
-    }
+    state.workers.pulled_ended(worker, token.task_id);
 }
 
 /// Ends the lease's attempt with `outcome` — or, when its task was cancelled meanwhile, as
 /// cancelled, answering `409` so the worker knows its outcome was not taken. Counted once the
-/// store took it; the worker's entry in the registry forgets the task then.
+/// store took it; the worker's entry in the registry forgets the task a moment after.
 async fn end(
     app: &AppState,
     queue: &Queue,
@@ -580,7 +578,7 @@ async fn end(
         Applied::AsReported => outcome,
         Applied::Cancelled => Outcome::Cancelled,
     };
-    ended_in_registry(app, Some(&ended.worker), token).await;
+    ended_in_registry(app, Some(&ended.worker), token);
     crate::metrics::attempt_ended(queue.name(), &token.kind, &recorded);
     match ended.applied {
         Applied::Cancelled => Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "Task cancelled")
