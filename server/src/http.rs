@@ -240,8 +240,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Every request's way in, as one layer: each level of layers clones the boxed services below
-/// it and boxes the request's future again, some five allocations a level on every request
-/// (docs/benchmark-notes.md, "Fortieth step").
+/// it and boxes the request's future again, on every request (docs/benchmark-notes.md,
+/// "Fortieth step").
 /// - Every answer is logged once, with the id it is answered with, and counted as sent, the
 ///   refusals below included (`access`).
 /// - A request for a host this server does not answer for (`421`) or an unsafe one from another
