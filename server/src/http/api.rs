@@ -1,8 +1,7 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel.
 
-use super::Json;
 use super::{
-    ApiError, AppState,
+    ApiError, AppState, Json,
     auth::no_such_queue,
     check_range, invalid_parameter, off_runtime,
     openapi::{Binary, QueueName},

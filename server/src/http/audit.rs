@@ -1,7 +1,6 @@
 //! The audit trail over HTTP (`admin`): who did what, newest first.
 
-use super::Json;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Json};
 use app::model::{AuditPage, Problem};
 use axum::extract::{Query, State};
 use std::collections::HashMap;

@@ -1,8 +1,9 @@
 //! The dead-letter queue over HTTP: list, count, requeue and delete, one at a time or every one
 //! a filter takes (queue, kind, reason, when they failed).
 
-use super::Json;
-use super::{ApiError, AppState, check_range, invalid_parameter, openapi::QueueName, parse_id, query_time};
+use super::{
+    ApiError, AppState, Json, check_range, invalid_parameter, openapi::QueueName, parse_id, query_time,
+};
 use crate::{
     auth::Access,
     store::rfc3339,

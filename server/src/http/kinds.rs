@@ -1,7 +1,6 @@
 //! The kinds API: list every kind; declare, read and delete the kinds declared without code.
 
-use super::Json;
-use super::{ApiError, AppState, parse_json, read_body};
+use super::{ApiError, AppState, Json, parse_json, read_body};
 use crate::{
     auth::Access,
     kinds::{Declaration, KindError, Stored},

@@ -7,9 +7,8 @@
 //! leases that ran out). Each look promotes the queue's due tasks itself, so pull workers need no
 //! built-in worker beside them.
 
-use super::Json;
 use super::{
-    ApiError, AppState,
+    ApiError, AppState, Json,
     openapi::{Binary, QueueName},
     read_body,
 };

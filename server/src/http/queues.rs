@@ -1,7 +1,6 @@
 //! The queues API: list and inspect queues, set their limits, pause and resume them.
 
-use super::Json;
-use super::{ApiError, AppState, openapi::QueueName};
+use super::{ApiError, AppState, Json, openapi::QueueName};
 use crate::{
     auth::Access,
     queue::{Queue, QueueState},

@@ -1,7 +1,6 @@
 //! Recurring schedules over HTTP: put, read, delete, pause, resume, run now.
 
-use super::Json;
-use super::{ApiError, AppState, parse_json, read_body};
+use super::{ApiError, AppState, Json, parse_json, read_body};
 use crate::{auth::Access, schedules::ScheduleError};
 use app::model::{
     Problem, TaskView,

@@ -1,9 +1,8 @@
 //! The operator's numbers over HTTP: `GET /api/v1/stats` once, and `GET /api/v1/stats/events`, a
 //! server-sent `stats` event every second for the dashboard (stats.rs reads them).
 
-use super::Json;
 use super::openapi::ServerSentEvent;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Json};
 use crate::{
     auth::Access,
     queue::Queue,

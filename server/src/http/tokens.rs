@@ -1,8 +1,7 @@
 //! The tokens API (`admin`): create, list and revoke access tokens; and `GET /auth/me`, who the
 //! caller is.
 
-use super::Json;
-use super::{ApiError, AppState, parse_json, read_body};
+use super::{ApiError, AppState, Json, parse_json, read_body};
 use crate::auth::{Access, TokenError, TokenInfo, TokenRequest};
 use app::model::{Me, Problem};
 use axum::{

@@ -1,7 +1,6 @@
 //! Publish/subscribe over HTTP: topics, subscriptions, publishing.
 
-use super::Json;
-use super::{ApiError, AppState, off_runtime, openapi::TopicName, parse_json, read_body};
+use super::{ApiError, AppState, Json, off_runtime, openapi::TopicName, parse_json, read_body};
 use crate::{
     auth::Access,
     topics::{Message, Published, Subscription, TopicError, TopicView},

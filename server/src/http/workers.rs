@@ -1,7 +1,6 @@
 //! `GET /api/v1/workers`: the live worker processes (workers.rs keeps the registry).
 
-use super::Json;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Json};
 use crate::auth::Access;
 use app::model::WorkerList;
 use axum::{Extension, extract::State};

@@ -2,9 +2,8 @@
 //! `Prefer: wait`), read it, follow it, cancel it. Its steps' queues must all be within the
 //! caller's token, or the workflow is, for the caller, not there.
 
-use super::Json;
 use super::{
-    ApiError, AppState,
+    ApiError, AppState, Json,
     api::{prefer_wait, spend},
     auth::no_such_queue,
     off_runtime, parse_json, read_body,
