@@ -16,6 +16,21 @@ use std::{
     time::Duration,
 };
 
+/// The command `name`, with room for `args` arguments after it of `bytes` in all. redis-rs grows
+/// a command's buffers as its arguments come, reallocating and copying them at each doubling: on
+/// the commands a worker's rounds build for each task, a tenth of its instructions went to that
+/// (docs/benchmark-notes.md, "Forty-first step"). Too little room grows as before.
+pub fn command(name: &str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(1 + args, name.len() + bytes);
+    cmd.arg(name);
+    cmd
+}
+
+/// The bytes of `args` in all, as a command holds them.
+pub fn bytes_of<S: AsRef<[u8]>>(args: &[S]) -> usize {
+    args.iter().map(|arg| arg.as_ref().len()).sum()
+}
+
 /// The streams of an `XREAD` or `XREADGROUP` reply (RESP2 array or RESP3 map), each by its key,
 /// with its entries; none on a timeout.
 pub fn read_streams(reply: Value) -> Vec<(Vec<u8>, Value)> {
@@ -324,6 +339,22 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), contents).unwrap();
         file
+    }
+
+    #[test]
+    fn a_command_with_room_made_is_the_command_redis_rs_builds() {
+        let fields = ["status", "lease", "attempts"];
+        let key = "courier:{default}:task:0190f5a3-1c2d-7e4f-8a6b-1c2d3e4f5a6b";
+        assert_eq!(bytes_of(&fields), 19);
+        let sized = command("HMGET", 1 + fields.len(), key.len() + bytes_of(&fields))
+            .arg(key)
+            .arg(&fields[..])
+            .clone();
+        let grown = redis::cmd("HMGET").arg(key).arg(&fields[..]).clone();
+        assert_eq!(sized.get_packed_command(), grown.get_packed_command());
+        // Too little room grows as redis-rs's own would.
+        let cramped = command("HMGET", 0, 0).arg(key).arg(&fields[..]).clone();
+        assert_eq!(cramped.get_packed_command(), grown.get_packed_command());
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::{
         record,
         transaction::{SCRIPTED_FOR, allows_transactions, applied, watched},
     },
-    redis_client::Conn,
+    redis_client::{Conn, bytes_of, command},
     stats::{Counted, latency_bin},
 };
 use redis::{RedisResult, Value, streams::StreamPendingReply};
@@ -653,19 +653,26 @@ impl ReadPlan {
     /// the start knew the rest), and the length of each payload the result is, unless it is in
     /// the record (an expired one leaves the attempt to the script, which runs it again).
     fn queue(&self, pipe: &mut redis::Pipeline, queue: &Queue) {
-        pipe.cmd("WATCH").arg(&self.tasks);
+        pipe.add_command(command("WATCH", self.tasks.len(), bytes_of(&self.tasks))).arg(&self.tasks);
+        let (read, read_bytes) = (READ.len() + READ_PULLED.len(), bytes_of(&READ) + bytes_of(&READ_PULLED));
         for (task, &lease_only) in self.tasks.iter().zip(&self.lease_only) {
             if lease_only {
-                pipe.cmd("HGET").arg(task).arg(record::LEASE);
+                pipe.add_command(command("HGET", 2, task.len() + record::LEASE.len()))
+                    .arg(task)
+                    .arg(record::LEASE);
                 continue;
             }
-            let hmget = pipe.cmd("HMGET").arg(task).arg(&READ[..]);
+            let hmget = pipe
+                .add_command(command("HMGET", 1 + read, task.len() + read_bytes))
+                .arg(task)
+                .arg(&READ[..]);
             if self.holders == Holders::Pulled {
                 hmget.arg(&READ_PULLED[..]);
             }
         }
         for &i in &self.echoes {
-            pipe.cmd("STRLEN").arg(queue.keys.payload(&self.ids[i]));
+            let payload = queue.keys.payload(&self.ids[i]);
+            pipe.add_command(command("STRLEN", 1, payload.len())).arg(payload);
         }
     }
 
@@ -790,7 +797,7 @@ fn queue_ends(
             Some((_, _, n)) => *n += 1,
             None => samples.push((stage, bin, 1)),
         };
-    let mut acked: Vec<Vec<&str>> = vec![Vec::new(); streams.len()];
+    let mut acked: Vec<Vec<&str>> = streams.iter().map(|_| Vec::with_capacity(batch.len())).collect();
     let mut separator = [0; 4];
     let separator: &str = record::ATTEMPT_LOG_SEPARATOR.encode_utf8(&mut separator);
     for (((ending, record), id), task) in batch.iter().zip(records).zip(ids).zip(tasks) {
@@ -799,8 +806,8 @@ fn queue_ends(
             _ => 0,
         };
         // Sized for what it holds, so that its buffers are not grown argument by argument.
-        let mut hset = redis::Cmd::with_capacity(24, 512 + result_len);
-        hset.arg("HSET").arg(task).arg(record::STATUS).arg("succeeded").arg(record::FINISHED).arg(&now);
+        let mut hset = command("HSET", 23, 512 + result_len);
+        hset.arg(task).arg(record::STATUS).arg("succeeded").arg(record::FINISHED).arg(&now);
         let result_type = record::stored_result_type(&ending.result_type);
         if !result_type.is_empty() {
             hset.arg(record::RESULT_TYPE).arg(result_type);
@@ -836,13 +843,23 @@ fn queue_ends(
             // A large result is staged for the script, which would otherwise copy it through Lua;
             // a transaction sets it as it is.
             ResultPlace::Here(bytes) | ResultPlace::Staged(bytes) => {
-                pipe.cmd("SET").arg(queue.keys.result(id)).arg(bytes.as_ref()).arg("PX").arg(keep);
+                let key = queue.keys.result(id);
+                pipe.add_command(command("SET", 4, key.len() + bytes.len() + 24))
+                    .arg(key)
+                    .arg(bytes.as_ref())
+                    .arg("PX")
+                    .arg(keep);
             }
         }
         // What only a running attempt has goes first (ends.lua's `end_running`), so that the
         // record grows no further than it must; with it the progress (a success's reads as 100)
         // and what a later attempt's record may hold of an earlier one's failure.
-        let running = pipe.cmd("HDEL").arg(task).arg(&RUNNING[..]).arg(record::PROGRESS);
+        let running = pipe
+            // Room for the most it deletes: the running fields and four more.
+            .add_command(command("HDEL", 1 + RUNNING.len() + 4, task.len() + bytes_of(&RUNNING) + 32))
+            .arg(task)
+            .arg(&RUNNING[..])
+            .arg(record::PROGRESS);
         if !told {
             running.arg(record::WORKER);
         }
@@ -851,10 +868,12 @@ fn queue_ends(
         }
         pipe.add_command(hset);
         // What keep_after_end keeps: the record, the idempotency key, a payload of its own.
-        pipe.cmd("PEXPIRE").arg(task).arg(keep);
+        pipe.add_command(command("PEXPIRE", 2, task.len() + 20)).arg(task).arg(keep);
         let idempotency_key = record.idempotency_key(ending);
         if !idempotency_key.is_empty() {
-            pipe.cmd("PEXPIRE").arg(idempotency_key).arg(keep);
+            pipe.add_command(command("PEXPIRE", 2, idempotency_key.len() + 20))
+                .arg(idempotency_key)
+                .arg(keep);
         }
         // A payload that is the result is kept as the result; any other, as long as
         // `--payload-retention` says (0 deletes it now).
@@ -863,7 +882,8 @@ fn queue_ends(
                 ResultPlace::Payload => keep,
                 _ => queue.settings.payload_retention.as_millis() as u64,
             };
-            pipe.cmd("PEXPIRE").arg(queue.keys.payload(id)).arg(payload_keep);
+            let payload = queue.keys.payload(id);
+            pipe.add_command(command("PEXPIRE", 2, payload.len() + 20)).arg(payload).arg(payload_keep);
         }
         let at = streams.iter().position(|s| *s == ending.stream).expect("streams_of lists every ending's");
         acked[at].push(&ending.entry_id);
@@ -889,7 +909,8 @@ fn queue_ends(
     }
     let bins = samples.into_iter().map(|(stage, bin, n)| (format!("{stage}{bin}"), n)).collect();
     for (stream, entries) in streams.iter().zip(&acked) {
-        pipe.cmd("XACK").arg(stream).arg(GROUP).arg(entries);
+        let bytes = stream.len() + GROUP.len() + bytes_of(entries);
+        pipe.add_command(command("XACK", 2 + entries.len(), bytes)).arg(stream).arg(GROUP).arg(entries);
     }
     let ends = batch.len() as u64;
     Counted { at_ms: now_ms, succeeded: ends, failed: 0, ended: ends, bins }

@@ -30,7 +30,7 @@ use crate::{
         record,
         transaction::{allows_transactions, applied, watched},
     },
-    redis_client::Conn,
+    redis_client::{Conn, bytes_of, command},
 };
 use redis::{RedisResult, Value};
 use std::{
@@ -313,11 +313,17 @@ pub(in crate::queue) fn queue_read(
         .collect();
     let plan = ReadPlan { ids, also };
     let tasks: Vec<String> = plan.tasks().map(|id| queue.keys.task(&id)).collect();
-    pipe.cmd("WATCH").arg(queue.keys.settings()).arg(&tasks);
-    pipe.cmd("HMGET").arg(queue.keys.settings()).arg(&LIMITS[..]);
+    let settings = queue.keys.settings();
+    pipe.add_command(command("WATCH", 1 + tasks.len(), settings.len() + bytes_of(&tasks)))
+        .arg(&settings)
+        .arg(&tasks);
+    pipe.cmd("HMGET").arg(settings).arg(&LIMITS[..]);
     let fields: Vec<&str> = READ.iter().copied().chain(plan.beyond_read()).collect();
+    let fields_bytes = bytes_of(&fields);
     for task in &tasks {
-        pipe.cmd("HMGET").arg(task).arg(&fields);
+        pipe.add_command(command("HMGET", 1 + fields.len(), task.len() + fields_bytes))
+            .arg(task)
+            .arg(&fields);
     }
     plan
 }
@@ -339,7 +345,8 @@ impl Found {
         let mut next = || replies.next().unwrap_or(Value::Nil);
         let limits: Vec<Option<String>> = redis::from_redis_value(next())?;
         let beyond = plan.beyond_read().count();
-        let (mut records, mut also) = (Vec::new(), Vec::new());
+        let tasks = plan.tasks().count();
+        let (mut records, mut also) = (Vec::with_capacity(tasks), Vec::with_capacity(tasks));
         for _ in plan.tasks() {
             let mut fields: Vec<Option<Vec<u8>>> = redis::from_redis_value(next())?;
             if fields.len() != READ.len() + beyond {
@@ -373,7 +380,7 @@ impl Found {
     /// The entries of `given` that start without Lua at `now_ms` and the rest; None when the
     /// queue has limits (every entry is the script's).
     pub(in crate::queue) fn read(self, given: &[Given], plan: ReadPlan, now_ms: u64) -> Option<Read<'_>> {
-        let (mut starts, mut rest) = (Vec::new(), Vec::new());
+        let (mut starts, mut rest) = (Vec::with_capacity(given.len()), Vec::new());
         let mut records = self.records?.into_iter();
         for (given, id) in given.iter().zip(plan.ids) {
             let Some(id) = id else {
@@ -443,9 +450,8 @@ pub(in crate::queue) fn queue_starts<'g>(
         let Start { given: (kind, _, _), id, record, attempt, read_payload } = start;
         let attempt = attempt.to_string();
         // Sized for what it holds, so that its buffers are not grown argument by argument.
-        let mut hset = redis::Cmd::with_capacity(20, 384);
-        hset.arg("HSET")
-            .arg(queue.keys.task(id))
+        let mut hset = command("HSET", 19, 384);
+        hset.arg(queue.keys.task(id))
             .arg(record::STATUS)
             .arg("running")
             .arg(record::LEASE)
@@ -461,13 +467,16 @@ pub(in crate::queue) fn queue_starts<'g>(
             hset.arg(record::STARTED).arg(&now);
         } else {
             // A later one: the earlier attempt's progress and wait mark go.
-            pipe.cmd("HDEL").arg(queue.keys.task(id)).arg(record::PROGRESS).arg(record::WAITED);
+            let task = queue.keys.task(id);
+            let bytes = task.len() + record::PROGRESS.len() + record::WAITED.len();
+            pipe.add_command(command("HDEL", 3, bytes)).arg(task).arg(record::PROGRESS).arg(record::WAITED);
             queued += 1;
         }
         pipe.add_command(hset);
         queued += 1;
         if let Some(owner) = read_payload {
-            pipe.cmd("GET").arg(queue.keys.payload(owner));
+            let payload = queue.keys.payload(owner);
+            pipe.add_command(command("GET", 1, payload.len())).arg(payload);
             reads.push(Some(queued));
             queued += 1;
         } else {
