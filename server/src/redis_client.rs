@@ -18,7 +18,7 @@ use std::{
 
 /// The command `name`, with room for `args` arguments after it of `bytes` in all. redis-rs grows
 /// a command's buffers as its arguments come, reallocating and copying them at each doubling: on
-/// the commands a worker's rounds build for each task, a tenth of its instructions went to that
+/// the commands a worker's rounds build for each task, some 5 % of its instructions went to that
 /// (docs/benchmark-notes.md, "Forty-first step"). Too little room grows as before.
 pub fn command(name: &str, args: usize, bytes: usize) -> Cmd {
     let mut cmd = Cmd::with_capacity(1 + args, name.len() + bytes);
