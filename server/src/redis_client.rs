@@ -26,6 +26,9 @@ pub fn command(name: &str, args: usize, bytes: usize) -> Cmd {
     cmd
 }
 
+/// The most digits a `u64` (a number of milliseconds) takes as an argument: room for one.
+pub const U64_DIGITS: usize = 20;
+
 /// The bytes of `args` in all, as a command holds them.
 pub fn bytes_of<S: AsRef<[u8]>>(args: &[S]) -> usize {
     args.iter().map(|arg| arg.as_ref().len()).sum()

@@ -40,7 +40,7 @@ use crate::{
         record,
         transaction::{SCRIPTED_FOR, allows_transactions, applied, watched},
     },
-    redis_client::{Conn, bytes_of, command},
+    redis_client::{Conn, U64_DIGITS, bytes_of, command},
     stats::{Counted, latency_bin},
 };
 use redis::{RedisResult, Value, streams::StreamPendingReply};
@@ -74,6 +74,10 @@ const PAYLOAD_AT: usize = 6;
 /// change is its `finished` (ends.lua's `end_told`). The worker goes too, unless the record tells
 /// the attempt (`end_running`; finish.lua's `told`).
 const RUNNING: [&str; 3] = [record::LEASE, record::ATTEMPT_STARTED, record::UPDATED];
+
+/// The most an end deletes beyond `RUNNING` (`queue_ends`): the progress, the worker, and what an
+/// earlier attempt's failure left.
+const ENDED: [&str; 4] = [record::PROGRESS, record::WORKER, record::ERROR, record::NEXT_RUN];
 
 /// What the end of a pulled lease reads beyond `READ`, in this order (`Holder`): a pulled lease's
 /// holder knows neither its task's session nor its idempotency key, and the record names the
@@ -798,6 +802,7 @@ fn queue_ends(
             None => samples.push((stage, bin, 1)),
         };
     let mut acked: Vec<Vec<&str>> = streams.iter().map(|_| Vec::with_capacity(batch.len())).collect();
+    let ended_bytes = bytes_of(&RUNNING) + bytes_of(&ENDED);
     let mut separator = [0; 4];
     let separator: &str = record::ATTEMPT_LOG_SEPARATOR.encode_utf8(&mut separator);
     for (((ending, record), id), task) in batch.iter().zip(records).zip(ids).zip(tasks) {
@@ -844,7 +849,7 @@ fn queue_ends(
             // a transaction sets it as it is.
             ResultPlace::Here(bytes) | ResultPlace::Staged(bytes) => {
                 let key = queue.keys.result(id);
-                pipe.add_command(command("SET", 4, key.len() + bytes.len() + 24))
+                pipe.add_command(command("SET", 4, key.len() + bytes.len() + "PX".len() + U64_DIGITS))
                     .arg(key)
                     .arg(bytes.as_ref())
                     .arg("PX")
@@ -855,8 +860,7 @@ fn queue_ends(
         // record grows no further than it must; with it the progress (a success's reads as 100)
         // and what a later attempt's record may hold of an earlier one's failure.
         let running = pipe
-            // Room for the most it deletes: the running fields and four more.
-            .add_command(command("HDEL", 1 + RUNNING.len() + 4, task.len() + bytes_of(&RUNNING) + 32))
+            .add_command(command("HDEL", 1 + RUNNING.len() + ENDED.len(), task.len() + ended_bytes))
             .arg(task)
             .arg(&RUNNING[..])
             .arg(record::PROGRESS);
@@ -868,10 +872,10 @@ fn queue_ends(
         }
         pipe.add_command(hset);
         // What keep_after_end keeps: the record, the idempotency key, a payload of its own.
-        pipe.add_command(command("PEXPIRE", 2, task.len() + 20)).arg(task).arg(keep);
+        pipe.add_command(command("PEXPIRE", 2, task.len() + U64_DIGITS)).arg(task).arg(keep);
         let idempotency_key = record.idempotency_key(ending);
         if !idempotency_key.is_empty() {
-            pipe.add_command(command("PEXPIRE", 2, idempotency_key.len() + 20))
+            pipe.add_command(command("PEXPIRE", 2, idempotency_key.len() + U64_DIGITS))
                 .arg(idempotency_key)
                 .arg(keep);
         }
@@ -883,7 +887,9 @@ fn queue_ends(
                 _ => queue.settings.payload_retention.as_millis() as u64,
             };
             let payload = queue.keys.payload(id);
-            pipe.add_command(command("PEXPIRE", 2, payload.len() + 20)).arg(payload).arg(payload_keep);
+            pipe.add_command(command("PEXPIRE", 2, payload.len() + U64_DIGITS))
+                .arg(payload)
+                .arg(payload_keep);
         }
         let at = streams.iter().position(|s| *s == ending.stream).expect("streams_of lists every ending's");
         acked[at].push(&ending.entry_id);
