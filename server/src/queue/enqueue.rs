@@ -18,6 +18,7 @@
 
 use super::{GROUP, NewTask, Queue, priority_tag, record};
 use crate::events::{append_task_events, task_event_value};
+use crate::redis_client::command;
 use crate::store::now_ms;
 use app::model::Priority;
 use redis::{RedisResult, Value};
@@ -375,8 +376,7 @@ impl Queue {
     fn new_record(&self, task: &NewTask, created: &str, in_record: bool) -> redis::Cmd {
         // Room for every field (a command's arguments grew from empty: six copies a task).
         let payload = if in_record { task.payload.len() } else { 0 };
-        let mut hset = redis::Cmd::with_capacity(NEW_RECORD_ARGS, NEW_RECORD_BYTES + payload);
-        hset.arg("HSET");
+        let mut hset = command("HSET", NEW_RECORD_ARGS, NEW_RECORD_BYTES + payload);
         hset.arg(self.keys.task(&task.id))
             .arg(record::KIND)
             .arg(&task.kind)
@@ -454,9 +454,9 @@ impl Queue {
     }
 }
 
-/// The most arguments of a new record's `HSET`: the command, the key, and a name and a value for
-/// each of the 14 fields it may write.
-const NEW_RECORD_ARGS: usize = 30;
+/// The most arguments of a new record's `HSET` after the command: the key, and a name and a value
+/// for each of the 14 fields it may write.
+const NEW_RECORD_ARGS: usize = 29;
 /// Room for a new record's arguments but its payload: the key, the field names and the values
 /// of a task with a trace context and no other option come to some 200 bytes.
 const NEW_RECORD_BYTES: usize = 256;

@@ -449,9 +449,10 @@ pub(in crate::queue) fn queue_starts<'g>(
     for (start, token) in starts.iter().zip(&tokens) {
         let Start { given: (kind, _, _), id, record, attempt, read_payload } = start;
         let attempt = attempt.to_string();
+        let task = queue.keys.task(id);
         // Sized for what it holds, so that its buffers are not grown argument by argument.
         let mut hset = command("HSET", 19, 384);
-        hset.arg(queue.keys.task(id))
+        hset.arg(&task)
             .arg(record::STATUS)
             .arg("running")
             .arg(record::LEASE)
@@ -467,9 +468,8 @@ pub(in crate::queue) fn queue_starts<'g>(
             hset.arg(record::STARTED).arg(&now);
         } else {
             // A later one: the earlier attempt's progress and wait mark go.
-            let task = queue.keys.task(id);
             let bytes = task.len() + record::PROGRESS.len() + record::WAITED.len();
-            pipe.add_command(command("HDEL", 3, bytes)).arg(task).arg(record::PROGRESS).arg(record::WAITED);
+            pipe.add_command(command("HDEL", 3, bytes)).arg(&task).arg(record::PROGRESS).arg(record::WAITED);
             queued += 1;
         }
         pipe.add_command(hset);
