@@ -133,6 +133,7 @@ struct Scripts {
 
 /// The helpers the scripts share, in the library in this order: a Lua local must be defined
 /// before its first use.
+const RECORD: &str = include_str!("queue/record.lua");
 const NUMBERS: &str = include_str!("queue/numbers.lua");
 const EVENTS: &str = include_str!("queue/events.lua");
 const KIND_COUNTS: &str = include_str!("queue/kind_counts.lua");
@@ -141,7 +142,7 @@ const SESSIONS: &str = include_str!("queue/session.lua");
 const GROUPS: &str = include_str!("queue/group.lua");
 const ENDS: &str = include_str!("queue/ends.lua");
 const LEASES: &str = include_str!("queue/lease.lua");
-const HELPERS: [&str; 8] = [NUMBERS, EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
+const HELPERS: [&str; 9] = [RECORD, NUMBERS, EVENTS, KIND_COUNTS, LANES, SESSIONS, GROUPS, ENDS, LEASES];
 
 impl Scripts {
     fn load() -> Scripts {
@@ -617,14 +618,23 @@ impl Queue {
         key.map(str::to_string).unwrap_or_else(|| self.keys.idempotency(""))
     }
 
-    /// The session a task belongs to (or `""`) and the key of its idempotency key, if any.
+    /// The session a task belongs to (or `""`) and the key of its idempotency key, if any: its
+    /// options (record.rs, `OPTIONS`), or fields of their own in a record stored before.
     async fn links_of(&self, id: &Uuid) -> redis::RedisResult<(String, Option<String>)> {
-        let (session, idem): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        let (packed, session, idem): (Option<Vec<u8>>, Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.task(id))
+            .arg(record::OPTIONS)
             .arg(record::SESSION)
             .arg(record::IDEMPOTENCY_KEY)
             .query_async(&mut self.conn.clone())
             .await?;
+        let (session, idem) = match packed.as_deref().and_then(record::Options::read) {
+            Some(options) => (
+                options.get(record::SESSION).map(str::to_string),
+                options.get(record::IDEMPOTENCY_KEY).map(str::to_string),
+            ),
+            None => (session, idem),
+        };
         Ok((session.unwrap_or_default(), idem.filter(|k| !k.is_empty())))
     }
 

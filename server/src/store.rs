@@ -421,7 +421,13 @@ impl TaskRecord {
     /// Reads a record of `queue` from the fields of its hash; `None` if a required field is
     /// missing.
     pub fn from_fields(id: Uuid, queue: &str, fields: &(impl Fields + ?Sized)) -> Option<TaskRecord> {
-        let text = |name: &str| fields.field(name).filter(|v| !v.is_empty());
+        // Its options, kept together (record.rs, `OPTIONS`), or fields of their own in a record
+        // stored before and in a lease's view.
+        let options = fields.field(field::OPTIONS).and_then(|packed| field::Options::read(packed.as_bytes()));
+        let text = |name: &str| match &options {
+            Some(options) if field::OPTION_FIELDS.contains(&name) => options.get(name),
+            _ => fields.field(name).filter(|v| !v.is_empty()),
+        };
         let owned = |name: &str| text(name).map(str::to_string);
         let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
         let status = Status::parse(text(field::STATUS)?)?;

@@ -11,11 +11,12 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   -- A retrying task still holds what its failed attempt left, and its next run.
   end_running(KEYS[1], 'next_run')
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[1])
-  local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'priority', 'payload_ref')
+  local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'priority', 'options')
   local member = (f[3] or 'n') .. ':' .. ARGV[2]
   leave_waiting(ARGV[7], KEYS[2], member, f[1])
   leave_waiting(ARGV[7], KEYS[6], member, f[1])
-  keep_after_end(ARGV[7], ARGV[2], f[4], ARGV[6] == '1' and KEYS[5] or '', ARGV[4], ARGV[1])
+  local ref = options_of(KEYS[1], f[4]).payload_ref
+  keep_after_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[5] or '', ARGV[4], ARGV[1])
   count_ends(ARGV[7], ARGV[1], 1)
   if ARGV[5] ~= '' then
     leave_session(ARGV[7], KEYS[4], ARGV[2])

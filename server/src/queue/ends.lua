@@ -164,8 +164,8 @@ end
 -- dead letter with reason `expired`, kept `dead_keep` ms, and its `failed` event.
 local function expire_task(base, id, now, dead_keep, events, maxlen)
   local task = base .. ':task:' .. id
-  local f = redis.call('HMGET', task, 'kind', 'attempts', 'priority', 'session', 'idem',
-    'payload_ref', 'payload')
+  local f = redis.call('HMGET', task, 'kind', 'attempts', 'priority', 'options', 'payload')
+  local options = options_of(task, f[4])
   local err = 'the task expired before an attempt could start'
   -- A task given back by its holder (release.lua) or retrying may still hold what its attempts
   -- left.
@@ -175,11 +175,11 @@ local function expire_task(base, id, now, dead_keep, events, maxlen)
   leave_waiting(base, base .. ':delayed', (f[3] or 'n') .. ':' .. id, f[1])
   leave_waiting(base, base .. ':retrying', (f[3] or 'n') .. ':' .. id, f[1])
   add_dead(base, base .. ':dead', id, f[1], now, dead_keep)
-  keep_after_end(base, id, f[6], f[5], dead_keep, now, f[7] ~= false)
+  keep_after_end(base, id, options.payload_ref, options.idem, dead_keep, now, f[5] ~= false)
   count_ends(base, now, 1)
   record_stats(base, now, 0, 1, nil)
-  if f[4] and f[4] ~= '' then
-    leave_session(base, base .. ':session:' .. f[4], id)
+  if options.session then
+    leave_session(base, base .. ':session:' .. options.session, id)
   end
   emit_event(events, maxlen, base, 'failed', id, f[1], 'failed', f[2], '', err, now)
 end

@@ -4,26 +4,21 @@
 -- (ends.lua). A queue with a `max_depth` refuses a group that would take the waiting tasks past
 -- it. (The groups are submissions that arrived together, sent in one call: queue/enqueue.rs.)
 -- KEYS: delayed, retrying, index, expiring, events, settings
--- ARGV: key base, group, events maxlen, then for each group: its number of tasks, then 20 for
---       each task: id, created ms, kind, due ms ('' for now), priority tag (h|n|l), max
---       attempts, timeout ms (''), payload type, payload size, session (''), subscription (''),
---       idempotency key (''), expires ms (''), payload ref (the owner of a shared payload, ''),
+-- ARGV: key base, group, events maxlen, then for each group: its number of tasks, then 13 for
+--       each task: id, created ms, kind, due ms ('' for now), priority tag (h|n|l), its options
+--       (the record's `options`, record.rs), session (''), idempotency key (''), expires ms (''),
 --       open tasks of a shared payload (its owner only, ''), where the payload goes ('record': a
 --       small one, into the task's record, field `payload`; 'here': the payload bytes argument,
 --       under a key of its own; 'staged': at `base:staged:{id}`, set before this script, which
---       renames it; 'shared': under the payload ref), traceparent (''), workflow id (''),
---       workflow step (''), payload bytes
+--       renames it; 'shared': under the payload ref its options name), traceparent (''), payload
+--       bytes
 -- Returns, per group, 1 when stored, or {tasks waiting, max_depth} when refused (nothing of it
 -- stored).
 -- Most tasks are not stored by this script but by plain commands that write the same
 -- (`Queue::enqueue_plain` and `Queue::new_record`, queue/enqueue.rs): a change to what a task's
 -- enqueue writes is made in both, and a unit test compares them.
 local base, group, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local FIELDS = 20
--- The options a task may not have, with their place among its arguments: written only when it
--- has them (most have none, and an absent field reads as an empty one everywhere).
-local OPTIONAL_FIELDS = {{'timeout_ms', 6}, {'session', 9}, {'subscription', 10}, {'idem', 11},
-  {'expires', 12}, {'payload_ref', 13}, {'traceparent', 16}, {'wf', 17}, {'wf_step', 18}}
+local FIELDS = 13
 local max_depth = tonumber(redis.call('HGET', KEYS[6], 'max_depth'))
 local waiting = max_depth and waiting_tasks(all_ready_streams(base), KEYS[1], KEYS[2], group)
 
@@ -31,20 +26,20 @@ local waiting = max_depth and waiting_tasks(all_ready_streams(base), KEYS[1], KE
 -- call rather than per task).
 local indexed = {}
 
--- Stores the task whose 20 arguments start at ARGV[a].
+-- Stores the task whose 13 arguments start at ARGV[a].
 local function store(a)
   local id, created, kind, due, priority = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local session, idem, expires = ARGV[a + 9], ARGV[a + 11], ARGV[a + 12]
+  local session, idem, expires = ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
   local payload = base .. ':payload:' .. id
-  local source = ARGV[a + 15]
+  local source = ARGV[a + 10]
   if source == 'here' then
-    redis.call('SET', payload, ARGV[a + 19])
+    redis.call('SET', payload, ARGV[a + 12])
   elseif source == 'staged' then
     redis.call('RENAME', base .. ':staged:' .. id, payload)
     redis.call('PERSIST', payload)
   end
-  if ARGV[a + 14] ~= '' then
-    redis.call('HSET', base .. ':payload-refs:' .. id, 'open', ARGV[a + 14])
+  if ARGV[a + 9] ~= '' then
+    redis.call('HSET', base .. ':payload-refs:' .. id, 'open', ARGV[a + 9])
   end
   if expires ~= '' then
     redis.call('ZADD', KEYS[4], expires, id)
@@ -55,42 +50,32 @@ local function store(a)
   end
   local status = due == '' and 'queued' or 'scheduled'
   local task = base .. ':task:' .. id
-  -- The fields beyond the ones every task has, for the record's one HSET: the options it has,
-  -- and a small payload (whose presence tells the end, finish.lua, it has no key to expire).
+  -- The fields beyond the ones every task has, for the record's one HSET: a trace context, a
+  -- priority but the normal one, and a small payload (whose presence tells the end, finish.lua,
+  -- it has no key to expire). What readers take for granted stays out, a field being some 64
+  -- bytes of memory for as long as the task is kept: `updated` (until a change, `created`), a
+  -- normal priority and `attempts` (0 until a start writes it).
   local extra = {}
-  for _, option in ipairs(OPTIONAL_FIELDS) do
-    local value = ARGV[a + option[2]]
-    if value ~= '' then
-      extra[#extra + 1] = option[1]
-      extra[#extra + 1] = value
-    end
+  if ARGV[a + 11] ~= '' then
+    extra[#extra + 1] = 'traceparent'
+    extra[#extra + 1] = ARGV[a + 11]
   end
-  -- A payload in the record is its own size; one elsewhere has its size written (record.rs,
-  -- `PAYLOAD_BYTES`).
-  if source == 'record' then
-    extra[#extra + 1] = 'payload'
-    extra[#extra + 1] = ARGV[a + 19]
-  else
-    extra[#extra + 1] = 'payload_bytes'
-    extra[#extra + 1] = ARGV[a + 8]
-  end
-  -- What readers take for granted stays out, a field being some 64 bytes of memory for as long
-  -- as the task is kept: `updated` (until a change, `created`), a normal priority, `attempts` (0
-  -- until a start writes it), a `max_attempts` of 1 and a JSON payload's type (record.rs,
-  -- `DEFAULT_PAYLOAD_TYPE`).
   if priority ~= 'n' then
     extra[#extra + 1] = 'priority'
     extra[#extra + 1] = priority
   end
-  if ARGV[a + 5] ~= '1' then
-    extra[#extra + 1] = 'max_attempts'
-    extra[#extra + 1] = ARGV[a + 5]
+  if source == 'record' then
+    extra[#extra + 1] = 'payload'
+    extra[#extra + 1] = ARGV[a + 12]
   end
-  if ARGV[a + 7] ~= 'application/json' then
-    extra[#extra + 1] = 'payload_type'
-    extra[#extra + 1] = ARGV[a + 7]
+  -- Each option as a field of its own too, which versions before the forty-second step read
+  -- (README, "Upgrading"); this version's readers take the options.
+  for field, value in pairs(options_of(task, ARGV[a + 5])) do
+    extra[#extra + 1] = field
+    extra[#extra + 1] = value
   end
-  redis.call('HSET', task, 'kind', kind, 'status', status, 'created', created, unpack(extra))
+  redis.call('HSET', task, 'kind', kind, 'status', status, 'created', created, 'options', ARGV[a + 5],
+    unpack(extra))
   indexed[#indexed + 1] = 0
   indexed[#indexed + 1] = id
   if session ~= '' then
@@ -110,7 +95,7 @@ while a <= #ARGV do
   local first, last = a + 1, a + count * FIELDS
   if max_depth and waiting + count > max_depth then
     for t = first, last, FIELDS do
-      if ARGV[t + 15] == 'staged' then
+      if ARGV[t + 10] == 'staged' then
         redis.call('DEL', base .. ':staged:' .. ARGV[t])
       end
     end

@@ -107,6 +107,36 @@ impl NewTask {
             && std::str::from_utf8(&self.payload).is_ok()
     }
 
+    /// Its record's options (`record::OPTIONS`), as both ways of storing it write them. What
+    /// readers take for granted is left out: a `max_attempts` of 1, a JSON payload's type
+    /// (`record::DEFAULT_PAYLOAD_TYPE`) and the size of a payload kept in the record (its own
+    /// length, `record::PAYLOAD_BYTES`).
+    fn options(&self) -> String {
+        let text = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
+        let workflow = self.workflow.as_ref();
+        let max_attempts = if self.max_attempts == 1 { String::new() } else { self.max_attempts.to_string() };
+        let payload_type = match self.payload_type == record::DEFAULT_PAYLOAD_TYPE {
+            true => "",
+            false => &self.payload_type,
+        };
+        let payload_bytes = text((!self.payload_in_record()).then_some(self.payload.len() as u64));
+        let payload_ref = self.shared_payload.map(|shared| shared.owner.to_string()).unwrap_or_default();
+        let workflow_id = workflow.map(|w| w.workflow.to_string()).unwrap_or_default();
+        record::Options::write([
+            (record::MAX_ATTEMPTS, max_attempts.as_str()),
+            (record::TIMEOUT_MS, &text(self.timeout_ms)),
+            (record::PAYLOAD_TYPE, payload_type),
+            (record::PAYLOAD_BYTES, &payload_bytes),
+            (record::PAYLOAD_REF, &payload_ref),
+            (record::SESSION, self.session.as_deref().unwrap_or_default()),
+            (record::SUBSCRIPTION, self.subscription.as_deref().unwrap_or_default()),
+            (record::IDEMPOTENCY_KEY, self.idempotency_key.as_deref().unwrap_or_default()),
+            (record::EXPIRES, &text(self.expires_ms)),
+            (record::WORKFLOW, &workflow_id),
+            (record::WORKFLOW_STEP, workflow.map_or("", |w| w.step.as_str())),
+        ])
+    }
+
     /// Whether its payload is staged before the script rather than passed to it.
     fn staged(&self) -> bool {
         self.owns_payload() && self.payload.len() > INLINE_PAYLOAD_MAX
@@ -366,53 +396,39 @@ impl Queue {
     }
 
     /// The `HSET` that makes a plain task's record, as enqueue.lua's makes it: the fields every
-    /// task has, the options it has (enqueue.lua's OPTIONAL_FIELDS but the session and shared
-    /// payload, which a plain task has not) and, `in_record`, its payload, else its size. What
-    /// readers take for granted is left out, each field being some 64 bytes of Redis's memory for
-    /// as long as the task is kept: `updated` (until a change, `created`), a normal priority
-    /// (`n`), `attempts` (0 until a start writes it), a `max_attempts` of 1, a JSON payload's type
-    /// (`record::DEFAULT_PAYLOAD_TYPE`) and the size of a payload in the record (its own length,
-    /// `record::PAYLOAD_BYTES`).
+    /// task has, its options (`NewTask::options`), its trace context, a priority but the normal
+    /// one and, `in_record`, its payload. What readers take for granted is left out, each field
+    /// being some 64 bytes of Redis's memory for as long as the task is kept: `updated` (until a
+    /// change, `created`), a normal priority (`n`) and `attempts` (0 until a start writes it).
     fn new_record(&self, task: &NewTask, created: &str, in_record: bool) -> redis::Cmd {
         // Room for every field (a command's arguments grew from empty: six copies a task).
         let payload = if in_record { task.payload.len() } else { 0 };
-        let mut hset = command("HSET", NEW_RECORD_ARGS, NEW_RECORD_BYTES + payload);
+        let options = task.options();
+        let mut hset = command("HSET", NEW_RECORD_ARGS, NEW_RECORD_BYTES + 2 * options.len() + payload);
         hset.arg(self.keys.task(&task.id))
             .arg(record::KIND)
             .arg(&task.kind)
             .arg(record::STATUS)
             .arg("queued")
             .arg(record::CREATED)
-            .arg(created);
-        if task.max_attempts != 1 {
-            hset.arg(record::MAX_ATTEMPTS).arg(task.max_attempts);
+            .arg(created)
+            .arg(record::OPTIONS)
+            .arg(&options);
+        if let Some(traceparent) = task.traceparent.as_deref().filter(|t| !t.is_empty()) {
+            hset.arg(record::TRACEPARENT).arg(traceparent);
         }
-        if task.payload_type != record::DEFAULT_PAYLOAD_TYPE {
-            hset.arg(record::PAYLOAD_TYPE).arg(&task.payload_type);
-        }
-        let workflow = task.workflow.as_ref();
-        let options = [
-            (
-                record::PRIORITY,
-                (task.priority != Priority::Normal).then(|| priority_tag(task.priority).to_string()),
-            ),
-            (record::TIMEOUT_MS, task.timeout_ms.map(|ms| ms.to_string())),
-            (record::SUBSCRIPTION, task.subscription.clone()),
-            (record::IDEMPOTENCY_KEY, task.idempotency_key.clone()),
-            (record::EXPIRES, task.expires_ms.map(|ms| ms.to_string())),
-            (record::TRACEPARENT, task.traceparent.clone()),
-            (record::WORKFLOW, workflow.map(|w| w.workflow.to_string())),
-            (record::WORKFLOW_STEP, workflow.map(|w| w.step.clone())),
-        ];
-        for (field, value) in options {
-            if let Some(value) = value.filter(|value| !value.is_empty()) {
-                hset.arg(field).arg(value);
-            }
+        if task.priority != Priority::Normal {
+            hset.arg(record::PRIORITY).arg(priority_tag(task.priority));
         }
         if in_record {
             hset.arg(record::PAYLOAD).arg(task.payload.as_ref());
-        } else {
-            hset.arg(record::PAYLOAD_BYTES).arg(task.payload.len());
+        }
+        // Each option as a field of its own too, as enqueue.lua writes them.
+        let named = record::Options::read(options.as_bytes()).expect("the options just written");
+        for field in record::OPTION_FIELDS {
+            if let Some(value) = named.get(field) {
+                hset.arg(field).arg(value);
+            }
         }
         hset
     }
@@ -455,11 +471,11 @@ impl Queue {
 }
 
 /// The most arguments of a new record's `HSET` after the command: the key, and a name and a value
-/// for each of the 14 fields it may write.
-const NEW_RECORD_ARGS: usize = 29;
-/// Room for a new record's arguments but its payload: the key, the field names and the values
-/// of a task with a trace context and no other option come to some 200 bytes.
-const NEW_RECORD_BYTES: usize = 256;
+/// for each of the 7 fields it may write.
+const NEW_RECORD_ARGS: usize = 15;
+/// Room for a new record's arguments but its options and payload: the key, the field names and
+/// the values of a task with a trace context come to some 180 bytes.
+const NEW_RECORD_BYTES: usize = 192;
 
 /// The replicas a durable submission waits for.
 pub(super) const REPLICAS: u64 = 1;
@@ -479,14 +495,13 @@ fn answer_of(reply: Value) -> Enqueued {
     }
 }
 
-/// The 20 arguments of one task in enqueue.lua, in its order.
+/// The 13 arguments of one task in enqueue.lua, in its order.
 fn add_task_args(call: &mut super::library::Call<'_>, task: &NewTask) {
     let text = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
     let due = task.delay_ms.map(|delay| task.created_ms + delay);
-    let (shared_ref, shared_open) = match task.shared_payload {
-        None => (String::new(), String::new()),
-        Some(shared) if shared.owner == task.id => (shared.owner.to_string(), shared.tasks.to_string()),
-        Some(shared) => (shared.owner.to_string(), String::new()),
+    let shared_open = match task.shared_payload {
+        Some(shared) if shared.owner == task.id => shared.tasks.to_string(),
+        _ => String::new(),
     };
     let source = match () {
         _ if !task.owns_payload() => "shared",
@@ -499,20 +514,13 @@ fn add_task_args(call: &mut super::library::Call<'_>, task: &NewTask) {
         .arg(&task.kind)
         .arg(text(due))
         .arg(priority_tag(task.priority))
-        .arg(task.max_attempts)
-        .arg(text(task.timeout_ms))
-        .arg(&task.payload_type)
-        .arg(task.payload.len())
+        .arg(task.options())
         .arg(task.session.as_deref().unwrap_or(""))
-        .arg(task.subscription.as_deref().unwrap_or(""))
         .arg(task.idempotency_key.as_deref().unwrap_or(""))
         .arg(text(task.expires_ms))
-        .arg(shared_ref)
         .arg(shared_open)
         .arg(source)
-        .arg(task.traceparent.as_deref().unwrap_or(""))
-        .arg(task.workflow.as_ref().map(|w| w.workflow.to_string()).unwrap_or_default())
-        .arg(task.workflow.as_ref().map(|w| w.step.as_str()).unwrap_or(""));
+        .arg(task.traceparent.as_deref().unwrap_or(""));
     if source == "here" || source == "record" {
         call.arg(task.payload.as_ref());
     } else {
@@ -642,8 +650,14 @@ mod tests {
                 "{script_wrote:?}"
             );
             assert_eq!(plain_wrote, script_wrote);
-            let written =
-                |field: &str| script_wrote.iter().any(|line| line.starts_with(&format!("{field}=")));
+            // A field of the record's own, or one of its options.
+            let options =
+                script_wrote.iter().find_map(|line| line.strip_prefix("options=")).expect("options");
+            let options = record::Options::read(options.as_bytes()).expect("options as Courier writes them");
+            let written = |field: &str| {
+                script_wrote.iter().any(|line| line.starts_with(&format!("{field}=")))
+                    || options.get(field).is_some()
+            };
             // A small payload in the record is told by its presence alone: neither way writes the
             // `payload_inline` flag versions before the twenty-ninth step read (record.rs).
             in_record |= written("payload");

@@ -28,7 +28,7 @@ local EVENTS_PER_ENTRY = 32
 local function emit_event(events, maxlen, base, name, id, kind, status, attempt, progress, err, at,
     requeued, workflow)
   workflow = (WORKFLOW_MOVES[name] or requeued)
-    and (workflow or redis.call('HGET', base .. ':task:' .. id, 'wf'))
+    and (workflow or workflow_of(base .. ':task:' .. id))
   local written = written_events[events]
   if not written then
     written = {}

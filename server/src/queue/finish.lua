@@ -29,8 +29,9 @@ local applied, workers = {}, {}
 local pulled = ARGV[11] == 'pulled'
 local payload_keep = ARGV[12]
 -- What a pulled lease's end reads beyond a worker process's (whose records name the worker
--- ending them, this call's: the lease wrote it).
-local PULLED_FIELDS = pulled and {'worker', 'cancel', 'session', 'idem'} or {}
+-- ending them, this call's: the lease wrote it), and takes from the task's options: its session
+-- and idempotency key, which a worker process's lease knew.
+local PULLED_FIELDS = pulled and {'worker', 'cancel'} or {}
 -- The entries of ended attempts, per stream (by key): acknowledged together at the end.
 local ended, ended_streams = {}, {}
 -- How many tasks ended (rather than waiting for a retry).
@@ -66,11 +67,13 @@ for a = 13, #ARGV, 13 do
   local session, idem = ARGV[a + 10], ARGV[a + 11]
   local task = base .. ':task:' .. id
   -- What the end needs of the record (a retry's priority is read only for it).
-  local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'payload_ref',
-    'attempt_started', 'waited', 'payload', 'wf', 'started', unpack(PULLED_FIELDS))
+  local f = redis.call('HMGET', task, 'lease', 'kind', 'attempts', 'progress', 'options',
+    'attempt_started', 'waited', 'payload', 'started', unpack(PULLED_FIELDS))
+  local options = options_of(task, f[5])
+  local ref, workflow = options.payload_ref, options.wf
   local worker = ctx.worker
   if pulled then
-    worker, session, idem = f[11], f[13] or '', f[14] or ''
+    worker, session, idem = f[10], options.session or '', options.idem or ''
     workers[#workers + 1] = f[1] == ARGV[a + 3] and worker or ''
   end
   -- A small payload lives in the record (enqueue.lua): no key to check, none to expire. Its
@@ -80,7 +83,7 @@ for a = 13, #ARGV, 13 do
   if source == 'staged' then
     source_key = base .. ':staged:' .. ARGV[a + 3]
   elseif source == 'payload' and not in_record then
-    source_key = payload_key(base, id, f[5])
+    source_key = payload_key(base, id, ref)
   end
   -- A staged or payload result is never empty, so a length of 0 means it is missing.
   local size = source_key and f[1] == ARGV[a + 3] and redis.call('STRLEN', source_key)
@@ -93,7 +96,7 @@ for a = 13, #ARGV, 13 do
     applied[#applied + 1] = 0
   else
     local ends_as = 1
-    if pulled and f[12] == '1' and outcome ~= 'cancelled' then
+    if pulled and f[11] == '1' and outcome ~= 'cancelled' then
       outcome, err, ends_as = 'cancelled', '', 2
       if source == 'staged' then
         redis.call('DEL', source_key)
@@ -136,7 +139,7 @@ for a = 13, #ARGV, 13 do
       end
       -- A first attempt begun at the task's first start (none handed back before it) goes
       -- unlogged: the record keeps its worker, and says the rest (record.rs, `ATTEMPT_LOG`).
-      local told = f[3] == '1' and f[6] and f[10] == f[6]
+      local told = f[3] == '1' and f[6] and f[9] == f[6]
       if not told then
         -- The attempt's entry in the task's attempt log, written by the record's one HSET.
         local logged, log_entry = attempt_log_entry(f[3], outcome, f[6], now, worker, err)
@@ -181,14 +184,14 @@ for a = 13, #ARGV, 13 do
       -- The idempotency key lives as long as the task it stands for; a succeeded task's payload
       -- as long as `--payload-retention` says, unless it is the result.
       local kept_payload = outcome == 'succeeded' and source ~= 'payload' and payload_keep or nil
-      keep_after_end(base, id, f[5], idem, keep, now, in_record, kept_payload)
+      keep_after_end(base, id, ref, idem, keep, now, in_record, kept_payload)
       ends = ends + 1
       if session ~= '' then
         leave_session(base, base .. ':session:' .. session, id)
       end
     end
     emit_event(KEYS[1], maxlen, base, outcome, id, f[2], outcome, f[3], progress, err, now, nil,
-      f[9] or '')
+      workflow or '')
     if outcome == 'succeeded' then
       succeeded = succeeded + 1
     elseif outcome == 'failed' then

@@ -58,8 +58,10 @@ local STREAM_TEXT = {'1', '2', '3'}
 -- finish samples the wait from the ready entry's id, which Redis stamps as the task joins it.
 local NOT_SAMPLED = '-'
 
--- What a grant's view shows of a record beyond the run reply (pull.lua asks for them: `views`).
-local VIEW_FIELDS = {'created', 'finished', 'error', 'next_run', 'subscription', 'wf', 'wf_step'}
+-- What a grant's view shows of a record beyond the run reply (pull.lua asks for them: `views`):
+-- fields of its own, and options.
+local VIEW_FIELDS = {'created', 'finished', 'error', 'next_run'}
+local VIEW_OPTION_FIELDS = {'subscription', 'wf', 'wf_step'}
 local NO_FIELDS = {}
 
 local function leasing_context(given)
@@ -187,8 +189,7 @@ local function take_lease(ctx, kind, s, entry, id)
   local task = base .. ':task:' .. id
   local f = {}
   if id ~= '' then
-    f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'max_attempts',
-      'timeout_ms', 'payload_type', 'session', 'idem', 'payload_bytes', 'expires', 'payload_ref',
+    f = redis.call('HMGET', task, 'status', 'cancel', 'attempts', 'started', 'options',
       'traceparent', 'payload', unpack(ctx.views and VIEW_FIELDS or NO_FIELDS))
   end
   local status = f[1]
@@ -196,6 +197,7 @@ local function take_lease(ctx, kind, s, entry, id)
     settle(stream, ctx.group, {entry})
     return {'drop'}
   end
+  local options = options_of(task, f[5])
   if f[2] == '1' then
     -- Cancelled while its previous holder ran it, and that holder died: it ends here, the
     -- attempt logged as cancelled (as release.lua logs one its stopping worker hands back).
@@ -203,15 +205,15 @@ local function take_lease(ctx, kind, s, entry, id)
     log_stopped(task, f[3], 'cancelled', now)
     end_running(task, 'cancel')
     redis.call('HSET', task, 'status', 'cancelled', 'finished', now)
-    keep_after_end(base, id, f[12], f[9], ctx.keep, now, f[14] and true)
+    keep_after_end(base, id, options.payload_ref, options.idem, ctx.keep, now, f[7] and true)
     count_ends(base, now, 1)
     emit_event(ctx.events, ctx.maxlen, base, 'cancelled', id, kind, 'cancelled', f[3], '', '', now)
-    if f[8] and f[8] ~= '' then
-      leave_session(base, base .. ':session:' .. f[8], id)
+    if options.session then
+      leave_session(base, base .. ':session:' .. options.session, id)
     end
     return {'cancelled'}
   end
-  local expires = tonumber(f[11])
+  local expires = tonumber(options.expires)
   if expires and expires <= tonumber(now) then
     settle(stream, ctx.group, {entry})
     expire_task(base, id, now, ctx.dead_keep, ctx.events, ctx.maxlen)
@@ -248,29 +250,35 @@ local function take_lease(ctx, kind, s, entry, id)
     end
   end
   emit_event(ctx.events, ctx.maxlen, base, 'running', id, kind, 'running', attempt, '', '', now)
-  local payload, has = f[14], '2'
+  local payload, has = f[7], '2'
   if payload then
     -- A small payload lives in the record (enqueue.lua).
     has = '1'
-  elseif (tonumber(f[10]) or 0) <= INLINE_PAYLOAD_MAX then
-    payload = redis.call('GET', payload_key(base, id, f[12]))
+  elseif (tonumber(options.payload_bytes) or 0) <= INLINE_PAYLOAD_MAX then
+    payload = redis.call('GET', payload_key(base, id, options.payload_ref))
     has = payload and '1' or '0'
   end
   local run = {'run\31' .. id .. '\31' .. STREAM_TEXT[s] .. '\31' .. entry .. '\31' .. token .. '\31'
-    .. attempt .. '\31' .. kind .. '\31' .. (f[5] or '1') .. '\31' .. (f[6] or '') .. '\31' .. has
-    .. '\31' .. (f[12] or '') .. '\31' .. (f[13] or ''), f[7] or '', f[8] or '', f[9] or '', payload or ''}
+    .. attempt .. '\31' .. kind .. '\31' .. (options.max_attempts or '1') .. '\31'
+    .. (options.timeout_ms or '') .. '\31' .. has .. '\31' .. (options.payload_ref or '') .. '\31'
+    .. (f[6] or ''), options.payload_type or '', options.session or '', options.idem or '',
+    payload or ''}
   if ctx.views then
     -- Where the entry is, for pull.lua to shorten the lease.
     ctx.taken[#ctx.taken + 1] = {kind, s, entry}
     -- The rest of the task's view as this lease leaves its record: a grant shows it without a
     -- read of the whole record.
-    for _, field in ipairs({'updated', now, 'started', started, 'payload_bytes', f[10] or '',
-        'expires', f[11] or ''}) do
+    for _, field in ipairs({'updated', now, 'started', started, 'payload_bytes',
+        options.payload_bytes or '', 'expires', options.expires or ''}) do
       run[#run + 1] = field
     end
     for i, field in ipairs(VIEW_FIELDS) do
       run[#run + 1] = field
-      run[#run + 1] = f[14 + i] or ''
+      run[#run + 1] = f[7 + i] or ''
+    end
+    for _, field in ipairs(VIEW_OPTION_FIELDS) do
+      run[#run + 1] = field
+      run[#run + 1] = options[field] or ''
     end
   end
   return run

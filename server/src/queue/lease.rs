@@ -585,16 +585,19 @@ mod tests {
         let built = &lua[lua.find(start).expect("take_lease builds a run reply") + start.len()..];
         let built = &built[..built.find('}').unwrap()];
         let (joined, apart) = built.split_once(", ").unwrap();
-        let expressions: Vec<&str> = joined.split("\\31'").chain(apart.split(", ")).collect();
+        let expressions: Vec<&str> = joined.split("\\31'").chain(apart.split(',').map(str::trim)).collect();
         assert_eq!(expressions.len(), Run::FIELDS.len(), "{expressions:?}");
         let field_of = |expression: &str| {
             let cleaned = expression.replace("..", "").replace(['(', ')', '\'', '\n'], "");
             let value = cleaned.split(" or ").next().unwrap().trim().to_string();
-            match value.strip_prefix("f[").and_then(|i| i.strip_suffix(']')) {
-                Some(i) => match record[i.parse::<usize>().unwrap() - 1] {
-                    "idem" => "idempotency_key".to_string(),
-                    field => field.to_string(),
-                },
+            // A field of the record's own, or one of its options (`options_of`).
+            let field = match value.strip_prefix("f[").and_then(|i| i.strip_suffix(']')) {
+                Some(i) => Some(record[i.parse::<usize>().unwrap() - 1]),
+                None => value.strip_prefix("options."),
+            };
+            match field {
+                Some("idem") => "idempotency_key".to_string(),
+                Some(field) => field.to_string(),
                 None => match value.as_str() {
                     "STREAM_TEXT[s]" => "stream".to_string(),
                     "has" => "payload_is".to_string(),

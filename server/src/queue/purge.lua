@@ -3,12 +3,11 @@
 -- KEYS: task, dead, payload, result, index, idempotency key
 -- ARGV: task id, key base
 -- Returns 1 when deleted, 0 when it is not a dead letter.
-local f = redis.call('HMGET', KEYS[1], 'kind', 'payload_ref')
+local f = redis.call('HMGET', KEYS[1], 'kind', 'options')
 if not remove_dead(ARGV[2], KEYS[2], ARGV[1], f[1]) then
   return 0
 end
-local ref = f[2]
-if ref and ref ~= '' then
+if options_of(KEYS[1], f[2]).payload_ref then
   redis.call('DEL', KEYS[1], KEYS[4], KEYS[6])
 else
   redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[6])

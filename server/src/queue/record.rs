@@ -124,8 +124,91 @@ pub const ATTEMPT_LOG: &str = "a:";
 /// What separates the parts of an attempt log entry.
 pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
 
+/// The options the task was submitted with (`OPTION_FIELDS`), kept together in one field: a JSON
+/// array of their values as text, in `OPTION_FIELDS`' order, `null` (or empty) for one unset and
+/// the unset ones at the end left off (`["5"]`: five attempts allowed, nothing else; `[]`: none).
+/// Every other field is the record's state. Nothing changes them after the submission but a dead
+/// letter's requeue, which drops the expiry. A start reads them as one value where it read nine
+/// fields, most of them absent (docs/benchmark-notes.md, "Forty-second step"); by place rather
+/// than by name, the value stays short, and a record whose values are all 64 bytes or shorter
+/// stays a listpack (`ATTEMPT_LOG`).
+///
+/// Versions since the forty-second step write it; this one writes each of `OPTION_FIELDS` beside
+/// it too, for older versions, which read those (README, "Upgrading"). Records stored before
+/// have those as fields of their own and no `options`: every reader takes them so where it is
+/// absent (record.lua's `options_of`, store.rs's `from_fields`), or leaves such a record to a
+/// script (a start or an end without Lua).
+pub const OPTIONS: &str = "options";
+
+/// The fields `OPTIONS` holds, in its order: the ones most tasks set first (record.lua's
+/// `OPTION_FIELDS`, which a test compares).
+pub const OPTION_FIELDS: [&str; 11] = [
+    MAX_ATTEMPTS,
+    TIMEOUT_MS,
+    EXPIRES,
+    PAYLOAD_TYPE,
+    PAYLOAD_BYTES,
+    SESSION,
+    IDEMPOTENCY_KEY,
+    PAYLOAD_REF,
+    SUBSCRIPTION,
+    WORKFLOW,
+    WORKFLOW_STEP,
+];
+
+/// A record's options (`OPTIONS`), each in its place in `OPTION_FIELDS`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Options([Option<String>; OPTION_FIELDS.len()]);
+
+/// Where option `field` is in `OPTION_FIELDS`.
+fn option_at(field: &str) -> Option<usize> {
+    OPTION_FIELDS.iter().position(|option| *option == field)
+}
+
+impl Options {
+    /// The `OPTIONS` value of `set`: its fields (of `OPTION_FIELDS`) with a value, an empty one
+    /// being unset as it is for every reader.
+    pub fn write<'a>(set: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+        let mut values: [Option<&str>; OPTION_FIELDS.len()] = Default::default();
+        for (field, value) in set {
+            let at = option_at(field);
+            debug_assert!(at.is_some(), "{field} is not an option");
+            if let Some(at) = at.filter(|_| !value.is_empty()) {
+                values[at] = Some(value);
+            }
+        }
+        let set = values.iter().rposition(Option::is_some).map_or(0, |last| last + 1);
+        serde_json::to_string(&values[..set]).expect("text values")
+    }
+
+    /// The options `OPTIONS` holds, as read (None: not as Courier writes them, a JSON array of
+    /// at most `OPTION_FIELDS.len()` texts or nulls).
+    pub fn read(value: &[u8]) -> Option<Options> {
+        let values: Vec<Option<String>> = serde_json::from_slice(value).ok()?;
+        if values.len() > OPTION_FIELDS.len() {
+            return None;
+        }
+        let mut options = Options::default();
+        for (place, value) in options.0.iter_mut().zip(values) {
+            *place = value.filter(|value| !value.is_empty());
+        }
+        Some(options)
+    }
+
+    /// The value of option `field`, if set.
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.0[option_at(field)?].as_deref()
+    }
+
+    /// The value of option `field`, taken out (None: unset).
+    pub fn take(&mut self, field: &str) -> Option<String> {
+        self.0[option_at(field)?].take()
+    }
+}
+
 /// Every field a record may have (besides the attempt log's).
-pub const FIELDS: [&str; 33] = [
+pub const FIELDS: [&str; 34] = [
+    OPTIONS,
     KIND,
     STATUS,
     ATTEMPTS,
@@ -163,7 +246,10 @@ pub const FIELDS: [&str; 33] = [
 
 #[cfg(test)]
 mod tests {
-    use super::{DEFAULT_RESULT_TYPE, FIELDS, stored_result_type};
+    use super::{
+        DEFAULT_RESULT_TYPE, FIELDS, MAX_ATTEMPTS, OPTION_FIELDS, Options, SESSION, TIMEOUT_MS,
+        stored_result_type,
+    };
 
     #[test]
     fn a_json_result_type_goes_unwritten_and_any_other_is_written_as_it_is() {
@@ -174,8 +260,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_options_are_record_luas_and_read_back_as_written() {
+        let lua = include_str!("record.lua");
+        let start = lua.find("local OPTION_FIELDS = {").expect("record.lua names the options");
+        let table = &lua[start..][..lua[start..].find('}').unwrap()];
+        let named: Vec<&str> = table.split('\'').skip(1).step_by(2).collect();
+        assert_eq!(named, OPTION_FIELDS);
+
+        // In their places, unset ones (empty) as null and left off at the end; any text survives.
+        let written = Options::write([(SESSION, "a/\"b\u{1f}é"), (TIMEOUT_MS, ""), (MAX_ATTEMPTS, "3")]);
+        assert_eq!(written, r#"["3",null,null,null,null,"a/\"b\u001fé"]"#);
+        let mut read = Options::read(written.as_bytes()).unwrap();
+        assert_eq!((read.get(SESSION), read.get(TIMEOUT_MS)), (Some("a/\"b\u{1f}é"), None));
+        assert_eq!((read.take(MAX_ATTEMPTS).as_deref(), read.get(MAX_ATTEMPTS)), (Some("3"), None));
+        assert_eq!(Options::write([(SESSION, "")]), "[]");
+        assert_eq!(Options::read(b"[]"), Some(Options::default()));
+        // As Lua's cjson writes them (a requeue writes them again): a slash escaped, an empty one.
+        let read = Options::read(br#"["5","",null,null,null,"a\/b"]"#).unwrap();
+        assert_eq!(
+            (read.get(MAX_ATTEMPTS), read.get(TIMEOUT_MS), read.get(SESSION)),
+            (Some("5"), None, Some("a/b"))
+        );
+        let too_many = format!("[{}]", vec!["null"; OPTION_FIELDS.len() + 1].join(","));
+        for unreadable in [&b"{}"[..], b"[3]", b"", b"[", too_many.as_bytes()] {
+            assert_eq!(Options::read(unreadable), None, "{}", String::from_utf8_lossy(unreadable));
+        }
+    }
+
     /// Every script of the queue, by file name.
-    const SCRIPTS: [(&str, &str); 19] = [
+    const SCRIPTS: [(&str, &str); 20] = [
         ("cancel.lua", include_str!("cancel.lua")),
         ("claim.lua", include_str!("claim.lua")),
         ("depth.lua", include_str!("depth.lua")),
@@ -190,6 +304,7 @@ mod tests {
         ("promote.lua", include_str!("promote.lua")),
         ("prune_index.lua", include_str!("prune_index.lua")),
         ("purge.lua", include_str!("purge.lua")),
+        ("record.lua", include_str!("record.lua")),
         ("queue_view.lua", include_str!("queue_view.lua")),
         ("release.lua", include_str!("release.lua")),
         ("renew.lua", include_str!("renew.lua")),

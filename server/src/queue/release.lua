@@ -10,16 +10,16 @@ end
 local base, now, id = ARGV[7], ARGV[4], ARGV[5]
 -- Acknowledged only: the finish script trims acknowledged entries in bulk.
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
-local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'cancel', 'session', 'idem', 'payload_ref',
-  'worker', 'attempt_started')
+local f = redis.call('HMGET', KEYS[1], 'kind', 'attempts', 'cancel', 'worker', 'attempt_started')
 if f[3] == '1' then
-  log_attempt(KEYS[1], f[2], 'cancelled', f[8], now, f[7], '')
+  local options = options_of(KEYS[1], redis.call('HGET', KEYS[1], 'options'))
+  log_attempt(KEYS[1], f[2], 'cancelled', f[5], now, f[4], '')
   end_running(KEYS[1], 'cancel')
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', now)
-  keep_after_end(base, id, f[6], f[5], ARGV[8], now)
+  keep_after_end(base, id, options.payload_ref, options.idem, ARGV[8], now)
   count_ends(base, now, 1)
-  if f[4] and f[4] ~= '' then
-    leave_session(base, base .. ':session:' .. f[4], id)
+  if options.session then
+    leave_session(base, base .. ':session:' .. options.session, id)
   end
   emit_event(KEYS[3], ARGV[6], base, 'cancelled', id, f[1], 'cancelled', f[2], '', '', now)
   return 1

@@ -20,8 +20,15 @@ end
 redis.call('HDEL', KEYS[1], 'attempts', 'finished', 'dead_reason', 'next_run', 'expires', 'cancel',
   'error', 'progress', 'started', 'waited', 'worker', unpack(log))
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1])
-local ref = redis.call('HGET', KEYS[1], 'payload_ref')
-keep_until_end(ARGV[7], ARGV[2], ref, ARGV[6] == '1' and KEYS[5] or '')
+-- Its expiry goes with the rest: one of a record stored before the forty-second step was a field
+-- of its own (deleted above).
+local packed = redis.call('HGET', KEYS[1], 'options')
+local options = options_of(KEYS[1], packed)
+if packed and options.expires then
+  options.expires = nil
+  redis.call('HSET', KEYS[1], 'options', options_text(options))
+end
+keep_until_end(ARGV[7], ARGV[2], options.payload_ref, ARGV[6] == '1' and KEYS[5] or '')
 if ARGV[5] ~= '' then
   -- Back at the end of its session, to run when the session's earlier tasks are done.
   join_session(ARGV[7], KEYS[4], kind, ARGV[2])

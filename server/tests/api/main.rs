@@ -26,5 +26,6 @@ mod sessions;
 mod sessions_auth;
 mod topics;
 mod traces;
+mod upgrade;
 mod validation;
 mod workflows;

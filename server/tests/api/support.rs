@@ -238,6 +238,27 @@ impl TestApp {
                 .unwrap();
     }
 
+    /// Task `id`'s options (its `options` field), each by its name.
+    pub async fn record_options(&self, id: &str) -> std::collections::HashMap<String, String> {
+        let packed = &self.record_fields(id).await["options"];
+        let values: Vec<Option<String>> = serde_json::from_str(packed).unwrap();
+        let names = courier::queue::record::OPTION_FIELDS.iter().map(|name| name.to_string());
+        names.zip(values).filter_map(|(name, value)| Some((name, value?))).collect()
+    }
+
+    /// Rewrites task `id`'s record as versions before the forty-second step stored it: each of
+    /// its options (its `options` field) a field of its own.
+    pub async fn store_options_apart(&self, id: &str) {
+        let options = self.record_options(id).await;
+        let key = self.key(&format!("task:{id}"));
+        let mut rewrite = redis::pipe();
+        rewrite.atomic().hdel(&key, "options");
+        if !options.is_empty() {
+            rewrite.hset_multiple(&key, &options.into_iter().collect::<Vec<_>>());
+        }
+        let () = rewrite.query_async(&mut self.redis().await).await.unwrap();
+    }
+
     /// How many entries the test queue's ready streams hold, over every kind's lane.
     pub async fn ready_len(&self) -> u64 {
         let mut redis = self.redis().await;

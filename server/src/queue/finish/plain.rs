@@ -54,7 +54,7 @@ use uuid::Uuid;
 
 /// What the end reads of each record, in this order (`Record`); an end whose start took no Lua
 /// reads only the lease, the start having known the rest (`Known`).
-const READ: [&str; 9] = [
+const READ: [&str; 8] = [
     record::LEASE,
     record::KIND,
     record::ATTEMPTS,
@@ -63,8 +63,8 @@ const READ: [&str; 9] = [
     record::WAITED,
     // Read for its presence: a payload kept in the record has no key of its own.
     record::PAYLOAD,
-    record::PAYLOAD_REF,
-    record::WORKFLOW,
+    // Its shared payload's owner and its workflow; a pulled lease's session and idempotency key.
+    record::OPTIONS,
 ];
 
 /// Where `READ` has the payload.
@@ -79,10 +79,10 @@ const RUNNING: [&str; 3] = [record::LEASE, record::ATTEMPT_STARTED, record::UPDA
 /// earlier attempt's failure left.
 const ENDED: [&str; 4] = [record::PROGRESS, record::WORKER, record::ERROR, record::NEXT_RUN];
 
-/// What the end of a pulled lease reads beyond `READ`, in this order (`Holder`): a pulled lease's
-/// holder knows neither its task's session nor its idempotency key, and the record names the
-/// worker that pulled it (finish.lua's `PULLED_FIELDS`).
-const READ_PULLED: [&str; 4] = [record::WORKER, record::CANCEL, record::SESSION, record::IDEMPOTENCY_KEY];
+/// What the end of a pulled lease reads beyond `READ`, in this order (`Holder`): the record names
+/// the worker that pulled it (finish.lua's `PULLED_FIELDS`). Its holder knows neither its task's
+/// session nor its idempotency key: the options `READ` has say them.
+const READ_PULLED: [&str; 2] = [record::WORKER, record::CANCEL];
 
 /// How long a queue's ends go through the script after the plain way failed (a connection refused,
 /// an ACL user without the transaction commands) before it is tried again.
@@ -163,6 +163,9 @@ struct Own {
 #[cfg_attr(test, derive(Debug, PartialEq))]
 struct Record {
     lease: String,
+    /// Whether its options are fields of their own, which the end does not read (a record stored
+    /// before they were kept together: record.rs, `OPTIONS`): the script ends it.
+    options_apart: bool,
     /// What the attempt's start left in the record (read, or known from the start).
     started: Known,
     waited: String,
@@ -189,26 +192,29 @@ impl Record {
         let mut fields = fields.into_iter().map(Option::unwrap_or_default);
         let mut next = || fields.next().unwrap_or_default();
         // In `READ`'s order.
-        let (lease, kind, attempts, attempt_started, first_started, waited, _payload) =
-            (next(), next(), next(), next(), next(), next(), next());
+        let (lease, kind, attempts, attempt_started, first_started, waited, _payload, options) =
+            (next(), next(), next(), next(), next(), next(), next(), next());
+        let options = record::Options::read(options.as_bytes());
+        let option = |field| options.as_ref().and_then(|o| o.get(field)).unwrap_or_default().to_string();
         let started = Known {
             kind,
             first_start: !attempt_started.is_empty() && first_started == attempt_started,
             attempts,
             attempt_started,
             payload_in_record,
-            payload_ref: next(),
-            workflow: next(),
+            payload_ref: option(record::PAYLOAD_REF),
+            workflow: option(record::WORKFLOW),
         };
         Record {
             lease,
+            options_apart: options.is_none(),
             started,
             waited,
             pulled: (holders == Holders::Pulled).then(|| Holder {
                 worker: next(),
                 cancel: next() == "1",
-                session: next(),
-                idempotency_key: next(),
+                session: option(record::SESSION),
+                idempotency_key: option(record::IDEMPOTENCY_KEY),
             }),
         }
     }
@@ -216,14 +222,16 @@ impl Record {
     /// The record whose lease field holds `lease`, as the start that knew `known` left it (a
     /// worker process's, whose start took no wait mark: lease.lua sets one only on a takeover).
     fn known(lease: String, known: &Known) -> Record {
-        Record { lease, started: known.clone(), waited: String::new(), pulled: None }
+        Record { lease, options_apart: false, started: known.clone(), waited: String::new(), pulled: None }
     }
 
     /// Whether the end needs the script to decide, for the attempt `ending` reports: its lease
-    /// lost, its payload shared with other tasks or gone (`payload_length` 0: the result is the
-    /// payload, which expired), or, pulled, a cancel asked for or a session to leave.
+    /// lost, its options not read (`options_apart`), its payload shared with other tasks or gone
+    /// (`payload_length` 0: the result is the payload, which expired), or, pulled, a cancel asked
+    /// for or a session to leave.
     fn decides(&self, ending: &Ending, payload_length: Option<u64>) -> bool {
         self.lease != ending.token
+            || self.options_apart
             || !self.started.payload_ref.is_empty()
             || (!self.started.payload_in_record && payload_length == Some(0))
             || self.pulled.as_ref().is_some_and(|holder| holder.cancel || !holder.session.is_empty())
@@ -1048,12 +1056,19 @@ mod tests {
         let mut fields: Vec<Option<String>> = READ.iter().map(|f| Some(f.to_string())).collect();
         assert!(Record::of(fields.clone(), Holders::Process).started.payload_in_record);
         fields[PAYLOAD_AT] = None;
-        let record = Record::of(fields, Holders::Process);
-        assert!(!record.started.payload_in_record);
+        let at = READ.iter().position(|f| *f == record::OPTIONS).unwrap();
+        let options = [(record::PAYLOAD_REF, "owner"), (record::WORKFLOW, "flow"), (record::SESSION, "s")];
+        fields[at] = Some(record::Options::write(options));
+        let record = Record::of(fields.clone(), Holders::Pulled);
+        assert!(!record.started.payload_in_record && !record.options_apart);
         assert_eq!(
             (record.started.payload_ref.as_str(), record.started.workflow.as_str()),
-            ("payload_ref", "wf")
+            ("owner", "flow")
         );
+        assert_eq!(record.pulled.unwrap().session, "s");
+        // A record stored before its options were kept together is the script's to end.
+        fields[at] = None;
+        assert!(Record::of(fields, Holders::Process).options_apart);
     }
 
     /// A succeeded task's payload under a key of its own is kept `--payload-retention` (30 s in
@@ -1455,23 +1470,34 @@ mod tests {
     }
 
     /// A pulled lease's end needs the script when its task's cancel was asked for while it ran (it
-    /// ends cancelled, whatever its holder reports) or the task has a session to leave: the plain
-    /// way declines, having written nothing, and `Queue::end_pulled` has the script decide.
+    /// ends cancelled, whatever its holder reports), the task has a session to leave, or its
+    /// record keeps its options as fields of their own (stored before they were kept together):
+    /// the plain way declines, having written nothing, and `Queue::end_pulled` has the script
+    /// decide.
     #[tokio::test]
     async fn a_pulled_end_with_a_cancel_asked_or_a_session_declines() {
         let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();
         let plain = PlainEnds::default();
-        for (field, value) in [(record::CANCEL, "1"), (record::SESSION, "s-1")] {
+        let in_session = record::Options::write([(record::SESSION, "s-1")]);
+        let changes = [
+            (record::CANCEL, Some("1")),
+            (record::OPTIONS, Some(in_session.as_str())),
+            (record::OPTIONS, None),
+        ];
+        for (field, value) in changes {
             let task = echo_task(Bytes::from_static(b"p"));
             let token = pulled(&queue, &task).await;
-            let _: () = conn.hset(queue.keys.task(&task.id), field, value).await.unwrap();
+            let _: () = match value {
+                Some(value) => conn.hset(queue.keys.task(&task.id), field, value).await.unwrap(),
+                None => conn.hdel(queue.keys.task(&task.id), field).await.unwrap(),
+            };
             let ending = pulled_ending(&queue, &token, ResultBytes::Payload);
             let before = written(&queue, &ending).await;
             assert!(before.contains(&"status=running".to_string()), "{before:?}");
             let declined = plain.end(&queue, std::slice::from_ref(&ending), Holders::Pulled, "").await;
-            assert!(declined.is_none(), "{field}");
-            assert_eq!(written(&queue, &ending).await, before, "{field}");
+            assert!(declined.is_none(), "{field} {value:?}");
+            assert_eq!(written(&queue, &ending).await, before, "{field} {value:?}");
             if field == record::CANCEL {
                 let outcome =
                     Outcome::Succeeded { result: ResultBytes::Payload, content_type: "text/plain".into() };

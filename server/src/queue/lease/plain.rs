@@ -40,24 +40,17 @@ use std::{
 use tracing::warn;
 use uuid::Uuid;
 
-/// What a plain lease reads of each record, in this order (`Record`).
-const READ: [&str; 15] = [
+/// What a plain lease reads of each record, in this order (`Record`): its state, and its options
+/// in one field (whose workflow is not for the start but for the end, which then need not read
+/// it: `Known`).
+const READ: [&str; 7] = [
     record::STATUS,
     record::CANCEL,
     record::ATTEMPTS,
     record::STARTED,
-    record::MAX_ATTEMPTS,
-    record::TIMEOUT_MS,
-    record::PAYLOAD_TYPE,
-    record::SESSION,
-    record::IDEMPOTENCY_KEY,
-    record::PAYLOAD_BYTES,
-    record::EXPIRES,
-    record::PAYLOAD_REF,
+    record::OPTIONS,
     record::TRACEPARENT,
     record::PAYLOAD,
-    // Not for the start: for the end, which then need not read it (`Known`).
-    record::WORKFLOW,
 ];
 
 /// The queue settings that limit starts (`start_budget` of lease.lua): with any of them set, the
@@ -87,17 +80,36 @@ pub(in crate::queue) struct PlainLeases {
     limited: HashMap<String, Instant>,
 }
 
-/// What a plain lease reads of one record (`READ`): each field's bytes, `None` when absent.
-pub(in crate::queue) struct Record([Option<Vec<u8>>; READ.len()]);
+/// What a plain lease reads of one record (`READ`): each field's bytes (`None` when absent), and
+/// the options it holds (`None` when absent: a record stored before they were kept together, which
+/// the script reads).
+pub(in crate::queue) struct Record {
+    fields: [Option<Vec<u8>>; READ.len()],
+    options: Option<record::Options>,
+}
 
 impl Record {
+    /// The record of `fields`, `READ`'s values.
+    fn of(fields: [Option<Vec<u8>>; READ.len()]) -> Record {
+        let options = fields[Record::at(record::OPTIONS)].as_deref().and_then(record::Options::read);
+        Record { fields, options }
+    }
+
+    /// Whether `field` is one the record has read: of `READ`, or an option.
+    fn has(field: &str) -> bool {
+        READ.contains(&field) || record::OPTION_FIELDS.contains(&field)
+    }
+
     /// Where `field` is among those read.
     fn at(field: &str) -> usize {
         READ.iter().position(|f| *f == field).expect("a field the lease reads")
     }
 
     fn field(&self, field: &str) -> Option<&[u8]> {
-        self.0[Record::at(field)].as_deref()
+        match record::OPTION_FIELDS.contains(&field) {
+            true => self.options.as_ref()?.get(field).map(str::as_bytes),
+            false => self.fields[Record::at(field)].as_deref(),
+        }
     }
 
     /// The field taken out of the record, empty when absent.
@@ -106,7 +118,10 @@ impl Record {
     }
 
     fn take(&mut self, field: &str) -> Option<Vec<u8>> {
-        self.0[Record::at(field)].take()
+        match record::OPTION_FIELDS.contains(&field) {
+            true => self.options.as_mut()?.take(field).map(String::into_bytes),
+            false => self.fields[Record::at(field)].take(),
+        }
     }
 
     /// A number field as Lua's `tonumber` reads the values Courier writes: `Err` for one that is
@@ -144,6 +159,8 @@ impl Record {
     /// (a payload neither in the record nor too large to come with the lease): None when the task
     /// needs a decision, or the record's values do not read as the script reads them.
     fn plain(&self, id: Uuid, now_ms: u64) -> Option<(u64, Option<Uuid>)> {
+        // A record without its options together (stored before) goes by the script.
+        self.options.as_ref()?;
         // Absent, the size is 0, as the script reads it.
         let size = self.number(record::PAYLOAD_BYTES).ok()?.unwrap_or(0);
         let owner = self.payload_owner(id)?;
@@ -291,9 +308,9 @@ impl ReadPlan {
         self.ids.iter().flatten().copied()
     }
 
-    /// The fields of `also` that `READ` does not read already, in their order.
+    /// The fields of `also` that the read does not have already, in their order.
     fn beyond_read(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.also.iter().copied().filter(|field| !READ.contains(field))
+        self.also.iter().copied().filter(|field| !Record::has(field))
     }
 }
 
@@ -355,8 +372,8 @@ impl Found {
             // Read after `READ`, in `also`'s order.
             let mut beyond_read = fields.split_off(READ.len()).into_iter();
             let fields: [Option<Vec<u8>>; READ.len()] = fields.try_into().expect("READ's length, checked");
-            let record = Record(fields);
-            let asked = plan.also.iter().map(|field| match READ.contains(field) {
+            let record = Record::of(fields);
+            let asked = plan.also.iter().map(|field| match Record::has(field) {
                 true => record.field(field).map(<[u8]>::to_vec),
                 false => beyond_read.next().flatten(),
             });
@@ -805,12 +822,13 @@ mod tests {
     async fn what_needs_a_decision_is_left_to_the_script_untouched() {
         let (_redis, queue) = private_queue().await;
         let mut conn = queue.conn.clone();
-        let tasks: Vec<NewTask> = (0..8).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
+        let tasks: Vec<NewTask> = (0..9).map(|_| echo_task(Bytes::from_static(b"p"))).collect();
         for task in &tasks {
             queue.enqueue(task).await.unwrap();
         }
         let record = |i: usize| queue.keys.task(&tasks[i].id);
-        // Left running by a holder that stopped, cancelled, expired, and ended.
+        // Left running by a holder that stopped, cancelled, expired, ended, gone, and stored
+        // before the options were kept together (record.rs, `OPTIONS`).
         let stopped = [
             ("status", "running"),
             ("attempts", "1"),
@@ -820,16 +838,18 @@ mod tests {
         ];
         let _: () = conn.hset_multiple(record(0), &stopped).await.unwrap();
         let _: () = conn.hset(record(1), "cancel", "1").await.unwrap();
-        let _: () = conn.hset(record(2), "expires", "1").await.unwrap();
+        let expired = record::Options::write([(record::EXPIRES, "1")]);
+        let _: () = conn.hset(record(2), record::OPTIONS, expired).await.unwrap();
         let _: () = conn.hset(record(3), "status", "succeeded").await.unwrap();
         let _: () = conn.hset(record(4), "status", "failed").await.unwrap();
         let _: () = conn.hset(record(5), "status", "cancelled").await.unwrap();
         let _: () = conn.del(record(6)).await.unwrap();
-        let mut entries = read_entries(&queue, 8).await;
+        let _: () = conn.hdel(record(7), "options").await.unwrap();
+        let mut entries = read_entries(&queue, 9).await;
         // The last task's entry twice (a task met twice in one read): its second goes to the script.
-        entries.push(entries[7].clone());
+        entries.push(entries[8].clone());
         let mut records = Vec::new();
-        for i in 0..8 {
+        for i in 0..9 {
             let fields: HashMap<String, String> = conn.hgetall(record(i)).await.unwrap();
             records.push(fields);
         }
@@ -837,27 +857,28 @@ mod tests {
         let mut own = own_connection(&queue).await;
         // Those needing a decision alone: none starts, and their watch is let go (a change to one
         // of them does not void the next transaction).
-        assert!(plain.take(&mut own, &queue, WORKER, &entries[..7]).await.unwrap().is_none());
+        assert!(plain.take(&mut own, &queue, WORKER, &entries[..8]).await.unwrap().is_none());
         let _: () = conn.hset(record(0), "progress", "10").await.unwrap();
         records[0].insert("progress".into(), "10".into());
         let (runs, rest) =
             plain.take(&mut own, &queue, WORKER, &entries).await.unwrap().expect("one starts plain");
         let started: Vec<Vec<u8>> =
             runs.into_iter().map(|r| fields(r).swap_remove(Run::TaskId as usize)).collect();
-        assert_eq!(started, [tasks[7].id.to_string().into_bytes()]);
+        assert_eq!(started, [tasks[8].id.to_string().into_bytes()]);
         let entry_ids = |entries: &[Given]| entries.iter().map(|(_, _, e)| e.id.clone()).collect::<Vec<_>>();
-        let left = [&entries[..7], &entries[8..]].concat();
+        let left = [&entries[..8], &entries[9..]].concat();
         assert_eq!(entry_ids(&rest), entry_ids(&left));
-        for (i, before) in records.iter().enumerate().take(7) {
+        for (i, before) in records.iter().enumerate().take(8) {
             let now: HashMap<String, String> = conn.hgetall(record(i)).await.unwrap();
             assert_eq!(&now, before, "task {i} untouched");
         }
         // The script decides for the rest: a takeover, a cancel, an expiry, three ended tasks and
-        // an erased one dropped, and a takeover of the lease just taken.
+        // an erased one dropped, a start of the one stored before, and a takeover of the lease
+        // just taken.
         let claimed = unpacked(queue.claim(WORKER, "*", rest.len(), &rest).await.unwrap().0);
         let answers: Vec<String> =
             claimed.iter().map(|r| String::from_utf8_lossy(&r[0]).into_owned()).collect();
-        assert_eq!(answers, ["run", "cancelled", "expired", "drop", "drop", "drop", "drop", "run"]);
+        assert_eq!(answers, ["run", "cancelled", "expired", "drop", "drop", "drop", "drop", "run", "run"]);
 
         // A queue with a limit: every entry to the script, and the queue is looked at again only
         // after a while.
