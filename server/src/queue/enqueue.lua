@@ -68,12 +68,6 @@ local function store(a)
     extra[#extra + 1] = 'payload'
     extra[#extra + 1] = ARGV[a + 12]
   end
-  -- Each option as a field of its own too, which versions before the forty-second step read
-  -- (README, "Upgrading"); this version's readers take the options.
-  for field, value in pairs(options_of(task, ARGV[a + 5])) do
-    extra[#extra + 1] = field
-    extra[#extra + 1] = value
-  end
   redis.call('HSET', task, 'kind', kind, 'status', status, 'created', created, 'options', ARGV[a + 5],
     unpack(extra))
   indexed[#indexed + 1] = 0

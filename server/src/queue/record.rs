@@ -133,11 +133,11 @@ pub const ATTEMPT_LOG_SEPARATOR: char = '\u{1f}';
 /// than by name, the value stays short, and a record whose values are all 64 bytes or shorter
 /// stays a listpack (`ATTEMPT_LOG`).
 ///
-/// Versions since the forty-second step write it; this one writes each of `OPTION_FIELDS` beside
-/// it too, for older versions, which read those (README, "Upgrading"). Records stored before
-/// have those as fields of their own and no `options`: every reader takes them so where it is
-/// absent (record.lua's `options_of`, store.rs's `from_fields`), or leaves such a record to a
-/// script (a start or an end without Lua).
+/// Versions since the forty-second step write it, and none of `OPTION_FIELDS` beside it (but its
+/// first, d54a112, which wrote both for older versions: README, "Upgrading"). Records stored
+/// before have those as fields of their own and no `options`: every reader takes them so where
+/// it is absent (record.lua's `options_of`, store.rs's `from_fields`), or leaves such a record to
+/// a script (a start or an end without Lua).
 pub const OPTIONS: &str = "options";
 
 /// The fields `OPTIONS` holds, in its order: the ones most tasks set first (record.lua's
