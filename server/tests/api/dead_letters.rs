@@ -160,22 +160,14 @@ async fn a_running_task_stops_within_a_step_when_cancelled() {
 #[tokio::test]
 async fn a_kind_default_timeout_applies_unless_the_task_sets_its_own() {
     let app = spawn_app_with(|c| c.concurrency = 0).await;
-    let mut redis = app.redis().await;
     let default = app.submit_ok(json!({"kind": "csv.summary", "payload": "a\n1"})).await;
     let own = app.submit_ok(json!({"kind": "csv.summary", "payload": "a\n1", "timeout_ms": 1234})).await;
     let none = app.submit_ok(json!({"kind": "echo", "payload": 1})).await;
-    let timeout = |id: &str| app.key(&format!("task:{id}"));
-    let read = |v: Option<String>| v.unwrap_or_default();
-    let default_ms: Option<String> =
-        redis::AsyncCommands::hget(&mut redis, timeout(&default), "timeout_ms").await.unwrap();
-    let own_ms: Option<String> =
-        redis::AsyncCommands::hget(&mut redis, timeout(&own), "timeout_ms").await.unwrap();
-    let none_ms: Option<String> =
-        redis::AsyncCommands::hget(&mut redis, timeout(&none), "timeout_ms").await.unwrap();
-    assert_eq!(
-        (read(default_ms).as_str(), read(own_ms).as_str(), read(none_ms).as_str()),
-        ("600000", "1234", "")
-    );
+    let mut timeouts = Vec::new();
+    for id in [&default, &own, &none] {
+        timeouts.push(app.record_values(id).await.remove("timeout_ms").unwrap_or_default());
+    }
+    assert_eq!(timeouts, ["600000", "1234", ""]);
 }
 
 #[tokio::test]

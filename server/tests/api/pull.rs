@@ -284,9 +284,9 @@ async fn a_grant_shows_its_task_as_its_view_does() {
     // A small payload is kept in its record without its size (record.rs, `PAYLOAD_BYTES`): its
     // grant and its view read the size from the payload. A large one, under a key of its own,
     // has its size written.
-    let fields = app.record_fields(&ids[2]).await;
+    let fields = app.record_values(&ids[2]).await;
     assert!(fields.contains_key("payload") && !fields.contains_key("payload_bytes"), "{fields:?}");
-    let fields = app.record_fields(&ids[1]).await;
+    let fields = app.record_values(&ids[1]).await;
     assert!(!fields.contains_key("payload") && fields.contains_key("payload_bytes"), "{fields:?}");
     let leases = app.leases(json!({"worker": "test", "max": 10})).await;
     assert_eq!(leases.len(), 3);

@@ -276,7 +276,7 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
     let once_in_session =
         app.submit_ok(json!({"kind": "echo", "payload": {"n": 5}, "max_attempts": 1, "session": "t"})).await;
     for id in [&normal, &in_session, &stepped, &once, &once_in_session] {
-        let fields = app.record_fields(id).await;
+        let fields = app.record_values(id).await;
         assert_eq!(fields.get("status").map(String::as_str), Some("queued"), "{fields:?}");
         // What every reader takes for granted (a payload in the record is its own size), and the
         // flag that versions before the twenty-ninth step read beside a small payload.
@@ -292,14 +292,14 @@ async fn a_record_leaves_out_what_its_readers_take_for_granted_and_its_view_says
     }
     // A `max_attempts` of 1 is taken for granted too; the default (5) is written.
     for (id, written, allowed) in [(&normal, Some("5"), 5), (&once, None, 1), (&once_in_session, None, 1)] {
-        let fields = app.record_fields(id).await;
+        let fields = app.record_values(id).await;
         assert_eq!(fields.get("max_attempts").map(String::as_str), written, "{fields:?}");
         assert_eq!(app.get_json(&format!("/api/v1/tasks/{id}")).await["max_attempts"], allowed);
     }
     assert_eq!(app.record_fields(&high).await.get("priority").map(String::as_str), Some("h"));
     // A JSON payload's type is taken for granted (`application/json`); any other is written.
     let text = app.submit_raw_ok("echo", "text/plain", "plain words").await;
-    let text_type = app.record_fields(&text).await.get("payload_type").cloned();
+    let text_type = app.record_values(&text).await.get("payload_type").cloned();
     assert_eq!(text_type.as_deref(), Some("text/plain"));
     for (id, content_type) in [(&normal, "application/json"), (&text, "text/plain")] {
         let payload = app.http.get(app.url(&format!("/api/v1/tasks/{id}/payload"))).send().await.unwrap();

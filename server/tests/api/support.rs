@@ -246,6 +246,15 @@ impl TestApp {
         names.zip(values).filter_map(|(name, value)| Some((name, value?))).collect()
     }
 
+    /// Task `id`'s record as its readers see it: its fields, and each of its options by name.
+    pub async fn record_values(&self, id: &str) -> std::collections::HashMap<String, String> {
+        let mut fields = self.record_fields(id).await;
+        if fields.contains_key("options") {
+            fields.extend(self.record_options(id).await);
+        }
+        fields
+    }
+
     /// Rewrites task `id`'s record as versions before the forty-second step stored it: each of
     /// its options (its `options` field) a field of its own.
     pub async fn store_options_apart(&self, id: &str) {
