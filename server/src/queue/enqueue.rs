@@ -122,16 +122,17 @@ impl NewTask {
         let payload_bytes = text((!self.payload_in_record()).then_some(self.payload.len() as u64));
         let payload_ref = self.shared_payload.map(|shared| shared.owner.to_string()).unwrap_or_default();
         let workflow_id = workflow.map(|w| w.workflow.to_string()).unwrap_or_default();
+        // (In the order they are kept.)
         record::Options::write([
             (record::MAX_ATTEMPTS, max_attempts.as_str()),
             (record::TIMEOUT_MS, &text(self.timeout_ms)),
+            (record::EXPIRES, &text(self.expires_ms)),
             (record::PAYLOAD_TYPE, payload_type),
             (record::PAYLOAD_BYTES, &payload_bytes),
-            (record::PAYLOAD_REF, &payload_ref),
             (record::SESSION, self.session.as_deref().unwrap_or_default()),
-            (record::SUBSCRIPTION, self.subscription.as_deref().unwrap_or_default()),
             (record::IDEMPOTENCY_KEY, self.idempotency_key.as_deref().unwrap_or_default()),
-            (record::EXPIRES, &text(self.expires_ms)),
+            (record::PAYLOAD_REF, &payload_ref),
+            (record::SUBSCRIPTION, self.subscription.as_deref().unwrap_or_default()),
             (record::WORKFLOW, &workflow_id),
             (record::WORKFLOW_STEP, workflow.map_or("", |w| w.step.as_str())),
         ])

@@ -1,6 +1,7 @@
 //! Ends without Lua (docs/benchmark-notes.md, "Tenth step"). A worker process's attempts that
 //! succeeded and need no decision in Redis (no session to leave, no payload shared with other
-//! tasks) are ended as a plain enqueue stores tasks: their records are
+//! tasks, a record stored with its options together: record.rs, `OPTIONS`) are ended as a plain
+//! enqueue stores tasks: their records are
 //! watched and read (is the lease still this holder's? what does the end write?), then one
 //! transaction of plain commands writes what finish.lua writes for them. A record changed in
 //! between (its lease taken over, a cancel asked for) voids the transaction, and the batch goes

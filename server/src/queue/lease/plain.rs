@@ -1,8 +1,8 @@
 //! Leases without Lua (docs/benchmark-notes.md, "Eleventh step"). The entries a fetch loop's
 //! blocking read brought are pending for this worker already, and on a queue without limits (no
 //! limit field set in its settings: pause, concurrency, rate) a task that waits (not ended, not
-//! left running by a holder that stopped, no cancel asked for, not expired) needs no decision in
-//! Redis to start:
+//! left running by a holder that stopped, no cancel asked for, not expired), stored with its
+//! options together (record.rs, `OPTIONS`), needs no decision in Redis to start:
 //! its record and the queue's settings are watched and read, then one transaction of plain
 //! commands writes what `take_lease` (lease.lua) writes for it (the record's running fields and
 //! the `running` event) and reads a payload kept under a key of its own. The run replies are

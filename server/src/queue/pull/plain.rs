@@ -47,8 +47,9 @@ const RECLAIM_EVERY: Duration = Duration::from_millis(250);
 /// transaction commands, a lane without its group).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// What a grant shows of a record beyond its run reply and `lease::READ` (lease.lua's
-/// `VIEW_FIELDS`, and the fields it takes from that read: started, payload size, expiry).
+/// What a grant shows of a record beyond its run reply (lease.lua's `VIEW_FIELDS` and
+/// `VIEW_OPTION_FIELDS`, and the fields it takes from its read: started, payload size, expiry).
+/// The start's read has the first three and the options already: the rest are read with it.
 const VIEW: [&str; 10] = [
     record::STARTED,
     record::PAYLOAD_BYTES,
