@@ -1,9 +1,12 @@
 //! The task record's field names: one Redis hash per task (`{prefix}:{queue}:task:{id}`),
 //! written by the enqueue transaction and the Lua scripts, read by the store. They are named once
 //! here; a test reads every script and checks that each field it writes or reads is one of them.
+//! The options a task was submitted with are kept together in one of them (`OPTIONS`), each
+//! named here all the same (`OPTION_FIELDS`).
 //!
 //! While a worker process holds a task's lease, only a new start (which writes a new `lease`)
-//! may change `kind`, `attempts`, `attempt_started`, `waited`, `payload`, `payload_ref` and `wf`:
+//! may change `kind`, `attempts`, `attempt_started`, `waited`, `payload` and the options (among
+//! them `payload_ref` and `wf`):
 //! the end of a lease a start without Lua took reads the `lease` field alone and trusts the start
 //! for the rest (`Known`, queue/lease.rs). A writer that changes them under a held lease must
 //! change the lease too.
