@@ -91,8 +91,8 @@ pub(in crate::queue) struct Record {
 impl Record {
     /// The record of `fields`, `READ`'s values.
     fn of(fields: [Option<Vec<u8>>; READ.len()]) -> Record {
-        let options = fields[Record::at(record::OPTIONS)].as_deref().and_then(record::Options::read);
-        Record { fields, options }
+        let options = Record::at(record::OPTIONS).and_then(|at| fields[at].as_deref());
+        Record { options: options.and_then(record::Options::read), fields }
     }
 
     /// Whether `field` is one the record has read: of `READ`, or an option.
@@ -100,15 +100,17 @@ impl Record {
         READ.contains(&field) || record::OPTION_FIELDS.contains(&field)
     }
 
-    /// Where `field` is among those read.
-    fn at(field: &str) -> usize {
-        READ.iter().position(|f| *f == field).expect("a field the lease reads")
+    /// Where `field` is among those read (None: an option, or not a field the lease reads).
+    fn at(field: &str) -> Option<usize> {
+        READ.iter().position(|f| *f == field)
     }
 
+    /// A field read, or an option (one look through `READ`, then the options').
     fn field(&self, field: &str) -> Option<&[u8]> {
-        match record::OPTION_FIELDS.contains(&field) {
-            true => self.options.as_ref()?.get(field).map(str::as_bytes),
-            false => self.fields[Record::at(field)].as_deref(),
+        debug_assert!(Record::has(field), "{field} is not a field the lease reads");
+        match Record::at(field) {
+            Some(at) => self.fields[at].as_deref(),
+            None => self.options.as_ref()?.get(field).map(str::as_bytes),
         }
     }
 
@@ -118,9 +120,10 @@ impl Record {
     }
 
     fn take(&mut self, field: &str) -> Option<Vec<u8>> {
-        match record::OPTION_FIELDS.contains(&field) {
-            true => self.options.as_mut()?.take(field).map(String::into_bytes),
-            false => self.fields[Record::at(field)].take(),
+        debug_assert!(Record::has(field), "{field} is not a field the lease reads");
+        match Record::at(field) {
+            Some(at) => self.fields[at].take(),
+            None => self.options.as_mut()?.take(field).map(String::into_bytes),
         }
     }
 
