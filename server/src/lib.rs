@@ -379,6 +379,10 @@ pub fn run(registry: Registry) -> anyhow::Result<()> {
     use clap::Parser;
     let cli = config::Cli::parse();
     let threads = cli.threads().map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+    if cli.command == Some(Command::Worker) && cli.config.metrics_addr.is_none() {
+        // No one could read this worker's metrics.
+        metrics::record_nothing();
+    }
     if threads > 1 && cli.command == Some(Command::Worker) {
         return run_worker_threads(cli, registry, threads);
     }

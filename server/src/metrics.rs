@@ -12,7 +12,10 @@ use std::{
     borrow::Borrow,
     collections::HashMap,
     hash::Hash,
-    sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock},
+    sync::{
+        Arc, LazyLock, OnceLock, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -50,6 +53,27 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// The process's recorder, installed by the first server built in it; `None` when something
 /// else had installed a global recorder first (an embedding program's own).
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Whether this process records nothing, for good ([`record_nothing`]).
+static NOTHING: AtomicBool = AtomicBool::new(false);
+
+/// Makes this process record no metrics, for good, unless a recorder is installed already (an
+/// embedding program's, which goes on getting them): what `courier worker` without
+/// `--metrics-addr` does, whose metrics no one could read. Each task's metrics were otherwise
+/// made for no recorder, their labels copied and looked up each time: some 1,600 instructions a
+/// task (docs/benchmark-notes.md, "Forty-third step"). A no-op recorder is installed, so that no
+/// recorder installed later would miss what this process left out.
+pub fn record_nothing() {
+    if metrics::set_global_recorder(metrics::NoopRecorder).is_ok() {
+        NOTHING.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether what this process does is recorded: unless it records nothing ([`record_nothing`]).
+/// A figure that costs work to make is made only then.
+pub fn recorded() -> bool {
+    !NOTHING.load(Ordering::Relaxed)
+}
 
 /// The handle that renders this process's metrics, installing the recorder on the first call.
 /// The recorder is global (the `metrics` macros record into it from anywhere), so every server
@@ -124,6 +148,9 @@ fn describe() {
 
 /// A task of `kind` was stored in `queue`.
 pub fn task_submitted(queue: &str, kind: &str) {
+    if !recorded() {
+        return;
+    }
     let make = || metrics::counter!(TASKS_SUBMITTED, "queue" => queue.to_owned(), "kind" => kind.to_owned());
     match handles_kept() {
         true => of_kind(queue, kind).submitted.get_or_init(make).increment(1),
@@ -133,6 +160,9 @@ pub fn task_submitted(queue: &str, kind: &str) {
 
 /// An attempt of a task of `kind` in `queue` ended with `outcome`, and the store took it.
 pub fn attempt_ended(queue: &str, kind: &str, outcome: &Outcome) {
+    if !recorded() {
+        return;
+    }
     let (index, outcome) = match outcome {
         Outcome::Succeeded { .. } => (0, "succeeded"),
         Outcome::Failed { .. } => (1, "failed"),
@@ -155,6 +185,9 @@ pub fn attempt_ended(queue: &str, kind: &str, outcome: &Outcome) {
 
 /// An attempt in `queue` ran for `ran` (its handler, start to end).
 pub fn attempt_ran(queue: &str, ran: Duration) {
+    if !recorded() {
+        return;
+    }
     let make = || metrics::histogram!(TASK_RUN, "queue" => queue.to_owned());
     match handles_kept() {
         true => of_queue(queue).ran.get_or_init(make).record(ran.as_secs_f64()),
@@ -164,6 +197,9 @@ pub fn attempt_ran(queue: &str, ran: Duration) {
 
 /// A task of `queue` started an attempt after `waited` ready.
 pub fn task_waited(queue: &str, waited: Duration) {
+    if !recorded() {
+        return;
+    }
     let make = || metrics::histogram!(TASK_WAIT, "queue" => queue.to_owned());
     match handles_kept() {
         true => of_queue(queue).waited.get_or_init(make).record(waited.as_secs_f64()),

@@ -527,6 +527,11 @@ impl Queue {
         &self.name
     }
 
+    /// The queue's name, shared rather than copied.
+    pub fn shared_name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
     /// This handle with the queue's registry number.
     pub(crate) fn numbered(mut self, number: u16) -> Queue {
         Arc::make_mut(&mut self.0).number = number;

@@ -145,9 +145,11 @@ impl Runner {
 
     async fn attempt(self: Arc<Self>, mut lease: Box<Lease>) {
         let queue = lease.queue.clone();
-        self.running.started(lease.task_id, queue.name().into(), &lease.kind);
+        self.running.started(lease.task_id, queue.shared_name(), &lease.kind);
         let _ended = Ended { running: &self.running, task: lease.task_id };
-        if let Some(waited) = lease.waited() {
+        if crate::metrics::recorded()
+            && let Some(waited) = lease.waited()
+        {
             crate::metrics::task_waited(queue.name(), waited);
         }
         let payload = match queue.take_payload(&mut lease).await {
