@@ -9,6 +9,7 @@ use crate::config::LogFormat;
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal as _;
 use tracing::Level;
 use tracing_subscriber::{
     EnvFilter, Layer as _,
@@ -32,8 +33,11 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
     // Each layer filters for itself: `RUST_LOG=warn` quiets the log, not the exported spans.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let log = match format {
-        LogFormat::Text => fmt::layer().fmt_fields(text::TextFields).with_filter(filter).boxed(),
+        LogFormat::Text => {
+            fmt::layer().with_ansi(colours()).fmt_fields(text::TextFields).with_filter(filter).boxed()
+        }
         LogFormat::Json => fmt::layer()
+            .with_ansi(false)
             .fmt_fields(JsonFields::new())
             .event_format(json::FlatJson)
             .with_filter(filter)
@@ -57,6 +61,14 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
         tracing::debug!(otlp.endpoint = %endpoint, "exporting spans over OTLP");
     }
     Ok(Telemetry { spans })
+}
+
+/// Whether text log lines are coloured: on a terminal, unless `NO_COLOR` is set (no-color.org).
+/// Written anywhere else (a pipe, a file, a log collector), escape codes would garble the lines,
+/// and colouring each attempt's span fields cost a worker a tenth of its instructions a task at
+/// `info` (docs/benchmark-notes.md, "Forty-third step").
+fn colours() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 /// How long a stopping process waits for its last spans to be sent.

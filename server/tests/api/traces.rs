@@ -105,7 +105,8 @@ async fn a_submission_without_a_valid_traceparent_starts_a_trace_of_its_own() {
     }
 }
 
-/// A `courier serve` process writing JSON log lines, which are collected.
+/// A `courier serve` process writing log lines (JSON unless a test asks for text), which are
+/// collected.
 struct Courier {
     base: String,
     http: reqwest::Client,
@@ -117,10 +118,15 @@ impl Courier {
     /// Starts `courier serve --log-format json` with `RUST_LOG` and `args` on `redis`, and waits
     /// until it is ready.
     async fn start(redis: &TestRedis, rust_log: &str, args: &[&str]) -> Courier {
+        Courier::start_as(redis, "json", rust_log, args).await
+    }
+
+    /// [`Courier::start`] with its log lines in `format` (`--log-format`).
+    async fn start_as(redis: &TestRedis, format: &str, rust_log: &str, args: &[&str]) -> Courier {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
             .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--redis-url", &redis.redis.url()])
-            .args(["--prefix", &unique_prefix(), "--log-format", "json", "--concurrency", "2"])
+            .args(["--prefix", &unique_prefix(), "--log-format", format, "--concurrency", "2"])
             .args(["--retry-base", "50ms"])
             .args(args)
             .env("RUST_LOG", rust_log)
@@ -156,10 +162,14 @@ impl Courier {
         format!("{}{path}", self.base)
     }
 
+    /// Every line logged so far, as written.
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
     /// Every line logged so far, each of which must be a JSON object.
     fn log(&self) -> Vec<Value> {
-        let lines = self.lines.lock().unwrap().clone();
-        lines
+        self.lines()
             .iter()
             .map(|line| match serde_json::from_str::<Value>(line) {
                 Ok(value) if value.is_object() => value,
@@ -230,6 +240,31 @@ impl Courier {
             .expect("courier stops within 20 s of SIGTERM")
             .unwrap();
         assert!(status.success(), "{status}");
+    }
+}
+
+/// Text log lines written anywhere but a terminal (here a pipe) are plain: no colour codes for a
+/// file or a log collector to carry, and an attempt's line names its task as `task_id=…`.
+#[tokio::test]
+async fn text_log_lines_off_a_terminal_carry_no_colour_codes() {
+    let redis = TestRedis::start().await;
+    let courier = Courier::start_as(&redis, "text", "info", &[]).await;
+    // Its first attempt fails (a line logged inside the attempt), its second succeeds.
+    let id = courier.submit(json!({"kind": "flaky", "payload": {"fail_times": 1}, "max_attempts": 3})).await;
+    courier.wait_until_done(&id).await;
+    let failed = "attempt failed; will retry";
+    let mut line = None;
+    for _ in 0..100 {
+        line = courier.lines().into_iter().find(|line| line.contains(failed));
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = line.unwrap_or_else(|| panic!("no line says {failed:?}: {:#?}", courier.lines()));
+    assert!(line.contains(&format!("task_id={id}")), "{line:?}");
+    for line in courier.lines() {
+        assert!(!line.contains('\u{1b}'), "a colour code: {line:?}");
     }
 }
 
