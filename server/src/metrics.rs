@@ -61,8 +61,8 @@ static NOTHING: AtomicBool = AtomicBool::new(false);
 /// embedding program's, which goes on getting them): what `courier worker` without
 /// `--metrics-addr` does, whose metrics no one could read. Each task's metrics were otherwise
 /// made for no recorder, their labels copied and looked up each time: some 1,600 instructions a
-/// task (docs/benchmark-notes.md, "Forty-third step"). A no-op recorder is installed, so that no
-/// recorder installed later would miss what this process left out.
+/// task (docs/benchmark-notes.md, "Forty-third step"). A no-op recorder is installed, so that
+/// none is installed later, to show figures that would leave out what came before.
 pub fn record_nothing() {
     if metrics::set_global_recorder(metrics::NoopRecorder).is_ok() {
         NOTHING.store(true, Ordering::Relaxed);

@@ -65,8 +65,8 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
 
 /// Whether text log lines are coloured: on a terminal, unless `NO_COLOR` is set (no-color.org).
 /// Written anywhere else (a pipe, a file, a log collector), escape codes would garble the lines,
-/// and colouring each attempt's span fields cost a worker a tenth of its instructions a task at
-/// `info` (docs/benchmark-notes.md, "Forty-third step").
+/// and colouring each attempt's span fields cost a worker a twentieth of its instructions a task
+/// at `info` (docs/benchmark-notes.md, "Forty-third step").
 fn colours() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
