@@ -70,8 +70,7 @@ pub fn record_nothing() {
 }
 
 /// Whether what this process does is recorded: unless it records nothing ([`record_nothing`]).
-/// A figure that costs work to make is made only then.
-pub fn recorded() -> bool {
+fn recorded() -> bool {
     !NOTHING.load(Ordering::Relaxed)
 }
 
@@ -195,11 +194,13 @@ pub fn attempt_ran(queue: &str, ran: Duration) {
     }
 }
 
-/// A task of `queue` started an attempt after `waited` ready.
-pub fn task_waited(queue: &str, waited: Duration) {
+/// A task of `queue` started an attempt after `waited()` ready (None: it cannot tell), worked out
+/// only when recorded.
+pub fn task_waited(queue: &str, waited: impl FnOnce() -> Option<Duration>) {
     if !recorded() {
         return;
     }
+    let Some(waited) = waited() else { return };
     let make = || metrics::histogram!(TASK_WAIT, "queue" => queue.to_owned());
     match handles_kept() {
         true => of_queue(queue).waited.get_or_init(make).record(waited.as_secs_f64()),

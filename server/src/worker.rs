@@ -147,11 +147,7 @@ impl Runner {
         let queue = lease.queue.clone();
         self.running.started(lease.task_id, queue.shared_name(), &lease.kind);
         let _ended = Ended { running: &self.running, task: lease.task_id };
-        if crate::metrics::recorded()
-            && let Some(waited) = lease.waited()
-        {
-            crate::metrics::task_waited(queue.name(), waited);
-        }
+        crate::metrics::task_waited(queue.name(), || lease.waited());
         let payload = match queue.take_payload(&mut lease).await {
             Ok(payload) => payload,
             Err(e) => {

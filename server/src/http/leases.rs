@@ -236,9 +236,7 @@ async fn grants(state: &AppState, queue: &Queue, pulled: Vec<Pulled>) -> Result<
     let mut grants = Vec::with_capacity(pulled.len());
     for pulled in pulled {
         let record = pulled.record;
-        if let Some(waited) = pulled.token.waited() {
-            crate::metrics::task_waited(queue.name(), waited);
-        }
+        crate::metrics::task_waited(queue.name(), || pulled.token.waited());
         let json = super::api::is_json(&pulled.payload_type);
         let bytes = match pulled.payload {
             Some(bytes) => Some(bytes.to_vec()),

@@ -178,15 +178,21 @@ impl Courier {
             .collect()
     }
 
-    /// Waits up to 5 s until a line that `wanted` picks is logged.
-    async fn wait_for_line(&self, wanted: impl Fn(&Value) -> bool) {
+    /// Waits up to 5 s until `found` finds what it looks for in what is logged.
+    async fn until_logged<T>(&self, found: impl Fn(&Courier) -> Option<T>) -> Option<T> {
         for _ in 0..100 {
-            if self.log().iter().any(&wanted) {
-                return;
+            if let Some(found) = found(self) {
+                return Some(found);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the line looked for was not logged: {:#?}", self.log());
+        None
+    }
+
+    /// Waits up to 5 s until a line that `wanted` picks is logged.
+    async fn wait_for_line(&self, wanted: impl Fn(&Value) -> bool) {
+        let logged = self.until_logged(|courier| courier.log().iter().any(&wanted).then_some(())).await;
+        assert!(logged.is_some(), "the line looked for was not logged: {:#?}", self.log());
     }
 
     /// The access log lines of request `id`.
@@ -253,14 +259,8 @@ async fn text_log_lines_off_a_terminal_carry_no_colour_codes() {
     let id = courier.submit(json!({"kind": "flaky", "payload": {"fail_times": 1}, "max_attempts": 3})).await;
     courier.wait_until_done(&id).await;
     let failed = "attempt failed; will retry";
-    let mut line = None;
-    for _ in 0..100 {
-        line = courier.lines().into_iter().find(|line| line.contains(failed));
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let line =
+        courier.until_logged(|courier| courier.lines().into_iter().find(|line| line.contains(failed))).await;
     let line = line.unwrap_or_else(|| panic!("no line says {failed:?}: {:#?}", courier.lines()));
     assert!(line.contains(&format!("task_id={id}")), "{line:?}");
     for line in courier.lines() {
