@@ -14,7 +14,7 @@
 use super::{
     Backoff, Blocked, GROUP, Queue,
     finish::Ending,
-    lease::{Lease, Leasing, PlainLeases, RunReply, idle_for},
+    lease::{Lease, Leasing, PlainLeases, Started, idle_for},
     serving::{DISCOVER_EVERY, Served, Serving},
 };
 use crate::redis_client::{Conn, client_command, read_streams};
@@ -667,14 +667,14 @@ impl Readers {
     }
 
     /// Takes leases on `given` (entries of `queue` the last read on `one` brought) without Lua
-    /// where their tasks need no decision: the run replies and the entries left for the claim
+    /// where their tasks need no decision: the starts and the entries left for the claim
     /// script, or None when every entry is left to it (reading per queue, on a cluster, always).
     async fn lease_plain(
         &mut self,
         queue: &Queue,
         consumer: &str,
         given: &[Given],
-    ) -> Option<(Vec<RunReply>, Vec<Given>)> {
+    ) -> Option<(Vec<Started>, Vec<Given>)> {
         let conn = self.one.as_mut()?;
         match self.plain.take(conn, queue, consumer, given).await {
             Ok(taken) => taken,

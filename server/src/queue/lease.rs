@@ -135,9 +135,35 @@ impl Run {
     const STRINGS: usize = 1 + Run::FIELDS.len() - Run::JOINED;
 }
 
-/// A claim's reply for one task to run, read by field name, and what its start knows of the
-/// record for the end (a start without Lua's: lease/plain.rs).
-pub(super) struct RunReply(Vec<Vec<u8>>, Option<Known>);
+/// A claim's `run` reply for one task, its fields as text in `Run`'s order: how a script tells of
+/// a lease it took, read into a [`Started`].
+pub(super) struct RunReply(Vec<Vec<u8>>);
+
+/// A lease's start, as a claim's run reply tells it or a start without Lua made it
+/// (lease/plain.rs): what a worker process's lease, or a pulled one, is made of.
+#[cfg_attr(test, derive(Clone, Debug, PartialEq))]
+pub(super) struct Started {
+    pub(super) task_id: Uuid,
+    /// The ready stream its entry is on, by place (0 is the most urgent).
+    pub(super) stream_index: usize,
+    pub(super) entry_id: String,
+    pub(super) token: String,
+    pub(super) attempt: u32,
+    pub(super) kind: String,
+    pub(super) max_attempts: u32,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) payload: LeasedPayload,
+    /// As the record keeps them, each empty where it has none: the task whose id the payload is
+    /// stored under when shared, the trace context, the payload's type (empty: the default),
+    /// the ordered session and the idempotency key.
+    pub(super) payload_ref: String,
+    pub(super) traceparent: String,
+    pub(super) payload_type: String,
+    pub(super) session: String,
+    pub(super) idempotency_key: String,
+    /// What a start without Lua knows of the record for the end (a script's start: none).
+    pub(super) known: Option<Known>,
+}
 
 /// What a start without Lua wrote, or read, of its task's record that the attempt's end reads
 /// (finish/plain.rs): while the record's lease is still this one, the record holds them as the
@@ -158,16 +184,10 @@ pub(super) struct Known {
 }
 
 impl RunReply {
-    /// Its fields, in `Run`'s order.
-    #[cfg(test)]
-    pub(super) fn into_fields(self) -> Vec<Vec<u8>> {
-        self.0
-    }
-
     /// The reply, if it is a `run` reply of the expected shape. (Any other reply, `drop` or
     /// `later`, is one string; one that says `run` but is not of that shape is a fault, logged:
     /// its task's lease runs out unreported.)
-    pub(super) fn of(mut reply: Vec<Vec<u8>>) -> Option<RunReply> {
+    fn of(mut reply: Vec<Vec<u8>>) -> Option<RunReply> {
         let says_run = reply.first().is_some_and(|first| first.starts_with(b"run\x1f"));
         let mut fields: Vec<Vec<u8>> = Vec::with_capacity(Run::FIELDS.len());
         if reply.len() == Run::STRINGS {
@@ -180,27 +200,7 @@ impl RunReply {
             return None;
         }
         fields.extend(reply.drain(1..));
-        Some(RunReply(fields, None))
-    }
-
-    /// A run reply from its fields, each named, in `Run`'s order (the leases taken without Lua:
-    /// lease/plain.rs).
-    fn from_fields(fields: [(Run, Vec<u8>); Run::FIELDS.len()], known: Known) -> RunReply {
-        debug_assert!(fields.iter().enumerate().all(|(at, (field, _))| *field as usize == at));
-        RunReply(fields.into_iter().map(|(_, value)| value).collect(), Some(known))
-    }
-
-    /// What the start knows of the record for the end, if it was a start without Lua.
-    #[cfg(test)]
-    pub(super) fn known(&self) -> Option<&Known> {
-        self.1.as_ref()
-    }
-
-    /// A `run` reply and the field-value pairs of its task's view that follow it (when the
-    /// claim asked for them: pull.lua), apart.
-    pub(super) fn with_view(mut reply: Vec<Vec<u8>>) -> Option<(RunReply, Vec<Vec<u8>>)> {
-        let view = reply.split_off(reply.len().min(Run::STRINGS));
-        Some((RunReply::of(reply)?, view))
+        Some(RunReply(fields))
     }
 
     /// A reply with its fields unpacked when it is a run reply, else as it came (for tests).
@@ -213,62 +213,139 @@ impl RunReply {
     }
 
     /// The task's id and its entry's stream (0 most urgent), if the reply names them.
-    pub(super) fn task(&self) -> Option<(Uuid, usize)> {
+    fn task(&self) -> Option<(Uuid, usize)> {
         let task_id = self.text(Run::TaskId).parse::<Uuid>().ok()?;
         let stream = self.text(Run::Stream).parse::<usize>().ok()?.checked_sub(1).filter(|&s| s < 3)?;
         Some((task_id, stream))
     }
 
     /// The field as text, borrowed (copied only where it is not UTF-8).
-    pub(super) fn text(&self, field: Run) -> Cow<'_, str> {
+    fn text(&self, field: Run) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.0[field as usize])
     }
 
     /// The field as text, taken out of the reply: its bytes become the string, uncopied.
-    pub(super) fn take_text(&mut self, field: Run) -> String {
-        String::from_utf8(self.take(field))
-            .unwrap_or_else(|not_utf8| String::from_utf8_lossy(not_utf8.as_bytes()).into_owned())
+    fn take_text(&mut self, field: Run) -> String {
+        text_of(self.take(field))
     }
 
-    /// The field as text, taken out of the reply; `None` when empty.
-    pub(super) fn take_optional(&mut self, field: Run) -> Option<String> {
-        Some(self.take_text(field)).filter(|t| !t.is_empty())
-    }
-
-    pub(super) fn take(&mut self, field: Run) -> Vec<u8> {
+    fn take(&mut self, field: Run) -> Vec<u8> {
         std::mem::take(&mut self.0[field as usize])
     }
 
-    /// The record of task `task_id` (in `queue`) as this lease left it, from the run reply and
-    /// `view`, the field-value pairs that follow it when the claim was asked for them (pull.lua):
+    /// The start the reply tells of; None (logged) when it names no task this worker can read.
+    fn started(mut self) -> Option<Started> {
+        let Some((task_id, stream_index)) = self.task() else {
+            warn!("a claim named no task this worker can read; its lease will expire");
+            return None;
+        };
+        let payload = match self.take(Run::PayloadIs).as_slice() {
+            b"1" => LeasedPayload::Here(Bytes::from(self.take(Run::Payload))),
+            b"2" => LeasedPayload::Stored,
+            _ => LeasedPayload::Gone,
+        };
+        Some(Started {
+            task_id,
+            stream_index,
+            entry_id: self.take_text(Run::Entry),
+            token: self.take_text(Run::Token),
+            attempt: self.text(Run::Attempt).parse().unwrap_or(1),
+            kind: self.take_text(Run::Kind),
+            max_attempts: self.text(Run::MaxAttempts).parse().unwrap_or(1),
+            timeout_ms: self.text(Run::TimeoutMs).parse().ok(),
+            payload,
+            payload_ref: self.take_text(Run::PayloadRef),
+            traceparent: self.take_text(Run::Traceparent),
+            payload_type: self.take_text(Run::PayloadType),
+            session: self.take_text(Run::Session),
+            idempotency_key: self.take_text(Run::IdempotencyKey),
+            known: None,
+        })
+    }
+}
+
+/// Bytes as text, uncopied (copied only where they are not UTF-8, lossily).
+pub(super) fn text_of(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|not_utf8| String::from_utf8_lossy(not_utf8.as_bytes()).into_owned())
+}
+
+/// `text`, unless empty.
+fn unless_empty(text: String) -> Option<String> {
+    Some(text).filter(|t| !t.is_empty())
+}
+
+impl Started {
+    /// The start a claim's reply tells of, if it is a run reply naming a task this worker can read.
+    pub(super) fn of(reply: Vec<Vec<u8>>) -> Option<Started> {
+        RunReply::of(reply)?.started()
+    }
+
+    /// The start a claim's reply tells of and the field-value pairs of its task's view that
+    /// follow the run reply (when the claim asked for them: pull.lua), apart.
+    pub(super) fn with_view(mut reply: Vec<Vec<u8>>) -> Option<(Started, Vec<Vec<u8>>)> {
+        let view = reply.split_off(reply.len().min(Run::STRINGS));
+        Some((Started::of(reply)?, view))
+    }
+
+    /// The record of its task (in `queue`) as this lease left it, from the start and `view`, the
+    /// field-value pairs that follow a run reply when the claim was asked for them (pull.lua):
     /// what a view of the task shows. `None` when they do not make one.
-    pub(super) fn record(&self, task_id: Uuid, queue: &str, view: &[Vec<u8>]) -> Option<TaskRecord> {
-        fn text(bytes: &[u8]) -> Option<&str> {
-            std::str::from_utf8(bytes).ok()
-        }
-        // The claim's own fields first: they are the record as the lease left it, and a look-up
+    pub(super) fn record(&self, queue: &str, view: &[Vec<u8>]) -> Option<TaskRecord> {
+        let (attempt, max_attempts) = (self.attempt.to_string(), self.max_attempts.to_string());
+        // The start's own fields first: they are the record as the lease left it, and a look-up
         // takes the first of a name.
         let mut fields: Vec<(&str, &str)> = Vec::with_capacity(view.len() / 2 + 7);
-        for (field, from) in [
-            (record::KIND, Run::Kind),
-            (record::ATTEMPTS, Run::Attempt),
-            (record::MAX_ATTEMPTS, Run::MaxAttempts),
-            (record::PAYLOAD_TYPE, Run::PayloadType),
-            (record::PAYLOAD_REF, Run::PayloadRef),
-            (record::TRACEPARENT, Run::Traceparent),
-        ] {
-            fields.push((field, text(&self.0[from as usize])?));
-        }
-        fields.push((record::STATUS, "running"));
+        fields.extend([
+            (record::KIND, self.kind.as_str()),
+            (record::ATTEMPTS, &attempt),
+            (record::MAX_ATTEMPTS, &max_attempts),
+            (record::PAYLOAD_TYPE, &self.payload_type),
+            (record::PAYLOAD_REF, &self.payload_ref),
+            (record::TRACEPARENT, &self.traceparent),
+            (record::STATUS, "running"),
+        ]);
         for pair in view.chunks_exact(2) {
-            fields.push((text(&pair[0])?, text(&pair[1])?));
+            fields.push((std::str::from_utf8(&pair[0]).ok()?, std::str::from_utf8(&pair[1]).ok()?));
         }
-        TaskRecord::from_fields(task_id, queue, fields.as_slice())
+        TaskRecord::from_fields(self.task_id, queue, fields.as_slice())
+    }
+
+    /// Its fields as a claim's run reply has them, in `Run`'s order (for tests, which read leases
+    /// as claims reply them).
+    #[cfg(test)]
+    pub(super) fn into_fields(self) -> Vec<Vec<u8>> {
+        let (payload_is, payload): (&str, Vec<u8>) = match self.payload {
+            LeasedPayload::Here(bytes) => ("1", bytes.to_vec()),
+            LeasedPayload::Stored => ("2", Vec::new()),
+            LeasedPayload::Gone => ("0", Vec::new()),
+        };
+        let texts = [
+            "run".to_string(),
+            self.task_id.to_string(),
+            (self.stream_index + 1).to_string(),
+            self.entry_id,
+            self.token,
+            self.attempt.to_string(),
+            self.kind,
+            self.max_attempts.to_string(),
+            self.timeout_ms.map(|ms| ms.to_string()).unwrap_or_default(),
+            payload_is.to_string(),
+            self.payload_ref,
+            self.traceparent,
+            self.payload_type,
+            self.session,
+            self.idempotency_key,
+        ];
+        let mut fields: Vec<Vec<u8>> = texts.into_iter().map(String::into_bytes).collect();
+        fields.push(payload);
+        fields
     }
 }
 
 /// A lease's payload: small ones come with the claim, large ones are read on their own.
 #[derive(Debug)]
+#[cfg_attr(test, derive(Clone, PartialEq))]
 pub(super) enum LeasedPayload {
     Here(Bytes),
     /// Too large to copy through the claim script: a plain `GET` reads it.
@@ -401,57 +478,62 @@ impl Leasing {
         replies: Vec<Vec<Vec<u8>>>,
         slots: &mut Vec<OwnedSemaphorePermit>,
     ) -> Vec<Lease> {
-        self.leases_of_runs(queue, running, replies.into_iter().filter_map(RunReply::of), slots)
+        self.leases_of_runs(queue, running, replies.into_iter().filter_map(Started::of), slots)
     }
 
-    /// Turns run replies on `queue` into leases, each taking a slot from `slots` and counted in
+    /// Turns starts on `queue` into leases, each taking a slot from `slots` and counted in
     /// `running`.
     pub(super) fn leases_of_runs(
         &self,
         queue: &Queue,
         running: &Arc<AtomicUsize>,
-        runs: impl IntoIterator<Item = RunReply>,
+        runs: impl IntoIterator<Item = Started>,
         slots: &mut Vec<OwnedSemaphorePermit>,
     ) -> Vec<Lease> {
         let Some(finisher) = self.endings.upgrade() else { return Vec::new() };
         // A lease is large: grown a push at a time, the vector copied each one again.
         let mut leases = Vec::with_capacity(slots.len());
-        for mut reply in runs {
-            let Some((task_id, stream_index)) = reply.task() else {
-                warn!("a claim named no task this worker can read; its lease will expire");
-                continue;
-            };
+        for started in runs {
             let Some(slot) = slots.pop() else {
                 warn!("a claim returned more tasks than there were free slots");
                 break;
             };
-            let kind = reply.take_text(Run::Kind);
-            let stream = queue.keys.lane_stream(&kind, stream_index);
-            let payload = match reply.take(Run::PayloadIs).as_slice() {
-                b"1" => LeasedPayload::Here(Bytes::from(reply.take(Run::Payload))),
-                b"2" => LeasedPayload::Stored,
-                _ => LeasedPayload::Gone,
-            };
+            let Started {
+                task_id,
+                stream_index,
+                entry_id,
+                token,
+                attempt,
+                kind,
+                max_attempts,
+                timeout_ms,
+                payload,
+                payload_ref,
+                traceparent,
+                payload_type,
+                session,
+                idempotency_key,
+                known,
+            } = started;
             leases.push(Lease {
                 task_id,
                 queue: queue.clone(),
+                stream: queue.keys.lane_stream(&kind, stream_index),
                 kind,
-                attempt: reply.text(Run::Attempt).parse().unwrap_or(1),
-                max_attempts: reply.text(Run::MaxAttempts).parse().unwrap_or(1),
-                timeout_ms: reply.text(Run::TimeoutMs).parse().ok(),
-                payload_type: reply
-                    .take_optional(Run::PayloadType)
+                attempt,
+                max_attempts,
+                timeout_ms,
+                payload_type: unless_empty(payload_type)
                     .unwrap_or_else(|| record::DEFAULT_PAYLOAD_TYPE.into()),
-                session: reply.take_optional(Run::Session),
-                traceparent: reply.take_optional(Run::Traceparent),
+                session: unless_empty(session),
+                traceparent: unless_empty(traceparent),
                 payload,
-                idempotency_key: reply.take_optional(Run::IdempotencyKey),
-                payload_ref: reply.text(Run::PayloadRef).parse().ok(),
-                known: reply.1.take(),
-                entry_id: reply.take_text(Run::Entry),
-                stream,
+                idempotency_key: unless_empty(idempotency_key),
+                payload_ref: payload_ref.parse().ok(),
+                known,
+                entry_id,
                 stream_index,
-                token: reply.take_text(Run::Token),
+                token,
                 consumer: self.consumer.clone(),
                 slot: Mutex::new(Some(slot)),
                 finisher: finisher.clone(),
@@ -615,41 +697,61 @@ mod tests {
     }
 
     #[test]
-    fn a_run_reply_is_read_back_by_field_and_a_malformed_one_is_none() {
+    fn a_run_reply_is_read_into_its_start_and_a_malformed_one_is_none() {
+        let id = Uuid::now_v7();
         let strings = |joined: &str| {
             let mut reply = vec![joined.as_bytes().to_vec()];
             reply.extend([b"text/plain".to_vec(), b"s\x1f1".to_vec(), b"".to_vec(), b"a\x1fb".to_vec()]);
             reply
         };
-        let joined = "run\x1fID\x1f2\x1f1-0\x1ft:0\x1f3\x1fecho\x1f5\x1f\x1f1\x1f\x1f00-ab";
-        let mut reply = RunReply::of(strings(joined)).expect("a run reply");
-        assert_eq!(reply.text(Run::TaskId), "ID");
-        assert_eq!(reply.text(Run::Stream), "2");
-        assert_eq!(reply.text(Run::Attempt), "3");
-        assert_eq!(reply.take_optional(Run::TimeoutMs), None);
-        assert_eq!(reply.text(Run::PayloadIs), "1");
-        assert_eq!(reply.text(Run::Traceparent), "00-ab");
-        assert_eq!(reply.text(Run::PayloadType), "text/plain");
-        // The fields apart may hold the separator.
-        assert_eq!(reply.text(Run::Session), "s\u{1f}1");
-        assert_eq!(reply.text(Run::Payload), "a\u{1f}b");
-        // A field taken as text is gone from the reply; one not UTF-8 is read as `text` reads it.
-        assert_eq!(reply.take_text(Run::Session), "s\u{1f}1");
-        assert_eq!(reply.text(Run::Session), "");
-        assert_eq!(reply.take_optional(Run::Session), None);
-        let mut odd = strings(joined);
+        let joined = format!("run\x1f{id}\x1f2\x1f1-0\x1ft:0\x1f3\x1fecho\x1f5\x1f\x1f1\x1f\x1f00-ab");
+        let started = Started::of(strings(&joined)).expect("a run reply");
+        let expected = Started {
+            task_id: id,
+            stream_index: 1,
+            entry_id: "1-0".into(),
+            token: "t:0".into(),
+            attempt: 3,
+            kind: "echo".into(),
+            max_attempts: 5,
+            timeout_ms: None,
+            payload: LeasedPayload::Here(Bytes::from_static(b"a\x1fb")),
+            payload_ref: String::new(),
+            traceparent: "00-ab".into(),
+            payload_type: "text/plain".into(),
+            // The fields apart may hold the separator.
+            session: "s\u{1f}1".into(),
+            idempotency_key: String::new(),
+            known: None,
+        };
+        assert_eq!(started, expected);
+        // Written back, field for field as the claim replied.
+        assert_eq!(started.clone().into_fields(), RunReply::unpacked(strings(&joined)));
+        // A field not UTF-8 is read as lossy text.
+        let mut odd = strings(&joined);
         odd[1] = b"text/\xffplain".to_vec();
-        let mut odd = RunReply::of(odd).expect("a run reply");
-        assert_eq!(odd.text(Run::PayloadType), "text/\u{fffd}plain");
-        assert_eq!(odd.take_text(Run::PayloadType), "text/\u{fffd}plain");
-        assert!(RunReply::of(strings("drop")).is_none());
-        assert!(RunReply::of(strings(&joined.replacen("run", "ran", 1))).is_none());
-        assert!(RunReply::of(strings(&format!("{joined}\x1fmore"))).is_none());
-        assert!(RunReply::of(vec![b"drop".to_vec()]).is_none());
-        let mut with_view = strings(joined);
+        assert_eq!(Started::of(odd).expect("a run reply").payload_type, "text/\u{fffd}plain");
+        // Numbers that do not read go as the script's defaults: a first attempt of one, no timeout.
+        let unread =
+            Started::of(strings(&joined.replacen("\x1f3\x1fecho\x1f5\x1f", "\x1fx\x1fecho\x1f-\x1fy", 1)))
+                .expect("a run reply");
+        assert_eq!((unread.attempt, unread.max_attempts, unread.timeout_ms), (1, 1, None));
+        // A payload stored apart, or gone.
+        let stored = Started::of(strings(&joined.replacen("\x1f1\x1f\x1f00-ab", "\x1f2\x1f\x1f00-ab", 1)));
+        assert_eq!(stored.expect("a run reply").payload, LeasedPayload::Stored);
+        let gone = Started::of(strings(&joined.replacen("\x1f1\x1f\x1f00-ab", "\x1f0\x1f\x1f00-ab", 1)));
+        assert_eq!(gone.expect("a run reply").payload, LeasedPayload::Gone);
+        // Not a run reply, or not one of its shape, or naming no task this worker reads.
+        assert!(Started::of(strings("drop")).is_none());
+        assert!(Started::of(strings(&joined.replacen("run", "ran", 1))).is_none());
+        assert!(Started::of(strings(&format!("{joined}\x1fmore"))).is_none());
+        assert!(Started::of(vec![b"drop".to_vec()]).is_none());
+        assert!(Started::of(strings(&joined.replacen(&id.to_string(), "ID", 1))).is_none());
+        assert!(Started::of(strings(&joined.replacen("\x1f2\x1f", "\x1f4\x1f", 1))).is_none());
+        let mut with_view = strings(&joined);
         with_view.extend([b"created".to_vec(), b"1".to_vec()]);
-        let (reply, view) = RunReply::with_view(with_view).expect("a run reply and its view");
-        assert_eq!(reply.text(Run::Payload), "a\u{1f}b");
+        let (with, view) = Started::with_view(with_view).expect("a run reply and its view");
+        assert_eq!(with, expected);
         assert_eq!(view, [b"created".to_vec(), b"1".to_vec()]);
     }
 

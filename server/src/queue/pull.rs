@@ -12,7 +12,7 @@ use super::{
     Outcome, Queue, Renewal,
     fetch::Given,
     finish::{Ended, Ending, Held, Holders, in_rounds, plain::PlainEnds},
-    lease::{HeldEntry, Run, RunReply},
+    lease::{HeldEntry, LeasedPayload, Started},
     record,
 };
 use crate::{
@@ -168,27 +168,30 @@ impl Queue {
             call.invoke_async(&mut self.conn.clone()).await?;
         let expires_ms = now_ms() + lease_ms;
         let pulled = replies.into_iter().filter_map(|reply| {
-            let (reply, view) = RunReply::with_view(reply)?;
-            self.pulled_of(reply, view, lease_ms, expires_ms)
+            let (started, view) = Started::with_view(reply)?;
+            self.pulled_of(started, view, lease_ms, expires_ms)
         });
         Ok(pulled.collect())
     }
 
-    /// The pulled lease a run reply and its task's view (`field, value, …`) tell of, running out
-    /// at `expires_ms`; None for a reply that names no task or a record that does not read as one.
+    /// The pulled lease a start and its task's view (`field, value, …`) tell of, running out at
+    /// `expires_ms`; None for a record that does not read as one.
     fn pulled_of(
         &self,
-        mut reply: RunReply,
+        started: Started,
         view: Vec<Vec<u8>>,
         lease_ms: u64,
         expires_ms: u64,
     ) -> Option<Pulled> {
-        let (task_id, stream_index) = reply.task()?;
-        let Some(mut record) = reply.record(task_id, self.name(), &view) else {
+        let task_id = started.task_id;
+        let Some(mut record) = started.record(self.name(), &view) else {
             tracing::warn!(%task_id, "a leased task's record does not read as one; its lease will expire");
             return None;
         };
-        let payload = (reply.text(Run::PayloadIs) == "1").then(|| Bytes::from(reply.take(Run::Payload)));
+        let payload = match started.payload {
+            LeasedPayload::Here(payload) => Some(payload),
+            LeasedPayload::Stored | LeasedPayload::Gone => None,
+        };
         if let Some(payload) = &payload
             && record.payload_bytes == 0
         {
@@ -196,21 +199,23 @@ impl Queue {
             // which reads as 0 here; one written as 0 is empty.
             record.payload_bytes = payload.len() as u64;
         }
+        let payload_type = match started.payload_type.is_empty() {
+            true => record::DEFAULT_PAYLOAD_TYPE.into(),
+            false => started.payload_type,
+        };
         Some(Pulled {
             record,
             token: PullToken {
                 queue: self.name().to_string(),
-                kind: reply.take_text(Run::Kind),
+                kind: started.kind,
                 task_id,
-                stream_index,
-                entry_id: reply.take_text(Run::Entry),
+                stream_index: started.stream_index,
+                entry_id: started.entry_id,
                 lease_ms,
-                token: reply.take_text(Run::Token),
+                token: started.token,
             },
             payload,
-            payload_type: reply
-                .take_optional(Run::PayloadType)
-                .unwrap_or_else(|| record::DEFAULT_PAYLOAD_TYPE.into()),
+            payload_type,
             expires_ms,
         })
     }

@@ -35,7 +35,7 @@ use crate::{
         fetch::{Given, entries_read, hand_back_unclaimed},
         finish::{Applied, Ended, Holders},
         lease::{
-            Known, NOT_SAMPLED, RunReply, TRIM_ABOVE,
+            Known, NOT_SAMPLED, Started, TRIM_ABOVE,
             plain::{self as lease, time_of},
         },
         record,
@@ -143,11 +143,11 @@ impl Mode {
     }
 }
 
-/// What a plain round did: each attempt's end, the run replies of the leases it took, and the
+/// What a plain round did: each attempt's end, the starts of the leases it took, and the
 /// entries it read that need the script to decide (for the caller to have it claim them).
 pub(in crate::queue) struct Round {
     pub(in crate::queue) ended: Vec<Ended>,
-    pub(in crate::queue) runs: Vec<RunReply>,
+    pub(in crate::queue) runs: Vec<Started>,
     pub(in crate::queue) rest: Vec<Given>,
 }
 
@@ -985,8 +985,8 @@ mod tests {
         let started = leases.take(&mut own, queue, WORKER, &given).await.unwrap();
         let (runs, rest) = started.expect("they start without Lua");
         assert!(rest.is_empty());
-        let ending_of = |run: RunReply| {
-            let known = run.known().cloned();
+        let ending_of = |run: Started| {
+            let known = run.known.clone();
             assert!(known.is_some(), "a start without Lua knows the record");
             let fields = run.into_fields();
             let text = |f: Run| String::from_utf8_lossy(&fields[f as usize]).into_owned();
@@ -1573,7 +1573,7 @@ mod tests {
             assert_eq!(status_of(&queue, &ending.task_id).await, "succeeded");
         }
         // The next three tasks, in the order they joined, each started for this worker with the
-        // lease its run reply holds, its payload with it.
+        // lease its start holds, its payload with it.
         assert_eq!(runs.len(), 3);
         let mut conn = queue.conn.clone();
         for (run, task) in runs.into_iter().zip(&tasks[3..]) {
@@ -1691,7 +1691,7 @@ mod tests {
         let Some(Ok(round)) = plain.round(&queue, &endings, WORKER, &lane, 2).await else {
             panic!("the round goes plain")
         };
-        let started: Vec<String> = round.runs.iter().map(|run| run.text(Run::TaskId).into_owned()).collect();
+        let started: Vec<String> = round.runs.iter().map(|run| run.task_id.to_string()).collect();
         assert_eq!(started, [tasks[3].id.to_string(), tasks[4].id.to_string()]);
         // The normal ones went back to their stream, to be read again.
         assert_eq!(pending(&queue).await, 0);
@@ -1701,7 +1701,7 @@ mod tests {
             assert_eq!(status_of(&queue, &task.id.to_string()).await, "queued");
         }
         // Entries waited on two streams at once: the next rounds leave the reading to the script.
-        let next = endings_of(&queue, &round.runs.into_iter().map(RunReply::into_fields).collect::<Vec<_>>());
+        let next = endings_of(&queue, &round.runs.into_iter().map(Started::into_fields).collect::<Vec<_>>());
         assert!(plain.round(&queue, &next, WORKER, &lane, 2).await.is_none());
     }
 
@@ -1735,7 +1735,7 @@ mod tests {
                             queue.conn.clone().xrange(stream, "-", &oldest).await.unwrap();
                         longest_after_trim = longest_after_trim.max(done.ids.len());
                     }
-                    replies = round.runs.into_iter().map(RunReply::into_fields).collect();
+                    replies = round.runs.into_iter().map(Started::into_fields).collect();
                 }
                 None => {
                     assert!(due, "a round that was not tried");

@@ -5,8 +5,8 @@
 //! options together (record.rs, `OPTIONS`), needs no decision in Redis to start:
 //! its record and the queue's settings are watched and read, then one transaction of plain
 //! commands writes what `take_lease` (lease.lua) writes for it (the record's running fields and
-//! the `running` event) and reads a payload kept under a key of its own. The run replies are
-//! built here, field for field as lease.lua builds them.
+//! the `running` event) and reads a payload kept under a key of its own. Each start is made here
+//! as a claim's run reply tells it (`Started`), with what it knows of the record for the end.
 //!
 //! Whatever needs a decision goes to the claim script as before, which takes these entries just
 //! as it took them before: a task that does (the rest of the batch still starts here), a queue
@@ -21,7 +21,7 @@
 //! the transaction applies: a task whose expiry falls in between starts, where the script would
 //! have let it expire.
 
-use super::{Known, Run, RunReply};
+use super::{Known, LeasedPayload, Started, text_of};
 use crate::{
     events::{append_task_events, task_event_value},
     queue::{
@@ -114,9 +114,13 @@ impl Record {
         }
     }
 
-    /// The field taken out of the record, empty when absent.
-    fn take_or_empty(&mut self, field: &str) -> Vec<u8> {
-        self.take(field).unwrap_or_default()
+    /// The field taken out of the record as text, empty when absent.
+    fn take_text(&mut self, field: &str) -> String {
+        debug_assert!(Record::has(field), "{field} is not a field the lease reads");
+        match Record::at(field) {
+            Some(at) => self.fields[at].take().map(text_of).unwrap_or_default(),
+            None => self.options.as_mut().and_then(|options| options.take(field)).unwrap_or_default(),
+        }
     }
 
     fn take(&mut self, field: &str) -> Option<Vec<u8>> {
@@ -222,7 +226,7 @@ impl PlainLeases {
 
     /// Takes leases on `given` (entries of `queue` a blocking read brought for `consumer`) without
     /// Lua where their tasks need no decision, on `conn` (the fetch loop's, which nothing else
-    /// uses and nothing reconnects): the run replies and the entries left for the claim script,
+    /// uses and nothing reconnects): the starts and the entries left for the claim script,
     /// or None when every entry is left to it. After an error the caller drops `conn`, whose
     /// state is then unknown, and the script takes the entries.
     pub(in crate::queue) async fn take(
@@ -231,7 +235,7 @@ impl PlainLeases {
         queue: &Queue,
         consumer: &str,
         given: &[Given],
-    ) -> RedisResult<Option<(Vec<RunReply>, Vec<Given>)>> {
+    ) -> RedisResult<Option<(Vec<Started>, Vec<Given>)>> {
         if !self.takes(conn.is_cluster(), queue.name()) {
             return Ok(None);
         }
@@ -420,14 +424,14 @@ impl Found {
 }
 
 /// Sends the transaction that starts `read`'s tasks for `consumer`, as `take_lease` would, on the
-/// connection that read them: their run replies, or None when a change to a record or to the
-/// queue's settings voided it.
+/// connection that read them: their starts, or None when a change to a record or to the queue's
+/// settings voided it.
 async fn commit(
     conn: &mut Conn,
     queue: &Queue,
     consumer: &str,
     read: Read<'_>,
-) -> RedisResult<Option<Vec<RunReply>>> {
+) -> RedisResult<Option<Vec<Started>>> {
     let mut pipe = redis::pipe();
     // By hand rather than `atomic()`, as for plain ends: `MULTI`'s own answer is read.
     pipe.ignore_errors().cmd("MULTI");
@@ -440,7 +444,7 @@ async fn commit(
     Ok(Some(starting.runs(&mut applied)))
 }
 
-/// Starts queued in a transaction: what their run replies are made of once it is applied.
+/// Starts queued in a transaction: what they are made of once it is applied.
 pub(in crate::queue) struct Starting<'g> {
     starts: Vec<Start<'g>>,
     tokens: Vec<String>,
@@ -509,8 +513,8 @@ pub(in crate::queue) fn queue_starts<'g>(
 }
 
 impl Starting<'_> {
-    /// The run replies, from `applied` (`EXEC`'s answer).
-    pub(in crate::queue) fn runs(self, applied: &mut [Value]) -> Vec<RunReply> {
+    /// The starts, from `applied` (`EXEC`'s answer).
+    pub(in crate::queue) fn runs(self, applied: &mut [Value]) -> Vec<Started> {
         let Starting { starts, tokens, now, reads } = self;
         starts
             .into_iter()
@@ -518,55 +522,54 @@ impl Starting<'_> {
             .zip(reads)
             .map(|((start, token), read)| {
                 let read = read.and_then(|at| applied.get_mut(at)).map(std::mem::take);
-                run_reply(start, token, &now, read)
+                started(start, token, &now, read)
             })
             .collect()
     }
 }
 
-/// The run reply of `start`'s lease (`take_lease`'s, field for field), held by `token`, started
-/// at `now` (ms); `read`: the answer to the `GET` of its payload, if the transaction read it.
-fn run_reply(start: Start<'_>, token: String, now: &str, read: Option<Value>) -> RunReply {
+/// The lease `start` took (as `take_lease`'s run reply tells it, field for field), held by
+/// `token`, started at `now` (ms); `read`: the answer to the `GET` of its payload, if the
+/// transaction read it.
+fn started(start: Start<'_>, token: String, now: &str, read: Option<Value>) -> Started {
     let Start { given: (kind, stream, entry), id, mut record, attempt, .. } = start;
-    let payload_ref = record.take_or_empty(record::PAYLOAD_REF);
-    // A small payload lives in the record, which then says so (enqueue.rs).
+    let payload_ref = record.take_text(record::PAYLOAD_REF);
     let known = Known {
         kind: kind.clone(),
         attempts: attempt.to_string(),
         attempt_started: now.to_string(),
         first_start: record.field(record::STARTED).is_none(),
+        // A small payload lives in the record, which then says so (enqueue.rs).
         payload_in_record: record.field(record::PAYLOAD).is_some(),
-        payload_ref: String::from_utf8_lossy(&payload_ref).into_owned(),
-        workflow: String::from_utf8_lossy(record.field(record::WORKFLOW).unwrap_or_default()).into_owned(),
+        payload_ref: payload_ref.clone(),
+        workflow: record.take_text(record::WORKFLOW),
     };
-    let (payload_is, payload): (&[u8], Vec<u8>) = match (record.take(record::PAYLOAD), read) {
-        // A small payload lives in the record.
-        (Some(payload), _) => (b"1", payload),
+    let payload = match (record.take(record::PAYLOAD), read) {
+        (Some(payload), _) => LeasedPayload::Here(payload.into()),
         (None, Some(read)) => match redis::from_redis_value::<Option<Vec<u8>>>(read).ok().flatten() {
-            Some(payload) => (b"1", payload),
-            None => (b"0", Vec::new()),
+            Some(payload) => LeasedPayload::Here(payload.into()),
+            None => LeasedPayload::Gone,
         },
-        (None, None) => (b"2", Vec::new()),
+        (None, None) => LeasedPayload::Stored,
     };
-    let fields: [(Run, Vec<u8>); Run::FIELDS.len()] = [
-        (Run::Tag, b"run".to_vec()),
-        (Run::TaskId, id.to_string().into_bytes()),
-        (Run::Stream, (stream + 1).to_string().into_bytes()),
-        (Run::Entry, entry.id.clone().into_bytes()),
-        (Run::Token, token.into_bytes()),
-        (Run::Attempt, attempt.to_string().into_bytes()),
-        (Run::Kind, kind.clone().into_bytes()),
-        (Run::MaxAttempts, record.take(record::MAX_ATTEMPTS).unwrap_or_else(|| b"1".to_vec())),
-        (Run::TimeoutMs, record.take_or_empty(record::TIMEOUT_MS)),
-        (Run::PayloadIs, payload_is.to_vec()),
-        (Run::PayloadRef, payload_ref),
-        (Run::Traceparent, record.take_or_empty(record::TRACEPARENT)),
-        (Run::PayloadType, record.take_or_empty(record::PAYLOAD_TYPE)),
-        (Run::Session, record.take_or_empty(record::SESSION)),
-        (Run::IdempotencyKey, record.take_or_empty(record::IDEMPOTENCY_KEY)),
-        (Run::Payload, payload),
-    ];
-    RunReply::from_fields(fields, known)
+    Started {
+        task_id: id,
+        stream_index: *stream,
+        entry_id: entry.id.clone(),
+        token,
+        attempt: u32::try_from(attempt).unwrap_or(1),
+        kind: kind.clone(),
+        // As a run reply's numbers are read: the script writes what the record holds.
+        max_attempts: record.take_text(record::MAX_ATTEMPTS).parse().unwrap_or(1),
+        timeout_ms: record.take_text(record::TIMEOUT_MS).parse().ok(),
+        payload,
+        payload_ref,
+        traceparent: record.take_text(record::TRACEPARENT),
+        payload_type: record.take_text(record::PAYLOAD_TYPE),
+        session: record.take_text(record::SESSION),
+        idempotency_key: record.take_text(record::IDEMPOTENCY_KEY),
+        known: Some(known),
+    }
 }
 
 #[cfg(test)]
@@ -575,6 +578,7 @@ mod tests {
     use crate::queue::{
         GROUP, NewTask, SharedPayload,
         fetch::entries_read,
+        lease::Run,
         testing::{
             anonymous, claim_idempotency_key, echo_task, fcalls, private_queue, unpacked, without_multi,
         },
@@ -668,9 +672,9 @@ mod tests {
         lines
     }
 
-    /// A run reply's fields, in `Run`'s order (as a claim's unpacked are).
-    fn fields(run: RunReply) -> Vec<Vec<u8>> {
-        run.0
+    /// A start's fields, in `Run`'s order (as a claim's unpacked are).
+    fn fields(run: Started) -> Vec<Vec<u8>> {
+        run.into_fields()
     }
 
     #[test]

@@ -329,8 +329,7 @@ async fn start(
     let expires_ms = now_ms() + lease_ms;
     let now = at_ms.to_string();
     let pulled = starting.runs(&mut applied).into_iter().filter_map(|run| {
-        let (id, _) = run.task()?;
-        let view = view_of(views.remove(&id).unwrap_or_default(), &now);
+        let view = view_of(views.remove(&run.task_id).unwrap_or_default(), &now);
         queue.pulled_of(run, view, lease_ms, expires_ms)
     });
     Ok(Started::Pulled(pulled.collect(), rest))
