@@ -247,12 +247,12 @@ impl PlainPulls {
             return Ok(Pulls::Taken(Vec::new(), Vec::new()));
         }
         match start(conn, queue, worker, &given, lease_ms).await {
-            Ok(Started::Pulled(pulled, rest)) => Ok(Pulls::Taken(pulled, rest)),
-            Ok(Started::Limited) => {
+            Ok(Granted::Pulled(pulled, rest)) => Ok(Pulls::Taken(pulled, rest)),
+            Ok(Granted::Limited) => {
                 self.script_for_a_while();
                 Ok(Pulls::Taken(Vec::new(), given))
             }
-            Ok(Started::Voided) => Ok(Pulls::Taken(Vec::new(), given)),
+            Ok(Granted::Voided) => Ok(Pulls::Taken(Vec::new(), given)),
             Err(e) => Err((e, given)),
         }
     }
@@ -273,7 +273,7 @@ async fn connect(queue: &Queue) -> RedisResult<Conn> {
 }
 
 /// What the watched read and the transaction made of the entries read.
-enum Started {
+enum Granted {
     /// The leases taken, and the entries whose tasks need the script.
     Pulled(Vec<Pulled>, Vec<Given>),
     /// The queue has limits (nothing started; the watch let go).
@@ -290,7 +290,7 @@ async fn start(
     worker: &str,
     given: &[Given],
     lease_ms: u64,
-) -> RedisResult<Started> {
+) -> RedisResult<Granted> {
     let mut pipe = redis::pipe();
     // The view a grant shows is read with the record, in the same command.
     let plan = queue_read(&mut pipe, queue, given, &VIEW);
@@ -304,7 +304,7 @@ async fn start(
     let read = found.read(given, plan, at_ms).filter(|read| !read.starts.is_empty());
     let Some(mut read) = read else {
         redis::cmd("UNWATCH").exec_async(conn).await?;
-        return Ok(if limited { Started::Limited } else { Started::Voided });
+        return Ok(if limited { Granted::Limited } else { Granted::Voided });
     };
     let rest = std::mem::take(&mut read.rest);
     let idle = (queue.settings.lease.as_millis() as u64).saturating_sub(lease_ms);
@@ -325,14 +325,14 @@ async fn start(
     append_task_events(&mut pipe, queue.keys.events(), queue.settings.events_maxlen, &events);
     pipe.cmd("EXEC");
     let replies: Vec<Value> = pipe.query_async(conn).await?;
-    let Some(mut applied) = applied(replies)? else { return Ok(Started::Voided) };
+    let Some(mut applied) = applied(replies)? else { return Ok(Granted::Voided) };
     let expires_ms = now_ms() + lease_ms;
     let now = at_ms.to_string();
     let pulled = starting.runs(&mut applied).into_iter().filter_map(|run| {
         let view = view_of(views.remove(&run.task_id).unwrap_or_default(), &now);
         queue.pulled_of(run, view, lease_ms, expires_ms)
     });
-    Ok(Started::Pulled(pulled.collect(), rest))
+    Ok(Granted::Pulled(pulled.collect(), rest))
 }
 
 /// A grant's view of a record, `field, value, …`, as lease.lua's `take_lease` gives it, from the
