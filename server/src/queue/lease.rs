@@ -731,7 +731,7 @@ mod tests {
         let mut odd = strings(&joined);
         odd[1] = b"text/\xffplain".to_vec();
         assert_eq!(Started::of(odd).expect("a run reply").payload_type, "text/\u{fffd}plain");
-        // Numbers that do not read go as the script's defaults: a first attempt of one, no timeout.
+        // Numbers that do not read go as the script's defaults: attempt 1 of 1, no timeout.
         let unread =
             Started::of(strings(&joined.replacen("\x1f3\x1fecho\x1f5\x1f", "\x1fx\x1fecho\x1f-\x1fy", 1)))
                 .expect("a run reply");
