@@ -30,9 +30,15 @@ bench=target/release/courier-bench
 courier=${COURIER_BIN:-target/release/courier}
 redis_server=${REDIS_SERVER:-redis-server}
 export RUST_LOG=${RUST_LOG:-warn}
+if [ ! -x "$bench" ] || [ ! -x "$courier" ]; then
+  echo "[count] no $bench or $courier: cargo build --release -p courier -p courier-bench" >&2
+  exit 1
+fi
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v callgrind_annotate >/dev/null; then
   echo "[count] installing valgrind with apt-get" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq valgrind >/dev/null; else sudo apt-get install -y -qq valgrind >/dev/null; fi
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 fi
 
 work=$(mktemp -d)
