@@ -275,6 +275,12 @@ fn unless_empty(text: String) -> Option<String> {
     Some(text).filter(|t| !t.is_empty())
 }
 
+/// A payload's type as a lease hands it on: the one the record keeps (`Started::payload_type`),
+/// or the default where it keeps none.
+pub(super) fn payload_type_or_default(stored: String) -> String {
+    unless_empty(stored).unwrap_or_else(|| record::DEFAULT_PAYLOAD_TYPE.into())
+}
+
 impl Started {
     /// The start a claim's reply tells of, if it is a run reply naming a task this worker can read.
     pub(super) fn of(reply: Vec<Vec<u8>>) -> Option<Started> {
@@ -523,8 +529,7 @@ impl Leasing {
                 attempt,
                 max_attempts,
                 timeout_ms,
-                payload_type: unless_empty(payload_type)
-                    .unwrap_or_else(|| record::DEFAULT_PAYLOAD_TYPE.into()),
+                payload_type: payload_type_or_default(payload_type),
                 session: unless_empty(session),
                 traceparent: unless_empty(traceparent),
                 payload,

@@ -12,7 +12,7 @@ use super::{
     Outcome, Queue, Renewal,
     fetch::Given,
     finish::{Ended, Ending, Held, Holders, in_rounds, plain::PlainEnds},
-    lease::{HeldEntry, LeasedPayload, Started},
+    lease::{HeldEntry, LeasedPayload, Started, payload_type_or_default},
     record,
 };
 use crate::{
@@ -199,10 +199,6 @@ impl Queue {
             // which reads as 0 here; one written as 0 is empty.
             record.payload_bytes = payload.len() as u64;
         }
-        let payload_type = match started.payload_type.is_empty() {
-            true => record::DEFAULT_PAYLOAD_TYPE.into(),
-            false => started.payload_type,
-        };
         Some(Pulled {
             record,
             token: PullToken {
@@ -215,7 +211,7 @@ impl Queue {
                 token: started.token,
             },
             payload,
-            payload_type,
+            payload_type: payload_type_or_default(started.payload_type),
             expires_ms,
         })
     }
