@@ -17,7 +17,7 @@ use axum::{
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use std::{
-    io,
+    io::{self, Write as _},
     pin::Pin,
     task::{Context, Poll},
 };
@@ -151,7 +151,8 @@ where
             match next {
                 Some(Ok(data)) => {
                     if !data.is_empty() {
-                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        // Writing to a vector cannot fail.
+                        let _ = write!(out, "{:x}\r\n", data.len());
                         out.extend_from_slice(&data);
                         out.extend_from_slice(b"\r\n");
                     }
