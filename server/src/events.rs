@@ -12,6 +12,7 @@ use crate::redis_client::{Conn, RedisClient, client_command, read_streams};
 use crate::{
     queues::Queues,
     store::{Keys, TaskRecord, rfc3339, stream_key},
+    written_json::WriteJson,
 };
 use app::model::{
     KIND_EVENT, KindEvent, QUEUE_EVENT, QueueEvent, RESET_EVENT, ResetReason, Status, StreamReset, TaskEvent,
@@ -170,7 +171,7 @@ impl StoredEvent {
         self.lines.get_or_init(|| {
             sse_lines(&self.name, |data| match &self.event {
                 Pushed::Task(event) => {
-                    task_event_json(data, event);
+                    event.write_json(data);
                     Ok(())
                 }
                 Pushed::Queue(event) => serde_json::to_writer(data, event),
@@ -630,57 +631,6 @@ fn sse_lines(name: &str, write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<
     write(&mut lines).expect("events always serialize");
     lines.push(b'\n');
     Bytes::from(lines)
-}
-
-/// Writes `event` as JSON, byte for byte as serde_json writes a `TaskEvent` (a unit test holds
-/// the two together), without serde's work for each field: the names are written as they are,
-/// and a text value is escaped only when it holds a character JSON escapes. Every follower's
-/// frame of every task event is made of this (a third of an event's cost in the server was
-/// serde's, docs/benchmark-notes.md, "Forty-fifth step").
-fn task_event_json(out: &mut Vec<u8>, event: &TaskEvent) {
-    let TaskEvent { task_id, kind, queue, status, attempt, progress, error, at, workflow_id } = event;
-    let mut uuid = Uuid::encode_buffer();
-    let mut number = itoa::Buffer::new();
-    out.extend_from_slice(b"{\"task_id\":\"");
-    out.extend_from_slice(task_id.hyphenated().encode_lower(&mut uuid).as_bytes());
-    out.extend_from_slice(b"\",\"kind\":");
-    json_text(out, kind);
-    out.extend_from_slice(b",\"queue\":");
-    json_text(out, queue);
-    out.extend_from_slice(b",\"status\":\"");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"attempt\":");
-    out.extend_from_slice(number.format(*attempt).as_bytes());
-    out.extend_from_slice(b",\"progress\":");
-    match progress {
-        Some(progress) => out.extend_from_slice(number.format(*progress).as_bytes()),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"error\":");
-    match error {
-        Some(error) => json_text(out, error),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"at\":");
-    json_text(out, at);
-    if let Some(workflow_id) = workflow_id {
-        out.extend_from_slice(b",\"workflow_id\":\"");
-        out.extend_from_slice(workflow_id.hyphenated().encode_lower(&mut uuid).as_bytes());
-        out.push(b'"');
-    }
-    out.push(b'}');
-}
-
-/// `text` as a JSON string: quoted as it is when it holds nothing JSON escapes (a quote, a
-/// backslash, a control character; serde_json escapes no others), else escaped by serde_json.
-fn json_text(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-    } else {
-        serde_json::to_writer(out, text).expect("a string always serializes");
-    }
 }
 
 /// What `XINFO STREAM` says of the events stream: its ends, and whether it ever lost entries.
@@ -1448,58 +1398,6 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_task_events_json_is_the_bytes_serde_writes() {
-        let id = Uuid::parse_str("01a251a8-1a2c-70cf-a1b7-6c7cdb4d0f5c").unwrap();
-        let plain = TaskEvent {
-            task_id: id,
-            kind: "echo".into(),
-            queue: "default".into(),
-            status: Status::Running,
-            attempt: 1,
-            progress: None,
-            error: None,
-            at: "2026-12-07T17:58:20.973Z".into(),
-            workflow_id: None,
-        };
-        let mut events = vec![plain.clone()];
-        for status in Status::ALL {
-            events.push(TaskEvent { status, ..plain.clone() });
-        }
-        for attempt in [0, 9, 10, 4_294_967_295] {
-            events.push(TaskEvent { attempt, ..plain.clone() });
-        }
-        for progress in [0, 7, 100, 255] {
-            events.push(TaskEvent { progress: Some(progress), ..plain.clone() });
-        }
-        events.push(TaskEvent { workflow_id: Some(Uuid::now_v7()), ..plain.clone() });
-        // Texts JSON writes as they are (other scripts, the delete character), and those it escapes.
-        for text in [
-            "",
-            "naïve → ok ✓ 😀",
-            "del \u{7f}",
-            "a \"quoted\" word",
-            "back\\slash",
-            "line\nbreak\ttab\r",
-            "\u{0}\u{1}\u{1f} controls",
-            "</script>",
-        ] {
-            events.push(TaskEvent { error: Some(text.into()), ..plain.clone() });
-            events.push(TaskEvent {
-                kind: text.into(),
-                queue: text.into(),
-                at: text.into(),
-                ..plain.clone()
-            });
-        }
-        for event in events {
-            let mut ours = Vec::new();
-            task_event_json(&mut ours, &event);
-            let serde = serde_json::to_vec(&event).unwrap();
-            assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(serde).unwrap(), "{event:?}");
-        }
-    }
 
     #[test]
     fn a_task_events_sse_lines_hold_its_json() {

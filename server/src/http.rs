@@ -29,7 +29,7 @@ pub use access::REQUEST_ID;
 pub use auth::{QueueIn, RULES as ACCESS_RULES, Rule};
 pub use connections::serve;
 pub use guard::Guard;
-use json::Json;
+use json::{Json, Written};
 pub use openapi::document as openapi_document;
 pub use problem::ApiError;
 pub use queues::validate as validate_limits;

@@ -29,6 +29,7 @@ pub mod trace_context;
 pub mod worker;
 pub mod workers;
 pub mod workflows;
+pub mod written_json;
 
 use anyhow::Context;
 use config::{Command, Config};

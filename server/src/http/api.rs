@@ -1,7 +1,7 @@
 //! The REST API over tasks: submit, status monitor, result, record, list, cancel.
 
 use super::{
-    ApiError, AppState, Json,
+    ApiError, AppState, Json, Written,
     auth::no_such_queue,
     check_range, invalid_parameter, off_runtime,
     openapi::{Binary, QueueName},
@@ -141,7 +141,7 @@ pub async fn submit(
     {
         return Ok(reply);
     }
-    let mut response = (StatusCode::ACCEPTED, Json(record.view())).into_response();
+    let mut response = (StatusCode::ACCEPTED, Written(record.view())).into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, header_value(&format!("/api/v1/tasks/{}/status", record.id)));
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
@@ -224,7 +224,7 @@ pub async fn submit_batch(
         BatchError::Redis(e) => e.into(),
     })?;
     let accepted = BatchAccepted { tasks: records.iter().map(TaskRecord::view).collect() };
-    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    let mut response = (StatusCode::ACCEPTED, Written(accepted)).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after(&state).await));
     Ok(response)
 }
@@ -462,8 +462,11 @@ async fn find(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
         (status = 404, description = "No such task (or it is past its retention)", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
-    Ok(Json(present(&state, &find(&state, &id).await?)))
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Written<TaskView>, ApiError> {
+    Ok(Written(present(&state, &find(&state, &id).await?)))
 }
 
 /// `GET /api/v1/tasks/{id}/attempts`: the task's attempts, first first, each with its worker,
@@ -766,7 +769,7 @@ pub async fn cancel(
         Cancelled::Now => StatusCode::OK,
         Cancelled::Requested => StatusCode::ACCEPTED,
     };
-    Ok((status, Json(record.view())).into_response())
+    Ok((status, Written(record.view())).into_response())
 }
 
 /// `DELETE /api/v1/tasks/{id}/status`: cancel, on the status monitor (as `DELETE

@@ -2,7 +2,8 @@
 //! a filter takes (queue, kind, reason, when they failed).
 
 use super::{
-    ApiError, AppState, Json, check_range, invalid_parameter, openapi::QueueName, parse_id, query_time,
+    ApiError, AppState, Json, Written, check_range, invalid_parameter, openapi::QueueName, parse_id,
+    query_time,
 };
 use crate::{
     auth::Access,
@@ -191,14 +192,14 @@ pub async fn requeue(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<TaskView>), ApiError> {
+) -> Result<(StatusCode, Written<TaskView>), ApiError> {
     let id = parse_id(&id)?;
     if !state.tasks.requeue(&id).await? {
         return Err(not_a_dead_letter());
     }
     state.audit.record(access.name(), "dead-letter.requeue", &id.to_string()).await;
     let record = state.tasks.get(&id).await?.ok_or_else(|| ApiError::not_found("the task has expired"))?;
-    Ok((StatusCode::ACCEPTED, Json(record.view())))
+    Ok((StatusCode::ACCEPTED, Written(record.view())))
 }
 
 /// `POST /api/v1/dead-letters/requeue?queue=&kind=&reason=&failed_after=&failed_before=`:

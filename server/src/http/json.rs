@@ -1,6 +1,7 @@
 //! JSON answers, written into one buffer with room for what most of them hold.
 
 use super::ApiError;
+use crate::written_json::WriteJson;
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -31,6 +32,18 @@ impl<T: Serialize> IntoResponse for Json<T> {
                     .into_response()
             }
         }
+    }
+}
+
+/// A JSON answer written by hand (`WriteJson`, written_json.rs): the answers of the busiest
+/// routes, byte for byte what `Json` would write.
+pub struct Written<T>(pub T);
+
+impl<T: WriteJson> IntoResponse for Written<T> {
+    fn into_response(self) -> Response {
+        let mut body = Vec::with_capacity(FIRST_CAPACITY);
+        self.0.write_json(&mut body);
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
     }
 }
 

@@ -8,7 +8,7 @@
 //! built-in worker beside them.
 
 use super::{
-    ApiError, AppState, Json,
+    ApiError, AppState, Json, Written,
     openapi::{Binary, QueueName},
     read_body,
 };
@@ -76,7 +76,7 @@ pub async fn take(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<LeaseList>, ApiError> {
+) -> Result<Written<LeaseList>, ApiError> {
     let refused = invalid("invalid-lease-request");
     let mut request: LeaseRequest<Box<RawValue>> = with_ends(&state, &headers, body, refused.clone()).await?;
     check_ends(&request.ends, 0).map_err(&refused)?;
@@ -87,13 +87,13 @@ pub async fn take(
         ends => Some(end_all(&state, &access, ends).await),
     };
     match (lease(&state, &queue, &request, &ask).await, ends) {
-        (Ok(leases), ends) => Ok(Json(LeaseList { leases, ends })),
+        (Ok(leases), ends) => Ok(Written(LeaseList { leases, ends })),
         (Err(e), None) => Err(e),
         // The ends applied: their answers are not lost to a failure after them.
         (Err(e), Some(ends)) => {
             let problem = e.problem();
             tracing::warn!(status = problem.status, detail = ?problem.detail, queue = %name, "taking leases after a request's ends failed; answering the ends alone");
-            Ok(Json(LeaseList { leases: Vec::new(), ends: Some(ends) }))
+            Ok(Written(LeaseList { leases: Vec::new(), ends: Some(ends) }))
         }
     }
 }
