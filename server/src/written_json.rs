@@ -26,14 +26,6 @@ fn text(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// `text` as a JSON string, or `null`.
-fn text_or_null(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(value) => text(out, value),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
 /// An id as a JSON string (hyphenated, lower case: serde's form of a `Uuid`).
 fn id(out: &mut Vec<u8>, id: &Uuid) {
     out.push(b'"');
@@ -45,55 +37,109 @@ fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-fn number_or_null(out: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
-    match n {
-        Some(n) => number(out, n),
-        None => out.extend_from_slice(b"null"),
-    }
+/// A field's name as JSON writes it before its value, `"name":` (the names here are plain
+/// words, which JSON writes unescaped).
+macro_rules! key {
+    ($name:literal) => {
+        concat!("\"", $name, "\":").as_bytes()
+    };
 }
 
-/// `,"name":` then what `value` writes, when the field is there (serde's
-/// `skip_serializing_if = "Option::is_none"`).
-fn optional<T: ?Sized>(out: &mut Vec<u8>, name: &[u8], value: Option<&T>, write: fn(&mut Vec<u8>, &T)) {
-    if let Some(value) = value {
-        out.extend_from_slice(name);
-        write(out, value);
+/// A JSON object being written: its fields in the order given.
+struct Object<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> Object<'o> {
+    fn open(out: &'o mut Vec<u8>) -> Object<'o> {
+        out.push(b'{');
+        Object { out, first: true }
+    }
+
+    /// Starts the field whose `key` (its name quoted, and the colon: `key!`) is given: what
+    /// follows in `out` is its value.
+    #[inline]
+    fn key(&mut self, key: &[u8]) -> &mut Vec<u8> {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        self.out.extend_from_slice(key);
+        self.out
+    }
+
+    #[inline]
+    fn text(&mut self, key: &[u8], value: &str) {
+        text(self.key(key), value);
+    }
+
+    #[inline]
+    fn id(&mut self, key: &[u8], value: &Uuid) {
+        id(self.key(key), value);
+    }
+
+    #[inline]
+    fn number(&mut self, key: &[u8], value: impl itoa::Integer) {
+        number(self.key(key), value);
+    }
+
+    #[inline]
+    fn value(&mut self, key: &[u8], value: &impl WriteJson) {
+        value.write_json(self.key(key));
+    }
+
+    /// The field with `write`'s value, or `null` (an `Option` serde writes whole).
+    #[inline]
+    fn or_null<T>(&mut self, key: &[u8], value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+        let out = self.key(key);
+        match value {
+            Some(value) => write(out, value),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    /// The field with `write`'s value, left out when there is none (serde's
+    /// `skip_serializing_if = "Option::is_none"`).
+    #[inline]
+    fn unless_none<T>(&mut self, key: &[u8], value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+        if let Some(value) = value {
+            write(self.key(key), value);
+        }
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
     }
 }
 
 /// `[` each `]`.
-fn array<T: WriteJson>(out: &mut Vec<u8>, items: &[T]) {
-    out.push(b'[');
-    for (n, item) in items.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
+impl<T: WriteJson> WriteJson for Vec<T> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (n, item) in self.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            item.write_json(out);
         }
-        item.write_json(out);
+        out.push(b']');
     }
-    out.push(b']');
 }
 
 impl WriteJson for TaskEvent {
     fn write_json(&self, out: &mut Vec<u8>) {
         let TaskEvent { task_id, kind, queue, status, attempt, progress, error, at, workflow_id } = self;
-        out.extend_from_slice(b"{\"task_id\":");
-        id(out, task_id);
-        out.extend_from_slice(b",\"kind\":");
-        text(out, kind);
-        out.extend_from_slice(b",\"queue\":");
-        text(out, queue);
-        out.extend_from_slice(b",\"status\":");
-        text(out, status.as_str());
-        out.extend_from_slice(b",\"attempt\":");
-        number(out, *attempt);
-        out.extend_from_slice(b",\"progress\":");
-        number_or_null(out, *progress);
-        out.extend_from_slice(b",\"error\":");
-        text_or_null(out, error.as_deref());
-        out.extend_from_slice(b",\"at\":");
-        text(out, at);
-        optional(out, b",\"workflow_id\":", workflow_id.as_ref(), id);
-        out.push(b'}');
+        let mut event = Object::open(out);
+        event.id(key!("task_id"), task_id);
+        event.text(key!("kind"), kind);
+        event.text(key!("queue"), queue);
+        event.text(key!("status"), status.as_str());
+        event.number(key!("attempt"), *attempt);
+        event.or_null(key!("progress"), *progress, number);
+        event.or_null(key!("error"), error.as_deref(), text);
+        event.text(key!("at"), at);
+        event.unless_none(key!("workflow_id"), workflow_id.as_ref(), id);
+        event.close();
     }
 }
 
@@ -121,83 +167,68 @@ impl WriteJson for TaskView {
             workflow_id,
             workflow_step,
         } = self;
-        out.extend_from_slice(b"{\"id\":");
-        id(out, task_id);
-        out.extend_from_slice(b",\"kind\":");
-        text(out, kind);
-        out.extend_from_slice(b",\"status\":");
-        text(out, status.as_str());
-        out.extend_from_slice(b",\"attempts\":");
-        number(out, *attempts);
-        out.extend_from_slice(b",\"max_attempts\":");
-        number(out, *max_attempts);
-        out.extend_from_slice(b",\"progress\":");
-        number_or_null(out, *progress);
-        out.extend_from_slice(b",\"created_at\":");
-        text(out, created_at);
-        out.extend_from_slice(b",\"updated_at\":");
-        text(out, updated_at);
-        out.extend_from_slice(b",\"started_at\":");
-        text_or_null(out, started_at.as_deref());
-        out.extend_from_slice(b",\"finished_at\":");
-        text_or_null(out, finished_at.as_deref());
-        out.extend_from_slice(b",\"payload_bytes\":");
-        number(out, *payload_bytes);
-        out.extend_from_slice(b",\"error\":");
-        text_or_null(out, error.as_deref());
-        out.extend_from_slice(b",\"result_url\":");
-        text_or_null(out, result_url.as_deref());
-        optional(out, b",\"next_run_at\":", next_run_at.as_deref(), text);
-        optional(out, b",\"subscription\":", subscription.as_deref(), text);
-        optional(out, b",\"expires_at\":", expires_at.as_deref(), text);
-        out.extend_from_slice(b",\"queue\":");
-        text(out, queue);
-        optional(out, b",\"trace_id\":", trace_id.as_deref(), text);
-        optional(out, b",\"workflow_id\":", workflow_id.as_ref(), id);
-        optional(out, b",\"workflow_step\":", workflow_step.as_deref(), text);
-        out.push(b'}');
+        let mut view = Object::open(out);
+        view.id(key!("id"), task_id);
+        view.text(key!("kind"), kind);
+        view.text(key!("status"), status.as_str());
+        view.number(key!("attempts"), *attempts);
+        view.number(key!("max_attempts"), *max_attempts);
+        view.or_null(key!("progress"), *progress, number);
+        view.text(key!("created_at"), created_at);
+        view.text(key!("updated_at"), updated_at);
+        view.or_null(key!("started_at"), started_at.as_deref(), text);
+        view.or_null(key!("finished_at"), finished_at.as_deref(), text);
+        view.number(key!("payload_bytes"), *payload_bytes);
+        view.or_null(key!("error"), error.as_deref(), text);
+        view.or_null(key!("result_url"), result_url.as_deref(), text);
+        view.unless_none(key!("next_run_at"), next_run_at.as_deref(), text);
+        view.unless_none(key!("subscription"), subscription.as_deref(), text);
+        view.unless_none(key!("expires_at"), expires_at.as_deref(), text);
+        view.text(key!("queue"), queue);
+        view.unless_none(key!("trace_id"), trace_id.as_deref(), text);
+        view.unless_none(key!("workflow_id"), workflow_id.as_ref(), id);
+        view.unless_none(key!("workflow_step"), workflow_step.as_deref(), text);
+        view.close();
     }
 }
 
 impl WriteJson for BatchAccepted {
     fn write_json(&self, out: &mut Vec<u8>) {
         let BatchAccepted { tasks } = self;
-        out.extend_from_slice(b"{\"tasks\":");
-        array(out, tasks);
-        out.push(b'}');
+        let mut batch = Object::open(out);
+        batch.value(key!("tasks"), tasks);
+        batch.close();
     }
 }
 
 impl WriteJson for LeaseGrant {
     fn write_json(&self, out: &mut Vec<u8>) {
         let LeaseGrant { token, task, payload, payload_url, expires_at, traceparent } = self;
-        out.extend_from_slice(b"{\"token\":");
-        text(out, token);
-        out.extend_from_slice(b",\"task\":");
-        task.write_json(out);
+        let mut grant = Object::open(out);
+        grant.text(key!("token"), token);
+        grant.value(key!("task"), task);
         // A payload is JSON already, checked when it was submitted: written as it is, as serde
         // writes a `RawValue`.
-        optional(out, b",\"payload\":", payload.as_deref(), |out, raw| {
+        grant.unless_none(key!("payload"), payload.as_deref(), |out, raw| {
             out.extend_from_slice(raw.get().as_bytes())
         });
-        optional(out, b",\"payload_url\":", payload_url.as_deref(), text);
-        out.extend_from_slice(b",\"expires_at\":");
-        text(out, expires_at);
-        optional(out, b",\"traceparent\":", traceparent.as_deref(), text);
-        out.push(b'}');
+        grant.unless_none(key!("payload_url"), payload_url.as_deref(), text);
+        grant.text(key!("expires_at"), expires_at);
+        grant.unless_none(key!("traceparent"), traceparent.as_deref(), text);
+        grant.close();
     }
 }
 
 impl WriteJson for LeaseList {
     fn write_json(&self, out: &mut Vec<u8>) {
         let LeaseList { leases, ends } = self;
-        out.extend_from_slice(b"{\"leases\":");
-        array(out, leases);
+        let mut list = Object::open(out);
+        list.value(key!("leases"), leases);
         // Ends come with a lease request now and then, and some carry a problem: serde's.
-        optional(out, b",\"ends\":", ends.as_ref(), |out, ends| {
+        list.unless_none(key!("ends"), ends.as_ref(), |out, ends| {
             serde_json::to_writer(out, ends).expect("ends always serialize")
         });
-        out.push(b'}');
+        list.close();
     }
 }
 
