@@ -2,7 +2,7 @@
 //! answers of the busiest routes (a task's view, a batch's, a grant of leases). Byte for byte
 //! what serde_json writes for the same value (the tests hold each writer to it), without serde's
 //! work for each field: its name escaped character by character, and a call for each piece.
-//! That work was about half of writing a task event or a view (docs/benchmark-notes.md,
+//! That work was more than half of writing a task event or a view (docs/benchmark-notes.md,
 //! "Forty-fifth step"). Each writer names every field of its type, so a field added to the type
 //! does not build until it is written here too.
 

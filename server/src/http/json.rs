@@ -74,6 +74,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_written_answer_is_json_as_serde_would_write_it() {
+        let accepted = app::model::BatchAccepted { tasks: Vec::new() };
+        let (status, content_type, body) = body_of(Written(accepted.clone()).into_response()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.unwrap(), "application/json");
+        assert_eq!(body, serde_json::to_string(&accepted).unwrap());
+    }
+
+    #[tokio::test]
     async fn a_value_that_does_not_serialize_is_a_problem_not_a_panic() {
         // JSON object keys must be strings: a map keyed by pairs cannot be written.
         let odd: HashMap<(u8, u8), u8> = HashMap::from([((1, 2), 3)]);
