@@ -23,9 +23,7 @@ impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         let mut body = Vec::with_capacity(FIRST_CAPACITY);
         match serde_json::to_writer(&mut body, &self.0) {
-            Ok(()) => {
-                ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
-            }
+            Ok(()) => json_answer(body),
             Err(e) => {
                 tracing::error!(error = %e, "answering 500: an answer did not serialize");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
@@ -43,8 +41,13 @@ impl<T: WriteJson> IntoResponse for Written<T> {
     fn into_response(self) -> Response {
         let mut body = Vec::with_capacity(FIRST_CAPACITY);
         self.0.write_json(&mut body);
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+        json_answer(body)
     }
+}
+
+/// `body`, JSON, as an answer.
+fn json_answer(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 #[cfg(test)]
