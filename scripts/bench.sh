@@ -3,6 +3,10 @@
 # one run on one private Redis: prints JSON lines, and writes docs/benchmarks.md.
 # Flags go to courier-bench: `--smoke` (tiny sizes, no peer, no report: CI's check that the tool
 # works), `--workloads e2e,latency`, `--backlogs 1000,100000,1000000`, `--sse-clients 10000`, …
+# BENCH_TURNS (default 5; 0 for none) then runs the backlog's drain and the latency workload
+# that many more times in turns, the peer's and Courier's one right after the other, who goes
+# first alternating (both sides' defaults: 50,000 tasks at concurrency 50; 500 tasks/s for 10 s):
+# the report's targets "in turns" take the median pair of each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -26,9 +30,29 @@ if ! $smoke && [ -f "$peer" ]; then
 fi
 "$bench" --courier target/release/courier --redis-url "redis://127.0.0.1:$port" "$@" | tee "$work/courier.jsonl"
 
+# The backlog's drain and the latency in turns: each side's lines tagged with the turn's number.
+turns=${BENCH_TURNS:-5}
+peer_drain() {
+  redis-cli -p "$port" flushall >/dev/null
+  REDIS_PORT="$port" PEER_MODES=fork LARGE_N=1 bash "$peer"
+}
+courier_drain() {
+  redis-cli -p "$port" flushall >/dev/null
+  "$bench" --courier target/release/courier --redis-url "redis://127.0.0.1:$port" --workloads submit,latency
+}
+if ! $smoke && [ -s "$work/peer.jsonl" ]; then
+  for ((turn = 1; turn <= turns; turn++)); do
+    if ((turn % 2)); then sides=(peer_drain courier_drain); else sides=(courier_drain peer_drain); fi
+    for side in "${sides[@]}"; do
+      "$side" | sed "s/^{/{\"turn\":$turn,/" | tee -a "$work/turns.jsonl"
+    done
+  done
+fi
+
 if ! $smoke; then
   peer_args=()
   [ -s "$work/peer.jsonl" ] && peer_args=(--peer "$work/peer.jsonl")
+  [ -s "$work/turns.jsonl" ] && peer_args+=(--turns "$work/turns.jsonl")
   {
     "$bench" report --courier "$work/courier.jsonl" "${peer_args[@]}"
     [ -f docs/benchmark-notes.md ] && { echo; cat docs/benchmark-notes.md; }

@@ -40,6 +40,9 @@ enum Tool {
         courier: PathBuf,
         #[arg(long)]
         peer: Option<PathBuf>,
+        /// The lines of the backlog's drains run in turns by both (each with its `turn`).
+        #[arg(long)]
+        turns: Option<PathBuf>,
     },
     /// Prints a loopback port nobody listens on (for scripts).
     FreePort,
@@ -1060,8 +1063,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Tool::Report { courier, peer }) => {
-            print!("{}", report::markdown(&courier, peer.as_deref())?);
+        Some(Tool::Report { courier, peer, turns }) => {
+            print!("{}", report::markdown(&courier, peer.as_deref(), turns.as_deref())?);
             return Ok(());
         }
         Some(Tool::FreePort) => {

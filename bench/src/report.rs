@@ -64,13 +64,12 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Renders the comparison.
-pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
+/// Renders the comparison: of a Courier run and a peer run, and of the backlog's drains run in
+/// turns by both (`turns`: their lines, each with its `turn`).
+pub fn markdown(courier: &Path, peer: Option<&Path>, turns: Option<&Path>) -> anyhow::Result<String> {
     let c = Figures::load(courier)?;
-    let p = match peer {
-        Some(path) => Figures::load(path)?,
-        None => Figures(Vec::new()),
-    };
+    let load = |path: Option<&Path>| path.map_or(Ok(Figures(Vec::new())), Figures::load);
+    let (p, turns) = (load(peer)?, Turns::of(&load(turns)?));
     let fork = Some(("worker_mode", "fork"));
     let inproc = Some(("worker_mode", "inproc"));
     let mut out = String::new();
@@ -135,6 +134,20 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
         "≥ 2",
         r.map(|r| r >= 2.0),
     )?;
+    if let Some((turn, r, pairs)) = turns.median(Turn::backlog_ratio) {
+        target(
+            &format!(
+                "… the same in turns, the median of {pairs} pairs (each BullMQ's drain and Courier's, one \
+                 right after the other){}",
+                on_threads(turn.threads)
+            ),
+            Some(turn.courier),
+            Some(turn.bullmq),
+            Some(r),
+            "≥ 2",
+            Some(r >= 2.0),
+        )?;
+    }
     for (metric, how) in [
         ("pull_tasks_per_s", "a complete each"),
         ("pull_ends_tasks_per_s", "a lease's ends in one request"),
@@ -193,6 +206,16 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
     let their_p99 = p.get("e2e_latency_p99_ms", fork);
     let r = ratio(p99, their_p99);
     target("latency p99, ms (500 tasks/s, done event)", p99, their_p99, r, "≤ 0.25", r.map(|r| r <= 0.25))?;
+    if let Some((turn, r, pairs)) = turns.median(Turn::p99_ratio) {
+        target(
+            &format!("… the same in turns, the median of {pairs} pairs"),
+            turn.p99.map(|p| p.1),
+            turn.p99.map(|p| p.0),
+            Some(r),
+            "≤ 0.25",
+            Some(r <= 0.25),
+        )?;
+    }
     let cc = c.get("claimcheck_e2e_mb_per_s", None);
     let their_cc = p.get("claimcheck_e2e_mb_per_s", fork);
     let r = ratio(cc, their_cc);
@@ -300,10 +323,155 @@ pub fn markdown(courier: &Path, peer: Option<&Path>) -> anyhow::Result<String> {
     redis_memory(&mut out, &c, &p)?;
     cpu_table(&mut out, &c, process, nproc)?;
     drain_cpu(&mut out, &c, nproc)?;
+    turns.tables(&mut out)?;
     own_kinds_cpu(&mut out, &c)?;
     auth_cost(&mut out, &c)?;
     scale(&mut out, &c)?;
     Ok(out)
+}
+
+/// One turn of the comparison run in turns: BullMQ's and Courier's runs of the backlog's drain
+/// and of the latency workload, one right after the other on the same Redis, so that both meet
+/// the machine as it is in that minute.
+struct Turn {
+    number: u64,
+    courier_first: bool,
+    /// BullMQ's drain, jobs/s (`process_jobs_per_s`, its worker in a process of its own), and
+    /// the Redis CPU a job of it cost, µs.
+    bullmq: f64,
+    bullmq_redis: Option<f64>,
+    /// Courier's drain on one thread, where the worker process ran on more after it.
+    courier_one: Option<f64>,
+    /// Courier's drain on the most threads the turn ran (`threads`), as the backlog's target
+    /// takes, and the Redis CPU a task of it cost, µs.
+    courier: f64,
+    threads: u64,
+    courier_redis: Option<f64>,
+    /// The latency's p99, ms: BullMQ's and Courier's, where both ran it.
+    p99: Option<(f64, f64)>,
+}
+
+impl Turn {
+    /// Turn `number` of `lines` (both sides' lines of every turn): None when either side's drain
+    /// is missing from it.
+    fn of(lines: &Figures, number: u64) -> Option<Turn> {
+        let of_side =
+            |peer: &'static str| lines.0.iter().filter(move |l| l["turn"] == number && l["peer"] == peer);
+        let value = |line: Option<&Value>| line.and_then(|l| l["value"].as_f64());
+        let first_line = |peer: &str| lines.0.iter().position(|l| l["turn"] == number && l["peer"] == peer);
+        let forked = |metric: &str| {
+            value(of_side("bullmq").find(|l| l["metric"] == metric && l["worker_mode"] == "fork"))
+        };
+        let drain = of_side("courier")
+            .filter(|l| l["metric"] == "process_tasks_per_s")
+            .max_by_key(|l| threads_of(l))?;
+        let threads = threads_of(drain);
+        let courier = |metric: &str, process: Option<&str>, threads: u64| {
+            value(of_side("courier").find(|l| {
+                l["metric"] == metric
+                    && threads_of(l) == threads
+                    && process.is_none_or(|process| l["process"] == process)
+            }))
+        };
+        let p99 = |l: &&Value| l["metric"] == "e2e_latency_p99_ms";
+        let their_p99 = value(of_side("bullmq").filter(p99).find(|l| l["worker_mode"] == "fork"));
+        let our_p99 = value(of_side("courier").find(p99));
+        Some(Turn {
+            number,
+            courier_first: first_line("courier") < first_line("bullmq"),
+            bullmq: forked("process_jobs_per_s").filter(|v| *v > 0.0)?,
+            bullmq_redis: forked("redis_cpu_us_per_job_process"),
+            courier_one: if threads > 1 { courier("process_tasks_per_s", None, 1) } else { None },
+            courier: value(Some(drain))?,
+            threads,
+            courier_redis: courier("process_cpu_us_per_task", Some("redis"), threads),
+            p99: their_p99.zip(our_p99).filter(|(theirs, _)| *theirs > 0.0),
+        })
+    }
+
+    fn backlog_ratio(&self) -> Option<f64> {
+        Some(self.courier / self.bullmq)
+    }
+
+    fn p99_ratio(&self) -> Option<f64> {
+        self.p99.map(|(theirs, ours)| ours / theirs)
+    }
+}
+
+/// The comparison run in turns, in the order they ran; a turn that lacks either side's drain is
+/// left out.
+struct Turns(Vec<Turn>);
+
+impl Turns {
+    fn of(lines: &Figures) -> Turns {
+        let mut numbers: Vec<u64> = lines.0.iter().filter_map(|l| l["turn"].as_u64()).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        Turns(numbers.into_iter().filter_map(|number| Turn::of(lines, number)).collect())
+    }
+
+    /// Of the turns that have a `ratio`, the one whose ratio is the median (the lower of the
+    /// middle two where there is an even number of them), and how many had one.
+    fn median(&self, ratio: fn(&Turn) -> Option<f64>) -> Option<(&Turn, f64, usize)> {
+        let mut rated: Vec<(&Turn, f64)> = self.0.iter().filter_map(|t| ratio(t).map(|r| (t, r))).collect();
+        rated.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let (turn, r) = *rated.get(rated.len().saturating_sub(1) / 2)?;
+        Some((turn, r, rated.len()))
+    }
+
+    /// The sections that list every turn's figures.
+    fn tables(&self, out: &mut String) -> anyhow::Result<()> {
+        let Some((median, r, _)) = self.median(Turn::backlog_ratio) else { return Ok(()) };
+        writeln!(out, "\n## The backlog and the latency in turns\n")?;
+        writeln!(
+            out,
+            "The backlog's drain (50,000 queued tasks, concurrency 50) and the latency workload, \
+             BullMQ's and Courier's one right after the other, {} times over, who goes first \
+             alternating: this machine's speed moves by a fifth or more within minutes, and a single \
+             pass of each, minutes apart, can meet it at two speeds. Each side's Redis CPU a task \
+             shows the speed its drain met. The targets' rows \"in turns\" take the turn with the \
+             median ratio.\n",
+            self.0.len()
+        )?;
+        writeln!(
+            out,
+            "| turn | first | BullMQ jobs/s | its Redis µs a job | Courier tasks/s, one thread | Courier{} | its Redis µs a task | ratio |",
+            on_threads(median.threads)
+        )?;
+        writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+        for turn in &self.0 {
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                turn.number,
+                if turn.courier_first { "Courier" } else { "BullMQ" },
+                show(Some(turn.bullmq)),
+                show(turn.bullmq_redis),
+                show(turn.courier_one),
+                show(Some(turn.courier)),
+                show(turn.courier_redis),
+                show(turn.backlog_ratio())
+            )?;
+        }
+        writeln!(out, "\nThe backlog's median ratio: {r:.2} (turn {}).", median.number)?;
+        if let Some((median, r, _)) = self.median(Turn::p99_ratio) {
+            writeln!(out, "\n| turn | BullMQ p99, ms | Courier p99, ms | ratio |")?;
+            writeln!(out, "|---|---|---|---|")?;
+            for turn in &self.0 {
+                let (theirs, ours) = (turn.p99.map(|p| p.0), turn.p99.map(|p| p.1));
+                writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    turn.number,
+                    show(theirs),
+                    show(ours),
+                    show(turn.p99_ratio())
+                )?;
+            }
+            writeln!(out, "\nThe latency p99's median ratio: {r:.2} (turn {}).", median.number)?;
+        }
+        Ok(())
+    }
 }
 
 /// Rows of the figures' table: the Redis memory a task holds after each backlog's submission and
@@ -610,7 +778,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        markdown(&courier, Some(&peer)).unwrap()
+        markdown(&courier, Some(&peer), None).unwrap()
     }
 
     /// The "met" cell of the target row whose name starts with `name`.
@@ -631,7 +799,7 @@ mod tests {
             serde_json::json!({"metric": "process_idle_share", "value": 0.27}),
         ];
         std::fs::write(&courier, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-        let report = markdown(&courier, None).unwrap();
+        let report = markdown(&courier, None, None).unwrap();
         assert!(report.contains("## Where the CPU goes, draining a backlog"), "{report}");
         assert!(
             report.contains("| redis | 25.0 | 0.50 |\n| worker | 20.0 | 0.40 |\n| all | 45.0 | 0.90 |"),
@@ -644,11 +812,11 @@ mod tests {
         // Without the idle share, the table alone.
         let without_idle: String = lines[..4].iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&courier, without_idle).unwrap();
-        let report = markdown(&courier, None).unwrap();
+        let report = markdown(&courier, None, None).unwrap();
         assert!(report.contains("| all | 45.0 | 0.90 |") && !report.contains("was idle"), "{report}");
         // Without the figures (an older run, or the workload not run), no section.
         std::fs::write(&courier, format!("{}\n", lines[1])).unwrap();
-        assert!(!markdown(&courier, None).unwrap().contains("draining a backlog"));
+        assert!(!markdown(&courier, None, None).unwrap().contains("draining a backlog"));
     }
 
     #[test]
@@ -668,7 +836,7 @@ mod tests {
         let bullmq =
             serde_json::json!({"metric": "process_jobs_per_s", "worker_mode": "fork", "value": 10000.0});
         std::fs::write(&peer, format!("{bullmq}\n")).unwrap();
-        let report = markdown(&courier, Some(&peer)).unwrap();
+        let report = markdown(&courier, Some(&peer), None).unwrap();
         assert!(
             report.contains(
                 "| process a queued backlog, tasks/s, vs BullMQ `process_jobs_per_s` (one worker process, \
@@ -697,13 +865,108 @@ mod tests {
             format!("{}\n", serde_json::json!({"metric": "process_tasks_per_s", "value": 25000.0})),
         )
         .unwrap();
-        let report = markdown(&courier, Some(&peer)).unwrap();
+        let report = markdown(&courier, Some(&peer), None).unwrap();
         assert!(
             report.contains(
                 "| process a queued backlog, tasks/s, vs BullMQ `process_jobs_per_s` | 25000 | 10000 | 2.50 |"
             ),
             "{report}"
         );
+    }
+
+    /// The lines of one turn: BullMQ's drain at `bullmq` jobs/s and p99 `their_p99`, and Courier's
+    /// at `one` and `two` tasks/s (one thread, then two) and p99 `our_p99`, in the order given.
+    fn turn(
+        number: u64,
+        courier_first: bool,
+        bullmq: f64,
+        one: f64,
+        two: f64,
+        p99s: (f64, f64),
+    ) -> Vec<Value> {
+        let their = vec![
+            serde_json::json!({"turn": number, "peer": "host", "metric": "loadavg_before", "value": 1.0}),
+            serde_json::json!({"turn": number, "peer": "bullmq", "worker_mode": "fork", "metric": "process_jobs_per_s", "value": bullmq}),
+            serde_json::json!({"turn": number, "peer": "bullmq", "worker_mode": "fork", "metric": "redis_cpu_us_per_job_process", "value": 60.0}),
+            serde_json::json!({"turn": number, "peer": "bullmq", "worker_mode": "fork", "metric": "e2e_latency_p99_ms", "value": p99s.0}),
+        ];
+        let ours = vec![
+            serde_json::json!({"turn": number, "peer": "courier", "metric": "process_tasks_per_s", "value": one, "worker_threads": 1}),
+            serde_json::json!({"turn": number, "peer": "courier", "metric": "process_cpu_us_per_task", "process": "redis", "value": 30.0, "worker_threads": 1}),
+            serde_json::json!({"turn": number, "peer": "courier", "metric": "process_tasks_per_s", "value": two, "worker_threads": 2}),
+            serde_json::json!({"turn": number, "peer": "courier", "metric": "process_cpu_us_per_task", "process": "redis", "value": 25.0, "worker_threads": 2}),
+            serde_json::json!({"turn": number, "peer": "courier", "metric": "e2e_latency_p99_ms", "value": p99s.1}),
+        ];
+        if courier_first { [ours, their].concat() } else { [their, ours].concat() }
+    }
+
+    #[test]
+    fn the_targets_in_turns_take_the_median_pair_and_every_turn_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (courier, peer, turns) =
+            (dir.path().join("courier.jsonl"), dir.path().join("peer.jsonl"), dir.path().join("turns.jsonl"));
+        let one_pass =
+            serde_json::json!({"metric": "process_tasks_per_s", "value": 15000.0, "worker_threads": 2});
+        std::fs::write(&courier, format!("{one_pass}\n")).unwrap();
+        let bullmq =
+            serde_json::json!({"metric": "process_jobs_per_s", "worker_mode": "fork", "value": 10000.0});
+        std::fs::write(&peer, format!("{bullmq}\n")).unwrap();
+        let write = |lines: Vec<Value>| {
+            std::fs::write(&turns, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap()
+        };
+        // Ratios 1.5, 2.5 and 2.2: the median is the third turn's. A fourth turn whose BullMQ side
+        // is missing is no pair.
+        let mut lines = [
+            turn(1, false, 10000.0, 12000.0, 15000.0, (4.0, 2.0)),
+            turn(2, true, 8000.0, 15000.0, 20000.0, (8.0, 1.0)),
+            turn(3, false, 10000.0, 18000.0, 22000.0, (5.0, 1.5)),
+        ]
+        .concat();
+        lines.push(
+            serde_json::json!({"turn": 4, "peer": "courier", "metric": "process_tasks_per_s", "value": 1.0}),
+        );
+        write(lines.clone());
+        let report = markdown(&courier, Some(&peer), Some(&turns)).unwrap();
+        // The single pass keeps its row; the turns' row stands under it.
+        assert!(report.contains("vs BullMQ `process_jobs_per_s` (one worker process, `--threads 2`) | 15000 | 10000 | 1.50 | ≥ 2 | **no** |"), "{report}");
+        assert!(
+            report.contains(
+                "| … the same in turns, the median of 3 pairs (each BullMQ's drain and Courier's, one right after \
+                 the other) (one worker process, `--threads 2`) | 22000 | 10000 | 2.20 | ≥ 2 | yes |"
+            ),
+            "{report}"
+        );
+        // p99 ratios 0.5, 0.125 and 0.3: the median is the third turn's.
+        assert!(
+            report.contains(
+                "| … the same in turns, the median of 3 pairs | 1.50 | 5.00 | 0.30 | ≤ 0.25 | **no** |"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains(
+                "| 1 | BullMQ | 10000 | 60.00 | 12000 | 15000 | 25.00 | 1.50 |\n\
+                 | 2 | Courier | 8000 | 60.00 | 15000 | 20000 | 25.00 | 2.50 |\n\
+                 | 3 | BullMQ | 10000 | 60.00 | 18000 | 22000 | 25.00 | 2.20 |\n\
+                 \nThe backlog's median ratio: 2.20 (turn 3)."
+            ),
+            "{report}"
+        );
+        assert!(report.contains("| 2 | 8.00 | 1.00 | 0.12 |\n"), "{report}");
+        assert!(report.contains("The latency p99's median ratio: 0.30 (turn 3)."), "{report}");
+        // Of an even number, the lower of the middle two; without the latency, no latency rows.
+        let first_two = |l: &&Value| l["turn"].as_u64() <= Some(2) && l["metric"] != "e2e_latency_p99_ms";
+        write(lines.iter().filter(first_two).cloned().collect());
+        let report = markdown(&courier, Some(&peer), Some(&turns)).unwrap();
+        assert!(report.contains("| … the same in turns, the median of 2 pairs (each BullMQ's drain and Courier's, one right after the other) (one worker process, `--threads 2`) | 15000 | 10000 | 1.50 |"), "{report}");
+        assert!(
+            !report.contains("p99's median")
+                && !report.contains("| … the same in turns, the median of 2 pairs |"),
+            "{report}"
+        );
+        // Without turns, neither the rows nor the section.
+        let report = markdown(&courier, Some(&peer), None).unwrap();
+        assert!(!report.contains("in turns"), "{report}");
     }
 
     #[test]
@@ -728,7 +991,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        let report = markdown(&courier, Some(&peer)).unwrap();
+        let report = markdown(&courier, Some(&peer), None).unwrap();
         for row in [
             "| Redis memory a task, bytes, queued (backlog 1000) · BullMQ a job, queued | 1700 | — | — |",
             "| Redis memory a task, bytes, queued (backlog 100000) · BullMQ a job, queued | 1583 | 670 | — |",
