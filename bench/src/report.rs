@@ -64,8 +64,8 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Renders the comparison: of a Courier run and a peer run, and of the backlog's drains run in
-/// turns by both (`turns`: their lines, each with its `turn`).
+/// Renders the comparison: of a Courier run and a peer run, and of the backlog's drain and the
+/// latency run in turns by both (`turns`: both sides' lines, each with its `turn`).
 pub fn markdown(courier: &Path, peer: Option<&Path>, turns: Option<&Path>) -> anyhow::Result<String> {
     let c = Figures::load(courier)?;
     let load = |path: Option<&Path>| path.map_or(Ok(Figures(Vec::new())), Figures::load);
@@ -389,6 +389,7 @@ impl Turn {
         })
     }
 
+    /// Always there (a turn without both drains is none); an `Option` as `Turns::median` takes.
     fn backlog_ratio(&self) -> Option<f64> {
         Some(self.courier / self.bullmq)
     }
