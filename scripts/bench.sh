@@ -9,12 +9,17 @@
 # the report's targets "in turns" take the median pair of each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+smoke=false
+for arg in "$@"; do [ "$arg" = --smoke ] && smoke=true; done
+turns=${BENCH_TURNS:-5}
+if ! [[ $turns =~ ^[0-9]{1,3}$ ]]; then
+  echo "BENCH_TURNS must be a number of turns (0 for none), not '$turns'" >&2
+  exit 2
+fi
 ./scripts/setup.sh
 source scripts/env.sh
 cargo build --release -p courier -p courier-bench
 bench=target/release/courier-bench
-smoke=false
-for arg in "$@"; do [ "$arg" = --smoke ] && smoke=true; done
 
 # Many SSE clients need many file descriptors, in this shell's children too.
 ulimit -n "$(ulimit -Hn)"
@@ -31,7 +36,6 @@ fi
 "$bench" --courier target/release/courier --redis-url "redis://127.0.0.1:$port" "$@" | tee "$work/courier.jsonl"
 
 # The backlog's drain and the latency in turns: each side's lines tagged with the turn's number.
-turns=${BENCH_TURNS:-5}
 peer_drain() {
   redis-cli -p "$port" flushall >/dev/null
   REDIS_PORT="$port" PEER_MODES=fork LARGE_N=1 bash "$peer"
@@ -44,7 +48,10 @@ if ! $smoke && [ -s "$work/peer.jsonl" ]; then
   for ((turn = 1; turn <= turns; turn++)); do
     if ((turn % 2)); then sides=(peer_drain courier_drain); else sides=(courier_drain peer_drain); fi
     for side in "${sides[@]}"; do
-      "$side" | sed "s/^{/{\"turn\":$turn,/" | tee -a "$work/turns.jsonl"
+      # A side that fails leaves its turn without a pair (the report skips it), not the run
+      # without its report.
+      "$side" | sed "s/^{/{\"turn\":$turn,/" | tee -a "$work/turns.jsonl" ||
+        echo "[bench] turn $turn: $side failed" >&2
     done
   done
 fi
