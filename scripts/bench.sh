@@ -36,17 +36,17 @@ fi
 "$bench" --courier target/release/courier --redis-url "redis://127.0.0.1:$port" "$@" | tee "$work/courier.jsonl"
 
 # The backlog's drain and the latency in turns: each side's lines tagged with the turn's number.
-peer_drain() {
+peer_turn() {
   redis-cli -p "$port" flushall >/dev/null
   REDIS_PORT="$port" PEER_MODES=fork LARGE_N=1 bash "$peer"
 }
-courier_drain() {
+courier_turn() {
   redis-cli -p "$port" flushall >/dev/null
   "$bench" --courier target/release/courier --redis-url "redis://127.0.0.1:$port" --workloads submit,latency
 }
 if ! $smoke && [ -s "$work/peer.jsonl" ]; then
   for ((turn = 1; turn <= turns; turn++)); do
-    if ((turn % 2)); then sides=(peer_drain courier_drain); else sides=(courier_drain peer_drain); fi
+    if ((turn % 2)); then sides=(peer_turn courier_turn); else sides=(courier_turn peer_turn); fi
     for side in "${sides[@]}"; do
       # A side that fails leaves its turn without a pair (the report skips it), not the run
       # without its report.
@@ -57,11 +57,11 @@ if ! $smoke && [ -s "$work/peer.jsonl" ]; then
 fi
 
 if ! $smoke; then
-  peer_args=()
-  [ -s "$work/peer.jsonl" ] && peer_args=(--peer "$work/peer.jsonl")
-  [ -s "$work/turns.jsonl" ] && peer_args+=(--turns "$work/turns.jsonl")
+  report_args=()
+  [ -s "$work/peer.jsonl" ] && report_args=(--peer "$work/peer.jsonl")
+  [ -s "$work/turns.jsonl" ] && report_args+=(--turns "$work/turns.jsonl")
   {
-    "$bench" report --courier "$work/courier.jsonl" "${peer_args[@]}"
+    "$bench" report --courier "$work/courier.jsonl" "${report_args[@]}"
     [ -f docs/benchmark-notes.md ] && { echo; cat docs/benchmark-notes.md; }
     echo
     echo '## Raw figures'

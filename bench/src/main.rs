@@ -40,7 +40,8 @@ enum Tool {
         courier: PathBuf,
         #[arg(long)]
         peer: Option<PathBuf>,
-        /// The lines of the backlog's drains run in turns by both (each with its `turn`).
+        /// Both sides' lines of the backlog's drain and the latency run in turns, each with its
+        /// `turn`.
         #[arg(long)]
         turns: Option<PathBuf>,
     },
