@@ -349,6 +349,8 @@ struct Turn {
     courier_redis: Option<f64>,
     /// The latency's p99, ms: BullMQ's and Courier's, where both ran it.
     p99: Option<(f64, f64)>,
+    /// The share of the machine its hypervisor stole during Courier's latency run, %.
+    stolen: Option<f64>,
 }
 
 impl Turn {
@@ -386,6 +388,7 @@ impl Turn {
             threads,
             courier_redis: courier("process_cpu_us_per_task", Some("redis"), threads),
             p99: their_p99.zip(our_p99).filter(|(theirs, _)| *theirs > 0.0),
+            stolen: value(of_side("courier").find(|l| l["metric"] == "e2e_latency_host_steal_pct")),
         })
     }
 
@@ -456,17 +459,21 @@ impl Turns {
         }
         writeln!(out, "\nThe backlog's median ratio: {r:.2} (turn {}).", median.number)?;
         if let Some((median, r, _)) = self.median(Turn::p99_ratio) {
-            writeln!(out, "\n| turn | BullMQ p99, ms | Courier p99, ms | ratio |")?;
-            writeln!(out, "|---|---|---|---|")?;
+            writeln!(
+                out,
+                "\n| turn | BullMQ p99, ms | Courier p99, ms | ratio | stolen during Courier's, % |"
+            )?;
+            writeln!(out, "|---|---|---|---|---|")?;
             for turn in &self.0 {
                 let (theirs, ours) = (turn.p99.map(|p| p.0), turn.p99.map(|p| p.1));
                 writeln!(
                     out,
-                    "| {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} |",
                     turn.number,
                     show(theirs),
                     show(ours),
-                    show(turn.p99_ratio())
+                    show(turn.p99_ratio()),
+                    show(turn.stolen)
                 )?;
             }
             writeln!(out, "\nThe latency p99's median ratio: {r:.2} (turn {}).", median.number)?;
@@ -875,8 +882,9 @@ mod tests {
         );
     }
 
-    /// The lines of one turn: BullMQ's drain at `bullmq` jobs/s and p99 `their_p99`, and Courier's
-    /// at `one` and `two` tasks/s (one thread, then two) and p99 `our_p99`, in the order given.
+    /// The lines of one turn: BullMQ's drain at `bullmq` jobs/s, and Courier's at `one` and `two`
+    /// tasks/s (one thread, then two), the p99s `(BullMQ's, Courier's)`, and half the turn's
+    /// number as the share stolen during Courier's latency; Courier's lines first if so told.
     fn turn(
         number: u64,
         courier_first: bool,
@@ -897,6 +905,7 @@ mod tests {
             serde_json::json!({"turn": number, "peer": "courier", "metric": "process_tasks_per_s", "value": two, "worker_threads": 2}),
             serde_json::json!({"turn": number, "peer": "courier", "metric": "process_cpu_us_per_task", "process": "redis", "value": 25.0, "worker_threads": 2}),
             serde_json::json!({"turn": number, "peer": "courier", "metric": "e2e_latency_p99_ms", "value": p99s.1}),
+            serde_json::json!({"turn": number, "peer": "courier", "metric": "e2e_latency_host_steal_pct", "value": 0.5 * number as f64}),
         ];
         if courier_first { [ours, their].concat() } else { [their, ours].concat() }
     }
@@ -953,7 +962,7 @@ mod tests {
             ),
             "{report}"
         );
-        assert!(report.contains("| 2 | 8.00 | 1.00 | 0.12 |\n"), "{report}");
+        assert!(report.contains("| 2 | 8.00 | 1.00 | 0.12 | 1.00 |\n"), "{report}");
         assert!(report.contains("The latency p99's median ratio: 0.30 (turn 3)."), "{report}");
         // Of an even number, the lower of the middle two; without the latency, no latency rows.
         let first_two = |l: &&Value| l["turn"].as_u64() <= Some(2) && l["metric"] != "e2e_latency_p99_ms";
