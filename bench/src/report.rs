@@ -357,38 +357,35 @@ impl Turn {
     /// Turn `number` of `lines` (both sides' lines of every turn): None when either side's drain
     /// is missing from it.
     fn of(lines: &Figures, number: u64) -> Option<Turn> {
-        let of_side =
-            |peer: &'static str| lines.0.iter().filter(move |l| l["turn"] == number && l["peer"] == peer);
-        let value = |line: Option<&Value>| line.and_then(|l| l["value"].as_f64());
-        let first_line = |peer: &str| lines.0.iter().position(|l| l["turn"] == number && l["peer"] == peer);
+        let of_side = |peer: &str| [("turn", Value::from(number)), ("peer", Value::from(peer))];
         let forked = |metric: &str| {
-            value(of_side("bullmq").find(|l| l["metric"] == metric && l["worker_mode"] == "fork"))
+            lines.get_where(metric, &[&of_side("bullmq")[..], &[("worker_mode", "fork".into())]].concat())
         };
-        let drain = of_side("courier")
-            .filter(|l| l["metric"] == "process_tasks_per_s")
+        let courier = |metric: &str, more: &[(&str, Value)]| {
+            lines.get_where(metric, &[&of_side("courier")[..], more].concat())
+        };
+        let first_line = |peer: &str| lines.0.iter().position(|l| l["turn"] == number && l["peer"] == peer);
+        // The drain on the most threads the turn ran, as the backlog's target takes.
+        let drain = lines
+            .all("process_tasks_per_s")
+            .into_iter()
+            .filter(|l| l["turn"] == number && l["peer"] == "courier")
             .max_by_key(|l| threads_of(l))?;
         let threads = threads_of(drain);
-        let courier = |metric: &str, process: Option<&str>, threads: u64| {
-            value(of_side("courier").find(|l| {
-                l["metric"] == metric
-                    && threads_of(l) == threads
-                    && process.is_none_or(|process| l["process"] == process)
-            }))
-        };
-        let p99 = |l: &&Value| l["metric"] == "e2e_latency_p99_ms";
-        let their_p99 = value(of_side("bullmq").filter(p99).find(|l| l["worker_mode"] == "fork"));
-        let our_p99 = value(of_side("courier").find(p99));
+        let on = |threads: u64| ("worker_threads", Value::from(threads));
         Some(Turn {
             number,
             courier_first: first_line("courier") < first_line("bullmq"),
             bullmq: forked("process_jobs_per_s").filter(|v| *v > 0.0)?,
             bullmq_redis: forked("redis_cpu_us_per_job_process"),
-            courier_one: if threads > 1 { courier("process_tasks_per_s", None, 1) } else { None },
-            courier: value(Some(drain))?,
+            courier_one: if threads > 1 { courier("process_tasks_per_s", &[on(1)]) } else { None },
+            courier: drain["value"].as_f64()?,
             threads,
-            courier_redis: courier("process_cpu_us_per_task", Some("redis"), threads),
-            p99: their_p99.zip(our_p99).filter(|(theirs, _)| *theirs > 0.0),
-            stolen: value(of_side("courier").find(|l| l["metric"] == "e2e_latency_host_steal_pct")),
+            courier_redis: courier("process_cpu_us_per_task", &[("process", "redis".into()), on(threads)]),
+            p99: forked("e2e_latency_p99_ms")
+                .zip(courier("e2e_latency_p99_ms", &[]))
+                .filter(|(theirs, _)| *theirs > 0.0),
+            stolen: courier("e2e_latency_host_steal_pct", &[]),
         })
     }
 
