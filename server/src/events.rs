@@ -123,11 +123,10 @@ pub struct StoredEvent {
     /// The SSE `event` name: a task's new status, `progress`, or `queue`.
     pub name: String,
     pub event: Pushed,
-    /// The SSE lines every follower is sent the same: `event: {name}` and `data: {event as
-    /// JSON}`, made when first sent, once however many clients it is sent to. (A process whose
-    /// events nobody follows, a pull workers' server most of the time, makes no `StoredEvent` at
-    /// all: `Events::tail`.)
-    lines: OnceLock<Bytes>,
+    /// The SSE frame made for the first follower it was sent to ([`StoredEvent::frame_for`]),
+    /// made once however many clients it is sent to. (A process whose events nobody follows, a
+    /// pull workers' server most of the time, makes no `StoredEvent` at all: `Events::tail`.)
+    first_frame: OnceLock<Bytes>,
 }
 
 /// Two events are the same event whether or not either was serialized yet.
@@ -162,14 +161,18 @@ pub struct StepEvent {
 
 impl StoredEvent {
     fn new(channel: Arc<str>, position: Position, name: String, event: Pushed) -> StoredEvent {
-        StoredEvent { channel, position, name, event, lines: OnceLock::new() }
+        StoredEvent { channel, position, name, event, first_frame: OnceLock::new() }
     }
 
-    /// Its SSE `event` and `data` lines, each ended by a newline; what a follower's frame holds
-    /// beside its own `id` ([`Delivery::frame`]).
-    fn lines(&self) -> &Bytes {
-        self.lines.get_or_init(|| {
-            sse_lines(&self.name, |data| match &self.event {
+    /// The whole SSE event for a follower whose `id` is this: `id`, then the `event` and `data`
+    /// lines every follower is sent the same, then the blank line that ends it. The first
+    /// follower's frame is kept, and a follower with the same id is sent that very frame:
+    /// followers of the same streams that keep up have the same id, so an event costs them one
+    /// frame between them, not one each, and a client that falls behind holds a reference to
+    /// it, not a copy. A follower with an id of its own gets a copy of the lines under it.
+    fn frame_for(&self, id: &str) -> Bytes {
+        let first = self.first_frame.get_or_init(|| {
+            sse_frame(id, &self.name, |data| match &self.event {
                 Pushed::Task(event) => {
                     event.write_json(data);
                     Ok(())
@@ -178,7 +181,13 @@ impl StoredEvent {
                 Pushed::Kind(event) => serde_json::to_writer(data, event),
                 Pushed::Workflow(event, _) => serde_json::to_writer(data, event),
             })
-        })
+        });
+        let after_id = first.strip_prefix(b"id: ").and_then(|line| line.strip_prefix(id.as_bytes()));
+        if after_id.is_some_and(|rest| rest.starts_with(b"\n")) {
+            first.clone()
+        } else {
+            frame_of(id, split_frame(first).1)
+        }
     }
 
     /// The task event, if this is one.
@@ -595,42 +604,52 @@ impl Delivery {
     }
 
     /// The whole SSE event, as the follower's stream writes it: `id`, then the `event` and `data`
-    /// lines every follower of the event is sent, then the blank line that ends it. One copy
-    /// of the shared lines; their JSON was made once, for the first follower.
+    /// lines, then the blank line that ends it. An event's is shared by the followers with the
+    /// same id ([`StoredEvent::frame_for`]).
     pub fn frame(&self) -> Bytes {
-        let reset;
-        let lines = match self {
-            Delivery::Event(event, _) => event.lines(),
-            Delivery::Reset(stream_reset, _) => {
-                reset = sse_lines(RESET_EVENT, |data| serde_json::to_writer(data, stream_reset));
-                &reset
+        match self {
+            Delivery::Event(event, id) => event.frame_for(id),
+            Delivery::Reset(reset, id) => {
+                sse_frame(id, RESET_EVENT, |data| serde_json::to_writer(data, reset))
             }
-        };
-        let id = self.id();
-        let mut frame = BytesMut::with_capacity(b"id: \n".len() + id.len() + lines.len() + 1);
-        frame.extend_from_slice(b"id: ");
-        frame.extend_from_slice(id.as_bytes());
-        frame.extend_from_slice(b"\n");
-        frame.extend_from_slice(lines);
-        frame.extend_from_slice(b"\n");
-        frame.freeze()
+        }
     }
 }
 
-/// Room for a task event's SSE lines (some 220 bytes): one allocation for most.
-const SSE_LINES_CAPACITY: usize = 320;
+/// Room for a task event's SSE frame (some 220 bytes, and its id): one allocation for most.
+const SSE_FRAME_CAPACITY: usize = 320;
 
-/// The SSE lines `event: {name}` and `data: {JSON}`, the JSON written by `write`. One `data`
-/// line holds it all: serde_json writes no line breaks (it escapes those in strings), and an
-/// event name or id never has one.
-fn sse_lines(name: &str, write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Bytes {
-    let mut lines = Vec::with_capacity(SSE_LINES_CAPACITY);
-    lines.extend_from_slice(b"event: ");
-    lines.extend_from_slice(name.as_bytes());
-    lines.extend_from_slice(b"\ndata: ");
-    write(&mut lines).expect("events always serialize");
-    lines.push(b'\n');
-    Bytes::from(lines)
+/// The SSE frame `id: {id}`, `event: {name}`, `data: {JSON}` and a blank line, the JSON written
+/// by `write`. One `data` line holds it all: serde_json writes no line breaks (it escapes those
+/// in strings), and an event name or id never has one.
+fn sse_frame(id: &str, name: &str, write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Bytes {
+    let mut frame = Vec::with_capacity(SSE_FRAME_CAPACITY);
+    frame.extend_from_slice(b"id: ");
+    frame.extend_from_slice(id.as_bytes());
+    frame.extend_from_slice(b"\nevent: ");
+    frame.extend_from_slice(name.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    write(&mut frame).expect("events always serialize");
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
+}
+
+/// A frame [`sse_frame`] made, as its id and the lines after the id's (the blank line with
+/// them).
+fn split_frame(frame: &[u8]) -> (&[u8], &[u8]) {
+    let id_line = frame.strip_prefix(b"id: ").expect("a frame starts with its id");
+    let end = id_line.iter().position(|&b| b == b'\n').expect("an id line ends");
+    (&id_line[..end], &id_line[end + 1..])
+}
+
+/// A frame with `id`, and the lines (the blank line with them) of another.
+fn frame_of(id: &str, lines: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(b"id: \n".len() + id.len() + lines.len());
+    frame.extend_from_slice(b"id: ");
+    frame.extend_from_slice(id.as_bytes());
+    frame.extend_from_slice(b"\n");
+    frame.extend_from_slice(lines);
+    frame.freeze()
 }
 
 /// What `XINFO STREAM` says of the events stream: its ends, and whether it ever lost entries.
@@ -1214,7 +1233,9 @@ impl Events {
             follower.deliver(Arc::new(first));
         }
         tracing::trace!(follower_bytes = std::mem::size_of_val(&follower), "following events");
-        futures::stream::unfold(follower, |mut follower| async move {
+        // Boxed: the stream moves its state in and out of each step's future, a pointer rather
+        // than the whole follower (four copies of it an event, a tenth of what sending it cost).
+        futures::stream::unfold(Box::new(follower), |mut follower| async move {
             loop {
                 if follower.events.shutdown.is_cancelled() {
                     return None;
@@ -1419,7 +1440,14 @@ mod tests {
             Pushed::Task(event.clone()),
         );
         let expected = format!("event: failed\ndata: {}\n", serde_json::to_string(&event).unwrap());
-        assert_eq!(std::str::from_utf8(stored.lines()).unwrap(), expected);
+        assert_eq!(lines_of(&stored), expected);
+    }
+
+    /// An event's `event` and `data` lines, as a frame holds them after its id.
+    fn lines_of(event: &StoredEvent) -> String {
+        let frame = event.frame_for("5-0");
+        let lines = std::str::from_utf8(split_frame(&frame).1).unwrap();
+        lines.strip_suffix('\n').expect("a blank line ends the frame").to_string()
     }
 
     #[test]
@@ -1768,10 +1796,10 @@ mod tests {
     }
 
     /// The event's JSON, as its SSE `data` line holds it.
-    fn data_of(event: &StoredEvent) -> &str {
-        let lines = std::str::from_utf8(event.lines()).unwrap();
+    fn data_of(event: &StoredEvent) -> String {
+        let lines = lines_of(event);
         let data = lines.strip_prefix(&format!("event: {}\ndata: ", event.name)).unwrap();
-        data.strip_suffix('\n').unwrap()
+        data.strip_suffix('\n').unwrap().to_string()
     }
 
     #[test]
@@ -1805,12 +1833,22 @@ mod tests {
         assert_eq!(json["attempt"], 3);
         assert_eq!(&lines[3..], ["", ""], "a blank line ends the event");
         assert!(!text.contains('\r'));
-        // Another follower's frame: the same lines, with its own id.
+        // A follower with the same id is sent the very same frame, not a copy of it.
+        let same = Delivery::Event(event.clone(), "reports=5-1".into()).frame();
+        assert_eq!(same.as_ptr(), frame.as_ptr(), "one frame for the followers with one id");
+        // Another follower's frame: the same lines, with its own id; then the first's again.
         let other = Delivery::Event(event.clone(), "reports=5-1,_kinds=4-0".into()).frame();
         assert_eq!(
             &other[..],
             format!("id: reports=5-1,_kinds=4-0\n{}", &text["id: reports=5-1\n".len()..]).as_bytes()
         );
+        let shorter = Delivery::Event(event.clone(), "reports=5-".into()).frame();
+        assert!(
+            shorter.starts_with(b"id: reports=5-\nevent: failed\n"),
+            "an id the first starts with is not the first's"
+        );
+        let again = Delivery::Event(event.clone(), "reports=5-1".into()).frame();
+        assert_eq!(again.as_ptr(), frame.as_ptr());
 
         let reset = StreamReset { reason: ResetReason::TooOld, oldest: Some("reports=7-0".into()) };
         let frame = Delivery::Reset(reset.clone(), "reports=7-0".into()).frame();

@@ -17,7 +17,7 @@ use axum::{
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use std::{
-    io::{self, Write as _},
+    io::{self, IoSlice},
     pin::Pin,
     task::{Context, Poll},
 };
@@ -28,6 +28,8 @@ use tower::ServiceExt;
 const MAX_HEAD: usize = 8 * 1024;
 /// How many bytes of ready frames one write gathers, at most (one frame more may follow).
 const WRITE_BATCH: usize = 4 * 1024;
+/// How many frames one write gathers, at most.
+const MAX_FRAMES_A_WRITE: usize = 64;
 /// The most headers an event stream's request may have to be answered here.
 const MAX_HEADERS: usize = 48;
 
@@ -143,34 +145,61 @@ where
                 Ok(_) => continue,
             },
         };
-        // Every frame ready now goes in one write (a burst of events costs one system call,
-        // not one each); the buffer lives only while it is written.
-        let mut out = Vec::new();
-        let mut frame = Some(first);
-        while let Some(next) = frame.take() {
-            match next {
+        // Every frame ready now goes in one chunk and one write (a burst of events costs one
+        // system call, not one each), written from the frames themselves: followers share an
+        // event's frame, so a client that falls behind holds references to it, not a copy.
+        // The list lives only while it is written.
+        let mut ready = Vec::new();
+        let mut size = 0;
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            match frame {
                 Some(Ok(data)) => {
+                    size += data.len();
                     if !data.is_empty() {
-                        // Writing to a vector cannot fail.
-                        let _ = write!(out, "{:x}\r\n", data.len());
-                        out.extend_from_slice(&data);
-                        out.extend_from_slice(b"\r\n");
+                        ready.push(data);
                     }
-                    if out.len() < WRITE_BATCH {
-                        frame = frames.next().now_or_never();
+                    if size < WRITE_BATCH && ready.len() < MAX_FRAMES_A_WRITE {
+                        next = frames.next().now_or_never();
                     }
                 }
-                Some(Err(_)) | None => {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                    ended = true;
-                }
+                Some(Err(_)) | None => ended = true,
             }
         }
-        if !out.is_empty() && write(&mut io, &out).await.is_err() {
+        if (!ready.is_empty() || ended) && write_chunk(&mut io, &ready, size, ended).await.is_err() {
             return;
         }
     }
     let _ = io.shutdown().await;
+}
+
+/// Writes `frames` (`size` bytes in all) as one chunk of a chunked body, and the body's end
+/// after it if `last`, in as few system calls as the connection allows; then flushes.
+async fn write_chunk<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    frames: &[Bytes],
+    size: usize,
+    last: bool,
+) -> io::Result<()> {
+    let head = format!("{size:x}\r\n");
+    let tail: &[u8] = if last { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+    let mut parts = Vec::with_capacity(frames.len() + 2);
+    if size > 0 {
+        parts.push(IoSlice::new(head.as_bytes()));
+        parts.extend(frames.iter().map(|frame| IoSlice::new(frame)));
+        parts.push(IoSlice::new(tail));
+    } else {
+        parts.push(IoSlice::new(&tail[2..]));
+    }
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        let written = io.write_vectored(parts).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, written);
+    }
+    io.flush().await
 }
 
 /// The status line and headers of `parts`, with `extra` ones (the framing), as HTTP/1.1 writes
@@ -280,6 +309,26 @@ mod tests {
         ] {
             assert!(!is_event_stream_path(path), "{path}");
         }
+    }
+
+    /// What [`write_chunk`] writes of `frames` through a pipe that takes five bytes at a time,
+    /// so that the chunk goes in many writes, most of them ending inside a part.
+    async fn written(frames: &[&'static [u8]], last: bool) -> String {
+        let (mut client, mut server) = tokio::io::duplex(5);
+        let frames: Vec<Bytes> = frames.iter().copied().map(Bytes::from_static).collect();
+        let size = frames.iter().map(Bytes::len).sum();
+        let writer = tokio::spawn(async move { write_chunk(&mut server, &frames, size, last).await });
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        writer.await.unwrap().unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_frames_ready_go_as_one_chunk_whatever_each_write_takes() {
+        assert_eq!(written(&[b"id: a\n\n", b"id: bb\n\n"], false).await, "f\r\nid: a\n\nid: bb\n\n\r\n");
+        assert_eq!(written(&[b"id: a\n\n"], true).await, "7\r\nid: a\n\n\r\n0\r\n\r\n", "and the body's end");
+        assert_eq!(written(&[], true).await, "0\r\n\r\n", "the end alone");
     }
 
     #[tokio::test]
