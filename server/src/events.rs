@@ -107,8 +107,11 @@ pub(crate) fn append_task_events(pipe: &mut redis::Pipeline, stream: &str, maxle
 
 /// How many events a slow SSE client may fall behind before it catches up from Redis.
 const FANOUT_BUFFER: usize = 4096;
-/// How many events one catch-up read takes.
-const CATCH_UP_BATCH: usize = 1000;
+/// How many entries one read of the tail takes (the process's one reader of every stream).
+const TAIL_READ: usize = 1000;
+/// About how many events one catch-up read brings a follower: what a follower that fell behind
+/// holds at once, until its client has taken them ([`catch_up_entries`]).
+const CATCH_UP_EVENTS: usize = 256;
 /// How many times in a row a follower's Redis call may fail before its stream is closed (its
 /// client then reconnects with `Last-Event-ID`); the pauses between them double up to 5 s.
 const FOLLOW_ATTEMPTS: u32 = 8;
@@ -998,7 +1001,7 @@ impl Events {
                     }
                 };
                 let mut read = redis::cmd("XREAD");
-                read.arg("COUNT").arg(CATCH_UP_BATCH).arg("BLOCK").arg(CHANNELS_EVERY.as_millis() as u64);
+                read.arg("COUNT").arg(TAIL_READ).arg("BLOCK").arg(CHANNELS_EVERY.as_millis() as u64);
                 read.arg("STREAMS").arg(&keys);
                 for channel in &channels {
                     read.arg(at.get(channel).id());
@@ -1217,6 +1220,7 @@ impl Events {
         let mut follower = Follower {
             events: self.clone(),
             catching_up: None,
+            catch_up_entries: CATCH_UP_EVENTS / EVENTS_PER_ENTRY,
             resume: follow.after.is_some(),
             follow,
             live,
@@ -1262,6 +1266,8 @@ struct Follower {
     resume: bool,
     /// The streams of a catch-up under way, the first one being read.
     catching_up: Option<VecDeque<Arc<str>>>,
+    /// How many entries its next catch-up read asks for.
+    catch_up_entries: usize,
     recheck: Option<tokio::time::Interval>,
     /// What is ready to send, in order.
     ready: VecDeque<Delivery>,
@@ -1337,13 +1343,18 @@ impl Follower {
         };
         let (after, named) = (self.sent.get(&channel), self.sent.names(&channel));
         let events = self.events.clone();
-        let Some(replay) = events.patiently(|| events.replay(&channel, after, named, CATCH_UP_BATCH)).await
+        let Some(replay) =
+            events.patiently(|| events.replay(&channel, after, named, self.catch_up_entries)).await
         else {
             return false;
         };
         let mut more = false;
         match replay {
             Replay::Entries(entries, full) => {
+                let read = entries.iter().filter(|(position, _)| position.is_whole()).count();
+                if read > 0 {
+                    self.catch_up_entries = catch_up_entries(read, entries.len());
+                }
                 for (position, event) in entries {
                     self.sent.set(&channel, position);
                     if let Some(event) = event {
@@ -1380,6 +1391,16 @@ impl Follower {
         }
         true
     }
+}
+
+/// How many entries a follower's next catch-up read asks for, after one that brought `events`
+/// in `entries`: as many as held some [`CATCH_UP_EVENTS`] in that one, between as few as hold
+/// them when every entry is full and one an event. A read of entries like the last one's brings
+/// about [`CATCH_UP_EVENTS`]; none brings more than [`EVENTS_PER_ENTRY`] times that (a stream
+/// whose entries grew full all at once), whatever the stream holds.
+fn catch_up_entries(entries: usize, events: usize) -> usize {
+    let fewest = CATCH_UP_EVENTS / EVENTS_PER_ENTRY;
+    (CATCH_UP_EVENTS * entries).checked_div(events).unwrap_or(CATCH_UP_EVENTS).clamp(fewest, CATCH_UP_EVENTS)
 }
 
 impl Events {
@@ -1419,6 +1440,17 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catch_up_read_asks_for_as_many_entries_as_held_some_catch_up_events_in_the_last() {
+        let full = CATCH_UP_EVENTS / EVENTS_PER_ENTRY;
+        assert_eq!(catch_up_entries(full, full * EVENTS_PER_ENTRY), full, "full entries");
+        assert_eq!(catch_up_entries(10, 10), CATCH_UP_EVENTS, "an event an entry");
+        assert_eq!(catch_up_entries(100, 400), CATCH_UP_EVENTS / 4);
+        assert_eq!(catch_up_entries(1000, 1000), CATCH_UP_EVENTS, "never more entries than that");
+        assert_eq!(catch_up_entries(1, 10_000), full, "never fewer than full entries hold");
+        assert_eq!(catch_up_entries(3, 0), CATCH_UP_EVENTS, "no events: as if one an entry");
+    }
 
     #[test]
     fn a_task_events_sse_lines_hold_its_json() {
