@@ -155,6 +155,47 @@ async fn a_batch_writes_its_events_in_one_entry_and_a_reader_resumes_between_the
     assert!(resumed.next_within(Duration::from_secs(1)).await.is_none(), "nothing after the last");
 }
 
+/// A follower's catch-up reads ask for as many entries as held some 256 events in the last one
+/// (`catch_up_entries`): here entries of up to 32 events (batches), then of one (tasks one by
+/// one), then of 32 again. However the reads are sized, every event comes once, in order.
+#[tokio::test]
+async fn a_reader_far_behind_gets_every_event_once_in_order_whatever_its_entries_hold() {
+    let app = spawn_app_with(|config| config.concurrency = 0).await;
+    let mut live = app.sse("/api/v1/events", None).await;
+    let submit_batches = || async {
+        for batch in 0..6 {
+            let tasks: Vec<_> = (0..100)
+                .map(|n| in_test_queue(json!({"kind": "echo", "payload": batch * 100 + n})))
+                .collect();
+            let response = app
+                .http
+                .post(app.url("/api/v1/tasks/batch"))
+                .json(&json!({"tasks": tasks}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+        }
+    };
+    submit_batches().await;
+    for n in 0..300 {
+        app.submit_ok(in_test_queue(json!({"kind": "echo", "payload": n}))).await;
+    }
+    submit_batches().await;
+    let mut seen = Vec::new();
+    while seen.len() < 1500 {
+        seen.push(live.next_within(Duration::from_secs(10)).await.expect("each task's queued event").id);
+    }
+
+    let mut resumed = app.sse("/api/v1/events", Some("0-0")).await;
+    let mut replayed = Vec::new();
+    while let Some(event) = resumed.next_within(Duration::from_secs(2)).await {
+        replayed.push(event.id);
+    }
+    assert_eq!(replayed.len(), seen.len(), "every event once");
+    assert!(replayed == seen, "in the order they were written");
+}
+
 #[tokio::test]
 async fn resuming_from_a_trimmed_event_gets_a_reset_then_live_events() {
     let app = spawn_app_with(|config| (config.events_max, config.concurrency) = (100, 0)).await;
