@@ -15,31 +15,10 @@ async fn calls(app: &TestApp, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Submits `count` tasks of `kind` in batches; returns their ids.
-async fn submit_many(app: &TestApp, count: usize, task: serde_json::Value) -> Vec<String> {
-    let mut ids = Vec::new();
-    for chunk in 0..count.div_ceil(500) {
-        let tasks: Vec<_> = (0..500.min(count - chunk * 500)).map(|_| task.clone()).collect();
-        let response = app
-            .http
-            .post(app.url("/api/v1/tasks/batch"))
-            .json(&json!({"tasks": tasks}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        let accepted: serde_json::Value = response.json().await.unwrap();
-        ids.extend(
-            accepted["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()),
-        );
-    }
-    ids
-}
-
 #[tokio::test]
 async fn a_filter_that_matches_nothing_reads_a_bounded_page_and_hands_back_a_cursor() {
     let app = spawn_app_alone(|c| c.concurrency = 0).await;
-    submit_many(&app, 3000, json!({"kind": "echo", "payload": 1})).await;
+    app.submit_many(3000, json!({"kind": "echo", "payload": 1})).await;
     let before = calls(&app, "hgetall").await;
     let page = app.get_json("/api/v1/tasks?kind=nope").await;
     let read = calls(&app, "hgetall").await - before;
@@ -64,9 +43,9 @@ async fn a_filter_that_matches_nothing_reads_a_bounded_page_and_hands_back_a_cur
 async fn requeueing_one_kind_reads_each_dead_letter_once_and_moves_only_that_kind() {
     const DEAD: usize = 1200;
     let app = spawn_app_alone(|_| {}).await;
-    let ids =
-        submit_many(&app, DEAD, json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1}))
-            .await;
+    let ids = app
+        .submit_many(DEAD, json!({"kind": "flaky", "payload": {"fail_times": -1}, "max_attempts": 1}))
+        .await;
     let mut redis = app.redis().await;
     for _ in 0..400 {
         let dead: usize = redis::AsyncCommands::zcard(&mut redis, app.key("dead")).await.unwrap();

@@ -163,6 +163,28 @@ impl TestApp {
         view["id"].as_str().unwrap().to_string()
     }
 
+    /// Submits `count` copies of `task`, as it is, in batches of 500 that must be accepted;
+    /// returns their ids.
+    pub async fn submit_many(&self, count: usize, task: serde_json::Value) -> Vec<String> {
+        let mut ids = Vec::new();
+        for chunk in 0..count.div_ceil(500) {
+            let tasks: Vec<_> = (0..500.min(count - chunk * 500)).map(|_| task.clone()).collect();
+            let response = self
+                .http
+                .post(self.url("/api/v1/tasks/batch"))
+                .json(&serde_json::json!({"tasks": tasks}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            let accepted: serde_json::Value = response.json().await.unwrap();
+            ids.extend(
+                accepted["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()),
+            );
+        }
+        ids
+    }
+
     /// Submits `body` raw as a task of `kind` that must be accepted, and returns its id.
     pub async fn submit_raw_ok(
         &self,

@@ -166,30 +166,26 @@ where
                 Some(Err(_)) | None => ended = true,
             }
         }
-        if (!ready.is_empty() || ended) && write_chunk(&mut io, &ready, size, ended).await.is_err() {
+        if (!ready.is_empty() || ended) && write_chunk(&mut io, &ready, ended).await.is_err() {
             return;
         }
     }
     let _ = io.shutdown().await;
 }
 
-/// Writes `frames` (`size` bytes in all) as one chunk of a chunked body, and the body's end
+/// Writes `frames` as one chunk of a chunked body (none if there are none), and the body's end
 /// after it if `last`, in as few system calls as the connection allows; then flushes.
-async fn write_chunk<I: AsyncWrite + Unpin>(
-    io: &mut I,
-    frames: &[Bytes],
-    size: usize,
-    last: bool,
-) -> io::Result<()> {
+async fn write_chunk<I: AsyncWrite + Unpin>(io: &mut I, frames: &[Bytes], last: bool) -> io::Result<()> {
+    let size: usize = frames.iter().map(Bytes::len).sum();
     let head = format!("{size:x}\r\n");
-    let tail: &[u8] = if last { b"\r\n0\r\n\r\n" } else { b"\r\n" };
-    let mut parts = Vec::with_capacity(frames.len() + 2);
+    let mut parts = Vec::with_capacity(frames.len() + 3);
     if size > 0 {
         parts.push(IoSlice::new(head.as_bytes()));
         parts.extend(frames.iter().map(|frame| IoSlice::new(frame)));
-        parts.push(IoSlice::new(tail));
-    } else {
-        parts.push(IoSlice::new(&tail[2..]));
+        parts.push(IoSlice::new(b"\r\n"));
+    }
+    if last {
+        parts.push(IoSlice::new(b"0\r\n\r\n"));
     }
     let mut parts = &mut parts[..];
     while !parts.is_empty() {
@@ -316,8 +312,7 @@ mod tests {
     async fn written(frames: &[&'static [u8]], last: bool) -> String {
         let (mut client, mut server) = tokio::io::duplex(5);
         let frames: Vec<Bytes> = frames.iter().copied().map(Bytes::from_static).collect();
-        let size = frames.iter().map(Bytes::len).sum();
-        let writer = tokio::spawn(async move { write_chunk(&mut server, &frames, size, last).await });
+        let writer = tokio::spawn(async move { write_chunk(&mut server, &frames, last).await });
         let mut out = String::new();
         client.read_to_string(&mut out).await.unwrap();
         writer.await.unwrap().unwrap();
