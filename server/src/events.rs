@@ -728,8 +728,8 @@ impl Bounds {
 /// One step of a catch-up in one stream.
 enum Replay {
     /// The next events, oldest first: each position, with its event when it is a well-formed
-    /// one; and whether as many entries as asked were read (more may follow).
-    Entries(Vec<(Position, Option<StoredEvent>)>, bool),
+    /// one; and how many entries were read (as many as asked: more may follow).
+    Entries(Vec<(Position, Option<StoredEvent>)>, usize),
     /// The place is gone; the follower goes on after the stream's last id, given.
     Gone(StreamReset, Position),
 }
@@ -1144,7 +1144,7 @@ impl Events {
         // A place in time past the stream's end is no gap, unless that time has not come yet.
         let issued = named || after.0 <= crate::store::now_ms() + CLOCK_SKEW.as_millis() as u64;
         Ok(match bounds.gap_after(after) {
-            Some(ResetReason::Unknown) if !named && issued => Replay::Entries(Vec::new(), false),
+            Some(ResetReason::Unknown) if !named && issued => Replay::Entries(Vec::new(), 0),
             Some(reason) => {
                 let oldest = bounds.first.map(|first| first.to_string());
                 Replay::Gone(StreamReset { reason, oldest }, bounds.last)
@@ -1152,10 +1152,10 @@ impl Events {
             None => {
                 let mut events = entries_of(channel, &entries);
                 // Each entry ends with one place as a whole: so many entries were read.
-                let full = events.iter().filter(|(position, _)| position.is_whole()).count() == count;
+                let read = events.iter().filter(|(position, _)| position.is_whole()).count();
                 // An entry read again for the rest of its events: those before go.
                 events.retain(|(position, _)| *position > after);
-                Replay::Entries(events, full)
+                Replay::Entries(events, read)
             }
         })
     }
@@ -1342,16 +1342,13 @@ impl Follower {
             return true;
         };
         let (after, named) = (self.sent.get(&channel), self.sent.names(&channel));
-        let events = self.events.clone();
-        let Some(replay) =
-            events.patiently(|| events.replay(&channel, after, named, self.catch_up_entries)).await
-        else {
+        let (events, asked) = (self.events.clone(), self.catch_up_entries);
+        let Some(replay) = events.patiently(|| events.replay(&channel, after, named, asked)).await else {
             return false;
         };
         let mut more = false;
         match replay {
-            Replay::Entries(entries, full) => {
-                let read = entries.iter().filter(|(position, _)| position.is_whole()).count();
+            Replay::Entries(entries, read) => {
                 if read > 0 {
                     self.catch_up_entries = catch_up_entries(read, entries.len());
                 }
@@ -1364,7 +1361,7 @@ impl Follower {
                         }
                     }
                 }
-                more = full;
+                more = read == asked;
             }
             Replay::Gone(reset, last) => {
                 self.sent.set(&channel, last);
